@@ -1,0 +1,2 @@
+//! `coinop-bench` (built by the benchmark issue).
+fn main() {}

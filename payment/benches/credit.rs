@@ -1,0 +1,2 @@
+//! credit benchmarks (built by its issue).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Blind-signed credit (built by the credit issue).

@@ -1,0 +1,13 @@
+//! coinop payments: everything that decides, locally and without a third party, that a
+//! tenant has paid, and how much.
+//!
+//! - [`onchain`]: networks, the host's own header chain, prices and quotes with fresh
+//!   addresses from the operator's xpub, and SPV checks of `gettxoutproof` proofs.
+//! - [`credit`]: anonymous blind-signed credit (Cashu NUT-00/01/02/03/07/12): keysets, mint,
+//!   swap, check state, redeem and change.
+//! - [`spent_set`]: the one place that remembers what was spent (outpoints and credit
+//!   secrets), so nothing is ever counted twice, also under concurrency and after a crash.
+
+pub mod credit;
+pub mod onchain;
+pub mod spent_set;

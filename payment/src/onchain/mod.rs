@@ -1,0 +1,1 @@
+//! On-chain payments (built by the on-chain issue).

@@ -1,0 +1,66 @@
+//! The spent set: the single record of what has been spent, so that an outpoint or a credit
+//! secret pays for at most one thing, ever, also under concurrency and after a crash.
+//!
+//! Keys are claimed all-or-none. A claim may first be `Pending` (the operation it guards has
+//! not delivered yet, e.g. a swap whose signatures are not returned) and is then either
+//! committed to `Spent` or released; a crash in between leaves it `Pending`, never lost and
+//! never spendable twice.
+
+use thiserror::Error;
+
+/// What a spent-set key names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    /// An on-chain outpoint: 32-byte txid (internal byte order) followed by the 4-byte
+    /// little-endian output index.
+    Outpoint,
+    /// A credit proof's `Y = hash_to_curve(secret)`, as its 33-byte compressed encoding.
+    CreditY,
+}
+
+/// One key in the spent set.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SpendKey {
+    pub kind: KeyKind,
+    pub bytes: Vec<u8>,
+}
+
+/// The state of a claimed key. Unclaimed keys have no state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpendState {
+    Pending,
+    Spent,
+}
+
+#[derive(Debug, Error)]
+pub enum SpentSetError {
+    /// Nothing was claimed because this key was already taken.
+    #[error("{kind:?} {key_hex} is already {state:?}")]
+    AlreadyClaimed {
+        kind: KeyKind,
+        key_hex: String,
+        state: SpendState,
+    },
+    /// The same key appears twice in one request.
+    #[error("{kind:?} {key_hex} appears more than once in one claim")]
+    DuplicateKey { kind: KeyKind, key_hex: String },
+    /// `commit_pending`/`release_pending` named a key that is not pending.
+    #[error("{kind:?} {key_hex} is not pending")]
+    NotPending { kind: KeyKind, key_hex: String },
+    #[error("spent set storage: {0}")]
+    Storage(String),
+}
+
+/// "Claim these keys atomically or fail if any is taken." Implementations must make a
+/// successful `claim` durable before returning.
+pub trait SpentSet: Send + Sync {
+    /// Claims every key with `state`, all or none. `note` is kept for operators (e.g. the
+    /// lease or quote the keys paid for).
+    fn claim(&self, keys: &[SpendKey], state: SpendState, note: &str) -> Result<(), SpentSetError>;
+    /// Moves pending keys to `Spent`: the operation they guarded has delivered.
+    fn commit_pending(&self, keys: &[SpendKey]) -> Result<(), SpentSetError>;
+    /// Forgets pending keys: the operation they guarded failed before delivering anything.
+    fn release_pending(&self, keys: &[SpendKey]) -> Result<(), SpentSetError>;
+    /// The state of each key, in order; `None` for a key never claimed.
+    fn states(&self, keys: &[SpendKey]) -> Result<Vec<Option<SpendState>>, SpentSetError>;
+}

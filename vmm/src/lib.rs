@@ -1,0 +1,75 @@
+//! `coinop-vmm`: a KVM microVM monitor, one process per guest.
+//!
+//! The binary boots one guest on `/dev/kvm` and lives exactly as long as it. Everything a
+//! caller (coinopd, a script, the benchmark harness) needs is on three channels: the command
+//! line, a JSON-lines control socket, and a JSON-lines event stream. There is no HTTP and no
+//! async runtime: the process must start in a few milliseconds and stay small.
+//!
+//! # Command line
+//! ```text
+//! coinop-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib M]
+//!            [--serial stdout|file:PATH|none] [--control PATH|fd:N] [--events stderr|fd:N]
+//!            [--start-time-us T]
+//! ```
+//! `--vcpus` is 1..=32 (default 1), `--mem-mib` defaults to 128. `--start-time-us` is the
+//! caller's `CLOCK_MONOTONIC` reading (µs) taken just before it spawned the VMM, so event times
+//! include the spawn cost; without it, times count from the VMM's own start.
+//!
+//! # Exit codes
+//! | code | meaning |
+//! |---|---|
+//! | 0 | the guest powered off or rebooted (i8042 reset), or it was stopped on request |
+//! | 1 | an internal error of the VMM (a bug); the message says where |
+//! | 2 | bad arguments or unusable input: missing/corrupt kernel, 0 or >32 vCPUs, 0 MiB or more memory than the host has, /dev/kvm missing or denied. One line on stderr. |
+//! | 3 | the guest crashed: triple fault, emulation failure, failed entry. The reason is on stderr and in the `exit` event. |
+//!
+//! # Events
+//! One JSON object per line on stderr (default) or on the inherited fd given by
+//! `--events fd:N`. Every event has `event` and `t_us` (µs since `--start-time-us`, or since
+//! the VMM started):
+//! ```text
+//! {"event":"vm_created","t_us":812}
+//! {"event":"vcpus_started","t_us":1290,"vcpus":2}      first KVM_RUN issued on every vCPU
+//! {"event":"guest_ready","t_us":2480}                  the guest wrote 123 to port 0x3f0
+//! {"event":"exit","t_us":9120,"reason":"guest_reset","code":0}
+//! ```
+//! Exit reasons: `guest_reset` (i8042 0xFE on port 0x64), `guest_poweroff` (KVM system event),
+//! `stopped` (control `stop`), `triple_fault`, `emulation_failure`, `fail_entry`,
+//! `internal_error`. `code` is the process exit code.
+//!
+//! # Control protocol
+//! A Unix stream socket (`--control PATH` creates and listens on PATH; `--control fd:N`
+//! uses an inherited listening socket). Any number of clients in turn; each request is one
+//! JSON object on one line, each reply one JSON object on one line:
+//! ```text
+//! → {"cmd":"status"}
+//! ← {"ok":true,"state":"running","vcpus":2,"mem_mib":128,"uptime_us":53122}
+//! → {"cmd":"pause"}
+//! ← {"ok":true,"state":"paused"}
+//! → {"cmd":"resume"}
+//! ← {"ok":true,"state":"running"}
+//! → {"cmd":"usage"}
+//! ← {"ok":true,"vcpu_us":[1520,980],"vcpu_total_us":2500,"mem_mib":128,"uptime_us":60210}
+//! → {"cmd":"console_input","data":"hello\n"}          UTF-8 text for the guest's COM1
+//! ← {"ok":true}
+//! → {"cmd":"stop"}
+//! ← {"ok":true,"state":"stopping"}
+//! → {"cmd":"bogus"}
+//! ← {"ok":false,"error":"unknown command 'bogus'"}
+//! ```
+//! `vcpu_us` is the CPU time each vCPU thread really consumed (the kernel's per-thread
+//! accounting), so metering bills what the guest burned, not wall time. A paused guest's
+//! `vcpu_us` stays flat.
+//!
+//! # Guest-facing contract
+//! - Memory: RAM from 0, with the 32-bit MMIO gap below 4 GiB; the e820 map in boot_params
+//!   (and in the PVH start info) says which ranges are RAM.
+//! - Entry: an ELF with a PVH note (`XEN_ELFNOTE_PHYS32_ENTRY`) is entered at that 32-bit
+//!   entry with EBX = `hvm_start_info`; other ELFs at `e_entry` in 64-bit mode with RSI =
+//!   boot_params (identity-mapped page tables for the first 1 GiB, flat GDT); a bzImage
+//!   through its 64-bit entry.
+//! - COM1 at 0x3f8, IRQ 4. i8042 reset (0xFE to port 0x64) ends the VMM with code 0.
+//! - Boot timer: writing 123 to port 0x3f0 emits `guest_ready`.
+//! - CPUID leaf 0x4000_0010: EAX = TSC frequency in kHz, EBX = LAPIC bus frequency in kHz,
+//!   so a guest can measure time without calibrating.
+//! - An MP table in the BIOS area lists every vCPU (APIC ids 0..N-1).
