@@ -64,3 +64,23 @@ pub trait SpentSet: Send + Sync {
     /// The state of each key, in order; `None` for a key never claimed.
     fn states(&self, keys: &[SpendKey]) -> Result<Vec<Option<SpendState>>, SpentSetError>;
 }
+
+mod sqlite;
+pub use sqlite::{open_durable, SqliteSpentSet};
+
+impl SpendKey {
+    /// An outpoint key: txid in internal byte order, then the little-endian output index.
+    pub fn outpoint(txid: [u8; 32], vout: u32) -> Self {
+        let mut bytes = Vec::with_capacity(36);
+        bytes.extend_from_slice(&txid);
+        bytes.extend_from_slice(&vout.to_le_bytes());
+        SpendKey {
+            kind: KeyKind::Outpoint,
+            bytes,
+        }
+    }
+
+    pub(crate) fn key_hex(&self) -> String {
+        hex::encode(&self.bytes)
+    }
+}

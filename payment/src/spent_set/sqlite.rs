@@ -1,0 +1,526 @@
+//! The embedded SQLite spent set: one WAL database with `synchronous=FULL`, so a claim that
+//! returned `Ok` survives a power cut, and one IMMEDIATE transaction per claim, so two
+//! claimers (threads or processes) of the same key serialise and exactly one wins.
+//!
+//! The claim is also offered over a caller's open transaction ([`SqliteSpentSet::claim_in`])
+//! because the daemon's ledger must spend a payment and record what it bought in one
+//! durable step, in the same database file.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use super::{KeyKind, SpendKey, SpendState, SpentSet, SpentSetError};
+
+/// How long a writer waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A spent set in one SQLite file. Cheap to share behind an `Arc`; calls from many threads
+/// serialise on one connection (SQLite has one writer at a time anyway).
+pub struct SqliteSpentSet {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteSpentSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteSpentSet").finish_non_exhaustive()
+    }
+}
+
+fn storage(e: rusqlite::Error) -> SpentSetError {
+    SpentSetError::Storage(e.to_string())
+}
+
+fn kind_code(kind: KeyKind) -> i64 {
+    match kind {
+        KeyKind::Outpoint => 1,
+        KeyKind::CreditY => 2,
+    }
+}
+
+fn state_code(state: SpendState) -> i64 {
+    match state {
+        SpendState::Pending => 1,
+        SpendState::Spent => 2,
+    }
+}
+
+fn state_from_code(code: i64) -> Result<SpendState, SpentSetError> {
+    match code {
+        1 => Ok(SpendState::Pending),
+        2 => Ok(SpendState::Spent),
+        other => Err(SpentSetError::Storage(format!(
+            "spent_keys.state holds unknown code {other}"
+        ))),
+    }
+}
+
+fn now_us() -> i64 {
+    // A clock before 1970 is a broken host; 0 still orders claims sensibly enough for a note.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Opens `path` with the durability settings every coinop database uses: WAL (readers never
+/// block the writer), `synchronous=FULL` (a commit is on disk when it returns) and a busy
+/// timeout (a second process waits instead of failing at once).
+pub fn open_durable(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode stayed {mode}, WAL refused"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+fn reject_duplicates(keys: &[SpendKey]) -> Result<(), SpentSetError> {
+    let mut seen = HashSet::with_capacity(keys.len());
+    for key in keys {
+        if !seen.insert((key.kind, key.bytes.as_slice())) {
+            return Err(SpentSetError::DuplicateKey {
+                kind: key.kind,
+                key_hex: key.key_hex(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn state_of(conn: &Connection, key: &SpendKey) -> Result<Option<SpendState>, SpentSetError> {
+    let code: Option<i64> = conn
+        .prepare_cached("SELECT state FROM spent_keys WHERE kind = ?1 AND key = ?2")
+        .and_then(|mut st| {
+            st.query_row(params![kind_code(key.kind), key.bytes], |r| r.get(0))
+                .optional()
+        })
+        .map_err(storage)?;
+    code.map(state_from_code).transpose()
+}
+
+impl SqliteSpentSet {
+    /// Opens (creating if needed) the spent set in the SQLite file at `path`.
+    pub fn open(path: &Path) -> Result<Self, SpentSetError> {
+        let conn = open_durable(path).map_err(storage)?;
+        Self::create_schema(&conn)?;
+        Ok(SqliteSpentSet {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Creates the spent-set table if it is missing. For callers that keep the spent set in
+    /// their own database file (the daemon's ledger).
+    pub fn create_schema(conn: &Connection) -> Result<(), SpentSetError> {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS spent_keys (
+                kind INTEGER NOT NULL,
+                key BLOB NOT NULL,
+                state INTEGER NOT NULL,
+                note TEXT NOT NULL,
+                claimed_at_us INTEGER NOT NULL,
+                PRIMARY KEY (kind, key)
+            ) WITHOUT ROWID;",
+        )
+        .map_err(storage)
+    }
+
+    /// Claims `keys` inside the caller's transaction. Writes nothing unless every key is
+    /// free; the claim is durable only when the caller commits. Open the transaction with
+    /// `TransactionBehavior::Immediate` so a concurrent claimer waits rather than failing
+    /// with SQLITE_BUSY at commit time.
+    pub fn claim_in(
+        tx: &Transaction<'_>,
+        keys: &[SpendKey],
+        state: SpendState,
+        note: &str,
+    ) -> Result<(), SpentSetError> {
+        reject_duplicates(keys)?;
+        for key in keys {
+            if let Some(taken) = state_of(tx, key)? {
+                return Err(SpentSetError::AlreadyClaimed {
+                    kind: key.kind,
+                    key_hex: key.key_hex(),
+                    state: taken,
+                });
+            }
+        }
+        let at = now_us();
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO spent_keys (kind, key, state, note, claimed_at_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(storage)?;
+        for key in keys {
+            insert
+                .execute(params![
+                    kind_code(key.kind),
+                    key.bytes,
+                    state_code(state),
+                    note,
+                    at
+                ])
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// Checks that every key is pending, inside the caller's transaction.
+    fn require_pending(tx: &Transaction<'_>, keys: &[SpendKey]) -> Result<(), SpentSetError> {
+        reject_duplicates(keys)?;
+        for key in keys {
+            if state_of(tx, key)? != Some(SpendState::Pending) {
+                return Err(SpentSetError::NotPending {
+                    kind: key.kind,
+                    key_hex: key.key_hex(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves pending keys to `Spent` inside the caller's transaction (all or none).
+    pub fn commit_pending_in(tx: &Transaction<'_>, keys: &[SpendKey]) -> Result<(), SpentSetError> {
+        Self::require_pending(tx, keys)?;
+        let mut update = tx
+            .prepare_cached("UPDATE spent_keys SET state = ?3 WHERE kind = ?1 AND key = ?2")
+            .map_err(storage)?;
+        for key in keys {
+            update
+                .execute(params![
+                    kind_code(key.kind),
+                    key.bytes,
+                    state_code(SpendState::Spent)
+                ])
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets pending keys inside the caller's transaction (all or none).
+    pub fn release_pending_in(
+        tx: &Transaction<'_>,
+        keys: &[SpendKey],
+    ) -> Result<(), SpentSetError> {
+        Self::require_pending(tx, keys)?;
+        let mut delete = tx
+            .prepare_cached("DELETE FROM spent_keys WHERE kind = ?1 AND key = ?2")
+            .map_err(storage)?;
+        for key in keys {
+            delete
+                .execute(params![kind_code(key.kind), key.bytes])
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// The state of each key, read through any connection or transaction.
+    pub fn states_in(
+        conn: &Connection,
+        keys: &[SpendKey],
+    ) -> Result<Vec<Option<SpendState>>, SpentSetError> {
+        keys.iter().map(|k| state_of(conn, k)).collect()
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction and commits only if it succeeded.
+    fn in_transaction<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, SpentSetError>,
+    ) -> Result<T, SpentSetError> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| SpentSetError::Storage("spent set lock poisoned".into()))?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(storage)?;
+        Ok(out)
+    }
+}
+
+impl SpentSet for SqliteSpentSet {
+    fn claim(&self, keys: &[SpendKey], state: SpendState, note: &str) -> Result<(), SpentSetError> {
+        self.in_transaction(|tx| Self::claim_in(tx, keys, state, note))
+    }
+
+    fn commit_pending(&self, keys: &[SpendKey]) -> Result<(), SpentSetError> {
+        self.in_transaction(|tx| Self::commit_pending_in(tx, keys))
+    }
+
+    fn release_pending(&self, keys: &[SpendKey]) -> Result<(), SpentSetError> {
+        self.in_transaction(|tx| Self::release_pending_in(tx, keys))
+    }
+
+    fn states(&self, keys: &[SpendKey]) -> Result<Vec<Option<SpendState>>, SpentSetError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| SpentSetError::Storage("spent set lock poisoned".into()))?;
+        Self::states_in(&conn, keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
+
+    fn key(kind: KeyKind, n: u8) -> SpendKey {
+        SpendKey {
+            kind,
+            bytes: vec![n; 33],
+        }
+    }
+
+    fn fresh() -> (tempfile::TempDir, SqliteSpentSet) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let set = SqliteSpentSet::open(&dir.path().join("spent.sqlite")).expect("open");
+        (dir, set)
+    }
+
+    #[test]
+    fn claim_is_all_or_none() {
+        let (_d, set) = fresh();
+        let a = key(KeyKind::CreditY, 1);
+        let b = key(KeyKind::CreditY, 2);
+        let c = key(KeyKind::CreditY, 3);
+        set.claim(std::slice::from_ref(&b), SpendState::Spent, "first")
+            .unwrap();
+        let err = set
+            .claim(
+                &[a.clone(), b.clone(), c.clone()],
+                SpendState::Spent,
+                "second",
+            )
+            .unwrap_err();
+        match err {
+            SpentSetError::AlreadyClaimed {
+                kind,
+                key_hex,
+                state,
+            } => {
+                assert_eq!(kind, KeyKind::CreditY);
+                assert_eq!(key_hex, hex::encode([2u8; 33]));
+                assert_eq!(state, SpendState::Spent);
+            }
+            other => panic!("expected AlreadyClaimed, got {other:?}"),
+        }
+        assert_eq!(
+            set.states(&[a, b, c]).unwrap(),
+            vec![None, Some(SpendState::Spent), None]
+        );
+    }
+
+    #[test]
+    fn duplicate_key_in_one_request_is_rejected() {
+        let (_d, set) = fresh();
+        let a = key(KeyKind::Outpoint, 7);
+        let err = set
+            .claim(&[a.clone(), a.clone()], SpendState::Spent, "dup")
+            .unwrap_err();
+        assert!(matches!(err, SpentSetError::DuplicateKey { .. }), "{err:?}");
+        assert_eq!(set.states(&[a]).unwrap(), vec![None]);
+    }
+
+    #[test]
+    fn same_bytes_different_kind_are_distinct_keys() {
+        let (_d, set) = fresh();
+        set.claim(&[key(KeyKind::Outpoint, 9)], SpendState::Spent, "a")
+            .unwrap();
+        set.claim(&[key(KeyKind::CreditY, 9)], SpendState::Spent, "b")
+            .unwrap();
+    }
+
+    #[test]
+    fn pending_then_spent() {
+        let (_d, set) = fresh();
+        let a = key(KeyKind::CreditY, 1);
+        set.claim(std::slice::from_ref(&a), SpendState::Pending, "swap")
+            .unwrap();
+        assert_eq!(
+            set.states(std::slice::from_ref(&a)).unwrap(),
+            vec![Some(SpendState::Pending)]
+        );
+        // A pending key is taken: nobody else may claim it meanwhile.
+        assert!(matches!(
+            set.claim(std::slice::from_ref(&a), SpendState::Spent, "other"),
+            Err(SpentSetError::AlreadyClaimed {
+                state: SpendState::Pending,
+                ..
+            })
+        ));
+        set.commit_pending(std::slice::from_ref(&a)).unwrap();
+        assert_eq!(
+            set.states(std::slice::from_ref(&a)).unwrap(),
+            vec![Some(SpendState::Spent)]
+        );
+        // Spent keys are no longer pending: neither commit nor release applies.
+        assert!(matches!(
+            set.release_pending(std::slice::from_ref(&a)),
+            Err(SpentSetError::NotPending { .. })
+        ));
+        assert_eq!(set.states(&[a]).unwrap(), vec![Some(SpendState::Spent)]);
+    }
+
+    #[test]
+    fn release_frees_the_key() {
+        let (_d, set) = fresh();
+        let a = key(KeyKind::CreditY, 1);
+        let b = key(KeyKind::CreditY, 2);
+        set.claim(std::slice::from_ref(&a), SpendState::Pending, "swap")
+            .unwrap();
+        // Releasing a pending and an unclaimed key together fails as a whole.
+        assert!(matches!(
+            set.release_pending(&[a.clone(), b.clone()]),
+            Err(SpentSetError::NotPending { .. })
+        ));
+        assert_eq!(
+            set.states(std::slice::from_ref(&a)).unwrap(),
+            vec![Some(SpendState::Pending)]
+        );
+        set.release_pending(std::slice::from_ref(&a)).unwrap();
+        assert_eq!(set.states(std::slice::from_ref(&a)).unwrap(), vec![None]);
+        set.claim(&[a], SpendState::Spent, "again").unwrap();
+    }
+
+    #[test]
+    fn restart_keeps_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spent.sqlite");
+        let a = key(KeyKind::Outpoint, 1);
+        let b = key(KeyKind::CreditY, 2);
+        {
+            let set = SqliteSpentSet::open(&path).unwrap();
+            set.claim(std::slice::from_ref(&a), SpendState::Spent, "x")
+                .unwrap();
+            set.claim(std::slice::from_ref(&b), SpendState::Pending, "y")
+                .unwrap();
+        }
+        let set = SqliteSpentSet::open(&path).unwrap();
+        assert_eq!(
+            set.states(&[a.clone(), b]).unwrap(),
+            vec![Some(SpendState::Spent), Some(SpendState::Pending)]
+        );
+        assert!(set.claim(&[a], SpendState::Spent, "z").is_err());
+    }
+
+    #[test]
+    fn claim_in_rolls_back_with_the_callers_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_durable(&dir.path().join("ledger.sqlite")).unwrap();
+        SqliteSpentSet::create_schema(&conn).unwrap();
+        conn.execute_batch("CREATE TABLE balances (lease TEXT, msat INTEGER)")
+            .unwrap();
+        let a = key(KeyKind::Outpoint, 5);
+        {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .unwrap();
+            SqliteSpentSet::claim_in(&tx, std::slice::from_ref(&a), SpendState::Spent, "lease-1")
+                .unwrap();
+            tx.execute("INSERT INTO balances VALUES ('lease-1', 1000)", [])
+                .unwrap();
+            // Dropped without commit: neither the claim nor the balance may remain.
+        }
+        assert_eq!(
+            SqliteSpentSet::states_in(&conn, std::slice::from_ref(&a)).unwrap(),
+            vec![None]
+        );
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        SqliteSpentSet::claim_in(&tx, std::slice::from_ref(&a), SpendState::Spent, "lease-2")
+            .unwrap();
+        tx.execute("INSERT INTO balances VALUES ('lease-2', 1000)", [])
+            .unwrap();
+        tx.commit().unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM balances", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(
+            SqliteSpentSet::states_in(&conn, &[a]).unwrap(),
+            vec![Some(SpendState::Spent)]
+        );
+    }
+
+    #[test]
+    fn many_threads_one_winner_per_key() {
+        let (_d, set) = fresh();
+        let set = Arc::new(set);
+        const THREADS: usize = 64;
+        const ROUNDS: u8 = 20;
+        for round in 0..ROUNDS {
+            let wins = Arc::new(AtomicUsize::new(0));
+            let barrier = Arc::new(Barrier::new(THREADS));
+            let handles: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (set, wins, barrier) = (set.clone(), wins.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        match set.claim(
+                            &[key(KeyKind::Outpoint, round)],
+                            SpendState::Spent,
+                            &t.to_string(),
+                        ) {
+                            Ok(()) => {
+                                wins.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(SpentSetError::AlreadyClaimed { .. }) => {}
+                            Err(other) => panic!("unexpected error {other:?}"),
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert_eq!(wins.load(Ordering::SeqCst), 1, "round {round}");
+        }
+    }
+
+    #[test]
+    fn two_connections_to_one_file_one_winner() {
+        // Two handles stand in for two processes: the database lock, not the mutex, decides.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spent.sqlite");
+        let sets: Vec<_> = (0..8)
+            .map(|_| Arc::new(SqliteSpentSet::open(&path).unwrap()))
+            .collect();
+        for round in 0..10u8 {
+            let wins = Arc::new(AtomicUsize::new(0));
+            let barrier = Arc::new(Barrier::new(sets.len()));
+            let handles: Vec<_> = sets
+                .iter()
+                .map(|s| {
+                    let (s, wins, barrier) = (s.clone(), wins.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        match s.claim(&[key(KeyKind::CreditY, round)], SpendState::Spent, "c") {
+                            Ok(()) => {
+                                wins.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(SpentSetError::AlreadyClaimed { .. }) => {}
+                            Err(other) => panic!("unexpected error {other:?}"),
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert_eq!(wins.load(Ordering::SeqCst), 1, "round {round}");
+        }
+    }
+}
