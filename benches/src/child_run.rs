@@ -1,0 +1,185 @@
+//! Runs one child process (a VMM) and records when each of its output lines arrived, when it
+//! exited, and its peak RSS, with a deadline so a stuck guest can't stall the harness.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use crate::clock::monotonic_us;
+use crate::error::BenchError;
+
+/// A line of output and the monotonic µs at which the harness read it.
+#[derive(Clone, Debug)]
+pub struct TimedLine {
+    pub at_us: u64,
+    pub text: String,
+}
+
+#[derive(Debug)]
+pub struct ChildRun {
+    /// Monotonic µs just before the spawn: the origin of every figure.
+    pub spawned_at_us: u64,
+    pub stdout: Vec<TimedLine>,
+    pub stderr: Vec<TimedLine>,
+    /// Monotonic µs when the process was reaped.
+    pub reaped_at_us: u64,
+    pub status: ExitStatus,
+    /// Peak resident set size, from the kernel's rusage of the reaped child.
+    pub max_rss_kib: u64,
+    /// True when the harness killed it: the deadline passed or `kill_after` matched.
+    pub killed: bool,
+}
+
+impl ChildRun {
+    /// µs from spawn to the first stdout line containing `marker`.
+    pub fn stdout_marker_us(&self, marker: &str) -> Option<u64> {
+        self.stdout
+            .iter()
+            .find(|l| l.text.contains(marker))
+            .map(|l| l.at_us.saturating_sub(self.spawned_at_us))
+    }
+}
+
+/// What ends a run early.
+pub struct Deadline {
+    pub timeout: Duration,
+    /// Kill the child as soon as a stdout line contains this (for peers whose guest can't end
+    /// the VM by itself).
+    pub kill_after: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Out,
+    Err,
+}
+
+pub fn run(mut cmd: Command, deadline: &Deadline, label: &str) -> Result<ChildRun, BenchError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let spawned_at_us = monotonic_us();
+    let mut child = cmd.spawn().map_err(|e| BenchError::Spawn {
+        what: label.to_string(),
+        source: e,
+    })?;
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = mpsc::channel();
+    let readers = [
+        spawn_reader(child.stdout.take(), Stream::Out, tx.clone()),
+        spawn_reader(child.stderr.take(), Stream::Err, tx),
+    ];
+    let (stdout, stderr, killed) = collect(pid, &rx, deadline, spawned_at_us);
+    let (status, max_rss_kib, reaped_at_us) = reap(pid, label)?;
+    for r in readers.into_iter().flatten() {
+        // A reader ends at EOF, which the child's exit guarantees.
+        let _ = r.join();
+    }
+    // Drain what the readers sent after the collector stopped listening.
+    let (mut stdout, mut stderr) = (stdout, stderr);
+    for (stream, line) in rx.try_iter() {
+        match stream {
+            Stream::Out => stdout.push(line),
+            Stream::Err => stderr.push(line),
+        }
+    }
+    Ok(ChildRun {
+        spawned_at_us,
+        stdout,
+        stderr,
+        reaped_at_us,
+        status,
+        max_rss_kib,
+        killed,
+    })
+}
+
+fn spawn_reader<R: Read + Send + 'static>(
+    pipe: Option<R>,
+    stream: Stream,
+    tx: mpsc::Sender<(Stream, TimedLine)>,
+) -> Option<thread::JoinHandle<()>> {
+    let pipe = pipe?;
+    Some(thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(text) = line else { break };
+            let timed = TimedLine {
+                at_us: monotonic_us(),
+                text,
+            };
+            if tx.send((stream, timed)).is_err() {
+                break;
+            }
+        }
+    }))
+}
+
+type Collected = (Vec<TimedLine>, Vec<TimedLine>, bool);
+
+/// Gathers lines until both pipes close, killing the child at the deadline or marker.
+fn collect(
+    pid: libc::pid_t,
+    rx: &mpsc::Receiver<(Stream, TimedLine)>,
+    deadline: &Deadline,
+    start_us: u64,
+) -> Collected {
+    let (mut out, mut err, mut killed) = (Vec::new(), Vec::new(), false);
+    let limit_us = start_us + deadline.timeout.as_micros() as u64;
+    loop {
+        let left = limit_us.saturating_sub(monotonic_us());
+        match rx.recv_timeout(Duration::from_micros(left.max(1))) {
+            Ok((Stream::Out, line)) => {
+                let hit = deadline
+                    .kill_after
+                    .as_deref()
+                    .is_some_and(|m| line.text.contains(m));
+                out.push(line);
+                if hit && !killed {
+                    kill(pid);
+                    killed = true;
+                }
+            }
+            Ok((Stream::Err, line)) => err.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if !killed {
+                    kill(pid);
+                    killed = true;
+                }
+            }
+        }
+    }
+    (out, err, killed)
+}
+
+fn kill(pid: libc::pid_t) {
+    // SAFETY: plain syscall on the pid of a child we have not reaped yet, so it can't have
+    // been recycled for another process.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// Waits for the child with wait4 so the kernel hands over its rusage (peak RSS).
+fn reap(pid: libc::pid_t, label: &str) -> Result<(ExitStatus, u64, u64), BenchError> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `status` and `usage` are valid for writes; `pid` is our own child.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if rc == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(BenchError::Wait {
+                what: label.to_string(),
+                source: e,
+            });
+        }
+    }
+    let at = monotonic_us();
+    Ok((ExitStatus::from_raw(status), usage.ru_maxrss as u64, at))
+}
