@@ -1,0 +1,54 @@
+# Shared set-up for coinop's scripts: sourced, never run. Idempotent: a second run only checks.
+# Installs what a fresh Debian/Ubuntu x86_64 host needs, builds the workspace and the test
+# guest, and says plainly what is missing when it can't fix it itself.
+
+COINOP_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export COINOP_ROOT
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Debian packages the build and the test guest need (gcc/binutils/make build the guest).
+COINOP_APT_PACKAGES=(gcc binutils make libc6-dev curl ca-certificates)
+
+coinop_as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    die "need root for: $* (run as root or install sudo)"
+  fi
+}
+
+coinop_install_packages() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} = 0 ] && return 0
+  command -v apt-get >/dev/null || die "apt-get not found: install ${missing[*]} yourself"
+  say "installing ${missing[*]}"
+  coinop_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  coinop_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+coinop_check_rust() {
+  if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  command -v cargo >/dev/null || die "cargo not found: install Rust >= 1.85 (https://rustup.rs), then rerun"
+  local v
+  v=$(rustc --version | awk '{print $2}')
+  case "$v" in
+    1.[0-7][0-9].*|1.8[0-4].*) die "rustc $v is too old: coinop needs >= 1.85 (rustup update)";;
+  esac
+}
+
+# Prints why /dev/kvm can't be used, or nothing when it can.
+coinop_kvm_problem() {
+  [ -e /dev/kvm ] || { echo "/dev/kvm does not exist (no KVM on this host)"; return; }
+  [ -r /dev/kvm ] && [ -w /dev/kvm ] || echo "/dev/kvm is not readable and writable by $(id -un)"
+}
+
+coinop_setup() {
+  coinop_install_packages "${COINOP_APT_PACKAGES[@]}"
+  coinop_check_rust
+}
