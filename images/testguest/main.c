@@ -1,0 +1,88 @@
+/* The test guest's behaviour: announce readiness, then follow `mode=` from the command line. */
+#include "cmdline.h"
+#include "io.h"
+#include "power.h"
+#include "serial.h"
+#include "smp.h"
+#include "tsc.h"
+
+#define BOOT_TIMER_PORT 0x3f0
+#define BOOT_TIMER_READY 123
+
+static int streq(const char *a, const char *b)
+{
+    while (*a && *a == *b) {
+        a++;
+        b++;
+    }
+    return *a == *b;
+}
+
+static int starts_with(const char *s, const char *prefix)
+{
+    while (*prefix) {
+        if (*s++ != *prefix++)
+            return 0;
+    }
+    return 1;
+}
+
+/* Parses a decimal number; returns -1 unless the whole string is digits (max 9 of them). */
+static long parse_ms(const char *s)
+{
+    long v = 0;
+    int digits = 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || ++digits > 9)
+            return -1;
+        v = v * 10 + (*s - '0');
+    }
+    return digits ? v : -1;
+}
+
+static void spin(long ms)
+{
+    u64 khz = tsc_khz();
+    if (!khz) {
+        serial_puts("spin: no tsc frequency\n");
+        return;
+    }
+    u64 ticks = khz * (u64)ms;
+    u64 start = rdtsc();
+    while (rdtsc() - start < ticks)
+        ;
+    serial_puts("spin done\n");
+}
+
+static void echo(void)
+{
+    for (;;) {
+        u8 c = serial_getc();
+        if (c == 0x04)
+            return;
+        serial_putc(c);
+    }
+}
+
+void guest_main(u64 cmdline_paddr)
+{
+    char mode[32];
+    serial_puts("coinop-testguest ready\n");
+    outb(BOOT_TIMER_PORT, BOOT_TIMER_READY);
+    cmdline_value(cmdline_paddr, "mode=", mode, sizeof(mode));
+
+    if (mode[0] == 0 || streq(mode, "halt")) {
+        /* nothing to do */
+    } else if (starts_with(mode, "spin:") && parse_ms(mode + 5) >= 0) {
+        spin(parse_ms(mode + 5));
+    } else if (streq(mode, "echo")) {
+        echo();
+    } else if (streq(mode, "smp")) {
+        smp_run();
+    } else if (streq(mode, "fault")) {
+        triple_fault();
+    } else {
+        serial_puts("unknown mode\n");
+    }
+    reset();
+}

@@ -1,0 +1,7 @@
+/* TSC frequency: from the VMM's CPUID leaf 0x40000010, else measured against the PIT. */
+#ifndef TSC_H
+#define TSC_H
+#include "io.h"
+u64 tsc_khz(void);
+void tsc_delay_us(u64 khz, u64 us);
+#endif
