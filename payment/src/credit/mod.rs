@@ -1,1 +1,24 @@
-//! Blind-signed credit (built by the credit issue).
+//! Anonymous blind-signed credit, the mint side of Cashu (NUT-00/01/02/03/06/07/12): the host
+//! signs blinded notes when paid on chain and later accepts the unblinded notes for a lease
+//! without being able to link the two.
+//!
+//! - [`hash_to_curve`], [`bdhke`], [`dleq`]: the cryptography (NUT-00, NUT-12).
+//! - [`keyset`], [`keyset_store`]: keys per amount, keyset ids, seed file and rotation.
+//! - [`amount`]: power-of-two note amounts.
+//! - [`nut_types`]: the Cashu JSON bodies.
+//! - [`mint`]: mint, swap, check state, redeem, change.
+//! - [`error`]: typed errors with Cashu codes and HTTP statuses.
+
+pub mod amount;
+pub mod bdhke;
+pub mod curve;
+pub mod dleq;
+pub mod error;
+pub mod hash_to_curve;
+pub mod keyset;
+pub mod keyset_store;
+pub mod mint;
+pub mod nut_types;
+
+pub use error::CreditError;
+pub use mint::{credit_key, Mint, MintLimits, ValidatedInputs};

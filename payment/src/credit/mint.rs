@@ -1,0 +1,578 @@
+//! The mint: signs blinded outputs against payments, swaps notes, reports their state,
+//! redeems them for lease balance and signs change. Every operation validates its whole
+//! request before it touches any state, so a rejected request changes nothing.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use bitcoin::secp256k1::PublicKey;
+
+use super::amount::{checked_sum, split};
+use super::bdhke::{sign_blinded, verify_with_y};
+use super::curve::{parse_point, point_hex};
+use super::dleq::prove;
+use super::error::CreditError;
+use super::hash_to_curve::secret_to_curve;
+use super::keyset::{Keyset, UNIT_SAT};
+use super::keyset_store::{KeysetState, KeysetStore};
+use super::nut_types::*;
+use crate::spent_set::{KeyKind, SpendKey, SpendState, SpentSet};
+
+/// Bounds on one request, so no request can make the mint do unbounded work.
+#[derive(Clone, Debug)]
+pub struct MintLimits {
+    pub max_inputs: usize,
+    pub max_outputs: usize,
+    /// Longest accepted proof secret, in bytes (standard secrets are 64 hex characters).
+    pub max_secret_len: usize,
+    /// Range of one mint operation's amount, in sat.
+    pub min_mint_sat: u64,
+    pub max_mint_sat: u64,
+}
+
+impl Default for MintLimits {
+    fn default() -> Self {
+        MintLimits {
+            max_inputs: 1000,
+            max_outputs: 1000,
+            max_secret_len: 512,
+            min_mint_sat: 1,
+            max_mint_sat: 100_000_000,
+        }
+    }
+}
+
+/// Inputs that passed every check but are not yet claimed: what the daemon claims in its
+/// own ledger transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidatedInputs {
+    /// One `CreditY` key per input, in input order.
+    pub keys: Vec<SpendKey>,
+    pub amount_sat: u64,
+}
+
+impl ValidatedInputs {
+    /// The value of the inputs in msat (1 sat = 1000 msat).
+    pub fn amount_msat(&self) -> Result<u64, CreditError> {
+        self.amount_sat
+            .checked_mul(1000)
+            .ok_or(CreditError::AmountOutOfRange {
+                what: "inputs in msat",
+                amount: self.amount_sat,
+                min: 0,
+                max: u64::MAX / 1000,
+            })
+    }
+}
+
+/// An output that passed validation, with the keyset that will sign it.
+struct CheckedOutput {
+    keyset: Arc<Keyset>,
+    amount: u64,
+    b_: PublicKey,
+}
+
+/// The keysets in memory: one snapshot is used for a whole request, so a rotation in the
+/// middle of it can't mix keysets.
+struct KeyRing {
+    active: Arc<Keyset>,
+    by_id: HashMap<String, (Arc<Keyset>, KeysetState)>,
+    /// In rotation order.
+    order: Vec<String>,
+}
+
+impl KeyRing {
+    fn build(store: &KeysetStore) -> Result<Self, CreditError> {
+        let mut by_id = HashMap::new();
+        let mut order = Vec::new();
+        let mut active = None;
+        for record in store.records() {
+            let keyset = Arc::new(Keyset::derive(store.seed(), record.counter)?);
+            if record.state == KeysetState::Active {
+                active = Some(keyset.clone());
+            }
+            order.push(keyset.id().to_string());
+            by_id.insert(keyset.id().to_string(), (keyset, record.state));
+        }
+        let active = active.ok_or_else(|| CreditError::Store {
+            path: store.path().display().to_string(),
+            reason: "no active keyset".into(),
+        })?;
+        Ok(KeyRing {
+            active,
+            by_id,
+            order,
+        })
+    }
+
+    /// The keyset a proof names, if it still accepts inputs.
+    fn for_input(&self, id: &str) -> Result<&Arc<Keyset>, CreditError> {
+        match self.by_id.get(id) {
+            None => Err(CreditError::UnknownKeyset { id: id.to_string() }),
+            Some((_, KeysetState::Retired)) => {
+                Err(CreditError::RetiredKeyset { id: id.to_string() })
+            }
+            Some((keyset, _)) => Ok(keyset),
+        }
+    }
+
+    /// The keyset an output names, which must be the active one.
+    fn for_output(&self, id: &str) -> Result<&Arc<Keyset>, CreditError> {
+        match self.by_id.get(id) {
+            None => Err(CreditError::UnknownKeyset { id: id.to_string() }),
+            Some((keyset, KeysetState::Active)) => Ok(keyset),
+            Some(_) => Err(CreditError::InactiveKeyset { id: id.to_string() }),
+        }
+    }
+
+    /// Keysets that accept inputs, oldest first.
+    fn served(&self) -> impl Iterator<Item = (&Arc<Keyset>, KeysetState)> {
+        self.order.iter().filter_map(|id| {
+            let (keyset, state) = &self.by_id[id];
+            (*state != KeysetState::Retired).then_some((keyset, *state))
+        })
+    }
+}
+
+pub struct Mint {
+    store: Mutex<KeysetStore>,
+    ring: RwLock<Arc<KeyRing>>,
+    spent: Arc<dyn SpentSet>,
+    limits: MintLimits,
+}
+
+impl Mint {
+    /// Opens (or creates) the keyset store in `state_dir` and derives its keysets.
+    pub fn open(
+        state_dir: &Path,
+        spent: Arc<dyn SpentSet>,
+        limits: MintLimits,
+    ) -> Result<Self, CreditError> {
+        let store = KeysetStore::open(state_dir)?;
+        let ring = KeyRing::build(&store)?;
+        Ok(Mint {
+            store: Mutex::new(store),
+            ring: RwLock::new(Arc::new(ring)),
+            spent,
+            limits,
+        })
+    }
+
+    pub fn limits(&self) -> &MintLimits {
+        &self.limits
+    }
+
+    fn ring(&self) -> Arc<KeyRing> {
+        self.ring
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn active_keyset_id(&self) -> String {
+        self.ring().active.id().to_string()
+    }
+
+    /// Public key of the active keyset for `amount` (what a wallet gets from `/v1/keys`).
+    pub fn active_public_key(&self, amount: u64) -> Result<PublicKey, CreditError> {
+        Ok(self.ring().active.key_pair("amount", amount)?.1)
+    }
+
+    /// Public key of keyset `id` for `amount`.
+    pub fn public_key(&self, id: &str, amount: u64) -> Result<PublicKey, CreditError> {
+        Ok(self.ring().for_input(id)?.key_pair("amount", amount)?.1)
+    }
+
+    /// Starts a new active keyset; the old one keeps accepting inputs. Returns the new id.
+    pub fn rotate(&self) -> Result<String, CreditError> {
+        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        store.rotate()?;
+        self.reload(&store)
+    }
+
+    /// Stops accepting notes of inactive keyset `id`.
+    pub fn retire(&self, id: &str) -> Result<(), CreditError> {
+        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        let counter = self.ring().for_input(id)?.counter();
+        store.retire(counter)?;
+        self.reload(&store).map(|_| ())
+    }
+
+    fn reload(&self, store: &KeysetStore) -> Result<String, CreditError> {
+        let ring = KeyRing::build(store)?;
+        let id = ring.active.id().to_string();
+        *self.ring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
+        Ok(id)
+    }
+
+    /// NUT-01 `GET /v1/keys`: the active keyset's keys.
+    pub fn keys(&self) -> KeysResponse {
+        KeysResponse {
+            keysets: vec![key_set(&self.ring().active)],
+        }
+    }
+
+    /// NUT-01 `GET /v1/keys/{id}`: any keyset that still accepts inputs.
+    pub fn keys_for(&self, id: &str) -> Result<KeysResponse, CreditError> {
+        let ring = self.ring();
+        Ok(KeysResponse {
+            keysets: vec![key_set(ring.for_input(id)?)],
+        })
+    }
+
+    /// NUT-02 `GET /v1/keysets`.
+    pub fn keysets(&self) -> KeysetsResponse {
+        let ring = self.ring();
+        KeysetsResponse {
+            keysets: ring
+                .served()
+                .map(|(keyset, state)| KeysetInfo {
+                    id: keyset.id().to_string(),
+                    unit: UNIT_SAT.to_string(),
+                    active: state == KeysetState::Active,
+                    input_fee_ppk: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// NUT-06 `GET /v1/info`: what this mint supports; the daemon fills in the operator's
+    /// name and description.
+    pub fn info(
+        &self,
+        name: Option<String>,
+        description: Option<String>,
+        time: Option<u64>,
+    ) -> MintInfo {
+        let supported = |supported| Supported { supported };
+        MintInfo {
+            name,
+            pubkey: None,
+            version: Some(format!("coinop/{}", env!("CARGO_PKG_VERSION"))),
+            description,
+            description_long: None,
+            contact: None,
+            motd: None,
+            icon_url: None,
+            urls: None,
+            time,
+            tos_url: None,
+            nuts: Nuts {
+                nut04: MethodSettings {
+                    methods: vec![MethodSetting {
+                        method: "onchain".into(),
+                        unit: UNIT_SAT.into(),
+                        min_amount: Some(self.limits.min_mint_sat),
+                        max_amount: Some(self.limits.max_mint_sat),
+                    }],
+                    disabled: false,
+                },
+                nut05: MethodSettings {
+                    methods: vec![],
+                    disabled: true,
+                },
+                nut07: supported(true),
+                nut08: supported(false),
+                nut09: supported(false),
+                nut10: supported(false),
+                nut11: supported(false),
+                nut12: supported(true),
+            },
+        }
+    }
+
+    /// Signs `outputs` for an on-chain payment already verified (and its outpoint claimed)
+    /// by the caller: their amounts must sum to exactly `paid_amount_sat` (the payment minus
+    /// any fee).
+    pub fn mint(
+        &self,
+        paid_amount_sat: u64,
+        outputs: &[BlindedMessage],
+    ) -> Result<Vec<BlindSignature>, CreditError> {
+        let limits = &self.limits;
+        if !(limits.min_mint_sat..=limits.max_mint_sat).contains(&paid_amount_sat) {
+            return Err(CreditError::AmountOutOfRange {
+                what: "mint amount",
+                amount: paid_amount_sat,
+                min: limits.min_mint_sat,
+                max: limits.max_mint_sat,
+            });
+        }
+        let ring = self.ring();
+        let outputs = self.check_outputs(&ring, outputs, true)?;
+        let total = checked_sum("outputs", outputs.iter().map(|o| o.amount))?;
+        if total != paid_amount_sat {
+            return Err(CreditError::Unbalanced {
+                inputs: paid_amount_sat,
+                outputs: total,
+            });
+        }
+        sign_all(&outputs)
+    }
+
+    /// NUT-03 swap: inputs become outputs of equal total, all or nothing. The inputs are
+    /// held `Pending` while the outputs are signed, then committed as `Spent`; a failure in
+    /// between releases them.
+    pub fn swap(&self, request: &SwapRequest) -> Result<SwapResponse, CreditError> {
+        let ring = self.ring();
+        let inputs = self.check_inputs(&ring, &request.inputs)?;
+        let outputs = self.check_outputs(&ring, &request.outputs, true)?;
+        let out_total = checked_sum("outputs", outputs.iter().map(|o| o.amount))?;
+        if out_total != inputs.amount_sat {
+            return Err(CreditError::Unbalanced {
+                inputs: inputs.amount_sat,
+                outputs: out_total,
+            });
+        }
+        self.spent
+            .claim(&inputs.keys, SpendState::Pending, "credit swap")?;
+        let signed = sign_all(&outputs).and_then(|signatures| {
+            self.spent.commit_pending(&inputs.keys)?;
+            Ok(signatures)
+        });
+        match signed {
+            Ok(signatures) => Ok(SwapResponse { signatures }),
+            Err(e) => {
+                // Nothing was delivered: give the inputs back. If even that fails they stay
+                // Pending, which loses availability but never money.
+                if let Err(release) = self.spent.release_pending(&inputs.keys) {
+                    tracing::error!(%release, "swap failed and its inputs stay pending");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// NUT-07 check state, in request order.
+    pub fn check_state(
+        &self,
+        request: &CheckStateRequest,
+    ) -> Result<CheckStateResponse, CreditError> {
+        if request.ys.len() > self.limits.max_inputs {
+            return Err(CreditError::TooManyInputs {
+                count: request.ys.len(),
+                max: self.limits.max_inputs,
+            });
+        }
+        let keys = request
+            .ys
+            .iter()
+            .map(|y| parse_point("Ys", y).map(|p| credit_key(&p)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let states = self.spent.states(&keys)?;
+        Ok(CheckStateResponse {
+            states: keys
+                .iter()
+                .zip(states)
+                .map(|(key, state)| ProofStateEntry {
+                    y: hex::encode(&key.bytes),
+                    state: match state {
+                        None => ProofState::Unspent,
+                        Some(SpendState::Pending) => ProofState::Pending,
+                        Some(SpendState::Spent) => ProofState::Spent,
+                    },
+                    witness: None,
+                })
+                .collect(),
+        })
+    }
+
+    /// Checks inputs for a lease payment (keysets, amounts, duplicates, signatures) without
+    /// claiming them, so the daemon can claim the returned keys inside its own ledger
+    /// transaction together with the lease's balance. Does not consult the spent set.
+    pub fn validate_inputs(&self, inputs: &[Proof]) -> Result<ValidatedInputs, CreditError> {
+        self.check_inputs(&self.ring(), inputs)
+    }
+
+    /// Validates `inputs` and marks them spent (durably, through the spent set) in one
+    /// step; returns their value in msat. `note` names what they paid for.
+    pub fn redeem(&self, inputs: &[Proof], note: &str) -> Result<u64, CreditError> {
+        let validated = self.validate_inputs(inputs)?;
+        let msat = validated.amount_msat()?;
+        self.spent.claim(&validated.keys, SpendState::Spent, note)?;
+        Ok(msat)
+    }
+
+    /// How many blank outputs `change` needs for `refund_msat`.
+    pub fn change_outputs_needed(refund_msat: u64) -> usize {
+        (refund_msat / 1000).count_ones() as usize
+    }
+
+    /// Signs change worth `floor(refund_msat / 1000)` sat onto the wallet's blank outputs,
+    /// NUT-08 style: the mint sets each output's amount (the amounts sent are ignored), one
+    /// power of two per output, smallest first; outputs beyond those needed are left
+    /// unsigned. Sub-sat remainders cannot be expressed as notes and are not returned.
+    pub fn change(
+        &self,
+        refund_msat: u64,
+        outputs: &[BlindedMessage],
+    ) -> Result<Vec<BlindSignature>, CreditError> {
+        let change_sat = refund_msat / 1000;
+        let notes = split(change_sat);
+        if notes.is_empty() {
+            return Ok(Vec::new());
+        }
+        if outputs.len() < notes.len() {
+            return Err(CreditError::TooFewChangeOutputs {
+                change_sat,
+                needed: notes.len(),
+                given: outputs.len(),
+            });
+        }
+        let ring = self.ring();
+        let mut checked = self.check_outputs(&ring, outputs, false)?;
+        checked.truncate(notes.len());
+        for (output, amount) in checked.iter_mut().zip(notes) {
+            output.amount = amount;
+        }
+        sign_all(&checked)
+    }
+
+    fn check_count(&self, inputs: usize, outputs: usize) -> Result<(), CreditError> {
+        if inputs > self.limits.max_inputs {
+            return Err(CreditError::TooManyInputs {
+                count: inputs,
+                max: self.limits.max_inputs,
+            });
+        }
+        if outputs > self.limits.max_outputs {
+            return Err(CreditError::TooManyOutputs {
+                count: outputs,
+                max: self.limits.max_outputs,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_inputs(
+        &self,
+        ring: &KeyRing,
+        inputs: &[Proof],
+    ) -> Result<ValidatedInputs, CreditError> {
+        self.check_count(inputs.len(), 0)?;
+        if inputs.is_empty() {
+            return Err(CreditError::NoInputs);
+        }
+        // Cheap, structural checks over all inputs first; curve work only afterwards.
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(inputs.len());
+        let mut parsed = Vec::with_capacity(inputs.len());
+        for (index, proof) in inputs.iter().enumerate() {
+            self.check_secret(index, &proof.secret)?;
+            if let Some(first) = seen.insert(proof.secret.as_str(), index) {
+                return Err(CreditError::DuplicateInputs {
+                    first,
+                    second: index,
+                });
+            }
+            let keyset = ring.for_input(&proof.id)?;
+            let (k, _) = keyset.key_pair("inputs.amount", proof.amount)?;
+            parsed.push((k, parse_point("inputs.C", &proof.c)?));
+        }
+        let amount_sat = checked_sum("inputs", inputs.iter().map(|p| p.amount))?;
+        let mut keys = Vec::with_capacity(inputs.len());
+        for (index, (proof, (k, c))) in inputs.iter().zip(parsed).enumerate() {
+            let y = secret_to_curve(&proof.secret)?;
+            if !verify_with_y(k, &y, &c) {
+                return Err(CreditError::ProofInvalid { index });
+            }
+            keys.push(credit_key(&y));
+        }
+        Ok(ValidatedInputs { keys, amount_sat })
+    }
+
+    fn check_secret(&self, index: usize, secret: &str) -> Result<(), CreditError> {
+        if secret.is_empty() {
+            return Err(CreditError::SecretRejected {
+                index,
+                reason: "empty",
+            });
+        }
+        if secret.len() > self.limits.max_secret_len {
+            return Err(CreditError::SecretRejected {
+                index,
+                reason: "too long",
+            });
+        }
+        // NUT-10 well-known secrets `[kind, {...}]` lock notes to conditions this mint does
+        // not enforce; accepting them as plain secrets would let anyone spend locked notes.
+        if secret.starts_with('[')
+            && serde_json::from_str::<(String, serde_json::Map<String, serde_json::Value>)>(secret)
+                .is_ok()
+        {
+            return Err(CreditError::SecretRejected {
+                index,
+                reason: "NUT-10 spending conditions are not supported",
+            });
+        }
+        Ok(())
+    }
+
+    fn check_outputs(
+        &self,
+        ring: &KeyRing,
+        outputs: &[BlindedMessage],
+        check_amounts: bool,
+    ) -> Result<Vec<CheckedOutput>, CreditError> {
+        self.check_count(0, outputs.len())?;
+        if outputs.is_empty() {
+            return Err(CreditError::NoOutputs);
+        }
+        let mut seen: HashMap<[u8; 33], usize> = HashMap::with_capacity(outputs.len());
+        let mut checked = Vec::with_capacity(outputs.len());
+        for (index, output) in outputs.iter().enumerate() {
+            let keyset = ring.for_output(&output.id)?;
+            if check_amounts {
+                keyset.key_pair("outputs.amount", output.amount)?;
+            }
+            let b_ = parse_point("outputs.B_", &output.b_)?;
+            if let Some(first) = seen.insert(b_.serialize(), index) {
+                return Err(CreditError::DuplicateOutputs {
+                    first,
+                    second: index,
+                });
+            }
+            checked.push(CheckedOutput {
+                keyset: keyset.clone(),
+                amount: output.amount,
+                b_,
+            });
+        }
+        Ok(checked)
+    }
+}
+
+fn key_set(keyset: &Keyset) -> KeySet {
+    KeySet {
+        id: keyset.id().to_string(),
+        unit: UNIT_SAT.to_string(),
+        keys: keyset.public_keys_hex(),
+    }
+}
+
+/// The spent-set key of a proof: its `Y`, compressed.
+pub fn credit_key(y: &PublicKey) -> SpendKey {
+    SpendKey {
+        kind: KeyKind::CreditY,
+        bytes: y.serialize().to_vec(),
+    }
+}
+
+fn sign_all(outputs: &[CheckedOutput]) -> Result<Vec<BlindSignature>, CreditError> {
+    outputs.iter().map(sign_one).collect()
+}
+
+fn sign_one(output: &CheckedOutput) -> Result<BlindSignature, CreditError> {
+    let (k, _) = output.keyset.key_pair("outputs.amount", output.amount)?;
+    let c_ = sign_blinded(k, &output.b_)?;
+    let dleq = prove(k, &output.b_, &c_)?;
+    Ok(BlindSignature {
+        amount: output.amount,
+        id: output.keyset.id().to_string(),
+        c_: point_hex(&c_),
+        dleq: Some(BlindSignatureDleq {
+            e: hex::encode(dleq.e.to_be_bytes()),
+            s: hex::encode(dleq.s.secret_bytes()),
+        }),
+    })
+}
