@@ -1,0 +1,161 @@
+//! Every test-guest mode through both boot entries (PVH, ELF64) on 1 and 2 vCPUs: console
+//! text, events and exit codes from the real `coinop-vmm` on /dev/kvm.
+
+mod common;
+
+use common::{kvm_ready, Image, Vmm, READY_LINE};
+
+fn halt(image: Image, vcpus: u32) {
+    if !kvm_ready() {
+        return;
+    }
+    let out = Vmm::boot(image, "mode=halt").vcpus(vcpus).run();
+    out.assert_lifecycle(vcpus, "guest_reset", 0);
+    assert_eq!(out.stdout, READY_LINE, "{}", out.context());
+}
+
+fn spin(image: Image, vcpus: u32) {
+    if !kvm_ready() {
+        return;
+    }
+    let out = Vmm::boot(image, "mode=spin:200").vcpus(vcpus).run();
+    out.assert_lifecycle(vcpus, "guest_reset", 0);
+    assert_eq!(
+        out.stdout,
+        format!("{READY_LINE}spin done\n"),
+        "{}",
+        out.context()
+    );
+    // The guest times its spin with the TSC frequency the VMM advertises in CPUID
+    // 0x40000010: a wrong (too high) figure would end the spin early.
+    let spun = out.event("exit")["t_us"].as_u64().unwrap_or(0)
+        - out.event("guest_ready")["t_us"].as_u64().unwrap_or(0);
+    assert!(
+        spun >= 190_000,
+        "spin:200 ended after {spun} µs\n{}",
+        out.context()
+    );
+}
+
+fn echo_stdin(image: Image, vcpus: u32) {
+    if !kvm_ready() {
+        return;
+    }
+    let mut vm = Vmm::boot(image, "mode=echo")
+        .vcpus(vcpus)
+        .with_stdin()
+        .spawn();
+    vm.wait_console(READY_LINE);
+    vm.write_stdin(b"hello coinop\n\x04");
+    let out = vm.finish();
+    out.assert_lifecycle(vcpus, "guest_reset", 0);
+    assert_eq!(
+        out.stdout,
+        format!("{READY_LINE}hello coinop\n"),
+        "{}",
+        out.context()
+    );
+}
+
+/// The MP table lists every vCPU; each AP wakes on INIT/SIPI and reports its APIC id.
+fn smp(image: Image, vcpus: u32) {
+    if !kvm_ready() {
+        return;
+    }
+    let out = Vmm::boot(image, "mode=smp").vcpus(vcpus).run();
+    out.assert_lifecycle(vcpus, "guest_reset", 0);
+    let ctx = out.context();
+    let body = out
+        .stdout
+        .strip_prefix(READY_LINE)
+        .unwrap_or_else(|| panic!("no ready line first\n{ctx}"));
+    let lines: Vec<&str> = body.lines().collect();
+    for id in 0..vcpus {
+        let want = format!("cpu {id} online");
+        let seen = lines.iter().filter(|l| **l == want).count();
+        assert_eq!(seen, 1, "{want:?} seen {seen} times\n{ctx}");
+    }
+    assert_eq!(
+        lines.last().copied(),
+        Some(format!("smp: {vcpus} cpus online").as_str()),
+        "summary line\n{ctx}"
+    );
+    assert_eq!(lines.len(), vcpus as usize + 1, "unexpected lines\n{ctx}");
+}
+
+fn fault(image: Image, vcpus: u32) {
+    if !kvm_ready() {
+        return;
+    }
+    let out = Vmm::boot(image, "mode=fault").vcpus(vcpus).run();
+    out.assert_lifecycle(vcpus, "triple_fault", 3);
+    assert_eq!(out.stdout, READY_LINE, "{}", out.context());
+    assert!(
+        out.messages
+            .iter()
+            .any(|m| m.to_lowercase().contains("triple fault")
+                || m.to_lowercase().contains("triple_fault")),
+        "the crash reason is on stderr\n{}",
+        out.context()
+    );
+}
+
+macro_rules! boots {
+    ($($name:ident => $check:ident($image:ident, $vcpus:literal);)*) => {
+        $(
+            #[test]
+            fn $name() {
+                $check(Image::$image, $vcpus)
+            }
+        )*
+    };
+}
+
+boots! {
+    halt_pvh_1vcpu => halt(Pvh, 1);
+    halt_pvh_2vcpus => halt(Pvh, 2);
+    halt_elf64_1vcpu => halt(Elf64, 1);
+    halt_elf64_2vcpus => halt(Elf64, 2);
+    spin_pvh_1vcpu => spin(Pvh, 1);
+    spin_pvh_2vcpus => spin(Pvh, 2);
+    spin_elf64_1vcpu => spin(Elf64, 1);
+    spin_elf64_2vcpus => spin(Elf64, 2);
+    echo_pvh_1vcpu => echo_stdin(Pvh, 1);
+    echo_pvh_2vcpus => echo_stdin(Pvh, 2);
+    echo_elf64_1vcpu => echo_stdin(Elf64, 1);
+    echo_elf64_2vcpus => echo_stdin(Elf64, 2);
+    smp_pvh_1vcpu => smp(Pvh, 1);
+    smp_pvh_2vcpus => smp(Pvh, 2);
+    smp_elf64_1vcpu => smp(Elf64, 1);
+    smp_elf64_2vcpus => smp(Elf64, 2);
+    smp_pvh_4vcpus => smp(Pvh, 4);
+    fault_pvh_1vcpu => fault(Pvh, 1);
+    fault_pvh_2vcpus => fault(Pvh, 2);
+    fault_elf64_1vcpu => fault(Elf64, 1);
+    fault_elf64_2vcpus => fault(Elf64, 2);
+}
+
+#[test]
+fn no_mode_behaves_as_halt() {
+    if !kvm_ready() {
+        return;
+    }
+    let out = Vmm::new().arg("--kernel").arg(Image::Elf64.path()).run();
+    out.assert_lifecycle(1, "guest_reset", 0);
+    assert_eq!(out.stdout, READY_LINE, "{}", out.context());
+}
+
+#[test]
+fn unknown_mode_is_reported_by_the_guest() {
+    if !kvm_ready() {
+        return;
+    }
+    let out = Vmm::boot(Image::Pvh, "quiet mode=dance").run();
+    out.assert_lifecycle(1, "guest_reset", 0);
+    assert_eq!(
+        out.stdout,
+        format!("{READY_LINE}unknown mode\n"),
+        "{}",
+        out.context()
+    );
+}
