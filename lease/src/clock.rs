@@ -1,0 +1,27 @@
+//! Clocks: `CLOCK_MONOTONIC` µs (the same clock coinop-vmm's `--start-time-us` uses, so boot
+//! figures line up across processes) and wall-clock seconds for timestamps.
+
+use nix::time::{clock_gettime, ClockId};
+
+/// `CLOCK_MONOTONIC` in µs.
+pub fn monotonic_us() -> u64 {
+    // CLOCK_MONOTONIC is always available on Linux; a failure would be a kernel bug.
+    let ts = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always readable");
+    (ts.tv_sec() as u64) * 1_000_000 + (ts.tv_nsec() as u64) / 1000
+}
+
+/// Unix time in seconds.
+pub fn unix_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Unix time in ms.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,127 @@
+//! The image catalogue: which kernels (and initrds, default command lines) tenants may boot,
+//! by name. Parsed from `--image NAME=KERNEL[,initrd=PATH][,cmdline=STR]`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ImageError {
+    #[error("--image {0:?}: expected NAME=KERNEL[,initrd=PATH][,cmdline=STR]")]
+    Shape(String),
+    #[error("--image {text:?}: unknown option {option:?} (initrd= or cmdline=)")]
+    Option { text: String, option: String },
+    #[error("--image {0:?}: the name must be 1-64 characters of [A-Za-z0-9._-]")]
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageSpec {
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Used when the lease request brings no cmdline of its own.
+    pub cmdline: String,
+}
+
+impl ImageSpec {
+    /// Parses `NAME=KERNEL[,initrd=PATH][,cmdline=STR]`. `cmdline=` swallows the rest of the
+    /// text, commas included, because kernel command lines may contain commas.
+    pub fn parse(text: &str) -> Result<Self, ImageError> {
+        let (name, rest) = text
+            .split_once('=')
+            .ok_or_else(|| ImageError::Shape(text.to_string()))?;
+        if !valid_name(name) {
+            return Err(ImageError::Name(text.to_string()));
+        }
+        let (head, cmdline) = match rest.find(",cmdline=") {
+            Some(i) => (&rest[..i], Some(rest[i + ",cmdline=".len()..].to_string())),
+            None => (rest, None),
+        };
+        let mut parts = head.split(',');
+        let kernel = parts.next().filter(|k| !k.is_empty());
+        let kernel = kernel.ok_or_else(|| ImageError::Shape(text.to_string()))?;
+        let mut initrd = None;
+        for part in parts {
+            match part.strip_prefix("initrd=") {
+                Some(path) if !path.is_empty() => initrd = Some(PathBuf::from(path)),
+                _ => {
+                    return Err(ImageError::Option {
+                        text: text.to_string(),
+                        option: part.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(ImageSpec {
+            name: name.to_string(),
+            kernel: PathBuf::from(kernel),
+            initrd,
+            cmdline: cmdline.unwrap_or_default(),
+        })
+    }
+}
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ImageCatalogue {
+    images: BTreeMap<String, ImageSpec>,
+}
+
+impl ImageCatalogue {
+    /// Adds or replaces an image (a later `--image testguest=...` overrides the default).
+    pub fn insert(&mut self, image: ImageSpec) {
+        self.images.insert(image.name.clone(), image);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ImageSpec> {
+        self.images.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ImageSpec> {
+        self.images.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_all_parts_and_commas_in_cmdline() {
+        let i = ImageSpec::parse(
+            "linux=/k/vmlinux,initrd=/k/initrd,cmdline=console=ttyS0,115200 quiet",
+        )
+        .expect("valid image");
+        assert_eq!(i.name, "linux");
+        assert_eq!(i.kernel, PathBuf::from("/k/vmlinux"));
+        assert_eq!(i.initrd, Some(PathBuf::from("/k/initrd")));
+        assert_eq!(i.cmdline, "console=ttyS0,115200 quiet");
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        assert!(matches!(
+            ImageSpec::parse("nokernel"),
+            Err(ImageError::Shape(_))
+        ));
+        assert!(matches!(ImageSpec::parse("a="), Err(ImageError::Shape(_))));
+        assert!(matches!(
+            ImageSpec::parse("a=/k,foo=bar"),
+            Err(ImageError::Option { .. })
+        ));
+        assert!(matches!(
+            ImageSpec::parse("a b=/k"),
+            Err(ImageError::Name(_))
+        ));
+    }
+}

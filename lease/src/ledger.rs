@@ -1,0 +1,810 @@
+//! The ledger: leases, the payments credited to them, quotes, and (in the same SQLite file)
+//! the payment crate's spent set. WAL + `synchronous=FULL`: a committed payment survives a
+//! crash. A payment is claimed and its balance recorded in ONE transaction, so money is
+//! never counted twice nor lost between the two.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use payment::spent_set::{SpendKey, SpendState, SpentSetError, SqliteSpentSet};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::clock::unix_s;
+use crate::metering::{self, Prices, UsageDelta};
+
+#[derive(Debug, Error)]
+pub enum LedgerError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("payment already spent: {0}")]
+    AlreadySpent(String),
+    #[error("spent set: {0}")]
+    SpentSet(String),
+    #[error("no lease {0}")]
+    NoLease(String),
+    #[error("lease {id} is {state}: {why}")]
+    State {
+        id: String,
+        state: String,
+        why: &'static str,
+    },
+    #[error("ledger mutex poisoned by a panic in another request")]
+    Poisoned,
+}
+
+impl From<SpentSetError> for LedgerError {
+    fn from(e: SpentSetError) -> Self {
+        match e {
+            SpentSetError::AlreadyClaimed { .. } | SpentSetError::DuplicateKey { .. } => {
+                LedgerError::AlreadySpent(e.to_string())
+            }
+            other => LedgerError::SpentSet(other.to_string()),
+        }
+    }
+}
+
+/// Lease states (api.md).
+pub mod state {
+    pub const BOOTING: &str = "booting";
+    pub const RUNNING: &str = "running";
+    pub const PAUSED_UNFUNDED: &str = "paused_unfunded";
+    pub const STOPPED: &str = "stopped";
+}
+
+/// Why a lease stopped (api.md).
+pub mod reason {
+    pub const TENANT: &str = "tenant";
+    pub const BALANCE_EXHAUSTED: &str = "balance_exhausted";
+    pub const GUEST_EXIT: &str = "guest_exit";
+    pub const BOOT_FAILED: &str = "boot_failed";
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub id: String,
+    #[serde(skip)]
+    pub token_hash: Vec<u8>,
+    pub vcpus: u32,
+    pub mem_mib: u64,
+    pub image: String,
+    pub cmdline: String,
+    pub state: String,
+    pub stop_reason: Option<String>,
+    pub balance_msat: u64,
+    pub carry_units: u64,
+    pub used_vcpu_us: u64,
+    pub used_mem_mib_us: u64,
+    pub last_vcpu_total_us: u64,
+    pub last_uptime_us: u64,
+    pub pid: Option<i32>,
+    pub control_path: String,
+    pub console_path: String,
+    pub paused_at: Option<i64>,
+    pub refunded_msat: Option<u64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub boot_json: Option<String>,
+}
+
+/// A payment being credited: what it is and which spent-set keys it consumes.
+#[derive(Debug, Clone)]
+pub struct Credit {
+    pub kind: &'static str,
+    pub reference: String,
+    pub amount_msat: u64,
+    pub keys: Vec<SpendKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewLease {
+    pub id: String,
+    pub token_hash: [u8; 32],
+    pub vcpus: u32,
+    pub mem_mib: u64,
+    pub image: String,
+    pub cmdline: String,
+    pub control_path: String,
+    pub console_path: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QuoteRow {
+    pub id: String,
+    pub purpose: String,
+    pub address: String,
+    pub derivation_index: u32,
+    pub amount_msat: u64,
+    pub vcpus: u32,
+    pub mem_mib: u64,
+    pub seconds: u64,
+    pub image: Option<String>,
+    pub expires_at: i64,
+    pub created_at: i64,
+}
+
+/// One tick's reading of one guest's cumulative counters.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample<'a> {
+    pub lease_id: &'a str,
+    pub vcpu_total_us: u64,
+    pub uptime_us: u64,
+}
+
+/// What a tick decided for a lease; the scheduler acts on it after the commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TickAction {
+    None,
+    /// The balance just hit zero: pause the guest.
+    Pause,
+    /// The grace period ran out: stop the guest.
+    Stop,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TickOutcome {
+    pub lease_id: String,
+    pub debited_msat: u64,
+    pub balance_msat: u64,
+    pub action: TickAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopupOutcome {
+    pub balance_msat: u64,
+    /// The lease was paused for lack of funds and is now running again.
+    pub resumed: bool,
+}
+
+pub struct Ledger {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS leases (
+    id TEXT PRIMARY KEY,
+    token_hash BLOB NOT NULL,
+    vcpus INTEGER NOT NULL,
+    mem_mib INTEGER NOT NULL,
+    image TEXT NOT NULL,
+    cmdline TEXT NOT NULL,
+    state TEXT NOT NULL,
+    stop_reason TEXT,
+    balance_msat INTEGER NOT NULL CHECK (balance_msat >= 0),
+    carry_units INTEGER NOT NULL DEFAULT 0,
+    used_vcpu_us INTEGER NOT NULL DEFAULT 0,
+    used_mem_mib_us INTEGER NOT NULL DEFAULT 0,
+    last_vcpu_total_us INTEGER NOT NULL DEFAULT 0,
+    last_uptime_us INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER,
+    control_path TEXT NOT NULL,
+    console_path TEXT NOT NULL,
+    paused_at INTEGER,
+    refunded_msat INTEGER,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    boot_json TEXT
+);
+CREATE INDEX IF NOT EXISTS leases_state ON leases(state);
+CREATE TABLE IF NOT EXISTS payments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    reference TEXT NOT NULL,
+    amount_msat INTEGER NOT NULL,
+    lease_id TEXT NOT NULL REFERENCES leases(id),
+    late INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quotes (
+    id TEXT PRIMARY KEY,
+    purpose TEXT NOT NULL,
+    address TEXT NOT NULL,
+    derivation_index INTEGER NOT NULL,
+    amount_msat INTEGER NOT NULL,
+    vcpus INTEGER NOT NULL,
+    mem_mib INTEGER NOT NULL,
+    seconds INTEGER NOT NULL,
+    image TEXT,
+    expires_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";
+
+const LEASE_COLUMNS: &str = "id, token_hash, vcpus, mem_mib, image, cmdline, state, stop_reason,
+    balance_msat, carry_units, used_vcpu_us, used_mem_mib_us, last_vcpu_total_us,
+    last_uptime_us, pid, control_path, console_path, paused_at, refunded_msat, created_at,
+    updated_at, boot_json";
+
+fn lease_from_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
+    Ok(LeaseRow {
+        id: r.get(0)?,
+        token_hash: r.get(1)?,
+        vcpus: r.get(2)?,
+        mem_mib: r.get(3)?,
+        image: r.get(4)?,
+        cmdline: r.get(5)?,
+        state: r.get(6)?,
+        stop_reason: r.get(7)?,
+        balance_msat: r.get(8)?,
+        carry_units: r.get(9)?,
+        used_vcpu_us: r.get(10)?,
+        used_mem_mib_us: r.get(11)?,
+        last_vcpu_total_us: r.get(12)?,
+        last_uptime_us: r.get(13)?,
+        pid: r.get(14)?,
+        control_path: r.get(15)?,
+        console_path: r.get(16)?,
+        paused_at: r.get(17)?,
+        refunded_msat: r.get(18)?,
+        created_at: r.get(19)?,
+        updated_at: r.get(20)?,
+        boot_json: r.get(21)?,
+    })
+}
+
+fn get_in(conn: &Connection, id: &str) -> Result<Option<LeaseRow>, LedgerError> {
+    let sql = format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = ?1");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([id], lease_from_row)
+        .optional()?)
+}
+
+fn require_in(conn: &Connection, id: &str) -> Result<LeaseRow, LedgerError> {
+    get_in(conn, id)?.ok_or_else(|| LedgerError::NoLease(id.to_string()))
+}
+
+fn record_payment(
+    tx: &Transaction<'_>,
+    credit: &Credit,
+    lease_id: &str,
+    late: bool,
+) -> Result<(), LedgerError> {
+    SqliteSpentSet::claim_in(tx, &credit.keys, SpendState::Spent, lease_id)?;
+    tx.prepare_cached(
+        "INSERT INTO payments (kind, reference, amount_msat, lease_id, late, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        credit.kind,
+        credit.reference,
+        credit.amount_msat,
+        lease_id,
+        late,
+        unix_s()
+    ])?;
+    Ok(())
+}
+
+impl Ledger {
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let conn = payment::spent_set::open_durable(path)?;
+        Self::from_connection(conn)
+    }
+
+    pub fn from_connection(conn: Connection) -> Result<Self, LedgerError> {
+        conn.execute_batch(SCHEMA)?;
+        SqliteSpentSet::create_schema(&conn)?;
+        Ok(Ledger {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with_tx<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let mut conn = self.conn.lock().map_err(|_| LedgerError::Poisoned)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let conn = self.conn.lock().map_err(|_| LedgerError::Poisoned)?;
+        f(&conn)
+    }
+
+    /// Claims the payment and inserts the lease (state `booting`) with its balance, in one
+    /// durable transaction. Nothing is written if any payment key is already spent.
+    pub fn create_lease(&self, lease: &NewLease, credit: &Credit) -> Result<(), LedgerError> {
+        self.with_tx(|tx| {
+            let now = unix_s();
+            tx.prepare_cached(
+                "INSERT INTO leases (id, token_hash, vcpus, mem_mib, image, cmdline, state,
+                    balance_msat, control_path, console_path, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+            )?
+            .execute(params![
+                lease.id,
+                lease.token_hash.as_slice(),
+                lease.vcpus,
+                lease.mem_mib,
+                lease.image,
+                lease.cmdline,
+                state::BOOTING,
+                credit.amount_msat,
+                lease.control_path,
+                lease.console_path,
+                now
+            ])?;
+            record_payment(tx, credit, &lease.id, false)
+        })
+    }
+
+    /// Adds a payment to a lease's balance. A lease paused for lack of funds goes back to
+    /// `running` (the caller resumes the guest); a stopped, not yet refunded lease keeps the
+    /// money as refundable balance (`late`). A refunded lease takes no more money.
+    pub fn topup(&self, id: &str, credit: &Credit) -> Result<TopupOutcome, LedgerError> {
+        self.with_tx(|tx| {
+            let lease = require_in(tx, id)?;
+            if lease.refunded_msat.is_some() {
+                return Err(LedgerError::State {
+                    id: id.to_string(),
+                    state: lease.state,
+                    why: "already refunded; it takes no more payments",
+                });
+            }
+            let late = lease.state == state::STOPPED;
+            record_payment(tx, credit, id, late)?;
+            let resumed = lease.state == state::PAUSED_UNFUNDED;
+            let new_state = if resumed {
+                state::RUNNING
+            } else {
+                lease.state.as_str()
+            };
+            let balance = lease.balance_msat.saturating_add(credit.amount_msat);
+            tx.prepare_cached(
+                "UPDATE leases SET balance_msat = ?2, state = ?3, paused_at = CASE WHEN ?4 THEN NULL ELSE paused_at END,
+                    updated_at = ?5 WHERE id = ?1",
+            )?
+            .execute(params![id, balance, new_state, resumed, unix_s()])?;
+            Ok(TopupOutcome {
+                balance_msat: balance,
+                resumed,
+            })
+        })
+    }
+
+    /// Records a successful boot: pid, figures, state `running`.
+    pub fn mark_running(
+        &self,
+        id: &str,
+        pid: Option<i32>,
+        boot_json: &str,
+    ) -> Result<(), LedgerError> {
+        self.with_tx(|tx| {
+            tx.prepare_cached(
+                "UPDATE leases SET state = ?2, pid = ?3, boot_json = ?4, updated_at = ?5
+                 WHERE id = ?1 AND state = ?6",
+            )?
+            .execute(params![
+                id,
+                state::RUNNING,
+                pid,
+                boot_json,
+                unix_s(),
+                state::BOOTING
+            ])?;
+            Ok(())
+        })
+    }
+
+    /// Marks a lease stopped (if it is not already) with `reason`; returns whether it changed.
+    pub fn mark_stopped(
+        &self,
+        id: &str,
+        reason: &str,
+        boot_json: Option<&str>,
+    ) -> Result<bool, LedgerError> {
+        self.with_tx(|tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE leases SET state = ?2, stop_reason = ?3, boot_json = COALESCE(?4, boot_json),
+                        updated_at = ?5 WHERE id = ?1 AND state != ?2",
+                )?
+                .execute(params![id, state::STOPPED, reason, boot_json, unix_s()])?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Refunds a lease's whole remaining balance, at most once. `sign` turns the refund into
+    /// whatever the tenant receives (blind signatures); if it fails nothing is written.
+    /// A running lease is stopped with reason `tenant` in the same transaction.
+    pub fn refund<T, E>(
+        &self,
+        id: &str,
+        sign: impl FnOnce(u64) -> Result<T, E>,
+    ) -> Result<Result<(u64, T, bool), E>, LedgerError> {
+        self.with_tx(|tx| {
+            let lease = require_in(tx, id)?;
+            if lease.refunded_msat.is_some() {
+                return Err(LedgerError::State {
+                    id: id.to_string(),
+                    state: lease.state,
+                    why: "already refunded",
+                });
+            }
+            let was_live = lease.state != state::STOPPED;
+            let out = match sign(lease.balance_msat) {
+                Ok(out) => out,
+                Err(e) => return Ok(Err(e)),
+            };
+            tx.prepare_cached(
+                "UPDATE leases SET state = ?2, stop_reason = COALESCE(stop_reason, ?3),
+                    refunded_msat = balance_msat, balance_msat = 0, updated_at = ?4 WHERE id = ?1",
+            )?
+            .execute(params![id, state::STOPPED, reason::TENANT, unix_s()])?;
+            Ok(Ok((lease.balance_msat, out, was_live)))
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<LeaseRow>, LedgerError> {
+        self.with_conn(|c| get_in(c, id))
+    }
+
+    pub fn list(&self) -> Result<Vec<LeaseRow>, LedgerError> {
+        self.with_conn(|c| {
+            let sql = format!("SELECT {LEASE_COLUMNS} FROM leases ORDER BY created_at, id");
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map([], lease_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Leases that may have a guest: booting, running or paused.
+    pub fn live(&self) -> Result<Vec<LeaseRow>, LedgerError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|l| l.state != state::STOPPED)
+            .collect())
+    }
+
+    /// Applies one tick of readings in one transaction: debits running leases, pauses those
+    /// that hit zero, stops paused ones whose grace ran out. Counters are cumulative, so the
+    /// debit is the delta since the last committed reading: a crash loses no usage at all
+    /// for vCPU time and at most the uncommitted tick's wall time for memory.
+    pub fn apply_tick(
+        &self,
+        samples: &[Sample<'_>],
+        prices: Prices,
+        grace_s: u64,
+    ) -> Result<Vec<TickOutcome>, LedgerError> {
+        let now = unix_s();
+        self.with_tx(|tx| {
+            let mut outcomes = Vec::with_capacity(samples.len());
+            for s in samples {
+                let Some(lease) = get_in(tx, s.lease_id)? else {
+                    continue;
+                };
+                outcomes.push(tick_one(tx, &lease, s, prices, grace_s, now)?);
+            }
+            Ok(outcomes)
+        })
+    }
+
+    pub fn insert_quote(&self, q: &QuoteRow) -> Result<(), LedgerError> {
+        self.with_tx(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO quotes (id, purpose, address, derivation_index, amount_msat, vcpus,
+                    mem_mib, seconds, image, expires_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                q.id,
+                q.purpose,
+                q.address,
+                q.derivation_index,
+                q.amount_msat,
+                q.vcpus,
+                q.mem_mib,
+                q.seconds,
+                q.image,
+                q.expires_at,
+                q.created_at
+            ])?;
+            Ok(())
+        })
+    }
+
+    pub fn get_quote(&self, id: &str) -> Result<Option<QuoteRow>, LedgerError> {
+        self.with_conn(|c| {
+            Ok(c.prepare_cached(
+                "SELECT id, purpose, address, derivation_index, amount_msat, vcpus, mem_mib,
+                    seconds, image, expires_at, created_at FROM quotes WHERE id = ?1",
+            )?
+            .query_row([id], |r| {
+                Ok(QuoteRow {
+                    id: r.get(0)?,
+                    purpose: r.get(1)?,
+                    address: r.get(2)?,
+                    derivation_index: r.get(3)?,
+                    amount_msat: r.get(4)?,
+                    vcpus: r.get(5)?,
+                    mem_mib: r.get(6)?,
+                    seconds: r.get(7)?,
+                    image: r.get(8)?,
+                    expires_at: r.get(9)?,
+                    created_at: r.get(10)?,
+                })
+            })
+            .optional()?)
+        })
+    }
+
+    /// Takes the next unused derivation index for quote addresses (durably, so a restart
+    /// never hands out an address twice).
+    pub fn next_address_index(&self) -> Result<u32, LedgerError> {
+        self.with_tx(|tx| {
+            let cur: Option<String> = tx
+                .prepare_cached("SELECT value FROM meta WHERE key = 'next_address_index'")?
+                .query_row([], |r| r.get(0))
+                .optional()?;
+            let idx: u32 = cur.and_then(|v| v.parse().ok()).unwrap_or(0);
+            tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('next_address_index', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([(idx + 1).to_string()])?;
+            Ok(idx)
+        })
+    }
+
+    pub fn meta_get(&self, key: &str) -> Result<Option<String>, LedgerError> {
+        self.with_conn(|c| {
+            Ok(c.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    pub fn meta_set(&self, key: &str, value: &str) -> Result<(), LedgerError> {
+        self.with_tx(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([key, value])?;
+            Ok(())
+        })
+    }
+
+    /// Total msat credited by payments (for checks and metrics).
+    pub fn total_credited_msat(&self) -> Result<u64, LedgerError> {
+        self.with_conn(|c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(SUM(amount_msat), 0) FROM payments",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+    }
+}
+
+fn tick_one(
+    tx: &Transaction<'_>,
+    lease: &LeaseRow,
+    s: &Sample<'_>,
+    prices: Prices,
+    grace_s: u64,
+    now: i64,
+) -> Result<TickOutcome, LedgerError> {
+    // Counters restart from zero only if the guest was replaced; never bill a negative delta.
+    let dvcpu = s.vcpu_total_us.saturating_sub(lease.last_vcpu_total_us);
+    let dwall = s.uptime_us.saturating_sub(lease.last_uptime_us);
+    let mut out = TickOutcome {
+        lease_id: lease.id.clone(),
+        debited_msat: 0,
+        balance_msat: lease.balance_msat,
+        action: TickAction::None,
+    };
+    let mut state = lease.state.as_str();
+    let mut paused_at = lease.paused_at;
+    let mut carry = lease.carry_units;
+    let mut used_vcpu = lease.used_vcpu_us;
+    let mut used_mem = lease.used_mem_mib_us;
+    match state {
+        state::RUNNING => {
+            let d = metering::debit(
+                prices,
+                UsageDelta {
+                    vcpu_us: dvcpu,
+                    mem_mib: lease.mem_mib,
+                    wall_us: dwall,
+                },
+                carry,
+                lease.balance_msat,
+            );
+            out.debited_msat = d.msat;
+            out.balance_msat = lease.balance_msat - d.msat;
+            carry = d.carry_units;
+            used_vcpu = used_vcpu.saturating_add(dvcpu);
+            used_mem = used_mem.saturating_add(lease.mem_mib.saturating_mul(dwall));
+            if d.exhausted {
+                state = state::PAUSED_UNFUNDED;
+                paused_at = Some(now);
+                out.action = TickAction::Pause;
+            }
+        }
+        // Out of funds: nothing to bill; only move the baselines so a top-up does not
+        // charge for the paused time.
+        state::PAUSED_UNFUNDED
+            if now.saturating_sub(paused_at.unwrap_or(now)) >= grace_s as i64 =>
+        {
+            out.action = TickAction::Stop;
+        }
+        _ => {}
+    }
+    let stop = out.action == TickAction::Stop;
+    tx.prepare_cached(
+        "UPDATE leases SET balance_msat = ?2, carry_units = ?3, used_vcpu_us = ?4,
+            used_mem_mib_us = ?5, last_vcpu_total_us = ?6, last_uptime_us = ?7, state = ?8,
+            paused_at = ?9, stop_reason = CASE WHEN ?10 THEN ?11 ELSE stop_reason END,
+            updated_at = ?12 WHERE id = ?1",
+    )?
+    .execute(params![
+        lease.id,
+        out.balance_msat,
+        carry,
+        used_vcpu,
+        used_mem,
+        s.vcpu_total_us,
+        s.uptime_us,
+        if stop { state::STOPPED } else { state },
+        paused_at,
+        stop,
+        reason::BALANCE_EXHAUSTED,
+        now
+    ])?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use payment::spent_set::SpendKey;
+
+    fn ledger() -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let l = Ledger::open(&dir.path().join("ledger.db")).expect("open ledger");
+        (dir, l)
+    }
+
+    fn new_lease(id: &str) -> NewLease {
+        NewLease {
+            id: id.into(),
+            token_hash: crate::token::token_hash("t"),
+            vcpus: 1,
+            mem_mib: 1024,
+            image: "testguest".into(),
+            cmdline: String::new(),
+            control_path: "/x.sock".into(),
+            console_path: "/x.console".into(),
+        }
+    }
+
+    fn credit(key: u8, msat: u64) -> Credit {
+        Credit {
+            kind: "onchain",
+            reference: format!("k{key}"),
+            amount_msat: msat,
+            keys: vec![SpendKey::outpoint([key; 32], 0)],
+        }
+    }
+
+    const P: Prices = Prices {
+        vcpu_msat_per_s: 1000,
+        gib_msat_per_s: 1000,
+    };
+
+    #[test]
+    fn a_payment_pays_for_one_lease_only() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 5000))
+            .expect("first");
+        let err = l
+            .create_lease(&new_lease("b"), &credit(1, 5000))
+            .unwrap_err();
+        assert!(matches!(err, LedgerError::AlreadySpent(_)), "{err}");
+        assert!(
+            l.get("b").expect("get").is_none(),
+            "no lease row without its payment"
+        );
+        assert_eq!(l.total_credited_msat().expect("sum"), 5000);
+    }
+
+    #[test]
+    fn ticks_debit_pause_and_stop_after_grace() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 3000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        let s = |v, u| Sample {
+            lease_id: "a",
+            vcpu_total_us: v,
+            uptime_us: u,
+        };
+        // 1 s vCPU + 1 GiB × 1 s = 2000 msat.
+        let o = l
+            .apply_tick(&[s(1_000_000, 1_000_000)], P, 0)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 2000);
+        assert_eq!(o[0].action, TickAction::None);
+        let o = l
+            .apply_tick(&[s(2_000_000, 2_000_000)], P, 0)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 1000);
+        assert_eq!(o[0].action, TickAction::Pause);
+        assert_eq!(
+            l.get("a").expect("get").expect("row").state,
+            state::PAUSED_UNFUNDED
+        );
+        let o = l
+            .apply_tick(&[s(2_000_000, 3_000_000)], P, 0)
+            .expect("tick");
+        assert_eq!(o[0].action, TickAction::Stop);
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!(row.state, state::STOPPED);
+        assert_eq!(row.stop_reason.as_deref(), Some(reason::BALANCE_EXHAUSTED));
+    }
+
+    #[test]
+    fn topup_resumes_without_billing_the_pause() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 1000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        let s = |v, u| Sample {
+            lease_id: "a",
+            vcpu_total_us: v,
+            uptime_us: u,
+        };
+        l.apply_tick(&[s(1_000_000, 0)], P, 100).expect("tick");
+        l.apply_tick(&[s(1_000_000, 50_000_000)], P, 100)
+            .expect("paused tick");
+        let t = l.topup("a", &credit(2, 10_000)).expect("topup");
+        assert!(t.resumed);
+        assert_eq!(t.balance_msat, 10_000);
+        let o = l
+            .apply_tick(&[s(1_000_000, 50_000_000)], P, 100)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 0, "paused wall time is not billed");
+        assert!(matches!(
+            l.topup("a", &credit(2, 10_000)),
+            Err(LedgerError::AlreadySpent(_))
+        ));
+    }
+
+    #[test]
+    fn refund_happens_once() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 4321))
+            .expect("create");
+        let r = l
+            .refund("a", |m| Ok::<u64, ()>(m))
+            .expect("ledger")
+            .expect("sign");
+        assert_eq!(r.0, 4321);
+        assert!(r.2);
+        let again = l.refund("a", |m| Ok::<u64, ()>(m));
+        assert!(matches!(again, Err(LedgerError::State { .. })));
+        let failed = {
+            l.create_lease(&new_lease("b"), &credit(2, 10))
+                .expect("create");
+            l.refund("b", |_| Err::<(), &str>("bad outputs"))
+                .expect("ledger")
+        };
+        assert!(failed.is_err());
+        assert_eq!(l.get("b").expect("get").expect("row").refunded_msat, None);
+    }
+}
