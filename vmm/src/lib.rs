@@ -73,3 +73,56 @@
 //! - CPUID leaf 0x4000_0010: EAX = TSC frequency in kHz, EBX = LAPIC bus frequency in kHz,
 //!   so a guest can measure time without calibrating.
 //! - An MP table in the BIOS area lists every vCPU (APIC ids 0..N-1).
+//!
+//! # Layout of this crate
+//! [`builder`] assembles a VM in one readable sequence; [`vstate`] holds the KVM objects
+//! (memory, VM, vCPUs, their run state); [`arch::x86_64`] the boot structures (GDT, page
+//! tables, CPUID, MSRs, MP table, e820/zero page/PVH start info, LAPIC); [`devices`] the
+//! emulated port-I/O devices; [`control`] and [`events`] the two JSON-lines channels;
+//! [`cli`], [`error`] and [`exit`] the command line, start-up errors and exit codes.
+
+pub mod arch;
+pub mod builder;
+pub mod cli;
+pub mod control;
+pub mod devices;
+pub mod error;
+pub mod events;
+pub mod exit;
+pub mod kernel;
+pub mod machine;
+pub mod vstate;
+
+use events::Clock;
+
+/// Runs the VMM for `args` (including argv\[0\]); `started_us` is CLOCK_MONOTONIC at
+/// process start. Returns the exit code on paths that end before a guest runs; once the
+/// guest runs, the process ends inside [`builder::Running::finish`].
+pub fn run<I, T>(args: I, started_us: u64) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let (config, start_time) = match cli::parse(args, cli::host_memory_mib()) {
+        Ok(cli::Parsed::Run(config, start_time)) => (config, start_time),
+        Ok(cli::Parsed::Info(text)) => {
+            print!("{text}");
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("coinop-vmm: {e}");
+            return 2;
+        }
+    };
+    let clock = Clock::from_base(start_time.unwrap_or(started_us));
+    match builder::start(&config, clock) {
+        Ok(running) => {
+            let exit = running.wait();
+            running.finish(exit)
+        }
+        Err(e) => {
+            eprintln!("coinop-vmm: {e}");
+            e.exit_code()
+        }
+    }
+}

@@ -1,4 +1,6 @@
-//! The `coinop-vmm` binary (built by the vmm issue).
+//! The `coinop-vmm` binary: see the `vmm` crate documentation for the contract.
+
 fn main() {
-    std::process::exit(2);
+    let started_us = vmm::events::monotonic_us();
+    std::process::exit(vmm::run(std::env::args_os(), started_us));
 }

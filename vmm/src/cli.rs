@@ -1,0 +1,339 @@
+//! Command-line parsing and validation into a [`Config`]; everything checkable without KVM
+//! is checked here so bad input fails fast with exit code 2.
+
+use clap::Parser;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+/// Most vCPUs a guest may have.
+pub const MAX_VCPUS: u32 = 32;
+
+/// The raw command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "coinop-vmm",
+    version,
+    about = "coinop KVM microVM monitor: one process per guest"
+)]
+pub struct Args {
+    /// Kernel image: an ELF vmlinux (PVH note honoured) or a bzImage.
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    /// Number of vCPUs (1..=32).
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long = "mem-mib", default_value_t = 128)]
+    pub mem_mib: u64,
+    /// Console output: stdout, file:PATH or none.
+    #[arg(long, default_value = "stdout", value_parser = parse_serial)]
+    pub serial: SerialOut,
+    /// Control socket: a path to create, or fd:N for an inherited listening socket.
+    #[arg(long, value_parser = parse_control)]
+    pub control: Option<ControlSocket>,
+    /// Event stream: stderr or fd:N.
+    #[arg(long, default_value = "stderr", value_parser = parse_events)]
+    pub events: EventsOut,
+    /// The caller's CLOCK_MONOTONIC reading in µs just before spawning the VMM.
+    #[arg(long = "start-time-us")]
+    pub start_time_us: Option<u64>,
+}
+
+/// Where console output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialOut {
+    /// The VMM's stdout.
+    Stdout,
+    /// A file, created or truncated.
+    File(PathBuf),
+    /// Discarded.
+    None,
+}
+
+/// The control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlSocket {
+    /// Create and listen at this path.
+    Path(PathBuf),
+    /// An inherited listening socket.
+    Fd(RawFd),
+}
+
+/// Where events go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventsOut {
+    /// The VMM's stderr.
+    Stderr,
+    /// An inherited fd.
+    Fd(RawFd),
+}
+
+/// Invalid arguments; all map to exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// clap rejected the command line.
+    #[error("{0}")]
+    Syntax(String),
+    /// --vcpus out of range.
+    #[error("--vcpus {0}: must be between 1 and {MAX_VCPUS}")]
+    Vcpus(u32),
+    /// --mem-mib 0.
+    #[error("--mem-mib 0: the guest needs some memory")]
+    NoMemory,
+    /// --mem-mib beyond the host.
+    #[error("--mem-mib {requested}: more than the host's {host} MiB of RAM")]
+    TooMuchMemory {
+        /// Asked for.
+        requested: u64,
+        /// Host MemTotal.
+        host: u64,
+    },
+    /// --cmdline too long.
+    #[error("--cmdline is {0} bytes; at most {max} fit", max = crate::arch::x86_64::layout::CMDLINE_MAX_SIZE - 1)]
+    CmdlineTooLong(usize),
+    /// An fd:N that is not open.
+    #[error("{flag} fd:{fd}: not an open file descriptor")]
+    BadFd {
+        /// The flag.
+        flag: &'static str,
+        /// The fd.
+        fd: RawFd,
+    },
+}
+
+fn parse_fd(value: &str) -> Option<Result<RawFd, String>> {
+    value.strip_prefix("fd:").map(|n| {
+        n.parse::<RawFd>()
+            .ok()
+            .filter(|fd| *fd >= 0)
+            .ok_or_else(|| format!("'{value}': fd:N needs a non-negative number"))
+    })
+}
+
+fn parse_serial(value: &str) -> Result<SerialOut, String> {
+    match value {
+        "stdout" => Ok(SerialOut::Stdout),
+        "none" => Ok(SerialOut::None),
+        _ => match value.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(SerialOut::File(path.into())),
+            _ => Err(format!("'{value}': expected stdout, none or file:PATH")),
+        },
+    }
+}
+
+fn parse_control(value: &str) -> Result<ControlSocket, String> {
+    match parse_fd(value) {
+        Some(fd) => fd.map(ControlSocket::Fd),
+        None if value.is_empty() => Err("empty control socket path".into()),
+        None => Ok(ControlSocket::Path(value.into())),
+    }
+}
+
+fn parse_events(value: &str) -> Result<EventsOut, String> {
+    match (value, parse_fd(value)) {
+        ("stderr", _) => Ok(EventsOut::Stderr),
+        (_, Some(fd)) => fd.map(EventsOut::Fd),
+        _ => Err(format!("'{value}': expected stderr or fd:N")),
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Kernel path.
+    pub kernel: PathBuf,
+    /// Initrd path.
+    pub initrd: Option<PathBuf>,
+    /// Command line.
+    pub cmdline: String,
+    /// vCPU count, 1..=32.
+    pub vcpus: u8,
+    /// Guest MiB, ≥ 1.
+    pub mem_mib: u64,
+    /// Console output.
+    pub serial: SerialOut,
+    /// Control socket.
+    pub control: Option<ControlSocket>,
+    /// Event stream.
+    pub events: EventsOut,
+}
+
+/// Outcome of parsing: run, or print help/version and exit 0.
+pub enum Parsed {
+    /// Run with this configuration; events count from `start_time_us` if given.
+    Run(Config, Option<u64>),
+    /// `--help` or `--version` text.
+    Info(String),
+}
+
+/// Parses and validates the command line. `host_mib` is the host's RAM (None if unknown).
+pub fn parse<I, T>(args: I, host_mib: Option<u64>) -> Result<Parsed, Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args = match Args::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => return Ok(Parsed::Info(e.to_string())),
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            return Err(Error::Syntax(
+                first.trim_start_matches("error: ").to_string(),
+            ));
+        }
+    };
+    let start = args.start_time_us;
+    Ok(Parsed::Run(validate(args, host_mib)?, start))
+}
+
+fn validate(args: Args, host_mib: Option<u64>) -> Result<Config, Error> {
+    if args.vcpus == 0 || args.vcpus > MAX_VCPUS {
+        return Err(Error::Vcpus(args.vcpus));
+    }
+    if args.mem_mib == 0 {
+        return Err(Error::NoMemory);
+    }
+    if let Some(host) = host_mib {
+        if args.mem_mib > host {
+            return Err(Error::TooMuchMemory {
+                requested: args.mem_mib,
+                host,
+            });
+        }
+    }
+    if args.cmdline.len() >= crate::arch::x86_64::layout::CMDLINE_MAX_SIZE {
+        return Err(Error::CmdlineTooLong(args.cmdline.len()));
+    }
+    if let EventsOut::Fd(fd) = args.events {
+        check_fd("--events", fd)?;
+    }
+    if let Some(ControlSocket::Fd(fd)) = args.control {
+        check_fd("--control", fd)?;
+    }
+    Ok(Config {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        vcpus: args.vcpus as u8,
+        mem_mib: args.mem_mib,
+        serial: args.serial,
+        control: args.control,
+        events: args.events,
+    })
+}
+
+fn check_fd(flag: &'static str, fd: RawFd) -> Result<(), Error> {
+    // SAFETY: F_GETFD only inspects the descriptor table; any integer is acceptable.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(Error::BadFd { flag, fd });
+    }
+    Ok(())
+}
+
+/// The host's RAM in MiB from /proc/meminfo.
+pub fn host_memory_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Config, Error> {
+        let full = std::iter::once("coinop-vmm").chain(args.iter().copied());
+        match parse(full, Some(1024))? {
+            Parsed::Run(c, _) => Ok(c),
+            Parsed::Info(_) => panic!("unexpected help output for {args:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = run(&["--kernel", "k"]).expect("valid");
+        assert_eq!((c.vcpus, c.mem_mib), (1, 128));
+        assert_eq!(c.serial, SerialOut::Stdout);
+        assert_eq!(c.events, EventsOut::Stderr);
+        assert!(c.control.is_none());
+    }
+
+    #[test]
+    fn specs_parse() {
+        let c = run(&[
+            "--kernel",
+            "k",
+            "--serial",
+            "file:/tmp/x",
+            "--control",
+            "fd:0",
+            "--events",
+            "fd:2",
+        ])
+        .expect("valid");
+        assert_eq!(c.serial, SerialOut::File("/tmp/x".into()));
+        assert_eq!(c.control, Some(ControlSocket::Fd(0)));
+        assert_eq!(c.events, EventsOut::Fd(2));
+        let c = run(&[
+            "--kernel",
+            "k",
+            "--control",
+            "/run/vm.sock",
+            "--serial",
+            "none",
+        ])
+        .expect("valid");
+        assert_eq!(c.control, Some(ControlSocket::Path("/run/vm.sock".into())));
+        assert_eq!(c.serial, SerialOut::None);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(matches!(
+            run(&["--kernel", "k", "--vcpus", "0"]),
+            Err(Error::Vcpus(0))
+        ));
+        assert!(matches!(
+            run(&["--kernel", "k", "--vcpus", "33"]),
+            Err(Error::Vcpus(33))
+        ));
+        assert!(matches!(
+            run(&["--kernel", "k", "--mem-mib", "0"]),
+            Err(Error::NoMemory)
+        ));
+        assert!(matches!(
+            run(&["--kernel", "k", "--mem-mib", "2048"]),
+            Err(Error::TooMuchMemory {
+                requested: 2048,
+                host: 1024
+            })
+        ));
+        assert!(matches!(
+            run(&["--kernel", "k", "--serial", "tty"]),
+            Err(Error::Syntax(_))
+        ));
+        assert!(matches!(
+            run(&["--kernel", "k", "--events", "fd:x"]),
+            Err(Error::Syntax(_))
+        ));
+        assert!(matches!(run(&["--vcpus", "1"]), Err(Error::Syntax(_))));
+        assert!(matches!(
+            run(&["--kernel", "k", "--events", "fd:987654"]),
+            Err(Error::BadFd { .. })
+        ));
+    }
+
+    #[test]
+    fn syntax_errors_are_one_line() {
+        let err = run(&["--kernel", "k", "--vcpus", "-1"]).expect_err("negative");
+        assert!(!err.to_string().contains('\n'));
+    }
+}

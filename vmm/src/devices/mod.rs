@@ -1,0 +1,83 @@
+//! Emulated devices and the port-I/O bus that routes guest `in`/`out` to them.
+
+pub mod boot_timer;
+pub mod i8042;
+pub mod serial;
+
+use crate::exit::VmExit;
+use boot_timer::BootTimer;
+use i8042::ResetController;
+use serial::Console;
+use std::sync::{Mutex, MutexGuard};
+
+/// COM1 base port.
+pub const COM1_PORT: u16 = 0x3f8;
+/// COM1 IRQ line (GSI).
+pub const COM1_IRQ: u32 = 4;
+const COM1_PORT_COUNT: u16 = 8;
+/// i8042 data port.
+pub const I8042_DATA_PORT: u16 = 0x60;
+/// i8042 status/command port.
+pub const I8042_COMMAND_PORT: u16 = 0x64;
+/// Boot-timer port.
+pub const BOOT_TIMER_PORT: u16 = 0x3f0;
+
+/// All port-I/O devices of a guest.
+pub struct PioBus {
+    console: Mutex<Console>,
+    reset: Mutex<ResetController>,
+    boot_timer: BootTimer,
+}
+
+impl PioBus {
+    /// A bus with the given devices.
+    pub fn new(console: Console, reset: ResetController, boot_timer: BootTimer) -> Self {
+        PioBus {
+            console: Mutex::new(console),
+            reset: Mutex::new(reset),
+            boot_timer,
+        }
+    }
+
+    /// The console, for input and flushing.
+    pub fn console(&self) -> MutexGuard<'_, Console> {
+        // A panic while holding the console lock cannot leave it inconsistent enough to
+        // matter more than losing the console, so keep going.
+        self.console.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Guest `in`: fills `data`; ports nobody claims read as all ones (no device).
+    pub fn read(&self, port: u16, data: &mut [u8]) {
+        match port {
+            p if (COM1_PORT..COM1_PORT + COM1_PORT_COUNT).contains(&p) && data.len() == 1 => {
+                data[0] = self.console().read((p - COM1_PORT) as u8);
+            }
+            I8042_DATA_PORT | I8042_COMMAND_PORT if data.len() == 1 => {
+                let mut reset = self.reset.lock().unwrap_or_else(|p| p.into_inner());
+                data[0] = reset.read((port - I8042_DATA_PORT) as u8);
+            }
+            _ => data.fill(0xff),
+        }
+    }
+
+    /// Guest `out`: returns how the VM ends if the write ends it.
+    pub fn write(&self, port: u16, data: &[u8]) -> Option<VmExit> {
+        match (port, data) {
+            (p, [value]) if (COM1_PORT..COM1_PORT + COM1_PORT_COUNT).contains(&p) => {
+                self.console().write((p - COM1_PORT) as u8, *value);
+                None
+            }
+            (I8042_DATA_PORT | I8042_COMMAND_PORT, [value]) => {
+                let mut reset = self.reset.lock().unwrap_or_else(|p| p.into_inner());
+                reset
+                    .write((port - I8042_DATA_PORT) as u8, *value)
+                    .then_some(VmExit::GuestReset)
+            }
+            (BOOT_TIMER_PORT, [value]) => {
+                self.boot_timer.write(*value);
+                None
+            }
+            _ => None,
+        }
+    }
+}

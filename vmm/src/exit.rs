@@ -1,0 +1,80 @@
+//! How a VM ends: the reason names and process exit codes of the contract.
+
+/// Why the VMM is ending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest asked the i8042 for a CPU reset.
+    GuestReset,
+    /// The guest powered off (KVM system event).
+    GuestPoweroff,
+    /// A control client sent `stop`.
+    Stopped,
+    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
+    TripleFault(String),
+    /// KVM could not emulate an instruction.
+    EmulationFailure(String),
+    /// VM entry failed.
+    FailEntry(String),
+    /// KVM reported an internal error, a guest crash event, or an exit the VMM does not
+    /// handle: the guest cannot continue.
+    GuestError(String),
+    /// A bug or host failure in the VMM itself.
+    Vmm(String),
+}
+
+impl VmExit {
+    /// The `reason` field of the `exit` event.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VmExit::GuestReset => "guest_reset",
+            VmExit::GuestPoweroff => "guest_poweroff",
+            VmExit::Stopped => "stopped",
+            VmExit::TripleFault(_) => "triple_fault",
+            VmExit::EmulationFailure(_) => "emulation_failure",
+            VmExit::FailEntry(_) => "fail_entry",
+            VmExit::GuestError(_) | VmExit::Vmm(_) => "internal_error",
+        }
+    }
+
+    /// The process exit code.
+    pub fn code(&self) -> i32 {
+        match self {
+            VmExit::GuestReset | VmExit::GuestPoweroff | VmExit::Stopped => 0,
+            VmExit::Vmm(_) => 1,
+            VmExit::TripleFault(_)
+            | VmExit::EmulationFailure(_)
+            | VmExit::FailEntry(_)
+            | VmExit::GuestError(_) => 3,
+        }
+    }
+
+    /// A human explanation, for failures.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            VmExit::GuestReset | VmExit::GuestPoweroff | VmExit::Stopped => None,
+            VmExit::TripleFault(d)
+            | VmExit::EmulationFailure(d)
+            | VmExit::FailEntry(d)
+            | VmExit::GuestError(d)
+            | VmExit::Vmm(d) => Some(d),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_contract() {
+        assert_eq!(VmExit::GuestReset.code(), 0);
+        assert_eq!(VmExit::Stopped.reason(), "stopped");
+        assert_eq!(VmExit::TripleFault("vCPU 0".into()).code(), 3);
+        assert_eq!(VmExit::Vmm("bug".into()).code(), 1);
+        assert_eq!(
+            VmExit::EmulationFailure("x".into()).reason(),
+            "emulation_failure"
+        );
+        assert_eq!(VmExit::GuestPoweroff.detail(), None);
+    }
+}

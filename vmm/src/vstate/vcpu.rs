@@ -1,0 +1,234 @@
+//! One vCPU: its initial state (CPUID, MSRs, FPU, LAPIC, and for the BSP the boot registers)
+//! and its run loop, which turns every KVM exit into device I/O or a [`VmExit`].
+
+use super::cpu_time::VcpuClocks;
+use super::run_state::{self, Checkpoint, RunState};
+use crate::arch::x86_64::regs::{self, EntryMode};
+use crate::arch::x86_64::{cpuid, lapic, msr};
+use crate::devices::PioBus;
+use crate::events::EventSink;
+use crate::exit::VmExit;
+use kvm_bindings::{
+    CpuId, KVM_INTERNAL_ERROR_EMULATION, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use vm_memory::GuestMemoryMmap;
+
+/// Errors configuring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A vCPU ioctl failed.
+    #[error("vCPU {index}: {call} failed: {source}")]
+    Ioctl {
+        /// vCPU index.
+        index: u8,
+        /// The ioctl.
+        call: &'static str,
+        /// Why.
+        source: kvm_ioctls::Error,
+    },
+    /// CPUID could not be built.
+    #[error("vCPU {0}: {1}")]
+    Cpuid(u8, cpuid::Error),
+    /// MSRs could not be built or were partly refused.
+    #[error("vCPU {0}: {1}")]
+    Msr(u8, String),
+    /// Boot registers could not be set.
+    #[error("vCPU {0}: {1}")]
+    Regs(u8, regs::Error),
+}
+
+/// What every vCPU needs to configure itself.
+pub struct VcpuSetup {
+    /// KVM_GET_SUPPORTED_CPUID, shared by all vCPUs.
+    pub supported_cpuid: CpuId,
+    /// Number of vCPUs.
+    pub vcpu_count: u8,
+    /// Whether KVM has the TSC-deadline timer.
+    pub tsc_deadline: bool,
+    /// Guest memory (for the BSP's GDT and page tables).
+    pub mem: GuestMemoryMmap,
+    /// Entry for the BSP.
+    pub entry: EntryMode,
+}
+
+/// Loads vCPU `index`'s initial state. Only the BSP (index 0) gets boot registers; the
+/// APs wait in KVM's wait-for-SIPI state for the guest to start them.
+pub fn configure(vcpu: &VcpuFd, index: u8, setup: &VcpuSetup) -> Result<(), Error> {
+    let ioctl = |call| {
+        move |source| Error::Ioctl {
+            index,
+            call,
+            source,
+        }
+    };
+    let tsc_khz = vcpu.get_tsc_khz().unwrap_or(0);
+    let mut cpuid = setup.supported_cpuid.clone();
+    let ctx = cpuid::Context {
+        apic_id: index,
+        vcpu_count: setup.vcpu_count,
+        tsc_khz,
+        tsc_deadline: setup.tsc_deadline,
+    };
+    cpuid::filter(&mut cpuid, &ctx).map_err(|e| Error::Cpuid(index, e))?;
+    vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+
+    let msrs = msr::boot_msrs().map_err(|e| Error::Msr(index, e.to_string()))?;
+    let written = vcpu.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
+    if written != msrs.as_slice().len() {
+        let refused = msrs.as_slice()[written].index;
+        return Err(Error::Msr(
+            index,
+            format!("KVM refused boot MSR {refused:#x}"),
+        ));
+    }
+    vcpu.set_fpu(&regs::boot_fpu())
+        .map_err(ioctl("KVM_SET_FPU"))?;
+
+    let mut lapic_state = vcpu.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
+    lapic::wire_lint_pins(&mut lapic_state);
+    vcpu.set_lapic(&lapic_state)
+        .map_err(ioctl("KVM_SET_LAPIC"))?;
+
+    if index == 0 {
+        regs::setup_bsp(vcpu, &setup.mem, setup.entry).map_err(|e| Error::Regs(index, e))?;
+    }
+    Ok(())
+}
+
+/// What a vCPU thread shares with the rest of the VMM.
+pub struct VcpuContext {
+    /// Port I/O devices.
+    pub pio: Arc<PioBus>,
+    /// Pause/stop requests.
+    pub run_state: Arc<RunState>,
+    /// CPU-time accounting.
+    pub clocks: Arc<VcpuClocks>,
+    /// Event stream.
+    pub events: Arc<EventSink>,
+    /// vCPUs that issued their first KVM_RUN.
+    pub started: AtomicUsize,
+    /// Total vCPUs.
+    pub vcpu_count: usize,
+}
+
+impl VcpuContext {
+    fn note_first_run(&self) {
+        if self.started.fetch_add(1, Ordering::AcqRel) + 1 == self.vcpu_count {
+            let mut fields = serde_json::Map::new();
+            fields.insert("vcpus".into(), self.vcpu_count.into());
+            self.events.emit("vcpus_started", fields);
+        }
+    }
+}
+
+enum Action {
+    Continue,
+    Exit(VmExit),
+    InternalError,
+}
+
+/// Runs the guest on this thread until it ends the VM; returns why. Returns `None` if the
+/// VMM is stopping for another reason.
+pub fn run(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Option<VmExit> {
+    run_state::register_kvm_run(vcpu.get_kvm_run());
+    let mut first = true;
+    loop {
+        if ctx.run_state.checkpoint() == Checkpoint::Stop {
+            return None;
+        }
+        if first {
+            first = false;
+            ctx.note_first_run();
+        }
+        let action = match vcpu.run() {
+            Ok(exit) => handle_exit(exit, index, &ctx.pio),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
+            Err(e) => Action::Exit(VmExit::Vmm(format!("vCPU {index}: KVM_RUN failed: {e}"))),
+        };
+        vcpu.set_kvm_immediate_exit(0);
+        match action {
+            Action::Continue => {}
+            Action::Exit(exit) => return Some(exit),
+            Action::InternalError => {
+                let suberror = internal_suberror(vcpu);
+                let at = rip(vcpu);
+                return Some(if suberror == KVM_INTERNAL_ERROR_EMULATION {
+                    VmExit::EmulationFailure(format!(
+                        "vCPU {index}: KVM could not emulate the instruction at {at}"
+                    ))
+                } else {
+                    VmExit::GuestError(format!(
+                        "vCPU {index}: KVM internal error (suberror {suberror}) at {at}"
+                    ))
+                });
+            }
+        }
+    }
+}
+
+fn handle_exit(exit: VcpuExit<'_>, index: u8, pio: &PioBus) -> Action {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            pio.read(port, data);
+            Action::Continue
+        }
+        VcpuExit::IoOut(port, data) => pio.write(port, data).map_or(Action::Continue, Action::Exit),
+        VcpuExit::MmioRead(_, data) => {
+            data.fill(0xff);
+            Action::Continue
+        }
+        VcpuExit::MmioWrite(..) | VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IoapicEoi(_) => {
+            Action::Continue
+        }
+        VcpuExit::Shutdown => Action::Exit(VmExit::TripleFault(format!(
+            "vCPU {index}: the guest triple-faulted (KVM_EXIT_SHUTDOWN)"
+        ))),
+        VcpuExit::FailEntry(reason, cpu) => Action::Exit(VmExit::FailEntry(format!(
+            "vCPU {index}: VM entry failed on host CPU {cpu}, hardware reason {reason:#x}"
+        ))),
+        VcpuExit::InternalError => Action::InternalError,
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            KVM_SYSTEM_EVENT_SHUTDOWN => Action::Exit(VmExit::GuestPoweroff),
+            KVM_SYSTEM_EVENT_RESET => Action::Exit(VmExit::GuestReset),
+            KVM_SYSTEM_EVENT_CRASH => Action::Exit(VmExit::GuestError(format!(
+                "vCPU {index}: the guest reported a crash (KVM system event)"
+            ))),
+            other => Action::Exit(VmExit::GuestError(format!(
+                "vCPU {index}: unhandled KVM system event type {other}"
+            ))),
+        },
+        other => Action::Exit(VmExit::GuestError(format!(
+            "vCPU {index}: unhandled KVM exit {}",
+            exit_name(&other)
+        ))),
+    }
+}
+
+fn exit_name(exit: &VcpuExit<'_>) -> String {
+    match exit {
+        VcpuExit::Unsupported(code) => format!("with exit_reason {code}"),
+        other => {
+            let text = format!("{other:?}");
+            text.split(['(', ' ', '{'])
+                .next()
+                .unwrap_or("?")
+                .to_string()
+        }
+    }
+}
+
+fn rip(vcpu: &VcpuFd) -> String {
+    vcpu.get_regs()
+        .map_or_else(|_| "an unknown rip".into(), |r| format!("rip {:#x}", r.rip))
+}
+
+fn internal_suberror(vcpu: &mut VcpuFd) -> u32 {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: called only right after KVM_EXIT_INTERNAL_ERROR, which selects the `internal`
+    // member of the exit union.
+    unsafe { run.__bindgen_anon_1.internal.suberror }
+}
