@@ -42,7 +42,13 @@ fn unblind_of_sign_of_blind_verifies_and_tampering_fails() {
         // DLEQ, both as Alice (B_, C_) and as Carol (secret, C, r).
         let proof = dleq::prove(&k, &b_, &c_).unwrap();
         assert!(dleq::verify(&proof, &big_k, &b_, &c_));
-        assert!(dleq::verify_with_blinding(&proof, &big_k, secret.as_bytes(), &c, &r));
+        assert!(dleq::verify_with_blinding(
+            &proof,
+            &big_k,
+            secret.as_bytes(),
+            &c,
+            &r
+        ));
         assert!(!dleq::verify(&proof, &big_k, &b_, &tweak_point(&c_)));
         assert!(!dleq::verify(&proof, &tweak_point(&big_k), &b_, &c_));
         assert!(!dleq::verify(&proof, &big_k, &tweak_point(&b_), &c_));
@@ -51,7 +57,13 @@ fn unblind_of_sign_of_blind_verifies_and_tampering_fails() {
             s: proof.s.add_tweak(&bitcoin::secp256k1::Scalar::ONE).unwrap(),
         };
         assert!(!dleq::verify(&bumped_s, &big_k, &b_, &c_));
-        assert!(!dleq::verify_with_blinding(&proof, &big_k, secret.as_bytes(), &tweak_point(&c), &r));
+        assert!(!dleq::verify_with_blinding(
+            &proof,
+            &big_k,
+            secret.as_bytes(),
+            &tweak_point(&c),
+            &r
+        ));
     }
 }
 
@@ -71,7 +83,13 @@ fn minted_proofs_redeem_once_for_their_value() {
             let big_a = t.mint.public_key(&p.id, p.amount).unwrap();
             let c = parse_point("C", &p.c).unwrap();
             let r = parse_secret_key("r", &d.r).unwrap();
-            assert!(dleq::verify_with_blinding(&proof, &big_a, p.secret.as_bytes(), &c, &r));
+            assert!(dleq::verify_with_blinding(
+                &proof,
+                &big_a,
+                p.secret.as_bytes(),
+                &c,
+                &r
+            ));
         }
         assert_eq!(t.mint.redeem(&proofs, "test lease").unwrap(), total * 1000);
         assert!(matches!(
@@ -103,7 +121,13 @@ fn swap_conserves_amounts_and_spends_inputs() {
 
         let ys: Vec<String> = inputs
             .iter()
-            .map(|p| hex::encode(payment::credit::hash_to_curve::secret_to_curve(&p.secret).unwrap().serialize()))
+            .map(|p| {
+                hex::encode(
+                    payment::credit::hash_to_curve::secret_to_curve(&p.secret)
+                        .unwrap()
+                        .serialize(),
+                )
+            })
             .collect();
         let states = t.mint.check_state(&CheckStateRequest { ys }).unwrap();
         assert!(states.states.iter().all(|s| s.state == ProofState::Spent));
@@ -123,10 +147,16 @@ fn change_signs_the_refund_in_powers_of_two() {
         let pending = outputs(&id, &vec![1; needed + 2]);
         let sigs = t.mint.change(refund_msat, &messages(&pending)).unwrap();
         assert_eq!(sigs.len(), needed);
-        assert_eq!(sigs.iter().map(|s| s.amount).sum::<u64>(), refund_msat / 1000);
+        assert_eq!(
+            sigs.iter().map(|s| s.amount).sum::<u64>(),
+            refund_msat / 1000
+        );
         if !sigs.is_empty() {
             let proofs = unblind_all(&t.mint, &pending, &sigs);
-            assert_eq!(t.mint.redeem(&proofs, "x").unwrap(), refund_msat / 1000 * 1000);
+            assert_eq!(
+                t.mint.redeem(&proofs, "x").unwrap(),
+                refund_msat / 1000 * 1000
+            );
         }
     }
 }

@@ -127,6 +127,9 @@ pub fn random_split(total: u64) -> Vec<u64> {
 /// A point that is not the given one: `p + G`.
 pub fn tweak_point(p: &PublicKey) -> PublicKey {
     let one = SecretKey::from_slice(&[[0u8; 31].as_slice(), &[1u8]].concat()).unwrap();
-    p.combine(&PublicKey::from_secret_key(&payment::credit::curve::SECP, &one))
-        .unwrap()
+    p.combine(&PublicKey::from_secret_key(
+        &payment::credit::curve::SECP,
+        &one,
+    ))
+    .unwrap()
 }
