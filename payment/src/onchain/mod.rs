@@ -1,1 +1,27 @@
-//! On-chain payments (built by the on-chain issue).
+//! On-chain payments, verified by the host alone: the host keeps its own header chain
+//! ([`header_chain`]), prices a spec and hands out a fresh address per quote ([`price`],
+//! [`quote`]), and checks a tenant's `gettxoutproof` against that chain ([`proof`]), spending
+//! each paying outpoint once in the [`crate::spent_set`].
+
+pub mod chain_store;
+pub mod error;
+pub mod header_chain;
+pub mod network;
+pub mod price;
+pub mod proof;
+pub mod quote;
+pub mod receive_address;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod regtest_fixtures;
+pub mod retarget;
+
+pub use error::{ChainError, HeaderError, PaymentError, PriceError, QuoteError};
+pub use header_chain::{AppendOutcome, BlockInfo, Checkpoint, HeaderChain, HeaderSource, Tip};
+pub use network::ChainNetwork;
+pub use price::{msat_to_sat_ceil, price, Prices, Spec};
+pub use proof::{
+    check_inclusion, check_payment, parse_proof, parse_tx, spend_error, verify_and_claim,
+    verify_proof, VerifiedPayment,
+};
+pub use quote::{Quote, QuoteBook};
+pub use receive_address::{AddressDeriver, AddressKind};

@@ -1,0 +1,241 @@
+//! Typed errors of the on-chain module. Each names the field or value that failed; the
+//! payment errors carry a snake_case `code()` and an HTTP status for the daemon.
+
+use bitcoin::{BlockHash, OutPoint, Txid};
+use thiserror::Error;
+
+use crate::spent_set::SpentSetError;
+
+/// Why one header was refused.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum HeaderError {
+    #[error("previous block {prev} is not known to this chain")]
+    UnknownParent { prev: BlockHash },
+    #[error("bits {bits:#010x} do not encode a valid target")]
+    InvalidBits { bits: u32 },
+    #[error("bits {bits:#010x} ask for less work than the network's limit")]
+    TargetAboveLimit { bits: u32 },
+    #[error("block hash {hash} does not meet the header's own target")]
+    BadProofOfWork { hash: BlockHash },
+    #[error("bits {got:#010x} at height {height}, the retarget rule requires {expected:#010x}")]
+    WrongBits {
+        height: u32,
+        got: u32,
+        expected: u32,
+    },
+    #[error("time {time} is not after the median time past {median}")]
+    TimeNotAfterMedian { time: u32, median: u32 },
+    #[error("time {time} is more than two hours ahead of the host clock (latest {latest})")]
+    TimeTooFarAhead { time: u32, latest: u64 },
+    #[error("time {time} at a period start is before {min_time} (BIP94 time-warp rule)")]
+    TimeWarp { time: u32, min_time: u32 },
+    #[error("chainwork exceeds 2^128")]
+    WorkOverflow,
+    #[error("height exceeds 2^32")]
+    HeightOverflow,
+    #[error("checkpoint header hashes to {got}, the operator gave {expected}")]
+    CheckpointHash { expected: BlockHash, got: BlockHash },
+    #[error("header hex: {0}")]
+    Malformed(String),
+}
+
+/// Why the chain refused a batch or could not be opened.
+#[derive(Debug, Error)]
+pub enum ChainError {
+    #[error("header {index} ({hash}) rejected: {reason}")]
+    Rejected {
+        index: usize,
+        hash: BlockHash,
+        reason: HeaderError,
+    },
+    #[error("signet headers are accepted only from the operator's own feed")]
+    SignetNeedsOperatorFeed,
+    #[error("{got} headers in one append, at most {max}")]
+    TooManyInOneAppend { got: usize, max: usize },
+    #[error("the chain holds 2^32 headers")]
+    TooManyHeaders,
+    #[error("chain file {path}: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("chain file {path} {what}")]
+    StoreCorrupt { path: String, what: String },
+}
+
+impl ChainError {
+    /// snake_case code for API error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ChainError::Rejected { reason, .. } => match reason {
+                HeaderError::UnknownParent { .. } => "header_not_linking",
+                HeaderError::BadProofOfWork { .. }
+                | HeaderError::InvalidBits { .. }
+                | HeaderError::TargetAboveLimit { .. } => "bad_pow",
+                HeaderError::WrongBits { .. } => "wrong_retarget",
+                HeaderError::TimeNotAfterMedian { .. }
+                | HeaderError::TimeTooFarAhead { .. }
+                | HeaderError::TimeWarp { .. } => "bad_header_time",
+                _ => "invalid_header",
+            },
+            ChainError::SignetNeedsOperatorFeed => "signet_needs_operator_feed",
+            ChainError::TooManyInOneAppend { .. } => "too_many_headers",
+            ChainError::TooManyHeaders
+            | ChainError::Store { .. }
+            | ChainError::StoreCorrupt { .. } => "chain_storage",
+        }
+    }
+
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ChainError::Rejected { .. } => 422,
+            ChainError::SignetNeedsOperatorFeed => 403,
+            ChainError::TooManyInOneAppend { .. } => 413,
+            _ => 500,
+        }
+    }
+}
+
+/// Why a payment was not accepted.
+#[derive(Debug, Error)]
+pub enum PaymentError {
+    #[error("{field} is {len} hex characters, at most {max}")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{field} is not hex: {reason}")]
+    NotHex { field: &'static str, reason: String },
+    #[error("tx_hex is not a transaction: {0}")]
+    MalformedTx(String),
+    #[error("proof_hex is not a serialized merkle block: {0}")]
+    MalformedProof(String),
+    #[error("transaction {txid} is 64 bytes without witness, which could pose as a merkle node")]
+    SixtyFourByteTx { txid: Txid },
+    #[error("proof header {hash}: {reason}")]
+    BadProofOfWork {
+        hash: BlockHash,
+        reason: HeaderError,
+    },
+    #[error("proof's partial merkle tree is invalid: {0}")]
+    BadMerkleProof(String),
+    #[error("proof matches {matched:?}, not exactly transaction {txid}")]
+    ProofForOtherTx { txid: Txid, matched: Vec<Txid> },
+    #[error("block {hash} is not in the host's header chain")]
+    BlockNotInChain { hash: BlockHash },
+    #[error("block {hash} is on a side branch, not the best chain")]
+    NotOnBestChain { hash: BlockHash },
+    #[error("block {hash} has {have} confirmations, {need} required")]
+    NotEnoughConfirmations {
+        hash: BlockHash,
+        have: u32,
+        need: u32,
+    },
+    #[error("transaction {txid} has no output to the quote's address {address}")]
+    WrongAddress { txid: Txid, address: String },
+    #[error(
+        "transaction pays {paid_msat} msat to the quote's address, {required_msat} msat quoted"
+    )]
+    Insufficient { paid_msat: u64, required_msat: u64 },
+    #[error("outpoint {outpoint} has already paid for something")]
+    AlreadySpent { outpoint: OutPoint },
+    #[error("spent set: {0}")]
+    SpentSet(SpentSetError),
+}
+
+impl PaymentError {
+    /// snake_case code for API error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PaymentError::TooLong { .. } => "payment_too_large",
+            PaymentError::NotHex { .. } => "malformed_hex",
+            PaymentError::MalformedTx(_) => "malformed_tx",
+            PaymentError::MalformedProof(_) => "malformed_proof",
+            PaymentError::SixtyFourByteTx { .. } => "tx_64_bytes",
+            PaymentError::BadProofOfWork { .. } => "bad_pow",
+            PaymentError::BadMerkleProof(_) => "bad_proof",
+            PaymentError::ProofForOtherTx { .. } => "proof_for_other_tx",
+            PaymentError::BlockNotInChain { .. } => "block_not_in_chain",
+            PaymentError::NotOnBestChain { .. } | PaymentError::NotEnoughConfirmations { .. } => {
+                "not_confirmed"
+            }
+            PaymentError::WrongAddress { .. } => "wrong_address",
+            PaymentError::Insufficient { .. } => "insufficient_payment",
+            PaymentError::AlreadySpent { .. } => "already_spent",
+            PaymentError::SpentSet(_) => "spent_set_storage",
+        }
+    }
+
+    /// The status the API answers with (api.md: 400 malformed, 402 not enough or not
+    /// confirmed, 409 already spent, 422 well-formed but invalid).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            PaymentError::TooLong { .. }
+            | PaymentError::NotHex { .. }
+            | PaymentError::MalformedTx(_)
+            | PaymentError::MalformedProof(_) => 400,
+            PaymentError::SixtyFourByteTx { .. }
+            | PaymentError::BadProofOfWork { .. }
+            | PaymentError::BadMerkleProof(_)
+            | PaymentError::ProofForOtherTx { .. } => 422,
+            PaymentError::BlockNotInChain { .. }
+            | PaymentError::NotOnBestChain { .. }
+            | PaymentError::NotEnoughConfirmations { .. }
+            | PaymentError::WrongAddress { .. }
+            | PaymentError::Insufficient { .. } => 402,
+            PaymentError::AlreadySpent { .. } => 409,
+            PaymentError::SpentSet(_) => 500,
+        }
+    }
+}
+
+/// Why a price could not be computed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum PriceError {
+    #[error("{field} must be at least 1")]
+    Zero { field: &'static str },
+    #[error("price of {vcpus} vCPUs, {mem_mib} MiB for {seconds} s overflows 64-bit msat")]
+    Overflow {
+        vcpus: u32,
+        mem_mib: u64,
+        seconds: u64,
+    },
+}
+
+/// Why a quote could not be made or found.
+#[derive(Debug, Error)]
+pub enum QuoteError {
+    #[error(transparent)]
+    Price(#[from] PriceError),
+    #[error("xpub: {0}")]
+    BadXpub(String),
+    #[error("xpub is for {xpub}, the host runs {host}")]
+    XpubNetwork { xpub: String, host: String },
+    #[error("derivation index {index} is past the last non-hardened index")]
+    IndexExhausted { index: u64 },
+    #[error("deriving index {index}: {reason}")]
+    Derive { index: u32, reason: String },
+    #[error("quote book storage: {0}")]
+    Storage(String),
+}
+
+impl QuoteError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            QuoteError::Price(PriceError::Zero { .. }) => "invalid_spec",
+            QuoteError::Price(PriceError::Overflow { .. }) => "price_overflow",
+            QuoteError::BadXpub(_) | QuoteError::XpubNetwork { .. } => "bad_xpub",
+            QuoteError::IndexExhausted { .. } | QuoteError::Derive { .. } => "derivation",
+            QuoteError::Storage(_) => "quote_storage",
+        }
+    }
+
+    pub fn http_status(&self) -> u16 {
+        match self {
+            QuoteError::Price(_) => 400,
+            _ => 500,
+        }
+    }
+}

@@ -1,0 +1,689 @@
+//! The host's own chain of block headers, from a checkpoint, with every competing branch.
+//!
+//! Each header is checked before it is kept: it links to a known header, its hash meets its
+//! own target, that target is within the network's limit and is what the retarget rule
+//! requires, and its time is above the median of the 11 before it and at most two hours
+//! ahead of the caller's clock. The best chain is the branch with the most cumulative work
+//! (first seen wins a tie); a branch that overtakes it causes a reorg.
+//!
+//! In memory a block is 64 bytes ([`Entry`]: hash, work, time, bits, parent, height) plus 5
+//! bytes in the hash index and 4 in the best-chain vector, so a million headers take about
+//! 75 MB. The full 80-byte headers live only in the [`ChainStore`] file.
+
+use std::path::Path;
+
+use bitcoin::block::Header;
+use bitcoin::hashes::Hash;
+use bitcoin::{BlockHash, CompactTarget, Target};
+use hashbrown::HashTable;
+
+use super::chain_store::ChainStore;
+use super::error::{ChainError, HeaderError};
+use super::network::{ChainNetwork, RetargetRule};
+use super::retarget::{check_timewarp, required_bits, Expected};
+
+/// Headers further than this ahead of the host's clock are refused (consensus rule).
+pub const MAX_FUTURE_DRIFT_S: u64 = 2 * 60 * 60;
+/// How many previous timestamps the median-time-past rule looks at.
+const MTP_SPAN: usize = 11;
+/// Most headers accepted in one call (a P2P `headers` message carries at most 2000).
+pub const MAX_HEADERS_PER_APPEND: usize = 100_000;
+
+/// One block as the chain keeps it in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Block hash, internal byte order.
+    pub hash: [u8; 32],
+    /// Work of every block from the checkpoint up to and including this one. Real chains
+    /// stay far below 2^128 (mainnet today is about 2^95).
+    pub chainwork: u128,
+    pub time: u32,
+    pub bits: u32,
+    /// Index of the parent entry, or [`Entry::NO_PREV`] for the checkpoint.
+    pub prev: u32,
+    pub height: u32,
+}
+
+impl Entry {
+    pub const NO_PREV: u32 = u32::MAX;
+}
+
+/// Where headers come from. Signet headers are only taken from the operator (see
+/// [`ChainNetwork::needs_operator_feed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderSource {
+    /// The operator's own trusted node, e.g. `POST /v1/chain/headers` from root.
+    Operator,
+    /// Anyone else.
+    Untrusted,
+}
+
+/// The block the chain starts from: genesis, or one the operator vouches for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub height: u32,
+    pub header: Header,
+}
+
+impl Checkpoint {
+    pub fn genesis(network: ChainNetwork) -> Self {
+        Checkpoint {
+            height: 0,
+            header: network.genesis_header(),
+        }
+    }
+
+    /// A checkpoint given by the operator as height, hash and header: the header must hash
+    /// to `hash` and carry valid proof of work within the network's limit.
+    pub fn operator(
+        network: ChainNetwork,
+        height: u32,
+        hash: BlockHash,
+        header: Header,
+    ) -> Result<Self, HeaderError> {
+        let got = header.block_hash();
+        if got != hash {
+            return Err(HeaderError::CheckpointHash {
+                expected: hash,
+                got,
+            });
+        }
+        check_pow(network.pow_limit(), &header)?;
+        Ok(Checkpoint { height, header })
+    }
+}
+
+/// The best chain's tip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tip {
+    pub height: u32,
+    pub hash: BlockHash,
+}
+
+/// What the chain knows about one block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockInfo {
+    pub height: u32,
+    pub time: u32,
+    pub on_best_chain: bool,
+    /// Best height − height + 1 on the best chain, 0 on a side branch.
+    pub confirmations: u32,
+}
+
+/// The result of a successful [`HeaderChain::append`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Headers that were new (known ones are skipped silently).
+    pub added: usize,
+    pub tip: Tip,
+    /// The previous tip left the best chain.
+    pub reorg: bool,
+}
+
+/// The target `bits` stand for, if they encode one Bitcoin Core would accept (positive,
+/// non-zero, no overflow).
+pub fn target_from_bits(bits: CompactTarget) -> Option<Target> {
+    let raw = bits.to_consensus();
+    let exponent = raw >> 24;
+    let mantissa = raw & 0x00ff_ffff;
+    let negative = mantissa & 0x0080_0000 != 0;
+    // A 3-byte mantissa shifted past byte 32 would not fit in 256 bits.
+    if mantissa == 0 || negative || exponent > 32 {
+        return None;
+    }
+    let target = Target::from_compact(bits);
+    (target != Target::ZERO).then_some(target)
+}
+
+/// Checks that `header` meets its own target and that the target is within `limit`.
+pub fn check_pow(limit: Target, header: &Header) -> Result<BlockHash, HeaderError> {
+    let target = target_from_bits(header.bits).ok_or(HeaderError::InvalidBits {
+        bits: header.bits.to_consensus(),
+    })?;
+    if target > limit {
+        return Err(HeaderError::TargetAboveLimit {
+            bits: header.bits.to_consensus(),
+        });
+    }
+    header
+        .validate_pow(target)
+        .map_err(|_| HeaderError::BadProofOfWork {
+            hash: header.block_hash(),
+        })
+}
+
+/// The work a block with these (already validated) bits represents.
+fn block_work(bits: CompactTarget) -> Result<u128, HeaderError> {
+    let work = Target::from_compact(bits).to_work().to_le_bytes();
+    let (low, high) = work.split_at(16);
+    if high.iter().any(|&b| b != 0) {
+        return Err(HeaderError::WorkOverflow);
+    }
+    let mut le = [0u8; 16];
+    le.copy_from_slice(low);
+    Ok(u128::from_le_bytes(le))
+}
+
+/// The checkpoint as the chain's first entry, after checking its proof of work.
+fn checkpoint_entry(rules: &Rules, checkpoint: &Checkpoint) -> Result<Entry, ChainError> {
+    let hash = checkpoint.header.block_hash();
+    let reject = |reason| ChainError::Rejected {
+        index: 0,
+        hash,
+        reason,
+    };
+    check_pow(rules.params.max_attainable_target, &checkpoint.header).map_err(reject)?;
+    Ok(Entry {
+        hash: hash.to_byte_array(),
+        chainwork: block_work(checkpoint.header.bits).map_err(reject)?,
+        time: checkpoint.header.time,
+        bits: checkpoint.header.bits.to_consensus(),
+        prev: Entry::NO_PREV,
+        height: checkpoint.height,
+    })
+}
+
+/// The consensus rules a chain enforces.
+#[derive(Clone, Debug)]
+struct Rules {
+    network: ChainNetwork,
+    retarget: RetargetRule,
+    params: bitcoin::params::Params,
+}
+
+/// The header chain: an in-memory index, optionally backed by a [`ChainStore`] file.
+pub struct HeaderChain {
+    rules: Rules,
+    entries: Vec<Entry>,
+    /// Entry indexes, hashed by the first 8 bytes of the block hash (random even under PoW,
+    /// whose zeros are at the other end).
+    by_hash: HashTable<u32>,
+    /// Best chain: `best[i]` is the entry at height `base_height + i`.
+    best: Vec<u32>,
+    base_height: u32,
+    store: Option<ChainStore>,
+}
+
+impl std::fmt::Debug for HeaderChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderChain")
+            .field("network", &self.rules.network)
+            .field("entries", &self.entries.len())
+            .field("tip", &self.tip())
+            .finish()
+    }
+}
+
+fn index_hash(hash: &[u8; 32]) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    u64::from_le_bytes(first)
+}
+
+impl HeaderChain {
+    /// A chain held only in memory (tests, tools).
+    pub fn in_memory(network: ChainNetwork, checkpoint: Checkpoint) -> Result<Self, ChainError> {
+        let rules = Rules {
+            network,
+            retarget: network.retarget_rule(),
+            params: network.params().clone(),
+        };
+        Self::from_checkpoint(rules, checkpoint)
+    }
+
+    /// Test-only: a chain with another network's retarget rule, so difficulty changes can be
+    /// exercised with regtest's easy proof of work.
+    #[cfg(test)]
+    pub(crate) fn in_memory_with_rule(
+        network: ChainNetwork,
+        retarget: RetargetRule,
+        checkpoint: Checkpoint,
+    ) -> Result<Self, ChainError> {
+        let mut params = network.params().clone();
+        params.no_pow_retargeting = retarget == RetargetRule::Fixed;
+        let rules = Rules {
+            network,
+            retarget,
+            params,
+        };
+        Self::from_checkpoint(rules, checkpoint)
+    }
+
+    /// Opens the chain file at `path`, creating it from `checkpoint` if it does not exist. An
+    /// existing file must be for the same network and start at the same checkpoint.
+    pub fn open(
+        path: &Path,
+        network: ChainNetwork,
+        checkpoint: Checkpoint,
+    ) -> Result<Self, ChainError> {
+        let rules = Rules {
+            network,
+            retarget: network.retarget_rule(),
+            params: network.params().clone(),
+        };
+        let first = checkpoint_entry(&rules, &checkpoint)?;
+        let (store, entries) = ChainStore::open(path, network, &checkpoint, first.chainwork)?;
+        let mut chain = HeaderChain {
+            rules,
+            entries: Vec::new(),
+            by_hash: HashTable::new(),
+            best: Vec::new(),
+            base_height: checkpoint.height,
+            store: None,
+        };
+        chain.load_entries(entries)?;
+        chain.store = Some(store);
+        Ok(chain)
+    }
+
+    fn from_checkpoint(rules: Rules, checkpoint: Checkpoint) -> Result<Self, ChainError> {
+        let entry = checkpoint_entry(&rules, &checkpoint)?;
+        let mut chain = HeaderChain {
+            rules,
+            entries: Vec::new(),
+            by_hash: HashTable::new(),
+            best: Vec::new(),
+            base_height: checkpoint.height,
+            store: None,
+        };
+        chain.load_entries(vec![entry])?;
+        Ok(chain)
+    }
+
+    /// Builds the index from entries already validated (by `append`, possibly in an earlier
+    /// run); entry 0 is the checkpoint.
+    fn load_entries(&mut self, entries: Vec<Entry>) -> Result<(), ChainError> {
+        self.by_hash = HashTable::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            let idx = u32::try_from(i).map_err(|_| ChainError::TooManyHeaders)?;
+            self.by_hash.insert_unique(index_hash(&e.hash), idx, |&j| {
+                index_hash(&entries[j as usize].hash)
+            });
+        }
+        self.entries = entries;
+        let best_idx = self.most_work_entry(0);
+        self.best.clear();
+        self.set_best_tip(best_idx);
+        Ok(())
+    }
+
+    pub fn network(&self) -> ChainNetwork {
+        self.rules.network
+    }
+
+    /// Number of headers known, all branches included.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Never true: the checkpoint is always there.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn tip(&self) -> Tip {
+        let idx = *self
+            .best
+            .last()
+            .expect("the best chain always holds at least the checkpoint");
+        let e = &self.entries[idx as usize];
+        Tip {
+            height: e.height,
+            hash: BlockHash::from_byte_array(e.hash),
+        }
+    }
+
+    fn lookup(&self, hash: &[u8; 32]) -> Option<u32> {
+        self.by_hash
+            .find(index_hash(hash), |&i| {
+                &self.entries[i as usize].hash == hash
+            })
+            .copied()
+    }
+
+    pub fn contains(&self, hash: &BlockHash) -> bool {
+        self.lookup(hash.as_byte_array()).is_some()
+    }
+
+    fn on_best_chain(&self, idx: u32) -> bool {
+        let h = self.entries[idx as usize].height;
+        h >= self.base_height && self.best.get((h - self.base_height) as usize) == Some(&idx)
+    }
+
+    /// What the chain knows about `hash`, or `None` if it never saw that block.
+    pub fn block(&self, hash: &BlockHash) -> Option<BlockInfo> {
+        let idx = self.lookup(hash.as_byte_array())?;
+        let e = &self.entries[idx as usize];
+        let on_best_chain = self.on_best_chain(idx);
+        let confirmations = if on_best_chain {
+            self.tip().height - e.height + 1
+        } else {
+            0
+        };
+        Some(BlockInfo {
+            height: e.height,
+            time: e.time,
+            on_best_chain,
+            confirmations,
+        })
+    }
+
+    /// Best height − block height + 1 if the block is on the best chain, else 0 (side branch
+    /// or unknown).
+    pub fn confirmations(&self, hash: &BlockHash) -> u32 {
+        self.block(hash).map_or(0, |b| b.confirmations)
+    }
+
+    /// The best chain's block hash at `height`.
+    pub fn best_hash_at(&self, height: u32) -> Option<BlockHash> {
+        let i = height.checked_sub(self.base_height)?;
+        let idx = *self.best.get(i as usize)?;
+        Some(BlockHash::from_byte_array(self.entries[idx as usize].hash))
+    }
+
+    /// Median of the timestamps of `prev` and up to 10 of its ancestors.
+    fn median_time_past(&self, prev: u32) -> u32 {
+        let mut times = [0u32; MTP_SPAN];
+        let mut n = 0;
+        let mut cur = prev;
+        while n < MTP_SPAN {
+            let e = &self.entries[cur as usize];
+            times[n] = e.time;
+            n += 1;
+            if e.prev == Entry::NO_PREV {
+                break;
+            }
+            cur = e.prev;
+        }
+        let times = &mut times[..n];
+        times.sort_unstable();
+        times[n / 2]
+    }
+
+    /// Checks one header against every rule, given its parent's index.
+    fn validate(&self, header: &Header, prev: u32, now_us: u64) -> Result<Entry, HeaderError> {
+        let parent = &self.entries[prev as usize];
+        let height = parent
+            .height
+            .checked_add(1)
+            .ok_or(HeaderError::HeightOverflow)?;
+        match required_bits(
+            self.rules.retarget,
+            &self.rules.params,
+            &self.entries,
+            prev,
+            header.time,
+        ) {
+            Expected::Exact(bits) if bits != header.bits => {
+                return Err(HeaderError::WrongBits {
+                    height,
+                    got: header.bits.to_consensus(),
+                    expected: bits.to_consensus(),
+                })
+            }
+            _ => {}
+        }
+        let hash = check_pow(self.rules.params.max_attainable_target, header)?;
+        let mtp = self.median_time_past(prev);
+        if header.time <= mtp {
+            return Err(HeaderError::TimeNotAfterMedian {
+                time: header.time,
+                median: mtp,
+            });
+        }
+        let latest = now_us / 1_000_000 + MAX_FUTURE_DRIFT_S;
+        if u64::from(header.time) > latest {
+            return Err(HeaderError::TimeTooFarAhead {
+                time: header.time,
+                latest,
+            });
+        }
+        check_timewarp(
+            self.rules.retarget,
+            &self.rules.params,
+            height,
+            parent.time,
+            header.time,
+        )
+        .map_err(|min_time| HeaderError::TimeWarp {
+            time: header.time,
+            min_time,
+        })?;
+        let chainwork = parent
+            .chainwork
+            .checked_add(block_work(header.bits)?)
+            .ok_or(HeaderError::WorkOverflow)?;
+        Ok(Entry {
+            hash: hash.to_byte_array(),
+            chainwork,
+            time: header.time,
+            bits: header.bits.to_consensus(),
+            prev,
+            height,
+        })
+    }
+
+    /// Validates and adds `headers` (in order; each may build on a known header or on an
+    /// earlier one in the batch). All or nothing: on the first invalid header nothing is
+    /// added and the error names its position. Headers already known are skipped. With a
+    /// store, the new headers are on disk (fsync) before this returns.
+    pub fn append(
+        &mut self,
+        headers: &[Header],
+        now_us: u64,
+        source: HeaderSource,
+    ) -> Result<AppendOutcome, ChainError> {
+        if self.rules.network.needs_operator_feed() && source != HeaderSource::Operator {
+            return Err(ChainError::SignetNeedsOperatorFeed);
+        }
+        if headers.len() > MAX_HEADERS_PER_APPEND {
+            return Err(ChainError::TooManyInOneAppend {
+                got: headers.len(),
+                max: MAX_HEADERS_PER_APPEND,
+            });
+        }
+        let start = self.entries.len();
+        let new_headers = match self.add_all(headers, now_us) {
+            Ok(new) => new,
+            Err(e) => {
+                self.rollback(start);
+                return Err(e);
+            }
+        };
+        if let Some(store) = &mut self.store {
+            if let Err(e) = store.append(&self.entries[start..], &new_headers) {
+                self.rollback(start);
+                return Err(e);
+            }
+        }
+        let old_tip = *self.best.last().expect("best chain is never empty");
+        let candidate = self.most_work_entry(start);
+        let mut reorg = false;
+        if candidate != old_tip
+            && self.entries[candidate as usize].chainwork > self.entries[old_tip as usize].chainwork
+        {
+            self.set_best_tip(candidate);
+            reorg = !self.on_best_chain(old_tip);
+        }
+        Ok(AppendOutcome {
+            added: self.entries.len() - start,
+            tip: self.tip(),
+            reorg,
+        })
+    }
+
+    /// Adds each new header to the index; returns the headers that were new, in entry order.
+    fn add_all<'h>(
+        &mut self,
+        headers: &'h [Header],
+        now_us: u64,
+    ) -> Result<Vec<&'h Header>, ChainError> {
+        let mut new = Vec::with_capacity(headers.len());
+        for (index, header) in headers.iter().enumerate() {
+            let hash = header.block_hash();
+            if self.lookup(hash.as_byte_array()).is_some() {
+                continue;
+            }
+            let reject = |reason| ChainError::Rejected {
+                index,
+                hash,
+                reason,
+            };
+            let prev = self
+                .lookup(header.prev_blockhash.as_byte_array())
+                .ok_or_else(|| {
+                    reject(HeaderError::UnknownParent {
+                        prev: header.prev_blockhash,
+                    })
+                })?;
+            let entry = self.validate(header, prev, now_us).map_err(reject)?;
+            let idx = u32::try_from(self.entries.len())
+                .ok()
+                .filter(|&i| i != Entry::NO_PREV)
+                .ok_or(ChainError::TooManyHeaders)?;
+            self.entries.push(entry);
+            let entries = &self.entries;
+            self.by_hash
+                .insert_unique(index_hash(&entry.hash), idx, |&j| {
+                    index_hash(&entries[j as usize].hash)
+                });
+            new.push(header);
+        }
+        Ok(new)
+    }
+
+    /// Forgets every entry from index `start` on (a batch that failed part-way).
+    fn rollback(&mut self, start: usize) {
+        for idx in (start..self.entries.len()).rev() {
+            let hash = index_hash(&self.entries[idx].hash);
+            if let Ok(slot) = self.by_hash.find_entry(hash, |&i| i as usize == idx) {
+                slot.remove();
+            }
+        }
+        self.entries.truncate(start);
+    }
+
+    /// The entry with the most work at or after index `from` (the earliest on a tie), or
+    /// the current tip if none beats it.
+    fn most_work_entry(&self, from: usize) -> u32 {
+        let mut best = self.best.last().copied();
+        for (i, e) in self.entries.iter().enumerate().skip(from) {
+            let better = match best {
+                None => true,
+                Some(b) => e.chainwork > self.entries[b as usize].chainwork,
+            };
+            if better {
+                best = Some(i as u32);
+            }
+        }
+        best.expect("there is at least the checkpoint entry")
+    }
+
+    /// Makes `tip` the best tip: rewrites the best-chain vector from the fork point up.
+    fn set_best_tip(&mut self, tip: u32) {
+        let mut path = Vec::new();
+        let mut cur = tip;
+        loop {
+            if self.on_best_chain(cur) {
+                break;
+            }
+            path.push(cur);
+            let e = &self.entries[cur as usize];
+            if e.prev == Entry::NO_PREV {
+                break;
+            }
+            cur = e.prev;
+        }
+        let keep = match path.last() {
+            Some(&lowest) => (self.entries[lowest as usize].height - self.base_height) as usize,
+            None => self.best.len(),
+        };
+        self.best.truncate(keep);
+        self.best.extend(path.into_iter().rev());
+        let tip_height = self.entries[tip as usize].height;
+        self.best
+            .truncate((tip_height - self.base_height) as usize + 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onchain::regtest_fixtures::{mined_header, regtest_bits};
+
+    /// Mines `n` headers on `prev` with `spacing` seconds between them and the given bits.
+    fn grow(prev: &Header, n: usize, spacing: u32, bits: CompactTarget) -> Vec<Header> {
+        let mut out: Vec<Header> = Vec::with_capacity(n);
+        let mut last = *prev;
+        for i in 0..n {
+            let h = mined_header(
+                last.block_hash(),
+                TxMerkleNode::from_byte_array([i as u8; 32]),
+                last.time + spacing,
+                bits,
+            );
+            out.push(h);
+            last = h;
+        }
+        out
+    }
+
+    use bitcoin::TxMerkleNode;
+
+    #[test]
+    fn standard_retarget_is_enforced_at_the_period_boundary() {
+        // Regtest's easy proof of work under mainnet's retarget rule: 2015 blocks one
+        // minute apart make the 2016th block four times harder (the clamp).
+        let genesis = ChainNetwork::Regtest.genesis_header();
+        let mut chain = HeaderChain::in_memory_with_rule(
+            ChainNetwork::Regtest,
+            RetargetRule::Standard,
+            Checkpoint::genesis(ChainNetwork::Regtest),
+        )
+        .unwrap();
+        let period = grow(&genesis, 2015, 60, regtest_bits());
+        let last = *period.last().unwrap();
+        let now = u64::from(last.time + 10_000) * 1_000_000;
+        chain.append(&period, now, HeaderSource::Untrusted).unwrap();
+        assert_eq!(chain.tip().height, 2015);
+
+        let expected = CompactTarget::from_next_work_required(
+            regtest_bits(),
+            u64::from(last.time - genesis.time),
+            regtest_retargeting(),
+        );
+        assert_ne!(
+            expected,
+            regtest_bits(),
+            "fast blocks must raise the difficulty"
+        );
+
+        // Keeping the old bits across the boundary is refused ...
+        let stale = grow(&last, 1, 60, regtest_bits());
+        let err = chain
+            .append(&stale, now, HeaderSource::Untrusted)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ChainError::Rejected {
+                    reason: HeaderError::WrongBits { height: 2016, .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(err.code(), "wrong_retarget");
+        // ... the recomputed bits are accepted, and then stay for the period.
+        let next = grow(&last, 2, 60, expected);
+        chain.append(&next, now, HeaderSource::Untrusted).unwrap();
+        assert_eq!(chain.tip().height, 2017);
+    }
+
+    /// Regtest's limits with retargeting switched on.
+    fn regtest_retargeting() -> bitcoin::params::Params {
+        let mut p = bitcoin::params::Params::REGTEST;
+        p.no_pow_retargeting = false;
+        p
+    }
+}

@@ -1,0 +1,314 @@
+//! Which `bits` the next header must carry. Mainnet and signet retarget every 2016 blocks with
+//! the `bitcoin` crate's [`CompactTarget::from_next_work_required`]; the testnet
+//! minimum-difficulty exception, BIP94 and the missing-history fallback are written here.
+
+use bitcoin::params::Params;
+use bitcoin::CompactTarget;
+
+use super::header_chain::Entry;
+use super::network::RetargetRule;
+
+/// BIP94: the first block of a period may be at most this much older than its parent.
+pub const MAX_TIMEWARP_S: u32 = 600;
+
+/// What the next header's bits may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// Exactly these bits.
+    Exact(CompactTarget),
+    /// The blocks that decide the value lie below the operator's checkpoint, so only the
+    /// network's pow limit can be enforced. This happens at most once per 2016 blocks after a
+    /// checkpoint that is not at a period boundary (or, on testnets, after a checkpoint that is
+    /// itself a minimum-difficulty block); pick checkpoints at period starts to avoid it.
+    UpToPowLimit,
+}
+
+fn interval(params: &Params) -> u32 {
+    // 2016 on every network; the crate computes it from timespan/spacing.
+    u32::try_from(params.difficulty_adjustment_interval()).unwrap_or(u32::MAX)
+}
+
+/// The ancestor of `from` at `height`, if it is not below the chain's first entry.
+fn ancestor(entries: &[Entry], mut from: u32, height: u32) -> Option<&Entry> {
+    loop {
+        let e = entries.get(from as usize)?;
+        if e.height == height {
+            return Some(e);
+        }
+        if e.height < height || e.prev == Entry::NO_PREV {
+            return None;
+        }
+        from = e.prev;
+    }
+}
+
+/// Testnet: the bits of the last block that was not a minimum-difficulty exception, walking
+/// back from `from` to the start of its period.
+fn last_non_exception_bits(
+    entries: &[Entry],
+    mut from: u32,
+    params: &Params,
+    limit: CompactTarget,
+) -> Expected {
+    let every = interval(params);
+    loop {
+        let e = &entries[from as usize];
+        if e.height % every == 0 || e.bits != limit.to_consensus() {
+            return Expected::Exact(CompactTarget::from_consensus(e.bits));
+        }
+        if e.prev == Entry::NO_PREV {
+            return Expected::UpToPowLimit;
+        }
+        from = e.prev;
+    }
+}
+
+/// The bits required of a header at `prev.height + 1` with timestamp `new_time`, built on the
+/// entry `prev` (an index into `entries`).
+pub fn required_bits(
+    rule: RetargetRule,
+    params: &Params,
+    entries: &[Entry],
+    prev: u32,
+    new_time: u32,
+) -> Expected {
+    let last = &entries[prev as usize];
+    let last_bits = CompactTarget::from_consensus(last.bits);
+    let limit = params.max_attainable_target.to_compact_lossy();
+    if rule == RetargetRule::Fixed {
+        return Expected::Exact(last_bits);
+    }
+    let every = interval(params);
+    let height = last.height.saturating_add(1);
+    if height % every != 0 {
+        let min_difficulty_allowed = matches!(
+            rule,
+            RetargetRule::TestnetMinDifficulty | RetargetRule::Testnet4Bip94
+        );
+        if !min_difficulty_allowed {
+            return Expected::Exact(last_bits);
+        }
+        let spacing = u32::try_from(params.pow_target_spacing).unwrap_or(u32::MAX);
+        if u64::from(new_time) > u64::from(last.time) + 2 * u64::from(spacing) {
+            return Expected::Exact(limit);
+        }
+        return last_non_exception_bits(entries, prev, params, limit);
+    }
+    let Some(first) = ancestor(entries, prev, height - every) else {
+        return Expected::UpToPowLimit;
+    };
+    // Core computes this as a signed difference; a negative span clamps to the minimum.
+    let timespan = u64::try_from(i64::from(last.time) - i64::from(first.time)).unwrap_or(0);
+    let base = if rule == RetargetRule::Testnet4Bip94 {
+        // BIP94: start from the period's first block, which can never be a 20-minute
+        // exception, so a single late block cannot drag the next period's difficulty down.
+        CompactTarget::from_consensus(first.bits)
+    } else {
+        last_bits
+    };
+    Expected::Exact(CompactTarget::from_next_work_required(
+        base, timespan, params,
+    ))
+}
+
+/// BIP94's time-warp rule: `Err(min_time)` if a header at `height` (a period start) is more
+/// than [`MAX_TIMEWARP_S`] older than its parent.
+pub fn check_timewarp(
+    rule: RetargetRule,
+    params: &Params,
+    height: u32,
+    prev_time: u32,
+    new_time: u32,
+) -> Result<(), u32> {
+    if rule != RetargetRule::Testnet4Bip94 || height % interval(params) != 0 {
+        return Ok(());
+    }
+    let min_time = prev_time.saturating_sub(MAX_TIMEWARP_S);
+    if new_time < min_time {
+        Err(min_time)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::Target;
+
+    const LIMIT: u32 = 0x1d00ffff;
+    const HARD: u32 = 0x1c0ffff0;
+
+    /// A straight chain from height 0 with the given (time, bits) per block.
+    fn chain(blocks: &[(u32, u32)]) -> Vec<Entry> {
+        blocks
+            .iter()
+            .enumerate()
+            .map(|(i, &(time, bits))| Entry {
+                hash: [0; 32],
+                chainwork: 0,
+                time,
+                bits,
+                prev: if i == 0 { Entry::NO_PREV } else { i as u32 - 1 },
+                height: i as u32,
+            })
+            .collect()
+    }
+
+    fn period(bits: u32, spacing: u32) -> Vec<(u32, u32)> {
+        (0..2016).map(|i| (1_000_000 + i * spacing, bits)).collect()
+    }
+
+    #[test]
+    fn standard_keeps_bits_inside_a_period() {
+        let c = chain(&period(HARD, 600)[..100]);
+        assert_eq!(
+            required_bits(RetargetRule::Standard, &Params::MAINNET, &c, 99, 2_000_000),
+            Expected::Exact(CompactTarget::from_consensus(HARD))
+        );
+    }
+
+    #[test]
+    fn standard_retarget_follows_the_period_timespan() {
+        // Blocks twice as fast as planned: the target halves (difficulty doubles).
+        let c = chain(&period(HARD, 300));
+        let Expected::Exact(bits) =
+            required_bits(RetargetRule::Standard, &Params::MAINNET, &c, 2015, 0)
+        else {
+            panic!("full history is present")
+        };
+        let old = Target::from_compact(CompactTarget::from_consensus(HARD));
+        let new = Target::from_compact(bits);
+        assert!(new < old, "faster blocks must make the target smaller");
+        // 2015 intervals of 300 s against 1 209 600 s: new = old * 604500 / 1209600.
+        let expected = CompactTarget::from_next_work_required(
+            CompactTarget::from_consensus(HARD),
+            2015 * 300,
+            Params::MAINNET,
+        );
+        assert_eq!(bits, expected);
+        assert_ne!(bits.to_consensus(), HARD);
+    }
+
+    #[test]
+    fn retarget_is_clamped_to_the_pow_limit() {
+        // Very slow blocks at the limit stay at the limit.
+        let c = chain(&period(LIMIT, 6000));
+        assert_eq!(
+            required_bits(RetargetRule::Standard, &Params::MAINNET, &c, 2015, 0),
+            Expected::Exact(CompactTarget::from_consensus(LIMIT))
+        );
+    }
+
+    #[test]
+    fn testnet_twenty_minute_rule() {
+        let mut blocks = period(HARD, 600)[..10].to_vec();
+        let c = chain(&blocks);
+        let prev_time = c[9].time;
+        // 20 min + 1 s after the parent: minimum difficulty is allowed (and required).
+        assert_eq!(
+            required_bits(
+                RetargetRule::TestnetMinDifficulty,
+                &Params::TESTNET3,
+                &c,
+                9,
+                prev_time + 1201
+            ),
+            Expected::Exact(CompactTarget::from_consensus(LIMIT))
+        );
+        // Exactly 20 min: not yet.
+        assert_eq!(
+            required_bits(
+                RetargetRule::TestnetMinDifficulty,
+                &Params::TESTNET3,
+                &c,
+                9,
+                prev_time + 1200
+            ),
+            Expected::Exact(CompactTarget::from_consensus(HARD))
+        );
+        // After a min-difficulty block, a prompt block returns to the real difficulty.
+        blocks.push((prev_time + 1300, LIMIT));
+        let c = chain(&blocks);
+        assert_eq!(
+            required_bits(
+                RetargetRule::Testnet4Bip94,
+                &Params::TESTNET4,
+                &c,
+                10,
+                prev_time + 1400
+            ),
+            Expected::Exact(CompactTarget::from_consensus(HARD))
+        );
+    }
+
+    #[test]
+    fn bip94_retargets_from_the_first_block_not_a_min_difficulty_last_block() {
+        let mut blocks = period(HARD, 600);
+        // The period's last block is a 20-minute exception at the limit.
+        blocks[2015].1 = LIMIT;
+        let c = chain(&blocks);
+        let timespan = u64::from(c[2015].time - c[0].time);
+        let bip94 = required_bits(RetargetRule::Testnet4Bip94, &Params::TESTNET4, &c, 2015, 0);
+        let testnet3 = required_bits(
+            RetargetRule::TestnetMinDifficulty,
+            &Params::TESTNET3,
+            &c,
+            2015,
+            0,
+        );
+        assert_eq!(
+            bip94,
+            Expected::Exact(CompactTarget::from_next_work_required(
+                CompactTarget::from_consensus(HARD),
+                timespan,
+                Params::TESTNET4
+            ))
+        );
+        // Testnet3's old rule starts from the exception's (minimum-difficulty) bits.
+        assert_eq!(
+            testnet3,
+            Expected::Exact(CompactTarget::from_next_work_required(
+                CompactTarget::from_consensus(LIMIT),
+                timespan,
+                Params::TESTNET3
+            ))
+        );
+        assert_ne!(bip94, testnet3);
+    }
+
+    #[test]
+    fn history_below_the_checkpoint_falls_back_to_the_limit() {
+        // A chain that starts (checkpoint) at height 1000: the boundary at 2016 cannot be
+        // recomputed because height 0 is missing.
+        let mut c = chain(&period(HARD, 600)[..1016]);
+        for e in &mut c {
+            e.height += 1000;
+        }
+        assert_eq!(
+            required_bits(RetargetRule::Standard, &Params::MAINNET, &c, 1015, 0),
+            Expected::UpToPowLimit
+        );
+    }
+
+    #[test]
+    fn timewarp_rule_only_at_period_start_on_testnet4() {
+        let p = &Params::TESTNET4;
+        assert_eq!(
+            check_timewarp(RetargetRule::Testnet4Bip94, p, 2016, 10_000, 9_400),
+            Ok(())
+        );
+        assert_eq!(
+            check_timewarp(RetargetRule::Testnet4Bip94, p, 2016, 10_000, 9_399),
+            Err(9_400)
+        );
+        assert_eq!(
+            check_timewarp(RetargetRule::Testnet4Bip94, p, 2017, 10_000, 1),
+            Ok(())
+        );
+        assert_eq!(
+            check_timewarp(RetargetRule::Standard, p, 2016, 10_000, 1),
+            Ok(())
+        );
+    }
+}
