@@ -1,0 +1,148 @@
+//! The keyset store: seed file created 0600, keys stable across reopen, rotation (old
+//! keysets redeem, only the active one signs) and retirement.
+
+mod credit_wallet;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use credit_wallet::*;
+use payment::credit::keyset_store::STORE_FILE;
+use payment::credit::nut_types::SwapRequest;
+use payment::credit::{CreditError, Mint, MintLimits};
+use payment::spent_set::{SpentSet, SqliteSpentSet};
+
+fn reopen(t: &TestMint) -> Result<Mint, CreditError> {
+    Mint::open(
+        t.dir.path(),
+        t.spent.clone() as Arc<dyn SpentSet>,
+        MintLimits::default(),
+    )
+}
+
+#[test]
+fn seed_file_is_private_and_keys_survive_reopen() {
+    let t = test_mint();
+    let path = t.dir.path().join(STORE_FILE);
+    let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let keys_before = t.mint.keys();
+    let proofs = mint_proofs(&t.mint, &[2, 8]);
+    let again = reopen(&t).unwrap();
+    assert_eq!(again.keys(), keys_before);
+    assert_eq!(again.active_keyset_id(), t.mint.active_keyset_id());
+    // Notes signed before the restart redeem after it.
+    assert_eq!(again.redeem(&proofs, "after restart").unwrap(), 10_000);
+}
+
+#[test]
+fn distinct_state_dirs_get_distinct_seeds() {
+    let a = test_mint();
+    let b = test_mint();
+    assert_ne!(a.mint.active_keyset_id(), b.mint.active_keyset_id());
+}
+
+#[test]
+fn readable_seed_file_is_refused() {
+    let t = test_mint();
+    let path = t.dir.path().join(STORE_FILE);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(matches!(reopen(&t), Err(CreditError::Store { .. })));
+}
+
+#[test]
+fn corrupt_seed_file_is_a_clear_error() {
+    let t = test_mint();
+    let path = t.dir.path().join(STORE_FILE);
+    fs::write(&path, "{not json").unwrap();
+    let err = reopen(&t).err().expect("corrupt file refused");
+    assert!(err.to_string().contains(STORE_FILE), "{err}");
+}
+
+#[test]
+fn rotation_keeps_old_notes_redeemable_but_only_the_new_keyset_signs() {
+    let t = test_mint();
+    let old_id = t.mint.active_keyset_id();
+    let old_proofs = mint_proofs(&t.mint, &[4, 4]);
+    let old_outputs = messages(&outputs(&old_id, &[8]));
+
+    let new_id = t.mint.rotate().unwrap();
+    assert_ne!(new_id, old_id);
+    assert_eq!(t.mint.active_keyset_id(), new_id);
+
+    let listed = t.mint.keysets().keysets;
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().any(|k| k.id == old_id && !k.active));
+    assert!(listed.iter().any(|k| k.id == new_id && k.active));
+    assert_eq!(t.mint.keys().keysets[0].id, new_id);
+    assert_eq!(t.mint.keys_for(&old_id).unwrap().keysets[0].id, old_id);
+
+    // Outputs for the old keyset: refused as inactive (12002), nothing spent.
+    let err = t
+        .mint
+        .swap(&SwapRequest {
+            inputs: old_proofs.clone(),
+            outputs: old_outputs,
+        })
+        .unwrap_err();
+    assert!(matches!(err, CreditError::InactiveKeyset { .. }));
+    assert_eq!(err.cashu_code(), Some(12002));
+    assert!(t.mint.mint(8, &messages(&outputs(&old_id, &[8]))).is_err());
+
+    // Old notes swap into new-keyset notes.
+    let pending = outputs(&new_id, &[8]);
+    let sigs = t
+        .mint
+        .swap(&SwapRequest {
+            inputs: old_proofs,
+            outputs: messages(&pending),
+        })
+        .unwrap()
+        .signatures;
+    assert!(sigs.iter().all(|s| s.id == new_id));
+    let new_proofs = unblind_all(&t.mint, &pending, &sigs);
+
+    // Rotation survives reopen.
+    let again = reopen(&t).unwrap();
+    assert_eq!(again.active_keyset_id(), new_id);
+    assert_eq!(again.redeem(&new_proofs, "lease").unwrap(), 8000);
+}
+
+#[test]
+fn retired_keysets_accept_nothing_and_the_active_one_cannot_be_retired() {
+    let t = test_mint();
+    let old_id = t.mint.active_keyset_id();
+    let old_proofs = mint_proofs(&t.mint, &[16]);
+    assert!(matches!(
+        t.mint.retire(&old_id),
+        Err(CreditError::Store { .. })
+    ));
+
+    t.mint.rotate().unwrap();
+    t.mint.retire(&old_id).unwrap();
+    let err = t.mint.redeem(&old_proofs, "late").unwrap_err();
+    assert!(matches!(err, CreditError::RetiredKeyset { .. }));
+    assert_eq!(err.cashu_code(), Some(12003));
+    assert!(t.mint.keysets().keysets.iter().all(|k| k.id != old_id));
+    assert!(reopen(&t).unwrap().redeem(&old_proofs, "late").is_err());
+}
+
+#[test]
+fn spent_set_survives_reopen_of_the_sqlite_file() {
+    let t = test_mint();
+    let proofs = mint_proofs(&t.mint, &[1]);
+    t.mint.redeem(&proofs, "lease").unwrap();
+    let spent = Arc::new(SqliteSpentSet::open(&t.dir.path().join("spent.sqlite")).unwrap());
+    let mint = Mint::open(
+        t.dir.path(),
+        spent as Arc<dyn SpentSet>,
+        MintLimits::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        mint.redeem(&proofs, "again"),
+        Err(CreditError::AlreadySpent { .. })
+    ));
+}
