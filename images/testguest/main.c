@@ -54,6 +54,14 @@ static void spin(long ms)
     serial_puts("spin done\n");
 }
 
+/* Reports where the TSC frequency came from: the VMM's CPUID leaf is part of its contract. */
+static void report_tsc(void)
+{
+    serial_puts("tsc ");
+    serial_putdec(tsc_khz());
+    serial_puts(tsc_khz_from_cpuid() ? " khz from cpuid\n" : " khz from pit\n");
+}
+
 static void echo(void)
 {
     for (;;) {
@@ -75,6 +83,8 @@ void guest_main(u64 cmdline_paddr)
         /* nothing to do */
     } else if (starts_with(mode, "spin:") && parse_ms(mode + 5) >= 0) {
         spin(parse_ms(mode + 5));
+    } else if (streq(mode, "tsc")) {
+        report_tsc();
     } else if (streq(mode, "echo")) {
         echo();
     } else if (streq(mode, "smp")) {

@@ -44,6 +44,11 @@ u64 tsc_khz(void)
     return cached;
 }
 
+int tsc_khz_from_cpuid(void)
+{
+    return khz_from_cpuid() != 0;
+}
+
 void tsc_delay_us(u64 khz, u64 us)
 {
     u64 ticks = khz * us / 1000;

@@ -3,5 +3,7 @@
 #define TSC_H
 #include "io.h"
 u64 tsc_khz(void);
+/* Whether the VMM advertises the frequency (else tsc_khz() measured it). */
+int tsc_khz_from_cpuid(void);
 void tsc_delay_us(u64 khz, u64 us);
 #endif

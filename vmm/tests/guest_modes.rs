@@ -159,3 +159,30 @@ fn unknown_mode_is_reported_by_the_guest() {
         out.context()
     );
 }
+
+/// The VMM advertises the TSC frequency in CPUID 0x40000010 (and the max hypervisor leaf
+/// reaches it), so the guest needs no PIT calibration.
+#[test]
+fn tsc_frequency_comes_from_cpuid() {
+    if !kvm_ready() {
+        return;
+    }
+    for image in Image::ALL {
+        let out = Vmm::boot(image, "mode=tsc").run();
+        out.assert_lifecycle(1, "guest_reset", 0);
+        let ctx = out.context();
+        let line = out
+            .stdout
+            .strip_prefix(READY_LINE)
+            .and_then(|rest| rest.strip_prefix("tsc "))
+            .and_then(|rest| rest.strip_suffix(" khz from cpuid\n"))
+            .unwrap_or_else(|| panic!("want 'tsc <khz> khz from cpuid'\n{ctx}"));
+        let khz: u64 = line
+            .parse()
+            .unwrap_or_else(|e| panic!("kHz {line:?}: {e}\n{ctx}"));
+        assert!(
+            (100_000..20_000_000).contains(&khz),
+            "implausible TSC {khz} kHz\n{ctx}"
+        );
+    }
+}
