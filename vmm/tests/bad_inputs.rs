@@ -132,6 +132,23 @@ fn thirty_three_vcpus() {
 }
 
 #[test]
+fn memory_too_small_for_the_kernel() {
+    // The test guest loads at 1 MiB, so 1 MiB of RAM cannot hold it.
+    bad_arg("--mem-mib", "1", &["mem", "kernel"]);
+}
+
+#[test]
+fn missing_kernel_argument() {
+    if !kvm_ready() {
+        return;
+    }
+    Vmm::new()
+        .args(["--cmdline", "mode=halt"])
+        .run()
+        .assert_usage_error(&["--kernel"]);
+}
+
+#[test]
 fn malformed_serial_target() {
     bad_arg("--serial", "tcp:1234", &["serial"]);
 }

@@ -129,6 +129,7 @@ boots! {
     smp_elf64_1vcpu => smp(Elf64, 1);
     smp_elf64_2vcpus => smp(Elf64, 2);
     smp_pvh_4vcpus => smp(Pvh, 4);
+    smp_elf64_32vcpus => smp(Elf64, 32);
     fault_pvh_1vcpu => fault(Pvh, 1);
     fault_pvh_2vcpus => fault(Pvh, 2);
     fault_elf64_1vcpu => fault(Elf64, 1);
@@ -184,5 +185,39 @@ fn tsc_frequency_comes_from_cpuid() {
             (100_000..20_000_000).contains(&khz),
             "implausible TSC {khz} kHz\n{ctx}"
         );
+    }
+}
+
+/// Input that arrives before the guest polls COM1 is kept, not dropped.
+#[test]
+fn echo_input_sent_before_boot() {
+    if !kvm_ready() {
+        return;
+    }
+    let mut vm = Vmm::boot(Image::Pvh, "mode=echo").with_stdin().spawn();
+    vm.write_stdin(b"early bird\n\x04");
+    let out = vm.finish();
+    out.assert_lifecycle(1, "guest_reset", 0);
+    assert_eq!(
+        out.stdout,
+        format!("{READY_LINE}early bird\n"),
+        "{}",
+        out.context()
+    );
+}
+
+/// 4 GiB of RAM straddles the 32-bit MMIO gap: RAM continues above 4 GiB.
+#[test]
+fn memory_across_the_mmio_gap() {
+    if !kvm_ready() {
+        return;
+    }
+    for image in Image::ALL {
+        let out = Vmm::boot(image, "mode=halt")
+            .arg("--mem-mib")
+            .arg("4096")
+            .run();
+        out.assert_lifecycle(1, "guest_reset", 0);
+        assert_eq!(out.stdout, READY_LINE, "{}", out.context());
     }
 }
