@@ -45,12 +45,12 @@ pub fn kvm_ready() -> bool {
     match OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         Ok(_) => true,
         Err(e) => {
-            let mut err = std::io::stderr();
-            let _ = writeln!(
-                err,
-                "SKIPPED: /dev/kvm not available ({e}) in {}",
+            // One write, so parallel tests' notices do not interleave mid-line.
+            let notice = format!(
+                "\nSKIPPED: /dev/kvm not available ({e}) in {}\n",
                 std::thread::current().name().unwrap_or("test")
             );
+            let _ = std::io::stderr().write_all(notice.as_bytes());
             false
         }
     }
