@@ -36,6 +36,10 @@
 //! Exit reasons: `guest_reset` (i8042 0xFE on port 0x64), `guest_poweroff` (KVM system event),
 //! `stopped` (control `stop`), `triple_fault`, `emulation_failure`, `fail_entry`,
 //! `internal_error`. `code` is the process exit code.
+//! Failed exits also carry `detail`, a human explanation naming the vCPU, the KVM exit and,
+//! where known, the guest RIP. `internal_error` has code 3 when KVM reports an internal
+//! error, a guest crash event or an exit the VMM does not handle, and code 1 when the VMM
+//! itself failed.
 //!
 //! # Control protocol
 //! A Unix stream socket (`--control PATH` creates and listens on PATH; `--control fd:N`

@@ -212,17 +212,26 @@ mod tests {
                 }
             })
         };
-        state.pause(1, Duration::from_secs(5)).expect("worker parks");
+        state
+            .pause(1, Duration::from_secs(5))
+            .expect("worker parks");
         assert_eq!(state.requested(), Requested::Paused);
         let frozen = rounds.load(Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(rounds.load(Ordering::SeqCst), frozen, "no progress while paused");
+        assert_eq!(
+            rounds.load(Ordering::SeqCst),
+            frozen,
+            "no progress while paused"
+        );
         state.resume();
         let deadline = Instant::now() + Duration::from_secs(5);
         while rounds.load(Ordering::SeqCst) == frozen && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert!(rounds.load(Ordering::SeqCst) > frozen, "progress after resume");
+        assert!(
+            rounds.load(Ordering::SeqCst) > frozen,
+            "progress after resume"
+        );
         state.stop();
         worker.join().expect("worker exits cleanly");
     }

@@ -232,3 +232,62 @@ fn internal_suberror(vcpu: &mut VcpuFd) -> u32 {
     // member of the exit union.
     unsafe { run.__bindgen_anon_1.internal.suberror }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::x86_64::cpuid::{LAPIC_BUS_KHZ, TIMING_LEAF};
+    use crate::vstate::{memory, vm};
+    use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+    use kvm_ioctls::Cap;
+
+    #[test]
+    fn kvm_accepts_the_boot_state_of_bsp_and_ap() {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            println!("SKIPPED: /dev/kvm not available");
+            return;
+        }
+        let kvm = vm::open_kvm().expect("/dev/kvm opens");
+        let mem = memory::create(16).expect("16 MiB");
+        let vm_fd = vm::create(&kvm, &mem).expect("VM");
+        vm::setup_irqchip(&vm_fd).expect("irqchip");
+        let setup = VcpuSetup {
+            supported_cpuid: kvm
+                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+                .expect("cpuid"),
+            vcpu_count: 2,
+            tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+            mem,
+            entry: EntryMode::Linux64 {
+                entry: 0x10_0000,
+                zero_page: 0x7000,
+            },
+        };
+        for index in 0..2u8 {
+            let fd = vm_fd.create_vcpu(index.into()).expect("vCPU");
+            configure(&fd, index, &setup).expect("KVM takes the boot state");
+            let cpuid = fd
+                .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+                .expect("read back CPUID");
+            let leaf1 = cpuid
+                .as_slice()
+                .iter()
+                .find(|e| e.function == 1)
+                .expect("leaf 1");
+            assert_eq!(leaf1.ebx >> 24, u32::from(index));
+            let timing = cpuid
+                .as_slice()
+                .iter()
+                .find(|e| e.function == TIMING_LEAF)
+                .expect("timing leaf");
+            assert_eq!(timing.ebx, LAPIC_BUS_KHZ);
+            assert_eq!(timing.eax, fd.get_tsc_khz().unwrap_or(0));
+            let regs = fd.get_regs().expect("regs");
+            assert_eq!(
+                regs.rip == 0x10_0000,
+                index == 0,
+                "only the BSP gets boot registers"
+            );
+        }
+    }
+}
