@@ -38,8 +38,10 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CC");
     println!("cargo:rerun-if-env-changed=LD");
 
-    for tool in ["gcc", "ld"] {
-        if !tool_present(tool) {
+    // build.sh honours CC and LD, so check the tools it will really run.
+    for (var, default) in [("CC", "gcc"), ("LD", "ld")] {
+        let tool = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+        if !tool_present(&tool) {
             fail(&format!("`{tool}` not found; {APT_HINT}"));
         }
     }
