@@ -157,3 +157,23 @@ fn malformed_serial_target() {
 fn malformed_events_target() {
     bad_arg("--events", "fd:notanumber", &["events"]);
 }
+
+#[test]
+fn events_fd_not_open() {
+    // Nothing in this test binary makes fds inheritable, so 987 is closed in the child.
+    bad_arg("--events", "fd:987", &["events", "987"]);
+}
+
+#[test]
+fn control_socket_in_a_missing_directory() {
+    bad_arg(
+        "--control",
+        "/nonexistent-coinop/dir/control.sock",
+        &["control"],
+    );
+}
+
+#[test]
+fn missing_initrd() {
+    bad_arg("--initrd", "/nonexistent-coinop/initrd.img", &["initrd"]);
+}
