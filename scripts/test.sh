@@ -6,6 +6,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib/setup.sh"
 cd "$COINOP_ROOT"
 coinop_setup
+coinop_install_packages "${COINOP_TEST_PACKAGES[@]}"
 
 log=$(mktemp -t coinop-test.XXXXXX)
 trap 'rm -f "$log"' EXIT

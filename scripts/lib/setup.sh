@@ -10,7 +10,9 @@ say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Debian packages the build and the test guest need (gcc/binutils/make build the guest).
-COINOP_APT_PACKAGES=(gcc binutils make libc6-dev curl ca-certificates)
+COINOP_APT_PACKAGES=(gcc binutils make libc6-dev curl ca-certificates python3)
+# QEMU is the benchmark peer and runs the nested Linux lab.
+COINOP_TEST_PACKAGES=(qemu-system-x86)
 
 coinop_as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
