@@ -182,15 +182,28 @@ where
         Ok(a) => a,
         Err(e) if !e.use_stderr() => return Ok(Parsed::Info(e.to_string())),
         Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            return Err(Error::Syntax(
-                first.trim_start_matches("error: ").to_string(),
-            ));
+            return Err(Error::Syntax(one_line(&e.to_string())));
         }
     };
     let start = args.start_time_us;
     Ok(Parsed::Run(validate(args, host_mib)?, start))
+}
+
+/// clap's multi-line message up to its usage section, on one line.
+fn one_line(text: &str) -> String {
+    let parts: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let joined = parts.join(" ");
+    let joined = joined.trim_start_matches("error: ");
+    if joined.is_empty() {
+        "invalid arguments".into()
+    } else {
+        joined.into()
+    }
 }
 
 fn validate(args: Args, host_mib: Option<u64>) -> Result<Config, Error> {
@@ -329,6 +342,14 @@ mod tests {
             run(&["--kernel", "k", "--events", "fd:987654"]),
             Err(Error::BadFd { .. })
         ));
+    }
+
+    #[test]
+    fn missing_kernel_is_named_on_one_line() {
+        let err = run(&["--cmdline", "x"]).expect_err("no kernel");
+        let text = err.to_string();
+        assert!(text.contains("--kernel"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
     }
 
     #[test]

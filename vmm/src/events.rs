@@ -79,6 +79,8 @@ impl EventSink {
     /// guest down, so write errors are dropped.
     pub fn emit(&self, name: &str, fields: serde_json::Map<String, serde_json::Value>) {
         // Built by hand so `event` and `t_us` lead every line, as in the documented format.
+        // The time is read under the lock so lines are in time order.
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         let mut line = format!(
             "{{\"event\":{},\"t_us\":{}",
             serde_json::Value::from(name),
@@ -92,7 +94,6 @@ impl EventSink {
             ));
         }
         line.push_str("}\n");
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         let _ = out.write_all(line.as_bytes());
     }
 }

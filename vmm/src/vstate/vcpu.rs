@@ -2,7 +2,7 @@
 //! and its run loop, which turns every KVM exit into device I/O or a [`VmExit`].
 
 use super::cpu_time::VcpuClocks;
-use super::run_state::{self, Checkpoint, RunState};
+use super::run_state::{self, Checkpoint, Requested, RunState};
 use crate::arch::x86_64::regs::{self, EntryMode};
 use crate::arch::x86_64::{cpuid, lapic, msr};
 use crate::devices::PioBus;
@@ -116,12 +116,22 @@ pub struct VcpuContext {
 }
 
 impl VcpuContext {
-    fn note_first_run(&self) {
-        if self.started.fetch_add(1, Ordering::AcqRel) + 1 == self.vcpu_count {
-            let mut fields = serde_json::Map::new();
-            fields.insert("vcpus".into(), self.vcpu_count.into());
-            self.events.emit("vcpus_started", fields);
+    /// Called just before a vCPU's first KVM_RUN. The APs count themselves; the BSP waits
+    /// for them so `vcpus_started` really follows every vCPU's start and precedes anything
+    /// the guest does (an AP thread may be scheduled late on a busy host).
+    fn note_first_run(&self, index: u8) {
+        if index != 0 {
+            self.started.fetch_add(1, Ordering::AcqRel);
+            return;
         }
+        while self.started.load(Ordering::Acquire) + 1 < self.vcpu_count
+            && self.run_state.requested() == Requested::Running
+        {
+            std::thread::yield_now();
+        }
+        let mut fields = serde_json::Map::new();
+        fields.insert("vcpus".into(), self.vcpu_count.into());
+        self.events.emit("vcpus_started", fields);
     }
 }
 
@@ -142,7 +152,7 @@ pub fn run(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Option<VmExit> {
         }
         if first {
             first = false;
-            ctx.note_first_run();
+            ctx.note_first_run(index);
         }
         let action = match vcpu.run() {
             Ok(exit) => handle_exit(exit, index, &ctx.pio),
