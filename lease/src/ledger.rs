@@ -196,7 +196,7 @@ CREATE TABLE IF NOT EXISTS payments (
     late INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS quotes (
+CREATE TABLE IF NOT EXISTS lease_quotes (
     id TEXT PRIMARY KEY,
     purpose TEXT NOT NULL,
     address TEXT NOT NULL,
@@ -448,6 +448,24 @@ impl Ledger {
         })
     }
 
+    /// Runs `sign` (which must have no side effects) and, if it succeeded, claims `keys` as
+    /// spent; the result is only handed out when the claim committed.
+    pub fn claim_with<T, E>(
+        &self,
+        keys: &[SpendKey],
+        note: &str,
+        sign: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Result<T, E>, LedgerError> {
+        self.with_tx(|tx| {
+            let out = match sign() {
+                Ok(out) => out,
+                Err(e) => return Ok(Err(e)),
+            };
+            SqliteSpentSet::claim_in(tx, keys, SpendState::Spent, note)?;
+            Ok(Ok(out))
+        })
+    }
+
     pub fn get(&self, id: &str) -> Result<Option<LeaseRow>, LedgerError> {
         self.with_conn(|c| get_in(c, id))
     }
@@ -496,7 +514,7 @@ impl Ledger {
     pub fn insert_quote(&self, q: &QuoteRow) -> Result<(), LedgerError> {
         self.with_tx(|tx| {
             tx.prepare_cached(
-                "INSERT INTO quotes (id, purpose, address, derivation_index, amount_msat, vcpus,
+                "INSERT INTO lease_quotes (id, purpose, address, derivation_index, amount_msat, vcpus,
                     mem_mib, seconds, image, expires_at, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
@@ -521,7 +539,7 @@ impl Ledger {
         self.with_conn(|c| {
             Ok(c.prepare_cached(
                 "SELECT id, purpose, address, derivation_index, amount_msat, vcpus, mem_mib,
-                    seconds, image, expires_at, created_at FROM quotes WHERE id = ?1",
+                    seconds, image, expires_at, created_at FROM lease_quotes WHERE id = ?1",
             )?
             .query_row([id], |r| {
                 Ok(QuoteRow {
@@ -790,13 +808,10 @@ mod tests {
         let (_d, l) = ledger();
         l.create_lease(&new_lease("a"), &credit(1, 4321))
             .expect("create");
-        let r = l
-            .refund("a", |m| Ok::<u64, ()>(m))
-            .expect("ledger")
-            .expect("sign");
+        let r = l.refund("a", Ok::<u64, ()>).expect("ledger").expect("sign");
         assert_eq!(r.0, 4321);
         assert!(r.2);
-        let again = l.refund("a", |m| Ok::<u64, ()>(m));
+        let again = l.refund("a", Ok::<u64, ()>);
         assert!(matches!(again, Err(LedgerError::State { .. })));
         let failed = {
             l.create_lease(&new_lease("b"), &credit(2, 10))

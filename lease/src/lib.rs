@@ -1,11 +1,22 @@
 //! coinop leases: the ledger, the metering scheduler, the `coinopd` daemon and the `coinop`
 //! CLI.
 
+pub mod api;
 pub mod api_error;
+pub mod app;
+pub mod capacity;
+pub mod client;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod image_catalogue;
 pub mod ledger;
 pub mod metering;
+pub mod metrics;
+pub mod payment_intake;
 pub mod peer;
+pub mod regtest_pay;
+pub mod scheduler;
+pub mod supervisor;
 pub mod token;
+pub mod vmm_control;

@@ -1,0 +1,447 @@
+//! Lease endpoints: create (pay, commit, boot), show, top up, stop (refund), console, and
+//! the operator's list.
+
+use axum::extract::{ConnectInfo, Extension, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use payment::credit::nut_types::{BlindSignature, BlindedMessage};
+use payment::credit::Mint;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::auth::{lease_for, require_operator};
+use super::host::check_spec;
+use super::json_body::JsonBody;
+use super::Arrival;
+use crate::api_error::ApiError;
+use crate::app::{AppState, Shared};
+use crate::capacity::Totals;
+use crate::clock::monotonic_us;
+use crate::ledger::{reason, state, Credit, LeaseRow, LedgerError, NewLease};
+use crate::metering;
+use crate::payment_intake::{credit_error, verify_credit, verify_onchain, PaymentBody};
+use crate::peer::PeerCred;
+use crate::supervisor::{BootFigures, BootRequest, GuestPaths};
+use crate::token::{new_lease_id, new_token, token_hash};
+
+/// Longest tenant cmdline.
+const MAX_CMDLINE: usize = 2048;
+/// Console bytes served at most (the tail of the file).
+const MAX_CONSOLE: u64 = 1 << 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub vcpus: u32,
+    pub mem_mib: u64,
+    pub image: String,
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    pub payment: PaymentBody,
+    /// Blank outputs for a refund as blind-signed credit if the boot fails (addition).
+    #[serde(default)]
+    pub outputs: Option<Vec<BlindedMessage>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreateResponse {
+    pub lease_id: String,
+    pub token: String,
+    pub state: String,
+    pub balance_msat: u64,
+    pub boot: BootFigures,
+}
+
+fn since(arrival: u64) -> u64 {
+    monotonic_us().saturating_sub(arrival)
+}
+
+/// Runs a blocking ledger or verification step off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker: {e}")))?
+}
+
+/// Verifies a payment body into a credit (blocking: the chain lock and EC maths).
+pub async fn verify_payment(s: &Shared, p: PaymentBody) -> Result<Credit, ApiError> {
+    let s2 = s.clone();
+    let kind = match &p {
+        PaymentBody::Onchain(_) => "onchain",
+        PaymentBody::Credit(_) => "credit",
+    };
+    let out = blocking(move || match &p {
+        PaymentBody::Onchain(o) => {
+            let chain = s2.chain_read();
+            verify_onchain(&chain, &s2.quotes, s2.config.min_conf, o)
+        }
+        PaymentBody::Credit(c) => verify_credit(&s2.mint, c),
+    })
+    .await;
+    s.metrics.payment(kind, out.is_ok());
+    out
+}
+
+fn spent_error(e: LedgerError) -> ApiError {
+    match e {
+        LedgerError::AlreadySpent(m) => ApiError::conflict("already_spent", m),
+        LedgerError::State { .. } => ApiError::conflict("state_conflict", e.to_string()),
+        LedgerError::NoLease(_) => ApiError::unauthorized(),
+        other => other.into(),
+    }
+}
+
+pub async fn create(
+    State(s): State<Shared>,
+    Extension(Arrival(arrival)): Extension<Arrival>,
+    JsonBody(req): JsonBody<CreateRequest>,
+) -> Result<Response, ApiError> {
+    check_spec(&s, req.vcpus, req.mem_mib, Some(&req.image))?;
+    let image = s
+        .config
+        .images
+        .get(&req.image)
+        .cloned()
+        .ok_or_else(|| ApiError::unprocessable("unknown_image", "unknown image"))?;
+    let cmdline = req.cmdline.clone().unwrap_or_else(|| image.cmdline.clone());
+    if cmdline.len() > MAX_CMDLINE || cmdline.contains('\0') {
+        return Err(ApiError::unprocessable(
+            "invalid_spec",
+            format!("cmdline must be at most {MAX_CMDLINE} bytes without NUL"),
+        ));
+    }
+    let id = new_lease_id();
+    let want = Totals {
+        vcpus: req.vcpus,
+        mib: req.mem_mib,
+    };
+    s.capacity().reserve(&id, want).map_err(|full| {
+        ApiError::host_full(
+            format!(
+                "host full: {} vCPUs and {} MiB free",
+                full.free.vcpus, full.free.mib
+            ),
+            5,
+        )
+    })?;
+    let result = create_reserved(&s, arrival, &id, req, image, cmdline).await;
+    if result.is_err() {
+        s.capacity().release(&id);
+    }
+    result
+}
+
+async fn create_reserved(
+    s: &Shared,
+    arrival: u64,
+    id: &str,
+    req: CreateRequest,
+    image: crate::image_catalogue::ImageSpec,
+    cmdline: String,
+) -> Result<Response, ApiError> {
+    let credit = verify_payment(s, req.payment).await?;
+    let mut boot = BootFigures {
+        payment_verified_us: since(arrival),
+        ..BootFigures::default()
+    };
+    let token = new_token();
+    let paths = GuestPaths::for_lease(&s.config.run_dir(), id);
+    let new = NewLease {
+        id: id.to_string(),
+        token_hash: token_hash(&token),
+        vcpus: req.vcpus,
+        mem_mib: req.mem_mib,
+        image: image.name.clone(),
+        cmdline: cmdline.clone(),
+        control_path: paths.control.display().to_string(),
+        console_path: paths.console.display().to_string(),
+    };
+    let balance = credit.amount_msat;
+    let s2 = s.clone();
+    blocking(move || s2.ledger.create_lease(&new, &credit).map_err(spent_error)).await?;
+    boot.ledger_committed_us = since(arrival);
+    let booted = s
+        .supervisor
+        .boot(BootRequest {
+            lease_id: id,
+            image: &image,
+            cmdline: &cmdline,
+            vcpus: req.vcpus,
+            mem_mib: req.mem_mib,
+            paths: &paths,
+            arrival_us: arrival,
+            timeout_ms: s.config.boot_timeout_ms,
+        })
+        .await;
+    match booted {
+        Ok(b) => {
+            boot.vmm_spawned_us = b.vmm_spawned_us;
+            boot.vcpus_started_us = b.vcpus_started_us;
+            boot.guest_ready_us = Some(b.guest_ready_us);
+            let json = serde_json::to_string(&boot).unwrap_or_default();
+            let s2 = s.clone();
+            let id2 = id.to_string();
+            blocking(move || Ok(s2.ledger.mark_running(&id2, b.pid, &json)?)).await?;
+            s.metrics.boot(true, Some(b.guest_ready_us));
+            tracing::info!(
+                lease = id,
+                guest_ready_us = b.guest_ready_us,
+                "lease running"
+            );
+            let body = CreateResponse {
+                lease_id: id.to_string(),
+                token,
+                state: state::RUNNING.into(),
+                balance_msat: balance,
+                boot,
+            };
+            Ok((StatusCode::CREATED, Json(body)).into_response())
+        }
+        Err(e) => {
+            tracing::warn!(lease = id, error = %e, "boot failed");
+            s.metrics.boot(false, None);
+            s.capacity().release(id);
+            boot_failed(s, id, token, boot, e.to_string(), req.outputs).await
+        }
+    }
+}
+
+/// A failed boot: the lease stops (`boot_failed`) and its whole balance is refunded as
+/// blind-signed change when the request brought outputs, or kept on the lease for the
+/// tenant to collect with its token (`POST /stop` with outputs).
+async fn boot_failed(
+    s: &Shared,
+    id: &str,
+    token: String,
+    boot: BootFigures,
+    why: String,
+    outputs: Option<Vec<BlindedMessage>>,
+) -> Result<Response, ApiError> {
+    let s2 = s.clone();
+    let id2 = id.to_string();
+    let json = serde_json::to_string(&boot).unwrap_or_default();
+    let refund = blocking(move || {
+        s2.ledger
+            .mark_stopped(&id2, reason::BOOT_FAILED, Some(&json))?;
+        match outputs {
+            Some(outs) => Ok(Some(refund_with(&s2, &id2, &outs)?)),
+            None => Ok(None),
+        }
+    })
+    .await?;
+    let refund_json = match refund {
+        Some((msat, sigs)) => {
+            json!({"kind": "signatures", "refund_msat": msat, "signatures": sigs})
+        }
+        None => {
+            let bal = s.ledger.get(id)?.map(|l| l.balance_msat).unwrap_or(0);
+            json!({"kind": "kept", "refund_msat": bal,
+                   "how": "POST /v1/leases/{id}/stop with outputs and the token"})
+        }
+    };
+    let body = json!({
+        "error": {"code": "boot_failed", "message": format!("the guest did not boot: {why}")},
+        "lease_id": id,
+        "token": token,
+        "state": state::STOPPED,
+        "stop_reason": reason::BOOT_FAILED,
+        "refund": refund_json,
+        "boot": boot,
+    });
+    let mut resp = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(1u32));
+    Ok(resp)
+}
+
+/// Refunds a lease's balance onto `outputs` (once, in one ledger transaction).
+fn refund_with(
+    s: &AppState,
+    id: &str,
+    outputs: &[BlindedMessage],
+) -> Result<(u64, Vec<BlindSignature>), ApiError> {
+    let r = s
+        .ledger
+        .refund(id, |msat| s.mint.change(msat, outputs))
+        .map_err(spent_error)?;
+    let (msat, sigs, _) = r.map_err(credit_error)?;
+    Ok((msat, sigs))
+}
+
+pub fn lease_json(s: &AppState, l: &LeaseRow) -> Value {
+    let boot: Value = l
+        .boot_json
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or(Value::Null);
+    let remaining = if l.state == state::STOPPED {
+        0
+    } else {
+        metering::remaining_s(s.prices, u64::from(l.vcpus), l.mem_mib, l.balance_msat)
+    };
+    json!({
+        "lease_id": l.id,
+        "state": l.state,
+        "stop_reason": l.stop_reason,
+        "vcpus": l.vcpus,
+        "mem_mib": l.mem_mib,
+        "image": l.image,
+        "balance_msat": l.balance_msat,
+        "used": {"vcpu_us": l.used_vcpu_us, "mem_mib_us": l.used_mem_mib_us},
+        "estimated_remaining_s": remaining,
+        "refunded_msat": l.refunded_msat,
+        "created_at": l.created_at,
+        "updated_at": l.updated_at,
+        "boot": boot,
+    })
+}
+
+pub async fn show(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let l = lease_for(&s, &headers, &id)?;
+    Ok(Json(lease_json(&s, &l)))
+}
+
+pub async fn list(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+) -> Result<Json<Value>, ApiError> {
+    require_operator(&s, &peer)?;
+    let leases: Vec<Value> = s.ledger.list()?.iter().map(|l| lease_json(&s, l)).collect();
+    Ok(Json(json!({ "leases": leases })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopupRequest {
+    pub payment: PaymentBody,
+}
+
+pub async fn topup(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<TopupRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let l = lease_for(&s, &headers, &id)?;
+    if l.refunded_msat.is_some() {
+        return Err(ApiError::conflict(
+            "state_conflict",
+            format!("lease {id} was refunded; it takes no more payments"),
+        ));
+    }
+    let credit = verify_payment(&s, req.payment).await?;
+    let s2 = s.clone();
+    let id2 = id.clone();
+    let out = blocking(move || s2.ledger.topup(&id2, &credit).map_err(spent_error)).await?;
+    if out.resumed {
+        if let Err(e) =
+            crate::vmm_control::request(std::path::Path::new(&l.control_path), "resume", None).await
+        {
+            tracing::warn!(lease = %id, error = %e, "resume after top-up failed");
+        }
+    }
+    let l = s.ledger.get(&id)?.ok_or_else(ApiError::unauthorized)?;
+    let mut body = lease_json(&s, &l);
+    body["resumed"] = Value::Bool(out.resumed);
+    Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    #[serde(default)]
+    pub outputs: Option<Vec<BlindedMessage>>,
+}
+
+pub async fn stop(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<StopRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let l = lease_for(&s, &headers, &id)?;
+    if l.refunded_msat.is_some() {
+        return Err(ApiError::conflict(
+            "already_refunded",
+            format!("lease {id} was already stopped and refunded"),
+        ));
+    }
+    let was_live = l.state != state::STOPPED;
+    let s2 = s.clone();
+    let id2 = id.clone();
+    let body = blocking(move || {
+        let body = match req.outputs {
+            Some(outs) => {
+                let (msat, sigs) = refund_with(&s2, &id2, &outs)?;
+                json!({"state": state::STOPPED, "refund_msat": msat,
+                       "refund_sat": msat / 1000,
+                       "change_outputs_needed": Mint::change_outputs_needed(msat),
+                       "signatures": sigs})
+            }
+            None => {
+                s2.ledger.mark_stopped(&id2, reason::TENANT, None)?;
+                let bal = s2.ledger.get(&id2)?.map(|l| l.balance_msat).unwrap_or(0);
+                json!({"state": state::STOPPED, "refund_msat": bal,
+                       "refund_sat": bal / 1000,
+                       "change_outputs_needed": Mint::change_outputs_needed(bal),
+                       "refund": "kept: POST again with that many outputs to collect it"})
+            }
+        };
+        Ok(body)
+    })
+    .await?;
+    if was_live {
+        stop_guest(&s, &l);
+    }
+    Ok(Json(body))
+}
+
+/// Asks the guest's VMM to stop and frees its slot; teardown runs in the VMM, off the
+/// request path.
+pub fn stop_guest(s: &Shared, l: &LeaseRow) {
+    s.capacity().release(&l.id);
+    let path = std::path::PathBuf::from(&l.control_path);
+    let id = l.id.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::vmm_control::request(&path, "stop", None).await {
+            if !e.is_gone() {
+                tracing::warn!(lease = %id, error = %e, "stop request failed");
+            }
+        }
+    });
+}
+
+pub async fn console(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let l = lease_for(&s, &headers, &id)?;
+    let text = read_tail(std::path::Path::new(&l.console_path), MAX_CONSOLE)
+        .await
+        .map_err(|e| ApiError::internal(format!("console file: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+async fn read_tail(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata().await?.len();
+    if len > max {
+        f.seek(std::io::SeekFrom::Start(len - max)).await?;
+    }
+    let mut buf = Vec::with_capacity(len.min(max) as usize);
+    f.take(max).read_to_end(&mut buf).await?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}

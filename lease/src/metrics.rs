@@ -1,0 +1,102 @@
+//! Prometheus metrics for `/metrics`: leases by state, boots, boot latency, msat debited,
+//! payments verified and rejected.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    leases: Family<Labels, Gauge>,
+    boots: Family<Labels, Counter>,
+    boot_latency_us: Histogram,
+    debited_msat: Counter,
+    payments: Family<Labels, Counter>,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("coinop");
+        let leases = Family::<Labels, Gauge>::default();
+        let boots = Family::<Labels, Counter>::default();
+        // 100 µs .. ~3.3 s
+        let boot_latency_us = Histogram::new(exponential_buckets(100.0, 2.0, 16));
+        let debited_msat = Counter::default();
+        let payments = Family::<Labels, Counter>::default();
+        registry.register("leases", "Leases by state", leases.clone());
+        registry.register("boots", "Guest boots by result", boots.clone());
+        registry.register(
+            "boot_latency_us",
+            "Request arrival to guest_ready, microseconds",
+            boot_latency_us.clone(),
+        );
+        registry.register(
+            "debited_msat",
+            "Balance debited for usage, msat",
+            debited_msat.clone(),
+        );
+        registry.register("payments", "Payments by kind and result", payments.clone());
+        Metrics {
+            registry,
+            leases,
+            boots,
+            boot_latency_us,
+            debited_msat,
+            payments,
+        }
+    }
+
+    pub fn boot(&self, ok: bool, latency_us: Option<u64>) {
+        let result = if ok { "ok" } else { "failed" };
+        self.boots
+            .get_or_create(&labels(&[("result", result)]))
+            .inc();
+        if let Some(us) = latency_us {
+            // Histogram observations are f64 by the crate's design; this is a duration.
+            self.boot_latency_us.observe(us as f64);
+        }
+    }
+
+    pub fn debited(&self, msat: u64) {
+        self.debited_msat.inc_by(msat);
+    }
+
+    pub fn payment(&self, kind: &str, accepted: bool) {
+        let result = if accepted { "verified" } else { "rejected" };
+        self.payments
+            .get_or_create(&labels(&[("kind", kind), ("result", result)]))
+            .inc();
+    }
+
+    /// Renders the text format; `states` are the current lease counts by state.
+    pub fn render(&self, states: &[(String, i64)]) -> String {
+        self.leases.clear();
+        for (state, n) in states {
+            self.leases
+                .get_or_create(&labels(&[("state", state)]))
+                .set(*n);
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        encode(&mut out, &self.registry).expect("encoding metrics into a String");
+        out
+    }
+}
