@@ -58,7 +58,18 @@ pub fn nonce(
 
 /// Mint side: proves `log_G(A) == log_B_(C_)` where `A = a*G` and `C_ = a*B_`.
 pub fn prove(a: &SecretKey, b_: &PublicKey, c_: &PublicKey) -> Result<Dleq, CreditError> {
-    let big_a = PublicKey::from_secret_key(&SECP, a);
+    prove_with_public(a, &PublicKey::from_secret_key(&SECP, a), b_, c_)
+}
+
+/// [`prove`] with `A = a*G` supplied by the caller (the keyset has it already, which saves
+/// a point multiplication per signature).
+pub fn prove_with_public(
+    a: &SecretKey,
+    big_a: &PublicKey,
+    b_: &PublicKey,
+    c_: &PublicKey,
+) -> Result<Dleq, CreditError> {
+    let big_a = *big_a;
     let r = nonce(a, &big_a, b_, c_)?;
     let r1 = PublicKey::from_secret_key(&SECP, &r);
     let r2 = mul(b_, &r)?;

@@ -11,7 +11,7 @@ use bitcoin::secp256k1::PublicKey;
 use super::amount::{checked_sum, split};
 use super::bdhke::{sign_blinded, verify_with_y};
 use super::curve::{parse_point, point_hex};
-use super::dleq::prove;
+use super::dleq::prove_with_public;
 use super::error::CreditError;
 use super::hash_to_curve::secret_to_curve;
 use super::keyset::{Keyset, UNIT_SAT};
@@ -563,9 +563,9 @@ fn sign_all(outputs: &[CheckedOutput]) -> Result<Vec<BlindSignature>, CreditErro
 }
 
 fn sign_one(output: &CheckedOutput) -> Result<BlindSignature, CreditError> {
-    let (k, _) = output.keyset.key_pair("outputs.amount", output.amount)?;
+    let (k, big_k) = output.keyset.key_pair("outputs.amount", output.amount)?;
     let c_ = sign_blinded(k, &output.b_)?;
-    let dleq = prove(k, &output.b_, &c_)?;
+    let dleq = prove_with_public(k, big_k, &output.b_, &c_)?;
     Ok(BlindSignature {
         amount: output.amount,
         id: output.keyset.id().to_string(),
