@@ -321,6 +321,13 @@ impl HeaderChain {
         self.entries.is_empty()
     }
 
+    /// Bytes the in-memory index holds on the heap (entries, hash index, best chain).
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.by_hash.allocation_size()
+            + self.best.capacity() * std::mem::size_of::<u32>()
+    }
+
     pub fn tip(&self) -> Tip {
         let idx = *self
             .best
