@@ -137,6 +137,13 @@ pub fn target_from_bits(bits: CompactTarget) -> Option<Target> {
 
 /// Checks that `header` meets its own target and that the target is within `limit`.
 pub fn check_pow(limit: Target, header: &Header) -> Result<BlockHash, HeaderError> {
+    let hash = header.block_hash();
+    check_pow_of(limit, header, hash).map(|()| hash)
+}
+
+/// [`check_pow`] with the header's hash already computed (hashing is most of the cost of
+/// appending a header).
+fn check_pow_of(limit: Target, header: &Header, hash: BlockHash) -> Result<(), HeaderError> {
     let target = target_from_bits(header.bits).ok_or(HeaderError::InvalidBits {
         bits: header.bits.to_consensus(),
     })?;
@@ -145,11 +152,11 @@ pub fn check_pow(limit: Target, header: &Header) -> Result<BlockHash, HeaderErro
             bits: header.bits.to_consensus(),
         });
     }
-    header
-        .validate_pow(target)
-        .map_err(|_| HeaderError::BadProofOfWork {
-            hash: header.block_hash(),
-        })
+    if target.is_met_by(hash) {
+        Ok(())
+    } else {
+        Err(HeaderError::BadProofOfWork { hash })
+    }
 }
 
 /// The work a block with these (already validated) bits represents.
@@ -408,7 +415,13 @@ impl HeaderChain {
     }
 
     /// Checks one header against every rule, given its parent's index.
-    fn validate(&self, header: &Header, prev: u32, now_us: u64) -> Result<Entry, HeaderError> {
+    fn validate(
+        &self,
+        header: &Header,
+        hash: BlockHash,
+        prev: u32,
+        now_us: u64,
+    ) -> Result<Entry, HeaderError> {
         let parent = &self.entries[prev as usize];
         let height = parent
             .height
@@ -430,7 +443,7 @@ impl HeaderChain {
             }
             _ => {}
         }
-        let hash = check_pow(self.rules.params.max_attainable_target, header)?;
+        check_pow_of(self.rules.params.max_attainable_target, header, hash)?;
         let mtp = self.median_time_past(prev);
         if header.time <= mtp {
             return Err(HeaderError::TimeNotAfterMedian {
@@ -543,7 +556,7 @@ impl HeaderChain {
                         prev: header.prev_blockhash,
                     })
                 })?;
-            let entry = self.validate(header, prev, now_us).map_err(reject)?;
+            let entry = self.validate(header, hash, prev, now_us).map_err(reject)?;
             let idx = u32::try_from(self.entries.len())
                 .ok()
                 .filter(|&i| i != Entry::NO_PREV)
