@@ -405,3 +405,12 @@ fn change_needs_enough_blank_outputs() {
         )
     });
 }
+
+#[test]
+fn huge_keyset_id_is_not_echoed_whole() {
+    let (t, mut proofs, outs) = setup();
+    proofs[0].id = "0".repeat(1_000_000);
+    let err = swap(&t, &proofs, &outs).unwrap_err();
+    assert!(matches!(err, CreditError::UnknownKeyset { .. }));
+    assert!(err.to_string().len() < 200);
+}

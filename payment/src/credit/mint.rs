@@ -109,10 +109,8 @@ impl KeyRing {
     /// The keyset a proof names, if it still accepts inputs.
     fn for_input(&self, id: &str) -> Result<&Arc<Keyset>, CreditError> {
         match self.by_id.get(id) {
-            None => Err(CreditError::UnknownKeyset { id: id.to_string() }),
-            Some((_, KeysetState::Retired)) => {
-                Err(CreditError::RetiredKeyset { id: id.to_string() })
-            }
+            None => Err(CreditError::UnknownKeyset { id: echo_id(id) }),
+            Some((_, KeysetState::Retired)) => Err(CreditError::RetiredKeyset { id: echo_id(id) }),
             Some((keyset, _)) => Ok(keyset),
         }
     }
@@ -120,9 +118,9 @@ impl KeyRing {
     /// The keyset an output names, which must be the active one.
     fn for_output(&self, id: &str) -> Result<&Arc<Keyset>, CreditError> {
         match self.by_id.get(id) {
-            None => Err(CreditError::UnknownKeyset { id: id.to_string() }),
+            None => Err(CreditError::UnknownKeyset { id: echo_id(id) }),
             Some((keyset, KeysetState::Active)) => Ok(keyset),
-            Some(_) => Err(CreditError::InactiveKeyset { id: id.to_string() }),
+            Some(_) => Err(CreditError::InactiveKeyset { id: echo_id(id) }),
         }
     }
 
@@ -540,6 +538,12 @@ impl Mint {
         }
         Ok(checked)
     }
+}
+
+/// A keyset id as quoted back in errors: real ids are 16 characters (66 for NUT-02 v1), so
+/// anything longer is cut rather than echoed whole.
+fn echo_id(id: &str) -> String {
+    id.chars().take(66).collect()
 }
 
 fn key_set(keyset: &Keyset) -> KeySet {

@@ -4,7 +4,7 @@
 //!
 //! - [`hash_to_curve`], [`bdhke`], [`dleq`]: the cryptography (NUT-00, NUT-12).
 //! - [`keyset`], [`keyset_store`]: keys per amount, keyset ids, seed file and rotation.
-//! - [`amount`]: power-of-two note amounts.
+//! - [`amount`]: power-of-two note amounts; [`curve`]: the shared context and hex encodings.
 //! - [`nut_types`]: the Cashu JSON bodies.
 //! - [`mint`]: mint, swap, check state, redeem, change.
 //! - [`error`]: typed errors with Cashu codes and HTTP statuses.
