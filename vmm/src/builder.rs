@@ -10,6 +10,7 @@ use crate::control;
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::i8042::ResetController;
 use crate::devices::serial::{Console, ConsoleOut, IrqLine};
+use crate::devices::virtio::attach;
 use crate::devices::{PioBus, COM1_IRQ};
 use crate::error::StartError;
 use crate::events::{Clock, EventSink};
@@ -78,6 +79,7 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
     let entry = load_guest(cfg, &mem)?;
     let console_out = open_console(&cfg.serial)?;
     let listener = cfg.control.as_ref().map(control::listen).transpose()?;
+    let virtio_devices = attach::open(&cfg.disks, &cfg.nets)?;
 
     let kvm = vm::open_kvm()?;
     let vm_fd = vm::create(&kvm, &mem)?;
@@ -94,6 +96,8 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
         ResetController::default(),
         BootTimer::new(Arc::clone(&events)),
     ));
+
+    let mmio = Arc::new(attach::register(virtio_devices, &vm_fd, &mem)?);
 
     let setup = Arc::new(VcpuSetup {
         supported_cpuid: kvm
@@ -116,6 +120,7 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
     let (exits_tx, exits) = mpsc::channel();
     let ctx = Arc::new(VcpuContext {
         pio: Arc::clone(&pio),
+        mmio,
         run_state: Arc::new(RunState::default()),
         clocks: Arc::new(VcpuClocks::new(cfg.vcpus.into())),
         events: Arc::clone(&events),
@@ -155,7 +160,8 @@ fn load_guest(cfg: &Config, mem: &GuestMemoryMmap) -> Result<EntryMode, StartErr
         .as_deref()
         .map(|path| kernel::load_initrd(mem, path, kernel.end))
         .transpose()?;
-    let cmdline_size = kernel::load_command_line(mem, &cfg.cmdline)?;
+    let cmdline = cfg.cmdline.clone() + &attach::cmdline_words(cfg.disks.len() + cfg.nets.len());
+    let cmdline_size = kernel::load_command_line(mem, cmdline.trim_start())?;
     let ram = memory::ram_regions(cfg.mem_mib << 20);
     let inputs = BootInputs {
         ram: &ram,

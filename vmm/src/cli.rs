@@ -1,6 +1,7 @@
 //! Command-line parsing and validation into a [`Config`]; everything checkable without KVM
 //! is checked here so bad input fails fast with exit code 2.
 
+use crate::device_specs::{self, DiskSpec, NetSpec};
 use clap::Parser;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -43,6 +44,12 @@ pub struct Args {
     /// The caller's CLOCK_MONOTONIC reading in µs just before spawning the VMM.
     #[arg(long = "start-time-us")]
     pub start_time_us: Option<u64>,
+    /// A virtio disk: path=FILE[,ro][,cow=OVERLAY][,bw=BYTES_PER_S][,iops=N]; repeatable.
+    #[arg(long = "disk", value_parser = device_specs::parse_disk)]
+    pub disks: Vec<DiskSpec>,
+    /// A virtio NIC on a tap: tap=NAME,mac=AA:BB:CC:DD:EE:FF[,bw=BYTES_PER_S]; repeatable.
+    #[arg(long = "net", value_parser = device_specs::parse_net)]
+    pub nets: Vec<NetSpec>,
 }
 
 /// Where console output goes.
@@ -97,6 +104,9 @@ pub enum Error {
     /// --cmdline too long.
     #[error("--cmdline is {0} bytes; at most {max} fit", max = crate::arch::x86_64::layout::CMDLINE_MAX_SIZE - 1)]
     CmdlineTooLong(usize),
+    /// More --disk and --net than free IRQ lines.
+    #[error("{0} --disk/--net devices: at most {max} fit", max = crate::devices::virtio::DEVICE_GSIS.len())]
+    TooManyDevices(usize),
     /// An fd:N that is not open.
     #[error("{flag} fd:{fd}: not an open file descriptor")]
     BadFd {
@@ -162,6 +172,10 @@ pub struct Config {
     pub control: Option<ControlSocket>,
     /// Event stream.
     pub events: EventsOut,
+    /// virtio disks, in guest order.
+    pub disks: Vec<DiskSpec>,
+    /// virtio NICs, after the disks.
+    pub nets: Vec<NetSpec>,
 }
 
 /// Outcome of parsing: run, or print help/version and exit 0.
@@ -221,7 +235,12 @@ fn validate(args: Args, host_mib: Option<u64>) -> Result<Config, Error> {
             });
         }
     }
-    if args.cmdline.len() >= crate::arch::x86_64::layout::CMDLINE_MAX_SIZE {
+    let devices = args.disks.len() + args.nets.len();
+    if devices > crate::devices::virtio::DEVICE_GSIS.len() {
+        return Err(Error::TooManyDevices(devices));
+    }
+    let announced = crate::devices::virtio::attach::cmdline_words(devices).len();
+    if args.cmdline.len() + announced >= crate::arch::x86_64::layout::CMDLINE_MAX_SIZE {
         return Err(Error::CmdlineTooLong(args.cmdline.len()));
     }
     if let EventsOut::Fd(fd) = args.events {
@@ -239,6 +258,8 @@ fn validate(args: Args, host_mib: Option<u64>) -> Result<Config, Error> {
         serial: args.serial,
         control: args.control,
         events: args.events,
+        disks: args.disks,
+        nets: args.nets,
     })
 }
 

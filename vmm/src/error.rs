@@ -38,6 +38,9 @@ pub enum StartError {
     /// A vCPU could not be configured.
     #[error(transparent)]
     Vcpu(#[from] vstate::vcpu::Error),
+    /// A virtio disk or NIC could not be attached.
+    #[error(transparent)]
+    Virtio(#[from] crate::devices::virtio::attach::Error),
     /// Anything else the VMM needs from the host (threads, eventfds, signals).
     #[error("{0}")]
     Host(String),
@@ -55,6 +58,7 @@ impl StartError {
             | StartError::Control(control::Error::Bind { .. })
             | StartError::SerialFile { .. }
             | StartError::Vm(vstate::vm::Error::KvmUnavailable(_)) => 2,
+            StartError::Virtio(e) if e.is_bad_input() => 2,
             _ => 1,
         }
     }

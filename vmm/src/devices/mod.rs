@@ -2,7 +2,9 @@
 
 pub mod boot_timer;
 pub mod i8042;
+pub mod mmio_bus;
 pub mod serial;
+pub mod virtio;
 
 use crate::exit::VmExit;
 use boot_timer::BootTimer;

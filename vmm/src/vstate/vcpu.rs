@@ -5,6 +5,7 @@ use super::cpu_time::VcpuClocks;
 use super::run_state::{self, Checkpoint, Requested, RunState};
 use crate::arch::x86_64::regs::{self, EntryMode};
 use crate::arch::x86_64::{cpuid, lapic, msr};
+use crate::devices::mmio_bus::MmioBus;
 use crate::devices::PioBus;
 use crate::events::EventSink;
 use crate::exit::VmExit;
@@ -103,6 +104,8 @@ pub fn configure(vcpu: &VcpuFd, index: u8, setup: &VcpuSetup) -> Result<(), Erro
 pub struct VcpuContext {
     /// Port I/O devices.
     pub pio: Arc<PioBus>,
+    /// MMIO devices (the virtio transports).
+    pub mmio: Arc<MmioBus>,
     /// Pause/stop requests.
     pub run_state: Arc<RunState>,
     /// CPU-time accounting.
@@ -155,7 +158,7 @@ pub fn run(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Option<VmExit> {
             ctx.note_first_run(index);
         }
         let action = match vcpu.run() {
-            Ok(exit) => handle_exit(exit, index, &ctx.pio),
+            Ok(exit) => handle_exit(exit, index, &ctx.pio, &ctx.mmio),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
             Err(e) => Action::Exit(VmExit::Vmm(format!("vCPU {index}: KVM_RUN failed: {e}"))),
         };
@@ -180,20 +183,22 @@ pub fn run(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Option<VmExit> {
     }
 }
 
-fn handle_exit(exit: VcpuExit<'_>, index: u8, pio: &PioBus) -> Action {
+fn handle_exit(exit: VcpuExit<'_>, index: u8, pio: &PioBus, mmio: &MmioBus) -> Action {
     match exit {
         VcpuExit::IoIn(port, data) => {
             pio.read(port, data);
             Action::Continue
         }
         VcpuExit::IoOut(port, data) => pio.write(port, data).map_or(Action::Continue, Action::Exit),
-        VcpuExit::MmioRead(_, data) => {
-            data.fill(0xff);
+        VcpuExit::MmioRead(addr, data) => {
+            mmio.read(addr, data);
             Action::Continue
         }
-        VcpuExit::MmioWrite(..) | VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IoapicEoi(_) => {
+        VcpuExit::MmioWrite(addr, data) => {
+            mmio.write(addr, data);
             Action::Continue
         }
+        VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IoapicEoi(_) => Action::Continue,
         VcpuExit::Shutdown => Action::Exit(VmExit::TripleFault(format!(
             "vCPU {index}: the guest triple-faulted (KVM_EXIT_SHUTDOWN)"
         ))),

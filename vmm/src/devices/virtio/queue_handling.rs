@@ -1,0 +1,280 @@
+//! The device thread: waits on the queues' ioeventfds (and the device's own fds) with epoll
+//! and hands each readiness to the device; plus the chain-popping helper devices share.
+
+use super::interrupt::Interrupt;
+use super::{DeviceError, VirtioDevice};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Device threads need little stack: requests are copied through heap buffers.
+const DEVICE_STACK_BYTES: usize = 256 * 1024;
+const STOP_TOKEN: u64 = u64::MAX;
+/// Extra fds are numbered from here; queues from 0.
+const EXTRA_TOKEN_BASE: u64 = 1 << 32;
+
+/// What a device thread is started with; it lives as long as the VMM.
+pub struct WorkerSetup {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// One ioeventfd per queue, in queue order.
+    pub queue_events: Vec<EventFd>,
+    /// The device's interrupt line.
+    pub interrupt: Arc<Interrupt>,
+}
+
+/// A device's queues after DRIVER_OK, validated by the transport.
+pub struct Activation {
+    /// The queues.
+    pub queues: Vec<Queue>,
+    /// Negotiated features.
+    pub acked_features: u64,
+}
+
+/// The transport's handle on its device thread.
+///
+/// The thread is started with the VM, not at DRIVER_OK: the guest's DRIVER_OK arrives on
+/// a vCPU thread, which (under seccomp) may not create threads, dup fds or set up epoll.
+/// Activation and reset are then only a channel message and an eventfd write.
+pub struct Worker {
+    activate: Sender<Activation>,
+    stop: EventFd,
+    stopped: Receiver<()>,
+    active: bool,
+}
+
+impl Worker {
+    /// Starts the thread `name` for `device`; it idles until [`Worker::activate`].
+    pub fn spawn(
+        name: String,
+        device: Box<dyn VirtioDevice>,
+        setup: WorkerSetup,
+    ) -> std::io::Result<Worker> {
+        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+        let stop_for_thread = stop.try_clone()?;
+        let epoll = Epoll::new()?;
+        let add = |fd, events, token| {
+            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
+        };
+        add(stop.as_raw_fd(), EventSet::IN, STOP_TOKEN)?;
+        for (i, evt) in setup.queue_events.iter().enumerate() {
+            add(evt.as_raw_fd(), EventSet::IN, i as u64)?;
+        }
+        for (i, extra) in device.extra_fds().into_iter().enumerate() {
+            add(extra.fd, extra.events, EXTRA_TOKEN_BASE + i as u64)?;
+        }
+        let (activate, activations) = mpsc::channel();
+        let (stopped_tx, stopped) = mpsc::channel();
+        let thread = DeviceThread {
+            device,
+            setup,
+            epoll,
+            stop: stop_for_thread,
+        };
+        std::thread::Builder::new()
+            .name(name)
+            .stack_size(DEVICE_STACK_BYTES)
+            .spawn(move || thread.run(&activations, &stopped_tx))?;
+        Ok(Worker {
+            activate,
+            stop,
+            stopped,
+            active: false,
+        })
+    }
+
+    /// Hands the queues to the thread; false if the thread is gone.
+    pub fn activate(&mut self, activation: Activation) -> bool {
+        self.active = self.activate.send(activation).is_ok();
+        self.active
+    }
+
+    /// Stops serving (a device reset) and waits until the thread no longer touches the
+    /// queues.
+    pub fn stop(&mut self) {
+        if !self.active {
+            return;
+        }
+        // A failed write means the counter is saturated, which also wakes the thread.
+        let _ = self.stop.write(1);
+        let _ = self.stopped.recv();
+        self.active = false;
+    }
+
+    /// Whether the thread is serving queues.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // The thread ends when its activation channel closes, after leaving any session.
+        let _ = self.stop.write(1);
+    }
+}
+
+struct DeviceThread {
+    device: Box<dyn VirtioDevice>,
+    setup: WorkerSetup,
+    epoll: Epoll,
+    stop: EventFd,
+}
+
+impl DeviceThread {
+    fn run(mut self, activations: &Receiver<Activation>, stopped: &Sender<()>) {
+        while let Ok(activation) = activations.recv() {
+            self.device.set_acked_features(activation.acked_features);
+            let mut queues = activation.queues;
+            if let Err(e) = self.serve(&mut queues) {
+                eprintln!(
+                    "coinop-vmm: virtio device {}: {e}; device needs reset",
+                    self.device.device_type()
+                );
+                let _ = self.setup.interrupt.signal_needs_reset();
+                self.wait_for_stop();
+            }
+            // Clear the stop request so the next session does not end at once.
+            let _ = self.stop.read();
+            let _ = stopped.send(());
+        }
+    }
+
+    fn wait_for_stop(&self) {
+        let mut events = [EpollEvent::default(); 8];
+        loop {
+            match self.epoll.wait(-1, &mut events) {
+                Ok(n) if events[..n].iter().any(|e| e.data() == STOP_TOKEN) => return,
+                // Queue kicks while broken are drained and ignored.
+                Ok(_) => self.drain_queue_events(),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn drain_queue_events(&self) {
+        for evt in &self.setup.queue_events {
+            let _ = evt.read();
+        }
+    }
+
+    fn serve(&mut self, queues: &mut [Queue]) -> Result<(), DeviceError> {
+        let mem = &self.setup.mem;
+        let interrupt = &self.setup.interrupt;
+        // Notifications that came before DRIVER_OK are already counted in the eventfds;
+        // serve every queue once anyway so nothing waits for a second kick.
+        for i in 0..queues.len() {
+            let notify = self.device.process_queue(mem, queues, i)?;
+            interrupt_if(notify, interrupt)?;
+        }
+        let mut events = [EpollEvent::default(); 8];
+        loop {
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(DeviceError::Host(format!("epoll_wait: {e}"))),
+            };
+            for event in &events[..n] {
+                let token = event.data();
+                let notify = if token == STOP_TOKEN {
+                    return Ok(());
+                } else if token >= EXTRA_TOKEN_BASE {
+                    let index = (token - EXTRA_TOKEN_BASE) as usize;
+                    self.device.process_extra(mem, queues, index)?
+                } else {
+                    let index = token as usize;
+                    // A failed read means the counter was already drained: nothing is lost.
+                    let _ = self.setup.queue_events[index].read();
+                    self.device.process_queue(mem, queues, index)?
+                };
+                interrupt_if(notify, interrupt)?;
+            }
+        }
+    }
+}
+
+fn interrupt_if(notify: bool, interrupt: &Interrupt) -> Result<(), DeviceError> {
+    if notify {
+        interrupt
+            .signal_used_queue()
+            .map_err(|e| DeviceError::Host(format!("irqfd write: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The next available chain of queue `index`, or None when the ring is empty. A ring the
+/// guest corrupted (avail index running ahead by more than the queue size) is an error.
+pub fn pop_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    index: usize,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, DeviceError> {
+    let mut iter = queue.iter(mem).map_err(|source| DeviceError::Queue {
+        queue: index,
+        source,
+    })?;
+    Ok(iter.next())
+}
+
+/// Marks `head` used with `len` bytes written.
+pub fn add_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    index: usize,
+    head: u16,
+    len: u32,
+) -> Result<(), DeviceError> {
+    queue
+        .add_used(mem, head, len)
+        .map_err(|source| DeviceError::Queue {
+            queue: index,
+            source,
+        })
+}
+
+/// Re-enables notifications; true if the guest added chains meanwhile (serve again).
+pub fn enable_notification(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    index: usize,
+) -> Result<bool, DeviceError> {
+    queue
+        .enable_notification(mem)
+        .map_err(|source| DeviceError::Queue {
+            queue: index,
+            source,
+        })
+}
+
+/// Suppresses notifications while the device drains the queue.
+pub fn disable_notification(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    index: usize,
+) -> Result<(), DeviceError> {
+    queue
+        .disable_notification(mem)
+        .map_err(|source| DeviceError::Queue {
+            queue: index,
+            source,
+        })
+}
+
+/// Whether the guest wants an interrupt for what was added to the used ring.
+pub fn needs_notification(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    index: usize,
+) -> Result<bool, DeviceError> {
+    queue
+        .needs_notification(mem)
+        .map_err(|source| DeviceError::Queue {
+            queue: index,
+            source,
+        })
+}
