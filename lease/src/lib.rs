@@ -20,3 +20,5 @@ pub mod scheduler;
 pub mod supervisor;
 pub mod token;
 pub mod vmm_control;
+pub mod wallet;
+pub mod wallet_commands;
