@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
+#[path = "seccomp/compile.rs"]
+mod seccomp_compile;
+
 const APT_HINT: &str = "install the machine's C toolchain: apt-get install -y gcc binutils make";
 
 fn fail(msg: &str) -> ! {
@@ -29,6 +32,10 @@ fn env_path(name: &str) -> PathBuf {
 
 fn main() {
     let manifest_dir = env_path("CARGO_MANIFEST_DIR");
+    if let Err(e) = seccomp_compile::write_filters(&manifest_dir, &env_path("OUT_DIR")) {
+        eprintln!("error: building the seccomp filters: {e}");
+        exit(1);
+    }
     let out_dir = env_path("OUT_DIR").join("testguest");
     let guest_src = manifest_dir.join("../images/testguest");
     let build_sh = guest_src.join("build.sh");

@@ -17,6 +17,7 @@ use crate::events::{Clock, EventSink};
 use crate::exit::VmExit;
 use crate::kernel::{self, Entry};
 use crate::machine::Machine;
+use crate::seccomp::{self, ThreadKind};
 use crate::vstate::cpu_time::VcpuClocks;
 use crate::vstate::run_state::{self, RunState};
 use crate::vstate::vcpu::{self, VcpuContext, VcpuSetup};
@@ -74,6 +75,7 @@ impl Running {
 /// Builds the VM described by `cfg` and starts its vCPUs.
 pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
     let events = Arc::new(open_events(cfg.events, clock));
+    seccomp::configure(cfg.seccomp, &events);
 
     let mem = memory::create(cfg.mem_mib)?;
     let entry = load_guest(cfg, &mem)?;
@@ -142,6 +144,8 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
         control::spawn(listener, Arc::new(machine))?;
     }
     spawn_stdin_reader(pio);
+    // Last: filters stack onto threads spawned later, and the BSP waits for this.
+    seccomp::seal_main_thread().map_err(|e| StartError::Host(e.to_string()))?;
 
     Ok(Running {
         exits,
@@ -246,6 +250,14 @@ fn vcpu_thread(
         let _ = exits.send(VmExit::Vmm(e.to_string()));
         park_forever();
     }
+    if let Err(e) = seccomp::install(ThreadKind::Vcpu) {
+        let _ = exits.send(VmExit::Vmm(e.to_string()));
+        park_forever();
+    }
+    if index == 0 {
+        // No guest instruction before every VMM thread is filtered.
+        seccomp::wait_until_sealed();
+    }
     barrier.wait();
     if let Some(exit) = vcpu::run(&mut fd, index, ctx) {
         let _ = exits.send(exit);
@@ -267,6 +279,7 @@ fn spawn_stdin_reader(pio: Arc<PioBus>) {
         .name("stdin".into())
         .stack_size(64 * 1024)
         .spawn(move || {
+            seccomp::install_or_exit(ThreadKind::Main);
             let mut buf = [0u8; 4096];
             let stdin = std::io::stdin();
             loop {

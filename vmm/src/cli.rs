@@ -44,6 +44,13 @@ pub struct Args {
     /// The caller's CLOCK_MONOTONIC reading in µs just before spawning the VMM.
     #[arg(long = "start-time-us")]
     pub start_time_us: Option<u64>,
+    /// Debugging only: run without seccomp filters (announced by a `warning` event).
+    #[arg(long = "no-seccomp")]
+    pub no_seccomp: bool,
+    /// Test builds only: this thread kind (main, vcpu, control) calls a forbidden syscall.
+    #[cfg(feature = "seccomp-selftest")]
+    #[arg(long = "seccomp-selftest", hide = true, value_parser = parse_thread_kind)]
+    pub seccomp_selftest: Option<crate::seccomp::ThreadKind>,
     /// A virtio disk: path=FILE[,ro][,cow=OVERLAY][,bw=BYTES_PER_S][,iops=N]; repeatable.
     #[arg(long = "disk", value_parser = device_specs::parse_disk)]
     pub disks: Vec<DiskSpec>,
@@ -172,6 +179,8 @@ pub struct Config {
     pub control: Option<ControlSocket>,
     /// Event stream.
     pub events: EventsOut,
+    /// Seccomp filters on or off (and the test-only self-test).
+    pub seccomp: crate::seccomp::Policy,
     /// virtio disks, in guest order.
     pub disks: Vec<DiskSpec>,
     /// virtio NICs, after the disks.
@@ -249,6 +258,7 @@ fn validate(args: Args, host_mib: Option<u64>) -> Result<Config, Error> {
     if let Some(ControlSocket::Fd(fd)) = args.control {
         check_fd("--control", fd)?;
     }
+    let seccomp = seccomp_policy(&args);
     Ok(Config {
         kernel: args.kernel,
         initrd: args.initrd,
@@ -258,9 +268,26 @@ fn validate(args: Args, host_mib: Option<u64>) -> Result<Config, Error> {
         serial: args.serial,
         control: args.control,
         events: args.events,
+        seccomp,
         disks: args.disks,
         nets: args.nets,
     })
+}
+
+fn seccomp_policy(args: &Args) -> crate::seccomp::Policy {
+    crate::seccomp::Policy {
+        enabled: !args.no_seccomp,
+        #[cfg(feature = "seccomp-selftest")]
+        selftest: args.seccomp_selftest,
+        #[cfg(not(feature = "seccomp-selftest"))]
+        selftest: None,
+    }
+}
+
+#[cfg(feature = "seccomp-selftest")]
+fn parse_thread_kind(value: &str) -> Result<crate::seccomp::ThreadKind, String> {
+    crate::seccomp::ThreadKind::from_name(value)
+        .ok_or_else(|| format!("'{value}': expected main, vcpu or control"))
 }
 
 fn check_fd(flag: &'static str, fd: RawFd) -> Result<(), Error> {

@@ -117,6 +117,7 @@ pub fn spawn(listener: UnixListener, target: Arc<dyn ControlTarget>) -> Result<(
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
+            crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Control);
             for stream in listener.incoming().flatten() {
                 serve_client(stream, target.as_ref());
             }

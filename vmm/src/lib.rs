@@ -9,13 +9,15 @@
 //! ```text
 //! coinop-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib M]
 //!            [--serial stdout|file:PATH|none] [--control PATH|fd:N] [--events stderr|fd:N]
-//!            [--start-time-us T]
+//!            [--start-time-us T] [--no-seccomp]
 //!            [--disk path=FILE[,ro][,cow=OVERLAY][,bw=BYTES_PER_S][,iops=N]]...
 //!            [--net tap=NAME,mac=AA:BB:CC:DD:EE:FF[,bw=BYTES_PER_S]]...
 //! ```
 //! Each `--disk`/`--net` (disks first, at most 9 in all) becomes a virtio-mmio device at
 //! 0xd0000000 + 4 KiB × n, announced by appending `virtio_mmio.device=4K@ADDR:IRQ` to the
 //! kernel command line (see [`devices::virtio`]).
+//! Every thread runs under a seccomp allow-list (see [`seccomp`]); `--no-seccomp` is for
+//! debugging only and announces itself with a `warning` event.
 //! `--vcpus` is 1..=32 (default 1), `--mem-mib` defaults to 128. `--start-time-us` is the
 //! caller's `CLOCK_MONOTONIC` reading (µs) taken just before it spawned the VMM, so event times
 //! include the spawn cost; without it, times count from the VMM's own start.
@@ -101,6 +103,7 @@ pub mod events;
 pub mod exit;
 pub mod kernel;
 pub mod machine;
+pub mod seccomp;
 pub mod vstate;
 
 use events::Clock;
