@@ -9,6 +9,7 @@
 #
 #   scripts/lab.sh            LAB_RUNS=N for the side-by-side runs (default 10)
 #                             LAB_TIMEOUT=S hard limit on the L1 run (default 900)
+#                             LAB_VERBOSE=1 also logs one L2 boot's full kernel console
 set -euo pipefail
 source "$(dirname "$0")/lib/setup.sh"
 cd "$COINOP_ROOT"
@@ -41,12 +42,14 @@ say "L1 kernel and initramfs"
 images/lab/build-l1.sh "$work" "$l2_kernel_dir" "$l2_initramfs" "$vmm"
 
 say "booting L1 under QEMU TCG (limit ${limit} s; each L2 result prints as it comes)"
-log=$cache_root/lab/last-run.log
-mkdir -p "$(dirname "$log")"
+# One log per run (two labs may run at once on a shared machine); last-run.log points at it.
+mkdir -p "$cache_root/lab/runs"
+log=$cache_root/lab/runs/$(date +%Y%m%d-%H%M%S)-$$.log
+ln -sfn "$log" "$cache_root/lab/last-run.log"
 set +e
 timeout --kill-after=10 "$limit" qemu-system-x86_64 -accel tcg -cpu max -M q35 -m 2G -smp 2 \
   -nographic -no-reboot -kernel "$work/vmlinuz" -initrd "$work/initramfs.cpio" \
-  -append "console=ttyS0 quiet panic=-1 lab.runs=$runs" </dev/null 2>&1 |
+  -append "console=ttyS0 quiet panic=-1 lab.runs=$runs lab.verbose=${LAB_VERBOSE:-0}" </dev/null 2>&1 |
   sed -u 's/\r$//' | tee "$log" | grep --line-buffered '^LAB '
 qemu_rc=${PIPESTATUS[0]}
 set -e
