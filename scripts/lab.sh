@@ -11,6 +11,9 @@
 #                             LAB_TIMEOUT=S hard limit on the L1 run (default 900)
 #                             LAB_VERBOSE=1 also logs one L2 boot's full kernel console
 set -euo pipefail
+# The whole script is one brace group, read before it runs: editing this file while a lab
+# is running (a 10-minute job) cannot derail that run.
+{
 source "$(dirname "$0")/lib/setup.sh"
 cd "$COINOP_ROOT"
 
@@ -69,3 +72,5 @@ if ! grep -q '^LAB RESULT: PASS' "$log"; then
   die "lab FAILED after $((SECONDS - t0)) s"
 fi
 say "lab passed in $((SECONDS - t0)) s"
+exit 0
+}
