@@ -230,6 +230,11 @@ impl MmioTransport {
             self.reset();
             return;
         }
+        if value & self.status != self.status {
+            // Drivers may not clear status bits except by writing 0 (a reset); honouring it
+            // would let a guest re-send DRIVER_OK to a device that is already running.
+            return;
+        }
         let newly = value & !self.status;
         let mut status = value & !VIRTIO_CONFIG_S_NEEDS_RESET;
         if newly & VIRTIO_CONFIG_S_FEATURES_OK != 0 && !self.features_acceptable() {
@@ -247,6 +252,9 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
+        if self.worker.is_active() {
+            return;
+        }
         let valid = self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
             && !self.bad_queue_config
             && self
@@ -491,6 +499,34 @@ mod tests {
         wr(&mut r.t, VIRTIO_MMIO_STATUS, ALL_OK);
         assert!(wait_irq(&r.irq));
         assert_eq!(drv.used_idx(&r.mem), 1);
+    }
+
+    #[test]
+    fn driver_ok_again_without_reset_starts_no_second_session() {
+        let mut r = rig();
+        let mut drv = DriverQueue::new(0, 16);
+        negotiate(&mut r.t, 0, 1 << (VIRTIO_F_VERSION_1 - 32));
+        setup_queue(&mut r.t, &drv, 16);
+        wr(&mut r.t, VIRTIO_MMIO_STATUS, ALL_OK);
+        let without_driver_ok = ALL_OK & !VIRTIO_CONFIG_S_DRIVER_OK;
+        wr(&mut r.t, VIRTIO_MMIO_STATUS, without_driver_ok);
+        assert_eq!(
+            rd(&r.t, VIRTIO_MMIO_STATUS),
+            ALL_OK,
+            "status bits cannot be cleared"
+        );
+        wr(&mut r.t, VIRTIO_MMIO_STATUS, ALL_OK);
+        wr(&mut r.t, VIRTIO_MMIO_STATUS, 0);
+        assert!(!r.t.is_active());
+        // After the reset nothing serves the old rings any more.
+        get_id_request(&r.mem, &mut drv);
+        r.notify.write(1).expect("notify");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(
+            drv.used_idx(&r.mem),
+            0,
+            "no device thread still serves the queue"
+        );
     }
 
     #[test]
