@@ -10,6 +10,7 @@
 #   scripts/lab.sh            LAB_RUNS=N for the side-by-side runs (default 10)
 #                             LAB_TIMEOUT=S hard limit on the L1 run (default 900)
 #                             LAB_VERBOSE=1 also logs one L2 boot's full kernel console
+#                             LAB_ONLY=virtio runs only the virtio step (disks, NIC)
 set -euo pipefail
 # The whole script is one brace group, read before it runs: editing this file while a lab
 # is running (a 10-minute job) cannot derail that run.
@@ -52,7 +53,7 @@ ln -sfn "$log" "$cache_root/lab/last-run.log"
 set +e
 timeout --kill-after=10 "$limit" qemu-system-x86_64 -accel tcg -cpu max -M q35 -m 2G -smp 2 \
   -nographic -no-reboot -kernel "$work/vmlinuz" -initrd "$work/initramfs.cpio" \
-  -append "console=ttyS0 quiet panic=-1 lab.runs=$runs lab.verbose=${LAB_VERBOSE:-0}" </dev/null 2>&1 |
+  -append "console=ttyS0 quiet panic=-1 lab.runs=$runs lab.verbose=${LAB_VERBOSE:-0} ${LAB_ONLY:+lab.only=$LAB_ONLY}" </dev/null 2>&1 |
   sed -u 's/\r$//' | tee "$log" | grep --line-buffered '^LAB '
 qemu_rc=${PIPESTATUS[0]}
 set -e

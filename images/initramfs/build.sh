@@ -27,7 +27,7 @@ if [ -n "${missing[*]:-}" ]; then
 fi
 
 version=$(dpkg-query -W -f='${Version}' busybox-static)
-key=$( { echo "busybox-static $version"; cat "$here/init" "$here/outb.c" "$0"; } | sha256sum | cut -c1-16)
+key=$( { echo "busybox-static $version"; cat "$here/init" "$here/outb.c" "$here/virtio-check" "$0"; } | sha256sum | cut -c1-16)
 dir=$cache_root/initramfs/$key
 image=$dir/initramfs.cpio.gz
 
@@ -48,6 +48,7 @@ else
   gcc -static -nostdlib -s -O2 -fno-stack-protector -fno-pie -no-pie -Wall -Wextra -Werror \
     -o "$root/bin/outb" "$here/outb.c"
   install -m 0755 "$here/init" "$root/init"
+  install -m 0755 "$here/virtio-check" "$root/bin/virtio-check"
   # The kernel opens /dev/console for init before /init can mount devtmpfs.
   mknod -m 600 "$root/dev/console" c 5 1
   mkdir -p "$dir"

@@ -75,7 +75,7 @@ main() {
   moddir=$(echo "$kdir"/lib/modules/*)
   : >"$root/lib/modules/lab/order"
   local name
-  for m in $(module_load_order "$moddir" kvm-amd | awk '!seen[$0]++'); do
+  for m in $( { module_load_order "$moddir" kvm-amd; module_load_order "$moddir" tun; } | awk '!seen[$0]++'); do
     name=$(basename "$m")
     name=${name%.xz}
     name=${name%.zst}
@@ -95,6 +95,7 @@ main() {
   done
   ln -s bin "$root/sbin"
   install -m 0755 "$here/l1-init" "$root/init"
+  install -m 0644 "$here/l1-virtio" "$root/lib/l1-virtio"
   gcc -static -O2 -Wall -Wextra -Werror -o "$root/bin/boottime" "$here/boottime.c"
   copy_with_libs "$root" "$(readlink -f "$vmm")"
   [ "$(readlink -f "$vmm")" = /usr/bin/coinop-vmm ] || mv "$root$(readlink -f "$vmm")" "$root/usr/bin/coinop-vmm"
