@@ -2,6 +2,12 @@
 //! the payment crate's spent set. WAL + `synchronous=FULL`: a committed payment survives a
 //! crash. A payment is claimed and its balance recorded in ONE transaction, so money is
 //! never counted twice nor lost between the two.
+//!
+//! The books of every lease balance: `paid = debited + balance + refunded + residual`, where
+//! `paid` is the sum of its payments, `debited` what metering took, `refunded` the whole sats
+//! handed back as change, and `residual` the sub-sat remainder of the refund (< 1 sat) that a
+//! sat-denominated note cannot carry: it is kept by the host as income and recorded on the
+//! lease rather than silently dropped. [`Ledger::books`] reads the four figures back.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -83,6 +89,10 @@ pub struct LeaseRow {
     pub console_path: String,
     pub paused_at: Option<i64>,
     pub refunded_msat: Option<u64>,
+    /// msat metering has taken from this lease over its life.
+    pub debited_msat: u64,
+    /// Sub-sat remainder of the refund, kept by the host (set together with `refunded_msat`).
+    pub residual_msat: Option<u64>,
     pub created_at: i64,
     pub updated_at: i64,
     pub boot_json: Option<String>,
@@ -150,6 +160,40 @@ pub struct TickOutcome {
     pub action: TickAction,
 }
 
+/// A refund that committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund<T> {
+    /// Whole sats handed back, in msat (a multiple of 1000).
+    pub refund_msat: u64,
+    /// What the signer made of it (blind signatures).
+    pub signed: T,
+    /// The lease was booting, running or paused when it was refunded.
+    pub was_live: bool,
+    /// The sub-sat remainder (< 1000 msat) kept by the host.
+    pub residual_msat: u64,
+}
+
+/// Where a lease's money went: `paid = debited + balance + refunded + residual`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Books {
+    pub paid_msat: u64,
+    pub debited_msat: u64,
+    pub balance_msat: u64,
+    pub refunded_msat: u64,
+    pub residual_msat: u64,
+}
+
+impl Books {
+    /// Whether every msat paid is accounted for.
+    pub fn balanced(&self) -> bool {
+        u128::from(self.paid_msat)
+            == u128::from(self.debited_msat)
+                + u128::from(self.balance_msat)
+                + u128::from(self.refunded_msat)
+                + u128::from(self.residual_msat)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopupOutcome {
     pub balance_msat: u64,
@@ -184,7 +228,9 @@ CREATE TABLE IF NOT EXISTS leases (
     refunded_msat INTEGER,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
-    boot_json TEXT
+    boot_json TEXT,
+    debited_msat INTEGER NOT NULL DEFAULT 0,
+    residual_msat INTEGER
 );
 CREATE INDEX IF NOT EXISTS leases_state ON leases(state);
 CREATE TABLE IF NOT EXISTS payments (
@@ -218,7 +264,7 @@ CREATE TABLE IF NOT EXISTS meta (
 const LEASE_COLUMNS: &str = "id, token_hash, vcpus, mem_mib, image, cmdline, state, stop_reason,
     balance_msat, carry_units, used_vcpu_us, used_mem_mib_us, last_vcpu_total_us,
     last_uptime_us, pid, control_path, console_path, paused_at, refunded_msat, created_at,
-    updated_at, boot_json";
+    updated_at, boot_json, debited_msat, residual_msat";
 
 fn lease_from_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
     Ok(LeaseRow {
@@ -244,6 +290,8 @@ fn lease_from_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
         created_at: r.get(19)?,
         updated_at: r.get(20)?,
         boot_json: r.get(21)?,
+        debited_msat: r.get(22)?,
+        residual_msat: r.get(23)?,
     })
 }
 
@@ -289,6 +337,7 @@ impl Ledger {
 
     pub fn from_connection(conn: Connection) -> Result<Self, LedgerError> {
         conn.execute_batch(SCHEMA)?;
+        add_missing_columns(&conn)?;
         SqliteSpentSet::create_schema(&conn)?;
         Ok(Ledger {
             conn: Mutex::new(conn),
@@ -417,14 +466,16 @@ impl Ledger {
         })
     }
 
-    /// Refunds a lease's whole remaining balance, at most once. `sign` turns the refund into
-    /// whatever the tenant receives (blind signatures); if it fails nothing is written.
+    /// Refunds a lease's remaining balance, at most once: the whole sats go to `sign`, which
+    /// turns them into what the tenant receives (blind signatures); the sub-sat remainder is
+    /// recorded as the lease's residual (host income). If `sign` fails nothing is written.
     /// A running lease is stopped with reason `tenant` in the same transaction.
+    /// Returns (refunded msat, what `sign` made, whether the lease was live, residual msat).
     pub fn refund<T, E>(
         &self,
         id: &str,
         sign: impl FnOnce(u64) -> Result<T, E>,
-    ) -> Result<Result<(u64, T, bool), E>, LedgerError> {
+    ) -> Result<Result<Refund<T>, E>, LedgerError> {
         self.with_tx(|tx| {
             let lease = require_in(tx, id)?;
             if lease.refunded_msat.is_some() {
@@ -435,16 +486,31 @@ impl Ledger {
                 });
             }
             let was_live = lease.state != state::STOPPED;
-            let out = match sign(lease.balance_msat) {
+            let residual_msat = lease.balance_msat % 1000;
+            let refund_msat = lease.balance_msat - residual_msat;
+            let out = match sign(refund_msat) {
                 Ok(out) => out,
                 Err(e) => return Ok(Err(e)),
             };
             tx.prepare_cached(
                 "UPDATE leases SET state = ?2, stop_reason = COALESCE(stop_reason, ?3),
-                    refunded_msat = balance_msat, balance_msat = 0, updated_at = ?4 WHERE id = ?1",
+                    refunded_msat = ?5, residual_msat = ?6, balance_msat = 0, updated_at = ?4
+                 WHERE id = ?1",
             )?
-            .execute(params![id, state::STOPPED, reason::TENANT, unix_s()])?;
-            Ok(Ok((lease.balance_msat, out, was_live)))
+            .execute(params![
+                id,
+                state::STOPPED,
+                reason::TENANT,
+                unix_s(),
+                refund_msat,
+                residual_msat
+            ])?;
+            Ok(Ok(Refund {
+                refund_msat,
+                signed: out,
+                was_live,
+                residual_msat,
+            }))
         })
     }
 
@@ -597,6 +663,25 @@ impl Ledger {
         })
     }
 
+    /// A lease's books: what it was paid and where that money went.
+    pub fn books(&self, id: &str) -> Result<Books, LedgerError> {
+        self.with_conn(|c| {
+            let lease = require_in(c, id)?;
+            let paid: u64 = c
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(amount_msat), 0) FROM payments WHERE lease_id = ?1",
+                )?
+                .query_row([id], |r| r.get(0))?;
+            Ok(Books {
+                paid_msat: paid,
+                debited_msat: lease.debited_msat,
+                balance_msat: lease.balance_msat,
+                refunded_msat: lease.refunded_msat.unwrap_or(0),
+                residual_msat: lease.residual_msat.unwrap_or(0),
+            })
+        })
+    }
+
     /// Total msat credited by payments (for checks and metrics).
     pub fn total_credited_msat(&self) -> Result<u64, LedgerError> {
         self.with_conn(|c| {
@@ -607,6 +692,23 @@ impl Ledger {
             )?)
         })
     }
+}
+
+/// Columns added after the first schema; an older ledger gets them on open.
+fn add_missing_columns(conn: &Connection) -> Result<(), LedgerError> {
+    let have: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('leases')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (name, decl) in [
+        ("debited_msat", "INTEGER NOT NULL DEFAULT 0"),
+        ("residual_msat", "INTEGER"),
+    ] {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE leases ADD COLUMN {name} {decl}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn tick_one(
@@ -668,7 +770,7 @@ fn tick_one(
         "UPDATE leases SET balance_msat = ?2, carry_units = ?3, used_vcpu_us = ?4,
             used_mem_mib_us = ?5, last_vcpu_total_us = ?6, last_uptime_us = ?7, state = ?8,
             paused_at = ?9, stop_reason = CASE WHEN ?10 THEN ?11 ELSE stop_reason END,
-            updated_at = ?12 WHERE id = ?1",
+            updated_at = ?12, debited_msat = debited_msat + ?13 WHERE id = ?1",
     )?
     .execute(params![
         lease.id,
@@ -682,7 +784,8 @@ fn tick_one(
         paused_at,
         stop,
         reason::BALANCE_EXHAUSTED,
-        now
+        now,
+        out.debited_msat
     ])?;
     Ok(out)
 }
@@ -804,13 +907,82 @@ mod tests {
     }
 
     #[test]
+    fn books_balance_over_a_whole_lease_life() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 5_000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        let s = |v, u| Sample {
+            lease_id: "a",
+            vcpu_total_us: v,
+            uptime_us: u,
+        };
+        // Odd readings so debits leave sub-sat balances and carried fractions.
+        l.apply_tick(&[s(1_234_567, 333_333)], P, 60).expect("tick");
+        l.apply_tick(&[s(5_000_001, 777_777)], P, 60)
+            .expect("tick to zero");
+        assert_eq!(
+            l.get("a").expect("get").expect("row").state,
+            state::PAUSED_UNFUNDED
+        );
+        l.topup("a", &credit(2, 7_777)).expect("topup");
+        l.apply_tick(&[s(5_000_001, 777_777)], P, 60)
+            .expect("baseline tick");
+        l.apply_tick(&[s(5_100_003, 1_000_000)], P, 60)
+            .expect("tick");
+        let mid = l.books("a").expect("books");
+        assert!(mid.balanced(), "{mid:?}");
+        assert_eq!(mid.paid_msat, 12_777);
+        assert!(
+            mid.balance_msat % 1000 != 0,
+            "test wants a sub-sat balance: {mid:?}"
+        );
+        let r = l.refund("a", Ok::<u64, ()>).expect("ledger").expect("sign");
+        let end = l.books("a").expect("books");
+        assert!(end.balanced(), "{end:?}");
+        assert_eq!(end.balance_msat, 0);
+        assert_eq!(end.refunded_msat, r.refund_msat);
+        assert_eq!(end.residual_msat, mid.balance_msat % 1000);
+        assert_eq!(end.refunded_msat + end.residual_msat, mid.balance_msat);
+        assert!(end.debited_msat > 5_000, "both payments were used: {end:?}");
+    }
+
+    #[test]
+    fn an_older_ledger_gains_the_new_columns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.db");
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(
+                "CREATE TABLE leases (id TEXT PRIMARY KEY, token_hash BLOB NOT NULL,
+                 vcpus INTEGER NOT NULL, mem_mib INTEGER NOT NULL, image TEXT NOT NULL,
+                 cmdline TEXT NOT NULL, state TEXT NOT NULL, stop_reason TEXT,
+                 balance_msat INTEGER NOT NULL, carry_units INTEGER NOT NULL DEFAULT 0,
+                 used_vcpu_us INTEGER NOT NULL DEFAULT 0, used_mem_mib_us INTEGER NOT NULL DEFAULT 0,
+                 last_vcpu_total_us INTEGER NOT NULL DEFAULT 0, last_uptime_us INTEGER NOT NULL DEFAULT 0,
+                 pid INTEGER, control_path TEXT NOT NULL, console_path TEXT NOT NULL,
+                 paused_at INTEGER, refunded_msat INTEGER, created_at INTEGER NOT NULL,
+                 updated_at INTEGER NOT NULL, boot_json TEXT)",
+            )
+            .expect("old schema");
+        }
+        let l = Ledger::open(&path).expect("reopen with migration");
+        l.create_lease(&new_lease("a"), &credit(1, 1500))
+            .expect("create");
+        let r = l.refund("a", Ok::<u64, ()>).expect("ledger").expect("sign");
+        assert_eq!((r.refund_msat, r.residual_msat), (1000, 500));
+    }
+
+    #[test]
     fn refund_happens_once() {
         let (_d, l) = ledger();
         l.create_lease(&new_lease("a"), &credit(1, 4321))
             .expect("create");
         let r = l.refund("a", Ok::<u64, ()>).expect("ledger").expect("sign");
-        assert_eq!(r.0, 4321);
-        assert!(r.2);
+        assert_eq!(r.refund_msat, 4000, "whole sats only");
+        assert_eq!(r.signed, 4000, "the signer is asked for the whole sats");
+        assert_eq!(r.residual_msat, 321);
+        assert!(r.was_live);
         let again = l.refund("a", Ok::<u64, ()>);
         assert!(matches!(again, Err(LedgerError::State { .. })));
         let failed = {

@@ -8,7 +8,16 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::ledger::state;
+
 type Labels = Vec<(String, String)>;
+
+const ALL_STATES: [&str; 4] = [
+    state::BOOTING,
+    state::RUNNING,
+    state::PAUSED_UNFUNDED,
+    state::STOPPED,
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -16,6 +25,8 @@ pub struct Metrics {
     boots: Family<Labels, Counter>,
     boot_latency_us: Histogram,
     debited_msat: Counter,
+    refunded_msat: Counter,
+    residual_msat: Counter,
     payments: Family<Labels, Counter>,
 }
 
@@ -40,6 +51,8 @@ impl Metrics {
         // 100 µs .. ~3.3 s
         let boot_latency_us = Histogram::new(exponential_buckets(100.0, 2.0, 16));
         let debited_msat = Counter::default();
+        let refunded_msat = Counter::default();
+        let residual_msat = Counter::default();
         let payments = Family::<Labels, Counter>::default();
         registry.register("leases", "Leases by state", leases.clone());
         registry.register("boots", "Guest boots by result", boots.clone());
@@ -53,6 +66,16 @@ impl Metrics {
             "Balance debited for usage, msat",
             debited_msat.clone(),
         );
+        registry.register(
+            "refunded_msat",
+            "Balance refunded to tenants as change, msat (whole sats)",
+            refunded_msat.clone(),
+        );
+        registry.register(
+            "residual_msat",
+            "Sub-sat refund remainders kept by the host, msat",
+            residual_msat.clone(),
+        );
         registry.register("payments", "Payments by kind and result", payments.clone());
         Metrics {
             registry,
@@ -60,6 +83,8 @@ impl Metrics {
             boots,
             boot_latency_us,
             debited_msat,
+            refunded_msat,
+            residual_msat,
             payments,
         }
     }
@@ -79,8 +104,23 @@ impl Metrics {
         self.debited_msat.inc_by(msat);
     }
 
+    pub fn refunded(&self, refund_msat: u64, residual_msat: u64) {
+        self.refunded_msat.inc_by(refund_msat);
+        self.residual_msat.inc_by(residual_msat);
+    }
+
+    /// A payment that verified (`accepted`) or was refused by verification.
     pub fn payment(&self, kind: &str, accepted: bool) {
         let result = if accepted { "verified" } else { "rejected" };
+        self.payment_result(kind, result);
+    }
+
+    /// A verified payment whose claim the ledger refused (already spent).
+    pub fn payment_already_spent(&self, kind: &str) {
+        self.payment_result(kind, "already_spent");
+    }
+
+    fn payment_result(&self, kind: &str, result: &str) {
         self.payments
             .get_or_create(&labels(&[("kind", kind), ("result", result)]))
             .inc();
@@ -89,6 +129,12 @@ impl Metrics {
     /// Renders the text format; `states` are the current lease counts by state.
     pub fn render(&self, states: &[(String, i64)]) -> String {
         self.leases.clear();
+        // Every state is always present (0 when empty) so rate/absent queries work.
+        for state in ALL_STATES {
+            self.leases
+                .get_or_create(&labels(&[("state", state)]))
+                .set(0);
+        }
         for (state, n) in states {
             self.leases
                 .get_or_create(&labels(&[("state", state)]))

@@ -114,6 +114,7 @@ pub async fn tick(s: &Shared) -> Result<(), crate::ledger::LedgerError> {
             Err(e) => handle_read_error(s, &id, pid, &e),
         }
     }
+    crate::fault::hit(crate::fault::point::TICK_READ);
     let s2 = s.clone();
     let owned: Vec<(String, u64, u64)> = usages
         .into_iter()
@@ -132,6 +133,7 @@ pub async fn tick(s: &Shared) -> Result<(), crate::ledger::LedgerError> {
     })
     .await
     .map_err(|_| crate::ledger::LedgerError::Poisoned)??;
+    crate::fault::hit(crate::fault::point::TICK_COMMITTED);
     for o in outcomes {
         s.metrics.debited(o.debited_msat);
         let Some(l) = leases.iter().find(|l| l.id == o.lease_id) else {

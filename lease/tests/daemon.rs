@@ -152,15 +152,28 @@ async fn the_same_payment_pays_once_even_concurrently() {
     let third = d.call("POST", "/v1/leases", None, Some(body)).await;
     assert_eq!(third.status, 409);
 
-    // Credit: the same proofs twice.
+    // Credit: the same proofs in two concurrent requests.
     let proofs = d.mint_credit(8).await;
     let body = json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "cmdline": "mode=echo",
                       "payment": {"credit": {"proofs": proofs}}});
-    let first = d.call("POST", "/v1/leases", None, Some(body.clone())).await;
-    assert!(matches!(first.status, 201 | 503), "{}", first.text());
-    let second = d.call("POST", "/v1/leases", None, Some(body)).await;
+    let (a, b) = tokio::join!(
+        d.call("POST", "/v1/leases", None, Some(body.clone())),
+        d.call("POST", "/v1/leases", None, Some(body.clone()))
+    );
+    let (first, second) = if a.status == 409 { (&b, &a) } else { (&a, &b) };
     assert_eq!(second.status, 409, "{}", second.text());
-    for r in [winner, &first] {
+    assert_error_shape(&second.json(), "already_spent");
+    // Without /dev/kvm the winner's boot fails, but it still was the only one to pay.
+    assert!(matches!(first.status, 201 | 503), "{}", first.text());
+    if kvm_or_skip() {
+        assert_eq!(first.status, 201, "{}", first.text());
+    }
+    let m = d.call("GET", "/metrics", None, None).await.text();
+    assert!(
+        m.contains(r#"coinop_payments_total{kind="credit",result="already_spent"} 1"#),
+        "{m}"
+    );
+    for r in [winner, first] {
         if r.status == 201 {
             let v = r.json();
             let id = v["lease_id"].as_str().expect("id");
@@ -272,6 +285,32 @@ async fn boot_meter_pause_topup_stop_with_change() {
         serde_json::from_value(sv["signatures"].clone()).expect("signatures");
     assert_eq!(sigs.iter().map(|s| s.amount).sum::<u64>(), refund_sat);
     let change = wallet.unblind(&blanks, &sigs);
+
+    // The books balance after the whole life: paid = debited + refunded + residual, with
+    // the sub-sat residual below one sat and kept on record.
+    let done = d.call("GET", &path, Some(&token), None).await.json();
+    let debited = done["debited_msat"].as_u64().expect("debited_msat");
+    let refunded = done["refunded_msat"].as_u64().expect("refunded_msat");
+    let residual = done["residual_msat"].as_u64().expect("residual_msat");
+    assert_eq!(done["balance_msat"], 0, "{done}");
+    assert_eq!(debited + refunded + residual, 8000, "{done}");
+    assert_eq!(refunded, refund_sat * 1000, "{done}");
+    assert_eq!(sv["residual_msat"].as_u64(), Some(residual), "{sv}");
+    assert!(residual < 1000, "{done}");
+
+    let m = d.call("GET", "/metrics", None, None).await.text();
+    for needle in [
+        r#"coinop_boots_total{result="ok"} 1"#,
+        r#"coinop_boot_latency_us_count 1"#,
+        r#"coinop_leases{state="stopped"} 1"#,
+        r#"coinop_leases{state="running"} 0"#,
+        r#"coinop_payments_total{kind="credit",result="verified"} 2"#,
+        &format!("coinop_debited_msat_total {debited}"),
+        &format!("coinop_refunded_msat_total {refunded}"),
+        &format!("coinop_residual_msat_total {residual}"),
+    ] {
+        assert!(m.contains(needle), "metrics lack {needle:?}:\n{m}");
+    }
 
     // The change verifies: the mint swaps it for fresh notes.
     let fresh = wallet.outputs(&change.iter().map(|p| p.amount).collect::<Vec<_>>());

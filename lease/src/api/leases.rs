@@ -18,7 +18,7 @@ use crate::api_error::ApiError;
 use crate::app::{AppState, Shared};
 use crate::capacity::Totals;
 use crate::clock::monotonic_us;
-use crate::ledger::{reason, state, Credit, LeaseRow, LedgerError, NewLease};
+use crate::ledger::{reason, state, Credit, LeaseRow, LedgerError, NewLease, Refund};
 use crate::metering;
 use crate::payment_intake::{credit_error, verify_credit, verify_onchain, PaymentBody};
 use crate::peer::PeerCred;
@@ -66,23 +66,65 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("worker: {e}")))?
 }
 
-/// Verifies a payment body into a credit (blocking: the chain lock and EC maths).
+/// Runs a short blocking step (one durable SQLite commit) on this thread, telling a
+/// multi-threaded runtime to move its other tasks elsewhere meanwhile: no hop to the
+/// blocking pool and back on the create path. A current-thread runtime (some tests) cannot
+/// do that, so there the step goes to the pool.
+async fn blocking_here<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        tokio::task::block_in_place(f)
+    } else {
+        blocking(f).await
+    }
+}
+
+/// Credit payments with at most this many proofs are verified inline (each proof is one
+/// hash-to-curve and one point multiplication, tens of µs); bigger ones go to the pool.
+const INLINE_PROOFS: usize = 8;
+
+/// Verifies a payment body into a credit. On-chain proofs take the chain lock (which a
+/// header append may hold) and large credit payments take real CPU, so those run on the
+/// blocking pool; a small credit payment is checked right here.
 pub async fn verify_payment(s: &Shared, p: PaymentBody) -> Result<Credit, ApiError> {
-    let s2 = s.clone();
     let kind = match &p {
         PaymentBody::Onchain(_) => "onchain",
         PaymentBody::Credit(_) => "credit",
     };
-    let out = blocking(move || match &p {
-        PaymentBody::Onchain(o) => {
-            let chain = s2.chain_read();
-            verify_onchain(&chain, &s2.quotes, s2.config.min_conf, o)
+    let out = match p {
+        PaymentBody::Credit(c) if c.proofs.len() <= INLINE_PROOFS => verify_credit(&s.mint, &c),
+        p => {
+            let s2 = s.clone();
+            blocking(move || match &p {
+                PaymentBody::Onchain(o) => {
+                    let chain = s2.chain_read();
+                    verify_onchain(&chain, &s2.quotes, s2.config.min_conf, o)
+                }
+                PaymentBody::Credit(c) => verify_credit(&s2.mint, c),
+            })
+            .await
         }
-        PaymentBody::Credit(c) => verify_credit(&s2.mint, c),
-    })
-    .await;
+    };
     s.metrics.payment(kind, out.is_ok());
     out
+}
+
+/// The metrics label of a credit's kind (`onchain_late` counts as `onchain`).
+fn metric_kind(c: &Credit) -> &'static str {
+    if c.kind.starts_with("onchain") {
+        "onchain"
+    } else {
+        "credit"
+    }
+}
+
+/// Counts a claim the ledger refused because the payment was already spent.
+fn count_refused_claim(s: &AppState, kind: &'static str, e: &LedgerError) {
+    if matches!(e, LedgerError::AlreadySpent(_)) {
+        s.metrics.payment_already_spent(kind);
+    }
 }
 
 fn spent_error(e: LedgerError) -> ApiError {
@@ -160,9 +202,17 @@ async fn create_reserved(
         console_path: paths.console.display().to_string(),
     };
     let balance = credit.amount_msat;
+    let kind = metric_kind(&credit);
     let s2 = s.clone();
-    blocking(move || s2.ledger.create_lease(&new, &credit).map_err(spent_error)).await?;
+    blocking_here(move || {
+        s2.ledger.create_lease(&new, &credit).map_err(|e| {
+            count_refused_claim(&s2, kind, &e);
+            spent_error(e)
+        })
+    })
+    .await?;
     boot.ledger_committed_us = since(arrival);
+    crate::fault::hit(crate::fault::point::CREATE_COMMITTED);
     let booted = s
         .supervisor
         .boot(BootRequest {
@@ -178,6 +228,7 @@ async fn create_reserved(
         .await;
     match booted {
         Ok(b) => {
+            crate::fault::hit(crate::fault::point::CREATE_GUEST_READY);
             boot.vmm_spawned_us = b.vmm_spawned_us;
             boot.vcpus_started_us = b.vcpus_started_us;
             boot.guest_ready_us = Some(b.guest_ready_us);
@@ -233,12 +284,14 @@ async fn boot_failed(
     })
     .await?;
     let refund_json = match refund {
-        Some((msat, sigs)) => {
-            json!({"kind": "signatures", "refund_msat": msat, "signatures": sigs})
+        Some(r) => {
+            json!({"kind": "signatures", "refund_msat": r.refund_msat,
+                   "residual_msat": r.residual_msat, "signatures": r.signed})
         }
         None => {
             let bal = s.ledger.get(id)?.map(|l| l.balance_msat).unwrap_or(0);
-            json!({"kind": "kept", "refund_msat": bal,
+            json!({"kind": "kept", "refund_msat": whole_sat(bal),
+                   "residual_msat": bal % 1000,
                    "how": "POST /v1/leases/{id}/stop with outputs and the token"})
         }
     };
@@ -257,18 +310,25 @@ async fn boot_failed(
     Ok(resp)
 }
 
-/// Refunds a lease's balance onto `outputs` (once, in one ledger transaction).
+/// The part of a balance a sat-denominated refund can carry.
+fn whole_sat(msat: u64) -> u64 {
+    msat - msat % 1000
+}
+
+/// Refunds a lease's balance onto `outputs` (once, in one ledger transaction); the sub-sat
+/// remainder stays with the host as the lease's recorded residual.
 fn refund_with(
     s: &AppState,
     id: &str,
     outputs: &[BlindedMessage],
-) -> Result<(u64, Vec<BlindSignature>), ApiError> {
+) -> Result<Refund<Vec<BlindSignature>>, ApiError> {
     let r = s
         .ledger
         .refund(id, |msat| s.mint.change(msat, outputs))
         .map_err(spent_error)?;
-    let (msat, sigs, _) = r.map_err(credit_error)?;
-    Ok((msat, sigs))
+    let r = r.map_err(credit_error)?;
+    s.metrics.refunded(r.refund_msat, r.residual_msat);
+    Ok(r)
 }
 
 pub fn lease_json(s: &AppState, l: &LeaseRow) -> Value {
@@ -292,7 +352,9 @@ pub fn lease_json(s: &AppState, l: &LeaseRow) -> Value {
         "balance_msat": l.balance_msat,
         "used": {"vcpu_us": l.used_vcpu_us, "mem_mib_us": l.used_mem_mib_us},
         "estimated_remaining_s": remaining,
+        "debited_msat": l.debited_msat,
         "refunded_msat": l.refunded_msat,
+        "residual_msat": l.residual_msat,
         "created_at": l.created_at,
         "updated_at": l.updated_at,
         "boot": boot,
@@ -339,7 +401,14 @@ pub async fn topup(
     let credit = verify_payment(&s, req.payment).await?;
     let s2 = s.clone();
     let id2 = id.clone();
-    let out = blocking(move || s2.ledger.topup(&id2, &credit).map_err(spent_error)).await?;
+    let kind = metric_kind(&credit);
+    let out = blocking(move || {
+        s2.ledger.topup(&id2, &credit).map_err(|e| {
+            count_refused_claim(&s2, kind, &e);
+            spent_error(e)
+        })
+    })
+    .await?;
     if out.resumed {
         if let Err(e) =
             crate::vmm_control::request(std::path::Path::new(&l.control_path), "resume", None).await
@@ -379,17 +448,19 @@ pub async fn stop(
     let body = blocking(move || {
         let body = match req.outputs {
             Some(outs) => {
-                let (msat, sigs) = refund_with(&s2, &id2, &outs)?;
-                json!({"state": state::STOPPED, "refund_msat": msat,
-                       "refund_sat": msat / 1000,
-                       "change_outputs_needed": Mint::change_outputs_needed(msat),
-                       "signatures": sigs})
+                let r = refund_with(&s2, &id2, &outs)?;
+                json!({"state": state::STOPPED, "refund_msat": r.refund_msat,
+                       "refund_sat": r.refund_msat / 1000,
+                       "residual_msat": r.residual_msat,
+                       "change_outputs_needed": Mint::change_outputs_needed(r.refund_msat),
+                       "signatures": r.signed})
             }
             None => {
                 s2.ledger.mark_stopped(&id2, reason::TENANT, None)?;
                 let bal = s2.ledger.get(&id2)?.map(|l| l.balance_msat).unwrap_or(0);
-                json!({"state": state::STOPPED, "refund_msat": bal,
+                json!({"state": state::STOPPED, "refund_msat": whole_sat(bal),
                        "refund_sat": bal / 1000,
+                       "residual_msat": bal % 1000,
                        "change_outputs_needed": Mint::change_outputs_needed(bal),
                        "refund": "kept: POST again with that many outputs to collect it"})
             }

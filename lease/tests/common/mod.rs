@@ -22,6 +22,8 @@ pub struct Daemon {
     pub client: Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// Set when the daemon is a real `coinopd` process (crash tests).
+    child: Option<std::process::Child>,
 }
 
 /// Where cargo put coinop-vmm and the test guest, if they were built.
@@ -55,31 +57,104 @@ pub fn kvm_or_skip() -> bool {
     true
 }
 
+fn daemon_args(dir: &Path, socket: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "coinopd".into(),
+        "--state-dir".into(),
+        dir.display().to_string(),
+        "--socket".into(),
+        socket.display().to_string(),
+        "--tick-ms".into(),
+        "50".into(),
+        "--capacity-vcpus".into(),
+        "8".into(),
+        "--capacity-mib".into(),
+        "2048".into(),
+    ];
+    if let Some((vmm, guest)) = vmm_and_guest() {
+        args.extend([
+            "--vmm-bin".into(),
+            vmm.display().to_string(),
+            "--testguest".into(),
+            guest.display().to_string(),
+        ]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+async fn wait_for_socket(socket: &Path) {
+    for _ in 0..500 {
+        if socket.exists() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("coinopd did not bind {}", socket.display());
+}
+
 impl Daemon {
+    /// A real `coinopd` process on `dir`; `env` adds variables such as `COINOPD_FAULT`.
+    pub async fn spawn(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let socket = dir.join("coinop.sock");
+        let _ = std::fs::remove_file(&socket);
+        let args = daemon_args(dir, &socket, extra);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("coinopd.log"))
+            .expect("daemon log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_coinopd"))
+            .args(&args[1..])
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start coinopd");
+        wait_for_socket(&socket).await;
+        Daemon {
+            dir: dir.to_path_buf(),
+            client: Client::new(&socket),
+            socket,
+            stop: None,
+            task: None,
+            child: Some(child),
+        }
+    }
+
+    /// `kill -9` the coinopd process and reap it.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().expect("kill9 needs a coinopd process");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Waits for the coinopd process to die on its own (an injected fault) and returns how.
+    pub async fn wait_crash(mut self) -> std::process::ExitStatus {
+        let mut child = self
+            .child
+            .take()
+            .expect("wait_crash needs a coinopd process");
+        for _ in 0..1000 {
+            if let Some(status) = child.try_wait().expect("wait coinopd") {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let _ = child.kill();
+        panic!("coinopd did not crash at the injected fault");
+    }
+
+    /// The daemon's log so far (process daemons only).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("coinopd.log")).unwrap_or_default()
+    }
+
     pub async fn start(dir: &Path, extra: &[&str]) -> Daemon {
         let socket = dir.join("coinop.sock");
-        let mut args: Vec<String> = vec![
-            "coinopd".into(),
-            "--state-dir".into(),
-            dir.display().to_string(),
-            "--socket".into(),
-            socket.display().to_string(),
-            "--tick-ms".into(),
-            "50".into(),
-            "--capacity-vcpus".into(),
-            "8".into(),
-            "--capacity-mib".into(),
-            "2048".into(),
-        ];
-        if let Some((vmm, guest)) = vmm_and_guest() {
-            args.extend([
-                "--vmm-bin".into(),
-                vmm.display().to_string(),
-                "--testguest".into(),
-                guest.display().to_string(),
-            ]);
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let args = daemon_args(dir, &socket, extra);
         let config = Settings::parse_from(args)
             .resolve()
             .expect("test config resolves");
@@ -94,18 +169,14 @@ impl Daemon {
             .await
             .expect("daemon serves");
         });
-        for _ in 0..200 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        wait_for_socket(&socket).await;
         Daemon {
             dir: dir.to_path_buf(),
             client: Client::new(&socket),
             socket,
             stop: Some(tx),
             task: Some(task),
+            child: None,
         }
     }
 
@@ -116,6 +187,13 @@ impl Daemon {
         }
         if let Some(t) = self.task.take() {
             let _ = t.await;
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
         }
     }
 
@@ -252,6 +330,15 @@ impl Wallet {
                 }
             })
             .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -1,0 +1,61 @@
+//! Test-only fault injection for crash-safety tests: when `COINOPD_FAULT` names a point
+//! (`POINT` or `POINT:N` for its N-th pass, counted from 1), coinopd aborts the whole process
+//! there, as `kill -9` would at that instant: no destructors, no flush, no reply. Unset (the
+//! normal case) a point costs one relaxed atomic load.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// Named places where a crash is most interesting.
+pub mod point {
+    /// A create's ledger transaction committed; no guest spawned, no reply sent.
+    pub const CREATE_COMMITTED: &str = "create_committed";
+    /// A create's guest reported `guest_ready`; not yet marked running, no reply sent.
+    pub const CREATE_GUEST_READY: &str = "create_guest_ready";
+    /// A tick read every guest's usage; the debit is not committed.
+    pub const TICK_READ: &str = "tick_read";
+    /// A tick's debit committed; pauses and stops not yet sent to the guests.
+    pub const TICK_COMMITTED: &str = "tick_committed";
+}
+
+/// The environment variable naming the point.
+pub const ENV: &str = "COINOPD_FAULT";
+
+struct Armed {
+    point: String,
+    nth: u64,
+    passes: AtomicU64,
+}
+
+fn armed() -> Option<&'static Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            let spec = std::env::var(ENV).ok()?;
+            let (point, nth) = match spec.split_once(':') {
+                Some((p, n)) => (p.to_string(), n.parse().unwrap_or(1)),
+                None => (spec, 1),
+            };
+            Some(Armed {
+                point,
+                nth,
+                passes: AtomicU64::new(0),
+            })
+        })
+        .as_ref()
+}
+
+/// Aborts the process if `COINOPD_FAULT` names `name` and this is the chosen pass.
+pub fn hit(name: &str) {
+    let Some(a) = armed() else {
+        return;
+    };
+    if a.point != name {
+        return;
+    }
+    let pass = a.passes.fetch_add(1, Ordering::Relaxed) + 1;
+    if pass == a.nth {
+        eprintln!("coinopd: {ENV}={name}:{pass}: aborting here");
+        std::process::abort();
+    }
+}

@@ -1,0 +1,264 @@
+//! The `coinop` CLI against a real daemon socket: human output, `--json` exactly as the
+//! daemon answered, payment flags, and the exit codes scripts rely on (0 ok, 1 daemon error,
+//! 2 usage, 3 unreachable), each failure explained in one line.
+
+mod common;
+
+use std::process::Output;
+
+use common::{kvm_or_skip, Daemon};
+
+fn coinop(socket: &std::path::Path, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_coinop"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("COINOP_TOKEN")
+        .output()
+        .expect("run coinop")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failure: the exit code and exactly one line on stderr that contains `needle`.
+fn assert_fails(o: &Output, code: i32, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line expected: {err:?}");
+    assert!(err.starts_with("coinop: "), "{err}");
+    assert!(err.contains(needle), "{needle:?} not in {err:?}");
+}
+
+#[test]
+fn usage_errors_and_an_unreachable_daemon_have_their_own_exit_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nobody-listens.sock");
+    assert_fails(&coinop(&missing, &["--bogus", "host"]), 2, "--bogus");
+    assert_fails(
+        &coinop(&missing, &["lease", "create", "--vcpus", "1"]),
+        2,
+        "--mem-mib",
+    );
+    // On-chain flags come as a set.
+    assert_fails(
+        &coinop(
+            &missing,
+            &[
+                "lease",
+                "create",
+                "--vcpus",
+                "1",
+                "--mem-mib",
+                "64",
+                "--tx",
+                "00",
+            ],
+        ),
+        2,
+        "--proof",
+    );
+    // Two ways of paying at once.
+    assert_fails(
+        &coinop(
+            &missing,
+            &[
+                "lease",
+                "create",
+                "--vcpus",
+                "1",
+                "--mem-mib",
+                "64",
+                "--credit",
+                "a.json",
+                "--payment",
+                "b.json",
+            ],
+        ),
+        2,
+        "cannot be used with",
+    );
+    assert_fails(
+        &coinop(
+            &missing,
+            &[
+                "lease",
+                "create",
+                "--vcpus",
+                "1",
+                "--mem-mib",
+                "64",
+                "--credit",
+                "/no/such",
+            ],
+        ),
+        2,
+        "/no/such",
+    );
+    assert_fails(&coinop(&missing, &["host"]), 3, "cannot connect");
+    let help = coinop(&missing, &["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    let h = stdout(&help);
+    assert!(
+        h.contains("Exit codes") && h.contains("3  cannot reach"),
+        "{h}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_is_the_daemons_answer_and_human_output_is_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start(dir.path(), &[]).await;
+    let api = d.call("GET", "/v1/host", None, None).await;
+    let socket = d.socket.clone();
+    let json = tokio::task::spawn_blocking(move || coinop(&socket, &["--json", "host"]))
+        .await
+        .expect("join");
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let mut expected = api.body.to_vec();
+    expected.push(b'\n');
+    assert_eq!(
+        json.stdout, expected,
+        "--json prints the body byte for byte"
+    );
+
+    let socket = d.socket.clone();
+    let human = tokio::task::spawn_blocking(move || coinop(&socket, &["host"]))
+        .await
+        .expect("join");
+    assert_eq!(human.status.code(), Some(0));
+    let h = stdout(&human);
+    assert!(
+        h.contains("network    regtest") && h.contains("testguest"),
+        "{h}"
+    );
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&h).is_err(),
+        "{h}"
+    );
+
+    let socket = d.socket.clone();
+    let unauth = tokio::task::spawn_blocking(move || {
+        coinop(&socket, &["lease", "show", "lnope", "--token", "00"])
+    })
+    .await
+    .expect("join");
+    assert_fails(&unauth, 1, "HTTP 401 unauthorized");
+
+    // A header file that parses locally but that the daemon refuses (no such parent).
+    let headers = dir.path().join("headers.txt");
+    std::fs::write(&headers, format!("{}\n", "00".repeat(80))).expect("write");
+    let socket = d.socket.clone();
+    let h2 = headers.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        coinop(
+            &socket,
+            &["chain", "push-headers", h2.to_str().expect("utf-8")],
+        )
+    })
+    .await
+    .expect("join");
+    assert_fails(&refused, 1, "HTTP 4");
+    std::fs::write(&headers, "not a header\n").expect("write");
+    let socket = d.socket.clone();
+    let bad = tokio::task::spawn_blocking(move || {
+        coinop(
+            &socket,
+            &["chain", "add-headers", headers.to_str().expect("utf-8")],
+        )
+    })
+    .await
+    .expect("join");
+    assert_fails(&bad, 2, "line 1");
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_show_and_stop_with_credit_from_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start(dir.path(), &[]).await;
+    let proofs = d.mint_credit(4).await;
+    let file = dir.path().join("proofs.json");
+    std::fs::write(&file, serde_json::to_vec(&proofs).expect("json")).expect("write");
+    let socket = d.socket.clone();
+    let f = file.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        coinop(
+            &socket,
+            &[
+                "--json",
+                "lease",
+                "create",
+                "--vcpus",
+                "1",
+                "--mem-mib",
+                "64",
+                "--cmdline",
+                "mode=echo",
+                "--credit",
+                f.to_str().expect("utf-8"),
+            ],
+        )
+    })
+    .await
+    .expect("join");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let id = v["lease_id"].as_str().expect("lease_id").to_string();
+    let token = v["token"].as_str().expect("token").to_string();
+    if kvm_or_skip() {
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(v["balance_msat"], 4000);
+    } else {
+        // No KVM: the boot fails, the money stays on the lease; exit 1 with the code.
+        assert_fails(&out, 1, "boot_failed");
+    }
+    let socket = d.socket.clone();
+    let (i2, t2) = (id.clone(), token.clone());
+    let shown = tokio::task::spawn_blocking(move || {
+        coinop(&socket, &["lease", "show", &i2, "--token", &t2])
+    })
+    .await
+    .expect("join");
+    assert_eq!(shown.status.code(), Some(0), "{}", stderr(&shown));
+    assert!(stdout(&shown).contains(&id), "{}", stdout(&shown));
+
+    let socket = d.socket.clone();
+    let stopped = tokio::task::spawn_blocking(move || {
+        coinop(&socket, &["lease", "stop", &id, "--token", &token])
+    })
+    .await
+    .expect("join");
+    assert_eq!(stopped.status.code(), Some(0), "{}", stderr(&stopped));
+    assert!(
+        stdout(&stopped).contains("state      stopped"),
+        "{}",
+        stdout(&stopped)
+    );
+
+    // The same proofs again: the daemon's 409 becomes exit 1 naming the code.
+    let socket = d.socket.clone();
+    let again = tokio::task::spawn_blocking(move || {
+        coinop(
+            &socket,
+            &[
+                "lease",
+                "create",
+                "--vcpus",
+                "1",
+                "--mem-mib",
+                "64",
+                "--credit",
+                file.to_str().expect("utf-8"),
+            ],
+        )
+    })
+    .await
+    .expect("join");
+    assert_fails(&again, 1, "HTTP 409 already_spent");
+    d.shutdown().await;
+}
