@@ -106,6 +106,7 @@ main() {
   done
   cp "$l2_kernel_dir/bzImage" "$l2_kernel_dir/vmlinux" "$root/l2/"
   cp "$l2_initramfs" "$root/l2/initramfs.cpio.gz"
+  cp "$outdir/vmlinuz" "$root/l2/debian-vmlinuz"
   mknod -m 600 "$root/dev/console" c 5 1
   (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$outdir/initramfs.cpio"
   say "L1 initramfs: $outdir/initramfs.cpio ($(du -h "$outdir/initramfs.cpio" | cut -f1))"
