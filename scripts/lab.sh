@@ -8,7 +8,7 @@
 # QEMU microvm. Exits non-zero if any L2 boot fails, printing that boot's console.
 #
 #   scripts/lab.sh            LAB_RUNS=N for the side-by-side runs (default 10)
-#                             LAB_TIMEOUT=S hard limit on the L1 run (default 900)
+#                             LAB_TIMEOUT=S hard limit on the L1 run (default 1800)
 #                             LAB_VERBOSE=1 also logs one L2 boot's full kernel console
 #                             LAB_ONLY=virtio runs only the virtio step (disks, NIC)
 set -euo pipefail
@@ -19,7 +19,7 @@ source "$(dirname "$0")/lib/setup.sh"
 cd "$COINOP_ROOT"
 
 runs=${LAB_RUNS:-10}
-limit=${LAB_TIMEOUT:-900}
+limit=${LAB_TIMEOUT:-1800}
 cache_root=${COINOP_CACHE:-/var/cache/coinop}
 # --target keeps the static build apart from the workspace's normal artefacts.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$COINOP_ROOT/target}
