@@ -1,0 +1,273 @@
+//! A lease's cgroup: created with its limits, joined by the jailed VMM before it execs,
+//! read for CPU usage, removed after the VMM is gone.
+
+use super::{Cgroups, Error, Limits};
+use std::fs::OpenOptions;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long [`CgroupSlot::remove`] waits for the exited VMM's tasks to leave.
+const REMOVE_WAIT: Duration = Duration::from_millis(500);
+
+/// One lease's cgroup (one directory per v1 controller mount, or one v2 directory).
+#[derive(Debug)]
+pub struct CgroupSlot {
+    /// Every directory of the slot, deduplicated (a process joins each).
+    dirs: Vec<PathBuf>,
+    /// The file holding the cumulative CPU usage.
+    usage: Usage,
+    /// The file holding the memory limit.
+    memory_limit: PathBuf,
+}
+
+#[derive(Debug)]
+enum Usage {
+    /// v1 `cpuacct.usage`: nanoseconds.
+    V1(PathBuf),
+    /// v2 `cpu.stat`: the `usage_usec` line.
+    V2(PathBuf),
+}
+
+fn write(path: &Path, value: impl ToString) -> Result<(), Error> {
+    let value = value.to_string();
+    std::fs::write(path, &value).map_err(|source| Error::Write {
+        path: path.to_path_buf(),
+        value,
+        source,
+    })
+}
+
+fn mkdir(path: &Path) -> Result<(), Error> {
+    match std::fs::create_dir(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(Error::Create {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn read_u64(path: &Path, parse: impl Fn(&str) -> Option<u64>) -> Result<u64, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    parse(&text).ok_or_else(|| Error::Read {
+        path: path.to_path_buf(),
+        reason: format!("unexpected content '{}'", text.trim()),
+    })
+}
+
+impl CgroupSlot {
+    /// Creates `lease_id`'s cgroup under `cgroups` and writes `limits`.
+    pub(super) fn create(
+        cgroups: &Cgroups,
+        lease_id: &str,
+        limits: &Limits,
+    ) -> Result<Self, Error> {
+        let slot = match cgroups {
+            Cgroups::V1 {
+                cpu,
+                cpuacct,
+                memory,
+                pids,
+            } => {
+                let (cpu, cpuacct, memory, pids) = (
+                    cpu.join(lease_id),
+                    cpuacct.join(lease_id),
+                    memory.join(lease_id),
+                    pids.join(lease_id),
+                );
+                let mut dirs = vec![cpu.clone(), cpuacct.clone(), memory.clone(), pids.clone()];
+                dirs.dedup();
+                dirs.iter().try_for_each(|d| mkdir(d))?;
+                write(&cpu.join("cpu.cfs_period_us"), limits.cpu_period_us)?;
+                write(&cpu.join("cpu.cfs_quota_us"), limits.cpu_quota_us)?;
+                write(&memory.join("memory.limit_in_bytes"), limits.memory_bytes)?;
+                write(&pids.join("pids.max"), limits.pids_max)?;
+                CgroupSlot {
+                    dirs,
+                    usage: Usage::V1(cpuacct.join("cpuacct.usage")),
+                    memory_limit: memory.join("memory.limit_in_bytes"),
+                }
+            }
+            Cgroups::V2 { parent } => {
+                let dir = parent.join(lease_id);
+                mkdir(&dir)?;
+                write(
+                    &dir.join("cpu.max"),
+                    format!("{} {}", limits.cpu_quota_us, limits.cpu_period_us),
+                )?;
+                write(&dir.join("memory.max"), limits.memory_bytes)?;
+                // Without swap accounting the file is absent; with it, guest RAM must not
+                // spill to swap past the limit.
+                let swap = dir.join("memory.swap.max");
+                if swap.exists() {
+                    write(&swap, 0)?;
+                }
+                write(&dir.join("pids.max"), limits.pids_max)?;
+                CgroupSlot {
+                    usage: Usage::V2(dir.join("cpu.stat")),
+                    memory_limit: dir.join("memory.max"),
+                    dirs: vec![dir],
+                }
+            }
+            Cgroups::Unavailable { reason } => {
+                return Err(Error::Create {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other(reason.clone()),
+                })
+            }
+        };
+        Ok(slot)
+    }
+
+    /// The slot's directories.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Open `cgroup.procs` files, one per directory: a child writes "0" to each to join the
+    /// cgroup itself before it execs, so no thread of the VMM ever runs outside it.
+    pub fn procs_files(&self) -> Result<Vec<OwnedFd>, Error> {
+        self.dirs
+            .iter()
+            .map(|dir| {
+                let path = dir.join("cgroup.procs");
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map(OwnedFd::from)
+                    .map_err(|source| Error::Write {
+                        path,
+                        value: "(open)".into(),
+                        source,
+                    })
+            })
+            .collect()
+    }
+
+    /// Moves an already running process into the slot.
+    pub fn add_pid(&self, pid: u32) -> Result<(), Error> {
+        self.dirs
+            .iter()
+            .try_for_each(|dir| write(&dir.join("cgroup.procs"), pid))
+    }
+
+    /// CPU time consumed by everything in the slot so far, µs (the kernel's count, a second
+    /// source for metering next to the VMM's own `usage` report).
+    pub fn cpu_usage_us(&self) -> Result<u64, Error> {
+        match &self.usage {
+            Usage::V1(path) => read_u64(path, |t| t.trim().parse::<u64>().ok()).map(|ns| ns / 1000),
+            Usage::V2(path) => read_u64(path, |t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .and_then(|v| v.trim().parse().ok())
+            }),
+        }
+    }
+
+    /// The memory limit in force, bytes.
+    pub fn memory_limit_bytes(&self) -> Result<u64, Error> {
+        read_u64(&self.memory_limit, |t| t.trim().parse().ok())
+    }
+
+    /// Removes the slot once its processes are gone (waits briefly for exiting tasks).
+    pub fn remove(self) -> Result<(), Error> {
+        let deadline = Instant::now() + REMOVE_WAIT;
+        for dir in &self.dirs {
+            loop {
+                match std::fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(Error::Create {
+                            path: dir.clone(),
+                            source: e,
+                        })
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_v2() -> (tempfile::TempDir, Cgroups) {
+        let root = tempfile::tempdir().expect("tempdir");
+        let parent = root.path().join("coinop");
+        std::fs::create_dir(&parent).expect("mkdir");
+        (root, Cgroups::V2 { parent })
+    }
+
+    #[test]
+    fn v2_files_carry_the_limits() {
+        let (_root, cgroups) = fake_v2();
+        let limits = Limits::for_guest(2, 64);
+        let slot = cgroups
+            .create_slot("lease-1", &limits)
+            .expect("created")
+            .expect("available");
+        let dir = &slot.dirs()[0];
+        let cpu_max = std::fs::read_to_string(dir.join("cpu.max")).expect("cpu.max");
+        assert_eq!(cpu_max, "200000 100000");
+        assert_eq!(
+            slot.memory_limit_bytes().expect("read"),
+            limits.memory_bytes
+        );
+        std::fs::write(dir.join("cpu.stat"), "usage_usec 12345\nuser_usec 1\n").expect("write");
+        assert_eq!(slot.cpu_usage_us().expect("usage"), 12345);
+    }
+
+    #[test]
+    fn v1_dedups_comounted_controllers() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let both = root.path().join("cpu,cpuacct/coinop");
+        let memory = root.path().join("memory/coinop");
+        let pids = root.path().join("pids/coinop");
+        for d in [&both, &memory, &pids] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        let cgroups = Cgroups::V1 {
+            cpu: both.clone(),
+            cpuacct: both.clone(),
+            memory,
+            pids,
+        };
+        let slot = cgroups
+            .create_slot("l1", &Limits::for_guest(1, 16))
+            .expect("created")
+            .expect("available");
+        assert_eq!(slot.dirs().len(), 3);
+        std::fs::write(both.join("l1/cpuacct.usage"), "5000000\n").expect("write");
+        assert_eq!(slot.cpu_usage_us().expect("usage"), 5000);
+    }
+
+    #[test]
+    fn lease_ids_cannot_escape_the_parent() {
+        let (_root, cgroups) = fake_v2();
+        for bad in ["", "..", "a/b", "x y"] {
+            assert!(matches!(
+                cgroups.create_slot(bad, &Limits::for_guest(1, 16)),
+                Err(Error::BadLeaseId(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn unavailable_gives_no_slot() {
+        let cgroups = Cgroups::Unavailable {
+            reason: "test".into(),
+        };
+        assert!(cgroups
+            .create_slot("l1", &Limits::for_guest(1, 16))
+            .expect("no error")
+            .is_none());
+    }
+}

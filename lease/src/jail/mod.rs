@@ -1,0 +1,181 @@
+//! The jail each guest's `coinop-vmm` runs in, after Firecracker's jailer: new mount, PID,
+//! IPC, UTS (and optionally network) namespaces; a per-lease root holding only the VMM
+//! binary and the libraries it loads, the kernel, the initrd and a private /dev/kvm, all
+//! read-only; rlimits; every inherited fd closed but the ones passed; an unprivileged uid/gid
+//! from a pool, one per running lease.
+//!
+//! The control socket, console and event pipe are passed as fds rather than created in the
+//! jail, so the jail root can be read-only: coinopd binds the control socket on the host and
+//! hands the listener over (`--control fd:N`).
+//!
+//! Use: [`JailConfig::new`] once at start-up, [`JailConfig::prepare`] per lease,
+//! [`Jail::spawn`] to start the VMM, [`Jail::remove`] after it ended.
+
+mod child;
+mod libraries;
+mod root_dir;
+mod spawn;
+mod uid_pool;
+
+pub use child::{Ended, JailedChild};
+pub use libraries::{needed_by, parse_ldd};
+pub use spawn::Step;
+pub use uid_pool::{JailUid, UidPool};
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+/// Where the VMM binary appears inside the jail.
+pub const VMM_PATH: &str = "/coinop-vmm";
+/// Where the kernel appears inside the jail.
+pub const KERNEL_PATH: &str = "/kernel";
+/// Where the initrd appears inside the jail.
+pub const INITRD_PATH: &str = "/initrd";
+
+/// Errors of the jail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Finding the VMM's libraries failed.
+    #[error(transparent)]
+    Libraries(#[from] libraries::Error),
+    /// No uid free.
+    #[error(transparent)]
+    Uid(#[from] uid_pool::Error),
+    /// Building the root failed.
+    #[error(transparent)]
+    Root(#[from] root_dir::Error),
+    /// Starting the process failed.
+    #[error(transparent)]
+    Spawn(#[from] spawn::Error),
+    /// Tracking the process failed.
+    #[error(transparent)]
+    Child(#[from] child::Error),
+    /// Removing the root failed.
+    #[error("removing jail {path}: {source}")]
+    Remove {
+        /// The root.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A lease id that cannot name a directory.
+    #[error("lease id '{0}' cannot name a jail directory (letters, digits, '-' and '_' only)")]
+    BadLeaseId(String),
+}
+
+/// Daemon-wide jail settings.
+#[derive(Debug, Clone)]
+pub struct JailConfig {
+    /// Directory holding one root per lease.
+    pub base: PathBuf,
+    /// The VMM binary on the host.
+    pub vmm_bin: PathBuf,
+    /// Its loader and libraries (host paths, bound at the same paths in the jail).
+    pub libraries: Vec<PathBuf>,
+    /// uids for jailed VMMs.
+    pub uids: UidPool,
+    /// Also give each VMM an empty network namespace.
+    pub new_net_ns: bool,
+}
+
+impl JailConfig {
+    /// Settings for jails under `base` running `vmm_bin`; finds its libraries now.
+    pub fn new(base: PathBuf, vmm_bin: PathBuf, uids: UidPool) -> Result<Self, Error> {
+        let libraries = libraries::needed_by(&vmm_bin)?;
+        Ok(JailConfig {
+            base,
+            vmm_bin,
+            libraries,
+            uids,
+            new_net_ns: true,
+        })
+    }
+
+    /// Builds the root for `lease_id` with `kernel` and `initrd` and takes a uid for it.
+    pub fn prepare(
+        &self,
+        lease_id: &str,
+        kernel: &Path,
+        initrd: Option<&Path>,
+    ) -> Result<Jail, Error> {
+        if lease_id.is_empty()
+            || !lease_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(Error::BadLeaseId(lease_id.to_string()));
+        }
+        let uid = self.uids.take()?;
+        let mut binds = vec![
+            (self.vmm_bin.clone(), PathBuf::from(VMM_PATH)),
+            (kernel.to_path_buf(), PathBuf::from(KERNEL_PATH)),
+        ];
+        if let Some(initrd) = initrd {
+            binds.push((initrd.to_path_buf(), PathBuf::from(INITRD_PATH)));
+        }
+        binds.extend(self.libraries.iter().map(|lib| (lib.clone(), lib.clone())));
+        let root = self.base.join(lease_id);
+        let points: Vec<PathBuf> = binds.iter().map(|(_, inside)| inside.clone()).collect();
+        root_dir::build(&root, &points, uid.get(), uid.get())?;
+        Ok(Jail {
+            root,
+            uid,
+            binds,
+            new_net_ns: self.new_net_ns,
+        })
+    }
+}
+
+/// One lease's prepared jail.
+#[derive(Debug)]
+pub struct Jail {
+    root: PathBuf,
+    uid: JailUid,
+    binds: Vec<(PathBuf, PathBuf)>,
+    new_net_ns: bool,
+}
+
+impl Jail {
+    /// The root directory on the host.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The uid (and gid) the VMM runs as.
+    pub fn uid(&self) -> u32 {
+        self.uid.get()
+    }
+
+    /// Starts the VMM in the jail with `args` (paths as seen inside: [`KERNEL_PATH`],
+    /// [`INITRD_PATH`], `fd:N`). `fds[i]` becomes fd `i` of the VMM (0-2 are its stdio);
+    /// `cgroup_procs` are the lease cgroup's open `cgroup.procs` files, joined before exec.
+    /// Blocks until the VMM has exec'd (a few hundred µs) or failed.
+    pub fn spawn(
+        &self,
+        args: Vec<OsString>,
+        fds: Vec<OwnedFd>,
+        cgroup_procs: Vec<OwnedFd>,
+    ) -> Result<JailedChild, Error> {
+        let plan = spawn::Plan {
+            root: self.root.clone(),
+            binds: self.binds.clone(),
+            program: PathBuf::from(VMM_PATH),
+            args,
+            fds,
+            cgroup_procs,
+            uid: self.uid.get(),
+            new_net_ns: self.new_net_ns,
+        };
+        let pid = spawn::spawn(&plan)?;
+        Ok(JailedChild::new(pid)?)
+    }
+
+    /// Deletes the root (after the VMM ended) and returns the uid to the pool.
+    pub fn remove(self) -> Result<(), Error> {
+        std::fs::remove_dir_all(&self.root).map_err(|source| Error::Remove {
+            path: self.root.clone(),
+            source,
+        })
+    }
+}

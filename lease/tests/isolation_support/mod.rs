@@ -1,0 +1,158 @@
+//! Shared by the isolation tests: finding coinop-vmm, building the test guest, starting a
+//! jailed VMM with its event pipe and control socket, and SKIPPED notices.
+#![allow(dead_code)]
+
+use lease::jail::{JailConfig, JailedChild, UidPool, KERNEL_PATH};
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Prints a SKIPPED line on the real stderr (the harness captures eprintln!).
+pub fn skip(reason: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
+}
+
+/// coinop-vmm next to this crate's binaries (built by `cargo build -p vmm`).
+pub fn vmm_bin() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_BIN_EXE_coinopd")).parent()?;
+    let vmm = dir.join("coinop-vmm");
+    vmm.exists().then_some(vmm)
+}
+
+/// Root, /dev/kvm and coinop-vmm present, or a SKIPPED line and false.
+pub fn ready() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        skip("isolation tests need root (namespaces, mknod, cgroups)");
+        return false;
+    }
+    if !Path::new("/dev/kvm").exists() {
+        skip("/dev/kvm not available");
+        return false;
+    }
+    if vmm_bin().is_none() {
+        skip("coinop-vmm not built in this target dir (cargo build -p vmm)");
+        return false;
+    }
+    true
+}
+
+/// Builds the PVH test guest into `dir` with images/testguest/build.sh.
+pub fn build_guest(dir: &Path) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/testguest/build.sh");
+    let out = std::process::Command::new("sh")
+        .arg(&script)
+        .arg(dir)
+        .output()
+        .expect("run build.sh");
+    assert!(
+        out.status.success(),
+        "build.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("testguest-pvh.elf")
+}
+
+/// A jail configuration under `dir`, with uids unlikely to clash with parallel tests.
+pub fn jail_config(dir: &Path) -> JailConfig {
+    let first = 3_000_000 + (std::process::id() % 10_000) * 16;
+    JailConfig::new(
+        dir.join("jails"),
+        vmm_bin().expect("checked by ready()"),
+        UidPool::new(first, 16).expect("valid uid range"),
+    )
+    .expect("ldd coinop-vmm")
+}
+
+/// A jailed VMM booted to `guest_ready`.
+pub struct Booted {
+    pub child: JailedChild,
+    pub control: PathBuf,
+    pub console: PathBuf,
+    pub events: mpsc::Receiver<String>,
+}
+
+/// Starts `jail`'s VMM on the test guest with `cmdline`, joined to `cgroup_procs`, and
+/// waits for `guest_ready`.
+pub fn boot(
+    jail: &lease::jail::Jail,
+    dir: &Path,
+    cmdline: &str,
+    vcpus: u32,
+    mem_mib: u64,
+    cgroup_procs: Vec<OwnedFd>,
+) -> Booted {
+    let control = dir.join("control.sock");
+    let listener = UnixListener::bind(&control).expect("bind control socket");
+    let console = dir.join("console.txt");
+    let (events_rx, events_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    let events_rx = std::fs::File::from(events_rx);
+    let fds: Vec<OwnedFd> = vec![
+        std::fs::File::open("/dev/null").expect("/dev/null").into(),
+        std::fs::File::create(&console).expect("console").into(),
+        std::fs::File::create(dir.join("vmm.log"))
+            .expect("log")
+            .into(),
+        events_tx,
+        listener.into(),
+    ];
+    let args: Vec<OsString> = [
+        "--kernel",
+        KERNEL_PATH,
+        "--cmdline",
+        cmdline,
+        "--vcpus",
+        &vcpus.to_string(),
+        "--mem-mib",
+        &mem_mib.to_string(),
+        "--serial",
+        "stdout",
+        "--events",
+        "fd:3",
+        "--control",
+        "fd:4",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    let child = jail.spawn(args, fds, cgroup_procs).expect("jailed spawn");
+    let (tx, events) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(events_rx).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        let line = events
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|e| {
+                let log = std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default();
+                panic!("no guest_ready from the jailed VMM ({e}); log: {log}")
+            });
+        if line.contains("\"guest_ready\"") {
+            break;
+        }
+    }
+    Booted {
+        child,
+        control,
+        console,
+        events,
+    }
+}
+
+/// One request on the control socket; the reply line.
+pub fn control(path: &Path, request: &str) -> String {
+    let mut stream = UnixStream::connect(path).expect("connect control socket");
+    writeln!(stream, "{request}").expect("send request");
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .expect("read reply");
+    reply
+}
