@@ -25,14 +25,19 @@ fn world() -> &'static World {
         blocks.mine_empty(3, b"fuzz");
         let mut chain = HeaderChain::in_memory(net, Checkpoint::genesis(net)).expect("genesis");
         chain
-            .append(&blocks.headers_after(0), blocks.now_us(), HeaderSource::Untrusted)
+            .append(
+                &blocks.headers_after(0),
+                blocks.now_us(),
+                HeaderSource::Untrusted,
+            )
             .expect("mined headers");
         let block = &blocks.blocks[1];
         let proof_hex = payment::onchain::regtest_fixtures::txout_proof_hex(
             block,
             &[block.txdata[0].compute_txid()],
         );
-        let script = bitcoin::ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array([3; 20]));
+        let script =
+            bitcoin::ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array([3; 20]));
         let quote = Quote {
             quote_id: "fuzz".into(),
             amount_msat: 1000,
@@ -44,7 +49,11 @@ fn world() -> &'static World {
             created_at_us: 0,
             expires_at_us: u64::MAX,
         };
-        World { chain, quote, proof_hex }
+        World {
+            chain,
+            quote,
+            proof_hex,
+        }
     })
 }
 
