@@ -64,6 +64,40 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: RegtestCmd,
     },
+    /// The tenant's credit wallet (Cashu notes in a local file).
+    Wallet {
+        #[command(subcommand)]
+        cmd: WalletCmd,
+        #[command(flatten)]
+        wallet: WalletArg,
+    },
+}
+
+/// Where the tenant's wallet file is.
+#[derive(Debug, Clone, Args)]
+pub struct WalletArg {
+    /// The wallet file (created on first use, mode 0600) [default: ~/.coinop/wallet.json].
+    #[arg(long = "wallet", env = "COINOP_WALLET", value_name = "FILE")]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalletCmd {
+    /// How much credit the wallet holds.
+    Balance,
+    /// Mint credit paid on the daemon's regtest chain (demo: mines the payment in-process).
+    Mint {
+        /// sat to mint.
+        #[arg(long)]
+        amount: u64,
+    },
+    /// Take notes worth at least AMOUNT sat out of the wallet and print them as a `payment`
+    /// for `lease create --payment -` or `lease topup --payment -`.
+    Pay {
+        /// sat to pay (the notes taken may add up to more: all of it is credited).
+        #[arg(long)]
+        amount: u64,
+    },
 }
 
 /// How a create or top-up pays: exactly one of --payment, --credit, or --tx/--proof/--quote-id.
@@ -131,8 +165,14 @@ pub enum LeaseCmd {
         id: String,
         #[command(flatten)]
         token: TokenArg,
-        #[arg(long, value_name = "FILE|-")]
+        #[arg(long, value_name = "FILE|-", conflicts_with = "change")]
         outputs: Option<String>,
+        /// Collect the change into the wallet (makes the blank outputs, unblinds the
+        /// signatures, checks their DLEQ proofs).
+        #[arg(long)]
+        change: bool,
+        #[command(flatten)]
+        wallet: WalletArg,
     },
     /// The guest's serial console so far (text, also with --json).
     Console {

@@ -6,6 +6,7 @@ pub mod args;
 pub mod exit;
 pub mod human;
 pub mod input;
+pub mod wallet_cli;
 
 use serde_json::{json, Value};
 
@@ -110,8 +111,10 @@ pub fn call_for(cmd: Cmd) -> Result<Call, Exit> {
             json!({"headers": input::read_headers(&file)?}),
             View::Headers,
         ),
-        Cmd::Regtest { .. } => {
-            return Err(Exit::usage("regtest commands are not a single API call"))
+        Cmd::Regtest { .. } | Cmd::Wallet { .. } => {
+            return Err(Exit::usage(
+                "regtest and wallet commands are not a single API call",
+            ))
         }
     })
 }
@@ -141,7 +144,9 @@ fn lease_call(cmd: LeaseCmd) -> Result<Call, Exit> {
             View::Topup,
         )
         .with_token(token.token),
-        LeaseCmd::Stop { id, token, outputs } => {
+        LeaseCmd::Stop {
+            id, token, outputs, ..
+        } => {
             let body = match outputs {
                 Some(f) => json!({"outputs": input::read_json(&f)?}),
                 None => json!({}),
@@ -194,6 +199,32 @@ pub async fn run(cli: Cli) -> Result<(), Exit> {
             .map_err(Exit::from_pay)?;
         println!("{p}");
         return Ok(());
+    }
+    match &cli.cmd {
+        Cmd::Wallet { cmd, wallet } => {
+            let path = wallet
+                .path
+                .clone()
+                .unwrap_or_else(wallet_cli::default_wallet_path);
+            return wallet_cli::run(&c, cmd, &path, cli.json).await;
+        }
+        Cmd::Lease {
+            cmd:
+                LeaseCmd::Stop {
+                    id,
+                    token,
+                    change: true,
+                    wallet,
+                    ..
+                },
+        } => {
+            let path = wallet
+                .path
+                .clone()
+                .unwrap_or_else(wallet_cli::default_wallet_path);
+            return wallet_cli::stop(&c, id, &token.token, &path, cli.json).await;
+        }
+        _ => {}
     }
     let call = call_for(cli.cmd)?;
     let reply = send(&c, &call).await?;
