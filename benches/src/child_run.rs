@@ -1,5 +1,6 @@
 //! Runs one child process (a VMM) and records when each of its output lines arrived, when it
-//! exited, and its peak RSS, with a deadline so a stuck guest can't stall the harness.
+//! exited, and its peak RSS, with a deadline so a stuck guest can't stall the harness. An
+//! optional driver (Firecracker's API calls) runs alongside; if it fails the child is killed.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
@@ -57,7 +58,23 @@ enum Stream {
     Err,
 }
 
-pub fn run(mut cmd: Command, deadline: &Deadline, label: &str) -> Result<ChildRun, BenchError> {
+/// What the collector hears: a line, or the driver's outcome.
+enum Msg {
+    Line(Stream, TimedLine),
+    Driven(Result<(), String>),
+    /// A pipe reached EOF (the driver may still hold a sender, so the channel stays open).
+    Eof,
+}
+
+/// Work done against the running child (e.g. configuring it over its API socket).
+pub type Driver = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
+pub fn run_driven(
+    mut cmd: Command,
+    deadline: &Deadline,
+    label: &str,
+    driver: Option<Driver>,
+) -> Result<ChildRun, BenchError> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -70,22 +87,41 @@ pub fn run(mut cmd: Command, deadline: &Deadline, label: &str) -> Result<ChildRu
     let (tx, rx) = mpsc::channel();
     let readers = [
         spawn_reader(child.stdout.take(), Stream::Out, tx.clone()),
-        spawn_reader(child.stderr.take(), Stream::Err, tx),
+        spawn_reader(child.stderr.take(), Stream::Err, tx.clone()),
     ];
-    let (stdout, stderr, killed) = collect(pid, &rx, deadline, spawned_at_us);
+    let driving = driver.map(|d| {
+        thread::spawn(move || {
+            let _ = tx.send(Msg::Driven(d()));
+        })
+    });
+    let open = readers.iter().flatten().count();
+    let c = collect(pid, &rx, deadline, spawned_at_us, open);
     let (status, max_rss_kib, reaped_at_us) = reap(pid, label)?;
     for r in readers.into_iter().flatten() {
         // A reader ends at EOF, which the child's exit guarantees.
         let _ = r.join();
     }
-    // Drain what the readers sent after the collector stopped listening.
-    let (mut stdout, mut stderr) = (stdout, stderr);
-    for (stream, line) in rx.try_iter() {
-        match stream {
-            Stream::Out => stdout.push(line),
-            Stream::Err => stderr.push(line),
+    if let Some(d) = driving {
+        // The driver's own timeout bounds it.
+        let _ = d.join();
+    }
+    // Drain what was sent after the collector stopped listening.
+    let (mut stdout, mut stderr, mut drive_error) = (c.out, c.err, c.drive_error);
+    for msg in rx.try_iter() {
+        match msg {
+            Msg::Line(Stream::Out, line) => stdout.push(line),
+            Msg::Line(Stream::Err, line) => stderr.push(line),
+            Msg::Driven(Err(e)) => drive_error = Some(e),
+            Msg::Driven(Ok(())) | Msg::Eof => {}
         }
     }
+    if let Some(detail) = drive_error {
+        return Err(BenchError::Run {
+            what: label.to_string(),
+            detail,
+        });
+    }
+    let killed = c.killed;
     Ok(ChildRun {
         spawned_at_us,
         stdout,
@@ -100,7 +136,7 @@ pub fn run(mut cmd: Command, deadline: &Deadline, label: &str) -> Result<ChildRu
 fn spawn_reader<R: Read + Send + 'static>(
     pipe: Option<R>,
     stream: Stream,
-    tx: mpsc::Sender<(Stream, TimedLine)>,
+    tx: mpsc::Sender<Msg>,
 ) -> Option<thread::JoinHandle<()>> {
     let pipe = pipe?;
     Some(thread::spawn(move || {
@@ -110,28 +146,37 @@ fn spawn_reader<R: Read + Send + 'static>(
                 at_us: monotonic_us(),
                 text,
             };
-            if tx.send((stream, timed)).is_err() {
+            if tx.send(Msg::Line(stream, timed)).is_err() {
                 break;
             }
         }
+        let _ = tx.send(Msg::Eof);
     }))
 }
 
-type Collected = (Vec<TimedLine>, Vec<TimedLine>, bool);
+struct Collected {
+    out: Vec<TimedLine>,
+    err: Vec<TimedLine>,
+    killed: bool,
+    drive_error: Option<String>,
+}
 
-/// Gathers lines until both pipes close, killing the child at the deadline or marker.
+/// Gathers lines until both pipes close, killing the child at the deadline, the marker, or
+/// a failed driver.
 fn collect(
     pid: libc::pid_t,
-    rx: &mpsc::Receiver<(Stream, TimedLine)>,
+    rx: &mpsc::Receiver<Msg>,
     deadline: &Deadline,
     start_us: u64,
+    mut pipes_open: usize,
 ) -> Collected {
     let (mut out, mut err, mut killed) = (Vec::new(), Vec::new(), false);
+    let mut drive_error = None;
     let limit_us = start_us + deadline.timeout.as_micros() as u64;
-    loop {
+    while pipes_open > 0 {
         let left = limit_us.saturating_sub(monotonic_us());
         match rx.recv_timeout(Duration::from_micros(left.max(1))) {
-            Ok((Stream::Out, line)) => {
+            Ok(Msg::Line(Stream::Out, line)) => {
                 let hit = deadline
                     .kill_after
                     .as_deref()
@@ -142,7 +187,16 @@ fn collect(
                     killed = true;
                 }
             }
-            Ok((Stream::Err, line)) => err.push(line),
+            Ok(Msg::Line(Stream::Err, line)) => err.push(line),
+            Ok(Msg::Driven(Err(e))) => {
+                drive_error = Some(e);
+                if !killed {
+                    kill(pid);
+                    killed = true;
+                }
+            }
+            Ok(Msg::Driven(Ok(()))) => {}
+            Ok(Msg::Eof) => pipes_open -= 1,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if !killed {
@@ -152,7 +206,12 @@ fn collect(
             }
         }
     }
-    (out, err, killed)
+    Collected {
+        out,
+        err,
+        killed,
+        drive_error,
+    }
 }
 
 fn kill(pid: libc::pid_t) {

@@ -1,12 +1,15 @@
 //! How each engine under test is started on the same guest image, and which of its output
-//! marks a figure. coinop-vmm reports its own events; peers are timed by their first serial
-//! line, which coinop also prints, so the one figure every engine shares is comparable.
+//! marks a figure. coinop-vmm reports its own events; peers are timed by the guest's ready
+//! line on the serial console, which coinop also prints, so the one figure every engine
+//! shares is comparable.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The line the test guest prints on COM1 once it runs: the common "guest is up" mark.
-pub const READY_LINE: &str = "coinop-testguest ready";
+use crate::firecracker_api::{self, FcVm};
+
+/// The line the test guest prints on COM1 once it runs: the default "guest is up" mark.
+pub const TESTGUEST_READY_LINE: &str = "coinop-testguest ready";
 
 /// One VM shape to boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -21,17 +24,41 @@ impl std::fmt::Display for VmShape {
     }
 }
 
-/// The guest every engine boots.
+/// The guest every engine boots: the test guest by default, or a Linux vmlinux + initrd.
 #[derive(Clone, Debug)]
 pub struct GuestImage {
     pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
     pub cmdline: String,
+    /// A serial line containing this marks the guest as up on every engine.
+    pub ready_line: String,
+    /// Whether the guest writes the boot-timer port (coinop's `guest_ready` event).
+    pub boot_timer: bool,
+    /// Whether the guest ends the VM by itself after its ready line (the test guest's
+    /// `mode=halt` resets); when not, every engine is killed at the ready line.
+    pub ends_itself: bool,
+}
+
+/// Firecracker can be driven two documented ways; both are measured when it is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FcMode {
+    /// `--api-sock`: PUT /boot-source, PUT /machine-config, PUT /actions InstanceStart.
+    Api,
+    /// `--no-api --config-file`: the same settings from one JSON file.
+    ConfigFile,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Engine {
     Coinop { bin: PathBuf },
     Qemu { bin: PathBuf },
+    Firecracker { bin: PathBuf, mode: FcMode },
+}
+
+/// A command ready to spawn, and what must happen once it runs (Firecracker's API calls).
+pub struct Prepared {
+    pub command: Command,
+    pub api: Option<(PathBuf, FcVm)>,
 }
 
 impl Engine {
@@ -39,27 +66,62 @@ impl Engine {
         match self {
             Engine::Coinop { .. } => "coinop",
             Engine::Qemu { .. } => "qemu-microvm",
+            Engine::Firecracker {
+                mode: FcMode::Api, ..
+            } => "firecracker-api",
+            Engine::Firecracker {
+                mode: FcMode::ConfigFile,
+                ..
+            } => "firecracker-cfg",
         }
     }
 
-    /// Whether the guest's own reset ends the process (so the exit time means something).
-    pub fn guest_ends_process(&self) -> bool {
+    /// Whether this engine reports coinop-vmm's JSON events.
+    pub fn has_events(&self) -> bool {
         matches!(self, Engine::Coinop { .. })
     }
 
-    pub fn command(&self, guest: &GuestImage, shape: VmShape, start_us: u64) -> Command {
-        match self {
-            Engine::Coinop { bin } => coinop_command(bin, guest, shape, start_us),
-            Engine::Qemu { bin } => qemu_command(bin, guest, shape),
-        }
+    /// Builds the command for one run; `run_dir` holds per-run files (API socket, config).
+    pub fn prepare(
+        &self,
+        guest: &GuestImage,
+        shape: VmShape,
+        start_us: u64,
+        run_dir: &Path,
+    ) -> Result<Prepared, std::io::Error> {
+        let (command, api) = match self {
+            Engine::Coinop { bin } => (coinop_command(bin, guest, shape, start_us), None),
+            Engine::Qemu { bin } => (qemu_command(bin, guest, shape), None),
+            Engine::Firecracker { bin, mode } => {
+                let vm = FcVm::new(guest, shape);
+                match mode {
+                    FcMode::Api => {
+                        let sock = run_dir.join("firecracker.sock");
+                        let mut c = Command::new(bin);
+                        c.arg("--api-sock").arg(&sock);
+                        (c, Some((sock, vm)))
+                    }
+                    FcMode::ConfigFile => {
+                        let file = run_dir.join("firecracker.json");
+                        std::fs::write(&file, firecracker_api::config_file_json(&vm))?;
+                        let mut c = Command::new(bin);
+                        c.arg("--no-api").arg("--config-file").arg(&file);
+                        (c, None)
+                    }
+                }
+            }
+        };
+        Ok(Prepared { command, api })
     }
 }
 
 fn coinop_command(bin: &Path, guest: &GuestImage, shape: VmShape, start_us: u64) -> Command {
     let mut c = Command::new(bin);
-    c.arg("--kernel")
-        .arg(&guest.kernel)
-        .args(["--cmdline", &guest.cmdline])
+    c.arg("--kernel").arg(&guest.kernel);
+    if let Some(initrd) = &guest.initrd {
+        c.arg("--initrd").arg(initrd);
+    }
+    c.args(["--cmdline", &guest.cmdline])
         .args(["--vcpus", &shape.vcpus.to_string()])
         .args(["--mem-mib", &shape.mem_mib.to_string()])
         .args(["--serial", "stdout", "--events", "stderr"])
@@ -81,6 +143,9 @@ fn qemu_command(bin: &Path, guest: &GuestImage, shape: VmShape) -> Command {
         .arg("-kernel")
         .arg(&guest.kernel)
         .args(["-append", &guest.cmdline]);
+    if let Some(initrd) = &guest.initrd {
+        c.arg("-initrd").arg(initrd);
+    }
     c
 }
 
@@ -90,4 +155,92 @@ pub fn which(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest(initrd: Option<&str>) -> GuestImage {
+        GuestImage {
+            kernel: "/k/vmlinux".into(),
+            initrd: initrd.map(PathBuf::from),
+            cmdline: "console=ttyS0 quiet".into(),
+            ready_line: "READY".into(),
+            boot_timer: false,
+            ends_itself: false,
+        }
+    }
+
+    fn args(c: &Command) -> Vec<String> {
+        c.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn linux_images_pass_their_initrd_to_every_engine() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shape = VmShape {
+            vcpus: 2,
+            mem_mib: 256,
+        };
+        let g = guest(Some("/k/initrd.cpio"));
+        let coinop = Engine::Coinop { bin: "vmm".into() }
+            .prepare(&g, shape, 1, dir.path())
+            .expect("prepare");
+        let a = args(&coinop.command);
+        assert!(
+            a.windows(2).any(|w| w == ["--initrd", "/k/initrd.cpio"]),
+            "{a:?}"
+        );
+        let qemu = Engine::Qemu { bin: "qemu".into() }
+            .prepare(&g, shape, 1, dir.path())
+            .expect("prepare");
+        let a = args(&qemu.command);
+        assert!(
+            a.windows(2).any(|w| w == ["-initrd", "/k/initrd.cpio"]),
+            "{a:?}"
+        );
+        assert!(
+            a.windows(2)
+                .any(|w| w == ["-append", "console=ttyS0 quiet"]),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn firecracker_modes_get_a_socket_or_a_config_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shape = VmShape {
+            vcpus: 1,
+            mem_mib: 128,
+        };
+        let api = Engine::Firecracker {
+            bin: "fc".into(),
+            mode: FcMode::Api,
+        }
+        .prepare(&guest(None), shape, 1, dir.path())
+        .expect("prepare");
+        let (sock, vm) = api.api.expect("API mode drives the socket");
+        assert_eq!(
+            args(&api.command),
+            ["--api-sock", &sock.display().to_string()]
+        );
+        assert_eq!(vm.machine.mem_size_mib, 128);
+
+        let cfg = Engine::Firecracker {
+            bin: "fc".into(),
+            mode: FcMode::ConfigFile,
+        }
+        .prepare(&guest(None), shape, 1, dir.path())
+        .expect("prepare");
+        assert!(cfg.api.is_none());
+        let a = args(&cfg.command);
+        assert_eq!(a[..2], ["--no-api", "--config-file"]);
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&a[2]).expect("config file written"))
+                .expect("config file is JSON");
+        assert_eq!(written["boot-source"]["kernel_image_path"], "/k/vmlinux");
+    }
 }

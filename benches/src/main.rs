@@ -1,24 +1,37 @@
-//! `coinop-bench`: coinop's boot-latency and throughput harness. Each scenario boots the same
-//! guest image on coinop and on the peers a user would pick instead, in alternating runs, and
-//! prints min / median / p95 / max, with JSON and an SVG plot for the record.
-//!
-//! Scenarios so far: `vmm` (exec → vcpus_started → guest_ready → exit, peak RSS).
+//! `coinop-bench`: coinop's boot-latency and throughput harness. Each scenario runs N times
+//! after warm-up and prints min / median / p95 / max, with JSON and an SVG plot for the
+//! record. Scenarios: `vmm` (exec → vcpus_started → guest_ready → exit, with QEMU and,
+//! when given, Firecracker booting the same image in alternating runs), `lease` (request →
+//! guest_ready through coinopd, credit and on-chain), `burst` (K concurrent leases),
+//! `density` (guests until capacity, RSS) and `payment` (the payment crate's rates).
 
 mod child_run;
 mod clock;
+mod credit_wallet;
+mod daemon_proc;
 mod engines;
 mod error;
+mod firecracker_api;
+mod lease_request;
+mod proc_stats;
 mod report;
+mod sample_set;
+mod scenario_burst;
+mod scenario_density;
+mod scenario_lease;
+mod scenario_payment;
 mod scenario_vmm;
 mod stats;
 mod svg_plot;
 mod vmm_events;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use engines::{Engine, GuestImage, VmShape};
+use daemon_proc::DaemonSpec;
+use engines::{Engine, FcMode, GuestImage, VmShape, TESTGUEST_READY_LINE};
 use error::BenchError;
 use report::ScenarioReport;
 
@@ -40,17 +53,108 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
-    /// Boot the guest image N times per shape and engine.
+    /// Boot the guest image N times per shape and engine (coinop, QEMU, Firecracker).
     Vmm(VmmArgs),
+    /// Lease requests through coinopd, paid with credit and on-chain: arrival → guest_ready.
+    Lease(LeaseArgs),
+    /// K concurrent lease requests (K = 1, 8, 32 by default): latency and throughput.
+    Burst(BurstArgs),
+    /// Guests until the daemon's capacity is full: RSS per VMM, total, and coinopd's.
+    Density(DensityArgs),
+    /// The payment crate in-process: proof verification, redemption, swap rates.
+    Payment(PaymentArgs),
+}
+
+/// The guest every engine boots: the test guest by default, or a Linux image.
+#[derive(clap::Args, Clone)]
+struct GuestArgs {
+    /// The guest kernel (the test guest's PVH ELF, or a Linux vmlinux).
+    #[arg(long, env = "COINOP_KERNEL")]
+    kernel: PathBuf,
+    /// An initrd for a Linux guest.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (default: mode=halt for `vmm`, mode=echo for daemon scenarios).
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// A serial line containing this marks the guest as up, on every engine.
+    #[arg(long, default_value = TESTGUEST_READY_LINE)]
+    ready_line: String,
+    /// The guest does not write 123 to port 0x3f0 (coinop's guest_ready event); the ready
+    /// line is then the only mark. The daemon scenarios need the boot timer.
+    #[arg(long)]
+    no_boot_timer: bool,
+    /// The guest keeps running after its ready line (e.g. Linux): every engine is killed
+    /// at the ready line instead of waiting for the guest to reset.
+    #[arg(long)]
+    kill_at_ready: bool,
+}
+
+impl GuestArgs {
+    fn image(&self, default_cmdline: &str) -> GuestImage {
+        GuestImage {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            cmdline: self
+                .cmdline
+                .clone()
+                .unwrap_or_else(|| default_cmdline.to_string()),
+            ready_line: self.ready_line.clone(),
+            boot_timer: !self.no_boot_timer,
+            ends_itself: !self.kill_at_ready,
+        }
+    }
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct RunArgs {
+    #[arg(long)]
+    runs: Option<usize>,
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// A few runs of a small configuration: checks the scenario works; figures mean little.
+    #[arg(long)]
+    quick: bool,
+}
+
+impl RunArgs {
+    /// (runs, warmup): the user's, else the scenario's full or quick defaults.
+    fn resolve(
+        self,
+        full: (usize, usize),
+        quick: (usize, usize),
+    ) -> Result<(usize, usize), BenchError> {
+        let d = if self.quick { quick } else { full };
+        let runs = self.runs.unwrap_or(d.0);
+        if runs == 0 {
+            return Err(BenchError::Usage("--runs must be at least 1".into()));
+        }
+        Ok((runs, self.warmup.unwrap_or(d.1)))
+    }
+}
+
+#[derive(clap::Args, Clone)]
+struct DaemonArgs {
+    /// coinopd binary (default: next to this executable).
+    #[arg(long)]
+    coinopd_bin: Option<PathBuf>,
+    /// coinop-vmm binary (default: next to this executable).
+    #[arg(long)]
+    vmm_bin: Option<PathBuf>,
+    /// vCPUs of each lease.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// MiB of each lease.
+    #[arg(long, default_value_t = 64)]
+    mem_mib: u64,
 }
 
 #[derive(clap::Args)]
 struct VmmArgs {
-    /// The guest kernel every engine boots (the test guest's PVH ELF by default).
-    #[arg(long, env = "COINOP_KERNEL")]
-    kernel: PathBuf,
-    #[arg(long, default_value = "mode=halt")]
-    cmdline: String,
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    run: RunArgs,
     /// coinop-vmm binary (default: next to this executable).
     #[arg(long)]
     vmm_bin: Option<PathBuf>,
@@ -61,16 +165,64 @@ struct VmmArgs {
         value_delimiter = ','
     )]
     shapes: Vec<String>,
-    #[arg(long, default_value_t = 50)]
-    runs: usize,
-    #[arg(long, default_value_t = 5)]
-    warmup: usize,
     /// QEMU binary for the microvm peer; `none` leaves QEMU out. Default: on PATH if present.
     #[arg(long)]
     qemu: Option<String>,
-    /// A few runs of one shape: checks the harness works; its figures mean little.
+    /// A Firecracker binary: booted through its API socket and with --no-api --config-file.
+    /// Never built or downloaded by the harness.
     #[arg(long)]
-    quick: bool,
+    firecracker: Option<PathBuf>,
+    /// Longest one boot may take, seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout_s: u64,
+}
+
+#[derive(clap::Args)]
+struct LeaseArgs {
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(clap::Args)]
+struct BurstArgs {
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    /// Burst sizes K, comma-separated.
+    #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
+    sizes: Vec<usize>,
+}
+
+#[derive(clap::Args)]
+struct DensityArgs {
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    /// Guests the daemon's capacity is sized for.
+    #[arg(long, default_value_t = 16)]
+    guests: usize,
+}
+
+#[derive(clap::Args)]
+struct PaymentArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Regtest headers in the chain that SPV proofs are checked against.
+    #[arg(long, default_value_t = 100_000)]
+    headers: usize,
+    /// Operations of each kind per run.
+    #[arg(long, default_value_t = 200)]
+    batch: usize,
 }
 
 fn main() {
@@ -85,11 +237,123 @@ fn main() {
 }
 
 fn run(cli: &Cli) -> Result<(), BenchError> {
-    let reports = match &cli.scenario {
-        Scenario::Vmm(args) => vmm_scenario(args)?.run()?,
+    let load_before = load_average();
+    let mut reports = match &cli.scenario {
+        Scenario::Vmm(a) => vmm_scenario(a)?.run()?,
+        Scenario::Lease(a) => {
+            let (runs, warmup) = a.run.resolve((20, 2), (2, 0))?;
+            let s = scenario_lease::LeaseScenario {
+                daemon: daemon_spec(&a.guest, &a.daemon, 1)?,
+                vcpus: a.daemon.vcpus,
+                mem_mib: a.daemon.mem_mib,
+                runs,
+                warmup,
+                notes: Vec::new(),
+            };
+            block_on(s.run())?
+        }
+        Scenario::Burst(a) => {
+            let (runs, warmup) = a.run.resolve((5, 1), (1, 0))?;
+            let mut sizes = a.sizes.clone();
+            if a.run.quick {
+                sizes = vec![1, 2];
+            }
+            if sizes.is_empty() || sizes.contains(&0) {
+                return Err(BenchError::Usage("--sizes must be positive numbers".into()));
+            }
+            let max = sizes.iter().copied().max().unwrap_or(1);
+            let s = scenario_burst::BurstScenario {
+                daemon: daemon_spec(&a.guest, &a.daemon, max)?,
+                sizes,
+                vcpus: a.daemon.vcpus,
+                mem_mib: a.daemon.mem_mib,
+                runs,
+                warmup,
+                notes: Vec::new(),
+            };
+            block_on(s.run())?
+        }
+        Scenario::Density(a) => {
+            let (runs, warmup) = a.run.resolve((3, 1), (1, 0))?;
+            let guests = if a.run.quick { 2 } else { a.guests };
+            if guests == 0 {
+                return Err(BenchError::Usage("--guests must be at least 1".into()));
+            }
+            let s = scenario_density::DensityScenario {
+                daemon: daemon_spec(&a.guest, &a.daemon, guests)?,
+                guests,
+                vcpus: a.daemon.vcpus,
+                mem_mib: a.daemon.mem_mib,
+                runs,
+                warmup,
+                notes: Vec::new(),
+            };
+            block_on(s.run())?
+        }
+        Scenario::Payment(a) => {
+            let (runs, warmup) = a.run.resolve((10, 1), (2, 0))?;
+            let (headers, batch) = if a.run.quick {
+                (500, 10)
+            } else {
+                (a.headers, a.batch.max(1))
+            };
+            scenario_payment::PaymentScenario {
+                headers,
+                batch,
+                runs,
+                warmup,
+                notes: Vec::new(),
+            }
+            .run()?
+        }
     };
+    let note = format!(
+        "host load average (1/5/15 min) at start {load_before}, at end {}; {} CPUs",
+        load_average(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for r in &mut reports {
+        r.notes.push(note.clone());
+    }
     report::print_table(&reports);
     write_outputs(cli, &reports)
+}
+
+fn block_on<T>(
+    f: impl std::future::Future<Output = Result<T, BenchError>>,
+) -> Result<T, BenchError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::Usage(format!("cannot start the async runtime: {e}")))?
+        .block_on(f)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A daemon whose capacity fits `guests` leases of the requested shape exactly.
+fn daemon_spec(g: &GuestArgs, d: &DaemonArgs, guests: usize) -> Result<DaemonSpec, BenchError> {
+    if g.no_boot_timer {
+        return Err(BenchError::Usage(
+            "coinopd counts a guest as booted at its guest_ready event: the daemon scenarios \
+             need a guest that writes 123 to port 0x3f0 (drop --no-boot-timer)"
+                .into(),
+        ));
+    }
+    let guests = u32::try_from(guests)
+        .map_err(|_| BenchError::Usage(format!("{guests} guests is too many")))?;
+    Ok(DaemonSpec {
+        coinopd: d.coinopd_bin.clone().unwrap_or_else(|| sibling("coinopd")),
+        vmm: d.vmm_bin.clone().unwrap_or_else(|| sibling("coinop-vmm")),
+        guest: g.image("mode=echo"),
+        capacity_vcpus: d.vcpus.saturating_mul(guests),
+        capacity_mib: d.mem_mib.saturating_mul(u64::from(guests)),
+    })
 }
 
 fn vmm_scenario(a: &VmmArgs) -> Result<scenario_vmm::VmmScenario, BenchError> {
@@ -98,31 +362,44 @@ fn vmm_scenario(a: &VmmArgs) -> Result<scenario_vmm::VmmScenario, BenchError> {
         .iter()
         .map(|s| parse_shape(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let (mut runs, mut warmup) = (a.runs, a.warmup);
-    if a.quick {
+    let (runs, warmup) = a.run.resolve((50, 5), (3, 1))?;
+    if a.run.quick {
         shapes.truncate(1);
-        (runs, warmup) = (3, 1);
-    }
-    if runs == 0 {
-        return Err(BenchError::Usage("--runs must be at least 1".into()));
     }
     let mut engines = vec![Engine::Coinop {
         bin: a.vmm_bin.clone().unwrap_or_else(|| sibling("coinop-vmm")),
     }];
+    let mut notes = Vec::new();
     if let Some(bin) = qemu_bin(a.qemu.as_deref()) {
         engines.push(Engine::Qemu { bin });
     } else {
-        eprintln!("coinop-bench: QEMU not found (apt-get install qemu-system-x86): no QEMU peer in this run");
+        let n = "QEMU was not run (--qemu none, or qemu-system-x86_64 not on PATH: apt-get install qemu-system-x86)";
+        eprintln!("coinop-bench: {n}");
+        notes.push(n.to_string());
+    }
+    match &a.firecracker {
+        Some(bin) => {
+            for mode in [FcMode::Api, FcMode::ConfigFile] {
+                engines.push(Engine::Firecracker {
+                    bin: bin.clone(),
+                    mode,
+                });
+            }
+        }
+        None => {
+            let n = "Firecracker was not run (pass --firecracker PATH to a firecracker binary)";
+            eprintln!("coinop-bench: {n}");
+            notes.push(n.to_string());
+        }
     }
     Ok(scenario_vmm::VmmScenario {
         engines,
-        guest: GuestImage {
-            kernel: a.kernel.clone(),
-            cmdline: a.cmdline.clone(),
-        },
+        guest: a.guest.image("mode=halt"),
         shapes,
         warmup,
         runs,
+        timeout: Duration::from_secs(a.timeout_s.max(1)),
+        notes,
     })
 }
 
@@ -167,4 +444,99 @@ fn write_outputs(cli: &Cli, reports: &[ScenarioReport]) -> Result<(), BenchError
         write(p, svg_plot::render(reports))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linux_guest_flags_parse_for_every_boot_scenario() {
+        for sc in ["vmm", "lease", "burst", "density"] {
+            let cli = Cli::try_parse_from([
+                "coinop-bench",
+                sc,
+                "--kernel",
+                "vmlinux",
+                "--initrd",
+                "initrd.cpio",
+                "--cmdline",
+                "console=ttyS0 reboot=k",
+                "--ready-line",
+                "Run /init",
+                "--kill-at-ready",
+                "--quick",
+            ])
+            .unwrap_or_else(|e| panic!("{sc}: {e}"));
+            let g = match &cli.scenario {
+                Scenario::Vmm(a) => &a.guest,
+                Scenario::Lease(a) => &a.guest,
+                Scenario::Burst(a) => &a.guest,
+                Scenario::Density(a) => &a.guest,
+                Scenario::Payment(_) => unreachable!("not in the list"),
+            };
+            let img = g.image("mode=halt");
+            assert_eq!(img.initrd, Some(PathBuf::from("initrd.cpio")));
+            assert_eq!(img.cmdline, "console=ttyS0 reboot=k");
+            assert_eq!(img.ready_line, "Run /init");
+            assert!(!img.ends_itself && img.boot_timer);
+        }
+    }
+
+    #[test]
+    fn daemon_scenarios_refuse_guests_without_the_boot_timer() {
+        let cli =
+            Cli::try_parse_from(["coinop-bench", "lease", "--kernel", "k", "--no-boot-timer"])
+                .expect("parses");
+        let Scenario::Lease(a) = &cli.scenario else {
+            unreachable!("parsed as lease")
+        };
+        let e = daemon_spec(&a.guest, &a.daemon, 1).expect_err("refused");
+        assert!(e.to_string().contains("0x3f0"), "{e}");
+    }
+
+    #[test]
+    fn capacity_fits_the_guests_exactly() {
+        let cli = Cli::try_parse_from([
+            "coinop-bench",
+            "density",
+            "--kernel",
+            "k",
+            "--vcpus",
+            "2",
+            "--mem-mib",
+            "96",
+        ])
+        .expect("parses");
+        let Scenario::Density(a) = &cli.scenario else {
+            unreachable!("parsed as density")
+        };
+        let d = daemon_spec(&a.guest, &a.daemon, 5).expect("spec");
+        assert_eq!((d.capacity_vcpus, d.capacity_mib), (10, 480));
+        assert_eq!(d.guest.cmdline, "mode=echo");
+    }
+
+    #[test]
+    fn bad_shapes_and_zero_runs_are_usage_errors() {
+        assert!(parse_shape("2x").is_err());
+        assert_eq!(
+            parse_shape("2x128").expect("valid"),
+            VmShape {
+                vcpus: 2,
+                mem_mib: 128
+            }
+        );
+        let r = RunArgs {
+            runs: Some(0),
+            warmup: None,
+            quick: false,
+        };
+        assert!(r.resolve((5, 1), (1, 0)).is_err());
+        let q = RunArgs {
+            runs: None,
+            warmup: None,
+            quick: true,
+        };
+        assert_eq!(q.resolve((5, 1), (1, 0)).expect("quick"), (1, 0));
+    }
 }

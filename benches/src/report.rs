@@ -31,6 +31,8 @@ pub struct ScenarioReport {
     pub rows: Vec<MetricRow>,
     /// (what, summary of per-run-pair ratios)
     pub ratios: Vec<(String, Summary)>,
+    /// What a reader must know to trust the figures (peers not run, host load, ...).
+    pub notes: Vec<String>,
 }
 
 /// Summary of ours[i] / theirs[i] over run pairs: pairs ran back to back, so each ratio
@@ -52,13 +54,13 @@ pub fn print_table(reports: &[ScenarioReport]) {
             r.scenario, r.config, r.runs, r.warmup
         );
         println!(
-            "  {:<14} {:<30} {:>9} {:>9} {:>9} {:>9}",
+            "  {:<16} {:<36} {:>12} {:>12} {:>12} {:>12}",
             "engine", "metric", "min", "median", "p95", "max"
         );
         for row in &r.rows {
             let s = &row.summary;
             println!(
-                "  {:<14} {:<30} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                "  {:<16} {:<36} {:>12.3} {:>12.3} {:>12.3} {:>12.3}",
                 row.engine, row.metric, s.min, s.median, s.p95, s.max
             );
         }
@@ -67,6 +69,9 @@ pub fn print_table(reports: &[ScenarioReport]) {
                 "  ratio {what}: median {:.3}, p95 {:.3} (min {:.3}, max {:.3})",
                 s.median, s.p95, s.min, s.max
             );
+        }
+        for n in &r.notes {
+            println!("  note: {n}");
         }
     }
 }

@@ -1,0 +1,241 @@
+//! A real `coinopd` process for the lease, burst and density scenarios: started on a fresh
+//! state directory with a capacity that fits the scenario, talked to with the lease crate's
+//! own client, and shut down with every guest it started stopped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lease::client::{Client, Reply};
+use serde_json::{json, Value};
+
+use crate::engines::GuestImage;
+use crate::error::BenchError;
+use crate::proc_stats;
+
+/// The image name the harness registers with the daemon.
+pub const IMAGE: &str = "bench";
+
+/// How to start a daemon: binaries and the capacity it sells.
+#[derive(Clone, Debug)]
+pub struct DaemonSpec {
+    pub coinopd: PathBuf,
+    pub vmm: PathBuf,
+    pub guest: GuestImage,
+    pub capacity_vcpus: u32,
+    pub capacity_mib: u64,
+}
+
+pub struct Daemon {
+    child: Child,
+    pub client: Client,
+    pub socket: PathBuf,
+    /// Leases this harness created and has not stopped: (id, token).
+    live: Vec<(String, String)>,
+    _state: tempfile::TempDir,
+}
+
+fn err(detail: impl std::fmt::Display) -> BenchError {
+    BenchError::Run {
+        what: "coinopd".into(),
+        detail: detail.to_string(),
+    }
+}
+
+impl DaemonSpec {
+    /// `--image bench=KERNEL[,initrd=..][,cmdline=..]`: cmdline last, it swallows commas.
+    fn image_flag(&self) -> String {
+        let g = &self.guest;
+        let mut s = format!("{IMAGE}={}", g.kernel.display());
+        if let Some(i) = &g.initrd {
+            s.push_str(&format!(",initrd={}", i.display()));
+        }
+        s.push_str(&format!(",cmdline={}", g.cmdline));
+        s
+    }
+
+    fn args(&self, state: &Path, socket: &Path) -> Vec<String> {
+        vec![
+            "--state-dir".into(),
+            state.display().to_string(),
+            "--socket".into(),
+            socket.display().to_string(),
+            "--network".into(),
+            "regtest".into(),
+            "--capacity-vcpus".into(),
+            self.capacity_vcpus.to_string(),
+            "--capacity-mib".into(),
+            self.capacity_mib.to_string(),
+            "--overcommit".into(),
+            "1".into(),
+            "--vmm-bin".into(),
+            self.vmm.display().to_string(),
+            "--testguest".into(),
+            self.guest.kernel.display().to_string(),
+            "--image".into(),
+            self.image_flag(),
+        ]
+    }
+
+    pub async fn start(&self) -> Result<Daemon, BenchError> {
+        let state = tempfile::tempdir().map_err(|e| err(format!("state dir: {e}")))?;
+        let socket = state.path().join("coinop.sock");
+        let log = std::fs::File::create(state.path().join("coinopd.log"))
+            .map_err(|e| err(format!("log file: {e}")))?;
+        let log2 = log.try_clone().map_err(|e| err(format!("log file: {e}")))?;
+        let child = Command::new(&self.coinopd)
+            .args(self.args(state.path(), &socket))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .spawn()
+            .map_err(|source| BenchError::Spawn {
+                what: format!("coinopd ({})", self.coinopd.display()),
+                source,
+            })?;
+        let mut d = Daemon {
+            child,
+            client: Client::new(&socket),
+            socket,
+            live: Vec::new(),
+            _state: state,
+        };
+        d.wait_ready().await?;
+        Ok(d)
+    }
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_tail(&self) -> String {
+        let text =
+            std::fs::read_to_string(self._state.path().join("coinopd.log")).unwrap_or_default();
+        let lines: Vec<_> = text.lines().rev().take(5).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), BenchError> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(err(format!(
+                    "exited at start ({status}): {}",
+                    self.log_tail()
+                )));
+            }
+            if let Ok(r) = self.client.call("GET", "/v1/host", None, None).await {
+                if r.status == 200 {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(err(format!(
+            "no answer on its socket within 20 s: {}",
+            self.log_tail()
+        )))
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<Reply, BenchError> {
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        self.client
+            .call(method, path, token, bytes)
+            .await
+            .map_err(|e| err(format!("{method} {path}: {e}")))
+    }
+
+    /// Remembers a created lease so it is stopped before the daemon goes.
+    pub fn track(&mut self, reply: &Value) {
+        if let (Some(id), Some(tok)) = (reply["lease_id"].as_str(), reply["token"].as_str()) {
+            self.live.push((id.to_string(), tok.to_string()));
+        }
+    }
+
+    /// Stops every tracked lease (concurrently) and waits until the capacity is free again.
+    pub async fn stop_all(&mut self) -> Result<(), BenchError> {
+        let mut set = tokio::task::JoinSet::new();
+        for (id, tok) in std::mem::take(&mut self.live) {
+            let client = Client::new(&self.socket);
+            set.spawn(async move {
+                let path = format!("/v1/leases/{id}/stop");
+                client
+                    .call("POST", &path, Some(&tok), None)
+                    .await
+                    .map_err(|e| err(format!("POST {path}: {e}")))
+            });
+        }
+        while let Some(joined) = set.join_next().await {
+            let r = joined.map_err(|e| err(format!("stop task: {e}")))??;
+            // 409: the guest already ended by itself (e.g. mode=halt), which is fine.
+            if r.status != 200 && r.status != 409 {
+                return Err(err(format!(
+                    "stop answered HTTP {}: {}",
+                    r.status,
+                    r.text()
+                )));
+            }
+        }
+        self.wait_vmms_gone(Duration::from_secs(20)).await
+    }
+
+    async fn wait_vmms_gone(&self, limit: Duration) -> Result<(), BenchError> {
+        let start = Instant::now();
+        while !proc_stats::children_named(self.pid(), "coinop-vmm").is_empty() {
+            if start.elapsed() > limit {
+                return Err(err("VMMs still running 20 s after their leases stopped"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Stops the guests, then the daemon; any VMM still there is killed by its pid.
+    pub async fn shutdown(mut self) -> Result<(), BenchError> {
+        let stopped = self.stop_all().await;
+        for pid in proc_stats::children_named(self.pid(), "coinop-vmm") {
+            kill(pid);
+        }
+        kill_term(self.child.id());
+        let _ = self.child.wait();
+        stopped
+    }
+}
+
+impl Drop for Daemon {
+    /// On an error path: leave nothing running that this harness started.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            for pid in proc_stats::children_named(self.pid(), "coinop-vmm") {
+                kill(pid);
+            }
+            kill_term(self.child.id());
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn kill(pid: u32) {
+    // SAFETY: plain syscall; `pid` was read from /proc as a child of our own daemon just now.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+}
+
+fn kill_term(pid: u32) {
+    // SAFETY: plain syscall on our own unreaped child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+}
+
+/// A lease request body for the bench image.
+pub fn lease_body(vcpus: u32, mem_mib: u64, cmdline: &str, payment: Value) -> Value {
+    json!({"vcpus": vcpus, "mem_mib": mem_mib, "image": IMAGE, "cmdline": cmdline,
+           "payment": payment})
+}
