@@ -262,3 +262,100 @@ async fn create_show_and_stop_with_credit_from_a_file() {
     assert_fails(&again, 1, "HTTP 409 already_spent");
     d.shutdown().await;
 }
+
+/// Runs coinop with a wallet file, off the async runtime (the daemon serves on it).
+async fn coinop_wallet(
+    socket: &std::path::Path,
+    wallet: &std::path::Path,
+    args: &[&str],
+) -> Output {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let full: Vec<String> = full.iter().map(|s| s.to_string()).collect();
+    let (socket, wallet) = (socket.to_path_buf(), wallet.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_coinop"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(&full)
+            .env("COINOP_WALLET", &wallet)
+            .env_remove("COINOP_TOKEN")
+            .output()
+            .expect("run coinop")
+    })
+    .await
+    .expect("join")
+}
+
+fn json_of(o: &Output) -> serde_json::Value {
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallet_mints_pays_for_a_lease_and_collects_its_change() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start(dir.path(), &[]).await;
+    let (s, w) = (d.socket.clone(), dir.path().join("wallet.json"));
+    let minted = json_of(&coinop_wallet(&s, &w, &["wallet", "mint", "--amount", "300"]).await);
+    assert_eq!(minted["balance_sat"], 300);
+
+    let pay = coinop_wallet(&s, &w, &["wallet", "pay", "--amount", "256"]).await;
+    let payment = dir.path().join("pay.json");
+    std::fs::write(&payment, &json_of(&pay).to_string()).expect("write");
+    let left = json_of(&coinop_wallet(&s, &w, &["wallet", "balance"]).await);
+    assert_eq!(
+        left["balance_sat"],
+        300 - 256,
+        "the paid notes left the wallet"
+    );
+
+    let p = payment.to_str().expect("utf-8");
+    let create = [
+        "lease",
+        "create",
+        "--vcpus",
+        "1",
+        "--mem-mib",
+        "64",
+        "--payment",
+        p,
+    ];
+    let lease = json_of(&coinop_wallet(&s, &w, &create).await);
+    assert_eq!(lease["balance_msat"], 256_000);
+    let (id, token) = (
+        lease["lease_id"].as_str().expect("id"),
+        lease["token"].as_str().expect("token"),
+    );
+
+    let stop = ["lease", "stop", id, "--token", token, "--change"];
+    let stopped = json_of(&coinop_wallet(&s, &w, &stop).await);
+    assert_eq!(stopped["state"], "stopped");
+    let refund_sat = stopped["refund_msat"].as_u64().expect("refund_msat") / 1000;
+    assert!(
+        refund_sat > 0 && refund_sat <= 256,
+        "refund {refund_sat} sat"
+    );
+    let after = json_of(&coinop_wallet(&s, &w, &["wallet", "balance"]).await);
+    assert_eq!(
+        after["balance_sat"],
+        300 - 256 + refund_sat,
+        "change landed in the wallet"
+    );
+
+    // The change is real credit: it pays for the next lease.
+    let all = after["balance_sat"].as_u64().expect("balance").to_string();
+    let pay2 = coinop_wallet(&s, &w, &["wallet", "pay", "--amount", &all]).await;
+    std::fs::write(&payment, &json_of(&pay2).to_string()).expect("write");
+    let lease2 = json_of(&coinop_wallet(&s, &w, &create).await);
+    assert_eq!(lease2["balance_msat"], (300 - 256 + refund_sat) * 1000);
+    let (id2, token2) = (
+        lease2["lease_id"].as_str().expect("id"),
+        lease2["token"].as_str().expect("token"),
+    );
+    json_of(&coinop_wallet(&s, &w, &["lease", "stop", id2, "--token", token2]).await);
+    d.shutdown().await;
+}

@@ -44,14 +44,21 @@ pub fn vmm_and_guest() -> Option<(PathBuf, PathBuf)> {
     Some((vmm, guest))
 }
 
+/// Says why a test did not run, straight to stderr: the harness captures `println!` of a
+/// passing test, and a skip must show in the suite's summary, never pass silently.
+fn skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+}
+
 /// Whether guests can boot here; prints the SKIPPED line when not.
 pub fn kvm_or_skip() -> bool {
     if !Path::new("/dev/kvm").exists() {
-        println!("SKIPPED: /dev/kvm not available");
+        skipped("/dev/kvm not available");
         return false;
     }
     if vmm_and_guest().is_none() {
-        println!("SKIPPED: coinop-vmm or the test guest not built (cargo build -p vmm)");
+        skipped("coinop-vmm or the test guest not built (cargo build -p vmm)");
         return false;
     }
     true
