@@ -305,7 +305,7 @@ async fn wallet_mints_pays_for_a_lease_and_collects_its_change() {
 
     let pay = coinop_wallet(&s, &w, &["wallet", "pay", "--amount", "256"]).await;
     let payment = dir.path().join("pay.json");
-    std::fs::write(&payment, &json_of(&pay).to_string()).expect("write");
+    std::fs::write(&payment, json_of(&pay).to_string()).expect("write");
     let left = json_of(&coinop_wallet(&s, &w, &["wallet", "balance"]).await);
     assert_eq!(
         left["balance_sat"],
@@ -349,7 +349,7 @@ async fn wallet_mints_pays_for_a_lease_and_collects_its_change() {
     // The change is real credit: it pays for the next lease.
     let all = after["balance_sat"].as_u64().expect("balance").to_string();
     let pay2 = coinop_wallet(&s, &w, &["wallet", "pay", "--amount", &all]).await;
-    std::fs::write(&payment, &json_of(&pay2).to_string()).expect("write");
+    std::fs::write(&payment, json_of(&pay2).to_string()).expect("write");
     let lease2 = json_of(&coinop_wallet(&s, &w, &create).await);
     assert_eq!(lease2["balance_msat"], (300 - 256 + refund_sat) * 1000);
     let (id2, token2) = (
