@@ -154,7 +154,9 @@ impl Wallet {
                 want: amount_sat,
             });
         }
-        self.data.proofs.sort_by_key(|p| std::cmp::Reverse(p.amount));
+        self.data
+            .proofs
+            .sort_by_key(|p| std::cmp::Reverse(p.amount));
         let mut taken = Vec::new();
         let mut sum = 0;
         while sum < amount_sat {
