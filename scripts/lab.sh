@@ -11,6 +11,7 @@
 #                             LAB_TIMEOUT=S hard limit on the L1 run (default 1800)
 #                             LAB_VERBOSE=1 also logs one L2 boot's full kernel console
 #                             LAB_ONLY=virtio runs only the virtio step (disks, NIC)
+#                             LAB_ROOTFS=1 adds images/rootfs and the SSH login check
 set -euo pipefail
 # The whole script is one brace group, read before it runs: editing this file while a lab
 # is running (a 10-minute job) cannot derail that run.
@@ -33,6 +34,11 @@ say "L2 guest kernel (images/linux/build.sh; cached)"
 l2_kernel_dir=$(images/linux/build.sh)
 say "L2 initramfs (images/initramfs/build.sh; cached)"
 l2_initramfs=$(images/initramfs/build.sh)
+
+if [ "${LAB_ROOTFS:-0}" = 1 ]; then
+  say "L2 root filesystem with dropbear (images/rootfs/build.sh; cached)"
+  export L2_ROOTFS=$(images/rootfs/build.sh)
+fi
 
 say "coinop-vmm, release, statically linked"
 target=x86_64-unknown-linux-gnu

@@ -107,6 +107,11 @@ main() {
   cp "$l2_kernel_dir/bzImage" "$l2_kernel_dir/vmlinux" "$root/l2/"
   cp "$l2_initramfs" "$root/l2/initramfs.cpio.gz"
   cp "$outdir/vmlinuz" "$root/l2/debian-vmlinuz"
+  # Optional: images/rootfs (root disk with dropbear) and its SSH client, for the virtio step.
+  if [ -n "${L2_ROOTFS:-}" ]; then
+    cp "$L2_ROOTFS" "$root/l2/rootfs.ext4"
+    cp -a "$(dirname "$L2_ROOTFS")/client/." "$root/"
+  fi
   mknod -m 600 "$root/dev/console" c 5 1
   (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$outdir/initramfs.cpio"
   say "L1 initramfs: $outdir/initramfs.cpio ($(du -h "$outdir/initramfs.cpio" | cut -f1))"

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Builds coinop's root filesystem image: busybox-static plus dropbear (SSH server), an
+# init that configures eth0 and installs the authorised key from the kernel command line
+# (see ./init). ext4, 64 MiB, made with mke2fs -d (no loop mount, no root needed for that).
+#
+#   images/rootfs/build.sh [OUTFILE]
+#
+# Cached under $COINOP_CACHE/rootfs/<key>, keyed by (busybox-static and dropbear-bin
+# versions, init, this script). Prints the image path; also writes dbclient (the matching
+# SSH client, and dropbearkey, with their libraries) under <key>/client/ for the lab.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+cache_root=${COINOP_CACHE:-/var/cache/coinop}
+out=${1:-}
+say() { printf '==> rootfs: %s\n' "$*" >&2; }
+die() { printf 'error: rootfs: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (it installs packages)"
+command -v mke2fs >/dev/null || die "mke2fs missing (e2fsprogs)"
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed' || {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static >/dev/null
+}
+bb_version=$(dpkg-query -W -f='${Version}' busybox-static)
+db_version=$(apt-cache policy dropbear-bin | awk '/Candidate:/ { print $2 }')
+[ -n "$db_version" ] && [ "$db_version" != "(none)" ] || die "dropbear-bin not available from apt"
+key=$( { echo "$bb_version $db_version"; cat "$here/init" "$0"; } | sha256sum | cut -c1-16)
+dir=$cache_root/rootfs/$key
+image=$dir/rootfs.ext4
+
+# Copies program $2 (found under $3, default /) and the libraries it loads into root $1.
+copy_with_libs() {
+  local root=$1 prog=$2 from=${3:-} lib
+  mkdir -p "$root$(dirname "$prog")"
+  cp -L "$from$prog" "$root$prog"
+  for lib in $(ldd "$from$prog" 2>/dev/null | grep -o '/[^ ]*'); do
+    [ -e "$root$lib" ] && continue
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+}
+
+if [ -f "$image" ]; then
+  say "cache hit (key $key)"
+else
+  say "building (busybox-static $bb_version, dropbear-bin $db_version, key $key)"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  chmod 755 "$tmp"  # apt-get download fetches as the _apt user
+  (cd "$tmp" && apt-get download -q "dropbear-bin=$db_version" >&2)
+  dpkg-deb -x "$tmp"/dropbear-bin_*.deb "$tmp/db"
+  root=$tmp/root
+  mkdir -p "$root"/{bin,dev,etc,proc,sys,run,tmp,root,usr/bin,usr/sbin}
+  cp /bin/busybox "$root/bin/busybox"
+  for applet in $(/bin/busybox --list); do
+    [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+  done
+  ln -s bin "$root/sbin"
+  copy_with_libs "$root" /usr/sbin/dropbear "$tmp/db"
+  copy_with_libs "$root" /usr/bin/dropbearkey "$tmp/db"
+  install -m 0755 "$here/init" "$root/sbin/coinop-init"
+  echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
+  echo 'root::0:0:99999:7:::' >"$root/etc/shadow"
+  echo 'root:x:0:' >"$root/etc/group"
+  echo /bin/sh >"$root/etc/shells"
+  echo "coinop rootfs $key" >"$root/etc/coinop-rootfs"
+  chmod 1777 "$root/tmp"
+  mkdir -p "$dir/client"
+  rm -rf "$dir/client"/*
+  copy_with_libs "$dir/client" /usr/bin/dbclient "$tmp/db"
+  copy_with_libs "$dir/client" /usr/bin/dropbearkey "$tmp/db"
+  mke2fs -q -t ext4 -d "$root" -E root_owner=0:0 -L coinop-root "$image.tmp" 64M
+  mv "$image.tmp" "$image"
+fi
+[ -n "$out" ] && cp "$image" "$out" && say "copied to $out"
+say "image: $image ($(du -h "$image" | cut -f1) used)"
+echo "$image"
