@@ -88,14 +88,14 @@ pub async fn stop(
     if json_mode {
         println!("{reply}");
     } else {
-        // The signatures are already unblinded into the wallet: don't offer them again.
-        let mut shown = reply.clone();
-        if let Some(o) = shown.as_object_mut() {
-            o.remove("signatures");
+        // The state and refund lines as `lease stop` shows them; the change line differs,
+        // since the signatures are already unblinded into the wallet.
+        let shown = human::render(super::View::Stopped, &reply);
+        for line in shown.lines().filter(|l| !l.starts_with("change")) {
+            println!("{line}");
         }
-        println!("{}", human::render(super::View::Stopped, &shown));
         println!(
-            "change: {got} sat into {}; wallet holds {} sat",
+            "change     {got} sat into {} (DLEQ-checked); wallet holds {} sat",
             path.display(),
             w.balance_sat()
         );
