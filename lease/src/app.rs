@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::capacity::{Capacity, Totals};
 use crate::config::Config;
+use crate::isolation::Isolation;
 use crate::ledger::{Ledger, LedgerError};
 use crate::metering::Prices;
 use crate::metrics::Metrics;
@@ -40,6 +41,8 @@ pub enum StartError {
     Quote(#[from] payment::onchain::QuoteError),
     #[error("spent set: {0}")]
     SpentSet(#[from] payment::spent_set::SpentSetError),
+    #[error("isolation: {0}")]
+    Isolation(#[from] crate::isolation::IsolationError),
     #[error("--xpub is required on {0} (only regtest generates a throwaway one)")]
     NoXpub(&'static str),
 }
@@ -129,7 +132,8 @@ impl AppState {
         let deriver = AddressDeriver::new(&xpub, AddressKind::P2wpkh, network)?;
         let quotes = QuoteBook::open(&ledger_path, deriver)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let supervisor = Supervisor::new(config.vmm_bin.clone(), tx);
+        let isolation = Arc::new(Isolation::start(&config)?);
+        let supervisor = Supervisor::new(config.vmm_bin.clone(), isolation, tx);
         let capacity = Capacity::new(Totals {
             vcpus: config.sellable_vcpus(),
             mib: config.capacity_mib,

@@ -108,6 +108,21 @@ pub struct Settings {
     /// The VMM binary (default: coinop-vmm next to the coinopd executable).
     #[arg(long)]
     pub vmm_bin: Option<PathBuf>,
+    /// DEBUGGING ONLY: start guests' VMMs without the jail (namespaces, pivot_root, pool
+    /// uid). Logged as a warning.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_jail: bool,
+    /// DEBUGGING ONLY: start guests' VMMs without their seccomp filters. Logged as a warning.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_seccomp: bool,
+    /// First uid (and gid) of the pool jailed VMMs run as, one per running lease.
+    #[arg(long)]
+    pub jail_uid_base: Option<u32>,
+    /// How many uids the pool holds (the most leases that can run at once).
+    #[arg(long)]
+    pub jail_uid_count: Option<u32>,
 }
 
 /// Resolved settings.
@@ -132,6 +147,10 @@ pub struct Config {
     pub operator_uid: Option<u32>,
     pub operator_gid: Option<u32>,
     pub vmm_bin: PathBuf,
+    pub no_jail: bool,
+    pub no_seccomp: bool,
+    pub jail_uid_base: u32,
+    pub jail_uid_count: u32,
 }
 
 impl Settings {
@@ -163,6 +182,10 @@ impl Settings {
             operator_uid: self.operator_uid.or(file.operator_uid),
             operator_gid: self.operator_gid.or(file.operator_gid),
             vmm_bin: self.vmm_bin.or(file.vmm_bin),
+            no_jail: self.no_jail || file.no_jail,
+            no_seccomp: self.no_seccomp || file.no_seccomp,
+            jail_uid_base: self.jail_uid_base.or(file.jail_uid_base),
+            jail_uid_count: self.jail_uid_count.or(file.jail_uid_count),
         }
     }
 
@@ -247,6 +270,10 @@ impl Settings {
             operator_uid: self.operator_uid,
             operator_gid: self.operator_gid,
             vmm_bin,
+            no_jail: self.no_jail,
+            no_seccomp: self.no_seccomp,
+            jail_uid_base: self.jail_uid_base.unwrap_or(900_000),
+            jail_uid_count: self.jail_uid_count.unwrap_or(1000),
         };
         for (flag, value) in [
             ("tick-ms", config.tick_ms),
@@ -254,6 +281,7 @@ impl Settings {
             ("capacity-mib", config.capacity_mib),
             ("max-body-bytes", config.max_body_bytes as u64),
             ("boot-timeout-ms", config.boot_timeout_ms),
+            ("jail-uid-count", u64::from(config.jail_uid_count)),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { flag });
@@ -267,6 +295,11 @@ impl Config {
     /// Directory of per-lease control sockets and console files.
     pub fn run_dir(&self) -> PathBuf {
         self.state_dir.join("run")
+    }
+
+    /// Directory of per-lease jail roots.
+    pub fn jail_dir(&self) -> PathBuf {
+        self.state_dir.join("jail")
     }
 
     pub fn ledger_path(&self) -> PathBuf {

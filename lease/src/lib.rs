@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod fault;
 pub mod image_catalogue;
+pub mod isolation;
 pub mod jail;
 pub mod ledger;
 pub mod metering;

@@ -44,6 +44,7 @@ pub async fn adopt(s: &Shared) -> Result<(usize, usize), crate::ledger::LedgerEr
                 if l.state == state::PAUSED_UNFUNDED && !vm_paused {
                     let _ = vmm_control::request(&path, "pause", None).await;
                 }
+                s.supervisor.isolation().readopt(&l.id, path.clone());
                 tracing::info!(lease = %l.id, state = %l.state, "re-adopted guest");
             }
             Err(e) => {
@@ -54,6 +55,10 @@ pub async fn adopt(s: &Shared) -> Result<(usize, usize), crate::ledger::LedgerEr
                     reason::GUEST_EXIT
                 };
                 s.ledger.mark_stopped(&l.id, why, None)?;
+                // Its jail and cgroup, if an earlier coinopd left them.
+                let isolation = s.supervisor.isolation();
+                isolation.readopt(&l.id, path.clone());
+                isolation.release(&l.id);
                 tracing::info!(lease = %l.id, error = %e, "guest gone; lease stopped");
             }
         }
@@ -79,6 +84,10 @@ pub async fn run(s: Shared, mut exits: mpsc::UnboundedReceiver<GuestExit>) {
 
 fn guest_exited(s: &Shared, lease_id: &str, why: &str) {
     s.capacity().release(lease_id);
+    // A re-adopted guest is not our child: nobody else removes its jail and cgroup.
+    let isolation = std::sync::Arc::clone(s.supervisor.isolation());
+    let id = lease_id.to_string();
+    tokio::task::spawn_blocking(move || isolation.release(&id));
     match s.ledger.mark_stopped(lease_id, reason::GUEST_EXIT, None) {
         Ok(true) => tracing::info!(lease = lease_id, why, "guest exited; lease stopped"),
         Ok(false) => {}
@@ -110,7 +119,10 @@ pub async fn tick(s: &Shared) -> Result<(), crate::ledger::LedgerError> {
             continue;
         };
         match result {
-            Ok(u) => usages.push((id, u)),
+            Ok(u) => {
+                s.supervisor.isolation().check_cpu(&id, u.vcpu_total_us);
+                usages.push((id, u))
+            }
             Err(e) => handle_read_error(s, &id, pid, &e),
         }
     }

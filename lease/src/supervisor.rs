@@ -1,10 +1,13 @@
 //! The supervisor: starts one `coinop-vmm` per lease in its own session (so a coinopd restart
-//! or a terminal's SIGINT does not kill guests), reads its JSON-lines events from an
-//! inherited pipe to time the boot, and reports guest exits to the scheduler.
+//! or a terminal's SIGINT does not kill guests), jailed and in its cgroup unless isolation
+//! is off, reads its JSON-lines events from an inherited pipe to time the boot, and reports
+//! guest exits to the scheduler after removing the lease's jail and cgroup.
 
-use std::os::fd::AsRawFd;
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -12,8 +15,11 @@ use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
+use crate::cgroup::{CgroupSlot, Limits};
 use crate::clock::monotonic_us;
 use crate::image_catalogue::ImageSpec;
+use crate::isolation::Isolation;
+use crate::jail::{Jail, JailedChild, INITRD_PATH, KERNEL_PATH};
 
 /// The fd number the VMM finds its event pipe on (`--events fd:3`).
 const EVENTS_FD: i32 = 3;
@@ -25,6 +31,12 @@ pub enum BootError {
         bin: PathBuf,
         source: std::io::Error,
     },
+    #[error("guest cgroup: {0}")]
+    Cgroup(#[from] crate::cgroup::Error),
+    #[error("guest jail: {0}")]
+    Jail(#[from] crate::jail::Error),
+    #[error("guest files: {0}")]
+    Files(std::io::Error),
     #[error("event pipe: {0}")]
     Pipe(String),
     #[error("guest exited before it was ready: {reason} (exit code {code:?})")]
@@ -100,8 +112,50 @@ pub struct Booted {
     pub guest_ready_us: u64,
 }
 
+/// The guest's VMM process: jailed (PID 1 of its own namespace, our child through a pidfd)
+/// or, with `--no-jail`, a plain child.
+enum GuestProcess {
+    Jailed(JailedChild),
+    Plain(tokio::process::Child),
+}
+
+impl GuestProcess {
+    fn pid(&self) -> Option<i32> {
+        match self {
+            GuestProcess::Jailed(c) => Some(c.pid()),
+            GuestProcess::Plain(c) => c.id().map(|p| p as i32),
+        }
+    }
+
+    /// SIGKILL: a namespace's PID 1 ignores SIGTERM sent from outside.
+    fn kill(&mut self) {
+        let _ = match self {
+            GuestProcess::Jailed(c) => c.kill().map_err(|e| e.to_string()),
+            GuestProcess::Plain(c) => c.start_kill().map_err(|e| e.to_string()),
+        };
+    }
+
+    /// Waits for the end; the exit code when it exited normally, and a description.
+    async fn wait(self) -> (Option<i32>, String) {
+        match self {
+            GuestProcess::Jailed(c) => match c.wait().await {
+                Ok(crate::jail::Ended::Exited(code)) => (Some(code), format!("exit code {code}")),
+                Ok(crate::jail::Ended::Signaled(sig)) => (None, format!("killed by {sig}")),
+                Err(e) => (None, e.to_string()),
+            },
+            GuestProcess::Plain(mut c) => match c.wait().await {
+                Ok(status) => (status.code(), status.to_string()),
+                Err(e) => (None, e.to_string()),
+            },
+        }
+    }
+}
+
+type EventLines = tokio::io::Lines<BufReader<tokio::net::unix::pipe::Receiver>>;
+
 pub struct Supervisor {
     vmm_bin: PathBuf,
+    isolation: Arc<Isolation>,
     exits: mpsc::UnboundedSender<GuestExit>,
 }
 
@@ -109,41 +163,209 @@ fn pipe_err(e: impl std::fmt::Display) -> BootError {
     BootError::Pipe(e.to_string())
 }
 
+/// The VMM arguments both spawn paths share (paths as the VMM sees them).
+fn common_args(req: &BootRequest<'_>, kernel: &Path, initrd: Option<&Path>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["--kernel".into(), kernel.into()];
+    if let Some(initrd) = initrd {
+        args.extend(["--initrd".into(), initrd.into()]);
+    }
+    args.extend([
+        "--cmdline".into(),
+        req.cmdline.into(),
+        "--vcpus".into(),
+        req.vcpus.to_string().into(),
+        "--mem-mib".into(),
+        req.mem_mib.to_string().into(),
+        "--events".into(),
+        format!("fd:{EVENTS_FD}").into(),
+    ]);
+    args
+}
+
 impl Supervisor {
-    pub fn new(vmm_bin: PathBuf, exits: mpsc::UnboundedSender<GuestExit>) -> Self {
-        Supervisor { vmm_bin, exits }
+    pub fn new(
+        vmm_bin: PathBuf,
+        isolation: Arc<Isolation>,
+        exits: mpsc::UnboundedSender<GuestExit>,
+    ) -> Self {
+        Supervisor {
+            vmm_bin,
+            isolation,
+            exits,
+        }
     }
 
-    /// Starts the VMM and waits for `guest_ready`. On any failure the VMM is killed.
+    /// The daemon's isolation settings and per-lease confinements.
+    pub fn isolation(&self) -> &Arc<Isolation> {
+        &self.isolation
+    }
+
+    /// Starts the VMM and waits for `guest_ready`. On any failure the VMM is killed and its
+    /// jail and cgroup removed.
     pub async fn boot(&self, req: BootRequest<'_>) -> Result<Booted, BootError> {
+        let slot = self
+            .isolation
+            .cgroups
+            .create_slot(req.lease_id, &Limits::for_guest(req.vcpus, req.mem_mib))?;
         let (read_end, write_end) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err)?;
         let _ = std::fs::remove_file(&req.paths.control);
-        let log = std::fs::File::create(&req.paths.log).map_err(pipe_err)?;
         let start_us = monotonic_us();
-        let mut cmd = tokio::process::Command::new(&self.vmm_bin);
-        cmd.arg("--kernel").arg(&req.image.kernel);
-        if let Some(initrd) = &req.image.initrd {
-            cmd.arg("--initrd").arg(initrd);
+        let spawned = match &self.isolation.jail {
+            Some(config) => self.spawn_jailed(config, &req, write_end, start_us, slot.as_ref()),
+            None => self.spawn_plain(&req, write_end, start_us, slot.as_ref()),
+        };
+        let (child, jail) = match spawned {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                if let Some(slot) = slot {
+                    let _ = slot.remove();
+                }
+                return Err(e);
+            }
+        };
+        self.isolation
+            .register_jailed(req.lease_id, req.paths.control.clone(), jail, slot);
+        let vmm_spawned_us = monotonic_us().saturating_sub(req.arrival_us);
+        let pid = child.pid();
+        let rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) {
+            Ok(rx) => rx,
+            Err(e) => {
+                let mut child = child;
+                child.kill();
+                self.reap_in_background(req.lease_id, child, None);
+                return Err(pipe_err(e));
+            }
+        };
+        let mut lines = BufReader::new(rx).lines();
+        let offset = start_us.saturating_sub(req.arrival_us);
+        let outcome = tokio::time::timeout(
+            Duration::from_millis(req.timeout_ms),
+            wait_ready(&mut lines, req.lease_id, offset),
+        )
+        .await;
+        let (vcpus_started_us, guest_ready_us) = match outcome {
+            Ok(Ok(figures)) => figures,
+            Ok(Err(e)) => {
+                let mut child = child;
+                child.kill();
+                let (code, _) = child.wait().await;
+                self.isolation_release(req.lease_id).await;
+                return Err(match e {
+                    BootError::Exited { reason, code: None } => BootError::Exited {
+                        reason,
+                        code: code.map(i64::from),
+                    },
+                    e => e,
+                });
+            }
+            Err(_) => {
+                let mut child = child;
+                child.kill();
+                self.reap_in_background(req.lease_id, child, None);
+                return Err(BootError::Timeout(req.timeout_ms));
+            }
+        };
+        self.reap_in_background(req.lease_id, child, Some(lines));
+        Ok(Booted {
+            pid,
+            vmm_spawned_us,
+            vcpus_started_us,
+            guest_ready_us,
+        })
+    }
+
+    /// Starts the VMM in a fresh jail for the lease, joined to its cgroup before exec. The
+    /// control socket is bound here, on the host, and passed in (the jail root is
+    /// read-only).
+    fn spawn_jailed(
+        &self,
+        config: &crate::jail::JailConfig,
+        req: &BootRequest<'_>,
+        events: OwnedFd,
+        start_us: u64,
+        slot: Option<&CgroupSlot>,
+    ) -> Result<(GuestProcess, Option<Jail>), BootError> {
+        let jail = config.prepare(req.lease_id, &req.image.kernel, req.image.initrd.as_deref())?;
+        match self.spawn_in(&jail, req, events, start_us, slot) {
+            Ok(child) => Ok((GuestProcess::Jailed(child), Some(jail))),
+            Err(e) => {
+                let _ = jail.remove();
+                let _ = std::fs::remove_file(&req.paths.control);
+                Err(e)
+            }
         }
-        cmd.arg("--cmdline")
-            .arg(req.cmdline)
-            .arg("--vcpus")
-            .arg(req.vcpus.to_string())
-            .arg("--mem-mib")
-            .arg(req.mem_mib.to_string())
-            .arg("--serial")
-            .arg(format!("file:{}", req.paths.console.display()))
-            .arg("--control")
-            .arg(&req.paths.control)
-            .arg("--events")
-            .arg(format!("fd:{EVENTS_FD}"))
-            .arg("--start-time-us")
-            .arg(start_us.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(false);
+    }
+
+    fn spawn_in(
+        &self,
+        jail: &Jail,
+        req: &BootRequest<'_>,
+        events: OwnedFd,
+        start_us: u64,
+        slot: Option<&CgroupSlot>,
+    ) -> Result<JailedChild, BootError> {
+        let listener =
+            std::os::unix::net::UnixListener::bind(&req.paths.control).map_err(BootError::Files)?;
+        let null = std::fs::File::open("/dev/null").map_err(BootError::Files)?;
+        let console = std::fs::File::create(&req.paths.console).map_err(BootError::Files)?;
+        let log = std::fs::File::create(&req.paths.log).map_err(BootError::Files)?;
+        let fds: Vec<OwnedFd> = vec![
+            null.into(),
+            console.into(),
+            log.into(),
+            events,
+            listener.into(),
+        ];
+        let initrd = req.image.initrd.as_ref().map(|_| Path::new(INITRD_PATH));
+        let mut args = common_args(req, Path::new(KERNEL_PATH), initrd);
+        args.extend(
+            [
+                "--serial",
+                "stdout",
+                "--control",
+                "fd:4",
+                "--start-time-us",
+                &start_us.to_string(),
+            ]
+            .map(OsString::from),
+        );
+        if self.isolation.no_seccomp {
+            args.push("--no-seccomp".into());
+        }
+        let procs = slot.map(CgroupSlot::procs_files).transpose()?;
+        Ok(jail.spawn(args, fds, procs.unwrap_or_default())?)
+    }
+
+    /// `--no-jail`: the VMM as a plain child in its own session, moved into its cgroup
+    /// right after the spawn.
+    fn spawn_plain(
+        &self,
+        req: &BootRequest<'_>,
+        write_end: OwnedFd,
+        start_us: u64,
+        slot: Option<&CgroupSlot>,
+    ) -> Result<(GuestProcess, Option<Jail>), BootError> {
+        let log = std::fs::File::create(&req.paths.log).map_err(pipe_err)?;
+        let mut cmd = tokio::process::Command::new(&self.vmm_bin);
+        cmd.args(common_args(
+            req,
+            &req.image.kernel,
+            req.image.initrd.as_deref(),
+        ))
+        .arg("--serial")
+        .arg(format!("file:{}", req.paths.console.display()))
+        .arg("--control")
+        .arg(&req.paths.control)
+        .arg("--start-time-us")
+        .arg(start_us.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(false);
+        if self.isolation.no_seccomp {
+            cmd.arg("--no-seccomp");
+        }
         let write_fd = write_end.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only calls
         // async-signal-safe functions (setsid, dup2, fcntl) on fds we own.
@@ -168,70 +390,28 @@ impl Supervisor {
             source,
         })?;
         drop(write_end);
-        let vmm_spawned_us = monotonic_us().saturating_sub(req.arrival_us);
-        let pid = child.id().map(|p| p as i32);
-        let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(read_end).map_err(pipe_err)?;
-        let mut lines = BufReader::new(rx).lines();
-        let offset = start_us.saturating_sub(req.arrival_us);
-        let wait = async {
-            let mut vcpus_started = None;
-            loop {
-                let line = lines.next_line().await.map_err(pipe_err)?;
-                let Some(line) = line else {
-                    let status = child.wait().await.ok().and_then(|s| s.code());
-                    return Err(BootError::Exited {
-                        reason: "event stream closed".into(),
-                        code: status.map(i64::from),
-                    });
-                };
-                let Ok(ev) = serde_json::from_str::<Event>(&line) else {
-                    tracing::warn!(lease = req.lease_id, line, "unparsable VMM event");
-                    continue;
-                };
-                match ev.event.as_str() {
-                    "vcpus_started" => vcpus_started = Some(offset + ev.t_us),
-                    "guest_ready" => return Ok((vcpus_started, offset + ev.t_us)),
-                    "exit" => {
-                        return Err(BootError::Exited {
-                            reason: ev.reason.unwrap_or_else(|| "unknown".into()),
-                            code: ev.code,
-                        })
-                    }
-                    _ => {}
-                }
-            }
-        };
-        let outcome = tokio::time::timeout(Duration::from_millis(req.timeout_ms), wait).await;
-        let (vcpus_started_us, guest_ready_us) = match outcome {
-            Ok(Ok(figures)) => figures,
-            Ok(Err(e)) => {
-                self.reap_in_background(req.lease_id, child, None);
-                return Err(e);
-            }
-            Err(_) => {
+        if let (Some(slot), Some(pid)) = (slot, child.id()) {
+            if let Err(e) = slot.add_pid(pid) {
                 let _ = child.start_kill();
-                self.reap_in_background(req.lease_id, child, None);
-                return Err(BootError::Timeout(req.timeout_ms));
+                return Err(e.into());
             }
-        };
-        self.reap_in_background(req.lease_id, child, Some(lines));
-        Ok(Booted {
-            pid,
-            vmm_spawned_us,
-            vcpus_started_us,
-            guest_ready_us,
-        })
+        }
+        Ok((GuestProcess::Plain(child), None))
+    }
+
+    /// Removes the lease's jail and cgroup off the async runtime's threads.
+    async fn isolation_release(&self, lease_id: &str) {
+        let isolation = Arc::clone(&self.isolation);
+        let id = lease_id.to_string();
+        let _ = tokio::task::spawn_blocking(move || isolation.release(&id)).await;
     }
 
     /// Follows the rest of the event stream and reaps the process (teardown stays off the
-    /// request path); a guest that ends is reported to the scheduler.
-    fn reap_in_background(
-        &self,
-        lease_id: &str,
-        mut child: tokio::process::Child,
-        lines: Option<tokio::io::Lines<BufReader<tokio::net::unix::pipe::Receiver>>>,
-    ) {
+    /// request path), removes its jail and cgroup; a guest that ends is reported to the
+    /// scheduler.
+    fn reap_in_background(&self, lease_id: &str, child: GuestProcess, lines: Option<EventLines>) {
         let exits = self.exits.clone();
+        let isolation = Arc::clone(&self.isolation);
         let lease_id = lease_id.to_string();
         tokio::spawn(async move {
             let mut reason = None;
@@ -244,13 +424,49 @@ impl Supervisor {
                     }
                 }
             }
-            let status = child.wait().await;
-            tracing::info!(lease = %lease_id, ?status, ?reason, "guest VMM exited");
+            let (_, status) = child.wait().await;
+            let cgroup_cpu_us = isolation.cgroup_cpu_us(&lease_id);
+            let id = lease_id.clone();
+            let _ = tokio::task::spawn_blocking(move || isolation.release(&id)).await;
+            tracing::info!(lease = %lease_id, %status, ?reason, ?cgroup_cpu_us, "guest VMM exited");
             let _ = exits.send(GuestExit {
                 lease_id,
                 reason: reason.unwrap_or_else(|| "exited".into()),
             });
         });
+    }
+}
+
+/// Reads events until `guest_ready` (µs from arrival of `vcpus_started` and `guest_ready`).
+async fn wait_ready(
+    lines: &mut EventLines,
+    lease_id: &str,
+    offset: u64,
+) -> Result<(Option<u64>, u64), BootError> {
+    let mut vcpus_started = None;
+    loop {
+        let line = lines.next_line().await.map_err(pipe_err)?;
+        let Some(line) = line else {
+            return Err(BootError::Exited {
+                reason: "event stream closed".into(),
+                code: None,
+            });
+        };
+        let Ok(ev) = serde_json::from_str::<Event>(&line) else {
+            tracing::warn!(lease = lease_id, line, "unparsable VMM event");
+            continue;
+        };
+        match ev.event.as_str() {
+            "vcpus_started" => vcpus_started = Some(offset + ev.t_us),
+            "guest_ready" => return Ok((vcpus_started, offset + ev.t_us)),
+            "exit" => {
+                return Err(BootError::Exited {
+                    reason: ev.reason.unwrap_or_else(|| "unknown".into()),
+                    code: ev.code,
+                })
+            }
+            _ => {}
+        }
     }
 }
 

@@ -100,16 +100,33 @@ impl Cgroups {
         lease_id: &str,
         limits: &Limits,
     ) -> Result<Option<CgroupSlot>, Error> {
-        if lease_id.is_empty()
-            || !lease_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(Error::BadLeaseId(lease_id.to_string()));
-        }
+        check_lease_id(lease_id)?;
         match self {
             Cgroups::Unavailable { .. } => Ok(None),
             _ => CgroupSlot::create(self, lease_id, limits).map(Some),
         }
+    }
+
+    /// The cgroup an earlier coinopd created for `lease_id`, for a re-adopted guest (to
+    /// read its CPU usage and remove it once the guest ended); `None` when there is none or
+    /// cgroups are unavailable.
+    pub fn reopen_slot(&self, lease_id: &str) -> Result<Option<CgroupSlot>, Error> {
+        check_lease_id(lease_id)?;
+        match self {
+            Cgroups::Unavailable { .. } => Ok(None),
+            _ => CgroupSlot::reopen(self, lease_id),
+        }
+    }
+}
+
+fn check_lease_id(lease_id: &str) -> Result<(), Error> {
+    let plain = !lease_id.is_empty()
+        && lease_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if plain {
+        Ok(())
+    } else {
+        Err(Error::BadLeaseId(lease_id.to_string()))
     }
 }

@@ -60,41 +60,67 @@ fn read_u64(path: &Path, parse: impl Fn(&str) -> Option<u64>) -> Result<u64, Err
 }
 
 impl CgroupSlot {
-    /// Creates `lease_id`'s cgroup under `cgroups` and writes `limits`.
-    pub(super) fn create(
-        cgroups: &Cgroups,
-        lease_id: &str,
-        limits: &Limits,
-    ) -> Result<Self, Error> {
-        let slot = match cgroups {
+    /// Where `lease_id`'s cgroup lives under `cgroups` (nothing is touched).
+    fn layout(cgroups: &Cgroups, lease_id: &str) -> Result<Self, Error> {
+        match cgroups {
             Cgroups::V1 {
                 cpu,
                 cpuacct,
                 memory,
                 pids,
             } => {
-                let (cpu, cpuacct, memory, pids) = (
+                let mut dirs = vec![
                     cpu.join(lease_id),
                     cpuacct.join(lease_id),
                     memory.join(lease_id),
                     pids.join(lease_id),
-                );
-                let mut dirs = vec![cpu.clone(), cpuacct.clone(), memory.clone(), pids.clone()];
+                ];
                 dirs.dedup();
-                dirs.iter().try_for_each(|d| mkdir(d))?;
+                Ok(CgroupSlot {
+                    dirs,
+                    usage: Usage::V1(cpuacct.join(lease_id).join("cpuacct.usage")),
+                    memory_limit: memory.join(lease_id).join("memory.limit_in_bytes"),
+                })
+            }
+            Cgroups::V2 { parent } => {
+                let dir = parent.join(lease_id);
+                Ok(CgroupSlot {
+                    usage: Usage::V2(dir.join("cpu.stat")),
+                    memory_limit: dir.join("memory.max"),
+                    dirs: vec![dir],
+                })
+            }
+            Cgroups::Unavailable { reason } => Err(Error::Create {
+                path: PathBuf::new(),
+                source: std::io::Error::other(reason.clone()),
+            }),
+        }
+    }
+
+    /// Creates `lease_id`'s cgroup under `cgroups` and writes `limits`.
+    pub(super) fn create(
+        cgroups: &Cgroups,
+        lease_id: &str,
+        limits: &Limits,
+    ) -> Result<Self, Error> {
+        let slot = Self::layout(cgroups, lease_id)?;
+        slot.dirs.iter().try_for_each(|d| mkdir(d))?;
+        match cgroups {
+            Cgroups::V1 {
+                cpu, memory, pids, ..
+            } => {
+                let (cpu, memory, pids) = (
+                    cpu.join(lease_id),
+                    memory.join(lease_id),
+                    pids.join(lease_id),
+                );
                 write(&cpu.join("cpu.cfs_period_us"), limits.cpu_period_us)?;
                 write(&cpu.join("cpu.cfs_quota_us"), limits.cpu_quota_us)?;
                 write(&memory.join("memory.limit_in_bytes"), limits.memory_bytes)?;
                 write(&pids.join("pids.max"), limits.pids_max)?;
-                CgroupSlot {
-                    dirs,
-                    usage: Usage::V1(cpuacct.join("cpuacct.usage")),
-                    memory_limit: memory.join("memory.limit_in_bytes"),
-                }
             }
-            Cgroups::V2 { parent } => {
-                let dir = parent.join(lease_id);
-                mkdir(&dir)?;
+            _ => {
+                let dir = &slot.dirs[0];
                 write(
                     &dir.join("cpu.max"),
                     format!("{} {}", limits.cpu_quota_us, limits.cpu_period_us),
@@ -107,20 +133,16 @@ impl CgroupSlot {
                     write(&swap, 0)?;
                 }
                 write(&dir.join("pids.max"), limits.pids_max)?;
-                CgroupSlot {
-                    usage: Usage::V2(dir.join("cpu.stat")),
-                    memory_limit: dir.join("memory.max"),
-                    dirs: vec![dir],
-                }
             }
-            Cgroups::Unavailable { reason } => {
-                return Err(Error::Create {
-                    path: PathBuf::new(),
-                    source: std::io::Error::other(reason.clone()),
-                })
-            }
-        };
+        }
         Ok(slot)
+    }
+
+    /// The existing cgroup of `lease_id` (a guest that outlived an earlier coinopd), if
+    /// any of its directories is still there.
+    pub(super) fn reopen(cgroups: &Cgroups, lease_id: &str) -> Result<Option<Self>, Error> {
+        let slot = Self::layout(cgroups, lease_id)?;
+        Ok(slot.dirs.iter().any(|d| d.is_dir()).then_some(slot))
     }
 
     /// The slot's directories.
@@ -258,6 +280,23 @@ mod tests {
                 Err(Error::BadLeaseId(_))
             ));
         }
+    }
+
+    #[test]
+    fn reopen_finds_only_existing_slots() {
+        let (_root, cgroups) = fake_v2();
+        assert!(cgroups.reopen_slot("gone").expect("no error").is_none());
+        let created = cgroups
+            .create_slot("kept", &Limits::for_guest(1, 16))
+            .expect("created")
+            .expect("available");
+        std::fs::write(created.dirs()[0].join("cpu.stat"), "usage_usec 77\n").expect("write");
+        let reopened = cgroups
+            .reopen_slot("kept")
+            .expect("no error")
+            .expect("found");
+        assert_eq!(reopened.dirs(), created.dirs());
+        assert_eq!(reopened.cpu_usage_us().expect("usage"), 77);
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod uid_pool;
 pub use child::{Ended, JailedChild};
 pub use libraries::{needed_by, parse_ldd};
 pub use spawn::Step;
-pub use uid_pool::{JailUid, UidPool};
+pub use uid_pool::{Error as UidPoolError, JailUid, UidPool};
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
@@ -55,6 +55,14 @@ pub enum Error {
     #[error("removing jail {path}: {source}")]
     Remove {
         /// The root.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Reading back a jail an earlier coinopd left failed.
+    #[error("reopening jail {path}: {source}")]
+    Reopen {
+        /// The file.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
@@ -99,13 +107,7 @@ impl JailConfig {
         kernel: &Path,
         initrd: Option<&Path>,
     ) -> Result<Jail, Error> {
-        if lease_id.is_empty()
-            || !lease_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(Error::BadLeaseId(lease_id.to_string()));
-        }
+        let root = self.root_of(lease_id)?;
         let uid = self.uids.take()?;
         let mut binds = vec![
             (self.vmm_bin.clone(), PathBuf::from(VMM_PATH)),
@@ -115,7 +117,6 @@ impl JailConfig {
             binds.push((initrd.to_path_buf(), PathBuf::from(INITRD_PATH)));
         }
         binds.extend(self.libraries.iter().map(|lib| (lib.clone(), lib.clone())));
-        let root = self.base.join(lease_id);
         let points: Vec<PathBuf> = binds.iter().map(|(_, inside)| inside.clone()).collect();
         root_dir::build(&root, &points, uid.get(), uid.get())?;
         Ok(Jail {
@@ -124,6 +125,42 @@ impl JailConfig {
             binds,
             new_net_ns: self.new_net_ns,
         })
+    }
+}
+
+impl JailConfig {
+    fn root_of(&self, lease_id: &str) -> Result<PathBuf, Error> {
+        let plain = !lease_id.is_empty()
+            && lease_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !plain {
+            return Err(Error::BadLeaseId(lease_id.to_string()));
+        }
+        Ok(self.base.join(lease_id))
+    }
+
+    /// The jail an earlier coinopd prepared for `lease_id` (a guest that outlived it), with
+    /// its uid claimed back from the pool; `None` when there is no such root. The uid is the
+    /// owner of the root's /dev/kvm. The result can be removed but not spawned again.
+    pub fn reopen(&self, lease_id: &str) -> Result<Option<Jail>, Error> {
+        use std::os::unix::fs::MetadataExt;
+        let root = self.root_of(lease_id)?;
+        let kvm = root.join("dev/kvm");
+        let meta = match std::fs::symlink_metadata(&kvm) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !root.exists() => {
+                return Ok(None)
+            }
+            Err(source) => return Err(Error::Reopen { path: kvm, source }),
+        };
+        let uid = self.uids.claim(meta.uid())?;
+        Ok(Some(Jail {
+            root,
+            uid,
+            binds: Vec::new(),
+            new_net_ns: self.new_net_ns,
+        }))
     }
 }
 

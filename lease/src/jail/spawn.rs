@@ -15,7 +15,6 @@
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::resource::{setrlimit, Resource};
-use nix::unistd::{Gid, Uid};
 use std::ffi::{c_char, CString};
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -356,10 +355,27 @@ fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
     )?;
     at(Step::Rlimit, setrlimit(Resource::RLIMIT_CORE, 0, 0))?;
     at(Step::Rlimit, setrlimit(Resource::RLIMIT_MEMLOCK, 0, 0))?;
-    at(Step::DropPrivileges, nix::unistd::setgroups(&[]))?;
-    let (uid, gid) = (Uid::from_raw(p.uid), Gid::from_raw(p.uid));
-    at(Step::DropPrivileges, nix::unistd::setresgid(gid, gid, gid))?;
-    at(Step::DropPrivileges, nix::unistd::setresuid(uid, uid, uid))?;
+    // Raw system calls, not libc's wrappers: glibc's setgroups/setresgid/setresuid make
+    // every thread of the process change ids (signalling them and waiting on a futex under
+    // its thread-list lock), and this copy of a multi-threaded coinopd inherits that list
+    // and possibly a held lock but none of the threads: it would wait forever.
+    let id = p.uid as libc::c_ulong;
+    // SAFETY: setgroups with an empty list (size 0, null pointer) for this thread only.
+    check(Step::DropPrivileges, unsafe {
+        libc::syscall(
+            libc::SYS_setgroups,
+            0 as libc::c_ulong,
+            std::ptr::null::<libc::gid_t>(),
+        ) as libc::c_int
+    })?;
+    // SAFETY: integer arguments only; changes this (the only) thread's gids.
+    check(Step::DropPrivileges, unsafe {
+        libc::syscall(libc::SYS_setresgid, id, id, id) as libc::c_int
+    })?;
+    // SAFETY: integer arguments only; changes this (the only) thread's uids.
+    check(Step::DropPrivileges, unsafe {
+        libc::syscall(libc::SYS_setresuid, id, id, id) as libc::c_int
+    })?;
     // SAFETY: prctl with integer arguments only.
     check(Step::NoNewPrivs, unsafe {
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)

@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex};
 /// Errors of the pool.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A uid outside the pool, or one already in use.
+    #[error("jail uid {0} is not free in the pool")]
+    NotFree(u32),
     /// Every uid is in use.
     #[error("all {0} jail uids are in use")]
     Exhausted(u32),
@@ -80,6 +83,21 @@ impl UidPool {
     }
 }
 
+impl UidPool {
+    /// Takes `uid` itself: a re-adopted guest keeps the uid it was started with.
+    pub fn claim(&self, uid: u32) -> Result<JailUid, Error> {
+        let mut in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
+        let inside = uid >= self.first && uid - self.first < self.count;
+        if !inside || !in_use.insert(uid) {
+            return Err(Error::NotFree(uid));
+        }
+        Ok(JailUid {
+            uid,
+            in_use: Arc::clone(&self.in_use),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +112,19 @@ mod tests {
         let freed = a.get();
         drop(a);
         assert_eq!(pool.take().expect("reused").get(), freed);
+    }
+
+    #[test]
+    fn claimed_uids_are_taken() {
+        let pool = UidPool::new(1000, 3).expect("valid");
+        let kept = pool.claim(1001).expect("free");
+        assert!(matches!(pool.claim(1001), Err(Error::NotFree(1001))));
+        assert!(matches!(pool.claim(999), Err(Error::NotFree(999))));
+        assert!(matches!(pool.claim(1003), Err(Error::NotFree(1003))));
+        let first = pool.take().expect("first");
+        assert_eq!(first.get(), 1000);
+        assert_eq!(pool.take().expect("next free").get(), 1002);
+        drop((kept, first));
     }
 
     #[test]

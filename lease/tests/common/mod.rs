@@ -86,6 +86,10 @@ fn daemon_args(dir: &Path, socket: &Path, extra: &[&str]) -> Vec<String> {
             guest.display().to_string(),
         ]);
     }
+    // Jailing needs root; elsewhere the daemon refuses to start without --no-jail.
+    if !nix::unistd::geteuid().is_root() {
+        args.push("--no-jail".into());
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }

@@ -1,0 +1,238 @@
+//! How coinopd confines guests, decided once at start-up (jail, cgroups, seccomp), and the
+//! confinement of each live lease: its jail root and cgroup, kept by lease id so whoever
+//! sees the guest end (the reaper of our own child, or the scheduler for a guest re-adopted
+//! after a restart) can remove both and read the cgroup's CPU count meanwhile.
+//!
+//! Without root the jail cannot be built (namespaces, mknod, pivot_root, setuid): coinopd
+//! then refuses to start unless `--no-jail` says to run guests unconfined. Without a
+//! writable cgroup hierarchy it starts anyway and says loudly that guests run uncapped.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use crate::cgroup::{self, CgroupSlot, Cgroups};
+use crate::config::Config;
+use crate::jail::{self, Jail, JailConfig, UidPool};
+
+/// Name of coinop's parent cgroup under coinopd's own.
+pub const CGROUP_PARENT: &str = "coinop";
+
+/// Why isolation could not be set up at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum IsolationError {
+    /// The jail needs root.
+    #[error(
+        "jailing guests needs root (namespaces, mknod /dev/kvm, pivot_root, setuid to the \
+         pool uid) and coinopd runs as uid {0}: run it as root, or pass --no-jail (debugging \
+         only: guests then run unconfined)"
+    )]
+    NotRoot(u32),
+    /// --jail-uid-base/--jail-uid-count out of range.
+    #[error("--jail-uid-base/--jail-uid-count: {0}")]
+    UidRange(#[from] jail::UidPoolError),
+    /// The jail settings could not be built (e.g. ldd of the VMM failed).
+    #[error("jail for {bin}: {source}")]
+    Jail { bin: PathBuf, source: jail::Error },
+}
+
+/// A live lease's confinement.
+#[derive(Debug, Default)]
+struct Confinement {
+    /// The host-side control socket file (bound by coinopd for a jailed VMM, which cannot
+    /// unlink it from inside its jail).
+    control: Option<PathBuf>,
+    jail: Option<Jail>,
+    slot: Option<CgroupSlot>,
+    /// Whether the CPU-count disagreement was already logged for this lease.
+    warned: bool,
+}
+
+/// Daemon-wide isolation settings and the per-lease confinements.
+#[derive(Debug)]
+pub struct Isolation {
+    /// `None` with `--no-jail`.
+    pub jail: Option<JailConfig>,
+    pub cgroups: Cgroups,
+    /// Passed to every VMM as `--no-seccomp`.
+    pub no_seccomp: bool,
+    leases: Mutex<HashMap<String, Confinement>>,
+}
+
+impl Isolation {
+    /// Detects cgroups, builds the jail settings and logs what guests will get.
+    pub fn start(config: &Config) -> Result<Self, IsolationError> {
+        let cgroups = cgroup::detect(CGROUP_PARENT);
+        match &cgroups {
+            Cgroups::Unavailable { reason } => tracing::error!(
+                reason,
+                "NO CGROUPS: guests run without CPU, memory or pids caps and CPU time is \
+                 metered only from the VMMs' own reports"
+            ),
+            c => tracing::info!(cgroups = %c.describe(), "guest cgroups"),
+        }
+        if config.no_seccomp {
+            tracing::warn!(
+                "--no-seccomp: guests' VMMs run WITHOUT seccomp filters (debugging only)"
+            );
+        }
+        let jail = if config.no_jail {
+            tracing::warn!(
+                "--no-jail: guests' VMMs run UNJAILED as coinopd's user, in the host's \
+                 namespaces (debugging only)"
+            );
+            None
+        } else {
+            let euid = nix::unistd::geteuid();
+            if !euid.is_root() {
+                return Err(IsolationError::NotRoot(euid.as_raw()));
+            }
+            let uids = UidPool::new(config.jail_uid_base, config.jail_uid_count)?;
+            let jail = JailConfig::new(config.jail_dir(), config.vmm_bin.clone(), uids).map_err(
+                |source| IsolationError::Jail {
+                    bin: config.vmm_bin.clone(),
+                    source,
+                },
+            )?;
+            tracing::info!(
+                base = %jail.base.display(),
+                uids = %format!("{}..{}", config.jail_uid_base,
+                                u64::from(config.jail_uid_base) + u64::from(config.jail_uid_count)),
+                "guests' VMMs are jailed"
+            );
+            Some(jail)
+        };
+        Ok(Isolation {
+            jail,
+            cgroups,
+            no_seccomp: config.no_seccomp,
+            leases: Mutex::default(),
+        })
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, Confinement>> {
+        self.leases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records `lease_id`'s jail, cgroup and (for a jailed VMM) control socket file until
+    /// [`Isolation::release`].
+    fn register_with(
+        &self,
+        lease_id: &str,
+        control: Option<PathBuf>,
+        jail: Option<Jail>,
+        slot: Option<CgroupSlot>,
+    ) {
+        let control = control.filter(|_| jail.is_some());
+        self.leases().insert(
+            lease_id.to_string(),
+            Confinement {
+                control,
+                jail,
+                slot,
+                warned: false,
+            },
+        );
+    }
+
+    /// Like [`Isolation::register`] for a jailed VMM whose control socket coinopd bound at
+    /// `control`.
+    pub fn register_jailed(
+        &self,
+        lease_id: &str,
+        control: PathBuf,
+        jail: Option<Jail>,
+        slot: Option<CgroupSlot>,
+    ) {
+        self.register_with(lease_id, Some(control), jail, slot);
+    }
+
+    /// Finds the jail and cgroup an earlier coinopd left for a re-adopted guest whose
+    /// control socket is at `control`.
+    pub fn readopt(&self, lease_id: &str, control: PathBuf) {
+        let jail = match self.jail.as_ref().map(|j| j.reopen(lease_id)) {
+            Some(Ok(jail)) => jail,
+            Some(Err(e)) => {
+                tracing::warn!(lease = lease_id, error = %e, "cannot reopen the jail");
+                None
+            }
+            None => None,
+        };
+        let slot = self.cgroups.reopen_slot(lease_id).unwrap_or_else(|e| {
+            tracing::warn!(lease = lease_id, error = %e, "cannot reopen the cgroup");
+            None
+        });
+        self.register_with(lease_id, Some(control), jail, slot);
+    }
+
+    /// Removes `lease_id`'s jail root and cgroup once its VMM is gone (blocking: the
+    /// cgroup removal waits briefly for exiting tasks). Idempotent.
+    pub fn release(&self, lease_id: &str) {
+        let Some(c) = self.leases().remove(lease_id) else {
+            return;
+        };
+        if let Some(slot) = c.slot {
+            if let Err(e) = slot.remove() {
+                tracing::warn!(lease = lease_id, error = %e, "cannot remove the cgroup");
+            }
+        }
+        if let Some(control) = c.control {
+            let _ = std::fs::remove_file(control);
+        }
+        if let Some(jail) = c.jail {
+            if let Err(e) = jail.remove() {
+                tracing::warn!(lease = lease_id, error = %e, "cannot remove the jail");
+            }
+        }
+    }
+
+    /// The kernel's count of CPU time `lease_id`'s cgroup used, µs (`None` without one).
+    pub fn cgroup_cpu_us(&self, lease_id: &str) -> Option<u64> {
+        let leases = self.leases();
+        let slot = leases.get(lease_id)?.slot.as_ref()?;
+        slot.cpu_usage_us().ok()
+    }
+
+    /// Compares the VMM's own vCPU time with the cgroup's count (which also holds the
+    /// VMM's other threads) and logs once per lease when they differ by more than
+    /// 10% + 5 ms.
+    pub fn check_cpu(&self, lease_id: &str, vmm_vcpu_us: u64) {
+        let mut leases = self.leases();
+        let Some(c) = leases.get_mut(lease_id) else {
+            return;
+        };
+        let Some(cgroup_us) = c.slot.as_ref().and_then(|s| s.cpu_usage_us().ok()) else {
+            return;
+        };
+        if !c.warned && !cpu_counts_agree(vmm_vcpu_us, cgroup_us) {
+            c.warned = true;
+            tracing::warn!(
+                lease = lease_id,
+                vmm_vcpu_us,
+                cgroup_cpu_us = cgroup_us,
+                "the VMM's vCPU time and its cgroup's CPU time disagree by more than 10% + 5 ms"
+            );
+        }
+    }
+}
+
+/// Whether two CPU-time counts agree within 10% of the larger plus 5 ms.
+pub fn cpu_counts_agree(a_us: u64, b_us: u64) -> bool {
+    a_us.abs_diff(b_us) <= a_us.max(b_us) / 10 + 5_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_counts_agree_within_a_tenth_plus_5_ms() {
+        assert!(cpu_counts_agree(0, 5_000));
+        assert!(!cpu_counts_agree(0, 5_600));
+        assert!(cpu_counts_agree(1_000_000, 1_105_000));
+        assert!(!cpu_counts_agree(1_000_000, 1_130_000));
+        assert!(cpu_counts_agree(1_130_000, 1_020_000));
+    }
+}
