@@ -7,7 +7,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// The filters the VMM expects, one per thread kind, and the constant each becomes.
-const FILTERS: [(&str, &str); 3] = [("main", "MAIN"), ("vcpu", "VCPU"), ("control", "CONTROL")];
+const FILTERS: [(&str, &str); 4] = [
+    ("main", "MAIN"),
+    ("vcpu", "VCPU"),
+    ("control", "CONTROL"),
+    ("device", "DEVICE"),
+];
 
 /// Compiles `seccomp/x86_64.json` under `manifest_dir` into `out_dir/seccomp_filters.rs`.
 pub fn write_filters(manifest_dir: &Path, out_dir: &Path) -> Result<(), String> {

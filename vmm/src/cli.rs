@@ -47,7 +47,7 @@ pub struct Args {
     /// Debugging only: run without seccomp filters (announced by a `warning` event).
     #[arg(long = "no-seccomp")]
     pub no_seccomp: bool,
-    /// Test builds only: this thread kind (main, vcpu, control) calls a forbidden syscall.
+    /// Test builds only: this thread kind (main, vcpu, control, device) calls a forbidden syscall.
     #[cfg(feature = "seccomp-selftest")]
     #[arg(long = "seccomp-selftest", hide = true, value_parser = parse_thread_kind)]
     pub seccomp_selftest: Option<crate::seccomp::ThreadKind>,
@@ -287,7 +287,7 @@ fn seccomp_policy(args: &Args) -> crate::seccomp::Policy {
 #[cfg(feature = "seccomp-selftest")]
 fn parse_thread_kind(value: &str) -> Result<crate::seccomp::ThreadKind, String> {
     crate::seccomp::ThreadKind::from_name(value)
-        .ok_or_else(|| format!("'{value}': expected main, vcpu or control"))
+        .ok_or_else(|| format!("'{value}': expected main, vcpu, control or device"))
 }
 
 fn check_fd(flag: &'static str, fd: RawFd) -> Result<(), Error> {

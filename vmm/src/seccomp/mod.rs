@@ -8,7 +8,8 @@
 //! |---|---|---|
 //! | `vcpu` | every vCPU thread | after its initial register state is loaded, before its first KVM_RUN |
 //! | `control` | the control-socket thread | first thing on the thread |
-//! | `main` | the main thread and device threads (the stdin reader) | device threads first thing; the main thread at the end of [`crate::builder::start`], after it started every thread |
+//! | `main` | the main thread and the stdin reader | the reader first thing; the main thread at the end of [`crate::builder::start`], after it started every thread |
+//! | `device` | virtio device threads (epoll on queue eventfds, disk pread/pwrite/fdatasync, tap read/write) | first thing on the thread, before it serves any queue |
 //!
 //! Filters stack onto threads created later, so the main thread installs its filter only
 //! after spawning the others, and the BSP waits for that ([`wait_until_sealed`]) before its
@@ -39,6 +40,8 @@ pub enum ThreadKind {
     Vcpu,
     /// The control-socket thread.
     Control,
+    /// A virtio device thread.
+    Device,
 }
 
 impl ThreadKind {
@@ -48,14 +51,20 @@ impl ThreadKind {
             ThreadKind::Main => "main",
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Control => "control",
+            ThreadKind::Device => "device",
         }
     }
 
     /// Parses a filter name.
     pub fn from_name(name: &str) -> Option<Self> {
-        [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Control]
-            .into_iter()
-            .find(|kind| kind.name() == name)
+        [
+            ThreadKind::Main,
+            ThreadKind::Vcpu,
+            ThreadKind::Control,
+            ThreadKind::Device,
+        ]
+        .into_iter()
+        .find(|kind| kind.name() == name)
     }
 
     /// The compiled BPF program.
@@ -64,6 +73,7 @@ impl ThreadKind {
             ThreadKind::Main => filters::MAIN,
             ThreadKind::Vcpu => filters::VCPU,
             ThreadKind::Control => filters::CONTROL,
+            ThreadKind::Device => filters::DEVICE,
         }
     }
 }
@@ -184,7 +194,12 @@ mod tests {
 
     #[test]
     fn every_filter_is_compiled_and_named() {
-        for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Control] {
+        for kind in [
+            ThreadKind::Main,
+            ThreadKind::Vcpu,
+            ThreadKind::Control,
+            ThreadKind::Device,
+        ] {
             assert!(!kind.program().is_empty(), "{} is empty", kind.name());
             assert_eq!(ThreadKind::from_name(kind.name()), Some(kind));
         }
@@ -195,5 +210,6 @@ mod tests {
     fn filters_differ_per_thread_kind() {
         assert_ne!(ThreadKind::Vcpu.program(), ThreadKind::Control.program());
         assert_ne!(ThreadKind::Main.program(), ThreadKind::Vcpu.program());
+        assert_ne!(ThreadKind::Device.program(), ThreadKind::Main.program());
     }
 }

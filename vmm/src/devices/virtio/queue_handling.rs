@@ -127,6 +127,8 @@ struct DeviceThread {
 
 impl DeviceThread {
     fn run(mut self, activations: &Receiver<Activation>, stopped: &Sender<()>) {
+        // Before touching any queue: a guest-controlled request is parsed only under it.
+        crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Device);
         while let Ok(activation) = activations.recv() {
             self.device.set_acked_features(activation.acked_features);
             let mut queues = activation.queues;
