@@ -28,8 +28,11 @@ pub struct ChildRun {
     /// Monotonic µs when the process was reaped.
     pub reaped_at_us: u64,
     pub status: ExitStatus,
-    /// Peak resident set size, from the kernel's rusage of the reaped child.
-    pub max_rss_kib: u64,
+    /// Peak resident set size: the child's VmHWM read at its exit event or just before the
+    /// harness killed it. `None` when the process was gone before the read: the reaped
+    /// child's rusage is no substitute, it is floored at the harness's own RSS (see
+    /// `vm_hwm_kib`).
+    pub max_rss_kib: Option<u64>,
     /// True when the harness killed it: the deadline passed or `kill_after` matched.
     pub killed: bool,
 }
@@ -96,7 +99,8 @@ pub fn run_driven(
     });
     let open = readers.iter().flatten().count();
     let c = collect(pid, &rx, deadline, spawned_at_us, open);
-    let (status, max_rss_kib, reaped_at_us) = reap(pid, label)?;
+    let (status, reaped_at_us) = reap(pid, label)?;
+    let max_rss_kib = c.hwm_kib;
     for r in readers.into_iter().flatten() {
         // A reader ends at EOF, which the child's exit guarantees.
         let _ = r.join();
@@ -159,6 +163,20 @@ struct Collected {
     err: Vec<TimedLine>,
     killed: bool,
     drive_error: Option<String>,
+    /// The process's own VmHWM, read while it was still alive.
+    hwm_kib: Option<u64>,
+}
+
+/// The last line a coinop-vmm prints while its memory is all still mapped.
+const EXIT_EVENT: &str = r#""event":"exit""#;
+
+/// Peak RSS of `pid`'s current image (VmHWM in /proc/PID/status). The rusage of a reaped
+/// child can't be used for this: at exec the kernel folds the pre-exec (vforked) image's
+/// high-water mark, i.e. the harness's own RSS, into it, which floors every figure at ours.
+fn vm_hwm_kib(pid: libc::pid_t) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Gathers lines until both pipes close, killing the child at the deadline, the marker, or
@@ -172,6 +190,7 @@ fn collect(
 ) -> Collected {
     let (mut out, mut err, mut killed) = (Vec::new(), Vec::new(), false);
     let mut drive_error = None;
+    let mut hwm_kib = None;
     let limit_us = start_us + deadline.timeout.as_micros() as u64;
     while pipes_open > 0 {
         let left = limit_us.saturating_sub(monotonic_us());
@@ -183,11 +202,17 @@ fn collect(
                     .is_some_and(|m| line.text.contains(m));
                 out.push(line);
                 if hit && !killed {
+                    hwm_kib = vm_hwm_kib(pid).or(hwm_kib);
                     kill(pid);
                     killed = true;
                 }
             }
-            Ok(Msg::Line(Stream::Err, line)) => err.push(line),
+            Ok(Msg::Line(Stream::Err, line)) => {
+                if line.text.contains(EXIT_EVENT) {
+                    hwm_kib = vm_hwm_kib(pid).or(hwm_kib);
+                }
+                err.push(line);
+            }
             Ok(Msg::Driven(Err(e))) => {
                 drive_error = Some(e);
                 if !killed {
@@ -211,6 +236,7 @@ fn collect(
         err,
         killed,
         drive_error,
+        hwm_kib,
     }
 }
 
@@ -220,14 +246,12 @@ fn kill(pid: libc::pid_t) {
     unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
-/// Waits for the child with wait4 so the kernel hands over its rusage (peak RSS).
-fn reap(pid: libc::pid_t, label: &str) -> Result<(ExitStatus, u64, u64), BenchError> {
+/// Waits for the child (retrying on EINTR); returns its status and when it was reaped.
+fn reap(pid: libc::pid_t, label: &str) -> Result<(ExitStatus, u64), BenchError> {
     let mut status: libc::c_int = 0;
-    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
-        // SAFETY: `status` and `usage` are valid for writes; `pid` is our own child.
-        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        // SAFETY: `status` is valid for writes; `pid` is our own, not yet reaped child.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
         if rc == pid {
             break;
         }
@@ -239,6 +263,22 @@ fn reap(pid: libc::pid_t, label: &str) -> Result<(ExitStatus, u64, u64), BenchEr
             });
         }
     }
-    let at = monotonic_us();
-    Ok((ExitStatus::from_raw(status), usage.ru_maxrss as u64, at))
+    Ok((ExitStatus::from_raw(status), monotonic_us()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_live_process_high_water_mark() {
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        let kib = vm_hwm_kib(me).expect("our own /proc status has VmHWM");
+        assert!(
+            kib > 100,
+            "a Rust test binary maps more than 100 KiB, got {kib}"
+        );
+        assert_eq!(vm_hwm_kib(-1), None, "no such process");
+    }
 }

@@ -148,7 +148,7 @@ impl VmmScenario {
         let serial = run.stdout_marker_us(&self.guest.ready_line).map(ms);
         if !engine.has_events() {
             push(READY_METRIC, serial);
-            push("peak RSS MiB", Some(run.max_rss_kib as f64 / 1024.0));
+            push("peak RSS MiB", run.max_rss_kib.map(|k| k as f64 / 1024.0));
             return Ok(());
         }
         let t = vmm_events::parse(&run.stderr);
@@ -171,7 +171,7 @@ impl VmmScenario {
                 Some(ms(run.reaped_at_us.saturating_sub(run.spawned_at_us))),
             );
         }
-        push("peak RSS MiB", Some(run.max_rss_kib as f64 / 1024.0));
+        push("peak RSS MiB", run.max_rss_kib.map(|k| k as f64 / 1024.0));
         Ok(())
     }
 }
