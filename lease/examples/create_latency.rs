@@ -6,6 +6,8 @@
 //! ```text
 //! cargo run --release -p lease --example create_latency -- \
 //!     --coinopd target/release/coinopd --vmm STATIC_COINOP_VMM --testguest testguest-pvh.elf --count 25
+//! # the same without the jail (the cgroup stays), for the cost of jailing:
+//!     ... --coinopd-arg --no-jail
 //! ```
 
 use std::path::PathBuf;
@@ -34,6 +36,8 @@ struct Args {
     vmm: PathBuf,
     testguest: PathBuf,
     count: usize,
+    /// More coinopd flags (`--coinopd-arg --no-jail` measures the unjailed create path).
+    coinopd_args: Vec<String>,
 }
 
 fn args() -> Args {
@@ -42,6 +46,7 @@ fn args() -> Args {
         vmm: PathBuf::new(),
         testguest: PathBuf::new(),
         count: 25,
+        coinopd_args: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,6 +56,7 @@ fn args() -> Args {
             "--vmm" => a.vmm = value.into(),
             "--testguest" => a.testguest = value.into(),
             "--count" => a.count = value.parse().unwrap_or(25),
+            "--coinopd-arg" => a.coinopd_args.push(value),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -150,6 +156,7 @@ async fn main() {
         .args(["--vmm-bin", &a.vmm.display().to_string()])
         .args(["--testguest", &a.testguest.display().to_string()])
         .args(["--capacity-vcpus", "8", "--capacity-mib", "4096"])
+        .args(&a.coinopd_args)
         .env("RUST_LOG", "warn")
         .stderr(Stdio::inherit())
         .spawn()
