@@ -2,10 +2,12 @@
 //! spent-set write, swaps/s, blind signatures/s (with DLEQ) and proof verifications/s.
 //!
 //! Run: `cargo bench -p payment --bench credit`. The spent set is the SQLite one
-//! (WAL, synchronous=FULL) in a temporary dir on the same disk as `$TMPDIR`.
+//! (WAL, synchronous=FULL) in a temporary dir on the same disk as `$TMPDIR`; the last
+//! section compares it with the group-committing one under N concurrent redeemers.
 
 use std::fs;
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use bitcoin::secp256k1::rand::{thread_rng, RngCore};
@@ -13,7 +15,7 @@ use bitcoin::secp256k1::{PublicKey, SecretKey};
 use payment::credit::bdhke::{blind_message, unblind};
 use payment::credit::nut_types::{BlindSignature, BlindedMessage, Proof, SwapRequest};
 use payment::credit::{Mint, MintLimits};
-use payment::spent_set::{SpentSet, SqliteSpentSet};
+use payment::spent_set::{GroupCommitSpentSet, SpentSet, SqliteSpentSet};
 
 const REDEEMS: usize = 300;
 const BATCH: usize = 64;
@@ -85,6 +87,72 @@ fn mint_proofs(mint: &Mint, amounts: &[u64]) -> Vec<Proof> {
         .mint(amounts.iter().sum(), &w.messages())
         .expect("minting");
     w.proofs(mint, &sigs)
+}
+
+/// CPU time of the whole process (all threads, also exited ones) in ns, from
+/// `/proc/self/stat` utime + stime (clock ticks of 10 ms, fine over a run of seconds).
+fn process_cpu_ns() -> u64 {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) * 10_000_000
+}
+
+/// Total redeems per concurrent run, split across the redeemer threads.
+const CONCURRENT_REDEEMS: usize = 960;
+
+/// Redeems one proof per call from `threads` threads at once over `spent`, and prints
+/// redeems/s, median and p99 latency per call and process CPU per redeem.
+fn concurrent_redeems(label: &str, state_dir: &Path, spent: Arc<dyn SpentSet>, threads: usize) {
+    let mint = Mint::open(state_dir, spent, MintLimits::default()).expect("mint");
+    let per_thread = CONCURRENT_REDEEMS / threads;
+    let work: Vec<Vec<Proof>> = (0..threads)
+        .map(|_| mint_proofs(&mint, &vec![8; per_thread]))
+        .collect();
+    let barrier = Barrier::new(threads + 1);
+    let (wall, cpu, elapsed) = std::thread::scope(|s| {
+        let handles: Vec<_> = work
+            .iter()
+            .map(|proofs| {
+                let (mint, barrier) = (&mint, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    let mut wall = Vec::with_capacity(proofs.len());
+                    for p in proofs {
+                        let t0 = Instant::now();
+                        mint.redeem(std::slice::from_ref(p), "bench")
+                            .expect("redeem");
+                        wall.push(t0.elapsed());
+                    }
+                    wall
+                })
+            })
+            .collect();
+        let (c0, t0) = (process_cpu_ns(), Instant::now());
+        barrier.wait();
+        let wall: Vec<Duration> = handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("redeemer thread"))
+            .collect();
+        (wall, process_cpu_ns() - c0, t0.elapsed())
+    });
+    let mut wall = wall;
+    wall.sort();
+    let n = wall.len();
+    println!(
+        "{label:<12} {threads:>2} threads: {:>8.0} redeems/s, median {:>8.1} µs, p99 {:>8.1} µs wall; {:>6.1} µs CPU per redeem (process)",
+        n as f64 / elapsed.as_secs_f64(),
+        percentile(&wall, 0.5).as_secs_f64() * 1e6,
+        percentile(&wall, 0.99).as_secs_f64() * 1e6,
+        cpu as f64 / n as f64 / 1e3
+    );
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -188,4 +256,19 @@ fn main() {
         swap_each.as_secs_f64() * 1e6,
         1.0 / swap_each.as_secs_f64()
     );
+
+    // Concurrent redeemers, 1 proof per call: one fsync per claim vs one per batch.
+    for threads in [1, 8, 32] {
+        let d = tempfile::tempdir().expect("temp dir");
+        let sqlite = SqliteSpentSet::open(&d.path().join("spent.sqlite")).expect("spent set");
+        concurrent_redeems("sqlite", d.path(), Arc::new(sqlite), threads);
+        let d = tempfile::tempdir().expect("temp dir");
+        let group =
+            Arc::new(GroupCommitSpentSet::open(&d.path().join("spent.sqlite")).expect("spent set"));
+        concurrent_redeems("group-commit", d.path(), group.clone(), threads);
+        println!(
+            "             group-commit made {} commits for {CONCURRENT_REDEEMS} redeems",
+            group.commits()
+        );
+    }
 }

@@ -65,7 +65,9 @@ pub trait SpentSet: Send + Sync {
     fn states(&self, keys: &[SpendKey]) -> Result<Vec<Option<SpendState>>, SpentSetError>;
 }
 
+mod group_commit;
 mod sqlite;
+pub use group_commit::GroupCommitSpentSet;
 pub use sqlite::{open_durable, SqliteSpentSet};
 
 impl SpendKey {

@@ -30,7 +30,7 @@ impl std::fmt::Debug for SqliteSpentSet {
     }
 }
 
-fn storage(e: rusqlite::Error) -> SpentSetError {
+pub(super) fn storage(e: rusqlite::Error) -> SpentSetError {
     SpentSetError::Storage(e.to_string())
 }
 
@@ -142,6 +142,17 @@ impl SqliteSpentSet {
         state: SpendState,
         note: &str,
     ) -> Result<(), SpentSetError> {
+        Self::claim_on(tx, keys, state, note)
+    }
+
+    /// [`Self::claim_in`] over any connection, transaction or savepoint: the group committer
+    /// runs each request inside its own savepoint.
+    pub(super) fn claim_on(
+        tx: &Connection,
+        keys: &[SpendKey],
+        state: SpendState,
+        note: &str,
+    ) -> Result<(), SpentSetError> {
         reject_duplicates(keys)?;
         for key in keys {
             if let Some(taken) = state_of(tx, key)? {
@@ -174,7 +185,7 @@ impl SqliteSpentSet {
     }
 
     /// Checks that every key is pending, inside the caller's transaction.
-    fn require_pending(tx: &Transaction<'_>, keys: &[SpendKey]) -> Result<(), SpentSetError> {
+    fn require_pending(tx: &Connection, keys: &[SpendKey]) -> Result<(), SpentSetError> {
         reject_duplicates(keys)?;
         for key in keys {
             if state_of(tx, key)? != Some(SpendState::Pending) {
@@ -189,6 +200,14 @@ impl SqliteSpentSet {
 
     /// Moves pending keys to `Spent` inside the caller's transaction (all or none).
     pub fn commit_pending_in(tx: &Transaction<'_>, keys: &[SpendKey]) -> Result<(), SpentSetError> {
+        Self::commit_pending_on(tx, keys)
+    }
+
+    /// [`Self::commit_pending_in`] over any connection, transaction or savepoint.
+    pub(super) fn commit_pending_on(
+        tx: &Connection,
+        keys: &[SpendKey],
+    ) -> Result<(), SpentSetError> {
         Self::require_pending(tx, keys)?;
         let mut update = tx
             .prepare_cached("UPDATE spent_keys SET state = ?3 WHERE kind = ?1 AND key = ?2")
@@ -208,6 +227,14 @@ impl SqliteSpentSet {
     /// Forgets pending keys inside the caller's transaction (all or none).
     pub fn release_pending_in(
         tx: &Transaction<'_>,
+        keys: &[SpendKey],
+    ) -> Result<(), SpentSetError> {
+        Self::release_pending_on(tx, keys)
+    }
+
+    /// [`Self::release_pending_in`] over any connection, transaction or savepoint.
+    pub(super) fn release_pending_on(
+        tx: &Connection,
         keys: &[SpendKey],
     ) -> Result<(), SpentSetError> {
         Self::require_pending(tx, keys)?;
