@@ -11,7 +11,7 @@ use payment::credit::{Mint, MintLimits};
 use payment::onchain::{
     AddressDeriver, AddressKind, ChainNetwork, Checkpoint, HeaderChain, QuoteBook,
 };
-use payment::spent_set::SqliteSpentSet;
+use payment::spent_set::GroupCommitSpentSet;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
@@ -120,7 +120,9 @@ impl AppState {
         std::fs::create_dir_all(config.run_dir()).map_err(dir_err(&config.state_dir))?;
         let ledger_path = config.ledger_path();
         let ledger = Arc::new(Ledger::open(&ledger_path)?);
-        let spent = Arc::new(SqliteSpentSet::open(&ledger_path)?);
+        // Swaps from many wallets at once share one fsync per batch; lease payments claim
+        // inside the ledger's own transaction instead (one commit with the balance).
+        let spent = Arc::new(GroupCommitSpentSet::open(&ledger_path)?);
         let mint = Mint::open(&config.state_dir, spent, MintLimits::default())?;
         let network = chain_network(config.network);
         let chain = HeaderChain::open(
