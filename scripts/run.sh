@@ -26,9 +26,16 @@ coinop() { "$COINOP_BIN/coinop" "$@"; }
 step() { printf '\n\033[1m$ coinop %s\033[0m\n' "$*"; coinop "$@"; }
 json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
+# Jailing a guest (namespaces, pivot_root, a pool uid, cgroups) needs root; coinopd refuses
+# to run guests unjailed unless told so.
+extra=()
+if [ "$(id -u)" != 0 ]; then
+  say "not root: guests run without the jail (coinopd --no-jail); run as root for the real thing"
+  extra+=(--no-jail)
+fi
 say "starting coinopd (regtest, embedded defaults) in $state"
 "$COINOP_BIN/coinopd" --state-dir "$state" --socket "$COINOP_SOCKET" \
-  --vmm-bin "$COINOP_VMM" --testguest target/testguest/testguest-pvh.elf \
+  --vmm-bin "$COINOP_VMM" --testguest target/testguest/testguest-pvh.elf "${extra[@]}" \
   >"$state/coinopd.log" 2>&1 &
 daemon=$!
 stop_daemon() { kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null || true; }
