@@ -795,6 +795,15 @@ mod tests {
     use super::*;
     use payment::spent_set::SpendKey;
 
+    /// A usage reading of lease "a": cumulative vCPU µs and uptime µs.
+    fn s(vcpu_total_us: u64, uptime_us: u64) -> Sample<'static> {
+        Sample {
+            lease_id: "a",
+            vcpu_total_us,
+            uptime_us,
+        }
+    }
+
     fn ledger() -> (tempfile::TempDir, Ledger) {
         let dir = tempfile::tempdir().expect("tempdir");
         let l = Ledger::open(&dir.path().join("ledger.db")).expect("open ledger");
@@ -850,11 +859,6 @@ mod tests {
         l.create_lease(&new_lease("a"), &credit(1, 3000))
             .expect("create");
         l.mark_running("a", None, "{}").expect("run");
-        let s = |v, u| Sample {
-            lease_id: "a",
-            vcpu_total_us: v,
-            uptime_us: u,
-        };
         // 1 s vCPU + 1 GiB × 1 s = 2000 msat.
         let o = l
             .apply_tick(&[s(1_000_000, 1_000_000)], P, 0)
@@ -885,11 +889,6 @@ mod tests {
         l.create_lease(&new_lease("a"), &credit(1, 1000))
             .expect("create");
         l.mark_running("a", None, "{}").expect("run");
-        let s = |v, u| Sample {
-            lease_id: "a",
-            vcpu_total_us: v,
-            uptime_us: u,
-        };
         l.apply_tick(&[s(1_000_000, 0)], P, 100).expect("tick");
         l.apply_tick(&[s(1_000_000, 50_000_000)], P, 100)
             .expect("paused tick");
@@ -912,11 +911,6 @@ mod tests {
         l.create_lease(&new_lease("a"), &credit(1, 5_000))
             .expect("create");
         l.mark_running("a", None, "{}").expect("run");
-        let s = |v, u| Sample {
-            lease_id: "a",
-            vcpu_total_us: v,
-            uptime_us: u,
-        };
         // Odd readings so debits leave sub-sat balances and carried fractions.
         l.apply_tick(&[s(1_234_567, 333_333)], P, 60).expect("tick");
         l.apply_tick(&[s(5_000_001, 777_777)], P, 60)
