@@ -1,5 +1,7 @@
 //! `coinopd`'s main loop: open the state, bind the socket, re-adopt guests, run the
-//! scheduler and serve the API until SIGINT/SIGTERM. Guests keep running across restarts.
+//! scheduler and serve the API until SIGINT/SIGTERM. Guests keep running across restarts;
+//! stops that were accepted before the signal are finished first (bounded), so a stopped
+//! lease never leaves its guest running.
 
 use std::os::unix::fs::PermissionsExt;
 
