@@ -79,7 +79,8 @@ struct GuestArgs {
     /// An initrd for a Linux guest.
     #[arg(long)]
     initrd: Option<PathBuf>,
-    /// Kernel command line (default: mode=halt for `vmm`, mode=echo for daemon scenarios).
+    /// Kernel command line (default: mode=halt for `vmm`, mode=idle for `density`,
+    /// mode=spin:600000 for `overrun`, mode=echo for the other daemon scenarios).
     #[arg(long)]
     cmdline: Option<String>,
     /// A serial line containing this marks the guest as up, on every engine.
@@ -301,7 +302,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
                 return Err(BenchError::Usage("--guests must be at least 1".into()));
             }
             let s = scenario_density::DensityScenario {
-                daemon: daemon_spec(&a.guest, &a.daemon, guests, "mode=echo")?,
+                daemon: daemon_spec(&a.guest, &a.daemon, guests, "mode=idle")?,
                 guests,
                 vcpus: a.daemon.vcpus,
                 mem_mib: a.daemon.mem_mib,
