@@ -61,7 +61,8 @@ async fn stop(d: &Daemon, id: &str, token: &str) {
 }
 
 /// In-process daemon: the stop waits behind the held control socket, which is let go a
-/// moment after the shutdown began; once `serve` has returned the guest must be gone.
+/// second after the shutdown began (before the stop request's own 2 s timeout); once
+/// `serve` has returned the guest must be gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_a_stop_accepted_just_before() {
     if !kvm_or_skip() {
@@ -74,7 +75,7 @@ async fn graceful_shutdown_finishes_a_stop_accepted_just_before() {
     let held = hold_control(&control);
     stop(&d, &id, &token).await;
     let release = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_secs(1));
         drop(held);
     });
     d.shutdown().await;
