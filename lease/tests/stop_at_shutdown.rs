@@ -4,7 +4,8 @@
 //! a loaded host) left a `mode=spin` guest burning a core for ten minutes after the suite.
 //!
 //! The tests make the stop slow on purpose: they hold the VMM's control socket (it serves
-//! one client at a time), so coinopd's stop request waits behind them.
+//! one client at a time), so coinopd's stop request waits behind them. The last test checks
+//! the harness's own guard for a test that ends with a lease still running.
 
 mod common;
 
@@ -108,5 +109,32 @@ async fn a_stop_the_vmm_does_not_answer_kills_it_before_the_daemon_exits() {
     assert!(
         left.is_empty(),
         "coinopd exited with the stopped lease's VMM still running: {left:?}"
+    );
+}
+
+/// The harness side: a test that ends (or panics) with a lease still running leaves no
+/// guest behind, because its state directory's guard kills the VMMs that belong to it,
+/// and only those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_state_dir_kills_the_guests_a_test_left_running() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let other = StateDir::new();
+    let dir = StateDir::new();
+    let d = Daemon::start(dir.path(), &[]).await;
+    let _ = spinning_lease(&d).await;
+    // Guests outlive their daemon (re-adoption), so ending it leaves the guest up.
+    d.shutdown().await;
+    let pids = running_vmms(dir.path());
+    assert_eq!(pids.len(), 1, "the guest outlives its daemon");
+    assert!(
+        running_vmms(other.path()).is_empty(),
+        "another state dir's guests are not this one's"
+    );
+    drop(dir);
+    assert!(
+        !pids.iter().any(|&p| lease::guest_stop::vmm_running(p)),
+        "VMM {pids:?} still running after its state dir was dropped"
     );
 }
