@@ -4,9 +4,10 @@
 # then after each stage list, kill and fail on the ones the stage left behind.
 #
 # A VMM counts as the suite's when it was not alive at the snapshot (pid + start time, so a
-# reused pid is new) and it is orphaned: its parent is neither a coinopd nor a cargo test
-# binary (target/*/deps/*), which is what a still-running suite of someone else on the same
-# host would be. A leaked VMM of this suite has outlived its test binary and daemon.
+# reused pid is new) and it is orphaned: its parent is neither a cargo test binary
+# (target/*/deps/*) nor a coinopd with a live parent, which is what a still-running suite
+# of someone else on the same host would be. A leaked VMM of this suite has outlived its
+# test binary (and its daemon, or the daemon is an orphan too).
 
 # Prints "pid:starttime" of every live (not zombie) coinop-vmm.
 coinop_vmm_keys() {
@@ -22,13 +23,23 @@ coinop_vmm_keys() {
   done
 }
 
-# Whether pid $1's parent is a coinopd or a cargo test binary still running.
+# The parent pid of pid $1 (empty once it is gone).
+coinop_ppid() {
+  awk '{sub(/.*\) /, ""); print $2}' "/proc/$1/stat" 2>/dev/null || true
+}
+
+# Whether pid $1's parent is a cargo test binary, or a coinopd that is not itself orphaned
+# (a coinopd leaked by this suite would be), still running.
 coinop_vmm_parent_is_a_live_suite() {
-  local ppid comm exe
-  ppid=$(awk '{sub(/.*\) /, ""); print $2}' "/proc/$1/stat" 2>/dev/null) || return 1
+  local ppid comm exe grand
+  ppid=$(coinop_ppid "$1")
   [ -n "$ppid" ] && [ "$ppid" != 1 ] || return 1
   comm=$(cat "/proc/$ppid/comm" 2>/dev/null) || return 1
-  [ "$comm" = coinopd ] && return 0
+  if [ "$comm" = coinopd ]; then
+    grand=$(coinop_ppid "$ppid")
+    [ -n "$grand" ] && [ "$grand" != 1 ]
+    return
+  fi
   exe=$(readlink "/proc/$ppid/exe" 2>/dev/null) || return 1
   case "$exe" in */target/*/deps/*) return 0 ;; esac
   return 1
