@@ -247,7 +247,11 @@ async fn an_onchain_create_lost_after_the_boot_is_recovered_only_with_its_key() 
     )
     .await;
     let b = books_balance(dir.path(), &id);
-    assert_eq!(b.paid_msat, row.balance_msat, "{b:?}");
+    assert_eq!(
+        b.paid_msat,
+        row.balance_msat + row.debited_msat,
+        "paid once: {b:?}"
+    );
 
     let stop = d
         .call("POST", &format!("/v1/leases/{id}/stop"), Some(&token), None)
@@ -309,6 +313,92 @@ async fn retries_of_a_delivered_create_rotate_the_token_and_reuse_stays_refused(
             Some(valid[0]),
             None,
         )
+        .await;
+    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.shutdown().await;
+}
+
+fn coinop(socket: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_coinop"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run coinop")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coinop_lease_create_run_again_after_a_lost_reply_gets_the_lease() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _guests = Guests(dir.path().to_path_buf());
+    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_COMMITTED)]).await;
+    let proofs = d.mint_credit(12).await;
+    let proofs_file = dir.path().join("proofs.json");
+    std::fs::write(&proofs_file, serde_json::to_vec(&proofs).expect("json")).expect("write");
+    let key_file = dir.path().join("create.key");
+    let socket = d.socket.clone();
+    let args = [
+        "--json",
+        "lease",
+        "create",
+        "--vcpus",
+        "1",
+        "--mem-mib",
+        "64",
+        "--cmdline",
+        "mode=echo",
+        "--credit",
+        proofs_file.to_str().expect("utf-8 path"),
+        "--recovery-key-file",
+        key_file.to_str().expect("utf-8 path"),
+        "--retries",
+        "0",
+    ];
+    let lost = tokio::task::block_in_place(|| coinop(&socket, &args));
+    let err = String::from_utf8_lossy(&lost.stderr);
+    assert_eq!(lost.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("run the same command again") && err.contains("create.key"),
+        "{err}"
+    );
+    let key = std::fs::read_to_string(&key_file).expect("the key was kept");
+    assert_eq!(key.trim().len(), 64);
+    let status = d.wait_crash().await;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let id = only_lease(dir.path());
+    let again = tokio::task::block_in_place(|| coinop(&d.socket, &args));
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let v: Value = serde_json::from_slice(&again.stdout).expect("the daemon's JSON");
+    assert_eq!(v["lease_id"], id.as_str(), "{v}");
+    assert_eq!(v["recovered"], true, "{v}");
+    let token = v["token"].as_str().expect("token");
+    assert_eq!(show(&d, &id, token).await.status, 200);
+    assert!(
+        !key_file.exists(),
+        "the key is dropped once the lease is shown"
+    );
+    // Without the key (gone now), the same command is an ordinary reuse: 409.
+    let third = tokio::task::block_in_place(|| coinop(&d.socket, &args));
+    assert_eq!(third.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&third.stderr).contains("already_spent"));
+    books_balance(dir.path(), &id);
+    wait_for(
+        async || show(&d, &id, token).await.json()["state"] == "running",
+        "the recovered lease to boot",
+    )
+    .await;
+    let stop = d
+        .call("POST", &format!("/v1/leases/{id}/stop"), Some(token), None)
         .await;
     assert_eq!(stop.status, 200, "{}", stop.text());
     d.shutdown().await;
