@@ -26,6 +26,7 @@
 //! or whether that lease had a key, is not revealed.
 
 use bitcoin::hashes::{sha256, Hash, HashEngine};
+use payment::credit::nut_types::BlindedMessage;
 use payment::spent_set::{KeyKind, SpendKey};
 use rusqlite::{params, OptionalExtension, Transaction};
 use subtle::ConstantTimeEq;
@@ -78,6 +79,21 @@ pub fn payment_digest(keys: &[SpendKey]) -> [u8; 32] {
         // Keys are 33 or 36 bytes; the length keeps the encoding unambiguous anyway.
         engine.input(&(bytes.len() as u32).to_le_bytes());
         engine.input(bytes);
+    }
+    sha256::Hash::from_engine(engine).to_byte_array()
+}
+
+/// A digest of the blank outputs a refund was signed onto, in order (keyset id and `B_`).
+/// Blind signing is deterministic (`C_ = k·B_`), so signing the same outputs again gives the
+/// same notes: a recovery may hand the signatures of a lost refund reply out again when the
+/// retry brings the very outputs they were made for, and no new money comes of it.
+pub fn outputs_digest(outputs: &[BlindedMessage]) -> [u8; 32] {
+    let mut engine = sha256::Hash::engine();
+    for o in outputs {
+        for part in [o.id.as_bytes(), o.b_.as_bytes()] {
+            engine.input(&(part.len() as u32).to_le_bytes());
+            engine.input(part);
+        }
     }
     sha256::Hash::from_engine(engine).to_byte_array()
 }
@@ -191,6 +207,27 @@ impl Ledger {
         new_token_hash: &[u8; 32],
     ) -> Result<Option<Recovered>, LedgerError> {
         self.with_tx(|tx| recover_in(tx, credit, Some(recovery_hash), new_token_hash))
+    }
+
+    /// Remembers which outputs a lease's refund was signed onto (see [`outputs_digest`]).
+    pub fn remember_refund_outputs(&self, id: &str, digest: &[u8; 32]) -> Result<(), LedgerError> {
+        self.with_tx(|tx| {
+            tx.prepare_cached("UPDATE leases SET refund_outputs_digest = ?2 WHERE id = ?1")?
+                .execute(params![id, digest.as_slice()])?;
+            Ok(())
+        })
+    }
+
+    /// The digest of the outputs a lease's refund was signed onto, if it was.
+    pub fn refund_outputs(&self, id: &str) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.with_conn(|c| {
+            Ok(
+                c.prepare_cached("SELECT refund_outputs_digest FROM leases WHERE id = ?1")?
+                    .query_row([id], |r| r.get(0))
+                    .optional()?
+                    .flatten(),
+            )
+        })
     }
 
     /// The sequence number of a lease's current token (1 = the one issued at creation).

@@ -720,6 +720,7 @@ fn add_missing_columns(conn: &Connection) -> Result<(), LedgerError> {
         ("payment_digest", "BLOB"),
         ("recovery_hash", "BLOB"),
         ("token_seq", "INTEGER NOT NULL DEFAULT 1"),
+        ("refund_outputs_digest", "BLOB"),
     ] {
         if !have.iter().any(|h| h == name) {
             conn.execute_batch(&format!("ALTER TABLE leases ADD COLUMN {name} {decl}"))?;

@@ -403,3 +403,78 @@ async fn coinop_lease_create_run_again_after_a_lost_reply_gets_the_lease() {
     assert_eq!(stop.status, 200, "{}", stop.text());
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_boot_failure_refund_is_signed_again_for_the_same_outputs_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _guests = Guests(dir.path().to_path_buf());
+    // A 1 ms boot timeout fails every boot (and a host without KVM fails it anyway).
+    let d = Daemon::spawn(
+        dir.path(),
+        &["--boot-timeout-ms", "1"],
+        &[(ENV, point::CREATE_REFUNDED)],
+    )
+    .await;
+    let proofs = d.mint_credit(8).await;
+    let wallet = common::Wallet::new(&d).await;
+    let blanks = wallet.outputs(&[1, 1, 1, 1]);
+    let outputs: Vec<_> = blanks.iter().map(|b| &b.msg).collect();
+    let key = new_key();
+    let mut body = create_body(&credit(&proofs), "mode=echo", Some(&key));
+    body["outputs"] = json!(outputs);
+    create_into_crash(d, &body).await;
+
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let id = only_lease(dir.path());
+    let row = ledger(dir.path()).get(&id).expect("get").expect("row");
+    assert_eq!(
+        row.refunded_msat,
+        Some(8000),
+        "the refund committed: {row:?}"
+    );
+
+    let r = create(&d, &body).await;
+    let (token, _) = recovered(&r, &id);
+    let v = r.json();
+    assert_eq!(v["state"], "stopped", "{v}");
+    assert_eq!(
+        v["stop_reason"], "boot_failed",
+        "refunded: not booted again: {v}"
+    );
+    assert_eq!(v["refund"]["refund_msat"], 8000, "{v}");
+    let sigs: Vec<payment::credit::nut_types::BlindSignature> =
+        serde_json::from_value(v["refund"]["signatures"].clone()).expect("signatures");
+    let change = wallet.unblind(&blanks, &sigs);
+    assert_eq!(change.iter().map(|p| p.amount).sum::<u64>(), 8);
+    // The change is real: the mint takes it in a swap.
+    let fresh = wallet.outputs(&[8]);
+    let swap =
+        json!({"inputs": change, "outputs": fresh.iter().map(|b| &b.msg).collect::<Vec<_>>()});
+    let swapped = d.call("POST", "/v1/swap", None, Some(swap.clone())).await;
+    assert_eq!(swapped.status, 200, "{}", swapped.text());
+
+    // Signing the same outputs again gives the same notes, already spent: no new money.
+    let again = create(&d, &body).await;
+    recovered(&again, &id);
+    assert_eq!(
+        again.json()["refund"]["signatures"],
+        v["refund"]["signatures"]
+    );
+    let double = d.call("POST", "/v1/swap", None, Some(swap)).await;
+    assert_eq!(double.status, 409, "{}", double.text());
+    // Other outputs get no signatures, only the lease.
+    let mut other = body.clone();
+    other["outputs"] = json!(wallet
+        .outputs(&[1, 1, 1, 1])
+        .iter()
+        .map(|b| b.msg.clone())
+        .collect::<Vec<_>>());
+    let r = create(&d, &other).await;
+    recovered(&r, &id);
+    assert!(r.json()["refund"].is_null(), "{}", r.text());
+    let v = show(&d, &id, &token).await;
+    assert_eq!(v.status, 401, "superseded by the later retries");
+    let b = books_balance(dir.path(), &id);
+    assert_eq!((b.paid_msat, b.refunded_msat), (8000, 8000));
+    d.shutdown().await;
+}

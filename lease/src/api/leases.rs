@@ -18,7 +18,7 @@ use crate::api_error::ApiError;
 use crate::app::{AppState, Shared};
 use crate::capacity::Totals;
 use crate::clock::monotonic_us;
-use crate::create_recovery::{recovery_hash, CreateOutcome, Recovered};
+use crate::create_recovery::{outputs_digest, recovery_hash, CreateOutcome, Recovered};
 use crate::ledger::{reason, state, Credit, LeaseRow, LedgerError, NewLease, Refund};
 use crate::metering;
 use crate::payment_intake::{credit_error, verify_credit, verify_onchain, PaymentBody};
@@ -394,7 +394,38 @@ async fn recovered(
     body["token"] = Value::String(token);
     body["token_seq"] = Value::from(r.token_seq);
     body["recovered"] = Value::Bool(true);
+    if let Some(refund) = resigned_refund(s, &now, outputs.as_deref())? {
+        body["refund"] = refund;
+    }
     Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// The refund signatures a lost create reply carried, signed again: only when the lease was
+/// refunded onto outputs and the retry brings exactly those outputs (same notes, no new
+/// money; see [`crate::create_recovery::outputs_digest`]).
+fn resigned_refund(
+    s: &Shared,
+    l: &LeaseRow,
+    outputs: Option<&[BlindedMessage]>,
+) -> Result<Option<Value>, ApiError> {
+    let (Some(refund_msat), Some(outputs)) = (l.refunded_msat, outputs) else {
+        return Ok(None);
+    };
+    let Some(stored) = s.ledger.refund_outputs(&l.id)? else {
+        return Ok(None);
+    };
+    let used = Mint::change_outputs_needed(refund_msat).min(outputs.len());
+    if stored.as_slice() != outputs_digest(&outputs[..used]).as_slice() {
+        return Ok(None);
+    }
+    let signed = s
+        .mint
+        .change(refund_msat, &outputs[..used])
+        .map_err(credit_error)?;
+    Ok(Some(
+        json!({"kind": "signatures", "refund_msat": refund_msat,
+                   "residual_msat": l.residual_msat.unwrap_or(0), "signatures": signed}),
+    ))
 }
 
 /// A failed boot: the lease stops (`boot_failed`) and its whole balance is refunded as
@@ -416,7 +447,15 @@ async fn boot_failed(
         s2.ledger
             .mark_stopped(&id2, reason::BOOT_FAILED, Some(&json))?;
         match outputs {
-            Some(outs) => Ok(Some(refund_with(&s2, &id2, &outs)?)),
+            Some(outs) => {
+                let r = refund_with(&s2, &id2, &outs)?;
+                // So that a retry that lost this reply can have the same signatures again.
+                let used = &outs[..r.signed.len().min(outs.len())];
+                s2.ledger
+                    .remember_refund_outputs(&id2, &outputs_digest(used))?;
+                crate::fault::hit(crate::fault::point::CREATE_REFUNDED);
+                Ok(Some(r))
+            }
             None => Ok(None),
         }
     })
