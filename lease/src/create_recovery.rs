@@ -19,7 +19,9 @@
 //! keeps the highest. The newest request wins because the client retries precisely when it
 //! has given up on the earlier replies; refusing it instead would strand the client whose
 //! earlier reply is the one that got lost. A lease that never booted (the create committed
-//! but the guest was never started) is booted by the retry.
+//! but the guest was never started) is booted by the retry. A failed boot's refund that was
+//! lost with the reply is signed again for a retry that brings the same outputs
+//! ([`outputs_digest`]).
 //!
 //! Every attempt that fails the check takes the ordinary create path and meets the same
 //! 409 `already_spent` as any reuse of a spent payment: whether a payment paid for a lease,

@@ -478,3 +478,37 @@ async fn a_lost_boot_failure_refund_is_signed_again_for_the_same_outputs_only() 
     assert_eq!((b.paid_msat, b.refunded_msat), (8000, 8000));
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_host_still_answers_the_retry_that_owns_the_lease_filling_it() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _guests = Guests(dir.path().to_path_buf());
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let payment = credit(&d.mint_credit(60).await);
+    let key = new_key();
+    // All of the host's memory (2048 MiB in the test config): nothing else fits.
+    let mut body = create_body(&payment, "mode=echo", Some(&key));
+    body["mem_mib"] = json!(2048);
+    let first = create(&d, &body).await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    let id = first.json()["lease_id"].as_str().expect("id").to_string();
+
+    let (token, seq) = recovered(&create(&d, &body).await, &id);
+    assert_eq!(seq, 2);
+    assert_eq!(show(&d, &id, &token).await.status, 200);
+    // Anyone else meets the full host first, exactly as without recovery.
+    let mut stranger = body.clone();
+    stranger["recovery_key"] = json!(new_key());
+    let r = create(&d, &stranger).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "host_full");
+    books_balance(dir.path(), &id);
+    let stop = d
+        .call("POST", &format!("/v1/leases/{id}/stop"), Some(&token), None)
+        .await;
+    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.shutdown().await;
+}
