@@ -122,11 +122,14 @@ pub enum CreateOutcome {
     Recovered(Box<Recovered>),
 }
 
-/// Whether a lease can be booted again by its recovery: stopped by a failed (or never
-/// started) boot, with its whole balance still on it and not one µs metered.
+/// Whether a lease never had a boot attempt finish: the restart found it `booting` with no
+/// guest and stopped it (`boot_failed` without boot figures), with its whole balance still
+/// on it and not one µs metered. A boot that ran and failed in-process records its figures
+/// before its refund, so a retry racing that refund never boots a lease being refunded.
 fn never_booted(l: &LeaseRow) -> bool {
     l.state == state::STOPPED
         && l.stop_reason.as_deref() == Some(reason::BOOT_FAILED)
+        && l.boot_json.is_none()
         && l.refunded_msat.is_none()
         && l.debited_msat == 0
         && l.last_uptime_us == 0
@@ -396,15 +399,23 @@ mod tests {
         );
         assert!(!r2.reboot);
         assert_eq!(r2.token_seq, 3);
-        // Refunded leases stay stopped.
-        l.mark_stopped("a", reason::BOOT_FAILED, None)
+        // A boot that ran and failed (its figures recorded) is reported, not retried.
+        l.mark_stopped("a", reason::BOOT_FAILED, Some("{}"))
             .expect("stop");
+        let failed = recovered(
+            l.create_or_recover(&new_lease("e", "t5", Some(KEY)), &c)
+                .expect("retry"),
+        );
+        assert!(!failed.reboot);
+        assert_eq!(failed.lease.state, state::STOPPED);
+        // Refunded leases stay stopped.
         l.refund("a", Ok::<u64, ()>).expect("ledger").expect("sign");
         let r3 = recovered(
             l.create_or_recover(&new_lease("d", "t4", Some(KEY)), &c)
                 .expect("retry"),
         );
         assert!(!r3.reboot);
+        assert_eq!(r3.token_seq, 5);
         assert_eq!(r3.lease.state, state::STOPPED);
         assert_eq!(r3.lease.refunded_msat, Some(1000));
         assert!(l.books("a").expect("books").balanced());

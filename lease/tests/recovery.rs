@@ -512,3 +512,62 @@ async fn a_full_host_still_answers_the_retry_that_owns_the_lease_filling_it() {
     assert_eq!(stop.status, 200, "{}", stop.text());
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_never_booted_waits_for_room_and_boots_on_a_later_retry() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _guests = Guests(dir.path().to_path_buf());
+    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_COMMITTED)]).await;
+    let payment = credit(&d.mint_credit(40).await);
+    let other = credit(&d.mint_credit(60).await);
+    let key = new_key();
+    let mut body = create_body(&payment, "mode=echo", Some(&key));
+    body["mem_mib"] = json!(1024);
+    create_into_crash(d, &body).await;
+
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let id = only_lease(dir.path());
+    // Someone else takes the whole host meanwhile.
+    let mut big = create_body(&other, "mode=echo", None);
+    big["mem_mib"] = json!(2048);
+    let b = create(&d, &big).await;
+    assert_eq!(b.status, 201, "{}", b.text());
+    let (big_id, big_token) = (
+        b.json()["lease_id"].as_str().expect("id").to_string(),
+        b.json()["token"].as_str().expect("token").to_string(),
+    );
+
+    let full = create(&d, &body).await;
+    assert_eq!(full.status, 503, "{}", full.text());
+    let v = full.json();
+    assert_eq!(v["error"]["code"], "host_full", "{v}");
+    assert_eq!(v["lease_id"], id.as_str(), "{v}");
+    let waiting = v["token"].as_str().expect("token").to_string();
+    let shown = show(&d, &id, &waiting).await;
+    assert_eq!(shown.status, 200, "the token works: {}", shown.text());
+    assert_eq!(shown.json()["state"], "stopped");
+
+    let stop = d
+        .call(
+            "POST",
+            &format!("/v1/leases/{big_id}/stop"),
+            Some(&big_token),
+            None,
+        )
+        .await;
+    assert_eq!(stop.status, 200, "{}", stop.text());
+    let (token, seq) = recovered(&create(&d, &body).await, &id);
+    assert_eq!(seq, 3);
+    assert_eq!(show(&d, &id, &waiting).await.status, 401);
+    assert_eq!(show(&d, &id, &token).await.json()["state"], "running");
+    books_balance(dir.path(), &id);
+    books_balance(dir.path(), &big_id);
+    let stop = d
+        .call("POST", &format!("/v1/leases/{id}/stop"), Some(&token), None)
+        .await;
+    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.shutdown().await;
+}

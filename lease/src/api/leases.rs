@@ -376,7 +376,7 @@ async fn recovered(
                 "host full: {} vCPUs and {} MiB free",
                 full.free.vcpus, full.free.mib
             );
-            return boot_failed(s, &l.id, token, r.token_seq, boot, why, outputs).await;
+            return not_booted_yet(s, &l.id, token, r.token_seq, why).await;
         }
         let guest = GuestSpec {
             id: &l.id,
@@ -398,6 +398,35 @@ async fn recovered(
         body["refund"] = refund;
     }
     Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// A recovered lease that never booted and finds no room now: it goes back to waiting
+/// (stopped, `boot_failed`, no boot figures, balance kept) so that a later retry boots it,
+/// and the answer is 503 `host_full` with `Retry-After`, carrying the new token so the
+/// tenant can also just take its balance back (`POST /stop` with outputs).
+async fn not_booted_yet(
+    s: &Shared,
+    id: &str,
+    token: String,
+    token_seq: u64,
+    why: String,
+) -> Result<Response, ApiError> {
+    let s2 = s.clone();
+    let id2 = id.to_string();
+    blocking(move || Ok(s2.ledger.mark_stopped(&id2, reason::BOOT_FAILED, None)?)).await?;
+    let body = json!({
+        "error": {"code": "host_full", "message": format!("the lease waits for room to boot: {why}")},
+        "lease_id": id,
+        "token": token,
+        "token_seq": token_seq,
+        "recovered": true,
+        "state": state::STOPPED,
+        "stop_reason": reason::BOOT_FAILED,
+    });
+    let mut resp = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(5u32));
+    Ok(resp)
 }
 
 /// The refund signatures a lost create reply carried, signed again: only when the lease was
