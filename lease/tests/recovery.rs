@@ -306,6 +306,13 @@ async fn retries_of_a_delivered_create_rotate_the_token_and_reuse_stays_refused(
     }
     assert_eq!(ledger(dir.path()).list().expect("list").len(), 1);
     books_balance(dir.path(), &id);
+    // The operator sees the recoveries (the tests run as root, the operator).
+    let m = d.call("GET", "/metrics", None, None).await.text();
+    let line = m
+        .lines()
+        .find(|l| l.contains(r#"result="recovered""#) && l.contains(r#"kind="credit""#))
+        .unwrap_or_else(|| panic!("no recovered payments in {m}"));
+    assert!(line.ends_with(" 2"), "{line}");
     let stop = d
         .call(
             "POST",

@@ -209,10 +209,14 @@ async fn create_when_full(
     };
     let token = new_token();
     let th = token_hash(&token);
+    let kind = metric_kind(&credit);
     let s2 = s.clone();
     let found = blocking_here(move || Ok(s2.ledger.recover(&credit, &hash, &th)?)).await?;
     match found {
-        Some(r) => recovered(s, arrival, r, token, req.outputs).await,
+        Some(r) => {
+            s.metrics.payment_recovered(kind);
+            recovered(s, arrival, r, token, req.outputs).await
+        }
         None => Err(full),
     }
 }
@@ -257,6 +261,7 @@ async fn create_reserved(
     if let CreateOutcome::Recovered(r) = outcome {
         // The room reserved for a new lease is not needed: the lease exists.
         s.capacity().release(id);
+        s.metrics.payment_recovered(kind);
         return recovered(s, arrival, *r, token, req.outputs).await;
     }
     let mut boot = boot;
