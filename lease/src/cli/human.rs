@@ -234,6 +234,13 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("4321"), "{t}");
+        assert!(!t.contains("recovered"), "{t}");
+        let r = render(
+            View::Created,
+            &json!({"lease_id": "l1", "token": "tok2", "state": "running", "recovered": true,
+                    "balance_msat": 3000, "boot": {}}),
+        );
+        assert!(r.contains("tok2") && r.contains("recovered"), "{r}");
     }
 
     #[test]
