@@ -34,9 +34,10 @@ scripts/bench-quick.sh 2>&1 | tee -a "$log"
 coinop_check_leftover_vmms "$vmms_before" "the benchmark harness"
 
 # Real Linux can't boot on this kind of host's /dev/kvm; the lab proves it one level down.
-# Three side-by-side runs keep CI short; scripts/lab.sh alone does ten.
+# The suite proves coinop-vmm only (LAB_PEERS=0): the side-by-side with QEMU is a benchmark,
+# run by scripts/lab.sh alone, and a QEMU peer that wedges L1 must not fail coinop's tests.
 say "Linux lab (nested KVM): scripts/lab.sh"
-LAB_RUNS=${LAB_RUNS:-3} scripts/lab.sh 2>&1 | tee -a "$log"
+LAB_PEERS=${LAB_PEERS:-0} scripts/lab.sh 2>&1 | tee -a "$log"
 
 skipped=$(grep -c '^SKIPPED:' "$log" || true)
 if [ "$skipped" != 0 ]; then

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod create_recovery;
 pub mod daemon;
 pub mod fault;
 pub mod guest_stop;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{kvm_ready, scratch, socket_in, Control, Image, Vmm, READY_LINE};
+use common::{kvm_ready, Image, Vmm, READY_LINE};
 use std::time::Duration;
 
 /// Long enough that the guest is still spinning whenever the test stops it.
@@ -17,15 +17,12 @@ fn pause_freezes_usage_resume_grows_it_stop_ends() {
     if !kvm_ready() {
         return;
     }
-    let dir = scratch();
-    let sock = socket_in(&dir);
     let mut vm = Vmm::boot(Image::Pvh, SPIN_FOREVER)
         .vcpus(2)
-        .arg("--control")
-        .arg(&sock)
+        .with_control()
         .spawn();
     vm.wait_event("guest_ready");
-    let mut ctl = Control::connect(&sock);
+    let mut ctl = vm.connect();
 
     let status = ctl.ok("status");
     assert_eq!(status["state"], "running", "{status}");
@@ -68,14 +65,9 @@ fn stop_while_paused() {
     if !kvm_ready() {
         return;
     }
-    let dir = scratch();
-    let sock = socket_in(&dir);
-    let mut vm = Vmm::boot(Image::Elf64, SPIN_FOREVER)
-        .arg("--control")
-        .arg(&sock)
-        .spawn();
+    let mut vm = Vmm::boot(Image::Elf64, SPIN_FOREVER).with_control().spawn();
     vm.wait_event("guest_ready");
-    let mut ctl = Control::connect(&sock);
+    let mut ctl = vm.connect();
     ctl.ok("pause");
     ctl.ok("stop");
     vm.finish().assert_lifecycle(1, "stopped", 0);
@@ -86,15 +78,10 @@ fn bad_requests_get_errors_and_clients_take_turns() {
     if !kvm_ready() {
         return;
     }
-    let dir = scratch();
-    let sock = socket_in(&dir);
-    let mut vm = Vmm::boot(Image::Pvh, SPIN_FOREVER)
-        .arg("--control")
-        .arg(&sock)
-        .spawn();
+    let mut vm = Vmm::boot(Image::Pvh, SPIN_FOREVER).with_control().spawn();
     vm.wait_event("guest_ready");
 
-    let mut first = Control::connect(&sock);
+    let mut first = vm.connect();
     let reply = first.cmd("bogus");
     assert_eq!(reply["ok"], false, "{reply}");
     let error = reply["error"].as_str().unwrap_or_default();
@@ -107,7 +94,7 @@ fn bad_requests_get_errors_and_clients_take_turns() {
     drop(first);
 
     // The next client is served once the first has gone.
-    let mut second = Control::connect(&sock);
+    let mut second = vm.connect();
     assert_eq!(second.ok("status")["state"], "running");
     second.ok("stop");
     vm.finish().assert_lifecycle(1, "stopped", 0);
@@ -118,14 +105,9 @@ fn console_input_reaches_the_guest() {
     if !kvm_ready() {
         return;
     }
-    let dir = scratch();
-    let sock = socket_in(&dir);
-    let mut vm = Vmm::boot(Image::Elf64, "mode=echo")
-        .arg("--control")
-        .arg(&sock)
-        .spawn();
+    let mut vm = Vmm::boot(Image::Elf64, "mode=echo").with_control().spawn();
     vm.wait_console(READY_LINE);
-    let mut ctl = Control::connect(&sock);
+    let mut ctl = vm.connect();
     for chunk in ["hello ", "through the socket\n"] {
         let reply = ctl
             .send_line(&serde_json::json!({ "cmd": "console_input", "data": chunk }).to_string());

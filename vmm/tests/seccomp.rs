@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{kvm_ready, scratch, socket_in, Control, Image, Vmm, READY_LINE, VMM};
+use common::{kvm_ready, scratch, socket_in, Image, Vmm, READY_LINE, VMM};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -40,12 +40,9 @@ fn every_thread_is_filtered_and_control_works_under_the_filters() {
     if !kvm_ready() {
         return;
     }
-    let dir = scratch();
-    let sock = socket_in(&dir);
     let mut vm = Vmm::boot(Image::Pvh, SPIN_FOREVER)
         .vcpus(2)
-        .arg("--control")
-        .arg(&sock)
+        .with_control()
         .with_stdin()
         .spawn();
     vm.wait_event("guest_ready");
@@ -65,7 +62,7 @@ fn every_thread_is_filtered_and_control_works_under_the_filters() {
     }
 
     // Every control command, including the vCPU kick (tgkill) behind pause.
-    let mut ctl = Control::connect(&sock);
+    let mut ctl = vm.connect();
     assert_eq!(ctl.ok("status")["state"], "running");
     assert_eq!(ctl.ok("pause")["state"], "paused");
     assert!(ctl.ok("usage")["vcpu_total_us"].as_u64().is_some());

@@ -18,6 +18,7 @@ use crate::api_error::ApiError;
 use crate::app::{AppState, Shared};
 use crate::capacity::Totals;
 use crate::clock::monotonic_us;
+use crate::create_recovery::{outputs_digest, recovery_hash, CreateOutcome, Recovered};
 use crate::ledger::{reason, state, Credit, LeaseRow, LedgerError, NewLease, Refund};
 use crate::metering;
 use crate::payment_intake::{credit_error, verify_credit, verify_onchain, PaymentBody};
@@ -42,12 +43,18 @@ pub struct CreateRequest {
     /// Blank outputs for a refund as blind-signed credit if the boot fails (addition).
     #[serde(default)]
     pub outputs: Option<Vec<BlindedMessage>>,
+    /// 64 hex digits the tenant chose and kept: proves, with the same payment, that a
+    /// retry of this create is the tenant's own (addition; see [`crate::create_recovery`]).
+    #[serde(default)]
+    pub recovery_key: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct CreateResponse {
     pub lease_id: String,
     pub token: String,
+    /// Which token of the lease this is: 1 here, +1 per recovery (the highest one works).
+    pub token_seq: u64,
     pub state: String,
     pub balance_msat: u64,
     pub boot: BootFigures,
@@ -155,25 +162,63 @@ pub async fn create(
             format!("cmdline must be at most {MAX_CMDLINE} bytes without NUL"),
         ));
     }
+    let recovery = req
+        .recovery_key
+        .as_deref()
+        .map(recovery_hash)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let id = new_lease_id();
     let want = Totals {
         vcpus: req.vcpus,
         mib: req.mem_mib,
     };
-    s.capacity().reserve(&id, want).map_err(|full| {
-        ApiError::host_full(
+    let reserved = s.capacity().reserve(&id, want);
+    if let Err(full) = reserved {
+        let full = ApiError::host_full(
             format!(
                 "host full: {} vCPUs and {} MiB free",
                 full.free.vcpus, full.free.mib
             ),
             5,
-        )
-    })?;
-    let result = create_reserved(&s, arrival, &id, req, image, cmdline).await;
+        );
+        return create_when_full(&s, arrival, req, recovery, full).await;
+    }
+    let result = create_reserved(&s, arrival, &id, req, image, cmdline, recovery).await;
     if result.is_err() {
         s.capacity().release(&id);
     }
     result
+}
+
+/// The host has no room for a new lease: only a retry that recovers an existing one (which
+/// holds its own room, or is booted if there is room for it) gets past the 503 anyone else
+/// gets, whatever their payment.
+async fn create_when_full(
+    s: &Shared,
+    arrival: u64,
+    req: CreateRequest,
+    recovery: Option<[u8; 32]>,
+    full: ApiError,
+) -> Result<Response, ApiError> {
+    let Some(hash) = recovery else {
+        return Err(full);
+    };
+    let Ok(credit) = verify_payment(s, req.payment).await else {
+        return Err(full);
+    };
+    let token = new_token();
+    let th = token_hash(&token);
+    let kind = metric_kind(&credit);
+    let s2 = s.clone();
+    let found = blocking_here(move || Ok(s2.ledger.recover(&credit, &hash, &th)?)).await?;
+    match found {
+        Some(r) => {
+            s.metrics.payment_recovered(kind);
+            recovered(s, arrival, r, token, req.outputs).await
+        }
+        None => Err(full),
+    }
 }
 
 async fn create_reserved(
@@ -183,9 +228,10 @@ async fn create_reserved(
     req: CreateRequest,
     image: crate::image_catalogue::ImageSpec,
     cmdline: String,
+    recovery: Option<[u8; 32]>,
 ) -> Result<Response, ApiError> {
     let credit = verify_payment(s, req.payment).await?;
-    let mut boot = BootFigures {
+    let boot = BootFigures {
         payment_verified_us: since(arrival),
         ..BootFigures::default()
     };
@@ -200,27 +246,76 @@ async fn create_reserved(
         cmdline: cmdline.clone(),
         control_path: paths.control.display().to_string(),
         console_path: paths.console.display().to_string(),
+        recovery_hash: recovery,
     };
     let balance = credit.amount_msat;
     let kind = metric_kind(&credit);
     let s2 = s.clone();
-    blocking_here(move || {
-        s2.ledger.create_lease(&new, &credit).map_err(|e| {
+    let outcome = blocking_here(move || {
+        s2.ledger.create_or_recover(&new, &credit).map_err(|e| {
             count_refused_claim(&s2, kind, &e);
             spent_error(e)
         })
     })
     .await?;
+    if let CreateOutcome::Recovered(r) = outcome {
+        // The room reserved for a new lease is not needed: the lease exists.
+        s.capacity().release(id);
+        s.metrics.payment_recovered(kind);
+        return recovered(s, arrival, *r, token, req.outputs).await;
+    }
+    let mut boot = boot;
     boot.ledger_committed_us = since(arrival);
     crate::fault::hit(crate::fault::point::CREATE_COMMITTED);
+    let guest = GuestSpec {
+        id,
+        image: &image,
+        cmdline: &cmdline,
+        vcpus: req.vcpus,
+        mem_mib: req.mem_mib,
+    };
+    match boot_guest(s, arrival, &guest, boot).await? {
+        Ok(boot) => {
+            let body = CreateResponse {
+                lease_id: id.to_string(),
+                token,
+                token_seq: 1,
+                state: state::RUNNING.into(),
+                balance_msat: balance,
+                boot,
+            };
+            Ok((StatusCode::CREATED, Json(body)).into_response())
+        }
+        Err((boot, why)) => boot_failed(s, id, token, 1, boot, why, req.outputs).await,
+    }
+}
+
+/// What a committed lease boots.
+struct GuestSpec<'a> {
+    id: &'a str,
+    image: &'a crate::image_catalogue::ImageSpec,
+    cmdline: &'a str,
+    vcpus: u32,
+    mem_mib: u64,
+}
+
+/// Boots the guest of a lease the ledger holds as `booting` (its room reserved) and marks
+/// it running. `Ok(Err(..))` is a failed boot, its room already released, with why.
+async fn boot_guest(
+    s: &Shared,
+    arrival: u64,
+    g: &GuestSpec<'_>,
+    mut boot: BootFigures,
+) -> Result<Result<BootFigures, (BootFigures, String)>, ApiError> {
+    let paths = GuestPaths::for_lease(&s.config.run_dir(), g.id);
     let booted = s
         .supervisor
         .boot(BootRequest {
-            lease_id: id,
-            image: &image,
-            cmdline: &cmdline,
-            vcpus: req.vcpus,
-            mem_mib: req.mem_mib,
+            lease_id: g.id,
+            image: g.image,
+            cmdline: g.cmdline,
+            vcpus: g.vcpus,
+            mem_mib: g.mem_mib,
             paths: &paths,
             arrival_us: arrival,
             timeout_ms: s.config.boot_timeout_ms,
@@ -234,30 +329,137 @@ async fn create_reserved(
             boot.guest_ready_us = Some(b.guest_ready_us);
             let json = serde_json::to_string(&boot).unwrap_or_default();
             let s2 = s.clone();
-            let id2 = id.to_string();
+            let id2 = g.id.to_string();
             blocking(move || Ok(s2.ledger.mark_running(&id2, b.pid, &json)?)).await?;
             s.metrics.boot(true, Some(b.guest_ready_us));
             tracing::info!(
-                lease = id,
+                lease = g.id,
                 guest_ready_us = b.guest_ready_us,
                 "lease running"
             );
-            let body = CreateResponse {
-                lease_id: id.to_string(),
-                token,
-                state: state::RUNNING.into(),
-                balance_msat: balance,
-                boot,
-            };
-            Ok((StatusCode::CREATED, Json(body)).into_response())
+            Ok(Ok(boot))
         }
         Err(e) => {
-            tracing::warn!(lease = id, error = %e, "boot failed");
+            tracing::warn!(lease = g.id, error = %e, "boot failed");
             s.metrics.boot(false, None);
-            s.capacity().release(id);
-            boot_failed(s, id, token, boot, e.to_string(), req.outputs).await
+            s.capacity().release(g.id);
+            Ok(Err((boot, e.to_string())))
         }
     }
+}
+
+/// The reply to a retry that recovered its lease (see [`crate::create_recovery`]): 200 with
+/// the lease as it is and the new token, after booting it if it never booted.
+async fn recovered(
+    s: &Shared,
+    arrival: u64,
+    r: Recovered,
+    token: String,
+    outputs: Option<Vec<BlindedMessage>>,
+) -> Result<Response, ApiError> {
+    tracing::info!(lease = %r.lease.id, token_seq = r.token_seq, reboot = r.reboot,
+                   "lease recovered by a retried create");
+    let l = r.lease;
+    if r.reboot {
+        let boot = BootFigures {
+            payment_verified_us: since(arrival),
+            ledger_committed_us: since(arrival),
+            ..BootFigures::default()
+        };
+        let Some(image) = s.config.images.get(&l.image).cloned() else {
+            let why = format!("image {:?} is no longer offered", l.image);
+            return boot_failed(s, &l.id, token, r.token_seq, boot, why, outputs).await;
+        };
+        let want = Totals {
+            vcpus: l.vcpus,
+            mib: l.mem_mib,
+        };
+        // Bound first: the capacity guard must not live across the awaits below.
+        let reserved = s.capacity().reserve(&l.id, want);
+        if let Err(full) = reserved {
+            let why = format!(
+                "host full: {} vCPUs and {} MiB free",
+                full.free.vcpus, full.free.mib
+            );
+            return not_booted_yet(s, &l.id, token, r.token_seq, why).await;
+        }
+        let guest = GuestSpec {
+            id: &l.id,
+            image: &image,
+            cmdline: &l.cmdline,
+            vcpus: l.vcpus,
+            mem_mib: l.mem_mib,
+        };
+        if let Err((boot, why)) = boot_guest(s, arrival, &guest, boot).await? {
+            return boot_failed(s, &l.id, token, r.token_seq, boot, why, outputs).await;
+        }
+    }
+    let now = s.ledger.get(&l.id)?.unwrap_or(l);
+    let mut body = lease_json(s, &now);
+    body["token"] = Value::String(token);
+    body["token_seq"] = Value::from(r.token_seq);
+    body["recovered"] = Value::Bool(true);
+    if let Some(refund) = resigned_refund(s, &now, outputs.as_deref())? {
+        body["refund"] = refund;
+    }
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// A recovered lease that never booted and finds no room now: it goes back to waiting
+/// (stopped, `boot_failed`, no boot figures, balance kept) so that a later retry boots it,
+/// and the answer is 503 `host_full` with `Retry-After`, carrying the new token so the
+/// tenant can also just take its balance back (`POST /stop` with outputs).
+async fn not_booted_yet(
+    s: &Shared,
+    id: &str,
+    token: String,
+    token_seq: u64,
+    why: String,
+) -> Result<Response, ApiError> {
+    let s2 = s.clone();
+    let id2 = id.to_string();
+    blocking(move || Ok(s2.ledger.mark_stopped(&id2, reason::BOOT_FAILED, None)?)).await?;
+    let body = json!({
+        "error": {"code": "host_full", "message": format!("the lease waits for room to boot: {why}")},
+        "lease_id": id,
+        "token": token,
+        "token_seq": token_seq,
+        "recovered": true,
+        "state": state::STOPPED,
+        "stop_reason": reason::BOOT_FAILED,
+    });
+    let mut resp = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(5u32));
+    Ok(resp)
+}
+
+/// The refund signatures a lost create reply carried, signed again: only when the lease was
+/// refunded onto outputs and the retry brings exactly those outputs (same notes, no new
+/// money; see [`crate::create_recovery::outputs_digest`]).
+fn resigned_refund(
+    s: &Shared,
+    l: &LeaseRow,
+    outputs: Option<&[BlindedMessage]>,
+) -> Result<Option<Value>, ApiError> {
+    let (Some(refund_msat), Some(outputs)) = (l.refunded_msat, outputs) else {
+        return Ok(None);
+    };
+    let Some(stored) = s.ledger.refund_outputs(&l.id)? else {
+        return Ok(None);
+    };
+    let used = Mint::change_outputs_needed(refund_msat).min(outputs.len());
+    if stored.as_slice() != outputs_digest(&outputs[..used]).as_slice() {
+        return Ok(None);
+    }
+    let signed = s
+        .mint
+        .change(refund_msat, &outputs[..used])
+        .map_err(credit_error)?;
+    Ok(Some(
+        json!({"kind": "signatures", "refund_msat": refund_msat,
+                   "residual_msat": l.residual_msat.unwrap_or(0), "signatures": signed}),
+    ))
 }
 
 /// A failed boot: the lease stops (`boot_failed`) and its whole balance is refunded as
@@ -267,6 +469,7 @@ async fn boot_failed(
     s: &Shared,
     id: &str,
     token: String,
+    token_seq: u64,
     boot: BootFigures,
     why: String,
     outputs: Option<Vec<BlindedMessage>>,
@@ -278,7 +481,15 @@ async fn boot_failed(
         s2.ledger
             .mark_stopped(&id2, reason::BOOT_FAILED, Some(&json))?;
         match outputs {
-            Some(outs) => Ok(Some(refund_with(&s2, &id2, &outs)?)),
+            Some(outs) => {
+                let r = refund_with(&s2, &id2, &outs)?;
+                // So that a retry that lost this reply can have the same signatures again.
+                let used = &outs[..r.signed.len().min(outs.len())];
+                s2.ledger
+                    .remember_refund_outputs(&id2, &outputs_digest(used))?;
+                crate::fault::hit(crate::fault::point::CREATE_REFUNDED);
+                Ok(Some(r))
+            }
             None => Ok(None),
         }
     })
@@ -299,6 +510,7 @@ async fn boot_failed(
         "error": {"code": "boot_failed", "message": format!("the guest did not boot: {why}")},
         "lease_id": id,
         "token": token,
+        "token_seq": token_seq,
         "state": state::STOPPED,
         "stop_reason": reason::BOOT_FAILED,
         "refund": refund_json,

@@ -99,14 +99,21 @@ fn boot_line(b: &Value) -> String {
 }
 
 fn created(v: &Value) -> String {
-    format!(
+    let mut out = format!(
         "lease      {}\ntoken      {}   (shown once: keep it)\nstate      {}\nbalance    {}\n{}",
         s(&v["lease_id"]),
         s(&v["token"]),
         s(&v["state"]),
         sat(&v["balance_msat"]),
         boot_line(&v["boot"])
-    )
+    );
+    if v["recovered"] == Value::Bool(true) {
+        out.push_str(
+            "\nrecovered  this payment had already made the lease: the token above replaces \
+             any earlier one",
+        );
+    }
+    out
 }
 
 fn lease(v: &Value) -> String {
@@ -227,6 +234,13 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("4321"), "{t}");
+        assert!(!t.contains("recovered"), "{t}");
+        let r = render(
+            View::Created,
+            &json!({"lease_id": "l1", "token": "tok2", "state": "running", "recovered": true,
+                    "balance_msat": 3000, "boot": {}}),
+        );
+        assert!(r.contains("tok2") && r.contains("recovered"), "{r}");
     }
 
     #[test]

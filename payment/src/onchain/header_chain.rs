@@ -270,30 +270,27 @@ impl HeaderChain {
         };
         let first = checkpoint_entry(&rules, &checkpoint)?;
         let (store, entries) = ChainStore::open(path, network, &checkpoint, first.chainwork)?;
-        let mut chain = HeaderChain {
-            rules,
-            entries: Vec::new(),
-            by_hash: HashTable::new(),
-            best: Vec::new(),
-            base_height: checkpoint.height,
-            store: None,
-        };
-        chain.load_entries(entries)?;
+        let mut chain = Self::indexed(rules, checkpoint.height, entries)?;
         chain.store = Some(store);
         Ok(chain)
     }
 
     fn from_checkpoint(rules: Rules, checkpoint: Checkpoint) -> Result<Self, ChainError> {
         let entry = checkpoint_entry(&rules, &checkpoint)?;
+        Self::indexed(rules, checkpoint.height, vec![entry])
+    }
+
+    /// An in-memory chain over `entries` (the first at `base_height`), not yet stored.
+    fn indexed(rules: Rules, base_height: u32, entries: Vec<Entry>) -> Result<Self, ChainError> {
         let mut chain = HeaderChain {
             rules,
             entries: Vec::new(),
             by_hash: HashTable::new(),
             best: Vec::new(),
-            base_height: checkpoint.height,
+            base_height,
             store: None,
         };
-        chain.load_entries(vec![entry])?;
+        chain.load_entries(entries)?;
         Ok(chain)
     }
 

@@ -208,20 +208,7 @@ impl SqliteSpentSet {
         tx: &Connection,
         keys: &[SpendKey],
     ) -> Result<(), SpentSetError> {
-        Self::require_pending(tx, keys)?;
-        let mut update = tx
-            .prepare_cached("UPDATE spent_keys SET state = ?3 WHERE kind = ?1 AND key = ?2")
-            .map_err(storage)?;
-        for key in keys {
-            update
-                .execute(params![
-                    kind_code(key.kind),
-                    key.bytes,
-                    state_code(SpendState::Spent)
-                ])
-                .map_err(storage)?;
-        }
-        Ok(())
+        Self::settle_pending(tx, keys, Some(SpendState::Spent))
     }
 
     /// Forgets pending keys inside the caller's transaction (all or none).
@@ -237,14 +224,30 @@ impl SqliteSpentSet {
         tx: &Connection,
         keys: &[SpendKey],
     ) -> Result<(), SpentSetError> {
+        Self::settle_pending(tx, keys, None)
+    }
+
+    /// Ends the pending claim on every key (all or none): `Some(state)` keeps the key in
+    /// that state, `None` forgets it.
+    fn settle_pending(
+        tx: &Connection,
+        keys: &[SpendKey],
+        to: Option<SpendState>,
+    ) -> Result<(), SpentSetError> {
         Self::require_pending(tx, keys)?;
-        let mut delete = tx
-            .prepare_cached("DELETE FROM spent_keys WHERE kind = ?1 AND key = ?2")
-            .map_err(storage)?;
         for key in keys {
-            delete
-                .execute(params![kind_code(key.kind), key.bytes])
-                .map_err(storage)?;
+            let kind = kind_code(key.kind);
+            match to {
+                Some(state) => tx
+                    .prepare_cached("UPDATE spent_keys SET state = ?3 WHERE kind = ?1 AND key = ?2")
+                    .and_then(|mut update| {
+                        update.execute(params![kind, key.bytes, state_code(state)])
+                    }),
+                None => tx
+                    .prepare_cached("DELETE FROM spent_keys WHERE kind = ?1 AND key = ?2")
+                    .and_then(|mut delete| delete.execute(params![kind, key.bytes])),
+            }
+            .map_err(storage)?;
         }
         Ok(())
     }

@@ -115,6 +115,7 @@ impl Collector {
 pub struct Vmm {
     args: Vec<OsString>,
     stdin: bool,
+    control: Option<(tempfile::TempDir, PathBuf)>,
 }
 
 impl Vmm {
@@ -132,6 +133,7 @@ impl Vmm {
         Self {
             args: Vec::new(),
             stdin: false,
+            control: None,
         }
     }
 
@@ -152,6 +154,16 @@ impl Vmm {
     /// Keep the VMM's stdin open as a pipe (serial input) instead of /dev/null.
     pub fn with_stdin(mut self) -> Self {
         self.stdin = true;
+        self
+    }
+
+    /// A control socket in a scratch directory that lives as long as the VMM; reach it with
+    /// [`Running::connect`].
+    pub fn with_control(mut self) -> Self {
+        let dir = scratch();
+        let sock = socket_in(&dir);
+        self = self.arg("--control").arg(&sock);
+        self.control = Some((dir, sock));
         self
     }
 
@@ -179,6 +191,7 @@ impl Vmm {
             readers: vec![out_thread, err_thread],
             deadline: Instant::now() + VMM_TIMEOUT,
             args: self.args,
+            control: self.control,
         }
     }
 
@@ -197,9 +210,20 @@ pub struct Running {
     readers: Vec<JoinHandle<()>>,
     deadline: Instant,
     args: Vec<OsString>,
+    control: Option<(tempfile::TempDir, PathBuf)>,
 }
 
 impl Running {
+    /// The control socket's path (spawned [`Vmm::with_control`]).
+    pub fn control_path(&self) -> &Path {
+        &self.control.as_ref().expect("spawned with_control()").1
+    }
+
+    /// A new client of the control socket.
+    pub fn connect(&self) -> Control {
+        Control::connect(self.control_path())
+    }
+
     fn describe(&self) -> String {
         format!(
             "coinop-vmm {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
