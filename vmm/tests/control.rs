@@ -133,14 +133,9 @@ fn idle_guest_stays_up_without_burning_its_vcpu() {
     if !kvm_ready() {
         return;
     }
-    let dir = scratch();
-    let sock = socket_in(&dir);
-    let mut vm = Vmm::boot(Image::Pvh, "mode=idle")
-        .arg("--control")
-        .arg(&sock)
-        .spawn();
+    let mut vm = Vmm::boot(Image::Pvh, "mode=idle").with_control().spawn();
     vm.wait_event("guest_ready");
-    let mut ctl = Control::connect(&sock);
+    let mut ctl = vm.connect();
     let before = ctl.vcpu_total_us(1);
     std::thread::sleep(WINDOW);
     assert_eq!(ctl.ok("status")["state"], "running");
