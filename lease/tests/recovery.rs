@@ -122,7 +122,7 @@ async fn a_credit_create_lost_after_the_commit_is_recovered_booted_and_kept_from
     if !kvm_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let _guests = Guests(dir.path().to_path_buf());
     let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_COMMITTED)]).await;
     let proofs = d.mint_credit(20).await;
@@ -210,7 +210,7 @@ async fn an_onchain_create_lost_after_the_boot_is_recovered_only_with_its_key() 
     if !kvm_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let _guests = Guests(dir.path().to_path_buf());
     let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_GUEST_READY)]).await;
     let payment = d.onchain_payment(600).await;
@@ -266,7 +266,7 @@ async fn retries_of_a_delivered_create_rotate_the_token_and_reuse_stays_refused(
     if !kvm_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let _guests = Guests(dir.path().to_path_buf());
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
     let proofs = d.mint_credit(15).await;
@@ -339,7 +339,7 @@ async fn coinop_lease_create_run_again_after_a_lost_reply_gets_the_lease() {
     if !kvm_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let _guests = Guests(dir.path().to_path_buf());
     let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_COMMITTED)]).await;
     let proofs = d.mint_credit(12).await;
@@ -413,7 +413,7 @@ async fn coinop_lease_create_run_again_after_a_lost_reply_gets_the_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_boot_failure_refund_is_signed_again_for_the_same_outputs_only() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let _guests = Guests(dir.path().to_path_buf());
     // A 1 ms boot timeout fails every boot (and a host without KVM fails it anyway).
     let d = Daemon::spawn(
@@ -491,7 +491,7 @@ async fn a_full_host_still_answers_the_retry_that_owns_the_lease_filling_it() {
     if !kvm_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let _guests = Guests(dir.path().to_path_buf());
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
     let payment = credit(&d.mint_credit(60).await);
@@ -525,7 +525,7 @@ async fn a_lease_that_never_booted_waits_for_room_and_boots_on_a_later_retry() {
     if !kvm_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let _guests = Guests(dir.path().to_path_buf());
     let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_COMMITTED)]).await;
     let payment = credit(&d.mint_credit(40).await);

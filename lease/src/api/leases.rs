@@ -687,19 +687,18 @@ pub async fn stop(
     Ok(Json(body))
 }
 
-/// Asks the guest's VMM to stop and frees its slot; teardown runs in the VMM, off the
-/// request path.
+/// Frees the lease's slot and stops its guest off the request path; the stop is counted
+/// in `s.stops` so a shutdown right after still carries it out.
 pub fn stop_guest(s: &Shared, l: &LeaseRow) {
     s.capacity().release(&l.id);
-    let path = std::path::PathBuf::from(&l.control_path);
-    let id = l.id.clone();
-    tokio::spawn(async move {
-        if let Err(e) = crate::vmm_control::request(&path, "stop", None).await {
-            if !e.is_gone() {
-                tracing::warn!(lease = %id, error = %e, "stop request failed");
-            }
-        }
-    });
+    let target = crate::guest_stop::StopTarget {
+        lease_id: l.id.clone(),
+        control: std::path::PathBuf::from(&l.control_path),
+        pid: l.pid,
+    };
+    let isolation = std::sync::Arc::clone(s.supervisor.isolation());
+    s.stops
+        .spawn(crate::guest_stop::carry_out(isolation, target));
 }
 
 pub async fn console(
