@@ -157,7 +157,10 @@ async fn main() {
         .args(["--testguest", &a.testguest.display().to_string()])
         .args(["--capacity-vcpus", "8", "--capacity-mib", "4096"])
         .args(&a.coinopd_args)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start coinopd");

@@ -1,7 +1,9 @@
 //! Benchmark: where the time of a jailed spawn goes, step by step, on this host's real
 //! cgroups: the lease cgroup's directories, its limits, the jail root, the clone → exec of
 //! the jailed VMM with and without joining the cgroup, and the VMM's own start-up up to
-//! `guest_ready`. Prints the median and p95 of each step.
+//! `guest_ready`; and, interleaved, the same boot from a slot parked ahead of time (what
+//! coinopd's slot pool does), where only the limits update and the launch are on the clock.
+//! Prints the median and p95 of each step.
 //!
 //! `cargo run --release -p lease --example spawn_stages -- VMM_BIN GUEST_ELF [ROUNDS]` as
 //! root.
@@ -130,6 +132,70 @@ fn round(
     }
 }
 
+fn pooled_round(
+    config: &JailConfig,
+    cgroups: &Cgroups,
+    guest: &std::path::Path,
+    n: usize,
+    steps: &mut Steps,
+) {
+    let id = format!("parked-{n}");
+    let parked_limits = Limits::for_guest(1, 128);
+    let slot = timed(steps, "P0 (ahead) cgroup", || {
+        cgroups.create_slot(&id, &parked_limits).expect("cgroup")
+    });
+    let procs = slot
+        .as_ref()
+        .map(|s| s.procs_files().expect("procs"))
+        .unwrap_or_default();
+    let parked = timed(steps, "P0 (ahead) park", || {
+        config.park(&id, procs).expect("park")
+    });
+    let start = monotonic_us();
+    if let Some(slot) = &slot {
+        timed(steps, "P1 limits update", || {
+            slot.update_limits(&parked_limits, &Limits::for_guest(1, 64))
+                .expect("limits")
+        });
+    }
+    let (events_rx, events_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    let null = || -> OwnedFd { std::fs::File::open("/dev/null").expect("null").into() };
+    let fds = vec![null(), null(), null(), events_tx];
+    let spawn_at = monotonic_us();
+    let args: Vec<OsString> = [
+        "--kernel",
+        KERNEL_PATH,
+        "--cmdline",
+        "mode=halt",
+        "--serial",
+        "none",
+        "--events",
+        "fd:3",
+        "--start-time-us",
+        &spawn_at.to_string(),
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    let (child, jail) = timed(steps, "P2 launch ..exec", || {
+        parked.launch(guest, None, args, fds).expect("launch")
+    });
+    let events = events_us(std::fs::File::from(events_rx));
+    let ready = monotonic_us();
+    if let Some(t) = events.get("vm_created") {
+        steps.add("P3 launch → vm_created", *t);
+    }
+    if let Some(t) = events.get("guest_ready") {
+        steps.add("P4 launch → guest_ready", *t);
+    }
+    steps.add("P5 total, taken → guest_ready", ready - start);
+    child.wait_blocking().expect("wait");
+    jail.remove().expect("remove");
+    if let Some(slot) = slot {
+        slot.remove().expect("remove cgroup");
+    }
+}
+
 fn pct(sorted: &[u64], p: f64) -> u64 {
     sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
 }
@@ -151,6 +217,7 @@ fn main() {
     let mut steps = Steps(BTreeMap::new());
     for n in 0..rounds {
         round(&config, &cgroups, &guest, n, &mut steps);
+        pooled_round(&config, &cgroups, &guest, n, &mut steps);
     }
     println!("{rounds} jailed boots, µs per step:");
     println!("{:<40} {:>8} {:>8}", "step", "median", "p95");
