@@ -213,6 +213,11 @@ async fn main() {
             v[v.len() - 1]
         );
     }
-    let _ = child.kill();
+    // SIGTERM, not SIGKILL: coinopd removes its unused pool slots (cgroups, jail roots) on a
+    // clean shutdown, and this state dir is gone afterwards.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = child.wait();
 }

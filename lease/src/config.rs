@@ -406,6 +406,27 @@ mod tests {
     }
 
     #[test]
+    fn the_slot_pool_holds_four_unless_told_and_zero_disables_it() {
+        let c = Settings::parse_from(["coinopd"])
+            .resolve()
+            .expect("defaults");
+        assert_eq!(c.jail_pool, 4);
+        let c = Settings::parse_from(["coinopd", "--jail-pool", "0"])
+            .resolve()
+            .expect("zero is allowed");
+        assert_eq!(c.jail_pool, 0);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "jail-pool = 9\n").expect("write");
+        let s = Settings {
+            config: Some(path),
+            ..Settings::default()
+        };
+        let c = s.with_file().expect("file").resolve().expect("resolve");
+        assert_eq!(c.jail_pool, 9);
+    }
+
+    #[test]
     fn bad_socket_mode_is_rejected() {
         let s = Settings::parse_from(["coinopd", "--socket-mode", "999"]);
         assert!(matches!(s.resolve(), Err(ConfigError::SocketMode(_))));

@@ -327,3 +327,28 @@ async fn slots_left_by_a_crash_are_removed_at_start_but_a_live_lease_keeps_its_o
         assert!(!dir.path().join("jail").join(slot).exists());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_pool_builds_nothing_ahead() {
+    if ready().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start(dir.path(), &pool_args("4200300", "4", "0")).await;
+    let mut guests = Guests::default();
+    let (id, token) = create(&d, 1, 64).await;
+    guests.0.push(lease_pid(dir.path(), &id));
+    assert!(
+        slots(dir.path()).is_empty(),
+        "no slot built: {:?}",
+        slots(dir.path())
+    );
+    let jails: Vec<String> = std::fs::read_dir(dir.path().join("jail"))
+        .expect("jail dir")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .collect();
+    assert_eq!(jails, vec![id.clone()], "only the lease's own jail root");
+    stop(&d, &id, &token).await;
+    d.shutdown().await;
+}
