@@ -1,7 +1,9 @@
 //! How coinopd confines guests, decided once at start-up (jail, cgroups, seccomp), and the
 //! confinement of each live lease: its jail root and cgroup, kept by lease id so whoever
 //! sees the guest end (the reaper of our own child, or the scheduler for a guest re-adopted
-//! after a restart) can remove both and read the cgroup's CPU count meanwhile.
+//! after a restart) can remove both and read the cgroup's CPU count meanwhile. Jailed
+//! leases normally start in a slot built ahead of time ([`crate::slot_pool`]): the jail and
+//! cgroup then already exist, under the lease id the slot gave the create.
 //!
 //! Without root the jail cannot be built (namespaces, mknod, pivot_root, setuid): coinopd
 //! then refuses to start unless `--no-jail` says to run guests unconfined. Without a
