@@ -68,8 +68,8 @@ fn a_parked_child_is_in_its_cgroup_before_launch_and_becomes_the_vmm() {
     );
 
     let uid = parked.uid().to_string();
-    let (vm, jail) = boot_parked(parked, &guest, dir.path(), "mode=echo", 1, 64);
-    assert_eq!(vm.child.pid(), pid, "the parked process is the VMM");
+    let (mut vm, jail) = boot_parked(parked, &guest, dir.path(), "mode=echo", 1, 64);
+    assert_eq!(vm.pid(), pid, "the parked process is the VMM");
     let uids: Vec<String> = status_field(pid, "Uid:")
         .split_whitespace()
         .map(String::from)
@@ -95,7 +95,7 @@ fn a_parked_child_is_in_its_cgroup_before_launch_and_becomes_the_vmm() {
 
     assert!(control(&vm.control, r#"{"cmd":"status"}"#).contains("\"running\""));
     assert!(control(&vm.control, r#"{"cmd":"stop"}"#).contains("stopping"));
-    assert_eq!(vm.child.wait_blocking().expect("wait"), Ended::Exited(0));
+    assert_eq!(vm.wait(), Ended::Exited(0));
     let console = std::fs::read_to_string(&vm.console).expect("console");
     assert!(console.contains("coinop-testguest ready"), "{console}");
     jail.remove().expect("remove jail");

@@ -14,21 +14,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-/// Kills the listed VMMs if the test ends early, so no guest outlives it.
-#[derive(Default)]
-struct Guests(Vec<i32>);
-
-impl Drop for Guests {
-    fn drop(&mut self) {
-        for pid in &self.0 {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
 /// Root, KVM and a cgroup hierarchy, or a SKIPPED line.
 fn ready() -> Option<Cgroups> {
     if !kvm_or_skip() {
@@ -175,15 +160,13 @@ async fn a_create_takes_a_ready_slot_with_its_own_limits_and_the_pool_refills() 
     let Some(cgroups) = ready() else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let d = Daemon::start(dir.path(), &pool_args("4200000", "8", "2")).await;
-    let mut guests = Guests::default();
     let before = full_pool(dir.path(), 2, &[]).await;
 
     // A size different from what the slots were built with (1 vCPU, 128 MiB).
     let (id, token) = create(&d, 2, 96).await;
     let pid = lease_pid(dir.path(), &id);
-    guests.0.push(pid);
     assert_eq!(
         before.get(&id),
         Some(&pid),
@@ -235,14 +218,12 @@ async fn an_empty_pool_falls_back_to_building_the_slot_on_the_request_path() {
     let Some(cgroups) = ready() else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     // Two uids: the pool keeps the last free one for creates, so it holds one slot and
     // cannot refill while the first lease runs.
     let d = Daemon::start(dir.path(), &pool_args("4200100", "2", "2")).await;
-    let mut guests = Guests::default();
     let before = full_pool(dir.path(), 1, &[]).await;
     let (first, first_token) = create(&d, 1, 64).await;
-    guests.0.push(lease_pid(dir.path(), &first));
     assert!(
         before.contains_key(&first),
         "the first create used the slot"
@@ -250,7 +231,6 @@ async fn an_empty_pool_falls_back_to_building_the_slot_on_the_request_path() {
 
     let (second, second_token) = create(&d, 1, 64).await;
     let pid = lease_pid(dir.path(), &second);
-    guests.0.push(pid);
     assert!(
         !dir.path().join("pool").join(&second).exists(),
         "the second create built its own slot"
@@ -275,14 +255,12 @@ async fn slots_left_by_a_crash_are_removed_at_start_but_a_live_lease_keeps_its_o
     let Some(cgroups) = ready() else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let args = pool_args("4200200", "8", "2");
     let d = Daemon::spawn(dir.path(), &args, &[]).await;
-    let mut guests = Guests::default();
     full_pool(dir.path(), 2, &[]).await;
     let (id, token) = create(&d, 1, 64).await;
     let pid = lease_pid(dir.path(), &id);
-    guests.0.push(pid);
     let stale = full_pool(dir.path(), 2, &[&id]).await;
     d.kill9();
 
@@ -316,12 +294,21 @@ async fn slots_left_by_a_crash_are_removed_at_start_but_a_live_lease_keeps_its_o
         );
         assert!(!dir.path().join("pool").join(slot).exists());
     }
-    // The re-adopted lease kept its slot.
+    // The re-adopted lease kept its slot, and its stop removes it.
     assert!(dir.path().join("jail").join(&id).join("dev/kvm").exists());
     assert!(cgroups.reopen_slot(&id).expect("id").is_some());
     assert!(dir.path().join("pool").join(&id).exists());
     stop(&d, &id, &token).await;
-    wait_for(async || gone(pid), "the re-adopted guest stopped").await;
+    wait_for(
+        async || {
+            gone(pid)
+                && !dir.path().join("pool").join(&id).exists()
+                && !dir.path().join("jail").join(&id).exists()
+                && cgroups.reopen_slot(&id).is_ok_and(|c| c.is_none())
+        },
+        "the re-adopted lease's slot removed",
+    )
+    .await;
     d.shutdown().await;
     for slot in fresh.keys() {
         assert!(!dir.path().join("jail").join(slot).exists());
@@ -333,11 +320,9 @@ async fn a_zero_pool_builds_nothing_ahead() {
     if ready().is_none() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let d = Daemon::start(dir.path(), &pool_args("4200300", "4", "0")).await;
-    let mut guests = Guests::default();
     let (id, token) = create(&d, 1, 64).await;
-    guests.0.push(lease_pid(dir.path(), &id));
     assert!(
         slots(dir.path()).is_empty(),
         "no slot built: {:?}",

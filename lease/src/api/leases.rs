@@ -189,7 +189,8 @@ pub async fn create(
         );
         return create_when_full(&s, arrival, req, recovery, full).await;
     }
-    let result = create_reserved(&s, arrival, &id, req, image, cmdline, recovery, slot).await;
+    let name = LeaseName { id: &id, slot };
+    let result = create_reserved(&s, arrival, name, req, image, cmdline, recovery).await;
     if result.is_err() {
         s.capacity().release(&id);
     }
@@ -226,16 +227,22 @@ async fn create_when_full(
     }
 }
 
+/// A new lease's id, and the slot built ahead of time that gave it, if any.
+struct LeaseName<'a> {
+    id: &'a str,
+    slot: Option<crate::slot_pool::TakenSlot>,
+}
+
 async fn create_reserved(
     s: &Shared,
     arrival: u64,
-    id: &str,
+    name: LeaseName<'_>,
     req: CreateRequest,
     image: crate::image_catalogue::ImageSpec,
     cmdline: String,
     recovery: Option<[u8; 32]>,
-    slot: Option<crate::slot_pool::TakenSlot>,
 ) -> Result<Response, ApiError> {
+    let LeaseName { id, slot } = name;
     let credit = verify_payment(s, req.payment).await?;
     let boot = BootFigures {
         payment_verified_us: since(arrival),
