@@ -157,7 +157,10 @@ async fn main() {
         .args(["--testguest", &a.testguest.display().to_string()])
         .args(["--capacity-vcpus", "8", "--capacity-mib", "4096"])
         .args(&a.coinopd_args)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start coinopd");
@@ -170,14 +173,23 @@ async fn main() {
     let c = Client::new(&socket);
     let notes = mint_notes(&c, a.count).await;
     let mut figures: Vec<Vec<u64>> = vec![Vec::new(); STAGES.len()];
+    let mut steps: Vec<Vec<i64>> = vec![Vec::new(); STAGES.len()];
     for note in notes {
         let body = json!({"vcpus": 1, "mem_mib": 64, "image": "testguest",
                           "cmdline": "mode=echo", "payment": {"credit": {"proofs": [note]}}});
         let v = ok(&c, "POST", "/v1/leases", Some(body)).await;
+        let mut previous = Some(0);
         for (i, stage) in STAGES.iter().enumerate() {
-            if let Some(us) = v["boot"][stage].as_u64() {
+            let us = v["boot"][stage].as_u64();
+            if let Some(us) = us {
                 figures[i].push(us);
             }
+            // Without the jail the cgroup move after the spawn can end after the guest is
+            // ready: steps may be negative.
+            if let (Some(now), Some(before)) = (us, previous) {
+                steps[i].push(now as i64 - before as i64);
+            }
+            previous = us;
         }
         let id = v["lease_id"].as_str().expect("lease id");
         let token = v["token"].as_str().expect("token");
@@ -210,6 +222,38 @@ async fn main() {
             v[v.len() - 1]
         );
     }
-    let _ = child.kill();
+    let step_medians: Vec<i64> = steps
+        .iter()
+        .map(|v| {
+            let mut v = v.clone();
+            v.sort_unstable();
+            v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or(0)
+        })
+        .collect();
+    let total: i64 = step_medians.iter().map(|m| m.max(&0)).sum();
+    println!("each stage's own time (µs since the previous stage):");
+    println!(
+        "{:<22} {:>8} {:>8} {:>8}",
+        "stage", "median", "p95", "share"
+    );
+    for (i, stage) in STAGES.iter().enumerate() {
+        let mut v = steps[i].clone();
+        v.sort_unstable();
+        if v.is_empty() {
+            continue;
+        }
+        let p95 = v[(((v.len() - 1) as f64) * 0.95).round() as usize];
+        let share = 100.0 * step_medians[i].max(0) as f64 / total.max(1) as f64;
+        println!(
+            "{:<22} {:>8} {:>8} {:>7.0}%",
+            stage, step_medians[i], p95, share
+        );
+    }
+    // SIGTERM, not SIGKILL: coinopd removes its unused pool slots (cgroups, jail roots) on a
+    // clean shutdown, and this state dir is gone afterwards.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = child.wait();
 }

@@ -123,6 +123,10 @@ pub struct Settings {
     /// How many uids the pool holds (the most leases that can run at once).
     #[arg(long)]
     pub jail_uid_count: Option<u32>,
+    /// Lease slots kept ready ahead of creates: cgroup, jail root and a child already
+    /// jailed, waiting to exec the VMM (default 4; 0 builds each on the request path).
+    #[arg(long)]
+    pub jail_pool: Option<usize>,
 }
 
 /// Resolved settings.
@@ -151,6 +155,7 @@ pub struct Config {
     pub no_seccomp: bool,
     pub jail_uid_base: u32,
     pub jail_uid_count: u32,
+    pub jail_pool: usize,
 }
 
 impl Settings {
@@ -186,6 +191,7 @@ impl Settings {
             no_seccomp: self.no_seccomp || file.no_seccomp,
             jail_uid_base: self.jail_uid_base.or(file.jail_uid_base),
             jail_uid_count: self.jail_uid_count.or(file.jail_uid_count),
+            jail_pool: self.jail_pool.or(file.jail_pool),
         }
     }
 
@@ -274,6 +280,7 @@ impl Settings {
             no_seccomp: self.no_seccomp,
             jail_uid_base: self.jail_uid_base.unwrap_or(900_000),
             jail_uid_count: self.jail_uid_count.unwrap_or(1000),
+            jail_pool: self.jail_pool.unwrap_or(4),
         };
         for (flag, value) in [
             ("tick-ms", config.tick_ms),
@@ -300,6 +307,11 @@ impl Config {
     /// Directory of per-lease jail roots.
     pub fn jail_dir(&self) -> PathBuf {
         self.state_dir.join("jail")
+    }
+
+    /// Directory of the slot pool's marker files (one per slot built ahead of a lease).
+    pub fn pool_dir(&self) -> PathBuf {
+        self.state_dir.join("pool")
     }
 
     pub fn ledger_path(&self) -> PathBuf {
@@ -391,6 +403,27 @@ mod tests {
             ..Settings::default()
         };
         assert!(matches!(s.with_file(), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn the_slot_pool_holds_four_unless_told_and_zero_disables_it() {
+        let c = Settings::parse_from(["coinopd"])
+            .resolve()
+            .expect("defaults");
+        assert_eq!(c.jail_pool, 4);
+        let c = Settings::parse_from(["coinopd", "--jail-pool", "0"])
+            .resolve()
+            .expect("zero is allowed");
+        assert_eq!(c.jail_pool, 0);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "jail-pool = 9\n").expect("write");
+        let s = Settings {
+            config: Some(path),
+            ..Settings::default()
+        };
+        let c = s.with_file().expect("file").resolve().expect("resolve");
+        assert_eq!(c.jail_pool, 9);
     }
 
     #[test]

@@ -67,6 +67,7 @@ pub async fn serve(
 ) -> Result<(), DaemonError> {
     let (adopted, dead) = crate::scheduler::adopt(&state).await?;
     tracing::info!(adopted, dead, "guests from earlier runs");
+    state.supervisor.isolation().start_pool();
     let listener = bind(&state.config)?;
     tracing::info!(socket = %state.config.socket.display(), network = %state.chain_network.name(), "coinopd listening");
     let scheduler = tokio::spawn(crate::scheduler::run(state.clone(), exits));
@@ -91,5 +92,7 @@ pub async fn serve(
             );
         }
     }
+    let isolation = std::sync::Arc::clone(state.supervisor.isolation());
+    let _ = tokio::task::spawn_blocking(move || isolation.shutdown_pool()).await;
     result
 }

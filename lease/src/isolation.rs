@@ -1,7 +1,9 @@
 //! How coinopd confines guests, decided once at start-up (jail, cgroups, seccomp), and the
 //! confinement of each live lease: its jail root and cgroup, kept by lease id so whoever
 //! sees the guest end (the reaper of our own child, or the scheduler for a guest re-adopted
-//! after a restart) can remove both and read the cgroup's CPU count meanwhile.
+//! after a restart) can remove both and read the cgroup's CPU count meanwhile. Jailed
+//! leases normally start in a slot built ahead of time ([`crate::slot_pool`]): the jail and
+//! cgroup then already exist, under the lease id the slot gave the create.
 //!
 //! Without root the jail cannot be built (namespaces, mknod, pivot_root, setuid): coinopd
 //! then refuses to start unless `--no-jail` says to run guests unconfined. Without a
@@ -14,6 +16,7 @@ use std::sync::Mutex;
 use crate::cgroup::{self, CgroupSlot, Cgroups};
 use crate::config::Config;
 use crate::jail::{self, Jail, JailConfig, UidPool};
+use crate::slot_pool::{SlotPool, TakenSlot};
 
 /// Name of coinop's parent cgroup under coinopd's own.
 pub const CGROUP_PARENT: &str = "coinop";
@@ -56,6 +59,8 @@ pub struct Isolation {
     pub cgroups: Cgroups,
     /// Passed to every VMM as `--no-seccomp`.
     pub no_seccomp: bool,
+    /// Slots built ahead of creates (jailed guests only; `None` with `--jail-pool 0`).
+    pool: Option<SlotPool>,
     leases: Mutex<HashMap<String, Confinement>>,
 }
 
@@ -102,12 +107,47 @@ impl Isolation {
             );
             Some(jail)
         };
+        let pool = jail.as_ref().filter(|_| config.jail_pool > 0).map(|j| {
+            SlotPool::new(
+                config.jail_pool,
+                j.clone(),
+                cgroups.clone(),
+                config.pool_dir(),
+            )
+        });
         Ok(Isolation {
             jail,
             cgroups,
             no_seccomp: config.no_seccomp,
+            pool,
             leases: Mutex::default(),
         })
+    }
+
+    /// Once the guests of earlier runs are re-adopted: removes the slots an earlier coinopd
+    /// built but no live lease uses, and starts filling the pool (in the background).
+    pub fn start_pool(&self) {
+        if let Some(pool) = &self.pool {
+            let in_use = self.leases().keys().cloned().collect();
+            pool.start(in_use);
+        }
+    }
+
+    /// A slot built ahead of time, if the pool has one; its lease id is the one to use.
+    pub fn take_slot(&self) -> Option<TakenSlot> {
+        self.pool.as_ref()?.take()
+    }
+
+    /// Keeps the pool's filler idle while the guard lives (held for each boot).
+    pub fn hold_off_pool(&self) -> Option<crate::slot_pool::HoldOff> {
+        self.pool.as_ref().map(SlotPool::hold_off)
+    }
+
+    /// Removes every slot not handed to a lease (at shutdown; guests keep running).
+    pub fn shutdown_pool(&self) {
+        if let Some(pool) = &self.pool {
+            pool.shutdown();
+        }
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, Confinement>> {
@@ -167,9 +207,13 @@ impl Isolation {
         self.register_with(lease_id, Some(control), jail, slot);
     }
 
-    /// Removes `lease_id`'s jail root and cgroup once its VMM is gone (blocking: the
-    /// cgroup removal waits briefly for exiting tasks). Idempotent.
+    /// Removes `lease_id`'s jail root and cgroup (and pool marker, for a lease that took a
+    /// slot built ahead) once its VMM is gone (blocking: the cgroup removal waits briefly
+    /// for exiting tasks). Idempotent.
     pub fn release(&self, lease_id: &str) {
+        if let Some(pool) = &self.pool {
+            pool.forget(lease_id);
+        }
         let Some(c) = self.leases().remove(lease_id) else {
             return;
         };

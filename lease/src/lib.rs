@@ -24,6 +24,7 @@ pub mod payment_intake;
 pub mod peer;
 pub mod regtest_pay;
 pub mod scheduler;
+pub mod slot_pool;
 pub mod stops_in_flight;
 pub mod supervisor;
 pub mod token;

@@ -20,6 +20,7 @@ use crate::clock::monotonic_us;
 use crate::image_catalogue::ImageSpec;
 use crate::isolation::Isolation;
 use crate::jail::{Jail, JailedChild, INITRD_PATH, KERNEL_PATH};
+use crate::slot_pool::{ReadySlot, TakenSlot};
 
 /// The fd number the VMM finds its event pipe on (`--events fd:3`).
 const EVENTS_FD: i32 = 3;
@@ -101,6 +102,9 @@ pub struct BootRequest<'a> {
     /// `CLOCK_MONOTONIC` µs when the HTTP request arrived.
     pub arrival_us: u64,
     pub timeout_ms: u64,
+    /// The slot built ahead of time for this lease (its id is `lease_id`), if the create
+    /// got one from the pool.
+    pub slot: Option<TakenSlot>,
 }
 
 /// A booted guest.
@@ -153,6 +157,14 @@ impl GuestProcess {
 
 type EventLines = tokio::io::Lines<BufReader<tokio::net::unix::pipe::Receiver>>;
 
+/// A started VMM with its confinement and the read end of its event pipe.
+struct Spawned {
+    child: GuestProcess,
+    jail: Option<Jail>,
+    slot: Option<CgroupSlot>,
+    events: OwnedFd,
+}
+
 pub struct Supervisor {
     vmm_bin: PathBuf,
     isolation: Arc<Isolation>,
@@ -202,31 +214,48 @@ impl Supervisor {
 
     /// Starts the VMM and waits for `guest_ready`. On any failure the VMM is killed and its
     /// jail and cgroup removed.
-    pub async fn boot(&self, req: BootRequest<'_>) -> Result<Booted, BootError> {
-        let slot = self
-            .isolation
-            .cgroups
-            .create_slot(req.lease_id, &Limits::for_guest(req.vcpus, req.mem_mib))?;
-        let (read_end, write_end) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err)?;
-        let _ = std::fs::remove_file(&req.paths.control);
+    pub async fn boot(&self, mut req: BootRequest<'_>) -> Result<Booted, BootError> {
+        // No slot is built for the pool while this boot runs (it would compete for CPU,
+        // coinopd's memory map and the cgroup lock); the refill follows right after.
+        let _quiet = self.isolation.hold_off_pool();
+        let limits = Limits::for_guest(req.vcpus, req.mem_mib);
+        let pooled = req.slot.take().map(|taken| taken.use_for(limits));
+        let was_pooled = pooled.is_some();
         let start_us = monotonic_us();
-        let spawned = match &self.isolation.jail {
-            Some(config) => self.spawn_jailed(config, &req, write_end, start_us, slot.as_ref()),
-            None => self.spawn_plain(&req, write_end, start_us, slot.as_ref()),
+        let spawned = match pooled {
+            Some(ready) => match self.launch_pooled(ready, &req, &limits, start_us) {
+                Ok(spawned) => Ok(spawned),
+                Err(e) => {
+                    tracing::warn!(lease = req.lease_id, error = %e,
+                        "the slot built ahead failed; building one on the request path");
+                    self.spawn_fresh(&req, &limits, start_us)
+                }
+            },
+            None => self.spawn_fresh(&req, &limits, start_us),
         };
-        let (child, jail) = match spawned {
+        let Spawned {
+            child,
+            jail,
+            slot,
+            events: read_end,
+        } = match spawned {
             Ok(spawned) => spawned,
             Err(e) => {
-                if let Some(slot) = slot {
-                    let _ = slot.remove();
-                }
+                // Nothing registered: this only forgets a pool marker.
+                self.isolation.release(req.lease_id);
                 return Err(e);
             }
         };
         self.isolation
             .register_jailed(req.lease_id, req.paths.control.clone(), jail, slot);
         let vmm_spawned_us = monotonic_us().saturating_sub(req.arrival_us);
+        tracing::debug!(
+            lease = req.lease_id,
+            pooled = was_pooled,
+            boot_start_us = start_us.saturating_sub(req.arrival_us),
+            vmm_spawned_us,
+            "VMM started"
+        );
         let pid = child.pid();
         let rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) {
             Ok(rx) => rx,
@@ -275,6 +304,84 @@ impl Supervisor {
         })
     }
 
+    /// Builds the lease's cgroup (and jail) on the request path and starts the VMM.
+    fn spawn_fresh(
+        &self,
+        req: &BootRequest<'_>,
+        limits: &Limits,
+        start_us: u64,
+    ) -> Result<Spawned, BootError> {
+        let slot = self.isolation.cgroups.create_slot(req.lease_id, limits)?;
+        let pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err);
+        let _ = std::fs::remove_file(&req.paths.control);
+        let spawned = pipe.and_then(|(read_end, write_end)| {
+            let started = match &self.isolation.jail {
+                Some(config) => self.spawn_jailed(config, req, write_end, start_us, slot.as_ref()),
+                None => self.spawn_plain(req, write_end, start_us, slot.as_ref()),
+            };
+            started.map(|(child, jail)| (child, jail, read_end))
+        });
+        match spawned {
+            Ok((child, jail, events)) => Ok(Spawned {
+                child,
+                jail,
+                slot,
+                events,
+            }),
+            Err(e) => {
+                if let Some(slot) = slot {
+                    let _ = slot.remove();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the VMM in a slot built ahead of time: its cgroup gets the limits that differ
+    /// for this lease, and its parked child execs the VMM on the lease's image. On failure
+    /// the slot is gone (child, root, cgroup).
+    fn launch_pooled(
+        &self,
+        ready: ReadySlot,
+        req: &BootRequest<'_>,
+        limits: &Limits,
+        start_us: u64,
+    ) -> Result<Spawned, BootError> {
+        let ReadySlot {
+            cgroup,
+            limits: had,
+            jail: parked,
+            ..
+        } = ready;
+        let launched = cgroup
+            .as_ref()
+            .map_or(Ok(()), |c| c.update_limits(&had, limits))
+            .map_err(BootError::from)
+            .and_then(|()| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err))
+            .and_then(|(read_end, write_end)| {
+                let _ = std::fs::remove_file(&req.paths.control);
+                let (args, fds) = self.jailed_launch(req, write_end, start_us)?;
+                let initrd = req.image.initrd.as_deref();
+                let (child, jail) = parked.launch(&req.image.kernel, initrd, args, fds)?;
+                Ok((child, jail, read_end))
+            });
+        match launched {
+            Ok((child, jail, events)) => Ok(Spawned {
+                child: GuestProcess::Jailed(child),
+                jail: Some(jail),
+                slot: cgroup,
+                events,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&req.paths.control);
+                if let Some(c) = cgroup {
+                    let _ = c.remove();
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Starts the VMM in a fresh jail for the lease, joined to its cgroup before exec. The
     /// control socket is bound here, on the host, and passed in (the jail root is
     /// read-only).
@@ -305,6 +412,19 @@ impl Supervisor {
         start_us: u64,
         slot: Option<&CgroupSlot>,
     ) -> Result<JailedChild, BootError> {
+        let (args, fds) = self.jailed_launch(req, events, start_us)?;
+        let procs = slot.map(CgroupSlot::procs_files).transpose()?;
+        Ok(jail.spawn(args, fds, procs.unwrap_or_default())?)
+    }
+
+    /// A jailed VMM's arguments (paths as seen inside) and fds: null stdin, the console,
+    /// the log, the event pipe and the control socket, bound here on the host.
+    fn jailed_launch(
+        &self,
+        req: &BootRequest<'_>,
+        events: OwnedFd,
+        start_us: u64,
+    ) -> Result<(Vec<OsString>, Vec<OwnedFd>), BootError> {
         let listener =
             std::os::unix::net::UnixListener::bind(&req.paths.control).map_err(BootError::Files)?;
         let null = std::fs::File::open("/dev/null").map_err(BootError::Files)?;
@@ -333,8 +453,7 @@ impl Supervisor {
         if self.isolation.no_seccomp {
             args.push("--no-seccomp".into());
         }
-        let procs = slot.map(CgroupSlot::procs_files).transpose()?;
-        Ok(jail.spawn(args, fds, procs.unwrap_or_default())?)
+        Ok((args, fds))
     }
 
     /// `--no-jail`: the VMM as a plain child in its own session, moved into its cgroup

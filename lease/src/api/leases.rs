@@ -168,7 +168,12 @@ pub async fn create(
         .map(recovery_hash)
         .transpose()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let id = new_lease_id();
+    // A slot built ahead of time names the lease; dropped unused (a refused payment, a full
+    // host, a recovered lease) it goes back to the pool.
+    let slot = s.supervisor.isolation().take_slot();
+    let id = slot
+        .as_ref()
+        .map_or_else(new_lease_id, |slot| slot.lease_id().to_string());
     let want = Totals {
         vcpus: req.vcpus,
         mib: req.mem_mib,
@@ -184,7 +189,8 @@ pub async fn create(
         );
         return create_when_full(&s, arrival, req, recovery, full).await;
     }
-    let result = create_reserved(&s, arrival, &id, req, image, cmdline, recovery).await;
+    let name = LeaseName { id: &id, slot };
+    let result = create_reserved(&s, arrival, name, req, image, cmdline, recovery).await;
     if result.is_err() {
         s.capacity().release(&id);
     }
@@ -221,15 +227,22 @@ async fn create_when_full(
     }
 }
 
+/// A new lease's id, and the slot built ahead of time that gave it, if any.
+struct LeaseName<'a> {
+    id: &'a str,
+    slot: Option<crate::slot_pool::TakenSlot>,
+}
+
 async fn create_reserved(
     s: &Shared,
     arrival: u64,
-    id: &str,
+    name: LeaseName<'_>,
     req: CreateRequest,
     image: crate::image_catalogue::ImageSpec,
     cmdline: String,
     recovery: Option<[u8; 32]>,
 ) -> Result<Response, ApiError> {
+    let LeaseName { id, slot } = name;
     let credit = verify_payment(s, req.payment).await?;
     let boot = BootFigures {
         payment_verified_us: since(arrival),
@@ -274,7 +287,7 @@ async fn create_reserved(
         vcpus: req.vcpus,
         mem_mib: req.mem_mib,
     };
-    match boot_guest(s, arrival, &guest, boot).await? {
+    match boot_guest(s, arrival, &guest, boot, slot).await? {
         Ok(boot) => {
             let body = CreateResponse {
                 lease_id: id.to_string(),
@@ -301,11 +314,13 @@ struct GuestSpec<'a> {
 
 /// Boots the guest of a lease the ledger holds as `booting` (its room reserved) and marks
 /// it running. `Ok(Err(..))` is a failed boot, its room already released, with why.
+/// `slot` is the slot built ahead of time that named the lease, if its create took one.
 async fn boot_guest(
     s: &Shared,
     arrival: u64,
     g: &GuestSpec<'_>,
     mut boot: BootFigures,
+    slot: Option<crate::slot_pool::TakenSlot>,
 ) -> Result<Result<BootFigures, (BootFigures, String)>, ApiError> {
     let paths = GuestPaths::for_lease(&s.config.run_dir(), g.id);
     let booted = s
@@ -319,6 +334,7 @@ async fn boot_guest(
             paths: &paths,
             arrival_us: arrival,
             timeout_ms: s.config.boot_timeout_ms,
+            slot,
         })
         .await;
     match booted {
@@ -390,7 +406,7 @@ async fn recovered(
             vcpus: l.vcpus,
             mem_mib: l.mem_mib,
         };
-        if let Err((boot, why)) = boot_guest(s, arrival, &guest, boot).await? {
+        if let Err((boot, why)) = boot_guest(s, arrival, &guest, boot, None).await? {
             return boot_failed(s, &l.id, token, r.token_seq, boot, why, outputs).await;
         }
     }

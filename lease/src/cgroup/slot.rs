@@ -19,6 +19,21 @@ pub struct CgroupSlot {
     usage: Usage,
     /// The file holding the memory limit.
     memory_limit: PathBuf,
+    /// Where the limits are written.
+    limit_dirs: LimitDirs,
+}
+
+/// The directories holding the limit files.
+#[derive(Debug)]
+enum LimitDirs {
+    /// v1: one per controller.
+    V1 {
+        cpu: PathBuf,
+        memory: PathBuf,
+        pids: PathBuf,
+    },
+    /// v2: the one directory.
+    V2(PathBuf),
 }
 
 #[derive(Debug)]
@@ -80,6 +95,11 @@ impl CgroupSlot {
                     dirs,
                     usage: Usage::V1(cpuacct.join(lease_id).join("cpuacct.usage")),
                     memory_limit: memory.join(lease_id).join("memory.limit_in_bytes"),
+                    limit_dirs: LimitDirs::V1 {
+                        cpu: cpu.join(lease_id),
+                        memory: memory.join(lease_id),
+                        pids: pids.join(lease_id),
+                    },
                 })
             }
             Cgroups::V2 { parent } => {
@@ -87,6 +107,7 @@ impl CgroupSlot {
                 Ok(CgroupSlot {
                     usage: Usage::V2(dir.join("cpu.stat")),
                     memory_limit: dir.join("memory.max"),
+                    limit_dirs: LimitDirs::V2(dir.clone()),
                     dirs: vec![dir],
                 })
             }
@@ -105,37 +126,57 @@ impl CgroupSlot {
     ) -> Result<Self, Error> {
         let slot = Self::layout(cgroups, lease_id)?;
         slot.dirs.iter().try_for_each(|d| mkdir(d))?;
-        match cgroups {
-            Cgroups::V1 {
-                cpu, memory, pids, ..
-            } => {
-                let (cpu, memory, pids) = (
-                    cpu.join(lease_id),
-                    memory.join(lease_id),
-                    pids.join(lease_id),
-                );
-                write(&cpu.join("cpu.cfs_period_us"), limits.cpu_period_us)?;
-                write(&cpu.join("cpu.cfs_quota_us"), limits.cpu_quota_us)?;
-                write(&memory.join("memory.limit_in_bytes"), limits.memory_bytes)?;
-                write(&pids.join("pids.max"), limits.pids_max)?;
+        slot.write_limits(None, limits)?;
+        Ok(slot)
+    }
+
+    /// Sets the slot's limits to `to`, writing only the files whose value differs from
+    /// `from` (what the slot was last given), so re-using a slot for a lease of the same
+    /// size writes nothing.
+    pub fn update_limits(&self, from: &Limits, to: &Limits) -> Result<(), Error> {
+        self.write_limits(Some(from), to)
+    }
+
+    fn write_limits(&self, from: Option<&Limits>, to: &Limits) -> Result<(), Error> {
+        let changed = |field: fn(&Limits) -> u64| from.is_none_or(|f| field(f) != field(to));
+        let cpu_changed = changed(|l| l.cpu_quota_us) || changed(|l| l.cpu_period_us);
+        match &self.limit_dirs {
+            LimitDirs::V1 { cpu, memory, pids } => {
+                if cpu_changed {
+                    // The quota must fit the period: period first on a fresh cgroup (its
+                    // quota is unlimited), and the period is a constant afterwards.
+                    write(&cpu.join("cpu.cfs_period_us"), to.cpu_period_us)?;
+                    write(&cpu.join("cpu.cfs_quota_us"), to.cpu_quota_us)?;
+                }
+                if changed(|l| l.memory_bytes) {
+                    write(&memory.join("memory.limit_in_bytes"), to.memory_bytes)?;
+                }
+                if changed(|l| l.pids_max) {
+                    write(&pids.join("pids.max"), to.pids_max)?;
+                }
             }
-            _ => {
-                let dir = &slot.dirs[0];
-                write(
-                    &dir.join("cpu.max"),
-                    format!("{} {}", limits.cpu_quota_us, limits.cpu_period_us),
-                )?;
-                write(&dir.join("memory.max"), limits.memory_bytes)?;
+            LimitDirs::V2(dir) => {
+                if cpu_changed {
+                    write(
+                        &dir.join("cpu.max"),
+                        format!("{} {}", to.cpu_quota_us, to.cpu_period_us),
+                    )?;
+                }
+                if changed(|l| l.memory_bytes) {
+                    write(&dir.join("memory.max"), to.memory_bytes)?;
+                }
                 // Without swap accounting the file is absent; with it, guest RAM must not
                 // spill to swap past the limit.
                 let swap = dir.join("memory.swap.max");
-                if swap.exists() {
+                if from.is_none() && swap.exists() {
                     write(&swap, 0)?;
                 }
-                write(&dir.join("pids.max"), limits.pids_max)?;
+                if changed(|l| l.pids_max) {
+                    write(&dir.join("pids.max"), to.pids_max)?;
+                }
             }
         }
-        Ok(slot)
+        Ok(())
     }
 
     /// The existing cgroup of `lease_id` (a guest that outlived an earlier coinopd), if
@@ -245,6 +286,37 @@ mod tests {
         );
         std::fs::write(dir.join("cpu.stat"), "usage_usec 12345\nuser_usec 1\n").expect("write");
         assert_eq!(slot.cpu_usage_us().expect("usage"), 12345);
+    }
+
+    #[test]
+    fn updating_limits_writes_only_what_changed() {
+        let (_root, cgroups) = fake_v2();
+        let small = Limits::for_guest(1, 64);
+        let slot = cgroups
+            .create_slot("pooled", &small)
+            .expect("created")
+            .expect("available");
+        let dir = slot.dirs()[0].clone();
+        // Gone files show which ones an update writes.
+        std::fs::remove_file(dir.join("memory.max")).expect("rm");
+        std::fs::remove_file(dir.join("pids.max")).expect("rm");
+        let two_cpus = Limits::for_guest(2, 62);
+        assert_eq!(two_cpus.memory_bytes, small.memory_bytes);
+        slot.update_limits(&small, &two_cpus).expect("update");
+        let cpu_max = std::fs::read_to_string(dir.join("cpu.max")).expect("cpu.max");
+        assert_eq!(cpu_max, "200000 100000");
+        assert!(
+            !dir.join("memory.max").exists(),
+            "same memory limit rewritten"
+        );
+        let pids = std::fs::read_to_string(dir.join("pids.max")).expect("pids.max");
+        assert_eq!(pids, two_cpus.pids_max.to_string());
+        slot.update_limits(&two_cpus, &Limits::for_guest(2, 128))
+            .expect("update");
+        assert_eq!(
+            slot.memory_limit_bytes().expect("read"),
+            Limits::for_guest(2, 128).memory_bytes
+        );
     }
 
     #[test]

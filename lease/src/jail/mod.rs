@@ -9,10 +9,13 @@
 //! hands the listener over (`--control fd:N`).
 //!
 //! Use: [`JailConfig::new`] once at start-up, [`JailConfig::prepare`] per lease,
-//! [`Jail::spawn`] to start the VMM, [`Jail::remove`] after it ended.
+//! [`Jail::spawn`] to start the VMM, [`Jail::remove`] after it ended. Or ahead of a lease:
+//! [`JailConfig::park`] (a child already jailed, waiting before exec) and
+//! [`ParkedJail::launch`] once the lease's image and arguments are known.
 
 mod child;
 mod libraries;
+mod parked;
 mod root_dir;
 mod spawn;
 mod uid_pool;
@@ -100,6 +103,43 @@ impl JailConfig {
         })
     }
 
+    /// Builds a root for `lease_id` with mount points for any image, takes a uid and starts
+    /// a child in it that has done everything but exec (see [`parked`]): in its namespaces
+    /// and in the cgroup of `cgroup_procs`, pivoted into the root with the VMM and its
+    /// libraries bound read-only. Blocks until the child is parked (a few ms).
+    pub fn park(&self, lease_id: &str, cgroup_procs: Vec<OwnedFd>) -> Result<ParkedJail, Error> {
+        let root = self.root_of(lease_id)?;
+        let uid = self.uids.take()?;
+        let mut binds = vec![(self.vmm_bin.clone(), PathBuf::from(VMM_PATH))];
+        binds.extend(self.libraries.iter().map(|lib| (lib.clone(), lib.clone())));
+        let mut points: Vec<PathBuf> = binds.iter().map(|(_, inside)| inside.clone()).collect();
+        points.extend([PathBuf::from(KERNEL_PATH), PathBuf::from(INITRD_PATH)]);
+        root_dir::build(&root, &points, uid.get(), uid.get())?;
+        let plan = parked::ParkPlan {
+            root: root.clone(),
+            binds,
+            program: PathBuf::from(VMM_PATH),
+            cgroup_procs,
+            uid: uid.get(),
+            new_net_ns: self.new_net_ns,
+        };
+        match parked::park(plan) {
+            Ok(child) => Ok(ParkedJail {
+                jail: Jail {
+                    root,
+                    uid,
+                    binds: Vec::new(),
+                    new_net_ns: self.new_net_ns,
+                },
+                child,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&root);
+                Err(e.into())
+            }
+        }
+    }
+
     /// Builds the root for `lease_id` with `kernel` and `initrd` and takes a uid for it.
     pub fn prepare(
         &self,
@@ -161,6 +201,61 @@ impl JailConfig {
             binds: Vec::new(),
             new_net_ns: self.new_net_ns,
         }))
+    }
+}
+
+/// A jail root with a child parked in it before exec ([`JailConfig::park`]).
+#[derive(Debug)]
+pub struct ParkedJail {
+    jail: Jail,
+    child: parked::Parked,
+}
+
+impl ParkedJail {
+    /// The root directory on the host.
+    pub fn root(&self) -> &Path {
+        &self.jail.root
+    }
+
+    /// The uid (and gid) the VMM will run as.
+    pub fn uid(&self) -> u32 {
+        self.jail.uid.get()
+    }
+
+    /// The parked child's pid, which the VMM keeps once launched.
+    pub fn pid(&self) -> i32 {
+        self.child.pid().as_raw()
+    }
+
+    /// Execs the VMM in the parked child, with `kernel` (and `initrd`) bound read-only at
+    /// [`KERNEL_PATH`] (and [`INITRD_PATH`]); `args` and `fds` as for [`Jail::spawn`].
+    /// Blocks until the VMM has exec'd (well under a millisecond). On failure the child is
+    /// reaped and the root removed.
+    pub fn launch(
+        self,
+        kernel: &Path,
+        initrd: Option<&Path>,
+        args: Vec<OsString>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(JailedChild, Jail), Error> {
+        let ParkedJail { jail, child } = self;
+        let launched = child
+            .launch(kernel, initrd, &args, fds)
+            .map_err(Error::from)
+            .and_then(|pid| Ok(JailedChild::new(pid)?));
+        match launched {
+            Ok(child) => Ok((child, jail)),
+            Err(e) => {
+                let _ = jail.remove();
+                Err(e)
+            }
+        }
+    }
+
+    /// Kills and reaps the parked child and removes the root.
+    pub fn discard(self) -> Result<(), Error> {
+        drop(self.child);
+        self.jail.remove()
     }
 }
 

@@ -21,11 +21,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Passed fds are first copied to at least this number, so placing them at 0..n in the
 /// child never overwrites one not yet placed.
-const HIGH_FD: RawFd = 64;
+pub(super) const HIGH_FD: RawFd = 64;
 /// Stack for the cloned child until it execs.
-const CHILD_STACK_BYTES: usize = 256 * 1024;
+pub(super) const CHILD_STACK_BYTES: usize = 256 * 1024;
 /// Most fds the VMM may hold: KVM, VM, 32 vCPUs, eventfds, disks, taps, clients.
-const MAX_FDS: u64 = 256;
+pub(super) const MAX_FDS: u64 = 256;
 
 /// The child's steps, reported on failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,10 +57,14 @@ pub enum Step {
     CloseFds,
     /// execve.
     Exec,
+    /// A parked child waiting for, or reading, its launch message.
+    Receive,
+    /// Attaching the kernel or initrd mount a parked child was sent.
+    Attach,
 }
 
 impl Step {
-    fn from_byte(byte: u8) -> Option<Step> {
+    pub(super) fn from_byte(byte: u8) -> Option<Step> {
         use Step::*;
         [
             PlaceFds,
@@ -76,6 +80,8 @@ impl Step {
             NoNewPrivs,
             CloseFds,
             Exec,
+            Receive,
+            Attach,
         ]
         .into_iter()
         .find(|s| *s as u8 == byte)
@@ -96,6 +102,21 @@ pub enum Error {
         /// Why.
         source: nix::Error,
     },
+    /// A parked child ended before its launch (killed, or it could not read the launch).
+    #[error("the parked jailed child is gone")]
+    ParkedGone,
+    /// A launch message beyond what a parked child can take.
+    #[error(
+        "launch of a parked child too big: {bytes} bytes of arguments, {args} arguments, {fds} fds"
+    )]
+    LaunchTooBig {
+        /// Message bytes.
+        bytes: usize,
+        /// Arguments.
+        args: usize,
+        /// Fds including the image mounts.
+        fds: usize,
+    },
     /// The child failed before exec.
     #[error("jailed child failed at {step:?}: {source}")]
     Child {
@@ -106,7 +127,7 @@ pub enum Error {
     },
 }
 
-fn cstring(text: impl AsRef<std::ffi::OsStr>) -> Result<CString, Error> {
+pub(super) fn cstring(text: impl AsRef<std::ffi::OsStr>) -> Result<CString, Error> {
     use std::os::unix::ffi::OsStrExt;
     let bytes = text.as_ref().as_bytes();
     CString::new(bytes).map_err(|_| Error::Nul(String::from_utf8_lossy(bytes).into_owned()))
@@ -147,7 +168,7 @@ struct Prepared {
     report: RawFd,
 }
 
-fn high_copy(fd: &OwnedFd) -> Result<OwnedFd, Error> {
+pub(super) fn high_copy(fd: &OwnedFd) -> Result<OwnedFd, Error> {
     // SAFETY: F_DUPFD_CLOEXEC on a live fd returns a new fd we then own.
     let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, HIGH_FD) };
     if copy < 0 {
@@ -263,13 +284,13 @@ pub fn spawn(plan: &Plan) -> Result<nix::unistd::Pid, Error> {
     Ok(pid)
 }
 
-type Failure = (Step, nix::Error);
+pub(super) type Failure = (Step, nix::Error);
 
-fn at<T>(step: Step, result: nix::Result<T>) -> Result<T, Failure> {
+pub(super) fn at<T>(step: Step, result: nix::Result<T>) -> Result<T, Failure> {
     result.map_err(|e| (step, e))
 }
 
-fn check(step: Step, rc: libc::c_int) -> Result<(), Failure> {
+pub(super) fn check(step: Step, rc: libc::c_int) -> Result<(), Failure> {
     if rc < 0 {
         Err((step, nix::Error::last()))
     } else {
@@ -279,20 +300,74 @@ fn check(step: Step, rc: libc::c_int) -> Result<(), Failure> {
 
 /// The child between clone and exec. Only system calls: see the module doc.
 fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
-    for (target, fd) in p.fds.iter().enumerate() {
+    place_fds(&p.fds)?;
+    at(Step::Session, nix::unistd::setsid())?;
+    join_cgroup(&p.cgroup_procs)?;
+    enter_root(&p.root, &p.binds)?;
+    confine_and_exec(
+        p.fds.len(),
+        p.report,
+        p.uid,
+        &p.program,
+        &p.argv_ptrs,
+        &p.envp,
+    )
+}
+
+/// Places `fds[i]` at fd `i`. Each source must be above `fds.len()` (see [`HIGH_FD`]).
+pub(super) fn place_fds(fds: &[OwnedFd]) -> Result<(), Failure> {
+    for (target, fd) in fds.iter().enumerate() {
         // SAFETY: dup2 onto a small fd number; the source is open, and the target's previous
         // occupant (if any) is ours to replace.
         check(Step::PlaceFds, unsafe {
             libc::dup2(fd.as_raw_fd(), target as RawFd)
         })?;
     }
-    at(Step::Session, nix::unistd::setsid())?;
-    for procs in &p.cgroup_procs {
+    Ok(())
+}
+
+/// Moves the calling process into the cgroup of each open `cgroup.procs` file.
+pub(super) fn join_cgroup(procs: &[OwnedFd]) -> Result<(), Failure> {
+    for procs in procs {
         // SAFETY: a 1-byte write from a static buffer to an open cgroup.procs file;
         // "0" means the writing process.
         let n = unsafe { libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) };
         check(Step::JoinCgroup, n as libc::c_int)?;
     }
+    Ok(())
+}
+
+/// Bind-mounts `file` read-only (and without setuid or device nodes) onto `target`.
+pub(super) fn bind_read_only(
+    file: &std::ffi::CStr,
+    target: &std::ffi::CStr,
+) -> Result<(), Failure> {
+    let none: Option<&str> = None;
+    at(
+        Step::Bind,
+        nix::mount::mount(Some(file), target, none, MsFlags::MS_BIND, none),
+    )?;
+    remount_read_only(target)
+}
+
+/// Makes the bind mount at `target` read-only, nosuid and nodev.
+pub(super) fn remount_read_only(target: &std::ffi::CStr) -> Result<(), Failure> {
+    let none: Option<&str> = None;
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV;
+    at(
+        Step::Remount,
+        nix::mount::mount(none, target, none, flags, none),
+    )
+}
+
+/// In a new mount namespace: binds `root` onto itself and `binds` (host, target) read-only
+/// into it, pivots into it, drops the old root, remounts the root read-only and sets the
+/// hostname.
+pub(super) fn enter_root(root: &CString, binds: &[(CString, CString)]) -> Result<(), Failure> {
     let none: Option<&str> = None;
     at(
         Step::PrivateMounts,
@@ -301,38 +376,17 @@ fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
     at(
         Step::Bind,
         nix::mount::mount(
-            Some(p.root.as_c_str()),
-            p.root.as_c_str(),
+            Some(root.as_c_str()),
+            root.as_c_str(),
             none,
             MsFlags::MS_BIND,
             none,
         ),
     )?;
-    let read_only =
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
-    for (host, target) in &p.binds {
-        at(
-            Step::Bind,
-            nix::mount::mount(
-                Some(host.as_c_str()),
-                target.as_c_str(),
-                none,
-                MsFlags::MS_BIND,
-                none,
-            ),
-        )?;
-        at(
-            Step::Remount,
-            nix::mount::mount(
-                none,
-                target.as_c_str(),
-                none,
-                read_only | MsFlags::MS_NODEV,
-                none,
-            ),
-        )?;
+    for (host, target) in binds {
+        bind_read_only(host, target)?;
     }
-    at(Step::PivotRoot, nix::unistd::chdir(p.root.as_c_str()))?;
+    at(Step::PivotRoot, nix::unistd::chdir(root.as_c_str()))?;
     at(Step::PivotRoot, nix::unistd::pivot_root(".", "."))?;
     at(
         Step::PivotRoot,
@@ -340,6 +394,8 @@ fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
     )?;
     at(Step::PivotRoot, nix::unistd::chdir("/"))?;
     // The root keeps device nodes (/dev/kvm) but nothing in it is writable or setuid.
+    let read_only =
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
     at(
         Step::Remount,
         nix::mount::mount(none, "/", none, read_only, none),
@@ -348,7 +404,19 @@ fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
     // SAFETY: a static byte string and its length; sethostname copies it.
     check(Step::Hostname, unsafe {
         libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len())
-    })?;
+    })
+}
+
+/// rlimits, the lease's uid and gid, no-new-privileges, every fd closed but `0..kept` and
+/// `report` (close-on-exec), then execve.
+pub(super) fn confine_and_exec(
+    kept: usize,
+    report: RawFd,
+    uid: u32,
+    program: &CString,
+    argv: &[*const c_char],
+    envp: &[*const c_char],
+) -> Result<std::convert::Infallible, Failure> {
     at(
         Step::Rlimit,
         setrlimit(Resource::RLIMIT_NOFILE, MAX_FDS, MAX_FDS),
@@ -359,7 +427,7 @@ fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
     // every thread of the process change ids (signalling them and waiting on a futex under
     // its thread-list lock), and this copy of a multi-threaded coinopd inherits that list
     // and possibly a held lock but none of the threads: it would wait forever.
-    let id = p.uid as libc::c_ulong;
+    let id = uid as libc::c_ulong;
     // SAFETY: setgroups with an empty list (size 0, null pointer) for this thread only.
     check(Step::DropPrivileges, unsafe {
         libc::syscall(
@@ -380,23 +448,22 @@ fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
     check(Step::NoNewPrivs, unsafe {
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     })?;
-    // Everything but the passed fds and the report pipe (close-on-exec) goes.
-    let first_closed = p.fds.len() as libc::c_uint;
-    // SAFETY: close_range on our own descriptor table; the report pipe is re-checked below.
+    // Everything but the passed fds and the report channel (close-on-exec) goes.
+    // SAFETY: close_range on our own descriptor table; the report fd is re-checked below.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            first_closed,
-            (p.report - 1) as libc::c_uint,
+            kept as libc::c_uint,
+            (report - 1) as libc::c_uint,
             0,
         )
     };
     check(Step::CloseFds, rc as libc::c_int)?;
-    // SAFETY: as above, for the fds above the report pipe.
+    // SAFETY: as above, for the fds above the report fd.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            (p.report + 1) as libc::c_uint,
+            (report + 1) as libc::c_uint,
             libc::c_uint::MAX,
             0,
         )
@@ -404,6 +471,6 @@ fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
     check(Step::CloseFds, rc as libc::c_int)?;
     // SAFETY: program, argv and envp are NUL-terminated arrays of C strings built before the
     // clone and alive in this copy of the address space.
-    unsafe { libc::execve(p.program.as_ptr(), p.argv_ptrs.as_ptr(), p.envp.as_ptr()) };
+    unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     Err((Step::Exec, nix::Error::last()))
 }

@@ -84,6 +84,12 @@ impl UidPool {
 }
 
 impl UidPool {
+    /// How many uids are free.
+    pub fn free(&self) -> u32 {
+        let in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
+        self.count.saturating_sub(in_use.len() as u32)
+    }
+
     /// Takes `uid` itself: a re-adopted guest keeps the uid it was started with.
     pub fn claim(&self, uid: u32) -> Result<JailUid, Error> {
         let mut in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
@@ -109,6 +115,7 @@ mod tests {
         let b = pool.take().expect("second");
         assert_ne!(a.get(), b.get());
         assert!(matches!(pool.take(), Err(Error::Exhausted(2))));
+        assert_eq!(pool.free(), 0);
         let freed = a.get();
         drop(a);
         assert_eq!(pool.take().expect("reused").get(), freed);

@@ -86,7 +86,40 @@ pub fn boot(
     mem_mib: u64,
     cgroup_procs: Vec<OwnedFd>,
 ) -> Booted {
+    boot_with(dir, cmdline, vcpus, mem_mib, |args, fds| {
+        jail.spawn(args, fds, cgroup_procs).expect("jailed spawn")
+    })
+}
+
+/// Launches the VMM in `parked` on `guest` with `cmdline` and waits for `guest_ready`.
+pub fn boot_parked(
+    parked: lease::jail::ParkedJail,
+    guest: &Path,
+    dir: &Path,
+    cmdline: &str,
+    vcpus: u32,
+    mem_mib: u64,
+) -> (Booted, lease::jail::Jail) {
+    let mut jail = None;
+    let booted = boot_with(dir, cmdline, vcpus, mem_mib, |args, fds| {
+        let (child, launched) = parked.launch(guest, None, args, fds).expect("launch");
+        jail = Some(launched);
+        child
+    });
+    (booted, jail.expect("launched"))
+}
+
+/// Runs `spawn` with the VMM's arguments and fds (null stdin, console, log, event pipe,
+/// control listener) and waits for `guest_ready`.
+fn boot_with(
+    dir: &Path,
+    cmdline: &str,
+    vcpus: u32,
+    mem_mib: u64,
+    spawn: impl FnOnce(Vec<OsString>, Vec<OwnedFd>) -> JailedChild,
+) -> Booted {
     let control = dir.join("control.sock");
+    let _ = std::fs::remove_file(&control);
     let listener = UnixListener::bind(&control).expect("bind control socket");
     let console = dir.join("console.txt");
     let (events_rx, events_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
@@ -119,7 +152,7 @@ pub fn boot(
     .iter()
     .map(OsString::from)
     .collect();
-    let child = jail.spawn(args, fds, cgroup_procs).expect("jailed spawn");
+    let child = spawn(args, fds);
     let (tx, events) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(events_rx).lines().map_while(Result::ok) {
