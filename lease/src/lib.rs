@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod fault;
+pub mod guest_network;
 pub mod image_catalogue;
 pub mod isolation;
 pub mod jail;

@@ -19,10 +19,15 @@ use crate::cgroup::{CgroupSlot, Limits};
 use crate::clock::monotonic_us;
 use crate::image_catalogue::ImageSpec;
 use crate::isolation::Isolation;
-use crate::jail::{Jail, JailedChild, INITRD_PATH, KERNEL_PATH};
+use crate::jail::{
+    Jail, JailedChild, RootDisk, INITRD_PATH, KERNEL_PATH, OVERLAY_PATH, ROOTFS_PATH,
+};
 
 /// The fd number the VMM finds its event pipe on (`--events fd:3`).
 const EVENTS_FD: i32 = 3;
+/// The fd number the VMM finds its tap on (`--net fd=5`; 4 is a jailed VMM's control
+/// socket).
+const TAP_FD: i32 = 5;
 
 #[derive(Debug, Error)]
 pub enum BootError {
@@ -43,6 +48,15 @@ pub enum BootError {
     Exited { reason: String, code: Option<i64> },
     #[error("guest not ready within {0} ms")]
     Timeout(u64),
+    #[error("guest root disk overlay: {0}")]
+    Overlay(std::io::Error),
+}
+
+/// The lease's NIC: its tap, attached, and the guest's MAC.
+#[derive(Debug)]
+pub struct Nic {
+    pub tap: OwnedFd,
+    pub mac: String,
 }
 
 /// Boot figures, µs from request arrival (api.md `boot`).
@@ -101,6 +115,8 @@ pub struct BootRequest<'a> {
     /// `CLOCK_MONOTONIC` µs when the HTTP request arrived.
     pub arrival_us: u64,
     pub timeout_ms: u64,
+    /// Passed to the VMM as `--net fd=5`.
+    pub nic: Option<Nic>,
 }
 
 /// A booted guest.
@@ -163,6 +179,20 @@ fn pipe_err(e: impl std::fmt::Display) -> BootError {
     BootError::Pipe(e.to_string())
 }
 
+/// The VMM's device arguments: the root disk (paths as the VMM sees them) and the NIC.
+fn device_args(disk: Option<&RootDisk>, mac: Option<&str>) -> Vec<OsString> {
+    let mut args = Vec::new();
+    if let Some(d) = disk {
+        args.push("--disk".into());
+        args.push(format!("path={},cow={}", d.base.display(), d.overlay.display()).into());
+    }
+    if let Some(mac) = mac {
+        args.push("--net".into());
+        args.push(format!("fd={TAP_FD},mac={mac}").into());
+    }
+    args
+}
+
 /// The VMM arguments both spawn paths share (paths as the VMM sees them).
 fn common_args(req: &BootRequest<'_>, kernel: &Path, initrd: Option<&Path>) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["--kernel".into(), kernel.into()];
@@ -202,18 +232,28 @@ impl Supervisor {
 
     /// Starts the VMM and waits for `guest_ready`. On any failure the VMM is killed and its
     /// jail and cgroup removed.
-    pub async fn boot(&self, req: BootRequest<'_>) -> Result<Booted, BootError> {
-        let slot = self
+    pub async fn boot(&self, mut req: BootRequest<'_>) -> Result<Booted, BootError> {
+        let nic = req.nic.take();
+        let slot = match self
             .isolation
             .cgroups
-            .create_slot(req.lease_id, &Limits::for_guest(req.vcpus, req.mem_mib))?;
+            .create_slot(req.lease_id, &Limits::for_guest(req.vcpus, req.mem_mib))
+        {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.isolation.release_disk_and_network(req.lease_id);
+                return Err(e.into());
+            }
+        };
         let (read_end, write_end) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err)?;
         let _ = std::fs::remove_file(&req.paths.control);
         let start_us = monotonic_us();
         let spawned = match &self.isolation.jail {
-            Some(config) => self.spawn_jailed(config, &req, write_end, start_us, slot.as_ref()),
-            None => self.spawn_plain(&req, write_end, start_us, slot.as_ref()),
+            Some(config) => {
+                self.spawn_jailed(config, &req, write_end, start_us, slot.as_ref(), nic)
+            }
+            None => self.spawn_plain(&req, write_end, start_us, slot.as_ref(), nic),
         };
         let (child, jail) = match spawned {
             Ok(spawned) => spawned,
@@ -221,6 +261,7 @@ impl Supervisor {
                 if let Some(slot) = slot {
                     let _ = slot.remove();
                 }
+                self.isolation.release_disk_and_network(req.lease_id);
                 return Err(e);
             }
         };
@@ -285,9 +326,28 @@ impl Supervisor {
         events: OwnedFd,
         start_us: u64,
         slot: Option<&CgroupSlot>,
+        nic: Option<Nic>,
     ) -> Result<(GuestProcess, Option<Jail>), BootError> {
-        let jail = config.prepare(req.lease_id, &req.image.kernel, req.image.initrd.as_deref())?;
-        match self.spawn_in(&jail, req, events, start_us, slot) {
+        let disk = req.image.rootfs.as_ref().map(|base| RootDisk {
+            base: base.clone(),
+            overlay: self.isolation.overlay_path(req.lease_id),
+        });
+        let jail = config.prepare_with_disk(
+            req.lease_id,
+            &req.image.kernel,
+            req.image.initrd.as_deref(),
+            disk.as_ref(),
+        )?;
+        let spawned = match disk {
+            Some(_) => self
+                .isolation
+                .create_overlay(req.lease_id, Some(jail.uid()))
+                .map(drop)
+                .map_err(BootError::Overlay),
+            None => Ok(()),
+        }
+        .and_then(|()| self.spawn_in(&jail, req, events, start_us, slot, nic));
+        match spawned {
             Ok(child) => Ok((GuestProcess::Jailed(child), Some(jail))),
             Err(e) => {
                 let _ = jail.remove();
@@ -304,21 +364,31 @@ impl Supervisor {
         events: OwnedFd,
         start_us: u64,
         slot: Option<&CgroupSlot>,
+        nic: Option<Nic>,
     ) -> Result<JailedChild, BootError> {
         let listener =
             std::os::unix::net::UnixListener::bind(&req.paths.control).map_err(BootError::Files)?;
         let null = std::fs::File::open("/dev/null").map_err(BootError::Files)?;
         let console = std::fs::File::create(&req.paths.console).map_err(BootError::Files)?;
         let log = std::fs::File::create(&req.paths.log).map_err(BootError::Files)?;
-        let fds: Vec<OwnedFd> = vec![
+        let mut fds: Vec<OwnedFd> = vec![
             null.into(),
             console.into(),
             log.into(),
             events,
             listener.into(),
         ];
+        let mac = nic.as_ref().map(|n| n.mac.clone());
+        if let Some(nic) = nic {
+            fds.push(nic.tap);
+        }
         let initrd = req.image.initrd.as_ref().map(|_| Path::new(INITRD_PATH));
         let mut args = common_args(req, Path::new(KERNEL_PATH), initrd);
+        let disk = req.image.rootfs.as_ref().map(|_| RootDisk {
+            base: ROOTFS_PATH.into(),
+            overlay: OVERLAY_PATH.into(),
+        });
+        args.extend(device_args(disk.as_ref(), mac.as_deref()));
         args.extend(
             [
                 "--serial",
@@ -345,13 +415,42 @@ impl Supervisor {
         write_end: OwnedFd,
         start_us: u64,
         slot: Option<&CgroupSlot>,
+        nic: Option<Nic>,
     ) -> Result<(GuestProcess, Option<Jail>), BootError> {
         let log = std::fs::File::create(&req.paths.log).map_err(pipe_err)?;
+        let disk = match &req.image.rootfs {
+            Some(base) => Some(RootDisk {
+                base: base.clone(),
+                overlay: self
+                    .isolation
+                    .create_overlay(req.lease_id, None)
+                    .map_err(BootError::Overlay)?,
+            }),
+            None => None,
+        };
+        // Above every fd the child places, so placing the event pipe cannot overwrite it.
+        let tap = nic
+            .as_ref()
+            .map(|n| {
+                // SAFETY: F_DUPFD_CLOEXEC on a live fd returns a new fd we then own.
+                let fd = unsafe { libc::fcntl(n.tap.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+                if fd < 0 {
+                    return Err(BootError::Files(std::io::Error::last_os_error()));
+                }
+                // SAFETY: `fd` is a fresh descriptor nothing else owns.
+                Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+            })
+            .transpose()?;
+        let tap_fd = tap.as_ref().map(AsRawFd::as_raw_fd);
         let mut cmd = tokio::process::Command::new(&self.vmm_bin);
         cmd.args(common_args(
             req,
             &req.image.kernel,
             req.image.initrd.as_deref(),
+        ))
+        .args(device_args(
+            disk.as_ref(),
+            nic.as_ref().map(|n| n.mac.as_str()),
         ))
         .arg("--serial")
         .arg(format!("file:{}", req.paths.console.display()))
@@ -368,7 +467,8 @@ impl Supervisor {
         }
         let write_fd = write_end.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // async-signal-safe functions (setsid, dup2, fcntl) on fds we own.
+        // async-signal-safe functions (setsid, dup2, fcntl) on fds we own (the event pipe's
+        // write end and the tap's high copy, both alive until after the spawn).
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setsid() < 0 {
@@ -382,6 +482,12 @@ impl Supervisor {
                 } else if libc::dup2(write_fd, EVENTS_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // dup2 leaves the copy without close-on-exec: the VMM inherits it.
+                if let Some(tap) = tap_fd {
+                    if libc::dup2(tap, TAP_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -390,6 +496,7 @@ impl Supervisor {
             source,
         })?;
         drop(write_end);
+        drop(tap);
         if let (Some(slot), Some(pid)) = (slot, child.id()) {
             if let Err(e) = slot.add_pid(pid) {
                 let _ = child.start_kill();

@@ -18,11 +18,12 @@ use crate::api_error::ApiError;
 use crate::app::{AppState, Shared};
 use crate::capacity::Totals;
 use crate::clock::monotonic_us;
+use crate::guest_network::NetInfo;
 use crate::ledger::{reason, state, Credit, LeaseRow, LedgerError, NewLease, Refund};
 use crate::metering;
 use crate::payment_intake::{credit_error, verify_credit, verify_onchain, PaymentBody};
 use crate::peer::PeerCred;
-use crate::supervisor::{BootFigures, BootRequest, GuestPaths};
+use crate::supervisor::{BootFigures, BootRequest, GuestPaths, Nic};
 use crate::token::{new_lease_id, new_token, token_hash};
 
 /// Longest tenant cmdline.
@@ -38,6 +39,9 @@ pub struct CreateRequest {
     pub image: String,
     #[serde(default)]
     pub cmdline: Option<String>,
+    /// OpenSSH public key authorised for root in the guest (addition).
+    #[serde(default)]
+    pub ssh_key: Option<String>,
     pub payment: PaymentBody,
     /// Blank outputs for a refund as blind-signed credit if the boot fails (addition).
     #[serde(default)]
@@ -51,6 +55,9 @@ pub struct CreateResponse {
     pub state: String,
     pub balance_msat: u64,
     pub boot: BootFigures,
+    /// How to reach the guest; absent without a NIC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetInfo>,
 }
 
 fn since(arrival: u64) -> u64 {
@@ -148,12 +155,21 @@ pub async fn create(
         .get(&req.image)
         .cloned()
         .ok_or_else(|| ApiError::unprocessable("unknown_image", "unknown image"))?;
-    let cmdline = req.cmdline.clone().unwrap_or_else(|| image.cmdline.clone());
+    let mut cmdline = req.cmdline.clone().unwrap_or_else(|| image.cmdline.clone());
     if cmdline.len() > MAX_CMDLINE || cmdline.contains('\0') {
         return Err(ApiError::unprocessable(
             "invalid_spec",
             format!("cmdline must be at most {MAX_CMDLINE} bytes without NUL"),
         ));
+    }
+    if let Some(key) = &req.ssh_key {
+        let word = ssh_key_word(key).ok_or_else(|| {
+            ApiError::unprocessable(
+                "invalid_spec",
+                "ssh_key must be an OpenSSH public key: TYPE BASE64 [comment], at most 8 KiB",
+            )
+        })?;
+        cmdline = format!("{cmdline} {word}");
     }
     let id = new_lease_id();
     let want = Totals {
@@ -185,6 +201,83 @@ async fn create_reserved(
     cmdline: String,
 ) -> Result<Response, ApiError> {
     let credit = verify_payment(s, req.payment).await?;
+    let (nic, network, cmdline) = attach_network(s, id, &image, cmdline).await?;
+    let spec = (req.vcpus, req.mem_mib, req.outputs);
+    boot_lease(s, arrival, id, credit, &image, cmdline, nic, network, spec).await
+}
+
+/// The lease's NIC when its image gets one: tap fd, tenant view, and the command line with
+/// the guest's address words. A full address pool is a full host (503) before any money
+/// is taken.
+async fn attach_network(
+    s: &Shared,
+    id: &str,
+    image: &crate::image_catalogue::ImageSpec,
+    cmdline: String,
+) -> Result<(Option<Nic>, Option<NetInfo>, String), ApiError> {
+    if !s.config.lease_gets_network(image) {
+        return Ok((None, None, cmdline));
+    }
+    let isolation = std::sync::Arc::clone(s.supervisor.isolation());
+    let lease = id.to_string();
+    let attached = blocking(move || {
+        isolation.attach_network(&lease).map_err(|e| match e {
+            crate::guest_network::NetError::Full(_) => ApiError::host_full(e.to_string(), 5),
+            e => ApiError::internal(e.to_string()),
+        })
+    })
+    .await?;
+    Ok(match attached {
+        Some((tap, info)) => {
+            let cmdline = format!("{cmdline} {}", info.cmdline_words());
+            let nic = Nic {
+                tap,
+                mac: info.mac.clone(),
+            };
+            (Some(nic), Some(info), cmdline)
+        }
+        None => (None, None, cmdline),
+    })
+}
+
+async fn release_network(s: &Shared, id: &str) {
+    let isolation = std::sync::Arc::clone(s.supervisor.isolation());
+    let lease = id.to_string();
+    let _ = tokio::task::spawn_blocking(move || isolation.release_disk_and_network(&lease)).await;
+}
+
+/// `coinop.ssh_key=TYPE:BLOB` for an OpenSSH public key line, or `None` when `key` is not
+/// one (the comment is dropped: it could hold anything, and the guest needs none).
+pub fn ssh_key_word(key: &str) -> Option<String> {
+    if key.len() > 8192 {
+        return None;
+    }
+    let mut parts = key.split_whitespace();
+    let (kind, blob) = (parts.next()?, parts.next()?);
+    let kind_ok = !kind.is_empty()
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-@.".contains(&b));
+    let blob_ok = blob.len() >= 16
+        && blob
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+    (kind_ok && blob_ok).then(|| format!("coinop.ssh_key={kind}:{blob}"))
+}
+
+/// Commits the lease and boots it; the rest of [`create`].
+#[allow(clippy::too_many_arguments)]
+async fn boot_lease(
+    s: &Shared,
+    arrival: u64,
+    id: &str,
+    credit: Credit,
+    image: &crate::image_catalogue::ImageSpec,
+    cmdline: String,
+    nic: Option<Nic>,
+    network: Option<NetInfo>,
+    (vcpus, mem_mib, outputs): (u32, u64, Option<Vec<BlindedMessage>>),
+) -> Result<Response, ApiError> {
     let mut boot = BootFigures {
         payment_verified_us: since(arrival),
         ..BootFigures::default()
@@ -194,8 +287,8 @@ async fn create_reserved(
     let new = NewLease {
         id: id.to_string(),
         token_hash: token_hash(&token),
-        vcpus: req.vcpus,
-        mem_mib: req.mem_mib,
+        vcpus,
+        mem_mib,
         image: image.name.clone(),
         cmdline: cmdline.clone(),
         control_path: paths.control.display().to_string(),
@@ -204,26 +297,31 @@ async fn create_reserved(
     let balance = credit.amount_msat;
     let kind = metric_kind(&credit);
     let s2 = s.clone();
-    blocking_here(move || {
+    let committed = blocking_here(move || {
         s2.ledger.create_lease(&new, &credit).map_err(|e| {
             count_refused_claim(&s2, kind, &e);
             spent_error(e)
         })
     })
-    .await?;
+    .await;
+    if let Err(e) = committed {
+        release_network(s, id).await;
+        return Err(e);
+    }
     boot.ledger_committed_us = since(arrival);
     crate::fault::hit(crate::fault::point::CREATE_COMMITTED);
     let booted = s
         .supervisor
         .boot(BootRequest {
             lease_id: id,
-            image: &image,
+            image,
             cmdline: &cmdline,
-            vcpus: req.vcpus,
-            mem_mib: req.mem_mib,
+            vcpus,
+            mem_mib,
             paths: &paths,
             arrival_us: arrival,
             timeout_ms: s.config.boot_timeout_ms,
+            nic,
         })
         .await;
     match booted {
@@ -248,6 +346,7 @@ async fn create_reserved(
                 state: state::RUNNING.into(),
                 balance_msat: balance,
                 boot,
+                network,
             };
             Ok((StatusCode::CREATED, Json(body)).into_response())
         }
@@ -255,7 +354,7 @@ async fn create_reserved(
             tracing::warn!(lease = id, error = %e, "boot failed");
             s.metrics.boot(false, None);
             s.capacity().release(id);
-            boot_failed(s, id, token, boot, e.to_string(), req.outputs).await
+            boot_failed(s, id, token, boot, e.to_string(), outputs).await
         }
     }
 }
@@ -359,6 +458,7 @@ pub fn lease_json(s: &AppState, l: &LeaseRow) -> Value {
         "created_at": l.created_at,
         "updated_at": l.updated_at,
         "boot": boot,
+        "network": s.supervisor.isolation().network_info(&l.id),
     })
 }
 

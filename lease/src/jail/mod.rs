@@ -1,7 +1,8 @@
 //! The jail each guest's `coinop-vmm` runs in, after Firecracker's jailer: new mount, PID,
 //! IPC, UTS (and optionally network) namespaces; a per-lease root holding only the VMM
-//! binary and the libraries it loads, the kernel, the initrd and a private /dev/kvm, all
-//! read-only; rlimits; every inherited fd closed but the ones passed; an unprivileged uid/gid
+//! binary and the libraries it loads, the kernel, the initrd, the image's root filesystem
+//! and a private /dev/kvm, all read-only, plus the lease's copy-on-write overlay, the one
+//! writable file; rlimits; every inherited fd closed but the ones passed; an unprivileged uid/gid
 //! from a pool, one per running lease.
 //!
 //! The control socket, console and event pipe are passed as fds rather than created in the
@@ -32,6 +33,17 @@ pub const VMM_PATH: &str = "/coinop-vmm";
 pub const KERNEL_PATH: &str = "/kernel";
 /// Where the initrd appears inside the jail.
 pub const INITRD_PATH: &str = "/initrd";
+/// Where the image's root filesystem (read-only base) appears inside the jail.
+pub const ROOTFS_PATH: &str = "/rootfs";
+/// Where the lease's copy-on-write overlay (writable) appears inside the jail.
+pub const OVERLAY_PATH: &str = "/overlay";
+
+/// A root disk for the guest: the image's shared base and the lease's overlay (host paths).
+#[derive(Debug, Clone)]
+pub struct RootDisk {
+    pub base: PathBuf,
+    pub overlay: PathBuf,
+}
 
 /// Errors of the jail.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +119,19 @@ impl JailConfig {
         kernel: &Path,
         initrd: Option<&Path>,
     ) -> Result<Jail, Error> {
+        self.prepare_with_disk(lease_id, kernel, initrd, None)
+    }
+
+    /// Like [`JailConfig::prepare`], with `disk`'s base bound read-only at [`ROOTFS_PATH`]
+    /// and its overlay (which must exist, owned by the jail's uid: see [`Jail::uid`])
+    /// bound writable at [`OVERLAY_PATH`].
+    pub fn prepare_with_disk(
+        &self,
+        lease_id: &str,
+        kernel: &Path,
+        initrd: Option<&Path>,
+        disk: Option<&RootDisk>,
+    ) -> Result<Jail, Error> {
         let root = self.root_of(lease_id)?;
         let uid = self.uids.take()?;
         let mut binds = vec![
@@ -117,12 +142,22 @@ impl JailConfig {
             binds.push((initrd.to_path_buf(), PathBuf::from(INITRD_PATH)));
         }
         binds.extend(self.libraries.iter().map(|lib| (lib.clone(), lib.clone())));
-        let points: Vec<PathBuf> = binds.iter().map(|(_, inside)| inside.clone()).collect();
+        let mut writable = Vec::new();
+        if let Some(disk) = disk {
+            binds.push((disk.base.clone(), PathBuf::from(ROOTFS_PATH)));
+            writable.push((disk.overlay.clone(), PathBuf::from(OVERLAY_PATH)));
+        }
+        let points: Vec<PathBuf> = binds
+            .iter()
+            .chain(&writable)
+            .map(|(_, inside)| inside.clone())
+            .collect();
         root_dir::build(&root, &points, uid.get(), uid.get())?;
         Ok(Jail {
             root,
             uid,
             binds,
+            writable,
             new_net_ns: self.new_net_ns,
         })
     }
@@ -159,6 +194,7 @@ impl JailConfig {
             root,
             uid,
             binds: Vec::new(),
+            writable: Vec::new(),
             new_net_ns: self.new_net_ns,
         }))
     }
@@ -170,6 +206,8 @@ pub struct Jail {
     root: PathBuf,
     uid: JailUid,
     binds: Vec<(PathBuf, PathBuf)>,
+    /// Bound writable (the lease's overlay).
+    writable: Vec<(PathBuf, PathBuf)>,
     new_net_ns: bool,
 }
 
@@ -197,6 +235,7 @@ impl Jail {
         let plan = spawn::Plan {
             root: self.root.clone(),
             binds: self.binds.clone(),
+            writable_binds: self.writable.clone(),
             program: PathBuf::from(VMM_PATH),
             args,
             fds,

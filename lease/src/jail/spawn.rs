@@ -118,6 +118,8 @@ pub struct Plan {
     pub root: std::path::PathBuf,
     /// (host file, in-jail path) pairs bind-mounted read-only.
     pub binds: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    /// (host file, in-jail path) pairs bind-mounted writable (nosuid, nodev).
+    pub writable_binds: Vec<(std::path::PathBuf, std::path::PathBuf)>,
     /// Program path inside the jail.
     pub program: std::path::PathBuf,
     /// argv\[1..\].
@@ -138,6 +140,7 @@ struct Prepared {
     cgroup_procs: Vec<OwnedFd>,
     root: CString,
     binds: Vec<(CString, CString)>,
+    writable_binds: Vec<(CString, CString)>,
     program: CString,
     /// Owns the strings `argv_ptrs` points into.
     _argv: Vec<CString>,
@@ -171,15 +174,17 @@ fn prepare(plan: &Plan, report: RawFd) -> Result<Prepared, Error> {
         .iter()
         .map(high_copy)
         .collect::<Result<Vec<_>, _>>()?;
-    let binds = plan
-        .binds
-        .iter()
-        .map(|(host, in_jail)| {
-            let target = super::root_dir::host_path(&plan.root, in_jail)
-                .map_err(|_| Error::Nul(in_jail.display().to_string()))?;
-            Ok((cstring(host)?, cstring(target)?))
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
+    let bind_pairs = |list: &[(std::path::PathBuf, std::path::PathBuf)]| {
+        list.iter()
+            .map(|(host, in_jail)| {
+                let target = super::root_dir::host_path(&plan.root, in_jail)
+                    .map_err(|_| Error::Nul(in_jail.display().to_string()))?;
+                Ok((cstring(host)?, cstring(target)?))
+            })
+            .collect::<Result<Vec<_>, Error>>()
+    };
+    let binds = bind_pairs(&plan.binds)?;
+    let writable_binds = bind_pairs(&plan.writable_binds)?;
     let program = cstring(&plan.program)?;
     let mut argv = vec![program.clone()];
     for arg in &plan.args {
@@ -192,6 +197,7 @@ fn prepare(plan: &Plan, report: RawFd) -> Result<Prepared, Error> {
         cgroup_procs,
         root: cstring(&plan.root)?,
         binds,
+        writable_binds,
         program,
         _argv: argv,
         argv_ptrs,
@@ -310,6 +316,23 @@ fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
     )?;
     let read_only =
         MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
+    let writable = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    for (host, target) in &p.writable_binds {
+        at(
+            Step::Bind,
+            nix::mount::mount(
+                Some(host.as_c_str()),
+                target.as_c_str(),
+                none,
+                MsFlags::MS_BIND,
+                none,
+            ),
+        )?;
+        at(
+            Step::Remount,
+            nix::mount::mount(none, target.as_c_str(), none, writable, none),
+        )?;
+    }
     for (host, target) in &p.binds {
         at(
             Step::Bind,
