@@ -37,7 +37,7 @@ impl Drop for NetnsDaemon {
 }
 
 impl NetnsDaemon {
-    fn spawn(dir: &Path, vmm: &Path, guest: &Path) -> (NetnsDaemon, Client) {
+    fn spawn(dir: &Path, vmm: &Path, guest: &Path, extra: &[&str]) -> (NetnsDaemon, Client) {
         use std::os::unix::process::CommandExt;
         let socket = dir.join("coinop.sock");
         let log = std::fs::File::create(dir.join("coinopd.log")).expect("log");
@@ -58,7 +58,8 @@ impl NetnsDaemon {
             .arg(vmm)
             .arg("--testguest")
             .arg(guest)
-            .args(["--guest-network", "always", "--guest-ssh-host", "test-host"])
+            .args(["--guest-ssh-host", "test-host"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -116,12 +117,17 @@ async fn call(c: &Client, method: &str, path: &str, token: Option<&str>, body: V
     v
 }
 
-/// The process holding a tun fd attached to `tap` (the tun driver's fdinfo says `iff:`).
-fn holder_of(tap: &str) -> Option<(i32, String)> {
+/// The child of `parent` holding a tun fd attached to `tap` (the tun driver's fdinfo says
+/// `iff:`; other tests' daemons have taps of the same name in their own namespaces).
+fn holder_of(tap: &str, parent: u32) -> Option<(i32, String)> {
     for proc_dir in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = proc_dir.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
+        let status = std::fs::read_to_string(proc_dir.path().join("status")).unwrap_or_default();
+        if !status.lines().any(|l| l == format!("PPid:\t{parent}")) {
+            continue;
+        }
         let Ok(fds) = std::fs::read_dir(proc_dir.path().join("fdinfo")) else {
             continue;
         };
@@ -135,6 +141,21 @@ fn holder_of(tap: &str) -> Option<(i32, String)> {
         }
     }
     None
+}
+
+async fn pay(client: &Client) -> Value {
+    let quote = call(
+        client,
+        "POST",
+        "/v1/quotes",
+        None,
+        json!({"vcpus": 1, "mem_mib": 64, "seconds": 600}),
+    )
+    .await;
+    let quote_id = quote["quote_id"].as_str().expect("quote_id");
+    lease::regtest_pay::pay_quote(client, quote_id)
+        .await
+        .expect("regtest payment")
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
@@ -157,20 +178,10 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
     let (vmm, guest) = common::vmm_and_guest().expect("checked by kvm_or_skip");
     let dir = tempfile::tempdir().expect("tempdir");
     let state: PathBuf = dir.path().to_path_buf();
-    let (mut daemon, client) = NetnsDaemon::spawn(&state, &vmm, &guest);
+    let (mut daemon, client) =
+        NetnsDaemon::spawn(&state, &vmm, &guest, &["--guest-network", "always"]);
 
-    let quote = call(
-        &client,
-        "POST",
-        "/v1/quotes",
-        None,
-        json!({"vcpus": 1, "mem_mib": 64, "seconds": 600}),
-    )
-    .await;
-    let quote_id = quote["quote_id"].as_str().expect("quote_id");
-    let payment = lease::regtest_pay::pay_quote(&client, quote_id)
-        .await
-        .expect("regtest payment");
+    let payment = pay(&client).await;
     let created = call(
         &client,
         "POST",
@@ -208,7 +219,7 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
         "{rules}"
     );
 
-    let (pid, args) = holder_of(&tap).expect("some process holds the tap");
+    let (pid, args) = holder_of(&tap, daemon.child.id()).expect("some process holds the tap");
     daemon.vmm_pid = Some(pid);
     assert!(
         args.starts_with("/coinop-vmm "),
@@ -267,4 +278,104 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
     .await;
     assert_eq!(after["network"], Value::Null, "{after}");
     assert!(!state.join("run").join(format!("{id}.net.json")).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: guest networking and the jail need root");
+        return;
+    }
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let (vmm, guest) = common::vmm_and_guest().expect("checked by kvm_or_skip");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state: PathBuf = dir.path().to_path_buf();
+    let base = state.join("root.img");
+    std::fs::write(&base, vec![7u8; 1 << 20]).expect("base image");
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let image = format!(
+        "srv={},rootfs={},cmdline=mode=echo",
+        guest.display(),
+        base.display()
+    );
+    // auto (the default): the rootfs image gets a network, the test guest would not.
+    let (mut daemon, client) = NetnsDaemon::spawn(&state, &vmm, &guest, &["--image", &image]);
+
+    let plain = call(
+        &client,
+        "POST",
+        "/v1/leases",
+        None,
+        json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "payment": pay(&client).await}),
+    )
+    .await;
+    assert_eq!(plain["http_status"], 201, "{plain}\n{}", daemon.log(&state));
+    assert!(plain.get("network").is_none(), "no rootfs, no NIC: {plain}");
+
+    let created = call(
+        &client,
+        "POST",
+        "/v1/leases",
+        None,
+        json!({"vcpus": 1, "mem_mib": 64, "image": "srv", "payment": pay(&client).await}),
+    )
+    .await;
+    assert_eq!(
+        created["http_status"],
+        201,
+        "{created}\n{}",
+        daemon.log(&state)
+    );
+    let id = created["lease_id"].as_str().expect("id").to_string();
+    let token = created["token"].as_str().expect("token").to_string();
+    let tap = created["network"]["tap"]
+        .as_str()
+        .expect("a NIC")
+        .to_string();
+    let (pid, args) = holder_of(&tap, daemon.child.id()).expect("some process holds the tap");
+    daemon.vmm_pid = Some(pid);
+    assert!(args.contains("--disk path=/rootfs,cow=/overlay"), "{args}");
+
+    let overlay = state.join("overlays").join(format!("{id}.overlay"));
+    let meta = std::fs::metadata(&overlay).expect("the lease's overlay");
+    let vmm_uid = std::fs::metadata(format!("/proc/{pid}"))
+        .expect("the VMM's /proc")
+        .uid();
+    assert_eq!(meta.uid(), vmm_uid, "owned by the jail's uid");
+    assert_ne!(vmm_uid, 0, "the VMM runs unprivileged");
+    assert!(
+        meta.len() > 1 << 20,
+        "the VMM opened it through the writable bind and sized it (base + bitmap + footer): {}",
+        meta.len()
+    );
+    assert_eq!(std::fs::read(&base).expect("base"), vec![7u8; 1 << 20]);
+
+    let stopped = call(
+        &client,
+        "POST",
+        &format!("/v1/leases/{id}/stop"),
+        Some(&token),
+        json!({}),
+    )
+    .await;
+    assert_eq!(stopped["state"], "stopped", "{stopped}");
+    wait_until("the overlay to go", || !overlay.exists());
+    wait_until("the tap to go", || {
+        daemon
+            .run_inside("ip", &["link", "show", "dev", &tap])
+            .is_none()
+    });
+    let plain_id = plain["lease_id"].as_str().expect("id");
+    let plain_token = plain["token"].as_str().expect("token");
+    let _ = call(
+        &client,
+        "POST",
+        &format!("/v1/leases/{plain_id}/stop"),
+        Some(plain_token),
+        json!({}),
+    )
+    .await;
 }
