@@ -231,7 +231,7 @@ impl Supervisor {
     }
 
     /// Starts the VMM and waits for `guest_ready`. On any failure the VMM is killed and its
-    /// jail and cgroup removed.
+    /// jail, cgroup, network and root-disk overlay removed.
     pub async fn boot(&self, mut req: BootRequest<'_>) -> Result<Booted, BootError> {
         let nic = req.nic.take();
         let slot = match self

@@ -204,23 +204,19 @@ impl GuestNetwork {
             tap: info.tap.clone(),
             source,
         })?;
-        let host = format!("{}/{}", info.host_ip, info.prefix_len);
-        let guest = info.guest_ip.to_string();
-        host_commands::ip(&["addr", "add", &host, "dev", &info.tap])?;
-        host_commands::ip(&["link", "set", &info.tap, "up"])?;
-        // The guest's MAC is known: no ARP, and a guest cannot claim another address's
-        // frames by answering ARP for it.
-        host_commands::ip(&[
-            "neigh",
-            "replace",
-            &guest,
-            "lladdr",
-            &info.mac,
-            "dev",
-            &info.tap,
-            "nud",
-            "permanent",
-        ])?;
+        // One `ip -batch` for the three steps: each process start costs milliseconds on
+        // the create path. The guest's MAC is known, so its neighbour entry is permanent:
+        // no ARP, and a guest cannot claim another address's frames by answering ARP.
+        let batch = format!(
+            "addr add {host}/{len} dev {tap}\nlink set {tap} up\n\
+             neigh replace {guest} lladdr {mac} dev {tap} nud permanent\n",
+            host = info.host_ip,
+            len = info.prefix_len,
+            tap = info.tap,
+            guest = info.guest_ip,
+            mac = info.mac,
+        );
+        host_commands::run("ip", &["-batch", "-"], Some(&batch))?;
         host_commands::nft_apply(&render(state))?;
         Ok(fd)
     }
