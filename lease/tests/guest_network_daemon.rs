@@ -16,16 +16,15 @@ use serde_json::{json, Value};
 const SSH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTestOnly0123456789abcdefgh tenant@test";
 
-/// coinopd in its own network namespace; on drop the lease's VMM (if found) and coinopd
-/// are killed, so nothing outlives the test.
+/// coinopd in its own network namespace; on drop its VMMs (jailed VMMs are its direct
+/// children) and then coinopd are killed, so nothing outlives the test, passed or failed.
 struct NetnsDaemon {
     child: Child,
-    vmm_pid: Option<i32>,
 }
 
 impl Drop for NetnsDaemon {
     fn drop(&mut self) {
-        if let Some(pid) = self.vmm_pid {
+        for pid in children_of(self.child.id()) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -34,6 +33,23 @@ impl Drop for NetnsDaemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The pids whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l == format!("PPid:\t{parent}"))
+        })
+        .collect()
 }
 
 impl NetnsDaemon {
@@ -72,10 +88,7 @@ impl NetnsDaemon {
             });
         }
         let child = cmd.spawn().expect("start coinopd");
-        let daemon = NetnsDaemon {
-            child,
-            vmm_pid: None,
-        };
+        let daemon = NetnsDaemon { child };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
             assert!(
@@ -178,8 +191,7 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
     let (vmm, guest) = common::vmm_and_guest().expect("checked by kvm_or_skip");
     let dir = tempfile::tempdir().expect("tempdir");
     let state: PathBuf = dir.path().to_path_buf();
-    let (mut daemon, client) =
-        NetnsDaemon::spawn(&state, &vmm, &guest, &["--guest-network", "always"]);
+    let (daemon, client) = NetnsDaemon::spawn(&state, &vmm, &guest, &["--guest-network", "always"]);
 
     let payment = pay(&client).await;
     let created = call(
@@ -219,8 +231,7 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
         "{rules}"
     );
 
-    let (pid, args) = holder_of(&tap, daemon.child.id()).expect("some process holds the tap");
-    daemon.vmm_pid = Some(pid);
+    let (_, args) = holder_of(&tap, daemon.child.id()).expect("some process holds the tap");
     assert!(
         args.starts_with("/coinop-vmm "),
         "the jailed VMM holds it: {args}"
@@ -302,7 +313,7 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network() 
         base.display()
     );
     // auto (the default): the rootfs image gets a network, the test guest would not.
-    let (mut daemon, client) = NetnsDaemon::spawn(&state, &vmm, &guest, &["--image", &image]);
+    let (daemon, client) = NetnsDaemon::spawn(&state, &vmm, &guest, &["--image", &image]);
 
     let plain = call(
         &client,
@@ -336,7 +347,6 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network() 
         .expect("a NIC")
         .to_string();
     let (pid, args) = holder_of(&tap, daemon.child.id()).expect("some process holds the tap");
-    daemon.vmm_pid = Some(pid);
     assert!(args.contains("--disk path=/rootfs,cow=/overlay"), "{args}");
 
     let overlay = state.join("overlays").join(format!("{id}.overlay"));
