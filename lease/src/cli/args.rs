@@ -142,6 +142,9 @@ pub enum LeaseCmd {
         image: String,
         #[arg(long)]
         cmdline: Option<String>,
+        /// OpenSSH public key (the text, or @FILE) authorised for root in the guest.
+        #[arg(long)]
+        ssh_key: Option<String>,
         #[command(flatten)]
         pay: PaymentArgs,
     },
