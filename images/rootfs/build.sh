@@ -60,7 +60,9 @@ else
   copy_with_libs "$root" /usr/bin/dropbearkey "$tmp/db"
   install -m 0755 "$here/init" "$root/sbin/coinop-init"
   echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
-  echo 'root::0:0:99999:7:::' >"$root/etc/shadow"
+  # '*': no password can log in, yet the account is not blank (dropbear refuses users with
+  # an empty password field whatever the auth method) nor locked ('!'): keys only.
+  echo 'root:*:0:0:99999:7:::' >"$root/etc/shadow"
   echo 'root:x:0:' >"$root/etc/group"
   echo /bin/sh >"$root/etc/shells"
   echo "coinop rootfs $key" >"$root/etc/coinop-rootfs"
@@ -69,7 +71,8 @@ else
   rm -rf "$dir/client"/*
   copy_with_libs "$dir/client" /usr/bin/dbclient "$tmp/db"
   copy_with_libs "$dir/client" /usr/bin/dropbearkey "$tmp/db"
-  mke2fs -q -t ext4 -d "$root" -E root_owner=0:0 -L coinop-root "$image.tmp" 64M
+  # mke2fs says "Creating regular file" on stdout, which must carry only the image path.
+  mke2fs -q -t ext4 -d "$root" -E root_owner=0:0 -L coinop-root "$image.tmp" 64M >&2
   mv "$image.tmp" "$image"
 fi
 [ -n "$out" ] && cp "$image" "$out" && say "copied to $out"
