@@ -29,10 +29,13 @@ dir=$cache_root/rootfs/$key
 image=$dir/rootfs.ext4
 
 # Copies program $2 (found under $3, default /) and the libraries it loads into root $1.
+# The host's loader resolves them, so a library the host lacks is an error, not a skip.
 copy_with_libs() {
-  local root=$1 prog=$2 from=${3:-} lib
+  local root=$1 prog=$2 from=${3:-} lib missing
   mkdir -p "$root$(dirname "$prog")"
   cp -L "$from$prog" "$root$prog"
+  missing=$(ldd "$from$prog" 2>/dev/null | awk '/not found/ { print $1 }' | tr '\n' ' ')
+  [ -z "$missing" ] || die "$prog needs libraries this host lacks: $missing"
   for lib in $(ldd "$from$prog" 2>/dev/null | grep -o '/[^ ]*'); do
     [ -e "$root$lib" ] && continue
     mkdir -p "$root$(dirname "$lib")"
@@ -49,6 +52,12 @@ else
   chmod 755 "$tmp"  # apt-get download fetches as the _apt user
   (cd "$tmp" && apt-get download -q "dropbear-bin=$db_version" >&2)
   dpkg-deb -x "$tmp"/dropbear-bin_*.deb "$tmp/db"
+  # dropbear-bin is unpacked, not installed (no SSH server on the build host), so its
+  # libraries (libtomcrypt1, libtommath1, ...) are installed on their own for ldd to find
+  # and copy.
+  deps=$(dpkg-deb -f "$tmp"/dropbear-bin_*.deb Depends | tr ',' '\n' | sed 's/(.*//; s/|.*//' | tr -d ' ')
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $deps >/dev/null
   root=$tmp/root
   mkdir -p "$root"/{bin,dev,etc,proc,sys,run,tmp,root,usr/bin,usr/sbin}
   cp /bin/busybox "$root/bin/busybox"
