@@ -16,12 +16,12 @@ out=$(mktemp -d -t coinop-bench.XXXXXX)
 trap 'rm -rf "$out"' EXIT
 bench=target/debug/coinop-bench
 kernel=target/testguest/testguest-pvh.elf
-for s in vmm lease burst density; do
+for s in vmm lease burst density overrun; do
   "$bench" --json "$out/$s.json" --svg "$out/$s.svg" "$s" --quick --kernel "$kernel"
 done
 "$bench" --json "$out/payment.json" --svg "$out/payment.svg" payment --quick
 # The harness must have written what it printed, for every scenario.
-for s in vmm lease burst density payment; do
+for s in vmm lease burst density overrun payment; do
   python3 - "$out/$s.json" <<'PY'
 import json, sys
 reports = json.load(open(sys.argv[1]))

@@ -24,6 +24,8 @@ pub struct DaemonSpec {
     pub guest: GuestImage,
     pub capacity_vcpus: u32,
     pub capacity_mib: u64,
+    /// The metering tick (`--tick-ms`), so figures per tick know it.
+    pub tick_ms: u64,
 }
 
 pub struct Daemon {
@@ -74,6 +76,8 @@ impl DaemonSpec {
             self.guest.kernel.display().to_string(),
             "--image".into(),
             self.image_flag(),
+            "--tick-ms".into(),
+            self.tick_ms.to_string(),
         ]
     }
 
@@ -109,6 +113,11 @@ impl DaemonSpec {
 impl Daemon {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The daemon's state directory (ledger, `run/<lease>.sock` control sockets).
+    pub fn state_dir(&self) -> &Path {
+        self._state.path()
     }
 
     fn log_tail(&self) -> String {

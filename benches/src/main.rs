@@ -3,7 +3,9 @@
 //! record. Scenarios: `vmm` (exec → vcpus_started → guest_ready → exit, with QEMU and,
 //! when given, Firecracker booting the same image in alternating runs), `lease` (request →
 //! guest_ready through coinopd, credit and on-chain), `burst` (K concurrent leases),
-//! `density` (guests until capacity, RSS) and `payment` (the payment crate's rates).
+//! `density` (guests until capacity: RSS, coinopd's CPU per tick), `overrun` (how far past
+//! zero a spinning guest's balance goes before the pause) and `payment` (the payment
+//! crate's rates).
 
 mod child_run;
 mod clock;
@@ -19,6 +21,7 @@ mod sample_set;
 mod scenario_burst;
 mod scenario_density;
 mod scenario_lease;
+mod scenario_overrun;
 mod scenario_payment;
 mod scenario_vmm;
 mod stats;
@@ -63,6 +66,8 @@ enum Scenario {
     Density(DensityArgs),
     /// The payment crate in-process: proof verification, redemption, swap rates.
     Payment(PaymentArgs),
+    /// A spinning guest with a small balance: how far past zero it runs before the pause.
+    Overrun(OverrunArgs),
 }
 
 /// The guest every engine boots: the test guest by default, or a Linux image.
@@ -74,7 +79,8 @@ struct GuestArgs {
     /// An initrd for a Linux guest.
     #[arg(long)]
     initrd: Option<PathBuf>,
-    /// Kernel command line (default: mode=halt for `vmm`, mode=echo for daemon scenarios).
+    /// Kernel command line (default: mode=halt for `vmm`, mode=idle for `density`,
+    /// mode=spin:600000 for `overrun`, mode=echo for the other daemon scenarios).
     #[arg(long)]
     cmdline: Option<String>,
     /// A serial line containing this marks the guest as up, on every engine.
@@ -147,6 +153,9 @@ struct DaemonArgs {
     /// MiB of each lease.
     #[arg(long, default_value_t = 64)]
     mem_mib: u64,
+    /// coinopd's metering tick, ms (its own default).
+    #[arg(long, default_value_t = 100)]
+    tick_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -214,6 +223,19 @@ struct DensityArgs {
 }
 
 #[derive(clap::Args)]
+struct OverrunArgs {
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    /// The lease's payment, sat (a power of two).
+    #[arg(long, default_value_t = 2)]
+    balance_sat: u64,
+}
+
+#[derive(clap::Args)]
 struct PaymentArgs {
     #[command(flatten)]
     run: RunArgs,
@@ -243,7 +265,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         Scenario::Lease(a) => {
             let (runs, warmup) = a.run.resolve((20, 2), (2, 0))?;
             let s = scenario_lease::LeaseScenario {
-                daemon: daemon_spec(&a.guest, &a.daemon, 1)?,
+                daemon: daemon_spec(&a.guest, &a.daemon, 1, "mode=echo")?,
                 vcpus: a.daemon.vcpus,
                 mem_mib: a.daemon.mem_mib,
                 runs,
@@ -263,7 +285,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
             }
             let max = sizes.iter().copied().max().unwrap_or(1);
             let s = scenario_burst::BurstScenario {
-                daemon: daemon_spec(&a.guest, &a.daemon, max)?,
+                daemon: daemon_spec(&a.guest, &a.daemon, max, "mode=echo")?,
                 sizes,
                 vcpus: a.daemon.vcpus,
                 mem_mib: a.daemon.mem_mib,
@@ -280,8 +302,27 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
                 return Err(BenchError::Usage("--guests must be at least 1".into()));
             }
             let s = scenario_density::DensityScenario {
-                daemon: daemon_spec(&a.guest, &a.daemon, guests)?,
+                daemon: daemon_spec(&a.guest, &a.daemon, guests, "mode=idle")?,
                 guests,
+                vcpus: a.daemon.vcpus,
+                mem_mib: a.daemon.mem_mib,
+                runs,
+                warmup,
+                cpu_window: std::time::Duration::from_secs(if a.run.quick { 1 } else { 10 }),
+                notes: Vec::new(),
+            };
+            block_on(s.run())?
+        }
+        Scenario::Overrun(a) => {
+            let (runs, warmup) = a.run.resolve((10, 1), (2, 0))?;
+            if !a.balance_sat.is_power_of_two() {
+                return Err(BenchError::Usage(
+                    "--balance-sat must be a power of two (one credit proof)".into(),
+                ));
+            }
+            let s = scenario_overrun::OverrunScenario {
+                daemon: daemon_spec(&a.guest, &a.daemon, 1, "mode=spin:600000")?,
+                balance_sat: a.balance_sat,
                 vcpus: a.daemon.vcpus,
                 mem_mib: a.daemon.mem_mib,
                 runs,
@@ -337,7 +378,12 @@ fn load_average() -> String {
 }
 
 /// A daemon whose capacity fits `guests` leases of the requested shape exactly.
-fn daemon_spec(g: &GuestArgs, d: &DaemonArgs, guests: usize) -> Result<DaemonSpec, BenchError> {
+fn daemon_spec(
+    g: &GuestArgs,
+    d: &DaemonArgs,
+    guests: usize,
+    default_cmdline: &str,
+) -> Result<DaemonSpec, BenchError> {
     if g.no_boot_timer {
         return Err(BenchError::Usage(
             "coinopd counts a guest as booted at its guest_ready event: the daemon scenarios \
@@ -350,9 +396,10 @@ fn daemon_spec(g: &GuestArgs, d: &DaemonArgs, guests: usize) -> Result<DaemonSpe
     Ok(DaemonSpec {
         coinopd: d.coinopd_bin.clone().unwrap_or_else(|| sibling("coinopd")),
         vmm: d.vmm_bin.clone().unwrap_or_else(|| sibling("coinop-vmm")),
-        guest: g.image("mode=echo"),
+        guest: g.image(default_cmdline),
         capacity_vcpus: d.vcpus.saturating_mul(guests),
         capacity_mib: d.mem_mib.saturating_mul(u64::from(guests)),
+        tick_ms: d.tick_ms,
     })
 }
 
@@ -452,7 +499,7 @@ mod tests {
 
     #[test]
     fn linux_guest_flags_parse_for_every_boot_scenario() {
-        for sc in ["vmm", "lease", "burst", "density"] {
+        for sc in ["vmm", "lease", "burst", "density", "overrun"] {
             let cli = Cli::try_parse_from([
                 "coinop-bench",
                 sc,
@@ -473,6 +520,7 @@ mod tests {
                 Scenario::Lease(a) => &a.guest,
                 Scenario::Burst(a) => &a.guest,
                 Scenario::Density(a) => &a.guest,
+                Scenario::Overrun(a) => &a.guest,
                 Scenario::Payment(_) => unreachable!("not in the list"),
             };
             let img = g.image("mode=halt");
@@ -491,7 +539,7 @@ mod tests {
         let Scenario::Lease(a) = &cli.scenario else {
             unreachable!("parsed as lease")
         };
-        let e = daemon_spec(&a.guest, &a.daemon, 1).expect_err("refused");
+        let e = daemon_spec(&a.guest, &a.daemon, 1, "mode=echo").expect_err("refused");
         assert!(e.to_string().contains("0x3f0"), "{e}");
     }
 
@@ -511,7 +559,7 @@ mod tests {
         let Scenario::Density(a) = &cli.scenario else {
             unreachable!("parsed as density")
         };
-        let d = daemon_spec(&a.guest, &a.daemon, 5).expect("spec");
+        let d = daemon_spec(&a.guest, &a.daemon, 5, "mode=echo").expect("spec");
         assert_eq!((d.capacity_vcpus, d.capacity_mib), (10, 480));
         assert_eq!(d.guest.cmdline, "mode=echo");
     }

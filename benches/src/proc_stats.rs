@@ -24,6 +24,24 @@ fn parse_status_kib(text: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// CPU time (user + system, every thread) `pid` used so far, ms; `None` once it is gone.
+pub fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = parse_cpu_ticks(&stat)?;
+    (hz > 0).then(|| ticks as f64 * 1e3 / hz as f64)
+}
+
+/// utime + stime (fields 14 and 15) from /proc/PID/stat, in clock ticks.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let close = stat.rfind(')')?;
+    let mut rest = stat.get(close + 1..)?.split_whitespace().skip(11);
+    let utime: u64 = rest.next()?.parse().ok()?;
+    let stime: u64 = rest.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// Pids whose parent is `parent` and whose command name is `comm`.
 pub fn children_named(parent: u32, comm: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -59,6 +77,13 @@ mod tests {
         let text = "Name:\tcoinop-vmm\nVmHWM:\t  9000 kB\nVmRSS:\t  4321 kB\n";
         assert_eq!(parse_status_kib(text, "VmRSS:"), Some(4321));
         assert_eq!(parse_status_kib(text, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime() {
+        let stat = "42 (coin opd) S 1 42 42 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 9";
+        assert_eq!(parse_cpu_ticks(stat), Some(281));
+        assert!(cpu_ms(std::process::id()).is_some());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Scenario `density`: start guests one after another until coinopd answers 503 (host
-//! full), then read the resident memory of every VMM process and of the daemon.
+//! full), then read the resident memory of every VMM process and of the daemon, and the
+//! daemon's CPU time per metering tick with every guest live.
 
 use crate::credit_wallet;
 use crate::daemon_proc::{lease_body, DaemonSpec};
@@ -17,12 +18,26 @@ pub struct DensityScenario {
     pub mem_mib: u64,
     pub runs: usize,
     pub warmup: usize,
+    /// How long coinopd's CPU time is counted at capacity (its tick loop reading and
+    /// debiting every guest).
+    pub cpu_window: std::time::Duration,
     pub notes: Vec<String>,
 }
 
 const COL: &str = "coinop";
 
 impl DensityScenario {
+    /// coinopd's CPU time over the window divided by the ticks in it (API idle: the tick
+    /// loop is all it does).
+    async fn cpu_per_tick_ms(&self, d: &crate::daemon_proc::Daemon) -> Option<f64> {
+        let t0 = std::time::Instant::now();
+        let c0 = proc_stats::cpu_ms(d.pid())?;
+        tokio::time::sleep(self.cpu_window).await;
+        let c1 = proc_stats::cpu_ms(d.pid())?;
+        let ticks = t0.elapsed().as_secs_f64() * 1e3 / self.daemon.tick_ms as f64;
+        (ticks >= 1.0).then(|| (c1 - c0) / ticks)
+    }
+
     pub async fn run(&self) -> Result<Vec<ScenarioReport>, BenchError> {
         let mut d = self.daemon.start().await?;
         let mut s = SampleSet::default();
@@ -92,6 +107,9 @@ impl DensityScenario {
                 if let Some(full) = proc_stats::rss_kib(d.pid()) {
                     s.push(COL, "coinopd RSS at capacity MiB", mib(full));
                 }
+                if let Some(ms) = self.cpu_per_tick_ms(&d).await {
+                    s.push(COL, "coinopd CPU per tick at capacity ms", ms);
+                }
             }
             d.stop_all().await?;
         }
@@ -99,8 +117,13 @@ impl DensityScenario {
         Ok(vec![ScenarioReport {
             scenario: "density".into(),
             config: format!(
-                "capacity {} guests of {} vCPU {} MiB, cmdline '{}'",
-                self.guests, self.vcpus, self.mem_mib, self.daemon.guest.cmdline
+                "capacity {} guests of {} vCPU {} MiB, cmdline '{}', tick {} ms, CPU counted over {:?}",
+                self.guests,
+                self.vcpus,
+                self.mem_mib,
+                self.daemon.guest.cmdline,
+                self.daemon.tick_ms,
+                self.cpu_window
             ),
             runs: self.runs,
             warmup: self.warmup,

@@ -87,6 +87,8 @@ void guest_main(u64 cmdline_paddr)
         report_tsc();
     } else if (streq(mode, "echo")) {
         echo();
+    } else if (streq(mode, "idle")) {
+        idle_forever();
     } else if (streq(mode, "smp")) {
         smp_run();
     } else if (streq(mode, "fault")) {

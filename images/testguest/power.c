@@ -9,6 +9,12 @@ void reset(void)
         __asm__ volatile("cli; hlt");
 }
 
+void idle_forever(void)
+{
+    for (;;)
+        __asm__ volatile("cli; hlt");
+}
+
 void triple_fault(void)
 {
     /* With a zero-limit IDT, #UD cannot be delivered: #GP, #DF, then shutdown. */

@@ -22,6 +22,7 @@ use crate::ledger::{Ledger, LedgerError};
 use crate::metering::Prices;
 use crate::metrics::Metrics;
 use crate::peer::OperatorPolicy;
+use crate::stops_in_flight::StopsInFlight;
 use crate::supervisor::{GuestExit, Supervisor};
 
 #[derive(Debug, Error)]
@@ -59,6 +60,8 @@ pub struct AppState {
     pub operator: OperatorPolicy,
     pub prices: Prices,
     pub chain_network: ChainNetwork,
+    /// Accepted guest stops still being carried out (shutdown waits for them).
+    pub stops: StopsInFlight,
 }
 
 pub type Shared = Arc<AppState>;
@@ -158,6 +161,7 @@ impl AppState {
             capacity: Mutex::new(capacity),
             metrics: Metrics::new(),
             chain_network: network,
+            stops: StopsInFlight::default(),
         };
         Ok((Arc::new(state), rx))
     }

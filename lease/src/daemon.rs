@@ -1,5 +1,7 @@
 //! `coinopd`'s main loop: open the state, bind the socket, re-adopt guests, run the
-//! scheduler and serve the API until SIGINT/SIGTERM. Guests keep running across restarts.
+//! scheduler and serve the API until SIGINT/SIGTERM. Guests keep running across restarts;
+//! stops that were accepted before the signal are finished first (bounded), so a stopped
+//! lease never leaves its guest running.
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -23,6 +25,10 @@ pub enum DaemonError {
     #[error("serving: {0}")]
     Serve(std::io::Error),
 }
+
+/// How long a graceful shutdown waits for accepted guest stops (a stop asks the VMM, waits
+/// for it to end, and SIGKILLs it when it does not: a few seconds at worst).
+const STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Binds the API socket, replacing a stale socket file from an earlier run.
 pub fn bind(config: &Config) -> Result<UnixListener, DaemonError> {
@@ -68,7 +74,7 @@ pub async fn serve(
     let listener = bind(&state.config)?;
     tracing::info!(socket = %state.config.socket.display(), network = %state.chain_network.name(), "coinopd listening");
     let scheduler = tokio::spawn(crate::scheduler::run(state.clone(), exits));
-    let app = crate::api::router(state);
+    let app = crate::api::router(state.clone());
     let result = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<PeerCred>(),
@@ -76,6 +82,18 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await
     .map_err(DaemonError::Serve);
+    // No new stops from the tick loop, then finish the accepted ones before the runtime
+    // goes: a dropped stop task would leave its guest running with nobody metering it.
     scheduler.abort();
+    let pending = state.stops.pending();
+    if pending > 0 {
+        tracing::info!(pending, "waiting for accepted guest stops before exiting");
+        if !state.stops.wait_idle(STOP_DRAIN).await {
+            tracing::error!(
+                pending = state.stops.pending(),
+                "guest stops still unfinished after {STOP_DRAIN:?}; exiting anyway"
+            );
+        }
+    }
     result
 }

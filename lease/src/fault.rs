@@ -12,6 +12,9 @@ pub mod point {
     pub const CREATE_COMMITTED: &str = "create_committed";
     /// A create's guest reported `guest_ready`; not yet marked running, no reply sent.
     pub const CREATE_GUEST_READY: &str = "create_guest_ready";
+    /// A create's boot failed and its refund onto the request's outputs committed; the
+    /// signatures are not sent.
+    pub const CREATE_REFUNDED: &str = "create_refunded";
     /// A tick read every guest's usage; the debit is not committed.
     pub const TICK_READ: &str = "tick_read";
     /// A tick's debit committed; pauses and stops not yet sent to the guests.

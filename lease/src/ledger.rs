@@ -117,6 +117,9 @@ pub struct NewLease {
     pub cmdline: String,
     pub control_path: String,
     pub console_path: String,
+    /// SHA-256 of the tenant's recovery key, if the create carried one: what a retry of this
+    /// create must prove it knows to get the lease back (see [`crate::create_recovery`]).
+    pub recovery_hash: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -303,7 +306,7 @@ fn get_in(conn: &Connection, id: &str) -> Result<Option<LeaseRow>, LedgerError> 
         .optional()?)
 }
 
-fn require_in(conn: &Connection, id: &str) -> Result<LeaseRow, LedgerError> {
+pub(crate) fn require_in(conn: &Connection, id: &str) -> Result<LeaseRow, LedgerError> {
     get_in(conn, id)?.ok_or_else(|| LedgerError::NoLease(id.to_string()))
 }
 
@@ -329,6 +332,38 @@ fn record_payment(
     Ok(())
 }
 
+/// Inserts a new lease (state `booting`) and claims its payment; the payment's digest and
+/// the recovery key's hash are kept so that a retry of this create can find and prove it.
+pub(crate) fn insert_lease(
+    tx: &Transaction<'_>,
+    lease: &NewLease,
+    credit: &Credit,
+) -> Result<(), LedgerError> {
+    let now = unix_s();
+    tx.prepare_cached(
+        "INSERT INTO leases (id, token_hash, vcpus, mem_mib, image, cmdline, state,
+            balance_msat, control_path, console_path, created_at, updated_at,
+            payment_digest, recovery_hash, token_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, 1)",
+    )?
+    .execute(params![
+        lease.id,
+        lease.token_hash.as_slice(),
+        lease.vcpus,
+        lease.mem_mib,
+        lease.image,
+        lease.cmdline,
+        state::BOOTING,
+        credit.amount_msat,
+        lease.control_path,
+        lease.console_path,
+        now,
+        crate::create_recovery::payment_digest(&credit.keys).as_slice(),
+        lease.recovery_hash.as_ref().map(|h| h.as_slice()),
+    ])?;
+    record_payment(tx, credit, &lease.id, false)
+}
+
 impl Ledger {
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
         let conn = payment::spent_set::open_durable(path)?;
@@ -344,7 +379,7 @@ impl Ledger {
         })
     }
 
-    fn with_tx<T>(
+    pub(crate) fn with_tx<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
@@ -355,7 +390,7 @@ impl Ledger {
         Ok(out)
     }
 
-    fn with_conn<T>(
+    pub(crate) fn with_conn<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
@@ -366,28 +401,7 @@ impl Ledger {
     /// Claims the payment and inserts the lease (state `booting`) with its balance, in one
     /// durable transaction. Nothing is written if any payment key is already spent.
     pub fn create_lease(&self, lease: &NewLease, credit: &Credit) -> Result<(), LedgerError> {
-        self.with_tx(|tx| {
-            let now = unix_s();
-            tx.prepare_cached(
-                "INSERT INTO leases (id, token_hash, vcpus, mem_mib, image, cmdline, state,
-                    balance_msat, control_path, console_path, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
-            )?
-            .execute(params![
-                lease.id,
-                lease.token_hash.as_slice(),
-                lease.vcpus,
-                lease.mem_mib,
-                lease.image,
-                lease.cmdline,
-                state::BOOTING,
-                credit.amount_msat,
-                lease.control_path,
-                lease.console_path,
-                now
-            ])?;
-            record_payment(tx, credit, &lease.id, false)
-        })
+        self.with_tx(|tx| insert_lease(tx, lease, credit))
     }
 
     /// Adds a payment to a lease's balance. A lease paused for lack of funds goes back to
@@ -703,11 +717,21 @@ fn add_missing_columns(conn: &Connection) -> Result<(), LedgerError> {
     for (name, decl) in [
         ("debited_msat", "INTEGER NOT NULL DEFAULT 0"),
         ("residual_msat", "INTEGER"),
+        ("payment_digest", "BLOB"),
+        ("recovery_hash", "BLOB"),
+        ("token_seq", "INTEGER NOT NULL DEFAULT 1"),
+        ("refund_outputs_digest", "BLOB"),
     ] {
         if !have.iter().any(|h| h == name) {
             conn.execute_batch(&format!("ALTER TABLE leases ADD COLUMN {name} {decl}"))?;
         }
     }
+    // After the columns: an older ledger only now has payment_digest. Older leases have
+    // none (NULL) and cannot be recovered. Not UNIQUE: the spent set already makes a digest
+    // occur once, and its claim must be what refuses a reuse (same 409 as ever).
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS leases_payment_digest ON leases(payment_digest)",
+    )?;
     Ok(())
 }
 
@@ -820,6 +844,7 @@ mod tests {
             cmdline: String::new(),
             control_path: "/x.sock".into(),
             console_path: "/x.console".into(),
+            recovery_hash: None,
         }
     }
 

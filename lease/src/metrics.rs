@@ -120,6 +120,12 @@ impl Metrics {
         self.payment_result(kind, "already_spent");
     }
 
+    /// A verified payment that had already paid for the requester's own lease, handed back
+    /// to a retried create (see `create_recovery`).
+    pub fn payment_recovered(&self, kind: &str) {
+        self.payment_result(kind, "recovered");
+    }
+
     fn payment_result(&self, kind: &str, result: &str) {
         self.payments
             .get_or_create(&labels(&[("kind", kind), ("result", result)]))

@@ -37,7 +37,7 @@ fn assert_fails(o: &Output, code: i32, needle: &str) {
 
 #[test]
 fn usage_errors_and_an_unreachable_daemon_have_their_own_exit_codes() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let missing = dir.path().join("nobody-listens.sock");
     assert_fails(&coinop(&missing, &["--bogus", "host"]), 2, "--bogus");
     assert_fails(
@@ -112,7 +112,7 @@ fn usage_errors_and_an_unreachable_daemon_have_their_own_exit_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_is_the_daemons_answer_and_human_output_is_text() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let d = Daemon::start(dir.path(), &[]).await;
     let api = d.call("GET", "/v1/host", None, None).await;
     let socket = d.socket.clone();
@@ -180,7 +180,7 @@ async fn json_is_the_daemons_answer_and_human_output_is_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_show_and_stop_with_credit_from_a_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let d = Daemon::start(dir.path(), &[]).await;
     let proofs = d.mint_credit(4).await;
     let file = dir.path().join("proofs.json");
@@ -297,7 +297,7 @@ async fn wallet_mints_pays_for_a_lease_and_collects_its_change() {
     if !kvm_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let d = Daemon::start(dir.path(), &[]).await;
     let (s, w) = (d.socket.clone(), dir.path().join("wallet.json"));
     let minted = json_of(&coinop_wallet(&s, &w, &["wallet", "mint", "--amount", "300"]).await);

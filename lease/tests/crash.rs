@@ -60,7 +60,7 @@ async fn stop_guest_by_control(row: &LeaseRow) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_the_create_commit_keeps_the_balance_and_the_payment_spent() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_COMMITTED)]).await;
     let proofs = serde_json::to_value(d.mint_credit(5).await).expect("proofs");
     let body = create_body(&proofs, "mode=echo");
@@ -89,7 +89,7 @@ async fn crash_after_guest_ready_readopts_the_guest() {
     if !kvm_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_GUEST_READY)]).await;
     let proofs = serde_json::to_value(d.mint_credit(20).await).expect("proofs");
     let body = create_body(&proofs, "mode=echo");
@@ -140,7 +140,7 @@ async fn crashes_during_ticks_lose_no_money_and_at_most_one_tick() {
     if !kvm_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     // The 8th tick that reads the guest aborts between the reading and the debit.
     let fault = format!("{}:8", point::TICK_READ);
     let d = Daemon::spawn(dir.path(), &[], &[(ENV, fault.as_str())]).await;

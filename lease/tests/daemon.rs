@@ -22,7 +22,7 @@ fn assert_error_shape(body: &Value, code: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_quote_and_error_answers() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let d = Daemon::start(dir.path(), &["--max-body-bytes", "4096"]).await;
 
     let h = d.call("GET", "/v1/host", None, None).await;
@@ -132,7 +132,7 @@ async fn host_quote_and_error_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_payment_pays_once_even_concurrently() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let d = Daemon::start(dir.path(), &[]).await;
     let payment = d.onchain_payment(5).await;
     let body = json!({"vcpus": 1, "mem_mib": 64, "image": "testguest",
@@ -196,7 +196,7 @@ async fn boot_meter_pause_topup_stop_with_change() {
     if !kvm_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let d = Daemon::start(dir.path(), &["--grace-s", "60"]).await;
     // 3 sat = 3000 msat: about 2.7 s of one spinning vCPU with 64 MiB.
     let proofs = d.mint_credit(3).await;
@@ -342,7 +342,7 @@ async fn restart_readopts_running_guest_and_keeps_balance() {
     if !kvm_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let d = Daemon::start(dir.path(), &[]).await;
     let payment = d.onchain_payment(60).await;
     let r = d

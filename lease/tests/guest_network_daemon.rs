@@ -189,7 +189,8 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
         return;
     }
     let (vmm, guest) = common::vmm_and_guest().expect("checked by kvm_or_skip");
-    let dir = tempfile::tempdir().expect("tempdir");
+    // Reaps any VMM of this state dir that outlived the test, after the daemon guard.
+    let dir = common::StateDir::new();
     let state: PathBuf = dir.path().to_path_buf();
     let (daemon, client) = NetnsDaemon::spawn(&state, &vmm, &guest, &["--guest-network", "always"]);
 
@@ -302,7 +303,8 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network() 
         return;
     }
     let (vmm, guest) = common::vmm_and_guest().expect("checked by kvm_or_skip");
-    let dir = tempfile::tempdir().expect("tempdir");
+    // Reaps any VMM of this state dir that outlived the test, after the daemon guard.
+    let dir = common::StateDir::new();
     let state: PathBuf = dir.path().to_path_buf();
     let base = state.join("root.img");
     std::fs::write(&base, vec![7u8; 1 << 20]).expect("base image");

@@ -33,7 +33,7 @@ fn spin_under(limits: Limits, tag: &str) -> Option<(u64, u64, u64)> {
         .expect("available");
     let config = jail_config(dir.path());
     let jail = config.prepare(tag, &guest, None).expect("prepare jail");
-    let vm = boot(
+    let mut vm = boot(
         &jail,
         dir.path(),
         "mode=spin:600000",
@@ -50,8 +50,8 @@ fn spin_under(limits: Limits, tag: &str) -> Option<(u64, u64, u64)> {
         cpu1 - cpu0,
         wall.as_micros()
     );
-    vm.child.kill().expect("kill");
-    vm.child.wait_blocking().expect("reap");
+    vm.kill();
+    vm.wait();
     jail.remove().expect("remove jail");
     slot.remove().expect("remove cgroup");
     let parent = match &cgroups {

@@ -42,7 +42,7 @@ async fn a_lease_runs_jailed_in_its_cgroup_and_stop_cleans_up() {
         let _ = writeln!(std::io::stderr(), "SKIPPED: jailing guests needs root");
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let base = UID_BASE.to_string();
     let count = UID_COUNT.to_string();
     let d = Daemon::start(

@@ -42,8 +42,8 @@ fn jailed_vmm_boots_unprivileged_alone_and_sees_only_its_files() {
     let jail = config
         .prepare("jail-test", &guest, None)
         .expect("prepare jail");
-    let vm = boot(&jail, dir.path(), "mode=spin:600000", 1, 64, vec![]);
-    let pid = vm.child.pid();
+    let mut vm = boot(&jail, dir.path(), "mode=spin:600000", 1, 64, vec![]);
+    let pid = vm.pid();
 
     let uid = jail.uid().to_string();
     let uids: Vec<String> = status_field(pid, "Uid:")
@@ -106,7 +106,7 @@ fn jailed_vmm_boots_unprivileged_alone_and_sees_only_its_files() {
     // Still a working VMM: the passed control socket answers, and stop ends it cleanly.
     assert!(control(&vm.control, r#"{"cmd":"status"}"#).contains("\"running\""));
     assert!(control(&vm.control, r#"{"cmd":"stop"}"#).contains("stopping"));
-    assert_eq!(vm.child.wait_blocking().expect("wait"), Ended::Exited(0));
+    assert_eq!(vm.wait(), Ended::Exited(0));
     let console = std::fs::read_to_string(&vm.console).expect("console");
     assert!(console.contains("coinop-testguest ready"), "{console}");
     jail.remove().expect("remove jail");

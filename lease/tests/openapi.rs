@@ -14,7 +14,7 @@ fn spec() -> serde_yaml::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_route_is_served_with_documented_errors() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::StateDir::new();
     let d = Daemon::start(dir.path(), &[]).await;
     let spec = spec();
     let paths = spec["paths"].as_mapping().expect("paths");

@@ -125,3 +125,28 @@ fn console_input_reaches_the_guest() {
         out.context()
     );
 }
+
+/// `mode=idle` (what the density benchmark boots a hundred of) stays up halted: the vCPU
+/// burns no more than scheduler noise while the guest runs, and a stop ends it cleanly.
+#[test]
+fn idle_guest_stays_up_without_burning_its_vcpu() {
+    if !kvm_ready() {
+        return;
+    }
+    let mut vm = Vmm::boot(Image::Pvh, "mode=idle").with_control().spawn();
+    vm.wait_event("guest_ready");
+    let mut ctl = vm.connect();
+    let before = ctl.vcpu_total_us(1);
+    std::thread::sleep(WINDOW);
+    assert_eq!(ctl.ok("status")["state"], "running");
+    let after = ctl.vcpu_total_us(1);
+    assert!(
+        after - before < PAUSED_JITTER_US,
+        "idle guest burned {} µs in {WINDOW:?}",
+        after - before
+    );
+    assert_eq!(ctl.ok("stop")["state"], "stopping");
+    let out = vm.finish();
+    out.assert_lifecycle(1, "stopped", 0);
+    assert_eq!(out.stdout, READY_LINE, "{}", out.context());
+}

@@ -18,6 +18,7 @@ use crate::api_error::ApiError;
 use crate::app::{AppState, Shared};
 use crate::capacity::Totals;
 use crate::clock::monotonic_us;
+use crate::create_recovery::{outputs_digest, recovery_hash, CreateOutcome, Recovered};
 use crate::guest_network::NetInfo;
 use crate::ledger::{reason, state, Credit, LeaseRow, LedgerError, NewLease, Refund};
 use crate::metering;
@@ -46,12 +47,18 @@ pub struct CreateRequest {
     /// Blank outputs for a refund as blind-signed credit if the boot fails (addition).
     #[serde(default)]
     pub outputs: Option<Vec<BlindedMessage>>,
+    /// 64 hex digits the tenant chose and kept: proves, with the same payment, that a
+    /// retry of this create is the tenant's own (addition; see [`crate::create_recovery`]).
+    #[serde(default)]
+    pub recovery_key: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct CreateResponse {
     pub lease_id: String,
     pub token: String,
+    /// Which token of the lease this is: 1 here, +1 per recovery (the highest one works).
+    pub token_seq: u64,
     pub state: String,
     pub balance_msat: u64,
     pub boot: BootFigures,
@@ -171,25 +178,63 @@ pub async fn create(
         })?;
         cmdline = format!("{cmdline} {word}");
     }
+    let recovery = req
+        .recovery_key
+        .as_deref()
+        .map(recovery_hash)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let id = new_lease_id();
     let want = Totals {
         vcpus: req.vcpus,
         mib: req.mem_mib,
     };
-    s.capacity().reserve(&id, want).map_err(|full| {
-        ApiError::host_full(
+    let reserved = s.capacity().reserve(&id, want);
+    if let Err(full) = reserved {
+        let full = ApiError::host_full(
             format!(
                 "host full: {} vCPUs and {} MiB free",
                 full.free.vcpus, full.free.mib
             ),
             5,
-        )
-    })?;
-    let result = create_reserved(&s, arrival, &id, req, image, cmdline).await;
+        );
+        return create_when_full(&s, arrival, req, recovery, full).await;
+    }
+    let result = create_reserved(&s, arrival, &id, req, image, cmdline, recovery).await;
     if result.is_err() {
         s.capacity().release(&id);
     }
     result
+}
+
+/// The host has no room for a new lease: only a retry that recovers an existing one (which
+/// holds its own room, or is booted if there is room for it) gets past the 503 anyone else
+/// gets, whatever their payment.
+async fn create_when_full(
+    s: &Shared,
+    arrival: u64,
+    req: CreateRequest,
+    recovery: Option<[u8; 32]>,
+    full: ApiError,
+) -> Result<Response, ApiError> {
+    let Some(hash) = recovery else {
+        return Err(full);
+    };
+    let Ok(credit) = verify_payment(s, req.payment).await else {
+        return Err(full);
+    };
+    let token = new_token();
+    let th = token_hash(&token);
+    let kind = metric_kind(&credit);
+    let s2 = s.clone();
+    let found = blocking_here(move || Ok(s2.ledger.recover(&credit, &hash, &th)?)).await?;
+    match found {
+        Some(r) => {
+            s.metrics.payment_recovered(kind);
+            recovered(s, arrival, r, token, req.outputs).await
+        }
+        None => Err(full),
+    }
 }
 
 async fn create_reserved(
@@ -199,34 +244,156 @@ async fn create_reserved(
     req: CreateRequest,
     image: crate::image_catalogue::ImageSpec,
     cmdline: String,
+    recovery: Option<[u8; 32]>,
 ) -> Result<Response, ApiError> {
     let credit = verify_payment(s, req.payment).await?;
-    let (nic, network, cmdline) = attach_network(s, id, &image, cmdline).await?;
-    let spec = (req.vcpus, req.mem_mib, req.outputs);
-    boot_lease(s, arrival, id, credit, &image, cmdline, nic, network, spec).await
+    let boot = BootFigures {
+        payment_verified_us: since(arrival),
+        ..BootFigures::default()
+    };
+    let token = new_token();
+    let paths = GuestPaths::for_lease(&s.config.run_dir(), id);
+    let new = NewLease {
+        id: id.to_string(),
+        token_hash: token_hash(&token),
+        vcpus: req.vcpus,
+        mem_mib: req.mem_mib,
+        image: image.name.clone(),
+        cmdline: cmdline.clone(),
+        control_path: paths.control.display().to_string(),
+        console_path: paths.console.display().to_string(),
+        recovery_hash: recovery,
+    };
+    let balance = credit.amount_msat;
+    let kind = metric_kind(&credit);
+    let s2 = s.clone();
+    let outcome = blocking_here(move || {
+        s2.ledger.create_or_recover(&new, &credit).map_err(|e| {
+            count_refused_claim(&s2, kind, &e);
+            spent_error(e)
+        })
+    })
+    .await?;
+    if let CreateOutcome::Recovered(r) = outcome {
+        // The room reserved for a new lease is not needed: the lease exists.
+        s.capacity().release(id);
+        s.metrics.payment_recovered(kind);
+        return recovered(s, arrival, *r, token, req.outputs).await;
+    }
+    let mut boot = boot;
+    boot.ledger_committed_us = since(arrival);
+    crate::fault::hit(crate::fault::point::CREATE_COMMITTED);
+    let guest = GuestSpec {
+        id,
+        image: &image,
+        cmdline: &cmdline,
+        vcpus: req.vcpus,
+        mem_mib: req.mem_mib,
+    };
+    match boot_guest(s, arrival, &guest, boot).await? {
+        Ok((boot, network)) => {
+            let body = CreateResponse {
+                lease_id: id.to_string(),
+                token,
+                token_seq: 1,
+                state: state::RUNNING.into(),
+                balance_msat: balance,
+                boot,
+                network,
+            };
+            Ok((StatusCode::CREATED, Json(body)).into_response())
+        }
+        Err((boot, why)) => boot_failed(s, id, token, 1, boot, why, req.outputs).await,
+    }
 }
 
-/// The lease's NIC when its image gets one: tap fd, tenant view, and the command line with
-/// the guest's address words. A full address pool is a full host (503) before any money
-/// is taken.
+/// What a committed lease boots.
+struct GuestSpec<'a> {
+    id: &'a str,
+    image: &'a crate::image_catalogue::ImageSpec,
+    cmdline: &'a str,
+    vcpus: u32,
+    mem_mib: u64,
+}
+
+/// Boots the guest of a lease the ledger holds as `booting` (its room reserved), with its
+/// network when its image gets one, and marks it running. `Ok(Err(..))` is a failed boot,
+/// its room (and network) already released, with why.
+async fn boot_guest(
+    s: &Shared,
+    arrival: u64,
+    g: &GuestSpec<'_>,
+    mut boot: BootFigures,
+) -> Result<Result<(BootFigures, Option<NetInfo>), (BootFigures, String)>, ApiError> {
+    let paths = GuestPaths::for_lease(&s.config.run_dir(), g.id);
+    let (nic, network, cmdline) = match attach_network(s, g.id, g.image, g.cmdline).await {
+        Ok(attached) => attached,
+        Err(why) => {
+            tracing::warn!(lease = g.id, error = %why, "no network for the guest");
+            s.metrics.boot(false, None);
+            s.capacity().release(g.id);
+            return Ok(Err((boot, why)));
+        }
+    };
+    let booted = s
+        .supervisor
+        .boot(BootRequest {
+            lease_id: g.id,
+            image: g.image,
+            cmdline: &cmdline,
+            vcpus: g.vcpus,
+            mem_mib: g.mem_mib,
+            paths: &paths,
+            arrival_us: arrival,
+            timeout_ms: s.config.boot_timeout_ms,
+            nic,
+        })
+        .await;
+    match booted {
+        Ok(b) => {
+            crate::fault::hit(crate::fault::point::CREATE_GUEST_READY);
+            boot.vmm_spawned_us = b.vmm_spawned_us;
+            boot.vcpus_started_us = b.vcpus_started_us;
+            boot.guest_ready_us = Some(b.guest_ready_us);
+            let json = serde_json::to_string(&boot).unwrap_or_default();
+            let s2 = s.clone();
+            let id2 = g.id.to_string();
+            blocking(move || Ok(s2.ledger.mark_running(&id2, b.pid, &json)?)).await?;
+            s.metrics.boot(true, Some(b.guest_ready_us));
+            tracing::info!(
+                lease = g.id,
+                guest_ready_us = b.guest_ready_us,
+                "lease running"
+            );
+            Ok(Ok((boot, network)))
+        }
+        Err(e) => {
+            tracing::warn!(lease = g.id, error = %e, "boot failed");
+            s.metrics.boot(false, None);
+            s.capacity().release(g.id);
+            Ok(Err((boot, e.to_string())))
+        }
+    }
+}
+
+/// The lease's NIC when its image gets one: the tap's fd, the tenant's view, and `cmdline`
+/// with the guest's address words (they depend on the slot, so the ledger keeps the
+/// command line without them).
 async fn attach_network(
     s: &Shared,
     id: &str,
     image: &crate::image_catalogue::ImageSpec,
-    cmdline: String,
-) -> Result<(Option<Nic>, Option<NetInfo>, String), ApiError> {
+    cmdline: &str,
+) -> Result<(Option<Nic>, Option<NetInfo>, String), String> {
     if !s.config.lease_gets_network(image) {
-        return Ok((None, None, cmdline));
+        return Ok((None, None, cmdline.to_string()));
     }
     let isolation = std::sync::Arc::clone(s.supervisor.isolation());
     let lease = id.to_string();
-    let attached = blocking(move || {
-        isolation.attach_network(&lease).map_err(|e| match e {
-            crate::guest_network::NetError::Full(_) => ApiError::host_full(e.to_string(), 5),
-            e => ApiError::internal(e.to_string()),
-        })
-    })
-    .await?;
+    let attached = tokio::task::spawn_blocking(move || isolation.attach_network(&lease))
+        .await
+        .map_err(|e| format!("worker: {e}"))?
+        .map_err(|e| e.to_string())?;
     Ok(match attached {
         Some((tap, info)) => {
             let cmdline = format!("{cmdline} {}", info.cmdline_words());
@@ -236,14 +403,8 @@ async fn attach_network(
             };
             (Some(nic), Some(info), cmdline)
         }
-        None => (None, None, cmdline),
+        None => (None, None, cmdline.to_string()),
     })
-}
-
-async fn release_network(s: &Shared, id: &str) {
-    let isolation = std::sync::Arc::clone(s.supervisor.isolation());
-    let lease = id.to_string();
-    let _ = tokio::task::spawn_blocking(move || isolation.release_disk_and_network(&lease)).await;
 }
 
 /// `coinop.ssh_key=TYPE:BLOB` for an OpenSSH public key line, or `None` when `key` is not
@@ -265,98 +426,118 @@ pub fn ssh_key_word(key: &str) -> Option<String> {
     (kind_ok && blob_ok).then(|| format!("coinop.ssh_key={kind}:{blob}"))
 }
 
-/// Commits the lease and boots it; the rest of [`create`].
-#[allow(clippy::too_many_arguments)]
-async fn boot_lease(
+/// The reply to a retry that recovered its lease (see [`crate::create_recovery`]): 200 with
+/// the lease as it is and the new token, after booting it if it never booted.
+async fn recovered(
     s: &Shared,
     arrival: u64,
-    id: &str,
-    credit: Credit,
-    image: &crate::image_catalogue::ImageSpec,
-    cmdline: String,
-    nic: Option<Nic>,
-    network: Option<NetInfo>,
-    (vcpus, mem_mib, outputs): (u32, u64, Option<Vec<BlindedMessage>>),
+    r: Recovered,
+    token: String,
+    outputs: Option<Vec<BlindedMessage>>,
 ) -> Result<Response, ApiError> {
-    let mut boot = BootFigures {
-        payment_verified_us: since(arrival),
-        ..BootFigures::default()
-    };
-    let token = new_token();
-    let paths = GuestPaths::for_lease(&s.config.run_dir(), id);
-    let new = NewLease {
-        id: id.to_string(),
-        token_hash: token_hash(&token),
-        vcpus,
-        mem_mib,
-        image: image.name.clone(),
-        cmdline: cmdline.clone(),
-        control_path: paths.control.display().to_string(),
-        console_path: paths.console.display().to_string(),
-    };
-    let balance = credit.amount_msat;
-    let kind = metric_kind(&credit);
-    let s2 = s.clone();
-    let committed = blocking_here(move || {
-        s2.ledger.create_lease(&new, &credit).map_err(|e| {
-            count_refused_claim(&s2, kind, &e);
-            spent_error(e)
-        })
-    })
-    .await;
-    if let Err(e) = committed {
-        release_network(s, id).await;
-        return Err(e);
-    }
-    boot.ledger_committed_us = since(arrival);
-    crate::fault::hit(crate::fault::point::CREATE_COMMITTED);
-    let booted = s
-        .supervisor
-        .boot(BootRequest {
-            lease_id: id,
-            image,
-            cmdline: &cmdline,
-            vcpus,
-            mem_mib,
-            paths: &paths,
-            arrival_us: arrival,
-            timeout_ms: s.config.boot_timeout_ms,
-            nic,
-        })
-        .await;
-    match booted {
-        Ok(b) => {
-            crate::fault::hit(crate::fault::point::CREATE_GUEST_READY);
-            boot.vmm_spawned_us = b.vmm_spawned_us;
-            boot.vcpus_started_us = b.vcpus_started_us;
-            boot.guest_ready_us = Some(b.guest_ready_us);
-            let json = serde_json::to_string(&boot).unwrap_or_default();
-            let s2 = s.clone();
-            let id2 = id.to_string();
-            blocking(move || Ok(s2.ledger.mark_running(&id2, b.pid, &json)?)).await?;
-            s.metrics.boot(true, Some(b.guest_ready_us));
-            tracing::info!(
-                lease = id,
-                guest_ready_us = b.guest_ready_us,
-                "lease running"
+    tracing::info!(lease = %r.lease.id, token_seq = r.token_seq, reboot = r.reboot,
+                   "lease recovered by a retried create");
+    let l = r.lease;
+    if r.reboot {
+        let boot = BootFigures {
+            payment_verified_us: since(arrival),
+            ledger_committed_us: since(arrival),
+            ..BootFigures::default()
+        };
+        let Some(image) = s.config.images.get(&l.image).cloned() else {
+            let why = format!("image {:?} is no longer offered", l.image);
+            return boot_failed(s, &l.id, token, r.token_seq, boot, why, outputs).await;
+        };
+        let want = Totals {
+            vcpus: l.vcpus,
+            mib: l.mem_mib,
+        };
+        // Bound first: the capacity guard must not live across the awaits below.
+        let reserved = s.capacity().reserve(&l.id, want);
+        if let Err(full) = reserved {
+            let why = format!(
+                "host full: {} vCPUs and {} MiB free",
+                full.free.vcpus, full.free.mib
             );
-            let body = CreateResponse {
-                lease_id: id.to_string(),
-                token,
-                state: state::RUNNING.into(),
-                balance_msat: balance,
-                boot,
-                network,
-            };
-            Ok((StatusCode::CREATED, Json(body)).into_response())
+            return not_booted_yet(s, &l.id, token, r.token_seq, why).await;
         }
-        Err(e) => {
-            tracing::warn!(lease = id, error = %e, "boot failed");
-            s.metrics.boot(false, None);
-            s.capacity().release(id);
-            boot_failed(s, id, token, boot, e.to_string(), outputs).await
+        let guest = GuestSpec {
+            id: &l.id,
+            image: &image,
+            cmdline: &l.cmdline,
+            vcpus: l.vcpus,
+            mem_mib: l.mem_mib,
+        };
+        if let Err((boot, why)) = boot_guest(s, arrival, &guest, boot).await? {
+            return boot_failed(s, &l.id, token, r.token_seq, boot, why, outputs).await;
         }
     }
+    let now = s.ledger.get(&l.id)?.unwrap_or(l);
+    let mut body = lease_json(s, &now);
+    body["token"] = Value::String(token);
+    body["token_seq"] = Value::from(r.token_seq);
+    body["recovered"] = Value::Bool(true);
+    if let Some(refund) = resigned_refund(s, &now, outputs.as_deref())? {
+        body["refund"] = refund;
+    }
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// A recovered lease that never booted and finds no room now: it goes back to waiting
+/// (stopped, `boot_failed`, no boot figures, balance kept) so that a later retry boots it,
+/// and the answer is 503 `host_full` with `Retry-After`, carrying the new token so the
+/// tenant can also just take its balance back (`POST /stop` with outputs).
+async fn not_booted_yet(
+    s: &Shared,
+    id: &str,
+    token: String,
+    token_seq: u64,
+    why: String,
+) -> Result<Response, ApiError> {
+    let s2 = s.clone();
+    let id2 = id.to_string();
+    blocking(move || Ok(s2.ledger.mark_stopped(&id2, reason::BOOT_FAILED, None)?)).await?;
+    let body = json!({
+        "error": {"code": "host_full", "message": format!("the lease waits for room to boot: {why}")},
+        "lease_id": id,
+        "token": token,
+        "token_seq": token_seq,
+        "recovered": true,
+        "state": state::STOPPED,
+        "stop_reason": reason::BOOT_FAILED,
+    });
+    let mut resp = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(5u32));
+    Ok(resp)
+}
+
+/// The refund signatures a lost create reply carried, signed again: only when the lease was
+/// refunded onto outputs and the retry brings exactly those outputs (same notes, no new
+/// money; see [`crate::create_recovery::outputs_digest`]).
+fn resigned_refund(
+    s: &Shared,
+    l: &LeaseRow,
+    outputs: Option<&[BlindedMessage]>,
+) -> Result<Option<Value>, ApiError> {
+    let (Some(refund_msat), Some(outputs)) = (l.refunded_msat, outputs) else {
+        return Ok(None);
+    };
+    let Some(stored) = s.ledger.refund_outputs(&l.id)? else {
+        return Ok(None);
+    };
+    let used = Mint::change_outputs_needed(refund_msat).min(outputs.len());
+    if stored.as_slice() != outputs_digest(&outputs[..used]).as_slice() {
+        return Ok(None);
+    }
+    let signed = s
+        .mint
+        .change(refund_msat, &outputs[..used])
+        .map_err(credit_error)?;
+    Ok(Some(
+        json!({"kind": "signatures", "refund_msat": refund_msat,
+                   "residual_msat": l.residual_msat.unwrap_or(0), "signatures": signed}),
+    ))
 }
 
 /// A failed boot: the lease stops (`boot_failed`) and its whole balance is refunded as
@@ -366,6 +547,7 @@ async fn boot_failed(
     s: &Shared,
     id: &str,
     token: String,
+    token_seq: u64,
     boot: BootFigures,
     why: String,
     outputs: Option<Vec<BlindedMessage>>,
@@ -377,7 +559,15 @@ async fn boot_failed(
         s2.ledger
             .mark_stopped(&id2, reason::BOOT_FAILED, Some(&json))?;
         match outputs {
-            Some(outs) => Ok(Some(refund_with(&s2, &id2, &outs)?)),
+            Some(outs) => {
+                let r = refund_with(&s2, &id2, &outs)?;
+                // So that a retry that lost this reply can have the same signatures again.
+                let used = &outs[..r.signed.len().min(outs.len())];
+                s2.ledger
+                    .remember_refund_outputs(&id2, &outputs_digest(used))?;
+                crate::fault::hit(crate::fault::point::CREATE_REFUNDED);
+                Ok(Some(r))
+            }
             None => Ok(None),
         }
     })
@@ -398,6 +588,7 @@ async fn boot_failed(
         "error": {"code": "boot_failed", "message": format!("the guest did not boot: {why}")},
         "lease_id": id,
         "token": token,
+        "token_seq": token_seq,
         "state": state::STOPPED,
         "stop_reason": reason::BOOT_FAILED,
         "refund": refund_json,
@@ -575,19 +766,18 @@ pub async fn stop(
     Ok(Json(body))
 }
 
-/// Asks the guest's VMM to stop and frees its slot; teardown runs in the VMM, off the
-/// request path.
+/// Frees the lease's slot and stops its guest off the request path; the stop is counted
+/// in `s.stops` so a shutdown right after still carries it out.
 pub fn stop_guest(s: &Shared, l: &LeaseRow) {
     s.capacity().release(&l.id);
-    let path = std::path::PathBuf::from(&l.control_path);
-    let id = l.id.clone();
-    tokio::spawn(async move {
-        if let Err(e) = crate::vmm_control::request(&path, "stop", None).await {
-            if !e.is_gone() {
-                tracing::warn!(lease = %id, error = %e, "stop request failed");
-            }
-        }
-    });
+    let target = crate::guest_stop::StopTarget {
+        lease_id: l.id.clone(),
+        control: std::path::PathBuf::from(&l.control_path),
+        pid: l.pid,
+    };
+    let isolation = std::sync::Arc::clone(s.supervisor.isolation());
+    s.stops
+        .spawn(crate::guest_stop::carry_out(isolation, target));
 }
 
 pub async fn console(

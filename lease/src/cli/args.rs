@@ -132,7 +132,9 @@ pub struct TokenArg {
 
 #[derive(Debug, Subcommand)]
 pub enum LeaseCmd {
-    /// Create a lease; the payment travels with the request.
+    /// Create a lease; the payment travels with the request. Safe to repeat: a recovery
+    /// key is kept in a file before sending, so if the reply is lost, running the same
+    /// command again gets the lease the payment made (with a new token) instead of 409.
     Create {
         #[arg(long)]
         vcpus: u32,
@@ -147,6 +149,14 @@ pub enum LeaseCmd {
         ssh_key: Option<String>,
         #[command(flatten)]
         pay: PaymentArgs,
+        /// Where this create's recovery key is kept until coinopd answers (created 0600
+        /// before sending; reused when it exists)
+        /// [default: ~/.coinop/creates/<hash of the payment>.key].
+        #[arg(long, value_name = "FILE")]
+        recovery_key_file: Option<PathBuf>,
+        /// How many times to resend when the reply is lost (1 s apart).
+        #[arg(long, default_value_t = 3)]
+        retries: u32,
     },
     /// State, balance, usage and boot figures of a lease.
     Show {

@@ -114,7 +114,7 @@ fn network_line(n: &Value) -> String {
 }
 
 fn created(v: &Value) -> String {
-    format!(
+    let mut out = format!(
         "lease      {}\ntoken      {}   (shown once: keep it)\nstate      {}\nbalance    {}\n{}{}",
         s(&v["lease_id"]),
         s(&v["token"]),
@@ -122,7 +122,14 @@ fn created(v: &Value) -> String {
         sat(&v["balance_msat"]),
         boot_line(&v["boot"]),
         network_line(&v["network"])
-    )
+    );
+    if v["recovered"] == Value::Bool(true) {
+        out.push_str(
+            "\nrecovered  this payment had already made the lease: the token above replaces \
+             any earlier one",
+        );
+    }
+    out
 }
 
 fn lease(v: &Value) -> String {
@@ -244,6 +251,13 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("4321"), "{t}");
+        assert!(!t.contains("recovered"), "{t}");
+        let r = render(
+            View::Created,
+            &json!({"lease_id": "l1", "token": "tok2", "state": "running", "recovered": true,
+                    "balance_msat": 3000, "boot": {}}),
+        );
+        assert!(r.contains("tok2") && r.contains("recovered"), "{r}");
     }
 
     #[test]

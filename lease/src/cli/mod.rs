@@ -3,6 +3,7 @@
 //! `--json`). Exit codes are part of the interface: see [`exit`].
 
 pub mod args;
+pub mod create_retry;
 pub mod exit;
 pub mod human;
 pub mod input;
@@ -138,6 +139,7 @@ fn lease_call(cmd: LeaseCmd) -> Result<Call, Exit> {
             cmdline,
             ssh_key,
             pay,
+            ..
         } => {
             let mut q = json!({"vcpus": vcpus, "mem_mib": mem_mib, "image": image,
                                "payment": payment(&pay)?});
@@ -173,7 +175,7 @@ fn lease_call(cmd: LeaseCmd) -> Result<Call, Exit> {
     })
 }
 
-async fn send(c: &Client, call: &Call) -> Result<Reply, Exit> {
+pub(crate) async fn send(c: &Client, call: &Call) -> Result<Reply, Exit> {
     let body = call
         .body
         .as_ref()
@@ -184,7 +186,7 @@ async fn send(c: &Client, call: &Call) -> Result<Reply, Exit> {
 }
 
 /// Shows a reply; a non-2xx answer becomes exit 1 with the daemon's error code.
-fn show(r: &Reply, view: View, json_mode: bool) -> Result<(), Exit> {
+pub(crate) fn show(r: &Reply, view: View, json_mode: bool) -> Result<(), Exit> {
     let ok = (200..300).contains(&r.status);
     if json_mode || matches!(view, View::Text) && ok {
         exit::print_raw(&r.body);
@@ -237,6 +239,18 @@ pub async fn run(cli: Cli) -> Result<(), Exit> {
                 .clone()
                 .unwrap_or_else(wallet_cli::default_wallet_path);
             return wallet_cli::stop(&c, id, &token.token, &path, cli.json).await;
+        }
+        Cmd::Lease {
+            cmd:
+                LeaseCmd::Create {
+                    recovery_key_file,
+                    retries,
+                    ..
+                },
+        } => {
+            let (file, retries) = (recovery_key_file.clone(), *retries);
+            let call = call_for(cli.cmd)?;
+            return create_retry::run(&c, call, file, retries, cli.json).await;
         }
         _ => {}
     }

@@ -2,6 +2,10 @@
 //! helpers to find coinop-vmm and the test guest.
 #![allow(dead_code)]
 
+pub mod guest_reaper;
+
+pub use guest_reaper::StateDir;
+
 use std::path::{Path, PathBuf};
 
 use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
@@ -156,6 +160,29 @@ impl Daemon {
         }
         let _ = child.kill();
         panic!("coinopd did not crash at the injected fault");
+    }
+
+    /// SIGTERM to the coinopd process (a graceful shutdown) and waits up to `limit` for it
+    /// to exit.
+    pub async fn terminate(mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let mut child = self
+            .child
+            .take()
+            .expect("terminate needs a coinopd process");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().expect("wait coinopd") {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("coinopd did not exit within {limit:?} of SIGTERM");
     }
 
     /// The daemon's log so far (process daemons only).
@@ -353,12 +380,17 @@ impl Drop for Daemon {
     }
 }
 
+/// Polls `f` until it holds. The limit is only there to end a broken test: a loaded 2-core
+/// machine can give a metered guest a small share of a CPU, so its balance drains several
+/// times slower than on an idle one.
 pub async fn wait_for(mut f: impl AsyncFnMut() -> bool, what: &str) {
-    for _ in 0..400 {
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(90);
+    let start = std::time::Instant::now();
+    while start.elapsed() < LIMIT {
         if f().await {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    panic!("timed out waiting for {what}");
+    panic!("timed out after {LIMIT:?} waiting for {what}");
 }

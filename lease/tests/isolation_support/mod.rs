@@ -2,7 +2,7 @@
 //! jailed VMM with its event pipe and control socket, and SKIPPED notices.
 #![allow(dead_code)]
 
-use lease::jail::{JailConfig, JailedChild, UidPool, KERNEL_PATH};
+use lease::jail::{Ended, JailConfig, JailedChild, UidPool, KERNEL_PATH};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::OwnedFd;
@@ -67,9 +67,10 @@ pub fn jail_config(dir: &Path) -> JailConfig {
     .expect("ldd coinop-vmm")
 }
 
-/// A jailed VMM booted to `guest_ready`.
+/// A jailed VMM booted to `guest_ready`; killed and reaped when dropped, so a failing test
+/// leaves no guest spinning behind it.
 pub struct Booted {
-    pub child: JailedChild,
+    child: Option<JailedChild>,
     pub control: PathBuf,
     pub console: PathBuf,
     pub events: mpsc::Receiver<String>,
@@ -139,10 +140,45 @@ pub fn boot(
         }
     }
     Booted {
-        child,
+        child: Some(child),
         control,
         console,
         events,
+    }
+}
+
+impl Booted {
+    /// The VMM's pid in the host's namespace.
+    pub fn pid(&self) -> i32 {
+        self.child
+            .as_ref()
+            .expect("present until wait or drop")
+            .pid()
+    }
+
+    /// SIGKILL.
+    pub fn kill(&self) {
+        if let Some(c) = &self.child {
+            c.kill().expect("kill the jailed VMM");
+        }
+    }
+
+    /// Waits for the VMM to end and reaps it.
+    pub fn wait(&mut self) -> Ended {
+        self.child
+            .take()
+            .expect("waited once")
+            .wait_blocking()
+            .expect("wait for the jailed VMM")
+    }
+}
+
+impl Drop for Booted {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait_blocking();
+        }
     }
 }
 

@@ -1,0 +1,88 @@
+//! Guest stops that were accepted (a tenant's `POST /stop`, the end of a grace period) and
+//! are still being carried out. A stop runs off the request path, so coinopd counts them
+//! here and a graceful shutdown waits for the count to reach zero: an accepted stop must
+//! not be dropped with the runtime and leave its guest running (and unbilled) for good.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// Counts the stop tasks still running.
+#[derive(Debug)]
+pub struct StopsInFlight {
+    count: watch::Sender<usize>,
+}
+
+/// Decrements the count when its task ends, also when the task panics or is cancelled.
+struct InFlight(watch::Sender<usize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl Default for StopsInFlight {
+    fn default() -> Self {
+        StopsInFlight {
+            count: watch::Sender::new(0),
+        }
+    }
+}
+
+impl StopsInFlight {
+    /// Runs `stop` on the runtime, counted until it ends.
+    pub fn spawn(&self, stop: impl Future<Output = ()> + Send + 'static) {
+        self.count.send_modify(|n| *n += 1);
+        let guard = InFlight(self.count.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            stop.await;
+        });
+    }
+
+    /// Stops not finished yet.
+    pub fn pending(&self) -> usize {
+        *self.count.borrow()
+    }
+
+    /// Waits until every stop has finished or `limit` passed; whether all finished.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let mut rx = self.count.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waits_for_a_running_stop_and_counts_it_down() {
+        let stops = StopsInFlight::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        stops.spawn(async move {
+            let _ = rx.await;
+        });
+        assert_eq!(stops.pending(), 1);
+        assert!(!stops.wait_idle(Duration::from_millis(20)).await);
+        let _ = tx.send(());
+        assert!(stops.wait_idle(Duration::from_secs(5)).await);
+        assert_eq!(stops.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_stop_still_counts_down() {
+        let stops = StopsInFlight::default();
+        stops.spawn(async { panic!("stop task failed") });
+        assert!(stops.wait_idle(Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn idle_at_once_without_stops() {
+        assert!(StopsInFlight::default().wait_idle(Duration::ZERO).await);
+    }
+}
