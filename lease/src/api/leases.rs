@@ -807,3 +807,34 @@ async fn read_tail(path: &std::path::Path, max: u64) -> std::io::Result<String> 
     f.take(max).read_to_end(&mut buf).await?;
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ssh_key_word;
+
+    #[test]
+    fn ssh_keys_become_one_command_line_word() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBase64Blob+/= me@laptop";
+        assert_eq!(
+            ssh_key_word(key).as_deref(),
+            Some("coinop.ssh_key=ssh-ed25519:AAAAC3NzaC1lZDI1NTE5AAAAIBase64Blob+/="),
+            "the comment is dropped"
+        );
+        assert_eq!(
+            ssh_key_word("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 x;reboot").as_deref(),
+            Some("coinop.ssh_key=ssh-ed25519:AAAAC3NzaC1lZDI1NTE5"),
+            "a comment never reaches the command line"
+        );
+        for bad in [
+            "",
+            "ssh-ed25519",
+            "ssh-ed25519 short",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5;reboot",
+            "ssh;x AAAAC3NzaC1lZDI1NTE5AAAA",
+            "ssh ed25519 AAAAC3NzaC1lZDI1NTE5AAAA",
+        ] {
+            assert_eq!(ssh_key_word(bad), None, "{bad:?}");
+        }
+        assert!(ssh_key_word(&"A".repeat(9000)).is_none(), "at most 8 KiB");
+    }
+}
