@@ -29,10 +29,13 @@ dir=$cache_root/rootfs/$key
 image=$dir/rootfs.ext4
 
 # Copies program $2 (found under $3, default /) and the libraries it loads into root $1.
+# The host's loader resolves them, so a library the host lacks is an error, not a skip.
 copy_with_libs() {
-  local root=$1 prog=$2 from=${3:-} lib
+  local root=$1 prog=$2 from=${3:-} lib missing
   mkdir -p "$root$(dirname "$prog")"
   cp -L "$from$prog" "$root$prog"
+  missing=$(ldd "$from$prog" 2>/dev/null | awk '/not found/ { print $1 }' | tr '\n' ' ')
+  [ -z "$missing" ] || die "$prog needs libraries this host lacks: $missing"
   for lib in $(ldd "$from$prog" 2>/dev/null | grep -o '/[^ ]*'); do
     [ -e "$root$lib" ] && continue
     mkdir -p "$root$(dirname "$lib")"
@@ -49,6 +52,12 @@ else
   chmod 755 "$tmp"  # apt-get download fetches as the _apt user
   (cd "$tmp" && apt-get download -q "dropbear-bin=$db_version" >&2)
   dpkg-deb -x "$tmp"/dropbear-bin_*.deb "$tmp/db"
+  # dropbear-bin is unpacked, not installed (no SSH server on the build host), so its
+  # libraries (libtomcrypt1, libtommath1, ...) are installed on their own for ldd to find
+  # and copy.
+  deps=$(dpkg-deb -f "$tmp"/dropbear-bin_*.deb Depends | tr ',' '\n' | sed 's/(.*//; s/|.*//' | tr -d ' ')
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $deps >/dev/null
   root=$tmp/root
   mkdir -p "$root"/{bin,dev,etc,proc,sys,run,tmp,root,usr/bin,usr/sbin}
   cp /bin/busybox "$root/bin/busybox"
@@ -60,7 +69,9 @@ else
   copy_with_libs "$root" /usr/bin/dropbearkey "$tmp/db"
   install -m 0755 "$here/init" "$root/sbin/coinop-init"
   echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
-  echo 'root::0:0:99999:7:::' >"$root/etc/shadow"
+  # '*': no password can log in, yet the account is not blank (dropbear refuses users with
+  # an empty password field whatever the auth method) nor locked ('!'): keys only.
+  echo 'root:*:0:0:99999:7:::' >"$root/etc/shadow"
   echo 'root:x:0:' >"$root/etc/group"
   echo /bin/sh >"$root/etc/shells"
   echo "coinop rootfs $key" >"$root/etc/coinop-rootfs"
@@ -69,7 +80,8 @@ else
   rm -rf "$dir/client"/*
   copy_with_libs "$dir/client" /usr/bin/dbclient "$tmp/db"
   copy_with_libs "$dir/client" /usr/bin/dropbearkey "$tmp/db"
-  mke2fs -q -t ext4 -d "$root" -E root_owner=0:0 -L coinop-root "$image.tmp" 64M
+  # mke2fs says "Creating regular file" on stdout, which must carry only the image path.
+  mke2fs -q -t ext4 -d "$root" -E root_owner=0:0 -L coinop-root "$image.tmp" 64M >&2
   mv "$image.tmp" "$image"
 fi
 [ -n "$out" ] && cp "$image" "$out" && say "copied to $out"

@@ -178,7 +178,7 @@ fn pooled_round(
     .map(OsString::from)
     .collect();
     let (child, jail) = timed(steps, "P2 launch ..exec", || {
-        parked.launch(guest, None, args, fds).expect("launch")
+        parked.launch(guest, None, None, args, fds).expect("launch")
     });
     let events = events_us(std::fs::File::from(events_rx));
     let ready = monotonic_us();

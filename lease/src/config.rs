@@ -8,6 +8,8 @@ use clap::Parser;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::guest_network::address_pool::{self, Cidr, PoolError};
+use crate::guest_network::NetworkMode;
 use crate::image_catalogue::{ImageCatalogue, ImageError, ImageSpec};
 
 #[derive(Debug, Error)]
@@ -29,6 +31,10 @@ pub enum ConfigError {
     Overcommit(f64),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error("--guest-network {0:?} is not one of auto, always, never")]
+    GuestNetwork(String),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
 }
 
 /// Flags and config-file keys. Every field is optional so the two sources can be merged.
@@ -79,7 +85,8 @@ pub struct Settings {
     /// vCPU overcommit factor (memory is never overcommitted).
     #[arg(long)]
     pub overcommit: Option<f64>,
-    /// Image: NAME=KERNEL[,initrd=PATH][,cmdline=STR] (repeatable; cmdline takes the rest).
+    /// Image: NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,cmdline=STR] (repeatable; cmdline
+    /// takes the rest). rootfs= is the guest's root disk, copy-on-write per lease.
     #[arg(long = "image")]
     #[serde(default)]
     pub images: Vec<String>,
@@ -127,6 +134,19 @@ pub struct Settings {
     /// jailed, waiting to exec the VMM (default 4; 0 builds each on the request path).
     #[arg(long)]
     pub jail_pool: Option<usize>,
+    /// Guest networking (tap, routed /30, NAT, SSH port forward): auto (default: for
+    /// images with a rootfs), always, or never. Needs root, ip and nft.
+    #[arg(long)]
+    pub guest_network: Option<String>,
+    /// Address pool guests' /30s are cut from (default 10.213.0.0/16).
+    #[arg(long)]
+    pub guest_net_pool: Option<String>,
+    /// Host TCP ports forwarded to guests' SSH port, FIRST-LAST (default 22000-22999).
+    #[arg(long)]
+    pub guest_ssh_ports: Option<String>,
+    /// Host name or address tenants are told to SSH to (default: this host's name).
+    #[arg(long)]
+    pub guest_ssh_host: Option<String>,
 }
 
 /// Resolved settings.
@@ -156,6 +176,10 @@ pub struct Config {
     pub jail_uid_base: u32,
     pub jail_uid_count: u32,
     pub jail_pool: usize,
+    pub guest_network: NetworkMode,
+    pub guest_net_pool: Cidr,
+    pub guest_ssh_ports: (u16, u16),
+    pub guest_ssh_host: String,
 }
 
 impl Settings {
@@ -192,6 +216,10 @@ impl Settings {
             jail_uid_base: self.jail_uid_base.or(file.jail_uid_base),
             jail_uid_count: self.jail_uid_count.or(file.jail_uid_count),
             jail_pool: self.jail_pool.or(file.jail_pool),
+            guest_network: self.guest_network.or(file.guest_network),
+            guest_net_pool: self.guest_net_pool.or(file.guest_net_pool),
+            guest_ssh_ports: self.guest_ssh_ports.or(file.guest_ssh_ports),
+            guest_ssh_host: self.guest_ssh_host.or(file.guest_ssh_host),
         }
     }
 
@@ -246,6 +274,7 @@ impl Settings {
             name: "testguest".into(),
             kernel: testguest,
             initrd: None,
+            rootfs: None,
             cmdline: "mode=echo".into(),
         });
         for text in &self.images {
@@ -256,6 +285,14 @@ impl Settings {
                 .map(|d| d.join("coinop-vmm"))
                 .unwrap_or_else(|| PathBuf::from("coinop-vmm"))
         });
+        let guest_network_text = self.guest_network.unwrap_or_else(|| "auto".into());
+        let guest_network = NetworkMode::parse(&guest_network_text)
+            .ok_or(ConfigError::GuestNetwork(guest_network_text))?;
+        let guest_net_pool =
+            Cidr::parse(self.guest_net_pool.as_deref().unwrap_or("10.213.0.0/16"))?;
+        let guest_ssh_ports =
+            address_pool::parse_ports(self.guest_ssh_ports.as_deref().unwrap_or("22000-22999"))?;
+        let guest_ssh_host = self.guest_ssh_host.unwrap_or_else(host_name);
         let config = Config {
             socket,
             socket_mode,
@@ -281,6 +318,10 @@ impl Settings {
             jail_uid_base: self.jail_uid_base.unwrap_or(900_000),
             jail_uid_count: self.jail_uid_count.unwrap_or(1000),
             jail_pool: self.jail_pool.unwrap_or(4),
+            guest_network,
+            guest_net_pool,
+            guest_ssh_ports,
+            guest_ssh_host,
         };
         for (flag, value) in [
             ("tick-ms", config.tick_ms),
@@ -314,6 +355,29 @@ impl Config {
         self.state_dir.join("pool")
     }
 
+    /// Directory of per-lease copy-on-write overlays of image root filesystems.
+    pub fn overlay_dir(&self) -> PathBuf {
+        self.state_dir.join("overlays")
+    }
+
+    /// Whether guest networking must be set up at start (some lease may get a NIC).
+    pub fn guest_network_wanted(&self) -> bool {
+        match self.guest_network {
+            NetworkMode::Always => true,
+            NetworkMode::Auto => self.images.iter().any(|i| i.rootfs.is_some()),
+            NetworkMode::Never => false,
+        }
+    }
+
+    /// Whether a lease of `image` gets a NIC.
+    pub fn lease_gets_network(&self, image: &ImageSpec) -> bool {
+        match self.guest_network {
+            NetworkMode::Always => true,
+            NetworkMode::Auto => image.rootfs.is_some(),
+            NetworkMode::Never => false,
+        }
+    }
+
     pub fn ledger_path(&self) -> PathBuf {
         self.state_dir.join("ledger.db")
     }
@@ -342,6 +406,14 @@ fn default_testguest(exe_dir: Option<&Path>, state_dir: &Path) -> PathBuf {
         Some(p) if p.exists() => p,
         _ => state_dir.join("images").join("testguest-pvh.elf"),
     }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 fn host_cpus() -> u32 {
@@ -424,6 +496,26 @@ mod tests {
         };
         let c = s.with_file().expect("file").resolve().expect("resolve");
         assert_eq!(c.jail_pool, 9);
+    }
+
+    #[test]
+    fn guest_network_is_on_by_default_only_for_rootfs_images() {
+        let c = Settings::parse_from(["coinopd"])
+            .resolve()
+            .expect("defaults");
+        assert_eq!(c.guest_network, NetworkMode::Auto);
+        assert!(!c.guest_network_wanted(), "the test guest has no rootfs");
+        let c = Settings::parse_from(["coinopd", "--image", "srv=/k,rootfs=/r.ext4"])
+            .resolve()
+            .expect("rootfs image");
+        assert!(c.guest_network_wanted());
+        let srv = c.images.get("srv").expect("srv").clone();
+        let tg = c.images.get("testguest").expect("testguest").clone();
+        assert!(c.lease_gets_network(&srv) && !c.lease_gets_network(&tg));
+        let s = Settings::parse_from(["coinopd", "--guest-network", "sometimes"]);
+        assert!(matches!(s.resolve(), Err(ConfigError::GuestNetwork(_))));
+        let s = Settings::parse_from(["coinopd", "--guest-net-pool", "10.0.0.1/16"]);
+        assert!(matches!(s.resolve(), Err(ConfigError::Pool(_))));
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub async fn serve(
 ) -> Result<(), DaemonError> {
     let (adopted, dead) = crate::scheduler::adopt(&state).await?;
     tracing::info!(adopted, dead, "guests from earlier runs");
+    // Only now is it known which leases are live: the rest of any network or overlay is a
+    // crashed coinopd's left-over.
+    let isolation = std::sync::Arc::clone(state.supervisor.isolation());
+    let _ = tokio::task::spawn_blocking(move || isolation.sweep_left_overs()).await;
     state.supervisor.isolation().start_pool();
     let listener = bind(&state.config)?;
     tracing::info!(socket = %state.config.socket.display(), network = %state.chain_network.name(), "coinopd listening");

@@ -1,5 +1,12 @@
-//! The image catalogue: which kernels (and initrds, default command lines) tenants may boot,
-//! by name. Parsed from `--image NAME=KERNEL[,initrd=PATH][,cmdline=STR]`.
+//! The image catalogue: which kernels (and initrds, root filesystems, default command lines)
+//! tenants may boot, by name. Parsed from
+//! `--image NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,cmdline=STR]`.
+//!
+//! `rootfs=` is a raw root filesystem image (images/rootfs builds one) shared read-only by
+//! every lease of the image: each lease's guest sees it as /dev/vda through its own
+//! copy-on-write overlay, removed when the lease ends. The image's cmdline says how to
+//! boot from it (e.g. `root=/dev/vda rw init=/sbin/coinop-init`). The file must be
+//! readable by the jail's uids (mode 0644): jailed VMMs open it as their pool uid.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,9 +16,9 @@ use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ImageError {
-    #[error("--image {0:?}: expected NAME=KERNEL[,initrd=PATH][,cmdline=STR]")]
+    #[error("--image {0:?}: expected NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,cmdline=STR]")]
     Shape(String),
-    #[error("--image {text:?}: unknown option {option:?} (initrd= or cmdline=)")]
+    #[error("--image {text:?}: unknown option {option:?} (initrd=, rootfs= or cmdline=)")]
     Option { text: String, option: String },
     #[error("--image {0:?}: the name must be 1-64 characters of [A-Za-z0-9._-]")]
     Name(String),
@@ -22,12 +29,15 @@ pub struct ImageSpec {
     pub name: String,
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
+    /// The shared base of the guest's root disk (/dev/vda, copy-on-write per lease).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<PathBuf>,
     /// Used when the lease request brings no cmdline of its own.
     pub cmdline: String,
 }
 
 impl ImageSpec {
-    /// Parses `NAME=KERNEL[,initrd=PATH][,cmdline=STR]`. `cmdline=` swallows the rest of the
+    /// Parses `NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,cmdline=STR]`. `cmdline=` swallows the rest of the
     /// text, commas included, because kernel command lines may contain commas.
     pub fn parse(text: &str) -> Result<Self, ImageError> {
         let (name, rest) = text
@@ -43,10 +53,11 @@ impl ImageSpec {
         let mut parts = head.split(',');
         let kernel = parts.next().filter(|k| !k.is_empty());
         let kernel = kernel.ok_or_else(|| ImageError::Shape(text.to_string()))?;
-        let mut initrd = None;
+        let (mut initrd, mut rootfs) = (None, None);
         for part in parts {
-            match part.strip_prefix("initrd=") {
-                Some(path) if !path.is_empty() => initrd = Some(PathBuf::from(path)),
+            match part.split_once('=') {
+                Some(("initrd", path)) if !path.is_empty() => initrd = Some(PathBuf::from(path)),
+                Some(("rootfs", path)) if !path.is_empty() => rootfs = Some(PathBuf::from(path)),
                 _ => {
                     return Err(ImageError::Option {
                         text: text.to_string(),
@@ -59,6 +70,7 @@ impl ImageSpec {
             name: name.to_string(),
             kernel: PathBuf::from(kernel),
             initrd,
+            rootfs,
             cmdline: cmdline.unwrap_or_default(),
         })
     }
@@ -106,6 +118,11 @@ mod tests {
         assert_eq!(i.kernel, PathBuf::from("/k/vmlinux"));
         assert_eq!(i.initrd, Some(PathBuf::from("/k/initrd")));
         assert_eq!(i.cmdline, "console=ttyS0,115200 quiet");
+        assert_eq!(i.rootfs, None);
+        let r = ImageSpec::parse("srv=/k/bz,rootfs=/img/root.ext4,cmdline=root=/dev/vda rw")
+            .expect("valid image");
+        assert_eq!(r.rootfs, Some(PathBuf::from("/img/root.ext4")));
+        assert_eq!(r.cmdline, "root=/dev/vda rw");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! sees the guest end (the reaper of our own child, or the scheduler for a guest re-adopted
 //! after a restart) can remove both and read the cgroup's CPU count meanwhile. Jailed
 //! leases normally start in a slot built ahead of time ([`crate::slot_pool`]): the jail and
-//! cgroup then already exist, under the lease id the slot gave the create.
+//! cgroup then already exist, under the lease id the slot gave the create. A lease's
+//! network (tap, addresses, rules: [`crate::guest_network`]) and its root disk's
+//! copy-on-write overlay are released with them.
 //!
 //! Without root the jail cannot be built (namespaces, mknod, pivot_root, setuid): coinopd
 //! then refuses to start unless `--no-jail` says to run guests unconfined. Without a
@@ -15,6 +17,7 @@ use std::sync::Mutex;
 
 use crate::cgroup::{self, CgroupSlot, Cgroups};
 use crate::config::Config;
+use crate::guest_network::{GuestNetwork, NetError, NetInfo, NetworkSettings};
 use crate::jail::{self, Jail, JailConfig, UidPool};
 use crate::slot_pool::{SlotPool, TakenSlot};
 
@@ -37,6 +40,9 @@ pub enum IsolationError {
     /// The jail settings could not be built (e.g. ldd of the VMM failed).
     #[error("jail for {bin}: {source}")]
     Jail { bin: PathBuf, source: jail::Error },
+    /// Guest networking is wanted (--guest-network) but cannot be set up.
+    #[error("{0} (or start coinopd with --guest-network never)")]
+    Network(#[from] NetError),
 }
 
 /// A live lease's confinement.
@@ -61,6 +67,9 @@ pub struct Isolation {
     pub no_seccomp: bool,
     /// Slots built ahead of creates (jailed guests only; `None` with `--jail-pool 0`).
     pool: Option<SlotPool>,
+    /// `None` when no lease gets a NIC (see [`Config::guest_network_wanted`]).
+    pub network: Option<GuestNetwork>,
+    overlay_dir: PathBuf,
     leases: Mutex<HashMap<String, Confinement>>,
 }
 
@@ -115,11 +124,30 @@ impl Isolation {
                 config.pool_dir(),
             )
         });
+        let network = if config.guest_network_wanted() {
+            let net = GuestNetwork::start(NetworkSettings {
+                pool: config.guest_net_pool,
+                ssh_ports: config.guest_ssh_ports,
+                ssh_host: config.guest_ssh_host.clone(),
+                record_dir: config.run_dir(),
+            })?;
+            tracing::info!(
+                pool = %format!("{}/{}", config.guest_net_pool.base, config.guest_net_pool.len),
+                ssh_ports = %format!("{}-{}", config.guest_ssh_ports.0, config.guest_ssh_ports.1),
+                slots = net.capacity(),
+                "guest networking on (routed /30 per lease, NAT, SSH port forward)"
+            );
+            Some(net)
+        } else {
+            None
+        };
         Ok(Isolation {
             jail,
             cgroups,
             no_seccomp: config.no_seccomp,
             pool,
+            network,
+            overlay_dir: config.overlay_dir(),
             leases: Mutex::default(),
         })
     }
@@ -147,6 +175,70 @@ impl Isolation {
     pub fn shutdown_pool(&self) {
         if let Some(pool) = &self.pool {
             pool.shutdown();
+        }
+    }
+
+    /// Sets up `lease_id`'s network: the tap's fd for the VMM and what the tenant is told.
+    pub fn attach_network(
+        &self,
+        lease_id: &str,
+    ) -> Result<Option<(std::os::fd::OwnedFd, NetInfo)>, NetError> {
+        self.network
+            .as_ref()
+            .map(|n| n.attach(lease_id))
+            .transpose()
+    }
+
+    /// `lease_id`'s network while it is up.
+    pub fn network_info(&self, lease_id: &str) -> Option<NetInfo> {
+        self.network.as_ref()?.info(lease_id)
+    }
+
+    /// Creates `lease_id`'s empty copy-on-write overlay (the VMM sizes it on first open),
+    /// owned by `owner` (the jail's uid) when given.
+    pub fn create_overlay(&self, lease_id: &str, owner: Option<u32>) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::create_dir_all(&self.overlay_dir)?;
+        let path = self.overlay_path(lease_id);
+        let _ = std::fs::remove_file(&path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        if let Some(uid) = owner {
+            let id = Some(nix::unistd::Uid::from_raw(uid));
+            nix::unistd::chown(&path, id, Some(nix::unistd::Gid::from_raw(uid)))
+                .map_err(std::io::Error::from)?;
+        }
+        Ok(path)
+    }
+
+    /// Where `lease_id`'s root-disk overlay lives on the host.
+    pub fn overlay_path(&self, lease_id: &str) -> PathBuf {
+        self.overlay_dir.join(format!("{lease_id}.overlay"))
+    }
+
+    /// After re-adoption: removes the networks and overlays of leases that are not live
+    /// (a crashed coinopd's left-overs).
+    pub fn sweep_left_overs(&self) {
+        if let Some(net) = &self.network {
+            if let Err(e) = net.sweep() {
+                tracing::warn!(error = %e, "sweeping left-over guest networks");
+            }
+        }
+        let live: Vec<String> = self.leases().keys().cloned().collect();
+        let Ok(entries) = std::fs::read_dir(&self.overlay_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = name
+                .strip_suffix(".overlay")
+                .is_some_and(|id| !live.iter().any(|l| l == id));
+            if stale {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
 
@@ -204,16 +296,20 @@ impl Isolation {
             tracing::warn!(lease = lease_id, error = %e, "cannot reopen the cgroup");
             None
         });
+        if let Some(net) = &self.network {
+            net.readopt(lease_id);
+        }
         self.register_with(lease_id, Some(control), jail, slot);
     }
 
-    /// Removes `lease_id`'s jail root and cgroup (and pool marker, for a lease that took a
-    /// slot built ahead) once its VMM is gone (blocking: the cgroup removal waits briefly
-    /// for exiting tasks). Idempotent.
+    /// Removes `lease_id`'s jail root, cgroup, network and overlay (and pool marker, for a
+    /// lease that took a slot built ahead) once its VMM is gone (blocking: the cgroup
+    /// removal waits briefly for exiting tasks). Idempotent.
     pub fn release(&self, lease_id: &str) {
         if let Some(pool) = &self.pool {
             pool.forget(lease_id);
         }
+        self.release_disk_and_network(lease_id);
         let Some(c) = self.leases().remove(lease_id) else {
             return;
         };
@@ -230,6 +326,15 @@ impl Isolation {
                 tracing::warn!(lease = lease_id, error = %e, "cannot remove the jail");
             }
         }
+    }
+
+    /// Removes `lease_id`'s network and overlay (a boot that failed before its VMM was
+    /// registered). Idempotent.
+    pub fn release_disk_and_network(&self, lease_id: &str) {
+        if let Some(net) = &self.network {
+            net.detach(lease_id);
+        }
+        let _ = std::fs::remove_file(self.overlay_path(lease_id));
     }
 
     /// The kernel's count of CPU time `lease_id`'s cgroup used, µs (`None` without one).

@@ -13,6 +13,7 @@ pub mod config;
 pub mod create_recovery;
 pub mod daemon;
 pub mod fault;
+pub mod guest_network;
 pub mod guest_stop;
 pub mod image_catalogue;
 pub mod isolation;

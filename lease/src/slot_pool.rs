@@ -78,6 +78,13 @@ impl TakenSlot {
             .take()
             .expect("a TakenSlot holds its slot until use_for or drop")
     }
+
+    /// Removes the slot for good (its lease id is taken: the create got past the ledger).
+    pub fn discard(mut self) {
+        if let Some(slot) = self.slot.take() {
+            discard(&self.pool.markers, slot);
+        }
+    }
 }
 
 impl Drop for TakenSlot {

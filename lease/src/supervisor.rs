@@ -19,11 +19,16 @@ use crate::cgroup::{CgroupSlot, Limits};
 use crate::clock::monotonic_us;
 use crate::image_catalogue::ImageSpec;
 use crate::isolation::Isolation;
-use crate::jail::{Jail, JailedChild, INITRD_PATH, KERNEL_PATH};
+use crate::jail::{
+    Jail, JailedChild, RootDisk, INITRD_PATH, KERNEL_PATH, OVERLAY_PATH, ROOTFS_PATH,
+};
 use crate::slot_pool::{ReadySlot, TakenSlot};
 
 /// The fd number the VMM finds its event pipe on (`--events fd:3`).
 const EVENTS_FD: i32 = 3;
+/// The fd number the VMM finds its tap on (`--net fd=5`; 4 is a jailed VMM's control
+/// socket).
+const TAP_FD: i32 = 5;
 
 #[derive(Debug, Error)]
 pub enum BootError {
@@ -44,6 +49,25 @@ pub enum BootError {
     Exited { reason: String, code: Option<i64> },
     #[error("guest not ready within {0} ms")]
     Timeout(u64),
+    #[error("guest root disk overlay: {0}")]
+    Overlay(std::io::Error),
+}
+
+/// The lease's NIC: its tap, attached, and the guest's MAC.
+#[derive(Debug)]
+pub struct Nic {
+    pub tap: OwnedFd,
+    pub mac: String,
+}
+
+impl Nic {
+    /// Another handle on the same tap.
+    fn try_clone(&self) -> std::io::Result<Nic> {
+        Ok(Nic {
+            tap: self.tap.try_clone()?,
+            mac: self.mac.clone(),
+        })
+    }
 }
 
 /// Boot figures, µs from request arrival (api.md `boot`).
@@ -105,6 +129,8 @@ pub struct BootRequest<'a> {
     /// The slot built ahead of time for this lease (its id is `lease_id`), if the create
     /// got one from the pool.
     pub slot: Option<TakenSlot>,
+    /// Passed to the VMM as `--net fd=5`.
+    pub nic: Option<Nic>,
 }
 
 /// A booted guest.
@@ -175,6 +201,20 @@ fn pipe_err(e: impl std::fmt::Display) -> BootError {
     BootError::Pipe(e.to_string())
 }
 
+/// The VMM's device arguments: the root disk (paths as the VMM sees them) and the NIC.
+fn device_args(disk: Option<&RootDisk>, mac: Option<&str>) -> Vec<OsString> {
+    let mut args = Vec::new();
+    if let Some(d) = disk {
+        args.push("--disk".into());
+        args.push(format!("path={},cow={}", d.base.display(), d.overlay.display()).into());
+    }
+    if let Some(mac) = mac {
+        args.push("--net".into());
+        args.push(format!("fd={TAP_FD},mac={mac}").into());
+    }
+    args
+}
+
 /// The VMM arguments both spawn paths share (paths as the VMM sees them).
 fn common_args(req: &BootRequest<'_>, kernel: &Path, initrd: Option<&Path>) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["--kernel".into(), kernel.into()];
@@ -213,25 +253,33 @@ impl Supervisor {
     }
 
     /// Starts the VMM and waits for `guest_ready`. On any failure the VMM is killed and its
-    /// jail and cgroup removed.
+    /// jail, cgroup, network and root-disk overlay removed.
     pub async fn boot(&self, mut req: BootRequest<'_>) -> Result<Booted, BootError> {
         // No slot is built for the pool while this boot runs (it would compete for CPU,
         // coinopd's memory map and the cgroup lock); the refill follows right after.
         let _quiet = self.isolation.hold_off_pool();
+        let nic = req.nic.take();
         let limits = Limits::for_guest(req.vcpus, req.mem_mib);
         let pooled = req.slot.take().map(|taken| taken.use_for(limits));
         let was_pooled = pooled.is_some();
         let start_us = monotonic_us();
         let spawned = match pooled {
-            Some(ready) => match self.launch_pooled(ready, &req, &limits, start_us) {
-                Ok(spawned) => Ok(spawned),
-                Err(e) => {
-                    tracing::warn!(lease = req.lease_id, error = %e,
-                        "the slot built ahead failed; building one on the request path");
-                    self.spawn_fresh(&req, &limits, start_us)
+            Some(ready) => {
+                // A failed launch has closed the fds it was given: the request-path build
+                // after it needs its own handle on the tap.
+                let spare = nic.as_ref().map(Nic::try_clone).transpose();
+                match self.launch_pooled(ready, &req, &limits, start_us, nic) {
+                    Ok(spawned) => Ok(spawned),
+                    Err(e) => {
+                        tracing::warn!(lease = req.lease_id, error = %e,
+                            "the slot built ahead failed; building one on the request path");
+                        spare
+                            .map_err(BootError::Files)
+                            .and_then(|nic| self.spawn_fresh(&req, &limits, start_us, nic))
+                    }
                 }
-            },
-            None => self.spawn_fresh(&req, &limits, start_us),
+            }
+            None => self.spawn_fresh(&req, &limits, start_us, nic),
         };
         let Spawned {
             child,
@@ -241,7 +289,8 @@ impl Supervisor {
         } = match spawned {
             Ok(spawned) => spawned,
             Err(e) => {
-                // Nothing registered: this only forgets a pool marker.
+                // Nothing registered: this releases the network and overlay and forgets a
+                // pool marker.
                 self.isolation.release(req.lease_id);
                 return Err(e);
             }
@@ -310,14 +359,17 @@ impl Supervisor {
         req: &BootRequest<'_>,
         limits: &Limits,
         start_us: u64,
+        nic: Option<Nic>,
     ) -> Result<Spawned, BootError> {
         let slot = self.isolation.cgroups.create_slot(req.lease_id, limits)?;
         let pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err);
         let _ = std::fs::remove_file(&req.paths.control);
         let spawned = pipe.and_then(|(read_end, write_end)| {
             let started = match &self.isolation.jail {
-                Some(config) => self.spawn_jailed(config, req, write_end, start_us, slot.as_ref()),
-                None => self.spawn_plain(req, write_end, start_us, slot.as_ref()),
+                Some(config) => {
+                    self.spawn_jailed(config, req, write_end, start_us, slot.as_ref(), nic)
+                }
+                None => self.spawn_plain(req, write_end, start_us, slot.as_ref(), nic),
             };
             started.map(|(child, jail)| (child, jail, read_end))
         });
@@ -338,14 +390,17 @@ impl Supervisor {
     }
 
     /// Starts the VMM in a slot built ahead of time: its cgroup gets the limits that differ
-    /// for this lease, and its parked child execs the VMM on the lease's image. On failure
-    /// the slot is gone (child, root, cgroup).
+    /// for this lease, and its parked child execs the VMM on the lease's image (with its
+    /// root disk: the base and a fresh overlay owned by the slot's uid, passed in as
+    /// detached mounts like the kernel) and NIC. On failure the slot is gone (child, root,
+    /// cgroup).
     fn launch_pooled(
         &self,
         ready: ReadySlot,
         req: &BootRequest<'_>,
         limits: &Limits,
         start_us: u64,
+        nic: Option<Nic>,
     ) -> Result<Spawned, BootError> {
         let ReadySlot {
             cgroup,
@@ -360,9 +415,20 @@ impl Supervisor {
             .and_then(|()| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err))
             .and_then(|(read_end, write_end)| {
                 let _ = std::fs::remove_file(&req.paths.control);
-                let (args, fds) = self.jailed_launch(req, write_end, start_us)?;
+                let disk = match &req.image.rootfs {
+                    Some(base) => Some(RootDisk {
+                        base: base.clone(),
+                        overlay: self
+                            .isolation
+                            .create_overlay(req.lease_id, Some(parked.uid()))
+                            .map_err(BootError::Overlay)?,
+                    }),
+                    None => None,
+                };
+                let (args, fds) = self.jailed_launch(req, write_end, start_us, nic)?;
                 let initrd = req.image.initrd.as_deref();
-                let (child, jail) = parked.launch(&req.image.kernel, initrd, args, fds)?;
+                let (child, jail) =
+                    parked.launch(&req.image.kernel, initrd, disk.as_ref(), args, fds)?;
                 Ok((child, jail, read_end))
             });
         match launched {
@@ -392,9 +458,28 @@ impl Supervisor {
         events: OwnedFd,
         start_us: u64,
         slot: Option<&CgroupSlot>,
+        nic: Option<Nic>,
     ) -> Result<(GuestProcess, Option<Jail>), BootError> {
-        let jail = config.prepare(req.lease_id, &req.image.kernel, req.image.initrd.as_deref())?;
-        match self.spawn_in(&jail, req, events, start_us, slot) {
+        let disk = req.image.rootfs.as_ref().map(|base| RootDisk {
+            base: base.clone(),
+            overlay: self.isolation.overlay_path(req.lease_id),
+        });
+        let jail = config.prepare_with_disk(
+            req.lease_id,
+            &req.image.kernel,
+            req.image.initrd.as_deref(),
+            disk.as_ref(),
+        )?;
+        let spawned = match disk {
+            Some(_) => self
+                .isolation
+                .create_overlay(req.lease_id, Some(jail.uid()))
+                .map(drop)
+                .map_err(BootError::Overlay),
+            None => Ok(()),
+        }
+        .and_then(|()| self.spawn_in(&jail, req, events, start_us, slot, nic));
+        match spawned {
             Ok(child) => Ok((GuestProcess::Jailed(child), Some(jail))),
             Err(e) => {
                 let _ = jail.remove();
@@ -411,34 +496,45 @@ impl Supervisor {
         events: OwnedFd,
         start_us: u64,
         slot: Option<&CgroupSlot>,
+        nic: Option<Nic>,
     ) -> Result<JailedChild, BootError> {
-        let (args, fds) = self.jailed_launch(req, events, start_us)?;
+        let (args, fds) = self.jailed_launch(req, events, start_us, nic)?;
         let procs = slot.map(CgroupSlot::procs_files).transpose()?;
         Ok(jail.spawn(args, fds, procs.unwrap_or_default())?)
     }
 
     /// A jailed VMM's arguments (paths as seen inside) and fds: null stdin, the console,
-    /// the log, the event pipe and the control socket, bound here on the host.
+    /// the log, the event pipe, the control socket, bound here on the host, and the tap.
     fn jailed_launch(
         &self,
         req: &BootRequest<'_>,
         events: OwnedFd,
         start_us: u64,
+        nic: Option<Nic>,
     ) -> Result<(Vec<OsString>, Vec<OwnedFd>), BootError> {
         let listener =
             std::os::unix::net::UnixListener::bind(&req.paths.control).map_err(BootError::Files)?;
         let null = std::fs::File::open("/dev/null").map_err(BootError::Files)?;
         let console = std::fs::File::create(&req.paths.console).map_err(BootError::Files)?;
         let log = std::fs::File::create(&req.paths.log).map_err(BootError::Files)?;
-        let fds: Vec<OwnedFd> = vec![
+        let mut fds: Vec<OwnedFd> = vec![
             null.into(),
             console.into(),
             log.into(),
             events,
             listener.into(),
         ];
+        let mac = nic.as_ref().map(|n| n.mac.clone());
+        if let Some(nic) = nic {
+            fds.push(nic.tap);
+        }
         let initrd = req.image.initrd.as_ref().map(|_| Path::new(INITRD_PATH));
         let mut args = common_args(req, Path::new(KERNEL_PATH), initrd);
+        let disk = req.image.rootfs.as_ref().map(|_| RootDisk {
+            base: ROOTFS_PATH.into(),
+            overlay: OVERLAY_PATH.into(),
+        });
+        args.extend(device_args(disk.as_ref(), mac.as_deref()));
         args.extend(
             [
                 "--serial",
@@ -464,13 +560,42 @@ impl Supervisor {
         write_end: OwnedFd,
         start_us: u64,
         slot: Option<&CgroupSlot>,
+        nic: Option<Nic>,
     ) -> Result<(GuestProcess, Option<Jail>), BootError> {
         let log = std::fs::File::create(&req.paths.log).map_err(pipe_err)?;
+        let disk = match &req.image.rootfs {
+            Some(base) => Some(RootDisk {
+                base: base.clone(),
+                overlay: self
+                    .isolation
+                    .create_overlay(req.lease_id, None)
+                    .map_err(BootError::Overlay)?,
+            }),
+            None => None,
+        };
+        // Above every fd the child places, so placing the event pipe cannot overwrite it.
+        let tap = nic
+            .as_ref()
+            .map(|n| {
+                // SAFETY: F_DUPFD_CLOEXEC on a live fd returns a new fd we then own.
+                let fd = unsafe { libc::fcntl(n.tap.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+                if fd < 0 {
+                    return Err(BootError::Files(std::io::Error::last_os_error()));
+                }
+                // SAFETY: `fd` is a fresh descriptor nothing else owns.
+                Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+            })
+            .transpose()?;
+        let tap_fd = tap.as_ref().map(AsRawFd::as_raw_fd);
         let mut cmd = tokio::process::Command::new(&self.vmm_bin);
         cmd.args(common_args(
             req,
             &req.image.kernel,
             req.image.initrd.as_deref(),
+        ))
+        .args(device_args(
+            disk.as_ref(),
+            nic.as_ref().map(|n| n.mac.as_str()),
         ))
         .arg("--serial")
         .arg(format!("file:{}", req.paths.console.display()))
@@ -487,7 +612,8 @@ impl Supervisor {
         }
         let write_fd = write_end.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // async-signal-safe functions (setsid, dup2, fcntl) on fds we own.
+        // async-signal-safe functions (setsid, dup2, fcntl) on fds we own (the event pipe's
+        // write end and the tap's high copy, both alive until after the spawn).
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setsid() < 0 {
@@ -501,6 +627,12 @@ impl Supervisor {
                 } else if libc::dup2(write_fd, EVENTS_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // dup2 leaves the copy without close-on-exec: the VMM inherits it.
+                if let Some(tap) = tap_fd {
+                    if libc::dup2(tap, TAP_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -509,6 +641,7 @@ impl Supervisor {
             source,
         })?;
         drop(write_end);
+        drop(tap);
         if let (Some(slot), Some(pid)) = (slot, child.id()) {
             if let Err(e) = slot.add_pid(pid) {
                 let _ = child.start_kill();

@@ -132,7 +132,7 @@ fn a_failed_launch_names_the_step_and_cleans_up() {
     let (pid, root) = (parked.pid(), parked.root().to_path_buf());
     // A directory cannot be attached onto the /kernel file mount point.
     let err = parked
-        .launch(dir.path(), None, vec![], vec![])
+        .launch(dir.path(), None, None, vec![], vec![])
         .expect_err("attaching a directory on a file fails");
     assert!(err.to_string().contains("Attach"), "{err}");
     assert!(!root.exists(), "root removed");

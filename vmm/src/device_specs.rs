@@ -4,7 +4,11 @@
 //! ```text
 //! --disk path=FILE[,ro][,cow=OVERLAY][,bw=BYTES_PER_S][,iops=N]
 //! --net  tap=NAME,mac=AA:BB:CC:DD:EE:FF[,bw=BYTES_PER_S]
+//! --net  fd=N,mac=AA:BB:CC:DD:EE:FF[,bw=BYTES_PER_S]
 //! ```
+//!
+//! `fd=N` is a tap the parent opened and left open as fd N (a jailed VMM in its own network
+//! namespace cannot open a host tap by name).
 
 use crate::devices::virtio::net::parse_mac;
 use std::path::PathBuf;
@@ -24,11 +28,20 @@ pub struct DiskSpec {
     pub ops_per_s: Option<u64>,
 }
 
+/// Where a NIC's tap comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapSource {
+    /// Opened by name (created if missing and the VMM may).
+    Name(String),
+    /// Already open and attached, inherited as this fd.
+    Fd(i32),
+}
+
 /// A virtio-net device to attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetSpec {
-    /// The tap interface (created if missing and the VMM may).
-    pub tap: String,
+    /// The tap interface.
+    pub tap: TapSource,
     /// The guest's MAC address.
     pub mac: [u8; 6],
     /// Bytes per second each way, if limited.
@@ -74,25 +87,37 @@ pub fn parse_disk(value: &str) -> Result<DiskSpec, String> {
 pub fn parse_net(value: &str) -> Result<NetSpec, String> {
     let (mut tap, mut mac, mut bytes_per_s) = (None, None, None);
     for item in value.split(',') {
-        match item.split_once('=') {
-            Some(("tap", t)) if !t.is_empty() && t.len() < libc::IFNAMSIZ => tap = Some(t),
+        let previous = match item.split_once('=') {
+            Some(("tap", t)) if !t.is_empty() && t.len() < libc::IFNAMSIZ => {
+                tap.replace(TapSource::Name(t.into()))
+            }
+            Some(("fd", n)) => match n.parse::<i32>() {
+                // 0-2 are stdio: never a tap.
+                Ok(fd) if fd > 2 => tap.replace(TapSource::Fd(fd)),
+                _ => return Err(format!("fd={n}: expected an inherited fd number above 2")),
+            },
             Some(("mac", m)) => {
                 mac = Some(
                     parse_mac(m).ok_or_else(|| format!("mac={m}: expected AA:BB:CC:DD:EE:FF"))?,
-                )
+                );
+                None
             }
-            Some(("bw", v)) => bytes_per_s = rate("bw", v)?,
+            Some(("bw", v)) => {
+                bytes_per_s = rate("bw", v)?;
+                None
+            }
             _ => {
                 return Err(format!(
-                    "'{item}': expected tap=NAME (≤15 bytes), mac= or bw="
+                    "'{item}': expected tap=NAME (≤15 bytes), fd=N, mac= or bw="
                 ))
             }
+        };
+        if previous.is_some() {
+            return Err(format!("'{value}': give one tap=NAME or fd=N"));
         }
     }
     Ok(NetSpec {
-        tap: tap
-            .ok_or_else(|| format!("'{value}': tap=NAME is required"))?
-            .into(),
+        tap: tap.ok_or_else(|| format!("'{value}': tap=NAME or fd=N is required"))?,
         mac: mac.ok_or_else(|| format!("'{value}': mac=AA:BB:CC:DD:EE:FF is required"))?,
         bytes_per_s,
     })
@@ -127,7 +152,7 @@ mod tests {
     #[test]
     fn net_specs() {
         let n = parse_net("tap=tap0,mac=02:00:00:aa:bb:0c,bw=125000").expect("ok");
-        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.tap, TapSource::Name("tap0".into()));
         assert_eq!(n.mac, [2, 0, 0, 0xaa, 0xbb, 0x0c]);
         assert_eq!(n.bytes_per_s, Some(125_000));
         for bad in [
@@ -137,8 +162,13 @@ mod tests {
             "tap=tap0,mac=02:00:00:00:00:01:02",
             "tap=a-very-long-tap-name,mac=02:00:00:00:00:01",
             "tap=t,mac=zz:00:00:00:00:01",
+            "fd=2,mac=02:00:00:00:00:01",
+            "fd=x,mac=02:00:00:00:00:01",
+            "fd=5,tap=tap0,mac=02:00:00:00:00:01",
         ] {
             assert!(parse_net(bad).is_err(), "{bad}");
         }
+        let n = parse_net("fd=7,mac=02:00:00:aa:bb:0c").expect("fd form");
+        assert_eq!(n.tap, TapSource::Fd(7));
     }
 }

@@ -11,8 +11,13 @@
 //!            [--serial stdout|file:PATH|none] [--control PATH|fd:N] [--events stderr|fd:N]
 //!            [--start-time-us T] [--no-seccomp]
 //!            [--disk path=FILE[,ro][,cow=OVERLAY][,bw=BYTES_PER_S][,iops=N]]...
-//!            [--net tap=NAME,mac=AA:BB:CC:DD:EE:FF[,bw=BYTES_PER_S]]...
+//!            [--net tap=NAME|fd=N,mac=AA:BB:CC:DD:EE:FF[,bw=BYTES_PER_S]]...
 //! ```
+//! `--net tap=NAME` opens (or, with CAP_NET_ADMIN, creates) the tap itself; `--net fd=N`
+//! takes a tap the parent opened and attached (TUNSETIFF with IFF_TAP | IFF_NO_PI |
+//! IFF_VNET_HDR) and left open as fd N, which is how coinopd hands a host tap to a VMM
+//! jailed in its own network namespace. Either way the VMM sets the vnet header size and
+//! turns offloads off itself, before seccomp is on (no extra syscall in the filters).
 //! Each `--disk`/`--net` (disks first, at most 9 in all) becomes a virtio-mmio device at
 //! 0xd0000000 + 4 KiB × n, announced by appending `virtio_mmio.device=4K@ADDR:IRQ` to the
 //! kernel command line (see [`devices::virtio`]).

@@ -98,3 +98,78 @@ fn overlay_for_another_base_is_refused() {
         .run()
         .assert_usage_error(&["overlay"]);
 }
+
+/// `file` left open across exec (std opens everything close-on-exec), as a parent hands a
+/// tap to the VMM; returns the fd number for `--net fd=N`.
+fn inheritable(file: &std::fs::File) -> i32 {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    assert_eq!(
+        // SAFETY: F_SETFD with an int argument on an fd this test owns.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) },
+        0,
+        "clear FD_CLOEXEC"
+    );
+    fd
+}
+
+/// Opens /dev/net/tun and attaches it to a fresh tap `name` as coinopd does.
+fn attached_tap(name: &str) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .expect("/dev/net/tun");
+    // SAFETY: ifreq is plain old data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+    // SAFETY: TUNSETIFF reads and writes one ifreq that lives across the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    assert_eq!(
+        rc,
+        0,
+        "TUNSETIFF {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    file
+}
+
+#[test]
+fn guest_boots_with_an_inherited_tap_fd() {
+    // Creating a tap needs CAP_NET_ADMIN.
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !kvm_ready() || !root {
+        return;
+    }
+    let name = format!("cvt{}", std::process::id() % 100_000);
+    let tap = attached_tap(&name);
+    let fd = inheritable(&tap);
+    let out = Vmm::boot(Image::Pvh, "mode=halt")
+        .arg("--net")
+        .arg(format!("fd={fd},mac=02:00:00:00:00:07"))
+        .run();
+    out.assert_lifecycle(1, "guest_reset", 0);
+    assert!(
+        std::path::Path::new("/sys/class/net").join(&name).exists(),
+        "the tap lives while its creator holds it"
+    );
+}
+
+#[test]
+fn an_inherited_fd_that_is_not_a_tap_is_refused() {
+    if !kvm_ready() {
+        return;
+    }
+    let null = std::fs::File::open("/dev/null").expect("/dev/null");
+    let fd = inheritable(&null);
+    Vmm::boot(Image::Pvh, "mode=halt")
+        .arg("--net")
+        .arg(format!("fd={fd},mac=02:00:00:00:00:07"))
+        .run()
+        .assert_usage_error(&[&format!("tap fd {fd}"), "TUNGETIFF"]);
+}

@@ -19,11 +19,12 @@ use crate::app::{AppState, Shared};
 use crate::capacity::Totals;
 use crate::clock::monotonic_us;
 use crate::create_recovery::{outputs_digest, recovery_hash, CreateOutcome, Recovered};
+use crate::guest_network::NetInfo;
 use crate::ledger::{reason, state, Credit, LeaseRow, LedgerError, NewLease, Refund};
 use crate::metering;
 use crate::payment_intake::{credit_error, verify_credit, verify_onchain, PaymentBody};
 use crate::peer::PeerCred;
-use crate::supervisor::{BootFigures, BootRequest, GuestPaths};
+use crate::supervisor::{BootFigures, BootRequest, GuestPaths, Nic};
 use crate::token::{new_lease_id, new_token, token_hash};
 
 /// Longest tenant cmdline.
@@ -39,6 +40,9 @@ pub struct CreateRequest {
     pub image: String,
     #[serde(default)]
     pub cmdline: Option<String>,
+    /// OpenSSH public key authorised for root in the guest (addition).
+    #[serde(default)]
+    pub ssh_key: Option<String>,
     pub payment: PaymentBody,
     /// Blank outputs for a refund as blind-signed credit if the boot fails (addition).
     #[serde(default)]
@@ -58,6 +62,9 @@ pub struct CreateResponse {
     pub state: String,
     pub balance_msat: u64,
     pub boot: BootFigures,
+    /// How to reach the guest; absent without a NIC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetInfo>,
 }
 
 fn since(arrival: u64) -> u64 {
@@ -155,12 +162,21 @@ pub async fn create(
         .get(&req.image)
         .cloned()
         .ok_or_else(|| ApiError::unprocessable("unknown_image", "unknown image"))?;
-    let cmdline = req.cmdline.clone().unwrap_or_else(|| image.cmdline.clone());
+    let mut cmdline = req.cmdline.clone().unwrap_or_else(|| image.cmdline.clone());
     if cmdline.len() > MAX_CMDLINE || cmdline.contains('\0') {
         return Err(ApiError::unprocessable(
             "invalid_spec",
             format!("cmdline must be at most {MAX_CMDLINE} bytes without NUL"),
         ));
+    }
+    if let Some(key) = &req.ssh_key {
+        let word = ssh_key_word(key).ok_or_else(|| {
+            ApiError::unprocessable(
+                "invalid_spec",
+                "ssh_key must be an OpenSSH public key: TYPE BASE64 [comment], at most 8 KiB",
+            )
+        })?;
+        cmdline = format!("{cmdline} {word}");
     }
     let recovery = req
         .recovery_key
@@ -288,7 +304,7 @@ async fn create_reserved(
         mem_mib: req.mem_mib,
     };
     match boot_guest(s, arrival, &guest, boot, slot).await? {
-        Ok(boot) => {
+        Ok((boot, network)) => {
             let body = CreateResponse {
                 lease_id: id.to_string(),
                 token,
@@ -296,6 +312,7 @@ async fn create_reserved(
                 state: state::RUNNING.into(),
                 balance_msat: balance,
                 boot,
+                network,
             };
             Ok((StatusCode::CREATED, Json(body)).into_response())
         }
@@ -312,29 +329,44 @@ struct GuestSpec<'a> {
     mem_mib: u64,
 }
 
-/// Boots the guest of a lease the ledger holds as `booting` (its room reserved) and marks
-/// it running. `Ok(Err(..))` is a failed boot, its room already released, with why.
-/// `slot` is the slot built ahead of time that named the lease, if its create took one.
+/// Boots the guest of a lease the ledger holds as `booting` (its room reserved), with its
+/// network when its image gets one, and marks it running. `Ok(Err(..))` is a failed boot,
+/// its room (and network) already released, with why. `slot` is the slot built ahead of
+/// time that named the lease, if its create took one.
 async fn boot_guest(
     s: &Shared,
     arrival: u64,
     g: &GuestSpec<'_>,
     mut boot: BootFigures,
     slot: Option<crate::slot_pool::TakenSlot>,
-) -> Result<Result<BootFigures, (BootFigures, String)>, ApiError> {
+) -> Result<Result<(BootFigures, Option<NetInfo>), (BootFigures, String)>, ApiError> {
     let paths = GuestPaths::for_lease(&s.config.run_dir(), g.id);
+    let (nic, network, cmdline) = match attach_network(s, g.id, g.image, g.cmdline).await {
+        Ok(attached) => attached,
+        Err(why) => {
+            tracing::warn!(lease = g.id, error = %why, "no network for the guest");
+            // Not back to the pool: the slot's lease id is in the ledger now.
+            if let Some(slot) = slot {
+                slot.discard();
+            }
+            s.metrics.boot(false, None);
+            s.capacity().release(g.id);
+            return Ok(Err((boot, why)));
+        }
+    };
     let booted = s
         .supervisor
         .boot(BootRequest {
             lease_id: g.id,
             image: g.image,
-            cmdline: g.cmdline,
+            cmdline: &cmdline,
             vcpus: g.vcpus,
             mem_mib: g.mem_mib,
             paths: &paths,
             arrival_us: arrival,
             timeout_ms: s.config.boot_timeout_ms,
             slot,
+            nic,
         })
         .await;
     match booted {
@@ -353,7 +385,7 @@ async fn boot_guest(
                 guest_ready_us = b.guest_ready_us,
                 "lease running"
             );
-            Ok(Ok(boot))
+            Ok(Ok((boot, network)))
         }
         Err(e) => {
             tracing::warn!(lease = g.id, error = %e, "boot failed");
@@ -362,6 +394,56 @@ async fn boot_guest(
             Ok(Err((boot, e.to_string())))
         }
     }
+}
+
+/// The lease's NIC when its image gets one: the tap's fd, the tenant's view, and `cmdline`
+/// with the guest's address words (they depend on the slot, so the ledger keeps the
+/// command line without them).
+async fn attach_network(
+    s: &Shared,
+    id: &str,
+    image: &crate::image_catalogue::ImageSpec,
+    cmdline: &str,
+) -> Result<(Option<Nic>, Option<NetInfo>, String), String> {
+    if !s.config.lease_gets_network(image) {
+        return Ok((None, None, cmdline.to_string()));
+    }
+    let isolation = std::sync::Arc::clone(s.supervisor.isolation());
+    let lease = id.to_string();
+    let attached = tokio::task::spawn_blocking(move || isolation.attach_network(&lease))
+        .await
+        .map_err(|e| format!("worker: {e}"))?
+        .map_err(|e| e.to_string())?;
+    Ok(match attached {
+        Some((tap, info)) => {
+            let cmdline = format!("{cmdline} {}", info.cmdline_words());
+            let nic = Nic {
+                tap,
+                mac: info.mac.clone(),
+            };
+            (Some(nic), Some(info), cmdline)
+        }
+        None => (None, None, cmdline.to_string()),
+    })
+}
+
+/// `coinop.ssh_key=TYPE:BLOB` for an OpenSSH public key line, or `None` when `key` is not
+/// one (the comment is dropped: it could hold anything, and the guest needs none).
+pub fn ssh_key_word(key: &str) -> Option<String> {
+    if key.len() > 8192 {
+        return None;
+    }
+    let mut parts = key.split_whitespace();
+    let (kind, blob) = (parts.next()?, parts.next()?);
+    let kind_ok = !kind.is_empty()
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-@.".contains(&b));
+    let blob_ok = blob.len() >= 16
+        && blob
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+    (kind_ok && blob_ok).then(|| format!("coinop.ssh_key={kind}:{blob}"))
 }
 
 /// The reply to a retry that recovered its lease (see [`crate::create_recovery`]): 200 with
@@ -587,6 +669,7 @@ pub fn lease_json(s: &AppState, l: &LeaseRow) -> Value {
         "created_at": l.created_at,
         "updated_at": l.updated_at,
         "boot": boot,
+        "network": s.supervisor.isolation().network_info(&l.id),
     })
 }
 
@@ -743,4 +826,35 @@ async fn read_tail(path: &std::path::Path, max: u64) -> std::io::Result<String> 
     let mut buf = Vec::with_capacity(len.min(max) as usize);
     f.take(max).read_to_end(&mut buf).await?;
     Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ssh_key_word;
+
+    #[test]
+    fn ssh_keys_become_one_command_line_word() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBase64Blob+/= me@laptop";
+        assert_eq!(
+            ssh_key_word(key).as_deref(),
+            Some("coinop.ssh_key=ssh-ed25519:AAAAC3NzaC1lZDI1NTE5AAAAIBase64Blob+/="),
+            "the comment is dropped"
+        );
+        assert_eq!(
+            ssh_key_word("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 x;reboot").as_deref(),
+            Some("coinop.ssh_key=ssh-ed25519:AAAAC3NzaC1lZDI1NTE5"),
+            "a comment never reaches the command line"
+        );
+        for bad in [
+            "",
+            "ssh-ed25519",
+            "ssh-ed25519 short",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5;reboot",
+            "ssh;x AAAAC3NzaC1lZDI1NTE5AAAA",
+            "ssh ed25519 AAAAC3NzaC1lZDI1NTE5AAAA",
+        ] {
+            assert_eq!(ssh_key_word(bad), None, "{bad:?}");
+        }
+        assert!(ssh_key_word(&"A".repeat(9000)).is_none(), "at most 8 KiB");
+    }
 }

@@ -144,6 +144,9 @@ pub enum LeaseCmd {
         image: String,
         #[arg(long)]
         cmdline: Option<String>,
+        /// OpenSSH public key (the text, or @FILE) authorised for root in the guest.
+        #[arg(long)]
+        ssh_key: Option<String>,
         #[command(flatten)]
         pay: PaymentArgs,
         /// Where this create's recovery key is kept until coinopd answers (created 0600

@@ -98,14 +98,30 @@ fn boot_line(b: &Value) -> String {
     )
 }
 
+/// How to reach the guest, when it has a network.
+fn network_line(n: &Value) -> String {
+    if !n.is_object() {
+        return String::new();
+    }
+    format!(
+        "\nnetwork    guest {}/{} via {}; ssh -p {} root@{}",
+        s(&n["guest_ip"]),
+        s(&n["prefix_len"]),
+        s(&n["host_ip"]),
+        s(&n["ssh"]["port"]),
+        s(&n["ssh"]["host"])
+    )
+}
+
 fn created(v: &Value) -> String {
     let mut out = format!(
-        "lease      {}\ntoken      {}   (shown once: keep it)\nstate      {}\nbalance    {}\n{}",
+        "lease      {}\ntoken      {}   (shown once: keep it)\nstate      {}\nbalance    {}\n{}{}",
         s(&v["lease_id"]),
         s(&v["token"]),
         s(&v["state"]),
         sat(&v["balance_msat"]),
-        boot_line(&v["boot"])
+        boot_line(&v["boot"]),
+        network_line(&v["network"])
     );
     if v["recovered"] == Value::Bool(true) {
         out.push_str(
@@ -135,6 +151,7 @@ fn lease(v: &Value) -> String {
         sat(&v["debited_msat"]),
         boot_line(&v["boot"]),
     );
+    out.push_str(&network_line(&v["network"]));
     if v["refunded_msat"].is_u64() {
         let _ = write!(
             out,
@@ -241,6 +258,21 @@ mod tests {
                     "balance_msat": 3000, "boot": {}}),
         );
         assert!(r.contains("tok2") && r.contains("recovered"), "{r}");
+    }
+
+    #[test]
+    fn created_shows_how_to_reach_the_guest() {
+        let text = created(&json!({"lease_id": "L", "token": "T", "state": "running",
+            "balance_msat": 3000, "boot": {"guest_ready_us": 1},
+            "network": {"guest_ip": "10.213.0.2", "host_ip": "10.213.0.1", "prefix_len": 30,
+                        "ssh": {"host": "h.example", "port": 22000}}}));
+        assert!(
+            text.contains(
+                "network    guest 10.213.0.2/30 via 10.213.0.1; ssh -p 22000 root@h.example"
+            ),
+            "{text}"
+        );
+        assert!(!created(&json!({"boot": {}})).contains("network"));
     }
 
     #[test]

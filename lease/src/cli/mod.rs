@@ -120,6 +120,16 @@ pub fn call_for(cmd: Cmd) -> Result<Call, Exit> {
     })
 }
 
+/// `--ssh-key`: the key itself, or `@FILE` (e.g. `@~/.ssh/id_ed25519.pub`).
+fn read_ssh_key(arg: &str) -> Result<String, Exit> {
+    match arg.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| Exit::usage(format!("--ssh-key @{path}: {e}"))),
+        None => Ok(arg.to_string()),
+    }
+}
+
 fn lease_call(cmd: LeaseCmd) -> Result<Call, Exit> {
     Ok(match cmd {
         LeaseCmd::Create {
@@ -127,6 +137,7 @@ fn lease_call(cmd: LeaseCmd) -> Result<Call, Exit> {
             mem_mib,
             image,
             cmdline,
+            ssh_key,
             pay,
             ..
         } => {
@@ -134,6 +145,9 @@ fn lease_call(cmd: LeaseCmd) -> Result<Call, Exit> {
                                "payment": payment(&pay)?});
             if let Some(cl) = cmdline {
                 q["cmdline"] = json!(cl);
+            }
+            if let Some(key) = ssh_key {
+                q["ssh_key"] = json!(read_ssh_key(&key)?);
             }
             Call::post("/v1/leases", q, View::Created)
         }

@@ -1,7 +1,8 @@
 //! The jail each guest's `coinop-vmm` runs in, after Firecracker's jailer: new mount, PID,
 //! IPC, UTS (and optionally network) namespaces; a per-lease root holding only the VMM
-//! binary and the libraries it loads, the kernel, the initrd and a private /dev/kvm, all
-//! read-only; rlimits; every inherited fd closed but the ones passed; an unprivileged uid/gid
+//! binary and the libraries it loads, the kernel, the initrd, the image's root filesystem
+//! and a private /dev/kvm, all read-only, plus the lease's copy-on-write overlay, the one
+//! writable file; rlimits; every inherited fd closed but the ones passed; an unprivileged uid/gid
 //! from a pool, one per running lease.
 //!
 //! The control socket, console and event pipe are passed as fds rather than created in the
@@ -35,6 +36,17 @@ pub const VMM_PATH: &str = "/coinop-vmm";
 pub const KERNEL_PATH: &str = "/kernel";
 /// Where the initrd appears inside the jail.
 pub const INITRD_PATH: &str = "/initrd";
+/// Where the image's root filesystem (read-only base) appears inside the jail.
+pub const ROOTFS_PATH: &str = "/rootfs";
+/// Where the lease's copy-on-write overlay (writable) appears inside the jail.
+pub const OVERLAY_PATH: &str = "/overlay";
+
+/// A root disk for the guest: the image's shared base and the lease's overlay (host paths).
+#[derive(Debug, Clone)]
+pub struct RootDisk {
+    pub base: PathBuf,
+    pub overlay: PathBuf,
+}
 
 /// Errors of the jail.
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +125,7 @@ impl JailConfig {
         let mut binds = vec![(self.vmm_bin.clone(), PathBuf::from(VMM_PATH))];
         binds.extend(self.libraries.iter().map(|lib| (lib.clone(), lib.clone())));
         let mut points: Vec<PathBuf> = binds.iter().map(|(_, inside)| inside.clone()).collect();
-        points.extend([PathBuf::from(KERNEL_PATH), PathBuf::from(INITRD_PATH)]);
+        points.extend([KERNEL_PATH, INITRD_PATH, ROOTFS_PATH, OVERLAY_PATH].map(PathBuf::from));
         root_dir::build(&root, &points, uid.get(), uid.get())?;
         let plan = parked::ParkPlan {
             root: root.clone(),
@@ -129,6 +141,7 @@ impl JailConfig {
                     root,
                     uid,
                     binds: Vec::new(),
+                    writable: Vec::new(),
                     new_net_ns: self.new_net_ns,
                 },
                 child,
@@ -147,6 +160,19 @@ impl JailConfig {
         kernel: &Path,
         initrd: Option<&Path>,
     ) -> Result<Jail, Error> {
+        self.prepare_with_disk(lease_id, kernel, initrd, None)
+    }
+
+    /// Like [`JailConfig::prepare`], with `disk`'s base bound read-only at [`ROOTFS_PATH`]
+    /// and its overlay (which must exist, owned by the jail's uid: see [`Jail::uid`])
+    /// bound writable at [`OVERLAY_PATH`].
+    pub fn prepare_with_disk(
+        &self,
+        lease_id: &str,
+        kernel: &Path,
+        initrd: Option<&Path>,
+        disk: Option<&RootDisk>,
+    ) -> Result<Jail, Error> {
         let root = self.root_of(lease_id)?;
         let uid = self.uids.take()?;
         let mut binds = vec![
@@ -157,12 +183,22 @@ impl JailConfig {
             binds.push((initrd.to_path_buf(), PathBuf::from(INITRD_PATH)));
         }
         binds.extend(self.libraries.iter().map(|lib| (lib.clone(), lib.clone())));
-        let points: Vec<PathBuf> = binds.iter().map(|(_, inside)| inside.clone()).collect();
+        let mut writable = Vec::new();
+        if let Some(disk) = disk {
+            binds.push((disk.base.clone(), PathBuf::from(ROOTFS_PATH)));
+            writable.push((disk.overlay.clone(), PathBuf::from(OVERLAY_PATH)));
+        }
+        let points: Vec<PathBuf> = binds
+            .iter()
+            .chain(&writable)
+            .map(|(_, inside)| inside.clone())
+            .collect();
         root_dir::build(&root, &points, uid.get(), uid.get())?;
         Ok(Jail {
             root,
             uid,
             binds,
+            writable,
             new_net_ns: self.new_net_ns,
         })
     }
@@ -199,6 +235,7 @@ impl JailConfig {
             root,
             uid,
             binds: Vec::new(),
+            writable: Vec::new(),
             new_net_ns: self.new_net_ns,
         }))
     }
@@ -227,20 +264,23 @@ impl ParkedJail {
         self.child.pid().as_raw()
     }
 
-    /// Execs the VMM in the parked child, with `kernel` (and `initrd`) bound read-only at
-    /// [`KERNEL_PATH`] (and [`INITRD_PATH`]); `args` and `fds` as for [`Jail::spawn`].
-    /// Blocks until the VMM has exec'd (well under a millisecond). On failure the child is
-    /// reaped and the root removed.
+    /// Execs the VMM in the parked child, with `kernel` (and `initrd`, and `disk`'s base)
+    /// bound read-only at [`KERNEL_PATH`] (and [`INITRD_PATH`], [`ROOTFS_PATH`]) and `disk`'s
+    /// overlay (which must exist, owned by [`ParkedJail::uid`]) bound writable at
+    /// [`OVERLAY_PATH`]; `args` and `fds` as for [`Jail::spawn`]. Blocks until the VMM has
+    /// exec'd (well under a millisecond). On failure the child is reaped and the root
+    /// removed.
     pub fn launch(
         self,
         kernel: &Path,
         initrd: Option<&Path>,
+        disk: Option<&RootDisk>,
         args: Vec<OsString>,
         fds: Vec<OwnedFd>,
     ) -> Result<(JailedChild, Jail), Error> {
         let ParkedJail { jail, child } = self;
         let launched = child
-            .launch(kernel, initrd, &args, fds)
+            .launch(kernel, initrd, disk, &args, fds)
             .map_err(Error::from)
             .and_then(|pid| Ok(JailedChild::new(pid)?));
         match launched {
@@ -265,6 +305,8 @@ pub struct Jail {
     root: PathBuf,
     uid: JailUid,
     binds: Vec<(PathBuf, PathBuf)>,
+    /// Bound writable (the lease's overlay).
+    writable: Vec<(PathBuf, PathBuf)>,
     new_net_ns: bool,
 }
 
@@ -292,6 +334,7 @@ impl Jail {
         let plan = spawn::Plan {
             root: self.root.clone(),
             binds: self.binds.clone(),
+            writable_binds: self.writable.clone(),
             program: PathBuf::from(VMM_PATH),
             args,
             fds,

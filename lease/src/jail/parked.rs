@@ -7,19 +7,22 @@
 //! Parking: clone into the namespaces, new session, join the cgroup, close every inherited
 //! fd but the launch socket, bind the VMM and its libraries read-only into the root, pivot
 //! into it, then report "parked" and block on the socket. Launching: coinopd sends one
-//! message with the VMM's arguments and, as SCM_RIGHTS, the fds it gets (0, 1, 2, ...) and a
-//! detached read-only-to-be mount of the kernel (and initrd) made with `open_tree(2)`; the
-//! child attaches those at /kernel and /initrd with `move_mount(2)`, places the fds, drops
-//! to the lease's uid and execs. As with [`super::spawn`], a failing step sends (step,
+//! message with the VMM's arguments and, as SCM_RIGHTS, the fds it gets (0, 1, 2, ...) and
+//! detached mounts made with `open_tree(2)` of the image files: the kernel (and initrd, and
+//! root filesystem), which become read-only, and the lease's copy-on-write overlay, which
+//! stays writable; the child attaches those at /kernel, /initrd, /rootfs and /overlay with
+//! `move_mount(2)`, places the fds, drops to the lease's uid and execs. The message's second
+//! byte says which of the four come, in that order (bit i for [`MOUNT_POINTS`]\[i\]). As with [`super::spawn`], a failing step sends (step,
 //! errno) back and a successful exec closes the socket with nothing sent; the child makes
 //! only system calls on buffers allocated before the clone.
 //!
 //! A parked child whose socket closes (coinopd dropped the slot, or died) exits.
 
 use super::spawn::{
-    at, check, confine_and_exec, cstring, enter_root, join_cgroup, remount_read_only, Error,
-    Failure, Step, CHILD_STACK_BYTES, HIGH_FD,
+    at, check, confine_and_exec, cstring, enter_root, join_cgroup, remount_read_only,
+    remount_writable, Error, Failure, Step, CHILD_STACK_BYTES, HIGH_FD,
 };
+use super::RootDisk;
 use nix::sched::CloneFlags;
 use nix::sys::socket::{ControlMessage, MsgFlags};
 use nix::unistd::Pid;
@@ -37,8 +40,16 @@ const MAX_PASSED_FDS: usize = 16;
 /// Where the parked child keeps its socket: above the VMM's fds and their [`HIGH_FD`]
 /// copies, below the VMM's fd limit.
 const PARKED_SOCK_FD: RawFd = 200;
-/// Where the image mounts go inside the jail, in the order they are passed.
-const MOUNT_POINTS: [&CStr; 2] = [c"/kernel", c"/initrd"];
+/// Where the image mounts go inside the jail, in the order they are passed, and whether
+/// each stays writable (only the lease's overlay).
+const MOUNT_POINTS: [(&CStr, bool); 4] = [
+    (c"/kernel", false),
+    (c"/initrd", false),
+    (c"/rootfs", false),
+    (c"/overlay", true),
+];
+/// The kernel's bit in the mount mask: every launch passes one.
+const KERNEL_MOUNT: u8 = 1;
 /// `open_tree(2)` flags (linux/mount.h): a detached copy of the mount, close-on-exec.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
@@ -202,21 +213,34 @@ impl Parked {
     }
 
     /// Sends the launch: `args` for the VMM (after its path), `fds` to become its 0, 1, 2...,
-    /// and the image files bound read-only at /kernel and /initrd. Returns once the VMM has
-    /// exec'd.
+    /// and the image files bound read-only at /kernel, /initrd and /rootfs and the overlay
+    /// bound writable at /overlay. Returns once the VMM has exec'd.
     pub(super) fn launch(
         mut self,
         kernel: &Path,
         initrd: Option<&Path>,
+        disk: Option<&RootDisk>,
         args: &[OsString],
         fds: Vec<OwnedFd>,
     ) -> Result<Pid, Error> {
         use std::os::unix::ffi::OsStrExt;
-        let mounts = std::iter::once(kernel)
-            .chain(initrd)
+        let files = [
+            Some(kernel),
+            initrd,
+            disk.map(|d| d.base.as_path()),
+            disk.map(|d| d.overlay.as_path()),
+        ];
+        let mask = files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.is_some())
+            .fold(0u8, |mask, (i, _)| mask | (1 << i));
+        let mounts = files
+            .into_iter()
+            .flatten()
             .map(detached_mount)
             .collect::<Result<Vec<_>, _>>()?;
-        let mut message = vec![fds.len() as u8, mounts.len() as u8];
+        let mut message = vec![fds.len() as u8, mask];
         for arg in args {
             let bytes = arg.as_bytes();
             if bytes.contains(&0) {
@@ -311,7 +335,7 @@ fn run_parked(s: &mut ChildState) -> Result<std::convert::Infallible, Failure> {
         })?;
     }
     close_all_but(PARKED_SOCK_FD)?;
-    enter_root(&s.root, &s.binds)?;
+    enter_root(&s.root, &s.binds, &[])?;
     // SAFETY: a 1-byte send from a static buffer on our socket: "parked".
     let n = unsafe { libc::send(PARKED_SOCK_FD, [0u8].as_ptr().cast(), 1, libc::MSG_NOSIGNAL) };
     check(Step::Receive, n as libc::c_int)?;
@@ -376,11 +400,17 @@ fn receive(s: &mut ChildState) -> Result<(usize, usize), Failure> {
         return Err((Step::Receive, nix::Error::EMSGSIZE));
     }
     let count = received_fds(&msg, &mut s.received);
-    let (vmm_fds, mounts) = (usize::from(s.message[0]), usize::from(s.message[1]));
-    if mounts == 0 || mounts > MOUNT_POINTS.len() || vmm_fds + mounts != count {
+    let (vmm_fds, mask) = (usize::from(s.message[0]), s.message[1]);
+    let mounts = mask.count_ones() as usize;
+    if mask & KERNEL_MOUNT == 0 || mask >> MOUNT_POINTS.len() != 0 || vmm_fds + mounts != count {
         return Err((Step::Receive, nix::Error::EBADMSG));
     }
-    for (fd, point) in s.received[vmm_fds..count].iter().zip(MOUNT_POINTS) {
+    let points = MOUNT_POINTS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0)
+        .map(|(_, point)| point);
+    for (fd, (point, writable)) in s.received[vmm_fds..count].iter().zip(points) {
         // SAFETY: move_mount of a detached mount fd onto a path in our mount namespace.
         let rc = unsafe {
             libc::syscall(
@@ -393,7 +423,11 @@ fn receive(s: &mut ChildState) -> Result<(usize, usize), Failure> {
             )
         };
         check(Step::Attach, rc as libc::c_int)?;
-        remount_read_only(point)?;
+        if *writable {
+            remount_writable(point)?;
+        } else {
+            remount_read_only(point)?;
+        }
         // SAFETY: closing a descriptor we received and no longer need.
         unsafe { libc::close(*fd) };
     }

@@ -139,6 +139,8 @@ pub struct Plan {
     pub root: std::path::PathBuf,
     /// (host file, in-jail path) pairs bind-mounted read-only.
     pub binds: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    /// (host file, in-jail path) pairs bind-mounted writable (nosuid, nodev).
+    pub writable_binds: Vec<(std::path::PathBuf, std::path::PathBuf)>,
     /// Program path inside the jail.
     pub program: std::path::PathBuf,
     /// argv\[1..\].
@@ -159,6 +161,7 @@ struct Prepared {
     cgroup_procs: Vec<OwnedFd>,
     root: CString,
     binds: Vec<(CString, CString)>,
+    writable_binds: Vec<(CString, CString)>,
     program: CString,
     /// Owns the strings `argv_ptrs` points into.
     _argv: Vec<CString>,
@@ -192,15 +195,17 @@ fn prepare(plan: &Plan, report: RawFd) -> Result<Prepared, Error> {
         .iter()
         .map(high_copy)
         .collect::<Result<Vec<_>, _>>()?;
-    let binds = plan
-        .binds
-        .iter()
-        .map(|(host, in_jail)| {
-            let target = super::root_dir::host_path(&plan.root, in_jail)
-                .map_err(|_| Error::Nul(in_jail.display().to_string()))?;
-            Ok((cstring(host)?, cstring(target)?))
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
+    let bind_pairs = |list: &[(std::path::PathBuf, std::path::PathBuf)]| {
+        list.iter()
+            .map(|(host, in_jail)| {
+                let target = super::root_dir::host_path(&plan.root, in_jail)
+                    .map_err(|_| Error::Nul(in_jail.display().to_string()))?;
+                Ok((cstring(host)?, cstring(target)?))
+            })
+            .collect::<Result<Vec<_>, Error>>()
+    };
+    let binds = bind_pairs(&plan.binds)?;
+    let writable_binds = bind_pairs(&plan.writable_binds)?;
     let program = cstring(&plan.program)?;
     let mut argv = vec![program.clone()];
     for arg in &plan.args {
@@ -213,6 +218,7 @@ fn prepare(plan: &Plan, report: RawFd) -> Result<Prepared, Error> {
         cgroup_procs,
         root: cstring(&plan.root)?,
         binds,
+        writable_binds,
         program,
         _argv: argv,
         argv_ptrs,
@@ -303,7 +309,7 @@ fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
     place_fds(&p.fds)?;
     at(Step::Session, nix::unistd::setsid())?;
     join_cgroup(&p.cgroup_procs)?;
-    enter_root(&p.root, &p.binds)?;
+    enter_root(&p.root, &p.binds, &p.writable_binds)?;
     confine_and_exec(
         p.fds.len(),
         p.report,
@@ -350,6 +356,26 @@ pub(super) fn bind_read_only(
     remount_read_only(target)
 }
 
+/// Bind-mounts `file` writable (but without setuid or device nodes) onto `target`.
+pub(super) fn bind_writable(file: &std::ffi::CStr, target: &std::ffi::CStr) -> Result<(), Failure> {
+    let none: Option<&str> = None;
+    at(
+        Step::Bind,
+        nix::mount::mount(Some(file), target, none, MsFlags::MS_BIND, none),
+    )?;
+    remount_writable(target)
+}
+
+/// Makes the bind mount at `target` nosuid and nodev, leaving it writable.
+pub(super) fn remount_writable(target: &std::ffi::CStr) -> Result<(), Failure> {
+    let none: Option<&str> = None;
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    at(
+        Step::Remount,
+        nix::mount::mount(none, target, none, flags, none),
+    )
+}
+
 /// Makes the bind mount at `target` read-only, nosuid and nodev.
 pub(super) fn remount_read_only(target: &std::ffi::CStr) -> Result<(), Failure> {
     let none: Option<&str> = None;
@@ -364,10 +390,14 @@ pub(super) fn remount_read_only(target: &std::ffi::CStr) -> Result<(), Failure> 
     )
 }
 
-/// In a new mount namespace: binds `root` onto itself and `binds` (host, target) read-only
-/// into it, pivots into it, drops the old root, remounts the root read-only and sets the
+/// In a new mount namespace: binds `root` onto itself, `binds` (host, target) read-only
+/// and `writable_binds` writable into it, pivots into it, drops the old root, remounts the root read-only and sets the
 /// hostname.
-pub(super) fn enter_root(root: &CString, binds: &[(CString, CString)]) -> Result<(), Failure> {
+pub(super) fn enter_root(
+    root: &CString,
+    binds: &[(CString, CString)],
+    writable_binds: &[(CString, CString)],
+) -> Result<(), Failure> {
     let none: Option<&str> = None;
     at(
         Step::PrivateMounts,
@@ -383,6 +413,9 @@ pub(super) fn enter_root(root: &CString, binds: &[(CString, CString)]) -> Result
             none,
         ),
     )?;
+    for (host, target) in writable_binds {
+        bind_writable(host, target)?;
+    }
     for (host, target) in binds {
         bind_read_only(host, target)?;
     }

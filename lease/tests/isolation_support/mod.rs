@@ -102,7 +102,7 @@ pub fn boot_parked(
 ) -> (Booted, lease::jail::Jail) {
     let mut jail = None;
     let booted = boot_with(dir, cmdline, vcpus, mem_mib, |args, fds| {
-        let (child, launched) = parked.launch(guest, None, args, fds).expect("launch");
+        let (child, launched) = parked.launch(guest, None, None, args, fds).expect("launch");
         jail = Some(launched);
         child
     });

@@ -10,7 +10,7 @@ use super::net::{Net, VNET_HDR_LEN};
 use super::rate_limiter::{self, RateLimiter};
 use super::tap::{self, Tap};
 use super::{VirtioDevice, DEVICE_GSIS, MMIO_BASE, MMIO_WINDOW};
-use crate::device_specs::{DiskSpec, NetSpec};
+use crate::device_specs::{DiskSpec, NetSpec, TapSource};
 use crate::devices::mmio_bus::MmioBus;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::sync::Arc;
@@ -64,6 +64,21 @@ pub fn open(disks: &[DiskSpec], nets: &[NetSpec]) -> Result<Vec<Opened>, Error> 
     if count > DEVICE_GSIS.len() {
         return Err(Error::TooMany(count));
     }
+    // Each Tap owns (and closes) its fd: one fd named twice would be closed twice.
+    let mut fds: Vec<i32> = nets
+        .iter()
+        .filter_map(|n| match n.tap {
+            TapSource::Fd(fd) => Some(fd),
+            TapSource::Name(_) => None,
+        })
+        .collect();
+    fds.sort_unstable();
+    if let Some(pair) = fds.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::Tap(tap::Error::NotTap {
+            fd: pair[0],
+            what: "given to more than one --net".into(),
+        }));
+    }
     let mut out = Vec::with_capacity(count);
     for (i, d) in disks.iter().enumerate() {
         let disk = DiskImage::open(&d.path, d.read_only, d.cow.as_deref())?;
@@ -78,7 +93,10 @@ pub fn open(disks: &[DiskSpec], nets: &[NetSpec]) -> Result<Vec<Opened>, Error> 
         });
     }
     for (i, n) in nets.iter().enumerate() {
-        let tap = Tap::open(&n.tap, VNET_HDR_LEN as i32)?;
+        let tap = match &n.tap {
+            TapSource::Name(name) => Tap::open(name, VNET_HDR_LEN as i32)?,
+            TapSource::Fd(fd) => Tap::from_fd(*fd, VNET_HDR_LEN as i32)?,
+        };
         let rx = RateLimiter::new(n.bytes_per_s, None)?;
         let tx = RateLimiter::new(n.bytes_per_s, None)?;
         out.push(Opened {

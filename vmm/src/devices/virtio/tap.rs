@@ -1,9 +1,10 @@
-//! A tap device opened through /dev/net/tun: Ethernet frames with a virtio-net header in
-//! front (IFF_VNET_HDR), no packet-info prefix, non-blocking.
+//! A tap device opened through /dev/net/tun, or inherited already attached from the parent
+//! (a jailed VMM has no host network namespace to find a tap in): Ethernet frames with a
+//! virtio-net header in front (IFF_VNET_HDR), no packet-info prefix, non-blocking.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 /// Errors opening a tap.
@@ -19,6 +20,22 @@ pub enum Error {
         name: String,
         /// Why.
         source: std::io::Error,
+    },
+    /// An inherited fd that is not open.
+    #[error("tap fd {fd}: not an open file descriptor: {source}")]
+    BadFd {
+        /// The fd number.
+        fd: RawFd,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An inherited fd that is not a tap with a vnet header and no packet info.
+    #[error("tap fd {fd}: {what}")]
+    NotTap {
+        /// The fd number.
+        fd: RawFd,
+        /// What is wrong with it.
+        what: String,
     },
     /// An ioctl on the tap failed.
     #[error("tap {name}: {call}: {source}")]
@@ -66,6 +83,70 @@ impl Tap {
         // SAFETY: TUNSETIFF reads and writes one ifreq, which lives across the call.
         let rc = unsafe { libc::ioctl(tap.file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
         tap.check(rc, "TUNSETIFF")?;
+        tap.configure(vnet_hdr_len)?;
+        Ok(tap)
+    }
+
+    /// Takes over inherited fd `fd`, a /dev/net/tun file the parent already attached to a
+    /// tap (TUNSETIFF with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), and sets it up like
+    /// [`Tap::open`] does. The fd is closed when the tap is dropped.
+    pub fn from_fd(fd: RawFd, vnet_hdr_len: i32) -> Result<Tap, Error> {
+        // SAFETY: F_GETFL on any integer is harmless; it tells whether the fd is open.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if fd <= 2 || flags < 0 {
+            return Err(Error::BadFd {
+                fd,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: the fd is open (checked above) and was handed to this process on its
+        // command line for this device alone, so nothing else here owns or closes it.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let file = File::from(owned);
+        // SAFETY: ifreq is plain old data; all-zero is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        // SAFETY: TUNGETIFF writes one ifreq, which lives across the call.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNGETIFF, &mut req) };
+        if rc < 0 {
+            return Err(Error::NotTap {
+                fd,
+                what: format!(
+                    "TUNGETIFF: {} (not a tun/tap file attached to an interface)",
+                    std::io::Error::last_os_error()
+                ),
+            });
+        }
+        let name: String = req
+            .ifr_name
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8 as char)
+            .collect();
+        // SAFETY: TUNGETIFF filled the flags member of the union.
+        let got = i32::from(unsafe { req.ifr_ifru.ifru_flags });
+        let want = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+        if got & want != want {
+            return Err(Error::NotTap {
+                fd,
+                what: format!(
+                    "{name} has flags {got:#x}; needs IFF_TAP | IFF_NO_PI | IFF_VNET_HDR"
+                ),
+            });
+        }
+        // SAFETY: F_SETFL with an int argument on our open fd.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+        let tap = Tap { file, name };
+        tap.check(rc, "F_SETFL O_NONBLOCK")?;
+        // SAFETY: F_SETFD with an int argument on our open fd; threads never exec anyway.
+        let rc = unsafe { libc::fcntl(tap.file.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        tap.check(rc, "F_SETFD FD_CLOEXEC")?;
+        tap.configure(vnet_hdr_len)?;
+        Ok(tap)
+    }
+
+    /// The header size and offloads every tap gets, however it was opened.
+    fn configure(&self, vnet_hdr_len: i32) -> Result<(), Error> {
+        let tap = self;
         // SAFETY: TUNSETVNETHDRSZ reads one int, which lives across the call.
         let rc = unsafe { libc::ioctl(tap.file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &vnet_hdr_len) };
         tap.check(rc, "TUNSETVNETHDRSZ")?;
@@ -80,7 +161,7 @@ impl Tap {
             )
         };
         tap.check(rc, "TUNSETOFFLOAD")?;
-        Ok(tap)
+        Ok(())
     }
 
     fn check(&self, rc: libc::c_int, call: &'static str) -> Result<(), Error> {

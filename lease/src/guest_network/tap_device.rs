@@ -1,0 +1,33 @@
+//! Creating a lease's tap: /dev/net/tun attached to a new, non-persistent tap with a
+//! virtio-net header and no packet-info prefix, the flags `coinop-vmm --net fd=N` expects.
+//! Non-persistent means the kernel deletes the tap when the last fd on it closes, so a
+//! tap never outlives its VMM (and coinopd's own copy is closed right after the spawn).
+
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// Creates tap `name` and returns the attached fd (close-on-exec; the spawn places it).
+pub fn create(name: &str) -> std::io::Result<OwnedFd> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("tap name {name:?} must be 1 to 15 bytes"),
+        ));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+    // SAFETY: TUNSETIFF reads and writes one ifreq, which lives across the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file.into())
+}
