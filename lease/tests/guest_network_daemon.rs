@@ -292,8 +292,31 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
     assert!(!state.join("run").join(format!("{id}.net.json")).exists());
 }
 
+/// Slots of the pool with a parked process, by lease id (their marker says `parked PID`).
+fn parked_slots(state: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(state.join("pool")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|text| text.starts_with("parked ")))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The rootfs lease takes a slot built ahead: its root disk and tap reach the parked child.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network() {
+async fn a_rootfs_image_boots_from_its_overlay_in_a_pooled_slot_and_gets_a_network() {
+    a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(true).await;
+}
+
+/// Without a pool, the same lease's jail is built on the request path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rootfs_image_boots_from_its_overlay_in_a_jail_built_on_the_request_path() {
+    a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(false).await;
+}
+
+async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(pooled: bool) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIPPED: guest networking and the jail need root");
@@ -315,7 +338,13 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network() 
         base.display()
     );
     // auto (the default): the rootfs image gets a network, the test guest would not.
-    let (daemon, client) = NetnsDaemon::spawn(&state, &vmm, &guest, &["--image", &image]);
+    let pool = if pooled { "2" } else { "0" };
+    let (daemon, client) = NetnsDaemon::spawn(
+        &state,
+        &vmm,
+        &guest,
+        &["--image", &image, "--jail-pool", pool],
+    );
 
     let plain = call(
         &client,
@@ -327,6 +356,12 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network() 
     .await;
     assert_eq!(plain["http_status"], 201, "{plain}\n{}", daemon.log(&state));
     assert!(plain.get("network").is_none(), "no rootfs, no NIC: {plain}");
+    let plain_id = plain["lease_id"].as_str().expect("id");
+    if pooled {
+        wait_until("a parked slot for the next lease", || {
+            parked_slots(&state).iter().any(|slot| slot != plain_id)
+        });
+    }
 
     let created = call(
         &client,
@@ -350,6 +385,12 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network() 
         .to_string();
     let (pid, args) = holder_of(&tap, daemon.child.id()).expect("some process holds the tap");
     assert!(args.contains("--disk path=/rootfs,cow=/overlay"), "{args}");
+    assert_eq!(
+        state.join("pool").join(&id).exists(),
+        pooled,
+        "the lease took a slot built ahead iff the pool is on\n{}",
+        daemon.log(&state)
+    );
 
     let overlay = state.join("overlays").join(format!("{id}.overlay"));
     let meta = std::fs::metadata(&overlay).expect("the lease's overlay");
@@ -380,7 +421,6 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network() 
             .run_inside("ip", &["link", "show", "dev", &tap])
             .is_none()
     });
-    let plain_id = plain["lease_id"].as_str().expect("id");
     let plain_token = plain["token"].as_str().expect("token");
     let _ = call(
         &client,
