@@ -24,7 +24,8 @@ struct NetnsDaemon {
 
 impl Drop for NetnsDaemon {
     fn drop(&mut self) {
-        for pid in children_of(self.child.id()) {
+        let children = children_of(self.child.id());
+        for &pid in &children {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -32,6 +33,14 @@ impl Drop for NetnsDaemon {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A killed VMM takes a moment to tear its VM down; wait, so that the state dir's
+        // guard finds nothing left to kill.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while children.iter().any(|&p| lease::guest_stop::vmm_running(p))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -292,6 +301,20 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
     assert!(!state.join("run").join(format!("{id}.net.json")).exists());
 }
 
+/// The per-mount options of `point` as process `pid` sees it (its own mount namespace).
+fn mount_options(pid: i32, point: &str) -> Vec<String> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    // Fields: id, parent, major:minor, root, mount point, options, ... (the last wins).
+    info.lines()
+        .rev()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            (fields.get(4) == Some(&point)).then(|| fields.get(5).copied().unwrap_or_default())
+        })
+        .map(|o| o.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|| panic!("{point} is not a mount of {pid}:\n{info}"))
+}
+
 /// Slots of the pool with a parked process, by lease id (their marker says `parked PID`).
 fn parked_slots(state: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(state.join("pool")) else {
@@ -405,6 +428,15 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(po
         meta.len()
     );
     assert_eq!(std::fs::read(&base).expect("base"), vec![7u8; 1 << 20]);
+    assert_eq!(
+        mount_options(pid, "/rootfs").first().map(String::as_str),
+        Some("ro")
+    );
+    assert_eq!(
+        mount_options(pid, "/overlay").first().map(String::as_str),
+        Some("rw")
+    );
+    assert!(mount_options(pid, "/overlay").iter().any(|o| o == "nosuid"));
 
     let stopped = call(
         &client,
