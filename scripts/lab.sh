@@ -13,7 +13,7 @@
 #                             LAB_STALL=S L1 counts as hung after S s without a result (900)
 #                             LAB_VERBOSE=1 also logs one L2 boot's full kernel console
 #                             LAB_ONLY=virtio runs only the virtio step (disks, NIC)
-#                             LAB_ROOTFS=1 adds images/rootfs and the SSH login check
+#                             LAB_ROOTFS=0 skips images/rootfs and the SSH login check
 set -euo pipefail
 # The whole script is one brace group, read before it runs: editing this file while a lab
 # is running (a 10-minute job) cannot derail that run.
@@ -39,7 +39,7 @@ l2_kernel_dir=$(images/linux/build.sh)
 say "L2 initramfs (images/initramfs/build.sh; cached)"
 l2_initramfs=$(images/initramfs/build.sh)
 
-if [ "${LAB_ROOTFS:-0}" = 1 ]; then
+if [ "${LAB_ROOTFS:-1}" = 1 ]; then
   say "L2 root filesystem with dropbear (images/rootfs/build.sh; cached)"
   export L2_ROOTFS=$(images/rootfs/build.sh)
 fi
