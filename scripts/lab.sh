@@ -11,6 +11,7 @@
 #                             LAB_PEERS=0 skips QEMU (the side-by-side figures); coinop only
 #                             LAB_TIMEOUT=S hard limit on the L1 run (default 1800)
 #                             LAB_STALL=S L1 counts as hung after S s without a result (900)
+#                             LAB_ATTEMPTS=N runs when L1 wedges (default 3, see watch_l1)
 #                             LAB_VERBOSE=1 also logs one L2 boot's full kernel console
 #                             LAB_ONLY=virtio runs only the virtio step (disks, NIC)
 #                             LAB_ROOTFS=0 skips images/rootfs and the SSH login check
@@ -25,6 +26,8 @@ runs=${LAB_RUNS:-10}
 peers=${LAB_PEERS:-1}
 limit=${LAB_TIMEOUT:-1800}
 stall=${LAB_STALL:-900}
+attempts=${LAB_ATTEMPTS:-3}
+beat_limit=${LAB_BEAT_LIMIT:-120}
 cache_root=${COINOP_CACHE:-/var/cache/coinop}
 # --target keeps the static build apart from the workspace's normal artefacts.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$COINOP_ROOT/target}
@@ -62,19 +65,30 @@ trap 'rm -rf "$work"' EXIT
 say "L1 kernel and initramfs"
 images/lab/build-l1.sh "$work" "$l2_kernel_dir" "$l2_initramfs" "$vmm"
 
-# Kills L1 (and marks DIR/stalled) once LOG has gone STALL seconds without a new LAB line:
-# a wedged L1 then fails in minutes instead of at the hard limit.
-watch_stall() {
-  local log=$1 dir=$2 seen=-1 since=$SECONDS n
-  while sleep 10; do
-    n=$(grep -c '^LAB ' "$log" 2>/dev/null || true)
-    if [ "$n" != "$seen" ]; then
-      seen=$n since=$SECONDS
+# Watches L1's console LOG and kills L1 (pid in DIR/l1.pid) when it is wedged: its kernel
+# reported a soft lockup of a minute or more, or its heartbeat (a line every 10 s from /init) stopped for
+# $beat_limit s; DIR/wedged says why. Also kills it when no result came for $stall s
+# (DIR/stalled): every step inside L1 has its own timeout, so that is L1 too.
+watch_l1() {
+  local log=$1 dir=$2 seen=-1 since=$SECONDS beats=0 beat_at=0 n b
+  while sleep 5; do
+    n=$(grep -ac '^LAB ' "$log" || true)
+    b=$(grep -ac '^LAB-HEARTBEAT' "$log" || true)
+    [ "$n" != "$seen" ] && seen=$n since=$SECONDS
+    [ "$b" != "$beats" ] && beats=$b beat_at=$SECONDS
+    # A CPU starved for a while on a loaded host also trips the lockup watchdog; a minute
+    # is wedged.
+    if grep -aq 'soft lockup - CPU#[0-9]* stuck for \([6-9][0-9]\|[0-9]\{3,\}\)s' "$log"; then
+      echo "L1's kernel reported a soft lockup: $(grep -a 'soft lockup' "$log" | tail -n 1)" >"$dir/wedged"
+    elif [ "$beats" -gt 0 ] && [ $((SECONDS - beat_at)) -ge "$beat_limit" ]; then
+      echo "L1's heartbeat stopped $((SECONDS - beat_at)) s ago" >"$dir/wedged"
     elif [ $((SECONDS - since)) -ge "$stall" ]; then
       touch "$dir/stalled"
-      kill "$(cat "$dir/l1.pid" 2>/dev/null)" 2>/dev/null || true
-      return
+    else
+      continue
     fi
+    kill "$(cat "$dir/l1.pid" 2>/dev/null)" 2>/dev/null || true
+    return
   done
 }
 
@@ -83,19 +97,19 @@ mkdir -p "$cache_root/lab/runs"
 attempt=1
 l1_t0=$SECONDS
 while :; do
-  # A retry gets what is left of the limit: both attempts together stay within it.
+  # A retry gets what is left of the limit: all attempts together stay within it.
   left=$((limit - (SECONDS - l1_t0)))
   log=$cache_root/lab/runs/$(date +%Y%m%d-%H%M%S)-$$-$attempt.log
   ln -sfn "$log" "$cache_root/lab/last-run.log"
-  say "booting L1 under QEMU TCG (limit ${left} s, ${stall} s without a result counts as hung)"
-  rm -f "$work/l1.pid" "$work/stalled"
+  say "booting L1 under QEMU TCG (limit ${left} s; L1 wedged: soft lockup, ${beat_limit} s without a heartbeat, or ${stall} s without a result)"
+  rm -f "$work/l1.pid" "$work/stalled" "$work/wedged"
   ( timeout --kill-after=10 "$left" qemu-system-x86_64 -accel tcg -cpu max -M q35 -m 2G -smp 2 \
       -nographic -no-reboot -pidfile "$work/l1.pid" -kernel "$work/vmlinuz" -initrd "$work/initramfs.cpio" \
       -append "console=ttyS0 quiet panic=-1 lab.runs=$runs lab.peers=$peers lab.verbose=${LAB_VERBOSE:-0} ${LAB_ONLY:+lab.only=$LAB_ONLY}" \
       </dev/null 2>&1; echo $? >"$work/l1.rc" ) |
     sed -u 's/\r$//' | tee "$log" | grep --line-buffered '^LAB ' &
   pipeline=$!
-  watch_stall "$log" "$work" &
+  watch_l1 "$log" "$work" &
   watcher=$!
   wait "$pipeline" || true
   kill "$watcher" 2>/dev/null || true
@@ -104,16 +118,16 @@ while :; do
   say "L1 run log: $log"
   grep -q '^LAB RESULT: PASS' "$log" && break
   case "$qemu_rc" in 124|137) say "L1 did not finish within ${limit} s" ;; esac
-  if [ -e "$work/stalled" ]; then
-    say "L1 hung: no result for ${stall} s after: $(grep '^LAB ' "$log" | tail -n 1)"
-    # Every step inside L1 has its own timeout (at most 300 s) and reports a FAIL when it
-    # runs out, so silence this long means L1's kernel itself is wedged (its emulated KVM
-    # under TCG; seen with and without a soft-lockup report): the nested setup's failure,
-    # not a result of the step. Say so, and try the whole lab once more.
-    if [ "$attempt" = 1 ] && [ "$((limit - (SECONDS - l1_t0)))" -ge 600 ]; then
-      say "L1 wedged (nested KVM under TCG), not a failed step; retrying the lab once"
-      grep -m 3 'soft lockup' "$log" >&2 || true
-      attempt=2
+  if [ -e "$work/stalled" ] || [ -e "$work/wedged" ]; then
+    say "L1 hung after: $(grep -a '^LAB ' "$log" | tail -n 1)"
+    say "$(cat "$work/wedged" 2>/dev/null || echo "no result for ${stall} s")"
+    # Every step inside L1 has its own timeout and reports its own FAIL, so this is L1's
+    # kernel wedged in its emulated KVM (seen a few times in twenty runs on this kind of
+    # host, under coinop-vmm and QEMU alike): the nested setup's failure, not a result.
+    # Say so, and run the lab again within the same overall limit.
+    if [ "$attempt" -lt "$attempts" ] && [ "$((limit - (SECONDS - l1_t0)))" -ge 300 ]; then
+      attempt=$((attempt + 1))
+      say "L1 wedged (nested KVM under TCG), not a failed step; lab attempt $attempt of $attempts"
       continue
     fi
   fi
