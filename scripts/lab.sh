@@ -14,7 +14,8 @@
 #                             LAB_ATTEMPTS=N runs when L1 wedges (default 3, see watch_l1)
 #                             LAB_VERBOSE=1 also logs one L2 boot's full kernel console
 #                             LAB_ONLY=virtio runs only the virtio step (disks, NIC)
-#                             LAB_ROOTFS=0 skips images/rootfs and the SSH login check
+#                             LAB_ROOTFS=0 skips images/rootfs, the SSH login check and
+#                             the coinopd lease step (it leases that image)
 set -euo pipefail
 # The whole script is one brace group, read before it runs: editing this file while a lab
 # is running (a 10-minute job) cannot derail that run.
@@ -52,6 +53,12 @@ target=x86_64-unknown-linux-gnu
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release --target "$target" \
   -p vmm --bin coinop-vmm
 vmm=$CARGO_TARGET_DIR/$target/release/coinop-vmm
+if [ "${LAB_ROOTFS:-1}" = 1 ]; then
+  # Dynamically linked (glibc only: SQLite is bundled); build-l1.sh copies the libraries.
+  say "coinopd and coinop, release"
+  cargo build --quiet --release -p lease --bin coinopd --bin coinop
+  export LAB_COINOPD=$CARGO_TARGET_DIR/release/coinopd LAB_COINOP=$CARGO_TARGET_DIR/release/coinop
+fi
 
 # One lab at a time per machine: two TCG L1s on 2 cores starve each other into timeouts.
 exec 9>"${TMPDIR:-/tmp}/coinop-lab.run.lock"

@@ -2,7 +2,9 @@
 # Builds the lab's L1: Debian's cloud kernel (vmlinuz) and an uncompressed initramfs holding
 # busybox, the kernel's kvm + kvm-amd modules (and their dependencies, per modinfo),
 # coinop-vmm, QEMU (for the microvm comparison), the boot timer helper, and the L2 kernel
-# and initramfs.
+# and initramfs. With L2_ROOTFS also images/rootfs and its SSH client; with LAB_COINOPD and
+# LAB_COINOP (release binaries) also coinopd and its CLI, with nft, iproute2's ip, ldd and
+# the netfilter modules coinopd's guest networking needs (the l1-coinopd step).
 #
 #   images/lab/build-l1.sh OUTDIR L2_KERNEL_DIR L2_INITRAMFS COINOP_VMM
 #
@@ -51,16 +53,49 @@ module_load_order() {
   echo "$path"
 }
 
-# Copies a dynamically linked program and every library it loads into the root.
+# Copies a dynamically linked program and every library it loads into the root; a library
+# the host's loader cannot find is an error, not a skip.
 copy_with_libs() {
-  local root=$1 prog=$2 lib
+  local root=$1 prog=$2 lib missing
   mkdir -p "$root$(dirname "$prog")"
   cp -L "$prog" "$root$prog"
+  missing=$(ldd "$prog" 2>/dev/null | awk '/not found/ { print $1 }' | tr '\n' ' ')
+  [ -z "$missing" ] || die "$prog needs libraries this host lacks: $missing"
   for lib in $(ldd "$prog" 2>/dev/null | grep -o '/[^ ]*'); do
     [ -e "$root$lib" ] && continue
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
   done
+}
+
+# coinopd and coinop in /usr/bin; nft and iproute2's ip in /usr/sbin (busybox's ip in /bin
+# stays first on L1's PATH, coinopd's PATH puts /usr/sbin first); ldd (coinopd runs it on
+# the VMM at start-up) with the bash it is written in; the /etc files nft and ip read.
+add_coinopd() {
+  local root=$1 p f
+  [ -n "${LAB_COINOP:-}" ] || die "LAB_COINOPD without LAB_COINOP"
+  for p in "$LAB_COINOPD" "$LAB_COINOP"; do
+    p=$(readlink -f "$p")
+    [ -x "$p" ] || die "$p missing"
+    copy_with_libs "$root" "$p"
+    [ "$p" = "/usr/bin/$(basename "$p")" ] || mv "$root$p" "$root/usr/bin/$(basename "$p")"
+  done
+  mkdir -p "$root/usr/sbin"
+  for p in nft ip; do
+    f=$(command -v "$p") || die "$p missing on the build host (nftables, iproute2)"
+    f=$(readlink -f "$f")
+    copy_with_libs "$root" "$f"
+    [ "$f" = "/usr/sbin/$p" ] || mv "$root$f" "$root/usr/sbin/$p"
+  done
+  copy_with_libs "$root" "$(readlink -f "$(command -v bash)")"
+  rm -f "$root/bin/bash"  # busybox may offer a bash applet: ldd needs the real one
+  cp -L "$(command -v bash)" "$root/bin/bash"
+  cp -L "$(command -v ldd)" "$root/usr/bin/ldd"
+  mkdir -p "$root/etc"
+  for f in /etc/protocols /etc/services /etc/iproute2; do
+    [ -e "$f" ] && cp -a "$f" "$root/etc/"
+  done
+  say "L1 coinopd: $(basename "$LAB_COINOPD"), $(basename "$LAB_COINOP"), nft, ip, ldd"
 }
 
 main() {
@@ -75,7 +110,11 @@ main() {
   moddir=$(echo "$kdir"/lib/modules/*)
   : >"$root/lib/modules/lab/order"
   local name
-  for m in $( { module_load_order "$moddir" kvm-amd; module_load_order "$moddir" tun; } | awk '!seen[$0]++'); do
+  local extra_modules=tun
+  # coinopd's ip coinop table: nat chains, dnat, masquerade, fib, ct state.
+  [ -n "${LAB_COINOPD:-}" ] && extra_modules="$extra_modules nf_tables nft_chain_nat nft_nat nft_masq nft_fib_ipv4 nft_ct"
+  for m in $( { module_load_order "$moddir" kvm-amd; for m in $extra_modules; do module_load_order "$moddir" "$m"; done; } |
+    awk '!seen[$0]++'); do
     name=$(basename "$m")
     name=${name%.xz}
     name=${name%.zst}
@@ -96,6 +135,7 @@ main() {
   ln -s bin "$root/sbin"
   install -m 0755 "$here/l1-init" "$root/init"
   install -m 0644 "$here/l1-virtio" "$root/lib/l1-virtio"
+  install -m 0644 "$here/l1-coinopd" "$root/lib/l1-coinopd"
   gcc -static -O2 -Wall -Wextra -Werror -o "$root/bin/boottime" "$here/boottime.c"
   copy_with_libs "$root" "$(readlink -f "$vmm")"
   [ "$(readlink -f "$vmm")" = /usr/bin/coinop-vmm ] || mv "$root$(readlink -f "$vmm")" "$root/usr/bin/coinop-vmm"
@@ -112,6 +152,7 @@ main() {
     cp "$L2_ROOTFS" "$root/l2/rootfs.ext4"
     cp -a "$(dirname "$L2_ROOTFS")/client/." "$root/"
   fi
+  [ -n "${LAB_COINOPD:-}" ] && add_coinopd "$root"
   mknod -m 600 "$root/dev/console" c 5 1
   (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$outdir/initramfs.cpio"
   say "L1 initramfs: $outdir/initramfs.cpio ($(du -h "$outdir/initramfs.cpio" | cut -f1))"

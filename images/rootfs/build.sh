@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds coinop's root filesystem image: busybox-static plus dropbear (SSH server), an
 # init that configures eth0 and installs the authorised key from the kernel command line
-# (see ./init). ext4, 64 MiB, made with mke2fs -d (no loop mount, no root needed for that).
+# (see ./init), and ../initramfs/outb.c for the boot timer signal. ext4, 64 MiB, made with mke2fs -d (no loop mount, no root needed for that).
 #
 #   images/rootfs/build.sh [OUTFILE]
 #
 # Cached under $COINOP_CACHE/rootfs/<key>, keyed by (busybox-static and dropbear-bin
-# versions, init, this script). Prints the image path; also writes dbclient (the matching
+# versions, init, outb.c, this script). Prints the image path; also writes dbclient (the matching
 # SSH client, and dropbearkey, with their libraries) under <key>/client/ for the lab.
 set -euo pipefail
 
@@ -24,7 +24,8 @@ dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok in
 bb_version=$(dpkg-query -W -f='${Version}' busybox-static)
 db_version=$(apt-cache policy dropbear-bin | awk '/Candidate:/ { print $2 }')
 [ -n "$db_version" ] && [ "$db_version" != "(none)" ] || die "dropbear-bin not available from apt"
-key=$( { echo "$bb_version $db_version"; cat "$here/init" "$0"; } | sha256sum | cut -c1-16)
+outb_src=$here/../initramfs/outb.c
+key=$( { echo "$bb_version $db_version"; cat "$here/init" "$outb_src" "$0"; } | sha256sum | cut -c1-16)
 dir=$cache_root/rootfs/$key
 image=$dir/rootfs.ext4
 
@@ -68,6 +69,9 @@ else
   copy_with_libs "$root" /usr/sbin/dropbear "$tmp/db"
   copy_with_libs "$root" /usr/bin/dropbearkey "$tmp/db"
   install -m 0755 "$here/init" "$root/sbin/coinop-init"
+  # The boot timer signal (see ../initramfs/outb.c): coinopd counts a lease as booted on it.
+  gcc -static -nostdlib -s -O2 -fno-stack-protector -fno-pie -no-pie -Wall -Wextra -Werror \
+    -o "$root/bin/outb" "$outb_src"
   echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
   # '*': no password can log in, yet the account is not blank (dropbear refuses users with
   # an empty password field whatever the auth method) nor locked ('!'): keys only.
