@@ -11,6 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
 use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
+use common::leases::CreatedLease;
 use common::{kvm_or_skip, wait_for, Daemon};
 use lease::client::Reply;
 use lease::fault::{point, ENV};
@@ -66,22 +67,6 @@ fn credit(proofs: &[payment::credit::nut_types::Proof]) -> Value {
     json!({"credit": {"proofs": proofs}})
 }
 
-/// Creates a lease; the fault kills coinopd before it answers.
-async fn create_into_crash(d: Daemon, body: &Value) {
-    let r = d
-        .client
-        .call(
-            "POST",
-            "/v1/leases",
-            None,
-            Some(serde_json::to_vec(body).expect("json")),
-        )
-        .await;
-    assert!(r.is_err(), "coinopd answered despite the fault: {r:?}");
-    let status = d.wait_crash().await;
-    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
-}
-
 /// The only lease in the ledger (the one whose reply was lost).
 fn only_lease(dir: &Path) -> String {
     let rows = ledger(dir).list().expect("list");
@@ -129,7 +114,7 @@ async fn a_credit_create_lost_after_the_commit_is_recovered_booted_and_kept_from
     let payment = credit(&proofs);
     let key = new_key();
     let body = create_body(&payment, "mode=echo", Some(&key));
-    create_into_crash(d, &body).await;
+    d.create_into_crash(&body).await;
 
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
     let id = only_lease(dir.path());
@@ -197,10 +182,7 @@ async fn a_credit_create_lost_after_the_commit_is_recovered_booted_and_kept_from
     let b = books_balance(dir.path(), &id);
     assert_eq!(b.paid_msat, 20_000, "{b:?}");
 
-    let stop = d
-        .call("POST", &format!("/v1/leases/{id}/stop"), Some(&t4), None)
-        .await;
-    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.stop_lease(&id, &t4).await;
     books_balance(dir.path(), &id);
     d.shutdown().await;
 }
@@ -216,7 +198,7 @@ async fn an_onchain_create_lost_after_the_boot_is_recovered_only_with_its_key() 
     let payment = d.onchain_payment(600).await;
     let key = new_key();
     let body = create_body(&payment, "mode=echo", Some(&key));
-    create_into_crash(d, &body).await;
+    d.create_into_crash(&body).await;
 
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
     let id = only_lease(dir.path());
@@ -253,10 +235,7 @@ async fn an_onchain_create_lost_after_the_boot_is_recovered_only_with_its_key() 
         "paid once: {b:?}"
     );
 
-    let stop = d
-        .call("POST", &format!("/v1/leases/{id}/stop"), Some(&token), None)
-        .await;
-    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.stop_lease(&id, &token).await;
     books_balance(dir.path(), &id);
     d.shutdown().await;
 }
@@ -273,12 +252,12 @@ async fn retries_of_a_delivered_create_rotate_the_token_and_reuse_stays_refused(
     let payment = credit(&proofs);
     let key = new_key();
     let body = create_body(&payment, "mode=echo", Some(&key));
-    let first = create(&d, &body).await;
-    assert_eq!(first.status, 201, "{}", first.text());
-    let v = first.json();
+    let CreatedLease {
+        id,
+        token: t1,
+        reply: v,
+    } = d.create_lease(body.clone()).await;
     assert_eq!(v["token_seq"], 1);
-    let id = v["lease_id"].as_str().expect("id").to_string();
-    let t1 = v["token"].as_str().expect("token").to_string();
     assert_eq!(show(&d, &id, &t1).await.status, 200);
 
     // A retry, a stranger and another retry, all at once.
@@ -313,15 +292,7 @@ async fn retries_of_a_delivered_create_rotate_the_token_and_reuse_stays_refused(
         .find(|l| l.contains(r#"result="recovered""#) && l.contains(r#"kind="credit""#))
         .unwrap_or_else(|| panic!("no recovered payments in {m}"));
     assert!(line.ends_with(" 2"), "{line}");
-    let stop = d
-        .call(
-            "POST",
-            &format!("/v1/leases/{id}/stop"),
-            Some(valid[0]),
-            None,
-        )
-        .await;
-    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.stop_lease(&id, valid[0]).await;
     d.shutdown().await;
 }
 
@@ -404,10 +375,7 @@ async fn coinop_lease_create_run_again_after_a_lost_reply_gets_the_lease() {
         "the recovered lease to boot",
     )
     .await;
-    let stop = d
-        .call("POST", &format!("/v1/leases/{id}/stop"), Some(token), None)
-        .await;
-    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.stop_lease(&id, token).await;
     d.shutdown().await;
 }
 
@@ -429,7 +397,7 @@ async fn a_lost_boot_failure_refund_is_signed_again_for_the_same_outputs_only() 
     let key = new_key();
     let mut body = create_body(&credit(&proofs), "mode=echo", Some(&key));
     body["outputs"] = json!(outputs);
-    create_into_crash(d, &body).await;
+    d.create_into_crash(&body).await;
 
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
     let id = only_lease(dir.path());
@@ -499,9 +467,7 @@ async fn a_full_host_still_answers_the_retry_that_owns_the_lease_filling_it() {
     // All of the host's memory (2048 MiB in the test config): nothing else fits.
     let mut body = create_body(&payment, "mode=echo", Some(&key));
     body["mem_mib"] = json!(2048);
-    let first = create(&d, &body).await;
-    assert_eq!(first.status, 201, "{}", first.text());
-    let id = first.json()["lease_id"].as_str().expect("id").to_string();
+    let id = d.create_lease(body.clone()).await.id;
 
     let (token, seq) = recovered(&create(&d, &body).await, &id);
     assert_eq!(seq, 2);
@@ -513,10 +479,7 @@ async fn a_full_host_still_answers_the_retry_that_owns_the_lease_filling_it() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "host_full");
     books_balance(dir.path(), &id);
-    let stop = d
-        .call("POST", &format!("/v1/leases/{id}/stop"), Some(&token), None)
-        .await;
-    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.stop_lease(&id, &token).await;
     d.shutdown().await;
 }
 
@@ -533,19 +496,18 @@ async fn a_lease_that_never_booted_waits_for_room_and_boots_on_a_later_retry() {
     let key = new_key();
     let mut body = create_body(&payment, "mode=echo", Some(&key));
     body["mem_mib"] = json!(1024);
-    create_into_crash(d, &body).await;
+    d.create_into_crash(&body).await;
 
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
     let id = only_lease(dir.path());
     // Someone else takes the whole host meanwhile.
     let mut big = create_body(&other, "mode=echo", None);
     big["mem_mib"] = json!(2048);
-    let b = create(&d, &big).await;
-    assert_eq!(b.status, 201, "{}", b.text());
-    let (big_id, big_token) = (
-        b.json()["lease_id"].as_str().expect("id").to_string(),
-        b.json()["token"].as_str().expect("token").to_string(),
-    );
+    let CreatedLease {
+        id: big_id,
+        token: big_token,
+        ..
+    } = d.create_lease(big).await;
 
     let full = create(&d, &body).await;
     assert_eq!(full.status, 503, "{}", full.text());
@@ -557,24 +519,13 @@ async fn a_lease_that_never_booted_waits_for_room_and_boots_on_a_later_retry() {
     assert_eq!(shown.status, 200, "the token works: {}", shown.text());
     assert_eq!(shown.json()["state"], "stopped");
 
-    let stop = d
-        .call(
-            "POST",
-            &format!("/v1/leases/{big_id}/stop"),
-            Some(&big_token),
-            None,
-        )
-        .await;
-    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.stop_lease(&big_id, &big_token).await;
     let (token, seq) = recovered(&create(&d, &body).await, &id);
     assert_eq!(seq, 3);
     assert_eq!(show(&d, &id, &waiting).await.status, 401);
     assert_eq!(show(&d, &id, &token).await.json()["state"], "running");
     books_balance(dir.path(), &id);
     books_balance(dir.path(), &big_id);
-    let stop = d
-        .call("POST", &format!("/v1/leases/{id}/stop"), Some(&token), None)
-        .await;
-    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.stop_lease(&id, &token).await;
     d.shutdown().await;
 }
