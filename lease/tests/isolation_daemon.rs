@@ -4,8 +4,8 @@
 
 mod common;
 
+use common::leases::{testguest_body, CreatedLease};
 use common::{kvm_or_skip, wait_for, Daemon};
-use serde_json::json;
 use std::io::Write;
 use std::path::Path;
 
@@ -51,19 +51,7 @@ async fn a_lease_runs_jailed_in_its_cgroup_and_stop_cleans_up() {
     )
     .await;
     let payment = d.onchain_payment(60).await;
-    let r = d
-        .call(
-            "POST",
-            "/v1/leases",
-            None,
-            Some(json!({"vcpus": 1, "mem_mib": 64, "image": "testguest",
-            "cmdline": "mode=echo", "payment": payment})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let v = r.json();
-    let id = v["lease_id"].as_str().expect("id").to_string();
-    let token = v["token"].as_str().expect("token").to_string();
+    let CreatedLease { id, token, .. } = d.create_lease(testguest_body("mode=echo", payment)).await;
     let pid = lease_pid(dir.path(), &id);
 
     // Own PID namespace: PID 1 inside.
@@ -124,10 +112,7 @@ async fn a_lease_runs_jailed_in_its_cgroup_and_stop_cleans_up() {
         );
     }
 
-    let s = d
-        .call("POST", &format!("/v1/leases/{id}/stop"), Some(&token), None)
-        .await;
-    assert_eq!(s.status, 200, "{}", s.text());
+    d.stop_lease(&id, &token).await;
     let control = dir.path().join("run").join(format!("{id}.sock"));
     wait_for(
         async || !jail_root.exists() && !control.exists(),

@@ -6,10 +6,11 @@
 
 mod common;
 
+use common::leases::testguest_body;
 use common::{kvm_or_skip, wait_for, Daemon};
 use lease::cgroup::{detect, Cgroups, Limits};
 use lease::isolation::CGROUP_PARENT;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -90,30 +91,15 @@ async fn create(d: &Daemon, vcpus: u32, mem_mib: u64) -> (String, String) {
     let payment = lease::regtest_pay::pay_quote(&d.client, q["quote_id"].as_str().expect("id"))
         .await
         .expect("regtest payment");
-    let r = d
-        .call(
-            "POST",
-            "/v1/leases",
-            None,
-            Some(
-                json!({"vcpus": vcpus, "mem_mib": mem_mib, "image": "testguest",
-                        "cmdline": "mode=echo", "payment": payment}),
-            ),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let v: Value = r.json();
-    (
-        v["lease_id"].as_str().expect("id").to_string(),
-        v["token"].as_str().expect("token").to_string(),
-    )
+    let mut body = testguest_body("mode=echo", payment);
+    body["vcpus"] = json!(vcpus);
+    body["mem_mib"] = json!(mem_mib);
+    let lease = d.create_lease(body).await;
+    (lease.id, lease.token)
 }
 
 async fn stop(d: &Daemon, id: &str, token: &str) {
-    let s = d
-        .call("POST", &format!("/v1/leases/{id}/stop"), Some(token), None)
-        .await;
-    assert_eq!(s.status, 200, "{}", s.text());
+    d.stop_lease(id, token).await;
 }
 
 fn read_trimmed(path: &Path) -> String {
