@@ -3,21 +3,13 @@
 //! libraries, the kernel and /dev/kvm.
 
 mod isolation_support;
+mod proc_status;
 
 use isolation_support::{boot, build_guest, control, jail_config, ready};
 use lease::jail::Ended;
+use proc_status::status_field;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-
-fn status_field(pid: i32, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-        .trim()
-        .to_string()
-}
 
 /// Every non-directory path under `root`, relative, as the jailed process sees its `/`.
 fn files_under(root: &Path, prefix: &Path, out: &mut BTreeSet<PathBuf>) {

@@ -2,21 +2,13 @@
 //! exists, and a launch turns that same process into the VMM on the lease's image.
 
 mod isolation_support;
+mod proc_status;
 
 use isolation_support::{boot_parked, build_guest, control, jail_config, ready, skip};
 use lease::cgroup::{detect, Cgroups, Limits};
 use lease::jail::Ended;
+use proc_status::status_field;
 use std::path::Path;
-
-fn status_field(pid: i32, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-        .trim()
-        .to_string()
-}
 
 fn remove_parents(cgroups: &Cgroups) {
     if let Cgroups::V1 {

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::lease_pid::lease_pid;
 use common::leases::testguest_body;
 use common::{kvm_or_skip, wait_for, Daemon};
 use lease::cgroup::{detect, Cgroups, Limits};
@@ -74,16 +75,6 @@ async fn full_pool(state_dir: &Path, count: usize, exclude: &[&str]) -> BTreeMap
     };
     wait_for(async || ready().len() == count, "a full slot pool").await;
     ready()
-}
-
-fn lease_pid(state_dir: &Path, id: &str) -> i32 {
-    let db = rusqlite::Connection::open_with_flags(
-        state_dir.join("ledger.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open ledger read-only");
-    db.query_row("SELECT pid FROM leases WHERE id = ?1", [id], |r| r.get(0))
-        .expect("the lease's pid")
 }
 
 async fn create(d: &Daemon, vcpus: u32, mem_mib: u64) -> (String, String) {

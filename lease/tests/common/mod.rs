@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod guest_reaper;
+pub mod lease_pid;
 pub mod leases;
 
 pub use guest_reaper::StateDir;
