@@ -188,16 +188,24 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
+/// coinop-vmm and the test guest when this host can run a networked, jailed lease (root
+/// and /dev/kvm); prints the SKIPPED line and gives `None` when it cannot.
+fn root_kvm_or_skip() -> Option<(PathBuf, PathBuf)> {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIPPED: guest networking and the jail need root");
-        return;
+        return None;
     }
     if !common::kvm_or_skip() {
-        return;
+        return None;
     }
-    let (vmm, guest) = common::vmm_and_guest().expect("checked by kvm_or_skip");
+    Some(common::vmm_and_guest().expect("checked by kvm_or_skip"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
+    let Some((vmm, guest)) = root_kvm_or_skip() else {
+        return;
+    };
     // Reaps any VMM of this state dir that outlived the test, after the daemon guard.
     let dir = common::StateDir::new();
     let state: PathBuf = dir.path().to_path_buf();
@@ -341,14 +349,9 @@ async fn a_rootfs_image_boots_from_its_overlay_in_a_jail_built_on_the_request_pa
 
 async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(pooled: bool) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: guest networking and the jail need root");
+    let Some((vmm, guest)) = root_kvm_or_skip() else {
         return;
-    }
-    if !common::kvm_or_skip() {
-        return;
-    }
-    let (vmm, guest) = common::vmm_and_guest().expect("checked by kvm_or_skip");
+    };
     // Reaps any VMM of this state dir that outlived the test, after the daemon guard.
     let dir = common::StateDir::new();
     let state: PathBuf = dir.path().to_path_buf();
