@@ -48,6 +48,19 @@ impl Drop for Guests {
     }
 }
 
+/// A real coinopd on a fresh state dir, started with `env` (e.g. an injected fault), whose
+/// guests are killed when the test ends; `None` after the SKIPPED line where guests cannot
+/// boot. Bind the parts in this order so they drop daemon first, state dir last.
+async fn guarded_coinopd(env: &[(&str, &str)]) -> Option<(common::StateDir, Guests, Daemon)> {
+    if !kvm_or_skip() {
+        return None;
+    }
+    let dir = common::StateDir::new();
+    let guests = Guests(dir.path().to_path_buf());
+    let d = Daemon::spawn(dir.path(), &[], env).await;
+    Some((dir, guests, d))
+}
+
 fn new_key() -> String {
     let mut bytes = [0u8; 32];
     OsRng.fill_bytes(&mut bytes);
@@ -104,12 +117,9 @@ fn recovered(r: &Reply, id: &str) -> (String, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credit_create_lost_after_the_commit_is_recovered_booted_and_kept_from_others() {
-    if !kvm_or_skip() {
+    let Some((dir, _guests, d)) = guarded_coinopd(&[(ENV, point::CREATE_COMMITTED)]).await else {
         return;
-    }
-    let dir = common::StateDir::new();
-    let _guests = Guests(dir.path().to_path_buf());
-    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_COMMITTED)]).await;
+    };
     let proofs = d.mint_credit(20).await;
     let payment = credit(&proofs);
     let key = new_key();
@@ -189,12 +199,9 @@ async fn a_credit_create_lost_after_the_commit_is_recovered_booted_and_kept_from
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_onchain_create_lost_after_the_boot_is_recovered_only_with_its_key() {
-    if !kvm_or_skip() {
+    let Some((dir, _guests, d)) = guarded_coinopd(&[(ENV, point::CREATE_GUEST_READY)]).await else {
         return;
-    }
-    let dir = common::StateDir::new();
-    let _guests = Guests(dir.path().to_path_buf());
-    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_GUEST_READY)]).await;
+    };
     let payment = d.onchain_payment(600).await;
     let key = new_key();
     let body = create_body(&payment, "mode=echo", Some(&key));
@@ -242,12 +249,9 @@ async fn an_onchain_create_lost_after_the_boot_is_recovered_only_with_its_key() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_of_a_delivered_create_rotate_the_token_and_reuse_stays_refused() {
-    if !kvm_or_skip() {
+    let Some((dir, _guests, d)) = guarded_coinopd(&[]).await else {
         return;
-    }
-    let dir = common::StateDir::new();
-    let _guests = Guests(dir.path().to_path_buf());
-    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    };
     let proofs = d.mint_credit(15).await;
     let payment = credit(&proofs);
     let key = new_key();
@@ -307,12 +311,9 @@ fn coinop(socket: &Path, args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coinop_lease_create_run_again_after_a_lost_reply_gets_the_lease() {
-    if !kvm_or_skip() {
+    let Some((dir, _guests, d)) = guarded_coinopd(&[(ENV, point::CREATE_COMMITTED)]).await else {
         return;
-    }
-    let dir = common::StateDir::new();
-    let _guests = Guests(dir.path().to_path_buf());
-    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_COMMITTED)]).await;
+    };
     let proofs = d.mint_credit(12).await;
     let proofs_file = dir.path().join("proofs.json");
     std::fs::write(&proofs_file, serde_json::to_vec(&proofs).expect("json")).expect("write");
@@ -456,12 +457,9 @@ async fn a_lost_boot_failure_refund_is_signed_again_for_the_same_outputs_only() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_host_still_answers_the_retry_that_owns_the_lease_filling_it() {
-    if !kvm_or_skip() {
+    let Some((dir, _guests, d)) = guarded_coinopd(&[]).await else {
         return;
-    }
-    let dir = common::StateDir::new();
-    let _guests = Guests(dir.path().to_path_buf());
-    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    };
     let payment = credit(&d.mint_credit(60).await);
     let key = new_key();
     // All of the host's memory (2048 MiB in the test config): nothing else fits.
@@ -485,12 +483,9 @@ async fn a_full_host_still_answers_the_retry_that_owns_the_lease_filling_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_that_never_booted_waits_for_room_and_boots_on_a_later_retry() {
-    if !kvm_or_skip() {
+    let Some((dir, _guests, d)) = guarded_coinopd(&[(ENV, point::CREATE_COMMITTED)]).await else {
         return;
-    }
-    let dir = common::StateDir::new();
-    let _guests = Guests(dir.path().to_path_buf());
-    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_COMMITTED)]).await;
+    };
     let payment = credit(&d.mint_credit(40).await);
     let other = credit(&d.mint_credit(60).await);
     let key = new_key();
