@@ -178,15 +178,7 @@ async fn the_same_payment_pays_once_even_concurrently() {
         if r.status == 201 {
             let v = r.json();
             let id = v["lease_id"].as_str().expect("id");
-            let s = d
-                .call(
-                    "POST",
-                    &format!("/v1/leases/{id}/stop"),
-                    v["token"].as_str(),
-                    None,
-                )
-                .await;
-            assert_eq!(s.status, 200);
+            d.stop_lease(id, v["token"].as_str().expect("token")).await;
         }
     }
     d.shutdown().await;

@@ -139,6 +139,18 @@ async fn call(c: &Client, method: &str, path: &str, token: Option<&str>, body: V
     v
 }
 
+/// POST /v1/leases/{id}/stop with an empty body; the answer with its `http_status`.
+async fn stop(c: &Client, id: &str, token: &str) -> Value {
+    call(
+        c,
+        "POST",
+        &format!("/v1/leases/{id}/stop"),
+        Some(token),
+        json!({}),
+    )
+    .await
+}
+
 /// The child of `parent` holding a tun fd attached to `tap` (the tun driver's fdinfo says
 /// `iff:`; other tests' daemons have taps of the same name in their own namespaces).
 fn holder_of(tap: &str, parent: u32) -> Option<(i32, String)> {
@@ -278,14 +290,7 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
     .await;
     assert_eq!(shown["network"], *net, "{shown}");
 
-    let stopped = call(
-        &client,
-        "POST",
-        &format!("/v1/leases/{id}/stop"),
-        Some(&token),
-        json!({}),
-    )
-    .await;
+    let stopped = stop(&client, &id, &token).await;
     assert_eq!(stopped["state"], "stopped", "{stopped}");
     wait_until("the tap to go", || {
         daemon
@@ -441,14 +446,7 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(po
     );
     assert!(mount_options(pid, "/overlay").iter().any(|o| o == "nosuid"));
 
-    let stopped = call(
-        &client,
-        "POST",
-        &format!("/v1/leases/{id}/stop"),
-        Some(&token),
-        json!({}),
-    )
-    .await;
+    let stopped = stop(&client, &id, &token).await;
     assert_eq!(stopped["state"], "stopped", "{stopped}");
     wait_until("the overlay to go", || !overlay.exists());
     wait_until("the tap to go", || {
@@ -457,12 +455,5 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(po
             .is_none()
     });
     let plain_token = plain["token"].as_str().expect("token");
-    let _ = call(
-        &client,
-        "POST",
-        &format!("/v1/leases/{plain_id}/stop"),
-        Some(plain_token),
-        json!({}),
-    )
-    .await;
+    let _ = stop(&client, plain_id, plain_token).await;
 }
