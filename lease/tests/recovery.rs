@@ -11,6 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
 use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
+use common::coinop_cli::coinop;
 use common::leases::CreatedLease;
 use common::{kvm_or_skip, wait_for, Daemon};
 use lease::client::Reply;
@@ -298,15 +299,6 @@ async fn retries_of_a_delivered_create_rotate_the_token_and_reuse_stays_refused(
     assert!(line.ends_with(" 2"), "{line}");
     d.stop_lease(&id, valid[0]).await;
     d.shutdown().await;
-}
-
-fn coinop(socket: &Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_coinop"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run coinop")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

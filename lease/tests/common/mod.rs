@@ -2,6 +2,7 @@
 //! helpers to find coinop-vmm and the test guest.
 #![allow(dead_code)]
 
+pub mod coinop_cli;
 pub mod guest_reaper;
 pub mod lease_pid;
 pub mod leases;
