@@ -5,7 +5,7 @@
 mod isolation_support;
 mod proc_status;
 
-use isolation_support::{boot, build_guest, control, jail_config, ready};
+use isolation_support::{boot, build_guest, control, ready_jail};
 use lease::jail::Ended;
 use proc_status::status_field;
 use std::collections::BTreeSet;
@@ -25,12 +25,10 @@ fn files_under(root: &Path, prefix: &Path, out: &mut BTreeSet<PathBuf>) {
 
 #[test]
 fn jailed_vmm_boots_unprivileged_alone_and_sees_only_its_files() {
-    if !ready() {
+    let Some((dir, config)) = ready_jail() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
+    };
     let guest = build_guest(&dir.path().join("guest"));
-    let config = jail_config(dir.path());
     let jail = config
         .prepare("jail-test", &guest, None)
         .expect("prepare jail");
@@ -106,12 +104,10 @@ fn jailed_vmm_boots_unprivileged_alone_and_sees_only_its_files() {
 
 #[test]
 fn a_bad_spawn_names_the_failing_step() {
-    if !ready() {
+    let Some((dir, mut config)) = ready_jail() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
+    };
     let guest = build_guest(&dir.path().join("guest"));
-    let mut config = jail_config(dir.path());
     // A library path that does not exist on the host: the bind mount must fail, loudly.
     config
         .libraries
@@ -129,11 +125,9 @@ fn a_bad_spawn_names_the_failing_step() {
 
 #[test]
 fn lease_ids_cannot_leave_the_jail_base() {
-    if !ready() {
+    let Some((_dir, config)) = ready_jail() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = jail_config(dir.path());
+    };
     for bad in ["", "..", "a/b"] {
         assert!(
             config.prepare(bad, Path::new("/dev/null"), None).is_err(),

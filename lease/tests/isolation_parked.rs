@@ -4,7 +4,7 @@
 mod isolation_support;
 mod proc_status;
 
-use isolation_support::{boot_parked, build_guest, control, jail_config, ready, skip};
+use isolation_support::{boot_parked, build_guest, control, jail_config, ready, ready_jail, skip};
 use lease::cgroup::{detect, Cgroups, Limits};
 use lease::jail::Ended;
 use proc_status::status_field;
@@ -97,11 +97,9 @@ fn a_parked_child_is_in_its_cgroup_before_launch_and_becomes_the_vmm() {
 
 #[test]
 fn a_discarded_parked_child_is_gone_with_its_root() {
-    if !ready() {
+    let Some((_dir, config)) = ready_jail() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = jail_config(dir.path());
+    };
     let parked = config.park("discarded", Vec::new()).expect("park");
     let (pid, root) = (parked.pid(), parked.root().to_path_buf());
     assert!(root.join("dev/kvm").exists());
@@ -115,11 +113,9 @@ fn a_discarded_parked_child_is_gone_with_its_root() {
 
 #[test]
 fn a_failed_launch_names_the_step_and_cleans_up() {
-    if !ready() {
+    let Some((dir, config)) = ready_jail() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = jail_config(dir.path());
+    };
     let parked = config.park("bad-launch", Vec::new()).expect("park");
     let (pid, root) = (parked.pid(), parked.root().to_path_buf());
     // A directory cannot be attached onto the /kernel file mount point.
