@@ -110,6 +110,14 @@ impl NetnsDaemon {
         (daemon, Client::new(&socket))
     }
 
+    /// POST /v1/leases with `body`; asserts the 201, showing the daemon's log (under
+    /// `dir`) when it is not.
+    async fn create_lease(&self, client: &Client, dir: &Path, body: Value) -> Value {
+        let created = call(client, "POST", "/v1/leases", None, body).await;
+        assert_eq!(created["http_status"], 201, "{created}\n{}", self.log(dir));
+        created
+    }
+
     fn log(&self, dir: &Path) -> String {
         std::fs::read_to_string(dir.join("coinopd.log")).unwrap_or_default()
     }
@@ -224,21 +232,9 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
     let (daemon, client) = NetnsDaemon::spawn(&state, &vmm, &guest, &["--guest-network", "always"]);
 
     let payment = pay(&client).await;
-    let created = call(
-        &client,
-        "POST",
-        "/v1/leases",
-        None,
-        json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "ssh_key": SSH_KEY,
-               "payment": payment}),
-    )
-    .await;
-    assert_eq!(
-        created["http_status"],
-        201,
-        "{created}\n{}",
-        daemon.log(&state)
-    );
+    let body = json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "ssh_key": SSH_KEY,
+                      "payment": payment});
+    let created = daemon.create_lease(&client, &state, body).await;
     let net = &created["network"];
     assert_eq!(net["guest_ip"], "10.213.0.2", "{created}");
     assert_eq!(net["host_ip"], "10.213.0.1");
@@ -377,15 +373,9 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(po
         &["--image", &image, "--jail-pool", pool],
     );
 
-    let plain = call(
-        &client,
-        "POST",
-        "/v1/leases",
-        None,
-        json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "payment": pay(&client).await}),
-    )
-    .await;
-    assert_eq!(plain["http_status"], 201, "{plain}\n{}", daemon.log(&state));
+    let body =
+        json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "payment": pay(&client).await});
+    let plain = daemon.create_lease(&client, &state, body).await;
     assert!(plain.get("network").is_none(), "no rootfs, no NIC: {plain}");
     let plain_id = plain["lease_id"].as_str().expect("id");
     if pooled {
@@ -394,20 +384,8 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(po
         });
     }
 
-    let created = call(
-        &client,
-        "POST",
-        "/v1/leases",
-        None,
-        json!({"vcpus": 1, "mem_mib": 64, "image": "srv", "payment": pay(&client).await}),
-    )
-    .await;
-    assert_eq!(
-        created["http_status"],
-        201,
-        "{created}\n{}",
-        daemon.log(&state)
-    );
+    let body = json!({"vcpus": 1, "mem_mib": 64, "image": "srv", "payment": pay(&client).await});
+    let created = daemon.create_lease(&client, &state, body).await;
     let id = created["lease_id"].as_str().expect("id").to_string();
     let token = created["token"].as_str().expect("token").to_string();
     let tap = created["network"]["tap"]
