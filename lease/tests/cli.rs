@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Output;
 
-use common::coinop_cli::{coinop, coinop_async};
+use common::coinop_cli::{coinop, coinop_async, lease_create_args};
 use common::{kvm_or_skip, Daemon};
 
 fn stdout(o: &Output) -> String {
@@ -38,19 +38,7 @@ fn usage_errors_and_an_unreachable_daemon_have_their_own_exit_codes() {
     );
     // On-chain flags come as a set.
     assert_fails(
-        &coinop(
-            &missing,
-            &[
-                "lease",
-                "create",
-                "--vcpus",
-                "1",
-                "--mem-mib",
-                "64",
-                "--tx",
-                "00",
-            ],
-        ),
+        &coinop(&missing, &lease_create_args(&["--tx", "00"])),
         2,
         "--proof",
     );
@@ -58,36 +46,13 @@ fn usage_errors_and_an_unreachable_daemon_have_their_own_exit_codes() {
     assert_fails(
         &coinop(
             &missing,
-            &[
-                "lease",
-                "create",
-                "--vcpus",
-                "1",
-                "--mem-mib",
-                "64",
-                "--credit",
-                "a.json",
-                "--payment",
-                "b.json",
-            ],
+            &lease_create_args(&["--credit", "a.json", "--payment", "b.json"]),
         ),
         2,
         "cannot be used with",
     );
     assert_fails(
-        &coinop(
-            &missing,
-            &[
-                "lease",
-                "create",
-                "--vcpus",
-                "1",
-                "--mem-mib",
-                "64",
-                "--credit",
-                "/no/such",
-            ],
-        ),
+        &coinop(&missing, &lease_create_args(&["--credit", "/no/such"])),
         2,
         "/no/such",
     );
@@ -159,9 +124,8 @@ async fn create_show_and_stop_with_credit_from_a_file() {
     let file = dir.path().join("proofs.json");
     std::fs::write(&file, serde_json::to_vec(&proofs).expect("json")).expect("write");
     let credit = file.to_str().expect("utf-8");
-    let create = ["lease", "create", "--vcpus", "1", "--mem-mib", "64"];
-    let echo = ["--cmdline", "mode=echo", "--credit", credit];
-    let out = coinop_async(&d.socket, &[&["--json"][..], &create, &echo].concat(), &[]).await;
+    let echo = lease_create_args(&["--cmdline", "mode=echo", "--credit", credit]);
+    let out = coinop_async(&d.socket, &[&["--json"][..], &echo].concat(), &[]).await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     let id = v["lease_id"].as_str().expect("lease_id").to_string();
     let token = v["token"].as_str().expect("token").to_string();
@@ -185,12 +149,7 @@ async fn create_show_and_stop_with_credit_from_a_file() {
     );
 
     // The same proofs again: the daemon's 409 becomes exit 1 naming the code.
-    let again = coinop_async(
-        &d.socket,
-        &[&create[..], &["--credit", credit]].concat(),
-        &[],
-    )
-    .await;
+    let again = coinop_async(&d.socket, &lease_create_args(&["--credit", credit]), &[]).await;
     assert_fails(&again, 1, "HTTP 409 already_spent");
     d.shutdown().await;
 }

@@ -11,7 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
 use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
-use common::coinop_cli::coinop;
+use common::coinop_cli::{coinop, lease_create_args};
 use common::leases::CreatedLease;
 use common::{kvm_or_skip, wait_for, Daemon};
 use lease::client::Reply;
@@ -312,22 +312,19 @@ async fn coinop_lease_create_run_again_after_a_lost_reply_gets_the_lease() {
     let key_file = dir.path().join("create.key");
     let socket = d.socket.clone();
     let args = [
-        "--json",
-        "lease",
-        "create",
-        "--vcpus",
-        "1",
-        "--mem-mib",
-        "64",
-        "--cmdline",
-        "mode=echo",
-        "--credit",
-        proofs_file.to_str().expect("utf-8 path"),
-        "--recovery-key-file",
-        key_file.to_str().expect("utf-8 path"),
-        "--retries",
-        "0",
-    ];
+        &["--json"][..],
+        &lease_create_args(&[
+            "--cmdline",
+            "mode=echo",
+            "--credit",
+            proofs_file.to_str().expect("utf-8 path"),
+            "--recovery-key-file",
+            key_file.to_str().expect("utf-8 path"),
+            "--retries",
+            "0",
+        ]),
+    ]
+    .concat();
     let lost = tokio::task::block_in_place(|| coinop(&socket, &args));
     let err = String::from_utf8_lossy(&lost.stderr);
     assert_eq!(lost.status.code(), Some(3), "{err}");

@@ -29,3 +29,10 @@ pub async fn coinop_async(socket: &Path, args: &[&str], env: &[(&str, &Path)]) -
         .await
         .expect("the coinop thread joins")
 }
+
+/// `coinop lease create` for a 1 vCPU, 64 MiB lease, followed by `extra` (payment flags).
+pub fn lease_create_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["lease", "create", "--vcpus", "1", "--mem-mib", "64"];
+    args.extend_from_slice(extra);
+    args
+}
