@@ -147,6 +147,18 @@ async fn call(c: &Client, method: &str, path: &str, token: Option<&str>, body: V
     v
 }
 
+/// GET /v1/leases/{id}; the answer with its `http_status`.
+async fn show(c: &Client, id: &str, token: &str) -> Value {
+    call(
+        c,
+        "GET",
+        &format!("/v1/leases/{id}"),
+        Some(token),
+        Value::Null,
+    )
+    .await
+}
+
 /// POST /v1/leases/{id}/stop with an empty body; the answer with its `http_status`.
 async fn stop(c: &Client, id: &str, token: &str) -> Value {
     call(
@@ -276,14 +288,7 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
         "the key's comment stays out: {args}"
     );
 
-    let shown = call(
-        &client,
-        "GET",
-        &format!("/v1/leases/{id}"),
-        Some(&token),
-        Value::Null,
-    )
-    .await;
+    let shown = show(&client, &id, &token).await;
     assert_eq!(shown["network"], *net, "{shown}");
 
     let stopped = stop(&client, &id, &token).await;
@@ -298,14 +303,7 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
             .run_inside("nft", &["list", "table", "ip", "coinop"])
             .is_some_and(|r| !r.contains("dnat"))
     });
-    let after = call(
-        &client,
-        "GET",
-        &format!("/v1/leases/{id}"),
-        Some(&token),
-        Value::Null,
-    )
-    .await;
+    let after = show(&client, &id, &token).await;
     assert_eq!(after["network"], Value::Null, "{after}");
     assert!(!state.join("run").join(format!("{id}.net.json")).exists());
 }
