@@ -6,17 +6,8 @@ mod common;
 
 use std::process::Output;
 
+use common::coinop_cli::{coinop, coinop_async, lease_create_args};
 use common::{kvm_or_skip, Daemon};
-
-fn coinop(socket: &std::path::Path, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_coinop"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env_remove("COINOP_TOKEN")
-        .output()
-        .expect("run coinop")
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -47,19 +38,7 @@ fn usage_errors_and_an_unreachable_daemon_have_their_own_exit_codes() {
     );
     // On-chain flags come as a set.
     assert_fails(
-        &coinop(
-            &missing,
-            &[
-                "lease",
-                "create",
-                "--vcpus",
-                "1",
-                "--mem-mib",
-                "64",
-                "--tx",
-                "00",
-            ],
-        ),
+        &coinop(&missing, &lease_create_args(&["--tx", "00"])),
         2,
         "--proof",
     );
@@ -67,36 +46,13 @@ fn usage_errors_and_an_unreachable_daemon_have_their_own_exit_codes() {
     assert_fails(
         &coinop(
             &missing,
-            &[
-                "lease",
-                "create",
-                "--vcpus",
-                "1",
-                "--mem-mib",
-                "64",
-                "--credit",
-                "a.json",
-                "--payment",
-                "b.json",
-            ],
+            &lease_create_args(&["--credit", "a.json", "--payment", "b.json"]),
         ),
         2,
         "cannot be used with",
     );
     assert_fails(
-        &coinop(
-            &missing,
-            &[
-                "lease",
-                "create",
-                "--vcpus",
-                "1",
-                "--mem-mib",
-                "64",
-                "--credit",
-                "/no/such",
-            ],
-        ),
+        &coinop(&missing, &lease_create_args(&["--credit", "/no/such"])),
         2,
         "/no/such",
     );
@@ -115,10 +71,7 @@ async fn json_is_the_daemons_answer_and_human_output_is_text() {
     let dir = common::StateDir::new();
     let d = Daemon::start(dir.path(), &[]).await;
     let api = d.call("GET", "/v1/host", None, None).await;
-    let socket = d.socket.clone();
-    let json = tokio::task::spawn_blocking(move || coinop(&socket, &["--json", "host"]))
-        .await
-        .expect("join");
+    let json = coinop_async(&d.socket, &["--json", "host"], &[]).await;
     assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
     let mut expected = api.body.to_vec();
     expected.push(b'\n');
@@ -127,10 +80,7 @@ async fn json_is_the_daemons_answer_and_human_output_is_text() {
         "--json prints the body byte for byte"
     );
 
-    let socket = d.socket.clone();
-    let human = tokio::task::spawn_blocking(move || coinop(&socket, &["host"]))
-        .await
-        .expect("join");
+    let human = coinop_async(&d.socket, &["host"], &[]).await;
     assert_eq!(human.status.code(), Some(0));
     let h = stdout(&human);
     assert!(
@@ -142,38 +92,26 @@ async fn json_is_the_daemons_answer_and_human_output_is_text() {
         "{h}"
     );
 
-    let socket = d.socket.clone();
-    let unauth = tokio::task::spawn_blocking(move || {
-        coinop(&socket, &["lease", "show", "lnope", "--token", "00"])
-    })
-    .await
-    .expect("join");
+    let unauth = coinop_async(&d.socket, &["lease", "show", "lnope", "--token", "00"], &[]).await;
     assert_fails(&unauth, 1, "HTTP 401 unauthorized");
 
     // A header file that parses locally but that the daemon refuses (no such parent).
     let headers = dir.path().join("headers.txt");
     std::fs::write(&headers, format!("{}\n", "00".repeat(80))).expect("write");
-    let socket = d.socket.clone();
-    let h2 = headers.clone();
-    let refused = tokio::task::spawn_blocking(move || {
-        coinop(
-            &socket,
-            &["chain", "push-headers", h2.to_str().expect("utf-8")],
-        )
-    })
-    .await
-    .expect("join");
+    let refused = coinop_async(
+        &d.socket,
+        &["chain", "push-headers", headers.to_str().expect("utf-8")],
+        &[],
+    )
+    .await;
     assert_fails(&refused, 1, "HTTP 4");
     std::fs::write(&headers, "not a header\n").expect("write");
-    let socket = d.socket.clone();
-    let bad = tokio::task::spawn_blocking(move || {
-        coinop(
-            &socket,
-            &["chain", "add-headers", headers.to_str().expect("utf-8")],
-        )
-    })
-    .await
-    .expect("join");
+    let bad = coinop_async(
+        &d.socket,
+        &["chain", "add-headers", headers.to_str().expect("utf-8")],
+        &[],
+    )
+    .await;
     assert_fails(&bad, 2, "line 1");
     d.shutdown().await;
 }
@@ -185,28 +123,9 @@ async fn create_show_and_stop_with_credit_from_a_file() {
     let proofs = d.mint_credit(4).await;
     let file = dir.path().join("proofs.json");
     std::fs::write(&file, serde_json::to_vec(&proofs).expect("json")).expect("write");
-    let socket = d.socket.clone();
-    let f = file.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        coinop(
-            &socket,
-            &[
-                "--json",
-                "lease",
-                "create",
-                "--vcpus",
-                "1",
-                "--mem-mib",
-                "64",
-                "--cmdline",
-                "mode=echo",
-                "--credit",
-                f.to_str().expect("utf-8"),
-            ],
-        )
-    })
-    .await
-    .expect("join");
+    let credit = file.to_str().expect("utf-8");
+    let echo = lease_create_args(&["--cmdline", "mode=echo", "--credit", credit]);
+    let out = coinop_async(&d.socket, &[&["--json"][..], &echo].concat(), &[]).await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     let id = v["lease_id"].as_str().expect("lease_id").to_string();
     let token = v["token"].as_str().expect("token").to_string();
@@ -217,22 +136,11 @@ async fn create_show_and_stop_with_credit_from_a_file() {
         // No KVM: the boot fails, the money stays on the lease; exit 1 with the code.
         assert_fails(&out, 1, "boot_failed");
     }
-    let socket = d.socket.clone();
-    let (i2, t2) = (id.clone(), token.clone());
-    let shown = tokio::task::spawn_blocking(move || {
-        coinop(&socket, &["lease", "show", &i2, "--token", &t2])
-    })
-    .await
-    .expect("join");
+    let shown = coinop_async(&d.socket, &["lease", "show", &id, "--token", &token], &[]).await;
     assert_eq!(shown.status.code(), Some(0), "{}", stderr(&shown));
     assert!(stdout(&shown).contains(&id), "{}", stdout(&shown));
 
-    let socket = d.socket.clone();
-    let stopped = tokio::task::spawn_blocking(move || {
-        coinop(&socket, &["lease", "stop", &id, "--token", &token])
-    })
-    .await
-    .expect("join");
+    let stopped = coinop_async(&d.socket, &["lease", "stop", &id, "--token", &token], &[]).await;
     assert_eq!(stopped.status.code(), Some(0), "{}", stderr(&stopped));
     assert!(
         stdout(&stopped).contains("state      stopped"),
@@ -241,24 +149,7 @@ async fn create_show_and_stop_with_credit_from_a_file() {
     );
 
     // The same proofs again: the daemon's 409 becomes exit 1 naming the code.
-    let socket = d.socket.clone();
-    let again = tokio::task::spawn_blocking(move || {
-        coinop(
-            &socket,
-            &[
-                "lease",
-                "create",
-                "--vcpus",
-                "1",
-                "--mem-mib",
-                "64",
-                "--credit",
-                file.to_str().expect("utf-8"),
-            ],
-        )
-    })
-    .await
-    .expect("join");
+    let again = coinop_async(&d.socket, &lease_create_args(&["--credit", credit]), &[]).await;
     assert_fails(&again, 1, "HTTP 409 already_spent");
     d.shutdown().await;
 }
@@ -271,20 +162,7 @@ async fn coinop_wallet(
 ) -> Output {
     let mut full = vec!["--json"];
     full.extend_from_slice(args);
-    let full: Vec<String> = full.iter().map(|s| s.to_string()).collect();
-    let (socket, wallet) = (socket.to_path_buf(), wallet.to_path_buf());
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_coinop"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(&full)
-            .env("COINOP_WALLET", &wallet)
-            .env_remove("COINOP_TOKEN")
-            .output()
-            .expect("run coinop")
-    })
-    .await
-    .expect("join")
+    coinop_async(socket, &full, &[("COINOP_WALLET", wallet)]).await
 }
 
 fn json_of(o: &Output) -> serde_json::Value {

@@ -9,10 +9,11 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
+use common::leases::{credit_payment, testguest_body, CreatedLease};
 use common::{kvm_or_skip, wait_for, Daemon};
 use lease::fault::{point, ENV};
 use lease::ledger::{LeaseRow, Ledger};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 fn ledger_row(dir: &Path, id: &str) -> LeaseRow {
     let l = Ledger::open(&dir.join("ledger.db")).expect("open ledger");
@@ -34,24 +35,7 @@ async fn all_leases(d: &Daemon) -> Vec<Value> {
 }
 
 fn create_body(proofs: &Value, cmdline: &str) -> Value {
-    json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "cmdline": cmdline,
-           "payment": {"credit": {"proofs": proofs}}})
-}
-
-/// Creates a lease; the fault kills coinopd before it answers.
-async fn create_into_crash(d: Daemon, body: &Value) {
-    let r = d
-        .client
-        .call(
-            "POST",
-            "/v1/leases",
-            None,
-            Some(serde_json::to_vec(body).expect("json")),
-        )
-        .await;
-    assert!(r.is_err(), "coinopd answered despite the fault: {r:?}");
-    let status = d.wait_crash().await;
-    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+    testguest_body(cmdline, credit_payment(proofs))
 }
 
 async fn stop_guest_by_control(row: &LeaseRow) {
@@ -64,7 +48,7 @@ async fn crash_after_the_create_commit_keeps_the_balance_and_the_payment_spent()
     let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_COMMITTED)]).await;
     let proofs = serde_json::to_value(d.mint_credit(5).await).expect("proofs");
     let body = create_body(&proofs, "mode=echo");
-    create_into_crash(d, &body).await;
+    d.create_into_crash(&body).await;
 
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
     let leases = all_leases(&d).await;
@@ -93,7 +77,7 @@ async fn crash_after_guest_ready_readopts_the_guest() {
     let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_GUEST_READY)]).await;
     let proofs = serde_json::to_value(d.mint_credit(20).await).expect("proofs");
     let body = create_body(&proofs, "mode=echo");
-    create_into_crash(d, &body).await;
+    d.create_into_crash(&body).await;
 
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
     let leases = all_leases(&d).await;
@@ -145,18 +129,9 @@ async fn crashes_during_ticks_lose_no_money_and_at_most_one_tick() {
     let fault = format!("{}:8", point::TICK_READ);
     let d = Daemon::spawn(dir.path(), &[], &[(ENV, fault.as_str())]).await;
     let proofs = serde_json::to_value(d.mint_credit(30).await).expect("proofs");
-    let r = d
-        .call(
-            "POST",
-            "/v1/leases",
-            None,
-            Some(create_body(&proofs, "mode=spin:600000")),
-        )
+    let CreatedLease { id, token, .. } = d
+        .create_lease(create_body(&proofs, "mode=spin:600000"))
         .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let v = r.json();
-    let id = v["lease_id"].as_str().expect("id").to_string();
-    let token = v["token"].as_str().expect("token").to_string();
     let status = d.wait_crash().await;
     assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
 
@@ -213,10 +188,7 @@ async fn crashes_during_ticks_lose_no_money_and_at_most_one_tick() {
         )
         .await;
     assert_eq!(again.status, 409, "{}", again.text());
-    let s = d
-        .call("POST", &format!("{lease_path}/stop"), Some(&token), None)
-        .await;
-    assert_eq!(s.status, 200, "{}", s.text());
+    d.stop_lease(&id, &token).await;
     books_balance(dir.path(), &id);
     d.shutdown().await;
 }

@@ -7,6 +7,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 
+use common::leases::{credit_payment, testguest_body, CreatedLease};
 use common::{kvm_or_skip, wait_for, Daemon, Wallet};
 use serde_json::{json, Value};
 
@@ -177,15 +178,7 @@ async fn the_same_payment_pays_once_even_concurrently() {
         if r.status == 201 {
             let v = r.json();
             let id = v["lease_id"].as_str().expect("id");
-            let s = d
-                .call(
-                    "POST",
-                    &format!("/v1/leases/{id}/stop"),
-                    v["token"].as_str(),
-                    None,
-                )
-                .await;
-            assert_eq!(s.status, 200);
+            d.stop_lease(id, v["token"].as_str().expect("token")).await;
         }
     }
     d.shutdown().await;
@@ -200,19 +193,13 @@ async fn boot_meter_pause_topup_stop_with_change() {
     let d = Daemon::start(dir.path(), &["--grace-s", "60"]).await;
     // 3 sat = 3000 msat: about 2.7 s of one spinning vCPU with 64 MiB.
     let proofs = d.mint_credit(3).await;
-    let r = d
-        .call(
-            "POST",
-            "/v1/leases",
-            None,
-            Some(json!({"vcpus": 1, "mem_mib": 64, "image": "testguest",
-            "cmdline": "mode=spin:600000", "payment": {"credit": {"proofs": proofs}}})),
-        )
+    let CreatedLease {
+        id,
+        token,
+        reply: v,
+    } = d
+        .create_lease(testguest_body("mode=spin:600000", credit_payment(&proofs)))
         .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let v = r.json();
-    let id = v["lease_id"].as_str().expect("id").to_string();
-    let token = v["token"].as_str().expect("token").to_string();
     assert_eq!(v["balance_msat"], 3000);
     let boot = &v["boot"];
     for k in [
@@ -345,19 +332,7 @@ async fn restart_readopts_running_guest_and_keeps_balance() {
     let dir = common::StateDir::new();
     let d = Daemon::start(dir.path(), &[]).await;
     let payment = d.onchain_payment(60).await;
-    let r = d
-        .call(
-            "POST",
-            "/v1/leases",
-            None,
-            Some(json!({"vcpus": 1, "mem_mib": 64, "image": "testguest",
-            "cmdline": "mode=echo", "payment": payment})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let v = r.json();
-    let id = v["lease_id"].as_str().expect("id").to_string();
-    let token = v["token"].as_str().expect("token").to_string();
+    let CreatedLease { id, token, .. } = d.create_lease(testguest_body("mode=echo", payment)).await;
     let path = format!("/v1/leases/{id}");
     wait_for(
         async || {
@@ -386,10 +361,7 @@ async fn restart_readopts_running_guest_and_keeps_balance() {
         "metering after re-adoption",
     )
     .await;
-    let s = d
-        .call("POST", &format!("{path}/stop"), Some(&token), None)
-        .await;
-    assert_eq!(s.status, 200, "{}", s.text());
+    let s = d.stop_lease(&id, &token).await;
     assert!(s.json()["refund_msat"].as_u64().expect("refund") > 0);
     d.shutdown().await;
 }

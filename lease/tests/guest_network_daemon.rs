@@ -110,6 +110,14 @@ impl NetnsDaemon {
         (daemon, Client::new(&socket))
     }
 
+    /// POST /v1/leases with `body`; asserts the 201, showing the daemon's log (under
+    /// `dir`) when it is not.
+    async fn create_lease(&self, client: &Client, dir: &Path, body: Value) -> Value {
+        let created = call(client, "POST", "/v1/leases", None, body).await;
+        assert_eq!(created["http_status"], 201, "{created}\n{}", self.log(dir));
+        created
+    }
+
     fn log(&self, dir: &Path) -> String {
         std::fs::read_to_string(dir.join("coinopd.log")).unwrap_or_default()
     }
@@ -137,6 +145,30 @@ async fn call(c: &Client, method: &str, path: &str, token: Option<&str>, body: V
     let mut v = r.json();
     v["http_status"] = json!(r.status);
     v
+}
+
+/// GET /v1/leases/{id}; the answer with its `http_status`.
+async fn show(c: &Client, id: &str, token: &str) -> Value {
+    call(
+        c,
+        "GET",
+        &format!("/v1/leases/{id}"),
+        Some(token),
+        Value::Null,
+    )
+    .await
+}
+
+/// POST /v1/leases/{id}/stop with an empty body; the answer with its `http_status`.
+async fn stop(c: &Client, id: &str, token: &str) -> Value {
+    call(
+        c,
+        "POST",
+        &format!("/v1/leases/{id}/stop"),
+        Some(token),
+        json!({}),
+    )
+    .await
 }
 
 /// The child of `parent` holding a tun fd attached to `tap` (the tun driver's fdinfo says
@@ -188,37 +220,33 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
+/// coinop-vmm and the test guest when this host can run a networked, jailed lease (root
+/// and /dev/kvm); prints the SKIPPED line and gives `None` when it cannot.
+fn root_kvm_or_skip() -> Option<(PathBuf, PathBuf)> {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIPPED: guest networking and the jail need root");
-        return;
+        return None;
     }
     if !common::kvm_or_skip() {
-        return;
+        return None;
     }
-    let (vmm, guest) = common::vmm_and_guest().expect("checked by kvm_or_skip");
+    Some(common::vmm_and_guest().expect("checked by kvm_or_skip"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
+    let Some((vmm, guest)) = root_kvm_or_skip() else {
+        return;
+    };
     // Reaps any VMM of this state dir that outlived the test, after the daemon guard.
     let dir = common::StateDir::new();
     let state: PathBuf = dir.path().to_path_buf();
     let (daemon, client) = NetnsDaemon::spawn(&state, &vmm, &guest, &["--guest-network", "always"]);
 
     let payment = pay(&client).await;
-    let created = call(
-        &client,
-        "POST",
-        "/v1/leases",
-        None,
-        json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "ssh_key": SSH_KEY,
-               "payment": payment}),
-    )
-    .await;
-    assert_eq!(
-        created["http_status"],
-        201,
-        "{created}\n{}",
-        daemon.log(&state)
-    );
+    let body = json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "ssh_key": SSH_KEY,
+                      "payment": payment});
+    let created = daemon.create_lease(&client, &state, body).await;
     let net = &created["network"];
     assert_eq!(net["guest_ip"], "10.213.0.2", "{created}");
     assert_eq!(net["host_ip"], "10.213.0.1");
@@ -260,24 +288,10 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
         "the key's comment stays out: {args}"
     );
 
-    let shown = call(
-        &client,
-        "GET",
-        &format!("/v1/leases/{id}"),
-        Some(&token),
-        Value::Null,
-    )
-    .await;
+    let shown = show(&client, &id, &token).await;
     assert_eq!(shown["network"], *net, "{shown}");
 
-    let stopped = call(
-        &client,
-        "POST",
-        &format!("/v1/leases/{id}/stop"),
-        Some(&token),
-        json!({}),
-    )
-    .await;
+    let stopped = stop(&client, &id, &token).await;
     assert_eq!(stopped["state"], "stopped", "{stopped}");
     wait_until("the tap to go", || {
         daemon
@@ -289,14 +303,7 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
             .run_inside("nft", &["list", "table", "ip", "coinop"])
             .is_some_and(|r| !r.contains("dnat"))
     });
-    let after = call(
-        &client,
-        "GET",
-        &format!("/v1/leases/{id}"),
-        Some(&token),
-        Value::Null,
-    )
-    .await;
+    let after = show(&client, &id, &token).await;
     assert_eq!(after["network"], Value::Null, "{after}");
     assert!(!state.join("run").join(format!("{id}.net.json")).exists());
 }
@@ -341,14 +348,9 @@ async fn a_rootfs_image_boots_from_its_overlay_in_a_jail_built_on_the_request_pa
 
 async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(pooled: bool) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: guest networking and the jail need root");
+    let Some((vmm, guest)) = root_kvm_or_skip() else {
         return;
-    }
-    if !common::kvm_or_skip() {
-        return;
-    }
-    let (vmm, guest) = common::vmm_and_guest().expect("checked by kvm_or_skip");
+    };
     // Reaps any VMM of this state dir that outlived the test, after the daemon guard.
     let dir = common::StateDir::new();
     let state: PathBuf = dir.path().to_path_buf();
@@ -369,15 +371,9 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(po
         &["--image", &image, "--jail-pool", pool],
     );
 
-    let plain = call(
-        &client,
-        "POST",
-        "/v1/leases",
-        None,
-        json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "payment": pay(&client).await}),
-    )
-    .await;
-    assert_eq!(plain["http_status"], 201, "{plain}\n{}", daemon.log(&state));
+    let body =
+        json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "payment": pay(&client).await});
+    let plain = daemon.create_lease(&client, &state, body).await;
     assert!(plain.get("network").is_none(), "no rootfs, no NIC: {plain}");
     let plain_id = plain["lease_id"].as_str().expect("id");
     if pooled {
@@ -386,20 +382,8 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(po
         });
     }
 
-    let created = call(
-        &client,
-        "POST",
-        "/v1/leases",
-        None,
-        json!({"vcpus": 1, "mem_mib": 64, "image": "srv", "payment": pay(&client).await}),
-    )
-    .await;
-    assert_eq!(
-        created["http_status"],
-        201,
-        "{created}\n{}",
-        daemon.log(&state)
-    );
+    let body = json!({"vcpus": 1, "mem_mib": 64, "image": "srv", "payment": pay(&client).await});
+    let created = daemon.create_lease(&client, &state, body).await;
     let id = created["lease_id"].as_str().expect("id").to_string();
     let token = created["token"].as_str().expect("token").to_string();
     let tap = created["network"]["tap"]
@@ -438,14 +422,7 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(po
     );
     assert!(mount_options(pid, "/overlay").iter().any(|o| o == "nosuid"));
 
-    let stopped = call(
-        &client,
-        "POST",
-        &format!("/v1/leases/{id}/stop"),
-        Some(&token),
-        json!({}),
-    )
-    .await;
+    let stopped = stop(&client, &id, &token).await;
     assert_eq!(stopped["state"], "stopped", "{stopped}");
     wait_until("the overlay to go", || !overlay.exists());
     wait_until("the tap to go", || {
@@ -454,12 +431,5 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(po
             .is_none()
     });
     let plain_token = plain["token"].as_str().expect("token");
-    let _ = call(
-        &client,
-        "POST",
-        &format!("/v1/leases/{plain_id}/stop"),
-        Some(plain_token),
-        json!({}),
-    )
-    .await;
+    let _ = stop(&client, plain_id, plain_token).await;
 }

@@ -3,35 +3,18 @@
 //! control socket file.
 
 mod common;
+mod proc_status;
 
+use common::lease_pid::lease_pid;
+use common::leases::{testguest_body, CreatedLease};
 use common::{kvm_or_skip, wait_for, Daemon};
-use serde_json::json;
+use proc_status::status_field;
 use std::io::Write;
 use std::path::Path;
 
 /// The test's own uid range, clear of other test binaries running at the same time.
 const UID_BASE: u32 = 4_100_000;
 const UID_COUNT: u32 = 8;
-
-fn status_field(pid: i32, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-        .trim()
-        .to_string()
-}
-
-fn lease_pid(state_dir: &Path, id: &str) -> i32 {
-    let db = rusqlite::Connection::open_with_flags(
-        state_dir.join("ledger.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open ledger read-only");
-    db.query_row("SELECT pid FROM leases WHERE id = ?1", [id], |r| r.get(0))
-        .expect("the lease's pid")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_runs_jailed_in_its_cgroup_and_stop_cleans_up() {
@@ -51,19 +34,7 @@ async fn a_lease_runs_jailed_in_its_cgroup_and_stop_cleans_up() {
     )
     .await;
     let payment = d.onchain_payment(60).await;
-    let r = d
-        .call(
-            "POST",
-            "/v1/leases",
-            None,
-            Some(json!({"vcpus": 1, "mem_mib": 64, "image": "testguest",
-            "cmdline": "mode=echo", "payment": payment})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let v = r.json();
-    let id = v["lease_id"].as_str().expect("id").to_string();
-    let token = v["token"].as_str().expect("token").to_string();
+    let CreatedLease { id, token, .. } = d.create_lease(testguest_body("mode=echo", payment)).await;
     let pid = lease_pid(dir.path(), &id);
 
     // Own PID namespace: PID 1 inside.
@@ -124,10 +95,7 @@ async fn a_lease_runs_jailed_in_its_cgroup_and_stop_cleans_up() {
         );
     }
 
-    let s = d
-        .call("POST", &format!("/v1/leases/{id}/stop"), Some(&token), None)
-        .await;
-    assert_eq!(s.status, 200, "{}", s.text());
+    d.stop_lease(&id, &token).await;
     let control = dir.path().join("run").join(format!("{id}.sock"));
     wait_for(
         async || !jail_root.exists() && !control.exists(),

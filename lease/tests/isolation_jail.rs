@@ -3,21 +3,13 @@
 //! libraries, the kernel and /dev/kvm.
 
 mod isolation_support;
+mod proc_status;
 
-use isolation_support::{boot, build_guest, control, jail_config, ready};
+use isolation_support::{boot, build_guest, control, ready_jail};
 use lease::jail::Ended;
+use proc_status::status_field;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-
-fn status_field(pid: i32, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-        .trim()
-        .to_string()
-}
 
 /// Every non-directory path under `root`, relative, as the jailed process sees its `/`.
 fn files_under(root: &Path, prefix: &Path, out: &mut BTreeSet<PathBuf>) {
@@ -33,12 +25,10 @@ fn files_under(root: &Path, prefix: &Path, out: &mut BTreeSet<PathBuf>) {
 
 #[test]
 fn jailed_vmm_boots_unprivileged_alone_and_sees_only_its_files() {
-    if !ready() {
+    let Some((dir, config)) = ready_jail() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
+    };
     let guest = build_guest(&dir.path().join("guest"));
-    let config = jail_config(dir.path());
     let jail = config
         .prepare("jail-test", &guest, None)
         .expect("prepare jail");
@@ -114,12 +104,10 @@ fn jailed_vmm_boots_unprivileged_alone_and_sees_only_its_files() {
 
 #[test]
 fn a_bad_spawn_names_the_failing_step() {
-    if !ready() {
+    let Some((dir, mut config)) = ready_jail() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
+    };
     let guest = build_guest(&dir.path().join("guest"));
-    let mut config = jail_config(dir.path());
     // A library path that does not exist on the host: the bind mount must fail, loudly.
     config
         .libraries
@@ -137,11 +125,9 @@ fn a_bad_spawn_names_the_failing_step() {
 
 #[test]
 fn lease_ids_cannot_leave_the_jail_base() {
-    if !ready() {
+    let Some((_dir, config)) = ready_jail() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = jail_config(dir.path());
+    };
     for bad in ["", "..", "a/b"] {
         assert!(
             config.prepare(bad, Path::new("/dev/null"), None).is_err(),

@@ -2,21 +2,13 @@
 //! exists, and a launch turns that same process into the VMM on the lease's image.
 
 mod isolation_support;
+mod proc_status;
 
-use isolation_support::{boot_parked, build_guest, control, jail_config, ready, skip};
+use isolation_support::{boot_parked, build_guest, control, jail_config, ready, ready_jail, skip};
 use lease::cgroup::{detect, Cgroups, Limits};
 use lease::jail::Ended;
+use proc_status::status_field;
 use std::path::Path;
-
-fn status_field(pid: i32, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-        .trim()
-        .to_string()
-}
 
 fn remove_parents(cgroups: &Cgroups) {
     if let Cgroups::V1 {
@@ -105,11 +97,9 @@ fn a_parked_child_is_in_its_cgroup_before_launch_and_becomes_the_vmm() {
 
 #[test]
 fn a_discarded_parked_child_is_gone_with_its_root() {
-    if !ready() {
+    let Some((_dir, config)) = ready_jail() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = jail_config(dir.path());
+    };
     let parked = config.park("discarded", Vec::new()).expect("park");
     let (pid, root) = (parked.pid(), parked.root().to_path_buf());
     assert!(root.join("dev/kvm").exists());
@@ -123,11 +113,9 @@ fn a_discarded_parked_child_is_gone_with_its_root() {
 
 #[test]
 fn a_failed_launch_names_the_step_and_cleans_up() {
-    if !ready() {
+    let Some((dir, config)) = ready_jail() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = jail_config(dir.path());
+    };
     let parked = config.park("bad-launch", Vec::new()).expect("park");
     let (pid, root) = (parked.pid(), parked.root().to_path_buf());
     // A directory cannot be attached onto the /kernel file mount point.

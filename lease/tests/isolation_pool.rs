@@ -6,10 +6,12 @@
 
 mod common;
 
+use common::lease_pid::lease_pid;
+use common::leases::testguest_body;
 use common::{kvm_or_skip, wait_for, Daemon};
 use lease::cgroup::{detect, Cgroups, Limits};
 use lease::isolation::CGROUP_PARENT;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -75,45 +77,20 @@ async fn full_pool(state_dir: &Path, count: usize, exclude: &[&str]) -> BTreeMap
     ready()
 }
 
-fn lease_pid(state_dir: &Path, id: &str) -> i32 {
-    let db = rusqlite::Connection::open_with_flags(
-        state_dir.join("ledger.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open ledger read-only");
-    db.query_row("SELECT pid FROM leases WHERE id = ?1", [id], |r| r.get(0))
-        .expect("the lease's pid")
-}
-
 async fn create(d: &Daemon, vcpus: u32, mem_mib: u64) -> (String, String) {
     let q = d.quote(vcpus, mem_mib, 60).await;
     let payment = lease::regtest_pay::pay_quote(&d.client, q["quote_id"].as_str().expect("id"))
         .await
         .expect("regtest payment");
-    let r = d
-        .call(
-            "POST",
-            "/v1/leases",
-            None,
-            Some(
-                json!({"vcpus": vcpus, "mem_mib": mem_mib, "image": "testguest",
-                        "cmdline": "mode=echo", "payment": payment}),
-            ),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let v: Value = r.json();
-    (
-        v["lease_id"].as_str().expect("id").to_string(),
-        v["token"].as_str().expect("token").to_string(),
-    )
+    let mut body = testguest_body("mode=echo", payment);
+    body["vcpus"] = json!(vcpus);
+    body["mem_mib"] = json!(mem_mib);
+    let lease = d.create_lease(body).await;
+    (lease.id, lease.token)
 }
 
 async fn stop(d: &Daemon, id: &str, token: &str) {
-    let s = d
-        .call("POST", &format!("/v1/leases/{id}/stop"), Some(token), None)
-        .await;
-    assert_eq!(s.status, 200, "{}", s.text());
+    d.stop_lease(id, token).await;
 }
 
 fn read_trimmed(path: &Path) -> String {

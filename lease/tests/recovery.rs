@@ -11,6 +11,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
 use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
+use common::coinop_cli::{coinop, lease_create_args};
+use common::leases::CreatedLease;
 use common::{kvm_or_skip, wait_for, Daemon};
 use lease::client::Reply;
 use lease::fault::{point, ENV};
@@ -47,6 +49,19 @@ impl Drop for Guests {
     }
 }
 
+/// A real coinopd on a fresh state dir, started with `env` (e.g. an injected fault), whose
+/// guests are killed when the test ends; `None` after the SKIPPED line where guests cannot
+/// boot. Bind the parts in this order so they drop daemon first, state dir last.
+async fn guarded_coinopd(env: &[(&str, &str)]) -> Option<(common::StateDir, Guests, Daemon)> {
+    if !kvm_or_skip() {
+        return None;
+    }
+    let dir = common::StateDir::new();
+    let guests = Guests(dir.path().to_path_buf());
+    let d = Daemon::spawn(dir.path(), &[], env).await;
+    Some((dir, guests, d))
+}
+
 fn new_key() -> String {
     let mut bytes = [0u8; 32];
     OsRng.fill_bytes(&mut bytes);
@@ -64,22 +79,6 @@ fn create_body(payment: &Value, cmdline: &str, key: Option<&str>) -> Value {
 
 fn credit(proofs: &[payment::credit::nut_types::Proof]) -> Value {
     json!({"credit": {"proofs": proofs}})
-}
-
-/// Creates a lease; the fault kills coinopd before it answers.
-async fn create_into_crash(d: Daemon, body: &Value) {
-    let r = d
-        .client
-        .call(
-            "POST",
-            "/v1/leases",
-            None,
-            Some(serde_json::to_vec(body).expect("json")),
-        )
-        .await;
-    assert!(r.is_err(), "coinopd answered despite the fault: {r:?}");
-    let status = d.wait_crash().await;
-    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
 }
 
 /// The only lease in the ledger (the one whose reply was lost).
@@ -119,17 +118,14 @@ fn recovered(r: &Reply, id: &str) -> (String, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credit_create_lost_after_the_commit_is_recovered_booted_and_kept_from_others() {
-    if !kvm_or_skip() {
+    let Some((dir, _guests, d)) = guarded_coinopd(&[(ENV, point::CREATE_COMMITTED)]).await else {
         return;
-    }
-    let dir = common::StateDir::new();
-    let _guests = Guests(dir.path().to_path_buf());
-    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_COMMITTED)]).await;
+    };
     let proofs = d.mint_credit(20).await;
     let payment = credit(&proofs);
     let key = new_key();
     let body = create_body(&payment, "mode=echo", Some(&key));
-    create_into_crash(d, &body).await;
+    d.create_into_crash(&body).await;
 
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
     let id = only_lease(dir.path());
@@ -197,26 +193,20 @@ async fn a_credit_create_lost_after_the_commit_is_recovered_booted_and_kept_from
     let b = books_balance(dir.path(), &id);
     assert_eq!(b.paid_msat, 20_000, "{b:?}");
 
-    let stop = d
-        .call("POST", &format!("/v1/leases/{id}/stop"), Some(&t4), None)
-        .await;
-    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.stop_lease(&id, &t4).await;
     books_balance(dir.path(), &id);
     d.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_onchain_create_lost_after_the_boot_is_recovered_only_with_its_key() {
-    if !kvm_or_skip() {
+    let Some((dir, _guests, d)) = guarded_coinopd(&[(ENV, point::CREATE_GUEST_READY)]).await else {
         return;
-    }
-    let dir = common::StateDir::new();
-    let _guests = Guests(dir.path().to_path_buf());
-    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_GUEST_READY)]).await;
+    };
     let payment = d.onchain_payment(600).await;
     let key = new_key();
     let body = create_body(&payment, "mode=echo", Some(&key));
-    create_into_crash(d, &body).await;
+    d.create_into_crash(&body).await;
 
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
     let id = only_lease(dir.path());
@@ -253,32 +243,26 @@ async fn an_onchain_create_lost_after_the_boot_is_recovered_only_with_its_key() 
         "paid once: {b:?}"
     );
 
-    let stop = d
-        .call("POST", &format!("/v1/leases/{id}/stop"), Some(&token), None)
-        .await;
-    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.stop_lease(&id, &token).await;
     books_balance(dir.path(), &id);
     d.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_of_a_delivered_create_rotate_the_token_and_reuse_stays_refused() {
-    if !kvm_or_skip() {
+    let Some((dir, _guests, d)) = guarded_coinopd(&[]).await else {
         return;
-    }
-    let dir = common::StateDir::new();
-    let _guests = Guests(dir.path().to_path_buf());
-    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    };
     let proofs = d.mint_credit(15).await;
     let payment = credit(&proofs);
     let key = new_key();
     let body = create_body(&payment, "mode=echo", Some(&key));
-    let first = create(&d, &body).await;
-    assert_eq!(first.status, 201, "{}", first.text());
-    let v = first.json();
+    let CreatedLease {
+        id,
+        token: t1,
+        reply: v,
+    } = d.create_lease(body.clone()).await;
     assert_eq!(v["token_seq"], 1);
-    let id = v["lease_id"].as_str().expect("id").to_string();
-    let t1 = v["token"].as_str().expect("token").to_string();
     assert_eq!(show(&d, &id, &t1).await.status, 200);
 
     // A retry, a stranger and another retry, all at once.
@@ -313,57 +297,34 @@ async fn retries_of_a_delivered_create_rotate_the_token_and_reuse_stays_refused(
         .find(|l| l.contains(r#"result="recovered""#) && l.contains(r#"kind="credit""#))
         .unwrap_or_else(|| panic!("no recovered payments in {m}"));
     assert!(line.ends_with(" 2"), "{line}");
-    let stop = d
-        .call(
-            "POST",
-            &format!("/v1/leases/{id}/stop"),
-            Some(valid[0]),
-            None,
-        )
-        .await;
-    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.stop_lease(&id, valid[0]).await;
     d.shutdown().await;
-}
-
-fn coinop(socket: &Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_coinop"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run coinop")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coinop_lease_create_run_again_after_a_lost_reply_gets_the_lease() {
-    if !kvm_or_skip() {
+    let Some((dir, _guests, d)) = guarded_coinopd(&[(ENV, point::CREATE_COMMITTED)]).await else {
         return;
-    }
-    let dir = common::StateDir::new();
-    let _guests = Guests(dir.path().to_path_buf());
-    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_COMMITTED)]).await;
+    };
     let proofs = d.mint_credit(12).await;
     let proofs_file = dir.path().join("proofs.json");
     std::fs::write(&proofs_file, serde_json::to_vec(&proofs).expect("json")).expect("write");
     let key_file = dir.path().join("create.key");
     let socket = d.socket.clone();
     let args = [
-        "--json",
-        "lease",
-        "create",
-        "--vcpus",
-        "1",
-        "--mem-mib",
-        "64",
-        "--cmdline",
-        "mode=echo",
-        "--credit",
-        proofs_file.to_str().expect("utf-8 path"),
-        "--recovery-key-file",
-        key_file.to_str().expect("utf-8 path"),
-        "--retries",
-        "0",
-    ];
+        &["--json"][..],
+        &lease_create_args(&[
+            "--cmdline",
+            "mode=echo",
+            "--credit",
+            proofs_file.to_str().expect("utf-8 path"),
+            "--recovery-key-file",
+            key_file.to_str().expect("utf-8 path"),
+            "--retries",
+            "0",
+        ]),
+    ]
+    .concat();
     let lost = tokio::task::block_in_place(|| coinop(&socket, &args));
     let err = String::from_utf8_lossy(&lost.stderr);
     assert_eq!(lost.status.code(), Some(3), "{err}");
@@ -404,10 +365,7 @@ async fn coinop_lease_create_run_again_after_a_lost_reply_gets_the_lease() {
         "the recovered lease to boot",
     )
     .await;
-    let stop = d
-        .call("POST", &format!("/v1/leases/{id}/stop"), Some(token), None)
-        .await;
-    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.stop_lease(&id, token).await;
     d.shutdown().await;
 }
 
@@ -429,7 +387,7 @@ async fn a_lost_boot_failure_refund_is_signed_again_for_the_same_outputs_only() 
     let key = new_key();
     let mut body = create_body(&credit(&proofs), "mode=echo", Some(&key));
     body["outputs"] = json!(outputs);
-    create_into_crash(d, &body).await;
+    d.create_into_crash(&body).await;
 
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
     let id = only_lease(dir.path());
@@ -488,20 +446,15 @@ async fn a_lost_boot_failure_refund_is_signed_again_for_the_same_outputs_only() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_host_still_answers_the_retry_that_owns_the_lease_filling_it() {
-    if !kvm_or_skip() {
+    let Some((dir, _guests, d)) = guarded_coinopd(&[]).await else {
         return;
-    }
-    let dir = common::StateDir::new();
-    let _guests = Guests(dir.path().to_path_buf());
-    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    };
     let payment = credit(&d.mint_credit(60).await);
     let key = new_key();
     // All of the host's memory (2048 MiB in the test config): nothing else fits.
     let mut body = create_body(&payment, "mode=echo", Some(&key));
     body["mem_mib"] = json!(2048);
-    let first = create(&d, &body).await;
-    assert_eq!(first.status, 201, "{}", first.text());
-    let id = first.json()["lease_id"].as_str().expect("id").to_string();
+    let id = d.create_lease(body.clone()).await.id;
 
     let (token, seq) = recovered(&create(&d, &body).await, &id);
     assert_eq!(seq, 2);
@@ -513,39 +466,32 @@ async fn a_full_host_still_answers_the_retry_that_owns_the_lease_filling_it() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "host_full");
     books_balance(dir.path(), &id);
-    let stop = d
-        .call("POST", &format!("/v1/leases/{id}/stop"), Some(&token), None)
-        .await;
-    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.stop_lease(&id, &token).await;
     d.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_that_never_booted_waits_for_room_and_boots_on_a_later_retry() {
-    if !kvm_or_skip() {
+    let Some((dir, _guests, d)) = guarded_coinopd(&[(ENV, point::CREATE_COMMITTED)]).await else {
         return;
-    }
-    let dir = common::StateDir::new();
-    let _guests = Guests(dir.path().to_path_buf());
-    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_COMMITTED)]).await;
+    };
     let payment = credit(&d.mint_credit(40).await);
     let other = credit(&d.mint_credit(60).await);
     let key = new_key();
     let mut body = create_body(&payment, "mode=echo", Some(&key));
     body["mem_mib"] = json!(1024);
-    create_into_crash(d, &body).await;
+    d.create_into_crash(&body).await;
 
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
     let id = only_lease(dir.path());
     // Someone else takes the whole host meanwhile.
     let mut big = create_body(&other, "mode=echo", None);
     big["mem_mib"] = json!(2048);
-    let b = create(&d, &big).await;
-    assert_eq!(b.status, 201, "{}", b.text());
-    let (big_id, big_token) = (
-        b.json()["lease_id"].as_str().expect("id").to_string(),
-        b.json()["token"].as_str().expect("token").to_string(),
-    );
+    let CreatedLease {
+        id: big_id,
+        token: big_token,
+        ..
+    } = d.create_lease(big).await;
 
     let full = create(&d, &body).await;
     assert_eq!(full.status, 503, "{}", full.text());
@@ -557,24 +503,13 @@ async fn a_lease_that_never_booted_waits_for_room_and_boots_on_a_later_retry() {
     assert_eq!(shown.status, 200, "the token works: {}", shown.text());
     assert_eq!(shown.json()["state"], "stopped");
 
-    let stop = d
-        .call(
-            "POST",
-            &format!("/v1/leases/{big_id}/stop"),
-            Some(&big_token),
-            None,
-        )
-        .await;
-    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.stop_lease(&big_id, &big_token).await;
     let (token, seq) = recovered(&create(&d, &body).await, &id);
     assert_eq!(seq, 3);
     assert_eq!(show(&d, &id, &waiting).await.status, 401);
     assert_eq!(show(&d, &id, &token).await.json()["state"], "running");
     books_balance(dir.path(), &id);
     books_balance(dir.path(), &big_id);
-    let stop = d
-        .call("POST", &format!("/v1/leases/{id}/stop"), Some(&token), None)
-        .await;
-    assert_eq!(stop.status, 200, "{}", stop.text());
+    d.stop_lease(&id, &token).await;
     d.shutdown().await;
 }

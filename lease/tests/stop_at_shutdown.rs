@@ -15,25 +15,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::guest_reaper::running_vmms;
+use common::leases::{credit_payment, testguest_body, CreatedLease};
 use common::{kvm_or_skip, Daemon, StateDir};
-use serde_json::json;
 
 /// Creates a spinning lease; its control socket path.
 async fn spinning_lease(d: &Daemon) -> (String, String, std::path::PathBuf) {
     let proofs = d.mint_credit(50).await;
-    let r = d
-        .call(
-            "POST",
-            "/v1/leases",
-            None,
-            Some(json!({"vcpus": 1, "mem_mib": 64, "image": "testguest",
-            "cmdline": "mode=spin:600000", "payment": {"credit": {"proofs": proofs}}})),
-        )
+    let CreatedLease { id, token, .. } = d
+        .create_lease(testguest_body("mode=spin:600000", credit_payment(&proofs)))
         .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let v = r.json();
-    let id = v["lease_id"].as_str().expect("id").to_string();
-    let token = v["token"].as_str().expect("token").to_string();
     let control = d.dir.join("run").join(format!("{id}.sock"));
     (id, token, control)
 }
@@ -55,10 +45,7 @@ fn hold_control(control: &Path) -> UnixStream {
 }
 
 async fn stop(d: &Daemon, id: &str, token: &str) {
-    let s = d
-        .call("POST", &format!("/v1/leases/{id}/stop"), Some(token), None)
-        .await;
-    assert_eq!(s.status, 200, "{}", s.text());
+    d.stop_lease(id, token).await;
 }
 
 /// In-process daemon: the stop waits behind the held control socket, which is let go a

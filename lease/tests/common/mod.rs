@@ -2,7 +2,10 @@
 //! helpers to find coinop-vmm and the test guest.
 #![allow(dead_code)]
 
+pub mod coinop_cli;
 pub mod guest_reaper;
+pub mod lease_pid;
+pub mod leases;
 
 pub use guest_reaper::StateDir;
 

@@ -56,6 +56,17 @@ pub fn build_guest(dir: &Path) -> PathBuf {
     dir.join("testguest-pvh.elf")
 }
 
+/// When `ready()`: a fresh temp dir and a jail configuration under it; else `None` after
+/// the SKIPPED line.
+pub fn ready_jail() -> Option<(tempfile::TempDir, JailConfig)> {
+    if !ready() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = jail_config(dir.path());
+    Some((dir, config))
+}
+
 /// A jail configuration under `dir`, with uids unlikely to clash with parallel tests.
 pub fn jail_config(dir: &Path) -> JailConfig {
     let first = 3_000_000 + (std::process::id() % 10_000) * 16;
