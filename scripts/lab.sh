@@ -29,6 +29,9 @@ limit=${LAB_TIMEOUT:-1800}
 stall=${LAB_STALL:-900}
 attempts=${LAB_ATTEMPTS:-3}
 beat_limit=${LAB_BEAT_LIMIT:-120}
+# L1 reaches its /init in 20-60 s; under TCG its kernel has also been seen to hang for good
+# before that (both CPUs busy, no output).
+boot_limit=${LAB_BOOT_LIMIT:-300}
 cache_root=${COINOP_CACHE:-/var/cache/coinop}
 # --target keeps the static build apart from the workspace's normal artefacts.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$COINOP_ROOT/target}
@@ -73,7 +76,7 @@ say "L1 kernel and initramfs"
 images/lab/build-l1.sh "$work" "$l2_kernel_dir" "$l2_initramfs" "$vmm"
 
 # Watches L1's console LOG and kills L1 (pid in DIR/l1.pid) when it is wedged: its kernel
-# reported a soft lockup of a minute or more, or its heartbeat (a line every 10 s from /init) stopped for
+# reported a soft lockup of a minute or more, its /init never started, or its heartbeat (a line every 10 s from /init) stopped for
 # $beat_limit s; DIR/wedged says why. Also kills it when no result came for $stall s
 # (DIR/stalled): every step inside L1 has its own timeout, so that is L1 too.
 watch_l1() {
@@ -89,6 +92,8 @@ watch_l1() {
       echo "L1's kernel reported a soft lockup: $(grep -a 'soft lockup' "$log" | tail -n 1)" >"$dir/wedged"
     elif [ "$beats" -gt 0 ] && [ $((SECONDS - beat_at)) -ge "$beat_limit" ]; then
       echo "L1's heartbeat stopped $((SECONDS - beat_at)) s ago" >"$dir/wedged"
+    elif [ "$beats" = 0 ] && [ $((SECONDS - since)) -ge "$boot_limit" ]; then
+      echo "L1's /init did not start within ${boot_limit} s (its kernel hung while booting)" >"$dir/wedged"
     elif [ $((SECONDS - since)) -ge "$stall" ]; then
       touch "$dir/stalled"
     else
@@ -108,7 +113,7 @@ while :; do
   left=$((limit - (SECONDS - l1_t0)))
   log=$cache_root/lab/runs/$(date +%Y%m%d-%H%M%S)-$$-$attempt.log
   ln -sfn "$log" "$cache_root/lab/last-run.log"
-  say "booting L1 under QEMU TCG (limit ${left} s; L1 wedged: soft lockup, ${beat_limit} s without a heartbeat, or ${stall} s without a result)"
+  say "booting L1 under QEMU TCG (limit ${left} s; L1 wedged: no /init after ${boot_limit} s, soft lockup, ${beat_limit} s without a heartbeat, or ${stall} s without a result)"
   rm -f "$work/l1.pid" "$work/stalled" "$work/wedged"
   ( timeout --kill-after=10 "$left" qemu-system-x86_64 -accel tcg -cpu max -M q35 -m 2G -smp 2 \
       -nographic -no-reboot -pidfile "$work/l1.pid" -kernel "$work/vmlinuz" -initrd "$work/initramfs.cpio" \
