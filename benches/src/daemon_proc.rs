@@ -22,6 +22,9 @@ pub struct DaemonSpec {
     pub coinopd: PathBuf,
     pub vmm: PathBuf,
     pub guest: GuestImage,
+    /// The shape of every lease the scenario creates; capacity is a whole number of them.
+    pub vcpus: u32,
+    pub mem_mib: u64,
     pub capacity_vcpus: u32,
     pub capacity_mib: u64,
     /// The metering tick (`--tick-ms`), so figures per tick know it.

@@ -266,8 +266,6 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
             let (runs, warmup) = a.run.resolve((20, 2), (2, 0))?;
             let s = scenario_lease::LeaseScenario {
                 daemon: daemon_spec(&a.guest, &a.daemon, 1, "mode=echo")?,
-                vcpus: a.daemon.vcpus,
-                mem_mib: a.daemon.mem_mib,
                 runs,
                 warmup,
                 notes: Vec::new(),
@@ -287,8 +285,6 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
             let s = scenario_burst::BurstScenario {
                 daemon: daemon_spec(&a.guest, &a.daemon, max, "mode=echo")?,
                 sizes,
-                vcpus: a.daemon.vcpus,
-                mem_mib: a.daemon.mem_mib,
                 runs,
                 warmup,
                 notes: Vec::new(),
@@ -304,8 +300,6 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
             let s = scenario_density::DensityScenario {
                 daemon: daemon_spec(&a.guest, &a.daemon, guests, "mode=idle")?,
                 guests,
-                vcpus: a.daemon.vcpus,
-                mem_mib: a.daemon.mem_mib,
                 runs,
                 warmup,
                 cpu_window: std::time::Duration::from_secs(if a.run.quick { 1 } else { 10 }),
@@ -323,8 +317,6 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
             let s = scenario_overrun::OverrunScenario {
                 daemon: daemon_spec(&a.guest, &a.daemon, 1, "mode=spin:600000")?,
                 balance_sat: a.balance_sat,
-                vcpus: a.daemon.vcpus,
-                mem_mib: a.daemon.mem_mib,
                 runs,
                 warmup,
                 notes: Vec::new(),
@@ -397,6 +389,8 @@ fn daemon_spec(
         coinopd: d.coinopd_bin.clone().unwrap_or_else(|| sibling("coinopd")),
         vmm: d.vmm_bin.clone().unwrap_or_else(|| sibling("coinop-vmm")),
         guest: g.image(default_cmdline),
+        vcpus: d.vcpus,
+        mem_mib: d.mem_mib,
         capacity_vcpus: d.vcpus.saturating_mul(guests),
         capacity_mib: d.mem_mib.saturating_mul(u64::from(guests)),
         tick_ms: d.tick_ms,

@@ -16,8 +16,6 @@ use crate::sample_set::SampleSet;
 pub struct BurstScenario {
     pub daemon: DaemonSpec,
     pub sizes: Vec<usize>,
-    pub vcpus: u32,
-    pub mem_mib: u64,
     pub runs: usize,
     pub warmup: usize,
     pub notes: Vec<String>,
@@ -48,7 +46,7 @@ impl BurstScenario {
                 scenario: "burst".into(),
                 config: format!(
                     "K={k} concurrent leases of {} vCPU {} MiB, cmdline '{}'",
-                    self.vcpus, self.mem_mib, self.daemon.guest.cmdline
+                    self.daemon.vcpus, self.daemon.mem_mib, self.daemon.guest.cmdline
                 ),
                 runs: self.runs,
                 warmup: self.warmup,
@@ -66,7 +64,7 @@ impl BurstScenario {
         let cmdline = &self.daemon.guest.cmdline;
         let bodies: Vec<_> = payments
             .into_iter()
-            .map(|p| lease_body(self.vcpus, self.mem_mib, cmdline, p))
+            .map(|p| lease_body(self.daemon.vcpus, self.daemon.mem_mib, cmdline, p))
             .collect();
         let mut set = tokio::task::JoinSet::new();
         let t0 = Instant::now();

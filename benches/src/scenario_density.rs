@@ -14,8 +14,6 @@ pub struct DensityScenario {
     pub daemon: DaemonSpec,
     /// Guests the capacity is sized for.
     pub guests: usize,
-    pub vcpus: u32,
-    pub mem_mib: u64,
     pub runs: usize,
     pub warmup: usize,
     /// How long coinopd's CPU time is counted at capacity (its tick loop reading and
@@ -51,7 +49,12 @@ impl DensityScenario {
                 let Some(p) = payments.pop() else {
                     break None;
                 };
-                let body = lease_body(self.vcpus, self.mem_mib, &self.daemon.guest.cmdline, p);
+                let body = lease_body(
+                    self.daemon.vcpus,
+                    self.daemon.mem_mib,
+                    &self.daemon.guest.cmdline,
+                    p,
+                );
                 let t0 = std::time::Instant::now();
                 let r = d.call("POST", "/v1/leases", None, Some(body)).await?;
                 let ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -119,8 +122,8 @@ impl DensityScenario {
             config: format!(
                 "capacity {} guests of {} vCPU {} MiB, cmdline '{}', tick {} ms, CPU counted over {:?}",
                 self.guests,
-                self.vcpus,
-                self.mem_mib,
+                self.daemon.vcpus,
+                self.daemon.mem_mib,
                 self.daemon.guest.cmdline,
                 self.daemon.tick_ms,
                 self.cpu_window

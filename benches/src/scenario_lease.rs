@@ -12,8 +12,6 @@ use crate::sample_set::SampleSet;
 
 pub struct LeaseScenario {
     pub daemon: DaemonSpec,
-    pub vcpus: u32,
-    pub mem_mib: u64,
     pub runs: usize,
     pub warmup: usize,
     pub notes: Vec<String>,
@@ -33,11 +31,19 @@ impl LeaseScenario {
             for kind in kinds {
                 let payment = match kind {
                     "credit" => credit_wallet::credit_payments(&d, 1, 64).await?.remove(0),
-                    _ => credit_wallet::onchain_payment(&d, self.vcpus, self.mem_mib, 60).await?,
+                    _ => {
+                        credit_wallet::onchain_payment(
+                            &d,
+                            self.daemon.vcpus,
+                            self.daemon.mem_mib,
+                            60,
+                        )
+                        .await?
+                    }
                 };
                 let body = lease_body(
-                    self.vcpus,
-                    self.mem_mib,
+                    self.daemon.vcpus,
+                    self.daemon.mem_mib,
                     &self.daemon.guest.cmdline,
                     payment,
                 );
@@ -61,7 +67,7 @@ impl LeaseScenario {
             scenario: "lease".into(),
             config: format!(
                 "{} vCPU {} MiB through coinopd, cmdline '{}'",
-                self.vcpus, self.mem_mib, self.daemon.guest.cmdline
+                self.daemon.vcpus, self.daemon.mem_mib, self.daemon.guest.cmdline
             ),
             runs: self.runs,
             warmup: self.warmup,

@@ -24,8 +24,6 @@ pub struct OverrunScenario {
     pub daemon: DaemonSpec,
     /// The lease's payment, sat (a power of two: one credit proof).
     pub balance_sat: u64,
-    pub vcpus: u32,
-    pub mem_mib: u64,
     pub runs: usize,
     pub warmup: usize,
     pub notes: Vec<String>,
@@ -125,10 +123,11 @@ impl OverrunScenario {
             d.stop_all().await?;
         }
         d.shutdown().await?;
-        let tick_msat = metering::full_rate_msat(prices, u64::from(self.vcpus), self.mem_mib, 1)
-            as f64
-            * self.daemon.tick_ms as f64
-            / 1e3;
+        let tick_msat =
+            metering::full_rate_msat(prices, u64::from(self.daemon.vcpus), self.daemon.mem_mib, 1)
+                as f64
+                * self.daemon.tick_ms as f64
+                / 1e3;
         s.push(COL, "one tick of full-rate usage msat", tick_msat);
         Ok(vec![ScenarioReport {
             scenario: "overrun".into(),
@@ -136,8 +135,8 @@ impl OverrunScenario {
                 "{} sat on {} vCPU {} MiB, cmdline '{}', tick {} ms, prices {} msat/vCPU·s {} \
                  msat/GiB·s",
                 self.balance_sat,
-                self.vcpus,
-                self.mem_mib,
+                self.daemon.vcpus,
+                self.daemon.mem_mib,
                 self.daemon.guest.cmdline,
                 self.daemon.tick_ms,
                 prices.vcpu_msat_per_s,
@@ -157,8 +156,8 @@ impl OverrunScenario {
             .await?
             .remove(0);
         let body = lease_body(
-            self.vcpus,
-            self.mem_mib,
+            self.daemon.vcpus,
+            self.daemon.mem_mib,
             &self.daemon.guest.cmdline,
             payment,
         );
@@ -181,7 +180,7 @@ impl OverrunScenario {
             .ok_or_else(|| err("no balance_msat"))?;
         let control = d.state_dir().join("run").join(format!("{id}.sock"));
         let readings = poll_until_paused(d, id, token, &control).await?;
-        let cost = |r: Reading| cost_msat(prices, self.mem_mib, r);
+        let cost = |r: Reading| cost_msat(prices, self.daemon.mem_mib, r);
         let zero = zero_crossing(&readings, paid, cost)
             .ok_or_else(|| err("paused before its usage cost the payment"))?;
         let pause = pause_reading(&readings).ok_or_else(|| err("no readings"))?;
