@@ -10,9 +10,16 @@ cd "$COINOP_ROOT"
 coinop_setup
 coinop_install_packages "${COINOP_TEST_PACKAGES[@]}"
 
-log=$(mktemp -t coinop-test.XXXXXX)
-vmms_before=$(mktemp -t coinop-vmms.XXXXXX)
-trap 'rm -f "$log" "$vmms_before"' EXIT
+# This run's directory: the stages that start guests get TMPDIR inside it, so every state
+# directory, control socket and console of theirs is in it, and COINOP_TEST_RUN_DIR in
+# their environment. That is how coinop_check_leftover_vmms knows a VMM is this run's and
+# never touches another's (see scripts/lib/leftover_vmms.sh). The lab keeps the usual
+# TMPDIR: its lock file there is shared between runs on purpose.
+COINOP_TEST_RUN_DIR=$(coinop_test_run_dir_new)
+export COINOP_TEST_RUN_DIR
+log=$COINOP_TEST_RUN_DIR/test.log
+# --one-file-system: never delete through something a test left mounted in it.
+trap 'rm -rf --one-file-system "$COINOP_TEST_RUN_DIR"' EXIT
 
 if problem=$(coinop_kvm_problem) && [ -n "$problem" ]; then
   say "KVM tests will be SKIPPED: $problem"
@@ -25,13 +32,12 @@ say "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 say "cargo test"
-coinop_vmm_keys >"$vmms_before"
-cargo test --workspace 2>&1 | tee "$log"
-coinop_check_leftover_vmms "$vmms_before" "cargo test"
+TMPDIR=$COINOP_TEST_RUN_DIR/tmp cargo test --workspace 2>&1 | tee "$log"
+coinop_check_leftover_vmms "cargo test"
 
 say "benchmark harness, --quick (checks it works; asserts no timing)"
-scripts/bench-quick.sh 2>&1 | tee -a "$log"
-coinop_check_leftover_vmms "$vmms_before" "the benchmark harness"
+TMPDIR=$COINOP_TEST_RUN_DIR/tmp scripts/bench-quick.sh 2>&1 | tee -a "$log"
+coinop_check_leftover_vmms "the benchmark harness"
 
 # Real Linux can't boot on this kind of host's /dev/kvm; the lab proves it one level down.
 # The suite proves coinop-vmm only (LAB_PEERS=0): the side-by-side with QEMU is a benchmark,
