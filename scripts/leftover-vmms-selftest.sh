@@ -48,6 +48,7 @@ alive() { [ "$(readlink "/proc/$1/exe" 2>/dev/null)" = "$fake" ]; }
 # Outside the run: none of these may be reported or killed.
 env -u COINOP_TEST_RUN_DIR "$fake" 600 </dev/null >/dev/null 2>&1 &
 plain=$!
+disown "$plain" # cleanup kills it: no "Killed" job notice from bash
 orphaned=$(orphan env -u COINOP_TEST_RUN_DIR "$fake" 600)
 # Another run's directory, in each of the three places a run's VMM can carry it.
 other_env=$(orphan env COINOP_TEST_RUN_DIR="$other_run" "$fake" 600)
