@@ -10,7 +10,7 @@ if problem=$(coinop_kvm_problem) && [ -n "$problem" ]; then
   exit 0
 fi
 # coinopd must sit next to coinop-bench for the daemon scenarios.
-cargo build --quiet -p vmm -p lease -p coinop-bench
+cargo build --quiet -p vmm -p coinopd -p coinop-cli -p coinop-bench
 images/testguest/build.sh target/testguest >/dev/null
 out=$(mktemp -d -t coinop-bench.XXXXXX)
 trap 'rm -rf "$out"' EXIT

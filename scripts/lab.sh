@@ -59,7 +59,7 @@ vmm=$CARGO_TARGET_DIR/$target/release/coinop-vmm
 if [ "${LAB_ROOTFS:-1}" = 1 ]; then
   # Dynamically linked (glibc only: SQLite is bundled); build-l1.sh copies the libraries.
   say "coinopd and coinop, release"
-  cargo build --quiet --release -p lease --bin coinopd --bin coinop
+  cargo build --quiet --release -p coinopd -p coinop-cli
   export LAB_COINOPD=$CARGO_TARGET_DIR/release/coinopd LAB_COINOP=$CARGO_TARGET_DIR/release/coinop
 fi
 

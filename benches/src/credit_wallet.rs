@@ -46,7 +46,7 @@ fn blanks(keyset_id: &str, amounts: &[u64]) -> Result<Vec<Blank>, BenchError> {
         .collect()
 }
 
-fn ok_json(r: lease::client::Reply, what: &str) -> Result<Value, BenchError> {
+fn ok_json(r: coinop_cli::client::Reply, what: &str) -> Result<Value, BenchError> {
     if r.status != 200 {
         return Err(err(format!("{what}: HTTP {}: {}", r.status, r.text())));
     }
@@ -71,7 +71,7 @@ pub async fn mint_proofs(d: &Daemon, amounts: &[u64]) -> Result<Vec<Proof>, Benc
     let quote = q["quote"]
         .as_str()
         .ok_or_else(|| err("mint quote without id"))?;
-    let pay = lease::regtest_pay::pay_quote(&d.client, quote)
+    let pay = coinop_cli::regtest_pay::pay_quote(&d.client, quote)
         .await
         .map_err(err)?;
     let blank = blanks(keyset_id, amounts)?;
@@ -129,7 +129,7 @@ pub async fn onchain_payment(
     let id = q["quote_id"]
         .as_str()
         .ok_or_else(|| err("quote without id"))?;
-    lease::regtest_pay::pay_quote(&d.client, id)
+    coinop_cli::regtest_pay::pay_quote(&d.client, id)
         .await
         .map_err(err)
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lease::client::{Client, Reply};
+use coinop_cli::client::{Client, Reply};
 use serde_json::{json, Value};
 
 use crate::engines::GuestImage;

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use lease::client::Client;
+use coinop_cli::client::Client;
 use serde_json::Value;
 
 use crate::error::BenchError;

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use lease::client::Client;
+use coinop_cli::client::Client;
 
 use crate::credit_wallet;
 use crate::daemon_proc::{lease_body, Daemon, DaemonSpec};

@@ -11,8 +11,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lease::metering::{self, Prices, UsageDelta};
-use lease::vmm_control;
+use coinopd::vmm_control;
+use payment::metering::{self, Prices, UsageDelta};
 
 use crate::credit_wallet;
 use crate::daemon_proc::{lease_body, Daemon, DaemonSpec};

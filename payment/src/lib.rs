@@ -5,9 +5,12 @@
 //!   addresses from the operator's xpub, and SPV checks of `gettxoutproof` proofs.
 //! - [`credit`]: anonymous blind-signed credit (Cashu NUT-00/01/02/03/07/12): keysets, mint,
 //!   swap, check state, redeem and change.
+//! - [`metering`]: what a tick of guest usage costs, in integer msat with a carried
+//!   remainder (the rule quotes and the lease scheduler share).
 //! - [`spent_set`]: the one place that remembers what was spent (outpoints and credit
 //!   secrets), so nothing is ever counted twice, also under concurrency and after a crash.
 
 pub mod credit;
+pub mod metering;
 pub mod onchain;
 pub mod spent_set;

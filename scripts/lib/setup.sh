@@ -59,7 +59,7 @@ COINOP_TARGET=x86_64-unknown-linux-gnu
 COINOP_BIN=${CARGO_TARGET_DIR:-$COINOP_ROOT/target}/release
 COINOP_VMM=${CARGO_TARGET_DIR:-$COINOP_ROOT/target}/$COINOP_TARGET/release/coinop-vmm
 coinop_build_release() {
-  cargo build --quiet --release -p lease -p coinop-bench
+  cargo build --quiet --release -p coinopd -p coinop-cli -p coinop-bench
   RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
     cargo build --quiet --release --target "$COINOP_TARGET" -p vmm --bin coinop-vmm
 }

@@ -10,6 +10,8 @@ pub mod network;
 pub mod price;
 pub mod proof;
 pub mod quote;
+#[cfg(feature = "sqlite")]
+pub mod quote_book;
 pub mod receive_address;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod regtest_fixtures;
@@ -23,5 +25,7 @@ pub use proof::{
     check_inclusion, check_payment, parse_proof, parse_tx, spend_error, verify_and_claim,
     verify_proof, VerifiedPayment,
 };
-pub use quote::{Quote, QuoteBook};
+pub use quote::Quote;
+#[cfg(feature = "sqlite")]
+pub use quote_book::QuoteBook;
 pub use receive_address::{AddressDeriver, AddressKind};

@@ -65,9 +65,13 @@ pub trait SpentSet: Send + Sync {
     fn states(&self, keys: &[SpendKey]) -> Result<Vec<Option<SpendState>>, SpentSetError>;
 }
 
+#[cfg(feature = "sqlite")]
 mod group_commit;
+#[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "sqlite")]
 pub use group_commit::GroupCommitSpentSet;
+#[cfg(feature = "sqlite")]
 pub use sqlite::{open_durable, SqliteSpentSet};
 
 impl SpendKey {
@@ -82,6 +86,7 @@ impl SpendKey {
         }
     }
 
+    #[cfg(feature = "sqlite")]
     pub(crate) fn key_hex(&self) -> String {
         hex::encode(&self.bytes)
     }

@@ -1,0 +1,253 @@
+//! `coinop`'s flags and subcommands (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::exit::HELP;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "coinop",
+    version,
+    about = "coinop: client for coinopd (operators and provisioning scripts)",
+    long_about = "coinop: client for coinopd, over its Unix socket.\n\
+                  Human-readable output by default; --json prints the daemon's JSON exactly \
+                  as it answered (one document per call) for scripts.",
+    after_help = HELP
+)]
+pub struct Cli {
+    /// coinopd's socket.
+    #[arg(
+        long,
+        env = "COINOP_SOCKET",
+        default_value = "/run/coinop/coinop.sock",
+        global = true
+    )]
+    pub socket: PathBuf,
+    /// Print the daemon's JSON answer exactly as received (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Host info: network, chain tip, capacity, prices, images.
+    Host,
+    /// Price a lease and get a fresh address to pay.
+    Quote {
+        #[arg(long)]
+        vcpus: u32,
+        #[arg(long)]
+        mem_mib: u64,
+        #[arg(long)]
+        seconds: u64,
+        #[arg(long)]
+        image: Option<String>,
+    },
+    /// Lease commands: create, show, topup, stop, console.
+    Lease {
+        #[command(subcommand)]
+        cmd: LeaseCmd,
+    },
+    /// Every lease, without tokens (operator).
+    Leases,
+    /// Chain commands (operator).
+    Chain {
+        #[command(subcommand)]
+        cmd: ChainCmd,
+    },
+    /// Demo helpers for regtest.
+    Regtest {
+        #[command(subcommand)]
+        cmd: RegtestCmd,
+    },
+    /// The tenant's credit wallet (Cashu notes in a local file).
+    Wallet {
+        #[command(subcommand)]
+        cmd: WalletCmd,
+        #[command(flatten)]
+        wallet: WalletArg,
+    },
+}
+
+/// Where the tenant's wallet file is.
+#[derive(Debug, Clone, Args)]
+pub struct WalletArg {
+    /// The wallet file (created on first use, mode 0600) [default: ~/.coinop/wallet.json].
+    #[arg(long = "wallet", env = "COINOP_WALLET", value_name = "FILE")]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalletCmd {
+    /// How much credit the wallet holds.
+    Balance,
+    /// Mint credit paid on the daemon's regtest chain (demo: mines the payment in-process).
+    Mint {
+        /// sat to mint.
+        #[arg(long)]
+        amount: u64,
+    },
+    /// Take notes worth at least AMOUNT sat out of the wallet and print them as a `payment`
+    /// for `lease create --payment -` or `lease topup --payment -`.
+    Pay {
+        /// sat to pay (the notes taken may add up to more: all of it is credited).
+        #[arg(long)]
+        amount: u64,
+    },
+}
+
+/// How a create or top-up pays: exactly one of --payment, --credit, or --tx/--proof/--quote-id.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = true)]
+pub struct PaymentArgs {
+    /// The whole `payment` JSON object (`{"onchain":{...}}` or `{"credit":{...}}`) from FILE,
+    /// or `-` for stdin.
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["credit", "tx", "proof", "quote_id"])]
+    pub payment: Option<String>,
+    /// Cashu proofs from FILE (`-` for stdin): a JSON array of proofs or `{"proofs": [...]}`.
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["tx", "proof", "quote_id"])]
+    pub credit: Option<String>,
+    /// On-chain: the raw paying transaction, hex (or @FILE).
+    #[arg(long, value_name = "HEX", requires_all = ["proof", "quote_id"])]
+    pub tx: Option<String>,
+    /// On-chain: the `gettxoutproof` output for it, hex (or @FILE).
+    #[arg(long, value_name = "HEX", requires_all = ["tx", "quote_id"])]
+    pub proof: Option<String>,
+    /// On-chain: the quote the transaction pays.
+    #[arg(long, value_name = "Q", requires_all = ["tx", "proof"])]
+    pub quote_id: Option<String>,
+}
+
+/// The lease's bearer token.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArg {
+    /// The token shown at creation.
+    #[arg(long, env = "COINOP_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeaseCmd {
+    /// Create a lease; the payment travels with the request. Safe to repeat: a recovery
+    /// key is kept in a file before sending, so if the reply is lost, running the same
+    /// command again gets the lease the payment made (with a new token) instead of 409.
+    Create {
+        #[arg(long)]
+        vcpus: u32,
+        #[arg(long)]
+        mem_mib: u64,
+        #[arg(long, default_value = "testguest")]
+        image: String,
+        #[arg(long)]
+        cmdline: Option<String>,
+        /// OpenSSH public key (the text, or @FILE) authorised for root in the guest.
+        #[arg(long)]
+        ssh_key: Option<String>,
+        #[command(flatten)]
+        pay: PaymentArgs,
+        /// Where this create's recovery key is kept until coinopd answers (created 0600
+        /// before sending; reused when it exists)
+        /// [default: ~/.coinop/creates/<hash of the payment>.key].
+        #[arg(long, value_name = "FILE")]
+        recovery_key_file: Option<PathBuf>,
+        /// How many times to resend when the reply is lost (1 s apart).
+        #[arg(long, default_value_t = 3)]
+        retries: u32,
+    },
+    /// State, balance, usage and boot figures of a lease.
+    Show {
+        id: String,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Add a payment to a lease; wakes a lease paused for lack of funds.
+    Topup {
+        id: String,
+        #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
+        pay: PaymentArgs,
+    },
+    /// Stop a lease; with --outputs FILE (a JSON array of blinded messages) the unused
+    /// balance comes back as blind signatures.
+    Stop {
+        id: String,
+        #[command(flatten)]
+        token: TokenArg,
+        #[arg(long, value_name = "FILE|-", conflicts_with = "change")]
+        outputs: Option<String>,
+        /// Collect the change into the wallet (makes the blank outputs, unblinds the
+        /// signatures, checks their DLEQ proofs).
+        #[arg(long)]
+        change: bool,
+        #[command(flatten)]
+        wallet: WalletArg,
+    },
+    /// The guest's serial console so far (text, also with --json).
+    Console {
+        id: String,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChainCmd {
+    /// Add block headers: FILE (`-` for stdin) holds hex headers, one per line, or a JSON
+    /// array of them.
+    #[command(visible_alias = "push-headers")]
+    AddHeaders {
+        #[arg(value_name = "FILE|-")]
+        file: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegtestCmd {
+    /// Pay a quote on the daemon's regtest chain (mines blocks in-process, adds their
+    /// headers) and print the `payment` JSON for `lease create --payment -`.
+    Pay {
+        #[arg(long)]
+        quote_id: String,
+    },
+}
+
+/// Parses the command line; a usage error is one line (clap's first line, naming the flag).
+pub fn parse() -> Result<Cli, crate::exit::Exit> {
+    Cli::try_parse().map_err(|e| {
+        use clap::error::ErrorKind;
+        match e.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                let _ = e.print();
+                let code = if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    crate::exit::USAGE
+                } else {
+                    crate::exit::OK
+                };
+                crate::exit::Exit {
+                    code,
+                    message: String::new(),
+                }
+            }
+            _ => {
+                // clap's first paragraph says what is wrong and names the flag(s); the
+                // tips and usage after it would make the message many lines long.
+                let text = e.render().to_string();
+                let first: Vec<&str> = text
+                    .lines()
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect();
+                let first = first.join(" ");
+                let first = first.trim_start_matches("error: ");
+                crate::exit::Exit::usage(format!("{first} (see coinop --help)"))
+            }
+        }
+    })
+}

@@ -1,0 +1,164 @@
+//! `coinop lease create` made safe to repeat. Before the request leaves, the CLI picks a
+//! recovery key (256 random bits) and writes it to a file (mode 0600, synced); the key goes
+//! with the create. If the reply is lost (coinopd restarted, the connection dropped), the
+//! CLI resends the same request a few times, and running the same command again later reads
+//! the same key back: coinopd then answers with the lease the payment already made and a
+//! fresh token instead of 409. The file is named after the payment by default, so "the same
+//! command" needs no extra flag; it is removed once coinopd gave a definitive answer.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bitcoin::hashes::{sha256, Hash};
+use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::commands::{send, show, Call, View};
+use crate::exit::{Exit, UNREACHABLE};
+use coinop_proto::recovery_key::{recovery_hash, KEY_HEX_LEN};
+
+/// Pause between resends of a create whose reply was lost.
+const RESEND_PAUSE: Duration = Duration::from_secs(1);
+
+/// `~/.coinop/creates/<first 128 bits of SHA-256 of the payment JSON>.key`.
+pub fn default_key_path(payment: &Value) -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    let digest = sha256::Hash::hash(payment.to_string().as_bytes()).to_byte_array();
+    PathBuf::from(home)
+        .join(".coinop")
+        .join("creates")
+        .join(format!("{}.key", hex::encode(&digest[..16])))
+}
+
+fn io_exit(path: &Path, what: &str, e: std::io::Error) -> Exit {
+    Exit::usage(format!("{what} {}: {e}", path.display()))
+}
+
+fn read_key(path: &Path) -> Result<String, Exit> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_exit(path, "reading", e))?;
+    let key = text.trim().to_string();
+    recovery_hash(&key).map_err(|e| Exit::usage(format!("{}: {e}", path.display())))?;
+    Ok(key)
+}
+
+/// The key kept in `path`, or a fresh one written there (durably) first. Returns whether it
+/// was already there, i.e. this is a retry.
+pub fn load_or_create(path: &Path) -> Result<(String, bool), Exit> {
+    if path.exists() {
+        return Ok((read_key(path)?, true));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io_exit(dir, "creating", e))?;
+    let mut bytes = [0u8; KEY_HEX_LEN / 2];
+    OsRng.fill_bytes(&mut bytes);
+    let key = hex::encode(bytes);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    let mut file = match file {
+        Ok(f) => f,
+        // Another coinop with the same payment got there first: use its key.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Ok((read_key(path)?, true))
+        }
+        Err(e) => return Err(io_exit(path, "creating", e)),
+    };
+    writeln!(file, "{key}")
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_exit(path, "writing", e))?;
+    // The file's name must survive a crash too, or the key is lost with it.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_exit(dir, "syncing", e))?;
+    Ok((key, false))
+}
+
+/// Sends the create with its recovery key, resending up to `retries` times while coinopd
+/// cannot be reached, and shows the answer.
+pub async fn run(
+    c: &Client,
+    mut call: Call,
+    key_file: Option<PathBuf>,
+    retries: u32,
+    json_mode: bool,
+) -> Result<(), Exit> {
+    let body = call
+        .body
+        .as_mut()
+        .ok_or_else(|| Exit::usage("lease create has no request body"))?;
+    let path = key_file.unwrap_or_else(|| default_key_path(&body["payment"]));
+    let (key, retry) = load_or_create(&path)?;
+    if retry {
+        eprintln!(
+            "coinop: resending an earlier create with its recovery key ({})",
+            path.display()
+        );
+    }
+    body["recovery_key"] = Value::String(key);
+    let mut attempt = 0;
+    let reply = loop {
+        match send(c, &call).await {
+            Ok(r) => break r,
+            Err(e) if e.code == UNREACHABLE && attempt < retries => {
+                attempt += 1;
+                tokio::time::sleep(RESEND_PAUSE).await;
+            }
+            Err(e) if e.code == UNREACHABLE => {
+                return Err(Exit::unreachable(format!(
+                    "{}; the payment may already be spent on a lease: run the same command \
+                     again to get it back (its recovery key is kept in {})",
+                    e.message,
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let shown = show(&reply, View::Created, json_mode);
+    // Below 500 the answer is definitive: the lease and token were shown, or the payment
+    // made no lease with this key. 5xx (host full, boot failed) may be worth a rerun.
+    if reply.status < 500 {
+        let _ = std::fs::remove_file(&path);
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_key_is_written_before_use_and_read_back_on_a_retry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("creates").join("x.key");
+        let (key, retry) = load_or_create(&path).expect("new key");
+        assert!(!retry);
+        assert_eq!(key.len(), KEY_HEX_LEN);
+        let mode = std::fs::metadata(&path).expect("file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_or_create(&path).expect("again"), (key, true));
+        std::fs::write(&path, "not a key\n").expect("spoil");
+        assert_eq!(load_or_create(&path).expect_err("bad key").code, 2);
+    }
+
+    #[test]
+    fn the_default_file_is_named_after_the_payment() {
+        let a = default_key_path(&serde_json::json!({"credit": {"proofs": [1]}}));
+        let b = default_key_path(&serde_json::json!({"credit": {"proofs": [2]}}));
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            default_key_path(&serde_json::json!({"credit": {"proofs": [1]}}))
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! Reading what the CLI sends from files or stdin (`-`): payment JSON, Cashu proofs, hex,
+//! and block headers. Every failure is a usage error naming the file and what was wrong.
+
+use std::io::Read;
+
+use serde_json::Value;
+
+use crate::exit::Exit;
+
+/// Largest input file read (a payment, proofs, or a header batch).
+const MAX_INPUT: u64 = 64 << 20;
+
+/// The text of FILE, or of stdin for `-`.
+pub fn read_text(name: &str) -> Result<String, Exit> {
+    let mut s = String::new();
+    let r = if name == "-" {
+        std::io::stdin().take(MAX_INPUT).read_to_string(&mut s)
+    } else {
+        std::fs::File::open(name).and_then(|f| f.take(MAX_INPUT).read_to_string(&mut s))
+    };
+    r.map_err(|e| Exit::usage(format!("reading {name}: {e}")))?;
+    Ok(s)
+}
+
+pub fn read_json(name: &str) -> Result<Value, Exit> {
+    serde_json::from_str(&read_text(name)?)
+        .map_err(|e| Exit::usage(format!("{name} is not JSON: {e}")))
+}
+
+/// Cashu proofs from FILE: a JSON array of proofs, `{"proofs": [...]}`, or a whole
+/// `{"credit": {"proofs": [...]}}` payment.
+pub fn read_proofs(name: &str) -> Result<Value, Exit> {
+    let v = read_json(name)?;
+    let proofs = match &v {
+        Value::Array(_) => v.clone(),
+        Value::Object(o) if o.contains_key("proofs") => v["proofs"].clone(),
+        Value::Object(o) if o.contains_key("credit") => v["credit"]["proofs"].clone(),
+        _ => Value::Null,
+    };
+    match proofs {
+        Value::Array(a) if !a.is_empty() => Ok(Value::Array(a)),
+        _ => Err(Exit::usage(format!(
+            "{name}: expected a non-empty JSON array of Cashu proofs (or {{\"proofs\": [...]}})"
+        ))),
+    }
+}
+
+/// A hex argument, given inline or as `@FILE` (`@-` for stdin).
+pub fn read_hex(flag: &str, value: &str) -> Result<String, Exit> {
+    let text = match value.strip_prefix('@') {
+        Some(file) => read_text(file)?,
+        None => value.to_string(),
+    };
+    let hex = text.trim().to_string();
+    if hex.is_empty() || hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Exit::usage(format!(
+            "{flag}: expected hex (an even number of 0-9a-f digits), or @FILE"
+        )));
+    }
+    Ok(hex)
+}
+
+/// Block headers from FILE: hex, one per line, or a JSON array of hex strings.
+pub fn read_headers(name: &str) -> Result<Vec<String>, Exit> {
+    let text = read_text(name)?;
+    if let Ok(h) = serde_json::from_str::<Vec<String>>(&text) {
+        return Ok(h);
+    }
+    let headers: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if let Some((i, bad)) = headers
+        .iter()
+        .enumerate()
+        .find(|(_, h)| h.len() != 160 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(Exit::usage(format!(
+            "{name}: line {}: expected an 80-byte header as 160 hex digits, got {} characters",
+            i + 1,
+            bad.len()
+        )));
+    }
+    if headers.is_empty() {
+        return Err(Exit::usage(format!("{name}: no headers")));
+    }
+    Ok(headers)
+}

@@ -1,0 +1,29 @@
+//! `coinop`, the command line of tenants, operators and provisioning scripts: a thin client
+//! of coinopd's API (HTTP/JSON on its Unix socket) with a small Cashu wallet. It links none
+//! of the daemon.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`args`] | the command line (clap) |
+//! | [`commands`] | each command as one API call, and how its answer is shown |
+//! | [`human`] | the human-readable rendering of replies (`--json` prints them unchanged) |
+//! | [`exit`] | exit codes, part of the interface |
+//! | [`input`] | reading payments and credit from files or arguments |
+//! | [`create_retry`] | creates that survive a lost reply (recovery keys kept on disk) |
+//! | [`client`] | HTTP/1.1 over the daemon's Unix socket (hyper) |
+//! | [`wallet`], [`wallet_commands`], [`wallet_cli`] | the tenant's credit: Cashu notes in a file, minting, paying, change |
+//! | [`regtest_pay`] | `coinop regtest pay`: a demo on-chain payment mined in-process |
+
+pub mod args;
+pub mod client;
+pub mod commands;
+pub mod create_retry;
+pub mod exit;
+pub mod human;
+pub mod input;
+pub mod regtest_pay;
+pub mod wallet;
+pub mod wallet_cli;
+pub mod wallet_commands;
+
+pub use commands::run;

@@ -1,0 +1,259 @@
+//! Benchmark: request arrival → guest_ready for credit-paid leases, stage by stage, against a
+//! real coinopd process. Mints one credit note per lease on the daemon's regtest chain, then
+//! creates the leases one after another (each stopped before the next) and prints the median
+//! and p95 of each boot figure the daemon reports.
+//!
+//! ```text
+//! cargo run --release -p coinopd --example create_latency -- \
+//!     --coinopd target/release/coinopd --vmm STATIC_COINOP_VMM --testguest testguest-pvh.elf --count 25
+//! # the same without the jail (the cgroup stays), for the cost of jailing:
+//!     ... --coinopd-arg --no-jail
+//! ```
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
+use bitcoin::secp256k1::{PublicKey, SecretKey};
+use coinop_cli::client::Client;
+use payment::credit::bdhke::{blind_message, unblind};
+use payment::credit::nut_types::{BlindSignature, BlindedMessage, Proof};
+use serde_json::{json, Value};
+
+const STAGES: [&str; 5] = [
+    "payment_verified_us",
+    "ledger_committed_us",
+    "vmm_spawned_us",
+    "vcpus_started_us",
+    "guest_ready_us",
+];
+/// Sat per note: one note pays one lease.
+const NOTE_SAT: u64 = 4;
+
+struct Args {
+    coinopd: PathBuf,
+    vmm: PathBuf,
+    testguest: PathBuf,
+    count: usize,
+    /// More coinopd flags (`--coinopd-arg --no-jail` measures the unjailed create path).
+    coinopd_args: Vec<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        coinopd: PathBuf::from("target/release/coinopd"),
+        vmm: PathBuf::new(),
+        testguest: PathBuf::new(),
+        count: 25,
+        coinopd_args: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_default();
+        match flag.as_str() {
+            "--coinopd" => a.coinopd = value.into(),
+            "--vmm" => a.vmm = value.into(),
+            "--testguest" => a.testguest = value.into(),
+            "--count" => a.count = value.parse().unwrap_or(25),
+            "--coinopd-arg" => a.coinopd_args.push(value),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+async fn ok(c: &Client, method: &str, path: &str, body: Option<Value>) -> Value {
+    let r = c
+        .call(
+            method,
+            path,
+            None,
+            body.map(|b| serde_json::to_vec(&b).expect("json")),
+        )
+        .await
+        .expect("daemon answers");
+    assert!(r.status < 300, "{method} {path}: {} {}", r.status, r.text());
+    r.json()
+}
+
+/// Mints `count` notes of NOTE_SAT each (one on-chain payment, mined in-process).
+async fn mint_notes(c: &Client, count: usize) -> Vec<Proof> {
+    let total = NOTE_SAT * count as u64;
+    let q = ok(
+        c,
+        "POST",
+        "/v1/mint/quote/onchain",
+        Some(json!({"amount": total, "unit": "sat"})),
+    )
+    .await;
+    let quote = q["quote"].as_str().expect("quote id");
+    let pay = coinop_cli::regtest_pay::pay_quote(c, quote)
+        .await
+        .expect("regtest payment");
+    let keys = ok(c, "GET", "/v1/keys", None).await;
+    let ks = &keys["keysets"][0];
+    let keyset_id = ks["id"].as_str().expect("keyset id").to_string();
+    let k: PublicKey = ks["keys"][NOTE_SAT.to_string()]
+        .as_str()
+        .expect("key")
+        .parse()
+        .expect("point");
+    let blanks: Vec<(String, SecretKey, BlindedMessage)> = (0..count)
+        .map(|_| {
+            let mut b = [0u8; 32];
+            OsRng.fill_bytes(&mut b);
+            let secret = hex::encode(b);
+            let r = SecretKey::new(&mut OsRng);
+            let b_ = blind_message(secret.as_bytes(), &r).expect("blind");
+            let msg = BlindedMessage {
+                amount: NOTE_SAT,
+                id: keyset_id.clone(),
+                b_: b_.to_string(),
+            };
+            (secret, r, msg)
+        })
+        .collect();
+    let outputs: Vec<&BlindedMessage> = blanks.iter().map(|b| &b.2).collect();
+    let minted = ok(
+        c,
+        "POST",
+        "/v1/mint/onchain",
+        Some(json!({"payment": pay["onchain"], "outputs": outputs})),
+    )
+    .await;
+    let sigs: Vec<BlindSignature> =
+        serde_json::from_value(minted["signatures"].clone()).expect("signatures");
+    sigs.iter()
+        .zip(&blanks)
+        .map(|(s, (secret, r, _))| {
+            let c_: PublicKey = s.c_.parse().expect("C_");
+            Proof {
+                amount: s.amount,
+                id: s.id.clone(),
+                secret: secret.clone(),
+                c: unblind(&c_, r, &k).expect("unblind").to_string(),
+                witness: None,
+                dleq: None,
+            }
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let a = args();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("coinop.sock");
+    let mut child = Command::new(&a.coinopd)
+        .args(["--state-dir", &dir.path().display().to_string()])
+        .args(["--socket", &socket.display().to_string()])
+        .args(["--vmm-bin", &a.vmm.display().to_string()])
+        .args(["--testguest", &a.testguest.display().to_string()])
+        .args(["--capacity-vcpus", "8", "--capacity-mib", "4096"])
+        .args(&a.coinopd_args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start coinopd");
+    for _ in 0..500 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let c = Client::new(&socket);
+    let notes = mint_notes(&c, a.count).await;
+    let mut figures: Vec<Vec<u64>> = vec![Vec::new(); STAGES.len()];
+    let mut steps: Vec<Vec<i64>> = vec![Vec::new(); STAGES.len()];
+    for note in notes {
+        let body = json!({"vcpus": 1, "mem_mib": 64, "image": "testguest",
+                          "cmdline": "mode=echo", "payment": {"credit": {"proofs": [note]}}});
+        let v = ok(&c, "POST", "/v1/leases", Some(body)).await;
+        let mut previous = Some(0);
+        for (i, stage) in STAGES.iter().enumerate() {
+            let us = v["boot"][stage].as_u64();
+            if let Some(us) = us {
+                figures[i].push(us);
+            }
+            // Without the jail the cgroup move after the spawn can end after the guest is
+            // ready: steps may be negative.
+            if let (Some(now), Some(before)) = (us, previous) {
+                steps[i].push(now as i64 - before as i64);
+            }
+            previous = us;
+        }
+        let id = v["lease_id"].as_str().expect("lease id");
+        let token = v["token"].as_str().expect("token");
+        let r = c
+            .call(
+                "POST",
+                &format!("/v1/leases/{id}/stop"),
+                Some(token),
+                Some(b"{}".to_vec()),
+            )
+            .await
+            .expect("stop");
+        assert_eq!(r.status, 200, "{}", r.text());
+        // Let the VMM tear down (12-23 ms of VM destruction) off the next boot's clock.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    println!("{} credit-paid creates, µs from request arrival:", a.count);
+    println!("{:<22} {:>8} {:>8} {:>8}", "stage", "median", "p95", "max");
+    for (i, stage) in STAGES.iter().enumerate() {
+        let mut v = figures[i].clone();
+        v.sort_unstable();
+        if v.is_empty() {
+            continue;
+        }
+        println!(
+            "{:<22} {:>8} {:>8} {:>8}",
+            stage,
+            percentile(&v, 0.5),
+            percentile(&v, 0.95),
+            v[v.len() - 1]
+        );
+    }
+    let step_medians: Vec<i64> = steps
+        .iter()
+        .map(|v| {
+            let mut v = v.clone();
+            v.sort_unstable();
+            v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or(0)
+        })
+        .collect();
+    let total: i64 = step_medians.iter().map(|m| m.max(&0)).sum();
+    println!("each stage's own time (µs since the previous stage):");
+    println!(
+        "{:<22} {:>8} {:>8} {:>8}",
+        "stage", "median", "p95", "share"
+    );
+    for (i, stage) in STAGES.iter().enumerate() {
+        let mut v = steps[i].clone();
+        v.sort_unstable();
+        if v.is_empty() {
+            continue;
+        }
+        let p95 = v[(((v.len() - 1) as f64) * 0.95).round() as usize];
+        let share = 100.0 * step_medians[i].max(0) as f64 / total.max(1) as f64;
+        println!(
+            "{:<22} {:>8} {:>8} {:>7.0}%",
+            stage, step_medians[i], p95, share
+        );
+    }
+    // SIGTERM, not SIGKILL: coinopd removes its unused pool slots (cgroups, jail roots) on a
+    // clean shutdown, and this state dir is gone afterwards.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}

@@ -1,0 +1,186 @@
+//! The daemon's shared state: configuration, ledger, mint, header chain, quote book,
+//! supervisor, capacity and metrics, opened from the state directory.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use bitcoin::bip32::{Xpriv, Xpub};
+use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
+use bitcoin::secp256k1::Secp256k1;
+use payment::credit::{Mint, MintLimits};
+use payment::onchain::{
+    AddressDeriver, AddressKind, ChainNetwork, Checkpoint, HeaderChain, QuoteBook,
+};
+use payment::spent_set::GroupCommitSpentSet;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use crate::capacity::{Capacity, Totals};
+use crate::config::Config;
+use crate::http::peer::OperatorPolicy;
+use crate::isolation::Isolation;
+use crate::ledger::{Ledger, LedgerError};
+use crate::metrics::Metrics;
+use crate::stops_in_flight::StopsInFlight;
+use crate::supervisor::{GuestExit, Supervisor};
+use payment::metering::Prices;
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("state dir {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("mint: {0}")]
+    Mint(#[from] payment::credit::CreditError),
+    #[error("header chain: {0}")]
+    Chain(#[from] payment::onchain::ChainError),
+    #[error("quotes / xpub: {0}")]
+    Quote(#[from] payment::onchain::QuoteError),
+    #[error("spent set: {0}")]
+    SpentSet(#[from] payment::spent_set::SpentSetError),
+    #[error("isolation: {0}")]
+    Isolation(#[from] crate::isolation::IsolationError),
+    #[error("--xpub is required on {0} (only regtest generates a throwaway one)")]
+    NoXpub(&'static str),
+}
+
+pub struct AppState {
+    pub config: Config,
+    pub ledger: Arc<Ledger>,
+    pub mint: Mint,
+    pub chain: RwLock<HeaderChain>,
+    pub quotes: QuoteBook,
+    pub supervisor: Supervisor,
+    pub capacity: Mutex<Capacity>,
+    pub metrics: Metrics,
+    pub operator: OperatorPolicy,
+    pub prices: Prices,
+    pub chain_network: ChainNetwork,
+    /// Accepted guest stops still being carried out (shutdown waits for them).
+    pub stops: StopsInFlight,
+}
+
+pub type Shared = Arc<AppState>;
+
+fn chain_network(n: bitcoin::Network) -> ChainNetwork {
+    match n {
+        bitcoin::Network::Bitcoin => ChainNetwork::Mainnet,
+        bitcoin::Network::Testnet => ChainNetwork::Testnet3,
+        bitcoin::Network::Testnet4 => ChainNetwork::Testnet4,
+        bitcoin::Network::Signet => ChainNetwork::Signet,
+        bitcoin::Network::Regtest => ChainNetwork::Regtest,
+    }
+}
+
+fn dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
+    move |source| StartError::StateDir {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The operator xpub: the configured one, or on regtest a throwaway kept in
+/// STATE/demo-xpub so quotes survive restarts.
+fn operator_xpub(config: &Config) -> Result<String, StartError> {
+    if let Some(x) = &config.xpub {
+        return Ok(x.clone());
+    }
+    if config.network != bitcoin::Network::Regtest {
+        return Err(StartError::NoXpub(match config.network {
+            bitcoin::Network::Bitcoin => "bitcoin",
+            bitcoin::Network::Signet => "signet",
+            _ => "testnet",
+        }));
+    }
+    let path = config.state_dir.join("demo-xpub");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(text.trim().to_string());
+    }
+    let mut seed = [0u8; 32];
+    OsRng.fill_bytes(&mut seed);
+    let secp = Secp256k1::new();
+    // A 32-byte seed is always a valid BIP32 seed length.
+    let xpriv = Xpriv::new_master(bitcoin::Network::Regtest, &seed).expect("32-byte BIP32 seed");
+    let xpub = Xpub::from_priv(&secp, &xpriv).to_string();
+    std::fs::write(&path, format!("{xpub}\n")).map_err(dir_err(&path))?;
+    tracing::warn!(
+        %xpub,
+        path = %path.display(),
+        "DEMO SETTING: no --xpub given on regtest; generated a throwaway operator xpub \
+         (its private key was discarded: regtest coins paid to it are unspendable)"
+    );
+    Ok(xpub)
+}
+
+impl AppState {
+    pub fn open(
+        config: Config,
+    ) -> Result<(Shared, mpsc::UnboundedReceiver<GuestExit>), StartError> {
+        std::fs::create_dir_all(config.run_dir()).map_err(dir_err(&config.state_dir))?;
+        let ledger_path = config.ledger_path();
+        let ledger = Arc::new(Ledger::open(&ledger_path)?);
+        // Swaps from many wallets at once share one fsync per batch; lease payments claim
+        // inside the ledger's own transaction instead (one commit with the balance).
+        let spent = Arc::new(GroupCommitSpentSet::open(&ledger_path)?);
+        let mint = Mint::open(&config.state_dir, spent, MintLimits::default())?;
+        let network = chain_network(config.network);
+        let chain = HeaderChain::open(
+            &config.state_dir.join("headers.dat"),
+            network,
+            Checkpoint::genesis(network),
+        )?;
+        let xpub = operator_xpub(&config)?;
+        let deriver = AddressDeriver::new(&xpub, AddressKind::P2wpkh, network)?;
+        let quotes = QuoteBook::open(&ledger_path, deriver)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let isolation = Arc::new(Isolation::start(&config)?);
+        let supervisor = Supervisor::new(config.vmm_bin.clone(), isolation, tx);
+        let capacity = Capacity::new(Totals {
+            vcpus: config.sellable_vcpus(),
+            mib: config.capacity_mib,
+        });
+        let state = AppState {
+            operator: OperatorPolicy {
+                uid: config.operator_uid,
+                gid: config.operator_gid,
+            },
+            prices: Prices {
+                vcpu_msat_per_s: config.price_vcpu_msat_per_s,
+                gib_msat_per_s: config.price_gib_msat_per_s,
+            },
+            config,
+            ledger,
+            mint,
+            chain: RwLock::new(chain),
+            quotes,
+            supervisor,
+            capacity: Mutex::new(capacity),
+            metrics: Metrics::new(),
+            chain_network: network,
+            stops: StopsInFlight::default(),
+        };
+        Ok((Arc::new(state), rx))
+    }
+
+    pub fn capacity(&self) -> std::sync::MutexGuard<'_, Capacity> {
+        self.capacity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn chain_read(&self) -> std::sync::RwLockReadGuard<'_, HeaderChain> {
+        self.chain
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn chain_write(&self) -> std::sync::RwLockWriteGuard<'_, HeaderChain> {
+        self.chain
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,526 @@
+//! `coinopd` settings: command-line flags, an optional TOML/JSON config file with the same
+//! keys, and the defaults that make `coinopd --state-dir DIR --socket DIR/coinop.sock` run
+//! alone on regtest. Precedence: flag > file > default.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::image_catalogue::{ImageCatalogue, ImageError, ImageSpec};
+use coinop_host::guest_network::address_pool::{self, Cidr, PoolError};
+use coinop_host::guest_network::NetworkMode;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("--socket-mode {0:?} is not an octal file mode like 0660")]
+    SocketMode(String),
+    #[error("--network {0:?} is not one of bitcoin, testnet, testnet4, signet, regtest")]
+    Network(String),
+    #[error("--{flag} must be greater than zero")]
+    Zero { flag: &'static str },
+    #[error("--overcommit {0} must be a finite number >= 1")]
+    Overcommit(f64),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("--guest-network {0:?} is not one of auto, always, never")]
+    GuestNetwork(String),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+/// Flags and config-file keys. Every field is optional so the two sources can be merged.
+#[derive(Debug, Default, Clone, Parser, Deserialize)]
+#[command(
+    name = "coinopd",
+    version,
+    about = "coinop host daemon: coin-operated KVM microVMs"
+)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// Config file (TOML, or JSON when the name ends in .json) with the same keys as the flags.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Unix socket the API listens on.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// File mode of the socket, octal (default 0666: leases are open to any local peer;
+    /// operator endpoints are checked by SO_PEERCRED).
+    #[arg(long)]
+    pub socket_mode: Option<String>,
+    /// State directory: ledger.db, run/ (control sockets, consoles), generated demo xpub.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// bitcoin, testnet, testnet4, signet or regtest.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Operator xpub (tpub on test networks): quote addresses are derived from it. On
+    /// regtest, when absent, a throwaway one is generated and kept in the state dir.
+    #[arg(long)]
+    pub xpub: Option<String>,
+    /// Confirmations an on-chain payment needs.
+    #[arg(long)]
+    pub min_conf: Option<u32>,
+    /// Price of one vCPU-second of CPU time actually used, in msat.
+    #[arg(long)]
+    pub price_vcpu_msat_per_s: Option<u64>,
+    /// Price of one GiB of guest memory reserved for one second, in msat.
+    #[arg(long)]
+    pub price_gib_msat_per_s: Option<u64>,
+    /// vCPUs the host sells (default: the host's CPU count).
+    #[arg(long)]
+    pub capacity_vcpus: Option<u32>,
+    /// Guest memory the host sells, MiB (default: half the host's RAM).
+    #[arg(long)]
+    pub capacity_mib: Option<u64>,
+    /// vCPU overcommit factor (memory is never overcommitted).
+    #[arg(long)]
+    pub overcommit: Option<f64>,
+    /// Image: NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,cmdline=STR] (repeatable; cmdline
+    /// takes the rest). rootfs= is the guest's root disk, copy-on-write per lease.
+    #[arg(long = "image")]
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// The test guest kernel for the default `testguest` image (default: testguest-pvh.elf
+    /// next to the coinopd binary, else STATE/images/testguest-pvh.elf).
+    #[arg(long)]
+    pub testguest: Option<PathBuf>,
+    /// Scheduler tick, ms.
+    #[arg(long)]
+    pub tick_ms: Option<u64>,
+    /// Seconds a lease out of funds stays paused before it is stopped.
+    #[arg(long)]
+    pub grace_s: Option<u64>,
+    /// How long a boot may take before it counts as failed, ms.
+    #[arg(long)]
+    pub boot_timeout_ms: Option<u64>,
+    /// Largest request body, bytes (413 above).
+    #[arg(long)]
+    pub max_body_bytes: Option<usize>,
+    /// Peers with this uid may call operator endpoints (root always may).
+    #[arg(long)]
+    pub operator_uid: Option<u32>,
+    /// Peers with this gid may call operator endpoints.
+    #[arg(long)]
+    pub operator_gid: Option<u32>,
+    /// The VMM binary (default: coinop-vmm next to the coinopd executable).
+    #[arg(long)]
+    pub vmm_bin: Option<PathBuf>,
+    /// DEBUGGING ONLY: start guests' VMMs without the jail (namespaces, pivot_root, pool
+    /// uid). Logged as a warning.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_jail: bool,
+    /// DEBUGGING ONLY: start guests' VMMs without their seccomp filters. Logged as a warning.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_seccomp: bool,
+    /// First uid (and gid) of the pool jailed VMMs run as, one per running lease.
+    #[arg(long)]
+    pub jail_uid_base: Option<u32>,
+    /// How many uids the pool holds (the most leases that can run at once).
+    #[arg(long)]
+    pub jail_uid_count: Option<u32>,
+    /// Lease slots kept ready ahead of creates: cgroup, jail root and a child already
+    /// jailed, waiting to exec the VMM (default 4; 0 builds each on the request path).
+    #[arg(long)]
+    pub jail_pool: Option<usize>,
+    /// Guest networking (tap, routed /30, NAT, SSH port forward): auto (default: for
+    /// images with a rootfs), always, or never. Needs root, ip and nft.
+    #[arg(long)]
+    pub guest_network: Option<String>,
+    /// Address pool guests' /30s are cut from (default 10.213.0.0/16).
+    #[arg(long)]
+    pub guest_net_pool: Option<String>,
+    /// Host TCP ports forwarded to guests' SSH port, FIRST-LAST (default 22000-22999).
+    #[arg(long)]
+    pub guest_ssh_ports: Option<String>,
+    /// Host name or address tenants are told to SSH to (default: this host's name).
+    #[arg(long)]
+    pub guest_ssh_host: Option<String>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub socket_mode: u32,
+    pub state_dir: PathBuf,
+    pub network: bitcoin::Network,
+    pub xpub: Option<String>,
+    pub min_conf: u32,
+    pub price_vcpu_msat_per_s: u64,
+    pub price_gib_msat_per_s: u64,
+    pub capacity_vcpus: u32,
+    pub capacity_mib: u64,
+    pub overcommit: f64,
+    pub images: ImageCatalogue,
+    pub tick_ms: u64,
+    pub grace_s: u64,
+    pub boot_timeout_ms: u64,
+    pub max_body_bytes: usize,
+    pub operator_uid: Option<u32>,
+    pub operator_gid: Option<u32>,
+    pub vmm_bin: PathBuf,
+    pub no_jail: bool,
+    pub no_seccomp: bool,
+    pub jail_uid_base: u32,
+    pub jail_uid_count: u32,
+    pub jail_pool: usize,
+    pub guest_network: NetworkMode,
+    pub guest_net_pool: Cidr,
+    pub guest_ssh_ports: (u16, u16),
+    pub guest_ssh_host: String,
+}
+
+impl Settings {
+    /// Fills every unset field of `self` from `file`.
+    fn or(self, file: Settings) -> Settings {
+        Settings {
+            config: self.config,
+            socket: self.socket.or(file.socket),
+            socket_mode: self.socket_mode.or(file.socket_mode),
+            state_dir: self.state_dir.or(file.state_dir),
+            network: self.network.or(file.network),
+            xpub: self.xpub.or(file.xpub),
+            min_conf: self.min_conf.or(file.min_conf),
+            price_vcpu_msat_per_s: self.price_vcpu_msat_per_s.or(file.price_vcpu_msat_per_s),
+            price_gib_msat_per_s: self.price_gib_msat_per_s.or(file.price_gib_msat_per_s),
+            capacity_vcpus: self.capacity_vcpus.or(file.capacity_vcpus),
+            capacity_mib: self.capacity_mib.or(file.capacity_mib),
+            overcommit: self.overcommit.or(file.overcommit),
+            images: if self.images.is_empty() {
+                file.images
+            } else {
+                self.images
+            },
+            testguest: self.testguest.or(file.testguest),
+            tick_ms: self.tick_ms.or(file.tick_ms),
+            grace_s: self.grace_s.or(file.grace_s),
+            boot_timeout_ms: self.boot_timeout_ms.or(file.boot_timeout_ms),
+            max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
+            operator_uid: self.operator_uid.or(file.operator_uid),
+            operator_gid: self.operator_gid.or(file.operator_gid),
+            vmm_bin: self.vmm_bin.or(file.vmm_bin),
+            no_jail: self.no_jail || file.no_jail,
+            no_seccomp: self.no_seccomp || file.no_seccomp,
+            jail_uid_base: self.jail_uid_base.or(file.jail_uid_base),
+            jail_uid_count: self.jail_uid_count.or(file.jail_uid_count),
+            jail_pool: self.jail_pool.or(file.jail_pool),
+            guest_network: self.guest_network.or(file.guest_network),
+            guest_net_pool: self.guest_net_pool.or(file.guest_net_pool),
+            guest_ssh_ports: self.guest_ssh_ports.or(file.guest_ssh_ports),
+            guest_ssh_host: self.guest_ssh_host.or(file.guest_ssh_host),
+        }
+    }
+
+    /// Reads the config file named by `--config` and merges it under the flags.
+    pub fn with_file(self) -> Result<Settings, ConfigError> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let file: Settings = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?
+        } else {
+            toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?
+        };
+        Ok(self.or(file))
+    }
+
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let state_dir = self
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/coinop"));
+        let socket = self
+            .socket
+            .unwrap_or_else(|| PathBuf::from("/run/coinop/coinop.sock"));
+        let mode_text = self.socket_mode.unwrap_or_else(|| "0666".to_string());
+        let socket_mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or(ConfigError::SocketMode(mode_text))?;
+        let network = parse_network(self.network.as_deref().unwrap_or("regtest"))?;
+        let overcommit = self.overcommit.unwrap_or(1.0);
+        if !overcommit.is_finite() || overcommit < 1.0 {
+            return Err(ConfigError::Overcommit(overcommit));
+        }
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        let testguest = self
+            .testguest
+            .unwrap_or_else(|| default_testguest(exe_dir.as_deref(), &state_dir));
+        let mut images = ImageCatalogue::default();
+        images.insert(ImageSpec {
+            name: "testguest".into(),
+            kernel: testguest,
+            initrd: None,
+            rootfs: None,
+            cmdline: "mode=echo".into(),
+        });
+        for text in &self.images {
+            images.insert(ImageSpec::parse(text)?);
+        }
+        let vmm_bin = self.vmm_bin.unwrap_or_else(|| {
+            exe_dir
+                .map(|d| d.join("coinop-vmm"))
+                .unwrap_or_else(|| PathBuf::from("coinop-vmm"))
+        });
+        let guest_network_text = self.guest_network.unwrap_or_else(|| "auto".into());
+        let guest_network = NetworkMode::parse(&guest_network_text)
+            .ok_or(ConfigError::GuestNetwork(guest_network_text))?;
+        let guest_net_pool =
+            Cidr::parse(self.guest_net_pool.as_deref().unwrap_or("10.213.0.0/16"))?;
+        let guest_ssh_ports =
+            address_pool::parse_ports(self.guest_ssh_ports.as_deref().unwrap_or("22000-22999"))?;
+        let guest_ssh_host = self.guest_ssh_host.unwrap_or_else(host_name);
+        let config = Config {
+            socket,
+            socket_mode,
+            state_dir,
+            network,
+            xpub: self.xpub,
+            min_conf: self.min_conf.unwrap_or(1),
+            price_vcpu_msat_per_s: self.price_vcpu_msat_per_s.unwrap_or(1000),
+            price_gib_msat_per_s: self.price_gib_msat_per_s.unwrap_or(2000),
+            capacity_vcpus: self.capacity_vcpus.unwrap_or_else(host_cpus),
+            capacity_mib: self.capacity_mib.unwrap_or_else(|| host_mib() / 2),
+            overcommit,
+            images,
+            tick_ms: self.tick_ms.unwrap_or(100),
+            grace_s: self.grace_s.unwrap_or(60),
+            boot_timeout_ms: self.boot_timeout_ms.unwrap_or(10_000),
+            max_body_bytes: self.max_body_bytes.unwrap_or(256 * 1024),
+            operator_uid: self.operator_uid,
+            operator_gid: self.operator_gid,
+            vmm_bin,
+            no_jail: self.no_jail,
+            no_seccomp: self.no_seccomp,
+            jail_uid_base: self.jail_uid_base.unwrap_or(900_000),
+            jail_uid_count: self.jail_uid_count.unwrap_or(1000),
+            jail_pool: self.jail_pool.unwrap_or(4),
+            guest_network,
+            guest_net_pool,
+            guest_ssh_ports,
+            guest_ssh_host,
+        };
+        for (flag, value) in [
+            ("tick-ms", config.tick_ms),
+            ("capacity-vcpus", u64::from(config.capacity_vcpus)),
+            ("capacity-mib", config.capacity_mib),
+            ("max-body-bytes", config.max_body_bytes as u64),
+            ("boot-timeout-ms", config.boot_timeout_ms),
+            ("jail-uid-count", u64::from(config.jail_uid_count)),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero { flag });
+            }
+        }
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// Directory of per-lease control sockets and console files.
+    pub fn run_dir(&self) -> PathBuf {
+        self.state_dir.join("run")
+    }
+
+    /// Directory of per-lease jail roots.
+    pub fn jail_dir(&self) -> PathBuf {
+        self.state_dir.join("jail")
+    }
+
+    /// Directory of the slot pool's marker files (one per slot built ahead of a lease).
+    pub fn pool_dir(&self) -> PathBuf {
+        self.state_dir.join("pool")
+    }
+
+    /// Directory of per-lease copy-on-write overlays of image root filesystems.
+    pub fn overlay_dir(&self) -> PathBuf {
+        self.state_dir.join("overlays")
+    }
+
+    /// Whether guest networking must be set up at start (some lease may get a NIC).
+    pub fn guest_network_wanted(&self) -> bool {
+        match self.guest_network {
+            NetworkMode::Always => true,
+            NetworkMode::Auto => self.images.iter().any(|i| i.rootfs.is_some()),
+            NetworkMode::Never => false,
+        }
+    }
+
+    /// Whether a lease of `image` gets a NIC.
+    pub fn lease_gets_network(&self, image: &ImageSpec) -> bool {
+        match self.guest_network {
+            NetworkMode::Always => true,
+            NetworkMode::Auto => image.rootfs.is_some(),
+            NetworkMode::Never => false,
+        }
+    }
+
+    pub fn ledger_path(&self) -> PathBuf {
+        self.state_dir.join("ledger.db")
+    }
+
+    /// vCPUs admission control lets out (capacity × overcommit, rounded down).
+    pub fn sellable_vcpus(&self) -> u32 {
+        // Not money: a capacity ratio, so a float is fine; the result is clamped to u32.
+        (f64::from(self.capacity_vcpus) * self.overcommit).floor() as u32
+    }
+}
+
+pub fn parse_network(name: &str) -> Result<bitcoin::Network, ConfigError> {
+    match name {
+        "bitcoin" | "mainnet" => Ok(bitcoin::Network::Bitcoin),
+        "testnet" | "testnet3" => Ok(bitcoin::Network::Testnet),
+        "testnet4" => Ok(bitcoin::Network::Testnet4),
+        "signet" => Ok(bitcoin::Network::Signet),
+        "regtest" => Ok(bitcoin::Network::Regtest),
+        other => Err(ConfigError::Network(other.to_string())),
+    }
+}
+
+fn default_testguest(exe_dir: Option<&Path>, state_dir: &Path) -> PathBuf {
+    let beside = exe_dir.map(|d| d.join("testguest-pvh.elf"));
+    match beside {
+        Some(p) if p.exists() => p,
+        _ => state_dir.join("images").join("testguest-pvh.elf"),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn host_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+}
+
+fn host_mib() -> u64 {
+    // SAFETY: sysconf only reads system configuration values; no pointers involved.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if pages <= 0 || page <= 0 {
+        return 1024;
+    }
+    (pages as u64).saturating_mul(page as u64) >> 20
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_on_regtest() {
+        let s = Settings::parse_from(["coinopd", "--state-dir", "/tmp/x"]);
+        let c = s.resolve().expect("defaults resolve");
+        assert_eq!(c.network, bitcoin::Network::Regtest);
+        assert_eq!(c.tick_ms, 100);
+        assert_eq!(c.socket_mode, 0o666);
+        assert!(c.images.get("testguest").is_some());
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "tick-ms = 50\ngrace-s = 7\nnetwork = \"signet\"\n").expect("write");
+        let s = Settings::parse_from([
+            "coinopd",
+            "--config",
+            path.to_str().expect("utf-8 temp path"),
+            "--tick-ms",
+            "20",
+        ]);
+        let c = s.with_file().expect("file").resolve().expect("resolve");
+        assert_eq!(c.tick_ms, 20);
+        assert_eq!(c.grace_s, 7);
+        assert_eq!(c.network, bitcoin::Network::Signet);
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, r#"{"tick-mss": 5}"#).expect("write");
+        let s = Settings {
+            config: Some(path),
+            ..Settings::default()
+        };
+        assert!(matches!(s.with_file(), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn the_slot_pool_holds_four_unless_told_and_zero_disables_it() {
+        let c = Settings::parse_from(["coinopd"])
+            .resolve()
+            .expect("defaults");
+        assert_eq!(c.jail_pool, 4);
+        let c = Settings::parse_from(["coinopd", "--jail-pool", "0"])
+            .resolve()
+            .expect("zero is allowed");
+        assert_eq!(c.jail_pool, 0);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "jail-pool = 9\n").expect("write");
+        let s = Settings {
+            config: Some(path),
+            ..Settings::default()
+        };
+        let c = s.with_file().expect("file").resolve().expect("resolve");
+        assert_eq!(c.jail_pool, 9);
+    }
+
+    #[test]
+    fn guest_network_is_on_by_default_only_for_rootfs_images() {
+        let c = Settings::parse_from(["coinopd"])
+            .resolve()
+            .expect("defaults");
+        assert_eq!(c.guest_network, NetworkMode::Auto);
+        assert!(!c.guest_network_wanted(), "the test guest has no rootfs");
+        let c = Settings::parse_from(["coinopd", "--image", "srv=/k,rootfs=/r.ext4"])
+            .resolve()
+            .expect("rootfs image");
+        assert!(c.guest_network_wanted());
+        let srv = c.images.get("srv").expect("srv").clone();
+        let tg = c.images.get("testguest").expect("testguest").clone();
+        assert!(c.lease_gets_network(&srv) && !c.lease_gets_network(&tg));
+        let s = Settings::parse_from(["coinopd", "--guest-network", "sometimes"]);
+        assert!(matches!(s.resolve(), Err(ConfigError::GuestNetwork(_))));
+        let s = Settings::parse_from(["coinopd", "--guest-net-pool", "10.0.0.1/16"]);
+        assert!(matches!(s.resolve(), Err(ConfigError::Pool(_))));
+    }
+
+    #[test]
+    fn bad_socket_mode_is_rejected() {
+        let s = Settings::parse_from(["coinopd", "--socket-mode", "999"]);
+        assert!(matches!(s.resolve(), Err(ConfigError::SocketMode(_))));
+    }
+}

@@ -1,0 +1,412 @@
+//! Recovering a lease whose create reply was lost (a crash or a dropped connection between
+//! the ledger commit and the reply), so that a paid lease is never stranded without a token.
+//!
+//! The proof of ownership is a *recovery key*: 256 random bits the tenant picks, keeps
+//! before sending, and sends with the create; the ledger stores only its SHA-256 next to the
+//! lease, together with a digest of the exact set of spent-set keys (outpoints or credit
+//! `Y`s) that the create's payment claimed. A retry proves ownership by carrying both the
+//! same payment (same digest) and the key (same hash). Neither alone is enough: an on-chain
+//! payment is public once mined, and spent Cashu proofs may still be known to whoever held
+//! them before the tenant (a token passed on without a swap), so making either a bearer
+//! credential for the lease would let a stranger take it over. A create without a key is
+//! not recoverable (it keeps today's 409).
+//!
+//! A valid retry gets the same lease in its current state with a freshly issued token that
+//! replaces the stored hash: the old token, which may never have been delivered, stops
+//! working. Retries serialise on the ledger's write transaction, so concurrent ones give one
+//! lease and the token of the *last* committed retry is the only valid one; each reply
+//! carries `token_seq` (1 at creation, +1 per recovery) so a client holding several replies
+//! keeps the highest. The newest request wins because the client retries precisely when it
+//! has given up on the earlier replies; refusing it instead would strand the client whose
+//! earlier reply is the one that got lost. A lease that never booted (the create committed
+//! but the guest was never started) is booted by the retry. A failed boot's refund that was
+//! lost with the reply is signed again for a retry that brings the same outputs
+//! ([`outputs_digest`]).
+//!
+//! Every attempt that fails the check takes the ordinary create path and meets the same
+//! 409 `already_spent` as any reuse of a spent payment: whether a payment paid for a lease,
+//! or whether that lease had a key, is not revealed.
+
+use bitcoin::hashes::{sha256, Hash, HashEngine};
+use payment::credit::nut_types::BlindedMessage;
+use payment::spent_set::{KeyKind, SpendKey};
+use rusqlite::{params, OptionalExtension, Transaction};
+use subtle::ConstantTimeEq;
+
+use crate::clock::unix_s;
+use crate::ledger::{reason, require_in, state, Credit, LeaseRow, Ledger, LedgerError, NewLease};
+
+/// A digest of the exact set of spent-set keys a payment claims, independent of their
+/// order in the request: two payments have the same digest only if they spend the same
+/// outpoints or credit secrets.
+pub fn payment_digest(keys: &[SpendKey]) -> [u8; 32] {
+    let mut sorted: Vec<(u8, &[u8])> = keys
+        .iter()
+        .map(|k| {
+            let tag = match k.kind {
+                KeyKind::Outpoint => 1u8,
+                KeyKind::CreditY => 2u8,
+            };
+            (tag, k.bytes.as_slice())
+        })
+        .collect();
+    sorted.sort_unstable();
+    let mut engine = sha256::Hash::engine();
+    for (tag, bytes) in sorted {
+        engine.input(&[tag]);
+        // Keys are 33 or 36 bytes; the length keeps the encoding unambiguous anyway.
+        engine.input(&(bytes.len() as u32).to_le_bytes());
+        engine.input(bytes);
+    }
+    sha256::Hash::from_engine(engine).to_byte_array()
+}
+
+/// A digest of the blank outputs a refund was signed onto, in order (keyset id and `B_`).
+/// Blind signing is deterministic (`C_ = k·B_`), so signing the same outputs again gives the
+/// same notes: a recovery may hand the signatures of a lost refund reply out again when the
+/// retry brings the very outputs they were made for, and no new money comes of it.
+pub fn outputs_digest(outputs: &[BlindedMessage]) -> [u8; 32] {
+    let mut engine = sha256::Hash::engine();
+    for o in outputs {
+        for part in [o.id.as_bytes(), o.b_.as_bytes()] {
+            engine.input(&(part.len() as u32).to_le_bytes());
+            engine.input(part);
+        }
+    }
+    sha256::Hash::from_engine(engine).to_byte_array()
+}
+
+/// A lease handed back to a retry that proved it owns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// The lease as it is now (after the token rotation and, for `reboot`, back in
+    /// `booting`).
+    pub lease: LeaseRow,
+    /// Which token this is: 1 for the one issued at creation, +1 per recovery.
+    pub token_seq: u64,
+    /// The lease never got a guest (its create died before the boot, or the boot failed
+    /// and nothing was refunded nor metered): the caller boots it now.
+    pub reboot: bool,
+}
+
+/// What a create did in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// A new lease was inserted and its payment claimed.
+    Created,
+    /// The payment had already paid for this requester's lease: it is handed back.
+    Recovered(Box<Recovered>),
+}
+
+/// Whether a lease never had a boot attempt finish: the restart found it `booting` with no
+/// guest and stopped it (`boot_failed` without boot figures), with its whole balance still
+/// on it and not one µs metered. A boot that ran and failed in-process records its figures
+/// before its refund, so a retry racing that refund never boots a lease being refunded.
+fn never_booted(l: &LeaseRow) -> bool {
+    l.state == state::STOPPED
+        && l.stop_reason.as_deref() == Some(reason::BOOT_FAILED)
+        && l.boot_json.is_none()
+        && l.refunded_msat.is_none()
+        && l.debited_msat == 0
+        && l.last_uptime_us == 0
+        && l.used_vcpu_us == 0
+}
+
+/// Inside the caller's write transaction: if `credit` paid for a lease whose stored
+/// recovery hash equals `presented`, rotates its token to `new_token_hash` and returns it.
+/// `None` for anything else (no key presented, unknown payment, no key stored, wrong key).
+fn recover_in(
+    tx: &Transaction<'_>,
+    credit: &Credit,
+    presented: Option<&[u8; 32]>,
+    new_token_hash: &[u8; 32],
+) -> Result<Option<Recovered>, LedgerError> {
+    let Some(presented) = presented else {
+        return Ok(None);
+    };
+    let digest = payment_digest(&credit.keys);
+    let found: Option<(String, Option<Vec<u8>>)> = tx
+        .prepare_cached("SELECT id, recovery_hash FROM leases WHERE payment_digest = ?1")?
+        .query_row([digest.as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((id, Some(stored))) = found else {
+        return Ok(None);
+    };
+    if stored.len() != 32 || !bool::from(stored.as_slice().ct_eq(presented.as_slice())) {
+        return Ok(None);
+    }
+    let reboot = never_booted(&require_in(tx, &id)?);
+    tx.prepare_cached(
+        "UPDATE leases SET token_hash = ?2, token_seq = token_seq + 1, updated_at = ?3,
+            state = CASE WHEN ?4 THEN ?5 ELSE state END,
+            stop_reason = CASE WHEN ?4 THEN NULL ELSE stop_reason END
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        new_token_hash.as_slice(),
+        unix_s(),
+        reboot,
+        state::BOOTING
+    ])?;
+    let token_seq: u64 = tx
+        .prepare_cached("SELECT token_seq FROM leases WHERE id = ?1")?
+        .query_row([&id], |r| r.get(0))?;
+    Ok(Some(Recovered {
+        lease: require_in(tx, &id)?,
+        token_seq,
+        reboot,
+    }))
+}
+
+impl Ledger {
+    /// A create in one write transaction: hands back the requester's own lease if this
+    /// payment already paid for it and `lease.recovery_hash` proves ownership (with
+    /// `lease.token_hash` as its new token); otherwise inserts the lease and claims the
+    /// payment exactly as [`Ledger::create_lease`], failing with `AlreadySpent` on reuse.
+    pub fn create_or_recover(
+        &self,
+        lease: &NewLease,
+        credit: &Credit,
+    ) -> Result<CreateOutcome, LedgerError> {
+        self.with_tx(|tx| {
+            let presented = lease.recovery_hash.as_ref();
+            if let Some(r) = recover_in(tx, credit, presented, &lease.token_hash)? {
+                return Ok(CreateOutcome::Recovered(Box::new(r)));
+            }
+            crate::ledger::insert_lease(tx, lease, credit)?;
+            Ok(CreateOutcome::Created)
+        })
+    }
+
+    /// Only the recovery half of [`Ledger::create_or_recover`] (when the host has no room
+    /// for a new lease, a retry for an existing one must still get through).
+    pub fn recover(
+        &self,
+        credit: &Credit,
+        recovery_hash: &[u8; 32],
+        new_token_hash: &[u8; 32],
+    ) -> Result<Option<Recovered>, LedgerError> {
+        self.with_tx(|tx| recover_in(tx, credit, Some(recovery_hash), new_token_hash))
+    }
+
+    /// Remembers which outputs a lease's refund was signed onto (see [`outputs_digest`]).
+    pub fn remember_refund_outputs(&self, id: &str, digest: &[u8; 32]) -> Result<(), LedgerError> {
+        self.with_tx(|tx| {
+            tx.prepare_cached("UPDATE leases SET refund_outputs_digest = ?2 WHERE id = ?1")?
+                .execute(params![id, digest.as_slice()])?;
+            Ok(())
+        })
+    }
+
+    /// The digest of the outputs a lease's refund was signed onto, if it was.
+    pub fn refund_outputs(&self, id: &str) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.with_conn(|c| {
+            Ok(
+                c.prepare_cached("SELECT refund_outputs_digest FROM leases WHERE id = ?1")?
+                    .query_row([id], |r| r.get(0))
+                    .optional()?
+                    .flatten(),
+            )
+        })
+    }
+
+    /// The sequence number of a lease's current token (1 = the one issued at creation).
+    pub fn token_seq(&self, id: &str) -> Result<u64, LedgerError> {
+        self.with_conn(|c| {
+            c.prepare_cached("SELECT token_seq FROM leases WHERE id = ?1")?
+                .query_row([id], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| LedgerError::NoLease(id.to_string()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::{token_hash, token_matches};
+    use coinop_proto::recovery_key::recovery_hash;
+
+    const KEY: &str = "7f3a9c0e5b1d2f4a6c8e0b2d4f6a8c0e1b3d5f7a9c2e4b6d8f0a1c3e5b7d9f2a";
+    const OTHER_KEY: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+
+    fn ledger() -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let l = Ledger::open(&dir.path().join("ledger.db")).expect("open ledger");
+        (dir, l)
+    }
+
+    fn new_lease(id: &str, token: &str, key: Option<&str>) -> NewLease {
+        NewLease {
+            id: id.into(),
+            token_hash: token_hash(token),
+            vcpus: 1,
+            mem_mib: 64,
+            image: "testguest".into(),
+            cmdline: String::new(),
+            control_path: "/x.sock".into(),
+            console_path: "/x.console".into(),
+            recovery_hash: key.map(|k| recovery_hash(k).expect("valid key")),
+        }
+    }
+
+    fn credit(keys: &[u8]) -> Credit {
+        Credit {
+            kind: "credit",
+            reference: format!("{} proofs", keys.len()),
+            amount_msat: 1000 * keys.len() as u64,
+            keys: keys
+                .iter()
+                .map(|&b| SpendKey {
+                    kind: KeyKind::CreditY,
+                    bytes: vec![b; 33],
+                })
+                .collect(),
+        }
+    }
+
+    fn recovered(o: CreateOutcome) -> Recovered {
+        match o {
+            CreateOutcome::Recovered(r) => *r,
+            CreateOutcome::Created => panic!("expected a recovery, got a new lease"),
+        }
+    }
+
+    fn spent_message(r: Result<CreateOutcome, LedgerError>) -> String {
+        match r {
+            Err(LedgerError::AlreadySpent(m)) => m,
+            other => panic!("expected already spent, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_right_key_with_the_same_payment_gets_the_lease_and_a_new_token() {
+        let (_d, l) = ledger();
+        let c = credit(&[1, 2]);
+        let first = l
+            .create_or_recover(&new_lease("a", "t1", Some(KEY)), &c)
+            .expect("create");
+        assert_eq!(first, CreateOutcome::Created);
+        l.mark_running("a", Some(42), "{}").expect("run");
+        // The same proofs in another order are the same payment.
+        let again = credit(&[2, 1]);
+        let r = recovered(
+            l.create_or_recover(&new_lease("b", "t2", Some(KEY)), &again)
+                .expect("retry"),
+        );
+        assert_eq!(r.lease.id, "a", "the existing lease, not the new id");
+        assert_eq!(r.lease.state, state::RUNNING);
+        assert_eq!(r.token_seq, 2);
+        assert!(!r.reboot);
+        assert!(l.get("b").expect("get").is_none(), "no second lease");
+        let row = l.get("a").expect("get").expect("row");
+        assert!(token_matches("t2", &row.token_hash));
+        assert!(!token_matches("t1", &row.token_hash), "old token revoked");
+        // Upper-case hex is the same key.
+        let r = recovered(
+            l.create_or_recover(&new_lease("c", "t3", Some(&KEY.to_uppercase())), &c)
+                .expect("retry"),
+        );
+        assert_eq!((r.lease.id.as_str(), r.token_seq), ("a", 3));
+        assert_eq!(l.token_seq("a").expect("seq"), 3);
+        let books = l.books("a").expect("books");
+        assert_eq!(books.paid_msat, 2000, "a recovery pays nothing twice");
+        assert!(books.balanced(), "{books:?}");
+    }
+
+    #[test]
+    fn any_other_reuse_meets_the_same_409_as_before() {
+        let (_d, l) = ledger();
+        let c = credit(&[1, 2]);
+        l.create_or_recover(&new_lease("a", "t1", Some(KEY)), &c)
+            .expect("create");
+        let no_key = spent_message(l.create_or_recover(&new_lease("b", "x", None), &c));
+        let wrong = spent_message(l.create_or_recover(&new_lease("b", "x", Some(OTHER_KEY)), &c));
+        assert_eq!(no_key, wrong, "a wrong key answers exactly like no key");
+        // Part of the payment, or more than it, is another payment.
+        spent_message(l.create_or_recover(&new_lease("b", "x", Some(KEY)), &credit(&[1])));
+        spent_message(l.create_or_recover(&new_lease("b", "x", Some(KEY)), &credit(&[1, 2, 3])));
+        assert!(l
+            .recover(
+                &c,
+                &recovery_hash(OTHER_KEY).expect("key"),
+                &token_hash("x")
+            )
+            .expect("recover")
+            .is_none());
+        let row = l.get("a").expect("get").expect("row");
+        assert!(token_matches("t1", &row.token_hash), "token untouched");
+        assert_eq!(l.token_seq("a").expect("seq"), 1);
+        assert!(l.get("b").expect("get").is_none());
+    }
+
+    #[test]
+    fn a_create_without_a_key_is_not_recoverable() {
+        let (_d, l) = ledger();
+        let c = credit(&[9]);
+        l.create_or_recover(&new_lease("a", "t1", None), &c)
+            .expect("create");
+        spent_message(l.create_or_recover(&new_lease("b", "x", Some(KEY)), &c));
+        spent_message(l.create_or_recover(&new_lease("b", "x", None), &c));
+        let row = l.get("a").expect("get").expect("row");
+        assert!(token_matches("t1", &row.token_hash));
+    }
+
+    #[test]
+    fn a_lease_that_never_booted_is_booted_by_its_recovery_once() {
+        let (_d, l) = ledger();
+        let c = credit(&[5]);
+        l.create_or_recover(&new_lease("a", "t1", Some(KEY)), &c)
+            .expect("create");
+        // What a restart does to a lease whose create died before the boot.
+        l.mark_stopped("a", reason::BOOT_FAILED, None)
+            .expect("stop");
+        let r = recovered(
+            l.create_or_recover(&new_lease("b", "t2", Some(KEY)), &c)
+                .expect("retry"),
+        );
+        assert!(r.reboot);
+        assert_eq!(r.lease.state, state::BOOTING);
+        assert_eq!(r.lease.stop_reason, None);
+        // A concurrent retry finds it booting and does not boot it a second time.
+        let r2 = recovered(
+            l.create_or_recover(&new_lease("c", "t3", Some(KEY)), &c)
+                .expect("retry"),
+        );
+        assert!(!r2.reboot);
+        assert_eq!(r2.token_seq, 3);
+        // A boot that ran and failed (its figures recorded) is reported, not retried.
+        l.mark_stopped("a", reason::BOOT_FAILED, Some("{}"))
+            .expect("stop");
+        let failed = recovered(
+            l.create_or_recover(&new_lease("e", "t5", Some(KEY)), &c)
+                .expect("retry"),
+        );
+        assert!(!failed.reboot);
+        assert_eq!(failed.lease.state, state::STOPPED);
+        // Refunded leases stay stopped.
+        l.refund("a", Ok::<u64, ()>).expect("ledger").expect("sign");
+        let r3 = recovered(
+            l.create_or_recover(&new_lease("d", "t4", Some(KEY)), &c)
+                .expect("retry"),
+        );
+        assert!(!r3.reboot);
+        assert_eq!(r3.token_seq, 5);
+        assert_eq!(r3.lease.state, state::STOPPED);
+        assert_eq!(r3.lease.refunded_msat, Some(1000));
+        assert!(l.books("a").expect("books").balanced());
+    }
+
+    #[test]
+    fn the_digest_is_of_the_set_of_keys() {
+        let a = credit(&[1, 2, 3]).keys;
+        let b = credit(&[3, 1, 2]).keys;
+        assert_eq!(payment_digest(&a), payment_digest(&b));
+        assert_ne!(payment_digest(&a), payment_digest(&a[..2]));
+        let outpoint = SpendKey::outpoint([1; 32], 0);
+        let mut y = outpoint.clone();
+        y.kind = KeyKind::CreditY;
+        assert_ne!(payment_digest(&[outpoint]), payment_digest(&[y]));
+    }
+}

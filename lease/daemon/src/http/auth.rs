@@ -1,0 +1,41 @@
+//! Who may call: bearer tokens for a lease's own endpoints, SO_PEERCRED for the operator's.
+
+use axum::http::{header, HeaderMap};
+
+use crate::app::AppState;
+use crate::http::error::ApiError;
+use crate::http::peer::PeerCred;
+use crate::ledger::LeaseRow;
+use crate::token::{token_hash, token_matches};
+
+/// The lease `id` if `headers` carry its token; otherwise the same 401 whether or not the
+/// lease exists (a dummy hash is compared for unknown ids so timing says nothing either).
+pub fn lease_for(state: &AppState, headers: &HeaderMap, id: &str) -> Result<LeaseRow, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    let lease = if id.len() <= 64 {
+        state.ledger.get(id)?
+    } else {
+        None
+    };
+    match lease {
+        Some(l) if !token.is_empty() && token_matches(token, &l.token_hash) => Ok(l),
+        Some(_) => Err(ApiError::unauthorized()),
+        None => {
+            let _ = token_matches(token, &token_hash("no such lease"));
+            Err(ApiError::unauthorized())
+        }
+    }
+}
+
+pub fn require_operator(state: &AppState, peer: &PeerCred) -> Result<(), ApiError> {
+    if state.operator.allows(peer) {
+        Ok(())
+    } else {
+        Err(ApiError::not_operator())
+    }
+}

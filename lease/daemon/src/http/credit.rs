@@ -1,0 +1,132 @@
+//! The Cashu mint endpoints (NUT-01/02/03/06/07, and NUT-04-style minting against an
+//! on-chain payment), with the JSON exactly as the payment crate's NUT types give it.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use payment::credit::nut_types::{
+    CheckStateRequest, CheckStateResponse, KeysResponse, KeysetsResponse, MintInfo,
+    MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest, MintQuoteOnchainResponse,
+    MintQuoteState, SwapRequest, SwapResponse,
+};
+
+use super::host::QUOTE_TTL_S;
+use super::json_body::JsonBody;
+use crate::app::Shared;
+use crate::clock::unix_s;
+use crate::http::error::ApiError;
+use crate::payment_intake::{credit_error, quote_error, verify_onchain};
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker: {e}")))?
+}
+
+pub async fn keys(State(s): State<Shared>) -> Json<KeysResponse> {
+    Json(s.mint.keys())
+}
+
+pub async fn keys_for(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<KeysResponse>, ApiError> {
+    s.mint.keys_for(&id).map(Json).map_err(credit_error)
+}
+
+pub async fn keysets(State(s): State<Shared>) -> Json<KeysetsResponse> {
+    Json(s.mint.keysets())
+}
+
+pub async fn info(State(s): State<Shared>) -> Json<MintInfo> {
+    Json(s.mint.info(
+        Some("coinop".into()),
+        Some("coin-operated microVM host credit".into()),
+        Some(unix_s() as u64),
+    ))
+}
+
+pub async fn swap(
+    State(s): State<Shared>,
+    JsonBody(req): JsonBody<SwapRequest>,
+) -> Result<Json<SwapResponse>, ApiError> {
+    blocking(move || s.mint.swap(&req).map(Json).map_err(credit_error)).await
+}
+
+pub async fn checkstate(
+    State(s): State<Shared>,
+    JsonBody(req): JsonBody<CheckStateRequest>,
+) -> Result<Json<CheckStateResponse>, ApiError> {
+    blocking(move || s.mint.check_state(&req).map(Json).map_err(credit_error)).await
+}
+
+pub async fn mint_quote(
+    State(s): State<Shared>,
+    JsonBody(req): JsonBody<MintQuoteOnchainRequest>,
+) -> Result<Json<MintQuoteOnchainResponse>, ApiError> {
+    if req.unit != "sat" {
+        return Err(ApiError::unprocessable(
+            "unsupported_unit",
+            format!("unit {:?}: only \"sat\"", req.unit),
+        ));
+    }
+    let limits = s.mint.limits();
+    if !(limits.min_mint_sat..=limits.max_mint_sat).contains(&req.amount) {
+        return Err(ApiError::unprocessable(
+            "amount_out_of_range",
+            format!(
+                "amount {} sat must be {}..={}",
+                req.amount, limits.min_mint_sat, limits.max_mint_sat
+            ),
+        ));
+    }
+    let amount = req.amount;
+    blocking(move || {
+        let now_us = (unix_s() as u64).saturating_mul(1_000_000);
+        let q = s
+            .quotes
+            .create(amount * 1000, now_us, QUOTE_TTL_S * 1_000_000)
+            .map_err(quote_error)?;
+        Ok(Json(MintQuoteOnchainResponse {
+            quote: q.quote_id,
+            request: q.bip21,
+            amount: q.amount_sat,
+            unit: "sat".into(),
+            state: MintQuoteState::Unpaid,
+            expiry: Some(q.expires_at_us / 1_000_000),
+        }))
+    })
+    .await
+}
+
+/// Signs `outputs` worth exactly what the proved transaction paid (in sat), claiming its
+/// outpoints in the same ledger transaction.
+pub async fn mint(
+    State(s): State<Shared>,
+    JsonBody(req): JsonBody<MintOnchainRequest>,
+) -> Result<Json<MintOnchainResponse>, ApiError> {
+    let s2 = s.clone();
+    let out = blocking(move || {
+        let credit = {
+            let chain = s2.chain_read();
+            verify_onchain(&chain, &s2.quotes, s2.config.min_conf, &req.payment)?
+        };
+        let paid_sat = credit.amount_msat / 1000;
+        let note = format!("mint quote {}", req.payment.quote_id);
+        let signed = s2
+            .ledger
+            .claim_with(&credit.keys, &note, || s2.mint.mint(paid_sat, &req.outputs))
+            .map_err(|e| match e {
+                crate::ledger::LedgerError::AlreadySpent(m) => {
+                    ApiError::conflict("already_spent", m)
+                }
+                other => other.into(),
+            })?;
+        let signatures = signed.map_err(credit_error)?;
+        Ok(Json(MintOnchainResponse { signatures }))
+    })
+    .await;
+    s.metrics.payment("onchain_mint", out.is_ok());
+    out
+}

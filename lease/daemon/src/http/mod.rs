@@ -1,0 +1,73 @@
+//! The HTTP API (`lease/openapi.yaml`): routes, the arrival timestamp for boot figures, and
+//! JSON errors for unknown routes and methods. Handlers only: each authenticates, parses,
+//! calls the service layer and maps its outcome to a status code, chosen here and nowhere
+//! else.
+
+pub mod auth;
+pub mod chain;
+pub mod credit;
+pub mod error;
+pub mod host;
+pub mod json_body;
+pub mod leases;
+pub mod peer;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::app::Shared;
+use crate::clock::monotonic_us;
+use crate::http::error::ApiError;
+
+/// `CLOCK_MONOTONIC` µs at which the request reached the router.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival(pub u64);
+
+async fn stamp_arrival(mut req: Request, next: Next) -> Response {
+    req.extensions_mut().insert(Arrival(monotonic_us()));
+    next.run(req).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+/// Every route of lease/openapi.yaml (and the Cashu mint routes).
+pub fn router(state: Shared) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/host", get(host::host))
+        .route("/v1/quotes", post(host::quote))
+        .route("/v1/quotes/{id}", get(host::get_quote))
+        .route("/v1/leases", post(leases::create).get(leases::list))
+        .route("/v1/leases/{id}", get(leases::show))
+        .route("/v1/leases/{id}/topup", post(leases::topup))
+        .route("/v1/leases/{id}/stop", post(leases::stop))
+        .route("/v1/leases/{id}/console", get(leases::console))
+        .route("/v1/chain/headers", post(chain::headers))
+        .route("/metrics", get(chain::metrics))
+        .route("/v1/keys", get(credit::keys))
+        .route("/v1/keys/{keyset_id}", get(credit::keys_for))
+        .route("/v1/keysets", get(credit::keysets))
+        .route("/v1/info", get(credit::info))
+        .route("/v1/swap", post(credit::swap))
+        .route("/v1/checkstate", post(credit::checkstate))
+        .route("/v1/mint/quote/onchain", post(credit::mint_quote))
+        .route("/v1/mint/onchain", post(credit::mint))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(stamp_arrival))
+        .with_state(state)
+}

@@ -1,0 +1,388 @@
+//! How coinopd confines guests, decided once at start-up (jail, cgroups, seccomp), and the
+//! confinement of each live lease: its jail root and cgroup, kept by lease id so whoever
+//! sees the guest end (the reaper of our own child, or the scheduler for a guest re-adopted
+//! after a restart) can remove both and read the cgroup's CPU count meanwhile. Jailed
+//! leases normally start in a slot built ahead of time ([`coinop_host::slot_pool`]): the jail and
+//! cgroup then already exist, under the lease id the slot gave the create. A lease's
+//! network (tap, addresses, rules: [`coinop_host::guest_network`]) and its root disk's
+//! copy-on-write overlay are released with them.
+//!
+//! Without root the jail cannot be built (namespaces, mknod, pivot_root, setuid): coinopd
+//! then refuses to start unless `--no-jail` says to run guests unconfined. Without a
+//! writable cgroup hierarchy it starts anyway and says loudly that guests run uncapped.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use crate::config::Config;
+use coinop_host::cgroup::{self, CgroupSlot, Cgroups};
+use coinop_host::guest_network::{GuestNetwork, NetError, NetInfo, NetworkSettings};
+use coinop_host::jail::{self, Jail, JailConfig, UidPool};
+use coinop_host::slot_pool::{SlotPool, TakenSlot};
+
+/// Name of coinop's parent cgroup under coinopd's own.
+pub const CGROUP_PARENT: &str = "coinop";
+
+/// Why isolation could not be set up at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum IsolationError {
+    /// The jail needs root.
+    #[error(
+        "jailing guests needs root (namespaces, mknod /dev/kvm, pivot_root, setuid to the \
+         pool uid) and coinopd runs as uid {0}: run it as root, or pass --no-jail (debugging \
+         only: guests then run unconfined)"
+    )]
+    NotRoot(u32),
+    /// --jail-uid-base/--jail-uid-count out of range.
+    #[error("--jail-uid-base/--jail-uid-count: {0}")]
+    UidRange(#[from] jail::UidPoolError),
+    /// The jail settings could not be built (e.g. ldd of the VMM failed).
+    #[error("jail for {bin}: {source}")]
+    Jail { bin: PathBuf, source: jail::Error },
+    /// Guest networking is wanted (--guest-network) but cannot be set up.
+    #[error("{0} (or start coinopd with --guest-network never)")]
+    Network(#[from] NetError),
+}
+
+/// A live lease's confinement.
+#[derive(Debug, Default)]
+struct Confinement {
+    /// The host-side control socket file (bound by coinopd for a jailed VMM, which cannot
+    /// unlink it from inside its jail).
+    control: Option<PathBuf>,
+    jail: Option<Jail>,
+    slot: Option<CgroupSlot>,
+    /// Whether the CPU-count disagreement was already logged for this lease.
+    warned: bool,
+}
+
+/// Daemon-wide isolation settings and the per-lease confinements.
+#[derive(Debug)]
+pub struct Isolation {
+    /// `None` with `--no-jail`.
+    pub jail: Option<JailConfig>,
+    pub cgroups: Cgroups,
+    /// Passed to every VMM as `--no-seccomp`.
+    pub no_seccomp: bool,
+    /// Slots built ahead of creates (jailed guests only; `None` with `--jail-pool 0`).
+    pool: Option<SlotPool>,
+    /// `None` when no lease gets a NIC (see [`Config::guest_network_wanted`]).
+    pub network: Option<GuestNetwork>,
+    overlay_dir: PathBuf,
+    leases: Mutex<HashMap<String, Confinement>>,
+}
+
+impl Isolation {
+    /// Detects cgroups, builds the jail settings and logs what guests will get.
+    pub fn start(config: &Config) -> Result<Self, IsolationError> {
+        let cgroups = cgroup::detect(CGROUP_PARENT);
+        match &cgroups {
+            Cgroups::Unavailable { reason } => tracing::error!(
+                reason,
+                "NO CGROUPS: guests run without CPU, memory or pids caps and CPU time is \
+                 metered only from the VMMs' own reports"
+            ),
+            c => tracing::info!(cgroups = %c.describe(), "guest cgroups"),
+        }
+        if config.no_seccomp {
+            tracing::warn!(
+                "--no-seccomp: guests' VMMs run WITHOUT seccomp filters (debugging only)"
+            );
+        }
+        let jail = if config.no_jail {
+            tracing::warn!(
+                "--no-jail: guests' VMMs run UNJAILED as coinopd's user, in the host's \
+                 namespaces (debugging only)"
+            );
+            None
+        } else {
+            let euid = nix::unistd::geteuid();
+            if !euid.is_root() {
+                return Err(IsolationError::NotRoot(euid.as_raw()));
+            }
+            let uids = UidPool::new(config.jail_uid_base, config.jail_uid_count)?;
+            let jail = JailConfig::new(config.jail_dir(), config.vmm_bin.clone(), uids).map_err(
+                |source| IsolationError::Jail {
+                    bin: config.vmm_bin.clone(),
+                    source,
+                },
+            )?;
+            tracing::info!(
+                base = %jail.base.display(),
+                uids = %format!("{}..{}", config.jail_uid_base,
+                                u64::from(config.jail_uid_base) + u64::from(config.jail_uid_count)),
+                "guests' VMMs are jailed"
+            );
+            Some(jail)
+        };
+        let pool = jail.as_ref().filter(|_| config.jail_pool > 0).map(|j| {
+            SlotPool::new(
+                config.jail_pool,
+                j.clone(),
+                cgroups.clone(),
+                config.pool_dir(),
+                crate::token::new_lease_id,
+            )
+        });
+        let network = if config.guest_network_wanted() {
+            let net = GuestNetwork::start(NetworkSettings {
+                pool: config.guest_net_pool,
+                ssh_ports: config.guest_ssh_ports,
+                ssh_host: config.guest_ssh_host.clone(),
+                record_dir: config.run_dir(),
+            })?;
+            tracing::info!(
+                pool = %format!("{}/{}", config.guest_net_pool.base, config.guest_net_pool.len),
+                ssh_ports = %format!("{}-{}", config.guest_ssh_ports.0, config.guest_ssh_ports.1),
+                slots = net.capacity(),
+                "guest networking on (routed /30 per lease, NAT, SSH port forward)"
+            );
+            Some(net)
+        } else {
+            None
+        };
+        Ok(Isolation {
+            jail,
+            cgroups,
+            no_seccomp: config.no_seccomp,
+            pool,
+            network,
+            overlay_dir: config.overlay_dir(),
+            leases: Mutex::default(),
+        })
+    }
+
+    /// Once the guests of earlier runs are re-adopted: removes the slots an earlier coinopd
+    /// built but no live lease uses, and starts filling the pool (in the background).
+    pub fn start_pool(&self) {
+        if let Some(pool) = &self.pool {
+            let in_use = self.leases().keys().cloned().collect();
+            pool.start(in_use);
+        }
+    }
+
+    /// A slot built ahead of time, if the pool has one; its lease id is the one to use.
+    pub fn take_slot(&self) -> Option<TakenSlot> {
+        self.pool.as_ref()?.take()
+    }
+
+    /// Keeps the pool's filler idle while the guard lives (held for each boot).
+    pub fn hold_off_pool(&self) -> Option<coinop_host::slot_pool::HoldOff> {
+        self.pool.as_ref().map(SlotPool::hold_off)
+    }
+
+    /// Removes every slot not handed to a lease (at shutdown; guests keep running).
+    pub fn shutdown_pool(&self) {
+        if let Some(pool) = &self.pool {
+            pool.shutdown();
+        }
+    }
+
+    /// Sets up `lease_id`'s network: the tap's fd for the VMM and what the tenant is told.
+    pub fn attach_network(
+        &self,
+        lease_id: &str,
+    ) -> Result<Option<(std::os::fd::OwnedFd, NetInfo)>, NetError> {
+        self.network
+            .as_ref()
+            .map(|n| n.attach(lease_id))
+            .transpose()
+    }
+
+    /// `lease_id`'s network while it is up.
+    pub fn network_info(&self, lease_id: &str) -> Option<NetInfo> {
+        self.network.as_ref()?.info(lease_id)
+    }
+
+    /// Creates `lease_id`'s empty copy-on-write overlay (the VMM sizes it on first open),
+    /// owned by `owner` (the jail's uid) when given.
+    pub fn create_overlay(&self, lease_id: &str, owner: Option<u32>) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::create_dir_all(&self.overlay_dir)?;
+        let path = self.overlay_path(lease_id);
+        let _ = std::fs::remove_file(&path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        if let Some(uid) = owner {
+            let id = Some(nix::unistd::Uid::from_raw(uid));
+            nix::unistd::chown(&path, id, Some(nix::unistd::Gid::from_raw(uid)))
+                .map_err(std::io::Error::from)?;
+        }
+        Ok(path)
+    }
+
+    /// Where `lease_id`'s root-disk overlay lives on the host.
+    pub fn overlay_path(&self, lease_id: &str) -> PathBuf {
+        self.overlay_dir.join(format!("{lease_id}.overlay"))
+    }
+
+    /// After re-adoption: removes the networks and overlays of leases that are not live
+    /// (a crashed coinopd's left-overs).
+    pub fn sweep_left_overs(&self) {
+        if let Some(net) = &self.network {
+            if let Err(e) = net.sweep() {
+                tracing::warn!(error = %e, "sweeping left-over guest networks");
+            }
+        }
+        let live: Vec<String> = self.leases().keys().cloned().collect();
+        let Ok(entries) = std::fs::read_dir(&self.overlay_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = name
+                .strip_suffix(".overlay")
+                .is_some_and(|id| !live.iter().any(|l| l == id));
+            if stale {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, Confinement>> {
+        self.leases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records `lease_id`'s jail, cgroup and (for a jailed VMM) control socket file until
+    /// [`Isolation::release`].
+    fn register_with(
+        &self,
+        lease_id: &str,
+        control: Option<PathBuf>,
+        jail: Option<Jail>,
+        slot: Option<CgroupSlot>,
+    ) {
+        let control = control.filter(|_| jail.is_some());
+        self.leases().insert(
+            lease_id.to_string(),
+            Confinement {
+                control,
+                jail,
+                slot,
+                warned: false,
+            },
+        );
+    }
+
+    /// Like [`Isolation::register`] for a jailed VMM whose control socket coinopd bound at
+    /// `control`.
+    pub fn register_jailed(
+        &self,
+        lease_id: &str,
+        control: PathBuf,
+        jail: Option<Jail>,
+        slot: Option<CgroupSlot>,
+    ) {
+        self.register_with(lease_id, Some(control), jail, slot);
+    }
+
+    /// Finds the jail and cgroup an earlier coinopd left for a re-adopted guest whose
+    /// control socket is at `control`.
+    pub fn readopt(&self, lease_id: &str, control: PathBuf) {
+        let jail = match self.jail.as_ref().map(|j| j.reopen(lease_id)) {
+            Some(Ok(jail)) => jail,
+            Some(Err(e)) => {
+                tracing::warn!(lease = lease_id, error = %e, "cannot reopen the jail");
+                None
+            }
+            None => None,
+        };
+        let slot = self.cgroups.reopen_slot(lease_id).unwrap_or_else(|e| {
+            tracing::warn!(lease = lease_id, error = %e, "cannot reopen the cgroup");
+            None
+        });
+        if let Some(net) = &self.network {
+            net.readopt(lease_id);
+        }
+        self.register_with(lease_id, Some(control), jail, slot);
+    }
+
+    /// Removes `lease_id`'s jail root, cgroup, network and overlay (and pool marker, for a
+    /// lease that took a slot built ahead) once its VMM is gone (blocking: the cgroup
+    /// removal waits briefly for exiting tasks). Idempotent.
+    pub fn release(&self, lease_id: &str) {
+        if let Some(pool) = &self.pool {
+            pool.forget(lease_id);
+        }
+        self.release_disk_and_network(lease_id);
+        let Some(c) = self.leases().remove(lease_id) else {
+            return;
+        };
+        if let Some(slot) = c.slot {
+            if let Err(e) = slot.remove() {
+                tracing::warn!(lease = lease_id, error = %e, "cannot remove the cgroup");
+            }
+        }
+        if let Some(control) = c.control {
+            let _ = std::fs::remove_file(control);
+        }
+        if let Some(jail) = c.jail {
+            if let Err(e) = jail.remove() {
+                tracing::warn!(lease = lease_id, error = %e, "cannot remove the jail");
+            }
+        }
+    }
+
+    /// Removes `lease_id`'s network and overlay (a boot that failed before its VMM was
+    /// registered). Idempotent.
+    pub fn release_disk_and_network(&self, lease_id: &str) {
+        if let Some(net) = &self.network {
+            net.detach(lease_id);
+        }
+        let _ = std::fs::remove_file(self.overlay_path(lease_id));
+    }
+
+    /// The kernel's count of CPU time `lease_id`'s cgroup used, µs (`None` without one).
+    pub fn cgroup_cpu_us(&self, lease_id: &str) -> Option<u64> {
+        let leases = self.leases();
+        let slot = leases.get(lease_id)?.slot.as_ref()?;
+        slot.cpu_usage_us().ok()
+    }
+
+    /// Compares the VMM's own vCPU time with the cgroup's count (which also holds the
+    /// VMM's other threads) and logs once per lease when they differ by more than
+    /// 10% + 5 ms.
+    pub fn check_cpu(&self, lease_id: &str, vmm_vcpu_us: u64) {
+        let mut leases = self.leases();
+        let Some(c) = leases.get_mut(lease_id) else {
+            return;
+        };
+        let Some(cgroup_us) = c.slot.as_ref().and_then(|s| s.cpu_usage_us().ok()) else {
+            return;
+        };
+        if !c.warned && !cpu_counts_agree(vmm_vcpu_us, cgroup_us) {
+            c.warned = true;
+            tracing::warn!(
+                lease = lease_id,
+                vmm_vcpu_us,
+                cgroup_cpu_us = cgroup_us,
+                "the VMM's vCPU time and its cgroup's CPU time disagree by more than 10% + 5 ms"
+            );
+        }
+    }
+}
+
+/// Whether two CPU-time counts agree within 10% of the larger plus 5 ms.
+pub fn cpu_counts_agree(a_us: u64, b_us: u64) -> bool {
+    a_us.abs_diff(b_us) <= a_us.max(b_us) / 10 + 5_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_counts_agree_within_a_tenth_plus_5_ms() {
+        assert!(cpu_counts_agree(0, 5_000));
+        assert!(!cpu_counts_agree(0, 5_600));
+        assert!(cpu_counts_agree(1_000_000, 1_105_000));
+        assert!(!cpu_counts_agree(1_000_000, 1_130_000));
+        assert!(cpu_counts_agree(1_130_000, 1_020_000));
+    }
+}

@@ -1,0 +1,39 @@
+//! `coinopd`, the coinop host daemon: it sells leases of microVMs for payments it checks
+//! itself, boots each guest in its own `coinop-vmm` (jailed, in its own cgroup) and meters
+//! what the payment bought until the balance runs out.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`daemon`] | start-up and shutdown: state dir, ledger, re-adoption, the HTTP server, the scheduler |
+//! | [`config`] | command line and config file (`Settings` → `Config`) |
+//! | [`app`] | the state shared by handlers, scheduler and supervisor |
+//! | [`http`] | the API of `lease/openapi.yaml`: router, auth, body limits, error mapping, one file per resource |
+//! | [`payment_intake`], [`create_recovery`], [`guest_stop`] | the lease flows behind the handlers |
+//! | [`ledger`] | SQLite: leases, balances, payments claimed in the same transaction, refunds |
+//! | [`scheduler`] | the tick that debits (`payment::metering`), pauses and stops |
+//! | [`supervisor`], [`vmm_control`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, events, control socket, stop |
+//! | [`isolation`] | the daemon's use of `coinop_host` (jail, cgroups, guest network, slot pool) |
+//! | [`capacity`], [`image_catalogue`], [`metrics`], [`token`], [`clock`], [`fault`] | host capacity, images, `/metrics`, lease ids and tokens, clocks, fault injection for tests |
+//!
+//! Wire types are `coinop_proto`'s; the privileged mechanics are `coinop_host`'s; the tenant
+//! CLI (`coinop_cli`) links none of this crate.
+
+pub mod app;
+pub mod capacity;
+pub mod clock;
+pub mod config;
+pub mod create_recovery;
+pub mod daemon;
+pub mod fault;
+pub mod guest_stop;
+pub mod http;
+pub mod image_catalogue;
+pub mod isolation;
+pub mod ledger;
+pub mod metrics;
+pub mod payment_intake;
+pub mod scheduler;
+pub mod stops_in_flight;
+pub mod supervisor;
+pub mod token;
+pub mod vmm_control;

@@ -1,0 +1,48 @@
+//! `coinopd`, the coinop host daemon. See `coinopd --help`.
+
+use clap::Parser;
+use coinopd::config::Settings;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Settings::parse().with_file().and_then(Settings::resolve) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("coinopd: {e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coinopd: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(coinopd::daemon::run(config, shutdown_signal()));
+    if let Err(e) = result {
+        eprintln!("coinopd: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down; guests keep running and are re-adopted on restart");
+}

@@ -1,0 +1,743 @@
+//! The supervisor: starts one `coinop-vmm` per lease in its own session (so a coinopd restart
+//! or a terminal's SIGINT does not kill guests), jailed and in its cgroup unless isolation
+//! is off, reads its JSON-lines events from an inherited pipe to time the boot, and reports
+//! guest exits to the scheduler after removing the lease's jail and cgroup.
+
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::clock::monotonic_us;
+use crate::image_catalogue::ImageSpec;
+use crate::isolation::Isolation;
+use coinop_host::cgroup::{CgroupSlot, Limits};
+use coinop_host::jail::{
+    Ended, Jail, JailedChild, RootDisk, INITRD_PATH, KERNEL_PATH, OVERLAY_PATH, ROOTFS_PATH,
+};
+use coinop_host::slot_pool::{ReadySlot, TakenSlot};
+
+/// The fd number the VMM finds its event pipe on (`--events fd:3`).
+const EVENTS_FD: i32 = 3;
+/// The fd number the VMM finds its tap on (`--net fd=5`; 4 is a jailed VMM's control
+/// socket).
+const TAP_FD: i32 = 5;
+
+#[derive(Debug, Error)]
+pub enum BootError {
+    #[error("cannot start {bin}: {source}")]
+    Spawn {
+        bin: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("guest cgroup: {0}")]
+    Cgroup(#[from] coinop_host::cgroup::Error),
+    #[error("guest jail: {0}")]
+    Jail(#[from] coinop_host::jail::Error),
+    #[error("guest files: {0}")]
+    Files(std::io::Error),
+    #[error("event pipe: {0}")]
+    Pipe(String),
+    #[error("guest exited before it was ready: {reason} (exit code {code:?})")]
+    Exited { reason: String, code: Option<i64> },
+    #[error("guest not ready within {0} ms")]
+    Timeout(u64),
+    #[error("guest root disk overlay: {0}")]
+    Overlay(std::io::Error),
+}
+
+/// The lease's NIC: its tap, attached, and the guest's MAC.
+#[derive(Debug)]
+pub struct Nic {
+    pub tap: OwnedFd,
+    pub mac: String,
+}
+
+impl Nic {
+    /// Another handle on the same tap.
+    fn try_clone(&self) -> std::io::Result<Nic> {
+        Ok(Nic {
+            tap: self.tap.try_clone()?,
+            mac: self.mac.clone(),
+        })
+    }
+}
+
+/// Boot figures, µs from request arrival (`boot` in lease/openapi.yaml).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BootFigures {
+    pub payment_verified_us: u64,
+    pub ledger_committed_us: u64,
+    pub vmm_spawned_us: u64,
+    pub vcpus_started_us: Option<u64>,
+    pub guest_ready_us: Option<u64>,
+}
+
+/// What the VMM's event stream said, as far as coinopd cares.
+#[derive(Debug, Deserialize)]
+struct Event {
+    event: String,
+    t_us: u64,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    code: Option<i64>,
+}
+
+/// A guest that ended (from its event stream or process exit).
+#[derive(Debug, Clone)]
+pub struct GuestExit {
+    pub lease_id: String,
+    pub reason: String,
+}
+
+/// Where a lease's VMM lives on disk.
+#[derive(Debug, Clone)]
+pub struct GuestPaths {
+    pub control: PathBuf,
+    pub console: PathBuf,
+    pub log: PathBuf,
+}
+
+impl GuestPaths {
+    pub fn for_lease(run_dir: &Path, lease_id: &str) -> Self {
+        GuestPaths {
+            control: run_dir.join(format!("{lease_id}.sock")),
+            console: run_dir.join(format!("{lease_id}.console")),
+            log: run_dir.join(format!("{lease_id}.vmm.log")),
+        }
+    }
+}
+
+pub struct BootRequest<'a> {
+    pub lease_id: &'a str,
+    pub image: &'a ImageSpec,
+    pub cmdline: &'a str,
+    pub vcpus: u32,
+    pub mem_mib: u64,
+    pub paths: &'a GuestPaths,
+    /// `CLOCK_MONOTONIC` µs when the HTTP request arrived.
+    pub arrival_us: u64,
+    pub timeout_ms: u64,
+    /// The slot built ahead of time for this lease (its id is `lease_id`), if the create
+    /// got one from the pool.
+    pub slot: Option<TakenSlot>,
+    /// Passed to the VMM as `--net fd=5`.
+    pub nic: Option<Nic>,
+}
+
+/// A booted guest.
+#[derive(Debug)]
+pub struct Booted {
+    pub pid: Option<i32>,
+    pub vmm_spawned_us: u64,
+    pub vcpus_started_us: Option<u64>,
+    pub guest_ready_us: u64,
+}
+
+/// The guest's VMM process: jailed (PID 1 of its own namespace, our child through a pidfd)
+/// or, with `--no-jail`, a plain child.
+enum GuestProcess {
+    Jailed(JailedChild),
+    Plain(tokio::process::Child),
+}
+
+impl GuestProcess {
+    fn pid(&self) -> Option<i32> {
+        match self {
+            GuestProcess::Jailed(c) => Some(c.pid()),
+            GuestProcess::Plain(c) => c.id().map(|p| p as i32),
+        }
+    }
+
+    /// SIGKILL: a namespace's PID 1 ignores SIGTERM sent from outside.
+    fn kill(&mut self) {
+        let _ = match self {
+            GuestProcess::Jailed(c) => c.kill().map_err(|e| e.to_string()),
+            GuestProcess::Plain(c) => c.start_kill().map_err(|e| e.to_string()),
+        };
+    }
+
+    /// Waits for the end; the exit code when it exited normally, and a description.
+    async fn wait(self) -> (Option<i32>, String) {
+        match self {
+            GuestProcess::Jailed(c) => match wait_jailed(c).await {
+                Ok(Ended::Exited(code)) => (Some(code), format!("exit code {code}")),
+                Ok(Ended::Signaled(sig)) => (None, format!("killed by {sig}")),
+                Err(e) => (None, e),
+            },
+            GuestProcess::Plain(mut c) => match c.wait().await {
+                Ok(status) => (status.code(), status.to_string()),
+                Err(e) => (None, e.to_string()),
+            },
+        }
+    }
+}
+
+/// Waits for a jailed child without holding a runtime thread: its pidfd turns readable when
+/// it exits, and the reap is then immediate.
+async fn wait_jailed(child: JailedChild) -> Result<Ended, String> {
+    let pid = child.pid();
+    let shown = |e: std::io::Error| format!("jailed pid {pid}: waiting on its pidfd: {e}");
+    let pidfd = child.pidfd().try_clone_to_owned().map_err(shown)?;
+    // SAFETY: the AsyncFd owns `pidfd`, an OwnedFd that stays open and unchanged until the
+    // AsyncFd is dropped at the end of this function.
+    let ready = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }
+        .map_err(|e| shown(e.into_parts().1))?;
+    let _readable = ready.readable().await.map_err(shown)?;
+    child.wait_blocking().map_err(|e| e.to_string())
+}
+
+type EventLines = tokio::io::Lines<BufReader<tokio::net::unix::pipe::Receiver>>;
+
+/// A started VMM with its confinement and the read end of its event pipe.
+struct Spawned {
+    child: GuestProcess,
+    jail: Option<Jail>,
+    slot: Option<CgroupSlot>,
+    events: OwnedFd,
+}
+
+pub struct Supervisor {
+    vmm_bin: PathBuf,
+    isolation: Arc<Isolation>,
+    exits: mpsc::UnboundedSender<GuestExit>,
+}
+
+fn pipe_err(e: impl std::fmt::Display) -> BootError {
+    BootError::Pipe(e.to_string())
+}
+
+/// The VMM's device arguments: the root disk (paths as the VMM sees them) and the NIC.
+fn device_args(disk: Option<&RootDisk>, mac: Option<&str>) -> Vec<OsString> {
+    let mut args = Vec::new();
+    if let Some(d) = disk {
+        args.push("--disk".into());
+        args.push(format!("path={},cow={}", d.base.display(), d.overlay.display()).into());
+    }
+    if let Some(mac) = mac {
+        args.push("--net".into());
+        args.push(format!("fd={TAP_FD},mac={mac}").into());
+    }
+    args
+}
+
+/// The VMM arguments both spawn paths share (paths as the VMM sees them).
+fn common_args(req: &BootRequest<'_>, kernel: &Path, initrd: Option<&Path>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["--kernel".into(), kernel.into()];
+    if let Some(initrd) = initrd {
+        args.extend(["--initrd".into(), initrd.into()]);
+    }
+    args.extend([
+        "--cmdline".into(),
+        req.cmdline.into(),
+        "--vcpus".into(),
+        req.vcpus.to_string().into(),
+        "--mem-mib".into(),
+        req.mem_mib.to_string().into(),
+        "--events".into(),
+        format!("fd:{EVENTS_FD}").into(),
+    ]);
+    args
+}
+
+impl Supervisor {
+    pub fn new(
+        vmm_bin: PathBuf,
+        isolation: Arc<Isolation>,
+        exits: mpsc::UnboundedSender<GuestExit>,
+    ) -> Self {
+        Supervisor {
+            vmm_bin,
+            isolation,
+            exits,
+        }
+    }
+
+    /// The daemon's isolation settings and per-lease confinements.
+    pub fn isolation(&self) -> &Arc<Isolation> {
+        &self.isolation
+    }
+
+    /// Starts the VMM and waits for `guest_ready`. On any failure the VMM is killed and its
+    /// jail, cgroup, network and root-disk overlay removed.
+    pub async fn boot(&self, mut req: BootRequest<'_>) -> Result<Booted, BootError> {
+        // No slot is built for the pool while this boot runs (it would compete for CPU,
+        // coinopd's memory map and the cgroup lock); the refill follows right after.
+        let _quiet = self.isolation.hold_off_pool();
+        let nic = req.nic.take();
+        let limits = Limits::for_guest(req.vcpus, req.mem_mib);
+        let pooled = req.slot.take().map(|taken| taken.use_for(limits));
+        let was_pooled = pooled.is_some();
+        let start_us = monotonic_us();
+        let spawned = match pooled {
+            Some(ready) => {
+                // A failed launch has closed the fds it was given: the request-path build
+                // after it needs its own handle on the tap.
+                let spare = nic.as_ref().map(Nic::try_clone).transpose();
+                match self.launch_pooled(ready, &req, &limits, start_us, nic) {
+                    Ok(spawned) => Ok(spawned),
+                    Err(e) => {
+                        tracing::warn!(lease = req.lease_id, error = %e,
+                            "the slot built ahead failed; building one on the request path");
+                        spare
+                            .map_err(BootError::Files)
+                            .and_then(|nic| self.spawn_fresh(&req, &limits, start_us, nic))
+                    }
+                }
+            }
+            None => self.spawn_fresh(&req, &limits, start_us, nic),
+        };
+        let Spawned {
+            child,
+            jail,
+            slot,
+            events: read_end,
+        } = match spawned {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                // Nothing registered: this releases the network and overlay and forgets a
+                // pool marker.
+                self.isolation.release(req.lease_id);
+                return Err(e);
+            }
+        };
+        self.isolation
+            .register_jailed(req.lease_id, req.paths.control.clone(), jail, slot);
+        let vmm_spawned_us = monotonic_us().saturating_sub(req.arrival_us);
+        tracing::debug!(
+            lease = req.lease_id,
+            pooled = was_pooled,
+            boot_start_us = start_us.saturating_sub(req.arrival_us),
+            vmm_spawned_us,
+            "VMM started"
+        );
+        let pid = child.pid();
+        let rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) {
+            Ok(rx) => rx,
+            Err(e) => {
+                let mut child = child;
+                child.kill();
+                self.reap_in_background(req.lease_id, child, None);
+                return Err(pipe_err(e));
+            }
+        };
+        let mut lines = BufReader::new(rx).lines();
+        let offset = start_us.saturating_sub(req.arrival_us);
+        let outcome = tokio::time::timeout(
+            Duration::from_millis(req.timeout_ms),
+            wait_ready(&mut lines, req.lease_id, offset),
+        )
+        .await;
+        let (vcpus_started_us, guest_ready_us) = match outcome {
+            Ok(Ok(figures)) => figures,
+            Ok(Err(e)) => {
+                let mut child = child;
+                child.kill();
+                let (code, _) = child.wait().await;
+                self.isolation_release(req.lease_id).await;
+                return Err(match e {
+                    BootError::Exited { reason, code: None } => BootError::Exited {
+                        reason,
+                        code: code.map(i64::from),
+                    },
+                    e => e,
+                });
+            }
+            Err(_) => {
+                let mut child = child;
+                child.kill();
+                self.reap_in_background(req.lease_id, child, None);
+                return Err(BootError::Timeout(req.timeout_ms));
+            }
+        };
+        self.reap_in_background(req.lease_id, child, Some(lines));
+        Ok(Booted {
+            pid,
+            vmm_spawned_us,
+            vcpus_started_us,
+            guest_ready_us,
+        })
+    }
+
+    /// Builds the lease's cgroup (and jail) on the request path and starts the VMM.
+    fn spawn_fresh(
+        &self,
+        req: &BootRequest<'_>,
+        limits: &Limits,
+        start_us: u64,
+        nic: Option<Nic>,
+    ) -> Result<Spawned, BootError> {
+        let slot = self.isolation.cgroups.create_slot(req.lease_id, limits)?;
+        let pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err);
+        let _ = std::fs::remove_file(&req.paths.control);
+        let spawned = pipe.and_then(|(read_end, write_end)| {
+            let started = match &self.isolation.jail {
+                Some(config) => {
+                    self.spawn_jailed(config, req, write_end, start_us, slot.as_ref(), nic)
+                }
+                None => self.spawn_plain(req, write_end, start_us, slot.as_ref(), nic),
+            };
+            started.map(|(child, jail)| (child, jail, read_end))
+        });
+        match spawned {
+            Ok((child, jail, events)) => Ok(Spawned {
+                child,
+                jail,
+                slot,
+                events,
+            }),
+            Err(e) => {
+                if let Some(slot) = slot {
+                    let _ = slot.remove();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the VMM in a slot built ahead of time: its cgroup gets the limits that differ
+    /// for this lease, and its parked child execs the VMM on the lease's image (with its
+    /// root disk: the base and a fresh overlay owned by the slot's uid, passed in as
+    /// detached mounts like the kernel) and NIC. On failure the slot is gone (child, root,
+    /// cgroup).
+    fn launch_pooled(
+        &self,
+        ready: ReadySlot,
+        req: &BootRequest<'_>,
+        limits: &Limits,
+        start_us: u64,
+        nic: Option<Nic>,
+    ) -> Result<Spawned, BootError> {
+        let ReadySlot {
+            cgroup,
+            limits: had,
+            jail: parked,
+            ..
+        } = ready;
+        let launched = cgroup
+            .as_ref()
+            .map_or(Ok(()), |c| c.update_limits(&had, limits))
+            .map_err(BootError::from)
+            .and_then(|()| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err))
+            .and_then(|(read_end, write_end)| {
+                let _ = std::fs::remove_file(&req.paths.control);
+                let disk = match &req.image.rootfs {
+                    Some(base) => Some(RootDisk {
+                        base: base.clone(),
+                        overlay: self
+                            .isolation
+                            .create_overlay(req.lease_id, Some(parked.uid()))
+                            .map_err(BootError::Overlay)?,
+                    }),
+                    None => None,
+                };
+                let (args, fds) = self.jailed_launch(req, write_end, start_us, nic)?;
+                let initrd = req.image.initrd.as_deref();
+                let (child, jail) =
+                    parked.launch(&req.image.kernel, initrd, disk.as_ref(), args, fds)?;
+                Ok((child, jail, read_end))
+            });
+        match launched {
+            Ok((child, jail, events)) => Ok(Spawned {
+                child: GuestProcess::Jailed(child),
+                jail: Some(jail),
+                slot: cgroup,
+                events,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&req.paths.control);
+                if let Some(c) = cgroup {
+                    let _ = c.remove();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the VMM in a fresh jail for the lease, joined to its cgroup before exec. The
+    /// control socket is bound here, on the host, and passed in (the jail root is
+    /// read-only).
+    fn spawn_jailed(
+        &self,
+        config: &coinop_host::jail::JailConfig,
+        req: &BootRequest<'_>,
+        events: OwnedFd,
+        start_us: u64,
+        slot: Option<&CgroupSlot>,
+        nic: Option<Nic>,
+    ) -> Result<(GuestProcess, Option<Jail>), BootError> {
+        let disk = req.image.rootfs.as_ref().map(|base| RootDisk {
+            base: base.clone(),
+            overlay: self.isolation.overlay_path(req.lease_id),
+        });
+        let jail = config.prepare_with_disk(
+            req.lease_id,
+            &req.image.kernel,
+            req.image.initrd.as_deref(),
+            disk.as_ref(),
+        )?;
+        let spawned = match disk {
+            Some(_) => self
+                .isolation
+                .create_overlay(req.lease_id, Some(jail.uid()))
+                .map(drop)
+                .map_err(BootError::Overlay),
+            None => Ok(()),
+        }
+        .and_then(|()| self.spawn_in(&jail, req, events, start_us, slot, nic));
+        match spawned {
+            Ok(child) => Ok((GuestProcess::Jailed(child), Some(jail))),
+            Err(e) => {
+                let _ = jail.remove();
+                let _ = std::fs::remove_file(&req.paths.control);
+                Err(e)
+            }
+        }
+    }
+
+    fn spawn_in(
+        &self,
+        jail: &Jail,
+        req: &BootRequest<'_>,
+        events: OwnedFd,
+        start_us: u64,
+        slot: Option<&CgroupSlot>,
+        nic: Option<Nic>,
+    ) -> Result<JailedChild, BootError> {
+        let (args, fds) = self.jailed_launch(req, events, start_us, nic)?;
+        let procs = slot.map(CgroupSlot::procs_files).transpose()?;
+        Ok(jail.spawn(args, fds, procs.unwrap_or_default())?)
+    }
+
+    /// A jailed VMM's arguments (paths as seen inside) and fds: null stdin, the console,
+    /// the log, the event pipe, the control socket, bound here on the host, and the tap.
+    fn jailed_launch(
+        &self,
+        req: &BootRequest<'_>,
+        events: OwnedFd,
+        start_us: u64,
+        nic: Option<Nic>,
+    ) -> Result<(Vec<OsString>, Vec<OwnedFd>), BootError> {
+        let listener =
+            std::os::unix::net::UnixListener::bind(&req.paths.control).map_err(BootError::Files)?;
+        let null = std::fs::File::open("/dev/null").map_err(BootError::Files)?;
+        let console = std::fs::File::create(&req.paths.console).map_err(BootError::Files)?;
+        let log = std::fs::File::create(&req.paths.log).map_err(BootError::Files)?;
+        let mut fds: Vec<OwnedFd> = vec![
+            null.into(),
+            console.into(),
+            log.into(),
+            events,
+            listener.into(),
+        ];
+        let mac = nic.as_ref().map(|n| n.mac.clone());
+        if let Some(nic) = nic {
+            fds.push(nic.tap);
+        }
+        let initrd = req.image.initrd.as_ref().map(|_| Path::new(INITRD_PATH));
+        let mut args = common_args(req, Path::new(KERNEL_PATH), initrd);
+        let disk = req.image.rootfs.as_ref().map(|_| RootDisk {
+            base: ROOTFS_PATH.into(),
+            overlay: OVERLAY_PATH.into(),
+        });
+        args.extend(device_args(disk.as_ref(), mac.as_deref()));
+        args.extend(
+            [
+                "--serial",
+                "stdout",
+                "--control",
+                "fd:4",
+                "--start-time-us",
+                &start_us.to_string(),
+            ]
+            .map(OsString::from),
+        );
+        if self.isolation.no_seccomp {
+            args.push("--no-seccomp".into());
+        }
+        Ok((args, fds))
+    }
+
+    /// `--no-jail`: the VMM as a plain child in its own session, moved into its cgroup
+    /// right after the spawn.
+    fn spawn_plain(
+        &self,
+        req: &BootRequest<'_>,
+        write_end: OwnedFd,
+        start_us: u64,
+        slot: Option<&CgroupSlot>,
+        nic: Option<Nic>,
+    ) -> Result<(GuestProcess, Option<Jail>), BootError> {
+        let log = std::fs::File::create(&req.paths.log).map_err(pipe_err)?;
+        let disk = match &req.image.rootfs {
+            Some(base) => Some(RootDisk {
+                base: base.clone(),
+                overlay: self
+                    .isolation
+                    .create_overlay(req.lease_id, None)
+                    .map_err(BootError::Overlay)?,
+            }),
+            None => None,
+        };
+        // Above every fd the child places, so placing the event pipe cannot overwrite it.
+        let tap = nic
+            .as_ref()
+            .map(|n| {
+                // SAFETY: F_DUPFD_CLOEXEC on a live fd returns a new fd we then own.
+                let fd = unsafe { libc::fcntl(n.tap.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+                if fd < 0 {
+                    return Err(BootError::Files(std::io::Error::last_os_error()));
+                }
+                // SAFETY: `fd` is a fresh descriptor nothing else owns.
+                Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+            })
+            .transpose()?;
+        let tap_fd = tap.as_ref().map(AsRawFd::as_raw_fd);
+        let mut cmd = tokio::process::Command::new(&self.vmm_bin);
+        cmd.args(common_args(
+            req,
+            &req.image.kernel,
+            req.image.initrd.as_deref(),
+        ))
+        .args(device_args(
+            disk.as_ref(),
+            nic.as_ref().map(|n| n.mac.as_str()),
+        ))
+        .arg("--serial")
+        .arg(format!("file:{}", req.paths.console.display()))
+        .arg("--control")
+        .arg(&req.paths.control)
+        .arg("--start-time-us")
+        .arg(start_us.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(false);
+        if self.isolation.no_seccomp {
+            cmd.arg("--no-seccomp");
+        }
+        let write_fd = write_end.as_raw_fd();
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // async-signal-safe functions (setsid, dup2, fcntl) on fds we own (the event pipe's
+        // write end and the tap's high copy, both alive until after the spawn).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if write_fd == EVENTS_FD {
+                    // dup2 onto itself keeps O_CLOEXEC: clear it explicitly.
+                    if libc::fcntl(EVENTS_FD, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(write_fd, EVENTS_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // dup2 leaves the copy without close-on-exec: the VMM inherits it.
+                if let Some(tap) = tap_fd {
+                    if libc::dup2(tap, TAP_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| BootError::Spawn {
+            bin: self.vmm_bin.clone(),
+            source,
+        })?;
+        drop(write_end);
+        drop(tap);
+        if let (Some(slot), Some(pid)) = (slot, child.id()) {
+            if let Err(e) = slot.add_pid(pid) {
+                let _ = child.start_kill();
+                return Err(e.into());
+            }
+        }
+        Ok((GuestProcess::Plain(child), None))
+    }
+
+    /// Removes the lease's jail and cgroup off the async runtime's threads.
+    async fn isolation_release(&self, lease_id: &str) {
+        let isolation = Arc::clone(&self.isolation);
+        let id = lease_id.to_string();
+        let _ = tokio::task::spawn_blocking(move || isolation.release(&id)).await;
+    }
+
+    /// Follows the rest of the event stream and reaps the process (teardown stays off the
+    /// request path), removes its jail and cgroup; a guest that ends is reported to the
+    /// scheduler.
+    fn reap_in_background(&self, lease_id: &str, child: GuestProcess, lines: Option<EventLines>) {
+        let exits = self.exits.clone();
+        let isolation = Arc::clone(&self.isolation);
+        let lease_id = lease_id.to_string();
+        tokio::spawn(async move {
+            let mut reason = None;
+            if let Some(mut lines) = lines {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Ok(ev) = serde_json::from_str::<Event>(&line) {
+                        if ev.event == "exit" {
+                            reason = ev.reason;
+                        }
+                    }
+                }
+            }
+            let (_, status) = child.wait().await;
+            let cgroup_cpu_us = isolation.cgroup_cpu_us(&lease_id);
+            let id = lease_id.clone();
+            let _ = tokio::task::spawn_blocking(move || isolation.release(&id)).await;
+            tracing::info!(lease = %lease_id, %status, ?reason, ?cgroup_cpu_us, "guest VMM exited");
+            let _ = exits.send(GuestExit {
+                lease_id,
+                reason: reason.unwrap_or_else(|| "exited".into()),
+            });
+        });
+    }
+}
+
+/// Reads events until `guest_ready` (µs from arrival of `vcpus_started` and `guest_ready`).
+async fn wait_ready(
+    lines: &mut EventLines,
+    lease_id: &str,
+    offset: u64,
+) -> Result<(Option<u64>, u64), BootError> {
+    let mut vcpus_started = None;
+    loop {
+        let line = lines.next_line().await.map_err(pipe_err)?;
+        let Some(line) = line else {
+            return Err(BootError::Exited {
+                reason: "event stream closed".into(),
+                code: None,
+            });
+        };
+        let Ok(ev) = serde_json::from_str::<Event>(&line) else {
+            tracing::warn!(lease = lease_id, line, "unparsable VMM event");
+            continue;
+        };
+        match ev.event.as_str() {
+            "vcpus_started" => vcpus_started = Some(offset + ev.t_us),
+            "guest_ready" => return Ok((vcpus_started, offset + ev.t_us)),
+            "exit" => {
+                return Err(BootError::Exited {
+                    reason: ev.reason.unwrap_or_else(|| "unknown".into()),
+                    code: ev.code,
+                })
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether a process with this pid still exists (for re-adopted guests, which are not our
+/// children any more).
+pub fn pid_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}

@@ -1,0 +1,239 @@
+//! The `coinop` CLI against a real daemon socket: human output, `--json` exactly as the
+//! daemon answered, payment flags, and the exit codes scripts rely on (0 ok, 1 daemon error,
+//! 2 usage, 3 unreachable), each failure explained in one line.
+
+mod common;
+
+use std::process::Output;
+
+use common::cli_process::{coinop, coinop_async, lease_create_args};
+use common::{kvm_or_skip, Daemon};
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failure: the exit code and exactly one line on stderr that contains `needle`.
+fn assert_fails(o: &Output, code: i32, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line expected: {err:?}");
+    assert!(err.starts_with("coinop: "), "{err}");
+    assert!(err.contains(needle), "{needle:?} not in {err:?}");
+}
+
+#[test]
+fn usage_errors_and_an_unreachable_daemon_have_their_own_exit_codes() {
+    let dir = common::StateDir::new();
+    let missing = dir.path().join("nobody-listens.sock");
+    assert_fails(&coinop(&missing, &["--bogus", "host"]), 2, "--bogus");
+    assert_fails(
+        &coinop(&missing, &["lease", "create", "--vcpus", "1"]),
+        2,
+        "--mem-mib",
+    );
+    // On-chain flags come as a set.
+    assert_fails(
+        &coinop(&missing, &lease_create_args(&["--tx", "00"])),
+        2,
+        "--proof",
+    );
+    // Two ways of paying at once.
+    assert_fails(
+        &coinop(
+            &missing,
+            &lease_create_args(&["--credit", "a.json", "--payment", "b.json"]),
+        ),
+        2,
+        "cannot be used with",
+    );
+    assert_fails(
+        &coinop(&missing, &lease_create_args(&["--credit", "/no/such"])),
+        2,
+        "/no/such",
+    );
+    assert_fails(&coinop(&missing, &["host"]), 3, "cannot connect");
+    let help = coinop(&missing, &["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    let h = stdout(&help);
+    assert!(
+        h.contains("Exit codes") && h.contains("3  cannot reach"),
+        "{h}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_is_the_daemons_answer_and_human_output_is_text() {
+    let dir = common::StateDir::new();
+    let d = Daemon::start(dir.path(), &[]).await;
+    let api = d.call("GET", "/v1/host", None, None).await;
+    let json = coinop_async(&d.socket, &["--json", "host"], &[]).await;
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let mut expected = api.body.to_vec();
+    expected.push(b'\n');
+    assert_eq!(
+        json.stdout, expected,
+        "--json prints the body byte for byte"
+    );
+
+    let human = coinop_async(&d.socket, &["host"], &[]).await;
+    assert_eq!(human.status.code(), Some(0));
+    let h = stdout(&human);
+    assert!(
+        h.contains("network    regtest") && h.contains("testguest"),
+        "{h}"
+    );
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&h).is_err(),
+        "{h}"
+    );
+
+    let unauth = coinop_async(&d.socket, &["lease", "show", "lnope", "--token", "00"], &[]).await;
+    assert_fails(&unauth, 1, "HTTP 401 unauthorized");
+
+    // A header file that parses locally but that the daemon refuses (no such parent).
+    let headers = dir.path().join("headers.txt");
+    std::fs::write(&headers, format!("{}\n", "00".repeat(80))).expect("write");
+    let refused = coinop_async(
+        &d.socket,
+        &["chain", "push-headers", headers.to_str().expect("utf-8")],
+        &[],
+    )
+    .await;
+    assert_fails(&refused, 1, "HTTP 4");
+    std::fs::write(&headers, "not a header\n").expect("write");
+    let bad = coinop_async(
+        &d.socket,
+        &["chain", "add-headers", headers.to_str().expect("utf-8")],
+        &[],
+    )
+    .await;
+    assert_fails(&bad, 2, "line 1");
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_show_and_stop_with_credit_from_a_file() {
+    let dir = common::StateDir::new();
+    let d = Daemon::start(dir.path(), &[]).await;
+    let proofs = d.mint_credit(4).await;
+    let file = dir.path().join("proofs.json");
+    std::fs::write(&file, serde_json::to_vec(&proofs).expect("json")).expect("write");
+    let credit = file.to_str().expect("utf-8");
+    let echo = lease_create_args(&["--cmdline", "mode=echo", "--credit", credit]);
+    let out = coinop_async(&d.socket, &[&["--json"][..], &echo].concat(), &[]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let id = v["lease_id"].as_str().expect("lease_id").to_string();
+    let token = v["token"].as_str().expect("token").to_string();
+    if kvm_or_skip() {
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(v["balance_msat"], 4000);
+    } else {
+        // No KVM: the boot fails, the money stays on the lease; exit 1 with the code.
+        assert_fails(&out, 1, "boot_failed");
+    }
+    let shown = coinop_async(&d.socket, &["lease", "show", &id, "--token", &token], &[]).await;
+    assert_eq!(shown.status.code(), Some(0), "{}", stderr(&shown));
+    assert!(stdout(&shown).contains(&id), "{}", stdout(&shown));
+
+    let stopped = coinop_async(&d.socket, &["lease", "stop", &id, "--token", &token], &[]).await;
+    assert_eq!(stopped.status.code(), Some(0), "{}", stderr(&stopped));
+    assert!(
+        stdout(&stopped).contains("state      stopped"),
+        "{}",
+        stdout(&stopped)
+    );
+
+    // The same proofs again: the daemon's 409 becomes exit 1 naming the code.
+    let again = coinop_async(&d.socket, &lease_create_args(&["--credit", credit]), &[]).await;
+    assert_fails(&again, 1, "HTTP 409 already_spent");
+    d.shutdown().await;
+}
+
+/// Runs coinop with a wallet file, off the async runtime (the daemon serves on it).
+async fn coinop_wallet(
+    socket: &std::path::Path,
+    wallet: &std::path::Path,
+    args: &[&str],
+) -> Output {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    coinop_async(socket, &full, &[("COINOP_WALLET", wallet)]).await
+}
+
+fn json_of(o: &Output) -> serde_json::Value {
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallet_mints_pays_for_a_lease_and_collects_its_change() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let d = Daemon::start(dir.path(), &[]).await;
+    let (s, w) = (d.socket.clone(), dir.path().join("wallet.json"));
+    let minted = json_of(&coinop_wallet(&s, &w, &["wallet", "mint", "--amount", "300"]).await);
+    assert_eq!(minted["balance_sat"], 300);
+
+    let pay = coinop_wallet(&s, &w, &["wallet", "pay", "--amount", "256"]).await;
+    let payment = dir.path().join("pay.json");
+    std::fs::write(&payment, json_of(&pay).to_string()).expect("write");
+    let left = json_of(&coinop_wallet(&s, &w, &["wallet", "balance"]).await);
+    assert_eq!(
+        left["balance_sat"],
+        300 - 256,
+        "the paid notes left the wallet"
+    );
+
+    let p = payment.to_str().expect("utf-8");
+    let create = [
+        "lease",
+        "create",
+        "--vcpus",
+        "1",
+        "--mem-mib",
+        "64",
+        "--payment",
+        p,
+    ];
+    let lease = json_of(&coinop_wallet(&s, &w, &create).await);
+    assert_eq!(lease["balance_msat"], 256_000);
+    let (id, token) = (
+        lease["lease_id"].as_str().expect("id"),
+        lease["token"].as_str().expect("token"),
+    );
+
+    let stop = ["lease", "stop", id, "--token", token, "--change"];
+    let stopped = json_of(&coinop_wallet(&s, &w, &stop).await);
+    assert_eq!(stopped["state"], "stopped");
+    let refund_sat = stopped["refund_msat"].as_u64().expect("refund_msat") / 1000;
+    assert!(
+        refund_sat > 0 && refund_sat <= 256,
+        "refund {refund_sat} sat"
+    );
+    let after = json_of(&coinop_wallet(&s, &w, &["wallet", "balance"]).await);
+    assert_eq!(
+        after["balance_sat"],
+        300 - 256 + refund_sat,
+        "change landed in the wallet"
+    );
+
+    // The change is real credit: it pays for the next lease.
+    let all = after["balance_sat"].as_u64().expect("balance").to_string();
+    let pay2 = coinop_wallet(&s, &w, &["wallet", "pay", "--amount", &all]).await;
+    std::fs::write(&payment, json_of(&pay2).to_string()).expect("write");
+    let lease2 = json_of(&coinop_wallet(&s, &w, &create).await);
+    assert_eq!(lease2["balance_msat"], (300 - 256 + refund_sat) * 1000);
+    let (id2, token2) = (
+        lease2["lease_id"].as_str().expect("id"),
+        lease2["token"].as_str().expect("token"),
+    );
+    json_of(&coinop_wallet(&s, &w, &["lease", "stop", id2, "--token", token2]).await);
+    d.shutdown().await;
+}

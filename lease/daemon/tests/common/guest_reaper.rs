@@ -1,0 +1,133 @@
+//! Teardown for tests that start coinopd: a state directory that, when dropped (also when
+//! the test panics), kills every coinop-vmm the daemons on it started and removes their
+//! cgroups. Guests deliberately outlive a coinopd (re-adoption), so ending the daemon is
+//! not enough; the state directory is what a test's guests belong to.
+//!
+//! A VMM belongs to the directory when its command line names a path inside it (an
+//! unjailed VMM's control socket and console), it sits in the cgroup of one of the
+//! directory's leases (a jailed VMM), or the ledger records its pid for one of them. Other
+//! tests' VMMs (other binaries run in parallel) never match.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use coinopd::guest_stop::vmm_running;
+
+/// How long killed VMMs get to disappear.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// A temporary coinopd state directory that kills its guests when dropped.
+pub struct StateDir {
+    dir: tempfile::TempDir,
+}
+
+impl StateDir {
+    pub fn new() -> StateDir {
+        StateDir {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let killed = reap_guests(self.dir.path());
+        if !killed.is_empty() {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "teardown: killed coinop-vmm pid(s) {killed:?} still running for {}",
+                self.dir.path().display()
+            );
+        }
+    }
+}
+
+/// The leases in the state directory's ledger with their VMM pid when recorded (none
+/// without a ledger).
+pub fn leases(state_dir: &Path) -> Vec<(String, Option<i32>)> {
+    let path = state_dir.join("ledger.db");
+    let Ok(db) =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return Vec::new();
+    };
+    let Ok(mut q) = db.prepare("SELECT id, pid FROM leases") else {
+        return Vec::new();
+    };
+    q.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<i32>>(1)?))
+    })
+    .map(|rows| rows.filter_map(Result::ok).collect())
+    .unwrap_or_default()
+}
+
+/// Pids of the running coinop-vmm processes that belong to `state_dir`.
+pub fn running_vmms(state_dir: &Path) -> Vec<i32> {
+    let leases = leases(state_dir);
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| vmm_running(pid) && belongs_to(pid, state_dir, &leases))
+        .collect()
+}
+
+fn belongs_to(pid: i32, state_dir: &Path, leases: &[(String, Option<i32>)]) -> bool {
+    if leases.iter().any(|(_, p)| *p == Some(pid)) {
+        return true;
+    }
+    let dir = state_dir.as_os_str().as_encoded_bytes();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if cmdline.windows(dir.len()).any(|w| w == dir) {
+        return true;
+    }
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    cgroups.lines().any(|line| {
+        leases
+            .iter()
+            .any(|(id, _)| line.ends_with(&format!("/{}/{id}", coinopd::isolation::CGROUP_PARENT)))
+    })
+}
+
+/// Kills every VMM of `state_dir`, waits for them to go and removes the leases' cgroups;
+/// returns the pids it killed.
+pub fn reap_guests(state_dir: &Path) -> Vec<i32> {
+    let pids = running_vmms(state_dir);
+    for &pid in &pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let deadline = Instant::now() + KILL_WAIT;
+    while pids.iter().any(|&p| vmm_running(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    remove_cgroups(state_dir);
+    pids
+}
+
+/// Removes the (now empty) cgroups a daemon left for the directory's leases.
+fn remove_cgroups(state_dir: &Path) {
+    let leases = leases(state_dir);
+    if leases.is_empty() {
+        return;
+    }
+    let cgroups = coinop_host::cgroup::detect(coinopd::isolation::CGROUP_PARENT);
+    for (id, _) in leases {
+        if let Ok(Some(slot)) = cgroups.reopen_slot(&id) {
+            let dirs: Vec<PathBuf> = slot.dirs().to_vec();
+            if slot.remove().is_err() {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "teardown: cannot remove cgroup {dirs:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Test harness: a coinopd served in-process on a temp socket, a tiny Cashu wallet, and
+//! helpers to find coinop-vmm and the test guest.
+#![allow(dead_code)]
+
+pub mod cli_process;
+pub mod guest_reaper;
+pub mod lease_pid;
+pub mod leases;
+
+pub use guest_reaper::StateDir;
+
+use std::path::{Path, PathBuf};
+
+use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
+use bitcoin::secp256k1::{PublicKey, SecretKey};
+use clap::Parser;
+use coinop_cli::client::{Client, Reply};
+use coinopd::app::AppState;
+use coinopd::config::Settings;
+use payment::credit::bdhke::{blind_message, unblind};
+use payment::credit::nut_types::{BlindSignature, BlindedMessage, Proof};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub client: Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    /// Set when the daemon is a real `coinopd` process (crash tests).
+    child: Option<std::process::Child>,
+}
+
+/// Where cargo put coinop-vmm and the test guest, if they were built.
+pub fn vmm_and_guest() -> Option<(PathBuf, PathBuf)> {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_coinopd"))
+        .parent()?
+        .to_path_buf();
+    let vmm = bin_dir.join("coinop-vmm");
+    if !vmm.exists() {
+        return None;
+    }
+    let build = bin_dir.join("build");
+    let guest = std::fs::read_dir(&build)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("out/testguest/testguest-pvh.elf"))
+        .find(|p| p.exists())?;
+    Some((vmm, guest))
+}
+
+/// Says why a test did not run, straight to stderr: the harness captures `println!` of a
+/// passing test, and a skip must show in the suite's summary, never pass silently.
+fn skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+}
+
+/// Whether guests can boot here; prints the SKIPPED line when not.
+pub fn kvm_or_skip() -> bool {
+    if !Path::new("/dev/kvm").exists() {
+        skipped("/dev/kvm not available");
+        return false;
+    }
+    if vmm_and_guest().is_none() {
+        skipped("coinop-vmm or the test guest not built (cargo build -p vmm)");
+        return false;
+    }
+    true
+}
+
+fn daemon_args(dir: &Path, socket: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "coinopd".into(),
+        "--state-dir".into(),
+        dir.display().to_string(),
+        "--socket".into(),
+        socket.display().to_string(),
+        "--tick-ms".into(),
+        "50".into(),
+        "--capacity-vcpus".into(),
+        "8".into(),
+        "--capacity-mib".into(),
+        "2048".into(),
+    ];
+    if let Some((vmm, guest)) = vmm_and_guest() {
+        args.extend([
+            "--vmm-bin".into(),
+            vmm.display().to_string(),
+            "--testguest".into(),
+            guest.display().to_string(),
+        ]);
+    }
+    // Jailing needs root; elsewhere the daemon refuses to start without --no-jail.
+    if !nix::unistd::geteuid().is_root() {
+        args.push("--no-jail".into());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+async fn wait_for_socket(socket: &Path) {
+    for _ in 0..500 {
+        if socket.exists() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("coinopd did not bind {}", socket.display());
+}
+
+impl Daemon {
+    /// A real `coinopd` process on `dir`; `env` adds variables such as `COINOPD_FAULT`.
+    pub async fn spawn(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let socket = dir.join("coinop.sock");
+        let _ = std::fs::remove_file(&socket);
+        let args = daemon_args(dir, &socket, extra);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("coinopd.log"))
+            .expect("daemon log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_coinopd"))
+            .args(&args[1..])
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start coinopd");
+        wait_for_socket(&socket).await;
+        Daemon {
+            dir: dir.to_path_buf(),
+            client: Client::new(&socket),
+            socket,
+            stop: None,
+            task: None,
+            child: Some(child),
+        }
+    }
+
+    /// `kill -9` the coinopd process and reap it.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().expect("kill9 needs a coinopd process");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Waits for the coinopd process to die on its own (an injected fault) and returns how.
+    pub async fn wait_crash(mut self) -> std::process::ExitStatus {
+        let mut child = self
+            .child
+            .take()
+            .expect("wait_crash needs a coinopd process");
+        for _ in 0..1000 {
+            if let Some(status) = child.try_wait().expect("wait coinopd") {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let _ = child.kill();
+        panic!("coinopd did not crash at the injected fault");
+    }
+
+    /// SIGTERM to the coinopd process (a graceful shutdown) and waits up to `limit` for it
+    /// to exit.
+    pub async fn terminate(mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let mut child = self
+            .child
+            .take()
+            .expect("terminate needs a coinopd process");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().expect("wait coinopd") {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("coinopd did not exit within {limit:?} of SIGTERM");
+    }
+
+    /// The daemon's log so far (process daemons only).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("coinopd.log")).unwrap_or_default()
+    }
+
+    pub async fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        let socket = dir.join("coinop.sock");
+        let args = daemon_args(dir, &socket, extra);
+        let config = Settings::parse_from(args)
+            .resolve()
+            .expect("test config resolves");
+        // A stale socket from an earlier run must not look like a ready daemon.
+        let _ = std::fs::remove_file(&socket);
+        let (state, exits) = AppState::open(config).expect("daemon state opens");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            coinopd::daemon::serve(state, exits, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("daemon serves");
+        });
+        wait_for_socket(&socket).await;
+        Daemon {
+            dir: dir.to_path_buf(),
+            client: Client::new(&socket),
+            socket,
+            stop: Some(tx),
+            task: Some(task),
+            child: None,
+        }
+    }
+
+    /// Stops serving (guests keep running, as with a coinopd restart).
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        self.client
+            .call(
+                method,
+                path,
+                token,
+                body.map(|b| serde_json::to_vec(&b).expect("json")),
+            )
+            .await
+            .expect("daemon answers")
+    }
+
+    pub async fn quote(&self, vcpus: u32, mem_mib: u64, seconds: u64) -> Value {
+        let r = self
+            .call(
+                "POST",
+                "/v1/quotes",
+                None,
+                Some(json!({"vcpus": vcpus, "mem_mib": mem_mib, "seconds": seconds})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+
+    /// An on-chain payment for a fresh quote, mined on the daemon's regtest chain.
+    pub async fn onchain_payment(&self, seconds: u64) -> Value {
+        let q = self.quote(1, 64, seconds).await;
+        coinop_cli::regtest_pay::pay_quote(&self.client, q["quote_id"].as_str().expect("quote_id"))
+            .await
+            .expect("regtest payment")
+    }
+
+    /// Mints `amount_sat` of credit against an on-chain payment; returns the proofs.
+    pub async fn mint_credit(&self, amount_sat: u64) -> Vec<Proof> {
+        let r = self
+            .call(
+                "POST",
+                "/v1/mint/quote/onchain",
+                None,
+                Some(json!({"amount": amount_sat, "unit": "sat"})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let quote = r.json()["quote"].as_str().expect("quote").to_string();
+        let pay = coinop_cli::regtest_pay::pay_quote(&self.client, &quote)
+            .await
+            .expect("pay");
+        let wallet = Wallet::new(self).await;
+        let blanks = wallet.outputs(&payment::credit::amount::split(amount_sat));
+        let body = json!({"payment": pay["onchain"], "outputs": blanks.iter().map(|b| &b.msg).collect::<Vec<_>>()});
+        let r = self
+            .call("POST", "/v1/mint/onchain", None, Some(body))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let sigs: Vec<BlindSignature> =
+            serde_json::from_value(r.json()["signatures"].clone()).expect("sigs");
+        wallet.unblind(&blanks, &sigs)
+    }
+}
+
+pub struct Blank {
+    pub secret: String,
+    pub r: SecretKey,
+    pub msg: BlindedMessage,
+}
+
+/// The wallet side of Cashu, enough to mint, spend and receive change.
+pub struct Wallet {
+    pub keyset_id: String,
+    pub keys: Value,
+}
+
+impl Wallet {
+    pub async fn new(d: &Daemon) -> Wallet {
+        let r = d.call("GET", "/v1/keys", None, None).await;
+        assert_eq!(r.status, 200);
+        let ks = r.json()["keysets"][0].clone();
+        Wallet {
+            keyset_id: ks["id"].as_str().expect("keyset id").to_string(),
+            keys: ks["keys"].clone(),
+        }
+    }
+
+    pub fn outputs(&self, amounts: &[u64]) -> Vec<Blank> {
+        amounts
+            .iter()
+            .map(|&amount| {
+                let mut bytes = [0u8; 32];
+                OsRng.fill_bytes(&mut bytes);
+                let secret = hex::encode(bytes);
+                let r = SecretKey::new(&mut OsRng);
+                let b_ = blind_message(secret.as_bytes(), &r).expect("blind");
+                Blank {
+                    secret,
+                    r,
+                    msg: BlindedMessage {
+                        amount,
+                        id: self.keyset_id.clone(),
+                        b_: b_.to_string(),
+                    },
+                }
+            })
+            .collect()
+    }
+
+    pub fn unblind(&self, blanks: &[Blank], sigs: &[BlindSignature]) -> Vec<Proof> {
+        sigs.iter()
+            .zip(blanks)
+            .map(|(s, b)| {
+                let k: PublicKey = self.keys[s.amount.to_string()]
+                    .as_str()
+                    .expect("key for amount")
+                    .parse()
+                    .expect("point");
+                let c_: PublicKey = s.c_.parse().expect("C_");
+                let c = unblind(&c_, &b.r, &k).expect("unblind");
+                Proof {
+                    amount: s.amount,
+                    id: s.id.clone(),
+                    secret: b.secret.clone(),
+                    c: c.to_string(),
+                    witness: None,
+                    dleq: None,
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `f` until it holds. The limit is only there to end a broken test: a loaded 2-core
+/// machine can give a metered guest a small share of a CPU, so its balance drains several
+/// times slower than on an idle one.
+pub async fn wait_for(mut f: impl AsyncFnMut() -> bool, what: &str) {
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(90);
+    let start = std::time::Instant::now();
+    while start.elapsed() < LIMIT {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("timed out after {LIMIT:?} waiting for {what}");
+}

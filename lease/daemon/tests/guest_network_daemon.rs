@@ -1,0 +1,437 @@
+//! coinopd with `--guest-network always`, run in a throwaway network namespace (its taps,
+//! addresses and rules live and die there): a lease's create reply and GET say how to
+//! reach the guest, the jailed VMM holds the lease's tap (passed as `--net fd=5`, the
+//! guest's command line carries its address and SSH key), and stopping the lease removes
+//! the tap and its rules. The test guest ignores the NIC; the Linux lab drives one.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use coinop_cli::client::Client;
+use serde_json::{json, Value};
+
+const SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTestOnly0123456789abcdefgh tenant@test";
+
+/// coinopd in its own network namespace; on drop its VMMs (jailed VMMs are its direct
+/// children) and then coinopd are killed, so nothing outlives the test, passed or failed.
+struct NetnsDaemon {
+    child: Child,
+}
+
+impl Drop for NetnsDaemon {
+    fn drop(&mut self) {
+        let children = children_of(self.child.id());
+        for &pid in &children {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // A killed VMM takes a moment to tear its VM down; wait, so that the state dir's
+        // guard finds nothing left to kill.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while children
+            .iter()
+            .any(|&p| coinopd::guest_stop::vmm_running(p))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The pids whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l == format!("PPid:\t{parent}"))
+        })
+        .collect()
+}
+
+impl NetnsDaemon {
+    fn spawn(dir: &Path, vmm: &Path, guest: &Path, extra: &[&str]) -> (NetnsDaemon, Client) {
+        use std::os::unix::process::CommandExt;
+        let socket = dir.join("coinop.sock");
+        let log = std::fs::File::create(dir.join("coinopd.log")).expect("log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinopd"));
+        cmd.arg("--state-dir")
+            .arg(dir)
+            .arg("--socket")
+            .arg(&socket)
+            .args([
+                "--tick-ms",
+                "50",
+                "--capacity-vcpus",
+                "8",
+                "--capacity-mib",
+                "2048",
+            ])
+            .arg("--vmm-bin")
+            .arg(vmm)
+            .arg("--testguest")
+            .arg(guest)
+            .args(["--guest-ssh-host", "test-host"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // SAFETY: unshare is async-signal-safe and touches only the forked child.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd.spawn().expect("start coinopd");
+        let daemon = NetnsDaemon { child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "coinopd did not bind: {}",
+                daemon.log(dir)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (daemon, Client::new(&socket))
+    }
+
+    /// POST /v1/leases with `body`; asserts the 201, showing the daemon's log (under
+    /// `dir`) when it is not.
+    async fn create_lease(&self, client: &Client, dir: &Path, body: Value) -> Value {
+        let created = call(client, "POST", "/v1/leases", None, body).await;
+        assert_eq!(created["http_status"], 201, "{created}\n{}", self.log(dir));
+        created
+    }
+
+    fn log(&self, dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("coinopd.log")).unwrap_or_default()
+    }
+
+    /// Runs `program args` in coinopd's network namespace.
+    fn run_inside(&self, program: &str, args: &[&str]) -> Option<String> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", self.child.id()))
+            .arg(program)
+            .args(args)
+            .output()
+            .expect("nsenter");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+async fn call(c: &Client, method: &str, path: &str, token: Option<&str>, body: Value) -> Value {
+    let body = (!body.is_null()).then(|| serde_json::to_vec(&body).expect("json"));
+    let r = c
+        .call(method, path, token, body)
+        .await
+        .expect("coinopd answers");
+    let mut v = r.json();
+    v["http_status"] = json!(r.status);
+    v
+}
+
+/// GET /v1/leases/{id}; the answer with its `http_status`.
+async fn show(c: &Client, id: &str, token: &str) -> Value {
+    call(
+        c,
+        "GET",
+        &format!("/v1/leases/{id}"),
+        Some(token),
+        Value::Null,
+    )
+    .await
+}
+
+/// POST /v1/leases/{id}/stop with an empty body; the answer with its `http_status`.
+async fn stop(c: &Client, id: &str, token: &str) -> Value {
+    call(
+        c,
+        "POST",
+        &format!("/v1/leases/{id}/stop"),
+        Some(token),
+        json!({}),
+    )
+    .await
+}
+
+/// The child of `parent` holding a tun fd attached to `tap` (the tun driver's fdinfo says
+/// `iff:`; other tests' daemons have taps of the same name in their own namespaces).
+fn holder_of(tap: &str, parent: u32) -> Option<(i32, String)> {
+    for proc_dir in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = proc_dir.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let status = std::fs::read_to_string(proc_dir.path().join("status")).unwrap_or_default();
+        if !status.lines().any(|l| l == format!("PPid:\t{parent}")) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(proc_dir.path().join("fdinfo")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+            if info.lines().any(|l| l == format!("iff:\t{tap}")) {
+                let cmdline = std::fs::read(proc_dir.path().join("cmdline")).unwrap_or_default();
+                let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                return Some((pid, args));
+            }
+        }
+    }
+    None
+}
+
+async fn pay(client: &Client) -> Value {
+    let quote = call(
+        client,
+        "POST",
+        "/v1/quotes",
+        None,
+        json!({"vcpus": 1, "mem_mib": 64, "seconds": 600}),
+    )
+    .await;
+    let quote_id = quote["quote_id"].as_str().expect("quote_id");
+    coinop_cli::regtest_pay::pay_quote(client, quote_id)
+        .await
+        .expect("regtest payment")
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// coinop-vmm and the test guest when this host can run a networked, jailed lease (root
+/// and /dev/kvm); prints the SKIPPED line and gives `None` when it cannot.
+fn root_kvm_or_skip() -> Option<(PathBuf, PathBuf)> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: guest networking and the jail need root");
+        return None;
+    }
+    if !common::kvm_or_skip() {
+        return None;
+    }
+    Some(common::vmm_and_guest().expect("checked by kvm_or_skip"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
+    let Some((vmm, guest)) = root_kvm_or_skip() else {
+        return;
+    };
+    // Reaps any VMM of this state dir that outlived the test, after the daemon guard.
+    let dir = common::StateDir::new();
+    let state: PathBuf = dir.path().to_path_buf();
+    let (daemon, client) = NetnsDaemon::spawn(&state, &vmm, &guest, &["--guest-network", "always"]);
+
+    let payment = pay(&client).await;
+    let body = json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "ssh_key": SSH_KEY,
+                      "payment": payment});
+    let created = daemon.create_lease(&client, &state, body).await;
+    let net = &created["network"];
+    assert_eq!(net["guest_ip"], "10.213.0.2", "{created}");
+    assert_eq!(net["host_ip"], "10.213.0.1");
+    assert_eq!(net["prefix_len"], 30);
+    assert_eq!(net["mac"], "02:c0:1e:00:00:00");
+    assert_eq!(net["ssh"], json!({"host": "test-host", "port": 22000}));
+    let tap = net["tap"].as_str().expect("tap").to_string();
+    let id = created["lease_id"].as_str().expect("id").to_string();
+    let token = created["token"].as_str().expect("token").to_string();
+
+    let addr = daemon
+        .run_inside("ip", &["-j", "addr", "show", "dev", &tap])
+        .expect("the tap exists in coinopd's namespace");
+    assert!(addr.contains("\"10.213.0.1\""), "{addr}");
+    let rules = daemon
+        .run_inside("nft", &["list", "table", "ip", "coinop"])
+        .expect("rules");
+    assert!(
+        rules.contains("tcp dport 22000 dnat to 10.213.0.2:22"),
+        "{rules}"
+    );
+
+    let (_, args) = holder_of(&tap, daemon.child.id()).expect("some process holds the tap");
+    assert!(
+        args.starts_with("/coinop-vmm "),
+        "the jailed VMM holds it: {args}"
+    );
+    assert!(args.contains("--net fd=5,mac=02:c0:1e:00:00:00"), "{args}");
+    assert!(
+        args.contains("coinop.ip=10.213.0.2/30 coinop.gw=10.213.0.1"),
+        "{args}"
+    );
+    assert!(
+        args.contains("coinop.ssh_key=ssh-ed25519:AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTestOnly"),
+        "{args}"
+    );
+    assert!(
+        !args.contains("tenant@test"),
+        "the key's comment stays out: {args}"
+    );
+
+    let shown = show(&client, &id, &token).await;
+    assert_eq!(shown["network"], *net, "{shown}");
+
+    let stopped = stop(&client, &id, &token).await;
+    assert_eq!(stopped["state"], "stopped", "{stopped}");
+    wait_until("the tap to go", || {
+        daemon
+            .run_inside("ip", &["link", "show", "dev", &tap])
+            .is_none()
+    });
+    wait_until("the rules to go", || {
+        daemon
+            .run_inside("nft", &["list", "table", "ip", "coinop"])
+            .is_some_and(|r| !r.contains("dnat"))
+    });
+    let after = show(&client, &id, &token).await;
+    assert_eq!(after["network"], Value::Null, "{after}");
+    assert!(!state.join("run").join(format!("{id}.net.json")).exists());
+}
+
+/// The per-mount options of `point` as process `pid` sees it (its own mount namespace).
+fn mount_options(pid: i32, point: &str) -> Vec<String> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    // Fields: id, parent, major:minor, root, mount point, options, ... (the last wins).
+    info.lines()
+        .rev()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            (fields.get(4) == Some(&point)).then(|| fields.get(5).copied().unwrap_or_default())
+        })
+        .map(|o| o.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|| panic!("{point} is not a mount of {pid}:\n{info}"))
+}
+
+/// Slots of the pool with a parked process, by lease id (their marker says `parked PID`).
+fn parked_slots(state: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(state.join("pool")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|text| text.starts_with("parked ")))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The rootfs lease takes a slot built ahead: its root disk and tap reach the parked child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rootfs_image_boots_from_its_overlay_in_a_pooled_slot_and_gets_a_network() {
+    a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(true).await;
+}
+
+/// Without a pool, the same lease's jail is built on the request path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rootfs_image_boots_from_its_overlay_in_a_jail_built_on_the_request_path() {
+    a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(false).await;
+}
+
+async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(pooled: bool) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some((vmm, guest)) = root_kvm_or_skip() else {
+        return;
+    };
+    // Reaps any VMM of this state dir that outlived the test, after the daemon guard.
+    let dir = common::StateDir::new();
+    let state: PathBuf = dir.path().to_path_buf();
+    let base = state.join("root.img");
+    std::fs::write(&base, vec![7u8; 1 << 20]).expect("base image");
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let image = format!(
+        "srv={},rootfs={},cmdline=mode=echo",
+        guest.display(),
+        base.display()
+    );
+    // auto (the default): the rootfs image gets a network, the test guest would not.
+    let pool = if pooled { "2" } else { "0" };
+    let (daemon, client) = NetnsDaemon::spawn(
+        &state,
+        &vmm,
+        &guest,
+        &["--image", &image, "--jail-pool", pool],
+    );
+
+    let body =
+        json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "payment": pay(&client).await});
+    let plain = daemon.create_lease(&client, &state, body).await;
+    assert!(plain.get("network").is_none(), "no rootfs, no NIC: {plain}");
+    let plain_id = plain["lease_id"].as_str().expect("id");
+    if pooled {
+        wait_until("a parked slot for the next lease", || {
+            parked_slots(&state).iter().any(|slot| slot != plain_id)
+        });
+    }
+
+    let body = json!({"vcpus": 1, "mem_mib": 64, "image": "srv", "payment": pay(&client).await});
+    let created = daemon.create_lease(&client, &state, body).await;
+    let id = created["lease_id"].as_str().expect("id").to_string();
+    let token = created["token"].as_str().expect("token").to_string();
+    let tap = created["network"]["tap"]
+        .as_str()
+        .expect("a NIC")
+        .to_string();
+    let (pid, args) = holder_of(&tap, daemon.child.id()).expect("some process holds the tap");
+    assert!(args.contains("--disk path=/rootfs,cow=/overlay"), "{args}");
+    assert_eq!(
+        state.join("pool").join(&id).exists(),
+        pooled,
+        "the lease took a slot built ahead iff the pool is on\n{}",
+        daemon.log(&state)
+    );
+
+    let overlay = state.join("overlays").join(format!("{id}.overlay"));
+    let meta = std::fs::metadata(&overlay).expect("the lease's overlay");
+    let vmm_uid = std::fs::metadata(format!("/proc/{pid}"))
+        .expect("the VMM's /proc")
+        .uid();
+    assert_eq!(meta.uid(), vmm_uid, "owned by the jail's uid");
+    assert_ne!(vmm_uid, 0, "the VMM runs unprivileged");
+    assert!(
+        meta.len() > 1 << 20,
+        "the VMM opened it through the writable bind and sized it (base + bitmap + footer): {}",
+        meta.len()
+    );
+    assert_eq!(std::fs::read(&base).expect("base"), vec![7u8; 1 << 20]);
+    assert_eq!(
+        mount_options(pid, "/rootfs").first().map(String::as_str),
+        Some("ro")
+    );
+    assert_eq!(
+        mount_options(pid, "/overlay").first().map(String::as_str),
+        Some("rw")
+    );
+    assert!(mount_options(pid, "/overlay").iter().any(|o| o == "nosuid"));
+
+    let stopped = stop(&client, &id, &token).await;
+    assert_eq!(stopped["state"], "stopped", "{stopped}");
+    wait_until("the overlay to go", || !overlay.exists());
+    wait_until("the tap to go", || {
+        daemon
+            .run_inside("ip", &["link", "show", "dev", &tap])
+            .is_none()
+    });
+    let plain_token = plain["token"].as_str().expect("token");
+    let _ = stop(&client, plain_id, plain_token).await;
+}

@@ -1,0 +1,116 @@
+//! A lease created through coinopd runs jailed: in its own PID namespace, as a pool uid,
+//! inside its own cgroup; stopping the lease removes the cgroup, the jail root and the
+//! control socket file.
+
+mod common;
+mod proc_status;
+
+use common::lease_pid::lease_pid;
+use common::leases::{testguest_body, CreatedLease};
+use common::{kvm_or_skip, wait_for, Daemon};
+use proc_status::status_field;
+use std::io::Write;
+use std::path::Path;
+
+/// The test's own uid range, clear of other test binaries running at the same time.
+const UID_BASE: u32 = 4_100_000;
+const UID_COUNT: u32 = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_runs_jailed_in_its_cgroup_and_stop_cleans_up() {
+    if !kvm_or_skip() {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        let _ = writeln!(std::io::stderr(), "SKIPPED: jailing guests needs root");
+        return;
+    }
+    let dir = common::StateDir::new();
+    let base = UID_BASE.to_string();
+    let count = UID_COUNT.to_string();
+    let d = Daemon::start(
+        dir.path(),
+        &["--jail-uid-base", &base, "--jail-uid-count", &count],
+    )
+    .await;
+    let payment = d.onchain_payment(60).await;
+    let CreatedLease { id, token, .. } = d.create_lease(testguest_body("mode=echo", payment)).await;
+    let pid = lease_pid(dir.path(), &id);
+
+    // Own PID namespace: PID 1 inside.
+    assert_eq!(status_field(pid, "NSpid:"), format!("{pid}\t1"));
+    // A pool uid, for every uid kind.
+    let uids: Vec<u32> = status_field(pid, "Uid:")
+        .split_whitespace()
+        .map(|u| u.parse().expect("numeric uid"))
+        .collect();
+    assert_eq!(uids.len(), 4);
+    assert!(uids.iter().all(|u| *u == uids[0]), "{uids:?}");
+    assert!(
+        (UID_BASE..UID_BASE + UID_COUNT).contains(&uids[0]),
+        "uid {} outside the pool",
+        uids[0]
+    );
+    assert_eq!(status_field(pid, "Seccomp:"), "2");
+
+    // Its cgroup: every hierarchy the daemon uses places it in `.../coinop/<lease id>`.
+    let cgroups = coinop_host::cgroup::detect(coinopd::isolation::CGROUP_PARENT);
+    let slot = cgroups.reopen_slot(&id).expect("lease id is valid");
+    let jail_root = dir.path().join("jail").join(&id);
+    assert!(
+        jail_root.join("dev/kvm").exists(),
+        "jail root with /dev/kvm"
+    );
+    if let Some(slot) = &slot {
+        let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+        let suffix = format!("/{}/{id}", coinopd::isolation::CGROUP_PARENT);
+        let lines: Vec<&str> = membership.lines().collect();
+        assert!(
+            lines.iter().any(|l| l.ends_with(&suffix)),
+            "not in its cgroup: {membership}"
+        );
+        for dir in slot.dirs() {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).expect("procs");
+            assert!(
+                procs.lines().any(|p| p == pid.to_string()),
+                "{} lacks {pid}",
+                dir.display()
+            );
+        }
+        let path = format!("/v1/leases/{id}");
+        wait_for(
+            async || {
+                d.call("GET", &path, Some(&token), None).await.json()["used"]["cgroup_cpu_us"]
+                    .as_u64()
+                    > Some(0)
+            },
+            "the cgroup's CPU count in GET",
+        )
+        .await;
+    } else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED (cgroup part): {}",
+            cgroups.describe()
+        );
+    }
+
+    d.stop_lease(&id, &token).await;
+    let control = dir.path().join("run").join(format!("{id}.sock"));
+    wait_for(
+        async || !jail_root.exists() && !control.exists(),
+        "jail root and control socket removed",
+    )
+    .await;
+    if let Some(slot) = &slot {
+        for dir in slot.dirs() {
+            assert!(!dir.exists(), "{} still there", dir.display());
+        }
+    }
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || status_field(pid, "State:").starts_with('Z'),
+        "the VMM is gone"
+    );
+    d.shutdown().await;
+}

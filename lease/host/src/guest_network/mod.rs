@@ -1,0 +1,285 @@
+//! Guest networking: per lease, a tap (created here and handed to the jailed VMM as an fd),
+//! a routed /30 from the operator's pool with the host side on the tap, a permanent
+//! neighbour entry for the guest's MAC, IP forwarding, masquerade for the guest's egress
+//! and a forwarded host port (DNAT) to the guest's SSH port 22. The tenant is told
+//! `{guest_ip, host_ip, prefix_len, mac, ssh: {host, port}}`.
+//!
+//! Teardown: the tap is non-persistent, so it disappears with the VMM holding it; the rules
+//! are re-rendered without the lease. Each lease's record (`NAME.net.json` in the run dir)
+//! lets a restarted coinopd re-adopt a running guest's slot; [`GuestNetwork::sweep`], run
+//! after re-adoption, removes whatever a crashed coinopd left: rules and taps of leases
+//! that are not live, and their records.
+//!
+//! When it is on (`--guest-network`): `always`, or `auto` (the default) for images with a
+//! root filesystem, the only guests that use a NIC; `never` turns it off. It needs root,
+//! `ip` (iproute2) and `nft` (nftables).
+
+pub mod address_pool;
+pub mod host_commands;
+pub mod nft_ruleset;
+pub mod tap_device;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use address_pool::{AddressPool, Cidr, LEASE_PREFIX_LEN, TAP_PREFIX};
+use host_commands::CommandError;
+use nft_ruleset::LeaseRules;
+
+/// `--guest-network`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// Every lease gets a NIC.
+    Always,
+    /// Leases of images with a root filesystem get a NIC.
+    Auto,
+    /// No lease does.
+    Never,
+}
+
+impl NetworkMode {
+    pub fn parse(text: &str) -> Option<NetworkMode> {
+        match text {
+            "always" | "on" => Some(NetworkMode::Always),
+            "auto" => Some(NetworkMode::Auto),
+            "never" | "off" => Some(NetworkMode::Never),
+            _ => None,
+        }
+    }
+}
+
+/// Daemon-wide network settings.
+#[derive(Debug, Clone)]
+pub struct NetworkSettings {
+    pub pool: Cidr,
+    pub ssh_ports: (u16, u16),
+    /// What tenants are told to connect to for SSH (`ssh.host`).
+    pub ssh_host: String,
+    /// Where per-lease records live (the run dir).
+    pub record_dir: PathBuf,
+}
+
+/// Errors of guest networking.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("guest network: every slot of the pool is in use ({0} leases with networking)")]
+    Full(u32),
+    #[error("guest network: creating tap {tap}: {source}")]
+    Tap { tap: String, source: std::io::Error },
+    #[error("guest network: {0}")]
+    Command(#[from] CommandError),
+    #[error("guest network: enabling IPv4 forwarding: {0}")]
+    Forwarding(std::io::Error),
+}
+
+/// The tenant's view of a lease's network (also the lease's record on disk).
+pub use coinop_proto::network::{NetInfo, SshEndpoint};
+
+/// The kernel command-line words the guest's init reads (images/rootfs/init).
+pub fn cmdline_words(info: &NetInfo) -> String {
+    format!(
+        "coinop.ip={}/{} coinop.gw={}",
+        info.guest_ip, info.prefix_len, info.host_ip
+    )
+}
+
+struct State {
+    pool: AddressPool,
+    leases: BTreeMap<String, NetInfo>,
+}
+
+/// The host side of every lease's network.
+pub struct GuestNetwork {
+    settings: NetworkSettings,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for GuestNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestNetwork")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GuestNetwork {
+    /// Turns on IPv4 forwarding and makes sure the rule table exists, which proves `nft`
+    /// works here, without touching the rules of guests that outlived an earlier coinopd
+    /// (their records are read back by [`GuestNetwork::readopt`], the rest goes in
+    /// [`GuestNetwork::sweep`]).
+    pub fn start(settings: NetworkSettings) -> Result<GuestNetwork, NetError> {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(NetError::Forwarding)?;
+        let net = GuestNetwork {
+            state: Mutex::new(State {
+                pool: AddressPool::new(settings.pool, settings.ssh_ports),
+                leases: BTreeMap::new(),
+            }),
+            settings,
+        };
+        host_commands::nft_apply(&format!("add table {}\n", nft_ruleset::TABLE))?;
+        Ok(net)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn record(&self, lease_id: &str) -> PathBuf {
+        self.settings
+            .record_dir
+            .join(format!("{lease_id}.net.json"))
+    }
+
+    /// How many leases can have networking at once.
+    pub fn capacity(&self) -> u32 {
+        self.state().pool.capacity()
+    }
+
+    /// Sets up `lease_id`'s network and returns the tap's fd (for `--net fd=N`) and what
+    /// the tenant is told. On failure nothing of it is left.
+    pub fn attach(&self, lease_id: &str) -> Result<(OwnedFd, NetInfo), NetError> {
+        let mut state = self.state();
+        let slot = state
+            .pool
+            .take()
+            .ok_or(NetError::Full(state.pool.capacity()))?;
+        let info = NetInfo {
+            guest_ip: state.pool.guest_ip(slot),
+            host_ip: state.pool.host_ip(slot),
+            prefix_len: LEASE_PREFIX_LEN,
+            mac: address_pool::mac(slot),
+            ssh: SshEndpoint {
+                host: self.settings.ssh_host.clone(),
+                port: state.pool.ssh_port(slot),
+            },
+            tap: address_pool::tap_name(slot),
+            slot,
+        };
+        state.leases.insert(lease_id.to_string(), info.clone());
+        match self.bring_up(&state, &info) {
+            Ok(fd) => {
+                if let Ok(json) = serde_json::to_vec(&info) {
+                    let _ = std::fs::write(self.record(lease_id), json);
+                }
+                Ok((fd, info))
+            }
+            Err(e) => {
+                state.leases.remove(lease_id);
+                state.pool.free(slot);
+                let _ = host_commands::nft_apply(&render(&state));
+                let _ = host_commands::ip(&["link", "del", &info.tap]);
+                Err(e)
+            }
+        }
+    }
+
+    fn bring_up(&self, state: &State, info: &NetInfo) -> Result<OwnedFd, NetError> {
+        let fd = tap_device::create(&info.tap).map_err(|source| NetError::Tap {
+            tap: info.tap.clone(),
+            source,
+        })?;
+        // One `ip -batch` for the three steps: each process start costs milliseconds on
+        // the create path. The guest's MAC is known, so its neighbour entry is permanent:
+        // no ARP, and a guest cannot claim another address's frames by answering ARP.
+        let batch = format!(
+            "addr add {host}/{len} dev {tap}\nlink set {tap} up\n\
+             neigh replace {guest} lladdr {mac} dev {tap} nud permanent\n",
+            host = info.host_ip,
+            len = info.prefix_len,
+            tap = info.tap,
+            guest = info.guest_ip,
+            mac = info.mac,
+        );
+        host_commands::run("ip", &["-batch", "-"], Some(&batch))?;
+        host_commands::nft_apply(&render(state))?;
+        Ok(fd)
+    }
+
+    /// Tears down `lease_id`'s network (idempotent): rules re-rendered without it, its tap
+    /// deleted if its VMM has not taken it along, its slot and record freed.
+    pub fn detach(&self, lease_id: &str) {
+        let mut state = self.state();
+        let Some(info) = state.leases.remove(lease_id) else {
+            return;
+        };
+        state.pool.free(info.slot);
+        if let Err(e) = host_commands::nft_apply(&render(&state)) {
+            tracing::warn!(lease = lease_id, error = %e, "removing the lease's network rules");
+        }
+        let _ = host_commands::ip(&["link", "del", &info.tap]);
+        let _ = std::fs::remove_file(self.record(lease_id));
+    }
+
+    /// Claims back the slot of a guest that outlived an earlier coinopd, from its record.
+    pub fn readopt(&self, lease_id: &str) {
+        let Some(info) = std::fs::read(self.record(lease_id))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<NetInfo>(&bytes).ok())
+        else {
+            return;
+        };
+        let mut state = self.state();
+        if state.pool.claim(info.slot) {
+            state.leases.insert(lease_id.to_string(), info);
+        } else {
+            tracing::warn!(
+                lease = lease_id,
+                slot = info.slot,
+                "network slot not reclaimable"
+            );
+        }
+    }
+
+    /// Removes what no live lease owns: rules (by re-rendering), `cop*` taps, records.
+    pub fn sweep(&self) -> Result<(), NetError> {
+        let state = self.state();
+        host_commands::nft_apply(&render(&state))?;
+        let live: Vec<&str> = state.leases.values().map(|i| i.tap.as_str()).collect();
+        for tap in host_commands::links_named(TAP_PREFIX)? {
+            if !live.contains(&tap.as_str()) {
+                tracing::info!(tap, "removing a left-over guest tap");
+                let _ = host_commands::ip(&["link", "del", &tap]);
+            }
+        }
+        sweep_records(&self.settings.record_dir, &state.leases);
+        Ok(())
+    }
+
+    /// What `lease_id`'s tenant is told, while its network is up.
+    pub fn info(&self, lease_id: &str) -> Option<NetInfo> {
+        self.state().leases.get(lease_id).cloned()
+    }
+}
+
+fn render(state: &State) -> String {
+    let rules: Vec<LeaseRules> = state
+        .leases
+        .iter()
+        .map(|(id, info)| LeaseRules {
+            lease_id: id.clone(),
+            tap: info.tap.clone(),
+            guest_ip: info.guest_ip,
+            ssh_port: info.ssh.port,
+        })
+        .collect();
+    nft_ruleset::render(&rules)
+}
+
+fn sweep_records(dir: &Path, live: &BTreeMap<String, NetInfo>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(id) = name.strip_suffix(".net.json") {
+            if !live.contains_key(id) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}

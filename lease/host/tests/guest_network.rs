@@ -1,0 +1,228 @@
+//! Guest networking for real, each test in a throwaway network namespace of its own (a
+//! thread that unshared CLONE_NEWNET: its sockets, the `ip`/`nft` it runs and the taps it
+//! creates live there, and vanish with it). Never touches the host's own namespace or any
+//! outside address. Needs root (skipped otherwise, with a SKIPPED line).
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use coinop_host::guest_network::address_pool::Cidr;
+use coinop_host::guest_network::host_commands::{ip, run};
+use coinop_host::guest_network::{GuestNetwork, NetInfo, NetworkSettings};
+
+fn skipped(why: &str) -> bool {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+    true
+}
+
+fn cannot_run() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        return skipped("guest networking needs root");
+    }
+    for tool in ["ip", "nft"] {
+        if run(tool, &["-V"], None).is_err() && run(tool, &["--version"], None).is_err() {
+            return skipped("ip (iproute2) and nft (nftables) are needed");
+        }
+    }
+    false
+}
+
+/// Runs `f` on a new thread inside a fresh network namespace (with lo up).
+fn in_throwaway_netns(f: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        ip(&["link", "set", "lo", "up"]).expect("lo up");
+        f();
+    })
+    .join()
+    .expect("the test thread passes");
+}
+
+fn settings(dir: &Path) -> NetworkSettings {
+    NetworkSettings {
+        pool: Cidr::parse("10.213.0.0/29").expect("cidr"),
+        ssh_ports: (22000, 22009),
+        ssh_host: "test-host".into(),
+        record_dir: dir.to_path_buf(),
+    }
+}
+
+fn ruleset() -> String {
+    run("nft", &["list", "table", "ip", "coinop"], None).expect("nft list")
+}
+
+fn link_json(name: &str) -> Option<serde_json::Value> {
+    let text = ip(&["-j", "addr", "show", "dev", name]).ok()?;
+    let v: Vec<serde_json::Value> = serde_json::from_str(&text).ok()?;
+    v.into_iter().next()
+}
+
+/// Reads frames from `tap` (10-byte vnet header, then Ethernet) until one is a TCP SYN to
+/// `guest`:22 sent to `mac`, or `deadline` passes.
+fn saw_syn_on_tap(tap: &OwnedFd, guest: Ipv4Addr, mac: &str, deadline: Instant) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mac: Vec<u8> = mac
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).expect("hex"))
+        .collect();
+    let mut buf = vec![0u8; 65_536];
+    while Instant::now() < deadline {
+        let mut fds = [PollFd::new(tap.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(200u16)).expect("poll") == 0 {
+            continue;
+        }
+        let n = nix::unistd::read(tap, &mut buf).expect("read tap");
+        let frame = &buf[10.min(n)..n];
+        if frame.len() < 14 + 20 + 20 || frame[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ip4 = &frame[14..];
+        let ihl = usize::from(ip4[0] & 0x0f) * 4;
+        let tcp = &ip4[ihl..];
+        let is_syn = ip4[9] == 6
+            && ip4[16..20] == guest.octets()
+            && tcp[2..4] == 22u16.to_be_bytes()
+            && tcp[13] & 0x02 != 0;
+        if is_syn {
+            assert_eq!(
+                frame[..6],
+                mac[..],
+                "the SYN is addressed to the guest's MAC"
+            );
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_lease_network_is_set_up_forwarded_and_torn_down() {
+    if cannot_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records = dir.path().to_path_buf();
+    in_throwaway_netns(move || {
+        let net = GuestNetwork::start(settings(&records)).expect("network starts");
+        assert_eq!(net.capacity(), 2, "a /29 holds two /30s");
+        let (tap, info) = net.attach("lease-a").expect("attach");
+        assert_eq!(
+            (info.host_ip, info.guest_ip, info.prefix_len, info.ssh.port),
+            (
+                Ipv4Addr::new(10, 213, 0, 1),
+                Ipv4Addr::new(10, 213, 0, 2),
+                30,
+                22000
+            )
+        );
+        assert_eq!(info.ssh.host, "test-host");
+        assert!(coinop_host::guest_network::cmdline_words(&info)
+            .contains("coinop.ip=10.213.0.2/30 coinop.gw=10.213.0.1"));
+
+        let link = link_json(&info.tap).expect("the tap exists");
+        let addrs = link["addr_info"].to_string();
+        assert!(
+            addrs.contains("\"10.213.0.1\"") && addrs.contains("\"prefixlen\":30"),
+            "{link}"
+        );
+        assert!(link["flags"].to_string().contains("\"UP\""), "{link}");
+        let neigh = ip(&["neigh", "show", "dev", &info.tap]).expect("neigh");
+        assert!(
+            neigh.contains(&format!("10.213.0.2 lladdr {} PERMANENT", info.mac)),
+            "{neigh}"
+        );
+        let forward = run("cat", &["/proc/sys/net/ipv4/ip_forward"], None).expect("sysctl");
+        assert_eq!(forward.trim(), "1", "forwarding on in this namespace");
+        let rules = ruleset();
+        assert!(rules.contains("dnat to 10.213.0.2:22"), "{rules}");
+        assert!(rules.contains("masquerade"), "{rules}");
+        let record = records.join("lease-a.net.json");
+        let saved: NetInfo =
+            serde_json::from_slice(&std::fs::read(&record).expect("record")).expect("json");
+        assert_eq!(saved, info);
+
+        // A connection to the forwarded port on the host's own address arrives on the tap
+        // as a SYN for the guest's port 22.
+        let target = SocketAddr::from((info.host_ip, info.ssh.port));
+        let client = std::thread::spawn(move || {
+            let _ = TcpStream::connect_timeout(&target, Duration::from_secs(3));
+        });
+        let deadline = Instant::now() + Duration::from_secs(3);
+        assert!(
+            saw_syn_on_tap(&tap, info.guest_ip, &info.mac, deadline),
+            "no SYN for {}:22 on {} after connecting to {target}",
+            info.guest_ip,
+            info.tap
+        );
+        let _ = client.join();
+
+        let (_, second) = net.attach("lease-b").expect("second lease");
+        assert_eq!((second.slot, second.ssh.port), (1, 22001));
+        assert!(matches!(
+            net.attach("lease-c"),
+            Err(coinop_host::guest_network::NetError::Full(2))
+        ));
+
+        net.detach("lease-a");
+        drop(tap);
+        assert!(link_json(&info.tap).is_none(), "the tap is gone");
+        let rules = ruleset();
+        assert!(
+            !rules.contains("10.213.0.2"),
+            "lease-a's rules are gone:\n{rules}"
+        );
+        assert!(
+            rules.contains("dnat to 10.213.0.6:22"),
+            "lease-b's stay:\n{rules}"
+        );
+        assert!(!record.exists(), "the record is gone");
+        assert!(net.info("lease-a").is_none());
+        net.detach("lease-a");
+    });
+}
+
+#[test]
+fn a_crashed_daemons_left_overs_are_swept_and_live_guests_kept() {
+    if cannot_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records = dir.path().to_path_buf();
+    in_throwaway_netns(move || {
+        let before = GuestNetwork::start(settings(&records)).expect("network starts");
+        let (live_tap, live) = before.attach("live").expect("live lease");
+        let (dead_tap, dead) = before.attach("dead").expect("dead lease");
+        // coinopd dies without tearing anything down; the dead lease's VMM ends (its tap
+        // fd closes) and a persistent tap from some earlier accident is lying around.
+        std::mem::forget(before);
+        drop(dead_tap);
+        ip(&["tuntap", "add", "dev", "cop9", "mode", "tap"]).expect("stray tap");
+
+        let after = GuestNetwork::start(settings(&records)).expect("network restarts");
+        let rules = ruleset();
+        assert!(
+            rules.contains(&dead.guest_ip.to_string()),
+            "start alone keeps every rule (live guests keep their NAT):\n{rules}"
+        );
+        after.readopt("live");
+        after.sweep().expect("sweep");
+        let rules = ruleset();
+        assert!(!rules.contains(&dead.guest_ip.to_string()), "{rules}");
+        assert!(
+            rules.contains(&format!("dnat to {}:22", live.guest_ip)),
+            "{rules}"
+        );
+        assert!(link_json("cop9").is_none(), "the stray tap is removed");
+        assert!(link_json(&live.tap).is_some(), "the live guest's tap stays");
+        assert!(!records.join("dead.net.json").exists());
+        assert!(records.join("live.net.json").exists());
+        assert_eq!(after.info("live"), Some(live.clone()));
+        // The dead lease's slot is free again; the live one's is not.
+        let (_, next) = after.attach("next").expect("attach");
+        assert_eq!(next.slot, dead.slot);
+        drop(live_tap);
+    });
+}

@@ -1,0 +1,212 @@
+//! Reply bodies of the lease API.
+
+use payment::credit::nut_types::BlindSignature;
+use serde::{Deserialize, Serialize};
+
+use crate::lease_state::{LeaseState, StopReason};
+use crate::lease_view::{BootFigures, LeaseView};
+use crate::money::Msat;
+use crate::network::NetInfo;
+
+/// Every error of coinop's own routes: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// snake_case, stable: what scripts match on.
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+impl ErrorDetail {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        ErrorDetail {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `201` to `POST /v1/leases`: the lease is booted and the token is shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateResponse {
+    pub lease_id: String,
+    pub token: String,
+    /// Which token of the lease this is: 1 here, +1 per recovery (the highest one works).
+    pub token_seq: u64,
+    pub state: LeaseState,
+    pub balance_msat: Msat,
+    pub boot: BootFigures,
+    /// How to reach the guest; absent without a NIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetInfo>,
+}
+
+/// `200` to a retried create that proved the lease is its own: the lease as it is now,
+/// with a fresh token that replaces the old one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveredResponse {
+    #[serde(flatten)]
+    pub lease: LeaseView,
+    pub token: String,
+    pub token_seq: u64,
+    /// Always true: tells a recovery from a first create.
+    pub recovered: bool,
+    /// The refund a lost reply carried, signed again onto the same outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund: Option<Refund>,
+}
+
+/// What became of a failed boot's balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Refund {
+    /// Signed onto the outputs the create brought.
+    Signatures {
+        refund_msat: Msat,
+        residual_msat: Msat,
+        signatures: Vec<BlindSignature>,
+    },
+    /// Kept on the lease for the tenant to collect with its token.
+    Kept {
+        refund_msat: Msat,
+        residual_msat: Msat,
+        /// How to collect it.
+        how: String,
+    },
+}
+
+/// `503 boot_failed` to a create: the payment was taken, the guest did not boot, and the
+/// body says where the money is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootFailedResponse {
+    pub error: ErrorDetail,
+    pub lease_id: String,
+    pub token: String,
+    pub token_seq: u64,
+    pub state: LeaseState,
+    pub stop_reason: StopReason,
+    pub refund: Refund,
+    pub boot: BootFigures,
+}
+
+/// `503 host_full` to a recovered create whose lease never booted and finds no room now:
+/// it waits (stopped, `boot_failed`, balance kept) for a later retry, and the new token lets
+/// the tenant take the balance back instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotBootedYetResponse {
+    pub error: ErrorDetail,
+    pub lease_id: String,
+    pub token: String,
+    pub token_seq: u64,
+    pub recovered: bool,
+    pub state: LeaseState,
+    pub stop_reason: StopReason,
+}
+
+/// `POST /v1/leases/{id}/topup`: the lease after the payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopupResponse {
+    #[serde(flatten)]
+    pub lease: LeaseView,
+    /// The lease was paused for lack of funds and runs again.
+    pub resumed: bool,
+}
+
+/// `POST /v1/leases/{id}/stop`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopResponse {
+    pub state: LeaseState,
+    /// Whole sats of the balance, in msat: refunded (with outputs) or collectable.
+    pub refund_msat: Msat,
+    pub refund_sat: u64,
+    /// The sub-sat remainder the host keeps.
+    pub residual_msat: Msat,
+    /// Blank outputs a refund of `refund_msat` needs.
+    pub change_outputs_needed: usize,
+    /// The change, when the request brought outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signatures: Option<Vec<BlindSignature>>,
+    /// Without outputs: how to collect the balance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund: Option<String>,
+}
+
+/// `POST /v1/quotes` and `GET /v1/quotes/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuoteResponse {
+    pub quote_id: String,
+    pub amount_msat: Msat,
+    /// What the tenant must send, rounded up to whole sats.
+    pub amount_sat: u64,
+    pub address: String,
+    /// `bitcoin:ADDRESS?amount=BTC`.
+    pub bip21: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// `POST /v1/chain/headers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadersResponse {
+    /// Headers that were new.
+    pub added: usize,
+    /// The previous tip left the best chain.
+    pub reorg: bool,
+    pub tip: ChainTip,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainTip {
+    pub height: u32,
+    pub hash: String,
+}
+
+/// `GET /v1/host`: what this host sells and at what price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostView {
+    /// `mainnet`, `testnet3`, `testnet4`, `signet` or `regtest`.
+    pub network: String,
+    pub chain: HostChain,
+    /// Confirmations an on-chain payment needs.
+    pub min_conf: u32,
+    pub capacity: HostCapacity,
+    pub prices: HostPrices,
+    pub images: Vec<ImageView>,
+    /// The metering tick.
+    pub tick_ms: u64,
+    /// How long an unfunded lease stays paused before it is stopped.
+    pub grace_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostChain {
+    pub height: u32,
+    pub hash: String,
+    /// The tip's timestamp (Unix seconds).
+    pub time: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCapacity {
+    pub vcpus_total: u32,
+    pub vcpus_free: u32,
+    pub mib_total: u64,
+    pub mib_free: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPrices {
+    pub vcpu_msat_per_s: u64,
+    pub gib_msat_per_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageView {
+    pub name: String,
+    pub cmdline: String,
+}
