@@ -42,7 +42,7 @@ pub fn ready() -> bool {
 
 /// Builds the PVH test guest into `dir` with images/testguest/build.sh.
 pub fn build_guest(dir: &Path) -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/testguest/build.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/testguest/build.sh");
     let out = std::process::Command::new("sh")
         .arg(&script)
         .arg(dir)
