@@ -1,0 +1,435 @@
+//! The control socket: a client writes one [`Request`] line, the VMM answers one [`Reply`]
+//! line.
+
+use serde::{Deserialize, Serialize};
+
+/// A control request, tagged by its `cmd` field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// State, vCPUs, memory and uptime: answered with [`Reply::Status`].
+    Status,
+    /// Park every vCPU: answered with [`Reply::State`] once they are parked.
+    Pause,
+    /// Let the vCPUs run again: [`Reply::State`].
+    Resume,
+    /// CPU time per vCPU, memory and uptime: [`Reply::Usage`].
+    Usage,
+    /// UTF-8 text for the guest's COM1: [`Reply::Done`] once queued.
+    ConsoleInput {
+        /// The text.
+        data: String,
+    },
+    /// End the VM: [`Reply::State`] (`stopping`), then the VMM exits.
+    Stop,
+}
+
+impl Request {
+    /// Every `cmd` the VMM knows, so an unknown one can be told from a known one with bad
+    /// arguments. The unit test `every_command_is_listed` keeps this in step with the enum.
+    pub const COMMANDS: [&'static str; 6] = [
+        "status",
+        "pause",
+        "resume",
+        "usage",
+        "console_input",
+        "stop",
+    ];
+
+    /// The `cmd` of this request.
+    pub fn cmd(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Pause => "pause",
+            Request::Resume => "resume",
+            Request::Usage => "usage",
+            Request::ConsoleInput { .. } => "console_input",
+            Request::Stop => "stop",
+        }
+    }
+
+    /// The request as one line, newline included.
+    pub fn to_line(&self) -> String {
+        crate::to_line(self)
+    }
+
+    /// Reads one request line the way the VMM does; the error's text is what the VMM puts
+    /// in the `error` of its refusal.
+    pub fn from_line(line: &str) -> Result<Request, RequestError> {
+        let value: serde_json::Value =
+            serde_json::from_str(line.trim()).map_err(RequestError::NotJson)?;
+        let Some(cmd) = value.get("cmd").and_then(serde_json::Value::as_str) else {
+            return Err(RequestError::NoCommand);
+        };
+        let Some(known) = Request::COMMANDS.iter().find(|&&c| c == cmd) else {
+            return Err(RequestError::UnknownCommand(cmd.to_string()));
+        };
+        Request::deserialize(&value)
+            .map_err(|detail| RequestError::BadArguments { cmd: known, detail })
+    }
+}
+
+/// Why a request line was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The line is not JSON at all.
+    #[error("request is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// No string `cmd` (not an object, no `cmd`, or `cmd` not a string).
+    #[error("request needs a string field 'cmd'")]
+    NoCommand,
+    /// A `cmd` the VMM does not know.
+    #[error("unknown command '{0}'")]
+    UnknownCommand(String),
+    /// A known command whose other fields are missing or of the wrong type (e.g.
+    /// `console_input` without a string `data`).
+    #[error("bad arguments to '{cmd}': {detail}")]
+    BadArguments {
+        /// The command.
+        cmd: &'static str,
+        /// What serde found wrong.
+        detail: serde_json::Error,
+    },
+}
+
+/// The state a guest is in, or is now asked to be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// The vCPUs run the guest.
+    Running,
+    /// Every vCPU is parked; its CPU time stays flat.
+    Paused,
+    /// The VM is ending.
+    Stopping,
+}
+
+/// The answer to `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Status {
+    /// What the vCPUs are asked to do.
+    pub state: VmState,
+    /// vCPU count.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub mem_mib: u64,
+    /// µs since the time base (as events' `t_us`).
+    pub uptime_us: u64,
+}
+
+/// The answer to `usage`: what metering bills.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    /// CPU time each vCPU thread really consumed (the kernel's per-thread accounting), µs,
+    /// by vCPU index. Flat while paused.
+    pub vcpu_us: Vec<u64>,
+    /// The sum of `vcpu_us`.
+    pub vcpu_total_us: u64,
+    /// Guest memory in MiB.
+    pub mem_mib: u64,
+    /// µs since the time base.
+    pub uptime_us: u64,
+}
+
+/// One reply line. On the wire every reply has `ok`: `true` with the answer's fields beside
+/// it, or `false` with `error`:
+/// ```text
+/// {"mem_mib":128,"ok":true,"state":"running","uptime_us":53122,"vcpus":2}   Status
+/// {"mem_mib":128,"ok":true,"uptime_us":60210,"vcpu_total_us":2500,"vcpu_us":[1520,980]}
+/// {"ok":true,"state":"paused"}                                              State
+/// {"ok":true}                                                               Done
+/// {"error":"unknown command 'bogus'","ok":false}                            Error
+/// ```
+/// A reader tells the answers apart by their fields (`vcpu_us`/`vcpu_total_us` make a
+/// usage, `vcpus` a status, `state` alone a state), so it need not remember what it asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "WireReply", try_from = "WireReply")]
+pub enum Reply {
+    /// `status`.
+    Status(Status),
+    /// `usage`.
+    Usage(Usage),
+    /// `pause`, `resume`, `stop`: the state the guest is now asked to be in.
+    State(VmState),
+    /// `console_input`: accepted.
+    Done,
+    /// The request was refused: why, for a human.
+    Error(String),
+}
+
+impl Reply {
+    /// The reply as one line, newline included.
+    pub fn to_line(&self) -> String {
+        crate::to_line(self)
+    }
+
+    /// Reads one reply line (surrounding whitespace and the newline are ignored).
+    pub fn from_line(line: &str) -> Result<Reply, serde_json::Error> {
+        serde_json::from_str(line.trim())
+    }
+}
+
+/// Why a JSON object is not a [`Reply`].
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    /// A field the reply's kind needs is absent.
+    #[error("{kind} reply without '{field}'")]
+    Missing {
+        /// `error`, `status` or `usage`.
+        kind: &'static str,
+        /// The absent field.
+        field: &'static str,
+    },
+}
+
+/// Every field any reply has, flat, as on the wire. Declared in alphabetical order so the
+/// serialized keys come out sorted, as the VMM's replies always have (they were `serde_json`
+/// maps, which sort).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct WireReply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mem_mib: Option<u64>,
+    ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state: Option<VmState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uptime_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vcpu_total_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vcpu_us: Option<Vec<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vcpus: Option<u32>,
+}
+
+impl From<Reply> for WireReply {
+    fn from(reply: Reply) -> WireReply {
+        match reply {
+            Reply::Status(s) => WireReply {
+                ok: true,
+                state: Some(s.state),
+                vcpus: Some(s.vcpus),
+                mem_mib: Some(s.mem_mib),
+                uptime_us: Some(s.uptime_us),
+                ..WireReply::default()
+            },
+            Reply::Usage(u) => WireReply {
+                ok: true,
+                vcpu_us: Some(u.vcpu_us),
+                vcpu_total_us: Some(u.vcpu_total_us),
+                mem_mib: Some(u.mem_mib),
+                uptime_us: Some(u.uptime_us),
+                ..WireReply::default()
+            },
+            Reply::State(state) => WireReply {
+                ok: true,
+                state: Some(state),
+                ..WireReply::default()
+            },
+            Reply::Done => WireReply {
+                ok: true,
+                ..WireReply::default()
+            },
+            Reply::Error(error) => WireReply {
+                ok: false,
+                error: Some(error),
+                ..WireReply::default()
+            },
+        }
+    }
+}
+
+impl TryFrom<WireReply> for Reply {
+    type Error = ReplyError;
+
+    fn try_from(w: WireReply) -> Result<Reply, ReplyError> {
+        fn need<T>(
+            value: Option<T>,
+            kind: &'static str,
+            field: &'static str,
+        ) -> Result<T, ReplyError> {
+            value.ok_or(ReplyError::Missing { kind, field })
+        }
+        if !w.ok {
+            return Ok(Reply::Error(need(w.error, "error", "error")?));
+        }
+        if w.vcpu_us.is_some() || w.vcpu_total_us.is_some() {
+            return Ok(Reply::Usage(Usage {
+                vcpu_us: need(w.vcpu_us, "usage", "vcpu_us")?,
+                vcpu_total_us: need(w.vcpu_total_us, "usage", "vcpu_total_us")?,
+                mem_mib: need(w.mem_mib, "usage", "mem_mib")?,
+                uptime_us: need(w.uptime_us, "usage", "uptime_us")?,
+            }));
+        }
+        if w.vcpus.is_some() {
+            return Ok(Reply::Status(Status {
+                state: need(w.state, "status", "state")?,
+                vcpus: need(w.vcpus, "status", "vcpus")?,
+                mem_mib: need(w.mem_mib, "status", "mem_mib")?,
+                uptime_us: need(w.uptime_us, "status", "uptime_us")?,
+            }));
+        }
+        Ok(w.state.map_or(Reply::Done, Reply::State))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Request lines as clients (coinopd's `json!` maps, the integration tests) write them.
+    fn pinned_requests() -> Vec<(&'static str, Request)> {
+        vec![
+            (r#"{"cmd":"status"}"#, Request::Status),
+            (r#"{"cmd":"pause"}"#, Request::Pause),
+            (r#"{"cmd":"resume"}"#, Request::Resume),
+            (r#"{"cmd":"usage"}"#, Request::Usage),
+            (
+                r#"{"cmd":"console_input","data":"hi\n"}"#,
+                Request::ConsoleInput {
+                    data: "hi\n".into(),
+                },
+            ),
+            (r#"{"cmd":"stop"}"#, Request::Stop),
+        ]
+    }
+
+    /// Each line is copied from what coinop-vmm answered before this crate existed.
+    fn pinned_replies() -> Vec<(&'static str, Reply)> {
+        vec![
+            (
+                r#"{"mem_mib":128,"ok":true,"state":"running","uptime_us":312530,"vcpus":2}"#,
+                Reply::Status(Status {
+                    state: VmState::Running,
+                    vcpus: 2,
+                    mem_mib: 128,
+                    uptime_us: 312530,
+                }),
+            ),
+            (
+                r#"{"mem_mib":128,"ok":true,"uptime_us":312781,"vcpu_total_us":137788,"vcpu_us":[136667,1121]}"#,
+                Reply::Usage(Usage {
+                    vcpu_us: vec![136667, 1121],
+                    vcpu_total_us: 137788,
+                    mem_mib: 128,
+                    uptime_us: 312781,
+                }),
+            ),
+            (
+                r#"{"ok":true,"state":"paused"}"#,
+                Reply::State(VmState::Paused),
+            ),
+            (
+                r#"{"ok":true,"state":"running"}"#,
+                Reply::State(VmState::Running),
+            ),
+            (
+                r#"{"ok":true,"state":"stopping"}"#,
+                Reply::State(VmState::Stopping),
+            ),
+            (r#"{"ok":true}"#, Reply::Done),
+            (
+                r#"{"error":"unknown command 'bogus'","ok":false}"#,
+                Reply::Error("unknown command 'bogus'".into()),
+            ),
+            (
+                r#"{"error":"request line too long","ok":false}"#,
+                Reply::Error("request line too long".into()),
+            ),
+        ]
+    }
+
+    #[test]
+    fn requests_serialize_to_the_lines_clients_send() {
+        for (line, request) in pinned_requests() {
+            assert_eq!(request.to_line(), format!("{line}\n"));
+        }
+    }
+
+    #[test]
+    fn requests_parse_back() {
+        for (line, request) in pinned_requests() {
+            assert_eq!(Request::from_line(line).expect(line), request);
+            assert_eq!(Request::from_line(&request.to_line()).expect(line), request);
+        }
+        // Unknown fields are ignored, as the VMM always did.
+        assert_eq!(
+            Request::from_line(r#"{"cmd":"status","id":7}"#).expect("status"),
+            Request::Status
+        );
+    }
+
+    #[test]
+    fn every_command_is_listed() {
+        for (_, request) in pinned_requests() {
+            assert!(Request::COMMANDS.contains(&request.cmd()), "{request:?}");
+            let json = serde_json::to_value(&request).expect("serializes");
+            assert_eq!(json["cmd"], request.cmd());
+        }
+        assert_eq!(pinned_requests().len(), Request::COMMANDS.len());
+    }
+
+    #[test]
+    fn refusals_keep_the_vmm_texts() {
+        let text = |line: &str| Request::from_line(line).expect_err("refused").to_string();
+        assert_eq!(text(r#"{"cmd":"bogus"}"#), "unknown command 'bogus'");
+        assert_eq!(
+            text("not json"),
+            "request is not JSON: expected ident at line 1 column 2"
+        );
+        for no_cmd in ["{}", "[1,2]", r#"{"cmd":42}"#] {
+            assert_eq!(text(no_cmd), "request needs a string field 'cmd'");
+        }
+        assert_eq!(
+            text(r#"{"cmd":"console_input"}"#),
+            "bad arguments to 'console_input': missing field `data`"
+        );
+        assert!(text(r#"{"cmd":"console_input","data":5}"#)
+            .starts_with("bad arguments to 'console_input': invalid type: integer `5`"));
+    }
+
+    #[test]
+    fn replies_serialize_to_the_bytes_the_vmm_always_wrote() {
+        for (line, reply) in pinned_replies() {
+            assert_eq!(reply.to_line(), format!("{line}\n"));
+        }
+    }
+
+    #[test]
+    fn replies_parse_back() {
+        for (line, reply) in pinned_replies() {
+            assert_eq!(Reply::from_line(line).expect(line), reply);
+            assert_eq!(Reply::from_line(&reply.to_line()).expect(line), reply);
+        }
+    }
+
+    #[test]
+    fn usage_and_status_read_from_an_ok_reply_object() {
+        // What a client that only wants a few fields does (coinopd reads usage this way).
+        let usage: Usage = serde_json::from_str(
+            r#"{"mem_mib":64,"ok":true,"uptime_us":5,"vcpu_total_us":3,"vcpu_us":[3]}"#,
+        )
+        .expect("usage");
+        assert_eq!(usage.vcpu_total_us, 3);
+        let status: Status = serde_json::from_str(
+            r#"{"mem_mib":64,"ok":true,"state":"paused","uptime_us":5,"vcpus":1}"#,
+        )
+        .expect("status");
+        assert_eq!(status.state, VmState::Paused);
+    }
+
+    #[test]
+    fn malformed_replies_are_errors() {
+        for line in [
+            r#"{"ok":false}"#,
+            r#"{"ok":true,"vcpu_total_us":1}"#,
+            r#"{"ok":true,"vcpus":1,"mem_mib":1,"uptime_us":1}"#,
+            r#"{"ok":true,"state":"sleeping"}"#,
+            r#"{"state":"running"}"#,
+        ] {
+            assert!(Reply::from_line(line).is_err(), "{line}");
+        }
+    }
+}
