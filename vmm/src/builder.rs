@@ -30,6 +30,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
+use vmm_protocol::Event;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Stack for vCPU threads: the run loop is shallow.
@@ -56,13 +57,12 @@ impl Running {
     /// kernel after the event is out.
     pub fn finish(self, exit: VmExit) -> ! {
         let code = exit.code();
-        let mut fields = serde_json::Map::new();
-        fields.insert("reason".into(), exit.reason().into());
-        fields.insert("code".into(), code.into());
-        if let Some(detail) = exit.detail() {
-            fields.insert("detail".into(), detail.into());
-        }
-        self.events.emit("exit", fields);
+        self.events.emit(|t_us| Event::Exit {
+            t_us,
+            code,
+            detail: exit.detail().map(str::to_owned),
+            reason: exit.reason(),
+        });
         if let Some(detail) = exit.detail() {
             eprintln!("coinop-vmm: {}: {detail}", exit.reason());
         }
@@ -86,7 +86,7 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
     let kvm = vm::open_kvm()?;
     let vm_fd = vm::create(&kvm, &mem)?;
     vm::setup_irqchip(&vm_fd)?;
-    events.emit("vm_created", serde_json::Map::new());
+    events.emit(|t_us| Event::VmCreated { t_us });
 
     let irq = EventFd::new(libc::EFD_NONBLOCK)
         .map_err(|e| StartError::Host(format!("creating the COM1 eventfd: {e}")))?;

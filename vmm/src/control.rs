@@ -2,13 +2,13 @@
 //! JSON-lines protocol documented at the crate root. Clients are served one at a time.
 
 use crate::cli::ControlSocket;
-use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
+use vmm_protocol::{Reply, Request, Status, Usage, VmState};
 
 /// Longest request line accepted; a longer one ends the connection.
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -29,59 +29,20 @@ pub enum Error {
     Thread(std::io::Error),
 }
 
-/// A parsed request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    /// State, vCPUs, memory, uptime.
-    Status,
-    /// Pause all vCPUs.
-    Pause,
-    /// Resume them.
-    Resume,
-    /// CPU time per vCPU.
-    Usage,
-    /// Text for COM1.
-    ConsoleInput(String),
-    /// End the VM.
-    Stop,
-}
-
-/// Parses one request line; the error is the reply's `error` text.
-pub fn parse_request(line: &str) -> Result<Request, String> {
-    let value: Value =
-        serde_json::from_str(line).map_err(|e| format!("request is not JSON: {e}"))?;
-    let cmd = value
-        .get("cmd")
-        .and_then(Value::as_str)
-        .ok_or_else(|| "request needs a string field 'cmd'".to_string())?;
-    match cmd {
-        "status" => Ok(Request::Status),
-        "pause" => Ok(Request::Pause),
-        "resume" => Ok(Request::Resume),
-        "usage" => Ok(Request::Usage),
-        "stop" => Ok(Request::Stop),
-        "console_input" => value
-            .get("data")
-            .and_then(Value::as_str)
-            .map(|d| Request::ConsoleInput(d.to_string()))
-            .ok_or_else(|| "console_input needs a string field 'data'".to_string()),
-        other => Err(format!("unknown command '{other}'")),
-    }
-}
-
-/// What the control thread acts on: the running VM.
+/// What the control thread acts on: the running VM. Failures are the text of the reply's
+/// `error`.
 pub trait ControlTarget: Send + Sync {
-    /// Reply to `status`.
-    fn status(&self) -> Value;
-    /// Pause; reply.
-    fn pause(&self) -> Value;
-    /// Resume; reply.
-    fn resume(&self) -> Value;
-    /// Reply to `usage`.
-    fn usage(&self) -> Value;
-    /// Queue console input; reply.
-    fn console_input(&self, data: &str) -> Value;
-    /// End the VM (called after the `stop` reply is sent).
+    /// Answer to `status`.
+    fn status(&self) -> Status;
+    /// Pauses; the state now requested.
+    fn pause(&self) -> Result<VmState, String>;
+    /// Resumes; the state now requested.
+    fn resume(&self) -> VmState;
+    /// Answer to `usage`.
+    fn usage(&self) -> Usage;
+    /// Queues console input.
+    fn console_input(&self, data: &str) -> Result<(), String>;
+    /// Ends the VM (called after the `stop` reply is sent).
     fn stop(&self);
 }
 
@@ -141,8 +102,8 @@ pub fn serve_client(stream: UnixStream, target: &dyn ControlTarget) {
         match read {
             Ok(0) | Err(_) => return,
             Ok(_) if !line.ends_with(b"\n") && line.len() as u64 >= MAX_REQUEST_BYTES => {
-                let reply = json!({"ok": false, "error": "request line too long"});
-                let _ = writeln!(writer, "{reply}");
+                let reply = Reply::Error("request line too long".into());
+                let _ = writer.write_all(reply.to_line().as_bytes());
                 return;
             }
             Ok(_) => {}
@@ -152,18 +113,22 @@ pub fn serve_client(stream: UnixStream, target: &dyn ControlTarget) {
         if text.is_empty() {
             continue;
         }
-        let request = parse_request(text);
+        let request = Request::from_line(text);
         let reply = match &request {
-            Ok(Request::Status) => target.status(),
-            Ok(Request::Pause) => target.pause(),
-            Ok(Request::Resume) => target.resume(),
-            Ok(Request::Usage) => target.usage(),
-            Ok(Request::ConsoleInput(data)) => target.console_input(data),
-            Ok(Request::Stop) => json!({"ok": true, "state": "stopping"}),
-            Err(error) => json!({"ok": false, "error": error}),
+            Ok(Request::Status) => Reply::Status(target.status()),
+            Ok(Request::Pause) => target.pause().map_or_else(Reply::Error, Reply::State),
+            Ok(Request::Resume) => Reply::State(target.resume()),
+            Ok(Request::Usage) => Reply::Usage(target.usage()),
+            Ok(Request::ConsoleInput { data }) => target
+                .console_input(data)
+                .map_or_else(Reply::Error, |()| Reply::Done),
+            Ok(Request::Stop) => Reply::State(VmState::Stopping),
+            Err(error) => Reply::Error(error.to_string()),
         };
-        let sent = writeln!(writer, "{reply}").and_then(|_| writer.flush());
-        if request == Ok(Request::Stop) {
+        let sent = writer
+            .write_all(reply.to_line().as_bytes())
+            .and_then(|_| writer.flush());
+        if matches!(request, Ok(Request::Stop)) {
             target.stop();
             return;
         }
@@ -178,75 +143,112 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    #[test]
-    fn parses_every_command() {
-        assert_eq!(parse_request(r#"{"cmd":"status"}"#), Ok(Request::Status));
-        assert_eq!(parse_request(r#"{"cmd":"pause"}"#), Ok(Request::Pause));
-        assert_eq!(parse_request(r#"{"cmd":"resume"}"#), Ok(Request::Resume));
-        assert_eq!(parse_request(r#"{"cmd":"usage"}"#), Ok(Request::Usage));
-        assert_eq!(parse_request(r#"{"cmd":"stop"}"#), Ok(Request::Stop));
-        assert_eq!(
-            parse_request(r#"{"cmd":"console_input","data":"hi\n"}"#),
-            Ok(Request::ConsoleInput("hi\n".into()))
-        );
-    }
-
-    #[test]
-    fn reports_bad_requests() {
-        assert_eq!(
-            parse_request(r#"{"cmd":"bogus"}"#),
-            Err("unknown command 'bogus'".into())
-        );
-        assert!(parse_request("not json").is_err());
-        assert!(parse_request(r#"{"cmd":7}"#).is_err());
-        assert!(parse_request(r#"{"cmd":"console_input"}"#).is_err());
-    }
-
     #[derive(Default)]
     struct Recorder(Mutex<Vec<String>>);
 
     impl ControlTarget for Recorder {
-        fn status(&self) -> Value {
-            json!({"ok": true, "state": "running"})
+        fn status(&self) -> Status {
+            Status {
+                state: VmState::Running,
+                vcpus: 1,
+                mem_mib: 64,
+                uptime_us: 5,
+            }
         }
-        fn pause(&self) -> Value {
+        fn pause(&self) -> Result<VmState, String> {
             self.0.lock().expect("test lock").push("pause".into());
-            json!({"ok": true, "state": "paused"})
+            Ok(VmState::Paused)
         }
-        fn resume(&self) -> Value {
-            json!({"ok": true, "state": "running"})
+        fn resume(&self) -> VmState {
+            VmState::Running
         }
-        fn usage(&self) -> Value {
-            json!({"ok": true})
+        fn usage(&self) -> Usage {
+            Usage {
+                vcpu_us: vec![3],
+                vcpu_total_us: 3,
+                mem_mib: 64,
+                uptime_us: 5,
+            }
         }
-        fn console_input(&self, data: &str) -> Value {
+        fn console_input(&self, data: &str) -> Result<(), String> {
             self.0.lock().expect("test lock").push(data.into());
-            json!({"ok": true})
+            if data == "full" {
+                return Err("console input buffer full".into());
+            }
+            Ok(())
         }
         fn stop(&self) {
             self.0.lock().expect("test lock").push("stop".into());
         }
     }
 
+    /// Writes `requests` on a socket pair, serves them, and returns the reply lines. A server
+    /// that hangs up on unread requests resets the connection after its replies, so reading
+    /// stops at the first error.
+    fn session(target: &Recorder, requests: &[u8]) -> Vec<String> {
+        let (client, server) = UnixStream::pair().expect("socketpair");
+        let mut c = client.try_clone().expect("dup");
+        c.write_all(requests).expect("write");
+        drop(c);
+        client
+            .shutdown(std::net::Shutdown::Write)
+            .expect("half-close");
+        serve_client(server, target);
+        BufReader::new(client)
+            .lines()
+            .map_while(Result::ok)
+            .collect()
+    }
+
     #[test]
     fn serves_a_session_in_order_and_stops_after_replying() {
-        let (client, server) = UnixStream::pair().expect("socketpair");
         let target = Recorder::default();
-        let mut c = client.try_clone().expect("dup");
-        c.write_all(b"{\"cmd\":\"pause\"}\n\n{\"cmd\":\"console_input\",\"data\":\"x\"}\n{\"cmd\":\"nope\"}\n{\"cmd\":\"stop\"}\n")
-            .expect("write");
-        serve_client(server, &target);
-        let replies: Vec<Value> = BufReader::new(client)
-            .lines()
-            .map(|l| serde_json::from_str(&l.expect("line")).expect("JSON reply"))
-            .collect();
-        assert_eq!(replies.len(), 4);
-        assert_eq!(replies[0]["state"], "paused");
-        assert_eq!(replies[2]["ok"], false);
-        assert_eq!(replies[3]["state"], "stopping");
+        let replies = session(
+            &target,
+            b"{\"cmd\":\"pause\"}\n\n{\"cmd\":\"console_input\",\"data\":\"x\"}\n{\"cmd\":\"nope\"}\n{\"cmd\":\"stop\"}\n{\"cmd\":\"status\"}\n",
+        );
+        assert_eq!(
+            replies,
+            [
+                r#"{"ok":true,"state":"paused"}"#,
+                r#"{"ok":true}"#,
+                r#"{"error":"unknown command 'nope'","ok":false}"#,
+                r#"{"ok":true,"state":"stopping"}"#,
+            ]
+        );
         assert_eq!(
             *target.0.lock().expect("test lock"),
             vec!["pause", "x", "stop"]
         );
+    }
+
+    #[test]
+    fn replies_carry_the_targets_answers() {
+        let target = Recorder::default();
+        let replies = session(
+            &target,
+            b"{\"cmd\":\"status\"}\n{\"cmd\":\"usage\"}\n{\"cmd\":\"resume\"}\n{\"cmd\":\"console_input\",\"data\":\"full\"}\n{\"cmd\":\"console_input\"}\nnot json\n",
+        );
+        assert_eq!(
+            replies,
+            [
+                r#"{"mem_mib":64,"ok":true,"state":"running","uptime_us":5,"vcpus":1}"#,
+                r#"{"mem_mib":64,"ok":true,"uptime_us":5,"vcpu_total_us":3,"vcpu_us":[3]}"#,
+                r#"{"ok":true,"state":"running"}"#,
+                r#"{"error":"console input buffer full","ok":false}"#,
+                r#"{"error":"bad arguments to 'console_input': missing field `data`","ok":false}"#,
+                r#"{"error":"request is not JSON: expected ident at line 1 column 2","ok":false}"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_too_long_line_is_refused_and_ends_the_connection() {
+        let target = Recorder::default();
+        let mut requests = vec![b' '; MAX_REQUEST_BYTES as usize + 10];
+        requests.extend_from_slice(b"{\"cmd\":\"pause\"}\n");
+        let replies = session(&target, &requests);
+        assert_eq!(replies, [r#"{"error":"request line too long","ok":false}"#]);
+        assert!(target.0.lock().expect("test lock").is_empty());
     }
 }

@@ -1,11 +1,13 @@
-//! The JSON-lines event stream (`vm_created`, `vcpus_started`, `guest_ready`, `exit`), each
-//! stamped with µs since the caller's spawn (`--start-time-us`) or the VMM's start.
+//! The JSON-lines event stream (`vm_created`, `vcpus_started`, `guest_ready`, `warning`,
+//! `exit`), each stamped with µs since the caller's spawn (`--start-time-us`) or the VMM's
+//! start. The lines themselves are [`vmm_protocol::Event`]s.
 
 use std::fs::File;
 use std::io::Write;
 use std::mem::ManuallyDrop;
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::Mutex;
+use vmm_protocol::Event;
 
 /// CLOCK_MONOTONIC now, in µs: the clock `--start-time-us` is read from.
 pub fn monotonic_us() -> u64 {
@@ -75,25 +77,12 @@ impl EventSink {
         self.clock
     }
 
-    /// Emits `{"event":name,"t_us":…, fields…}`. A broken event channel must not take the
-    /// guest down, so write errors are dropped.
-    pub fn emit(&self, name: &str, fields: serde_json::Map<String, serde_json::Value>) {
-        // Built by hand so `event` and `t_us` lead every line, as in the documented format.
+    /// Emits the event `stamp` builds from the current `t_us`. A broken event channel must
+    /// not take the guest down, so write errors are dropped.
+    pub fn emit(&self, stamp: impl FnOnce(u64) -> Event) {
         // The time is read under the lock so lines are in time order.
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let mut line = format!(
-            "{{\"event\":{},\"t_us\":{}",
-            serde_json::Value::from(name),
-            self.clock.elapsed_us()
-        );
-        for (key, value) in &fields {
-            line.push_str(&format!(
-                ",{}:{}",
-                serde_json::Value::from(key.as_str()),
-                value
-            ));
-        }
-        line.push_str("}\n");
+        let line = stamp(self.clock.elapsed_us()).to_line();
         let _ = out.write_all(line.as_bytes());
     }
 }
@@ -110,9 +99,7 @@ mod tests {
             file.try_clone().expect("dup"),
             Clock::from_base(monotonic_us() - 1_000),
         );
-        let mut fields = serde_json::Map::new();
-        fields.insert("vcpus".into(), 2.into());
-        sink.emit("vcpus_started", fields);
+        sink.emit(|t_us| Event::VcpusStarted { t_us, vcpus: 2 });
         let mut text = String::new();
         file.rewind().expect("rewind");
         file.read_to_string(&mut text).expect("read back");
@@ -120,6 +107,7 @@ mod tests {
         assert_eq!(v["event"], "vcpus_started");
         assert_eq!(v["vcpus"], 2);
         assert!(v["t_us"].as_u64().expect("number") >= 1_000);
+        assert!(text.starts_with(r#"{"event":"vcpus_started","t_us":"#));
         assert!(text.ends_with('\n'));
     }
 }

@@ -1,4 +1,6 @@
-//! How a VM ends: the reason names and process exit codes of the contract.
+//! How a VM ends: the reasons and process exit codes of the contract.
+
+use vmm_protocol::ExitReason;
 
 /// Why the VMM is ending.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,15 +26,15 @@ pub enum VmExit {
 
 impl VmExit {
     /// The `reason` field of the `exit` event.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> ExitReason {
         match self {
-            VmExit::GuestReset => "guest_reset",
-            VmExit::GuestPoweroff => "guest_poweroff",
-            VmExit::Stopped => "stopped",
-            VmExit::TripleFault(_) => "triple_fault",
-            VmExit::EmulationFailure(_) => "emulation_failure",
-            VmExit::FailEntry(_) => "fail_entry",
-            VmExit::GuestError(_) | VmExit::Vmm(_) => "internal_error",
+            VmExit::GuestReset => ExitReason::GuestReset,
+            VmExit::GuestPoweroff => ExitReason::GuestPoweroff,
+            VmExit::Stopped => ExitReason::Stopped,
+            VmExit::TripleFault(_) => ExitReason::TripleFault,
+            VmExit::EmulationFailure(_) => ExitReason::EmulationFailure,
+            VmExit::FailEntry(_) => ExitReason::FailEntry,
+            VmExit::GuestError(_) | VmExit::Vmm(_) => ExitReason::InternalError,
         }
     }
 
@@ -68,12 +70,12 @@ mod tests {
     #[test]
     fn codes_follow_the_contract() {
         assert_eq!(VmExit::GuestReset.code(), 0);
-        assert_eq!(VmExit::Stopped.reason(), "stopped");
+        assert_eq!(VmExit::Stopped.reason(), ExitReason::Stopped);
         assert_eq!(VmExit::TripleFault("vCPU 0".into()).code(), 3);
         assert_eq!(VmExit::Vmm("bug".into()).code(), 1);
         assert_eq!(
             VmExit::EmulationFailure("x".into()).reason(),
-            "emulation_failure"
+            ExitReason::EmulationFailure
         );
         assert_eq!(VmExit::GuestPoweroff.detail(), None);
     }

@@ -94,7 +94,8 @@
 //! [`builder`] assembles a VM in one readable sequence; [`vstate`] holds the KVM objects
 //! (memory, VM, vCPUs, their run state); [`arch::x86_64`] the boot structures (GDT, page
 //! tables, CPUID, MSRs, MP table, e820/zero page/PVH start info, LAPIC); [`devices`] the
-//! emulated port-I/O devices; [`control`] and [`events`] the two JSON-lines channels;
+//! emulated port-I/O devices; [`control`] and [`events`] the two JSON-lines channels, whose
+//! messages are the types of the `vmm-protocol` crate (shared with coinopd and the benches);
 //! [`cli`], [`error`] and [`exit`] the command line, start-up errors and exit codes.
 
 pub mod arch;

@@ -7,10 +7,10 @@ use crate::events::Clock;
 use crate::exit::VmExit;
 use crate::vstate::cpu_time::VcpuClocks;
 use crate::vstate::run_state::{Requested, RunState};
-use serde_json::{json, Value};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
+use vmm_protocol::{Status, Usage, VmState};
 
 /// How long `pause` waits for every vCPU to park.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,46 +33,51 @@ pub struct Machine {
     pub exits: Sender<VmExit>,
 }
 
+impl Machine {
+    /// The state the vCPUs are asked to be in.
+    fn state(&self) -> VmState {
+        self.run_state.requested().into()
+    }
+}
+
 impl ControlTarget for Machine {
-    fn status(&self) -> Value {
-        json!({
-            "ok": true,
-            "state": self.run_state.requested().name(),
-            "vcpus": self.vcpus,
-            "mem_mib": self.mem_mib,
-            "uptime_us": self.clock.elapsed_us(),
-        })
-    }
-
-    fn pause(&self) -> Value {
-        match self.run_state.pause(self.vcpus, PAUSE_TIMEOUT) {
-            Ok(()) => json!({"ok": true, "state": self.run_state.requested().name()}),
-            Err(e) => json!({"ok": false, "error": e.to_string()}),
+    fn status(&self) -> Status {
+        Status {
+            state: self.state(),
+            // At most 32 vCPUs (checked on the command line), so the count fits.
+            vcpus: self.vcpus as u32,
+            mem_mib: self.mem_mib,
+            uptime_us: self.clock.elapsed_us(),
         }
     }
 
-    fn resume(&self) -> Value {
+    fn pause(&self) -> Result<VmState, String> {
+        self.run_state
+            .pause(self.vcpus, PAUSE_TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        Ok(self.state())
+    }
+
+    fn resume(&self) -> VmState {
         self.run_state.resume();
-        json!({"ok": true, "state": self.run_state.requested().name()})
+        self.state()
     }
 
-    fn usage(&self) -> Value {
-        let per_vcpu = self.clocks.usage_us();
-        let total: u64 = per_vcpu.iter().sum();
-        json!({
-            "ok": true,
-            "vcpu_us": per_vcpu,
-            "vcpu_total_us": total,
-            "mem_mib": self.mem_mib,
-            "uptime_us": self.clock.elapsed_us(),
-        })
-    }
-
-    fn console_input(&self, data: &str) -> Value {
-        match self.pio.console().input(data.as_bytes()) {
-            Ok(()) => json!({"ok": true}),
-            Err(e) => json!({"ok": false, "error": e.to_string()}),
+    fn usage(&self) -> Usage {
+        let vcpu_us = self.clocks.usage_us();
+        Usage {
+            vcpu_total_us: vcpu_us.iter().sum(),
+            vcpu_us,
+            mem_mib: self.mem_mib,
+            uptime_us: self.clock.elapsed_us(),
         }
+    }
+
+    fn console_input(&self, data: &str) -> Result<(), String> {
+        self.pio
+            .console()
+            .input(data.as_bytes())
+            .map_err(|e| e.to_string())
     }
 
     fn stop(&self) {

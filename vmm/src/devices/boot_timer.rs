@@ -4,6 +4,7 @@
 use crate::events::EventSink;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use vmm_protocol::Event;
 
 /// The byte that means "ready".
 pub const READY_MAGIC: u8 = 123;
@@ -28,7 +29,7 @@ impl BootTimer {
         if value != READY_MAGIC || self.fired.swap(true, Ordering::AcqRel) {
             return false;
         }
-        self.events.emit("guest_ready", serde_json::Map::new());
+        self.events.emit(|t_us| Event::GuestReady { t_us });
         true
     }
 }

@@ -30,6 +30,7 @@ mod filters {
 
 use crate::events::EventSink;
 use std::sync::{Condvar, Mutex, OnceLock};
+use vmm_protocol::Event;
 
 /// The thread kinds, one filter each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,12 +122,10 @@ static SEALED_CHANGED: Condvar = Condvar::new();
 pub fn configure(policy: Policy, events: &EventSink) {
     let policy = *POLICY.get_or_init(|| policy);
     if !policy.enabled {
-        let mut fields = serde_json::Map::new();
-        fields.insert(
-            "message".into(),
-            "seccomp disabled by --no-seccomp: VMM threads run unfiltered".into(),
-        );
-        events.emit("warning", fields);
+        events.emit(|t_us| Event::Warning {
+            t_us,
+            message: "seccomp disabled by --no-seccomp: VMM threads run unfiltered".into(),
+        });
     }
 }
 

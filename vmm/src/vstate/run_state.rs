@@ -11,6 +11,7 @@ use kvm_bindings::kvm_run;
 use std::cell::Cell;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use vmm_protocol::VmState;
 
 thread_local! {
     static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
@@ -62,13 +63,14 @@ pub enum Requested {
     Stopping,
 }
 
-impl Requested {
-    /// The name used in the control protocol.
-    pub fn name(self) -> &'static str {
-        match self {
-            Requested::Running => "running",
-            Requested::Paused => "paused",
-            Requested::Stopping => "stopping",
+/// The control protocol's name for each request (`status`, `pause`, `resume`, `stop`
+/// replies).
+impl From<Requested> for VmState {
+    fn from(requested: Requested) -> VmState {
+        match requested {
+            Requested::Running => VmState::Running,
+            Requested::Paused => VmState::Paused,
+            Requested::Stopping => VmState::Stopping,
         }
     }
 }

@@ -17,6 +17,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
+use vmm_protocol::Event;
 
 /// Errors configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -132,9 +133,9 @@ impl VcpuContext {
         {
             std::thread::yield_now();
         }
-        let mut fields = serde_json::Map::new();
-        fields.insert("vcpus".into(), self.vcpu_count.into());
-        self.events.emit("vcpus_started", fields);
+        // At most 32 vCPUs (checked on the command line), so the count fits.
+        let vcpus = self.vcpu_count as u32;
+        self.events.emit(|t_us| Event::VcpusStarted { t_us, vcpus });
     }
 }
 
