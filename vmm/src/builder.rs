@@ -88,11 +88,10 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
     vm::setup_irqchip(&vm_fd)?;
     events.emit(|t_us| Event::VmCreated { t_us });
 
-    let irq = EventFd::new(libc::EFD_NONBLOCK)
-        .map_err(|e| StartError::Host(format!("creating the COM1 eventfd: {e}")))?;
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(StartError::Com1Eventfd)?;
     vm_fd
         .register_irqfd(&irq, COM1_IRQ)
-        .map_err(|e| StartError::Host(format!("KVM_IRQFD for COM1: {e}")))?;
+        .map_err(StartError::Com1Irqfd)?;
     let pio = Arc::new(PioBus::new(
         Console::new(IrqLine(irq), console_out),
         ResetController::default(),
@@ -104,20 +103,20 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
     let setup = Arc::new(VcpuSetup {
         supported_cpuid: kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| StartError::Host(format!("KVM_GET_SUPPORTED_CPUID: {e}")))?,
+            .map_err(StartError::SupportedCpuid)?,
         vcpu_count: cfg.vcpus,
         tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
         mem,
         entry,
     });
     let vcpu_fds = (0..cfg.vcpus)
-        .map(|i| {
+        .map(|index| {
             vm_fd
-                .create_vcpu(u64::from(i))
-                .map_err(|e| StartError::Host(format!("KVM_CREATE_VCPU {i}: {e}")))
+                .create_vcpu(u64::from(index))
+                .map_err(|source| StartError::CreateVcpu { index, source })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    run_state::install_kick_handler().map_err(|e| StartError::Host(e.to_string()))?;
+    run_state::install_kick_handler().map_err(StartError::KickHandler)?;
 
     let (exits_tx, exits) = mpsc::channel();
     let ctx = Arc::new(VcpuContext {
@@ -145,7 +144,7 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
     }
     spawn_stdin_reader(pio);
     // Last: filters stack onto threads spawned later, and the BSP waits for this.
-    seccomp::seal_main_thread().map_err(|e| StartError::Host(e.to_string()))?;
+    seccomp::seal_main_thread().map_err(StartError::Seccomp)?;
 
     Ok(Running {
         exits,
@@ -231,7 +230,7 @@ fn spawn_vcpus(
             .name(format!("vcpu{index}"))
             .stack_size(VCPU_STACK_BYTES)
             .spawn(move || vcpu_thread(fd, index as u8, &setup, &ctx, &barrier, &exits))
-            .map_err(|e| StartError::Host(format!("starting vCPU thread {index}: {e}")))?;
+            .map_err(|source| StartError::VcpuThread { index, source })?;
     }
     Ok(())
 }

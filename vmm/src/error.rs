@@ -1,7 +1,7 @@
 //! Errors that keep a VM from starting, and the exit code each maps to.
 
 use crate::arch::x86_64::{boot_params, mptable};
-use crate::{cli, control, kernel, vstate};
+use crate::{cli, control, kernel, seccomp, vstate};
 
 /// Why the VMM could not start the guest.
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +41,37 @@ pub enum StartError {
     /// A virtio disk or NIC could not be attached.
     #[error(transparent)]
     Virtio(#[from] crate::devices::virtio::attach::Error),
-    /// Anything else the VMM needs from the host (threads, eventfds, signals).
-    #[error("{0}")]
-    Host(String),
+    /// The eventfd that raises COM1's interrupt could not be created.
+    #[error("creating the COM1 eventfd: {0}")]
+    Com1Eventfd(#[source] std::io::Error),
+    /// KVM refused the irqfd that wires COM1's eventfd to its IRQ line.
+    #[error("KVM_IRQFD for COM1: {0}")]
+    Com1Irqfd(#[source] kvm_ioctls::Error),
+    /// KVM would not say which CPUID leaves it supports.
+    #[error("KVM_GET_SUPPORTED_CPUID: {0}")]
+    SupportedCpuid(#[source] kvm_ioctls::Error),
+    /// KVM refused to create a vCPU.
+    #[error("KVM_CREATE_VCPU {index}: {source}")]
+    CreateVcpu {
+        /// The vCPU's index (and APIC id).
+        index: u8,
+        /// Why.
+        source: kvm_ioctls::Error,
+    },
+    /// The signal handler that kicks vCPUs out of KVM_RUN could not be installed.
+    #[error(transparent)]
+    KickHandler(vstate::run_state::Error),
+    /// A vCPU thread could not be started.
+    #[error("starting vCPU thread {index}: {source}")]
+    VcpuThread {
+        /// The vCPU's index.
+        index: usize,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The main thread's seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(seccomp::Error),
 }
 
 impl StartError {
