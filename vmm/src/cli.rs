@@ -1,7 +1,7 @@
 //! Command-line parsing and validation into a [`Config`]; everything checkable without KVM
 //! is checked here so bad input fails fast with exit code 2.
 
-use crate::device_specs::{self, DiskSpec, NetSpec};
+use crate::device_specs::{self, DiskSpec, NetSpec, TapSource};
 use clap::Parser;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -122,6 +122,9 @@ pub enum Error {
         /// The fd.
         fd: RawFd,
     },
+    /// One inherited fd named for two channels.
+    #[error("fd {0} is named more than once among --events fd:N, --control fd:N and --net fd=N")]
+    FdTwice(RawFd),
 }
 
 fn parse_fd(value: &str) -> Option<Result<RawFd, String>> {
@@ -258,6 +261,7 @@ fn validate(args: Args, host_mib: Option<u64>) -> Result<Config, Error> {
     if let Some(ControlSocket::Fd(fd)) = args.control {
         check_fd("--control", fd)?;
     }
+    check_fds_distinct(&args)?;
     let seccomp = seccomp_policy(&args);
     Ok(Config {
         kernel: args.kernel,
@@ -288,6 +292,29 @@ fn seccomp_policy(args: &Args) -> crate::seccomp::Policy {
 fn parse_thread_kind(value: &str) -> Result<crate::seccomp::ThreadKind, String> {
     crate::seccomp::ThreadKind::from_name(value)
         .ok_or_else(|| format!("'{value}': expected main, vcpu, control or device"))
+}
+
+/// Each inherited fd serves one channel: the control listener and every tap take the fd
+/// over and close it, so a number named twice would be used, and closed, twice.
+fn check_fds_distinct(args: &Args) -> Result<(), Error> {
+    let events = match args.events {
+        EventsOut::Fd(fd) => Some(fd),
+        EventsOut::Stderr => None,
+    };
+    let control = match args.control {
+        Some(ControlSocket::Fd(fd)) => Some(fd),
+        Some(ControlSocket::Path(_)) | None => None,
+    };
+    let taps = args.nets.iter().filter_map(|n| match n.tap {
+        TapSource::Fd(fd) => Some(fd),
+        TapSource::Name(_) => None,
+    });
+    let mut fds: Vec<RawFd> = events.into_iter().chain(control).chain(taps).collect();
+    fds.sort_unstable();
+    match fds.windows(2).find(|pair| pair[0] == pair[1]) {
+        Some(pair) => Err(Error::FdTwice(pair[0])),
+        None => Ok(()),
+    }
 }
 
 fn check_fd(flag: &'static str, fd: RawFd) -> Result<(), Error> {
@@ -390,6 +417,25 @@ mod tests {
             run(&["--kernel", "k", "--events", "fd:987654"]),
             Err(Error::BadFd { .. })
         ));
+    }
+
+    #[test]
+    fn an_inherited_fd_serves_one_channel() {
+        // fd 2 is open in every test process. A tap's fd is only checked once the tap is
+        // opened, after parsing, so an unopened number shows the overlap too.
+        assert!(matches!(
+            run(&["--kernel", "k", "--events", "fd:2", "--control", "fd:2"]),
+            Err(Error::FdTwice(2))
+        ));
+        let taps = [
+            "--kernel",
+            "k",
+            "--net",
+            "fd=9,mac=02:00:00:00:00:01",
+            "--net",
+            "fd=9,mac=02:00:00:00:00:02",
+        ];
+        assert!(matches!(run(&taps), Err(Error::FdTwice(9))));
     }
 
     #[test]

@@ -95,7 +95,14 @@ pub fn open(disks: &[DiskSpec], nets: &[NetSpec]) -> Result<Vec<Opened>, Error> 
     for (i, n) in nets.iter().enumerate() {
         let tap = match &n.tap {
             TapSource::Name(name) => Tap::open(name, VNET_HDR_LEN as i32)?,
-            TapSource::Fd(fd) => Tap::from_fd(*fd, VNET_HDR_LEN as i32)?,
+            TapSource::Fd(fd) => {
+                // SAFETY: the parent passed this fd to this process for this one device (the
+                // command line's `--net fd=N`), so no file or socket of the VMM's is on it:
+                // cli::parse refuses a number also named by --events or --control, and the
+                // check above one named by two `--net`s.
+                let fd = unsafe { tap::inherited_fd(*fd) }?;
+                Tap::from_fd(fd, VNET_HDR_LEN as i32)?
+            }
         };
         let rx = RateLimiter::new(n.bytes_per_s, None)?;
         let tx = RateLimiter::new(n.bytes_per_s, None)?;

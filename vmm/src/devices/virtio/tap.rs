@@ -87,22 +87,14 @@ impl Tap {
         Ok(tap)
     }
 
-    /// Takes over inherited fd `fd`, a /dev/net/tun file the parent already attached to a
-    /// tap (TUNSETIFF with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), and sets it up like
-    /// [`Tap::open`] does. The fd is closed when the tap is dropped.
-    pub fn from_fd(fd: RawFd, vnet_hdr_len: i32) -> Result<Tap, Error> {
-        // SAFETY: F_GETFL on any integer is harmless; it tells whether the fd is open.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if fd <= 2 || flags < 0 {
-            return Err(Error::BadFd {
-                fd,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: the fd is open (checked above) and was handed to this process on its
-        // command line for this device alone, so nothing else here owns or closes it.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let file = File::from(owned);
+    /// Takes over `fd`, a /dev/net/tun file the parent already attached to a tap (TUNSETIFF
+    /// with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), and sets it up like [`Tap::open`] does. The
+    /// fd is closed when the tap is dropped. [`inherited_fd`] turns the fd number of the
+    /// command line into the `OwnedFd`.
+    pub fn from_fd(fd: OwnedFd, vnet_hdr_len: i32) -> Result<Tap, Error> {
+        let file = File::from(fd);
+        // Errors name the fd by the number the command line gave it.
+        let fd = file.as_raw_fd();
         // SAFETY: ifreq is plain old data; all-zero is a valid value.
         let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
         // SAFETY: TUNGETIFF writes one ifreq, which lives across the call.
@@ -133,9 +125,12 @@ impl Tap {
                 ),
             });
         }
-        // SAFETY: F_SETFL with an int argument on our open fd.
-        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
         let tap = Tap { file, name };
+        // SAFETY: F_GETFL on our open fd only reads its status flags.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        tap.check(flags, "F_GETFL")?;
+        // SAFETY: F_SETFL with an int argument on our open fd.
+        let rc = unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
         tap.check(rc, "F_SETFL O_NONBLOCK")?;
         // SAFETY: F_SETFD with an int argument on our open fd; threads never exec anyway.
         let rc = unsafe { libc::fcntl(tap.file.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -189,6 +184,31 @@ impl Tap {
     pub fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<usize> {
         self.file.write(frame)
     }
+}
+
+/// Claims the inherited fd number `fd` (from `--net fd=N`) for a [`Tap`] after checking
+/// that it is open and not stdin, stdout or stderr, which the standard library owns.
+///
+/// # Safety
+/// Nothing else in the process may own `fd`: the returned `OwnedFd` closes it when dropped,
+/// so the caller must claim each inherited number at most once.
+pub unsafe fn inherited_fd(fd: RawFd) -> Result<OwnedFd, Error> {
+    if fd <= 2 {
+        return Err(Error::NotTap {
+            fd,
+            what: "stdin, stdout and stderr are the VMM's own".into(),
+        });
+    }
+    // SAFETY: F_GETFD on any integer is harmless; it tells whether the fd is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(Error::BadFd {
+            fd,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: the fd is open (checked above), and the caller guarantees that nothing else
+    // in the process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl AsRawFd for Tap {
