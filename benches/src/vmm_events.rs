@@ -1,17 +1,9 @@
-//! Reads coinop-vmm's JSON-lines event stream (see the vmm crate docs) into the times that
+//! Reads coinop-vmm's JSON-lines event stream ([`vmm_protocol::Event`]) into the times that
 //! the harness reports.
 
-use serde::Deserialize;
+use vmm_protocol::{Event, ExitReason};
 
 use crate::child_run::TimedLine;
-
-#[derive(Debug, Deserialize)]
-struct Event {
-    event: String,
-    t_us: u64,
-    #[serde(default)]
-    reason: Option<String>,
-}
 
 /// Event times in µs since the harness's spawn timestamp (`--start-time-us`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -20,25 +12,23 @@ pub struct VmmTimes {
     pub vcpus_started: Option<u64>,
     pub guest_ready: Option<u64>,
     pub exit: Option<u64>,
-    pub exit_reason: Option<String>,
+    pub exit_reason: Option<ExitReason>,
 }
 
-/// Non-JSON lines (log messages) are skipped: only events carry figures.
+/// Lines that are not events (log messages on the same stderr) are skipped: only events
+/// carry figures.
 pub fn parse(lines: &[TimedLine]) -> VmmTimes {
     let mut t = VmmTimes::default();
-    for ev in lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Event>(&l.text).ok())
-    {
-        match ev.event.as_str() {
-            "vm_created" => t.vm_created = Some(ev.t_us),
-            "vcpus_started" => t.vcpus_started = Some(ev.t_us),
-            "guest_ready" => t.guest_ready = Some(ev.t_us),
-            "exit" => {
-                t.exit = Some(ev.t_us);
-                t.exit_reason = ev.reason;
+    for ev in lines.iter().filter_map(|l| Event::from_line(&l.text).ok()) {
+        match ev {
+            Event::VmCreated { t_us } => t.vm_created = Some(t_us),
+            Event::VcpusStarted { t_us, .. } => t.vcpus_started = Some(t_us),
+            Event::GuestReady { t_us } => t.guest_ready = Some(t_us),
+            Event::Exit { t_us, reason, .. } => {
+                t.exit = Some(t_us);
+                t.exit_reason = Some(reason);
             }
-            _ => {}
+            Event::Warning { .. } => {}
         }
     }
     t
@@ -60,6 +50,7 @@ mod tests {
         let lines = [
             line(r#"{"event":"vm_created","t_us":800}"#),
             line("coinop-vmm: a log line, not an event"),
+            line(r#"{"event":"warning","t_us":900,"message":"seccomp disabled"}"#),
             line(r#"{"event":"vcpus_started","t_us":1200,"vcpus":2}"#),
             line(r#"{"event":"guest_ready","t_us":2400}"#),
             line(r#"{"event":"exit","t_us":9000,"reason":"guest_reset","code":0}"#),
@@ -69,7 +60,7 @@ mod tests {
         assert_eq!(t.vcpus_started, Some(1200));
         assert_eq!(t.guest_ready, Some(2400));
         assert_eq!(t.exit, Some(9000));
-        assert_eq!(t.exit_reason.as_deref(), Some("guest_reset"));
+        assert_eq!(t.exit_reason, Some(ExitReason::GuestReset));
     }
 
     #[test]
