@@ -170,19 +170,14 @@ mod tests {
     }
 
     #[test]
-    fn events_serialize_to_the_bytes_the_vmm_always_wrote() {
-        for (line, event) in pinned() {
-            assert_eq!(event.to_line(), format!("{line}\n"));
-        }
+    fn events_are_the_bytes_the_vmm_always_wrote() {
+        crate::assert_pinned(pinned(), Event::to_line, Event::from_line);
     }
 
     #[test]
-    fn events_parse_back() {
-        for (line, event) in pinned() {
-            assert_eq!(Event::from_line(line).expect(line), event);
-            assert_eq!(Event::from_line(&event.to_line()).expect(line), event);
-            assert_eq!(event.t_us(), Event::from_line(line).expect(line).t_us());
-        }
+    fn every_event_has_its_time() {
+        let times: Vec<u64> = pinned().iter().map(|(_, event)| event.t_us()).collect();
+        assert_eq!(times, [485, 1879, 8577, 9688, 362172, 18747]);
     }
 
     #[test]

@@ -12,8 +12,8 @@
 //!   text. A request the VMM cannot read is refused with the [`RequestError`]'s text.
 //!
 //! The enums here are the whole vocabulary; the `vmm` crate's top-level docs describe what
-//! each message means for a guest. Each type has `to_line`/`from_line` for the framing (one
-//! object, then `\n`).
+//! each message means for a guest. [`Event`], [`Request`] and [`Reply`] have `to_line` and
+//! `from_line` for the framing: one compact JSON object, then `\n`.
 //!
 //! # Byte order on the wire
 //! Serializing a message gives the same bytes coinop-vmm wrote before this crate existed:
@@ -37,4 +37,22 @@ fn to_line<T: serde::Serialize>(message: &T) -> String {
     let mut line = serde_json::to_string(message).expect("wire messages always serialize");
     line.push('\n');
     line
+}
+
+/// Asserts that each message serializes to exactly its pinned line and parses back, from
+/// that line and from its own output.
+#[cfg(test)]
+fn assert_pinned<T, E>(
+    pinned: Vec<(&str, T)>,
+    to_line: fn(&T) -> String,
+    from_line: fn(&str) -> Result<T, E>,
+) where
+    T: PartialEq + std::fmt::Debug,
+    E: std::fmt::Debug,
+{
+    for (line, message) in pinned {
+        assert_eq!(to_line(&message), format!("{line}\n"));
+        assert_eq!(from_line(line).expect(line), message);
+        assert_eq!(from_line(&to_line(&message)).expect(line), message);
+    }
 }
