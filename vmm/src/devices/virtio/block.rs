@@ -4,9 +4,7 @@
 //! allocates; every sector range is checked against the disk before any I/O.
 
 use super::disk_image::{DiskImage, SECTOR_SIZE};
-use super::queue_handling::{
-    add_used, disable_notification, enable_notification, needs_notification, pop_chain,
-};
+use super::queue_handling::drain_queue;
 use super::rate_limiter::RateLimiter;
 use super::{feature, DeviceError, ExtraFd, VirtioDevice};
 use std::io::{Read, Write};
@@ -14,7 +12,7 @@ use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
@@ -257,28 +255,7 @@ impl VirtioDevice for Block {
         if self.limiter.is_blocked() {
             return Ok(false);
         }
-        let mut used_any = false;
-        loop {
-            disable_notification(queue, mem, index)?;
-            while let Some(chain) = pop_chain(queue, mem, index)? {
-                let head = chain.head_index();
-                match self.serve(mem, chain) {
-                    Some(len) => {
-                        add_used(queue, mem, index, head, len)?;
-                        used_any = true;
-                    }
-                    None => {
-                        // Throttled: the timer re-runs this queue from the same chain.
-                        queue.go_to_previous_position();
-                        return Ok(used_any && needs_notification(queue, mem, index)?);
-                    }
-                }
-            }
-            if !enable_notification(queue, mem, index)? {
-                break;
-            }
-        }
-        Ok(used_any && needs_notification(queue, mem, index)?)
+        drain_queue(queue, mem, index, |chain| self.serve(mem, chain))
     }
 
     fn process_extra(

@@ -3,7 +3,7 @@
 //! IFF_VNET_HDR), no offloads are negotiated, and each direction has its own rate limiter.
 
 use super::queue_handling::{
-    add_used, disable_notification, enable_notification, needs_notification, pop_chain,
+    add_used, drain_queue, enable_notification, needs_notification, pop_chain,
 };
 use super::rate_limiter::RateLimiter;
 use super::tap::Tap;
@@ -14,7 +14,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
@@ -62,40 +62,37 @@ impl Net {
         if self.tx_limiter.is_blocked() {
             return Ok(false);
         }
-        let mut used_any = false;
-        loop {
-            disable_notification(queue, mem, TX)?;
-            while let Some(chain) = pop_chain(queue, mem, TX)? {
-                let head = chain.head_index();
-                let frame_len = match chain.reader::<()>(mem) {
-                    Ok(mut reader) => {
-                        let len = reader.available_bytes();
-                        if !(VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
-                            None
-                        } else if !self.tx_limiter.consume((len - VNET_HDR_LEN) as u64) {
-                            queue.go_to_previous_position();
-                            return Ok(used_any && needs_notification(queue, mem, TX)?);
-                        } else {
-                            reader
-                                .read_exact(&mut self.tx_frame[..len])
-                                .ok()
-                                .map(|_| len)
-                        }
-                    }
-                    Err(_) => None,
-                };
-                if let Some(len) = frame_len {
-                    // A tap that is down or full drops the frame, as a cable would.
-                    let _ = self.tap.write_frame(&self.tx_frame[..len]);
+        drain_queue(queue, mem, TX, |chain| self.transmit_chain(mem, chain))
+    }
+
+    /// Sends the frame of one TX chain to the tap; a malformed one is dropped. Returns the
+    /// bytes written into the chain (none), or None if the rate limiter holds it back.
+    fn transmit_chain(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+    ) -> Option<u32> {
+        let frame_len = match chain.reader::<()>(mem) {
+            Ok(mut reader) => {
+                let len = reader.available_bytes();
+                if !(VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
+                    None
+                } else if !self.tx_limiter.consume((len - VNET_HDR_LEN) as u64) {
+                    return None;
+                } else {
+                    reader
+                        .read_exact(&mut self.tx_frame[..len])
+                        .ok()
+                        .map(|_| len)
                 }
-                add_used(queue, mem, TX, head, 0)?;
-                used_any = true;
             }
-            if !enable_notification(queue, mem, TX)? {
-                break;
-            }
+            Err(_) => None,
+        };
+        if let Some(len) = frame_len {
+            // A tap that is down or full drops the frame, as a cable would.
+            let _ = self.tap.write_frame(&self.tx_frame[..len]);
         }
-        Ok(used_any && needs_notification(queue, mem, TX)?)
+        Some(0)
     }
 
     fn receive(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> Result<bool, DeviceError> {

@@ -1,5 +1,6 @@
 //! The device thread: waits on the queues' ioeventfds (and the device's own fds) with epoll
-//! and hands each readiness to the device; plus the chain-popping helper devices share.
+//! and hands each readiness to the device; plus the queue helpers devices share, down to a
+//! whole drain of a queue whose chains are served one at a time ([`drain_queue`]).
 
 use super::interrupt::Interrupt;
 use super::{DeviceError, VirtioDevice};
@@ -207,6 +208,38 @@ fn interrupt_if(notify: bool, interrupt: &Interrupt) -> Result<(), DeviceError> 
             .map_err(|e| DeviceError::Host(format!("irqfd write: {e}")))?;
     }
     Ok(())
+}
+
+/// Serves every chain the guest made available on queue `index`, in order: `serve` handles
+/// one chain and returns the number of bytes it wrote into it, which marks the chain used,
+/// or None when a rate limiter holds the chain back. A held-back chain is put back, to be
+/// served first when the limiter's timer runs the queue again, and the drain stops there.
+/// Notifications are off while draining and re-checked after they are back on, so a chain
+/// added meanwhile is not left waiting for a kick. Returns whether the guest wants an
+/// interrupt for what was used.
+pub fn drain_queue<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    index: usize,
+    mut serve: impl FnMut(DescriptorChain<&'m GuestMemoryMmap>) -> Option<u32>,
+) -> Result<bool, DeviceError> {
+    let mut used_any = false;
+    loop {
+        disable_notification(queue, mem, index)?;
+        while let Some(chain) = pop_chain(queue, mem, index)? {
+            let head = chain.head_index();
+            let Some(len) = serve(chain) else {
+                queue.go_to_previous_position();
+                return Ok(used_any && needs_notification(queue, mem, index)?);
+            };
+            add_used(queue, mem, index, head, len)?;
+            used_any = true;
+        }
+        if !enable_notification(queue, mem, index)? {
+            break;
+        }
+    }
+    Ok(used_any && needs_notification(queue, mem, index)?)
 }
 
 /// The next available chain of queue `index`, or None when the ring is empty. A ring the
