@@ -4,7 +4,7 @@
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 /// Errors waiting for or signalling the process.
 #[derive(Debug, thiserror::Error)]
@@ -39,20 +39,12 @@ pub struct JailedChild {
 
 impl JailedChild {
     pub(super) fn new(pid: Pid) -> Result<Self, Error> {
-        // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-        if fd < 0 {
-            return Err(Error::Sys {
-                pid: pid.as_raw(),
-                what: "pidfd_open",
-                source: nix::Error::last(),
-            });
-        }
-        Ok(JailedChild {
-            pid,
-            // SAFETY: a fresh descriptor nothing else owns.
-            pidfd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
-        })
+        let pidfd = super::syscalls::pidfd_open(pid).map_err(|source| Error::Sys {
+            pid: pid.as_raw(),
+            what: "pidfd_open",
+            source,
+        })?;
+        Ok(JailedChild { pid, pidfd })
     }
 
     /// The pid in coinopd's namespace (inside its own namespace the process is PID 1).

@@ -19,6 +19,7 @@ mod libraries;
 mod parked;
 mod root_dir;
 mod spawn;
+mod syscalls;
 mod uid_pool;
 
 pub use child::{Ended, JailedChild};

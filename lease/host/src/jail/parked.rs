@@ -19,16 +19,18 @@
 //! A parked child whose socket closes (coinopd dropped the slot, or died) exits.
 
 use super::spawn::{
-    at, check, confine_and_exec, cstring, enter_root, join_cgroup, remount_read_only,
-    remount_writable, Error, Failure, Step, CHILD_STACK_BYTES, HIGH_FD,
+    at, bind_pairs, child_failure, close_from_but, confine_and_exec, cstring, enter_root,
+    join_cgroup, parent, place_fds, remount_read_only, remount_writable, start_child, Error,
+    Failure, ReportTo, Step, HIGH_FD,
 };
+use super::syscalls::{self, ClonedChild, FdControl};
 use super::RootDisk;
-use nix::sched::CloneFlags;
 use nix::sys::socket::{ControlMessage, MsgFlags};
 use nix::unistd::Pid;
+use std::convert::Infallible;
 use std::ffi::{c_char, CStr, CString, OsString};
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 /// Largest launch message (the VMM's arguments; a guest cmdline is at most 2 KiB).
@@ -50,11 +52,6 @@ const MOUNT_POINTS: [(&CStr, bool); 4] = [
 ];
 /// The kernel's bit in the mount mask: every launch passes one.
 const KERNEL_MOUNT: u8 = 1;
-/// `open_tree(2)` flags (linux/mount.h): a detached copy of the mount, close-on-exec.
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
-/// `move_mount(2)` flag: the source is the fd itself.
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 
 /// What a parked child is built from.
 pub(super) struct ParkPlan {
@@ -88,14 +85,10 @@ struct ChildState {
     program: CString,
     uid: u32,
     message: Vec<u8>,
-    control: Vec<u8>,
+    control: FdControl,
     received: [RawFd; MAX_PASSED_FDS],
+    /// Room for the VMM's argv (program, arguments, null).
     argv: Vec<*const c_char>,
-    envp: Vec<*const c_char>,
-}
-
-fn parent(what: &'static str) -> impl FnOnce(nix::Error) -> Error {
-    move |source| Error::Parent { what, source }
 }
 
 /// Starts a parked child for `plan`; returns once it reported "parked" (or failed).
@@ -108,51 +101,27 @@ pub(super) fn park(plan: ParkPlan) -> Result<Parked, Error> {
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(parent("socketpair"))?;
-    let binds = plan
-        .binds
-        .iter()
-        .map(|(host, in_jail)| {
-            let target = super::root_dir::host_path(&plan.root, in_jail)
-                .map_err(|_| Error::Nul(in_jail.display().to_string()))?;
-            Ok((cstring(host)?, cstring(target)?))
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    let space = nix::cmsg_space!([RawFd; MAX_PASSED_FDS]);
     let mut state = ChildState {
         socket: theirs.as_raw_fd(),
         cgroup_procs: plan.cgroup_procs,
         root: cstring(&plan.root)?,
-        binds,
+        binds: bind_pairs(&plan.root, &plan.binds)?,
         program: cstring(&plan.program)?,
         uid: plan.uid,
         message: vec![0; MAX_MESSAGE],
-        control: vec![0; space.capacity().max(space.len())],
+        control: FdControl::new::<MAX_PASSED_FDS>(),
         received: [-1; MAX_PASSED_FDS],
         argv: vec![std::ptr::null(); MAX_ARGS + 2],
-        envp: vec![std::ptr::null()],
     };
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS;
-    if plan.new_net_ns {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
-    let mut stack = vec![0u8; CHILD_STACK_BYTES];
-    let child = Box::new(move || -> isize {
-        let (step, errno) = match run_parked(&mut state) {
-            Err(failure) => failure,
-            Ok(never) => match never {},
-        };
-        report(PARKED_SOCK_FD, step, errno);
-        // SAFETY: ends the child without unwinding or running the parent's destructors.
-        unsafe { libc::_exit(127) }
-    });
-    // SAFETY: the child runs `run_parked` on its own stack and makes only system calls on
-    // memory allocated before the clone (no allocation or locking) until execve or _exit,
-    // as required after forking a multi-threaded process.
-    let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
-        .map_err(parent("clone"))?;
+    // SAFETY: `run_parked` makes only system calls, on `state` (allocated above), and its
+    // frames are small.
+    let pid = unsafe {
+        start_child(
+            plan.new_net_ns,
+            ReportTo::Socket(PARKED_SOCK_FD),
+            move |child| run_parked(child, &mut state),
+        )
+    }?;
     drop(theirs);
     let parked = Parked {
         pid,
@@ -198,13 +167,7 @@ impl Parked {
         self.socket = None;
         let _ = nix::sys::wait::waitpid(self.pid, None);
         self.pid = Pid::from_raw(0);
-        match msg {
-            [step, lo, hi] => Error::Child {
-                step: Step::from_byte(*step).unwrap_or(Step::Exec),
-                source: nix::Error::from_raw(i32::from(*lo) | (i32::from(*hi) << 8)),
-            },
-            _ => Error::ParkedGone,
-        }
+        child_failure(msg).unwrap_or(Error::ParkedGone)
     }
 
     /// The child's pid.
@@ -293,113 +256,57 @@ impl Drop for Parked {
 
 /// A detached bind mount of `file`, attachable in another mount namespace.
 fn detached_mount(file: &Path) -> Result<OwnedFd, Error> {
-    let path = cstring(file)?;
-    // SAFETY: open_tree with a NUL-terminated path and flags; returns a new fd or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(Error::Parent {
-            what: "open_tree of an image file",
-            source: nix::Error::last(),
-        });
-    }
-    // SAFETY: a fresh descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Sends (step, errno) to the parent; best effort, the child exits right after.
-fn report(socket: RawFd, step: Step, errno: nix::Error) {
-    let msg = [
-        step as u8,
-        (errno as i32 as u32 & 0xff) as u8,
-        (errno as i32 >> 8) as u8,
-    ];
-    // SAFETY: a send of a stack buffer on our own socket.
-    unsafe { libc::send(socket, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL) };
+    syscalls::open_tree_clone(&cstring(file)?).map_err(parent("open_tree of an image file"))
 }
 
 /// The parked child. Only system calls: see the module doc.
-fn run_parked(s: &mut ChildState) -> Result<std::convert::Infallible, Failure> {
+fn run_parked(child: &ClonedChild, s: &mut ChildState) -> Result<Infallible, Failure> {
     at(Step::Session, nix::unistd::setsid())?;
-    join_cgroup(&s.cgroup_procs)?;
+    join_cgroup(child, &s.cgroup_procs)?;
     if s.socket != PARKED_SOCK_FD {
-        // SAFETY: dup3 of our open socket onto a fixed number, keeping close-on-exec.
-        check(Step::CloseFds, unsafe {
-            libc::dup3(s.socket, PARKED_SOCK_FD, libc::O_CLOEXEC)
-        })?;
+        at(Step::CloseFds, child.dup3_cloexec(s.socket, PARKED_SOCK_FD))?;
     }
-    close_all_but(PARKED_SOCK_FD)?;
+    close_from_but(child, 0, PARKED_SOCK_FD)?;
     enter_root(&s.root, &s.binds, &[])?;
-    // SAFETY: a 1-byte send from a static buffer on our socket: "parked".
-    let n = unsafe { libc::send(PARKED_SOCK_FD, [0u8].as_ptr().cast(), 1, libc::MSG_NOSIGNAL) };
-    check(Step::Receive, n as libc::c_int)?;
-    let (vmm_fds, len) = receive(s)?;
-    place_received(&mut s.received[..vmm_fds])?;
-    let argc = split_args(&s.message[2..len], &s.program, &mut s.argv)?;
+    // "parked".
+    let sent = nix::sys::socket::send(PARKED_SOCK_FD, &[0], MsgFlags::MSG_NOSIGNAL);
+    at(Step::Receive, sent)?;
+    let (vmm_fds, len) = receive(child, s)?;
+    place_received(child, &mut s.received[..vmm_fds])?;
+    let args = split_args(&s.message[2..len])?;
     confine_and_exec(
+        child,
         vmm_fds,
         PARKED_SOCK_FD,
         s.uid,
         &s.program,
-        &s.argv[..argc + 1],
-        &s.envp,
+        args,
+        &mut s.argv,
     )
-}
-
-/// Closes every fd but `keep`.
-fn close_all_but(keep: RawFd) -> Result<(), Failure> {
-    // SAFETY: close_range on our own descriptor table, around `keep`.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 0, (keep - 1) as libc::c_uint, 0) };
-    check(Step::CloseFds, rc as libc::c_int)?;
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            (keep + 1) as libc::c_uint,
-            libc::c_uint::MAX,
-            0,
-        )
-    };
-    check(Step::CloseFds, rc as libc::c_int)
 }
 
 /// Waits for the launch message, attaches the image mounts and returns (how many VMM fds
 /// are in `received`, message length). A closed socket (the slot was dropped) ends the child.
-fn receive(s: &mut ChildState) -> Result<(usize, usize), Failure> {
-    let mut iov = libc::iovec {
-        iov_base: s.message.as_mut_ptr().cast(),
-        iov_len: s.message.len(),
-    };
-    // SAFETY: msghdr is plain data; every field used is set below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = s.control.as_mut_ptr().cast();
-    msg.msg_controllen = s.control.len() as _;
-    let n = loop {
-        // SAFETY: recvmsg into buffers allocated before the clone and owned by `s`.
-        let n = unsafe { libc::recvmsg(PARKED_SOCK_FD, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n < 0 && nix::Error::last() == nix::Error::EINTR {
-            continue;
+fn receive(child: &ClonedChild, s: &mut ChildState) -> Result<(usize, usize), Failure> {
+    let got = loop {
+        match child.recv_with_fds(
+            PARKED_SOCK_FD,
+            &mut s.message,
+            &mut s.control,
+            &mut s.received,
+        ) {
+            Err(nix::Error::EINTR) => continue,
+            got => break at(Step::Receive, got)?,
         }
-        break n;
     };
-    if n == 0 {
-        // SAFETY: the slot was dropped: end quietly without unwinding.
-        unsafe { libc::_exit(0) };
+    if got.bytes == 0 {
+        // The slot was dropped: end quietly.
+        child.exit(0);
     }
-    check(Step::Receive, n as libc::c_int)?;
-    let n = n as usize;
-    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 || n < 2 {
+    if got.truncated || got.bytes < 2 {
         return Err((Step::Receive, nix::Error::EMSGSIZE));
     }
-    let count = received_fds(&msg, &mut s.received);
+    let count = got.fds;
     let (vmm_fds, mask) = (usize::from(s.message[0]), s.message[1]);
     let mounts = mask.count_ones() as usize;
     if mask & KERNEL_MOUNT == 0 || mask >> MOUNT_POINTS.len() != 0 || vmm_fds + mounts != count {
@@ -411,93 +318,68 @@ fn receive(s: &mut ChildState) -> Result<(usize, usize), Failure> {
         .filter(|(i, _)| mask & (1 << i) != 0)
         .map(|(_, point)| point);
     for (fd, (point, writable)) in s.received[vmm_fds..count].iter().zip(points) {
-        // SAFETY: move_mount of a detached mount fd onto a path in our mount namespace.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                *fd,
-                c"".as_ptr(),
-                libc::AT_FDCWD,
-                point.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
-            )
-        };
-        check(Step::Attach, rc as libc::c_int)?;
+        at(Step::Attach, child.move_mount(*fd, point))?;
         if *writable {
             remount_writable(point)?;
         } else {
             remount_read_only(point)?;
         }
-        // SAFETY: closing a descriptor we received and no longer need.
-        unsafe { libc::close(*fd) };
+        // Attached: the mount no longer needs the fd.
+        let _ = child.close(*fd);
     }
-    Ok((vmm_fds, n))
-}
-
-/// Copies the SCM_RIGHTS fds of `msg` into `out`; returns how many.
-fn received_fds(msg: &libc::msghdr, out: &mut [RawFd; MAX_PASSED_FDS]) -> usize {
-    let mut count = 0;
-    // SAFETY: walking the control buffer the kernel just filled, with the libc macros.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                for i in 0..bytes / std::mem::size_of::<RawFd>() {
-                    if count < out.len() {
-                        out[count] = data.add(i).read_unaligned();
-                        count += 1;
-                    }
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
-        }
-    }
-    count
+    Ok((vmm_fds, got.bytes))
 }
 
 /// Moves the received fds to `i` = 0, 1, 2... (through copies above [`HIGH_FD`], so no
 /// placement overwrites one not yet placed).
-fn place_received(fds: &mut [RawFd]) -> Result<(), Failure> {
+fn place_received(child: &ClonedChild, fds: &mut [RawFd]) -> Result<(), Failure> {
     for fd in fds.iter_mut() {
-        // SAFETY: F_DUPFD_CLOEXEC of a received fd, then closing the original.
-        let high = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, HIGH_FD) };
-        check(Step::PlaceFds, high)?;
-        // SAFETY: as above.
-        unsafe { libc::close(*fd) };
+        let high = at(Step::PlaceFds, child.dup_above(*fd, HIGH_FD))?;
+        let _ = child.close(*fd);
         *fd = high;
     }
-    for (target, fd) in fds.iter().enumerate() {
-        // SAFETY: dup2 onto a small fd number we own (dup2 clears close-on-exec there).
-        check(Step::PlaceFds, unsafe { libc::dup2(*fd, target as RawFd) })?;
-    }
-    Ok(())
+    place_fds(child, fds.iter().copied())
 }
 
-/// Fills `argv` with `program` and the NUL-terminated strings of `args`, then a null;
-/// returns argc.
-fn split_args(
-    args: &[u8],
-    program: &CString,
-    argv: &mut [*const c_char],
-) -> Result<usize, Failure> {
+/// The NUL-terminated strings of `args`: the VMM's arguments after its path.
+fn split_args(args: &[u8]) -> Result<impl Iterator<Item = &CStr>, Failure> {
     if args.last().is_some_and(|b| *b != 0) {
         return Err((Step::Receive, nix::Error::EBADMSG));
     }
-    argv[0] = program.as_ptr();
-    let mut argc = 1;
-    let mut start = 0;
-    for (i, byte) in args.iter().enumerate() {
-        if *byte == 0 {
-            if argc >= argv.len() - 1 {
-                return Err((Step::Receive, nix::Error::E2BIG));
-            }
-            argv[argc] = args[start..].as_ptr().cast();
-            argc += 1;
-            start = i + 1;
-        }
+    if args.iter().filter(|b| **b == 0).count() > MAX_ARGS {
+        return Err((Step::Receive, nix::Error::E2BIG));
     }
-    argv[argc] = std::ptr::null();
-    Ok(argc)
+    // Each piece ends with its only NUL, so none is dropped.
+    Ok(args
+        .split_inclusive(|b| *b == 0)
+        .filter_map(|arg| CStr::from_bytes_with_nul(arg).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(args: &[u8]) -> Result<Vec<&[u8]>, Failure> {
+        Ok(split_args(args)?.map(CStr::to_bytes).collect())
+    }
+
+    #[test]
+    fn launch_arguments_split_at_each_nul() {
+        assert_eq!(split(b"").unwrap(), Vec::<&[u8]>::new());
+        assert_eq!(
+            split(b"--kernel\0\0/kernel\0").unwrap(),
+            [&b"--kernel"[..], b"", b"/kernel"]
+        );
+        assert_eq!(
+            split(b"--kernel").unwrap_err(),
+            (Step::Receive, nix::Error::EBADMSG)
+        );
+        let most = b"x\0".repeat(MAX_ARGS);
+        assert_eq!(split(&most).unwrap().len(), MAX_ARGS);
+        let too_many = b"x\0".repeat(MAX_ARGS + 1);
+        assert_eq!(
+            split(&too_many).unwrap_err(),
+            (Step::Receive, nix::Error::E2BIG)
+        );
+    }
 }

@@ -2,7 +2,9 @@
 //! (and optionally network) namespaces, so the VMM itself is PID 1 of its own namespace and
 //! the direct child of coinopd. Everything the child needs is prepared before the clone;
 //! between clone and exec the child only makes system calls (no allocation, no locks),
-//! because coinopd is multi-threaded.
+//! because coinopd is multi-threaded: nix's plain wrappers, and the raw ones of
+//! [`super::syscalls::ClonedChild`]. The clone itself, with the failure report, is
+//! [`start_child`], which [`super::parked`] uses too.
 //!
 //! Child steps, in order: passed fds to 0..n, new session, join the lease cgroup (write "0"
 //! to each `cgroup.procs`), private mount propagation, bind the jail root onto itself and the
@@ -12,18 +14,20 @@
 //! a close-on-exec pipe, so the parent learns exactly what went wrong; a successful exec
 //! closes that pipe with nothing written.
 
+use super::syscalls::{self, ClonedChild};
 use nix::mount::{MntFlags, MsFlags};
-use nix::sched::CloneFlags;
 use nix::sys::resource::{setrlimit, Resource};
-use std::ffi::{c_char, CString};
+use nix::sys::socket::MsgFlags;
+use nix::unistd::Pid;
+use std::convert::Infallible;
+use std::ffi::{c_char, CStr, CString};
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 
 /// Passed fds are first copied to at least this number, so placing them at 0..n in the
 /// child never overwrites one not yet placed.
 pub(super) const HIGH_FD: RawFd = 64;
-/// Stack for the cloned child until it execs.
-pub(super) const CHILD_STACK_BYTES: usize = 256 * 1024;
 /// Most fds the VMM may hold: KVM, VM, 32 vCPUs, eventfds, disks, taps, clients.
 pub(super) const MAX_FDS: u64 = 256;
 
@@ -133,16 +137,36 @@ pub(super) fn cstring(text: impl AsRef<std::ffi::OsStr>) -> Result<CString, Erro
     CString::new(bytes).map_err(|_| Error::Nul(String::from_utf8_lossy(bytes).into_owned()))
 }
 
+/// Maps the error of the parent-side call `what`.
+pub(super) fn parent(what: &'static str) -> impl FnOnce(nix::Error) -> Error {
+    move |source| Error::Parent { what, source }
+}
+
+/// (host file, in-jail path) pairs as (host file, host path under `root`) C strings, ready
+/// for the child's bind mounts.
+pub(super) fn bind_pairs(
+    root: &Path,
+    list: &[(PathBuf, PathBuf)],
+) -> Result<Vec<(CString, CString)>, Error> {
+    list.iter()
+        .map(|(host, in_jail)| {
+            let target = super::root_dir::host_path(root, in_jail)
+                .map_err(|_| Error::Nul(in_jail.display().to_string()))?;
+            Ok((cstring(host)?, cstring(target)?))
+        })
+        .collect()
+}
+
 /// What to start and how to confine it; see [`super::Jail::spawn`].
 pub struct Plan {
     /// The jail root on the host.
-    pub root: std::path::PathBuf,
+    pub root: PathBuf,
     /// (host file, in-jail path) pairs bind-mounted read-only.
-    pub binds: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    pub binds: Vec<(PathBuf, PathBuf)>,
     /// (host file, in-jail path) pairs bind-mounted writable (nosuid, nodev).
-    pub writable_binds: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    pub writable_binds: Vec<(PathBuf, PathBuf)>,
     /// Program path inside the jail.
-    pub program: std::path::PathBuf,
+    pub program: PathBuf,
     /// argv\[1..\].
     pub args: Vec<std::ffi::OsString>,
     /// Fds placed at 0, 1, 2, 3... in the child.
@@ -163,25 +187,17 @@ struct Prepared {
     binds: Vec<(CString, CString)>,
     writable_binds: Vec<(CString, CString)>,
     program: CString,
-    /// Owns the strings `argv_ptrs` points into.
-    _argv: Vec<CString>,
-    argv_ptrs: Vec<*const c_char>,
-    envp: Vec<*const c_char>,
+    /// argv\[1..\].
+    args: Vec<CString>,
+    /// Room for the child to build argv in (program, args, null).
+    argv: Vec<*const c_char>,
     uid: u32,
     report: RawFd,
 }
 
-pub(super) fn high_copy(fd: &OwnedFd) -> Result<OwnedFd, Error> {
-    // SAFETY: F_DUPFD_CLOEXEC on a live fd returns a new fd we then own.
-    let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, HIGH_FD) };
-    if copy < 0 {
-        return Err(Error::Parent {
-            what: "F_DUPFD_CLOEXEC",
-            source: nix::Error::last(),
-        });
-    }
-    // SAFETY: `copy` is a fresh descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+/// A close-on-exec copy of `fd` at [`HIGH_FD`] or above.
+fn high_copy(fd: &OwnedFd) -> Result<OwnedFd, Error> {
+    syscalls::dup_above(fd.as_fd(), HIGH_FD).map_err(parent("F_DUPFD_CLOEXEC"))
 }
 
 fn prepare(plan: &Plan, report: RawFd) -> Result<Prepared, Error> {
@@ -195,99 +211,115 @@ fn prepare(plan: &Plan, report: RawFd) -> Result<Prepared, Error> {
         .iter()
         .map(high_copy)
         .collect::<Result<Vec<_>, _>>()?;
-    let bind_pairs = |list: &[(std::path::PathBuf, std::path::PathBuf)]| {
-        list.iter()
-            .map(|(host, in_jail)| {
-                let target = super::root_dir::host_path(&plan.root, in_jail)
-                    .map_err(|_| Error::Nul(in_jail.display().to_string()))?;
-                Ok((cstring(host)?, cstring(target)?))
-            })
-            .collect::<Result<Vec<_>, Error>>()
-    };
-    let binds = bind_pairs(&plan.binds)?;
-    let writable_binds = bind_pairs(&plan.writable_binds)?;
-    let program = cstring(&plan.program)?;
-    let mut argv = vec![program.clone()];
-    for arg in &plan.args {
-        argv.push(cstring(arg)?);
-    }
-    let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    argv_ptrs.push(std::ptr::null());
+    let args = plan
+        .args
+        .iter()
+        .map(cstring)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Prepared {
         fds,
         cgroup_procs,
         root: cstring(&plan.root)?,
-        binds,
-        writable_binds,
-        program,
-        _argv: argv,
-        argv_ptrs,
-        envp: vec![std::ptr::null()],
+        binds: bind_pairs(&plan.root, &plan.binds)?,
+        writable_binds: bind_pairs(&plan.root, &plan.writable_binds)?,
+        program: cstring(&plan.program)?,
+        argv: vec![std::ptr::null(); args.len() + 2],
+        args,
         uid: plan.uid,
         report,
     })
 }
 
 /// Starts `plan`; returns the child's pid (in coinopd's PID namespace) once it has exec'd.
-pub fn spawn(plan: &Plan) -> Result<nix::unistd::Pid, Error> {
+pub fn spawn(plan: &Plan) -> Result<Pid, Error> {
     let (report_rx, report_tx) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|source| Error::Parent {
-            what: "pipe2",
-            source,
-        })?;
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(parent("pipe2"))?;
     // High like the passed fds, so placing those at 0..n cannot overwrite it.
     let report_tx = {
         let high = high_copy(&report_tx)?;
         drop(report_tx);
         high
     };
-    let prepared = prepare(plan, report_tx.as_raw_fd())?;
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS;
-    if plan.new_net_ns {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
-    let mut stack = vec![0u8; CHILD_STACK_BYTES];
-    let child = Box::new(|| -> isize {
-        let (step, errno) = match run_child(&prepared) {
-            Err(failure) => failure,
-            Ok(never) => match never {},
-        };
-        let msg = [
-            step as u8,
-            (errno as i32 as u32 & 0xff) as u8,
-            (errno as i32 >> 8) as u8,
-        ];
-        // SAFETY: writing a stack buffer to our report pipe, then ending without unwinding.
-        unsafe {
-            libc::write(prepared.report, msg.as_ptr().cast(), msg.len());
-            libc::_exit(127)
-        }
-    });
-    // SAFETY: the child runs `run_child` on its own 256 KiB stack, which makes only system
-    // calls (no allocation or locking) before execve or _exit, as required after forking a
-    // multi-threaded process.
-    let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }.map_err(
-        |source| Error::Parent {
-            what: "clone",
-            source,
-        },
-    )?;
+    let mut prepared = prepare(plan, report_tx.as_raw_fd())?;
+    let report = ReportTo::Pipe(prepared.report);
+    // SAFETY: `run_child` makes only system calls, on `prepared` (built above), and its
+    // frames are small.
+    let pid = unsafe {
+        start_child(plan.new_net_ns, report, |child| {
+            run_child(child, &mut prepared)
+        })
+    }?;
     drop(report_tx);
     let mut reply = Vec::new();
     let _ = std::fs::File::from(report_rx).read_to_end(&mut reply);
-    if let [step, lo, hi] = reply[..] {
+    if let Some(failure) = child_failure(&reply) {
         // Reap the failed child so it does not linger as a zombie.
         let _ = nix::sys::wait::waitpid(pid, None);
-        let errno = i32::from(lo) | (i32::from(hi) << 8);
-        return Err(Error::Child {
-            step: Step::from_byte(step).unwrap_or(Step::Exec),
-            source: nix::Error::from_raw(errno),
-        });
+        return Err(failure);
     }
     Ok(pid)
+}
+
+/// Where a cloned child sends the step it failed at.
+#[derive(Clone, Copy)]
+pub(super) enum ReportTo {
+    /// The write end of a pipe ([`spawn`]).
+    Pipe(RawFd),
+    /// A connected socket ([`super::parked`]), written without SIGPIPE.
+    Socket(RawFd),
+}
+
+/// Clones a child into the jail's new namespaces ([`syscalls::clone_jailed`]) that runs
+/// `steps`, which end in exec. If a step fails, the child sends (step, errno low byte,
+/// errno high byte) to `report` (see [`child_failure`]) and exits with 127. Returns the
+/// child's pid.
+///
+/// # Safety
+///
+/// As for [`syscalls::clone_jailed`]: `steps` runs in a single-threaded copy of coinopd,
+/// so it must make only system calls on memory prepared before the clone (no allocation,
+/// no locks, no panics) and fit in the child's stack.
+pub(super) unsafe fn start_child(
+    new_net_ns: bool,
+    report: ReportTo,
+    mut steps: impl FnMut(&ClonedChild) -> Result<Infallible, Failure>,
+) -> Result<Pid, Error> {
+    let child = move |child: &ClonedChild| -> Infallible {
+        let (step, errno) = match steps(child) {
+            Err(failure) => failure,
+            Ok(never) => match never {},
+        };
+        let msg = failure_message(step, errno);
+        // Best effort: the child ends right after either way.
+        let _ = match report {
+            ReportTo::Pipe(fd) => child.write(fd, &msg),
+            ReportTo::Socket(fd) => nix::sys::socket::send(fd, &msg, MsgFlags::MSG_NOSIGNAL),
+        };
+        child.exit(127)
+    };
+    // SAFETY: besides the caller's `steps` (see # Safety), the child only fills a stack
+    // array, writes or sends it (nix's `send` is the bare system call) and calls _exit.
+    unsafe { syscalls::clone_jailed(new_net_ns, child) }.map_err(parent("clone"))
+}
+
+/// What a child of [`start_child`] sends when `step` failed with `errno`.
+fn failure_message(step: Step, errno: nix::Error) -> [u8; 3] {
+    [
+        step as u8,
+        (errno as i32 as u32 & 0xff) as u8,
+        (errno as i32 >> 8) as u8,
+    ]
+}
+
+/// The failure a child reported from [`start_child`], if `msg` is such a report.
+pub(super) fn child_failure(msg: &[u8]) -> Option<Error> {
+    match *msg {
+        [step, lo, hi] => Some(Error::Child {
+            step: Step::from_byte(step).unwrap_or(Step::Exec),
+            source: nix::Error::from_raw(i32::from(lo) | (i32::from(hi) << 8)),
+        }),
+        _ => None,
+    }
 }
 
 pub(super) type Failure = (Step, nix::Error);
@@ -296,51 +328,50 @@ pub(super) fn at<T>(step: Step, result: nix::Result<T>) -> Result<T, Failure> {
     result.map_err(|e| (step, e))
 }
 
-pub(super) fn check(step: Step, rc: libc::c_int) -> Result<(), Failure> {
-    if rc < 0 {
-        Err((step, nix::Error::last()))
-    } else {
-        Ok(())
-    }
-}
-
 /// The child between clone and exec. Only system calls: see the module doc.
-fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
-    place_fds(&p.fds)?;
+fn run_child(child: &ClonedChild, p: &mut Prepared) -> Result<Infallible, Failure> {
+    place_fds(child, p.fds.iter().map(AsRawFd::as_raw_fd))?;
     at(Step::Session, nix::unistd::setsid())?;
-    join_cgroup(&p.cgroup_procs)?;
+    join_cgroup(child, &p.cgroup_procs)?;
     enter_root(&p.root, &p.binds, &p.writable_binds)?;
     confine_and_exec(
+        child,
         p.fds.len(),
         p.report,
         p.uid,
         &p.program,
-        &p.argv_ptrs,
-        &p.envp,
+        p.args.iter().map(CString::as_c_str),
+        &mut p.argv,
     )
 }
 
-/// Places `fds[i]` at fd `i`. Each source must be above `fds.len()` (see [`HIGH_FD`]).
-pub(super) fn place_fds(fds: &[OwnedFd]) -> Result<(), Failure> {
-    for (target, fd) in fds.iter().enumerate() {
-        // SAFETY: dup2 onto a small fd number; the source is open, and the target's previous
-        // occupant (if any) is ours to replace.
-        check(Step::PlaceFds, unsafe {
-            libc::dup2(fd.as_raw_fd(), target as RawFd)
-        })?;
+/// Places the `i`th of `fds` at fd `i`. Each must be above the number of fds (see
+/// [`HIGH_FD`]), so no placement overwrites one not yet placed.
+pub(super) fn place_fds(
+    child: &ClonedChild,
+    fds: impl IntoIterator<Item = RawFd>,
+) -> Result<(), Failure> {
+    for (target, fd) in fds.into_iter().enumerate() {
+        at(Step::PlaceFds, child.dup2(fd, target as RawFd))?;
     }
     Ok(())
 }
 
 /// Moves the calling process into the cgroup of each open `cgroup.procs` file.
-pub(super) fn join_cgroup(procs: &[OwnedFd]) -> Result<(), Failure> {
+pub(super) fn join_cgroup(child: &ClonedChild, procs: &[OwnedFd]) -> Result<(), Failure> {
     for procs in procs {
-        // SAFETY: a 1-byte write from a static buffer to an open cgroup.procs file;
         // "0" means the writing process.
-        let n = unsafe { libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) };
-        check(Step::JoinCgroup, n as libc::c_int)?;
+        at(Step::JoinCgroup, child.write(procs.as_raw_fd(), b"0"))?;
     }
     Ok(())
+}
+
+/// Closes every fd from `from` up but `keep`.
+pub(super) fn close_from_but(child: &ClonedChild, from: RawFd, keep: RawFd) -> Result<(), Failure> {
+    let below = child.close_range(from as libc::c_uint, (keep - 1) as libc::c_uint);
+    at(Step::CloseFds, below)?;
+    let above = child.close_range((keep + 1) as libc::c_uint, libc::c_uint::MAX);
+    at(Step::CloseFds, above)
 }
 
 /// Bind-mounts `file` read-only (and without setuid or device nodes) onto `target`.
@@ -433,77 +464,53 @@ pub(super) fn enter_root(
         Step::Remount,
         nix::mount::mount(none, "/", none, read_only, none),
     )?;
-    const HOSTNAME: &[u8] = b"coinop-guest";
-    // SAFETY: a static byte string and its length; sethostname copies it.
-    check(Step::Hostname, unsafe {
-        libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len())
-    })
+    at(Step::Hostname, nix::unistd::sethostname("coinop-guest"))
 }
 
 /// rlimits, the lease's uid and gid, no-new-privileges, every fd closed but `0..kept` and
-/// `report` (close-on-exec), then execve.
-pub(super) fn confine_and_exec(
+/// `report` (close-on-exec), then execve of `program` with `args`; `argv` is room for the
+/// pointer array (`args` + 2).
+pub(super) fn confine_and_exec<'a>(
+    child: &ClonedChild,
     kept: usize,
     report: RawFd,
     uid: u32,
-    program: &CString,
-    argv: &[*const c_char],
-    envp: &[*const c_char],
-) -> Result<std::convert::Infallible, Failure> {
+    program: &'a CStr,
+    args: impl IntoIterator<Item = &'a CStr>,
+    argv: &mut [*const c_char],
+) -> Result<Infallible, Failure> {
     at(
         Step::Rlimit,
         setrlimit(Resource::RLIMIT_NOFILE, MAX_FDS, MAX_FDS),
     )?;
     at(Step::Rlimit, setrlimit(Resource::RLIMIT_CORE, 0, 0))?;
     at(Step::Rlimit, setrlimit(Resource::RLIMIT_MEMLOCK, 0, 0))?;
-    // Raw system calls, not libc's wrappers: glibc's setgroups/setresgid/setresuid make
-    // every thread of the process change ids (signalling them and waiting on a futex under
-    // its thread-list lock), and this copy of a multi-threaded coinopd inherits that list
-    // and possibly a held lock but none of the threads: it would wait forever.
-    let id = uid as libc::c_ulong;
-    // SAFETY: setgroups with an empty list (size 0, null pointer) for this thread only.
-    check(Step::DropPrivileges, unsafe {
-        libc::syscall(
-            libc::SYS_setgroups,
-            0 as libc::c_ulong,
-            std::ptr::null::<libc::gid_t>(),
-        ) as libc::c_int
-    })?;
-    // SAFETY: integer arguments only; changes this (the only) thread's gids.
-    check(Step::DropPrivileges, unsafe {
-        libc::syscall(libc::SYS_setresgid, id, id, id) as libc::c_int
-    })?;
-    // SAFETY: integer arguments only; changes this (the only) thread's uids.
-    check(Step::DropPrivileges, unsafe {
-        libc::syscall(libc::SYS_setresuid, id, id, id) as libc::c_int
-    })?;
-    // SAFETY: prctl with integer arguments only.
-    check(Step::NoNewPrivs, unsafe {
-        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    })?;
+    at(Step::DropPrivileges, child.set_ids(uid))?;
+    at(Step::NoNewPrivs, nix::sys::prctl::set_no_new_privs())?;
     // Everything but the passed fds and the report channel (close-on-exec) goes.
-    // SAFETY: close_range on our own descriptor table; the report fd is re-checked below.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            kept as libc::c_uint,
-            (report - 1) as libc::c_uint,
-            0,
-        )
-    };
-    check(Step::CloseFds, rc as libc::c_int)?;
-    // SAFETY: as above, for the fds above the report fd.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            (report + 1) as libc::c_uint,
-            libc::c_uint::MAX,
-            0,
-        )
-    };
-    check(Step::CloseFds, rc as libc::c_int)?;
-    // SAFETY: program, argv and envp are NUL-terminated arrays of C strings built before the
-    // clone and alive in this copy of the address space.
-    unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    Err((Step::Exec, nix::Error::last()))
+    close_from_but(child, kept as RawFd, report)?;
+    Err((Step::Exec, child.execve(program, args, argv)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_message_reads_back_as_its_step_and_errno() {
+        for (step, errno) in [
+            (Step::Bind, nix::Error::ENOENT),
+            (Step::Attach, nix::Error::EHWPOISON),
+        ] {
+            match child_failure(&failure_message(step, errno)) {
+                Some(Error::Child { step: got, source }) => {
+                    assert_eq!((got, source), (step, errno))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Nothing (an exec'd child) or anything but three bytes is no failure.
+        assert!(child_failure(&[]).is_none());
+        assert!(child_failure(&[1, 2]).is_none());
+    }
 }
