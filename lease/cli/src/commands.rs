@@ -2,12 +2,17 @@
 //! the answer is shown (human text by default, the daemon's JSON byte for byte with
 //! `--json`). Exit codes are part of the interface: see [`exit`].
 
-use serde_json::{json, Value};
+use coinop_proto::requests::{
+    CreateRequest, CreditPayment, HeadersRequest, PaymentBody, QuoteRequest, StopRequest,
+    TopupRequest,
+};
+use payment::credit::nut_types::{BlindedMessage, OnchainPayment};
+use serde::Serialize;
 
 use crate::args::{ChainCmd, Cli, Cmd, LeaseCmd, PaymentArgs, RegtestCmd};
 use crate::client::{Client, Reply};
 use crate::exit::Exit;
-use crate::{create_retry, human, input, wallet_cli};
+use crate::{create_retry, human, input, regtest_pay, wallet_cli};
 
 /// How a successful reply is shown.
 #[derive(Debug, Clone, Copy)]
@@ -24,13 +29,20 @@ pub enum View {
     Text,
 }
 
-/// One API call the command line asked for.
+/// One API call the command line asked for, its body already encoded from the API's
+/// request types.
 pub struct Call {
     pub method: &'static str,
     pub path: String,
     pub token: Option<String>,
-    pub body: Option<Value>,
+    pub body: Option<Vec<u8>>,
     pub view: View,
+}
+
+/// A request or payment as JSON text. The API's types always encode (string keys only);
+/// the error is there so that a future type that cannot is a message, not a panic.
+pub(crate) fn encode(body: &impl Serialize) -> Result<Vec<u8>, Exit> {
+    serde_json::to_vec(body).map_err(|e| Exit::usage(format!("cannot encode the request: {e}")))
 }
 
 impl Call {
@@ -44,14 +56,14 @@ impl Call {
         }
     }
 
-    fn post(path: impl Into<String>, body: Value, view: View) -> Call {
-        Call {
+    fn post(path: impl Into<String>, body: &impl Serialize, view: View) -> Result<Call, Exit> {
+        Ok(Call {
             method: "POST",
             path: path.into(),
             token: None,
-            body: Some(body),
+            body: Some(encode(body)?),
             view,
-        }
+        })
     }
 
     fn with_token(mut self, token: String) -> Call {
@@ -61,19 +73,24 @@ impl Call {
 }
 
 /// Turns a lease or top-up's payment flags into the API's `payment` object.
-fn payment(p: &PaymentArgs) -> Result<Value, Exit> {
+fn payment(p: &PaymentArgs) -> Result<PaymentBody, Exit> {
     if let Some(name) = &p.payment {
-        return input::read_json(name);
+        return input::read_json(
+            name,
+            "a payment object ({\"onchain\": {...}} or {\"credit\": {\"proofs\": [...]}})",
+        );
     }
     if let Some(name) = &p.credit {
-        return Ok(json!({"credit": {"proofs": input::read_proofs(name)?}}));
+        return Ok(PaymentBody::Credit(CreditPayment {
+            proofs: input::read_proofs(name)?,
+        }));
     }
     match (&p.tx, &p.proof, &p.quote_id) {
-        (Some(tx), Some(proof), Some(quote)) => Ok(json!({"onchain": {
-            "quote_id": quote,
-            "tx_hex": input::read_hex("--tx", tx)?,
-            "proof_hex": input::read_hex("--proof", proof)?,
-        }})),
+        (Some(tx), Some(proof), Some(quote)) => Ok(PaymentBody::Onchain(OnchainPayment {
+            quote_id: quote.clone(),
+            tx_hex: input::read_hex("--tx", tx)?,
+            proof_hex: input::read_hex("--proof", proof)?,
+        })),
         // clap enforces the group; this is the message if it ever lets one through.
         _ => Err(Exit::usage(
             "a payment needs --payment FILE, --credit FILE, or --tx, --proof and --quote-id",
@@ -91,11 +108,13 @@ pub fn call_for(cmd: Cmd) -> Result<Call, Exit> {
             seconds,
             image,
         } => {
-            let mut q = json!({"vcpus": vcpus, "mem_mib": mem_mib, "seconds": seconds});
-            if let Some(i) = image {
-                q["image"] = json!(i);
-            }
-            Call::post("/v1/quotes", q, View::Quote)
+            let q = QuoteRequest {
+                vcpus,
+                mem_mib,
+                seconds,
+                image,
+            };
+            Call::post("/v1/quotes", &q, View::Quote)?
         }
         Cmd::Leases => Call::get("/v1/leases", View::Leases),
         Cmd::Lease { cmd } => lease_call(cmd)?,
@@ -103,9 +122,11 @@ pub fn call_for(cmd: Cmd) -> Result<Call, Exit> {
             cmd: ChainCmd::AddHeaders { file },
         } => Call::post(
             "/v1/chain/headers",
-            json!({"headers": input::read_headers(&file)?}),
+            &HeadersRequest {
+                headers: input::read_headers(&file)?,
+            },
             View::Headers,
-        ),
+        )?,
         Cmd::Regtest { .. } | Cmd::Wallet { .. } => {
             return Err(Exit::usage(
                 "regtest and wallet commands are not a single API call",
@@ -124,6 +145,34 @@ fn read_ssh_key(arg: &str) -> Result<String, Exit> {
     }
 }
 
+/// The create a `lease create` command line asks for, without its recovery key (which
+/// [`create_retry`] adds).
+fn create_request(
+    vcpus: u32,
+    mem_mib: u64,
+    image: String,
+    cmdline: Option<String>,
+    ssh_key: Option<String>,
+    pay: &PaymentArgs,
+) -> Result<CreateRequest, Exit> {
+    let payment = payment(pay)?;
+    Ok(CreateRequest {
+        vcpus,
+        mem_mib,
+        image,
+        cmdline,
+        ssh_key: ssh_key.as_deref().map(read_ssh_key).transpose()?,
+        payment,
+        outputs: None,
+        recovery_key: None,
+    })
+}
+
+/// `POST /v1/leases` with `req`.
+pub(crate) fn create_call(req: &CreateRequest) -> Result<Call, Exit> {
+    Call::post("/v1/leases", req, View::Created)
+}
+
 fn lease_call(cmd: LeaseCmd) -> Result<Call, Exit> {
     Ok(match cmd {
         LeaseCmd::Create {
@@ -134,34 +183,36 @@ fn lease_call(cmd: LeaseCmd) -> Result<Call, Exit> {
             ssh_key,
             pay,
             ..
-        } => {
-            let mut q = json!({"vcpus": vcpus, "mem_mib": mem_mib, "image": image,
-                               "payment": payment(&pay)?});
-            if let Some(cl) = cmdline {
-                q["cmdline"] = json!(cl);
-            }
-            if let Some(key) = ssh_key {
-                q["ssh_key"] = json!(read_ssh_key(&key)?);
-            }
-            Call::post("/v1/leases", q, View::Created)
-        }
+        } => create_call(&create_request(
+            vcpus, mem_mib, image, cmdline, ssh_key, &pay,
+        )?)?,
         LeaseCmd::Show { id, token } => {
             Call::get(format!("/v1/leases/{id}"), View::Lease).with_token(token.token)
         }
         LeaseCmd::Topup { id, token, pay } => Call::post(
             format!("/v1/leases/{id}/topup"),
-            json!({"payment": payment(&pay)?}),
+            &TopupRequest {
+                payment: payment(&pay)?,
+            },
             View::Topup,
-        )
+        )?
         .with_token(token.token),
         LeaseCmd::Stop {
             id, token, outputs, ..
         } => {
-            let body = match outputs {
-                Some(f) => json!({"outputs": input::read_json(&f)?}),
-                None => json!({}),
+            let outputs = match outputs {
+                Some(f) => Some(input::read_json::<Vec<BlindedMessage>>(
+                    &f,
+                    "a JSON array of blinded messages",
+                )?),
+                None => None,
             };
-            Call::post(format!("/v1/leases/{id}/stop"), body, View::Stopped).with_token(token.token)
+            Call::post(
+                format!("/v1/leases/{id}/stop"),
+                &StopRequest { outputs },
+                View::Stopped,
+            )?
+            .with_token(token.token)
         }
         LeaseCmd::Console { id, token } => {
             Call::get(format!("/v1/leases/{id}/console"), View::Text).with_token(token.token)
@@ -170,13 +221,14 @@ fn lease_call(cmd: LeaseCmd) -> Result<Call, Exit> {
 }
 
 pub(crate) async fn send(c: &Client, call: &Call) -> Result<Reply, Exit> {
-    let body = call
-        .body
-        .as_ref()
-        .map(|b| serde_json::to_vec(b).unwrap_or_default());
-    c.call(call.method, &call.path, call.token.as_deref(), body)
-        .await
-        .map_err(Exit::from_client)
+    c.call(
+        call.method,
+        &call.path,
+        call.token.as_deref(),
+        call.body.clone(),
+    )
+    .await
+    .map_err(Exit::from_client)
 }
 
 /// Shows a reply; a non-2xx answer becomes exit 1 with the daemon's error code.
@@ -185,8 +237,19 @@ pub(crate) fn show(r: &Reply, view: View, json_mode: bool) -> Result<(), Exit> {
     if json_mode || matches!(view, View::Text) && ok {
         crate::exit::print_raw(&r.body);
     } else if ok {
-        println!("{}", human::render(view, &r.json()));
-    } else if let Some(extra) = human::error_details(&r.json()) {
+        match human::render(view, &r.body) {
+            Ok(text) => println!("{text}"),
+            // A daemon newer than this coinop may answer in a shape it does not know: the
+            // answer is still worth seeing (it may hold a token), so it is shown as sent.
+            Err(e) => {
+                eprintln!(
+                    "coinop: note: cannot read the answer as a {view:?} reply ({e}); \
+                     shown as received"
+                );
+                crate::exit::print_raw(&r.body);
+            }
+        }
+    } else if let Some(extra) = human::error_details(&r.body) {
         println!("{extra}");
     }
     if ok {
@@ -199,24 +262,22 @@ pub(crate) fn show(r: &Reply, view: View, json_mode: bool) -> Result<(), Exit> {
 /// Runs the parsed command line; the error carries the exit code and its one-line message.
 pub async fn run(cli: Cli) -> Result<(), Exit> {
     let c = Client::new(&cli.socket);
-    if let Cmd::Regtest {
-        cmd: RegtestCmd::Pay { quote_id },
-    } = &cli.cmd
-    {
-        // Not an API answer: the payment object, always JSON so it can be piped.
-        let p = crate::regtest_pay::pay_quote(&c, quote_id)
-            .await
-            .map_err(Exit::from_pay)?;
-        println!("{p}");
-        return Ok(());
-    }
-    match &cli.cmd {
+    let json_mode = cli.json;
+    match cli.cmd {
+        Cmd::Regtest {
+            cmd: RegtestCmd::Pay { quote_id },
+        } => {
+            let p = regtest_pay::pay_quote_onchain(&c, &quote_id)
+                .await
+                .map_err(Exit::from_pay)?;
+            // Not an API answer: the payment object, always JSON so it can be piped.
+            let text = encode(&PaymentBody::Onchain(p))?;
+            crate::exit::print_raw(&text);
+            Ok(())
+        }
         Cmd::Wallet { cmd, wallet } => {
-            let path = wallet
-                .path
-                .clone()
-                .unwrap_or_else(wallet_cli::default_wallet_path);
-            return wallet_cli::run(&c, cmd, &path, cli.json).await;
+            let path = wallet.path.unwrap_or_else(wallet_cli::default_wallet_path);
+            wallet_cli::run(&c, &cmd, &path, json_mode).await
         }
         Cmd::Lease {
             cmd:
@@ -228,27 +289,29 @@ pub async fn run(cli: Cli) -> Result<(), Exit> {
                     ..
                 },
         } => {
-            let path = wallet
-                .path
-                .clone()
-                .unwrap_or_else(wallet_cli::default_wallet_path);
-            return wallet_cli::stop(&c, id, &token.token, &path, cli.json).await;
+            let path = wallet.path.unwrap_or_else(wallet_cli::default_wallet_path);
+            wallet_cli::stop(&c, &id, &token.token, &path, json_mode).await
         }
         Cmd::Lease {
             cmd:
                 LeaseCmd::Create {
+                    vcpus,
+                    mem_mib,
+                    image,
+                    cmdline,
+                    ssh_key,
+                    pay,
                     recovery_key_file,
                     retries,
-                    ..
                 },
         } => {
-            let (file, retries) = (recovery_key_file.clone(), *retries);
-            let call = call_for(cli.cmd)?;
-            return create_retry::run(&c, call, file, retries, cli.json).await;
+            let req = create_request(vcpus, mem_mib, image, cmdline, ssh_key, &pay)?;
+            create_retry::run(&c, req, recovery_key_file, retries, json_mode).await
         }
-        _ => {}
+        cmd => {
+            let call = call_for(cmd)?;
+            let reply = send(&c, &call).await?;
+            show(&reply, call.view, json_mode)
+        }
     }
-    let call = call_for(cli.cmd)?;
-    let reply = send(&c, &call).await?;
-    show(&reply, call.view, cli.json)
 }

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
-use serde_json::Value;
+use coinop_proto::requests::{CreateRequest, PaymentBody};
 
 use crate::client::Client;
-use crate::commands::{send, show, Call, View};
+use crate::commands::{create_call, send, show, View};
 use crate::exit::{Exit, UNREACHABLE};
 use coinop_proto::recovery_key::{recovery_hash, KEY_HEX_LEN};
 
@@ -24,13 +24,20 @@ use coinop_proto::recovery_key::{recovery_hash, KEY_HEX_LEN};
 const RESEND_PAUSE: Duration = Duration::from_secs(1);
 
 /// `~/.coinop/creates/<first 128 bits of SHA-256 of the payment JSON>.key`.
-pub fn default_key_path(payment: &Value) -> PathBuf {
+///
+/// The JSON hashed is the payment as a `serde_json::Value` printed (keys sorted), not the
+/// request's own encoding: that is the text every coinop so far has hashed, so a create
+/// whose reply was lost is found again by a newer coinop too.
+pub fn default_key_path(payment: &PaymentBody) -> Result<PathBuf, Exit> {
+    let canonical = serde_json::to_value(payment)
+        .map_err(|e| Exit::usage(format!("cannot encode the payment: {e}")))?
+        .to_string();
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    let digest = sha256::Hash::hash(payment.to_string().as_bytes()).to_byte_array();
-    PathBuf::from(home)
+    let digest = sha256::Hash::hash(canonical.as_bytes()).to_byte_array();
+    Ok(PathBuf::from(home)
         .join(".coinop")
         .join("creates")
-        .join(format!("{}.key", hex::encode(&digest[..16])))
+        .join(format!("{}.key", hex::encode(&digest[..16]))))
 }
 
 fn io_exit(path: &Path, what: &str, e: std::io::Error) -> Exit {
@@ -86,16 +93,15 @@ pub fn load_or_create(path: &Path) -> Result<(String, bool), Exit> {
 /// cannot be reached, and shows the answer.
 pub async fn run(
     c: &Client,
-    mut call: Call,
+    mut req: CreateRequest,
     key_file: Option<PathBuf>,
     retries: u32,
     json_mode: bool,
 ) -> Result<(), Exit> {
-    let body = call
-        .body
-        .as_mut()
-        .ok_or_else(|| Exit::usage("lease create has no request body"))?;
-    let path = key_file.unwrap_or_else(|| default_key_path(&body["payment"]));
+    let path = match key_file {
+        Some(p) => p,
+        None => default_key_path(&req.payment)?,
+    };
     let (key, retry) = load_or_create(&path)?;
     if retry {
         eprintln!(
@@ -103,7 +109,8 @@ pub async fn run(
             path.display()
         );
     }
-    body["recovery_key"] = Value::String(key);
+    req.recovery_key = Some(key);
+    let call = create_call(&req)?;
     let mut attempt = 0;
     let reply = loop {
         match send(c, &call).await {
@@ -151,14 +158,37 @@ mod tests {
         assert_eq!(load_or_create(&path).expect_err("bad key").code, 2);
     }
 
+    fn credit(secret: &str) -> PaymentBody {
+        PaymentBody::Credit(coinop_proto::requests::CreditPayment {
+            proofs: vec![payment::credit::nut_types::Proof {
+                amount: 4,
+                id: "00ffd48b8f5ecf80".into(),
+                secret: secret.into(),
+                c: "02aa".into(),
+                witness: None,
+                dleq: None,
+            }],
+        })
+    }
+
     #[test]
     fn the_default_file_is_named_after_the_payment() {
-        let a = default_key_path(&serde_json::json!({"credit": {"proofs": [1]}}));
-        let b = default_key_path(&serde_json::json!({"credit": {"proofs": [2]}}));
+        let a = default_key_path(&credit("s1")).expect("path");
+        let b = default_key_path(&credit("s2")).expect("path");
         assert_ne!(a, b);
-        assert_eq!(
-            a,
-            default_key_path(&serde_json::json!({"credit": {"proofs": [1]}}))
-        );
+        assert_eq!(a, default_key_path(&credit("s1")).expect("path"));
+    }
+
+    #[test]
+    fn the_file_name_hashes_the_same_text_as_earlier_coinops() {
+        // Earlier coinops built the payment with json! and hashed its printed form; a
+        // create they left behind must be found under the same name.
+        let earlier = serde_json::json!({"credit": {"proofs": [{"amount": 4,
+            "id": "00ffd48b8f5ecf80", "secret": "s1", "C": "02aa"}]}})
+        .to_string();
+        let digest = sha256::Hash::hash(earlier.as_bytes()).to_byte_array();
+        let name = format!("{}.key", hex::encode(&digest[..16]));
+        let path = default_key_path(&credit("s1")).expect("path");
+        assert_eq!(path.file_name(), Some(std::ffi::OsStr::new(&name)));
     }
 }

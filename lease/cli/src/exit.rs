@@ -9,6 +9,8 @@
 
 use std::io::Write;
 
+use coinop_proto::ErrorBody;
+
 use crate::client::{ClientError, Reply};
 use crate::regtest_pay::PayError;
 
@@ -50,12 +52,11 @@ impl Exit {
 
     /// A non-2xx answer: `HTTP <status> <code>: <message>` from the daemon's error body.
     pub fn daemon(r: &Reply) -> Exit {
-        let v = r.json();
-        let code = v["error"]["code"].as_str().unwrap_or("unknown_error");
-        let msg = v["error"]["message"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| one_line(&r.text()));
+        let (code, msg) = match r.parse::<ErrorBody>() {
+            Ok(b) => (b.error.code, b.error.message),
+            // Not coinop's error shape (e.g. a route this daemon does not have): its text.
+            Err(_) => ("unknown_error".to_string(), one_line(&r.text())),
+        };
         Exit {
             code: DAEMON_ERROR,
             message: format!("HTTP {} {code}: {msg}", r.status),

@@ -3,7 +3,10 @@
 
 use std::io::Read;
 
-use serde_json::Value;
+use coinop_proto::requests::CreditPayment;
+use payment::credit::nut_types::Proof;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::exit::Exit;
 
@@ -22,27 +25,37 @@ pub fn read_text(name: &str) -> Result<String, Exit> {
     Ok(s)
 }
 
-pub fn read_json(name: &str) -> Result<Value, Exit> {
+/// FILE's JSON as `T`; `what` names it in the error (e.g. "a payment object").
+pub fn read_json<T: DeserializeOwned>(name: &str, what: &str) -> Result<T, Exit> {
     serde_json::from_str(&read_text(name)?)
-        .map_err(|e| Exit::usage(format!("{name} is not JSON: {e}")))
+        .map_err(|e| Exit::usage(format!("{name} is not {what}: {e}")))
+}
+
+/// The shapes a file of Cashu proofs may have.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ProofsFile {
+    Bare(Vec<Proof>),
+    Listed { proofs: Vec<Proof> },
+    Payment { credit: CreditPayment },
 }
 
 /// Cashu proofs from FILE: a JSON array of proofs, `{"proofs": [...]}`, or a whole
 /// `{"credit": {"proofs": [...]}}` payment.
-pub fn read_proofs(name: &str) -> Result<Value, Exit> {
-    let v = read_json(name)?;
-    let proofs = match &v {
-        Value::Array(_) => v.clone(),
-        Value::Object(o) if o.contains_key("proofs") => v["proofs"].clone(),
-        Value::Object(o) if o.contains_key("credit") => v["credit"]["proofs"].clone(),
-        _ => Value::Null,
+pub fn read_proofs(name: &str) -> Result<Vec<Proof>, Exit> {
+    let proofs = match serde_json::from_str(&read_text(name)?) {
+        Ok(ProofsFile::Bare(p) | ProofsFile::Listed { proofs: p }) => p,
+        Ok(ProofsFile::Payment { credit }) => credit.proofs,
+        // An untagged enum's error only says that no shape matched; the message below
+        // names the shapes instead.
+        Err(_) => Vec::new(),
     };
-    match proofs {
-        Value::Array(a) if !a.is_empty() => Ok(Value::Array(a)),
-        _ => Err(Exit::usage(format!(
+    if proofs.is_empty() {
+        return Err(Exit::usage(format!(
             "{name}: expected a non-empty JSON array of Cashu proofs (or {{\"proofs\": [...]}})"
-        ))),
+        )));
     }
+    Ok(proofs)
 }
 
 /// A hex argument, given inline or as `@FILE` (`@-` for stdin).

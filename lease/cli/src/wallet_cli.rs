@@ -3,14 +3,30 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
+use serde::Serialize;
 
 use crate::args::WalletCmd;
 use crate::client::Client;
-use crate::exit::{Exit, DAEMON_ERROR};
+use crate::commands::encode;
+use crate::exit::{print_raw, Exit, DAEMON_ERROR};
 use crate::human;
 use crate::wallet::{Wallet, WalletError};
-use crate::wallet_commands::{credit_payment, mint_regtest, stop_with_change, WalletCmdError};
+use crate::wallet_commands::{
+    credit_payment, mint_regtest, stop_with_change, Stopped, WalletCmdError,
+};
+
+/// `wallet balance --json`.
+#[derive(Serialize)]
+struct Balance {
+    balance_sat: u64,
+}
+
+/// `wallet mint --json`.
+#[derive(Serialize)]
+struct Minted {
+    minted_sat: u64,
+    balance_sat: u64,
+}
 
 /// `$COINOP_WALLET`, else `~/.coinop/wallet.json`.
 pub fn default_wallet_path() -> PathBuf {
@@ -48,7 +64,7 @@ pub async fn run(c: &Client, cmd: &WalletCmd, path: &Path, json_mode: bool) -> R
         WalletCmd::Balance => {
             let sat = w.balance_sat();
             if json_mode {
-                println!("{}", json!({"balance_sat": sat}));
+                print_raw(&encode(&Balance { balance_sat: sat })?);
             } else {
                 println!("{sat} sat in {}", path.display());
             }
@@ -56,10 +72,10 @@ pub async fn run(c: &Client, cmd: &WalletCmd, path: &Path, json_mode: bool) -> R
         WalletCmd::Mint { amount } => {
             let got = mint_regtest(c, &mut w, *amount).await.map_err(cmd_exit)?;
             if json_mode {
-                println!(
-                    "{}",
-                    json!({"minted_sat": got, "balance_sat": w.balance_sat()})
-                );
+                print_raw(&encode(&Minted {
+                    minted_sat: got,
+                    balance_sat: w.balance_sat(),
+                })?);
             } else {
                 println!("minted {got} sat; wallet holds {} sat", w.balance_sat());
             }
@@ -67,7 +83,7 @@ pub async fn run(c: &Client, cmd: &WalletCmd, path: &Path, json_mode: bool) -> R
         WalletCmd::Pay { amount } => {
             // Always JSON: it is meant for `lease create --payment -`.
             let p = credit_payment(&mut w, *amount).map_err(cmd_exit)?;
-            println!("{p}");
+            print_raw(&encode(&p)?);
         }
     }
     Ok(())
@@ -82,20 +98,24 @@ pub async fn stop(
     json_mode: bool,
 ) -> Result<(), Exit> {
     let mut w = open(path)?;
-    let (reply, got) = stop_with_change(c, &mut w, id, token)
+    let Stopped {
+        reply,
+        body,
+        received_sat,
+    } = stop_with_change(c, &mut w, id, token)
         .await
         .map_err(cmd_exit)?;
     if json_mode {
-        println!("{reply}");
+        print_raw(&body);
     } else {
         // The state and refund lines as `lease stop` shows them; the change line differs,
         // since the signatures are already unblinded into the wallet.
-        let shown = human::render(crate::commands::View::Stopped, &reply);
+        let shown = human::stopped(&reply);
         for line in shown.lines().filter(|l| !l.starts_with("change")) {
             println!("{line}");
         }
         println!(
-            "change     {got} sat into {} (DLEQ-checked); wallet holds {} sat",
+            "change     {received_sat} sat into {} (DLEQ-checked); wallet holds {} sat",
             path.display(),
             w.balance_sat()
         );

@@ -2,14 +2,22 @@
 //! chain, turn notes into a `payment` object, and collect a stopped lease's change, each
 //! with the tenant's [`Wallet`] file on one side and coinopd's API on the other.
 
-use serde_json::{json, Value};
+use coinop_proto::replies::StopResponse;
+use coinop_proto::requests::{CreditPayment, PaymentBody, StopRequest};
+use coinop_proto::LeaseView;
+use hyper::body::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use thiserror::Error;
 
 use payment::credit::amount::split;
-use payment::credit::nut_types::{BlindSignature, KeysResponse};
+use payment::credit::nut_types::{
+    KeysResponse, MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest,
+    MintQuoteOnchainResponse,
+};
 
 use crate::client::{Client, ClientError, Reply};
-use crate::regtest_pay::{pay_quote, PayError};
+use crate::regtest_pay::{pay_quote_onchain, PayError};
 use crate::wallet::{Wallet, WalletError};
 
 #[derive(Debug, Error)]
@@ -31,37 +39,55 @@ pub enum WalletCmdError {
         what: &'static str,
         field: &'static str,
     },
+    /// The answer is not the type this coinop knows; its text is kept in the message, as
+    /// it may carry change that is the tenant's money.
+    #[error("{what}: cannot read the reply ({source}): {body}")]
+    Body {
+        what: &'static str,
+        source: serde_json::Error,
+        body: String,
+    },
+    #[error("{what}: cannot encode the request: {source}")]
+    Encode {
+        what: &'static str,
+        source: serde_json::Error,
+    },
 }
 
-async fn call_ok(
+/// A request body as JSON.
+fn encode(what: &'static str, body: &impl Serialize) -> Result<Vec<u8>, WalletCmdError> {
+    serde_json::to_vec(body).map_err(|source| WalletCmdError::Encode { what, source })
+}
+
+/// One call that must succeed, its reply read as `T`; also the body as received.
+async fn call_ok<T: DeserializeOwned>(
     c: &Client,
     what: &'static str,
     (method, path): (&str, &str),
     token: Option<&str>,
-    body: Option<Value>,
-) -> Result<Value, WalletCmdError> {
-    let bytes = body.map(|b| serde_json::to_vec(&b).expect("JSON values always encode"));
-    let Reply { status, body } = c.call(method, path, token, bytes).await?;
-    let text = String::from_utf8_lossy(&body).into_owned();
-    if !(200..300).contains(&status) {
+    body: Option<Vec<u8>>,
+) -> Result<(T, Bytes), WalletCmdError> {
+    let r: Reply = c.call(method, path, token, body).await?;
+    if !(200..300).contains(&r.status) {
         return Err(WalletCmdError::Api {
             what,
-            status,
-            body: text,
+            status: r.status,
+            body: r.text(),
         });
     }
-    serde_json::from_str(&text).map_err(|_| WalletCmdError::Field {
-        what,
-        field: "(JSON body)",
-    })
+    match r.parse() {
+        Ok(v) => Ok((v, r.body)),
+        Err(source) => Err(WalletCmdError::Body {
+            what,
+            source,
+            body: r.text(),
+        }),
+    }
 }
 
 async fn mint_keys(c: &Client) -> Result<KeysResponse, WalletCmdError> {
-    let v = call_ok(c, "GET /v1/keys", ("GET", "/v1/keys"), None, None).await?;
-    serde_json::from_value(v).map_err(|_| WalletCmdError::Field {
-        what: "GET /v1/keys",
-        field: "keysets",
-    })
+    let (keys, _) = call_ok(c, "GET /v1/keys", ("GET", "/v1/keys"), None, None).await?;
+    Ok(keys)
 }
 
 fn active_keyset(keys: &KeysResponse) -> Result<String, WalletCmdError> {
@@ -75,82 +101,94 @@ fn active_keyset(keys: &KeysResponse) -> Result<String, WalletCmdError> {
         })
 }
 
-fn signatures(v: &Value, what: &'static str) -> Result<Vec<BlindSignature>, WalletCmdError> {
-    serde_json::from_value(v["signatures"].clone()).map_err(|_| WalletCmdError::Field {
-        what,
-        field: "signatures",
-    })
-}
-
 /// Mints `amount_sat` of credit paid on the daemon's regtest chain into `wallet`.
 pub async fn mint_regtest(
     c: &Client,
     wallet: &mut Wallet,
     amount_sat: u64,
 ) -> Result<u64, WalletCmdError> {
+    let ask = MintQuoteOnchainRequest {
+        amount: amount_sat,
+        unit: "sat".into(),
+    };
     const QUOTE: &str = "POST /v1/mint/quote/onchain";
-    let body = json!({"amount": amount_sat, "unit": "sat"});
-    let q = call_ok(
+    let (q, _): (MintQuoteOnchainResponse, _) = call_ok(
         c,
         QUOTE,
         ("POST", "/v1/mint/quote/onchain"),
         None,
-        Some(body),
+        Some(encode(QUOTE, &ask)?),
     )
     .await?;
-    let quote = q["quote"].as_str().ok_or(WalletCmdError::Field {
-        what: QUOTE,
-        field: "quote",
-    })?;
-    let paid = pay_quote(c, quote).await?;
+    let paid = pay_quote_onchain(c, &q.quote).await?;
     let keys = mint_keys(c).await?;
-    let batch = format!("mint-{quote}");
+    let batch = format!("mint-{}", q.quote);
     let outputs = wallet.new_outputs(&batch, &active_keyset(&keys)?, &split(amount_sat))?;
-    let body = json!({"payment": paid["onchain"], "outputs": outputs});
+    let mint = MintOnchainRequest {
+        payment: paid,
+        outputs,
+    };
     const MINT: &str = "POST /v1/mint/onchain";
-    let r = call_ok(c, MINT, ("POST", "/v1/mint/onchain"), None, Some(body)).await?;
-    Ok(wallet.receive(&batch, &keys.keysets, &signatures(&r, MINT)?)?)
+    let (r, _): (MintOnchainResponse, _) = call_ok(
+        c,
+        MINT,
+        ("POST", "/v1/mint/onchain"),
+        None,
+        Some(encode(MINT, &mint)?),
+    )
+    .await?;
+    Ok(wallet.receive(&batch, &keys.keysets, &r.signatures)?)
 }
 
 /// Takes notes worth at least `amount_sat` and wraps them as a lease `payment`.
-pub fn credit_payment(wallet: &mut Wallet, amount_sat: u64) -> Result<Value, WalletCmdError> {
+pub fn credit_payment(wallet: &mut Wallet, amount_sat: u64) -> Result<PaymentBody, WalletCmdError> {
     let proofs = wallet.take(amount_sat)?;
-    Ok(json!({"credit": {"proofs": proofs}}))
+    Ok(PaymentBody::Credit(CreditPayment { proofs }))
 }
 
-/// Stops lease `id` and keeps its change in `wallet`. Returns the daemon's reply and the sat
-/// received.
+/// A stop that collected its change: the daemon's answer (read, and as received) and the
+/// sat that came into the wallet.
+pub struct Stopped {
+    pub reply: StopResponse,
+    pub body: Bytes,
+    pub received_sat: u64,
+}
+
+/// Stops lease `id` and keeps its change in `wallet`.
 pub async fn stop_with_change(
     c: &Client,
     wallet: &mut Wallet,
     id: &str,
     token: &str,
-) -> Result<(Value, u64), WalletCmdError> {
-    const SHOW: &str = "GET /v1/leases/{id}";
+) -> Result<Stopped, WalletCmdError> {
     let path = format!("/v1/leases/{id}");
-    let lease = call_ok(c, SHOW, ("GET", &path), Some(token), None).await?;
-    let balance_sat = lease["balance_msat"]
-        .as_u64()
-        .ok_or(WalletCmdError::Field {
-            what: SHOW,
-            field: "balance_msat",
-        })?
-        / 1000;
+    let (lease, _): (LeaseView, _) =
+        call_ok(c, "GET /v1/leases/{id}", ("GET", &path), Some(token), None).await?;
+    let balance_sat = lease.balance_msat.sat_floor();
     // The refund can only be smaller than the balance seen now, and a number needs at most
     // as many power-of-two notes as it has bits: this many blanks always suffice.
     let blanks = (u64::BITS - balance_sat.leading_zeros()).max(1) as usize;
     let keys = mint_keys(c).await?;
     let batch = format!("change-{id}");
     let outputs = wallet.new_outputs(&batch, &active_keyset(&keys)?, &vec![1; blanks])?;
-    const STOP: &str = "POST /v1/leases/{id}/stop";
     let stop_path = format!("/v1/leases/{id}/stop");
-    let body = json!({"outputs": outputs});
-    let r = call_ok(c, STOP, ("POST", &stop_path), Some(token), Some(body)).await?;
-    let sigs = if r["signatures"].is_null() {
-        Vec::new()
-    } else {
-        signatures(&r, STOP)?
+    let ask = StopRequest {
+        outputs: Some(outputs),
     };
-    let received = wallet.receive(&batch, &keys.keysets, &sigs)?;
-    Ok((r, received))
+    const STOP: &str = "POST /v1/leases/{id}/stop";
+    let (reply, body): (StopResponse, _) = call_ok(
+        c,
+        STOP,
+        ("POST", &stop_path),
+        Some(token),
+        Some(encode(STOP, &ask)?),
+    )
+    .await?;
+    let sigs = reply.signatures.as_deref().unwrap_or_default();
+    let received_sat = wallet.receive(&batch, &keys.keysets, sigs)?;
+    Ok(Stopped {
+        reply,
+        body,
+        received_sat,
+    })
 }
