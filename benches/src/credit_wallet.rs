@@ -4,11 +4,15 @@
 
 use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
 use bitcoin::secp256k1::{PublicKey, SecretKey};
+use coinop_proto::replies::QuoteResponse;
+use coinop_proto::requests::{CreditPayment, PaymentBody, QuoteRequest};
 use payment::credit::bdhke::{blind_message, unblind};
-use payment::credit::nut_types::{BlindSignature, BlindedMessage, Proof};
-use serde_json::{json, Value};
+use payment::credit::nut_types::{
+    BlindedMessage, KeysResponse, MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest,
+    MintQuoteOnchainResponse, Proof,
+};
 
-use crate::daemon_proc::Daemon;
+use crate::daemon_proc::{read_ok, Daemon};
 use crate::error::BenchError;
 
 fn err(detail: impl std::fmt::Display) -> BenchError {
@@ -46,45 +50,34 @@ fn blanks(keyset_id: &str, amounts: &[u64]) -> Result<Vec<Blank>, BenchError> {
         .collect()
 }
 
-fn ok_json(r: coinop_cli::client::Reply, what: &str) -> Result<Value, BenchError> {
-    if r.status != 200 {
-        return Err(err(format!("{what}: HTTP {}: {}", r.status, r.text())));
-    }
-    Ok(r.json())
-}
-
 /// Mints proofs of exactly `amounts` (each a power of two, in sat) in one mint operation.
 pub async fn mint_proofs(d: &Daemon, amounts: &[u64]) -> Result<Vec<Proof>, BenchError> {
-    let keys = ok_json(d.call("GET", "/v1/keys", None, None).await?, "GET /v1/keys")?;
-    let ks = &keys["keysets"][0];
-    let keyset_id = ks["id"].as_str().ok_or_else(|| err("no keyset id"))?;
+    let keys: KeysResponse = read_ok(&d.get("/v1/keys", None).await?, "GET /v1/keys")?;
+    let ks = keys.keysets.first().ok_or_else(|| err("no keyset"))?;
     let total: u64 = amounts.iter().sum();
-    let q = d
-        .call(
-            "POST",
-            "/v1/mint/quote/onchain",
-            None,
-            Some(json!({"amount": total, "unit": "sat"})),
-        )
-        .await?;
-    let q = ok_json(q, "POST /v1/mint/quote/onchain")?;
-    let quote = q["quote"]
-        .as_str()
-        .ok_or_else(|| err("mint quote without id"))?;
-    let pay = coinop_cli::regtest_pay::pay_quote(&d.client, quote)
+    let ask = MintQuoteOnchainRequest {
+        amount: total,
+        unit: "sat".into(),
+    };
+    let q = d.post("/v1/mint/quote/onchain", None, &ask).await?;
+    let q: MintQuoteOnchainResponse = read_ok(&q, "POST /v1/mint/quote/onchain")?;
+    let pay = coinop_cli::regtest_pay::pay_quote_onchain(&d.client, &q.quote)
         .await
         .map_err(err)?;
-    let blank = blanks(keyset_id, amounts)?;
-    let body = json!({"payment": pay["onchain"],
-                      "outputs": blank.iter().map(|b| &b.msg).collect::<Vec<_>>()});
-    let r = d.call("POST", "/v1/mint/onchain", None, Some(body)).await?;
-    let r = ok_json(r, "POST /v1/mint/onchain")?;
-    let sigs: Vec<BlindSignature> = serde_json::from_value(r["signatures"].clone()).map_err(err)?;
-    sigs.iter()
+    let blank = blanks(&ks.id, amounts)?;
+    let mint = MintOnchainRequest {
+        payment: pay,
+        outputs: blank.iter().map(|b| b.msg.clone()).collect(),
+    };
+    let r = d.post("/v1/mint/onchain", None, &mint).await?;
+    let r: MintOnchainResponse = read_ok(&r, "POST /v1/mint/onchain")?;
+    r.signatures
+        .iter()
         .zip(&blank)
         .map(|(s, b)| {
-            let k: PublicKey = ks["keys"][s.amount.to_string()]
-                .as_str()
+            let k: PublicKey = ks
+                .keys
+                .get(&s.amount)
                 .and_then(|k| k.parse().ok())
                 .ok_or_else(|| err(format!("no mint key for amount {}", s.amount)))?;
             let c_: PublicKey = s.c_.parse().map_err(err)?;
@@ -102,11 +95,15 @@ pub async fn mint_proofs(d: &Daemon, amounts: &[u64]) -> Result<Vec<Proof>, Benc
 }
 
 /// `count` credit payments of `sat` each (a power of two), minted in one operation.
-pub async fn credit_payments(d: &Daemon, count: usize, sat: u64) -> Result<Vec<Value>, BenchError> {
+pub async fn credit_payments(
+    d: &Daemon,
+    count: usize,
+    sat: u64,
+) -> Result<Vec<PaymentBody>, BenchError> {
     let proofs = mint_proofs(d, &vec![sat; count]).await?;
     Ok(proofs
         .into_iter()
-        .map(|p| json!({"credit": {"proofs": [p]}}))
+        .map(|p| PaymentBody::Credit(CreditPayment { proofs: vec![p] }))
         .collect())
 }
 
@@ -116,20 +113,16 @@ pub async fn onchain_payment(
     vcpus: u32,
     mem_mib: u64,
     seconds: u64,
-) -> Result<Value, BenchError> {
-    let q = d
-        .call(
-            "POST",
-            "/v1/quotes",
-            None,
-            Some(json!({"vcpus": vcpus, "mem_mib": mem_mib, "seconds": seconds})),
-        )
-        .await?;
-    let q = ok_json(q, "POST /v1/quotes")?;
-    let id = q["quote_id"]
-        .as_str()
-        .ok_or_else(|| err("quote without id"))?;
-    coinop_cli::regtest_pay::pay_quote(&d.client, id)
+) -> Result<PaymentBody, BenchError> {
+    let ask = QuoteRequest {
+        vcpus,
+        mem_mib,
+        seconds,
+        image: None,
+    };
+    let q: QuoteResponse = read_ok(&d.post("/v1/quotes", None, &ask).await?, "POST /v1/quotes")?;
+    let paid = coinop_cli::regtest_pay::pay_quote_onchain(&d.client, &q.quote_id)
         .await
-        .map_err(err)
+        .map_err(err)?;
+    Ok(PaymentBody::Onchain(paid))
 }

@@ -7,7 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use coinop_cli::client::{Client, Reply};
-use serde_json::{json, Value};
+use coinop_proto::replies::CreateResponse;
+use coinop_proto::requests::{CreateRequest, PaymentBody};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::engines::GuestImage;
 use crate::error::BenchError;
@@ -152,25 +155,44 @@ impl Daemon {
         )))
     }
 
-    pub async fn call(
+    async fn call(
         &self,
         method: &str,
         path: &str,
         token: Option<&str>,
-        body: Option<Value>,
+        body: Option<Vec<u8>>,
     ) -> Result<Reply, BenchError> {
-        let bytes = body.map(|b| b.to_string().into_bytes());
         self.client
-            .call(method, path, token, bytes)
+            .call(method, path, token, body)
             .await
             .map_err(|e| err(format!("{method} {path}: {e}")))
     }
 
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Result<Reply, BenchError> {
+        self.call("GET", path, token, None).await
+    }
+
+    /// POSTs `body`, one of the API's request types, as JSON.
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &impl Serialize,
+    ) -> Result<Reply, BenchError> {
+        let bytes =
+            serde_json::to_vec(body).map_err(|e| err(format!("POST {path}: encoding: {e}")))?;
+        self.call("POST", path, token, Some(bytes)).await
+    }
+
     /// Remembers a created lease so it is stopped before the daemon goes.
-    pub fn track(&mut self, reply: &Value) {
-        if let (Some(id), Some(tok)) = (reply["lease_id"].as_str(), reply["token"].as_str()) {
-            self.live.push((id.to_string(), tok.to_string()));
-        }
+    pub fn track(&mut self, created: &CreateResponse) {
+        self.live
+            .push((created.lease_id.clone(), created.token.clone()));
+    }
+
+    /// Stops one lease (tracked or not), keeping its balance on it.
+    pub async fn stop(&self, id: &str, token: &str) -> Result<Reply, BenchError> {
+        stop_lease(&self.client, id, token).await
     }
 
     /// Stops every tracked lease (concurrently) and waits until the capacity is free again.
@@ -178,13 +200,7 @@ impl Daemon {
         let mut set = tokio::task::JoinSet::new();
         for (id, tok) in std::mem::take(&mut self.live) {
             let client = Client::new(&self.socket);
-            set.spawn(async move {
-                let path = format!("/v1/leases/{id}/stop");
-                client
-                    .call("POST", &path, Some(&tok), None)
-                    .await
-                    .map_err(|e| err(format!("POST {path}: {e}")))
-            });
+            set.spawn(async move { stop_lease(&client, &id, &tok).await });
         }
         while let Some(joined) = set.join_next().await {
             let r = joined.map_err(|e| err(format!("stop task: {e}")))??;
@@ -246,8 +262,39 @@ fn kill_term(pid: u32) {
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
 }
 
+/// `POST /v1/leases/{id}/stop` with no body at all (as the harness always sent it): no
+/// outputs, so the balance stays on the lease, which the harness never collects.
+async fn stop_lease(client: &Client, id: &str, token: &str) -> Result<Reply, BenchError> {
+    let path = format!("/v1/leases/{id}/stop");
+    client
+        .call("POST", &path, Some(token), None)
+        .await
+        .map_err(|e| err(format!("POST {path}: {e}")))
+}
+
+/// A 2xx reply read as `T`, one of the API's reply types; `what` names the call.
+pub fn read_ok<T: DeserializeOwned>(r: &Reply, what: &str) -> Result<T, BenchError> {
+    let fail = |detail: String| BenchError::Run {
+        what: what.to_string(),
+        detail,
+    };
+    if !(200..300).contains(&r.status) {
+        return Err(fail(format!("HTTP {}: {}", r.status, r.text())));
+    }
+    r.parse()
+        .map_err(|e| fail(format!("reading the reply ({e}): {}", r.text())))
+}
+
 /// A lease request body for the bench image.
-pub fn lease_body(vcpus: u32, mem_mib: u64, cmdline: &str, payment: Value) -> Value {
-    json!({"vcpus": vcpus, "mem_mib": mem_mib, "image": IMAGE, "cmdline": cmdline,
-           "payment": payment})
+pub fn lease_body(vcpus: u32, mem_mib: u64, cmdline: &str, payment: PaymentBody) -> CreateRequest {
+    CreateRequest {
+        vcpus,
+        mem_mib,
+        image: IMAGE.to_string(),
+        cmdline: Some(cmdline.to_string()),
+        ssh_key: None,
+        payment,
+        outputs: None,
+        recovery_key: None,
+    }
 }

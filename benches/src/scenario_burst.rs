@@ -90,17 +90,8 @@ impl BurstScenario {
         if let Some(e) = first_err {
             // Stop what did start before reporting the failure.
             for c in &created {
-                let _ = d
-                    .call(
-                        "POST",
-                        &format!(
-                            "/v1/leases/{}/stop",
-                            c.reply["lease_id"].as_str().unwrap_or("")
-                        ),
-                        c.reply["token"].as_str(),
-                        None,
-                    )
-                    .await;
+                // Best effort: the burst's own error is the one to report.
+                let _ = d.stop(&c.reply.lease_id, &c.reply.token).await;
             }
             return Err(e);
         }

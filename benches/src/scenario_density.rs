@@ -3,7 +3,7 @@
 //! daemon's CPU time per metering tick with every guest live.
 
 use crate::credit_wallet;
-use crate::daemon_proc::{lease_body, DaemonSpec};
+use crate::daemon_proc::{lease_body, read_ok, DaemonSpec};
 use crate::error::BenchError;
 use crate::lease_request;
 use crate::proc_stats;
@@ -56,11 +56,11 @@ impl DensityScenario {
                     p,
                 );
                 let t0 = std::time::Instant::now();
-                let r = d.call("POST", "/v1/leases", None, Some(body)).await?;
+                let r = d.post("/v1/leases", None, &body).await?;
                 let ms = t0.elapsed().as_secs_f64() * 1e3;
                 match r.status {
                     201 => {
-                        d.track(&r.json());
+                        d.track(&read_ok(&r, "POST /v1/leases")?);
                         if keep {
                             s.push(COL, lease_request::REPLY_METRIC, ms);
                         }

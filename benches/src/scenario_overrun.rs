@@ -11,11 +11,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use coinop_proto::replies::{CreateResponse, HostView};
+use coinop_proto::{LeaseState, LeaseView};
 use coinopd::vmm_control;
 use payment::metering::{self, Prices, UsageDelta};
 
 use crate::credit_wallet;
-use crate::daemon_proc::{lease_body, Daemon, DaemonSpec};
+use crate::daemon_proc::{lease_body, read_ok, Daemon, DaemonSpec};
 use crate::error::BenchError;
 use crate::report::ScenarioReport;
 use crate::sample_set::SampleSet;
@@ -161,7 +163,7 @@ impl OverrunScenario {
             &self.daemon.guest.cmdline,
             payment,
         );
-        let r = d.call("POST", "/v1/leases", None, Some(body)).await?;
+        let r = d.post("/v1/leases", None, &body).await?;
         if r.status != 201 {
             return Err(err(format!(
                 "create answered HTTP {}: {}",
@@ -169,33 +171,25 @@ impl OverrunScenario {
                 r.text()
             )));
         }
-        let created = r.json();
+        let created: CreateResponse = read_ok(&r, "POST /v1/leases")?;
         d.track(&created);
-        let id = created["lease_id"]
-            .as_str()
-            .ok_or_else(|| err("no lease_id"))?;
-        let token = created["token"].as_str().ok_or_else(|| err("no token"))?;
-        let paid = created["balance_msat"]
-            .as_u64()
-            .ok_or_else(|| err("no balance_msat"))?;
+        let (id, token) = (created.lease_id.as_str(), created.token.as_str());
+        let paid = created.balance_msat.msat();
         let control = d.state_dir().join("run").join(format!("{id}.sock"));
         let readings = poll_until_paused(d, id, token, &control).await?;
         let cost = |r: Reading| cost_msat(prices, self.daemon.mem_mib, r);
         let zero = zero_crossing(&readings, paid, cost)
             .ok_or_else(|| err("paused before its usage cost the payment"))?;
         let pause = pause_reading(&readings).ok_or_else(|| err("no readings"))?;
-        let shown = d
-            .call("GET", &format!("/v1/leases/{id}"), Some(token), None)
-            .await?
-            .json();
+        let shown = show_lease(d, id, token).await?;
         // The ledger's totals: vCPU µs and MiB·µs (priced as 1 MiB for that many µs).
         let ledger_used = UsageDelta {
-            vcpu_us: shown["used"]["vcpu_us"].as_u64().unwrap_or(0),
+            vcpu_us: shown.used.vcpu_us,
             mem_mib: 1,
-            wall_us: shown["used"]["mem_mib_us"].as_u64().unwrap_or(0),
+            wall_us: shown.used.mem_mib_us,
         };
         let billed = metering::debit(prices, ledger_used, 0, u64::MAX).msat;
-        let debited = shown["debited_msat"].as_u64().unwrap_or(0);
+        let debited = shown.debited_msat.msat();
         Ok(Overrun {
             vcpu_us: pause.vcpu_us.saturating_sub(zero.vcpu_us),
             msat: cost(pause).saturating_sub(paid),
@@ -232,11 +226,7 @@ async fn poll_until_paused(
             }
         } else if last_state_check.elapsed() >= Duration::from_millis(20) {
             last_state_check = Instant::now();
-            let shown = d
-                .call("GET", &format!("/v1/leases/{id}"), Some(token), None)
-                .await?
-                .json();
-            paused_seen = shown["state"] == "paused_unfunded";
+            paused_seen = show_lease(d, id, token).await?.state == LeaseState::PausedUnfunded;
         }
         if start.elapsed() > PAUSE_LIMIT {
             return Err(err(format!("lease {id} not paused within {PAUSE_LIMIT:?}")));
@@ -245,16 +235,17 @@ async fn poll_until_paused(
     }
 }
 
+/// `GET /v1/leases/{id}`.
+async fn show_lease(d: &Daemon, id: &str, token: &str) -> Result<LeaseView, BenchError> {
+    let r = d.get(&format!("/v1/leases/{id}"), Some(token)).await?;
+    read_ok(&r, "GET /v1/leases/{id}")
+}
+
 async fn host_prices(d: &Daemon) -> Result<Prices, BenchError> {
-    let h = d.call("GET", "/v1/host", None, None).await?.json();
-    let get = |k: &str| {
-        h["prices"][k]
-            .as_u64()
-            .ok_or_else(|| err(format!("GET /v1/host lacks prices.{k}")))
-    };
+    let h: HostView = read_ok(&d.get("/v1/host", None).await?, "GET /v1/host")?;
     Ok(Prices {
-        vcpu_msat_per_s: get("vcpu_msat_per_s")?,
-        gib_msat_per_s: get("gib_msat_per_s")?,
+        vcpu_msat_per_s: h.prices.vcpu_msat_per_s,
+        gib_msat_per_s: h.prices.gib_msat_per_s,
     })
 }
 
