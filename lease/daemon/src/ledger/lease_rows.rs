@@ -1,0 +1,123 @@
+//! The `leases` table read back as [`LeaseRow`]s (one lease, all of them, the live ones),
+//! and [`NewLease`], what a create inserts.
+
+use rusqlite::{Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+use super::{state, Ledger, LedgerError};
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub id: String,
+    #[serde(skip)]
+    pub token_hash: Vec<u8>,
+    pub vcpus: u32,
+    pub mem_mib: u64,
+    pub image: String,
+    pub cmdline: String,
+    pub state: String,
+    pub stop_reason: Option<String>,
+    pub balance_msat: u64,
+    pub carry_units: u64,
+    pub used_vcpu_us: u64,
+    pub used_mem_mib_us: u64,
+    pub last_vcpu_total_us: u64,
+    pub last_uptime_us: u64,
+    pub pid: Option<i32>,
+    pub control_path: String,
+    pub console_path: String,
+    pub paused_at: Option<i64>,
+    pub refunded_msat: Option<u64>,
+    /// msat metering has taken from this lease over its life.
+    pub debited_msat: u64,
+    /// Sub-sat remainder of the refund, kept by the host (set together with `refunded_msat`).
+    pub residual_msat: Option<u64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub boot_json: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewLease {
+    pub id: String,
+    pub token_hash: [u8; 32],
+    pub vcpus: u32,
+    pub mem_mib: u64,
+    pub image: String,
+    pub cmdline: String,
+    pub control_path: String,
+    pub console_path: String,
+    /// SHA-256 of the tenant's recovery key, if the create carried one: what a retry of this
+    /// create must prove it knows to get the lease back (see [`crate::create_recovery`]).
+    pub recovery_hash: Option<[u8; 32]>,
+}
+
+const LEASE_COLUMNS: &str = "id, token_hash, vcpus, mem_mib, image, cmdline, state, stop_reason,
+    balance_msat, carry_units, used_vcpu_us, used_mem_mib_us, last_vcpu_total_us,
+    last_uptime_us, pid, control_path, console_path, paused_at, refunded_msat, created_at,
+    updated_at, boot_json, debited_msat, residual_msat";
+
+fn lease_from_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
+    Ok(LeaseRow {
+        id: r.get(0)?,
+        token_hash: r.get(1)?,
+        vcpus: r.get(2)?,
+        mem_mib: r.get(3)?,
+        image: r.get(4)?,
+        cmdline: r.get(5)?,
+        state: r.get(6)?,
+        stop_reason: r.get(7)?,
+        balance_msat: r.get(8)?,
+        carry_units: r.get(9)?,
+        used_vcpu_us: r.get(10)?,
+        used_mem_mib_us: r.get(11)?,
+        last_vcpu_total_us: r.get(12)?,
+        last_uptime_us: r.get(13)?,
+        pid: r.get(14)?,
+        control_path: r.get(15)?,
+        console_path: r.get(16)?,
+        paused_at: r.get(17)?,
+        refunded_msat: r.get(18)?,
+        created_at: r.get(19)?,
+        updated_at: r.get(20)?,
+        boot_json: r.get(21)?,
+        debited_msat: r.get(22)?,
+        residual_msat: r.get(23)?,
+    })
+}
+
+pub(super) fn get_in(conn: &Connection, id: &str) -> Result<Option<LeaseRow>, LedgerError> {
+    let sql = format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = ?1");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([id], lease_from_row)
+        .optional()?)
+}
+
+pub(crate) fn require_in(conn: &Connection, id: &str) -> Result<LeaseRow, LedgerError> {
+    get_in(conn, id)?.ok_or_else(|| LedgerError::NoLease(id.to_string()))
+}
+
+impl Ledger {
+    pub fn get(&self, id: &str) -> Result<Option<LeaseRow>, LedgerError> {
+        self.with_conn(|c| get_in(c, id))
+    }
+
+    pub fn list(&self) -> Result<Vec<LeaseRow>, LedgerError> {
+        self.with_conn(|c| {
+            let sql = format!("SELECT {LEASE_COLUMNS} FROM leases ORDER BY created_at, id");
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map([], lease_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Leases that may have a guest: booting, running or paused.
+    pub fn live(&self) -> Result<Vec<LeaseRow>, LedgerError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|l| l.state != state::STOPPED)
+            .collect())
+    }
+}

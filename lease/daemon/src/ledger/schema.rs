@@ -1,0 +1,121 @@
+//! The ledger's tables, and the columns an older ledger gains when it is opened.
+
+use rusqlite::Connection;
+
+use super::LedgerError;
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS leases (
+    id TEXT PRIMARY KEY,
+    token_hash BLOB NOT NULL,
+    vcpus INTEGER NOT NULL,
+    mem_mib INTEGER NOT NULL,
+    image TEXT NOT NULL,
+    cmdline TEXT NOT NULL,
+    state TEXT NOT NULL,
+    stop_reason TEXT,
+    balance_msat INTEGER NOT NULL CHECK (balance_msat >= 0),
+    carry_units INTEGER NOT NULL DEFAULT 0,
+    used_vcpu_us INTEGER NOT NULL DEFAULT 0,
+    used_mem_mib_us INTEGER NOT NULL DEFAULT 0,
+    last_vcpu_total_us INTEGER NOT NULL DEFAULT 0,
+    last_uptime_us INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER,
+    control_path TEXT NOT NULL,
+    console_path TEXT NOT NULL,
+    paused_at INTEGER,
+    refunded_msat INTEGER,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    boot_json TEXT,
+    debited_msat INTEGER NOT NULL DEFAULT 0,
+    residual_msat INTEGER
+);
+CREATE INDEX IF NOT EXISTS leases_state ON leases(state);
+CREATE TABLE IF NOT EXISTS payments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    reference TEXT NOT NULL,
+    amount_msat INTEGER NOT NULL,
+    lease_id TEXT NOT NULL REFERENCES leases(id),
+    late INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lease_quotes (
+    id TEXT PRIMARY KEY,
+    purpose TEXT NOT NULL,
+    address TEXT NOT NULL,
+    derivation_index INTEGER NOT NULL,
+    amount_msat INTEGER NOT NULL,
+    vcpus INTEGER NOT NULL,
+    mem_mib INTEGER NOT NULL,
+    seconds INTEGER NOT NULL,
+    image TEXT,
+    expires_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";
+
+/// Columns added after the first schema; an older ledger gets them on open.
+pub(super) fn add_missing_columns(conn: &Connection) -> Result<(), LedgerError> {
+    let have: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('leases')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (name, decl) in [
+        ("debited_msat", "INTEGER NOT NULL DEFAULT 0"),
+        ("residual_msat", "INTEGER"),
+        ("payment_digest", "BLOB"),
+        ("recovery_hash", "BLOB"),
+        ("token_seq", "INTEGER NOT NULL DEFAULT 1"),
+        ("refund_outputs_digest", "BLOB"),
+    ] {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE leases ADD COLUMN {name} {decl}"))?;
+        }
+    }
+    // After the columns: an older ledger only now has payment_digest. Older leases have
+    // none (NULL) and cannot be recovered. Not UNIQUE: the spent set already makes a digest
+    // occur once, and its claim must be what refuses a reuse (same 409 as ever).
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS leases_payment_digest ON leases(payment_digest)",
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ledger::test_support::{credit, new_lease};
+    use crate::ledger::Ledger;
+    use rusqlite::Connection;
+
+    #[test]
+    fn an_older_ledger_gains_the_new_columns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.db");
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(
+                "CREATE TABLE leases (id TEXT PRIMARY KEY, token_hash BLOB NOT NULL,
+                 vcpus INTEGER NOT NULL, mem_mib INTEGER NOT NULL, image TEXT NOT NULL,
+                 cmdline TEXT NOT NULL, state TEXT NOT NULL, stop_reason TEXT,
+                 balance_msat INTEGER NOT NULL, carry_units INTEGER NOT NULL DEFAULT 0,
+                 used_vcpu_us INTEGER NOT NULL DEFAULT 0, used_mem_mib_us INTEGER NOT NULL DEFAULT 0,
+                 last_vcpu_total_us INTEGER NOT NULL DEFAULT 0, last_uptime_us INTEGER NOT NULL DEFAULT 0,
+                 pid INTEGER, control_path TEXT NOT NULL, console_path TEXT NOT NULL,
+                 paused_at INTEGER, refunded_msat INTEGER, created_at INTEGER NOT NULL,
+                 updated_at INTEGER NOT NULL, boot_json TEXT)",
+            )
+            .expect("old schema");
+        }
+        let l = Ledger::open(&path).expect("reopen with migration");
+        l.create_lease(&new_lease("a"), &credit(1, 1500))
+            .expect("create");
+        let r = l.refund("a", Ok::<u64, ()>).expect("ledger").expect("sign");
+        assert_eq!((r.refund_msat, r.residual_msat), (1000, 500));
+    }
+}

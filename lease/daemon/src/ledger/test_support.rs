@@ -1,0 +1,50 @@
+//! What the ledger's unit tests share: a ledger in a temporary directory, a lease, a payment,
+//! a reading and prices.
+
+use payment::metering::Prices;
+use payment::spent_set::SpendKey;
+
+use super::{Credit, Ledger, NewLease, Sample};
+
+/// A usage reading of lease "a": cumulative vCPU µs and uptime µs.
+pub(super) fn s(vcpu_total_us: u64, uptime_us: u64) -> Sample<'static> {
+    Sample {
+        lease_id: "a",
+        vcpu_total_us,
+        uptime_us,
+    }
+}
+
+pub(super) fn ledger() -> (tempfile::TempDir, Ledger) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let l = Ledger::open(&dir.path().join("ledger.db")).expect("open ledger");
+    (dir, l)
+}
+
+pub(super) fn new_lease(id: &str) -> NewLease {
+    NewLease {
+        id: id.into(),
+        token_hash: crate::token::token_hash("t"),
+        vcpus: 1,
+        mem_mib: 1024,
+        image: "testguest".into(),
+        cmdline: String::new(),
+        control_path: "/x.sock".into(),
+        console_path: "/x.console".into(),
+        recovery_hash: None,
+    }
+}
+
+pub(super) fn credit(key: u8, msat: u64) -> Credit {
+    Credit {
+        kind: "onchain",
+        reference: format!("k{key}"),
+        amount_msat: msat,
+        keys: vec![SpendKey::outpoint([key; 32], 0)],
+    }
+}
+
+pub(super) const P: Prices = Prices {
+    vcpu_msat_per_s: 1000,
+    gib_msat_per_s: 1000,
+};

@@ -1,0 +1,177 @@
+//! Metering: one tick's readings of the guests' cumulative counters, debited from the running
+//! leases in one transaction; a lease that runs dry is paused, and stopped once its grace
+//! period is over.
+
+use payment::metering::{self, Prices, UsageDelta};
+use rusqlite::{params, Transaction};
+
+use crate::clock::unix_s;
+
+use super::lease_rows::get_in;
+use super::{reason, state, LeaseRow, Ledger, LedgerError};
+
+/// One tick's reading of one guest's cumulative counters.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample<'a> {
+    pub lease_id: &'a str,
+    pub vcpu_total_us: u64,
+    pub uptime_us: u64,
+}
+
+/// What a tick decided for a lease; the scheduler acts on it after the commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TickAction {
+    None,
+    /// The balance just hit zero: pause the guest.
+    Pause,
+    /// The grace period ran out: stop the guest.
+    Stop,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TickOutcome {
+    pub lease_id: String,
+    pub debited_msat: u64,
+    pub balance_msat: u64,
+    pub action: TickAction,
+}
+
+impl Ledger {
+    /// Applies one tick of readings in one transaction: debits running leases, pauses those
+    /// that hit zero, stops paused ones whose grace ran out. Counters are cumulative, so the
+    /// debit is the delta since the last committed reading: a crash loses no usage at all
+    /// for vCPU time and at most the uncommitted tick's wall time for memory.
+    pub fn apply_tick(
+        &self,
+        samples: &[Sample<'_>],
+        prices: Prices,
+        grace_s: u64,
+    ) -> Result<Vec<TickOutcome>, LedgerError> {
+        let now = unix_s();
+        self.with_tx(|tx| {
+            let mut outcomes = Vec::with_capacity(samples.len());
+            for s in samples {
+                let Some(lease) = get_in(tx, s.lease_id)? else {
+                    continue;
+                };
+                outcomes.push(tick_one(tx, &lease, s, prices, grace_s, now)?);
+            }
+            Ok(outcomes)
+        })
+    }
+}
+
+fn tick_one(
+    tx: &Transaction<'_>,
+    lease: &LeaseRow,
+    s: &Sample<'_>,
+    prices: Prices,
+    grace_s: u64,
+    now: i64,
+) -> Result<TickOutcome, LedgerError> {
+    // Counters restart from zero only if the guest was replaced; never bill a negative delta.
+    let dvcpu = s.vcpu_total_us.saturating_sub(lease.last_vcpu_total_us);
+    let dwall = s.uptime_us.saturating_sub(lease.last_uptime_us);
+    let mut out = TickOutcome {
+        lease_id: lease.id.clone(),
+        debited_msat: 0,
+        balance_msat: lease.balance_msat,
+        action: TickAction::None,
+    };
+    let mut state = lease.state.as_str();
+    let mut paused_at = lease.paused_at;
+    let mut carry = lease.carry_units;
+    let mut used_vcpu = lease.used_vcpu_us;
+    let mut used_mem = lease.used_mem_mib_us;
+    match state {
+        state::RUNNING => {
+            let d = metering::debit(
+                prices,
+                UsageDelta {
+                    vcpu_us: dvcpu,
+                    mem_mib: lease.mem_mib,
+                    wall_us: dwall,
+                },
+                carry,
+                lease.balance_msat,
+            );
+            out.debited_msat = d.msat;
+            out.balance_msat = lease.balance_msat - d.msat;
+            carry = d.carry_units;
+            used_vcpu = used_vcpu.saturating_add(dvcpu);
+            used_mem = used_mem.saturating_add(lease.mem_mib.saturating_mul(dwall));
+            if d.exhausted {
+                state = state::PAUSED_UNFUNDED;
+                paused_at = Some(now);
+                out.action = TickAction::Pause;
+            }
+        }
+        // Out of funds: nothing to bill; only move the baselines so a top-up does not
+        // charge for the paused time.
+        state::PAUSED_UNFUNDED
+            if now.saturating_sub(paused_at.unwrap_or(now)) >= grace_s as i64 =>
+        {
+            out.action = TickAction::Stop;
+        }
+        _ => {}
+    }
+    let stop = out.action == TickAction::Stop;
+    tx.prepare_cached(
+        "UPDATE leases SET balance_msat = ?2, carry_units = ?3, used_vcpu_us = ?4,
+            used_mem_mib_us = ?5, last_vcpu_total_us = ?6, last_uptime_us = ?7, state = ?8,
+            paused_at = ?9, stop_reason = CASE WHEN ?10 THEN ?11 ELSE stop_reason END,
+            updated_at = ?12, debited_msat = debited_msat + ?13 WHERE id = ?1",
+    )?
+    .execute(params![
+        lease.id,
+        out.balance_msat,
+        carry,
+        used_vcpu,
+        used_mem,
+        s.vcpu_total_us,
+        s.uptime_us,
+        if stop { state::STOPPED } else { state },
+        paused_at,
+        stop,
+        reason::BALANCE_EXHAUSTED,
+        now,
+        out.debited_msat
+    ])?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::test_support::{credit, ledger, new_lease, s, P};
+
+    #[test]
+    fn ticks_debit_pause_and_stop_after_grace() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 3000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        // 1 s vCPU + 1 GiB × 1 s = 2000 msat.
+        let o = l
+            .apply_tick(&[s(1_000_000, 1_000_000)], P, 0)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 2000);
+        assert_eq!(o[0].action, TickAction::None);
+        let o = l
+            .apply_tick(&[s(2_000_000, 2_000_000)], P, 0)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 1000);
+        assert_eq!(o[0].action, TickAction::Pause);
+        assert_eq!(
+            l.get("a").expect("get").expect("row").state,
+            state::PAUSED_UNFUNDED
+        );
+        let o = l
+            .apply_tick(&[s(2_000_000, 3_000_000)], P, 0)
+            .expect("tick");
+        assert_eq!(o[0].action, TickAction::Stop);
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!(row.state, state::STOPPED);
+        assert_eq!(row.stop_reason.as_deref(), Some(reason::BALANCE_EXHAUSTED));
+    }
+}
