@@ -17,7 +17,7 @@
 //! | `payments.rs` | a payment claimed in the spent set and recorded with the balance it credits: create, top-up ([`TopupOutcome`]), [`Ledger::claim_with`], the [`Refund`] |
 //! | `lifecycle.rs` | a guest's boot and stop: `running`, `stopped` with its reason |
 //! | `tick.rs` | metering: one tick's [`Sample`]s debited, leases that run dry paused, then stopped ([`TickOutcome`]) |
-//! | `quotes.rs` | the `lease_quotes` table: [`QuoteRow`]; the address index in `meta` |
+//! | `quotes.rs` | the `lease_quotes` table: [`QuoteRow`] |
 //! | `books.rs` | where a lease's money went: [`Books`] |
 //! | `test_support.rs` | what the unit tests share |
 

@@ -1,7 +1,7 @@
 //! The `lease_quotes` table: each quote as it was issued (its address and derivation index,
-//! price and spec), and the `meta` table's address index.
+//! price and spec).
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 use serde::Serialize;
 
 use super::{Ledger, LedgerError};
@@ -42,68 +42,6 @@ impl Ledger {
                 q.expires_at,
                 q.created_at
             ])?;
-            Ok(())
-        })
-    }
-
-    pub fn get_quote(&self, id: &str) -> Result<Option<QuoteRow>, LedgerError> {
-        self.with_conn(|c| {
-            Ok(c.prepare_cached(
-                "SELECT id, purpose, address, derivation_index, amount_msat, vcpus, mem_mib,
-                    seconds, image, expires_at, created_at FROM lease_quotes WHERE id = ?1",
-            )?
-            .query_row([id], |r| {
-                Ok(QuoteRow {
-                    id: r.get(0)?,
-                    purpose: r.get(1)?,
-                    address: r.get(2)?,
-                    derivation_index: r.get(3)?,
-                    amount_msat: r.get(4)?,
-                    vcpus: r.get(5)?,
-                    mem_mib: r.get(6)?,
-                    seconds: r.get(7)?,
-                    image: r.get(8)?,
-                    expires_at: r.get(9)?,
-                    created_at: r.get(10)?,
-                })
-            })
-            .optional()?)
-        })
-    }
-
-    /// Takes the next unused derivation index for quote addresses (durably, so a restart
-    /// never hands out an address twice).
-    pub fn next_address_index(&self) -> Result<u32, LedgerError> {
-        self.with_tx(|tx| {
-            let cur: Option<String> = tx
-                .prepare_cached("SELECT value FROM meta WHERE key = 'next_address_index'")?
-                .query_row([], |r| r.get(0))
-                .optional()?;
-            let idx: u32 = cur.and_then(|v| v.parse().ok()).unwrap_or(0);
-            tx.prepare_cached(
-                "INSERT INTO meta (key, value) VALUES ('next_address_index', ?1)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute([(idx + 1).to_string()])?;
-            Ok(idx)
-        })
-    }
-
-    pub fn meta_get(&self, key: &str) -> Result<Option<String>, LedgerError> {
-        self.with_conn(|c| {
-            Ok(c.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-                .query_row([key], |r| r.get(0))
-                .optional()?)
-        })
-    }
-
-    pub fn meta_set(&self, key: &str, value: &str) -> Result<(), LedgerError> {
-        self.with_tx(|tx| {
-            tx.prepare_cached(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute([key, value])?;
             Ok(())
         })
     }
