@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use coinop_proto::replies::{CreateResponse, HostView};
 use coinop_proto::{LeaseState, LeaseView};
-use coinopd::vmm_control;
 use payment::metering::{self, Prices, UsageDelta};
+use vmm_protocol::client as vmm_control;
 
 use crate::credit_wallet;
 use crate::daemon_proc::{lease_body, read_ok, Daemon, DaemonSpec};

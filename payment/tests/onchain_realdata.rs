@@ -136,7 +136,6 @@ fn real_mainnet_proof_with_a_changed_hash_is_refused() {
     let proof = parse_proof(&hex::encode(&bytes)).unwrap();
     let err = verify_proof(&proof).unwrap_err();
     assert!(matches!(err, PaymentError::BadMerkleProof(_)), "{err}");
-    assert_eq!(err.http_status(), 422);
     // A changed header byte (the nonce) breaks its proof of work.
     let mut bytes = hex::decode(hex).unwrap();
     bytes[79] ^= 0x01;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::isolation::Isolation;
-use crate::vmm_control;
+use vmm_protocol::client;
+use vmm_protocol::Request;
 
 /// How long a VMM gets to end after its `stop` reply (or a failed request) before SIGKILL.
 const EXIT_WAIT: Duration = Duration::from_secs(3);
@@ -28,7 +29,7 @@ pub struct StopTarget {
 /// Stops the guest for good; returns once its VMM is gone (or could not be killed, which
 /// is logged).
 pub async fn carry_out(isolation: Arc<Isolation>, t: StopTarget) {
-    let asked = vmm_control::request(&t.control, "stop", None).await;
+    let asked = client::set_state(&t.control, Request::Stop).await;
     if let Err(e) = &asked {
         if !e.is_gone() {
             tracing::warn!(lease = %t.lease_id, error = %e, "stop request failed; killing the VMM");

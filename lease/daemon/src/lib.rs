@@ -8,10 +8,11 @@
 //! | [`config`] | command line and config file (`Settings` → `Config`) |
 //! | [`app`] | the state shared by handlers, scheduler and supervisor |
 //! | [`http`] | the API of `lease/openapi.yaml`: router, auth, body limits, error mapping, one file per resource |
-//! | [`payment_intake`], [`create_recovery`], [`guest_stop`] | the lease flows behind the handlers |
-//! | [`ledger`] | SQLite: leases, balances, payments claimed in the same transaction, refunds |
+//! | [`leases`] | the lease flows behind the handlers (create, recover, top up, stop, view) with typed outcomes and errors |
+//! | [`guest_stop`] | carrying out a guest stop |
+//! | [`ledger`] | SQLite, one file per table or job: leases, balances, payments claimed in the same transaction, refunds, metering ticks, quotes, a lost create reply's recovery ([`ledger::recovery`]) |
 //! | [`scheduler`] | the tick that debits (`payment::metering`), pauses and stops |
-//! | [`supervisor`], [`vmm_control`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, events, control socket, stop |
+//! | [`supervisor`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, its events (`vmm_protocol`), stop |
 //! | [`isolation`] | the daemon's use of `coinop_host` (jail, cgroups, guest network, slot pool) |
 //! | [`capacity`], [`image_catalogue`], [`metrics`], [`token`], [`clock`], [`fault`] | host capacity, images, `/metrics`, lease ids and tokens, clocks, fault injection for tests |
 //!
@@ -22,18 +23,16 @@ pub mod app;
 pub mod capacity;
 pub mod clock;
 pub mod config;
-pub mod create_recovery;
 pub mod daemon;
 pub mod fault;
 pub mod guest_stop;
 pub mod http;
 pub mod image_catalogue;
 pub mod isolation;
+pub mod leases;
 pub mod ledger;
 pub mod metrics;
-pub mod payment_intake;
 pub mod scheduler;
 pub mod stops_in_flight;
 pub mod supervisor;
 pub mod token;
-pub mod vmm_control;

@@ -8,15 +8,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::ledger::state;
+use coinop_proto::LeaseState;
 
 type Labels = Vec<(String, String)>;
 
-const ALL_STATES: [&str; 4] = [
-    state::BOOTING,
-    state::RUNNING,
-    state::PAUSED_UNFUNDED,
-    state::STOPPED,
+const ALL_STATES: [LeaseState; 4] = [
+    LeaseState::Booting,
+    LeaseState::Running,
+    LeaseState::PausedUnfunded,
+    LeaseState::Stopped,
 ];
 
 pub struct Metrics {
@@ -138,12 +138,12 @@ impl Metrics {
         // Every state is always present (0 when empty) so rate/absent queries work.
         for state in ALL_STATES {
             self.leases
-                .get_or_create(&labels(&[("state", state)]))
+                .get_or_create(&labels(&[("state", state.as_str())]))
                 .set(0);
         }
         for (state, n) in states {
             self.leases
-                .get_or_create(&labels(&[("state", state)]))
+                .get_or_create(&labels(&[("state", state.as_str())]))
                 .set(*n);
         }
         let mut out = String::new();

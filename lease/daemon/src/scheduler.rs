@@ -11,10 +11,12 @@ use tokio::task::JoinSet;
 
 use crate::app::Shared;
 use crate::capacity::Totals;
-use crate::http::leases::stop_guest;
-use crate::ledger::{reason, state, LeaseRow, Sample, TickAction};
+use crate::leases::stop_guest;
+use crate::ledger::{LeaseRow, Sample, TickAction};
 use crate::supervisor::{pid_alive, GuestExit};
-use crate::vmm_control::{self, ControlError, Usage};
+use coinop_proto::{LeaseState, StopReason};
+use vmm_protocol::client::{self, ControlError};
+use vmm_protocol::{Request, Usage, VmState};
 
 /// Finds the guests of leases the ledger says are live. Guests that answer on their
 /// control socket are adopted (capacity held, metering continues from the last committed
@@ -25,7 +27,7 @@ pub async fn adopt(s: &Shared) -> Result<(usize, usize), crate::ledger::LedgerEr
     let mut dead = 0;
     for l in s.ledger.live()? {
         let path = PathBuf::from(&l.control_path);
-        match vmm_control::request(&path, "status", None).await {
+        match client::status(&path).await {
             Ok(v) => {
                 adopted += 1;
                 s.capacity().adopt(
@@ -36,23 +38,23 @@ pub async fn adopt(s: &Shared) -> Result<(usize, usize), crate::ledger::LedgerEr
                     },
                 );
                 // A lease committed but not yet marked running when coinopd died.
-                if l.state == state::BOOTING {
+                if l.state == LeaseState::Booting {
                     s.ledger.mark_running(&l.id, l.pid, "{}")?;
                 }
                 // Bring the guest in line with the ledger (e.g. paused_unfunded).
-                let vm_paused = v.get("state").and_then(|x| x.as_str()) == Some("paused");
-                if l.state == state::PAUSED_UNFUNDED && !vm_paused {
-                    let _ = vmm_control::request(&path, "pause", None).await;
+                let vm_paused = v.state == VmState::Paused;
+                if l.state == LeaseState::PausedUnfunded && !vm_paused {
+                    let _ = client::set_state(&path, Request::Pause).await;
                 }
                 s.supervisor.isolation().readopt(&l.id, path.clone());
                 tracing::info!(lease = %l.id, state = %l.state, "re-adopted guest");
             }
             Err(e) => {
                 dead += 1;
-                let why = if l.state == state::BOOTING {
-                    reason::BOOT_FAILED
+                let why = if l.state == LeaseState::Booting {
+                    StopReason::BootFailed
                 } else {
-                    reason::GUEST_EXIT
+                    StopReason::GuestExit
                 };
                 s.ledger.mark_stopped(&l.id, why, None)?;
                 // Its jail and cgroup, if an earlier coinopd left them.
@@ -88,7 +90,7 @@ fn guest_exited(s: &Shared, lease_id: &str, why: &str) {
     let isolation = std::sync::Arc::clone(s.supervisor.isolation());
     let id = lease_id.to_string();
     tokio::task::spawn_blocking(move || isolation.release(&id));
-    match s.ledger.mark_stopped(lease_id, reason::GUEST_EXIT, None) {
+    match s.ledger.mark_stopped(lease_id, StopReason::GuestExit, None) {
         Ok(true) => tracing::info!(lease = lease_id, why, "guest exited; lease stopped"),
         Ok(false) => {}
         Err(e) => tracing::error!(lease = lease_id, error = %e, "recording guest exit"),
@@ -101,7 +103,7 @@ pub async fn tick(s: &Shared) -> Result<(), crate::ledger::LedgerError> {
         .ledger
         .live()?
         .into_iter()
-        .filter(|l| l.state == state::RUNNING || l.state == state::PAUSED_UNFUNDED)
+        .filter(|l| l.state == LeaseState::Running || l.state == LeaseState::PausedUnfunded)
         .collect();
     if leases.is_empty() {
         return Ok(());
@@ -111,7 +113,7 @@ pub async fn tick(s: &Shared) -> Result<(), crate::ledger::LedgerError> {
         let path = PathBuf::from(&l.control_path);
         let id = l.id.clone();
         let pid = l.pid;
-        reads.spawn(async move { (id, pid, vmm_control::usage(&path).await) });
+        reads.spawn(async move { (id, pid, client::usage(&path).await) });
     }
     let mut usages: Vec<(String, Usage)> = Vec::with_capacity(leases.len());
     while let Some(joined) = reads.join_next().await {
@@ -156,7 +158,7 @@ pub async fn tick(s: &Shared) -> Result<(), crate::ledger::LedgerError> {
             TickAction::Pause => {
                 tracing::info!(lease = %l.id, "balance exhausted; pausing guest");
                 let path = PathBuf::from(&l.control_path);
-                if let Err(e) = vmm_control::request(&path, "pause", None).await {
+                if let Err(e) = client::set_state(&path, Request::Pause).await {
                     tracing::warn!(lease = %l.id, error = %e, "pause failed");
                 }
             }

@@ -10,7 +10,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
@@ -23,6 +22,7 @@ use coinop_host::jail::{
     Ended, Jail, JailedChild, RootDisk, INITRD_PATH, KERNEL_PATH, OVERLAY_PATH, ROOTFS_PATH,
 };
 use coinop_host::slot_pool::{ReadySlot, TakenSlot};
+use vmm_protocol::Event;
 
 /// The fd number the VMM finds its event pipe on (`--events fd:3`).
 const EVENTS_FD: i32 = 3;
@@ -68,27 +68,6 @@ impl Nic {
             mac: self.mac.clone(),
         })
     }
-}
-
-/// Boot figures, µs from request arrival (`boot` in lease/openapi.yaml).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BootFigures {
-    pub payment_verified_us: u64,
-    pub ledger_committed_us: u64,
-    pub vmm_spawned_us: u64,
-    pub vcpus_started_us: Option<u64>,
-    pub guest_ready_us: Option<u64>,
-}
-
-/// What the VMM's event stream said, as far as coinopd cares.
-#[derive(Debug, Deserialize)]
-struct Event {
-    event: String,
-    t_us: u64,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    code: Option<i64>,
 }
 
 /// A guest that ended (from its event stream or process exit).
@@ -683,10 +662,8 @@ impl Supervisor {
             let mut reason = None;
             if let Some(mut lines) = lines {
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if let Ok(ev) = serde_json::from_str::<Event>(&line) {
-                        if ev.event == "exit" {
-                            reason = ev.reason;
-                        }
+                    if let Ok(Event::Exit { reason: why, .. }) = Event::from_line(&line) {
+                        reason = Some(why.as_str().to_string());
                     }
                 }
             }
@@ -718,20 +695,20 @@ async fn wait_ready(
                 code: None,
             });
         };
-        let Ok(ev) = serde_json::from_str::<Event>(&line) else {
+        let Ok(ev) = Event::from_line(&line) else {
             tracing::warn!(lease = lease_id, line, "unparsable VMM event");
             continue;
         };
-        match ev.event.as_str() {
-            "vcpus_started" => vcpus_started = Some(offset + ev.t_us),
-            "guest_ready" => return Ok((vcpus_started, offset + ev.t_us)),
-            "exit" => {
+        match ev {
+            Event::VcpusStarted { t_us, .. } => vcpus_started = Some(offset + t_us),
+            Event::GuestReady { t_us } => return Ok((vcpus_started, offset + t_us)),
+            Event::Exit { reason, code, .. } => {
                 return Err(BootError::Exited {
-                    reason: ev.reason.unwrap_or_else(|| "unknown".into()),
-                    code: ev.code,
+                    reason: reason.as_str().to_string(),
+                    code: Some(i64::from(code)),
                 })
             }
-            _ => {}
+            Event::VmCreated { .. } | Event::Warning { .. } => {}
         }
     }
 }

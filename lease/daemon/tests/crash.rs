@@ -39,7 +39,11 @@ fn create_body(proofs: &Value, cmdline: &str) -> Value {
 }
 
 async fn stop_guest_by_control(row: &LeaseRow) {
-    let _ = coinopd::vmm_control::request(&PathBuf::from(&row.control_path), "stop", None).await;
+    let _ = vmm_protocol::client::set_state(
+        &PathBuf::from(&row.control_path),
+        vmm_protocol::Request::Stop,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,7 +140,7 @@ async fn crashes_during_ticks_lose_no_money_and_at_most_one_tick() {
     assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
 
     let before = ledger_row(dir.path(), &id);
-    assert_eq!(before.state, "running");
+    assert_eq!(before.state, coinop_proto::LeaseState::Running);
     assert!(
         before.last_uptime_us > 0,
         "ticks committed before the crash"
@@ -145,7 +149,7 @@ async fn crashes_during_ticks_lose_no_money_and_at_most_one_tick() {
     books_balance(dir.path(), &id);
     // The guest kept running while coinopd was dead.
     let path = PathBuf::from(&before.control_path);
-    let during = coinopd::vmm_control::usage(&path)
+    let during = vmm_protocol::client::usage(&path)
         .await
         .expect("guest alive");
     assert!(during.uptime_us > before.last_uptime_us);
@@ -158,7 +162,7 @@ async fn crashes_during_ticks_lose_no_money_and_at_most_one_tick() {
     )
     .await;
     let after = ledger_row(dir.path(), &id);
-    assert_eq!(after.state, "running", "re-adopted");
+    assert_eq!(after.state, coinop_proto::LeaseState::Running, "re-adopted");
     assert_no_gap(&after);
     assert!(after.debited_msat > before.debited_msat);
     books_balance(dir.path(), &id);
@@ -169,7 +173,7 @@ async fn crashes_during_ticks_lose_no_money_and_at_most_one_tick() {
     let killed = ledger_row(dir.path(), &id);
     assert_no_gap(&killed);
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
-    let live = coinopd::vmm_control::usage(&path)
+    let live = vmm_protocol::client::usage(&path)
         .await
         .expect("guest alive");
     wait_for(

@@ -7,6 +7,7 @@
 
 mod common;
 
+use coinop_proto::{LeaseState, StopReason};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
@@ -132,8 +133,8 @@ async fn a_credit_create_lost_after_the_commit_is_recovered_booted_and_kept_from
     // The restart found no guest: the lease waits, stopped, with its whole balance.
     let row = ledger(dir.path()).get(&id).expect("get").expect("row");
     assert_eq!(
-        (row.state.as_str(), row.stop_reason.as_deref()),
-        ("stopped", Some("boot_failed"))
+        (row.state, row.stop_reason),
+        (LeaseState::Stopped, Some(StopReason::BootFailed))
     );
 
     // Someone with the same proofs but not the key: the answer of any reuse, word for word.
@@ -211,7 +212,7 @@ async fn an_onchain_create_lost_after_the_boot_is_recovered_only_with_its_key() 
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
     let id = only_lease(dir.path());
     let row = ledger(dir.path()).get(&id).expect("get").expect("row");
-    assert_eq!(row.state, "running", "the guest was re-adopted");
+    assert_eq!(row.state, LeaseState::Running, "the guest was re-adopted");
 
     // The transaction and its proof are public: knowing them (even with the quote id) is
     // not owning the lease.

@@ -1,6 +1,6 @@
 //! Typed errors of the credit mint, each carrying the Cashu error code where the NUT error
-//! table (cashubtc/nuts `error_codes.md`) defines one, plus the HTTP status and snake_case
-//! code the coinop daemon answers with (see `api.md`, "Errors").
+//! table (cashubtc/nuts `error_codes.md`) defines one, and the snake_case code of coinop's
+//! own API. Which HTTP status each gets is the daemon's choice, made in its HTTP layer.
 
 use thiserror::Error;
 
@@ -136,34 +136,6 @@ impl CreditError {
             Store { .. } => "keyset_store",
             SpentSet(_) => "spent_set",
             Degenerate { .. } => "degenerate_point",
-        }
-    }
-
-    /// The HTTP status the daemon answers with, per `api.md`'s error table.
-    pub fn http_status(&self) -> u16 {
-        use CreditError::*;
-        match self {
-            InvalidPoint { .. }
-            | InvalidScalar { .. }
-            | AmountNotPowerOfTwo { .. }
-            | UnsupportedUnit { .. }
-            | DuplicateInputs { .. }
-            | DuplicateOutputs { .. }
-            | NoInputs
-            | NoOutputs
-            | TooFewChangeOutputs { .. } => 400,
-            Unbalanced { .. } => 402,
-            UnknownKeyset { .. } => 404,
-            AlreadySpent { .. } | Pending { .. } => 409,
-            TooManyInputs { .. } | TooManyOutputs { .. } => 413,
-            InactiveKeyset { .. }
-            | RetiredKeyset { .. }
-            | AmountOutOfRange { .. }
-            | ProofInvalid { .. }
-            | SecretRejected { .. }
-            | DleqInvalid
-            | Degenerate { .. } => 422,
-            Store { .. } | SpentSet(_) => 500,
         }
     }
 

@@ -86,15 +86,6 @@ impl ChainError {
             | ChainError::StoreCorrupt { .. } => "chain_storage",
         }
     }
-
-    pub fn http_status(&self) -> u16 {
-        match self {
-            ChainError::Rejected { .. } => 422,
-            ChainError::SignetNeedsOperatorFeed => 403,
-            ChainError::TooManyInOneAppend { .. } => 413,
-            _ => 500,
-        }
-    }
 }
 
 /// Why a payment was not accepted.
@@ -167,28 +158,6 @@ impl PaymentError {
             PaymentError::SpentSet(_) => "spent_set_storage",
         }
     }
-
-    /// The status the API answers with (api.md: 400 malformed, 402 not enough or not
-    /// confirmed, 409 already spent, 422 well-formed but invalid).
-    pub fn http_status(&self) -> u16 {
-        match self {
-            PaymentError::TooLong { .. }
-            | PaymentError::NotHex { .. }
-            | PaymentError::MalformedTx(_)
-            | PaymentError::MalformedProof(_) => 400,
-            PaymentError::SixtyFourByteTx { .. }
-            | PaymentError::BadProofOfWork { .. }
-            | PaymentError::BadMerkleProof(_)
-            | PaymentError::ProofForOtherTx { .. } => 422,
-            PaymentError::BlockNotInChain { .. }
-            | PaymentError::NotOnBestChain { .. }
-            | PaymentError::NotEnoughConfirmations { .. }
-            | PaymentError::WrongAddress { .. }
-            | PaymentError::Insufficient { .. } => 402,
-            PaymentError::AlreadySpent { .. } => 409,
-            PaymentError::SpentSet(_) => 500,
-        }
-    }
 }
 
 /// Why a price could not be computed.
@@ -229,13 +198,6 @@ impl QuoteError {
             QuoteError::BadXpub(_) | QuoteError::XpubNetwork { .. } => "bad_xpub",
             QuoteError::IndexExhausted { .. } | QuoteError::Derive { .. } => "derivation",
             QuoteError::Storage(_) => "quote_storage",
-        }
-    }
-
-    pub fn http_status(&self) -> u16 {
-        match self {
-            QuoteError::Price(_) => 400,
-            _ => 500,
         }
     }
 }

@@ -21,9 +21,14 @@
 //! (what `serde_json`'s sorted maps produced then). Readers should not depend on key order;
 //! it is kept so that logs and recorded streams stay comparable byte for byte.
 //!
+//! With the feature `client`, [`client`] is the async control-socket client coinopd and the
+//! benchmark harness share.
+//!
 //! Parsing ignores fields it does not know, as the VMM and its readers always have, so a
 //! reader built against this crate keeps working when a message gains a field.
 
+#[cfg(feature = "client")]
+pub mod client;
 mod control;
 mod events;
 

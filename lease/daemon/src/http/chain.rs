@@ -1,26 +1,20 @@
 //! Operator endpoints: feeding block headers, and `/metrics`.
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bitcoin::block::Header;
+use coinop_proto::replies::{ChainTip, HeadersResponse};
+use coinop_proto::requests::HeadersRequest;
 use payment::onchain::HeaderSource;
-use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::auth::require_operator;
 use super::json_body::JsonBody;
 use crate::app::Shared;
 use crate::clock::unix_s;
-use crate::http::error::ApiError;
+use crate::http::error::{chain_error, ApiError};
 use crate::http::peer::PeerCred;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeadersRequest {
-    pub headers: Vec<String>,
-}
 
 fn parse_header(i: usize, text: &str) -> Result<Header, ApiError> {
     let bytes = hex::decode(text.trim())
@@ -39,7 +33,7 @@ pub async fn headers(
     State(s): State<Shared>,
     ConnectInfo(peer): ConnectInfo<PeerCred>,
     JsonBody(req): JsonBody<HeadersRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HeadersResponse>, ApiError> {
     require_operator(&s, &peer)?;
     let headers = req
         .headers
@@ -53,19 +47,15 @@ pub async fn headers(
         let out = s2
             .chain_write()
             .append(&headers, now_us, HeaderSource::Operator)
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::from_u16(e.http_status())
-                        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                    e.code(),
-                    e.to_string(),
-                )
-            })?;
-        Ok(Json(json!({
-            "added": out.added,
-            "reorg": out.reorg,
-            "tip": {"height": out.tip.height, "hash": out.tip.hash.to_string()},
-        })))
+            .map_err(chain_error)?;
+        Ok(Json(HeadersResponse {
+            added: out.added,
+            reorg: out.reorg,
+            tip: ChainTip {
+                height: out.tip.height,
+                hash: out.tip.hash.to_string(),
+            },
+        }))
     })
     .await
     .map_err(|e| ApiError::internal(format!("worker: {e}")))?
@@ -78,7 +68,7 @@ pub async fn metrics(
     require_operator(&s, &peer)?;
     let mut counts: std::collections::BTreeMap<String, i64> = Default::default();
     for l in s.ledger.list()? {
-        *counts.entry(l.state).or_default() += 1;
+        *counts.entry(l.state.as_str().to_string()).or_default() += 1;
     }
     let text = s.metrics.render(&counts.into_iter().collect::<Vec<_>>());
     Ok((

@@ -13,8 +13,8 @@ use super::host::QUOTE_TTL_S;
 use super::json_body::JsonBody;
 use crate::app::Shared;
 use crate::clock::unix_s;
-use crate::http::error::ApiError;
-use crate::payment_intake::{credit_error, quote_error, verify_onchain};
+use crate::http::error::{credit_error, quote_error, ApiError};
+use crate::leases::payment_intake::verify_onchain;
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,

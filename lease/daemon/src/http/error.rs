@@ -1,9 +1,15 @@
-//! The API's error answer: every non-2xx response is
-//! `{"error":{"code":"<snake_case>","message":"<human text>"}}` with the status from lease/openapi.yaml.
+//! The API's error answer: every non-2xx response of coinop's own routes is
+//! `{"error":{"code":"<snake_case>","message":"<human text>"}}` with the status from
+//! `lease/openapi.yaml`. This is the one place that decides which status a domain error
+//! (a lease flow's, the mint's, the chain's) is answered with.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use payment::credit::CreditError;
+use payment::onchain::{ChainError, PaymentError, QuoteError};
 use serde::Serialize;
+
+use crate::leases::LeaseError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -68,10 +74,6 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
-    pub fn payment_required(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYMENT_REQUIRED, code, message)
-    }
-
     pub fn host_full(message: impl Into<String>, retry_after_s: u64) -> Self {
         ApiError {
             retry_after_s: Some(retry_after_s),
@@ -124,5 +126,186 @@ impl From<crate::ledger::LedgerError> for ApiError {
     fn from(e: crate::ledger::LedgerError) -> Self {
         tracing::error!(error = %e, "ledger error");
         ApiError::internal(format!("ledger: {e}"))
+    }
+}
+
+/// How long a tenant refused for lack of room should wait before asking again.
+const HOST_FULL_RETRY_S: u64 = 5;
+
+impl From<LeaseError> for ApiError {
+    fn from(e: LeaseError) -> Self {
+        use LeaseError::*;
+        match e {
+            InvalidSpec(m) => ApiError::unprocessable("invalid_spec", m),
+            UnknownImage(m) => ApiError::unprocessable("unknown_image", m),
+            BadRecoveryKey(_) | NoProofs => ApiError::bad_request(e.to_string()),
+            HostFull { .. } => ApiError::host_full(e.to_string(), HOST_FULL_RETRY_S),
+            Credit(c) => credit_error(c),
+            Payment(p) => payment_error(p),
+            UnknownQuote(_) => ApiError::not_found(e.to_string()),
+            Quote(q) => quote_error(q),
+            AlreadySpent(m) => ApiError::conflict("already_spent", m),
+            AlreadyRefunded(_) => ApiError::conflict("already_refunded", e.to_string()),
+            RefundedTakesNoPayment(_) | StateConflict(_) => {
+                ApiError::conflict("state_conflict", e.to_string())
+            }
+            NoLease => ApiError::unauthorized(),
+            Ledger(l) => l.into(),
+            Worker(_) | Console(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+/// The mint's errors: 400 malformed, 402 unbalanced, 404 unknown keyset, 409 spent or
+/// pending, 413 too many, 422 well-formed but invalid.
+pub fn credit_error(e: CreditError) -> ApiError {
+    use CreditError::*;
+    let status = match &e {
+        InvalidPoint { .. }
+        | InvalidScalar { .. }
+        | AmountNotPowerOfTwo { .. }
+        | UnsupportedUnit { .. }
+        | DuplicateInputs { .. }
+        | DuplicateOutputs { .. }
+        | NoInputs
+        | NoOutputs
+        | TooFewChangeOutputs { .. } => StatusCode::BAD_REQUEST,
+        Unbalanced { .. } => StatusCode::PAYMENT_REQUIRED,
+        UnknownKeyset { .. } => StatusCode::NOT_FOUND,
+        AlreadySpent { .. } | Pending { .. } => StatusCode::CONFLICT,
+        TooManyInputs { .. } | TooManyOutputs { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        InactiveKeyset { .. }
+        | RetiredKeyset { .. }
+        | AmountOutOfRange { .. }
+        | ProofInvalid { .. }
+        | SecretRejected { .. }
+        | DleqInvalid
+        | Degenerate { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        Store { .. } | SpentSet(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, e.code(), e.to_string())
+}
+
+/// On-chain payments: 400 malformed, 402 not enough or not confirmed (yet), 409 already
+/// spent, 422 well-formed but invalid.
+pub fn payment_error(e: PaymentError) -> ApiError {
+    use PaymentError::*;
+    let status = match &e {
+        TooLong { .. } | NotHex { .. } | MalformedTx(_) | MalformedProof(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        SixtyFourByteTx { .. }
+        | BadProofOfWork { .. }
+        | BadMerkleProof(_)
+        | ProofForOtherTx { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        BlockNotInChain { .. }
+        | NotOnBestChain { .. }
+        | NotEnoughConfirmations { .. }
+        | WrongAddress { .. }
+        | Insufficient { .. } => StatusCode::PAYMENT_REQUIRED,
+        AlreadySpent { .. } => StatusCode::CONFLICT,
+        SpentSet(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, e.code(), e.to_string())
+}
+
+/// Quotes: a spec that cannot be priced is the caller's; the rest is the host's.
+pub fn quote_error(e: QuoteError) -> ApiError {
+    let status = match &e {
+        QuoteError::Price(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, e.code(), e.to_string())
+}
+
+/// Headers the operator posts: 422 refused by consensus rules, 403 for a network whose
+/// headers come only from the operator's feed, 413 too many at once.
+pub fn chain_error(e: ChainError) -> ApiError {
+    let status = match &e {
+        ChainError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        ChainError::SignetNeedsOperatorFeed => StatusCode::FORBIDDEN,
+        ChainError::TooManyInOneAppend { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, e.code(), e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::hashes::Hash;
+    use bitcoin::{OutPoint, Txid};
+
+    #[test]
+    fn payment_errors_get_the_contracts_statuses() {
+        let txid = Txid::all_zeros();
+        let cases = [
+            (PaymentError::MalformedTx("x".into()), 400, "malformed_tx"),
+            (
+                PaymentError::ProofForOtherTx {
+                    txid,
+                    matched: vec![],
+                },
+                422,
+                "proof_for_other_tx",
+            ),
+            (
+                PaymentError::Insufficient {
+                    paid_msat: 1,
+                    required_msat: 2,
+                },
+                402,
+                "insufficient_payment",
+            ),
+            (
+                PaymentError::AlreadySpent {
+                    outpoint: OutPoint::null(),
+                },
+                409,
+                "already_spent",
+            ),
+        ];
+        for (e, status, code) in cases {
+            let a = payment_error(e);
+            assert_eq!((a.status.as_u16(), a.code), (status, code));
+        }
+    }
+
+    #[test]
+    fn credit_and_lease_errors_get_the_contracts_statuses() {
+        assert_eq!(
+            credit_error(CreditError::NoInputs).status,
+            StatusCode::BAD_REQUEST
+        );
+        let unbalanced = CreditError::Unbalanced {
+            inputs: 1,
+            outputs: 2,
+        };
+        assert_eq!(
+            credit_error(unbalanced).status,
+            StatusCode::PAYMENT_REQUIRED
+        );
+        let full = ApiError::from(LeaseError::HostFull {
+            vcpus_free: 0,
+            mib_free: 0,
+        });
+        assert_eq!(
+            (full.status, full.code, full.retry_after_s),
+            (StatusCode::SERVICE_UNAVAILABLE, "host_full", Some(5))
+        );
+        let refunded = ApiError::from(LeaseError::AlreadyRefunded("l1".into()));
+        assert_eq!(
+            (refunded.status, refunded.code),
+            (StatusCode::CONFLICT, "already_refunded")
+        );
+        assert_eq!(
+            ApiError::from(LeaseError::NoLease).status,
+            StatusCode::UNAUTHORIZED
+        );
+        let spec = ApiError::from(LeaseError::UnknownImage("x".into()));
+        assert_eq!(
+            (spec.status, spec.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, "unknown_image")
+        );
     }
 }

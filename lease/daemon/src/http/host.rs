@@ -3,126 +3,69 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use coinop_proto::replies::{
+    HostCapacity, HostChain, HostPrices, HostView, ImageView, QuoteResponse,
+};
+use coinop_proto::requests::QuoteRequest;
+use coinop_proto::Msat;
 use payment::onchain::{price, Spec};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use super::json_body::JsonBody;
 use crate::app::Shared;
 use crate::clock::unix_s;
-use crate::http::error::ApiError;
+use crate::http::error::{quote_error, ApiError};
+use crate::leases::{spec, LeaseError};
 use crate::ledger::QuoteRow;
-use crate::payment_intake::quote_error;
 
 /// How long a quote's address and price hold.
 pub const QUOTE_TTL_S: u64 = 3600;
-/// Largest lease a single request may ask for.
-pub const MAX_VCPUS: u32 = 32;
-/// Longest lease a quote may price (a year).
-pub const MAX_SECONDS: u64 = 366 * 24 * 3600;
 
-pub async fn host(State(s): State<Shared>) -> Json<Value> {
+pub async fn host(State(s): State<Shared>) -> Json<HostView> {
     let tip = s.chain_read().tip();
     let (limit, free) = {
         let c = s.capacity();
         (c.limit(), c.free())
     };
-    let images: Vec<Value> = s
+    let images = s
         .config
         .images
         .iter()
-        .map(|i| json!({"name": i.name, "cmdline": i.cmdline}))
+        .map(|i| ImageView {
+            name: i.name.clone(),
+            cmdline: i.cmdline.clone(),
+        })
         .collect();
-    Json(json!({
-        "network": s.chain_network.name(),
-        "chain": {
-            "height": tip.height,
-            "hash": tip.hash.to_string(),
-            "time": s.chain_read().block(&tip.hash).map(|b| b.time),
+    let time = s.chain_read().block(&tip.hash).map(|b| b.time);
+    Json(HostView {
+        network: s.chain_network.name().to_string(),
+        chain: HostChain {
+            height: tip.height,
+            hash: tip.hash.to_string(),
+            time,
         },
-        "min_conf": s.config.min_conf,
-        "capacity": {
-            "vcpus_total": limit.vcpus, "vcpus_free": free.vcpus,
-            "mib_total": limit.mib, "mib_free": free.mib,
+        min_conf: s.config.min_conf,
+        capacity: HostCapacity {
+            vcpus_total: limit.vcpus,
+            vcpus_free: free.vcpus,
+            mib_total: limit.mib,
+            mib_free: free.mib,
         },
-        "prices": {
-            "vcpu_msat_per_s": s.prices.vcpu_msat_per_s,
-            "gib_msat_per_s": s.prices.gib_msat_per_s,
+        prices: HostPrices {
+            vcpu_msat_per_s: s.prices.vcpu_msat_per_s,
+            gib_msat_per_s: s.prices.gib_msat_per_s,
         },
-        "images": images,
-        "tick_ms": s.config.tick_ms,
-        "grace_s": s.config.grace_s,
-    }))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuoteRequest {
-    pub vcpus: u32,
-    pub mem_mib: u64,
-    pub seconds: u64,
-    #[serde(default)]
-    pub image: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct QuoteResponse {
-    pub quote_id: String,
-    pub amount_msat: u64,
-    pub amount_sat: u64,
-    pub address: String,
-    pub bip21: String,
-    pub expires_at: i64,
-}
-
-/// Checks a spec against the host's limits (422 when well-formed but impossible).
-pub fn check_spec(
-    s: &Shared,
-    vcpus: u32,
-    mem_mib: u64,
-    image: Option<&str>,
-) -> Result<(), ApiError> {
-    if vcpus == 0 || vcpus > MAX_VCPUS {
-        return Err(ApiError::unprocessable(
-            "invalid_spec",
-            format!("vcpus {vcpus} must be 1..={MAX_VCPUS}"),
-        ));
-    }
-    let limit = s.capacity().limit();
-    if vcpus > limit.vcpus {
-        return Err(ApiError::unprocessable(
-            "invalid_spec",
-            format!("vcpus {vcpus} exceeds the host's {}", limit.vcpus),
-        ));
-    }
-    if mem_mib == 0 || mem_mib > limit.mib {
-        return Err(ApiError::unprocessable(
-            "invalid_spec",
-            format!("mem_mib {mem_mib} must be 1..={}", limit.mib),
-        ));
-    }
-    if let Some(name) = image {
-        if s.config.images.get(name).is_none() {
-            return Err(ApiError::unprocessable(
-                "unknown_image",
-                format!("image {name:?} is not in this host's catalogue"),
-            ));
-        }
-    }
-    Ok(())
+        images,
+        tick_ms: s.config.tick_ms,
+        grace_s: s.config.grace_s,
+    })
 }
 
 pub async fn quote(
     State(s): State<Shared>,
     JsonBody(req): JsonBody<QuoteRequest>,
 ) -> Result<(StatusCode, Json<QuoteResponse>), ApiError> {
-    check_spec(&s, req.vcpus, req.mem_mib, req.image.as_deref())?;
-    if req.seconds == 0 || req.seconds > MAX_SECONDS {
-        return Err(ApiError::unprocessable(
-            "invalid_spec",
-            format!("seconds {} must be 1..={MAX_SECONDS}", req.seconds),
-        ));
-    }
+    spec::check(&s, req.vcpus, req.mem_mib, req.image.as_deref())?;
+    spec::check_seconds(req.seconds)?;
     let amount_msat = price(
         &Spec {
             vcpus: req.vcpus,
@@ -134,7 +77,7 @@ pub async fn quote(
             msat_per_gib_s: s.prices.gib_msat_per_s,
         },
     )
-    .map_err(|e| ApiError::unprocessable("invalid_spec", e.to_string()))?;
+    .map_err(|e| LeaseError::InvalidSpec(e.to_string()))?;
     let s2 = s.clone();
     let q = tokio::task::spawn_blocking(move || {
         let now_us = (unix_s() as u64).saturating_mul(1_000_000);
@@ -162,7 +105,7 @@ pub async fn quote(
         StatusCode::OK,
         Json(QuoteResponse {
             quote_id: q.quote_id,
-            amount_msat: q.amount_msat,
+            amount_msat: Msat::from_msat(q.amount_msat),
             amount_sat: q.amount_sat,
             address: q.address,
             bip21: q.bip21,
@@ -183,7 +126,7 @@ pub async fn get_quote(
         .ok_or_else(|| ApiError::not_found(format!("no quote {id:?}")))?;
     Ok(Json(QuoteResponse {
         quote_id: q.quote_id,
-        amount_msat: q.amount_msat,
+        amount_msat: Msat::from_msat(q.amount_msat),
         amount_sat: q.amount_sat,
         address: q.address,
         bip21: q.bip21,

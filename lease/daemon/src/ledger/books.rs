@@ -62,8 +62,8 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
-    use crate::ledger::state;
     use crate::ledger::test_support::{credit, ledger, new_lease, s, P};
+    use coinop_proto::LeaseState;
 
     #[test]
     fn books_balance_over_a_whole_lease_life() {
@@ -77,7 +77,7 @@ mod tests {
             .expect("tick to zero");
         assert_eq!(
             l.get("a").expect("get").expect("row").state,
-            state::PAUSED_UNFUNDED
+            LeaseState::PausedUnfunded
         );
         l.topup("a", &credit(2, 7_777)).expect("topup");
         l.apply_tick(&[s(5_000_001, 777_777)], P, 60)

@@ -1,10 +1,11 @@
 //! The `leases` table read back as [`LeaseRow`]s (one lease, all of them, the live ones),
 //! and [`NewLease`], what a create inserts.
 
+use coinop_proto::{LeaseState, StopReason};
 use rusqlite::{Connection, OptionalExtension, Row};
 use serde::Serialize;
 
-use super::{state, Ledger, LedgerError};
+use super::{Ledger, LedgerError};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct LeaseRow {
@@ -15,8 +16,8 @@ pub struct LeaseRow {
     pub mem_mib: u64,
     pub image: String,
     pub cmdline: String,
-    pub state: String,
-    pub stop_reason: Option<String>,
+    pub state: LeaseState,
+    pub stop_reason: Option<StopReason>,
     pub balance_msat: u64,
     pub carry_units: u64,
     pub used_vcpu_us: u64,
@@ -48,7 +49,7 @@ pub struct NewLease {
     pub control_path: String,
     pub console_path: String,
     /// SHA-256 of the tenant's recovery key, if the create carried one: what a retry of this
-    /// create must prove it knows to get the lease back (see [`crate::create_recovery`]).
+    /// create must prove it knows to get the lease back (see [`crate::ledger::recovery`]).
     pub recovery_hash: Option<[u8; 32]>,
 }
 
@@ -94,7 +95,7 @@ pub(super) fn get_in(conn: &Connection, id: &str) -> Result<Option<LeaseRow>, Le
         .optional()?)
 }
 
-pub(crate) fn require_in(conn: &Connection, id: &str) -> Result<LeaseRow, LedgerError> {
+pub(super) fn require_in(conn: &Connection, id: &str) -> Result<LeaseRow, LedgerError> {
     get_in(conn, id)?.ok_or_else(|| LedgerError::NoLease(id.to_string()))
 }
 
@@ -117,7 +118,7 @@ impl Ledger {
         Ok(self
             .list()?
             .into_iter()
-            .filter(|l| l.state != state::STOPPED)
+            .filter(|l| l.state != LeaseState::Stopped)
             .collect())
     }
 }

@@ -1,11 +1,12 @@
 //! A lease's guest comes and goes: the boot that succeeded (`running`) and the stop
 //! (`stopped`, with its reason).
 
+use coinop_proto::{LeaseState, StopReason};
 use rusqlite::params;
 
 use crate::clock::unix_s;
 
-use super::{state, Ledger, LedgerError};
+use super::{Ledger, LedgerError};
 
 impl Ledger {
     /// Records a successful boot: pid, figures, state `running`.
@@ -22,11 +23,11 @@ impl Ledger {
             )?
             .execute(params![
                 id,
-                state::RUNNING,
+                LeaseState::Running,
                 pid,
                 boot_json,
                 unix_s(),
-                state::BOOTING
+                LeaseState::Booting
             ])?;
             Ok(())
         })
@@ -36,7 +37,7 @@ impl Ledger {
     pub fn mark_stopped(
         &self,
         id: &str,
-        reason: &str,
+        reason: StopReason,
         boot_json: Option<&str>,
     ) -> Result<bool, LedgerError> {
         self.with_tx(|tx| {
@@ -45,7 +46,7 @@ impl Ledger {
                     "UPDATE leases SET state = ?2, stop_reason = ?3, boot_json = COALESCE(?4, boot_json),
                         updated_at = ?5 WHERE id = ?1 AND state != ?2",
                 )?
-                .execute(params![id, state::STOPPED, reason, boot_json, unix_s()])?;
+                .execute(params![id, LeaseState::Stopped, reason, boot_json, unix_s()])?;
             Ok(n == 1)
         })
     }

@@ -19,6 +19,7 @@
 //! | `tick.rs` | metering: one tick's [`Sample`]s debited, leases that run dry paused, then stopped ([`TickOutcome`]) |
 //! | `quotes.rs` | the `lease_quotes` table: [`QuoteRow`] |
 //! | `books.rs` | where a lease's money went: [`Books`] |
+//! | [`recovery`] | a lost create reply: the lease handed back to the retry that proves it owns it |
 //! | `test_support.rs` | what the unit tests share |
 
 mod books;
@@ -26,15 +27,14 @@ mod lease_rows;
 mod lifecycle;
 mod payments;
 mod quotes;
+pub mod recovery;
 mod schema;
 #[cfg(test)]
 mod test_support;
 mod tick;
 
 pub use books::Books;
-pub(crate) use lease_rows::require_in;
 pub use lease_rows::{LeaseRow, NewLease};
-pub(crate) use payments::insert_lease;
 pub use payments::{Refund, TopupOutcome};
 pub use quotes::QuoteRow;
 pub use tick::{Sample, TickAction, TickOutcome};
@@ -42,6 +42,7 @@ pub use tick::{Sample, TickAction, TickOutcome};
 use std::path::Path;
 use std::sync::Mutex;
 
+use coinop_proto::LeaseState;
 use payment::spent_set::{SpendKey, SpentSetError, SqliteSpentSet};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use thiserror::Error;
@@ -59,7 +60,7 @@ pub enum LedgerError {
     #[error("lease {id} is {state}: {why}")]
     State {
         id: String,
-        state: String,
+        state: LeaseState,
         why: &'static str,
     },
     #[error("ledger mutex poisoned by a panic in another request")]
@@ -75,22 +76,6 @@ impl From<SpentSetError> for LedgerError {
             other => LedgerError::SpentSet(other.to_string()),
         }
     }
-}
-
-/// Lease states (lease/openapi.yaml).
-pub mod state {
-    pub const BOOTING: &str = "booting";
-    pub const RUNNING: &str = "running";
-    pub const PAUSED_UNFUNDED: &str = "paused_unfunded";
-    pub const STOPPED: &str = "stopped";
-}
-
-/// Why a lease stopped (lease/openapi.yaml).
-pub mod reason {
-    pub const TENANT: &str = "tenant";
-    pub const BALANCE_EXHAUSTED: &str = "balance_exhausted";
-    pub const GUEST_EXIT: &str = "guest_exit";
-    pub const BOOT_FAILED: &str = "boot_failed";
 }
 
 /// A payment being credited: what it is and which spent-set keys it consumes.

@@ -3,13 +3,14 @@
 //! never counted twice nor lost between the two; [`Ledger::claim_with`] claims keys for
 //! something other than a lease; a refund hands back what is left, once.
 
+use coinop_proto::{LeaseState, StopReason};
 use payment::spent_set::{SpendKey, SpendState, SqliteSpentSet};
 use rusqlite::{params, Transaction};
 
 use crate::clock::unix_s;
 
 use super::lease_rows::require_in;
-use super::{reason, state, Credit, Ledger, LedgerError, NewLease};
+use super::{Credit, Ledger, LedgerError, NewLease};
 
 /// A refund that committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +56,7 @@ fn record_payment(
 
 /// Inserts a new lease (state `booting`) and claims its payment; the payment's digest and
 /// the recovery key's hash are kept so that a retry of this create can find and prove it.
-pub(crate) fn insert_lease(
+pub(super) fn insert_lease(
     tx: &Transaction<'_>,
     lease: &NewLease,
     credit: &Credit,
@@ -74,12 +75,12 @@ pub(crate) fn insert_lease(
         lease.mem_mib,
         lease.image,
         lease.cmdline,
-        state::BOOTING,
+        LeaseState::Booting,
         credit.amount_msat,
         lease.control_path,
         lease.console_path,
         now,
-        crate::create_recovery::payment_digest(&credit.keys).as_slice(),
+        super::recovery::payment_digest(&credit.keys).as_slice(),
         lease.recovery_hash.as_ref().map(|h| h.as_slice()),
     ])?;
     record_payment(tx, credit, &lease.id, false)
@@ -105,13 +106,13 @@ impl Ledger {
                     why: "already refunded; it takes no more payments",
                 });
             }
-            let late = lease.state == state::STOPPED;
+            let late = lease.state == LeaseState::Stopped;
             record_payment(tx, credit, id, late)?;
-            let resumed = lease.state == state::PAUSED_UNFUNDED;
+            let resumed = lease.state == LeaseState::PausedUnfunded;
             let new_state = if resumed {
-                state::RUNNING
+                LeaseState::Running
             } else {
-                lease.state.as_str()
+                lease.state
             };
             let balance = lease.balance_msat.saturating_add(credit.amount_msat);
             tx.prepare_cached(
@@ -145,7 +146,7 @@ impl Ledger {
                     why: "already refunded",
                 });
             }
-            let was_live = lease.state != state::STOPPED;
+            let was_live = lease.state != LeaseState::Stopped;
             let residual_msat = lease.balance_msat % 1000;
             let refund_msat = lease.balance_msat - residual_msat;
             let out = match sign(refund_msat) {
@@ -159,8 +160,8 @@ impl Ledger {
             )?
             .execute(params![
                 id,
-                state::STOPPED,
-                reason::TENANT,
+                LeaseState::Stopped,
+                StopReason::Tenant,
                 unix_s(),
                 refund_msat,
                 residual_msat

@@ -2,13 +2,14 @@
 //! leases in one transaction; a lease that runs dry is paused, and stopped once its grace
 //! period is over.
 
+use coinop_proto::{LeaseState, StopReason};
 use payment::metering::{self, Prices, UsageDelta};
 use rusqlite::{params, Transaction};
 
 use crate::clock::unix_s;
 
 use super::lease_rows::get_in;
-use super::{reason, state, LeaseRow, Ledger, LedgerError};
+use super::{LeaseRow, Ledger, LedgerError};
 
 /// One tick's reading of one guest's cumulative counters.
 #[derive(Debug, Clone, Copy)]
@@ -78,13 +79,13 @@ fn tick_one(
         balance_msat: lease.balance_msat,
         action: TickAction::None,
     };
-    let mut state = lease.state.as_str();
+    let mut state = lease.state;
     let mut paused_at = lease.paused_at;
     let mut carry = lease.carry_units;
     let mut used_vcpu = lease.used_vcpu_us;
     let mut used_mem = lease.used_mem_mib_us;
     match state {
-        state::RUNNING => {
+        LeaseState::Running => {
             let d = metering::debit(
                 prices,
                 UsageDelta {
@@ -101,14 +102,14 @@ fn tick_one(
             used_vcpu = used_vcpu.saturating_add(dvcpu);
             used_mem = used_mem.saturating_add(lease.mem_mib.saturating_mul(dwall));
             if d.exhausted {
-                state = state::PAUSED_UNFUNDED;
+                state = LeaseState::PausedUnfunded;
                 paused_at = Some(now);
                 out.action = TickAction::Pause;
             }
         }
         // Out of funds: nothing to bill; only move the baselines so a top-up does not
         // charge for the paused time.
-        state::PAUSED_UNFUNDED
+        LeaseState::PausedUnfunded
             if now.saturating_sub(paused_at.unwrap_or(now)) >= grace_s as i64 =>
         {
             out.action = TickAction::Stop;
@@ -130,10 +131,10 @@ fn tick_one(
         used_mem,
         s.vcpu_total_us,
         s.uptime_us,
-        if stop { state::STOPPED } else { state },
+        if stop { LeaseState::Stopped } else { state },
         paused_at,
         stop,
-        reason::BALANCE_EXHAUSTED,
+        StopReason::BalanceExhausted,
         now,
         out.debited_msat
     ])?;
@@ -164,14 +165,14 @@ mod tests {
         assert_eq!(o[0].action, TickAction::Pause);
         assert_eq!(
             l.get("a").expect("get").expect("row").state,
-            state::PAUSED_UNFUNDED
+            LeaseState::PausedUnfunded
         );
         let o = l
             .apply_tick(&[s(2_000_000, 3_000_000)], P, 0)
             .expect("tick");
         assert_eq!(o[0].action, TickAction::Stop);
         let row = l.get("a").expect("get").expect("row");
-        assert_eq!(row.state, state::STOPPED);
-        assert_eq!(row.stop_reason.as_deref(), Some(reason::BALANCE_EXHAUSTED));
+        assert_eq!(row.state, LeaseState::Stopped);
+        assert_eq!(row.stop_reason, Some(StopReason::BalanceExhausted));
     }
 }

@@ -20,7 +20,6 @@ pub mod nft_ruleset;
 pub mod tap_device;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};

@@ -33,8 +33,11 @@ use payment::spent_set::{KeyKind, SpendKey};
 use rusqlite::{params, OptionalExtension, Transaction};
 use subtle::ConstantTimeEq;
 
+use super::lease_rows::require_in;
+use super::payments::insert_lease;
+use super::{Credit, LeaseRow, Ledger, LedgerError, NewLease};
 use crate::clock::unix_s;
-use crate::ledger::{reason, require_in, state, Credit, LeaseRow, Ledger, LedgerError, NewLease};
+use coinop_proto::{LeaseState, StopReason};
 
 /// A digest of the exact set of spent-set keys a payment claims, independent of their
 /// order in the request: two payments have the same digest only if they spend the same
@@ -103,8 +106,8 @@ pub enum CreateOutcome {
 /// on it and not one µs metered. A boot that ran and failed in-process records its figures
 /// before its refund, so a retry racing that refund never boots a lease being refunded.
 fn never_booted(l: &LeaseRow) -> bool {
-    l.state == state::STOPPED
-        && l.stop_reason.as_deref() == Some(reason::BOOT_FAILED)
+    l.state == LeaseState::Stopped
+        && l.stop_reason == Some(StopReason::BootFailed)
         && l.boot_json.is_none()
         && l.refunded_msat.is_none()
         && l.debited_msat == 0
@@ -147,7 +150,7 @@ fn recover_in(
         new_token_hash.as_slice(),
         unix_s(),
         reboot,
-        state::BOOTING
+        LeaseState::Booting
     ])?;
     let token_seq: u64 = tx
         .prepare_cached("SELECT token_seq FROM leases WHERE id = ?1")?
@@ -174,7 +177,7 @@ impl Ledger {
             if let Some(r) = recover_in(tx, credit, presented, &lease.token_hash)? {
                 return Ok(CreateOutcome::Recovered(Box::new(r)));
             }
-            crate::ledger::insert_lease(tx, lease, credit)?;
+            insert_lease(tx, lease, credit)?;
             Ok(CreateOutcome::Created)
         })
     }
@@ -212,6 +215,7 @@ impl Ledger {
     }
 
     /// The sequence number of a lease's current token (1 = the one issued at creation).
+    #[cfg(test)]
     pub fn token_seq(&self, id: &str) -> Result<u64, LedgerError> {
         self.with_conn(|c| {
             c.prepare_cached("SELECT token_seq FROM leases WHERE id = ?1")?
@@ -296,7 +300,7 @@ mod tests {
                 .expect("retry"),
         );
         assert_eq!(r.lease.id, "a", "the existing lease, not the new id");
-        assert_eq!(r.lease.state, state::RUNNING);
+        assert_eq!(r.lease.state, LeaseState::Running);
         assert_eq!(r.token_seq, 2);
         assert!(!r.reboot);
         assert!(l.get("b").expect("get").is_none(), "no second lease");
@@ -360,14 +364,14 @@ mod tests {
         l.create_or_recover(&new_lease("a", "t1", Some(KEY)), &c)
             .expect("create");
         // What a restart does to a lease whose create died before the boot.
-        l.mark_stopped("a", reason::BOOT_FAILED, None)
+        l.mark_stopped("a", StopReason::BootFailed, None)
             .expect("stop");
         let r = recovered(
             l.create_or_recover(&new_lease("b", "t2", Some(KEY)), &c)
                 .expect("retry"),
         );
         assert!(r.reboot);
-        assert_eq!(r.lease.state, state::BOOTING);
+        assert_eq!(r.lease.state, LeaseState::Booting);
         assert_eq!(r.lease.stop_reason, None);
         // A concurrent retry finds it booting and does not boot it a second time.
         let r2 = recovered(
@@ -377,14 +381,14 @@ mod tests {
         assert!(!r2.reboot);
         assert_eq!(r2.token_seq, 3);
         // A boot that ran and failed (its figures recorded) is reported, not retried.
-        l.mark_stopped("a", reason::BOOT_FAILED, Some("{}"))
+        l.mark_stopped("a", StopReason::BootFailed, Some("{}"))
             .expect("stop");
         let failed = recovered(
             l.create_or_recover(&new_lease("e", "t5", Some(KEY)), &c)
                 .expect("retry"),
         );
         assert!(!failed.reboot);
-        assert_eq!(failed.lease.state, state::STOPPED);
+        assert_eq!(failed.lease.state, LeaseState::Stopped);
         // Refunded leases stay stopped.
         l.refund("a", Ok::<u64, ()>).expect("ledger").expect("sign");
         let r3 = recovered(
@@ -393,7 +397,7 @@ mod tests {
         );
         assert!(!r3.reboot);
         assert_eq!(r3.token_seq, 5);
-        assert_eq!(r3.lease.state, state::STOPPED);
+        assert_eq!(r3.lease.state, LeaseState::Stopped);
         assert_eq!(r3.lease.refunded_msat, Some(1000));
         assert!(l.books("a").expect("books").balanced());
     }

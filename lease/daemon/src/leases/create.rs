@@ -1,0 +1,551 @@
+//! Creating a lease: check the spec and the payment, commit the lease with its payment in
+//! one ledger transaction, boot the guest (from a slot built ahead of time when there is
+//! one) and hand out the token; or give a retry that lost its reply its lease back
+//! ([`crate::ledger::recovery`]). A failed boot stops the lease and says where its money is.
+
+use coinop_host::guest_network::NetInfo;
+use coinop_proto::recovery_key::recovery_hash;
+use coinop_proto::replies::{
+    BootFailedResponse, CreateResponse, ErrorDetail, NotBootedYetResponse, RecoveredResponse,
+    Refund,
+};
+use coinop_proto::requests::CreateRequest;
+use coinop_proto::{BootFigures, LeaseState, Msat, StopReason};
+use payment::credit::nut_types::BlindedMessage;
+use payment::credit::Mint;
+
+use super::payment_intake::verify_payment;
+use super::{blocking, blocking_here, since, spec, LeaseError};
+use crate::app::{AppState, Shared};
+use crate::capacity::Totals;
+use crate::ledger::recovery::{outputs_digest, CreateOutcome as Committed, Recovered};
+use crate::ledger::{Credit, LeaseRow, LedgerError, NewLease};
+use crate::supervisor::{BootRequest, GuestPaths, Nic};
+use crate::token::{new_lease_id, new_token, token_hash};
+
+/// Longest tenant cmdline.
+const MAX_CMDLINE: usize = 2048;
+
+/// What a create came to. Every variant but `Created` is also what a lost reply's retry
+/// can get.
+#[derive(Debug)]
+pub enum CreateOutcome {
+    /// A new lease, booted.
+    Created(CreateResponse),
+    /// A retry proved the lease is its own: the lease as it is, with a fresh token.
+    Recovered(Box<RecoveredResponse>),
+    /// Paid and committed, but the guest did not boot: the lease is stopped and the body
+    /// says where the balance is.
+    BootFailed(Box<BootFailedResponse>),
+    /// A recovered lease that never booted finds no room now: it waits, stopped, for a
+    /// later retry (or for the tenant to take its balance back).
+    WaitingForRoom(NotBootedYetResponse),
+}
+
+/// The metrics label of a credit's kind (`onchain_late` counts as `onchain`).
+pub(super) fn metric_kind(c: &Credit) -> &'static str {
+    if c.kind.starts_with("onchain") {
+        "onchain"
+    } else {
+        "credit"
+    }
+}
+
+/// Counts a claim the ledger refused because the payment was already spent.
+pub(super) fn count_refused_claim(s: &AppState, kind: &'static str, e: &LedgerError) {
+    if matches!(e, LedgerError::AlreadySpent(_)) {
+        s.metrics.payment_already_spent(kind);
+    }
+}
+
+/// `POST /v1/leases`: checks the spec and the payment, commits the lease and its payment in
+/// one ledger transaction, boots the guest and answers with its token; or, for a retry that
+/// proves with its recovery key that the lease is its own, gives that lease back.
+pub async fn create(
+    s: &Shared,
+    arrival: u64,
+    req: CreateRequest,
+) -> Result<CreateOutcome, LeaseError> {
+    spec::check(s, req.vcpus, req.mem_mib, Some(&req.image))?;
+    let image = s
+        .config
+        .images
+        .get(&req.image)
+        .cloned()
+        .ok_or_else(|| LeaseError::UnknownImage("unknown image".into()))?;
+    let mut cmdline = req.cmdline.clone().unwrap_or_else(|| image.cmdline.clone());
+    if cmdline.len() > MAX_CMDLINE || cmdline.contains('\0') {
+        return Err(LeaseError::InvalidSpec(format!(
+            "cmdline must be at most {MAX_CMDLINE} bytes without NUL"
+        )));
+    }
+    if let Some(key) = &req.ssh_key {
+        let word = ssh_key_word(key).ok_or_else(|| {
+            LeaseError::InvalidSpec(
+                "ssh_key must be an OpenSSH public key: TYPE BASE64 [comment], at most 8 KiB"
+                    .into(),
+            )
+        })?;
+        cmdline = format!("{cmdline} {word}");
+    }
+    let recovery = req.recovery_key.as_deref().map(recovery_hash).transpose()?;
+    // A slot built ahead of time names the lease; dropped unused (a refused payment, a full
+    // host, a recovered lease) it goes back to the pool.
+    let slot = s.supervisor.isolation().take_slot();
+    let id = slot
+        .as_ref()
+        .map_or_else(new_lease_id, |slot| slot.lease_id().to_string());
+    let want = Totals {
+        vcpus: req.vcpus,
+        mib: req.mem_mib,
+    };
+    let reserved = s.capacity().reserve(&id, want);
+    if let Err(full) = reserved {
+        let full = LeaseError::HostFull {
+            vcpus_free: full.free.vcpus,
+            mib_free: full.free.mib,
+        };
+        return create_when_full(s, arrival, req, recovery, full).await;
+    }
+    let name = LeaseName { id: &id, slot };
+    let result = create_reserved(s, arrival, name, req, image, cmdline, recovery).await;
+    if result.is_err() {
+        s.capacity().release(&id);
+    }
+    result
+}
+
+/// The host has no room for a new lease: only a retry that recovers an existing one (which
+/// holds its own room, or is booted if there is room for it) gets past the 503 anyone else
+/// gets, whatever their payment.
+async fn create_when_full(
+    s: &Shared,
+    arrival: u64,
+    req: CreateRequest,
+    recovery: Option<[u8; 32]>,
+    full: LeaseError,
+) -> Result<CreateOutcome, LeaseError> {
+    let Some(hash) = recovery else {
+        return Err(full);
+    };
+    let Ok(credit) = verify_payment(s, req.payment).await else {
+        return Err(full);
+    };
+    let token = new_token();
+    let th = token_hash(&token);
+    let kind = metric_kind(&credit);
+    let s2 = s.clone();
+    let found = blocking_here(move || Ok(s2.ledger.recover(&credit, &hash, &th)?)).await?;
+    match found {
+        Some(r) => {
+            s.metrics.payment_recovered(kind);
+            recovered(s, arrival, r, token, req.outputs).await
+        }
+        None => Err(full),
+    }
+}
+
+/// A new lease's id, and the slot built ahead of time that gave it, if any.
+struct LeaseName<'a> {
+    id: &'a str,
+    slot: Option<coinop_host::slot_pool::TakenSlot>,
+}
+
+async fn create_reserved(
+    s: &Shared,
+    arrival: u64,
+    name: LeaseName<'_>,
+    req: CreateRequest,
+    image: crate::image_catalogue::ImageSpec,
+    cmdline: String,
+    recovery: Option<[u8; 32]>,
+) -> Result<CreateOutcome, LeaseError> {
+    let LeaseName { id, slot } = name;
+    let credit = verify_payment(s, req.payment).await?;
+    let boot = BootFigures {
+        payment_verified_us: since(arrival),
+        ..BootFigures::default()
+    };
+    let token = new_token();
+    let paths = GuestPaths::for_lease(&s.config.run_dir(), id);
+    let new = NewLease {
+        id: id.to_string(),
+        token_hash: token_hash(&token),
+        vcpus: req.vcpus,
+        mem_mib: req.mem_mib,
+        image: image.name.clone(),
+        cmdline: cmdline.clone(),
+        control_path: paths.control.display().to_string(),
+        console_path: paths.console.display().to_string(),
+        recovery_hash: recovery,
+    };
+    let balance = credit.amount_msat;
+    let kind = metric_kind(&credit);
+    let s2 = s.clone();
+    let outcome = blocking_here(move || {
+        s2.ledger.create_or_recover(&new, &credit).map_err(|e| {
+            count_refused_claim(&s2, kind, &e);
+            LeaseError::from_claim(e)
+        })
+    })
+    .await?;
+    if let Committed::Recovered(r) = outcome {
+        // The room reserved for a new lease is not needed: the lease exists.
+        s.capacity().release(id);
+        s.metrics.payment_recovered(kind);
+        return recovered(s, arrival, *r, token, req.outputs).await;
+    }
+    let mut boot = boot;
+    boot.ledger_committed_us = since(arrival);
+    crate::fault::hit(crate::fault::point::CREATE_COMMITTED);
+    let guest = GuestSpec {
+        id,
+        image: &image,
+        cmdline: &cmdline,
+        vcpus: req.vcpus,
+        mem_mib: req.mem_mib,
+    };
+    match boot_guest(s, arrival, &guest, boot, slot).await? {
+        Ok((boot, network)) => Ok(CreateOutcome::Created(CreateResponse {
+            lease_id: id.to_string(),
+            token,
+            token_seq: 1,
+            state: LeaseState::Running,
+            balance_msat: Msat::from_msat(balance),
+            boot,
+            network,
+        })),
+        Err((boot, why)) => boot_failed(s, id, token, 1, boot, why, req.outputs).await,
+    }
+}
+
+/// What a committed lease boots.
+struct GuestSpec<'a> {
+    id: &'a str,
+    image: &'a crate::image_catalogue::ImageSpec,
+    cmdline: &'a str,
+    vcpus: u32,
+    mem_mib: u64,
+}
+
+/// Boots the guest of a lease the ledger holds as `booting` (its room reserved), with its
+/// network when its image gets one, and marks it running. `Ok(Err(..))` is a failed boot,
+/// its room (and network) already released, with why. `slot` is the slot built ahead of
+/// time that named the lease, if its create took one.
+async fn boot_guest(
+    s: &Shared,
+    arrival: u64,
+    g: &GuestSpec<'_>,
+    mut boot: BootFigures,
+    slot: Option<coinop_host::slot_pool::TakenSlot>,
+) -> Result<Result<(BootFigures, Option<NetInfo>), (BootFigures, String)>, LeaseError> {
+    let paths = GuestPaths::for_lease(&s.config.run_dir(), g.id);
+    let (nic, network, cmdline) = match attach_network(s, g.id, g.image, g.cmdline).await {
+        Ok(attached) => attached,
+        Err(why) => {
+            tracing::warn!(lease = g.id, error = %why, "no network for the guest");
+            // Not back to the pool: the slot's lease id is in the ledger now.
+            if let Some(slot) = slot {
+                slot.discard();
+            }
+            s.metrics.boot(false, None);
+            s.capacity().release(g.id);
+            return Ok(Err((boot, why)));
+        }
+    };
+    let booted = s
+        .supervisor
+        .boot(BootRequest {
+            lease_id: g.id,
+            image: g.image,
+            cmdline: &cmdline,
+            vcpus: g.vcpus,
+            mem_mib: g.mem_mib,
+            paths: &paths,
+            arrival_us: arrival,
+            timeout_ms: s.config.boot_timeout_ms,
+            slot,
+            nic,
+        })
+        .await;
+    match booted {
+        Ok(b) => {
+            crate::fault::hit(crate::fault::point::CREATE_GUEST_READY);
+            boot.vmm_spawned_us = b.vmm_spawned_us;
+            boot.vcpus_started_us = b.vcpus_started_us;
+            boot.guest_ready_us = Some(b.guest_ready_us);
+            let json = serde_json::to_string(&boot).unwrap_or_default();
+            let s2 = s.clone();
+            let id2 = g.id.to_string();
+            blocking(move || Ok(s2.ledger.mark_running(&id2, b.pid, &json)?)).await?;
+            s.metrics.boot(true, Some(b.guest_ready_us));
+            tracing::info!(
+                lease = g.id,
+                guest_ready_us = b.guest_ready_us,
+                "lease running"
+            );
+            Ok(Ok((boot, network)))
+        }
+        Err(e) => {
+            tracing::warn!(lease = g.id, error = %e, "boot failed");
+            s.metrics.boot(false, None);
+            s.capacity().release(g.id);
+            Ok(Err((boot, e.to_string())))
+        }
+    }
+}
+
+/// The lease's NIC when its image gets one: the tap's fd, the tenant's view, and `cmdline`
+/// with the guest's address words (they depend on the slot, so the ledger keeps the
+/// command line without them).
+async fn attach_network(
+    s: &Shared,
+    id: &str,
+    image: &crate::image_catalogue::ImageSpec,
+    cmdline: &str,
+) -> Result<(Option<Nic>, Option<NetInfo>, String), String> {
+    if !s.config.lease_gets_network(image) {
+        return Ok((None, None, cmdline.to_string()));
+    }
+    let isolation = std::sync::Arc::clone(s.supervisor.isolation());
+    let lease = id.to_string();
+    let attached = tokio::task::spawn_blocking(move || isolation.attach_network(&lease))
+        .await
+        .map_err(|e| format!("worker: {e}"))?
+        .map_err(|e| e.to_string())?;
+    Ok(match attached {
+        Some((tap, info)) => {
+            let cmdline = format!(
+                "{cmdline} {}",
+                coinop_host::guest_network::cmdline_words(&info)
+            );
+            let nic = Nic {
+                tap,
+                mac: info.mac.clone(),
+            };
+            (Some(nic), Some(info), cmdline)
+        }
+        None => (None, None, cmdline.to_string()),
+    })
+}
+
+/// `coinop.ssh_key=TYPE:BLOB` for an OpenSSH public key line, or `None` when `key` is not
+/// one (the comment is dropped: it could hold anything, and the guest needs none).
+pub fn ssh_key_word(key: &str) -> Option<String> {
+    if key.len() > 8192 {
+        return None;
+    }
+    let mut parts = key.split_whitespace();
+    let (kind, blob) = (parts.next()?, parts.next()?);
+    let kind_ok = !kind.is_empty()
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-@.".contains(&b));
+    let blob_ok = blob.len() >= 16
+        && blob
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+    (kind_ok && blob_ok).then(|| format!("coinop.ssh_key={kind}:{blob}"))
+}
+
+/// The reply to a retry that recovered its lease (see [`crate::ledger::recovery`]): 200 with
+/// the lease as it is and the new token, after booting it if it never booted.
+async fn recovered(
+    s: &Shared,
+    arrival: u64,
+    r: Recovered,
+    token: String,
+    outputs: Option<Vec<BlindedMessage>>,
+) -> Result<CreateOutcome, LeaseError> {
+    tracing::info!(lease = %r.lease.id, token_seq = r.token_seq, reboot = r.reboot,
+                   "lease recovered by a retried create");
+    let l = r.lease;
+    if r.reboot {
+        let boot = BootFigures {
+            payment_verified_us: since(arrival),
+            ledger_committed_us: since(arrival),
+            ..BootFigures::default()
+        };
+        let Some(image) = s.config.images.get(&l.image).cloned() else {
+            let why = format!("image {:?} is no longer offered", l.image);
+            return boot_failed(s, &l.id, token, r.token_seq, boot, why, outputs).await;
+        };
+        let want = Totals {
+            vcpus: l.vcpus,
+            mib: l.mem_mib,
+        };
+        // Bound first: the capacity guard must not live across the awaits below.
+        let reserved = s.capacity().reserve(&l.id, want);
+        if let Err(full) = reserved {
+            let why = format!(
+                "host full: {} vCPUs and {} MiB free",
+                full.free.vcpus, full.free.mib
+            );
+            return not_booted_yet(s, &l.id, token, r.token_seq, why).await;
+        }
+        let guest = GuestSpec {
+            id: &l.id,
+            image: &image,
+            cmdline: &l.cmdline,
+            vcpus: l.vcpus,
+            mem_mib: l.mem_mib,
+        };
+        if let Err((boot, why)) = boot_guest(s, arrival, &guest, boot, None).await? {
+            return boot_failed(s, &l.id, token, r.token_seq, boot, why, outputs).await;
+        }
+    }
+    let now = s.ledger.get(&l.id)?.unwrap_or(l);
+    let refund = resigned_refund(s, &now, outputs.as_deref())?;
+    Ok(CreateOutcome::Recovered(Box::new(RecoveredResponse {
+        lease: super::view(s, &now),
+        token,
+        token_seq: r.token_seq,
+        recovered: true,
+        refund,
+    })))
+}
+
+/// A recovered lease that never booted and finds no room now: it goes back to waiting
+/// (stopped, `boot_failed`, no boot figures, balance kept) so that a later retry boots it,
+/// and the answer is 503 `host_full` with `Retry-After`, carrying the new token so the
+/// tenant can also just take its balance back (`POST /stop` with outputs).
+async fn not_booted_yet(
+    s: &Shared,
+    id: &str,
+    token: String,
+    token_seq: u64,
+    why: String,
+) -> Result<CreateOutcome, LeaseError> {
+    let s2 = s.clone();
+    let id2 = id.to_string();
+    blocking(move || Ok(s2.ledger.mark_stopped(&id2, StopReason::BootFailed, None)?)).await?;
+    Ok(CreateOutcome::WaitingForRoom(NotBootedYetResponse {
+        error: ErrorDetail::new(
+            "host_full",
+            format!("the lease waits for room to boot: {why}"),
+        ),
+        lease_id: id.to_string(),
+        token,
+        token_seq,
+        recovered: true,
+        state: LeaseState::Stopped,
+        stop_reason: StopReason::BootFailed,
+    }))
+}
+
+/// The refund signatures a lost create reply carried, signed again: only when the lease was
+/// refunded onto outputs and the retry brings exactly those outputs (same notes, no new
+/// money; see [`crate::ledger::recovery::outputs_digest`]).
+fn resigned_refund(
+    s: &Shared,
+    l: &LeaseRow,
+    outputs: Option<&[BlindedMessage]>,
+) -> Result<Option<Refund>, LeaseError> {
+    let (Some(refund_msat), Some(outputs)) = (l.refunded_msat, outputs) else {
+        return Ok(None);
+    };
+    let Some(stored) = s.ledger.refund_outputs(&l.id)? else {
+        return Ok(None);
+    };
+    let used = Mint::change_outputs_needed(refund_msat).min(outputs.len());
+    if stored.as_slice() != outputs_digest(&outputs[..used]).as_slice() {
+        return Ok(None);
+    }
+    let signed = s.mint.change(refund_msat, &outputs[..used])?;
+    Ok(Some(Refund::Signatures {
+        refund_msat: Msat::from_msat(refund_msat),
+        residual_msat: Msat::from_msat(l.residual_msat.unwrap_or(0)),
+        signatures: signed,
+    }))
+}
+
+/// A failed boot: the lease stops (`boot_failed`) and its whole balance is refunded as
+/// blind-signed change when the request brought outputs, or kept on the lease for the
+/// tenant to collect with its token (`POST /stop` with outputs).
+async fn boot_failed(
+    s: &Shared,
+    id: &str,
+    token: String,
+    token_seq: u64,
+    boot: BootFigures,
+    why: String,
+    outputs: Option<Vec<BlindedMessage>>,
+) -> Result<CreateOutcome, LeaseError> {
+    let s2 = s.clone();
+    let id2 = id.to_string();
+    let json = serde_json::to_string(&boot).unwrap_or_default();
+    let refund = blocking(move || {
+        s2.ledger
+            .mark_stopped(&id2, StopReason::BootFailed, Some(&json))?;
+        match outputs {
+            Some(outs) => {
+                let r = super::stop::refund_with(&s2, &id2, &outs)?;
+                // So that a retry that lost this reply can have the same signatures again.
+                let used = &outs[..r.signed.len().min(outs.len())];
+                s2.ledger
+                    .remember_refund_outputs(&id2, &outputs_digest(used))?;
+                crate::fault::hit(crate::fault::point::CREATE_REFUNDED);
+                Ok(Some(r))
+            }
+            None => Ok(None),
+        }
+    })
+    .await?;
+    let refund = match refund {
+        Some(r) => Refund::Signatures {
+            refund_msat: Msat::from_msat(r.refund_msat),
+            residual_msat: Msat::from_msat(r.residual_msat),
+            signatures: r.signed,
+        },
+        None => {
+            let bal = s.ledger.get(id)?.map(|l| l.balance_msat).unwrap_or(0);
+            let change = Msat::from_msat(bal).split_change();
+            Refund::Kept {
+                refund_msat: change.whole,
+                residual_msat: change.residual,
+                how: "POST /v1/leases/{id}/stop with outputs and the token".into(),
+            }
+        }
+    };
+    Ok(CreateOutcome::BootFailed(Box::new(BootFailedResponse {
+        error: ErrorDetail::new("boot_failed", format!("the guest did not boot: {why}")),
+        lease_id: id.to_string(),
+        token,
+        token_seq,
+        state: LeaseState::Stopped,
+        stop_reason: StopReason::BootFailed,
+        refund,
+        boot,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ssh_key_word;
+
+    #[test]
+    fn ssh_keys_become_one_command_line_word() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBase64Blob+/= me@laptop";
+        assert_eq!(
+            ssh_key_word(key).as_deref(),
+            Some("coinop.ssh_key=ssh-ed25519:AAAAC3NzaC1lZDI1NTE5AAAAIBase64Blob+/="),
+            "the comment is dropped"
+        );
+        assert_eq!(
+            ssh_key_word("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 x;reboot").as_deref(),
+            Some("coinop.ssh_key=ssh-ed25519:AAAAC3NzaC1lZDI1NTE5"),
+            "a comment never reaches the command line"
+        );
+        for bad in [
+            "",
+            "ssh-ed25519",
+            "ssh-ed25519 short",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5;reboot",
+            "ssh;x AAAAC3NzaC1lZDI1NTE5AAAA",
+            "ssh ed25519 AAAAC3NzaC1lZDI1NTE5AAAA",
+        ] {
+            assert_eq!(ssh_key_word(bad), None, "{bad:?}");
+        }
+        assert!(ssh_key_word(&"A".repeat(9000)).is_none(), "at most 8 KiB");
+    }
+}

@@ -1,0 +1,47 @@
+//! Topping up a lease: a new payment adds to its balance in one ledger transaction, and a
+//! lease paused for lack of funds runs again.
+
+use coinop_proto::replies::TopupResponse;
+use coinop_proto::requests::TopupRequest;
+use vmm_protocol::Request;
+
+use super::create::{count_refused_claim, metric_kind};
+use super::payment_intake::verify_payment;
+use super::{blocking, LeaseError};
+use crate::app::Shared;
+use crate::ledger::LeaseRow;
+
+/// `POST /v1/leases/{id}/topup` for the lease `l` (already authenticated).
+pub async fn topup(
+    s: &Shared,
+    l: LeaseRow,
+    req: TopupRequest,
+) -> Result<TopupResponse, LeaseError> {
+    if l.refunded_msat.is_some() {
+        return Err(LeaseError::RefundedTakesNoPayment(l.id));
+    }
+    let credit = verify_payment(s, req.payment).await?;
+    let s2 = s.clone();
+    let id = l.id.clone();
+    let kind = metric_kind(&credit);
+    let out = blocking(move || {
+        s2.ledger.topup(&id, &credit).map_err(|e| {
+            count_refused_claim(&s2, kind, &e);
+            LeaseError::from_claim(e)
+        })
+    })
+    .await?;
+    if out.resumed {
+        if let Err(e) =
+            vmm_protocol::client::set_state(std::path::Path::new(&l.control_path), Request::Resume)
+                .await
+        {
+            tracing::warn!(lease = %l.id, error = %e, "resume after top-up failed");
+        }
+    }
+    let now = s.ledger.get(&l.id)?.ok_or(LeaseError::NoLease)?;
+    Ok(TopupResponse {
+        lease: super::view(s, &now),
+        resumed: out.resumed,
+    })
+}
