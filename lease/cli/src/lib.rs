@@ -16,14 +16,14 @@
 
 pub mod args;
 pub mod client;
-pub mod commands;
-pub mod create_retry;
+mod commands;
+mod create_retry;
 pub mod exit;
-pub mod human;
-pub mod input;
+mod human;
+mod input;
 pub mod regtest_pay;
-pub mod wallet;
-pub mod wallet_cli;
-pub mod wallet_commands;
+mod wallet;
+mod wallet_cli;
+mod wallet_commands;
 
 pub use commands::run;

@@ -168,12 +168,6 @@ impl Wallet {
         Ok(taken)
     }
 
-    /// Puts notes back (a payment that was refused before anything was spent).
-    pub fn put_back(&mut self, proofs: Vec<Proof>) -> Result<(), WalletError> {
-        self.data.proofs.extend(proofs);
-        self.save()
-    }
-
     /// Writes the wallet atomically (temp file + rename), readable by its owner only: the
     /// notes in it are bearer money.
     fn save(&self) -> Result<(), WalletError> {

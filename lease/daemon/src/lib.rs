@@ -20,19 +20,19 @@
 //! CLI (`coinop_cli`) links none of this crate.
 
 pub mod app;
-pub mod capacity;
+mod capacity;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod fault;
 pub mod guest_stop;
-pub mod http;
-pub mod image_catalogue;
+mod http;
+mod image_catalogue;
 pub mod isolation;
-pub mod leases;
+mod leases;
 pub mod ledger;
-pub mod metrics;
-pub mod scheduler;
-pub mod stops_in_flight;
-pub mod supervisor;
-pub mod token;
+mod metrics;
+mod scheduler;
+mod stops_in_flight;
+mod supervisor;
+mod token;

@@ -65,7 +65,8 @@ macro_rules! names {
 
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
+                // pad, not write_str: a table's `{:<16}` must line the names up.
+                f.pad(self.as_str())
             }
         }
     };
@@ -147,6 +148,7 @@ mod tests {
             );
         }
         assert!("Running".parse::<LeaseState>().is_err());
+        assert_eq!(format!("{:<9}|", LeaseState::Running), "running  |");
         assert_eq!(
             "gone".parse::<StopReason>().unwrap_err().to_string(),
             "unknown stop reason \"gone\""

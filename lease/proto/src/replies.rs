@@ -80,6 +80,17 @@ pub enum Refund {
     },
 }
 
+impl Refund {
+    /// Whole sats of the balance, in msat, whichever way it went.
+    pub fn refund_msat(&self) -> Msat {
+        match self {
+            Refund::Signatures { refund_msat, .. } | Refund::Kept { refund_msat, .. } => {
+                *refund_msat
+            }
+        }
+    }
+}
+
 /// `503 boot_failed` to a create: the payment was taken, the guest did not boot, and the
 /// body says where the money is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
