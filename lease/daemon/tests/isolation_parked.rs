@@ -126,3 +126,27 @@ fn a_failed_launch_names_the_step_and_cleans_up() {
     assert!(!root.exists(), "root removed");
     assert!(!Path::new(&format!("/proc/{pid}")).exists(), "child reaped");
 }
+
+#[test]
+fn a_cgroup_join_refused_at_park_time_is_reported_with_its_step() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = jail_config(dir.path());
+    // A read-only fd where the cgroup.procs file should be: the child's write of its pid
+    // fails with EBADF, which it must report as the cgroup step, not just die.
+    let read_only = std::fs::File::open("/dev/null").expect("open /dev/null");
+    let err = match config.park("refused", vec![read_only.into()]) {
+        Ok(_) => panic!("a child that cannot join its cgroup must not park"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("JoinCgroup") || err.contains("cgroup"),
+        "the failing step is named: {err}"
+    );
+    assert!(
+        !err.contains("gone"),
+        "not reported as a vanished child: {err}"
+    );
+}

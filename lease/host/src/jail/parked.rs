@@ -261,11 +261,13 @@ fn detached_mount(file: &Path) -> Result<OwnedFd, Error> {
 
 /// The parked child. Only system calls: see the module doc.
 fn run_parked(child: &ClonedChild, s: &mut ChildState) -> Result<Infallible, Failure> {
-    at(Step::Session, nix::unistd::setsid())?;
-    join_cgroup(child, &s.cgroup_procs)?;
+    // The socket goes to its fixed number first: failures are reported there, so one in
+    // any later step (a cgroup join refused, say) reaches coinopd with its step and errno.
     if s.socket != PARKED_SOCK_FD {
         at(Step::CloseFds, child.dup3_cloexec(s.socket, PARKED_SOCK_FD))?;
     }
+    at(Step::Session, nix::unistd::setsid())?;
+    join_cgroup(child, &s.cgroup_procs)?;
     close_from_but(child, 0, PARKED_SOCK_FD)?;
     enter_root(&s.root, &s.binds, &[])?;
     // "parked".
