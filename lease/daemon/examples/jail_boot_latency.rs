@@ -139,18 +139,5 @@ fn main() {
         median(jail_only)
     );
     let _ = std::fs::remove_dir_all(&base);
-    // The per-run parent cgroups, so runs do not pile them up.
-    if let Cgroups::V1 {
-        cpu,
-        cpuacct,
-        memory,
-        pids,
-    } = &cgroups
-    {
-        for d in [cpu, cpuacct, memory, pids] {
-            let _ = std::fs::remove_dir(d);
-        }
-    } else if let Cgroups::V2 { parent } = &cgroups {
-        let _ = std::fs::remove_dir(parent);
-    }
+    cgroups.remove_empty_parents();
 }

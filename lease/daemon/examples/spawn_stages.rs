@@ -73,25 +73,7 @@ fn round(
     let jail = timed(steps, "3 jail root", || {
         config.prepare(&id, guest, None).expect("prepare")
     });
-    let (events_rx, events_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
-    let null = || -> OwnedFd { std::fs::File::open("/dev/null").expect("null").into() };
-    let fds = vec![null(), null(), null(), events_tx];
-    let spawn_at = monotonic_us();
-    let args: Vec<OsString> = [
-        "--kernel",
-        KERNEL_PATH,
-        "--cmdline",
-        "mode=halt",
-        "--serial",
-        "none",
-        "--events",
-        "fd:3",
-        "--start-time-us",
-        &spawn_at.to_string(),
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
+    let (args, fds, events_rx) = halting_vmm();
     let child = if joins {
         timed(steps, "4a clone..exec, joining the cgroup", || {
             jail.spawn(args, fds, procs).expect("spawn")
@@ -158,25 +140,7 @@ fn pooled_round(
                 .expect("limits")
         });
     }
-    let (events_rx, events_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
-    let null = || -> OwnedFd { std::fs::File::open("/dev/null").expect("null").into() };
-    let fds = vec![null(), null(), null(), events_tx];
-    let spawn_at = monotonic_us();
-    let args: Vec<OsString> = [
-        "--kernel",
-        KERNEL_PATH,
-        "--cmdline",
-        "mode=halt",
-        "--serial",
-        "none",
-        "--events",
-        "fd:3",
-        "--start-time-us",
-        &spawn_at.to_string(),
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
+    let (args, fds, events_rx) = halting_vmm();
     let (child, jail) = timed(steps, "P2 launch ..exec", || {
         parked.launch(guest, None, None, args, fds).expect("launch")
     });
@@ -194,6 +158,31 @@ fn pooled_round(
     if let Some(slot) = slot {
         slot.remove().expect("remove cgroup");
     }
+}
+
+/// The jailed VMM's arguments and fds for one halting boot: stdin/out/err on /dev/null and
+/// its events on fd 3, timed from now; and the read end of the event pipe.
+fn halting_vmm() -> (Vec<OsString>, Vec<OwnedFd>, OwnedFd) {
+    let (events_rx, events_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    let null = || -> OwnedFd { std::fs::File::open("/dev/null").expect("null").into() };
+    let fds = vec![null(), null(), null(), events_tx];
+    let spawn_at = monotonic_us().to_string();
+    let args = [
+        "--kernel",
+        KERNEL_PATH,
+        "--cmdline",
+        "mode=halt",
+        "--serial",
+        "none",
+        "--events",
+        "fd:3",
+        "--start-time-us",
+        &spawn_at,
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    (args, fds, events_rx)
 }
 
 fn pct(sorted: &[u64], p: f64) -> u64 {
@@ -226,15 +215,5 @@ fn main() {
         println!("{:<40} {:>8} {:>8}", step, pct(&v, 0.5), pct(&v, 0.95));
     }
     let _ = std::fs::remove_dir_all(&base);
-    if let Cgroups::V1 {
-        cpu,
-        cpuacct,
-        memory,
-        pids,
-    } = &cgroups
-    {
-        for d in [cpu, cpuacct, memory, pids] {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
+    cgroups.remove_empty_parents();
 }

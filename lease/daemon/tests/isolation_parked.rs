@@ -10,22 +10,6 @@ use isolation_support::{boot_parked, build_guest, control, jail_config, ready, r
 use proc_status::status_field;
 use std::path::Path;
 
-fn remove_parents(cgroups: &Cgroups) {
-    if let Cgroups::V1 {
-        cpu,
-        cpuacct,
-        memory,
-        pids,
-    } = cgroups
-    {
-        for d in [cpu, cpuacct, memory, pids] {
-            let _ = std::fs::remove_dir(d);
-        }
-    } else if let Cgroups::V2 { parent } = cgroups {
-        let _ = std::fs::remove_dir(parent);
-    }
-}
-
 #[test]
 fn a_parked_child_is_in_its_cgroup_before_launch_and_becomes_the_vmm() {
     if !ready() {
@@ -92,7 +76,7 @@ fn a_parked_child_is_in_its_cgroup_before_launch_and_becomes_the_vmm() {
     assert!(console.contains("coinop-testguest ready"), "{console}");
     jail.remove().expect("remove jail");
     slot.remove().expect("remove cgroup");
-    remove_parents(&cgroups);
+    cgroups.remove_empty_parents();
 }
 
 #[test]

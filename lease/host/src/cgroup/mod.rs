@@ -117,6 +117,25 @@ impl Cgroups {
             _ => CgroupSlot::reopen(self, lease_id),
         }
     }
+
+    /// Removes the parent directories if they are empty (a test's or a benchmark's own
+    /// parent, so runs do not pile them up); a parent that still holds a lease stays.
+    pub fn remove_empty_parents(&self) {
+        let dirs: Vec<&PathBuf> = match self {
+            Cgroups::V2 { parent } => vec![parent],
+            Cgroups::V1 {
+                cpu,
+                cpuacct,
+                memory,
+                pids,
+            } => vec![cpu, cpuacct, memory, pids],
+            Cgroups::Unavailable { .. } => vec![],
+        };
+        for d in dirs {
+            // rmdir refuses a cgroup with children or tasks, which is the point.
+            let _ = std::fs::remove_dir(d);
+        }
+    }
 }
 
 fn check_lease_id(lease_id: &str) -> Result<(), Error> {
