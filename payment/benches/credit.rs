@@ -237,7 +237,7 @@ fn main() {
         cpu_total as f64 / (batches.len() * BATCH) as f64 / 1e3
     );
 
-    // Swaps: 2 inputs -> 2 outputs (pending claim, sign, commit: two durable writes).
+    // Swaps: 2 inputs -> 3 outputs (sign, then one durable claim with the swap's receipt).
     let inputs: Vec<Vec<Proof>> = (0..100).map(|_| mint_proofs(&mint, &[2, 2])).collect();
     let outs: Vec<Vec<BlindedMessage>> = (0..100)
         .map(|_| wallet_outputs(&id, &[1, 1, 2]).messages())

@@ -426,8 +426,18 @@ async fn a_lost_boot_failure_refund_is_signed_again_for_the_same_outputs_only() 
         again.json()["refund"]["signatures"],
         v["refund"]["signatures"]
     );
-    let double = d.call("POST", "/v1/swap", None, Some(swap)).await;
+    // Swapping them again with other outputs is refused (the same swap again would only
+    // get its own signatures back).
+    let mut double = swap.clone();
+    double["outputs"] = json!(wallet
+        .outputs(&[8])
+        .iter()
+        .map(|b| b.msg.clone())
+        .collect::<Vec<_>>());
+    let double = d.call("POST", "/v1/swap", None, Some(double)).await;
     assert_eq!(double.status, 409, "{}", double.text());
+    let same = d.call("POST", "/v1/swap", None, Some(swap)).await;
+    assert_eq!(same.body, swapped.body, "{}", same.text());
     // Other outputs get no signatures, only the lease.
     let mut other = body.clone();
     other["outputs"] = json!(wallet

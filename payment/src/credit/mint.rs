@@ -17,7 +17,8 @@ use super::hash_to_curve::secret_to_curve;
 use super::keyset::{Keyset, UNIT_SAT};
 use super::keyset_store::{KeysetState, KeysetStore};
 use super::nut_types::*;
-use crate::spent_set::{KeyKind, SpendKey, SpendState, SpentSet};
+use super::receipt;
+use crate::spent_set::{KeyKind, SpendKey, SpendState, SpentSet, SpentSetError};
 
 /// Bounds on one request, so no request can make the mint do unbounded work.
 #[derive(Clone, Debug)]
@@ -309,9 +310,13 @@ impl Mint {
         sign_all(&outputs)
     }
 
-    /// NUT-03 swap: inputs become outputs of equal total, all or nothing. The inputs are
-    /// held `Pending` while the outputs are signed, then committed as `Spent`; a failure in
-    /// between releases them.
+    /// NUT-03 swap: inputs become outputs of equal total, all or nothing. The outputs are
+    /// signed first (signing changes nothing), then the inputs are claimed `Spent` together
+    /// with the swap's [`receipt`] in one durable step, and only then are the signatures
+    /// handed out. The same swap retried after its reply was lost (the same inputs and the
+    /// same outputs) is known by that receipt and gets the same signatures again: blind
+    /// signing is deterministic, so these are the same notes and no new money. Any other
+    /// use of a spent input fails as already spent.
     pub fn swap(&self, request: &SwapRequest) -> Result<SwapResponse, CreditError> {
         let ring = self.ring();
         let inputs = self.check_inputs(&ring, &request.inputs)?;
@@ -323,22 +328,37 @@ impl Mint {
                 outputs: out_total,
             });
         }
-        self.spent
-            .claim(&inputs.keys, SpendState::Pending, "credit swap")?;
-        let signed = sign_all(&outputs).and_then(|signatures| {
-            self.spent.commit_pending(&inputs.keys)?;
-            Ok(signatures)
+        let receipt = receipt::receipt(receipt::SWAP, &inputs.keys, &request.outputs);
+        // Spent inputs are refused before any signing work, unless this very swap spent them.
+        let states = self.spent.states(&inputs.keys)?;
+        let taken = inputs.keys.iter().zip(&states).find_map(|(key, state)| {
+            state.map(|state| SpentSetError::AlreadyClaimed {
+                kind: key.kind,
+                key_hex: hex::encode(&key.bytes),
+                state,
+            })
         });
-        match signed {
-            Ok(signatures) => Ok(SwapResponse { signatures }),
-            Err(e) => {
-                // Nothing was delivered: give the inputs back. If even that fails they stay
-                // Pending, which loses availability but never money.
-                if let Err(release) = self.spent.release_pending(&inputs.keys) {
-                    tracing::error!(%release, "swap failed and its inputs stay pending");
-                }
-                Err(e)
+        if let Some(taken) = taken {
+            if !self.spent.spent_with(&inputs.keys, &receipt)? {
+                return Err(taken.into());
             }
+            return Ok(SwapResponse {
+                signatures: sign_all(&outputs)?,
+            });
+        }
+        let signatures = sign_all(&outputs)?;
+        match self
+            .spent
+            .claim_with_receipt(&inputs.keys, "credit swap", &receipt)
+        {
+            Ok(()) => Ok(SwapResponse { signatures }),
+            // An identical request committed in between: its answer is this one.
+            Err(SpentSetError::AlreadyClaimed { .. })
+                if self.spent.spent_with(&inputs.keys, &receipt)? =>
+            {
+                Ok(SwapResponse { signatures })
+            }
+            Err(e) => Err(e.into()),
         }
     }
 

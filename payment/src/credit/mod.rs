@@ -7,6 +7,7 @@
 //! - [`amount`]: power-of-two note amounts; [`curve`]: the shared context and hex encodings.
 //! - [`nut_types`]: the Cashu JSON bodies.
 //! - [`mint`]: mint, swap, check state, redeem, change.
+//! - [`receipt`]: what a claim was spent on, so a retried mint or swap is answered again.
 //! - [`error`]: typed errors with Cashu codes and HTTP statuses.
 
 pub mod amount;
@@ -19,6 +20,7 @@ pub mod keyset;
 pub mod keyset_store;
 pub mod mint;
 pub mod nut_types;
+pub mod receipt;
 
 pub use error::CreditError;
 pub use mint::{credit_key, Mint, MintLimits, ValidatedInputs};

@@ -27,6 +27,7 @@ enum Op {
         keys: Vec<SpendKey>,
         state: SpendState,
         note: String,
+        receipt: Option<[u8; 32]>,
     },
     CommitPending(Vec<SpendKey>),
     ReleasePending(Vec<SpendKey>),
@@ -113,7 +114,25 @@ impl SpentSet for GroupCommitSpentSet {
             keys: keys.to_vec(),
             state,
             note: note.to_owned(),
+            receipt: None,
         })
+    }
+
+    fn claim_with_receipt(&self, keys: &[SpendKey], note: &str, receipt: &[u8; 32]) -> Reply {
+        self.submit(Op::Claim {
+            keys: keys.to_vec(),
+            state: SpendState::Spent,
+            note: note.to_owned(),
+            receipt: Some(*receipt),
+        })
+    }
+
+    fn spent_with(&self, keys: &[SpendKey], receipt: &[u8; 32]) -> Result<bool, SpentSetError> {
+        let conn = self
+            .reader
+            .lock()
+            .map_err(|_| SpentSetError::Storage("spent set reader lock poisoned".into()))?;
+        SqliteSpentSet::spent_with_in(&conn, keys, receipt)
     }
 
     fn commit_pending(&self, keys: &[SpendKey]) -> Reply {
@@ -187,7 +206,12 @@ fn run_batch(conn: &mut Connection, ops: &[&Op]) -> (Vec<Reply>, bool) {
 fn apply_in_savepoint(tx: &mut rusqlite::Transaction<'_>, op: &Op) -> Reply {
     let sp = tx.savepoint().map_err(storage)?;
     match op {
-        Op::Claim { keys, state, note } => SqliteSpentSet::claim_on(&sp, keys, *state, note),
+        Op::Claim {
+            keys,
+            state,
+            note,
+            receipt,
+        } => SqliteSpentSet::claim_on(&sp, keys, *state, note, receipt.as_ref()),
         Op::CommitPending(keys) => SqliteSpentSet::commit_pending_on(&sp, keys),
         Op::ReleasePending(keys) => SqliteSpentSet::release_pending_on(&sp, keys),
     }?;
@@ -222,6 +246,7 @@ mod tests {
             keys: keys.to_vec(),
             state: SpendState::Spent,
             note: "batch".into(),
+            receipt: None,
         }
     }
 
@@ -391,6 +416,19 @@ mod tests {
         assert!(reopened
             .claim(&[key(1)], SpendState::Spent, "again")
             .is_err());
+    }
+
+    #[test]
+    fn a_receipt_is_written_with_its_claim_and_read_back_after_a_reopen() {
+        let (_d, path, set) = fresh();
+        let receipt = [9u8; 32];
+        set.claim_with_receipt(&[key(1), key(2)], "swap", &receipt)
+            .unwrap();
+        assert!(set.spent_with(&[key(2), key(1)], &receipt).unwrap());
+        drop(set);
+        let reopened = SqliteSpentSet::open(&path).unwrap();
+        assert!(reopened.spent_with(&[key(1), key(2)], &receipt).unwrap());
+        assert!(!reopened.spent_with(&[key(1)], &[8u8; 32]).unwrap());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Keys are claimed all-or-none. A claim may first be `Pending` (the operation it guards has
 //! not delivered yet, e.g. a swap whose signatures are not returned) and is then either
 //! committed to `Spent` or released; a crash in between leaves it `Pending`, never lost and
-//! never spendable twice.
+//! never spendable twice. A `Spent` claim may carry a receipt (what the keys were spent on),
+//! written in the same transaction, by which a retry of the very same request is known.
 
 use thiserror::Error;
 
@@ -57,6 +58,18 @@ pub trait SpentSet: Send + Sync {
     /// Claims every key with `state`, all or none. `note` is kept for operators (e.g. the
     /// lease or quote the keys paid for).
     fn claim(&self, keys: &[SpendKey], state: SpendState, note: &str) -> Result<(), SpentSetError>;
+    /// Claims every key as `Spent`, all or none, keeping `receipt` with each: a digest of
+    /// what they were spent on ([`crate::credit::receipt`]), so that the same request
+    /// retried after a lost reply can be recognised ([`SpentSet::spent_with`]).
+    fn claim_with_receipt(
+        &self,
+        keys: &[SpendKey],
+        note: &str,
+        receipt: &[u8; 32],
+    ) -> Result<(), SpentSetError>;
+    /// Whether every key (at least one) is spent with exactly `receipt`: the request asking
+    /// is the one that spent them, and may be answered again.
+    fn spent_with(&self, keys: &[SpendKey], receipt: &[u8; 32]) -> Result<bool, SpentSetError>;
     /// Moves pending keys to `Spent`: the operation they guarded has delivered.
     fn commit_pending(&self, keys: &[SpendKey]) -> Result<(), SpentSetError>;
     /// Forgets pending keys: the operation they guarded failed before delivering anything.

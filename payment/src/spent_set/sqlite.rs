@@ -116,8 +116,9 @@ impl SqliteSpentSet {
         })
     }
 
-    /// Creates the spent-set table if it is missing. For callers that keep the spent set in
-    /// their own database file (the daemon's ledger).
+    /// Creates the spent-set table if it is missing, and gives a table from before receipts
+    /// its `receipt` column. For callers that keep the spent set in their own database file
+    /// (the daemon's ledger).
     pub fn create_schema(conn: &Connection) -> Result<(), SpentSetError> {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS spent_keys (
@@ -126,10 +127,25 @@ impl SqliteSpentSet {
                 state INTEGER NOT NULL,
                 note TEXT NOT NULL,
                 claimed_at_us INTEGER NOT NULL,
+                receipt BLOB,
                 PRIMARY KEY (kind, key)
             ) WITHOUT ROWID;",
         )
-        .map_err(storage)
+        .map_err(storage)?;
+        let has_receipt = |conn: &Connection| -> Result<bool, SpentSetError> {
+            conn.prepare("SELECT 1 FROM pragma_table_info('spent_keys') WHERE name = 'receipt'")
+                .and_then(|mut q| q.exists([]))
+                .map_err(storage)
+        };
+        if has_receipt(conn)? {
+            return Ok(());
+        }
+        match conn.execute_batch("ALTER TABLE spent_keys ADD COLUMN receipt BLOB") {
+            Ok(()) => Ok(()),
+            // Another connection to the file added it first: what was wanted.
+            Err(_) if has_receipt(conn)? => Ok(()),
+            Err(e) => Err(storage(e)),
+        }
     }
 
     /// Claims `keys` inside the caller's transaction. Writes nothing unless every key is
@@ -142,16 +158,58 @@ impl SqliteSpentSet {
         state: SpendState,
         note: &str,
     ) -> Result<(), SpentSetError> {
-        Self::claim_on(tx, keys, state, note)
+        Self::claim_on(tx, keys, state, note, None)
     }
 
-    /// [`Self::claim_in`] over any connection, transaction or savepoint: the group committer
-    /// runs each request inside its own savepoint.
+    /// Claims `keys` as `Spent` with `receipt` inside the caller's transaction, as
+    /// [`Self::claim_in`] does; see [`SpentSet::claim_with_receipt`].
+    pub fn claim_with_receipt_in(
+        tx: &Transaction<'_>,
+        keys: &[SpendKey],
+        note: &str,
+        receipt: &[u8; 32],
+    ) -> Result<(), SpentSetError> {
+        Self::claim_on(tx, keys, SpendState::Spent, note, Some(receipt))
+    }
+
+    /// Whether every key (at least one) is spent with exactly `receipt`, read through any
+    /// connection or transaction; see [`SpentSet::spent_with`].
+    pub fn spent_with_in(
+        conn: &Connection,
+        keys: &[SpendKey],
+        receipt: &[u8; 32],
+    ) -> Result<bool, SpentSetError> {
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        let mut query = conn
+            .prepare_cached("SELECT state, receipt FROM spent_keys WHERE kind = ?1 AND key = ?2")
+            .map_err(storage)?;
+        for key in keys {
+            let row: Option<(i64, Option<Vec<u8>>)> = query
+                .query_row(params![kind_code(key.kind), key.bytes], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+                .map_err(storage)?;
+            let Some((state, Some(stored))) = row else {
+                return Ok(false);
+            };
+            if state_from_code(state)? != SpendState::Spent || stored.as_slice() != receipt {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// [`Self::claim_in`] (with a receipt, or none) over any connection, transaction or
+    /// savepoint: the group committer runs each request inside its own savepoint.
     pub(super) fn claim_on(
         tx: &Connection,
         keys: &[SpendKey],
         state: SpendState,
         note: &str,
+        receipt: Option<&[u8; 32]>,
     ) -> Result<(), SpentSetError> {
         reject_duplicates(keys)?;
         for key in keys {
@@ -166,8 +224,8 @@ impl SqliteSpentSet {
         let at = now_us();
         let mut insert = tx
             .prepare_cached(
-                "INSERT INTO spent_keys (kind, key, state, note, claimed_at_us)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO spent_keys (kind, key, state, note, claimed_at_us, receipt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .map_err(storage)?;
         for key in keys {
@@ -177,7 +235,8 @@ impl SqliteSpentSet {
                     key.bytes,
                     state_code(state),
                     note,
-                    at
+                    at,
+                    receipt.map(|r| r.as_slice())
                 ])
                 .map_err(storage)?;
         }
@@ -281,6 +340,23 @@ impl SqliteSpentSet {
 impl SpentSet for SqliteSpentSet {
     fn claim(&self, keys: &[SpendKey], state: SpendState, note: &str) -> Result<(), SpentSetError> {
         self.in_transaction(|tx| Self::claim_in(tx, keys, state, note))
+    }
+
+    fn claim_with_receipt(
+        &self,
+        keys: &[SpendKey],
+        note: &str,
+        receipt: &[u8; 32],
+    ) -> Result<(), SpentSetError> {
+        self.in_transaction(|tx| Self::claim_with_receipt_in(tx, keys, note, receipt))
+    }
+
+    fn spent_with(&self, keys: &[SpendKey], receipt: &[u8; 32]) -> Result<bool, SpentSetError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| SpentSetError::Storage("spent set lock poisoned".into()))?;
+        Self::spent_with_in(&conn, keys, receipt)
     }
 
     fn commit_pending(&self, keys: &[SpendKey]) -> Result<(), SpentSetError> {
@@ -443,6 +519,73 @@ mod tests {
             vec![Some(SpendState::Spent), Some(SpendState::Pending)]
         );
         assert!(set.claim(&[a], SpendState::Spent, "z").is_err());
+    }
+
+    #[test]
+    fn a_receipt_names_the_claim_that_spent_every_key() {
+        let (_d, set) = fresh();
+        let (a, b, c) = (
+            key(KeyKind::CreditY, 1),
+            key(KeyKind::CreditY, 2),
+            key(KeyKind::CreditY, 3),
+        );
+        let (r1, r2) = ([1u8; 32], [2u8; 32]);
+        set.claim_with_receipt(&[a.clone(), b.clone()], "swap", &r1)
+            .unwrap();
+        assert!(set.spent_with(&[b.clone(), a.clone()], &r1).unwrap());
+        assert!(!set.spent_with(&[a.clone(), b.clone()], &r2).unwrap());
+        assert!(
+            !set.spent_with(&[a.clone(), b.clone(), c.clone()], &r1)
+                .unwrap(),
+            "an unclaimed key"
+        );
+        assert!(!set.spent_with(&[], &r1).unwrap(), "no keys, no receipt");
+        // A claim with a receipt is a claim like any other.
+        assert!(matches!(
+            set.claim_with_receipt(&[a.clone(), c.clone()], "again", &r1),
+            Err(SpentSetError::AlreadyClaimed { .. })
+        ));
+        assert_eq!(set.states(std::slice::from_ref(&c)).unwrap(), vec![None]);
+        // Keys claimed without a receipt, or pending, name no request.
+        set.claim(std::slice::from_ref(&c), SpendState::Spent, "lease")
+            .unwrap();
+        assert!(!set.spent_with(&[c], &[0u8; 32]).unwrap());
+    }
+
+    #[test]
+    fn a_spent_set_from_before_receipts_gains_the_column_and_keeps_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spent.sqlite");
+        let a = key(KeyKind::Outpoint, 4);
+        {
+            let conn = open_durable(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE spent_keys (kind INTEGER NOT NULL, key BLOB NOT NULL,
+                 state INTEGER NOT NULL, note TEXT NOT NULL, claimed_at_us INTEGER NOT NULL,
+                 PRIMARY KEY (kind, key)) WITHOUT ROWID;",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO spent_keys VALUES (1, ?1, 2, 'old', 0)",
+                [a.bytes.clone()],
+            )
+            .unwrap();
+        }
+        let set = SqliteSpentSet::open(&path).unwrap();
+        assert_eq!(
+            set.states(std::slice::from_ref(&a)).unwrap(),
+            vec![Some(SpendState::Spent)]
+        );
+        assert!(!set
+            .spent_with(std::slice::from_ref(&a), &[0u8; 32])
+            .unwrap());
+        let b = key(KeyKind::Outpoint, 5);
+        set.claim_with_receipt(std::slice::from_ref(&b), "new", &[7u8; 32])
+            .unwrap();
+        assert!(set.spent_with(&[b], &[7u8; 32]).unwrap());
+        // Opening again finds the column there.
+        drop(set);
+        SqliteSpentSet::open(&path).unwrap();
     }
 
     #[test]
