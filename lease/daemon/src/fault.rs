@@ -15,6 +15,11 @@ pub mod point {
     /// A create's boot failed and its refund onto the request's outputs committed; the
     /// signatures are not sent.
     pub const CREATE_REFUNDED: &str = "create_refunded";
+    /// An on-chain mint's outpoints were claimed with its receipt; the signatures are not
+    /// sent.
+    pub const MINT_COMMITTED: &str = "mint_committed";
+    /// A swap's inputs were claimed with its receipt; the signatures are not sent.
+    pub const SWAP_COMMITTED: &str = "swap_committed";
     /// A tick read every guest's usage; the debit is not committed.
     pub const TICK_READ: &str = "tick_read";
     /// A tick's debit committed; pauses and stops not yet sent to the guests.

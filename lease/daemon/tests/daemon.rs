@@ -312,6 +312,8 @@ async fn boot_meter_pause_topup_stop_with_change() {
         .await;
     assert_eq!(sw.status, 200, "{}", sw.text());
 
+    // The same stop again (as after a lost reply): the same signatures, i.e. the same notes,
+    // which are spent now; other outputs get nothing.
     let again = d
         .call(
             "POST",
@@ -320,7 +322,20 @@ async fn boot_meter_pause_topup_stop_with_change() {
             Some(json!({"outputs": outputs})),
         )
         .await;
-    assert_eq!(again.status, 409);
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json()["signatures"], sv["signatures"]);
+    let other = wallet.outputs(&[1; 8]);
+    let other: Vec<_> = other.iter().map(|b| &b.msg).collect();
+    let refused = d
+        .call(
+            "POST",
+            &format!("/v1/leases/{id}/stop"),
+            Some(&token),
+            Some(json!({"outputs": other})),
+        )
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["code"], "already_refunded");
     d.shutdown().await;
 }
 

@@ -8,6 +8,7 @@ use payment::credit::nut_types::{
     MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest, MintQuoteOnchainResponse,
     MintQuoteState, SwapRequest, SwapResponse,
 };
+use payment::credit::receipt::{receipt, MINT_ONCHAIN};
 
 use super::host::QUOTE_TTL_S;
 use super::json_body::JsonBody;
@@ -47,11 +48,19 @@ pub async fn info(State(s): State<Shared>) -> Json<MintInfo> {
     ))
 }
 
+/// NUT-03 swap. The same swap retried after a lost reply (same inputs, same outputs) gets
+/// the same signatures again ([`payment::credit::Mint::swap`]). The work runs on the
+/// blocking pool, which finishes it even if the client goes away meanwhile.
 pub async fn swap(
     State(s): State<Shared>,
     JsonBody(req): JsonBody<SwapRequest>,
 ) -> Result<Json<SwapResponse>, ApiError> {
-    blocking(move || s.mint.swap(&req).map(Json).map_err(credit_error)).await
+    blocking(move || {
+        let signed = s.mint.swap(&req).map_err(credit_error)?;
+        crate::fault::hit(crate::fault::point::SWAP_COMMITTED);
+        Ok(Json(signed))
+    })
+    .await
 }
 
 pub async fn checkstate(
@@ -101,7 +110,10 @@ pub async fn mint_quote(
 }
 
 /// Signs `outputs` worth exactly what the proved transaction paid (in sat), claiming its
-/// outpoints in the same ledger transaction.
+/// outpoints with the request's receipt in the same ledger transaction: the same payment
+/// with the same outputs again (a retry after a lost reply) gets the same signatures, the
+/// same payment with other outputs 409. The work runs on the blocking pool, which finishes
+/// it even if the client goes away meanwhile.
 pub async fn mint(
     State(s): State<Shared>,
     JsonBody(req): JsonBody<MintOnchainRequest>,
@@ -114,9 +126,12 @@ pub async fn mint(
         };
         let paid_sat = credit.amount_msat / 1000;
         let note = format!("mint quote {}", req.payment.quote_id);
+        let receipt = receipt(MINT_ONCHAIN, &credit.keys, &req.outputs);
         let signed = s2
             .ledger
-            .claim_with(&credit.keys, &note, || s2.mint.mint(paid_sat, &req.outputs))
+            .claim_with(&credit.keys, &note, &receipt, || {
+                s2.mint.mint(paid_sat, &req.outputs)
+            })
             .map_err(|e| match e {
                 crate::ledger::LedgerError::AlreadySpent(m) => {
                     ApiError::conflict("already_spent", m)
@@ -124,6 +139,7 @@ pub async fn mint(
                 other => other.into(),
             })?;
         let signatures = signed.map_err(credit_error)?;
+        crate::fault::hit(crate::fault::point::MINT_COMMITTED);
         Ok(Json(MintOnchainResponse { signatures }))
     })
     .await;

@@ -76,7 +76,8 @@ pub async fn topup(
     JsonBody(req): JsonBody<TopupRequest>,
 ) -> Result<Json<TopupResponse>, ApiError> {
     let l = lease_for(&s, &headers, &id)?;
-    Ok(Json(leases::topup(&s, l, req).await?))
+    let flow = async move { leases::topup(&s, l, req).await };
+    Ok(Json(leases::to_completion(flow).await?))
 }
 
 pub async fn stop(
@@ -86,7 +87,8 @@ pub async fn stop(
     JsonBody(req): JsonBody<StopRequest>,
 ) -> Result<Json<StopResponse>, ApiError> {
     let l = lease_for(&s, &headers, &id)?;
-    Ok(Json(leases::stop(&s, l, req).await?))
+    let flow = async move { leases::stop(&s, l, req).await };
+    Ok(Json(leases::to_completion(flow).await?))
 }
 
 pub async fn console(

@@ -479,11 +479,9 @@ async fn boot_failed(
             .mark_stopped(&id2, StopReason::BootFailed, Some(&json))?;
         match outputs {
             Some(outs) => {
+                // Records the outputs with the refund, so that a retry that lost this reply
+                // can have the same signatures again.
                 let r = super::stop::refund_with(&s2, &id2, &outs)?;
-                // So that a retry that lost this reply can have the same signatures again.
-                let used = &outs[..r.signed.len().min(outs.len())];
-                s2.ledger
-                    .remember_refund_outputs(&id2, &outputs_digest(used))?;
                 crate::fault::hit(crate::fault::point::CREATE_REFUNDED);
                 Ok(Some(r))
             }

@@ -65,6 +65,7 @@ impl LeaseError {
     pub fn from_claim(e: LedgerError) -> Self {
         match e {
             LedgerError::AlreadySpent(m) => LeaseError::AlreadySpent(m),
+            LedgerError::AlreadyRefunded(id) => LeaseError::AlreadyRefunded(id),
             LedgerError::State { .. } => LeaseError::StateConflict(e.to_string()),
             LedgerError::NoLease(_) => LeaseError::NoLease,
             other => LeaseError::Ledger(other),

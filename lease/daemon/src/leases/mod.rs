@@ -46,6 +46,18 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| LeaseError::Worker(e.to_string()))?
 }
 
+/// Runs a flow to its end even if the request that started it goes away: hyper drops a
+/// handler's future when its client disconnects, and a flow cut off between its ledger
+/// commit and what follows (telling the guest) would leave the two apart. The answer of a
+/// flow whose client left is dropped; the client's retry gets it again (`lease/openapi.yaml`).
+pub async fn to_completion<T: Send + 'static>(
+    flow: impl std::future::Future<Output = Result<T, LeaseError>> + Send + 'static,
+) -> Result<T, LeaseError> {
+    tokio::spawn(flow)
+        .await
+        .map_err(|e| LeaseError::Worker(e.to_string()))?
+}
+
 /// Runs a short blocking step (one durable SQLite commit) on this thread, telling a
 /// multi-threaded runtime to move its other tasks elsewhere meanwhile: no hop to the
 /// blocking pool and back on the create path. A current-thread runtime (some tests) cannot

@@ -1,6 +1,7 @@
 //! Stopping a lease: the tenant's stop (its balance refunded as blind-signed change onto
 //! the outputs it brings, or kept for a later stop with outputs), and carrying out a guest
-//! stop off the request path for every flow that ends a lease.
+//! stop off the request path for every flow that ends a lease. A stop with outputs whose
+//! reply was lost is answered again, the same, when retried with the same outputs.
 
 use coinop_proto::replies::StopResponse;
 use coinop_proto::requests::StopRequest;
@@ -12,9 +13,11 @@ use super::{blocking, LeaseError};
 use crate::app::{AppState, Shared};
 use crate::ledger::{LeaseRow, Refund};
 
-/// `POST /v1/leases/{id}/stop` for the lease `l` (already authenticated).
+/// `POST /v1/leases/{id}/stop` for the lease `l` (already authenticated). A refunded
+/// lease answers a stop with the very outputs its refund was signed onto with the same
+/// answer again (the reply may have been lost), and any other stop with 409.
 pub async fn stop(s: &Shared, l: LeaseRow, req: StopRequest) -> Result<StopResponse, LeaseError> {
-    if l.refunded_msat.is_some() {
+    if l.refunded_msat.is_some() && req.outputs.is_none() {
         return Err(LeaseError::AlreadyRefunded(l.id));
     }
     let was_live = l.state.is_live();
@@ -58,8 +61,10 @@ pub async fn stop(s: &Shared, l: LeaseRow, req: StopRequest) -> Result<StopRespo
     Ok(body)
 }
 
-/// Refunds a lease's balance onto `outputs` (once, in one ledger transaction); the sub-sat
-/// remainder stays with the host as the lease's recorded residual.
+/// Refunds a lease's balance onto `outputs` (once, in one ledger transaction that also
+/// records which outputs); the sub-sat remainder stays with the host as the lease's recorded
+/// residual. A lease refunded before onto these very outputs gets the same signatures again
+/// (`repeated`: the same notes, no new money); onto other outputs, `AlreadyRefunded`.
 pub(super) fn refund_with(
     s: &AppState,
     id: &str,
@@ -67,9 +72,17 @@ pub(super) fn refund_with(
 ) -> Result<Refund<Vec<BlindSignature>>, LeaseError> {
     let r = s
         .ledger
-        .refund(id, |msat| s.mint.change(msat, outputs))
+        .refund_onto(id, outputs, |msat, outs| s.mint.change(msat, outs))
         .map_err(LeaseError::from_claim)??;
-    s.metrics.refunded(r.refund_msat, r.residual_msat);
+    if r.repeated {
+        tracing::info!(
+            lease = id,
+            refund_msat = r.refund_msat,
+            "refund answered again"
+        );
+    } else {
+        s.metrics.refunded(r.refund_msat, r.residual_msat);
+    }
     Ok(r)
 }
 

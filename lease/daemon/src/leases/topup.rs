@@ -1,8 +1,10 @@
 //! Topping up a lease: a new payment adds to its balance in one ledger transaction, and a
-//! lease paused for lack of funds runs again.
+//! lease paused for lack of funds runs again. The same payment for the same lease again (a
+//! retry after a lost reply) is answered with the lease, crediting nothing twice.
 
 use coinop_proto::replies::TopupResponse;
 use coinop_proto::requests::TopupRequest;
+use coinop_proto::LeaseState;
 use vmm_protocol::Request;
 
 use super::create::{count_refused_claim, metric_kind};
@@ -31,7 +33,19 @@ pub async fn topup(
         })
     })
     .await?;
-    if out.resumed {
+    // A repeat tells the guest again what its lost request did (the resume may have been lost
+    // with the reply; resuming a running guest changes nothing), while the lease still runs.
+    let resume = if out.repeated {
+        s.metrics.payment_recovered(kind);
+        tracing::info!(lease = %l.id, "top-up answered again");
+        out.resumed
+            && s.ledger
+                .get(&l.id)?
+                .is_some_and(|n| n.state == LeaseState::Running)
+    } else {
+        out.resumed
+    };
+    if resume {
         if let Err(e) =
             vmm_protocol::client::set_state(std::path::Path::new(&l.control_path), Request::Resume)
                 .await

@@ -14,7 +14,7 @@
 //! | `mod.rs` | [`Ledger`]: open, and each step on its one connection (a write in one immediate transaction); [`LedgerError`]; [`Credit`] |
 //! | `schema.rs` | the tables, and the columns an older ledger gains on open |
 //! | `lease_rows.rs` | the `leases` table as [`LeaseRow`]s: [`NewLease`], get, list, the live ones |
-//! | `payments.rs` | a payment claimed in the spent set and recorded with the balance it credits: create, top-up ([`TopupOutcome`]), [`Ledger::claim_with`], the [`Refund`] |
+//! | `payments.rs` | a payment claimed in the spent set and recorded with the balance it credits: create, top-up ([`TopupOutcome`]), [`Ledger::claim_with`], the [`Refund`]; each recorded so that its retry after a lost reply gets the same answer |
 //! | `lifecycle.rs` | a guest's boot and stop: `running`, `stopped` with its reason |
 //! | `tick.rs` | metering: one tick's [`Sample`]s debited, leases that run dry paused, then stopped ([`TickOutcome`]) |
 //! | `quotes.rs` | the `lease_quotes` table: [`QuoteRow`] |
@@ -53,6 +53,9 @@ pub enum LedgerError {
     Sqlite(#[from] rusqlite::Error),
     #[error("payment already spent: {0}")]
     AlreadySpent(String),
+    /// A refund of a lease whose balance was handed back before, onto other outputs.
+    #[error("lease {0} was already refunded")]
+    AlreadyRefunded(String),
     #[error("spent set: {0}")]
     SpentSet(String),
     #[error("no lease {0}")]

@@ -27,9 +27,8 @@
 //! 409 `already_spent` as any reuse of a spent payment: whether a payment paid for a lease,
 //! or whether that lease had a key, is not revealed.
 
-use bitcoin::hashes::{sha256, Hash, HashEngine};
 use payment::credit::nut_types::BlindedMessage;
-use payment::spent_set::{KeyKind, SpendKey};
+use payment::spent_set::SpendKey;
 use rusqlite::{params, OptionalExtension, Transaction};
 use subtle::ConstantTimeEq;
 
@@ -41,42 +40,19 @@ use coinop_proto::{LeaseState, StopReason};
 
 /// A digest of the exact set of spent-set keys a payment claims, independent of their
 /// order in the request: two payments have the same digest only if they spend the same
-/// outpoints or credit secrets.
+/// outpoints or credit secrets ([`payment::credit::receipt::keys_digest`]; stored, so its
+/// bytes never change).
 pub fn payment_digest(keys: &[SpendKey]) -> [u8; 32] {
-    let mut sorted: Vec<(u8, &[u8])> = keys
-        .iter()
-        .map(|k| {
-            let tag = match k.kind {
-                KeyKind::Outpoint => 1u8,
-                KeyKind::CreditY => 2u8,
-            };
-            (tag, k.bytes.as_slice())
-        })
-        .collect();
-    sorted.sort_unstable();
-    let mut engine = sha256::Hash::engine();
-    for (tag, bytes) in sorted {
-        engine.input(&[tag]);
-        // Keys are 33 or 36 bytes; the length keeps the encoding unambiguous anyway.
-        engine.input(&(bytes.len() as u32).to_le_bytes());
-        engine.input(bytes);
-    }
-    sha256::Hash::from_engine(engine).to_byte_array()
+    payment::credit::receipt::keys_digest(keys)
 }
 
-/// A digest of the blank outputs a refund was signed onto, in order (keyset id and `B_`).
-/// Blind signing is deterministic (`C_ = k·B_`), so signing the same outputs again gives the
-/// same notes: a recovery may hand the signatures of a lost refund reply out again when the
-/// retry brings the very outputs they were made for, and no new money comes of it.
+/// A digest of the blank outputs a refund was signed onto, in order (keyset id and `B_`;
+/// [`payment::credit::receipt::outputs_digest`], stored). Blind signing is deterministic
+/// (`C_ = k·B_`), so signing the same outputs again gives the same notes: a retry of a lost
+/// refund reply may have its signatures again when it brings the very outputs they were
+/// made for, and no new money comes of it.
 pub fn outputs_digest(outputs: &[BlindedMessage]) -> [u8; 32] {
-    let mut engine = sha256::Hash::engine();
-    for o in outputs {
-        for part in [o.id.as_bytes(), o.b_.as_bytes()] {
-            engine.input(&(part.len() as u32).to_le_bytes());
-            engine.input(part);
-        }
-    }
-    sha256::Hash::from_engine(engine).to_byte_array()
+    payment::credit::receipt::outputs_digest(outputs)
 }
 
 /// A lease handed back to a retry that proved it owns it.
@@ -193,16 +169,8 @@ impl Ledger {
         self.with_tx(|tx| recover_in(tx, credit, Some(recovery_hash), new_token_hash))
     }
 
-    /// Remembers which outputs a lease's refund was signed onto (see [`outputs_digest`]).
-    pub fn remember_refund_outputs(&self, id: &str, digest: &[u8; 32]) -> Result<(), LedgerError> {
-        self.with_tx(|tx| {
-            tx.prepare_cached("UPDATE leases SET refund_outputs_digest = ?2 WHERE id = ?1")?
-                .execute(params![id, digest.as_slice()])?;
-            Ok(())
-        })
-    }
-
-    /// The digest of the outputs a lease's refund was signed onto, if it was.
+    /// The digest of the outputs a lease's refund was signed onto (recorded with the refund,
+    /// see [`Ledger::refund_onto`]), if it was.
     pub fn refund_outputs(&self, id: &str) -> Result<Option<Vec<u8>>, LedgerError> {
         self.with_conn(|c| {
             Ok(
@@ -231,6 +199,7 @@ mod tests {
     use super::*;
     use crate::token::{token_hash, token_matches};
     use coinop_proto::recovery_key::recovery_hash;
+    use payment::spent_set::KeyKind;
 
     const KEY: &str = "7f3a9c0e5b1d2f4a6c8e0b2d4f6a8c0e1b3d5f7a9c2e4b6d8f0a1c3e5b7d9f2a";
     const OTHER_KEY: &str = "0000000000000000000000000000000000000000000000000000000000000001";

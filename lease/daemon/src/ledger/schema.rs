@@ -39,7 +39,9 @@ CREATE TABLE IF NOT EXISTS payments (
     amount_msat INTEGER NOT NULL,
     lease_id TEXT NOT NULL REFERENCES leases(id),
     late INTEGER NOT NULL DEFAULT 0,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    payment_digest BLOB,
+    resumed INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS lease_quotes (
     id TEXT PRIMARY KEY,
@@ -83,6 +85,24 @@ pub(super) fn add_missing_columns(conn: &Connection) -> Result<(), LedgerError> 
     // occur once, and its claim must be what refuses a reuse (same 409 as ever).
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS leases_payment_digest ON leases(payment_digest)",
+    )?;
+    // A payment's digest and whether it resumed its lease, so that a top-up retried after a
+    // lost reply is known (`payments.rs`). Older payments have none (NULL): a retry of their
+    // top-up meets the 409 it always met.
+    let have: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('payments')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (name, decl) in [
+        ("payment_digest", "BLOB"),
+        ("resumed", "INTEGER NOT NULL DEFAULT 0"),
+    ] {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE payments ADD COLUMN {name} {decl}"))?;
+        }
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS payments_payment_digest ON payments(payment_digest)",
     )?;
     Ok(())
 }
