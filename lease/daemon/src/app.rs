@@ -138,7 +138,8 @@ impl AppState {
         let quotes = QuoteBook::open(&ledger_path, deriver)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let isolation = Arc::new(Isolation::start(&config)?);
-        let supervisor = Supervisor::new(config.vmm_bin.clone(), isolation, tx);
+        let supervisor =
+            Supervisor::new(config.vmm_bin.clone(), isolation, Arc::clone(&ledger), tx);
         let capacity = Capacity::new(Totals {
             vcpus: config.sellable_vcpus(),
             mib: config.capacity_mib,

@@ -24,6 +24,15 @@ pub mod point {
     pub const TICK_READ: &str = "tick_read";
     /// A tick's debit committed; pauses and stops not yet sent to the guests.
     pub const TICK_COMMITTED: &str = "tick_committed";
+    /// A tick committed at least one grace-expiry stop; the guests not yet told (passes are
+    /// counted only on such ticks, unlike [`TICK_COMMITTED`]).
+    pub const TICK_STOP_COMMITTED: &str = "tick_stop_committed";
+    /// A tenant's stop committed (and its refund, if any); the guest not yet told, no reply
+    /// sent.
+    pub const STOP_COMMITTED: &str = "stop_committed";
+    /// A top-up committed (a paused lease is `running` again); the guest not yet resumed, no
+    /// reply sent.
+    pub const TOPUP_COMMITTED: &str = "topup_committed";
 }
 
 /// The environment variable naming the point.

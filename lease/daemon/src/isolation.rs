@@ -282,6 +282,12 @@ impl Isolation {
         self.register_with(lease_id, Some(control), jail, slot);
     }
 
+    /// Whether `lease_id`'s confinement is registered (its VMM started by this coinopd, or
+    /// re-adopted).
+    pub fn knows(&self, lease_id: &str) -> bool {
+        self.leases().contains_key(lease_id)
+    }
+
     /// Finds the jail and cgroup an earlier coinopd left for a re-adopted guest whose
     /// control socket is at `control`.
     pub fn readopt(&self, lease_id: &str, control: PathBuf) {
@@ -336,6 +342,16 @@ impl Isolation {
             net.detach(lease_id);
         }
         let _ = std::fs::remove_file(self.overlay_path(lease_id));
+    }
+
+    /// The processes in `lease_id`'s cgroup (none without one): its VMM, found without a
+    /// recorded pid.
+    pub fn cgroup_pids(&self, lease_id: &str) -> Vec<i32> {
+        let leases = self.leases();
+        let Some(slot) = leases.get(lease_id).and_then(|c| c.slot.as_ref()) else {
+            return Vec::new();
+        };
+        crate::vmm_process::cgroup_pids(slot.dirs())
     }
 
     /// The kernel's count of CPU time `lease_id`'s cgroup used, µs (`None` without one).

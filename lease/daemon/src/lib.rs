@@ -9,7 +9,7 @@
 //! | [`app`] | the state shared by handlers, scheduler and supervisor |
 //! | [`http`] | the API of `lease/openapi.yaml`: router, auth, body limits, error mapping, one file per resource |
 //! | [`leases`] | the lease flows behind the handlers (create, recover, top up, stop, view) with typed outcomes and errors |
-//! | [`guest_stop`] | carrying out a guest stop |
+//! | [`guest_stop`], [`vmm_process`] | carrying out a guest stop; a VMM found again by pid and start time |
 //! | [`ledger`] | SQLite, one file per table or job: leases, balances, payments claimed in the same transaction, refunds, metering ticks, quotes, a lost create reply's recovery ([`ledger::recovery`]) |
 //! | [`scheduler`] | the tick that debits (`payment::metering`), pauses and stops |
 //! | [`supervisor`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, its events (`vmm_protocol`), stop |
@@ -36,3 +36,4 @@ mod scheduler;
 mod stops_in_flight;
 mod supervisor;
 mod token;
+pub mod vmm_process;

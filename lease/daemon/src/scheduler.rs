@@ -2,6 +2,26 @@
 //! control socket, debit all leases in one ledger transaction, then pause guests that ran
 //! out of money and stop those whose grace period ended. Also handles guest exits and, at
 //! start-up, re-adopts guests that outlived a previous coinopd.
+//!
+//! The ledger is the intent and the VMMs follow it. A crash of coinopd between a commit and
+//! the VMM command that should follow it leaves the two apart, so at start-up ([`adopt`])
+//! and on every tick ([`tick`]) each lease's ledger state is compared with its VMM, found by
+//! the pid and start time recorded at its spawn ([`crate::vmm_process`]):
+//!
+//! | ledger | VMM | action |
+//! |---|---|---|
+//! | stopped | still runs | stop it (control socket, SIGKILL after a deadline), remove its jail and cgroup |
+//! | stopped | gone | record it gone, remove what it left |
+//! | running | paused (a top-up's `resume` lost) | resume it; the paused time is not billed |
+//! | paused_unfunded | running | pause it |
+//! | booting | exists | `running` (metered from here) |
+//! | booting | gone | stopped `boot_failed`, the balance kept for the tenant |
+//! | running / paused | gone | stopped `guest_exit` |
+//! | any live | runs but does not answer | kept (room held, not billed), retried every tick |
+//!
+//! A VMM that does not answer is never taken for gone while its process runs: it is kept,
+//! and a stop of its lease kills it by pid and start time. So no VMM outlives its lease
+//! across restarts.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,61 +31,192 @@ use tokio::task::JoinSet;
 
 use crate::app::Shared;
 use crate::capacity::Totals;
-use crate::leases::stop_guest;
-use crate::ledger::{LeaseRow, Sample, TickAction};
-use crate::supervisor::{pid_alive, GuestExit};
+use crate::guest_stop::stop_guest;
+use crate::ledger::{GuestEnded, LeaseRow, LedgerError, Sample, TickAction};
+use crate::supervisor::{GuestExit, GUEST_CRASH_CODE};
+use crate::vmm_process::{ProcStat, VmmProcess};
 use coinop_proto::{LeaseState, StopReason};
 use vmm_protocol::client::{self, ControlError};
-use vmm_protocol::{Request, Usage, VmState};
+use vmm_protocol::{Request, Status, Usage, VmState};
 
-/// Finds the guests of leases the ledger says are live. Guests that answer on their
-/// control socket are adopted (capacity held, metering continues from the last committed
-/// counters); the rest are marked stopped (`guest_exit`, or `boot_failed` if the create
-/// request never finished).
-pub async fn adopt(s: &Shared) -> Result<(usize, usize), crate::ledger::LedgerError> {
-    let mut adopted = 0;
-    let mut dead = 0;
-    for l in s.ledger.live()? {
-        let path = PathBuf::from(&l.control_path);
-        match client::status(&path).await {
-            Ok(v) => {
-                adopted += 1;
-                s.capacity().adopt(
-                    &l.id,
-                    Totals {
-                        vcpus: l.vcpus,
-                        mib: l.mem_mib,
-                    },
-                );
-                // A lease committed but not yet marked running when coinopd died.
-                if l.state == LeaseState::Booting {
-                    s.ledger.mark_running(&l.id, l.pid, "{}")?;
-                }
-                // Bring the guest in line with the ledger (e.g. paused_unfunded).
-                let vm_paused = v.state == VmState::Paused;
-                if l.state == LeaseState::PausedUnfunded && !vm_paused {
-                    let _ = client::set_state(&path, Request::Pause).await;
-                }
-                s.supervisor.isolation().readopt(&l.id, path.clone());
-                tracing::info!(lease = %l.id, state = %l.state, "re-adopted guest");
-            }
-            Err(e) => {
-                dead += 1;
-                let why = if l.state == LeaseState::Booting {
-                    StopReason::BootFailed
-                } else {
-                    StopReason::GuestExit
-                };
-                s.ledger.mark_stopped(&l.id, why, None)?;
-                // Its jail and cgroup, if an earlier coinopd left them.
-                let isolation = s.supervisor.isolation();
-                isolation.readopt(&l.id, path.clone());
-                isolation.release(&l.id);
-                tracing::info!(lease = %l.id, error = %e, "guest gone; lease stopped");
+/// The VMM's process name, for a process found in a lease's cgroup.
+const VMM_COMM: &str = "coinop-vmm";
+
+/// Whether a live lease's VMM process runs, as far as the ledger and the host can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    /// This process (pid and start time) runs.
+    Running(VmmProcess),
+    /// The recorded process has ended (or is a zombie).
+    Gone,
+    /// Nothing recorded with a start time, and nothing found in the lease's cgroup: only
+    /// the control socket can tell.
+    Unknown,
+}
+
+/// Where lease `l`'s VMM is. Its confinement must be registered already (for the cgroup).
+fn presence(s: &Shared, l: &LeaseRow) -> Presence {
+    match l.vmm() {
+        Some(v) if v.start_ticks.is_some() => {
+            if v.is_running() {
+                Presence::Running(v)
+            } else {
+                Presence::Gone
             }
         }
+        // A bare pid from an older ledger: while the control socket answers, the VMM lives
+        // and its pid can be nobody else's, so it is trusted only together with an answer.
+        Some(_) => Presence::Unknown,
+        // Spawned but coinopd died before recording it: its cgroup has it.
+        None => s
+            .supervisor
+            .isolation()
+            .cgroup_pids(&l.id)
+            .into_iter()
+            .filter(|&p| ProcStat::read(p).is_some_and(|st| st.comm == VMM_COMM && st.is_live()))
+            .find_map(VmmProcess::of)
+            .map_or(Presence::Unknown, Presence::Running),
     }
+}
+
+/// Reconciles every lease with its VMM at start-up (see the module docs). Guests that
+/// answer, or whose process runs, are adopted (capacity held, metering continues from the
+/// last committed counters); leases whose guest is gone are stopped (`guest_exit`, or
+/// `boot_failed` if the create never finished); stopped leases whose VMM still runs get it
+/// stopped. Returns (adopted, stopped).
+pub async fn adopt(s: &Shared) -> Result<(usize, usize), LedgerError> {
+    let live = s.ledger.live()?;
+    // All at once: a VMM that does not answer costs one control timeout, not one per lease.
+    let mut probes = JoinSet::new();
+    for (i, l) in live.iter().enumerate() {
+        let path = PathBuf::from(&l.control_path);
+        probes.spawn(async move { (i, client::status(&path).await) });
+    }
+    let mut statuses: Vec<Option<Result<Status, ControlError>>> =
+        live.iter().map(|_| None).collect();
+    while let Some(joined) = probes.join_next().await {
+        if let Ok((i, st)) = joined {
+            statuses[i] = Some(st);
+        }
+    }
+    let mut adopted = 0;
+    let mut dead = 0;
+    for (l, st) in live.iter().zip(statuses) {
+        // A probe task that panicked answered nothing: as a timeout would.
+        let st = st.unwrap_or_else(|| {
+            Err(ControlError::Timeout {
+                path: l.control_path.clone(),
+            })
+        });
+        if adopt_one(s, l, st).await? {
+            adopted += 1;
+        } else {
+            dead += 1;
+        }
+    }
+    reconcile_stopped(s)?;
     Ok((adopted, dead))
+}
+
+/// One live lease at start-up; whether its guest was adopted.
+async fn adopt_one(
+    s: &Shared,
+    l: &LeaseRow,
+    st: Result<Status, ControlError>,
+) -> Result<bool, LedgerError> {
+    let path = PathBuf::from(&l.control_path);
+    let isolation = s.supervisor.isolation();
+    // Its jail and cgroup, if an earlier coinopd left them (also to find its processes).
+    isolation.readopt(&l.id, path.clone());
+    let found = presence(s, l);
+    let vmm = match (&st, found) {
+        (_, Presence::Running(v)) => Some(v),
+        // It answers, so the recorded bare pid is its pid: record its start time now.
+        (Ok(_), Presence::Unknown) => l.pid.and_then(VmmProcess::of),
+        (Ok(_), Presence::Gone) | (Err(_), _) => None,
+    };
+    let alive = match (&st, found) {
+        (Ok(_), _) | (_, Presence::Running(_)) => true,
+        (Err(_), Presence::Gone) => false,
+        (Err(e), Presence::Unknown) => !e.is_gone(),
+    };
+    if !alive {
+        let why = if l.state == LeaseState::Booting {
+            StopReason::BootFailed
+        } else {
+            StopReason::GuestExit
+        };
+        s.ledger.mark_guest_ended(&l.id, why, l.vmm())?;
+        let isolation = std::sync::Arc::clone(isolation);
+        let id = l.id.clone();
+        let _ = tokio::task::spawn_blocking(move || isolation.release(&id)).await;
+        let error = st.err().map(|e| e.to_string());
+        tracing::info!(lease = %l.id, ?error, "guest gone; lease stopped");
+        return Ok(false);
+    }
+    s.capacity().adopt(
+        &l.id,
+        Totals {
+            vcpus: l.vcpus,
+            mib: l.mem_mib,
+        },
+    );
+    if let Some(v) = vmm.filter(|v| l.vmm() != Some(*v)) {
+        s.ledger.record_vmm(&l.id, v)?;
+    }
+    // A lease committed but not yet marked running when coinopd died: its VMM exists.
+    if l.state == LeaseState::Booting {
+        s.ledger
+            .mark_running(&l.id, vmm.map(|v| v.pid).or(l.pid), "{}")?;
+    }
+    match st {
+        Ok(v) => {
+            if l.state == LeaseState::PausedUnfunded && v.state != VmState::Paused {
+                let _ = client::set_state(&path, Request::Pause).await;
+            }
+            if l.state == LeaseState::Running && v.state == VmState::Paused {
+                tracing::warn!(lease = %l.id,
+                    "running in the ledger but its VMM is paused; the first tick resumes it");
+                s.supervisor.recheck_state(&l.id);
+            }
+            tracing::info!(lease = %l.id, state = %l.state, pid = ?vmm.map(|v| v.pid), "re-adopted guest");
+        }
+        Err(e) => {
+            tracing::warn!(lease = %l.id, pid = ?vmm.map(|v| v.pid), error = %e,
+                "re-adopted a VMM that does not answer its control socket; it is kept (room \
+                 held, not billed) and asked again every tick");
+            s.supervisor.recheck_state(&l.id);
+        }
+    }
+    Ok(true)
+}
+
+/// Stopped leases whose VMM is not recorded gone: one that still runs is stopped (unless
+/// a stop of it is under way), one that ended is recorded gone and what it left removed.
+fn reconcile_stopped(s: &Shared) -> Result<(), LedgerError> {
+    for l in s.ledger.stopped_with_vmm()? {
+        let Some(vmm) = l.vmm() else {
+            continue;
+        };
+        if s.stops.running(&l.id) {
+            continue;
+        }
+        let isolation = s.supervisor.isolation();
+        if !isolation.knows(&l.id) {
+            // An earlier coinopd's VMM: find its jail and cgroup to remove them.
+            isolation.readopt(&l.id, PathBuf::from(&l.control_path));
+        }
+        if vmm.is_running() {
+            tracing::warn!(lease = %l.id, pid = vmm.pid,
+                "the lease is stopped but its VMM still runs; stopping it");
+            stop_guest(s, &l);
+        } else if s.ledger.mark_vmm_gone(&l.id, vmm)? {
+            let isolation = std::sync::Arc::clone(isolation);
+            let id = l.id.clone();
+            tokio::task::spawn_blocking(move || isolation.release(&id));
+        }
+    }
+    Ok(())
 }
 
 /// Runs the tick loop and the exit handler forever.
@@ -79,85 +230,163 @@ pub async fn run(s: Shared, mut exits: mpsc::UnboundedReceiver<GuestExit>) {
                     tracing::error!(error = %e, "tick failed");
                 }
             }
-            Some(exit) = exits.recv() => guest_exited(&s, &exit.lease_id, &exit.reason),
+            Some(exit) = exits.recv() => guest_exited(&s, &exit),
         }
     }
 }
 
-fn guest_exited(s: &Shared, lease_id: &str, why: &str) {
+/// A guest's VMM ended: the lease stops (`guest_crashed` for the VMM's exit code 3,
+/// `guest_exit` otherwise), its room and confinement are freed.
+fn guest_exited(s: &Shared, exit: &GuestExit) {
+    let lease_id = exit.lease_id.as_str();
+    s.supervisor.exit_handled(lease_id);
+    let why = if exit.code == Some(GUEST_CRASH_CODE) {
+        StopReason::GuestCrashed
+    } else {
+        StopReason::GuestExit
+    };
+    let ended = s.ledger.mark_guest_ended(lease_id, why, exit.vmm);
+    if matches!(ended, Ok(GuestEnded::NotRecorded)) {
+        // Not the lease's VMM (any more): its room and confinement are another VMM's.
+        return;
+    }
     s.capacity().release(lease_id);
     // A re-adopted guest is not our child: nobody else removes its jail and cgroup.
     let isolation = std::sync::Arc::clone(s.supervisor.isolation());
     let id = lease_id.to_string();
     tokio::task::spawn_blocking(move || isolation.release(&id));
-    match s.ledger.mark_stopped(lease_id, StopReason::GuestExit, None) {
-        Ok(true) => tracing::info!(lease = lease_id, why, "guest exited; lease stopped"),
-        Ok(false) => {}
+    let reason = exit.reason.as_str();
+    match ended {
+        Ok(GuestEnded::Stopped) => {
+            tracing::info!(lease = lease_id, reason, code = ?exit.code, stop_reason = %why,
+                "guest exited; lease stopped")
+        }
+        Ok(_) => {}
         Err(e) => tracing::error!(lease = lease_id, error = %e, "recording guest exit"),
     }
 }
 
-/// One tick: read usage of every running or paused guest, debit, act.
-pub async fn tick(s: &Shared) -> Result<(), crate::ledger::LedgerError> {
+/// One lease's readings for a tick.
+struct Reading {
+    id: String,
+    usage: Result<Usage, ControlError>,
+    /// The VMM answered `paused` although the ledger has the lease running.
+    paused: bool,
+    /// Its run state was in doubt (see [`read`]).
+    recheck: bool,
+}
+
+/// Reads a metered lease's usage; for a running lease whose vCPU time did not move since
+/// the last tick (idle, or paused) or whose run state is in doubt (`recheck`: found paused
+/// at re-adoption, or paused for lack of funds before a top-up), also whether its VMM is
+/// paused.
+async fn read(l: &LeaseRow, recheck: bool) -> Reading {
+    let path = PathBuf::from(&l.control_path);
+    let usage = client::usage(&path).await;
+    let flat = usage
+        .as_ref()
+        .is_ok_and(|u| u.vcpu_total_us == l.last_vcpu_total_us);
+    let paused = l.state == LeaseState::Running
+        && usage.is_ok()
+        && (flat || recheck)
+        && client::status(&path)
+            .await
+            .is_ok_and(|st| st.state == VmState::Paused);
+    Reading {
+        id: l.id.clone(),
+        usage,
+        paused,
+        recheck,
+    }
+}
+
+/// One tick: bring stopped leases' VMMs in line, read usage of every running or paused
+/// guest, debit, act.
+pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
+    reconcile_stopped(s)?;
     let leases: Vec<LeaseRow> = s
         .ledger
         .live()?
         .into_iter()
         .filter(|l| l.state == LeaseState::Running || l.state == LeaseState::PausedUnfunded)
         .collect();
+    let ids: std::collections::HashSet<&str> = leases.iter().map(|l| l.id.as_str()).collect();
+    s.supervisor.keep_rechecks(&ids);
     if leases.is_empty() {
         return Ok(());
     }
     let mut reads = JoinSet::new();
     for l in &leases {
-        let path = PathBuf::from(&l.control_path);
-        let id = l.id.clone();
-        let pid = l.pid;
-        reads.spawn(async move { (id, pid, client::usage(&path).await) });
+        let recheck = l.state == LeaseState::Running && s.supervisor.take_recheck(&l.id);
+        let l = l.clone();
+        reads.spawn(async move { read(&l, recheck).await });
     }
-    let mut usages: Vec<(String, Usage)> = Vec::with_capacity(leases.len());
+    let mut usages: Vec<(String, Usage, bool)> = Vec::with_capacity(leases.len());
     while let Some(joined) = reads.join_next().await {
-        let Ok((id, pid, result)) = joined else {
+        let Ok(r) = joined else {
             continue;
         };
-        match result {
+        match r.usage {
             Ok(u) => {
-                s.supervisor.isolation().check_cpu(&id, u.vcpu_total_us);
-                usages.push((id, u))
+                s.supervisor.isolation().check_cpu(&r.id, u.vcpu_total_us);
+                usages.push((r.id, u, r.paused))
             }
-            Err(e) => handle_read_error(s, &id, pid, &e),
+            Err(e) => {
+                if r.recheck {
+                    // Still in doubt: asked once it answers.
+                    s.supervisor.recheck_state(&r.id);
+                }
+                if let Some(l) = leases.iter().find(|l| l.id == r.id) {
+                    handle_read_error(s, l, &e);
+                }
+            }
         }
     }
     crate::fault::hit(crate::fault::point::TICK_READ);
     let s2 = s.clone();
-    let owned: Vec<(String, u64, u64)> = usages
+    let owned: Vec<(String, u64, u64, bool)> = usages
         .into_iter()
-        .map(|(id, u)| (id, u.vcpu_total_us, u.uptime_us))
+        .map(|(id, u, paused)| (id, u.vcpu_total_us, u.uptime_us, paused))
         .collect();
+    let paused: Vec<String> = owned.iter().filter(|o| o.3).map(|o| o.0.clone()).collect();
     let outcomes = tokio::task::spawn_blocking(move || {
         let samples: Vec<Sample<'_>> = owned
             .iter()
-            .map(|(id, v, u)| Sample {
+            .map(|(id, v, u, paused)| Sample {
                 lease_id: id,
                 vcpu_total_us: *v,
                 uptime_us: *u,
+                vm_paused: *paused,
             })
             .collect();
         s2.ledger.apply_tick(&samples, s2.prices, s2.config.grace_s)
     })
     .await
-    .map_err(|_| crate::ledger::LedgerError::Poisoned)??;
+    .map_err(|_| LedgerError::Poisoned)??;
     crate::fault::hit(crate::fault::point::TICK_COMMITTED);
+    if outcomes.iter().any(|o| o.action == TickAction::Stop) {
+        crate::fault::hit(crate::fault::point::TICK_STOP_COMMITTED);
+    }
     for o in outcomes {
         s.metrics.debited(o.debited_msat);
         let Some(l) = leases.iter().find(|l| l.id == o.lease_id) else {
             continue;
         };
+        let path = PathBuf::from(&l.control_path);
         match o.action {
+            TickAction::None if paused.contains(&l.id) => {
+                tracing::warn!(lease = %l.id,
+                    "running in the ledger but its VMM was paused; resuming it (the pause is not billed)");
+                if let Err(e) = client::set_state(&path, Request::Resume).await {
+                    tracing::warn!(lease = %l.id, error = %e, "resume failed; retrying next tick");
+                }
+            }
             TickAction::None => {}
             TickAction::Pause => {
                 tracing::info!(lease = %l.id, "balance exhausted; pausing guest");
-                let path = PathBuf::from(&l.control_path);
+                // Running again after a top-up, its VMM's state is read once: the top-up's
+                // `resume` may have been lost.
+                s.supervisor.recheck_state(&l.id);
                 if let Err(e) = client::set_state(&path, Request::Pause).await {
                     tracing::warn!(lease = %l.id, error = %e, "pause failed");
                 }
@@ -171,12 +400,29 @@ pub async fn tick(s: &Shared) -> Result<(), crate::ledger::LedgerError> {
     Ok(())
 }
 
-/// A guest whose control socket is gone (and whose process is gone) has exited.
-fn handle_read_error(s: &Shared, id: &str, pid: Option<i32>, e: &ControlError) {
-    let alive = pid.is_some_and(pid_alive);
-    if e.is_gone() && !alive {
-        guest_exited(s, id, "control socket gone");
+/// A usage read failed. The guest has exited when its process is gone (by pid and start
+/// time; a zombie counts as gone) or, for a VMM recorded without a start time, when its
+/// control socket is gone too. A VMM whose process runs is asked again next tick.
+fn handle_read_error(s: &Shared, l: &LeaseRow, e: &ControlError) {
+    let gone = match l.vmm() {
+        Some(v) if v.start_ticks.is_some() => !v.is_running(),
+        Some(v) => e.is_gone() && !v.is_running(),
+        None => e.is_gone(),
+    };
+    if !gone {
+        tracing::warn!(lease = %l.id, error = %e, "usage read failed; retrying next tick");
+    } else if s.supervisor.is_own_child(&l.id) {
+        // Our child: its reaper reports the end, with the exit code that says why.
+        tracing::debug!(lease = %l.id, "guest ended; waiting for its reaper's report");
     } else {
-        tracing::warn!(lease = id, error = %e, "usage read failed; retrying next tick");
+        guest_exited(
+            s,
+            &GuestExit {
+                lease_id: l.id.clone(),
+                reason: "control socket gone".into(),
+                code: None,
+                vmm: l.vmm(),
+            },
+        );
     }
 }

@@ -2,8 +2,12 @@
 //! are still being carried out. A stop runs off the request path, so coinopd counts them
 //! here and a graceful shutdown waits for the count to reach zero: an accepted stop must
 //! not be dropped with the runtime and leave its guest running (and unbilled) for good.
+//! Each stop is for one lease, and a lease has at most one at a time: the tick's
+//! reconciliation and a tenant's stop may both ask for the same one.
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -12,14 +16,25 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub struct StopsInFlight {
     count: watch::Sender<usize>,
+    /// The leases whose stop runs.
+    leases: Arc<Mutex<HashSet<String>>>,
 }
 
-/// Decrements the count when its task ends, also when the task panics or is cancelled.
-struct InFlight(watch::Sender<usize>);
+/// Decrements the count and forgets the lease when its task ends, also when the task
+/// panics or is cancelled.
+struct InFlight {
+    count: watch::Sender<usize>,
+    leases: Arc<Mutex<HashSet<String>>>,
+    lease_id: String,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.lease_id);
+        self.count.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -27,19 +42,42 @@ impl Default for StopsInFlight {
     fn default() -> Self {
         StopsInFlight {
             count: watch::Sender::new(0),
+            leases: Arc::default(),
         }
     }
 }
 
 impl StopsInFlight {
-    /// Runs `stop` on the runtime, counted until it ends.
-    pub fn spawn(&self, stop: impl Future<Output = ()> + Send + 'static) {
+    /// Runs `stop` for lease `lease_id` on the runtime, counted until it ends, unless a stop
+    /// of that lease already runs; whether it was started.
+    pub fn spawn(&self, lease_id: &str, stop: impl Future<Output = ()> + Send + 'static) -> bool {
+        let fresh = self
+            .leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(lease_id.to_string());
+        if !fresh {
+            return false;
+        }
         self.count.send_modify(|n| *n += 1);
-        let guard = InFlight(self.count.clone());
+        let guard = InFlight {
+            count: self.count.clone(),
+            leases: Arc::clone(&self.leases),
+            lease_id: lease_id.to_string(),
+        };
         tokio::spawn(async move {
             let _guard = guard;
             stop.await;
         });
+        true
+    }
+
+    /// Whether a stop of `lease_id` runs.
+    pub fn running(&self, lease_id: &str) -> bool {
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(lease_id)
     }
 
     /// Stops not finished yet.
@@ -64,21 +102,33 @@ mod tests {
     async fn waits_for_a_running_stop_and_counts_it_down() {
         let stops = StopsInFlight::default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        stops.spawn(async move {
+        assert!(stops.spawn("a", async move {
             let _ = rx.await;
-        });
+        }));
+        assert_eq!(stops.pending(), 1);
+        assert!(stops.running("a"));
+        assert!(
+            !stops.spawn("a", async {}),
+            "a second stop of the same lease is not started"
+        );
         assert_eq!(stops.pending(), 1);
         assert!(!stops.wait_idle(Duration::from_millis(20)).await);
         let _ = tx.send(());
         assert!(stops.wait_idle(Duration::from_secs(5)).await);
         assert_eq!(stops.pending(), 0);
+        assert!(!stops.running("a"));
+        assert!(
+            stops.spawn("a", async {}),
+            "once done, the lease can be stopped again"
+        );
     }
 
     #[tokio::test]
     async fn a_panicking_stop_still_counts_down() {
         let stops = StopsInFlight::default();
-        stops.spawn(async { panic!("stop task failed") });
+        stops.spawn("a", async { panic!("stop task failed") });
         assert!(stops.wait_idle(Duration::from_secs(5)).await);
+        assert!(!stops.running("a"));
     }
 
     #[tokio::test]

@@ -1,13 +1,16 @@
 //! The supervisor: starts one `coinop-vmm` per lease in its own session (so a coinopd restart
 //! or a terminal's SIGINT does not kill guests), jailed and in its cgroup unless isolation
-//! is off, reads its JSON-lines events from an inherited pipe to time the boot, and reports
-//! guest exits to the scheduler after removing the lease's jail and cgroup.
+//! is off, records its pid and start time in the ledger (how a restarted coinopd finds that
+//! very process again: [`crate::vmm_process`]), reads its JSON-lines events from an
+//! inherited pipe to time the boot, and reports guest exits (with the VMM's exit code: 3 is
+//! a guest crash) to the scheduler after removing the lease's jail and cgroup.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -17,6 +20,8 @@ use tokio::sync::mpsc;
 use crate::clock::monotonic_us;
 use crate::image_catalogue::ImageSpec;
 use crate::isolation::Isolation;
+use crate::ledger::Ledger;
+use crate::vmm_process::VmmProcess;
 use coinop_host::cgroup::{CgroupSlot, Limits};
 use coinop_host::jail::{
     Ended, Jail, JailedChild, RootDisk, INITRD_PATH, KERNEL_PATH, OVERLAY_PATH, ROOTFS_PATH,
@@ -75,7 +80,16 @@ impl Nic {
 pub struct GuestExit {
     pub lease_id: String,
     pub reason: String,
+    /// The VMM's exit code, from its `exit` event or its exit status (`None` when it was
+    /// killed by a signal): 0 a clean end, 1 a VMM failure, 3 a guest crash.
+    pub code: Option<i32>,
+    /// The process that ended.
+    pub vmm: Option<VmmProcess>,
 }
+
+/// The VMM exit code of a guest crash (triple fault, emulation failure, failed VM entry;
+/// see `vmm_protocol::ExitReason`).
+pub const GUEST_CRASH_CODE: i32 = 3;
 
 /// Where a lease's VMM lives on disk.
 #[derive(Debug, Clone)]
@@ -187,7 +201,21 @@ struct Spawned {
 pub struct Supervisor {
     vmm_bin: PathBuf,
     isolation: Arc<Isolation>,
+    /// Where each VMM's pid and start time are recorded as soon as it is spawned.
+    ledger: Arc<Ledger>,
     exits: mpsc::UnboundedSender<GuestExit>,
+    /// Leases whose VMM is this coinopd's child: its reaper reports the end, with the exit
+    /// code, so nobody else may conclude it from a vanished control socket until the
+    /// scheduler has handled that report.
+    own_children: Mutex<HashSet<String>>,
+    /// Leases whose VMM's run state (running or paused) the next tick must read: found
+    /// paused at re-adoption, or paused for lack of funds at an earlier tick.
+    recheck: Mutex<HashSet<String>>,
+}
+
+/// A set's lock, also after a panic elsewhere (a set of ids cannot be left half-changed).
+fn set(m: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn pipe_err(e: impl std::fmt::Display) -> BootError {
@@ -231,13 +259,43 @@ impl Supervisor {
     pub fn new(
         vmm_bin: PathBuf,
         isolation: Arc<Isolation>,
+        ledger: Arc<Ledger>,
         exits: mpsc::UnboundedSender<GuestExit>,
     ) -> Self {
         Supervisor {
             vmm_bin,
             isolation,
+            ledger,
             exits,
+            own_children: Mutex::default(),
+            recheck: Mutex::default(),
         }
+    }
+
+    /// Whether `lease_id`'s VMM is this coinopd's child whose end is not handled yet (its
+    /// reaper reports it).
+    pub fn is_own_child(&self, lease_id: &str) -> bool {
+        set(&self.own_children).contains(lease_id)
+    }
+
+    /// The scheduler handled the end of `lease_id`'s VMM.
+    pub fn exit_handled(&self, lease_id: &str) {
+        set(&self.own_children).remove(lease_id);
+    }
+
+    /// Makes the next tick read `lease_id`'s VMM's run state.
+    pub fn recheck_state(&self, lease_id: &str) {
+        set(&self.recheck).insert(lease_id.to_string());
+    }
+
+    /// Whether `lease_id`'s VMM's run state is to be read now (once).
+    pub fn take_recheck(&self, lease_id: &str) -> bool {
+        set(&self.recheck).remove(lease_id)
+    }
+
+    /// Forgets the rechecks of leases not in `live`.
+    pub fn keep_rechecks(&self, live: &HashSet<&str>) {
+        set(&self.recheck).retain(|id| live.contains(id.as_str()));
     }
 
     /// The daemon's isolation settings and per-lease confinements.
@@ -299,12 +357,21 @@ impl Supervisor {
             "VMM started"
         );
         let pid = child.pid();
+        // Its identity goes to the ledger while the guest boots (the commit's fsync runs
+        // beside the boot, not in front of it): a coinopd that dies from here on leaves a
+        // VMM its successor finds by pid and start time, never an unknown orphan.
+        let vmm = pid.and_then(VmmProcess::of);
+        let recording = vmm.map(|v| {
+            let ledger = Arc::clone(&self.ledger);
+            let id = req.lease_id.to_string();
+            tokio::task::spawn_blocking(move || ledger.record_vmm(&id, v))
+        });
         let rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) {
             Ok(rx) => rx,
             Err(e) => {
                 let mut child = child;
                 child.kill();
-                self.reap_in_background(req.lease_id, child, None);
+                self.reap_in_background(req.lease_id, child, vmm, None);
                 return Err(pipe_err(e));
             }
         };
@@ -315,6 +382,16 @@ impl Supervisor {
             wait_ready(&mut lines, req.lease_id, offset),
         )
         .await;
+        // Recorded before anything reports this VMM's end, which must find it in the ledger.
+        if let Some(recording) = recording {
+            match recording.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(lease = req.lease_id, error = %e,
+                    "cannot record the VMM's pid; a restart finds it through its cgroup only"),
+                Err(e) => tracing::error!(lease = req.lease_id, error = %e,
+                    "recording the VMM's pid"),
+            }
+        }
         let (vcpus_started_us, guest_ready_us) = match outcome {
             Ok(Ok(figures)) => figures,
             Ok(Err(e)) => {
@@ -333,11 +410,11 @@ impl Supervisor {
             Err(_) => {
                 let mut child = child;
                 child.kill();
-                self.reap_in_background(req.lease_id, child, None);
+                self.reap_in_background(req.lease_id, child, vmm, None);
                 return Err(BootError::Timeout(req.timeout_ms));
             }
         };
-        self.reap_in_background(req.lease_id, child, Some(lines));
+        self.reap_in_background(req.lease_id, child, vmm, Some(lines));
         Ok(Booted {
             pid,
             vmm_spawned_us,
@@ -654,20 +731,34 @@ impl Supervisor {
     /// Follows the rest of the event stream and reaps the process (teardown stays off the
     /// request path), removes its jail and cgroup; a guest that ends is reported to the
     /// scheduler.
-    fn reap_in_background(&self, lease_id: &str, child: GuestProcess, lines: Option<EventLines>) {
+    fn reap_in_background(
+        &self,
+        lease_id: &str,
+        child: GuestProcess,
+        vmm: Option<VmmProcess>,
+        lines: Option<EventLines>,
+    ) {
         let exits = self.exits.clone();
         let isolation = Arc::clone(&self.isolation);
         let lease_id = lease_id.to_string();
+        set(&self.own_children).insert(lease_id.clone());
         tokio::spawn(async move {
             let mut reason = None;
+            let mut code = None;
             if let Some(mut lines) = lines {
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if let Ok(Event::Exit { reason: why, .. }) = Event::from_line(&line) {
+                    if let Ok(Event::Exit {
+                        reason: why,
+                        code: c,
+                        ..
+                    }) = Event::from_line(&line)
+                    {
                         reason = Some(why.as_str().to_string());
+                        code = Some(c);
                     }
                 }
             }
-            let (_, status) = child.wait().await;
+            let (exit_code, status) = child.wait().await;
             let cgroup_cpu_us = isolation.cgroup_cpu_us(&lease_id);
             let id = lease_id.clone();
             let _ = tokio::task::spawn_blocking(move || isolation.release(&id)).await;
@@ -675,6 +766,8 @@ impl Supervisor {
             let _ = exits.send(GuestExit {
                 lease_id,
                 reason: reason.unwrap_or_else(|| "exited".into()),
+                code: code.or(exit_code),
+                vmm,
             });
         });
     }
@@ -711,10 +804,4 @@ async fn wait_ready(
             Event::VmCreated { .. } | Event::Warning { .. } => {}
         }
     }
-}
-
-/// Whether a process with this pid still exists (for re-adopted guests, which are not our
-/// children any more).
-pub fn pid_alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }

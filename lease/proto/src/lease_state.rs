@@ -29,8 +29,12 @@ pub enum StopReason {
     Tenant,
     /// Paused unfunded for longer than the grace period.
     BalanceExhausted,
-    /// The guest ended by itself.
+    /// The guest ended by itself (it powered off or reset), or its VMM ended without saying
+    /// why (e.g. a guest re-adopted after a restart of coinopd).
     GuestExit,
+    /// The guest crashed: a triple fault, an instruction KVM could not emulate or a failed
+    /// VM entry (the VMM's exit code 3).
+    GuestCrashed,
     /// The guest never reached `guest_ready`; the balance was refunded or kept for the tenant.
     BootFailed,
 }
@@ -83,6 +87,7 @@ names!(StopReason, "stop reason", {
     Tenant => "tenant",
     BalanceExhausted => "balance_exhausted",
     GuestExit => "guest_exit",
+    GuestCrashed => "guest_crashed",
     BootFailed => "boot_failed",
 });
 
@@ -139,6 +144,7 @@ mod tests {
             StopReason::Tenant,
             StopReason::BalanceExhausted,
             StopReason::GuestExit,
+            StopReason::GuestCrashed,
             StopReason::BootFailed,
         ] {
             assert_eq!(r.as_str().parse::<StopReason>(), Ok(r));

@@ -21,7 +21,7 @@ pub mod topup;
 
 pub use create::{create, CreateOutcome};
 pub use error::LeaseError;
-pub use stop::{stop, stop_guest};
+pub use stop::stop;
 pub use topup::topup;
 
 use coinop_proto::lease_view::{LeaseView, Used};

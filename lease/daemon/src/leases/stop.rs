@@ -55,8 +55,9 @@ pub async fn stop(s: &Shared, l: LeaseRow, req: StopRequest) -> Result<StopRespo
         Ok(body)
     })
     .await?;
+    crate::fault::hit(crate::fault::point::STOP_COMMITTED);
     if was_live {
-        stop_guest(s, &l);
+        crate::guest_stop::stop_guest(s, &l);
     }
     Ok(body)
 }
@@ -84,18 +85,4 @@ pub(super) fn refund_with(
         s.metrics.refunded(r.refund_msat, r.residual_msat);
     }
     Ok(r)
-}
-
-/// Frees the lease's slot and stops its guest off the request path; the stop is counted
-/// in `s.stops` so a shutdown right after still carries it out.
-pub fn stop_guest(s: &Shared, l: &LeaseRow) {
-    s.capacity().release(&l.id);
-    let target = crate::guest_stop::StopTarget {
-        lease_id: l.id.clone(),
-        control: std::path::PathBuf::from(&l.control_path),
-        pid: l.pid,
-    };
-    let isolation = std::sync::Arc::clone(s.supervisor.isolation());
-    s.stops
-        .spawn(crate::guest_stop::carry_out(isolation, target));
 }

@@ -33,6 +33,7 @@ pub async fn topup(
         })
     })
     .await?;
+    crate::fault::hit(crate::fault::point::TOPUP_COMMITTED);
     // A repeat tells the guest again what its lost request did (the resume may have been lost
     // with the reply; resuming a running guest changes nothing), while the lease still runs.
     let resume = if out.repeated {

@@ -36,6 +36,21 @@ pub struct LeaseRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub boot_json: Option<String>,
+    /// The VMM's start time (`/proc/PID/stat` field 22) recorded with `pid` at its spawn:
+    /// together they name the process across restarts of coinopd.
+    pub vmm_start_ticks: Option<u64>,
+    /// The VMM recorded in `pid` is known to have ended (no VMM of this lease may run).
+    pub vmm_gone: bool,
+}
+
+impl LeaseRow {
+    /// The lease's VMM process as recorded, if a pid was.
+    pub fn vmm(&self) -> Option<crate::vmm_process::VmmProcess> {
+        self.pid.map(|pid| crate::vmm_process::VmmProcess {
+            pid,
+            start_ticks: self.vmm_start_ticks,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -56,7 +71,7 @@ pub struct NewLease {
 const LEASE_COLUMNS: &str = "id, token_hash, vcpus, mem_mib, image, cmdline, state, stop_reason,
     balance_msat, carry_units, used_vcpu_us, used_mem_mib_us, last_vcpu_total_us,
     last_uptime_us, pid, control_path, console_path, paused_at, refunded_msat, created_at,
-    updated_at, boot_json, debited_msat, residual_msat";
+    updated_at, boot_json, debited_msat, residual_msat, vmm_start_ticks, vmm_gone";
 
 fn lease_from_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
     Ok(LeaseRow {
@@ -84,6 +99,8 @@ fn lease_from_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
         boot_json: r.get(21)?,
         debited_msat: r.get(22)?,
         residual_msat: r.get(23)?,
+        vmm_start_ticks: r.get(24)?,
+        vmm_gone: r.get(25)?,
     })
 }
 
@@ -115,10 +132,26 @@ impl Ledger {
 
     /// Leases that may have a guest: booting, running or paused.
     pub fn live(&self) -> Result<Vec<LeaseRow>, LedgerError> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .filter(|l| l.state != LeaseState::Stopped)
-            .collect())
+        self.select_where("state != ?1")
+    }
+
+    /// Stopped leases whose recorded VMM is not known to be gone: a VMM that must not run
+    /// (coinopd may have died between the stop's commit and the VMM's end). Only rows with
+    /// a start time: a bare pid from an older ledger may name another process by now.
+    pub fn stopped_with_vmm(&self) -> Result<Vec<LeaseRow>, LedgerError> {
+        self.select_where(
+            "state = ?1 AND pid IS NOT NULL AND vmm_start_ticks IS NOT NULL AND vmm_gone = 0",
+        )
+    }
+
+    /// Leases matching `cond`, in which `?1` is the state `stopped`.
+    fn select_where(&self, cond: &str) -> Result<Vec<LeaseRow>, LedgerError> {
+        self.with_conn(|c| {
+            let sql =
+                format!("SELECT {LEASE_COLUMNS} FROM leases WHERE {cond} ORDER BY created_at, id");
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map([LeaseState::Stopped], lease_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
     }
 }

@@ -1,14 +1,93 @@
-//! A lease's guest comes and goes: the boot that succeeded (`running`) and the stop
-//! (`stopped`, with its reason).
+//! A lease's guest comes and goes: its VMM spawned (pid and start time, so that a restart
+//! finds that very process again), the boot that succeeded (`running`), the stop (`stopped`,
+//! with its reason), and the VMM's end (`vmm_gone`). A stopped lease whose VMM is not yet
+//! recorded gone is one whose VMM coinopd still has to make sure of (see
+//! [`Ledger::stopped_with_vmm`]).
 
 use coinop_proto::{LeaseState, StopReason};
 use rusqlite::params;
 
 use crate::clock::unix_s;
+use crate::vmm_process::VmmProcess;
 
 use super::{Ledger, LedgerError};
 
+/// What [`Ledger::mark_guest_ended`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestEnded {
+    /// The lease was live and is stopped now.
+    Stopped,
+    /// The lease was stopped already (a tenant's stop, a grace expiry); its VMM is recorded
+    /// gone.
+    AlreadyStopped,
+    /// The VMM is not the one the ledger records for the lease (or there is no such lease):
+    /// nothing changed.
+    NotRecorded,
+}
+
 impl Ledger {
+    /// Records the VMM just spawned for lease `id` (its pid and start time); from here on a
+    /// restart finds it by these.
+    pub fn record_vmm(&self, id: &str, vmm: VmmProcess) -> Result<(), LedgerError> {
+        self.with_tx(|tx| {
+            tx.prepare_cached(
+                "UPDATE leases SET pid = ?2, vmm_start_ticks = ?3, vmm_gone = 0, updated_at = ?4
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, vmm.pid, vmm.start_ticks, unix_s()])?;
+            Ok(())
+        })
+    }
+
+    /// Records that lease `id`'s VMM `vmm` has ended, if it is still the one recorded;
+    /// returns whether it was.
+    pub fn mark_vmm_gone(&self, id: &str, vmm: VmmProcess) -> Result<bool, LedgerError> {
+        self.with_tx(|tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE leases SET vmm_gone = 1
+                     WHERE id = ?1 AND pid IS ?2 AND vmm_start_ticks IS ?3 AND vmm_gone = 0",
+                )?
+                .execute(params![id, vmm.pid, vmm.start_ticks])?;
+            Ok(n == 1)
+        })
+    }
+
+    /// The guest's VMM `vmm` (the one recorded, or `None`: whichever is) ended by itself:
+    /// the lease stops with `reason` unless it is stopped already, and the VMM is recorded
+    /// gone, in one transaction.
+    pub fn mark_guest_ended(
+        &self,
+        id: &str,
+        reason: StopReason,
+        vmm: Option<VmmProcess>,
+    ) -> Result<GuestEnded, LedgerError> {
+        self.with_tx(|tx| {
+            let (pid, start) = vmm.map_or((None, None), |v| (Some(v.pid), v.start_ticks));
+            // A VMM that is not the recorded one (a stale report) changes nothing.
+            let n = tx
+                .prepare_cached(
+                    "UPDATE leases SET vmm_gone = 1
+                     WHERE id = ?1 AND (?2 IS NULL OR (pid IS ?2 AND vmm_start_ticks IS ?3))",
+                )?
+                .execute(params![id, pid, start])?;
+            if n == 0 {
+                return Ok(GuestEnded::NotRecorded);
+            }
+            let n = tx
+                .prepare_cached(
+                    "UPDATE leases SET state = ?2, stop_reason = ?3, updated_at = ?4
+                     WHERE id = ?1 AND state != ?2",
+                )?
+                .execute(params![id, LeaseState::Stopped, reason, unix_s()])?;
+            Ok(if n == 1 {
+                GuestEnded::Stopped
+            } else {
+                GuestEnded::AlreadyStopped
+            })
+        })
+    }
+
     /// Records a successful boot: pid, figures, state `running`.
     pub fn mark_running(
         &self,

@@ -35,6 +35,7 @@ mod tick;
 
 pub use books::Books;
 pub use lease_rows::{LeaseRow, NewLease};
+pub use lifecycle::GuestEnded;
 pub use payments::{Refund, TopupOutcome};
 pub use quotes::QuoteRow;
 pub use tick::{Sample, TickAction, TickOutcome};

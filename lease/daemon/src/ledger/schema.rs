@@ -29,7 +29,9 @@ CREATE TABLE IF NOT EXISTS leases (
     updated_at INTEGER NOT NULL,
     boot_json TEXT,
     debited_msat INTEGER NOT NULL DEFAULT 0,
-    residual_msat INTEGER
+    residual_msat INTEGER,
+    vmm_start_ticks INTEGER,
+    vmm_gone INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS leases_state ON leases(state);
 CREATE TABLE IF NOT EXISTS payments (
@@ -75,6 +77,11 @@ pub(super) fn add_missing_columns(conn: &Connection) -> Result<(), LedgerError> 
         ("recovery_hash", "BLOB"),
         ("token_seq", "INTEGER NOT NULL DEFAULT 1"),
         ("refund_outputs_digest", "BLOB"),
+        // The VMM's start time (with `pid`, its identity across restarts) and whether it is
+        // known to be gone: see `lifecycle.rs`. Older rows have no start time and are
+        // never signalled on the strength of their pid alone.
+        ("vmm_start_ticks", "INTEGER"),
+        ("vmm_gone", "INTEGER NOT NULL DEFAULT 0"),
     ] {
         if !have.iter().any(|h| h == name) {
             conn.execute_batch(&format!("ALTER TABLE leases ADD COLUMN {name} {decl}"))?;
@@ -85,6 +92,12 @@ pub(super) fn add_missing_columns(conn: &Connection) -> Result<(), LedgerError> 
     // occur once, and its claim must be what refuses a reuse (same 409 as ever).
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS leases_payment_digest ON leases(payment_digest)",
+    )?;
+    // What every metering tick asks for (`Ledger::stopped_with_vmm`): normally empty, so
+    // indexed apart from the stopped leases that pile up.
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS leases_vmm_unsettled ON leases(state)
+         WHERE vmm_gone = 0 AND vmm_start_ticks IS NOT NULL",
     )?;
     // A payment's digest and whether it resumed its lease, so that a top-up retried after a
     // lost reply is known (`payments.rs`). Older payments have none (NULL): a retry of their
@@ -137,5 +150,7 @@ mod tests {
             .expect("create");
         let r = l.refund("a", Ok::<u64, ()>).expect("ledger").expect("sign");
         assert_eq!((r.refund_msat, r.residual_msat), (1000, 500));
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!((row.vmm_start_ticks, row.vmm_gone), (None, false));
     }
 }

@@ -12,6 +12,7 @@ pub(super) fn s(vcpu_total_us: u64, uptime_us: u64) -> Sample<'static> {
         lease_id: "a",
         vcpu_total_us,
         uptime_us,
+        vm_paused: false,
     }
 }
 

@@ -17,6 +17,10 @@ pub struct Sample<'a> {
     pub lease_id: &'a str,
     pub vcpu_total_us: u64,
     pub uptime_us: u64,
+    /// The VMM was found paused although the ledger has the lease running (coinopd died
+    /// between a top-up's commit and its `resume`): the time since the last reading is not
+    /// billed as memory time (the guest could not use it), only the baselines move.
+    pub vm_paused: bool,
 }
 
 /// What a tick decided for a lease; the scheduler acts on it after the commit.
@@ -72,7 +76,11 @@ fn tick_one(
 ) -> Result<TickOutcome, LedgerError> {
     // Counters restart from zero only if the guest was replaced; never bill a negative delta.
     let dvcpu = s.vcpu_total_us.saturating_sub(lease.last_vcpu_total_us);
-    let dwall = s.uptime_us.saturating_sub(lease.last_uptime_us);
+    let dwall = if s.vm_paused {
+        0
+    } else {
+        s.uptime_us.saturating_sub(lease.last_uptime_us)
+    };
     let mut out = TickOutcome {
         lease_id: lease.id.clone(),
         debited_msat: 0,
@@ -174,5 +182,29 @@ mod tests {
         let row = l.get("a").expect("get").expect("row");
         assert_eq!(row.state, LeaseState::Stopped);
         assert_eq!(row.stop_reason, Some(StopReason::BalanceExhausted));
+    }
+
+    #[test]
+    fn a_running_lease_found_paused_pays_no_memory_time_for_the_pause() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 10_000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        l.apply_tick(&[s(1_000_000, 1_000_000)], P, 0)
+            .expect("tick");
+        let paused = Sample {
+            vm_paused: true,
+            ..s(1_000_000, 5_000_000)
+        };
+        let o = l.apply_tick(&[paused], P, 0).expect("tick");
+        assert_eq!(o[0].debited_msat, 0, "4 s paused: no memory time billed");
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!(row.last_uptime_us, 5_000_000, "the baseline moved");
+        assert_eq!(row.state, LeaseState::Running);
+        // Running again: billed from the moved baseline on.
+        let o = l
+            .apply_tick(&[s(1_500_000, 5_500_000)], P, 0)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 1000);
     }
 }

@@ -1,0 +1,403 @@
+//! The ledger is the intent and the VMM follows it, also across a crash of coinopd: a real
+//! `coinopd` process is killed (an injected abort at a named point, or `kill -9`) between a
+//! commit and the VMM command that should follow it, then restarted on the same state
+//! directory, and the guest must end up as the ledger says. A stopped lease's VMM is gone
+//! after the restart (a tenant's stop, a grace expiry); a top-up's lost `resume` is made up
+//! for without billing the paused time; a VMM that does not answer at re-adoption (SIGSTOP)
+//! is kept and later killed by its lease's stop, never forgotten while it runs; a VMM that
+//! died unreaped (a zombie) counts as gone; a guest that triple-faults ends its lease with
+//! `guest_crashed`, one that resets with `guest_exit`.
+//!
+//! The tests signal only processes whose pid and start time they read from their own
+//! daemon's ledger (`VmmProcess`, which checks both through a pidfd).
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use coinop_proto::{LeaseState, StopReason};
+use coinopd::fault::{point, ENV};
+use coinopd::ledger::{LeaseRow, Ledger};
+use coinopd::vmm_process::{ProcStat, VmmProcess};
+use common::guest_reaper::running_vmms;
+use common::leases::{credit_payment, testguest_body, CreatedLease};
+use common::{kvm_or_skip, wait_for, Daemon, StateDir};
+use nix::sys::signal::Signal;
+use serde_json::json;
+use vmm_protocol::VmState;
+
+fn row(dir: &Path, id: &str) -> LeaseRow {
+    let l = Ledger::open(&dir.join("ledger.db")).expect("open ledger");
+    l.get(id).expect("read lease").expect("lease row")
+}
+
+/// The lease's VMM as its ledger records it: pid and start time.
+fn recorded_vmm(dir: &Path, id: &str) -> VmmProcess {
+    let r = row(dir, id);
+    let vmm = r.vmm().expect("a pid recorded at the spawn");
+    assert!(vmm.start_ticks.is_some(), "a start time recorded: {r:?}");
+    vmm
+}
+
+fn books_balance(dir: &Path, id: &str) {
+    let l = Ledger::open(&dir.join("ledger.db")).expect("open ledger");
+    let b = l.books(id).expect("books");
+    assert!(b.balanced(), "books of {id} do not balance: {b:?}");
+}
+
+/// Waits up to `limit` for `vmm` to end.
+async fn ends_within(vmm: &VmmProcess, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if !vmm.is_running() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+async fn spinning_lease(d: &Daemon, sat: u64) -> CreatedLease {
+    let proofs = d.mint_credit(sat).await;
+    d.create_lease(testguest_body("mode=spin:600000", credit_payment(&proofs)))
+        .await
+}
+
+async fn vm_state(control: &str) -> Option<VmState> {
+    vmm_protocol::client::status(&PathBuf::from(control))
+        .await
+        .ok()
+        .map(|s| s.state)
+}
+
+/// Memory time (MiB·µs) the guest has lived that was not billed: MiB × uptime − billed.
+fn unbilled_mem(r: &LeaseRow) -> u64 {
+    (r.mem_mib * r.last_uptime_us).saturating_sub(r.used_mem_mib_us)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_a_stop_and_the_vmm_leaves_no_guest_after_the_restart() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::STOP_COMMITTED)]).await;
+    let CreatedLease { id, token, .. } = spinning_lease(&d, 50).await;
+    let vmm = recorded_vmm(dir.path(), &id);
+    assert!(vmm.is_running());
+    let r = d
+        .client
+        .call("POST", &format!("/v1/leases/{id}/stop"), Some(&token), None)
+        .await;
+    assert!(r.is_err(), "coinopd answered despite the fault: {r:?}");
+    let status = d.wait_crash().await;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+    let stopped = row(dir.path(), &id);
+    assert_eq!(stopped.state, LeaseState::Stopped);
+    assert_eq!(stopped.stop_reason, Some(StopReason::Tenant));
+    assert!(
+        vmm.is_running(),
+        "the window under test: the stop is committed, the VMM still runs"
+    );
+
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    assert!(
+        ends_within(&vmm, Duration::from_secs(30)).await,
+        "the stopped lease's VMM still runs after the restart"
+    );
+    wait_for(
+        async || row(dir.path(), &id).vmm_gone,
+        "the VMM recorded gone",
+    )
+    .await;
+    assert!(running_vmms(dir.path()).is_empty());
+    assert_eq!(row(dir.path(), &id).stop_reason, Some(StopReason::Tenant));
+    books_balance(dir.path(), &id);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_a_grace_expiry_commit_leaves_no_guest_after_the_restart() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    // No grace: the tick after the one that pauses the exhausted lease stops it, and dies
+    // right after committing that stop.
+    let d = Daemon::spawn(
+        dir.path(),
+        &["--grace-s", "0"],
+        &[(ENV, point::TICK_STOP_COMMITTED)],
+    )
+    .await;
+    let CreatedLease { id, .. } = spinning_lease(&d, 2).await;
+    let vmm = recorded_vmm(dir.path(), &id);
+    wait_for(
+        async || row(dir.path(), &id).state == LeaseState::Stopped,
+        "the grace expiry's stop committed",
+    )
+    .await;
+    let status = d.wait_crash().await;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+    assert_eq!(
+        row(dir.path(), &id).stop_reason,
+        Some(StopReason::BalanceExhausted)
+    );
+    assert!(
+        vmm.is_running(),
+        "the window under test: the VMM still runs"
+    );
+
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    assert!(
+        ends_within(&vmm, Duration::from_secs(30)).await,
+        "the expired lease's VMM still runs after the restart"
+    );
+    assert!(running_vmms(dir.path()).is_empty());
+    books_balance(dir.path(), &id);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigstopped_vmm_at_readoption_is_kept_metered_again_and_killed_by_its_stop() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let CreatedLease { id, token, .. } = spinning_lease(&d, 50).await;
+    let vmm = recorded_vmm(dir.path(), &id);
+    d.kill9();
+    // Stopped after coinopd's death: the kernel continues the stopped members of a process
+    // group that coinopd's exit orphans (SIGCONT), which would undo an earlier SIGSTOP.
+    assert!(vmm.signal(Signal::SIGSTOP).expect("SIGSTOP"));
+    wait_for(
+        async || ProcStat::read(vmm.pid).is_some_and(|s| s.state == 'T'),
+        "the VMM stopped",
+    )
+    .await;
+
+    // The status probe at re-adoption times out: the VMM must not be taken for gone.
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let adopted = row(dir.path(), &id);
+    assert!(vmm.is_running(), "the VMM was not killed");
+    assert_eq!(
+        adopted.state,
+        LeaseState::Running,
+        "a VMM that runs but does not answer keeps its lease: {adopted:?}"
+    );
+    assert!(!adopted.vmm_gone);
+    let log = d.log();
+    assert!(
+        log.contains("does not answer its control socket; it is kept"),
+        "{log}"
+    );
+
+    // Once it answers again it is metered again.
+    assert!(vmm.signal(Signal::SIGCONT).expect("SIGCONT"));
+    let before = row(dir.path(), &id).last_uptime_us;
+    wait_for(
+        async || row(dir.path(), &id).last_uptime_us > before,
+        "a tick reading the resumed VMM",
+    )
+    .await;
+
+    // A stop of a VMM that does not answer kills it.
+    assert!(vmm.signal(Signal::SIGSTOP).expect("SIGSTOP"));
+    d.stop_lease(&id, &token).await;
+    assert!(
+        ends_within(&vmm, Duration::from_secs(30)).await,
+        "the stopped lease's unanswering VMM still runs"
+    );
+    assert!(running_vmms(dir.path()).is_empty());
+    books_balance(dir.path(), &id);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_a_topup_and_its_resume_is_made_up_without_billing_the_pause() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let d = Daemon::spawn(
+        dir.path(),
+        &["--grace-s", "600"],
+        &[(ENV, point::TOPUP_COMMITTED)],
+    )
+    .await;
+    let CreatedLease { id, token, .. } = spinning_lease(&d, 2).await;
+    wait_for(
+        async || row(dir.path(), &id).state == LeaseState::PausedUnfunded,
+        "the lease paused at zero",
+    )
+    .await;
+    let more = d.mint_credit(20).await;
+    let r = d
+        .client
+        .call(
+            "POST",
+            &format!("/v1/leases/{id}/topup"),
+            Some(&token),
+            Some(serde_json::to_vec(&json!({"payment": credit_payment(&more)})).expect("json")),
+        )
+        .await;
+    assert!(r.is_err(), "coinopd answered despite the fault: {r:?}");
+    let status = d.wait_crash().await;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+    let crashed = row(dir.path(), &id);
+    assert_eq!(crashed.state, LeaseState::Running, "the top-up committed");
+    assert_eq!(
+        vm_state(&crashed.control_path).await,
+        Some(VmState::Paused),
+        "the window under test: the VMM was never resumed"
+    );
+    // Paused while nobody meters it: this time must not be billed.
+    let dead_for = Duration::from_secs(2);
+    tokio::time::sleep(dead_for).await;
+
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    // 200 ms of vCPU time billed since the crash: the spinning guest really ran again (a
+    // paused one gains none).
+    wait_for(
+        async || row(dir.path(), &id).used_vcpu_us > crashed.used_vcpu_us + 200_000,
+        "the guest running (and metered) again",
+    )
+    .await;
+    assert_eq!(
+        vm_state(&crashed.control_path).await,
+        Some(VmState::Running),
+        "{}",
+        d.log()
+    );
+    let now = row(dir.path(), &id);
+    let not_billed = unbilled_mem(&now) - unbilled_mem(&crashed);
+    assert!(
+        not_billed >= now.mem_mib * dead_for.as_micros() as u64,
+        "the paused {dead_for:?} were billed: {not_billed} MiB·µs left unbilled; {now:?}"
+    );
+    books_balance(dir.path(), &id);
+    d.stop_lease(&id, &token).await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_adopted_while_booting_keeps_its_vmm_pid() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_GUEST_READY)]).await;
+    let proofs = d.mint_credit(20).await;
+    let body = testguest_body("mode=spin:600000", credit_payment(&proofs));
+    d.create_into_crash(&body).await;
+    let leases = common::guest_reaper::leases(dir.path());
+    assert_eq!(leases.len(), 1);
+    let id = leases[0].0.clone();
+    let booting = row(dir.path(), &id);
+    assert_eq!(booting.state, LeaseState::Booting);
+    let vmm = recorded_vmm(dir.path(), &id);
+    assert!(vmm.is_running());
+
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let adopted = row(dir.path(), &id);
+    assert_eq!(adopted.state, LeaseState::Running, "{adopted:?}");
+    assert_eq!(adopted.vmm(), Some(vmm), "the same VMM, pid and start time");
+    let stop = vmm_protocol::client::set_state(
+        &PathBuf::from(&adopted.control_path),
+        vmm_protocol::Request::Stop,
+    )
+    .await;
+    assert!(stop.is_ok(), "{stop:?}");
+    wait_for(
+        async || row(dir.path(), &id).state == LeaseState::Stopped,
+        "the adopted guest's end",
+    )
+    .await;
+    assert!(ends_within(&vmm, Duration::from_secs(10)).await);
+    d.shutdown().await;
+}
+
+/// coinopd's VMMs outlive it and are then someone else's children: here this test
+/// process's (a subreaper), which does not reap them, so a VMM that ends stays a zombie.
+/// The zombie must count as gone: its lease stops instead of waiting for it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readopted_vmm_that_ends_as_a_zombie_ends_its_lease() {
+    if !kvm_or_skip() {
+        return;
+    }
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integers only.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let dir = StateDir::new();
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let proofs = d.mint_credit(50).await;
+    // Spins 8 s, then resets: the VMM ends by itself.
+    let CreatedLease { id, .. } = d
+        .create_lease(testguest_body("mode=spin:8000", credit_payment(&proofs)))
+        .await;
+    let vmm = recorded_vmm(dir.path(), &id);
+    d.kill9();
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    assert_eq!(
+        row(dir.path(), &id).state,
+        LeaseState::Running,
+        "re-adopted"
+    );
+    wait_for(
+        async || ProcStat::read(vmm.pid).is_some_and(|s| s.state == 'Z'),
+        "the VMM ended, unreaped",
+    )
+    .await;
+    wait_for(
+        async || row(dir.path(), &id).state == LeaseState::Stopped,
+        "the lease of the zombie VMM stopped",
+    )
+    .await;
+    let ended = row(dir.path(), &id);
+    assert_eq!(ended.stop_reason, Some(StopReason::GuestExit));
+    assert!(ended.vmm_gone);
+    // Reap it: this test's own orphan, found by the pid its ledger recorded.
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(vmm.pid), None);
+    books_balance(dir.path(), &id);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triple_fault_is_guest_crashed_and_a_reset_guest_exit() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let d = Daemon::start(dir.path(), &[]).await;
+    for (mode, reason) in [("fault", "guest_crashed"), ("halt", "guest_exit")] {
+        let proofs = d.mint_credit(10).await;
+        let r = d
+            .call(
+                "POST",
+                "/v1/leases",
+                None,
+                Some(testguest_body(
+                    &format!("mode={mode}"),
+                    credit_payment(&proofs),
+                )),
+            )
+            .await;
+        // The guest reports ready before it faults or resets, so the create succeeds.
+        assert_eq!(r.status, 201, "{mode}: {}", r.text());
+        let id = r.json()["lease_id"].as_str().expect("id").to_string();
+        let token = r.json()["token"].as_str().expect("token").to_string();
+        let path = format!("/v1/leases/{id}");
+        wait_for(
+            async || d.call("GET", &path, Some(&token), None).await.json()["state"] == "stopped",
+            "the guest's end",
+        )
+        .await;
+        let v = d.call("GET", &path, Some(&token), None).await.json();
+        assert_eq!(v["stop_reason"], reason, "{mode}: {v}");
+        books_balance(dir.path(), &id);
+    }
+    d.shutdown().await;
+}
