@@ -17,10 +17,12 @@ use tokio::sync::mpsc;
 
 use crate::capacity::{Capacity, Totals};
 use crate::config::Config;
+use crate::http::limits::QuoteLimiter;
 use crate::http::peer::OperatorPolicy;
 use crate::isolation::Isolation;
 use crate::ledger::{Ledger, LedgerError};
 use crate::metrics::Metrics;
+use crate::state_dir::{self, StateDirError, StateLock};
 use crate::stops_in_flight::StopsInFlight;
 use crate::supervisor::{GuestExit, Supervisor};
 use payment::metering::Prices;
@@ -46,6 +48,17 @@ pub enum StartError {
     Isolation(#[from] crate::isolation::IsolationError),
     #[error("--xpub is required on {0} (only regtest generates a throwaway one)")]
     NoXpub(&'static str),
+    /// The state dir is another coinopd's, or cannot be made private.
+    #[error(transparent)]
+    State(#[from] StateDirError),
+}
+
+impl StartError {
+    /// Whether another coinopd holds the state dir (`coinopd` exits 2 for it: a
+    /// configuration mistake, not a failure to retry).
+    pub fn is_state_dir_held(&self) -> bool {
+        matches!(self, StartError::State(StateDirError::Held { .. }))
+    }
 }
 
 pub struct AppState {
@@ -62,6 +75,11 @@ pub struct AppState {
     pub chain_network: ChainNetwork,
     /// Accepted guest stops still being carried out (shutdown waits for them).
     pub stops: StopsInFlight,
+    /// Quotes each peer uid may still ask for (each one advances the xpub index).
+    pub quote_limiter: QuoteLimiter,
+    /// This coinopd's hold on the state dir, released when the state is dropped. Declared
+    /// last so it is dropped last, after everything that uses the state dir.
+    _lock: StateLock,
 }
 
 pub type Shared = Arc<AppState>;
@@ -120,8 +138,11 @@ impl AppState {
     pub fn open(
         config: Config,
     ) -> Result<(Shared, mpsc::UnboundedReceiver<GuestExit>), StartError> {
-        std::fs::create_dir_all(config.run_dir()).map_err(dir_err(&config.state_dir))?;
+        // Before anything reads or writes the state dir: it is this coinopd's alone, and
+        // private, before the ledger, the slot pool or the socket are touched.
+        let lock = StateLock::take(&config.state_dir)?;
         let ledger_path = config.ledger_path();
+        state_dir::make_private(&config.state_dir, &config.run_dir(), &ledger_path)?;
         let ledger = Arc::new(Ledger::open(&ledger_path)?);
         // Swaps from many wallets at once share one fsync per batch; lease payments claim
         // inside the ledger's own transaction instead (one commit with the balance).
@@ -144,6 +165,7 @@ impl AppState {
             vcpus: config.sellable_vcpus(),
             mib: config.capacity_mib,
         });
+        let quotes_per_min = config.quotes_per_min;
         let state = AppState {
             operator: OperatorPolicy {
                 uid: config.operator_uid,
@@ -163,6 +185,8 @@ impl AppState {
             metrics: Metrics::new(),
             chain_network: network,
             stops: StopsInFlight::default(),
+            quote_limiter: QuoteLimiter::new(quotes_per_min),
+            _lock: lock,
         };
         Ok((Arc::new(state), rx))
     }

@@ -147,6 +147,33 @@ pub struct Settings {
     /// Host name or address tenants are told to SSH to (default: this host's name).
     #[arg(long)]
     pub guest_ssh_host: Option<String>,
+    /// Connections open at once from peers that are not the operator, all uids together
+    /// (default 1024). Beyond it a connection is answered 503 `too_many_connections` and
+    /// closed. Lowered at start-up if coinopd's open-file limit cannot hold it.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one non-operator uid (SO_PEERCRED; default 64).
+    #[arg(long)]
+    pub max_connections_per_uid: Option<usize>,
+    /// Connections kept for the operator (root, --operator-uid/--operator-gid) on top of
+    /// --max-connections, so the operator always gets in (default 64).
+    #[arg(long)]
+    pub operator_connections: Option<usize>,
+    /// A request's head must arrive within this many ms of the connection opening or of
+    /// the previous reply, else the connection is closed: also how long an idle
+    /// keep-alive connection is kept (default 10000).
+    #[arg(long)]
+    pub header_timeout_ms: Option<u64>,
+    /// A connection on which no byte moves for this many ms while no request of it is
+    /// being worked on (a request body that stalls, a reply the client does not read) is
+    /// closed (default 30000).
+    #[arg(long)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Address quotes (`POST /v1/quotes`, `POST /v1/mint/quote/onchain`) one non-operator
+    /// uid may ask for per minute, in bursts of as many (default 30; 0: no limit). Each
+    /// quote takes the next address of the xpub; beyond the rate: 429 with Retry-After.
+    #[arg(long)]
+    pub quotes_per_min: Option<u32>,
 }
 
 /// Resolved settings.
@@ -180,6 +207,12 @@ pub struct Config {
     pub guest_net_pool: Cidr,
     pub guest_ssh_ports: (u16, u16),
     pub guest_ssh_host: String,
+    pub max_connections: usize,
+    pub max_connections_per_uid: usize,
+    pub operator_connections: usize,
+    pub header_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub quotes_per_min: u32,
 }
 
 impl Settings {
@@ -220,6 +253,14 @@ impl Settings {
             guest_net_pool: self.guest_net_pool.or(file.guest_net_pool),
             guest_ssh_ports: self.guest_ssh_ports.or(file.guest_ssh_ports),
             guest_ssh_host: self.guest_ssh_host.or(file.guest_ssh_host),
+            max_connections: self.max_connections.or(file.max_connections),
+            max_connections_per_uid: self
+                .max_connections_per_uid
+                .or(file.max_connections_per_uid),
+            operator_connections: self.operator_connections.or(file.operator_connections),
+            header_timeout_ms: self.header_timeout_ms.or(file.header_timeout_ms),
+            idle_timeout_ms: self.idle_timeout_ms.or(file.idle_timeout_ms),
+            quotes_per_min: self.quotes_per_min.or(file.quotes_per_min),
         }
     }
 
@@ -322,6 +363,12 @@ impl Settings {
             guest_net_pool,
             guest_ssh_ports,
             guest_ssh_host,
+            max_connections: self.max_connections.unwrap_or(1024),
+            max_connections_per_uid: self.max_connections_per_uid.unwrap_or(64),
+            operator_connections: self.operator_connections.unwrap_or(64),
+            header_timeout_ms: self.header_timeout_ms.unwrap_or(10_000),
+            idle_timeout_ms: self.idle_timeout_ms.unwrap_or(30_000),
+            quotes_per_min: self.quotes_per_min.unwrap_or(30),
         };
         for (flag, value) in [
             ("tick-ms", config.tick_ms),
@@ -330,6 +377,14 @@ impl Settings {
             ("max-body-bytes", config.max_body_bytes as u64),
             ("boot-timeout-ms", config.boot_timeout_ms),
             ("jail-uid-count", u64::from(config.jail_uid_count)),
+            ("max-connections", config.max_connections as u64),
+            (
+                "max-connections-per-uid",
+                config.max_connections_per_uid as u64,
+            ),
+            ("operator-connections", config.operator_connections as u64),
+            ("header-timeout-ms", config.header_timeout_ms),
+            ("idle-timeout-ms", config.idle_timeout_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { flag });
@@ -445,6 +500,10 @@ mod tests {
         assert_eq!(c.tick_ms, 100);
         assert_eq!(c.socket_mode, 0o666);
         assert!(c.images.get("testguest").is_some());
+        assert_eq!((c.max_connections, c.max_connections_per_uid), (1024, 64));
+        assert_eq!(c.operator_connections, 64);
+        assert_eq!((c.header_timeout_ms, c.idle_timeout_ms), (10_000, 30_000));
+        assert_eq!(c.quotes_per_min, 30);
     }
 
     #[test]

@@ -3,13 +3,16 @@
 //! stops that were accepted before the signal are finished first (bounded), so a stopped
 //! lease never leaves its guest running.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tokio::net::UnixListener;
 
 use crate::app::{AppState, Shared, StartError};
 use crate::config::Config;
-use crate::http::peer::PeerCred;
+use crate::http::limits::{ConnLimits, REFUSING_AT_ONCE};
+use crate::http::server::ServerSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -22,33 +25,147 @@ pub enum DaemonError {
     },
     #[error("re-adopting guests: {0}")]
     Adopt(#[from] crate::ledger::LedgerError),
-    #[error("serving: {0}")]
-    Serve(std::io::Error),
+}
+
+impl DaemonError {
+    /// `coinopd`'s exit status for this error: 2 when another coinopd holds the state dir
+    /// (as for a bad flag: starting again will not help), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            DaemonError::Start(e) if e.is_state_dir_held() => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// How long a graceful shutdown waits for accepted guest stops (a stop asks the VMM, waits
 /// for it to end, and SIGKILLs it when it does not: a few seconds at worst).
 const STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Binds the API socket, replacing a stale socket file from an earlier run.
-pub fn bind(config: &Config) -> Result<UnixListener, DaemonError> {
+/// fds kept out of the connections' budget: the ledger, logs, the slot pool, helpers.
+const FDS_FOR_COINOPD: u64 = 256;
+/// fds one lease holds at most (event pipe, control connection, pidfd, tap, console).
+const FDS_PER_LEASE: u64 = 8;
+
+/// The API socket, bound; removed again at a graceful shutdown if it is still ours.
+struct BoundSocket {
+    path: PathBuf,
+    /// (device, inode) of the socket file this coinopd created.
+    id: (u64, u64),
+}
+
+impl BoundSocket {
+    fn remove(&self) {
+        // A socket file bound since by another coinopd (with another state dir) is left.
+        let ours = std::fs::symlink_metadata(&self.path)
+            .map(|m| (m.dev(), m.ino()) == self.id)
+            .unwrap_or(false);
+        if ours {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!(socket = %self.path.display(), error = %e, "cannot remove the socket");
+            }
+        }
+    }
+}
+
+/// Binds the API socket, replacing a stale socket file from an earlier run (the state dir's
+/// lock says no other coinopd of this state dir is running). The socket is bound, listening
+/// and given its mode under a temporary name in the same directory, then renamed into
+/// place: a client that finds the path can connect at once, never meeting a socket that is
+/// bound but not yet listening (ECONNREFUSED) or not yet chmodded (EACCES). (`ss -xl` shows
+/// the name it was bound under.)
+fn bind_socket(config: &Config) -> Result<(UnixListener, BoundSocket), DaemonError> {
     let path = &config.socket;
     let err = |source| DaemonError::Socket {
         path: path.display().to_string(),
         source,
     };
-    if let Some(dir) = path.parent() {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    match std::fs::remove_file(path) {
+    let name = path.file_name().map_or_else(
+        || "coinop.sock".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let temporary = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    match std::fs::remove_file(&temporary) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
-    let listener = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
-        .map_err(err)?;
-    Ok(listener)
+    let listener = UnixListener::bind(&temporary).map_err(err)?;
+    let placed = std::fs::set_permissions(
+        &temporary,
+        std::fs::Permissions::from_mode(config.socket_mode),
+    )
+    .and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(err(e));
+    }
+    let meta = std::fs::symlink_metadata(path).map_err(err)?;
+    let bound = BoundSocket {
+        path: path.clone(),
+        id: (meta.dev(), meta.ino()),
+    };
+    Ok((listener, bound))
+}
+
+/// Raises the soft open-file limit to the hard one and returns it: every connection holds
+/// an fd, and running out of them is what stops `accept`.
+fn raise_nofile() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}
+
+/// The server's limits from the configuration, `--max-connections` lowered (with a
+/// warning) when the open-file limit cannot hold it next to the leases' own fds.
+fn server_settings(state: &AppState) -> ServerSettings {
+    let c = &state.config;
+    let nofile = raise_nofile();
+    let kept = FDS_FOR_COINOPD + FDS_PER_LEASE * u64::from(c.jail_uid_count);
+    let room = nofile
+        .saturating_sub(kept)
+        .saturating_sub((c.operator_connections + REFUSING_AT_ONCE) as u64);
+    let max = if (c.max_connections as u64) > room {
+        let lowered = room.max(16) as usize;
+        tracing::warn!(
+            nofile,
+            configured = c.max_connections,
+            lowered,
+            "the open-file limit cannot hold --max-connections; lowered (raise LimitNOFILE)"
+        );
+        lowered
+    } else {
+        c.max_connections
+    };
+    ServerSettings {
+        limits: ConnLimits::new(max, c.max_connections_per_uid, c.operator_connections),
+        operator: state.operator,
+        header_timeout: Duration::from_millis(c.header_timeout_ms),
+        idle_timeout: Duration::from_millis(c.idle_timeout_ms),
+    }
+}
+
+/// Warns when the socket is inside the state dir: the state dir is private (0700), so
+/// only root could reach it there.
+fn warn_if_socket_unreachable(config: &Config) {
+    let inside = |dir: &Path| config.socket.starts_with(dir);
+    if inside(&config.state_dir) && config.socket_mode & 0o007 != 0 {
+        tracing::warn!(
+            socket = %config.socket.display(),
+            state_dir = %config.state_dir.display(),
+            "the socket is inside the state dir, which is 0700: only root can reach it \
+             (put it elsewhere, e.g. /run/coinop/coinop.sock, for tenants)"
+        );
+    }
 }
 
 /// Opens everything and serves until `shutdown` resolves.
@@ -72,20 +189,21 @@ pub async fn serve(
     let isolation = std::sync::Arc::clone(state.supervisor.isolation());
     let _ = tokio::task::spawn_blocking(move || isolation.sweep_left_overs()).await;
     state.supervisor.isolation().start_pool();
-    let listener = bind(&state.config)?;
+    let settings = server_settings(&state);
+    let (listener, socket) = bind_socket(&state.config)?;
+    warn_if_socket_unreachable(&state.config);
     tracing::info!(socket = %state.config.socket.display(), network = %state.chain_network.name(), "coinopd listening");
     let scheduler = tokio::spawn(crate::scheduler::run(state.clone(), exits));
     let app = crate::http::router(state.clone());
-    let result = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<PeerCred>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .map_err(DaemonError::Serve);
+    crate::http::server::serve(listener, app, settings, shutdown).await;
+    // Nobody can connect any more: a client finds no socket rather than a dead one.
+    socket.remove();
     // No new stops from the tick loop, then finish the accepted ones before the runtime
     // goes: a dropped stop task would leave its guest running with nobody metering it.
     scheduler.abort();
+    // Wait for the cancelled loop to be dropped, with its hold on the state (and so on the
+    // state dir's lock): a daemon started again in this process must find it free.
+    let _ = scheduler.await;
     let pending = state.stops.pending();
     if pending > 0 {
         tracing::info!(pending, "waiting for accepted guest stops before exiting");
@@ -98,5 +216,5 @@ pub async fn serve(
     }
     let isolation = std::sync::Arc::clone(state.supervisor.isolation());
     let _ = tokio::task::spawn_blocking(move || isolation.shutdown_pool()).await;
-    result
+    Ok(())
 }

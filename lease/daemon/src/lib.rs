@@ -7,7 +7,8 @@
 //! | [`daemon`] | start-up and shutdown: state dir, ledger, re-adoption, the HTTP server, the scheduler |
 //! | [`config`] | command line and config file (`Settings` → `Config`) |
 //! | [`app`] | the state shared by handlers, scheduler and supervisor |
-//! | [`http`] | the API of `lease/openapi.yaml`: router, auth, body limits, error mapping, one file per resource |
+//! | [`state_dir`] | one coinopd per state dir (its lock), and the dir kept private |
+//! | [`http`] | the API of `lease/openapi.yaml`: the server (connection caps and timeouts), router, auth, rate limits, body limits, error mapping, one file per resource |
 //! | [`leases`] | the lease flows behind the handlers (create, recover, top up, stop, view) with typed outcomes and errors |
 //! | [`guest_stop`], [`vmm_process`] | carrying out a guest stop; a VMM found again by pid and start time |
 //! | [`ledger`] | SQLite, one file per table or job: leases, balances, payments claimed in the same transaction, refunds, metering ticks, quotes, a lost create reply's recovery ([`ledger::recovery`]) |
@@ -33,6 +34,7 @@ mod leases;
 pub mod ledger;
 mod metrics;
 mod scheduler;
+pub mod state_dir;
 mod stops_in_flight;
 mod supervisor;
 mod token;

@@ -31,7 +31,7 @@ fn main() {
     let result = rt.block_on(coinopd::daemon::run(config, shutdown_signal()));
     if let Err(e) = result {
         eprintln!("coinopd: {e}");
-        std::process::exit(1);
+        std::process::exit(e.exit_code());
     }
 }
 

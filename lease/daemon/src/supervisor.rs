@@ -21,6 +21,7 @@ use crate::clock::monotonic_us;
 use crate::image_catalogue::ImageSpec;
 use crate::isolation::Isolation;
 use crate::ledger::Ledger;
+use crate::state_dir::private_file;
 use crate::vmm_process::VmmProcess;
 use coinop_host::cgroup::{CgroupSlot, Limits};
 use coinop_host::jail::{
@@ -585,8 +586,9 @@ impl Supervisor {
         let listener =
             std::os::unix::net::UnixListener::bind(&req.paths.control).map_err(BootError::Files)?;
         let null = std::fs::File::open("/dev/null").map_err(BootError::Files)?;
-        let console = std::fs::File::create(&req.paths.console).map_err(BootError::Files)?;
-        let log = std::fs::File::create(&req.paths.log).map_err(BootError::Files)?;
+        // 0600, root's: the VMM writes through the fds, tenants read through the API.
+        let console = private_file(&req.paths.console).map_err(BootError::Files)?;
+        let log = private_file(&req.paths.log).map_err(BootError::Files)?;
         let mut fds: Vec<OwnedFd> = vec![
             null.into(),
             console.into(),
@@ -632,7 +634,9 @@ impl Supervisor {
         slot: Option<&CgroupSlot>,
         nic: Option<Nic>,
     ) -> Result<(GuestProcess, Option<Jail>), BootError> {
-        let log = std::fs::File::create(&req.paths.log).map_err(pipe_err)?;
+        let log = private_file(&req.paths.log).map_err(pipe_err)?;
+        // The VMM opens the console by path (truncating, keeping the mode): 0600 first.
+        drop(private_file(&req.paths.console).map_err(pipe_err)?);
         let disk = match &req.image.rootfs {
             Some(base) => Some(RootDisk {
                 base: base.clone(),

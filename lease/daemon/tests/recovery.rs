@@ -470,10 +470,16 @@ async fn a_full_host_still_answers_the_retry_that_owns_the_lease_filling_it() {
     let (token, seq) = recovered(&create(&d, &body).await, &id);
     assert_eq!(seq, 2);
     assert_eq!(show(&d, &id, &token).await.status, 200);
-    // Anyone else meets the full host first, exactly as without recovery.
+    // Anyone else with this payment meets its 409, full host or not, exactly as without
+    // recovery (the payment is checked, and found spent, before room is looked for) ...
     let mut stranger = body.clone();
     stranger["recovery_key"] = json!(new_key());
     let r = create(&d, &stranger).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "already_spent");
+    // ... and a new payment meets the full host.
+    let fresh = create_body(&credit(&d.mint_credit(60).await), "mode=echo", None);
+    let r = create(&d, &fresh).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "host_full");
     books_balance(dir.path(), &id);

@@ -1,8 +1,11 @@
 //! Who may call: bearer tokens for a lease's own endpoints, SO_PEERCRED for the operator's.
 
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::Response;
 
-use crate::app::AppState;
+use crate::app::{AppState, Shared};
 use crate::http::error::ApiError;
 use crate::http::peer::PeerCred;
 use crate::ledger::LeaseRow;
@@ -38,4 +41,16 @@ pub fn require_operator(state: &AppState, peer: &PeerCred) -> Result<(), ApiErro
     } else {
         Err(ApiError::not_operator())
     }
+}
+
+/// Middleware for operator routes: the SO_PEERCRED check runs before the handler's
+/// extractors, so a non-operator's body is never read nor parsed.
+pub async fn operator_only(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    require_operator(&s, &peer)?;
+    Ok(next.run(req).await)
 }

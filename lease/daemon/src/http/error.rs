@@ -16,7 +16,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    /// Seconds for `Retry-After` (503 only).
+    /// Seconds for `Retry-After` (503 and 429 only).
     pub retry_after_s: Option<u64>,
 }
 
@@ -78,6 +78,32 @@ impl ApiError {
         ApiError {
             retry_after_s: Some(retry_after_s),
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "host_full", message)
+        }
+    }
+
+    /// A connection beyond `--max-connections` or `--max-connections-per-uid`.
+    pub fn too_many_connections(message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after_s: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                message,
+            )
+        }
+    }
+
+    /// A quote beyond `--quotes-per-min` for the peer's uid.
+    pub fn too_many_quotes(retry_after: std::time::Duration) -> Self {
+        // Whole seconds, rounded up: retrying at the advertised time must succeed.
+        let retry_after_s = retry_after.as_millis().div_ceil(1000).max(1) as u64;
+        ApiError {
+            retry_after_s: Some(retry_after_s),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_quotes",
+                format!("this uid asked for too many address quotes; retry in {retry_after_s} s"),
+            )
         }
     }
 

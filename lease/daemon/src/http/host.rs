@@ -1,7 +1,9 @@
 //! `GET /v1/host` and `POST /v1/quotes`.
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::Json;
 use coinop_proto::replies::{
     HostCapacity, HostChain, HostPrices, HostView, ImageView, QuoteResponse,
@@ -14,6 +16,7 @@ use super::json_body::JsonBody;
 use crate::app::Shared;
 use crate::clock::unix_s;
 use crate::http::error::{quote_error, ApiError};
+use crate::http::peer::PeerCred;
 use crate::leases::{spec, LeaseError};
 use crate::ledger::QuoteRow;
 
@@ -58,6 +61,22 @@ pub async fn host(State(s): State<Shared>) -> Json<HostView> {
         tick_ms: s.config.tick_ms,
         grace_s: s.config.grace_s,
     })
+}
+
+/// Middleware for the routes that hand out an address of the operator's xpub: at most
+/// `--quotes-per-min` per non-operator uid, checked before the body is read.
+pub async fn quote_rate(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if !s.operator.allows(&peer) {
+        s.quote_limiter
+            .take(peer.uid, std::time::Instant::now())
+            .map_err(ApiError::too_many_quotes)?;
+    }
+    Ok(next.run(req).await)
 }
 
 pub async fn quote(

@@ -10,10 +10,12 @@ pub mod error;
 pub mod host;
 pub mod json_body;
 pub mod leases;
+pub mod limits;
 pub mod peer;
+pub mod server;
 
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::middleware::{self, Next};
+use axum::middleware::{self, from_fn_with_state, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -44,26 +46,42 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Every route of lease/openapi.yaml (and the Cashu mint routes).
+/// Operator routes check the peer in a route layer, before the body is read; routes that
+/// hand out an xpub address are rate-limited per peer uid the same way. (Both middlewares
+/// read the peer's credentials that [`server`] puts on every request.)
 pub fn router(state: Shared) -> Router {
     let limit = state.config.max_body_bytes;
+    let operator = || from_fn_with_state(state.clone(), auth::operator_only);
+    let quote_rate = || from_fn_with_state(state.clone(), host::quote_rate);
     Router::new()
         .route("/v1/host", get(host::host))
-        .route("/v1/quotes", post(host::quote))
+        .route("/v1/quotes", post(host::quote).route_layer(quote_rate()))
         .route("/v1/quotes/{id}", get(host::get_quote))
-        .route("/v1/leases", post(leases::create).get(leases::list))
+        .route(
+            "/v1/leases",
+            get(leases::list)
+                .route_layer(operator())
+                .post(leases::create),
+        )
         .route("/v1/leases/{id}", get(leases::show))
         .route("/v1/leases/{id}/topup", post(leases::topup))
         .route("/v1/leases/{id}/stop", post(leases::stop))
         .route("/v1/leases/{id}/console", get(leases::console))
-        .route("/v1/chain/headers", post(chain::headers))
-        .route("/metrics", get(chain::metrics))
+        .route(
+            "/v1/chain/headers",
+            post(chain::headers).route_layer(operator()),
+        )
+        .route("/metrics", get(chain::metrics).route_layer(operator()))
         .route("/v1/keys", get(credit::keys))
         .route("/v1/keys/{keyset_id}", get(credit::keys_for))
         .route("/v1/keysets", get(credit::keysets))
         .route("/v1/info", get(credit::info))
         .route("/v1/swap", post(credit::swap))
         .route("/v1/checkstate", post(credit::checkstate))
-        .route("/v1/mint/quote/onchain", post(credit::mint_quote))
+        .route(
+            "/v1/mint/quote/onchain",
+            post(credit::mint_quote).route_layer(quote_rate()),
+        )
         .route("/v1/mint/onchain", post(credit::mint))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

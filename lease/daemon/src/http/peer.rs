@@ -1,9 +1,7 @@
 //! Who is on the other end of the Unix socket (SO_PEERCRED), and whether that peer may call
 //! operator endpoints.
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
-use tokio::net::UnixListener;
+use tokio::net::UnixStream;
 
 /// The peer's credentials, taken once per connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,9 +11,10 @@ pub struct PeerCred {
     pub pid: Option<i32>,
 }
 
-impl Connected<IncomingStream<'_, UnixListener>> for PeerCred {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        match stream.io().peer_cred() {
+impl PeerCred {
+    /// The credentials of the process that connected `stream` (as they were at connect).
+    pub fn of(stream: &UnixStream) -> Self {
+        match stream.peer_cred() {
             Ok(c) => PeerCred {
                 uid: Some(c.uid()),
                 gid: Some(c.gid()),

@@ -89,15 +89,39 @@ pub async fn create(
         cmdline = format!("{cmdline} {word}");
     }
     let recovery = req.recovery_key.as_deref().map(recovery_hash).transpose()?;
-    // A slot built ahead of time names the lease; dropped unused (a refused payment, a full
-    // host, a recovered lease) it goes back to the pool.
+    let CreateRequest {
+        vcpus,
+        mem_mib,
+        payment,
+        outputs,
+        ..
+    } = req;
+    // The payment before any room or slot: checking it is cheap and claims nothing, so a
+    // flood of creates with invalid or spent payments holds no room a paying create needs,
+    // and a spent payment is answered 409 whether or not the host is full.
+    let credit = verify_payment(s, payment).await?;
+    let order = Order {
+        vcpus,
+        mem_mib,
+        outputs,
+        credit,
+        payment_verified_us: since(arrival),
+    };
+    let s2 = s.clone();
+    let keys = order.credit.keys.clone();
+    let spent = blocking_here(move || Ok(s2.ledger.first_claimed(&keys)?)).await?;
+    if let Some(spent) = spent {
+        return create_with_spent_payment(s, arrival, order, recovery, spent).await;
+    }
+    // A slot built ahead of time names the lease; dropped unused (a full host, a recovered
+    // lease) it goes back to the pool.
     let slot = s.supervisor.isolation().take_slot();
     let id = slot
         .as_ref()
         .map_or_else(new_lease_id, |slot| slot.lease_id().to_string());
     let want = Totals {
-        vcpus: req.vcpus,
-        mib: req.mem_mib,
+        vcpus,
+        mib: mem_mib,
     };
     let reserved = s.capacity().reserve(&id, want);
     if let Err(full) = reserved {
@@ -105,32 +129,69 @@ pub async fn create(
             vcpus_free: full.free.vcpus,
             mib_free: full.free.mib,
         };
-        return create_when_full(s, arrival, req, recovery, full).await;
+        return create_when_full(s, arrival, order, recovery, full).await;
     }
     let name = LeaseName { id: &id, slot };
-    let result = create_reserved(s, arrival, name, req, image, cmdline, recovery).await;
+    let result = create_reserved(s, arrival, name, order, image, cmdline, recovery).await;
     if result.is_err() {
         s.capacity().release(&id);
     }
     result
 }
 
+/// What a create asks for and pays with, its payment checked.
+struct Order {
+    vcpus: u32,
+    mem_mib: u64,
+    outputs: Option<Vec<BlindedMessage>>,
+    credit: Credit,
+    /// µs from the request's arrival to its payment checked (a boot figure).
+    payment_verified_us: u64,
+}
+
+/// The payment was spent before (`spent` says which key, and how): only the retry of the
+/// create it paid for, proving it with its recovery key, gets that lease back; anyone else
+/// gets the 409 any reuse of a spent payment gets, before any question of room.
+async fn create_with_spent_payment(
+    s: &Shared,
+    arrival: u64,
+    order: Order,
+    recovery: Option<[u8; 32]>,
+    spent: String,
+) -> Result<CreateOutcome, LeaseError> {
+    let kind = metric_kind(&order.credit);
+    if let Some(hash) = recovery {
+        let token = new_token();
+        let th = token_hash(&token);
+        let s2 = s.clone();
+        let credit = order.credit;
+        let found = blocking_here(move || Ok(s2.ledger.recover(&credit, &hash, &th)?)).await?;
+        if let Some(r) = found {
+            s.metrics.payment_recovered(kind);
+            return recovered(s, arrival, r, token, order.outputs).await;
+        }
+    }
+    s.metrics.payment_already_spent(kind);
+    Err(LeaseError::AlreadySpent(spent))
+}
+
 /// The host has no room for a new lease: only a retry that recovers an existing one (which
 /// holds its own room, or is booted if there is room for it) gets past the 503 anyone else
-/// gets, whatever their payment.
+/// gets, whatever their payment. (The payment was unspent a moment ago; its own create may
+/// have committed since.)
 async fn create_when_full(
     s: &Shared,
     arrival: u64,
-    req: CreateRequest,
+    order: Order,
     recovery: Option<[u8; 32]>,
     full: LeaseError,
 ) -> Result<CreateOutcome, LeaseError> {
     let Some(hash) = recovery else {
         return Err(full);
     };
-    let Ok(credit) = verify_payment(s, req.payment).await else {
-        return Err(full);
-    };
+    let Order {
+        credit, outputs, ..
+    } = order;
     let token = new_token();
     let th = token_hash(&token);
     let kind = metric_kind(&credit);
@@ -139,7 +200,7 @@ async fn create_when_full(
     match found {
         Some(r) => {
             s.metrics.payment_recovered(kind);
-            recovered(s, arrival, r, token, req.outputs).await
+            recovered(s, arrival, r, token, outputs).await
         }
         None => Err(full),
     }
@@ -155,15 +216,15 @@ async fn create_reserved(
     s: &Shared,
     arrival: u64,
     name: LeaseName<'_>,
-    req: CreateRequest,
+    req: Order,
     image: crate::image_catalogue::ImageSpec,
     cmdline: String,
     recovery: Option<[u8; 32]>,
 ) -> Result<CreateOutcome, LeaseError> {
     let LeaseName { id, slot } = name;
-    let credit = verify_payment(s, req.payment).await?;
+    let credit = req.credit;
     let boot = BootFigures {
-        payment_verified_us: since(arrival),
+        payment_verified_us: req.payment_verified_us,
         ..BootFigures::default()
     };
     let token = new_token();

@@ -28,7 +28,7 @@
 //! or whether that lease had a key, is not revealed.
 
 use payment::credit::nut_types::BlindedMessage;
-use payment::spent_set::SpendKey;
+use payment::spent_set::{SpendKey, SpentSetError, SqliteSpentSet};
 use rusqlite::{params, OptionalExtension, Transaction};
 use subtle::ConstantTimeEq;
 
@@ -167,6 +167,26 @@ impl Ledger {
         new_token_hash: &[u8; 32],
     ) -> Result<Option<Recovered>, LedgerError> {
         self.with_tx(|tx| recover_in(tx, credit, Some(recovery_hash), new_token_hash))
+    }
+
+    /// Whether a payment's keys were claimed before, read without claiming anything: the
+    /// first key that is, as "KIND KEY is already STATE" (spent, or pending in a swap under
+    /// way), or `None`. A create asks before it reserves room, so that a spent payment is
+    /// answered 409 and holds no room; the claim in [`Ledger::create_or_recover`] stays the
+    /// one that counts (a payment may be spent between the two).
+    pub fn first_claimed(&self, keys: &[SpendKey]) -> Result<Option<String>, LedgerError> {
+        let states = self.with_conn(|c| Ok(SqliteSpentSet::states_in(c, keys)?))?;
+        Ok(keys.iter().zip(states).find_map(|(k, state)| {
+            // The words a refused claim uses (`LedgerError::AlreadySpent`).
+            state.map(|state| {
+                SpentSetError::AlreadyClaimed {
+                    kind: k.kind,
+                    key_hex: hex::encode(&k.bytes),
+                    state,
+                }
+                .to_string()
+            })
+        }))
     }
 
     /// The digest of the outputs a lease's refund was signed onto (recorded with the refund,
