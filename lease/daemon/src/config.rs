@@ -50,7 +50,8 @@ pub struct Settings {
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Unix socket the API listens on.
+    /// Unix socket the API listens on (keep it outside the state dir, which only root may
+    /// enter; removed again at SIGTERM).
     #[arg(long)]
     pub socket: Option<PathBuf>,
     /// File mode of the socket, octal (default 0666: leases are open to any local peer;
@@ -58,6 +59,8 @@ pub struct Settings {
     #[arg(long)]
     pub socket_mode: Option<String>,
     /// State directory: ledger.db, run/ (control sockets, consoles), generated demo xpub.
+    /// One coinopd at a time (coinopd.lock; a second one exits 2); kept 0700, its secrets
+    /// and consoles 0600.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// bitcoin, testnet, testnet4, signet or regtest.
