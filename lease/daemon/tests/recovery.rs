@@ -374,10 +374,14 @@ async fn coinop_lease_create_run_again_after_a_lost_reply_gets_the_lease() {
 async fn a_lost_boot_failure_refund_is_signed_again_for_the_same_outputs_only() {
     let dir = common::StateDir::new();
     let _guests = Guests(dir.path().to_path_buf());
-    // A 1 ms boot timeout fails every boot (and a host without KVM fails it anyway).
+    // An image whose kernel is not one fails every boot (the VMM refuses it at load), on
+    // any host and under any load; a short boot timeout did not when the VMM won the race.
+    let not_a_kernel = dir.path().join("not-a-kernel");
+    std::fs::write(&not_a_kernel, b"not an ELF or bzImage").expect("write");
+    let image = format!("broken={}", not_a_kernel.display());
     let d = Daemon::spawn(
         dir.path(),
-        &["--boot-timeout-ms", "1"],
+        &["--image", &image],
         &[(ENV, point::CREATE_REFUNDED)],
     )
     .await;
@@ -388,9 +392,10 @@ async fn a_lost_boot_failure_refund_is_signed_again_for_the_same_outputs_only() 
     let key = new_key();
     let mut body = create_body(&credit(&proofs), "mode=echo", Some(&key));
     body["outputs"] = json!(outputs);
+    body["image"] = json!("broken");
     d.create_into_crash(&body).await;
 
-    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let d = Daemon::spawn(dir.path(), &["--image", &image], &[]).await;
     let id = only_lease(dir.path());
     let row = ledger(dir.path()).get(&id).expect("get").expect("row");
     assert_eq!(
