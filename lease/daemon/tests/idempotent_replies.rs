@@ -190,6 +190,129 @@ async fn a_swap_whose_reply_was_lost_is_answered_again_with_the_same_signatures(
     d.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_whose_refund_reply_was_lost_is_answered_again_with_the_same_signatures() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::STOP_COMMITTED)]).await;
+    let proofs = d.mint_credit(7).await;
+    let CreatedLease { id, token, .. } = d
+        .create_lease(testguest_body("mode=echo", credit_payment(&proofs)))
+        .await;
+    let wallet = Wallet::new(&d).await;
+    let blanks = wallet.outputs(&[1; 8]);
+    let body = json!({"outputs": messages(&blanks)});
+    let stop = format!("/v1/leases/{id}/stop");
+    call_into_crash(d, &stop, Some(&token), &body).await;
+    let refunded = ledger(dir.path()).get(&id).expect("get").expect("row");
+    let refund_msat = refunded
+        .refunded_msat
+        .expect("the refund committed before the crash");
+
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let first = d
+        .call("POST", &stop, Some(&token), Some(body.clone()))
+        .await;
+    let sigs = signatures(&first);
+    let v = first.json();
+    assert_eq!(v["state"], "stopped", "{v}");
+    assert_eq!(v["refund_msat"], refund_msat, "{v}");
+    assert_eq!(sum(&sigs) * 1000, refund_msat, "the refund, once: {v}");
+    let again = d
+        .call("POST", &stop, Some(&token), Some(body.clone()))
+        .await;
+    assert_eq!(again.body, first.body, "the same answer, byte for byte");
+    // Other outputs, or none: the balance was handed back already.
+    let other = json!({"outputs": messages(&wallet.outputs(&[1; 8]))});
+    conflict(
+        &d.call("POST", &stop, Some(&token), Some(other)).await,
+        "already_refunded",
+    );
+    conflict(
+        &d.call("POST", &stop, Some(&token), None).await,
+        "already_refunded",
+    );
+    let b = balanced_books(dir.path(), &id);
+    assert_eq!((b.paid_msat, b.refunded_msat), (7000, refund_msat), "{b:?}");
+    let notes = wallet.unblind(&blanks, &sigs);
+    assert_eq!(swap_away(&d, &notes).await.status, 200);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_top_up_whose_reply_was_lost_is_answered_again_and_credited_once() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let args = ["--grace-s", "120"];
+    let d = Daemon::spawn(dir.path(), &args, &[(ENV, point::TOPUP_COMMITTED)]).await;
+    // 3 sat: a few seconds of a spinning vCPU, then paused for lack of funds.
+    let proofs = d.mint_credit(3).await;
+    let CreatedLease { id, token, .. } = d
+        .create_lease(testguest_body("mode=spin:600000", credit_payment(&proofs)))
+        .await;
+    let lease = format!("/v1/leases/{id}");
+    wait_for(
+        async || {
+            d.call("GET", &lease, Some(&token), None).await.json()["state"] == "paused_unfunded"
+        },
+        "pause at zero",
+    )
+    .await;
+    let more = d.mint_credit(5).await;
+    let body = json!({"payment": credit_payment(&more)});
+    let topup = format!("/v1/leases/{id}/topup");
+    call_into_crash(d, &topup, Some(&token), &body).await;
+    assert_eq!(balanced_books(dir.path(), &id).paid_msat, 8000, "committed");
+
+    let d = Daemon::spawn(dir.path(), &args, &[]).await;
+    let first = d
+        .call("POST", &topup, Some(&token), Some(body.clone()))
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let v = first.json();
+    assert_eq!(
+        (v["lease_id"].as_str(), v["resumed"].as_bool()),
+        (Some(id.as_str()), Some(true)),
+        "{v}"
+    );
+    assert_eq!(v["state"], "running", "{v}");
+    let again = d
+        .call("POST", &topup, Some(&token), Some(body.clone()))
+        .await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json()["resumed"], true);
+    // Credited once, and the guest runs as the ledger says.
+    let b = balanced_books(dir.path(), &id);
+    assert_eq!(b.paid_msat, 8000, "{b:?}");
+    let control = ledger(dir.path())
+        .get(&id)
+        .expect("get")
+        .expect("row")
+        .control_path;
+    let status = vmm_protocol::client::status(Path::new(&control))
+        .await
+        .expect("guest status");
+    assert_eq!(status.state, vmm_protocol::VmState::Running);
+    // The same payment anywhere else is spent, as ever.
+    conflict(
+        &d.call(
+            "POST",
+            "/v1/leases",
+            None,
+            Some(testguest_body("mode=echo", credit_payment(&more))),
+        )
+        .await,
+        "already_spent",
+    );
+    d.stop_lease(&id, &token).await;
+    balanced_books(dir.path(), &id);
+    d.shutdown().await;
+}
+
 /// Long enough for a request the daemon kept working on after its client left to finish.
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
