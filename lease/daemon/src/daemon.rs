@@ -193,7 +193,7 @@ pub async fn serve(
     let (listener, socket) = bind_socket(&state.config)?;
     warn_if_socket_unreachable(&state.config);
     tracing::info!(socket = %state.config.socket.display(), network = %state.chain_network.name(), "coinopd listening");
-    let scheduler = tokio::spawn(crate::scheduler::run(state.clone(), exits));
+    let scheduler = tokio::spawn(abort_on_panic(crate::scheduler::run(state.clone(), exits)));
     let app = crate::http::router(state.clone());
     crate::http::server::serve(listener, app, settings, shutdown).await;
     // Nobody can connect any more: a client finds no socket rather than a dead one.
@@ -217,4 +217,21 @@ pub async fn serve(
     let isolation = std::sync::Arc::clone(state.supervisor.isolation());
     let _ = tokio::task::spawn_blocking(move || isolation.shutdown_pool()).await;
     Ok(())
+}
+
+/// Runs `task` (the metering scheduler), ending the daemon if it panics: a panicking
+/// request only loses its connection, but a dead scheduler would leave every guest
+/// unmetered with nobody noticing, while a restart re-adopts the guests and meters on from
+/// the ledger.
+async fn abort_on_panic(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    let mut task = Box::pin(task);
+    std::future::poll_fn(move |cx| {
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.as_mut().poll(cx)));
+        polled.unwrap_or_else(|_| {
+            tracing::error!("the metering scheduler panicked; aborting coinopd");
+            std::process::abort()
+        })
+    })
+    .await
 }

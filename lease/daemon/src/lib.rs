@@ -16,6 +16,7 @@
 //! | [`supervisor`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, its events (`vmm_protocol`), stop |
 //! | [`isolation`] | the daemon's use of `coinop_host` (jail, cgroups, guest network, slot pool) |
 //! | [`capacity`], [`image_catalogue`], [`metrics`], [`token`], [`clock`], [`fault`] | host capacity, images, `/metrics`, lease ids and tokens, clocks, fault injection for tests |
+//! | [`log_writer`] | logging that never stops the daemon (a line stderr refuses is dropped and counted) |
 //!
 //! Wire types are `coinop_proto`'s; the privileged mechanics are `coinop_host`'s; the tenant
 //! CLI (`coinop_cli`) links none of this crate.
@@ -32,6 +33,7 @@ mod image_catalogue;
 pub mod isolation;
 mod leases;
 pub mod ledger;
+pub mod log_writer;
 mod metrics;
 mod scheduler;
 pub mod state_dir;

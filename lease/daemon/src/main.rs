@@ -9,7 +9,10 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        // Never fails (a line stderr refuses is dropped and counted), so the subscriber's
+        // own report of a failed write, an eprintln! that panics on a full stderr, is off.
+        .with_writer(coinopd::log_writer::Stderr)
+        .log_internal_errors(false)
         .init();
     let config = match Settings::parse().with_file().and_then(Settings::resolve) {
         Ok(c) => c,

@@ -1,5 +1,5 @@
 //! Prometheus metrics for `/metrics`: leases by state, boots, boot latency, msat debited,
-//! payments verified and rejected.
+//! payments verified and rejected, dropped log lines.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -77,6 +77,11 @@ impl Metrics {
             residual_msat.clone(),
         );
         registry.register("payments", "Payments by kind and result", payments.clone());
+        registry.register(
+            "log_lines_dropped",
+            "Log lines stderr refused (dropped, not retried)",
+            crate::log_writer::dropped_lines(),
+        );
         Metrics {
             registry,
             leases,

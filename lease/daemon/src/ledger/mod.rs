@@ -41,7 +41,7 @@ pub use quotes::QuoteRow;
 pub use tick::{Sample, TickAction, TickOutcome};
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use coinop_proto::LeaseState;
 use payment::spent_set::{SpendKey, SpentSetError, SqliteSpentSet};
@@ -67,7 +67,8 @@ pub enum LedgerError {
         state: LeaseState,
         why: &'static str,
     },
-    #[error("ledger mutex poisoned by a panic in another request")]
+    /// A ledger step run on a worker thread panicked.
+    #[error("a ledger step panicked")]
     Poisoned,
 }
 
@@ -114,7 +115,7 @@ impl Ledger {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
-        let mut conn = self.conn.lock().map_err(|_| LedgerError::Poisoned)?;
+        let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.commit()?;
@@ -125,7 +126,47 @@ impl Ledger {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
-        let conn = self.conn.lock().map_err(|_| LedgerError::Poisoned)?;
-        f(&conn)
+        f(&self.lock())
+    }
+
+    /// The connection, also after a panic in another request that held it: its
+    /// transaction was rolled back when the unwinding dropped it (or is rolled back here),
+    /// so the connection is as good as before, and refusing every later step would stop
+    /// metering and every payment for good.
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|poisoned| {
+            self.conn.clear_poison();
+            let conn = poisoned.into_inner();
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            conn
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    use super::test_support::{credit, ledger, new_lease};
+    use super::*;
+
+    #[test]
+    fn a_step_that_panics_rolls_back_and_the_ledger_goes_on() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 3000))
+            .expect("create");
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            l.with_tx(|tx| -> Result<(), LedgerError> {
+                tx.execute("UPDATE leases SET balance_msat = 0 WHERE id = 'a'", [])?;
+                panic!("a bug in a request, half way through its transaction");
+            })
+        }));
+        assert!(panicked.is_err());
+        let row = l.get("a").expect("read after the panic").expect("row");
+        assert_eq!(row.balance_msat, 3000, "the panicking step rolled back");
+        l.mark_running("a", None, "{}")
+            .expect("writes go on after the panic");
     }
 }

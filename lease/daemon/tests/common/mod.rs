@@ -78,13 +78,15 @@ fn daemon_args(dir: &Path, socket: &Path, extra: &[&str]) -> Vec<String> {
         dir.display().to_string(),
         "--socket".into(),
         socket.display().to_string(),
-        "--tick-ms".into(),
-        "50".into(),
         "--capacity-vcpus".into(),
         "8".into(),
         "--capacity-mib".into(),
         "2048".into(),
     ];
+    // The tests' default tick, unless the test picks its own.
+    if !extra.contains(&"--tick-ms") {
+        args.extend(["--tick-ms".into(), "50".into()]);
+    }
     if let Some((vmm, guest)) = vmm_and_guest() {
         args.extend([
             "--vmm-bin".into(),
@@ -114,32 +116,59 @@ async fn wait_for_socket(socket: &Path) {
 impl Daemon {
     /// A real `coinopd` process on `dir`; `env` adds variables such as `COINOPD_FAULT`.
     pub async fn spawn(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let socket = dir.join("coinop.sock");
-        let _ = std::fs::remove_file(&socket);
-        let args = daemon_args(dir, &socket, extra);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("coinopd.log"))
             .expect("daemon log");
+        Self::spawn_with(dir, dir, extra, env, log.into()).await
+    }
+
+    /// A real `coinopd` process whose state directory is `state` and whose socket is in
+    /// `home`, its stderr going to `stderr` (e.g. `/dev/full`, or a log outside a state
+    /// directory on a full disk).
+    pub async fn spawn_with(
+        home: &Path,
+        state: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stderr: std::process::Stdio,
+    ) -> Daemon {
+        let socket = home.join("coinop.sock");
+        let _ = std::fs::remove_file(&socket);
+        let args = daemon_args(state, &socket, extra);
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_coinopd"))
             .args(&args[1..])
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(log)
+            .stderr(stderr)
             .spawn()
             .expect("start coinopd");
         wait_for_socket(&socket).await;
         Daemon {
-            dir: dir.to_path_buf(),
+            dir: home.to_path_buf(),
             client: Client::new(&socket),
             socket,
             stop: None,
             task: None,
             child: Some(child),
         }
+    }
+
+    /// The coinopd process's pid (process daemons only).
+    pub fn pid(&self) -> Option<nix::unistd::Pid> {
+        self.child
+            .as_ref()
+            .map(|c| nix::unistd::Pid::from_raw(c.id() as i32))
+    }
+
+    /// Whether the coinopd process is still running (process daemons only).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// `kill -9` the coinopd process and reap it.
