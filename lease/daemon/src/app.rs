@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::capacity::{Capacity, Totals};
 use crate::config::Config;
+use crate::disk_reserve::DiskReserve;
 use crate::http::limits::QuoteLimiter;
 use crate::http::peer::OperatorPolicy;
 use crate::isolation::Isolation;
@@ -70,6 +71,9 @@ pub struct AppState {
     pub supervisor: Supervisor,
     pub capacity: Mutex<Capacity>,
     pub metrics: Metrics,
+    /// Room kept on the state directory's disk for metering and stops; without it
+    /// (degraded) no new leases are taken.
+    pub disk: Arc<DiskReserve>,
     pub operator: OperatorPolicy,
     pub prices: Prices,
     pub chain_network: ChainNetwork,
@@ -143,7 +147,14 @@ impl AppState {
         let lock = StateLock::take(&config.state_dir)?;
         let ledger_path = config.ledger_path();
         state_dir::make_private(&config.state_dir, &config.run_dir(), &ledger_path)?;
+        let metrics = Metrics::new();
+        // Before the ledger: on a full disk SQLite cannot even open it (its WAL index
+        // needs room) unless the reserve is freed for it first.
+        let disk = DiskReserve::open(&config.state_dir, metrics.storage());
+        disk.watch();
         let ledger = Arc::new(Ledger::open(&ledger_path)?);
+        let on_full = Arc::clone(&disk);
+        ledger.on_storage_error(move || on_full.release());
         // Swaps from many wallets at once share one fsync per batch; lease payments claim
         // inside the ledger's own transaction instead (one commit with the balance).
         let spent = Arc::new(GroupCommitSpentSet::open(&ledger_path)?);
@@ -182,7 +193,8 @@ impl AppState {
             quotes,
             supervisor,
             capacity: Mutex::new(capacity),
-            metrics: Metrics::new(),
+            metrics,
+            disk,
             chain_network: network,
             stops: StopsInFlight::default(),
             quote_limiter: QuoteLimiter::new(quotes_per_min),

@@ -16,7 +16,7 @@
 //! | [`supervisor`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, its events (`vmm_protocol`), stop |
 //! | [`isolation`] | the daemon's use of `coinop_host` (jail, cgroups, guest network, slot pool) |
 //! | [`capacity`], [`image_catalogue`], [`metrics`], [`token`], [`clock`], [`fault`] | host capacity, images, `/metrics`, lease ids and tokens, clocks, fault injection for tests |
-//! | [`log_writer`] | logging that never stops the daemon (a line stderr refuses is dropped and counted) |
+//! | [`disk_reserve`], [`log_writer`] | a full disk: room kept for metering and stops, degraded mode; logging that never stops the daemon |
 //!
 //! Wire types are `coinop_proto`'s; the privileged mechanics are `coinop_host`'s; the tenant
 //! CLI (`coinop_cli`) links none of this crate.
@@ -26,6 +26,7 @@ mod capacity;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+mod disk_reserve;
 pub mod fault;
 pub mod guest_stop;
 mod http;

@@ -1,5 +1,5 @@
 //! Prometheus metrics for `/metrics`: leases by state, boots, boot latency, msat debited,
-//! payments verified and rejected, dropped log lines.
+//! payments verified and rejected, the disk reserve, dropped log lines.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -28,6 +28,16 @@ pub struct Metrics {
     refunded_msat: Counter,
     residual_msat: Counter,
     payments: Family<Labels, Counter>,
+    storage: StorageMetrics,
+}
+
+/// The disk reserve's figures ([`crate::disk_reserve`]): handles on registered metrics.
+#[derive(Clone, Default)]
+pub struct StorageMetrics {
+    /// 1 while coinopd runs without its disk reserve (and takes no new leases).
+    pub degraded: Gauge,
+    /// How often the reserve was deleted to make room on a full disk.
+    pub reserve_released: Counter,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -77,6 +87,17 @@ impl Metrics {
             residual_msat.clone(),
         );
         registry.register("payments", "Payments by kind and result", payments.clone());
+        let storage = StorageMetrics::default();
+        registry.register(
+            "storage_degraded",
+            "1 while the state directory's disk is too full for the disk reserve: no new leases",
+            storage.degraded.clone(),
+        );
+        registry.register(
+            "storage_reserve_released",
+            "Disk reserve deletions, each on a full state directory disk",
+            storage.reserve_released.clone(),
+        );
         registry.register(
             "log_lines_dropped",
             "Log lines stderr refused (dropped, not retried)",
@@ -91,7 +112,13 @@ impl Metrics {
             refunded_msat,
             residual_msat,
             payments,
+            storage,
         }
+    }
+
+    /// Handles on the disk reserve's metrics.
+    pub fn storage(&self) -> StorageMetrics {
+        self.storage.clone()
     }
 
     pub fn boot(&self, ok: bool, latency_us: Option<u64>) {

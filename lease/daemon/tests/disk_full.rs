@@ -1,12 +1,168 @@
-//! Logging and a full disk are never a crash (issue #13 item 3), with a real `coinopd`
-//! process: its stderr on `/dev/full` (every log line refused) does not stop it.
+//! A full disk is an error, never a crash or a half-state (issue #13 item 3), with a real
+//! `coinopd` process: its stderr on `/dev/full` (every log line refused) does not stop it;
+//! its state directory on a small ext4 file system (a loop device the test mounts) filled
+//! to ENOSPC makes creates answer 507 `insufficient_storage` with nothing claimed and no
+//! lease left half made, and the same payment creates the lease once space returns,
+//! without a restart; a restart on the full disk starts degraded and meters on.
 
 mod common;
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use coinop_proto::LeaseState;
+use coinopd::ledger::Ledger;
 use common::leases::{credit_payment, testguest_body};
-use common::{kvm_or_skip, Daemon};
+use common::{kvm_or_skip, wait_for, Daemon};
+use serde_json::Value;
+
+/// A small ext4 file system on a loop device, mounted in a temporary directory the test
+/// made, with the state directory on it (the log and the socket stay outside). Dropping it
+/// kills the guests of its state directory and unmounts it.
+struct LoopFs {
+    home: tempfile::TempDir,
+}
+
+impl LoopFs {
+    /// `None` after a SKIPPED line when the test cannot mount (not root).
+    fn new(mib: u64) -> Option<LoopFs> {
+        if !nix::unistd::geteuid().is_root() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: mounting a loop file system needs root"
+            );
+            return None;
+        }
+        let home = tempfile::tempdir().expect("tempdir");
+        let img = home.path().join("fs.img");
+        let mnt = home.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mount point");
+        run("truncate", &["-s", &format!("{mib}M"), path_str(&img)]);
+        // No blocks reserved for root: coinopd runs as root, and "full" must mean full.
+        run("mkfs.ext4", &["-q", "-m", "0", path_str(&img)]);
+        run("mount", &["-o", "loop", path_str(&img), path_str(&mnt)]);
+        let fs = LoopFs { home };
+        std::fs::create_dir(fs.state()).expect("state dir");
+        Some(fs)
+    }
+
+    fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    fn mnt(&self) -> PathBuf {
+        self.home.path().join("mnt")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.mnt().join("state")
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.mnt().join("filler")
+    }
+
+    /// Writes a file until the file system has not one byte left.
+    fn fill(&self) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.filler())
+            .expect("filler");
+        for chunk in [1 << 20, 4096, 1] {
+            let buf = vec![0xa5u8; chunk];
+            loop {
+                match f.write_all(&buf) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                    Err(e) => panic!("filling: {e}"),
+                }
+            }
+        }
+        let _ = f.sync_all();
+        let st = nix::sys::statvfs::statvfs(&self.mnt()).expect("statvfs");
+        assert_eq!(st.blocks_available(), 0, "the file system is full");
+    }
+
+    /// Deletes the filler.
+    fn free(&self) {
+        std::fs::remove_file(self.filler()).expect("remove filler");
+        nix::unistd::sync();
+    }
+
+    /// A real coinopd on this state directory, logging to `home/coinopd.log`.
+    async fn coinopd(&self, extra: &[&str]) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home().join("coinopd.log"))
+            .expect("daemon log");
+        Daemon::spawn_with(self.home(), &self.state(), extra, &[], log.into()).await
+    }
+
+    fn ledger(&self) -> Ledger {
+        Ledger::open(&self.state().join("ledger.db")).expect("open ledger")
+    }
+
+    /// No half-state: every lease's books balance, none is stuck in `booting`; returns
+    /// the leases.
+    fn assert_whole(&self) -> Vec<coinopd::ledger::LeaseRow> {
+        let l = self.ledger();
+        let rows = l.list().expect("leases");
+        for row in &rows {
+            let b = l.books(&row.id).expect("books");
+            assert!(b.balanced(), "books of {} do not balance: {b:?}", row.id);
+            assert_ne!(row.state, LeaseState::Booting, "{row:?}");
+        }
+        rows
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.home().join("coinopd.log")).unwrap_or_default();
+            let _ = writeln!(std::io::stderr(), "coinopd's log:\n{log}");
+        }
+        // Room first: the reaper reads the ledger, which a full disk may not let it open.
+        let _ = std::fs::remove_file(self.filler());
+        common::guest_reaper::reap_guests(&self.state());
+        let mnt = self.mnt();
+        for _ in 0..50 {
+            let unmounted = std::process::Command::new("umount")
+                .arg(&mnt)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if unmounted {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "teardown: lazy unmount of {}",
+            mnt.display()
+        );
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&mnt)
+            .status();
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 temp path")
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
+}
 
 /// A metric's value from `/metrics` (0 when absent).
 async fn metric(d: &Daemon, name: &str) -> u64 {
@@ -14,6 +170,30 @@ async fn metric(d: &Daemon, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0)
+}
+
+async fn create(d: &Daemon, body: &Value) -> coinop_cli::client::Reply {
+    d.call("POST", "/v1/leases", None, Some(body.clone())).await
+}
+
+fn assert_insufficient_storage(r: &coinop_cli::client::Reply) {
+    assert_eq!(r.status, 507, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["error"]["code"], "insufficient_storage", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+async fn debited(d: &Daemon, id: &str, token: &str) -> u64 {
+    let r = d
+        .call("GET", &format!("/v1/leases/{id}"), Some(token), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["debited_msat"].as_u64().expect("debited_msat")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,4 +220,138 @@ async fn a_full_stderr_drops_log_lines_and_coinopd_serves_on() {
     assert!(dropped > 0, "no dropped log line counted");
     let status = d.terminate(Duration::from_secs(15)).await;
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_creates_with_507_and_takes_them_once_space_returns() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let Some(fs) = LoopFs::new(96) else { return };
+    // No tick after the first: the create below is the first write on the full disk, so
+    // it meets ENOSPC at its own commit.
+    let mut d = fs.coinopd(&["--tick-ms", "3600000"]).await;
+    let proofs = serde_json::to_value(d.mint_credit(20).await).expect("proofs");
+    let body = testguest_body("mode=echo", credit_payment(&proofs));
+    fs.fill();
+
+    // The first create fails at its commit, the next ones are refused up front (the
+    // reserve is released): all the same answer, and nothing is claimed.
+    for _ in 0..3 {
+        assert_insufficient_storage(&create(&d, &body).await);
+    }
+    assert!(d.running(), "coinopd died of the full disk");
+    assert_eq!(metric(&d, "coinop_storage_degraded").await, 1);
+    assert_eq!(metric(&d, "coinop_storage_reserve_released_total").await, 1);
+    let log = d.log();
+    assert!(
+        log.contains("refused by the disk; rolled back"),
+        "the first create met the full disk at its commit:\n{log}"
+    );
+    assert!(
+        fs.assert_whole().is_empty(),
+        "a refused create left a lease"
+    );
+
+    // Space returns: the same payment (never claimed) creates the lease, no restart.
+    fs.free();
+    let l = d.create_lease(body.clone()).await;
+    assert_eq!(metric(&d, "coinop_storage_degraded").await, 0);
+    let rows = fs.assert_whole();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].state, LeaseState::Running);
+    d.stop_lease(&l.id, &l.token).await;
+    let again = create(&d, &body).await;
+    assert_eq!(again.status, 409, "paid once: {}", again.text());
+    fs.assert_whole();
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_a_full_disk_starts_degraded_and_meters_on() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let Some(fs) = LoopFs::new(96) else { return };
+    let d = fs.coinopd(&[]).await;
+    let proofs = serde_json::to_value(d.mint_credit(60).await).expect("proofs");
+    let lease = d
+        .create_lease(testguest_body("mode=spin:600000", credit_payment(&proofs)))
+        .await;
+    let more = serde_json::to_value(d.mint_credit(20).await).expect("proofs");
+    let body = testguest_body("mode=echo", credit_payment(&more));
+    // A clean shutdown: SQLite removes its WAL and WAL index, which a restart must make
+    // again on the full disk.
+    let status = d.terminate(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}");
+    fs.fill();
+
+    let d = fs.coinopd(&[]).await;
+    assert_eq!(metric(&d, "coinop_storage_degraded").await, 1);
+    let before = debited(&d, &lease.id, &lease.token).await;
+    wait_for(
+        async || debited(&d, &lease.id, &lease.token).await > before,
+        "metering on the full disk",
+    )
+    .await;
+    assert_insufficient_storage(&create(&d, &body).await);
+    let rows = fs.assert_whole();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+
+    fs.free();
+    let second = d.create_lease(body).await;
+    assert_eq!(metric(&d, "coinop_storage_degraded").await, 0);
+    d.stop_lease(&second.id, &second.token).await;
+    d.stop_lease(&lease.id, &lease.token).await;
+    let rows = fs.assert_whole();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metering_goes_on_when_the_disk_fills_under_coinopd() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let Some(fs) = LoopFs::new(96) else { return };
+    let mut d = fs.coinopd(&[]).await;
+    let proofs = serde_json::to_value(d.mint_credit(60).await).expect("proofs");
+    let lease = d
+        .create_lease(testguest_body("mode=spin:600000", credit_payment(&proofs)))
+        .await;
+    let more = serde_json::to_value(d.mint_credit(20).await).expect("proofs");
+    let body = testguest_body("mode=echo", credit_payment(&more));
+    // The disk fills between two of coinopd's writes (stopped meanwhile, so that the room
+    // its reserve frees is not taken by the filler too); the next tick meets ENOSPC.
+    let pid = d.pid().expect("a coinopd process");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    fs.fill();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    wait_for(
+        async || metric(&d, "coinop_storage_reserve_released_total").await == 1,
+        "the reserve released by a tick on the full disk",
+    )
+    .await;
+    let before = debited(&d, &lease.id, &lease.token).await;
+    wait_for(
+        async || debited(&d, &lease.id, &lease.token).await > before,
+        "metering on the full disk",
+    )
+    .await;
+    assert_insufficient_storage(&create(&d, &body).await);
+    assert!(d.running(), "coinopd died of the full disk");
+    assert_eq!(fs.assert_whole().len(), 1);
+
+    // Space returns: coinopd notices by itself, and takes creates again.
+    fs.free();
+    wait_for(
+        async || metric(&d, "coinop_storage_degraded").await == 0,
+        "the reserve put back",
+    )
+    .await;
+    let second = d.create_lease(body).await;
+    d.stop_lease(&second.id, &second.token).await;
+    d.stop_lease(&lease.id, &lease.token).await;
+    assert_eq!(fs.assert_whole().len(), 2);
+    d.shutdown().await;
 }

@@ -16,7 +16,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    /// Seconds for `Retry-After` (503 and 429 only).
+    /// Seconds for `Retry-After` (503, 507 and 429 only).
     pub retry_after_s: Option<u64>,
 }
 
@@ -107,6 +107,30 @@ impl ApiError {
         }
     }
 
+    /// The state directory's disk is full: nothing was changed, try again later.
+    pub fn insufficient_storage(message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after_s: Some(STORAGE_RETRY_S),
+            ..Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                message,
+            )
+        }
+    }
+
+    /// The state directory's disk fails (I/O errors): nothing was changed, try again later.
+    pub fn storage_unavailable(message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after_s: Some(STORAGE_RETRY_S),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                message,
+            )
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
@@ -150,10 +174,27 @@ impl IntoResponse for ApiError {
 
 impl From<crate::ledger::LedgerError> for ApiError {
     fn from(e: crate::ledger::LedgerError) -> Self {
-        tracing::error!(error = %e, "ledger error");
-        ApiError::internal(format!("ledger: {e}"))
+        use crate::ledger::{LedgerError, StorageFault};
+        match &e {
+            // The step rolled back: the same request succeeds once the disk has room.
+            LedgerError::Storage { fault, .. } => {
+                tracing::warn!(error = %e, "ledger step refused by the disk; rolled back");
+                let message = format!("the host could not record this: {e}; nothing changed");
+                match fault {
+                    StorageFault::Full => ApiError::insufficient_storage(message),
+                    StorageFault::Io => ApiError::storage_unavailable(message),
+                }
+            }
+            _ => {
+                tracing::error!(error = %e, "ledger error");
+                ApiError::internal(format!("ledger: {e}"))
+            }
+        }
     }
 }
+
+/// How long a tenant refused for a full or failing disk should wait before asking again.
+const STORAGE_RETRY_S: u64 = 30;
 
 /// How long a tenant refused for lack of room should wait before asking again.
 const HOST_FULL_RETRY_S: u64 = 5;
@@ -166,6 +207,7 @@ impl From<LeaseError> for ApiError {
             UnknownImage(m) => ApiError::unprocessable("unknown_image", m),
             BadRecoveryKey(_) | NoProofs => ApiError::bad_request(e.to_string()),
             HostFull { .. } => ApiError::host_full(e.to_string(), HOST_FULL_RETRY_S),
+            DiskFull(_) => ApiError::insufficient_storage(e.to_string()),
             Credit(c) => credit_error(c),
             Payment(p) => payment_error(p),
             UnknownQuote(_) => ApiError::not_found(e.to_string()),
@@ -328,6 +370,35 @@ mod tests {
             ApiError::from(LeaseError::NoLease).status,
             StatusCode::UNAUTHORIZED
         );
+        let degraded = ApiError::from(LeaseError::DiskFull(crate::disk_reserve::Degraded {
+            free_mib: 3,
+        }));
+        assert_eq!(
+            (
+                degraded.status.as_u16(),
+                degraded.code,
+                degraded.retry_after_s
+            ),
+            (507, "insufficient_storage", Some(STORAGE_RETRY_S))
+        );
+        let failure = |code| {
+            crate::ledger::LedgerError::from(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+        };
+        let full = ApiError::from(LeaseError::Ledger(failure(rusqlite::ffi::SQLITE_FULL)));
+        assert_eq!(
+            (full.status.as_u16(), full.code, full.retry_after_s),
+            (507, "insufficient_storage", Some(STORAGE_RETRY_S))
+        );
+        let io = ApiError::from(failure(rusqlite::ffi::SQLITE_IOERR_WRITE));
+        assert_eq!(
+            (io.status.as_u16(), io.code, io.retry_after_s),
+            (503, "storage_unavailable", Some(STORAGE_RETRY_S))
+        );
+        let other = ApiError::from(failure(rusqlite::ffi::SQLITE_CORRUPT));
+        assert_eq!((other.status.as_u16(), other.code), (500, "internal"));
         let spec = ApiError::from(LeaseError::UnknownImage("x".into()));
         assert_eq!(
             (spec.status, spec.code),

@@ -89,6 +89,12 @@ pub async fn create(
         cmdline = format!("{cmdline} {word}");
     }
     let recovery = req.recovery_key.as_deref().map(recovery_hash).transpose()?;
+    // A disk too full for coinopd's reserve takes no new lease: refused before the payment
+    // is looked at, so nothing is claimed (see `crate::disk_reserve`).
+    if s.disk.degraded() {
+        let disk = std::sync::Arc::clone(&s.disk);
+        blocking_here(move || Ok(disk.admit()?)).await?;
+    }
     let CreateRequest {
         vcpus,
         mem_mib,
@@ -337,8 +343,17 @@ async fn boot_guest(
             boot.guest_ready_us = Some(b.guest_ready_us);
             let json = serde_json::to_string(&boot).unwrap_or_default();
             let s2 = s.clone();
-            let id2 = g.id.to_string();
-            blocking(move || Ok(s2.ledger.mark_running(&id2, b.pid, &json)?)).await?;
+            let (id2, json2) = (g.id.to_string(), json.clone());
+            let marked = blocking(move || Ok(s2.ledger.mark_running(&id2, b.pid, &json2)?)).await;
+            if let Err(e) = marked {
+                // The lease is paid and its guest runs: the reply must carry the token. The
+                // ledger catches up once the disk lets it; metering reads the guest's
+                // cumulative counters, so its time until then is billed then.
+                tracing::error!(lease = g.id, error = %e,
+                                "cannot record the running guest yet; retrying");
+                let pid = b.pid;
+                record_later(s, g.id, move |l, id| l.mark_running(id, pid, &json));
+            }
             s.metrics.boot(true, Some(b.guest_ready_us));
             tracing::info!(
                 lease = g.id,
@@ -535,9 +550,10 @@ async fn boot_failed(
     let s2 = s.clone();
     let id2 = id.to_string();
     let json = serde_json::to_string(&boot).unwrap_or_default();
-    let refund = blocking(move || {
+    let json2 = json.clone();
+    let recorded = blocking(move || {
         s2.ledger
-            .mark_stopped(&id2, StopReason::BootFailed, Some(&json))?;
+            .mark_stopped(&id2, StopReason::BootFailed, Some(&json2))?;
         match outputs {
             Some(outs) => {
                 // Records the outputs with the refund, so that a retry that lost this reply
@@ -549,7 +565,21 @@ async fn boot_failed(
             None => Ok(None),
         }
     })
-    .await?;
+    .await;
+    let refund = match recorded {
+        Ok(refund) => refund,
+        Err(e) => {
+            // The lease is paid and its reply must carry the token: its balance stays on
+            // it for a stop with outputs, and its failed boot is recorded once the disk
+            // lets it (a no-op if it was).
+            tracing::error!(lease = id, error = %e, "cannot record the failed boot yet; retrying");
+            record_later(s, id, move |l, id| {
+                l.mark_stopped(id, StopReason::BootFailed, Some(&json))
+                    .map(drop)
+            });
+            None
+        }
+    };
     let refund = match refund {
         Some(r) => Refund::Signatures {
             refund_msat: Msat::from_msat(r.refund_msat),
@@ -576,6 +606,41 @@ async fn boot_failed(
         refund,
         boot,
     })))
+}
+
+/// How often [`record_later`] tries again.
+const RECORD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Retries a ledger step of lease `id` that failed after its create committed, in the
+/// background, while the disk refuses it (a full disk: the failure released coinopd's disk
+/// reserve, so the first retry normally succeeds). `step` must be idempotent.
+fn record_later(
+    s: &Shared,
+    id: &str,
+    step: impl Fn(&crate::ledger::Ledger, &str) -> Result<(), LedgerError> + Send + Sync + 'static,
+) {
+    let (s, id) = (s.clone(), id.to_string());
+    let step = std::sync::Arc::new(step);
+    tokio::spawn(async move {
+        loop {
+            let (s2, id2, step2) = (s.clone(), id.clone(), std::sync::Arc::clone(&step));
+            let done = tokio::task::spawn_blocking(move || step2(&s2.ledger, &id2))
+                .await
+                .unwrap_or(Err(LedgerError::Poisoned));
+            match done {
+                Ok(()) => {
+                    tracing::info!(lease = %id, "lease state recorded");
+                    return;
+                }
+                Err(e) if e.is_storage() => {}
+                Err(e) => {
+                    tracing::error!(lease = %id, error = %e, "giving up recording the lease state");
+                    return;
+                }
+            }
+            tokio::time::sleep(RECORD_RETRY).await;
+        }
+    });
 }
 
 #[cfg(test)]

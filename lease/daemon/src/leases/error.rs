@@ -21,6 +21,9 @@ pub enum LeaseError {
     /// No room for the lease now.
     #[error("host full: {vcpus_free} vCPUs and {mib_free} MiB free")]
     HostFull { vcpus_free: u32, mib_free: u64 },
+    /// The state directory's disk is too full to take a new lease (coinopd is degraded).
+    #[error(transparent)]
+    DiskFull(#[from] crate::disk_reserve::Degraded),
     /// `payment.credit.proofs` is empty.
     #[error("payment.credit.proofs is empty")]
     NoProofs,

@@ -41,7 +41,7 @@ pub use quotes::QuoteRow;
 pub use tick::{Sample, TickAction, TickOutcome};
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use coinop_proto::LeaseState;
 use payment::spent_set::{SpendKey, SpentSetError, SqliteSpentSet};
@@ -51,7 +51,15 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum LedgerError {
     #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
+    /// The disk under the ledger refused it: full (`SQLITE_FULL`: ENOSPC) or failing
+    /// (`SQLITE_IOERR`: EIO, or no room for SQLite's WAL index). The transaction rolled
+    /// back: nothing of it was committed, so the same request can simply be retried.
+    #[error("ledger storage {fault}: {source}")]
+    Storage {
+        fault: StorageFault,
+        source: rusqlite::Error,
+    },
     #[error("payment already spent: {0}")]
     AlreadySpent(String),
     /// A refund of a lease whose balance was handed back before, onto other outputs.
@@ -70,6 +78,43 @@ pub enum LedgerError {
     /// A ledger step run on a worker thread panicked.
     #[error("a ledger step panicked")]
     Poisoned,
+}
+
+/// Why the disk refused a ledger step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFault {
+    /// No space left (`SQLITE_FULL`).
+    Full,
+    /// An I/O error (`SQLITE_IOERR`): a failing disk, or ENOSPC met where SQLite reports
+    /// it as I/O (allocating its shared-memory index).
+    Io,
+}
+
+impl std::fmt::Display for StorageFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageFault::Full => "full",
+            StorageFault::Io => "I/O error",
+        })
+    }
+}
+
+impl From<rusqlite::Error> for LedgerError {
+    fn from(e: rusqlite::Error) -> Self {
+        let fault = match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StorageFault::Full,
+            Some(rusqlite::ErrorCode::SystemIoFailure) => StorageFault::Io,
+            _ => return LedgerError::Sqlite(e),
+        };
+        LedgerError::Storage { fault, source: e }
+    }
+}
+
+impl LedgerError {
+    /// Whether the disk refused the step (see [`LedgerError::Storage`]).
+    pub fn is_storage(&self) -> bool {
+        matches!(self, LedgerError::Storage { .. })
+    }
 }
 
 impl From<SpentSetError> for LedgerError {
@@ -94,6 +139,9 @@ pub struct Credit {
 
 pub struct Ledger {
     conn: Mutex<Connection>,
+    /// Called when the disk refuses a step ([`LedgerError::Storage`]); the daemon frees its
+    /// disk reserve there, so that the next metering and stop commits have room.
+    on_storage_error: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Ledger {
@@ -108,7 +156,13 @@ impl Ledger {
         SqliteSpentSet::create_schema(&conn)?;
         Ok(Ledger {
             conn: Mutex::new(conn),
+            on_storage_error: OnceLock::new(),
         })
+    }
+
+    /// Sets what to do when the disk refuses a ledger step (once; later calls are ignored).
+    pub fn on_storage_error(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_storage_error.set(Box::new(f));
     }
 
     pub(crate) fn with_tx<T>(
@@ -116,17 +170,25 @@ impl Ledger {
         f: impl FnOnce(&Transaction<'_>) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
         let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        // A failed step drops `tx` unfinished, which rolls it back.
+        let result = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(LedgerError::from)
+            .and_then(|tx| {
+                let out = f(&tx)?;
+                tx.commit()?;
+                Ok(out)
+            });
+        drop(conn);
+        self.noticed(result)
     }
 
     pub(crate) fn with_conn<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
-        f(&self.lock())
+        let result = f(&self.lock());
+        self.noticed(result)
     }
 
     /// The connection, also after a panic in another request that held it: its
@@ -143,11 +205,25 @@ impl Ledger {
             conn
         })
     }
+
+    /// Passes `result` on, after telling the daemon when the disk refused the step.
+    fn noticed<T>(&self, result: Result<T, LedgerError>) -> Result<T, LedgerError> {
+        if let Err(e) = &result {
+            if e.is_storage() {
+                if let Some(f) = self.on_storage_error.get() {
+                    f();
+                }
+            }
+        }
+        result
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
 
     use super::test_support::{credit, ledger, new_lease};
     use super::*;
@@ -168,5 +244,39 @@ mod tests {
         assert_eq!(row.balance_msat, 3000, "the panicking step rolled back");
         l.mark_running("a", None, "{}")
             .expect("writes go on after the panic");
+    }
+
+    #[test]
+    fn the_disks_refusals_are_storage_errors_and_are_reported() {
+        let failure = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        let full = LedgerError::from(failure(rusqlite::ffi::SQLITE_FULL));
+        assert!(matches!(
+            full,
+            LedgerError::Storage {
+                fault: StorageFault::Full,
+                ..
+            }
+        ));
+        let io = LedgerError::from(failure(rusqlite::ffi::SQLITE_IOERR_SHMSIZE));
+        assert!(matches!(
+            io,
+            LedgerError::Storage {
+                fault: StorageFault::Io,
+                ..
+            }
+        ));
+        let other = LedgerError::from(failure(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE));
+        assert!(!other.is_storage(), "{other:?}");
+
+        let (_d, l) = ledger();
+        let told = Arc::new(AtomicU32::new(0));
+        let t = Arc::clone(&told);
+        l.on_storage_error(move || {
+            t.fetch_add(1, Ordering::Relaxed);
+        });
+        let refused: Result<(), _> = l.with_tx(|_| Err(failure(rusqlite::ffi::SQLITE_FULL).into()));
+        assert!(refused.is_err_and(|e| e.is_storage()));
+        let _ = l.with_tx(|_| Err::<(), _>(LedgerError::NoLease("x".into())));
+        assert_eq!(told.load(Ordering::Relaxed), 1, "only the disk's refusal");
     }
 }
