@@ -179,6 +179,10 @@ impl Conn {
         let mut builder = Builder::new(TokioExecutor::new()).http1_only();
         builder
             .http1()
+            // A client that sends its request and closes at once still has it carried
+            // out: without half_close, hyper drops a request whose connection hit EOF
+            // before the handler ran, and the work is all or nothing either way.
+            .half_close(true)
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_timeout);
         let conn = builder.serve_connection(io, service);
