@@ -53,7 +53,7 @@ fi
 
 say "coinop-vmm, release, statically linked"
 target=x86_64-unknown-linux-gnu
-RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release --target "$target" \
+RUSTFLAGS='-C target-feature=+crt-static -C panic=abort' cargo build --quiet --release --target "$target" \
   -p vmm --bin coinop-vmm
 vmm=$CARGO_TARGET_DIR/$target/release/coinop-vmm
 if [ "${LAB_ROOTFS:-1}" = 1 ]; then

@@ -54,13 +54,14 @@ coinop_kvm_problem() {
 
 # Release binaries. coinop-vmm is linked statically: it starts faster without the dynamic
 # loader and needs no libraries inside a jail. The explicit --target keeps the static flag
-# off build scripts and proc-macros, which must stay dynamic.
+# off build scripts and proc-macros, which must stay dynamic. It aborts on panic (the
+# workspace profile unwinds, for coinopd): no unwinding tables, 0.1 MiB less peak RSS.
 COINOP_TARGET=x86_64-unknown-linux-gnu
 COINOP_BIN=${CARGO_TARGET_DIR:-$COINOP_ROOT/target}/release
 COINOP_VMM=${CARGO_TARGET_DIR:-$COINOP_ROOT/target}/$COINOP_TARGET/release/coinop-vmm
 coinop_build_release() {
   cargo build --quiet --release -p coinopd -p coinop-cli -p coinop-bench
-  RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+  RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C panic=abort" \
     cargo build --quiet --release --target "$COINOP_TARGET" -p vmm --bin coinop-vmm
 }
 
