@@ -72,7 +72,7 @@ pub fn hit(name: &str) {
     }
     let pass = a.passes.fetch_add(1, Ordering::Relaxed) + 1;
     if pass == a.nth {
-        eprintln!("coinopd: {ENV}={name}:{pass}: aborting here");
+        crate::log_writer::say(&format!("coinopd: {ENV}={name}:{pass}: aborting here"));
         std::process::abort();
     }
 }

@@ -17,7 +17,7 @@ fn main() {
     let config = match Settings::parse().with_file().and_then(Settings::resolve) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("coinopd: {e}");
+            coinopd::log_writer::say(&format!("coinopd: {e}"));
             std::process::exit(2);
         }
     };
@@ -27,13 +27,13 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("coinopd: cannot start the runtime: {e}");
+            coinopd::log_writer::say(&format!("coinopd: cannot start the runtime: {e}"));
             std::process::exit(1);
         }
     };
     let result = rt.block_on(coinopd::daemon::run(config, shutdown_signal()));
     if let Err(e) = result {
-        eprintln!("coinopd: {e}");
+        coinopd::log_writer::say(&format!("coinopd: {e}"));
         std::process::exit(e.exit_code());
     }
 }

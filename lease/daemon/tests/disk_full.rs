@@ -355,3 +355,27 @@ async fn metering_goes_on_when_the_disk_fills_under_coinopd() {
     assert_eq!(fs.assert_whole().len(), 2);
     d.shutdown().await;
 }
+
+/// A start-up error is said on stderr and ends coinopd with its own exit code, also when
+/// stderr is full: the message is dropped, never turned into a panic (exit 101).
+#[test]
+fn a_start_up_error_on_a_full_stderr_exits_with_its_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    // Mainnet without an operator xpub is refused when the state is opened.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_coinopd"))
+        .arg("--state-dir")
+        .arg(dir.path())
+        .arg("--socket")
+        .arg(dir.path().join("coinop.sock"))
+        .args(["--network", "mainnet"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(full)
+        .status()
+        .expect("run coinopd");
+    assert_eq!(status.code(), Some(1), "{status}");
+}
