@@ -22,13 +22,13 @@ fn err(detail: impl std::fmt::Display) -> BenchError {
     }
 }
 
-struct Blank {
-    secret: String,
-    r: SecretKey,
-    msg: BlindedMessage,
+pub struct Blank {
+    pub secret: String,
+    pub r: SecretKey,
+    pub msg: BlindedMessage,
 }
 
-fn blanks(keyset_id: &str, amounts: &[u64]) -> Result<Vec<Blank>, BenchError> {
+pub fn blanks(keyset_id: &str, amounts: &[u64]) -> Result<Vec<Blank>, BenchError> {
     amounts
         .iter()
         .map(|&amount| {

@@ -62,7 +62,8 @@ impl DaemonSpec {
         s
     }
 
-    fn args(&self, state: &Path, socket: &Path) -> Vec<String> {
+    /// coinopd's flags for a state directory and socket (the soak restarts on the same ones).
+    pub fn args(&self, state: &Path, socket: &Path) -> Vec<String> {
         vec![
             "--state-dir".into(),
             state.display().to_string(),

@@ -23,6 +23,7 @@ mod scenario_density;
 mod scenario_lease;
 mod scenario_overrun;
 mod scenario_payment;
+mod scenario_soak;
 mod scenario_vmm;
 mod stats;
 mod svg_plot;
@@ -68,6 +69,9 @@ enum Scenario {
     Payment(PaymentArgs),
     /// A spinning guest with a small balance: how far past zero it runs before the pause.
     Overrun(OverrunArgs),
+    /// coinopd SIGKILLed at random points while leases are created, topped up, minted for
+    /// and stopped: checks no orphan VMM and no lost msat after every restart.
+    Soak(SoakArgs),
 }
 
 /// The guest every engine boots: the test guest by default, or a Linux image.
@@ -236,6 +240,32 @@ struct OverrunArgs {
 }
 
 #[derive(clap::Args)]
+struct SoakArgs {
+    #[command(flatten)]
+    guest: GuestArgs,
+    /// Only `--quick` is used: a short soak of a few kill cycles.
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    /// How long the driver runs, seconds (--quick: 40).
+    #[arg(long, default_value_t = 600)]
+    duration_s: u64,
+    /// Leases alive at once at most.
+    #[arg(long, default_value_t = 3)]
+    max_live: usize,
+    /// coinopd's --grace-s.
+    #[arg(long, default_value_t = 2)]
+    grace_s: u64,
+    /// Shortest delay from a daemon's start to its SIGKILL, ms.
+    #[arg(long, default_value_t = 300)]
+    kill_min_ms: u64,
+    /// Longest delay from a daemon's start to its SIGKILL, ms.
+    #[arg(long, default_value_t = 6000)]
+    kill_max_ms: u64,
+}
+
+#[derive(clap::Args)]
 struct PaymentArgs {
     #[command(flatten)]
     run: RunArgs,
@@ -319,6 +349,23 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
                 balance_sat: a.balance_sat,
                 runs,
                 warmup,
+                notes: Vec::new(),
+            };
+            block_on(s.run())?
+        }
+        Scenario::Soak(a) => {
+            let duration_s = if a.run.quick { 40 } else { a.duration_s };
+            if a.max_live == 0 || a.kill_min_ms >= a.kill_max_ms {
+                return Err(BenchError::Usage(
+                    "--max-live must be at least 1 and --kill-min-ms below --kill-max-ms".into(),
+                ));
+            }
+            let s = scenario_soak::SoakScenario {
+                daemon: daemon_spec(&a.guest, &a.daemon, a.max_live + 2, "mode=echo")?,
+                duration: Duration::from_secs(duration_s),
+                max_live: a.max_live,
+                grace_s: a.grace_s,
+                kill_delay_ms: (a.kill_min_ms, a.kill_max_ms),
                 notes: Vec::new(),
             };
             block_on(s.run())?
@@ -493,7 +540,7 @@ mod tests {
 
     #[test]
     fn linux_guest_flags_parse_for_every_boot_scenario() {
-        for sc in ["vmm", "lease", "burst", "density", "overrun"] {
+        for sc in ["vmm", "lease", "burst", "density", "overrun", "soak"] {
             let cli = Cli::try_parse_from([
                 "coinop-bench",
                 sc,
@@ -515,6 +562,7 @@ mod tests {
                 Scenario::Burst(a) => &a.guest,
                 Scenario::Density(a) => &a.guest,
                 Scenario::Overrun(a) => &a.guest,
+                Scenario::Soak(a) => &a.guest,
                 Scenario::Payment(_) => unreachable!("not in the list"),
             };
             let img = g.image("mode=halt");
