@@ -263,6 +263,9 @@ struct SoakArgs {
     /// Longest delay from a daemon's start to its SIGKILL, ms.
     #[arg(long, default_value_t = 6000)]
     kill_max_ms: u64,
+    /// One request in this many also arms a kill 0-60 ms after it is sent.
+    #[arg(long, default_value_t = 25)]
+    request_kill_one_in: u64,
 }
 
 #[derive(clap::Args)]
@@ -366,6 +369,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
                 max_live: a.max_live,
                 grace_s: a.grace_s,
                 kill_delay_ms: (a.kill_min_ms, a.kill_max_ms),
+                request_kill_one_in: a.request_kill_one_in.max(1),
                 notes: Vec::new(),
             };
             block_on(s.run())?

@@ -46,6 +46,8 @@ pub struct SoakScenario {
     pub grace_s: u64,
     /// Kill delays are drawn from [min, max).
     pub kill_delay_ms: (u64, u64),
+    /// One request in this many is sent with a kill 0-60 ms later (mid-request).
+    pub request_kill_one_in: u64,
     pub notes: Vec<String>,
 }
 
@@ -121,6 +123,12 @@ struct Figures {
     swaps: u64,
     stops: u64,
     orphans: u64,
+    /// VMMs of live leases the checks found (summed over checks).
+    vmms_seen: u64,
+    /// Deaths at each `COINOPD_FAULT` point (`point:pass`).
+    faults_hit: BTreeMap<String, u64>,
+    /// Stop reasons of every lease at the last check.
+    stop_reasons: BTreeMap<String, u64>,
     lost_msat: u64,
     checks: u64,
     findings: Vec<String>,
@@ -179,6 +187,11 @@ impl SoakScenario {
             f.kill_cycles, f.fault_kills, f.timer_kills, f.requests, f.retried, f.checks,
             f.orphans, f.lost_msat
         ));
+        notes.push(format!(
+            "leases at the end by state/stop reason: {:?}; VMMs of live leases seen by the checks: {}",
+            f.stop_reasons, f.vmms_seen
+        ));
+        notes.push(format!("deaths at fault points: {:?}", f.faults_hit));
         for finding in &f.findings {
             eprintln!("coinop-bench soak FINDING: {finding}");
             notes.push(format!("FINDING: {finding}"));
@@ -279,6 +292,12 @@ impl Soak<'_> {
         });
         self.fault = fault;
         let delay = Duration::from_millis(self.rng.range(sc.kill_delay_ms.0, sc.kill_delay_ms.1));
+        self.kill_after(delay);
+        Ok(())
+    }
+
+    /// SIGKILLs the running daemon after `delay`, unless it was replaced meanwhile.
+    fn kill_after(&self, delay: Duration) {
         let current = Arc::clone(&self.current);
         let generation = self.generation;
         tokio::spawn(async move {
@@ -290,7 +309,6 @@ impl Soak<'_> {
                 }
             }
         });
-        Ok(())
     }
 
     /// Whether the daemon has exited (reaped here); with its status for the figures.
@@ -307,7 +325,10 @@ impl Soak<'_> {
         loop {
             let status = self.dead();
             match (&self.fault, status) {
-                (Some(_), Some(st)) if !is_sigkill(st) => self.f.fault_kills += 1,
+                (Some(p), Some(st)) if !is_sigkill(st) => {
+                    self.f.fault_kills += 1;
+                    *self.f.faults_hit.entry(p.clone()).or_default() += 1;
+                }
                 _ => self.f.timer_kills += 1,
             }
             self.f.kill_cycles += 1;
@@ -367,6 +388,11 @@ impl Soak<'_> {
         loop {
             if self.dead().is_some() {
                 self.restart().await?;
+            }
+            // Now and then the kill lands while this very request is being handled.
+            if self.rng.below(self.sc.request_kill_one_in) == 0 {
+                let ms = self.rng.below(60);
+                self.kill_after(Duration::from_millis(ms));
             }
             match self.client.call(method, path, token, body.clone()).await {
                 Ok(r) => return Ok((r, retried)),
@@ -575,7 +601,9 @@ impl Soak<'_> {
     }
 
     async fn create(&mut self) -> Result<(), BenchError> {
-        let sat = 1 << self.rng.range(5, 8);
+        // Some leases get 1 or 2 sat, which the guest's memory eats in seconds: they pause,
+        // and stop at the end of their grace unless a top-up comes first.
+        let sat = [1, 2, 32, 64, 128][self.rng.below(5) as usize];
         let Some(proofs) = self.take(sat).await? else {
             return Ok(());
         };
@@ -649,7 +677,7 @@ impl Soak<'_> {
     }
 
     async fn topup(&mut self, id: String) -> Result<(), BenchError> {
-        let sat = 1 << self.rng.range(4, 7);
+        let sat = 1 << self.rng.range(0, 6);
         let Some(proofs) = self.take(sat).await? else {
             return Ok(());
         };
@@ -719,26 +747,32 @@ impl Soak<'_> {
         Ok(())
     }
 
-    /// One random step of the driver.
+    /// One random step of the driver. Pauses between steps let leases live for seconds
+    /// (run out, pause, be stopped at the end of their grace) rather than milliseconds.
     async fn step(&mut self) -> Result<(), BenchError> {
         let live = self.live_ids();
         let roll = self.rng.below(100);
-        if live.len() < self.sc.max_live && roll < 30 {
+        if live.len() < self.sc.max_live && roll < 25 {
             return self.create().await;
         }
-        if !live.is_empty() && roll < 55 {
+        if !live.is_empty() && (25..40).contains(&roll) {
             let id = live[self.rng.below(live.len() as u64) as usize].clone();
             return self.topup(id).await;
         }
-        if !live.is_empty() && roll < 75 {
+        if !live.is_empty() && (40..45).contains(&roll) {
             let id = live[self.rng.below(live.len() as u64) as usize].clone();
             return self.stop(id).await;
         }
-        if roll < 87 {
+        if (45..57).contains(&roll) {
             let sat = 1 << self.rng.range(6, 10);
             return self.mint(sat).await;
         }
-        self.swap().await
+        if (57..67).contains(&roll) {
+            return self.swap().await;
+        }
+        let ms = self.rng.range(20, 300);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(())
     }
 
     async fn drive(&mut self) -> Result<(), BenchError> {
@@ -771,13 +805,30 @@ impl Soak<'_> {
         self.f.checks += 1;
         // Orphans: wait up to SETTLE for every VMM of the state dir to belong to a live
         // lease (the restarted daemon adopts or stops them within a few ticks).
+        // A lease the daemon shows running or paused must have its VMM (this also shows
+        // the orphan scan finds the VMMs it is looking for).
         let start = Instant::now();
         let mut bad;
+        let mut missing;
         loop {
             let list = self.list().await?;
             bad = Vec::new();
             let ids: Vec<String> = list.leases.iter().map(|l| l.lease_id.clone()).collect();
-            for (pid, lease) in vmms_of(self.state.path(), &ids) {
+            let vmms = vmms_of(self.state.path(), &ids);
+            missing = list
+                .leases
+                .iter()
+                .filter(|l| matches!(l.state, LeaseState::Running | LeaseState::PausedUnfunded))
+                .filter(|l| !vmms.iter().any(|(_, id)| id.as_ref() == Some(&l.lease_id)))
+                .map(|l| {
+                    format!(
+                        "lease {} is {:?} but has no coinop-vmm",
+                        l.lease_id, l.state
+                    )
+                })
+                .collect::<Vec<_>>();
+            self.f.vmms_seen += vmms.len() as u64;
+            for (pid, lease) in vmms {
                 let state = lease
                     .as_ref()
                     .and_then(|id| list.leases.iter().find(|l| &l.lease_id == id))
@@ -791,7 +842,7 @@ impl Soak<'_> {
                     ));
                 }
             }
-            if bad.is_empty() || start.elapsed() > SETTLE {
+            if (bad.is_empty() && missing.is_empty()) || start.elapsed() > SETTLE {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -800,8 +851,19 @@ impl Soak<'_> {
             self.f.orphans += 1;
             self.finding(format!("orphan {SETTLE:?} after a restart: {b}"));
         }
+        for m in missing {
+            self.finding(format!("{SETTLE:?} after a restart: {m}"));
+        }
         // Books: paid = debited + balance + refunded + residual, per lease.
         let list = self.list().await?;
+        self.f.stop_reasons.clear();
+        for v in &list.leases {
+            let key = match v.stop_reason {
+                Some(r) => format!("stopped {r:?}"),
+                None => format!("{:?}", v.state),
+            };
+            *self.f.stop_reasons.entry(key).or_default() += 1;
+        }
         let mut lost = Vec::new();
         for (id, l) in &self.leases {
             let Some(v) = list.leases.iter().find(|v| &v.lease_id == id) else {
