@@ -144,6 +144,8 @@ struct Soak<'a> {
     /// The fault armed in the running daemon, for the findings.
     fault: Option<String>,
     restarted: bool,
+    /// The final phase: no more kills or faults, so the end state is checked once, still.
+    calm: bool,
     rng: Rng,
     wallet: Vec<Proof>,
     keys: Option<KeysResponse>,
@@ -170,6 +172,7 @@ impl SoakScenario {
             generation: 0,
             fault: None,
             restarted: false,
+            calm: false,
             rng: Rng(seed),
             wallet: Vec::new(),
             keys: None,
@@ -291,8 +294,11 @@ impl Soak<'_> {
             child,
         });
         self.fault = fault;
-        let delay = Duration::from_millis(self.rng.range(sc.kill_delay_ms.0, sc.kill_delay_ms.1));
-        self.kill_after(delay);
+        if !self.calm {
+            let delay =
+                Duration::from_millis(self.rng.range(sc.kill_delay_ms.0, sc.kill_delay_ms.1));
+            self.kill_after(delay);
+        }
         Ok(())
     }
 
@@ -332,7 +338,7 @@ impl Soak<'_> {
                 _ => self.f.timer_kills += 1,
             }
             self.f.kill_cycles += 1;
-            let fault = if attempts < 3 && self.rng.below(2) == 0 {
+            let fault = if !self.calm && attempts < 3 && self.rng.below(2) == 0 {
                 let p = FAULT_POINTS[self.rng.below(FAULT_POINTS.len() as u64) as usize];
                 Some(format!("{p}:{}", self.rng.range(1, 4)))
             } else {
@@ -390,7 +396,7 @@ impl Soak<'_> {
                 self.restart().await?;
             }
             // Now and then the kill lands while this very request is being handled.
-            if self.rng.below(self.sc.request_kill_one_in) == 0 {
+            if !self.calm && self.rng.below(self.sc.request_kill_one_in) == 0 {
                 let ms = self.rng.below(60);
                 self.kill_after(Duration::from_millis(ms));
             }
@@ -906,9 +912,16 @@ impl Soak<'_> {
     /// Stops every lease with outputs, proves every note held is still good (one swap of
     /// the whole wallet), checks once more, then ends the daemon and any VMM left.
     async fn finish(&mut self) -> Result<(), BenchError> {
-        // No more kill timers from here on: the generation they were armed for is gone
-        // once the daemon is restarted without one.
+        // No more kills from here on: the pending timer's generation is retired, and a
+        // daemon still armed with a fault point is replaced by one without.
+        self.calm = true;
         let result = async {
+            if self.fault.is_some() {
+                if let Some(c) = lock(&self.current).as_mut() {
+                    let _ = c.child.kill();
+                    let _ = c.child.wait();
+                }
+            }
             if self.dead().is_some() {
                 self.restart().await?;
             }
@@ -967,7 +980,7 @@ fn parse<T: serde::de::DeserializeOwned>(r: &Reply, what: &str) -> Result<T, Ben
 /// in the cgroup of one of `list`'s leases (a jailed one). Lease ids are random, so another
 /// daemon's VMMs never match.
 fn vmms_of(state_dir: &Path, ids: &[String]) -> Vec<(u32, Option<String>)> {
-    let dir = state_dir.display().to_string();
+    let dir = format!("{}/", state_dir.display());
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
