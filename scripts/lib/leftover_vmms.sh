@@ -34,6 +34,9 @@ coinop_test_run_dir_new() {
   dir=$(mktemp -d -t coinop-test-run.XXXXXX)
   dir=$(cd -P "$dir" && pwd)
   mkdir "$dir/tmp"
+  # Traversable by other uids, as /tmp is: tests check what an unprivileged user (nobody)
+  # can and cannot reach, and each test's own state directory sets its own mode.
+  chmod 0755 "$dir" "$dir/tmp"
   printf '%s\n' "$dir"
 }
 
