@@ -21,7 +21,7 @@ for s in vmm lease burst density overrun; do
 done
 # The crash soak (issue #13): coinopd killed a few times in 40 s; exits 1 on any orphan VMM
 # or lost msat.
-"$bench" --json "$out/soak.json" --svg "$out/soak.svg" soak --quick --kernel "$kernel"
+"$bench" --json "$out/soak.json" --svg "$out/soak.svg" soak --quick --tick-ms 20 --kernel "$kernel"
 "$bench" --json "$out/payment.json" --svg "$out/payment.svg" payment --quick
 # The harness must have written what it printed, for every scenario.
 for s in vmm lease burst density overrun payment soak; do

@@ -129,7 +129,11 @@ struct Figures {
     faults_hit: BTreeMap<String, u64>,
     /// Stop reasons of every lease at the last check.
     stop_reasons: BTreeMap<String, u64>,
+    /// msat lost outside the leases' books (mints, swaps, refunds, creates).
     lost_msat: u64,
+    /// Per lease: |paid - what the daemon accounts for| at the last check that saw a
+    /// difference.
+    books_lost: BTreeMap<String, u64>,
     checks: u64,
     findings: Vec<String>,
 }
@@ -146,6 +150,8 @@ struct Soak<'a> {
     restarted: bool,
     /// The final phase: no more kills or faults, so the end state is checked once, still.
     calm: bool,
+    /// How the last daemon died, for the findings.
+    last_death: String,
     rng: Rng,
     wallet: Vec<Proof>,
     keys: Option<KeysResponse>,
@@ -173,6 +179,7 @@ impl SoakScenario {
             fault: None,
             restarted: false,
             calm: false,
+            last_death: "none yet".into(),
             rng: Rng(seed),
             wallet: Vec::new(),
             keys: None,
@@ -183,12 +190,13 @@ impl SoakScenario {
         let ended = s.finish().await;
         let state_dir = s.state.path().display().to_string();
         let f = &s.f;
+        let lost_msat = f.lost_msat + f.books_lost.values().sum::<u64>();
         let mut notes = self.notes.clone();
         notes.push(format!(
             "seed {seed:#x}; state dir {state_dir}; {} kill cycles ({} at a fault point, {} by timer), \
              {} requests, {} retried after a lost reply, {} checks; orphans {}, msat lost {}",
             f.kill_cycles, f.fault_kills, f.timer_kills, f.requests, f.retried, f.checks,
-            f.orphans, f.lost_msat
+            f.orphans, lost_msat
         ));
         notes.push(format!(
             "leases at the end by state/stop reason: {:?}; VMMs of live leases seen by the checks: {}",
@@ -206,7 +214,7 @@ impl SoakScenario {
             f.fault_kills,
             f.timer_kills,
             f.orphans,
-            f.lost_msat,
+            lost_msat,
             f.requests,
             f.retried,
             f.creates,
@@ -228,7 +236,7 @@ impl SoakScenario {
         for (name, v) in [
             ("kill cycles survived", f.kill_cycles),
             ("orphans found", f.orphans),
-            ("msat lost", f.lost_msat),
+            ("msat lost", lost_msat),
             ("requests retried", f.retried),
             ("requests", f.requests),
         ] {
@@ -257,11 +265,14 @@ impl SoakScenario {
 
 impl Soak<'_> {
     fn finding(&mut self, what: String) {
-        let at = match &self.fault {
-            Some(p) => format!(" [daemon armed with COINOPD_FAULT={p}]"),
+        let armed = match &self.fault {
+            Some(p) => format!("; the daemon now runs with COINOPD_FAULT={p}"),
             None => String::new(),
         };
-        self.f.findings.push(format!("{what}{at}"));
+        self.f.findings.push(format!(
+            "{what} [after kill cycle {}: {}{armed}]",
+            self.f.kill_cycles, self.last_death
+        ));
     }
 
     /// Starts coinopd on the state directory, with `fault` armed, and a kill timer.
@@ -334,8 +345,12 @@ impl Soak<'_> {
                 (Some(p), Some(st)) if !is_sigkill(st) => {
                     self.f.fault_kills += 1;
                     *self.f.faults_hit.entry(p.clone()).or_default() += 1;
+                    self.last_death = format!("coinopd aborted at COINOPD_FAULT={p}");
                 }
-                _ => self.f.timer_kills += 1,
+                _ => {
+                    self.f.timer_kills += 1;
+                    self.last_death = "coinopd SIGKILLed by the harness".into();
+                }
             }
             self.f.kill_cycles += 1;
             let fault = if !self.calm && attempts < 3 && self.rng.below(2) == 0 {
@@ -874,6 +889,7 @@ impl Soak<'_> {
         for (id, l) in &self.leases {
             let Some(v) = list.leases.iter().find(|v| &v.lease_id == id) else {
                 lost.push((
+                    id.clone(),
                     l.paid_msat,
                     format!(
                         "lease {id} (paid {} msat) is not in GET /v1/leases",
@@ -888,7 +904,8 @@ impl Soak<'_> {
                 + v.residual_msat.map_or(0, |m| m.msat());
             if books != l.paid_msat {
                 lost.push((
-                    l.paid_msat.saturating_sub(books),
+                    id.clone(),
+                    l.paid_msat.abs_diff(books),
                     format!(
                         "lease {id} ({:?}): driver paid {} msat, the daemon accounts for {books} \
                          (debited {}, balance {}, refunded {:?}, residual {:?})",
@@ -902,9 +919,13 @@ impl Soak<'_> {
                 ));
             }
         }
-        for (msat, what) in lost {
-            self.f.lost_msat += msat;
-            self.finding(what);
+        // A lease's difference is its latest one (it is checked again at every restart),
+        // reported the first time it shows.
+        for (id, msat, what) in lost {
+            if !self.f.books_lost.contains_key(&id) {
+                self.finding(what);
+            }
+            self.f.books_lost.insert(id, msat);
         }
         Ok(())
     }
