@@ -564,9 +564,13 @@ impl Soak<'_> {
 
     async fn swap_inputs(&mut self, inputs: Vec<Proof>) -> Result<(), BenchError> {
         let total: u64 = inputs.iter().map(|p| p.amount).sum();
-        let blank = self
-            .fresh_blanks(&payment::credit::amount::split(total))
-            .await?;
+        // Broken down into small notes (1, 1, 2, 4, ...): the wallet then holds the 1 and 2
+        // sat notes that small leases are paid with.
+        let mut amounts = payment::credit::amount::split(total.saturating_sub(1));
+        if total > 0 {
+            amounts.push(1);
+        }
+        let blank = self.fresh_blanks(&amounts).await?;
         let body = SwapRequest {
             inputs,
             outputs: blank.iter().map(|b| b.msg.clone()).collect(),
@@ -776,11 +780,11 @@ impl Soak<'_> {
         if live.len() < self.sc.max_live && roll < 25 {
             return self.create().await;
         }
-        if !live.is_empty() && (25..40).contains(&roll) {
+        if !live.is_empty() && (25..35).contains(&roll) {
             let id = live[self.rng.below(live.len() as u64) as usize].clone();
             return self.topup(id).await;
         }
-        if !live.is_empty() && (40..45).contains(&roll) {
+        if !live.is_empty() && (35..38).contains(&roll) {
             let id = live[self.rng.below(live.len() as u64) as usize].clone();
             return self.stop(id).await;
         }
