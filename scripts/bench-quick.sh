@@ -14,7 +14,7 @@ cargo build --quiet -p vmm -p coinopd -p coinop-cli -p coinop-bench
 images/testguest/build.sh target/testguest >/dev/null
 out=$(mktemp -d -t coinop-bench.XXXXXX)
 trap 'rm -rf "$out"' EXIT
-bench=target/debug/coinop-bench
+bench=${CARGO_TARGET_DIR:-target}/debug/coinop-bench
 kernel=target/testguest/testguest-pvh.elf
 for s in vmm lease burst density overrun; do
   "$bench" --json "$out/$s.json" --svg "$out/$s.svg" "$s" --quick --kernel "$kernel"
