@@ -98,28 +98,6 @@ async fn swap_away(d: &Daemon, proofs: &[Proof]) -> Reply {
     .await
 }
 
-/// An on-chain payment for a mint quote of `amount_sat`, and blank outputs for it: the body
-/// of `POST /v1/mint/onchain`, and what unblinds its answer.
-async fn mint_request(d: &Daemon, amount_sat: u64) -> (Value, Wallet, Vec<Blank>) {
-    let r = d
-        .call(
-            "POST",
-            "/v1/mint/quote/onchain",
-            None,
-            Some(json!({"amount": amount_sat, "unit": "sat"})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let quote = r.json()["quote"].as_str().expect("quote").to_string();
-    let pay = coinop_cli::regtest_pay::pay_quote(&d.client, &quote)
-        .await
-        .expect("pay");
-    let wallet = Wallet::new(d).await;
-    let blanks = wallet.outputs(&payment::credit::amount::split(amount_sat));
-    let body = json!({"payment": pay["onchain"], "outputs": messages(&blanks)});
-    (body, wallet, blanks)
-}
-
 /// How many outpoints the ledger's spent set holds as claimed by a mint against `quote`.
 fn mint_claims(dir: &Path, quote: &str) -> i64 {
     let db = rusqlite::Connection::open(dir.join("ledger.db")).expect("ledger db");
@@ -135,7 +113,7 @@ fn mint_claims(dir: &Path, quote: &str) -> i64 {
 async fn a_mint_whose_reply_was_lost_is_answered_again_with_the_same_signatures() {
     let dir = common::StateDir::new();
     let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::MINT_COMMITTED)]).await;
-    let (body, wallet, blanks) = mint_request(&d, 21).await;
+    let (body, wallet, blanks) = d.mint_request(21).await;
     call_into_crash(d, "/v1/mint/onchain", None, &body).await;
 
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
@@ -324,7 +302,7 @@ const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 async fn a_client_that_hangs_up_after_sending_loses_nothing() {
     let dir = common::StateDir::new();
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
-    let (body, wallet, blanks) = mint_request(&d, 13).await;
+    let (body, wallet, blanks) = d.mint_request(13).await;
     let quote = body["payment"]["quote_id"]
         .as_str()
         .expect("quote_id")

@@ -306,8 +306,9 @@ impl Daemon {
             .expect("regtest payment")
     }
 
-    /// Mints `amount_sat` of credit against an on-chain payment; returns the proofs.
-    pub async fn mint_credit(&self, amount_sat: u64) -> Vec<Proof> {
+    /// An on-chain payment for a mint quote of `amount_sat`, and blank outputs for it: the
+    /// body of `POST /v1/mint/onchain`, and what unblinds its answer.
+    pub async fn mint_request(&self, amount_sat: u64) -> (Value, Wallet, Vec<Blank>) {
         let r = self
             .call(
                 "POST",
@@ -323,7 +324,14 @@ impl Daemon {
             .expect("pay");
         let wallet = Wallet::new(self).await;
         let blanks = wallet.outputs(&payment::credit::amount::split(amount_sat));
-        let body = json!({"payment": pay["onchain"], "outputs": blanks.iter().map(|b| &b.msg).collect::<Vec<_>>()});
+        let outputs: Vec<&BlindedMessage> = blanks.iter().map(|b| &b.msg).collect();
+        let body = json!({"payment": pay["onchain"], "outputs": outputs});
+        (body, wallet, blanks)
+    }
+
+    /// Mints `amount_sat` of credit against an on-chain payment; returns the proofs.
+    pub async fn mint_credit(&self, amount_sat: u64) -> Vec<Proof> {
+        let (body, wallet, blanks) = self.mint_request(amount_sat).await;
         let r = self
             .call("POST", "/v1/mint/onchain", None, Some(body))
             .await;
