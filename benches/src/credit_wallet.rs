@@ -8,8 +8,8 @@ use coinop_proto::replies::QuoteResponse;
 use coinop_proto::requests::{CreditPayment, PaymentBody, QuoteRequest};
 use payment::credit::bdhke::{blind_message, unblind};
 use payment::credit::nut_types::{
-    BlindedMessage, KeysResponse, MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest,
-    MintQuoteOnchainResponse, Proof,
+    BlindSignature, BlindedMessage, KeysResponse, MintOnchainRequest, MintOnchainResponse,
+    MintQuoteOnchainRequest, MintQuoteOnchainResponse, Proof,
 };
 
 use crate::daemon_proc::{read_ok, Daemon};
@@ -71,10 +71,24 @@ pub async fn mint_proofs(d: &Daemon, amounts: &[u64]) -> Result<Vec<Proof>, Benc
     };
     let r = d.post("/v1/mint/onchain", None, &mint).await?;
     let r: MintOnchainResponse = read_ok(&r, "POST /v1/mint/onchain")?;
-    r.signatures
-        .iter()
-        .zip(&blank)
+    unblind_all(&keys, &r.signatures, &blank)
+}
+
+/// The proofs `sigs` make of `blank` (in order), each unblinded with its keyset's key for
+/// its amount: what a wallet keeps from a mint, a swap or a refund.
+pub fn unblind_all(
+    keys: &KeysResponse,
+    sigs: &[BlindSignature],
+    blank: &[Blank],
+) -> Result<Vec<Proof>, BenchError> {
+    sigs.iter()
+        .zip(blank)
         .map(|(s, b)| {
+            let ks = keys
+                .keysets
+                .iter()
+                .find(|k| k.id == s.id)
+                .ok_or_else(|| err(format!("signature by unknown keyset {}", s.id)))?;
             let k: PublicKey = ks
                 .keys
                 .get(&s.amount)

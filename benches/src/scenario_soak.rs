@@ -21,18 +21,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
-use bitcoin::secp256k1::PublicKey;
 use coinop_cli::client::{Client, Reply};
 use coinop_proto::lease_view::LeaseList;
 use coinop_proto::replies::{BootFailedResponse, CreateResponse, RecoveredResponse, StopResponse};
 use coinop_proto::requests::{CreditPayment, PaymentBody, StopRequest, TopupRequest};
 use coinop_proto::LeaseState;
 use payment::credit::nut_types::{
-    BlindSignature, KeysResponse, MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest,
+    KeysResponse, MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest,
     MintQuoteOnchainResponse, Proof, SwapRequest, SwapResponse,
 };
 
-use crate::credit_wallet::{blanks, Blank};
+use crate::credit_wallet::{blanks, unblind_all, Blank};
 use crate::daemon_proc::{lease_body, DaemonSpec};
 use crate::error::BenchError;
 use crate::report::ScenarioReport;
@@ -462,39 +461,6 @@ impl Soak<'_> {
         Ok(k)
     }
 
-    fn unblind(
-        &self,
-        keys: &KeysResponse,
-        sigs: &[BlindSignature],
-        blank: &[Blank],
-    ) -> Result<Vec<Proof>, BenchError> {
-        sigs.iter()
-            .zip(blank)
-            .map(|(s, b)| {
-                let ks = keys
-                    .keysets
-                    .iter()
-                    .find(|k| k.id == s.id)
-                    .ok_or_else(|| err(format!("signature by unknown keyset {}", s.id)))?;
-                let k: PublicKey = ks
-                    .keys
-                    .get(&s.amount)
-                    .and_then(|k| k.parse().ok())
-                    .ok_or_else(|| err(format!("no mint key for amount {}", s.amount)))?;
-                let c_: PublicKey = s.c_.parse().map_err(err)?;
-                let c = payment::credit::bdhke::unblind(&c_, &b.r, &k).map_err(err)?;
-                Ok(Proof {
-                    amount: s.amount,
-                    id: s.id.clone(),
-                    secret: b.secret.clone(),
-                    c: c.to_string(),
-                    witness: None,
-                    dleq: None,
-                })
-            })
-            .collect()
-    }
-
     async fn fresh_blanks(&mut self, amounts: &[u64]) -> Result<Vec<Blank>, BenchError> {
         let keys = self.keys().await?;
         let ks = keys.keysets.first().ok_or_else(|| err("no keyset"))?;
@@ -539,7 +505,7 @@ impl Soak<'_> {
         }
         let m: MintOnchainResponse = parse(&r, "POST /v1/mint/onchain")?;
         let keys = self.keys().await?;
-        let proofs = self.unblind(&keys, &m.signatures, &blank)?;
+        let proofs = unblind_all(&keys, &m.signatures, &blank)?;
         let got: u64 = proofs.iter().map(|p| p.amount).sum();
         if got != sat {
             self.finding(format!(
@@ -587,7 +553,7 @@ impl Soak<'_> {
         }
         let s: SwapResponse = parse(&r, "POST /v1/swap")?;
         let keys = self.keys().await?;
-        let proofs = self.unblind(&keys, &s.signatures, &blank)?;
+        let proofs = unblind_all(&keys, &s.signatures, &blank)?;
         let got: u64 = proofs.iter().map(|p| p.amount).sum();
         if got != total {
             self.finding(format!(
@@ -756,7 +722,7 @@ impl Soak<'_> {
         }
         let s: StopResponse = parse(&r, "stop")?;
         let keys = self.keys().await?;
-        let proofs = self.unblind(&keys, s.signatures.as_deref().unwrap_or(&[]), &blank)?;
+        let proofs = unblind_all(&keys, s.signatures.as_deref().unwrap_or(&[]), &blank)?;
         let got: u64 = proofs.iter().map(|p| p.amount).sum();
         if got * 1000 != s.refund_msat.msat() {
             self.finding(format!(
