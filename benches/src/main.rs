@@ -1,7 +1,7 @@
 //! `coinop-bench`: coinop's boot-latency and throughput harness. Each scenario runs N times
 //! after warm-up and prints min / median / p95 / max, with JSON and an SVG plot for the
 //! record. Scenarios: `vmm` (exec → vcpus_started → guest_ready → exit, with QEMU and,
-//! when given, Firecracker booting the same image in alternating runs), `lease` (request →
+//! when given, Firecracker booting the same image run by run in turn), `lease` (request →
 //! guest_ready through coinopd, credit and on-chain), `burst` (K concurrent leases),
 //! `density` (guests until capacity: RSS, coinopd's CPU per tick), `overrun` (how far past
 //! zero a spinning guest's balance goes before the pause) and `payment` (the payment
@@ -9,6 +9,7 @@
 
 mod child_run;
 mod clock;
+mod console_scan;
 mod credit_wallet;
 mod daemon_proc;
 mod engines;
@@ -188,6 +189,10 @@ struct VmmArgs {
     /// Longest one boot may take, seconds.
     #[arg(long, default_value_t = 30)]
     timeout_s: u64,
+    /// Pause after each boot's process is reaped, before the next engine's spawn, ms: lets
+    /// the kernel finish tearing the last VM down so every run starts equally quiet.
+    #[arg(long, default_value_t = 100)]
+    settle_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -491,6 +496,7 @@ fn vmm_scenario(a: &VmmArgs) -> Result<scenario_vmm::VmmScenario, BenchError> {
         warmup,
         runs,
         timeout: Duration::from_secs(a.timeout_s.max(1)),
+        settle: Duration::from_millis(a.settle_ms),
         notes,
     })
 }

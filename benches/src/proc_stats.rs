@@ -1,5 +1,6 @@
 //! What /proc says about a running process: its resident memory and its children, for the
-//! density scenario (RSS per VMM, total, and the daemon's own).
+//! density scenario (RSS per VMM, total, and the daemon's own), and its peak resident
+//! memory so far, for the boot scenarios.
 
 use std::path::Path;
 
@@ -8,6 +9,18 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     status_field(
         &Path::new("/proc").join(pid.to_string()).join("status"),
         "VmRSS:",
+    )
+}
+
+/// `VmHWM` of `pid` in KiB: the peak resident set of its current image so far, or `None`
+/// once it is gone (an exiting process loses it with its memory, before it is reaped). The
+/// rusage of a reaped child is no substitute: at exec the kernel folds the pre-exec
+/// (vforked) image's high-water mark, i.e. the harness's own RSS, into it, which would floor
+/// every figure at ours.
+pub fn hwm_kib(pid: u32) -> Option<u64> {
+    status_field(
+        &Path::new("/proc").join(pid.to_string()).join("status"),
+        "VmHWM:",
     )
 }
 
@@ -76,7 +89,18 @@ mod tests {
     fn reads_rss_from_a_status_file() {
         let text = "Name:\tcoinop-vmm\nVmHWM:\t  9000 kB\nVmRSS:\t  4321 kB\n";
         assert_eq!(parse_status_kib(text, "VmRSS:"), Some(4321));
+        assert_eq!(parse_status_kib(text, "VmHWM:"), Some(9000));
         assert_eq!(parse_status_kib(text, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn reads_a_live_process_high_water_mark() {
+        let kib = hwm_kib(std::process::id()).expect("our own /proc status has VmHWM");
+        assert!(
+            kib > 100,
+            "a Rust test binary maps more than 100 KiB, got {kib}"
+        );
+        assert_eq!(hwm_kib(u32::MAX), None, "no such process");
     }
 
     #[test]
