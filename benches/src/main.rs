@@ -474,6 +474,13 @@ fn vmm_scenario(a: &VmmArgs) -> Result<scenario_vmm::VmmScenario, BenchError> {
         eprintln!("coinop-bench: {n}");
         notes.push(n.to_string());
     }
+    if !child_run::prompt_wakeups_available() {
+        let n = "the console reader could not get SCHED_FIFO priority (not root?): on a loaded \
+                 host its wake-ups come later, which delays every engine's ready time and can \
+                 cost coinop runs their RSS sample";
+        eprintln!("coinop-bench: {n}");
+        notes.push(n.to_string());
+    }
     match &a.firecracker {
         Some(bin) => {
             for mode in [FcMode::Api, FcMode::ConfigFile] {
