@@ -99,9 +99,10 @@ pub fn run_driven(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let program = cmd.get_program().to_owned();
     let spawned_at_us = monotonic_us();
     let mut child = cmd.spawn().map_err(|e| BenchError::Spawn {
-        what: label.to_string(),
+        what: format!("{label} ({})", program.to_string_lossy()),
         source: e,
     })?;
     let pid = child.id();
@@ -299,7 +300,8 @@ fn collect(
             c.killed = true;
         }
     };
-    let limit_us = start_us + watch.timeout.as_micros() as u64;
+    let timeout_us = u64::try_from(watch.timeout.as_micros()).unwrap_or(u64::MAX);
+    let limit_us = start_us.saturating_add(timeout_us);
     while pipes_open > 0 {
         let left = limit_us.saturating_sub(monotonic_us());
         match rx.recv_timeout(Duration::from_micros(left.max(1))) {
@@ -471,6 +473,15 @@ mod tests {
         )
         .expect_err("the driver's failure is the run's");
         assert!(err.to_string().contains("connection closed"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_program_names_its_path() {
+        let w = watch("ready", false);
+        let err = run_driven(Command::new("/nonexistent/vmm"), &w, "coinop", None)
+            .expect_err("cannot spawn");
+        let text = err.to_string();
+        assert!(text.contains("coinop (/nonexistent/vmm)"), "{text}");
     }
 
     #[test]
