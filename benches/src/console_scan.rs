@@ -33,7 +33,8 @@ impl ForeignLog {
 /// Feeds on console bytes in whatever pieces they arrive and says when the marker is
 /// complete. Matching is done on the guest's bytes only: with a [`ForeignLog`], bytes that
 /// could still be the start of a log record are held back until they turn out not to be
-/// one, and a record once recognised is skipped through its newline.
+/// one, and a record once recognised is skipped through its newline. (So a marker whose
+/// last bytes could begin a record, i.e. digits, is confirmed by the next byte.)
 #[derive(Debug)]
 pub struct MarkerScanner {
     marker: Vec<u8>,
