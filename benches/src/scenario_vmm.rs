@@ -97,6 +97,7 @@ impl VmmScenario {
         std::thread::sleep(self.settle);
         outcome
     }
+
     fn report(&self, shape: VmShape, samples: SampleSet) -> ScenarioReport {
         let rows = samples.rows();
         let ratios = self.ratios(&samples);
