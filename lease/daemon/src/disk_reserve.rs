@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
+use payment::storage_refusal::StorageRefused;
+
 use crate::metrics::StorageMetrics;
 
 /// The reserve's size: SQLite's WAL grows to about 4 MiB between checkpoints (1,000 pages)
@@ -109,6 +111,15 @@ impl DiskReserve {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::error!(error = %e, path = %self.path.display(),
                                       "cannot delete the disk reserve"),
+        }
+    }
+
+    /// Deletes the reserve when `refused` is a refusal by the disk of the payment crate's
+    /// own storage (the spent set, the quote book), as the ledger's refusals do: the next
+    /// commits need the room whichever store met the full disk first.
+    pub fn notice(&self, refused: Option<&StorageRefused>) {
+        if refused.is_some_and(StorageRefused::by_the_disk) {
+            self.release();
         }
     }
 

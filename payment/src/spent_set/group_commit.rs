@@ -16,6 +16,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use super::sqlite::storage;
 use super::{open_durable, SpendKey, SpendState, SpentSet, SpentSetError, SqliteSpentSet};
+use crate::storage_refusal::StorageRefused;
 
 /// The most requests one transaction carries, so a burst cannot grow one batch without bound.
 const MAX_BATCH: usize = 1024;
@@ -179,12 +180,18 @@ fn run_committer(mut conn: Connection, requests: Receiver<Request>, commits: &At
 /// Returns each op's result (all `Storage` errors if the transaction could not commit) and
 /// whether a commit happened.
 fn run_batch(conn: &mut Connection, ops: &[&Op]) -> (Vec<Reply>, bool) {
+    // A refusal by the disk or the lock stays typed for every request (each may simply be
+    // retried); anything else is reported as what it is.
     let fail_all = |e: rusqlite::Error| {
-        let msg = format!("group commit of {} requests: {e}", ops.len());
-        let results = ops
-            .iter()
-            .map(|_| Err(SpentSetError::Storage(msg.clone())))
-            .collect();
+        let what = format!("group commit of {} requests: {e}", ops.len());
+        let failed = match StorageRefused::from_sqlite(&e) {
+            Some(refused) => SpentSetError::StorageRefused(StorageRefused {
+                reason: what,
+                ..refused
+            }),
+            None => SpentSetError::Storage(what),
+        };
+        let results = ops.iter().map(|_| Err(clone_failure(&failed))).collect();
         (results, false)
     };
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
@@ -198,6 +205,14 @@ fn run_batch(conn: &mut Connection, ops: &[&Op]) -> (Vec<Reply>, bool) {
     match tx.commit() {
         Ok(()) => (results, true),
         Err(e) => fail_all(e),
+    }
+}
+
+/// The same failure again, for the next request of a failed batch.
+fn clone_failure(e: &SpentSetError) -> SpentSetError {
+    match e {
+        SpentSetError::StorageRefused(refused) => SpentSetError::StorageRefused(refused.clone()),
+        other => SpentSetError::Storage(other.to_string()),
     }
 }
 
@@ -222,6 +237,7 @@ fn apply_in_savepoint(tx: &mut rusqlite::Transaction<'_>, op: &Op) -> Reply {
 mod tests {
     use super::*;
     use crate::spent_set::KeyKind;
+    use crate::storage_refusal::StorageFault;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Barrier;
 
@@ -315,9 +331,16 @@ mod tests {
         let refs: Vec<&Op> = ops.iter().collect();
         let (results, committed) = run_batch(&mut conn, &refs);
         assert!(!committed);
-        assert!(results
-            .iter()
-            .all(|r| matches!(r, Err(SpentSetError::Storage(_)))));
+        assert!(
+            results.iter().all(|r| matches!(
+                r,
+                Err(SpentSetError::StorageRefused(StorageRefused {
+                    fault: StorageFault::Busy,
+                    ..
+                }))
+            )),
+            "{results:?}"
+        );
         drop(held);
         let reopened = SqliteSpentSet::open(&path).unwrap();
         assert_eq!(

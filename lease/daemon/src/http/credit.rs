@@ -56,7 +56,10 @@ pub async fn swap(
     JsonBody(req): JsonBody<SwapRequest>,
 ) -> Result<Json<SwapResponse>, ApiError> {
     blocking(move || {
-        let signed = s.mint.swap(&req).map_err(credit_error)?;
+        let signed = s.mint.swap(&req).map_err(|e| {
+            s.disk.notice(e.storage_refused());
+            credit_error(e)
+        })?;
         crate::fault::hit(crate::fault::point::SWAP_COMMITTED);
         Ok(Json(signed))
     })
@@ -96,7 +99,10 @@ pub async fn mint_quote(
         let q = s
             .quotes
             .create(amount * 1000, now_us, QUOTE_TTL_S * 1_000_000)
-            .map_err(quote_error)?;
+            .map_err(|e| {
+                s.disk.notice(e.storage_refused());
+                quote_error(e)
+            })?;
         Ok(Json(MintQuoteOnchainResponse {
             quote: q.quote_id,
             request: q.bip21,

@@ -102,7 +102,10 @@ pub async fn quote(
         let now_us = (unix_s() as u64).saturating_mul(1_000_000);
         s2.quotes
             .create(amount_msat, now_us, QUOTE_TTL_S * 1_000_000)
-            .map_err(quote_error)
+            .map_err(|e| {
+                s2.disk.notice(e.storage_refused());
+                quote_error(e)
+            })
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
