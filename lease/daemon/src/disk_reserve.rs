@@ -8,8 +8,9 @@
 //! - when the disk refuses a ledger step, or at start-up when less than the reserve is
 //!   free, it deletes the reserve: the next commits (the tick that retries the debit, a
 //!   stop, a refund) have that much room, whatever else filled the disk;
-//! - without its reserve, coinopd is *degraded*: it takes no new leases (a create is
-//!   answered 507 `insufficient_storage` before any payment is looked at), and keeps
+//! - without its reserve, coinopd is *degraded*: it takes no new leases (a create whose
+//!   payment is valid and unspent is answered 507 `insufficient_storage` before anything
+//!   is claimed; a spent one still gets its 409), and keeps
 //!   metering, pausing, stopping, refunding and taking top-ups for the leases it has;
 //! - once the disk has room for the reserve twice over (checked every
 //!   [`CHECK_EVERY`] and by every refused create), it puts the reserve back and takes new

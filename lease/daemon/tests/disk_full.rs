@@ -295,6 +295,10 @@ async fn a_restart_on_a_full_disk_starts_degraded_and_meters_on() {
     )
     .await;
     assert_insufficient_storage(&create(&d, &body).await);
+    // A payment spent before is told so, degraded or not: 409, not "retry later".
+    let spent = create(&d, &testguest_body("mode=echo", credit_payment(&proofs))).await;
+    assert_eq!(spent.status, 409, "{}", spent.text());
+    assert_eq!(spent.json()["error"]["code"], "already_spent");
     let rows = fs.assert_whole();
     assert_eq!(rows.len(), 1, "{rows:?}");
 
