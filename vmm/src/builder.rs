@@ -41,6 +41,8 @@ const VCPU_STACK_BYTES: usize = 256 * 1024;
 pub struct Running {
     exits: Receiver<VmExit>,
     events: Arc<EventSink>,
+    /// Whether the event stream is stderr itself (else the exit event is copied there).
+    events_on_stderr: bool,
     _vm: VmFd,
     _kvm: Kvm,
 }
@@ -57,12 +59,22 @@ impl Running {
     /// kernel after the event is out.
     pub fn finish(self, exit: VmExit) -> ! {
         let code = exit.code();
-        self.events.emit(|t_us| Event::Exit {
-            t_us,
-            code,
-            detail: exit.detail().map(str::to_owned),
-            reason: exit.reason(),
+        let mut line = None;
+        self.events.emit(|t_us| {
+            let event = Event::Exit {
+                t_us,
+                code,
+                detail: exit.detail().map(str::to_owned),
+                reason: exit.reason(),
+            };
+            line = Some(event.to_line());
+            event
         });
+        // Also on stderr (the supervisor's log of this VMM): whoever lost the event stream
+        // (a supervisor restarted while the guest ran) still learns why the VM ended.
+        if let Some(line) = line.filter(|_| !self.events_on_stderr) {
+            eprint!("{line}");
+        }
         if let Some(detail) = exit.detail() {
             eprintln!("coinop-vmm: {}: {detail}", exit.reason());
         }
@@ -149,6 +161,7 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
     Ok(Running {
         exits,
         events,
+        events_on_stderr: cfg.events == EventsOut::Stderr,
         _vm: vm_fd,
         _kvm: kvm,
     })

@@ -16,7 +16,7 @@
 //! | paused_unfunded | running | pause it |
 //! | booting | exists | `running` (metered from here) |
 //! | booting | gone | stopped `boot_failed`, the balance kept for the tenant |
-//! | running / paused | gone | stopped `guest_exit` |
+//! | running / paused | gone | stopped `guest_crashed` if the `exit` event in its log says a crash, else `guest_exit` |
 //! | any live | runs but does not answer | kept (room held, not billed), retried every tick |
 //!
 //! A VMM that does not answer is never taken for gone while its process runs: it is kept,
@@ -33,7 +33,7 @@ use crate::app::Shared;
 use crate::capacity::Totals;
 use crate::guest_stop::stop_guest;
 use crate::ledger::{GuestEnded, LeaseRow, LedgerError, Sample, TickAction};
-use crate::supervisor::{GuestExit, GUEST_CRASH_CODE};
+use crate::supervisor::{GuestExit, GuestPaths, GUEST_CRASH_CODE};
 use crate::vmm_process::{ProcStat, VmmProcess};
 use coinop_proto::{LeaseState, StopReason};
 use vmm_protocol::client::{self, ControlError};
@@ -144,7 +144,8 @@ async fn adopt_one(
         let why = if l.state == LeaseState::Booting {
             StopReason::BootFailed
         } else {
-            StopReason::GuestExit
+            // It ended while no coinopd listened: its log says how.
+            stop_reason(recorded_exit(s, &l.id).1)
         };
         s.ledger.mark_guest_ended(&l.id, why, l.vmm())?;
         let isolation = std::sync::Arc::clone(isolation);
@@ -240,11 +241,7 @@ pub async fn run(s: Shared, mut exits: mpsc::UnboundedReceiver<GuestExit>) {
 fn guest_exited(s: &Shared, exit: &GuestExit) {
     let lease_id = exit.lease_id.as_str();
     s.supervisor.exit_handled(lease_id);
-    let why = if exit.code == Some(GUEST_CRASH_CODE) {
-        StopReason::GuestCrashed
-    } else {
-        StopReason::GuestExit
-    };
+    let why = stop_reason(exit.code);
     let ended = s.ledger.mark_guest_ended(lease_id, why, exit.vmm);
     if matches!(ended, Ok(GuestEnded::NotRecorded)) {
         // Not the lease's VMM (any more): its room and confinement are another VMM's.
@@ -263,6 +260,25 @@ fn guest_exited(s: &Shared, exit: &GuestExit) {
         }
         Ok(_) => {}
         Err(e) => tracing::error!(lease = lease_id, error = %e, "recording guest exit"),
+    }
+}
+
+/// The stop reason of a guest whose VMM ended with `code` (`None`: unknown, or killed).
+fn stop_reason(code: Option<i32>) -> StopReason {
+    if code == Some(GUEST_CRASH_CODE) {
+        StopReason::GuestCrashed
+    } else {
+        StopReason::GuestExit
+    }
+}
+
+/// Why lease `lease_id`'s VMM ended, when it is not our child (re-adopted after a restart):
+/// the `exit` event it left in its log ([`crate::vmm_exit_record`]), as reason and code.
+fn recorded_exit(s: &Shared, lease_id: &str) -> (String, Option<i32>) {
+    let log = GuestPaths::for_lease(&s.config.run_dir(), lease_id).log;
+    match crate::vmm_exit_record::read(&log) {
+        Some((reason, code)) => (reason, Some(code)),
+        None => ("control socket gone".into(), None),
     }
 }
 
@@ -415,12 +431,14 @@ fn handle_read_error(s: &Shared, l: &LeaseRow, e: &ControlError) {
         // Our child: its reaper reports the end, with the exit code that says why.
         tracing::debug!(lease = %l.id, "guest ended; waiting for its reaper's report");
     } else {
+        // Re-adopted after a restart: no reaper, no event stream; its log says how it ended.
+        let (reason, code) = recorded_exit(s, &l.id);
         guest_exited(
             s,
             &GuestExit {
                 lease_id: l.id.clone(),
-                reason: "control socket gone".into(),
-                code: None,
+                reason,
+                code,
                 vmm: l.vmm(),
             },
         );

@@ -401,3 +401,84 @@ async fn a_triple_fault_is_guest_crashed_and_a_reset_guest_exit() {
     }
     d.shutdown().await;
 }
+
+/// A re-adopted guest that crashes is `guest_crashed` like a fresh one, both when it
+/// crashes while no coinopd runs (found ended at re-adoption) and when it crashes after the
+/// restart (found ended by a tick): its VMM is then nobody's child that coinopd can wait
+/// for, and the reason comes from the `exit` event the VMM left in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readopted_guest_that_crashes_is_guest_crashed() {
+    if !kvm_or_skip() {
+        return;
+    }
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integers only.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let dir = StateDir::new();
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let proofs = d.mint_credit(100).await;
+    let after = d
+        .create_lease(testguest_body("mode=crash:15000", credit_payment(&proofs)))
+        .await;
+    let proofs = d.mint_credit(100).await;
+    let during = d
+        .create_lease(testguest_body("mode=crash:500", credit_payment(&proofs)))
+        .await;
+    let (vmm_after, vmm_during) = (
+        recorded_vmm(dir.path(), &after.id),
+        recorded_vmm(dir.path(), &during.id),
+    );
+    d.kill9();
+    wait_for(
+        async || !vmm_during.is_running(),
+        "the first guest crashed while no coinopd ran",
+    )
+    .await;
+    assert!(vmm_after.is_running(), "the second guest still spins");
+
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let ended = row(dir.path(), &during.id);
+    assert_eq!(
+        ended.state,
+        LeaseState::Stopped,
+        "found ended at re-adoption"
+    );
+    assert_eq!(
+        ended.stop_reason,
+        Some(StopReason::GuestCrashed),
+        "{ended:?}"
+    );
+    assert_eq!(
+        row(dir.path(), &after.id).state,
+        LeaseState::Running,
+        "re-adopted"
+    );
+    wait_for(
+        async || row(dir.path(), &after.id).state == LeaseState::Stopped,
+        "the re-adopted guest's crash",
+    )
+    .await;
+    let ended = row(dir.path(), &after.id);
+    assert_eq!(
+        ended.stop_reason,
+        Some(StopReason::GuestCrashed),
+        "{ended:?}"
+    );
+    let v = d
+        .call(
+            "GET",
+            &format!("/v1/leases/{}", after.id),
+            Some(&after.token),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(v["stop_reason"], "guest_crashed", "{v}");
+    // Reap them: this test's own orphans, found by the pids its ledger recorded.
+    for vmm in [vmm_after, vmm_during] {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(vmm.pid), None);
+    }
+    books_balance(dir.path(), &after.id);
+    books_balance(dir.path(), &during.id);
+    d.shutdown().await;
+}
