@@ -8,6 +8,7 @@ use crate::arch::x86_64::regs::EntryMode;
 use crate::cli::{Config, EventsOut, SerialOut};
 use crate::control;
 use crate::devices::boot_timer::BootTimer;
+use crate::devices::console_cap::CappedConsole;
 use crate::devices::i8042::ResetController;
 use crate::devices::serial::{Console, ConsoleOut, IrqLine};
 use crate::devices::virtio::attach;
@@ -91,7 +92,7 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
 
     let mem = memory::create(cfg.mem_mib)?;
     let entry = load_guest(cfg, &mem)?;
-    let console_out = open_console(&cfg.serial)?;
+    let console_out = open_console(&cfg.serial, cfg.serial_max_bytes)?;
     let listener = cfg.control.as_ref().map(control::listen).transpose()?;
     let virtio_devices = attach::open(&cfg.disks, &cfg.nets)?;
 
@@ -209,10 +210,10 @@ fn open_events(out: EventsOut, clock: Clock) -> EventSink {
     unsafe { EventSink::from_fd(fd, clock) }
 }
 
-fn open_console(out: &SerialOut) -> Result<ConsoleOut, StartError> {
-    Ok(match out {
+fn open_console(out: &SerialOut, max_bytes: Option<u64>) -> Result<ConsoleOut, StartError> {
+    let sink: ConsoleOut = match out {
         SerialOut::Stdout => Box::new(std::io::stdout()),
-        SerialOut::None => Box::new(std::io::sink()),
+        SerialOut::None => return Ok(Box::new(std::io::sink())),
         SerialOut::File(path) => {
             Box::new(
                 std::fs::File::create(path).map_err(|source| StartError::SerialFile {
@@ -221,6 +222,10 @@ fn open_console(out: &SerialOut) -> Result<ConsoleOut, StartError> {
                 })?,
             )
         }
+    };
+    Ok(match max_bytes {
+        Some(max) => Box::new(CappedConsole::new(sink, max)),
+        None => sink,
     })
 }
 

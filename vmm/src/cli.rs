@@ -35,6 +35,10 @@ pub struct Args {
     /// Console output: stdout, file:PATH or none.
     #[arg(long, default_value = "stdout", value_parser = parse_serial)]
     pub serial: SerialOut,
+    /// Console output kept at most, in bytes; after it one marker line, then nothing
+    /// (a guest printing without end must not fill the host's disk).
+    #[arg(long = "serial-max-bytes")]
+    pub serial_max_bytes: Option<u64>,
     /// Control socket: a path to create, or fd:N for an inherited listening socket.
     #[arg(long, value_parser = parse_control)]
     pub control: Option<ControlSocket>,
@@ -178,6 +182,8 @@ pub struct Config {
     pub mem_mib: u64,
     /// Console output.
     pub serial: SerialOut,
+    /// Console bytes kept at most (`None`: no cap).
+    pub serial_max_bytes: Option<u64>,
     /// Control socket.
     pub control: Option<ControlSocket>,
     /// Event stream.
@@ -270,6 +276,7 @@ fn validate(args: Args, host_mib: Option<u64>) -> Result<Config, Error> {
         vcpus: args.vcpus as u8,
         mem_mib: args.mem_mib,
         serial: args.serial,
+        serial_max_bytes: args.serial_max_bytes,
         control: args.control,
         events: args.events,
         seccomp,

@@ -274,3 +274,38 @@ fn memory_across_the_mmio_gap() {
         assert_eq!(out.stdout, READY_LINE, "{}", out.context());
     }
 }
+
+/// `--serial-max-bytes` keeps that much of the guest's output, then one marker line, and
+/// drops the rest while the guest prints on.
+#[test]
+fn console_output_past_serial_max_bytes_is_dropped_after_a_marker() {
+    if !kvm_ready() {
+        return;
+    }
+    const MARKER: &str = "[coinop-vmm: console output capped; the rest is dropped]\n";
+    let mut vm = Vmm::boot(Image::Pvh, "mode=flood:64")
+        .arg("--serial-max-bytes")
+        .arg("1000")
+        .with_control()
+        .spawn();
+    vm.wait_console(MARKER);
+    // The guest prints on meanwhile (64 KiB, then `flood done`): none of it may appear.
+    let mut ctl = vm.connect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(ctl.ok("stop")["state"], "stopping");
+    let out = vm.finish();
+    out.assert_lifecycle(1, "stopped", 0);
+    let mut printed = String::from(READY_LINE);
+    for line in 0..20 {
+        let number = line.to_string();
+        printed += &format!("flood {number} {}\n", ".".repeat(56 - number.len()));
+    }
+    let kept = &printed[..1000];
+    let newline = if kept.ends_with('\n') { "" } else { "\n" };
+    assert_eq!(
+        out.stdout,
+        format!("{kept}{newline}{MARKER}"),
+        "{}",
+        out.context()
+    );
+}
