@@ -482,3 +482,71 @@ async fn a_readopted_guest_that_crashes_is_guest_crashed() {
     books_balance(dir.path(), &during.id);
     d.shutdown().await;
 }
+
+/// One VMM that does not answer its control socket (SIGSTOPped by this test, found by the
+/// pid and start time its own daemon recorded) does not hold up the metering of the other
+/// leases: a tick waits for it only until its read deadline, not the control client's 2 s
+/// timeout, and the stopped one is simply read again once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswering_vmm_does_not_delay_the_other_leases_metering() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    // The tests' 50 ms tick: a tick that waited 2 s for the stopped VMM would be 40 ticks late.
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let mut leases = Vec::new();
+    for _ in 0..2 {
+        let proofs = d.mint_credit(100).await;
+        leases.push(
+            d.create_lease(testguest_body("mode=idle", credit_payment(&proofs)))
+                .await,
+        );
+    }
+    let (stuck, other) = (&leases[0], &leases[1]);
+    let vmm = recorded_vmm(dir.path(), &stuck.id);
+    assert!(vmm.signal(Signal::SIGSTOP).expect("SIGSTOP"));
+    wait_for(
+        async || ProcStat::read(vmm.pid).is_some_and(|s| s.state == 'T'),
+        "the VMM stopped",
+    )
+    .await;
+
+    // Readings of the other lease over 4 s: one per tick, i.e. one per read deadline at
+    // worst (250 ms), where waiting out the stopped VMM would give one per 2 s.
+    let stuck_before = row(dir.path(), &stuck.id).last_uptime_us;
+    let mut readings = std::collections::HashSet::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        readings.insert(row(dir.path(), &other.id).last_uptime_us);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert!(
+        readings.len() >= 6,
+        "the other lease was read {} times in 4 s",
+        readings.len()
+    );
+    assert_eq!(
+        row(dir.path(), &stuck.id).last_uptime_us,
+        stuck_before,
+        "the stopped VMM is not billed"
+    );
+    let log = d.log();
+    assert!(
+        log.contains("no usage reading within the tick's deadline"),
+        "{log}"
+    );
+
+    // Once it answers again it is metered again.
+    assert!(vmm.signal(Signal::SIGCONT).expect("SIGCONT"));
+    wait_for(
+        async || row(dir.path(), &stuck.id).last_uptime_us > stuck_before,
+        "a tick reading the continued VMM",
+    )
+    .await;
+    for l in &leases {
+        d.stop_lease(&l.id, &l.token).await;
+        books_balance(dir.path(), &l.id);
+    }
+    d.shutdown().await;
+}
