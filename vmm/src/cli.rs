@@ -372,9 +372,12 @@ mod tests {
             "fd:0",
             "--events",
             "fd:2",
+            "--serial-max-bytes",
+            "65536",
         ])
         .expect("valid");
         assert_eq!(c.serial, SerialOut::File("/tmp/x".into()));
+        assert_eq!(c.serial_max_bytes, Some(65536));
         assert_eq!(c.control, Some(ControlSocket::Fd(0)));
         assert_eq!(c.events, EventsOut::Fd(2));
         let c = run(&[
@@ -388,6 +391,7 @@ mod tests {
         .expect("valid");
         assert_eq!(c.control, Some(ControlSocket::Path("/run/vm.sock".into())));
         assert_eq!(c.serial, SerialOut::None);
+        assert_eq!(c.serial_max_bytes, None, "uncapped unless asked");
     }
 
     #[test]
