@@ -10,7 +10,8 @@
 //!   stop, a refund) have that much room, whatever else filled the disk;
 //! - without its reserve, coinopd is *degraded*: it takes no new leases (a create whose
 //!   payment is valid and unspent is answered 507 `insufficient_storage` before anything
-//!   is claimed; a spent one still gets its 409), and keeps
+//!   is claimed; a spent one still gets its 409; new swaps, mints and quotes alike, see
+//!   [`crate::http::degraded`]), and keeps
 //!   metering, pausing, stopping, refunding and taking top-ups for the leases it has;
 //! - once the disk has room for the reserve twice over (checked every
 //!   [`CHECK_EVERY`] and by every refused create), it puts the reserve back and takes new

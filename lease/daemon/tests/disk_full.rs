@@ -417,10 +417,12 @@ async fn states(d: &Daemon, proofs: &[payment::credit::nut_types::Proof]) -> Vec
 
 /// The money routes of the mint and the quote book (their writes go to the payment crate's
 /// spent set and quote book, not only the ledger) answer a full disk like the lease routes:
-/// 507 `insufficient_storage`, nothing spent; once space returns, the same mint and swap
-/// succeed, and only once (the same request again gets the same signatures, any other use
-/// of the payment or inputs 409). Each route is asked on a disk filled again after the one
-/// before it freed the reserve, so each meets ENOSPC at its own commit.
+/// 507 `insufficient_storage`, nothing spent, the disk reserve freed; once space returns,
+/// the same mint and swap succeed, and only once (the same request again gets the same
+/// signatures, any other use of the payment or inputs 409). Each route meets ENOSPC at its
+/// own commit (the disk is freed until coinopd put its reserve back, then filled again).
+/// While degraded, new swaps, mints and quotes are refused before they write, but a
+/// retried swap is answered again and a spent input is still 409.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mint_swap_and_quotes_answer_507_on_a_full_disk_and_pay_once_when_space_returns() {
     let Some(fs) = LoopFs::new(96) else { return };
@@ -435,27 +437,30 @@ async fn mint_swap_and_quotes_answer_507_on_a_full_disk_and_pay_once_when_space_
     let quote_body = serde_json::json!({"vcpus": 1, "mem_mib": 64, "seconds": 60});
     let mint_quote_body = serde_json::json!({"amount": 10, "unit": "sat"});
 
-    for (path, body) in [
+    let routes = [
         ("/v1/swap", &swap_body),
         ("/v1/mint/onchain", &mint_body),
         ("/v1/quotes", &quote_body),
         ("/v1/mint/quote/onchain", &mint_quote_body),
-    ] {
-        let released = metric(&d, "coinop_storage_reserve_released_total").await;
+    ];
+    for (released, (path, body)) in routes.into_iter().enumerate() {
+        if released > 0 {
+            fs.free();
+            wait_for(
+                async || metric(&d, "coinop_storage_degraded").await == 0,
+                "the reserve put back",
+            )
+            .await;
+        }
         fs.fill();
         let r = post(&d, path, body).await;
         assert_insufficient_storage(&r);
         assert!(r.text().contains("nothing changed"), "{path}: {}", r.text());
-        if path == "/v1/swap" {
-            // The first refusal, met in the mint's spent set alone: it frees the reserve
-            // as a ledger step's does.
-            assert_eq!(released, 0);
-            assert_eq!(
-                metric(&d, "coinop_storage_reserve_released_total").await,
-                1,
-                "the swap's refusal freed the disk reserve"
-            );
-        }
+        assert_eq!(
+            metric(&d, "coinop_storage_reserve_released_total").await,
+            released as u64 + 1,
+            "{path}: its refusal freed the disk reserve"
+        );
     }
     let log = d.log();
     assert!(
@@ -467,6 +472,10 @@ async fn mint_swap_and_quotes_answer_507_on_a_full_disk_and_pay_once_when_space_
         vec!["UNSPENT"; inputs.len()],
         "a refused swap spent nothing"
     );
+    // Degraded on the full disk: refused up front, whatever the route.
+    for (path, body) in routes {
+        assert_insufficient_storage(&post(&d, path, body).await);
+    }
 
     fs.free();
     // The refused swap again: it goes through now, and again gives the same signatures.
@@ -479,12 +488,26 @@ async fn mint_swap_and_quotes_answer_507_on_a_full_disk_and_pay_once_when_space_
     let twice = post(
         &d,
         "/v1/swap",
-        &serde_json::json!({"inputs": inputs, "outputs": other_outputs}),
+        &serde_json::json!({"inputs": inputs, "outputs": other_outputs.clone()}),
     )
     .await;
     assert_eq!(twice.status, 409, "inputs spent once: {}", twice.text());
     let change = wallet.unblind(&swap_blanks, &swapped);
     assert_eq!(change.iter().map(|p| p.amount).sum::<u64>(), 8);
+    // Full and degraded again: the swap's retry is still answered (a read), and a spent
+    // input is still 409, not "retry later"; a new quote is refused.
+    fs.fill();
+    assert_insufficient_storage(&post(&d, "/v1/quotes", &quote_body).await);
+    assert_eq!(metric(&d, "coinop_storage_degraded").await, 1);
+    assert_eq!(signatures(&post(&d, "/v1/swap", &swap_body).await), swapped);
+    let spent_again = post(
+        &d,
+        "/v1/swap",
+        &serde_json::json!({"inputs": inputs, "outputs": other_outputs}),
+    )
+    .await;
+    assert_eq!(spent_again.status, 409, "{}", spent_again.text());
+    fs.free();
 
     // The refused mint again: paid once, 12 sat of notes that the mint takes as real.
     let minted = signatures(&post(&d, "/v1/mint/onchain", &mint_body).await);

@@ -14,6 +14,7 @@ use super::host::QUOTE_TTL_S;
 use super::json_body::JsonBody;
 use crate::app::Shared;
 use crate::clock::unix_s;
+use crate::http::degraded;
 use crate::http::error::{credit_error, quote_error, ApiError};
 use crate::leases::payment_intake::verify_onchain;
 
@@ -56,6 +57,10 @@ pub async fn swap(
     JsonBody(req): JsonBody<SwapRequest>,
 ) -> Result<Json<SwapResponse>, ApiError> {
     blocking(move || {
+        if s.disk.degraded() {
+            let inputs = s.mint.validate_inputs(&req.inputs).map_err(credit_error)?;
+            degraded::admit_spending(&s, &inputs.keys)?;
+        }
         let signed = s.mint.swap(&req).map_err(|e| {
             s.disk.notice(e.storage_refused());
             credit_error(e)
@@ -95,6 +100,7 @@ pub async fn mint_quote(
     }
     let amount = req.amount;
     blocking(move || {
+        degraded::admit(&s)?;
         let now_us = (unix_s() as u64).saturating_mul(1_000_000);
         let q = s
             .quotes
@@ -130,6 +136,7 @@ pub async fn mint(
             let chain = s2.chain_read();
             verify_onchain(&chain, &s2.quotes, s2.config.min_conf, &req.payment)?
         };
+        degraded::admit_spending(&s2, &credit.keys)?;
         let paid_sat = credit.amount_msat / 1000;
         let note = format!("mint quote {}", req.payment.quote_id);
         let receipt = receipt(MINT_ONCHAIN, &credit.keys, &req.outputs);

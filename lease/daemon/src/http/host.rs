@@ -99,6 +99,7 @@ pub async fn quote(
     .map_err(|e| LeaseError::InvalidSpec(e.to_string()))?;
     let s2 = s.clone();
     let q = tokio::task::spawn_blocking(move || {
+        crate::http::degraded::admit(&s2)?;
         let now_us = (unix_s() as u64).saturating_mul(1_000_000);
         s2.quotes
             .create(amount_msat, now_us, QUOTE_TTL_S * 1_000_000)
