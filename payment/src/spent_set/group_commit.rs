@@ -184,14 +184,19 @@ fn run_batch(conn: &mut Connection, ops: &[&Op]) -> (Vec<Reply>, bool) {
     // retried); anything else is reported as what it is.
     let fail_all = |e: rusqlite::Error| {
         let what = format!("group commit of {} requests: {e}", ops.len());
-        let failed = match StorageRefused::from_sqlite(&e) {
-            Some(refused) => SpentSetError::StorageRefused(StorageRefused {
-                reason: what,
-                ..refused
-            }),
-            None => SpentSetError::Storage(what),
-        };
-        let results = ops.iter().map(|_| Err(clone_failure(&failed))).collect();
+        let refused = StorageRefused::from_sqlite(&e).map(|r| StorageRefused {
+            reason: what.clone(),
+            ..r
+        });
+        let results = ops
+            .iter()
+            .map(|_| {
+                Err(match &refused {
+                    Some(r) => SpentSetError::StorageRefused(r.clone()),
+                    None => SpentSetError::Storage(what.clone()),
+                })
+            })
+            .collect();
         (results, false)
     };
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
@@ -205,14 +210,6 @@ fn run_batch(conn: &mut Connection, ops: &[&Op]) -> (Vec<Reply>, bool) {
     match tx.commit() {
         Ok(()) => (results, true),
         Err(e) => fail_all(e),
-    }
-}
-
-/// The same failure again, for the next request of a failed batch.
-fn clone_failure(e: &SpentSetError) -> SpentSetError {
-    match e {
-        SpentSetError::StorageRefused(refused) => SpentSetError::StorageRefused(refused.clone()),
-        other => SpentSetError::Storage(other.to_string()),
     }
 }
 
