@@ -206,7 +206,16 @@ pub struct Settings {
     /// quote takes the next address of the xpub; beyond the rate: 429 with Retry-After.
     #[arg(long)]
     pub quotes_per_min: Option<u32>,
+    /// Bytes of a guest's console output kept in its console file (default 1 MiB); after
+    /// them one marker line, and the rest of the output is dropped, so a guest printing
+    /// without end cannot fill the host's disk.
+    #[arg(long)]
+    pub console_max_bytes: Option<u64>,
 }
+
+/// A guest's console output kept by default: a boot log many times over, and 1 MiB of
+/// disk per lease at most.
+const DEFAULT_CONSOLE_MAX_BYTES: u64 = 1 << 20;
 
 /// Resolved settings.
 #[derive(Debug, Clone)]
@@ -251,6 +260,7 @@ pub struct Config {
     pub header_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub quotes_per_min: u32,
+    pub console_max_bytes: u64,
 }
 
 impl Settings {
@@ -304,6 +314,7 @@ impl Settings {
             header_timeout_ms: self.header_timeout_ms.or(file.header_timeout_ms),
             idle_timeout_ms: self.idle_timeout_ms.or(file.idle_timeout_ms),
             quotes_per_min: self.quotes_per_min.or(file.quotes_per_min),
+            console_max_bytes: self.console_max_bytes.or(file.console_max_bytes),
         }
     }
 
@@ -427,6 +438,7 @@ impl Settings {
             header_timeout_ms: self.header_timeout_ms.unwrap_or(10_000),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(30_000),
             quotes_per_min: self.quotes_per_min.unwrap_or(30),
+            console_max_bytes: self.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
         };
         for (flag, value) in [
             ("tick-ms", config.tick_ms),
@@ -579,6 +591,7 @@ mod tests {
         assert_eq!(c.operator_connections, 64);
         assert_eq!((c.header_timeout_ms, c.idle_timeout_ms), (10_000, 30_000));
         assert_eq!(c.quotes_per_min, 30);
+        assert_eq!(c.console_max_bytes, 1 << 20);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::host::issue_quote;
 use super::json_body::JsonBody;
 use crate::app::Shared;
 use crate::clock::unix_s;
+use crate::http::degraded;
 use crate::http::error::{credit_error, ApiError};
 use crate::leases::payment_intake::verify_onchain;
 
@@ -56,7 +57,14 @@ pub async fn swap(
     JsonBody(req): JsonBody<SwapRequest>,
 ) -> Result<Json<SwapResponse>, ApiError> {
     blocking(move || {
-        let signed = s.mint.swap(&req).map_err(credit_error)?;
+        if s.disk.degraded() {
+            let inputs = s.mint.validate_inputs(&req.inputs).map_err(credit_error)?;
+            degraded::admit_spending(&s, &inputs.keys)?;
+        }
+        let signed = s.mint.swap(&req).map_err(|e| {
+            s.disk.notice(e.storage_refused());
+            credit_error(e)
+        })?;
         crate::fault::hit(crate::fault::point::SWAP_COMMITTED);
         Ok(Json(signed))
     })
@@ -120,6 +128,7 @@ pub async fn mint(
             let chain = s2.chain_read();
             verify_onchain(&chain, &s2.quotes, s2.config.min_conf, &req.payment)?
         };
+        degraded::admit_spending(&s2, &credit.keys)?;
         let paid_sat = credit.amount_msat / 1000;
         let note = format!("mint quote {}", req.payment.quote_id);
         let receipt = receipt(MINT_ONCHAIN, &credit.keys, &req.outputs);
