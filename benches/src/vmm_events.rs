@@ -28,7 +28,7 @@ pub fn parse(lines: &[TimedLine]) -> VmmTimes {
                 t.exit = Some(t_us);
                 t.exit_reason = Some(reason);
             }
-            Event::Warning { .. } => {}
+            Event::Restored { .. } | Event::Warning { .. } => {}
         }
     }
     t
