@@ -23,6 +23,7 @@ mod scenario_density;
 mod scenario_lease;
 mod scenario_overrun;
 mod scenario_payment;
+mod scenario_restore;
 mod scenario_soak;
 mod scenario_vmm;
 mod stats;
@@ -67,6 +68,8 @@ enum Scenario {
     Density(DensityArgs),
     /// The payment crate in-process: proof verification, redemption, swap rates.
     Payment(PaymentArgs),
+    /// Test guest on host KVM: spawn → guest_ready, cold boot vs restore from a snapshot.
+    Restore(scenario_restore::RestoreArgs),
     /// A spinning guest with a small balance: how far past zero it runs before the pause.
     Overrun(OverrunArgs),
     /// coinopd SIGKILLed at random points while leases are created, topped up, minted for
@@ -295,6 +298,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
     let load_before = load_average();
     let mut reports = match &cli.scenario {
         Scenario::Vmm(a) => vmm_scenario(a)?.run()?,
+        Scenario::Restore(a) => scenario_restore::run(a, sibling("coinop-vmm"))?,
         Scenario::Lease(a) => {
             let (runs, warmup) = a.run.resolve((20, 2), (2, 0))?;
             let s = scenario_lease::LeaseScenario {
@@ -567,7 +571,7 @@ mod tests {
                 Scenario::Density(a) => &a.guest,
                 Scenario::Overrun(a) => &a.guest,
                 Scenario::Soak(a) => &a.guest,
-                Scenario::Payment(_) => unreachable!("not in the list"),
+                Scenario::Payment(_) | Scenario::Restore(_) => unreachable!("not in the list"),
             };
             let img = g.image("mode=halt");
             assert_eq!(img.initrd, Some(PathBuf::from("initrd.cpio")));
