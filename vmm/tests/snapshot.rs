@@ -313,3 +313,36 @@ fn twenty_restores_share_memory_and_follow_their_own_input() {
         assert_one_count(&before.stdout, &out.stdout, &ctx);
     }
 }
+
+#[test]
+fn a_guest_with_virtio_devices_is_not_snapshotted_and_runs_on() {
+    if !kvm_ready() {
+        return;
+    }
+    let dir = scratch();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk image");
+    let mut vm = Vmm::boot(Image::Pvh, "mode=count")
+        .arg("--disk")
+        .arg(format!("path={}", disk.display()))
+        .with_control()
+        .with_stdin()
+        .spawn();
+    vm.wait_console("count 1\n");
+    let mut ctl = vm.connect();
+    let target = dir.path().join("snap");
+    let reply = ctl.send_line(&serde_json::json!({"cmd": "snapshot", "dir": target}).to_string());
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("--disk/--net devices are not supported yet"),
+        "{reply}"
+    );
+    assert!(!target.join("state").exists(), "no state file written");
+    assert_eq!(ctl.ok("status")["state"], "running");
+    vm.wait_console("count 4\n");
+    vm.write_stdin(b"\x04");
+    vm.finish().assert_lifecycle(1, "guest_reset", 0);
+}
