@@ -346,3 +346,48 @@ fn a_guest_with_virtio_devices_is_not_snapshotted_and_runs_on() {
     vm.write_stdin(b"\x04");
     vm.finish().assert_lifecycle(1, "guest_reset", 0);
 }
+
+/// A restored guest is snapshotted again into the directory it was restored from while
+/// another guest restored from that directory runs on: the bystander keeps its memory (the
+/// new memory file replaces the old one instead of rewriting it), and a third generation
+/// continues the second's count.
+#[test]
+fn a_restored_guest_snapshots_again_into_its_own_directory() {
+    if !kvm_ready() {
+        return;
+    }
+    let snap = scratch();
+    let dir = snap.path().join("snap");
+    let first = snapshot_counting_guest(1, &dir);
+    let (last, _) = *counts(&first.stdout).last().expect("counted");
+
+    let mut bystander = restore(&dir);
+    let mut second = Vmm::new().arg("--restore").arg(&dir).with_control().spawn();
+    second.wait_console(&format!("count {}\n", last + 3));
+    let mut ctl = second.connect();
+    let reply = ctl
+        .send_line(&serde_json::json!({"cmd": "snapshot", "dir": dir, "exit": true}).to_string());
+    assert_eq!(reply["state"], "stopping", "{reply}");
+    let second = second.finish();
+    assert_eq!(second.code, Some(0), "{}", second.context());
+
+    bystander.wait_console(&format!("count {}\n", last + 8));
+    bystander.write_stdin(b"still here\n\x04");
+    let bystander = bystander.finish();
+    assert_restored_lifecycle(&bystander, 1);
+    assert!(
+        bystander.stdout.contains("in still here\n"),
+        "{}",
+        bystander.context()
+    );
+    assert_one_count(&first.stdout, &bystander.stdout, &bystander.context());
+
+    let (second_last, _) = *counts(&second.stdout).last().expect("second counted");
+    let mut third = restore(&dir);
+    third.wait_console(&format!("count {}\n", second_last + 2));
+    third.write_stdin(b"\x04");
+    let third = third.finish();
+    assert_restored_lifecycle(&third, 1);
+    let both = format!("{}{}", first.stdout, second.stdout);
+    assert_one_count(&both, &third.stdout, &third.context());
+}

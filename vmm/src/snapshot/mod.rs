@@ -7,8 +7,9 @@
 //!
 //! Taking one (control command `snapshot`, [`take`]) parks every vCPU outside KVM_RUN, has
 //! each vCPU thread read its own state, reads the VM and devices, writes `memory`, then
-//! `state` last under a temporary name renamed into place, so a directory with a `state`
-//! always holds a complete snapshot. Restoring (`--restore DIR`, in [`crate::builder`])
+//! `state` last, each under a temporary name renamed into place: a directory with a `state`
+//! always holds a complete snapshot, and guests restored from an older snapshot in the same
+//! directory keep the memory file they map. Restoring (`--restore DIR`, in [`crate::builder`])
 //! checks the header, the host and the memory file before building anything, and maps the
 //! memory copy-on-write.
 //!
@@ -31,6 +32,8 @@ pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "memory";
 /// Where the state file is written before it is renamed into place.
 const STATE_PARTIAL: &str = "state.partial";
+/// Where the memory file is written before it is renamed into place.
+const MEMORY_PARTIAL: &str = "memory.partial";
 
 /// Everything but memory: what `state` holds after its header.
 #[derive(Serialize, Deserialize)]
@@ -137,14 +140,19 @@ pub fn write(
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&state_path)(e)),
         _ => {}
     }
+    // A new file renamed over the old one, never the old one rewritten: VMMs restored from
+    // this directory (this one among them) map the old file, and truncating it under them
+    // would turn their untouched pages into SIGBUS.
     let memory_path = dir.join(MEMORY_FILE);
-    let memory = std::fs::File::create(&memory_path).map_err(io_err(&memory_path))?;
+    let memory_partial = dir.join(MEMORY_PARTIAL);
+    let memory = std::fs::File::create(&memory_partial).map_err(io_err(&memory_partial))?;
     let memory_len = memory_file::write(mem, &memory).map_err(|source| Error::Memory {
         dir: dir.display().to_string(),
         source,
     })?;
-    memory.sync_all().map_err(io_err(&memory_path))?;
+    memory.sync_all().map_err(io_err(&memory_partial))?;
     drop(memory);
+    std::fs::rename(&memory_partial, &memory_path).map_err(io_err(&memory_path))?;
 
     let body = postcard::to_stdvec(state).map_err(|e| Error::Decode {
         dir: dir.display().to_string(),
