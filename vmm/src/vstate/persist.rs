@@ -273,3 +273,81 @@ pub fn restore_vm(vm: &VmFd, state: &VmState) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::x86_64::regs::EntryMode;
+    use crate::vstate::vcpu::{configure, VcpuSetup};
+    use crate::vstate::{memory, vm};
+    use kvm_ioctls::Cap;
+
+    /// IA32_TSC and kvmclock's MSR_KVM_SYSTEM_TIME_NEW.
+    const MSR_TSC: u32 = 0x10;
+    const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
+
+    #[test]
+    fn a_saved_vcpu_and_vm_load_into_a_fresh_vm() {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED: /dev/kvm not available");
+            return;
+        }
+        let kvm = vm::open_kvm().expect("/dev/kvm opens");
+        let msr_list = crate::snapshot::host::msr_indices(&kvm).expect("MSR list");
+        let make_vm = || {
+            let mem = memory::create(16).expect("16 MiB");
+            let vm_fd = vm::create(&kvm, &mem).expect("VM");
+            vm::setup_irqchip(&vm_fd).expect("irqchip");
+            (vm_fd, mem)
+        };
+        let (source_vm, mem) = make_vm();
+        let setup = VcpuSetup {
+            supported_cpuid: kvm
+                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+                .expect("cpuid"),
+            vcpu_count: 1,
+            tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+            mem,
+            entry: EntryMode::Linux64 {
+                entry: 0x10_0000,
+                zero_page: 0x7000,
+            },
+        };
+        let mut source = source_vm.create_vcpu(0).expect("vCPU");
+        configure(&source, 0, &setup).expect("boot state");
+        complete_pending_io(&mut source, 0).expect("immediate exit");
+        let saved = save_vcpu(&source, 0, &msr_list).expect("saved");
+        let indices: Vec<u32> = saved.msrs.iter().map(|m| m.index).collect();
+        assert!(indices.contains(&MSR_TSC), "{indices:x?}");
+        assert!(indices.contains(&MSR_KVM_SYSTEM_TIME_NEW), "{indices:x?}");
+        let saved_vm = save_vm(&source_vm).expect("VM state");
+
+        // Through the snapshot encoding, as a restore sees it.
+        let bytes = postcard::to_stdvec(&(&saved, &saved_vm)).expect("encodes");
+        let (loaded, loaded_vm): (VcpuState, VmState) =
+            postcard::from_bytes(&bytes).expect("decodes");
+
+        let (target_vm, _mem) = make_vm();
+        restore_vm(&target_vm, &loaded_vm).expect("VM state loads");
+        let target = target_vm.create_vcpu(0).expect("vCPU");
+        restore_vcpu(&target, 0, &loaded).expect("vCPU state loads");
+        let back = save_vcpu(&target, 0, &msr_list).expect("read back");
+        assert_eq!(back.regs.rip, 0x10_0000);
+        assert_eq!(back.regs.rsi, 0x7000);
+        assert_eq!(back.sregs.cr0, saved.sregs.cr0);
+        assert_eq!(back.sregs.efer, saved.sregs.efer);
+        assert_eq!(back.cpuid.len(), saved.cpuid.len());
+        assert_eq!(back.lapic.regs[..], saved.lapic.regs[..]);
+        assert_eq!(back.mp_state.mp_state, saved.mp_state.mp_state);
+        let tsc = |s: &VcpuState| s.msrs.iter().find(|m| m.index == MSR_TSC).map(|m| m.data);
+        // The guest's TSC continues from the saved value (it has run on a little since).
+        let (was, now) = (tsc(&saved).expect("tsc"), tsc(&back).expect("tsc"));
+        assert!(now >= was, "TSC went back: {was} → {now}");
+        let back_vm = save_vm(&target_vm).expect("VM state");
+        assert_eq!(back_vm.ioapic.chip_id, saved_vm.ioapic.chip_id);
+        // SAFETY: chip_id says this is the IOAPIC member of the union.
+        let (a, b) = unsafe { (back_vm.ioapic.chip.ioapic, saved_vm.ioapic.chip.ioapic) };
+        assert_eq!(a.base_address, b.base_address);
+    }
+}
