@@ -114,7 +114,6 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
         BootTimer::new(Arc::clone(&events)),
     ));
 
-    let virtio_count = virtio_devices.len();
     let mmio = Arc::new(attach::register(virtio_devices, &vm_fd, &mem)?);
 
     let setup = Arc::new(VcpuSetup {
@@ -136,7 +135,6 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
         mem_mib: cfg.mem_mib,
         pio,
         mmio,
-        virtio_count,
         events,
         listener,
         clock,
@@ -152,7 +150,6 @@ struct Parts {
     mem_mib: u64,
     pio: Arc<PioBus>,
     mmio: Arc<crate::devices::mmio_bus::MmioBus>,
-    virtio_count: usize,
     events: Arc<EventSink>,
     listener: Option<std::os::unix::net::UnixListener>,
     clock: Clock,
@@ -184,7 +181,7 @@ fn launch(parts: Parts, inits: Vec<VcpuInit>) -> Result<Running, StartError> {
     let saves = Arc::new(SaveBoard::new(vcpu_count));
     let ctx = Arc::new(VcpuContext {
         pio: Arc::clone(&parts.pio),
-        mmio: parts.mmio,
+        mmio: Arc::clone(&parts.mmio),
         run_state: Arc::new(RunState::default()),
         clocks: Arc::new(VcpuClocks::new(vcpu_count)),
         events: Arc::clone(&parts.events),
@@ -209,7 +206,7 @@ fn launch(parts: Parts, inits: Vec<VcpuInit>) -> Result<Running, StartError> {
                 mem: parts.mem.clone(),
                 saves,
                 pio: Arc::clone(&parts.pio),
-                virtio_devices: parts.virtio_count,
+                mmio: parts.mmio,
                 mem_mib: parts.mem_mib,
             },
         };
@@ -236,9 +233,11 @@ fn restore(
     clock: Clock,
 ) -> Result<Running, StartError> {
     let loaded = snapshot::load(dir)?;
+    loaded.check_device_count(cfg.disks.len() + cfg.nets.len())?;
     let mem = loaded.map_memory()?;
     let console_out = open_console(&cfg.serial)?;
     let listener = cfg.control.as_ref().map(control::listen).transpose()?;
+    let virtio_devices = attach::open(&cfg.disks, &cfg.nets)?;
 
     let kvm = vm::open_kvm()?;
     loaded.check_host(&kvm)?;
@@ -258,7 +257,12 @@ fn restore(
         ResetController::default(),
         BootTimer::restored(Arc::clone(&events), state.devices.guest_was_ready),
     ));
-    let mmio = Arc::new(attach::register(Vec::new(), &vm_fd, &mem)?);
+    let mmio = Arc::new(attach::register(virtio_devices, &vm_fd, &mem)?);
+    mmio.restore_all(&state.virtio)
+        .map_err(|e| snapshot::Error::Devices {
+            dir: dir.display().to_string(),
+            detail: e.to_string(),
+        })?;
     let inits = state
         .vcpus
         .into_iter()
@@ -271,7 +275,6 @@ fn restore(
         mem_mib: state.mem_mib,
         pio,
         mmio,
-        virtio_count: 0,
         events,
         listener,
         clock,

@@ -22,8 +22,9 @@ pub struct Args {
     pub kernel: Option<PathBuf>,
     /// Start from the snapshot in this directory (written by the control command
     /// `snapshot`) instead of booting a kernel; the guest's vCPUs and memory are the
-    /// snapshot's.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "mem_mib", "disks", "nets"])]
+    /// snapshot's. Its virtio devices get the backends of `--disk`/`--net`, which must
+    /// match the snapshot's devices in number, kind and order.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "mem_mib"])]
     pub restore: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long)]
@@ -173,8 +174,9 @@ fn parse_events(value: &str) -> Result<EventsOut, String> {
 pub struct Config {
     /// Kernel path (empty with `restore`).
     pub kernel: PathBuf,
-    /// `--restore DIR`: the snapshot to start from; kernel, initrd, command line, vCPUs,
-    /// memory and devices are then the snapshot's, not the fields here.
+    /// `--restore DIR`: the snapshot to start from; kernel, initrd, command line, vCPUs and
+    /// memory are then the snapshot's, not the fields here (`disks`/`nets` are the backends
+    /// of its virtio devices).
     pub restore: Option<PathBuf>,
     /// Initrd path.
     pub initrd: Option<PathBuf>,
@@ -452,6 +454,12 @@ mod tests {
     fn restore_replaces_the_kernel_and_excludes_the_machine_flags() {
         let c = run(&["--restore", "/snap", "--serial", "none"]).expect("valid");
         assert_eq!(c.restore, Some(PathBuf::from("/snap")));
+        let c = run(&["--restore", "/snap", "--disk", "path=/lease.img"]).expect("valid");
+        assert_eq!(
+            c.disks.len(),
+            1,
+            "backends for the snapshot's virtio devices"
+        );
         for extra in [
             ["--kernel", "k"],
             ["--vcpus", "2"],

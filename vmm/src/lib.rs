@@ -12,12 +12,13 @@
 //!            [--start-time-us T] [--no-seccomp]
 //!            [--disk path=FILE[,ro][,cow=OVERLAY][,bw=BYTES_PER_S][,iops=N]]...
 //!            [--net tap=NAME|fd=N,mac=AA:BB:CC:DD:EE:FF[,bw=BYTES_PER_S]]...
-//! coinop-vmm --restore DIR [--serial ...] [--control ...] [--events ...]
-//!            [--start-time-us T] [--no-seccomp]
+//! coinop-vmm --restore DIR [--disk ...]... [--net ...]... [--serial ...] [--control ...]
+//!            [--events ...] [--start-time-us T] [--no-seccomp]
 //! ```
 //! `--restore DIR` starts the guest from a snapshot the control command `snapshot` wrote
 //! (see [`snapshot`]): vCPUs, memory and devices are the snapshot's, so the kernel and
-//! machine flags are refused beside it. Its memory is mapped copy-on-write from
+//! machine flags are refused beside it; `--disk`/`--net` then give the backends of the
+//! snapshot's virtio devices (same number, kinds and order). Its memory is mapped copy-on-write from
 //! `DIR/memory`. A snapshot from another coinop-vmm version, from a host whose CPUID/KVM
 //! capabilities differ, or that is corrupt or truncated ends the VMM with code 2 and one
 //! line naming the problem.

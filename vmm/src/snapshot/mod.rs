@@ -13,8 +13,10 @@
 //! checks the header, the host and the memory file before building anything, and maps the
 //! memory copy-on-write.
 //!
-//! Guests with virtio devices are refused for now: their queues and backends' state is not
-//! part of the format yet.
+//! virtio devices are saved as their transport registers, queue positions and device state
+//! ([`crate::devices::virtio::persist`]); their backends are not: a restore attaches the
+//! `--disk`/`--net` backends it is given (the new lease's tap and overlay) in the same
+//! order and kinds as the snapshot's, and refuses any other set.
 
 pub mod format;
 pub mod host;
@@ -22,6 +24,7 @@ pub mod memory_file;
 pub mod take;
 
 use crate::devices::persist::PioState;
+use crate::devices::virtio::persist::TransportState;
 use crate::vstate::persist::{VcpuState, VmState};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -46,6 +49,8 @@ pub struct MachineState {
     pub vm: VmState,
     /// Port-I/O devices.
     pub devices: PioState,
+    /// virtio devices, in window order.
+    pub virtio: Vec<TransportState>,
 }
 
 /// Why a snapshot cannot be written or restored.
@@ -92,6 +97,14 @@ pub enum Error {
         dir: String,
         /// What is wrong.
         source: memory_file::Error,
+    },
+    /// The `--disk`/`--net` given do not match the snapshot's virtio devices.
+    #[error("--restore {dir}: {detail}")]
+    Devices {
+        /// The snapshot directory.
+        dir: String,
+        /// What differs.
+        detail: String,
     },
     /// KVM would not describe this host.
     #[error(transparent)]
@@ -216,6 +229,21 @@ impl Loaded {
                 dir: self.dir.display().to_string(),
                 saved: self.header.host_fingerprint,
                 here,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses `attached` virtio devices (from `--disk`/`--net`) that are not as many as the
+    /// snapshot's.
+    pub fn check_device_count(&self, attached: usize) -> Result<(), Error> {
+        let saved = self.state.virtio.len();
+        if saved != attached {
+            return Err(Error::Devices {
+                dir: self.dir.display().to_string(),
+                detail: format!(
+                    "the snapshot has {saved} virtio devices; the command line attaches {attached} (--disk/--net, in the snapshot's order)"
+                ),
             });
         }
         Ok(())

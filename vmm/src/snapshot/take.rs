@@ -2,6 +2,7 @@
 //! vCPU's state from its own thread, read the VM and the devices, write the directory.
 
 use super::{host, MachineState};
+use crate::devices::mmio_bus::MmioBus;
 use crate::devices::PioBus;
 use crate::vstate::persist;
 use crate::vstate::run_state::RunState;
@@ -18,9 +19,6 @@ const SAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why a snapshot was not taken; the text is the control reply's `error`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The guest has virtio devices, whose state the format does not hold yet.
-    #[error("snapshots of guests with --disk/--net devices are not supported yet ({0} attached)")]
-    VirtioDevices(usize),
     /// The vCPUs would not park.
     #[error(transparent)]
     Pause(#[from] crate::vstate::run_state::Error),
@@ -53,20 +51,30 @@ pub struct Taker {
     pub saves: Arc<SaveBoard>,
     /// Port-I/O devices.
     pub pio: Arc<PioBus>,
-    /// Number of virtio devices attached.
-    pub virtio_devices: usize,
+    /// The virtio devices.
+    pub mmio: Arc<MmioBus>,
     /// Guest RAM in MiB.
     pub mem_mib: u64,
 }
 
 impl Taker {
     /// Pauses the guest (it stays paused: the caller resumes or stops it) and writes the
-    /// snapshot into `dir`.
+    /// snapshot into `dir`. The virtio device threads are stopped while memory is written
+    /// (a NIC would otherwise keep receiving into it) and serve again afterwards.
     pub fn take(&self, run_state: &RunState, vcpus: usize, dir: &Path) -> Result<(), Error> {
-        if self.virtio_devices > 0 {
-            return Err(Error::VirtioDevices(self.virtio_devices));
-        }
         run_state.pause(vcpus, crate::machine::PAUSE_TIMEOUT)?;
+        let virtio = self.mmio.save_all();
+        let taken = self.write(run_state, dir, virtio);
+        self.mmio.resume_all();
+        taken
+    }
+
+    fn write(
+        &self,
+        run_state: &RunState,
+        dir: &Path,
+        virtio: Vec<crate::devices::virtio::persist::TransportState>,
+    ) -> Result<(), Error> {
         let fingerprint = host::fingerprint(&self.kvm)?;
         self.saves.prepare(host::msr_indices(&self.kvm)?);
         run_state.request_save();
@@ -82,6 +90,7 @@ impl Taker {
             vcpus: saved,
             vm: persist::save_vm(&self.vm)?,
             devices: self.pio.state(),
+            virtio,
         };
         super::write(dir, &state, &self.mem, fingerprint)?;
         Ok(())
