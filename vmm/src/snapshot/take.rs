@@ -64,12 +64,14 @@ impl Taker {
     pub fn take(&self, run_state: &RunState, vcpus: usize, dir: &Path) -> Result<(), Error> {
         run_state.pause(vcpus, crate::machine::PAUSE_TIMEOUT)?;
         let virtio = self.mmio.save_all();
-        let taken = self.write(run_state, dir, virtio);
+        let taken = self.save_parked(run_state, dir, virtio);
         self.mmio.resume_all();
         taken
     }
 
-    fn write(
+    /// With vCPUs parked and devices stopped: collects the vCPUs', VM's and devices' state
+    /// and writes the directory.
+    fn save_parked(
         &self,
         run_state: &RunState,
         dir: &Path,
