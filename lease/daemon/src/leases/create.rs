@@ -247,6 +247,7 @@ async fn create_reserved(
         recovery_hash: recovery,
     };
     let balance = credit.amount_msat;
+    let late = credit.is_late();
     let kind = metric_kind(&credit);
     let s2 = s.clone();
     let outcome = blocking_here(move || {
@@ -274,6 +275,7 @@ async fn create_reserved(
     };
     match boot_guest(s, arrival, &guest, boot, slot).await? {
         Ok((boot, network)) => Ok(CreateOutcome::Created(CreateResponse {
+            late,
             lease_id: id.to_string(),
             token,
             token_seq: 1,
