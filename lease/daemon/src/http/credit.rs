@@ -16,7 +16,7 @@ use crate::app::Shared;
 use crate::clock::unix_s;
 use crate::http::degraded;
 use crate::http::error::{credit_error, ApiError};
-use crate::leases::payment_intake::verify_onchain;
+use crate::leases::payment_intake::{notice_storage, verify_onchain};
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -126,7 +126,9 @@ pub async fn mint(
     let out = blocking(move || {
         let credit = {
             let chain = s2.chain_read();
-            verify_onchain(&chain, &s2.quotes, s2.config.min_conf, &req.payment)?
+            let verified = verify_onchain(&chain, &s2.quotes, s2.config.min_conf, &req.payment);
+            notice_storage(&s2, &verified);
+            verified?
         };
         degraded::admit_spending(&s2, &credit.keys)?;
         let paid_sat = credit.amount_msat / 1000;

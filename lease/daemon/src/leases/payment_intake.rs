@@ -9,7 +9,7 @@ use payment::credit::Mint;
 use payment::onchain::{check_payment, HeaderChain, QuoteBook};
 
 use super::{blocking, LeaseError};
-use crate::app::Shared;
+use crate::app::{AppState, Shared};
 use crate::ledger::{Credit, ONCHAIN_LATE};
 
 /// Credit payments with at most this many proofs are verified inline (each proof is one
@@ -38,8 +38,18 @@ pub async fn verify_payment(s: &Shared, p: PaymentBody) -> Result<Credit, LeaseE
             .await
         }
     };
+    notice_storage(s, &out);
     s.metrics.payment(kind, out.is_ok());
     out
+}
+
+/// Tells the disk reserve about a verification that failed on a full disk: marking a quote
+/// paid is a write to the quote book, so a full disk can refuse it like any ledger step,
+/// and the reserve must go back to the metering it is kept for.
+pub fn notice_storage<T>(s: &AppState, out: &Result<T, LeaseError>) {
+    if let Err(LeaseError::Quote(e)) = out {
+        s.disk.notice(e.storage_refused());
+    }
 }
 
 /// Verifies an on-chain payment for one of our quotes and marks the quote paid; the
