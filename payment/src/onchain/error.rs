@@ -29,6 +29,8 @@ pub enum HeaderError {
     TimeTooFarAhead { time: u32, latest: u64 },
     #[error("time {time} at a period start is before {min_time} (BIP94 time-warp rule)")]
     TimeWarp { time: u32, min_time: u32 },
+    #[error("version {version} at height {height}: BIP34/66/65 require at least {min} there")]
+    VersionTooLow { height: u32, version: i32, min: i32 },
     #[error("chainwork exceeds 2^128")]
     WorkOverflow,
     #[error("height exceeds 2^32")]
@@ -48,6 +50,15 @@ pub enum ChainError {
         hash: BlockHash,
         reason: HeaderError,
     },
+    #[error(
+        "side branch ending at {hash} has chainwork {work:#x}, below the {floor:#x} a peer's \
+         branch needs (best chain's work minus a margin)"
+    )]
+    LowWorkBranch {
+        hash: BlockHash,
+        work: u128,
+        floor: u128,
+    },
     #[error("signet headers are accepted only from the operator's own feed")]
     SignetNeedsOperatorFeed,
     #[error("{got} headers in one append, at most {max}")]
@@ -65,6 +76,30 @@ pub enum ChainError {
 }
 
 impl ChainError {
+    /// Whether the headers themselves were at fault (invalid, or a branch too weak to
+    /// store), as opposed to the host's own storage: a peer that sent them misbehaved.
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(
+            self,
+            ChainError::Rejected { .. }
+                | ChainError::LowWorkBranch { .. }
+                | ChainError::TooManyInOneAppend { .. }
+        )
+    }
+
+    /// A headers message whose first header builds on nothing known: a peer announcing a
+    /// block while the host is behind, answered with `getheaders` rather than a ban.
+    pub fn is_unconnected_start(&self) -> bool {
+        matches!(
+            self,
+            ChainError::Rejected {
+                index: 0,
+                reason: HeaderError::UnknownParent { .. },
+                ..
+            }
+        )
+    }
+
     /// snake_case code for API error bodies.
     pub fn code(&self) -> &'static str {
         match self {
@@ -77,8 +112,10 @@ impl ChainError {
                 HeaderError::TimeNotAfterMedian { .. }
                 | HeaderError::TimeTooFarAhead { .. }
                 | HeaderError::TimeWarp { .. } => "bad_header_time",
+                HeaderError::VersionTooLow { .. } => "obsolete_version",
                 _ => "invalid_header",
             },
+            ChainError::LowWorkBranch { .. } => "low_work_branch",
             ChainError::SignetNeedsOperatorFeed => "signet_needs_operator_feed",
             ChainError::TooManyInOneAppend { .. } => "too_many_headers",
             ChainError::TooManyHeaders
