@@ -66,7 +66,10 @@ pub struct AppState {
     pub config: Config,
     pub ledger: Arc<Ledger>,
     pub mint: Mint,
-    pub chain: RwLock<HeaderChain>,
+    /// Shared with the P2P header sync ([`crate::chain_sync`]).
+    pub chain: Arc<RwLock<HeaderChain>>,
+    /// What the P2P header sync is doing (`GET /v1/host`, `/metrics`).
+    pub chain_sync: Arc<coinop_bitcoin_net::SyncStatus>,
     pub quotes: QuoteBook,
     pub supervisor: Supervisor,
     pub capacity: Mutex<Capacity>,
@@ -189,7 +192,8 @@ impl AppState {
             config,
             ledger,
             mint,
-            chain: RwLock::new(chain),
+            chain: Arc::new(RwLock::new(chain)),
+            chain_sync: Arc::default(),
             quotes,
             supervisor,
             capacity: Mutex::new(capacity),

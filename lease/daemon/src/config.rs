@@ -35,6 +35,8 @@ pub enum ConfigError {
     GuestNetwork(String),
     #[error(transparent)]
     Pool(#[from] PoolError),
+    #[error("--bitcoin-peer {0:?} is not HOST:PORT")]
+    BitcoinPeer(String),
 }
 
 /// Flags and config-file keys. Every field is optional so the two sources can be merged.
@@ -177,6 +179,21 @@ pub struct Settings {
     /// quote takes the next address of the xpub; beyond the rate: 429 with Retry-After.
     #[arg(long)]
     pub quotes_per_min: Option<u32>,
+    /// A Bitcoin node to sync block headers from over the P2P protocol, HOST:PORT
+    /// (repeatable; e.g. the operator's own node). Every header still passes the host's
+    /// own chain checks; a peer that sends an invalid one is disconnected and banned.
+    #[arg(long = "bitcoin-peer")]
+    #[serde(default)]
+    pub bitcoin_peers: Vec<String>,
+    /// Also sync from peers found through the network's DNS seeds (mainnet, testnet3,
+    /// testnet4; off by default: the host then talks only to the peers it is given).
+    #[arg(long)]
+    #[serde(default)]
+    pub bitcoin_dns_seeds: bool,
+    /// How long a Bitcoin peer that sent an invalid header is banned, seconds (default
+    /// 86400).
+    #[arg(long)]
+    pub bitcoin_ban_s: Option<u64>,
 }
 
 /// Resolved settings.
@@ -216,6 +233,9 @@ pub struct Config {
     pub header_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub quotes_per_min: u32,
+    pub bitcoin_peers: Vec<String>,
+    pub bitcoin_dns_seeds: bool,
+    pub bitcoin_ban_s: u64,
 }
 
 impl Settings {
@@ -264,6 +284,13 @@ impl Settings {
             header_timeout_ms: self.header_timeout_ms.or(file.header_timeout_ms),
             idle_timeout_ms: self.idle_timeout_ms.or(file.idle_timeout_ms),
             quotes_per_min: self.quotes_per_min.or(file.quotes_per_min),
+            bitcoin_peers: if self.bitcoin_peers.is_empty() {
+                file.bitcoin_peers
+            } else {
+                self.bitcoin_peers
+            },
+            bitcoin_dns_seeds: self.bitcoin_dns_seeds || file.bitcoin_dns_seeds,
+            bitcoin_ban_s: self.bitcoin_ban_s.or(file.bitcoin_ban_s),
         }
     }
 
@@ -337,6 +364,14 @@ impl Settings {
         let guest_ssh_ports =
             address_pool::parse_ports(self.guest_ssh_ports.as_deref().unwrap_or("22000-22999"))?;
         let guest_ssh_host = self.guest_ssh_host.unwrap_or_else(host_name);
+        for peer in &self.bitcoin_peers {
+            let port = peer
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
+                return Err(ConfigError::BitcoinPeer(peer.clone()));
+            }
+        }
         let config = Config {
             socket,
             socket_mode,
@@ -372,6 +407,9 @@ impl Settings {
             header_timeout_ms: self.header_timeout_ms.unwrap_or(10_000),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(30_000),
             quotes_per_min: self.quotes_per_min.unwrap_or(30),
+            bitcoin_peers: self.bitcoin_peers,
+            bitcoin_dns_seeds: self.bitcoin_dns_seeds,
+            bitcoin_ban_s: self.bitcoin_ban_s.unwrap_or(24 * 60 * 60),
         };
         for (flag, value) in [
             ("tick-ms", config.tick_ms),

@@ -12,6 +12,7 @@
 //! | [`leases`] | the lease flows behind the handlers (create, recover, top up, stop, view) with typed outcomes and errors |
 //! | [`guest_stop`], [`vmm_process`] | carrying out a guest stop; a VMM found again by pid and start time |
 //! | [`ledger`] | SQLite, one file per table or job: leases, balances, payments claimed in the same transaction, refunds, metering ticks, quotes, a lost create reply's recovery ([`ledger::recovery`]) |
+//! | [`chain_sync`] | the host's header chain fed by Bitcoin peers over P2P (`coinop_bitcoin_net`) |
 //! | [`scheduler`] | the tick that debits (`payment::metering`), pauses and stops |
 //! | [`supervisor`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, its events (`vmm_protocol`), stop |
 //! | [`isolation`] | the daemon's use of `coinop_host` (jail, cgroups, guest network, slot pool) |
@@ -23,6 +24,7 @@
 
 pub mod app;
 mod capacity;
+pub mod chain_sync;
 pub mod clock;
 pub mod config;
 pub mod daemon;

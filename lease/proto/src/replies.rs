@@ -200,6 +200,24 @@ pub struct HostChain {
     pub hash: String,
     /// The tip's timestamp (Unix seconds).
     pub time: Option<u32>,
+    /// Header sync from Bitcoin peers (`--bitcoin-peer`); absent from older hosts.
+    #[serde(default)]
+    pub sync: HostChainSync,
+}
+
+/// How the host's header chain keeps up with the Bitcoin network over P2P.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostChainSync {
+    /// `off` (no peers configured: headers come from the operator), `no_peers` (none
+    /// connected), `syncing`, or `synced` (a peer has nothing newer).
+    pub state: String,
+    pub peers_connected: u32,
+    /// Peers shunned for sending invalid headers.
+    pub peers_banned: u32,
+    /// New headers taken from peers since coinopd started.
+    pub headers_from_peers: u64,
+    /// When the last new header from a peer was stored (Unix seconds).
+    pub last_header_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

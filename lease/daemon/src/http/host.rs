@@ -6,7 +6,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::Json;
 use coinop_proto::replies::{
-    HostCapacity, HostChain, HostPrices, HostView, ImageView, QuoteResponse,
+    HostCapacity, HostChain, HostChainSync, HostPrices, HostView, ImageView, QuoteResponse,
 };
 use coinop_proto::requests::QuoteRequest;
 use coinop_proto::Msat;
@@ -39,12 +39,20 @@ pub async fn host(State(s): State<Shared>) -> Json<HostView> {
         })
         .collect();
     let time = s.chain_read().block(&tip.hash).map(|b| b.time);
+    let sync = s.chain_sync.snapshot();
     Json(HostView {
         network: s.chain_network.name().to_string(),
         chain: HostChain {
             height: tip.height,
             hash: tip.hash.to_string(),
             time,
+            sync: HostChainSync {
+                state: sync.state.as_str().to_string(),
+                peers_connected: sync.peers_connected,
+                peers_banned: sync.peers_banned,
+                headers_from_peers: sync.headers_accepted,
+                last_header_at: sync.last_header_unix_s,
+            },
         },
         min_conf: s.config.min_conf,
         capacity: HostCapacity {

@@ -1,0 +1,246 @@
+//! Header sync over the Bitcoin P2P protocol against bcoin, a real node nobody here wrote
+//! (regtest, loopback): coinopd catches up with a 2,100-block chain, follows new blocks,
+//! reconnects after bcoin restarts, and bans a peer that sends an invalid header while it
+//! keeps syncing from the honest one.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bitcoin::block::{Header, Version};
+use bitcoin::consensus::encode;
+use bitcoin::hashes::Hash;
+use bitcoin::p2p::message::{NetworkMessage, RawNetworkMessage};
+use bitcoin::p2p::message_network::VersionMessage;
+use bitcoin::p2p::{address::Address, Magic, ServiceFlags};
+use bitcoin::{CompactTarget, Target, TxMerkleNode};
+use common::bcoin::{bcoin_dir, Bcoin};
+use common::{Daemon, StateDir};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn host(d: &Daemon) -> Value {
+    let r = d.call("GET", "/v1/host", None, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// Waits until coinopd's tip is `hash`; returns how long it took.
+async fn wait_for_tip(d: &Daemon, hash: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let h = host(d).await;
+        if h["chain"]["hash"] == hash {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "tip is still {} (height {}), not {hash} after {limit:?}; sync: {}",
+            h["chain"]["hash"],
+            h["chain"]["height"],
+            h["chain"]["sync"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_for_sync(d: &Daemon, what: &str, f: impl Fn(&Value) -> bool) {
+    let start = Instant::now();
+    loop {
+        let h = host(d).await;
+        if f(&h["chain"]["sync"]) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "sync never showed {what}: {}",
+            h["chain"]["sync"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coinopd_syncs_from_bcoin_follows_new_blocks_and_survives_its_restart() {
+    let Some(bcoin) = bcoin_dir() else { return };
+    let dir = StateDir::new();
+    let chain_dir = dir.path().join("bcoin-chain");
+    std::fs::create_dir_all(&chain_dir).unwrap();
+    let mut node = Bcoin::start(&bcoin, Some(&chain_dir));
+    let mined = node.generate(2100).await;
+    assert_eq!(mined.len(), 2100);
+    let best = node.best_hash().await;
+    assert_eq!(&best, mined.last().unwrap());
+
+    let state = dir.path().join("coinopd");
+    std::fs::create_dir_all(&state).unwrap();
+    let d = Daemon::start(
+        &state,
+        &["--network", "regtest", "--bitcoin-peer", &node.p2p_addr()],
+    )
+    .await;
+    // The API answers while the sync runs; the tip ends up at bcoin's best block.
+    wait_for_tip(&d, &best, Duration::from_secs(120)).await;
+    let h = host(&d).await;
+    assert_eq!(h["chain"]["height"], 2100);
+    wait_for_sync(&d, "synced with one peer", |s| {
+        s["state"] == "synced" && s["peers_connected"] == 1
+    })
+    .await;
+    let h = host(&d).await;
+    assert_eq!(h["chain"]["sync"]["headers_from_peers"], 2100);
+    assert!(h["chain"]["sync"]["last_header_at"].as_u64().is_some());
+    let metrics = d.call("GET", "/metrics", None, None).await.text();
+    assert!(
+        metrics.contains("coinop_chain_tip_height 2100"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("coinop_chain_sync_state{state=\"synced\"} 1"),
+        "{metrics}"
+    );
+    // bcoin's own view of a header coinopd now holds, byte for byte the same block.
+    let mid = node.rpc("getblockhash", serde_json::json!([1500])).await;
+    let hdr = node
+        .rpc("getblockheader", serde_json::json!([mid, true]))
+        .await;
+    assert_eq!(hdr["height"], 1500);
+
+    // A new block is announced and followed.
+    let next = node.generate(1).await;
+    wait_for_tip(&d, &next[0], Duration::from_secs(30)).await;
+
+    // bcoin goes away: coinopd notices, keeps serving, and reconnects when it is back.
+    node.stop();
+    wait_for_sync(&d, "no peers", |s| {
+        s["state"] == "no_peers" && s["peers_connected"] == 0
+    })
+    .await;
+    node.restart();
+    let after = node.generate(3).await;
+    wait_for_tip(&d, &after[2], Duration::from_secs(90)).await;
+    assert_eq!(host(&d).await["chain"]["height"], 2104);
+    d.shutdown().await;
+}
+
+/// A header on `prev` whose hash does NOT meet its own (regtest) target.
+fn header_with_bad_pow(prev: &Header) -> Header {
+    let bits = prev.bits;
+    let mut h = Header {
+        version: Version::from_consensus(0x2000_0000),
+        prev_blockhash: prev.block_hash(),
+        merkle_root: TxMerkleNode::from_byte_array([7; 32]),
+        time: prev.time + 600,
+        bits,
+        nonce: 0,
+    };
+    while Target::from_compact(CompactTarget::from_consensus(bits.to_consensus()))
+        .is_met_by(h.block_hash())
+    {
+        h.nonce += 1;
+    }
+    h
+}
+
+async fn send(stream: &mut tokio::net::TcpStream, msg: NetworkMessage) {
+    let bytes = encode::serialize(&RawNetworkMessage::new(Magic::REGTEST, msg));
+    stream.write_all(&bytes).await.expect("write to coinopd");
+}
+
+async fn recv(stream: &mut tokio::net::TcpStream) -> Option<NetworkMessage> {
+    let mut head = [0u8; 24];
+    stream.read_exact(&mut head).await.ok()?;
+    let len = u32::from_le_bytes([head[16], head[17], head[18], head[19]]) as usize;
+    let mut buf = head.to_vec();
+    buf.resize(24 + len, 0);
+    stream.read_exact(&mut buf[24..]).await.ok()?;
+    let raw: RawNetworkMessage = encode::deserialize(&buf).expect("coinopd sends valid messages");
+    Some(raw.into_payload())
+}
+
+/// A peer written for this test with the `bitcoin` crate's messages: it completes the
+/// handshake, and answers the first `getheaders` with a header that fails proof of work.
+/// Returns how many connections it saw over `watch` and whether coinopd closed the first.
+async fn hostile_peer(listener: tokio::net::TcpListener, watch: Duration) -> (u32, bool) {
+    let (mut s, _) = listener.accept().await.expect("coinopd connects");
+    let talk = async {
+        while let Some(msg) = recv(&mut s).await {
+            match msg {
+                NetworkMessage::Version(_) => {
+                    let addr = s.peer_addr().unwrap();
+                    let mut v = VersionMessage::new(
+                        ServiceFlags::NETWORK | ServiceFlags::WITNESS,
+                        0,
+                        Address::new(&addr, ServiceFlags::NONE),
+                        Address::new(&s.local_addr().unwrap(), ServiceFlags::NONE),
+                        1,
+                        "/hostile:0.1/".into(),
+                        5,
+                    );
+                    v.version = 70016;
+                    send(&mut s, NetworkMessage::Version(v)).await;
+                    send(&mut s, NetworkMessage::Verack).await;
+                }
+                NetworkMessage::GetHeaders(_) => {
+                    let genesis =
+                        bitcoin::constants::genesis_block(bitcoin::Network::Regtest).header;
+                    let bad = header_with_bad_pow(&genesis);
+                    send(&mut s, NetworkMessage::Headers(vec![bad])).await;
+                }
+                _ => {}
+            }
+        }
+    };
+    // The loop ends when coinopd closes the connection.
+    let closed = tokio::time::timeout(Duration::from_secs(30), talk)
+        .await
+        .is_ok();
+    let mut connections = 1;
+    let deadline = tokio::time::Instant::now() + watch;
+    while let Ok(Ok(_)) = tokio::time::timeout_at(deadline, listener.accept()).await {
+        connections += 1;
+    }
+    (connections, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_a_header_with_bad_pow_is_banned_while_bcoin_keeps_the_chain_going() {
+    let Some(bcoin) = bcoin_dir() else { return };
+    let dir = StateDir::new();
+    let node = Bcoin::start(&bcoin, None);
+    let mined = node.generate(20).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hostile_addr = listener.local_addr().unwrap().to_string();
+    // Back-off starts at 0.5 s: an unbanned peer would be called again well within 5 s.
+    let hostile = tokio::spawn(hostile_peer(listener, Duration::from_secs(5)));
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            "--network",
+            "regtest",
+            "--bitcoin-peer",
+            &hostile_addr,
+            "--bitcoin-peer",
+            &node.p2p_addr(),
+        ],
+    )
+    .await;
+    wait_for_tip(&d, mined.last().unwrap(), Duration::from_secs(60)).await;
+    let (connections, closed) = hostile.await.unwrap();
+    assert!(
+        closed,
+        "coinopd kept talking to a peer that sent bad proof of work"
+    );
+    assert_eq!(connections, 1, "a banned peer was connected to again");
+    let h = host(&d).await;
+    let sync = &h["chain"]["sync"];
+    assert_eq!(sync["peers_banned"], 1, "{sync}");
+    assert_eq!(sync["peers_connected"], 1, "{sync}");
+    assert_eq!(h["chain"]["height"], 20);
+    let metrics = d.call("GET", "/metrics", None, None).await.text();
+    assert!(
+        metrics.contains("coinop_chain_sync_peers_banned 1"),
+        "{metrics}"
+    );
+    d.shutdown().await;
+}
