@@ -9,7 +9,8 @@ use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
 use bitcoin::secp256k1::Secp256k1;
 use payment::credit::{Mint, MintLimits};
 use payment::onchain::{
-    AddressDeriver, AddressKind, ChainNetwork, Checkpoint, HeaderChain, QuoteBook,
+    default_checkpoint, AddressDeriver, AddressKind, ChainNetwork, Checkpoint, HeaderChain,
+    QuoteBook,
 };
 use payment::spent_set::GroupCommitSpentSet;
 use thiserror::Error;
@@ -101,6 +102,21 @@ fn chain_network(n: bitcoin::Network) -> ChainNetwork {
     }
 }
 
+/// The header chain: a new one starts at the network's shipped checkpoint (mainnet:
+/// block 840,000); a chain file an earlier coinopd started at genesis is kept as it is.
+fn open_chain(path: &Path, network: ChainNetwork) -> Result<HeaderChain, StartError> {
+    let shipped = default_checkpoint(network);
+    match HeaderChain::open(path, network, shipped) {
+        Err(payment::onchain::ChainError::StoreCorrupt { .. })
+            if shipped != Checkpoint::genesis(network) =>
+        {
+            // Only a file that opens from genesis is taken; any other mismatch stays an error.
+            HeaderChain::open(path, network, Checkpoint::genesis(network)).map_err(Into::into)
+        }
+        other => other.map_err(Into::into),
+    }
+}
+
 fn dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
     move |source| StartError::StateDir {
         path: path.display().to_string(),
@@ -163,11 +179,7 @@ impl AppState {
         let spent = Arc::new(GroupCommitSpentSet::open(&ledger_path)?);
         let mint = Mint::open(&config.state_dir, spent, MintLimits::default())?;
         let network = chain_network(config.network);
-        let chain = HeaderChain::open(
-            &config.state_dir.join("headers.dat"),
-            network,
-            Checkpoint::genesis(network),
-        )?;
+        let chain = open_chain(&config.state_dir.join("headers.dat"), network)?;
         let xpub = operator_xpub(&config)?;
         let deriver = AddressDeriver::new(&xpub, AddressKind::P2wpkh, network)?;
         let quotes = QuoteBook::open(&ledger_path, deriver)?;

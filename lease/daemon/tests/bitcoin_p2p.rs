@@ -244,3 +244,26 @@ async fn a_peer_sending_a_header_with_bad_pow_is_banned_while_bcoin_keeps_the_ch
     );
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_mainnet_host_starts_at_the_shipped_checkpoint() {
+    use bitcoin::bip32::{Xpriv, Xpub};
+    let dir = StateDir::new();
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let xpriv = Xpriv::new_master(bitcoin::Network::Bitcoin, &[7u8; 32]).unwrap();
+    let xpub = Xpub::from_priv(&secp, &xpriv).to_string();
+    let d = Daemon::start(dir.path(), &["--network", "bitcoin", "--xpub", &xpub]).await;
+    let h = host(&d).await;
+    assert_eq!(h["network"], "mainnet");
+    assert_eq!(h["chain"]["height"], 840_000);
+    assert_eq!(
+        h["chain"]["hash"],
+        "0000000000000000000320283a032748cef8227873ff4872689bf23f1cda83a5"
+    );
+    assert_eq!(h["chain"]["sync"]["state"], "off");
+    d.shutdown().await;
+    // The chain file keeps that start across a restart.
+    let d = Daemon::start(dir.path(), &["--network", "bitcoin", "--xpub", &xpub]).await;
+    assert_eq!(host(&d).await["chain"]["height"], 840_000);
+    d.shutdown().await;
+}

@@ -214,8 +214,17 @@ impl Session<'_> {
     }
 
     async fn get_headers(&mut self) -> Result<(), SessionError> {
+        self.get_headers_after(None).await
+    }
+
+    /// `getheaders` from the chain's locator, with `first` (a header just received, not
+    /// yet stored) in front of it.
+    async fn get_headers_after(&mut self, first: Option<BlockHash>) -> Result<(), SessionError> {
         let chain = Arc::clone(&self.ctx.chain);
-        let locator = blocking(move || chain.locator()).await?;
+        let mut locator = blocking(move || chain.locator()).await?;
+        if let Some(hash) = first {
+            locator.insert(0, hash);
+        }
         self.awaiting_headers = Some(Instant::now());
         self.send(NetworkMessage::GetHeaders(GetHeadersMessage::new(
             locator,
@@ -254,6 +263,14 @@ impl Session<'_> {
             return Ok(());
         }
         let full = headers.len() == MAX_HEADERS_PER_MESSAGE;
+        if full {
+            // Ask for the next batch before checking this one, so the peer prepares it
+            // while the chain validates and stores: sync runs at the slower of the two
+            // rather than their sum. An invalid batch ends the session anyway.
+            let last = headers.last().map(Header::block_hash);
+            self.ctx.status.caught_up(&self.ctx.label, false);
+            self.get_headers_after(last).await?;
+        }
         let chain = Arc::clone(&self.ctx.chain);
         match blocking(move || chain.accept_headers(&headers)).await? {
             Ok(out) => {
@@ -262,13 +279,10 @@ impl Session<'_> {
                 if out.added > 0 {
                     tracing::debug!(peer = %self.ctx.label, added = out.added, tip = out.tip.height, "headers from peer");
                 }
-                if full {
-                    self.ctx.status.caught_up(&self.ctx.label, false);
-                    self.get_headers().await
-                } else {
+                if !full {
                     self.ctx.status.caught_up(&self.ctx.label, true);
-                    Ok(())
                 }
+                Ok(())
             }
             Err(e) if e.is_unconnected_start() => {
                 self.unconnecting += 1;

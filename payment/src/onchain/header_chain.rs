@@ -69,6 +69,9 @@ pub enum HeaderSource {
 pub struct Checkpoint {
     pub height: u32,
     pub header: Header,
+    /// Cumulative work of the chain up to this block, when known (a shipped checkpoint);
+    /// otherwise the chain counts from this block's own work.
+    pub chainwork: Option<u128>,
 }
 
 impl Checkpoint {
@@ -76,6 +79,7 @@ impl Checkpoint {
         Checkpoint {
             height: 0,
             header: network.genesis_header(),
+            chainwork: None,
         }
     }
 
@@ -95,7 +99,19 @@ impl Checkpoint {
             });
         }
         check_pow(network.pow_limit(), &header)?;
-        Ok(Checkpoint { height, header })
+        Ok(Checkpoint {
+            height,
+            header,
+            chainwork: None,
+        })
+    }
+
+    /// The same checkpoint with the chain's cumulative work up to it.
+    pub fn with_chainwork(self, chainwork: u128) -> Self {
+        Checkpoint {
+            chainwork: Some(chainwork),
+            ..self
+        }
     }
 }
 
@@ -188,7 +204,10 @@ fn checkpoint_entry(rules: &Rules, checkpoint: &Checkpoint) -> Result<Entry, Cha
     check_pow(rules.params.max_attainable_target, &checkpoint.header).map_err(reject)?;
     Ok(Entry {
         hash: hash.to_byte_array(),
-        chainwork: block_work(checkpoint.header.bits).map_err(reject)?,
+        chainwork: match checkpoint.chainwork {
+            Some(work) => work,
+            None => block_work(checkpoint.header.bits).map_err(reject)?,
+        },
         time: checkpoint.header.time,
         bits: checkpoint.header.bits.to_consensus(),
         prev: Entry::NO_PREV,

@@ -4,6 +4,7 @@
 //! each paying outpoint once in the [`crate::spent_set`].
 
 pub mod chain_store;
+pub mod checkpoints;
 pub mod error;
 pub mod header_chain;
 pub mod network;
@@ -17,6 +18,7 @@ pub mod receive_address;
 pub mod regtest_fixtures;
 pub mod retarget;
 
+pub use checkpoints::default_checkpoint;
 pub use error::{ChainError, HeaderError, PaymentError, PriceError, QuoteError};
 pub use header_chain::{AppendOutcome, BlockInfo, Checkpoint, HeaderChain, HeaderSource, Tip};
 pub use network::ChainNetwork;
