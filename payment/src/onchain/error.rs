@@ -149,7 +149,7 @@ pub enum PaymentError {
     },
     #[error("proof's partial merkle tree is invalid: {0}")]
     BadMerkleProof(String),
-    #[error("proof matches {matched:?}, not exactly transaction {txid}")]
+    #[error("proof matches {matched:?}, not transaction {txid}")]
     ProofForOtherTx { txid: Txid, matched: Vec<Txid> },
     #[error("block {hash} is not in the host's header chain")]
     BlockNotInChain { hash: BlockHash },
