@@ -10,7 +10,7 @@ use bitcoin::secp256k1::Secp256k1;
 use payment::credit::{Mint, MintLimits};
 use payment::onchain::{
     default_checkpoint, AddressDeriver, AddressKind, ChainNetwork, Checkpoint, HeaderChain,
-    QuoteBook,
+    PaymentWatch, QuoteBook,
 };
 use payment::spent_set::GroupCommitSpentSet;
 use thiserror::Error;
@@ -46,6 +46,8 @@ pub enum StartError {
     Quote(#[from] payment::onchain::QuoteError),
     #[error("spent set: {0}")]
     SpentSet(#[from] payment::spent_set::SpentSetError),
+    #[error("payment watch: {0}")]
+    Watch(#[from] payment::onchain::WatchError),
     #[error("isolation: {0}")]
     Isolation(#[from] crate::isolation::IsolationError),
     #[error("--xpub is required on {0} (only regtest generates a throwaway one)")]
@@ -71,7 +73,11 @@ pub struct AppState {
     pub chain: Arc<RwLock<HeaderChain>>,
     /// What the P2P header sync is doing (`GET /v1/host`, `/metrics`).
     pub chain_sync: Arc<coinop_bitcoin_net::SyncStatus>,
-    pub quotes: QuoteBook,
+    pub quotes: Arc<QuoteBook>,
+    /// Outputs paying quotes that the host saw in blocks from its peers.
+    pub watch: Arc<PaymentWatch>,
+    /// The spent set the mint and the ledger claim in (read here for quote status).
+    pub spent: Arc<GroupCommitSpentSet>,
     pub supervisor: Supervisor,
     pub capacity: Mutex<Capacity>,
     pub metrics: Metrics,
@@ -177,12 +183,13 @@ impl AppState {
         // Swaps from many wallets at once share one fsync per batch; lease payments claim
         // inside the ledger's own transaction instead (one commit with the balance).
         let spent = Arc::new(GroupCommitSpentSet::open(&ledger_path)?);
-        let mint = Mint::open(&config.state_dir, spent, MintLimits::default())?;
+        let mint = Mint::open(&config.state_dir, spent.clone(), MintLimits::default())?;
+        let watch = Arc::new(PaymentWatch::open(&ledger_path)?);
         let network = chain_network(config.network);
         let chain = open_chain(&config.state_dir.join("headers.dat"), network)?;
         let xpub = operator_xpub(&config)?;
         let deriver = AddressDeriver::new(&xpub, AddressKind::P2wpkh, network)?;
-        let quotes = QuoteBook::open(&ledger_path, deriver)?;
+        let quotes = Arc::new(QuoteBook::open(&ledger_path, deriver)?);
         let (tx, rx) = mpsc::unbounded_channel();
         let isolation = Arc::new(Isolation::start(&config)?);
         let supervisor =
@@ -207,6 +214,8 @@ impl AppState {
             chain: Arc::new(RwLock::new(chain)),
             chain_sync: Arc::default(),
             quotes,
+            watch,
+            spent,
             supervisor,
             capacity: Mutex::new(capacity),
             metrics,

@@ -267,3 +267,179 @@ async fn a_new_mainnet_host_starts_at_the_shipped_checkpoint() {
     assert_eq!(host(&d).await["chain"]["height"], 840_000);
     d.shutdown().await;
 }
+
+/// The address part of a quote's `request` / address (a bare address or a BIP21 URI).
+fn bare_address(text: &str) -> &str {
+    let text = text.strip_prefix("bitcoin:").unwrap_or(text);
+    text.split('?').next().unwrap_or(text)
+}
+
+/// bcoin's wallet pays `sat` to `address` (coinop's spelling); returns the tx (id, raw hex).
+async fn wallet_pays(node: &Bcoin, address: &str, sat: u64) -> (String, String) {
+    let sent = node
+        .wallet(
+            "POST",
+            "/wallet/primary/send",
+            serde_json::json!({
+                "outputs": [{"address": common::bcoin::to_bcoin_address(bare_address(address)), "value": sat}],
+                "rate": 1000,
+            }),
+        )
+        .await;
+    let txid = sent["hash"]
+        .as_str()
+        .unwrap_or_else(|| panic!("bcoin's wallet did not send: {sent}"))
+        .to_string();
+    let raw = sent["tx"]
+        .as_str()
+        .expect("raw tx in the send reply")
+        .to_string();
+    (txid, raw)
+}
+
+async fn quote_view(d: &Daemon, id: &str) -> Value {
+    let r = d.call("GET", &format!("/v1/quotes/{id}"), None, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bcoins_wallet_pays_a_quote_the_host_sees_it_and_its_txoutproof_mints() {
+    let Some(bcoin) = bcoin_dir() else { return };
+    let dir = StateDir::new();
+    let node = Bcoin::start_with_wallet(&bcoin);
+    let funds = node
+        .wallet(
+            "POST",
+            "/wallet/primary/address",
+            serde_json::json!({"account": "default"}),
+        )
+        .await["address"]
+        .as_str()
+        .expect("a wallet address")
+        .to_string();
+    // 101 blocks: the first coinbase matures, the wallet has coins to send.
+    node.rpc("generatetoaddress", serde_json::json!([101, funds]))
+        .await;
+    let d = Daemon::start(
+        dir.path(),
+        &["--network", "regtest", "--bitcoin-peer", &node.p2p_addr()],
+    )
+    .await;
+    wait_for_tip(&d, &node.best_hash().await, Duration::from_secs(60)).await;
+
+    // A lease quote, paid by bcoin's wallet: unpaid, then seen once mined.
+    let q = d.quote(1, 64, 3600).await;
+    let qid = q["quote_id"].as_str().unwrap().to_string();
+    assert_eq!(quote_view(&d, &qid).await["status"], "unpaid");
+    let by_id = serde_json::json!({"onchain": {"quote_id": qid}});
+    let r = d
+        .call(
+            "POST",
+            "/v1/leases",
+            None,
+            Some(common::leases::testguest_body("mode=echo", by_id.clone())),
+        )
+        .await;
+    assert_eq!(r.status, 402, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "payment_not_seen");
+
+    let amount = q["amount_sat"].as_u64().unwrap();
+    let (txid, _) = wallet_pays(&node, q["address"].as_str().unwrap(), amount).await;
+    let mined = node
+        .rpc("generatetoaddress", serde_json::json!([1, funds]))
+        .await;
+    let block = mined[0].as_str().unwrap().to_string();
+    let announced = Instant::now();
+    loop {
+        let v = quote_view(&d, &qid).await;
+        if v["status"] == "seen" {
+            assert_eq!(v["confirmations"], 1, "{v}");
+            break;
+        }
+        assert!(
+            announced.elapsed() < Duration::from_secs(60),
+            "the payment {txid} in {block} was never seen: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "block announced -> quote seen (fundable by quote id): {} ms",
+        announced.elapsed().as_millis()
+    );
+
+    if common::kvm_or_skip() {
+        let lease = d
+            .create_lease(common::leases::testguest_body("mode=echo", by_id.clone()))
+            .await;
+        assert_eq!(quote_view(&d, &qid).await["status"], "paid");
+        // The same payment cannot pay twice.
+        let r = d
+            .call(
+                "POST",
+                "/v1/leases",
+                None,
+                Some(common::leases::testguest_body("mode=echo", by_id)),
+            )
+            .await;
+        assert_eq!(r.status, 409, "{}", r.text());
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+
+    // A mint quote paid by bcoin's wallet in a block with another payment, proved by
+    // bcoin's own gettxoutproof covering both transactions.
+    let r = d
+        .call(
+            "POST",
+            "/v1/mint/quote/onchain",
+            None,
+            Some(serde_json::json!({"amount": 1000, "unit": "sat"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mq = r.json();
+    let mqid = mq["quote"].as_str().unwrap().to_string();
+    let (mint_txid, mint_raw) = wallet_pays(&node, mq["request"].as_str().unwrap(), 1000).await;
+    let other = d.quote(1, 64, 3600).await;
+    let (other_txid, _) = wallet_pays(
+        &node,
+        other["address"].as_str().unwrap(),
+        other["amount_sat"].as_u64().unwrap(),
+    )
+    .await;
+    let mined = node
+        .rpc("generatetoaddress", serde_json::json!([1, funds]))
+        .await;
+    let block = mined[0].as_str().unwrap().to_string();
+    wait_for_tip(&d, &block, Duration::from_secs(60)).await;
+    let proof = node
+        .rpc(
+            "gettxoutproof",
+            serde_json::json!([[other_txid, mint_txid], block]),
+        )
+        .await;
+    let wallet = common::Wallet::new(&d).await;
+    let blanks = wallet.outputs(&payment::credit::amount::split(1000));
+    let outputs: Vec<_> = blanks.iter().map(|b| &b.msg).collect();
+    let body = serde_json::json!({
+        "payment": {"quote_id": mqid, "tx_hex": mint_raw, "proof_hex": proof},
+        "outputs": outputs,
+    });
+    let r = d.call("POST", "/v1/mint/onchain", None, Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sigs: Vec<payment::credit::nut_types::BlindSignature> =
+        serde_json::from_value(r.json()["signatures"].clone()).unwrap();
+    let proofs = wallet.unblind(&blanks, &sigs);
+    assert_eq!(proofs.iter().map(|p| p.amount).sum::<u64>(), 1000);
+    // The mint never takes a payment by quote id alone (credit is bearer money).
+    let r = d
+        .call(
+            "POST",
+            "/v1/mint/onchain",
+            None,
+            Some(serde_json::json!({"payment": {"quote_id": mqid}, "outputs": []})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    d.shutdown().await;
+}

@@ -159,6 +159,13 @@ pub struct QuoteResponse {
     pub bip21: String,
     /// Unix seconds.
     pub expires_at: i64,
+    /// `GET /v1/quotes/{id}` only: `unpaid`, `seen` (a payment the host saw on the best
+    /// chain, not yet used), `paid` (used for a lease) or `expired` (unpaid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// With `seen` and `paid`: confirmations of the deepest block that paid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmations: Option<u32>,
 }
 
 /// `POST /v1/chain/headers`.

@@ -6,7 +6,8 @@
 //! - [`codec`]: reading and writing framed messages (magic, command, length, checksum);
 //! - [`handshake`]: `version`/`verack` with one peer;
 //! - [`session`]: one connected peer: `sendheaders`, `getheaders` from a block locator,
-//!   `headers` and `inv` announcements, `ping`/`pong`, and the verdict on a bad header;
+//!   `headers` and `inv` announcements, `ping`/`pong`, the verdict on a bad header, and
+//!   the full blocks (`getdata` witness block) the host wants to scan for payments;
 //! - [`peer_set`]: one task per configured peer (and DNS-seed peers when asked): connect,
 //!   reconnect with exponential back-off, ban a misbehaving peer for a while;
 //! - [`status`]: what the daemon shows (peers connected, syncing or synced, last header).
@@ -22,6 +23,7 @@ pub mod session;
 pub mod status;
 
 use bitcoin::block::Header;
+use bitcoin::Block;
 use bitcoin::BlockHash;
 use payment::onchain::{AppendOutcome, ChainError, Tip};
 
@@ -38,4 +40,26 @@ pub trait ChainAccess: Send + Sync + 'static {
     fn knows(&self, hash: &BlockHash) -> bool;
     /// Validates and stores headers from an untrusted peer, all or nothing.
     fn accept_headers(&self, headers: &[Header]) -> Result<AppendOutcome, ChainError>;
+
+    /// Best-chain blocks whose transactions the host wants to look at (at most `max`,
+    /// oldest first); none by default.
+    fn blocks_wanted(&self, _max: usize) -> Vec<BlockHash> {
+        Vec::new()
+    }
+
+    /// A full block a peer sent for [`ChainAccess::blocks_wanted`].
+    fn block_received(&self, _block: Block) -> Result<(), BlockRejected> {
+        Ok(())
+    }
+}
+
+/// Why a block from a peer was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockRejected {
+    /// The block does not match its header (the peer's fault: it is banned).
+    #[error("invalid block: {0}")]
+    Invalid(String),
+    /// The host could not use it (storage): not the peer's fault.
+    #[error("block not used: {0}")]
+    Local(String),
 }

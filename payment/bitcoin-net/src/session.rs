@@ -32,6 +32,8 @@ use crate::ChainAccess;
 /// A `headers` message carries at most this many (the protocol's limit): a full one means
 /// the peer has more.
 pub const MAX_HEADERS_PER_MESSAGE: usize = 2000;
+/// Blocks asked for at once from one peer.
+const MAX_BLOCKS_IN_FLIGHT: usize = 16;
 /// Headers messages in a row that connect to nothing before the peer counts as misbehaving
 /// (Bitcoin Core's MAX_NUM_UNCONNECTING_HEADERS_MSGS).
 const MAX_UNCONNECTING: u32 = 10;
@@ -162,6 +164,7 @@ async fn run_inner(mut stream: TcpStream, ctx: &SessionContext) -> Result<Never,
         awaiting_headers: None,
         unconnecting: 0,
         ping: None,
+        blocks_in_flight: Vec::new(),
     };
     s.send(NetworkMessage::SendHeaders).await?;
     s.get_headers().await?;
@@ -184,6 +187,10 @@ async fn run_inner(mut stream: TcpStream, ctx: &SessionContext) -> Result<Never,
                         return Err(SessionError::Stalled(ctx.timers.headers_timeout));
                     }
                 }
+                if s.blocks_in_flight.iter().any(|(_, t)| now.duration_since(*t) > ctx.timers.headers_timeout) {
+                    return Err(SessionError::Stalled(ctx.timers.headers_timeout));
+                }
+                s.request_blocks().await?;
                 if now >= next_ping {
                     if s.ping.is_some() {
                         return Err(SessionError::PingTimeout(ctx.timers.ping_interval));
@@ -205,6 +212,8 @@ struct Session<'a> {
     awaiting_headers: Option<Instant>,
     unconnecting: u32,
     ping: Option<u64>,
+    /// Blocks asked for with `getdata` and not yet received, with when they were asked.
+    blocks_in_flight: Vec<(BlockHash, Instant)>,
 }
 
 impl Session<'_> {
@@ -237,6 +246,16 @@ impl Session<'_> {
         match msg {
             NetworkMessage::Headers(headers) => self.on_headers(headers).await,
             NetworkMessage::Inv(items) => self.on_inv(items).await,
+            NetworkMessage::Block(block) => self.on_block(block).await,
+            NetworkMessage::NotFound(items) => {
+                // A pruned peer may not have an old block: stop waiting for it here.
+                self.blocks_in_flight.retain(|(h, _)| {
+                    !items.iter().any(
+                        |i| matches!(i, Inventory::WitnessBlock(x) | Inventory::Block(x) if x == h),
+                    )
+                });
+                Ok(())
+            }
             NetworkMessage::Ping(nonce) => self.send(NetworkMessage::Pong(nonce)).await,
             NetworkMessage::Pong(nonce) => {
                 if self.ping == Some(nonce) {
@@ -281,6 +300,7 @@ impl Session<'_> {
                 }
                 if !full {
                     self.ctx.status.caught_up(&self.ctx.label, true);
+                    self.request_blocks().await?;
                 }
                 Ok(())
             }
@@ -297,6 +317,48 @@ impl Session<'_> {
             }
             Err(e) if e.is_peer_fault() => Err(SessionError::Misbehaved(e.to_string())),
             Err(e) => Err(SessionError::Chain(e)),
+        }
+    }
+
+    /// Asks for the blocks the host wants, up to the in-flight limit.
+    async fn request_blocks(&mut self) -> Result<(), SessionError> {
+        let room = MAX_BLOCKS_IN_FLIGHT.saturating_sub(self.blocks_in_flight.len());
+        if room == 0 || self.awaiting_headers.is_some() {
+            return Ok(());
+        }
+        let chain = Arc::clone(&self.ctx.chain);
+        let wanted = blocking(move || chain.blocks_wanted(MAX_BLOCKS_IN_FLIGHT)).await?;
+        let now = Instant::now();
+        let new: Vec<BlockHash> = wanted
+            .into_iter()
+            .filter(|h| !self.blocks_in_flight.iter().any(|(x, _)| x == h))
+            .take(room)
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.blocks_in_flight.extend(new.iter().map(|h| (*h, now)));
+        self.send(NetworkMessage::GetData(
+            new.into_iter().map(Inventory::WitnessBlock).collect(),
+        ))
+        .await
+    }
+
+    async fn on_block(&mut self, block: bitcoin::Block) -> Result<(), SessionError> {
+        let hash = block.block_hash();
+        let before = self.blocks_in_flight.len();
+        self.blocks_in_flight.retain(|(h, _)| *h != hash);
+        if self.blocks_in_flight.len() == before {
+            // Not asked for (a peer pushing blocks): ignored.
+            return Ok(());
+        }
+        let chain = Arc::clone(&self.ctx.chain);
+        match blocking(move || chain.block_received(block)).await? {
+            Ok(()) => self.request_blocks().await,
+            Err(e @ crate::BlockRejected::Invalid(_)) => {
+                Err(SessionError::Misbehaved(e.to_string()))
+            }
+            Err(e) => Err(SessionError::Worker(e.to_string())),
         }
     }
 

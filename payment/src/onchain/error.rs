@@ -169,6 +169,12 @@ pub enum PaymentError {
     Insufficient { paid_msat: u64, required_msat: u64 },
     #[error("outpoint {outpoint} has already paid for something")]
     AlreadySpent { outpoint: OutPoint },
+    #[error("no confirmed payment to quote {quote_id} seen yet")]
+    NotSeen { quote_id: String },
+    #[error("payment by quote id alone is not accepted here: send tx_hex and proof_hex")]
+    ProofRequired,
+    #[error("seen payments: {0}")]
+    SeenStorage(String),
     #[error("spent set: {0}")]
     SpentSet(SpentSetError),
 }
@@ -192,6 +198,9 @@ impl PaymentError {
             PaymentError::WrongAddress { .. } => "wrong_address",
             PaymentError::Insufficient { .. } => "insufficient_payment",
             PaymentError::AlreadySpent { .. } => "already_spent",
+            PaymentError::NotSeen { .. } => "payment_not_seen",
+            PaymentError::ProofRequired => "proof_required",
+            PaymentError::SeenStorage(_) => "payment_watch_storage",
             PaymentError::SpentSet(_) => "spent_set_storage",
         }
     }

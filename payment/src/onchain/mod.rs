@@ -8,6 +8,8 @@ pub mod checkpoints;
 pub mod error;
 pub mod header_chain;
 pub mod network;
+#[cfg(feature = "sqlite")]
+pub mod payment_watch;
 pub mod price;
 pub mod proof;
 pub mod quote;
@@ -22,6 +24,10 @@ pub use checkpoints::default_checkpoint;
 pub use error::{ChainError, HeaderError, PaymentError, PriceError, QuoteError};
 pub use header_chain::{AppendOutcome, BlockInfo, Checkpoint, HeaderChain, HeaderSource, Tip};
 pub use network::ChainNetwork;
+#[cfg(feature = "sqlite")]
+pub use payment_watch::{
+    check_block, scan_block, BlockError, PaymentWatch, SeenOutput, WatchError,
+};
 pub use price::{msat_to_sat_ceil, price, Prices, Spec};
 pub use proof::{
     check_inclusion, check_payment, parse_proof, parse_tx, spend_error, verify_and_claim,

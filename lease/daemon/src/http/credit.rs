@@ -122,7 +122,8 @@ pub async fn mint(
     let out = blocking(move || {
         let credit = {
             let chain = s2.chain_read();
-            verify_onchain(&chain, &s2.quotes, s2.config.min_conf, &req.payment)?
+            // Minted credit is bearer money: only a payment proved in the request mints it.
+            verify_onchain(&chain, &s2.quotes, None, s2.config.min_conf, &req.payment)?
         };
         let paid_sat = credit.amount_msat / 1000;
         let note = format!("mint quote {}", req.payment.quote_id);

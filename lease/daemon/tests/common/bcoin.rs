@@ -61,6 +61,7 @@ pub struct Bcoin {
     _stdin: Option<ChildStdin>,
     dir: PathBuf,
     prefix: Option<PathBuf>,
+    wallet: bool,
     pub p2p_port: u16,
     pub rpc_port: u16,
     api_key: String,
@@ -69,13 +70,30 @@ pub struct Bcoin {
 impl Bcoin {
     /// Starts bcoin on fresh ports; `prefix` keeps its chain on disk (to restart it).
     pub fn start(dir: &Path, prefix: Option<&Path>) -> Bcoin {
+        Self::start_with(dir, prefix, false)
+    }
+
+    /// Starts bcoin with its wallet (HTTP API on `rpc_port + 1`).
+    pub fn start_with_wallet(dir: &Path) -> Bcoin {
+        Self::start_with(dir, None, true)
+    }
+
+    fn start_with(dir: &Path, prefix: Option<&Path>, wallet: bool) -> Bcoin {
+        let rpc_port = loop {
+            // The wallet takes the port after the node's: both must be free.
+            let p = free_port();
+            if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+        };
         let mut b = Bcoin {
             child: None,
             _stdin: None,
             dir: dir.to_path_buf(),
             prefix: prefix.map(Path::to_path_buf),
+            wallet,
             p2p_port: free_port(),
-            rpc_port: free_port(),
+            rpc_port,
             api_key: format!("coinop-test-{}", std::process::id()),
         };
         b.launch();
@@ -95,6 +113,9 @@ impl Bcoin {
             .stderr(Stdio::inherit());
         if let Some(p) = &self.prefix {
             cmd.args(["--prefix", &p.display().to_string()]);
+        }
+        if self.wallet {
+            cmd.arg("--wallet");
         }
         let mut child = cmd.spawn().expect("start node for bcoin");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -138,16 +159,36 @@ impl Bcoin {
 
     /// One JSON-RPC call over loopback HTTP with basic auth.
     pub async fn rpc(&self, method: &str, params: Value) -> Value {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.rpc_port))
+        let v = self
+            .http(
+                self.rpc_port,
+                "POST",
+                "/",
+                json!({"method": method, "params": params}),
+            )
+            .await;
+        assert!(v["error"].is_null(), "bcoin {method}: {}", v["error"]);
+        v["result"].clone()
+    }
+
+    /// A call to bcoin's wallet HTTP API (`/wallet/...`).
+    pub async fn wallet(&self, method: &str, path: &str, body: Value) -> Value {
+        self.http(self.rpc_port + 1, method, path, body).await
+    }
+
+    async fn http(&self, port: u16, method: &str, path: &str, body: Value) -> Value {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
-            .expect("connect to bcoin's RPC");
+            .expect("connect to bcoin's HTTP API");
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .expect("HTTP handshake with bcoin");
         tokio::spawn(conn);
         let auth = base64::engine::general_purpose::STANDARD.encode(format!("x:{}", self.api_key));
-        let body = json!({"method": method, "params": params}).to_string();
-        let req = hyper::Request::post("/")
+        let body = body.to_string();
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, "127.0.0.1")
             .header(hyper::header::AUTHORIZATION, format!("Basic {auth}"))
             .header(hyper::header::CONTENT_TYPE, "application/json")
@@ -158,10 +199,12 @@ impl Bcoin {
             .await
             .expect("bcoin's reply body")
             .to_bytes();
-        let v: Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|e| panic!("bcoin {method}: {e}: {}", String::from_utf8_lossy(&bytes)));
-        assert!(v["error"].is_null(), "bcoin {method}: {}", v["error"]);
-        v["result"].clone()
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "bcoin {method} {path}: {e}: {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
     }
 
     /// Mines `n` blocks to a throwaway address; returns their hashes.
@@ -189,6 +232,15 @@ impl Drop for Bcoin {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `address` (a regtest segwit address as coinop writes it, `bcrt1...`) as bcoin 1.0.2
+/// writes it (`rb1...`): the same witness program under bcoin's prefix.
+pub fn to_bcoin_address(address: &str) -> String {
+    use bitcoin::bech32::{segwit, Hrp};
+    let (_, version, program) = segwit::decode(address).expect("a segwit address");
+    segwit::encode(Hrp::parse("rb").expect("valid hrp"), version, &program)
+        .expect("the same program encodes")
 }
 
 /// A P2WPKH address on regtest in bcoin 1.0.2's spelling (`rb`, where Bitcoin Core now
