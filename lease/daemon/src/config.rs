@@ -194,6 +194,11 @@ pub struct Settings {
     /// 86400).
     #[arg(long)]
     pub bitcoin_ban_s: Option<u64>,
+    /// Confirmations an on-chain payment needs before it mints credit (`POST
+    /// /v1/mint/onchain`; default 6, 1 on regtest). Credit is bearer money that cannot be
+    /// taken back after a reorg, so it waits longer than a lease (--min-conf); never less.
+    #[arg(long)]
+    pub mint_min_conf: Option<u32>,
 }
 
 /// Resolved settings.
@@ -236,6 +241,7 @@ pub struct Config {
     pub bitcoin_peers: Vec<String>,
     pub bitcoin_dns_seeds: bool,
     pub bitcoin_ban_s: u64,
+    pub mint_min_conf: u32,
 }
 
 impl Settings {
@@ -291,6 +297,7 @@ impl Settings {
             },
             bitcoin_dns_seeds: self.bitcoin_dns_seeds || file.bitcoin_dns_seeds,
             bitcoin_ban_s: self.bitcoin_ban_s.or(file.bitcoin_ban_s),
+            mint_min_conf: self.mint_min_conf.or(file.mint_min_conf),
         }
     }
 
@@ -410,6 +417,10 @@ impl Settings {
             bitcoin_peers: self.bitcoin_peers,
             bitcoin_dns_seeds: self.bitcoin_dns_seeds,
             bitcoin_ban_s: self.bitcoin_ban_s.unwrap_or(24 * 60 * 60),
+            mint_min_conf: self.mint_min_conf.unwrap_or(match network {
+                bitcoin::Network::Regtest => 1,
+                _ => 6,
+            }),
         };
         for (flag, value) in [
             ("tick-ms", config.tick_ms),

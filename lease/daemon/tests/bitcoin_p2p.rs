@@ -304,7 +304,7 @@ async fn quote_view(d: &Daemon, id: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bcoins_wallet_pays_a_quote_the_host_sees_it_and_its_txoutproof_mints() {
+async fn bcoins_wallet_pays_a_quote_the_host_sees_it_and_its_txoutproof_mints_at_mint_min_conf() {
     let Some(bcoin) = bcoin_dir() else { return };
     let dir = StateDir::new();
     let node = Bcoin::start_with_wallet(&bcoin);
@@ -323,7 +323,14 @@ async fn bcoins_wallet_pays_a_quote_the_host_sees_it_and_its_txoutproof_mints() 
         .await;
     let d = Daemon::start(
         dir.path(),
-        &["--network", "regtest", "--bitcoin-peer", &node.p2p_addr()],
+        &[
+            "--network",
+            "regtest",
+            "--bitcoin-peer",
+            &node.p2p_addr(),
+            "--mint-min-conf",
+            "2",
+        ],
     )
     .await;
     wait_for_tip(&d, &node.best_hash().await, Duration::from_secs(60)).await;
@@ -425,6 +432,16 @@ async fn bcoins_wallet_pays_a_quote_the_host_sees_it_and_its_txoutproof_mints() 
         "payment": {"quote_id": mqid, "tx_hex": mint_raw, "proof_hex": proof},
         "outputs": outputs,
     });
+    // One confirmation is enough for a lease, not for minting (--mint-min-conf 2).
+    let r = d
+        .call("POST", "/v1/mint/onchain", None, Some(body.clone()))
+        .await;
+    assert_eq!(r.status, 402, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "not_confirmed");
+    let deeper = node
+        .rpc("generatetoaddress", serde_json::json!([1, funds]))
+        .await;
+    wait_for_tip(&d, deeper[0].as_str().unwrap(), Duration::from_secs(60)).await;
     let r = d.call("POST", "/v1/mint/onchain", None, Some(body)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let sigs: Vec<payment::credit::nut_types::BlindSignature> =

@@ -122,8 +122,10 @@ pub async fn mint(
     let out = blocking(move || {
         let credit = {
             let chain = s2.chain_read();
-            // Minted credit is bearer money: only a payment proved in the request mints it.
-            verify_onchain(&chain, &s2.quotes, None, s2.config.min_conf, &req.payment)?
+            // Minted credit is bearer money that no reorg can take back: only a payment
+            // proved in the request mints it, and only at --mint-min-conf.
+            let need = s2.config.mint_min_conf.max(s2.config.min_conf);
+            verify_onchain(&chain, &s2.quotes, None, need, &req.payment)?
         };
         let paid_sat = credit.amount_msat / 1000;
         let note = format!("mint quote {}", req.payment.quote_id);
