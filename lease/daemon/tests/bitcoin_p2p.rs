@@ -391,6 +391,44 @@ async fn bcoins_wallet_pays_a_quote_the_host_sees_it_and_its_txoutproof_mints_at
             .await;
         assert_eq!(r.status, 409, "{}", r.text());
         d.stop_lease(&lease.id, &lease.token).await;
+
+        // The tenant CLI pays by quote id too: `coinop lease create --quote-id Q`.
+        let q2 = d.quote(1, 64, 3600).await;
+        let q2id = q2["quote_id"].as_str().unwrap().to_string();
+        wallet_pays(
+            &node,
+            q2["address"].as_str().unwrap(),
+            q2["amount_sat"].as_u64().unwrap(),
+        )
+        .await;
+        let mined = node
+            .rpc("generatetoaddress", serde_json::json!([1, funds]))
+            .await;
+        wait_for_tip(&d, mined[0].as_str().unwrap(), Duration::from_secs(60)).await;
+        let key_dir = dir.path().join("cli-home");
+        std::fs::create_dir_all(&key_dir).unwrap();
+        let args = [
+            &["--json"][..],
+            &common::cli_process::lease_create_args(&["--quote-id", &q2id]),
+        ]
+        .concat();
+        // HOME: where the CLI keeps the create's recovery key.
+        let out =
+            common::cli_process::coinop_async(&d.socket, &args, &[("HOME", key_dir.as_path())])
+                .await;
+        assert!(
+            out.status.success(),
+            "coinop lease create --quote-id: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let created: Value = serde_json::from_slice(&out.stdout).expect("--json reply");
+        d.stop_lease(
+            created["lease_id"].as_str().unwrap(),
+            created["token"].as_str().unwrap(),
+        )
+        .await;
+        assert_eq!(quote_view(&d, &q2id).await["status"], "paid");
     }
 
     // A mint quote paid by bcoin's wallet in a block with another payment, proved by

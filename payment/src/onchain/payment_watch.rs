@@ -148,6 +148,16 @@ impl PaymentWatch {
     /// paid in a block mined before the host issued it).
     pub fn start_height(&self, tip_height: u32) -> Result<u32, WatchError> {
         let conn = self.lock();
+        // Asked every few seconds: read first, write (and fsync) only the first time.
+        let known: Option<u32> = conn
+            .query_row("SELECT height FROM watch_start WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(storage)?;
+        if let Some(h) = known {
+            return Ok(h);
+        }
         conn.execute(
             "INSERT OR IGNORE INTO watch_start (id, height) VALUES (1, ?1)",
             params![tip_height],
