@@ -199,6 +199,14 @@ pub struct Settings {
     /// taken back after a reorg, so it waits longer than a lease (--min-conf); never less.
     #[arg(long)]
     pub mint_min_conf: Option<u32>,
+    /// Confirmations after which an accepted on-chain lease payment is settled: until then
+    /// a reorg that takes its block off the best chain freezes the lease (default 6).
+    #[arg(long)]
+    pub settle_conf: Option<u32>,
+    /// How long a lease frozen by a reorg waits for its payment to confirm again before it
+    /// is stopped with `payment_reorged`, seconds (default 3600).
+    #[arg(long)]
+    pub reorg_window_s: Option<u64>,
 }
 
 /// Resolved settings.
@@ -242,6 +250,8 @@ pub struct Config {
     pub bitcoin_dns_seeds: bool,
     pub bitcoin_ban_s: u64,
     pub mint_min_conf: u32,
+    pub settle_conf: u32,
+    pub reorg_window_s: u64,
 }
 
 impl Settings {
@@ -298,6 +308,8 @@ impl Settings {
             bitcoin_dns_seeds: self.bitcoin_dns_seeds || file.bitcoin_dns_seeds,
             bitcoin_ban_s: self.bitcoin_ban_s.or(file.bitcoin_ban_s),
             mint_min_conf: self.mint_min_conf.or(file.mint_min_conf),
+            settle_conf: self.settle_conf.or(file.settle_conf),
+            reorg_window_s: self.reorg_window_s.or(file.reorg_window_s),
         }
     }
 
@@ -421,6 +433,8 @@ impl Settings {
                 bitcoin::Network::Regtest => 1,
                 _ => 6,
             }),
+            settle_conf: self.settle_conf.unwrap_or(6),
+            reorg_window_s: self.reorg_window_s.unwrap_or(3600),
         };
         for (flag, value) in [
             ("tick-ms", config.tick_ms),

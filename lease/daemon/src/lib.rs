@@ -13,6 +13,7 @@
 //! | [`guest_stop`], [`vmm_process`] | carrying out a guest stop; a VMM found again by pid and start time |
 //! | [`ledger`] | SQLite, one file per table or job: leases, balances, payments claimed in the same transaction, refunds, metering ticks, quotes, a lost create reply's recovery ([`ledger::recovery`]) |
 //! | [`chain_sync`] | the host's header chain fed by Bitcoin peers over P2P (`coinop_bitcoin_net`) |
+//! | [`payment_reorgs`] | on-chain lease payments followed to a settled depth: a lease whose paying block leaves the best chain is frozen, then thawed or stopped |
 //! | [`scheduler`] | the tick that debits (`payment::metering`), pauses and stops |
 //! | [`supervisor`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, its events (`vmm_protocol`), stop |
 //! | [`isolation`] | the daemon's use of `coinop_host` (jail, cgroups, guest network, slot pool) |
@@ -38,6 +39,7 @@ mod leases;
 pub mod ledger;
 pub mod log_writer;
 mod metrics;
+pub mod payment_reorgs;
 mod scheduler;
 pub mod state_dir;
 mod stops_in_flight;

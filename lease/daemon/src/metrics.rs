@@ -12,10 +12,11 @@ use coinop_proto::LeaseState;
 
 type Labels = Vec<(String, String)>;
 
-const ALL_STATES: [LeaseState; 4] = [
+const ALL_STATES: [LeaseState; 5] = [
     LeaseState::Booting,
     LeaseState::Running,
     LeaseState::PausedUnfunded,
+    LeaseState::PausedReorg,
     LeaseState::Stopped,
 ];
 

@@ -498,3 +498,160 @@ async fn bcoins_wallet_pays_a_quote_the_host_sees_it_and_its_txoutproof_mints_at
     assert_eq!(r.status, 400, "{}", r.text());
     d.shutdown().await;
 }
+
+async fn wait_for_quote(d: &Daemon, id: &str, status: &str) {
+    let start = Instant::now();
+    loop {
+        let v = quote_view(d, id).await;
+        if v["status"] == status {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "quote never became {status}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn lease_state(d: &Daemon, id: &str, token: &str) -> Value {
+    let r = d
+        .call("GET", &format!("/v1/leases/{id}"), Some(token), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+async fn wait_for_lease(d: &Daemon, id: &str, token: &str, state: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = lease_state(d, id, token).await;
+        if v["state"] == state {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "lease never became {state}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Makes bcoin drop `block` from its best chain and mine a longer branch without it (bcoin's
+/// invalidateblock does not put the block's transactions back into its mempool).
+async fn reorg_away(node: &Bcoin, d: &Daemon, block: &str, funds: &str) {
+    node.rpc("invalidateblock", serde_json::json!([block]))
+        .await;
+    let branch = node
+        .rpc("generatetoaddress", serde_json::json!([2, funds]))
+        .await;
+    wait_for_tip(d, branch[1].as_str().unwrap(), Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reorged_payment_freezes_its_lease_which_thaws_when_it_confirms_again_or_stops() {
+    let Some(bcoin) = bcoin_dir() else { return };
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let node = Bcoin::start_with_wallet(&bcoin);
+    let funds = node
+        .wallet(
+            "POST",
+            "/wallet/primary/address",
+            serde_json::json!({"account": "default"}),
+        )
+        .await["address"]
+        .as_str()
+        .expect("a wallet address")
+        .to_string();
+    node.rpc("generatetoaddress", serde_json::json!([101, funds]))
+        .await;
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            "--network",
+            "regtest",
+            "--bitcoin-peer",
+            &node.p2p_addr(),
+            "--settle-conf",
+            "6",
+            "--reorg-window-s",
+            "3",
+        ],
+    )
+    .await;
+    wait_for_tip(&d, &node.best_hash().await, Duration::from_secs(60)).await;
+    let q = d.quote(1, 64, 3600).await;
+    let qid = q["quote_id"].as_str().unwrap().to_string();
+    let (_, raw) = wallet_pays(
+        &node,
+        q["address"].as_str().unwrap(),
+        q["amount_sat"].as_u64().unwrap(),
+    )
+    .await;
+    let paying = node
+        .rpc("generatetoaddress", serde_json::json!([1, funds]))
+        .await[0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for_tip(&d, &paying, Duration::from_secs(60)).await;
+    wait_for_quote(&d, &qid, "seen").await;
+    let lease = d
+        .create_lease(common::leases::testguest_body(
+            "mode=echo",
+            serde_json::json!({"onchain": {"quote_id": qid}}),
+        ))
+        .await;
+    wait_for_lease(&d, &lease.id, &lease.token, "running").await;
+
+    // The paying block is reorged away: the lease is frozen, its balance untouched.
+    reorg_away(&node, &d, &paying, &funds).await;
+    let frozen = wait_for_lease(&d, &lease.id, &lease.token, "paused_reorg").await;
+    let balance = frozen["balance_msat"].clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still = lease_state(&d, &lease.id, &lease.token).await;
+    assert_eq!(still["state"], "paused_reorg");
+    assert_eq!(
+        still["balance_msat"], balance,
+        "a frozen lease is not metered"
+    );
+
+    // The same transaction confirms again in another block: the lease runs again.
+    node.rpc("sendrawtransaction", serde_json::json!([raw]))
+        .await;
+    let again = node
+        .rpc("generatetoaddress", serde_json::json!([1, funds]))
+        .await[0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for_tip(&d, &again, Duration::from_secs(60)).await;
+    wait_for_lease(&d, &lease.id, &lease.token, "running").await;
+
+    // Reorged away again, and not back within the 3 s window: stopped, never refunded.
+    reorg_away(&node, &d, &again, &funds).await;
+    wait_for_lease(&d, &lease.id, &lease.token, "paused_reorg").await;
+    let stopped = wait_for_lease(&d, &lease.id, &lease.token, "stopped").await;
+    assert_eq!(stopped["stop_reason"], "payment_reorged", "{stopped}");
+    let wallet = common::Wallet::new(&d).await;
+    let blanks = wallet.outputs(&[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]);
+    let outputs: Vec<_> = blanks.iter().map(|b| &b.msg).collect();
+    let r = d
+        .call(
+            "POST",
+            &format!("/v1/leases/{}/stop", lease.id),
+            Some(&lease.token),
+            Some(serde_json::json!({"outputs": outputs})),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        409,
+        "a payment_reorged lease refunds nothing: {}",
+        r.text()
+    );
+    d.shutdown().await;
+}

@@ -269,6 +269,31 @@ impl PaymentWatch {
         Ok(out)
     }
 
+    /// The blocks `outpoint` was seen paying a quote in (any branch).
+    pub fn blocks_with(&self, outpoint: &OutPoint) -> Result<Vec<BlockHash>, WatchError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT block_hash FROM watch_seen_outputs WHERE txid = ?1 AND vout = ?2",
+            )
+            .map_err(storage)?;
+        let rows = stmt
+            .query_map(
+                params![outpoint.txid.as_byte_array().as_slice(), outpoint.vout],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .map_err(storage)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let bytes = row.map_err(storage)?;
+            out.push(
+                BlockHash::from_slice(&bytes)
+                    .map_err(|e| WatchError::Storage(format!("seen block hash: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
     /// Whether a scan was ever recorded for a quote (any output seen).
     pub fn any_seen(&self, quote_id: &str) -> Result<bool, WatchError> {
         let conn = self.lock();
@@ -326,5 +351,9 @@ mod tests {
         assert_eq!(w.seen_for("q1").unwrap(), seen);
         assert_eq!(w.scanned(0, 5).unwrap().get(&1), Some(&block.block_hash()));
         assert!(!w.any_seen("q2").unwrap());
+        assert_eq!(
+            w.blocks_with(&seen[0].outpoint).unwrap(),
+            vec![block.block_hash()]
+        );
     }
 }

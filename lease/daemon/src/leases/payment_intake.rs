@@ -76,6 +76,7 @@ pub fn verify_onchain(
         reference,
         amount_msat: v.amount_msat,
         keys,
+        block_hash: Some(v.block_hash.to_string()),
     })
 }
 
@@ -132,13 +133,18 @@ pub fn seen_payment(
             required_msat: quote.amount_msat,
         });
     }
-    let info = chain.block(&first.block_hash);
+    // The shallowest block that paid: the payment settles when that one does.
+    let last = counted
+        .iter()
+        .max_by_key(|s| s.height)
+        .expect("counted is not empty");
+    let info = chain.block(&last.block_hash);
     Ok(VerifiedPayment {
         txid: first.outpoint.txid,
         outpoints: counted.iter().map(|s| s.outpoint).collect(),
         amount_msat: paid_msat,
-        block_hash: first.block_hash,
-        height: first.height,
+        block_hash: last.block_hash,
+        height: last.height,
         confirmations: info.map_or(0, |b| b.confirmations),
         late: counted
             .iter()
@@ -157,5 +163,6 @@ pub fn verify_credit(mint: &Mint, p: &CreditPayment) -> Result<Credit, LeaseErro
         reference: format!("{} proofs", v.keys.len()),
         amount_msat,
         keys: v.keys,
+        block_hash: None,
     })
 }

@@ -28,6 +28,7 @@ mod lifecycle;
 mod payments;
 mod quotes;
 pub mod recovery;
+pub mod reorg;
 mod schema;
 #[cfg(test)]
 mod test_support;
@@ -135,6 +136,8 @@ pub struct Credit {
     pub reference: String,
     pub amount_msat: u64,
     pub keys: Vec<SpendKey>,
+    /// On-chain: the paying block, watched until the payment settles.
+    pub block_hash: Option<String>,
 }
 
 pub struct Ledger {
