@@ -390,6 +390,20 @@ async fn bcoins_wallet_pays_a_quote_the_host_sees_it_and_its_txoutproof_mints_at
             )
             .await;
         assert_eq!(r.status, 409, "{}", r.text());
+        // A refund is credit: not before the payment is --mint-min-conf (2) deep.
+        let wallet = common::Wallet::new(&d).await;
+        let blanks = wallet.outputs(&[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]);
+        let outputs: Vec<_> = blanks.iter().map(|b| &b.msg).collect();
+        let r = d
+            .call(
+                "POST",
+                &format!("/v1/leases/{}/stop", lease.id),
+                Some(&lease.token),
+                Some(serde_json::json!({"outputs": outputs})),
+            )
+            .await;
+        assert_eq!(r.status, 409, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "state_conflict");
         d.stop_lease(&lease.id, &lease.token).await;
 
         // The tenant CLI pays by quote id too: `coinop lease create --quote-id Q`.

@@ -59,6 +59,18 @@ impl Ledger {
         })
     }
 
+    /// The block hashes of the lease's on-chain payments still followed.
+    pub fn unsettled_blocks_of(&self, lease_id: &str) -> Result<Vec<String>, LedgerError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT block_hash FROM payments
+                 WHERE lease_id = ?1 AND block_hash IS NOT NULL AND settled = 0",
+            )?;
+            let rows = stmt.query_map([lease_id], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
+        })
+    }
+
     /// The payment is deep enough (`settled` 1), or was given up after the window (2).
     pub fn settle_payment(&self, payment_id: i64, given_up: bool) -> Result<(), LedgerError> {
         self.with_tx(|tx| {

@@ -124,6 +124,12 @@ pub(super) fn add_missing_columns(conn: &Connection) -> Result<(), LedgerError> 
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS payments_payment_digest ON payments(payment_digest)",
     )?;
+    // What every metering tick asks for (`Ledger::unsettled_payments`): the few on-chain
+    // payments not yet settled, among every payment ever taken.
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS payments_unsettled ON payments(lease_id)
+         WHERE block_hash IS NOT NULL AND settled = 0",
+    )?;
     Ok(())
 }
 
