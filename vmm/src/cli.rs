@@ -18,8 +18,14 @@ pub const MAX_VCPUS: u32 = 32;
 )]
 pub struct Args {
     /// Kernel image: an ELF vmlinux (PVH note honoured) or a bzImage.
-    #[arg(long)]
-    pub kernel: PathBuf,
+    #[arg(long, required_unless_present = "restore")]
+    pub kernel: Option<PathBuf>,
+    /// Start from the snapshot in this directory (written by the control command
+    /// `snapshot`) instead of booting a kernel; the guest's vCPUs and memory are the
+    /// snapshot's. Its virtio devices get the backends of `--disk`/`--net`, which must
+    /// match the snapshot's devices in number, kind and order.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "mem_mib"])]
+    pub restore: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long)]
     pub initrd: Option<PathBuf>,
@@ -35,6 +41,10 @@ pub struct Args {
     /// Console output: stdout, file:PATH or none.
     #[arg(long, default_value = "stdout", value_parser = parse_serial)]
     pub serial: SerialOut,
+    /// Console output kept at most, in bytes; after it one marker line, then nothing
+    /// (a guest printing without end must not fill the host's disk).
+    #[arg(long = "serial-max-bytes")]
+    pub serial_max_bytes: Option<u64>,
     /// Control socket: a path to create, or fd:N for an inherited listening socket.
     #[arg(long, value_parser = parse_control)]
     pub control: Option<ControlSocket>,
@@ -166,8 +176,12 @@ fn parse_events(value: &str) -> Result<EventsOut, String> {
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Kernel path.
+    /// Kernel path (empty with `restore`).
     pub kernel: PathBuf,
+    /// `--restore DIR`: the snapshot to start from; kernel, initrd, command line, vCPUs and
+    /// memory are then the snapshot's, not the fields here (`disks`/`nets` are the backends
+    /// of its virtio devices).
+    pub restore: Option<PathBuf>,
     /// Initrd path.
     pub initrd: Option<PathBuf>,
     /// Command line.
@@ -178,6 +192,8 @@ pub struct Config {
     pub mem_mib: u64,
     /// Console output.
     pub serial: SerialOut,
+    /// Console bytes kept at most (`None`: no cap).
+    pub serial_max_bytes: Option<u64>,
     /// Control socket.
     pub control: Option<ControlSocket>,
     /// Event stream.
@@ -192,8 +208,9 @@ pub struct Config {
 
 /// Outcome of parsing: run, or print help/version and exit 0.
 pub enum Parsed {
-    /// Run with this configuration; events count from `start_time_us` if given.
-    Run(Config, Option<u64>),
+    /// Run with this configuration; events count from `start_time_us` if given. Boxed:
+    /// the configuration is large beside the help text.
+    Run(Box<Config>, Option<u64>),
     /// `--help` or `--version` text.
     Info(String),
 }
@@ -212,7 +229,7 @@ where
         }
     };
     let start = args.start_time_us;
-    Ok(Parsed::Run(validate(args, host_mib)?, start))
+    Ok(Parsed::Run(Box::new(validate(args, host_mib)?), start))
 }
 
 /// clap's multi-line message up to its usage section, on one line.
@@ -264,12 +281,14 @@ fn validate(args: Args, host_mib: Option<u64>) -> Result<Config, Error> {
     check_fds_distinct(&args)?;
     let seccomp = seccomp_policy(&args);
     Ok(Config {
-        kernel: args.kernel,
+        kernel: args.kernel.unwrap_or_default(),
+        restore: args.restore,
         initrd: args.initrd,
         cmdline: args.cmdline,
         vcpus: args.vcpus as u8,
         mem_mib: args.mem_mib,
         serial: args.serial,
+        serial_max_bytes: args.serial_max_bytes,
         control: args.control,
         events: args.events,
         seccomp,
@@ -340,7 +359,7 @@ mod tests {
     fn run(args: &[&str]) -> Result<Config, Error> {
         let full = std::iter::once("coinop-vmm").chain(args.iter().copied());
         match parse(full, Some(1024))? {
-            Parsed::Run(c, _) => Ok(c),
+            Parsed::Run(c, _) => Ok(*c),
             Parsed::Info(_) => panic!("unexpected help output for {args:?}"),
         }
     }
@@ -365,9 +384,12 @@ mod tests {
             "fd:0",
             "--events",
             "fd:2",
+            "--serial-max-bytes",
+            "65536",
         ])
         .expect("valid");
         assert_eq!(c.serial, SerialOut::File("/tmp/x".into()));
+        assert_eq!(c.serial_max_bytes, Some(65536));
         assert_eq!(c.control, Some(ControlSocket::Fd(0)));
         assert_eq!(c.events, EventsOut::Fd(2));
         let c = run(&[
@@ -381,6 +403,7 @@ mod tests {
         .expect("valid");
         assert_eq!(c.control, Some(ControlSocket::Path("/run/vm.sock".into())));
         assert_eq!(c.serial, SerialOut::None);
+        assert_eq!(c.serial_max_bytes, None, "uncapped unless asked");
     }
 
     #[test]
@@ -436,6 +459,31 @@ mod tests {
             "fd=9,mac=02:00:00:00:00:02",
         ];
         assert!(matches!(run(&taps), Err(Error::FdTwice(9))));
+    }
+
+    #[test]
+    fn restore_replaces_the_kernel_and_excludes_the_machine_flags() {
+        let c = run(&["--restore", "/snap", "--serial", "none"]).expect("valid");
+        assert_eq!(c.restore, Some(PathBuf::from("/snap")));
+        let c = run(&["--restore", "/snap", "--disk", "path=/lease.img"]).expect("valid");
+        assert_eq!(
+            c.disks.len(),
+            1,
+            "backends for the snapshot's virtio devices"
+        );
+        for extra in [
+            ["--kernel", "k"],
+            ["--vcpus", "2"],
+            ["--mem-mib", "64"],
+            ["--cmdline", "x"],
+        ] {
+            let mut args = vec!["--restore", "/snap"];
+            args.extend(extra);
+            assert!(
+                matches!(run(&args), Err(Error::Syntax(_))),
+                "{args:?} accepted"
+            );
+        }
     }
 
     #[test]

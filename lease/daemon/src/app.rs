@@ -9,7 +9,7 @@ use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
 use bitcoin::secp256k1::Secp256k1;
 use payment::credit::{Mint, MintLimits};
 use payment::onchain::{
-    default_checkpoint, AddressDeriver, AddressKind, ChainNetwork, Checkpoint, HeaderChain,
+    default_checkpoint, AddressDeriver, ChainNetwork, Checkpoint, HeaderChain, IndexPolicy,
     PaymentWatch, QuoteBook,
 };
 use payment::spent_set::GroupCommitSpentSet;
@@ -98,16 +98,6 @@ pub struct AppState {
 
 pub type Shared = Arc<AppState>;
 
-fn chain_network(n: bitcoin::Network) -> ChainNetwork {
-    match n {
-        bitcoin::Network::Bitcoin => ChainNetwork::Mainnet,
-        bitcoin::Network::Testnet => ChainNetwork::Testnet3,
-        bitcoin::Network::Testnet4 => ChainNetwork::Testnet4,
-        bitcoin::Network::Signet => ChainNetwork::Signet,
-        bitcoin::Network::Regtest => ChainNetwork::Regtest,
-    }
-}
-
 /// The header chain: a new one starts at the network's shipped checkpoint (mainnet:
 /// block 840,000); a chain file an earlier coinopd started at genesis is kept as it is.
 fn open_chain(path: &Path, network: ChainNetwork) -> Result<HeaderChain, StartError> {
@@ -185,15 +175,27 @@ impl AppState {
         let spent = Arc::new(GroupCommitSpentSet::open(&ledger_path)?);
         let mint = Mint::open(&config.state_dir, spent.clone(), MintLimits::default())?;
         let watch = Arc::new(PaymentWatch::open(&ledger_path)?);
-        let network = chain_network(config.network);
+        let network = config.chain_network();
         let chain = open_chain(&config.state_dir.join("headers.dat"), network)?;
         let xpub = operator_xpub(&config)?;
-        let deriver = AddressDeriver::new(&xpub, AddressKind::P2wpkh, network)?;
-        let quotes = Arc::new(QuoteBook::open(&ledger_path, deriver)?);
+        let deriver = AddressDeriver::for_key(&xpub, config.address_type, network)?;
+        let quotes = Arc::new(
+            QuoteBook::open(&ledger_path, deriver)?
+                .with_policy(IndexPolicy {
+                    reuse_after_us: config.quote_reuse_after_s.saturating_mul(1_000_000),
+                    max_open: config.max_open_quotes,
+                })
+                .with_dust_floor(config.quote_dust_floor),
+        );
         let (tx, rx) = mpsc::unbounded_channel();
         let isolation = Arc::new(Isolation::start(&config)?);
-        let supervisor =
-            Supervisor::new(config.vmm_bin.clone(), isolation, Arc::clone(&ledger), tx);
+        let supervisor = Supervisor::new(
+            config.vmm_bin.clone(),
+            config.console_max_bytes,
+            isolation,
+            Arc::clone(&ledger),
+            tx,
+        );
         let capacity = Capacity::new(Totals {
             vcpus: config.sellable_vcpus(),
             mib: config.capacity_mib,

@@ -131,6 +131,10 @@ impl ChainAccess for SharedChain {
         let seen = scan_block(&block, info.height, &scripts);
         for s in &seen {
             tracing::info!(quote = %s.quote_id, outpoint = %s.outpoint, sat = s.amount_sat, height = s.height, "payment to a quote seen");
+            // Its address is paid: never handed to another quote, claimed or not.
+            self.quotes
+                .mark_paid(&s.quote_id)
+                .map_err(|e| BlockRejected::Local(e.to_string()))?;
         }
         self.watch
             .record_block(info.height, hash, &seen)

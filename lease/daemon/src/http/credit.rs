@@ -10,11 +10,12 @@ use payment::credit::nut_types::{
 };
 use payment::credit::receipt::{receipt, MINT_ONCHAIN};
 
-use super::host::QUOTE_TTL_S;
+use super::host::issue_quote;
 use super::json_body::JsonBody;
 use crate::app::Shared;
 use crate::clock::unix_s;
-use crate::http::error::{credit_error, quote_error, ApiError};
+use crate::http::degraded;
+use crate::http::error::{credit_error, ApiError};
 use crate::leases::payment_intake::verify_onchain;
 
 async fn blocking<T: Send + 'static>(
@@ -56,7 +57,14 @@ pub async fn swap(
     JsonBody(req): JsonBody<SwapRequest>,
 ) -> Result<Json<SwapResponse>, ApiError> {
     blocking(move || {
-        let signed = s.mint.swap(&req).map_err(credit_error)?;
+        if s.disk.degraded() {
+            let inputs = s.mint.validate_inputs(&req.inputs).map_err(credit_error)?;
+            degraded::admit_spending(&s, &inputs.keys)?;
+        }
+        let signed = s.mint.swap(&req).map_err(|e| {
+            s.disk.notice(e.storage_refused());
+            credit_error(e)
+        })?;
         crate::fault::hit(crate::fault::point::SWAP_COMMITTED);
         Ok(Json(signed))
     })
@@ -92,11 +100,7 @@ pub async fn mint_quote(
     }
     let amount = req.amount;
     blocking(move || {
-        let now_us = (unix_s() as u64).saturating_mul(1_000_000);
-        let q = s
-            .quotes
-            .create(amount * 1000, now_us, QUOTE_TTL_S * 1_000_000)
-            .map_err(quote_error)?;
+        let q = issue_quote(&s, amount.saturating_mul(1000))?;
         Ok(Json(MintQuoteOnchainResponse {
             quote: q.quote_id,
             request: q.bip21,
@@ -127,6 +131,7 @@ pub async fn mint(
             let need = s2.config.mint_min_conf.max(s2.config.min_conf);
             verify_onchain(&chain, &s2.quotes, None, need, &req.payment)?
         };
+        degraded::admit_spending(&s2, &credit.keys)?;
         let paid_sat = credit.amount_msat / 1000;
         let note = format!("mint quote {}", req.payment.quote_id);
         let receipt = receipt(MINT_ONCHAIN, &credit.keys, &req.outputs);

@@ -12,7 +12,7 @@ use payment::onchain::{
 
 use super::{blocking, LeaseError};
 use crate::app::Shared;
-use crate::ledger::Credit;
+use crate::ledger::{Credit, ONCHAIN_LATE};
 
 /// Credit payments with at most this many proofs are verified inline (each proof is one
 /// hash-to-curve and one point multiplication, tens of µs); bigger ones go to the pool.
@@ -44,10 +44,10 @@ pub async fn verify_payment(s: &Shared, p: PaymentBody) -> Result<Credit, LeaseE
     out
 }
 
-/// Verifies an on-chain payment for one of our quotes; the credit's kind says whether it
-/// arrived after the quote expired (`onchain_late`). A payment with neither `tx_hex` nor
-/// `proof_hex` is looked up among the outputs the host saw itself (`seen`; `None` where
-/// only a proof will do).
+/// Verifies an on-chain payment for one of our quotes and marks the quote paid; the
+/// credit's kind says whether it arrived after the quote expired (`onchain_late`). A
+/// payment with neither `tx_hex` nor `proof_hex` is looked up among the outputs the host
+/// saw itself (`seen`; `None` where only a proof will do).
 pub fn verify_onchain(
     chain: &HeaderChain,
     quotes: &QuoteBook,
@@ -64,6 +64,9 @@ pub fn verify_onchain(
         (true, Some(watch)) => seen_payment(chain, &quote, watch, min_conf)?,
         (true, None) => return Err(PaymentError::ProofRequired.into()),
     };
+    // A payment to this address exists: its index must never go to another quote, whether
+    // or not this claim goes through.
+    quotes.mark_paid(&quote.quote_id)?;
     let keys = v.spend_keys();
     let reference = v
         .outpoints
@@ -72,7 +75,7 @@ pub fn verify_onchain(
         .collect::<Vec<_>>()
         .join(",");
     Ok(Credit {
-        kind: if v.late { "onchain_late" } else { "onchain" },
+        kind: if v.late { ONCHAIN_LATE } else { "onchain" },
         reference,
         amount_msat: v.amount_msat,
         keys,
