@@ -6,6 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib/setup.sh"
 source "$(dirname "$0")/lib/leftover_vmms.sh"
+source "$(dirname "$0")/lib/bcoin.sh"
 cd "$COINOP_ROOT"
 coinop_setup
 coinop_install_packages "${COINOP_TEST_PACKAGES[@]}"
@@ -30,6 +31,10 @@ cargo fmt --all -- --check
 
 say "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+# bcoin, the real Bitcoin node the P2P tests sync from (cached; they SKIP without it).
+say "bcoin (regtest peer for the P2P tests)"
+coinop_install_bcoin || say "bcoin unavailable: the Bitcoin P2P tests will be SKIPPED"
 
 say "cargo test"
 TMPDIR=$COINOP_TEST_RUN_DIR/tmp cargo test --workspace 2>&1 | tee "$log"

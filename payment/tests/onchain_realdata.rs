@@ -52,10 +52,16 @@ fn testnet3_headers_from_genesis_reach_the_old_checkpoint() {
         .unwrap();
     assert_eq!(tip.hash, expected);
 
-    // The fork is a valid side branch with less work: kept, never best.
-    let out = chain
+    // The fork is a valid side branch 544 blocks short of the best chain: from an
+    // untrusted peer that is below the anti-DoS floor and is not stored ...
+    let err = chain
         .append(&fork, NOW_US, HeaderSource::Untrusted)
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(err.code(), "low_work_branch", "{err}");
+    assert!(err.is_peer_fault());
+    assert_eq!(chain.len(), 547);
+    // ... from the operator it is kept, never best.
+    let out = chain.append(&fork, NOW_US, HeaderSource::Operator).unwrap();
     assert_eq!(out.added, 2);
     assert!(!out.reorg);
     assert_eq!(chain.tip().hash, expected);

@@ -100,7 +100,8 @@ pub enum WalletCmd {
     },
 }
 
-/// How a create or top-up pays: exactly one of --payment, --credit, or --tx/--proof/--quote-id.
+/// How a create or top-up pays: exactly one of --payment, --credit, --tx/--proof/--quote-id,
+/// or --quote-id alone (the host saw the payment itself).
 #[derive(Debug, Clone, Args)]
 #[group(required = true, multiple = true)]
 pub struct PaymentArgs {
@@ -117,8 +118,10 @@ pub struct PaymentArgs {
     /// On-chain: the `gettxoutproof` output for it, hex (or @FILE).
     #[arg(long, value_name = "HEX", requires_all = ["tx", "quote_id"])]
     pub proof: Option<String>,
-    /// On-chain: the quote the transaction pays.
-    #[arg(long, value_name = "Q", requires_all = ["tx", "proof"])]
+    /// On-chain: the quote the transaction pays. Alone (no --tx/--proof): pay by quote id,
+    /// from any wallet, once the host has seen the payment in a block from its Bitcoin
+    /// peers (`coinopd --bitcoin-peer`).
+    #[arg(long, value_name = "Q")]
     pub quote_id: Option<String>,
 }
 

@@ -90,9 +90,15 @@ fn payment(p: &PaymentArgs) -> Result<PaymentBody, Exit> {
             tx_hex: input::read_hex("--tx", tx)?,
             proof_hex: input::read_hex("--proof", proof)?,
         })),
+        (None, None, Some(quote)) => Ok(PaymentBody::Onchain(OnchainPayment {
+            quote_id: quote.clone(),
+            tx_hex: String::new(),
+            proof_hex: String::new(),
+        })),
         // clap enforces the group; this is the message if it ever lets one through.
         _ => Err(Exit::usage(
-            "a payment needs --payment FILE, --credit FILE, or --tx, --proof and --quote-id",
+            "a payment needs --payment FILE, --credit FILE, --quote-id alone, or --tx, --proof \
+             and --quote-id",
         )),
     }
 }

@@ -9,7 +9,8 @@ use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
 use bitcoin::secp256k1::Secp256k1;
 use payment::credit::{Mint, MintLimits};
 use payment::onchain::{
-    AddressDeriver, ChainNetwork, Checkpoint, HeaderChain, IndexPolicy, QuoteBook,
+    default_checkpoint, AddressDeriver, ChainNetwork, Checkpoint, HeaderChain, IndexPolicy,
+    PaymentWatch, QuoteBook,
 };
 use payment::spent_set::GroupCommitSpentSet;
 use thiserror::Error;
@@ -45,6 +46,8 @@ pub enum StartError {
     Quote(#[from] payment::onchain::QuoteError),
     #[error("spent set: {0}")]
     SpentSet(#[from] payment::spent_set::SpentSetError),
+    #[error("payment watch: {0}")]
+    Watch(#[from] payment::onchain::WatchError),
     #[error("isolation: {0}")]
     Isolation(#[from] crate::isolation::IsolationError),
     #[error("--xpub is required on {0} (only regtest generates a throwaway one)")]
@@ -66,8 +69,15 @@ pub struct AppState {
     pub config: Config,
     pub ledger: Arc<Ledger>,
     pub mint: Mint,
-    pub chain: RwLock<HeaderChain>,
-    pub quotes: QuoteBook,
+    /// Shared with the P2P header sync ([`crate::chain_sync`]).
+    pub chain: Arc<RwLock<HeaderChain>>,
+    /// What the P2P header sync is doing (`GET /v1/host`, `/metrics`).
+    pub chain_sync: Arc<coinop_bitcoin_net::SyncStatus>,
+    pub quotes: Arc<QuoteBook>,
+    /// Outputs paying quotes that the host saw in blocks from its peers.
+    pub watch: Arc<PaymentWatch>,
+    /// The spent set the mint and the ledger claim in (read here for quote status).
+    pub spent: Arc<GroupCommitSpentSet>,
     pub supervisor: Supervisor,
     pub capacity: Mutex<Capacity>,
     pub metrics: Metrics,
@@ -87,6 +97,21 @@ pub struct AppState {
 }
 
 pub type Shared = Arc<AppState>;
+
+/// The header chain: a new one starts at the network's shipped checkpoint (mainnet:
+/// block 840,000); a chain file an earlier coinopd started at genesis is kept as it is.
+fn open_chain(path: &Path, network: ChainNetwork) -> Result<HeaderChain, StartError> {
+    let shipped = default_checkpoint(network);
+    match HeaderChain::open(path, network, shipped) {
+        Err(payment::onchain::ChainError::StoreCorrupt { .. })
+            if shipped != Checkpoint::genesis(network) =>
+        {
+            // Only a file that opens from genesis is taken; any other mismatch stays an error.
+            HeaderChain::open(path, network, Checkpoint::genesis(network)).map_err(Into::into)
+        }
+        other => other.map_err(Into::into),
+    }
+}
 
 fn dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
     move |source| StartError::StateDir {
@@ -148,21 +173,20 @@ impl AppState {
         // Swaps from many wallets at once share one fsync per batch; lease payments claim
         // inside the ledger's own transaction instead (one commit with the balance).
         let spent = Arc::new(GroupCommitSpentSet::open(&ledger_path)?);
-        let mint = Mint::open(&config.state_dir, spent, MintLimits::default())?;
+        let mint = Mint::open(&config.state_dir, spent.clone(), MintLimits::default())?;
+        let watch = Arc::new(PaymentWatch::open(&ledger_path)?);
         let network = config.chain_network();
-        let chain = HeaderChain::open(
-            &config.state_dir.join("headers.dat"),
-            network,
-            Checkpoint::genesis(network),
-        )?;
+        let chain = open_chain(&config.state_dir.join("headers.dat"), network)?;
         let xpub = operator_xpub(&config)?;
         let deriver = AddressDeriver::for_key(&xpub, config.address_type, network)?;
-        let quotes = QuoteBook::open(&ledger_path, deriver)?
-            .with_policy(IndexPolicy {
-                reuse_after_us: config.quote_reuse_after_s.saturating_mul(1_000_000),
-                max_open: config.max_open_quotes,
-            })
-            .with_dust_floor(config.quote_dust_floor);
+        let quotes = Arc::new(
+            QuoteBook::open(&ledger_path, deriver)?
+                .with_policy(IndexPolicy {
+                    reuse_after_us: config.quote_reuse_after_s.saturating_mul(1_000_000),
+                    max_open: config.max_open_quotes,
+                })
+                .with_dust_floor(config.quote_dust_floor),
+        );
         let (tx, rx) = mpsc::unbounded_channel();
         let isolation = Arc::new(Isolation::start(&config)?);
         let supervisor = Supervisor::new(
@@ -189,8 +213,11 @@ impl AppState {
             config,
             ledger,
             mint,
-            chain: RwLock::new(chain),
+            chain: Arc::new(RwLock::new(chain)),
+            chain_sync: Arc::default(),
             quotes,
+            watch,
+            spent,
             supervisor,
             capacity: Mutex::new(capacity),
             metrics,

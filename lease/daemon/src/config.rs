@@ -36,6 +36,8 @@ pub enum ConfigError {
     GuestNetwork(String),
     #[error(transparent)]
     Pool(#[from] PoolError),
+    #[error("--bitcoin-peer {0:?} is not HOST:PORT")]
+    BitcoinPeer(String),
     #[error("--address-type {0:?} is not one of p2wpkh, p2tr, p2sh-p2wpkh")]
     AddressType(String),
 }
@@ -206,6 +208,34 @@ pub struct Settings {
     /// quote takes the next address of the xpub; beyond the rate: 429 with Retry-After.
     #[arg(long)]
     pub quotes_per_min: Option<u32>,
+    /// A Bitcoin node to sync block headers from over the P2P protocol, HOST:PORT
+    /// (repeatable; e.g. the operator's own node). Every header still passes the host's
+    /// own chain checks; a peer that sends an invalid one is disconnected and banned.
+    #[arg(long = "bitcoin-peer")]
+    #[serde(default)]
+    pub bitcoin_peers: Vec<String>,
+    /// Also sync from peers found through the network's DNS seeds (mainnet, testnet3,
+    /// testnet4; off by default: the host then talks only to the peers it is given).
+    #[arg(long)]
+    #[serde(default)]
+    pub bitcoin_dns_seeds: bool,
+    /// How long a Bitcoin peer that sent an invalid header is banned, seconds (default
+    /// 86400).
+    #[arg(long)]
+    pub bitcoin_ban_s: Option<u64>,
+    /// Confirmations an on-chain payment needs before it mints credit (`POST
+    /// /v1/mint/onchain`; default 6, 1 on regtest). Credit is bearer money that cannot be
+    /// taken back after a reorg, so it waits longer than a lease (--min-conf); never less.
+    #[arg(long)]
+    pub mint_min_conf: Option<u32>,
+    /// Confirmations after which an accepted on-chain lease payment is settled: until then
+    /// a reorg that takes its block off the best chain freezes the lease (default 6).
+    #[arg(long)]
+    pub settle_conf: Option<u32>,
+    /// How long a lease frozen by a reorg waits for its payment to confirm again before it
+    /// is stopped with `payment_reorged`, seconds (default 3600).
+    #[arg(long)]
+    pub reorg_window_s: Option<u64>,
     /// Bytes of a guest's console output kept in its console file (default 1 MiB); after
     /// them one marker line, and the rest of the output is dropped, so a guest printing
     /// without end cannot fill the host's disk.
@@ -260,6 +290,12 @@ pub struct Config {
     pub header_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub quotes_per_min: u32,
+    pub bitcoin_peers: Vec<String>,
+    pub bitcoin_dns_seeds: bool,
+    pub bitcoin_ban_s: u64,
+    pub mint_min_conf: u32,
+    pub settle_conf: u32,
+    pub reorg_window_s: u64,
     pub console_max_bytes: u64,
 }
 
@@ -314,6 +350,16 @@ impl Settings {
             header_timeout_ms: self.header_timeout_ms.or(file.header_timeout_ms),
             idle_timeout_ms: self.idle_timeout_ms.or(file.idle_timeout_ms),
             quotes_per_min: self.quotes_per_min.or(file.quotes_per_min),
+            bitcoin_peers: if self.bitcoin_peers.is_empty() {
+                file.bitcoin_peers
+            } else {
+                self.bitcoin_peers
+            },
+            bitcoin_dns_seeds: self.bitcoin_dns_seeds || file.bitcoin_dns_seeds,
+            bitcoin_ban_s: self.bitcoin_ban_s.or(file.bitcoin_ban_s),
+            mint_min_conf: self.mint_min_conf.or(file.mint_min_conf),
+            settle_conf: self.settle_conf.or(file.settle_conf),
+            reorg_window_s: self.reorg_window_s.or(file.reorg_window_s),
             console_max_bytes: self.console_max_bytes.or(file.console_max_bytes),
         }
     }
@@ -392,6 +438,14 @@ impl Settings {
         let guest_ssh_ports =
             address_pool::parse_ports(self.guest_ssh_ports.as_deref().unwrap_or("22000-22999"))?;
         let guest_ssh_host = self.guest_ssh_host.unwrap_or_else(host_name);
+        for peer in &self.bitcoin_peers {
+            let port = peer
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
+                return Err(ConfigError::BitcoinPeer(peer.clone()));
+            }
+        }
         let config = Config {
             socket,
             socket_mode,
@@ -438,6 +492,15 @@ impl Settings {
             header_timeout_ms: self.header_timeout_ms.unwrap_or(10_000),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(30_000),
             quotes_per_min: self.quotes_per_min.unwrap_or(30),
+            bitcoin_peers: self.bitcoin_peers,
+            bitcoin_dns_seeds: self.bitcoin_dns_seeds,
+            bitcoin_ban_s: self.bitcoin_ban_s.unwrap_or(24 * 60 * 60),
+            mint_min_conf: self.mint_min_conf.unwrap_or(match network {
+                bitcoin::Network::Regtest => 1,
+                _ => 6,
+            }),
+            settle_conf: self.settle_conf.unwrap_or(6),
+            reorg_window_s: self.reorg_window_s.unwrap_or(3600),
             console_max_bytes: self.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
         };
         for (flag, value) in [

@@ -194,6 +194,8 @@ pub async fn serve(
     warn_if_socket_unreachable(&state.config);
     tracing::info!(socket = %state.config.socket.display(), network = %state.chain_network.name(), "coinopd listening");
     let scheduler = tokio::spawn(abort_on_panic(crate::scheduler::run(state.clone(), exits)));
+    // Headers from Bitcoin peers while the API serves.
+    let chain_sync = crate::chain_sync::start(&state);
     let app = crate::http::router(state.clone());
     crate::http::server::serve(listener, app, settings, shutdown).await;
     // Nobody can connect any more: a client finds no socket rather than a dead one.
@@ -201,6 +203,10 @@ pub async fn serve(
     // No new stops from the tick loop, then finish the accepted ones before the runtime
     // goes: a dropped stop task would leave its guest running with nobody metering it.
     scheduler.abort();
+    if let Some(sync) = chain_sync {
+        sync.abort();
+        let _ = sync.await;
+    }
     // Wait for the cancelled loop to be dropped, with its hold on the state (and so on the
     // state dir's lock): a daemon started again in this process must find it free.
     let _ = scheduler.await;

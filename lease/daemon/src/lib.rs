@@ -12,6 +12,8 @@
 //! | [`leases`] | the lease flows behind the handlers (create, recover, top up, stop, view) with typed outcomes and errors |
 //! | [`guest_stop`], [`vmm_process`], `vmm_exit_record` | carrying out a guest stop; a VMM found again by pid and start time; why a VMM that is not our child ended, from its log |
 //! | [`ledger`] | SQLite, one file per table or job: leases, balances, payments claimed in the same transaction, refunds, metering ticks, quotes, a lost create reply's recovery ([`ledger::recovery`]) |
+//! | [`chain_sync`] | the host's header chain fed by Bitcoin peers over P2P (`coinop_bitcoin_net`) |
+//! | [`payment_reorgs`] | on-chain lease payments followed to a settled depth: a lease whose paying block leaves the best chain is frozen, then thawed or stopped |
 //! | [`scheduler`] | the tick that debits (`payment::metering`), pauses and stops |
 //! | [`supervisor`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, its events (`vmm_protocol`), stop |
 //! | [`isolation`] | the daemon's use of `coinop_host` (jail, cgroups, guest network, slot pool) |
@@ -23,6 +25,7 @@
 
 pub mod app;
 mod capacity;
+pub mod chain_sync;
 pub mod clock;
 pub mod config;
 pub mod daemon;
@@ -36,6 +39,7 @@ mod leases;
 pub mod ledger;
 pub mod log_writer;
 mod metrics;
+pub mod payment_reorgs;
 mod scheduler;
 pub mod state_dir;
 mod stops_in_flight;

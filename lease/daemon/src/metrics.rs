@@ -12,10 +12,11 @@ use coinop_proto::LeaseState;
 
 type Labels = Vec<(String, String)>;
 
-const ALL_STATES: [LeaseState; 4] = [
+const ALL_STATES: [LeaseState; 5] = [
     LeaseState::Booting,
     LeaseState::Running,
     LeaseState::PausedUnfunded,
+    LeaseState::PausedReorg,
     LeaseState::Stopped,
 ];
 
@@ -29,6 +30,19 @@ pub struct Metrics {
     residual_msat: Counter,
     payments: Family<Labels, Counter>,
     storage: StorageMetrics,
+    chain: ChainMetrics,
+}
+
+/// The header chain and its P2P sync, set from a snapshot at each scrape.
+#[derive(Default)]
+struct ChainMetrics {
+    tip_height: Gauge,
+    peers_connected: Gauge,
+    peers_banned: Gauge,
+    /// 1 for the current state, 0 for the others.
+    state: Family<Labels, Gauge>,
+    headers_from_peers: Gauge,
+    last_header_time: Gauge,
 }
 
 /// The disk reserve's figures ([`crate::disk_reserve`]): handles on registered metrics.
@@ -103,7 +117,39 @@ impl Metrics {
             "Log lines stderr refused (dropped, not retried)",
             crate::log_writer::dropped_lines(),
         );
+        let chain = ChainMetrics::default();
+        registry.register(
+            "chain_tip_height",
+            "Height of the host's best header chain",
+            chain.tip_height.clone(),
+        );
+        registry.register(
+            "chain_sync_peers_connected",
+            "Bitcoin peers connected for header sync",
+            chain.peers_connected.clone(),
+        );
+        registry.register(
+            "chain_sync_peers_banned",
+            "Bitcoin peers banned for sending invalid headers",
+            chain.peers_banned.clone(),
+        );
+        registry.register(
+            "chain_sync_state",
+            "Header sync state (1 for the current one): off, no_peers, syncing, synced",
+            chain.state.clone(),
+        );
+        registry.register(
+            "chain_sync_headers_from_peers",
+            "New headers taken from Bitcoin peers since start",
+            chain.headers_from_peers.clone(),
+        );
+        registry.register(
+            "chain_sync_last_header_time",
+            "Unix time the last new header from a peer was stored (0: none yet)",
+            chain.last_header_time.clone(),
+        );
         Metrics {
+            chain,
             registry,
             leases,
             boots,
@@ -162,6 +208,32 @@ impl Metrics {
         self.payments
             .get_or_create(&labels(&[("kind", kind), ("result", result)]))
             .inc();
+    }
+
+    /// The chain's figures for the next render.
+    pub fn chain(&self, tip_height: u32, sync: &coinop_bitcoin_net::SyncSnapshot) {
+        use coinop_bitcoin_net::SyncState;
+        let c = &self.chain;
+        c.tip_height.set(i64::from(tip_height));
+        c.peers_connected.set(i64::from(sync.peers_connected));
+        c.peers_banned.set(i64::from(sync.peers_banned));
+        for state in [
+            SyncState::Off,
+            SyncState::NoPeers,
+            SyncState::Syncing,
+            SyncState::Synced,
+        ] {
+            c.state
+                .get_or_create(&labels(&[("state", state.as_str())]))
+                .set(i64::from(state == sync.state));
+        }
+        c.headers_from_peers
+            .set(i64::try_from(sync.headers_accepted).unwrap_or(i64::MAX));
+        c.last_header_time.set(
+            sync.last_header_unix_s
+                .and_then(|t| i64::try_from(t).ok())
+                .unwrap_or(0),
+        );
     }
 
     /// Renders the text format; `states` are the current lease counts by state.

@@ -175,7 +175,11 @@ async fn adopt_one(
     }
     match st {
         Ok(v) => {
-            if l.state == LeaseState::PausedUnfunded && v.state != VmState::Paused {
+            let paused = matches!(
+                l.state,
+                LeaseState::PausedUnfunded | LeaseState::PausedReorg
+            );
+            if paused && v.state != VmState::Paused {
                 let _ = client::set_state(&path, Request::Pause).await;
             }
             if l.state == LeaseState::Running && v.state == VmState::Paused {
@@ -323,6 +327,7 @@ async fn read(l: &LeaseRow, recheck: bool) -> Reading {
 /// guest, debit, act.
 pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
     reconcile_stopped(s)?;
+    crate::payment_reorgs::check(s).await?;
     let leases: Vec<LeaseRow> = s
         .ledger
         .live()?

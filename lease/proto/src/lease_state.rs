@@ -17,6 +17,10 @@ pub enum LeaseState {
     Running,
     /// The balance ran out: the guest is paused until a top-up or the grace period ends.
     PausedUnfunded,
+    /// The block of an on-chain payment of this lease left the best chain before that
+    /// payment settled: the guest is paused and the balance frozen (no metering, no refund)
+    /// until the payment confirms again, or the lease is stopped (`payment_reorged`).
+    PausedReorg,
     /// The guest is gone (or never started); the balance may still be collected.
     Stopped,
 }
@@ -37,6 +41,9 @@ pub enum StopReason {
     GuestCrashed,
     /// The guest never reached `guest_ready`; the balance was refunded or kept for the tenant.
     BootFailed,
+    /// An on-chain payment's block left the best chain and the payment did not confirm
+    /// again in time: the lease is stopped and its balance is never refunded.
+    PaymentReorged,
 }
 
 /// A state or reason string that is none of the known ones.
@@ -80,6 +87,7 @@ names!(LeaseState, "lease state", {
     Booting => "booting",
     Running => "running",
     PausedUnfunded => "paused_unfunded",
+    PausedReorg => "paused_reorg",
     Stopped => "stopped",
 });
 
@@ -89,6 +97,7 @@ names!(StopReason, "stop reason", {
     GuestExit => "guest_exit",
     GuestCrashed => "guest_crashed",
     BootFailed => "boot_failed",
+    PaymentReorged => "payment_reorged",
 });
 
 impl LeaseState {
@@ -134,6 +143,7 @@ mod tests {
             LeaseState::Booting,
             LeaseState::Running,
             LeaseState::PausedUnfunded,
+            LeaseState::PausedReorg,
             LeaseState::Stopped,
         ] {
             assert_eq!(s.as_str().parse::<LeaseState>(), Ok(s));

@@ -166,6 +166,13 @@ pub struct QuoteResponse {
     pub bip21: String,
     /// Unix seconds.
     pub expires_at: i64,
+    /// `GET /v1/quotes/{id}` only: `unpaid`, `seen` (a payment the host saw on the best
+    /// chain, not yet used), `paid` (used for a lease) or `expired` (unpaid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// With `seen` and `paid`: confirmations of the deepest block that paid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmations: Option<u32>,
 }
 
 /// `POST /v1/chain/headers`.
@@ -207,6 +214,24 @@ pub struct HostChain {
     pub hash: String,
     /// The tip's timestamp (Unix seconds).
     pub time: Option<u32>,
+    /// Header sync from Bitcoin peers (`--bitcoin-peer`); absent from older hosts.
+    #[serde(default)]
+    pub sync: HostChainSync,
+}
+
+/// How the host's header chain keeps up with the Bitcoin network over P2P.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostChainSync {
+    /// `off` (no peers configured: headers come from the operator), `no_peers` (none
+    /// connected), `syncing`, or `synced` (a peer has nothing newer).
+    pub state: String,
+    pub peers_connected: u32,
+    /// Peers shunned for sending invalid headers.
+    pub peers_banned: u32,
+    /// New headers taken from peers since coinopd started.
+    pub headers_from_peers: u64,
+    /// When the last new header from a peer was stored (Unix seconds).
+    pub last_header_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

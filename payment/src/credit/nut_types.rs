@@ -163,9 +163,12 @@ pub struct MintQuoteOnchainResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OnchainPayment {
     pub quote_id: String,
-    /// The paying transaction, raw hex.
+    /// The paying transaction, raw hex. Empty (with `proof_hex`) for a lease paid by quote
+    /// id alone: the host looks for the payment itself.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tx_hex: String,
     /// `gettxoutproof` output (a serialized MerkleBlock), hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub proof_hex: String,
 }
 

@@ -30,6 +30,8 @@ pub enum HeaderError {
     TimeTooFarAhead { time: u32, latest: u64 },
     #[error("time {time} at a period start is before {min_time} (BIP94 time-warp rule)")]
     TimeWarp { time: u32, min_time: u32 },
+    #[error("version {version} at height {height}: BIP34/66/65 require at least {min} there")]
+    VersionTooLow { height: u32, version: i32, min: i32 },
     #[error("chainwork exceeds 2^128")]
     WorkOverflow,
     #[error("height exceeds 2^32")]
@@ -49,6 +51,15 @@ pub enum ChainError {
         hash: BlockHash,
         reason: HeaderError,
     },
+    #[error(
+        "side branch ending at {hash} has chainwork {work:#x}, below the {floor:#x} a peer's \
+         branch needs (best chain's work minus a margin)"
+    )]
+    LowWorkBranch {
+        hash: BlockHash,
+        work: u128,
+        floor: u128,
+    },
     #[error("signet headers are accepted only from the operator's own feed")]
     SignetNeedsOperatorFeed,
     #[error("{got} headers in one append, at most {max}")]
@@ -66,6 +77,30 @@ pub enum ChainError {
 }
 
 impl ChainError {
+    /// Whether the headers themselves were at fault (invalid, or a branch too weak to
+    /// store), as opposed to the host's own storage: a peer that sent them misbehaved.
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(
+            self,
+            ChainError::Rejected { .. }
+                | ChainError::LowWorkBranch { .. }
+                | ChainError::TooManyInOneAppend { .. }
+        )
+    }
+
+    /// A headers message whose first header builds on nothing known: a peer announcing a
+    /// block while the host is behind, answered with `getheaders` rather than a ban.
+    pub fn is_unconnected_start(&self) -> bool {
+        matches!(
+            self,
+            ChainError::Rejected {
+                index: 0,
+                reason: HeaderError::UnknownParent { .. },
+                ..
+            }
+        )
+    }
+
     /// snake_case code for API error bodies.
     pub fn code(&self) -> &'static str {
         match self {
@@ -78,8 +113,10 @@ impl ChainError {
                 HeaderError::TimeNotAfterMedian { .. }
                 | HeaderError::TimeTooFarAhead { .. }
                 | HeaderError::TimeWarp { .. } => "bad_header_time",
+                HeaderError::VersionTooLow { .. } => "obsolete_version",
                 _ => "invalid_header",
             },
+            ChainError::LowWorkBranch { .. } => "low_work_branch",
             ChainError::SignetNeedsOperatorFeed => "signet_needs_operator_feed",
             ChainError::TooManyInOneAppend { .. } => "too_many_headers",
             ChainError::TooManyHeaders
@@ -113,7 +150,7 @@ pub enum PaymentError {
     },
     #[error("proof's partial merkle tree is invalid: {0}")]
     BadMerkleProof(String),
-    #[error("proof matches {matched:?}, not exactly transaction {txid}")]
+    #[error("proof matches {matched:?}, not transaction {txid}")]
     ProofForOtherTx { txid: Txid, matched: Vec<Txid> },
     #[error("block {hash} is not in the host's header chain")]
     BlockNotInChain { hash: BlockHash },
@@ -139,6 +176,12 @@ pub enum PaymentError {
     Insufficient { paid_msat: u64, required_msat: u64 },
     #[error("outpoint {outpoint} has already paid for something")]
     AlreadySpent { outpoint: OutPoint },
+    #[error("no confirmed payment to quote {quote_id} seen yet")]
+    NotSeen { quote_id: String },
+    #[error("payment by quote id alone is not accepted here: send tx_hex and proof_hex")]
+    ProofRequired,
+    #[error("seen payments: {0}")]
+    SeenStorage(String),
     #[error("spent set: {0}")]
     SpentSet(SpentSetError),
 }
@@ -165,6 +208,9 @@ impl PaymentError {
             PaymentError::WrongAddress { .. } => "wrong_address",
             PaymentError::Insufficient { .. } => "insufficient_payment",
             PaymentError::AlreadySpent { .. } => "already_spent",
+            PaymentError::NotSeen { .. } => "payment_not_seen",
+            PaymentError::ProofRequired => "proof_required",
+            PaymentError::SeenStorage(_) => "payment_watch_storage",
             PaymentError::SpentSet(SpentSetError::StorageRefused(r)) => r.code(),
             PaymentError::SpentSet(_) => "spent_set_storage",
         }

@@ -28,6 +28,12 @@ pub const MAX_FUTURE_DRIFT_S: u64 = 2 * 60 * 60;
 const MTP_SPAN: usize = 11;
 /// Most headers accepted in one call (a P2P `headers` message carries at most 2000).
 pub const MAX_HEADERS_PER_APPEND: usize = 100_000;
+/// An untrusted batch may leave a side branch at most this many blocks (at the tip's
+/// difficulty) short of the best chain's work: a weaker branch could only be an attempt to
+/// fill the host's memory and disk with cheap low-difficulty forks, so it is not stored. A
+/// peer delivers a longer competing branch 2000 headers a message, so a real reorg up to
+/// 2000 + this deep still gets through.
+pub const SIDE_BRANCH_MARGIN_BLOCKS: u128 = 144;
 
 /// One block as the chain keeps it in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +69,9 @@ pub enum HeaderSource {
 pub struct Checkpoint {
     pub height: u32,
     pub header: Header,
+    /// Cumulative work of the chain up to this block, when known (a shipped checkpoint);
+    /// otherwise the chain counts from this block's own work.
+    pub chainwork: Option<u128>,
 }
 
 impl Checkpoint {
@@ -70,6 +79,7 @@ impl Checkpoint {
         Checkpoint {
             height: 0,
             header: network.genesis_header(),
+            chainwork: None,
         }
     }
 
@@ -89,7 +99,19 @@ impl Checkpoint {
             });
         }
         check_pow(network.pow_limit(), &header)?;
-        Ok(Checkpoint { height, header })
+        Ok(Checkpoint {
+            height,
+            header,
+            chainwork: None,
+        })
+    }
+
+    /// The same checkpoint with the chain's cumulative work up to it.
+    pub fn with_chainwork(self, chainwork: u128) -> Self {
+        Checkpoint {
+            chainwork: Some(chainwork),
+            ..self
+        }
     }
 }
 
@@ -182,7 +204,10 @@ fn checkpoint_entry(rules: &Rules, checkpoint: &Checkpoint) -> Result<Entry, Cha
     check_pow(rules.params.max_attainable_target, &checkpoint.header).map_err(reject)?;
     Ok(Entry {
         hash: hash.to_byte_array(),
-        chainwork: block_work(checkpoint.header.bits).map_err(reject)?,
+        chainwork: match checkpoint.chainwork {
+            Some(work) => work,
+            None => block_work(checkpoint.header.bits).map_err(reject)?,
+        },
         time: checkpoint.header.time,
         bits: checkpoint.header.bits.to_consensus(),
         prev: Entry::NO_PREV,
@@ -441,6 +466,14 @@ impl HeaderChain {
             _ => {}
         }
         check_pow_of(self.rules.params.max_attainable_target, header, hash)?;
+        let min_version = self.rules.network.min_block_version(height);
+        if header.version.to_consensus() < min_version {
+            return Err(HeaderError::VersionTooLow {
+                height,
+                version: header.version.to_consensus(),
+                min: min_version,
+            });
+        }
         let mtp = self.median_time_past(prev);
         if header.time <= mtp {
             return Err(HeaderError::TimeNotAfterMedian {
@@ -507,6 +540,12 @@ impl HeaderChain {
                 return Err(e);
             }
         };
+        if source == HeaderSource::Untrusted {
+            if let Err(e) = self.check_branch_work(start) {
+                self.rollback(start);
+                return Err(e);
+            }
+        }
         if let Some(store) = &mut self.store {
             if let Err(e) = store.append(&self.entries[start..], &new_headers) {
                 self.rollback(start);
@@ -527,6 +566,60 @@ impl HeaderChain {
             tip: self.tip(),
             reorg,
         })
+    }
+
+    /// The anti-DoS bound on side branches (see [`SIDE_BRANCH_MARGIN_BLOCKS`]): the most-work
+    /// header added since entry `start` must come within the margin of the best tip's work.
+    fn check_branch_work(&self, start: usize) -> Result<(), ChainError> {
+        let Some((best_new, e)) = self
+            .entries
+            .iter()
+            .enumerate()
+            .skip(start)
+            .max_by_key(|(_, e)| e.chainwork)
+        else {
+            return Ok(());
+        };
+        let tip = &self.entries[*self.best.last().expect("best chain is never empty") as usize];
+        let tip_block_work = block_work(CompactTarget::from_consensus(tip.bits)).unwrap_or(0);
+        let floor = tip
+            .chainwork
+            .saturating_sub(tip_block_work.saturating_mul(SIDE_BRANCH_MARGIN_BLOCKS));
+        if e.chainwork < floor {
+            return Err(ChainError::LowWorkBranch {
+                hash: BlockHash::from_byte_array(self.entries[best_new].hash),
+                work: e.chainwork,
+                floor,
+            });
+        }
+        Ok(())
+    }
+
+    /// A block locator for `getheaders`: the best chain's hashes from the tip down, one
+    /// apart for the first ten, then twice as far apart each step, ending with the
+    /// checkpoint (the first block this chain knows).
+    pub fn locator(&self) -> Vec<BlockHash> {
+        let mut out = Vec::with_capacity(32);
+        let mut i = self.best.len() - 1;
+        let mut step = 1;
+        loop {
+            out.push(BlockHash::from_byte_array(
+                self.entries[self.best[i] as usize].hash,
+            ));
+            if i == 0 {
+                break;
+            }
+            if out.len() >= 10 {
+                step *= 2;
+            }
+            i = i.saturating_sub(step);
+        }
+        out
+    }
+
+    /// The best chain's tip's cumulative work since the checkpoint.
+    pub fn tip_chainwork(&self) -> u128 {
+        self.entries[*self.best.last().expect("best chain is never empty") as usize].chainwork
     }
 
     /// Adds each new header to the index; returns the headers that were new, in entry order.
@@ -695,6 +788,83 @@ mod tests {
         let next = grow(&last, 2, 60, expected);
         chain.append(&next, now, HeaderSource::Untrusted).unwrap();
         assert_eq!(chain.tip().height, 2017);
+    }
+
+    fn regtest_chain() -> HeaderChain {
+        HeaderChain::in_memory(
+            ChainNetwork::Regtest,
+            Checkpoint::genesis(ChainNetwork::Regtest),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_version_below_the_bip65_floor_is_refused() {
+        let genesis = ChainNetwork::Regtest.genesis_header();
+        let mut chain = regtest_chain();
+        let mut old = grow(&genesis, 1, 60, regtest_bits())[0];
+        old.version = bitcoin::block::Version::from_consensus(3);
+        // Re-mine: the version is part of the hash.
+        while !Target::from_compact(old.bits).is_met_by(old.block_hash()) {
+            old.nonce += 1;
+        }
+        let now = u64::from(old.time + 10) * 1_000_000;
+        let err = chain
+            .append(&[old], now, HeaderSource::Operator)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ChainError::Rejected {
+                    reason: HeaderError::VersionTooLow {
+                        height: 1,
+                        version: 3,
+                        min: 4
+                    },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(chain.len(), 1);
+    }
+
+    #[test]
+    fn locator_steps_double_after_ten_and_end_at_the_checkpoint() {
+        let genesis = ChainNetwork::Regtest.genesis_header();
+        let mut chain = regtest_chain();
+        let headers = grow(&genesis, 100, 60, regtest_bits());
+        let now = u64::from(headers[99].time + 10) * 1_000_000;
+        chain.append(&headers, now, HeaderSource::Operator).unwrap();
+        let heights: Vec<u32> = chain
+            .locator()
+            .iter()
+            .map(|h| chain.block(h).unwrap().height)
+            .collect();
+        assert_eq!(
+            heights,
+            vec![100, 99, 98, 97, 96, 95, 94, 93, 92, 91, 89, 85, 77, 61, 29, 0]
+        );
+    }
+
+    #[test]
+    fn a_weak_side_branch_from_a_peer_is_not_stored() {
+        let genesis = ChainNetwork::Regtest.genesis_header();
+        let mut chain = regtest_chain();
+        let main = grow(&genesis, 200, 60, regtest_bits());
+        let now = u64::from(main[199].time + 10) * 1_000_000;
+        chain.append(&main, now, HeaderSource::Operator).unwrap();
+        // 10 blocks forking at height 20: 170 blocks short, beyond the 144-block margin.
+        let mut weak = grow(&main[19], 10, 61, regtest_bits());
+        let err = chain
+            .append(&weak, now, HeaderSource::Untrusted)
+            .unwrap_err();
+        assert!(matches!(err, ChainError::LowWorkBranch { .. }), "{err}");
+        assert_eq!(chain.len(), 201);
+        // Forking at height 100 it is within the margin and kept as a side branch.
+        weak = grow(&main[99], 10, 61, regtest_bits());
+        let out = chain.append(&weak, now, HeaderSource::Untrusted).unwrap();
+        assert_eq!((out.added, out.reorg), (10, false));
     }
 
     /// Regtest's limits with retargeting switched on.

@@ -4,9 +4,12 @@
 //! each paying outpoint once in the [`crate::spent_set`].
 
 pub mod chain_store;
+pub mod checkpoints;
 pub mod error;
 pub mod header_chain;
 pub mod network;
+#[cfg(feature = "sqlite")]
+pub mod payment_watch;
 pub mod price;
 pub mod proof;
 pub mod quote;
@@ -17,9 +20,14 @@ pub mod receive_address;
 pub mod regtest_fixtures;
 pub mod retarget;
 
+pub use checkpoints::default_checkpoint;
 pub use error::{ChainError, HeaderError, PaymentError, PriceError, QuoteError};
 pub use header_chain::{AppendOutcome, BlockInfo, Checkpoint, HeaderChain, HeaderSource, Tip};
 pub use network::ChainNetwork;
+#[cfg(feature = "sqlite")]
+pub use payment_watch::{
+    check_block, scan_block, BlockError, PaymentWatch, SeenOutput, WatchError,
+};
 pub use price::{msat_to_sat_ceil, price, Prices, Spec};
 pub use proof::{
     check_inclusion, check_payment, parse_proof, parse_tx, spend_error, verify_and_claim,

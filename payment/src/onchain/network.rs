@@ -96,6 +96,29 @@ impl ChainNetwork {
         genesis_block(self.params()).header
     }
 
+    /// The lowest block version a header at `height` may carry: BIP34 (2), BIP66 (3) and
+    /// BIP65 (4) each raised the floor from their activation height on. Regtest uses Bitcoin
+    /// Core's regtest heights (all three active from block 1), not the `bitcoin` crate's
+    /// older ones.
+    pub fn min_block_version(self, height: u32) -> i32 {
+        let (bip34, bip66, bip65) = match self {
+            ChainNetwork::Regtest => (1, 1, 1),
+            _ => {
+                let p = self.params();
+                (p.bip34_height, p.bip66_height, p.bip65_height)
+            }
+        };
+        if height >= bip65 {
+            4
+        } else if height >= bip66 {
+            3
+        } else if height >= bip34 {
+            2
+        } else {
+            1
+        }
+    }
+
     /// Confirmations a lease payment needs unless the operator says otherwise
     /// (`coinopd --min-conf`). Each further block makes undoing the payment cost another
     /// block's reward:
@@ -172,6 +195,20 @@ impl ChainNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_floors_rise_at_each_activation_height() {
+        let m = ChainNetwork::Mainnet;
+        assert_eq!(m.min_block_version(227_930), 1);
+        assert_eq!(m.min_block_version(227_931), 2);
+        assert_eq!(m.min_block_version(363_725), 3);
+        assert_eq!(m.min_block_version(388_381), 4);
+        assert_eq!(ChainNetwork::Testnet3.min_block_version(21_110), 1);
+        assert_eq!(ChainNetwork::Testnet3.min_block_version(581_885), 4);
+        assert_eq!(ChainNetwork::Regtest.min_block_version(0), 1);
+        assert_eq!(ChainNetwork::Regtest.min_block_version(1), 4);
+        assert_eq!(ChainNetwork::Testnet4.min_block_version(1), 4);
+    }
 
     #[test]
     fn pow_limits_in_compact_form_match_the_genesis_bits() {

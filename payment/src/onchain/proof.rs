@@ -126,8 +126,9 @@ pub fn verify_proof(proof: &MerkleBlock) -> Result<(BlockHash, Vec<Txid>), Payme
     Ok((hash, matched))
 }
 
-/// Checks that `proof` proves exactly `tx` in a block with valid proof of work; returns
-/// the txid and block hash.
+/// Checks that `proof` proves `tx` (among any others it also matches: a wallet's or
+/// `gettxoutproof`'s proof may cover several transactions of the block) in a block with
+/// valid proof of work; returns the txid and block hash.
 pub fn check_inclusion(
     tx: &Transaction,
     proof: &MerkleBlock,
@@ -139,7 +140,7 @@ pub fn check_inclusion(
         return Err(PaymentError::SixtyFourByteTx { txid });
     }
     let (hash, matched) = verify_proof(proof)?;
-    if matched.as_slice() != [txid] {
+    if !matched.contains(&txid) {
         return Err(PaymentError::ProofForOtherTx { txid, matched });
     }
     Ok((txid, hash))

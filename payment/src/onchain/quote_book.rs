@@ -285,6 +285,33 @@ impl QuoteBook {
         })
     }
 
+    /// Quotes whose payments are still looked for: those that expire after `since_us` and
+    /// still hold their address (not retired for reuse) (script → quote id). Ask with a time before now to keep watching expired quotes a
+    /// while for late payments.
+    pub fn watched_scripts(
+        &self,
+        since_us: u64,
+    ) -> Result<std::collections::HashMap<ScriptBuf, String>, QuoteError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT script_pubkey, quote_id FROM quotes
+                 WHERE expires_at_us > ?1 AND retired_at_height IS NULL",
+            )
+            .map_err(storage)?;
+        let rows = stmt
+            .query_map(params![to_i64(since_us, "since_us")?], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(storage)?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let (script, id) = row.map_err(storage)?;
+            out.insert(ScriptBuf::from_bytes(script), id);
+        }
+        Ok(out)
+    }
+
     /// Retires the unpaid quote with the lowest index whose grace after expiry is over, at
     /// `tip`, and returns its index.
     fn take_reusable(
@@ -498,8 +525,14 @@ mod tests {
         assert_eq!(book.next_index().unwrap(), 2);
         let c = book.create(1, 10, 1).unwrap();
         assert_eq!(c.derivation_index, 2);
-        assert_eq!(book.get(&a.quote_id).unwrap(), Some(a));
+        assert_eq!(book.get(&a.quote_id).unwrap(), Some(a.clone()));
         assert_eq!(book.get("nope").unwrap(), None);
+        // Quotes expiring after the given time are watched; a's expired (1,010 µs).
+        let watched = book.watched_scripts(1_010).unwrap();
+        assert_eq!(watched.len(), 0);
+        let watched = book.watched_scripts(0).unwrap();
+        assert_eq!(watched.get(&a.script_pubkey), Some(&a.quote_id));
+        assert_eq!(watched.len(), 3);
     }
 
     fn regtest_book(path: &Path, policy: IndexPolicy) -> QuoteBook {

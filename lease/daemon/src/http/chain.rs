@@ -70,6 +70,8 @@ pub async fn metrics(
     for l in s.ledger.list()? {
         *counts.entry(l.state.as_str().to_string()).or_default() += 1;
     }
+    let tip_height = s.chain_read().tip().height;
+    s.metrics.chain(tip_height, &s.chain_sync.snapshot());
     let text = s.metrics.render(&counts.into_iter().collect::<Vec<_>>());
     Ok((
         [(

@@ -126,7 +126,10 @@ pub async fn mint(
     let out = blocking(move || {
         let credit = {
             let chain = s2.chain_read();
-            let verified = verify_onchain(&chain, &s2.quotes, s2.config.min_conf, &req.payment);
+            // Minted credit is bearer money that no reorg can take back: only a payment
+            // proved in the request mints it, and only at --mint-min-conf.
+            let need = s2.config.mint_min_conf.max(s2.config.min_conf);
+            let verified = verify_onchain(&chain, &s2.quotes, None, need, &req.payment);
             notice_storage(&s2, &verified);
             verified?
         };

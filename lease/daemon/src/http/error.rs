@@ -285,7 +285,7 @@ pub fn payment_error(e: PaymentError) -> ApiError {
         return storage_refused(r);
     }
     let status = match &e {
-        TooLong { .. } | NotHex { .. } | MalformedTx(_) | MalformedProof(_) => {
+        TooLong { .. } | NotHex { .. } | MalformedTx(_) | MalformedProof(_) | ProofRequired => {
             StatusCode::BAD_REQUEST
         }
         SixtyFourByteTx { .. }
@@ -299,9 +299,10 @@ pub fn payment_error(e: PaymentError) -> ApiError {
         | PaysEarlierQuote { .. }
         | QuoteRetired { .. }
         | WrongAddress { .. }
+        | NotSeen { .. }
         | Insufficient { .. } => StatusCode::PAYMENT_REQUIRED,
         AlreadySpent { .. } => StatusCode::CONFLICT,
-        SpentSet(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        SpentSet(_) | SeenStorage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError::new(status, e.code(), e.to_string())
 }
@@ -329,7 +330,9 @@ pub fn quote_error(e: QuoteError) -> ApiError {
 /// headers come only from the operator's feed, 413 too many at once.
 pub fn chain_error(e: ChainError) -> ApiError {
     let status = match &e {
-        ChainError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        ChainError::Rejected { .. } | ChainError::LowWorkBranch { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         ChainError::SignetNeedsOperatorFeed => StatusCode::FORBIDDEN,
         ChainError::TooManyInOneAppend { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

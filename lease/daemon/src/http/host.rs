@@ -6,7 +6,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::Json;
 use coinop_proto::replies::{
-    HostCapacity, HostChain, HostPrices, HostView, ImageView, QuoteResponse,
+    HostCapacity, HostChain, HostChainSync, HostPrices, HostView, ImageView, QuoteResponse,
 };
 use coinop_proto::requests::QuoteRequest;
 use coinop_proto::Msat;
@@ -56,12 +56,20 @@ pub async fn host(State(s): State<Shared>) -> Json<HostView> {
         })
         .collect();
     let time = s.chain_read().block(&tip.hash).map(|b| b.time);
+    let sync = s.chain_sync.snapshot();
     Json(HostView {
         network: s.chain_network.name().to_string(),
         chain: HostChain {
             height: tip.height,
             hash: tip.hash.to_string(),
             time,
+            sync: HostChainSync {
+                state: sync.state.as_str().to_string(),
+                peers_connected: sync.peers_connected,
+                peers_banned: sync.peers_banned,
+                headers_from_peers: sync.headers_accepted,
+                last_header_at: sync.last_header_unix_s,
+            },
         },
         min_conf: s.config.min_conf,
         capacity: HostCapacity {
@@ -141,6 +149,8 @@ pub async fn quote(
             address: q.address,
             bip21: q.bip21,
             expires_at,
+            status: None,
+            confirmations: None,
         }),
     ))
 }
@@ -155,6 +165,13 @@ pub async fn get_quote(
         .get(&id)
         .map_err(quote_error)?
         .ok_or_else(|| ApiError::not_found(format!("no quote {id:?}")))?;
+    let s2 = s.clone();
+    let expires_at_us = q.expires_at_us;
+    let quote_id = q.quote_id.clone();
+    let (status, confirmations) =
+        tokio::task::spawn_blocking(move || quote_status(&s2, &quote_id, expires_at_us))
+            .await
+            .map_err(|e| ApiError::internal(format!("worker: {e}")))??;
     Ok(Json(QuoteResponse {
         quote_id: q.quote_id,
         amount_msat: Msat::from_msat(q.amount_msat),
@@ -162,5 +179,49 @@ pub async fn get_quote(
         address: q.address,
         bip21: q.bip21,
         expires_at: (q.expires_at_us / 1_000_000) as i64,
+        status: Some(status.to_string()),
+        confirmations,
     }))
+}
+
+/// Where a quote's payment stands, from what the host saw on its best chain and what the
+/// spent set has claimed.
+fn quote_status(
+    s: &Shared,
+    quote_id: &str,
+    expires_at_us: u64,
+) -> Result<(&'static str, Option<u32>), ApiError> {
+    use payment::spent_set::{SpendKey, SpentSet};
+    let seen = s
+        .watch
+        .seen_for(quote_id)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let on_best: Vec<(bitcoin::OutPoint, u32)> = {
+        let chain = s.chain_read();
+        seen.iter()
+            .filter_map(|o| {
+                let b = chain.block(&o.block_hash)?;
+                b.on_best_chain.then_some((o.outpoint, b.confirmations))
+            })
+            .collect()
+    };
+    let deepest = on_best.iter().map(|(_, c)| *c).max();
+    if on_best.is_empty() {
+        let expired = (unix_s() as u64).saturating_mul(1_000_000) > expires_at_us;
+        return Ok((if expired { "expired" } else { "unpaid" }, None));
+    }
+    let keys: Vec<SpendKey> = on_best
+        .iter()
+        .map(|(o, _)| SpendKey::outpoint(bitcoin::hashes::Hash::to_byte_array(o.txid), o.vout))
+        .collect();
+    let states = s
+        .spent
+        .states(&keys)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let status = if states.iter().any(Option::is_some) {
+        "paid"
+    } else {
+        "seen"
+    };
+    Ok((status, deepest))
 }

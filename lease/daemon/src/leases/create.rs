@@ -558,14 +558,16 @@ async fn boot_failed(
         s2.ledger
             .mark_stopped(&id2, StopReason::BootFailed, Some(&json2))?;
         match outputs {
-            Some(outs) => {
+            // A payment not yet deep enough for a refund (credit) leaves the balance on the
+            // stopped lease, for a stop with outputs later.
+            Some(outs) if super::stop::refund_deep_enough(&s2, &id2).is_ok() => {
                 // Records the outputs with the refund, so that a retry that lost this reply
                 // can have the same signatures again.
                 let r = super::stop::refund_with(&s2, &id2, &outs)?;
                 crate::fault::hit(crate::fault::point::CREATE_REFUNDED);
                 Ok(Some(r))
             }
-            None => Ok(None),
+            _ => Ok(None),
         }
     })
     .await;

@@ -6,7 +6,9 @@
 use coinop_proto::requests::{CreditPayment, PaymentBody};
 use payment::credit::nut_types::OnchainPayment;
 use payment::credit::Mint;
-use payment::onchain::{check_payment, HeaderChain, QuoteBook};
+use payment::onchain::{
+    check_payment, HeaderChain, PaymentError, PaymentWatch, Quote, QuoteBook, VerifiedPayment,
+};
 
 use super::{blocking, LeaseError};
 use crate::app::{AppState, Shared};
@@ -31,7 +33,7 @@ pub async fn verify_payment(s: &Shared, p: PaymentBody) -> Result<Credit, LeaseE
             blocking(move || match &p {
                 PaymentBody::Onchain(o) => {
                     let chain = s2.chain_read();
-                    verify_onchain(&chain, &s2.quotes, s2.config.min_conf, o)
+                    verify_onchain(&chain, &s2.quotes, Some(&s2.watch), s2.config.min_conf, o)
                 }
                 PaymentBody::Credit(c) => verify_credit(&s2.mint, c),
             })
@@ -53,17 +55,25 @@ pub fn notice_storage<T>(s: &AppState, out: &Result<T, LeaseError>) {
 }
 
 /// Verifies an on-chain payment for one of our quotes and marks the quote paid; the
-/// credit's kind says whether it arrived after the quote expired (`onchain_late`).
+/// credit's kind says whether it arrived after the quote expired (`onchain_late`). A
+/// payment with neither `tx_hex` nor `proof_hex` is looked up among the outputs the host
+/// saw itself (`seen`; `None` where only a proof will do).
 pub fn verify_onchain(
     chain: &HeaderChain,
     quotes: &QuoteBook,
+    seen: Option<&PaymentWatch>,
     min_conf: u32,
     p: &OnchainPayment,
 ) -> Result<Credit, LeaseError> {
     let quote = quotes
         .get(&p.quote_id)?
         .ok_or_else(|| LeaseError::UnknownQuote(p.quote_id.clone()))?;
-    let v = check_payment(chain, &quote, &p.tx_hex, &p.proof_hex, min_conf)?;
+    let by_quote_id = p.tx_hex.is_empty() && p.proof_hex.is_empty();
+    let v = match (by_quote_id, seen) {
+        (false, _) => check_payment(chain, &quote, &p.tx_hex, &p.proof_hex, min_conf)?,
+        (true, Some(watch)) => seen_payment(chain, &quote, watch, min_conf)?,
+        (true, None) => return Err(PaymentError::ProofRequired.into()),
+    };
     // A payment to this address exists: its index must never go to another quote, whether
     // or not this claim goes through.
     quotes.mark_paid(&quote.quote_id)?;
@@ -79,6 +89,79 @@ pub fn verify_onchain(
         reference,
         amount_msat: v.amount_msat,
         keys,
+        block_hash: Some(v.block_hash.to_string()),
+    })
+}
+
+/// A coinbase output can be spent only 100 blocks later (consensus): before that a reorg
+/// can make it vanish for good, so it does not count as a payment until then.
+const COINBASE_MATURITY: u32 = 100;
+
+/// The outputs to `quote`'s script the host saw in best-chain blocks with at least
+/// `min_conf` confirmations (coinbase outputs once mature), as one payment.
+pub fn seen_payment(
+    chain: &HeaderChain,
+    quote: &Quote,
+    watch: &PaymentWatch,
+    min_conf: u32,
+) -> Result<VerifiedPayment, PaymentError> {
+    let need = min_conf.max(1);
+    let seen = watch
+        .seen_for(&quote.quote_id)
+        .map_err(|e| PaymentError::SeenStorage(e.to_string()))?;
+    let mut counted: Vec<&payment::onchain::SeenOutput> = Vec::new();
+    let mut shallowest: Option<(bitcoin::BlockHash, u32)> = None;
+    for s in &seen {
+        let Some(b) = chain.block(&s.block_hash).filter(|b| b.on_best_chain) else {
+            continue;
+        };
+        let need_here = if s.coinbase {
+            need.max(COINBASE_MATURITY + 1)
+        } else {
+            need
+        };
+        if b.confirmations >= need_here {
+            if !counted.iter().any(|c| c.outpoint == s.outpoint) {
+                counted.push(s);
+            }
+        } else if shallowest.is_none_or(|(_, have)| b.confirmations > have) {
+            shallowest = Some((s.block_hash, b.confirmations));
+        }
+    }
+    let Some(first) = counted.first() else {
+        return Err(match shallowest {
+            Some((hash, have)) => PaymentError::NotEnoughConfirmations { hash, have, need },
+            None => PaymentError::NotSeen {
+                quote_id: quote.quote_id.clone(),
+            },
+        });
+    };
+    let paid_sat = counted
+        .iter()
+        .fold(0u64, |sum, s| sum.saturating_add(s.amount_sat));
+    let paid_msat = paid_sat.saturating_mul(1000);
+    if paid_msat < quote.amount_msat {
+        return Err(PaymentError::Insufficient {
+            paid_msat,
+            required_msat: quote.amount_msat,
+        });
+    }
+    // The shallowest block that paid: the payment settles when that one does.
+    let last = counted
+        .iter()
+        .max_by_key(|s| s.height)
+        .expect("counted is not empty");
+    let info = chain.block(&last.block_hash);
+    Ok(VerifiedPayment {
+        txid: first.outpoint.txid,
+        outpoints: counted.iter().map(|s| s.outpoint).collect(),
+        amount_msat: paid_msat,
+        block_hash: last.block_hash,
+        height: last.height,
+        confirmations: info.map_or(0, |b| b.confirmations),
+        late: counted
+            .iter()
+            .any(|s| u64::from(s.block_time) * 1_000_000 > quote.expires_at_us),
     })
 }
 
@@ -93,5 +176,6 @@ pub fn verify_credit(mint: &Mint, p: &CreditPayment) -> Result<Credit, LeaseErro
         reference: format!("{} proofs", v.keys.len()),
         amount_msat,
         keys: v.keys,
+        block_hash: None,
     })
 }

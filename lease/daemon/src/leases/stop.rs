@@ -62,6 +62,28 @@ pub async fn stop(s: &Shared, l: LeaseRow, req: StopRequest) -> Result<StopRespo
     Ok(body)
 }
 
+/// A refund is credit (bearer money): like minting, it waits until every on-chain payment
+/// of the lease is `--mint-min-conf` deep, so no reorg can take back what it paid out. The
+/// tenant may stop without outputs meanwhile and collect the refund later.
+pub(super) fn refund_deep_enough(s: &AppState, id: &str) -> Result<(), LeaseError> {
+    let need = s.config.mint_min_conf.max(s.config.min_conf);
+    let blocks = s.ledger.unsettled_blocks_of(id)?;
+    let chain = s.chain_read();
+    for hash in blocks {
+        let have = hash
+            .parse::<bitcoin::BlockHash>()
+            .map_or(0, |h| chain.confirmations(&h));
+        if have < need {
+            return Err(LeaseError::StateConflict(format!(
+                "lease {id}: an on-chain payment has {have} of the {need} confirmations a \
+                 refund needs (--mint-min-conf); stop without outputs now and collect the \
+                 refund later"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Refunds a lease's balance onto `outputs` (once, in one ledger transaction that also
 /// records which outputs); the sub-sat remainder stays with the host as the lease's recorded
 /// residual. A lease refunded before onto these very outputs gets the same signatures again
@@ -71,6 +93,7 @@ pub(super) fn refund_with(
     id: &str,
     outputs: &[BlindedMessage],
 ) -> Result<Refund<Vec<BlindSignature>>, LeaseError> {
+    refund_deep_enough(s, id)?;
     let r = s
         .ledger
         .refund_onto(id, outputs, |msat, outs| s.mint.change(msat, outs))

@@ -41,6 +41,8 @@ pub struct LeaseRow {
     pub vmm_start_ticks: Option<u64>,
     /// The VMM recorded in `pid` is known to have ended (no VMM of this lease may run).
     pub vmm_gone: bool,
+    /// Since when an on-chain payment of the lease is off the best chain (frozen).
+    pub reorg_at: Option<i64>,
 }
 
 impl LeaseRow {
@@ -71,7 +73,7 @@ pub struct NewLease {
 const LEASE_COLUMNS: &str = "id, token_hash, vcpus, mem_mib, image, cmdline, state, stop_reason,
     balance_msat, carry_units, used_vcpu_us, used_mem_mib_us, last_vcpu_total_us,
     last_uptime_us, pid, control_path, console_path, paused_at, refunded_msat, created_at,
-    updated_at, boot_json, debited_msat, residual_msat, vmm_start_ticks, vmm_gone";
+    updated_at, boot_json, debited_msat, residual_msat, vmm_start_ticks, vmm_gone, reorg_at";
 
 fn lease_from_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
     Ok(LeaseRow {
@@ -101,6 +103,7 @@ fn lease_from_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
         residual_msat: r.get(23)?,
         vmm_start_ticks: r.get(24)?,
         vmm_gone: r.get(25)?,
+        reorg_at: r.get(26)?,
     })
 }
 

@@ -28,6 +28,7 @@ mod lifecycle;
 mod payments;
 mod quotes;
 pub mod recovery;
+pub mod reorg;
 mod schema;
 #[cfg(test)]
 mod test_support;
@@ -150,6 +151,8 @@ pub struct Credit {
     pub reference: String,
     pub amount_msat: u64,
     pub keys: Vec<SpendKey>,
+    /// On-chain: the paying block, watched until the payment settles.
+    pub block_hash: Option<String>,
 }
 
 /// The kind of an on-chain payment mined after its quote expired.

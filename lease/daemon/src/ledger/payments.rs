@@ -58,8 +58,8 @@ fn record_payment(
     SqliteSpentSet::claim_in(tx, &credit.keys, SpendState::Spent, lease_id)?;
     tx.prepare_cached(
         "INSERT INTO payments (kind, reference, amount_msat, lease_id, late, created_at,
-            payment_digest, resumed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            payment_digest, resumed, block_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         credit.kind,
@@ -69,7 +69,8 @@ fn record_payment(
         late,
         unix_s(),
         payment_digest(&credit.keys).as_slice(),
-        resumed
+        resumed,
+        credit.block_hash
     ])?;
     Ok(())
 }
@@ -221,6 +222,13 @@ impl Ledger {
                     residual_msat: lease.residual_msat.unwrap_or(0),
                     repeated: true,
                 }));
+            }
+            if super::reorg::frozen_in(tx, id)? {
+                return Err(LedgerError::State {
+                    id: id.to_string(),
+                    state: lease.state,
+                    why: "an on-chain payment of it left the best chain: its balance is frozen",
+                });
             }
             let was_live = lease.state != LeaseState::Stopped;
             let residual_msat = lease.balance_msat % 1000;

@@ -246,6 +246,7 @@ mod tests {
 
     fn credit(keys: &[u8]) -> Credit {
         Credit {
+            block_hash: None,
             kind: "credit",
             reference: format!("{} proofs", keys.len()),
             amount_msat: 1000 * keys.len() as u64,

@@ -84,6 +84,9 @@ pub(super) fn add_missing_columns(conn: &Connection) -> Result<(), LedgerError> 
         // never signalled on the strength of their pid alone.
         ("vmm_start_ticks", "INTEGER"),
         ("vmm_gone", "INTEGER NOT NULL DEFAULT 0"),
+        // Since when an on-chain payment of the lease is off the best chain (balance frozen:
+        // no metering, no refund); NULL when none is. See `reorg.rs`.
+        ("reorg_at", "INTEGER"),
     ] {
         if !have.iter().any(|h| h == name) {
             conn.execute_batch(&format!("ALTER TABLE leases ADD COLUMN {name} {decl}"))?;
@@ -109,6 +112,10 @@ pub(super) fn add_missing_columns(conn: &Connection) -> Result<(), LedgerError> 
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for (name, decl) in [
+        // The block an on-chain payment was in, and whether it is settled (deep enough
+        // that a reorg no longer worries the host): see `reorg.rs`.
+        ("block_hash", "TEXT"),
+        ("settled", "INTEGER NOT NULL DEFAULT 0"),
         ("payment_digest", "BLOB"),
         ("resumed", "INTEGER NOT NULL DEFAULT 0"),
     ] {
@@ -118,6 +125,12 @@ pub(super) fn add_missing_columns(conn: &Connection) -> Result<(), LedgerError> 
     }
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS payments_payment_digest ON payments(payment_digest)",
+    )?;
+    // What every metering tick asks for (`Ledger::unsettled_payments`): the few on-chain
+    // payments not yet settled, among every payment ever taken.
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS payments_unsettled ON payments(lease_id)
+         WHERE block_hash IS NOT NULL AND settled = 0",
     )?;
     Ok(())
 }

@@ -42,6 +42,7 @@ pub(super) fn credit(key: u8, msat: u64) -> Credit {
         reference: format!("k{key}"),
         amount_msat: msat,
         keys: vec![SpendKey::outpoint([key; 32], 0)],
+        block_hash: None,
     }
 }
 

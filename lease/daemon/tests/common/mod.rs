@@ -2,6 +2,7 @@
 //! helpers to find coinop-vmm and the test guest.
 #![allow(dead_code)]
 
+pub mod bcoin;
 pub mod cli_process;
 pub mod guest_reaper;
 pub mod lease_pid;
@@ -57,7 +58,7 @@ pub fn vmm_and_guest() -> Option<(PathBuf, PathBuf)> {
 
 /// Says why a test did not run, straight to stderr: the harness captures `println!` of a
 /// passing test, and a skip must show in the suite's summary, never pass silently.
-fn skipped(why: &str) {
+pub fn skipped(why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
 }

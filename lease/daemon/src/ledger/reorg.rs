@@ -1,0 +1,229 @@
+//! On-chain payments followed until they settle: each keeps its block's hash, and until
+//! that block is `--settle-conf` deep the host checks it is still on the best chain. If it
+//! is not, the lease is frozen (`reorg_at`): a live guest is paused (`paused_reorg`, no
+//! metering) and no refund is paid; when the payment confirms again the lease resumes,
+//! and if it does not within the window the lease is stopped with `payment_reorged` and
+//! its balance stays frozen for good. The decisions are the scheduler's
+//! ([`crate::payment_reorgs`]); this file keeps the facts.
+
+use coinop_proto::{LeaseState, StopReason};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::lease_rows::require_in;
+use super::{Ledger, LedgerError};
+use crate::clock::unix_s;
+
+/// Whether the lease's balance is frozen by a reorg.
+pub(super) fn frozen_in(conn: &Connection, id: &str) -> Result<bool, LedgerError> {
+    let at: Option<Option<i64>> = conn
+        .prepare_cached("SELECT reorg_at FROM leases WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    Ok(at.flatten().is_some())
+}
+
+/// An on-chain payment not yet settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsettled {
+    pub payment_id: i64,
+    pub lease_id: String,
+    /// The paying outpoints, `txid:vout` joined by commas.
+    pub reference: String,
+    pub block_hash: String,
+    pub lease_state: LeaseState,
+    /// When the lease was frozen, if it is.
+    pub reorg_at: Option<i64>,
+}
+
+impl Ledger {
+    /// Every on-chain payment still followed (not settled, not given up). Read-only: asked
+    /// every tick, it writes nothing.
+    pub fn unsettled_payments(&self) -> Result<Vec<Unsettled>, LedgerError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT p.id, p.lease_id, p.reference, p.block_hash, l.state, l.reorg_at
+                 FROM payments p JOIN leases l ON l.id = p.lease_id
+                 WHERE p.block_hash IS NOT NULL AND p.settled = 0 ORDER BY p.id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Unsettled {
+                    payment_id: r.get(0)?,
+                    lease_id: r.get(1)?,
+                    reference: r.get(2)?,
+                    block_hash: r.get(3)?,
+                    lease_state: r.get(4)?,
+                    reorg_at: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// The block hashes of the lease's on-chain payments still followed.
+    pub fn unsettled_blocks_of(&self, lease_id: &str) -> Result<Vec<String>, LedgerError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT block_hash FROM payments
+                 WHERE lease_id = ?1 AND block_hash IS NOT NULL AND settled = 0",
+            )?;
+            let rows = stmt.query_map([lease_id], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
+        })
+    }
+
+    /// The payment is deep enough (`settled` 1), or was given up after the window (2).
+    pub fn settle_payment(&self, payment_id: i64, given_up: bool) -> Result<(), LedgerError> {
+        self.with_tx(|tx| {
+            tx.prepare_cached("UPDATE payments SET settled = ?2 WHERE id = ?1")?
+                .execute(params![payment_id, if given_up { 2 } else { 1 }])?;
+            Ok(())
+        })
+    }
+
+    /// The payment confirmed again, in another block.
+    pub fn move_payment(&self, payment_id: i64, block_hash: &str) -> Result<(), LedgerError> {
+        self.with_tx(|tx| {
+            tx.prepare_cached("UPDATE payments SET block_hash = ?2 WHERE id = ?1")?
+                .execute(params![payment_id, block_hash])?;
+            Ok(())
+        })
+    }
+
+    /// Freezes the lease: `paused_reorg` if its guest runs or is paused unfunded (returns
+    /// whether the guest must be paused), frozen as it is otherwise.
+    pub fn freeze_for_reorg(&self, id: &str) -> Result<bool, LedgerError> {
+        self.with_tx(|tx| {
+            let lease = require_in(tx, id)?;
+            if lease.reorg_at.is_some() {
+                return Ok(false);
+            }
+            let pause = matches!(
+                lease.state,
+                LeaseState::Running | LeaseState::PausedUnfunded
+            );
+            let state = if pause {
+                LeaseState::PausedReorg
+            } else {
+                lease.state
+            };
+            let now = unix_s();
+            tx.prepare_cached(
+                "UPDATE leases SET reorg_at = ?2, state = ?3, updated_at = ?2 WHERE id = ?1",
+            )?
+            .execute(params![id, now, state])?;
+            Ok(lease.state == LeaseState::Running)
+        })
+    }
+
+    /// Thaws the lease (its payments are on the best chain again). A `paused_reorg` lease
+    /// runs again from the guest's current counters (`baseline`: vCPU µs, uptime µs), so
+    /// the pause is not billed, or waits unfunded if it has no balance. Returns whether the
+    /// guest must be resumed.
+    pub fn thaw_after_reorg(
+        &self,
+        id: &str,
+        baseline: Option<(u64, u64)>,
+    ) -> Result<bool, LedgerError> {
+        self.with_tx(|tx| {
+            let lease = require_in(tx, id)?;
+            if lease.reorg_at.is_none() {
+                return Ok(false);
+            }
+            let now = unix_s();
+            if lease.state != LeaseState::PausedReorg {
+                tx.prepare_cached(
+                    "UPDATE leases SET reorg_at = NULL, updated_at = ?2 WHERE id = ?1",
+                )?
+                .execute(params![id, now])?;
+                return Ok(false);
+            }
+            let (vcpu, uptime) =
+                baseline.unwrap_or((lease.last_vcpu_total_us, lease.last_uptime_us));
+            let funded = lease.balance_msat > 0;
+            let state = if funded {
+                LeaseState::Running
+            } else {
+                LeaseState::PausedUnfunded
+            };
+            tx.prepare_cached(
+                "UPDATE leases SET reorg_at = NULL, state = ?2, last_vcpu_total_us = ?3,
+                    last_uptime_us = ?4, paused_at = CASE WHEN ?5 THEN paused_at ELSE ?6 END,
+                    updated_at = ?6 WHERE id = ?1",
+            )?
+            .execute(params![id, state, vcpu, uptime, funded, now])?;
+            Ok(funded)
+        })
+    }
+
+    /// Stops a frozen lease for good: `payment_reorged`, the balance kept frozen (never
+    /// refunded). Returns whether it was live (its guest must be stopped).
+    pub fn stop_for_reorg(&self, id: &str) -> Result<bool, LedgerError> {
+        self.with_tx(|tx| {
+            let lease = require_in(tx, id)?;
+            let live = lease.state.is_live();
+            if live {
+                tx.prepare_cached(
+                    "UPDATE leases SET state = ?2, stop_reason = ?3, updated_at = ?4 WHERE id = ?1",
+                )?
+                .execute(params![
+                    id,
+                    LeaseState::Stopped,
+                    StopReason::PaymentReorged,
+                    unix_s()
+                ])?;
+            }
+            Ok(live)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::test_support::{credit, ledger, new_lease};
+
+    #[test]
+    fn a_frozen_lease_pauses_refunds_nothing_and_thaws_or_stops() {
+        let (_d, l) = ledger();
+        let mut c = credit(1, 5_000);
+        c.block_hash = Some("00aa".into());
+        l.create_lease(&new_lease("a"), &c).expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        let u = l.unsettled_payments().expect("list");
+        assert_eq!(u.len(), 1);
+        assert_eq!(
+            (u[0].lease_id.as_str(), u[0].block_hash.as_str()),
+            ("a", "00aa")
+        );
+
+        assert!(
+            l.freeze_for_reorg("a").expect("freeze"),
+            "a running guest pauses"
+        );
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!(row.state, LeaseState::PausedReorg);
+        let refused = l.refund("a", Ok::<u64, ()>);
+        assert!(
+            matches!(refused, Err(LedgerError::State { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(l.get("a").unwrap().unwrap().balance_msat, 5_000);
+
+        assert!(l.thaw_after_reorg("a", Some((7, 9))).expect("thaw"));
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!(row.state, LeaseState::Running);
+        assert_eq!((row.last_vcpu_total_us, row.last_uptime_us), (7, 9));
+
+        l.freeze_for_reorg("a").expect("freeze again");
+        assert!(l.stop_for_reorg("a").expect("stop"));
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!(row.state, LeaseState::Stopped);
+        assert_eq!(row.stop_reason, Some(StopReason::PaymentReorged));
+        assert!(
+            l.refund("a", Ok::<u64, ()>).is_err(),
+            "a payment_reorged lease is never refunded"
+        );
+        l.settle_payment(u[0].payment_id, true).expect("give up");
+        assert!(l.unsettled_payments().expect("list").is_empty());
+    }
+}

@@ -1,0 +1,164 @@
+//! Reorgs and lease payments: every metering tick, each accepted on-chain payment that has
+//! not settled (`--settle-conf` deep) is checked against the best chain.
+//! - Its block is on the best chain (or its outputs were seen again in a best-chain block:
+//!   the same transaction re-mined after a reorg, which moves the payment there): fine, and
+//!   settled once deep enough. A lease frozen for it is thawed (its guest resumed, metered
+//!   from the guest's current counters so the pause is not billed).
+//! - Its outputs are on no best-chain block: the lease is frozen (`paused_reorg`: guest
+//!   paused, not metered, nothing refunded or minted from it). After `--reorg-window-s`
+//!   it is stopped with `payment_reorged`; the balance stays frozen for good.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use bitcoin::BlockHash;
+use coinop_proto::LeaseState;
+use payment::onchain::{HeaderChain, PaymentWatch};
+use vmm_protocol::client;
+use vmm_protocol::Request;
+
+use crate::app::Shared;
+use crate::clock::unix_s;
+use crate::guest_stop::stop_guest;
+use crate::ledger::reorg::Unsettled;
+use crate::ledger::LedgerError;
+
+/// Where a payment stands on the best chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// In this best-chain block, with these confirmations.
+    On(BlockHash, u32),
+    Off,
+}
+
+/// The payment's standing: its own block, else a best-chain block its outputs were seen in.
+fn standing(chain: &HeaderChain, watch: &PaymentWatch, p: &Unsettled) -> Standing {
+    if let Ok(hash) = p.block_hash.parse::<BlockHash>() {
+        if let Some(b) = chain.block(&hash).filter(|b| b.on_best_chain) {
+            return Standing::On(hash, b.confirmations);
+        }
+    }
+    // Re-mined elsewhere? Every outpoint must be in a best-chain block; the payment counts
+    // from the shallowest of them.
+    let mut shallowest: Option<(BlockHash, u32)> = None;
+    for text in p.reference.split(',') {
+        let Ok(outpoint) = text.trim().parse::<bitcoin::OutPoint>() else {
+            return Standing::Off;
+        };
+        let found = watch.blocks_with(&outpoint).ok().and_then(|blocks| {
+            blocks.into_iter().find_map(|h| {
+                chain
+                    .block(&h)
+                    .filter(|b| b.on_best_chain)
+                    .map(|b| (h, b.confirmations))
+            })
+        });
+        match found {
+            None => return Standing::Off,
+            Some((h, c)) if shallowest.is_none_or(|(_, sc)| c < sc) => shallowest = Some((h, c)),
+            Some(_) => {}
+        }
+    }
+    shallowest.map_or(Standing::Off, |(h, c)| Standing::On(h, c))
+}
+
+/// One pass over the unsettled payments (a few rows at most: payments settle in an hour).
+pub async fn check(s: &Shared) -> Result<(), LedgerError> {
+    let unsettled = s.ledger.unsettled_payments()?;
+    if unsettled.is_empty() {
+        return Ok(());
+    }
+    let standings: Vec<(Unsettled, Standing)> = {
+        let chain = s.chain_read();
+        unsettled
+            .into_iter()
+            .map(|p| {
+                let st = standing(&chain, &s.watch, &p);
+                (p, st)
+            })
+            .collect()
+    };
+    let settle = s.config.settle_conf.max(1);
+    let mut by_lease: BTreeMap<String, Vec<(Unsettled, Standing)>> = BTreeMap::new();
+    for (p, st) in standings {
+        if let Standing::On(hash, conf) = st {
+            let hash = hash.to_string();
+            if hash != p.block_hash {
+                tracing::info!(lease = %p.lease_id, payment = p.payment_id, block = %hash, "payment confirmed again in another block");
+                s.ledger.move_payment(p.payment_id, &hash)?;
+            }
+            if conf >= settle {
+                s.ledger.settle_payment(p.payment_id, false)?;
+            }
+        }
+        by_lease
+            .entry(p.lease_id.clone())
+            .or_default()
+            .push((p, st));
+    }
+    let now = unix_s();
+    for (lease_id, payments) in by_lease {
+        let any_off = payments.iter().any(|(_, st)| *st == Standing::Off);
+        let (state, reorg_at) = (payments[0].0.lease_state, payments[0].0.reorg_at);
+        match (any_off, reorg_at) {
+            (true, None) => {
+                tracing::warn!(lease = %lease_id, "a payment's block left the best chain; lease frozen");
+                if s.ledger.freeze_for_reorg(&lease_id)? {
+                    set_guest(s, &lease_id, Request::Pause).await;
+                }
+            }
+            (true, Some(at)) if now.saturating_sub(at) >= s.config.reorg_window_s as i64 => {
+                tracing::warn!(lease = %lease_id, "payment did not confirm again in time; stopping (payment_reorged)");
+                let live = s.ledger.stop_for_reorg(&lease_id)?;
+                for (p, st) in &payments {
+                    if *st == Standing::Off {
+                        s.ledger.settle_payment(p.payment_id, true)?;
+                    }
+                }
+                if live {
+                    if let Some(row) = s.ledger.get(&lease_id)? {
+                        stop_guest(s, &row);
+                    }
+                }
+            }
+            (false, Some(_)) => {
+                tracing::info!(lease = %lease_id, "payment back on the best chain; lease thawed");
+                let baseline = if state == LeaseState::PausedReorg {
+                    usage_of(s, &lease_id).await
+                } else {
+                    None
+                };
+                if s.ledger.thaw_after_reorg(&lease_id, baseline)? {
+                    set_guest(s, &lease_id, Request::Resume).await;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn control_path(s: &Shared, id: &str) -> Option<PathBuf> {
+    s.ledger
+        .get(id)
+        .ok()
+        .flatten()
+        .map(|l| PathBuf::from(l.control_path))
+}
+
+async fn usage_of(s: &Shared, id: &str) -> Option<(u64, u64)> {
+    let path = control_path(s, id)?;
+    client::usage(&path)
+        .await
+        .ok()
+        .map(|u| (u.vcpu_total_us, u.uptime_us))
+}
+
+async fn set_guest(s: &Shared, id: &str, req: Request) {
+    let Some(path) = control_path(s, id) else {
+        return;
+    };
+    if let Err(e) = client::set_state(&path, req).await {
+        tracing::warn!(lease = %id, error = %e, "pausing/resuming the guest for a reorg failed");
+    }
+}

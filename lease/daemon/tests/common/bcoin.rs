@@ -1,0 +1,257 @@
+//! bcoin (a Bitcoin full node in JavaScript, npm `bcoin@1.0.2`, written by people outside
+//! this project) as the tests' real Bitcoin peer: regtest, loopback only, started and killed
+//! by the test that owns it. Installed (cached) by scripts/lib/bcoin.sh, which the test
+//! runs itself when `COINOP_BCOIN_DIR` is not set; started by scripts/lib/bcoin-regtest.js.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use bitcoin::hashes::Hash;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The bcoin install, installing it if needed; `None` (after a `SKIPPED:` line) when it
+/// cannot be had here.
+pub fn bcoin_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("COINOP_BCOIN_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let script = repo_root().join("scripts/lib/bcoin.sh");
+    let out = Command::new("bash").arg(&script).output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let dir = text.lines().last().unwrap_or_default().trim().to_string();
+            Some(PathBuf::from(dir))
+        }
+        Ok(o) => {
+            super::skipped(&format!(
+                "bcoin could not be installed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+            None
+        }
+        Err(e) => {
+            super::skipped(&format!("bcoin installer did not run: {e}"));
+            None
+        }
+    }
+}
+
+/// A free loopback TCP port (bound and released: a race only with other binds right now).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A running bcoin regtest node, killed when dropped.
+pub struct Bcoin {
+    child: Option<Child>,
+    /// Held open: bcoin exits when it closes (the test died).
+    _stdin: Option<ChildStdin>,
+    dir: PathBuf,
+    prefix: Option<PathBuf>,
+    wallet: bool,
+    pub p2p_port: u16,
+    pub rpc_port: u16,
+    api_key: String,
+}
+
+impl Bcoin {
+    /// Starts bcoin on fresh ports; `prefix` keeps its chain on disk (to restart it).
+    pub fn start(dir: &Path, prefix: Option<&Path>) -> Bcoin {
+        Self::start_with(dir, prefix, false)
+    }
+
+    /// Starts bcoin with its wallet (HTTP API on `rpc_port + 1`).
+    pub fn start_with_wallet(dir: &Path) -> Bcoin {
+        Self::start_with(dir, None, true)
+    }
+
+    fn start_with(dir: &Path, prefix: Option<&Path>, wallet: bool) -> Bcoin {
+        let rpc_port = loop {
+            // The wallet takes the port after the node's: both must be free.
+            let p = free_port();
+            if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+        };
+        let mut b = Bcoin {
+            child: None,
+            _stdin: None,
+            dir: dir.to_path_buf(),
+            prefix: prefix.map(Path::to_path_buf),
+            wallet,
+            p2p_port: free_port(),
+            rpc_port,
+            api_key: format!("coinop-test-{}", std::process::id()),
+        };
+        b.launch();
+        b
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = Command::new("node");
+        cmd.arg(repo_root().join("scripts/lib/bcoin-regtest.js"))
+            .args(["--p2p-port", &self.p2p_port.to_string()])
+            .args(["--rpc-port", &self.rpc_port.to_string()])
+            .args(["--api-key", &self.api_key])
+            .env("NODE_PATH", self.dir.join("node_modules"))
+            .env("NODE_BACKEND", "js")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(p) = &self.prefix {
+            cmd.args(["--prefix", &p.display().to_string()]);
+        }
+        if self.wallet {
+            cmd.arg("--wallet");
+        }
+        let mut child = cmd.spawn().expect("start node for bcoin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        self._stdin = child.stdin.take();
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("bcoin's stdout");
+        assert!(line.starts_with("READY"), "bcoin did not start: {line:?}");
+        self.child = Some(child);
+    }
+
+    /// Stops bcoin (SIGTERM, then waits for it).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            for _ in 0..200 {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self._stdin = None;
+    }
+
+    /// Starts it again on the same ports (and the same chain, with a prefix).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    pub fn p2p_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.p2p_port)
+    }
+
+    /// One JSON-RPC call over loopback HTTP with basic auth.
+    pub async fn rpc(&self, method: &str, params: Value) -> Value {
+        let v = self
+            .http(
+                self.rpc_port,
+                "POST",
+                "/",
+                json!({"method": method, "params": params}),
+            )
+            .await;
+        assert!(v["error"].is_null(), "bcoin {method}: {}", v["error"]);
+        v["result"].clone()
+    }
+
+    /// A call to bcoin's wallet HTTP API (`/wallet/...`).
+    pub async fn wallet(&self, method: &str, path: &str, body: Value) -> Value {
+        self.http(self.rpc_port + 1, method, path, body).await
+    }
+
+    async fn http(&self, port: u16, method: &str, path: &str, body: Value) -> Value {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to bcoin's HTTP API");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("HTTP handshake with bcoin");
+        tokio::spawn(conn);
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("x:{}", self.api_key));
+        let body = body.to_string();
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "127.0.0.1")
+            .header(hyper::header::AUTHORIZATION, format!("Basic {auth}"))
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(Bytes::from(body)))
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("bcoin answers");
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("bcoin's reply body")
+            .to_bytes();
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "bcoin {method} {path}: {e}: {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
+    }
+
+    /// Mines `n` blocks to a throwaway address; returns their hashes.
+    pub async fn generate(&self, n: u32) -> Vec<String> {
+        let r = self
+            .rpc("generatetoaddress", json!([n, regtest_address()]))
+            .await;
+        r.as_array()
+            .expect("generatetoaddress returns hashes")
+            .iter()
+            .map(|h| h.as_str().expect("hash").to_string())
+            .collect()
+    }
+
+    pub async fn best_hash(&self) -> String {
+        self.rpc("getbestblockhash", json!([]))
+            .await
+            .as_str()
+            .expect("hash")
+            .to_string()
+    }
+}
+
+impl Drop for Bcoin {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `address` (a regtest segwit address as coinop writes it, `bcrt1...`) as bcoin 1.0.2
+/// writes it (`rb1...`): the same witness program under bcoin's prefix.
+pub fn to_bcoin_address(address: &str) -> String {
+    use bitcoin::bech32::{segwit, Hrp};
+    let (_, version, program) = segwit::decode(address).expect("a segwit address");
+    segwit::encode(Hrp::parse("rb").expect("valid hrp"), version, &program)
+        .expect("the same program encodes")
+}
+
+/// A P2WPKH address on regtest in bcoin 1.0.2's spelling (`rb`, where Bitcoin Core now
+/// writes `bcrt`; same witness program).
+pub fn regtest_address() -> String {
+    use bitcoin::bech32::{segwit, Fe32, Hrp};
+    let program = bitcoin::hashes::hash160::Hash::hash(b"coinop test coinbase");
+    segwit::encode(
+        Hrp::parse("rb").expect("valid hrp"),
+        Fe32::Q,
+        program.as_byte_array(),
+    )
+    .expect("a 20-byte v0 program encodes")
+}

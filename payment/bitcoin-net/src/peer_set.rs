@@ -1,0 +1,213 @@
+//! The set of peers: one task per configured `HOST:PORT` (and, when asked, per address the
+//! network's DNS seeds return), each connecting, running a [`session`](crate::session) and
+//! reconnecting after it ends, with exponential back-off. A peer that misbehaved is banned:
+//! its task waits out the ban before connecting again. Stopping the set (aborting the
+//! handle [`spawn`] returns) stops every peer task with it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::p2p::Magic;
+use payment::onchain::ChainNetwork;
+use tokio::net::TcpStream;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::session::{self, SessionContext, SessionTimers};
+use crate::status::SyncStatus;
+use crate::ChainAccess;
+
+/// How the peer set runs.
+#[derive(Clone, Debug)]
+pub struct PeerSetConfig {
+    pub network: ChainNetwork,
+    /// `HOST:PORT` of each peer to keep a connection to.
+    pub peers: Vec<String>,
+    /// Also connect to addresses from the network's DNS seeds (mainnet and testnets only).
+    pub dns_seeds: bool,
+    /// How many DNS-seed addresses to use at most.
+    pub seed_peers: usize,
+    /// How long a misbehaving peer is shunned.
+    pub ban_for: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// A session that lasted this long resets the back-off.
+    pub stable_after: Duration,
+    pub timers: SessionTimers,
+    pub user_agent: String,
+}
+
+impl PeerSetConfig {
+    pub fn new(network: ChainNetwork, peers: Vec<String>) -> Self {
+        PeerSetConfig {
+            network,
+            peers,
+            dns_seeds: false,
+            seed_peers: 4,
+            ban_for: Duration::from_secs(24 * 60 * 60),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            stable_after: Duration::from_secs(60),
+            timers: SessionTimers::default(),
+            user_agent: format!("/coinopd:{}/", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    /// Whether there is anyone to connect to.
+    pub fn is_enabled(&self) -> bool {
+        !self.peers.is_empty() || (self.dns_seeds && !dns_seeds(self.network).0.is_empty())
+    }
+}
+
+/// The network's DNS seeds and default port (Bitcoin Core's chainparams).
+pub fn dns_seeds(network: ChainNetwork) -> (&'static [&'static str], u16) {
+    match network {
+        ChainNetwork::Mainnet => (
+            &[
+                "seed.bitcoin.sipa.be",
+                "dnsseed.bluematt.me",
+                "seed.bitcoin.jonasschnelli.ch",
+                "seed.btc.petertodd.net",
+                "seed.bitcoin.sprovoost.nl",
+                "dnsseed.emzy.de",
+                "seed.bitcoin.wiz.biz",
+            ],
+            8333,
+        ),
+        ChainNetwork::Testnet3 => (
+            &[
+                "testnet-seed.bitcoin.jonasschnelli.ch",
+                "seed.tbtc.petertodd.net",
+                "seed.testnet.bitcoin.sprovoost.nl",
+                "testnet-seed.bluematt.me",
+            ],
+            18333,
+        ),
+        ChainNetwork::Testnet4 => (
+            &[
+                "seed.testnet4.bitcoin.sprovoost.nl",
+                "seed.testnet4.wiz.biz",
+            ],
+            48333,
+        ),
+        // Signet headers are taken only from the operator; regtest has no public nodes.
+        ChainNetwork::Signet | ChainNetwork::Regtest => (&[], 0),
+    }
+}
+
+/// Starts the peer set; abort the handle to stop it and every peer task.
+pub fn spawn(
+    config: PeerSetConfig,
+    chain: Arc<dyn ChainAccess>,
+    status: Arc<SyncStatus>,
+) -> JoinHandle<()> {
+    for p in &config.peers {
+        status.configured(p);
+    }
+    tokio::spawn(async move {
+        let config = Arc::new(config);
+        let mut tasks = JoinSet::new();
+        for p in &config.peers {
+            tasks.spawn(peer_loop(
+                p.clone(),
+                p.clone(),
+                Arc::clone(&config),
+                Arc::clone(&chain),
+                Arc::clone(&status),
+            ));
+        }
+        if config.dns_seeds {
+            for addr in seed_addresses(&config).await {
+                let label = format!("seed:{addr}");
+                status.configured(&label);
+                tasks.spawn(peer_loop(
+                    label,
+                    addr,
+                    Arc::clone(&config),
+                    Arc::clone(&chain),
+                    Arc::clone(&status),
+                ));
+            }
+        }
+        // The tasks loop forever; this waits until the set is aborted (dropping `tasks`
+        // aborts them all).
+        while tasks.join_next().await.is_some() {}
+    })
+}
+
+/// Up to `seed_peers` distinct addresses from the network's DNS seeds.
+async fn seed_addresses(config: &PeerSetConfig) -> Vec<String> {
+    let (seeds, port) = dns_seeds(config.network);
+    let mut out = Vec::new();
+    for seed in seeds {
+        match tokio::net::lookup_host((*seed, port)).await {
+            Ok(addrs) => {
+                for a in addrs {
+                    let a = a.to_string();
+                    if !out.contains(&a) {
+                        out.push(a);
+                    }
+                    if out.len() >= config.seed_peers {
+                        return out;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(seed, error = %e, "DNS seed lookup failed"),
+        }
+    }
+    out
+}
+
+/// Keeps one peer connected for as long as the set runs.
+async fn peer_loop(
+    label: String,
+    target: String,
+    config: Arc<PeerSetConfig>,
+    chain: Arc<dyn ChainAccess>,
+    status: Arc<SyncStatus>,
+) {
+    let ctx = SessionContext {
+        label: label.clone(),
+        magic: Magic::from(config.network.bitcoin_network()),
+        user_agent: config.user_agent.clone(),
+        timers: config.timers.clone(),
+        chain,
+        status: Arc::clone(&status),
+    };
+    let mut backoff = config.backoff_min;
+    loop {
+        let started = Instant::now();
+        let ended = match connect(&target, config.timers.handshake).await {
+            Ok(stream) => {
+                let end = session::run(stream, &ctx).await;
+                (end.to_string(), end.is_misbehaviour())
+            }
+            Err(e) => (format!("connect: {e}"), false),
+        };
+        status.disconnected(&label);
+        let (why, ban) = ended;
+        if ban {
+            let until = Instant::now() + config.ban_for;
+            status.banned(&label, until);
+            tracing::warn!(peer = %label, reason = %why, ban_s = config.ban_for.as_secs(), "bitcoin peer banned");
+            tokio::time::sleep_until(until.into()).await;
+            backoff = config.backoff_min;
+            continue;
+        }
+        if started.elapsed() >= config.stable_after {
+            backoff = config.backoff_min;
+        }
+        tracing::info!(peer = %label, reason = %why, retry_ms = backoff.as_millis() as u64, "bitcoin peer disconnected");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(config.backoff_max);
+    }
+}
+
+async fn connect(target: &str, timeout: Duration) -> std::io::Result<TcpStream> {
+    match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no connection within {timeout:?}"),
+        )),
+    }
+}
