@@ -265,6 +265,31 @@ impl PgSpentSet {
             .collect()
     }
 
+    /// Whether every key (at least one) is held by this host for `operation_id`, in any
+    /// state: a request repeated after its operation delivered (its reply lost) is
+    /// recognised by this, and answered from the host's own ledger.
+    pub async fn held_for_operation(
+        &self,
+        keys: &[SpendKey],
+        operation_id: &str,
+    ) -> Result<bool, PgStoreError> {
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        let kinds: Vec<i16> = keys.iter().map(|k| kind_code(k.kind)).collect();
+        let bytes: Vec<&[u8]> = keys.iter().map(|k| k.bytes.as_slice()).collect();
+        let host = self.store.host_id().to_owned();
+        self.store
+            .with_client(1, |client| async move {
+                let holders = Self::holders(&client, &kinds, &bytes).await?;
+                Ok(holders.iter().all(|h| {
+                    h.as_ref()
+                        .is_some_and(|h| h.host_id == host && h.operation_id == operation_id)
+                }))
+            })
+            .await
+    }
+
     /// Whether every key (at least one) is spent with exactly `receipt`; see
     /// [`payment::spent_set::SpentSet::spent_with`].
     pub async fn spent_with(

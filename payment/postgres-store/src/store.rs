@@ -79,6 +79,7 @@ pub struct StoreMetrics {
 pub struct PgStore {
     pool: Pool,
     host_id: Arc<str>,
+    description: Arc<str>,
     operation_timeout: Duration,
     counters: Arc<StoreCounters>,
 }
@@ -91,6 +92,23 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+fn describe(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    format!(
+        "postgres host={} dbname={}",
+        hosts.join(","),
+        config.get_dbname().unwrap_or("(default)")
+    )
+}
+
 fn millis(d: Duration) -> u128 {
     d.as_millis().max(1)
 }
@@ -99,6 +117,15 @@ impl PgStore {
     /// Connects, applies pending schema migrations (refusing a newer schema) and keeps the
     /// pool. Fails with [`PgStoreError::Unavailable`] if the server cannot be reached now.
     pub async fn connect(options: &PgStoreOptions) -> Result<Self, PgStoreError> {
+        let store = Self::new(options)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The store without touching the network: the pool connects on first use. A daemon
+    /// that must run (its guests, its metering) while the database is down makes it so,
+    /// then calls [`PgStore::migrate`] until that succeeds.
+    pub fn new(options: &PgStoreOptions) -> Result<Self, PgStoreError> {
         if options.host_id.is_empty() {
             return Err(PgStoreError::Config("the host id is empty".into()));
         }
@@ -112,6 +139,7 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name(format!("coinopd {}", options.host_id).as_str());
         }
+        let description = describe(&config);
         // Start-up options apply to every connection the pool makes, without a round trip.
         config.options(format!(
             "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
@@ -136,26 +164,39 @@ impl PgStore {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| PgStoreError::Config(format!("connection pool: {e}")))?;
-        let store = PgStore {
+        Ok(PgStore {
             pool,
             host_id: options.host_id.as_str().into(),
+            description: description.into(),
             operation_timeout: options.operation_timeout,
             counters: Arc::default(),
-        };
-        store.migrate().await?;
-        Ok(store)
+        })
     }
 
-    /// Applies pending migrations; see [`migrations::migrate`].
-    async fn migrate(&self) -> Result<Vec<i32>, PgStoreError> {
-        let mut client = self.pool.get().await.map_err(classify_pool)?;
-        let client: &mut tokio_postgres::Client = &mut client;
-        migrations::migrate(client).await
+    /// Applies pending migrations, or refuses a newer schema; see [`migrations::migrate`].
+    pub async fn migrate(&self) -> Result<Vec<i32>, PgStoreError> {
+        let run = async {
+            let mut client = self.pool.get().await.map_err(classify_pool)?;
+            let client: &mut tokio_postgres::Client = &mut client;
+            migrations::migrate(client).await
+        };
+        tokio::time::timeout(self.operation_timeout, run)
+            .await
+            .unwrap_or_else(|_| {
+                Err(PgStoreError::Unavailable(
+                    "no answer to the schema check in time".into(),
+                ))
+            })
     }
 
     /// This host's id in the fleet.
     pub fn host_id(&self) -> &str {
         &self.host_id
+    }
+
+    /// Where the store is, for operators: hosts and database, never the password.
+    pub fn description(&self) -> &str {
+        &self.description
     }
 
     /// The counters so far.

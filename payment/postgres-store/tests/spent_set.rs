@@ -249,7 +249,13 @@ async fn a_pending_claim_is_idempotent_for_its_own_host_and_operation_only() {
         h2.release_pending(&keys).await,
         Err(PgStoreError::NotPending { .. })
     ));
+    assert!(h1.held_for_operation(&keys, "lease-a").await.unwrap());
+    assert!(!h1.held_for_operation(&keys, "lease-b").await.unwrap());
+    assert!(!h2.held_for_operation(&keys, "lease-a").await.unwrap());
+    assert!(!h1.held_for_operation(&more, "lease-a").await.unwrap());
     h1.commit_pending(&keys).await.unwrap();
+    // Delivered, the operation still holds its keys: a repeat is recognised.
+    assert!(h1.held_for_operation(&keys, "lease-a").await.unwrap());
     assert_eq!(
         h2.states(&keys).await.unwrap(),
         vec![Some(SpendState::Spent); 2]
@@ -458,7 +464,24 @@ async fn an_unreachable_store_fails_closed_and_recovers_by_itself() {
     let Some(pg) = cluster("an_unreachable_store_fails_closed_and_recovers_by_itself") else {
         return;
     };
-    let set = set(&pg, "h1").await;
+    // Made while the server is down: no network until the first call.
+    pg.stop().unwrap();
+    let store = PgStore::new(&options(&pg, "h1")).expect("a store needs no server to be made");
+    assert!(
+        store.description().starts_with("postgres host=/"),
+        "{}",
+        store.description()
+    );
+    assert!(matches!(
+        store.migrate().await,
+        Err(PgStoreError::Unavailable(_))
+    ));
+    pg.start_again().unwrap();
+    store
+        .migrate()
+        .await
+        .expect("the schema check once the server is up");
+    let set = PgSpentSet::new(store);
     let before = key(KeyKind::Outpoint, 1);
     let during = key(KeyKind::Outpoint, 2);
     set.claim(
