@@ -35,6 +35,11 @@ pub enum ConfigError {
     GuestNetwork(String),
     #[error(transparent)]
     Pool(#[from] PoolError),
+    #[error("--store-password-file {path}: {source}")]
+    StorePassword {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Flags and config-file keys. Every field is optional so the two sources can be merged.
@@ -177,6 +182,19 @@ pub struct Settings {
     /// quote takes the next address of the xpub; beyond the rate: 429 with Retry-After.
     #[arg(long)]
     pub quotes_per_min: Option<u32>,
+    /// The fleet store that several coinopd hosts share (the spent set, so a payment is
+    /// accepted once across all of them): a PostgreSQL `postgres://user@host/db` URL or a
+    /// libpq-style `host=... user=... dbname=...` string. Put no password in it: use
+    /// --store-password-file or PGPASSWORD. Unset: this host's own SQLite state only.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// File whose first line is the fleet store's password (else PGPASSWORD, if set).
+    #[arg(long)]
+    pub store_password_file: Option<PathBuf>,
+    /// This host's id in the fleet, recorded with each of its claims (default: the host
+    /// name and the state dir). Two hosts must never share one.
+    #[arg(long)]
+    pub host_id: Option<String>,
 }
 
 /// Resolved settings.
@@ -216,6 +234,45 @@ pub struct Config {
     pub header_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub quotes_per_min: u32,
+    /// `--store`: the fleet store, if any.
+    pub store: Option<StoreConfig>,
+    /// `--host-id`, or its default.
+    pub host_id: String,
+}
+
+/// Where the fleet store is, and the password to it (kept out of `Debug`).
+#[derive(Clone)]
+pub struct StoreConfig {
+    pub conninfo: String,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("conninfo", &self.conninfo)
+            .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .finish()
+    }
+}
+
+/// The fleet store's settings: the password from `password_file`, else PGPASSWORD.
+fn store_config(
+    conninfo: Option<String>,
+    password_file: Option<PathBuf>,
+) -> Result<Option<StoreConfig>, ConfigError> {
+    let Some(conninfo) = conninfo else {
+        return Ok(None);
+    };
+    let password = match password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| ConfigError::StorePassword { path, source })?;
+            Some(text.lines().next().unwrap_or_default().to_string())
+        }
+        None => std::env::var("PGPASSWORD").ok(),
+    };
+    Ok(Some(StoreConfig { conninfo, password }))
 }
 
 impl Settings {
@@ -264,6 +321,9 @@ impl Settings {
             header_timeout_ms: self.header_timeout_ms.or(file.header_timeout_ms),
             idle_timeout_ms: self.idle_timeout_ms.or(file.idle_timeout_ms),
             quotes_per_min: self.quotes_per_min.or(file.quotes_per_min),
+            store: self.store.or(file.store),
+            store_password_file: self.store_password_file.or(file.store_password_file),
+            host_id: self.host_id.or(file.host_id),
         }
     }
 
@@ -337,6 +397,10 @@ impl Settings {
         let guest_ssh_ports =
             address_pool::parse_ports(self.guest_ssh_ports.as_deref().unwrap_or("22000-22999"))?;
         let guest_ssh_host = self.guest_ssh_host.unwrap_or_else(host_name);
+        let host_id = self
+            .host_id
+            .unwrap_or_else(|| format!("{}:{}", host_name(), state_dir.display()));
+        let store = store_config(self.store, self.store_password_file)?;
         let config = Config {
             socket,
             socket_mode,
@@ -372,6 +436,8 @@ impl Settings {
             header_timeout_ms: self.header_timeout_ms.unwrap_or(10_000),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(30_000),
             quotes_per_min: self.quotes_per_min.unwrap_or(30),
+            store,
+            host_id,
         };
         for (flag, value) in [
             ("tick-ms", config.tick_ms),

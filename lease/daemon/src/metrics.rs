@@ -1,5 +1,6 @@
 //! Prometheus metrics for `/metrics`: leases by state, boots, boot latency, msat debited,
-//! payments verified and rejected, the disk reserve, dropped log lines.
+//! payments verified and rejected, the disk reserve, dropped log lines, the fleet store's
+//! round trips and errors.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -29,6 +30,9 @@ pub struct Metrics {
     residual_msat: Counter,
     payments: Family<Labels, Counter>,
     storage: StorageMetrics,
+    /// The fleet store's counters, brought up to date at each render (`--store` only).
+    fleet_store: Family<Labels, Counter>,
+    fleet_store_sync: std::sync::Mutex<()>,
 }
 
 /// The disk reserve's figures ([`crate::disk_reserve`]): handles on registered metrics.
@@ -103,8 +107,16 @@ impl Metrics {
             "Log lines stderr refused (dropped, not retried)",
             crate::log_writer::dropped_lines(),
         );
+        let fleet_store = Family::<Labels, Counter>::default();
+        registry.register(
+            "fleet_store",
+            "Fleet store (--store) statement round trips, errors, and of those outages",
+            fleet_store.clone(),
+        );
         Metrics {
             registry,
+            fleet_store,
+            fleet_store_sync: std::sync::Mutex::new(()),
             leases,
             boots,
             boot_latency_us,
@@ -162,6 +174,23 @@ impl Metrics {
         self.payments
             .get_or_create(&labels(&[("kind", kind), ("result", result)]))
             .inc();
+    }
+
+    /// Brings the fleet store's counters up to the store's own figures.
+    pub fn fleet_store(&self, m: payment_postgres::StoreMetrics) {
+        // One render at a time, so two cannot both add the same difference.
+        let _one = self
+            .fleet_store_sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (what, now) in [
+            ("round_trips", m.round_trips),
+            ("errors", m.errors),
+            ("unavailable", m.unavailable),
+        ] {
+            let c = self.fleet_store.get_or_create(&labels(&[("what", what)]));
+            c.inc_by(now.saturating_sub(c.get()));
+        }
     }
 
     /// Renders the text format; `states` are the current lease counts by state.

@@ -70,6 +70,9 @@ pub async fn metrics(
     for l in s.ledger.list()? {
         *counts.entry(l.state.as_str().to_string()).or_default() += 1;
     }
+    if let Some(fleet) = &s.fleet {
+        s.metrics.fleet_store(fleet.metrics());
+    }
     let text = s.metrics.render(&counts.into_iter().collect::<Vec<_>>());
     Ok((
         [(

@@ -8,13 +8,13 @@ use payment::credit::nut_types::{
     MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest, MintQuoteOnchainResponse,
     MintQuoteState, SwapRequest, SwapResponse,
 };
-use payment::credit::receipt::{receipt, MINT_ONCHAIN};
+use payment::credit::receipt::{receipt, MINT_ONCHAIN, SWAP};
 
 use super::host::QUOTE_TTL_S;
 use super::json_body::JsonBody;
 use crate::app::Shared;
 use crate::clock::unix_s;
-use crate::http::error::{credit_error, quote_error, ApiError};
+use crate::http::error::{credit_error, fleet_error, quote_error, ApiError};
 use crate::leases::payment_intake::verify_onchain;
 
 async fn blocking<T: Send + 'static>(
@@ -55,12 +55,47 @@ pub async fn swap(
     State(s): State<Shared>,
     JsonBody(req): JsonBody<SwapRequest>,
 ) -> Result<Json<SwapResponse>, ApiError> {
-    blocking(move || {
-        let signed = s.mint.swap(&req).map_err(credit_error)?;
+    // With a fleet store the inputs are fenced there first, so that no other host (nor
+    // this one) spends them meanwhile; the swap's receipt names the operation.
+    let fence = match &s.fleet {
+        Some(fleet) => {
+            let keys = swap_input_keys(&req)?;
+            let operation = hex::encode(receipt(SWAP, &keys, &req.outputs));
+            let fence = fleet
+                .fence(&keys, "credit swap", &operation)
+                .await
+                .map_err(fleet_error)?;
+            Some((fleet.clone(), fence))
+        }
+        None => None,
+    };
+    let s2 = s.clone();
+    let out = blocking(move || {
+        let signed = s2.mint.swap(&req).map_err(credit_error)?;
         crate::fault::hit(crate::fault::point::SWAP_COMMITTED);
         Ok(Json(signed))
     })
-    .await
+    .await;
+    if let Some((fleet, fence)) = fence {
+        fleet.settle(fence, &s.ledger).await;
+    }
+    out
+}
+
+/// The spent-set keys of a swap's inputs (their `Y`s), for the fleet fence. An input
+/// without one is refused as the mint refuses it.
+fn swap_input_keys(req: &SwapRequest) -> Result<Vec<payment::spent_set::SpendKey>, ApiError> {
+    if req.inputs.is_empty() {
+        return Err(credit_error(payment::credit::CreditError::NoInputs));
+    }
+    req.inputs
+        .iter()
+        .map(|p| {
+            let y = payment::credit::hash_to_curve::secret_to_curve(&p.secret)?;
+            Ok(payment::credit::mint::credit_key(&y))
+        })
+        .collect::<Result<_, payment::credit::CreditError>>()
+        .map_err(credit_error)
 }
 
 pub async fn checkstate(
@@ -118,15 +153,39 @@ pub async fn mint(
     State(s): State<Shared>,
     JsonBody(req): JsonBody<MintOnchainRequest>,
 ) -> Result<Json<MintOnchainResponse>, ApiError> {
+    let out = mint_fenced(&s, req).await;
+    s.metrics.payment("onchain_mint", out.is_ok());
+    out
+}
+
+/// [`mint`]: the payment checked, its outpoints fenced in the fleet store (if any), then
+/// claimed locally with the signatures, then the fence settled.
+async fn mint_fenced(
+    s: &Shared,
+    req: MintOnchainRequest,
+) -> Result<Json<MintOnchainResponse>, ApiError> {
+    let s2 = s.clone();
+    let (credit, req) = blocking(move || {
+        let chain = s2.chain_read();
+        let credit = verify_onchain(&chain, &s2.quotes, s2.config.min_conf, &req.payment)?;
+        Ok((credit, req))
+    })
+    .await?;
+    let receipt = receipt(MINT_ONCHAIN, &credit.keys, &req.outputs);
+    let note = format!("mint quote {}", req.payment.quote_id);
+    let fence = match &s.fleet {
+        Some(fleet) => {
+            let fence = fleet
+                .fence(&credit.keys, &note, &hex::encode(receipt))
+                .await
+                .map_err(fleet_error)?;
+            Some((fleet.clone(), fence))
+        }
+        None => None,
+    };
     let s2 = s.clone();
     let out = blocking(move || {
-        let credit = {
-            let chain = s2.chain_read();
-            verify_onchain(&chain, &s2.quotes, s2.config.min_conf, &req.payment)?
-        };
         let paid_sat = credit.amount_msat / 1000;
-        let note = format!("mint quote {}", req.payment.quote_id);
-        let receipt = receipt(MINT_ONCHAIN, &credit.keys, &req.outputs);
         let signed = s2
             .ledger
             .claim_with(&credit.keys, &note, &receipt, || {
@@ -143,6 +202,8 @@ pub async fn mint(
         Ok(Json(MintOnchainResponse { signatures }))
     })
     .await;
-    s.metrics.payment("onchain_mint", out.is_ok());
+    if let Some((fleet, fence)) = fence {
+        fleet.settle(fence, &s.ledger).await;
+    }
     out
 }
