@@ -3,6 +3,10 @@
 //! (`payment::spent_set::GroupCommitSpentSet`, WAL, synchronous=FULL) on the same disk, at
 //! 1, 8 and 32 concurrent claimers, each claim one fresh credit Y marked `Spent`.
 //!
+//! Then three hosts (three pools) of 8 claimers each race for the same key, round after
+//! round (`COINOP_RACE_ROUNDS`, default 10,000): exactly one claim must win each round,
+//! checked over every attempt.
+//!
 //! Run: `cargo bench -p payment-postgres --bench claims` (as root the cluster runs as
 //! nobody under /tmp). CPU is split into this process (the claimers and, for SQLite, its
 //! committer thread) and, for PostgreSQL, the server processes (postmaster and its
@@ -178,6 +182,50 @@ async fn bench_postgres(pg: &TestCluster, postmaster: i32, run: u8, claimers: u6
     }
 }
 
+/// Three hosts × 8 claimers race for one fresh key per round; panics unless exactly one
+/// claim wins each round. Returns (attempts, rounds per second).
+async fn race(pg: &TestCluster, rounds: u64) -> (u64, f64) {
+    const PER_HOST: usize = 8;
+    let mut hosts = Vec::new();
+    for h in 0..3 {
+        let mut options = PgStoreOptions::new(pg.conninfo("coinop"), format!("race-{h}"));
+        options.pool_size = PER_HOST;
+        hosts.push(PgSpentSet::new(
+            PgStore::connect(&options).await.expect("connecting"),
+        ));
+    }
+    let attempts = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    for round in 0..rounds {
+        let barrier = Arc::new(tokio::sync::Barrier::new(PER_HOST * hosts.len()));
+        let mut tasks = Vec::new();
+        for host in &hosts {
+            for _ in 0..PER_HOST {
+                let (host, barrier, attempts) = (host.clone(), barrier.clone(), attempts.clone());
+                tasks.push(tokio::spawn(async move {
+                    barrier.wait().await;
+                    attempts.fetch_add(1, Ordering::Relaxed);
+                    match host
+                        .claim(&[fresh_key(0xee, round)], SpendState::Spent, "race", "race")
+                        .await
+                    {
+                        Ok(()) => 1u32,
+                        Err(payment_postgres::PgStoreError::AlreadyClaimed { .. }) => 0,
+                        Err(e) => panic!("round {round}: {e}"),
+                    }
+                }));
+            }
+        }
+        let mut wins = 0;
+        for t in tasks {
+            wins += t.await.expect("race task");
+        }
+        assert_eq!(wins, 1, "round {round}: {wins} claims won");
+    }
+    let per_s = rounds as f64 / t0.elapsed().as_secs_f64();
+    (attempts.load(Ordering::Relaxed), per_s)
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` runs this with no argument and
     // only wants it to build and start.
@@ -210,4 +258,13 @@ fn main() {
         let f = runtime.block_on(bench_postgres(&pg, postmaster, run, claimers));
         report("postgresql", claimers, &f);
     }
+    let rounds: u64 = std::env::var("COINOP_RACE_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10_000);
+    let (attempts, per_s) = runtime.block_on(race(&pg, rounds));
+    println!(
+        "race: 3 hosts x 8 claimers, {rounds} rounds, {attempts} attempts: exactly one win \
+         every round ({per_s:.0} rounds/s)"
+    );
 }
