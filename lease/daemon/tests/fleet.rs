@@ -285,6 +285,9 @@ async fn a_store_outage_refuses_money_and_heals_by_itself() {
 
     pg.start_again().expect("starting PostgreSQL again");
     let r = h1.call("POST", "/v1/swap", None, Some(body)).await;
+    let sigs: Vec<BlindSignature> =
+        serde_json::from_value(r.json()["signatures"].clone()).unwrap_or_default();
+    let fresh_notes = wallet.unblind(&blanks, &sigs);
     assert_eq!(
         r.status,
         200,
@@ -296,7 +299,40 @@ async fn a_store_outage_refuses_money_and_heals_by_itself() {
         m.contains("coinop_fleet_store_total{what=\"unavailable\"}"),
         "{m}"
     );
+    // A repeated input is the mint's 400, whether or not a store is in front of it.
+    let twice = [proofs[0].clone(), proofs[0].clone()];
+    let (r, _) = swap(&h1, &wallet, &twice).await;
+    assert_eq!(
+        (r.status, code(&r)),
+        (400, "duplicate_inputs".into()),
+        "{}",
+        r.text()
+    );
     if let Some(lease) = lease {
         h1.stop_lease(&lease.id, &lease.token).await;
     }
+
+    // coinopd started while the store is down: it serves, money waits for the store.
+    h1.shutdown().await;
+    pg.stop().expect("stopping PostgreSQL");
+    let h1 = host(&pg, &dir, 1, &[]).await;
+    let view = h1.call("GET", "/v1/host", None, None).await.json();
+    assert_eq!(view["store"]["ready"], false, "{view}");
+    let more = h1.call("GET", "/v1/keys", None, None).await;
+    assert_eq!(more.status, 200);
+    let (r, _) = swap(&h1, &wallet, &fresh_notes).await;
+    assert_eq!(
+        (r.status, code(&r)),
+        (503, "store_unavailable".into()),
+        "{}",
+        r.text()
+    );
+    pg.start_again().expect("starting PostgreSQL again");
+    common::wait_for(
+        async || h1.call("GET", "/v1/host", None, None).await.json()["store"]["ready"] == true,
+        "the store check after PostgreSQL came back",
+    )
+    .await;
+    let (r, _) = swap(&h1, &wallet, &fresh_notes).await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }

@@ -88,6 +88,16 @@ fn swap_input_keys(req: &SwapRequest) -> Result<Vec<payment::spent_set::SpendKey
     if req.inputs.is_empty() {
         return Err(credit_error(payment::credit::CreditError::NoInputs));
     }
+    // The mint's own answer for a repeated secret, rather than the store's.
+    let mut seen = std::collections::HashMap::with_capacity(req.inputs.len());
+    for (second, p) in req.inputs.iter().enumerate() {
+        if let Some(&first) = seen.get(p.secret.as_str()) {
+            return Err(credit_error(
+                payment::credit::CreditError::DuplicateInputs { first, second },
+            ));
+        }
+        seen.insert(p.secret.as_str(), second);
+    }
     req.inputs
         .iter()
         .map(|p| {
