@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use payment::spent_set::{SpendKey, SpendState};
+use payment::spent_set::{KeyKind, SpendKey, SpendState};
 use payment_postgres::{PgSpentSet, PgStore, PgStoreError, PgStoreOptions, StoreMetrics};
 use thiserror::Error;
 
@@ -35,9 +35,14 @@ pub enum FleetError {
     /// against it: nothing was accepted, the same request may be retried later.
     #[error("the fleet store is unavailable: {0}")]
     Unavailable(String),
-    /// Another operation (on this host or another) holds a key.
-    #[error("{key_hex} is already {state:?} in the fleet")]
-    AlreadySpent { key_hex: String, state: SpendState },
+    /// Another operation (on this host or another) holds a key. Worded as the local spent
+    /// set words it, so a 409 does not tell which store refused.
+    #[error("{kind:?} {key_hex} is already {state:?}")]
+    AlreadySpent {
+        kind: KeyKind,
+        key_hex: String,
+        state: SpendState,
+    },
     /// The store refused the request for another reason.
     #[error("fleet store: {0}")]
     Store(PgStoreError),
@@ -47,9 +52,15 @@ impl From<PgStoreError> for FleetError {
     fn from(e: PgStoreError) -> Self {
         match e {
             PgStoreError::Unavailable(m) => FleetError::Unavailable(m),
-            PgStoreError::AlreadyClaimed { key_hex, state, .. } => {
-                FleetError::AlreadySpent { key_hex, state }
-            }
+            PgStoreError::AlreadyClaimed {
+                kind,
+                key_hex,
+                state,
+            } => FleetError::AlreadySpent {
+                kind,
+                key_hex,
+                state,
+            },
             other => FleetError::Store(other),
         }
     }

@@ -377,10 +377,13 @@ mod tests {
             (503, "store_unavailable", Some(STORE_RETRY_S))
         );
         let spent = fleet_error(FleetError::AlreadySpent {
+            kind: payment::spent_set::KeyKind::CreditY,
             key_hex: "02ab".into(),
             state: payment::spent_set::SpendState::Pending,
         });
         assert_eq!((spent.status.as_u16(), spent.code), (409, "already_spent"));
+        // The local spent set's words: a 409 does not tell which store refused.
+        assert_eq!(spent.message, "CreditY 02ab is already Pending");
         let dup = fleet_error(FleetError::Store(PgStoreError::NoKeys));
         assert_eq!(dup.status.as_u16(), 400);
         let other = fleet_error(FleetError::Store(PgStoreError::Corrupt("x".into())));
