@@ -123,7 +123,8 @@ pub async fn mint_regtest(
     let paid = pay_quote_onchain(c, &q.quote).await?;
     let keys = mint_keys(c).await?;
     let batch = format!("mint-{}", q.quote);
-    let outputs = wallet.new_outputs(&batch, &active_keyset(&keys)?, &split(amount_sat))?;
+    // The quote's amount, which may be more than asked (raised to the dust limit).
+    let outputs = wallet.new_outputs(&batch, &active_keyset(&keys)?, &split(q.amount))?;
     let mint = MintOnchainRequest {
         payment: paid,
         outputs,

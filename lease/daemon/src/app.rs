@@ -9,7 +9,7 @@ use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
 use bitcoin::secp256k1::Secp256k1;
 use payment::credit::{Mint, MintLimits};
 use payment::onchain::{
-    AddressDeriver, AddressKind, ChainNetwork, Checkpoint, HeaderChain, QuoteBook,
+    AddressDeriver, ChainNetwork, Checkpoint, HeaderChain, IndexPolicy, QuoteBook,
 };
 use payment::spent_set::GroupCommitSpentSet;
 use thiserror::Error;
@@ -93,16 +93,6 @@ pub struct AppState {
 
 pub type Shared = Arc<AppState>;
 
-fn chain_network(n: bitcoin::Network) -> ChainNetwork {
-    match n {
-        bitcoin::Network::Bitcoin => ChainNetwork::Mainnet,
-        bitcoin::Network::Testnet => ChainNetwork::Testnet3,
-        bitcoin::Network::Testnet4 => ChainNetwork::Testnet4,
-        bitcoin::Network::Signet => ChainNetwork::Signet,
-        bitcoin::Network::Regtest => ChainNetwork::Regtest,
-    }
-}
-
 fn dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
     move |source| StartError::StateDir {
         path: path.display().to_string(),
@@ -164,15 +154,20 @@ impl AppState {
         // inside the ledger's own transaction instead (one commit with the balance).
         let spent = Arc::new(GroupCommitSpentSet::open(&ledger_path)?);
         let mint = Mint::open(&config.state_dir, spent, MintLimits::default())?;
-        let network = chain_network(config.network);
+        let network = config.chain_network();
         let chain = HeaderChain::open(
             &config.state_dir.join("headers.dat"),
             network,
             Checkpoint::genesis(network),
         )?;
         let xpub = operator_xpub(&config)?;
-        let deriver = AddressDeriver::new(&xpub, AddressKind::P2wpkh, network)?;
-        let quotes = QuoteBook::open(&ledger_path, deriver)?;
+        let deriver = AddressDeriver::for_key(&xpub, config.address_type, network)?;
+        let quotes = QuoteBook::open(&ledger_path, deriver)?
+            .with_policy(IndexPolicy {
+                reuse_after_us: config.quote_reuse_after_s.saturating_mul(1_000_000),
+                max_open: config.max_open_quotes,
+            })
+            .with_dust_floor(config.quote_dust_floor);
         let (tx, rx) = mpsc::unbounded_channel();
         let isolation = Arc::new(Isolation::start(&config)?);
         let supervisor =

@@ -750,6 +750,84 @@ async fn quotes_beyond_the_rate_are_429_for_that_uid_only() {
     assert_eq!(status, 200, "{text}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_hundred_quotes_in_a_minute_keep_the_address_gap_bounded() {
+    if !root_or_skip() {
+        return;
+    }
+    let state = common::StateDir::new();
+    let home = open_home();
+    const MAX_OPEN: usize = 20;
+    let d = Coinopd::start(
+        home.path(),
+        state.path(),
+        &[
+            "--jail-pool",
+            "0",
+            "--quotes-per-min",
+            "300",
+            "--quote-ttl-s",
+            "1",
+            "--quote-reuse-after-s",
+            "0",
+            "--max-open-quotes",
+            "20",
+        ],
+    )
+    .await;
+    let body = br#"{"vcpus": 1, "mem_mib": 64, "seconds": 60}"#;
+    let started = Instant::now();
+    let mut addresses = std::collections::HashSet::new();
+    let (mut served, mut limited, mut full) = (0, 0, 0);
+    for i in 0..800 {
+        let (status, retry_after, text) = request_on(
+            connect_as(NOBODY, &d.socket),
+            "POST",
+            "/v1/quotes",
+            Some(body),
+        )
+        .await;
+        match status {
+            200 => {
+                served += 1;
+                let q: Value = serde_json::from_str(&text).expect("quote JSON");
+                addresses.insert(q["address"].as_str().expect("address").to_string());
+            }
+            429 | 503 => {
+                let code = if status == 429 {
+                    limited += 1;
+                    "too_many_quotes"
+                } else {
+                    full += 1;
+                    "no_free_quote_address"
+                };
+                assert!(text.contains(code), "{status}: {text}");
+                let wait: u64 = retry_after
+                    .expect("Retry-After")
+                    .parse()
+                    .expect("whole seconds");
+                assert!(wait >= 1, "{wait}");
+            }
+            other => panic!("quote {i}: {other} {text}"),
+        }
+        // Every 100 requests, a pause in which the served quotes expire (1 s).
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // The rate limit (300 a minute) and the cap on unpaid quotes (20) both answered...
+    assert!(limited > 0 && full > 0, "429: {limited}, 503: {full}");
+    // ... and every served quote got one of at most 20 addresses: the expired ones' indexes
+    // were handed out again rather than new ones derived.
+    assert!(addresses.len() <= MAX_OPEN, "{} addresses", addresses.len());
+    assert!(
+        served > 2 * MAX_OPEN,
+        "{served} quotes served on {} addresses",
+        addresses.len()
+    );
+}
+
 /// Whether `nobody` can read `path` (`cat` for a file, `ls` for a directory).
 fn nobody_reads(path: &Path) -> bool {
     let program = if path.is_dir() { "ls" } else { "cat" };

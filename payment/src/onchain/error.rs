@@ -124,6 +124,12 @@ pub enum PaymentError {
         have: u32,
         need: u32,
     },
+    #[error("transaction {txid} is a coinbase with {have} confirmations; it pays only once mature ({need})")]
+    CoinbaseImmature { txid: Txid, have: u32, need: u32 },
+    #[error("the payment's block {height} is not above {above}: it paid the quote that held this address before")]
+    PaysEarlierQuote { height: u32, above: u32 },
+    #[error("the payment's block {height} is above {retired_at}, when this expired quote's address passed to a newer quote")]
+    QuoteRetired { height: u32, retired_at: u32 },
     #[error("transaction {txid} has no output to the quote's address {address}")]
     WrongAddress { txid: Txid, address: String },
     #[error(
@@ -152,6 +158,9 @@ impl PaymentError {
             PaymentError::NotOnBestChain { .. } | PaymentError::NotEnoughConfirmations { .. } => {
                 "not_confirmed"
             }
+            PaymentError::CoinbaseImmature { .. } => "coinbase_immature",
+            PaymentError::PaysEarlierQuote { .. } => "paid_earlier_quote",
+            PaymentError::QuoteRetired { .. } => "quote_retired",
             PaymentError::WrongAddress { .. } => "wrong_address",
             PaymentError::Insufficient { .. } => "insufficient_payment",
             PaymentError::AlreadySpent { .. } => "already_spent",
@@ -182,6 +191,14 @@ pub enum QuoteError {
     BadXpub(String),
     #[error("xpub is for {xpub}, the host runs {host}")]
     XpubNetwork { xpub: String, host: String },
+    #[error("xpub: {prefix}… derives {implied} addresses, --address-type asks for {asked}")]
+    XpubKind {
+        prefix: String,
+        implied: &'static str,
+        asked: &'static str,
+    },
+    #[error("{open} unpaid quotes hold an address already (the most at once); one frees in {retry_after_s} s")]
+    NoFreeIndex { open: u64, retry_after_s: u64 },
     #[error("derivation index {index} is past the last non-hardened index")]
     IndexExhausted { index: u64 },
     #[error("deriving index {index}: {reason}")]
@@ -195,7 +212,10 @@ impl QuoteError {
         match self {
             QuoteError::Price(PriceError::Zero { .. }) => "invalid_spec",
             QuoteError::Price(PriceError::Overflow { .. }) => "price_overflow",
-            QuoteError::BadXpub(_) | QuoteError::XpubNetwork { .. } => "bad_xpub",
+            QuoteError::BadXpub(_)
+            | QuoteError::XpubNetwork { .. }
+            | QuoteError::XpubKind { .. } => "bad_xpub",
+            QuoteError::NoFreeIndex { .. } => "no_free_quote_address",
             QuoteError::IndexExhausted { .. } | QuoteError::Derive { .. } => "derivation",
             QuoteError::Storage(_) => "quote_storage",
         }

@@ -10,11 +10,11 @@ use payment::credit::nut_types::{
 };
 use payment::credit::receipt::{receipt, MINT_ONCHAIN, SWAP};
 
-use super::host::QUOTE_TTL_S;
+use super::host::issue_quote;
 use super::json_body::JsonBody;
 use crate::app::Shared;
 use crate::clock::unix_s;
-use crate::http::error::{credit_error, fleet_error, quote_error, ApiError};
+use crate::http::error::{credit_error, fleet_error, ApiError};
 use crate::leases::payment_intake::verify_onchain;
 
 async fn blocking<T: Send + 'static>(
@@ -137,11 +137,7 @@ pub async fn mint_quote(
     }
     let amount = req.amount;
     blocking(move || {
-        let now_us = (unix_s() as u64).saturating_mul(1_000_000);
-        let q = s
-            .quotes
-            .create(amount * 1000, now_us, QUOTE_TTL_S * 1_000_000)
-            .map_err(quote_error)?;
+        let q = issue_quote(&s, amount.saturating_mul(1000))?;
         Ok(Json(MintQuoteOnchainResponse {
             quote: q.quote_id,
             request: q.bip21,

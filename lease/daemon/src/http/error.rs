@@ -299,6 +299,9 @@ pub fn payment_error(e: PaymentError) -> ApiError {
         BlockNotInChain { .. }
         | NotOnBestChain { .. }
         | NotEnoughConfirmations { .. }
+        | CoinbaseImmature { .. }
+        | PaysEarlierQuote { .. }
+        | QuoteRetired { .. }
         | WrongAddress { .. }
         | Insufficient { .. } => StatusCode::PAYMENT_REQUIRED,
         AlreadySpent { .. } => StatusCode::CONFLICT,
@@ -307,10 +310,17 @@ pub fn payment_error(e: PaymentError) -> ApiError {
     ApiError::new(status, e.code(), e.to_string())
 }
 
-/// Quotes: a spec that cannot be priced is the caller's; the rest is the host's.
+/// Quotes: a spec that cannot be priced is the caller's; every address held by an unpaid
+/// quote (`--max-open-quotes`) is 503 with Retry-After; the rest is the host's.
 pub fn quote_error(e: QuoteError) -> ApiError {
     let status = match &e {
         QuoteError::Price(_) => StatusCode::BAD_REQUEST,
+        QuoteError::NoFreeIndex { retry_after_s, .. } => {
+            return ApiError {
+                retry_after_s: Some(*retry_after_s),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
+            }
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError::new(status, e.code(), e.to_string())

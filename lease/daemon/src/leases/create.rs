@@ -247,6 +247,7 @@ async fn create_reserved(
         recovery_hash: recovery,
     };
     let balance = credit.amount_msat;
+    let late = credit.is_late();
     let kind = metric_kind(&credit);
     // With a fleet store the payment is fenced there under the lease id before the ledger
     // commits it; a crash between the two is settled at start-up (crate::fleet).
@@ -288,6 +289,7 @@ async fn create_reserved(
     };
     match boot_guest(s, arrival, &guest, boot, slot).await? {
         Ok((boot, network)) => Ok(CreateOutcome::Created(CreateResponse {
+            late,
             lease_id: id.to_string(),
             token,
             token_seq: 1,

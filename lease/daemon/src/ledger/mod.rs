@@ -137,6 +137,17 @@ pub struct Credit {
     pub keys: Vec<SpendKey>,
 }
 
+/// The kind of an on-chain payment mined after its quote expired.
+pub const ONCHAIN_LATE: &str = "onchain_late";
+
+impl Credit {
+    /// An on-chain payment mined after its quote expired: credited at the quote's price,
+    /// flagged `late` in the reply and on its payment row.
+    pub fn is_late(&self) -> bool {
+        self.kind == ONCHAIN_LATE
+    }
+}
+
 pub struct Ledger {
     conn: Mutex<Connection>,
     /// Called when the disk refuses a step ([`LedgerError::Storage`]); the daemon frees its
