@@ -170,8 +170,13 @@ impl AppState {
             .with_dust_floor(config.quote_dust_floor);
         let (tx, rx) = mpsc::unbounded_channel();
         let isolation = Arc::new(Isolation::start(&config)?);
-        let supervisor =
-            Supervisor::new(config.vmm_bin.clone(), isolation, Arc::clone(&ledger), tx);
+        let supervisor = Supervisor::new(
+            config.vmm_bin.clone(),
+            config.console_max_bytes,
+            isolation,
+            Arc::clone(&ledger),
+            tx,
+        );
         let capacity = Capacity::new(Totals {
             vcpus: config.sellable_vcpus(),
             mib: config.capacity_mib,

@@ -224,7 +224,16 @@ pub struct Settings {
     /// name and the state dir). Two hosts must never share one.
     #[arg(long)]
     pub host_id: Option<String>,
+    /// Bytes of a guest's console output kept in its console file (default 1 MiB); after
+    /// them one marker line, and the rest of the output is dropped, so a guest printing
+    /// without end cannot fill the host's disk.
+    #[arg(long)]
+    pub console_max_bytes: Option<u64>,
 }
+
+/// A guest's console output kept by default: a boot log many times over, and 1 MiB of
+/// disk per lease at most.
+const DEFAULT_CONSOLE_MAX_BYTES: u64 = 1 << 20;
 
 /// Resolved settings.
 #[derive(Debug, Clone)]
@@ -269,6 +278,7 @@ pub struct Config {
     pub header_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub quotes_per_min: u32,
+    pub console_max_bytes: u64,
     /// `--store`: the fleet store, if any.
     pub store: Option<StoreConfig>,
     /// `--host-id`, or its default.
@@ -364,6 +374,7 @@ impl Settings {
             store: self.store.or(file.store),
             store_password_file: self.store_password_file.or(file.store_password_file),
             host_id: self.host_id.or(file.host_id),
+            console_max_bytes: self.console_max_bytes.or(file.console_max_bytes),
         }
     }
 
@@ -493,6 +504,7 @@ impl Settings {
             quotes_per_min: self.quotes_per_min.unwrap_or(30),
             store,
             host_id,
+            console_max_bytes: self.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
         };
         for (flag, value) in [
             ("tick-ms", config.tick_ms),
@@ -645,6 +657,7 @@ mod tests {
         assert_eq!(c.operator_connections, 64);
         assert_eq!((c.header_timeout_ms, c.idle_timeout_ms), (10_000, 30_000));
         assert_eq!(c.quotes_per_min, 30);
+        assert_eq!(c.console_max_bytes, 1 << 20);
     }
 
     #[test]

@@ -959,3 +959,91 @@ async fn other_users_read_neither_the_state_nor_consoles_and_operator_bodies_wai
     // A graceful exit finishes the accepted stop: no guest is left to the teardown.
     assert!(d.terminate().await.success());
 }
+
+/// A guest that prints without end cannot fill the host's disk: its console file keeps the
+/// first `--console-max-bytes` of its output, then the VMM's one marker line, and nothing
+/// of what follows; the guest runs on and the tenant reads the capped console through the
+/// API. Both spawn paths (jailed, where coinopd hands the VMM the console file as stdout,
+/// and `--no-jail`, where the VMM opens it by path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_printing_without_end_is_capped_at_the_console_limit() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    const CAP: u64 = 64 << 10;
+    const MARKER: &str = "[coinop-vmm: console output capped; the rest is dropped]\n";
+    for jail in [&[][..], &["--no-jail"][..]] {
+        let dir = common::StateDir::new();
+        let cap = CAP.to_string();
+        let mut extra = vec!["--console-max-bytes", cap.as_str()];
+        extra.extend_from_slice(jail);
+        let d = common::Daemon::spawn(dir.path(), &extra, &[]).await;
+        let proofs = d.mint_credit(50).await;
+        // 2 MiB of output, 32 times the cap.
+        let lease = d
+            .create_lease(common::leases::testguest_body(
+                "mode=flood:2048",
+                common::leases::credit_payment(&proofs),
+            ))
+            .await;
+        let console = dir.path().join("run").join(format!("{}.console", lease.id));
+        common::wait_for(
+            async || std::fs::read_to_string(&console).is_ok_and(|t| t.ends_with(MARKER)),
+            "the marker at the console's end",
+        )
+        .await;
+        let text = std::fs::read_to_string(&console).expect("console");
+        // What the guest printed (see images/testguest), cut at the cap, then the marker
+        // on a line of its own.
+        let mut printed = String::from("coinop-testguest ready\n");
+        for line in 0.. {
+            if printed.len() as u64 >= CAP {
+                break;
+            }
+            let number = line.to_string();
+            printed += &format!("flood {number} {}\n", ".".repeat(56 - number.len()));
+        }
+        let mut expected = printed[..CAP as usize].to_string();
+        if !expected.ends_with('\n') {
+            expected.push('\n');
+        }
+        expected += MARKER;
+        assert!(
+            text == expected,
+            "{jail:?}: the console is not the capped output"
+        );
+        assert!(
+            !text.contains("flood done"),
+            "{jail:?}: the rest is dropped"
+        );
+        // The guest printed on (a 2 MiB flood takes a while): the file does not grow.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            std::fs::metadata(&console).expect("console").len(),
+            text.len() as u64,
+            "{jail:?}"
+        );
+        let r = d
+            .call(
+                "GET",
+                &format!("/v1/leases/{}/console", lease.id),
+                Some(&lease.token),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), text, "{jail:?}: the API shows the capped console");
+        let v = d
+            .call(
+                "GET",
+                &format!("/v1/leases/{}", lease.id),
+                Some(&lease.token),
+                None,
+            )
+            .await
+            .json();
+        assert_eq!(v["state"], "running", "{jail:?}: the guest runs on: {v}");
+        d.stop_lease(&lease.id, &lease.token).await;
+        d.shutdown().await;
+    }
+}

@@ -5,6 +5,7 @@
 use thiserror::Error;
 
 use crate::spent_set::SpentSetError;
+use crate::storage_refusal::StorageRefused;
 
 #[derive(Debug, Error)]
 pub enum CreditError {
@@ -80,6 +81,10 @@ pub enum CreditError {
     /// The spent set failed for a reason other than a conflict.
     #[error("spent set: {0}")]
     SpentSet(String),
+    /// The spent set's disk or lock refused; nothing was spent, the same request may be
+    /// retried later.
+    #[error("spent set: {0}")]
+    StorageRefused(StorageRefused),
     /// An elliptic-curve operation hit a degenerate case (point at infinity); negligible
     /// probability with honest inputs, reachable only with crafted ones.
     #[error("{what}: degenerate curve operation")]
@@ -135,7 +140,16 @@ impl CreditError {
             Pending { .. } => "proof_pending",
             Store { .. } => "keyset_store",
             SpentSet(_) => "spent_set",
+            StorageRefused(r) => r.code(),
             Degenerate { .. } => "degenerate_point",
+        }
+    }
+
+    /// The storage refusal this is, if it is one.
+    pub fn storage_refused(&self) -> Option<&StorageRefused> {
+        match self {
+            CreditError::StorageRefused(r) => Some(r),
+            _ => None,
         }
     }
 
@@ -155,6 +169,7 @@ impl From<SpentSetError> for CreditError {
                 crate::spent_set::SpendState::Spent => CreditError::AlreadySpent { y_hex: key_hex },
                 crate::spent_set::SpendState::Pending => CreditError::Pending { y_hex: key_hex },
             },
+            SpentSetError::StorageRefused(refused) => CreditError::StorageRefused(refused),
             other => CreditError::SpentSet(other.to_string()),
         }
     }

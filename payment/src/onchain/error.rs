@@ -5,6 +5,7 @@ use bitcoin::{BlockHash, OutPoint, Txid};
 use thiserror::Error;
 
 use crate::spent_set::SpentSetError;
+use crate::storage_refusal::StorageRefused;
 
 /// Why one header was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -164,7 +165,16 @@ impl PaymentError {
             PaymentError::WrongAddress { .. } => "wrong_address",
             PaymentError::Insufficient { .. } => "insufficient_payment",
             PaymentError::AlreadySpent { .. } => "already_spent",
+            PaymentError::SpentSet(SpentSetError::StorageRefused(r)) => r.code(),
             PaymentError::SpentSet(_) => "spent_set_storage",
+        }
+    }
+
+    /// The storage refusal this is, if it is one.
+    pub fn storage_refused(&self) -> Option<&StorageRefused> {
+        match self {
+            PaymentError::SpentSet(SpentSetError::StorageRefused(r)) => Some(r),
+            _ => None,
         }
     }
 }
@@ -205,6 +215,10 @@ pub enum QuoteError {
     Derive { index: u32, reason: String },
     #[error("quote book storage: {0}")]
     Storage(String),
+    /// The quote book's disk or lock refused; no quote was made, the same request may be
+    /// retried later.
+    #[error("quote book: {0}")]
+    StorageRefused(StorageRefused),
 }
 
 impl QuoteError {
@@ -218,6 +232,15 @@ impl QuoteError {
             QuoteError::NoFreeIndex { .. } => "no_free_quote_address",
             QuoteError::IndexExhausted { .. } | QuoteError::Derive { .. } => "derivation",
             QuoteError::Storage(_) => "quote_storage",
+            QuoteError::StorageRefused(r) => r.code(),
+        }
+    }
+
+    /// The storage refusal this is, if it is one.
+    pub fn storage_refused(&self) -> Option<&StorageRefused> {
+        match self {
+            QuoteError::StorageRefused(r) => Some(r),
+            _ => None,
         }
     }
 }

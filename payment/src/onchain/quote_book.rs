@@ -36,9 +36,13 @@ use super::price::msat_to_sat_ceil;
 use super::quote::{bip21_uri, dust_limit_sat, Quote, MAX_QUOTE_ID_LEN};
 use super::receive_address::{AddressDeriver, HARDENED};
 use crate::spent_set::open_durable;
+use crate::storage_refusal::StorageRefused;
 
 fn storage(e: rusqlite::Error) -> QuoteError {
-    QuoteError::Storage(e.to_string())
+    match StorageRefused::from_sqlite(&e) {
+        Some(refused) => QuoteError::StorageRefused(refused),
+        None => QuoteError::Storage(e.to_string()),
+    }
 }
 
 fn to_i64(v: u64, field: &str) -> Result<i64, QuoteError> {

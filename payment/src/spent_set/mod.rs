@@ -9,6 +9,8 @@
 
 use thiserror::Error;
 
+use crate::storage_refusal::StorageRefused;
+
 /// What a spent-set key names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KeyKind {
@@ -50,6 +52,10 @@ pub enum SpentSetError {
     NotPending { kind: KeyKind, key_hex: String },
     #[error("spent set storage: {0}")]
     Storage(String),
+    /// The disk or a lock refused the operation; nothing changed, the same call may succeed
+    /// later.
+    #[error("spent set: {0}")]
+    StorageRefused(StorageRefused),
 }
 
 /// "Claim these keys atomically or fail if any is taken." Implementations must make a

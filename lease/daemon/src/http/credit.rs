@@ -14,6 +14,7 @@ use super::host::issue_quote;
 use super::json_body::JsonBody;
 use crate::app::Shared;
 use crate::clock::unix_s;
+use crate::http::degraded;
 use crate::http::error::{credit_error, fleet_error, ApiError};
 use crate::leases::payment_intake::verify_onchain;
 
@@ -71,7 +72,14 @@ pub async fn swap(
     };
     let s2 = s.clone();
     let out = blocking(move || {
-        let signed = s2.mint.swap(&req).map_err(credit_error)?;
+        if s2.disk.degraded() {
+            let inputs = s2.mint.validate_inputs(&req.inputs).map_err(credit_error)?;
+            degraded::admit_spending(&s2, &inputs.keys)?;
+        }
+        let signed = s2.mint.swap(&req).map_err(|e| {
+            s2.disk.notice(e.storage_refused());
+            credit_error(e)
+        })?;
         crate::fault::hit(crate::fault::point::SWAP_COMMITTED);
         Ok(Json(signed))
     })
@@ -174,6 +182,9 @@ async fn mint_fenced(
     let (credit, req) = blocking(move || {
         let chain = s2.chain_read();
         let credit = verify_onchain(&chain, &s2.quotes, s2.config.min_conf, &req.payment)?;
+        // A degraded disk refuses the mint (after a spent payment's 409) before anything
+        // is fenced in the fleet store.
+        degraded::admit_spending(&s2, &credit.keys)?;
         Ok((credit, req))
     })
     .await?;

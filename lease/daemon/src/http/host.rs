@@ -24,6 +24,7 @@ use crate::ledger::QuoteRow;
 /// expired unpaid quote's address may be taken over: see `payment::onchain::quote_book`).
 /// Blocking: one durable SQLite commit.
 pub fn issue_quote(s: &AppState, amount_msat: u64) -> Result<Quote, ApiError> {
+    crate::http::degraded::admit(s)?;
     let now_us = (unix_s() as u64).saturating_mul(1_000_000);
     let tip = s.chain_read().tip().height;
     s.quotes
@@ -33,7 +34,10 @@ pub fn issue_quote(s: &AppState, amount_msat: u64) -> Result<Quote, ApiError> {
             s.config.quote_ttl_s.saturating_mul(1_000_000),
             tip,
         )
-        .map_err(quote_error)
+        .map_err(|e| {
+            s.disk.notice(e.storage_refused());
+            quote_error(e)
+        })
 }
 
 pub async fn host(State(s): State<Shared>) -> Json<HostView> {
