@@ -24,6 +24,7 @@ mod scenario_density;
 mod scenario_lease;
 mod scenario_overrun;
 mod scenario_payment;
+mod scenario_restore;
 mod scenario_soak;
 mod scenario_vmm;
 mod stats;
@@ -68,6 +69,8 @@ enum Scenario {
     Density(DensityArgs),
     /// The payment crate in-process: proof verification, redemption, swap rates.
     Payment(PaymentArgs),
+    /// Test guest on host KVM: spawn → guest_ready, cold boot vs restore from a snapshot.
+    Restore(scenario_restore::RestoreArgs),
     /// A spinning guest with a small balance: how far past zero it runs before the pause.
     Overrun(OverrunArgs),
     /// coinopd SIGKILLed at random points while leases are created, topped up, minted for
@@ -306,8 +309,12 @@ fn check_inputs(cli: &Cli) -> Result<(), BenchError> {
         Scenario::Density(a) => (Some(&a.guest), Some(&a.daemon)),
         Scenario::Overrun(a) => (Some(&a.guest), Some(&a.daemon)),
         Scenario::Soak(a) => (Some(&a.guest), Some(&a.daemon)),
-        Scenario::Payment(_) => (None, None),
+        Scenario::Payment(_) | Scenario::Restore(_) => (None, None),
     };
+    if let Scenario::Restore(a) = &cli.scenario {
+        must_be_file("--kernel", &a.kernel)?;
+        must_be_file("--vmm-bin", &binary(&a.vmm_bin, "coinop-vmm"))?;
+    }
     if let Some(g) = guest {
         if g.ready_line.is_empty() {
             return Err(BenchError::Usage(
@@ -375,6 +382,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
     let load_before = load_average();
     let mut reports = match &cli.scenario {
         Scenario::Vmm(a) => vmm_scenario(a)?.run()?,
+        Scenario::Restore(a) => scenario_restore::run(a, sibling("coinop-vmm"))?,
         Scenario::Lease(a) => {
             let (runs, warmup) = a.run.resolve((20, 2), (2, 0))?;
             let s = scenario_lease::LeaseScenario {
@@ -663,7 +671,7 @@ mod tests {
                 Scenario::Density(a) => &a.guest,
                 Scenario::Overrun(a) => &a.guest,
                 Scenario::Soak(a) => &a.guest,
-                Scenario::Payment(_) => unreachable!("not in the list"),
+                Scenario::Payment(_) | Scenario::Restore(_) => unreachable!("not in the list"),
             };
             let img = g.image("mode=halt");
             assert_eq!(img.initrd, Some(PathBuf::from("initrd.cpio")));

@@ -26,7 +26,7 @@ pub fn parse(lines: &[String]) -> VmmTimes {
                 t.exit = Some(t_us);
                 t.exit_reason = Some(reason);
             }
-            Event::Warning { .. } => {}
+            Event::Restored { .. } | Event::Warning { .. } => {}
         }
     }
     t

@@ -80,6 +80,47 @@ static void report_tsc(void)
     serial_puts(tsc_khz_from_cpuid() ? " khz from cpuid\n" : " khz from pit\n");
 }
 
+#define COUNT_PERIOD_MS 20
+
+/* mode=count: prints `count N` every 20 ms (by the TSC), numbering from 0, so a guest
+ * restored from a snapshot shows where it continued. With more than one CPU the APs keep
+ * counting too and each line adds ` ap T` (their total, which only grows). A line of
+ * console input is answered with `in <line>`; Ctrl-D (0x04) resets. */
+static void count(void)
+{
+    int cpus = smp_run(1);
+    u64 period = tsc_khz() * COUNT_PERIOD_MS;
+    char line[64];
+    int len = 0;
+    u64 next = rdtsc();
+    for (u64 n = 0;;) {
+        if (rdtsc() - next < (1ull << 63)) {
+            serial_puts("count ");
+            serial_putdec(n++);
+            if (cpus > 1) {
+                serial_puts(" ap ");
+                serial_putdec(smp_ap_ticks());
+            }
+            serial_putc('\n');
+            next += period;
+        }
+        if (!(inb(0x3fd) & 0x01))
+            continue;
+        u8 c = inb(0x3f8);
+        if (c == 0x04)
+            return;
+        if (c != '\n' && len < (int)sizeof(line) - 1) {
+            line[len++] = (char)c;
+            continue;
+        }
+        line[len] = 0;
+        serial_puts("in ");
+        serial_puts(line);
+        serial_putc('\n');
+        len = 0;
+    }
+}
+
 static void echo(void)
 {
     for (;;) {
@@ -114,7 +155,9 @@ void guest_main(u64 cmdline_paddr)
     } else if (streq(mode, "idle")) {
         idle_forever();
     } else if (streq(mode, "smp")) {
-        smp_run();
+        smp_run(0);
+    } else if (streq(mode, "count")) {
+        count();
     } else if (streq(mode, "fault")) {
         triple_fault();
     } else {

@@ -16,7 +16,7 @@
 #define ICR_STARTUP 0x4600       /* STARTUP, assert; vector = page number */
 #define AP_WAIT_US 1000000
 
-extern char ap_trampoline[], ap_trampoline_end[], ap_lock[], ap_count[];
+extern char ap_trampoline[], ap_trampoline_end[], ap_lock[], ap_count[], ap_busy[], ap_ticks[];
 
 static u64 apic_base(void)
 {
@@ -68,19 +68,20 @@ static void print_cpu_online(u8 id)
     serial_puts(" online\n");
 }
 
-void smp_run(void)
+int smp_run(int busy_aps)
 {
     u8 ids[MP_MAX_CPUS];
     int n = mptable_cpus(ids, MP_MAX_CPUS);
     if (n < 0) {
         serial_puts("smp: no mp table\n");
-        return;
+        return 1;
     }
     u64 khz = tsc_khz();
     u8 self = my_apic_id();
     print_cpu_online(self);
 
     copy_trampoline();
+    *in_copy(ap_busy) = (u32)busy_aps;
     u64 apic = apic_base();
     /* A software-disabled LAPIC may drop IPIs; enable it via the spurious vector register. */
     mmio_write32(apic + APIC_SVR, APIC_SVR_ENABLE | 0xff);
@@ -107,4 +108,12 @@ void smp_run(void)
     serial_puts("smp: ");
     serial_putdec(*count + 1);
     serial_puts(" cpus online\n");
+    int online = (int)*count + 1;
+    *in_copy(ap_lock) = 0;
+    return online;
+}
+
+u32 smp_ap_ticks(void)
+{
+    return *in_copy(ap_ticks);
 }

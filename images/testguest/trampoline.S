@@ -1,7 +1,8 @@
 /*
  * Application-processor start code. The BSP copies [ap_trampoline, ap_trampoline_end) to
  * AP_TRAMPOLINE_BASE (a page below 1 MiB) and points SIPI at it; each AP runs it in real
- * mode, reports its APIC id on COM1 under a spinlock, counts itself and parks.
+ * mode, reports its APIC id on COM1 under a spinlock, counts itself and parks, or, when the
+ * BSP set ap_busy (mode=count), keeps incrementing ap_ticks so a snapshot catches it running.
  * Offsets are relative to the copy, so every absolute address is BASE + (label - start).
  */
 #include "trampoline.h"
@@ -36,6 +37,11 @@ ap_trampoline:
     call ap_puts
     lock incl AT(ap_count)
     movb $0, AT(ap_lock)
+    cmpl $0, AT(ap_busy)
+    je 3f
+4:  lock incl AT(ap_ticks)
+    pause
+    jmp 4b
 3:  cli
     hlt
     jmp 3b
@@ -86,6 +92,12 @@ ap_lock:
     .long 0
     .globl ap_count
 ap_count:
+    .long 0
+    .globl ap_busy
+ap_busy:
+    .long 0
+    .globl ap_ticks
+ap_ticks:
     .long 0
     .globl ap_trampoline_end
 ap_trampoline_end:

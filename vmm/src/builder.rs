@@ -1,6 +1,12 @@
 //! Assembling and starting a VM, in the order that keeps start-up fast: everything that
 //! can fail on bad input first (memory, kernel, boot structures), then KVM (VM, memory
 //! slots before the irqchip), devices, vCPU threads, and finally the control socket.
+//!
+//! `--restore DIR` takes the same path with the snapshot in place of the kernel: the state
+//! file is checked and the memory file mapped copy-on-write first, then the host is
+//! compared with the snapshot's, the VM gets its interrupt controllers, PIT and clock back,
+//! the devices their registers, and each vCPU thread loads its saved state where a cold boot
+//! would configure boot registers.
 
 use crate::arch::x86_64::boot_params::{self, BootInputs};
 use crate::arch::x86_64::mptable;
@@ -19,13 +25,16 @@ use crate::exit::VmExit;
 use crate::kernel::{self, Entry};
 use crate::machine::Machine;
 use crate::seccomp::{self, ThreadKind};
+use crate::snapshot::{self, take::Taker};
 use crate::vstate::cpu_time::VcpuClocks;
+use crate::vstate::persist::{self, VcpuState};
 use crate::vstate::run_state::{self, RunState};
-use crate::vstate::vcpu::{self, VcpuContext, VcpuSetup};
+use crate::vstate::vcpu::{self, SaveBoard, VcpuContext, VcpuSetup};
 use crate::vstate::{memory, vm};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use std::io::Read;
+use std::path::Path;
 use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Barrier};
@@ -44,8 +53,11 @@ pub struct Running {
     events: Arc<EventSink>,
     /// Whether the event stream is stderr itself (else the exit event is copied there).
     events_on_stderr: bool,
-    _vm: VmFd,
-    _kvm: Kvm,
+    _vm: Arc<VmFd>,
+    _kvm: Arc<Kvm>,
+    /// Guest RAM stays mapped for as long as the VM runs; nothing may unmap it (or close a
+    /// restored guest's memory file) behind KVM's back.
+    _mem: GuestMemoryMmap,
 }
 
 impl Running {
@@ -85,10 +97,14 @@ impl Running {
     }
 }
 
-/// Builds the VM described by `cfg` and starts its vCPUs.
+/// Builds the VM described by `cfg` (booting its kernel, or restoring its snapshot) and
+/// starts its vCPUs.
 pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
     let events = Arc::new(open_events(cfg.events, clock));
     seccomp::configure(cfg.seccomp, &events);
+    if let Some(dir) = &cfg.restore {
+        return restore(cfg, dir, events, clock);
+    }
 
     let mem = memory::create(cfg.mem_mib)?;
     let entry = load_guest(cfg, &mem)?;
@@ -119,12 +135,58 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
             .map_err(StartError::SupportedCpuid)?,
         vcpu_count: cfg.vcpus,
         tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
-        mem,
+        mem: mem.clone(),
         entry,
     });
-    let vcpu_fds = (0..cfg.vcpus)
+    let inits = (0..cfg.vcpus)
+        .map(|_| VcpuInit::Boot(Arc::clone(&setup)))
+        .collect();
+    let parts = Parts {
+        kvm: Arc::new(kvm),
+        vm: Arc::new(vm_fd),
+        mem,
+        mem_mib: cfg.mem_mib,
+        pio,
+        mmio,
+        events,
+        events_on_stderr: cfg.events == EventsOut::Stderr,
+        listener,
+        clock,
+    };
+    launch(parts, inits)
+}
+
+/// A VM with memory, irqchip and devices, ready for its vCPUs.
+struct Parts {
+    kvm: Arc<Kvm>,
+    vm: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    mem_mib: u64,
+    pio: Arc<PioBus>,
+    mmio: Arc<crate::devices::mmio_bus::MmioBus>,
+    events: Arc<EventSink>,
+    /// Whether the event stream is stderr itself (see [`Running`]).
+    events_on_stderr: bool,
+    listener: Option<std::os::unix::net::UnixListener>,
+    clock: Clock,
+}
+
+/// How a vCPU gets its first state.
+enum VcpuInit {
+    /// Cold boot: CPUID, MSRs, LAPIC, and boot registers on the BSP.
+    Boot(Arc<VcpuSetup>),
+    /// Restore: everything the snapshot saved.
+    Restore(Box<VcpuState>),
+}
+
+/// Creates the vCPUs, starts their threads, the control socket and the stdin reader, and
+/// seals the main thread.
+fn launch(parts: Parts, inits: Vec<VcpuInit>) -> Result<Running, StartError> {
+    let vcpu_count = inits.len();
+    let vcpu_fds = (0..vcpu_count as u8)
         .map(|index| {
-            vm_fd
+            parts
+                .vm
                 .create_vcpu(u64::from(index))
                 .map_err(|source| StartError::CreateVcpu { index, source })
         })
@@ -132,40 +194,110 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
     run_state::install_kick_handler().map_err(StartError::KickHandler)?;
 
     let (exits_tx, exits) = mpsc::channel();
+    let saves = Arc::new(SaveBoard::new(vcpu_count));
     let ctx = Arc::new(VcpuContext {
-        pio: Arc::clone(&pio),
-        mmio,
+        pio: Arc::clone(&parts.pio),
+        mmio: Arc::clone(&parts.mmio),
         run_state: Arc::new(RunState::default()),
-        clocks: Arc::new(VcpuClocks::new(cfg.vcpus.into())),
-        events: Arc::clone(&events),
+        clocks: Arc::new(VcpuClocks::new(vcpu_count)),
+        events: Arc::clone(&parts.events),
         started: AtomicUsize::new(0),
-        vcpu_count: cfg.vcpus.into(),
+        vcpu_count,
+        saves: Arc::clone(&saves),
     });
-    spawn_vcpus(vcpu_fds, &setup, &ctx, &exits_tx)?;
+    spawn_vcpus(vcpu_fds, inits, &ctx, &exits_tx)?;
 
-    if let Some(listener) = listener {
+    if let Some(listener) = parts.listener {
         let machine = Machine {
             run_state: Arc::clone(&ctx.run_state),
-            pio: Arc::clone(&pio),
+            pio: Arc::clone(&parts.pio),
             clocks: Arc::clone(&ctx.clocks),
-            clock,
-            vcpus: cfg.vcpus.into(),
-            mem_mib: cfg.mem_mib,
+            clock: parts.clock,
+            vcpus: vcpu_count,
+            mem_mib: parts.mem_mib,
             exits: exits_tx.clone(),
+            snapshots: Taker {
+                kvm: Arc::clone(&parts.kvm),
+                vm: Arc::clone(&parts.vm),
+                mem: parts.mem.clone(),
+                saves,
+                pio: Arc::clone(&parts.pio),
+                mmio: parts.mmio,
+                mem_mib: parts.mem_mib,
+            },
         };
         control::spawn(listener, Arc::new(machine))?;
     }
-    spawn_stdin_reader(pio);
+    spawn_stdin_reader(parts.pio);
     // Last: filters stack onto threads spawned later, and the BSP waits for this.
     seccomp::seal_main_thread().map_err(StartError::Seccomp)?;
 
     Ok(Running {
         exits,
+        events: parts.events,
+        events_on_stderr: parts.events_on_stderr,
+        _vm: parts.vm,
+        _kvm: parts.kvm,
+        _mem: parts.mem,
+    })
+}
+
+/// `--restore DIR`: the VM of a snapshot, its vCPUs started where they were saved.
+fn restore(
+    cfg: &Config,
+    dir: &Path,
+    events: Arc<EventSink>,
+    clock: Clock,
+) -> Result<Running, StartError> {
+    let loaded = snapshot::load(dir)?;
+    loaded.check_device_count(cfg.disks.len() + cfg.nets.len())?;
+    let mem = loaded.map_memory()?;
+    let console_out = open_console(&cfg.serial, cfg.serial_max_bytes)?;
+    let listener = cfg.control.as_ref().map(control::listen).transpose()?;
+    let virtio_devices = attach::open(&cfg.disks, &cfg.nets)?;
+
+    let kvm = vm::open_kvm()?;
+    loaded.check_host(&kvm)?;
+    let vm_fd = vm::create(&kvm, &mem)?;
+    vm::setup_irqchip(&vm_fd)?;
+    events.emit(|t_us| Event::VmCreated { t_us });
+    let state = loaded.state;
+    persist::restore_vm(&vm_fd, &state.vm).map_err(StartError::RestoreState)?;
+
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(StartError::Com1Eventfd)?;
+    vm_fd
+        .register_irqfd(&irq, COM1_IRQ)
+        .map_err(StartError::Com1Irqfd)?;
+    let console = Console::restore(IrqLine(irq), console_out, &state.devices.console)?;
+    let pio = Arc::new(PioBus::new(
+        console,
+        ResetController::default(),
+        BootTimer::restored(Arc::clone(&events), state.devices.guest_was_ready),
+    ));
+    let mmio = Arc::new(attach::register(virtio_devices, &vm_fd, &mem)?);
+    mmio.restore_all(&state.virtio)
+        .map_err(|e| snapshot::Error::Devices {
+            dir: dir.display().to_string(),
+            detail: e.to_string(),
+        })?;
+    let inits = state
+        .vcpus
+        .into_iter()
+        .map(|v| VcpuInit::Restore(Box::new(v)))
+        .collect();
+    let parts = Parts {
+        kvm: Arc::new(kvm),
+        vm: Arc::new(vm_fd),
+        mem,
+        mem_mib: state.mem_mib,
+        pio,
+        mmio,
         events,
         events_on_stderr: cfg.events == EventsOut::Stderr,
-        _vm: vm_fd,
-        _kvm: kvm,
-    })
+        listener,
+        clock,
+    };
+    launch(parts, inits)
 }
 
 /// Loads kernel, initrd and command line and writes the boot structures; returns the
@@ -231,23 +363,18 @@ fn open_console(out: &SerialOut, max_bytes: Option<u64>) -> Result<ConsoleOut, S
 
 fn spawn_vcpus(
     fds: Vec<VcpuFd>,
-    setup: &Arc<VcpuSetup>,
+    inits: Vec<VcpuInit>,
     ctx: &Arc<VcpuContext>,
     exits: &Sender<VmExit>,
 ) -> Result<(), StartError> {
     // The BSP must not run before every AP's LAPIC is set up, or its first IPIs can be lost.
     let barrier = Arc::new(Barrier::new(fds.len()));
-    for (index, fd) in fds.into_iter().enumerate() {
-        let (setup, ctx, exits, barrier) = (
-            Arc::clone(setup),
-            Arc::clone(ctx),
-            exits.clone(),
-            Arc::clone(&barrier),
-        );
+    for (index, (fd, init)) in fds.into_iter().zip(inits).enumerate() {
+        let (ctx, exits, barrier) = (Arc::clone(ctx), exits.clone(), Arc::clone(&barrier));
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .stack_size(VCPU_STACK_BYTES)
-            .spawn(move || vcpu_thread(fd, index as u8, &setup, &ctx, &barrier, &exits))
+            .spawn(move || vcpu_thread(fd, index as u8, &init, &ctx, &barrier, &exits))
             .map_err(|source| StartError::VcpuThread { index, source })?;
     }
     Ok(())
@@ -256,15 +383,21 @@ fn spawn_vcpus(
 fn vcpu_thread(
     mut fd: VcpuFd,
     index: u8,
-    setup: &VcpuSetup,
+    init: &VcpuInit,
     ctx: &VcpuContext,
     barrier: &Barrier,
     exits: &Sender<VmExit>,
 ) {
     ctx.clocks.register_current_thread(index.into());
     ctx.run_state.register_current_thread();
-    if let Err(e) = vcpu::configure(&fd, index, setup) {
-        let _ = exits.send(VmExit::Vmm(e.to_string()));
+    let loaded = match init {
+        VcpuInit::Boot(setup) => vcpu::configure(&fd, index, setup).map_err(|e| e.to_string()),
+        VcpuInit::Restore(state) => {
+            persist::restore_vcpu(&fd, index, state).map_err(|e| e.to_string())
+        }
+    };
+    if let Err(e) = loaded {
+        let _ = exits.send(VmExit::Vmm(e));
         park_forever();
     }
     if let Err(e) = seccomp::install(ThreadKind::Vcpu) {
@@ -276,6 +409,10 @@ fn vcpu_thread(
         seccomp::wait_until_sealed();
     }
     barrier.wait();
+    if index == 0 && matches!(init, VcpuInit::Restore(_)) {
+        // Past the barrier every vCPU holds its saved state.
+        ctx.events.emit(|t_us| Event::Restored { t_us });
+    }
     if let Some(exit) = vcpu::run(&mut fd, index, ctx) {
         let _ = exits.send(exit);
     }

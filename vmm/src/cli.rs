@@ -18,8 +18,14 @@ pub const MAX_VCPUS: u32 = 32;
 )]
 pub struct Args {
     /// Kernel image: an ELF vmlinux (PVH note honoured) or a bzImage.
-    #[arg(long)]
-    pub kernel: PathBuf,
+    #[arg(long, required_unless_present = "restore")]
+    pub kernel: Option<PathBuf>,
+    /// Start from the snapshot in this directory (written by the control command
+    /// `snapshot`) instead of booting a kernel; the guest's vCPUs and memory are the
+    /// snapshot's. Its virtio devices get the backends of `--disk`/`--net`, which must
+    /// match the snapshot's devices in number, kind and order.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "mem_mib"])]
+    pub restore: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long)]
     pub initrd: Option<PathBuf>,
@@ -170,8 +176,12 @@ fn parse_events(value: &str) -> Result<EventsOut, String> {
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Kernel path.
+    /// Kernel path (empty with `restore`).
     pub kernel: PathBuf,
+    /// `--restore DIR`: the snapshot to start from; kernel, initrd, command line, vCPUs and
+    /// memory are then the snapshot's, not the fields here (`disks`/`nets` are the backends
+    /// of its virtio devices).
+    pub restore: Option<PathBuf>,
     /// Initrd path.
     pub initrd: Option<PathBuf>,
     /// Command line.
@@ -198,8 +208,9 @@ pub struct Config {
 
 /// Outcome of parsing: run, or print help/version and exit 0.
 pub enum Parsed {
-    /// Run with this configuration; events count from `start_time_us` if given.
-    Run(Config, Option<u64>),
+    /// Run with this configuration; events count from `start_time_us` if given. Boxed:
+    /// the configuration is large beside the help text.
+    Run(Box<Config>, Option<u64>),
     /// `--help` or `--version` text.
     Info(String),
 }
@@ -218,7 +229,7 @@ where
         }
     };
     let start = args.start_time_us;
-    Ok(Parsed::Run(validate(args, host_mib)?, start))
+    Ok(Parsed::Run(Box::new(validate(args, host_mib)?), start))
 }
 
 /// clap's multi-line message up to its usage section, on one line.
@@ -270,7 +281,8 @@ fn validate(args: Args, host_mib: Option<u64>) -> Result<Config, Error> {
     check_fds_distinct(&args)?;
     let seccomp = seccomp_policy(&args);
     Ok(Config {
-        kernel: args.kernel,
+        kernel: args.kernel.unwrap_or_default(),
+        restore: args.restore,
         initrd: args.initrd,
         cmdline: args.cmdline,
         vcpus: args.vcpus as u8,
@@ -347,7 +359,7 @@ mod tests {
     fn run(args: &[&str]) -> Result<Config, Error> {
         let full = std::iter::once("coinop-vmm").chain(args.iter().copied());
         match parse(full, Some(1024))? {
-            Parsed::Run(c, _) => Ok(c),
+            Parsed::Run(c, _) => Ok(*c),
             Parsed::Info(_) => panic!("unexpected help output for {args:?}"),
         }
     }
@@ -447,6 +459,31 @@ mod tests {
             "fd=9,mac=02:00:00:00:00:02",
         ];
         assert!(matches!(run(&taps), Err(Error::FdTwice(9))));
+    }
+
+    #[test]
+    fn restore_replaces_the_kernel_and_excludes_the_machine_flags() {
+        let c = run(&["--restore", "/snap", "--serial", "none"]).expect("valid");
+        assert_eq!(c.restore, Some(PathBuf::from("/snap")));
+        let c = run(&["--restore", "/snap", "--disk", "path=/lease.img"]).expect("valid");
+        assert_eq!(
+            c.disks.len(),
+            1,
+            "backends for the snapshot's virtio devices"
+        );
+        for extra in [
+            ["--kernel", "k"],
+            ["--vcpus", "2"],
+            ["--mem-mib", "64"],
+            ["--cmdline", "x"],
+        ] {
+            let mut args = vec!["--restore", "/snap"];
+            args.extend(extra);
+            assert!(
+                matches!(run(&args), Err(Error::Syntax(_))),
+                "{args:?} accepted"
+            );
+        }
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub trait ControlTarget: Send + Sync {
     fn usage(&self) -> Usage;
     /// Queues console input.
     fn console_input(&self, data: &str) -> Result<(), String>;
+    /// Writes a snapshot into `dir`; with `exit` the VM is then left parked for
+    /// [`ControlTarget::stop`], else it runs again unless it was paused. The state now
+    /// requested.
+    fn snapshot(&self, dir: &str, exit: bool) -> Result<VmState, String>;
     /// Ends the VM (called after the `stop` reply is sent).
     fn stop(&self);
 }
@@ -123,12 +127,20 @@ pub fn serve_client(stream: UnixStream, target: &dyn ControlTarget) {
                 .console_input(data)
                 .map_or_else(Reply::Error, |()| Reply::Done),
             Ok(Request::Stop) => Reply::State(VmState::Stopping),
+            Ok(Request::Snapshot { dir, exit }) => target
+                .snapshot(dir, *exit)
+                .map_or_else(Reply::Error, Reply::State),
             Err(error) => Reply::Error(error.to_string()),
+        };
+        let stops = match (&request, &reply) {
+            (Ok(Request::Stop), _) => true,
+            (Ok(Request::Snapshot { exit, .. }), Reply::State(_)) => *exit,
+            _ => false,
         };
         let sent = writer
             .write_all(reply.to_line().as_bytes())
             .and_then(|_| writer.flush());
-        if matches!(request, Ok(Request::Stop)) {
+        if stops {
             target.stop();
             return;
         }
@@ -176,6 +188,20 @@ mod tests {
                 return Err("console input buffer full".into());
             }
             Ok(())
+        }
+        fn snapshot(&self, dir: &str, exit: bool) -> Result<VmState, String> {
+            self.0
+                .lock()
+                .expect("test lock")
+                .push(format!("snapshot {dir}"));
+            if dir.is_empty() {
+                return Err("no directory".into());
+            }
+            Ok(if exit {
+                VmState::Stopping
+            } else {
+                VmState::Running
+            })
         }
         fn stop(&self) {
             self.0.lock().expect("test lock").push("stop".into());
@@ -239,6 +265,27 @@ mod tests {
                 r#"{"error":"bad arguments to 'console_input': missing field `data`","ok":false}"#,
                 r#"{"error":"request is not JSON: expected ident at line 1 column 2","ok":false}"#,
             ]
+        );
+    }
+
+    #[test]
+    fn a_snapshot_with_exit_stops_after_replying_and_a_failed_one_does_not() {
+        let target = Recorder::default();
+        let replies = session(
+            &target,
+            b"{\"cmd\":\"snapshot\",\"dir\":\"\",\"exit\":true}\n{\"cmd\":\"snapshot\",\"dir\":\"/s\"}\n{\"cmd\":\"snapshot\",\"dir\":\"/t\",\"exit\":true}\n{\"cmd\":\"status\"}\n",
+        );
+        assert_eq!(
+            replies,
+            [
+                r#"{"error":"no directory","ok":false}"#,
+                r#"{"ok":true,"state":"running"}"#,
+                r#"{"ok":true,"state":"stopping"}"#,
+            ]
+        );
+        assert_eq!(
+            *target.0.lock().expect("test lock"),
+            vec!["snapshot ", "snapshot /s", "snapshot /t", "stop"]
         );
     }
 

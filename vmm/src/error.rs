@@ -72,6 +72,15 @@ pub enum StartError {
     /// The main thread's seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(seccomp::Error),
+    /// `--restore`: the snapshot is unusable here.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::Error),
+    /// `--restore`: KVM refused the snapshot's VM state.
+    #[error("--restore: {0}")]
+    RestoreState(vstate::persist::Error),
+    /// `--restore`: the snapshot's COM1 state is unusable.
+    #[error("--restore: {0}")]
+    ConsoleState(#[from] crate::devices::serial::RestoreError),
 }
 
 impl StartError {
@@ -87,6 +96,8 @@ impl StartError {
             | StartError::SerialFile { .. }
             | StartError::Vm(vstate::vm::Error::KvmUnavailable(_)) => 2,
             StartError::Virtio(e) if e.is_bad_input() => 2,
+            StartError::Snapshot(e) if e.is_bad_input() => 2,
+            StartError::ConsoleState(_) => 2,
             _ => 1,
         }
     }

@@ -12,7 +12,16 @@
 //!            [--start-time-us T] [--no-seccomp]
 //!            [--disk path=FILE[,ro][,cow=OVERLAY][,bw=BYTES_PER_S][,iops=N]]...
 //!            [--net tap=NAME|fd=N,mac=AA:BB:CC:DD:EE:FF[,bw=BYTES_PER_S]]...
+//! coinop-vmm --restore DIR [--disk ...]... [--net ...]... [--serial ...] [--control ...]
+//!            [--events ...] [--start-time-us T] [--no-seccomp]
 //! ```
+//! `--restore DIR` starts the guest from a snapshot the control command `snapshot` wrote
+//! (see [`snapshot`]): vCPUs, memory and devices are the snapshot's, so the kernel and
+//! machine flags are refused beside it; `--disk`/`--net` then give the backends of the
+//! snapshot's virtio devices (same number, kinds and order). Its memory is mapped copy-on-write from
+//! `DIR/memory`. A snapshot from another coinop-vmm version, from a host whose CPUID/KVM
+//! capabilities differ, or that is corrupt or truncated ends the VMM with code 2 and one
+//! line naming the problem.
 //! `--net tap=NAME` opens (or, with CAP_NET_ADMIN, creates) the tap itself; `--net fd=N`
 //! takes a tap the parent opened and attached (TUNSETIFF with IFF_TAP | IFF_NO_PI |
 //! IFF_VNET_HDR) and left open as fd N, which is how coinopd hands a host tap to a VMM
@@ -32,7 +41,7 @@
 //! |---|---|
 //! | 0 | the guest powered off or rebooted (i8042 reset), or it was stopped on request |
 //! | 1 | an internal error of the VMM (a bug); the message says where |
-//! | 2 | bad arguments or unusable input: missing/corrupt kernel, 0 or >32 vCPUs, 0 MiB or more memory than the host has, /dev/kvm missing or denied. One line on stderr. |
+//! | 2 | bad arguments or unusable input: missing/corrupt kernel, 0 or >32 vCPUs, 0 MiB or more memory than the host has, /dev/kvm missing or denied, an unusable `--restore` snapshot. One line on stderr. |
 //! | 3 | the guest crashed: triple fault, emulation failure, failed entry. The reason is on stderr and in the `exit` event. |
 //!
 //! # Events
@@ -41,8 +50,10 @@
 //! the VMM started):
 //! ```text
 //! {"event":"vm_created","t_us":812}
+//! {"event":"restored","t_us":1010}                     --restore only: saved state loaded
 //! {"event":"vcpus_started","t_us":1290,"vcpus":2}      first KVM_RUN issued on every vCPU
 //! {"event":"guest_ready","t_us":2480}                  the guest wrote 123 to port 0x3f0
+//!                                                      (restored: see devices::boot_timer)
 //! {"event":"exit","t_us":9120,"reason":"guest_reset","code":0}
 //! ```
 //! Exit reasons: `guest_reset` (i8042 0xFE on port 0x64), `guest_poweroff` (KVM system event),
@@ -68,6 +79,8 @@
 //! ← {"ok":true,"vcpu_us":[1520,980],"vcpu_total_us":2500,"mem_mib":128,"uptime_us":60210}
 //! → {"cmd":"console_input","data":"hello\n"}          UTF-8 text for the guest's COM1
 //! ← {"ok":true}
+//! → {"cmd":"snapshot","dir":"/srv/snap","exit":false}  pause, write DIR/state + DIR/memory
+//! ← {"ok":true,"state":"running"}                      (`exit`: true → "stopping", then exit)
 //! → {"cmd":"stop"}
 //! ← {"ok":true,"state":"stopping"}
 //! → {"cmd":"bogus"}
@@ -94,7 +107,8 @@
 //! [`builder`] assembles a VM in one readable sequence; [`vstate`] holds the KVM objects
 //! (memory, VM, vCPUs, their run state); [`arch::x86_64`] the boot structures (GDT, page
 //! tables, CPUID, MSRs, MP table, e820/zero page/PVH start info, LAPIC); [`devices`] the
-//! emulated port-I/O devices; [`control`] and [`events`] the two JSON-lines channels, whose
+//! emulated port-I/O devices; [`snapshot`] snapshot files, taking and checking them;
+//! [`control`] and [`events`] the two JSON-lines channels, whose
 //! messages are the types of the `vmm-protocol` crate (shared with coinopd and the benches);
 //! [`cli`], [`error`] and [`exit`] the command line, start-up errors and exit codes.
 
@@ -110,6 +124,7 @@ pub mod exit;
 pub mod kernel;
 pub mod machine;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vstate;
 
 use events::Clock;

@@ -1,10 +1,11 @@
 //! A running guest as the control socket sees it: state, usage, console input, pause,
-//! resume and stop.
+//! resume, snapshot and stop.
 
 use crate::control::ControlTarget;
 use crate::devices::PioBus;
 use crate::events::Clock;
 use crate::exit::VmExit;
+use crate::snapshot::take::Taker;
 use crate::vstate::cpu_time::VcpuClocks;
 use crate::vstate::run_state::{Requested, RunState};
 use std::sync::mpsc::Sender;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use vmm_protocol::{Status, Usage, VmState};
 
 /// How long `pause` waits for every vCPU to park.
-const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Handles on a running guest.
 pub struct Machine {
@@ -31,6 +32,8 @@ pub struct Machine {
     pub mem_mib: u64,
     /// Where the end of the VM is reported.
     pub exits: Sender<VmExit>,
+    /// Takes snapshots.
+    pub snapshots: Taker,
 }
 
 impl Machine {
@@ -78,6 +81,22 @@ impl ControlTarget for Machine {
             .console()
             .input(data.as_bytes())
             .map_err(|e| e.to_string())
+    }
+
+    fn snapshot(&self, dir: &str, exit: bool) -> Result<VmState, String> {
+        let was_paused = self.run_state.requested() == Requested::Paused;
+        let taken = self
+            .snapshots
+            .take(&self.run_state, self.vcpus, std::path::Path::new(dir));
+        if exit && taken.is_ok() {
+            // The caller stops the VM once the reply is out; the vCPUs stay parked.
+            return Ok(VmState::Stopping);
+        }
+        if !was_paused {
+            self.run_state.resume();
+        }
+        taken.map_err(|e| format!("snapshot {dir}: {e}"))?;
+        Ok(self.state())
     }
 
     fn stop(&self) {

@@ -122,6 +122,48 @@ fn crash_later(image: Image, vcpus: u32) {
     );
 }
 
+/// `mode=count`: numbered lines from 0 (with the busy APs' total, which only grows, on
+/// more than one vCPU) and an answer per input line; Ctrl-D resets.
+fn count(image: Image, vcpus: u32) {
+    if !kvm_ready() {
+        return;
+    }
+    let mut vm = Vmm::boot(image, "mode=count")
+        .vcpus(vcpus)
+        .with_stdin()
+        .spawn();
+    vm.wait_console("count 3");
+    vm.write_stdin(b"ping\n\x04");
+    let out = vm.finish();
+    out.assert_lifecycle(vcpus, "guest_reset", 0);
+    let ctx = out.context();
+    let counted: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("count "))
+        .collect();
+    let mut last_ap = 0;
+    for (i, rest) in counted.iter().enumerate() {
+        let mut words = rest.split(" ap ");
+        assert_eq!(
+            words.next(),
+            Some(i.to_string().as_str()),
+            "line {i}\n{ctx}"
+        );
+        match (vcpus, words.next()) {
+            (1, None) => {}
+            (_, Some(ap)) if vcpus > 1 => {
+                let ap: u64 = ap.parse().unwrap_or_else(|e| panic!("{ap:?}: {e}\n{ctx}"));
+                assert!(ap >= last_ap, "the APs' total went back\n{ctx}");
+                last_ap = ap;
+            }
+            other => panic!("line {i}: unexpected {other:?}\n{ctx}"),
+        }
+    }
+    assert!(counted.len() >= 4, "{ctx}");
+    assert!(out.stdout.contains("\nin ping\n"), "{ctx}");
+}
+
 macro_rules! boots {
     ($($name:ident => $check:ident($image:ident, $vcpus:literal);)*) => {
         $(
@@ -156,6 +198,10 @@ boots! {
     fault_pvh_2vcpus => fault(Pvh, 2);
     fault_elf64_1vcpu => fault(Elf64, 1);
     fault_elf64_2vcpus => fault(Elf64, 2);
+    count_pvh_1vcpu => count(Pvh, 1);
+    count_pvh_2vcpus => count(Pvh, 2);
+    count_elf64_1vcpu => count(Elf64, 1);
+    count_elf64_2vcpus => count(Elf64, 2);
     crash_later_pvh_1vcpu => crash_later(Pvh, 1);
     crash_later_elf64_2vcpus => crash_later(Elf64, 2);
 }

@@ -813,7 +813,7 @@ async fn wait_ready(
                     code: Some(i64::from(code)),
                 })
             }
-            Event::VmCreated { .. } | Event::Warning { .. } => {}
+            Event::VmCreated { .. } | Event::Restored { .. } | Event::Warning { .. } => {}
         }
     }
 }

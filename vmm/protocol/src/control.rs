@@ -24,18 +24,30 @@ pub enum Request {
     },
     /// End the VM: [`Reply::State`] (`stopping`), then the VMM exits.
     Stop,
+    /// Pause every vCPU, write the guest's state and memory into the directory `dir`
+    /// (created if missing), then resume, or with `exit` end the VMM (reason `stopped`):
+    /// [`Reply::State`] once the snapshot is on disk (`running`, `paused` for a guest that
+    /// was paused before, or `stopping`). `coinop-vmm --restore DIR` starts from it.
+    Snapshot {
+        /// Directory for the `state` and `memory` files.
+        dir: String,
+        /// End the VMM once the snapshot is written, instead of resuming.
+        #[serde(default)]
+        exit: bool,
+    },
 }
 
 impl Request {
     /// Every `cmd` the VMM knows; any other is refused as an unknown command. The unit tests
     /// keep this in step with the enum and with [`Request::from_line`].
-    pub const COMMANDS: [&'static str; 6] = [
+    pub const COMMANDS: [&'static str; 7] = [
         "status",
         "pause",
         "resume",
         "usage",
         "console_input",
         "stop",
+        "snapshot",
     ];
 
     /// The `cmd` of this request.
@@ -47,6 +59,7 @@ impl Request {
             Request::Usage => "usage",
             Request::ConsoleInput { .. } => "console_input",
             Request::Stop => "stop",
+            Request::Snapshot { .. } => "snapshot",
         }
     }
 
@@ -82,6 +95,28 @@ impl Request {
                     detail: not_a_string("data", other),
                 }),
             },
+            "snapshot" => {
+                let dir = match value.get("dir") {
+                    Some(Value::String(dir)) => dir.clone(),
+                    other => {
+                        return Err(RequestError::BadArguments {
+                            cmd: "snapshot",
+                            detail: wrong_type("dir", other, "a string"),
+                        })
+                    }
+                };
+                let exit = match value.get("exit") {
+                    None => false,
+                    Some(Value::Bool(exit)) => *exit,
+                    other => {
+                        return Err(RequestError::BadArguments {
+                            cmd: "snapshot",
+                            detail: wrong_type("exit", other, "a boolean"),
+                        })
+                    }
+                };
+                Ok(Request::Snapshot { dir, exit })
+            }
             _ => Err(RequestError::UnknownCommand(cmd.to_string())),
         }
     }
@@ -92,6 +127,11 @@ impl Request {
 /// The found value is named as serde_json names it (`null`, not serde's `unit value`; floats
 /// as its `Number` prints them).
 fn not_a_string(field: &'static str, found: Option<&Value>) -> serde_json::Error {
+    wrong_type(field, found, "a string")
+}
+
+/// [`not_a_string`] for a field of any type; `expected` as serde words it ("a boolean").
+fn wrong_type(field: &'static str, found: Option<&Value>, expected: &str) -> serde_json::Error {
     use serde::de::Error;
     let found = match found {
         None => return serde_json::Error::missing_field(field),
@@ -103,7 +143,7 @@ fn not_a_string(field: &'static str, found: Option<&Value>) -> serde_json::Error
         Some(Value::Array(_)) => "sequence".to_string(),
         Some(Value::Object(_)) => "map".to_string(),
     };
-    serde_json::Error::custom(format_args!("invalid type: {found}, expected a string"))
+    serde_json::Error::custom(format_args!("invalid type: {found}, expected {expected}"))
 }
 
 /// Why a request line was refused.
@@ -332,6 +372,13 @@ mod tests {
                 },
             ),
             (r#"{"cmd":"stop"}"#, Request::Stop),
+            (
+                r#"{"cmd":"snapshot","dir":"/srv/snap","exit":true}"#,
+                Request::Snapshot {
+                    dir: "/srv/snap".into(),
+                    exit: true,
+                },
+            ),
         ]
     }
 
@@ -423,6 +470,26 @@ mod tests {
             .starts_with("bad arguments to 'console_input': invalid type: integer `5`"));
     }
 
+    #[test]
+    fn snapshot_exit_defaults_to_resume_and_must_be_a_boolean() {
+        assert_eq!(
+            Request::from_line(r#"{"cmd":"snapshot","dir":"d"}"#).expect("snapshot"),
+            Request::Snapshot {
+                dir: "d".into(),
+                exit: false
+            }
+        );
+        let text = |line: &str| Request::from_line(line).expect_err("refused").to_string();
+        assert_eq!(
+            text(r#"{"cmd":"snapshot"}"#),
+            "bad arguments to 'snapshot': missing field `dir`"
+        );
+        assert_eq!(
+            text(r#"{"cmd":"snapshot","dir":"d","exit":"yes"}"#),
+            "bad arguments to 'snapshot': invalid type: string \"yes\", expected a boolean"
+        );
+    }
+
     /// What `from_line` gave when it handed the object to the derived `Deserialize`.
     fn derived_from_line(line: &str) -> Result<Request, String> {
         let value: Value =
@@ -445,6 +512,10 @@ mod tests {
                 [
                     format!(r#"{{"cmd":"{cmd}"}}"#),
                     format!(r#" {{"id":7,"cmd":"{cmd}","data":"x","cmd":"{cmd}"}} "#),
+                    format!(r#"{{"cmd":"{cmd}","dir":"/d","exit":false}}"#),
+                    format!(r#"{{"cmd":"{cmd}","dir":"/d","exit":1}}"#),
+                    format!(r#"{{"cmd":"{cmd}","dir":7}}"#),
+                    format!(r#"{{"cmd":"{cmd}","dir":"/d","exit":null}}"#),
                 ]
             })
             .collect();

@@ -25,6 +25,12 @@ pub enum Event {
         /// µs since the time base.
         t_us: u64,
     },
+    /// `--restore`: the VM, its vCPUs' and devices' state and its memory mapping are
+    /// loaded from the snapshot (after `vm_created`, before `vcpus_started`).
+    Restored {
+        /// µs since the time base.
+        t_us: u64,
+    },
     /// Every vCPU issued its first KVM_RUN.
     VcpusStarted {
         /// µs since the time base.
@@ -58,6 +64,7 @@ impl Event {
         match self {
             Event::Warning { t_us, .. }
             | Event::VmCreated { t_us }
+            | Event::Restored { t_us }
             | Event::VcpusStarted { t_us, .. }
             | Event::GuestReady { t_us }
             | Event::Exit { t_us, .. } => *t_us,
@@ -138,6 +145,10 @@ mod tests {
                 Event::VmCreated { t_us: 1879 },
             ),
             (
+                r#"{"event":"restored","t_us":2210}"#,
+                Event::Restored { t_us: 2210 },
+            ),
+            (
                 r#"{"event":"vcpus_started","t_us":8577,"vcpus":2}"#,
                 Event::VcpusStarted {
                     t_us: 8577,
@@ -177,7 +188,7 @@ mod tests {
     #[test]
     fn every_event_has_its_time() {
         let times: Vec<u64> = pinned().iter().map(|(_, event)| event.t_us()).collect();
-        assert_eq!(times, [485, 1879, 8577, 9688, 362172, 18747]);
+        assert_eq!(times, [485, 1879, 2210, 8577, 9688, 362172, 18747]);
     }
 
     #[test]

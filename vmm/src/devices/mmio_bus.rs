@@ -1,8 +1,9 @@
 //! The MMIO bus: routes guest loads and stores in the device windows to the virtio
 //! transports. Addresses no device claims read as all ones and ignore writes.
 
-use crate::devices::virtio::mmio_transport::MmioTransport;
-use std::sync::Mutex;
+use crate::devices::virtio::mmio_transport::{MmioTransport, RestoreError};
+use crate::devices::virtio::persist::TransportState;
+use std::sync::{Mutex, MutexGuard};
 
 /// Devices by window.
 #[derive(Default)]
@@ -14,6 +15,42 @@ impl MmioBus {
     /// Adds `device` at `[base, base + len)`.
     pub fn insert(&mut self, base: u64, len: u64, device: MmioTransport) {
         self.windows.push((base, len, Mutex::new(device)));
+    }
+
+    fn transports(&self) -> impl Iterator<Item = MutexGuard<'_, MmioTransport>> {
+        self.windows
+            .iter()
+            .map(|(_, _, dev)| dev.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Number of devices.
+    pub fn len(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// Whether the bus has no device.
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty()
+    }
+
+    /// Stops every device and returns their state, in window order (see
+    /// [`MmioTransport::save`]).
+    pub fn save_all(&self) -> Vec<TransportState> {
+        self.transports().map(|mut t| t.save()).collect()
+    }
+
+    /// Lets every device serve again after [`MmioBus::save_all`].
+    pub fn resume_all(&self) {
+        self.transports()
+            .for_each(|mut t| t.resume_after_snapshot());
+    }
+
+    /// Restores every device from `saved`, in window order; the caller checked the count.
+    pub fn restore_all(&self, saved: &[TransportState]) -> Result<(), RestoreError> {
+        for (mut t, state) in self.transports().zip(saved) {
+            t.restore(state)?;
+        }
+        Ok(())
     }
 
     fn find(&self, addr: u64) -> Option<(u64, &Mutex<MmioTransport>)> {

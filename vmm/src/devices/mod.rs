@@ -4,6 +4,7 @@ pub mod boot_timer;
 pub mod console_cap;
 pub mod i8042;
 pub mod mmio_bus;
+pub mod persist;
 pub mod serial;
 pub mod virtio;
 
@@ -47,6 +48,19 @@ impl PioBus {
         // A panic while holding the console lock cannot leave it inconsistent enough to
         // matter more than losing the console, so keep going.
         self.console.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The boot timer.
+    pub fn boot_timer(&self) -> &BootTimer {
+        &self.boot_timer
+    }
+
+    /// The devices' state for a snapshot (the vCPUs are parked, so nothing changes it).
+    pub fn state(&self) -> persist::PioState {
+        persist::PioState {
+            console: self.console().state(),
+            guest_was_ready: self.boot_timer.was_ready(),
+        }
     }
 
     /// Guest `in`: fills `data`; ports nobody claims read as all ones (no device).

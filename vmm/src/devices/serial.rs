@@ -18,6 +18,11 @@ pub enum Error {
     BacklogFull,
 }
 
+/// A saved COM1 state vm-superio refuses.
+#[derive(Debug, thiserror::Error)]
+#[error("the snapshot's COM1 state is unusable: {0}")]
+pub struct RestoreError(String);
+
 /// The UART's interrupt line: an eventfd registered with KVM as an irqfd for GSI 4.
 pub struct IrqLine(pub EventFd);
 
@@ -68,6 +73,26 @@ impl Console {
         self.backlog.extend(bytes);
         self.refill();
         Ok(())
+    }
+
+    /// A console in the state a snapshot recorded; fails when the saved FIFO holds more
+    /// than a UART can (a corrupt snapshot).
+    pub fn restore(
+        irq: IrqLine,
+        out: ConsoleOut,
+        state: &super::persist::ConsoleState,
+    ) -> Result<Self, RestoreError> {
+        let uart = Serial::from_state(&state.uart(), irq, NoEvents, out)
+            .map_err(|e| RestoreError(format!("{e:?}")))?;
+        Ok(Console {
+            uart,
+            backlog: state.backlog.iter().copied().collect(),
+        })
+    }
+
+    /// The state a snapshot records.
+    pub fn state(&self) -> super::persist::ConsoleState {
+        super::persist::ConsoleState::new(self.uart.state(), self.backlog.iter().copied().collect())
     }
 
     /// Bytes of input not yet in the UART FIFO.

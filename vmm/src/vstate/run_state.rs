@@ -6,6 +6,10 @@
 //! that vCPU's `kvm_run`. KVM_RUN then returns EINTR whether the signal arrived during
 //! the ioctl or just before it, so no kick is lost. The thread sees the request at its next
 //! checkpoint and parks on a condition variable until resumed.
+//!
+//! A snapshot asks the parked threads for their state with a new *save round*: each wakes
+//! once per round ([`Checkpoint::Save`]), saves its vCPU and parks again. The round is a
+//! counter, so a thread that is slow to wake still answers exactly once.
 
 use kvm_bindings::kvm_run;
 use std::cell::Cell;
@@ -79,6 +83,7 @@ struct Inner {
     requested: Requested,
     parked: usize,
     threads: Vec<libc::pthread_t>,
+    save_round: u64,
 }
 
 /// Shared between the vCPU threads and whoever pauses them.
@@ -94,6 +99,7 @@ impl Default for RunState {
                 requested: Requested::Running,
                 parked: 0,
                 threads: Vec::new(),
+                save_round: 0,
             }),
             changed: Condvar::new(),
         }
@@ -107,6 +113,8 @@ pub enum Checkpoint {
     Run,
     /// Stop running the guest.
     Stop,
+    /// Save this vCPU's state for a snapshot, then check in again (the VM stays paused).
+    Save,
 }
 
 impl RunState {
@@ -128,21 +136,35 @@ impl RunState {
         self.lock().requested
     }
 
-    /// vCPU side: parks while paused; tells the caller whether to run.
-    pub fn checkpoint(&self) -> Checkpoint {
+    /// vCPU side: parks while paused; tells the caller whether to run, stop or save.
+    /// `seen_round` is the thread's own record of the last save round it answered (start
+    /// it at 0).
+    pub fn checkpoint(&self, seen_round: &mut u64) -> Checkpoint {
         let mut inner = self.lock();
         if inner.requested == Requested::Paused {
             inner.parked += 1;
             self.changed.notify_all();
-            while inner.requested == Requested::Paused {
+            while inner.requested == Requested::Paused && inner.save_round == *seen_round {
                 inner = self.changed.wait(inner).unwrap_or_else(|p| p.into_inner());
             }
             inner.parked -= 1;
+            if inner.requested == Requested::Paused {
+                *seen_round = inner.save_round;
+                return Checkpoint::Save;
+            }
         }
         match inner.requested {
             Requested::Stopping => Checkpoint::Stop,
             _ => Checkpoint::Run,
         }
+    }
+
+    /// Asks every parked vCPU thread to save its state once (see [`Checkpoint::Save`]).
+    /// Call while paused.
+    pub fn request_save(&self) {
+        let mut inner = self.lock();
+        inner.save_round += 1;
+        self.changed.notify_all();
     }
 
     /// Requests a pause and waits until all `vcpus` threads are parked.
@@ -208,7 +230,8 @@ mod tests {
         let worker = {
             let (state, rounds) = (Arc::clone(&state), Arc::clone(&rounds));
             std::thread::spawn(move || {
-                while state.checkpoint() == Checkpoint::Run {
+                let mut round = 0;
+                while state.checkpoint(&mut round) == Checkpoint::Run {
                     rounds.fetch_add(1, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -234,6 +257,42 @@ mod tests {
             rounds.load(Ordering::SeqCst) > frozen,
             "progress after resume"
         );
+        state.stop();
+        worker.join().expect("worker exits cleanly");
+    }
+
+    #[test]
+    fn each_save_round_wakes_a_parked_thread_once() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let state = Arc::new(RunState::default());
+        let saves = Arc::new(AtomicU32::new(0));
+        let worker = {
+            let (state, saves) = (Arc::clone(&state), Arc::clone(&saves));
+            std::thread::spawn(move || {
+                let mut round = 0;
+                loop {
+                    match state.checkpoint(&mut round) {
+                        Checkpoint::Run => std::thread::sleep(Duration::from_millis(1)),
+                        Checkpoint::Save => {
+                            saves.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Checkpoint::Stop => return,
+                    }
+                }
+            })
+        };
+        state.pause(1, Duration::from_secs(5)).expect("parks");
+        for want in 1..=2 {
+            state.request_save();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while saves.load(Ordering::SeqCst) < want && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Give a second, wrong wake-up the chance to show.
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(saves.load(Ordering::SeqCst), want, "one save per round");
+            assert_eq!(state.requested(), Requested::Paused);
+        }
         state.stop();
         worker.join().expect("worker exits cleanly");
     }

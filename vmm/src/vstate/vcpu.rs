@@ -2,6 +2,7 @@
 //! and its run loop, which turns every KVM exit into device I/O or a [`VmExit`].
 
 use super::cpu_time::VcpuClocks;
+use super::persist::{self, VcpuState};
 use super::run_state::{self, Checkpoint, Requested, RunState};
 use crate::arch::x86_64::regs::{self, EntryMode};
 use crate::arch::x86_64::{cpuid, lapic, msr};
@@ -15,7 +16,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use vm_memory::GuestMemoryMmap;
 use vmm_protocol::Event;
 
@@ -117,6 +118,72 @@ pub struct VcpuContext {
     pub started: AtomicUsize,
     /// Total vCPUs.
     pub vcpu_count: usize,
+    /// Where parked vCPUs leave their state for a snapshot.
+    pub saves: Arc<SaveBoard>,
+}
+
+/// What one vCPU's save produced: its state, or why it could not be read.
+pub type SaveResult = Result<VcpuState, String>;
+
+/// The exchange between the snapshot taker and the parked vCPU threads: it posts the MSR
+/// list to read and starts a save round; each vCPU thread fills its slot.
+pub struct SaveBoard {
+    msr_indices: Mutex<Vec<u32>>,
+    slots: Mutex<Vec<Option<SaveResult>>>,
+    filled: Condvar,
+}
+
+impl SaveBoard {
+    /// A board for `vcpus` vCPUs.
+    pub fn new(vcpus: usize) -> Self {
+        SaveBoard {
+            msr_indices: Mutex::new(Vec::new()),
+            slots: Mutex::new((0..vcpus).map(|_| None).collect()),
+            filled: Condvar::new(),
+        }
+    }
+
+    /// Taker side: empties the slots and sets the MSRs to read, before a save round.
+    pub fn prepare(&self, msr_indices: Vec<u32>) {
+        *self.msr_indices.lock().unwrap_or_else(|p| p.into_inner()) = msr_indices;
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.iter_mut().for_each(|slot| *slot = None);
+    }
+
+    /// Taker side: waits until every vCPU has posted, or the deadline passes (None).
+    pub fn collect(&self, timeout: std::time::Duration) -> Option<Vec<SaveResult>> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        while slots.iter().any(Option::is_none) {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            slots = self
+                .filled
+                .wait_timeout(slots, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Some(slots.iter_mut().filter_map(Option::take).collect())
+    }
+
+    /// vCPU side: saves this parked vCPU and posts the result.
+    fn save(&self, vcpu: &mut VcpuFd, index: u8) {
+        let indices = self
+            .msr_indices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let result = persist::complete_pending_io(vcpu, index)
+            .and_then(|()| persist::save_vcpu(vcpu, index, &indices))
+            .map_err(|e| e.to_string());
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slots.get_mut(usize::from(index)) {
+            *slot = Some(result);
+        }
+        self.filled.notify_all();
+    }
 }
 
 impl VcpuContext {
@@ -136,6 +203,7 @@ impl VcpuContext {
         // At most 32 vCPUs (checked on the command line), so the count fits.
         let vcpus = self.vcpu_count as u32;
         self.events.emit(|t_us| Event::VcpusStarted { t_us, vcpus });
+        self.pio.boot_timer().vcpus_started();
     }
 }
 
@@ -150,16 +218,25 @@ enum Action {
 pub fn run(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Option<VmExit> {
     run_state::register_kvm_run(vcpu.get_kvm_run());
     let mut first = true;
+    let mut save_round = 0;
     loop {
-        if ctx.run_state.checkpoint() == Checkpoint::Stop {
-            return None;
+        match ctx.run_state.checkpoint(&mut save_round) {
+            Checkpoint::Stop => return None,
+            Checkpoint::Save => {
+                ctx.saves.save(vcpu, index);
+                continue;
+            }
+            Checkpoint::Run => {}
         }
         if first {
             first = false;
             ctx.note_first_run(index);
         }
         let action = match vcpu.run() {
-            Ok(exit) => handle_exit(exit, index, &ctx.pio, &ctx.mmio),
+            Ok(exit) => {
+                ctx.pio.boot_timer().guest_ran();
+                handle_exit(exit, index, &ctx.pio, &ctx.mmio)
+            }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
             Err(e) => Action::Exit(VmExit::Vmm(format!("vCPU {index}: KVM_RUN failed: {e}"))),
         };

@@ -4,6 +4,7 @@
 //! allocates; every sector range is checked against the disk before any I/O.
 
 use super::disk_image::{DiskImage, SECTOR_SIZE};
+use super::persist::DeviceState;
 use super::queue_handling::drain_queue;
 use super::rate_limiter::RateLimiter;
 use super::{feature, DeviceError, ExtraFd, VirtioDevice};
@@ -266,6 +267,24 @@ impl VirtioDevice for Block {
     ) -> Result<bool, DeviceError> {
         self.limiter.on_timer();
         self.process_queue(mem, queues, 0)
+    }
+
+    fn save_state(&mut self) -> DeviceState {
+        // Completed writes reach the disk (a CoW overlay's data, then its bitmap) before a
+        // snapshot can hand the guest's view of them to another VMM.
+        if let Err(e) = self.disk.flush() {
+            eprintln!("coinop-vmm: virtio-blk: flushing at the end of a session: {e}");
+        }
+        DeviceState {
+            limiters: vec![self.limiter.state()],
+            pending_frame: None,
+        }
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) {
+        if let Some(limiter) = state.limiters.first() {
+            self.limiter.restore(limiter);
+        }
     }
 }
 

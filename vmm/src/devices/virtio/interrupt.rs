@@ -60,6 +60,18 @@ impl Interrupt {
         self.needs_reset.store(false, Ordering::Release);
     }
 
+    /// InterruptStatus and the reset request, for a snapshot.
+    pub fn state(&self) -> (u32, bool) {
+        (self.status(), self.needs_reset())
+    }
+
+    /// Takes a snapshot's InterruptStatus and reset request back. The line is not raised
+    /// again: the restored IOAPIC already holds whatever the guest had not taken.
+    pub fn restore(&self, status: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::Release);
+        self.needs_reset.store(needs_reset, Ordering::Release);
+    }
+
     /// The irqfd, for registering with KVM.
     pub fn irqfd(&self) -> &EventFd {
         &self.irqfd

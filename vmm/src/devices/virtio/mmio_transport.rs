@@ -4,6 +4,7 @@
 //! Status resets the device and stops that thread.
 
 use super::interrupt::Interrupt;
+use super::persist::{QueueSnapshot, TransportState};
 use super::queue_handling::{Activation, Worker, WorkerSetup};
 use super::VirtioDevice;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use virtio_bindings::virtio_config::{
 };
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -43,6 +44,49 @@ pub struct MmioTransport {
     driver_features_sel: u32,
     acked: u64,
     queue_sel: u32,
+    /// The queues a snapshot took from the device thread, until it serves them again.
+    parked: Option<Vec<Queue>>,
+}
+
+/// Why a snapshot's transport state does not fit the device attached at restore.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// Another kind of device, or another queue count.
+    #[error("{name}: the snapshot has a virtio device of type {saved} with {saved_queues} queues here, the command line attaches type {attached} with {attached_queues}")]
+    Kind {
+        /// The device thread's name.
+        name: String,
+        /// Saved `VIRTIO_ID_*`.
+        saved: u32,
+        /// Attached `VIRTIO_ID_*`.
+        attached: u32,
+        /// Saved queue count.
+        saved_queues: usize,
+        /// Attached queue count.
+        attached_queues: usize,
+    },
+    /// The guest negotiated features this device does not offer.
+    #[error(
+        "{name}: the guest negotiated features {acked:#x}, the attached device offers {offered:#x}"
+    )]
+    Features {
+        /// The device thread's name.
+        name: String,
+        /// Acked in the snapshot.
+        acked: u64,
+        /// Offered now.
+        offered: u64,
+    },
+    /// A saved queue virtio-queue refuses (a corrupt snapshot).
+    #[error("{name}: saved queue {index} is invalid: {source}")]
+    Queue {
+        /// The device thread's name.
+        name: String,
+        /// Queue index.
+        index: usize,
+        /// virtio-queue's reason.
+        source: virtio_queue::Error,
+    },
 }
 
 impl MmioTransport {
@@ -83,7 +127,112 @@ impl MmioTransport {
             driver_features_sel: 0,
             acked: 0,
             queue_sel: 0,
+            parked: None,
         })
+    }
+
+    /// Takes the queues back from the device thread (which finishes its request and flushes)
+    /// and returns the transport's and device's state; the device stays stopped until
+    /// [`MmioTransport::resume_after_snapshot`].
+    pub fn save(&mut self) -> TransportState {
+        let (queues, device) = match self.worker.stop() {
+            Some((queues, device)) => {
+                let saved = queues.iter().map(|q| q.state().into()).collect();
+                self.parked = Some(queues);
+                (saved, device)
+            }
+            None => (
+                self.queues.iter().map(|q| q.state().into()).collect(),
+                Default::default(),
+            ),
+        };
+        let (interrupt_status, needs_reset) = self.interrupt.state();
+        TransportState {
+            device_type: self.device_type,
+            status: self.status,
+            acked: self.acked,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            queue_sel: self.queue_sel,
+            bad_queue_config: self.bad_queue_config,
+            interrupt_status,
+            needs_reset,
+            active: self.parked.is_some(),
+            queues,
+            device,
+        }
+    }
+
+    /// Hands the queues [`MmioTransport::save`] took back to the device thread.
+    pub fn resume_after_snapshot(&mut self) {
+        if let Some(queues) = self.parked.take() {
+            let activation = Activation {
+                queues,
+                acked_features: self.acked,
+                restore: None,
+            };
+            if !self.worker.activate(activation) {
+                self.fail("the device thread is gone");
+            }
+        }
+    }
+
+    /// Puts a freshly attached transport in the state a snapshot saved and, if its device
+    /// was serving, has the device thread serve the saved queues again.
+    pub fn restore(&mut self, saved: &TransportState) -> Result<(), RestoreError> {
+        if saved.device_type != self.device_type || saved.queues.len() != self.max_sizes.len() {
+            return Err(RestoreError::Kind {
+                name: self.name.clone(),
+                saved: saved.device_type,
+                attached: self.device_type,
+                saved_queues: saved.queues.len(),
+                attached_queues: self.max_sizes.len(),
+            });
+        }
+        if saved.acked & !self.offered != 0 {
+            return Err(RestoreError::Features {
+                name: self.name.clone(),
+                acked: saved.acked,
+                offered: self.offered,
+            });
+        }
+        let queues = saved
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(index, q): (usize, &QueueSnapshot)| {
+                Queue::try_from(QueueState::from(*q)).map_err(|source| RestoreError::Queue {
+                    name: self.name.clone(),
+                    index,
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.status = saved.status;
+        self.acked = saved.acked;
+        self.device_features_sel = saved.device_features_sel;
+        self.driver_features_sel = saved.driver_features_sel;
+        self.queue_sel = saved.queue_sel;
+        self.bad_queue_config = saved.bad_queue_config;
+        self.interrupt
+            .restore(saved.interrupt_status, saved.needs_reset);
+        if !saved.active {
+            self.queues = queues;
+            return Ok(());
+        }
+        // As after DRIVER_OK: the thread owns the queues, the transport's copies only
+        // answer QueueReady.
+        self.queues = fresh_queues(&self.max_sizes);
+        self.queues.iter_mut().for_each(|q| q.set_ready(true));
+        let activation = Activation {
+            queues,
+            acked_features: self.acked,
+            restore: Some(saved.device.clone()),
+        };
+        if !self.worker.activate(activation) {
+            self.fail("the device thread is gone");
+        }
+        Ok(())
     }
 
     /// Guest read of `data.len()` bytes at `offset` in the window.
@@ -275,6 +424,7 @@ impl MmioTransport {
         let activation = Activation {
             queues,
             acked_features: self.acked,
+            restore: None,
         };
         if !self.worker.activate(activation) {
             self.fail("the device thread is gone");
@@ -287,7 +437,8 @@ impl MmioTransport {
     }
 
     fn reset(&mut self) {
-        self.worker.stop();
+        let _ = self.worker.stop();
+        self.parked = None;
         self.queues = fresh_queues(&self.max_sizes);
         self.interrupt.reset();
         self.bad_queue_config = false;
@@ -333,9 +484,14 @@ mod tests {
     }
 
     fn rig() -> Rig {
+        rig_on(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).expect("8 MiB"))
+    }
+
+    /// A block device rig over `mem` (a second rig on the same memory plays the restored
+    /// VMM).
+    fn rig_on(mem: GuestMemoryMmap) -> Rig {
         let mut img = tempfile::NamedTempFile::new().expect("temp file");
         img.write_all(&[0u8; 8192]).expect("image");
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).expect("8 MiB");
         let disk = DiskImage::open(img.path(), false, None).expect("disk");
         let dev = Block::new(
             disk,
@@ -433,6 +589,75 @@ mod tests {
                 Buf::write(0x30_0000, 1),
             ],
         );
+    }
+
+    /// A request served before the snapshot, the state moved to a new transport and device
+    /// on the same guest memory, and the next request there: the ring positions carried
+    /// over, so the second request lands in used-ring slot 1, not 0.
+    #[test]
+    fn a_saved_transport_serves_on_in_a_restored_one() {
+        let mut r = rig();
+        let mut drv = DriverQueue::new(0, 16);
+        negotiate(&mut r.t, 0, 1 << (VIRTIO_F_VERSION_1 - 32));
+        setup_queue(&mut r.t, &drv, 16);
+        wr(&mut r.t, VIRTIO_MMIO_STATUS, ALL_OK);
+        get_id_request(&r.mem, &mut drv);
+        r.notify.write(1).expect("notify");
+        assert!(wait_irq(&r.irq), "first request served");
+        assert_eq!(drv.used_idx(&r.mem), 1);
+
+        let saved = r.t.save();
+        assert!(saved.active, "{saved:?}");
+        assert!(!r.t.is_active(), "the device thread let go of the queues");
+        assert_eq!(saved.queues[0].next_avail, 1);
+        assert_eq!(saved.queues[0].next_used, 1);
+        assert_eq!(saved.device.limiters.len(), 1);
+        assert_eq!(saved.status, ALL_OK);
+
+        // Through the snapshot encoding, into a new transport on the same memory.
+        let bytes = postcard::to_stdvec(&saved).expect("encodes");
+        let loaded: TransportState = postcard::from_bytes(&bytes).expect("decodes");
+        let mut restored = rig_on(r.mem.clone());
+        restored
+            .t
+            .restore(&loaded)
+            .expect("fits the attached block device");
+        assert!(restored.t.is_active());
+        assert_eq!(rd(&restored.t, VIRTIO_MMIO_STATUS), ALL_OK);
+        wr(&mut restored.t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        assert_eq!(rd(&restored.t, VIRTIO_MMIO_QUEUE_READY), 1);
+
+        restored
+            .mem
+            .write_slice(&[0xffu8], GuestAddress(0x30_0000))
+            .expect("status byte");
+        get_id_request(&restored.mem, &mut drv);
+        restored.notify.write(1).expect("notify");
+        assert!(
+            wait_irq(&restored.irq),
+            "second request served by the restored device"
+        );
+        assert_eq!(drv.used_idx(&restored.mem), 2);
+        let mut status = [0xffu8];
+        restored
+            .mem
+            .read_slice(&mut status, GuestAddress(0x30_0000))
+            .expect("status");
+        assert_eq!(status[0], VIRTIO_BLK_S_OK as u8);
+
+        // A transport of another kind, or one whose queues do not fit, is refused.
+        let mut wrong = loaded.clone();
+        wrong.device_type = 1;
+        assert!(matches!(
+            rig().t.restore(&wrong),
+            Err(RestoreError::Kind { .. })
+        ));
+        let mut bad_queue = loaded;
+        bad_queue.queues[0].size = 3;
+        assert!(matches!(
+            rig().t.restore(&bad_queue),
+            Err(RestoreError::Queue { .. })
+        ));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod disk_image;
 pub mod interrupt;
 pub mod mmio_transport;
 pub mod net;
+pub mod persist;
 pub mod queue_handling;
 pub mod rate_limiter;
 pub mod tap;
@@ -81,6 +82,13 @@ pub trait VirtioDevice: Send + 'static {
         queues: &mut [Queue],
         index: usize,
     ) -> Result<bool, DeviceError>;
+    /// What the device holds between requests, for a snapshot; called on its thread when a
+    /// session ends, after its last request. Durable devices flush here.
+    fn save_state(&mut self) -> persist::DeviceState {
+        persist::DeviceState::default()
+    }
+    /// Takes back what [`VirtioDevice::save_state`] gave, before serving restored queues.
+    fn restore_state(&mut self, _state: &persist::DeviceState) {}
     /// Services extra fd number `index`; returns whether the guest must be interrupted.
     fn process_extra(
         &mut self,

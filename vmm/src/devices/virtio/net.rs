@@ -2,6 +2,7 @@
 //! Frames keep the 12-byte virtio 1.x header end to end (the tap is opened with
 //! IFF_VNET_HDR), no offloads are negotiated, and each direction has its own rate limiter.
 
+use super::persist::DeviceState;
 use super::queue_handling::{
     add_used, drain_queue, enable_notification, needs_notification, pop_chain,
 };
@@ -212,6 +213,27 @@ impl VirtioDevice for Net {
             _ => return Ok(false),
         }
         self.process_queue(mem, queues, RX)
+    }
+
+    fn save_state(&mut self) -> DeviceState {
+        DeviceState {
+            limiters: vec![self.rx_limiter.state(), self.tx_limiter.state()],
+            pending_frame: self
+                .rx_pending
+                .map(|len| self.rx_frame[..len.min(MAX_FRAME)].to_vec()),
+        }
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) {
+        if let [rx, tx] = state.limiters.as_slice() {
+            self.rx_limiter.restore(rx);
+            self.tx_limiter.restore(tx);
+        }
+        self.rx_pending = state.pending_frame.as_ref().map(|frame| {
+            let len = frame.len().min(MAX_FRAME);
+            self.rx_frame[..len].copy_from_slice(&frame[..len]);
+            len
+        });
     }
 }
 

@@ -3,6 +3,7 @@
 //! whole drain of a queue whose chains are served one at a time ([`drain_queue`]).
 
 use super::interrupt::Interrupt;
+use super::persist::DeviceState;
 use super::{DeviceError, VirtioDevice};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -34,7 +35,13 @@ pub struct Activation {
     pub queues: Vec<Queue>,
     /// Negotiated features.
     pub acked_features: u64,
+    /// `--restore`: the device's state from the snapshot, loaded before serving.
+    pub restore: Option<DeviceState>,
 }
+
+/// What a session leaves when it ends: the queues (with their ring positions) and the
+/// device's own state.
+pub type Session = (Vec<Queue>, DeviceState);
 
 /// The transport's handle on its device thread.
 ///
@@ -44,7 +51,7 @@ pub struct Activation {
 pub struct Worker {
     activate: Sender<Activation>,
     stop: EventFd,
-    stopped: Receiver<()>,
+    stopped: Receiver<Session>,
     active: bool,
 }
 
@@ -94,16 +101,17 @@ impl Worker {
         self.active
     }
 
-    /// Stops serving (a device reset) and waits until the thread no longer touches the
-    /// queues.
-    pub fn stop(&mut self) {
+    /// Stops serving (a device reset, or a snapshot) and waits until the thread no longer
+    /// touches the queues; returns them and the device's state (None if not serving).
+    pub fn stop(&mut self) -> Option<Session> {
         if !self.active {
-            return;
+            return None;
         }
         // A failed write means the counter is saturated, which also wakes the thread.
         let _ = self.stop.write(1);
-        let _ = self.stopped.recv();
+        let session = self.stopped.recv().ok();
         self.active = false;
+        session
     }
 
     /// Whether the thread is serving queues.
@@ -127,11 +135,14 @@ struct DeviceThread {
 }
 
 impl DeviceThread {
-    fn run(mut self, activations: &Receiver<Activation>, stopped: &Sender<()>) {
+    fn run(mut self, activations: &Receiver<Activation>, stopped: &Sender<Session>) {
         // Before touching any queue: a guest-controlled request is parsed only under it.
         crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Device);
         while let Ok(activation) = activations.recv() {
             self.device.set_acked_features(activation.acked_features);
+            if let Some(state) = &activation.restore {
+                self.device.restore_state(state);
+            }
             let mut queues = activation.queues;
             if let Err(e) = self.serve(&mut queues) {
                 eprintln!(
@@ -143,7 +154,8 @@ impl DeviceThread {
             }
             // Clear the stop request so the next session does not end at once.
             let _ = self.stop.read();
-            let _ = stopped.send(());
+            let state = self.device.save_state();
+            let _ = stopped.send((queues, state));
         }
     }
 

@@ -130,6 +130,36 @@ impl RateLimiter {
     pub fn is_limited(&self) -> bool {
         self.bytes.is_some() || self.ops.is_some()
     }
+
+    /// The tokens left now, for a snapshot.
+    pub fn state(&mut self) -> super::persist::LimiterState {
+        let now = Instant::now();
+        let tokens = |bucket: &mut Option<TokenBucket>| {
+            bucket.as_mut().map(|b| {
+                b.refill(now);
+                b.tokens
+            })
+        };
+        super::persist::LimiterState {
+            bytes_tokens: tokens(&mut self.bytes),
+            ops_tokens: tokens(&mut self.ops),
+        }
+    }
+
+    /// Starts from a snapshot's tokens (at most a full bucket; a bucket this limiter does
+    /// not have is ignored), refilling from now on.
+    pub fn restore(&mut self, state: &super::persist::LimiterState) {
+        let now = Instant::now();
+        for (bucket, tokens) in [
+            (&mut self.bytes, state.bytes_tokens),
+            (&mut self.ops, state.ops_tokens),
+        ] {
+            if let (Some(bucket), Some(tokens)) = (bucket, tokens) {
+                bucket.tokens = tokens.min(bucket.rate);
+                bucket.last = now;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -169,6 +199,21 @@ mod tests {
             "a full bucket admits one oversized request"
         );
         assert!(!l.consume(1), "the debt blocks the next");
+    }
+
+    #[test]
+    fn a_restored_limiter_keeps_the_saved_debt() {
+        let mut l = RateLimiter::new(None, Some(5)).expect("timerfd");
+        while l.consume(0) {}
+        let saved = l.state();
+        assert!(saved.ops_tokens.expect("ops bucket") < 1.0);
+        assert_eq!(saved.bytes_tokens, None);
+        let mut fresh = RateLimiter::new(None, Some(5)).expect("timerfd");
+        fresh.restore(&saved);
+        assert!(
+            !fresh.consume(0),
+            "the restored bucket is as empty as the saved one"
+        );
     }
 
     #[test]

@@ -1,0 +1,353 @@
+//! The KVM state of a guest as a snapshot holds it: every vCPU's registers, FPU/XSAVE, XCRs,
+//! debug registers, MSRs, LAPIC, pending events, CPUID and MP state, and the VM's PIC,
+//! IOAPIC, PIT and clock. kvm-bindings' `serde` feature serializes each KVM struct as its raw
+//! bytes, so nothing is copied field by field.
+//!
+//! Saving runs on each vCPU's own thread while it is parked outside KVM_RUN (see
+//! [`crate::vstate::run_state`]); restoring runs on the new vCPU thread before its first
+//! KVM_RUN, in the order KVM needs: CPUID first (it decides which MSRs and XSAVE features
+//! exist), the MP state and registers, the LAPIC before the MSRs (the TSC-deadline MSR is
+//! only accepted once the LAPIC is in deadline mode), and the pending events last.
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    CpuId, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::{VcpuFd, VmFd};
+use serde::{Deserialize, Serialize};
+
+/// Errors saving or restoring KVM state.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A KVM ioctl failed.
+    #[error("{what}: {call} failed: {source}")]
+    Ioctl {
+        /// "vCPU 1" or "VM".
+        what: String,
+        /// The ioctl.
+        call: &'static str,
+        /// Why.
+        source: kvm_ioctls::Error,
+    },
+    /// KVM took only part of the saved MSRs.
+    #[error("vCPU {index}: KVM refused saved MSR {msr:#x}")]
+    MsrRefused {
+        /// vCPU index.
+        index: u8,
+        /// The first MSR KVM did not take.
+        msr: u32,
+    },
+    /// The saved CPUID or MSR list does not fit KVM's limits (a corrupt snapshot).
+    #[error("vCPU {index}: saved {what} has {count} entries, too many for KVM")]
+    TooMany {
+        /// vCPU index.
+        index: u8,
+        /// "CPUID" or "MSR list".
+        what: &'static str,
+        /// How many.
+        count: usize,
+    },
+    /// The host's TSC runs at another frequency and KVM cannot scale the guest's.
+    #[error("vCPU {index}: the snapshot's TSC ran at {saved} kHz, this host's at {host} kHz, and KVM cannot set it (no TSC_CONTROL)")]
+    TscFrequency {
+        /// vCPU index.
+        index: u8,
+        /// kHz when saved.
+        saved: u32,
+        /// kHz here.
+        host: u32,
+    },
+}
+
+/// One vCPU's state.
+#[derive(Serialize, Deserialize)]
+pub struct VcpuState {
+    /// CPUID as the VMM set it (KVM_GET_CPUID2).
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    /// Running, halted, waiting for SIPI...
+    pub mp_state: kvm_mp_state,
+    /// General-purpose registers.
+    pub regs: kvm_regs,
+    /// Segment, control and descriptor-table registers.
+    pub sregs: kvm_sregs,
+    /// FPU, SSE and AVX state (the 4 KiB legacy XSAVE area).
+    pub xsave: kvm_xsave,
+    /// Extended control registers (XCR0).
+    pub xcrs: kvm_xcrs,
+    /// Debug registers.
+    pub debug_regs: kvm_debugregs,
+    /// The local APIC's registers.
+    pub lapic: kvm_lapic_state,
+    /// Every MSR of KVM_GET_MSR_INDEX_LIST that KVM would read, TSC and kvmclock included.
+    pub msrs: Vec<kvm_msr_entry>,
+    /// Pending exceptions, interrupts, NMIs and SMIs.
+    pub events: kvm_vcpu_events,
+    /// The guest's TSC frequency.
+    pub tsc_khz: u32,
+}
+
+fn vcpu_err(index: u8, call: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
+    move |source| Error::Ioctl {
+        what: format!("vCPU {index}"),
+        call,
+        source,
+    }
+}
+
+/// Reads vCPU `index`'s state. The vCPU must be outside KVM_RUN with any I/O it exited
+/// for completed (see [`complete_pending_io`]). `msr_indices` comes from
+/// KVM_GET_MSR_INDEX_LIST.
+pub fn save_vcpu(vcpu: &VcpuFd, index: u8, msr_indices: &[u32]) -> Result<VcpuState, Error> {
+    let err = |call| vcpu_err(index, call);
+    let cpuid = vcpu
+        .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+        .map_err(err("KVM_GET_CPUID2"))?;
+    Ok(VcpuState {
+        cpuid: cpuid.as_slice().to_vec(),
+        mp_state: vcpu.get_mp_state().map_err(err("KVM_GET_MP_STATE"))?,
+        regs: vcpu.get_regs().map_err(err("KVM_GET_REGS"))?,
+        sregs: vcpu.get_sregs().map_err(err("KVM_GET_SREGS"))?,
+        xsave: vcpu.get_xsave().map_err(err("KVM_GET_XSAVE"))?,
+        xcrs: vcpu.get_xcrs().map_err(err("KVM_GET_XCRS"))?,
+        debug_regs: vcpu.get_debug_regs().map_err(err("KVM_GET_DEBUGREGS"))?,
+        lapic: vcpu.get_lapic().map_err(err("KVM_GET_LAPIC"))?,
+        msrs: read_msrs(vcpu, index, msr_indices)?,
+        events: vcpu.get_vcpu_events().map_err(err("KVM_GET_VCPU_EVENTS"))?,
+        tsc_khz: vcpu.get_tsc_khz().map_err(err("KVM_GET_TSC_KHZ"))?,
+    })
+}
+
+/// KVM_GET_MSRS stops at the first MSR it cannot read (some in the index list depend on
+/// CPUID bits this guest lacks): such an MSR is left out and the rest read again.
+fn read_msrs(vcpu: &VcpuFd, index: u8, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, Error> {
+    let mut wanted: Vec<u32> = indices.to_vec();
+    let mut read = Vec::with_capacity(wanted.len());
+    while !wanted.is_empty() {
+        let entries: Vec<kvm_msr_entry> = wanted
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(|_| Error::TooMany {
+            index,
+            what: "MSR list",
+            count: entries.len(),
+        })?;
+        let n = vcpu
+            .get_msrs(&mut msrs)
+            .map_err(vcpu_err(index, "KVM_GET_MSRS"))?;
+        read.extend_from_slice(&msrs.as_slice()[..n]);
+        // Skip the unreadable one and go on after it.
+        wanted.drain(..(n + 1).min(wanted.len()));
+    }
+    Ok(read)
+}
+
+/// Lets KVM finish the instruction a vCPU exited for (an `in` whose value the VMM just
+/// supplied, an MMIO read) without running any further guest code: KVM_RUN with
+/// `immediate_exit` set completes it and returns EINTR. Until then the registers KVM
+/// reports do not hold the result.
+pub fn complete_pending_io(vcpu: &mut VcpuFd, index: u8) -> Result<(), Error> {
+    vcpu.set_kvm_immediate_exit(1);
+    let ran = vcpu.run().map(|_| ());
+    vcpu.set_kvm_immediate_exit(0);
+    match ran {
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
+        Err(source) => Err(Error::Ioctl {
+            what: format!("vCPU {index}"),
+            call: "KVM_RUN (immediate exit)",
+            source,
+        }),
+        // With immediate_exit set KVM returns before entering the guest; an exit here
+        // would mean the kernel ignored it, and the state is still consistent.
+        Ok(()) => Ok(()),
+    }
+}
+
+/// Loads `state` into a freshly created vCPU.
+pub fn restore_vcpu(vcpu: &VcpuFd, index: u8, state: &VcpuState) -> Result<(), Error> {
+    let err = |call| vcpu_err(index, call);
+    let host_khz = vcpu.get_tsc_khz().map_err(err("KVM_GET_TSC_KHZ"))?;
+    if host_khz != state.tsc_khz {
+        vcpu.set_tsc_khz(state.tsc_khz)
+            .map_err(|_| Error::TscFrequency {
+                index,
+                saved: state.tsc_khz,
+                host: host_khz,
+            })?;
+    }
+    let cpuid = CpuId::from_entries(&state.cpuid).map_err(|_| Error::TooMany {
+        index,
+        what: "CPUID",
+        count: state.cpuid.len(),
+    })?;
+    vcpu.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
+    vcpu.set_mp_state(state.mp_state)
+        .map_err(err("KVM_SET_MP_STATE"))?;
+    vcpu.set_regs(&state.regs).map_err(err("KVM_SET_REGS"))?;
+    vcpu.set_sregs(&state.sregs).map_err(err("KVM_SET_SREGS"))?;
+    // SAFETY: the kvm_xsave came from KVM_GET_XSAVE and is the full 4 KiB legacy area
+    // KVM_SET_XSAVE reads; no larger (XSAVE2) area was saved, so none is expected.
+    unsafe { vcpu.set_xsave(&state.xsave) }.map_err(err("KVM_SET_XSAVE"))?;
+    vcpu.set_xcrs(&state.xcrs).map_err(err("KVM_SET_XCRS"))?;
+    vcpu.set_debug_regs(&state.debug_regs)
+        .map_err(err("KVM_SET_DEBUGREGS"))?;
+    vcpu.set_lapic(&state.lapic).map_err(err("KVM_SET_LAPIC"))?;
+    let msrs = Msrs::from_entries(&state.msrs).map_err(|_| Error::TooMany {
+        index,
+        what: "MSR list",
+        count: state.msrs.len(),
+    })?;
+    let written = vcpu.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))?;
+    if let Some(refused) = state.msrs.get(written) {
+        return Err(Error::MsrRefused {
+            index,
+            msr: refused.index,
+        });
+    }
+    vcpu.set_vcpu_events(&state.events)
+        .map_err(err("KVM_SET_VCPU_EVENTS"))?;
+    Ok(())
+}
+
+/// The VM-wide state: interrupt controllers, PIT and clock.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct VmState {
+    /// The master PIC.
+    pub pic_master: kvm_irqchip,
+    /// The slave PIC.
+    pub pic_slave: kvm_irqchip,
+    /// The IOAPIC.
+    pub ioapic: kvm_irqchip,
+    /// PIT channels.
+    pub pit: kvm_pit_state2,
+    /// kvmclock's time base.
+    pub clock: kvm_clock_data,
+}
+
+fn vm_err(call: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
+    move |source| Error::Ioctl {
+        what: "VM".into(),
+        call,
+        source,
+    }
+}
+
+fn irqchip(vm: &VmFd, chip_id: u32) -> Result<kvm_irqchip, Error> {
+    let mut chip = kvm_irqchip {
+        chip_id,
+        ..Default::default()
+    };
+    vm.get_irqchip(&mut chip)
+        .map_err(vm_err("KVM_GET_IRQCHIP"))?;
+    Ok(chip)
+}
+
+/// Reads the VM's state; every vCPU must be parked.
+pub fn save_vm(vm: &VmFd) -> Result<VmState, Error> {
+    Ok(VmState {
+        pic_master: irqchip(vm, KVM_IRQCHIP_PIC_MASTER)?,
+        pic_slave: irqchip(vm, KVM_IRQCHIP_PIC_SLAVE)?,
+        ioapic: irqchip(vm, KVM_IRQCHIP_IOAPIC)?,
+        pit: vm.get_pit2().map_err(vm_err("KVM_GET_PIT2"))?,
+        clock: vm.get_clock().map_err(vm_err("KVM_GET_CLOCK"))?,
+    })
+}
+
+/// Loads `state` into a VM whose irqchip and PIT exist and whose vCPUs are not running.
+pub fn restore_vm(vm: &VmFd, state: &VmState) -> Result<(), Error> {
+    vm.set_pit2(&state.pit).map_err(vm_err("KVM_SET_PIT2"))?;
+    // The flags KVM_GET_CLOCK reports (TSC_STABLE, REALTIME...) are not all valid input to
+    // KVM_SET_CLOCK: the saved value alone is what the guest's kvmclock continues from.
+    let clock = kvm_clock_data {
+        clock: state.clock.clock,
+        ..Default::default()
+    };
+    vm.set_clock(&clock).map_err(vm_err("KVM_SET_CLOCK"))?;
+    for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
+        vm.set_irqchip(chip).map_err(vm_err("KVM_SET_IRQCHIP"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::x86_64::regs::EntryMode;
+    use crate::vstate::vcpu::{configure, VcpuSetup};
+    use crate::vstate::{memory, vm};
+    use kvm_ioctls::Cap;
+
+    /// IA32_TSC and kvmclock's MSR_KVM_SYSTEM_TIME_NEW.
+    const MSR_TSC: u32 = 0x10;
+    const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
+
+    #[test]
+    fn a_saved_vcpu_and_vm_load_into_a_fresh_vm() {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED: /dev/kvm not available");
+            return;
+        }
+        let kvm = vm::open_kvm().expect("/dev/kvm opens");
+        let msr_list = crate::snapshot::host::msr_indices(&kvm).expect("MSR list");
+        let make_vm = || {
+            let mem = memory::create(16).expect("16 MiB");
+            let vm_fd = vm::create(&kvm, &mem).expect("VM");
+            vm::setup_irqchip(&vm_fd).expect("irqchip");
+            (vm_fd, mem)
+        };
+        let (source_vm, mem) = make_vm();
+        let setup = VcpuSetup {
+            supported_cpuid: kvm
+                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+                .expect("cpuid"),
+            vcpu_count: 1,
+            tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+            mem,
+            entry: EntryMode::Linux64 {
+                entry: 0x10_0000,
+                zero_page: 0x7000,
+            },
+        };
+        let mut source = source_vm.create_vcpu(0).expect("vCPU");
+        configure(&source, 0, &setup).expect("boot state");
+        complete_pending_io(&mut source, 0).expect("immediate exit");
+        let saved = save_vcpu(&source, 0, &msr_list).expect("saved");
+        let indices: Vec<u32> = saved.msrs.iter().map(|m| m.index).collect();
+        assert!(indices.contains(&MSR_TSC), "{indices:x?}");
+        assert!(indices.contains(&MSR_KVM_SYSTEM_TIME_NEW), "{indices:x?}");
+        let saved_vm = save_vm(&source_vm).expect("VM state");
+
+        // Through the snapshot encoding, as a restore sees it.
+        let bytes = postcard::to_stdvec(&(&saved, &saved_vm)).expect("encodes");
+        let (loaded, loaded_vm): (VcpuState, VmState) =
+            postcard::from_bytes(&bytes).expect("decodes");
+
+        let (target_vm, _mem) = make_vm();
+        restore_vm(&target_vm, &loaded_vm).expect("VM state loads");
+        let target = target_vm.create_vcpu(0).expect("vCPU");
+        restore_vcpu(&target, 0, &loaded).expect("vCPU state loads");
+        let back = save_vcpu(&target, 0, &msr_list).expect("read back");
+        assert_eq!(back.regs.rip, 0x10_0000);
+        assert_eq!(back.regs.rsi, 0x7000);
+        assert_eq!(back.sregs.cr0, saved.sregs.cr0);
+        assert_eq!(back.sregs.efer, saved.sregs.efer);
+        assert_eq!(back.cpuid.len(), saved.cpuid.len());
+        assert_eq!(back.lapic.regs[..], saved.lapic.regs[..]);
+        assert_eq!(back.mp_state.mp_state, saved.mp_state.mp_state);
+        let tsc = |s: &VcpuState| s.msrs.iter().find(|m| m.index == MSR_TSC).map(|m| m.data);
+        // The guest's TSC continues from the saved value (it has run on a little since).
+        let (was, now) = (tsc(&saved).expect("tsc"), tsc(&back).expect("tsc"));
+        assert!(now >= was, "TSC went back: {was} → {now}");
+        let back_vm = save_vm(&target_vm).expect("VM state");
+        assert_eq!(back_vm.ioapic.chip_id, saved_vm.ioapic.chip_id);
+        // SAFETY: chip_id says this is the IOAPIC member of the union.
+        let (a, b) = unsafe { (back_vm.ioapic.chip.ioapic, saved_vm.ioapic.chip.ioapic) };
+        assert_eq!(a.base_address, b.base_address);
+    }
+}
