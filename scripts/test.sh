@@ -7,9 +7,12 @@ set -euo pipefail
 source "$(dirname "$0")/lib/setup.sh"
 source "$(dirname "$0")/lib/leftover_vmms.sh"
 source "$(dirname "$0")/lib/bcoin.sh"
+source "$(dirname "$0")/lib/postgres.sh"
 cd "$COINOP_ROOT"
 coinop_setup
 coinop_install_packages "${COINOP_TEST_PACKAGES[@]}"
+# The fleet-store tests start their own throwaway PostgreSQL clusters from these binaries.
+coinop_ensure_postgres
 
 # This run's directory: the stages that start guests get TMPDIR inside it, so every state
 # directory, control socket and console of theirs is in it, and COINOP_TEST_RUN_DIR in

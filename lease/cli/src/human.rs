@@ -75,6 +75,17 @@ fn host(h: &HostView) -> String {
     for i in &h.images {
         let _ = write!(out, " {}", i.name);
     }
+    let st = &h.store;
+    let _ = write!(out, "\nstore      {}", st.kind);
+    if let Some(location) = &st.location {
+        let _ = write!(out, " ({location})");
+    }
+    if let Some(id) = &st.host_id {
+        let _ = write!(out, ", host id {id}");
+    }
+    if !st.ready {
+        out.push_str(", NOT READY (money requests refused)");
+    }
     out
 }
 

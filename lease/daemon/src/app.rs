@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::capacity::{Capacity, Totals};
 use crate::config::Config;
 use crate::disk_reserve::DiskReserve;
+use crate::fleet::Fleet;
 use crate::http::limits::QuoteLimiter;
 use crate::http::peer::OperatorPolicy;
 use crate::isolation::Isolation;
@@ -48,6 +49,8 @@ pub enum StartError {
     SpentSet(#[from] payment::spent_set::SpentSetError),
     #[error("payment watch: {0}")]
     Watch(#[from] payment::onchain::WatchError),
+    #[error("fleet store: {0}")]
+    Fleet(#[from] payment_postgres::PgStoreError),
     #[error("isolation: {0}")]
     Isolation(#[from] crate::isolation::IsolationError),
     #[error("--xpub is required on {0} (only regtest generates a throwaway one)")]
@@ -91,6 +94,8 @@ pub struct AppState {
     pub stops: StopsInFlight,
     /// Quotes each peer uid may still ask for (each one advances the xpub index).
     pub quote_limiter: QuoteLimiter,
+    /// `--store`: the spent set shared with the other hosts of the fleet, if any.
+    pub fleet: Option<Arc<Fleet>>,
     /// This coinopd's hold on the state dir, released when the state is dropped. Declared
     /// last so it is dropped last, after everything that uses the state dir.
     _lock: StateLock,
@@ -201,6 +206,7 @@ impl AppState {
             mib: config.capacity_mib,
         });
         let quotes_per_min = config.quotes_per_min;
+        let fleet = Fleet::open(&config)?;
         let state = AppState {
             operator: OperatorPolicy {
                 uid: config.operator_uid,
@@ -225,6 +231,7 @@ impl AppState {
             chain_network: network,
             stops: StopsInFlight::default(),
             quote_limiter: QuoteLimiter::new(quotes_per_min),
+            fleet,
             _lock: lock,
         };
         Ok((Arc::new(state), rx))

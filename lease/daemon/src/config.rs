@@ -40,6 +40,11 @@ pub enum ConfigError {
     BitcoinPeer(String),
     #[error("--address-type {0:?} is not one of p2wpkh, p2tr, p2sh-p2wpkh")]
     AddressType(String),
+    #[error("--store-password-file {path}: {source}")]
+    StorePassword {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Flags and config-file keys. Every field is optional so the two sources can be merged.
@@ -236,6 +241,19 @@ pub struct Settings {
     /// is stopped with `payment_reorged`, seconds (default 3600).
     #[arg(long)]
     pub reorg_window_s: Option<u64>,
+    /// The fleet store that several coinopd hosts share (the spent set, so a payment is
+    /// accepted once across all of them): a PostgreSQL `postgres://user@host/db` URL or a
+    /// libpq-style `host=... user=... dbname=...` string. Put no password in it: use
+    /// --store-password-file or PGPASSWORD. Unset: this host's own SQLite state only.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// File whose first line is the fleet store's password (else PGPASSWORD, if set).
+    #[arg(long)]
+    pub store_password_file: Option<PathBuf>,
+    /// This host's id in the fleet, recorded with each of its claims (default: the host
+    /// name and the state dir). Two hosts must never share one.
+    #[arg(long)]
+    pub host_id: Option<String>,
     /// Bytes of a guest's console output kept in its console file (default 1 MiB); after
     /// them one marker line, and the rest of the output is dropped, so a guest printing
     /// without end cannot fill the host's disk.
@@ -297,6 +315,45 @@ pub struct Config {
     pub settle_conf: u32,
     pub reorg_window_s: u64,
     pub console_max_bytes: u64,
+    /// `--store`: the fleet store, if any.
+    pub store: Option<StoreConfig>,
+    /// `--host-id`, or its default.
+    pub host_id: String,
+}
+
+/// Where the fleet store is, and the password to it (kept out of `Debug`).
+#[derive(Clone)]
+pub struct StoreConfig {
+    pub conninfo: String,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("conninfo", &self.conninfo)
+            .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .finish()
+    }
+}
+
+/// The fleet store's settings: the password from `password_file`, else PGPASSWORD.
+fn store_config(
+    conninfo: Option<String>,
+    password_file: Option<PathBuf>,
+) -> Result<Option<StoreConfig>, ConfigError> {
+    let Some(conninfo) = conninfo else {
+        return Ok(None);
+    };
+    let password = match password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| ConfigError::StorePassword { path, source })?;
+            Some(text.lines().next().unwrap_or_default().to_string())
+        }
+        None => std::env::var("PGPASSWORD").ok(),
+    };
+    Ok(Some(StoreConfig { conninfo, password }))
 }
 
 impl Settings {
@@ -360,6 +417,9 @@ impl Settings {
             mint_min_conf: self.mint_min_conf.or(file.mint_min_conf),
             settle_conf: self.settle_conf.or(file.settle_conf),
             reorg_window_s: self.reorg_window_s.or(file.reorg_window_s),
+            store: self.store.or(file.store),
+            store_password_file: self.store_password_file.or(file.store_password_file),
+            host_id: self.host_id.or(file.host_id),
             console_max_bytes: self.console_max_bytes.or(file.console_max_bytes),
         }
     }
@@ -446,6 +506,10 @@ impl Settings {
                 return Err(ConfigError::BitcoinPeer(peer.clone()));
             }
         }
+        let host_id = self
+            .host_id
+            .unwrap_or_else(|| format!("{}:{}", host_name(), state_dir.display()));
+        let store = store_config(self.store, self.store_password_file)?;
         let config = Config {
             socket,
             socket_mode,
@@ -501,6 +565,8 @@ impl Settings {
             }),
             settle_conf: self.settle_conf.unwrap_or(6),
             reorg_window_s: self.reorg_window_s.unwrap_or(3600),
+            store,
+            host_id,
             console_max_bytes: self.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
         };
         for (flag, value) in [

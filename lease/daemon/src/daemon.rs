@@ -25,6 +25,9 @@ pub enum DaemonError {
     },
     #[error("re-adopting guests: {0}")]
     Adopt(#[from] crate::ledger::LedgerError),
+    /// The fleet store's schema is newer than this coinopd.
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetStartError),
 }
 
 impl DaemonError {
@@ -182,6 +185,11 @@ pub async fn serve(
     exits: tokio::sync::mpsc::UnboundedReceiver<crate::supervisor::GuestExit>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
+    // Before any request: the fleet store's schema is checked and this host's fences left
+    // by a crash are settled against the ledger (or, store unreachable, retried meanwhile).
+    if let Some(fleet) = &state.fleet {
+        fleet.start(std::sync::Arc::clone(&state.ledger)).await?;
+    }
     let (adopted, dead) = crate::scheduler::adopt(&state).await?;
     tracing::info!(adopted, dead, "guests from earlier runs");
     // Only now is it known which leases are live: the rest of any network or overlay is a

@@ -8,6 +8,9 @@ use std::sync::OnceLock;
 
 /// Named places where a crash is most interesting.
 pub mod point {
+    /// A create's payment was fenced in the fleet store (`--store`); the ledger has not
+    /// committed the lease.
+    pub const FLEET_FENCED: &str = "fleet_fenced";
     /// A create's ledger transaction committed; no guest spawned, no reply sent.
     pub const CREATE_COMMITTED: &str = "create_committed";
     /// A create's guest reported `guest_ready`; not yet marked running, no reply sent.

@@ -31,6 +31,7 @@ pub mod config;
 pub mod daemon;
 mod disk_reserve;
 pub mod fault;
+pub mod fleet;
 pub mod guest_stop;
 mod http;
 mod image_catalogue;

@@ -1,5 +1,6 @@
 //! Prometheus metrics for `/metrics`: leases by state, boots, boot latency, msat debited,
-//! payments verified and rejected, the disk reserve, dropped log lines.
+//! payments verified and rejected, the disk reserve, dropped log lines, the fleet store's
+//! round trips and errors.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -30,6 +31,9 @@ pub struct Metrics {
     residual_msat: Counter,
     payments: Family<Labels, Counter>,
     storage: StorageMetrics,
+    /// The fleet store's counters, brought up to date at each render (`--store` only).
+    fleet_store: Family<Labels, Counter>,
+    fleet_store_sync: std::sync::Mutex<()>,
     chain: ChainMetrics,
 }
 
@@ -148,9 +152,17 @@ impl Metrics {
             "Unix time the last new header from a peer was stored (0: none yet)",
             chain.last_header_time.clone(),
         );
+        let fleet_store = Family::<Labels, Counter>::default();
+        registry.register(
+            "fleet_store",
+            "Fleet store (--store) statement round trips, errors, and of those outages",
+            fleet_store.clone(),
+        );
         Metrics {
             chain,
             registry,
+            fleet_store,
+            fleet_store_sync: std::sync::Mutex::new(()),
             leases,
             boots,
             boot_latency_us,
@@ -234,6 +246,23 @@ impl Metrics {
                 .and_then(|t| i64::try_from(t).ok())
                 .unwrap_or(0),
         );
+    }
+
+    /// Brings the fleet store's counters up to the store's own figures.
+    pub fn fleet_store(&self, m: payment_postgres::StoreMetrics) {
+        // One render at a time, so two cannot both add the same difference.
+        let _one = self
+            .fleet_store_sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (what, now) in [
+            ("round_trips", m.round_trips),
+            ("errors", m.errors),
+            ("unavailable", m.unavailable),
+        ] {
+            let c = self.fleet_store.get_or_create(&labels(&[("what", what)]));
+            c.inc_by(now.saturating_sub(c.get()));
+        }
     }
 
     /// Renders the text format; `states` are the current lease counts by state.

@@ -206,6 +206,38 @@ pub struct HostView {
     pub tick_ms: u64,
     /// How long an unfunded lease stays paused before it is stopped.
     pub grace_s: u64,
+    /// Where this host keeps the money state shared by a fleet (absent from older hosts:
+    /// read as the embedded default).
+    #[serde(default)]
+    pub store: HostStore,
+}
+
+/// The money-state store of a host: `sqlite` (this host alone) or `postgres` (a fleet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStore {
+    /// `sqlite` or `postgres`.
+    pub kind: String,
+    /// This host's id in the fleet (`--host-id`); `None` for `sqlite`.
+    #[serde(default)]
+    pub host_id: Option<String>,
+    /// Hosts and database of a `postgres` store, never a password.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// Whether the store has answered this host's start-up check (money requests get 503
+    /// `store_unavailable` until it has, and whenever it cannot be reached).
+    #[serde(default)]
+    pub ready: bool,
+}
+
+impl Default for HostStore {
+    fn default() -> Self {
+        HostStore {
+            kind: "sqlite".into(),
+            host_id: None,
+            location: None,
+            ready: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -72,6 +72,9 @@ pub async fn metrics(
     }
     let tip_height = s.chain_read().tip().height;
     s.metrics.chain(tip_height, &s.chain_sync.snapshot());
+    if let Some(fleet) = &s.fleet {
+        s.metrics.fleet_store(fleet.metrics());
+    }
     let text = s.metrics.render(&counts.into_iter().collect::<Vec<_>>());
     Ok((
         [(

@@ -8,14 +8,14 @@ use payment::credit::nut_types::{
     MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest, MintQuoteOnchainResponse,
     MintQuoteState, SwapRequest, SwapResponse,
 };
-use payment::credit::receipt::{receipt, MINT_ONCHAIN};
+use payment::credit::receipt::{receipt, MINT_ONCHAIN, SWAP};
 
 use super::host::issue_quote;
 use super::json_body::JsonBody;
 use crate::app::Shared;
 use crate::clock::unix_s;
 use crate::http::degraded;
-use crate::http::error::{credit_error, ApiError};
+use crate::http::error::{credit_error, fleet_error, ApiError};
 use crate::leases::payment_intake::{notice_storage, verify_onchain};
 
 async fn blocking<T: Send + 'static>(
@@ -56,19 +56,64 @@ pub async fn swap(
     State(s): State<Shared>,
     JsonBody(req): JsonBody<SwapRequest>,
 ) -> Result<Json<SwapResponse>, ApiError> {
-    blocking(move || {
-        if s.disk.degraded() {
-            let inputs = s.mint.validate_inputs(&req.inputs).map_err(credit_error)?;
-            degraded::admit_spending(&s, &inputs.keys)?;
+    // With a fleet store the inputs are fenced there first, so that no other host (nor
+    // this one) spends them meanwhile; the swap's receipt names the operation.
+    let fence = match &s.fleet {
+        Some(fleet) => {
+            let keys = swap_input_keys(&req)?;
+            let operation = hex::encode(receipt(SWAP, &keys, &req.outputs));
+            let fence = fleet
+                .fence(&keys, "credit swap", &operation)
+                .await
+                .map_err(fleet_error)?;
+            Some((fleet.clone(), fence))
         }
-        let signed = s.mint.swap(&req).map_err(|e| {
-            s.disk.notice(e.storage_refused());
+        None => None,
+    };
+    let s2 = s.clone();
+    let out = blocking(move || {
+        if s2.disk.degraded() {
+            let inputs = s2.mint.validate_inputs(&req.inputs).map_err(credit_error)?;
+            degraded::admit_spending(&s2, &inputs.keys)?;
+        }
+        let signed = s2.mint.swap(&req).map_err(|e| {
+            s2.disk.notice(e.storage_refused());
             credit_error(e)
         })?;
         crate::fault::hit(crate::fault::point::SWAP_COMMITTED);
         Ok(Json(signed))
     })
-    .await
+    .await;
+    if let Some((fleet, fence)) = fence {
+        fleet.settle(fence, &s.ledger).await;
+    }
+    out
+}
+
+/// The spent-set keys of a swap's inputs (their `Y`s), for the fleet fence. An input
+/// without one is refused as the mint refuses it.
+fn swap_input_keys(req: &SwapRequest) -> Result<Vec<payment::spent_set::SpendKey>, ApiError> {
+    if req.inputs.is_empty() {
+        return Err(credit_error(payment::credit::CreditError::NoInputs));
+    }
+    // The mint's own answer for a repeated secret, rather than the store's.
+    let mut seen = std::collections::HashMap::with_capacity(req.inputs.len());
+    for (second, p) in req.inputs.iter().enumerate() {
+        if let Some(&first) = seen.get(p.secret.as_str()) {
+            return Err(credit_error(
+                payment::credit::CreditError::DuplicateInputs { first, second },
+            ));
+        }
+        seen.insert(p.secret.as_str(), second);
+    }
+    req.inputs
+        .iter()
+        .map(|p| {
+            let y = payment::credit::hash_to_curve::secret_to_curve(&p.secret)?;
+            Ok(payment::credit::mint::credit_key(&y))
+        })
+        .collect::<Result<_, payment::credit::CreditError>>()
+        .map_err(credit_error)
 }
 
 pub async fn checkstate(
@@ -122,21 +167,47 @@ pub async fn mint(
     State(s): State<Shared>,
     JsonBody(req): JsonBody<MintOnchainRequest>,
 ) -> Result<Json<MintOnchainResponse>, ApiError> {
+    let out = mint_fenced(&s, req).await;
+    s.metrics.payment("onchain_mint", out.is_ok());
+    out
+}
+
+/// [`mint`]: the payment checked, its outpoints fenced in the fleet store (if any), then
+/// claimed locally with the signatures, then the fence settled.
+async fn mint_fenced(
+    s: &Shared,
+    req: MintOnchainRequest,
+) -> Result<Json<MintOnchainResponse>, ApiError> {
+    let s2 = s.clone();
+    let (credit, req) = blocking(move || {
+        let chain = s2.chain_read();
+        // Minted credit is bearer money that no reorg can take back: only a payment
+        // proved in the request mints it, and only at --mint-min-conf.
+        let need = s2.config.mint_min_conf.max(s2.config.min_conf);
+        let verified = verify_onchain(&chain, &s2.quotes, None, need, &req.payment);
+        notice_storage(&s2, &verified);
+        let credit = verified?;
+        // A degraded disk refuses the mint (after a spent payment's 409) before anything
+        // is fenced in the fleet store.
+        degraded::admit_spending(&s2, &credit.keys)?;
+        Ok((credit, req))
+    })
+    .await?;
+    let receipt = receipt(MINT_ONCHAIN, &credit.keys, &req.outputs);
+    let note = format!("mint quote {}", req.payment.quote_id);
+    let fence = match &s.fleet {
+        Some(fleet) => {
+            let fence = fleet
+                .fence(&credit.keys, &note, &hex::encode(receipt))
+                .await
+                .map_err(fleet_error)?;
+            Some((fleet.clone(), fence))
+        }
+        None => None,
+    };
     let s2 = s.clone();
     let out = blocking(move || {
-        let credit = {
-            let chain = s2.chain_read();
-            // Minted credit is bearer money that no reorg can take back: only a payment
-            // proved in the request mints it, and only at --mint-min-conf.
-            let need = s2.config.mint_min_conf.max(s2.config.min_conf);
-            let verified = verify_onchain(&chain, &s2.quotes, None, need, &req.payment);
-            notice_storage(&s2, &verified);
-            verified?
-        };
-        degraded::admit_spending(&s2, &credit.keys)?;
         let paid_sat = credit.amount_msat / 1000;
-        let note = format!("mint quote {}", req.payment.quote_id);
-        let receipt = receipt(MINT_ONCHAIN, &credit.keys, &req.outputs);
         let signed = s2
             .ledger
             .claim_with(&credit.keys, &note, &receipt, || {
@@ -153,6 +224,8 @@ pub async fn mint(
         Ok(Json(MintOnchainResponse { signatures }))
     })
     .await;
-    s.metrics.payment("onchain_mint", out.is_ok());
+    if let Some((fleet, fence)) = fence {
+        fleet.settle(fence, &s.ledger).await;
+    }
     out
 }

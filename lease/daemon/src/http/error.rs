@@ -10,7 +10,9 @@ use payment::onchain::{ChainError, PaymentError, QuoteError};
 use payment::storage_refusal::{StorageFault, StorageRefused};
 use serde::Serialize;
 
+use crate::fleet::FleetError;
 use crate::leases::LeaseError;
+use payment_postgres::PgStoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -194,6 +196,33 @@ impl From<crate::ledger::LedgerError> for ApiError {
     }
 }
 
+/// How long a tenant refused because the fleet store is unreachable should wait.
+const STORE_RETRY_S: u64 = 2;
+
+/// The fleet store's answers: 409 for a key another operation holds, 503
+/// `store_unavailable` (Retry-After) while the store cannot be reached, so nothing is
+/// accepted on this host's state alone.
+pub fn fleet_error(e: FleetError) -> ApiError {
+    match &e {
+        FleetError::AlreadySpent { .. } => ApiError::conflict("already_spent", e.to_string()),
+        FleetError::Unavailable(_) => ApiError {
+            retry_after_s: Some(STORE_RETRY_S),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("{e}; nothing was accepted, retry the same request"),
+            )
+        },
+        FleetError::Store(PgStoreError::DuplicateKey { .. } | PgStoreError::NoKeys) => {
+            ApiError::bad_request(e.to_string())
+        }
+        FleetError::Store(_) => {
+            tracing::error!(error = %e, "fleet store error");
+            ApiError::internal(e.to_string())
+        }
+    }
+}
+
 /// How long a tenant refused for a full or failing disk should wait before asking again.
 const STORAGE_RETRY_S: u64 = 30;
 
@@ -239,6 +268,7 @@ impl From<LeaseError> for ApiError {
             }
             NoLease => ApiError::unauthorized(),
             Ledger(l) => l.into(),
+            Fleet(f) => fleet_error(f),
             Worker(_) | Console(_) => ApiError::internal(e.to_string()),
         }
     }
@@ -379,6 +409,27 @@ mod tests {
             let a = payment_error(e);
             assert_eq!((a.status.as_u16(), a.code), (status, code));
         }
+    }
+
+    #[test]
+    fn fleet_store_errors_fail_closed_with_503_and_retry_after() {
+        let down = ApiError::from(LeaseError::Fleet(FleetError::Unavailable("refused".into())));
+        assert_eq!(
+            (down.status.as_u16(), down.code, down.retry_after_s),
+            (503, "store_unavailable", Some(STORE_RETRY_S))
+        );
+        let spent = fleet_error(FleetError::AlreadySpent {
+            kind: payment::spent_set::KeyKind::CreditY,
+            key_hex: "02ab".into(),
+            state: payment::spent_set::SpendState::Pending,
+        });
+        assert_eq!((spent.status.as_u16(), spent.code), (409, "already_spent"));
+        // The local spent set's words: a 409 does not tell which store refused.
+        assert_eq!(spent.message, "CreditY 02ab is already Pending");
+        let dup = fleet_error(FleetError::Store(PgStoreError::NoKeys));
+        assert_eq!(dup.status.as_u16(), 400);
+        let other = fleet_error(FleetError::Store(PgStoreError::Corrupt("x".into())));
+        assert_eq!((other.status.as_u16(), other.code), (500, "internal"));
     }
 
     #[test]

@@ -6,7 +6,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::Json;
 use coinop_proto::replies::{
-    HostCapacity, HostChain, HostChainSync, HostPrices, HostView, ImageView, QuoteResponse,
+    HostCapacity, HostChain, HostChainSync, HostPrices, HostStore, HostView, ImageView,
+    QuoteResponse,
 };
 use coinop_proto::requests::QuoteRequest;
 use coinop_proto::Msat;
@@ -85,6 +86,15 @@ pub async fn host(State(s): State<Shared>) -> Json<HostView> {
         images,
         tick_ms: s.config.tick_ms,
         grace_s: s.config.grace_s,
+        store: match &s.fleet {
+            Some(fleet) => HostStore {
+                kind: "postgres".into(),
+                host_id: Some(fleet.host_id().to_string()),
+                location: Some(fleet.description().to_string()),
+                ready: fleet.is_ready(),
+            },
+            None => HostStore::default(),
+        },
     })
 }
 

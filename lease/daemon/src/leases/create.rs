@@ -250,6 +250,16 @@ async fn create_reserved(
     let balance = credit.amount_msat;
     let late = credit.is_late();
     let kind = metric_kind(&credit);
+    // With a fleet store the payment is fenced there under the lease id before the ledger
+    // commits it; a crash between the two is settled at start-up (crate::fleet).
+    let fence = match &s.fleet {
+        Some(fleet) => {
+            let fence = fleet.fence(&credit.keys, "lease", id).await?;
+            crate::fault::hit(crate::fault::point::FLEET_FENCED);
+            Some((fleet.clone(), fence))
+        }
+        None => None,
+    };
     let s2 = s.clone();
     let outcome = blocking_here(move || {
         s2.ledger.create_or_recover(&new, &credit).map_err(|e| {
@@ -257,7 +267,11 @@ async fn create_reserved(
             LeaseError::from_claim(e)
         })
     })
-    .await?;
+    .await;
+    if let Some((fleet, fence)) = fence {
+        fleet.settle(fence, &s.ledger).await;
+    }
+    let outcome = outcome?;
     if let Committed::Recovered(r) = outcome {
         // The room reserved for a new lease is not needed: the lease exists.
         s.capacity().release(id);

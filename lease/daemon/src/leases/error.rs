@@ -55,6 +55,9 @@ pub enum LeaseError {
     NoLease,
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The fleet store refused the payment, or cannot be reached.
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     /// A blocking step's worker thread failed.
     #[error("worker: {0}")]
     Worker(String),

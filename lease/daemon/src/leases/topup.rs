@@ -23,9 +23,23 @@ pub async fn topup(
         return Err(LeaseError::RefundedTakesNoPayment(l.id));
     }
     let credit = verify_payment(s, req.payment).await?;
+    let kind = metric_kind(&credit);
+    // With a fleet store the payment is fenced there first (see crate::fleet); the
+    // operation names the lease and the payment, so a retried top-up is known again.
+    let fence = match &s.fleet {
+        Some(fleet) => {
+            let operation = format!(
+                "topup {} {}",
+                l.id,
+                hex::encode(crate::ledger::recovery::payment_digest(&credit.keys))
+            );
+            let fence = fleet.fence(&credit.keys, "topup", &operation).await?;
+            Some((fleet.clone(), fence))
+        }
+        None => None,
+    };
     let s2 = s.clone();
     let id = l.id.clone();
-    let kind = metric_kind(&credit);
     let late = credit.is_late();
     let out = blocking(move || {
         s2.ledger.topup(&id, &credit).map_err(|e| {
@@ -33,7 +47,11 @@ pub async fn topup(
             LeaseError::from_claim(e)
         })
     })
-    .await?;
+    .await;
+    if let Some((fleet, fence)) = fence {
+        fleet.settle(fence, &s.ledger).await;
+    }
+    let out = out?;
     crate::fault::hit(crate::fault::point::TOPUP_COMMITTED);
     // A repeat tells the guest again what its lost request did (the resume may have been lost
     // with the reply; resuming a running guest changes nothing), while the lease still runs.

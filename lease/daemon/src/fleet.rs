@@ -1,0 +1,290 @@
+//! The fleet store (`--store postgres://...`): several coinopd hosts share one spent set in
+//! PostgreSQL (crate `payment-postgres`), so an outpoint or a Cashu proof pays for one
+//! thing across the fleet. Each money request first fences its keys there ([`Fleet::fence`]:
+//! a `Pending` claim naming this host and the operation), then does its usual local work
+//! (the ledger or the mint claims the same keys in SQLite, with what they bought), then
+//! settles the fence ([`Fleet::settle`]: `Spent` if the local step committed, released if
+//! not). A crash in between leaves the fence `Pending` under this host; at start-up
+//! [`Fleet::start`] settles each such operation by asking the local spent set whether its
+//! keys were claimed there (the local claim commits in the same SQLite transaction as what
+//! they bought, so "claimed locally" means "delivered").
+//!
+//! Fail closed: while the store is unreachable, or until the start-up schema check and
+//! reconciliation are done, fences fail with [`FleetError::Unavailable`] (503
+//! `store_unavailable`), so nothing is accepted on local state alone; guests and metering
+//! are local and carry on. A settle that fails is retried in the background until it
+//! succeeds; the keys stay fenced meanwhile.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use payment::spent_set::{KeyKind, SpendKey, SpendState};
+use payment_postgres::{PgSpentSet, PgStore, PgStoreError, PgStoreOptions, StoreMetrics};
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::ledger::Ledger;
+
+/// How often a failed schema check, reconciliation or settle is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Error)]
+pub enum FleetError {
+    /// The store cannot be reached now, or this host has not finished its start-up check
+    /// against it: nothing was accepted, the same request may be retried later.
+    #[error("the fleet store is unavailable: {0}")]
+    Unavailable(String),
+    /// Another operation (on this host or another) holds a key. Worded as the local spent
+    /// set words it, so a 409 does not tell which store refused.
+    #[error("{kind:?} {key_hex} is already {state:?}")]
+    AlreadySpent {
+        kind: KeyKind,
+        key_hex: String,
+        state: SpendState,
+    },
+    /// The store refused the request for another reason.
+    #[error("fleet store: {0}")]
+    Store(PgStoreError),
+}
+
+impl From<PgStoreError> for FleetError {
+    fn from(e: PgStoreError) -> Self {
+        match e {
+            PgStoreError::Unavailable(m) => FleetError::Unavailable(m),
+            PgStoreError::AlreadyClaimed {
+                kind,
+                key_hex,
+                state,
+            } => FleetError::AlreadySpent {
+                kind,
+                key_hex,
+                state,
+            },
+            other => FleetError::Store(other),
+        }
+    }
+}
+
+/// The start-up schema check refused this database.
+#[derive(Debug, Error)]
+#[error("fleet store: {0}")]
+pub struct FleetStartError(#[source] pub PgStoreError);
+
+/// Keys fenced in the store for one operation, until [`Fleet::settle`].
+#[derive(Debug)]
+#[must_use = "a fence must be settled, else its keys stay pending until the next start"]
+pub struct Fence {
+    keys: Vec<SpendKey>,
+    operation: String,
+    /// The store had these keys under this very operation already, delivered: this request
+    /// repeats one whose reply was lost, and the local ledger answers it. Nothing to settle.
+    pub repeat: bool,
+}
+
+/// The fleet store as this coinopd uses it.
+pub struct Fleet {
+    set: PgSpentSet,
+    /// The schema check and start-up reconciliation are done: fences may be taken.
+    ready: AtomicBool,
+    /// Settles that failed (store unavailable), to try again.
+    unsettled: Mutex<Vec<(Fence, bool)>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("store", &self.description())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// The fleet store named by `--store`, if any. Touches no network: [`Fleet::start`]
+    /// connects.
+    pub fn open(config: &Config) -> Result<Option<Arc<Fleet>>, PgStoreError> {
+        let Some(store) = &config.store else {
+            return Ok(None);
+        };
+        let mut options = PgStoreOptions::new(store.conninfo.clone(), config.host_id.clone());
+        options.password = store.password.clone();
+        let set = PgSpentSet::new(PgStore::new(&options)?);
+        Ok(Some(Arc::new(Fleet {
+            set,
+            ready: AtomicBool::new(false),
+            unsettled: Mutex::default(),
+        })))
+    }
+
+    /// Checks (and migrates) the schema and settles this host's pending fences left by a
+    /// crash, before the daemon takes requests. A newer schema is an error (the daemon does
+    /// not start); an unreachable store is not: the daemon serves (guests, metering) with
+    /// money requests refused while this keeps trying in the background.
+    pub async fn start(self: &Arc<Self>, ledger: Arc<Ledger>) -> Result<(), FleetStartError> {
+        match self.start_once(&ledger).await {
+            Ok(()) => {}
+            Err(e @ PgStoreError::SchemaTooNew { .. }) => return Err(FleetStartError(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "fleet store not ready; money requests get 503 until it is");
+                let fleet = Arc::clone(self);
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(RETRY).await;
+                        match fleet.start_once(&ledger).await {
+                            Ok(()) => break,
+                            Err(e) => tracing::warn!(error = %e, "fleet store still not ready"),
+                        }
+                    }
+                });
+            }
+        }
+        let fleet = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RETRY).await;
+                fleet.settle_unsettled().await;
+            }
+        });
+        Ok(())
+    }
+
+    async fn start_once(&self, ledger: &Ledger) -> Result<(), PgStoreError> {
+        self.set.store().migrate().await?;
+        let done = self
+            .set
+            .reconcile(|op| match ledger.first_claimed(&op.keys) {
+                Ok(found) => found.is_some(),
+                // Unknown: keep the keys fenced (released is the wrong guess if it was
+                // delivered); the error below stops this pass and it runs again.
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the local spent set to reconcile");
+                    true
+                }
+            })
+            .await?;
+        if !done.committed.is_empty() || !done.released.is_empty() {
+            tracing::info!(committed = ?done.committed, released = ?done.released,
+                           "fleet store: pending claims from before a crash settled");
+        }
+        self.ready.store(true, Ordering::Release);
+        tracing::info!(store = %self.description(), host_id = self.host_id(), "fleet store ready");
+        Ok(())
+    }
+
+    /// Whether the start-up schema check and reconciliation are done.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// This host's id in the fleet.
+    pub fn host_id(&self) -> &str {
+        self.set.store().host_id()
+    }
+
+    /// The store's kind and location, without secrets.
+    pub fn description(&self) -> &str {
+        self.set.store().description()
+    }
+
+    /// Round trips and errors so far.
+    pub fn metrics(&self) -> StoreMetrics {
+        self.set.store().metrics()
+    }
+
+    /// Fences `keys` for `operation` (what they pay for: a lease id, a swap's receipt):
+    /// from here no host can spend them, until [`Fleet::settle`]. The same operation
+    /// fenced again (a retry) is granted; one already delivered is a [`Fence::repeat`].
+    pub async fn fence(
+        &self,
+        keys: &[SpendKey],
+        note: &str,
+        operation: &str,
+    ) -> Result<Fence, FleetError> {
+        if !self.ready.load(Ordering::Acquire) {
+            return Err(FleetError::Unavailable(
+                "this host has not finished its start-up check against the store".into(),
+            ));
+        }
+        let claimed = self
+            .set
+            .claim(keys, SpendState::Pending, note, operation)
+            .await;
+        let repeat = match claimed {
+            Ok(()) => false,
+            Err(PgStoreError::AlreadyClaimed { .. })
+                if self.set.held_for_operation(keys, operation).await? =>
+            {
+                true
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Fence {
+            keys: keys.to_vec(),
+            operation: operation.to_string(),
+            repeat,
+        })
+    }
+
+    /// Ends a fence once the local step is over, whatever its outcome: the keys are marked
+    /// spent if the local spent set has them (the local step committed, or they were spent
+    /// here before), else freed. Asking the ledger rather than the step's result makes a
+    /// step that committed and then failed (a panic after the commit) count as delivered.
+    /// A store that cannot be reached now gets the settle later; an unreadable ledger
+    /// leaves the fence for the next start-up. The keys stay fenced meanwhile.
+    pub async fn settle(&self, fence: Fence, ledger: &Arc<Ledger>) {
+        if fence.repeat {
+            return;
+        }
+        let (l, keys) = (Arc::clone(ledger), fence.keys.clone());
+        let local = tokio::task::spawn_blocking(move || l.first_claimed(&keys)).await;
+        let delivered = match local {
+            Ok(Ok(found)) => found.is_some(),
+            Ok(Err(e)) => {
+                tracing::error!(operation = %fence.operation, error = %e,
+                                "cannot read the local spent set; fence left for the next start");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(operation = %fence.operation, error = %e,
+                                "worker failed; fence left for the next start");
+                return;
+            }
+        };
+        self.settle_as(fence, delivered).await;
+    }
+
+    async fn settle_as(&self, fence: Fence, delivered: bool) {
+        if let Err(e) = self.settle_now(&fence, delivered).await {
+            tracing::warn!(operation = %fence.operation, error = %e, "fleet settle deferred");
+            self.unsettled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((fence, delivered));
+        }
+    }
+
+    async fn settle_now(&self, fence: &Fence, delivered: bool) -> Result<(), PgStoreError> {
+        let settled = if delivered {
+            self.set.commit_pending(&fence.keys).await
+        } else {
+            self.set.release_pending(&fence.keys).await
+        };
+        match settled {
+            // Settled already (a deferred settle whose first try did reach the store).
+            Err(PgStoreError::NotPending { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn settle_unsettled(&self) {
+        let todo = std::mem::take(
+            &mut *self
+                .unsettled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for (fence, delivered) in todo {
+            self.settle_as(fence, delivered).await;
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Several coinopd hosts sharing one PostgreSQL fleet store (`--store`): a payment is
+//! accepted once across them, under races, across a crash between the store's fence and
+//! the local commit, and not at all while the store is down; all against a real throwaway
+//! PostgreSQL cluster (payment_postgres::test_cluster).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::leases::{credit_payment, testguest_body};
+use common::{Daemon, StateDir, Wallet};
+use payment::credit::nut_types::{BlindSignature, BlindedMessage, Proof};
+use payment_postgres::test_cluster::TestCluster;
+use serde_json::json;
+
+/// This binary's jail uid ranges, one per host, clear of other test binaries.
+const UID_BASE: u32 = 4_300_000;
+const UIDS_PER_HOST: u32 = 16;
+
+/// A cluster with database `fleet`, or `None` (SKIPPED printed) without PostgreSQL.
+fn cluster(test: &str) -> Option<TestCluster> {
+    let pg = TestCluster::start(test).expect("starting the test PostgreSQL")?;
+    pg.create_database("fleet").expect("createdb fleet");
+    Some(pg)
+}
+
+/// Host `n` of the fleet on `dir`, with `env` (e.g. a fault to inject).
+async fn host(pg: &TestCluster, dir: &StateDir, n: u32, env: &[(&str, &str)]) -> Daemon {
+    let conninfo = pg.conninfo("fleet");
+    let host_id = format!("host-{n}");
+    let base = (UID_BASE + n * UIDS_PER_HOST).to_string();
+    let count = UIDS_PER_HOST.to_string();
+    Daemon::spawn(
+        dir.path(),
+        &[
+            "--store",
+            &conninfo,
+            "--host-id",
+            &host_id,
+            "--jail-uid-base",
+            &base,
+            "--jail-uid-count",
+            &count,
+            "--jail-pool",
+            "1",
+            "--guest-network",
+            "never",
+        ],
+        env,
+    )
+    .await
+}
+
+/// The mint keys of `from`'s state dir, copied into `to` before its daemon first starts:
+/// until the keysets live in the fleet store, hosts of one mint share them this way.
+fn share_mint_keys(from: &StateDir, to: &StateDir) {
+    let name = payment::credit::keyset_store::STORE_FILE;
+    std::fs::copy(from.path().join(name), to.path().join(name)).expect("copying the mint keys");
+}
+
+fn messages(blanks: &[common::Blank]) -> Vec<&BlindedMessage> {
+    blanks.iter().map(|b| &b.msg).collect()
+}
+
+/// Swaps `proofs` on `d` for fresh notes of the same amounts: the reply, and what unblinds
+/// it.
+async fn swap(
+    d: &Daemon,
+    wallet: &Wallet,
+    proofs: &[Proof],
+) -> (coinop_cli::client::Reply, Vec<common::Blank>) {
+    let blanks = wallet.outputs(&proofs.iter().map(|p| p.amount).collect::<Vec<_>>());
+    let r = d
+        .call(
+            "POST",
+            "/v1/swap",
+            None,
+            Some(json!({"inputs": proofs, "outputs": messages(&blanks)})),
+        )
+        .await;
+    (r, blanks)
+}
+
+fn code(r: &coinop_cli::client::Reply) -> String {
+    r.json()["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The same proofs sent to three hosts at once, 200 times: exactly one host accepts each
+/// time, the others answer 409 `already_spent`; the winner's new notes are next round's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_proofs_sent_to_three_hosts_at_once_are_accepted_once() {
+    let Some(pg) = cluster("the_same_proofs_sent_to_three_hosts_at_once_are_accepted_once") else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new(), StateDir::new()];
+    let h1 = host(&pg, &dirs[0], 1, &[]).await;
+    share_mint_keys(&dirs[0], &dirs[1]);
+    share_mint_keys(&dirs[0], &dirs[2]);
+    let h2 = host(&pg, &dirs[1], 2, &[]).await;
+    let h3 = host(&pg, &dirs[2], 3, &[]).await;
+    let hosts = [&h1, &h2, &h3];
+    for h in hosts {
+        let view = h.call("GET", "/v1/host", None, None).await.json();
+        assert_eq!(view["store"]["kind"], "postgres", "{view}");
+        assert_eq!(view["store"]["ready"], true, "{view}");
+    }
+    let wallet = Wallet::new(&h1).await;
+    for h in [&h2, &h3] {
+        assert_eq!(Wallet::new(h).await.keyset_id, wallet.keyset_id, "one mint");
+    }
+    let mut proofs = h1.mint_credit(13).await;
+    let mut wins = [0u32; 3];
+    const ROUNDS: usize = 200;
+    for round in 0..ROUNDS {
+        let (a, b, c) = tokio::join!(
+            swap(&h1, &wallet, &proofs),
+            swap(&h2, &wallet, &proofs),
+            swap(&h3, &wallet, &proofs)
+        );
+        let mut next = None;
+        for (i, (r, blanks)) in [a, b, c].into_iter().enumerate() {
+            match r.status {
+                200 => {
+                    assert!(next.is_none(), "round {round}: a second host accepted");
+                    let sigs: Vec<BlindSignature> =
+                        serde_json::from_value(r.json()["signatures"].clone()).expect("sigs");
+                    next = Some(wallet.unblind(&blanks, &sigs));
+                    wins[i] += 1;
+                }
+                409 => assert_eq!(code(&r), "already_spent", "round {round}: {}", r.text()),
+                other => panic!(
+                    "round {round}: host {} answered {other}: {}",
+                    i + 1,
+                    r.text()
+                ),
+            }
+        }
+        proofs = next.unwrap_or_else(|| panic!("round {round}: no host accepted"));
+    }
+    assert_eq!(wins.iter().sum::<u32>(), ROUNDS as u32);
+    eprintln!("accepted by host: {wins:?}");
+    // The last notes are good on any host, once.
+    let (r, _) = swap(&h3, &wallet, &proofs).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (r, _) = swap(&h2, &wallet, &proofs).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    // Every host counted its store round trips.
+    let m = h1.call("GET", "/metrics", None, None).await;
+    assert!(
+        m.text()
+            .contains("coinop_fleet_store_total{what=\"round_trips\"}"),
+        "{}",
+        m.text()
+    );
+}
+
+/// coinopd killed between fencing a create's payment in the store and committing the lease
+/// locally: after the restart the payment is spendable again (on any host); killed after
+/// the local commit: the lease exists and the payment stays spent everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_fence_and_the_ledger_loses_and_doubles_nothing() {
+    let Some(pg) = cluster("a_crash_between_the_fence_and_the_ledger_loses_and_doubles_nothing")
+    else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new()];
+    let h1 = host(&pg, &dirs[0], 1, &[]).await;
+    share_mint_keys(&dirs[0], &dirs[1]);
+    let h2 = host(&pg, &dirs[1], 2, &[]).await;
+    let wallet = Wallet::new(&h2).await;
+    let lost = h1.mint_credit(300).await;
+    let kept = h1.mint_credit(300).await;
+    h1.shutdown().await;
+
+    // Killed after the fence, before the ledger.
+    let h1 = host(&pg, &dirs[0], 1, &[("COINOPD_FAULT", "fleet_fenced")]).await;
+    h1.create_into_crash(&testguest_body("mode=echo", credit_payment(&lost)))
+        .await;
+    // Until host 1 is back, its fence holds: nobody spends the payment meanwhile.
+    let (r, _) = swap(&h2, &wallet, &lost).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    let h1 = host(&pg, &dirs[0], 1, &[]).await;
+    assert_eq!(
+        h1.call("GET", "/v1/leases", None, None).await.json()["leases"]
+            .as_array()
+            .map_or(0, Vec::len),
+        0,
+        "no lease was committed"
+    );
+    // Reconciled at start-up: released, so the payment is spendable again, on any host.
+    let (r, _) = swap(&h2, &wallet, &lost).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    h1.shutdown().await;
+
+    // Killed after the ledger committed, before the fence was settled.
+    let h1 = host(&pg, &dirs[0], 1, &[("COINOPD_FAULT", "create_committed")]).await;
+    h1.create_into_crash(&testguest_body("mode=echo", credit_payment(&kept)))
+        .await;
+    let h1 = host(&pg, &dirs[0], 1, &[]).await;
+    let leases = h1.call("GET", "/v1/leases", None, None).await.json();
+    assert_eq!(
+        leases["leases"].as_array().map_or(0, Vec::len),
+        1,
+        "the committed lease is there: {leases}"
+    );
+    // Reconciled at start-up: spent, on every host.
+    for h in [&h1, &h2] {
+        let (r, _) = swap(h, &wallet, &kept).await;
+        assert_eq!(r.status, 409, "{}", r.text());
+        assert_eq!(code(&r), "already_spent");
+    }
+}
+
+/// PostgreSQL stopped mid-run: money requests get 503 `store_unavailable` with Retry-After
+/// quickly, nothing is accepted, a running guest keeps running and is metered; started
+/// again: the same requests succeed, without restarting coinopd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_refuses_money_and_heals_by_itself() {
+    let Some(pg) = cluster("a_store_outage_refuses_money_and_heals_by_itself") else {
+        return;
+    };
+    let dir = StateDir::new();
+    let h1 = host(&pg, &dir, 1, &[]).await;
+    let wallet = Wallet::new(&h1).await;
+    let proofs = h1.mint_credit(64).await;
+    let lease = if common::kvm_or_skip() {
+        let pay = h1.mint_credit(400).await;
+        Some(
+            h1.create_lease(testguest_body("mode=echo", credit_payment(&pay)))
+                .await,
+        )
+    } else {
+        None
+    };
+
+    pg.stop().expect("stopping PostgreSQL");
+    let blanks = wallet.outputs(&proofs.iter().map(|p| p.amount).collect::<Vec<_>>());
+    let body = json!({"inputs": proofs, "outputs": messages(&blanks)});
+    let started = Instant::now();
+    let r = h1.call("POST", "/v1/swap", None, Some(body.clone())).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(code(&r), "store_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // Nothing was accepted on local state alone: the notes are unspent here.
+    let ys: Vec<String> = proofs
+        .iter()
+        .map(|p| {
+            payment::credit::hash_to_curve::secret_to_curve(&p.secret)
+                .expect("a minted secret")
+                .to_string()
+        })
+        .collect();
+    let states = h1
+        .call("POST", "/v1/checkstate", None, Some(json!({"Ys": ys})))
+        .await
+        .json();
+    assert!(
+        states["states"]
+            .as_array()
+            .expect("states")
+            .iter()
+            .all(|s| s["state"] == "UNSPENT"),
+        "{states}"
+    );
+    // The host answers everything else; a running guest runs on and is metered.
+    assert_eq!(h1.call("GET", "/v1/host", None, None).await.status, 200);
+    if let Some(lease) = &lease {
+        let path = format!("/v1/leases/{}", lease.id);
+        let before = h1.call("GET", &path, Some(&lease.token), None).await.json();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = h1.call("GET", &path, Some(&lease.token), None).await.json();
+        assert_eq!(after["state"], "running", "{after}");
+        assert!(
+            after["balance_msat"].as_u64() < before["balance_msat"].as_u64(),
+            "metered during the outage: {before} then {after}"
+        );
+    }
+
+    pg.start_again().expect("starting PostgreSQL again");
+    let r = h1.call("POST", "/v1/swap", None, Some(body)).await;
+    let sigs: Vec<BlindSignature> =
+        serde_json::from_value(r.json()["signatures"].clone()).unwrap_or_default();
+    let fresh_notes = wallet.unblind(&blanks, &sigs);
+    assert_eq!(
+        r.status,
+        200,
+        "the same swap once the store is back: {}",
+        r.text()
+    );
+    let m = h1.call("GET", "/metrics", None, None).await.text();
+    assert!(
+        m.contains("coinop_fleet_store_total{what=\"unavailable\"}"),
+        "{m}"
+    );
+    // A repeated input is the mint's 400, whether or not a store is in front of it.
+    let twice = [proofs[0].clone(), proofs[0].clone()];
+    let (r, _) = swap(&h1, &wallet, &twice).await;
+    assert_eq!(
+        (r.status, code(&r)),
+        (400, "duplicate_inputs".into()),
+        "{}",
+        r.text()
+    );
+    if let Some(lease) = lease {
+        h1.stop_lease(&lease.id, &lease.token).await;
+    }
+
+    // coinopd started while the store is down: it serves, money waits for the store.
+    h1.shutdown().await;
+    pg.stop().expect("stopping PostgreSQL");
+    let h1 = host(&pg, &dir, 1, &[]).await;
+    let view = h1.call("GET", "/v1/host", None, None).await.json();
+    assert_eq!(view["store"]["ready"], false, "{view}");
+    let more = h1.call("GET", "/v1/keys", None, None).await;
+    assert_eq!(more.status, 200);
+    let (r, _) = swap(&h1, &wallet, &fresh_notes).await;
+    assert_eq!(
+        (r.status, code(&r)),
+        (503, "store_unavailable".into()),
+        "{}",
+        r.text()
+    );
+    pg.start_again().expect("starting PostgreSQL again");
+    common::wait_for(
+        async || h1.call("GET", "/v1/host", None, None).await.json()["store"]["ready"] == true,
+        "the store check after PostgreSQL came back",
+    )
+    .await;
+    let (r, _) = swap(&h1, &wallet, &fresh_notes).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -1,0 +1,112 @@
+//! The store's errors, one variant per cause. [`PgStoreError::Unavailable`] is kept apart
+//! from every answer the database gave about the data (a key taken, a key not pending), so
+//! that coinopd can fail closed (503 `store_unavailable`) without ever mistaking an outage
+//! for "already spent" or the reverse.
+
+use payment::spent_set::{KeyKind, SpendState};
+use thiserror::Error;
+use tokio_postgres::error::SqlState;
+
+#[derive(Debug, Error)]
+pub enum PgStoreError {
+    /// Nothing was claimed because this key was already taken.
+    #[error("{kind:?} {key_hex} is already {state:?}")]
+    AlreadyClaimed {
+        kind: KeyKind,
+        key_hex: String,
+        state: SpendState,
+    },
+    /// The same key appears twice in one request.
+    #[error("{kind:?} {key_hex} appears more than once in one claim")]
+    DuplicateKey { kind: KeyKind, key_hex: String },
+    /// A settle named a key that is not pending under this host.
+    #[error("{kind:?} {key_hex} is not pending under this host")]
+    NotPending { kind: KeyKind, key_hex: String },
+    /// A claim or settle of no keys at all: a caller bug, refused rather than a no-op.
+    #[error("a spent-set request must name at least one key")]
+    NoKeys,
+    /// The database cannot be reached or did not answer in time (connection refused or
+    /// lost, connect/statement/operation timeout, pool exhausted, server shutting down).
+    /// Whether a write that met this error took effect is unknown: retry the same request
+    /// (a pending claim by the same host and operation is idempotent; a receipt claim is
+    /// recognised with `spent_with`).
+    #[error("PostgreSQL store unavailable: {0}")]
+    Unavailable(String),
+    /// The database holds a schema newer than this build knows: refuse to touch it.
+    #[error(
+        "the PostgreSQL store has schema version {found}, newer than this coinop's {supported}: \
+         upgrade coinop on this host before starting it against this database"
+    )]
+    SchemaTooNew { found: i32, supported: i32 },
+    /// Applying schema migration `version` failed.
+    #[error("applying store schema migration {version} ({name}): {source}")]
+    Migration {
+        version: i32,
+        name: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The connection string or options are not usable.
+    #[error("PostgreSQL store configuration: {0}")]
+    Config(String),
+    /// The database refused a statement for a reason other than an outage.
+    #[error("PostgreSQL store: {0}")]
+    Database(#[source] tokio_postgres::Error),
+    /// A row holds a value this build cannot read.
+    #[error("PostgreSQL store holds {0}")]
+    Corrupt(String),
+}
+
+impl PgStoreError {
+    /// Whether this is an outage (fail closed, retry later) rather than an answer.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, PgStoreError::Unavailable(_))
+    }
+}
+
+/// Whether a server error code means "the server cannot serve now" rather than "this
+/// statement is wrong": connection exceptions (08), resource exhaustion such as too many
+/// connections (53), operator intervention incl. statement timeout and shutdown (57), and
+/// a server that is still starting up or in recovery (57P03 is in 57).
+fn is_outage_code(code: &SqlState) -> bool {
+    let c = code.code();
+    c.starts_with("08") || c.starts_with("53") || c.starts_with("57")
+}
+
+/// Sorts a driver error into an outage or a database answer.
+pub(crate) fn classify(e: tokio_postgres::Error) -> PgStoreError {
+    if e.is_closed() {
+        return PgStoreError::Unavailable(e.to_string());
+    }
+    if let Some(code) = e.code() {
+        return if is_outage_code(code) {
+            PgStoreError::Unavailable(e.to_string())
+        } else {
+            PgStoreError::Database(e)
+        };
+    }
+    // No server answer: the socket failed (refused, reset) or the driver timed out.
+    let io_failure =
+        std::error::Error::source(&e).is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
+    if io_failure || e.to_string().starts_with("timeout") {
+        PgStoreError::Unavailable(e.to_string())
+    } else {
+        PgStoreError::Database(e)
+    }
+}
+
+/// Sorts a pool error: every way of not getting a connection is an outage.
+pub(crate) fn classify_pool(e: deadpool_postgres::PoolError) -> PgStoreError {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => classify(e),
+        PoolError::Timeout(kind) => {
+            PgStoreError::Unavailable(format!("no connection from the pool in time ({kind:?})"))
+        }
+        PoolError::Closed => PgStoreError::Unavailable("the connection pool is closed".into()),
+        PoolError::NoRuntimeSpecified => {
+            PgStoreError::Config("the connection pool has no runtime for its timeouts".into())
+        }
+        PoolError::PostCreateHook(e) => PgStoreError::Unavailable(e.to_string()),
+    }
+}

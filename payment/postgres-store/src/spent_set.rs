@@ -1,0 +1,451 @@
+//! The fleet-wide spent set in PostgreSQL: the semantics of
+//! [`payment::spent_set::SpentSet`] (all-or-none claims, `Pending` → `Spent` or released,
+//! receipts for idempotent retries, states), async, and with every claim naming the host
+//! and the operation it guards; see the crate doc for the two-phase protocol.
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use payment::spent_set::{KeyKind, SpendKey, SpendState};
+use tokio_postgres::error::SqlState;
+
+use crate::error::{classify, PgStoreError};
+use crate::store::PgStore;
+
+/// Raised by `coinop_claim` when a key is taken (migrations/0001_spent_keys.sql).
+const KEY_TAKEN: &str = "CO001";
+/// Raised by `coinop_settle` when a key is not pending under the host.
+const NOT_PENDING: &str = "CO002";
+/// A conflict whose holder let go before we could read it is retried this often.
+const CLAIM_ATTEMPTS: usize = 4;
+
+/// One operation's pending claim by this host, found at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingOperation {
+    pub operation_id: String,
+    pub note: String,
+    pub keys: Vec<SpendKey>,
+    pub claimed_at: SystemTime,
+}
+
+/// What [`PgSpentSet::reconcile`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Operations the local ledger had committed: their keys are now `Spent`.
+    pub committed: Vec<String>,
+    /// Operations the local ledger never committed: their keys are free again.
+    pub released: Vec<String>,
+}
+
+/// The spent set of the fleet. Cheap to clone (shares the store's pool).
+#[derive(Clone, Debug)]
+pub struct PgSpentSet {
+    store: PgStore,
+}
+
+fn kind_code(kind: KeyKind) -> i16 {
+    match kind {
+        KeyKind::Outpoint => 1,
+        KeyKind::CreditY => 2,
+    }
+}
+
+fn kind_from_code(code: i16) -> Result<KeyKind, PgStoreError> {
+    match code {
+        1 => Ok(KeyKind::Outpoint),
+        2 => Ok(KeyKind::CreditY),
+        other => Err(PgStoreError::Corrupt(format!(
+            "coinop_spent_keys.kind {other}"
+        ))),
+    }
+}
+
+fn state_code(state: SpendState) -> i16 {
+    match state {
+        SpendState::Pending => 1,
+        SpendState::Spent => 2,
+    }
+}
+
+fn state_from_code(code: i16) -> Result<SpendState, PgStoreError> {
+    match code {
+        1 => Ok(SpendState::Pending),
+        2 => Ok(SpendState::Spent),
+        other => Err(PgStoreError::Corrupt(format!(
+            "coinop_spent_keys.state {other}"
+        ))),
+    }
+}
+
+/// The keys as the two parallel arrays the SQL functions take, sorted so that two claims
+/// of overlapping keys insert them in the same order (no deadlock between them).
+fn key_arrays(keys: &[SpendKey]) -> Result<(Vec<i16>, Vec<&[u8]>), PgStoreError> {
+    if keys.is_empty() {
+        return Err(PgStoreError::NoKeys);
+    }
+    let mut seen = HashSet::with_capacity(keys.len());
+    for key in keys {
+        if !seen.insert((key.kind, key.bytes.as_slice())) {
+            return Err(PgStoreError::DuplicateKey {
+                kind: key.kind,
+                key_hex: hex::encode(&key.bytes),
+            });
+        }
+    }
+    let mut sorted: Vec<(i16, &[u8])> = keys
+        .iter()
+        .map(|k| (kind_code(k.kind), k.bytes.as_slice()))
+        .collect();
+    sorted.sort_unstable();
+    Ok(sorted.into_iter().unzip())
+}
+
+fn sql_state_is(e: &tokio_postgres::Error, code: &str) -> bool {
+    e.code() == Some(&SqlState::from_code(code))
+}
+
+/// Who holds a key now.
+struct Holder {
+    state: SpendState,
+    host_id: String,
+    operation_id: String,
+}
+
+impl PgSpentSet {
+    pub fn new(store: PgStore) -> Self {
+        PgSpentSet { store }
+    }
+
+    /// The store this set lives in.
+    pub fn store(&self) -> &PgStore {
+        &self.store
+    }
+
+    /// Claims every key with `state`, all or none, for `operation_id` (the lease id or the
+    /// request the keys pay for) by this host. Durable when it returns `Ok`.
+    ///
+    /// A `Pending` claim repeated by the same host for the same operation and the same keys
+    /// succeeds again: a caller that met `Unavailable` after sending (outcome unknown)
+    /// retries with the same operation id and cannot lock its own payment out.
+    pub async fn claim(
+        &self,
+        keys: &[SpendKey],
+        state: SpendState,
+        note: &str,
+        operation_id: &str,
+    ) -> Result<(), PgStoreError> {
+        self.claim_inner(keys, state, note, operation_id, None)
+            .await
+    }
+
+    /// Claims every key as `Spent`, all or none, keeping `receipt` with each; see
+    /// [`payment::spent_set::SpentSet::claim_with_receipt`].
+    pub async fn claim_with_receipt(
+        &self,
+        keys: &[SpendKey],
+        note: &str,
+        operation_id: &str,
+        receipt: &[u8; 32],
+    ) -> Result<(), PgStoreError> {
+        self.claim_inner(keys, SpendState::Spent, note, operation_id, Some(receipt))
+            .await
+    }
+
+    async fn claim_inner(
+        &self,
+        keys: &[SpendKey],
+        state: SpendState,
+        note: &str,
+        operation_id: &str,
+        receipt: Option<&[u8; 32]>,
+    ) -> Result<(), PgStoreError> {
+        let (kinds, bytes) = key_arrays(keys)?;
+        let host = self.store.host_id().to_owned();
+        for _ in 0..CLAIM_ATTEMPTS {
+            let (kinds, bytes, host) = (&kinds, &bytes, &host);
+            let outcome = self
+                .store
+                .with_client(1, |client| async move {
+                    let stmt = client
+                        .prepare_cached("SELECT coinop_claim($1, $2, $3, $4, $5, $6, $7)")
+                        .await
+                        .map_err(classify)?;
+                    let receipt = receipt.map(|r| r.as_slice());
+                    match client
+                        .query_one(
+                            &stmt,
+                            &[
+                                kinds,
+                                bytes,
+                                &state_code(state),
+                                &note,
+                                &receipt,
+                                host,
+                                &operation_id,
+                            ],
+                        )
+                        .await
+                    {
+                        Ok(_) => Ok(None),
+                        Err(e) if sql_state_is(&e, KEY_TAKEN) => {
+                            Self::holders(&client, kinds, bytes).await.map(Some)
+                        }
+                        Err(e) => Err(classify(e)),
+                    }
+                })
+                .await?;
+            let Some(holders) = outcome else {
+                return Ok(());
+            };
+            self.store.add_round_trips(1);
+            let ours = |h: &Option<Holder>| {
+                h.as_ref().is_some_and(|h| {
+                    state == SpendState::Pending
+                        && h.state == SpendState::Pending
+                        && h.host_id == *host
+                        && h.operation_id == operation_id
+                })
+            };
+            if holders.iter().all(ours) {
+                return Ok(());
+            }
+            // The first key held by anyone: the claim failed because of it. A repeat of our
+            // own pending claim mixed with other keys is a different claim, and fails too.
+            let taken = kinds
+                .iter()
+                .zip(bytes)
+                .zip(&holders)
+                .find_map(|((k, b), h)| h.as_ref().map(|h| (*k, *b, h.state)));
+            if let Some((kind, key, state)) = taken {
+                return Err(PgStoreError::AlreadyClaimed {
+                    kind: kind_from_code(kind)?,
+                    key_hex: hex::encode(key),
+                    state,
+                });
+            }
+            // Every holder let go between our insert and our read: try again.
+        }
+        Err(PgStoreError::Unavailable(format!(
+            "claim kept conflicting with claims released at once, {CLAIM_ATTEMPTS} times"
+        )))
+    }
+
+    /// Who holds each key (in the order given), read in a fresh snapshot.
+    async fn holders(
+        client: &deadpool_postgres::Client,
+        kinds: &[i16],
+        bytes: &[&[u8]],
+    ) -> Result<Vec<Option<Holder>>, PgStoreError> {
+        let stmt = client
+            .prepare_cached(
+                "SELECT s.state, s.host_id, s.operation_id
+                 FROM unnest($1::smallint[], $2::bytea[]) WITH ORDINALITY AS k(kind, key, n)
+                 LEFT JOIN coinop_spent_keys s ON s.kind = k.kind AND s.key = k.key
+                 ORDER BY k.n",
+            )
+            .await
+            .map_err(classify)?;
+        let rows = client
+            .query(&stmt, &[&kinds, &bytes])
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                let state: Option<i16> = row.get(0);
+                state
+                    .map(|s| {
+                        Ok(Holder {
+                            state: state_from_code(s)?,
+                            host_id: row.get(1),
+                            operation_id: row.get(2),
+                        })
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// Whether every key (at least one) is held by this host for `operation_id`, in any
+    /// state: a request repeated after its operation delivered (its reply lost) is
+    /// recognised by this, and answered from the host's own ledger.
+    pub async fn held_for_operation(
+        &self,
+        keys: &[SpendKey],
+        operation_id: &str,
+    ) -> Result<bool, PgStoreError> {
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        let kinds: Vec<i16> = keys.iter().map(|k| kind_code(k.kind)).collect();
+        let bytes: Vec<&[u8]> = keys.iter().map(|k| k.bytes.as_slice()).collect();
+        let host = self.store.host_id().to_owned();
+        self.store
+            .with_client(1, |client| async move {
+                let holders = Self::holders(&client, &kinds, &bytes).await?;
+                Ok(holders.iter().all(|h| {
+                    h.as_ref()
+                        .is_some_and(|h| h.host_id == host && h.operation_id == operation_id)
+                }))
+            })
+            .await
+    }
+
+    /// Whether every key (at least one) is spent with exactly `receipt`; see
+    /// [`payment::spent_set::SpentSet::spent_with`].
+    pub async fn spent_with(
+        &self,
+        keys: &[SpendKey],
+        receipt: &[u8; 32],
+    ) -> Result<bool, PgStoreError> {
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        let (kinds, bytes) = key_arrays(keys)?;
+        let n =
+            i64::try_from(keys.len()).map_err(|_| PgStoreError::Config("too many keys".into()))?;
+        self.store
+            .with_client(1, |client| async move {
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT count(*) FROM unnest($1::smallint[], $2::bytea[]) AS k(kind, key)
+                         JOIN coinop_spent_keys s ON s.kind = k.kind AND s.key = k.key
+                         WHERE s.state = 2 AND s.receipt = $3",
+                    )
+                    .await
+                    .map_err(classify)?;
+                let row = client
+                    .query_one(&stmt, &[&kinds, &bytes, &receipt.as_slice()])
+                    .await
+                    .map_err(classify)?;
+                Ok(row.get::<_, i64>(0) == n)
+            })
+            .await
+    }
+
+    /// Moves this host's pending keys to `Spent`, all or none.
+    pub async fn commit_pending(&self, keys: &[SpendKey]) -> Result<(), PgStoreError> {
+        self.settle(keys, Some(SpendState::Spent)).await
+    }
+
+    /// Forgets this host's pending keys, all or none.
+    pub async fn release_pending(&self, keys: &[SpendKey]) -> Result<(), PgStoreError> {
+        self.settle(keys, None).await
+    }
+
+    async fn settle(&self, keys: &[SpendKey], to: Option<SpendState>) -> Result<(), PgStoreError> {
+        let (kinds, bytes) = key_arrays(keys)?;
+        let host = self.store.host_id().to_owned();
+        let to = to.map_or(0, state_code);
+        let host = &host;
+        let missing = self
+            .store
+            .with_client(1, |client| async move {
+                let stmt = client
+                    .prepare_cached("SELECT coinop_settle($1, $2, $3, $4)")
+                    .await
+                    .map_err(classify)?;
+                match client.query_one(&stmt, &[&kinds, &bytes, host, &to]).await {
+                    Ok(_) => Ok(None),
+                    Err(e) if sql_state_is(&e, NOT_PENDING) => {
+                        let holders = Self::holders(&client, &kinds, &bytes).await?;
+                        // The first key not pending under this host.
+                        let i = holders.iter().position(|h| {
+                            !h.as_ref().is_some_and(|h| {
+                                h.state == SpendState::Pending && h.host_id == *host
+                            })
+                        });
+                        Ok(Some(i.unwrap_or(0)))
+                    }
+                    Err(e) => Err(classify(e)),
+                }
+                .map(|i| i.map(|i| (kinds[i], bytes[i].to_vec())))
+            })
+            .await?;
+        match missing {
+            None => Ok(()),
+            Some((kind, key)) => {
+                self.store.add_round_trips(1);
+                Err(PgStoreError::NotPending {
+                    kind: kind_from_code(kind)?,
+                    key_hex: hex::encode(key),
+                })
+            }
+        }
+    }
+
+    /// The state of each key, in order; `None` for a key never claimed.
+    pub async fn states(&self, keys: &[SpendKey]) -> Result<Vec<Option<SpendState>>, PgStoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let kinds: Vec<i16> = keys.iter().map(|k| kind_code(k.kind)).collect();
+        let bytes: Vec<&[u8]> = keys.iter().map(|k| k.bytes.as_slice()).collect();
+        self.store
+            .with_client(1, |client| async move {
+                let holders = Self::holders(&client, &kinds, &bytes).await?;
+                Ok(holders.into_iter().map(|h| h.map(|h| h.state)).collect())
+            })
+            .await
+    }
+
+    /// This host's pending claims, grouped by operation, oldest first.
+    pub async fn pending_operations(&self) -> Result<Vec<PendingOperation>, PgStoreError> {
+        let host = self.store.host_id().to_owned();
+        let rows = self
+            .store
+            .with_client(1, |client| async move {
+                client
+                    .query(
+                        "SELECT operation_id, note, kind, key, claimed_at
+                         FROM coinop_spent_keys WHERE state = 1 AND host_id = $1
+                         ORDER BY claimed_at, operation_id, kind, key",
+                        &[&host],
+                    )
+                    .await
+                    .map_err(classify)
+            })
+            .await?;
+        let mut ops: Vec<PendingOperation> = Vec::new();
+        for row in rows {
+            let operation_id: String = row.get(0);
+            let key = SpendKey {
+                kind: kind_from_code(row.get(2))?,
+                bytes: row.get(3),
+            };
+            match ops.iter_mut().find(|op| op.operation_id == operation_id) {
+                Some(op) => op.keys.push(key),
+                None => ops.push(PendingOperation {
+                    operation_id,
+                    note: row.get(1),
+                    keys: vec![key],
+                    claimed_at: row.get(4),
+                }),
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Settles every pending claim of this host that survived a crash: an operation the
+    /// local ledger committed (`committed_locally` says yes) has its keys marked `Spent`,
+    /// any other has them released. Run at start-up before taking requests, and again
+    /// until it succeeds if the store was unavailable then (the keys stay taken meanwhile:
+    /// nothing is lost, nothing can be spent twice).
+    pub async fn reconcile(
+        &self,
+        mut committed_locally: impl FnMut(&PendingOperation) -> bool,
+    ) -> Result<Reconciled, PgStoreError> {
+        let mut done = Reconciled::default();
+        for op in self.pending_operations().await? {
+            if committed_locally(&op) {
+                self.commit_pending(&op.keys).await?;
+                tracing::info!(operation = %op.operation_id, "store: pending claim completed");
+                done.committed.push(op.operation_id);
+            } else {
+                self.release_pending(&op.keys).await?;
+                tracing::info!(operation = %op.operation_id, "store: pending claim released");
+                done.released.push(op.operation_id);
+            }
+        }
+        Ok(done)
+    }
+}

@@ -1,0 +1,546 @@
+//! The PostgreSQL spent set against a real PostgreSQL: a throwaway cluster per test
+//! (payment_postgres::test_cluster), never a mock.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use payment::spent_set::{KeyKind, SpendKey, SpendState};
+use payment_postgres::test_cluster::TestCluster;
+use payment_postgres::{PgSpentSet, PgStore, PgStoreError, PgStoreOptions};
+
+fn key(kind: KeyKind, n: u32) -> SpendKey {
+    let mut bytes = vec![0u8; if kind == KeyKind::Outpoint { 36 } else { 33 }];
+    bytes[..4].copy_from_slice(&n.to_be_bytes());
+    SpendKey { kind, bytes }
+}
+
+/// A cluster with database `coinop`, or `None` (SKIPPED printed) without PostgreSQL.
+fn cluster(test: &str) -> Option<TestCluster> {
+    let cluster = TestCluster::start(test).expect("starting the test PostgreSQL")?;
+    cluster.create_database("coinop").expect("createdb coinop");
+    Some(cluster)
+}
+
+fn options(cluster: &TestCluster, host: &str) -> PgStoreOptions {
+    let mut o = PgStoreOptions::new(cluster.conninfo("coinop"), host);
+    o.pool_size = 8;
+    o.connect_timeout = Duration::from_secs(1);
+    o.statement_timeout = Duration::from_secs(2);
+    o.pool_wait_timeout = Duration::from_secs(2);
+    o.operation_timeout = Duration::from_secs(3);
+    o
+}
+
+async fn set(cluster: &TestCluster, host: &str) -> PgSpentSet {
+    PgSpentSet::new(
+        PgStore::connect(&options(cluster, host))
+            .await
+            .expect("connecting to the test PostgreSQL"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_are_all_or_none_and_settle_like_the_sqlite_set() {
+    let Some(pg) = cluster("claims_are_all_or_none_and_settle_like_the_sqlite_set") else {
+        return;
+    };
+    let set = set(&pg, "h1").await;
+    let (a, b, c) = (
+        key(KeyKind::CreditY, 1),
+        key(KeyKind::CreditY, 2),
+        key(KeyKind::CreditY, 3),
+    );
+    set.claim(std::slice::from_ref(&b), SpendState::Spent, "first", "op-1")
+        .await
+        .unwrap();
+    match set
+        .claim(
+            &[a.clone(), b.clone(), c.clone()],
+            SpendState::Spent,
+            "second",
+            "op-2",
+        )
+        .await
+    {
+        Err(PgStoreError::AlreadyClaimed {
+            kind,
+            key_hex,
+            state,
+        }) => {
+            assert_eq!(kind, KeyKind::CreditY);
+            assert_eq!(key_hex, hex::encode(&b.bytes));
+            assert_eq!(state, SpendState::Spent);
+        }
+        other => panic!("expected AlreadyClaimed, got {other:?}"),
+    }
+    assert_eq!(
+        set.states(&[a.clone(), b.clone(), c.clone()])
+            .await
+            .unwrap(),
+        vec![None, Some(SpendState::Spent), None],
+        "the failed claim wrote nothing"
+    );
+    // One request naming a key twice is refused before it reaches the database.
+    assert!(matches!(
+        set.claim(&[a.clone(), a.clone()], SpendState::Spent, "dup", "op-3")
+            .await,
+        Err(PgStoreError::DuplicateKey { .. })
+    ));
+    assert!(matches!(
+        set.claim(&[], SpendState::Spent, "none", "op-3").await,
+        Err(PgStoreError::NoKeys)
+    ));
+    // Same bytes, other kind: another key.
+    let mut as_outpoint = a.clone();
+    as_outpoint.kind = KeyKind::Outpoint;
+    set.claim(&[as_outpoint], SpendState::Spent, "kind", "op-4")
+        .await
+        .unwrap();
+
+    // Pending, then spent; a pending key is taken meanwhile.
+    set.claim(
+        std::slice::from_ref(&a),
+        SpendState::Pending,
+        "swap",
+        "op-5",
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        set.claim(std::slice::from_ref(&a), SpendState::Spent, "other", "op-6")
+            .await,
+        Err(PgStoreError::AlreadyClaimed {
+            state: SpendState::Pending,
+            ..
+        })
+    ));
+    set.commit_pending(std::slice::from_ref(&a)).await.unwrap();
+    assert!(matches!(
+        set.release_pending(std::slice::from_ref(&a)).await,
+        Err(PgStoreError::NotPending { .. })
+    ));
+    assert_eq!(
+        set.states(std::slice::from_ref(&a)).await.unwrap(),
+        vec![Some(SpendState::Spent)]
+    );
+
+    // Release: all or none, then the key is free.
+    set.claim(
+        std::slice::from_ref(&c),
+        SpendState::Pending,
+        "swap",
+        "op-7",
+    )
+    .await
+    .unwrap();
+    let d = key(KeyKind::CreditY, 4);
+    match set.release_pending(&[c.clone(), d.clone()]).await {
+        Err(PgStoreError::NotPending { key_hex, .. }) => {
+            assert_eq!(key_hex, hex::encode(&d.bytes))
+        }
+        other => panic!("expected NotPending, got {other:?}"),
+    }
+    assert_eq!(
+        set.states(std::slice::from_ref(&c)).await.unwrap(),
+        vec![Some(SpendState::Pending)]
+    );
+    set.release_pending(std::slice::from_ref(&c)).await.unwrap();
+    assert_eq!(
+        set.states(std::slice::from_ref(&c)).await.unwrap(),
+        vec![None]
+    );
+    set.claim(&[c], SpendState::Spent, "again", "op-8")
+        .await
+        .unwrap();
+    assert!(set.store().metrics().round_trips > 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_recognise_the_request_that_spent_the_keys() {
+    let Some(pg) = cluster("receipts_recognise_the_request_that_spent_the_keys") else {
+        return;
+    };
+    let set = set(&pg, "h1").await;
+    let (a, b, c) = (
+        key(KeyKind::CreditY, 1),
+        key(KeyKind::CreditY, 2),
+        key(KeyKind::CreditY, 3),
+    );
+    let (r1, r2) = ([1u8; 32], [2u8; 32]);
+    set.claim_with_receipt(&[a.clone(), b.clone()], "swap", "swap-1", &r1)
+        .await
+        .unwrap();
+    assert!(set.spent_with(&[b.clone(), a.clone()], &r1).await.unwrap());
+    assert!(!set.spent_with(&[a.clone(), b.clone()], &r2).await.unwrap());
+    assert!(
+        !set.spent_with(&[a.clone(), b.clone(), c.clone()], &r1)
+            .await
+            .unwrap(),
+        "an unclaimed key"
+    );
+    assert!(!set.spent_with(&[], &r1).await.unwrap());
+    // The retried request is refused as a claim (the caller answers it from the receipt).
+    assert!(matches!(
+        set.claim_with_receipt(&[a.clone(), b.clone()], "swap", "swap-1", &r1)
+            .await,
+        Err(PgStoreError::AlreadyClaimed { .. })
+    ));
+    // Another host sees the same receipt: the fleet shares it.
+    let other = self::set(&pg, "h2").await;
+    assert!(other.spent_with(&[a, b], &r1).await.unwrap());
+    // A pending or receipt-less key names no request.
+    set.claim(
+        std::slice::from_ref(&c),
+        SpendState::Pending,
+        "lease",
+        "lease-1",
+    )
+    .await
+    .unwrap();
+    assert!(!set
+        .spent_with(std::slice::from_ref(&c), &[0u8; 32])
+        .await
+        .unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_claim_is_idempotent_for_its_own_host_and_operation_only() {
+    let Some(pg) = cluster("a_pending_claim_is_idempotent_for_its_own_host_and_operation_only")
+    else {
+        return;
+    };
+    let (h1, h2) = (set(&pg, "h1").await, set(&pg, "h2").await);
+    let keys = [key(KeyKind::Outpoint, 1), key(KeyKind::CreditY, 1)];
+    h1.claim(&keys, SpendState::Pending, "lease", "lease-a")
+        .await
+        .unwrap();
+    // The same claim again (a retry after an unknown outcome): granted.
+    h1.claim(&keys, SpendState::Pending, "lease", "lease-a")
+        .await
+        .unwrap();
+    // Another operation of the same host, or the same operation id on another host: taken.
+    for (set, op) in [(&h1, "lease-b"), (&h2, "lease-a")] {
+        assert!(
+            matches!(
+                set.claim(&keys, SpendState::Pending, "lease", op).await,
+                Err(PgStoreError::AlreadyClaimed {
+                    state: SpendState::Pending,
+                    ..
+                })
+            ),
+            "{op}"
+        );
+    }
+    // A superset is a different claim.
+    let mut more = keys.to_vec();
+    more.push(key(KeyKind::CreditY, 2));
+    assert!(matches!(
+        h1.claim(&more, SpendState::Pending, "lease", "lease-a")
+            .await,
+        Err(PgStoreError::AlreadyClaimed { .. })
+    ));
+    // Only the claiming host settles its claim.
+    assert!(matches!(
+        h2.commit_pending(&keys).await,
+        Err(PgStoreError::NotPending { .. })
+    ));
+    assert!(matches!(
+        h2.release_pending(&keys).await,
+        Err(PgStoreError::NotPending { .. })
+    ));
+    assert!(h1.held_for_operation(&keys, "lease-a").await.unwrap());
+    assert!(!h1.held_for_operation(&keys, "lease-b").await.unwrap());
+    assert!(!h2.held_for_operation(&keys, "lease-a").await.unwrap());
+    assert!(!h1.held_for_operation(&more, "lease-a").await.unwrap());
+    h1.commit_pending(&keys).await.unwrap();
+    // Delivered, the operation still holds its keys: a repeat is recognised.
+    assert!(h1.held_for_operation(&keys, "lease-a").await.unwrap());
+    assert_eq!(
+        h2.states(&keys).await.unwrap(),
+        vec![Some(SpendState::Spent); 2]
+    );
+    // Once spent, the retry is no longer granted.
+    assert!(matches!(
+        h1.claim(&keys, SpendState::Pending, "lease", "lease-a")
+            .await,
+        Err(PgStoreError::AlreadyClaimed {
+            state: SpendState::Spent,
+            ..
+        })
+    ));
+}
+
+/// 3 hosts (separate pools) × 8 tasks claim the same keys at once, 200 rounds: exactly one
+/// claim wins each round, whatever the key order in each request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_one_claim_wins_across_three_hosts() {
+    let Some(pg) = cluster("exactly_one_claim_wins_across_three_hosts") else {
+        return;
+    };
+    let hosts = [
+        set(&pg, "h1").await,
+        set(&pg, "h2").await,
+        set(&pg, "h3").await,
+    ];
+    const TASKS: usize = 8;
+    const ROUNDS: u32 = 200;
+    let mut winners_by_host = [0usize; 3];
+    for round in 0..ROUNDS {
+        let wins = Arc::new(AtomicUsize::new(0));
+        let barrier = Arc::new(tokio::sync::Barrier::new(TASKS * hosts.len()));
+        let mut tasks = Vec::new();
+        for (h, host) in hosts.iter().enumerate() {
+            for t in 0..TASKS {
+                let (host, wins, barrier) = (host.clone(), wins.clone(), barrier.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut keys =
+                        vec![key(KeyKind::Outpoint, round), key(KeyKind::CreditY, round)];
+                    if t % 2 == 1 {
+                        keys.reverse();
+                    }
+                    let op = format!("lease-{h}-{t}");
+                    barrier.wait().await;
+                    match host.claim(&keys, SpendState::Pending, "race", &op).await {
+                        Ok(()) => {
+                            wins.fetch_add(1, Ordering::SeqCst);
+                            host.commit_pending(&keys)
+                                .await
+                                .expect("committing the win");
+                            Some(h)
+                        }
+                        Err(PgStoreError::AlreadyClaimed { .. }) => None,
+                        Err(other) => panic!("round {round}: unexpected {other:?}"),
+                    }
+                }));
+            }
+        }
+        for task in tasks {
+            if let Some(h) = task.await.expect("claim task") {
+                winners_by_host[h] += 1;
+            }
+        }
+        assert_eq!(wins.load(Ordering::SeqCst), 1, "round {round}");
+    }
+    assert_eq!(winners_by_host.iter().sum::<usize>(), ROUNDS as usize);
+    let all: Vec<SpendKey> = (0..ROUNDS)
+        .flat_map(|r| [key(KeyKind::Outpoint, r), key(KeyKind::CreditY, r)])
+        .collect();
+    assert!(hosts[0]
+        .states(&all)
+        .await
+        .unwrap()
+        .iter()
+        .all(|s| *s == Some(SpendState::Spent)));
+    let count = pg
+        .psql("coinop", "SELECT count(*) FROM coinop_spent_keys")
+        .unwrap();
+    assert_eq!(count, (2 * ROUNDS).to_string());
+    eprintln!("winners by host: {winners_by_host:?}");
+}
+
+/// A host that crashed between its PostgreSQL claim and its local commit settles its own
+/// pending claims at start-up from its ledger, and leaves other hosts' alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_completes_committed_and_releases_lost_operations() {
+    let Some(pg) = cluster("reconciliation_completes_committed_and_releases_lost_operations")
+    else {
+        return;
+    };
+    let committed = [key(KeyKind::Outpoint, 1), key(KeyKind::CreditY, 1)];
+    let lost = [key(KeyKind::Outpoint, 2)];
+    let spent = [key(KeyKind::CreditY, 3)];
+    let other_host = [key(KeyKind::CreditY, 4)];
+    {
+        let h1 = set(&pg, "h1").await;
+        h1.claim(&committed, SpendState::Pending, "lease", "lease-committed")
+            .await
+            .unwrap();
+        h1.claim(&lost, SpendState::Pending, "lease", "lease-lost")
+            .await
+            .unwrap();
+        h1.claim(&spent, SpendState::Spent, "lease", "lease-done")
+            .await
+            .unwrap();
+        // The host dies here: the store object and its pool go away with nothing settled.
+    }
+    let h2 = set(&pg, "h2").await;
+    h2.claim(&other_host, SpendState::Pending, "swap", "swap-1")
+        .await
+        .unwrap();
+    // Meanwhile nobody else can spend the crashed host's keys.
+    assert!(matches!(
+        h2.claim(&lost, SpendState::Spent, "steal", "lease-x").await,
+        Err(PgStoreError::AlreadyClaimed { .. })
+    ));
+
+    let h1 = set(&pg, "h1").await;
+    let pending = h1.pending_operations().await.unwrap();
+    let mut ids: Vec<&str> = pending.iter().map(|p| p.operation_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["lease-committed", "lease-lost"]);
+    let found = pending
+        .iter()
+        .find(|p| p.operation_id == "lease-committed")
+        .unwrap();
+    let mut keys = found.keys.clone();
+    keys.sort_by(|a, b| (a.kind as u8, &a.bytes).cmp(&(b.kind as u8, &b.bytes)));
+    assert_eq!(keys, committed.to_vec());
+
+    // The local ledger has the lease "lease-committed" only.
+    let done = h1
+        .reconcile(|op| op.operation_id == "lease-committed")
+        .await
+        .unwrap();
+    assert_eq!(done.committed, ["lease-committed"]);
+    assert_eq!(done.released, ["lease-lost"]);
+    assert_eq!(
+        h1.states(&committed).await.unwrap(),
+        vec![Some(SpendState::Spent); 2]
+    );
+    assert_eq!(h1.states(&lost).await.unwrap(), vec![None]);
+    assert_eq!(
+        h1.states(&other_host).await.unwrap(),
+        vec![Some(SpendState::Pending)],
+        "another host's pending claim is its own to settle"
+    );
+    // The released payment is spendable again, on any host.
+    h2.claim(&lost, SpendState::Spent, "retry", "lease-y")
+        .await
+        .unwrap();
+    // Nothing left to reconcile.
+    assert_eq!(
+        h1.reconcile(|_| true).await.unwrap(),
+        payment_postgres::Reconciled::default()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_apply_once_and_a_newer_schema_is_refused() {
+    let Some(pg) = cluster("migrations_apply_once_and_a_newer_schema_is_refused") else {
+        return;
+    };
+    // Three hosts starting at once on an empty database: one applies, all succeed.
+    let starts = (0..3).map(|i| {
+        let o = options(&pg, &format!("h{i}"));
+        tokio::spawn(async move { PgStore::connect(&o).await })
+    });
+    for s in starts {
+        s.await.unwrap().expect("concurrent start");
+    }
+    let supported = payment_postgres::migrations::supported_version();
+    assert_eq!(
+        pg.psql(
+            "coinop",
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM coinop_schema_migrations"
+        )
+        .unwrap(),
+        (1..=supported)
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    // A later coinop migrated the database further: this one must not touch it.
+    pg.psql(
+        "coinop",
+        "INSERT INTO coinop_schema_migrations (version, name) VALUES (999, 'from the future')",
+    )
+    .unwrap();
+    match PgStore::connect(&options(&pg, "h1")).await {
+        Err(PgStoreError::SchemaTooNew {
+            found,
+            supported: s,
+        }) => {
+            assert_eq!((found, s), (999, supported));
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+}
+
+/// The server goes away mid-run: calls fail with `Unavailable` within the timeouts, never
+/// with an answer about the keys; it comes back: the same store object works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_fails_closed_and_recovers_by_itself() {
+    let Some(pg) = cluster("an_unreachable_store_fails_closed_and_recovers_by_itself") else {
+        return;
+    };
+    // Made while the server is down: no network until the first call.
+    pg.stop().unwrap();
+    let store = PgStore::new(&options(&pg, "h1")).expect("a store needs no server to be made");
+    assert!(
+        store.description().starts_with("postgres host=/"),
+        "{}",
+        store.description()
+    );
+    assert!(matches!(
+        store.migrate().await,
+        Err(PgStoreError::Unavailable(_))
+    ));
+    pg.start_again().unwrap();
+    store
+        .migrate()
+        .await
+        .expect("the schema check once the server is up");
+    let set = PgSpentSet::new(store);
+    let before = key(KeyKind::Outpoint, 1);
+    let during = key(KeyKind::Outpoint, 2);
+    set.claim(
+        std::slice::from_ref(&before),
+        SpendState::Spent,
+        "lease",
+        "lease-1",
+    )
+    .await
+    .unwrap();
+
+    pg.stop().unwrap();
+    for attempt in 0..3 {
+        let started = Instant::now();
+        let claim = set
+            .claim(
+                std::slice::from_ref(&during),
+                SpendState::Spent,
+                "lease",
+                "lease-2",
+            )
+            .await;
+        assert!(
+            matches!(claim, Err(PgStoreError::Unavailable(_))),
+            "attempt {attempt}: {claim:?}"
+        );
+        // Bounded by the 3 s operation timeout (1 s to connect), with slack for a loaded host.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let states = set.states(std::slice::from_ref(&before)).await;
+        assert!(
+            matches!(states, Err(PgStoreError::Unavailable(_))),
+            "{states:?}"
+        );
+    }
+    let m = set.store().metrics();
+    assert!(m.unavailable >= 6 && m.errors >= m.unavailable, "{m:?}");
+
+    pg.start_again().unwrap();
+    // The same store object: the pool drops its dead connections and makes new ones.
+    set.claim(
+        std::slice::from_ref(&during),
+        SpendState::Spent,
+        "lease",
+        "lease-2",
+    )
+    .await
+    .expect("a claim after the store came back");
+    assert_eq!(
+        set.states(&[before.clone(), during]).await.unwrap(),
+        vec![Some(SpendState::Spent); 2],
+        "the claim from before the outage survived it"
+    );
+    assert!(matches!(
+        set.claim(&[before], SpendState::Spent, "again", "lease-3")
+            .await,
+        Err(PgStoreError::AlreadyClaimed { .. })
+    ));
+}
