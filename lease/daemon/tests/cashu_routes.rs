@@ -133,3 +133,25 @@ async fn cashu_routes_answer_nut00_bodies_and_coinops_routes_keep_theirs() {
     assert_eq!(keys["keysets"][0]["input_fee_ppk"], 0);
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_paid_with_credit_is_credited_net_of_the_input_fee() {
+    use common::leases::{credit_payment, testguest_body};
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    // 1000 ppk: one sat per note spent.
+    let d = Daemon::start(dir.path(), &["--input-fee-ppk", "1000"]).await;
+    let keysets = d.call("GET", "/v1/keysets", None, None).await.json();
+    assert_eq!(keysets["keysets"][0]["input_fee_ppk"], 1000);
+    // 7 sat as 4 + 2 + 1: three notes, 3 sat of fee, 4 sat of lease balance.
+    let proofs = d.mint_credit(7).await;
+    assert_eq!(proofs.len(), 3);
+    let lease = d
+        .create_lease(testguest_body("mode=spin:600000", credit_payment(&proofs)))
+        .await;
+    assert_eq!(lease.reply["balance_msat"], 4000, "{}", lease.reply);
+    d.stop_lease(&lease.id, &lease.token).await;
+    d.shutdown().await;
+}
