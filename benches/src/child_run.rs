@@ -1,6 +1,8 @@
-//! Runs one child process (a VMM) and records when each of its output lines arrived, when it
-//! exited, and its peak RSS, with a deadline so a stuck guest can't stall the harness. An
-//! optional driver (Firecracker's API calls) runs alongside; if it fails the child is killed.
+//! Runs one child process (a VMM): records when each of its output lines arrived, when its
+//! serial console showed the guest's ready marker and the process's peak RSS at that
+//! moment, and when it exited, with a deadline so a stuck guest can't stall the harness. An
+//! optional driver (Firecracker's API calls) runs alongside; if it fails the child is
+//! killed, and a kill at the ready marker waits for the driver to finish first.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
@@ -10,49 +12,60 @@ use std::thread;
 use std::time::Duration;
 
 use crate::clock::monotonic_us;
+use crate::console_scan::{ForeignLog, MarkerScanner};
 use crate::error::BenchError;
-
-/// A line of output and the monotonic µs at which the harness read it.
-#[derive(Clone, Debug)]
-pub struct TimedLine {
-    pub at_us: u64,
-    pub text: String,
-}
+use crate::proc_stats;
 
 #[derive(Debug)]
 pub struct ChildRun {
+    /// The child's pid, already reaped: only for messages, it may belong to another
+    /// process by now.
+    pub pid: u32,
     /// Monotonic µs just before the spawn: the origin of every figure.
     pub spawned_at_us: u64,
-    pub stdout: Vec<TimedLine>,
-    pub stderr: Vec<TimedLine>,
+    /// The console (stdout) cut at newlines, for diagnostics; the ready marker is matched
+    /// on the byte stream instead (see [`crate::console_scan`]).
+    pub stdout: Vec<String>,
+    /// coinop-vmm's events and every engine's log or errors.
+    pub stderr: Vec<String>,
+    /// Monotonic µs of the stdout read that completed the ready marker.
+    pub ready_at_us: Option<u64>,
+    /// The process's VmHWM (peak RSS so far) read right after that read, in the thread that
+    /// made it. `None` when the marker never came or the process had already lost its
+    /// memory (exiting) by then.
+    pub hwm_at_ready_kib: Option<u64>,
     /// Monotonic µs when the process was reaped.
     pub reaped_at_us: u64,
     pub status: ExitStatus,
-    /// Peak resident set size: the child's VmHWM read at its exit event or just before the
-    /// harness killed it. `None` when the process was gone before the read: the reaped
-    /// child's rusage is no substitute, it is floored at the harness's own RSS (see
-    /// `vm_hwm_kib`).
-    pub max_rss_kib: Option<u64>,
-    /// True when the harness killed it: the deadline passed or `kill_after` matched.
+    /// True when the harness killed it: the deadline passed, the ready marker came with
+    /// [`ReadyWatch::kill`], or the driver failed.
     pub killed: bool,
 }
 
 impl ChildRun {
-    /// µs from spawn to the first stdout line containing `marker`.
-    pub fn stdout_marker_us(&self, marker: &str) -> Option<u64> {
-        self.stdout
-            .iter()
-            .find(|l| l.text.contains(marker))
-            .map(|l| l.at_us.saturating_sub(self.spawned_at_us))
+    /// µs from spawn to the ready marker.
+    pub fn ready_us(&self) -> Option<u64> {
+        self.ready_at_us
+            .map(|at| at.saturating_sub(self.spawned_at_us))
     }
 }
 
-/// What ends a run early.
-pub struct Deadline {
+/// What the harness watches for while the child runs.
+pub struct Watch {
+    /// The child is killed when this much time has passed since the spawn.
     pub timeout: Duration,
-    /// Kill the child as soon as a stdout line contains this (for peers whose guest can't end
-    /// the VM by itself).
-    pub kill_after: Option<String>,
+    /// The guest's ready marker on stdout.
+    pub ready: Option<ReadyWatch>,
+}
+
+pub struct ReadyWatch {
+    pub marker: String,
+    /// The engine's own log records that may land in the console (skipped when matching).
+    pub foreign_log: Option<ForeignLog>,
+    /// Kill the child at the marker (for peers whose guest can't end the VM by itself), but
+    /// only once the driver has finished: killing Firecracker before it has answered
+    /// `PUT /actions` fails the run for nothing.
+    pub kill: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -61,9 +74,14 @@ enum Stream {
     Err,
 }
 
-/// What the collector hears: a line, or the driver's outcome.
+/// What the collector hears.
 enum Msg {
-    Line(Stream, TimedLine),
+    Line(Stream, String),
+    /// The ready marker was completed by the read at `at_us`; VmHWM read right after it.
+    Ready {
+        at_us: u64,
+        hwm_kib: Option<u64>,
+    },
     Driven(Result<(), String>),
     /// A pipe reached EOF (the driver may still hold a sender, so the channel stays open).
     Eof,
@@ -74,33 +92,44 @@ pub type Driver = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 pub fn run_driven(
     mut cmd: Command,
-    deadline: &Deadline,
+    watch: &Watch,
     label: &str,
     driver: Option<Driver>,
 ) -> Result<ChildRun, BenchError> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let program = cmd.get_program().to_owned();
     let spawned_at_us = monotonic_us();
     let mut child = cmd.spawn().map_err(|e| BenchError::Spawn {
-        what: label.to_string(),
+        what: format!("{label} ({})", program.to_string_lossy()),
         source: e,
     })?;
-    let pid = child.id() as libc::pid_t;
+    let pid = child.id();
     let (tx, rx) = mpsc::channel();
+    let scanner = watch
+        .ready
+        .as_ref()
+        .map(|r| MarkerScanner::new(&r.marker, r.foreign_log));
     let readers = [
-        spawn_reader(child.stdout.take(), Stream::Out, tx.clone()),
-        spawn_reader(child.stderr.take(), Stream::Err, tx.clone()),
+        child
+            .stdout
+            .take()
+            .map(|p| spawn_console_reader(p, pid, scanner, tx.clone())),
+        child
+            .stderr
+            .take()
+            .map(|p| spawn_line_reader(p, Stream::Err, tx.clone())),
     ];
+    let has_driver = driver.is_some();
     let driving = driver.map(|d| {
         thread::spawn(move || {
             let _ = tx.send(Msg::Driven(d()));
         })
     });
     let open = readers.iter().flatten().count();
-    let c = collect(pid, &rx, deadline, spawned_at_us, open);
+    let c = collect(pid, &rx, watch, spawned_at_us, open, has_driver);
     let (status, reaped_at_us) = reap(pid, label)?;
-    let max_rss_kib = c.hwm_kib;
     for r in readers.into_iter().flatten() {
         // A reader ends at EOF, which the child's exit guarantees.
         let _ = r.join();
@@ -110,11 +139,18 @@ pub fn run_driven(
         let _ = d.join();
     }
     // Drain what was sent after the collector stopped listening.
-    let (mut stdout, mut stderr, mut drive_error) = (c.out, c.err, c.drive_error);
+    let Collected {
+        mut out,
+        mut err,
+        killed,
+        mut drive_error,
+        mut ready,
+    } = c;
     for msg in rx.try_iter() {
         match msg {
-            Msg::Line(Stream::Out, line) => stdout.push(line),
-            Msg::Line(Stream::Err, line) => stderr.push(line),
+            Msg::Line(Stream::Out, line) => out.push(line),
+            Msg::Line(Stream::Err, line) => err.push(line),
+            Msg::Ready { at_us, hwm_kib } => ready = ready.or(Some((at_us, hwm_kib))),
             Msg::Driven(Err(e)) => drive_error = Some(e),
             Msg::Driven(Ok(())) | Msg::Eof => {}
         }
@@ -125,134 +161,194 @@ pub fn run_driven(
             detail,
         });
     }
-    let killed = c.killed;
     Ok(ChildRun {
+        pid,
         spawned_at_us,
-        stdout,
-        stderr,
+        stdout: out,
+        stderr: err,
+        ready_at_us: ready.map(|(at, _)| at),
+        hwm_at_ready_kib: ready.and_then(|(_, hwm)| hwm),
         reaped_at_us,
         status,
-        max_rss_kib,
         killed,
     })
 }
 
-fn spawn_reader<R: Read + Send + 'static>(
-    pipe: Option<R>,
+/// Reads the console as raw bytes, in whatever pieces the pipe gives: the marker is matched
+/// on the stream, and VmHWM is read here, right after the read that completed it, so that
+/// the channel hop to the collector does not widen the race with a guest that ends itself.
+fn spawn_console_reader<R: Read + Send + 'static>(
+    mut pipe: R,
+    pid: u32,
+    mut scanner: Option<MarkerScanner>,
+    tx: mpsc::Sender<Msg>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let _ = prompt_wakeups();
+        let peak = proc_stats::PeakRss::open(pid);
+        let mut buf = [0u8; 4096];
+        let mut partial = Vec::new();
+        loop {
+            let n = match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            let at_us = monotonic_us();
+            let bytes = &buf[..n];
+            if scanner.as_mut().is_some_and(|s| s.feed(bytes)) {
+                let hwm_kib = peak.as_ref().and_then(proc_stats::PeakRss::read_kib);
+                let _ = tx.send(Msg::Ready { at_us, hwm_kib });
+            }
+            for piece in bytes.split_inclusive(|&b| b == b'\n') {
+                partial.extend_from_slice(piece);
+                if partial.ends_with(b"\n") {
+                    let line = console_line(&partial);
+                    partial.clear();
+                    if tx.send(Msg::Line(Stream::Out, line)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        if !partial.is_empty() {
+            let _ = tx.send(Msg::Line(Stream::Out, console_line(&partial)));
+        }
+        let _ = tx.send(Msg::Eof);
+    })
+}
+
+/// Lets the calling thread preempt ordinary (CFS) threads when it wakes: SCHED_FIFO at the
+/// lowest priority. On a loaded host this keeps the time from the console write to the
+/// harness's read (part of every engine's ready figure) short, and with it the window in
+/// which a guest that ends itself can exit before its VmHWM is read. The thread only reads
+/// a pipe and scans a few bytes, so it hardly takes CPU from the VMM it watches. Without
+/// the privilege (not root, or an RT limit of 0) it stays an ordinary thread.
+fn prompt_wakeups() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for SCHED_FIFO.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Whether console readers will get their SCHED_FIFO priority here (tried on a short-lived
+/// thread), for the report.
+pub fn prompt_wakeups_available() -> bool {
+    thread::spawn(|| prompt_wakeups().is_ok())
+        .join()
+        .unwrap_or(false)
+}
+
+/// A console line as text, without its line ending (serial consoles send `\r\n`).
+fn console_line(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    text.trim_end_matches(['\n', '\r']).to_string()
+}
+
+fn spawn_line_reader<R: Read + Send + 'static>(
+    pipe: R,
     stream: Stream,
     tx: mpsc::Sender<Msg>,
-) -> Option<thread::JoinHandle<()>> {
-    let pipe = pipe?;
-    Some(thread::spawn(move || {
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             let Ok(text) = line else { break };
-            let timed = TimedLine {
-                at_us: monotonic_us(),
-                text,
-            };
-            if tx.send(Msg::Line(stream, timed)).is_err() {
+            if tx.send(Msg::Line(stream, text)).is_err() {
                 break;
             }
         }
         let _ = tx.send(Msg::Eof);
-    }))
+    })
 }
 
 struct Collected {
-    out: Vec<TimedLine>,
-    err: Vec<TimedLine>,
+    out: Vec<String>,
+    err: Vec<String>,
     killed: bool,
     drive_error: Option<String>,
-    /// The process's own VmHWM, read while it was still alive.
-    hwm_kib: Option<u64>,
+    /// (µs of the read that completed the marker, VmHWM then)
+    ready: Option<(u64, Option<u64>)>,
 }
 
-/// The last line a coinop-vmm prints while its memory is all still mapped.
-const EXIT_EVENT: &str = r#""event":"exit""#;
-
-/// Peak RSS of `pid`'s current image (VmHWM in /proc/PID/status). The rusage of a reaped
-/// child can't be used for this: at exec the kernel folds the pre-exec (vforked) image's
-/// high-water mark, i.e. the harness's own RSS, into it, which floors every figure at ours.
-fn vm_hwm_kib(pid: libc::pid_t) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Gathers lines until both pipes close, killing the child at the deadline, the marker, or
-/// a failed driver.
+/// Gathers output until both pipes close, killing the child at the deadline, at the ready
+/// marker (once the driver is done) or when the driver fails.
 fn collect(
-    pid: libc::pid_t,
+    pid: u32,
     rx: &mpsc::Receiver<Msg>,
-    deadline: &Deadline,
+    watch: &Watch,
     start_us: u64,
     mut pipes_open: usize,
+    mut driver_running: bool,
 ) -> Collected {
-    let (mut out, mut err, mut killed) = (Vec::new(), Vec::new(), false);
-    let mut drive_error = None;
-    let mut hwm_kib = None;
-    let limit_us = start_us + deadline.timeout.as_micros() as u64;
+    let mut c = Collected {
+        out: Vec::new(),
+        err: Vec::new(),
+        killed: false,
+        drive_error: None,
+        ready: None,
+    };
+    let kill_at_ready = watch.ready.as_ref().is_some_and(|r| r.kill);
+    let mut kill_when_driven = false;
+    let kill = |c: &mut Collected| {
+        if !c.killed {
+            kill_child(pid);
+            c.killed = true;
+        }
+    };
+    let timeout_us = u64::try_from(watch.timeout.as_micros()).unwrap_or(u64::MAX);
+    let limit_us = start_us.saturating_add(timeout_us);
     while pipes_open > 0 {
         let left = limit_us.saturating_sub(monotonic_us());
         match rx.recv_timeout(Duration::from_micros(left.max(1))) {
-            Ok(Msg::Line(Stream::Out, line)) => {
-                let hit = deadline
-                    .kill_after
-                    .as_deref()
-                    .is_some_and(|m| line.text.contains(m));
-                out.push(line);
-                if hit && !killed {
-                    hwm_kib = vm_hwm_kib(pid).or(hwm_kib);
-                    kill(pid);
-                    killed = true;
+            Ok(Msg::Line(Stream::Out, line)) => c.out.push(line),
+            Ok(Msg::Line(Stream::Err, line)) => c.err.push(line),
+            Ok(Msg::Ready { at_us, hwm_kib }) => {
+                c.ready = Some((at_us, hwm_kib));
+                if kill_at_ready {
+                    if driver_running {
+                        kill_when_driven = true;
+                    } else {
+                        kill(&mut c);
+                    }
                 }
             }
-            Ok(Msg::Line(Stream::Err, line)) => {
-                if line.text.contains(EXIT_EVENT) {
-                    hwm_kib = vm_hwm_kib(pid).or(hwm_kib);
-                }
-                err.push(line);
-            }
-            Ok(Msg::Driven(Err(e))) => {
-                drive_error = Some(e);
-                if !killed {
-                    kill(pid);
-                    killed = true;
+            Ok(Msg::Driven(outcome)) => {
+                driver_running = false;
+                if let Err(e) = outcome {
+                    c.drive_error = Some(e);
+                    kill(&mut c);
+                } else if kill_when_driven {
+                    kill(&mut c);
                 }
             }
-            Ok(Msg::Driven(Ok(()))) => {}
             Ok(Msg::Eof) => pipes_open -= 1,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if !killed {
-                    kill(pid);
-                    killed = true;
-                }
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => kill(&mut c),
         }
     }
-    Collected {
-        out,
-        err,
-        killed,
-        drive_error,
-        hwm_kib,
-    }
+    c
 }
 
-fn kill(pid: libc::pid_t) {
+fn kill_child(pid: u32) {
     // SAFETY: plain syscall on the pid of a child we have not reaped yet, so it can't have
     // been recycled for another process.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
 }
 
-/// Waits for the child (retrying on EINTR); returns its status and when it was reaped.
-fn reap(pid: libc::pid_t, label: &str) -> Result<(ExitStatus, u64), BenchError> {
+/// Waits for the child (retrying on EINTR); returns its status and when it was reaped. By
+/// then the kernel has released the child's memory and closed its files (a KVM VM's fd
+/// among them), which the exit does before the process becomes reapable.
+fn reap(pid: u32, label: &str) -> Result<(ExitStatus, u64), BenchError> {
     let mut status: libc::c_int = 0;
     loop {
         // SAFETY: `status` is valid for writes; `pid` is our own, not yet reaped child.
-        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if rc == pid {
+        let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        if rc == pid as libc::pid_t {
             break;
         }
         let e = std::io::Error::last_os_error();
@@ -268,17 +364,139 @@ fn reap(pid: libc::pid_t, label: &str) -> Result<(ExitStatus, u64), BenchError> 
 
 #[cfg(test)]
 mod tests {
+    //! With `sh` standing in for a VMM: these check the harness's bookkeeping (when the
+    //! marker counts, when the child is killed, what is read), not any VMM.
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
     use super::*;
 
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    fn watch(marker: &str, kill: bool) -> Watch {
+        Watch {
+            timeout: Duration::from_secs(20),
+            ready: Some(ReadyWatch {
+                marker: marker.into(),
+                foreign_log: Some(ForeignLog::FIRECRACKER),
+                kill,
+            }),
+        }
+    }
+
     #[test]
-    fn reads_a_live_process_high_water_mark() {
-        // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() };
-        let kib = vm_hwm_kib(me).expect("our own /proc status has VmHWM");
+    fn a_marker_split_across_writes_and_a_log_record_counts() {
+        // printf's pieces reach the pipe as separate writes, with sleeps between them.
+        let script = "printf 'boot\\ncoinop-test'; sleep 0.05; \
+             printf '2026-12-04T21:22:50.123456789 [anonymous-instance:fc_vcpu 0] exit\\n'; \
+             sleep 0.05; printf 'guest rea'; sleep 0.05; printf 'dy\\n'; sleep 0.2";
+        let run = run_driven(
+            sh(script),
+            &watch("coinop-testguest ready", false),
+            "sh",
+            None,
+        )
+        .expect("runs");
+        let ready = run.ready_us().expect("marker found across the log record");
+        assert!(ready >= 150_000, "not before the last piece: {ready} µs");
+        assert!(!run.killed && run.status.success());
+        assert_eq!(run.stdout[0], "boot", "{:?}", run.stdout);
         assert!(
-            kib > 100,
-            "a Rust test binary maps more than 100 KiB, got {kib}"
+            run.hwm_at_ready_kib.is_some_and(|k| k > 0),
+            "sh was still running at the marker: {:?}",
+            run.hwm_at_ready_kib
         );
-        assert_eq!(vm_hwm_kib(-1), None, "no such process");
+    }
+
+    #[test]
+    fn the_kill_at_ready_waits_for_the_driver() {
+        // Firecracker answers PUT /actions after its guest may already have printed: the
+        // child must live until the driver has its reply.
+        let driven_at = Arc::new(AtomicU64::new(0));
+        let d = driven_at.clone();
+        let driver: Driver = Box::new(move || {
+            thread::sleep(Duration::from_millis(300));
+            d.store(monotonic_us(), Ordering::SeqCst);
+            Ok(())
+        });
+        let run = run_driven(
+            sh("echo coinop-testguest ready; exec sleep 20"),
+            &watch("coinop-testguest ready", true),
+            "sh",
+            Some(driver),
+        )
+        .expect("runs");
+        let driven = driven_at.load(Ordering::SeqCst);
+        assert!(driven > 0, "the driver finished");
+        assert!(run.killed, "killed at the marker, not ended by itself");
+        assert!(
+            run.reaped_at_us >= driven,
+            "killed only after the driver finished ({} < {driven})",
+            run.reaped_at_us
+        );
+        assert!(run.ready_at_us.is_some_and(|r| r < driven));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{}", run.pid)).exists(),
+            "the child is reaped before run_driven returns"
+        );
+    }
+
+    #[test]
+    fn without_a_driver_the_kill_comes_at_the_marker() {
+        let run = run_driven(
+            sh("echo coinop-testguest ready; exec sleep 20"),
+            &watch("coinop-testguest ready", true),
+            "sh",
+            None,
+        )
+        .expect("runs");
+        assert!(run.killed);
+        let ready = run.ready_at_us.expect("marker");
+        assert!(
+            run.reaped_at_us - ready < 5_000_000,
+            "killed at the marker, not at the 20 s sleep's end"
+        );
+    }
+
+    #[test]
+    fn a_failing_driver_fails_the_run_and_kills_the_child() {
+        let driver: Driver = Box::new(|| Err("connection closed before message completed".into()));
+        let err = run_driven(
+            sh("exec sleep 20"),
+            &watch("never", true),
+            "sh",
+            Some(driver),
+        )
+        .expect_err("the driver's failure is the run's");
+        assert!(err.to_string().contains("connection closed"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_program_names_its_path() {
+        let w = watch("ready", false);
+        let err = run_driven(Command::new("/nonexistent/vmm"), &w, "coinop", None)
+            .expect_err("cannot spawn");
+        let text = err.to_string();
+        assert!(text.contains("coinop (/nonexistent/vmm)"), "{text}");
+    }
+
+    #[test]
+    fn the_deadline_kills_a_child_that_never_gets_ready() {
+        let w = Watch {
+            timeout: Duration::from_millis(200),
+            ready: Some(ReadyWatch {
+                marker: "never".into(),
+                foreign_log: None,
+                kill: false,
+            }),
+        };
+        let run = run_driven(sh("exec sleep 20"), &w, "sh", None).expect("runs");
+        assert!(run.killed);
+        assert_eq!(run.ready_at_us, None);
+        assert_eq!(run.hwm_at_ready_kib, None);
     }
 }

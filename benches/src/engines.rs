@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::console_scan::ForeignLog;
 use crate::firecracker_api::{self, FcVm};
 
 /// The line the test guest prints on COM1 once it runs: the default "guest is up" mark.
@@ -59,6 +60,8 @@ pub enum Engine {
 pub struct Prepared {
     pub command: Command,
     pub api: Option<(PathBuf, FcVm)>,
+    /// Where the engine writes its own log, when not to the console (for error messages).
+    pub log_file: Option<PathBuf>,
 }
 
 impl Engine {
@@ -81,7 +84,18 @@ impl Engine {
         matches!(self, Engine::Coinop { .. })
     }
 
-    /// Builds the command for one run; `run_dir` holds per-run files (API socket, config).
+    /// Log records of the engine's own that can land in the guest's console. Firecracker's
+    /// log goes to a file (`--log-path`), but anything it logs before reading that flag
+    /// still reaches stdout.
+    pub fn console_foreign_log(&self) -> Option<ForeignLog> {
+        match self {
+            Engine::Firecracker { .. } => Some(ForeignLog::FIRECRACKER),
+            Engine::Coinop { .. } | Engine::Qemu { .. } => None,
+        }
+    }
+
+    /// Builds the command for one run; `run_dir` holds per-run files (API socket, config,
+    /// Firecracker's log).
     pub fn prepare(
         &self,
         guest: &GuestImage,
@@ -89,29 +103,45 @@ impl Engine {
         start_us: u64,
         run_dir: &Path,
     ) -> Result<Prepared, std::io::Error> {
-        let (command, api) = match self {
-            Engine::Coinop { bin } => (coinop_command(bin, guest, shape, start_us), None),
-            Engine::Qemu { bin } => (qemu_command(bin, guest, shape), None),
+        let prepared = match self {
+            Engine::Coinop { bin } => Prepared {
+                command: coinop_command(bin, guest, shape, start_us),
+                api: None,
+                log_file: None,
+            },
+            Engine::Qemu { bin } => Prepared {
+                command: qemu_command(bin, guest, shape),
+                api: None,
+                log_file: None,
+            },
             Engine::Firecracker { bin, mode } => {
                 let vm = FcVm::new(guest, shape);
-                match mode {
+                // Its logger writes to stdout unless told otherwise, where a record can land
+                // in the middle of the guest's ready line; Firecracker creates the file.
+                let log = run_dir.join("firecracker.log");
+                let mut c = Command::new(bin);
+                c.arg("--log-path").arg(&log);
+                let api = match mode {
                     FcMode::Api => {
                         let sock = run_dir.join("firecracker.sock");
-                        let mut c = Command::new(bin);
                         c.arg("--api-sock").arg(&sock);
-                        (c, Some((sock, vm)))
+                        Some((sock, vm))
                     }
                     FcMode::ConfigFile => {
                         let file = run_dir.join("firecracker.json");
                         std::fs::write(&file, firecracker_api::config_file_json(&vm))?;
-                        let mut c = Command::new(bin);
                         c.arg("--no-api").arg("--config-file").arg(&file);
-                        (c, None)
+                        None
                     }
+                };
+                Prepared {
+                    command: c,
+                    api,
+                    log_file: Some(log),
                 }
             }
         };
-        Ok(Prepared { command, api })
+        Ok(prepared)
     }
 }
 
@@ -189,6 +219,7 @@ mod tests {
         let coinop = Engine::Coinop { bin: "vmm".into() }
             .prepare(&g, shape, 1, dir.path())
             .expect("prepare");
+        assert!(coinop.log_file.is_none(), "coinop logs to stderr");
         let a = args(&coinop.command);
         assert!(
             a.windows(2).any(|w| w == ["--initrd", "/k/initrd.cpio"]),
@@ -223,10 +254,17 @@ mod tests {
         .prepare(&guest(None), shape, 1, dir.path())
         .expect("prepare");
         let (sock, vm) = api.api.expect("API mode drives the socket");
+        let log = api.log_file.expect("Firecracker logs to a file");
         assert_eq!(
             args(&api.command),
-            ["--api-sock", &sock.display().to_string()]
+            [
+                "--log-path",
+                &log.display().to_string(),
+                "--api-sock",
+                &sock.display().to_string()
+            ]
         );
+        assert!(log.starts_with(dir.path()), "the log stays in the run dir");
         assert_eq!(vm.machine.mem_size_mib, 128);
 
         let cfg = Engine::Firecracker {
@@ -236,10 +274,17 @@ mod tests {
         .prepare(&guest(None), shape, 1, dir.path())
         .expect("prepare");
         assert!(cfg.api.is_none());
+        let fc = Engine::Firecracker {
+            bin: "fc".into(),
+            mode: FcMode::ConfigFile,
+        };
+        assert_eq!(fc.console_foreign_log(), Some(ForeignLog::FIRECRACKER));
+        assert_eq!(Engine::Qemu { bin: "q".into() }.console_foreign_log(), None);
         let a = args(&cfg.command);
-        assert_eq!(a[..2], ["--no-api", "--config-file"]);
+        assert_eq!(a[..4], ["--log-path", &a[1], "--no-api", "--config-file"]);
+        assert!(a[1].ends_with("firecracker.log"), "{a:?}");
         let written: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&a[2]).expect("config file written"))
+            serde_json::from_slice(&std::fs::read(&a[4]).expect("config file written"))
                 .expect("config file is JSON");
         assert_eq!(written["boot-source"]["kernel_image_path"], "/k/vmlinux");
     }

@@ -89,6 +89,7 @@ mod tests {
                 guest_ready_us: Some(20000),
             },
             network: None,
+            late: false,
         };
         let mut s = SampleSet::default();
         record(

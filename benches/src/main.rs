@@ -1,7 +1,7 @@
 //! `coinop-bench`: coinop's boot-latency and throughput harness. Each scenario runs N times
 //! after warm-up and prints min / median / p95 / max, with JSON and an SVG plot for the
 //! record. Scenarios: `vmm` (exec → vcpus_started → guest_ready → exit, with QEMU and,
-//! when given, Firecracker booting the same image in alternating runs), `lease` (request →
+//! when given, Firecracker booting the same image run by run in turn), `lease` (request →
 //! guest_ready through coinopd, credit and on-chain), `burst` (K concurrent leases),
 //! `density` (guests until capacity: RSS, coinopd's CPU per tick), `overrun` (how far past
 //! zero a spinning guest's balance goes before the pause) and `payment` (the payment
@@ -9,6 +9,7 @@
 
 mod child_run;
 mod clock;
+mod console_scan;
 mod credit_wallet;
 mod daemon_proc;
 mod engines;
@@ -188,6 +189,10 @@ struct VmmArgs {
     /// Longest one boot may take, seconds.
     #[arg(long, default_value_t = 30)]
     timeout_s: u64,
+    /// Pause after each boot's process is reaped, before the next engine's spawn, ms: lets
+    /// the kernel finish tearing the last VM down so every run starts equally quiet.
+    #[arg(long, default_value_t = 100)]
+    settle_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -291,7 +296,82 @@ fn main() {
     }
 }
 
+/// Files a run needs, checked before anything starts: a typo should not surface as a failed
+/// boot after minutes of other scenarios, nor an unwritable output after the whole run.
+fn check_inputs(cli: &Cli) -> Result<(), BenchError> {
+    let (guest, daemon) = match &cli.scenario {
+        Scenario::Vmm(a) => (Some(&a.guest), None),
+        Scenario::Lease(a) => (Some(&a.guest), Some(&a.daemon)),
+        Scenario::Burst(a) => (Some(&a.guest), Some(&a.daemon)),
+        Scenario::Density(a) => (Some(&a.guest), Some(&a.daemon)),
+        Scenario::Overrun(a) => (Some(&a.guest), Some(&a.daemon)),
+        Scenario::Soak(a) => (Some(&a.guest), Some(&a.daemon)),
+        Scenario::Payment(_) => (None, None),
+    };
+    if let Some(g) = guest {
+        if g.ready_line.is_empty() {
+            return Err(BenchError::Usage(
+                "--ready-line must not be empty: it is what marks the guest as up".into(),
+            ));
+        }
+        must_be_file("--kernel", &g.kernel)?;
+        if let Some(initrd) = &g.initrd {
+            must_be_file("--initrd", initrd)?;
+        }
+    }
+    if let Some(d) = daemon {
+        if d.vcpus == 0 || d.mem_mib == 0 || d.tick_ms == 0 {
+            return Err(BenchError::Usage(
+                "--vcpus, --mem-mib and --tick-ms must be at least 1".into(),
+            ));
+        }
+        must_be_file("--coinopd-bin", &binary(&d.coinopd_bin, "coinopd"))?;
+        must_be_file("--vmm-bin", &binary(&d.vmm_bin, "coinop-vmm"))?;
+    }
+    if let Scenario::Vmm(a) = &cli.scenario {
+        must_be_file("--vmm-bin", &binary(&a.vmm_bin, "coinop-vmm"))?;
+        if let Some(fc) = &a.firecracker {
+            must_be_file("--firecracker", fc)?;
+        }
+        if let Some(q) = a.qemu.as_deref().filter(|q| *q != "none") {
+            must_be_file("--qemu", std::path::Path::new(q))?;
+        }
+    }
+    for (flag, out) in [("--json", &cli.json), ("--svg", &cli.svg)] {
+        let Some(out) = out else { continue };
+        let dir = match out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(BenchError::Usage(format!(
+                "{flag} {}: directory {} does not exist",
+                out.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn must_be_file(flag: &str, path: &std::path::Path) -> Result<(), BenchError> {
+    if path.is_file() {
+        return Ok(());
+    }
+    Err(BenchError::Usage(format!(
+        "{flag} {}: no such file{}",
+        path.display(),
+        if path.exists() { " (a directory?)" } else { "" }
+    )))
+}
+
+/// The binary given with its flag, else the one built next to this executable.
+fn binary(given: &Option<PathBuf>, name: &str) -> PathBuf {
+    given.clone().unwrap_or_else(|| sibling(name))
+}
+
 fn run(cli: &Cli) -> Result<(), BenchError> {
+    check_inputs(cli)?;
     let load_before = load_average();
     let mut reports = match &cli.scenario {
         Scenario::Vmm(a) => vmm_scenario(a)?.run()?,
@@ -437,8 +517,8 @@ fn daemon_spec(
     let guests = u32::try_from(guests)
         .map_err(|_| BenchError::Usage(format!("{guests} guests is too many")))?;
     Ok(DaemonSpec {
-        coinopd: d.coinopd_bin.clone().unwrap_or_else(|| sibling("coinopd")),
-        vmm: d.vmm_bin.clone().unwrap_or_else(|| sibling("coinop-vmm")),
+        coinopd: binary(&d.coinopd_bin, "coinopd"),
+        vmm: binary(&d.vmm_bin, "coinop-vmm"),
         guest: g.image(default_cmdline),
         vcpus: d.vcpus,
         mem_mib: d.mem_mib,
@@ -459,13 +539,20 @@ fn vmm_scenario(a: &VmmArgs) -> Result<scenario_vmm::VmmScenario, BenchError> {
         shapes.truncate(1);
     }
     let mut engines = vec![Engine::Coinop {
-        bin: a.vmm_bin.clone().unwrap_or_else(|| sibling("coinop-vmm")),
+        bin: binary(&a.vmm_bin, "coinop-vmm"),
     }];
     let mut notes = Vec::new();
     if let Some(bin) = qemu_bin(a.qemu.as_deref()) {
         engines.push(Engine::Qemu { bin });
     } else {
         let n = "QEMU was not run (--qemu none, or qemu-system-x86_64 not on PATH: apt-get install qemu-system-x86)";
+        eprintln!("coinop-bench: {n}");
+        notes.push(n.to_string());
+    }
+    if !child_run::prompt_wakeups_available() {
+        let n = "the console reader could not get SCHED_FIFO priority (not root?): on a loaded \
+                 host its wake-ups come later, which delays every engine's ready time and can \
+                 cost coinop runs their RSS sample";
         eprintln!("coinop-bench: {n}");
         notes.push(n.to_string());
     }
@@ -491,17 +578,26 @@ fn vmm_scenario(a: &VmmArgs) -> Result<scenario_vmm::VmmScenario, BenchError> {
         warmup,
         runs,
         timeout: Duration::from_secs(a.timeout_s.max(1)),
+        settle: Duration::from_millis(a.settle_ms),
         notes,
     })
 }
 
 fn parse_shape(s: &str) -> Result<VmShape, BenchError> {
-    let bad = || BenchError::Usage(format!("shape '{s}' is not VCPUSxMIB, e.g. 2x128"));
+    let bad = || {
+        BenchError::Usage(format!(
+            "shape '{s}' is not VCPUSxMIB with both at least 1, e.g. 2x128"
+        ))
+    };
     let (v, m) = s.split_once('x').ok_or_else(bad)?;
-    Ok(VmShape {
+    let shape = VmShape {
         vcpus: v.trim().parse().map_err(|_| bad())?,
         mem_mib: m.trim().parse().map_err(|_| bad())?,
-    })
+    };
+    if shape.vcpus == 0 || shape.mem_mib == 0 {
+        return Err(bad());
+    }
+    Ok(shape)
 }
 
 fn qemu_bin(arg: Option<&str>) -> Option<PathBuf> {
@@ -611,8 +707,99 @@ mod tests {
     }
 
     #[test]
+    fn missing_files_are_named_before_anything_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kernel = dir.path().join("kernel.elf");
+        let kernel_s = kernel.display().to_string();
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["coinop-bench"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).expect("parses")
+        };
+        let e = check_inputs(&parse(&["vmm", "--kernel", &kernel_s])).expect_err("no kernel");
+        assert!(e.to_string().contains("--kernel") && e.to_string().contains("kernel.elf"));
+        std::fs::write(&kernel, b"elf").expect("write");
+        let fake_vmm = dir.path().join("vmm");
+        std::fs::write(&fake_vmm, b"").expect("write");
+        let vmm_s = fake_vmm.display().to_string();
+        let e = check_inputs(&parse(&[
+            "vmm",
+            "--kernel",
+            &kernel_s,
+            "--vmm-bin",
+            &vmm_s,
+            "--initrd",
+            "/nonexistent.cpio",
+        ]))
+        .expect_err("no initrd");
+        assert!(e.to_string().contains("--initrd /nonexistent.cpio"), "{e}");
+        let e = check_inputs(&parse(&[
+            "vmm",
+            "--kernel",
+            &kernel_s,
+            "--vmm-bin",
+            &vmm_s,
+            "--qemu",
+            "none",
+            "--firecracker",
+            &dir.path().display().to_string(),
+        ]))
+        .expect_err("a directory is no firecracker");
+        assert!(e.to_string().contains("a directory?"), "{e}");
+        let e = check_inputs(&parse(&[
+            "--json",
+            "/nonexistent/dir/out.json",
+            "vmm",
+            "--kernel",
+            &kernel_s,
+            "--vmm-bin",
+            &vmm_s,
+            "--qemu",
+            "none",
+        ]))
+        .expect_err("output dir missing");
+        assert!(
+            e.to_string().contains("/nonexistent/dir does not exist"),
+            "{e}"
+        );
+        check_inputs(&parse(&[
+            "--json",
+            "out.json",
+            "vmm",
+            "--kernel",
+            &kernel_s,
+            "--vmm-bin",
+            &vmm_s,
+            "--qemu",
+            "none",
+        ]))
+        .expect("a bare file name goes to the current directory");
+        let e = check_inputs(&parse(&[
+            "lease",
+            "--kernel",
+            &kernel_s,
+            "--vmm-bin",
+            &vmm_s,
+            "--coinopd-bin",
+            "/no/coinopd",
+        ]))
+        .expect_err("no coinopd");
+        assert!(e.to_string().contains("--coinopd-bin /no/coinopd"), "{e}");
+        check_inputs(&parse(&["payment", "--quick"])).expect("payment needs no files");
+        let e = check_inputs(&parse(&["vmm", "--kernel", &kernel_s, "--ready-line="]))
+            .expect_err("empty marker");
+        assert!(e.to_string().contains("--ready-line"), "{e}");
+        let e = check_inputs(&parse(&["density", "--kernel", &kernel_s, "--vcpus", "0"]))
+            .expect_err("zero vCPUs");
+        assert!(e.to_string().contains("--vcpus"), "{e}");
+    }
+
+    #[test]
     fn bad_shapes_and_zero_runs_are_usage_errors() {
-        assert!(parse_shape("2x").is_err());
+        for bad in ["2x", "x128", "0x128", "2x0", "2*128", "-1x128", ""] {
+            let e = parse_shape(bad).expect_err(bad);
+            assert!(e.to_string().contains("VCPUSxMIB"), "{e}");
+        }
         assert_eq!(
             parse_shape("2x128").expect("valid"),
             VmShape {

@@ -1,5 +1,6 @@
 //! What /proc says about a running process: its resident memory and its children, for the
-//! density scenario (RSS per VMM, total, and the daemon's own).
+//! density scenario (RSS per VMM, total, and the daemon's own), and its peak resident
+//! memory so far, for the boot scenarios.
 
 use std::path::Path;
 
@@ -9,6 +10,33 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         &Path::new("/proc").join(pid.to_string()).join("status"),
         "VmRSS:",
     )
+}
+
+/// A process's `VmHWM` (the peak resident set of its current image so far), from its
+/// /proc status file opened ahead of time, so that reading it at the moment that matters is
+/// one `pread`. The file belongs to the process, not to one image: opened before the exec,
+/// it shows the image exec'd. The rusage of a reaped child is no substitute: at exec the
+/// kernel folds the pre-exec (vforked) image's high-water mark, i.e. the harness's own RSS,
+/// into it, which would floor every figure at ours.
+pub struct PeakRss {
+    status: std::fs::File,
+}
+
+impl PeakRss {
+    /// `None` when `pid` has no status file (it is gone).
+    pub fn open(pid: u32) -> Option<PeakRss> {
+        let status = std::fs::File::open(format!("/proc/{pid}/status")).ok()?;
+        Some(PeakRss { status })
+    }
+
+    /// `VmHWM` in KiB now, or `None` once the process has lost its memory (an exiting
+    /// process does, before it is reaped).
+    pub fn read_kib(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 8192];
+        let n = self.status.read_at(&mut buf, 0).ok()?;
+        parse_status_kib(&String::from_utf8_lossy(&buf[..n]), "VmHWM:")
+    }
 }
 
 fn status_field(path: &Path, key: &str) -> Option<u64> {
@@ -76,7 +104,41 @@ mod tests {
     fn reads_rss_from_a_status_file() {
         let text = "Name:\tcoinop-vmm\nVmHWM:\t  9000 kB\nVmRSS:\t  4321 kB\n";
         assert_eq!(parse_status_kib(text, "VmRSS:"), Some(4321));
+        assert_eq!(parse_status_kib(text, "VmHWM:"), Some(9000));
         assert_eq!(parse_status_kib(text, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn reads_a_live_process_high_water_mark_again_and_again() {
+        let peak = PeakRss::open(std::process::id()).expect("our own /proc status");
+        let before = peak.read_kib().expect("a live process has VmHWM");
+        assert!(
+            before > 100,
+            "a Rust test binary maps more than 100 KiB, got {before}"
+        );
+        // Touch 32 MiB more than we had: the mark must move, read through the same file.
+        let grown = vec![1u8; 32 << 20];
+        let after = peak.read_kib().expect("still live");
+        assert!(
+            after >= before + 30 * 1024,
+            "{before} → {after} KiB after touching {} MiB",
+            grown.iter().map(|&b| usize::from(b)).sum::<usize>() >> 20
+        );
+        assert!(PeakRss::open(u32::MAX).is_none(), "no such process");
+    }
+
+    #[test]
+    fn a_reaped_process_has_no_high_water_mark() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read line"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let peak = PeakRss::open(child.id()).expect("live child");
+        assert!(peak.read_kib().is_some());
+        drop(child.stdin.take());
+        child.wait().expect("reaped");
+        assert_eq!(peak.read_kib(), None, "gone with its memory");
     }
 
     #[test]

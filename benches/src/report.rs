@@ -54,14 +54,14 @@ pub fn print_table(reports: &[ScenarioReport]) {
             r.scenario, r.config, r.runs, r.warmup
         );
         println!(
-            "  {:<16} {:<36} {:>12} {:>12} {:>12} {:>12}",
-            "engine", "metric", "min", "median", "p95", "max"
+            "  {:<16} {:<36} {:>5} {:>12} {:>12} {:>12} {:>12}",
+            "engine", "metric", "n", "min", "median", "p95", "max"
         );
         for row in &r.rows {
             let s = &row.summary;
             println!(
-                "  {:<16} {:<36} {:>12.3} {:>12.3} {:>12.3} {:>12.3}",
-                row.engine, row.metric, s.min, s.median, s.p95, s.max
+                "  {:<16} {:<36} {:>5} {:>12.3} {:>12.3} {:>12.3} {:>12.3}",
+                row.engine, row.metric, s.n, s.min, s.median, s.p95, s.max
             );
         }
         for (what, s) in &r.ratios {

@@ -3,8 +3,6 @@
 
 use vmm_protocol::{Event, ExitReason};
 
-use crate::child_run::TimedLine;
-
 /// Event times in µs since the harness's spawn timestamp (`--start-time-us`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct VmmTimes {
@@ -17,9 +15,9 @@ pub struct VmmTimes {
 
 /// Lines that are not events (log messages on the same stderr) are skipped: only events
 /// carry figures.
-pub fn parse(lines: &[TimedLine]) -> VmmTimes {
+pub fn parse(lines: &[String]) -> VmmTimes {
     let mut t = VmmTimes::default();
-    for ev in lines.iter().filter_map(|l| Event::from_line(&l.text).ok()) {
+    for ev in lines.iter().filter_map(|l| Event::from_line(l).ok()) {
         match ev {
             Event::VmCreated { t_us } => t.vm_created = Some(t_us),
             Event::VcpusStarted { t_us, .. } => t.vcpus_started = Some(t_us),
@@ -38,11 +36,8 @@ pub fn parse(lines: &[TimedLine]) -> VmmTimes {
 mod tests {
     use super::*;
 
-    fn line(text: &str) -> TimedLine {
-        TimedLine {
-            at_us: 0,
-            text: text.to_string(),
-        }
+    fn line(text: &str) -> String {
+        text.to_string()
     }
 
     #[test]

@@ -54,6 +54,24 @@ static void spin(long ms)
     serial_puts("spin done\n");
 }
 
+/* Prints `kib` KiB of numbered 64-byte lines, then `flood done`: a guest that fills its console. */
+static void flood(long kib)
+{
+    /* 56 dots: "flood " + the number's digits + " " + (56 - digits) dots + "\n" is 64 bytes. */
+    static const char dots[] = "........................................................";
+    for (long line = 0; line < kib * 16; line++) {
+        long digits = 1;
+        for (long n = line; n >= 10; n /= 10)
+            digits++;
+        serial_puts("flood ");
+        serial_putdec((u64)line);
+        serial_puts(" ");
+        serial_puts(dots + digits);
+        serial_puts("\n");
+    }
+    serial_puts("flood done\n");
+}
+
 /* Reports where the TSC frequency came from: the VMM's CPUID leaf is part of its contract. */
 static void report_tsc(void)
 {
@@ -83,6 +101,12 @@ void guest_main(u64 cmdline_paddr)
         /* nothing to do */
     } else if (starts_with(mode, "spin:") && parse_ms(mode + 5) >= 0) {
         spin(parse_ms(mode + 5));
+    } else if (starts_with(mode, "crash:") && parse_ms(mode + 6) >= 0) {
+        spin(parse_ms(mode + 6));
+        triple_fault();
+    } else if (starts_with(mode, "flood:") && parse_ms(mode + 6) >= 0) {
+        flood(parse_ms(mode + 6));
+        idle_forever();
     } else if (streq(mode, "tsc")) {
         report_tsc();
     } else if (streq(mode, "echo")) {

@@ -9,8 +9,11 @@
 //!   remainder (the rule quotes and the lease scheduler share).
 //! - [`spent_set`]: the one place that remembers what was spent (outpoints and credit
 //!   secrets), so nothing is ever counted twice, also under concurrency and after a crash.
+//! - [`storage_refusal`]: a refusal of that storage by the disk or a lock (full, failing,
+//!   busy), which changed nothing and passes: the one storage error a caller retries.
 
 pub mod credit;
 pub mod metering;
 pub mod onchain;
 pub mod spent_set;
+pub mod storage_refusal;

@@ -312,6 +312,143 @@ fn a_payment_mined_after_expiry_is_credited_but_flagged_late() {
 }
 
 #[test]
+fn a_coinbase_pays_only_once_mature() {
+    let mut host = Host::new();
+    let quote = host.quote(1_000_000);
+    // A miner pays the quote straight from its block reward.
+    let before = host.blocks.height();
+    let block = host
+        .blocks
+        .mine_paying_coinbase(
+            b"miner",
+            &[(quote.script_pubkey.clone(), Amount::from_sat(1_000))],
+        )
+        .clone();
+    host.chain
+        .append(
+            &host.blocks.headers_after(before),
+            host.blocks.now_us(),
+            HeaderSource::Untrusted,
+        )
+        .unwrap();
+    let cb = block.txdata[0].clone();
+    assert!(cb.is_coinbase());
+    let proof = txout_proof_hex(&block, &[cb.compute_txid()]);
+    let maturity = NET.coinbase_maturity();
+    assert_eq!(maturity, 100);
+    // 1 confirmation: enough for the host's min_conf, not for a coinbase.
+    let err = check_payment(&host.chain, &quote, &tx_hex(&cb), &proof, 1).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PaymentError::CoinbaseImmature {
+                have: 1,
+                need: 100,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.code(), "coinbase_immature");
+    // 99 confirmations: still one short.
+    for _ in 0..98 {
+        host.mine(vec![]);
+    }
+    let err = check_payment(&host.chain, &quote, &tx_hex(&cb), &proof, 1).unwrap_err();
+    assert!(
+        matches!(err, PaymentError::CoinbaseImmature { have: 99, .. }),
+        "{err}"
+    );
+    host.mine(vec![]);
+    let ok = verify_and_claim(&host.chain, &quote, &tx_hex(&cb), &proof, 1, &host.spent).unwrap();
+    assert_eq!((ok.confirmations, ok.amount_msat), (100, 1_000_000));
+}
+
+#[test]
+fn a_reused_address_splits_its_payments_by_height() {
+    let mut host = Host::new();
+    host.mine(vec![]);
+    let book = &host.book;
+    // Quote A expires unpaid; with no grace, B takes its index over at tip height 1.
+    let book_now = host.blocks.now_us();
+    let a = book.create_at_tip(1_000_000, book_now, 1, 1).unwrap();
+    let policy = payment::onchain::IndexPolicy {
+        reuse_after_us: 0,
+        max_open: 10,
+    };
+    let Host {
+        dir,
+        blocks,
+        chain,
+        spent,
+        ..
+    } = host;
+    let db = dir.path().join("coinop.sqlite");
+    let deriver = AddressDeriver::new(&tpub(), AddressKind::P2wpkh, NET).unwrap();
+    let book = QuoteBook::open(&db, deriver).unwrap().with_policy(policy);
+    let b = book
+        .create_at_tip(1_000_000, book_now + 10, 3_600_000_000, 1)
+        .unwrap();
+    assert_eq!(
+        (b.derivation_index, b.address.clone()),
+        (a.derivation_index, a.address.clone())
+    );
+    let a = book.get(&a.quote_id).unwrap().unwrap();
+    assert_eq!(a.retired_at_height, Some(1));
+    let mut host = Host {
+        dir,
+        blocks,
+        chain,
+        spent,
+        book,
+    };
+    // A payment mined above height 1 is B's, not A's.
+    let tx = pays(&b, 1_000, 21);
+    let block = host.mine(vec![tx.clone()]);
+    let proof = txout_proof_hex(&block, &[tx.compute_txid()]);
+    let err = check_payment(&host.chain, &a, &tx_hex(&tx), &proof, 1).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PaymentError::QuoteRetired {
+                height: 2,
+                retired_at: 1
+            }
+        ),
+        "{err}"
+    );
+    let ok = check_payment(&host.chain, &b, &tx_hex(&tx), &proof, 1).unwrap();
+    assert!(!ok.late);
+}
+
+#[test]
+fn a_payment_below_a_reused_quotes_start_is_not_its_own() {
+    let mut host = Host::new();
+    let a = host.quote(1_000_000);
+    // A's tenant paid at height 1 ...
+    let tx = pays(&a, 1_000, 22);
+    let block = host.mine(vec![tx.clone()]);
+    let proof = txout_proof_hex(&block, &[tx.compute_txid()]);
+    // ... and a quote that starts above height 1 on the same address cannot take it.
+    let b = Quote {
+        paid_above_height: Some(1),
+        ..a.clone()
+    };
+    let err = check_payment(&host.chain, &b, &tx_hex(&tx), &proof, 1).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PaymentError::PaysEarlierQuote {
+                height: 1,
+                above: 1
+            }
+        ),
+        "{err}"
+    );
+    assert!(check_payment(&host.chain, &a, &tx_hex(&tx), &proof, 1).is_ok());
+}
+
+#[test]
 fn two_threads_claiming_one_payment_exactly_one_wins() {
     let mut host = Host::new();
     let quote = host.quote(1_000_000);

@@ -8,6 +8,7 @@ use crate::arch::x86_64::regs::EntryMode;
 use crate::cli::{Config, EventsOut, SerialOut};
 use crate::control;
 use crate::devices::boot_timer::BootTimer;
+use crate::devices::console_cap::CappedConsole;
 use crate::devices::i8042::ResetController;
 use crate::devices::serial::{Console, ConsoleOut, IrqLine};
 use crate::devices::virtio::attach;
@@ -41,6 +42,8 @@ const VCPU_STACK_BYTES: usize = 256 * 1024;
 pub struct Running {
     exits: Receiver<VmExit>,
     events: Arc<EventSink>,
+    /// Whether the event stream is stderr itself (else the exit event is copied there).
+    events_on_stderr: bool,
     _vm: VmFd,
     _kvm: Kvm,
 }
@@ -57,12 +60,22 @@ impl Running {
     /// kernel after the event is out.
     pub fn finish(self, exit: VmExit) -> ! {
         let code = exit.code();
-        self.events.emit(|t_us| Event::Exit {
-            t_us,
-            code,
-            detail: exit.detail().map(str::to_owned),
-            reason: exit.reason(),
+        let mut line = None;
+        self.events.emit(|t_us| {
+            let event = Event::Exit {
+                t_us,
+                code,
+                detail: exit.detail().map(str::to_owned),
+                reason: exit.reason(),
+            };
+            line = Some(event.to_line());
+            event
         });
+        // Also on stderr (the supervisor's log of this VMM): whoever lost the event stream
+        // (a supervisor restarted while the guest ran) still learns why the VM ended.
+        if let Some(line) = line.filter(|_| !self.events_on_stderr) {
+            eprint!("{line}");
+        }
         if let Some(detail) = exit.detail() {
             eprintln!("coinop-vmm: {}: {detail}", exit.reason());
         }
@@ -79,7 +92,7 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
 
     let mem = memory::create(cfg.mem_mib)?;
     let entry = load_guest(cfg, &mem)?;
-    let console_out = open_console(&cfg.serial)?;
+    let console_out = open_console(&cfg.serial, cfg.serial_max_bytes)?;
     let listener = cfg.control.as_ref().map(control::listen).transpose()?;
     let virtio_devices = attach::open(&cfg.disks, &cfg.nets)?;
 
@@ -149,6 +162,7 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
     Ok(Running {
         exits,
         events,
+        events_on_stderr: cfg.events == EventsOut::Stderr,
         _vm: vm_fd,
         _kvm: kvm,
     })
@@ -196,10 +210,10 @@ fn open_events(out: EventsOut, clock: Clock) -> EventSink {
     unsafe { EventSink::from_fd(fd, clock) }
 }
 
-fn open_console(out: &SerialOut) -> Result<ConsoleOut, StartError> {
-    Ok(match out {
+fn open_console(out: &SerialOut, max_bytes: Option<u64>) -> Result<ConsoleOut, StartError> {
+    let sink: ConsoleOut = match out {
         SerialOut::Stdout => Box::new(std::io::stdout()),
-        SerialOut::None => Box::new(std::io::sink()),
+        SerialOut::None => return Ok(Box::new(std::io::sink())),
         SerialOut::File(path) => {
             Box::new(
                 std::fs::File::create(path).map_err(|source| StartError::SerialFile {
@@ -208,6 +222,10 @@ fn open_console(out: &SerialOut) -> Result<ConsoleOut, StartError> {
                 })?,
             )
         }
+    };
+    Ok(match max_bytes {
+        Some(max) => Box::new(CappedConsole::new(sink, max)),
+        None => sink,
     })
 }
 

@@ -35,6 +35,10 @@ pub struct Args {
     /// Console output: stdout, file:PATH or none.
     #[arg(long, default_value = "stdout", value_parser = parse_serial)]
     pub serial: SerialOut,
+    /// Console output kept at most, in bytes; after it one marker line, then nothing
+    /// (a guest printing without end must not fill the host's disk).
+    #[arg(long = "serial-max-bytes")]
+    pub serial_max_bytes: Option<u64>,
     /// Control socket: a path to create, or fd:N for an inherited listening socket.
     #[arg(long, value_parser = parse_control)]
     pub control: Option<ControlSocket>,
@@ -178,6 +182,8 @@ pub struct Config {
     pub mem_mib: u64,
     /// Console output.
     pub serial: SerialOut,
+    /// Console bytes kept at most (`None`: no cap).
+    pub serial_max_bytes: Option<u64>,
     /// Control socket.
     pub control: Option<ControlSocket>,
     /// Event stream.
@@ -270,6 +276,7 @@ fn validate(args: Args, host_mib: Option<u64>) -> Result<Config, Error> {
         vcpus: args.vcpus as u8,
         mem_mib: args.mem_mib,
         serial: args.serial,
+        serial_max_bytes: args.serial_max_bytes,
         control: args.control,
         events: args.events,
         seccomp,
@@ -365,9 +372,12 @@ mod tests {
             "fd:0",
             "--events",
             "fd:2",
+            "--serial-max-bytes",
+            "65536",
         ])
         .expect("valid");
         assert_eq!(c.serial, SerialOut::File("/tmp/x".into()));
+        assert_eq!(c.serial_max_bytes, Some(65536));
         assert_eq!(c.control, Some(ControlSocket::Fd(0)));
         assert_eq!(c.events, EventsOut::Fd(2));
         let c = run(&[
@@ -381,6 +391,7 @@ mod tests {
         .expect("valid");
         assert_eq!(c.control, Some(ControlSocket::Path("/run/vm.sock".into())));
         assert_eq!(c.serial, SerialOut::None);
+        assert_eq!(c.serial_max_bytes, None, "uncapped unless asked");
     }
 
     #[test]

@@ -100,6 +100,28 @@ fn fault(image: Image, vcpus: u32) {
     );
 }
 
+/// `crash:<ms>` spins, then triple-faults: a guest that crashes some time after its boot.
+fn crash_later(image: Image, vcpus: u32) {
+    if !kvm_ready() {
+        return;
+    }
+    let out = Vmm::boot(image, "mode=crash:200").vcpus(vcpus).run();
+    out.assert_lifecycle(vcpus, "triple_fault", 3);
+    assert_eq!(
+        out.stdout,
+        format!("{READY_LINE}spin done\n"),
+        "{}",
+        out.context()
+    );
+    let lived = out.event("exit")["t_us"].as_u64().unwrap_or(0)
+        - out.event("guest_ready")["t_us"].as_u64().unwrap_or(0);
+    assert!(
+        lived >= 190_000,
+        "crashed after {lived} µs\n{}",
+        out.context()
+    );
+}
+
 macro_rules! boots {
     ($($name:ident => $check:ident($image:ident, $vcpus:literal);)*) => {
         $(
@@ -134,6 +156,37 @@ boots! {
     fault_pvh_2vcpus => fault(Pvh, 2);
     fault_elf64_1vcpu => fault(Elf64, 1);
     fault_elf64_2vcpus => fault(Elf64, 2);
+    crash_later_pvh_1vcpu => crash_later(Pvh, 1);
+    crash_later_elf64_2vcpus => crash_later(Elf64, 2);
+}
+
+/// `flood:<kib>` prints that many KiB of numbered 64-byte lines, then `flood done`, then
+/// stays up idle (a guest that fills its console; the daemon caps what it keeps).
+#[test]
+fn flood_prints_its_kib_then_idles() {
+    if !kvm_ready() {
+        return;
+    }
+    let mut vm = Vmm::boot(Image::Pvh, "mode=flood:8").with_control().spawn();
+    vm.wait_console("flood done\n");
+    let mut ctl = vm.connect();
+    assert_eq!(ctl.ok("status")["state"], "running", "idle after the flood");
+    assert_eq!(ctl.ok("stop")["state"], "stopping");
+    let out = vm.finish();
+    out.assert_lifecycle(1, "stopped", 0);
+    let flood = out
+        .stdout
+        .strip_prefix(READY_LINE)
+        .and_then(|s| s.strip_suffix("flood done\n"))
+        .unwrap_or_else(|| panic!("{}", out.context()));
+    assert_eq!(flood.len(), 8 * 1024, "{}", out.context());
+    let lines: Vec<&str> = flood.lines().collect();
+    assert_eq!(lines.len(), 8 * 16);
+    assert!(lines[127].starts_with("flood 127 ."), "{}", lines[127]);
+    assert!(
+        lines.iter().all(|l| l.len() == 63),
+        "64 bytes with the newline"
+    );
 }
 
 #[test]
@@ -220,4 +273,39 @@ fn memory_across_the_mmio_gap() {
         out.assert_lifecycle(1, "guest_reset", 0);
         assert_eq!(out.stdout, READY_LINE, "{}", out.context());
     }
+}
+
+/// `--serial-max-bytes` keeps that much of the guest's output, then one marker line, and
+/// drops the rest while the guest prints on.
+#[test]
+fn console_output_past_serial_max_bytes_is_dropped_after_a_marker() {
+    if !kvm_ready() {
+        return;
+    }
+    const MARKER: &str = "[coinop-vmm: console output capped; the rest is dropped]\n";
+    let mut vm = Vmm::boot(Image::Pvh, "mode=flood:64")
+        .arg("--serial-max-bytes")
+        .arg("1000")
+        .with_control()
+        .spawn();
+    vm.wait_console(MARKER);
+    // The guest prints on meanwhile (64 KiB, then `flood done`): none of it may appear.
+    let mut ctl = vm.connect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(ctl.ok("stop")["state"], "stopping");
+    let out = vm.finish();
+    out.assert_lifecycle(1, "stopped", 0);
+    let mut printed = String::from(READY_LINE);
+    for line in 0..20 {
+        let number = line.to_string();
+        printed += &format!("flood {number} {}\n", ".".repeat(56 - number.len()));
+    }
+    let kept = &printed[..1000];
+    let newline = if kept.ends_with('\n') { "" } else { "\n" };
+    assert_eq!(
+        out.stdout,
+        format!("{kept}{newline}{MARKER}"),
+        "{}",
+        out.context()
+    );
 }

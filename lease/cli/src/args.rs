@@ -198,11 +198,17 @@ pub enum LeaseCmd {
 #[derive(Debug, Subcommand)]
 pub enum ChainCmd {
     /// Add block headers: FILE (`-` for stdin) holds hex headers, one per line, or a JSON
-    /// array of them.
+    /// array of them, oldest first. A long file is sent in as many requests as the daemon's
+    /// body limit needs (progress on stderr); headers the daemon has already are skipped, so
+    /// running it again is safe.
     #[command(visible_alias = "push-headers")]
     AddHeaders {
         #[arg(value_name = "FILE|-")]
         file: String,
+        /// The daemon's body limit (its --max-body-bytes), bytes; a smaller daemon limit is
+        /// found from its 413 answers anyway.
+        #[arg(long, default_value_t = coinop_proto::requests::DEFAULT_MAX_BODY_BYTES)]
+        max_body_bytes: usize,
     },
 }
 

@@ -3,8 +3,7 @@
 //! `--json`). Exit codes are part of the interface: see [`exit`].
 
 use coinop_proto::requests::{
-    CreateRequest, CreditPayment, HeadersRequest, PaymentBody, QuoteRequest, StopRequest,
-    TopupRequest,
+    CreateRequest, CreditPayment, PaymentBody, QuoteRequest, StopRequest, TopupRequest,
 };
 use payment::credit::nut_types::{BlindedMessage, OnchainPayment};
 use serde::Serialize;
@@ -12,7 +11,7 @@ use serde::Serialize;
 use crate::args::{ChainCmd, Cli, Cmd, LeaseCmd, PaymentArgs, RegtestCmd};
 use crate::client::{Client, Reply};
 use crate::exit::Exit;
-use crate::{create_retry, human, input, regtest_pay, wallet_cli};
+use crate::{create_retry, header_upload, human, input, regtest_pay, wallet_cli};
 
 /// How a successful reply is shown.
 #[derive(Debug, Clone, Copy)]
@@ -118,18 +117,9 @@ pub fn call_for(cmd: Cmd) -> Result<Call, Exit> {
         }
         Cmd::Leases => Call::get("/v1/leases", View::Leases),
         Cmd::Lease { cmd } => lease_call(cmd)?,
-        Cmd::Chain {
-            cmd: ChainCmd::AddHeaders { file },
-        } => Call::post(
-            "/v1/chain/headers",
-            &HeadersRequest {
-                headers: input::read_headers(&file)?,
-            },
-            View::Headers,
-        )?,
-        Cmd::Regtest { .. } | Cmd::Wallet { .. } => {
+        Cmd::Regtest { .. } | Cmd::Wallet { .. } | Cmd::Chain { .. } => {
             return Err(Exit::usage(
-                "regtest and wallet commands are not a single API call",
+                "regtest, wallet and chain commands are not a single API call",
             ))
         }
     })
@@ -275,6 +265,13 @@ pub async fn run(cli: Cli) -> Result<(), Exit> {
             crate::exit::print_raw(&text);
             Ok(())
         }
+        Cmd::Chain {
+            cmd:
+                ChainCmd::AddHeaders {
+                    file,
+                    max_body_bytes,
+                },
+        } => header_upload::add_headers(&c, &file, max_body_bytes, json_mode).await,
         Cmd::Wallet { cmd, wallet } => {
             let path = wallet.path.unwrap_or_else(wallet_cli::default_wallet_path);
             wallet_cli::run(&c, &cmd, &path, json_mode).await

@@ -138,14 +138,18 @@ fn created(body: &[u8]) -> Result<String, serde_json::Error> {
     let RecoveredFlag { recovered } = parse(body)?;
     if !recovered {
         let c: CreateResponse = parse(body)?;
-        return Ok(created_lines(
+        let mut out = created_lines(
             &c.lease_id,
             &c.token,
             c.state,
             c.balance_msat,
             Some(&c.boot),
             c.network.as_ref(),
-        ));
+        );
+        if c.late {
+            out.push_str(LATE_LINE);
+        }
+        return Ok(out);
     }
     let r: RecoveredResponse = parse(body)?;
     let l = &r.lease;
@@ -213,8 +217,15 @@ fn topup(t: &TopupResponse) -> String {
     if t.resumed {
         out.push_str("\nresumed    the guest runs again");
     }
+    if t.late {
+        out.push_str(LATE_LINE);
+    }
     out
 }
+
+/// Shown for a payment mined after its quote expired.
+const LATE_LINE: &str =
+    "\nlate       the payment was mined after its quote expired (credited at the quote's price)";
 
 /// A stop's answer (also what `lease stop --change` shows, with its own change line).
 pub fn stopped(s: &StopResponse) -> String {
@@ -331,6 +342,7 @@ mod tests {
             balance_msat: Msat::from_msat(3000),
             boot: boot(Some(4321)),
             network,
+            late: false,
         }
     }
 
@@ -424,9 +436,17 @@ mod tests {
         let topped = TopupResponse {
             lease: lease_view(),
             resumed: true,
+            late: false,
         };
         let t = render(View::Topup, &bytes(&topped)).expect("renders");
         assert!(t.contains("resumed    the guest runs again"), "{t}");
+        assert!(!t.contains("late"), "{t}");
+        let late = TopupResponse {
+            late: true,
+            ..topped
+        };
+        let t = render(View::Topup, &bytes(&late)).expect("renders");
+        assert!(t.contains("late       the payment was mined after"), "{t}");
     }
 
     #[test]

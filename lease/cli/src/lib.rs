@@ -10,6 +10,7 @@
 //! | [`exit`] | exit codes, part of the interface |
 //! | [`input`] | reading payments and credit from files or arguments |
 //! | [`create_retry`] | creates that survive a lost reply (recovery keys kept on disk) |
+//! | `header_upload` | `coinop chain add-headers`: a long header file in requests that fit the body limit |
 //! | [`client`] | HTTP/1.1 over the daemon's Unix socket (hyper) |
 //! | [`wallet`], [`wallet_commands`], [`wallet_cli`] | the tenant's credit: Cashu notes in a file, minting, paying, change |
 //! | [`regtest_pay`] | `coinop regtest pay`: a demo on-chain payment mined in-process |
@@ -19,6 +20,7 @@ pub mod client;
 mod commands;
 mod create_retry;
 pub mod exit;
+mod header_upload;
 mod human;
 mod input;
 pub mod regtest_pay;

@@ -108,6 +108,17 @@ impl Wallet {
         Ok(messages)
     }
 
+    /// The outputs of `batch` if they were made before and not answered yet: a request
+    /// whose reply was lost, to be sent again with the very same outputs (an idempotent
+    /// route then gives the same signatures, which these blanks unblind).
+    pub fn pending_outputs(&self, batch: &str) -> Option<Vec<BlindedMessage>> {
+        self.data
+            .pending
+            .iter()
+            .find(|(name, _)| name == batch)
+            .map(|(_, outputs)| outputs.iter().map(|o| o.message.clone()).collect())
+    }
+
     /// Unblinds the mint's signatures on `batch` (signature i answers output i; outputs the
     /// mint left unsigned are dropped), checks each against `keys`, and keeps the notes.
     /// Returns the sat received.
@@ -324,6 +335,30 @@ mod tests {
             w.receive("b", &m.keys().keysets, &sigs),
             Err(WalletError::UnknownBatch(_))
         ));
+    }
+
+    #[test]
+    fn pending_outputs_are_kept_until_answered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = mint(dir.path());
+        let path = dir.path().join("wallet.json");
+        let mut w = Wallet::open(&path).expect("open");
+        assert!(w.pending_outputs("b").is_none());
+        let outputs = w
+            .new_outputs("b", &m.active_keyset_id(), &[1, 1])
+            .expect("outputs");
+        // Another process (the command run again) finds the same outputs.
+        let mut again = Wallet::open(&path).expect("reopen");
+        assert_eq!(again.pending_outputs("b"), Some(outputs.clone()));
+        let sigs = m.mint(2, &outputs).expect("mint");
+        again
+            .receive("b", &m.keys().keysets, &sigs)
+            .expect("receive");
+        assert!(again.pending_outputs("b").is_none(), "gone once answered");
+        assert!(Wallet::open(&path)
+            .expect("reopen")
+            .pending_outputs("b")
+            .is_none());
     }
 
     #[test]

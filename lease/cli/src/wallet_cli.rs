@@ -102,9 +102,16 @@ pub async fn stop(
         reply,
         body,
         received_sat,
+        resent,
     } = stop_with_change(c, &mut w, id, token)
         .await
         .map_err(cmd_exit)?;
+    if resent {
+        eprintln!(
+            "coinop: sent an earlier stop of {id} again with the change outputs kept in {}",
+            path.display()
+        );
+    }
     if json_mode {
         print_raw(&body);
     } else {

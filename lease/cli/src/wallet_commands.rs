@@ -123,7 +123,8 @@ pub async fn mint_regtest(
     let paid = pay_quote_onchain(c, &q.quote).await?;
     let keys = mint_keys(c).await?;
     let batch = format!("mint-{}", q.quote);
-    let outputs = wallet.new_outputs(&batch, &active_keyset(&keys)?, &split(amount_sat))?;
+    // The quote's amount, which may be more than asked (raised to the dust limit).
+    let outputs = wallet.new_outputs(&batch, &active_keyset(&keys)?, &split(q.amount))?;
     let mint = MintOnchainRequest {
         payment: paid,
         outputs,
@@ -146,31 +147,45 @@ pub fn credit_payment(wallet: &mut Wallet, amount_sat: u64) -> Result<PaymentBod
     Ok(PaymentBody::Credit(CreditPayment { proofs }))
 }
 
-/// A stop that collected its change: the daemon's answer (read, and as received) and the
-/// sat that came into the wallet.
+/// A stop that collected its change: the daemon's answer (read, and as received), the sat
+/// that came into the wallet, and whether it was an earlier stop sent again.
 pub struct Stopped {
     pub reply: StopResponse,
     pub body: Bytes,
     pub received_sat: u64,
+    pub resent: bool,
 }
 
 /// Stops lease `id` and keeps its change in `wallet`.
+///
+/// The blank outputs are saved in the wallet (batch `change-ID`) before the stop is sent,
+/// and stay there until the change is unblinded and kept. A run whose reply was lost
+/// (coinopd restarted, the connection dropped) leaves them behind, and the next run sends
+/// the very same outputs again: coinopd answers the same stop with the same signatures
+/// (fresh outputs would get 409 `already_refunded`, and the change would be lost).
 pub async fn stop_with_change(
     c: &Client,
     wallet: &mut Wallet,
     id: &str,
     token: &str,
 ) -> Result<Stopped, WalletCmdError> {
-    let path = format!("/v1/leases/{id}");
-    let (lease, _): (LeaseView, _) =
-        call_ok(c, "GET /v1/leases/{id}", ("GET", &path), Some(token), None).await?;
-    let balance_sat = lease.balance_msat.sat_floor();
-    // The refund can only be smaller than the balance seen now, and a number needs at most
-    // as many power-of-two notes as it has bits: this many blanks always suffice.
-    let blanks = (u64::BITS - balance_sat.leading_zeros()).max(1) as usize;
     let keys = mint_keys(c).await?;
     let batch = format!("change-{id}");
-    let outputs = wallet.new_outputs(&batch, &active_keyset(&keys)?, &vec![1; blanks])?;
+    let kept = wallet.pending_outputs(&batch);
+    let resent = kept.is_some();
+    let outputs = match kept {
+        Some(outputs) => outputs,
+        None => {
+            let path = format!("/v1/leases/{id}");
+            let (lease, _): (LeaseView, _) =
+                call_ok(c, "GET /v1/leases/{id}", ("GET", &path), Some(token), None).await?;
+            let balance_sat = lease.balance_msat.sat_floor();
+            // The refund can only be smaller than the balance seen now, and a number needs
+            // at most as many power-of-two notes as it has bits: this many blanks suffice.
+            let blanks = (u64::BITS - balance_sat.leading_zeros()).max(1) as usize;
+            wallet.new_outputs(&batch, &active_keyset(&keys)?, &vec![1; blanks])?
+        }
+    };
     let stop_path = format!("/v1/leases/{id}/stop");
     let ask = StopRequest {
         outputs: Some(outputs),
@@ -190,5 +205,6 @@ pub async fn stop_with_change(
         reply,
         body,
         received_sat,
+        resent,
     })
 }

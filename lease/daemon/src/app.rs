@@ -9,7 +9,7 @@ use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
 use bitcoin::secp256k1::Secp256k1;
 use payment::credit::{Mint, MintLimits};
 use payment::onchain::{
-    AddressDeriver, AddressKind, ChainNetwork, Checkpoint, HeaderChain, QuoteBook,
+    AddressDeriver, ChainNetwork, Checkpoint, HeaderChain, IndexPolicy, QuoteBook,
 };
 use payment::spent_set::GroupCommitSpentSet;
 use thiserror::Error;
@@ -88,16 +88,6 @@ pub struct AppState {
 
 pub type Shared = Arc<AppState>;
 
-fn chain_network(n: bitcoin::Network) -> ChainNetwork {
-    match n {
-        bitcoin::Network::Bitcoin => ChainNetwork::Mainnet,
-        bitcoin::Network::Testnet => ChainNetwork::Testnet3,
-        bitcoin::Network::Testnet4 => ChainNetwork::Testnet4,
-        bitcoin::Network::Signet => ChainNetwork::Signet,
-        bitcoin::Network::Regtest => ChainNetwork::Regtest,
-    }
-}
-
 fn dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
     move |source| StartError::StateDir {
         path: path.display().to_string(),
@@ -162,19 +152,29 @@ impl AppState {
             .with_input_fee_ppk(config.input_fee_ppk)
             // A payment needs at least one confirmation whatever --min-conf says.
             .with_onchain_confirmations(config.min_conf.max(1));
-        let network = chain_network(config.network);
+        let network = config.chain_network();
         let chain = HeaderChain::open(
             &config.state_dir.join("headers.dat"),
             network,
             Checkpoint::genesis(network),
         )?;
         let xpub = operator_xpub(&config)?;
-        let deriver = AddressDeriver::new(&xpub, AddressKind::P2wpkh, network)?;
-        let quotes = QuoteBook::open(&ledger_path, deriver)?;
+        let deriver = AddressDeriver::for_key(&xpub, config.address_type, network)?;
+        let quotes = QuoteBook::open(&ledger_path, deriver)?
+            .with_policy(IndexPolicy {
+                reuse_after_us: config.quote_reuse_after_s.saturating_mul(1_000_000),
+                max_open: config.max_open_quotes,
+            })
+            .with_dust_floor(config.quote_dust_floor);
         let (tx, rx) = mpsc::unbounded_channel();
         let isolation = Arc::new(Isolation::start(&config)?);
-        let supervisor =
-            Supervisor::new(config.vmm_bin.clone(), isolation, Arc::clone(&ledger), tx);
+        let supervisor = Supervisor::new(
+            config.vmm_bin.clone(),
+            config.console_max_bytes,
+            isolation,
+            Arc::clone(&ledger),
+            tx,
+        );
         let capacity = Capacity::new(Totals {
             vcpus: config.sellable_vcpus(),
             mib: config.capacity_mib,

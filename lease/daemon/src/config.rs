@@ -11,6 +11,7 @@ use thiserror::Error;
 use crate::image_catalogue::{ImageCatalogue, ImageError, ImageSpec};
 use coinop_host::guest_network::address_pool::{self, Cidr, PoolError};
 use coinop_host::guest_network::NetworkMode;
+use payment::onchain::{AddressKind, ChainNetwork};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -35,6 +36,8 @@ pub enum ConfigError {
     GuestNetwork(String),
     #[error(transparent)]
     Pool(#[from] PoolError),
+    #[error("--address-type {0:?} is not one of p2wpkh, p2tr, p2sh-p2wpkh")]
+    AddressType(String),
 }
 
 /// Flags and config-file keys. Every field is optional so the two sources can be merged.
@@ -66,13 +69,39 @@ pub struct Settings {
     /// bitcoin, testnet, testnet4, signet or regtest.
     #[arg(long)]
     pub network: Option<String>,
-    /// Operator xpub (tpub on test networks): quote addresses are derived from it. On
-    /// regtest, when absent, a throwaway one is generated and kept in the state dir.
+    /// Operator xpub (tpub on test networks): quote addresses are derived from it. A
+    /// SLIP-132 zpub/vpub (P2WPKH) or ypub/upub (P2SH-P2WPKH) is taken too, and derives the
+    /// type it names. On regtest, when absent, a throwaway one is generated and kept in the
+    /// state dir.
     #[arg(long)]
     pub xpub: Option<String>,
-    /// Confirmations an on-chain payment needs.
+    /// Address type of quotes: p2wpkh (default) or p2tr (BIP86 key path), or p2sh-p2wpkh;
+    /// a SLIP-132 key already names its type (and another one here is an error).
+    #[arg(long)]
+    pub address_type: Option<String>,
+    /// Confirmations an on-chain lease payment needs (default per network: mainnet 2,
+    /// testnet3/testnet4 3, signet 2, regtest 1; a coinbase always needs 100).
     #[arg(long)]
     pub min_conf: Option<u32>,
+    /// Raise quotes below the dust limit of their address type to it (P2WPKH 294 sat, P2TR
+    /// 330 sat): true or false. Default: true where nodes refuse to relay dust (mainnet,
+    /// testnet4, signet), false on testnet3 and regtest, whose nodes relay it.
+    #[arg(long)]
+    pub quote_dust_floor: Option<bool>,
+    /// How long a quote's price and address hold, seconds (default 3600). A payment mined
+    /// later is still credited at the quote's price, flagged `late`.
+    #[arg(long)]
+    pub quote_ttl_s: Option<u64>,
+    /// How long after its expiry an unpaid quote keeps its address before a new quote may
+    /// take it over, seconds (default 86400: room for a late payment to confirm).
+    #[arg(long)]
+    pub quote_reuse_after_s: Option<u64>,
+    /// Most quotes holding an address without a verified payment at once (default 1000);
+    /// beyond it quotes are 503 with Retry-After. Derived addresses never run more than
+    /// this far ahead of paid ones: a watch-only wallet with at least this gap limit (its
+    /// lookahead; Bitcoin Core's keypool is 1000) sees every payment.
+    #[arg(long)]
+    pub max_open_quotes: Option<u64>,
     /// Price of one vCPU-second of CPU time actually used, in msat.
     #[arg(long)]
     pub price_vcpu_msat_per_s: Option<u64>,
@@ -177,11 +206,20 @@ pub struct Settings {
     /// quote takes the next address of the xpub; beyond the rate: 429 with Retry-After.
     #[arg(long)]
     pub quotes_per_min: Option<u32>,
+    /// Bytes of a guest's console output kept in its console file (default 1 MiB); after
+    /// them one marker line, and the rest of the output is dropped, so a guest printing
+    /// without end cannot fill the host's disk.
+    #[arg(long)]
+    pub console_max_bytes: Option<u64>,
     /// NUT-02 fee per credit note spent (swaps, lease payments), in parts per thousand of
     /// a sat; a payment's fee is the sum over its notes rounded up to a whole sat.
     #[arg(long)]
     pub input_fee_ppk: Option<u64>,
 }
+
+/// A guest's console output kept by default: a boot log many times over, and 1 MiB of
+/// disk per lease at most.
+const DEFAULT_CONSOLE_MAX_BYTES: u64 = 1 << 20;
 
 /// Resolved settings.
 #[derive(Debug, Clone)]
@@ -191,7 +229,13 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub network: bitcoin::Network,
     pub xpub: Option<String>,
+    /// `None`: p2wpkh, or the type a SLIP-132 key names.
+    pub address_type: Option<AddressKind>,
     pub min_conf: u32,
+    pub quote_dust_floor: bool,
+    pub quote_ttl_s: u64,
+    pub quote_reuse_after_s: u64,
+    pub max_open_quotes: u64,
     pub price_vcpu_msat_per_s: u64,
     pub price_gib_msat_per_s: u64,
     pub capacity_vcpus: u32,
@@ -220,6 +264,7 @@ pub struct Config {
     pub header_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub quotes_per_min: u32,
+    pub console_max_bytes: u64,
     pub input_fee_ppk: u64,
 }
 
@@ -233,7 +278,12 @@ impl Settings {
             state_dir: self.state_dir.or(file.state_dir),
             network: self.network.or(file.network),
             xpub: self.xpub.or(file.xpub),
+            address_type: self.address_type.or(file.address_type),
             min_conf: self.min_conf.or(file.min_conf),
+            quote_dust_floor: self.quote_dust_floor.or(file.quote_dust_floor),
+            quote_ttl_s: self.quote_ttl_s.or(file.quote_ttl_s),
+            quote_reuse_after_s: self.quote_reuse_after_s.or(file.quote_reuse_after_s),
+            max_open_quotes: self.max_open_quotes.or(file.max_open_quotes),
             price_vcpu_msat_per_s: self.price_vcpu_msat_per_s.or(file.price_vcpu_msat_per_s),
             price_gib_msat_per_s: self.price_gib_msat_per_s.or(file.price_gib_msat_per_s),
             capacity_vcpus: self.capacity_vcpus.or(file.capacity_vcpus),
@@ -269,6 +319,7 @@ impl Settings {
             header_timeout_ms: self.header_timeout_ms.or(file.header_timeout_ms),
             idle_timeout_ms: self.idle_timeout_ms.or(file.idle_timeout_ms),
             quotes_per_min: self.quotes_per_min.or(file.quotes_per_min),
+            console_max_bytes: self.console_max_bytes.or(file.console_max_bytes),
             input_fee_ppk: self.input_fee_ppk.or(file.input_fee_ppk),
         }
     }
@@ -309,6 +360,10 @@ impl Settings {
             .filter(|m| *m <= 0o777)
             .ok_or(ConfigError::SocketMode(mode_text))?;
         let network = parse_network(self.network.as_deref().unwrap_or("regtest"))?;
+        let address_type = self
+            .address_type
+            .map(|t| AddressKind::from_name(&t).ok_or(ConfigError::AddressType(t)))
+            .transpose()?;
         let overcommit = self.overcommit.unwrap_or(1.0);
         if !overcommit.is_finite() || overcommit < 1.0 {
             return Err(ConfigError::Overcommit(overcommit));
@@ -349,7 +404,16 @@ impl Settings {
             state_dir,
             network,
             xpub: self.xpub,
-            min_conf: self.min_conf.unwrap_or(1),
+            address_type,
+            min_conf: self
+                .min_conf
+                .unwrap_or_else(|| chain_network(network).default_min_conf()),
+            quote_dust_floor: self
+                .quote_dust_floor
+                .unwrap_or_else(|| chain_network(network).refuses_dust()),
+            quote_ttl_s: self.quote_ttl_s.unwrap_or(3600),
+            quote_reuse_after_s: self.quote_reuse_after_s.unwrap_or(86_400),
+            max_open_quotes: self.max_open_quotes.unwrap_or(1000),
             price_vcpu_msat_per_s: self.price_vcpu_msat_per_s.unwrap_or(1000),
             price_gib_msat_per_s: self.price_gib_msat_per_s.unwrap_or(2000),
             capacity_vcpus: self.capacity_vcpus.unwrap_or_else(host_cpus),
@@ -359,7 +423,9 @@ impl Settings {
             tick_ms: self.tick_ms.unwrap_or(100),
             grace_s: self.grace_s.unwrap_or(60),
             boot_timeout_ms: self.boot_timeout_ms.unwrap_or(10_000),
-            max_body_bytes: self.max_body_bytes.unwrap_or(256 * 1024),
+            max_body_bytes: self
+                .max_body_bytes
+                .unwrap_or(coinop_proto::requests::DEFAULT_MAX_BODY_BYTES),
             operator_uid: self.operator_uid,
             operator_gid: self.operator_gid,
             vmm_bin,
@@ -378,6 +444,7 @@ impl Settings {
             header_timeout_ms: self.header_timeout_ms.unwrap_or(10_000),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(30_000),
             quotes_per_min: self.quotes_per_min.unwrap_or(30),
+            console_max_bytes: self.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
             input_fee_ppk: self.input_fee_ppk.unwrap_or(0),
         };
         for (flag, value) in [
@@ -395,6 +462,8 @@ impl Settings {
             ("operator-connections", config.operator_connections as u64),
             ("header-timeout-ms", config.header_timeout_ms),
             ("idle-timeout-ms", config.idle_timeout_ms),
+            ("quote-ttl-s", config.quote_ttl_s),
+            ("max-open-quotes", config.max_open_quotes),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { flag });
@@ -405,6 +474,11 @@ impl Settings {
 }
 
 impl Config {
+    /// The network as the payment crate names it (consensus rules, policy defaults).
+    pub fn chain_network(&self) -> ChainNetwork {
+        chain_network(self.network)
+    }
+
     /// Directory of per-lease control sockets and console files.
     pub fn run_dir(&self) -> PathBuf {
         self.state_dir.join("run")
@@ -465,6 +539,16 @@ pub fn parse_network(name: &str) -> Result<bitcoin::Network, ConfigError> {
     }
 }
 
+fn chain_network(n: bitcoin::Network) -> ChainNetwork {
+    match n {
+        bitcoin::Network::Bitcoin => ChainNetwork::Mainnet,
+        bitcoin::Network::Testnet => ChainNetwork::Testnet3,
+        bitcoin::Network::Testnet4 => ChainNetwork::Testnet4,
+        bitcoin::Network::Signet => ChainNetwork::Signet,
+        bitcoin::Network::Regtest => ChainNetwork::Regtest,
+    }
+}
+
 fn default_testguest(exe_dir: Option<&Path>, state_dir: &Path) -> PathBuf {
     let beside = exe_dir.map(|d| d.join("testguest-pvh.elf"));
     match beside {
@@ -514,6 +598,7 @@ mod tests {
         assert_eq!(c.operator_connections, 64);
         assert_eq!((c.header_timeout_ms, c.idle_timeout_ms), (10_000, 30_000));
         assert_eq!(c.quotes_per_min, 30);
+        assert_eq!(c.console_max_bytes, 1 << 20);
         assert_eq!(c.input_fee_ppk, 0, "no fee unless the operator sets one");
     }
 
@@ -586,6 +671,39 @@ mod tests {
         assert!(matches!(s.resolve(), Err(ConfigError::GuestNetwork(_))));
         let s = Settings::parse_from(["coinopd", "--guest-net-pool", "10.0.0.1/16"]);
         assert!(matches!(s.resolve(), Err(ConfigError::Pool(_))));
+    }
+
+    #[test]
+    fn payment_policy_defaults_follow_the_network() {
+        let on = |net: &str| {
+            Settings::parse_from(["coinopd", "--network", net])
+                .resolve()
+                .expect("resolves")
+        };
+        assert_eq!(on("mainnet").min_conf, 2);
+        assert!(on("mainnet").quote_dust_floor && !on("regtest").quote_dust_floor);
+        assert_eq!(on("testnet4").min_conf, 3);
+        assert_eq!(on("signet").min_conf, 2);
+        let c = on("regtest");
+        assert_eq!(c.min_conf, 1);
+        assert_eq!((c.quote_ttl_s, c.quote_reuse_after_s), (3600, 86_400));
+        assert_eq!((c.max_open_quotes, c.address_type), (1000, None));
+        let c = Settings::parse_from([
+            "coinopd",
+            "--network",
+            "mainnet",
+            "--min-conf",
+            "6",
+            "--address-type",
+            "p2tr",
+        ])
+        .resolve()
+        .expect("resolves");
+        assert_eq!((c.min_conf, c.address_type), (6, Some(AddressKind::P2tr)));
+        let s = Settings::parse_from(["coinopd", "--address-type", "p2pkh"]);
+        assert!(matches!(s.resolve(), Err(ConfigError::AddressType(_))));
+        let s = Settings::parse_from(["coinopd", "--max-open-quotes", "0"]);
+        assert!(matches!(s.resolve(), Err(ConfigError::Zero { .. })));
     }
 
     #[test]

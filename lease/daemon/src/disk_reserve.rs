@@ -8,8 +8,10 @@
 //! - when the disk refuses a ledger step, or at start-up when less than the reserve is
 //!   free, it deletes the reserve: the next commits (the tick that retries the debit, a
 //!   stop, a refund) have that much room, whatever else filled the disk;
-//! - without its reserve, coinopd is *degraded*: it takes no new leases (a create is
-//!   answered 507 `insufficient_storage` before any payment is looked at), and keeps
+//! - without its reserve, coinopd is *degraded*: it takes no new leases (a create whose
+//!   payment is valid and unspent is answered 507 `insufficient_storage` before anything
+//!   is claimed; a spent one still gets its 409; new swaps, mints and quotes alike, see
+//!   [`crate::http::degraded`]), and keeps
 //!   metering, pausing, stopping, refunding and taking top-ups for the leases it has;
 //! - once the disk has room for the reserve twice over (checked every
 //!   [`CHECK_EVERY`] and by every refused create), it puts the reserve back and takes new
@@ -25,6 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
+
+use payment::storage_refusal::StorageRefused;
 
 use crate::metrics::StorageMetrics;
 
@@ -109,6 +113,15 @@ impl DiskReserve {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::error!(error = %e, path = %self.path.display(),
                                       "cannot delete the disk reserve"),
+        }
+    }
+
+    /// Deletes the reserve when `refused` is a refusal by the disk of the payment crate's
+    /// own storage (the spent set, the quote book), as the ledger's refusals do: the next
+    /// commits need the room whichever store met the full disk first.
+    pub fn notice(&self, refused: Option<&StorageRefused>) {
+        if refused.is_some_and(StorageRefused::by_the_disk) {
+            self.release();
         }
     }
 

@@ -10,7 +10,7 @@
 //! | [`state_dir`] | one coinopd per state dir (its lock), and the dir kept private |
 //! | [`http`] | the API of `lease/openapi.yaml`: the server (connection caps and timeouts), router, auth, rate limits, body limits, error mapping, one file per resource |
 //! | [`leases`] | the lease flows behind the handlers (create, recover, top up, stop, view) with typed outcomes and errors |
-//! | [`guest_stop`], [`vmm_process`] | carrying out a guest stop; a VMM found again by pid and start time |
+//! | [`guest_stop`], [`vmm_process`], `vmm_exit_record` | carrying out a guest stop; a VMM found again by pid and start time; why a VMM that is not our child ended, from its log |
 //! | [`ledger`] | SQLite, one file per table or job: leases, balances, payments claimed in the same transaction, refunds, metering ticks, quotes, a lost create reply's recovery ([`ledger::recovery`]) |
 //! | [`scheduler`] | the tick that debits (`payment::metering`), pauses and stops |
 //! | [`supervisor`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, its events (`vmm_protocol`), stop |
@@ -41,4 +41,5 @@ pub mod state_dir;
 mod stops_in_flight;
 mod supervisor;
 mod token;
+mod vmm_exit_record;
 pub mod vmm_process;

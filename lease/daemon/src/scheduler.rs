@@ -1,7 +1,10 @@
 //! The metering scheduler: every tick, read each live guest's cumulative usage from its
 //! control socket, debit all leases in one ledger transaction, then pause guests that ran
 //! out of money and stop those whose grace period ended. Also handles guest exits and, at
-//! start-up, re-adopts guests that outlived a previous coinopd.
+//! start-up, re-adopts guests that outlived a previous coinopd. One VMM that does not
+//! answer delays no other lease's metering: the readings are concurrent and the tick waits
+//! for them only until [`read_deadline`], and pauses and resumes are sent on tasks of their
+//! own.
 //!
 //! The ledger is the intent and the VMMs follow it. A crash of coinopd between a commit and
 //! the VMM command that should follow it leaves the two apart, so at start-up ([`adopt`])
@@ -16,7 +19,7 @@
 //! | paused_unfunded | running | pause it |
 //! | booting | exists | `running` (metered from here) |
 //! | booting | gone | stopped `boot_failed`, the balance kept for the tenant |
-//! | running / paused | gone | stopped `guest_exit` |
+//! | running / paused | gone | stopped `guest_crashed` if the `exit` event in its log says a crash, else `guest_exit` |
 //! | any live | runs but does not answer | kept (room held, not billed), retried every tick |
 //!
 //! A VMM that does not answer is never taken for gone while its process runs: it is kept,
@@ -33,7 +36,7 @@ use crate::app::Shared;
 use crate::capacity::Totals;
 use crate::guest_stop::stop_guest;
 use crate::ledger::{GuestEnded, LeaseRow, LedgerError, Sample, TickAction};
-use crate::supervisor::{GuestExit, GUEST_CRASH_CODE};
+use crate::supervisor::{GuestExit, GuestPaths, GUEST_CRASH_CODE};
 use crate::vmm_process::{ProcStat, VmmProcess};
 use coinop_proto::{LeaseState, StopReason};
 use vmm_protocol::client::{self, ControlError};
@@ -144,7 +147,8 @@ async fn adopt_one(
         let why = if l.state == LeaseState::Booting {
             StopReason::BootFailed
         } else {
-            StopReason::GuestExit
+            // It ended while no coinopd listened: its log says how.
+            stop_reason(recorded_exit(s, &l.id).1)
         };
         s.ledger.mark_guest_ended(&l.id, why, l.vmm())?;
         let isolation = std::sync::Arc::clone(isolation);
@@ -240,11 +244,7 @@ pub async fn run(s: Shared, mut exits: mpsc::UnboundedReceiver<GuestExit>) {
 fn guest_exited(s: &Shared, exit: &GuestExit) {
     let lease_id = exit.lease_id.as_str();
     s.supervisor.exit_handled(lease_id);
-    let why = if exit.code == Some(GUEST_CRASH_CODE) {
-        StopReason::GuestCrashed
-    } else {
-        StopReason::GuestExit
-    };
+    let why = stop_reason(exit.code);
     let ended = s.ledger.mark_guest_ended(lease_id, why, exit.vmm);
     if matches!(ended, Ok(GuestEnded::NotRecorded)) {
         // Not the lease's VMM (any more): its room and confinement are another VMM's.
@@ -263,6 +263,25 @@ fn guest_exited(s: &Shared, exit: &GuestExit) {
         }
         Ok(_) => {}
         Err(e) => tracing::error!(lease = lease_id, error = %e, "recording guest exit"),
+    }
+}
+
+/// The stop reason of a guest whose VMM ended with `code` (`None`: unknown, or killed).
+fn stop_reason(code: Option<i32>) -> StopReason {
+    if code == Some(GUEST_CRASH_CODE) {
+        StopReason::GuestCrashed
+    } else {
+        StopReason::GuestExit
+    }
+}
+
+/// Why lease `lease_id`'s VMM ended, when it is not our child (re-adopted after a restart):
+/// the `exit` event it left in its log ([`crate::vmm_exit_record`]), as reason and code.
+fn recorded_exit(s: &Shared, lease_id: &str) -> (String, Option<i32>) {
+    let log = GuestPaths::for_lease(&s.config.run_dir(), lease_id).log;
+    match crate::vmm_exit_record::read(&log) {
+        Some((reason, code)) => (reason, Some(code)),
+        None => ("control socket gone".into(), None),
     }
 }
 
@@ -322,10 +341,22 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
         reads.spawn(async move { read(&l, recheck).await });
     }
     let mut usages: Vec<(String, Usage, bool)> = Vec::with_capacity(leases.len());
-    while let Some(joined) = reads.join_next().await {
+    let mut answered = std::collections::HashSet::with_capacity(leases.len());
+    let deadline = tokio::time::Instant::now() + read_deadline(s.config.tick_ms);
+    loop {
+        let joined = match tokio::time::timeout_at(deadline, reads.join_next()).await {
+            Ok(Some(joined)) => joined,
+            Ok(None) => break,
+            Err(_) => {
+                // Dropping `reads` drops the late reads; their leases are read next tick.
+                late_reads(s, &leases, &answered);
+                break;
+            }
+        };
         let Ok(r) = joined else {
             continue;
         };
+        answered.insert(r.id.clone());
         match r.usage {
             Ok(u) => {
                 s.supervisor.isolation().check_cpu(&r.id, u.vcpu_total_us);
@@ -377,9 +408,9 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
             TickAction::None if paused.contains(&l.id) => {
                 tracing::warn!(lease = %l.id,
                     "running in the ledger but its VMM was paused; resuming it (the pause is not billed)");
-                if let Err(e) = client::set_state(&path, Request::Resume).await {
-                    tracing::warn!(lease = %l.id, error = %e, "resume failed; retrying next tick");
-                }
+                // Asked again next tick if it does not take: the VMM still answers paused.
+                s.supervisor.recheck_state(&l.id);
+                send_state(&l.id, path, Request::Resume, "resume");
             }
             TickAction::None => {}
             TickAction::Pause => {
@@ -387,9 +418,7 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
                 // Running again after a top-up, its VMM's state is read once: the top-up's
                 // `resume` may have been lost.
                 s.supervisor.recheck_state(&l.id);
-                if let Err(e) = client::set_state(&path, Request::Pause).await {
-                    tracing::warn!(lease = %l.id, error = %e, "pause failed");
-                }
+                send_state(&l.id, path, Request::Pause, "pause");
             }
             TickAction::Stop => {
                 tracing::info!(lease = %l.id, "grace period over; stopping guest");
@@ -398,6 +427,43 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
         }
     }
     Ok(())
+}
+
+/// How long a tick waits for its usage readings: at least a tick, and never less than
+/// [`READ_DEADLINE_MIN`]. A VMM that does not answer by then (stopped, hung, starved)
+/// must not hold up the metering of every other lease for the control client's whole
+/// timeout; it is read again next tick, and as usage is cumulative its reading then bills
+/// what this one would have.
+fn read_deadline(tick_ms: u64) -> Duration {
+    Duration::from_millis(tick_ms).max(READ_DEADLINE_MIN)
+}
+
+/// The floor of [`read_deadline`]: a control reply on a loaded host takes a few ms, so
+/// only a VMM that is not answering misses it.
+const READ_DEADLINE_MIN: Duration = Duration::from_millis(250);
+
+/// The leases whose usage was not read by the tick's deadline: kept as they are (room
+/// held, not billed this tick) and read again next tick, their run state too if it was
+/// in doubt.
+fn late_reads(s: &Shared, leases: &[LeaseRow], answered: &std::collections::HashSet<String>) {
+    for l in leases.iter().filter(|l| !answered.contains(&l.id)) {
+        if l.state == LeaseState::Running {
+            // Its recheck (if any) was taken for this tick's read, which never came.
+            s.supervisor.recheck_state(&l.id);
+        }
+        tracing::warn!(lease = %l.id, "no usage reading within the tick's deadline; reading it again next tick");
+    }
+}
+
+/// Sends `req` to a lease's VMM on a task of its own: a VMM that does not answer must not
+/// delay the tick (and so every other lease's metering) by the control timeout.
+fn send_state(lease_id: &str, path: PathBuf, req: Request, what: &'static str) {
+    let id = lease_id.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = client::set_state(&path, req).await {
+            tracing::warn!(lease = %id, error = %e, "{what} failed");
+        }
+    });
 }
 
 /// A usage read failed. The guest has exited when its process is gone (by pid and start
@@ -415,12 +481,14 @@ fn handle_read_error(s: &Shared, l: &LeaseRow, e: &ControlError) {
         // Our child: its reaper reports the end, with the exit code that says why.
         tracing::debug!(lease = %l.id, "guest ended; waiting for its reaper's report");
     } else {
+        // Re-adopted after a restart: no reaper, no event stream; its log says how it ended.
+        let (reason, code) = recorded_exit(s, &l.id);
         guest_exited(
             s,
             &GuestExit {
                 lease_id: l.id.clone(),
-                reason: "control socket gone".into(),
-                code: None,
+                reason,
+                code,
                 vmm: l.vmm(),
             },
         );

@@ -201,6 +201,8 @@ struct Spawned {
 
 pub struct Supervisor {
     vmm_bin: PathBuf,
+    /// Console bytes each VMM keeps (`--serial-max-bytes`).
+    console_max_bytes: u64,
     isolation: Arc<Isolation>,
     /// Where each VMM's pid and start time are recorded as soon as it is spawned.
     ledger: Arc<Ledger>,
@@ -259,12 +261,14 @@ fn common_args(req: &BootRequest<'_>, kernel: &Path, initrd: Option<&Path>) -> V
 impl Supervisor {
     pub fn new(
         vmm_bin: PathBuf,
+        console_max_bytes: u64,
         isolation: Arc<Isolation>,
         ledger: Arc<Ledger>,
         exits: mpsc::UnboundedSender<GuestExit>,
     ) -> Self {
         Supervisor {
             vmm_bin,
+            console_max_bytes,
             isolation,
             ledger,
             exits,
@@ -611,6 +615,8 @@ impl Supervisor {
             [
                 "--serial",
                 "stdout",
+                "--serial-max-bytes",
+                &self.console_max_bytes.to_string(),
                 "--control",
                 "fd:4",
                 "--start-time-us",
@@ -673,6 +679,8 @@ impl Supervisor {
         ))
         .arg("--serial")
         .arg(format!("file:{}", req.paths.console.display()))
+        .arg("--serial-max-bytes")
+        .arg(self.console_max_bytes.to_string())
         .arg("--control")
         .arg(&req.paths.control)
         .arg("--start-time-us")

@@ -237,3 +237,93 @@ async fn wallet_mints_pays_for_a_lease_and_collects_its_change() {
     json_of(&coinop_wallet(&s, &w, &["lease", "stop", id2, "--token", token2]).await);
     d.shutdown().await;
 }
+
+/// `coinop lease stop --change` whose reply is lost (coinopd killed right after the stop's
+/// refund committed) leaves its blank outputs in the wallet; the same command after the
+/// restart sends those same outputs, gets the same refund as change, and keeps it exactly
+/// once; a third run (fresh outputs) gets 409 and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_with_change_whose_reply_was_lost_gets_its_change_on_the_rerun() {
+    use coinopd::fault::{point, ENV};
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::STOP_COMMITTED)]).await;
+    let (s, w) = (d.socket.clone(), dir.path().join("wallet.json"));
+    json_of(&coinop_wallet(&s, &w, &["wallet", "mint", "--amount", "100"]).await);
+    let pay = coinop_wallet(&s, &w, &["wallet", "pay", "--amount", "64"]).await;
+    let payment = dir.path().join("pay.json");
+    std::fs::write(&payment, json_of(&pay).to_string()).expect("write");
+    let p = payment.to_str().expect("utf-8");
+    let create = [
+        "lease",
+        "create",
+        "--vcpus",
+        "1",
+        "--mem-mib",
+        "64",
+        "--payment",
+        p,
+    ];
+    let lease = json_of(&coinop_wallet(&s, &w, &create).await);
+    let (id, token) = (
+        lease["lease_id"].as_str().expect("id").to_string(),
+        lease["token"].as_str().expect("token").to_string(),
+    );
+    let balance = async |s: &std::path::Path| {
+        json_of(&coinop_wallet(s, &w, &["wallet", "balance"]).await)["balance_sat"]
+            .as_u64()
+            .expect("balance_sat")
+    };
+
+    let stop = ["lease", "stop", &id, "--token", &token, "--change"];
+    let lost = coinop_wallet(&s, &w, &stop).await;
+    assert_ne!(lost.status.code(), Some(0), "no answer came: {lost:?}");
+    let status = d.wait_crash().await;
+    assert!(!status.success(), "{status:?}");
+    let refund_msat = coinopd::ledger::Ledger::open(&dir.path().join("ledger.db"))
+        .expect("ledger")
+        .get(&id)
+        .expect("get")
+        .expect("row")
+        .refunded_msat
+        .expect("the refund committed before the crash");
+    assert!(refund_msat >= 1000, "a refund worth a note: {refund_msat}");
+    assert!(
+        std::fs::read_to_string(&w)
+            .expect("wallet")
+            .contains(&format!("change-{id}")),
+        "the outputs of the lost stop are kept in the wallet"
+    );
+
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let s = d.socket.clone();
+    assert_eq!(balance(&s).await, 100 - 64, "no change yet");
+    let rerun = coinop_wallet(&s, &w, &stop).await;
+    assert!(
+        stderr(&rerun).contains("sent an earlier stop"),
+        "{}",
+        stderr(&rerun)
+    );
+    let stopped = json_of(&rerun);
+    assert_eq!(stopped["state"], "stopped");
+    assert_eq!(stopped["refund_msat"], refund_msat);
+    assert_eq!(
+        balance(&s).await,
+        100 - 64 + refund_msat / 1000,
+        "the change landed in the wallet, once"
+    );
+    assert!(
+        !std::fs::read_to_string(&w)
+            .expect("wallet")
+            .contains(&format!("change-{id}")),
+        "the kept outputs are gone once their change is kept"
+    );
+
+    // Once more: fresh outputs, which the daemon refuses (the refund went out already).
+    let third = coinop_wallet(&s, &w, &stop).await;
+    assert_fails(&third, 1, "already_refunded");
+    assert_eq!(balance(&s).await, 100 - 64 + refund_msat / 1000);
+    d.shutdown().await;
+}

@@ -176,6 +176,36 @@ async fn create(d: &Daemon, body: &Value) -> coinop_cli::client::Reply {
     d.call("POST", "/v1/leases", None, Some(body.clone())).await
 }
 
+/// A Cashu route's 507: NUT-00's body (no NUT code names a full disk: 0).
+fn assert_cashu_insufficient_storage(r: &coinop_cli::client::Reply) {
+    assert_eq!(r.status, 507, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["code"], 0, "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+/// A 507 in the shape of `path`'s route: the Cashu routes answer NUT-00's body.
+fn assert_full_on(path: &str, r: &coinop_cli::client::Reply) {
+    if path.starts_with("/v1/swap") || path.starts_with("/v1/mint") {
+        assert_cashu_insufficient_storage(r);
+    } else {
+        assert_insufficient_storage(r);
+    }
+}
+
+/// A Cashu route's refusal: 400 with the NUT code.
+fn assert_cashu_code(r: &coinop_cli::client::Reply, code: u64) {
+    assert_eq!(
+        (r.status, &r.json()["code"]),
+        (400, &serde_json::json!(code)),
+        "{}",
+        r.text()
+    );
+}
+
 fn assert_insufficient_storage(r: &coinop_cli::client::Reply) {
     assert_eq!(r.status, 507, "{}", r.text());
     let body = r.json();
@@ -295,6 +325,10 @@ async fn a_restart_on_a_full_disk_starts_degraded_and_meters_on() {
     )
     .await;
     assert_insufficient_storage(&create(&d, &body).await);
+    // A payment spent before is told so, degraded or not: 409, not "retry later".
+    let spent = create(&d, &testguest_body("mode=echo", credit_payment(&proofs))).await;
+    assert_eq!(spent.status, 409, "{}", spent.text());
+    assert_eq!(spent.json()["error"]["code"], "already_spent");
     let rows = fs.assert_whole();
     assert_eq!(rows.len(), 1, "{rows:?}");
 
@@ -378,4 +412,171 @@ fn a_start_up_error_on_a_full_stderr_exits_with_its_code() {
         .status()
         .expect("run coinopd");
     assert_eq!(status.code(), Some(1), "{status}");
+}
+
+/// `POST` `body` to `path`; the answer.
+async fn post(d: &Daemon, path: &str, body: &Value) -> coinop_cli::client::Reply {
+    d.call("POST", path, None, Some(body.clone())).await
+}
+
+/// The signatures of a mint or swap answer.
+fn signatures(r: &coinop_cli::client::Reply) -> Vec<payment::credit::nut_types::BlindSignature> {
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_value(r.json()["signatures"].clone()).expect("signatures")
+}
+
+/// The NUT-07 states of `proofs` ("UNSPENT", "SPENT", ...).
+async fn states(d: &Daemon, proofs: &[payment::credit::nut_types::Proof]) -> Vec<String> {
+    let ys: Vec<String> = proofs
+        .iter()
+        .map(|p| {
+            let y = payment::credit::hash_to_curve::hash_to_curve(p.secret.as_bytes())
+                .expect("hash_to_curve");
+            hex::encode(y.serialize())
+        })
+        .collect();
+    let r = post(d, "/v1/checkstate", &serde_json::json!({ "Ys": ys })).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["states"]
+        .as_array()
+        .expect("states")
+        .iter()
+        .map(|s| s["state"].as_str().expect("state").to_string())
+        .collect()
+}
+
+/// The money routes of the mint and the quote book (their writes go to the payment crate's
+/// spent set and quote book, not only the ledger) answer a full disk like the lease routes:
+/// 507 `insufficient_storage`, nothing spent, the disk reserve freed; once space returns,
+/// the same mint and swap succeed, and only once (the same request again gets the same
+/// signatures, any other use of the payment or inputs 409). Each route meets ENOSPC at its
+/// own commit (the disk is freed until coinopd put its reserve back, then filled again).
+/// While degraded, new swaps, mints and quotes are refused before they write, but a
+/// retried swap is answered again and a spent input is still 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mint_swap_and_quotes_answer_507_on_a_full_disk_and_pay_once_when_space_returns() {
+    let Some(fs) = LoopFs::new(96) else { return };
+    let d = fs.coinopd(&["--tick-ms", "3600000"]).await;
+    // Made while there is room: the regtest payment writes headers, the swap's inputs are
+    // minted.
+    let (mint_body, wallet, mint_blanks) = d.mint_request(12).await;
+    let inputs = d.mint_credit(8).await;
+    let swap_blanks = wallet.outputs(&[4, 2, 1, 1]);
+    let swap_outputs: Vec<_> = swap_blanks.iter().map(|b| b.msg.clone()).collect();
+    let swap_body = serde_json::json!({"inputs": inputs, "outputs": swap_outputs});
+    let quote_body = serde_json::json!({"vcpus": 1, "mem_mib": 64, "seconds": 60});
+    let mint_quote_body = serde_json::json!({"amount": 10, "unit": "sat"});
+
+    let routes = [
+        ("/v1/swap", &swap_body),
+        ("/v1/mint/onchain", &mint_body),
+        ("/v1/quotes", &quote_body),
+        ("/v1/mint/quote/onchain", &mint_quote_body),
+    ];
+    for (released, (path, body)) in routes.into_iter().enumerate() {
+        if released > 0 {
+            fs.free();
+            wait_for(
+                async || metric(&d, "coinop_storage_degraded").await == 0,
+                "the reserve put back",
+            )
+            .await;
+        }
+        fs.fill();
+        let r = post(&d, path, body).await;
+        assert_full_on(path, &r);
+        assert!(r.text().contains("nothing changed"), "{path}: {}", r.text());
+        assert_eq!(
+            metric(&d, "coinop_storage_reserve_released_total").await,
+            released as u64 + 1,
+            "{path}: its refusal freed the disk reserve: {}",
+            r.text()
+        );
+    }
+    let log = d.log();
+    assert!(
+        log.contains("payment storage refused the step"),
+        "the swap and the quotes met the full disk in the payment crate's stores:\n{log}"
+    );
+    assert_eq!(
+        states(&d, &inputs).await,
+        vec!["UNSPENT"; inputs.len()],
+        "a refused swap spent nothing"
+    );
+    // Degraded on the full disk: refused up front, whatever the route.
+    for (path, body) in routes {
+        assert_full_on(path, &post(&d, path, body).await);
+    }
+
+    fs.free();
+    // The refused swap again: it goes through now, and again gives the same signatures.
+    let swapped = signatures(&post(&d, "/v1/swap", &swap_body).await);
+    let again = signatures(&post(&d, "/v1/swap", &swap_body).await);
+    assert_eq!(swapped, again, "a retried swap is answered the same");
+    assert_eq!(states(&d, &inputs).await, vec!["SPENT"; inputs.len()]);
+    let other = wallet.outputs(&[8]);
+    let other_outputs: Vec<_> = other.iter().map(|b| b.msg.clone()).collect();
+    let twice = post(
+        &d,
+        "/v1/swap",
+        &serde_json::json!({"inputs": inputs, "outputs": other_outputs.clone()}),
+    )
+    .await;
+    assert_cashu_code(&twice, 11001); // inputs spent once
+    let change = wallet.unblind(&swap_blanks, &swapped);
+    assert_eq!(change.iter().map(|p| p.amount).sum::<u64>(), 8);
+    // Full and degraded again: the swap's retry is still answered (a read), and a spent
+    // input is still 409, not "retry later"; a new quote is refused.
+    fs.fill();
+    assert_insufficient_storage(&post(&d, "/v1/quotes", &quote_body).await);
+    assert_eq!(metric(&d, "coinop_storage_degraded").await, 1);
+    assert_eq!(signatures(&post(&d, "/v1/swap", &swap_body).await), swapped);
+    let spent_again = post(
+        &d,
+        "/v1/swap",
+        &serde_json::json!({"inputs": inputs, "outputs": other_outputs}),
+    )
+    .await;
+    assert_cashu_code(&spent_again, 11001);
+    fs.free();
+
+    // The refused mint again: paid once, 12 sat of notes that the mint takes as real.
+    let minted = signatures(&post(&d, "/v1/mint/onchain", &mint_body).await);
+    assert_eq!(
+        signatures(&post(&d, "/v1/mint/onchain", &mint_body).await),
+        minted
+    );
+    let mut reused = mint_body.clone();
+    reused["outputs"] = serde_json::to_value(
+        wallet
+            .outputs(&[8, 4])
+            .iter()
+            .map(|b| b.msg.clone())
+            .collect::<Vec<_>>(),
+    )
+    .expect("outputs");
+    let r = post(&d, "/v1/mint/onchain", &reused).await;
+    assert_cashu_code(&r, 20002); // the payment minted once
+    let notes = wallet.unblind(&mint_blanks, &minted);
+    assert_eq!(notes.iter().map(|p| p.amount).sum::<u64>(), 12);
+    // Both the minted notes and the swapped ones are good money: one swap takes them all.
+    let all: Vec<_> = notes.iter().chain(&change).cloned().collect();
+    let last = wallet.outputs(&[16, 4]);
+    let last_outputs: Vec<_> = last.iter().map(|b| b.msg.clone()).collect();
+    signatures(
+        &post(
+            &d,
+            "/v1/swap",
+            &serde_json::json!({"inputs": all, "outputs": last_outputs}),
+        )
+        .await,
+    );
+    for (path, body) in [
+        ("/v1/quotes", &quote_body),
+        ("/v1/mint/quote/onchain", &mint_quote_body),
+    ] {
+        let r = post(&d, path, body).await;
+        assert_eq!(r.status, 200, "{path} once space returned: {}", r.text());
+    }
+    d.shutdown().await;
 }

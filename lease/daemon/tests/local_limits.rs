@@ -750,6 +750,84 @@ async fn quotes_beyond_the_rate_are_429_for_that_uid_only() {
     assert_eq!(status, 200, "{text}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_hundred_quotes_in_a_minute_keep_the_address_gap_bounded() {
+    if !root_or_skip() {
+        return;
+    }
+    let state = common::StateDir::new();
+    let home = open_home();
+    const MAX_OPEN: usize = 20;
+    let d = Coinopd::start(
+        home.path(),
+        state.path(),
+        &[
+            "--jail-pool",
+            "0",
+            "--quotes-per-min",
+            "300",
+            "--quote-ttl-s",
+            "1",
+            "--quote-reuse-after-s",
+            "0",
+            "--max-open-quotes",
+            "20",
+        ],
+    )
+    .await;
+    let body = br#"{"vcpus": 1, "mem_mib": 64, "seconds": 60}"#;
+    let started = Instant::now();
+    let mut addresses = std::collections::HashSet::new();
+    let (mut served, mut limited, mut full) = (0, 0, 0);
+    for i in 0..800 {
+        let (status, retry_after, text) = request_on(
+            connect_as(NOBODY, &d.socket),
+            "POST",
+            "/v1/quotes",
+            Some(body),
+        )
+        .await;
+        match status {
+            200 => {
+                served += 1;
+                let q: Value = serde_json::from_str(&text).expect("quote JSON");
+                addresses.insert(q["address"].as_str().expect("address").to_string());
+            }
+            429 | 503 => {
+                let code = if status == 429 {
+                    limited += 1;
+                    "too_many_quotes"
+                } else {
+                    full += 1;
+                    "no_free_quote_address"
+                };
+                assert!(text.contains(code), "{status}: {text}");
+                let wait: u64 = retry_after
+                    .expect("Retry-After")
+                    .parse()
+                    .expect("whole seconds");
+                assert!(wait >= 1, "{wait}");
+            }
+            other => panic!("quote {i}: {other} {text}"),
+        }
+        // Every 100 requests, a pause in which the served quotes expire (1 s).
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // The rate limit (300 a minute) and the cap on unpaid quotes (20) both answered...
+    assert!(limited > 0 && full > 0, "429: {limited}, 503: {full}");
+    // ... and every served quote got one of at most 20 addresses: the expired ones' indexes
+    // were handed out again rather than new ones derived.
+    assert!(addresses.len() <= MAX_OPEN, "{} addresses", addresses.len());
+    assert!(
+        served > 2 * MAX_OPEN,
+        "{served} quotes served on {} addresses",
+        addresses.len()
+    );
+}
+
 /// Whether `nobody` can read `path` (`cat` for a file, `ls` for a directory).
 fn nobody_reads(path: &Path) -> bool {
     let program = if path.is_dir() { "ls" } else { "cat" };
@@ -880,4 +958,92 @@ async fn other_users_read_neither_the_state_nor_consoles_and_operator_bodies_wai
     assert_eq!(stop.status, 200, "{}", stop.text());
     // A graceful exit finishes the accepted stop: no guest is left to the teardown.
     assert!(d.terminate().await.success());
+}
+
+/// A guest that prints without end cannot fill the host's disk: its console file keeps the
+/// first `--console-max-bytes` of its output, then the VMM's one marker line, and nothing
+/// of what follows; the guest runs on and the tenant reads the capped console through the
+/// API. Both spawn paths (jailed, where coinopd hands the VMM the console file as stdout,
+/// and `--no-jail`, where the VMM opens it by path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_printing_without_end_is_capped_at_the_console_limit() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    const CAP: u64 = 64 << 10;
+    const MARKER: &str = "[coinop-vmm: console output capped; the rest is dropped]\n";
+    for jail in [&[][..], &["--no-jail"][..]] {
+        let dir = common::StateDir::new();
+        let cap = CAP.to_string();
+        let mut extra = vec!["--console-max-bytes", cap.as_str()];
+        extra.extend_from_slice(jail);
+        let d = common::Daemon::spawn(dir.path(), &extra, &[]).await;
+        let proofs = d.mint_credit(50).await;
+        // 2 MiB of output, 32 times the cap.
+        let lease = d
+            .create_lease(common::leases::testguest_body(
+                "mode=flood:2048",
+                common::leases::credit_payment(&proofs),
+            ))
+            .await;
+        let console = dir.path().join("run").join(format!("{}.console", lease.id));
+        common::wait_for(
+            async || std::fs::read_to_string(&console).is_ok_and(|t| t.ends_with(MARKER)),
+            "the marker at the console's end",
+        )
+        .await;
+        let text = std::fs::read_to_string(&console).expect("console");
+        // What the guest printed (see images/testguest), cut at the cap, then the marker
+        // on a line of its own.
+        let mut printed = String::from("coinop-testguest ready\n");
+        for line in 0.. {
+            if printed.len() as u64 >= CAP {
+                break;
+            }
+            let number = line.to_string();
+            printed += &format!("flood {number} {}\n", ".".repeat(56 - number.len()));
+        }
+        let mut expected = printed[..CAP as usize].to_string();
+        if !expected.ends_with('\n') {
+            expected.push('\n');
+        }
+        expected += MARKER;
+        assert!(
+            text == expected,
+            "{jail:?}: the console is not the capped output"
+        );
+        assert!(
+            !text.contains("flood done"),
+            "{jail:?}: the rest is dropped"
+        );
+        // The guest printed on (a 2 MiB flood takes a while): the file does not grow.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            std::fs::metadata(&console).expect("console").len(),
+            text.len() as u64,
+            "{jail:?}"
+        );
+        let r = d
+            .call(
+                "GET",
+                &format!("/v1/leases/{}/console", lease.id),
+                Some(&lease.token),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), text, "{jail:?}: the API shows the capped console");
+        let v = d
+            .call(
+                "GET",
+                &format!("/v1/leases/{}", lease.id),
+                Some(&lease.token),
+                None,
+            )
+            .await
+            .json();
+        assert_eq!(v["state"], "running", "{jail:?}: the guest runs on: {v}");
+        d.stop_lease(&lease.id, &lease.token).await;
+        d.shutdown().await;
+    }
 }

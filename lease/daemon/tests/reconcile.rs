@@ -401,3 +401,152 @@ async fn a_triple_fault_is_guest_crashed_and_a_reset_guest_exit() {
     }
     d.shutdown().await;
 }
+
+/// A re-adopted guest that crashes is `guest_crashed` like a fresh one, both when it
+/// crashes while no coinopd runs (found ended at re-adoption) and when it crashes after the
+/// restart (found ended by a tick): its VMM is then nobody's child that coinopd can wait
+/// for, and the reason comes from the `exit` event the VMM left in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readopted_guest_that_crashes_is_guest_crashed() {
+    if !kvm_or_skip() {
+        return;
+    }
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integers only.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let dir = StateDir::new();
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let proofs = d.mint_credit(100).await;
+    let after = d
+        .create_lease(testguest_body("mode=crash:15000", credit_payment(&proofs)))
+        .await;
+    let proofs = d.mint_credit(100).await;
+    let during = d
+        .create_lease(testguest_body("mode=crash:500", credit_payment(&proofs)))
+        .await;
+    let (vmm_after, vmm_during) = (
+        recorded_vmm(dir.path(), &after.id),
+        recorded_vmm(dir.path(), &during.id),
+    );
+    d.kill9();
+    wait_for(
+        async || !vmm_during.is_running(),
+        "the first guest crashed while no coinopd ran",
+    )
+    .await;
+    assert!(vmm_after.is_running(), "the second guest still spins");
+
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let ended = row(dir.path(), &during.id);
+    assert_eq!(
+        ended.state,
+        LeaseState::Stopped,
+        "found ended at re-adoption"
+    );
+    assert_eq!(
+        ended.stop_reason,
+        Some(StopReason::GuestCrashed),
+        "{ended:?}"
+    );
+    assert_eq!(
+        row(dir.path(), &after.id).state,
+        LeaseState::Running,
+        "re-adopted"
+    );
+    wait_for(
+        async || row(dir.path(), &after.id).state == LeaseState::Stopped,
+        "the re-adopted guest's crash",
+    )
+    .await;
+    let ended = row(dir.path(), &after.id);
+    assert_eq!(
+        ended.stop_reason,
+        Some(StopReason::GuestCrashed),
+        "{ended:?}"
+    );
+    let v = d
+        .call(
+            "GET",
+            &format!("/v1/leases/{}", after.id),
+            Some(&after.token),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(v["stop_reason"], "guest_crashed", "{v}");
+    // Reap them: this test's own orphans, found by the pids its ledger recorded.
+    for vmm in [vmm_after, vmm_during] {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(vmm.pid), None);
+    }
+    books_balance(dir.path(), &after.id);
+    books_balance(dir.path(), &during.id);
+    d.shutdown().await;
+}
+
+/// One VMM that does not answer its control socket (SIGSTOPped by this test, found by the
+/// pid and start time its own daemon recorded) does not hold up the metering of the other
+/// leases: a tick waits for it only until its read deadline, not the control client's 2 s
+/// timeout, and the stopped one is simply read again once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswering_vmm_does_not_delay_the_other_leases_metering() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    // The tests' 50 ms tick: a tick that waited 2 s for the stopped VMM would be 40 ticks late.
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let mut leases = Vec::new();
+    for _ in 0..2 {
+        let proofs = d.mint_credit(100).await;
+        leases.push(
+            d.create_lease(testguest_body("mode=idle", credit_payment(&proofs)))
+                .await,
+        );
+    }
+    let (stuck, other) = (&leases[0], &leases[1]);
+    let vmm = recorded_vmm(dir.path(), &stuck.id);
+    assert!(vmm.signal(Signal::SIGSTOP).expect("SIGSTOP"));
+    wait_for(
+        async || ProcStat::read(vmm.pid).is_some_and(|s| s.state == 'T'),
+        "the VMM stopped",
+    )
+    .await;
+
+    // Readings of the other lease over 4 s: one per tick, i.e. one per read deadline at
+    // worst (250 ms), where waiting out the stopped VMM would give one per 2 s.
+    let stuck_before = row(dir.path(), &stuck.id).last_uptime_us;
+    let mut readings = std::collections::HashSet::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        readings.insert(row(dir.path(), &other.id).last_uptime_us);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert!(
+        readings.len() >= 6,
+        "the other lease was read {} times in 4 s",
+        readings.len()
+    );
+    assert_eq!(
+        row(dir.path(), &stuck.id).last_uptime_us,
+        stuck_before,
+        "the stopped VMM is not billed"
+    );
+    let log = d.log();
+    assert!(
+        log.contains("no usage reading within the tick's deadline"),
+        "{log}"
+    );
+
+    // Once it answers again it is metered again.
+    assert!(vmm.signal(Signal::SIGCONT).expect("SIGCONT"));
+    wait_for(
+        async || row(dir.path(), &stuck.id).last_uptime_us > stuck_before,
+        "a tick reading the continued VMM",
+    )
+    .await;
+    for l in &leases {
+        d.stop_lease(&l.id, &l.token).await;
+        books_balance(dir.path(), &l.id);
+    }
+    d.shutdown().await;
+}

@@ -44,6 +44,10 @@ pub struct CreateResponse {
     /// How to reach the guest; absent without a NIC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetInfo>,
+    /// The on-chain payment was mined after its quote expired: credited at the quote's
+    /// price all the same. Present (true) only then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 /// `200` to a retried create that proved the lease is its own: the lease as it is now,
@@ -126,6 +130,9 @@ pub struct TopupResponse {
     pub lease: LeaseView,
     /// The lease was paused for lack of funds and runs again.
     pub resumed: bool,
+    /// As in [`CreateResponse::late`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 /// `POST /v1/leases/{id}/stop`.

@@ -48,6 +48,8 @@ fn world() -> &'static World {
             derivation_index: 0,
             created_at_us: 0,
             expires_at_us: u64::MAX,
+            paid_above_height: None,
+            retired_at_height: None,
         };
         World {
             chain,

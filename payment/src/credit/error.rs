@@ -5,6 +5,7 @@
 use thiserror::Error;
 
 use crate::spent_set::SpentSetError;
+use crate::storage_refusal::StorageRefused;
 
 #[derive(Debug, Error)]
 pub enum CreditError {
@@ -100,6 +101,10 @@ pub enum CreditError {
     /// NUT-30: the payment reached the quote's address only after the quote expired.
     #[error("quote {quote} expired before this payment")]
     QuoteExpired { quote: String },
+    /// The spent set's disk or lock refused; nothing was spent, the same request may be
+    /// retried later.
+    #[error("spent set: {0}")]
+    StorageRefused(StorageRefused),
     /// An elliptic-curve operation hit a degenerate case (point at infinity); negligible
     /// probability with honest inputs, reachable only with crafted ones.
     #[error("{what}: degenerate curve operation")]
@@ -161,11 +166,20 @@ impl CreditError {
             Pending { .. } => "proof_pending",
             Store { .. } => "keyset_store",
             SpentSet(_) => "spent_set",
+            StorageRefused(r) => r.code(),
             Degenerate { .. } => "degenerate_point",
             MintSignatureInvalid => "mint_signature_invalid",
             MintPubkeyRequired => "mint_pubkey_required",
             QuoteNotPaid { .. } => "quote_not_paid",
             QuoteExpired { .. } => "quote_expired",
+        }
+    }
+
+    /// The storage refusal this is, if it is one.
+    pub fn storage_refused(&self) -> Option<&StorageRefused> {
+        match self {
+            CreditError::StorageRefused(r) => Some(r),
+            _ => None,
         }
     }
 
@@ -188,6 +202,7 @@ impl From<SpentSetError> for CreditError {
             SpentSetError::OutputAlreadySigned { b_hex } => {
                 CreditError::OutputsAlreadySigned { b_hex }
             }
+            SpentSetError::StorageRefused(refused) => CreditError::StorageRefused(refused),
             other => CreditError::SpentSet(other.to_string()),
         }
     }

@@ -5,6 +5,7 @@ use bitcoin::{BlockHash, OutPoint, Txid};
 use thiserror::Error;
 
 use crate::spent_set::SpentSetError;
+use crate::storage_refusal::StorageRefused;
 
 /// Why one header was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -124,6 +125,12 @@ pub enum PaymentError {
         have: u32,
         need: u32,
     },
+    #[error("transaction {txid} is a coinbase with {have} confirmations; it pays only once mature ({need})")]
+    CoinbaseImmature { txid: Txid, have: u32, need: u32 },
+    #[error("the payment's block {height} is not above {above}: it paid the quote that held this address before")]
+    PaysEarlierQuote { height: u32, above: u32 },
+    #[error("the payment's block {height} is above {retired_at}, when this expired quote's address passed to a newer quote")]
+    QuoteRetired { height: u32, retired_at: u32 },
     #[error("transaction {txid} has no output to the quote's address {address}")]
     WrongAddress { txid: Txid, address: String },
     #[error(
@@ -152,10 +159,22 @@ impl PaymentError {
             PaymentError::NotOnBestChain { .. } | PaymentError::NotEnoughConfirmations { .. } => {
                 "not_confirmed"
             }
+            PaymentError::CoinbaseImmature { .. } => "coinbase_immature",
+            PaymentError::PaysEarlierQuote { .. } => "paid_earlier_quote",
+            PaymentError::QuoteRetired { .. } => "quote_retired",
             PaymentError::WrongAddress { .. } => "wrong_address",
             PaymentError::Insufficient { .. } => "insufficient_payment",
             PaymentError::AlreadySpent { .. } => "already_spent",
+            PaymentError::SpentSet(SpentSetError::StorageRefused(r)) => r.code(),
             PaymentError::SpentSet(_) => "spent_set_storage",
+        }
+    }
+
+    /// The storage refusal this is, if it is one.
+    pub fn storage_refused(&self) -> Option<&StorageRefused> {
+        match self {
+            PaymentError::SpentSet(SpentSetError::StorageRefused(r)) => Some(r),
+            _ => None,
         }
     }
 }
@@ -182,12 +201,24 @@ pub enum QuoteError {
     BadXpub(String),
     #[error("xpub is for {xpub}, the host runs {host}")]
     XpubNetwork { xpub: String, host: String },
+    #[error("xpub: {prefix}… derives {implied} addresses, --address-type asks for {asked}")]
+    XpubKind {
+        prefix: String,
+        implied: &'static str,
+        asked: &'static str,
+    },
+    #[error("{open} unpaid quotes hold an address already (the most at once); one frees in {retry_after_s} s")]
+    NoFreeIndex { open: u64, retry_after_s: u64 },
     #[error("derivation index {index} is past the last non-hardened index")]
     IndexExhausted { index: u64 },
     #[error("deriving index {index}: {reason}")]
     Derive { index: u32, reason: String },
     #[error("quote book storage: {0}")]
     Storage(String),
+    /// The quote book's disk or lock refused; no quote was made, the same request may be
+    /// retried later.
+    #[error("quote book: {0}")]
+    StorageRefused(StorageRefused),
 }
 
 impl QuoteError {
@@ -195,9 +226,21 @@ impl QuoteError {
         match self {
             QuoteError::Price(PriceError::Zero { .. }) => "invalid_spec",
             QuoteError::Price(PriceError::Overflow { .. }) => "price_overflow",
-            QuoteError::BadXpub(_) | QuoteError::XpubNetwork { .. } => "bad_xpub",
+            QuoteError::BadXpub(_)
+            | QuoteError::XpubNetwork { .. }
+            | QuoteError::XpubKind { .. } => "bad_xpub",
+            QuoteError::NoFreeIndex { .. } => "no_free_quote_address",
             QuoteError::IndexExhausted { .. } | QuoteError::Derive { .. } => "derivation",
             QuoteError::Storage(_) => "quote_storage",
+            QuoteError::StorageRefused(r) => r.code(),
+        }
+    }
+
+    /// The storage refusal this is, if it is one.
+    pub fn storage_refused(&self) -> Option<&StorageRefused> {
+        match self {
+            QuoteError::StorageRefused(r) => Some(r),
+            _ => None,
         }
     }
 }

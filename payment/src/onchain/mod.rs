@@ -25,7 +25,7 @@ pub use proof::{
     check_inclusion, check_payment, parse_proof, parse_tx, spend_error, verify_and_claim,
     verify_proof, VerifiedPayment,
 };
-pub use quote::Quote;
+pub use quote::{dust_limit_sat, Quote};
 #[cfg(feature = "sqlite")]
-pub use quote_book::QuoteBook;
+pub use quote_book::{IndexPolicy, QuoteBook};
 pub use receive_address::{AddressDeriver, AddressKind};

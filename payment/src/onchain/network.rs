@@ -96,12 +96,40 @@ impl ChainNetwork {
         genesis_block(self.params()).header
     }
 
-    /// Confirmations required by default: one on regtest (blocks are free there anyway),
-    /// three elsewhere.
+    /// Confirmations a lease payment needs unless the operator says otherwise
+    /// (`coinopd --min-conf`). Each further block makes undoing the payment cost another
+    /// block's reward:
+    ///
+    /// | network | default | why |
+    /// |---|---|---|
+    /// | mainnet | 2 | one reorg of depth 1 happens now and then; depth 2 is very rare, and the lease only buys time that is metered from the balance |
+    /// | testnet3, testnet4 | 3 | the 20-minute minimum-difficulty rule makes blocks, and so reorgs, nearly free |
+    /// | signet | 2 | only the signet's signers make blocks, but they may reorg (some signets do on purpose) |
+    /// | regtest | 1 | blocks are free and local: tests and demos |
     pub fn default_min_conf(self) -> u32 {
         match self {
+            ChainNetwork::Mainnet | ChainNetwork::Signet => 2,
+            ChainNetwork::Testnet3 | ChainNetwork::Testnet4 => 3,
             ChainNetwork::Regtest => 1,
-            _ => 3,
+        }
+    }
+
+    /// Confirmations a coinbase output needs before it is taken as payment: consensus lets
+    /// it be spent only then ([`bitcoin::constants::COINBASE_MATURITY`], the same on every
+    /// network), and until then a reorg that drops its block destroys it outright.
+    pub fn coinbase_maturity(self) -> u32 {
+        bitcoin::constants::COINBASE_MATURITY
+    }
+
+    /// Whether the network's nodes refuse to relay a transaction with a dust output (Bitcoin
+    /// Core's `fRequireStandard` in its chain parameters: on for mainnet, testnet4 and
+    /// signet; off for testnet3 and regtest, whose nodes take non-standard transactions
+    /// unless told `-acceptnonstdtxn=0`). Where they do, a quote below the dust limit could
+    /// not be paid, so quotes are raised to it (`coinopd --quote-dust-floor`).
+    pub fn refuses_dust(self) -> bool {
+        match self {
+            ChainNetwork::Mainnet | ChainNetwork::Testnet4 | ChainNetwork::Signet => true,
+            ChainNetwork::Testnet3 | ChainNetwork::Regtest => false,
         }
     }
 

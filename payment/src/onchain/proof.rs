@@ -145,8 +145,10 @@ pub fn check_inclusion(
     Ok((txid, hash))
 }
 
-/// Every check but the spend: inclusion, confirmations on the best chain, address, amount,
-/// expiry. `min_conf` below 1 counts as 1.
+/// Every check but the spend: inclusion, confirmations on the best chain (a coinbase needs
+/// [`ChainNetwork::coinbase_maturity`](super::ChainNetwork::coinbase_maturity)), the quote's
+/// height window (a reused index), address, amount, expiry (a late payment is credited but
+/// flagged). `min_conf` below 1 counts as 1.
 pub fn check_payment(
     chain: &HeaderChain,
     quote: &Quote,
@@ -170,6 +172,37 @@ pub fn check_payment(
             have: block.confirmations,
             need,
         });
+    }
+    // A coinbase (its single input spends the null outpoint; consensus allows that only
+    // for a block's first transaction) can be spent only after maturity, and a reorg
+    // before then destroys it: it pays for nothing until then.
+    if tx.is_coinbase() {
+        let need = chain.network().coinbase_maturity().max(need);
+        if block.confirmations < need {
+            return Err(PaymentError::CoinbaseImmature {
+                txid,
+                have: block.confirmations,
+                need,
+            });
+        }
+    }
+    // A reused derivation index ([`super::quote_book`]): the blocks up to the height at
+    // which the index changed hands pay the earlier quote, the blocks above it the later.
+    if let Some(above) = quote.paid_above_height {
+        if block.height <= above {
+            return Err(PaymentError::PaysEarlierQuote {
+                height: block.height,
+                above,
+            });
+        }
+    }
+    if let Some(retired_at) = quote.retired_at_height {
+        if block.height > retired_at {
+            return Err(PaymentError::QuoteRetired {
+                height: block.height,
+                retired_at,
+            });
+        }
     }
     let mut outpoints = Vec::new();
     let mut paid_sat: u64 = 0;

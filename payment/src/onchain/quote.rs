@@ -1,7 +1,8 @@
-//! Quotes: an amount, a never-before-used receive address, a BIP21 URI and an expiry. The
-//! book that issues and keeps them is [`super::quote_book`].
+//! Quotes: an amount (never below the dust limit of the address's output type), a receive
+//! address no paid quote has had, a BIP21 URI and an expiry. The book that issues and keeps
+//! them is [`super::quote_book`].
 
-use bitcoin::{Amount, Denomination, ScriptBuf};
+use bitcoin::{Amount, Denomination, Script, ScriptBuf};
 
 /// Longest quote id accepted from a caller (ids are 32 hex characters).
 pub const MAX_QUOTE_ID_LEN: usize = 64;
@@ -20,6 +21,32 @@ pub struct Quote {
     pub derivation_index: u32,
     pub created_at_us: u64,
     pub expires_at_us: u64,
+    /// Set when this quote took over the index of an earlier quote that expired unpaid: only
+    /// payments in blocks above this height are this quote's (the earlier quote's tenant may
+    /// still have paid below it).
+    pub paid_above_height: Option<u32>,
+    /// Set when this quote expired unpaid and a newer quote took over its index: only
+    /// payments in blocks up to this height are this quote's.
+    pub retired_at_height: Option<u32>,
+}
+
+/// The smallest amount, in sat, an output paying `script` may carry without being dust:
+/// Bitcoin Core neither relays nor mines (by default) a transaction with a dust output, so a
+/// quote below it could not be paid by any ordinary wallet.
+///
+/// Core's rule (`GetDustThreshold`): an output is dust when spending it would cost more than
+/// a third of its value at the dust relay fee of 3 sat/vB, i.e. the limit is
+/// 3 × (the output's serialized size + the size of the input that spends it):
+///
+/// | type | output | spending input | limit |
+/// |---|---|---|---|
+/// | P2WPKH | 8 + 1 + 22 = 31 | 32 + 4 + 1 + ⌊107 / 4⌋ + 4 = 67 (witness discounted) | 3 × 98 = 294 |
+/// | P2TR | 8 + 1 + 34 = 43 | 67 (Core uses the same estimate for every witness program) | 3 × 110 = 330 |
+/// | P2SH-P2WPKH | 8 + 1 + 23 = 32 | 32 + 4 + 1 + 107 + 4 = 148 (not a witness program) | 3 × 180 = 540 |
+///
+/// The `bitcoin` crate implements the same rule; this uses it rather than the table.
+pub fn dust_limit_sat(script: &Script) -> u64 {
+    script.minimal_non_dust().to_sat()
 }
 
 /// `bitcoin:ADDRESS?amount=0.00012345` (BIP21; the amount in BTC, at most 8 decimals).

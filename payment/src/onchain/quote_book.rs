@@ -2,70 +2,174 @@
 //!
 //! The derivation counter lives in SQLite next to the quotes, and a quote is committed
 //! (synchronous=FULL) before its address is returned, so after any crash the next quote
-//! gets a higher index: an address is never handed out twice.
+//! gets an index no earlier quote holds: an address is never handed to two quotes at once.
+//!
+//! ## The gap of unused addresses stays bounded
+//!
+//! Anyone who may ask for quotes could otherwise push the xpub's index past a watch-only
+//! wallet's gap limit (the run of unused addresses after which it stops looking), and the
+//! operator would not see later payments. So ([`IndexPolicy`]):
+//!
+//! - a quote that expired unpaid gives its index back after `reuse_after_us`: the next
+//!   quote takes the lowest such index before a new one is derived. The old quote is then
+//!   *retired* at the chain's tip height H (payments in blocks up to H are still its own:
+//!   its tenant may have paid late) and the new quote takes payments only from blocks above
+//!   H, so one payment never fits both;
+//! - at most `max_open` quotes hold an index without having been paid (a quote counts as
+//!   paid once a payment to it was verified, [`QuoteBook::mark_paid`]); beyond that, quotes
+//!   are refused ([`QuoteError::NoFreeIndex`]) until one frees.
+//!
+//! A new index is derived only when every earlier unpaid index is held by one of those
+//! `max_open` quotes, so at every moment **derived indexes − paid indexes ≤ `max_open`**:
+//! no run of unused addresses is longer than `max_open`, and a wallet whose gap limit is
+//! at least `max_open` sees every payment.
 
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Mutex;
 
 use bitcoin::{Address, ScriptBuf};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::error::QuoteError;
 use super::price::msat_to_sat_ceil;
-use super::quote::{bip21_uri, Quote, MAX_QUOTE_ID_LEN};
+use super::quote::{bip21_uri, dust_limit_sat, Quote, MAX_QUOTE_ID_LEN};
 use super::receive_address::{AddressDeriver, HARDENED};
 use crate::spent_set::open_durable;
+use crate::storage_refusal::StorageRefused;
 
 fn storage(e: rusqlite::Error) -> QuoteError {
-    QuoteError::Storage(e.to_string())
+    match StorageRefused::from_sqlite(&e) {
+        Some(refused) => QuoteError::StorageRefused(refused),
+        None => QuoteError::Storage(e.to_string()),
+    }
 }
 
 fn to_i64(v: u64, field: &str) -> Result<i64, QuoteError> {
     i64::try_from(v).map_err(|_| QuoteError::Storage(format!("{field} {v} exceeds 2^63")))
 }
 
+/// How derivation indexes are handed out (see the module doc for the bound they give).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexPolicy {
+    /// How long after its expiry an unpaid quote keeps its index, µs: room for a payment
+    /// sent just before the expiry to confirm.
+    pub reuse_after_us: u64,
+    /// Most quotes holding an index without a verified payment at once.
+    pub max_open: u64,
+}
+
+impl Default for IndexPolicy {
+    /// A day's grace for late payments, and no cap (the daemon sets its own).
+    fn default() -> Self {
+        IndexPolicy {
+            reuse_after_us: 24 * 3600 * 1_000_000,
+            max_open: u64::MAX,
+        }
+    }
+}
+
 /// Issues and remembers quotes.
 pub struct QuoteBook {
     conn: Mutex<Connection>,
     deriver: AddressDeriver,
+    policy: IndexPolicy,
+    /// Raise amounts below the address type's dust limit to it.
+    dust_floor: bool,
 }
 
 impl std::fmt::Debug for QuoteBook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QuoteBook")
             .field("deriver", &self.deriver)
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
 
+const CREATE_QUOTES: &str = "
+    CREATE TABLE IF NOT EXISTS quotes (
+        quote_id TEXT PRIMARY KEY,
+        xpub TEXT NOT NULL,
+        derivation_index INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        script_pubkey BLOB NOT NULL,
+        amount_msat INTEGER NOT NULL,
+        created_at_us INTEGER NOT NULL,
+        expires_at_us INTEGER NOT NULL,
+        paid INTEGER NOT NULL DEFAULT 0,
+        paid_above_height INTEGER,
+        retired_at_height INTEGER
+    );";
+
+/// Columns every reader selects, in [`quote_from_row`]'s order.
+const QUOTE_COLUMNS: &str = "quote_id, derivation_index, address, script_pubkey, amount_msat,
+    created_at_us, expires_at_us, paid_above_height, retired_at_height";
+
+/// A book written before indexes could be reused kept one quote per index with a table
+/// constraint; it is rebuilt without it, and its quotes count as paid (whether they were is
+/// not known, and an index that may have been paid must never be handed out again).
+fn migrate_unique_index_table(conn: &mut Connection) -> Result<(), rusqlite::Error> {
+    let sql: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'quotes'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if !sql.is_some_and(|s| s.contains("UNIQUE (xpub, derivation_index)")) {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch("ALTER TABLE quotes RENAME TO quotes_before_reuse;")?;
+    tx.execute_batch(CREATE_QUOTES)?;
+    tx.execute_batch(
+        "INSERT INTO quotes (quote_id, xpub, derivation_index, address, script_pubkey,
+            amount_msat, created_at_us, expires_at_us, paid)
+         SELECT quote_id, xpub, derivation_index, address, script_pubkey, amount_msat,
+            created_at_us, expires_at_us, 1 FROM quotes_before_reuse;
+         DROP TABLE quotes_before_reuse;",
+    )?;
+    tx.commit()
+}
+
 impl QuoteBook {
     /// Opens (creating if needed) the quote book in the SQLite file at `path`; it may be the
-    /// same file as the spent set.
+    /// same file as the spent set. Indexes follow [`IndexPolicy::default`].
     pub fn open(path: &Path, deriver: AddressDeriver) -> Result<Self, QuoteError> {
-        let conn = open_durable(path).map_err(storage)?;
+        let mut conn = open_durable(path).map_err(storage)?;
+        migrate_unique_index_table(&mut conn).map_err(storage)?;
+        conn.execute_batch(CREATE_QUOTES).map_err(storage)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS quote_derivation (
                 xpub TEXT PRIMARY KEY,
                 next_index INTEGER NOT NULL
             );
-            CREATE TABLE IF NOT EXISTS quotes (
-                quote_id TEXT PRIMARY KEY,
-                xpub TEXT NOT NULL,
-                derivation_index INTEGER NOT NULL,
-                address TEXT NOT NULL,
-                script_pubkey BLOB NOT NULL,
-                amount_msat INTEGER NOT NULL,
-                created_at_us INTEGER NOT NULL,
-                expires_at_us INTEGER NOT NULL,
-                UNIQUE (xpub, derivation_index)
-            );",
+            CREATE UNIQUE INDEX IF NOT EXISTS quotes_index_holder
+                ON quotes (xpub, derivation_index) WHERE retired_at_height IS NULL;
+            CREATE INDEX IF NOT EXISTS quotes_unpaid_holders
+                ON quotes (xpub, expires_at_us) WHERE retired_at_height IS NULL AND paid = 0;",
         )
         .map_err(storage)?;
         Ok(QuoteBook {
             conn: Mutex::new(conn),
             deriver,
+            policy: IndexPolicy::default(),
+            dust_floor: true,
         })
+    }
+
+    /// The same book raising amounts to the dust limit (`true`, the default) or not (for
+    /// networks whose nodes relay dust: [`super::ChainNetwork::refuses_dust`]).
+    pub fn with_dust_floor(mut self, on: bool) -> Self {
+        self.dust_floor = on;
+        self
+    }
+
+    /// The same book handing out indexes by `policy`.
+    pub fn with_policy(mut self, policy: IndexPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>, QuoteError> {
@@ -74,7 +178,7 @@ impl QuoteBook {
             .map_err(|_| QuoteError::Storage("quote book lock poisoned".into()))
     }
 
-    /// The index the next quote will use.
+    /// The index the next newly derived quote address will use (how many were derived).
     pub fn next_index(&self) -> Result<u64, QuoteError> {
         let conn = self.lock()?;
         let next: Option<i64> = conn
@@ -88,8 +192,34 @@ impl QuoteBook {
         Ok(next.map_or(0, |n| n as u64))
     }
 
-    /// Issues a quote for `amount_msat`, valid until `now_us + ttl_us`, with a fresh address.
+    /// Issues a quote for `amount_msat`, valid until `now_us + ttl_us`, always with a newly
+    /// derived index (for callers without a header chain; the cap of
+    /// [`IndexPolicy::max_open`] still holds).
     pub fn create(&self, amount_msat: u64, now_us: u64, ttl_us: u64) -> Result<Quote, QuoteError> {
+        self.issue(amount_msat, now_us, ttl_us, None)
+    }
+
+    /// Issues a quote for `amount_msat` (raised to the address type's dust limit), valid
+    /// until `now_us + ttl_us`. It takes over the lowest index of a quote that expired
+    /// unpaid more than [`IndexPolicy::reuse_after_us`] ago, retiring that quote at
+    /// `tip_height` (the best chain's height now), else derives a new one.
+    pub fn create_at_tip(
+        &self,
+        amount_msat: u64,
+        now_us: u64,
+        ttl_us: u64,
+        tip_height: u32,
+    ) -> Result<Quote, QuoteError> {
+        self.issue(amount_msat, now_us, ttl_us, Some(tip_height))
+    }
+
+    fn issue(
+        &self,
+        amount_msat: u64,
+        now_us: u64,
+        ttl_us: u64,
+        tip_height: Option<u32>,
+    ) -> Result<Quote, QuoteError> {
         let mut id = [0u8; 16];
         bitcoin::secp256k1::rand::RngCore::fill_bytes(
             &mut bitcoin::secp256k1::rand::thread_rng(),
@@ -97,40 +227,35 @@ impl QuoteBook {
         );
         let quote_id = hex::encode(id);
         let expires_at_us = now_us.saturating_add(ttl_us);
-        let amount_sat = msat_to_sat_ceil(amount_msat);
         let xpub = self.deriver.xpub_text().to_owned();
 
         let mut conn = self.lock()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(storage)?;
-        let next: i64 = tx
-            .query_row(
-                "SELECT next_index FROM quote_derivation WHERE xpub = ?1",
-                params![xpub],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(storage)?
-            .unwrap_or(0);
-        let index = u64::try_from(next).unwrap_or(u64::MAX);
-        if index >= HARDENED {
-            return Err(QuoteError::IndexExhausted { index });
-        }
-        let index = index as u32;
+        let reused = match tip_height {
+            Some(tip) => self.take_reusable(&tx, &xpub, now_us, tip)?,
+            None => None,
+        };
+        let index = match reused {
+            Some(index) => index,
+            None => self.derive_next(&tx, &xpub, now_us)?,
+        };
         let address = self.deriver.address_at(index)?;
         let script_pubkey = address.script_pubkey();
         let address = address.to_string();
-        tx.execute(
-            "INSERT INTO quote_derivation (xpub, next_index) VALUES (?1, ?2)
-             ON CONFLICT (xpub) DO UPDATE SET next_index = excluded.next_index",
-            params![xpub, next + 1],
-        )
-        .map_err(storage)?;
+        // Never below dust: such an output would not be relayed, so no wallet could pay it.
+        let amount_msat = if self.dust_floor {
+            amount_msat.max(dust_limit_sat(&script_pubkey).saturating_mul(1000))
+        } else {
+            amount_msat
+        };
+        let amount_sat = msat_to_sat_ceil(amount_msat);
+        let paid_above_height = reused.and(tip_height);
         tx.execute(
             "INSERT INTO quotes (quote_id, xpub, derivation_index, address, script_pubkey,
-                amount_msat, created_at_us, expires_at_us)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                amount_msat, created_at_us, expires_at_us, paid_above_height)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 quote_id,
                 xpub,
@@ -140,6 +265,7 @@ impl QuoteBook {
                 to_i64(amount_msat, "amount_msat")?,
                 to_i64(now_us, "created_at_us")?,
                 to_i64(expires_at_us, "expires_at_us")?,
+                paid_above_height,
             ],
         )
         .map_err(storage)?;
@@ -154,7 +280,118 @@ impl QuoteBook {
             derivation_index: index,
             created_at_us: now_us,
             expires_at_us,
+            paid_above_height,
+            retired_at_height: None,
         })
+    }
+
+    /// Retires the unpaid quote with the lowest index whose grace after expiry is over, at
+    /// `tip`, and returns its index.
+    fn take_reusable(
+        &self,
+        tx: &Transaction<'_>,
+        xpub: &str,
+        now_us: u64,
+        tip: u32,
+    ) -> Result<Option<u32>, QuoteError> {
+        let free_before = now_us.saturating_sub(self.policy.reuse_after_us);
+        let old: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT quote_id, derivation_index FROM quotes
+                 WHERE xpub = ?1 AND retired_at_height IS NULL AND paid = 0
+                   AND expires_at_us <= ?2
+                 ORDER BY derivation_index LIMIT 1",
+                params![xpub, to_i64(free_before, "now_us")?],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(storage)?;
+        let Some((old_id, index)) = old else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE quotes SET retired_at_height = ?2 WHERE quote_id = ?1",
+            params![old_id, tip],
+        )
+        .map_err(storage)?;
+        let index = u32::try_from(index)
+            .map_err(|_| QuoteError::Storage(format!("quote {old_id}: index {index}")))?;
+        Ok(Some(index))
+    }
+
+    /// The next never-used index, if fewer than `max_open` unpaid quotes hold one.
+    fn derive_next(
+        &self,
+        tx: &Transaction<'_>,
+        xpub: &str,
+        now_us: u64,
+    ) -> Result<u32, QuoteError> {
+        let (open, first_expiry): (i64, Option<i64>) = tx
+            .query_row(
+                "SELECT COUNT(*), MIN(expires_at_us) FROM quotes
+                 WHERE xpub = ?1 AND retired_at_height IS NULL AND paid = 0",
+                params![xpub],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(storage)?;
+        let open = u64::try_from(open).unwrap_or(0);
+        if open >= self.policy.max_open {
+            let frees_at = u64::try_from(first_expiry.unwrap_or(0))
+                .unwrap_or(0)
+                .saturating_add(self.policy.reuse_after_us);
+            return Err(QuoteError::NoFreeIndex {
+                open,
+                retry_after_s: frees_at.saturating_sub(now_us).div_ceil(1_000_000).max(1),
+            });
+        }
+        let next: i64 = tx
+            .query_row(
+                "SELECT next_index FROM quote_derivation WHERE xpub = ?1",
+                params![xpub],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(storage)?
+            .unwrap_or(0);
+        let index = u64::try_from(next).unwrap_or(u64::MAX);
+        if index >= HARDENED {
+            return Err(QuoteError::IndexExhausted { index });
+        }
+        tx.execute(
+            "INSERT INTO quote_derivation (xpub, next_index) VALUES (?1, ?2)
+             ON CONFLICT (xpub) DO UPDATE SET next_index = excluded.next_index",
+            params![xpub, next + 1],
+        )
+        .map_err(storage)?;
+        Ok(index as u32)
+    }
+
+    /// Records that a payment to `quote_id` was verified: its index is never reused. Done
+    /// before the payment is claimed, so that even a payment whose claim then fails keeps
+    /// its address out of reuse.
+    pub fn mark_paid(&self, quote_id: &str) -> Result<(), QuoteError> {
+        let conn = self.lock()?;
+        conn.execute(
+            "UPDATE quotes SET paid = 1 WHERE quote_id = ?1 AND paid = 0",
+            params![quote_id],
+        )
+        .map_err(storage)?;
+        Ok(())
+    }
+
+    /// Quotes holding an index without a verified payment (expired ones included until
+    /// their index is taken over).
+    pub fn open_unpaid(&self) -> Result<u64, QuoteError> {
+        let conn = self.lock()?;
+        let n: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM quotes
+                 WHERE xpub = ?1 AND retired_at_height IS NULL AND paid = 0",
+                params![self.deriver.xpub_text()],
+                |r| r.get(0),
+            )
+            .map_err(storage)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// The quote with this id, if the host issued it.
@@ -165,23 +402,24 @@ impl QuoteBook {
         let conn = self.lock()?;
         let row = conn
             .query_row(
-                "SELECT derivation_index, address, script_pubkey, amount_msat, created_at_us,
-                    expires_at_us FROM quotes WHERE quote_id = ?1",
+                &format!("SELECT {QUOTE_COLUMNS} FROM quotes WHERE quote_id = ?1"),
                 params![quote_id],
                 |r| {
                     Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
                         r.get::<_, i64>(4)?,
                         r.get::<_, i64>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, Option<u32>>(7)?,
+                        r.get::<_, Option<u32>>(8)?,
                     ))
                 },
             )
             .optional()
             .map_err(storage)?;
-        let Some((index, address, script, amount, created, expires)) = row else {
+        let Some((index, address, script, amount, created, expires, above, retired)) = row else {
             return Ok(None);
         };
         // Stored by `create` from non-negative values; a negative one means a damaged row.
@@ -207,6 +445,8 @@ impl QuoteBook {
                 .map_err(|_| QuoteError::Storage(format!("quote {quote_id}: index {index}")))?,
             created_at_us: unsigned(created, "created_at_us")?,
             expires_at_us: unsigned(expires, "expires_at_us")?,
+            paid_above_height: above,
+            retired_at_height: retired,
         }))
     }
 }
@@ -248,7 +488,9 @@ mod tests {
         let b = book.create(2_000, 10, 1_000).unwrap();
         assert_eq!((a.derivation_index, b.derivation_index), (0, 1));
         assert_ne!(a.address, b.address);
-        assert_eq!(a.amount_sat, 2);
+        // 1.5 sat asked, raised to P2WPKH's dust limit (see `dust_limit_sat`).
+        assert_eq!((a.amount_sat, a.amount_msat), (294, 294_000));
+        assert_eq!(b.amount_sat, 294);
         assert_eq!(a.expires_at_us, 1_010);
         assert!(a.address.starts_with("bcrt1q"), "{}", a.address);
         drop(book);
@@ -258,5 +500,127 @@ mod tests {
         assert_eq!(c.derivation_index, 2);
         assert_eq!(book.get(&a.quote_id).unwrap(), Some(a));
         assert_eq!(book.get("nope").unwrap(), None);
+    }
+
+    fn regtest_book(path: &Path, policy: IndexPolicy) -> QuoteBook {
+        let deriver =
+            AddressDeriver::new(&tpub(), AddressKind::P2wpkh, ChainNetwork::Regtest).unwrap();
+        QuoteBook::open(path, deriver).unwrap().with_policy(policy)
+    }
+
+    #[test]
+    fn amounts_below_dust_are_raised_to_the_output_types_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        for (kind, dust) in [
+            (AddressKind::P2wpkh, 294),
+            (AddressKind::P2tr, 330),
+            (AddressKind::P2shP2wpkh, 540),
+        ] {
+            let deriver = AddressDeriver::new(&tpub(), kind, ChainNetwork::Regtest).unwrap();
+            let path = dir.path().join(format!("{}.sqlite", kind.name()));
+            let book = QuoteBook::open(&path, deriver).unwrap();
+            for asked_sat in [2u64, 68] {
+                let q = book.create(asked_sat * 1000, 0, 1).unwrap();
+                assert_eq!(q.amount_sat, dust, "{} {asked_sat}", kind.name());
+                assert_eq!(book.get(&q.quote_id).unwrap().unwrap().amount_sat, dust);
+                assert_eq!(q.bip21, bip21_uri(&q.address, dust));
+            }
+            // Above the limit nothing changes.
+            let q = book.create(dust * 1000 + 1, 0, 1).unwrap();
+            assert_eq!(q.amount_sat, dust + 1);
+            // Without the floor (a network that relays dust) the price stands.
+            let book = book.with_dust_floor(false);
+            assert_eq!(book.create(2_000, 0, 1).unwrap().amount_sat, 2);
+        }
+    }
+
+    #[test]
+    fn expired_unpaid_indexes_are_reused_and_the_gap_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.sqlite");
+        let policy = IndexPolicy {
+            reuse_after_us: 10,
+            max_open: 3,
+        };
+        let book = regtest_book(&path, policy);
+        let q: Vec<Quote> = (0..3)
+            .map(|_| book.create_at_tip(1_000_000, 100, 50, 7).unwrap())
+            .collect();
+        assert_eq!(
+            q.iter().map(|q| q.derivation_index).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert!(q.iter().all(|q| q.paid_above_height.is_none()));
+        // Three unpaid quotes hold an index: the cap. The first frees at 100 + 50 + 10.
+        match book.create_at_tip(1_000_000, 120, 50, 7) {
+            Err(QuoteError::NoFreeIndex {
+                open: 3,
+                retry_after_s: 1,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        // A paid quote's index is never reused; the others come back, lowest first.
+        book.mark_paid(&q[0].quote_id).unwrap();
+        let r = book.create_at_tip(1_000_000, 160, 50, 9).unwrap();
+        assert_eq!((r.derivation_index, r.paid_above_height), (1, Some(9)));
+        assert_eq!(r.address, q[1].address);
+        let old = book.get(&q[1].quote_id).unwrap().unwrap();
+        assert_eq!(old.retired_at_height, Some(9));
+        let r2 = book.create_at_tip(1_000_000, 160, 50, 9).unwrap();
+        assert_eq!(r2.derivation_index, 2);
+        // Nothing reusable now: one new index (two holders unpaid + one new = the cap).
+        let n = book.create_at_tip(1_000_000, 160, 50, 9).unwrap();
+        assert_eq!(n.derivation_index, 3);
+        assert!(book.create_at_tip(1_000_000, 160, 50, 9).is_err());
+        assert_eq!(book.next_index().unwrap(), 4);
+        assert_eq!(book.open_unpaid().unwrap(), 3);
+        // Derived − paid never exceeds the cap, whatever the load.
+        for t in 0..500u64 {
+            let now = 160 + t * 7;
+            let _ = book.create_at_tip(1_000, now, 50, 10 + t as u32);
+            assert!(book.next_index().unwrap() - 1 <= policy.max_open);
+        }
+    }
+
+    #[test]
+    fn a_book_from_before_reuse_is_migrated_and_its_quotes_count_as_paid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        let xpub = tpub();
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE quote_derivation (xpub TEXT PRIMARY KEY, next_index INTEGER NOT NULL);
+                 CREATE TABLE quotes (
+                    quote_id TEXT PRIMARY KEY, xpub TEXT NOT NULL,
+                    derivation_index INTEGER NOT NULL, address TEXT NOT NULL,
+                    script_pubkey BLOB NOT NULL, amount_msat INTEGER NOT NULL,
+                    created_at_us INTEGER NOT NULL, expires_at_us INTEGER NOT NULL,
+                    UNIQUE (xpub, derivation_index)
+                 );",
+            )
+            .unwrap();
+            let d = AddressDeriver::new(&xpub, AddressKind::P2wpkh, ChainNetwork::Regtest).unwrap();
+            let a = d.address_at(0).unwrap();
+            c.execute(
+                "INSERT INTO quotes VALUES ('old', ?1, 0, ?2, ?3, 5000000, 1, 2)",
+                params![xpub, a.to_string(), a.script_pubkey().as_bytes()],
+            )
+            .unwrap();
+            c.execute("INSERT INTO quote_derivation VALUES (?1, 1)", params![xpub])
+                .unwrap();
+        }
+        let book = regtest_book(
+            &path,
+            IndexPolicy {
+                reuse_after_us: 0,
+                max_open: 10,
+            },
+        );
+        let old = book.get("old").unwrap().unwrap();
+        assert_eq!((old.amount_sat, old.retired_at_height), (5000, None));
+        // Long expired, but maybe paid: its index is not reused.
+        let q = book.create_at_tip(1_000_000, 1_000, 10, 3).unwrap();
+        assert_eq!(q.derivation_index, 1);
     }
 }

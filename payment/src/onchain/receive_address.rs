@@ -1,8 +1,11 @@
 //! Fresh receive addresses from the operator's extended public key: BIP32 non-hardened
-//! derivation `xpub/0/index` (the external chain), as P2WPKH or P2TR (BIP86 key-path only).
-//! The host never holds a private key.
-
-use std::str::FromStr;
+//! derivation `xpub/0/index` (the external chain), as P2WPKH, P2TR (BIP86 key-path only) or
+//! P2SH-P2WPKH. The host never holds a private key.
+//!
+//! Wallets export account keys in the SLIP-132 forms too, whose version bytes name the script
+//! type: `zpub`/`vpub` (P2WPKH, BIP84) and `ypub`/`upub` (P2SH-P2WPKH, BIP49). They carry the
+//! same key as the `xpub`/`tpub` with other version bytes, so they are read by swapping the
+//! version to `xpub`/`tpub`, and the script type they name is the one derived.
 
 use bitcoin::bip32::{ChildNumber, Xpub};
 use bitcoin::key::CompressedPublicKey;
@@ -22,6 +25,8 @@ pub const HARDENED: u64 = 1 << 31;
 pub enum AddressKind {
     P2wpkh,
     P2tr,
+    /// P2WPKH nested in P2SH (BIP49): only for a `ypub`/`upub`.
+    P2shP2wpkh,
 }
 
 impl AddressKind {
@@ -29,6 +34,7 @@ impl AddressKind {
         match self {
             AddressKind::P2wpkh => "p2wpkh",
             AddressKind::P2tr => "p2tr",
+            AddressKind::P2shP2wpkh => "p2sh-p2wpkh",
         }
     }
 
@@ -36,9 +42,58 @@ impl AddressKind {
         match name {
             "p2wpkh" => Some(AddressKind::P2wpkh),
             "p2tr" => Some(AddressKind::P2tr),
+            "p2sh-p2wpkh" => Some(AddressKind::P2shP2wpkh),
             _ => None,
         }
     }
+}
+
+/// What an extended public key's version bytes say (SLIP-132's registry).
+struct KeyVersion {
+    network: NetworkKind,
+    /// The script type the version names; `None` for plain `xpub`/`tpub`.
+    implies: Option<AddressKind>,
+}
+
+/// The BIP32 version of a plain extended public key.
+const XPUB_VERSION: [u8; 4] = [0x04, 0x88, 0xb2, 0x1e];
+const TPUB_VERSION: [u8; 4] = [0x04, 0x35, 0x87, 0xcf];
+
+fn key_version(version: [u8; 4]) -> Option<KeyVersion> {
+    let (network, implies) = match version {
+        XPUB_VERSION => (NetworkKind::Main, None),
+        [0x04, 0x9d, 0x7c, 0xb2] => (NetworkKind::Main, Some(AddressKind::P2shP2wpkh)), // ypub
+        [0x04, 0xb2, 0x47, 0x46] => (NetworkKind::Main, Some(AddressKind::P2wpkh)),     // zpub
+        TPUB_VERSION => (NetworkKind::Test, None),
+        [0x04, 0x4a, 0x52, 0x62] => (NetworkKind::Test, Some(AddressKind::P2shP2wpkh)), // upub
+        [0x04, 0x5f, 0x1c, 0xf6] => (NetworkKind::Test, Some(AddressKind::P2wpkh)),     // vpub
+        _ => return None,
+    };
+    Some(KeyVersion { network, implies })
+}
+
+/// Parses an `xpub`/`tpub` or a SLIP-132 `ypub`/`zpub`/`upub`/`vpub`: the key, and the
+/// script type its version names.
+fn parse_extended_key(text: &str) -> Result<(Xpub, Option<AddressKind>), QuoteError> {
+    let mut data =
+        bitcoin::base58::decode_check(text).map_err(|e| QuoteError::BadXpub(e.to_string()))?;
+    let version: [u8; 4] = data
+        .get(..4)
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| QuoteError::BadXpub(format!("{} bytes", data.len())))?;
+    let known = key_version(version).ok_or_else(|| {
+        QuoteError::BadXpub(format!(
+            "version {} is none of xpub, ypub, zpub, tpub, upub, vpub",
+            hex::encode(version)
+        ))
+    })?;
+    let plain = match known.network {
+        NetworkKind::Main => XPUB_VERSION,
+        NetworkKind::Test => TPUB_VERSION,
+    };
+    data[..4].copy_from_slice(&plain);
+    let key = Xpub::decode(&data).map_err(|e| QuoteError::BadXpub(e.to_string()))?;
+    Ok((key, known.implies))
 }
 
 /// Derives receive addresses from one xpub.
@@ -61,15 +116,37 @@ impl std::fmt::Debug for AddressDeriver {
 }
 
 impl AddressDeriver {
-    /// Parses the operator's xpub (`xpub…` for mainnet, `tpub…` for the test networks).
+    /// Parses the operator's key for addresses of type `kind`: an `xpub` (mainnet) or `tpub`
+    /// (test networks), or a SLIP-132 key whose version names `kind`.
     pub fn new(xpub: &str, kind: AddressKind, network: ChainNetwork) -> Result<Self, QuoteError> {
+        Self::for_key(xpub, Some(kind), network)
+    }
+
+    /// Parses the operator's key; the address type is `asked`, else the one a SLIP-132 key
+    /// names, else P2WPKH. A SLIP-132 key naming another type than `asked` is refused.
+    pub fn for_key(
+        xpub: &str,
+        asked: Option<AddressKind>,
+        network: ChainNetwork,
+    ) -> Result<Self, QuoteError> {
         if xpub.len() > MAX_XPUB_LEN {
             return Err(QuoteError::BadXpub(format!(
                 "{} characters, at most {MAX_XPUB_LEN}",
                 xpub.len()
             )));
         }
-        let parsed = Xpub::from_str(xpub).map_err(|e| QuoteError::BadXpub(e.to_string()))?;
+        let (parsed, implied) = parse_extended_key(xpub)?;
+        let kind = match (implied, asked) {
+            (Some(implied), Some(asked)) if implied != asked => {
+                return Err(QuoteError::XpubKind {
+                    prefix: xpub.chars().take(4).collect(),
+                    implied: implied.name(),
+                    asked: asked.name(),
+                })
+            }
+            (Some(kind), _) | (None, Some(kind)) => kind,
+            (None, None) => AddressKind::P2wpkh,
+        };
         let host_kind = NetworkKind::from(network.bitcoin_network());
         if parsed.network != host_kind {
             return Err(QuoteError::XpubNetwork {
@@ -113,6 +190,9 @@ impl AddressDeriver {
         Ok(match self.kind {
             AddressKind::P2wpkh => Address::p2wpkh(&CompressedPublicKey(derived.public_key), net),
             AddressKind::P2tr => Address::p2tr(&self.secp, derived.to_x_only_pub(), None, net),
+            AddressKind::P2shP2wpkh => {
+                Address::p2shwpkh(&CompressedPublicKey(derived.public_key), net)
+            }
         })
     }
 }
@@ -177,5 +257,95 @@ mod tests {
             d.address_at(1 << 31),
             Err(QuoteError::Derive { .. })
         ));
+    }
+
+    // BIP84's test vector, as the zpub BIP84 lists for account 0 (same mnemonic, m/84'/0'/0';
+    // https://github.com/bitcoin/bips/blob/master/bip-0084.mediawiki#test-vectors, also in
+    // SLIP-0132's test vectors). The same key as BIP84_ZPUB_AS_XPUB above.
+    const BIP84_ZPUB: &str = "zpub6rFR7y4Q2AijBEqTUquhVz398htDFrtymD9xYYfG1m4wAcvPhXNfE3EfH1r1ADqtfSdVCToUG868RvUUkgDKf31mGDtKsAYz2oz2AGutZYs";
+    // SLIP-0132's test vector for m/49'/0'/0' (same mnemonic) and its first address
+    // (https://github.com/satoshilabs/slips/blob/master/slip-0132.md#bitcoin-test-vectors).
+    const SLIP132_YPUB: &str = "ypub6Ww3ibxVfGzLrAH1PNcjyAWenMTbbAosGNB6VvmSEgytSER9azLDWCxoJwW7Ke7icmizBMXrzBx9979FfaHxHcrArf3zbeJJJUZPf663zsP";
+
+    #[test]
+    fn zpub_derives_bip84s_addresses_and_names_p2wpkh() {
+        let d = AddressDeriver::for_key(BIP84_ZPUB, None, ChainNetwork::Mainnet).unwrap();
+        assert_eq!(d.kind(), AddressKind::P2wpkh);
+        assert_eq!(
+            d.address_at(0).unwrap().to_string(),
+            "bc1qcr8te4kr609gcawutmrza0j4xv80jy8z306fyu"
+        );
+        let as_xpub = AddressDeriver::new(
+            BIP84_ZPUB_AS_XPUB,
+            AddressKind::P2wpkh,
+            ChainNetwork::Mainnet,
+        )
+        .unwrap();
+        assert_eq!(d.xpub, as_xpub.xpub);
+        // A zpub names P2WPKH: asking it for taproot is a configuration mistake.
+        assert!(matches!(
+            AddressDeriver::for_key(BIP84_ZPUB, Some(AddressKind::P2tr), ChainNetwork::Mainnet),
+            Err(QuoteError::XpubKind { .. })
+        ));
+        // A zpub is a mainnet key.
+        assert!(matches!(
+            AddressDeriver::for_key(BIP84_ZPUB, None, ChainNetwork::Testnet4),
+            Err(QuoteError::XpubNetwork { .. })
+        ));
+    }
+
+    #[test]
+    fn ypub_derives_slip132s_nested_segwit_address() {
+        let d = AddressDeriver::for_key(SLIP132_YPUB, None, ChainNetwork::Mainnet).unwrap();
+        assert_eq!(d.kind(), AddressKind::P2shP2wpkh);
+        assert_eq!(
+            d.address_at(0).unwrap().to_string(),
+            "37VucYSaXLCAsxYyAPfbSi9eh4iEcbShgf"
+        );
+    }
+
+    #[test]
+    fn vpub_and_upub_are_tpubs_with_other_version_bytes() {
+        let secp = Secp256k1::new();
+        let master = bitcoin::bip32::Xpriv::new_master(NetworkKind::Test, &[9u8; 32]).unwrap();
+        let tpub = Xpub::from_priv(&secp, &master);
+        let with_version = |v: [u8; 4]| {
+            let mut data = tpub.encode();
+            data[..4].copy_from_slice(&v);
+            bitcoin::base58::encode_check(&data)
+        };
+        let vpub = with_version([0x04, 0x5f, 0x1c, 0xf6]);
+        assert!(vpub.starts_with("vpub"), "{vpub}");
+        let d = AddressDeriver::for_key(&vpub, None, ChainNetwork::Regtest).unwrap();
+        let plain = AddressDeriver::new(
+            &tpub.to_string(),
+            AddressKind::P2wpkh,
+            ChainNetwork::Regtest,
+        )
+        .unwrap();
+        assert_eq!(d.address_at(5).unwrap(), plain.address_at(5).unwrap());
+        let upub = with_version([0x04, 0x4a, 0x52, 0x62]);
+        assert!(upub.starts_with("upub"), "{upub}");
+        let d = AddressDeriver::for_key(&upub, None, ChainNetwork::Regtest).unwrap();
+        assert_eq!(d.kind(), AddressKind::P2shP2wpkh);
+        assert!(d.address_at(0).unwrap().to_string().starts_with('2'));
+        // An unknown version is refused with what it was.
+        let odd = with_version([0x01, 0x02, 0x03, 0x04]);
+        assert!(matches!(
+            AddressDeriver::for_key(&odd, None, ChainNetwork::Regtest),
+            Err(QuoteError::BadXpub(m)) if m.contains("01020304")
+        ));
+    }
+
+    #[test]
+    fn a_plain_key_takes_the_asked_type_and_defaults_to_p2wpkh() {
+        let d = AddressDeriver::for_key(BIP86_XPUB, None, ChainNetwork::Mainnet).unwrap();
+        assert_eq!(d.kind(), AddressKind::P2wpkh);
+        let d = AddressDeriver::for_key(BIP86_XPUB, Some(AddressKind::P2tr), ChainNetwork::Mainnet)
+            .unwrap();
+        assert_eq!(
+            d.address_at(0).unwrap().to_string(),
+            "bc1p5cyxnuxmeuwuvkwfem96lqzszd02n6xdcjrs20cac6yqjjwudpxqkedrcr"
+        );
     }
 }

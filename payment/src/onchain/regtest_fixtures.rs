@@ -60,6 +60,19 @@ pub fn mined_header(
 
 /// A coinbase for `height`; `tag` makes the coinbases of competing branches differ.
 pub fn coinbase(height: u32, tag: &[u8]) -> Transaction {
+    coinbase_paying(
+        height,
+        tag,
+        &[(
+            ScriptBuf::new_op_return([0u8; 4]),
+            Amount::from_sat(50 * 100_000_000),
+        )],
+    )
+}
+
+/// A coinbase for `height` paying `outputs` (a miner paying a quote straight from its
+/// block reward).
+pub fn coinbase_paying(height: u32, tag: &[u8], outputs: &[(ScriptBuf, Amount)]) -> Transaction {
     let mut tag_push = PushBytesBuf::new();
     // Tags are short test labels; a push of up to 4 GiB cannot fail for them.
     tag_push
@@ -77,10 +90,13 @@ pub fn coinbase(height: u32, tag: &[u8]) -> Transaction {
             sequence: Sequence::MAX,
             witness: Witness::new(),
         }],
-        output: vec![TxOut {
-            value: Amount::from_sat(50 * 100_000_000),
-            script_pubkey: ScriptBuf::new_op_return([0u8; 4]),
-        }],
+        output: outputs
+            .iter()
+            .map(|(script, value)| TxOut {
+                value: *value,
+                script_pubkey: script.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -117,8 +133,18 @@ pub fn mine_block(
     tag: &[u8],
     txs: Vec<Transaction>,
 ) -> Block {
+    mine_block_with_coinbase(prev, time, coinbase(height, tag), txs)
+}
+
+/// A mined block on `prev` at `time` whose first transaction is `coinbase`.
+pub fn mine_block_with_coinbase(
+    prev: BlockHash,
+    time: u32,
+    coinbase: Transaction,
+    txs: Vec<Transaction>,
+) -> Block {
     let mut txdata = Vec::with_capacity(txs.len() + 1);
-    txdata.push(coinbase(height, tag));
+    txdata.push(coinbase);
     txdata.extend(txs);
     let mut block = Block {
         header: Header {
@@ -193,6 +219,19 @@ impl RegtestChain {
             tip.header.time + BLOCK_SPACING_S,
             tag,
             txs,
+        );
+        self.blocks.push(block);
+        self.tip()
+    }
+
+    /// Mines a block whose coinbase pays `outputs` on the tip.
+    pub fn mine_paying_coinbase(&mut self, tag: &[u8], outputs: &[(ScriptBuf, Amount)]) -> &Block {
+        let tip = self.tip();
+        let block = mine_block_with_coinbase(
+            tip.block_hash(),
+            tip.header.time + BLOCK_SPACING_S,
+            coinbase_paying(self.height() + 1, tag, outputs),
+            Vec::new(),
         );
         self.blocks.push(block);
         self.tip()

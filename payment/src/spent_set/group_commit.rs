@@ -18,6 +18,7 @@ use super::sqlite::storage;
 use super::{
     open_durable, SignedOutput, SpendKey, SpendState, SpentSet, SpentSetError, SqliteSpentSet,
 };
+use crate::storage_refusal::StorageRefused;
 
 /// The most requests one transaction carries, so a burst cannot grow one batch without bound.
 const MAX_BATCH: usize = 1024;
@@ -198,11 +199,22 @@ fn run_committer(mut conn: Connection, requests: Receiver<Request>, commits: &At
 /// Returns each op's result (all `Storage` errors if the transaction could not commit) and
 /// whether a commit happened.
 fn run_batch(conn: &mut Connection, ops: &[&Op]) -> (Vec<Reply>, bool) {
+    // A refusal by the disk or the lock stays typed for every request (each may simply be
+    // retried); anything else is reported as what it is.
     let fail_all = |e: rusqlite::Error| {
-        let msg = format!("group commit of {} requests: {e}", ops.len());
+        let what = format!("group commit of {} requests: {e}", ops.len());
+        let refused = StorageRefused::from_sqlite(&e).map(|r| StorageRefused {
+            reason: what.clone(),
+            ..r
+        });
         let results = ops
             .iter()
-            .map(|_| Err(SpentSetError::Storage(msg.clone())))
+            .map(|_| {
+                Err(match &refused {
+                    Some(r) => SpentSetError::StorageRefused(r.clone()),
+                    None => SpentSetError::Storage(what.clone()),
+                })
+            })
             .collect();
         (results, false)
     };
@@ -242,6 +254,7 @@ fn apply_in_savepoint(tx: &mut rusqlite::Transaction<'_>, op: &Op) -> Reply {
 mod tests {
     use super::*;
     use crate::spent_set::KeyKind;
+    use crate::storage_refusal::StorageFault;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Barrier;
 
@@ -336,9 +349,16 @@ mod tests {
         let refs: Vec<&Op> = ops.iter().collect();
         let (results, committed) = run_batch(&mut conn, &refs);
         assert!(!committed);
-        assert!(results
-            .iter()
-            .all(|r| matches!(r, Err(SpentSetError::Storage(_)))));
+        assert!(
+            results.iter().all(|r| matches!(
+                r,
+                Err(SpentSetError::StorageRefused(StorageRefused {
+                    fault: StorageFault::Busy,
+                    ..
+                }))
+            )),
+            "{results:?}"
+        );
         drop(held);
         let reopened = SqliteSpentSet::open(&path).unwrap();
         assert_eq!(

@@ -14,6 +14,8 @@
 
 use thiserror::Error;
 
+use crate::storage_refusal::StorageRefused;
+
 /// What a spent-set key names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KeyKind {
@@ -58,6 +60,10 @@ pub enum SpentSetError {
     OutputAlreadySigned { b_hex: String },
     #[error("spent set storage: {0}")]
     Storage(String),
+    /// The disk or a lock refused the operation; nothing changed, the same call may succeed
+    /// later.
+    #[error("spent set: {0}")]
+    StorageRefused(StorageRefused),
 }
 
 /// One blind signature the mint handed out, as kept with the claim that paid for it: the

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::{signed_outputs, KeyKind, SignedOutput, SpendKey, SpendState, SpentSet, SpentSetError};
+use crate::storage_refusal::StorageRefused;
 
 /// How long a writer waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,7 +32,10 @@ impl std::fmt::Debug for SqliteSpentSet {
 }
 
 pub(super) fn storage(e: rusqlite::Error) -> SpentSetError {
-    SpentSetError::Storage(e.to_string())
+    match StorageRefused::from_sqlite(&e) {
+        Some(refused) => SpentSetError::StorageRefused(refused),
+        None => SpentSetError::Storage(e.to_string()),
+    }
 }
 
 fn kind_code(kind: KeyKind) -> i64 {

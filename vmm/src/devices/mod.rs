@@ -1,6 +1,7 @@
 //! Emulated devices and the port-I/O bus that routes guest `in`/`out` to them.
 
 pub mod boot_timer;
+pub mod console_cap;
 pub mod i8042;
 pub mod mmio_bus;
 pub mod serial;

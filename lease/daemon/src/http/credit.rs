@@ -14,12 +14,14 @@ use payment::credit::receipt::{receipt, MINT_ONCHAIN};
 use payment::credit::{signed_records, CreditError};
 use serde_json::Value;
 
-use super::host::QUOTE_TTL_S;
+use super::host::issue_quote;
 use super::json_body::CashuBody;
 use crate::app::Shared;
 use crate::clock::unix_s;
-use crate::http::error::{quote_error, ApiError, CashuError};
+use crate::http::degraded;
+use crate::http::error::{ApiError, CashuError};
 use crate::leases::payment_intake::verify_onchain;
+use crate::leases::LeaseError;
 
 pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CashuError> + Send + 'static,
@@ -60,7 +62,14 @@ pub async fn swap(
     CashuBody(req): CashuBody<SwapRequest>,
 ) -> Result<Json<SwapResponse>, CashuError> {
     blocking(move || {
-        let signed = s.mint.swap(&req)?;
+        if s.disk.degraded() {
+            let inputs = s.mint.validate_inputs(&req.inputs)?;
+            degraded::admit_spending(&s, &inputs.keys)?;
+        }
+        let signed = s
+            .mint
+            .swap(&req)
+            .inspect_err(|e| s.disk.notice(e.storage_refused()))?;
         crate::fault::hit(crate::fault::point::SWAP_COMMITTED);
         Ok(Json(signed))
     })
@@ -126,11 +135,7 @@ async fn legacy_mint_quote(
     }
     let amount = req.amount;
     blocking(move || {
-        let now_us = (unix_s() as u64).saturating_mul(1_000_000);
-        let q = s
-            .quotes
-            .create(amount * 1000, now_us, QUOTE_TTL_S * 1_000_000)
-            .map_err(quote_error)?;
+        let q = issue_quote(&s, amount.saturating_mul(1000))?;
         Ok(Json(MintQuoteOnchainResponse {
             quote: q.quote_id,
             request: q.bip21,
@@ -165,8 +170,20 @@ pub async fn mint(
         }
         let credit = {
             let chain = s2.chain_read();
-            verify_onchain(&chain, &s2.quotes, s2.config.min_conf, &req.payment)?
+            verify_onchain(&chain, &s2.quotes, s2.config.min_conf, &req.payment).inspect_err(
+                |e| {
+                    // The quote book or spent set refused by the disk (a read that had to
+                    // grow SQLite's shared-memory file, say): free the reserve, as a swap does.
+                    let refused = match e {
+                        LeaseError::Payment(p) => p.storage_refused(),
+                        LeaseError::Quote(q) => q.storage_refused(),
+                        _ => None,
+                    };
+                    s2.disk.notice(refused);
+                },
+            )?
         };
+        degraded::admit_spending(&s2, &credit.keys)?;
         let paid_sat = credit.amount_msat / 1000;
         let note = format!("mint quote {}", req.payment.quote_id);
         let receipt = receipt(MINT_ONCHAIN, &credit.keys, &req.outputs);

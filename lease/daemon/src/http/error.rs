@@ -10,6 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use payment::credit::CreditError;
 use payment::onchain::{ChainError, PaymentError, QuoteError};
+use payment::storage_refusal::{StorageFault, StorageRefused};
 use serde::Serialize;
 
 use crate::leases::LeaseError;
@@ -204,6 +205,25 @@ impl From<crate::ledger::LedgerError> for ApiError {
 /// How long a tenant refused for a full or failing disk should wait before asking again.
 const STORAGE_RETRY_S: u64 = 30;
 
+/// How long a tenant refused for a database lock held too long should wait: a lock passes
+/// sooner than a full disk empties.
+const STORAGE_BUSY_RETRY_S: u64 = 1;
+
+/// The payment crate's storage (spent set, quote book) refused by the disk or a lock: the
+/// same answers as the ledger's own refusals, since nothing changed either.
+pub fn storage_refused(r: &StorageRefused) -> ApiError {
+    tracing::warn!(error = %r, "payment storage refused the step; rolled back");
+    let message = format!("the host could not record this: {r}; nothing changed");
+    match r.fault {
+        StorageFault::Full => ApiError::insufficient_storage(message),
+        StorageFault::Io => ApiError::storage_unavailable(message),
+        StorageFault::Busy => ApiError {
+            retry_after_s: Some(STORAGE_BUSY_RETRY_S),
+            ..ApiError::storage_unavailable(message)
+        },
+    }
+}
+
 /// How long a tenant refused for lack of room should wait before asking again.
 const HOST_FULL_RETRY_S: u64 = 5;
 
@@ -236,6 +256,9 @@ impl From<LeaseError> for ApiError {
 /// pending, 413 too many, 422 well-formed but invalid.
 pub fn credit_error(e: CreditError) -> ApiError {
     use CreditError::*;
+    if let Some(r) = e.storage_refused() {
+        return storage_refused(r);
+    }
     let status = match &e {
         InvalidPoint { .. }
         | InvalidScalar { .. }
@@ -261,7 +284,7 @@ pub fn credit_error(e: CreditError) -> ApiError {
         | SecretRejected { .. }
         | DleqInvalid
         | Degenerate { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        Store { .. } | SpentSet(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Store { .. } | SpentSet(_) | StorageRefused(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError::new(status, e.code(), e.to_string())
 }
@@ -270,6 +293,9 @@ pub fn credit_error(e: CreditError) -> ApiError {
 /// spent, 422 well-formed but invalid.
 pub fn payment_error(e: PaymentError) -> ApiError {
     use PaymentError::*;
+    if let Some(r) = e.storage_refused() {
+        return storage_refused(r);
+    }
     let status = match &e {
         TooLong { .. } | NotHex { .. } | MalformedTx(_) | MalformedProof(_) => {
             StatusCode::BAD_REQUEST
@@ -281,6 +307,9 @@ pub fn payment_error(e: PaymentError) -> ApiError {
         BlockNotInChain { .. }
         | NotOnBestChain { .. }
         | NotEnoughConfirmations { .. }
+        | CoinbaseImmature { .. }
+        | PaysEarlierQuote { .. }
+        | QuoteRetired { .. }
         | WrongAddress { .. }
         | Insufficient { .. } => StatusCode::PAYMENT_REQUIRED,
         AlreadySpent { .. } => StatusCode::CONFLICT,
@@ -289,10 +318,20 @@ pub fn payment_error(e: PaymentError) -> ApiError {
     ApiError::new(status, e.code(), e.to_string())
 }
 
-/// Quotes: a spec that cannot be priced is the caller's; the rest is the host's.
+/// Quotes: a spec that cannot be priced is the caller's; every address held by an unpaid
+/// quote (`--max-open-quotes`) is 503 with Retry-After; the rest is the host's.
 pub fn quote_error(e: QuoteError) -> ApiError {
+    if let Some(r) = e.storage_refused() {
+        return storage_refused(r);
+    }
     let status = match &e {
         QuoteError::Price(_) => StatusCode::BAD_REQUEST,
+        QuoteError::NoFreeIndex { retry_after_s, .. } => {
+            return ApiError {
+                retry_after_s: Some(*retry_after_s),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
+            }
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError::new(status, e.code(), e.to_string())
@@ -387,6 +426,9 @@ impl From<LeaseError> for CashuError {
                     BlockNotInChain { .. }
                     | NotOnBestChain { .. }
                     | NotEnoughConfirmations { .. }
+                    | CoinbaseImmature { .. }
+                    | PaysEarlierQuote { .. }
+                    | QuoteRetired { .. }
                     | WrongAddress { .. }
                     | Insufficient { .. } => CASHU_QUOTE_NOT_PAID,
                     AlreadySpent { .. } => CASHU_QUOTE_ISSUED,
@@ -520,6 +562,45 @@ mod tests {
         assert_eq!(
             (io.status.as_u16(), io.code, io.retry_after_s),
             (503, "storage_unavailable", Some(STORAGE_RETRY_S))
+        );
+        // The payment crate's refusals: the same answers as the ledger's.
+        let refused = |code| {
+            StorageRefused::from_sqlite(&rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+            .expect("a refusal")
+        };
+        let swap_full = credit_error(CreditError::StorageRefused(refused(
+            rusqlite::ffi::SQLITE_FULL,
+        )));
+        assert_eq!(
+            (
+                swap_full.status.as_u16(),
+                swap_full.code,
+                swap_full.retry_after_s
+            ),
+            (507, "insufficient_storage", Some(STORAGE_RETRY_S))
+        );
+        let quote_busy = quote_error(QuoteError::StorageRefused(refused(
+            rusqlite::ffi::SQLITE_BUSY,
+        )));
+        assert_eq!(
+            (
+                quote_busy.status.as_u16(),
+                quote_busy.code,
+                quote_busy.retry_after_s
+            ),
+            (503, "storage_unavailable", Some(STORAGE_BUSY_RETRY_S))
+        );
+        let mint_io = payment_error(PaymentError::SpentSet(
+            payment::spent_set::SpentSetError::StorageRefused(refused(
+                rusqlite::ffi::SQLITE_IOERR_WRITE,
+            )),
+        ));
+        assert_eq!(
+            (mint_io.status.as_u16(), mint_io.code),
+            (503, "storage_unavailable")
         );
         let other = ApiError::from(failure(rusqlite::ffi::SQLITE_CORRUPT));
         assert_eq!((other.status.as_u16(), other.code), (500, "internal"));

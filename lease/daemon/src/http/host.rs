@@ -10,18 +10,35 @@ use coinop_proto::replies::{
 };
 use coinop_proto::requests::QuoteRequest;
 use coinop_proto::Msat;
-use payment::onchain::{price, Spec};
+use payment::onchain::{price, Quote, Spec};
 
 use super::json_body::JsonBody;
-use crate::app::Shared;
+use crate::app::{AppState, Shared};
 use crate::clock::unix_s;
 use crate::http::error::{quote_error, ApiError};
 use crate::http::peer::PeerCred;
 use crate::leases::{spec, LeaseError};
 use crate::ledger::QuoteRow;
 
-/// How long a quote's address and price hold.
-pub const QUOTE_TTL_S: u64 = 3600;
+/// Issues a quote for `amount_msat` valid for `--quote-ttl-s`, at the chain's tip (an
+/// expired unpaid quote's address may be taken over: see `payment::onchain::quote_book`).
+/// Blocking: one durable SQLite commit.
+pub fn issue_quote(s: &AppState, amount_msat: u64) -> Result<Quote, ApiError> {
+    crate::http::degraded::admit(s)?;
+    let now_us = (unix_s() as u64).saturating_mul(1_000_000);
+    let tip = s.chain_read().tip().height;
+    s.quotes
+        .create_at_tip(
+            amount_msat,
+            now_us,
+            s.config.quote_ttl_s.saturating_mul(1_000_000),
+            tip,
+        )
+        .map_err(|e| {
+            s.disk.notice(e.storage_refused());
+            quote_error(e)
+        })
+}
 
 pub async fn host(State(s): State<Shared>) -> Json<HostView> {
     let tip = s.chain_read().tip();
@@ -98,14 +115,9 @@ pub async fn quote(
     )
     .map_err(|e| LeaseError::InvalidSpec(e.to_string()))?;
     let s2 = s.clone();
-    let q = tokio::task::spawn_blocking(move || {
-        let now_us = (unix_s() as u64).saturating_mul(1_000_000);
-        s2.quotes
-            .create(amount_msat, now_us, QUOTE_TTL_S * 1_000_000)
-            .map_err(quote_error)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let q = tokio::task::spawn_blocking(move || issue_quote(&s2, amount_msat))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     let expires_at = (q.expires_at_us / 1_000_000) as i64;
     s.ledger.insert_quote(&QuoteRow {
         id: q.quote_id.clone(),

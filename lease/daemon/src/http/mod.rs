@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod chain;
 pub mod credit;
+pub mod degraded;
 pub mod error;
 pub mod host;
 pub mod json_body;

@@ -19,10 +19,10 @@ use payment::credit::{curve::parse_point, signed_records, CreditError};
 use payment::onchain::proof::check_payment;
 
 use super::credit::blocking;
-use super::host::QUOTE_TTL_S;
+use super::host::issue_quote;
 use super::json_body::CashuBody;
 use crate::app::Shared;
-use crate::clock::unix_s;
+use crate::http::degraded;
 use crate::http::error::{quote_error, ApiError, CashuError};
 use crate::leases::LeaseError;
 use crate::ledger::mint_quotes::Nut30Quote;
@@ -60,12 +60,8 @@ pub async fn create_quote(
     }
     parse_point("pubkey", &req.pubkey)?;
     blocking(move || {
-        let now_us = (unix_s() as u64).saturating_mul(1_000_000);
         // No amount: the address may be paid any number of times before it expires.
-        let q = s
-            .quotes
-            .create(0, now_us, QUOTE_TTL_S * 1_000_000)
-            .map_err(quote_error)?;
+        let q = issue_quote(&s, 0)?;
         s.ledger.open_nut30_quote(&q.quote_id, &req.pubkey)?;
         let row = Nut30Quote {
             pubkey: req.pubkey,
@@ -124,6 +120,7 @@ pub async fn prove_payment(
             return Err(CreditError::QuoteExpired { quote }.into());
         }
         let keys = paid.spend_keys();
+        degraded::admit_spending(&s, &keys)?;
         let receipt = receipt(&format!("nut30 payment {quote}"), &keys, &[]);
         let row = s
             .ledger
@@ -147,6 +144,8 @@ pub async fn mint(
             .nut30_quote(&req.quote)?
             .ok_or_else(|| unknown_quote(&req.quote))?;
         verify_mint_signature(&req.quote, &req.outputs, &row.pubkey, &req.signature)?;
+        // New signatures are new writes: refused while the disk is nearly full.
+        degraded::admit(&s)?;
         let signed = s.ledger.issue_nut30(&req.quote, |q| {
             let q = q.ok_or_else(|| unknown_quote(&req.quote))?;
             let asked = req

@@ -89,12 +89,6 @@ pub async fn create(
         cmdline = format!("{cmdline} {word}");
     }
     let recovery = req.recovery_key.as_deref().map(recovery_hash).transpose()?;
-    // A disk too full for coinopd's reserve takes no new lease: refused before the payment
-    // is looked at, so nothing is claimed (see `crate::disk_reserve`).
-    if s.disk.degraded() {
-        let disk = std::sync::Arc::clone(&s.disk);
-        blocking_here(move || Ok(disk.admit()?)).await?;
-    }
     let CreateRequest {
         vcpus,
         mem_mib,
@@ -118,6 +112,13 @@ pub async fn create(
     let spent = blocking_here(move || Ok(s2.ledger.first_claimed(&keys)?)).await?;
     if let Some(spent) = spent {
         return create_with_spent_payment(s, arrival, order, recovery, spent).await;
+    }
+    // A disk too full for coinopd's reserve takes no new lease (see `crate::disk_reserve`):
+    // refused after the payment was found valid and unspent (only reads so far, nothing
+    // claimed), so a tenant reusing a spent payment hears the truth (409), not "retry later".
+    if s.disk.degraded() {
+        let disk = std::sync::Arc::clone(&s.disk);
+        blocking_here(move || Ok(disk.admit()?)).await?;
     }
     // A slot built ahead of time names the lease; dropped unused (a full host, a recovered
     // lease) it goes back to the pool.
@@ -247,6 +248,7 @@ async fn create_reserved(
         recovery_hash: recovery,
     };
     let balance = credit.amount_msat;
+    let late = credit.is_late();
     let kind = metric_kind(&credit);
     let s2 = s.clone();
     let outcome = blocking_here(move || {
@@ -274,6 +276,7 @@ async fn create_reserved(
     };
     match boot_guest(s, arrival, &guest, boot, slot).await? {
         Ok((boot, network)) => Ok(CreateOutcome::Created(CreateResponse {
+            late,
             lease_id: id.to_string(),
             token,
             token_seq: 1,

@@ -10,7 +10,7 @@ use payment::onchain::{check_payment, HeaderChain, QuoteBook};
 
 use super::{blocking, LeaseError};
 use crate::app::Shared;
-use crate::ledger::Credit;
+use crate::ledger::{Credit, ONCHAIN_LATE};
 
 /// Credit payments with at most this many proofs are verified inline (each proof is one
 /// hash-to-curve and one point multiplication, tens of µs); bigger ones go to the pool.
@@ -42,8 +42,8 @@ pub async fn verify_payment(s: &Shared, p: PaymentBody) -> Result<Credit, LeaseE
     out
 }
 
-/// Verifies an on-chain payment for one of our quotes; the credit's kind says whether it
-/// arrived after the quote expired (`onchain_late`).
+/// Verifies an on-chain payment for one of our quotes and marks the quote paid; the
+/// credit's kind says whether it arrived after the quote expired (`onchain_late`).
 pub fn verify_onchain(
     chain: &HeaderChain,
     quotes: &QuoteBook,
@@ -54,6 +54,9 @@ pub fn verify_onchain(
         .get(&p.quote_id)?
         .ok_or_else(|| LeaseError::UnknownQuote(p.quote_id.clone()))?;
     let v = check_payment(chain, &quote, &p.tx_hex, &p.proof_hex, min_conf)?;
+    // A payment to this address exists: its index must never go to another quote, whether
+    // or not this claim goes through.
+    quotes.mark_paid(&quote.quote_id)?;
     let keys = v.spend_keys();
     let reference = v
         .outpoints
@@ -62,7 +65,7 @@ pub fn verify_onchain(
         .collect::<Vec<_>>()
         .join(",");
     Ok(Credit {
-        kind: if v.late { "onchain_late" } else { "onchain" },
+        kind: if v.late { ONCHAIN_LATE } else { "onchain" },
         reference,
         amount_msat: v.amount_msat,
         keys,

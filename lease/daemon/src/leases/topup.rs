@@ -26,6 +26,7 @@ pub async fn topup(
     let s2 = s.clone();
     let id = l.id.clone();
     let kind = metric_kind(&credit);
+    let late = credit.is_late();
     let out = blocking(move || {
         s2.ledger.topup(&id, &credit).map_err(|e| {
             count_refused_claim(&s2, kind, &e);
@@ -58,5 +59,6 @@ pub async fn topup(
     Ok(TopupResponse {
         lease: super::view(s, &now),
         resumed: out.resumed,
+        late,
     })
 }

@@ -59,7 +59,8 @@ pub enum LedgerError {
     #[error("ledger storage {fault}: {source}")]
     Storage {
         fault: StorageFault,
-        source: rusqlite::Error,
+        /// SQLite's error, or the spent set's refusal met inside a ledger step.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("payment already spent: {0}")]
     AlreadySpent(String),
@@ -110,7 +111,10 @@ impl From<rusqlite::Error> for LedgerError {
             Some(rusqlite::ErrorCode::SystemIoFailure) => StorageFault::Io,
             _ => return LedgerError::Sqlite(e),
         };
-        LedgerError::Storage { fault, source: e }
+        LedgerError::Storage {
+            fault,
+            source: Box::new(e),
+        }
     }
 }
 
@@ -130,6 +134,17 @@ impl From<SpentSetError> for LedgerError {
             SpentSetError::OutputAlreadySigned { b_hex } => {
                 LedgerError::OutputsAlreadySigned(b_hex)
             }
+            // The disk refused the spent set's part of a ledger step: the step rolled back
+            // like any other the disk refused.
+            SpentSetError::StorageRefused(refused) if refused.by_the_disk() => {
+                LedgerError::Storage {
+                    fault: match refused.fault {
+                        payment::storage_refusal::StorageFault::Full => StorageFault::Full,
+                        _ => StorageFault::Io,
+                    },
+                    source: Box::new(refused),
+                }
+            }
             other => LedgerError::SpentSet(other.to_string()),
         }
     }
@@ -142,6 +157,17 @@ pub struct Credit {
     pub reference: String,
     pub amount_msat: u64,
     pub keys: Vec<SpendKey>,
+}
+
+/// The kind of an on-chain payment mined after its quote expired.
+pub const ONCHAIN_LATE: &str = "onchain_late";
+
+impl Credit {
+    /// An on-chain payment mined after its quote expired: credited at the quote's price,
+    /// flagged `late` in the reply and on its payment row.
+    pub fn is_late(&self) -> bool {
+        self.kind == ONCHAIN_LATE
+    }
 }
 
 pub struct Ledger {
@@ -275,6 +301,23 @@ mod tests {
         ));
         let other = LedgerError::from(failure(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE));
         assert!(!other.is_storage(), "{other:?}");
+        // The spent set's part of a step, refused by the disk: the same storage error.
+        let refused = |code| {
+            let r = payment::storage_refusal::StorageRefused::from_sqlite(&failure(code))
+                .expect("a refusal");
+            LedgerError::from(SpentSetError::StorageRefused(r))
+        };
+        assert!(matches!(
+            refused(rusqlite::ffi::SQLITE_FULL),
+            LedgerError::Storage {
+                fault: StorageFault::Full,
+                ..
+            }
+        ));
+        assert!(
+            !refused(rusqlite::ffi::SQLITE_BUSY).is_storage(),
+            "a lock, not the disk"
+        );
 
         let (_d, l) = ledger();
         let told = Arc::new(AtomicU32::new(0));

@@ -121,7 +121,7 @@ pub(super) fn insert_lease(
         super::recovery::payment_digest(&credit.keys).as_slice(),
         lease.recovery_hash.as_ref().map(|h| h.as_slice()),
     ])?;
-    record_payment(tx, credit, &lease.id, false, false)
+    record_payment(tx, credit, &lease.id, credit.is_late(), false)
 }
 
 impl Ledger {
@@ -133,7 +133,7 @@ impl Ledger {
 
     /// Adds a payment to a lease's balance. A lease paused for lack of funds goes back to
     /// `running` (the caller resumes the guest); a stopped, not yet refunded lease keeps the
-    /// money as refundable balance (`late`). A refunded lease takes no more money. A payment
+    /// money as refundable balance (`late`, as is a payment mined after its quote expired). A refunded lease takes no more money. A payment
     /// that already topped up this very lease is a retry whose reply was lost: it is
     /// answered as a repeat (nothing credited twice); anywhere else it is `AlreadySpent`.
     pub fn topup(&self, id: &str, credit: &Credit) -> Result<TopupOutcome, LedgerError> {
@@ -146,7 +146,7 @@ impl Ledger {
                     why: "already refunded; it takes no more payments",
                 });
             }
-            let late = lease.state == LeaseState::Stopped;
+            let late = lease.state == LeaseState::Stopped || credit.is_late();
             let resumed = lease.state == LeaseState::PausedUnfunded;
             match record_payment(tx, credit, id, late, resumed) {
                 Err(LedgerError::AlreadySpent(m)) => {

@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS payments (
     reference TEXT NOT NULL,
     amount_msat INTEGER NOT NULL,
     lease_id TEXT NOT NULL REFERENCES leases(id),
+    -- 1: the payment came after it was due: mined after its quote expired (kind
+    -- onchain_late), or paid to a lease already stopped.
     late INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
     payment_digest BLOB,

@@ -43,11 +43,15 @@ pub fn vmm_and_guest() -> Option<(PathBuf, PathBuf)> {
         return None;
     }
     let build = bin_dir.join("build");
+    // The newest: a target dir keeps the guests of earlier builds of the vmm crate too,
+    // which lack the modes added since.
     let guest = std::fs::read_dir(&build)
         .ok()?
         .filter_map(Result::ok)
         .map(|e| e.path().join("out/testguest/testguest-pvh.elf"))
-        .find(|p| p.exists())?;
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max()?
+        .1;
     Some((vmm, guest))
 }
 
