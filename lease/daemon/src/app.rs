@@ -178,7 +178,11 @@ impl AppState {
         // Swaps from many wallets at once share one fsync per batch; lease payments claim
         // inside the ledger's own transaction instead (one commit with the balance).
         let spent = Arc::new(GroupCommitSpentSet::open(&ledger_path)?);
-        let mint = Mint::open(&config.state_dir, spent.clone(), MintLimits::default())?;
+        let mint = Mint::open(&config.state_dir, spent.clone(), MintLimits::default())?
+            .with_input_fee_ppk(config.input_fee_ppk)
+            // What /v1/info promises an on-chain mint needs: --mint-min-conf (never below
+            // --min-conf, and at least one confirmation whatever they say).
+            .with_onchain_confirmations(config.mint_min_conf.max(config.min_conf).max(1));
         let watch = Arc::new(PaymentWatch::open(&ledger_path)?);
         let network = config.chain_network();
         let chain = open_chain(&config.state_dir.join("headers.dat"), network)?;

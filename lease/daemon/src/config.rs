@@ -259,6 +259,10 @@ pub struct Settings {
     /// without end cannot fill the host's disk.
     #[arg(long)]
     pub console_max_bytes: Option<u64>,
+    /// NUT-02 fee per credit note spent (swaps, lease payments), in parts per thousand of
+    /// a sat; a payment's fee is the sum over its notes rounded up to a whole sat.
+    #[arg(long)]
+    pub input_fee_ppk: Option<u64>,
 }
 
 /// A guest's console output kept by default: a boot log many times over, and 1 MiB of
@@ -315,6 +319,7 @@ pub struct Config {
     pub settle_conf: u32,
     pub reorg_window_s: u64,
     pub console_max_bytes: u64,
+    pub input_fee_ppk: u64,
     /// `--store`: the fleet store, if any.
     pub store: Option<StoreConfig>,
     /// `--host-id`, or its default.
@@ -421,6 +426,7 @@ impl Settings {
             store_password_file: self.store_password_file.or(file.store_password_file),
             host_id: self.host_id.or(file.host_id),
             console_max_bytes: self.console_max_bytes.or(file.console_max_bytes),
+            input_fee_ppk: self.input_fee_ppk.or(file.input_fee_ppk),
         }
     }
 
@@ -568,6 +574,7 @@ impl Settings {
             store,
             host_id,
             console_max_bytes: self.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
+            input_fee_ppk: self.input_fee_ppk.unwrap_or(0),
         };
         for (flag, value) in [
             ("tick-ms", config.tick_ms),
@@ -721,6 +728,7 @@ mod tests {
         assert_eq!((c.header_timeout_ms, c.idle_timeout_ms), (10_000, 30_000));
         assert_eq!(c.quotes_per_min, 30);
         assert_eq!(c.console_max_bytes, 1 << 20);
+        assert_eq!(c.input_fee_ppk, 0, "no fee unless the operator sets one");
     }
 
     #[test]

@@ -176,6 +176,36 @@ async fn create(d: &Daemon, body: &Value) -> coinop_cli::client::Reply {
     d.call("POST", "/v1/leases", None, Some(body.clone())).await
 }
 
+/// A Cashu route's 507: NUT-00's body (no NUT code names a full disk: 0).
+fn assert_cashu_insufficient_storage(r: &coinop_cli::client::Reply) {
+    assert_eq!(r.status, 507, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["code"], 0, "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+/// A 507 in the shape of `path`'s route: the Cashu routes answer NUT-00's body.
+fn assert_full_on(path: &str, r: &coinop_cli::client::Reply) {
+    if path.starts_with("/v1/swap") || path.starts_with("/v1/mint") {
+        assert_cashu_insufficient_storage(r);
+    } else {
+        assert_insufficient_storage(r);
+    }
+}
+
+/// A Cashu route's refusal: 400 with the NUT code.
+fn assert_cashu_code(r: &coinop_cli::client::Reply, code: u64) {
+    assert_eq!(
+        (r.status, &r.json()["code"]),
+        (400, &serde_json::json!(code)),
+        "{}",
+        r.text()
+    );
+}
+
 fn assert_insufficient_storage(r: &coinop_cli::client::Reply) {
     assert_eq!(r.status, 507, "{}", r.text());
     let body = r.json();
@@ -454,12 +484,13 @@ async fn mint_swap_and_quotes_answer_507_on_a_full_disk_and_pay_once_when_space_
         }
         fs.fill();
         let r = post(&d, path, body).await;
-        assert_insufficient_storage(&r);
+        assert_full_on(path, &r);
         assert!(r.text().contains("nothing changed"), "{path}: {}", r.text());
         assert_eq!(
             metric(&d, "coinop_storage_reserve_released_total").await,
             released as u64 + 1,
-            "{path}: its refusal freed the disk reserve"
+            "{path}: its refusal freed the disk reserve: {}",
+            r.text()
         );
     }
     let log = d.log();
@@ -474,7 +505,7 @@ async fn mint_swap_and_quotes_answer_507_on_a_full_disk_and_pay_once_when_space_
     );
     // Degraded on the full disk: refused up front, whatever the route.
     for (path, body) in routes {
-        assert_insufficient_storage(&post(&d, path, body).await);
+        assert_full_on(path, &post(&d, path, body).await);
     }
 
     fs.free();
@@ -491,7 +522,7 @@ async fn mint_swap_and_quotes_answer_507_on_a_full_disk_and_pay_once_when_space_
         &serde_json::json!({"inputs": inputs, "outputs": other_outputs.clone()}),
     )
     .await;
-    assert_eq!(twice.status, 409, "inputs spent once: {}", twice.text());
+    assert_cashu_code(&twice, 11001); // inputs spent once
     let change = wallet.unblind(&swap_blanks, &swapped);
     assert_eq!(change.iter().map(|p| p.amount).sum::<u64>(), 8);
     // Full and degraded again: the swap's retry is still answered (a read), and a spent
@@ -506,7 +537,7 @@ async fn mint_swap_and_quotes_answer_507_on_a_full_disk_and_pay_once_when_space_
         &serde_json::json!({"inputs": inputs, "outputs": other_outputs}),
     )
     .await;
-    assert_eq!(spent_again.status, 409, "{}", spent_again.text());
+    assert_cashu_code(&spent_again, 11001);
     fs.free();
 
     // The refused mint again: paid once, 12 sat of notes that the mint takes as real.
@@ -525,7 +556,7 @@ async fn mint_swap_and_quotes_answer_507_on_a_full_disk_and_pay_once_when_space_
     )
     .expect("outputs");
     let r = post(&d, "/v1/mint/onchain", &reused).await;
-    assert_eq!(r.status, 409, "the payment minted once: {}", r.text());
+    assert_cashu_code(&r, 20002); // the payment minted once
     let notes = wallet.unblind(&mint_blanks, &minted);
     assert_eq!(notes.iter().map(|p| p.amount).sum::<u64>(), 12);
     // Both the minted notes and the swapped ones are good money: one swap takes them all.

@@ -129,19 +129,23 @@ async fn a_coinbase_pays_only_once_mature() {
     });
     // One confirmation is all regtest's min_conf asks, but not enough for a coinbase.
     let (status, reply) = post(&d, "/v1/mint/onchain", body.clone()).await;
-    assert_eq!(
-        (status, reply["error"]["code"].as_str()),
-        (402, Some("coinbase_immature")),
+    // A Cashu route: NUT-00's 400, 20001 (the quote is not paid yet).
+    assert_eq!((status, &reply["code"]), (400, &json!(20001)), "{reply}");
+    assert!(
+        reply["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("coinbase"),
         "{reply}"
     );
     // 99 confirmations: one short.
     mine_empty(&d, 98).await;
     let (status, reply) = post(&d, "/v1/mint/onchain", body.clone()).await;
-    assert_eq!(status, 402, "{reply}");
+    assert_eq!((status, &reply["code"]), (400, &json!(20001)), "{reply}");
     assert!(
-        reply["error"]["message"]
+        reply["detail"]
             .as_str()
-            .expect("message")
+            .expect("detail")
             .contains("99 confirmations"),
         "{reply}"
     );

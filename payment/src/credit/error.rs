@@ -54,6 +54,14 @@ pub enum CreditError {
     DuplicateOutputs { first: usize, second: usize },
     #[error("transaction is not balanced: inputs {inputs} sat, outputs {outputs} sat")]
     Unbalanced { inputs: u64, outputs: u64 },
+    /// NUT-02 with a fee: `sum(inputs) - fee == sum(outputs)` does not hold (or the inputs
+    /// do not even cover the fee).
+    #[error("transaction is not balanced: inputs {inputs} sat minus fee {fee} sat, outputs {outputs} sat")]
+    UnbalancedWithFee { inputs: u64, fee: u64, outputs: u64 },
+    /// A blinded message was signed before, for another request (NUT-09/13: signing it
+    /// again would hand a restoring wallet a note it already has).
+    #[error("output {b_hex} was already signed")]
+    OutputsAlreadySigned { b_hex: String },
     #[error("{count} inputs exceed the maximum of {max}")]
     TooManyInputs { count: usize, max: usize },
     #[error("{count} outputs exceed the maximum of {max}")]
@@ -81,6 +89,18 @@ pub enum CreditError {
     /// The spent set failed for a reason other than a conflict.
     #[error("spent set: {0}")]
     SpentSet(String),
+    /// NUT-20: the mint request's signature is missing, malformed or not the quote key's.
+    #[error("signature for mint request invalid")]
+    MintSignatureInvalid,
+    /// NUT-20/30: an on-chain mint quote must name the public key that will sign its mint.
+    #[error("pubkey required for mint quote")]
+    MintPubkeyRequired,
+    /// NUT-30: the outputs ask for more than the quote's confirmed payments left to issue.
+    #[error("quote not paid: {asked} sat asked, {available} sat paid and not yet issued")]
+    QuoteNotPaid { asked: u64, available: u64 },
+    /// NUT-30: the payment reached the quote's address only after the quote expired.
+    #[error("quote {quote} expired before this payment")]
+    QuoteExpired { quote: String },
     /// The spent set's disk or lock refused; nothing was spent, the same request may be
     /// retried later.
     #[error("spent set: {0}")]
@@ -99,7 +119,8 @@ impl CreditError {
             ProofInvalid { .. } | SecretRejected { .. } | DleqInvalid => 10001,
             AlreadySpent { .. } => 11001,
             Pending { .. } => 11002,
-            Unbalanced { .. } => 11005,
+            OutputsAlreadySigned { .. } => 11003,
+            Unbalanced { .. } | UnbalancedWithFee { .. } => 11005,
             AmountOutOfRange { .. } => 11006,
             DuplicateInputs { .. } => 11007,
             DuplicateOutputs { .. } => 11008,
@@ -109,6 +130,10 @@ impl CreditError {
             UnknownKeyset { .. } => 12001,
             InactiveKeyset { .. } => 12002,
             RetiredKeyset { .. } => 12003,
+            QuoteNotPaid { .. } => 20001,
+            QuoteExpired { .. } => 20007,
+            MintSignatureInvalid => 20008,
+            MintPubkeyRequired => 20009,
             _ => return None,
         })
     }
@@ -130,7 +155,8 @@ impl CreditError {
             DleqInvalid => "dleq_invalid",
             DuplicateInputs { .. } => "duplicate_inputs",
             DuplicateOutputs { .. } => "duplicate_outputs",
-            Unbalanced { .. } => "transaction_unbalanced",
+            Unbalanced { .. } | UnbalancedWithFee { .. } => "transaction_unbalanced",
+            OutputsAlreadySigned { .. } => "outputs_already_signed",
             TooManyInputs { .. } => "too_many_inputs",
             TooManyOutputs { .. } => "too_many_outputs",
             NoInputs => "no_inputs",
@@ -142,6 +168,10 @@ impl CreditError {
             SpentSet(_) => "spent_set",
             StorageRefused(r) => r.code(),
             Degenerate { .. } => "degenerate_point",
+            MintSignatureInvalid => "mint_signature_invalid",
+            MintPubkeyRequired => "mint_pubkey_required",
+            QuoteNotPaid { .. } => "quote_not_paid",
+            QuoteExpired { .. } => "quote_expired",
         }
     }
 
@@ -169,6 +199,9 @@ impl From<SpentSetError> for CreditError {
                 crate::spent_set::SpendState::Spent => CreditError::AlreadySpent { y_hex: key_hex },
                 crate::spent_set::SpendState::Pending => CreditError::Pending { y_hex: key_hex },
             },
+            SpentSetError::OutputAlreadySigned { b_hex } => {
+                CreditError::OutputsAlreadySigned { b_hex }
+            }
             SpentSetError::StorageRefused(refused) => CreditError::StorageRefused(refused),
             other => CreditError::SpentSet(other.to_string()),
         }

@@ -6,7 +6,8 @@
 //! - [`keyset`], [`keyset_store`]: keys per amount, keyset ids, seed file and rotation.
 //! - [`amount`]: power-of-two note amounts; [`curve`]: the shared context and hex encodings.
 //! - [`nut_types`]: the Cashu JSON bodies.
-//! - [`mint`]: mint, swap, check state, redeem, change.
+//! - [`mint`]: mint, swap, check state, redeem, change, restore (NUT-09), input fees.
+//! - [`mint_quote_signature`]: NUT-20 signatures on mint requests (NUT-30 quotes).
 //! - [`receipt`]: what a claim was spent on, so a retried mint or swap is answered again.
 //! - [`error`]: typed errors with Cashu codes and HTTP statuses.
 
@@ -19,8 +20,9 @@ pub mod hash_to_curve;
 pub mod keyset;
 pub mod keyset_store;
 pub mod mint;
+pub mod mint_quote_signature;
 pub mod nut_types;
 pub mod receipt;
 
 pub use error::CreditError;
-pub use mint::{credit_key, Mint, MintLimits, ValidatedInputs};
+pub use mint::{credit_key, input_fee_sat, signed_records, Mint, MintLimits, ValidatedInputs};

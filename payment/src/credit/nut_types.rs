@@ -56,11 +56,15 @@ pub struct Proof {
     pub dleq: Option<ProofDleq>,
 }
 
-/// NUT-01: one keyset's public keys, amount → compressed point hex.
+/// NUT-01: one keyset's public keys, amount → compressed point hex, with whether it signs
+/// new outputs and its NUT-02 input fee.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeySet {
     pub id: String,
     pub unit: String,
+    pub active: bool,
+    #[serde(default)]
+    pub input_fee_ppk: u64,
     pub keys: BTreeMap<u64, String>,
 }
 
@@ -186,6 +190,47 @@ pub struct MintOnchainResponse {
     pub signatures: Vec<BlindSignature>,
 }
 
+/// NUT-30 `POST /v1/mint/quote/onchain` request: no amount (the address may be paid any
+/// number of times), and the NUT-20 key that must sign the mint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintQuoteNut30Request {
+    pub unit: String,
+    pub pubkey: String,
+}
+
+/// NUT-30 mint quote, as created and as `GET /v1/mint/quote/onchain/{quote}` shows it:
+/// `request` is the address to pay; `amount_paid - amount_issued` may be minted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MintQuoteNut30Response {
+    pub quote: String,
+    pub request: String,
+    pub unit: String,
+    pub expiry: Option<u64>,
+    pub pubkey: String,
+    pub amount_paid: u64,
+    pub amount_issued: u64,
+}
+
+/// NUT-30 `POST /v1/mint/onchain` request: outputs for a paid quote, signed (NUT-20).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintNut30Request {
+    pub quote: String,
+    pub outputs: Vec<BlindedMessage>,
+    pub signature: String,
+}
+
+/// coinop's way for the mint to learn of a NUT-30 quote's payment: the wallet (or anyone)
+/// posts the paying transaction with its SPV proof to
+/// `POST /v1/mint/quote/onchain/{quote}/payment`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotePaymentProof {
+    pub tx_hex: String,
+    pub proof_hex: String,
+}
+
 /// NUT-06 contact entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContactInfo {
@@ -202,6 +247,9 @@ pub struct MethodSetting {
     pub min_amount: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_amount: Option<u64>,
+    /// Method-specific settings (NUT-30 onchain: `{"confirmations": n}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<serde_json::Value>,
 }
 
 /// NUT-06 settings of NUT-04 (mint) and NUT-05 (melt).
@@ -217,7 +265,8 @@ pub struct Supported {
     pub supported: bool,
 }
 
-/// NUT-06 `nuts` map, keyed by NUT number.
+/// NUT-06 `nuts` map, keyed by NUT number: the optional NUTs this mint supports, and no
+/// others (NUT-08 melt change, NUT-10/11 spending conditions are not offered).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Nuts {
     #[serde(rename = "4")]
@@ -226,16 +275,13 @@ pub struct Nuts {
     pub nut05: MethodSettings,
     #[serde(rename = "7")]
     pub nut07: Supported,
-    #[serde(rename = "8")]
-    pub nut08: Supported,
     #[serde(rename = "9")]
     pub nut09: Supported,
-    #[serde(rename = "10")]
-    pub nut10: Supported,
-    #[serde(rename = "11")]
-    pub nut11: Supported,
     #[serde(rename = "12")]
     pub nut12: Supported,
+    /// Signatures on mint quotes, which NUT-30 on-chain quotes require.
+    #[serde(rename = "20")]
+    pub nut20: Supported,
 }
 
 /// NUT-06 `GET /v1/info`.
@@ -264,6 +310,20 @@ pub struct MintInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tos_url: Option<String>,
     pub nuts: Nuts,
+}
+
+/// NUT-09 `POST /v1/restore` request: outputs whose signatures a wallet asks for again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    pub outputs: Vec<BlindedMessage>,
+}
+
+/// NUT-09 `POST /v1/restore` response: of the outputs asked about, those the mint signed,
+/// each with its signature at the same index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreResponse {
+    pub outputs: Vec<BlindedMessage>,
+    pub signatures: Vec<BlindSignature>,
 }
 
 /// The Cashu error body `{"detail": ..., "code": ...}` (NUT-00 "Errors").

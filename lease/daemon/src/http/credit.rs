@@ -1,26 +1,30 @@
-//! The Cashu mint endpoints (NUT-01/02/03/06/07, and NUT-04-style minting against an
-//! on-chain payment), with the JSON exactly as the payment crate's NUT types give it.
+//! The Cashu mint endpoints (NUT-01/02/03/06/07/09, and NUT-04-style minting against an
+//! on-chain payment), with the JSON exactly as the payment crate's NUT types give it and
+//! errors in NUT-00's shape ([`CashuError`]).
 
 use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use payment::credit::nut_types::{
     CheckStateRequest, CheckStateResponse, KeysResponse, KeysetsResponse, MintInfo,
     MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest, MintQuoteOnchainResponse,
-    MintQuoteState, SwapRequest, SwapResponse,
+    MintQuoteState, RestoreRequest, RestoreResponse, SwapRequest, SwapResponse,
 };
 use payment::credit::receipt::{receipt, MINT_ONCHAIN, SWAP};
+use payment::credit::{signed_records, CreditError};
+use serde_json::Value;
 
 use super::host::issue_quote;
-use super::json_body::JsonBody;
+use super::json_body::CashuBody;
 use crate::app::Shared;
 use crate::clock::unix_s;
 use crate::http::degraded;
-use crate::http::error::{credit_error, fleet_error, ApiError};
+use crate::http::error::{fleet_error, ApiError, CashuError};
 use crate::leases::payment_intake::{notice_storage, verify_onchain};
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CashuError> + Send + 'static,
+) -> Result<T, CashuError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal(format!("worker: {e}")))?
@@ -33,8 +37,8 @@ pub async fn keys(State(s): State<Shared>) -> Json<KeysResponse> {
 pub async fn keys_for(
     State(s): State<Shared>,
     Path(id): Path<String>,
-) -> Result<Json<KeysResponse>, ApiError> {
-    s.mint.keys_for(&id).map(Json).map_err(credit_error)
+) -> Result<Json<KeysResponse>, CashuError> {
+    Ok(Json(s.mint.keys_for(&id)?))
 }
 
 pub async fn keysets(State(s): State<Shared>) -> Json<KeysetsResponse> {
@@ -54,8 +58,8 @@ pub async fn info(State(s): State<Shared>) -> Json<MintInfo> {
 /// blocking pool, which finishes it even if the client goes away meanwhile.
 pub async fn swap(
     State(s): State<Shared>,
-    JsonBody(req): JsonBody<SwapRequest>,
-) -> Result<Json<SwapResponse>, ApiError> {
+    CashuBody(req): CashuBody<SwapRequest>,
+) -> Result<Json<SwapResponse>, CashuError> {
     // With a fleet store the inputs are fenced there first, so that no other host (nor
     // this one) spends them meanwhile; the swap's receipt names the operation.
     let fence = match &s.fleet {
@@ -73,13 +77,13 @@ pub async fn swap(
     let s2 = s.clone();
     let out = blocking(move || {
         if s2.disk.degraded() {
-            let inputs = s2.mint.validate_inputs(&req.inputs).map_err(credit_error)?;
+            let inputs = s2.mint.validate_inputs(&req.inputs)?;
             degraded::admit_spending(&s2, &inputs.keys)?;
         }
-        let signed = s2.mint.swap(&req).map_err(|e| {
-            s2.disk.notice(e.storage_refused());
-            credit_error(e)
-        })?;
+        let signed = s2
+            .mint
+            .swap(&req)
+            .inspect_err(|e| s2.disk.notice(e.storage_refused()))?;
         crate::fault::hit(crate::fault::point::SWAP_COMMITTED);
         Ok(Json(signed))
     })
@@ -92,17 +96,17 @@ pub async fn swap(
 
 /// The spent-set keys of a swap's inputs (their `Y`s), for the fleet fence. An input
 /// without one is refused as the mint refuses it.
-fn swap_input_keys(req: &SwapRequest) -> Result<Vec<payment::spent_set::SpendKey>, ApiError> {
+fn swap_input_keys(
+    req: &SwapRequest,
+) -> Result<Vec<payment::spent_set::SpendKey>, CashuError> {
     if req.inputs.is_empty() {
-        return Err(credit_error(payment::credit::CreditError::NoInputs));
+        return Err(CreditError::NoInputs.into());
     }
     // The mint's own answer for a repeated secret, rather than the store's.
     let mut seen = std::collections::HashMap::with_capacity(req.inputs.len());
     for (second, p) in req.inputs.iter().enumerate() {
         if let Some(&first) = seen.get(p.secret.as_str()) {
-            return Err(credit_error(
-                payment::credit::CreditError::DuplicateInputs { first, second },
-            ));
+            return Err(CreditError::DuplicateInputs { first, second }.into());
         }
         seen.insert(p.secret.as_str(), second);
     }
@@ -112,36 +116,66 @@ fn swap_input_keys(req: &SwapRequest) -> Result<Vec<payment::spent_set::SpendKey
             let y = payment::credit::hash_to_curve::secret_to_curve(&p.secret)?;
             Ok(payment::credit::mint::credit_key(&y))
         })
-        .collect::<Result<_, payment::credit::CreditError>>()
-        .map_err(credit_error)
+        .collect::<Result<_, CreditError>>()
+        .map_err(CashuError::from)
 }
 
 pub async fn checkstate(
     State(s): State<Shared>,
-    JsonBody(req): JsonBody<CheckStateRequest>,
-) -> Result<Json<CheckStateResponse>, ApiError> {
-    blocking(move || s.mint.check_state(&req).map(Json).map_err(credit_error)).await
+    CashuBody(req): CashuBody<CheckStateRequest>,
+) -> Result<Json<CheckStateResponse>, CashuError> {
+    blocking(move || Ok(Json(s.mint.check_state(&req)?))).await
 }
 
+/// NUT-09 restore: the signatures of the outputs asked about that were signed before.
+pub async fn restore(
+    State(s): State<Shared>,
+    CashuBody(req): CashuBody<RestoreRequest>,
+) -> Result<Json<RestoreResponse>, CashuError> {
+    blocking(move || Ok(Json(s.mint.restore(&req)?))).await
+}
+
+/// A body of one of the JSON types a route takes in two shapes.
+fn body_as<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, CashuError> {
+    serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("request body: {e}")).into())
+}
+
+/// `POST /v1/mint/quote/onchain`: NUT-30's `{unit, pubkey}` (see [`super::nut30`]), or
+/// coinop's `{amount, unit}` (a quote for one payment of `amount`, minted with the proved
+/// payment in the request).
 pub async fn mint_quote(
     State(s): State<Shared>,
-    JsonBody(req): JsonBody<MintQuoteOnchainRequest>,
-) -> Result<Json<MintQuoteOnchainResponse>, ApiError> {
+    CashuBody(body): CashuBody<Value>,
+) -> Result<Response, CashuError> {
+    if body.get("pubkey").is_some() {
+        let req = body_as(body)?;
+        return Ok(super::nut30::create_quote(s, req).await?.into_response());
+    }
+    if body.get("amount").is_none() {
+        // Neither coinop's body nor NUT-30's: what NUT-30 wallets must send is the key.
+        return Err(CreditError::MintPubkeyRequired.into());
+    }
+    let req: MintQuoteOnchainRequest = body_as(body)?;
+    Ok(legacy_mint_quote(s, req).await?.into_response())
+}
+
+async fn legacy_mint_quote(
+    s: Shared,
+    req: MintQuoteOnchainRequest,
+) -> Result<Json<MintQuoteOnchainResponse>, CashuError> {
     if req.unit != "sat" {
-        return Err(ApiError::unprocessable(
-            "unsupported_unit",
-            format!("unit {:?}: only \"sat\"", req.unit),
-        ));
+        return Err(CreditError::UnsupportedUnit { unit: req.unit }.into());
     }
     let limits = s.mint.limits();
     if !(limits.min_mint_sat..=limits.max_mint_sat).contains(&req.amount) {
-        return Err(ApiError::unprocessable(
-            "amount_out_of_range",
-            format!(
-                "amount {} sat must be {}..={}",
-                req.amount, limits.min_mint_sat, limits.max_mint_sat
-            ),
-        ));
+        return Err(CreditError::AmountOutOfRange {
+            what: "mint amount",
+            amount: req.amount,
+            min: limits.min_mint_sat,
+            max: limits.max_mint_sat,
+        }
+        .into());
     }
     let amount = req.amount;
     blocking(move || {
@@ -159,14 +193,19 @@ pub async fn mint_quote(
 }
 
 /// Signs `outputs` worth exactly what the proved transaction paid (in sat), claiming its
-/// outpoints with the request's receipt in the same ledger transaction: the same payment
-/// with the same outputs again (a retry after a lost reply) gets the same signatures, the
-/// same payment with other outputs 409. The work runs on the blocking pool, which finishes
-/// it even if the client goes away meanwhile.
+/// outpoints with the request's receipt and recording the signatures in the same ledger
+/// transaction: the same payment with the same outputs again (a retry after a lost reply)
+/// gets the same signatures, the same payment with other outputs 20002 (already issued),
+/// outputs signed before 11003. The work runs on the blocking pool, which finishes it even
+/// if the client goes away meanwhile.
 pub async fn mint(
     State(s): State<Shared>,
-    JsonBody(req): JsonBody<MintOnchainRequest>,
-) -> Result<Json<MintOnchainResponse>, ApiError> {
+    CashuBody(body): CashuBody<Value>,
+) -> Result<Json<MintOnchainResponse>, CashuError> {
+    if body.get("payment").is_none() {
+        return super::nut30::mint(s, body_as(body)?).await;
+    }
+    let req: MintOnchainRequest = body_as(body)?;
     let out = mint_fenced(&s, req).await;
     s.metrics.payment("onchain_mint", out.is_ok());
     out
@@ -177,9 +216,13 @@ pub async fn mint(
 async fn mint_fenced(
     s: &Shared,
     req: MintOnchainRequest,
-) -> Result<Json<MintOnchainResponse>, ApiError> {
+) -> Result<Json<MintOnchainResponse>, CashuError> {
     let s2 = s.clone();
     let (credit, req) = blocking(move || {
+        // A NUT-30 quote's payment is minted only with its key's signature (NUT-20).
+        if s2.ledger.nut30_quote(&req.payment.quote_id)?.is_some() {
+            return Err(CreditError::MintSignatureInvalid.into());
+        }
         let chain = s2.chain_read();
         // Minted credit is bearer money that no reorg can take back: only a payment
         // proved in the request mints it, and only at --mint-min-conf.
@@ -208,18 +251,12 @@ async fn mint_fenced(
     let s2 = s.clone();
     let out = blocking(move || {
         let paid_sat = credit.amount_msat / 1000;
-        let signed = s2
-            .ledger
-            .claim_with(&credit.keys, &note, &receipt, || {
-                s2.mint.mint(paid_sat, &req.outputs)
-            })
-            .map_err(|e| match e {
-                crate::ledger::LedgerError::AlreadySpent(m) => {
-                    ApiError::conflict("already_spent", m)
-                }
-                other => other.into(),
-            })?;
-        let signatures = signed.map_err(credit_error)?;
+        let signed = s2.ledger.claim_with(&credit.keys, &note, &receipt, || {
+            let signatures = s2.mint.mint(paid_sat, &req.outputs)?;
+            let records = signed_records(&req.outputs, &signatures)?;
+            Ok::<_, CreditError>((signatures, records))
+        })?;
+        let signatures = signed?;
         crate::fault::hit(crate::fault::point::MINT_COMMITTED);
         Ok(Json(MintOnchainResponse { signatures }))
     })

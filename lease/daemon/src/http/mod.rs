@@ -12,6 +12,7 @@ pub mod host;
 pub mod json_body;
 pub mod leases;
 pub mod limits;
+pub mod nut30;
 pub mod peer;
 pub mod server;
 
@@ -79,9 +80,15 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/info", get(credit::info))
         .route("/v1/swap", post(credit::swap))
         .route("/v1/checkstate", post(credit::checkstate))
+        .route("/v1/restore", post(credit::restore))
         .route(
             "/v1/mint/quote/onchain",
             post(credit::mint_quote).route_layer(quote_rate()),
+        )
+        .route("/v1/mint/quote/onchain/{quote}", get(nut30::quote_state))
+        .route(
+            "/v1/mint/quote/onchain/{quote}/payment",
+            post(nut30::prove_payment),
         )
         .route("/v1/mint/onchain", post(credit::mint))
         .fallback(not_found)

@@ -49,8 +49,12 @@ pub async fn verify_payment(s: &Shared, p: PaymentBody) -> Result<Credit, LeaseE
 /// paid is a write to the quote book, so a full disk can refuse it like any ledger step,
 /// and the reserve must go back to the metering it is kept for.
 pub fn notice_storage<T>(s: &AppState, out: &Result<T, LeaseError>) {
-    if let Err(LeaseError::Quote(e)) = out {
-        s.disk.notice(e.storage_refused());
+    match out {
+        Err(LeaseError::Quote(e)) => s.disk.notice(e.storage_refused()),
+        // The spent set read while checking (a read may have to grow SQLite's
+        // shared-memory file on a full disk).
+        Err(LeaseError::Payment(e)) => s.disk.notice(e.storage_refused()),
+        _ => {}
     }
 }
 

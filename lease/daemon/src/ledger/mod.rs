@@ -25,6 +25,7 @@
 mod books;
 mod lease_rows;
 mod lifecycle;
+pub mod mint_quotes;
 mod payments;
 mod quotes;
 pub mod recovery;
@@ -64,6 +65,9 @@ pub enum LedgerError {
     },
     #[error("payment already spent: {0}")]
     AlreadySpent(String),
+    /// A blinded message (`B_`, hex) signed before for another request: nothing committed.
+    #[error("output {0} was already signed")]
+    OutputsAlreadySigned(String),
     /// A refund of a lease whose balance was handed back before, onto other outputs.
     #[error("lease {0} was already refunded")]
     AlreadyRefunded(String),
@@ -128,6 +132,9 @@ impl From<SpentSetError> for LedgerError {
             SpentSetError::AlreadyClaimed { .. } | SpentSetError::DuplicateKey { .. } => {
                 LedgerError::AlreadySpent(e.to_string())
             }
+            SpentSetError::OutputAlreadySigned { b_hex } => {
+                LedgerError::OutputsAlreadySigned(b_hex)
+            }
             // The disk refused the spent set's part of a ledger step: the step rolled back
             // like any other the disk refused.
             SpentSetError::StorageRefused(refused) if refused.by_the_disk() => {
@@ -183,6 +190,7 @@ impl Ledger {
         conn.execute_batch(schema::SCHEMA)?;
         schema::add_missing_columns(&conn)?;
         SqliteSpentSet::create_schema(&conn)?;
+        conn.execute_batch(mint_quotes::SCHEMA)?;
         Ok(Ledger {
             conn: Mutex::new(conn),
             on_storage_error: OnceLock::new(),

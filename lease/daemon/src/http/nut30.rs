@@ -1,0 +1,174 @@
+//! NUT-30 on-chain minting, the way current Cashu wallets ask for it: a quote locked to the
+//! wallet's NUT-20 key with an address and no amount, its state (`amount_paid`,
+//! `amount_issued`), and mints of up to what was paid and not yet issued, each signed by
+//! the quote's key. coinopd sees no mempool: a payment counts once its transaction and SPV
+//! proof are posted to `POST /v1/mint/quote/onchain/{quote}/payment` (coinop's addition)
+//! and pass the same checks as every on-chain payment (confirmations on the host's own
+//! header chain, outputs to the quote's address), claiming its outpoints for this quote.
+//! coinop's own body (`{payment, outputs}`) stays served by [`super::credit::mint`].
+
+use axum::extract::{Path, State};
+use axum::Json;
+use payment::credit::mint_quote_signature::verify_mint_signature;
+use payment::credit::nut_types::{
+    MintNut30Request, MintOnchainResponse, MintQuoteNut30Request, MintQuoteNut30Response,
+    OnchainPayment, QuotePaymentProof,
+};
+use payment::credit::receipt::receipt;
+use payment::credit::{curve::parse_point, signed_records, CreditError};
+
+use super::credit::blocking;
+use super::host::issue_quote;
+use super::json_body::CashuBody;
+use crate::app::Shared;
+use crate::http::degraded;
+use crate::http::error::{quote_error, ApiError, CashuError};
+use crate::leases::payment_intake::{notice_storage, verify_onchain};
+use crate::ledger::ONCHAIN_LATE;
+use crate::ledger::mint_quotes::Nut30Quote;
+
+fn unknown_quote(quote: &str) -> CashuError {
+    ApiError::not_found(format!("no on-chain mint quote {quote:?} with a pubkey")).into()
+}
+
+/// The quote as NUT-30 shows it.
+fn view(s: &Shared, quote_id: &str, q: &Nut30Quote) -> Result<MintQuoteNut30Response, CashuError> {
+    let book = s
+        .quotes
+        .get(quote_id)
+        .map_err(quote_error)?
+        .ok_or_else(|| unknown_quote(quote_id))?;
+    Ok(MintQuoteNut30Response {
+        quote: quote_id.to_string(),
+        request: book.address,
+        unit: "sat".into(),
+        expiry: Some(book.expires_at_us / 1_000_000),
+        pubkey: q.pubkey.clone(),
+        amount_paid: q.amount_paid_sat,
+        amount_issued: q.amount_issued_sat,
+    })
+}
+
+/// `POST /v1/mint/quote/onchain` with a `pubkey`: a fresh address of the operator's xpub,
+/// locked to that key.
+pub async fn create_quote(
+    s: Shared,
+    req: MintQuoteNut30Request,
+) -> Result<Json<MintQuoteNut30Response>, CashuError> {
+    if req.unit != "sat" {
+        return Err(CreditError::UnsupportedUnit { unit: req.unit }.into());
+    }
+    parse_point("pubkey", &req.pubkey)?;
+    blocking(move || {
+        // No amount: the address may be paid any number of times before it expires.
+        let q = issue_quote(&s, 0)?;
+        s.ledger.open_nut30_quote(&q.quote_id, &req.pubkey)?;
+        let row = Nut30Quote {
+            pubkey: req.pubkey,
+            amount_paid_sat: 0,
+            amount_issued_sat: 0,
+        };
+        Ok(Json(view(&s, &q.quote_id, &row)?))
+    })
+    .await
+}
+
+/// `GET /v1/mint/quote/onchain/{quote}`.
+pub async fn quote_state(
+    State(s): State<Shared>,
+    Path(quote): Path<String>,
+) -> Result<Json<MintQuoteNut30Response>, CashuError> {
+    blocking(move || {
+        let row = s
+            .ledger
+            .nut30_quote(&quote)?
+            .ok_or_else(|| unknown_quote(&quote))?;
+        Ok(Json(view(&s, &quote, &row)?))
+    })
+    .await
+}
+
+/// `POST /v1/mint/quote/onchain/{quote}/payment`: credits a confirmed payment to the
+/// quote's address (once; the same proof again changes nothing) and answers the quote.
+pub async fn prove_payment(
+    State(s): State<Shared>,
+    Path(quote): Path<String>,
+    CashuBody(req): CashuBody<QuotePaymentProof>,
+) -> Result<Json<MintQuoteNut30Response>, CashuError> {
+    blocking(move || {
+        s.ledger
+            .nut30_quote(&quote)?
+            .ok_or_else(|| unknown_quote(&quote))?;
+        let paid = {
+            let chain = s.chain_read();
+            // Minted credit is bearer money: the payment proved here, at --mint-min-conf,
+            // through the same checks (and the same quote-book marking) as every mint.
+            let need = s.config.mint_min_conf.max(s.config.min_conf);
+            let payment = OnchainPayment {
+                quote_id: quote.clone(),
+                tx_hex: req.tx_hex,
+                proof_hex: req.proof_hex,
+            };
+            let verified = verify_onchain(&chain, &s.quotes, None, need, &payment);
+            notice_storage(&s, &verified);
+            verified?
+        };
+        // NUT-30: a payment the mint first learns of after the expiry does not count.
+        if paid.kind == ONCHAIN_LATE {
+            return Err(CreditError::QuoteExpired { quote }.into());
+        }
+        degraded::admit_spending(&s, &paid.keys)?;
+        let receipt = receipt(&format!("nut30 payment {quote}"), &paid.keys, &[]);
+        let row = s
+            .ledger
+            .credit_nut30_quote(&quote, &paid.keys, paid.amount_msat / 1000, &receipt)?
+            .ok_or_else(|| unknown_quote(&quote))?;
+        Ok(Json(view(&s, &quote, &row)?))
+    })
+    .await
+}
+
+/// `POST /v1/mint/onchain` with `{quote, outputs, signature}`: signs outputs worth at most
+/// what the quote was paid and has not issued, if the quote's key signed the request; the
+/// signatures are recorded and `amount_issued` raised in one ledger transaction.
+pub async fn mint(
+    s: Shared,
+    req: MintNut30Request,
+) -> Result<Json<MintOnchainResponse>, CashuError> {
+    blocking(move || {
+        let row = s
+            .ledger
+            .nut30_quote(&req.quote)?
+            .ok_or_else(|| unknown_quote(&req.quote))?;
+        verify_mint_signature(&req.quote, &req.outputs, &row.pubkey, &req.signature)?;
+        // New signatures are new writes: refused while the disk is nearly full.
+        degraded::admit(&s)?;
+        let signed = s.ledger.issue_nut30(&req.quote, |q| {
+            let q = q.ok_or_else(|| unknown_quote(&req.quote))?;
+            let asked = req
+                .outputs
+                .iter()
+                .try_fold(0u64, |sum, o| sum.checked_add(o.amount))
+                .ok_or(CreditError::AmountOutOfRange {
+                    what: "outputs",
+                    amount: u64::MAX,
+                    min: 0,
+                    max: u64::MAX,
+                })?;
+            if asked > q.available_sat() {
+                return Err(CreditError::QuoteNotPaid {
+                    asked,
+                    available: q.available_sat(),
+                }
+                .into());
+            }
+            let signatures = s.mint.mint(asked, &req.outputs)?;
+            let records = signed_records(&req.outputs, &signatures)?;
+            Ok::<_, CashuError>((signatures, records, asked))
+        })?;
+        Ok(Json(MintOnchainResponse {
+            signatures: signed?,
+        }))
+    })
+    .await
+}
