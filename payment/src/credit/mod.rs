@@ -8,6 +8,7 @@
 //! - [`nut_types`]: the Cashu JSON bodies.
 //! - [`mint`]: mint, swap, check state, redeem, change.
 //! - [`receipt`]: what a claim was spent on, so a retried mint or swap is answered again.
+//! - [`token`]: `cashuA`/`cashuB` tokens (NUT-00 serialization), for wallets on either side.
 //! - [`error`]: typed errors with Cashu codes and HTTP statuses.
 
 pub mod amount;
@@ -21,6 +22,7 @@ pub mod keyset_store;
 pub mod mint;
 pub mod nut_types;
 pub mod receipt;
+pub mod token;
 
 pub use error::CreditError;
 pub use mint::{credit_key, Mint, MintLimits, ValidatedInputs};
