@@ -39,8 +39,15 @@ fn keys_keysets_and_checkstate_shapes() {
     let t = test_mint();
     let keys = serde_json::to_value(t.mint.keys()).unwrap();
     let ks = &keys["keysets"][0];
-    assert_eq!(keys_of(ks), ["id", "keys", "unit"]);
+    assert_eq!(
+        keys_of(ks),
+        ["active", "id", "input_fee_ppk", "keys", "unit"]
+    );
     assert_eq!(ks["unit"], json!("sat"));
+    assert_eq!(
+        (&ks["active"], &ks["input_fee_ppk"]),
+        (&json!(true), &json!(0))
+    );
     assert_eq!(ks["keys"].as_object().unwrap().len(), 64);
     assert!(ks["keys"]["1"].as_str().unwrap().len() == 66);
     assert!(ks["keys"]["9223372036854775808"].is_string());
@@ -113,7 +120,10 @@ fn swap_mint_quote_and_info_shapes() {
     assert_eq!(info["nuts"]["4"]["methods"][0]["unit"], json!("sat"));
     assert_eq!(info["nuts"]["5"]["disabled"], json!(true));
     assert_eq!(info["nuts"]["7"], json!({"supported": true}));
+    assert_eq!(info["nuts"]["9"], json!({"supported": true}));
     assert_eq!(info["nuts"]["12"], json!({"supported": true}));
+    // Exactly the NUTs offered: no entry for melt change or spending conditions.
+    assert_eq!(keys_of(&info["nuts"]), ["12", "4", "5", "7", "9"]);
     assert!(info.get("pubkey").is_none());
 }
 

@@ -158,7 +158,8 @@ impl AppState {
         // Swaps from many wallets at once share one fsync per batch; lease payments claim
         // inside the ledger's own transaction instead (one commit with the balance).
         let spent = Arc::new(GroupCommitSpentSet::open(&ledger_path)?);
-        let mint = Mint::open(&config.state_dir, spent, MintLimits::default())?;
+        let mint = Mint::open(&config.state_dir, spent, MintLimits::default())?
+            .with_input_fee_ppk(config.input_fee_ppk);
         let network = chain_network(config.network);
         let chain = HeaderChain::open(
             &config.state_dir.join("headers.dat"),

@@ -177,6 +177,10 @@ pub struct Settings {
     /// quote takes the next address of the xpub; beyond the rate: 429 with Retry-After.
     #[arg(long)]
     pub quotes_per_min: Option<u32>,
+    /// NUT-02 fee per credit note spent (swaps, lease payments), in parts per thousand of
+    /// a sat; a payment's fee is the sum over its notes rounded up to a whole sat.
+    #[arg(long)]
+    pub input_fee_ppk: Option<u64>,
 }
 
 /// Resolved settings.
@@ -216,6 +220,7 @@ pub struct Config {
     pub header_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub quotes_per_min: u32,
+    pub input_fee_ppk: u64,
 }
 
 impl Settings {
@@ -264,6 +269,7 @@ impl Settings {
             header_timeout_ms: self.header_timeout_ms.or(file.header_timeout_ms),
             idle_timeout_ms: self.idle_timeout_ms.or(file.idle_timeout_ms),
             quotes_per_min: self.quotes_per_min.or(file.quotes_per_min),
+            input_fee_ppk: self.input_fee_ppk.or(file.input_fee_ppk),
         }
     }
 
@@ -372,6 +378,7 @@ impl Settings {
             header_timeout_ms: self.header_timeout_ms.unwrap_or(10_000),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(30_000),
             quotes_per_min: self.quotes_per_min.unwrap_or(30),
+            input_fee_ppk: self.input_fee_ppk.unwrap_or(0),
         };
         for (flag, value) in [
             ("tick-ms", config.tick_ms),
@@ -507,6 +514,7 @@ mod tests {
         assert_eq!(c.operator_connections, 64);
         assert_eq!((c.header_timeout_ms, c.idle_timeout_ms), (10_000, 30_000));
         assert_eq!(c.quotes_per_min, 30);
+        assert_eq!(c.input_fee_ppk, 0, "no fee unless the operator sets one");
     }
 
     #[test]

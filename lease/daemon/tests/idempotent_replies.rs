@@ -46,6 +46,13 @@ fn conflict(r: &Reply, code: &str) {
     assert_eq!(r.json()["error"]["code"], code, "{}", r.text());
 }
 
+/// A Cashu route's refusal: NUT-00's 400 with `{"detail", "code"}`.
+fn cashu_refusal(r: &Reply, code: u64) {
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["code"], code, "{}", r.text());
+    assert!(r.json()["detail"].is_string(), "{}", r.text());
+}
+
 /// Sends `body` to a daemon whose injected fault aborts it after the commit; asserts that no
 /// answer came and that it died of SIGABRT.
 async fn call_into_crash(d: Daemon, path: &str, token: Option<&str>, body: &Value) {
@@ -131,14 +138,15 @@ async fn a_mint_whose_reply_was_lost_is_answered_again_with_the_same_signatures(
     other["outputs"] = json!(messages(
         &wallet.outputs(&payment::credit::amount::split(21))
     ));
-    conflict(
+    // NUT-04 20002: this payment's quote has been issued.
+    cashu_refusal(
         &d.call("POST", "/v1/mint/onchain", None, Some(other)).await,
-        "already_spent",
+        20002,
     );
     // The notes are good, and there is one set of them: spent once, they are spent.
     let notes = wallet.unblind(&blanks, &sigs);
     assert_eq!(swap_away(&d, &notes).await.status, 200);
-    conflict(&swap_away(&d, &notes).await, "already_spent");
+    cashu_refusal(&swap_away(&d, &notes).await, 11001);
     d.shutdown().await;
 }
 
@@ -159,10 +167,7 @@ async fn a_swap_whose_reply_was_lost_is_answered_again_with_the_same_signatures(
     let again = d.call("POST", "/v1/swap", None, Some(body.clone())).await;
     assert_eq!(again.body, first.body, "the same answer, byte for byte");
     let other = json!({"inputs": proofs, "outputs": messages(&wallet.outputs(&[4, 8]))});
-    conflict(
-        &d.call("POST", "/v1/swap", None, Some(other)).await,
-        "already_spent",
-    );
+    cashu_refusal(&d.call("POST", "/v1/swap", None, Some(other)).await, 11001);
     let notes = wallet.unblind(&blanks, &sigs);
     assert_eq!(swap_away(&d, &notes).await.status, 200);
     d.shutdown().await;

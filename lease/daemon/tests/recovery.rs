@@ -440,7 +440,12 @@ async fn a_lost_boot_failure_refund_is_signed_again_for_the_same_outputs_only() 
         .map(|b| b.msg.clone())
         .collect::<Vec<_>>());
     let double = d.call("POST", "/v1/swap", None, Some(double)).await;
-    assert_eq!(double.status, 409, "{}", double.text());
+    assert_eq!(
+        (double.status, &double.json()["code"]),
+        (400, &json!(11001)),
+        "NUT-00: already spent: {}",
+        double.text()
+    );
     let same = d.call("POST", "/v1/swap", None, Some(swap)).await;
     assert_eq!(same.body, swapped.body, "{}", same.text());
     // Other outputs get no signatures, only the lease.

@@ -53,6 +53,14 @@ pub enum CreditError {
     DuplicateOutputs { first: usize, second: usize },
     #[error("transaction is not balanced: inputs {inputs} sat, outputs {outputs} sat")]
     Unbalanced { inputs: u64, outputs: u64 },
+    /// NUT-02 with a fee: `sum(inputs) - fee == sum(outputs)` does not hold (or the inputs
+    /// do not even cover the fee).
+    #[error("transaction is not balanced: inputs {inputs} sat minus fee {fee} sat, outputs {outputs} sat")]
+    UnbalancedWithFee { inputs: u64, fee: u64, outputs: u64 },
+    /// A blinded message was signed before, for another request (NUT-09/13: signing it
+    /// again would hand a restoring wallet a note it already has).
+    #[error("output {b_hex} was already signed")]
+    OutputsAlreadySigned { b_hex: String },
     #[error("{count} inputs exceed the maximum of {max}")]
     TooManyInputs { count: usize, max: usize },
     #[error("{count} outputs exceed the maximum of {max}")]
@@ -94,7 +102,8 @@ impl CreditError {
             ProofInvalid { .. } | SecretRejected { .. } | DleqInvalid => 10001,
             AlreadySpent { .. } => 11001,
             Pending { .. } => 11002,
-            Unbalanced { .. } => 11005,
+            OutputsAlreadySigned { .. } => 11003,
+            Unbalanced { .. } | UnbalancedWithFee { .. } => 11005,
             AmountOutOfRange { .. } => 11006,
             DuplicateInputs { .. } => 11007,
             DuplicateOutputs { .. } => 11008,
@@ -125,7 +134,8 @@ impl CreditError {
             DleqInvalid => "dleq_invalid",
             DuplicateInputs { .. } => "duplicate_inputs",
             DuplicateOutputs { .. } => "duplicate_outputs",
-            Unbalanced { .. } => "transaction_unbalanced",
+            Unbalanced { .. } | UnbalancedWithFee { .. } => "transaction_unbalanced",
+            OutputsAlreadySigned { .. } => "outputs_already_signed",
             TooManyInputs { .. } => "too_many_inputs",
             TooManyOutputs { .. } => "too_many_outputs",
             NoInputs => "no_inputs",
@@ -155,6 +165,9 @@ impl From<SpentSetError> for CreditError {
                 crate::spent_set::SpendState::Spent => CreditError::AlreadySpent { y_hex: key_hex },
                 crate::spent_set::SpendState::Pending => CreditError::Pending { y_hex: key_hex },
             },
+            SpentSetError::OutputAlreadySigned { b_hex } => {
+                CreditError::OutputsAlreadySigned { b_hex }
+            }
             other => CreditError::SpentSet(other.to_string()),
         }
     }

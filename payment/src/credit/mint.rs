@@ -1,6 +1,8 @@
 //! The mint: signs blinded outputs against payments, swaps notes, reports their state,
-//! redeems them for lease balance and signs change. Every operation validates its whole
-//! request before it touches any state, so a rejected request changes nothing.
+//! redeems them for lease balance, signs change and hands out again the signatures of
+//! outputs it signed (NUT-09 restore). Every operation validates its whole request before
+//! it touches any state, so a rejected request changes nothing. Spending a note costs the
+//! keysets' NUT-02 `input_fee_ppk` per input (0 unless the operator sets one).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,7 +20,7 @@ use super::keyset::{Keyset, UNIT_SAT};
 use super::keyset_store::{KeysetState, KeysetStore};
 use super::nut_types::*;
 use super::receipt;
-use crate::spent_set::{KeyKind, SpendKey, SpendState, SpentSet, SpentSetError};
+use crate::spent_set::{KeyKind, SignedOutput, SpendKey, SpendState, SpentSet, SpentSetError};
 
 /// Bounds on one request, so no request can make the mint do unbounded work.
 #[derive(Clone, Debug)]
@@ -51,20 +53,33 @@ pub struct ValidatedInputs {
     /// One `CreditY` key per input, in input order.
     pub keys: Vec<SpendKey>,
     pub amount_sat: u64,
+    /// The NUT-02 fee for spending these inputs, in sat.
+    pub fee_sat: u64,
 }
 
 impl ValidatedInputs {
-    /// The value of the inputs in msat (1 sat = 1000 msat).
+    /// What the inputs pay, net of their fee, in msat (1 sat = 1000 msat).
     pub fn amount_msat(&self) -> Result<u64, CreditError> {
-        self.amount_sat
-            .checked_mul(1000)
-            .ok_or(CreditError::AmountOutOfRange {
-                what: "inputs in msat",
-                amount: self.amount_sat,
-                min: 0,
-                max: u64::MAX / 1000,
-            })
+        let net = self.amount_sat.checked_sub(self.fee_sat).ok_or({
+            CreditError::UnbalancedWithFee {
+                inputs: self.amount_sat,
+                fee: self.fee_sat,
+                outputs: 0,
+            }
+        })?;
+        net.checked_mul(1000).ok_or(CreditError::AmountOutOfRange {
+            what: "inputs in msat",
+            amount: net,
+            min: 0,
+            max: u64::MAX / 1000,
+        })
     }
+}
+
+/// The NUT-02 fee of spending `inputs` notes at `input_fee_ppk` each: the sum rounded up to
+/// a whole sat.
+pub fn input_fee_sat(inputs: usize, input_fee_ppk: u64) -> u64 {
+    (inputs as u64).saturating_mul(input_fee_ppk).div_ceil(1000)
 }
 
 /// An output that passed validation, with the keyset that will sign it.
@@ -139,6 +154,8 @@ pub struct Mint {
     ring: RwLock<Arc<KeyRing>>,
     spent: Arc<dyn SpentSet>,
     limits: MintLimits,
+    /// NUT-02 fee per input, in parts per thousand of a sat, of every keyset.
+    input_fee_ppk: u64,
 }
 
 impl Mint {
@@ -155,7 +172,19 @@ impl Mint {
             ring: RwLock::new(Arc::new(ring)),
             spent,
             limits,
+            input_fee_ppk: 0,
         })
+    }
+
+    /// Charges `input_fee_ppk` (NUT-02, parts per thousand of a sat) for every note spent,
+    /// in every keyset. The keyset ids (NUT-02 v1) do not commit to the fee.
+    pub fn with_input_fee_ppk(mut self, input_fee_ppk: u64) -> Self {
+        self.input_fee_ppk = input_fee_ppk;
+        self
+    }
+
+    pub fn input_fee_ppk(&self) -> u64 {
+        self.input_fee_ppk
     }
 
     pub fn limits(&self) -> &MintLimits {
@@ -208,15 +237,17 @@ impl Mint {
     /// NUT-01 `GET /v1/keys`: the active keyset's keys.
     pub fn keys(&self) -> KeysResponse {
         KeysResponse {
-            keysets: vec![key_set(&self.ring().active)],
+            keysets: vec![self.key_set(&self.ring().active, KeysetState::Active)],
         }
     }
 
     /// NUT-01 `GET /v1/keys/{id}`: any keyset that still accepts inputs.
     pub fn keys_for(&self, id: &str) -> Result<KeysResponse, CreditError> {
         let ring = self.ring();
+        let keyset = ring.for_input(id)?;
+        let state = ring.by_id[keyset.id()].1;
         Ok(KeysResponse {
-            keysets: vec![key_set(ring.for_input(id)?)],
+            keysets: vec![self.key_set(keyset, state)],
         })
     }
 
@@ -230,7 +261,7 @@ impl Mint {
                     id: keyset.id().to_string(),
                     unit: UNIT_SAT.to_string(),
                     active: state == KeysetState::Active,
-                    input_fee_ppk: 0,
+                    input_fee_ppk: self.input_fee_ppk,
                 })
                 .collect(),
         }
@@ -272,10 +303,7 @@ impl Mint {
                     disabled: true,
                 },
                 nut07: supported(true),
-                nut08: supported(false),
-                nut09: supported(false),
-                nut10: supported(false),
-                nut11: supported(false),
+                nut09: supported(true),
                 nut12: supported(true),
             },
         }
@@ -310,21 +338,39 @@ impl Mint {
         sign_all(&outputs)
     }
 
-    /// NUT-03 swap: inputs become outputs of equal total, all or nothing. The outputs are
-    /// signed first (signing changes nothing), then the inputs are claimed `Spent` together
-    /// with the swap's [`receipt`] in one durable step, and only then are the signatures
-    /// handed out. The same swap retried after its reply was lost (the same inputs and the
-    /// same outputs) is known by that receipt and gets the same signatures again: blind
-    /// signing is deterministic, so these are the same notes and no new money. Any other
-    /// use of a spent input fails as already spent.
+    fn key_set(&self, keyset: &Keyset, state: KeysetState) -> KeySet {
+        KeySet {
+            id: keyset.id().to_string(),
+            unit: UNIT_SAT.to_string(),
+            active: state == KeysetState::Active,
+            input_fee_ppk: self.input_fee_ppk,
+            keys: keyset.public_keys_hex(),
+        }
+    }
+
+    /// NUT-03 swap: inputs become outputs of equal total (less the NUT-02 input fee), all
+    /// or nothing. The outputs are signed first (signing changes nothing), then the inputs
+    /// are claimed `Spent` together with the swap's [`receipt`] and the signatures in one
+    /// durable step, and only then are the signatures handed out. The same swap retried
+    /// after its reply was lost (the same inputs and the same outputs) is known by that
+    /// receipt and gets the same signatures again: blind signing is deterministic, so these
+    /// are the same notes and no new money. Any other use of a spent input fails as already
+    /// spent, and any output signed before (by another request) as already signed.
     pub fn swap(&self, request: &SwapRequest) -> Result<SwapResponse, CreditError> {
         let ring = self.ring();
         let inputs = self.check_inputs(&ring, &request.inputs)?;
         let outputs = self.check_outputs(&ring, &request.outputs, true)?;
         let out_total = checked_sum("outputs", outputs.iter().map(|o| o.amount))?;
-        if out_total != inputs.amount_sat {
+        if inputs.fee_sat == 0 && out_total != inputs.amount_sat {
             return Err(CreditError::Unbalanced {
                 inputs: inputs.amount_sat,
+                outputs: out_total,
+            });
+        }
+        if inputs.amount_sat.checked_sub(inputs.fee_sat) != Some(out_total) {
+            return Err(CreditError::UnbalancedWithFee {
+                inputs: inputs.amount_sat,
+                fee: inputs.fee_sat,
                 outputs: out_total,
             });
         }
@@ -347,9 +393,10 @@ impl Mint {
             });
         }
         let signatures = sign_all(&outputs)?;
+        let records = signed_records(&request.outputs, &signatures)?;
         match self
             .spent
-            .claim_with_receipt(&inputs.keys, "credit swap", &receipt)
+            .claim_with_receipt(&inputs.keys, "credit swap", &receipt, &records)
         {
             Ok(()) => Ok(SwapResponse { signatures }),
             // An identical request committed in between: its answer is this one.
@@ -394,6 +441,40 @@ impl Mint {
                 })
                 .collect(),
         })
+    }
+
+    /// NUT-09 restore: of `request.outputs`, those signed before, each with its signature
+    /// as it was handed out, in request order.
+    pub fn restore(&self, request: &RestoreRequest) -> Result<RestoreResponse, CreditError> {
+        self.check_count(0, request.outputs.len())?;
+        let b_s = request
+            .outputs
+            .iter()
+            .map(|o| parse_point("outputs.B_", &o.b_).map(|p| p.serialize().to_vec()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let found = self.spent.signed_outputs(&b_s)?;
+        let mut response = RestoreResponse {
+            outputs: Vec::new(),
+            signatures: Vec::new(),
+        };
+        for (asked, record) in request.outputs.iter().zip(found) {
+            let Some(record) = record else { continue };
+            response.outputs.push(BlindedMessage {
+                amount: record.amount,
+                id: record.keyset_id.clone(),
+                b_: asked.b_.clone(),
+            });
+            response.signatures.push(BlindSignature {
+                amount: record.amount,
+                id: record.keyset_id,
+                c_: hex::encode(&record.c_),
+                dleq: record.dleq.map(|(e, s)| BlindSignatureDleq {
+                    e: hex::encode(e),
+                    s: hex::encode(s),
+                }),
+            });
+        }
+        Ok(response)
     }
 
     /// Checks inputs for a lease payment (keysets, amounts, duplicates, signatures) without
@@ -488,6 +569,7 @@ impl Mint {
             parsed.push((k, parse_point("inputs.C", &proof.c)?));
         }
         let amount_sat = checked_sum("inputs", inputs.iter().map(|p| p.amount))?;
+        let fee_sat = input_fee_sat(inputs.len(), self.input_fee_ppk);
         let mut keys = Vec::with_capacity(inputs.len());
         for (index, (proof, (k, c))) in inputs.iter().zip(parsed).enumerate() {
             let y = secret_to_curve(&proof.secret)?;
@@ -496,7 +578,11 @@ impl Mint {
             }
             keys.push(credit_key(&y));
         }
-        Ok(ValidatedInputs { keys, amount_sat })
+        Ok(ValidatedInputs {
+            keys,
+            amount_sat,
+            fee_sat,
+        })
     }
 
     fn check_secret(&self, index: usize, secret: &str) -> Result<(), CreditError> {
@@ -566,12 +652,45 @@ fn echo_id(id: &str) -> String {
     id.chars().take(66).collect()
 }
 
-fn key_set(keyset: &Keyset) -> KeySet {
-    KeySet {
-        id: keyset.id().to_string(),
-        unit: UNIT_SAT.to_string(),
-        keys: keyset.public_keys_hex(),
-    }
+/// What the spent set keeps of signatures handed out: each of `signatures` with the `B_`
+/// of the output at the same index (outputs beyond the signatures, e.g. unused change
+/// blanks, were not signed and are left out). Fails only on hex the mint did not check.
+pub fn signed_records(
+    outputs: &[BlindedMessage],
+    signatures: &[BlindSignature],
+) -> Result<Vec<SignedOutput>, CreditError> {
+    let bytes = |field: &'static str, value: &str| {
+        hex::decode(value).map_err(|_| CreditError::InvalidPoint {
+            field,
+            value: value.chars().take(80).collect(),
+        })
+    };
+    let scalar = |value: &str| -> Result<[u8; 32], CreditError> {
+        hex::decode(value)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| CreditError::InvalidScalar {
+                field: "dleq",
+                value: value.chars().take(80).collect(),
+            })
+    };
+    outputs
+        .iter()
+        .zip(signatures)
+        .map(|(output, sig)| {
+            Ok(SignedOutput {
+                b_: bytes("outputs.B_", &output.b_)?,
+                keyset_id: sig.id.clone(),
+                amount: sig.amount,
+                c_: bytes("C_", &sig.c_)?,
+                dleq: sig
+                    .dleq
+                    .as_ref()
+                    .map(|d| Ok::<_, CreditError>((scalar(&d.e)?, scalar(&d.s)?)))
+                    .transpose()?,
+            })
+        })
+        .collect()
 }
 
 /// The spent-set key of a proof: its `Y`, compressed.

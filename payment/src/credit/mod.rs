@@ -6,7 +6,7 @@
 //! - [`keyset`], [`keyset_store`]: keys per amount, keyset ids, seed file and rotation.
 //! - [`amount`]: power-of-two note amounts; [`curve`]: the shared context and hex encodings.
 //! - [`nut_types`]: the Cashu JSON bodies.
-//! - [`mint`]: mint, swap, check state, redeem, change.
+//! - [`mint`]: mint, swap, check state, redeem, change, restore (NUT-09), input fees.
 //! - [`receipt`]: what a claim was spent on, so a retried mint or swap is answered again.
 //! - [`token`]: `cashuA`/`cashuB` tokens (NUT-00 serialization), for wallets on either side.
 //! - [`error`]: typed errors with Cashu codes and HTTP statuses.
@@ -25,4 +25,4 @@ pub mod receipt;
 pub mod token;
 
 pub use error::CreditError;
-pub use mint::{credit_key, Mint, MintLimits, ValidatedInputs};
+pub use mint::{credit_key, input_fee_sat, signed_records, Mint, MintLimits, ValidatedInputs};

@@ -56,11 +56,15 @@ pub struct Proof {
     pub dleq: Option<ProofDleq>,
 }
 
-/// NUT-01: one keyset's public keys, amount → compressed point hex.
+/// NUT-01: one keyset's public keys, amount → compressed point hex, with whether it signs
+/// new outputs and its NUT-02 input fee.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeySet {
     pub id: String,
     pub unit: String,
+    pub active: bool,
+    #[serde(default)]
+    pub input_fee_ppk: u64,
     pub keys: BTreeMap<u64, String>,
 }
 
@@ -214,7 +218,8 @@ pub struct Supported {
     pub supported: bool,
 }
 
-/// NUT-06 `nuts` map, keyed by NUT number.
+/// NUT-06 `nuts` map, keyed by NUT number: the optional NUTs this mint supports, and no
+/// others (NUT-08 melt change, NUT-10/11 spending conditions are not offered).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Nuts {
     #[serde(rename = "4")]
@@ -223,14 +228,8 @@ pub struct Nuts {
     pub nut05: MethodSettings,
     #[serde(rename = "7")]
     pub nut07: Supported,
-    #[serde(rename = "8")]
-    pub nut08: Supported,
     #[serde(rename = "9")]
     pub nut09: Supported,
-    #[serde(rename = "10")]
-    pub nut10: Supported,
-    #[serde(rename = "11")]
-    pub nut11: Supported,
     #[serde(rename = "12")]
     pub nut12: Supported,
 }
@@ -261,6 +260,20 @@ pub struct MintInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tos_url: Option<String>,
     pub nuts: Nuts,
+}
+
+/// NUT-09 `POST /v1/restore` request: outputs whose signatures a wallet asks for again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    pub outputs: Vec<BlindedMessage>,
+}
+
+/// NUT-09 `POST /v1/restore` response: of the outputs asked about, those the mint signed,
+/// each with its signature at the same index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreResponse {
+    pub outputs: Vec<BlindedMessage>,
+    pub signatures: Vec<BlindSignature>,
 }
 
 /// The Cashu error body `{"detail": ..., "code": ...}` (NUT-00 "Errors").

@@ -15,7 +15,9 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::sqlite::storage;
-use super::{open_durable, SpendKey, SpendState, SpentSet, SpentSetError, SqliteSpentSet};
+use super::{
+    open_durable, SignedOutput, SpendKey, SpendState, SpentSet, SpentSetError, SqliteSpentSet,
+};
 
 /// The most requests one transaction carries, so a burst cannot grow one batch without bound.
 const MAX_BATCH: usize = 1024;
@@ -28,6 +30,7 @@ enum Op {
         state: SpendState,
         note: String,
         receipt: Option<[u8; 32]>,
+        signed: Vec<SignedOutput>,
     },
     CommitPending(Vec<SpendKey>),
     ReleasePending(Vec<SpendKey>),
@@ -115,16 +118,32 @@ impl SpentSet for GroupCommitSpentSet {
             state,
             note: note.to_owned(),
             receipt: None,
+            signed: Vec::new(),
         })
     }
 
-    fn claim_with_receipt(&self, keys: &[SpendKey], note: &str, receipt: &[u8; 32]) -> Reply {
+    fn claim_with_receipt(
+        &self,
+        keys: &[SpendKey],
+        note: &str,
+        receipt: &[u8; 32],
+        signed: &[SignedOutput],
+    ) -> Reply {
         self.submit(Op::Claim {
             keys: keys.to_vec(),
             state: SpendState::Spent,
             note: note.to_owned(),
             receipt: Some(*receipt),
+            signed: signed.to_vec(),
         })
+    }
+
+    fn signed_outputs(&self, b_s: &[Vec<u8>]) -> Result<Vec<Option<SignedOutput>>, SpentSetError> {
+        let conn = self
+            .reader
+            .lock()
+            .map_err(|_| SpentSetError::Storage("spent set reader lock poisoned".into()))?;
+        SqliteSpentSet::signed_outputs_in(&conn, b_s)
     }
 
     fn spent_with(&self, keys: &[SpendKey], receipt: &[u8; 32]) -> Result<bool, SpentSetError> {
@@ -211,7 +230,8 @@ fn apply_in_savepoint(tx: &mut rusqlite::Transaction<'_>, op: &Op) -> Reply {
             state,
             note,
             receipt,
-        } => SqliteSpentSet::claim_on(&sp, keys, *state, note, receipt.as_ref()),
+            signed,
+        } => SqliteSpentSet::claim_on(&sp, keys, *state, note, receipt.as_ref(), signed),
         Op::CommitPending(keys) => SqliteSpentSet::commit_pending_on(&sp, keys),
         Op::ReleasePending(keys) => SqliteSpentSet::release_pending_on(&sp, keys),
     }?;
@@ -247,6 +267,7 @@ mod tests {
             state: SpendState::Spent,
             note: "batch".into(),
             receipt: None,
+            signed: Vec::new(),
         }
     }
 
@@ -422,7 +443,7 @@ mod tests {
     fn a_receipt_is_written_with_its_claim_and_read_back_after_a_reopen() {
         let (_d, path, set) = fresh();
         let receipt = [9u8; 32];
-        set.claim_with_receipt(&[key(1), key(2)], "swap", &receipt)
+        set.claim_with_receipt(&[key(1), key(2)], "swap", &receipt, &[])
             .unwrap();
         assert!(set.spent_with(&[key(2), key(1)], &receipt).unwrap());
         drop(set);

@@ -6,6 +6,11 @@
 //! committed to `Spent` or released; a crash in between leaves it `Pending`, never lost and
 //! never spendable twice. A `Spent` claim may carry a receipt (what the keys were spent on),
 //! written in the same transaction, by which a retry of the very same request is known.
+//!
+//! The same transaction also records every blind signature the claim paid for
+//! ([`SignedOutput`]): a blinded message is signed at most once (a second request for it is
+//! refused, NUT-00 code 11003), and a wallet restoring from its seed can have the
+//! signatures of its outputs again (NUT-09).
 
 use thiserror::Error;
 
@@ -48,8 +53,26 @@ pub enum SpentSetError {
     /// `commit_pending`/`release_pending` named a key that is not pending.
     #[error("{kind:?} {key_hex} is not pending")]
     NotPending { kind: KeyKind, key_hex: String },
+    /// Nothing was claimed because this blinded message (`B_`) was signed before.
+    #[error("output {b_hex} was already signed")]
+    OutputAlreadySigned { b_hex: String },
     #[error("spent set storage: {0}")]
     Storage(String),
+}
+
+/// One blind signature the mint handed out, as kept with the claim that paid for it: the
+/// blinded message `B_` (33-byte compressed point) it signed, and the NUT-00
+/// `BlindSignature` fields. The spent set stores these opaquely; the credit module makes
+/// and reads them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedOutput {
+    pub b_: Vec<u8>,
+    pub keyset_id: String,
+    pub amount: u64,
+    /// `C_`, 33-byte compressed point.
+    pub c_: Vec<u8>,
+    /// NUT-12 DLEQ proof `(e, s)`, 32 bytes each, when one was handed out.
+    pub dleq: Option<([u8; 32], [u8; 32])>,
 }
 
 /// "Claim these keys atomically or fail if any is taken." Implementations must make a
@@ -60,13 +83,19 @@ pub trait SpentSet: Send + Sync {
     fn claim(&self, keys: &[SpendKey], state: SpendState, note: &str) -> Result<(), SpentSetError>;
     /// Claims every key as `Spent`, all or none, keeping `receipt` with each: a digest of
     /// what they were spent on ([`crate::credit::receipt`]), so that the same request
-    /// retried after a lost reply can be recognised ([`SpentSet::spent_with`]).
+    /// retried after a lost reply can be recognised ([`SpentSet::spent_with`]). Records
+    /// `signed` in the same step; if any of its `B_` was signed before, nothing is claimed
+    /// or recorded ([`SpentSetError::OutputAlreadySigned`]).
     fn claim_with_receipt(
         &self,
         keys: &[SpendKey],
         note: &str,
         receipt: &[u8; 32],
+        signed: &[SignedOutput],
     ) -> Result<(), SpentSetError>;
+    /// The recorded signature of each blinded message `B_` (33 bytes), in order; `None`
+    /// for one never signed.
+    fn signed_outputs(&self, b_s: &[Vec<u8>]) -> Result<Vec<Option<SignedOutput>>, SpentSetError>;
     /// Whether every key (at least one) is spent with exactly `receipt`: the request asking
     /// is the one that spent them, and may be answered again.
     fn spent_with(&self, keys: &[SpendKey], receipt: &[u8; 32]) -> Result<bool, SpentSetError>;
@@ -80,6 +109,8 @@ pub trait SpentSet: Send + Sync {
 
 #[cfg(feature = "sqlite")]
 mod group_commit;
+#[cfg(feature = "sqlite")]
+mod signed_outputs;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]

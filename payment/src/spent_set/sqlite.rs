@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use super::{KeyKind, SpendKey, SpendState, SpentSet, SpentSetError};
+use super::{signed_outputs, KeyKind, SignedOutput, SpendKey, SpendState, SpentSet, SpentSetError};
 
 /// How long a writer waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,10 +116,11 @@ impl SqliteSpentSet {
         })
     }
 
-    /// Creates the spent-set table if it is missing, and gives a table from before receipts
-    /// its `receipt` column. For callers that keep the spent set in their own database file
-    /// (the daemon's ledger).
+    /// Creates the spent-set tables if they are missing, and gives a table from before
+    /// receipts its `receipt` column. For callers that keep the spent set in their own
+    /// database file (the daemon's ledger).
     pub fn create_schema(conn: &Connection) -> Result<(), SpentSetError> {
+        signed_outputs::create_schema(conn)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS spent_keys (
                 kind INTEGER NOT NULL,
@@ -158,18 +159,37 @@ impl SqliteSpentSet {
         state: SpendState,
         note: &str,
     ) -> Result<(), SpentSetError> {
-        Self::claim_on(tx, keys, state, note, None)
+        Self::claim_on(tx, keys, state, note, None, &[])
     }
 
-    /// Claims `keys` as `Spent` with `receipt` inside the caller's transaction, as
-    /// [`Self::claim_in`] does; see [`SpentSet::claim_with_receipt`].
+    /// Claims `keys` as `Spent` with `receipt` and records `signed` inside the caller's
+    /// transaction, as [`Self::claim_in`] does; see [`SpentSet::claim_with_receipt`].
     pub fn claim_with_receipt_in(
         tx: &Transaction<'_>,
         keys: &[SpendKey],
         note: &str,
         receipt: &[u8; 32],
+        signed: &[SignedOutput],
     ) -> Result<(), SpentSetError> {
-        Self::claim_on(tx, keys, SpendState::Spent, note, Some(receipt))
+        Self::claim_on(tx, keys, SpendState::Spent, note, Some(receipt), signed)
+    }
+
+    /// Records blind signatures handed out for something other than a claim (change of a
+    /// lease's refund) inside the caller's transaction; fails, writing nothing the caller
+    /// commits, if any `B_` was signed before.
+    pub fn record_signed_in(
+        tx: &Transaction<'_>,
+        signed: &[SignedOutput],
+    ) -> Result<(), SpentSetError> {
+        signed_outputs::record_on(tx, signed, now_us())
+    }
+
+    /// The recorded signature of each `B_`, read through any connection or transaction.
+    pub fn signed_outputs_in(
+        conn: &Connection,
+        b_s: &[Vec<u8>],
+    ) -> Result<Vec<Option<SignedOutput>>, SpentSetError> {
+        signed_outputs::lookup_on(conn, b_s)
     }
 
     /// Whether every key (at least one) is spent with exactly `receipt`, read through any
@@ -202,14 +222,16 @@ impl SqliteSpentSet {
         Ok(true)
     }
 
-    /// [`Self::claim_in`] (with a receipt, or none) over any connection, transaction or
-    /// savepoint: the group committer runs each request inside its own savepoint.
+    /// [`Self::claim_in`] (with a receipt and signatures, or none) over any connection,
+    /// transaction or savepoint: the group committer runs each request inside its own
+    /// savepoint. The caller rolls back on error (signatures are recorded after the keys).
     pub(super) fn claim_on(
         tx: &Connection,
         keys: &[SpendKey],
         state: SpendState,
         note: &str,
         receipt: Option<&[u8; 32]>,
+        signed: &[SignedOutput],
     ) -> Result<(), SpentSetError> {
         reject_duplicates(keys)?;
         for key in keys {
@@ -240,7 +262,7 @@ impl SqliteSpentSet {
                 ])
                 .map_err(storage)?;
         }
-        Ok(())
+        signed_outputs::record_on(tx, signed, at)
     }
 
     /// Checks that every key is pending, inside the caller's transaction.
@@ -347,8 +369,17 @@ impl SpentSet for SqliteSpentSet {
         keys: &[SpendKey],
         note: &str,
         receipt: &[u8; 32],
+        signed: &[SignedOutput],
     ) -> Result<(), SpentSetError> {
-        self.in_transaction(|tx| Self::claim_with_receipt_in(tx, keys, note, receipt))
+        self.in_transaction(|tx| Self::claim_with_receipt_in(tx, keys, note, receipt, signed))
+    }
+
+    fn signed_outputs(&self, b_s: &[Vec<u8>]) -> Result<Vec<Option<SignedOutput>>, SpentSetError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| SpentSetError::Storage("spent set lock poisoned".into()))?;
+        Self::signed_outputs_in(&conn, b_s)
     }
 
     fn spent_with(&self, keys: &[SpendKey], receipt: &[u8; 32]) -> Result<bool, SpentSetError> {
@@ -530,7 +561,7 @@ mod tests {
             key(KeyKind::CreditY, 3),
         );
         let (r1, r2) = ([1u8; 32], [2u8; 32]);
-        set.claim_with_receipt(&[a.clone(), b.clone()], "swap", &r1)
+        set.claim_with_receipt(&[a.clone(), b.clone()], "swap", &r1, &[])
             .unwrap();
         assert!(set.spent_with(&[b.clone(), a.clone()], &r1).unwrap());
         assert!(!set.spent_with(&[a.clone(), b.clone()], &r2).unwrap());
@@ -542,7 +573,7 @@ mod tests {
         assert!(!set.spent_with(&[], &r1).unwrap(), "no keys, no receipt");
         // A claim with a receipt is a claim like any other.
         assert!(matches!(
-            set.claim_with_receipt(&[a.clone(), c.clone()], "again", &r1),
+            set.claim_with_receipt(&[a.clone(), c.clone()], "again", &r1, &[]),
             Err(SpentSetError::AlreadyClaimed { .. })
         ));
         assert_eq!(set.states(std::slice::from_ref(&c)).unwrap(), vec![None]);
@@ -580,7 +611,7 @@ mod tests {
             .spent_with(std::slice::from_ref(&a), &[0u8; 32])
             .unwrap());
         let b = key(KeyKind::Outpoint, 5);
-        set.claim_with_receipt(std::slice::from_ref(&b), "new", &[7u8; 32])
+        set.claim_with_receipt(std::slice::from_ref(&b), "new", &[7u8; 32], &[])
             .unwrap();
         assert!(set.spent_with(&[b], &[7u8; 32]).unwrap());
         // Opening again finds the column there.

@@ -1,25 +1,27 @@
-//! The Cashu mint endpoints (NUT-01/02/03/06/07, and NUT-04-style minting against an
-//! on-chain payment), with the JSON exactly as the payment crate's NUT types give it.
+//! The Cashu mint endpoints (NUT-01/02/03/06/07/09, and NUT-04-style minting against an
+//! on-chain payment), with the JSON exactly as the payment crate's NUT types give it and
+//! errors in NUT-00's shape ([`CashuError`]).
 
 use axum::extract::{Path, State};
 use axum::Json;
 use payment::credit::nut_types::{
     CheckStateRequest, CheckStateResponse, KeysResponse, KeysetsResponse, MintInfo,
     MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest, MintQuoteOnchainResponse,
-    MintQuoteState, SwapRequest, SwapResponse,
+    MintQuoteState, RestoreRequest, RestoreResponse, SwapRequest, SwapResponse,
 };
 use payment::credit::receipt::{receipt, MINT_ONCHAIN};
+use payment::credit::{signed_records, CreditError};
 
 use super::host::QUOTE_TTL_S;
-use super::json_body::JsonBody;
+use super::json_body::CashuBody;
 use crate::app::Shared;
 use crate::clock::unix_s;
-use crate::http::error::{credit_error, quote_error, ApiError};
+use crate::http::error::{quote_error, ApiError, CashuError};
 use crate::leases::payment_intake::verify_onchain;
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
+    f: impl FnOnce() -> Result<T, CashuError> + Send + 'static,
+) -> Result<T, CashuError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal(format!("worker: {e}")))?
@@ -32,8 +34,8 @@ pub async fn keys(State(s): State<Shared>) -> Json<KeysResponse> {
 pub async fn keys_for(
     State(s): State<Shared>,
     Path(id): Path<String>,
-) -> Result<Json<KeysResponse>, ApiError> {
-    s.mint.keys_for(&id).map(Json).map_err(credit_error)
+) -> Result<Json<KeysResponse>, CashuError> {
+    Ok(Json(s.mint.keys_for(&id)?))
 }
 
 pub async fn keysets(State(s): State<Shared>) -> Json<KeysetsResponse> {
@@ -53,10 +55,10 @@ pub async fn info(State(s): State<Shared>) -> Json<MintInfo> {
 /// blocking pool, which finishes it even if the client goes away meanwhile.
 pub async fn swap(
     State(s): State<Shared>,
-    JsonBody(req): JsonBody<SwapRequest>,
-) -> Result<Json<SwapResponse>, ApiError> {
+    CashuBody(req): CashuBody<SwapRequest>,
+) -> Result<Json<SwapResponse>, CashuError> {
     blocking(move || {
-        let signed = s.mint.swap(&req).map_err(credit_error)?;
+        let signed = s.mint.swap(&req)?;
         crate::fault::hit(crate::fault::point::SWAP_COMMITTED);
         Ok(Json(signed))
     })
@@ -65,30 +67,35 @@ pub async fn swap(
 
 pub async fn checkstate(
     State(s): State<Shared>,
-    JsonBody(req): JsonBody<CheckStateRequest>,
-) -> Result<Json<CheckStateResponse>, ApiError> {
-    blocking(move || s.mint.check_state(&req).map(Json).map_err(credit_error)).await
+    CashuBody(req): CashuBody<CheckStateRequest>,
+) -> Result<Json<CheckStateResponse>, CashuError> {
+    blocking(move || Ok(Json(s.mint.check_state(&req)?))).await
+}
+
+/// NUT-09 restore: the signatures of the outputs asked about that were signed before.
+pub async fn restore(
+    State(s): State<Shared>,
+    CashuBody(req): CashuBody<RestoreRequest>,
+) -> Result<Json<RestoreResponse>, CashuError> {
+    blocking(move || Ok(Json(s.mint.restore(&req)?))).await
 }
 
 pub async fn mint_quote(
     State(s): State<Shared>,
-    JsonBody(req): JsonBody<MintQuoteOnchainRequest>,
-) -> Result<Json<MintQuoteOnchainResponse>, ApiError> {
+    CashuBody(req): CashuBody<MintQuoteOnchainRequest>,
+) -> Result<Json<MintQuoteOnchainResponse>, CashuError> {
     if req.unit != "sat" {
-        return Err(ApiError::unprocessable(
-            "unsupported_unit",
-            format!("unit {:?}: only \"sat\"", req.unit),
-        ));
+        return Err(CreditError::UnsupportedUnit { unit: req.unit }.into());
     }
     let limits = s.mint.limits();
     if !(limits.min_mint_sat..=limits.max_mint_sat).contains(&req.amount) {
-        return Err(ApiError::unprocessable(
-            "amount_out_of_range",
-            format!(
-                "amount {} sat must be {}..={}",
-                req.amount, limits.min_mint_sat, limits.max_mint_sat
-            ),
-        ));
+        return Err(CreditError::AmountOutOfRange {
+            what: "mint amount",
+            amount: req.amount,
+            min: limits.min_mint_sat,
+            max: limits.max_mint_sat,
+        }
+        .into());
     }
     let amount = req.amount;
     blocking(move || {
@@ -110,14 +117,15 @@ pub async fn mint_quote(
 }
 
 /// Signs `outputs` worth exactly what the proved transaction paid (in sat), claiming its
-/// outpoints with the request's receipt in the same ledger transaction: the same payment
-/// with the same outputs again (a retry after a lost reply) gets the same signatures, the
-/// same payment with other outputs 409. The work runs on the blocking pool, which finishes
-/// it even if the client goes away meanwhile.
+/// outpoints with the request's receipt and recording the signatures in the same ledger
+/// transaction: the same payment with the same outputs again (a retry after a lost reply)
+/// gets the same signatures, the same payment with other outputs 20002 (already issued),
+/// outputs signed before 11003. The work runs on the blocking pool, which finishes it even
+/// if the client goes away meanwhile.
 pub async fn mint(
     State(s): State<Shared>,
-    JsonBody(req): JsonBody<MintOnchainRequest>,
-) -> Result<Json<MintOnchainResponse>, ApiError> {
+    CashuBody(req): CashuBody<MintOnchainRequest>,
+) -> Result<Json<MintOnchainResponse>, CashuError> {
     let s2 = s.clone();
     let out = blocking(move || {
         let credit = {
@@ -127,18 +135,12 @@ pub async fn mint(
         let paid_sat = credit.amount_msat / 1000;
         let note = format!("mint quote {}", req.payment.quote_id);
         let receipt = receipt(MINT_ONCHAIN, &credit.keys, &req.outputs);
-        let signed = s2
-            .ledger
-            .claim_with(&credit.keys, &note, &receipt, || {
-                s2.mint.mint(paid_sat, &req.outputs)
-            })
-            .map_err(|e| match e {
-                crate::ledger::LedgerError::AlreadySpent(m) => {
-                    ApiError::conflict("already_spent", m)
-                }
-                other => other.into(),
-            })?;
-        let signatures = signed.map_err(credit_error)?;
+        let signed = s2.ledger.claim_with(&credit.keys, &note, &receipt, || {
+            let signatures = s2.mint.mint(paid_sat, &req.outputs)?;
+            let records = signed_records(&req.outputs, &signatures)?;
+            Ok::<_, CreditError>((signatures, records))
+        })?;
+        let signatures = signed?;
         crate::fault::hit(crate::fault::point::MINT_COMMITTED);
         Ok(Json(MintOnchainResponse { signatures }))
     })

@@ -1,7 +1,10 @@
 //! The API's error answer: every non-2xx response of coinop's own routes is
 //! `{"error":{"code":"<snake_case>","message":"<human text>"}}` with the status from
-//! `lease/openapi.yaml`. This is the one place that decides which status a domain error
-//! (a lease flow's, the mint's, the chain's) is answered with.
+//! `lease/openapi.yaml`; the Cashu routes (`/v1/keys*`, `/v1/keysets`, `/v1/info`,
+//! `/v1/swap`, `/v1/checkstate`, `/v1/mint*`, `/v1/restore`) answer NUT-00's
+//! `{"detail":"<human text>","code":<number>}` instead ([`CashuError`]). This is the one
+//! place that decides which status a domain error (a lease flow's, the mint's, the
+//! chain's) is answered with.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -185,6 +188,11 @@ impl From<crate::ledger::LedgerError> for ApiError {
                     StorageFault::Io => ApiError::storage_unavailable(message),
                 }
             }
+            LedgerError::OutputsAlreadySigned(b_hex) => {
+                credit_error(CreditError::OutputsAlreadySigned {
+                    b_hex: b_hex.clone(),
+                })
+            }
             _ => {
                 tracing::error!(error = %e, "ledger error");
                 ApiError::internal(format!("ledger: {e}"))
@@ -238,9 +246,9 @@ pub fn credit_error(e: CreditError) -> ApiError {
         | NoInputs
         | NoOutputs
         | TooFewChangeOutputs { .. } => StatusCode::BAD_REQUEST,
-        Unbalanced { .. } => StatusCode::PAYMENT_REQUIRED,
+        Unbalanced { .. } | UnbalancedWithFee { .. } => StatusCode::PAYMENT_REQUIRED,
         UnknownKeyset { .. } => StatusCode::NOT_FOUND,
-        AlreadySpent { .. } | Pending { .. } => StatusCode::CONFLICT,
+        AlreadySpent { .. } | Pending { .. } | OutputsAlreadySigned { .. } => StatusCode::CONFLICT,
         TooManyInputs { .. } | TooManyOutputs { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         InactiveKeyset { .. }
         | RetiredKeyset { .. }
@@ -296,6 +304,118 @@ pub fn chain_error(e: ChainError) -> ApiError {
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError::new(status, e.code(), e.to_string())
+}
+
+/// NUT-00's code for an error the NUT tables give none (malformed JSON, a host fault).
+pub const CASHU_CODE_UNLISTED: u32 = 0;
+/// NUT-04 "Quote request is not paid" (error_codes.md).
+const CASHU_QUOTE_NOT_PAID: u32 = 20001;
+/// NUT-04 "Quote has already been issued" (error_codes.md).
+const CASHU_QUOTE_ISSUED: u32 = 20002;
+
+/// The error answer of the Cashu routes: NUT-00 `{"detail", "code"}` with the NUT error
+/// table's code. NUT-00 answers every error of the request with 400; faults of the host
+/// itself (its disk, a worker) keep their 5xx and `Retry-After`, so a wallet retries them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CashuError {
+    pub status: StatusCode,
+    pub detail: String,
+    pub code: u32,
+    pub retry_after_s: Option<u64>,
+}
+
+impl CashuError {
+    /// `api` (coinop's answer for the same cause) as a Cashu error with `code`.
+    fn from_api(api: ApiError, code: u32) -> Self {
+        let status = if api.status.is_server_error() {
+            api.status
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        CashuError {
+            status,
+            detail: api.message,
+            code,
+            retry_after_s: api.retry_after_s,
+        }
+    }
+}
+
+impl From<CreditError> for CashuError {
+    fn from(e: CreditError) -> Self {
+        let code = e.cashu_code().unwrap_or(CASHU_CODE_UNLISTED);
+        CashuError::from_api(credit_error(e), code)
+    }
+}
+
+/// Errors of coinop's own kind met on a Cashu route (a body that is not JSON, a host
+/// fault): no NUT code names them.
+impl From<ApiError> for CashuError {
+    fn from(e: ApiError) -> Self {
+        CashuError::from_api(e, CASHU_CODE_UNLISTED)
+    }
+}
+
+impl From<crate::ledger::LedgerError> for CashuError {
+    fn from(e: crate::ledger::LedgerError) -> Self {
+        use crate::ledger::LedgerError;
+        match e {
+            LedgerError::OutputsAlreadySigned(b_hex) => {
+                CreditError::OutputsAlreadySigned { b_hex }.into()
+            }
+            // On a mint route: the payment's outpoints have minted notes already.
+            LedgerError::AlreadySpent(m) => {
+                CashuError::from_api(ApiError::conflict("already_spent", m), CASHU_QUOTE_ISSUED)
+            }
+            other => ApiError::from(other).into(),
+        }
+    }
+}
+
+/// A lease-layer error on the mint route (checking an on-chain payment).
+impl From<LeaseError> for CashuError {
+    fn from(e: LeaseError) -> Self {
+        use PaymentError::*;
+        match e {
+            LeaseError::Credit(c) => c.into(),
+            LeaseError::Payment(p) => {
+                let code = match &p {
+                    BlockNotInChain { .. }
+                    | NotOnBestChain { .. }
+                    | NotEnoughConfirmations { .. }
+                    | WrongAddress { .. }
+                    | Insufficient { .. } => CASHU_QUOTE_NOT_PAID,
+                    AlreadySpent { .. } => CASHU_QUOTE_ISSUED,
+                    _ => CASHU_CODE_UNLISTED,
+                };
+                CashuError::from_api(payment_error(p), code)
+            }
+            LeaseError::AlreadySpent(m) => {
+                CashuError::from_api(ApiError::conflict("already_spent", m), CASHU_QUOTE_ISSUED)
+            }
+            other => ApiError::from(other).into(),
+        }
+    }
+}
+
+impl IntoResponse for CashuError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&payment::credit::nut_types::CashuErrorResponse {
+            detail: self.detail,
+            code: self.code,
+        })
+        .unwrap_or_else(|_| br#"{"detail":"error encoding","code":0}"#.to_vec());
+        let mut resp = (self.status, body).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(s) = self.retry_after_s {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
 }
 
 #[cfg(test)]
@@ -403,6 +523,36 @@ mod tests {
         assert_eq!(
             (spec.status, spec.code),
             (StatusCode::UNPROCESSABLE_ENTITY, "unknown_image")
+        );
+    }
+
+    #[test]
+    fn cashu_routes_answer_400_with_the_nut_code_and_keep_host_faults() {
+        let spent = CashuError::from(CreditError::AlreadySpent { y_hex: "02".into() });
+        assert_eq!((spent.status, spent.code), (StatusCode::BAD_REQUEST, 11001));
+        let signed = CashuError::from(crate::ledger::LedgerError::OutputsAlreadySigned(
+            "02ab".into(),
+        ));
+        assert_eq!(
+            (signed.status, signed.code),
+            (StatusCode::BAD_REQUEST, 11003)
+        );
+        let unknown = CashuError::from(CreditError::UnknownKeyset { id: "00ff".into() });
+        assert_eq!(unknown.code, 12001);
+        let json = CashuError::from(ApiError::bad_request("not JSON"));
+        assert_eq!((json.status, json.code), (StatusCode::BAD_REQUEST, 0));
+        let full = CashuError::from(ApiError::insufficient_storage("disk"));
+        assert_eq!(
+            (full.status.as_u16(), full.retry_after_s),
+            (507, Some(STORAGE_RETRY_S))
+        );
+        let unpaid = CashuError::from(LeaseError::Payment(PaymentError::Insufficient {
+            paid_msat: 1,
+            required_msat: 2,
+        }));
+        assert_eq!(
+            (unpaid.status, unpaid.code),
+            (StatusCode::BAD_REQUEST, 20001)
         );
     }
 }

@@ -1,13 +1,14 @@
 //! A JSON body extractor whose every failure is an API error (lease/openapi.yaml): 413 over the body limit,
 //! 400 for anything that is not the expected JSON (unknown fields included where the type
-//! denies them).
+//! denies them). [`CashuBody`] is the same for the Cashu routes, failing with NUT-00's
+//! error body.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, CashuError};
 
 pub struct JsonBody<T>(pub T);
 
@@ -31,6 +32,22 @@ where
             }
         })?;
         parse(&bytes).map(JsonBody)
+    }
+}
+
+/// [`JsonBody`] whose failures answer in NUT-00's shape.
+pub struct CashuBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for CashuBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = CashuError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let JsonBody(body) = JsonBody::from_request(req, state).await?;
+        Ok(CashuBody(body))
     }
 }
 

@@ -78,6 +78,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/info", get(credit::info))
         .route("/v1/swap", post(credit::swap))
         .route("/v1/checkstate", post(credit::checkstate))
+        .route("/v1/restore", post(credit::restore))
         .route(
             "/v1/mint/quote/onchain",
             post(credit::mint_quote).route_layer(quote_rate()),

@@ -68,6 +68,9 @@ impl LeaseError {
     pub fn from_claim(e: LedgerError) -> Self {
         match e {
             LedgerError::AlreadySpent(m) => LeaseError::AlreadySpent(m),
+            LedgerError::OutputsAlreadySigned(b_hex) => {
+                LeaseError::Credit(CreditError::OutputsAlreadySigned { b_hex })
+            }
             LedgerError::AlreadyRefunded(id) => LeaseError::AlreadyRefunded(id),
             LedgerError::State { .. } => LeaseError::StateConflict(e.to_string()),
             LedgerError::NoLease(_) => LeaseError::NoLease,

@@ -7,7 +7,7 @@ use coinop_proto::replies::StopResponse;
 use coinop_proto::requests::StopRequest;
 use coinop_proto::{LeaseState, Msat, StopReason};
 use payment::credit::nut_types::{BlindSignature, BlindedMessage};
-use payment::credit::Mint;
+use payment::credit::{signed_records, CreditError, Mint};
 
 use super::{blocking, LeaseError};
 use crate::app::{AppState, Shared};
@@ -73,7 +73,11 @@ pub(super) fn refund_with(
 ) -> Result<Refund<Vec<BlindSignature>>, LeaseError> {
     let r = s
         .ledger
-        .refund_onto(id, outputs, |msat, outs| s.mint.change(msat, outs))
+        .refund_onto(id, outputs, |msat, outs| {
+            let signed = s.mint.change(msat, outs)?;
+            let records = signed_records(outs, &signed)?;
+            Ok::<_, CreditError>((signed, records))
+        })
         .map_err(LeaseError::from_claim)??;
     if r.repeated {
         tracing::info!(

@@ -62,6 +62,9 @@ pub enum LedgerError {
     },
     #[error("payment already spent: {0}")]
     AlreadySpent(String),
+    /// A blinded message (`B_`, hex) signed before for another request: nothing committed.
+    #[error("output {0} was already signed")]
+    OutputsAlreadySigned(String),
     /// A refund of a lease whose balance was handed back before, onto other outputs.
     #[error("lease {0} was already refunded")]
     AlreadyRefunded(String),
@@ -122,6 +125,9 @@ impl From<SpentSetError> for LedgerError {
         match e {
             SpentSetError::AlreadyClaimed { .. } | SpentSetError::DuplicateKey { .. } => {
                 LedgerError::AlreadySpent(e.to_string())
+            }
+            SpentSetError::OutputAlreadySigned { b_hex } => {
+                LedgerError::OutputsAlreadySigned(b_hex)
             }
             other => LedgerError::SpentSet(other.to_string()),
         }

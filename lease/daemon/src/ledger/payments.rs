@@ -12,7 +12,7 @@
 use coinop_proto::{LeaseState, StopReason};
 use payment::credit::nut_types::BlindedMessage;
 use payment::credit::Mint;
-use payment::spent_set::{SpendKey, SpendState, SpentSetError, SqliteSpentSet};
+use payment::spent_set::{SignedOutput, SpendKey, SpendState, SpentSetError, SqliteSpentSet};
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use crate::clock::unix_s;
@@ -195,7 +195,7 @@ impl Ledger {
         &self,
         id: &str,
         outputs: &[BlindedMessage],
-        sign: impl FnOnce(u64, &[BlindedMessage]) -> Result<T, E>,
+        sign: impl FnOnce(u64, &[BlindedMessage]) -> Result<(T, Vec<SignedOutput>), E>,
     ) -> Result<Result<Refund<T>, E>, LedgerError> {
         // The outputs a refund of `msat` is signed onto: one per note, the first ones (fewer
         // than that and the signer refuses, or for a repeat: they cannot be the same).
@@ -214,7 +214,8 @@ impl Ledger {
                 let Some(onto) = same else {
                     return Err(LedgerError::AlreadyRefunded(id.to_string()));
                 };
-                return Ok(sign(refund_msat, onto).map(|signed| Refund {
+                // The same signatures again: recorded the first time.
+                return Ok(sign(refund_msat, onto).map(|(signed, _)| Refund {
                     refund_msat,
                     signed,
                     was_live: false,
@@ -226,7 +227,10 @@ impl Ledger {
             let residual_msat = lease.balance_msat % 1000;
             let refund_msat = lease.balance_msat - residual_msat;
             let out = match sign(refund_msat, outputs) {
-                Ok(out) => out,
+                Ok((out, records)) => {
+                    SqliteSpentSet::record_signed_in(tx, &records)?;
+                    out
+                }
                 Err(e) => return Ok(Err(e)),
             };
             tx.prepare_cached(
@@ -262,27 +266,29 @@ impl Ledger {
         id: &str,
         sign: impl FnOnce(u64) -> Result<T, E>,
     ) -> Result<Result<Refund<T>, E>, LedgerError> {
-        self.refund_onto(id, &[], |msat, _| sign(msat))
+        self.refund_onto(id, &[], |msat, _| sign(msat).map(|t| (t, Vec::new())))
     }
 
     /// Runs `sign` (which must have no side effects) and, if it succeeded, claims `keys` as
-    /// spent with `receipt` (what they are spent on: [`payment::credit::receipt`]); the
-    /// result is only handed out when the claim committed. Keys spent before with the same
-    /// receipt are the same request again (its reply was lost): `sign`'s result is handed
-    /// out again, nothing is claimed twice.
+    /// spent with `receipt` (what they are spent on: [`payment::credit::receipt`]) and
+    /// records the signatures `sign` made; the result is only handed out when the claim
+    /// committed. Keys spent before with the same receipt are the same request again (its
+    /// reply was lost): `sign`'s result is handed out again, nothing is claimed or recorded
+    /// twice. An output signed before for another request fails the whole step
+    /// ([`LedgerError::OutputsAlreadySigned`]).
     pub fn claim_with<T, E>(
         &self,
         keys: &[SpendKey],
         note: &str,
         receipt: &[u8; 32],
-        sign: impl FnOnce() -> Result<T, E>,
+        sign: impl FnOnce() -> Result<(T, Vec<SignedOutput>), E>,
     ) -> Result<Result<T, E>, LedgerError> {
         self.with_tx(|tx| {
-            let out = match sign() {
+            let (out, records) = match sign() {
                 Ok(out) => out,
                 Err(e) => return Ok(Err(e)),
             };
-            match SqliteSpentSet::claim_with_receipt_in(tx, keys, note, receipt) {
+            match SqliteSpentSet::claim_with_receipt_in(tx, keys, note, receipt, &records) {
                 Ok(()) => Ok(Ok(out)),
                 Err(SpentSetError::AlreadyClaimed { .. })
                     if SqliteSpentSet::spent_with_in(tx, keys, receipt)? =>
@@ -298,6 +304,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use payment::credit::nut_types::BlindedMessage;
+    use payment::spent_set::SignedOutput;
 
     use crate::ledger::test_support::{credit, ledger, new_lease, s, P};
     use crate::ledger::LedgerError;
@@ -314,8 +321,14 @@ mod tests {
     }
 
     /// A stand-in signer: which outputs got which amount.
-    fn sign(msat: u64, outs: &[BlindedMessage]) -> Result<(u64, Vec<String>), ()> {
-        Ok((msat, outs.iter().map(|o| o.b_.clone()).collect()))
+    /// What the stand-in signer signed: the refund, and onto which outputs.
+    type Signed = (u64, Vec<String>);
+
+    fn sign(msat: u64, outs: &[BlindedMessage]) -> Result<(Signed, Vec<SignedOutput>), ()> {
+        Ok((
+            (msat, outs.iter().map(|o| o.b_.clone()).collect()),
+            Vec::new(),
+        ))
     }
 
     #[test]
@@ -404,22 +417,32 @@ mod tests {
         let (_d, l) = ledger();
         let keys = credit(7, 0).keys;
         let first = l
-            .claim_with(&keys, "mint", &[1; 32], || Ok::<_, ()>("notes"))
+            .claim_with(&keys, "mint", &[1; 32], || {
+                Ok::<_, ()>(("notes", Vec::new()))
+            })
             .expect("claim");
         assert_eq!(first, Ok("notes"));
         let again = l
-            .claim_with(&keys, "mint", &[1; 32], || Ok::<_, ()>("notes"))
+            .claim_with(&keys, "mint", &[1; 32], || {
+                Ok::<_, ()>(("notes", Vec::new()))
+            })
             .expect("the same claim again");
         assert_eq!(again, Ok("notes"));
         assert!(matches!(
-            l.claim_with(&keys, "mint", &[2; 32], || Ok::<_, ()>("other notes")),
+            l.claim_with(&keys, "mint", &[2; 32], || Ok::<_, ()>((
+                "other notes",
+                Vec::new()
+            ))),
             Err(LedgerError::AlreadySpent(_))
         ));
         // Keys that paid for a lease have no receipt: no claim repeats them.
         l.create_lease(&new_lease("a"), &credit(8, 1000))
             .expect("create");
         assert!(matches!(
-            l.claim_with(&credit(8, 0).keys, "mint", &[0; 32], || Ok::<_, ()>(())),
+            l.claim_with(&credit(8, 0).keys, "mint", &[0; 32], || Ok::<_, ()>((
+                (),
+                Vec::new()
+            ))),
             Err(LedgerError::AlreadySpent(_))
         ));
     }
