@@ -19,12 +19,11 @@ use bitcoin::hashes::{sha256, Hash};
 use payment::credit::amount::split;
 use payment::credit::hash_to_curve::secret_to_curve;
 use payment::credit::nut_types::{
-    BlindSignature, BlindedMessage, CheckStateRequest, CheckStateResponse, KeysResponse,
-    KeysetsResponse, MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest,
-    MintQuoteOnchainResponse, Proof, ProofState, SwapRequest, SwapResponse,
+    BlindedMessage, CheckStateRequest, CheckStateResponse, KeysResponse, KeysetsResponse,
+    MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest, MintQuoteOnchainResponse,
+    Proof, ProofState, RestoreRequest, RestoreResponse, SwapRequest, SwapResponse,
 };
 use payment::credit::token::{Token, TokenError};
-use serde::Deserialize;
 
 use crate::client::{Client, ClientError, Reply};
 use crate::regtest_pay::{pay_quote_onchain, PayError};
@@ -157,23 +156,6 @@ pub async fn mint_regtest(
     )
     .await?;
     Ok(wallet.receive(&batch, &keys.keysets, &r.signatures)?)
-}
-
-/// NUT-09 `POST /v1/restore` request.
-#[derive(Serialize)]
-struct RestoreRequest<'a> {
-    outputs: &'a [BlindedMessage],
-}
-
-/// NUT-09 `POST /v1/restore` reply: the outputs the mint had signed, each with its
-/// signature (`promises` is the field's older name, still sent by some mints).
-#[derive(Deserialize)]
-struct RestoreResponse {
-    outputs: Vec<BlindedMessage>,
-    #[serde(default)]
-    signatures: Vec<BlindSignature>,
-    #[serde(default)]
-    promises: Vec<BlindSignature>,
 }
 
 /// NUT-13's batch size: how many counters one restore request asks about.
@@ -507,14 +489,10 @@ pub async fn restore(
                 c,
                 "POST /v1/restore",
                 "/v1/restore",
-                &RestoreRequest { outputs: &outputs },
+                &RestoreRequest { outputs },
             )
             .await?;
-            let sigs = if r.signatures.is_empty() {
-                r.promises
-            } else {
-                r.signatures
-            };
+            let sigs = r.signatures;
             if r.outputs.len() != sigs.len() {
                 return Err(WalletCmdError::Field {
                     what: "POST /v1/restore",

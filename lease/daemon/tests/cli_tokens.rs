@@ -220,3 +220,62 @@ async fn lease_create_and_topup_take_a_token() {
     json(&s, &w, &["lease", "stop", id, "--token", tok]).await;
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_wallet_is_restored_from_its_phrase_alone() {
+    let dir = common::StateDir::new();
+    let d = Daemon::start(dir.path(), &[]).await;
+    let s = d.socket.clone();
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    let init = json(&s, &a, &["wallet", "init", "--seed"]).await;
+    let phrase = init["seed_phrase"].as_str().expect("phrase").to_string();
+    assert_eq!(phrase.split(' ').count(), 12);
+    let seed_file = dir.path().join("a.seed");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&seed_file).expect("seed file").permissions();
+    assert_eq!(mode.mode() & 0o777, 0o600);
+
+    // Minted, swapped (send with change), sent and claimed: notes spent and unspent.
+    json(&s, &a, &["wallet", "mint", "--amount", "300"]).await;
+    let token = send(&s, &a, &["--amount", "100"]).await;
+    json(&s, &b, &["wallet", "receive", &token]).await;
+    let held = balance(&s, &a).await;
+    assert_eq!(held, 200);
+
+    // The wallet is lost; the phrase (on stdin) brings back exactly the unspent notes.
+    std::fs::remove_file(&a).expect("rm wallet");
+    std::fs::remove_file(&seed_file).expect("rm seed");
+    let phrase_file = dir.path().join("phrase.txt");
+    std::fs::write(&phrase_file, format!("{phrase}\n")).expect("write");
+    let restore = [
+        "wallet",
+        "restore",
+        "--seed-phrase",
+        phrase_file.to_str().expect("utf-8"),
+    ];
+    let r = json(&s, &a, &restore).await;
+    assert_eq!(r["restored_sat"], 200, "{r}");
+    assert_eq!(r["balance_sat"], 200);
+    assert!(r["found"].as_u64().expect("found") > 4, "spent ones found too: {r}");
+    assert_eq!(balance(&s, &a).await, 200);
+    // Restoring again adds nothing (the notes are known).
+    assert_eq!(json(&s, &a, &restore).await["restored_sat"], 0);
+
+    // The restored wallet goes on from past its old counters: new outputs never collide
+    // with signed ones (the mint would refuse them with 11003).
+    let again = send(&s, &a, &["--amount", "99"]).await;
+    json(&s, &b, &["wallet", "receive", &again]).await;
+    json(&s, &a, &["wallet", "mint", "--amount", "7"]).await;
+    assert_eq!(balance(&s, &a).await, 200 - 99 + 7);
+    assert_eq!(balance(&s, &b).await, 199);
+
+    // Another phrase restores nothing from this mint, and is refused on a seeded wallet.
+    let other = json(&s, &dir.path().join("c.json"), &["wallet", "init", "--seed"]).await;
+    std::fs::write(&phrase_file, other["seed_phrase"].as_str().expect("phrase")).expect("w");
+    let o = with_wallet(&s, &a, &restore).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("different seed phrase"), "{}", stderr(&o));
+    let c = dir.path().join("c2.json");
+    assert_eq!(json(&s, &c, &restore).await["restored_sat"], 0);
+    d.shutdown().await;
+}
