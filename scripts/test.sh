@@ -6,6 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib/setup.sh"
 source "$(dirname "$0")/lib/leftover_vmms.sh"
+source "$(dirname "$0")/lib/cashu_wallets.sh"
 cd "$COINOP_ROOT"
 coinop_setup
 coinop_install_packages "${COINOP_TEST_PACKAGES[@]}"
@@ -24,6 +25,12 @@ trap 'rm -rf --one-file-system "$COINOP_TEST_RUN_DIR"' EXIT
 if problem=$(coinop_kvm_problem) && [ -n "$problem" ]; then
   say "KVM tests will be SKIPPED: $problem"
 fi
+
+# Real Cashu wallets for the interop tests (lease/daemon/tests/cashu_wallets.rs), cached by
+# version; a wallet that cannot be installed makes its tests print SKIPPED, not fail here.
+command -v npm >/dev/null || coinop_install_packages nodejs npm
+say "cashu-ts for the wallet interop tests"
+coinop_install_cashu_ts >/dev/null || say "cashu-ts could not be installed: its tests will be SKIPPED"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -367,6 +367,82 @@ mod tests {
         assert!(books.balanced(), "{books:?}");
     }
 
+    /// A signer that signs `B_` `b` (one byte, repeated) and records it.
+    fn sign_recorded(
+        b: u8,
+    ) -> impl FnOnce(u64, &[BlindedMessage]) -> Result<(u64, Vec<SignedOutput>), ()> {
+        move |msat, _| {
+            let record = SignedOutput {
+                b_: vec![b; 33],
+                keyset_id: "00test".into(),
+                amount: msat / 1000,
+                c_: vec![3; 33],
+                dleq: None,
+            };
+            Ok((msat, vec![record]))
+        }
+    }
+
+    #[test]
+    fn a_refund_onto_an_output_signed_before_refunds_nothing() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 4000))
+            .expect("create a");
+        l.create_lease(&new_lease("b"), &credit(2, 4000))
+            .expect("create b");
+        l.refund_onto("a", &outs("x", 1), sign_recorded(7))
+            .expect("ledger")
+            .expect("sign");
+        assert!(
+            matches!(
+                l.refund_onto("b", &outs("y", 1), sign_recorded(7)),
+                Err(LedgerError::OutputsAlreadySigned(_))
+            ),
+            "the same B_ for another lease's refund"
+        );
+        let b = l.books("b").expect("books");
+        assert_eq!(b.refunded_msat, 0, "{b:?}");
+        // The retry of a's refund onto its own outputs records nothing again.
+        let again = l
+            .refund_onto("a", &outs("x", 1), sign_recorded(7))
+            .expect("ledger")
+            .expect("sign");
+        assert!(again.repeated);
+        l.refund_onto("b", &outs("y", 1), sign_recorded(8))
+            .expect("ledger")
+            .expect("another output");
+    }
+
+    #[test]
+    fn a_mint_claim_records_its_signatures_and_refuses_them_to_another_payment() {
+        let (_d, l) = ledger();
+        let record = |b: u8| SignedOutput {
+            b_: vec![b; 33],
+            keyset_id: "00test".into(),
+            amount: 4,
+            c_: vec![3; 33],
+            dleq: Some(([1; 32], [2; 32])),
+        };
+        let (k1, k2) = (credit(1, 4000).keys, credit(2, 4000).keys);
+        l.claim_with(&k1, "mint", &[1; 32], || Ok::<_, ()>(((), vec![record(9)])))
+            .expect("ledger")
+            .expect("sign");
+        // The retry (same keys, same receipt) is answered without recording again.
+        l.claim_with(&k1, "mint", &[1; 32], || Ok::<_, ()>(((), vec![record(9)])))
+            .expect("retry")
+            .expect("sign");
+        assert!(matches!(
+            l.claim_with(&k2, "mint", &[2; 32], || Ok::<_, ()>(((), vec![record(9)]))),
+            Err(LedgerError::OutputsAlreadySigned(_))
+        ));
+        // k2 was not claimed by the refused request.
+        l.claim_with(&k2, "mint", &[2; 32], || {
+            Ok::<_, ()>(((), vec![record(10)]))
+        })
+        .expect("ledger")
+        .expect("sign");
+    }
+
     #[test]
     fn a_top_up_is_repeated_for_its_own_lease_only() {
         let (_d, l) = ledger();

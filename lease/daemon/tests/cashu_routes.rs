@@ -1,0 +1,135 @@
+//! The Cashu routes over coinopd's socket: NUT-00 error bodies, signatures recorded with
+//! the on-chain mint that paid for them (NUT-09 restore gives them back), and outputs
+//! signed once refused to another payment (11003) without consuming that payment.
+
+mod common;
+
+use common::Daemon;
+use payment::credit::nut_types::{BlindSignature, BlindedMessage};
+use serde_json::{json, Value};
+
+fn cashu_refusal(r: &coinop_cli::client::Reply, code: u64) -> Value {
+    assert_eq!(r.status, 400, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["code"], code, "{}", r.text());
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    assert!(body.get("error").is_none(), "not coinop's shape: {body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minted_signatures_are_restored_and_never_signed_for_another_payment() {
+    let dir = common::StateDir::new();
+    let d = Daemon::start(dir.path(), &[]).await;
+    let (body, wallet, blanks) = d.mint_request(11).await;
+    let r = d
+        .call("POST", "/v1/mint/onchain", None, Some(body.clone()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sigs: Vec<BlindSignature> =
+        serde_json::from_value(r.json()["signatures"].clone()).expect("signatures");
+
+    // NUT-09: the minted outputs (asked with amount 0, as a seed wallet does), mixed with
+    // outputs never signed, get exactly their signatures back.
+    let never = wallet.outputs(&[1]);
+    let mut asked: Vec<BlindedMessage> = vec![never[0].msg.clone()];
+    asked.extend(blanks.iter().map(|b| BlindedMessage {
+        amount: 0,
+        ..b.msg.clone()
+    }));
+    let restored = d
+        .call("POST", "/v1/restore", None, Some(json!({"outputs": asked})))
+        .await;
+    assert_eq!(restored.status, 200, "{}", restored.text());
+    let v = restored.json();
+    let restored_sigs: Vec<BlindSignature> =
+        serde_json::from_value(v["signatures"].clone()).expect("signatures");
+    assert_eq!(
+        restored_sigs, sigs,
+        "the signatures handed out, DLEQ included"
+    );
+    let outputs: Vec<BlindedMessage> =
+        serde_json::from_value(v["outputs"].clone()).expect("outputs");
+    assert_eq!(
+        outputs,
+        blanks.iter().map(|b| b.msg.clone()).collect::<Vec<_>>(),
+        "each with its amount and keyset"
+    );
+
+    // Another payment onto outputs signed before: 11003, and the payment is not spent.
+    let (other, wallet2, blanks2) = d.mint_request(11).await;
+    let mut reused = other.clone();
+    reused["outputs"] = body["outputs"].clone();
+    cashu_refusal(
+        &d.call("POST", "/v1/mint/onchain", None, Some(reused)).await,
+        11003,
+    );
+    let r = d.call("POST", "/v1/mint/onchain", None, Some(other)).await;
+    assert_eq!(
+        r.status,
+        200,
+        "the refused request spent nothing: {}",
+        r.text()
+    );
+    let sigs2: Vec<BlindSignature> =
+        serde_json::from_value(r.json()["signatures"].clone()).expect("signatures");
+    assert_eq!(wallet2.unblind(&blanks2, &sigs2).len(), blanks2.len());
+
+    // A swap onto outputs signed before: 11003 too; its inputs stay unspent.
+    let notes = wallet2.unblind(&blanks2, &sigs2);
+    let swap = json!({"inputs": notes, "outputs": body["outputs"]});
+    cashu_refusal(&d.call("POST", "/v1/swap", None, Some(swap)).await, 11003);
+    let fresh = wallet.outputs(&payment::credit::amount::split(11));
+    let fresh_msgs: Vec<&BlindedMessage> = fresh.iter().map(|b| &b.msg).collect();
+    let swap = json!({"inputs": notes, "outputs": fresh_msgs});
+    let r = d.call("POST", "/v1/swap", None, Some(swap)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cashu_routes_answer_nut00_bodies_and_coinops_routes_keep_theirs() {
+    let dir = common::StateDir::new();
+    let d = Daemon::start(dir.path(), &[]).await;
+    cashu_refusal(
+        &d.call("GET", "/v1/keys/00ffffffffffffff", None, None).await,
+        12001,
+    );
+    // Not JSON: no NUT code names it, still NUT-00's shape.
+    let r = d
+        .client
+        .call("POST", "/v1/swap", None, Some(b"{not json".to_vec()))
+        .await
+        .expect("answer");
+    cashu_refusal(&r, 0);
+    cashu_refusal(
+        &d.call(
+            "POST",
+            "/v1/mint/quote/onchain",
+            None,
+            Some(json!({"amount": 10, "unit": "usd"})),
+        )
+        .await,
+        11013,
+    );
+    cashu_refusal(
+        &d.call(
+            "POST",
+            "/v1/mint/quote/onchain",
+            None,
+            Some(json!({"amount": 0, "unit": "sat"})),
+        )
+        .await,
+        11006,
+    );
+    // coinop's own routes: {"error": {code, message}} as before.
+    let r = d
+        .call("POST", "/v1/quotes", None, Some(json!({"vcpus": 0})))
+        .await;
+    assert!(r.status >= 400, "{}", r.text());
+    assert!(r.json()["error"]["code"].is_string(), "{}", r.text());
+    let keys = d.call("GET", "/v1/keys", None, None).await.json();
+    assert_eq!(keys["keysets"][0]["active"], true);
+    assert_eq!(keys["keysets"][0]["input_fee_ppk"], 0);
+    d.shutdown().await;
+}
