@@ -78,11 +78,16 @@ pub enum Cmd {
 pub struct WalletArg {
     /// The wallet file (created on first use, mode 0600; a seeded wallet keeps its phrase
     /// beside it in <name>.seed, 0600) [default: ~/.coinop/wallet.json].
-    #[arg(long = "wallet", env = "COINOP_WALLET", value_name = "FILE")]
+    #[arg(
+        long = "wallet",
+        env = "COINOP_WALLET",
+        value_name = "FILE",
+        global = true
+    )]
     pub path: Option<PathBuf>,
     /// The mint URL written into the tokens the wallet sends (other wallets reach the mint
     /// there) [default: http+unix://<the socket, percent-encoded>].
-    #[arg(long, env = "COINOP_MINT_URL", value_name = "URL")]
+    #[arg(long, env = "COINOP_MINT_URL", value_name = "URL", global = true)]
     pub mint_url: Option<String>,
 }
 
