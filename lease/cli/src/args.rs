@@ -106,7 +106,7 @@ pub enum WalletCmd {
     /// `lease create --payment -` or `lease topup --payment -`. They are kept in the outbox.
     Pay {
         /// sat to pay.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         amount: u64,
     },
     /// Print a Cashu token worth exactly AMOUNT sat (`cashuB`, V4) for another wallet
@@ -114,7 +114,7 @@ pub enum WalletCmd {
     /// wallet's outbox until `wallet check` sees it claimed.
     Send {
         /// sat to send.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         amount: u64,
         /// Print a V3 `cashuA` token instead (for wallets that read nothing newer).
         #[arg(long)]

@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 
 use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
 use bitcoin::secp256k1::{PublicKey, SecretKey};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use payment::credit::bdhke::{blind_message, unblind};
 use payment::credit::curve::{parse_scalar, parse_secret_key};
 use payment::credit::dleq::{verify_with_blinding, Dleq};
@@ -43,6 +45,8 @@ pub enum WalletError {
         path: String,
         source: std::io::Error,
     },
+    #[error("wallet file {0} is in use by another coinop; try again when it has finished")]
+    Busy(String),
     #[error("wallet file {path} is not a coinop wallet: {source}")]
     Corrupt {
         path: String,
@@ -125,6 +129,10 @@ pub struct Wallet {
     path: PathBuf,
     data: WalletData,
     seed: Option<Seed>,
+    /// An exclusive flock on `<wallet>.lock`, held while this wallet is open: two coinop
+    /// runs each reading the file, changing it and writing it back would have the later
+    /// write undo the earlier one (notes received or swapped gone, spent ones back).
+    _lock: Flock<fs::File>,
 }
 
 /// One blank derived for a restore: the message and what unblinds its signature.
@@ -141,7 +149,23 @@ impl RestoreBlank {
 
 impl Wallet {
     /// Opens the wallet at `path`, or starts an empty one there (written on first save).
+    /// Fails with [`WalletError::Busy`] while another process has it open.
     pub fn open(path: &Path) -> Result<Wallet, WalletError> {
+        let lock_path = path.with_extension("lock");
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| io_err(&lock_path, e))?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(WalletError::Busy(path.display().to_string()))
+            }
+            Err((_, e)) => return Err(io_err(&lock_path, e.into())),
+        };
         let data = match fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| WalletError::Corrupt {
                 path: path.display().to_string(),
@@ -155,6 +179,7 @@ impl Wallet {
             path: path.to_path_buf(),
             data,
             seed,
+            _lock: lock,
         })
     }
 
@@ -680,6 +705,7 @@ mod tests {
         let sent = w.exact(5).expect("4 + 1");
         assert_eq!(sent.iter().map(|p| p.amount).sum::<u64>(), 5);
         w.send_out(&sent, "cashuBtest".into(), 0).expect("send");
+        drop(w);
         let back = Wallet::open(&path).expect("reopen");
         assert_eq!(back.balance_sat(), 16);
         assert_eq!(back.outbox()[0].amount_sat, 5);
@@ -724,6 +750,7 @@ mod tests {
             .expect("begin");
         assert_eq!(w.balance_sat(), 0, "the inputs left the notes");
         m.swap(&req).expect("the mint swaps; its reply is lost");
+        drop(w);
         // The next run finds the swap and sends the same request; the mint answers again.
         let mut w = Wallet::open(&path).expect("reopen");
         let pending = w.pending_swaps();
@@ -750,6 +777,7 @@ mod tests {
         let id = m.active_keyset_id();
         let first = a.new_outputs("b1", &id, &[1, 2]).expect("outputs");
         // Reopened, the counter continues where it was: new blanks differ.
+        drop(a);
         let mut a = Wallet::open(&path).expect("reopen");
         assert!(a.is_deterministic());
         let second = a.new_outputs("b2", &id, &[1]).expect("outputs");
@@ -824,6 +852,16 @@ mod tests {
             Err(WalletError::NotEnough { have: 2, want: 3 })
         ));
         assert_eq!(w.balance_sat(), 2);
+    }
+
+    #[test]
+    fn one_process_at_a_time_has_a_wallet_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wallet.json");
+        let first = Wallet::open(&path).expect("open");
+        assert!(matches!(Wallet::open(&path), Err(WalletError::Busy(_))));
+        drop(first);
+        Wallet::open(&path).expect("free again");
     }
 
     #[test]

@@ -151,6 +151,8 @@ async fn foreign_and_forged_tokens_are_refused_and_change_nothing() {
 
     let o = with_wallet(&s, &b, &["wallet", "receive", "cashuBnot-a-token"]).await;
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = with_wallet(&s, &a, &["wallet", "send", "--amount", "0"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert_eq!(balance(&s, &b).await, 0);
 
     // The real token still works: nothing above spent it.
@@ -232,7 +234,9 @@ async fn a_seeded_wallet_is_restored_from_its_phrase_alone() {
     assert_eq!(phrase.split(' ').count(), 12);
     let seed_file = dir.path().join("a.seed");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&seed_file).expect("seed file").permissions();
+    let mode = std::fs::metadata(&seed_file)
+        .expect("seed file")
+        .permissions();
     assert_eq!(mode.mode() & 0o777, 0o600);
 
     // Minted, swapped (send with change), sent and claimed: notes spent and unspent.
@@ -256,7 +260,10 @@ async fn a_seeded_wallet_is_restored_from_its_phrase_alone() {
     let r = json(&s, &a, &restore).await;
     assert_eq!(r["restored_sat"], 200, "{r}");
     assert_eq!(r["balance_sat"], 200);
-    assert!(r["found"].as_u64().expect("found") > 4, "spent ones found too: {r}");
+    assert!(
+        r["found"].as_u64().expect("found") > 4,
+        "spent ones found too: {r}"
+    );
     assert_eq!(balance(&s, &a).await, 200);
     // Restoring again adds nothing (the notes are known).
     assert_eq!(json(&s, &a, &restore).await["restored_sat"], 0);
@@ -270,11 +277,20 @@ async fn a_seeded_wallet_is_restored_from_its_phrase_alone() {
     assert_eq!(balance(&s, &b).await, 199);
 
     // Another phrase restores nothing from this mint, and is refused on a seeded wallet.
-    let other = json(&s, &dir.path().join("c.json"), &["wallet", "init", "--seed"]).await;
+    let other = json(
+        &s,
+        &dir.path().join("c.json"),
+        &["wallet", "init", "--seed"],
+    )
+    .await;
     std::fs::write(&phrase_file, other["seed_phrase"].as_str().expect("phrase")).expect("w");
     let o = with_wallet(&s, &a, &restore).await;
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("different seed phrase"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("different seed phrase"),
+        "{}",
+        stderr(&o)
+    );
     let c = dir.path().join("c2.json");
     assert_eq!(json(&s, &c, &restore).await["restored_sat"], 0);
     d.shutdown().await;
