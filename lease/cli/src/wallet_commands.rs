@@ -19,9 +19,10 @@ use bitcoin::hashes::{sha256, Hash};
 use payment::credit::amount::split;
 use payment::credit::hash_to_curve::secret_to_curve;
 use payment::credit::nut_types::{
-    BlindedMessage, CheckStateRequest, CheckStateResponse, KeysResponse, KeysetsResponse,
-    MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest, MintQuoteOnchainResponse,
-    Proof, ProofState, RestoreRequest, RestoreResponse, SwapRequest, SwapResponse,
+    BlindedMessage, CashuErrorResponse, CheckStateRequest, CheckStateResponse, KeysResponse,
+    KeysetsResponse, MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest,
+    MintQuoteOnchainResponse, Proof, ProofState, RestoreRequest, RestoreResponse, SwapRequest,
+    SwapResponse,
 };
 use payment::credit::token::{Token, TokenError};
 
@@ -87,10 +88,15 @@ async fn call_ok<T: DeserializeOwned>(
 ) -> Result<(T, Bytes), WalletCmdError> {
     let r: Reply = c.call(method, path, token, body).await?;
     if !(200..300).contains(&r.status) {
+        // The Cashu routes answer NUT-00 `{"detail", "code"}`: said as the code and text.
+        let body = match r.parse::<CashuErrorResponse>() {
+            Ok(e) => format!("Cashu error {}: {}", e.code, e.detail),
+            Err(_) => r.text(),
+        };
         return Err(WalletCmdError::Api {
             what,
             status: r.status,
-            body: r.text(),
+            body,
         });
     }
     match r.parse() {
