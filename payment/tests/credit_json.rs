@@ -123,7 +123,8 @@ fn swap_mint_quote_and_info_shapes() {
     assert_eq!(info["nuts"]["9"], json!({"supported": true}));
     assert_eq!(info["nuts"]["12"], json!({"supported": true}));
     // Exactly the NUTs offered: no entry for melt change or spending conditions.
-    assert_eq!(keys_of(&info["nuts"]), ["12", "4", "5", "7", "9"]);
+    assert_eq!(info["nuts"]["20"], json!({"supported": true}));
+    assert_eq!(keys_of(&info["nuts"]), ["12", "20", "4", "5", "7", "9"]);
     assert!(info.get("pubkey").is_none());
 }
 

@@ -159,7 +159,9 @@ impl AppState {
         // inside the ledger's own transaction instead (one commit with the balance).
         let spent = Arc::new(GroupCommitSpentSet::open(&ledger_path)?);
         let mint = Mint::open(&config.state_dir, spent, MintLimits::default())?
-            .with_input_fee_ppk(config.input_fee_ppk);
+            .with_input_fee_ppk(config.input_fee_ppk)
+            // A payment needs at least one confirmation whatever --min-conf says.
+            .with_onchain_confirmations(config.min_conf.max(1));
         let network = chain_network(config.network);
         let chain = HeaderChain::open(
             &config.state_dir.join("headers.dat"),

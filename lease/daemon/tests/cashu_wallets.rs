@@ -3,8 +3,10 @@
 //! socket (lease/daemon/tests/cashu_ts/interop.mjs). It loads the keys (active keysets,
 //! fees), receives coinop-minted notes with DLEQ proofs required, checks their state, sees
 //! coinop's refusals as Cashu error codes (11001, 11003, 12001), and a wallet restored from
-//! the seed recovers its notes through NUT-09 and goes on without a collision. Then the
-//! daemon itself checks what the wallet ended up with.
+//! the seed recovers its notes through NUT-09 and goes on without a collision; it pays
+//! coinopd's NUT-02 input fee, and mints on chain with its own NUT-30 calls (quote locked
+//! to its key, state, two signed mints). Then the daemon itself checks what the wallet
+//! ended up with.
 
 mod common;
 
@@ -155,7 +157,7 @@ async fn cashu_ts_receives_checks_sees_cashu_errors_and_restores_from_its_seed()
         "{out}"
     );
     assert_eq!(out["wallet_keyset"], active);
-    assert_eq!(out["nuts"], json!(["12", "4", "5", "7", "9"]));
+    assert_eq!(out["nuts"], json!(["12", "20", "4", "5", "7", "9"]));
 
     // The notes went through the wallet, DLEQ-checked, and are the wallet's now.
     assert_eq!(out["received_sat"], sum(&proofs), "{out}");
@@ -230,5 +232,133 @@ async fn cashu_ts_pays_the_input_fee_coinop_advertises() {
         .await
         .iter()
         .all(|s| s == "UNSPENT"));
+    d.shutdown().await;
+}
+
+/// Pays `sat` to `address` on the daemon's regtest chain: the transaction mined into a
+/// block on the daemon's tip, confirmed as the daemon requires, and the headers pushed to
+/// it. Returns the transaction and its SPV proof, hex.
+async fn pay_address(d: &Daemon, address: &str, sat: u64) -> (String, String) {
+    use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
+    use payment::onchain::regtest_fixtures::{
+        header_bytes, mine_block, payment_tx, tx_hex, txout_proof_hex,
+    };
+    let host = d.call("GET", "/v1/host", None, None).await.json();
+    let script = address
+        .parse::<bitcoin::Address<_>>()
+        .expect("address")
+        .assume_checked()
+        .script_pubkey();
+    let tip: bitcoin::BlockHash = host["chain"]["hash"]
+        .as_str()
+        .expect("tip")
+        .parse()
+        .expect("hash");
+    let height = host["chain"]["height"].as_u64().expect("height") as u32;
+    let mut time = host["chain"]["time"].as_u64().unwrap_or(0) as u32 + 1;
+    let min_conf = host["min_conf"].as_u64().expect("min_conf").max(1) as u32;
+    let tx = payment_tx(
+        &[(script, bitcoin::Amount::from_sat(sat))],
+        OsRng.next_u32(),
+    );
+    let tag = [5u8; 8];
+    let block = mine_block(tip, height + 1, time, &tag, vec![tx.clone()]);
+    let proof = txout_proof_hex(&block, &[tx.compute_txid()]);
+    let mut headers = vec![hex::encode(header_bytes(&block.header))];
+    let mut prev = block.block_hash();
+    for i in 1..min_conf {
+        time += 1;
+        let b = mine_block(prev, height + 1 + i, time, &tag, vec![]);
+        headers.push(hex::encode(header_bytes(&b.header)));
+        prev = b.block_hash();
+    }
+    let r = d
+        .call(
+            "POST",
+            "/v1/chain/headers",
+            None,
+            Some(json!({ "headers": headers })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    (tx_hex(&tx), proof)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cashu_ts_mints_on_chain_with_its_own_nut30_calls() {
+    let Some(ts_dir) = cashu_ts() else { return };
+    let dir = common::StateDir::new();
+    let d = Daemon::start(dir.path(), &[]).await;
+    let seed = hex::encode([11u8; 32]);
+    let q = run_cashu_ts(&ts_dir, &d, "nut30_quote", json!({"seed_hex": seed}));
+    let quote = q["quote"].as_str().expect("quote").to_string();
+    assert_eq!(q["amount_paid"], 0, "{q}");
+    assert_eq!(q["confirmations"], 1, "{q}");
+
+    // Before any payment: nothing to mint. Then two payments to the quote's address, each
+    // proved once (the second proof of the first payment credits nothing).
+    let address = q["request"].as_str().expect("address");
+    let path = format!("/v1/mint/quote/onchain/{quote}/payment");
+    let mut paid = 0;
+    for sat in [1500u64, 500] {
+        let (tx_hex, proof_hex) = pay_address(&d, address, sat).await;
+        let body = json!({"tx_hex": tx_hex, "proof_hex": proof_hex});
+        for _ in 0..2 {
+            let r = d.call("POST", &path, None, Some(body.clone())).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.json()["amount_paid"], paid + sat, "{}", r.text());
+        }
+        paid += sat;
+    }
+    // coinop's own mint body cannot take a key-locked quote's payment.
+    let m = d
+        .call(
+            "POST",
+            "/v1/mint/onchain",
+            None,
+            Some(
+                json!({"payment": {"quote_id": quote, "tx_hex": "00", "proof_hex": "00"},
+                        "outputs": []}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (m.status, &m.json()["code"]),
+        (400, &json!(20008)),
+        "{}",
+        m.text()
+    );
+
+    let out = run_cashu_ts(
+        &ts_dir,
+        &d,
+        "nut30_mint",
+        json!({"seed_hex": seed, "quote": quote, "privkey": q["privkey"], "first_sat": 1200}),
+    );
+    assert_eq!(
+        (&out["amount_paid"], &out["amount_issued"]),
+        (&json!(2000), &json!(0))
+    );
+    assert_eq!(out["wrong_key"]["code"], 20008, "{out}");
+    assert_eq!(out["issued_after_first"], 1200, "{out}");
+    assert_eq!(out["over_mint"]["code"], 20001, "{out}");
+    assert_eq!(out["minted_sat"], 2000, "{out}");
+    assert!(daemon_states(&d, &out["held"])
+        .await
+        .iter()
+        .all(|s| s == "UNSPENT"));
+    let state = d
+        .call(
+            "GET",
+            &format!("/v1/mint/quote/onchain/{quote}"),
+            None,
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(
+        (&state["amount_paid"], &state["amount_issued"]),
+        (&json!(2000), &json!(2000))
+    );
     d.shutdown().await;
 }

@@ -23,7 +23,8 @@ async fn every_documented_route_is_served_with_documented_errors() {
         let path = path.as_str().expect("path string");
         let concrete = path
             .replace("{id}", "lunknown")
-            .replace("{keyset_id}", "00unknown");
+            .replace("{keyset_id}", "00unknown")
+            .replace("{quote}", "qunknown");
         for (method, op) in item.as_mapping().expect("path item") {
             let method = method.as_str().expect("method").to_uppercase();
             // An empty JSON object: valid JSON, usually missing required fields.

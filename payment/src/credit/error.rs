@@ -88,6 +88,18 @@ pub enum CreditError {
     /// The spent set failed for a reason other than a conflict.
     #[error("spent set: {0}")]
     SpentSet(String),
+    /// NUT-20: the mint request's signature is missing, malformed or not the quote key's.
+    #[error("signature for mint request invalid")]
+    MintSignatureInvalid,
+    /// NUT-20/30: an on-chain mint quote must name the public key that will sign its mint.
+    #[error("pubkey required for mint quote")]
+    MintPubkeyRequired,
+    /// NUT-30: the outputs ask for more than the quote's confirmed payments left to issue.
+    #[error("quote not paid: {asked} sat asked, {available} sat paid and not yet issued")]
+    QuoteNotPaid { asked: u64, available: u64 },
+    /// NUT-30: the payment reached the quote's address only after the quote expired.
+    #[error("quote {quote} expired before this payment")]
+    QuoteExpired { quote: String },
     /// An elliptic-curve operation hit a degenerate case (point at infinity); negligible
     /// probability with honest inputs, reachable only with crafted ones.
     #[error("{what}: degenerate curve operation")]
@@ -113,6 +125,10 @@ impl CreditError {
             UnknownKeyset { .. } => 12001,
             InactiveKeyset { .. } => 12002,
             RetiredKeyset { .. } => 12003,
+            QuoteNotPaid { .. } => 20001,
+            QuoteExpired { .. } => 20007,
+            MintSignatureInvalid => 20008,
+            MintPubkeyRequired => 20009,
             _ => return None,
         })
     }
@@ -146,6 +162,10 @@ impl CreditError {
             Store { .. } => "keyset_store",
             SpentSet(_) => "spent_set",
             Degenerate { .. } => "degenerate_point",
+            MintSignatureInvalid => "mint_signature_invalid",
+            MintPubkeyRequired => "mint_pubkey_required",
+            QuoteNotPaid { .. } => "quote_not_paid",
+            QuoteExpired { .. } => "quote_expired",
         }
     }
 

@@ -156,6 +156,8 @@ pub struct Mint {
     limits: MintLimits,
     /// NUT-02 fee per input, in parts per thousand of a sat, of every keyset.
     input_fee_ppk: u64,
+    /// Confirmations an on-chain payment needs, as `/v1/info` advertises it (NUT-30).
+    onchain_confirmations: Option<u32>,
 }
 
 impl Mint {
@@ -173,7 +175,14 @@ impl Mint {
             spent,
             limits,
             input_fee_ppk: 0,
+            onchain_confirmations: None,
         })
+    }
+
+    /// Advertises in `/v1/info` how many confirmations an on-chain payment needs.
+    pub fn with_onchain_confirmations(mut self, confirmations: u32) -> Self {
+        self.onchain_confirmations = Some(confirmations);
+        self
     }
 
     /// Charges `input_fee_ppk` (NUT-02, parts per thousand of a sat) for every note spent,
@@ -295,6 +304,9 @@ impl Mint {
                         unit: UNIT_SAT.into(),
                         min_amount: Some(self.limits.min_mint_sat),
                         max_amount: Some(self.limits.max_mint_sat),
+                        options: self
+                            .onchain_confirmations
+                            .map(|n| serde_json::json!({ "confirmations": n })),
                     }],
                     disabled: false,
                 },
@@ -305,6 +317,7 @@ impl Mint {
                 nut07: supported(true),
                 nut09: supported(true),
                 nut12: supported(true),
+                nut20: supported(true),
             },
         }
     }

@@ -7,6 +7,7 @@
 //! - [`amount`]: power-of-two note amounts; [`curve`]: the shared context and hex encodings.
 //! - [`nut_types`]: the Cashu JSON bodies.
 //! - [`mint`]: mint, swap, check state, redeem, change, restore (NUT-09), input fees.
+//! - [`mint_quote_signature`]: NUT-20 signatures on mint requests (NUT-30 quotes).
 //! - [`receipt`]: what a claim was spent on, so a retried mint or swap is answered again.
 //! - [`token`]: `cashuA`/`cashuB` tokens (NUT-00 serialization), for wallets on either side.
 //! - [`error`]: typed errors with Cashu codes and HTTP statuses.
@@ -20,6 +21,7 @@ pub mod hash_to_curve;
 pub mod keyset;
 pub mod keyset_store;
 pub mod mint;
+pub mod mint_quote_signature;
 pub mod nut_types;
 pub mod receipt;
 pub mod token;

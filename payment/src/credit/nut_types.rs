@@ -187,6 +187,47 @@ pub struct MintOnchainResponse {
     pub signatures: Vec<BlindSignature>,
 }
 
+/// NUT-30 `POST /v1/mint/quote/onchain` request: no amount (the address may be paid any
+/// number of times), and the NUT-20 key that must sign the mint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintQuoteNut30Request {
+    pub unit: String,
+    pub pubkey: String,
+}
+
+/// NUT-30 mint quote, as created and as `GET /v1/mint/quote/onchain/{quote}` shows it:
+/// `request` is the address to pay; `amount_paid - amount_issued` may be minted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MintQuoteNut30Response {
+    pub quote: String,
+    pub request: String,
+    pub unit: String,
+    pub expiry: Option<u64>,
+    pub pubkey: String,
+    pub amount_paid: u64,
+    pub amount_issued: u64,
+}
+
+/// NUT-30 `POST /v1/mint/onchain` request: outputs for a paid quote, signed (NUT-20).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintNut30Request {
+    pub quote: String,
+    pub outputs: Vec<BlindedMessage>,
+    pub signature: String,
+}
+
+/// coinop's way for the mint to learn of a NUT-30 quote's payment: the wallet (or anyone)
+/// posts the paying transaction with its SPV proof to
+/// `POST /v1/mint/quote/onchain/{quote}/payment`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotePaymentProof {
+    pub tx_hex: String,
+    pub proof_hex: String,
+}
+
 /// NUT-06 contact entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContactInfo {
@@ -203,6 +244,9 @@ pub struct MethodSetting {
     pub min_amount: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_amount: Option<u64>,
+    /// Method-specific settings (NUT-30 onchain: `{"confirmations": n}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<serde_json::Value>,
 }
 
 /// NUT-06 settings of NUT-04 (mint) and NUT-05 (melt).
@@ -232,6 +276,9 @@ pub struct Nuts {
     pub nut09: Supported,
     #[serde(rename = "12")]
     pub nut12: Supported,
+    /// Signatures on mint quotes, which NUT-30 on-chain quotes require.
+    #[serde(rename = "20")]
+    pub nut20: Supported,
 }
 
 /// NUT-06 `GET /v1/info`.

@@ -3,6 +3,7 @@
 //! errors in NUT-00's shape ([`CashuError`]).
 
 use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use payment::credit::nut_types::{
     CheckStateRequest, CheckStateResponse, KeysResponse, KeysetsResponse, MintInfo,
@@ -11,6 +12,7 @@ use payment::credit::nut_types::{
 };
 use payment::credit::receipt::{receipt, MINT_ONCHAIN};
 use payment::credit::{signed_records, CreditError};
+use serde_json::Value;
 
 use super::host::QUOTE_TTL_S;
 use super::json_body::CashuBody;
@@ -19,7 +21,7 @@ use crate::clock::unix_s;
 use crate::http::error::{quote_error, ApiError, CashuError};
 use crate::leases::payment_intake::verify_onchain;
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CashuError> + Send + 'static,
 ) -> Result<T, CashuError> {
     tokio::task::spawn_blocking(f)
@@ -80,9 +82,34 @@ pub async fn restore(
     blocking(move || Ok(Json(s.mint.restore(&req)?))).await
 }
 
+/// A body of one of the JSON types a route takes in two shapes.
+fn body_as<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, CashuError> {
+    serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("request body: {e}")).into())
+}
+
+/// `POST /v1/mint/quote/onchain`: NUT-30's `{unit, pubkey}` (see [`super::nut30`]), or
+/// coinop's `{amount, unit}` (a quote for one payment of `amount`, minted with the proved
+/// payment in the request).
 pub async fn mint_quote(
     State(s): State<Shared>,
-    CashuBody(req): CashuBody<MintQuoteOnchainRequest>,
+    CashuBody(body): CashuBody<Value>,
+) -> Result<Response, CashuError> {
+    if body.get("pubkey").is_some() {
+        let req = body_as(body)?;
+        return Ok(super::nut30::create_quote(s, req).await?.into_response());
+    }
+    if body.get("amount").is_none() {
+        // Neither coinop's body nor NUT-30's: what NUT-30 wallets must send is the key.
+        return Err(CreditError::MintPubkeyRequired.into());
+    }
+    let req: MintQuoteOnchainRequest = body_as(body)?;
+    Ok(legacy_mint_quote(s, req).await?.into_response())
+}
+
+async fn legacy_mint_quote(
+    s: Shared,
+    req: MintQuoteOnchainRequest,
 ) -> Result<Json<MintQuoteOnchainResponse>, CashuError> {
     if req.unit != "sat" {
         return Err(CreditError::UnsupportedUnit { unit: req.unit }.into());
@@ -124,10 +151,18 @@ pub async fn mint_quote(
 /// if the client goes away meanwhile.
 pub async fn mint(
     State(s): State<Shared>,
-    CashuBody(req): CashuBody<MintOnchainRequest>,
+    CashuBody(body): CashuBody<Value>,
 ) -> Result<Json<MintOnchainResponse>, CashuError> {
+    if body.get("payment").is_none() {
+        return super::nut30::mint(s, body_as(body)?).await;
+    }
+    let req: MintOnchainRequest = body_as(body)?;
     let s2 = s.clone();
     let out = blocking(move || {
+        // A NUT-30 quote's payment is minted only with its key's signature (NUT-20).
+        if s2.ledger.nut30_quote(&req.payment.quote_id)?.is_some() {
+            return Err(CreditError::MintSignatureInvalid.into());
+        }
         let credit = {
             let chain = s2.chain_read();
             verify_onchain(&chain, &s2.quotes, s2.config.min_conf, &req.payment)?

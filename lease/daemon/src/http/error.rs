@@ -246,7 +246,11 @@ pub fn credit_error(e: CreditError) -> ApiError {
         | NoInputs
         | NoOutputs
         | TooFewChangeOutputs { .. } => StatusCode::BAD_REQUEST,
-        Unbalanced { .. } | UnbalancedWithFee { .. } => StatusCode::PAYMENT_REQUIRED,
+        Unbalanced { .. } | UnbalancedWithFee { .. } | QuoteNotPaid { .. } => {
+            StatusCode::PAYMENT_REQUIRED
+        }
+        MintSignatureInvalid | MintPubkeyRequired => StatusCode::UNAUTHORIZED,
+        QuoteExpired { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         UnknownKeyset { .. } => StatusCode::NOT_FOUND,
         AlreadySpent { .. } | Pending { .. } | OutputsAlreadySigned { .. } => StatusCode::CONFLICT,
         TooManyInputs { .. } | TooManyOutputs { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -11,6 +11,7 @@ pub mod host;
 pub mod json_body;
 pub mod leases;
 pub mod limits;
+pub mod nut30;
 pub mod peer;
 pub mod server;
 
@@ -82,6 +83,11 @@ pub fn router(state: Shared) -> Router {
         .route(
             "/v1/mint/quote/onchain",
             post(credit::mint_quote).route_layer(quote_rate()),
+        )
+        .route("/v1/mint/quote/onchain/{quote}", get(nut30::quote_state))
+        .route(
+            "/v1/mint/quote/onchain/{quote}/payment",
+            post(nut30::prove_payment),
         )
         .route("/v1/mint/onchain", post(credit::mint))
         .fallback(not_found)

@@ -25,6 +25,7 @@
 mod books;
 mod lease_rows;
 mod lifecycle;
+pub mod mint_quotes;
 mod payments;
 mod quotes;
 pub mod recovery;
@@ -160,6 +161,7 @@ impl Ledger {
         conn.execute_batch(schema::SCHEMA)?;
         schema::add_missing_columns(&conn)?;
         SqliteSpentSet::create_schema(&conn)?;
+        conn.execute_batch(mint_quotes::SCHEMA)?;
         Ok(Ledger {
             conn: Mutex::new(conn),
             on_storage_error: OnceLock::new(),

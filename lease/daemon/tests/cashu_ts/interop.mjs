@@ -5,7 +5,9 @@
 // saw as one JSON line for the Rust test to check against the daemon.
 //
 // Modes: "roundtrip" (keys, receive with DLEQ required, check state, Cashu error codes,
-// NUT-09 restore from the seed) and "fees" (a mint charging input_fee_ppk).
+// NUT-09 restore from the seed), "fees" (a mint charging input_fee_ppk), and NUT-30
+// on-chain minting in two steps around the payment the Rust side makes: "nut30_quote"
+// then "nut30_mint".
 
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -128,7 +130,64 @@ async function fees() {
   return out;
 }
 
-const modes = { roundtrip, fees };
+const hex = (bytes) => Buffer.from(bytes).toString('hex');
+
+async function nut30Quote() {
+  const wallet = await newWallet();
+  const privkey = hex(cashu.createRandomSecretKey());
+  const pubkey = hex(cashu.getPubKeyFromPrivKey(Buffer.from(privkey, 'hex')));
+  const quote = await wallet.createMintQuoteOnchain(pubkey);
+  const onchain = wallet.getMintInfo().nuts?.['4']?.methods?.find((m) => m.method === 'onchain');
+  return {
+    quote: quote.quote,
+    request: quote.request,
+    pubkey: quote.pubkey,
+    amount_paid: cashu.Amount.from(quote.amount_paid).toNumber(),
+    privkey,
+    confirmations: onchain?.options?.confirmations ?? null,
+  };
+}
+
+async function nut30Mint() {
+  const out = {};
+  const wallet = await newWallet();
+  const quote = await wallet.checkMintQuoteOnchain(input.quote);
+  out.amount_paid = cashu.Amount.from(quote.amount_paid).toNumber();
+  out.amount_issued = cashu.Amount.from(quote.amount_issued).toNumber();
+  const keyset = wallet.getKeyset();
+  // Signed by another key (NUT-20): refused.
+  const outputs = cashu.OutputData.createRandomData(2, keyset).map((o) => o.blindedMessage);
+  const stranger = hex(cashu.createRandomSecretKey());
+  out.wrong_key = await cashuCode('mint signed by another key', () =>
+    wallet.mint.mintOnchain({
+      quote: input.quote,
+      outputs,
+      signature: cashu.signMintQuote(stranger, input.quote, outputs),
+    }),
+  );
+  // Minting in two parts, as NUT-30 allows.
+  const first = await wallet.mintProofsOnchain(input.first_sat, quote, input.privkey);
+  const after = await wallet.checkMintQuoteOnchain(input.quote);
+  out.issued_after_first = cashu.Amount.from(after.amount_issued).toNumber();
+  const rest = out.amount_paid - input.first_sat;
+  const second = await wallet.mintProofsOnchain(rest, after, input.privkey);
+  // Nothing is left: one more sat is refused by the mint itself.
+  const more = cashu.OutputData.createRandomData(1, keyset).map((o) => o.blindedMessage);
+  out.over_mint = await cashuCode('mint more than paid', () =>
+    wallet.mint.mintOnchain({
+      quote: input.quote,
+      outputs: more,
+      signature: cashu.signMintQuote(input.privkey, input.quote, more),
+    }),
+  );
+  const minted = [...first, ...second];
+  out.minted_sat = sat(minted);
+  out.states = await states(wallet, minted);
+  out.held = plain(minted);
+  return out;
+}
+
+const modes = { roundtrip, fees, nut30_quote: nut30Quote, nut30_mint: nut30Mint };
 assert.ok(modes[input.mode], `unknown mode ${input.mode}`);
 const result = await modes[input.mode]();
 await Promise.all(agents.map((a) => a.close()));
