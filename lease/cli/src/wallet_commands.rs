@@ -115,9 +115,10 @@ async fn mint_keys(c: &Client) -> Result<KeysResponse, WalletCmdError> {
 }
 
 fn active_keyset(keys: &KeysResponse) -> Result<String, WalletCmdError> {
-    // NUT-01: /v1/keys lists only active keysets; the first one signs.
+    // NUT-01: /v1/keys lists the active keysets; the first active sat one signs.
     keys.keysets
-        .first()
+        .iter()
+        .find(|k| k.active && k.unit == "sat")
         .map(|k| k.id.clone())
         .ok_or(WalletCmdError::Field {
             what: "GET /v1/keys",

@@ -299,3 +299,22 @@ async fn a_seeded_wallet_is_restored_from_its_phrase_alone() {
     assert_eq!(json(&s, &c, &restore).await["restored_sat"], 0);
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_input_fee_send_and_receive_pay_it_and_nothing_else_is_lost() {
+    let dir = common::StateDir::new();
+    // 1000 ppk: each note spent costs 1 sat.
+    let d = Daemon::start(dir.path(), &["--input-fee-ppk", "1000"]).await;
+    let s = d.socket.clone();
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    json(&s, &a, &["wallet", "mint", "--amount", "300"]).await;
+    // 100 needs a swap of the 256-sat note (fee 1): 100 out, 155 change kept.
+    let token = send(&s, &a, &["--amount", "100"]).await;
+    let t = Token::decode(&token).expect("token");
+    assert_eq!(t.amount().expect("sum"), 100);
+    assert_eq!(balance(&s, &a).await, 300 - 256 + 155);
+    // B pays 1 sat for each of the token's notes.
+    let got = json(&s, &b, &["wallet", "receive", &token]).await;
+    assert_eq!(got["received_sat"], 100 - t.proofs.len() as u64);
+    d.shutdown().await;
+}
