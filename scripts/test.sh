@@ -35,6 +35,9 @@ fi
 command -v npm >/dev/null || coinop_install_packages nodejs npm
 say "cashu-ts for the wallet interop tests"
 coinop_install_cashu_ts >/dev/null || say "cashu-ts could not be installed: its tests will be SKIPPED"
+python3 -c 'import venv, ensurepip' 2>/dev/null || coinop_install_packages python3-venv
+say "nutshell for the wallet interop tests"
+coinop_install_nutshell >/dev/null || say "nutshell could not be installed: its tests will be SKIPPED"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -60,13 +60,55 @@ coinop_install_cashu_ts() {
   echo "$dir"
 }
 
+# --- nutshell (PyPI `cashu`, the Python reference wallet), in its own venv ----------------
+
+# 0.19.2: the newest release whose dependencies all resolve from PyPI (0.20 and 0.21 pin
+# breez-sdk-spark versions PyPI no longer serves). marshmallow 4 breaks the environs 9
+# that nutshell's settings use.
+COINOP_NUTSHELL_VERSION=0.19.2
+COINOP_NUTSHELL_MARSHMALLOW='marshmallow<4'
+
+coinop_nutshell_dir() {
+  echo "$COINOP_CASHU_CACHE/nutshell-$COINOP_NUTSHELL_VERSION-marshmallow-lt4"
+}
+
+coinop_nutshell_pip_install() {
+  local into=$1
+  if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    echo "nutshell needs python3 with venv (Debian: apt-get install python3-venv)" >&2
+    return 1
+  fi
+  python3 -m venv "$into/venv" >&2 || return 1
+  "$into/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "cashu==$COINOP_NUTSHELL_VERSION" "$COINOP_NUTSHELL_MARSHMALLOW" >&2 || return 1
+  # The venv's own `cashu` script names the temporary dir in its #! line, and the install
+  # is renamed into place after this: the CLI is started through the venv's python instead
+  # (its pyvenv.cfg is found relative to it, so the venv survives the rename).
+  mkdir -p "$into/bin"
+  cat >"$into/bin/cashu" <<'SCRIPT'
+#!/bin/sh
+exec "$(dirname "$0")/../venv/bin/python" -c \
+  'import sys; from cashu.wallet.cli.cli import cli; sys.argv[0] = "cashu"; sys.exit(cli())' "$@"
+SCRIPT
+  chmod +x "$into/bin/cashu"
+}
+
+# Installs nutshell (once) and prints the directory whose bin/cashu is its CLI.
+coinop_install_nutshell() {
+  local dir
+  dir=$(coinop_nutshell_dir)
+  coinop_cashu_cache_install "$dir" coinop_nutshell_pip_install || return 1
+  echo "$dir"
+}
+
 # --- run directly: install the wallet named by $1 and print where it is ------------------
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   case "${1:-}" in
     cashu-ts) coinop_install_cashu_ts ;;
+    nutshell) coinop_install_nutshell ;;
     *)
-      echo "usage: $0 cashu-ts" >&2
+      echo "usage: $0 cashu-ts|nutshell" >&2
       exit 2
       ;;
   esac

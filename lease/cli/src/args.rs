@@ -76,9 +76,19 @@ pub enum Cmd {
 /// Where the tenant's wallet file is.
 #[derive(Debug, Clone, Args)]
 pub struct WalletArg {
-    /// The wallet file (created on first use, mode 0600) [default: ~/.coinop/wallet.json].
-    #[arg(long = "wallet", env = "COINOP_WALLET", value_name = "FILE")]
+    /// The wallet file (created on first use, mode 0600; a seeded wallet keeps its phrase
+    /// beside it in <name>.seed, 0600) [default: ~/.coinop/wallet.json].
+    #[arg(
+        long = "wallet",
+        env = "COINOP_WALLET",
+        value_name = "FILE",
+        global = true
+    )]
     pub path: Option<PathBuf>,
+    /// The mint URL written into the tokens the wallet sends (other wallets reach the mint
+    /// there) [default: http+unix://<the socket, percent-encoded>].
+    #[arg(long, env = "COINOP_MINT_URL", value_name = "URL", global = true)]
+    pub mint_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,13 +101,54 @@ pub enum WalletCmd {
         #[arg(long)]
         amount: u64,
     },
-    /// Take notes worth at least AMOUNT sat out of the wallet and print them as a `payment`
-    /// for `lease create --payment -` or `lease topup --payment -`.
+    /// Take notes worth exactly AMOUNT sat out of the wallet (swapping at the mint first
+    /// when no notes add up to it, so the change stays) and print them as a `payment` for
+    /// `lease create --payment -` or `lease topup --payment -`. They are kept in the outbox.
     Pay {
-        /// sat to pay (the notes taken may add up to more: all of it is credited).
-        #[arg(long)]
+        /// sat to pay.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         amount: u64,
     },
+    /// Print a Cashu token worth exactly AMOUNT sat (`cashuB`, V4) for another wallet
+    /// (swapping at the mint first when no notes add up to it). The token is kept in the
+    /// wallet's outbox until `wallet check` sees it claimed.
+    Send {
+        /// sat to send.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        amount: u64,
+        /// Print a V3 `cashuA` token instead (for wallets that read nothing newer).
+        #[arg(long)]
+        v3: bool,
+    },
+    /// Swap a Cashu token (cashuA or cashuB) of this mint into the wallet, checking its
+    /// DLEQ proofs. Safe to repeat: a token received before is reported, not refused.
+    Receive {
+        /// The token itself, a file holding it, or `-` for stdin.
+        #[arg(value_name = "TOKEN|FILE|-")]
+        token: String,
+    },
+    /// Make the wallet deterministic (NUT-13): with --seed, a new 12-word seed phrase is
+    /// made, kept beside the wallet (<name>.seed, 0600) and printed once; write it down,
+    /// `wallet restore` brings the notes back from it. Notes made before stay as they are.
+    Init {
+        /// Make a seed phrase (without it, init only creates the wallet file).
+        #[arg(long)]
+        seed: bool,
+    },
+    /// Restore a wallet from its NUT-13 seed phrase: the mint gives back its signatures on
+    /// the phrase's outputs (NUT-09), spent notes are dropped (NUT-07), and the wallet
+    /// becomes deterministic with that phrase.
+    Restore {
+        /// The file holding the 12 or 24 words, or `-` for stdin.
+        #[arg(long, value_name = "FILE|-", default_value = "-")]
+        seed_phrase: String,
+    },
+    /// Tokens and payments sent that `wallet check` has not seen claimed yet (receive one
+    /// back with `wallet receive` if it never reached anyone).
+    Outbox,
+    /// Ask the mint (NUT-07) which held notes are spent and which sent tokens were
+    /// claimed, and forget those.
+    Check,
 }
 
 /// How a create or top-up pays: exactly one of --payment, --credit, --tx/--proof/--quote-id,
@@ -109,8 +160,9 @@ pub struct PaymentArgs {
     /// or `-` for stdin.
     #[arg(long, value_name = "FILE|-", conflicts_with_all = ["credit", "tx", "proof", "quote_id"])]
     pub payment: Option<String>,
-    /// Cashu proofs from FILE (`-` for stdin): a JSON array of proofs or `{"proofs": [...]}`.
-    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["tx", "proof", "quote_id"])]
+    /// Cashu credit: a token (`cashuA…`/`cashuB…`), or FILE (`-` for stdin) holding a token,
+    /// a JSON array of proofs or `{"proofs": [...]}`.
+    #[arg(long, value_name = "TOKEN|FILE|-", conflicts_with_all = ["tx", "proof", "quote_id"])]
     pub credit: Option<String>,
     /// On-chain: the raw paying transaction, hex (or @FILE).
     #[arg(long, value_name = "HEX", requires_all = ["proof", "quote_id"])]

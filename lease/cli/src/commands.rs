@@ -280,7 +280,10 @@ pub async fn run(cli: Cli) -> Result<(), Exit> {
         } => header_upload::add_headers(&c, &file, max_body_bytes, json_mode).await,
         Cmd::Wallet { cmd, wallet } => {
             let path = wallet.path.unwrap_or_else(wallet_cli::default_wallet_path);
-            wallet_cli::run(&c, &cmd, &path, json_mode).await
+            let mint_url = wallet
+                .mint_url
+                .unwrap_or_else(|| wallet_cli::default_mint_url(&cli.socket));
+            wallet_cli::run(&c, &cmd, &path, &mint_url, json_mode).await
         }
         Cmd::Lease {
             cmd:

@@ -1,10 +1,11 @@
-//! Reading what the CLI sends from files or stdin (`-`): payment JSON, Cashu proofs, hex,
-//! and block headers. Every failure is a usage error naming the file and what was wrong.
+//! Reading what the CLI sends from files or stdin (`-`): payment JSON, Cashu proofs and
+//! tokens, hex, and block headers. Every failure is a usage error naming the file and what was wrong.
 
 use std::io::Read;
 
 use coinop_proto::requests::CreditPayment;
 use payment::credit::nut_types::Proof;
+use payment::credit::token::Token;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -40,10 +41,47 @@ enum ProofsFile {
     Payment { credit: CreditPayment },
 }
 
-/// Cashu proofs from FILE: a JSON array of proofs, `{"proofs": [...]}`, or a whole
-/// `{"credit": {"proofs": [...]}}` payment.
+/// Whether `text` looks like a Cashu token rather than JSON.
+fn is_token(text: &str) -> bool {
+    let t = text.trim();
+    ["cashuA", "cashuB", "cashu:"]
+        .iter()
+        .any(|p| t.starts_with(p))
+}
+
+/// Whether a command-line argument is a token itself (and not the name of a file).
+fn is_token_arg(arg: &str) -> bool {
+    is_token(arg) && !std::path::Path::new(arg).exists()
+}
+
+/// A token given as itself, in a FILE, or on stdin (`-`).
+pub fn read_token(arg: &str) -> Result<String, Exit> {
+    if is_token_arg(arg) {
+        return Ok(arg.trim().to_string());
+    }
+    let text = read_text(arg)?;
+    if !is_token(&text) {
+        return Err(Exit::usage(format!(
+            "{arg}: expected a Cashu token (cashuA... or cashuB...)"
+        )));
+    }
+    Ok(text.trim().to_string())
+}
+
+/// Cashu proofs from a token (given as itself or in FILE), or from FILE's JSON: an array
+/// of proofs, `{"proofs": [...]}`, or a whole `{"credit": {"proofs": [...]}}` payment.
 pub fn read_proofs(name: &str) -> Result<Vec<Proof>, Exit> {
-    let proofs = match serde_json::from_str(&read_text(name)?) {
+    let text = if is_token_arg(name) {
+        name.to_string()
+    } else {
+        read_text(name)?
+    };
+    if is_token(&text) {
+        return Token::decode(&text)
+            .map(|t| t.proofs)
+            .map_err(|e| Exit::usage(format!("--credit: {e}")));
+    }
+    let proofs = match serde_json::from_str(&text) {
         Ok(ProofsFile::Bare(p) | ProofsFile::Listed { proofs: p }) => p,
         Ok(ProofsFile::Payment { credit }) => credit.proofs,
         // An untagged enum's error only says that no shape matched; the message below
@@ -52,7 +90,7 @@ pub fn read_proofs(name: &str) -> Result<Vec<Proof>, Exit> {
     };
     if proofs.is_empty() {
         return Err(Exit::usage(format!(
-            "{name}: expected a non-empty JSON array of Cashu proofs (or {{\"proofs\": [...]}})"
+            "{name}: expected a Cashu token, or a non-empty JSON array of Cashu proofs (or {{\"proofs\": [...]}})"
         )));
     }
     Ok(proofs)

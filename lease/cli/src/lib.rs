@@ -12,7 +12,8 @@
 //! | [`create_retry`] | creates that survive a lost reply (recovery keys kept on disk) |
 //! | `header_upload` | `coinop chain add-headers`: a long header file in requests that fit the body limit |
 //! | [`client`] | HTTP/1.1 over the daemon's Unix socket (hyper) |
-//! | [`wallet`], [`wallet_commands`], [`wallet_cli`] | the tenant's credit: Cashu notes in a file, minting, paying, change |
+//! | [`wallet`], [`wallet_commands`], [`wallet_cli`] | the tenant's credit: Cashu notes in a file, minting, paying, change, tokens sent and received |
+//! | [`wallet_seed`] | NUT-13 deterministic secrets from a BIP39 phrase, for restore |
 //! | [`regtest_pay`] | `coinop regtest pay`: a demo on-chain payment mined in-process |
 
 pub mod args;
@@ -27,5 +28,6 @@ pub mod regtest_pay;
 mod wallet;
 mod wallet_cli;
 mod wallet_commands;
+mod wallet_seed;
 
 pub use commands::run;

@@ -5,7 +5,19 @@
 //! lost reply never leaves the wallet unable to unblind what the mint signed. Every signature
 //! received is checked against the mint's published key with its DLEQ proof (NUT-12) before
 //! the note is kept, so a mint that tags notes with a private key is caught.
+//!
+//! A swap (sending an exact amount, receiving a token, paying exactly) is written down with
+//! its inputs and blank outputs before it is sent; the next run sends it again if its reply
+//! was lost (the mint answers a repeated swap with the same signatures), so no note is lost
+//! between "the mint spent my inputs" and "I have the new notes". Notes that leave the
+//! wallet go to its outbox in the same write that removes them.
+//!
+//! With a NUT-13 seed ([`crate::wallet_seed`]) the blanks are derived from the seed and a
+//! per-keyset counter, which is advanced in the same write that records the blanks, before
+//! any request uses them: a counter value is never used twice, so a restored wallet's notes
+//! never collide with old ones.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -13,12 +25,18 @@ use std::path::{Path, PathBuf};
 
 use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
 use bitcoin::secp256k1::{PublicKey, SecretKey};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use payment::credit::bdhke::{blind_message, unblind};
 use payment::credit::curve::{parse_scalar, parse_secret_key};
 use payment::credit::dleq::{verify_with_blinding, Dleq};
-use payment::credit::nut_types::{BlindSignature, BlindedMessage, KeySet, Proof, ProofDleq};
+use payment::credit::nut_types::{
+    BlindSignature, BlindedMessage, KeySet, Proof, ProofDleq, SwapRequest,
+};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::wallet_seed::{seed_path, Seed, SeedError};
 
 #[derive(Debug, Error)]
 pub enum WalletError {
@@ -27,6 +45,8 @@ pub enum WalletError {
         path: String,
         source: std::io::Error,
     },
+    #[error("wallet file {0} is in use by another coinop; try again when it has finished")]
+    Busy(String),
     #[error("wallet file {path} is not a coinop wallet: {source}")]
     Corrupt {
         path: String,
@@ -46,6 +66,16 @@ pub enum WalletError {
     BadSignature { index: usize, what: String },
     #[error("the wallet holds {have} sat, {want} sat asked")]
     NotEnough { have: u64, want: u64 },
+    #[error(transparent)]
+    Seed(#[from] SeedError),
+    #[error(
+        "the wallet already has a different seed phrase ({0}); restore into a new wallet file"
+    )]
+    OtherSeed(String),
+    #[error("the wallet already has a seed phrase ({0})")]
+    HasSeed(String),
+    #[error("the wallet holds no exact {0} sat after the swap (the mint signed other amounts)")]
+    NotExact(u64),
 }
 
 /// Outputs sent to the mint and not yet answered, with what is needed to unblind them.
@@ -56,21 +86,86 @@ struct PendingOutput {
     message: BlindedMessage,
 }
 
+/// A swap sent (or about to be) whose signatures are not in yet: the notes it spends.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SwapRecord {
+    batch: String,
+    inputs: Vec<Proof>,
+    /// The inputs were this wallet's notes: if the mint refuses the swap, the ones still
+    /// unspent come back. A received token's notes do not (they may be invalid).
+    ours: bool,
+    /// The received token this swap takes in (its digest), marked received with the result.
+    token: Option<String>,
+}
+
+/// A token that left the wallet: kept until its notes are spent, so a token lost on the
+/// way (a closed terminal, a broken pipe) can be received back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sent {
+    pub token: String,
+    pub amount_sat: u64,
+    pub sent_unix: u64,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct WalletData {
     proofs: Vec<Proof>,
     /// Batch name → outputs, in the order they were sent.
     pending: Vec<(String, Vec<PendingOutput>)>,
+    #[serde(default)]
+    swaps: Vec<SwapRecord>,
+    /// NUT-13: keyset id → the next counter to derive from (deterministic wallets only).
+    #[serde(default)]
+    counters: BTreeMap<String, u32>,
+    #[serde(default)]
+    outbox: Vec<Sent>,
+    /// Digest of a received token's secrets → the sat it brought, so receiving it again is
+    /// answered instead of failing as "already spent".
+    #[serde(default)]
+    received: BTreeMap<String, u64>,
 }
 
 pub struct Wallet {
     path: PathBuf,
     data: WalletData,
+    seed: Option<Seed>,
+    /// An exclusive flock on `<wallet>.lock`, held while this wallet is open: two coinop
+    /// runs each reading the file, changing it and writing it back would have the later
+    /// write undo the earlier one (notes received or swapped gone, spent ones back).
+    _lock: Flock<fs::File>,
+}
+
+/// One blank derived for a restore: the message and what unblinds its signature.
+pub struct RestoreBlank {
+    pub counter: u32,
+    output: PendingOutput,
+}
+
+impl RestoreBlank {
+    pub fn message(&self) -> &BlindedMessage {
+        &self.output.message
+    }
 }
 
 impl Wallet {
     /// Opens the wallet at `path`, or starts an empty one there (written on first save).
+    /// Fails with [`WalletError::Busy`] while another process has it open.
     pub fn open(path: &Path) -> Result<Wallet, WalletError> {
+        let lock_path = path.with_extension("lock");
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| io_err(&lock_path, e))?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(WalletError::Busy(path.display().to_string()))
+            }
+            Err((_, e)) => return Err(io_err(&lock_path, e.into())),
+        };
         let data = match fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| WalletError::Corrupt {
                 path: path.display().to_string(),
@@ -79,10 +174,131 @@ impl Wallet {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => WalletData::default(),
             Err(e) => return Err(io_err(path, e)),
         };
+        let seed = Seed::load(&seed_path(path))?;
         Ok(Wallet {
             path: path.to_path_buf(),
             data,
+            seed,
+            _lock: lock,
         })
+    }
+
+    pub fn is_deterministic(&self) -> bool {
+        self.seed.is_some()
+    }
+
+    /// Makes the wallet deterministic with `seed` (kept in `<wallet>.seed`, 0600). The same
+    /// phrase again is fine (a restore run twice); another one is refused, as the counters
+    /// and notes belong to the first.
+    pub fn set_seed(&mut self, seed: Seed) -> Result<(), WalletError> {
+        let file = seed_path(&self.path);
+        if let Some(have) = &self.seed {
+            if have.phrase() == seed.phrase() {
+                return Ok(());
+            }
+            return Err(WalletError::OtherSeed(file.display().to_string()));
+        }
+        seed.save(&file)?;
+        self.seed = Some(seed);
+        Ok(())
+    }
+
+    /// `wallet init --seed`: a new random phrase for a wallet that has none; returned so
+    /// it can be shown once.
+    pub fn init_seed(&mut self) -> Result<String, WalletError> {
+        if self.seed.is_some() {
+            return Err(WalletError::HasSeed(
+                seed_path(&self.path).display().to_string(),
+            ));
+        }
+        let seed = Seed::generate();
+        let phrase = seed.phrase();
+        self.set_seed(seed)?;
+        Ok(phrase)
+    }
+
+    /// One blank for `keyset_id`: derived from the seed at the keyset's next counter (the
+    /// counter advanced in memory; the caller saves before using the blank), or random.
+    fn next_blank(&mut self, keyset_id: &str, amount: u64) -> Result<PendingOutput, WalletError> {
+        let Some(seed) = &self.seed else {
+            return Ok(blank(keyset_id, amount));
+        };
+        let counter = self.data.counters.entry(keyset_id.to_string()).or_insert(0);
+        let d = seed.derive(keyset_id, *counter)?;
+        *counter += 1;
+        Ok(blank_from(d.secret, d.r, keyset_id, amount))
+    }
+
+    /// The blanks of counters `start..start + n` of `keyset_id`, for a restore (nothing is
+    /// saved: the mint only looks these up).
+    pub fn restore_blanks(
+        &self,
+        keyset_id: &str,
+        start: u32,
+        n: u32,
+    ) -> Result<Vec<RestoreBlank>, WalletError> {
+        let seed = self
+            .seed
+            .as_ref()
+            .ok_or(WalletError::Seed(SeedError::Corrupt(
+                "(no seed: restore sets one first)".into(),
+            )))?;
+        (start..start + n)
+            .map(|counter| {
+                let d = seed.derive(keyset_id, counter)?;
+                Ok(RestoreBlank {
+                    counter,
+                    output: blank_from(d.secret, d.r, keyset_id, 1),
+                })
+            })
+            .collect()
+    }
+
+    /// Unblinds restored signatures (`sig` answers `blank`), DLEQ-checked like any other.
+    pub fn restored_proof(
+        blank: &RestoreBlank,
+        sig: &BlindSignature,
+        keys: &[KeySet],
+    ) -> Result<Proof, WalletError> {
+        to_proof(blank.counter as usize, sig, &blank.output, keys)
+    }
+
+    /// Every secret the wallet knows of (held, in a pending swap, or in the outbox).
+    pub fn known_secrets(&self) -> std::collections::HashSet<String> {
+        let sent = self.data.outbox.iter().filter_map(|s| {
+            payment::credit::token::Token::decode(&s.token)
+                .ok()
+                .map(|t| t.proofs)
+        });
+        self.data
+            .proofs
+            .iter()
+            .chain(self.data.swaps.iter().flat_map(|s| &s.inputs))
+            .cloned()
+            .chain(sent.flatten())
+            .map(|p| p.secret)
+            .collect()
+    }
+
+    /// Keeps restored notes (those not already known) and moves `keyset_id`'s counter past
+    /// the highest one found. Returns the sat added.
+    pub fn add_restored(
+        &mut self,
+        keyset_id: &str,
+        next_counter: u32,
+        proofs: Vec<Proof>,
+    ) -> Result<u64, WalletError> {
+        let known = self.known_secrets();
+        let new: Vec<Proof> = proofs
+            .into_iter()
+            .filter(|p| !known.contains(&p.secret))
+            .collect();
+        let added = new.iter().map(|p| p.amount).sum();
+        self.data.proofs.extend(new);
+        let c = self.data.counters.entry(keyset_id.to_string()).or_insert(0);
+        *c = (*c).max(next_counter);
+        self.save()?;
+        Ok(added)
     }
 
     pub fn balance_sat(&self) -> u64 {
@@ -99,8 +315,8 @@ impl Wallet {
     ) -> Result<Vec<BlindedMessage>, WalletError> {
         let outputs: Vec<PendingOutput> = amounts
             .iter()
-            .map(|&amount| blank(keyset_id, amount))
-            .collect();
+            .map(|&amount| self.next_blank(keyset_id, amount))
+            .collect::<Result<_, _>>()?;
         let messages = outputs.iter().map(|o| o.message.clone()).collect();
         self.data.pending.retain(|(name, _)| name != batch);
         self.data.pending.push((batch.to_string(), outputs));
@@ -150,14 +366,103 @@ impl Wallet {
         let received = proofs.iter().map(|p| p.amount).sum();
         self.data.proofs.extend(proofs);
         self.data.pending.remove(at);
+        // A swap's inputs are spent now; a received token is marked in the same write.
+        if let Some(i) = self.data.swaps.iter().position(|s| s.batch == batch) {
+            let swap = self.data.swaps.remove(i);
+            if let Some(digest) = swap.token {
+                self.data.received.insert(digest, received);
+            }
+        }
         self.save()?;
         Ok(received)
     }
 
-    /// Takes notes worth at least `amount_sat` out of the wallet (largest first), saving the
-    /// wallet without them. The caller spends them; a note spent elsewhere is the mint's
-    /// business to refuse.
-    pub fn take(&mut self, amount_sat: u64) -> Result<Vec<Proof>, WalletError> {
+    /// Records a swap of `inputs` into new blanks of `amounts` for `keyset_id` (the inputs
+    /// leave the notes, the blanks and counters are kept, all in one write) and returns the
+    /// request to send. `token` is the digest of a received token (see [`Wallet::receive`]).
+    pub fn begin_swap(
+        &mut self,
+        batch: &str,
+        inputs: Vec<Proof>,
+        ours: bool,
+        token: Option<String>,
+        keyset_id: &str,
+        amounts: &[u64],
+    ) -> Result<SwapRequest, WalletError> {
+        let spent: std::collections::HashSet<&str> =
+            inputs.iter().map(|p| p.secret.as_str()).collect();
+        self.data
+            .proofs
+            .retain(|p| !spent.contains(p.secret.as_str()));
+        self.data.swaps.retain(|s| s.batch != batch);
+        self.data.swaps.push(SwapRecord {
+            batch: batch.to_string(),
+            inputs: inputs.clone(),
+            ours,
+            token,
+        });
+        // new_outputs saves: the inputs' removal, the record and the blanks in one write.
+        let outputs = self.new_outputs(batch, keyset_id, amounts)?;
+        Ok(SwapRequest { inputs, outputs })
+    }
+
+    /// The swaps recorded and not answered yet: batch name and the request to send again.
+    pub fn pending_swaps(&self) -> Vec<(String, SwapRequest)> {
+        self.data
+            .swaps
+            .iter()
+            .filter_map(|s| {
+                let (_, outs) = self.data.pending.iter().find(|(b, _)| *b == s.batch)?;
+                Some((
+                    s.batch.clone(),
+                    SwapRequest {
+                        inputs: s.inputs.clone(),
+                        outputs: outs.iter().map(|o| o.message.clone()).collect(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether the swap `batch` spent this wallet's own notes (see [`SwapRecord::ours`]).
+    pub fn swap_is_ours(&self, batch: &str) -> bool {
+        self.data.swaps.iter().any(|s| s.batch == batch && s.ours)
+    }
+
+    /// The mint refused swap `batch` for good: forgets it, and keeps `unspent` (those of its
+    /// inputs the mint says are unspent, when they were this wallet's).
+    pub fn abort_swap(&mut self, batch: &str, unspent: Vec<Proof>) -> Result<(), WalletError> {
+        self.data.swaps.retain(|s| s.batch != batch);
+        self.data.pending.retain(|(b, _)| b != batch);
+        self.data.proofs.extend(unspent);
+        self.save()
+    }
+
+    /// The sat a token with this digest brought in, if it was received before.
+    pub fn received_before(&self, digest: &str) -> Option<u64> {
+        self.data.received.get(digest).copied()
+    }
+
+    /// Notes adding up to exactly `amount_sat`, if the wallet holds such a set (left in the
+    /// wallet). Largest first, a note taken whenever it still fits: with power-of-two
+    /// amounts, each dividing the next, this finds an exact set whenever one exists.
+    pub fn exact(&self, amount_sat: u64) -> Option<Vec<Proof>> {
+        let mut notes = self.data.proofs.clone();
+        notes.sort_by_key(|p| std::cmp::Reverse(p.amount));
+        let mut left = amount_sat;
+        let mut chosen = Vec::new();
+        for p in notes {
+            if p.amount <= left {
+                left -= p.amount;
+                chosen.push(p);
+            }
+        }
+        (left == 0).then_some(chosen)
+    }
+
+    /// Notes worth at least `amount_sat` to swap (left in the wallet): the smallest notes
+    /// first, so large notes are broken only when needed.
+    pub fn cover(&self, amount_sat: u64) -> Result<Vec<Proof>, WalletError> {
         let have = self.balance_sat();
         if have < amount_sat {
             return Err(WalletError::NotEnough {
@@ -165,18 +470,74 @@ impl Wallet {
                 want: amount_sat,
             });
         }
+        let mut notes = self.data.proofs.clone();
+        notes.sort_by_key(|p| p.amount);
+        // The largest note alone, if one covers it; else smallest-first until covered.
+        if let Some(one) = notes.iter().find(|p| p.amount >= amount_sat) {
+            return Ok(vec![one.clone()]);
+        }
+        let mut sum = 0;
+        let mut chosen = Vec::new();
+        for p in notes.into_iter().rev() {
+            if sum >= amount_sat {
+                break;
+            }
+            sum += p.amount;
+            chosen.push(p);
+        }
+        Ok(chosen)
+    }
+
+    /// Moves `proofs` out of the wallet into its outbox as `token`.
+    ///
+    /// Both happen in one atomic write of the wallet file, so at every moment the notes are
+    /// either still held or written down as sent: a crash, a full disk or a closed stdout
+    /// after this cannot lose them (the token can be read back with `wallet outbox` and
+    /// received again). Writing the outbox *after* removing the notes would open a window
+    /// where they are in neither.
+    pub fn send_out(
+        &mut self,
+        proofs: &[Proof],
+        token: String,
+        sent_unix: u64,
+    ) -> Result<(), WalletError> {
+        let gone: std::collections::HashSet<&str> =
+            proofs.iter().map(|p| p.secret.as_str()).collect();
         self.data
             .proofs
-            .sort_by_key(|p| std::cmp::Reverse(p.amount));
-        let mut taken = Vec::new();
-        let mut sum = 0;
-        while sum < amount_sat {
-            let p = self.data.proofs.remove(0);
-            sum += p.amount;
-            taken.push(p);
-        }
-        self.save()?;
-        Ok(taken)
+            .retain(|p| !gone.contains(p.secret.as_str()));
+        self.data.outbox.push(Sent {
+            token,
+            amount_sat: proofs.iter().map(|p| p.amount).sum(),
+            sent_unix,
+        });
+        self.save()
+    }
+
+    pub fn outbox(&self) -> &[Sent] {
+        &self.data.outbox
+    }
+
+    /// Forgets outbox entries whose notes the mint says are all spent.
+    pub fn drop_sent(&mut self, claimed: &[String]) -> Result<(), WalletError> {
+        self.data.outbox.retain(|s| !claimed.contains(&s.token));
+        self.save()
+    }
+
+    /// The notes held (copies).
+    pub fn proofs(&self) -> &[Proof] {
+        &self.data.proofs
+    }
+
+    /// Forgets held notes the mint says are spent.
+    pub fn drop_spent(&mut self, spent: &[String]) -> Result<(), WalletError> {
+        self.data.proofs.retain(|p| !spent.contains(&p.secret));
+        self.save()
+    }
+
+    /// Writes the wallet file now (`wallet init`: the file exists from then on).
+    pub fn save_now(&self) -> Result<(), WalletError> {
+        self.save()
     }
 
     /// Writes the wallet atomically (temp file + rename), readable by its owner only: the
@@ -199,13 +560,21 @@ impl Wallet {
     }
 }
 
+/// A random blank: 32 random bytes as the hex secret (NUT-00's recommendation), random `r`.
 fn blank(keyset_id: &str, amount: u64) -> PendingOutput {
     let mut bytes = [0u8; 32];
     OsRng.fill_bytes(&mut bytes);
-    let secret = hex::encode(bytes);
-    let r = SecretKey::new(&mut OsRng);
+    blank_from(
+        hex::encode(bytes),
+        SecretKey::new(&mut OsRng),
+        keyset_id,
+        amount,
+    )
+}
+
+fn blank_from(secret: String, r: SecretKey, keyset_id: &str, amount: u64) -> PendingOutput {
     let b_ = blind_message(secret.as_bytes(), &r)
-        .expect("a random secret hashes to a point and r*G is never its negation in practice");
+        .expect("a secret hashes to a point and r*G is its negation with probability 2^-256");
     PendingOutput {
         secret,
         r: hex::encode(r.secret_bytes()),
@@ -267,6 +636,41 @@ fn to_proof(
     })
 }
 
+/// A received proof's NUT-12 DLEQ, when it carries one, checked against the mint's key for
+/// its keyset and amount: a token whose notes a mint tagged with an unpublished key is
+/// refused before it is swapped.
+pub fn check_proof_dleq(index: usize, p: &Proof, keys: &[KeySet]) -> Result<(), WalletError> {
+    let Some(dleq) = &p.dleq else {
+        return Ok(());
+    };
+    let bad = |what: String| WalletError::BadSignature { index, what };
+    let key_hex = keys
+        .iter()
+        .find(|k| k.id == p.id)
+        .and_then(|k| k.keys.get(&p.amount))
+        .ok_or_else(|| WalletError::NoKey {
+            index,
+            amount: p.amount,
+            keyset: p.id.clone(),
+        })?;
+    let mint_key: PublicKey = key_hex
+        .parse()
+        .map_err(|_| bad("mint key is not a point".into()))?;
+    let c: PublicKey = p.c.parse().map_err(|_| bad("C is not a point".into()))?;
+    let parsed = Dleq {
+        e: parse_scalar("dleq.e", &dleq.e).map_err(|e| bad(e.to_string()))?,
+        s: parse_secret_key("dleq.s", &dleq.s).map_err(|e| bad(e.to_string()))?,
+    };
+    let r = parse_secret_key("dleq.r", &dleq.r).map_err(|e| bad(e.to_string()))?;
+    if verify_with_blinding(&parsed, &mint_key, p.secret.as_bytes(), &c, &r) {
+        Ok(())
+    } else {
+        Err(bad(
+            "the token's DLEQ proof does not verify against the mint's published key".into(),
+        ))
+    }
+}
+
 fn io_err(path: &Path, source: std::io::Error) -> WalletError {
     WalletError::Io {
         path: path.display().to_string(),
@@ -309,10 +713,99 @@ mod tests {
         let path = dir.path().join("wallet.json");
         let mut w = fund(&m, &path, &[1, 4, 16]);
         assert_eq!(w.balance_sat(), 21);
-        let taken = w.take(5).expect("enough");
-        assert_eq!(taken.iter().map(|p| p.amount).sum::<u64>(), 16);
-        assert_eq!(Wallet::open(&path).expect("reopen").balance_sat(), 5);
-        assert_eq!(m.redeem(&taken, "test").expect("redeem"), 16_000);
+        let sent = w.exact(5).expect("4 + 1");
+        assert_eq!(sent.iter().map(|p| p.amount).sum::<u64>(), 5);
+        w.send_out(&sent, "cashuBtest".into(), 0).expect("send");
+        drop(w);
+        let back = Wallet::open(&path).expect("reopen");
+        assert_eq!(back.balance_sat(), 16);
+        assert_eq!(back.outbox()[0].amount_sat, 5);
+        assert_eq!(m.redeem(&sent, "test").expect("redeem"), 5_000);
+    }
+
+    #[test]
+    fn exact_finds_a_set_whenever_one_exists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = mint(dir.path());
+        let w = fund(&m, &dir.path().join("w.json"), &[4, 1, 1, 1, 1, 8]);
+        for want in 0..=16 {
+            let got = w.exact(want);
+            let sums: Vec<u64> = got.iter().flatten().map(|p| p.amount).collect();
+            assert_eq!(got.is_some(), want <= 16, "{want}");
+            if got.is_some() {
+                assert_eq!(sums.iter().sum::<u64>(), want);
+            }
+        }
+        assert!(w.exact(17).is_none());
+        let w2 = fund(&m, &dir.path().join("w2.json"), &[4, 8]);
+        assert!(w2.exact(3).is_none());
+        assert_eq!(w2.cover(3).expect("covered").len(), 1);
+    }
+
+    #[test]
+    fn a_swap_whose_reply_was_lost_is_sent_again_and_answered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = mint(dir.path());
+        let path = dir.path().join("wallet.json");
+        let mut w = fund(&m, &path, &[8]);
+        let inputs = w.cover(3).expect("cover");
+        let req = w
+            .begin_swap(
+                "send-1",
+                inputs,
+                true,
+                None,
+                &m.active_keyset_id(),
+                &[1, 2, 1, 4],
+            )
+            .expect("begin");
+        assert_eq!(w.balance_sat(), 0, "the inputs left the notes");
+        m.swap(&req).expect("the mint swaps; its reply is lost");
+        drop(w);
+        // The next run finds the swap and sends the same request; the mint answers again.
+        let mut w = Wallet::open(&path).expect("reopen");
+        let pending = w.pending_swaps();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].1, req);
+        let again = m.swap(&pending[0].1).expect("answered again");
+        let got = w
+            .receive("send-1", &m.keys().keysets, &again.signatures)
+            .expect("receive");
+        assert_eq!(got, 8);
+        assert!(w.pending_swaps().is_empty());
+        assert_eq!(w.exact(3).expect("2 + 1").len(), 2);
+    }
+
+    #[test]
+    fn a_seeded_wallet_derives_its_blanks_and_never_reuses_a_counter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = mint(dir.path());
+        let phrase = Seed::generate().phrase();
+        let path = dir.path().join("a.json");
+        let mut a = Wallet::open(&path).expect("open");
+        a.set_seed(Seed::from_phrase(&phrase).expect("phrase"))
+            .expect("seed");
+        let id = m.active_keyset_id();
+        let first = a.new_outputs("b1", &id, &[1, 2]).expect("outputs");
+        // Reopened, the counter continues where it was: new blanks differ.
+        drop(a);
+        let mut a = Wallet::open(&path).expect("reopen");
+        assert!(a.is_deterministic());
+        let second = a.new_outputs("b2", &id, &[1]).expect("outputs");
+        assert!(first.iter().all(|o| o.b_ != second[0].b_));
+        // Another wallet of the same phrase derives the same messages, counters 0, 1, 2.
+        let mut b = Wallet::open(&dir.path().join("b.json")).expect("open");
+        b.set_seed(Seed::from_phrase(&phrase).expect("phrase"))
+            .expect("seed");
+        let restored = b.restore_blanks(&id, 0, 3).expect("blanks");
+        assert_eq!(restored[0].message().b_, first[0].b_);
+        assert_eq!(restored[1].message().b_, first[1].b_);
+        assert_eq!(restored[2].message().b_, second[0].b_);
+        // A different phrase on a seeded wallet is refused.
+        assert!(matches!(
+            a.set_seed(Seed::generate()),
+            Err(WalletError::OtherSeed(_))
+        ));
     }
 
     #[test]
@@ -388,12 +881,22 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let m = mint(dir.path());
         let path = dir.path().join("wallet.json");
-        let mut w = fund(&m, &path, &[2]);
+        let w = fund(&m, &path, &[2]);
         assert!(matches!(
-            w.take(3),
+            w.cover(3),
             Err(WalletError::NotEnough { have: 2, want: 3 })
         ));
         assert_eq!(w.balance_sat(), 2);
+    }
+
+    #[test]
+    fn one_process_at_a_time_has_a_wallet_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wallet.json");
+        let first = Wallet::open(&path).expect("open");
+        assert!(matches!(Wallet::open(&path), Err(WalletError::Busy(_))));
+        drop(first);
+        Wallet::open(&path).expect("free again");
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! What the CLI's `wallet` commands do against a daemon: mint credit on the regtest demo
-//! chain, turn notes into a `payment` object, and collect a stopped lease's change, each
-//! with the tenant's [`Wallet`] file on one side and coinopd's API on the other.
+//! chain, turn notes into a `payment` object, collect a stopped lease's change, send and
+//! receive Cashu tokens, and restore a seeded wallet (NUT-09/13), each with the tenant's
+//! [`Wallet`] file on one side and coinopd's mint on the other.
+//!
+//! Sending or paying an amount the notes do not add up to exactly swaps at the mint first
+//! (NUT-03), so exactly that amount leaves and the change stays: a 100-sat top-up does not
+//! spend a whole 4096-sat note.
 
 use coinop_proto::replies::StopResponse;
 use coinop_proto::requests::{CreditPayment, PaymentBody, StopRequest};
@@ -10,15 +15,21 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thiserror::Error;
 
+use bitcoin::hashes::{sha256, Hash};
 use payment::credit::amount::split;
+use payment::credit::hash_to_curve::secret_to_curve;
 use payment::credit::nut_types::{
-    KeysResponse, MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest,
-    MintQuoteOnchainResponse,
+    BlindedMessage, CashuErrorResponse, CheckStateRequest, CheckStateResponse, KeysResponse,
+    KeysetsResponse, MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest,
+    MintQuoteOnchainResponse, Proof, ProofState, RestoreRequest, RestoreResponse, SwapRequest,
+    SwapResponse,
 };
+use payment::credit::token::{Token, TokenError};
 
 use crate::client::{Client, ClientError, Reply};
 use crate::regtest_pay::{pay_quote_onchain, PayError};
-use crate::wallet::{Wallet, WalletError};
+use crate::wallet::{check_proof_dleq, Wallet, WalletError};
+use crate::wallet_seed::Seed;
 
 #[derive(Debug, Error)]
 pub enum WalletCmdError {
@@ -52,6 +63,14 @@ pub enum WalletCmdError {
         what: &'static str,
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("the token is from mint {mint} (keyset {keyset}), which is not this coinopd's mint")]
+    OtherMint { mint: String, keyset: String },
+    #[error("the token is in unit '{0}'; this wallet holds sat")]
+    Unit(String),
+    #[error("the token is worth {amount} sat, less than the mint's fee of {fee} sat")]
+    BelowFee { amount: u64, fee: u64 },
 }
 
 /// A request body as JSON.
@@ -69,10 +88,15 @@ async fn call_ok<T: DeserializeOwned>(
 ) -> Result<(T, Bytes), WalletCmdError> {
     let r: Reply = c.call(method, path, token, body).await?;
     if !(200..300).contains(&r.status) {
+        // The Cashu routes answer NUT-00 `{"detail", "code"}`: said as the code and text.
+        let body = match r.parse::<CashuErrorResponse>() {
+            Ok(e) => format!("Cashu error {}: {}", e.code, e.detail),
+            Err(_) => r.text(),
+        };
         return Err(WalletCmdError::Api {
             what,
             status: r.status,
-            body: r.text(),
+            body,
         });
     }
     match r.parse() {
@@ -91,9 +115,10 @@ async fn mint_keys(c: &Client) -> Result<KeysResponse, WalletCmdError> {
 }
 
 fn active_keyset(keys: &KeysResponse) -> Result<String, WalletCmdError> {
-    // NUT-01: /v1/keys lists only active keysets; the first one signs.
+    // NUT-01: /v1/keys lists the active keysets; the first active sat one signs.
     keys.keysets
-        .first()
+        .iter()
+        .find(|k| k.active && k.unit == "sat")
         .map(|k| k.id.clone())
         .ok_or(WalletCmdError::Field {
             what: "GET /v1/keys",
@@ -141,10 +166,409 @@ pub async fn mint_regtest(
     Ok(wallet.receive(&batch, &keys.keysets, &r.signatures)?)
 }
 
-/// Takes notes worth at least `amount_sat` and wraps them as a lease `payment`.
-pub fn credit_payment(wallet: &mut Wallet, amount_sat: u64) -> Result<PaymentBody, WalletCmdError> {
-    let proofs = wallet.take(amount_sat)?;
+/// NUT-13's batch size: how many counters one restore request asks about.
+const RESTORE_BATCH: u32 = 100;
+/// NUT-13: a restore stops after this many batches in a row came back empty.
+const RESTORE_EMPTY_RUN: u32 = 3;
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn post<T: DeserializeOwned>(
+    c: &Client,
+    what: &'static str,
+    path: &str,
+    body: &impl Serialize,
+) -> Result<T, WalletCmdError> {
+    let (v, _) = call_ok(c, what, ("POST", path), None, Some(encode(what, body)?)).await?;
+    Ok(v)
+}
+
+async fn keysets(c: &Client) -> Result<KeysetsResponse, WalletCmdError> {
+    let (k, _) = call_ok(c, "GET /v1/keysets", ("GET", "/v1/keysets"), None, None).await?;
+    Ok(k)
+}
+
+async fn keys_of(c: &Client, id: &str) -> Result<KeysResponse, WalletCmdError> {
+    let path = format!("/v1/keys/{id}");
+    let (k, _) = call_ok(c, "GET /v1/keys/{id}", ("GET", &path), None, None).await?;
+    Ok(k)
+}
+
+/// NUT-02 fee of spending `inputs`: the sum of their keysets' `input_fee_ppk`, rounded up
+/// to whole sat.
+fn input_fee(inputs: &[Proof], sets: &KeysetsResponse) -> u64 {
+    let ppk: u64 = inputs
+        .iter()
+        .map(|p| {
+            sets.keysets
+                .iter()
+                .find(|k| k.id == p.id)
+                .map_or(0, |k| k.input_fee_ppk)
+        })
+        .sum();
+    ppk.div_ceil(1000)
+}
+
+/// NUT-07 states of `proofs`, in order.
+async fn states(c: &Client, proofs: &[Proof]) -> Result<Vec<ProofState>, WalletCmdError> {
+    if proofs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ys = proofs
+        .iter()
+        .map(|p| {
+            secret_to_curve(&p.secret)
+                .map(|y| y.to_string())
+                .map_err(|_| WalletCmdError::Field {
+                    what: "a held note",
+                    field: "secret",
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let r: CheckStateResponse = post(
+        c,
+        "POST /v1/checkstate",
+        "/v1/checkstate",
+        &CheckStateRequest { ys },
+    )
+    .await?;
+    if r.states.len() != proofs.len() {
+        return Err(WalletCmdError::Field {
+            what: "POST /v1/checkstate",
+            field: "states",
+        });
+    }
+    Ok(r.states.into_iter().map(|s| s.state).collect())
+}
+
+/// Sends a recorded swap and settles it: the signatures into the wallet, or, when the mint
+/// refuses it for good (4xx), the swap forgotten and, for the wallet's own notes, those
+/// still unspent kept. A lost reply or a 5xx leaves it recorded for the next run.
+async fn settle_swap(
+    c: &Client,
+    wallet: &mut Wallet,
+    batch: &str,
+    req: &SwapRequest,
+    keys: &KeysResponse,
+) -> Result<u64, WalletCmdError> {
+    const SWAP: &str = "POST /v1/swap";
+    match post::<SwapResponse>(c, SWAP, "/v1/swap", req).await {
+        Ok(r) => Ok(wallet.receive(batch, &keys.keysets, &r.signatures)?),
+        Err(WalletCmdError::Api { status, what, body }) if (400..500).contains(&status) => {
+            let unspent = if wallet.swap_is_ours(batch) {
+                let st = states(c, &req.inputs).await?;
+                req.inputs
+                    .iter()
+                    .zip(st)
+                    .filter(|(_, s)| *s == ProofState::Unspent)
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            wallet.abort_swap(batch, unspent)?;
+            Err(WalletCmdError::Api { what, status, body })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Sends again the swaps an earlier run recorded and got no answer to.
+pub async fn resume_swaps(c: &Client, wallet: &mut Wallet) -> Result<(), WalletCmdError> {
+    let pending = wallet.pending_swaps();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    for (batch, req) in pending {
+        // The keys of every keyset the outputs name (normally just the active one).
+        let mut keys = KeysResponse {
+            keysets: Vec::new(),
+        };
+        for o in &req.outputs {
+            if !keys.keysets.iter().any(|k| k.id == o.id) {
+                keys.keysets.extend(keys_of(c, &o.id).await?.keysets);
+            }
+        }
+        settle_swap(c, wallet, &batch, &req, &keys).await?;
+    }
+    Ok(())
+}
+
+/// Notes worth exactly `amount_sat`, swapping first when no set of held notes adds up to
+/// it (the change stays in the wallet). The notes stay in the wallet.
+async fn exact_notes(
+    c: &Client,
+    wallet: &mut Wallet,
+    amount_sat: u64,
+) -> Result<Vec<Proof>, WalletCmdError> {
+    resume_swaps(c, wallet).await?;
+    if let Some(exact) = wallet.exact(amount_sat) {
+        return Ok(exact);
+    }
+    let keys = mint_keys(c).await?;
+    let active = active_keyset(&keys)?;
+    let sets = keysets(c).await?;
+    // Inputs that cover the amount and the fee of spending them.
+    let mut target = amount_sat;
+    let inputs = loop {
+        let inputs = wallet.cover(target)?;
+        let need = amount_sat + input_fee(&inputs, &sets);
+        if inputs.iter().map(|p| p.amount).sum::<u64>() >= need {
+            break inputs;
+        }
+        target = need;
+    };
+    let sum: u64 = inputs.iter().map(|p| p.amount).sum();
+    let change = sum - amount_sat - input_fee(&inputs, &sets);
+    let mut amounts = split(amount_sat);
+    amounts.extend(split(change));
+    let batch = format!("swap-{}", now_unix_nanos());
+    let req = wallet.begin_swap(&batch, inputs, true, None, &active, &amounts)?;
+    settle_swap(c, wallet, &batch, &req, &keys).await?;
+    wallet
+        .exact(amount_sat)
+        .ok_or(WalletCmdError::Wallet(WalletError::NotExact(amount_sat)))
+}
+
+fn now_unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Takes notes worth exactly `amount_sat` (swapping for change first if needed) and wraps
+/// them as a lease `payment`; they go to the outbox as a token in the same write that
+/// takes them out.
+pub async fn credit_payment(
+    c: &Client,
+    wallet: &mut Wallet,
+    amount_sat: u64,
+    mint_url: &str,
+) -> Result<PaymentBody, WalletCmdError> {
+    let proofs = exact_notes(c, wallet, amount_sat).await?;
+    let token = token_of(mint_url, &proofs).encode_v4()?;
+    wallet.send_out(&proofs, token, now_unix())?;
     Ok(PaymentBody::Credit(CreditPayment { proofs }))
+}
+
+fn token_of(mint_url: &str, proofs: &[Proof]) -> Token {
+    Token {
+        mint: mint_url.to_string(),
+        unit: Some("sat".into()),
+        memo: None,
+        proofs: proofs.to_vec(),
+    }
+}
+
+/// `wallet send`: exactly `amount_sat` out of the wallet as a token (`cashuB`, or `cashuA`
+/// with `v3`), recorded in the outbox before it is returned for printing.
+pub async fn send_token(
+    c: &Client,
+    wallet: &mut Wallet,
+    amount_sat: u64,
+    mint_url: &str,
+    v3: bool,
+) -> Result<String, WalletCmdError> {
+    let proofs = exact_notes(c, wallet, amount_sat).await?;
+    let t = token_of(mint_url, &proofs);
+    let text = if v3 { t.encode_v3() } else { t.encode_v4()? };
+    wallet.send_out(&proofs, text.clone(), now_unix())?;
+    Ok(text)
+}
+
+/// What `wallet receive` did.
+pub struct Received {
+    pub amount_sat: u64,
+    /// The token had been received before (a retried command): nothing new came in.
+    pub again: bool,
+}
+
+/// The digest that names a token across retries: SHA-256 of its secrets, sorted.
+fn token_digest(t: &Token) -> String {
+    let mut secrets: Vec<&str> = t.proofs.iter().map(|p| p.secret.as_str()).collect();
+    secrets.sort_unstable();
+    hex::encode(sha256::Hash::hash(secrets.join("\n").as_bytes()).to_byte_array())
+}
+
+/// `wallet receive`: swaps a token's notes for new ones of this wallet. The token must be
+/// this mint's (its keysets are the mint's, whatever URL it names); DLEQ proofs it carries
+/// are checked first. Safe to repeat: the swap is recorded before it is sent, and a token
+/// received before is answered from the wallet.
+pub async fn receive_token(
+    c: &Client,
+    wallet: &mut Wallet,
+    text: &str,
+) -> Result<Received, WalletCmdError> {
+    let mut token = Token::decode(text)?;
+    if let Some(unit) = token.unit.as_deref().filter(|u| *u != "sat") {
+        return Err(WalletCmdError::Unit(unit.to_string()));
+    }
+    resume_swaps(c, wallet).await?;
+    let digest = token_digest(&token);
+    if let Some(amount_sat) = wallet.received_before(&digest) {
+        return Ok(Received {
+            amount_sat,
+            again: true,
+        });
+    }
+    let sets = keysets(c).await?;
+    let known: Vec<&str> = sets.keysets.iter().map(|k| k.id.as_str()).collect();
+    token.resolve_keyset_ids(&known)?;
+    let mut keys = KeysResponse {
+        keysets: Vec::new(),
+    };
+    for p in &token.proofs {
+        if !known.contains(&p.id.as_str()) {
+            return Err(WalletCmdError::OtherMint {
+                mint: token.mint.clone(),
+                keyset: p.id.clone(),
+            });
+        }
+        if !keys.keysets.iter().any(|k| k.id == p.id) {
+            keys.keysets.extend(keys_of(c, &p.id).await?.keysets);
+        }
+    }
+    for (i, p) in token.proofs.iter().enumerate() {
+        check_proof_dleq(i, p, &keys.keysets)?;
+    }
+    let active_keys = mint_keys(c).await?;
+    let active = active_keyset(&active_keys)?;
+    let amount = token.amount()?;
+    let fee = input_fee(&token.proofs, &sets);
+    if fee >= amount && fee > 0 {
+        return Err(WalletCmdError::BelowFee { amount, fee });
+    }
+    let batch = format!("receive-{}", &digest[..32]);
+    let req = wallet.begin_swap(
+        &batch,
+        token.proofs,
+        false,
+        Some(digest),
+        &active,
+        &split(amount - fee),
+    )?;
+    let got = settle_swap(c, wallet, &batch, &req, &active_keys).await?;
+    Ok(Received {
+        amount_sat: got,
+        again: false,
+    })
+}
+
+/// What `wallet restore` found.
+#[derive(Serialize)]
+pub struct Restored {
+    /// Notes the mint had signed for this seed.
+    pub found: usize,
+    /// Of those, unspent and new to this wallet: the sat added.
+    pub restored_sat: u64,
+    pub balance_sat: u64,
+}
+
+/// `wallet restore`: makes the wallet deterministic with `seed` and asks the mint (NUT-09)
+/// for every signature it holds on this seed's outputs, keyset by keyset, in batches of
+/// 100 counters until three batches in a row come back empty (NUT-13). Notes the mint says
+/// are spent (NUT-07) are dropped; each keyset's counter is set past the last one used.
+pub async fn restore(
+    c: &Client,
+    wallet: &mut Wallet,
+    seed: Seed,
+) -> Result<Restored, WalletCmdError> {
+    wallet.set_seed(seed)?;
+    resume_swaps(c, wallet).await?;
+    let sets = keysets(c).await?;
+    let mut found = 0;
+    let mut restored_sat = 0;
+    for set in sets.keysets.iter().filter(|k| k.unit == "sat") {
+        let keys = keys_of(c, &set.id).await?;
+        let mut proofs = Vec::new();
+        let mut next_counter = 0u32;
+        let mut start = 0u32;
+        let mut empty_run = 0;
+        while empty_run < RESTORE_EMPTY_RUN {
+            let blanks = wallet.restore_blanks(&set.id, start, RESTORE_BATCH)?;
+            let outputs: Vec<BlindedMessage> = blanks.iter().map(|b| b.message().clone()).collect();
+            let r: RestoreResponse = post(
+                c,
+                "POST /v1/restore",
+                "/v1/restore",
+                &RestoreRequest { outputs },
+            )
+            .await?;
+            let sigs = r.signatures;
+            if r.outputs.len() != sigs.len() {
+                return Err(WalletCmdError::Field {
+                    what: "POST /v1/restore",
+                    field: "signatures",
+                });
+            }
+            if sigs.is_empty() {
+                empty_run += 1;
+            } else {
+                empty_run = 0;
+            }
+            for (out, sig) in r.outputs.iter().zip(&sigs) {
+                let blank = blanks.iter().find(|b| b.message().b_ == out.b_).ok_or(
+                    WalletCmdError::Field {
+                        what: "POST /v1/restore",
+                        field: "outputs (one this wallet did not ask about)",
+                    },
+                )?;
+                proofs.push(Wallet::restored_proof(blank, sig, &keys.keysets)?);
+                next_counter = next_counter.max(blank.counter + 1);
+            }
+            start += RESTORE_BATCH;
+        }
+        found += proofs.len();
+        let st = states(c, &proofs).await?;
+        let unspent: Vec<Proof> = proofs
+            .into_iter()
+            .zip(st)
+            .filter(|(_, s)| *s == ProofState::Unspent)
+            .map(|(p, _)| p)
+            .collect();
+        restored_sat += wallet.add_restored(&set.id, next_counter, unspent)?;
+    }
+    Ok(Restored {
+        found,
+        restored_sat,
+        balance_sat: wallet.balance_sat(),
+    })
+}
+
+/// `wallet check`: drops held notes the mint says are spent and outbox tokens whose notes
+/// are all spent (claimed). Returns (notes dropped, outbox entries dropped).
+pub async fn check(c: &Client, wallet: &mut Wallet) -> Result<(usize, usize), WalletCmdError> {
+    resume_swaps(c, wallet).await?;
+    let held = wallet.proofs().to_vec();
+    let st = states(c, &held).await?;
+    let spent: Vec<String> = held
+        .iter()
+        .zip(st)
+        .filter(|(_, s)| *s == ProofState::Spent)
+        .map(|(p, _)| p.secret.clone())
+        .collect();
+    let mut claimed = Vec::new();
+    for sent in wallet.outbox() {
+        let Ok(t) = Token::decode(&sent.token) else {
+            continue;
+        };
+        if states(c, &t.proofs)
+            .await?
+            .iter()
+            .all(|s| *s == ProofState::Spent)
+        {
+            claimed.push(sent.token.clone());
+        }
+    }
+    wallet.drop_spent(&spent)?;
+    wallet.drop_sent(&claimed)?;
+    Ok((spent.len(), claimed.len()))
 }
 
 /// A stop that collected its change: the daemon's answer (read, and as received), the sat

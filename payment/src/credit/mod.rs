@@ -9,6 +9,7 @@
 //! - [`mint`]: mint, swap, check state, redeem, change, restore (NUT-09), input fees.
 //! - [`mint_quote_signature`]: NUT-20 signatures on mint requests (NUT-30 quotes).
 //! - [`receipt`]: what a claim was spent on, so a retried mint or swap is answered again.
+//! - [`token`]: `cashuA`/`cashuB` tokens (NUT-00 serialization), for wallets on either side.
 //! - [`error`]: typed errors with Cashu codes and HTTP statuses.
 
 pub mod amount;
@@ -23,6 +24,7 @@ pub mod mint;
 pub mod mint_quote_signature;
 pub mod nut_types;
 pub mod receipt;
+pub mod token;
 
 pub use error::CreditError;
 pub use mint::{credit_key, input_fee_sat, signed_records, Mint, MintLimits, ValidatedInputs};

@@ -96,9 +96,7 @@ pub async fn swap(
 
 /// The spent-set keys of a swap's inputs (their `Y`s), for the fleet fence. An input
 /// without one is refused as the mint refuses it.
-fn swap_input_keys(
-    req: &SwapRequest,
-) -> Result<Vec<payment::spent_set::SpendKey>, CashuError> {
+fn swap_input_keys(req: &SwapRequest) -> Result<Vec<payment::spent_set::SpendKey>, CashuError> {
     if req.inputs.is_empty() {
         return Err(CreditError::NoInputs.into());
     }
