@@ -24,8 +24,8 @@ use crate::app::Shared;
 use crate::http::degraded;
 use crate::http::error::{quote_error, ApiError, CashuError};
 use crate::leases::payment_intake::{notice_storage, verify_onchain};
-use crate::ledger::ONCHAIN_LATE;
 use crate::ledger::mint_quotes::Nut30Quote;
+use crate::ledger::ONCHAIN_LATE;
 
 fn unknown_quote(quote: &str) -> CashuError {
     ApiError::not_found(format!("no on-chain mint quote {quote:?} with a pubkey")).into()
