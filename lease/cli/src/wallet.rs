@@ -840,7 +840,9 @@ mod tests {
         let outputs = w
             .new_outputs("b", &m.active_keyset_id(), &[1, 1])
             .expect("outputs");
-        // Another process (the command run again) finds the same outputs.
+        // Another process (the command run again, after this one ended and let go of the
+        // wallet's lock) finds the same outputs.
+        drop(w);
         let mut again = Wallet::open(&path).expect("reopen");
         assert_eq!(again.pending_outputs("b"), Some(outputs.clone()));
         let sigs = m.mint(2, &outputs).expect("mint");
@@ -848,6 +850,7 @@ mod tests {
             .receive("b", &m.keys().keysets, &sigs)
             .expect("receive");
         assert!(again.pending_outputs("b").is_none(), "gone once answered");
+        drop(again);
         assert!(Wallet::open(&path)
             .expect("reopen")
             .pending_outputs("b")
