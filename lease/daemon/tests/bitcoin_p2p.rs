@@ -14,7 +14,7 @@ use bitcoin::p2p::message::{NetworkMessage, RawNetworkMessage};
 use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::{address::Address, Magic, ServiceFlags};
 use bitcoin::{CompactTarget, Target, TxMerkleNode};
-use common::bcoin::{bcoin_dir, Bcoin};
+use common::bcoin::{bcoin_dir, quote_view, wait_for_quote, wait_for_tip, Bcoin};
 use common::{Daemon, StateDir};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,25 +23,6 @@ async fn host(d: &Daemon) -> Value {
     let r = d.call("GET", "/v1/host", None, None).await;
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()
-}
-
-/// Waits until coinopd's tip is `hash`; returns how long it took.
-async fn wait_for_tip(d: &Daemon, hash: &str, limit: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        let h = host(d).await;
-        if h["chain"]["hash"] == hash {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "tip is still {} (height {}), not {hash} after {limit:?}; sync: {}",
-            h["chain"]["hash"],
-            h["chain"]["height"],
-            h["chain"]["sync"]
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn wait_for_sync(d: &Daemon, what: &str, f: impl Fn(&Value) -> bool) {
@@ -268,41 +249,6 @@ async fn a_new_mainnet_host_starts_at_the_shipped_checkpoint() {
     d.shutdown().await;
 }
 
-/// The address part of a quote's `request` / address (a bare address or a BIP21 URI).
-fn bare_address(text: &str) -> &str {
-    let text = text.strip_prefix("bitcoin:").unwrap_or(text);
-    text.split('?').next().unwrap_or(text)
-}
-
-/// bcoin's wallet pays `sat` to `address` (coinop's spelling); returns the tx (id, raw hex).
-async fn wallet_pays(node: &Bcoin, address: &str, sat: u64) -> (String, String) {
-    let sent = node
-        .wallet(
-            "POST",
-            "/wallet/primary/send",
-            serde_json::json!({
-                "outputs": [{"address": common::bcoin::to_bcoin_address(bare_address(address)), "value": sat}],
-                "rate": 1000,
-            }),
-        )
-        .await;
-    let txid = sent["hash"]
-        .as_str()
-        .unwrap_or_else(|| panic!("bcoin's wallet did not send: {sent}"))
-        .to_string();
-    let raw = sent["tx"]
-        .as_str()
-        .expect("raw tx in the send reply")
-        .to_string();
-    (txid, raw)
-}
-
-async fn quote_view(d: &Daemon, id: &str) -> Value {
-    let r = d.call("GET", &format!("/v1/quotes/{id}"), None, None).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bcoins_wallet_pays_a_quote_the_host_sees_it_and_its_txoutproof_mints_at_mint_min_conf() {
     let Some(bcoin) = bcoin_dir() else { return };
@@ -352,7 +298,9 @@ async fn bcoins_wallet_pays_a_quote_the_host_sees_it_and_its_txoutproof_mints_at
     assert_eq!(r.json()["error"]["code"], "payment_not_seen");
 
     let amount = q["amount_sat"].as_u64().unwrap();
-    let (txid, _) = wallet_pays(&node, q["address"].as_str().unwrap(), amount).await;
+    let (txid, _) = node
+        .wallet_pays(q["address"].as_str().unwrap(), amount)
+        .await;
     let mined = node
         .rpc("generatetoaddress", serde_json::json!([1, funds]))
         .await;
@@ -409,8 +357,7 @@ async fn bcoins_wallet_pays_a_quote_the_host_sees_it_and_its_txoutproof_mints_at
         // The tenant CLI pays by quote id too: `coinop lease create --quote-id Q`.
         let q2 = d.quote(1, 64, 3600).await;
         let q2id = q2["quote_id"].as_str().unwrap().to_string();
-        wallet_pays(
-            &node,
+        node.wallet_pays(
             q2["address"].as_str().unwrap(),
             q2["amount_sat"].as_u64().unwrap(),
         )
@@ -458,14 +405,16 @@ async fn bcoins_wallet_pays_a_quote_the_host_sees_it_and_its_txoutproof_mints_at
     assert_eq!(r.status, 200, "{}", r.text());
     let mq = r.json();
     let mqid = mq["quote"].as_str().unwrap().to_string();
-    let (mint_txid, mint_raw) = wallet_pays(&node, mq["request"].as_str().unwrap(), 1000).await;
+    let (mint_txid, mint_raw) = node
+        .wallet_pays(mq["request"].as_str().unwrap(), 1000)
+        .await;
     let other = d.quote(1, 64, 3600).await;
-    let (other_txid, _) = wallet_pays(
-        &node,
-        other["address"].as_str().unwrap(),
-        other["amount_sat"].as_u64().unwrap(),
-    )
-    .await;
+    let (other_txid, _) = node
+        .wallet_pays(
+            other["address"].as_str().unwrap(),
+            other["amount_sat"].as_u64().unwrap(),
+        )
+        .await;
     let mined = node
         .rpc("generatetoaddress", serde_json::json!([1, funds]))
         .await;
@@ -488,8 +437,21 @@ async fn bcoins_wallet_pays_a_quote_the_host_sees_it_and_its_txoutproof_mints_at
     let r = d
         .call("POST", "/v1/mint/onchain", None, Some(body.clone()))
         .await;
-    assert_eq!(r.status, 402, "{}", r.text());
-    assert_eq!(r.json()["error"]["code"], "not_confirmed");
+    // A Cashu route answers NUT-00's 400 with code 20001 (the quote is not paid yet).
+    assert_eq!(
+        (r.status, &r.json()["code"]),
+        (400, &serde_json::json!(20001)),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("1 confirmations, 2 required"),
+        "{}",
+        r.text()
+    );
     let deeper = node
         .rpc("generatetoaddress", serde_json::json!([1, funds]))
         .await;
@@ -511,21 +473,6 @@ async fn bcoins_wallet_pays_a_quote_the_host_sees_it_and_its_txoutproof_mints_at
         .await;
     assert_eq!(r.status, 400, "{}", r.text());
     d.shutdown().await;
-}
-
-async fn wait_for_quote(d: &Daemon, id: &str, status: &str) {
-    let start = Instant::now();
-    loop {
-        let v = quote_view(d, id).await;
-        if v["status"] == status {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "quote never became {status}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn lease_state(d: &Daemon, id: &str, token: &str) -> Value {
@@ -599,12 +546,12 @@ async fn a_reorged_payment_freezes_its_lease_which_thaws_when_it_confirms_again_
     wait_for_tip(&d, &node.best_hash().await, Duration::from_secs(60)).await;
     let q = d.quote(1, 64, 3600).await;
     let qid = q["quote_id"].as_str().unwrap().to_string();
-    let (_, raw) = wallet_pays(
-        &node,
-        q["address"].as_str().unwrap(),
-        q["amount_sat"].as_u64().unwrap(),
-    )
-    .await;
+    let (_, raw) = node
+        .wallet_pays(
+            q["address"].as_str().unwrap(),
+            q["amount_sat"].as_u64().unwrap(),
+        )
+        .await;
     let paying = node
         .rpc("generatetoaddress", serde_json::json!([1, funds]))
         .await[0]

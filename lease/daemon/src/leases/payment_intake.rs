@@ -97,10 +97,6 @@ pub fn verify_onchain(
     })
 }
 
-/// A coinbase output can be spent only 100 blocks later (consensus): before that a reorg
-/// can make it vanish for good, so it does not count as a payment until then.
-const COINBASE_MATURITY: u32 = 100;
-
 /// The outputs to `quote`'s script the host saw in best-chain blocks with at least
 /// `min_conf` confirmations (coinbase outputs once mature), as one payment.
 pub fn seen_payment(
@@ -110,31 +106,44 @@ pub fn seen_payment(
     min_conf: u32,
 ) -> Result<VerifiedPayment, PaymentError> {
     let need = min_conf.max(1);
+    // A coinbase output can be spent only once it has 100 confirmations (consensus): before
+    // that a reorg can make it vanish for good, so it does not count as a payment until then
+    // (the same bound the tx+proof form applies).
+    let coinbase_need = chain.network().coinbase_maturity().max(need);
     let seen = watch
         .seen_for(&quote.quote_id)
         .map_err(|e| PaymentError::SeenStorage(e.to_string()))?;
     let mut counted: Vec<&payment::onchain::SeenOutput> = Vec::new();
-    let mut shallowest: Option<(bitcoin::BlockHash, u32)> = None;
+    // The not-yet-counted output with the most confirmations: what the refusal reports.
+    let mut deepest_pending: Option<&payment::onchain::SeenOutput> = None;
+    let mut deepest_have = 0;
     for s in &seen {
         let Some(b) = chain.block(&s.block_hash).filter(|b| b.on_best_chain) else {
             continue;
         };
-        let need_here = if s.coinbase {
-            need.max(COINBASE_MATURITY + 1)
-        } else {
-            need
-        };
+        let need_here = if s.coinbase { coinbase_need } else { need };
         if b.confirmations >= need_here {
             if !counted.iter().any(|c| c.outpoint == s.outpoint) {
                 counted.push(s);
             }
-        } else if shallowest.is_none_or(|(_, have)| b.confirmations > have) {
-            shallowest = Some((s.block_hash, b.confirmations));
+        } else if deepest_pending.is_none() || b.confirmations > deepest_have {
+            deepest_pending = Some(s);
+            deepest_have = b.confirmations;
         }
     }
     let Some(first) = counted.first() else {
-        return Err(match shallowest {
-            Some((hash, have)) => PaymentError::NotEnoughConfirmations { hash, have, need },
+        return Err(match deepest_pending {
+            // Deep enough for min_conf, but a coinbase not yet mature: say which rule waits.
+            Some(s) if s.coinbase && deepest_have >= need => PaymentError::CoinbaseImmature {
+                txid: s.outpoint.txid,
+                have: deepest_have,
+                need: coinbase_need,
+            },
+            Some(s) => PaymentError::NotEnoughConfirmations {
+                hash: s.block_hash,
+                have: deepest_have,
+                need,
+            },
             None => PaymentError::NotSeen {
                 quote_id: quote.quote_id.clone(),
             },

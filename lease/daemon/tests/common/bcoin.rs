@@ -219,6 +219,72 @@ impl Bcoin {
             .collect()
     }
 
+    /// Mines `n` blocks whose coinbases pay `address` (bcoin's spelling); returns their hashes.
+    pub async fn generate_to(&self, n: u32, address: &str) -> Vec<String> {
+        let r = self.rpc("generatetoaddress", json!([n, address])).await;
+        r.as_array()
+            .expect("generatetoaddress returns hashes")
+            .iter()
+            .map(|h| h.as_str().expect("hash").to_string())
+            .collect()
+    }
+
+    /// A receive address of bcoin's own wallet (started with [`Bcoin::start_with_wallet`]).
+    pub async fn wallet_address(&self) -> String {
+        self.wallet(
+            "POST",
+            "/wallet/primary/address",
+            json!({"account": "default"}),
+        )
+        .await["address"]
+            .as_str()
+            .expect("a wallet address")
+            .to_string()
+    }
+
+    /// A wallet that can spend: 101 blocks to one of its addresses, so the first coinbase is
+    /// mature. Returns that address (for later blocks).
+    pub async fn fund_wallet(&self) -> String {
+        let funds = self.wallet_address().await;
+        self.generate_to(101, &funds).await;
+        funds
+    }
+
+    /// bcoin's wallet asks to pay `sat` to `address` (coinop's spelling, bare or BIP21): its
+    /// raw reply (the sent tx, or bcoin's refusal).
+    pub async fn wallet_send(&self, address: &str, sat: u64) -> Value {
+        self.wallet(
+            "POST",
+            "/wallet/primary/send",
+            json!({
+                "outputs": [{"address": to_bcoin_address(bare_address(address)), "value": sat}],
+                "rate": 1000,
+            }),
+        )
+        .await
+    }
+
+    /// bcoin's wallet pays `sat` to `address`; returns the tx (id, raw hex).
+    pub async fn wallet_pays(&self, address: &str, sat: u64) -> (String, String) {
+        let sent = self.wallet_send(address, sat).await;
+        let txid = sent["hash"]
+            .as_str()
+            .unwrap_or_else(|| panic!("bcoin's wallet did not send: {sent}"))
+            .to_string();
+        let raw = sent["tx"]
+            .as_str()
+            .expect("raw tx in the send reply")
+            .to_string();
+        (txid, raw)
+    }
+
+    /// Block `hash` as bcoin serves it (`getblock HASH false`: the raw block).
+    pub async fn block(&self, hash: &str) -> bitcoin::Block {
+        let raw = self.rpc("getblock", json!([hash, false])).await;
+        let bytes = hex::decode(raw.as_str().expect("raw block hex")).expect("hex block");
+        bitcoin::consensus::deserialize(&bytes).expect("bcoin serves a valid block")
+    }
+
     pub async fn best_hash(&self) -> String {
         self.rpc("getbestblockhash", json!([]))
             .await
@@ -254,4 +320,55 @@ pub fn regtest_address() -> String {
         program.as_byte_array(),
     )
     .expect("a 20-byte v0 program encodes")
+}
+
+/// The address part of a quote's `request` / address (a bare address or a BIP21 URI).
+pub fn bare_address(text: &str) -> &str {
+    let text = text.strip_prefix("bitcoin:").unwrap_or(text);
+    text.split('?').next().unwrap_or(text)
+}
+
+/// Waits until coinopd's tip is `hash` (synced from bcoin); returns how long it took.
+pub async fn wait_for_tip(d: &super::Daemon, hash: &str, limit: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let r = d.call("GET", "/v1/host", None, None).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let h = r.json();
+        if h["chain"]["hash"] == hash {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "tip is still {} (height {}), not {hash} after {limit:?}; sync: {}",
+            h["chain"]["hash"],
+            h["chain"]["height"],
+            h["chain"]["sync"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `GET /v1/quotes/{id}`: where coinopd says the quote's payment stands.
+pub async fn quote_view(d: &super::Daemon, id: &str) -> Value {
+    let r = d.call("GET", &format!("/v1/quotes/{id}"), None, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// Waits until the quote's status is `status` (coinopd fetches a block after its header
+/// arrives, so a payment shows a little after the tip moves); returns the quote's view.
+pub async fn wait_for_quote(d: &super::Daemon, id: &str, status: &str) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let v = quote_view(d, id).await;
+        if v["status"] == status {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "quote never became {status}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
