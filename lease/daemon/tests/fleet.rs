@@ -81,15 +81,18 @@ async fn swap(
     (r, blanks)
 }
 
-fn code(r: &coinop_cli::client::Reply) -> String {
-    r.json()["error"]["code"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
+/// The NUT-00 error code of a Cashu route's answer (`/v1/swap` speaks Cashu).
+fn cashu_code(r: &coinop_cli::client::Reply) -> u64 {
+    r.json()["code"].as_u64().unwrap_or(u64::MAX)
 }
 
+/// NUT-00 "proofs already spent" and "proofs are pending" (error_codes.md).
+const SPENT: u64 = 11001;
+const PENDING: u64 = 11002;
+
 /// The same proofs sent to three hosts at once, 200 times: exactly one host accepts each
-/// time, the others answer 409 `already_spent`; the winner's new notes are next round's.
+/// time, the others answer Cashu's 400 with 11001 (spent) or 11002 (pending: the winner's
+/// fence is still in flight); the winner's new notes are next round's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_proofs_sent_to_three_hosts_at_once_are_accepted_once() {
     let Some(pg) = cluster("the_same_proofs_sent_to_three_hosts_at_once_are_accepted_once") else {
@@ -130,7 +133,11 @@ async fn the_same_proofs_sent_to_three_hosts_at_once_are_accepted_once() {
                     next = Some(wallet.unblind(&blanks, &sigs));
                     wins[i] += 1;
                 }
-                409 => assert_eq!(code(&r), "already_spent", "round {round}: {}", r.text()),
+                400 => assert!(
+                    matches!(cashu_code(&r), SPENT | PENDING),
+                    "round {round}: {}",
+                    r.text()
+                ),
                 other => panic!(
                     "round {round}: host {} answered {other}: {}",
                     i + 1,
@@ -146,7 +153,8 @@ async fn the_same_proofs_sent_to_three_hosts_at_once_are_accepted_once() {
     let (r, _) = swap(&h3, &wallet, &proofs).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let (r, _) = swap(&h2, &wallet, &proofs).await;
-    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(cashu_code(&r), SPENT, "{}", r.text());
     // Every host counted its store round trips.
     let m = h1.call("GET", "/metrics", None, None).await;
     assert!(
@@ -181,7 +189,8 @@ async fn a_crash_between_the_fence_and_the_ledger_loses_and_doubles_nothing() {
         .await;
     // Until host 1 is back, its fence holds: nobody spends the payment meanwhile.
     let (r, _) = swap(&h2, &wallet, &lost).await;
-    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(cashu_code(&r), PENDING, "{}", r.text());
     let h1 = host(&pg, &dirs[0], 1, &[]).await;
     assert_eq!(
         h1.call("GET", "/v1/leases", None, None).await.json()["leases"]
@@ -209,8 +218,8 @@ async fn a_crash_between_the_fence_and_the_ledger_loses_and_doubles_nothing() {
     // Reconciled at start-up: spent, on every host.
     for h in [&h1, &h2] {
         let (r, _) = swap(h, &wallet, &kept).await;
-        assert_eq!(r.status, 409, "{}", r.text());
-        assert_eq!(code(&r), "already_spent");
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert_eq!(cashu_code(&r), SPENT, "{}", r.text());
     }
 }
 
@@ -242,7 +251,11 @@ async fn a_store_outage_refuses_money_and_heals_by_itself() {
     let started = Instant::now();
     let r = h1.call("POST", "/v1/swap", None, Some(body.clone())).await;
     assert_eq!(r.status, 503, "{}", r.text());
-    assert_eq!(code(&r), "store_unavailable");
+    assert!(
+        r.text().contains("fleet store is unavailable"),
+        "{}",
+        r.text()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "{:?}",
@@ -302,12 +315,7 @@ async fn a_store_outage_refuses_money_and_heals_by_itself() {
     // A repeated input is the mint's 400, whether or not a store is in front of it.
     let twice = [proofs[0].clone(), proofs[0].clone()];
     let (r, _) = swap(&h1, &wallet, &twice).await;
-    assert_eq!(
-        (r.status, code(&r)),
-        (400, "duplicate_inputs".into()),
-        "{}",
-        r.text()
-    );
+    assert_eq!((r.status, cashu_code(&r)), (400, 11007), "{}", r.text());
     if let Some(lease) = lease {
         h1.stop_lease(&lease.id, &lease.token).await;
     }
@@ -321,9 +329,9 @@ async fn a_store_outage_refuses_money_and_heals_by_itself() {
     let more = h1.call("GET", "/v1/keys", None, None).await;
     assert_eq!(more.status, 200);
     let (r, _) = swap(&h1, &wallet, &fresh_notes).await;
-    assert_eq!(
-        (r.status, code(&r)),
-        (503, "store_unavailable".into()),
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains("fleet store is unavailable"),
         "{}",
         r.text()
     );

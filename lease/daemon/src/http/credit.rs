@@ -18,8 +18,9 @@ use super::host::issue_quote;
 use super::json_body::CashuBody;
 use crate::app::Shared;
 use crate::clock::unix_s;
+use crate::fleet::FleetError;
 use crate::http::degraded;
-use crate::http::error::{fleet_error, ApiError, CashuError};
+use crate::http::error::{ApiError, CashuError};
 use crate::leases::payment_intake::{notice_storage, verify_onchain};
 
 pub(super) async fn blocking<T: Send + 'static>(
@@ -69,7 +70,7 @@ pub async fn swap(
             let fence = fleet
                 .fence(&keys, "credit swap", &operation)
                 .await
-                .map_err(fleet_error)?;
+                .map_err(CashuError::from)?;
             Some((fleet.clone(), fence))
         }
         None => None,
@@ -241,7 +242,13 @@ async fn mint_fenced(
             let fence = fleet
                 .fence(&credit.keys, &note, &hex::encode(receipt))
                 .await
-                .map_err(fleet_error)?;
+                .map_err(|e| match e {
+                    // The payment's outpoints are held: it minted (or is minting) already.
+                    FleetError::AlreadySpent { .. } => {
+                        CashuError::from(crate::ledger::LedgerError::AlreadySpent(e.to_string()))
+                    }
+                    other => CashuError::from(other),
+                })?;
             Some((fleet.clone(), fence))
         }
         None => None,

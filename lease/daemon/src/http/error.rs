@@ -10,6 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use payment::credit::CreditError;
 use payment::onchain::{ChainError, PaymentError, QuoteError};
+use payment::spent_set::SpendState;
 use payment::storage_refusal::{StorageFault, StorageRefused};
 use serde::Serialize;
 
@@ -388,6 +389,12 @@ pub const CASHU_CODE_UNLISTED: u32 = 0;
 const CASHU_QUOTE_NOT_PAID: u32 = 20001;
 /// NUT-04 "Quote has already been issued" (error_codes.md).
 const CASHU_QUOTE_ISSUED: u32 = 20002;
+/// NUT-00 "Proofs already spent", "Proofs are pending", "Duplicate inputs provided"
+/// (error_codes.md): the fleet store's refusals, which never pass through the mint's own
+/// [`CreditError::cashu_code`].
+const CASHU_PROOFS_SPENT: u32 = 11001;
+const CASHU_PROOFS_PENDING: u32 = 11002;
+const CASHU_DUPLICATE_INPUTS: u32 = 11007;
 
 /// The error answer of the Cashu routes: NUT-00 `{"detail", "code"}` with the NUT error
 /// table's code. NUT-00 answers every error of the request with 400; faults of the host
@@ -445,6 +452,27 @@ impl From<crate::ledger::LedgerError> for CashuError {
             }
             other => ApiError::from(other).into(),
         }
+    }
+}
+
+/// The fleet store's refusal on a Cashu route: a key another operation holds is the NUT
+/// code of its state (11001 spent, 11002 pending), so a wallet sees on a fleet what it
+/// sees on a single host; the store being down stays a 503 with Retry-After.
+impl From<FleetError> for CashuError {
+    fn from(e: FleetError) -> Self {
+        let code = match &e {
+            FleetError::AlreadySpent {
+                state: SpendState::Spent,
+                ..
+            } => CASHU_PROOFS_SPENT,
+            FleetError::AlreadySpent {
+                state: SpendState::Pending,
+                ..
+            } => CASHU_PROOFS_PENDING,
+            FleetError::Store(PgStoreError::DuplicateKey { .. }) => CASHU_DUPLICATE_INPUTS,
+            _ => CASHU_CODE_UNLISTED,
+        };
+        CashuError::from_api(fleet_error(e), code)
     }
 }
 
