@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::capacity::{Capacity, Totals};
 use crate::config::Config;
 use crate::disk_reserve::DiskReserve;
+use crate::golden_snapshot::GoldenSnapshots;
 use crate::http::limits::QuoteLimiter;
 use crate::http::peer::OperatorPolicy;
 use crate::isolation::Isolation;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub chain: RwLock<HeaderChain>,
     pub quotes: QuoteBook,
     pub supervisor: Supervisor,
+    /// Images' golden snapshots ([`crate::golden_snapshot`]).
+    pub golden: GoldenSnapshots,
     pub capacity: Mutex<Capacity>,
     pub metrics: Metrics,
     /// Room kept on the state directory's disk for metering and stops; without it
@@ -177,6 +180,7 @@ impl AppState {
             mib: config.capacity_mib,
         });
         let quotes_per_min = config.quotes_per_min;
+        let golden = GoldenSnapshots::new(config.snapshot_dir(), config.vmm_bin.clone());
         let state = AppState {
             operator: OperatorPolicy {
                 uid: config.operator_uid,
@@ -192,6 +196,7 @@ impl AppState {
             chain: RwLock::new(chain),
             quotes,
             supervisor,
+            golden,
             capacity: Mutex::new(capacity),
             metrics,
             disk,
