@@ -371,9 +371,8 @@ impl Supervisor {
         let nic = req.nic.take();
         let limits = Limits::for_guest(req.vcpus, req.mem_mib);
         let mut slot = req.slot.take();
-        if !matches!(req.snapshot, SnapshotUse::None) {
-            // A slot built ahead has mount points for a kernel, not for a snapshot: the
-            // jail is built on the request path (still a few ms; the guest boots none).
+        if matches!(req.snapshot, SnapshotUse::WriteInto(_)) {
+            // A slot built ahead has no writable directory to snapshot into.
             if let Some(slot) = slot.take() {
                 slot.discard();
             }
@@ -564,8 +563,18 @@ impl Supervisor {
                 };
                 let (args, fds) = self.jailed_launch(req, write_end, start_us, nic)?;
                 let initrd = req.image.initrd.as_deref();
-                let (child, jail) =
-                    parked.launch(&req.image.kernel, initrd, disk.as_ref(), args, fds)?;
+                let snapshot = match &req.snapshot {
+                    SnapshotUse::RestoreFrom(dir) => Some(dir.as_path()),
+                    _ => None,
+                };
+                let (child, jail) = parked.launch_restoring(
+                    &req.image.kernel,
+                    initrd,
+                    disk.as_ref(),
+                    snapshot,
+                    args,
+                    fds,
+                )?;
                 Ok((child, jail, read_end))
             });
         match launched {

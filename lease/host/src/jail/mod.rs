@@ -151,6 +151,7 @@ impl JailConfig {
         binds.extend(self.libraries.iter().map(|lib| (lib.clone(), lib.clone())));
         let mut points: Vec<PathBuf> = binds.iter().map(|(_, inside)| inside.clone()).collect();
         points.extend([KERNEL_PATH, INITRD_PATH, ROOTFS_PATH, OVERLAY_PATH].map(PathBuf::from));
+        points.extend(["state", "memory"].map(|f| Path::new(SNAPSHOT_PATH).join(f)));
         root_dir::build(&root, &points, uid.get(), uid.get())?;
         let plan = parked::ParkPlan {
             root: root.clone(),
@@ -334,9 +335,24 @@ impl ParkedJail {
         args: Vec<OsString>,
         fds: Vec<OwnedFd>,
     ) -> Result<(JailedChild, Jail), Error> {
+        self.launch_restoring(kernel, initrd, disk, None, args, fds)
+    }
+
+    /// Like [`ParkedJail::launch`], with a golden snapshot's `state` and `memory` files
+    /// (from the host directory `snapshot`) bound read-only at [`SNAPSHOT_PATH`]`/state` and
+    /// `/memory`, for a VMM started with `--restore`.
+    pub fn launch_restoring(
+        self,
+        kernel: &Path,
+        initrd: Option<&Path>,
+        disk: Option<&RootDisk>,
+        snapshot: Option<&Path>,
+        args: Vec<OsString>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(JailedChild, Jail), Error> {
         let ParkedJail { jail, child } = self;
         let launched = child
-            .launch(kernel, initrd, disk, &args, fds)
+            .launch(kernel, initrd, disk, snapshot, &args, fds)
             .map_err(Error::from)
             .and_then(|pid| Ok(JailedChild::new(pid)?));
         match launched {
