@@ -87,6 +87,7 @@ mod tests {
                 vmm_spawned_us: 5000,
                 vcpus_started_us: None,
                 guest_ready_us: Some(20000),
+                start: None,
             },
             network: None,
             late: false,

@@ -6,8 +6,9 @@
 //! boots, announces itself, and is snapshotted with `exit`. Every run then spawns
 //! coinop-vmm with `--start-time-us` taken just before the spawn, reads its events until
 //! `guest_ready`, reads the process's peak RSS (VmHWM) right then, and kills it: a cold
-//! boot's `guest_ready` is the guest's boot-timer write, a restore's the restored guest's
-//! first exit to the VMM (see coinop-vmm's `devices::boot_timer`).
+//! boot's `guest_ready` is the guest's boot-timer write, a restore's follows the restored
+//! vCPUs' start (the snapshot records that the guest was ready; see coinop-vmm's
+//! `devices::boot_timer`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -125,8 +126,8 @@ pub fn run(a: &RestoreArgs, default_vmm: PathBuf) -> Result<Vec<ScenarioReport>,
         rows: samples.rows(),
         ratios,
         notes: vec![
-            "cold boot guest_ready: the guest's boot-timer write; restore guest_ready: the \
-             restored guest's first exit to the VMM"
+            "cold boot guest_ready: the guest's boot-timer write; restore guest_ready: right \
+             after the restored (ready) guest's vCPUs start"
                 .into(),
             "each run is killed at guest_ready; peak RSS is VmHWM read at guest_ready".into(),
         ],

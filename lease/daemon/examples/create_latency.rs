@@ -8,7 +8,15 @@
 //!     --coinopd target/release/coinopd --vmm STATIC_COINOP_VMM --testguest testguest-pvh.elf --count 25
 //! # the same without the jail (the cgroup stays), for the cost of jailing:
 //!     ... --coinopd-arg --no-jail
+//! # leases restored from the image's golden snapshot instead of booted cold:
+//!     ... --start restore
 //! ```
+//!
+//! `--start restore` offers the test guest as an image with `snapshot` (coinopd's golden
+//! snapshots), creates one lease first (it boots cold and the snapshot is built beside it),
+//! waits for the snapshot, and then measures; every measured create must say
+//! `boot.start = "restore"`. `--start cold` (the default) measures the same image without
+//! `snapshot`: the same guest (`mode=echo`), the same create path but for the boot.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -38,7 +46,12 @@ struct Args {
     count: usize,
     /// More coinopd flags (`--coinopd-arg --no-jail` measures the unjailed create path).
     coinopd_args: Vec<String>,
+    /// Leases restored from the image's golden snapshot (`restore`) or booted (`cold`).
+    restore: bool,
 }
+
+/// The image measured: the test guest echoing, with or without a golden snapshot.
+const IMAGE: &str = "bench";
 
 fn args() -> Args {
     let mut a = Args {
@@ -47,6 +60,7 @@ fn args() -> Args {
         testguest: PathBuf::new(),
         count: 25,
         coinopd_args: Vec::new(),
+        restore: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,6 +71,13 @@ fn args() -> Args {
             "--testguest" => a.testguest = value.into(),
             "--count" => a.count = value.parse().unwrap_or(25),
             "--coinopd-arg" => a.coinopd_args.push(value),
+            "--start" => {
+                a.restore = match value.as_str() {
+                    "cold" => false,
+                    "restore" => true,
+                    other => panic!("--start cold|restore, not {other:?}"),
+                }
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -140,6 +161,29 @@ async fn mint_notes(c: &Client, count: usize) -> Vec<Proof> {
         .collect()
 }
 
+/// Creates a lease of the measured image paid by `note`, stops it, and returns the create's
+/// reply.
+async fn create_and_stop(c: &Client, note: Proof) -> Value {
+    let body = json!({"vcpus": 1, "mem_mib": 64, "image": IMAGE,
+                      "payment": {"credit": {"proofs": [note]}}});
+    let v = ok(c, "POST", "/v1/leases", Some(body)).await;
+    let id = v["lease_id"].as_str().expect("lease id");
+    let token = v["token"].as_str().expect("token");
+    let r = c
+        .call(
+            "POST",
+            &format!("/v1/leases/{id}/stop"),
+            Some(token),
+            Some(b"{}".to_vec()),
+        )
+        .await
+        .expect("stop");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Let the VMM tear down (12-23 ms of VM destruction) off the next boot's clock.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    v
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -150,12 +194,18 @@ async fn main() {
     let a = args();
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("coinop.sock");
+    let snapshot = if a.restore { ",snapshot" } else { "" };
+    let image = format!(
+        "{IMAGE}={}{snapshot},cmdline=mode=echo",
+        a.testguest.display()
+    );
     let mut child = Command::new(&a.coinopd)
         .args(["--state-dir", &dir.path().display().to_string()])
         .args(["--socket", &socket.display().to_string()])
         .args(["--vmm-bin", &a.vmm.display().to_string()])
         .args(["--testguest", &a.testguest.display().to_string()])
         .args(["--capacity-vcpus", "8", "--capacity-mib", "4096"])
+        .args(["--image", &image])
         .args(&a.coinopd_args)
         .env(
             "RUST_LOG",
@@ -171,13 +221,34 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let c = Client::new(&socket);
-    let notes = mint_notes(&c, a.count).await;
+    let mut notes = mint_notes(&c, a.count + usize::from(a.restore)).await;
+    if a.restore {
+        // The first lease boots cold and starts the snapshot's build.
+        let first = notes.pop().expect("one note more than --count");
+        create_and_stop(&c, first).await;
+        let image_dir = dir.path().join("snapshots").join(IMAGE);
+        let written = || {
+            std::fs::read_dir(&image_dir)
+                .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().join("state").is_file())))
+        };
+        for _ in 0..1000 {
+            if written() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            written(),
+            "no golden snapshot under {}",
+            image_dir.display()
+        );
+    }
+    let want = if a.restore { "restore" } else { "cold" };
     let mut figures: Vec<Vec<u64>> = vec![Vec::new(); STAGES.len()];
     let mut steps: Vec<Vec<i64>> = vec![Vec::new(); STAGES.len()];
     for note in notes {
-        let body = json!({"vcpus": 1, "mem_mib": 64, "image": "testguest",
-                          "cmdline": "mode=echo", "payment": {"credit": {"proofs": [note]}}});
-        let v = ok(&c, "POST", "/v1/leases", Some(body)).await;
+        let v = create_and_stop(&c, note).await;
+        assert_eq!(v["boot"]["start"], want, "{v}");
         let mut previous = Some(0);
         for (i, stage) in STAGES.iter().enumerate() {
             let us = v["boot"][stage].as_u64();
@@ -191,22 +262,11 @@ async fn main() {
             }
             previous = us;
         }
-        let id = v["lease_id"].as_str().expect("lease id");
-        let token = v["token"].as_str().expect("token");
-        let r = c
-            .call(
-                "POST",
-                &format!("/v1/leases/{id}/stop"),
-                Some(token),
-                Some(b"{}".to_vec()),
-            )
-            .await
-            .expect("stop");
-        assert_eq!(r.status, 200, "{}", r.text());
-        // Let the VMM tear down (12-23 ms of VM destruction) off the next boot's clock.
-        tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    println!("{} credit-paid creates, µs from request arrival:", a.count);
+    println!(
+        "{} credit-paid creates ({want}), µs from request arrival:",
+        a.count
+    );
     println!("{:<22} {:>8} {:>8} {:>8}", "stage", "median", "p95", "max");
     for (i, stage) in STAGES.iter().enumerate() {
         let mut v = figures[i].clone();

@@ -20,6 +20,7 @@ use crate::capacity::{Capacity, Totals};
 use crate::config::Config;
 use crate::disk_reserve::DiskReserve;
 use crate::fleet::Fleet;
+use crate::golden_snapshot::GoldenSnapshots;
 use crate::http::limits::QuoteLimiter;
 use crate::http::peer::OperatorPolicy;
 use crate::isolation::Isolation;
@@ -82,6 +83,8 @@ pub struct AppState {
     /// The spent set the mint and the ledger claim in (read here for quote status).
     pub spent: Arc<GroupCommitSpentSet>,
     pub supervisor: Supervisor,
+    /// Images' golden snapshots ([`crate::golden_snapshot`]).
+    pub golden: GoldenSnapshots,
     pub capacity: Mutex<Capacity>,
     pub metrics: Metrics,
     /// Room kept on the state directory's disk for metering and stops; without it
@@ -211,6 +214,7 @@ impl AppState {
         });
         let quotes_per_min = config.quotes_per_min;
         let fleet = Fleet::open(&config)?;
+        let golden = GoldenSnapshots::new(config.snapshot_dir(), config.vmm_bin.clone());
         let state = AppState {
             operator: OperatorPolicy {
                 uid: config.operator_uid,
@@ -229,6 +233,7 @@ impl AppState {
             watch,
             spent,
             supervisor,
+            golden,
             capacity: Mutex::new(capacity),
             metrics,
             disk,

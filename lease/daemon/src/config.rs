@@ -124,8 +124,9 @@ pub struct Settings {
     /// vCPU overcommit factor (memory is never overcommitted).
     #[arg(long)]
     pub overcommit: Option<f64>,
-    /// Image: NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,cmdline=STR] (repeatable; cmdline
-    /// takes the rest). rootfs= is the guest's root disk, copy-on-write per lease.
+    /// Image: NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,snapshot][,cmdline=STR] (repeatable;
+    /// cmdline takes the rest). rootfs= is the guest's root disk, copy-on-write per lease;
+    /// snapshot starts its leases from a golden snapshot of the booted image.
     #[arg(long = "image")]
     #[serde(default)]
     pub images: Vec<String>,
@@ -487,6 +488,7 @@ impl Settings {
             initrd: None,
             rootfs: None,
             cmdline: "mode=echo".into(),
+            snapshot: false,
         });
         for text in &self.images {
             images.insert(ImageSpec::parse(text)?);
@@ -611,6 +613,12 @@ impl Config {
     /// Directory of per-lease control sockets and console files.
     pub fn run_dir(&self) -> PathBuf {
         self.state_dir.join("run")
+    }
+
+    /// Directory of golden snapshots, one subdirectory per image
+    /// ([`crate::golden_snapshot`]).
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.state_dir.join("snapshots")
     }
 
     /// Directory of per-lease jail roots.

@@ -7,6 +7,10 @@
 //! copy-on-write overlay, removed when the lease ends. The image's cmdline says how to
 //! boot from it (e.g. `root=/dev/vda rw init=/sbin/coinop-init`). The file must be
 //! readable by the jail's uids (mode 0644): jailed VMMs open it as their pool uid.
+//!
+//! `snapshot` opts the image into golden snapshots ([`crate::golden_snapshot`]): its leases
+//! with the image's own command line and no NIC start by restoring a snapshot of the
+//! booted image instead of booting it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,9 +20,13 @@ use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ImageError {
-    #[error("--image {0:?}: expected NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,cmdline=STR]")]
+    #[error(
+        "--image {0:?}: expected NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,snapshot][,cmdline=STR]"
+    )]
     Shape(String),
-    #[error("--image {text:?}: unknown option {option:?} (initrd=, rootfs= or cmdline=)")]
+    #[error(
+        "--image {text:?}: unknown option {option:?} (initrd=, rootfs=, snapshot or cmdline=)"
+    )]
     Option { text: String, option: String },
     #[error("--image {0:?}: the name must be 1-64 characters of [A-Za-z0-9._-]")]
     Name(String),
@@ -34,10 +42,13 @@ pub struct ImageSpec {
     pub rootfs: Option<PathBuf>,
     /// Used when the lease request brings no cmdline of its own.
     pub cmdline: String,
+    /// Leases start from a golden snapshot of the booted image when they can.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
 }
 
 impl ImageSpec {
-    /// Parses `NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,cmdline=STR]`. `cmdline=` swallows the rest of the
+    /// Parses `NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,snapshot][,cmdline=STR]`. `cmdline=` swallows the rest of the
     /// text, commas included, because kernel command lines may contain commas.
     pub fn parse(text: &str) -> Result<Self, ImageError> {
         let (name, rest) = text
@@ -53,8 +64,12 @@ impl ImageSpec {
         let mut parts = head.split(',');
         let kernel = parts.next().filter(|k| !k.is_empty());
         let kernel = kernel.ok_or_else(|| ImageError::Shape(text.to_string()))?;
-        let (mut initrd, mut rootfs) = (None, None);
+        let (mut initrd, mut rootfs, mut snapshot) = (None, None, false);
         for part in parts {
+            if part == "snapshot" {
+                snapshot = true;
+                continue;
+            }
             match part.split_once('=') {
                 Some(("initrd", path)) if !path.is_empty() => initrd = Some(PathBuf::from(path)),
                 Some(("rootfs", path)) if !path.is_empty() => rootfs = Some(PathBuf::from(path)),
@@ -72,6 +87,7 @@ impl ImageSpec {
             initrd,
             rootfs,
             cmdline: cmdline.unwrap_or_default(),
+            snapshot,
         })
     }
 }
@@ -123,6 +139,10 @@ mod tests {
             .expect("valid image");
         assert_eq!(r.rootfs, Some(PathBuf::from("/img/root.ext4")));
         assert_eq!(r.cmdline, "root=/dev/vda rw");
+        assert!(!r.snapshot);
+        let g = ImageSpec::parse("tg=/k/tg.elf,snapshot,cmdline=mode=count").expect("valid image");
+        assert!(g.snapshot);
+        assert_eq!(g.cmdline, "mode=count");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! | [`payment_reorgs`] | on-chain lease payments followed to a settled depth: a lease whose paying block leaves the best chain is frozen, then thawed or stopped |
 //! | [`scheduler`] | the tick that debits (`payment::metering`), pauses and stops |
 //! | [`supervisor`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, its events (`vmm_protocol`), stop |
+//! | [`golden_snapshot`] | images' golden snapshots: built once per image and shape, leases started by restore |
 //! | [`isolation`] | the daemon's use of `coinop_host` (jail, cgroups, guest network, slot pool) |
 //! | [`capacity`], [`image_catalogue`], [`metrics`], [`token`], [`clock`], [`fault`] | host capacity, images, `/metrics`, lease ids and tokens, clocks, fault injection for tests |
 //! | [`disk_reserve`], [`log_writer`] | a full disk: room kept for metering and stops, degraded mode; logging that never stops the daemon |
@@ -32,6 +33,7 @@ pub mod daemon;
 mod disk_reserve;
 pub mod fault;
 pub mod fleet;
+pub mod golden_snapshot;
 pub mod guest_stop;
 mod http;
 mod image_catalogue;

@@ -25,7 +25,8 @@ use crate::state_dir::private_file;
 use crate::vmm_process::VmmProcess;
 use coinop_host::cgroup::{CgroupSlot, Limits};
 use coinop_host::jail::{
-    Ended, Jail, JailedChild, RootDisk, INITRD_PATH, KERNEL_PATH, OVERLAY_PATH, ROOTFS_PATH,
+    Ended, Jail, JailExtras, JailedChild, RootDisk, INITRD_PATH, KERNEL_PATH, OVERLAY_PATH,
+    ROOTFS_PATH, SNAPSHOT_PATH,
 };
 use coinop_host::slot_pool::{ReadySlot, TakenSlot};
 use vmm_protocol::Event;
@@ -125,6 +126,45 @@ pub struct BootRequest<'a> {
     pub slot: Option<TakenSlot>,
     /// Passed to the VMM as `--net fd=5`.
     pub nic: Option<Nic>,
+    /// A golden snapshot to start from, or to be written by this VMM.
+    pub snapshot: SnapshotUse,
+}
+
+/// What a VMM has to do with a golden snapshot ([`crate::golden_snapshot`]).
+#[derive(Debug, Clone, Default)]
+pub enum SnapshotUse {
+    /// A cold boot of the image.
+    #[default]
+    None,
+    /// `--restore` from this host directory (bound read-only into the jail) instead of a
+    /// cold boot: the VMM gets no kernel, command line or machine shape, only the lease's
+    /// own devices, console, control socket and events.
+    RestoreFrom(PathBuf),
+    /// A cold boot that will be told to snapshot into this host directory (bound writable
+    /// into the jail at [`SNAPSHOT_PATH`]).
+    WriteInto(PathBuf),
+}
+
+impl SnapshotUse {
+    /// The jail's extra binds for it.
+    fn jail_extras(&self) -> JailExtras {
+        match self {
+            SnapshotUse::None => JailExtras::default(),
+            SnapshotUse::RestoreFrom(dir) => JailExtras {
+                restore_from: Some(dir.clone()),
+                snapshot_into: None,
+            },
+            SnapshotUse::WriteInto(dir) => JailExtras {
+                restore_from: None,
+                snapshot_into: Some(dir.clone()),
+            },
+        }
+    }
+}
+
+/// The directory a jailed VMM sees a golden snapshot at.
+pub fn jailed_snapshot_dir() -> &'static Path {
+    Path::new(SNAPSHOT_PATH)
 }
 
 /// A booted guest.
@@ -239,8 +279,22 @@ fn device_args(disk: Option<&RootDisk>, mac: Option<&str>) -> Vec<OsString> {
     args
 }
 
-/// The VMM arguments both spawn paths share (paths as the VMM sees them).
-fn common_args(req: &BootRequest<'_>, kernel: &Path, initrd: Option<&Path>) -> Vec<OsString> {
+/// The VMM arguments both spawn paths share (paths as the VMM sees them): a cold boot's
+/// kernel and machine, or `--restore` from `restore` (the snapshot fixes the machine).
+fn common_args(
+    req: &BootRequest<'_>,
+    kernel: &Path,
+    initrd: Option<&Path>,
+    restore: Option<&Path>,
+) -> Vec<OsString> {
+    if let Some(dir) = restore {
+        return vec![
+            "--restore".into(),
+            dir.into(),
+            "--events".into(),
+            format!("fd:{EVENTS_FD}").into(),
+        ];
+    }
     let mut args: Vec<OsString> = vec!["--kernel".into(), kernel.into()];
     if let Some(initrd) = initrd {
         args.extend(["--initrd".into(), initrd.into()]);
@@ -316,7 +370,14 @@ impl Supervisor {
         let _quiet = self.isolation.hold_off_pool();
         let nic = req.nic.take();
         let limits = Limits::for_guest(req.vcpus, req.mem_mib);
-        let pooled = req.slot.take().map(|taken| taken.use_for(limits));
+        let mut slot = req.slot.take();
+        if matches!(req.snapshot, SnapshotUse::WriteInto(_)) {
+            // A slot built ahead has no writable directory to snapshot into.
+            if let Some(slot) = slot.take() {
+                slot.discard();
+            }
+        }
+        let pooled = slot.map(|taken| taken.use_for(limits));
         let was_pooled = pooled.is_some();
         let start_us = monotonic_us();
         let spawned = match pooled {
@@ -502,8 +563,18 @@ impl Supervisor {
                 };
                 let (args, fds) = self.jailed_launch(req, write_end, start_us, nic)?;
                 let initrd = req.image.initrd.as_deref();
-                let (child, jail) =
-                    parked.launch(&req.image.kernel, initrd, disk.as_ref(), args, fds)?;
+                let snapshot = match &req.snapshot {
+                    SnapshotUse::RestoreFrom(dir) => Some(dir.as_path()),
+                    _ => None,
+                };
+                let (child, jail) = parked.launch_restoring(
+                    &req.image.kernel,
+                    initrd,
+                    disk.as_ref(),
+                    snapshot,
+                    args,
+                    fds,
+                )?;
                 Ok((child, jail, read_end))
             });
         match launched {
@@ -539,11 +610,12 @@ impl Supervisor {
             base: base.clone(),
             overlay: self.isolation.overlay_path(req.lease_id),
         });
-        let jail = config.prepare_with_disk(
+        let jail = config.prepare_with_extras(
             req.lease_id,
             &req.image.kernel,
             req.image.initrd.as_deref(),
             disk.as_ref(),
+            &req.snapshot.jail_extras(),
         )?;
         let spawned = match disk {
             Some(_) => self
@@ -605,7 +677,11 @@ impl Supervisor {
             fds.push(nic.tap);
         }
         let initrd = req.image.initrd.as_ref().map(|_| Path::new(INITRD_PATH));
-        let mut args = common_args(req, Path::new(KERNEL_PATH), initrd);
+        let restore = match req.snapshot {
+            SnapshotUse::RestoreFrom(_) => Some(Path::new(SNAPSHOT_PATH)),
+            _ => None,
+        };
+        let mut args = common_args(req, Path::new(KERNEL_PATH), initrd, restore);
         let disk = req.image.rootfs.as_ref().map(|_| RootDisk {
             base: ROOTFS_PATH.into(),
             overlay: OVERLAY_PATH.into(),
@@ -668,10 +744,15 @@ impl Supervisor {
             .transpose()?;
         let tap_fd = tap.as_ref().map(AsRawFd::as_raw_fd);
         let mut cmd = tokio::process::Command::new(&self.vmm_bin);
+        let restore = match &req.snapshot {
+            SnapshotUse::RestoreFrom(dir) => Some(dir.as_path()),
+            _ => None,
+        };
         cmd.args(common_args(
             req,
             &req.image.kernel,
             req.image.initrd.as_deref(),
+            restore,
         ))
         .args(device_args(
             disk.as_ref(),

@@ -15,6 +15,20 @@ pub struct BootFigures {
     pub vmm_spawned_us: u64,
     pub vcpus_started_us: Option<u64>,
     pub guest_ready_us: Option<u64>,
+    /// How the guest started: a cold boot of the image, or a restore of its golden
+    /// snapshot. Absent until a VMM was started (and in figures recorded before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<BootStart>,
+}
+
+/// How a lease's guest started (`boot.start` in the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootStart {
+    /// Booted from the image's kernel.
+    Cold,
+    /// Restored from the image's golden snapshot (`--image ...,snapshot`).
+    Restore,
 }
 
 /// What a lease used so far.

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`money`] | [`Msat`], checked, with whole-sat rounding and change splitting |
 //! | [`lease_state`] | [`LeaseState`], [`StopReason`] (stored by name in the ledger, feature `sql`) |
-//! | [`lease_view`] | [`LeaseView`], [`BootFigures`]: one lease as the API shows it |
+//! | [`lease_view`] | [`LeaseView`], [`BootFigures`], [`BootStart`]: one lease as the API shows it |
 //! | [`network`] | [`NetInfo`]: how a tenant reaches its guest |
 //! | [`requests`] | create, top-up, stop, quote and header bodies; [`PaymentBody`] |
 //! | [`replies`] | create, recovery, boot failure, top-up, stop, quote, host; [`ErrorBody`] |
@@ -23,7 +23,7 @@ pub mod replies;
 pub mod requests;
 
 pub use lease_state::{LeaseState, StopReason};
-pub use lease_view::{BootFigures, LeaseView};
+pub use lease_view::{BootFigures, BootStart, LeaseView};
 pub use money::Msat;
 pub use network::NetInfo;
 pub use replies::ErrorBody;

@@ -1,10 +1,12 @@
 //! The boot-timer port: a guest writes 123 to port 0x3f0 when it is ready, and the VMM
 //! emits `guest_ready` once.
 //!
-//! A guest restored from a snapshot taken after it was ready will not write again: its
-//! `guest_ready` is then the first exit any vCPU makes to the VMM after `vcpus_started`,
-//! the first proof that the restored guest executes. A snapshot taken before the guest was
-//! ready keeps waiting for the write.
+//! A guest restored from a snapshot taken after it was ready will not write again: the
+//! snapshot records that it was ready, and its `guest_ready` follows `vcpus_started` at once
+//! (every vCPU holds the ready guest's state and is about to enter it). Waiting for the
+//! guest's first exit to the VMM instead would leave an idle restored guest (halted, with
+//! no timer or I/O exit) without a `guest_ready` at all, and the host waiting for it. A
+//! snapshot taken before the guest was ready keeps waiting for the write.
 
 use crate::events::EventSink;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -20,10 +22,9 @@ const WAITING: u8 = 0;
 const FIRED: u8 = 1;
 /// Restored from a ready guest, vCPUs not yet started.
 const RESTORED: u8 = 2;
-/// Restored from a ready guest, vCPUs started: the next guest exit fires.
-const AWAITING_EXIT: u8 = 3;
 
-/// Emits `guest_ready` on the first magic write (or, restored, the first guest exit).
+/// Emits `guest_ready` on the first magic write (or, restored from a ready guest, once its
+/// vCPUs start).
 pub struct BootTimer {
     events: Arc<EventSink>,
     state: AtomicU8,
@@ -57,21 +58,9 @@ impl BootTimer {
         value == READY_MAGIC && self.fire_from(WAITING)
     }
 
-    /// Called once `vcpus_started` is out.
+    /// Called once `vcpus_started` is out: a guest restored ready is ready now.
     pub fn vcpus_started(&self) {
-        let _ = self.state.compare_exchange(
-            RESTORED,
-            AWAITING_EXIT,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-    }
-
-    /// Called on every exit from the guest; a plain load unless a restore awaits it.
-    pub fn guest_ran(&self) {
-        if self.state.load(Ordering::Relaxed) == AWAITING_EXIT {
-            self.fire_from(AWAITING_EXIT);
-        }
+        self.fire_from(RESTORED);
     }
 
     fn fire_from(&self, from: u8) -> bool {
@@ -111,18 +100,26 @@ mod tests {
     }
 
     #[test]
-    fn a_restored_ready_guest_fires_on_its_first_exit_after_the_start() {
+    fn a_restored_ready_guest_fires_when_its_vcpus_start_without_any_exit() {
         let file = tempfile::tempfile().expect("temp file");
         let events = Arc::new(EventSink::from_file(
             file.try_clone().expect("dup"),
             Clock::starting_now(),
         ));
         let timer = BootTimer::restored(events, true);
-        timer.guest_ran();
         assert!(timer.was_ready());
+        let text = std::fs::read_to_string(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&file)
+        ))
+        .expect("read back");
+        assert_eq!(
+            text.matches("guest_ready").count(),
+            0,
+            "not before the start"
+        );
         timer.vcpus_started();
-        timer.guest_ran();
-        timer.guest_ran();
+        timer.vcpus_started();
         assert!(!timer.write(READY_MAGIC), "already fired");
         let text = std::fs::read_to_string(format!(
             "/proc/self/fd/{}",
@@ -136,7 +133,6 @@ mod tests {
         ));
         let waiting = BootTimer::restored(events, false);
         waiting.vcpus_started();
-        waiting.guest_ran();
         assert!(!waiting.was_ready(), "a guest not yet ready must write 123");
         assert!(waiting.write(READY_MAGIC));
     }

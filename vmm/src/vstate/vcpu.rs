@@ -233,10 +233,7 @@ pub fn run(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Option<VmExit> {
             ctx.note_first_run(index);
         }
         let action = match vcpu.run() {
-            Ok(exit) => {
-                ctx.pio.boot_timer().guest_ran();
-                handle_exit(exit, index, &ctx.pio, &ctx.mmio)
-            }
+            Ok(exit) => handle_exit(exit, index, &ctx.pio, &ctx.mmio),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
             Err(e) => Action::Exit(VmExit::Vmm(format!("vCPU {index}: KVM_RUN failed: {e}"))),
         };

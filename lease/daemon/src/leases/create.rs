@@ -10,7 +10,7 @@ use coinop_proto::replies::{
     Refund,
 };
 use coinop_proto::requests::CreateRequest;
-use coinop_proto::{BootFigures, LeaseState, Msat, StopReason};
+use coinop_proto::{BootFigures, BootStart, LeaseState, Msat, StopReason};
 use payment::credit::nut_types::BlindedMessage;
 use payment::credit::Mint;
 
@@ -18,9 +18,10 @@ use super::payment_intake::verify_payment;
 use super::{blocking, blocking_here, since, spec, LeaseError};
 use crate::app::{AppState, Shared};
 use crate::capacity::Totals;
+use crate::golden_snapshot::{GoldenSnapshots, Shape};
 use crate::ledger::recovery::{outputs_digest, CreateOutcome as Committed, Recovered};
 use crate::ledger::{Credit, LeaseRow, LedgerError, NewLease};
-use crate::supervisor::{BootRequest, GuestPaths, Nic};
+use crate::supervisor::{BootError, BootRequest, GuestPaths, Nic, SnapshotUse};
 use crate::token::{new_lease_id, new_token, token_hash};
 
 /// Longest tenant cmdline.
@@ -337,21 +338,8 @@ async fn boot_guest(
             return Ok(Err((boot, why)));
         }
     };
-    let booted = s
-        .supervisor
-        .boot(BootRequest {
-            lease_id: g.id,
-            image: g.image,
-            cmdline: &cmdline,
-            vcpus: g.vcpus,
-            mem_mib: g.mem_mib,
-            paths: &paths,
-            arrival_us: arrival,
-            timeout_ms: s.config.boot_timeout_ms,
-            slot,
-            nic,
-        })
-        .await;
+    let (booted, start) = start_guest(s, arrival, g, &cmdline, &paths, slot, nic).await;
+    boot.start = Some(start);
     match booted {
         Ok(b) => {
             crate::fault::hit(crate::fault::point::CREATE_GUEST_READY);
@@ -384,6 +372,106 @@ async fn boot_guest(
             s.metrics.boot(false, None);
             s.capacity().release(g.id);
             Ok(Err((boot, e.to_string())))
+        }
+    }
+}
+
+/// Starts the lease's VMM: by restoring the image's golden snapshot when there is one for
+/// this lease (an image declared with `snapshot`, the image's own command line, no NIC),
+/// else by a cold boot, and then the first such lease starts the snapshot's build. A
+/// restore that fails before `guest_ready` (a corrupt or foreign snapshot, a device
+/// mismatch: the VMM exits 2) discards the snapshot and boots the same lease cold, with the
+/// reason logged; a restore that times out is not retried (the lease fails, refunded, as
+/// any boot that times out: its VMM may still be winding down).
+async fn start_guest(
+    s: &Shared,
+    arrival: u64,
+    g: &GuestSpec<'_>,
+    cmdline: &str,
+    paths: &GuestPaths,
+    slot: Option<coinop_host::slot_pool::TakenSlot>,
+    nic: Option<Nic>,
+) -> (Result<crate::supervisor::Booted, BootError>, BootStart) {
+    let restore = if g.image.snapshot && nic.is_none() && cmdline == g.image.cmdline {
+        golden_for(s, g)
+    } else {
+        None
+    };
+    let request = |slot, nic, snapshot| BootRequest {
+        lease_id: g.id,
+        image: g.image,
+        cmdline,
+        vcpus: g.vcpus,
+        mem_mib: g.mem_mib,
+        paths,
+        arrival_us: arrival,
+        timeout_ms: s.config.boot_timeout_ms,
+        slot,
+        nic,
+        snapshot,
+    };
+    let Some(dir) = restore else {
+        let booted = s
+            .supervisor
+            .boot(request(slot, nic, SnapshotUse::None))
+            .await;
+        return (booted, BootStart::Cold);
+    };
+    let restored = s
+        .supervisor
+        .boot(request(slot, None, SnapshotUse::RestoreFrom(dir.clone())))
+        .await;
+    match restored {
+        Ok(b) => (Ok(b), BootStart::Restore),
+        Err(e) => {
+            s.golden.discard(&dir);
+            if matches!(e, BootError::Timeout(_)) {
+                tracing::warn!(lease = g.id, error = %e, snapshot = %dir.display(),
+                    "restore timed out; the snapshot is discarded");
+                return (Err(e), BootStart::Restore);
+            }
+            // The VMM's own words (its stderr) before the cold boot's VMM truncates the log.
+            let vmm_said = last_line(&paths.log);
+            tracing::warn!(lease = g.id, error = %e, vmm_said, snapshot = %dir.display(),
+                "restore failed; the snapshot is discarded and the lease boots cold");
+            let booted = s
+                .supervisor
+                .boot(request(None, None, SnapshotUse::None))
+                .await;
+            (booted, BootStart::Cold)
+        }
+    }
+}
+
+/// The last non-empty line of a (small) VMM log, for a log line about it.
+fn last_line(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .chars()
+        .take(400)
+        .collect()
+}
+
+/// The golden snapshot to restore `g` from, if one is ready; else starts its build (once).
+fn golden_for(s: &Shared, g: &GuestSpec<'_>) -> Option<std::path::PathBuf> {
+    let shape = Shape {
+        image: g.image.clone(),
+        vcpus: g.vcpus,
+        mem_mib: g.mem_mib,
+    };
+    match s.golden.lookup(&shape) {
+        Ok((Some(dir), _)) => Some(dir),
+        Ok((None, key)) => {
+            GoldenSnapshots::build_in_background(s, shape, key);
+            None
+        }
+        Err(e) => {
+            tracing::warn!(lease = g.id, error = %e, "no golden snapshot; booting cold");
+            None
         }
     }
 }

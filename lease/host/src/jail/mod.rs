@@ -42,6 +42,22 @@ pub const ROOTFS_PATH: &str = "/rootfs";
 /// Where the lease's copy-on-write overlay (writable) appears inside the jail.
 pub const OVERLAY_PATH: &str = "/overlay";
 
+/// Where a golden snapshot's directory appears inside the jail: read-only for a lease
+/// restored from it (its `state` and `memory` files), writable for the VMM that takes it.
+pub const SNAPSHOT_PATH: &str = "/snapshot";
+
+/// What a jail holds besides the VMM, kernel, initrd and root disk (see
+/// [`JailConfig::prepare_with_extras`]).
+#[derive(Debug, Clone, Default)]
+pub struct JailExtras {
+    /// A golden snapshot's directory on the host, whose `state` and `memory` files are bound
+    /// read-only at [`SNAPSHOT_PATH`]`/state` and `/memory` (a `--restore` lease).
+    pub restore_from: Option<PathBuf>,
+    /// A host directory (owned by the jail's uid, see [`Jail::uid`]) bound writable at
+    /// [`SNAPSHOT_PATH`]: where the VMM that takes a golden snapshot writes it.
+    pub snapshot_into: Option<PathBuf>,
+}
+
 /// A root disk for the guest: the image's shared base and the lease's overlay (host paths).
 #[derive(Debug, Clone)]
 pub struct RootDisk {
@@ -82,6 +98,14 @@ pub enum Error {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// The directory a golden snapshot is written into could not be given to the jail's uid.
+    #[error("giving snapshot directory {path} to the jail's uid: {source}")]
+    SnapshotDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: nix::Error,
     },
     /// A lease id that cannot name a directory.
     #[error("lease id '{0}' cannot name a jail directory (letters, digits, '-' and '_' only)")]
@@ -127,6 +151,7 @@ impl JailConfig {
         binds.extend(self.libraries.iter().map(|lib| (lib.clone(), lib.clone())));
         let mut points: Vec<PathBuf> = binds.iter().map(|(_, inside)| inside.clone()).collect();
         points.extend([KERNEL_PATH, INITRD_PATH, ROOTFS_PATH, OVERLAY_PATH].map(PathBuf::from));
+        points.extend(["state", "memory"].map(|f| Path::new(SNAPSHOT_PATH).join(f)));
         root_dir::build(&root, &points, uid.get(), uid.get())?;
         let plan = parked::ParkPlan {
             root: root.clone(),
@@ -174,6 +199,20 @@ impl JailConfig {
         initrd: Option<&Path>,
         disk: Option<&RootDisk>,
     ) -> Result<Jail, Error> {
+        self.prepare_with_extras(lease_id, kernel, initrd, disk, &JailExtras::default())
+    }
+
+    /// Like [`JailConfig::prepare_with_disk`], with a golden snapshot to restore from or to
+    /// write ([`JailExtras`]). The snapshot files a restore reads are bound read-only, so a
+    /// jailed VMM can map but never change the snapshot every lease of the image shares.
+    pub fn prepare_with_extras(
+        &self,
+        lease_id: &str,
+        kernel: &Path,
+        initrd: Option<&Path>,
+        disk: Option<&RootDisk>,
+        extras: &JailExtras,
+    ) -> Result<Jail, Error> {
         let root = self.root_of(lease_id)?;
         let uid = self.uids.take()?;
         let mut binds = vec![
@@ -189,12 +228,29 @@ impl JailConfig {
             binds.push((disk.base.clone(), PathBuf::from(ROOTFS_PATH)));
             writable.push((disk.overlay.clone(), PathBuf::from(OVERLAY_PATH)));
         }
+        if let Some(dir) = &extras.restore_from {
+            for file in ["state", "memory"] {
+                binds.push((dir.join(file), Path::new(SNAPSHOT_PATH).join(file)));
+            }
+        }
         let points: Vec<PathBuf> = binds
             .iter()
             .chain(&writable)
             .map(|(_, inside)| inside.clone())
             .collect();
         root_dir::build(&root, &points, uid.get(), uid.get())?;
+        if let Some(dir) = &extras.snapshot_into {
+            // The VMM, running as the jail's uid, creates the snapshot files in it.
+            let owner = Some(nix::unistd::Uid::from_raw(uid.get()));
+            let group = Some(nix::unistd::Gid::from_raw(uid.get()));
+            nix::unistd::chown(dir, owner, group).map_err(|source| Error::SnapshotDir {
+                path: dir.clone(),
+                source,
+            })?;
+            // A directory mount point (the others are files), made after the root is built.
+            root_dir::make_dir_point(&root, Path::new(SNAPSHOT_PATH))?;
+            writable.push((dir.clone(), PathBuf::from(SNAPSHOT_PATH)));
+        }
         Ok(Jail {
             root,
             uid,
@@ -279,9 +335,24 @@ impl ParkedJail {
         args: Vec<OsString>,
         fds: Vec<OwnedFd>,
     ) -> Result<(JailedChild, Jail), Error> {
+        self.launch_restoring(kernel, initrd, disk, None, args, fds)
+    }
+
+    /// Like [`ParkedJail::launch`], with a golden snapshot's `state` and `memory` files
+    /// (from the host directory `snapshot`) bound read-only at [`SNAPSHOT_PATH`]`/state` and
+    /// `/memory`, for a VMM started with `--restore`.
+    pub fn launch_restoring(
+        self,
+        kernel: &Path,
+        initrd: Option<&Path>,
+        disk: Option<&RootDisk>,
+        snapshot: Option<&Path>,
+        args: Vec<OsString>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(JailedChild, Jail), Error> {
         let ParkedJail { jail, child } = self;
         let launched = child
-            .launch(kernel, initrd, disk, &args, fds)
+            .launch(kernel, initrd, disk, snapshot, &args, fds)
             .map_err(Error::from)
             .and_then(|pid| Ok(JailedChild::new(pid)?));
         match launched {

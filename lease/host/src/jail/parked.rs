@@ -12,7 +12,7 @@
 //! root filesystem), which become read-only, and the lease's copy-on-write overlay, which
 //! stays writable; the child attaches those at /kernel, /initrd, /rootfs and /overlay with
 //! `move_mount(2)`, places the fds, drops to the lease's uid and execs. The message's second
-//! byte says which of the four come, in that order (bit i for [`MOUNT_POINTS`]\[i\]). As with [`super::spawn`], a failing step sends (step,
+//! byte says which of the six come, in that order (bit i for [`MOUNT_POINTS`]\[i\]). As with [`super::spawn`], a failing step sends (step,
 //! errno) back and a successful exec closes the socket with nothing sent; the child makes
 //! only system calls on buffers allocated before the clone.
 //!
@@ -44,11 +44,14 @@ const MAX_PASSED_FDS: usize = 16;
 const PARKED_SOCK_FD: RawFd = 200;
 /// Where the image mounts go inside the jail, in the order they are passed, and whether
 /// each stays writable (only the lease's overlay).
-const MOUNT_POINTS: [(&CStr, bool); 4] = [
+const MOUNT_POINTS: [(&CStr, bool); 6] = [
     (c"/kernel", false),
     (c"/initrd", false),
     (c"/rootfs", false),
     (c"/overlay", true),
+    // A golden snapshot's files, for a lease restored from it (see super::SNAPSHOT_PATH).
+    (c"/snapshot/state", false),
+    (c"/snapshot/memory", false),
 ];
 /// The kernel's bit in the mount mask: every launch passes one.
 const KERNEL_MOUNT: u8 = 1;
@@ -176,22 +179,28 @@ impl Parked {
     }
 
     /// Sends the launch: `args` for the VMM (after its path), `fds` to become its 0, 1, 2...,
-    /// and the image files bound read-only at /kernel, /initrd and /rootfs and the overlay
-    /// bound writable at /overlay. Returns once the VMM has exec'd.
+    /// and the image files bound read-only at /kernel, /initrd and /rootfs, the overlay
+    /// bound writable at /overlay and a golden snapshot's `state` and `memory` (from the
+    /// directory `snapshot`) read-only under /snapshot. Returns once the VMM has exec'd.
     pub(super) fn launch(
         mut self,
         kernel: &Path,
         initrd: Option<&Path>,
         disk: Option<&RootDisk>,
+        snapshot: Option<&Path>,
         args: &[OsString],
         fds: Vec<OwnedFd>,
     ) -> Result<Pid, Error> {
         use std::os::unix::ffi::OsStrExt;
+        let state = snapshot.map(|d| d.join("state"));
+        let memory = snapshot.map(|d| d.join("memory"));
         let files = [
             Some(kernel),
             initrd,
             disk.map(|d| d.base.as_path()),
             disk.map(|d| d.overlay.as_path()),
+            state.as_deref(),
+            memory.as_deref(),
         ];
         let mask = files
             .iter()

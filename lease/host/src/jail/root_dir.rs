@@ -101,6 +101,13 @@ pub fn build(root: &Path, mount_points: &[PathBuf], uid: u32, gid: u32) -> Resul
     Ok(())
 }
 
+/// Creates an empty directory at `point` in a built `root`, as the mount point of a
+/// directory bind.
+pub fn make_dir_point(root: &Path, point: &Path) -> Result<(), Error> {
+    let path = host_path(root, point)?;
+    std::fs::create_dir_all(&path).map_err(io(&path, "creating a directory mount point"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

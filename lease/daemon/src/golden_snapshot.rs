@@ -1,0 +1,394 @@
+//! Golden snapshots: for an image declared with `snapshot` (`--image NAME=KERNEL,snapshot`),
+//! coinopd boots the image once in a VMM of its own, snapshots the ready guest, and starts
+//! later leases of that image by `coinop-vmm --restore` instead of a cold boot.
+//!
+//! **When.** On first use: the first lease of an image (with the image's own command line,
+//! no NIC, and a given vCPU count and memory size) cold-boots as always, and a build of
+//! the snapshot for that shape starts beside it; leases created once it is written start by
+//! restore. Building at start-up would delay the daemon by a boot per image and shape, and
+//! the shapes tenants buy are only known on use.
+//!
+//! **The build.** A VMM like a lease's (jailed under an id `golden-<key>` with its own uid
+//! and cgroup, through [`Supervisor::boot`]) but recorded nowhere in the ledger: nobody pays
+//! for it and the scheduler ignores its end. coinopd waits for the guest's ready point and
+//! sends `{"cmd":"snapshot","dir":...,"exit":true}`. The ready point is today the guest's
+//! `guest_ready` event (the test guest writes the boot-timer port once it runs; an image's
+//! agent in images/rootfs will write it after init and before any per-lease state, #17 item
+//! 3). The VMM writes into a staging directory it owns (bound writable into its jail); once
+//! it has exited, coinopd gives the files to root, read-only (0444, directory 0555), and
+//! renames the staging directory into place: jailed VMMs of later leases get the two files
+//! bound read-only and map the memory copy-on-write, and none can change them.
+//!
+//! **Validity.** The directory is `STATE/snapshots/IMAGE/<vcpus>c<mem>m-<key>`, where key
+//! is a SHA-256 over everything the snapshot depends on: the kernel, initrd and rootfs
+//! files' identity, the command line, vCPUs, memory, and the coinop-vmm binary's identity
+//! (whose snapshot format and host checks refuse anything else anyway). A file's identity
+//! is its (device, inode, size, mtime, ctime) rather than its content: hashing a root
+//! filesystem of gigabytes on every lease create is too slow, and any replacement (a new
+//! inode), write or touch (mtime and ctime, which nobody can set back) changes the tuple.
+//! A changed input gives a new key; the build of the new snapshot removes the image's
+//! snapshots of the same shape under other keys.
+//!
+//! **Failure.** A restore that fails (exit 2 for a corrupt or foreign snapshot, a device
+//! mismatch, no `guest_ready` in time) falls back to a cold boot of the same lease (the
+//! lease is paid either way) with the reason logged; the snapshot is discarded
+//! ([`GoldenSnapshots::discard`]) and the next lease of the image builds it again.
+
+use std::collections::HashSet;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bitcoin::hashes::{sha256, Hash, HashEngine};
+use thiserror::Error;
+use vmm_protocol::client;
+use vmm_protocol::Request;
+
+use crate::app::Shared;
+use crate::image_catalogue::ImageSpec;
+use crate::supervisor::{jailed_snapshot_dir, BootRequest, GuestPaths, SnapshotUse};
+use crate::vmm_process::VmmProcess;
+
+/// Bumped when what the key covers changes.
+const KEY_DOMAIN: &[u8] = b"coinopd golden snapshot v1";
+/// How long the snapshotting VMM may take to exit after its reply.
+const EXIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a golden snapshot could not be built.
+#[derive(Debug, Error)]
+pub enum GoldenError {
+    /// A file the snapshot depends on (or the snapshot directory) is unusable.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The image's VMM did not boot.
+    #[error("booting the image: {0}")]
+    Boot(#[from] crate::supervisor::BootError),
+    /// The VMM refused or failed the snapshot.
+    #[error("snapshot command: {0}")]
+    Snapshot(#[from] client::ControlError),
+    /// The VMM did not exit after writing it.
+    #[error("the snapshotting VMM did not exit within {EXIT_WAIT:?}")]
+    NoExit,
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> GoldenError + '_ {
+    move |source| GoldenError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a golden snapshot is of: an image booted with its own command line in one shape.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub image: ImageSpec,
+    pub vcpus: u32,
+    pub mem_mib: u64,
+}
+
+impl Shape {
+    /// The directory-name prefix of this shape's snapshots (all keys).
+    fn prefix(&self) -> String {
+        format!("{}c{}m-", self.vcpus, self.mem_mib)
+    }
+}
+
+/// The golden snapshots under `STATE/snapshots`, and the builds running.
+#[derive(Debug)]
+pub struct GoldenSnapshots {
+    root: PathBuf,
+    vmm_bin: PathBuf,
+    /// Keys being built (a second lease of the shape does not start another build).
+    building: Mutex<HashSet<String>>,
+}
+
+impl GoldenSnapshots {
+    /// Snapshots under `root`, valid for the VMM binary `vmm_bin`.
+    pub fn new(root: PathBuf, vmm_bin: PathBuf) -> Self {
+        GoldenSnapshots {
+            root,
+            vmm_bin,
+            building: Mutex::default(),
+        }
+    }
+
+    /// The key of `shape`'s snapshot as things are now.
+    pub fn key(&self, shape: &Shape) -> Result<String, GoldenError> {
+        let mut engine = sha256::Hash::engine();
+        let mut field = |bytes: &[u8]| {
+            // Length-prefixed, so no two different inputs run together the same way.
+            engine.input(&(bytes.len() as u64).to_le_bytes());
+            engine.input(bytes);
+        };
+        field(KEY_DOMAIN);
+        let image = &shape.image;
+        let files = [
+            Some(image.kernel.as_path()),
+            image.initrd.as_deref(),
+            image.rootfs.as_deref(),
+            Some(self.vmm_bin.as_path()),
+        ];
+        for file in files {
+            match file {
+                Some(path) => field(&file_identity(path)?),
+                None => field(b"none"),
+            }
+        }
+        field(image.cmdline.as_bytes());
+        field(&shape.vcpus.to_le_bytes());
+        field(&shape.mem_mib.to_le_bytes());
+        let hash = sha256::Hash::from_engine(engine);
+        Ok(hex::encode(&hash.to_byte_array()[..16]))
+    }
+
+    fn image_dir(&self, shape: &Shape) -> PathBuf {
+        self.root.join(&shape.image.name)
+    }
+
+    /// Where `shape`'s snapshot with `key` lives.
+    pub fn dir_of(&self, shape: &Shape, key: &str) -> PathBuf {
+        self.image_dir(shape)
+            .join(format!("{}{key}", shape.prefix()))
+    }
+
+    /// `shape`'s snapshot directory if a complete one is there for the current key, and the
+    /// key (for a build when there is none).
+    pub fn lookup(&self, shape: &Shape) -> Result<(Option<PathBuf>, String), GoldenError> {
+        let key = self.key(shape)?;
+        let dir = self.dir_of(shape, &key);
+        let complete = dir.join("state").is_file() && dir.join("memory").is_file();
+        Ok((complete.then_some(dir), key))
+    }
+
+    /// Removes a snapshot a restore failed on; the next lease of its shape builds it again.
+    pub fn discard(&self, dir: &Path) {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => tracing::warn!(dir = %dir.display(), "golden snapshot discarded"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::error!(dir = %dir.display(), error = %e,
+                "cannot remove a bad golden snapshot"),
+        }
+    }
+
+    /// Starts building `shape`'s snapshot for `key` in the background unless a build of it
+    /// runs already.
+    pub fn build_in_background(s: &Shared, shape: Shape, key: String) {
+        if !lock(&s.golden.building).insert(key.clone()) {
+            return;
+        }
+        let s = s.clone();
+        tokio::spawn(async move {
+            let built = s.golden.build(&s, &shape, &key).await;
+            match built {
+                Ok(dir) => tracing::info!(image = %shape.image.name, dir = %dir.display(),
+                    "golden snapshot written"),
+                Err(e) => tracing::warn!(image = %shape.image.name, error = %e,
+                    "golden snapshot not built; leases of the image boot cold"),
+            }
+            lock(&s.golden.building).remove(&key);
+        });
+    }
+
+    /// Boots the image, snapshots it once ready, and puts the snapshot in place.
+    async fn build(&self, s: &Shared, shape: &Shape, key: &str) -> Result<PathBuf, GoldenError> {
+        let image_dir = self.image_dir(shape);
+        std::fs::create_dir_all(&image_dir).map_err(io_at(&image_dir))?;
+        let staging = image_dir.join(format!(".build-{key}"));
+        remove_if_there(&staging)?;
+        std::fs::create_dir(&staging).map_err(io_at(&staging))?;
+        let taken = self.take(s, shape, key, &staging).await;
+        let placed = taken.and_then(|()| self.put_in_place(shape, key, &staging));
+        if placed.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        placed
+    }
+
+    /// Runs the snapshotting VMM into `staging`.
+    async fn take(
+        &self,
+        s: &Shared,
+        shape: &Shape,
+        key: &str,
+        staging: &Path,
+    ) -> Result<(), GoldenError> {
+        let supervisor = &s.supervisor;
+        let id = format!("golden-{}", &key[..12]);
+        let paths = GuestPaths::for_lease(&s.config.run_dir(), &id);
+        let booted = supervisor
+            .boot(BootRequest {
+                lease_id: &id,
+                image: &shape.image,
+                cmdline: &shape.image.cmdline,
+                vcpus: shape.vcpus,
+                mem_mib: shape.mem_mib,
+                paths: &paths,
+                arrival_us: crate::clock::monotonic_us(),
+                timeout_ms: s.config.boot_timeout_ms,
+                slot: None,
+                nic: None,
+                snapshot: SnapshotUse::WriteInto(staging.to_path_buf()),
+            })
+            .await?;
+        let dir = if supervisor.isolation().jail.is_some() {
+            jailed_snapshot_dir().to_path_buf()
+        } else {
+            staging.to_path_buf()
+        };
+        let request = Request::Snapshot {
+            dir: dir.display().to_string(),
+            exit: true,
+        };
+        let replied = client::request(&paths.control, &request).await;
+        let vmm = booted.pid.and_then(VmmProcess::of);
+        if replied.is_err() {
+            if let Some(vmm) = vmm {
+                let _ = vmm.kill();
+            }
+        }
+        replied?;
+        // The files are complete once the reply is out; the VMM's exit also drops its hold
+        // on the writable bind before the directory is renamed.
+        let deadline = tokio::time::Instant::now() + EXIT_WAIT;
+        while vmm.is_some_and(|v| v.is_running()) {
+            if tokio::time::Instant::now() > deadline {
+                return Err(GoldenError::NoExit);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for file in [&paths.console, &paths.log, &paths.control] {
+            let _ = std::fs::remove_file(file);
+        }
+        Ok(())
+    }
+
+    /// Gives the written snapshot to root, read-only, renames it into place and removes
+    /// the shape's snapshots under other keys.
+    fn put_in_place(
+        &self,
+        shape: &Shape,
+        key: &str,
+        staging: &Path,
+    ) -> Result<PathBuf, GoldenError> {
+        for file in ["state", "memory"] {
+            let path = staging.join(file);
+            std::os::unix::fs::chown(&path, Some(0), Some(0))
+                .or_else(|e| not_root_is_fine(e, &path))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))
+                .map_err(io_at(&path))?;
+        }
+        std::os::unix::fs::chown(staging, Some(0), Some(0))
+            .or_else(|e| not_root_is_fine(e, staging))?;
+        std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o555))
+            .map_err(io_at(staging))?;
+        let dir = self.dir_of(shape, key);
+        remove_if_there(&dir)?;
+        std::fs::rename(staging, &dir).map_err(io_at(&dir))?;
+        self.remove_other_keys(shape, &dir);
+        Ok(dir)
+    }
+
+    /// Removes `shape`'s snapshots other than `keep` (made for a kernel, rootfs, command line
+    /// or VMM that changed since).
+    fn remove_other_keys(&self, shape: &Shape, keep: &Path) {
+        let Ok(entries) = std::fs::read_dir(self.image_dir(shape)) else {
+            return;
+        };
+        let prefix = shape.prefix();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            if path != keep && name.to_string_lossy().starts_with(&prefix) {
+                tracing::info!(dir = %path.display(), "removing an outdated golden snapshot");
+                let _ = remove_if_there(&path);
+            }
+        }
+    }
+}
+
+/// A file's identity: (device, inode, size, mtime, ctime), see the module doc.
+fn file_identity(path: &Path) -> Result<Vec<u8>, GoldenError> {
+    let m = std::fs::metadata(path).map_err(io_at(path))?;
+    let mut out = Vec::with_capacity(56);
+    for v in [m.dev(), m.ino(), m.size()] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    Ok(out)
+}
+
+/// Removes a directory tree that may be read-only (0555): made writable first.
+fn remove_if_there(dir: &Path) -> Result<(), GoldenError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io_at(dir))?;
+    std::fs::remove_dir_all(dir).map_err(io_at(dir))
+}
+
+/// A daemon not running as root (tests, `--no-jail`) owns the files already.
+fn not_root_is_fine(e: std::io::Error, path: &Path) -> Result<(), GoldenError> {
+    if e.raw_os_error() == Some(libc::EPERM) && !nix::unistd::Uid::effective().is_root() {
+        return Ok(());
+    }
+    Err(io_at(path)(e))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(kernel: PathBuf, cmdline: &str) -> Shape {
+        Shape {
+            image: ImageSpec {
+                name: "tg".into(),
+                kernel,
+                initrd: None,
+                rootfs: None,
+                cmdline: cmdline.into(),
+                snapshot: true,
+            },
+            vcpus: 1,
+            mem_mib: 64,
+        }
+    }
+
+    #[test]
+    fn the_key_follows_the_kernel_file_the_cmdline_and_the_shape() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kernel = dir.path().join("k");
+        let vmm = dir.path().join("vmm");
+        std::fs::write(&kernel, b"kernel").expect("write");
+        std::fs::write(&vmm, b"vmm").expect("write");
+        let g = GoldenSnapshots::new(dir.path().join("snapshots"), vmm);
+        let a = shape(kernel.clone(), "mode=echo");
+        let k1 = g.key(&a).expect("key");
+        assert_eq!(k1, g.key(&a).expect("key"), "stable while nothing changes");
+        assert_ne!(
+            k1,
+            g.key(&shape(kernel.clone(), "mode=count")).expect("key")
+        );
+        let wider = Shape {
+            vcpus: 2,
+            ..a.clone()
+        };
+        assert_ne!(k1, g.key(&wider).expect("key"));
+        // A replaced kernel (new inode) is another kernel even with the same bytes.
+        let new = dir.path().join("k.new");
+        std::fs::write(&new, b"kernel").expect("write");
+        std::fs::rename(&new, &kernel).expect("rename");
+        assert_ne!(k1, g.key(&a).expect("key"));
+        std::fs::remove_file(&kernel).expect("rm");
+        assert!(matches!(g.key(&a), Err(GoldenError::Io { .. })));
+    }
+}

@@ -1,0 +1,248 @@
+//! Golden snapshots against a real coinopd process, the real coinop-vmm and the test guest
+//! on /dev/kvm: an image declared with `snapshot` cold-boots its first lease and snapshots
+//! itself beside it; later leases start by restore (the create reply says so) and their
+//! guests run on from the snapshot, each on its own; a replaced kernel makes a new snapshot
+//! and removes the old one; a corrupted snapshot still gives a lease (booted cold, the log
+//! says why) and is discarded.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::leases::{credit_payment, CreatedLease};
+use common::{kvm_or_skip, vmm_and_guest, wait_for, Daemon};
+use serde_json::json;
+
+/// The shape every lease here has, and so the snapshot directory's prefix.
+const SHAPE_PREFIX: &str = "1c64m-";
+
+/// The complete snapshot directories of `image` in the daemon's state dir.
+fn snapshots(state: &Path, image: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(state.join("snapshots").join(image)) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(SHAPE_PREFIX))
+                && p.join("state").is_file()
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Waits for a complete snapshot of `image` other than `not`; on a timeout the daemon's log
+/// says what happened.
+async fn wait_for_snapshot(d: &Daemon, image: &str, not: Option<&Path>) -> PathBuf {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let found = snapshots(&d.dir, image)
+            .into_iter()
+            .find(|dir| Some(dir.as_path()) != not);
+        if let Some(dir) = found {
+            return dir;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no golden snapshot of {image} written:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+async fn create(d: &Daemon, image: &str) -> CreatedLease {
+    let proofs = d.mint_credit(20).await;
+    d.create_lease(json!({"vcpus": 1, "mem_mib": 64, "image": image,
+                          "payment": credit_payment(&proofs)}))
+        .await
+}
+
+fn start_of(lease: &CreatedLease) -> &str {
+    lease.reply["boot"]["start"].as_str().unwrap_or("(none)")
+}
+
+async fn console(d: &Daemon, lease: &CreatedLease) -> String {
+    let r = d
+        .call(
+            "GET",
+            &format!("/v1/leases/{}/console", lease.id),
+            Some(&lease.token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+}
+
+/// The `count N` numbers on a console, in order.
+fn counts(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("count "))
+        .filter_map(|n| n.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// Waits until the lease's console shows counting past `past`; returns its counts.
+async fn counting_past(d: &Daemon, lease: &CreatedLease, past: u64) -> Vec<u64> {
+    wait_for(
+        async || {
+            counts(&console(d, lease).await)
+                .last()
+                .is_some_and(|&n| n > past)
+        },
+        "the guest to count on",
+    )
+    .await;
+    counts(&console(d, lease).await)
+}
+
+/// A copy of the test guest the test may replace, and a daemon offering it as `tg`
+/// (mode=count) and `tgi` (mode=idle), both with golden snapshots.
+async fn daemon_with_snapshot_images(state: &Path) -> (Daemon, PathBuf) {
+    let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
+    let kernel = state.join("tg-kernel.elf");
+    std::fs::copy(&guest, &kernel).expect("copy the test guest");
+    let tg = format!("tg={},snapshot,cmdline=mode=count", kernel.display());
+    let tgi = format!("tgi={},snapshot,cmdline=mode=idle", kernel.display());
+    let d = Daemon::spawn(state, &["--image", &tg, "--image", &tgi], &[]).await;
+    (d, kernel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_after_the_first_start_by_restore_and_run_on_independently() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let (d, _) = daemon_with_snapshot_images(state).await;
+
+    let first = create(&d, "tg").await;
+    assert_eq!(start_of(&first), "cold", "{}", first.reply);
+    let snapshot = wait_for_snapshot(&d, "tg", None).await;
+    let meta = std::fs::metadata(snapshot.join("memory")).expect("memory file");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o444,
+        "read-only to everyone"
+    );
+
+    let b = create(&d, "tg").await;
+    let c = create(&d, "tg").await;
+    for lease in [&b, &c] {
+        assert_eq!(start_of(lease), "restore", "{}", lease.reply);
+        let boot = &lease.reply["boot"];
+        assert!(
+            boot["guest_ready_us"].as_u64() >= boot["vmm_spawned_us"].as_u64(),
+            "{boot}"
+        );
+    }
+    // Restored guests continue the snapshotted one: no boot banner, the count goes on
+    // without restarting or skipping.
+    let b_counts = counting_past(&d, &b, 5).await;
+    let b_text = console(&d, &b).await;
+    assert!(!b_text.contains("coinop-testguest ready"), "{b_text}");
+    assert!(
+        b_counts.windows(2).all(|w| w[1] == w[0] + 1),
+        "{b_counts:?}"
+    );
+
+    // Independent: stopping one leaves the other counting.
+    d.stop_lease(&b.id, &b.token).await;
+    let before = *counts(&console(&d, &c).await).last().unwrap_or(&0);
+    let c_counts = counting_past(&d, &c, before + 10).await;
+    assert!(
+        c_counts.windows(2).all(|w| w[1] == w[0] + 1),
+        "{c_counts:?}"
+    );
+    let view = d
+        .call("GET", &format!("/v1/leases/{}", c.id), Some(&c.token), None)
+        .await
+        .json();
+    assert_eq!(view["boot"]["start"], "restore", "{view}");
+    assert!(
+        matches!(view["state"].as_str(), Some("running" | "paused_unfunded")),
+        "{view}"
+    );
+
+    // An idle guest (halted, never exiting to the VMM) restored still reports guest_ready.
+    let idle = create(&d, "tgi").await;
+    assert_eq!(start_of(&idle), "cold");
+    wait_for_snapshot(&d, "tgi", None).await;
+    let idle2 = create(&d, "tgi").await;
+    assert_eq!(start_of(&idle2), "restore", "{}", idle2.reply);
+    assert!(idle2.reply["boot"]["guest_ready_us"].as_u64().is_some());
+
+    for lease in [&first, &c, &idle, &idle2] {
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_kernel_or_a_corrupt_snapshot_gives_a_cold_boot_and_a_new_snapshot() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let (d, kernel) = daemon_with_snapshot_images(state).await;
+    let mut leases = vec![create(&d, "tg").await];
+    let old = wait_for_snapshot(&d, "tg", None).await;
+
+    // The same bytes under a new inode: another kernel file, so another snapshot.
+    let fresh = state.join("tg-kernel.new");
+    std::fs::copy(&kernel, &fresh).expect("copy");
+    std::fs::rename(&fresh, &kernel).expect("replace the kernel");
+    let after_replace = create(&d, "tg").await;
+    assert_eq!(start_of(&after_replace), "cold", "{}", after_replace.reply);
+    leases.push(after_replace);
+    let new = wait_for_snapshot(&d, "tg", Some(&old)).await;
+    wait_for(
+        async || !old.exists(),
+        "the outdated snapshot to be removed",
+    )
+    .await;
+    let restored = create(&d, "tg").await;
+    assert_eq!(start_of(&restored), "restore", "{}", restored.reply);
+    leases.push(restored);
+
+    // Corrupt the state file (the checksum catches it): the lease still starts, cold.
+    let state_file = new.join("state");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&state_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut bytes = std::fs::read(&state_file).expect("read state");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&state_file, &bytes).expect("corrupt state");
+    let after_corruption = create(&d, "tg").await;
+    assert_eq!(
+        start_of(&after_corruption),
+        "cold",
+        "{}",
+        after_corruption.reply
+    );
+    let text = counting_past(&d, &after_corruption, 2).await;
+    assert!(!text.is_empty());
+    leases.push(after_corruption);
+    assert!(!new.exists(), "the bad snapshot is discarded");
+    let log = d.log();
+    assert!(
+        log.contains("restore failed") && log.contains("snapshot state is corrupt"),
+        "the log says why:\n{log}"
+    );
+    // And the next lease of the image builds it again.
+    leases.push(create(&d, "tg").await);
+    wait_for_snapshot(&d, "tg", None).await;
+
+    for lease in &leases {
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    d.shutdown().await;
+}
