@@ -347,6 +347,7 @@ async fn boot_guest(
             mem_mib: g.mem_mib,
             paths: &paths,
             arrival_us: arrival,
+            figures: boot.clone(),
             timeout_ms: s.config.boot_timeout_ms,
             slot,
             nic,
