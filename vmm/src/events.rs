@@ -47,6 +47,10 @@ impl Clock {
 pub struct EventSink {
     out: Mutex<ManuallyDrop<File>>,
     clock: Clock,
+    /// Whether boot-timing events are copied to stderr (the supervisor's log of this VMM),
+    /// so that a supervisor that lost the stream (restarted while the guest booted) still
+    /// learns the boot's timing. Off when the stream is stderr itself.
+    copy_boot_to_stderr: bool,
 }
 
 impl EventSink {
@@ -61,6 +65,7 @@ impl EventSink {
         EventSink {
             out: Mutex::new(ManuallyDrop::new(file)),
             clock,
+            copy_boot_to_stderr: fd != libc::STDERR_FILENO,
         }
     }
 
@@ -69,6 +74,7 @@ impl EventSink {
         EventSink {
             out: Mutex::new(ManuallyDrop::new(file)),
             clock,
+            copy_boot_to_stderr: false,
         }
     }
 
@@ -82,8 +88,22 @@ impl EventSink {
     pub fn emit(&self, stamp: impl FnOnce(u64) -> Event) {
         // The time is read under the lock so lines are in time order.
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let line = stamp(self.clock.elapsed_us()).to_line();
+        let event = stamp(self.clock.elapsed_us());
+        let line = event.to_line();
         let _ = out.write_all(line.as_bytes());
+        drop(out);
+        // After the stream has it, so the copy never delays the supervisor's reading; once
+        // per boot, a few lines in all. (`exit` is copied by whoever ends the process.)
+        let boot_timing = matches!(
+            event,
+            Event::VmCreated { .. }
+                | Event::Restored { .. }
+                | Event::VcpusStarted { .. }
+                | Event::GuestReady { .. }
+        );
+        if self.copy_boot_to_stderr && boot_timing {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
     }
 }
 

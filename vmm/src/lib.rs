@@ -64,6 +64,10 @@
 //! error, a guest crash event or an exit the VMM does not handle, and code 1 when the VMM
 //! itself failed.
 //!
+//! With `--events fd:N`, the boot-timing events (`vm_created`, `restored`, `vcpus_started`,
+//! `guest_ready`) and `exit` are also copied to stderr, each after it went to fd N, so that a
+//! supervisor that lost fd N (restarted while the guest ran) can read them from its log.
+//!
 //! # Control protocol
 //! A Unix stream socket (`--control PATH` creates and listens on PATH; `--control fd:N`
 //! uses an inherited listening socket). Any number of clients in turn; each request is one

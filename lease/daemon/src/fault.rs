@@ -13,6 +13,9 @@ pub mod point {
     pub const FLEET_FENCED: &str = "fleet_fenced";
     /// A create's ledger transaction committed; no guest spawned, no reply sent.
     pub const CREATE_COMMITTED: &str = "create_committed";
+    /// A create's VMM is spawned and recorded in the ledger (pid, start time, the boot
+    /// figures so far); its guest may still be booting, no reply sent.
+    pub const CREATE_VMM_RECORDED: &str = "create_vmm_recorded";
     /// A create's guest reported `guest_ready`; not yet marked running, no reply sent.
     pub const CREATE_GUEST_READY: &str = "create_guest_ready";
     /// A create's boot failed and its refund onto the request's outputs committed; the

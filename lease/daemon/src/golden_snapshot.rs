@@ -228,6 +228,8 @@ impl GoldenSnapshots {
                 mem_mib: shape.mem_mib,
                 paths: &paths,
                 arrival_us: crate::clock::monotonic_us(),
+                // No lease, no payment: nothing happened before the spawn.
+                figures: coinop_proto::BootFigures::default(),
                 timeout_ms: s.config.boot_timeout_ms,
                 slot: None,
                 nic: None,

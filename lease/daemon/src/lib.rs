@@ -10,7 +10,7 @@
 //! | [`state_dir`] | one coinopd per state dir (its lock), and the dir kept private |
 //! | [`http`] | the API of `lease/openapi.yaml`: the server (connection caps and timeouts), router, auth, rate limits, body limits, error mapping, one file per resource |
 //! | [`leases`] | the lease flows behind the handlers (create, recover, top up, stop, view) with typed outcomes and errors |
-//! | [`guest_stop`], [`vmm_process`], `vmm_exit_record` | carrying out a guest stop; a VMM found again by pid and start time; why a VMM that is not our child ended, from its log |
+//! | [`guest_stop`], [`vmm_process`], `vmm_log_events`, `boot_record`, `adopted_boot` | carrying out a guest stop; a VMM found again by pid and start time; how far a VMM that is not our child booted and why it ended, from its log; the boot figures kept at a spawn, finished by a restart that adopts a booting guest |
 //! | [`ledger`] | SQLite, one file per table or job: leases, balances, payments claimed in the same transaction, refunds, metering ticks, quotes, a lost create reply's recovery ([`ledger::recovery`]) |
 //! | [`chain_sync`] | the host's header chain fed by Bitcoin peers over P2P (`coinop_bitcoin_net`) |
 //! | [`payment_reorgs`] | on-chain lease payments followed to a settled depth: a lease whose paying block leaves the best chain is frozen, then thawed or stopped |
@@ -24,7 +24,9 @@
 //! Wire types are `coinop_proto`'s; the privileged mechanics are `coinop_host`'s; the tenant
 //! CLI (`coinop_cli`) links none of this crate.
 
+mod adopted_boot;
 pub mod app;
+mod boot_record;
 mod capacity;
 pub mod chain_sync;
 pub mod clock;
@@ -48,5 +50,5 @@ pub mod state_dir;
 mod stops_in_flight;
 mod supervisor;
 mod token;
-mod vmm_exit_record;
+mod vmm_log_events;
 pub mod vmm_process;

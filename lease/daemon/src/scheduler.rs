@@ -17,7 +17,7 @@
 //! | stopped | gone | record it gone, remove what it left |
 //! | running | paused (a top-up's `resume` lost) | resume it; the paused time is not billed |
 //! | paused_unfunded | running | pause it |
-//! | booting | exists | `running` (metered from here) |
+//! | booting | exists | `running` once its log shows `guest_ready` (metered from there), with the boot figures a create would have replied ([`crate::adopted_boot`]) |
 //! | booting | gone | stopped `boot_failed`, the balance kept for the tenant |
 //! | running / paused | gone | stopped `guest_crashed` if the `exit` event in its log says a crash, else `guest_exit` |
 //! | any live | runs but does not answer | kept (room held, not billed), retried every tick |
@@ -166,12 +166,12 @@ async fn adopt_one(
         },
     );
     if let Some(v) = vmm.filter(|v| l.vmm() != Some(*v)) {
-        s.ledger.record_vmm(&l.id, v)?;
+        s.ledger.record_vmm(&l.id, v, None)?;
     }
-    // A lease committed but not yet marked running when coinopd died: its VMM exists.
+    // A lease committed but not yet marked running when coinopd died: its VMM exists, and
+    // its log says how far the boot got.
     if l.state == LeaseState::Booting {
-        s.ledger
-            .mark_running(&l.id, vmm.map(|v| v.pid).or(l.pid), "{}")?;
+        crate::adopted_boot::finish(s, l, vmm)?;
     }
     match st {
         Ok(v) => {
@@ -280,10 +280,10 @@ fn stop_reason(code: Option<i32>) -> StopReason {
 }
 
 /// Why lease `lease_id`'s VMM ended, when it is not our child (re-adopted after a restart):
-/// the `exit` event it left in its log ([`crate::vmm_exit_record`]), as reason and code.
+/// the `exit` event it left in its log ([`crate::vmm_log_events`]), as reason and code.
 fn recorded_exit(s: &Shared, lease_id: &str) -> (String, Option<i32>) {
     let log = GuestPaths::for_lease(&s.config.run_dir(), lease_id).log;
-    match crate::vmm_exit_record::read(&log) {
+    match crate::vmm_log_events::exit(&log) {
         Some((reason, code)) => (reason, Some(code)),
         None => ("control socket gone".into(), None),
     }

@@ -120,6 +120,9 @@ pub struct BootRequest<'a> {
     pub paths: &'a GuestPaths,
     /// `CLOCK_MONOTONIC` µs when the HTTP request arrived.
     pub arrival_us: u64,
+    /// The boot figures before the spawn (payment check, ledger commit), kept in the ledger
+    /// with the VMM's identity so that a restart can finish them ([`crate::boot_record`]).
+    pub figures: coinop_proto::BootFigures,
     pub timeout_ms: u64,
     /// The slot built ahead of time for this lease (its id is `lease_id`), if the create
     /// got one from the pool.
@@ -427,10 +430,18 @@ impl Supervisor {
         // beside the boot, not in front of it): a coinopd that dies from here on leaves a
         // VMM its successor finds by pid and start time, never an unknown orphan.
         let vmm = pid.and_then(VmmProcess::of);
+        let spawn = crate::boot_record::SpawnRecord {
+            figures: coinop_proto::BootFigures {
+                vmm_spawned_us,
+                ..req.figures.clone()
+            },
+            vmm_base_us: start_us.saturating_sub(req.arrival_us),
+        }
+        .to_json();
         let recording = vmm.map(|v| {
             let ledger = Arc::clone(&self.ledger);
             let id = req.lease_id.to_string();
-            tokio::task::spawn_blocking(move || ledger.record_vmm(&id, v))
+            tokio::task::spawn_blocking(move || ledger.record_vmm(&id, v, Some(&spawn)))
         });
         let rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) {
             Ok(rx) => rx,
@@ -441,14 +452,9 @@ impl Supervisor {
                 return Err(pipe_err(e));
             }
         };
-        let mut lines = BufReader::new(rx).lines();
-        let offset = start_us.saturating_sub(req.arrival_us);
-        let outcome = tokio::time::timeout(
-            Duration::from_millis(req.timeout_ms),
-            wait_ready(&mut lines, req.lease_id, offset),
-        )
-        .await;
         // Recorded before anything reports this VMM's end, which must find it in the ledger.
+        // The guest boots meanwhile (its events wait in the pipe), so the commit's fsync
+        // delays the reply only if it outlasts the boot.
         if let Some(recording) = recording {
             match recording.await {
                 Ok(Ok(())) => {}
@@ -458,6 +464,14 @@ impl Supervisor {
                     "recording the VMM's pid"),
             }
         }
+        crate::fault::hit(crate::fault::point::CREATE_VMM_RECORDED);
+        let mut lines = BufReader::new(rx).lines();
+        let offset = start_us.saturating_sub(req.arrival_us);
+        let outcome = tokio::time::timeout(
+            Duration::from_millis(req.timeout_ms),
+            wait_ready(&mut lines, req.lease_id, offset),
+        )
+        .await;
         let (vcpus_started_us, guest_ready_us) = match outcome {
             Ok(Ok(figures)) => figures,
             Ok(Err(e)) => {

@@ -6,7 +6,8 @@
 //! for without billing the paused time; a VMM that does not answer at re-adoption (SIGSTOP)
 //! is kept and later killed by its lease's stop, never forgotten while it runs; a VMM that
 //! died unreaped (a zombie) counts as gone; a guest that triple-faults ends its lease with
-//! `guest_crashed`, one that resets with `guest_exit`.
+//! `guest_crashed`, one that resets with `guest_exit`; a lease adopted while it booted gets
+//! its boot figures from its VMM's log.
 //!
 //! The tests signal only processes whose pid and start time they read from their own
 //! daemon's ledger (`VmmProcess`, which checks both through a pidfd).
@@ -17,7 +18,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use coinop_proto::{LeaseState, StopReason};
+use coinop_proto::{BootFigures, LeaseState, StopReason};
 use coinopd::fault::{point, ENV};
 use coinopd::ledger::{LeaseRow, Ledger};
 use coinopd::vmm_process::{ProcStat, VmmProcess};
@@ -305,6 +306,79 @@ async fn a_lease_adopted_while_booting_keeps_its_vmm_pid() {
     let adopted = row(dir.path(), &id);
     assert_eq!(adopted.state, LeaseState::Running, "{adopted:?}");
     assert_eq!(adopted.vmm(), Some(vmm), "the same VMM, pid and start time");
+    let stop = vmm_protocol::client::set_state(
+        &PathBuf::from(&adopted.control_path),
+        vmm_protocol::Request::Stop,
+    )
+    .await;
+    assert!(stop.is_ok(), "{stop:?}");
+    wait_for(
+        async || row(dir.path(), &id).state == LeaseState::Stopped,
+        "the adopted guest's end",
+    )
+    .await;
+    assert!(ends_within(&vmm, Duration::from_secs(10)).await);
+    d.shutdown().await;
+}
+
+/// coinopd dies right after spawning the VMM (and recording it), before it handles the
+/// guest's `guest_ready`: the restarted coinopd finds the boot's timing in the VMM's log and
+/// the figures known at the spawn in the ledger, and the lease becomes `running` with the
+/// boot figures a create would have replied, and is metered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_adopted_while_booting_gets_its_boot_figures_from_its_vmm() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::CREATE_VMM_RECORDED)]).await;
+    let proofs = d.mint_credit(20).await;
+    let body = testguest_body("mode=spin:600000", credit_payment(&proofs));
+    d.create_into_crash(&body).await;
+    let leases = common::guest_reaper::leases(dir.path());
+    assert_eq!(leases.len(), 1);
+    let id = leases[0].0.clone();
+    let booting = row(dir.path(), &id);
+    assert_eq!(booting.state, LeaseState::Booting);
+    assert_eq!(booting.boot_json, None, "no figures before the restart");
+    let vmm = recorded_vmm(dir.path(), &id);
+    assert!(vmm.is_running());
+
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    wait_for(
+        async || row(dir.path(), &id).state == LeaseState::Running,
+        "the adopted lease running",
+    )
+    .await;
+    let adopted = row(dir.path(), &id);
+    assert_eq!(adopted.vmm(), Some(vmm), "the same VMM, pid and start time");
+    let json = adopted.boot_json.clone().expect("boot figures recorded");
+    let boot: BootFigures = serde_json::from_str(&json).expect("boot figures JSON");
+    let vcpus = boot
+        .vcpus_started_us
+        .expect("vcpus_started_us from the VMM's log");
+    let ready = boot
+        .guest_ready_us
+        .expect("guest_ready_us from the VMM's log");
+    assert!(boot.payment_verified_us > 0, "{boot:?}");
+    assert!(
+        boot.ledger_committed_us >= boot.payment_verified_us,
+        "{boot:?}"
+    );
+    assert!(boot.vmm_spawned_us > boot.ledger_committed_us, "{boot:?}");
+    assert!(vcpus > boot.vmm_spawned_us, "{boot:?}");
+    assert!(ready > vcpus, "{boot:?}");
+    assert!(
+        ready < 60_000_000,
+        "a boot within a minute of the request: {boot:?}"
+    );
+    // Metered from here: the ticks bill the adopted guest.
+    wait_for(
+        async || row(dir.path(), &id).debited_msat > 0,
+        "the adopted lease metered",
+    )
+    .await;
+    books_balance(dir.path(), &id);
     let stop = vmm_protocol::client::set_state(
         &PathBuf::from(&adopted.control_path),
         vmm_protocol::Request::Stop,

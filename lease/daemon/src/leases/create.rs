@@ -338,7 +338,7 @@ async fn boot_guest(
             return Ok(Err((boot, why)));
         }
     };
-    let (booted, start) = start_guest(s, arrival, g, &cmdline, &paths, slot, nic).await;
+    let (booted, start) = start_guest(s, arrival, &boot, g, &cmdline, &paths, slot, nic).await;
     boot.start = Some(start);
     match booted {
         Ok(b) => {
@@ -383,9 +383,11 @@ async fn boot_guest(
 /// mismatch: the VMM exits 2) discards the snapshot and boots the same lease cold, with the
 /// reason logged; a restore that times out is not retried (the lease fails, refunded, as
 /// any boot that times out: its VMM may still be winding down).
+#[allow(clippy::too_many_arguments)] // one lease's boot: each is a different part of it
 async fn start_guest(
     s: &Shared,
     arrival: u64,
+    figures: &BootFigures,
     g: &GuestSpec<'_>,
     cmdline: &str,
     paths: &GuestPaths,
@@ -405,6 +407,7 @@ async fn start_guest(
         mem_mib: g.mem_mib,
         paths,
         arrival_us: arrival,
+        figures: figures.clone(),
         timeout_ms: s.config.boot_timeout_ms,
         slot,
         nic,

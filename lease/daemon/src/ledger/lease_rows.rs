@@ -43,6 +43,9 @@ pub struct LeaseRow {
     pub vmm_gone: bool,
     /// Since when an on-chain payment of the lease is off the best chain (frozen).
     pub reorg_at: Option<i64>,
+    /// The boot figures known when the VMM was spawned and its time base
+    /// ([`crate::boot_record::SpawnRecord`] as JSON), if the spawn was recorded.
+    pub spawn_json: Option<String>,
 }
 
 impl LeaseRow {
@@ -73,7 +76,8 @@ pub struct NewLease {
 const LEASE_COLUMNS: &str = "id, token_hash, vcpus, mem_mib, image, cmdline, state, stop_reason,
     balance_msat, carry_units, used_vcpu_us, used_mem_mib_us, last_vcpu_total_us,
     last_uptime_us, pid, control_path, console_path, paused_at, refunded_msat, created_at,
-    updated_at, boot_json, debited_msat, residual_msat, vmm_start_ticks, vmm_gone, reorg_at";
+    updated_at, boot_json, debited_msat, residual_msat, vmm_start_ticks, vmm_gone, reorg_at,
+    spawn_json";
 
 fn lease_from_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
     Ok(LeaseRow {
@@ -104,6 +108,7 @@ fn lease_from_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
         vmm_start_ticks: r.get(24)?,
         vmm_gone: r.get(25)?,
         reorg_at: r.get(26)?,
+        spawn_json: r.get(27)?,
     })
 }
 

@@ -26,15 +26,22 @@ pub enum GuestEnded {
 }
 
 impl Ledger {
-    /// Records the VMM just spawned for lease `id` (its pid and start time); from here on a
-    /// restart finds it by these.
-    pub fn record_vmm(&self, id: &str, vmm: VmmProcess) -> Result<(), LedgerError> {
+    /// Records the VMM just spawned for lease `id` (its pid and start time) and, from a
+    /// spawn, what its boot figures were then (`spawn_json`; `None` keeps what is recorded);
+    /// from here on a restart finds it by these.
+    pub fn record_vmm(
+        &self,
+        id: &str,
+        vmm: VmmProcess,
+        spawn_json: Option<&str>,
+    ) -> Result<(), LedgerError> {
         self.with_tx(|tx| {
             tx.prepare_cached(
-                "UPDATE leases SET pid = ?2, vmm_start_ticks = ?3, vmm_gone = 0, updated_at = ?4
+                "UPDATE leases SET pid = ?2, vmm_start_ticks = ?3, vmm_gone = 0, updated_at = ?4,
+                 spawn_json = COALESCE(?5, spawn_json)
                  WHERE id = ?1",
             )?
-            .execute(params![id, vmm.pid, vmm.start_ticks, unix_s()])?;
+            .execute(params![id, vmm.pid, vmm.start_ticks, unix_s(), spawn_json])?;
             Ok(())
         })
     }

@@ -87,6 +87,9 @@ pub(super) fn add_missing_columns(conn: &Connection) -> Result<(), LedgerError> 
         // Since when an on-chain payment of the lease is off the best chain (balance frozen:
         // no metering, no refund); NULL when none is. See `reorg.rs`.
         ("reorg_at", "INTEGER"),
+        // What a booting lease's boot figures were when its VMM was spawned (see
+        // `crate::boot_record`): a restart completes them from the VMM's log.
+        ("spawn_json", "TEXT"),
     ] {
         if !have.iter().any(|h| h == name) {
             conn.execute_batch(&format!("ALTER TABLE leases ADD COLUMN {name} {decl}"))?;

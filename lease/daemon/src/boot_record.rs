@@ -1,0 +1,79 @@
+//! The boot figures of a lease whose VMM was spawned, kept in the ledger (`spawn_json`) at
+//! the spawn. A coinopd that dies before the guest's `guest_ready` leaves a `booting` lease
+//! whose VMM goes on booting; its successor reads the VMM's boot-timing events from its log
+//! (`crate::vmm_log_events`) and finishes the figures exactly as the create would have:
+//! every figure is µs from the create request's arrival, and the VMM's events count from
+//! its time base (`--start-time-us`), which the record places on that scale.
+
+use coinop_proto::BootFigures;
+use serde::{Deserialize, Serialize};
+
+use crate::vmm_log_events::BootProgress;
+
+/// What was known when the VMM was spawned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnRecord {
+    /// Payment check, ledger commit and spawn, µs from the request's arrival.
+    pub figures: BootFigures,
+    /// The VMM's time base (the `--start-time-us` it was given), µs from the request's
+    /// arrival: what its events' `t_us` add to.
+    pub vmm_base_us: u64,
+}
+
+impl SpawnRecord {
+    /// As stored in the ledger.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a struct of integers always serializes")
+    }
+
+    /// From the ledger; `None` for a lease spawned by a coinopd that did not keep it.
+    pub fn from_json(json: Option<&str>) -> Option<SpawnRecord> {
+        json.and_then(|j| serde_json::from_str(j).ok())
+    }
+
+    /// The figures with the VMM's progress added, as a fresh create computes them.
+    pub fn finish(&self, p: BootProgress) -> BootFigures {
+        BootFigures {
+            vcpus_started_us: p.vcpus_started_us.map(|t| self.vmm_base_us + t),
+            guest_ready_us: p.guest_ready_us.map(|t| self.vmm_base_us + t),
+            ..self.figures.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vmm_events_are_placed_on_the_request_scale() {
+        let r = SpawnRecord {
+            figures: BootFigures {
+                payment_verified_us: 100,
+                ledger_committed_us: 900,
+                vmm_spawned_us: 2_000,
+                ..BootFigures::default()
+            },
+            vmm_base_us: 1_000,
+        };
+        assert_eq!(SpawnRecord::from_json(Some(&r.to_json())), Some(r.clone()));
+        assert_eq!(SpawnRecord::from_json(Some("{}")), None);
+        let f = r.finish(BootProgress {
+            vcpus_started_us: Some(5_000),
+            guest_ready_us: Some(30_000),
+            exited: false,
+        });
+        assert_eq!(
+            (
+                f.payment_verified_us,
+                f.ledger_committed_us,
+                f.vmm_spawned_us
+            ),
+            (100, 900, 2_000)
+        );
+        assert_eq!(
+            (f.vcpus_started_us, f.guest_ready_us),
+            (Some(6_000), Some(31_000))
+        );
+    }
+}
