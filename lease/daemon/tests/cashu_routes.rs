@@ -87,6 +87,60 @@ async fn minted_signatures_are_restored_and_never_signed_for_another_payment() {
     d.shutdown().await;
 }
 
+/// A NUT-30 quote is locked to its wallet's key: whoever learns its id cannot take its
+/// payment as a lease (by id alone or with the tx and proof), and the refusal spends
+/// nothing: the wallet's own flow still credits the payment afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_locked_quote_cannot_pay_a_lease() {
+    use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+    let dir = common::StateDir::new();
+    let d = Daemon::start(dir.path(), &[]).await;
+    let key = SecretKey::from_slice(&[7; 32]).expect("a valid secret key");
+    let pubkey = PublicKey::from_secret_key(&Secp256k1::new(), &key).to_string();
+    let r = d
+        .call(
+            "POST",
+            "/v1/mint/quote/onchain",
+            None,
+            Some(json!({"unit": "sat", "pubkey": pubkey})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let quote = r.json()["quote"].as_str().expect("quote").to_string();
+    let address = r.json()["request"].as_str().expect("address").to_string();
+    let (tx_hex, proof_hex) = common::pay_address(&d, &address, 700).await;
+    let proved_payment =
+        json!({"onchain": {"quote_id": quote, "tx_hex": tx_hex, "proof_hex": proof_hex}});
+    let by_id = json!({"onchain": {"quote_id": quote}});
+    for payment in [proved_payment, by_id] {
+        let body = common::leases::testguest_body("mode=echo", payment);
+        let r = d.call("POST", "/v1/leases", None, Some(body)).await;
+        assert_eq!(r.status, 409, "{}", r.text());
+        assert_eq!(
+            r.json()["error"]["code"],
+            "quote_key_locked",
+            "{}",
+            r.text()
+        );
+    }
+    let proved = d
+        .call(
+            "POST",
+            &format!("/v1/mint/quote/onchain/{quote}/payment"),
+            None,
+            Some(json!({"tx_hex": tx_hex, "proof_hex": proof_hex})),
+        )
+        .await;
+    assert_eq!(
+        proved.status,
+        200,
+        "the payment is still unspent: {}",
+        proved.text()
+    );
+    assert_eq!(proved.json()["amount_paid"], 700, "{}", proved.text());
+    d.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cashu_routes_answer_nut00_bodies_and_coinops_routes_keep_theirs() {
     let dir = common::StateDir::new();

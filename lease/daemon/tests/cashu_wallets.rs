@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Blank, Daemon};
+use common::{pay_address, Blank, Daemon};
 use payment::credit::nut_types::{BlindSignature, Proof, ProofDleq};
 use serde_json::{json, Value};
 
@@ -233,55 +233,6 @@ async fn cashu_ts_pays_the_input_fee_coinop_advertises() {
         .iter()
         .all(|s| s == "UNSPENT"));
     d.shutdown().await;
-}
-
-/// Pays `sat` to `address` on the daemon's regtest chain: the transaction mined into a
-/// block on the daemon's tip, confirmed as the daemon requires, and the headers pushed to
-/// it. Returns the transaction and its SPV proof, hex.
-async fn pay_address(d: &Daemon, address: &str, sat: u64) -> (String, String) {
-    use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
-    use payment::onchain::regtest_fixtures::{
-        header_bytes, mine_block, payment_tx, tx_hex, txout_proof_hex,
-    };
-    let host = d.call("GET", "/v1/host", None, None).await.json();
-    let script = address
-        .parse::<bitcoin::Address<_>>()
-        .expect("address")
-        .assume_checked()
-        .script_pubkey();
-    let tip: bitcoin::BlockHash = host["chain"]["hash"]
-        .as_str()
-        .expect("tip")
-        .parse()
-        .expect("hash");
-    let height = host["chain"]["height"].as_u64().expect("height") as u32;
-    let mut time = host["chain"]["time"].as_u64().unwrap_or(0) as u32 + 1;
-    let min_conf = host["min_conf"].as_u64().expect("min_conf").max(1) as u32;
-    let tx = payment_tx(
-        &[(script, bitcoin::Amount::from_sat(sat))],
-        OsRng.next_u32(),
-    );
-    let tag = [5u8; 8];
-    let block = mine_block(tip, height + 1, time, &tag, vec![tx.clone()]);
-    let proof = txout_proof_hex(&block, &[tx.compute_txid()]);
-    let mut headers = vec![hex::encode(header_bytes(&block.header))];
-    let mut prev = block.block_hash();
-    for i in 1..min_conf {
-        time += 1;
-        let b = mine_block(prev, height + 1 + i, time, &tag, vec![]);
-        headers.push(hex::encode(header_bytes(&b.header)));
-        prev = b.block_hash();
-    }
-    let r = d
-        .call(
-            "POST",
-            "/v1/chain/headers",
-            None,
-            Some(json!({ "headers": headers })),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    (tx_hex(&tx), proof)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -269,6 +269,7 @@ impl From<LeaseError> for ApiError {
             Credit(c) => credit_error(c),
             Payment(p) => payment_error(p),
             UnknownQuote(_) => ApiError::not_found(e.to_string()),
+            QuoteKeyLocked(_) => ApiError::conflict("quote_key_locked", e.to_string()),
             Quote(q) => quote_error(q),
             AlreadySpent(m) => ApiError::conflict("already_spent", m),
             AlreadyRefunded(_) => ApiError::conflict("already_refunded", e.to_string()),

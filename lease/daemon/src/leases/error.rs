@@ -36,6 +36,14 @@ pub enum LeaseError {
     /// The quote an on-chain payment names does not exist.
     #[error("no quote {0:?}")]
     UnknownQuote(String),
+    /// The quote is a NUT-30 mint quote, locked to its wallet's key: its payment becomes
+    /// credit only through a mint signed by that key, never a lease paid by its id (which
+    /// anyone who learnt the id could otherwise take).
+    #[error(
+        "quote {0:?} is a NUT-30 mint quote locked to its wallet's key: mint its payment \
+         (POST /v1/mint/onchain, signed) and pay the lease with the credit"
+    )]
+    QuoteKeyLocked(String),
     #[error(transparent)]
     Quote(#[from] QuoteError),
     /// The payment's outpoints or proofs were spent before.

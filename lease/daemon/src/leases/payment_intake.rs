@@ -32,6 +32,9 @@ pub async fn verify_payment(s: &Shared, p: PaymentBody) -> Result<Credit, LeaseE
             let s2 = s.clone();
             blocking(move || match &p {
                 PaymentBody::Onchain(o) => {
+                    if s2.ledger.nut30_quote(&o.quote_id)?.is_some() {
+                        return Err(LeaseError::QuoteKeyLocked(o.quote_id.clone()));
+                    }
                     let chain = s2.chain_read();
                     verify_onchain(&chain, &s2.quotes, Some(&s2.watch), s2.config.min_conf, o)
                 }

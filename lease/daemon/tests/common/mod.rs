@@ -439,3 +439,52 @@ pub async fn wait_for(mut f: impl AsyncFnMut() -> bool, what: &str) {
     }
     panic!("timed out after {LIMIT:?} waiting for {what}");
 }
+
+/// Pays `sat` to `address` on the daemon's regtest chain: the transaction mined into a
+/// block on the daemon's tip, confirmed as the daemon requires, and the headers pushed to
+/// it. Returns the transaction and its SPV proof, hex.
+pub async fn pay_address(d: &Daemon, address: &str, sat: u64) -> (String, String) {
+    use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
+    use payment::onchain::regtest_fixtures::{
+        header_bytes, mine_block, payment_tx, tx_hex, txout_proof_hex,
+    };
+    let host = d.call("GET", "/v1/host", None, None).await.json();
+    let script = address
+        .parse::<bitcoin::Address<_>>()
+        .expect("address")
+        .assume_checked()
+        .script_pubkey();
+    let tip: bitcoin::BlockHash = host["chain"]["hash"]
+        .as_str()
+        .expect("tip")
+        .parse()
+        .expect("hash");
+    let height = host["chain"]["height"].as_u64().expect("height") as u32;
+    let mut time = host["chain"]["time"].as_u64().unwrap_or(0) as u32 + 1;
+    let min_conf = host["min_conf"].as_u64().expect("min_conf").max(1) as u32;
+    let tx = payment_tx(
+        &[(script, bitcoin::Amount::from_sat(sat))],
+        OsRng.next_u32(),
+    );
+    let tag = [5u8; 8];
+    let block = mine_block(tip, height + 1, time, &tag, vec![tx.clone()]);
+    let proof = txout_proof_hex(&block, &[tx.compute_txid()]);
+    let mut headers = vec![hex::encode(header_bytes(&block.header))];
+    let mut prev = block.block_hash();
+    for i in 1..min_conf {
+        time += 1;
+        let b = mine_block(prev, height + 1 + i, time, &tag, vec![]);
+        headers.push(hex::encode(header_bytes(&b.header)));
+        prev = b.block_hash();
+    }
+    let r = d
+        .call(
+            "POST",
+            "/v1/chain/headers",
+            None,
+            Some(json!({ "headers": headers })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    (tx_hex(&tx), proof)
+}
