@@ -53,10 +53,39 @@ pub struct Client {
     socket: PathBuf,
 }
 
+/// How long a connect refused for a full listen queue is retried: a Unix socket answers a
+/// full backlog with EAGAIN at once (TCP would wait), which says "busy", not "not running",
+/// so the CLI waits a little as a TCP client would.
+const BUSY_CONNECT_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl Client {
     pub fn new(socket: &Path) -> Self {
         Client {
             socket: socket.to_path_buf(),
+        }
+    }
+
+    /// Connects to the daemon, retrying for a while when its listen queue is full.
+    async fn connect(&self) -> Result<UnixStream, ClientError> {
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            match UnixStream::connect(&self.socket).await {
+                Ok(stream) => return Ok(stream),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && started.elapsed() < BUSY_CONNECT_RETRY =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
+                }
+                Err(source) => {
+                    return Err(ClientError::Connect {
+                        path: self.socket.clone(),
+                        source,
+                    })
+                }
+            }
         }
     }
 
@@ -68,13 +97,7 @@ impl Client {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Result<Reply, ClientError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Connect {
-                    path: self.socket.clone(),
-                    source,
-                })?;
+        let stream = self.connect().await?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
@@ -95,5 +118,60 @@ impl Client {
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
         Ok(Reply { status, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+
+    /// A daemon whose listen queue is full is busy, not gone: the call waits for room (as a
+    /// TCP client would) instead of failing with EAGAIN.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_listen_queue_is_waited_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("busy.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        // Fill the queue: non-blocking connects are refused with EAGAIN once it is full.
+        let mut queued = Vec::new();
+        loop {
+            match UnixStream::connect(&path).await {
+                Ok(s) => queued.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("connect: {e}"),
+            }
+            assert!(queued.len() < 100_000, "the queue never filled");
+        }
+        let client = Client::new(&path);
+        let call = tokio::spawn(async move { client.call("GET", "/v1/host", None, None).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !call.is_finished(),
+            "the call waits while the queue is full"
+        );
+        // Make room and answer whoever sends a request (the queued ones send nothing).
+        drop(queued);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut first = String::new();
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                if reader.read_line(&mut first).unwrap_or(0) == 0 {
+                    continue;
+                }
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                    line.clear();
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}");
+                return;
+            }
+        });
+        let reply = call
+            .await
+            .expect("task")
+            .expect("answered once there was room");
+        assert_eq!(reply.status, 200);
     }
 }
