@@ -721,8 +721,9 @@ async fn quotes_beyond_the_rate_are_429_for_that_uid_only() {
         (1..=2).contains(&wait),
         "one quote comes back every 2 s: {wait}"
     );
-    // Mint quotes take from the same bucket: they hand out addresses too.
-    let (status, _, text) = request_on(
+    // Mint quotes take from the same bucket: they hand out addresses too. The route speaks
+    // Cashu: NUT-00's body (no NUT code names a rate limit), still 429 with Retry-After.
+    let (status, retry_after, text) = request_on(
         connect_as(NOBODY, &d.socket),
         "POST",
         "/v1/mint/quote/onchain",
@@ -730,6 +731,13 @@ async fn quotes_beyond_the_rate_are_429_for_that_uid_only() {
     )
     .await;
     assert_eq!(status, 429, "{text}");
+    assert!(retry_after.is_some(), "{text}");
+    let cashu: Value = serde_json::from_str(&text).expect("a JSON body");
+    assert_eq!(cashu["code"], 0, "{text}");
+    assert!(
+        cashu["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{text}"
+    );
     // Another uid has its own bucket; the operator has none.
     let (status, _, text) = quote_as(NOBODY - 1).await;
     assert_eq!(status, 200, "{text}");

@@ -411,7 +411,10 @@ pub struct CashuError {
 impl CashuError {
     /// `api` (coinop's answer for the same cause) as a Cashu error with `code`.
     fn from_api(api: ApiError, code: u32) -> Self {
-        let status = if api.status.is_server_error() {
+        // A host fault or a rate limit keeps its status (and Retry-After): the request was
+        // not wrong, the wallet should retry later.
+        let status = if api.status.is_server_error() || api.status == StatusCode::TOO_MANY_REQUESTS
+        {
             api.status
         } else {
             StatusCode::BAD_REQUEST

@@ -16,7 +16,7 @@ use payment::onchain::{price, Quote, Spec};
 use super::json_body::JsonBody;
 use crate::app::{AppState, Shared};
 use crate::clock::unix_s;
-use crate::http::error::{quote_error, ApiError};
+use crate::http::error::{quote_error, ApiError, CashuError};
 use crate::http::peer::PeerCred;
 use crate::leases::{spec, LeaseError};
 use crate::ledger::QuoteRow;
@@ -106,12 +106,30 @@ pub async fn quote_rate(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if !s.operator.allows(&peer) {
+    take_quote(&s, &peer)?;
+    Ok(next.run(req).await)
+}
+
+/// [`quote_rate`] for the Cashu mint-quote route: the same limit, answered in NUT-00's
+/// shape (still 429 with `Retry-After`, so a wallet backs off).
+pub async fn mint_quote_rate(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+    req: Request,
+    next: Next,
+) -> Result<Response, CashuError> {
+    take_quote(&s, &peer)?;
+    Ok(next.run(req).await)
+}
+
+/// One quote from `peer`'s budget (operators are not limited).
+fn take_quote(s: &AppState, peer: &PeerCred) -> Result<(), ApiError> {
+    if !s.operator.allows(peer) {
         s.quote_limiter
             .take(peer.uid, std::time::Instant::now())
             .map_err(ApiError::too_many_quotes)?;
     }
-    Ok(next.run(req).await)
+    Ok(())
 }
 
 pub async fn quote(

@@ -83,7 +83,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/restore", post(credit::restore))
         .route(
             "/v1/mint/quote/onchain",
-            post(credit::mint_quote).route_layer(quote_rate()),
+            post(credit::mint_quote)
+                .route_layer(from_fn_with_state(state.clone(), host::mint_quote_rate)),
         )
         .route("/v1/mint/quote/onchain/{quote}", get(nut30::quote_state))
         .route(
