@@ -87,16 +87,17 @@ async fn minted_signatures_are_restored_and_never_signed_for_another_payment() {
     d.shutdown().await;
 }
 
-/// A NUT-30 quote is locked to its wallet's key: whoever learns its id cannot take its
-/// payment as a lease (by id alone or with the tx and proof), and the refusal spends
-/// nothing: the wallet's own flow still credits the payment afterwards.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_locked_quote_cannot_pay_a_lease() {
-    use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
-    let dir = common::StateDir::new();
-    let d = Daemon::start(dir.path(), &[]).await;
+/// The key a NUT-30 quote is locked to in these tests.
+fn quote_key() -> bitcoin::secp256k1::Keypair {
+    use bitcoin::secp256k1::{Keypair, Secp256k1, SecretKey};
     let key = SecretKey::from_slice(&[7; 32]).expect("a valid secret key");
-    let pubkey = PublicKey::from_secret_key(&Secp256k1::new(), &key).to_string();
+    Keypair::from_secret_key(&Secp256k1::new(), &key)
+}
+
+/// A NUT-30 quote locked to [`quote_key`], and a regtest payment of `sat` to its address
+/// (tx and proof, hex), not yet shown to the daemon.
+async fn key_locked_quote(d: &Daemon, sat: u64) -> (String, String, String) {
+    let pubkey = quote_key().public_key().to_string();
     let r = d
         .call(
             "POST",
@@ -108,7 +109,18 @@ async fn a_key_locked_quote_cannot_pay_a_lease() {
     assert_eq!(r.status, 200, "{}", r.text());
     let quote = r.json()["quote"].as_str().expect("quote").to_string();
     let address = r.json()["request"].as_str().expect("address").to_string();
-    let (tx_hex, proof_hex) = common::pay_address(&d, &address, 700).await;
+    let (tx_hex, proof_hex) = common::pay_address(d, &address, sat).await;
+    (quote, tx_hex, proof_hex)
+}
+
+/// A NUT-30 quote is locked to its wallet's key: whoever learns its id cannot take its
+/// payment as a lease (by id alone or with the tx and proof), and the refusal spends
+/// nothing: the wallet's own flow still credits the payment afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_locked_quote_cannot_pay_a_lease() {
+    let dir = common::StateDir::new();
+    let d = Daemon::start(dir.path(), &[]).await;
+    let (quote, tx_hex, proof_hex) = key_locked_quote(&d, 700).await;
     let proved_payment =
         json!({"onchain": {"quote_id": quote, "tx_hex": tx_hex, "proof_hex": proof_hex}});
     let by_id = json!({"onchain": {"quote_id": quote}});
@@ -138,6 +150,69 @@ async fn a_key_locked_quote_cannot_pay_a_lease() {
         proved.text()
     );
     assert_eq!(proved.json()["amount_paid"], 700, "{}", proved.text());
+    d.shutdown().await;
+}
+
+/// A NUT-30 mint whose reply was lost, sent again as it was, gets the same signatures and
+/// issues nothing more; other outputs overlapping the signed ones are still 11003.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nut30_mint_sent_again_gets_the_same_signatures() {
+    use bitcoin::secp256k1::{Message, Secp256k1};
+    use payment::credit::mint_quote_signature::mint_message_digest;
+    let dir = common::StateDir::new();
+    let d = Daemon::start(dir.path(), &[]).await;
+    let (quote, tx_hex, proof_hex) = key_locked_quote(&d, 600).await;
+    let path = format!("/v1/mint/quote/onchain/{quote}/payment");
+    let r = d
+        .call(
+            "POST",
+            &path,
+            None,
+            Some(json!({"tx_hex": tx_hex, "proof_hex": proof_hex})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let wallet = common::Wallet::new(&d).await;
+    let signed_request = |outputs: Vec<BlindedMessage>| {
+        let digest = mint_message_digest(&quote, &outputs);
+        let sig =
+            Secp256k1::new().sign_schnorr_no_aux_rand(&Message::from_digest(digest), &quote_key());
+        json!({"quote": quote, "outputs": outputs, "signature": hex::encode(sig.as_ref())})
+    };
+    let blanks = wallet.outputs(&[256, 32]);
+    let request = signed_request(blanks.iter().map(|b| b.msg.clone()).collect());
+    let first = d
+        .call("POST", "/v1/mint/onchain", None, Some(request.clone()))
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let again = d
+        .call("POST", "/v1/mint/onchain", None, Some(request))
+        .await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json()["signatures"], first.json()["signatures"]);
+    let state = d
+        .call(
+            "GET",
+            &format!("/v1/mint/quote/onchain/{quote}"),
+            None,
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(state["amount_issued"], 288, "issued once: {state}");
+    // One output signed before, one new: not a retry.
+    let mut mixed: Vec<BlindedMessage> = vec![blanks[1].msg.clone()];
+    mixed.extend(wallet.outputs(&[64]).into_iter().map(|b| b.msg));
+    cashu_refusal(
+        &d.call(
+            "POST",
+            "/v1/mint/onchain",
+            None,
+            Some(signed_request(mixed)),
+        )
+        .await,
+        11003,
+    );
     d.shutdown().await;
 }
 

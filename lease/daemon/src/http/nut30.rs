@@ -12,7 +12,7 @@ use axum::Json;
 use payment::credit::mint_quote_signature::verify_mint_signature;
 use payment::credit::nut_types::{
     MintNut30Request, MintOnchainResponse, MintQuoteNut30Request, MintQuoteNut30Response,
-    OnchainPayment, QuotePaymentProof,
+    OnchainPayment, QuotePaymentProof, RestoreRequest,
 };
 use payment::credit::receipt::receipt;
 use payment::credit::{curve::parse_point, signed_records, CreditError};
@@ -141,6 +141,19 @@ pub async fn mint(
             .nut30_quote(&req.quote)?
             .ok_or_else(|| unknown_quote(&req.quote))?;
         verify_mint_signature(&req.quote, &req.outputs, &row.pubkey, &req.signature)?;
+        // A retry after a lost reply: every output was signed already, so the same request
+        // gets the same signatures (what NUT-09 restore would hand anyone for these
+        // outputs; nothing is issued again). Some signed and some not stays 11003.
+        if !req.outputs.is_empty() {
+            let before = s.mint.restore(&RestoreRequest {
+                outputs: req.outputs.clone(),
+            })?;
+            if before.signatures.len() == req.outputs.len() {
+                return Ok(Json(MintOnchainResponse {
+                    signatures: before.signatures,
+                }));
+            }
+        }
         // New signatures are new writes: refused while the disk is nearly full.
         degraded::admit(&s)?;
         let signed = s.ledger.issue_nut30(&req.quote, |q| {
