@@ -254,19 +254,7 @@ async fn bcoins_wallet_pays_a_quote_the_host_sees_it_and_its_txoutproof_mints_at
     let Some(bcoin) = bcoin_dir() else { return };
     let dir = StateDir::new();
     let node = Bcoin::start_with_wallet(&bcoin);
-    let funds = node
-        .wallet(
-            "POST",
-            "/wallet/primary/address",
-            serde_json::json!({"account": "default"}),
-        )
-        .await["address"]
-        .as_str()
-        .expect("a wallet address")
-        .to_string();
-    // 101 blocks: the first coinbase matures, the wallet has coins to send.
-    node.rpc("generatetoaddress", serde_json::json!([101, funds]))
-        .await;
+    let funds = node.fund_wallet().await;
     let d = Daemon::start(
         dir.path(),
         &[
@@ -517,18 +505,7 @@ async fn a_reorged_payment_freezes_its_lease_which_thaws_when_it_confirms_again_
     }
     let dir = StateDir::new();
     let node = Bcoin::start_with_wallet(&bcoin);
-    let funds = node
-        .wallet(
-            "POST",
-            "/wallet/primary/address",
-            serde_json::json!({"account": "default"}),
-        )
-        .await["address"]
-        .as_str()
-        .expect("a wallet address")
-        .to_string();
-    node.rpc("generatetoaddress", serde_json::json!([101, funds]))
-        .await;
+    let funds = node.fund_wallet().await;
     let d = Daemon::start(
         dir.path(),
         &[
