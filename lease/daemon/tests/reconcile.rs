@@ -60,6 +60,23 @@ async fn ends_within(vmm: &VmmProcess, limit: Duration) -> bool {
     false
 }
 
+/// Stops an adopted lease's guest through its VMM's control socket (as the guest ending by
+/// itself would): the lease becomes `stopped` and the VMM ends.
+async fn stop_adopted_guest(dir: &Path, id: &str, adopted: &LeaseRow, vmm: &VmmProcess) {
+    let stop = vmm_protocol::client::set_state(
+        &PathBuf::from(&adopted.control_path),
+        vmm_protocol::Request::Stop,
+    )
+    .await;
+    assert!(stop.is_ok(), "{stop:?}");
+    wait_for(
+        async || row(dir, id).state == LeaseState::Stopped,
+        "the adopted guest's end",
+    )
+    .await;
+    assert!(ends_within(vmm, Duration::from_secs(10)).await);
+}
+
 async fn spinning_lease(d: &Daemon, sat: u64) -> CreatedLease {
     let proofs = d.mint_credit(sat).await;
     d.create_lease(testguest_body("mode=spin:600000", credit_payment(&proofs)))
@@ -306,18 +323,7 @@ async fn a_lease_adopted_while_booting_keeps_its_vmm_pid() {
     let adopted = row(dir.path(), &id);
     assert_eq!(adopted.state, LeaseState::Running, "{adopted:?}");
     assert_eq!(adopted.vmm(), Some(vmm), "the same VMM, pid and start time");
-    let stop = vmm_protocol::client::set_state(
-        &PathBuf::from(&adopted.control_path),
-        vmm_protocol::Request::Stop,
-    )
-    .await;
-    assert!(stop.is_ok(), "{stop:?}");
-    wait_for(
-        async || row(dir.path(), &id).state == LeaseState::Stopped,
-        "the adopted guest's end",
-    )
-    .await;
-    assert!(ends_within(&vmm, Duration::from_secs(10)).await);
+    stop_adopted_guest(dir.path(), &id, &adopted, &vmm).await;
     d.shutdown().await;
 }
 
@@ -379,18 +385,7 @@ async fn a_lease_adopted_while_booting_gets_its_boot_figures_from_its_vmm() {
     )
     .await;
     books_balance(dir.path(), &id);
-    let stop = vmm_protocol::client::set_state(
-        &PathBuf::from(&adopted.control_path),
-        vmm_protocol::Request::Stop,
-    )
-    .await;
-    assert!(stop.is_ok(), "{stop:?}");
-    wait_for(
-        async || row(dir.path(), &id).state == LeaseState::Stopped,
-        "the adopted guest's end",
-    )
-    .await;
-    assert!(ends_within(&vmm, Duration::from_secs(10)).await);
+    stop_adopted_guest(dir.path(), &id, &adopted, &vmm).await;
     d.shutdown().await;
 }
 
