@@ -166,16 +166,7 @@ impl IntoResponse for ApiError {
         .unwrap_or_else(|_| {
             br#"{"error":{"code":"internal","message":"error encoding"}}"#.to_vec()
         });
-        let mut resp = (self.status, body).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(s) = self.retry_after_s {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        resp
+        json_response(self.status, body, self.retry_after_s)
     }
 }
 
@@ -516,17 +507,23 @@ impl IntoResponse for CashuError {
             code: self.code,
         })
         .unwrap_or_else(|_| br#"{"detail":"error encoding","code":0}"#.to_vec());
-        let mut resp = (self.status, body).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(s) = self.retry_after_s {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        resp
+        json_response(self.status, body, self.retry_after_s)
     }
+}
+
+/// A JSON error answer with its status and, for a retryable refusal, `Retry-After`: the one
+/// shape both error bodies (coinop's and NUT-00's) go out in.
+fn json_response(status: StatusCode, body: Vec<u8>, retry_after_s: Option<u64>) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(s) = retry_after_s {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    resp
 }
 
 #[cfg(test)]
