@@ -3,8 +3,8 @@
 //! `personalised: <line>`, write 123, idle): a cold-booted guest gets exactly its line before
 //! `guest_ready`; a line sent before the 124 waits for it; bad lines and a second line are
 //! refused and deliver nothing; five restores of one snapshot taken while the guest waited
-//! each get only their own line, with the boot events of a cold boot; a guest snapshotted
-//! after it had its line refuses another.
+//! each get only their own line, with the boot events of a cold boot (and so does a
+//! 2-vCPU guest); a guest snapshotted after it had its line refuses another.
 
 mod common;
 
@@ -202,10 +202,11 @@ fn bad_lines_and_a_second_line_are_refused_and_deliver_nothing() {
     assert_events_in_order(&out, &COLD_BOOT);
 }
 
-/// Boots `mode=personalise`, waits until it awaits its line, and snapshots it into `dir`
-/// (the VMM exits): the golden snapshot of the protocol.
-fn snapshot_awaiting_guest(dir: &Path) -> Outcome {
+/// Boots `mode=personalise` on `vcpus`, waits until it awaits its line, and snapshots it
+/// into `dir` (the VMM exits): the golden snapshot of the protocol.
+fn snapshot_awaiting_guest(dir: &Path, vcpus: u32) -> Outcome {
     let mut vm = Vmm::boot(Image::Pvh, "mode=personalise")
+        .vcpus(vcpus)
         .with_control()
         .spawn();
     vm.wait_event("awaiting_personalisation");
@@ -235,7 +236,7 @@ fn five_restores_of_one_awaiting_snapshot_each_get_only_their_own_line() {
     const RESTORES: usize = 5;
     let snap = scratch();
     let dir = snap.path().join("golden");
-    let golden = snapshot_awaiting_guest(&dir);
+    let golden = snapshot_awaiting_guest(&dir, 1);
     assert!(golden.stdout.contains(EMPTY_BEFORE), "{}", golden.context());
 
     let vms: Vec<Running> = (0..RESTORES).map(|_| restore(&dir)).collect();
@@ -262,18 +263,36 @@ fn five_restores_of_one_awaiting_snapshot_each_get_only_their_own_line() {
             !out.stdout.contains(EMPTY_BEFORE),
             "restore {i} booted again\n{ctx}"
         );
-        assert_events_in_order(
-            out,
-            &[
-                "vm_created",
-                "restored",
-                "vcpus_started",
-                "awaiting_personalisation",
-                "personalised",
-                "guest_ready",
-            ],
-        );
+        assert_events_in_order(out, &RESTORED);
     }
+}
+
+const RESTORED: [&str; 6] = [
+    "vm_created",
+    "restored",
+    "vcpus_started",
+    "awaiting_personalisation",
+    "personalised",
+    "guest_ready",
+];
+
+#[test]
+fn a_2_vcpu_guest_restored_while_waiting_gets_its_line() {
+    if !kvm_ready() {
+        return;
+    }
+    let snap = scratch();
+    let dir = snap.path().join("golden2");
+    snapshot_awaiting_guest(&dir, 2);
+    let mut vm = restore(&dir);
+    let line = lease_line(42);
+    assert_eq!(personalise(&mut vm.connect(), &line), json!({"ok": true}));
+    vm.wait_event("guest_ready");
+    let out = stop(vm);
+    let ctx = out.context();
+    assert_eq!(personalised_lines(&out.stdout), [line.as_str()], "{ctx}");
+    assert_eq!(out.event("vcpus_started")["vcpus"], 2, "{ctx}");
+    assert_events_in_order(&out, &RESTORED);
 }
 
 #[test]

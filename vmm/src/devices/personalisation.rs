@@ -336,6 +336,25 @@ mod tests {
     }
 
     #[test]
+    fn a_driver_that_enabled_the_rx_interrupt_gets_it_for_the_line() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let file = tempfile::tempfile().expect("temp file");
+        let events = Arc::new(EventSink::from_file(file, Clock::starting_now()));
+        let mut p = PersonalisationPort::new(IrqLine(irq.try_clone().expect("dup")), events);
+        // IER: received-data interrupt only, as an 8250 driver sets it once ttyS1 is open.
+        p.write(1, 0x01);
+        let _ = irq.read();
+        p.personalise("irq").expect("valid");
+        assert!(irq.read().is_err(), "no interrupt before 124 (EAGAIN)");
+        p.guest_awaits();
+        assert!(
+            irq.read().expect("the line raised IRQ 3's eventfd") > 0,
+            "interrupt on data"
+        );
+        assert_eq!(read_line(&mut p), b"irq\n");
+    }
+
+    #[test]
     fn loopback_probing_loses_no_line_byte() {
         let (mut p, _file) = port();
         p.guest_awaits();
