@@ -26,7 +26,10 @@ pub fn parse(lines: &[String]) -> VmmTimes {
                 t.exit = Some(t_us);
                 t.exit_reason = Some(reason);
             }
-            Event::Restored { .. } | Event::Warning { .. } => {}
+            Event::Restored { .. }
+            | Event::Warning { .. }
+            | Event::AwaitingPersonalisation { .. }
+            | Event::Personalised { .. } => {}
         }
     }
     t

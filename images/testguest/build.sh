@@ -27,7 +27,7 @@ LDFLAGS="-nostdlib -static --no-dynamic-linker -z noexecstack -z max-page-size=0
  --build-id=none -T $SRC/link.ld"
 
 COMMON=""
-for c in main serial cmdline tsc mptable smp power; do
+for c in main serial cmdline tsc mptable smp power personalise; do
     # shellcheck disable=SC2086 # flag lists are meant to split
     $CC $CFLAGS -c "$SRC/$c.c" -o "$OUT/obj/$c.o"
     COMMON="$COMMON $OUT/obj/$c.o"

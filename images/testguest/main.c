@@ -1,6 +1,7 @@
 /* The test guest's behaviour: announce readiness, then follow `mode=` from the command line. */
 #include "cmdline.h"
 #include "io.h"
+#include "personalise.h"
 #include "power.h"
 #include "serial.h"
 #include "smp.h"
@@ -135,8 +136,15 @@ void guest_main(u64 cmdline_paddr)
 {
     char mode[32];
     serial_puts("coinop-testguest ready\n");
-    outb(BOOT_TIMER_PORT, BOOT_TIMER_READY);
     cmdline_value(cmdline_paddr, "mode=", mode, sizeof(mode));
+
+    /* Personalisation comes before readiness: it writes 124, then 123 itself. */
+    if (streq(mode, "personalise") ||
+        (starts_with(mode, "personalise:") && parse_ms(mode + 12) >= 0)) {
+        personalise(mode[11] == ':' ? parse_ms(mode + 12) : 0);
+        idle_forever();
+    }
+    outb(BOOT_TIMER_PORT, BOOT_TIMER_READY);
 
     if (mode[0] == 0 || streq(mode, "halt")) {
         /* nothing to do */

@@ -16,9 +16,10 @@ use crate::control;
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::console_cap::CappedConsole;
 use crate::devices::i8042::ResetController;
+use crate::devices::personalisation::PersonalisationPort;
 use crate::devices::serial::{Console, ConsoleOut, IrqLine};
 use crate::devices::virtio::attach;
-use crate::devices::{PioBus, COM1_IRQ};
+use crate::devices::{PioBus, COM1_IRQ, COM2_IRQ};
 use crate::error::StartError;
 use crate::events::{Clock, EventSink};
 use crate::exit::VmExit;
@@ -123,6 +124,7 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
         .map_err(StartError::Com1Irqfd)?;
     let pio = Arc::new(PioBus::new(
         Console::new(IrqLine(irq), console_out),
+        PersonalisationPort::new(com2_irq(&vm_fd)?, Arc::clone(&events)),
         ResetController::default(),
         BootTimer::new(Arc::clone(&events)),
     ));
@@ -269,8 +271,15 @@ fn restore(
         .register_irqfd(&irq, COM1_IRQ)
         .map_err(StartError::Com1Irqfd)?;
     let console = Console::restore(IrqLine(irq), console_out, &state.devices.console)?;
+    let personalisation = PersonalisationPort::restore(
+        com2_irq(&vm_fd)?,
+        Arc::clone(&events),
+        &state.devices.personalisation,
+        state.devices.guest_was_ready,
+    )?;
     let pio = Arc::new(PioBus::new(
         console,
+        personalisation,
         ResetController::default(),
         BootTimer::restored(Arc::clone(&events), state.devices.guest_was_ready),
     ));
@@ -298,6 +307,15 @@ fn restore(
         clock,
     };
     launch(parts, inits)
+}
+
+/// The personalisation port's interrupt line: an eventfd KVM turns into GSI 3.
+fn com2_irq(vm_fd: &VmFd) -> Result<IrqLine, StartError> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(StartError::Com2Eventfd)?;
+    vm_fd
+        .register_irqfd(&irq, COM2_IRQ)
+        .map_err(StartError::Com2Irqfd)?;
+    Ok(IrqLine(irq))
 }
 
 /// Loads kernel, initrd and command line and writes the boot structures; returns the

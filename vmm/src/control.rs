@@ -46,6 +46,8 @@ pub trait ControlTarget: Send + Sync {
     /// [`ControlTarget::stop`], else it runs again unless it was paused. The state now
     /// requested.
     fn snapshot(&self, dir: &str, exit: bool) -> Result<VmState, String>;
+    /// Hands the guest its personalisation line (validated, accepted once).
+    fn personalise(&self, line: &str) -> Result<(), String>;
     /// Ends the VM (called after the `stop` reply is sent).
     fn stop(&self);
 }
@@ -130,6 +132,9 @@ pub fn serve_client(stream: UnixStream, target: &dyn ControlTarget) {
             Ok(Request::Snapshot { dir, exit }) => target
                 .snapshot(dir, *exit)
                 .map_or_else(Reply::Error, Reply::State),
+            Ok(Request::Personalise { line }) => target
+                .personalise(line)
+                .map_or_else(Reply::Error, |()| Reply::Done),
             Err(error) => Reply::Error(error.to_string()),
         };
         let stops = match (&request, &reply) {
@@ -202,6 +207,16 @@ mod tests {
             } else {
                 VmState::Running
             })
+        }
+        fn personalise(&self, line: &str) -> Result<(), String> {
+            self.0
+                .lock()
+                .expect("test lock")
+                .push(format!("personalise {line}"));
+            if line == "bad" {
+                return Err("personalise: refused".into());
+            }
+            Ok(())
         }
         fn stop(&self) {
             self.0.lock().expect("test lock").push("stop".into());
@@ -286,6 +301,27 @@ mod tests {
         assert_eq!(
             *target.0.lock().expect("test lock"),
             vec!["snapshot ", "snapshot /s", "snapshot /t", "stop"]
+        );
+    }
+
+    #[test]
+    fn personalise_replies_done_or_the_targets_refusal() {
+        let target = Recorder::default();
+        let replies = session(
+            &target,
+            b"{\"cmd\":\"personalise\",\"line\":\"a b\"}\n{\"cmd\":\"personalise\",\"line\":\"bad\"}\n{\"cmd\":\"personalise\"}\n",
+        );
+        assert_eq!(
+            replies,
+            [
+                r#"{"ok":true}"#,
+                r#"{"error":"personalise: refused","ok":false}"#,
+                r#"{"error":"bad arguments to 'personalise': missing field `line`","ok":false}"#,
+            ]
+        );
+        assert_eq!(
+            *target.0.lock().expect("test lock"),
+            vec!["personalise a b", "personalise bad"]
         );
     }
 

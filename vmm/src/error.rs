@@ -47,6 +47,13 @@ pub enum StartError {
     /// KVM refused the irqfd that wires COM1's eventfd to its IRQ line.
     #[error("KVM_IRQFD for COM1: {0}")]
     Com1Irqfd(#[source] kvm_ioctls::Error),
+    /// The eventfd that raises the personalisation port's (COM2's) interrupt could not be
+    /// created.
+    #[error("creating the COM2 (personalisation port) eventfd: {0}")]
+    Com2Eventfd(#[source] std::io::Error),
+    /// KVM refused the irqfd that wires COM2's eventfd to its IRQ line.
+    #[error("KVM_IRQFD for COM2 (personalisation port): {0}")]
+    Com2Irqfd(#[source] kvm_ioctls::Error),
     /// KVM would not say which CPUID leaves it supports.
     #[error("KVM_GET_SUPPORTED_CPUID: {0}")]
     SupportedCpuid(#[source] kvm_ioctls::Error),
@@ -81,6 +88,9 @@ pub enum StartError {
     /// `--restore`: the snapshot's COM1 state is unusable.
     #[error("--restore: {0}")]
     ConsoleState(#[from] crate::devices::serial::RestoreError),
+    /// `--restore`: the snapshot's personalisation-port state is unusable.
+    #[error("--restore: {0}")]
+    PersonalisationState(#[from] crate::devices::personalisation::RestoreError),
 }
 
 impl StartError {
@@ -97,7 +107,7 @@ impl StartError {
             | StartError::Vm(vstate::vm::Error::KvmUnavailable(_)) => 2,
             StartError::Virtio(e) if e.is_bad_input() => 2,
             StartError::Snapshot(e) if e.is_bad_input() => 2,
-            StartError::ConsoleState(_) => 2,
+            StartError::ConsoleState(_) | StartError::PersonalisationState(_) => 2,
             _ => 1,
         }
     }

@@ -1,6 +1,6 @@
-//! The JSON-lines event stream (`vm_created`, `vcpus_started`, `guest_ready`, `warning`,
-//! `exit`), each stamped with µs since the caller's spawn (`--start-time-us`) or the VMM's
-//! start. The lines themselves are [`vmm_protocol::Event`]s.
+//! The JSON-lines event stream (`vm_created`, `restored`, `vcpus_started`,
+//! `awaiting_personalisation`, `personalised`, `guest_ready`, `warning`, `exit`), each
+//! stamped with µs since the caller's spawn (`--start-time-us`) or the VMM's start. The lines themselves are [`vmm_protocol::Event`]s.
 
 use std::fs::File;
 use std::io::Write;
@@ -99,6 +99,8 @@ impl EventSink {
             Event::VmCreated { .. }
                 | Event::Restored { .. }
                 | Event::VcpusStarted { .. }
+                | Event::AwaitingPersonalisation { .. }
+                | Event::Personalised { .. }
                 | Event::GuestReady { .. }
         );
         if self.copy_boot_to_stderr && boot_timing {

@@ -52,6 +52,11 @@
 //! {"event":"vm_created","t_us":812}
 //! {"event":"restored","t_us":1010}                     --restore only: saved state loaded
 //! {"event":"vcpus_started","t_us":1290,"vcpus":2}      first KVM_RUN issued on every vCPU
+//! {"event":"awaiting_personalisation","t_us":1700}     the guest wrote 124 to port 0x3f0
+//!                                                      (restored while waiting: right
+//!                                                      after vcpus_started)
+//! {"event":"personalised","t_us":2300}                 the guest read the whole
+//!                                                      `personalise` line from COM2
 //! {"event":"guest_ready","t_us":2480}                  the guest wrote 123 to port 0x3f0
 //!                                                      (restored: see devices::boot_timer)
 //! {"event":"exit","t_us":9120,"reason":"guest_reset","code":0}
@@ -64,8 +69,12 @@
 //! error, a guest crash event or an exit the VMM does not handle, and code 1 when the VMM
 //! itself failed.
 //!
+//! `awaiting_personalisation` and `personalised` come only from guests that use the
+//! personalisation port (below); each at most once.
+//!
 //! With `--events fd:N`, the boot-timing events (`vm_created`, `restored`, `vcpus_started`,
-//! `guest_ready`) and `exit` are also copied to stderr, each after it went to fd N, so that a
+//! `awaiting_personalisation`, `personalised`, `guest_ready`) and `exit` are also copied to
+//! stderr, each after it went to fd N, so that a
 //! supervisor that lost fd N (restarted while the guest ran) can read them from its log.
 //!
 //! # Control protocol
@@ -85,11 +94,20 @@
 //! ← {"ok":true}
 //! → {"cmd":"snapshot","dir":"/srv/snap","exit":false}  pause, write DIR/state + DIR/memory
 //! ← {"ok":true,"state":"running"}                      (`exit`: true → "stopping", then exit)
+//! → {"cmd":"personalise","line":"coinop-personalise/1 entropy=..."}   see below
+//! ← {"ok":true}
 //! → {"cmd":"stop"}
 //! ← {"ok":true,"state":"stopping"}
 //! → {"cmd":"bogus"}
 //! ← {"ok":false,"error":"unknown command 'bogus'"}
 //! ```
+//! `personalise` hands the guest its per-lease line (printable ASCII 0x20-0x7e, at most 4096
+//! bytes, no newline): the VMM queues it plus `\n` for the personalisation port and delivers
+//! it once the guest has written 124 (at once if it already has, also in a guest restored
+//! from a snapshot taken after the 124). It is accepted once per guest: a second line, a
+//! longer one or one with any other byte gets `{"ok":false,"error":...}` and nothing is
+//! delivered. See [`devices::personalisation`].
+//!
 //! `vcpu_us` is the CPU time each vCPU thread really consumed (the kernel's per-thread
 //! accounting), so metering bills what the guest burned, not wall time. A paused guest's
 //! `vcpu_us` stays flat.
@@ -101,11 +119,23 @@
 //!   entry with EBX = `hvm_start_info`; other ELFs at `e_entry` in 64-bit mode with RSI =
 //!   boot_params (identity-mapped page tables for the first 1 GiB, flat GDT); a bzImage
 //!   through its 64-bit entry.
-//! - COM1 at 0x3f8, IRQ 4. i8042 reset (0xFE to port 0x64) ends the VMM with code 0.
-//! - Boot timer: writing 123 to port 0x3f0 emits `guest_ready`.
 //! - CPUID leaf 0x4000_0010: EAX = TSC frequency in kHz, EBX = LAPIC bus frequency in kHz,
 //!   so a guest can measure time without calibrating.
-//! - An MP table in the BIOS area lists every vCPU (APIC ids 0..N-1).
+//! - An MP table in the BIOS area lists every vCPU (APIC ids 0..N-1) and routes ISA IRQs
+//!   0-15 to the IOAPIC pins of the same number.
+//!
+//! | device | where | what |
+//! |---|---|---|
+//! | COM1, the console (16550A) | port 0x3f8, IRQ 4 | output to `--serial`; input from stdin and `console_input` |
+//! | COM2, the personalisation port (16550A) | port 0x2f8, IRQ 3 | input: the `personalise` line + `\n`, once the guest wrote 124; output discarded |
+//! | i8042 | ports 0x60, 0x64 | 0xFE to port 0x64 (reset) ends the VMM with code 0 |
+//! | boot timer | port 0x3f0 | 123: `guest_ready`; 124: `awaiting_personalisation` |
+//! | virtio-mmio disks and NICs | 0xd0000000 + 4 KiB × n, IRQs 5, 6, 7, 9, ... | `--disk`, `--net` |
+//!
+//! Both UARTs are always present (a legacy port costs nothing and a flag would be one more
+//! thing for coinopd to get right) and wired alike. A Linux guest built with
+//! `CONFIG_SERIAL_8250_RUNTIME_UARTS=1` needs `8250.nr_uarts=2` on its command line to see
+//! COM2 as /dev/ttyS1; a guest that never touches COM2 is unaffected by it.
 //!
 //! # Layout of this crate
 //! [`builder`] assembles a VM in one readable sequence; [`vstate`] holds the KVM objects

@@ -1,5 +1,5 @@
 //! A running guest as the control socket sees it: state, usage, console input, pause,
-//! resume, snapshot and stop.
+//! resume, snapshot, personalise and stop.
 
 use crate::control::ControlTarget;
 use crate::devices::PioBus;
@@ -97,6 +97,13 @@ impl ControlTarget for Machine {
         }
         taken.map_err(|e| format!("snapshot {dir}: {e}"))?;
         Ok(self.state())
+    }
+
+    fn personalise(&self, line: &str) -> Result<(), String> {
+        self.pio
+            .personalisation()
+            .personalise(line)
+            .map_err(|e| e.to_string())
     }
 
     fn stop(&self) {

@@ -908,7 +908,11 @@ async fn wait_ready(
                     code: Some(i64::from(code)),
                 })
             }
-            Event::VmCreated { .. } | Event::Restored { .. } | Event::Warning { .. } => {}
+            Event::VmCreated { .. }
+            | Event::Restored { .. }
+            | Event::Warning { .. }
+            | Event::AwaitingPersonalisation { .. }
+            | Event::Personalised { .. } => {}
         }
     }
 }

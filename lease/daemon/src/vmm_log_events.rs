@@ -64,7 +64,10 @@ pub fn boot_progress(log: &Path) -> BootProgress {
             Event::VcpusStarted { t_us, .. } => p.vcpus_started_us = Some(t_us),
             Event::GuestReady { t_us } => p.guest_ready_us = Some(t_us),
             Event::Exit { .. } => p.exited = true,
-            Event::Restored { .. } | Event::Warning { .. } => {}
+            Event::Restored { .. }
+            | Event::Warning { .. }
+            | Event::AwaitingPersonalisation { .. }
+            | Event::Personalised { .. } => {}
         }
     }
     p

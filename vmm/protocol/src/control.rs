@@ -35,12 +35,21 @@ pub enum Request {
         #[serde(default)]
         exit: bool,
     },
+    /// The guest's per-lease line for the personalisation port (COM2): printable ASCII
+    /// (0x20-0x7e), at most [`Request::PERSONALISE_LINE_MAX`] bytes. The VMM queues
+    /// `line` + `\n` for the guest, delivered once the guest has written 124 to the boot
+    /// timer (at once if it already has): [`Reply::Done`] once queued. Accepted once per
+    /// guest; a second one, or a bad line, is refused and nothing is delivered.
+    Personalise {
+        /// The line, without its newline.
+        line: String,
+    },
 }
 
 impl Request {
     /// Every `cmd` the VMM knows; any other is refused as an unknown command. The unit tests
     /// keep this in step with the enum and with [`Request::from_line`].
-    pub const COMMANDS: [&'static str; 7] = [
+    pub const COMMANDS: [&'static str; 8] = [
         "status",
         "pause",
         "resume",
@@ -48,7 +57,11 @@ impl Request {
         "console_input",
         "stop",
         "snapshot",
+        "personalise",
     ];
+
+    /// The longest `personalise` line the VMM accepts, in bytes (newline not counted).
+    pub const PERSONALISE_LINE_MAX: usize = 4096;
 
     /// The `cmd` of this request.
     pub fn cmd(&self) -> &'static str {
@@ -60,6 +73,7 @@ impl Request {
             Request::ConsoleInput { .. } => "console_input",
             Request::Stop => "stop",
             Request::Snapshot { .. } => "snapshot",
+            Request::Personalise { .. } => "personalise",
         }
     }
 
@@ -117,6 +131,13 @@ impl Request {
                 };
                 Ok(Request::Snapshot { dir, exit })
             }
+            "personalise" => match value.get("line") {
+                Some(Value::String(line)) => Ok(Request::Personalise { line: line.clone() }),
+                other => Err(RequestError::BadArguments {
+                    cmd: "personalise",
+                    detail: not_a_string("line", other),
+                }),
+            },
             _ => Err(RequestError::UnknownCommand(cmd.to_string())),
         }
     }
@@ -379,6 +400,12 @@ mod tests {
                     exit: true,
                 },
             ),
+            (
+                r#"{"cmd":"personalise","line":"coinop-personalise/1 hostname=a"}"#,
+                Request::Personalise {
+                    line: "coinop-personalise/1 hostname=a".into(),
+                },
+            ),
         ]
     }
 
@@ -516,6 +543,8 @@ mod tests {
                     format!(r#"{{"cmd":"{cmd}","dir":"/d","exit":1}}"#),
                     format!(r#"{{"cmd":"{cmd}","dir":7}}"#),
                     format!(r#"{{"cmd":"{cmd}","dir":"/d","exit":null}}"#),
+                    format!(r#"{{"cmd":"{cmd}","line":"x y"}}"#),
+                    format!(r#"{{"cmd":"{cmd}","line":7}}"#),
                 ]
             })
             .collect();

@@ -38,6 +38,20 @@ pub enum Event {
         /// How many vCPUs the guest has.
         vcpus: u32,
     },
+    /// The guest wrote 124 to port 0x3f0 (the boot timer): it is waiting for its line on
+    /// the personalisation port and holds no per-lease state yet (the point at which a
+    /// golden snapshot is taken). Sent once; a guest restored from a snapshot taken while
+    /// it waited sends it again as its vCPUs start (before `guest_ready`).
+    AwaitingPersonalisation {
+        /// µs since the time base.
+        t_us: u64,
+    },
+    /// The guest has read the whole `personalise` line, newline included, out of the
+    /// personalisation port's FIFO; sent once.
+    Personalised {
+        /// µs since the time base.
+        t_us: u64,
+    },
     /// The guest wrote 123 to port 0x3f0 (the boot timer); sent once.
     GuestReady {
         /// µs since the time base.
@@ -66,6 +80,8 @@ impl Event {
             | Event::VmCreated { t_us }
             | Event::Restored { t_us }
             | Event::VcpusStarted { t_us, .. }
+            | Event::AwaitingPersonalisation { t_us }
+            | Event::Personalised { t_us }
             | Event::GuestReady { t_us }
             | Event::Exit { t_us, .. } => *t_us,
         }
@@ -156,6 +172,14 @@ mod tests {
                 },
             ),
             (
+                r#"{"event":"awaiting_personalisation","t_us":9100}"#,
+                Event::AwaitingPersonalisation { t_us: 9100 },
+            ),
+            (
+                r#"{"event":"personalised","t_us":9400}"#,
+                Event::Personalised { t_us: 9400 },
+            ),
+            (
                 r#"{"event":"guest_ready","t_us":9688}"#,
                 Event::GuestReady { t_us: 9688 },
             ),
@@ -188,7 +212,10 @@ mod tests {
     #[test]
     fn every_event_has_its_time() {
         let times: Vec<u64> = pinned().iter().map(|(_, event)| event.t_us()).collect();
-        assert_eq!(times, [485, 1879, 2210, 8577, 9688, 362172, 18747]);
+        assert_eq!(
+            times,
+            [485, 1879, 2210, 8577, 9100, 9400, 9688, 362172, 18747]
+        );
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! coinop-vmm talks to its parent on two JSON-lines channels, one JSON object per line:
 //!
 //! - the **event stream** ([`Event`]): what happened to the guest and when (`vm_created`,
-//!   `vcpus_started`, `guest_ready`, `warning`, and last `exit` with its [`ExitReason`] and
-//!   process exit code), on stderr or an inherited fd;
+//!   `vcpus_started`, `awaiting_personalisation`, `personalised`, `guest_ready`, `warning`,
+//!   and last `exit` with its [`ExitReason`] and process exit code), on stderr or an
+//!   inherited fd;
 //! - the **control socket**: a client sends a [`Request`] (`status`, `pause`, `resume`,
-//!   `usage`, `console_input`, `stop`) and gets one [`Reply`] back: a [`Status`], a [`Usage`],
-//!   the [`VmState`] the guest is now asked to be in, a bare acknowledgement, or an error
-//!   text. A request the VMM cannot read is refused with the [`RequestError`]'s text.
+//!   `usage`, `console_input`, `stop`, `snapshot`, `personalise`) and gets one [`Reply`]
+//!   back: a [`Status`], a [`Usage`], the [`VmState`] the guest is now asked to be in, a bare
+//!   acknowledgement, or an error text. A request the VMM cannot read is refused with the
+//!   [`RequestError`]'s text.
 //!
 //! The enums here are the whole vocabulary; the `vmm` crate's top-level docs describe what
 //! each message means for a guest. [`Event`], [`Request`] and [`Reply`] have `to_line` and

@@ -1,5 +1,6 @@
 //! The boot-timer port: a guest writes 123 to port 0x3f0 when it is ready, and the VMM
-//! emits `guest_ready` once.
+//! emits `guest_ready` once. (124 on the same port means "awaiting personalisation" and is
+//! the personalisation port's business: [`super::personalisation`].)
 //!
 //! A guest restored from a snapshot taken after it was ready will not write again: the
 //! snapshot records that it was ready, and its `guest_ready` follows `vcpus_started` at once
@@ -15,6 +16,8 @@ use vmm_protocol::Event;
 
 /// The byte that means "ready".
 pub const READY_MAGIC: u8 = 123;
+/// The byte that means "listening on the personalisation port, no per-lease state yet".
+pub const AWAITING_PERSONALISATION_MAGIC: u8 = 124;
 
 /// Waiting for the magic write.
 const WAITING: u8 = 0;

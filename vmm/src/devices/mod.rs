@@ -5,12 +5,14 @@ pub mod console_cap;
 pub mod i8042;
 pub mod mmio_bus;
 pub mod persist;
+pub mod personalisation;
 pub mod serial;
 pub mod virtio;
 
 use crate::exit::VmExit;
-use boot_timer::BootTimer;
+use boot_timer::{BootTimer, AWAITING_PERSONALISATION_MAGIC};
 use i8042::ResetController;
+use personalisation::PersonalisationPort;
 use serial::Console;
 use std::sync::{Mutex, MutexGuard};
 
@@ -19,6 +21,11 @@ pub const COM1_PORT: u16 = 0x3f8;
 /// COM1 IRQ line (GSI).
 pub const COM1_IRQ: u32 = 4;
 const COM1_PORT_COUNT: u16 = 8;
+/// COM2 base port: the personalisation port.
+pub const COM2_PORT: u16 = 0x2f8;
+/// COM2 IRQ line (GSI), the ISA default, routed like COM1's in the MP table.
+pub const COM2_IRQ: u32 = 3;
+const COM2_PORT_COUNT: u16 = 8;
 /// i8042 data port.
 pub const I8042_DATA_PORT: u16 = 0x60;
 /// i8042 status/command port.
@@ -29,15 +36,22 @@ pub const BOOT_TIMER_PORT: u16 = 0x3f0;
 /// All port-I/O devices of a guest.
 pub struct PioBus {
     console: Mutex<Console>,
+    personalisation: Mutex<PersonalisationPort>,
     reset: Mutex<ResetController>,
     boot_timer: BootTimer,
 }
 
 impl PioBus {
     /// A bus with the given devices.
-    pub fn new(console: Console, reset: ResetController, boot_timer: BootTimer) -> Self {
+    pub fn new(
+        console: Console,
+        personalisation: PersonalisationPort,
+        reset: ResetController,
+        boot_timer: BootTimer,
+    ) -> Self {
         PioBus {
             console: Mutex::new(console),
+            personalisation: Mutex::new(personalisation),
             reset: Mutex::new(reset),
             boot_timer,
         }
@@ -50,6 +64,21 @@ impl PioBus {
         self.console.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The personalisation port, for the `personalise` command.
+    pub fn personalisation(&self) -> MutexGuard<'_, PersonalisationPort> {
+        // As for the console: its state stays consistent between register accesses.
+        self.personalisation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The vCPUs have started: restored devices announce the state they were saved in
+    /// (`awaiting_personalisation`, then `guest_ready`), in that order.
+    pub fn vcpus_started(&self) {
+        self.personalisation().vcpus_started();
+        self.boot_timer.vcpus_started();
+    }
+
     /// The boot timer.
     pub fn boot_timer(&self) -> &BootTimer {
         &self.boot_timer
@@ -59,6 +88,7 @@ impl PioBus {
     pub fn state(&self) -> persist::PioState {
         persist::PioState {
             console: self.console().state(),
+            personalisation: self.personalisation().state(),
             guest_was_ready: self.boot_timer.was_ready(),
         }
     }
@@ -68,6 +98,9 @@ impl PioBus {
         match port {
             p if (COM1_PORT..COM1_PORT + COM1_PORT_COUNT).contains(&p) && data.len() == 1 => {
                 data[0] = self.console().read((p - COM1_PORT) as u8);
+            }
+            p if (COM2_PORT..COM2_PORT + COM2_PORT_COUNT).contains(&p) && data.len() == 1 => {
+                data[0] = self.personalisation().read((p - COM2_PORT) as u8);
             }
             I8042_DATA_PORT | I8042_COMMAND_PORT if data.len() == 1 => {
                 let mut reset = self.reset.lock().unwrap_or_else(|p| p.into_inner());
@@ -84,11 +117,19 @@ impl PioBus {
                 self.console().write((p - COM1_PORT) as u8, *value);
                 None
             }
+            (p, [value]) if (COM2_PORT..COM2_PORT + COM2_PORT_COUNT).contains(&p) => {
+                self.personalisation().write((p - COM2_PORT) as u8, *value);
+                None
+            }
             (I8042_DATA_PORT | I8042_COMMAND_PORT, [value]) => {
                 let mut reset = self.reset.lock().unwrap_or_else(|p| p.into_inner());
                 reset
                     .write((port - I8042_DATA_PORT) as u8, *value)
                     .then_some(VmExit::GuestReset)
+            }
+            (BOOT_TIMER_PORT, [AWAITING_PERSONALISATION_MAGIC]) => {
+                self.personalisation().guest_awaits();
+                None
             }
             (BOOT_TIMER_PORT, [value]) => {
                 self.boot_timer.write(*value);

@@ -1,12 +1,16 @@
 //! The port-I/O devices' state in a snapshot: COM1's UART registers, its receive FIFO and
-//! the input backlog behind it; whether the guest had announced itself on the boot timer.
+//! the input backlog behind it; the personalisation port's (COM2's) the same way, with the
+//! line bytes still pending and the channel's progress; whether the guest had announced
+//! itself on the boot timer.
 //! The i8042 has no state (it only turns 0xFE into a reset), so it has no entry.
 
+use super::personalisation::LineProgress;
 use serde::{Deserialize, Serialize};
 use vm_superio::serial::SerialState;
 
-/// COM1: the 16550A's registers as vm-superio reports them, and the bytes queued for the
-/// guest that do not fit its FIFO yet.
+/// A 16550A's registers as vm-superio reports them, and the bytes queued for the guest that
+/// do not fit its FIFO yet: COM1 (console input backlog) and COM2 (the personalisation
+/// line's pending bytes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsoleState {
     /// Divisor latch, low byte.
@@ -68,11 +72,24 @@ impl ConsoleState {
     }
 }
 
+/// The personalisation port (see [`super::personalisation`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersonalisationState {
+    /// COM2's UART and the line bytes not yet in its FIFO.
+    pub port: ConsoleState,
+    /// Whether the guest had written 124 to the boot timer ("seen 124").
+    pub seen_124: bool,
+    /// Where the `personalise` line was.
+    pub line: LineProgress,
+}
+
 /// Every port-I/O device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PioState {
     /// COM1.
     pub console: ConsoleState,
+    /// COM2, the personalisation port.
+    pub personalisation: PersonalisationState,
     /// Whether the guest had written 123 to the boot timer.
     pub guest_was_ready: bool,
 }

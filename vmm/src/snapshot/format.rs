@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"COINOPSN";
-/// Bumped whenever the layout or the state's types change.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped whenever the layout or the state's types change. 2: the devices' state gained
+/// the personalisation port (COM2).
+pub const FORMAT_VERSION: u32 = 2;
 /// The coinop-vmm version that writes and reads snapshots; another refuses them.
 pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");
 const PREFIX_LEN: usize = 16;
@@ -35,7 +36,7 @@ pub enum Error {
     #[error("not a coinop-vmm snapshot state file (bad magic)")]
     BadMagic,
     /// A layout this build does not read.
-    #[error("snapshot format version {found}; this coinop-vmm reads version {FORMAT_VERSION}")]
+    #[error("snapshot format version {found}; this coinop-vmm reads only version {FORMAT_VERSION} (take the snapshot again with this coinop-vmm)")]
     FormatVersion {
         /// The file's.
         found: u32,

@@ -203,7 +203,7 @@ impl VcpuContext {
         // At most 32 vCPUs (checked on the command line), so the count fits.
         let vcpus = self.vcpu_count as u32;
         self.events.emit(|t_us| Event::VcpusStarted { t_us, vcpus });
-        self.pio.boot_timer().vcpus_started();
+        self.pio.vcpus_started();
     }
 }
 
