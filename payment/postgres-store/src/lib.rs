@@ -59,12 +59,16 @@
 //! are still per host; they are the next tables in this store.
 
 mod error;
+mod keysets;
 pub mod migrations;
+mod signed_outputs;
 mod spent_set;
 mod store;
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;
 
 pub use error::PgStoreError;
+pub use keysets::{check_seed, FleetKeyset, NewKeyset, PgKeysets};
+pub use signed_outputs::{OutputState, PendingOutputs, PgSignedOutputs, StoredOutput};
 pub use spent_set::{PendingOperation, PgSpentSet, Reconciled};
 pub use store::{PgStore, PgStoreOptions, StoreMetrics};
