@@ -11,7 +11,7 @@
 //! A rotation (`POST /v1/keysets/rotate`, on any host) is one store transaction; the other
 //! hosts pick it up by polling the list every [`KEYSET_POLL`] and, at once, when a request
 //! names a keyset id they do not know (a wallet that learnt the new keyset from the
-//! rotating host). Polling rather than asking the store on each keys request keeps the
+//! rotating host; at most one such read per 250 ms, so made-up ids cost no more). Polling rather than asking the store on each keys request keeps the
 //! public, unauthenticated key routes off the database (they are the most frequent
 //! requests and must answer while the store is down); the cost is that for up to one poll
 //! interval another host still signs with the previous keyset, which stays valid for
@@ -29,7 +29,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use payment::credit::keyset::UNIT_SAT;
 use payment::credit::keyset_store::KeysetState;
@@ -47,6 +47,9 @@ use crate::app::AppState;
 pub const KEYSET_POLL: Duration = Duration::from_secs(2);
 /// How often a start-up check that met an unavailable store is tried again.
 const RETRY: Duration = Duration::from_secs(1);
+/// Least time between two reads of the list for unknown keyset ids: requests naming made-up
+/// ids cannot turn into one database read each.
+const UNKNOWN_ID_REFRESH: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Error)]
 pub enum FleetMintError {
@@ -114,6 +117,8 @@ pub struct FleetMint {
     ready: AtomicBool,
     /// One refresh or rotation of the keyset list at a time on this host.
     sync: tokio::sync::Mutex<()>,
+    /// When the list was last read for an unknown keyset id.
+    last_unknown_refresh: std::sync::Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for FleetMint {
@@ -167,6 +172,7 @@ impl FleetMint {
             input_fee_ppk,
             ready: AtomicBool::new(false),
             sync: tokio::sync::Mutex::new(()),
+            last_unknown_refresh: std::sync::Mutex::new(None),
         }
     }
 
@@ -317,16 +323,31 @@ impl FleetMint {
         ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), FleetMintError> {
         self.require_ready()?;
-        if !mint.knows_keysets(ids) {
+        if !mint.knows_keysets(ids) && self.may_refresh_for_unknown() {
             self.refresh(mint).await?;
         }
         Ok(())
     }
 
+    /// Whether a read of the list for an unknown id is due (at most one per
+    /// [`UNKNOWN_ID_REFRESH`]); the poll covers the rest.
+    fn may_refresh_for_unknown(&self) -> bool {
+        let mut last = self
+            .last_unknown_refresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < UNKNOWN_ID_REFRESH) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
     /// Reads the fleet's list if `id` is unknown here (a keys request for a keyset made on
     /// another host since the last poll). An unreachable store leaves the list as it is.
     pub async fn learn_keyset(&self, mint: &Mint, id: &str) {
-        if self.is_ready() && !mint.knows_keysets([id]) {
+        if self.is_ready() && !mint.knows_keysets([id]) && self.may_refresh_for_unknown() {
             if let Err(e) = self.refresh(mint).await {
                 tracing::debug!(error = %e, "reading the fleet's keysets for an unknown id");
             }
