@@ -64,10 +64,36 @@ async fn the_operator_rotates_a_single_hosts_keysets() {
         serde_json::from_value(r.json()["signatures"].clone()).expect("signatures");
     assert!(sigs.iter().all(|s| s.id == new_wallet.keyset_id));
 
+    // Again with the CLI: `coinop keysets rotate` lists the keysets, the newest active.
+    let out = common::cli_process::coinop(&d.socket, &["keysets", "rotate"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let newest = Wallet::new(&d).await.keyset_id;
+    assert_ne!(newest, new_wallet.keyset_id);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&newest) && l.contains(" active")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&new_wallet.keyset_id) && l.contains("inactive")),
+        "{text}"
+    );
+    let listed = d.call("GET", "/v1/keysets", None, None).await.json();
+
     // Kept across a restart.
     d.shutdown().await;
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
-    assert_eq!(Wallet::new(&d).await.keyset_id, new_wallet.keyset_id);
+    assert_eq!(Wallet::new(&d).await.keyset_id, newest);
     assert_eq!(
         d.call("GET", "/v1/keysets", None, None).await.json(),
         listed
