@@ -755,6 +755,35 @@ mod tests {
     }
 
     #[test]
+    fn a_mint_seed_file_goes_with_a_fleet_store_only() {
+        let alone = Settings::parse_from([
+            "coinopd",
+            "--state-dir",
+            "/tmp/x",
+            "--mint-seed-file",
+            "/etc/coinop/mint-seed",
+        ]);
+        assert!(matches!(
+            alone.resolve(),
+            Err(ConfigError::MintSeedWithoutStore)
+        ));
+        let fleet = Settings::parse_from([
+            "coinopd",
+            "--state-dir",
+            "/tmp/x",
+            "--store",
+            "host=/run/postgresql dbname=coinop",
+            "--mint-seed-file",
+            "/etc/coinop/mint-seed",
+        ]);
+        let c = fleet.resolve().expect("a fleet with a seed file resolves");
+        assert_eq!(
+            c.mint_seed_file.as_deref(),
+            Some(Path::new("/etc/coinop/mint-seed"))
+        );
+    }
+
+    #[test]
     fn flags_override_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");
