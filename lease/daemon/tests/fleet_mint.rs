@@ -572,3 +572,86 @@ async fn a_crash_between_the_reservation_and_the_local_commit_signs_nothing_twic
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// `n` notes of 1 sat minted on `h` (one on-chain mint, then a swap into ones).
+async fn ones(h: &Daemon, wallet: &Wallet, n: u64) -> Vec<Proof> {
+    let minted = h.mint_credit(n).await;
+    let blanks = wallet.outputs(&vec![1; n as usize]);
+    let r = h
+        .call("POST", "/v1/swap", None, Some(swap_body(&minted, &blanks)))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wallet.unblind(&blanks, &signatures(&r))
+}
+
+/// The same blinded output sent to three hosts at once, each time with other (fresh)
+/// inputs: exactly one host signs it, the two others answer 11003 and spend nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_output_sent_to_three_hosts_at_once_is_signed_once() {
+    let Some(pg) = cluster("the_same_output_sent_to_three_hosts_at_once_is_signed_once") else {
+        return;
+    };
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let seed = seed_file(secrets.path(), 0x55, 0o600);
+    let dirs = [StateDir::new(), StateDir::new(), StateDir::new()];
+    let hosts = [
+        host(&pg, &dirs[0], 1, &seed).await,
+        host(&pg, &dirs[1], 2, &seed).await,
+        host(&pg, &dirs[2], 3, &seed).await,
+    ];
+    let wallet = Wallet::new(&hosts[0]).await;
+    const ROUNDS: u64 = 48;
+    let mut notes = Vec::new();
+    for h in &hosts {
+        notes.push(ones(h, &wallet, ROUNDS).await);
+    }
+    let mut wins = [0u32; 3];
+    let mut unspent = Vec::new();
+    for round in 0..ROUNDS as usize {
+        let output = wallet.outputs(&[1]);
+        let body = |i: usize| swap_body(&notes[i][round..=round], &output);
+        let (a, b, c) = tokio::join!(
+            hosts[0].call("POST", "/v1/swap", None, Some(body(0))),
+            hosts[1].call("POST", "/v1/swap", None, Some(body(1))),
+            hosts[2].call("POST", "/v1/swap", None, Some(body(2)))
+        );
+        let mut winner = None;
+        for (i, r) in [a, b, c].iter().enumerate() {
+            match (r.status, cashu_code(r)) {
+                (200, _) => {
+                    assert!(winner.is_none(), "round {round}: a second host signed");
+                    winner = Some(i);
+                }
+                (400, OUTPUT_SIGNED) => unspent.push(notes[i][round].clone()),
+                other => panic!(
+                    "round {round}: host {} answered {other:?}: {}",
+                    i + 1,
+                    r.text()
+                ),
+            }
+        }
+        let winner = winner.unwrap_or_else(|| panic!("round {round}: no host signed"));
+        wins[winner] += 1;
+    }
+    eprintln!("signed by host: {wins:?}");
+    assert_eq!(wins.iter().sum::<u32>(), ROUNDS as u32);
+    // The refused requests spent nothing: their inputs are unspent on every host.
+    assert_eq!(unspent.len(), 2 * ROUNDS as usize);
+    let states = hosts[1]
+        .call(
+            "POST",
+            "/v1/checkstate",
+            None,
+            Some(json!({"Ys": ys(&unspent)})),
+        )
+        .await
+        .json();
+    assert!(
+        states["states"]
+            .as_array()
+            .expect("states")
+            .iter()
+            .all(|s| s["state"] == "UNSPENT"),
+        "{states}"
+    );
+}
