@@ -28,7 +28,7 @@ use super::credit::{blocking, mint_locally, swap_input_keys, swap_locally};
 use crate::app::Shared;
 use crate::fleet::{Fence, Fleet, FleetError};
 use crate::fleet_mint::FleetMint;
-use crate::http::error::CashuError;
+use crate::http::error::{ApiError, CashuError};
 use crate::ledger::{Credit, LedgerError};
 
 /// The local spent set, as the fleet mint reads it.
@@ -107,8 +107,28 @@ async fn reserve_run_settle<T: Send + 'static>(
     out
 }
 
+/// Runs `work` as a task of its own: a client that goes away (its connection, and with it
+/// this handler, dropped) does not stop a request between its fence and its settle, which
+/// would leave the inputs and outputs held until this host's next start.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, CashuError>> + Send + 'static,
+) -> Result<T, CashuError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker: {e}")))?
+}
+
 /// NUT-03 swap on a fleet.
 pub async fn swap(
+    s: Shared,
+    fleet: Arc<Fleet>,
+    fleet_mint: Arc<FleetMint>,
+    req: SwapRequest,
+) -> Result<Json<SwapResponse>, CashuError> {
+    detached(swap_detached(s, fleet, fleet_mint, req)).await
+}
+
+async fn swap_detached(
     s: Shared,
     fleet: Arc<Fleet>,
     fleet_mint: Arc<FleetMint>,
@@ -150,6 +170,21 @@ pub async fn swap(
 
 /// The on-chain mint (a payment proved in the request, already verified) on a fleet.
 pub async fn mint(
+    s: Shared,
+    fleet: Arc<Fleet>,
+    fleet_mint: Arc<FleetMint>,
+    credit: Credit,
+    req: MintOnchainRequest,
+    note: String,
+    receipt: [u8; 32],
+) -> Result<Json<MintOnchainResponse>, CashuError> {
+    detached(mint_detached(
+        s, fleet, fleet_mint, credit, req, note, receipt,
+    ))
+    .await
+}
+
+async fn mint_detached(
     s: Shared,
     fleet: Arc<Fleet>,
     fleet_mint: Arc<FleetMint>,
