@@ -146,3 +146,69 @@ fn spent_set_survives_reopen_of_the_sqlite_file() {
         Err(CreditError::AlreadySpent { .. })
     ));
 }
+
+/// A mint whose keyset list is kept elsewhere (a fleet's store): keys from the seed, the
+/// list handed over, rotation refused locally, nothing written to the state dir; two such
+/// mints with one seed and one list are one mint.
+#[test]
+fn a_mint_from_a_seed_adopts_the_list_it_is_given() {
+    use payment::credit::keyset_store::{KeysetRecord, KeysetState};
+    let dir = tempfile::tempdir().unwrap();
+    let spent = || {
+        Arc::new(SqliteSpentSet::open(&dir.path().join("spent.sqlite")).unwrap())
+            as Arc<dyn SpentSet>
+    };
+    let seed = [9u8; 32];
+    let first = [KeysetRecord {
+        counter: 0,
+        state: KeysetState::Active,
+    }];
+    let a = Mint::from_seed(seed, &first, spent(), MintLimits::default()).unwrap();
+    let b = Mint::from_seed(seed, &first, spent(), MintLimits::default()).unwrap();
+    assert_eq!(a.keys(), b.keys(), "one seed, one list: one mint");
+    assert_eq!(a.derive_keyset_id(0).unwrap(), a.active_keyset_id());
+    assert!(
+        !dir.path().join(STORE_FILE).exists(),
+        "no seed in the state dir"
+    );
+    assert!(matches!(a.rotate(), Err(CreditError::Store { .. })));
+
+    // Notes of keyset 0 signed by `a`; the list rotated (by the store) and given to both.
+    let old_id = a.active_keyset_id();
+    let proofs = mint_proofs(&a, &[4, 4]);
+    let rotated = [
+        KeysetRecord {
+            counter: 0,
+            state: KeysetState::Inactive,
+        },
+        KeysetRecord {
+            counter: 1,
+            state: KeysetState::Active,
+        },
+    ];
+    let new_id = a.adopt_keysets(&rotated).unwrap();
+    assert_eq!(b.adopt_keysets(&rotated).unwrap(), new_id);
+    assert_eq!(new_id, a.derive_keyset_id(1).unwrap());
+    assert_eq!(a.keyset_records(), rotated);
+    assert!(a.knows_keysets([old_id.as_str(), new_id.as_str()]));
+    assert!(!a.knows_keysets(["00ffffffffffffff"]));
+
+    // `b` redeems `a`'s old notes into new ones; the signatures are what
+    // swap_signatures said they would be.
+    let pending = outputs(&new_id, &[8]);
+    let request = SwapRequest {
+        inputs: proofs,
+        outputs: messages(&pending),
+    };
+    let expected = b.swap_signatures(&request).unwrap();
+    let swapped = b.swap(&request).unwrap();
+    assert_eq!(swapped.signatures, expected);
+    assert!(expected.iter().all(|s| s.id == new_id));
+    // A list without an active keyset is refused, and the mint keeps its list.
+    let none_active = [KeysetRecord {
+        counter: 0,
+        state: KeysetState::Inactive,
+    }];
+    assert!(a.adopt_keysets(&none_active).is_err());
+    assert_eq!(a.active_keyset_id(), new_id);
+}

@@ -59,6 +59,11 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: ChainCmd,
     },
+    /// The mint's keysets (operator).
+    Keysets {
+        #[command(subcommand)]
+        cmd: KeysetsCmd,
+    },
     /// Demo helpers for regtest.
     Regtest {
         #[command(subcommand)]
@@ -265,6 +270,13 @@ pub enum ChainCmd {
         #[arg(long, default_value_t = coinop_proto::requests::DEFAULT_MAX_BODY_BYTES)]
         max_body_bytes: usize,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysetsCmd {
+    /// Make a new keyset the one that signs; the old ones keep accepting notes. On a fleet
+    /// (`coinopd --store`) every host of the fleet rotates with it.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]

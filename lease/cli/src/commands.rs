@@ -8,7 +8,7 @@ use coinop_proto::requests::{
 use payment::credit::nut_types::{BlindedMessage, OnchainPayment};
 use serde::Serialize;
 
-use crate::args::{ChainCmd, Cli, Cmd, LeaseCmd, PaymentArgs, RegtestCmd};
+use crate::args::{ChainCmd, Cli, Cmd, KeysetsCmd, LeaseCmd, PaymentArgs, RegtestCmd};
 use crate::client::{Client, Reply};
 use crate::exit::Exit;
 use crate::{create_retry, header_upload, human, input, regtest_pay, wallet_cli};
@@ -24,6 +24,7 @@ pub enum View {
     Stopped,
     Leases,
     Headers,
+    Keysets,
     /// The body is text (the console): shown as is in both modes.
     Text,
 }
@@ -122,6 +123,15 @@ pub fn call_for(cmd: Cmd) -> Result<Call, Exit> {
             Call::post("/v1/quotes", &q, View::Quote)?
         }
         Cmd::Leases => Call::get("/v1/leases", View::Leases),
+        Cmd::Keysets {
+            cmd: KeysetsCmd::Rotate,
+        } => Call {
+            method: "POST",
+            path: "/v1/keysets/rotate".into(),
+            token: None,
+            body: None,
+            view: View::Keysets,
+        },
         Cmd::Lease { cmd } => lease_call(cmd)?,
         Cmd::Regtest { .. } | Cmd::Wallet { .. } | Cmd::Chain { .. } => {
             return Err(Exit::usage(

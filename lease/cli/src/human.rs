@@ -14,6 +14,7 @@ use coinop_proto::replies::{
     QuoteResponse, RecoveredResponse, Refund, StopResponse, TopupResponse,
 };
 use coinop_proto::{BootFigures, LeaseView, Msat, NetInfo};
+use payment::credit::nut_types::KeysetsResponse;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 
@@ -50,6 +51,7 @@ pub fn render(view: View, body: &[u8]) -> Result<String, serde_json::Error> {
         View::Stopped => stopped(&parse(body)?),
         View::Leases => leases(&parse(body)?),
         View::Headers => headers(&parse(body)?),
+        View::Keysets => keysets(&parse(body)?),
         View::Text => String::from_utf8_lossy(body).into_owned(),
     })
 }
@@ -109,6 +111,22 @@ fn headers(h: &HeadersResponse) -> String {
         h.tip.height,
         h.tip.hash
     )
+}
+
+fn keysets(k: &KeysetsResponse) -> String {
+    k.keysets
+        .iter()
+        .map(|k| {
+            format!(
+                "{}  {}  {}  input fee {} ppk",
+                k.id,
+                k.unit,
+                if k.active { "active" } else { "inactive" },
+                k.input_fee_ppk
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn boot_line(b: Option<&BootFigures>) -> String {

@@ -52,6 +52,8 @@ pub enum StartError {
     Watch(#[from] payment::onchain::WatchError),
     #[error("fleet store: {0}")]
     Fleet(#[from] payment_postgres::PgStoreError),
+    #[error(transparent)]
+    MintSeed(#[from] crate::mint_seed::MintSeedError),
     #[error("isolation: {0}")]
     Isolation(#[from] crate::isolation::IsolationError),
     #[error("--xpub is required on {0} (only regtest generates a throwaway one)")]
@@ -99,6 +101,8 @@ pub struct AppState {
     pub quote_limiter: QuoteLimiter,
     /// `--store`: the spent set shared with the other hosts of the fleet, if any.
     pub fleet: Option<Arc<Fleet>>,
+    /// With `--store`: the mint keysets and signed outputs shared with the fleet.
+    pub fleet_mint: Option<Arc<crate::fleet_mint::FleetMint>>,
     /// This coinopd's hold on the state dir, released when the state is dropped. Declared
     /// last so it is dropped last, after everything that uses the state dir.
     _lock: StateLock,
@@ -161,6 +165,28 @@ fn operator_xpub(config: &Config) -> Result<String, StartError> {
     Ok(xpub)
 }
 
+/// The mint: with `--mint-seed-file` (a fleet), keys from that seed and the keyset list
+/// from the fleet store once it is reached (until then keyset 0, and no money request is
+/// served); otherwise the seed and list of STATE/credit-keysets.json, created if missing.
+fn open_mint(config: &Config, spent: Arc<GroupCommitSpentSet>) -> Result<Mint, StartError> {
+    match &config.mint_seed_file {
+        Some(path) => {
+            let seed = crate::mint_seed::read_seed_file(path)?;
+            let first = payment::credit::keyset_store::KeysetRecord {
+                counter: 0,
+                state: payment::credit::keyset_store::KeysetState::Active,
+            };
+            Ok(Mint::from_seed(
+                seed,
+                &[first],
+                spent,
+                MintLimits::default(),
+            )?)
+        }
+        None => Ok(Mint::open(&config.state_dir, spent, MintLimits::default())?),
+    }
+}
+
 impl AppState {
     pub fn open(
         config: Config,
@@ -181,7 +207,7 @@ impl AppState {
         // Swaps from many wallets at once share one fsync per batch; lease payments claim
         // inside the ledger's own transaction instead (one commit with the balance).
         let spent = Arc::new(GroupCommitSpentSet::open(&ledger_path)?);
-        let mint = Mint::open(&config.state_dir, spent.clone(), MintLimits::default())?
+        let mint = open_mint(&config, spent.clone())?
             .with_input_fee_ppk(config.input_fee_ppk)
             // What /v1/info promises an on-chain mint needs: --mint-min-conf (never below
             // --min-conf, and at least one confirmation whatever they say).
@@ -214,6 +240,12 @@ impl AppState {
         });
         let quotes_per_min = config.quotes_per_min;
         let fleet = Fleet::open(&config)?;
+        let fleet_mint = fleet.as_ref().map(|f| {
+            Arc::new(crate::fleet_mint::FleetMint::new(
+                f.store().clone(),
+                config.input_fee_ppk,
+            ))
+        });
         let golden = GoldenSnapshots::new(config.snapshot_dir(), config.vmm_bin.clone());
         let state = AppState {
             operator: OperatorPolicy {
@@ -241,6 +273,7 @@ impl AppState {
             stops: StopsInFlight::default(),
             quote_limiter: QuoteLimiter::new(quotes_per_min),
             fleet,
+            fleet_mint,
             _lock: lock,
         };
         Ok((Arc::new(state), rx))

@@ -45,6 +45,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("--mint-seed-file needs --store: a single host keeps its mint seed in its state dir")]
+    MintSeedWithoutStore,
 }
 
 /// Flags and config-file keys. Every field is optional so the two sources can be merged.
@@ -255,6 +257,12 @@ pub struct Settings {
     /// name and the state dir). Two hosts must never share one.
     #[arg(long)]
     pub host_id: Option<String>,
+    /// With --store: the fleet's mint seed, 64 hex characters (32 bytes) on the first line,
+    /// mode 0600. Every host of the fleet gets the same file; the keys of every keyset are
+    /// derived from it and the fleet store keeps only the keyset list. Unset: the seed in
+    /// this host's STATE/credit-keysets.json (copied to every host by the operator).
+    #[arg(long)]
+    pub mint_seed_file: Option<PathBuf>,
     /// Bytes of a guest's console output kept in its console file (default 1 MiB); after
     /// them one marker line, and the rest of the output is dropped, so a guest printing
     /// without end cannot fill the host's disk.
@@ -325,6 +333,8 @@ pub struct Config {
     pub store: Option<StoreConfig>,
     /// `--host-id`, or its default.
     pub host_id: String,
+    /// `--mint-seed-file` (only with `--store`).
+    pub mint_seed_file: Option<PathBuf>,
 }
 
 /// Where the fleet store is, and the password to it (kept out of `Debug`).
@@ -426,6 +436,7 @@ impl Settings {
             store: self.store.or(file.store),
             store_password_file: self.store_password_file.or(file.store_password_file),
             host_id: self.host_id.or(file.host_id),
+            mint_seed_file: self.mint_seed_file.or(file.mint_seed_file),
             console_max_bytes: self.console_max_bytes.or(file.console_max_bytes),
             input_fee_ppk: self.input_fee_ppk.or(file.input_fee_ppk),
         }
@@ -518,6 +529,9 @@ impl Settings {
             .host_id
             .unwrap_or_else(|| format!("{}:{}", host_name(), state_dir.display()));
         let store = store_config(self.store, self.store_password_file)?;
+        if store.is_none() && self.mint_seed_file.is_some() {
+            return Err(ConfigError::MintSeedWithoutStore);
+        }
         let config = Config {
             socket,
             socket_mode,
@@ -575,6 +589,7 @@ impl Settings {
             reorg_window_s: self.reorg_window_s.unwrap_or(3600),
             store,
             host_id,
+            mint_seed_file: self.mint_seed_file,
             console_max_bytes: self.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
             input_fee_ppk: self.input_fee_ppk.unwrap_or(0),
         };
@@ -737,6 +752,35 @@ mod tests {
         assert_eq!(c.quotes_per_min, 30);
         assert_eq!(c.console_max_bytes, 1 << 20);
         assert_eq!(c.input_fee_ppk, 0, "no fee unless the operator sets one");
+    }
+
+    #[test]
+    fn a_mint_seed_file_goes_with_a_fleet_store_only() {
+        let alone = Settings::parse_from([
+            "coinopd",
+            "--state-dir",
+            "/tmp/x",
+            "--mint-seed-file",
+            "/etc/coinop/mint-seed",
+        ]);
+        assert!(matches!(
+            alone.resolve(),
+            Err(ConfigError::MintSeedWithoutStore)
+        ));
+        let fleet = Settings::parse_from([
+            "coinopd",
+            "--state-dir",
+            "/tmp/x",
+            "--store",
+            "host=/run/postgresql dbname=coinop",
+            "--mint-seed-file",
+            "/etc/coinop/mint-seed",
+        ]);
+        let c = fleet.resolve().expect("a fleet with a seed file resolves");
+        assert_eq!(
+            c.mint_seed_file.as_deref(),
+            Some(Path::new("/etc/coinop/mint-seed"))
+        );
     }
 
     #[test]

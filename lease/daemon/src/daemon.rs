@@ -28,6 +28,9 @@ pub enum DaemonError {
     /// The fleet store's schema is newer than this coinopd.
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetStartError),
+    /// This host's mint seed or fee is not the fleet's.
+    #[error(transparent)]
+    FleetMint(#[from] crate::fleet_mint::FleetMintStartError),
 }
 
 impl DaemonError {
@@ -36,6 +39,8 @@ impl DaemonError {
     pub fn exit_code(&self) -> i32 {
         match self {
             DaemonError::Start(e) if e.is_state_dir_held() => 2,
+            // Another mint seed or fee than the fleet's, or an unusable seed file.
+            DaemonError::FleetMint(_) | DaemonError::Start(StartError::MintSeed(_)) => 2,
             _ => 1,
         }
     }
@@ -189,6 +194,9 @@ pub async fn serve(
     // by a crash are settled against the ledger (or, store unreachable, retried meanwhile).
     if let Some(fleet) = &state.fleet {
         fleet.start(std::sync::Arc::clone(&state.ledger)).await?;
+    }
+    if let Some(fleet_mint) = &state.fleet_mint {
+        fleet_mint.start(&state).await?;
     }
     let (adopted, dead) = crate::scheduler::adopt(&state).await?;
     tracing::info!(adopted, dead, "guests from earlier runs");

@@ -11,6 +11,9 @@ pub mod point {
     /// A create's payment was fenced in the fleet store (`--store`); the ledger has not
     /// committed the lease.
     pub const FLEET_FENCED: &str = "fleet_fenced";
+    /// A swap's or on-chain mint's inputs were fenced and its outputs reserved in the fleet
+    /// store (`--store`); the local spent set has not committed them.
+    pub const FLEET_OUTPUTS_RESERVED: &str = "fleet_outputs_reserved";
     /// A create's ledger transaction committed; no guest spawned, no reply sent.
     pub const CREATE_COMMITTED: &str = "create_committed";
     /// A create's VMM is spawned and recorded in the ledger (pid, start time, the boot

@@ -176,6 +176,11 @@ impl Fleet {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// The store's pool, shared with the fleet's mint ([`crate::fleet_mint`]).
+    pub fn store(&self) -> &PgStore {
+        self.set.store()
+    }
+
     /// This host's id in the fleet.
     pub fn host_id(&self) -> &str {
         self.set.store().host_id()

@@ -19,6 +19,7 @@
 //! | [`golden_snapshot`] | images' golden snapshots: built once per image and shape, leases started by restore |
 //! | [`isolation`] | the daemon's use of `coinop_host` (jail, cgroups, guest network, slot pool) |
 //! | [`capacity`], [`image_catalogue`], [`metrics`], [`token`], [`clock`], [`fault`] | host capacity, images, `/metrics`, lease ids and tokens, clocks, fault injection for tests |
+//! | [`fleet`], [`fleet_mint`], `mint_seed` | `--store`: the spent set shared by the fleet's hosts in PostgreSQL (fences, reconciliation); the fleet as one mint (keysets from one seed file, the list and the signed outputs in the store) |
 //! | [`disk_reserve`], [`log_writer`] | a full disk: room kept for metering and stops, degraded mode; logging that never stops the daemon |
 //!
 //! Wire types are `coinop_proto`'s; the privileged mechanics are `coinop_host`'s; the tenant
@@ -35,6 +36,7 @@ pub mod daemon;
 mod disk_reserve;
 pub mod fault;
 pub mod fleet;
+pub mod fleet_mint;
 pub mod golden_snapshot;
 pub mod guest_stop;
 mod http;
@@ -44,6 +46,7 @@ mod leases;
 pub mod ledger;
 pub mod log_writer;
 mod metrics;
+mod mint_seed;
 pub mod payment_reorgs;
 mod scheduler;
 pub mod state_dir;

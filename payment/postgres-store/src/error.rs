@@ -52,6 +52,25 @@ pub enum PgStoreError {
     /// The database refused a statement for a reason other than an outage.
     #[error("PostgreSQL store: {0}")]
     Database(#[source] tokio_postgres::Error),
+    /// Nothing was reserved because this blinded message (`B_`) was signed before, or is
+    /// reserved by another operation (NUT-00 11003).
+    #[error("output {b_hex} was already signed")]
+    OutputAlreadySigned { b_hex: String },
+    /// This host's mint seed derives another keyset id than the fleet has at a derivation
+    /// index: it holds another seed than the fleet's and must not sign nor redeem.
+    #[error(
+        "this host's mint seed derives keyset {derived_id} at derivation index \
+         {derivation_index}, but the fleet store has keyset {fleet_id} there: give this host \
+         the fleet's mint seed file"
+    )]
+    KeysetMismatch {
+        derivation_index: u32,
+        fleet_id: String,
+        derived_id: String,
+    },
+    /// The keyset list changed under a rotation (another host rotated first).
+    #[error("the fleet's keysets changed meanwhile: {0}")]
+    KeysetsChanged(String),
     /// A row holds a value this build cannot read.
     #[error("PostgreSQL store holds {0}")]
     Corrupt(String),

@@ -1,7 +1,8 @@
 //! coinop's fleet-wide money state in PostgreSQL, for several coinopd hosts that act as one
-//! payee and one mint. Today: the spent set ([`PgSpentSet`]): on-chain outpoints and credit
-//! proof Ys, each spent at most once across the fleet. Leases, metering and guests stay in
-//! each host's local SQLite ledger.
+//! payee and one mint: the spent set ([`PgSpentSet`]: on-chain outpoints and credit proof
+//! Ys, each spent at most once across the fleet), the mint's keyset list ([`PgKeysets`])
+//! and the blind signatures it handed out ([`PgSignedOutputs`]). Leases, metering and guests
+//! stay in each host's local SQLite ledger.
 //!
 //! # Main types
 //! - [`PgStore`]: the pool of connections (deadpool over tokio-postgres), per-connection
@@ -9,6 +10,10 @@
 //!   [`PgStore::connect`], and round-trip/error counters ([`StoreMetrics`]).
 //! - [`PgSpentSet`]: claims (all or none; `Pending` → `Spent` or released; receipts),
 //!   states, and this host's pending claims for reconciliation.
+//! - [`PgKeysets`]: the keyset list (metadata only: see "Keysets" below), the first host's
+//!   registration, rotation in one transaction; [`check_seed`] for a host's seed.
+//! - [`PgSignedOutputs`]: each `B_` with its signature, reserved per host and operation,
+//!   delivered or released; lookups for NUT-09 restore and for a request retried elsewhere.
 //! - [`PgStoreError`]: typed errors; [`PgStoreError::Unavailable`] (refused, lost, timed
 //!   out, pool exhausted) is never confused with an answer such as "already claimed", so
 //!   that callers fail closed.
@@ -48,6 +53,43 @@
 //! input Ys `Pending`, sign, commit (or release on failure); a receipt claim
 //! ([`PgSpentSet::claim_with_receipt`]) marks keys `Spent` in one step.
 //!
+//! # Keysets: metadata here, keys on the hosts
+//! The keys of every keyset are derived (BIP32, hardened, `m/0'/0'/{index}'/{log2 amount}'`)
+//! from a mint seed each host holds as a secret file, as cdk and nutshell derive theirs: the
+//! database holds the list (id, unit, derivation index, state, `input_fee_ppk`, who made
+//! it), never a private key, so a read of the database (a backup, a replica, a leaked
+//! dump) signs nothing. A host checks its seed against the list ([`check_seed`]: the id its
+//! seed derives at each row's index must be the row's id) before it signs or redeems.
+//! A rotation demotes the active keyset and inserts the next one in one transaction, and
+//! fails if another host rotated first; at most one keyset per unit is active (a partial
+//! unique index), so racing rotations cannot both win.
+//!
+//! # Signed outputs, and the order of a mint or a swap
+//! Each `B_` the fleet signs is one row (primary key: "signed at most once" across hosts,
+//! NUT-00 11003). A host's swap or mint runs:
+//! 1. fence the inputs in the spent set (`Pending`, this host, the request's receipt);
+//! 2. sign (no state) and reserve the outputs' `B_`s with their signatures (`Pending`, the
+//!    same host and operation; [`PgSignedOutputs::reserve`], all or none);
+//! 3. the local SQLite transaction: the inputs claimed and the signatures recorded together;
+//! 4. settle both by what the local spent set holds: inputs `Spent` and signatures
+//!    delivered, or both released.
+//!
+//! A crash before 3 leaves both pending; start-up reconciliation finds the local spent set
+//! without them and releases both (the request may be sent again, to any host). A crash
+//! after 3 leaves both pending with the local records present; reconciliation marks them
+//! spent and delivered. Pending signatures are never handed out by restore (their payment
+//! may yet be released) but block their `B_`s, so nothing is signed twice in any case. A
+//! delivered row names its operation (the receipt of inputs and outputs), so the same
+//! request sent to another host after a lost reply is answered with these signatures.
+//!
+//! Why not one trait with a SQLite and a PostgreSQL implementation here, as cdk has: on a
+//! fleet the two are not alternatives but layers. The SQLite spent set (the
+//! [`payment::spent_set::SpentSet`] trait) still records every claim and signature in the
+//! same transaction as what they bought (the lease, the swap), which is what reconciliation
+//! reads; PostgreSQL is in front of it, fencing and reserving across hosts. The keyset list
+//! is the same story: a single host's file ([`payment::credit::keyset_store`]) holds its
+//! seed, the fleet's table never does.
+//!
 //! # Schema
 //! Versioned SQL files under `migrations/`, applied in one transaction under an advisory
 //! lock ([`migrations`]); a database at a newer version than this build is refused
@@ -55,16 +97,22 @@
 //! so one round trip; concurrent claimers of a key serialise on its primary key.
 //!
 //! # What is not here yet
-//! The mint keysets, the signed blinded messages, the quote address index and the quotes
-//! are still per host; they are the next tables in this store.
+//! The quote address index and the quotes are still per host. Signatures made outside a
+//! swap or an on-chain mint (a lease refund's change, NUT-30 quote mints) are recorded in
+//! the host's own spent set only: restore finds them on that host, and 11003 for them holds
+//! on that host. Retiring a keyset fleet-wide has no route yet.
 
 mod error;
+mod keysets;
 pub mod migrations;
+mod signed_outputs;
 mod spent_set;
 mod store;
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;
 
 pub use error::PgStoreError;
+pub use keysets::{check_seed, FleetKeyset, NewKeyset, PgKeysets};
+pub use signed_outputs::{OutputState, PendingOutputs, PgSignedOutputs, StoredOutput};
 pub use spent_set::{PendingOperation, PgSpentSet, Reconciled};
 pub use store::{PgStore, PgStoreOptions, StoreMetrics};

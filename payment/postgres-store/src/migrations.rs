@@ -16,11 +16,18 @@ pub struct Migration {
 }
 
 /// Every migration this build knows, oldest first; versions are 1, 2, 3... with no gaps.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "spent_keys",
-    sql: include_str!("../migrations/0001_spent_keys.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "spent_keys",
+        sql: include_str!("../migrations/0001_spent_keys.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "mint_keysets",
+        sql: include_str!("../migrations/0002_mint_keysets.sql"),
+    },
+];
 
 /// The schema version this build writes.
 pub fn supported_version() -> i32 {

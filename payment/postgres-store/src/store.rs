@@ -236,7 +236,10 @@ impl PgStore {
         if let Err(e) = &out {
             let answer = matches!(
                 e,
-                PgStoreError::AlreadyClaimed { .. } | PgStoreError::NotPending { .. }
+                PgStoreError::AlreadyClaimed { .. }
+                    | PgStoreError::NotPending { .. }
+                    | PgStoreError::OutputAlreadySigned { .. }
+                    | PgStoreError::KeysetsChanged(_)
             );
             if !answer {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);

@@ -17,7 +17,7 @@ use super::dleq::prove_with_public;
 use super::error::CreditError;
 use super::hash_to_curve::secret_to_curve;
 use super::keyset::{Keyset, UNIT_SAT};
-use super::keyset_store::{KeysetState, KeysetStore};
+use super::keyset_store::{KeysetRecord, KeysetState, KeysetStore};
 use super::nut_types::*;
 use super::receipt;
 use crate::spent_set::{KeyKind, SignedOutput, SpendKey, SpendState, SpentSet, SpentSetError};
@@ -89,6 +89,9 @@ struct CheckedOutput {
     b_: PublicKey,
 }
 
+/// How errors name a keyset list that is not the state dir's file.
+const EXTERNAL_LIST: &str = "(keyset list of the fleet store)";
+
 /// The keysets in memory: one snapshot is used for a whole request, so a rotation in the
 /// middle of it can't mix keysets.
 struct KeyRing {
@@ -96,15 +99,19 @@ struct KeyRing {
     by_id: HashMap<String, (Arc<Keyset>, KeysetState)>,
     /// In rotation order.
     order: Vec<String>,
+    /// The list the ring was derived from, to tell whether a new list changes it.
+    records: Vec<KeysetRecord>,
 }
 
 impl KeyRing {
-    fn build(store: &KeysetStore) -> Result<Self, CreditError> {
+    /// Derives every keyset of `records` from `seed`; `source` names where the list came
+    /// from, for errors.
+    fn build(seed: &[u8; 32], records: &[KeysetRecord], source: &str) -> Result<Self, CreditError> {
         let mut by_id = HashMap::new();
         let mut order = Vec::new();
         let mut active = None;
-        for record in store.records() {
-            let keyset = Arc::new(Keyset::derive(store.seed(), record.counter)?);
+        for record in records {
+            let keyset = Arc::new(Keyset::derive(seed, record.counter)?);
             if record.state == KeysetState::Active {
                 active = Some(keyset.clone());
             }
@@ -112,13 +119,14 @@ impl KeyRing {
             by_id.insert(keyset.id().to_string(), (keyset, record.state));
         }
         let active = active.ok_or_else(|| CreditError::Store {
-            path: store.path().display().to_string(),
+            path: source.to_string(),
             reason: "no active keyset".into(),
         })?;
         Ok(KeyRing {
             active,
             by_id,
             order,
+            records: records.to_vec(),
         })
     }
 
@@ -150,7 +158,11 @@ impl KeyRing {
 }
 
 pub struct Mint {
-    store: Mutex<KeysetStore>,
+    /// The keyset list in the state dir; `None` when another store (a fleet's database)
+    /// keeps the list and hands it over with [`Mint::adopt_keysets`].
+    store: Option<Mutex<KeysetStore>>,
+    /// What every keyset is derived from (kept, so that a list handed over can be derived).
+    seed: [u8; 32],
     ring: RwLock<Arc<KeyRing>>,
     spent: Arc<dyn SpentSet>,
     limits: MintLimits,
@@ -168,15 +180,73 @@ impl Mint {
         limits: MintLimits,
     ) -> Result<Self, CreditError> {
         let store = KeysetStore::open(state_dir)?;
-        let ring = KeyRing::build(&store)?;
+        let ring = KeyRing::build(
+            store.seed(),
+            store.records(),
+            &store.path().display().to_string(),
+        )?;
         Ok(Mint {
-            store: Mutex::new(store),
+            seed: *store.seed(),
+            store: Some(Mutex::new(store)),
             ring: RwLock::new(Arc::new(ring)),
             spent,
             limits,
             input_fee_ppk: 0,
             onchain_confirmations: None,
         })
+    }
+
+    /// A mint whose keys come from `seed` and whose keyset list is kept elsewhere (a fleet's
+    /// database): it starts with `records` and takes later lists through
+    /// [`Mint::adopt_keysets`]; [`Mint::rotate`] and [`Mint::retire`] are refused (the
+    /// list's keeper rotates). Nothing is written to the state dir.
+    pub fn from_seed(
+        seed: [u8; 32],
+        records: &[KeysetRecord],
+        spent: Arc<dyn SpentSet>,
+        limits: MintLimits,
+    ) -> Result<Self, CreditError> {
+        let ring = KeyRing::build(&seed, records, EXTERNAL_LIST)?;
+        Ok(Mint {
+            store: None,
+            seed,
+            ring: RwLock::new(Arc::new(ring)),
+            spent,
+            limits,
+            input_fee_ppk: 0,
+            onchain_confirmations: None,
+        })
+    }
+
+    /// The keyset list as it is now, in rotation order.
+    pub fn keyset_records(&self) -> Vec<KeysetRecord> {
+        self.ring().records.clone()
+    }
+
+    /// The id of keyset number `counter` of this mint's seed (derived, whether or not it
+    /// is in the list): how a fleet checks that a host's seed is the fleet's.
+    pub fn derive_keyset_id(&self, counter: u32) -> Result<String, CreditError> {
+        Ok(Keyset::derive(&self.seed, counter)?.id().to_string())
+    }
+
+    /// Replaces the keyset list (from the store that keeps it) and returns the active id.
+    /// The list must have exactly one active keyset; a list equal to the current one
+    /// changes nothing. Requests already running finish with the list they started with.
+    pub fn adopt_keysets(&self, records: &[KeysetRecord]) -> Result<String, CreditError> {
+        let current = self.ring();
+        if current.records == records {
+            return Ok(current.active.id().to_string());
+        }
+        let ring = KeyRing::build(&self.seed, records, EXTERNAL_LIST)?;
+        let id = ring.active.id().to_string();
+        *self.ring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
+        Ok(id)
+    }
+
+    /// Whether every id names a keyset this mint knows (in any state).
+    pub fn knows_keysets<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> bool {
+        let ring = self.ring();
+        ids.into_iter().all(|id| ring.by_id.contains_key(id))
     }
 
     /// Advertises in `/v1/info` how many confirmations an on-chain payment needs.
@@ -223,21 +293,34 @@ impl Mint {
 
     /// Starts a new active keyset; the old one keeps accepting inputs. Returns the new id.
     pub fn rotate(&self) -> Result<String, CreditError> {
-        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut store = self.local_store()?;
         store.rotate()?;
         self.reload(&store)
     }
 
     /// Stops accepting notes of inactive keyset `id`.
     pub fn retire(&self, id: &str) -> Result<(), CreditError> {
-        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut store = self.local_store()?;
         let counter = self.ring().for_input(id)?.counter();
         store.retire(counter)?;
         self.reload(&store).map(|_| ())
     }
 
+    /// The state dir's keyset list, which this mint changes itself.
+    fn local_store(&self) -> Result<std::sync::MutexGuard<'_, KeysetStore>, CreditError> {
+        let store = self.store.as_ref().ok_or_else(|| CreditError::Store {
+            path: EXTERNAL_LIST.into(),
+            reason: "the keyset list is kept by the fleet store: rotate through it".into(),
+        })?;
+        Ok(store.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
     fn reload(&self, store: &KeysetStore) -> Result<String, CreditError> {
-        let ring = KeyRing::build(store)?;
+        let ring = KeyRing::build(
+            store.seed(),
+            store.records(),
+            &store.path().display().to_string(),
+        )?;
         let id = ring.active.id().to_string();
         *self.ring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
         Ok(id)
@@ -371,22 +454,7 @@ impl Mint {
     /// spent, and any output signed before (by another request) as already signed.
     pub fn swap(&self, request: &SwapRequest) -> Result<SwapResponse, CreditError> {
         let ring = self.ring();
-        let inputs = self.check_inputs(&ring, &request.inputs)?;
-        let outputs = self.check_outputs(&ring, &request.outputs, true)?;
-        let out_total = checked_sum("outputs", outputs.iter().map(|o| o.amount))?;
-        if inputs.fee_sat == 0 && out_total != inputs.amount_sat {
-            return Err(CreditError::Unbalanced {
-                inputs: inputs.amount_sat,
-                outputs: out_total,
-            });
-        }
-        if inputs.amount_sat.checked_sub(inputs.fee_sat) != Some(out_total) {
-            return Err(CreditError::UnbalancedWithFee {
-                inputs: inputs.amount_sat,
-                fee: inputs.fee_sat,
-                outputs: out_total,
-            });
-        }
+        let (inputs, outputs) = self.check_swap(&ring, request)?;
         let receipt = receipt::receipt(receipt::SWAP, &inputs.keys, &request.outputs);
         // Spent inputs are refused before any signing work, unless this very swap spent them.
         let states = self.spent.states(&inputs.keys)?;
@@ -420,6 +488,44 @@ impl Mint {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The signatures [`Mint::swap`] would hand out for `request`, with every check of the
+    /// request but none against the spent set, and nothing recorded: what a fleet host
+    /// reserves in the fleet store before its local swap (signing is deterministic, so the
+    /// swap then makes exactly these).
+    pub fn swap_signatures(
+        &self,
+        request: &SwapRequest,
+    ) -> Result<Vec<BlindSignature>, CreditError> {
+        let ring = self.ring();
+        let (_, outputs) = self.check_swap(&ring, request)?;
+        sign_all(&outputs)
+    }
+
+    /// Every check of a swap request that needs no state: inputs, outputs, balance.
+    fn check_swap(
+        &self,
+        ring: &KeyRing,
+        request: &SwapRequest,
+    ) -> Result<(ValidatedInputs, Vec<CheckedOutput>), CreditError> {
+        let inputs = self.check_inputs(ring, &request.inputs)?;
+        let outputs = self.check_outputs(ring, &request.outputs, true)?;
+        let out_total = checked_sum("outputs", outputs.iter().map(|o| o.amount))?;
+        if inputs.fee_sat == 0 && out_total != inputs.amount_sat {
+            return Err(CreditError::Unbalanced {
+                inputs: inputs.amount_sat,
+                outputs: out_total,
+            });
+        }
+        if inputs.amount_sat.checked_sub(inputs.fee_sat) != Some(out_total) {
+            return Err(CreditError::UnbalancedWithFee {
+                inputs: inputs.amount_sat,
+                fee: inputs.fee_sat,
+                outputs: out_total,
+            });
+        }
+        Ok((inputs, outputs))
     }
 
     /// NUT-07 check state, in request order.
@@ -459,13 +565,27 @@ impl Mint {
     /// NUT-09 restore: of `request.outputs`, those signed before, each with its signature
     /// as it was handed out, in request order.
     pub fn restore(&self, request: &RestoreRequest) -> Result<RestoreResponse, CreditError> {
+        let b_s = self.restore_keys(request)?;
+        let found = self.spent.signed_outputs(&b_s)?;
+        Ok(Self::restore_answer(request, found))
+    }
+
+    /// The `B_`s (33 bytes each) a NUT-09 restore asks about, in request order, checked.
+    pub fn restore_keys(&self, request: &RestoreRequest) -> Result<Vec<Vec<u8>>, CreditError> {
         self.check_count(0, request.outputs.len())?;
-        let b_s = request
+        request
             .outputs
             .iter()
             .map(|o| parse_point("outputs.B_", &o.b_).map(|p| p.serialize().to_vec()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let found = self.spent.signed_outputs(&b_s)?;
+            .collect()
+    }
+
+    /// The NUT-09 answer to `request` given the signature record found for each of its
+    /// outputs (in request order, `None` for one never signed), wherever they were kept.
+    pub fn restore_answer(
+        request: &RestoreRequest,
+        found: Vec<Option<SignedOutput>>,
+    ) -> RestoreResponse {
         let mut response = RestoreResponse {
             outputs: Vec::new(),
             signatures: Vec::new(),
@@ -487,7 +607,7 @@ impl Mint {
                 }),
             });
         }
-        Ok(response)
+        response
     }
 
     /// Checks inputs for a lease payment (keysets, amounts, duplicates, signatures) without

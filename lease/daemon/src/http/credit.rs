@@ -10,18 +10,18 @@ use payment::credit::nut_types::{
     MintOnchainRequest, MintOnchainResponse, MintQuoteOnchainRequest, MintQuoteOnchainResponse,
     MintQuoteState, RestoreRequest, RestoreResponse, SwapRequest, SwapResponse,
 };
-use payment::credit::receipt::{receipt, MINT_ONCHAIN, SWAP};
+use payment::credit::receipt::{receipt, MINT_ONCHAIN};
 use payment::credit::{signed_records, CreditError};
 use serde_json::Value;
 
 use super::host::issue_quote;
 use super::json_body::CashuBody;
-use crate::app::Shared;
+use crate::app::{AppState, Shared};
 use crate::clock::unix_s;
-use crate::fleet::FleetError;
 use crate::http::degraded;
 use crate::http::error::{ApiError, CashuError};
 use crate::leases::payment_intake::{notice_storage, verify_onchain};
+use crate::ledger::Credit;
 
 pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CashuError> + Send + 'static,
@@ -39,6 +39,10 @@ pub async fn keys_for(
     State(s): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<Json<KeysResponse>, CashuError> {
+    if let Some(fleet_mint) = &s.fleet_mint {
+        // A keyset made on another host since this one last read the fleet's list.
+        fleet_mint.learn_keyset(&s.mint, &id).await;
+    }
     Ok(Json(s.mint.keys_for(&id)?))
 }
 
@@ -56,48 +60,42 @@ pub async fn info(State(s): State<Shared>) -> Json<MintInfo> {
 
 /// NUT-03 swap. The same swap retried after a lost reply (same inputs, same outputs) gets
 /// the same signatures again ([`payment::credit::Mint::swap`]). The work runs on the
-/// blocking pool, which finishes it even if the client goes away meanwhile.
+/// blocking pool, which finishes it even if the client goes away meanwhile. With a fleet
+/// store, [`super::fleet_credit::swap`] fences and reserves in it around the same work.
 pub async fn swap(
     State(s): State<Shared>,
     CashuBody(req): CashuBody<SwapRequest>,
 ) -> Result<Json<SwapResponse>, CashuError> {
-    // With a fleet store the inputs are fenced there first, so that no other host (nor
-    // this one) spends them meanwhile; the swap's receipt names the operation.
-    let fence = match &s.fleet {
-        Some(fleet) => {
-            let keys = swap_input_keys(&req)?;
-            let operation = hex::encode(receipt(SWAP, &keys, &req.outputs));
-            let fence = fleet
-                .fence(&keys, "credit swap", &operation)
-                .await
-                .map_err(CashuError::from)?;
-            Some((fleet.clone(), fence))
-        }
-        None => None,
-    };
-    let s2 = s.clone();
-    let out = blocking(move || {
-        if s2.disk.degraded() {
-            let inputs = s2.mint.validate_inputs(&req.inputs)?;
-            degraded::admit_spending(&s2, &inputs.keys)?;
-        }
-        let signed = s2
-            .mint
-            .swap(&req)
-            .inspect_err(|e| s2.disk.notice(e.storage_refused()))?;
-        crate::fault::hit(crate::fault::point::SWAP_COMMITTED);
-        Ok(Json(signed))
-    })
-    .await;
-    if let Some((fleet, fence)) = fence {
-        fleet.settle(fence, &s.ledger).await;
+    if let (Some(fleet), Some(fleet_mint)) = (&s.fleet, &s.fleet_mint) {
+        let (fleet, fleet_mint) = (fleet.clone(), fleet_mint.clone());
+        return super::fleet_credit::swap(s, fleet, fleet_mint, req).await;
     }
-    out
+    blocking(move || swap_locally(&s, &req)).await
+}
+
+/// The swap in this host's spent set (blocking): claims the inputs and records the
+/// signatures in one step.
+pub(super) fn swap_locally(
+    s: &AppState,
+    req: &SwapRequest,
+) -> Result<Json<SwapResponse>, CashuError> {
+    if s.disk.degraded() {
+        let inputs = s.mint.validate_inputs(&req.inputs)?;
+        degraded::admit_spending(s, &inputs.keys)?;
+    }
+    let signed = s
+        .mint
+        .swap(req)
+        .inspect_err(|e| s.disk.notice(e.storage_refused()))?;
+    crate::fault::hit(crate::fault::point::SWAP_COMMITTED);
+    Ok(Json(signed))
 }
 
 /// The spent-set keys of a swap's inputs (their `Y`s), for the fleet fence. An input
 /// without one is refused as the mint refuses it.
-fn swap_input_keys(req: &SwapRequest) -> Result<Vec<payment::spent_set::SpendKey>, CashuError> {
+pub(super) fn swap_input_keys(
+    req: &SwapRequest,
+) -> Result<Vec<payment::spent_set::SpendKey>, CashuError> {
     if req.inputs.is_empty() {
         return Err(CreditError::NoInputs.into());
     }
@@ -131,6 +129,9 @@ pub async fn restore(
     State(s): State<Shared>,
     CashuBody(req): CashuBody<RestoreRequest>,
 ) -> Result<Json<RestoreResponse>, CashuError> {
+    if let Some(fleet_mint) = s.fleet_mint.clone() {
+        return super::fleet_credit::restore(s, fleet_mint, req).await;
+    }
     blocking(move || Ok(Json(s.mint.restore(&req)?))).await
 }
 
@@ -237,37 +238,31 @@ async fn mint_fenced(
     .await?;
     let receipt = receipt(MINT_ONCHAIN, &credit.keys, &req.outputs);
     let note = format!("mint quote {}", req.payment.quote_id);
-    let fence = match &s.fleet {
-        Some(fleet) => {
-            let fence = fleet
-                .fence(&credit.keys, &note, &hex::encode(receipt))
-                .await
-                .map_err(|e| match e {
-                    // The payment's outpoints are held: it minted (or is minting) already.
-                    FleetError::AlreadySpent { .. } => {
-                        CashuError::from(crate::ledger::LedgerError::AlreadySpent(e.to_string()))
-                    }
-                    other => CashuError::from(other),
-                })?;
-            Some((fleet.clone(), fence))
-        }
-        None => None,
-    };
-    let s2 = s.clone();
-    let out = blocking(move || {
-        let paid_sat = credit.amount_msat / 1000;
-        let signed = s2.ledger.claim_with(&credit.keys, &note, &receipt, || {
-            let signatures = s2.mint.mint(paid_sat, &req.outputs)?;
-            let records = signed_records(&req.outputs, &signatures)?;
-            Ok::<_, CreditError>((signatures, records))
-        })?;
-        let signatures = signed?;
-        crate::fault::hit(crate::fault::point::MINT_COMMITTED);
-        Ok(Json(MintOnchainResponse { signatures }))
-    })
-    .await;
-    if let Some((fleet, fence)) = fence {
-        fleet.settle(fence, &s.ledger).await;
+    if let (Some(fleet), Some(fleet_mint)) = (&s.fleet, &s.fleet_mint) {
+        let (fleet, fleet_mint) = (fleet.clone(), fleet_mint.clone());
+        return super::fleet_credit::mint(s.clone(), fleet, fleet_mint, credit, req, note, receipt)
+            .await;
     }
-    out
+    let s2 = s.clone();
+    blocking(move || mint_locally(&s2, &credit, &req, &note, &receipt)).await
+}
+
+/// Signs the outputs and claims the payment's outpoints with `receipt` and the signatures
+/// in one ledger transaction (blocking); the same request again gets the same signatures.
+pub(super) fn mint_locally(
+    s: &AppState,
+    credit: &Credit,
+    req: &MintOnchainRequest,
+    note: &str,
+    receipt: &[u8; 32],
+) -> Result<Json<MintOnchainResponse>, CashuError> {
+    let paid_sat = credit.amount_msat / 1000;
+    let signed = s.ledger.claim_with(&credit.keys, note, receipt, || {
+        let signatures = s.mint.mint(paid_sat, &req.outputs)?;
+        let records = signed_records(&req.outputs, &signatures)?;
+        Ok::<_, CreditError>((signatures, records))
+    })?;
+    let signatures = signed?;
+    crate::fault::hit(crate::fault::point::MINT_COMMITTED);
+    Ok(Json(MintOnchainResponse { signatures }))
 }

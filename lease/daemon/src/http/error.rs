@@ -15,6 +15,7 @@ use payment::storage_refusal::{StorageFault, StorageRefused};
 use serde::Serialize;
 
 use crate::fleet::FleetError;
+use crate::fleet_mint::FleetMintError;
 use crate::leases::LeaseError;
 use payment_postgres::PgStoreError;
 
@@ -468,6 +469,39 @@ impl From<FleetError> for CashuError {
             _ => CASHU_CODE_UNLISTED,
         };
         CashuError::from_api(fleet_error(e), code)
+    }
+}
+
+/// The fleet mint's answers (keysets and signed outputs in the fleet store): an output
+/// signed before anywhere in the fleet is the mint's own 11003, an unreachable store the
+/// fleet's 503 `store_unavailable`, a rotation another host made first a 409.
+pub fn fleet_mint_error(e: FleetMintError) -> ApiError {
+    match e {
+        FleetMintError::Unavailable(m) => fleet_error(FleetError::Unavailable(m)),
+        FleetMintError::OutputAlreadySigned { b_hex } => {
+            credit_error(CreditError::OutputsAlreadySigned { b_hex })
+        }
+        FleetMintError::Mint(c) => credit_error(c),
+        FleetMintError::Store(PgStoreError::KeysetsChanged(m)) => ApiError::conflict(
+            "keysets_changed",
+            format!("the fleet's keysets changed meanwhile: {m}"),
+        ),
+        other => {
+            tracing::error!(error = %other, "fleet mint error");
+            ApiError::internal(other.to_string())
+        }
+    }
+}
+
+impl From<FleetMintError> for CashuError {
+    fn from(e: FleetMintError) -> Self {
+        match e {
+            FleetMintError::OutputAlreadySigned { b_hex } => {
+                CreditError::OutputsAlreadySigned { b_hex }.into()
+            }
+            FleetMintError::Mint(c) => c.into(),
+            other => CashuError::from_api(fleet_mint_error(other), CASHU_CODE_UNLISTED),
+        }
     }
 }
 

@@ -91,7 +91,8 @@ pub async fn host(State(s): State<Shared>) -> Json<HostView> {
                 kind: "postgres".into(),
                 host_id: Some(fleet.host_id().to_string()),
                 location: Some(fleet.description().to_string()),
-                ready: fleet.is_ready(),
+                // Money requests are served: the spent set and the mint are checked.
+                ready: fleet.is_ready() && s.fleet_mint.as_ref().is_none_or(|m| m.is_ready()),
             },
             None => HostStore::default(),
         },

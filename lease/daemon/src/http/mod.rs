@@ -8,10 +8,12 @@ pub mod chain;
 pub mod credit;
 pub mod degraded;
 pub mod error;
+pub mod fleet_credit;
 pub mod host;
 pub mod json_body;
 pub mod leases;
 pub mod limits;
+pub mod mint_keysets;
 pub mod nut30;
 pub mod peer;
 pub mod server;
@@ -77,6 +79,10 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/keys", get(credit::keys))
         .route("/v1/keys/{keyset_id}", get(credit::keys_for))
         .route("/v1/keysets", get(credit::keysets))
+        .route(
+            "/v1/keysets/rotate",
+            post(mint_keysets::rotate).route_layer(operator()),
+        )
         .route("/v1/info", get(credit::info))
         .route("/v1/swap", post(credit::swap))
         .route("/v1/checkstate", post(credit::checkstate))

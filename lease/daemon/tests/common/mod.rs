@@ -76,7 +76,7 @@ pub fn kvm_or_skip() -> bool {
     true
 }
 
-fn daemon_args(dir: &Path, socket: &Path, extra: &[&str]) -> Vec<String> {
+pub fn daemon_args(dir: &Path, socket: &Path, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "coinopd".into(),
         "--state-dir".into(),

@@ -1,0 +1,486 @@
+//! The fleet's one mint (`--store`): every host signs with the same keysets and no `B_` is
+//! signed twice anywhere. Beside [`crate::fleet`] (the spent set), on the same store.
+//!
+//! # Keysets
+//! Each host derives the keys from the mint seed (`--mint-seed-file`, or the seed of its
+//! STATE/credit-keysets.json when none is given); the store keeps the keyset list only
+//! (`payment_postgres::PgKeysets`). At start-up the first host writes its list, every host
+//! checks that its seed derives the ids of the fleet's rows (else it refuses to start:
+//! another seed would sign notes no other host accepts) and adopts the list.
+//!
+//! A rotation (`POST /v1/keysets/rotate`, on any host) is one store transaction; the other
+//! hosts pick it up by polling the list every [`KEYSET_POLL`] and, at once, when a request
+//! names a keyset id they do not know (a wallet that learnt the new keyset from the
+//! rotating host; at most one such read per 250 ms, so made-up ids cost no more). Polling rather than asking the store on each keys request keeps the
+//! public, unauthenticated key routes off the database (they are the most frequent
+//! requests and must answer while the store is down); the cost is that for up to one poll
+//! interval another host still signs with the previous keyset, which stays valid for
+//! redeeming, so no note is lost.
+//!
+//! # Signed outputs
+//! Every mint and swap reserves its outputs' `B_`s, with the signatures, in the store
+//! (pending, under this host and the operation) after fencing its inputs and before its
+//! local commit, and settles them after: delivered if the local spent set recorded the
+//! signatures (they commit in the same SQLite transaction as the claim that paid for them),
+//! else released. A crash in between leaves them pending; [`FleetMint::start`] settles
+//! them by the same rule before money requests are served. So a `B_` signed on one host is
+//! refused on every other (11003), NUT-09 restore on any host returns what any host
+//! delivered, and the same request retried on another host gets the same signatures.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use payment::credit::keyset::UNIT_SAT;
+use payment::credit::keyset_store::KeysetState;
+use payment::credit::nut_types::{BlindSignature, BlindSignatureDleq, BlindedMessage};
+use payment::credit::{signed_records, CreditError, Mint};
+use payment::spent_set::{SignedOutput, SpentSet};
+use payment_postgres::{
+    check_seed, FleetKeyset, NewKeyset, PgKeysets, PgSignedOutputs, PgStore, PgStoreError,
+};
+use thiserror::Error;
+
+use crate::app::AppState;
+
+/// How often each host reads the fleet's keyset list (see the module doc).
+pub const KEYSET_POLL: Duration = Duration::from_secs(2);
+/// How often a start-up check that met an unavailable store is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+/// Least time between two reads of the list for unknown keyset ids: requests naming made-up
+/// ids cannot turn into one database read each.
+const UNKNOWN_ID_REFRESH: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Error)]
+pub enum FleetMintError {
+    /// The store cannot be reached now, or this host has not checked its keysets against
+    /// it yet: nothing was signed, the same request may be retried later.
+    #[error("the fleet store is unavailable: {0}")]
+    Unavailable(String),
+    /// An output was signed before, on this host or another (NUT-00 11003).
+    #[error("output {b_hex} was already signed")]
+    OutputAlreadySigned { b_hex: String },
+    /// The mint refused (a malformed request, an unknown keyset...).
+    #[error(transparent)]
+    Mint(#[from] CreditError),
+    /// The store refused for another reason (a keyset mismatch, a lost rotation race).
+    #[error("fleet store: {0}")]
+    Store(PgStoreError),
+    /// The local spent set could not be read.
+    #[error("local spent set: {0}")]
+    Local(String),
+    /// This host's `--input-fee-ppk` is not the fee of the fleet's keysets.
+    #[error(
+        "--input-fee-ppk {ours} but the fleet's active keyset {id} charges {fleet}: every \
+         host of the fleet must charge the fleet's fee"
+    )]
+    FeeMismatch { id: String, ours: u64, fleet: u64 },
+}
+
+impl From<PgStoreError> for FleetMintError {
+    fn from(e: PgStoreError) -> Self {
+        match e {
+            PgStoreError::Unavailable(m) => FleetMintError::Unavailable(m),
+            PgStoreError::OutputAlreadySigned { b_hex } => {
+                FleetMintError::OutputAlreadySigned { b_hex }
+            }
+            other => FleetMintError::Store(other),
+        }
+    }
+}
+
+impl FleetMintError {
+    /// Whether this host must not serve money with its keys (another seed or fee than the
+    /// fleet's), as opposed to a passing outage.
+    fn is_misconfiguration(&self) -> bool {
+        matches!(
+            self,
+            FleetMintError::FeeMismatch { .. }
+                | FleetMintError::Store(PgStoreError::KeysetMismatch { .. })
+        )
+    }
+}
+
+/// The start-up check found this host's mint seed or fee not the fleet's.
+#[derive(Debug, Error)]
+#[error("fleet mint: {0}")]
+pub struct FleetMintStartError(#[source] pub FleetMintError);
+
+/// The fleet's keysets and signed outputs as this coinopd uses them.
+pub struct FleetMint {
+    keysets: PgKeysets,
+    outputs: PgSignedOutputs,
+    store: PgStore,
+    input_fee_ppk: u64,
+    /// The keysets were checked against the fleet's and this host's pending reservations
+    /// settled: outputs may be reserved.
+    ready: AtomicBool,
+    /// One refresh or rotation of the keyset list at a time on this host.
+    sync: tokio::sync::Mutex<()>,
+    /// When the list was last read for an unknown keyset id.
+    last_unknown_refresh: std::sync::Mutex<Option<Instant>>,
+    /// The rows last checked and adopted: the same rows again (every poll, mostly) are
+    /// not derived and checked again.
+    adopted: std::sync::Mutex<Vec<FleetKeyset>>,
+}
+
+impl std::fmt::Debug for FleetMint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetMint")
+            .field("ready", &self.is_ready())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `B_` bytes of `outputs`, for lookups; an output whose `B_` is not a point is left
+/// to the mint, which refuses the request.
+fn output_keys(outputs: &[BlindedMessage]) -> Result<Vec<Vec<u8>>, CreditError> {
+    outputs
+        .iter()
+        .map(|o| {
+            payment::credit::curve::parse_point("outputs.B_", &o.b_).map(|p| p.serialize().to_vec())
+        })
+        .collect()
+}
+
+/// A stored signature as NUT-00 hands it out.
+fn blind_signature(s: SignedOutput) -> BlindSignature {
+    BlindSignature {
+        amount: s.amount,
+        id: s.keyset_id,
+        c_: hex::encode(&s.c_),
+        dleq: s.dleq.map(|(e, s)| BlindSignatureDleq {
+            e: hex::encode(e),
+            s: hex::encode(s),
+        }),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, FleetMintError> + Send + 'static,
+) -> Result<T, FleetMintError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FleetMintError::Local(format!("worker: {e}")))?
+}
+
+impl FleetMint {
+    /// The fleet mint on `store` (the fleet's pool), charging `input_fee_ppk`. Touches no
+    /// network: [`FleetMint::start`] does.
+    pub fn new(store: PgStore, input_fee_ppk: u64) -> Self {
+        FleetMint {
+            keysets: PgKeysets::new(store.clone()),
+            outputs: PgSignedOutputs::new(store.clone()),
+            store,
+            input_fee_ppk,
+            ready: AtomicBool::new(false),
+            sync: tokio::sync::Mutex::new(()),
+            last_unknown_refresh: std::sync::Mutex::new(None),
+            adopted: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether the keysets are checked and pending reservations settled.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn require_ready(&self) -> Result<(), FleetMintError> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(FleetMintError::Unavailable(
+                "this host has not checked its mint keysets against the store yet".into(),
+            ))
+        }
+    }
+
+    /// Checks this host's seed against the fleet's keysets (writing the first list if the
+    /// fleet has none), adopts them and settles this host's pending reservations, then
+    /// polls the list. A seed or fee that is not the fleet's is an error (the daemon does
+    /// not start); an unreachable store is not: it is tried again in the background, and
+    /// mints and swaps get 503 meanwhile.
+    pub async fn start(self: &Arc<Self>, state: &Arc<AppState>) -> Result<(), FleetMintStartError> {
+        match self.start_once(state).await {
+            Ok(()) => {}
+            Err(e) if e.is_misconfiguration() => return Err(FleetMintStartError(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "fleet mint not ready; mints and swaps get 503 until it is");
+                let (me, weak) = (Arc::clone(self), Arc::downgrade(state));
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(RETRY).await;
+                        let Some(state) = weak.upgrade() else { return };
+                        match me.start_once(&state).await {
+                            Ok(()) => break,
+                            Err(e) if e.is_misconfiguration() => {
+                                tracing::error!(error = %e, "this host cannot sign for the fleet; mints and swaps stay refused");
+                                return;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "fleet mint still not ready"),
+                        }
+                    }
+                });
+            }
+        }
+        let (me, weak) = (Arc::clone(self), Arc::downgrade(state));
+        tokio::spawn(async move { me.poll(weak).await });
+        Ok(())
+    }
+
+    async fn start_once(&self, state: &AppState) -> Result<(), FleetMintError> {
+        self.store.migrate().await?;
+        let initial = self.initial_list(&state.mint)?;
+        let rows = {
+            let _sync = self.sync.lock().await;
+            let rows = self.keysets.register_initial(&initial).await?;
+            self.adopt(&state.mint, &rows)?;
+            rows
+        };
+        let spent = Arc::clone(&state.spent);
+        let pending = self.outputs.pending_operations().await?;
+        for op in pending {
+            let (spent, b_s) = (Arc::clone(&spent), op.b_s.clone());
+            let delivered = blocking(move || recorded_locally(&*spent, &b_s)).await?;
+            self.outputs.settle(&op.operation_id, delivered).await?;
+            tracing::info!(operation = %op.operation_id, delivered,
+                           "fleet store: pending signatures from before a crash settled");
+        }
+        self.ready.store(true, Ordering::Release);
+        let active = rows.iter().find(|r| r.state == KeysetState::Active);
+        tracing::info!(keysets = rows.len(), active = ?active.map(|r| &r.id), "fleet mint ready");
+        Ok(())
+    }
+
+    /// This host's keyset list as it would start the fleet's.
+    fn initial_list(&self, mint: &Mint) -> Result<Vec<NewKeyset>, FleetMintError> {
+        mint.keyset_records()
+            .into_iter()
+            .map(|r| {
+                Ok(NewKeyset {
+                    id: mint.derive_keyset_id(r.counter)?,
+                    unit: UNIT_SAT.into(),
+                    derivation_index: r.counter,
+                    state: r.state,
+                    input_fee_ppk: self.input_fee_ppk,
+                })
+            })
+            .collect()
+    }
+
+    /// Checks `rows` against this host's seed and fee and makes them the mint's list.
+    fn adopt(&self, mint: &Mint, rows: &[FleetKeyset]) -> Result<(), FleetMintError> {
+        let mut adopted = self
+            .adopted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !adopted.is_empty() && adopted.as_slice() == rows {
+            return Ok(());
+        }
+        let ours: Vec<&FleetKeyset> = rows.iter().filter(|r| r.unit == UNIT_SAT).collect();
+        let owned: Vec<FleetKeyset> = ours.iter().map(|r| (*r).clone()).collect();
+        check_seed(&owned, |i| mint.derive_keyset_id(i))?;
+        if let Some(active) = ours.iter().find(|r| r.state == KeysetState::Active) {
+            if active.input_fee_ppk != self.input_fee_ppk {
+                return Err(FleetMintError::FeeMismatch {
+                    id: active.id.clone(),
+                    ours: self.input_fee_ppk,
+                    fleet: active.input_fee_ppk,
+                });
+            }
+        }
+        let records: Vec<_> = owned.iter().map(FleetKeyset::record).collect();
+        let before = mint.active_keyset_id();
+        let active = mint.adopt_keysets(&records)?;
+        if active != before {
+            tracing::info!(from = %before, to = %active, "fleet mint: active keyset changed");
+        }
+        *adopted = rows.to_vec();
+        Ok(())
+    }
+
+    /// Reads the fleet's list and adopts it.
+    async fn refresh(&self, mint: &Mint) -> Result<(), FleetMintError> {
+        let _sync = self.sync.lock().await;
+        let rows = self.keysets.load().await?;
+        self.adopt(mint, &rows)
+    }
+
+    async fn poll(&self, state: Weak<AppState>) {
+        loop {
+            tokio::time::sleep(KEYSET_POLL).await;
+            let Some(state) = state.upgrade() else { return };
+            if !self.is_ready() {
+                continue;
+            }
+            match self.refresh(&state.mint).await {
+                Ok(()) => {}
+                Err(e) if e.is_misconfiguration() => {
+                    // The fleet's list no longer matches this host's seed: stop signing.
+                    self.ready.store(false, Ordering::Release);
+                    tracing::error!(error = %e, "fleet keysets no longer match this host; mints and swaps refused");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "fleet keyset poll failed"),
+            }
+        }
+    }
+
+    /// Before a request that names keysets: refuses while not ready, and reads the fleet's
+    /// list first if any id is unknown here (a rotation made on another host since the
+    /// last poll).
+    pub async fn admit<'a>(
+        &self,
+        mint: &Mint,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), FleetMintError> {
+        self.require_ready()?;
+        if !mint.knows_keysets(ids) && self.may_refresh_for_unknown() {
+            self.refresh(mint).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a read of the list for an unknown id is due (at most one per
+    /// [`UNKNOWN_ID_REFRESH`]); the poll covers the rest.
+    fn may_refresh_for_unknown(&self) -> bool {
+        let mut last = self
+            .last_unknown_refresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < UNKNOWN_ID_REFRESH) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    /// Reads the fleet's list if `id` is unknown here (a keys request for a keyset made on
+    /// another host since the last poll). An unreachable store leaves the list as it is.
+    pub async fn learn_keyset(&self, mint: &Mint, id: &str) {
+        if self.is_ready() && !mint.knows_keysets([id]) && self.may_refresh_for_unknown() {
+            if let Err(e) = self.refresh(mint).await {
+                tracing::debug!(error = %e, "reading the fleet's keysets for an unknown id");
+            }
+        }
+    }
+
+    /// Rotation: the next keyset (derived at the next index) becomes the fleet's active
+    /// one and the current one inactive, in one store transaction; adopted here at once,
+    /// by the other hosts at their next poll. Returns the new active id.
+    pub async fn rotate(&self, mint: &Mint) -> Result<String, FleetMintError> {
+        self.require_ready()?;
+        let _sync = self.sync.lock().await;
+        let rows = self.keysets.load().await?;
+        self.adopt(mint, &rows)?;
+        let current = mint.active_keyset_id();
+        let next_index = rows
+            .iter()
+            .filter(|r| r.unit == UNIT_SAT)
+            .map(|r| r.derivation_index)
+            .max()
+            .map_or(Some(0), |i| i.checked_add(1))
+            .ok_or_else(|| {
+                FleetMintError::Mint(CreditError::Store {
+                    path: "fleet store".into(),
+                    reason: "keyset derivation index exhausted".into(),
+                })
+            })?;
+        let next = NewKeyset {
+            id: mint.derive_keyset_id(next_index)?,
+            unit: UNIT_SAT.into(),
+            derivation_index: next_index,
+            state: KeysetState::Active,
+            input_fee_ppk: self.input_fee_ppk,
+        };
+        let rows = self.keysets.rotate(&current, &next).await?;
+        self.adopt(mint, &rows)?;
+        tracing::info!(from = %current, to = %next.id, "fleet mint: keysets rotated");
+        Ok(next.id)
+    }
+
+    /// Reserves `signatures` of `outputs` for `operation` in the store: from here no host
+    /// signs these `B_`s for anything else. Settle with [`FleetMint::settle`].
+    pub async fn reserve(
+        &self,
+        outputs: &[BlindedMessage],
+        signatures: &[BlindSignature],
+        operation: &str,
+    ) -> Result<(), FleetMintError> {
+        self.require_ready()?;
+        let records = signed_records(outputs, signatures)?;
+        self.outputs.reserve(&records, operation).await?;
+        Ok(())
+    }
+
+    /// Ends `operation`'s reservation: delivered if the local spent set recorded the
+    /// signatures of `outputs`, else released. A store that cannot be reached now leaves
+    /// it pending until the next start-up (the `B_`s stay taken meanwhile; nothing is
+    /// signed twice).
+    pub async fn settle(
+        &self,
+        spent: &Arc<dyn SpentSet>,
+        outputs: &[BlindedMessage],
+        operation: &str,
+    ) {
+        let Ok(b_s) = output_keys(outputs) else {
+            return; // The mint refused the request before anything was reserved.
+        };
+        let spent = Arc::clone(spent);
+        let delivered = match blocking(move || recorded_locally(&*spent, &b_s)).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(operation, error = %e, "reservation left for the next start");
+                return;
+            }
+        };
+        if let Err(e) = self.outputs.settle(operation, delivered).await {
+            tracing::warn!(operation, error = %e, "reservation left for the next start");
+        }
+    }
+
+    /// The signatures of `outputs` if every one was delivered for `operation` (on any
+    /// host): the same request again, answered as it was the first time.
+    pub async fn answer_again(
+        &self,
+        outputs: &[BlindedMessage],
+        operation: &str,
+    ) -> Result<Option<Vec<BlindSignature>>, FleetMintError> {
+        let b_s = output_keys(outputs)?;
+        Ok(self
+            .outputs
+            .delivered_for_operation(&b_s, operation)
+            .await?
+            .map(|found| found.into_iter().map(blind_signature).collect()))
+    }
+
+    /// NUT-09 restore's records: for each `B_`, what the fleet delivered, else what this
+    /// host's own spent set recorded (signatures it made that the fleet store does not
+    /// keep: from before it joined the fleet, and lease refunds' change).
+    pub async fn restore_records(
+        &self,
+        spent: &Arc<dyn SpentSet>,
+        b_s: Vec<Vec<u8>>,
+    ) -> Result<Vec<Option<SignedOutput>>, FleetMintError> {
+        self.require_ready()?;
+        let fleet = self.outputs.delivered(&b_s).await?;
+        let spent = Arc::clone(spent);
+        let local = blocking(move || {
+            spent
+                .signed_outputs(&b_s)
+                .map_err(|e| FleetMintError::Local(e.to_string()))
+        })
+        .await?;
+        Ok(fleet.into_iter().zip(local).map(|(f, l)| f.or(l)).collect())
+    }
+}
+
+/// Whether the local spent set recorded a signature for every `B_`: the local commit that
+/// records them is the one that spent what paid for them.
+fn recorded_locally(spent: &dyn SpentSet, b_s: &[Vec<u8>]) -> Result<bool, FleetMintError> {
+    let found = spent
+        .signed_outputs(b_s)
+        .map_err(|e| FleetMintError::Local(e.to_string()))?;
+    Ok(!found.is_empty() && found.iter().all(Option::is_some))
+}

@@ -1,0 +1,241 @@
+//! The Cashu mint routes on a fleet (`--store`): swap, on-chain mint and NUT-09 restore
+//! with the fleet store in front of this host's own spent set. The order of one request:
+//! 1. fence the inputs (swap: the proofs' Ys; mint: the payment's outpoints) under the
+//!    request's receipt ([`crate::fleet`]);
+//! 2. sign (no state) and reserve the outputs' `B_`s with the signatures under the same
+//!    receipt ([`crate::fleet_mint`]): a `B_` taken anywhere is 11003;
+//! 3. the local step, as on a single host (one SQLite transaction claims the inputs and
+//!    records the signatures);
+//! 4. settle both by what the local spent set holds: delivered, or released.
+//!
+//! A failure or crash at any point leaves nothing spent without its signatures recorded
+//! locally, and nothing signed twice: see the two modules' docs. Inputs held under the same
+//! receipt by another host (the same request, its reply lost) are answered with the
+//! signatures that host delivered.
+
+use std::sync::Arc;
+
+use axum::Json;
+use payment::credit::nut_types::{
+    BlindSignature, BlindedMessage, MintOnchainRequest, MintOnchainResponse, RestoreRequest,
+    RestoreResponse, SwapRequest, SwapResponse,
+};
+use payment::credit::receipt::{receipt, SWAP};
+use payment::credit::Mint;
+use payment::spent_set::{SpendState, SpentSet};
+
+use super::credit::{blocking, mint_locally, swap_input_keys, swap_locally};
+use crate::app::Shared;
+use crate::fleet::{Fence, Fleet, FleetError};
+use crate::fleet_mint::FleetMint;
+use crate::http::error::{ApiError, CashuError};
+use crate::ledger::{Credit, LedgerError};
+
+/// The local spent set, as the fleet mint reads it.
+fn local_spent(s: &Shared) -> Arc<dyn SpentSet> {
+    s.spent.clone()
+}
+
+/// The fence refused: if the inputs were spent by this very request on another host (same
+/// receipt) and its signatures delivered, those signatures; else the refusal.
+async fn answered_before(
+    fleet_mint: &FleetMint,
+    outputs: &[BlindedMessage],
+    operation: &str,
+    refused: FleetError,
+) -> Result<Vec<BlindSignature>, FleetError> {
+    if matches!(
+        refused,
+        FleetError::AlreadySpent {
+            state: SpendState::Spent,
+            ..
+        }
+    ) {
+        if let Ok(Some(signatures)) = fleet_mint.answer_again(outputs, operation).await {
+            return Ok(signatures);
+        }
+    }
+    Err(refused)
+}
+
+/// One fenced request: its inputs' fence, the outputs it signs, its operation id (the
+/// request's receipt, hex).
+struct Fenced<'a> {
+    fence: Fence,
+    outputs: &'a [BlindedMessage],
+    operation: &'a str,
+}
+
+/// Steps 2 and 4 around the local step `local` (see the module doc): reserves the outputs
+/// signed by `sign` unless the fence is a repeat, runs `local`, settles.
+async fn reserve_run_settle<T: Send + 'static>(
+    s: &Shared,
+    fleet: &Fleet,
+    fleet_mint: &FleetMint,
+    op: Fenced<'_>,
+    sign: impl FnOnce(&Shared) -> Result<Vec<BlindSignature>, CashuError> + Send + 'static,
+    local: impl FnOnce(&Shared) -> Result<T, CashuError> + Send + 'static,
+) -> Result<T, CashuError> {
+    let spent = local_spent(s);
+    let Fenced {
+        fence,
+        outputs,
+        operation,
+    } = op;
+    if !fence.repeat {
+        let s2 = s.clone();
+        let reserved = match blocking(move || sign(&s2)).await {
+            Ok(signatures) => fleet_mint
+                .reserve(outputs, &signatures, operation)
+                .await
+                .map_err(CashuError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = reserved {
+            // Nothing was committed locally: both are released (a reservation whose
+            // outcome is unknown included).
+            fleet.settle(fence, &s.ledger).await;
+            fleet_mint.settle(&spent, outputs, operation).await;
+            return Err(e);
+        }
+        crate::fault::hit(crate::fault::point::FLEET_OUTPUTS_RESERVED);
+    }
+    let s2 = s.clone();
+    let out = blocking(move || local(&s2)).await;
+    fleet.settle(fence, &s.ledger).await;
+    fleet_mint.settle(&spent, outputs, operation).await;
+    out
+}
+
+/// Runs `work` as a task of its own: a client that goes away (its connection, and with it
+/// this handler, dropped) does not stop a request between its fence and its settle, which
+/// would leave the inputs and outputs held until this host's next start.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, CashuError>> + Send + 'static,
+) -> Result<T, CashuError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker: {e}")))?
+}
+
+/// NUT-03 swap on a fleet.
+pub async fn swap(
+    s: Shared,
+    fleet: Arc<Fleet>,
+    fleet_mint: Arc<FleetMint>,
+    req: SwapRequest,
+) -> Result<Json<SwapResponse>, CashuError> {
+    detached(swap_detached(s, fleet, fleet_mint, req)).await
+}
+
+async fn swap_detached(
+    s: Shared,
+    fleet: Arc<Fleet>,
+    fleet_mint: Arc<FleetMint>,
+    req: SwapRequest,
+) -> Result<Json<SwapResponse>, CashuError> {
+    let keys = swap_input_keys(&req)?;
+    let operation = hex::encode(receipt(SWAP, &keys, &req.outputs));
+    let ids = req
+        .inputs
+        .iter()
+        .map(|p| p.id.as_str())
+        .chain(req.outputs.iter().map(|o| o.id.as_str()));
+    fleet_mint.admit(&s.mint, ids).await?;
+    let fence = match fleet.fence(&keys, "credit swap", &operation).await {
+        Ok(fence) => fence,
+        Err(refused) => {
+            let signatures =
+                answered_before(&fleet_mint, &req.outputs, &operation, refused).await?;
+            return Ok(Json(SwapResponse { signatures }));
+        }
+    };
+    let outputs = req.outputs.clone();
+    let for_signing = req.clone();
+    let op = Fenced {
+        fence,
+        outputs: &outputs,
+        operation: &operation,
+    };
+    reserve_run_settle(
+        &s,
+        &fleet,
+        &fleet_mint,
+        op,
+        move |s| Ok(s.mint.swap_signatures(&for_signing)?),
+        move |s| swap_locally(s, &req),
+    )
+    .await
+}
+
+/// The on-chain mint (a payment proved in the request, already verified) on a fleet.
+pub async fn mint(
+    s: Shared,
+    fleet: Arc<Fleet>,
+    fleet_mint: Arc<FleetMint>,
+    credit: Credit,
+    req: MintOnchainRequest,
+    note: String,
+    receipt: [u8; 32],
+) -> Result<Json<MintOnchainResponse>, CashuError> {
+    detached(mint_detached(
+        s, fleet, fleet_mint, credit, req, note, receipt,
+    ))
+    .await
+}
+
+async fn mint_detached(
+    s: Shared,
+    fleet: Arc<Fleet>,
+    fleet_mint: Arc<FleetMint>,
+    credit: Credit,
+    req: MintOnchainRequest,
+    note: String,
+    receipt: [u8; 32],
+) -> Result<Json<MintOnchainResponse>, CashuError> {
+    let operation = hex::encode(receipt);
+    fleet_mint
+        .admit(&s.mint, req.outputs.iter().map(|o| o.id.as_str()))
+        .await?;
+    let fence = match fleet.fence(&credit.keys, &note, &operation).await {
+        Ok(fence) => fence,
+        Err(refused) => {
+            return match answered_before(&fleet_mint, &req.outputs, &operation, refused).await {
+                Ok(signatures) => Ok(Json(MintOnchainResponse { signatures })),
+                // The payment's outpoints are held: it minted (or is minting) already.
+                Err(e @ FleetError::AlreadySpent { .. }) => {
+                    Err(LedgerError::AlreadySpent(e.to_string()).into())
+                }
+                Err(other) => Err(other.into()),
+            };
+        }
+    };
+    let outputs = req.outputs.clone();
+    let paid_sat = credit.amount_msat / 1000;
+    let for_signing = req.outputs.clone();
+    let op = Fenced {
+        fence,
+        outputs: &outputs,
+        operation: &operation,
+    };
+    reserve_run_settle(
+        &s,
+        &fleet,
+        &fleet_mint,
+        op,
+        move |s| Ok(s.mint.mint(paid_sat, &for_signing)?),
+        move |s| mint_locally(s, &credit, &req, &note, &receipt),
+    )
+    .await
+}
+
+/// NUT-09 restore on a fleet: the signatures any host delivered (and this host's own).
+pub async fn restore(
+    s: Shared,
+    fleet_mint: Arc<FleetMint>,
+    req: RestoreRequest,
+) -> Result<Json<RestoreResponse>, CashuError> {
+    let b_s = s.mint.restore_keys(&req)?;
+    let found = fleet_mint.restore_records(&local_spent(&s), b_s).await?;
+    Ok(Json(Mint::restore_answer(&req, found)))
+}

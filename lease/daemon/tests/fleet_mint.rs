@@ -1,0 +1,657 @@
+//! Three coinopd hosts as one Cashu mint on one PostgreSQL fleet store, with no keyset
+//! file copied between them: the keys come from one mint seed file, the keyset list and
+//! the signed blinded messages from the store. Against a real throwaway PostgreSQL cluster
+//! (payment_postgres::test_cluster), never a mock.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::leases::{credit_payment, testguest_body};
+use common::{Daemon, StateDir, Wallet};
+use payment::credit::nut_types::{BlindSignature, BlindedMessage, Proof};
+use payment_postgres::test_cluster::TestCluster;
+use serde_json::{json, Value};
+
+/// This binary's jail uid ranges, one per host, clear of other test binaries' (fleet.rs
+/// takes 4_300_000 on).
+const UID_BASE: u32 = 4_400_000;
+const UIDS_PER_HOST: u32 = 16;
+
+/// NUT-00 codes (error_codes.md).
+const SPENT: u64 = 11001;
+const OUTPUT_SIGNED: u64 = 11003;
+const KEYSET_INACTIVE: u64 = 12002;
+
+/// A cluster with database `fleet`, or `None` (SKIPPED printed) without PostgreSQL.
+fn cluster(test: &str) -> Option<TestCluster> {
+    let pg = TestCluster::start(test).expect("starting the test PostgreSQL")?;
+    pg.create_database("fleet").expect("createdb fleet");
+    Some(pg)
+}
+
+/// A mint seed file of `byte` repeated, with `mode`, in `dir`.
+fn seed_file(dir: &Path, byte: u8, mode: u32) -> PathBuf {
+    let path = dir.join(format!("mint-seed-{byte:02x}-{mode:o}"));
+    std::fs::write(&path, format!("{}\n", hex::encode([byte; 32]))).expect("seed file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    path
+}
+
+/// Host `n`'s arguments: the fleet store, its id and uid range, the seed file.
+fn host_args(pg: &TestCluster, n: u32, seed: &Path) -> Vec<String> {
+    vec![
+        "--store".into(),
+        pg.conninfo("fleet"),
+        "--host-id".into(),
+        format!("host-{n}"),
+        "--mint-seed-file".into(),
+        seed.display().to_string(),
+        "--jail-uid-base".into(),
+        (UID_BASE + n * UIDS_PER_HOST).to_string(),
+        "--jail-uid-count".into(),
+        UIDS_PER_HOST.to_string(),
+        "--jail-pool".into(),
+        "1".into(),
+        "--guest-network".into(),
+        "never".into(),
+    ]
+}
+
+async fn host(pg: &TestCluster, dir: &StateDir, n: u32, seed: &Path) -> Daemon {
+    let args = host_args(pg, n, seed);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Daemon::spawn(dir.path(), &args, &[]).await
+}
+
+fn messages(blanks: &[common::Blank]) -> Vec<&BlindedMessage> {
+    blanks.iter().map(|b| &b.msg).collect()
+}
+
+fn cashu_code(r: &coinop_cli::client::Reply) -> u64 {
+    r.json()["code"].as_u64().unwrap_or(u64::MAX)
+}
+
+fn signatures(r: &coinop_cli::client::Reply) -> Vec<BlindSignature> {
+    serde_json::from_value(r.json()["signatures"].clone()).expect("signatures")
+}
+
+/// The body of a swap of `proofs` onto `blanks`.
+fn swap_body(proofs: &[Proof], blanks: &[common::Blank]) -> Value {
+    json!({"inputs": proofs, "outputs": messages(blanks)})
+}
+
+fn amounts(proofs: &[Proof]) -> Vec<u64> {
+    proofs.iter().map(|p| p.amount).collect()
+}
+
+/// The proofs' Ys as NUT-07 asks for them.
+fn ys(proofs: &[Proof]) -> Vec<String> {
+    proofs
+        .iter()
+        .map(|p| {
+            payment::credit::hash_to_curve::secret_to_curve(&p.secret)
+                .expect("a minted secret")
+                .to_string()
+        })
+        .collect()
+}
+
+/// Credit minted on host 1 swaps on host 2 (the same swap sent again to host 3 gets the
+/// same signatures), host 1 restores host 2's signatures, outputs signed on host 2 are
+/// 11003 on host 1 and spend nothing there, and the notes pay a lease on host 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_with_one_mint_seed_are_one_mint() {
+    let Some(pg) = cluster("three_hosts_with_one_mint_seed_are_one_mint") else {
+        return;
+    };
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let seed = seed_file(secrets.path(), 0x5e, 0o600);
+    let dirs = [StateDir::new(), StateDir::new(), StateDir::new()];
+    let h1 = host(&pg, &dirs[0], 1, &seed).await;
+    let h2 = host(&pg, &dirs[1], 2, &seed).await;
+    let h3 = host(&pg, &dirs[2], 3, &seed).await;
+    let keysets = h1.call("GET", "/v1/keysets", None, None).await.json();
+    for (h, dir) in [(&h1, &dirs[0]), (&h2, &dirs[1]), (&h3, &dirs[2])] {
+        assert_eq!(
+            h.call("GET", "/v1/keysets", None, None).await.json(),
+            keysets
+        );
+        // No private key material in the state dir: the seed file is the only copy.
+        let keyset_file = dir.path().join(payment::credit::keyset_store::STORE_FILE);
+        assert!(!keyset_file.exists(), "{}", keyset_file.display());
+    }
+    let wallet = Wallet::new(&h1).await;
+    assert_eq!(
+        Wallet::new(&h3).await.keys,
+        wallet.keys,
+        "one mint, one set of keys"
+    );
+
+    let minted = h1.mint_credit(300).await;
+    let blanks = wallet.outputs(&amounts(&minted));
+    let body = swap_body(&minted, &blanks);
+    let r = h2.call("POST", "/v1/swap", None, Some(body.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let signed_on_2 = signatures(&r);
+    let notes = wallet.unblind(&blanks, &signed_on_2);
+    // The same swap sent again to another host (its reply lost): the same signatures.
+    let r = h3.call("POST", "/v1/swap", None, Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(signatures(&r), signed_on_2);
+    // NUT-09 restore on host 1 of what host 2 signed, and nothing for unsigned outputs.
+    let unsigned = wallet.outputs(&[1, 2]);
+    let mut asked = messages(&blanks);
+    asked.extend(messages(&unsigned));
+    let r = h1
+        .call("POST", "/v1/restore", None, Some(json!({"outputs": asked})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(signatures(&r), signed_on_2);
+    let restored: Vec<BlindedMessage> =
+        serde_json::from_value(r.json()["outputs"].clone()).expect("outputs");
+    assert_eq!(restored.len(), blanks.len());
+    assert!(restored.iter().zip(&blanks).all(|(o, b)| o.b_ == b.msg.b_));
+
+    // Fresh credit onto the outputs host 2 signed, at host 1: 11003, and nothing spent.
+    let fresh = h1.mint_credit(300).await;
+    assert_eq!(amounts(&fresh), amounts(&minted));
+    let r = h1
+        .call("POST", "/v1/swap", None, Some(swap_body(&fresh, &blanks)))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(cashu_code(&r), OUTPUT_SIGNED, "{}", r.text());
+    for h in [&h1, &h2, &h3] {
+        let states = h
+            .call(
+                "POST",
+                "/v1/checkstate",
+                None,
+                Some(json!({"Ys": ys(&fresh)})),
+            )
+            .await
+            .json();
+        assert!(
+            states["states"]
+                .as_array()
+                .expect("states")
+                .iter()
+                .all(|s| s["state"] == "UNSPENT"),
+            "{states}"
+        );
+    }
+    // The same fresh credit onto new outputs is fine, on host 3.
+    let r = h3
+        .call(
+            "POST",
+            "/v1/swap",
+            None,
+            Some(swap_body(&fresh, &wallet.outputs(&amounts(&fresh)))),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The notes from host 2 pay a lease on host 3, and are then spent on host 1 too.
+    if common::kvm_or_skip() {
+        let lease = h3
+            .create_lease(testguest_body("mode=echo", credit_payment(&notes)))
+            .await;
+        let r = h1
+            .call(
+                "POST",
+                "/v1/swap",
+                None,
+                Some(swap_body(&notes, &wallet.outputs(&amounts(&notes)))),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert_eq!(cashu_code(&r), SPENT, "{}", r.text());
+        h3.stop_lease(&lease.id, &lease.token).await;
+    }
+}
+
+/// A rotation made on host 1 is the fleet's: host 2 knows the new keyset as soon as a
+/// wallet names it, host 3 by its poll, old notes still redeem (on host 3, into the new
+/// keyset), outputs of the old keyset are refused as inactive, and a restarted host keeps
+/// the fleet's list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_on_one_host_is_used_by_every_host() {
+    let Some(pg) = cluster("a_rotation_on_one_host_is_used_by_every_host") else {
+        return;
+    };
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let seed = seed_file(secrets.path(), 0x7a, 0o600);
+    let dirs = [StateDir::new(), StateDir::new(), StateDir::new()];
+    let h1 = host(&pg, &dirs[0], 1, &seed).await;
+    let h2 = host(&pg, &dirs[1], 2, &seed).await;
+    let h3 = host(&pg, &dirs[2], 3, &seed).await;
+    let old_wallet = Wallet::new(&h1).await;
+    let old_notes = h1.mint_credit(200).await;
+
+    let r = h1.call("POST", "/v1/keysets/rotate", None, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let listed = r.json();
+    let active: Vec<&Value> = listed["keysets"]
+        .as_array()
+        .expect("keysets")
+        .iter()
+        .filter(|k| k["active"] == true)
+        .collect();
+    assert_eq!(active.len(), 1, "{listed}");
+    let new_id = active[0]["id"].as_str().expect("id").to_string();
+    assert_ne!(new_id, old_wallet.keyset_id);
+    assert!(
+        listed["keysets"]
+            .as_array()
+            .expect("keysets")
+            .iter()
+            .any(|k| k["id"] == old_wallet.keyset_id.as_str() && k["active"] == false),
+        "the old keyset is listed inactive: {listed}"
+    );
+
+    // Host 2, asked for the new keyset at once, reads the fleet's list for it.
+    let r = h2
+        .call("GET", &format!("/v1/keys/{new_id}"), None, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["keysets"][0]["active"], true, "{}", r.text());
+    // Host 3 by its poll.
+    common::wait_for(
+        async || Wallet::new(&h3).await.keyset_id == new_id,
+        "host 3 adopting the rotation",
+    )
+    .await;
+    let new_wallet = Wallet::new(&h3).await;
+    assert_ne!(new_wallet.keys, old_wallet.keys);
+
+    // Old notes redeem on host 3 into notes of the new keyset.
+    let blanks = new_wallet.outputs(&amounts(&old_notes));
+    let r = h3
+        .call(
+            "POST",
+            "/v1/swap",
+            None,
+            Some(swap_body(&old_notes, &blanks)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sigs = signatures(&r);
+    assert!(sigs.iter().all(|s| s.id == new_id), "{}", r.text());
+    let new_notes = new_wallet.unblind(&blanks, &sigs);
+    // Outputs of the old keyset are refused on every host now, as inactive.
+    common::wait_for(
+        async || Wallet::new(&h2).await.keyset_id == new_id,
+        "host 2 adopting the rotation",
+    )
+    .await;
+    for h in [&h1, &h2, &h3] {
+        let r = h
+            .call(
+                "POST",
+                "/v1/swap",
+                None,
+                Some(swap_body(
+                    &new_notes,
+                    &old_wallet.outputs(&amounts(&new_notes)),
+                )),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert_eq!(cashu_code(&r), KEYSET_INACTIVE, "{}", r.text());
+    }
+    // The new notes swap on host 1 (they were signed on host 3).
+    let r = h1
+        .call(
+            "POST",
+            "/v1/swap",
+            None,
+            Some(swap_body(
+                &new_notes,
+                &new_wallet.outputs(&amounts(&new_notes)),
+            )),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // A restarted host starts from the fleet's list, not from keyset 0.
+    h2.shutdown().await;
+    let h2 = host(&pg, &dirs[1], 2, &seed).await;
+    common::wait_for(
+        async || h2.call("GET", "/v1/host", None, None).await.json()["store"]["ready"] == true,
+        "host 2's store check",
+    )
+    .await;
+    common::wait_for(
+        async || Wallet::new(&h2).await.keyset_id == new_id,
+        "host 2 reading the fleet's keysets after a restart",
+    )
+    .await;
+    assert_eq!(
+        h2.call("GET", "/v1/keysets", None, None).await.json(),
+        h1.call("GET", "/v1/keysets", None, None).await.json()
+    );
+}
+
+/// Spawns coinopd on `dir` with `args` expecting it to refuse to start: its exit status
+/// and its log.
+async fn refused_start(dir: &StateDir, args: &[String]) -> (std::process::ExitStatus, String) {
+    let socket = dir.path().join("coinop.sock");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let all = common::daemon_args(dir.path(), &socket, &args);
+    let log_path = dir.path().join("coinopd.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coinopd"))
+        .args(&all[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start coinopd");
+    for _ in 0..1500 {
+        if let Some(status) = child.try_wait().expect("wait coinopd") {
+            return (
+                status,
+                std::fs::read_to_string(&log_path).unwrap_or_default(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!(
+        "coinopd did not refuse to start: {}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+}
+
+/// A host whose mint seed derives other keyset ids than the fleet's refuses to start,
+/// naming both ids; so does one whose seed file others may read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_another_mint_seed_refuses_to_start() {
+    let Some(pg) = cluster("a_host_with_another_mint_seed_refuses_to_start") else {
+        return;
+    };
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let fleet_seed = seed_file(secrets.path(), 0x11, 0o600);
+    let dir1 = StateDir::new();
+    let h1 = host(&pg, &dir1, 1, &fleet_seed).await;
+    let fleet_id = Wallet::new(&h1).await.keyset_id;
+
+    let other_seed = seed_file(secrets.path(), 0x22, 0o600);
+    let dir2 = StateDir::new();
+    let (status, log) = refused_start(&dir2, &host_args(&pg, 2, &other_seed)).await;
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("mint seed derives keyset"), "{log}");
+    assert!(log.contains(&fleet_id), "names the fleet's keyset: {log}");
+
+    let readable = seed_file(secrets.path(), 0x11, 0o644);
+    let dir3 = StateDir::new();
+    let (status, log) = refused_start(&dir3, &host_args(&pg, 3, &readable)).await;
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("chmod 600"), "{log}");
+
+    // The fleet's own seed on a new host is fine, and is the same mint.
+    let dir4 = StateDir::new();
+    let h4 = host(&pg, &dir4, 4, &fleet_seed).await;
+    assert_eq!(Wallet::new(&h4).await.keyset_id, fleet_id);
+}
+
+/// PostgreSQL stopped: swap, on-chain mint and restore answer 503 `store_unavailable` and
+/// sign nothing; started again: the same requests succeed without restarting coinopd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_refuses_mints_swaps_and_restores_until_it_is_back() {
+    let Some(pg) = cluster("a_store_outage_refuses_mints_swaps_and_restores_until_it_is_back")
+    else {
+        return;
+    };
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let seed = seed_file(secrets.path(), 0x33, 0o600);
+    let dir = StateDir::new();
+    let h1 = host(&pg, &dir, 1, &seed).await;
+    let wallet = Wallet::new(&h1).await;
+    let proofs = h1.mint_credit(64).await;
+    let (mint_body, mint_wallet, mint_blanks) = h1.mint_request(32).await;
+    let blanks = wallet.outputs(&amounts(&proofs));
+    let swap = swap_body(&proofs, &blanks);
+    let restore = json!({"outputs": messages(&blanks)});
+
+    pg.stop().expect("stopping PostgreSQL");
+    for (path, body) in [
+        ("/v1/swap", &swap),
+        ("/v1/mint/onchain", &mint_body),
+        ("/v1/restore", &restore),
+    ] {
+        let r = h1.call("POST", path, None, Some(body.clone())).await;
+        assert_eq!(r.status, 503, "{path}: {}", r.text());
+        assert!(
+            r.text().contains("fleet store is unavailable"),
+            "{path}: {}",
+            r.text()
+        );
+    }
+
+    pg.start_again().expect("starting PostgreSQL again");
+    let r = h1.call("POST", "/v1/swap", None, Some(swap)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let swapped = signatures(&r);
+    let r = h1
+        .call("POST", "/v1/mint/onchain", None, Some(mint_body))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let minted = mint_wallet.unblind(&mint_blanks, &signatures(&r));
+    assert_eq!(minted.iter().map(|p| p.amount).sum::<u64>(), 32);
+    let r = h1.call("POST", "/v1/restore", None, Some(restore)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(signatures(&r), swapped);
+}
+
+/// Sends a swap to `d`, which must abort at its injected fault without answering.
+async fn swap_into_crash(d: Daemon, body: &Value) {
+    use std::os::unix::process::ExitStatusExt;
+    let r = d
+        .client
+        .call(
+            "POST",
+            "/v1/swap",
+            None,
+            Some(serde_json::to_vec(body).expect("a Value serializes")),
+        )
+        .await;
+    assert!(r.is_err(), "coinopd answered despite the fault: {r:?}");
+    let status = d.wait_crash().await;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+}
+
+/// Host 1 killed between reserving a swap's outputs in the store and its local commit:
+/// meanwhile no host signs those outputs (11003) nor spends the inputs, restore hands out
+/// nothing; after its restart both are free again and the same swap succeeds on host 2.
+/// Killed after the local commit: after the restart the signatures are delivered, restored
+/// on host 2, and the same swap sent to host 2 gets them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_reservation_and_the_local_commit_signs_nothing_twice() {
+    let Some(pg) =
+        cluster("a_crash_between_the_reservation_and_the_local_commit_signs_nothing_twice")
+    else {
+        return;
+    };
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let seed = seed_file(secrets.path(), 0x44, 0o600);
+    let dirs = [StateDir::new(), StateDir::new()];
+    let h1 = host(&pg, &dirs[0], 1, &seed).await;
+    let h2 = host(&pg, &dirs[1], 2, &seed).await;
+    let wallet = Wallet::new(&h2).await;
+    let lost = h1.mint_credit(100).await;
+    let kept = h1.mint_credit(100).await;
+    let other = h2.mint_credit(100).await;
+    h1.shutdown().await;
+
+    // Killed after the reservation, before the local commit.
+    let args = host_args(&pg, 1, &seed);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let h1 = Daemon::spawn(
+        dirs[0].path(),
+        &args,
+        &[("COINOPD_FAULT", "fleet_outputs_reserved")],
+    )
+    .await;
+    let blanks = wallet.outputs(&amounts(&lost));
+    let body = swap_body(&lost, &blanks);
+    swap_into_crash(h1, &body).await;
+    let restore = json!({"outputs": messages(&blanks)});
+    let r = h2
+        .call("POST", "/v1/restore", None, Some(restore.clone()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        signatures(&r).is_empty(),
+        "pending is not delivered: {}",
+        r.text()
+    );
+    let r = h2
+        .call("POST", "/v1/swap", None, Some(swap_body(&other, &blanks)))
+        .await;
+    assert_eq!(
+        (r.status, cashu_code(&r)),
+        (400, OUTPUT_SIGNED),
+        "{}",
+        r.text()
+    );
+    let h1 = host(&pg, &dirs[0], 1, &seed).await;
+    common::wait_for(
+        async || h1.call("GET", "/v1/host", None, None).await.json()["store"]["ready"] == true,
+        "host 1's store check",
+    )
+    .await;
+    // Reconciled at start-up: released, so the same swap succeeds, on host 2.
+    let r = h2.call("POST", "/v1/swap", None, Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    h1.shutdown().await;
+
+    // Killed after the local commit, before the settle.
+    let h1 = Daemon::spawn(
+        dirs[0].path(),
+        &args,
+        &[("COINOPD_FAULT", "swap_committed")],
+    )
+    .await;
+    let blanks = wallet.outputs(&amounts(&kept));
+    let body = swap_body(&kept, &blanks);
+    swap_into_crash(h1, &body).await;
+    let h1 = host(&pg, &dirs[0], 1, &seed).await;
+    common::wait_for(
+        async || h1.call("GET", "/v1/host", None, None).await.json()["store"]["ready"] == true,
+        "host 1's store check",
+    )
+    .await;
+    let restore = json!({"outputs": messages(&blanks)});
+    common::wait_for(
+        async || {
+            let r = h2
+                .call("POST", "/v1/restore", None, Some(restore.clone()))
+                .await;
+            r.status == 200 && signatures(&r).len() == blanks.len()
+        },
+        "host 1 delivering its signatures at start-up",
+    )
+    .await;
+    let restored = signatures(&h2.call("POST", "/v1/restore", None, Some(restore)).await);
+    // The wallet whose reply was lost asks host 2: the same signatures, good notes.
+    let r = h2.call("POST", "/v1/swap", None, Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(signatures(&r), restored);
+    let notes = wallet.unblind(&blanks, &restored);
+    let r = h1
+        .call(
+            "POST",
+            "/v1/swap",
+            None,
+            Some(swap_body(&notes, &wallet.outputs(&amounts(&notes)))),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// `n` notes of 1 sat minted on `h` (one on-chain mint, then a swap into ones).
+async fn ones(h: &Daemon, wallet: &Wallet, n: u64) -> Vec<Proof> {
+    let minted = h.mint_credit(n).await;
+    let blanks = wallet.outputs(&vec![1; n as usize]);
+    let r = h
+        .call("POST", "/v1/swap", None, Some(swap_body(&minted, &blanks)))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wallet.unblind(&blanks, &signatures(&r))
+}
+
+/// The same blinded output sent to three hosts at once, each time with other (fresh)
+/// inputs: exactly one host signs it, the two others answer 11003 and spend nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_output_sent_to_three_hosts_at_once_is_signed_once() {
+    let Some(pg) = cluster("the_same_output_sent_to_three_hosts_at_once_is_signed_once") else {
+        return;
+    };
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let seed = seed_file(secrets.path(), 0x55, 0o600);
+    let dirs = [StateDir::new(), StateDir::new(), StateDir::new()];
+    let hosts = [
+        host(&pg, &dirs[0], 1, &seed).await,
+        host(&pg, &dirs[1], 2, &seed).await,
+        host(&pg, &dirs[2], 3, &seed).await,
+    ];
+    let wallet = Wallet::new(&hosts[0]).await;
+    const ROUNDS: u64 = 48;
+    let mut notes = Vec::new();
+    for h in &hosts {
+        notes.push(ones(h, &wallet, ROUNDS).await);
+    }
+    let mut wins = [0u32; 3];
+    let mut unspent = Vec::new();
+    for round in 0..ROUNDS as usize {
+        let output = wallet.outputs(&[1]);
+        let body = |i: usize| swap_body(&notes[i][round..=round], &output);
+        let (a, b, c) = tokio::join!(
+            hosts[0].call("POST", "/v1/swap", None, Some(body(0))),
+            hosts[1].call("POST", "/v1/swap", None, Some(body(1))),
+            hosts[2].call("POST", "/v1/swap", None, Some(body(2)))
+        );
+        let mut winner = None;
+        for (i, r) in [a, b, c].iter().enumerate() {
+            match (r.status, cashu_code(r)) {
+                (200, _) => {
+                    assert!(winner.is_none(), "round {round}: a second host signed");
+                    winner = Some(i);
+                }
+                (400, OUTPUT_SIGNED) => unspent.push(notes[i][round].clone()),
+                other => panic!(
+                    "round {round}: host {} answered {other:?}: {}",
+                    i + 1,
+                    r.text()
+                ),
+            }
+        }
+        let winner = winner.unwrap_or_else(|| panic!("round {round}: no host signed"));
+        wins[winner] += 1;
+    }
+    eprintln!("signed by host: {wins:?}");
+    assert_eq!(wins.iter().sum::<u32>(), ROUNDS as u32);
+    // The refused requests spent nothing: their inputs are unspent on every host.
+    assert_eq!(unspent.len(), 2 * ROUNDS as usize);
+    let states = hosts[1]
+        .call(
+            "POST",
+            "/v1/checkstate",
+            None,
+            Some(json!({"Ys": ys(&unspent)})),
+        )
+        .await
+        .json();
+    assert!(
+        states["states"]
+            .as_array()
+            .expect("states")
+            .iter()
+            .all(|s| s["state"] == "UNSPENT"),
+        "{states}"
+    );
+}

@@ -1,0 +1,342 @@
+//! The fleet's signed blinded messages in PostgreSQL: each `B_` signed at most once across
+//! the hosts (NUT-00 11003), the signatures handed out again to a NUT-09 restore on any
+//! host, and to the same request retried on another host. A host reserves the `B_`s of an
+//! operation with their signatures (`Pending`, naming itself and the operation) before its
+//! local commit, and settles them after: delivered, or released (see the crate doc).
+
+use std::collections::HashSet;
+
+use payment::spent_set::SignedOutput;
+use tokio_postgres::error::SqlState;
+
+use crate::error::{classify, PgStoreError};
+use crate::store::PgStore;
+
+/// Raised by `coinop_reserve_outputs` when a `B_` is taken (migrations/0002).
+const OUTPUT_TAKEN: &str = "CO003";
+/// A conflict whose holder let go before we could read it is retried this often.
+const RESERVE_ATTEMPTS: usize = 4;
+
+/// Whether a reserved signature has been delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputState {
+    /// Reserved for an operation whose local commit is not confirmed yet.
+    Pending,
+    /// The operation committed: the signature is the wallet's.
+    Delivered,
+}
+
+/// One host's operation with reserved, unsettled signatures, found at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingOutputs {
+    pub operation_id: String,
+    /// The `B_`s reserved for it.
+    pub b_s: Vec<Vec<u8>>,
+}
+
+/// A stored row: the signature, and who holds it how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredOutput {
+    pub signed: SignedOutput,
+    pub state: OutputState,
+    pub host_id: String,
+    pub operation_id: String,
+}
+
+/// The signed blinded messages of the fleet. Cheap to clone (shares the store's pool).
+#[derive(Clone, Debug)]
+pub struct PgSignedOutputs {
+    store: PgStore,
+}
+
+fn amount_param(amount: u64) -> Result<i64, PgStoreError> {
+    i64::try_from(amount).map_err(|_| PgStoreError::Config(format!("amount {amount}")))
+}
+
+fn scalar(bytes: Option<Vec<u8>>) -> Result<Option<[u8; 32]>, PgStoreError> {
+    bytes
+        .map(|b| {
+            b.try_into().map_err(|b: Vec<u8>| {
+                PgStoreError::Corrupt(format!("a DLEQ value of {} bytes", b.len()))
+            })
+        })
+        .transpose()
+}
+
+impl PgSignedOutputs {
+    pub fn new(store: PgStore) -> Self {
+        PgSignedOutputs { store }
+    }
+
+    /// Reserves every `B_` of `signed` with its signature for `operation_id` by this host,
+    /// all or none. A `B_` held by anyone else (another operation, or another host) fails
+    /// the whole call with [`PgStoreError::OutputAlreadySigned`]; the same reservation
+    /// repeated by this host for this operation succeeds (a retry after an unknown
+    /// outcome, or the same request again after it was delivered).
+    pub async fn reserve(
+        &self,
+        signed: &[SignedOutput],
+        operation_id: &str,
+    ) -> Result<(), PgStoreError> {
+        if signed.is_empty() {
+            return Ok(());
+        }
+        let mut seen = HashSet::with_capacity(signed.len());
+        if let Some(dup) = signed.iter().find(|s| !seen.insert(s.b_.as_slice())) {
+            return Err(PgStoreError::OutputAlreadySigned {
+                b_hex: hex::encode(&dup.b_),
+            });
+        }
+        // Sorted by B_ so that two overlapping reservations insert in the same order.
+        let mut sorted: Vec<&SignedOutput> = signed.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.b_.cmp(&b.b_));
+        let b_s: Vec<&[u8]> = sorted.iter().map(|s| s.b_.as_slice()).collect();
+        let keysets: Vec<&str> = sorted.iter().map(|s| s.keyset_id.as_str()).collect();
+        let amounts = sorted
+            .iter()
+            .map(|s| amount_param(s.amount))
+            .collect::<Result<Vec<i64>, _>>()?;
+        let c_s: Vec<&[u8]> = sorted.iter().map(|s| s.c_.as_slice()).collect();
+        let es: Vec<Option<&[u8]>> = sorted
+            .iter()
+            .map(|s| s.dleq.as_ref().map(|(e, _)| e.as_slice()))
+            .collect();
+        let ss: Vec<Option<&[u8]>> = sorted
+            .iter()
+            .map(|s| s.dleq.as_ref().map(|(_, s)| s.as_slice()))
+            .collect();
+        let host = self.store.host_id().to_owned();
+        for _ in 0..RESERVE_ATTEMPTS {
+            let (b_s, keysets, amounts, c_s, es, ss, host) =
+                (&b_s, &keysets, &amounts, &c_s, &es, &ss, &host);
+            let outcome = self
+                .store
+                .with_client(1, |client| async move {
+                    let stmt = client
+                        .prepare_cached(
+                            "SELECT coinop_reserve_outputs($1, $2, $3, $4, $5, $6, $7, $8)",
+                        )
+                        .await
+                        .map_err(classify)?;
+                    match client
+                        .query_one(
+                            &stmt,
+                            &[b_s, keysets, amounts, c_s, es, ss, host, &operation_id],
+                        )
+                        .await
+                    {
+                        Ok(_) => Ok(None),
+                        Err(e) if e.code() == Some(&SqlState::from_code(OUTPUT_TAKEN)) => {
+                            Self::rows(&client, b_s).await.map(Some)
+                        }
+                        Err(e) => Err(classify(e)),
+                    }
+                })
+                .await?;
+            let Some(holders) = outcome else {
+                return Ok(());
+            };
+            self.store.add_round_trips(1);
+            let ours = |h: &Option<StoredOutput>| {
+                h.as_ref()
+                    .is_some_and(|h| h.host_id == *host && h.operation_id == operation_id)
+            };
+            if holders.iter().all(ours) {
+                return Ok(());
+            }
+            let taken = b_s
+                .iter()
+                .zip(&holders)
+                .find(|(_, h)| h.is_some() && !ours(h));
+            if let Some((b_, _)) = taken {
+                return Err(PgStoreError::OutputAlreadySigned {
+                    b_hex: hex::encode(b_),
+                });
+            }
+            // Every other holder let go between our insert and our read: try again.
+        }
+        Err(PgStoreError::Unavailable(format!(
+            "reserving outputs kept conflicting with reservations released at once, \
+             {RESERVE_ATTEMPTS} times"
+        )))
+    }
+
+    /// The stored row of each `B_`, in order; `None` for one never reserved.
+    async fn rows(
+        client: &deadpool_postgres::Client,
+        b_s: &[&[u8]],
+    ) -> Result<Vec<Option<StoredOutput>>, PgStoreError> {
+        let stmt = client
+            .prepare_cached(
+                "SELECT k.b, o.keyset_id, o.amount, o.c_, o.dleq_e, o.dleq_s, o.state,
+                        o.host_id, o.operation_id
+                 FROM unnest($1::bytea[]) WITH ORDINALITY AS k(b, n)
+                 LEFT JOIN coinop_signed_outputs o ON o.b_ = k.b
+                 ORDER BY k.n",
+            )
+            .await
+            .map_err(classify)?;
+        let rows = client.query(&stmt, &[&b_s]).await.map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                let Some(keyset_id) = row.get::<_, Option<String>>(1) else {
+                    return Ok(None);
+                };
+                let amount: i64 = row.get(2);
+                let dleq = match (scalar(row.get(4))?, scalar(row.get(5))?) {
+                    (Some(e), Some(s)) => Some((e, s)),
+                    _ => None,
+                };
+                let state = match row.get::<_, i16>(6) {
+                    1 => OutputState::Pending,
+                    2 => OutputState::Delivered,
+                    other => {
+                        return Err(PgStoreError::Corrupt(format!(
+                            "coinop_signed_outputs.state {other}"
+                        )))
+                    }
+                };
+                Ok(Some(StoredOutput {
+                    signed: SignedOutput {
+                        b_: row.get(0),
+                        keyset_id,
+                        amount: u64::try_from(amount).map_err(|_| {
+                            PgStoreError::Corrupt(format!("coinop_signed_outputs.amount {amount}"))
+                        })?,
+                        c_: row.get(3),
+                        dleq,
+                    },
+                    state,
+                    host_id: row.get(7),
+                    operation_id: row.get(8),
+                }))
+            })
+            .collect()
+    }
+
+    /// The stored row of each `B_` (33 bytes), in order, in any state.
+    pub async fn lookup(&self, b_s: &[Vec<u8>]) -> Result<Vec<Option<StoredOutput>>, PgStoreError> {
+        if b_s.is_empty() {
+            return Ok(Vec::new());
+        }
+        let b_s: Vec<&[u8]> = b_s.iter().map(Vec::as_slice).collect();
+        self.store
+            .with_client(1, |client| async move { Self::rows(&client, &b_s).await })
+            .await
+    }
+
+    /// The delivered signature of each `B_`, in order; `None` for one never signed or
+    /// not delivered yet (a pending reservation's payment may still be released, so its
+    /// signature is nobody's yet): what NUT-09 restore hands out.
+    pub async fn delivered(
+        &self,
+        b_s: &[Vec<u8>],
+    ) -> Result<Vec<Option<SignedOutput>>, PgStoreError> {
+        Ok(self
+            .lookup(b_s)
+            .await?
+            .into_iter()
+            .map(|row| {
+                row.filter(|r| r.state == OutputState::Delivered)
+                    .map(|r| r.signed)
+            })
+            .collect())
+    }
+
+    /// The signatures of `b_s` if every one (at least one) was delivered for
+    /// `operation_id`, on any host: the same request again, answered with what it got.
+    pub async fn delivered_for_operation(
+        &self,
+        b_s: &[Vec<u8>],
+        operation_id: &str,
+    ) -> Result<Option<Vec<SignedOutput>>, PgStoreError> {
+        if b_s.is_empty() {
+            return Ok(None);
+        }
+        let rows = self.lookup(b_s).await?;
+        let all = rows.iter().all(|r| {
+            r.as_ref().is_some_and(|r| {
+                r.state == OutputState::Delivered && r.operation_id == operation_id
+            })
+        });
+        Ok(all.then(|| rows.into_iter().flatten().map(|r| r.signed).collect()))
+    }
+
+    /// Ends this host's pending reservation for `operation_id`: `delivered` marks its
+    /// signatures delivered, else forgets them (the `B_`s may be signed again). Settling
+    /// an operation with nothing pending (settled already) is not an error. Returns how
+    /// many rows changed.
+    pub async fn settle(&self, operation_id: &str, delivered: bool) -> Result<u64, PgStoreError> {
+        let host = self.store.host_id().to_owned();
+        let host = &host;
+        self.store
+            .with_client(1, |client| async move {
+                let sql = if delivered {
+                    "UPDATE coinop_signed_outputs SET state = 2, delivered_at = now()
+                     WHERE host_id = $1 AND operation_id = $2 AND state = 1"
+                } else {
+                    "DELETE FROM coinop_signed_outputs
+                     WHERE host_id = $1 AND operation_id = $2 AND state = 1"
+                };
+                let stmt = client.prepare_cached(sql).await.map_err(classify)?;
+                client
+                    .execute(&stmt, &[host, &operation_id])
+                    .await
+                    .map_err(classify)
+            })
+            .await
+    }
+
+    /// This host's pending reservations, by operation, oldest first.
+    pub async fn pending_operations(&self) -> Result<Vec<PendingOutputs>, PgStoreError> {
+        let host = self.store.host_id().to_owned();
+        let rows = self
+            .store
+            .with_client(1, |client| async move {
+                client
+                    .query(
+                        "SELECT operation_id, b_ FROM coinop_signed_outputs
+                         WHERE state = 1 AND host_id = $1
+                         ORDER BY signed_at, operation_id, b_",
+                        &[&host],
+                    )
+                    .await
+                    .map_err(classify)
+            })
+            .await?;
+        let mut ops: Vec<PendingOutputs> = Vec::new();
+        for row in rows {
+            let operation_id: String = row.get(0);
+            let b_: Vec<u8> = row.get(1);
+            match ops.iter_mut().find(|op| op.operation_id == operation_id) {
+                Some(op) => op.b_s.push(b_),
+                None => ops.push(PendingOutputs {
+                    operation_id,
+                    b_s: vec![b_],
+                }),
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Settles every pending reservation of this host that survived a crash: delivered if
+    /// `committed_locally` says the local ledger recorded its signatures (they commit in
+    /// the same SQLite transaction as what paid for them), else released. Run at start-up
+    /// before serving money requests. Returns (delivered, released) operation ids.
+    pub async fn reconcile(
+        &self,
+        mut committed_locally: impl FnMut(&PendingOutputs) -> bool,
+    ) -> Result<(Vec<String>, Vec<String>), PgStoreError> {
+        let (mut delivered, mut released) = (Vec::new(), Vec::new());
+        for op in self.pending_operations().await? {
+            let done = committed_locally(&op);
+            self.settle(&op.operation_id, done).await?;
+            if done {
+                delivered.push(op.operation_id);
+            } else {
+                released.push(op.operation_id);
+            }
+        }
+        Ok((delivered, released))
+    }
+}
