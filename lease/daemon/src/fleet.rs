@@ -186,6 +186,11 @@ impl Fleet {
         self.set.store().description()
     }
 
+    /// The store itself (the fleet quote book shares its pool).
+    pub fn store(&self) -> &PgStore {
+        self.set.store()
+    }
+
     /// Round trips and errors so far.
     pub fn metrics(&self) -> StoreMetrics {
         self.set.store().metrics()

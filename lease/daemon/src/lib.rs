@@ -45,6 +45,7 @@ pub mod ledger;
 pub mod log_writer;
 mod metrics;
 pub mod payment_reorgs;
+pub mod quote_store;
 mod scheduler;
 pub mod state_dir;
 mod stops_in_flight;

@@ -20,7 +20,7 @@ use crate::app::Shared;
 use crate::clock::unix_s;
 use crate::fleet::FleetError;
 use crate::http::degraded;
-use crate::http::error::{ApiError, CashuError};
+use crate::http::error::{quotes_error, ApiError, CashuError};
 use crate::leases::payment_intake::{notice_storage, verify_onchain};
 
 pub(super) async fn blocking<T: Send + 'static>(
@@ -219,7 +219,11 @@ async fn mint_fenced(
     let s2 = s.clone();
     let (credit, req) = blocking(move || {
         // A NUT-30 quote's payment is minted only with its key's signature (NUT-20).
-        if s2.ledger.nut30_quote(&req.payment.quote_id)?.is_some() {
+        let fleet_nut30 = s2
+            .quotes
+            .is_key_locked(&req.payment.quote_id)
+            .map_err(quotes_error)?;
+        if fleet_nut30 || s2.ledger.nut30_quote(&req.payment.quote_id)?.is_some() {
             return Err(CreditError::MintSignatureInvalid.into());
         }
         let chain = s2.chain_read();
