@@ -10,6 +10,22 @@
 //! those any other host recorded in the store (see [`Quotes::seen_for`]); either way the
 //! paying block is checked against this host's own header chain by the caller.
 //!
+//! # Crash rule: every commit before a reply is recovered by the same request again
+//! - A quote commits in PostgreSQL (one transaction: index and quote) before its address
+//!   is answered. A reply lost after the commit leaves a quote nobody knows: asking again
+//!   makes another; the orphan holds its index until it expires, then the index is reused,
+//!   and meanwhile it counts against `--max-open-quotes` like any unpaid quote.
+//! - Taking a payment on any host: read the quote (and the outputs seen paying it), check
+//!   the payment against this host's chain, mark the quote paid (an idempotent update),
+//!   then fence the outpoints, commit locally and settle, as every payment does
+//!   ([`crate::fleet`]). A crash or outage at any step leaves at most the paid mark (which
+//!   only keeps the address out of reuse, as it must once paid) and a fence that start-up
+//!   reconciliation settles; the same request again re-reads the same quote and goes
+//!   through the same steps.
+//! - Scanning a block: the outputs found and the quotes' paid marks commit in one store
+//!   transaction before the block is recorded as scanned locally; a crash in between has
+//!   the block scanned again, and recording its outputs again changes nothing.
+//!
 //! Fail closed: while the store is unreachable, or before this host's start-up check
 //! against it is done, every fleet call fails with [`FleetError::Unavailable`] (503
 //! `store_unavailable`): no quote is made from local state alone.

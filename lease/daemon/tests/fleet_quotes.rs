@@ -266,8 +266,8 @@ async fn one_onchain_payment_sent_to_three_hosts_at_once_buys_one_lease() {
 }
 
 /// A quote made on host 1, paid, and used on host 2 with the tx and its proof: host 2 makes
-/// the lease; the same payment is then refused on host 1 and host 3, and again on host 2
-/// for another lease.
+/// the lease; the same payment is then refused on host 1 and host 3. A NUT-30 quote of
+/// host 1 never pays a lease on host 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quote_from_host_1_is_paid_and_used_on_host_2_with_its_proof() {
     let Some(pg) = cluster("a_quote_from_host_1_is_paid_and_used_on_host_2_with_its_proof") else {
@@ -288,6 +288,37 @@ async fn a_quote_from_host_1_is_paid_and_used_on_host_2_with_its_proof() {
         assert_eq!(r.status, 409, "{}", r.text());
     }
     stop_and_wait(&hosts[1], &lease.id, &lease.token).await;
+
+    // A NUT-30 quote (locked to a key) made on host 1 and paid: host 2 knows it is one and
+    // does not take its payment for a lease, although its own ledger has no such quote.
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let key = bitcoin::secp256k1::SecretKey::new(&mut bitcoin::secp256k1::rand::thread_rng());
+    let r = hosts[0]
+        .call(
+            "POST",
+            "/v1/mint/quote/onchain",
+            None,
+            Some(json!({"unit": "sat", "pubkey": key.public_key(&secp).to_string()})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let nut30 = r.json();
+    let as_quote = json!({
+        "quote_id": nut30["quote"],
+        "address": nut30["request"],
+        "amount_sat": 50_000,
+    });
+    let pay = pay_on_every_host(&refs, &as_quote).await;
+    let r = hosts[1]
+        .call(
+            "POST",
+            "/v1/leases",
+            None,
+            Some(testguest_body("mode=echo", pay)),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("quote_key_locked"), "{}", r.text());
 }
 
 /// Quotes that expired unpaid give their indexes back to the whole fleet (lowest first),
