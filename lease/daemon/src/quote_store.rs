@@ -205,11 +205,15 @@ impl Quotes {
         }
     }
 
-    /// The quote with this id (with a fleet store: issued by any host).
+    /// The quote with this id (with a fleet store: issued by any host, or by this host
+    /// before it joined the fleet, from its own book).
     pub fn get(&self, quote_id: &str) -> Result<Option<Quote>, QuotesError> {
         match self.fleet_ready()? {
             None => Ok(self.local.get(quote_id)?),
-            Some(f) => Ok(wait(f.book.get(quote_id))?.map(|q| q.quote)),
+            Some(f) => match wait(f.book.get(quote_id))? {
+                Some(q) => Ok(Some(q.quote)),
+                None => Ok(self.local.get(quote_id)?),
+            },
         }
     }
 
@@ -225,11 +229,15 @@ impl Quotes {
     }
 
     /// Records that a payment to the quote's address exists: its index is never reused
-    /// (by any host of the fleet).
+    /// (by any host of the fleet; a quote from this host's own book, made before it joined,
+    /// is marked there).
     pub fn mark_paid(&self, quote_id: &str) -> Result<(), QuotesError> {
         match self.fleet_ready()? {
             None => Ok(self.local.mark_paid(quote_id)?),
-            Some(f) => Ok(wait(f.book.mark_paid(quote_id))?),
+            Some(f) => {
+                wait(f.book.mark_paid(quote_id))?;
+                Ok(self.local.mark_paid(quote_id)?)
+            }
         }
     }
 

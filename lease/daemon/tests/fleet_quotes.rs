@@ -478,3 +478,41 @@ async fn a_quote_paid_from_any_wallet_is_used_by_id_on_another_host() {
     assert_eq!(r.status, 409, "{}", r.text());
     stop_and_wait(&h2, &lease.id, &lease.token).await;
 }
+
+/// A host that ran alone joins the fleet: the fleet's addresses start above those its own
+/// book handed out, and its quotes from before stay readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_joining_the_fleet_keeps_its_own_addresses_out_of_the_fleets() {
+    let Some(pg) = cluster("a_host_joining_the_fleet_keeps_its_own_addresses_out_of_the_fleets")
+    else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new()];
+    let xpub = fleet_tpub();
+    let alone = Daemon::spawn(dirs[0].path(), &["--xpub", &xpub, "--jail-pool", "0"], &[]).await;
+    let before: Vec<Value> = [alone.quote(1, 64, 60).await, alone.quote(1, 64, 60).await].into();
+    alone.shutdown().await;
+    // A new host and host 1 (with its own book) share the store: from host 1's first fleet
+    // quote on, every fleet quote of either host is above host 1's old indexes.
+    let h2 = host(&pg, &dirs[1], 2, &[]).await;
+    let h1 = host(&pg, &dirs[0], 1, &[]).await;
+    let mut fleet_addresses = HashSet::new();
+    for h in [&h1, &h2, &h1] {
+        let q = h.quote(1, 64, 60).await;
+        fleet_addresses.insert(q["address"].as_str().expect("address").to_string());
+    }
+    for q in &before {
+        let address = q["address"].as_str().expect("address");
+        assert!(
+            !fleet_addresses.contains(address),
+            "{address} was host 1's before it joined"
+        );
+        let id = q["quote_id"].as_str().expect("quote_id");
+        let v = h1
+            .call("GET", &format!("/v1/quotes/{id}"), None, None)
+            .await;
+        assert_eq!(v.status, 200, "{}", v.text());
+        assert_eq!(v.json()["address"], q["address"]);
+    }
+    assert_eq!(fleet_addresses.len(), 3);
+}
