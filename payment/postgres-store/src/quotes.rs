@@ -19,6 +19,11 @@
 //!   host can honour a payment by quote id (it still checks the block against its own
 //!   header chain).
 //!
+//! Issuing is serialised per xpub across the fleet (a few ms each: the lock is held for the
+//! allocation, the insert and the commit). On one host, issues also queue in-process
+//! ([`PgQuoteBook::create_at_tip`]), so that a burst of quote requests waits without holding
+//! pooled connections that payments need, and takes one connection of the pool at a time.
+//!
 //! Nothing here spends money: outpoints are fenced by the spent set
 //! ([`crate::PgSpentSet`]), whichever quote they paid.
 
@@ -121,7 +126,13 @@ pub struct PgQuoteBook {
     deriver: AddressDeriver,
     policy: FleetIndexPolicy,
     dust_floor: bool,
+    /// This host's issues, one at a time (they serialise on the xpub's row anyway).
+    issuing: tokio::sync::Mutex<()>,
 }
+
+/// Longest wait of one issue for this host's earlier ones: then the store is as good as
+/// unavailable for quotes.
+const ISSUE_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl std::fmt::Debug for PgQuoteBook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -208,6 +219,7 @@ impl PgQuoteBook {
             deriver,
             policy,
             dust_floor: true,
+            issuing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -252,6 +264,14 @@ impl PgQuoteBook {
             to_i64(expires_at_us, "expires_at_us")?,
         );
         let (quote_id_ref, host) = (&quote_id, &host);
+        let _turn = tokio::time::timeout(ISSUE_QUEUE_WAIT, self.issuing.lock())
+            .await
+            .map_err(|_| {
+                PgStoreError::Unavailable(format!(
+                    "this host's earlier quotes still waited for the store after {} s",
+                    ISSUE_QUEUE_WAIT.as_secs()
+                ))
+            })?;
         let out = self
             .store
             .with_client(4, |mut client| async move {
