@@ -39,6 +39,17 @@ fn cluster(test: &str) -> Option<TestCluster> {
 
 /// Host `n` of the fleet on `dir`, with the fleet's xpub and `extra` flags.
 async fn host(pg: &TestCluster, dir: &StateDir, n: u32, extra: &[&str]) -> Daemon {
+    host_env(pg, dir, n, extra, &[]).await
+}
+
+/// [`host`] with `env` (e.g. a fault to inject).
+async fn host_env(
+    pg: &TestCluster,
+    dir: &StateDir,
+    n: u32,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Daemon {
     let conninfo = pg.conninfo("fleet");
     let host_id = format!("host-{n}");
     let base = (UID_BASE + n * UIDS_PER_HOST).to_string();
@@ -61,7 +72,7 @@ async fn host(pg: &TestCluster, dir: &StateDir, n: u32, extra: &[&str]) -> Daemo
         "never",
     ];
     args.extend_from_slice(extra);
-    let d = Daemon::spawn(dir.path(), &args, &[]).await;
+    let d = Daemon::spawn(dir.path(), &args, env).await;
     common::wait_for(
         async || d.call("GET", "/v1/host", None, None).await.json()["store"]["ready"] == true,
         "the host's start-up check against the store",
@@ -515,4 +526,43 @@ async fn a_host_joining_the_fleet_keeps_its_own_addresses_out_of_the_fleets() {
         assert_eq!(v.json()["address"], q["address"]);
     }
     assert_eq!(fleet_addresses.len(), 3);
+}
+
+/// Host 2 killed between fencing the payment of host 1's quote and committing the lease:
+/// until host 2 is back the payment is held (host 3 refuses it); once host 2 has settled
+/// its fence at start-up, the same request makes the lease on host 3, and only there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_using_another_hosts_quote_loses_and_doubles_nothing() {
+    let Some(pg) = cluster("a_crash_while_using_another_hosts_quote_loses_and_doubles_nothing")
+    else {
+        return;
+    };
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let dirs = [StateDir::new(), StateDir::new(), StateDir::new()];
+    let h1 = host(&pg, &dirs[0], 1, &[]).await;
+    let h2 = host_env(&pg, &dirs[1], 2, &[], &[("COINOPD_FAULT", "fleet_fenced")]).await;
+    let h3 = host(&pg, &dirs[2], 3, &[]).await;
+    let quote = h1.quote(1, 64, 120).await;
+    let pay = pay_on_every_host(&[&h1, &h2, &h3], &quote).await;
+    let body = testguest_body("mode=echo", pay);
+    h2.create_into_crash(&body).await;
+    let r = h3
+        .call("POST", "/v1/leases", None, Some(body.clone()))
+        .await;
+    assert_eq!(r.status, 409, "host 2's fence holds: {}", r.text());
+    let h2 = host(&pg, &dirs[1], 2, &[]).await;
+    let leases = h2.call("GET", "/v1/leases", None, None).await.json();
+    assert_eq!(
+        leases["leases"].as_array().map_or(0, Vec::len),
+        0,
+        "no lease was committed on host 2: {leases}"
+    );
+    let lease = h3.create_lease(body.clone()).await;
+    for h in [&h1, &h2] {
+        let r = h.call("POST", "/v1/leases", None, Some(body.clone())).await;
+        assert_eq!(r.status, 409, "{}", r.text());
+    }
+    stop_and_wait(&h3, &lease.id, &lease.token).await;
 }
