@@ -226,11 +226,10 @@ async fn mint_fenced(
         if fleet_nut30 || s2.ledger.nut30_quote(&req.payment.quote_id)?.is_some() {
             return Err(CreditError::MintSignatureInvalid.into());
         }
-        let chain = s2.chain_read();
         // Minted credit is bearer money that no reorg can take back: only a payment
         // proved in the request mints it, and only at --mint-min-conf.
         let need = s2.config.mint_min_conf.max(s2.config.min_conf);
-        let verified = verify_onchain(&chain, &s2.quotes, None, need, &req.payment);
+        let verified = verify_onchain(&s2.chain, &s2.quotes, None, need, &req.payment);
         notice_storage(&s2, &verified);
         let credit = verified?;
         // A degraded disk refuses the mint (after a spent payment's 409) before anything

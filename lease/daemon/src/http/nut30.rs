@@ -101,7 +101,6 @@ pub async fn prove_payment(
             .nut30_quote(&quote)?
             .ok_or_else(|| unknown_quote(&quote))?;
         let paid = {
-            let chain = s.chain_read();
             // Minted credit is bearer money: the payment proved here, at --mint-min-conf,
             // through the same checks (and the same quote-book marking) as every mint.
             let need = s.config.mint_min_conf.max(s.config.min_conf);
@@ -110,7 +109,7 @@ pub async fn prove_payment(
                 tx_hex: req.tx_hex,
                 proof_hex: req.proof_hex,
             };
-            let verified = verify_onchain(&chain, &s.quotes, None, need, &payment);
+            let verified = verify_onchain(&s.chain, &s.quotes, None, need, &payment);
             notice_storage(&s, &verified);
             verified?
         };

@@ -3,6 +3,8 @@
 //! credit (Cashu proofs checked by the mint). Nothing is claimed here: the ledger claims the
 //! keys in the same transaction that records what they buy.
 
+use std::sync::{PoisonError, RwLock};
+
 use coinop_proto::requests::{CreditPayment, PaymentBody};
 use payment::credit::nut_types::OnchainPayment;
 use payment::credit::Mint;
@@ -39,8 +41,13 @@ pub async fn verify_payment(s: &Shared, p: PaymentBody) -> Result<Credit, LeaseE
                     {
                         return Err(LeaseError::QuoteKeyLocked(o.quote_id.clone()));
                     }
-                    let chain = s2.chain_read();
-                    verify_onchain(&chain, &s2.quotes, Some(&s2.watch), s2.config.min_conf, o)
+                    verify_onchain(
+                        &s2.chain,
+                        &s2.quotes,
+                        Some(&s2.watch),
+                        s2.config.min_conf,
+                        o,
+                    )
                 }
                 PaymentBody::Credit(c) => verify_credit(&s2.mint, c),
             })
@@ -70,9 +77,11 @@ pub fn notice_storage<T>(s: &AppState, out: &Result<T, LeaseError>) {
 /// payment with neither `tx_hex` nor `proof_hex` is looked up among the outputs the host
 /// saw itself or, with a fleet store, that another host saw (`seen`; `None` where only a
 /// proof will do). With a fleet store the quote may be another host's, and its paid mark
-/// is fleet-wide.
+/// is fleet-wide. The quote book (perhaps the fleet store, over the network) is read before
+/// the chain's lock is taken and written after it is let go, so that a slow store never
+/// holds up the header sync.
 pub fn verify_onchain(
-    chain: &HeaderChain,
+    chain: &RwLock<HeaderChain>,
     quotes: &Quotes,
     seen: Option<&PaymentWatch>,
     min_conf: u32,
@@ -82,13 +91,17 @@ pub fn verify_onchain(
         .get(&p.quote_id)?
         .ok_or_else(|| LeaseError::UnknownQuote(p.quote_id.clone()))?;
     let by_quote_id = p.tx_hex.is_empty() && p.proof_hex.is_empty();
-    let v = match (by_quote_id, seen) {
-        (false, _) => check_payment(chain, &quote, &p.tx_hex, &p.proof_hex, min_conf)?,
-        (true, Some(watch)) => {
-            let seen = quotes.seen_for(&quote.quote_id, watch)?;
-            seen_payment(chain, &quote, &seen, min_conf)?
-        }
+    let seen = match (by_quote_id, seen) {
+        (false, _) => None,
+        (true, Some(watch)) => Some(quotes.seen_for(&quote.quote_id, watch)?),
         (true, None) => return Err(PaymentError::ProofRequired.into()),
+    };
+    let v = {
+        let chain = chain.read().unwrap_or_else(PoisonError::into_inner);
+        match &seen {
+            None => check_payment(&chain, &quote, &p.tx_hex, &p.proof_hex, min_conf)?,
+            Some(seen) => seen_payment(&chain, &quote, seen, min_conf)?,
+        }
     };
     // A payment to this address exists: its index must never go to another quote, whether
     // or not this claim goes through.
