@@ -10,6 +10,9 @@
 //!     ... --coinopd-arg --no-jail
 //! # leases restored from the image's golden snapshot instead of booted cold:
 //!     ... --start restore
+//! # with the fleet store: a throwaway PostgreSQL cluster on a Unix socket (as the tests
+//! # start it), the payments fenced there and the mint's quote issued there:
+//!     ... --store postgres
 //! ```
 //!
 //! `--start restore` offers the test guest as an image with `snapshot` (coinopd's golden
@@ -48,6 +51,9 @@ struct Args {
     coinopd_args: Vec<String>,
     /// Leases restored from the image's golden snapshot (`restore`) or booted (`cold`).
     restore: bool,
+    /// `--store postgres`: coinopd with a fleet store (a throwaway local cluster) rather
+    /// than its SQLite alone (`sqlite`, the default).
+    postgres: bool,
 }
 
 /// The image measured: the test guest echoing, with or without a golden snapshot.
@@ -61,6 +67,7 @@ fn args() -> Args {
         count: 25,
         coinopd_args: Vec::new(),
         restore: false,
+        postgres: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -76,6 +83,13 @@ fn args() -> Args {
                     "cold" => false,
                     "restore" => true,
                     other => panic!("--start cold|restore, not {other:?}"),
+                }
+            }
+            "--store" => {
+                a.postgres = match value.as_str() {
+                    "sqlite" => false,
+                    "postgres" => true,
+                    other => panic!("--store sqlite|postgres, not {other:?}"),
                 }
             }
             other => panic!("unknown flag {other}"),
@@ -199,6 +213,25 @@ async fn main() {
         "{IMAGE}={}{snapshot},cmdline=mode=echo",
         a.testguest.display()
     );
+    // Kept until the end: dropping it stops the cluster.
+    let cluster = if a.postgres {
+        let pg = payment_postgres::test_cluster::TestCluster::start("create_latency")
+            .expect("starting a PostgreSQL cluster")
+            .expect("PostgreSQL is installed");
+        pg.create_database("fleet").expect("createdb fleet");
+        Some(pg)
+    } else {
+        None
+    };
+    let store_args: Vec<String> = match &cluster {
+        Some(pg) => vec![
+            "--store".into(),
+            pg.conninfo("fleet"),
+            "--host-id".into(),
+            "bench-1".into(),
+        ],
+        None => Vec::new(),
+    };
     let mut child = Command::new(&a.coinopd)
         .args(["--state-dir", &dir.path().display().to_string()])
         .args(["--socket", &socket.display().to_string()])
@@ -207,6 +240,7 @@ async fn main() {
         .args(["--capacity-vcpus", "8", "--capacity-mib", "4096"])
         .args(["--image", &image])
         .args(&a.coinopd_args)
+        .args(&store_args)
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -221,6 +255,15 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let c = Client::new(&socket);
+    if a.postgres {
+        // Money waits for the host's start-up check against the store.
+        for _ in 0..500 {
+            if ok(&c, "GET", "/v1/host", None).await["store"]["ready"] == true {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let mut notes = mint_notes(&c, a.count + usize::from(a.restore)).await;
     if a.restore {
         // The first lease boots cold and starts the snapshot's build.
@@ -264,8 +307,9 @@ async fn main() {
         }
     }
     println!(
-        "{} credit-paid creates ({want}), µs from request arrival:",
-        a.count
+        "{} credit-paid creates ({want}, store {}), µs from request arrival:",
+        a.count,
+        if a.postgres { "postgres" } else { "sqlite" }
     );
     println!("{:<22} {:>8} {:>8} {:>8}", "stage", "median", "p95", "max");
     for (i, stage) in STAGES.iter().enumerate() {
@@ -316,4 +360,5 @@ async fn main() {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = child.wait();
+    drop(cluster);
 }

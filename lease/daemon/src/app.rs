@@ -13,6 +13,7 @@ use payment::onchain::{
     PaymentWatch, QuoteBook,
 };
 use payment::spent_set::GroupCommitSpentSet;
+use payment_postgres::{FleetIndexPolicy, PgQuoteBook};
 use thiserror::Error;
 use tokio::sync::mpsc;
 
@@ -26,6 +27,7 @@ use crate::http::peer::OperatorPolicy;
 use crate::isolation::Isolation;
 use crate::ledger::{Ledger, LedgerError};
 use crate::metrics::Metrics;
+use crate::quote_store::Quotes;
 use crate::state_dir::{self, StateDirError, StateLock};
 use crate::stops_in_flight::StopsInFlight;
 use crate::supervisor::{GuestExit, Supervisor};
@@ -79,7 +81,8 @@ pub struct AppState {
     pub chain: Arc<RwLock<HeaderChain>>,
     /// What the P2P header sync is doing (`GET /v1/host`, `/metrics`).
     pub chain_sync: Arc<coinop_bitcoin_net::SyncStatus>,
-    pub quotes: Arc<QuoteBook>,
+    /// The host's quotes, or the fleet's with `--store` ([`crate::quote_store`]).
+    pub quotes: Arc<Quotes>,
     /// Outputs paying quotes that the host saw in blocks from its peers.
     pub watch: Arc<PaymentWatch>,
     /// The spent set the mint and the ledger claim in (read here for quote status).
@@ -217,12 +220,13 @@ impl AppState {
         let chain = open_chain(&config.state_dir.join("headers.dat"), network)?;
         let xpub = operator_xpub(&config)?;
         let deriver = AddressDeriver::for_key(&xpub, config.address_type, network)?;
-        let quotes = Arc::new(
+        let policy = IndexPolicy {
+            reuse_after_us: config.quote_reuse_after_s.saturating_mul(1_000_000),
+            max_open: config.max_open_quotes,
+        };
+        let local_quotes = Arc::new(
             QuoteBook::open(&ledger_path, deriver)?
-                .with_policy(IndexPolicy {
-                    reuse_after_us: config.quote_reuse_after_s.saturating_mul(1_000_000),
-                    max_open: config.max_open_quotes,
-                })
+                .with_policy(policy)
                 .with_dust_floor(config.quote_dust_floor),
         );
         let (tx, rx) = mpsc::unbounded_channel();
@@ -245,6 +249,22 @@ impl AppState {
                 f.store().clone(),
                 config.input_fee_ppk,
             ))
+        });
+        let quotes = Arc::new(match &fleet {
+            None => Quotes::local(local_quotes),
+            Some(fleet) => {
+                let deriver = AddressDeriver::for_key(&xpub, config.address_type, network)?;
+                let book = PgQuoteBook::new(
+                    fleet.store().clone(),
+                    deriver,
+                    FleetIndexPolicy {
+                        reuse_after_us: policy.reuse_after_us,
+                        max_open: policy.max_open,
+                    },
+                )
+                .with_dust_floor(config.quote_dust_floor);
+                Quotes::fleet(local_quotes, book, Arc::clone(fleet))
+            }
         });
         let golden = GoldenSnapshots::new(config.snapshot_dir(), config.vmm_bin.clone());
         let state = AppState {

@@ -19,12 +19,13 @@ use coinop_bitcoin_net::BlockRejected;
 use coinop_bitcoin_net::{ChainAccess, PeerSetConfig};
 use payment::onchain::{
     check_block, scan_block, AppendOutcome, ChainError, HeaderChain, HeaderSource, PaymentWatch,
-    QuoteBook, Tip,
+    Tip,
 };
 use tokio::task::JoinHandle;
 
 use crate::app::AppState;
 use crate::clock::unix_s;
+use crate::quote_store::Quotes;
 
 /// How far back from the tip blocks are scanned for payments (two days of blocks).
 pub const SCAN_WINDOW: u32 = 288;
@@ -34,7 +35,9 @@ const LATE_WATCH_US: u64 = 24 * 3600 * 1_000_000;
 /// The host's chain, quotes and seen payments as the P2P client reaches them.
 struct SharedChain {
     chain: Arc<RwLock<HeaderChain>>,
-    quotes: Arc<QuoteBook>,
+    /// The host's quotes, or with a fleet store every host's (each host scans blocks for
+    /// all of them, and records what it finds there for the others).
+    quotes: Arc<Quotes>,
     watch: Arc<PaymentWatch>,
 }
 
@@ -131,11 +134,13 @@ impl ChainAccess for SharedChain {
         let seen = scan_block(&block, info.height, &scripts);
         for s in &seen {
             tracing::info!(quote = %s.quote_id, outpoint = %s.outpoint, sat = s.amount_sat, height = s.height, "payment to a quote seen");
-            // Its address is paid: never handed to another quote, claimed or not.
-            self.quotes
-                .mark_paid(&s.quote_id)
-                .map_err(|e| BlockRejected::Local(e.to_string()))?;
         }
+        // Their addresses are paid: never handed to another quote, claimed or not (and
+        // with a fleet store the outputs are there for every host). Before the local
+        // record: if this fails the block is not marked scanned, and is fetched again.
+        self.quotes
+            .record_seen(&seen)
+            .map_err(|e| BlockRejected::Local(e.to_string()))?;
         self.watch
             .record_block(info.height, hash, &seen)
             .map_err(|e| BlockRejected::Local(e.to_string()))

@@ -176,7 +176,7 @@ impl Fleet {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// The store's pool, shared with the fleet's mint ([`crate::fleet_mint`]).
+    /// The store's pool, shared with the fleet's mint ([`crate::fleet_mint`]) and quote book.
     pub fn store(&self) -> &PgStore {
         self.set.store()
     }

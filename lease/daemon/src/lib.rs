@@ -14,6 +14,7 @@
 //! | [`ledger`] | SQLite, one file per table or job: leases, balances, payments claimed in the same transaction, refunds, metering ticks, quotes, a lost create reply's recovery ([`ledger::recovery`]) |
 //! | [`chain_sync`] | the host's header chain fed by Bitcoin peers over P2P (`coinop_bitcoin_net`) |
 //! | [`payment_reorgs`] | on-chain lease payments followed to a settled depth: a lease whose paying block leaves the best chain is frozen, then thawed or stopped |
+//! | [`quote_store`] | where quotes live: the host's SQLite book, or the fleet's PostgreSQL with `--store` (one address index for every host, quotes usable on any host) |
 //! | [`scheduler`] | the tick that debits (`payment::metering`), pauses and stops |
 //! | [`supervisor`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, its events (`vmm_protocol`), stop |
 //! | [`golden_snapshot`] | images' golden snapshots: built once per image and shape, leases started by restore |
@@ -48,6 +49,7 @@ pub mod log_writer;
 mod metrics;
 mod mint_seed;
 pub mod payment_reorgs;
+pub mod quote_store;
 mod scheduler;
 pub mod state_dir;
 mod stops_in_flight;

@@ -1,8 +1,10 @@
 //! coinop's fleet-wide money state in PostgreSQL, for several coinopd hosts that act as one
 //! payee and one mint: the spent set ([`PgSpentSet`]: on-chain outpoints and credit proof
-//! Ys, each spent at most once across the fleet), the mint's keyset list ([`PgKeysets`])
-//! and the blind signatures it handed out ([`PgSignedOutputs`]). Leases, metering and guests
-//! stay in each host's local SQLite ledger.
+//! Ys, each spent at most once across the fleet), the mint's keyset list ([`PgKeysets`]),
+//! the blind signatures it handed out ([`PgSignedOutputs`]), and the quotes with their
+//! address index ([`PgQuoteBook`]: no address is handed to two live quotes anywhere in the
+//! fleet, and a quote made by one host can be paid and used on another). Leases, metering
+//! and guests stay in each host's local SQLite ledger.
 //!
 //! # Main types
 //! - [`PgStore`]: the pool of connections (deadpool over tokio-postgres), per-connection
@@ -14,6 +16,9 @@
 //!   registration, rotation in one transaction; [`check_seed`] for a host's seed.
 //! - [`PgSignedOutputs`]: each `B_` with its signature, reserved per host and operation,
 //!   delivered or released; lookups for NUT-09 restore and for a request retried elsewhere.
+//! - [`PgQuoteBook`]: fleet quotes (allocation under the xpub's row lock, reuse of expired
+//!   unpaid indexes and the open-quote bound counted fleet-wide, paid marks, and the outputs
+//!   hosts saw paying quotes); see the `quotes` module doc.
 //! - [`PgStoreError`]: typed errors; [`PgStoreError::Unavailable`] (refused, lost, timed
 //!   out, pool exhausted) is never confused with an answer such as "already claimed", so
 //!   that callers fail closed.
@@ -96,15 +101,28 @@
 //! ([`PgStoreError::SchemaTooNew`]). A claim is one statement (the `coinop_claim` function),
 //! so one round trip; concurrent claimers of a key serialise on its primary key.
 //!
+//! # Quotes across hosts
+//! A quote is committed in PostgreSQL before its address is answered; paying it needs no
+//! further write to the quote but the paid mark (idempotent), and the payment's outpoints
+//! are then fenced by the spent set like any other: so a quote from host 1 paid and used on
+//! host 2 follows the two-phase claim above, and a request repeated after a crash finds the
+//! same quote and the same (idempotent) marks. Payments named by quote id only are found in
+//! `coinop_quote_outputs`, written by whichever host fetched the paying block (each host
+//! with Bitcoin peers scans blocks for every fleet quote's script); the host honouring the
+//! payment still checks that block against its own header chain.
+//!
 //! # What is not here yet
-//! The quote address index and the quotes are still per host. Signatures made outside a
-//! swap or an on-chain mint (a lease refund's change, NUT-30 quote mints) are recorded in
-//! the host's own spent set only: restore finds them on that host, and 11003 for them holds
-//! on that host. Retiring a keyset fleet-wide has no route yet.
+//! Signatures made outside a swap or an on-chain mint (a lease refund's change, NUT-30
+//! quote mints) are recorded in the host's own spent set only: restore finds them on that
+//! host, and 11003 for them holds on that host. NUT-30 mint quotes take their address from
+//! the fleet index, but their state (key lock, amounts paid and issued) stays in the
+//! issuing host's ledger: they are answered by that host only. Retiring a keyset
+//! fleet-wide has no route yet.
 
 mod error;
 mod keysets;
 pub mod migrations;
+mod quotes;
 mod signed_outputs;
 mod spent_set;
 mod store;
@@ -113,6 +131,9 @@ pub mod test_cluster;
 
 pub use error::PgStoreError;
 pub use keysets::{check_seed, FleetKeyset, NewKeyset, PgKeysets};
+pub use quotes::{
+    FleetIndexPolicy, FleetQuote, PgQuoteBook, PgQuoteError, QuotePurpose, SeenPayment,
+};
 pub use signed_outputs::{OutputState, PendingOutputs, PgSignedOutputs, StoredOutput};
 pub use spent_set::{PendingOperation, PgSpentSet, Reconciled};
 pub use store::{PgStore, PgStoreOptions, StoreMetrics};

@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "mint_keysets",
         sql: include_str!("../migrations/0002_mint_keysets.sql"),
     },
+    Migration {
+        version: 3,
+        name: "quotes",
+        sql: include_str!("../migrations/0003_quotes.sql"),
+    },
 ];
 
 /// The schema version this build writes.
@@ -96,7 +101,7 @@ mod tests {
     #[test]
     fn versions_count_up_from_one_without_gaps() {
         for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version, i as i32 + 1, "migration {}", m.name);
+            assert_eq!(m.version as usize, i + 1, "migration {}", m.name);
             assert!(!m.sql.trim().is_empty(), "migration {} is empty", m.name);
         }
     }

@@ -435,8 +435,9 @@ async fn migrations_apply_once_and_a_newer_schema_is_refused() {
             "SELECT string_agg(version::text, ',' ORDER BY version) FROM coinop_schema_migrations"
         )
         .unwrap(),
-        (1..=supported)
-            .map(|v| v.to_string())
+        payment_postgres::migrations::MIGRATIONS
+            .iter()
+            .map(|m| m.version.to_string())
             .collect::<Vec<_>>()
             .join(",")
     );

@@ -19,7 +19,7 @@ use super::json_body::CashuBody;
 use crate::app::{AppState, Shared};
 use crate::clock::unix_s;
 use crate::http::degraded;
-use crate::http::error::{ApiError, CashuError};
+use crate::http::error::{quotes_error, ApiError, CashuError};
 use crate::leases::payment_intake::{notice_storage, verify_onchain};
 use crate::ledger::Credit;
 
@@ -220,14 +220,17 @@ async fn mint_fenced(
     let s2 = s.clone();
     let (credit, req) = blocking(move || {
         // A NUT-30 quote's payment is minted only with its key's signature (NUT-20).
-        if s2.ledger.nut30_quote(&req.payment.quote_id)?.is_some() {
+        let fleet_nut30 = s2
+            .quotes
+            .is_key_locked(&req.payment.quote_id)
+            .map_err(quotes_error)?;
+        if fleet_nut30 || s2.ledger.nut30_quote(&req.payment.quote_id)?.is_some() {
             return Err(CreditError::MintSignatureInvalid.into());
         }
-        let chain = s2.chain_read();
         // Minted credit is bearer money that no reorg can take back: only a payment
         // proved in the request mints it, and only at --mint-min-conf.
         let need = s2.config.mint_min_conf.max(s2.config.min_conf);
-        let verified = verify_onchain(&chain, &s2.quotes, None, need, &req.payment);
+        let verified = verify_onchain(&s2.chain, &s2.quotes, None, need, &req.payment);
         notice_storage(&s2, &verified);
         let credit = verified?;
         // A degraded disk refuses the mint (after a spent payment's 409) before anything

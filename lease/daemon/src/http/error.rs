@@ -197,6 +197,15 @@ impl From<crate::ledger::LedgerError> for ApiError {
     }
 }
 
+/// A quote book's refusal: the local book's as [`quote_error`], the fleet store's as
+/// [`fleet_error`] (503 `store_unavailable` while it cannot be reached).
+pub fn quotes_error(e: crate::quote_store::QuotesError) -> ApiError {
+    match e {
+        crate::quote_store::QuotesError::Quote(q) => quote_error(q),
+        crate::quote_store::QuotesError::Fleet(f) => fleet_error(f),
+    }
+}
+
 /// How long a tenant refused because the fleet store is unreachable should wait.
 const STORE_RETRY_S: u64 = 2;
 

@@ -16,15 +16,26 @@ use payment::onchain::{price, Quote, Spec};
 use super::json_body::JsonBody;
 use crate::app::{AppState, Shared};
 use crate::clock::unix_s;
-use crate::http::error::{quote_error, ApiError, CashuError};
+use crate::http::error::{quotes_error, ApiError, CashuError};
 use crate::http::peer::PeerCred;
 use crate::leases::{spec, LeaseError};
 use crate::ledger::QuoteRow;
+use payment_postgres::QuotePurpose;
 
 /// Issues a quote for `amount_msat` valid for `--quote-ttl-s`, at the chain's tip (an
 /// expired unpaid quote's address may be taken over: see `payment::onchain::quote_book`).
-/// Blocking: one durable SQLite commit.
+/// Blocking: one durable SQLite commit, or with a fleet store one PostgreSQL transaction.
 pub fn issue_quote(s: &AppState, amount_msat: u64) -> Result<Quote, ApiError> {
+    issue_quote_for(s, amount_msat, QuotePurpose::Lease)
+}
+
+/// [`issue_quote`] for `purpose` (a NUT-30 quote is marked so in the fleet store, so that
+/// no host takes its payment for a lease).
+pub fn issue_quote_for(
+    s: &AppState,
+    amount_msat: u64,
+    purpose: QuotePurpose,
+) -> Result<Quote, ApiError> {
     crate::http::degraded::admit(s)?;
     let now_us = (unix_s() as u64).saturating_mul(1_000_000);
     let tip = s.chain_read().tip().height;
@@ -34,10 +45,11 @@ pub fn issue_quote(s: &AppState, amount_msat: u64) -> Result<Quote, ApiError> {
             now_us,
             s.config.quote_ttl_s.saturating_mul(1_000_000),
             tip,
+            purpose,
         )
         .map_err(|e| {
             s.disk.notice(e.storage_refused());
-            quote_error(e)
+            quotes_error(e)
         })
 }
 
@@ -189,18 +201,19 @@ pub async fn get_quote(
     State(s): State<Shared>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Json<QuoteResponse>, ApiError> {
-    let q = s
-        .quotes
-        .get(&id)
-        .map_err(quote_error)?
-        .ok_or_else(|| ApiError::not_found(format!("no quote {id:?}")))?;
     let s2 = s.clone();
-    let expires_at_us = q.expires_at_us;
-    let quote_id = q.quote_id.clone();
-    let (status, confirmations) =
-        tokio::task::spawn_blocking(move || quote_status(&s2, &quote_id, expires_at_us))
-            .await
-            .map_err(|e| ApiError::internal(format!("worker: {e}")))??;
+    // Blocking: the quote book (SQLite, or the fleet store waited for on this thread).
+    let (q, (status, confirmations)) = tokio::task::spawn_blocking(move || {
+        let q = s2
+            .quotes
+            .get(&id)
+            .map_err(quotes_error)?
+            .ok_or_else(|| ApiError::not_found(format!("no quote {id:?}")))?;
+        let status = quote_status(&s2, &q.quote_id, q.expires_at_us)?;
+        Ok::<_, ApiError>((q, status))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("worker: {e}")))??;
     Ok(Json(QuoteResponse {
         quote_id: q.quote_id,
         amount_msat: Msat::from_msat(q.amount_msat),
@@ -220,11 +233,11 @@ fn quote_status(
     quote_id: &str,
     expires_at_us: u64,
 ) -> Result<(&'static str, Option<u32>), ApiError> {
-    use payment::spent_set::{SpendKey, SpentSet};
+    use payment::spent_set::SpendKey;
     let seen = s
-        .watch
-        .seen_for(quote_id)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .quotes
+        .seen_for(quote_id, &s.watch)
+        .map_err(quotes_error)?;
     let on_best: Vec<(bitcoin::OutPoint, u32)> = {
         let chain = s.chain_read();
         seen.iter()
@@ -244,9 +257,9 @@ fn quote_status(
         .map(|(o, _)| SpendKey::outpoint(bitcoin::hashes::Hash::to_byte_array(o.txid), o.vout))
         .collect();
     let states = s
-        .spent
-        .states(&keys)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .quotes
+        .spent_states(&keys, &s.spent)
+        .map_err(quotes_error)?;
     let status = if states.iter().any(Option::is_some) {
         "paid"
     } else {

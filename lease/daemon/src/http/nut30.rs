@@ -18,14 +18,15 @@ use payment::credit::receipt::receipt;
 use payment::credit::{curve::parse_point, signed_records, CreditError};
 
 use super::credit::blocking;
-use super::host::issue_quote;
+use super::host::issue_quote_for;
 use super::json_body::CashuBody;
 use crate::app::Shared;
 use crate::http::degraded;
-use crate::http::error::{quote_error, ApiError, CashuError};
+use crate::http::error::{quotes_error, ApiError, CashuError};
 use crate::leases::payment_intake::{notice_storage, verify_onchain};
 use crate::ledger::mint_quotes::Nut30Quote;
 use crate::ledger::ONCHAIN_LATE;
+use payment_postgres::QuotePurpose;
 
 fn unknown_quote(quote: &str) -> CashuError {
     ApiError::not_found(format!("no on-chain mint quote {quote:?} with a pubkey")).into()
@@ -36,7 +37,7 @@ fn view(s: &Shared, quote_id: &str, q: &Nut30Quote) -> Result<MintQuoteNut30Resp
     let book = s
         .quotes
         .get(quote_id)
-        .map_err(quote_error)?
+        .map_err(quotes_error)?
         .ok_or_else(|| unknown_quote(quote_id))?;
     Ok(MintQuoteNut30Response {
         quote: quote_id.to_string(),
@@ -61,7 +62,7 @@ pub async fn create_quote(
     parse_point("pubkey", &req.pubkey)?;
     blocking(move || {
         // No amount: the address may be paid any number of times before it expires.
-        let q = issue_quote(&s, 0)?;
+        let q = issue_quote_for(&s, 0, QuotePurpose::Nut30)?;
         s.ledger.open_nut30_quote(&q.quote_id, &req.pubkey)?;
         let row = Nut30Quote {
             pubkey: req.pubkey,
@@ -100,7 +101,6 @@ pub async fn prove_payment(
             .nut30_quote(&quote)?
             .ok_or_else(|| unknown_quote(&quote))?;
         let paid = {
-            let chain = s.chain_read();
             // Minted credit is bearer money: the payment proved here, at --mint-min-conf,
             // through the same checks (and the same quote-book marking) as every mint.
             let need = s.config.mint_min_conf.max(s.config.min_conf);
@@ -109,7 +109,7 @@ pub async fn prove_payment(
                 tx_hex: req.tx_hex,
                 proof_hex: req.proof_hex,
             };
-            let verified = verify_onchain(&chain, &s.quotes, None, need, &payment);
+            let verified = verify_onchain(&s.chain, &s.quotes, None, need, &payment);
             notice_storage(&s, &verified);
             verified?
         };

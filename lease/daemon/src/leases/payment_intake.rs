@@ -3,16 +3,19 @@
 //! credit (Cashu proofs checked by the mint). Nothing is claimed here: the ledger claims the
 //! keys in the same transaction that records what they buy.
 
+use std::sync::{PoisonError, RwLock};
+
 use coinop_proto::requests::{CreditPayment, PaymentBody};
 use payment::credit::nut_types::OnchainPayment;
 use payment::credit::Mint;
 use payment::onchain::{
-    check_payment, HeaderChain, PaymentError, PaymentWatch, Quote, QuoteBook, VerifiedPayment,
+    check_payment, HeaderChain, PaymentError, PaymentWatch, Quote, SeenOutput, VerifiedPayment,
 };
 
 use super::{blocking, LeaseError};
 use crate::app::{AppState, Shared};
 use crate::ledger::{Credit, ONCHAIN_LATE};
+use crate::quote_store::Quotes;
 
 /// Credit payments with at most this many proofs are verified inline (each proof is one
 /// hash-to-curve and one point multiplication, tens of µs); bigger ones go to the pool.
@@ -32,11 +35,19 @@ pub async fn verify_payment(s: &Shared, p: PaymentBody) -> Result<Credit, LeaseE
             let s2 = s.clone();
             blocking(move || match &p {
                 PaymentBody::Onchain(o) => {
-                    if s2.ledger.nut30_quote(&o.quote_id)?.is_some() {
+                    // A NUT-30 quote of this host (its ledger) or of another (the fleet's).
+                    if s2.ledger.nut30_quote(&o.quote_id)?.is_some()
+                        || s2.quotes.is_key_locked(&o.quote_id)?
+                    {
                         return Err(LeaseError::QuoteKeyLocked(o.quote_id.clone()));
                     }
-                    let chain = s2.chain_read();
-                    verify_onchain(&chain, &s2.quotes, Some(&s2.watch), s2.config.min_conf, o)
+                    verify_onchain(
+                        &s2.chain,
+                        &s2.quotes,
+                        Some(&s2.watch),
+                        s2.config.min_conf,
+                        o,
+                    )
                 }
                 PaymentBody::Credit(c) => verify_credit(&s2.mint, c),
             })
@@ -64,10 +75,14 @@ pub fn notice_storage<T>(s: &AppState, out: &Result<T, LeaseError>) {
 /// Verifies an on-chain payment for one of our quotes and marks the quote paid; the
 /// credit's kind says whether it arrived after the quote expired (`onchain_late`). A
 /// payment with neither `tx_hex` nor `proof_hex` is looked up among the outputs the host
-/// saw itself (`seen`; `None` where only a proof will do).
+/// saw itself or, with a fleet store, that another host saw (`seen`; `None` where only a
+/// proof will do). With a fleet store the quote may be another host's, and its paid mark
+/// is fleet-wide. The quote book (perhaps the fleet store, over the network) is read before
+/// the chain's lock is taken and written after it is let go, so that a slow store never
+/// holds up the header sync.
 pub fn verify_onchain(
-    chain: &HeaderChain,
-    quotes: &QuoteBook,
+    chain: &RwLock<HeaderChain>,
+    quotes: &Quotes,
     seen: Option<&PaymentWatch>,
     min_conf: u32,
     p: &OnchainPayment,
@@ -76,10 +91,17 @@ pub fn verify_onchain(
         .get(&p.quote_id)?
         .ok_or_else(|| LeaseError::UnknownQuote(p.quote_id.clone()))?;
     let by_quote_id = p.tx_hex.is_empty() && p.proof_hex.is_empty();
-    let v = match (by_quote_id, seen) {
-        (false, _) => check_payment(chain, &quote, &p.tx_hex, &p.proof_hex, min_conf)?,
-        (true, Some(watch)) => seen_payment(chain, &quote, watch, min_conf)?,
+    let seen = match (by_quote_id, seen) {
+        (false, _) => None,
+        (true, Some(watch)) => Some(quotes.seen_for(&quote.quote_id, watch)?),
         (true, None) => return Err(PaymentError::ProofRequired.into()),
+    };
+    let v = {
+        let chain = chain.read().unwrap_or_else(PoisonError::into_inner);
+        match &seen {
+            None => check_payment(&chain, &quote, &p.tx_hex, &p.proof_hex, min_conf)?,
+            Some(seen) => seen_payment(&chain, &quote, seen, min_conf)?,
+        }
     };
     // A payment to this address exists: its index must never go to another quote, whether
     // or not this claim goes through.
@@ -101,11 +123,12 @@ pub fn verify_onchain(
 }
 
 /// The outputs to `quote`'s script the host saw in best-chain blocks with at least
-/// `min_conf` confirmations (coinbase outputs once mature), as one payment.
+/// `min_conf` confirmations (coinbase outputs once mature), as one payment, from `seen`
+/// (the outputs seen paying the quote, on any chain).
 pub fn seen_payment(
     chain: &HeaderChain,
     quote: &Quote,
-    watch: &PaymentWatch,
+    seen: &[SeenOutput],
     min_conf: u32,
 ) -> Result<VerifiedPayment, PaymentError> {
     let need = min_conf.max(1);
@@ -113,14 +136,11 @@ pub fn seen_payment(
     // that a reorg can make it vanish for good, so it does not count as a payment until then
     // (the same bound the tx+proof form applies).
     let coinbase_need = chain.network().coinbase_maturity().max(need);
-    let seen = watch
-        .seen_for(&quote.quote_id)
-        .map_err(|e| PaymentError::SeenStorage(e.to_string()))?;
     let mut counted: Vec<&payment::onchain::SeenOutput> = Vec::new();
     // The not-yet-counted output with the most confirmations: what the refusal reports.
     let mut deepest_pending: Option<&payment::onchain::SeenOutput> = None;
     let mut deepest_have = 0;
-    for s in &seen {
+    for s in seen {
         let Some(b) = chain.block(&s.block_hash).filter(|b| b.on_best_chain) else {
             continue;
         };
