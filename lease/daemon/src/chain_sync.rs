@@ -99,6 +99,10 @@ impl ChainAccess for SharedChain {
         self.read().locator()
     }
 
+    fn checkpoint_header_wanted(&self) -> Option<BlockHash> {
+        self.read().checkpoint_header_wanted()
+    }
+
     fn tip(&self) -> Tip {
         self.read().tip()
     }

@@ -250,6 +250,39 @@ async fn a_new_mainnet_host_starts_at_the_shipped_checkpoint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_testnet3_and_signet_hosts_start_at_their_hash_only_checkpoints() {
+    use bitcoin::bip32::{Xpriv, Xpub};
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let xpriv = Xpriv::new_master(bitcoin::Network::Testnet, &[7u8; 32]).unwrap();
+    let xpub = Xpub::from_priv(&secp, &xpriv).to_string();
+    for (net, height, hash) in [
+        (
+            "testnet3",
+            2_500_000,
+            "0000000000000093bcb68c03a9a168ae252572d348a2eaeba2cdf9231d73206f",
+        ),
+        (
+            "signet",
+            160_000,
+            "0000003ca3c99aff040f2563c2ad8f8ec88bd0fd6b8f0895cfaf1ef90353a62c",
+        ),
+    ] {
+        let dir = StateDir::new();
+        let args = ["--network", net, "--xpub", &xpub];
+        let d = Daemon::start(dir.path(), &args).await;
+        let h = host(&d).await;
+        assert_eq!(h["chain"]["height"], height, "{net}");
+        assert_eq!(h["chain"]["hash"], hash, "{net}");
+        d.shutdown().await;
+        // Until a peer (or, on signet, the operator) sends the checkpoint's header nothing
+        // is stored, and a restart asks for it again from the same place.
+        let d = Daemon::start(dir.path(), &args).await;
+        assert_eq!(host(&d).await["chain"]["height"], height, "{net}");
+        d.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bcoins_wallet_pays_a_quote_the_host_sees_it_and_its_txoutproof_mints_at_mint_min_conf() {
     let Some(bcoin) = bcoin_dir() else { return };
     let dir = StateDir::new();

@@ -30,6 +30,9 @@ impl ChainAccess for Chain {
     fn locator(&self) -> Vec<BlockHash> {
         self.lock().locator()
     }
+    fn checkpoint_header_wanted(&self) -> Option<BlockHash> {
+        self.lock().checkpoint_header_wanted()
+    }
     fn tip(&self) -> Tip {
         self.lock().tip()
     }

@@ -35,6 +35,11 @@ pub use status::{SyncSnapshot, SyncState, SyncStatus};
 pub trait ChainAccess: Send + Sync + 'static {
     /// A block locator of the best chain, tip first.
     fn locator(&self) -> Vec<BlockHash>;
+    /// The hash of the chain's checkpoint while its header is still missing (a checkpoint
+    /// shipped by hash only): the session asks a peer for that header before anything else.
+    fn checkpoint_header_wanted(&self) -> Option<BlockHash> {
+        None
+    }
     fn tip(&self) -> Tip;
     /// Whether the chain holds this block's header (any branch).
     fn knows(&self, hash: &BlockHash) -> bool;

@@ -7,6 +7,13 @@
 //! A `headers` message whose first header builds on nothing known is what an announcement
 //! looks like while the host is behind: it is answered with `getheaders`, and only a peer
 //! that keeps sending such headers is treated as misbehaving.
+//!
+//! A chain that starts from a checkpoint known by hash only first asks for that block's
+//! header (`getheaders` with an empty locator and the checkpoint as stop hash, which a node
+//! answers with exactly that header), and sends `sendheaders` only after it, so that no
+//! announcement can be mistaken for the answer. A peer that answers with a header hashing to
+//! anything else has misbehaved; one that answers with none does not have the block, and the
+//! session ends without a ban.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,6 +79,8 @@ pub enum SessionError {
     PingTimeout(Duration),
     #[error("getheaders unanswered for {0:?}")]
     Stalled(Duration),
+    #[error("peer does not have the checkpoint block {0}")]
+    NoCheckpoint(BlockHash),
     /// The host's own chain failed (storage); not the peer's fault.
     #[error("header chain: {0}")]
     Chain(ChainError),
@@ -162,12 +171,15 @@ async fn run_inner(mut stream: TcpStream, ctx: &SessionContext) -> Result<Never,
         ctx,
         wr,
         awaiting_headers: None,
+        anchoring: None,
         unconnecting: 0,
         ping: None,
         blocks_in_flight: Vec::new(),
     };
-    s.send(NetworkMessage::SendHeaders).await?;
     s.get_headers().await?;
+    if s.anchoring.is_none() {
+        s.send(NetworkMessage::SendHeaders).await?;
+    }
     let mut ticker = tokio::time::interval(ctx.timers.ping_interval.min(Duration::from_secs(5)));
     let mut next_ping = Instant::now() + ctx.timers.ping_interval;
     loop {
@@ -210,6 +222,8 @@ struct Session<'a> {
     wr: OwnedWriteHalf,
     /// When the last unanswered `getheaders` was sent.
     awaiting_headers: Option<Instant>,
+    /// The checkpoint whose header the last `getheaders` asked for, if it did.
+    anchoring: Option<BlockHash>,
     unconnecting: u32,
     ping: Option<u64>,
     /// Blocks asked for with `getdata` and not yet received, with when they were asked.
@@ -230,16 +244,59 @@ impl Session<'_> {
     /// yet stored) in front of it.
     async fn get_headers_after(&mut self, first: Option<BlockHash>) -> Result<(), SessionError> {
         let chain = Arc::clone(&self.ctx.chain);
-        let mut locator = blocking(move || chain.locator()).await?;
+        let (wanted, mut locator) =
+            blocking(move || (chain.checkpoint_header_wanted(), chain.locator())).await?;
+        self.awaiting_headers = Some(Instant::now());
+        if let (Some(checkpoint), None) = (wanted, first) {
+            self.anchoring = Some(checkpoint);
+            return self
+                .send(NetworkMessage::GetHeaders(GetHeadersMessage::new(
+                    Vec::new(),
+                    checkpoint,
+                )))
+                .await;
+        }
         if let Some(hash) = first {
             locator.insert(0, hash);
         }
-        self.awaiting_headers = Some(Instant::now());
         self.send(NetworkMessage::GetHeaders(GetHeadersMessage::new(
             locator,
             BlockHash::all_zeros(),
         )))
         .await
+    }
+
+    /// The answer to a request for the checkpoint's header: it must be there (and is then
+    /// stored like any header); then sync goes on from it.
+    async fn on_checkpoint_header(
+        &mut self,
+        checkpoint: BlockHash,
+        headers: Vec<Header>,
+    ) -> Result<(), SessionError> {
+        if headers.is_empty() {
+            return Err(SessionError::NoCheckpoint(checkpoint));
+        }
+        if !headers.iter().any(|h| h.block_hash() == checkpoint) {
+            return Err(SessionError::Misbehaved(format!(
+                "asked for the header of checkpoint {checkpoint}, sent {} header(s) hashing to \
+                 something else (first {})",
+                headers.len(),
+                headers[0].block_hash()
+            )));
+        }
+        let chain = Arc::clone(&self.ctx.chain);
+        match blocking(move || chain.accept_headers(&headers)).await? {
+            Ok(out) => {
+                self.ctx.status.headers_added(out.added);
+                tracing::info!(peer = %self.ctx.label, %checkpoint, "checkpoint header from peer");
+                // Announcements as `headers` only from now on: before, one could have been
+                // taken for the answer about the checkpoint.
+                self.send(NetworkMessage::SendHeaders).await?;
+                self.get_headers().await
+            }
+            Err(e) if e.is_peer_fault() => Err(SessionError::Misbehaved(e.to_string())),
+            Err(e) => Err(SessionError::Chain(e)),
+        }
     }
 
     async fn handle(&mut self, msg: NetworkMessage) -> Result<(), SessionError> {
@@ -276,6 +333,9 @@ impl Session<'_> {
                 "{} headers in one message",
                 headers.len()
             )));
+        }
+        if let Some(checkpoint) = self.anchoring.take() {
+            return self.on_checkpoint_header(checkpoint, headers).await;
         }
         if headers.is_empty() {
             self.ctx.status.caught_up(&self.ctx.label, true);

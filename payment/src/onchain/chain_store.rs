@@ -85,13 +85,13 @@ fn decode_record(rec: &[u8; RECORD_LEN]) -> (Entry, [u8; 32]) {
     (entry, prev_hash)
 }
 
-/// The checkpoint's entry as `HeaderChain` builds it.
-fn checkpoint_entry(cp: &Checkpoint, work: u128) -> Entry {
+/// The checkpoint's entry as `HeaderChain` builds it from the checkpoint's header.
+fn checkpoint_entry(cp: &Checkpoint, header: &Header, work: u128) -> Entry {
     Entry {
-        hash: cp.header.block_hash().to_byte_array(),
+        hash: cp.hash.to_byte_array(),
         chainwork: work,
-        time: cp.header.time,
-        bits: cp.header.bits.to_consensus(),
+        time: header.time,
+        bits: header.bits.to_consensus(),
         prev: Entry::NO_PREV,
         height: cp.height,
     }
@@ -106,17 +106,29 @@ fn sync_dir(path: &Path) -> Result<(), ChainError> {
 }
 
 impl ChainStore {
+    /// Whether a chain file with something in it is at `path`.
+    pub(crate) fn exists(path: &Path) -> bool {
+        path.metadata().map(|m| m.len() > 0).unwrap_or(false)
+    }
+
     /// Opens or creates the chain file; returns the entries in it (checkpoint first).
-    /// `checkpoint_work` is the checkpoint's own work, as the chain computes it.
+    /// `checkpoint_work` is the checkpoint's own work, as the chain computes it. Creating
+    /// needs the checkpoint's header; an existing file started from a checkpoint known by
+    /// hash only is matched on height and hash (its header was checked when it was written).
     pub(crate) fn open(
         path: &Path,
         network: ChainNetwork,
         checkpoint: &Checkpoint,
         checkpoint_work: u128,
     ) -> Result<(Self, Vec<Entry>), ChainError> {
-        let exists = path.metadata().map(|m| m.len() > 0).unwrap_or(false);
-        if !exists {
-            return Self::create(path, network, checkpoint, checkpoint_work);
+        if !Self::exists(path) {
+            let header = checkpoint.header.as_ref().ok_or_else(|| {
+                corrupt(
+                    path,
+                    "cannot be created before the checkpoint's header is known".into(),
+                )
+            })?;
+            return Self::create(path, network, checkpoint, header, checkpoint_work);
         }
         let file = OpenOptions::new()
             .read(true)
@@ -124,8 +136,16 @@ impl ChainStore {
             .open(path)
             .map_err(|e| io_err(path, e))?;
         let entries = Self::load(&file, path, network)?;
-        let expected = checkpoint_entry(checkpoint, checkpoint_work);
-        if entries[0] != expected {
+        let first = &entries[0];
+        let same = match &checkpoint.header {
+            Some(header) => *first == checkpoint_entry(checkpoint, header, checkpoint_work),
+            None => {
+                first.hash == checkpoint.hash.to_byte_array()
+                    && first.height == checkpoint.height
+                    && checkpoint.chainwork.is_none_or(|w| w == first.chainwork)
+            }
+        };
+        if !same {
             return Err(corrupt(
                 path,
                 format!(
@@ -133,7 +153,7 @@ impl ChainStore {
                     entries[0].height,
                     bitcoin::BlockHash::from_byte_array(entries[0].hash),
                     checkpoint.height,
-                    checkpoint.header.block_hash()
+                    checkpoint.hash
                 ),
             ));
         }
@@ -152,6 +172,7 @@ impl ChainStore {
         path: &Path,
         network: ChainNetwork,
         checkpoint: &Checkpoint,
+        header: &Header,
         checkpoint_work: u128,
     ) -> Result<(Self, Vec<Entry>), ChainError> {
         let mut file = OpenOptions::new()
@@ -160,12 +181,12 @@ impl ChainStore {
             .create(true)
             .open(path)
             .map_err(|e| io_err(path, e))?;
-        let entry = checkpoint_entry(checkpoint, checkpoint_work);
+        let entry = checkpoint_entry(checkpoint, header, checkpoint_work);
         let mut buf = Vec::with_capacity(FILE_HEADER_LEN + RECORD_LEN);
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         buf.extend_from_slice(&[network.code(), 0, 0, 0]);
-        buf.extend_from_slice(&encode_record(&entry, &checkpoint.header));
+        buf.extend_from_slice(&encode_record(&entry, header));
         file.write_all(&buf).map_err(|e| io_err(path, e))?;
         file.sync_all().map_err(|e| io_err(path, e))?;
         sync_dir(path)?;

@@ -36,7 +36,7 @@ pub enum HeaderError {
     WorkOverflow,
     #[error("height exceeds 2^32")]
     HeightOverflow,
-    #[error("checkpoint header hashes to {got}, the operator gave {expected}")]
+    #[error("checkpoint header hashes to {got}, not to the checkpoint {expected}")]
     CheckpointHash { expected: BlockHash, got: BlockHash },
     #[error("header hex: {0}")]
     Malformed(String),

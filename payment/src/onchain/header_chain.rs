@@ -6,11 +6,17 @@
 //! ahead of the caller's clock. The best chain is the branch with the most cumulative work
 //! (first seen wins a tie); a branch that overtakes it causes a reorg.
 //!
+//! A chain may start from a checkpoint known only by height and hash (a shipped one, see
+//! [`super::checkpoints`]): until a source sends the header that hashes to it, the chain is
+//! *unanchored*. Its first header is taken from whichever source sends it first, because
+//! the hash alone decides whether it is the right one, and its proof of work then checks
+//! itself; only then are the headers after it accepted and the chain file written.
+//!
 //! In memory a block is 64 bytes ([`Entry`]: hash, work, time, bits, parent, height) plus 5
 //! bytes in the hash index and 4 in the best-chain vector, so a million headers take about
 //! 75 MB. The full 80-byte headers live only in the [`ChainStore`] file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bitcoin::block::Header;
 use bitcoin::hashes::Hash;
@@ -64,21 +70,38 @@ pub enum HeaderSource {
     Untrusted,
 }
 
-/// The block the chain starts from: genesis, or one the operator vouches for.
+/// The block the chain starts from: genesis, or one the operator vouches for, or a shipped
+/// one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
     pub height: u32,
-    pub header: Header,
-    /// Cumulative work of the chain up to this block, when known (a shipped checkpoint);
-    /// otherwise the chain counts from this block's own work.
+    pub hash: BlockHash,
+    /// The block's header; `None` for a checkpoint known by hash only, whose header the
+    /// chain takes from the first source that sends one hashing to `hash`.
+    pub header: Option<Header>,
+    /// Cumulative work of the chain up to this block, when known (mainnet's shipped
+    /// checkpoint); otherwise the chain counts work from this block's own, which changes no
+    /// decision: every branch the chain compares contains the checkpoint.
     pub chainwork: Option<u128>,
 }
 
 impl Checkpoint {
     pub fn genesis(network: ChainNetwork) -> Self {
+        let header = network.genesis_header();
         Checkpoint {
             height: 0,
-            header: network.genesis_header(),
+            hash: header.block_hash(),
+            header: Some(header),
+            chainwork: None,
+        }
+    }
+
+    /// A checkpoint known by height and hash only (see the module doc).
+    pub fn by_hash(height: u32, hash: BlockHash) -> Self {
+        Checkpoint {
+            height,
+            hash,
+            header: None,
             chainwork: None,
         }
     }
@@ -101,7 +124,8 @@ impl Checkpoint {
         check_pow(network.pow_limit(), &header)?;
         Ok(Checkpoint {
             height,
-            header,
+            hash,
+            header: Some(header),
             chainwork: None,
         })
     }
@@ -193,26 +217,62 @@ fn block_work(bits: CompactTarget) -> Result<u128, HeaderError> {
     Ok(u128::from_le_bytes(le))
 }
 
-/// The checkpoint as the chain's first entry, after checking its proof of work.
+/// The checkpoint as the chain's first entry, after checking that its header (if known)
+/// hashes to the checkpoint's hash and carries valid proof of work. Without a header the
+/// entry holds only height and hash until [`HeaderChain::append`] anchors it.
 fn checkpoint_entry(rules: &Rules, checkpoint: &Checkpoint) -> Result<Entry, ChainError> {
-    let hash = checkpoint.header.block_hash();
+    let Some(header) = checkpoint.header else {
+        return Ok(Entry {
+            hash: checkpoint.hash.to_byte_array(),
+            chainwork: 0,
+            time: 0,
+            bits: 0,
+            prev: Entry::NO_PREV,
+            height: checkpoint.height,
+        });
+    };
+    anchored_entry(rules, checkpoint, &header, 0)
+}
+
+/// The checkpoint's entry built from `header`, which must hash to the checkpoint and meet
+/// its own target; `index` names the header's place in a batch for the error.
+fn anchored_entry(
+    rules: &Rules,
+    checkpoint: &Checkpoint,
+    header: &Header,
+    index: usize,
+) -> Result<Entry, ChainError> {
+    let hash = header.block_hash();
     let reject = |reason| ChainError::Rejected {
-        index: 0,
+        index,
         hash,
         reason,
     };
-    check_pow(rules.params.max_attainable_target, &checkpoint.header).map_err(reject)?;
+    if hash != checkpoint.hash {
+        return Err(reject(HeaderError::CheckpointHash {
+            expected: checkpoint.hash,
+            got: hash,
+        }));
+    }
+    check_pow(rules.params.max_attainable_target, header).map_err(reject)?;
     Ok(Entry {
         hash: hash.to_byte_array(),
         chainwork: match checkpoint.chainwork {
             Some(work) => work,
-            None => block_work(checkpoint.header.bits).map_err(reject)?,
+            None => block_work(header.bits).map_err(reject)?,
         },
-        time: checkpoint.header.time,
-        bits: checkpoint.header.bits.to_consensus(),
+        time: header.time,
+        bits: header.bits.to_consensus(),
         prev: Entry::NO_PREV,
         height: checkpoint.height,
     })
+}
+
+/// A checkpoint still waiting for its header, and where the chain file goes once it has it.
+#[derive(Debug)]
+struct Unanchored {
+    checkpoint: Checkpoint,
+    path: Option<PathBuf>,
 }
 
 /// The consensus rules a chain enforces.
@@ -234,6 +294,8 @@ pub struct HeaderChain {
     best: Vec<u32>,
     base_height: u32,
     store: Option<ChainStore>,
+    /// Set while the checkpoint's header is not known yet (see the module doc).
+    unanchored: Option<Unanchored>,
 }
 
 impl std::fmt::Debug for HeaderChain {
@@ -282,7 +344,8 @@ impl HeaderChain {
     }
 
     /// Opens the chain file at `path`, creating it from `checkpoint` if it does not exist. An
-    /// existing file must be for the same network and start at the same checkpoint.
+    /// existing file must be for the same network and start at the same checkpoint. A
+    /// checkpoint known by hash only creates no file until its header arrives.
     pub fn open(
         path: &Path,
         network: ChainNetwork,
@@ -293,6 +356,14 @@ impl HeaderChain {
             retarget: network.retarget_rule(),
             params: network.params().clone(),
         };
+        if checkpoint.header.is_none() && !ChainStore::exists(path) {
+            let mut chain = Self::from_checkpoint(rules, checkpoint)?;
+            chain.unanchored = Some(Unanchored {
+                checkpoint,
+                path: Some(path.to_owned()),
+            });
+            return Ok(chain);
+        }
         let first = checkpoint_entry(&rules, &checkpoint)?;
         let (store, entries) = ChainStore::open(path, network, &checkpoint, first.chainwork)?;
         let mut chain = Self::indexed(rules, checkpoint.height, entries)?;
@@ -302,7 +373,14 @@ impl HeaderChain {
 
     fn from_checkpoint(rules: Rules, checkpoint: Checkpoint) -> Result<Self, ChainError> {
         let entry = checkpoint_entry(&rules, &checkpoint)?;
-        Self::indexed(rules, checkpoint.height, vec![entry])
+        let mut chain = Self::indexed(rules, checkpoint.height, vec![entry])?;
+        if checkpoint.header.is_none() {
+            chain.unanchored = Some(Unanchored {
+                checkpoint,
+                path: None,
+            });
+        }
+        Ok(chain)
     }
 
     /// An in-memory chain over `entries` (the first at `base_height`), not yet stored.
@@ -314,6 +392,7 @@ impl HeaderChain {
             best: Vec::new(),
             base_height,
             store: None,
+            unanchored: None,
         };
         chain.load_entries(entries)?;
         Ok(chain)
@@ -338,6 +417,41 @@ impl HeaderChain {
 
     pub fn network(&self) -> ChainNetwork {
         self.rules.network
+    }
+
+    /// The checkpoint's hash while its header is still missing: a peer should be asked for
+    /// that header (`getheaders` with an empty locator and it as the stop hash) before any
+    /// other.
+    pub fn checkpoint_header_wanted(&self) -> Option<BlockHash> {
+        self.unanchored.as_ref().map(|u| u.checkpoint.hash)
+    }
+
+    /// Takes the checkpoint's header if `headers` holds it: fills in the checkpoint entry and
+    /// writes the chain file (fsynced) so the header is never asked for again.
+    fn anchor(&mut self, headers: &[Header]) -> Result<(), ChainError> {
+        let Some(u) = &self.unanchored else {
+            return Ok(());
+        };
+        let Some((index, header)) = headers
+            .iter()
+            .enumerate()
+            .find(|(_, h)| h.block_hash() == u.checkpoint.hash)
+        else {
+            return Ok(());
+        };
+        let entry = anchored_entry(&self.rules, &u.checkpoint, header, index)?;
+        if let Some(path) = &u.path {
+            let anchored = Checkpoint {
+                header: Some(*header),
+                ..u.checkpoint
+            };
+            let (store, _) =
+                ChainStore::open(path, self.rules.network, &anchored, entry.chainwork)?;
+            self.store = Some(store);
+        }
+        self.entries[0] = entry;
+        self.unanchored = None;
+        Ok(())
     }
 
     /// Number of headers known, all branches included.
@@ -532,6 +646,7 @@ impl HeaderChain {
                 max: MAX_HEADERS_PER_APPEND,
             });
         }
+        self.anchor(headers)?;
         let start = self.entries.len();
         let new_headers = match self.add_all(headers, now_us) {
             Ok(new) => new,
@@ -617,7 +732,9 @@ impl HeaderChain {
         out
     }
 
-    /// The best chain's tip's cumulative work since the checkpoint.
+    /// The best tip's cumulative work: from genesis when the checkpoint came with the chain's
+    /// work up to it (mainnet's), otherwise counted from the checkpoint's own work (0 while
+    /// the checkpoint waits for its header). Only differences of it mean anything.
     pub fn tip_chainwork(&self) -> u128 {
         self.entries[*self.best.last().expect("best chain is never empty") as usize].chainwork
     }
@@ -639,8 +756,11 @@ impl HeaderChain {
                 hash,
                 reason,
             };
+            // An unanchored checkpoint has no time or bits to check a child against: its
+            // children link to nothing known yet.
             let prev = self
                 .lookup(header.prev_blockhash.as_byte_array())
+                .filter(|&p| p != 0 || self.unanchored.is_none())
                 .ok_or_else(|| {
                     reject(HeaderError::UnknownParent {
                         prev: header.prev_blockhash,
@@ -865,6 +985,108 @@ mod tests {
         weak = grow(&main[99], 10, 61, regtest_bits());
         let out = chain.append(&weak, now, HeaderSource::Untrusted).unwrap();
         assert_eq!((out.added, out.reorg), (10, false));
+    }
+
+    #[test]
+    fn a_hash_only_checkpoint_takes_only_the_header_that_hashes_to_it() {
+        let genesis = ChainNetwork::Regtest.genesis_header();
+        let headers = grow(&genesis, 30, 60, regtest_bits());
+        let now = u64::from(headers[29].time + 10) * 1_000_000;
+        // headers[i] is at height i + 1: the checkpoint is block 10.
+        let cp = Checkpoint::by_hash(10, headers[9].block_hash());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("headers.dat");
+        let mut chain = HeaderChain::open(&path, ChainNetwork::Regtest, cp).unwrap();
+        assert_eq!(chain.checkpoint_header_wanted(), Some(cp.hash));
+        assert_eq!(chain.tip().height, 10);
+
+        // Its children cannot be checked yet: they link to nothing known.
+        let err = chain
+            .append(&headers[10..15], now, HeaderSource::Untrusted)
+            .unwrap_err();
+        assert!(err.is_unconnected_start(), "{err}");
+        // A header claiming the checkpoint's place but not hashing to it (same parent and
+        // fields, another nonce, still valid proof of work) is not taken ...
+        let mut forged = headers[9];
+        loop {
+            forged.nonce = forged.nonce.wrapping_add(1);
+            if forged.target().is_met_by(forged.block_hash()) {
+                break;
+            }
+        }
+        let err = chain
+            .append(&[forged], now, HeaderSource::Operator)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ChainError::Rejected {
+                    reason: HeaderError::UnknownParent { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // ... nor is anything built on it, and nothing was written.
+        assert_eq!(chain.checkpoint_header_wanted(), Some(cp.hash));
+        assert_eq!(chain.len(), 1);
+        assert!(!path.exists());
+
+        // The real header anchors the chain; the rest of its batch follows it.
+        let out = chain
+            .append(&headers[9..20], now, HeaderSource::Untrusted)
+            .unwrap();
+        assert_eq!((out.added, out.tip.height), (10, 20));
+        assert_eq!(chain.checkpoint_header_wanted(), None);
+        assert!(path.exists());
+        drop(chain);
+
+        // The file remembers the header: the chain reopens anchored.
+        let mut chain = HeaderChain::open(&path, ChainNetwork::Regtest, cp).unwrap();
+        assert_eq!(chain.checkpoint_header_wanted(), None);
+        assert_eq!(chain.tip().height, 20);
+        chain
+            .append(&headers[20..], now, HeaderSource::Untrusted)
+            .unwrap();
+        assert_eq!(chain.tip().height, 30);
+        // Another checkpoint does not open that file.
+        drop(chain);
+        let other = Checkpoint::by_hash(11, headers[10].block_hash());
+        assert!(matches!(
+            HeaderChain::open(&path, ChainNetwork::Regtest, other),
+            Err(ChainError::StoreCorrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_checkpoint_header_with_bad_proof_of_work_is_refused() {
+        // A header hashing to the checkpoint is the right one only if its work is real:
+        // one that does not meet its own target is refused even with the matching hash.
+        let genesis = ChainNetwork::Regtest.genesis_header();
+        let mut weak = grow(&genesis, 1, 60, regtest_bits())[0];
+        while Target::from_compact(weak.bits).is_met_by(weak.block_hash()) {
+            weak.nonce = weak.nonce.wrapping_add(1);
+        }
+        let mut chain = HeaderChain::in_memory(
+            ChainNetwork::Regtest,
+            Checkpoint::by_hash(1, weak.block_hash()),
+        )
+        .unwrap();
+        let now = u64::from(weak.time + 10) * 1_000_000;
+        let err = chain
+            .append(&[weak], now, HeaderSource::Operator)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ChainError::Rejected {
+                    reason: HeaderError::BadProofOfWork { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(chain.checkpoint_header_wanted(), Some(weak.block_hash()));
     }
 
     /// Regtest's limits with retargeting switched on.
