@@ -55,7 +55,14 @@ async fn host_env(
     let base = (UID_BASE + n * UIDS_PER_HOST).to_string();
     let count = UIDS_PER_HOST.to_string();
     let xpub = fleet_tpub();
+    // Every host of a fleet signs with the same mint keys: from one seed (the file sits
+    // beside the host's state, as an operator's would).
+    let seed = common::mint_seed_file(dir.path(), 0x5e, 0o600)
+        .display()
+        .to_string();
     let mut args = vec![
+        "--mint-seed-file",
+        &seed,
         "--store",
         &conninfo,
         "--host-id",
