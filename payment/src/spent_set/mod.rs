@@ -11,6 +11,12 @@
 //! ([`SignedOutput`]): a blinded message is signed at most once (a second request for it is
 //! refused, NUT-00 code 11003), and a wallet restoring from its seed can have the
 //! signatures of its outputs again (NUT-09).
+//!
+//! [`SpentSet`] is the synchronous trait of the SQLite sets ([`SqliteSpentSet`], and
+//! [`GroupCommitSpentSet`] which batches claims into one fsync). [`SpentKeyStore`] is the
+//! async trait of the operations every spent set shares, the SQLite ones (through an `Arc`,
+//! on tokio's blocking pool) and the fleet's PostgreSQL one (crate `payment-postgres`)
+//! alike; the `conformance` module (feature `conformance`) is its one test suite.
 
 use thiserror::Error;
 
@@ -112,6 +118,13 @@ pub trait SpentSet: Send + Sync {
     /// The state of each key, in order; `None` for a key never claimed.
     fn states(&self, keys: &[SpendKey]) -> Result<Vec<Option<SpendState>>, SpentSetError>;
 }
+
+#[cfg(feature = "sqlite")]
+mod blocking_store;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod key_store;
+pub use key_store::{SpentKeyStore, SpentKeyStoreError};
 
 #[cfg(feature = "sqlite")]
 mod group_commit;
