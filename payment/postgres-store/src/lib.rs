@@ -124,6 +124,7 @@ mod keysets;
 pub mod migrations;
 mod quotes;
 mod signed_outputs;
+mod spent_key_store;
 mod spent_set;
 mod store;
 #[cfg(feature = "test-cluster")]
