@@ -11,7 +11,8 @@
 //!   `statement_timeout`, a bound on every call, schema migrations applied at
 //!   [`PgStore::connect`], and round-trip/error counters ([`StoreMetrics`]).
 //! - [`PgSpentSet`]: claims (all or none; `Pending` → `Spent` or released; receipts),
-//!   states, and this host's pending claims for reconciliation.
+//!   states, and this host's pending claims for reconciliation; implements
+//!   [`payment::spent_set::SpentKeyStore`] (module `spent_key_store`).
 //! - [`PgKeysets`]: the keyset list (metadata only: see "Keysets" below), the first host's
 //!   registration, rotation in one transaction; [`check_seed`] for a host's seed.
 //! - [`PgSignedOutputs`]: each `B_` with its signature, reserved per host and operation,
@@ -23,15 +24,21 @@
 //!   out, pool exhausted) is never confused with an answer such as "already claimed", so
 //!   that callers fail closed.
 //!
-//! # Why async, beside the synchronous `SpentSet` trait
-//! [`payment::spent_set::SpentSet`] is synchronous: its SQLite implementations do local
-//! disk I/O and coinopd calls them where it holds its ledger. A PostgreSQL call is network
-//! I/O that may wait up to the timeouts; made synchronously on coinopd's tokio worker
-//! threads it would stall every other request on that thread. So this crate offers the
-//! same operations as `async fn`s, with the same semantics and error cases, plus what a
-//! fleet needs and one host does not (the claiming host and operation, reconciliation).
-//! The trait is left as it is (other work changes it concurrently); coinopd chooses the
-//! store once at start-up and calls whichever it has.
+//! # Why async, and the trait it shares with the SQLite set
+//! A PostgreSQL call is network I/O that may wait up to the timeouts; made synchronously on
+//! coinopd's tokio worker threads it would stall every other request on that thread. So
+//! this crate's operations are `async fn`s. The spent set's common ones (claim all or none
+//! with a state, claim with a receipt, `spent_with`, commit/release pending, states) are
+//! [`payment::spent_set::SpentKeyStore`], the async trait the host's SQLite sets implement
+//! too (each call on tokio's blocking pool, since it waits for an fsync): [`PgSpentSet`]
+//! implements it with the trait's `operation` as its operation id, and maps
+//! [`PgStoreError`] onto the trait's error keeping an outage apart from a conflict. One
+//! conformance suite (`payment::spent_set::conformance`) runs against both, the
+//! PostgreSQL one on a real throwaway cluster (`tests/spent_key_store.rs`). The synchronous
+//! [`payment::spent_set::SpentSet`] stays for the SQLite sets' own users (coinopd's ledger
+//! claims inside its own SQLite transactions). What a fleet needs and one host does not
+//! (the claiming host, reconciliation, idempotent repetition of a `Pending` claim by the
+//! same host and operation) stays on [`PgSpentSet`] itself.
 //!
 //! # The two-phase claim, and reconciliation after a crash
 //! A payment is spent in PostgreSQL and the thing it buys (a lease) is recorded in the
@@ -87,11 +94,11 @@
 //! delivered row names its operation (the receipt of inputs and outputs), so the same
 //! request sent to another host after a lost reply is answered with these signatures.
 //!
-//! Why not one trait with a SQLite and a PostgreSQL implementation here, as cdk has: on a
-//! fleet the two are not alternatives but layers. The SQLite spent set (the
-//! [`payment::spent_set::SpentSet`] trait) still records every claim and signature in the
-//! same transaction as what they bought (the lease, the swap), which is what reconciliation
-//! reads; PostgreSQL is in front of it, fencing and reserving across hosts. The keyset list
+//! Both spent sets implement one trait ([`payment::spent_set::SpentKeyStore`]), as cdk's
+//! stores do, but on a fleet coinopd does not choose one of them: they are layers. The
+//! SQLite spent set still records every claim and signature in the same transaction as
+//! what they bought (the lease, the swap), which is what reconciliation reads; PostgreSQL
+//! is in front of it, fencing and reserving across hosts. The keyset list
 //! is the same story: a single host's file ([`payment::credit::keyset_store`]) holds its
 //! seed, the fleet's table never does.
 //!

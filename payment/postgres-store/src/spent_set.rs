@@ -1,7 +1,8 @@
 //! The fleet-wide spent set in PostgreSQL: the semantics of
 //! [`payment::spent_set::SpentSet`] (all-or-none claims, `Pending` → `Spent` or released,
 //! receipts for idempotent retries, states), async, and with every claim naming the host
-//! and the operation it guards; see the crate doc for the two-phase protocol.
+//! and the operation it guards; see the crate doc for the two-phase protocol. Its common
+//! operations are also [`payment::spent_set::SpentKeyStore`] (module `spent_key_store`).
 
 use std::collections::HashSet;
 use std::time::SystemTime;

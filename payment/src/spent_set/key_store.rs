@@ -115,6 +115,13 @@ impl From<SpentSetError> for SpentKeyStoreError {
 /// "Claim these keys atomically or fail if any is taken", async. Every write is durable
 /// when its future yields `Ok`. Claims and settles of no keys are refused
 /// ([`SpentKeyStoreError::NoKeys`]); lookups of no keys answer "none" (`false`, empty).
+///
+/// Implemented by `Arc<S>` for every synchronous [`SpentSet`](super::SpentSet) (the host's
+/// SQLite sets, on tokio's blocking pool) and by `payment_postgres::PgSpentSet` (the
+/// fleet's). They are alternatives on one host only: on a fleet coinopd puts PostgreSQL in
+/// front of the local SQLite set, which still claims the keys in the same transaction as
+/// what they bought and so tells start-up reconciliation what was delivered (see the
+/// module doc).
 pub trait SpentKeyStore: Send + Sync {
     /// Claims every key with `state`, all or none, for `operation` (the lease id or the
     /// request the keys pay for: kept with each key, for operators and reconciliation).
