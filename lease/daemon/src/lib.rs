@@ -17,6 +17,7 @@
 //! | [`scheduler`] | the tick that debits (`payment::metering`), pauses and stops |
 //! | [`supervisor`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, its events (`vmm_protocol`), stop |
 //! | [`golden_snapshot`] | images' golden snapshots: built once per image and shape, leases started by restore |
+//! | `personalisation` | the per-lease line (entropy, clock, host name, address, SSH key) sent to an `agent` image's guest after boot or restore |
 //! | [`isolation`] | the daemon's use of `coinop_host` (jail, cgroups, guest network, slot pool) |
 //! | [`capacity`], [`image_catalogue`], [`metrics`], [`token`], [`clock`], [`fault`] | host capacity, images, `/metrics`, lease ids and tokens, clocks, fault injection for tests |
 //! | [`disk_reserve`], [`log_writer`] | a full disk: room kept for metering and stops, degraded mode; logging that never stops the daemon |
@@ -45,6 +46,7 @@ pub mod ledger;
 pub mod log_writer;
 mod metrics;
 pub mod payment_reorgs;
+mod personalisation;
 mod scheduler;
 pub mod state_dir;
 mod stops_in_flight;
