@@ -1,8 +1,9 @@
 /* mode=personalise[:<ms>]: after `<ms>` of quiet spinning, report whether COM2 (the
  * personalisation port, 0x2f8) already holds data, write 124 to the boot timer ("awaiting
  * personalisation"), read one line from COM2 by polling its LSR, print it on the console as
- * `personalised: <line>` in one go (a snapshot taken while waiting must not split it), then
- * write 123 (ready). The delay lets a test hand the VMM its line before the 124. */
+ * `personalised: <line>` in one go (a snapshot taken while waiting must not split it) and
+ * whether COM2 still holds data, then write 123 (ready). The delay lets a test hand the VMM
+ * its line before the 124. */
 #include "personalise.h"
 #include "serial.h"
 #include "tsc.h"
@@ -41,8 +42,11 @@ void personalise(long delay_ms)
             line[len++] = (char)c;
     }
     line[len] = 0;
+    /* The line is the only input: anything behind its newline is a VMM bug. */
+    int more = inb(COM2_LSR) & LSR_DATA_READY;
     serial_puts("personalised: ");
     serial_puts(line);
-    serial_putc('\n');
+    serial_puts(more ? "\npersonalise: com2 had data after the line\n"
+                     : "\npersonalise: com2 empty after the line\n");
     outb(BOOT_TIMER_PORT, BOOT_TIMER_READY);
 }

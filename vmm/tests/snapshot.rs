@@ -244,6 +244,13 @@ fn unusable_snapshots_are_refused_with_exit_2() {
     std::fs::write(foreign.join("state"), &bytes).expect("write");
     refused(&foreign, &["taken by coinop-vmm"]);
 
+    // A state file of the format before this one (version 1 had no personalisation port).
+    let old_format = copy_snapshot(&good, root.path(), "old-format");
+    let mut bytes = state.clone();
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(old_format.join("state"), &bytes).expect("write");
+    refused(&old_format, &["snapshot format version 1"]);
+
     // Another host: the same state under a header with another host fingerprint.
     let other_host = copy_snapshot(&good, root.path(), "other-host");
     let (header, body) = vmm::snapshot::format::decode(&state).expect("our own file decodes");

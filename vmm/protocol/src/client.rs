@@ -124,6 +124,19 @@ pub async fn set_state(path: &Path, req: Request) -> Result<VmState, ControlErro
     }
 }
 
+/// `personalise`: hands the guest its per-lease line; `Ok` once the VMM has queued it (it
+/// reaches the guest once the guest awaits it: event `awaiting_personalisation`). A bad or
+/// second line is [`ControlError::Refused`].
+pub async fn personalise(path: &Path, line: &str) -> Result<(), ControlError> {
+    let req = Request::Personalise {
+        line: line.to_string(),
+    };
+    match request(path, &req).await? {
+        Reply::Done => Ok(()),
+        other => Err(unexpected(path, &other)),
+    }
+}
+
 fn unexpected(path: &Path, reply: &Reply) -> ControlError {
     ControlError::BadReply {
         path: path.display().to_string(),

@@ -81,6 +81,11 @@ pub struct PersonalisationPort {
     /// Restored from a guest that was awaiting its line: `awaiting_personalisation` is
     /// emitted again once the vCPUs start.
     announce_on_start: bool,
+    /// The vCPUs have started (always, for a cold boot: the guest cannot write 124
+    /// before). A restored port feeds its FIFO only from then on, so that a line that
+    /// arrives early cannot be read by an AP, and reported `personalised`, before
+    /// `vcpus_started` and `awaiting_personalisation` are out.
+    vcpus_running: bool,
     events: Arc<EventSink>,
 }
 
@@ -93,14 +98,15 @@ impl PersonalisationPort {
             seen_124: false,
             line: LineProgress::None,
             announce_on_start: false,
+            vcpus_running: true,
             events,
         }
     }
 
     /// The port as a snapshot recorded it. A guest that had written 124 but not yet been
     /// given its line announces itself again when its vCPUs start (see
-    /// [`PersonalisationPort::vcpus_started`]); one with bytes pending gets them as it
-    /// drains its FIFO, as before the snapshot.
+    /// [`PersonalisationPort::vcpus_started`]); from then on pending bytes (from before the
+    /// snapshot, or a line given since) move into its FIFO as it drains it.
     pub fn restore(
         irq: IrqLine,
         events: Arc<EventSink>,
@@ -109,7 +115,7 @@ impl PersonalisationPort {
     ) -> Result<Self, RestoreError> {
         let uart = Serial::from_state(&state.port.uart(), irq, NoEvents, std::io::sink())
             .map_err(|e| RestoreError(format!("{e:?}")))?;
-        let mut port = PersonalisationPort {
+        Ok(PersonalisationPort {
             uart,
             pending: state.port.backlog.iter().copied().collect(),
             seen_124: state.seen_124,
@@ -117,10 +123,9 @@ impl PersonalisationPort {
             announce_on_start: state.seen_124
                 && state.line == LineProgress::None
                 && !guest_was_ready,
+            vcpus_running: false,
             events,
-        };
-        port.refill();
-        Ok(port)
+        })
     }
 
     /// The state a snapshot records.
@@ -170,10 +175,12 @@ impl PersonalisationPort {
     /// announces that it still waits, so its restore's events carry the same timing fields
     /// as a cold boot.
     pub fn vcpus_started(&mut self) {
+        self.vcpus_running = true;
         if std::mem::take(&mut self.announce_on_start) {
             self.events
                 .emit(|t_us| Event::AwaitingPersonalisation { t_us });
         }
+        self.refill();
     }
 
     /// Accepts `line` (see the module docs for what is refused) and queues it with its
@@ -213,7 +220,7 @@ impl PersonalisationPort {
     /// Moves pending bytes into the FIFO, as many as it takes. Only what the UART accepted
     /// leaves `pending`: in loopback mode (a driver probing the UART) it accepts none.
     fn refill(&mut self) {
-        if !self.seen_124 || self.pending.is_empty() {
+        if !self.seen_124 || !self.vcpus_running || self.pending.is_empty() {
             return;
         }
         let room = self.uart.fifo_capacity().min(self.pending.len());
@@ -329,6 +336,25 @@ mod tests {
     }
 
     #[test]
+    fn a_driver_that_enabled_the_rx_interrupt_gets_it_for_the_line() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let file = tempfile::tempfile().expect("temp file");
+        let events = Arc::new(EventSink::from_file(file, Clock::starting_now()));
+        let mut p = PersonalisationPort::new(IrqLine(irq.try_clone().expect("dup")), events);
+        // IER: received-data interrupt only, as an 8250 driver sets it once ttyS1 is open.
+        p.write(1, 0x01);
+        let _ = irq.read();
+        p.personalise("irq").expect("valid");
+        assert!(irq.read().is_err(), "no interrupt before 124 (EAGAIN)");
+        p.guest_awaits();
+        assert!(
+            irq.read().expect("the line raised IRQ 3's eventfd") > 0,
+            "interrupt on data"
+        );
+        assert_eq!(read_line(&mut p), b"irq\n");
+    }
+
+    #[test]
     fn loopback_probing_loses_no_line_byte() {
         let (mut p, _file) = port();
         p.guest_awaits();
@@ -373,11 +399,12 @@ mod tests {
         let irq = IrqLine(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
         let mut back =
             PersonalisationPort::restore(irq, sink, &waiting.state(), false).expect("valid");
+        back.personalise("mine")
+            .expect("a restored waiting guest takes its line");
+        assert_eq!(back.read(LSR) & 1, 0, "not before its vCPUs run");
         back.vcpus_started();
         back.vcpus_started();
         assert_eq!(events(&file).matches("awaiting_personalisation").count(), 1);
-        back.personalise("mine")
-            .expect("a restored waiting guest takes its line");
         assert_eq!(read_line(&mut back), b"mine\n");
     }
 }

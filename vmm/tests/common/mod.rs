@@ -258,6 +258,11 @@ impl Running {
             .expect("the wait above saw this event")
     }
 
+    /// The events emitted so far, without waiting.
+    pub fn events_so_far(&self) -> Vec<Value> {
+        parse_events(&self.stderr.text())
+    }
+
     pub fn write_stdin(&mut self, bytes: &[u8]) {
         let stdin = self.stdin.as_mut().expect("spawned with_stdin()");
         stdin
