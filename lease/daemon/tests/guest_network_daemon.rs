@@ -459,7 +459,8 @@ async fn personalised_lines(c: &Client, id: &str, token: &str) -> Vec<String> {
 
 /// An `agent` image's leases with a NIC restore from a golden snapshot built with a NIC of
 /// its own: each restored VMM holds the lease's own tap under the lease's MAC, its command
-/// line carries no address, and the guest's personalisation line does.
+/// line carries no address, and the guest's personalisation line does. A corrupt snapshot
+/// gives a cold boot with a NIC again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_images_leases_with_a_nic_restore_each_with_its_own() {
     let Some((vmm, guest)) = root_kvm_or_skip() else {
@@ -539,6 +540,38 @@ async fn an_agent_images_leases_with_a_nic_restore_each_with_its_own() {
     macs.sort();
     macs.dedup();
     assert_eq!(macs.len(), 3, "every lease its own MAC: {macs:?}");
+
+    // A corrupt snapshot: the lease boots cold instead, with a NIC of its own again (the
+    // failed restore released the first) and its address in its line.
+    let snapshot = std::fs::read_dir(&snapshots)
+        .expect("snapshots")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("state").is_file())
+        .expect("the golden snapshot");
+    use std::os::unix::fs::PermissionsExt;
+    let state_file = snapshot.join("state");
+    std::fs::set_permissions(&snapshot, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&state_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut bytes = std::fs::read(&state_file).expect("read state");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&state_file, &bytes).expect("corrupt state");
+    let fallback = create().await;
+    assert_eq!(fallback["boot"]["start"], "cold", "{fallback}");
+    let net = &fallback["network"];
+    let (id, token) = (
+        fallback["lease_id"].as_str().expect("id"),
+        fallback["token"].as_str().expect("token"),
+    );
+    let lines = personalised_lines(&client, id, token).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let ip = format!("ip={}/30", net["guest_ip"].as_str().expect("guest_ip"));
+    assert!(lines[0].split(' ').any(|w| w == ip), "{ip} in {}", lines[0]);
+    let tap = net["tap"].as_str().expect("tap");
+    let (_, args) = holder_of(tap, daemon.child.id()).expect("the cold VMM holds the tap");
+    assert!(!args.contains("--restore"), "{args}");
+    leases.push(fallback);
     for lease in &leases {
         let (id, token) = (
             lease["lease_id"].as_str().expect("id"),

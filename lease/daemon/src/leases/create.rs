@@ -478,8 +478,8 @@ async fn start_guest(
                 match attach_network(s, g.id, g.image, &cmdline).await {
                     Ok((nic, network, _)) => (nic, network),
                     Err(why) => {
+                        // The caller releases the lease's room for the failed boot.
                         tracing::warn!(lease = g.id, error = %why, "no network for the cold boot");
-                        s.capacity().release(g.id);
                         return (Err(e), BootStart::Restore, None);
                     }
                 }
