@@ -88,6 +88,8 @@
 //! may yet be released) but block their `B_`s, so nothing is signed twice in any case. A
 //! delivered row names its operation (the receipt of inputs and outputs), so the same
 //! request sent to another host after a lost reply is answered with these signatures.
+//! A lease refund's change follows steps 2 to 4 (the lease's balance is local, so there is
+//! no input to fence; the local transaction is the refund).
 //!
 //! Why not one trait with a SQLite and a PostgreSQL implementation here, as cdk has: on a
 //! fleet the two are not alternatives but layers. The SQLite spent set (the
@@ -123,9 +125,7 @@
 //! module doc.
 //!
 //! # What is not here yet
-//! A lease refund's change is signed and recorded in the host's own spent set only:
-//! restore finds it on that host, and 11003 for it holds on that host. Retiring a keyset
-//! fleet-wide has no route yet.
+//! Retiring a keyset fleet-wide has no route yet.
 
 mod error;
 mod keysets;
