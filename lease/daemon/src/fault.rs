@@ -16,7 +16,8 @@ pub mod point {
     /// committed the lease.
     pub const FLEET_FENCED: &str = "fleet_fenced";
     /// A swap's or on-chain mint's inputs were fenced and its outputs reserved in the fleet
-    /// store (`--store`); the local spent set has not committed them.
+    /// store (`--store`), or a lease refund's change reserved there; the local spent set
+    /// (or the refund) has not committed them.
     pub const FLEET_OUTPUTS_RESERVED: &str = "fleet_outputs_reserved";
     /// A create's ledger transaction committed; no guest spawned, no reply sent.
     pub const CREATE_COMMITTED: &str = "create_committed";

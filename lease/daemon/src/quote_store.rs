@@ -228,7 +228,8 @@ impl Quotes {
     }
 
     /// Whether this is a fleet NUT-30 quote (locked to a key: never a lease's payment). A
-    /// host's own NUT-30 quotes are also in its ledger, which callers ask first.
+    /// host's NUT-30 quotes from before it joined the fleet are in its ledger only, which
+    /// callers ask too.
     pub fn is_key_locked(&self, quote_id: &str) -> Result<bool, QuotesError> {
         match self.fleet_ready()? {
             None => Ok(false),
