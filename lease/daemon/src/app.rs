@@ -114,9 +114,18 @@ pub struct AppState {
 pub type Shared = Arc<AppState>;
 
 /// The header chain: a new one starts at the network's shipped checkpoint (mainnet:
-/// block 840,000); a chain file an earlier coinopd started at genesis is kept as it is.
-fn open_chain(path: &Path, network: ChainNetwork) -> Result<HeaderChain, StartError> {
-    let shipped = default_checkpoint(network);
+/// block 840,000), or at genesis with `--chain-start genesis`; a chain file an earlier
+/// coinopd started at genesis is kept as it is.
+fn open_chain(
+    path: &Path,
+    network: ChainNetwork,
+    from_genesis: bool,
+) -> Result<HeaderChain, StartError> {
+    let shipped = if from_genesis {
+        Checkpoint::genesis(network)
+    } else {
+        default_checkpoint(network)
+    };
     match HeaderChain::open(path, network, shipped) {
         Err(payment::onchain::ChainError::StoreCorrupt { .. })
             if shipped != Checkpoint::genesis(network) =>
@@ -217,7 +226,11 @@ impl AppState {
             .with_onchain_confirmations(config.mint_min_conf.max(config.min_conf).max(1));
         let watch = Arc::new(PaymentWatch::open(&ledger_path)?);
         let network = config.chain_network();
-        let chain = open_chain(&config.state_dir.join("headers.dat"), network)?;
+        let chain = open_chain(
+            &config.state_dir.join("headers.dat"),
+            network,
+            config.chain_from_genesis,
+        )?;
         let xpub = operator_xpub(&config)?;
         let deriver = AddressDeriver::for_key(&xpub, config.address_type, network)?;
         let policy = IndexPolicy {

@@ -40,6 +40,8 @@ pub enum ConfigError {
     BitcoinPeer(String),
     #[error("--address-type {0:?} is not one of p2wpkh, p2tr, p2sh-p2wpkh")]
     AddressType(String),
+    #[error("--chain-start {0:?} is not one of checkpoint, genesis")]
+    ChainStart(String),
     #[error("--store-password-file {path}: {source}")]
     StorePassword {
         path: PathBuf,
@@ -88,6 +90,13 @@ pub struct Settings {
     /// a SLIP-132 key already names its type (and another one here is an error).
     #[arg(long)]
     pub address_type: Option<String>,
+    /// Where a new header chain starts: `checkpoint` (default: the network's shipped
+    /// checkpoint, e.g. mainnet 840,000, testnet3 2,500,000, signet 160,000; a network
+    /// without one starts at genesis) or `genesis` (every header from block 0, for an
+    /// operator who wants the whole chain checked or feeds old headers). An existing chain
+    /// file keeps the start it was made with.
+    #[arg(long)]
+    pub chain_start: Option<String>,
     /// Confirmations an on-chain lease payment needs (default per network: mainnet 2,
     /// testnet3/testnet4 3, signet 2, regtest 1; a coinbase always needs 100).
     #[arg(long)]
@@ -288,6 +297,8 @@ pub struct Config {
     pub xpub: Option<String>,
     /// `None`: p2wpkh, or the type a SLIP-132 key names.
     pub address_type: Option<AddressKind>,
+    /// `--chain-start genesis`: a new chain starts at block 0, not at the checkpoint.
+    pub chain_from_genesis: bool,
     pub min_conf: u32,
     pub quote_dust_floor: bool,
     pub quote_ttl_s: u64,
@@ -383,6 +394,7 @@ impl Settings {
             network: self.network.or(file.network),
             xpub: self.xpub.or(file.xpub),
             address_type: self.address_type.or(file.address_type),
+            chain_start: self.chain_start.or(file.chain_start),
             min_conf: self.min_conf.or(file.min_conf),
             quote_dust_floor: self.quote_dust_floor.or(file.quote_dust_floor),
             quote_ttl_s: self.quote_ttl_s.or(file.quote_ttl_s),
@@ -482,6 +494,11 @@ impl Settings {
             .address_type
             .map(|t| AddressKind::from_name(&t).ok_or(ConfigError::AddressType(t)))
             .transpose()?;
+        let chain_from_genesis = match self.chain_start.as_deref() {
+            None | Some("checkpoint") => false,
+            Some("genesis") => true,
+            Some(other) => return Err(ConfigError::ChainStart(other.to_string())),
+        };
         let overcommit = self.overcommit.unwrap_or(1.0);
         if !overcommit.is_finite() || overcommit < 1.0 {
             return Err(ConfigError::Overcommit(overcommit));
@@ -539,6 +556,7 @@ impl Settings {
             network,
             xpub: self.xpub,
             address_type,
+            chain_from_genesis,
             min_conf: self
                 .min_conf
                 .unwrap_or_else(|| chain_network(network).default_min_conf()),
@@ -885,6 +903,29 @@ mod tests {
         assert!(matches!(s.resolve(), Err(ConfigError::AddressType(_))));
         let s = Settings::parse_from(["coinopd", "--max-open-quotes", "0"]);
         assert!(matches!(s.resolve(), Err(ConfigError::Zero { .. })));
+    }
+
+    #[test]
+    fn the_chain_starts_at_the_checkpoint_unless_genesis_is_asked() {
+        let start = |v: &[&str]| {
+            let args = [&["coinopd", "--network", "testnet"][..], v].concat();
+            Settings::parse_from(args).resolve()
+        };
+        assert!(!start(&[]).expect("default").chain_from_genesis);
+        assert!(
+            !start(&["--chain-start", "checkpoint"])
+                .expect("checkpoint")
+                .chain_from_genesis
+        );
+        assert!(
+            start(&["--chain-start", "genesis"])
+                .expect("genesis")
+                .chain_from_genesis
+        );
+        assert!(matches!(
+            start(&["--chain-start", "block0"]),
+            Err(ConfigError::ChainStart(v)) if v == "block0"
+        ));
     }
 
     #[test]

@@ -99,6 +99,9 @@ async fn real_testnet3_headers_fit_a_smaller_daemon_limit_found_from_its_413() {
         &[
             "--network",
             "testnet",
+            // These are testnet3's first headers: before its shipped checkpoint.
+            "--chain-start",
+            "genesis",
             "--xpub",
             &tpub,
             "--max-body-bytes",

@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::leases::{credit_payment, testguest_body};
-use common::{Daemon, StateDir, Wallet};
+use common::{mint_seed_file as seed_file, Daemon, StateDir, Wallet};
 use payment::credit::nut_types::{BlindSignature, BlindedMessage, Proof};
 use payment_postgres::test_cluster::TestCluster;
 use serde_json::{json, Value};
@@ -30,14 +29,6 @@ fn cluster(test: &str) -> Option<TestCluster> {
     let pg = TestCluster::start(test).expect("starting the test PostgreSQL")?;
     pg.create_database("fleet").expect("createdb fleet");
     Some(pg)
-}
-
-/// A mint seed file of `byte` repeated, with `mode`, in `dir`.
-fn seed_file(dir: &Path, byte: u8, mode: u32) -> PathBuf {
-    let path = dir.join(format!("mint-seed-{byte:02x}-{mode:o}"));
-    std::fs::write(&path, format!("{}\n", hex::encode([byte; 32]))).expect("seed file");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-    path
 }
 
 /// Host `n`'s arguments: the fleet store, its id and uid range, the seed file.

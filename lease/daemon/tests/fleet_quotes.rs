@@ -55,7 +55,11 @@ async fn host_env(
     let base = (UID_BASE + n * UIDS_PER_HOST).to_string();
     let count = UIDS_PER_HOST.to_string();
     let xpub = fleet_tpub();
-    let seed = mint_seed(dir.path());
+    // Every host of a fleet signs with the same mint keys: from one seed (the file sits
+    // beside the host's state, as an operator's would).
+    let seed = common::mint_seed_file(dir.path(), 0x5e, 0o600)
+        .display()
+        .to_string();
     let mut args = vec![
         "--mint-seed-file",
         &seed,
@@ -568,16 +572,6 @@ async fn a_crash_while_using_another_hosts_quote_loses_and_doubles_nothing() {
         assert_eq!(r.status, 409, "{}", r.text());
     }
     stop_and_wait(&h3, &lease.id, &lease.token).await;
-}
-
-/// The fleet's mint seed, as a host's own copy of the file in `dir`: every host of a fleet
-/// is one mint (a host with another seed refuses to start).
-fn mint_seed(dir: &std::path::Path) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("mint-seed");
-    std::fs::write(&path, format!("{}\n", hex::encode([0x30u8; 32]))).expect("seed file");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    path.display().to_string()
 }
 
 /// A NUT-30 mint body for `quote`: `outputs` signed with `key` (NUT-20).

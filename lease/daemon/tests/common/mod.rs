@@ -488,3 +488,12 @@ pub async fn pay_address(d: &Daemon, address: &str, sat: u64) -> (String, String
     assert_eq!(r.status, 200, "{}", r.text());
     (tx_hex(&tx), proof)
 }
+
+/// A fleet mint seed file (`--mint-seed-file`) of `byte` repeated, with `mode`, in `dir`.
+pub fn mint_seed_file(dir: &Path, byte: u8, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("mint-seed-{byte:02x}-{mode:o}"));
+    std::fs::write(&path, format!("{}\n", hex::encode([byte; 32]))).expect("seed file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    path
+}
