@@ -266,6 +266,7 @@ async fn create_reserved(
         Some(fleet) => {
             let fence = fleet.fence(&credit.keys, "lease", id).await?;
             crate::fault::hit(crate::fault::point::FLEET_FENCED);
+            crate::fault::delay(crate::fault::point::FLEET_FENCED).await;
             Some((fleet.clone(), fence))
         }
         None => None,
