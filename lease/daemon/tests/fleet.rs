@@ -262,26 +262,7 @@ async fn a_store_outage_refuses_money_and_heals_by_itself() {
         started.elapsed()
     );
     // Nothing was accepted on local state alone: the notes are unspent here.
-    let ys: Vec<String> = proofs
-        .iter()
-        .map(|p| {
-            payment::credit::hash_to_curve::secret_to_curve(&p.secret)
-                .expect("a minted secret")
-                .to_string()
-        })
-        .collect();
-    let states = h1
-        .call("POST", "/v1/checkstate", None, Some(json!({"Ys": ys})))
-        .await
-        .json();
-    assert!(
-        states["states"]
-            .as_array()
-            .expect("states")
-            .iter()
-            .all(|s| s["state"] == "UNSPENT"),
-        "{states}"
-    );
+    h1.assert_unspent(&proofs).await;
     // The host answers everything else; a running guest runs on and is metered.
     assert_eq!(h1.call("GET", "/v1/host", None, None).await.status, 200);
     if let Some(lease) = &lease {

@@ -78,18 +78,6 @@ fn amounts(proofs: &[Proof]) -> Vec<u64> {
     proofs.iter().map(|p| p.amount).collect()
 }
 
-/// The proofs' Ys as NUT-07 asks for them.
-fn ys(proofs: &[Proof]) -> Vec<String> {
-    proofs
-        .iter()
-        .map(|p| {
-            payment::credit::hash_to_curve::secret_to_curve(&p.secret)
-                .expect("a minted secret")
-                .to_string()
-        })
-        .collect()
-}
-
 /// Credit minted on host 1 swaps on host 2 (the same swap sent again to host 3 gets the
 /// same signatures), host 1 restores host 2's signatures, outputs signed on host 2 are
 /// 11003 on host 1 and spend nothing there, and the notes pay a lease on host 3.
@@ -155,23 +143,7 @@ async fn three_hosts_with_one_mint_seed_are_one_mint() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(cashu_code(&r), OUTPUT_SIGNED, "{}", r.text());
     for h in [&h1, &h2, &h3] {
-        let states = h
-            .call(
-                "POST",
-                "/v1/checkstate",
-                None,
-                Some(json!({"Ys": ys(&fresh)})),
-            )
-            .await
-            .json();
-        assert!(
-            states["states"]
-                .as_array()
-                .expect("states")
-                .iter()
-                .all(|s| s["state"] == "UNSPENT"),
-            "{states}"
-        );
+        h.assert_unspent(&fresh).await;
     }
     // The same fresh credit onto new outputs is fine, on host 3.
     let r = h3
@@ -628,23 +600,7 @@ async fn the_same_output_sent_to_three_hosts_at_once_is_signed_once() {
     assert_eq!(wins.iter().sum::<u32>(), ROUNDS as u32);
     // The refused requests spent nothing: their inputs are unspent on every host.
     assert_eq!(unspent.len(), 2 * ROUNDS as usize);
-    let states = hosts[1]
-        .call(
-            "POST",
-            "/v1/checkstate",
-            None,
-            Some(json!({"Ys": ys(&unspent)})),
-        )
-        .await
-        .json();
-    assert!(
-        states["states"]
-            .as_array()
-            .expect("states")
-            .iter()
-            .all(|s| s["state"] == "UNSPENT"),
-        "{states}"
-    );
+    hosts[1].assert_unspent(&unspent).await;
 }
 
 /// A lease refund's change is the fleet's: a lease paid with credit on host 1 and stopped
