@@ -14,6 +14,7 @@
 #                             LAB_ATTEMPTS=N runs when L1 wedges (default 3, see watch_l1)
 #                             LAB_VERBOSE=1 also logs one L2 boot's full kernel console
 #                             LAB_ONLY=virtio runs only the virtio step (disks, NIC)
+#                             LAB_ONLY=restore runs only the snapshot/restore step
 #                             LAB_ROOTFS=0 skips images/rootfs, the SSH login check and
 #                             the coinopd lease step (it leases that image)
 set -euo pipefail

@@ -136,6 +136,7 @@ main() {
   install -m 0755 "$here/l1-init" "$root/init"
   install -m 0644 "$here/l1-virtio" "$root/lib/l1-virtio"
   install -m 0644 "$here/l1-coinopd" "$root/lib/l1-coinopd"
+  install -m 0644 "$here/l1-restore" "$root/lib/l1-restore"
   gcc -static -O2 -Wall -Wextra -Werror -o "$root/bin/boottime" "$here/boottime.c"
   copy_with_libs "$root" "$(readlink -f "$vmm")"
   [ "$(readlink -f "$vmm")" = /usr/bin/coinop-vmm ] || mv "$root$(readlink -f "$vmm")" "$root/usr/bin/coinop-vmm"

@@ -135,9 +135,11 @@ pub struct Settings {
     /// vCPU overcommit factor (memory is never overcommitted).
     #[arg(long)]
     pub overcommit: Option<f64>,
-    /// Image: NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,snapshot][,cmdline=STR] (repeatable;
-    /// cmdline takes the rest). rootfs= is the guest's root disk, copy-on-write per lease;
-    /// snapshot starts its leases from a golden snapshot of the booted image.
+    /// Image: NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,snapshot][,agent][,cmdline=STR]
+    /// (repeatable; cmdline takes the rest). rootfs= is the guest's root disk, copy-on-write
+    /// per lease; snapshot starts its leases from a golden snapshot of the booted image;
+    /// agent: the guest runs the personalisation agent (images/rootfs/PERSONALISE.md) and
+    /// gets its lease's address, SSH key, host name, clock and entropy through it.
     #[arg(long = "image")]
     #[serde(default)]
     pub images: Vec<String>,
@@ -517,6 +519,7 @@ impl Settings {
             rootfs: None,
             cmdline: "mode=echo".into(),
             snapshot: false,
+            agent: false,
         });
         for text in &self.images {
             images.insert(ImageSpec::parse(text)?);

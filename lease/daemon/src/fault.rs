@@ -2,6 +2,10 @@
 //! (`POINT` or `POINT:N` for its N-th pass, counted from 1), coinopd aborts the whole process
 //! there, as `kill -9` would at that instant: no destructors, no flush, no reply. Unset (the
 //! normal case) a point costs one relaxed atomic load.
+//!
+//! `COINOPD_FAULT_DELAY=POINT:MS` instead makes a request wait `MS` ms at the points that
+//! [`delay`] marks (every pass), so that a test can drop its connection there: what a
+//! client that goes away mid-request leaves behind.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -12,7 +16,8 @@ pub mod point {
     /// committed the lease.
     pub const FLEET_FENCED: &str = "fleet_fenced";
     /// A swap's or on-chain mint's inputs were fenced and its outputs reserved in the fleet
-    /// store (`--store`); the local spent set has not committed them.
+    /// store (`--store`), or a lease refund's change reserved there; the local spent set
+    /// (or the refund) has not committed them.
     pub const FLEET_OUTPUTS_RESERVED: &str = "fleet_outputs_reserved";
     /// A create's ledger transaction committed; no guest spawned, no reply sent.
     pub const CREATE_COMMITTED: &str = "create_committed";
@@ -83,5 +88,27 @@ pub fn hit(name: &str) {
     if pass == a.nth {
         crate::log_writer::say(&format!("coinopd: {ENV}={name}:{pass}: aborting here"));
         std::process::abort();
+    }
+}
+
+/// The environment variable naming a point to wait at, and for how long.
+pub const DELAY_ENV: &str = "COINOPD_FAULT_DELAY";
+
+/// Waits at `name` if `COINOPD_FAULT_DELAY` names it (see the module doc); else returns at
+/// once.
+pub async fn delay(name: &str) {
+    static DELAY: OnceLock<Option<(String, std::time::Duration)>> = OnceLock::new();
+    let armed = DELAY.get_or_init(|| {
+        let spec = std::env::var(DELAY_ENV).ok()?;
+        let (point, ms) = spec.split_once(':')?;
+        Some((
+            point.to_string(),
+            std::time::Duration::from_millis(ms.parse().ok()?),
+        ))
+    });
+    if let Some((point, wait)) = armed {
+        if point == name {
+            tokio::time::sleep(*wait).await;
+        }
     }
 }

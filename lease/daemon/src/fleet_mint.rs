@@ -18,11 +18,13 @@
 //! redeeming, so no note is lost.
 //!
 //! # Signed outputs
-//! Every mint and swap reserves its outputs' `B_`s, with the signatures, in the store
-//! (pending, under this host and the operation) after fencing its inputs and before its
-//! local commit, and settles them after: delivered if the local spent set recorded the
-//! signatures (they commit in the same SQLite transaction as the claim that paid for them),
-//! else released. A crash in between leaves them pending; [`FleetMint::start`] settles
+//! Every mint, swap and lease refund's change reserves its outputs' `B_`s, with the
+//! signatures, in the store (pending, under this host and the operation) after fencing its
+//! inputs and before its local commit, and settles them after: delivered if the local spent
+//! set recorded the signatures (they commit in the same SQLite transaction as the claim
+//! that paid for them, or as the refund), else released. (NUT-30 mints record theirs
+//! delivered with the quote's balance in one store transaction instead:
+//! `crate::http::fleet_nut30`.) A crash in between leaves them pending; [`FleetMint::start`] settles
 //! them by the same rule before money requests are served. So a `B_` signed on one host is
 //! refused on every other (11003), NUT-09 restore on any host returns what any host
 //! delivered, and the same request retried on another host gets the same signatures.
@@ -457,7 +459,7 @@ impl FleetMint {
 
     /// NUT-09 restore's records: for each `B_`, what the fleet delivered, else what this
     /// host's own spent set recorded (signatures it made that the fleet store does not
-    /// keep: from before it joined the fleet, and lease refunds' change).
+    /// keep: from before it joined the fleet).
     pub async fn restore_records(
         &self,
         spent: &Arc<dyn SpentSet>,

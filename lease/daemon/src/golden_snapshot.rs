@@ -3,18 +3,23 @@
 //! later leases of that image by `coinop-vmm --restore` instead of a cold boot.
 //!
 //! **When.** On first use: the first lease of an image (with the image's own command line,
-//! no NIC, and a given vCPU count and memory size) cold-boots as always, and a build of
-//! the snapshot for that shape starts beside it; leases created once it is written start by
-//! restore. Building at start-up would delay the daemon by a boot per image and shape, and
+//! and a given vCPU count, memory size and NIC or none) cold-boots as always, and a build
+//! of the snapshot for that shape starts beside it; leases created once it is written start
+//! by restore. Leases with a NIC have one only for `agent` images: any other image's guest
+//! gets its address on the command line, so its leases never share one. Building at start-up would delay the daemon by a boot per image and shape, and
 //! the shapes tenants buy are only known on use.
 //!
 //! **The build.** A VMM like a lease's (jailed under an id `golden-<key>` with its own uid
 //! and cgroup, through [`Supervisor::boot`]) but recorded nowhere in the ledger: nobody pays
 //! for it and the scheduler ignores its end. coinopd waits for the guest's ready point and
-//! sends `{"cmd":"snapshot","dir":...,"exit":true}`. The ready point is today the guest's
-//! `guest_ready` event (the test guest writes the boot-timer port once it runs; an image's
-//! agent in images/rootfs will write it after init and before any per-lease state, #17 item
-//! 3). The VMM writes into a staging directory it owns (bound writable into its jail); once
+//! sends `{"cmd":"snapshot","dir":...,"exit":true}`. The ready point is the guest's
+//! `guest_ready` event, or for an `agent` image its `awaiting_personalisation`: the agent
+//! (images/rootfs/PERSONALISE.md) asks for its lease's data after init and before any
+//! per-lease state, so the snapshot holds nothing of any lease; every lease restored from
+//! it gets its own entropy, address, keys and name through [`crate::personalisation`]. A
+//! shape with a NIC is built with a NIC of its own (a tap and address claimed for the
+//! build, released when its VMM exits), so the snapshot's devices match the leases'; the
+//! guest brings no interface up before it is personalised. The VMM writes into a staging directory it owns (bound writable into its jail); once
 //! it has exited, coinopd gives the files to root, read-only (0444, directory 0555), and
 //! renames the staging directory into place: jailed VMMs of later leases get the two files
 //! bound read-only and map the memory copy-on-write, and none can change them.
@@ -47,7 +52,9 @@ use vmm_protocol::Request;
 
 use crate::app::Shared;
 use crate::image_catalogue::ImageSpec;
-use crate::supervisor::{jailed_snapshot_dir, BootRequest, GuestPaths, SnapshotUse};
+use crate::supervisor::{
+    jailed_snapshot_dir, BootRequest, GuestPaths, Nic, ReadyPoint, SnapshotUse,
+};
 use crate::vmm_process::VmmProcess;
 
 /// Bumped when what the key covers changes.
@@ -73,6 +80,9 @@ pub enum GoldenError {
     /// The VMM did not exit after writing it.
     #[error("the snapshotting VMM did not exit within {EXIT_WAIT:?}")]
     NoExit,
+    /// The build's NIC could not be set up.
+    #[error("a NIC for the build: {0}")]
+    Network(String),
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> GoldenError + '_ {
@@ -88,12 +98,15 @@ pub struct Shape {
     pub image: ImageSpec,
     pub vcpus: u32,
     pub mem_mib: u64,
+    /// The guest has a NIC (a restore must attach the same devices).
+    pub nic: bool,
 }
 
 impl Shape {
     /// The directory-name prefix of this shape's snapshots (all keys).
     fn prefix(&self) -> String {
-        format!("{}c{}m-", self.vcpus, self.mem_mib)
+        let nic = if self.nic { "n" } else { "" };
+        format!("{}c{}m{nic}-", self.vcpus, self.mem_mib)
     }
 }
 
@@ -141,6 +154,7 @@ impl GoldenSnapshots {
         field(image.cmdline.as_bytes());
         field(&shape.vcpus.to_le_bytes());
         field(&shape.mem_mib.to_le_bytes());
+        field(&[u8::from(shape.nic), u8::from(image.agent)]);
         let hash = sha256::Hash::from_engine(engine);
         Ok(hex::encode(&hash.to_byte_array()[..16]))
     }
@@ -219,6 +233,25 @@ impl GoldenSnapshots {
         let supervisor = &s.supervisor;
         let id = format!("golden-{}", &key[..12]);
         let paths = GuestPaths::for_lease(&s.config.run_dir(), &id);
+        let nic = if shape.nic {
+            let isolation = std::sync::Arc::clone(supervisor.isolation());
+            let owner = id.clone();
+            let attached = tokio::task::spawn_blocking(move || isolation.attach_network(&owner))
+                .await
+                .map_err(|e| GoldenError::Network(format!("worker: {e}")))?
+                .map_err(|e| GoldenError::Network(e.to_string()))?;
+            let (tap, info) = attached.ok_or_else(|| {
+                GoldenError::Network("guest networking is off on this host".into())
+            })?;
+            Some(Nic { tap, mac: info.mac })
+        } else {
+            None
+        };
+        let ready_at = if shape.image.agent {
+            ReadyPoint::AwaitingPersonalisation
+        } else {
+            ReadyPoint::GuestReady
+        };
         let booted = supervisor
             .boot(BootRequest {
                 lease_id: &id,
@@ -232,8 +265,11 @@ impl GoldenSnapshots {
                 figures: coinop_proto::BootFigures::default(),
                 timeout_ms: s.config.boot_timeout_ms,
                 slot: None,
-                nic: None,
+                nic,
                 snapshot: SnapshotUse::WriteInto(staging.to_path_buf()),
+                // Nothing of any lease goes into a golden snapshot.
+                personalise: None,
+                ready_at,
             })
             .await?;
         let dir = if supervisor.isolation().jail.is_some() {
@@ -359,9 +395,11 @@ mod tests {
                 rootfs: None,
                 cmdline: cmdline.into(),
                 snapshot: true,
+                agent: false,
             },
             vcpus: 1,
             mem_mib: 64,
+            nic: false,
         }
     }
 
@@ -385,6 +423,11 @@ mod tests {
             ..a.clone()
         };
         assert_ne!(k1, g.key(&wider).expect("key"));
+        let networked = Shape {
+            nic: true,
+            ..a.clone()
+        };
+        assert_ne!(k1, g.key(&networked).expect("key"));
         // A replaced kernel (new inode) is another kernel even with the same bytes.
         let new = dir.path().join("k.new");
         std::fs::write(&new, b"kernel").expect("write");

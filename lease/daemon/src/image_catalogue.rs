@@ -11,6 +11,14 @@
 //! `snapshot` opts the image into golden snapshots ([`crate::golden_snapshot`]): its leases
 //! with the image's own command line and no NIC start by restoring a snapshot of the
 //! booted image instead of booting it.
+//!
+//! `agent` says the image's guest runs the guest agent of images/rootfs/PERSONALISE.md
+//! ([`crate::personalisation`]): its leases get their per-lease data (address, MAC, SSH key,
+//! host name, clock, entropy) through the personalisation port after boot or restore, never
+//! on the kernel command line, and its golden snapshot is taken when the guest asks to be
+//! personalised (before any per-lease state). The image's command line gets
+//! `8250.nr_uarts=2 coinop.personalise=1` appended when it lacks them. With `snapshot`,
+//! leases with a NIC restore too.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,14 +26,16 @@ use std::path::PathBuf;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::personalisation::agent_cmdline;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ImageError {
     #[error(
-        "--image {0:?}: expected NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,snapshot][,cmdline=STR]"
+        "--image {0:?}: expected NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,snapshot][,agent][,cmdline=STR]"
     )]
     Shape(String),
     #[error(
-        "--image {text:?}: unknown option {option:?} (initrd=, rootfs=, snapshot or cmdline=)"
+        "--image {text:?}: unknown option {option:?} (initrd=, rootfs=, snapshot, agent or cmdline=)"
     )]
     Option { text: String, option: String },
     #[error("--image {0:?}: the name must be 1-64 characters of [A-Za-z0-9._-]")]
@@ -45,11 +55,16 @@ pub struct ImageSpec {
     /// Leases start from a golden snapshot of the booted image when they can.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub snapshot: bool,
+    /// The guest runs the personalisation agent: per-lease data goes through the
+    /// personalisation port, not the command line.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub agent: bool,
 }
 
 impl ImageSpec {
-    /// Parses `NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,snapshot][,cmdline=STR]`. `cmdline=` swallows the rest of the
-    /// text, commas included, because kernel command lines may contain commas.
+    /// Parses `NAME=KERNEL[,initrd=PATH][,rootfs=PATH][,snapshot][,agent][,cmdline=STR]`.
+    /// `cmdline=` swallows the rest of the text, commas included, because kernel command
+    /// lines may contain commas.
     pub fn parse(text: &str) -> Result<Self, ImageError> {
         let (name, rest) = text
             .split_once('=')
@@ -64,10 +79,14 @@ impl ImageSpec {
         let mut parts = head.split(',');
         let kernel = parts.next().filter(|k| !k.is_empty());
         let kernel = kernel.ok_or_else(|| ImageError::Shape(text.to_string()))?;
-        let (mut initrd, mut rootfs, mut snapshot) = (None, None, false);
+        let (mut initrd, mut rootfs, mut snapshot, mut agent) = (None, None, false, false);
         for part in parts {
             if part == "snapshot" {
                 snapshot = true;
+                continue;
+            }
+            if part == "agent" {
+                agent = true;
                 continue;
             }
             match part.split_once('=') {
@@ -86,8 +105,14 @@ impl ImageSpec {
             kernel: PathBuf::from(kernel),
             initrd,
             rootfs,
-            cmdline: cmdline.unwrap_or_default(),
+            cmdline: match cmdline {
+                Some(c) if agent => agent_cmdline(&c),
+                Some(c) => c,
+                None if agent => agent_cmdline(""),
+                None => String::new(),
+            },
             snapshot,
+            agent,
         })
     }
 }
@@ -142,7 +167,15 @@ mod tests {
         assert!(!r.snapshot);
         let g = ImageSpec::parse("tg=/k/tg.elf,snapshot,cmdline=mode=count").expect("valid image");
         assert!(g.snapshot);
+        assert!(!g.agent);
         assert_eq!(g.cmdline, "mode=count");
+        let a = ImageSpec::parse("srv=/k/bz,rootfs=/r,snapshot,agent,cmdline=root=/dev/vda")
+            .expect("valid image");
+        assert!(a.snapshot && a.agent);
+        assert_eq!(
+            a.cmdline,
+            "root=/dev/vda 8250.nr_uarts=2 coinop.personalise=1"
+        );
     }
 
     #[test]

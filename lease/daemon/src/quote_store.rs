@@ -41,7 +41,9 @@ use std::sync::Arc;
 use bitcoin::ScriptBuf;
 use payment::onchain::{PaymentWatch, Quote, QuoteBook, QuoteError, SeenOutput};
 use payment::spent_set::{GroupCommitSpentSet, SpendKey, SpendState, SpentSet};
-use payment_postgres::{PgQuoteBook, PgQuoteError, PgSpentSet, QuotePurpose, SeenPayment};
+use payment_postgres::{
+    PgNut30Quotes, PgQuoteBook, PgQuoteError, PgSpentSet, QuotePurpose, SeenPayment,
+};
 use thiserror::Error;
 
 use crate::fleet::{Fleet, FleetError};
@@ -96,6 +98,7 @@ impl QuotesError {
 struct FleetQuotes {
     book: PgQuoteBook,
     spent: PgSpentSet,
+    nut30: PgNut30Quotes,
     fleet: Arc<Fleet>,
 }
 
@@ -159,6 +162,7 @@ impl Quotes {
             local,
             fleet: Some(FleetQuotes {
                 spent: PgSpentSet::new(fleet.store().clone()),
+                nut30: PgNut30Quotes::new(fleet.store().clone()),
                 book,
                 fleet,
             }),
@@ -175,6 +179,12 @@ impl Quotes {
             )
             .into()),
         }
+    }
+
+    /// The fleet's NUT-30 quote balances (`None` on a single host), once this host's
+    /// start-up check against the store is done.
+    pub fn fleet_nut30(&self) -> Result<Option<PgNut30Quotes>, QuotesError> {
+        Ok(self.fleet_ready()?.map(|f| f.nut30.clone()))
     }
 
     /// Issues a quote at the chain's tip (see `payment::onchain::quote_book` for reuse and
@@ -218,7 +228,8 @@ impl Quotes {
     }
 
     /// Whether this is a fleet NUT-30 quote (locked to a key: never a lease's payment). A
-    /// host's own NUT-30 quotes are also in its ledger, which callers ask first.
+    /// host's NUT-30 quotes from before it joined the fleet are in its ledger only, which
+    /// callers ask too.
     pub fn is_key_locked(&self, quote_id: &str) -> Result<bool, QuotesError> {
         match self.fleet_ready()? {
             None => Ok(false),

@@ -21,6 +21,7 @@ use crate::clock::monotonic_us;
 use crate::image_catalogue::ImageSpec;
 use crate::isolation::Isolation;
 use crate::ledger::Ledger;
+use crate::personalisation::Personalisation;
 use crate::state_dir::private_file;
 use crate::vmm_process::VmmProcess;
 use coinop_host::cgroup::{CgroupSlot, Limits};
@@ -58,6 +59,8 @@ pub enum BootError {
     Timeout(u64),
     #[error("guest root disk overlay: {0}")]
     Overlay(std::io::Error),
+    #[error("sending the guest its personalisation: {0}")]
+    Personalise(vmm_protocol::client::ControlError),
 }
 
 /// The lease's NIC: its tap, attached, and the guest's MAC.
@@ -69,7 +72,7 @@ pub struct Nic {
 
 impl Nic {
     /// Another handle on the same tap.
-    fn try_clone(&self) -> std::io::Result<Nic> {
+    pub fn try_clone(&self) -> std::io::Result<Nic> {
         Ok(Nic {
             tap: self.tap.try_clone()?,
             mac: self.mac.clone(),
@@ -131,6 +134,22 @@ pub struct BootRequest<'a> {
     pub nic: Option<Nic>,
     /// A golden snapshot to start from, or to be written by this VMM.
     pub snapshot: SnapshotUse,
+    /// For a guest agent (an `agent` image): the line is sent when the guest asks for it
+    /// (`awaiting_personalisation`), the entropy and time made then.
+    pub personalise: Option<Personalisation>,
+    /// The event the boot waits for.
+    pub ready_at: ReadyPoint,
+}
+
+/// The event at which a boot counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadyPoint {
+    /// `guest_ready`: the guest is up (a lease's boot).
+    #[default]
+    GuestReady,
+    /// `awaiting_personalisation`: an agent guest's init is done and it holds no per-lease
+    /// state yet (a golden snapshot's build).
+    AwaitingPersonalisation,
 }
 
 /// What a VMM has to do with a golden snapshot ([`crate::golden_snapshot`]).
@@ -365,7 +384,8 @@ impl Supervisor {
         &self.isolation
     }
 
-    /// Starts the VMM and waits for `guest_ready`. On any failure the VMM is killed and its
+    /// Starts the VMM and waits for `guest_ready` (or `req.ready_at`), sending an agent
+    /// guest its personalisation when it asks. On any failure the VMM is killed and its
     /// jail, cgroup, network and root-disk overlay removed.
     pub async fn boot(&self, mut req: BootRequest<'_>) -> Result<Booted, BootError> {
         // No slot is built for the pool while this boot runs (it would compete for CPU,
@@ -469,7 +489,7 @@ impl Supervisor {
         let offset = start_us.saturating_sub(req.arrival_us);
         let outcome = tokio::time::timeout(
             Duration::from_millis(req.timeout_ms),
-            wait_ready(&mut lines, req.lease_id, offset),
+            wait_ready(&mut lines, &req, offset),
         )
         .await;
         let (vcpus_started_us, guest_ready_us) = match outcome {
@@ -880,12 +900,15 @@ impl Supervisor {
     }
 }
 
-/// Reads events until `guest_ready` (µs from arrival of `vcpus_started` and `guest_ready`).
+/// Reads events until `guest_ready` or whatever `req.ready_at` names (µs from arrival of
+/// `vcpus_started` and of that event), answering `awaiting_personalisation` with the
+/// request's personalisation line.
 async fn wait_ready(
     lines: &mut EventLines,
-    lease_id: &str,
+    req: &BootRequest<'_>,
     offset: u64,
 ) -> Result<(Option<u64>, u64), BootError> {
+    let lease_id = req.lease_id;
     let mut vcpus_started = None;
     loop {
         let line = lines.next_line().await.map_err(pipe_err)?;
@@ -902,6 +925,24 @@ async fn wait_ready(
         match ev {
             Event::VcpusStarted { t_us, .. } => vcpus_started = Some(offset + t_us),
             Event::GuestReady { t_us } => return Ok((vcpus_started, offset + t_us)),
+            Event::AwaitingPersonalisation { t_us } => {
+                if req.ready_at == ReadyPoint::AwaitingPersonalisation {
+                    return Ok((vcpus_started, offset + t_us));
+                }
+                if let Some(p) = &req.personalise {
+                    let request = vmm_protocol::Request::Personalise { line: p.line() };
+                    vmm_protocol::client::request(&req.paths.control, &request)
+                        .await
+                        .map_err(BootError::Personalise)?;
+                    tracing::debug!(lease = lease_id, "personalisation sent");
+                } else {
+                    tracing::warn!(
+                        lease = lease_id,
+                        "the guest asks for a personalisation but its image is not declared \
+                         agent: it will not get one"
+                    );
+                }
+            }
             Event::Exit { reason, code, .. } => {
                 return Err(BootError::Exited {
                     reason: reason.as_str().to_string(),
@@ -911,7 +952,6 @@ async fn wait_ready(
             Event::VmCreated { .. }
             | Event::Restored { .. }
             | Event::Warning { .. }
-            | Event::AwaitingPersonalisation { .. }
             | Event::Personalised { .. } => {}
         }
     }

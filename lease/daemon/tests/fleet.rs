@@ -262,26 +262,7 @@ async fn a_store_outage_refuses_money_and_heals_by_itself() {
         started.elapsed()
     );
     // Nothing was accepted on local state alone: the notes are unspent here.
-    let ys: Vec<String> = proofs
-        .iter()
-        .map(|p| {
-            payment::credit::hash_to_curve::secret_to_curve(&p.secret)
-                .expect("a minted secret")
-                .to_string()
-        })
-        .collect();
-    let states = h1
-        .call("POST", "/v1/checkstate", None, Some(json!({"Ys": ys})))
-        .await
-        .json();
-    assert!(
-        states["states"]
-            .as_array()
-            .expect("states")
-            .iter()
-            .all(|s| s["state"] == "UNSPENT"),
-        "{states}"
-    );
+    h1.assert_unspent(&proofs).await;
     // The host answers everything else; a running guest runs on and is metered.
     assert_eq!(h1.call("GET", "/v1/host", None, None).await.status, 200);
     if let Some(lease) = &lease {
@@ -343,4 +324,73 @@ async fn a_store_outage_refuses_money_and_heals_by_itself() {
     .await;
     let (r, _) = swap(&h1, &wallet, &fresh_notes).await;
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// A create whose client drops its connection after the payment was fenced in the store
+/// (the host made to wait there): the create still runs to its end (the lease is
+/// committed, the fence settled spent: the proofs are 11001 on another host, not held
+/// pending), and the same request again, with its recovery key, gets the lease back. Two
+/// guards keep the flow going: the server's HTTP/1 half-close (a request whose client
+/// closed is still served) and the create running as its own task; with neither, this
+/// fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_client_leaves_after_the_fence_is_finished_and_recovered() {
+    use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
+    let Some(pg) =
+        cluster("a_create_whose_client_leaves_after_the_fence_is_finished_and_recovered")
+    else {
+        return;
+    };
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let dirs = [StateDir::new(), StateDir::new()];
+    let h1 = host(
+        &pg,
+        &dirs[0],
+        1,
+        &[("COINOPD_FAULT_DELAY", "fleet_fenced:1500")],
+    )
+    .await;
+    share_mint_keys(&dirs[0], &dirs[1]);
+    let h2 = host(&pg, &dirs[1], 2, &[]).await;
+    let wallet = Wallet::new(&h2).await;
+    let proofs = h1.mint_credit(300).await;
+    let mut key = [0u8; 32];
+    OsRng.fill_bytes(&mut key);
+    let mut body = testguest_body("mode=echo", credit_payment(&proofs));
+    body["recovery_key"] = json!(hex::encode(key));
+
+    let cut = tokio::time::timeout(
+        Duration::from_millis(300),
+        h1.call("POST", "/v1/leases", None, Some(body.clone())),
+    )
+    .await;
+    assert!(cut.is_err(), "the client left before the answer");
+    // Without its client the create goes on: its lease is committed and boots.
+    common::wait_for(
+        async || {
+            let leases = h1.call("GET", "/v1/leases", None, None).await.json();
+            leases["leases"][0]["state"] == "running"
+        },
+        "the abandoned create's lease running",
+    )
+    .await;
+    // The fence was settled spent, not left pending until a restart.
+    let (r, _) = swap(&h2, &wallet, &proofs).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(cashu_code(&r), SPENT, "{}", r.text());
+    // The same request again: the lease, recovered with a fresh token.
+    let r = h1.call("POST", "/v1/leases", None, Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let listed = h1.call("GET", "/v1/leases", None, None).await.json();
+    assert_eq!(
+        listed["leases"].as_array().map_or(0, Vec::len),
+        1,
+        "{listed}"
+    );
+    assert_eq!(r.json()["lease_id"], listed["leases"][0]["lease_id"]);
+    let token = r.json()["token"].as_str().expect("token").to_string();
+    let id = r.json()["lease_id"].as_str().expect("lease_id").to_string();
+    h1.stop_lease(&id, &token).await;
 }

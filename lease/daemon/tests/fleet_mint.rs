@@ -78,18 +78,6 @@ fn amounts(proofs: &[Proof]) -> Vec<u64> {
     proofs.iter().map(|p| p.amount).collect()
 }
 
-/// The proofs' Ys as NUT-07 asks for them.
-fn ys(proofs: &[Proof]) -> Vec<String> {
-    proofs
-        .iter()
-        .map(|p| {
-            payment::credit::hash_to_curve::secret_to_curve(&p.secret)
-                .expect("a minted secret")
-                .to_string()
-        })
-        .collect()
-}
-
 /// Credit minted on host 1 swaps on host 2 (the same swap sent again to host 3 gets the
 /// same signatures), host 1 restores host 2's signatures, outputs signed on host 2 are
 /// 11003 on host 1 and spend nothing there, and the notes pay a lease on host 3.
@@ -155,23 +143,7 @@ async fn three_hosts_with_one_mint_seed_are_one_mint() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(cashu_code(&r), OUTPUT_SIGNED, "{}", r.text());
     for h in [&h1, &h2, &h3] {
-        let states = h
-            .call(
-                "POST",
-                "/v1/checkstate",
-                None,
-                Some(json!({"Ys": ys(&fresh)})),
-            )
-            .await
-            .json();
-        assert!(
-            states["states"]
-                .as_array()
-                .expect("states")
-                .iter()
-                .all(|s| s["state"] == "UNSPENT"),
-            "{states}"
-        );
+        h.assert_unspent(&fresh).await;
     }
     // The same fresh credit onto new outputs is fine, on host 3.
     let r = h3
@@ -628,21 +600,213 @@ async fn the_same_output_sent_to_three_hosts_at_once_is_signed_once() {
     assert_eq!(wins.iter().sum::<u32>(), ROUNDS as u32);
     // The refused requests spent nothing: their inputs are unspent on every host.
     assert_eq!(unspent.len(), 2 * ROUNDS as usize);
-    let states = hosts[1]
+    hosts[1].assert_unspent(&unspent).await;
+}
+
+/// A lease refund's change is the fleet's: a lease paid with credit on host 1 and stopped
+/// there with outputs (the change signed by host 1) is restored by NUT-09 on host 2, its
+/// outputs are 11003 for a swap on host 2, and the change notes swap on host 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refunds_change_is_restored_and_refused_again_on_another_host() {
+    let Some(pg) = cluster("a_refunds_change_is_restored_and_refused_again_on_another_host") else {
+        return;
+    };
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let seed = seed_file(secrets.path(), 0x4e, 0o600);
+    let dirs = [StateDir::new(), StateDir::new()];
+    let h1 = host(&pg, &dirs[0], 1, &seed).await;
+    let h2 = host(&pg, &dirs[1], 2, &seed).await;
+    let wallet = Wallet::new(&h1).await;
+    let paid = h1.mint_credit(500).await;
+    let lease = h1
+        .create_lease(testguest_body("mode=echo", credit_payment(&paid)))
+        .await;
+    let blanks = wallet.outputs(&[1; 10]);
+    let r = h1
         .call(
             "POST",
-            "/v1/checkstate",
-            None,
-            Some(json!({"Ys": ys(&unspent)})),
+            &format!("/v1/leases/{}/stop", lease.id),
+            Some(&lease.token),
+            Some(json!({"outputs": messages(&blanks)})),
         )
-        .await
-        .json();
-    assert!(
-        states["states"]
-            .as_array()
-            .expect("states")
-            .iter()
-            .all(|s| s["state"] == "UNSPENT"),
-        "{states}"
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let change = signatures(&r);
+    assert!(!change.is_empty(), "a refund: {}", r.text());
+    let signed = &blanks[..change.len()];
+
+    // NUT-09 on host 2: the change host 1 signed.
+    let r = h2
+        .call(
+            "POST",
+            "/v1/restore",
+            None,
+            Some(json!({"outputs": messages(signed)})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(signatures(&r), change);
+
+    // Those outputs (with the amounts they were signed for) in a balanced swap on host 2:
+    // 11003, and the swap's inputs stay unspent.
+    let change_sat: u64 = change.iter().map(|c| c.amount).sum();
+    let other = h2.mint_credit(change_sat).await;
+    let reused: Vec<BlindedMessage> = signed
+        .iter()
+        .zip(&change)
+        .map(|(b, c)| BlindedMessage {
+            amount: c.amount,
+            ..b.msg.clone()
+        })
+        .collect();
+    let r = h2
+        .call(
+            "POST",
+            "/v1/swap",
+            None,
+            Some(json!({"inputs": other, "outputs": reused})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(cashu_code(&r), OUTPUT_SIGNED, "{}", r.text());
+    let r = h2
+        .call(
+            "POST",
+            "/v1/swap",
+            None,
+            Some(swap_body(&other, &wallet.outputs(&amounts(&other)))),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The change is good money on host 2.
+    let notes = wallet.unblind(signed, &change);
+    let r = h2
+        .call(
+            "POST",
+            "/v1/swap",
+            None,
+            Some(swap_body(&notes, &wallet.outputs(&amounts(&notes)))),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Host 1 killed between reserving a refund's change in the store and the ledger's refund:
+/// meanwhile the change's outputs are 11003 on host 2 and restore hands out nothing; after
+/// the restart the reservation is released (the lease was not refunded), the same stop
+/// gets its change, and host 2 restores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_a_refunds_reservation_and_the_ledger_loses_nothing() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(pg) = cluster("a_crash_between_a_refunds_reservation_and_the_ledger_loses_nothing")
+    else {
+        return;
+    };
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let seed = seed_file(secrets.path(), 0x52, 0o600);
+    let dirs = [StateDir::new(), StateDir::new()];
+    let args = host_args(&pg, 1, &seed);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Host 1 crashes at its first reservation of signed outputs: the refund below (its
+    // credit is minted on host 2, and a create reserves none).
+    let h1 = Daemon::spawn(
+        dirs[0].path(),
+        &args,
+        &[("COINOPD_FAULT", "fleet_outputs_reserved")],
+    )
+    .await;
+    let h2 = host(&pg, &dirs[1], 2, &seed).await;
+    let wallet = Wallet::new(&h2).await;
+    let paid = h2.mint_credit(500).await;
+    let lease = h1
+        .create_lease(testguest_body("mode=echo", credit_payment(&paid)))
+        .await;
+    let blanks = wallet.outputs(&[1; 10]);
+    let stop = json!({"outputs": messages(&blanks)});
+    let path = format!("/v1/leases/{}/stop", lease.id);
+    let r = h1
+        .client
+        .call(
+            "POST",
+            &path,
+            Some(&lease.token),
+            Some(serde_json::to_vec(&stop).expect("a Value serializes")),
+        )
+        .await;
+    assert!(r.is_err(), "coinopd answered despite the fault: {r:?}");
+    let status = h1.wait_crash().await;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+
+    // Meanwhile: reserved (11003 for anyone), not delivered (restore: nothing).
+    let r = h2
+        .call(
+            "POST",
+            "/v1/restore",
+            None,
+            Some(json!({"outputs": messages(&blanks)})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(signatures(&r).is_empty(), "{}", r.text());
+    let other = h2.mint_credit(1).await;
+    let r = h2
+        .call(
+            "POST",
+            "/v1/swap",
+            None,
+            Some(swap_body(&other, &blanks[..1])),
+        )
+        .await;
+    assert_eq!(
+        (r.status, cashu_code(&r)),
+        (400, OUTPUT_SIGNED),
+        "{}",
+        r.text()
     );
+
+    // Restarted: reconciled (released), and the same stop refunds the lease.
+    let h1 = host(&pg, &dirs[0], 1, &seed).await;
+    common::wait_for(
+        async || h1.call("GET", "/v1/host", None, None).await.json()["store"]["ready"] == true,
+        "host 1's store check",
+    )
+    .await;
+    let r = h1
+        .call("POST", &path, Some(&lease.token), Some(stop.clone()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let change = signatures(&r);
+    assert!(!change.is_empty(), "a refund: {}", r.text());
+    let r = h2
+        .call(
+            "POST",
+            "/v1/restore",
+            None,
+            Some(json!({"outputs": messages(&blanks[..change.len()])})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(signatures(&r), change);
+    common::wait_for(
+        async || {
+            h1.call(
+                "GET",
+                &format!("/v1/leases/{}", lease.id),
+                Some(&lease.token),
+                None,
+            )
+            .await
+            .json()["state"]
+                == "stopped"
+        },
+        "the stopped lease's guest to exit",
+    )
+    .await;
 }

@@ -37,7 +37,7 @@ fn cluster(test: &str) -> Option<TestCluster> {
     Some(pg)
 }
 
-/// Host `n` of the fleet on `dir`, with the fleet's xpub and `extra` flags.
+/// Host `n` of the fleet on `dir`, with the fleet's xpub and mint seed and `extra` flags.
 async fn host(pg: &TestCluster, dir: &StateDir, n: u32, extra: &[&str]) -> Daemon {
     host_env(pg, dir, n, extra, &[]).await
 }
@@ -572,4 +572,238 @@ async fn a_crash_while_using_another_hosts_quote_loses_and_doubles_nothing() {
         assert_eq!(r.status, 409, "{}", r.text());
     }
     stop_and_wait(&h3, &lease.id, &lease.token).await;
+}
+
+/// A NUT-30 mint body for `quote`: `outputs` signed with `key` (NUT-20).
+fn nut30_mint_body(
+    quote: &str,
+    outputs: Vec<payment::credit::nut_types::BlindedMessage>,
+    key: &bitcoin::secp256k1::Keypair,
+) -> Value {
+    use bitcoin::secp256k1::{Message, Secp256k1};
+    use payment::credit::mint_quote_signature::mint_message_digest;
+    let digest = mint_message_digest(quote, &outputs);
+    let sig = Secp256k1::new().sign_schnorr_no_aux_rand(&Message::from_digest(digest), key);
+    json!({"quote": quote, "outputs": outputs, "signature": hex::encode(sig.as_ref())})
+}
+
+fn nut30_state(r: &coinop_cli::client::Reply) -> (u64, u64) {
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    (
+        v["amount_paid"].as_u64().expect("amount_paid"),
+        v["amount_issued"].as_u64().expect("amount_issued"),
+    )
+}
+
+/// A NUT-30 quote made on host 1 is answered by every host, paid on host 2 (the same proof
+/// again on host 3 credits nothing more), and minted on host 3; the same mint sent to
+/// hosts 2 and 3 at once is issued once (both answers are its signatures, or one is a
+/// NUT-00 refusal), NUT-09 restore on host 1 finds the signatures, more than was paid is
+/// refused on any host, and the notes swap on host 2. With PostgreSQL stopped every
+/// NUT-30 route is 503 (the store unavailable); started again, they answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nut30_quote_made_on_host_1_is_paid_on_host_2_and_minted_on_host_3() {
+    use payment::credit::nut_types::{BlindSignature, BlindedMessage};
+    let Some(pg) = cluster("a_nut30_quote_made_on_host_1_is_paid_on_host_2_and_minted_on_host_3")
+    else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new(), StateDir::new()];
+    let hosts = three_hosts(&pg, &dirs, &[]).await;
+    let refs: Vec<&Daemon> = hosts.iter().collect();
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let key = bitcoin::secp256k1::Keypair::new(&secp, &mut bitcoin::secp256k1::rand::thread_rng());
+
+    let r = hosts[0]
+        .call(
+            "POST",
+            "/v1/mint/quote/onchain",
+            None,
+            Some(json!({"unit": "sat", "pubkey": key.public_key().to_string()})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let made = r.json();
+    let quote = made["quote"].as_str().expect("quote").to_string();
+    let state_path = format!("/v1/mint/quote/onchain/{quote}");
+    for h in &hosts {
+        let r = h.call("GET", &state_path, None, None).await;
+        assert_eq!(nut30_state(&r), (0, 0));
+        assert_eq!(
+            r.json()["request"],
+            made["request"],
+            "one quote, one address"
+        );
+        assert_eq!(r.json()["pubkey"], made["pubkey"]);
+    }
+
+    let as_quote = json!({"quote_id": quote, "address": made["request"], "amount_sat": 600});
+    let pay = pay_on_every_host(&refs, &as_quote).await;
+    let proof =
+        json!({"tx_hex": pay["onchain"]["tx_hex"], "proof_hex": pay["onchain"]["proof_hex"]});
+    let payment_path = format!("/v1/mint/quote/onchain/{quote}/payment");
+    let r = hosts[1]
+        .call("POST", &payment_path, None, Some(proof.clone()))
+        .await;
+    assert_eq!(nut30_state(&r), (600, 0));
+    // The same proof on another host (a retry): credited once.
+    let r = hosts[2]
+        .call("POST", &payment_path, None, Some(proof.clone()))
+        .await;
+    assert_eq!(nut30_state(&r), (600, 0));
+    assert_eq!(
+        nut30_state(&hosts[0].call("GET", &state_path, None, None).await),
+        (600, 0)
+    );
+    // The same mint sent to hosts 2 and 3 at once: issued once.
+    let wallet = common::Wallet::new(&hosts[2]).await;
+    let blanks = wallet.outputs(&[256, 32]);
+    let msgs: Vec<BlindedMessage> = blanks.iter().map(|b| b.msg.clone()).collect();
+    let body = nut30_mint_body(&quote, msgs.clone(), &key);
+    let (a, b) = tokio::join!(
+        hosts[1].call("POST", "/v1/mint/onchain", None, Some(body.clone())),
+        hosts[2].call("POST", "/v1/mint/onchain", None, Some(body.clone())),
+    );
+    let mut answers: Vec<Vec<BlindSignature>> = Vec::new();
+    for r in [&a, &b] {
+        if r.status == 200 {
+            answers.push(serde_json::from_value(r.json()["signatures"].clone()).expect("sigs"));
+        } else {
+            assert_eq!(r.status, 400, "a NUT-00 refusal: {}", r.text());
+            assert!(r.json()["code"].as_u64().is_some(), "{}", r.text());
+        }
+    }
+    assert!(
+        !answers.is_empty(),
+        "one of them minted: {} / {}",
+        a.text(),
+        b.text()
+    );
+    assert!(
+        answers.iter().all(|s| *s == answers[0]),
+        "the same signatures"
+    );
+    let signed = answers[0].clone();
+    assert_eq!(
+        nut30_state(&hosts[0].call("GET", &state_path, None, None).await),
+        (600, 288),
+        "issued once"
+    );
+    // Sent again to host 1 (a lost reply): the same signatures, nothing more issued.
+    let r = hosts[0]
+        .call("POST", "/v1/mint/onchain", None, Some(body.clone()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let again: Vec<BlindSignature> =
+        serde_json::from_value(r.json()["signatures"].clone()).expect("sigs");
+    assert_eq!(again, signed);
+    // NUT-09 restore on host 1 finds them.
+    let r = hosts[0]
+        .call("POST", "/v1/restore", None, Some(json!({"outputs": msgs})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let restored: Vec<BlindSignature> =
+        serde_json::from_value(r.json()["signatures"].clone()).expect("sigs");
+    assert_eq!(restored, signed);
+
+    // More than is left (312), on host 1: refused, nothing issued.
+    let too_much = wallet.outputs(&[256, 64]);
+    let r = hosts[0]
+        .call(
+            "POST",
+            "/v1/mint/onchain",
+            None,
+            Some(nut30_mint_body(
+                &quote,
+                too_much.iter().map(|b| b.msg.clone()).collect(),
+                &key,
+            )),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    // The rest, on host 1: minted, and the quote is fully issued.
+    let rest = wallet.outputs(&[256, 32, 16, 8]);
+    let r = hosts[0]
+        .call(
+            "POST",
+            "/v1/mint/onchain",
+            None,
+            Some(nut30_mint_body(
+                &quote,
+                rest.iter().map(|b| b.msg.clone()).collect(),
+                &key,
+            )),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rest_signed: Vec<BlindSignature> =
+        serde_json::from_value(r.json()["signatures"].clone()).expect("sigs");
+    assert_eq!(
+        nut30_state(&hosts[1].call("GET", &state_path, None, None).await),
+        (600, 600)
+    );
+    // The notes are the fleet's: they swap on host 2.
+    let mut notes = wallet.unblind(&blanks, &signed);
+    notes.extend(wallet.unblind(&rest, &rest_signed));
+    let fresh = wallet.outputs(&payment::credit::amount::split(600));
+    let fresh_msgs: Vec<&BlindedMessage> = fresh.iter().map(|b| &b.msg).collect();
+    let r = hosts[1]
+        .call(
+            "POST",
+            "/v1/swap",
+            None,
+            Some(json!({"inputs": notes, "outputs": fresh_msgs})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The store down: every NUT-30 route is 503, never answered from local state.
+    pg.stop().expect("stopping PostgreSQL");
+    let late = wallet.outputs(&[1]);
+    let refused = [
+        hosts[1].call("GET", &state_path, None, None).await,
+        hosts[1]
+            .call("POST", &payment_path, None, Some(proof.clone()))
+            .await,
+        hosts[2]
+            .call(
+                "POST",
+                "/v1/mint/onchain",
+                None,
+                Some(nut30_mint_body(
+                    &quote,
+                    late.iter().map(|b| b.msg.clone()).collect(),
+                    &key,
+                )),
+            )
+            .await,
+        hosts[0]
+            .call(
+                "POST",
+                "/v1/mint/quote/onchain",
+                None,
+                Some(json!({"unit": "sat", "pubkey": key.public_key().to_string()})),
+            )
+            .await,
+    ];
+    for r in &refused {
+        // NUT-00's body on the Cashu routes: the reason in `detail`.
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(
+            r.text().contains("fleet store is unavailable"),
+            "{}",
+            r.text()
+        );
+    }
+    pg.start_again().expect("starting PostgreSQL again");
+    common::wait_for(
+        async || hosts[1].call("GET", &state_path, None, None).await.status == 200,
+        "the quote answered again",
+    )
+    .await;
+    assert_eq!(
+        nut30_state(&hosts[1].call("GET", &state_path, None, None).await),
+        (600, 600)
+    );
 }

@@ -2,7 +2,9 @@
 //! addresses and rules live and die there): a lease's create reply and GET say how to
 //! reach the guest, the jailed VMM holds the lease's tap (passed as `--net fd=5`, the
 //! guest's command line carries its address and SSH key), and stopping the lease removes
-//! the tap and its rules. The test guest ignores the NIC; the Linux lab drives one.
+//! the tap and its rules; an `agent` image's leases with a NIC restore from a golden snapshot,
+//! each with its own tap, MAC and personalisation line. The test guest ignores the NIC;
+//! the Linux lab drives one.
 
 mod common;
 
@@ -434,4 +436,148 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(po
     });
     let plain_token = plain["token"].as_str().expect("token");
     let _ = stop(&client, plain_id, plain_token).await;
+}
+
+/// The lines the test guest printed as `personalised: LINE` on lease `id`'s console.
+async fn personalised_lines(c: &Client, id: &str, token: &str) -> Vec<String> {
+    let r = c
+        .call(
+            "GET",
+            &format!("/v1/leases/{id}/console"),
+            Some(token),
+            None,
+        )
+        .await
+        .expect("coinopd answers");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("personalised: "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// An `agent` image's leases with a NIC restore from a golden snapshot built with a NIC of
+/// its own: each restored VMM holds the lease's own tap under the lease's MAC, its command
+/// line carries no address, and the guest's personalisation line does. A corrupt snapshot
+/// gives a cold boot with a NIC again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_images_leases_with_a_nic_restore_each_with_its_own() {
+    let Some((vmm, guest)) = root_kvm_or_skip() else {
+        return;
+    };
+    let dir = common::StateDir::new();
+    let state: PathBuf = dir.path().to_path_buf();
+    let image = format!(
+        "tga={},snapshot,agent,cmdline=mode=personalise",
+        guest.display()
+    );
+    let (daemon, client) = NetnsDaemon::spawn(
+        &state,
+        &vmm,
+        &guest,
+        &["--guest-network", "always", "--image", &image],
+    );
+    let create = async || {
+        let payment = pay(&client).await;
+        let body = json!({"vcpus": 1, "mem_mib": 64, "image": "tga", "ssh_key": SSH_KEY,
+                          "payment": payment});
+        daemon.create_lease(&client, &state, body).await
+    };
+    let first = create().await;
+    assert_eq!(first["boot"]["start"], "cold", "{first}");
+    let snapshots = state.join("snapshots").join("tga");
+    wait_until("the golden snapshot (with a NIC)", || {
+        std::fs::read_dir(&snapshots).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                e.file_name().to_string_lossy().starts_with("1c64mn-")
+                    && e.path().join("state").is_file()
+            })
+        })
+    });
+    let mut leases = vec![first];
+    for _ in 0..2 {
+        leases.push(create().await);
+    }
+    let mut macs = Vec::new();
+    for lease in &leases {
+        let net = &lease["network"];
+        let (id, token) = (
+            lease["lease_id"].as_str().expect("id"),
+            lease["token"].as_str().expect("token"),
+        );
+        let (ip, gw, mac) = (
+            net["guest_ip"].as_str().expect("guest_ip"),
+            net["host_ip"].as_str().expect("host_ip"),
+            net["mac"].as_str().expect("mac"),
+        );
+        let lines = personalised_lines(&client, id, token).await;
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        for word in [
+            format!("hostname={id}"),
+            format!("ip={ip}/30"),
+            format!("gw={gw}"),
+            format!("mac={mac}"),
+        ] {
+            assert!(line.split(' ').any(|w| w == word), "{word} in {line}");
+        }
+        let tap = net["tap"].as_str().expect("tap");
+        let (_, args) = holder_of(tap, daemon.child.id()).expect("a VMM holds the lease's tap");
+        assert!(args.contains(&format!("--net fd=5,mac={mac}")), "{args}");
+        assert!(
+            !args.contains("coinop.ip="),
+            "no address on a command line: {args}"
+        );
+        macs.push(mac.to_string());
+    }
+    for restored in &leases[1..] {
+        assert_eq!(restored["boot"]["start"], "restore", "{restored}");
+        let tap = restored["network"]["tap"].as_str().expect("tap");
+        let (_, args) = holder_of(tap, daemon.child.id()).expect("holder");
+        assert!(args.contains("--restore"), "{args}");
+    }
+    macs.sort();
+    macs.dedup();
+    assert_eq!(macs.len(), 3, "every lease its own MAC: {macs:?}");
+
+    // A corrupt snapshot: the lease boots cold instead, with a NIC of its own again (the
+    // failed restore released the first) and its address in its line.
+    let snapshot = std::fs::read_dir(&snapshots)
+        .expect("snapshots")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("state").is_file())
+        .expect("the golden snapshot");
+    use std::os::unix::fs::PermissionsExt;
+    let state_file = snapshot.join("state");
+    std::fs::set_permissions(&snapshot, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&state_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut bytes = std::fs::read(&state_file).expect("read state");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&state_file, &bytes).expect("corrupt state");
+    let fallback = create().await;
+    assert_eq!(fallback["boot"]["start"], "cold", "{fallback}");
+    let net = &fallback["network"];
+    let (id, token) = (
+        fallback["lease_id"].as_str().expect("id"),
+        fallback["token"].as_str().expect("token"),
+    );
+    let lines = personalised_lines(&client, id, token).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let ip = format!("ip={}/30", net["guest_ip"].as_str().expect("guest_ip"));
+    assert!(lines[0].split(' ').any(|w| w == ip), "{ip} in {}", lines[0]);
+    let tap = net["tap"].as_str().expect("tap");
+    let (_, args) = holder_of(tap, daemon.child.id()).expect("the cold VMM holds the tap");
+    assert!(!args.contains("--restore"), "{args}");
+    leases.push(fallback);
+    for lease in &leases {
+        let (id, token) = (
+            lease["lease_id"].as_str().expect("id"),
+            lease["token"].as_str().expect("token"),
+        );
+        let stopped = stop(&client, id, token).await;
+        assert_eq!(stopped["state"], "stopped", "{stopped}");
+    }
 }

@@ -17,6 +17,8 @@
 //!   registration, rotation in one transaction; [`check_seed`] for a host's seed.
 //! - [`PgSignedOutputs`]: each `B_` with its signature, reserved per host and operation,
 //!   delivered or released; lookups for NUT-09 restore and for a request retried elsewhere.
+//! - [`PgNut30Quotes`]: NUT-30 quotes' key locks and balances (payments credited and mints
+//!   issued, each in one transaction with its spent keys or signed outputs).
 //! - [`PgQuoteBook`]: fleet quotes (allocation under the xpub's row lock, reuse of expired
 //!   unpaid indexes and the open-quote bound counted fleet-wide, paid marks, and the outputs
 //!   hosts saw paying quotes); see the `quotes` module doc.
@@ -93,6 +95,8 @@
 //! may yet be released) but block their `B_`s, so nothing is signed twice in any case. A
 //! delivered row names its operation (the receipt of inputs and outputs), so the same
 //! request sent to another host after a lost reply is answered with these signatures.
+//! A lease refund's change follows steps 2 to 4 (the lease's balance is local, so there is
+//! no input to fence; the local transaction is the refund).
 //!
 //! Both spent sets implement one trait ([`payment::spent_set::SpentKeyStore`]), as cdk's
 //! stores do, but on a fleet coinopd does not choose one of them: they are layers. The
@@ -118,17 +122,22 @@
 //! with Bitcoin peers scans blocks for every fleet quote's script); the host honouring the
 //! payment still checks that block against its own header chain.
 //!
+//! # NUT-30 mint quotes
+//! [`PgNut30Quotes`] keeps each NUT-30 quote's key lock and balance beside its
+//! `coinop_quotes` row. A payment's outpoints are claimed `Spent` in the fleet spent set in
+//! the same transaction that credits the quote, and a mint's signatures are inserted
+//! delivered into the signed outputs in the same transaction that raises the quote's
+//! `amount_issued`, both under the quote's row lock: nothing is pending across a crash, and
+//! the same request again (any host) is answered from what committed. See the `nut30`
+//! module doc.
+//!
 //! # What is not here yet
-//! Signatures made outside a swap or an on-chain mint (a lease refund's change, NUT-30
-//! quote mints) are recorded in the host's own spent set only: restore finds them on that
-//! host, and 11003 for them holds on that host. NUT-30 mint quotes take their address from
-//! the fleet index, but their state (key lock, amounts paid and issued) stays in the
-//! issuing host's ledger: they are answered by that host only. Retiring a keyset
-//! fleet-wide has no route yet.
+//! Retiring a keyset fleet-wide has no route yet.
 
 mod error;
 mod keysets;
 pub mod migrations;
+mod nut30;
 mod quotes;
 mod signed_outputs;
 mod spent_key_store;
@@ -139,6 +148,7 @@ pub mod test_cluster;
 
 pub use error::PgStoreError;
 pub use keysets::{check_seed, FleetKeyset, NewKeyset, PgKeysets};
+pub use nut30::{Nut30Issue, Nut30Quote, PgNut30Quotes};
 pub use quotes::{
     FleetIndexPolicy, FleetQuote, PgQuoteBook, PgQuoteError, QuotePurpose, SeenPayment,
 };

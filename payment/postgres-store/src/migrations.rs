@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "quotes",
         sql: include_str!("../migrations/0003_quotes.sql"),
     },
+    Migration {
+        version: 4,
+        name: "nut30_quotes",
+        sql: include_str!("../migrations/0004_nut30_quotes.sql"),
+    },
 ];
 
 /// The schema version this build writes.

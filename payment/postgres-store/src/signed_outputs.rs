@@ -13,7 +13,7 @@ use crate::error::{classify, PgStoreError};
 use crate::store::PgStore;
 
 /// Raised by `coinop_reserve_outputs` when a `B_` is taken (migrations/0002).
-const OUTPUT_TAKEN: &str = "CO003";
+pub(crate) const OUTPUT_TAKEN: &str = "CO003";
 /// A conflict whose holder let go before we could read it is retried this often.
 const RESERVE_ATTEMPTS: usize = 4;
 
@@ -41,6 +41,41 @@ pub struct StoredOutput {
     pub state: OutputState,
     pub host_id: String,
     pub operation_id: String,
+}
+
+/// Signed outputs as the parallel arrays `coinop_reserve_outputs` takes, sorted by `B_` so
+/// that two overlapping reservations insert in the same order (no deadlock between them).
+pub(crate) struct OutputColumns<'a> {
+    pub(crate) b_s: Vec<&'a [u8]>,
+    pub(crate) keysets: Vec<&'a str>,
+    pub(crate) amounts: Vec<i64>,
+    pub(crate) c_s: Vec<&'a [u8]>,
+    pub(crate) es: Vec<Option<&'a [u8]>>,
+    pub(crate) ss: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> OutputColumns<'a> {
+    pub(crate) fn of(signed: &'a [SignedOutput]) -> Result<Self, PgStoreError> {
+        let mut sorted: Vec<&SignedOutput> = signed.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.b_.cmp(&b.b_));
+        Ok(OutputColumns {
+            b_s: sorted.iter().map(|s| s.b_.as_slice()).collect(),
+            keysets: sorted.iter().map(|s| s.keyset_id.as_str()).collect(),
+            amounts: sorted
+                .iter()
+                .map(|s| amount_param(s.amount))
+                .collect::<Result<Vec<i64>, _>>()?,
+            c_s: sorted.iter().map(|s| s.c_.as_slice()).collect(),
+            es: sorted
+                .iter()
+                .map(|s| s.dleq.as_ref().map(|(e, _)| e.as_slice()))
+                .collect(),
+            ss: sorted
+                .iter()
+                .map(|s| s.dleq.as_ref().map(|(_, s)| s.as_slice()))
+                .collect(),
+        })
+    }
 }
 
 /// The signed blinded messages of the fleet. Cheap to clone (shares the store's pool).
@@ -87,24 +122,14 @@ impl PgSignedOutputs {
                 b_hex: hex::encode(&dup.b_),
             });
         }
-        // Sorted by B_ so that two overlapping reservations insert in the same order.
-        let mut sorted: Vec<&SignedOutput> = signed.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.b_.cmp(&b.b_));
-        let b_s: Vec<&[u8]> = sorted.iter().map(|s| s.b_.as_slice()).collect();
-        let keysets: Vec<&str> = sorted.iter().map(|s| s.keyset_id.as_str()).collect();
-        let amounts = sorted
-            .iter()
-            .map(|s| amount_param(s.amount))
-            .collect::<Result<Vec<i64>, _>>()?;
-        let c_s: Vec<&[u8]> = sorted.iter().map(|s| s.c_.as_slice()).collect();
-        let es: Vec<Option<&[u8]>> = sorted
-            .iter()
-            .map(|s| s.dleq.as_ref().map(|(e, _)| e.as_slice()))
-            .collect();
-        let ss: Vec<Option<&[u8]>> = sorted
-            .iter()
-            .map(|s| s.dleq.as_ref().map(|(_, s)| s.as_slice()))
-            .collect();
+        let OutputColumns {
+            b_s,
+            keysets,
+            amounts,
+            c_s,
+            es,
+            ss,
+        } = OutputColumns::of(signed)?;
         let host = self.store.host_id().to_owned();
         for _ in 0..RESERVE_ATTEMPTS {
             let (b_s, keysets, amounts, c_s, es, ss, host) =
@@ -162,7 +187,7 @@ impl PgSignedOutputs {
     }
 
     /// The stored row of each `B_`, in order; `None` for one never reserved.
-    async fn rows(
+    pub(crate) async fn rows(
         client: &deadpool_postgres::Client,
         b_s: &[&[u8]],
     ) -> Result<Vec<Option<StoredOutput>>, PgStoreError> {

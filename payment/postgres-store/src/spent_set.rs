@@ -14,7 +14,7 @@ use crate::error::{classify, PgStoreError};
 use crate::store::PgStore;
 
 /// Raised by `coinop_claim` when a key is taken (migrations/0001_spent_keys.sql).
-const KEY_TAKEN: &str = "CO001";
+pub(crate) const KEY_TAKEN: &str = "CO001";
 /// Raised by `coinop_settle` when a key is not pending under the host.
 const NOT_PENDING: &str = "CO002";
 /// A conflict whose holder let go before we could read it is retried this often.
@@ -51,7 +51,7 @@ fn kind_code(kind: KeyKind) -> i16 {
     }
 }
 
-fn kind_from_code(code: i16) -> Result<KeyKind, PgStoreError> {
+pub(crate) fn kind_from_code(code: i16) -> Result<KeyKind, PgStoreError> {
     match code {
         1 => Ok(KeyKind::Outpoint),
         2 => Ok(KeyKind::CreditY),
@@ -61,7 +61,7 @@ fn kind_from_code(code: i16) -> Result<KeyKind, PgStoreError> {
     }
 }
 
-fn state_code(state: SpendState) -> i16 {
+pub(crate) fn state_code(state: SpendState) -> i16 {
     match state {
         SpendState::Pending => 1,
         SpendState::Spent => 2,
@@ -80,7 +80,7 @@ fn state_from_code(code: i16) -> Result<SpendState, PgStoreError> {
 
 /// The keys as the two parallel arrays the SQL functions take, sorted so that two claims
 /// of overlapping keys insert them in the same order (no deadlock between them).
-fn key_arrays(keys: &[SpendKey]) -> Result<(Vec<i16>, Vec<&[u8]>), PgStoreError> {
+pub(crate) fn key_arrays(keys: &[SpendKey]) -> Result<(Vec<i16>, Vec<&[u8]>), PgStoreError> {
     if keys.is_empty() {
         return Err(PgStoreError::NoKeys);
     }
@@ -101,15 +101,15 @@ fn key_arrays(keys: &[SpendKey]) -> Result<(Vec<i16>, Vec<&[u8]>), PgStoreError>
     Ok(sorted.into_iter().unzip())
 }
 
-fn sql_state_is(e: &tokio_postgres::Error, code: &str) -> bool {
+pub(crate) fn sql_state_is(e: &tokio_postgres::Error, code: &str) -> bool {
     e.code() == Some(&SqlState::from_code(code))
 }
 
 /// Who holds a key now.
-struct Holder {
-    state: SpendState,
-    host_id: String,
-    operation_id: String,
+pub(crate) struct Holder {
+    pub(crate) state: SpendState,
+    pub(crate) host_id: String,
+    pub(crate) operation_id: String,
 }
 
 impl PgSpentSet {
@@ -232,7 +232,7 @@ impl PgSpentSet {
     }
 
     /// Who holds each key (in the order given), read in a fresh snapshot.
-    async fn holders(
+    pub(crate) async fn holders(
         client: &deadpool_postgres::Client,
         kinds: &[i16],
         bytes: &[&[u8]],

@@ -1,6 +1,6 @@
 //! The personalisation port: a second 16550A UART (COM2, port 0x2f8, IRQ 3) through which
 //! per-lease data reaches a guest after a cold boot or a snapshot restore, before it
-//! announces itself ready. The channel is specified in `/work/wt/PERSONALISE-PROTOCOL.md`
+//! announces itself ready. The channel is specified in `images/rootfs/PERSONALISE.md`
 //! (v1) and summarised in the crate docs; this device is its VMM side:
 //!
 //! - the guest writes 124 to the boot-timer port once it listens on the port and holds no

@@ -189,7 +189,8 @@ pub fn restore_vcpu(vcpu: &VcpuFd, index: u8, state: &VcpuState) -> Result<(), E
     vcpu.set_mp_state(state.mp_state)
         .map_err(err("KVM_SET_MP_STATE"))?;
     vcpu.set_regs(&state.regs).map_err(err("KVM_SET_REGS"))?;
-    vcpu.set_sregs(&state.sregs).map_err(err("KVM_SET_SREGS"))?;
+    vcpu.set_sregs(&sregs_to_load(state))
+        .map_err(err("KVM_SET_SREGS"))?;
     // SAFETY: the kvm_xsave came from KVM_GET_XSAVE and is the full 4 KiB legacy area
     // KVM_SET_XSAVE reads; no larger (XSAVE2) area was saved, so none is expected.
     unsafe { vcpu.set_xsave(&state.xsave) }.map_err(err("KVM_SET_XSAVE"))?;
@@ -212,6 +213,37 @@ pub fn restore_vcpu(vcpu: &VcpuFd, index: u8, state: &VcpuState) -> Result<(), E
     vcpu.set_vcpu_events(&state.events)
         .map_err(err("KVM_SET_VCPU_EVENTS"))?;
     Ok(())
+}
+
+/// TSS type "available" (64-bit), and the bit that makes it "busy".
+const TSS_AVAILABLE: u8 = 0x9;
+const TSS_BUSY_BIT: u8 = 0x2;
+
+/// The snapshot's segment registers as KVM_SET_SREGS is to get them. On AMD, TR goes back
+/// as an available TSS (type 9): KVM's SVM reports it busy (type 11) whatever the VMCB
+/// holds, while the guest's own LTR leaves the cached type available. Real AMD hardware
+/// ignores the cached type in 64-bit mode and VMRUN checks none of it, but an emulated SVM
+/// does not: QEMU's TCG (the nested lab's L1) grants user-space port I/O through the TSS
+/// bitmap only for a type-9 TR, so a restored Linux guest's ioperm()ed `outb` took a #GP
+/// (its agent could neither read its personalisation line nor signal guest_ready). VMX
+/// requires type 11 for a 64-bit guest's TR: on Intel the state is loaded as saved.
+fn sregs_to_load(state: &VcpuState) -> kvm_sregs {
+    let mut sregs = state.sregs;
+    if cpuid_vendor_is_amd(&state.cpuid) && sregs.tr.type_ == TSS_AVAILABLE | TSS_BUSY_BIT {
+        sregs.tr.type_ = TSS_AVAILABLE;
+    }
+    sregs
+}
+
+/// Whether CPUID leaf 0 names AMD ("AuthenticAMD" in EBX, EDX, ECX).
+fn cpuid_vendor_is_amd(cpuid: &[kvm_cpuid_entry2]) -> bool {
+    cpuid.iter().find(|e| e.function == 0).is_some_and(|e| {
+        let mut vendor = [0u8; 12];
+        vendor[..4].copy_from_slice(&e.ebx.to_le_bytes());
+        vendor[4..8].copy_from_slice(&e.edx.to_le_bytes());
+        vendor[8..].copy_from_slice(&e.ecx.to_le_bytes());
+        &vendor == b"AuthenticAMD"
+    })
 }
 
 /// The VM-wide state: interrupt controllers, PIT and clock.
@@ -349,5 +381,42 @@ mod tests {
         // SAFETY: chip_id says this is the IOAPIC member of the union.
         let (a, b) = unsafe { (back_vm.ioapic.chip.ioapic, saved_vm.ioapic.chip.ioapic) };
         assert_eq!(a.base_address, b.base_address);
+    }
+
+    /// A vCPU state with CPUID leaf 0 naming `vendor` and TR of `tr_type`.
+    fn state_of(vendor: &[u8; 12], tr_type: u8) -> VcpuState {
+        let word = |i: usize| u32::from_le_bytes(vendor[i..i + 4].try_into().expect("4 bytes"));
+        let leaf0 = kvm_cpuid_entry2 {
+            function: 0,
+            ebx: word(0),
+            edx: word(4),
+            ecx: word(8),
+            ..Default::default()
+        };
+        let mut sregs = kvm_sregs::default();
+        sregs.tr.type_ = tr_type;
+        VcpuState {
+            cpuid: vec![leaf0],
+            mp_state: Default::default(),
+            regs: Default::default(),
+            sregs,
+            xsave: Default::default(),
+            xcrs: Default::default(),
+            debug_regs: Default::default(),
+            lapic: Default::default(),
+            msrs: Vec::new(),
+            events: Default::default(),
+            tsc_khz: 0,
+        }
+    }
+
+    #[test]
+    fn a_busy_tss_goes_back_available_on_amd_only() {
+        let amd = sregs_to_load(&state_of(b"AuthenticAMD", 0xb));
+        assert_eq!(amd.tr.type_, 0x9, "AMD: the type the guest's LTR left");
+        let intel = sregs_to_load(&state_of(b"GenuineIntel", 0xb));
+        assert_eq!(intel.tr.type_, 0xb, "VMX wants a busy TR");
+        let other = sregs_to_load(&state_of(b"AuthenticAMD", 0x3));
+        assert_eq!(other.tr.type_, 0x3, "only a busy 64-bit TSS is touched");
     }
 }

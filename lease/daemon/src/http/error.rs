@@ -280,6 +280,7 @@ impl From<LeaseError> for ApiError {
             NoLease => ApiError::unauthorized(),
             Ledger(l) => l.into(),
             Fleet(f) => fleet_error(f),
+            FleetMint(f) => fleet_mint_error(f),
             Worker(_) | Console(_) => ApiError::internal(e.to_string()),
         }
     }

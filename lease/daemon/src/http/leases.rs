@@ -26,12 +26,17 @@ const WAITING_RETRY_S: u32 = 5;
 
 /// 201 for a new lease, 200 for a recovered one, 503 with `Retry-After` for a failed boot
 /// or a recovered lease that waits for room (their bodies carry the token and the money).
+/// The flow runs to its end even if the client goes away: cut off between its payment's
+/// fleet fence and the settle it would leave the payment held until this host's next
+/// start; cut off after its commit, a lease nobody boots. The client's retry (with its
+/// recovery key) gets the lease.
 pub async fn create(
     State(s): State<Shared>,
     Extension(Arrival(arrival)): Extension<Arrival>,
     JsonBody(req): JsonBody<CreateRequest>,
 ) -> Result<Response, ApiError> {
-    Ok(match leases::create(&s, arrival, req).await? {
+    let flow = async move { leases::create(&s, arrival, req).await };
+    Ok(match leases::to_completion(flow).await? {
         CreateOutcome::Created(body) => (StatusCode::CREATED, Json(body)).into_response(),
         CreateOutcome::Recovered(body) => (StatusCode::OK, Json(body)).into_response(),
         CreateOutcome::BootFailed(body) => unavailable(Json(body), BOOT_FAILED_RETRY_S),

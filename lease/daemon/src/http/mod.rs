@@ -9,6 +9,7 @@ pub mod credit;
 pub mod degraded;
 pub mod error;
 pub mod fleet_credit;
+pub mod fleet_nut30;
 pub mod host;
 pub mod json_body;
 pub mod leases;

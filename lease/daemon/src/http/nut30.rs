@@ -6,6 +6,10 @@
 //! and pass the same checks as every on-chain payment (confirmations on the host's own
 //! header chain, outputs to the quote's address), claiming its outpoints for this quote.
 //! coinop's own body (`{payment, outputs}`) stays served by [`super::credit::mint`].
+//!
+//! On a fleet (`--store`) a quote's lock and balance are the fleet's, and each route hands
+//! a fleet quote to [`super::fleet_nut30`]; this module's ledger path serves a single host
+//! (and a fleet host's NUT-30 quotes from before it joined).
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -18,6 +22,7 @@ use payment::credit::receipt::receipt;
 use payment::credit::{curve::parse_point, signed_records, CreditError};
 
 use super::credit::blocking;
+use super::fleet_nut30;
 use super::host::issue_quote_for;
 use super::json_body::CashuBody;
 use crate::app::Shared;
@@ -60,6 +65,12 @@ pub async fn create_quote(
         return Err(CreditError::UnsupportedUnit { unit: req.unit }.into());
     }
     parse_point("pubkey", &req.pubkey)?;
+    if let Some(nut30) = s.quotes.fleet_nut30().map_err(quotes_error)? {
+        let s2 = s.clone();
+        // No amount: the address may be paid any number of times before it expires.
+        let q = blocking(move || Ok(issue_quote_for(&s2, 0, QuotePurpose::Nut30)?)).await?;
+        return fleet_nut30::open(&nut30, &q.quote_id, &req.pubkey).await;
+    }
     blocking(move || {
         // No amount: the address may be paid any number of times before it expires.
         let q = issue_quote_for(&s, 0, QuotePurpose::Nut30)?;
@@ -79,6 +90,11 @@ pub async fn quote_state(
     State(s): State<Shared>,
     Path(quote): Path<String>,
 ) -> Result<Json<MintQuoteNut30Response>, CashuError> {
+    if let Some(nut30) = s.quotes.fleet_nut30().map_err(quotes_error)? {
+        if let Some(q) = fleet_nut30::fleet_quote(&nut30, &quote).await? {
+            return Ok(Json(fleet_nut30::view(&q)));
+        }
+    }
     blocking(move || {
         let row = s
             .ledger
@@ -96,6 +112,11 @@ pub async fn prove_payment(
     Path(quote): Path<String>,
     CashuBody(req): CashuBody<QuotePaymentProof>,
 ) -> Result<Json<MintQuoteNut30Response>, CashuError> {
+    if let Some(nut30) = s.quotes.fleet_nut30().map_err(quotes_error)? {
+        if fleet_nut30::fleet_quote(&nut30, &quote).await?.is_some() {
+            return fleet_nut30::prove_payment(s, nut30, quote, req).await;
+        }
+    }
     blocking(move || {
         s.ledger
             .nut30_quote(&quote)?
@@ -135,6 +156,14 @@ pub async fn mint(
     s: Shared,
     req: MintNut30Request,
 ) -> Result<Json<MintOnchainResponse>, CashuError> {
+    if let Some(nut30) = s.quotes.fleet_nut30().map_err(quotes_error)? {
+        if let Some(q) = fleet_nut30::fleet_quote(&nut30, &req.quote).await? {
+            let Some(fleet_mint) = s.fleet_mint.clone() else {
+                return Err(ApiError::internal("a fleet store without its mint").into());
+            };
+            return fleet_nut30::mint(s, nut30, fleet_mint, q, req).await;
+        }
+    }
     blocking(move || {
         let row = s
             .ledger

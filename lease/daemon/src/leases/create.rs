@@ -21,7 +21,8 @@ use crate::capacity::Totals;
 use crate::golden_snapshot::{GoldenSnapshots, Shape};
 use crate::ledger::recovery::{outputs_digest, CreateOutcome as Committed, Recovered};
 use crate::ledger::{Credit, LeaseRow, LedgerError, NewLease};
-use crate::supervisor::{BootError, BootRequest, GuestPaths, Nic, SnapshotUse};
+use crate::personalisation::Personalisation;
+use crate::supervisor::{BootError, BootRequest, GuestPaths, Nic, ReadyPoint, SnapshotUse};
 use crate::token::{new_lease_id, new_token, token_hash};
 
 /// Longest tenant cmdline.
@@ -87,6 +88,14 @@ pub async fn create(
                     .into(),
             )
         })?;
+        // An agent image's guest gets the key through its personalisation line, which the
+        // VMM takes only up to a limit.
+        if image.agent && !Personalisation::key_fits(key) {
+            return Err(LeaseError::InvalidSpec(
+                "ssh_key is too long for this image's personalisation line (at most ~2.8 KiB)"
+                    .into(),
+            ));
+        }
         cmdline = format!("{cmdline} {word}");
     }
     let recovery = req.recovery_key.as_deref().map(recovery_hash).transpose()?;
@@ -257,6 +266,7 @@ async fn create_reserved(
         Some(fleet) => {
             let fence = fleet.fence(&credit.keys, "lease", id).await?;
             crate::fault::hit(crate::fault::point::FLEET_FENCED);
+            crate::fault::delay(crate::fault::point::FLEET_FENCED).await;
             Some((fleet.clone(), fence))
         }
         None => None,
@@ -338,7 +348,8 @@ async fn boot_guest(
             return Ok(Err((boot, why)));
         }
     };
-    let (booted, start) = start_guest(s, arrival, &boot, g, &cmdline, &paths, slot, nic).await;
+    let (booted, start, network) =
+        start_guest(s, arrival, &boot, g, &cmdline, &paths, slot, nic, network).await;
     boot.start = Some(start);
     match booted {
         Ok(b) => {
@@ -377,12 +388,15 @@ async fn boot_guest(
 }
 
 /// Starts the lease's VMM: by restoring the image's golden snapshot when there is one for
-/// this lease (an image declared with `snapshot`, the image's own command line, no NIC),
-/// else by a cold boot, and then the first such lease starts the snapshot's build. A
-/// restore that fails before `guest_ready` (a corrupt or foreign snapshot, a device
-/// mismatch: the VMM exits 2) discards the snapshot and boots the same lease cold, with the
-/// reason logged; a restore that times out is not retried (the lease fails, refunded, as
-/// any boot that times out: its VMM may still be winding down).
+/// this lease (an image declared with `snapshot`, the image's own command line, and no NIC
+/// unless the image is an `agent` one, whose guests get their address after the restore),
+/// else by a cold boot, and then the first such lease starts the snapshot's build. An agent
+/// guest gets its personalisation either way. A restore that fails before `guest_ready` (a
+/// corrupt or foreign snapshot, a device mismatch: the VMM exits 2) discards the snapshot
+/// and boots the same lease cold, with the reason logged (and a new NIC: the failed boot
+/// released the first); a restore that times out is not retried (the lease fails, refunded,
+/// as any boot that times out: its VMM may still be winding down). Also returns the
+/// lease's network as it ends up.
 #[allow(clippy::too_many_arguments)] // one lease's boot: each is a different part of it
 async fn start_guest(
     s: &Shared,
@@ -393,16 +407,35 @@ async fn start_guest(
     paths: &GuestPaths,
     slot: Option<coinop_host::slot_pool::TakenSlot>,
     nic: Option<Nic>,
-) -> (Result<crate::supervisor::Booted, BootError>, BootStart) {
-    let restore = if g.image.snapshot && nic.is_none() && cmdline == g.image.cmdline {
-        golden_for(s, g)
+    network: Option<NetInfo>,
+) -> (
+    Result<crate::supervisor::Booted, BootError>,
+    BootStart,
+    Option<NetInfo>,
+) {
+    // An agent's kernel command line is the image's: the key (kept in the ledger's command
+    // line, so a later reboot of the lease still has it) goes into the personalisation.
+    let (cmdline, ssh_key) = if g.image.agent {
+        split_ssh_key_word(cmdline)
+    } else {
+        (cmdline.to_string(), None)
+    };
+    let personalise = |network: Option<&NetInfo>| {
+        g.image
+            .agent
+            .then(|| Personalisation::for_lease(g.id, network, ssh_key.as_deref()))
+    };
+    let restorable =
+        g.image.snapshot && cmdline == g.image.cmdline && (nic.is_none() || g.image.agent);
+    let restore = if restorable {
+        golden_for(s, g, nic.is_some())
     } else {
         None
     };
-    let request = |slot, nic, snapshot| BootRequest {
+    let request = |slot, nic, snapshot, personalise| BootRequest {
         lease_id: g.id,
         image: g.image,
-        cmdline,
+        cmdline: &cmdline,
         vcpus: g.vcpus,
         mem_mib: g.mem_mib,
         paths,
@@ -412,36 +445,54 @@ async fn start_guest(
         slot,
         nic,
         snapshot,
+        personalise,
+        ready_at: ReadyPoint::GuestReady,
     };
     let Some(dir) = restore else {
+        let p = personalise(network.as_ref());
         let booted = s
             .supervisor
-            .boot(request(slot, nic, SnapshotUse::None))
+            .boot(request(slot, nic, SnapshotUse::None, p))
             .await;
-        return (booted, BootStart::Cold);
+        return (booted, BootStart::Cold, network);
     };
+    let had_nic = nic.is_some();
+    let p = personalise(network.as_ref());
     let restored = s
         .supervisor
-        .boot(request(slot, None, SnapshotUse::RestoreFrom(dir.clone())))
+        .boot(request(slot, nic, SnapshotUse::RestoreFrom(dir.clone()), p))
         .await;
     match restored {
-        Ok(b) => (Ok(b), BootStart::Restore),
+        Ok(b) => (Ok(b), BootStart::Restore, network),
         Err(e) => {
             s.golden.discard(&dir);
             if matches!(e, BootError::Timeout(_)) {
                 tracing::warn!(lease = g.id, error = %e, snapshot = %dir.display(),
                     "restore timed out; the snapshot is discarded");
-                return (Err(e), BootStart::Restore);
+                return (Err(e), BootStart::Restore, network);
             }
             // The VMM's own words (its stderr) before the cold boot's VMM truncates the log.
             let vmm_said = last_line(&paths.log);
             tracing::warn!(lease = g.id, error = %e, vmm_said, snapshot = %dir.display(),
                 "restore failed; the snapshot is discarded and the lease boots cold");
+            let (nic, network) = if had_nic {
+                match attach_network(s, g.id, g.image, &cmdline).await {
+                    Ok((nic, network, _)) => (nic, network),
+                    Err(why) => {
+                        // The caller releases the lease's room for the failed boot.
+                        tracing::warn!(lease = g.id, error = %why, "no network for the cold boot");
+                        return (Err(e), BootStart::Restore, None);
+                    }
+                }
+            } else {
+                (None, None)
+            };
+            let p = personalise(network.as_ref());
             let booted = s
                 .supervisor
-                .boot(request(None, None, SnapshotUse::None))
+                .boot(request(None, nic, SnapshotUse::None, p))
                 .await;
-            (booted, BootStart::Cold)
+            (booted, BootStart::Cold, network)
         }
     }
 }
@@ -460,11 +511,12 @@ fn last_line(path: &std::path::Path) -> String {
 }
 
 /// The golden snapshot to restore `g` from, if one is ready; else starts its build (once).
-fn golden_for(s: &Shared, g: &GuestSpec<'_>) -> Option<std::path::PathBuf> {
+fn golden_for(s: &Shared, g: &GuestSpec<'_>, nic: bool) -> Option<std::path::PathBuf> {
     let shape = Shape {
         image: g.image.clone(),
         vcpus: g.vcpus,
         mem_mib: g.mem_mib,
+        nic,
     };
     match s.golden.lookup(&shape) {
         Ok((Some(dir), _)) => Some(dir),
@@ -481,7 +533,8 @@ fn golden_for(s: &Shared, g: &GuestSpec<'_>) -> Option<std::path::PathBuf> {
 
 /// The lease's NIC when its image gets one: the tap's fd, the tenant's view, and `cmdline`
 /// with the guest's address words (they depend on the slot, so the ledger keeps the
-/// command line without them).
+/// command line without them), except for an `agent` image, whose guest gets its address
+/// through its personalisation.
 async fn attach_network(
     s: &Shared,
     id: &str,
@@ -498,6 +551,14 @@ async fn attach_network(
         .map_err(|e| format!("worker: {e}"))?
         .map_err(|e| e.to_string())?;
     Ok(match attached {
+        // An agent gets its address through its personalisation line instead.
+        Some((tap, info)) if image.agent => {
+            let nic = Nic {
+                tap,
+                mac: info.mac.clone(),
+            };
+            (Some(nic), Some(info), cmdline.to_string())
+        }
         Some((tap, info)) => {
             let cmdline = format!(
                 "{cmdline} {}",
@@ -530,6 +591,23 @@ pub fn ssh_key_word(key: &str) -> Option<String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
     (kind_ok && blob_ok).then(|| format!("coinop.ssh_key={kind}:{blob}"))
+}
+
+/// `cmdline` without its `coinop.ssh_key=TYPE:BLOB` word, and that key as an OpenSSH key
+/// line (`TYPE BLOB`), if it had one.
+fn split_ssh_key_word(cmdline: &str) -> (String, Option<String>) {
+    let mut key = None;
+    let rest: Vec<&str> = cmdline
+        .split(' ')
+        .filter(|word| match word.strip_prefix("coinop.ssh_key=") {
+            Some(value) => {
+                key = Some(value.replacen(':', " ", 1));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (rest.join(" "), key)
 }
 
 /// The reply to a retry that recovered its lease (see [`crate::ledger::recovery`]): 200 with
@@ -755,7 +833,22 @@ fn record_later(
 
 #[cfg(test)]
 mod tests {
-    use super::ssh_key_word;
+    use super::{split_ssh_key_word, ssh_key_word};
+
+    #[test]
+    fn an_agents_key_leaves_the_command_line_for_its_personalisation() {
+        let word = ssh_key_word("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB+/= me").expect("key");
+        let (rest, key) = split_ssh_key_word(&format!("root=/dev/vda rw {word}"));
+        assert_eq!(rest, "root=/dev/vda rw");
+        assert_eq!(
+            key.as_deref(),
+            Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB+/=")
+        );
+        assert_eq!(
+            split_ssh_key_word("root=/dev/vda"),
+            ("root=/dev/vda".to_string(), None)
+        );
+    }
 
     #[test]
     fn ssh_keys_become_one_command_line_word() {

@@ -66,6 +66,10 @@ pub enum LeaseError {
     /// The fleet store refused the payment, or cannot be reached.
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
+    /// The fleet's mint refused to reserve a refund's change (an output signed before on
+    /// some host), or its store cannot be reached.
+    #[error(transparent)]
+    FleetMint(#[from] crate::fleet_mint::FleetMintError),
     /// A blocking step's worker thread failed.
     #[error("worker: {0}")]
     Worker(String),

@@ -8,9 +8,13 @@ use coinop_proto::requests::StopRequest;
 use coinop_proto::{LeaseState, Msat, StopReason};
 use payment::credit::nut_types::{BlindSignature, BlindedMessage};
 use payment::credit::{signed_records, CreditError, Mint};
+use payment::spent_set::{SignedOutput, SpentSet};
+use std::sync::Arc;
 
 use super::{blocking, LeaseError};
 use crate::app::{AppState, Shared};
+use crate::fleet_mint::FleetMint;
+use crate::ledger::recovery::outputs_digest;
 use crate::ledger::{LeaseRow, Refund};
 
 /// `POST /v1/leases/{id}/stop` for the lease `l` (already authenticated). A refunded
@@ -87,21 +91,21 @@ pub(super) fn refund_deep_enough(s: &AppState, id: &str) -> Result<(), LeaseErro
 /// Refunds a lease's balance onto `outputs` (once, in one ledger transaction that also
 /// records which outputs); the sub-sat remainder stays with the host as the lease's recorded
 /// residual. A lease refunded before onto these very outputs gets the same signatures again
-/// (`repeated`: the same notes, no new money); onto other outputs, `AlreadyRefunded`.
+/// (`repeated`: the same notes, no new money); onto other outputs, `AlreadyRefunded`. On a
+/// fleet the change's outputs are reserved in the fleet store first ([`refund_on_fleet`]).
 pub(super) fn refund_with(
     s: &AppState,
     id: &str,
     outputs: &[BlindedMessage],
 ) -> Result<Refund<Vec<BlindSignature>>, LeaseError> {
     refund_deep_enough(s, id)?;
-    let r = s
-        .ledger
-        .refund_onto(id, outputs, |msat, outs| {
-            let signed = s.mint.change(msat, outs)?;
-            let records = signed_records(outs, &signed)?;
-            Ok::<_, CreditError>((signed, records))
-        })
-        .map_err(LeaseError::from_claim)??;
+    let r = match &s.fleet_mint {
+        Some(fleet_mint) => refund_on_fleet(s, fleet_mint, id, outputs)?,
+        None => s
+            .ledger
+            .refund_onto(id, outputs, |msat, outs| sign_change(s, msat, outs))
+            .map_err(LeaseError::from_claim)??,
+    };
     if r.repeated {
         tracing::info!(
             lease = id,
@@ -112,4 +116,78 @@ pub(super) fn refund_with(
         s.metrics.refunded(r.refund_msat, r.residual_msat);
     }
     Ok(r)
+}
+
+/// The mint's change for a refund of `msat` onto `outputs`, with the records to keep.
+fn sign_change(
+    s: &AppState,
+    msat: u64,
+    outputs: &[BlindedMessage],
+) -> Result<(Vec<BlindSignature>, Vec<SignedOutput>), CreditError> {
+    let signed = s.mint.change(msat, outputs)?;
+    let records = signed_records(outputs, &signed)?;
+    Ok((signed, records))
+}
+
+/// A fleet refund's ledger transaction found another balance than the one its reserved
+/// change was signed for (a metering tick between the read and the transaction): sign and
+/// reserve again.
+struct BalanceMoved;
+
+/// How many times a fleet refund signs again because the balance moved meanwhile.
+const FLEET_REFUND_ATTEMPTS: usize = 5;
+
+/// A refund on a fleet (`--store`), as a swap: the change is signed for the balance read
+/// now and its outputs' `B_`s reserved in the fleet store under the refund (so no host
+/// signs them for anything else: 11003 fleet-wide), then the ledger transaction refunds
+/// the lease and records the signatures if the balance is still the one signed for, then
+/// the reservation is settled by what the local spent set recorded: delivered (NUT-09
+/// restore on any host finds them) or released. A crash between the reservation and the
+/// settle is settled at the next start-up the same way ([`crate::fleet_mint`]). Runs on a
+/// blocking-pool thread (it waits for the store there).
+fn refund_on_fleet(
+    s: &AppState,
+    fleet_mint: &Arc<FleetMint>,
+    id: &str,
+    outputs: &[BlindedMessage],
+) -> Result<Refund<Vec<BlindSignature>>, LeaseError> {
+    let store = tokio::runtime::Handle::current();
+    let spent: Arc<dyn SpentSet> = s.spent.clone();
+    for _ in 0..FLEET_REFUND_ATTEMPTS {
+        let lease = s.ledger.get(id)?.ok_or(LeaseError::NoLease)?;
+        if lease.refunded_msat.is_some() {
+            // Refunded before: its change was reserved and settled then; the ledger
+            // answers a repeat onto the same outputs as on one host.
+            return s
+                .ledger
+                .refund_onto(id, outputs, |msat, outs| sign_change(s, msat, outs))
+                .map_err(LeaseError::from_claim)?
+                .map_err(LeaseError::from);
+        }
+        let msat = lease.balance_msat - lease.balance_msat % 1000;
+        let signed = s.mint.change(msat, outputs)?;
+        let used = &outputs[..signed.len()];
+        let records = signed_records(used, &signed)?;
+        let operation = format!("refund {id} {}", hex::encode(outputs_digest(used)));
+        if !signed.is_empty() {
+            store.block_on(fleet_mint.reserve(used, &signed, &operation))?;
+            crate::fault::hit(crate::fault::point::FLEET_OUTPUTS_RESERVED);
+        }
+        let refunded = s.ledger.refund_onto(id, outputs, |m, _| {
+            if m == msat {
+                Ok((signed.clone(), records.clone()))
+            } else {
+                Err(BalanceMoved)
+            }
+        });
+        if !signed.is_empty() {
+            store.block_on(fleet_mint.settle(&spent, used, &operation));
+        }
+        if let Ok(r) = refunded.map_err(LeaseError::from_claim)? {
+            return Ok(r);
+        }
+    }
+    Err(LeaseError::StateConflict(format!(
+        "lease {id}: its balance kept changing while its refund was signed; stop again"
+    )))
 }

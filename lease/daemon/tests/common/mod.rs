@@ -119,6 +119,25 @@ async fn wait_for_socket(socket: &Path) {
 }
 
 impl Daemon {
+    /// Asserts through NUT-07 `/v1/checkstate` that every one of `proofs` is unspent here.
+    pub async fn assert_unspent(&self, proofs: &[Proof]) {
+        let ys: Vec<String> = proofs
+            .iter()
+            .map(|p| {
+                payment::credit::hash_to_curve::secret_to_curve(&p.secret)
+                    .expect("a minted secret")
+                    .to_string()
+            })
+            .collect();
+        let states = self
+            .call("POST", "/v1/checkstate", None, Some(json!({"Ys": ys})))
+            .await
+            .json();
+        let all = states["states"].as_array().expect("states");
+        assert_eq!(all.len(), proofs.len(), "{states}");
+        assert!(all.iter().all(|s| s["state"] == "UNSPENT"), "{states}");
+    }
+
     /// A real `coinopd` process on `dir`; `env` adds variables such as `COINOPD_FAULT`.
     pub async fn spawn(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = std::fs::OpenOptions::new()

@@ -1,0 +1,106 @@
+/*
+ * portline: asks coinop-vmm for the lease's personalisation line and prints it.
+ *
+ * Writes 124 to the boot timer (port 0x3f0: "awaiting personalisation", where coinopd
+ * snapshots a golden image), then reads one line from the personalisation port (the second
+ * UART, 0x2f8) by polling its line status register, and prints it with its newline on
+ * stdout. See PERSONALISE.md.
+ *
+ * Why not /dev/ttyS1: under Linux's 8250 driver (interrupt-driven, IRQ 3) the lab saw the
+ * receive stop at exactly 256 bytes (the driver's per-interrupt budget; rx:256 in
+ * /proc/tty/driver/serial) and never resume, so a line with an SSH key never arrived.
+ * Polling the UART from userspace needs no interrupt at all; the kernel never opens the
+ * port (nothing in the rootfs does), so nothing else reads its receive buffer.
+ *
+ * Freestanding (no libc), like ../initramfs/outb.c. Exits 1 with a message on stderr when
+ * the ports cannot be reached or no newline comes within the protocol's 4096 bytes.
+ */
+
+#define SYS_write 1
+#define SYS_nanosleep 35
+#define SYS_ioperm 173
+#define SYS_exit 60
+
+#define COM2 0x2f8
+#define COM2_LSR (COM2 + 5)
+#define LSR_DATA_READY 0x01
+#define BOOT_TIMER 0x3f0
+#define AWAITING_PERSONALISATION 124
+/* The protocol's longest line, plus its newline. */
+#define LINE_MAX (4096 + 1)
+
+static char line[LINE_MAX];
+
+static long syscall3(long nr, long a, long b, long c)
+{
+	long ret;
+
+	__asm__ volatile("syscall"
+			 : "=a"(ret)
+			 : "a"(nr), "D"(a), "S"(b), "d"(c)
+			 : "rcx", "r11", "memory");
+	return ret;
+}
+
+static void fail(const char *msg)
+{
+	long len = 0;
+
+	while (msg[len])
+		len++;
+	syscall3(SYS_write, 2, (long)msg, len);
+	syscall3(SYS_exit, 1, 0, 0);
+}
+
+static unsigned char inb(unsigned short port)
+{
+	unsigned char value;
+
+	__asm__ volatile("inb %w1, %b0" : "=a"(value) : "Nd"(port));
+	return value;
+}
+
+static void outb(unsigned short port, unsigned char value)
+{
+	__asm__ volatile("outb %b0, %w1" : : "a"(value), "Nd"(port));
+}
+
+__attribute__((used)) static void start(void)
+{
+	/* 200 us between polls of an empty port: each poll is a VM exit. */
+	static const long pause[2] = { 0, 200000 };
+	long len = 0, done;
+
+	if (syscall3(SYS_ioperm, COM2, 8, 1) != 0 || syscall3(SYS_ioperm, BOOT_TIMER, 1, 1) != 0)
+		fail("portline: ioperm failed (root and CONFIG_X86_IOPL_IOPERM needed)\n");
+	outb(BOOT_TIMER, AWAITING_PERSONALISATION);
+	for (;;) {
+		char c;
+
+		if (!(inb(COM2_LSR) & LSR_DATA_READY)) {
+			syscall3(SYS_nanosleep, (long)pause, 0, 0);
+			continue;
+		}
+		c = (char)inb(COM2);
+		if (len == LINE_MAX)
+			fail("portline: no newline within 4096 bytes\n");
+		line[len++] = c;
+		if (c == '\n')
+			break;
+	}
+	for (done = 0; done < len;) {
+		long n = syscall3(SYS_write, 1, (long)line + done, len - done);
+
+		if (n <= 0)
+			fail("portline: cannot write the line\n");
+		done += n;
+	}
+	syscall3(SYS_exit, 0, 0, 0);
+}
+
+/* The kernel enters with argc at (%rsp); the ABI wants a 16-byte-aligned stack at a call. */
+__asm__(".globl _start\n"
+	"_start:\n"
+	"	and $-16, %rsp\n"
+	"	call start\n"
+	"	hlt\n");

@@ -1,0 +1,233 @@
+//! Personalisation of `agent` images against a real coinopd process, the real coinop-vmm
+//! and the test guest's `mode=personalise` on /dev/kvm (it writes 124, reads one line from
+//! the personalisation port, prints it as `personalised: LINE` and writes 123): a lease
+//! booted cold and leases restored from the image's golden snapshot each get a line of
+//! their own (host name = lease id, fresh entropy, the host's clock, the tenant's key), the
+//! golden snapshot is taken while the guest waits for its line (so a restored guest prints
+//! its own line, not the build's: the build sends none), and nothing of a lease is on the
+//! guest's kernel command line.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use common::leases::{credit_payment, CreatedLease};
+use common::{kvm_or_skip, vmm_and_guest, wait_for, Daemon};
+use serde_json::json;
+
+const SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTestOnly0123456789abcdefgh tenant@test";
+
+/// The snapshot directories of image `tga` (complete ones).
+fn snapshots(state: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(state.join("snapshots").join("tga")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("state").is_file())
+        .collect()
+}
+
+async fn create(d: &Daemon, ssh_key: Option<&str>) -> CreatedLease {
+    let proofs = d.mint_credit(20).await;
+    let mut body = json!({"vcpus": 1, "mem_mib": 64, "image": "tga",
+                          "payment": credit_payment(&proofs)});
+    if let Some(key) = ssh_key {
+        body["ssh_key"] = json!(key);
+    }
+    d.create_lease(body).await
+}
+
+async fn console(d: &Daemon, lease: &CreatedLease) -> String {
+    let r = d
+        .call(
+            "GET",
+            &format!("/v1/leases/{}/console", lease.id),
+            Some(&lease.token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+}
+
+/// The lines the guest printed as `personalised: LINE`.
+fn personalised(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("personalised: "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The value of `key` in a personalisation line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The one line `lease`'s guest got (guest_ready follows it, so it is on the console by
+/// the time the create answered), checked against the protocol and the lease.
+async fn line_of(d: &Daemon, lease: &CreatedLease) -> String {
+    let text = console(d, lease).await;
+    let lines = personalised(&text);
+    assert_eq!(lines.len(), 1, "one line per guest:\n{text}");
+    let line = lines[0].clone();
+    assert!(line.starts_with("coinop-personalise/1 "), "{line}");
+    assert_eq!(field(&line, "hostname"), Some(lease.id.as_str()), "{line}");
+    let entropy = field(&line, "entropy").expect("entropy");
+    assert_eq!(entropy.len(), 64, "{line}");
+    assert!(entropy.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+    let time: f64 = field(&line, "time")
+        .and_then(|t| t.parse().ok())
+        .expect("time");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64();
+    assert!(
+        (now - time).abs() < 120.0,
+        "the host's clock: {time} vs {now}"
+    );
+    assert!(
+        !text.contains("com2 had data before 124"),
+        "the line waits for the 124:\n{text}"
+    );
+    line
+}
+
+fn start_of(lease: &CreatedLease) -> &str {
+    lease.reply["boot"]["start"].as_str().unwrap_or("(none)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_and_restored_leases_each_get_their_own_line() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
+    let image = format!(
+        "tga={},snapshot,agent,cmdline=mode=personalise",
+        guest.display()
+    );
+    let d = Daemon::spawn(state, &["--image", &image], &[]).await;
+
+    let cold = create(&d, Some(SSH_KEY)).await;
+    assert_eq!(start_of(&cold), "cold", "{}", cold.reply);
+    let cold_line = line_of(&d, &cold).await;
+    let key = field(&cold_line, "ssh_key").expect("the tenant's key");
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .expect("standard base64");
+    let mut want = SSH_KEY.split(' ');
+    let want = format!(
+        "{} {}",
+        want.next().expect("type"),
+        want.next().expect("blob")
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&key),
+        want,
+        "the key without its comment"
+    );
+
+    // The build waits for the 124, not for guest_ready (which the guest reaches only with
+    // a line, and the build sends none): a snapshot appears.
+    wait_for(
+        async || !snapshots(state).is_empty(),
+        "the golden snapshot at the 124 point",
+    )
+    .await;
+
+    let a = create(&d, None).await;
+    let b = create(&d, Some(SSH_KEY)).await;
+    let mut lines = vec![cold_line];
+    for lease in [&a, &b] {
+        assert_eq!(start_of(lease), "restore", "{}", lease.reply);
+        let text = console(&d, lease).await;
+        // Restored while waiting: the boot banner and the 'before 124' report belong to
+        // the build, before the snapshot; this guest only reads its line.
+        assert!(!text.contains("com2 empty before 124"), "{text}");
+        lines.push(line_of(&d, lease).await);
+    }
+    assert_eq!(field(&lines[1], "ssh_key"), None, "{}", lines[1]);
+    assert!(field(&lines[2], "ssh_key").is_some(), "{}", lines[2]);
+    // Every guest's entropy is its own.
+    let entropies: Vec<&str> = lines.iter().filter_map(|l| field(l, "entropy")).collect();
+    for (i, e) in entropies.iter().enumerate() {
+        assert!(!entropies[i + 1..].contains(e), "{lines:?}");
+    }
+    assert_ne!(lines[1], lines[2]);
+
+    // None of it on a kernel command line: the cold VMM got the image's own, with the
+    // agent's words; the restored ones none at all.
+    let argv = |lease: &CreatedLease| {
+        let pid = common::lease_pid::lease_pid(state, &lease.id);
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| {
+                raw.split(|&b| b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let cold_argv = argv(&cold);
+    let at = cold_argv.iter().position(|a| a == "--cmdline");
+    assert_eq!(
+        at.and_then(|i| cold_argv.get(i + 1)).map(String::as_str),
+        Some("mode=personalise 8250.nr_uarts=2 coinop.personalise=1"),
+        "{cold_argv:?}"
+    );
+    for lease in [&a, &b] {
+        let args = argv(lease);
+        assert!(args.iter().any(|a| a == "--restore"), "{args:?}");
+        assert!(!args.iter().any(|a| a.contains("AAAAC3Nza")), "{args:?}");
+    }
+    for lease in [&cold, &a, &b] {
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_guest_without_its_line_never_counts_as_booted() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
+    // The same guest, not declared agent: nobody answers its 124, so it never gets ready,
+    // and the create fails (refunded) at the boot timeout rather than hanging.
+    let image = format!("tgp={},cmdline=mode=personalise", guest.display());
+    let d = Daemon::spawn(
+        state,
+        &["--image", &image, "--boot-timeout-ms", "1500"],
+        &[],
+    )
+    .await;
+    let proofs = d.mint_credit(20).await;
+    let r = d
+        .call(
+            "POST",
+            "/v1/leases",
+            None,
+            Some(json!({"vcpus": 1, "mem_mib": 64, "image": "tgp",
+                        "payment": credit_payment(&proofs)})),
+        )
+        .await;
+    assert_ne!(r.status, 201, "{}", r.text());
+    assert!(r.text().contains("not ready"), "{}", r.text());
+    let log = d.log();
+    assert!(
+        log.contains("not declared agent"),
+        "the log says why:\n{log}"
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    d.shutdown().await;
+}
