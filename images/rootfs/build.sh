@@ -3,12 +3,13 @@
 # init that is also the guest agent of PERSONALISE.md (it takes the lease's address, SSH
 # key, host name, clock and entropy from the personalisation port, or from the kernel
 # command line; see ./init), ../initramfs/outb.c for the boot timer signal, ./portline.c for
-# reading the personalisation port and ./rngseed.c for reseeding the kernel RNG. ext4, 64 MiB, made with mke2fs -d (no loop mount, no root needed for that).
+# reading the personalisation port and ./personalise.c for the
+# reseed, clock, host name and eth0 of a lease. ext4, 64 MiB, made with mke2fs -d (no loop mount, no root needed for that).
 #
 #   images/rootfs/build.sh [OUTFILE]
 #
 # Cached under $COINOP_CACHE/rootfs/<key>, keyed by (busybox-static and dropbear-bin
-# versions, init, outb.c, rngseed.c, portline.c, this script). Prints the image path; also writes dbclient (the matching
+# versions, init, outb.c, personalise.c, portline.c, this script). Prints the image path; also writes dbclient (the matching
 # SSH client, and dropbearkey, with their libraries) under <key>/client/ for the lab.
 set -euo pipefail
 
@@ -27,9 +28,9 @@ bb_version=$(dpkg-query -W -f='${Version}' busybox-static)
 db_version=$(apt-cache policy dropbear-bin | awk '/Candidate:/ { print $2 }')
 [ -n "$db_version" ] && [ "$db_version" != "(none)" ] || die "dropbear-bin not available from apt"
 outb_src=$here/../initramfs/outb.c
-rngseed_src=$here/rngseed.c
+personalise_src=$here/personalise.c
 portline_src=$here/portline.c
-key=$( { echo "$bb_version $db_version"; cat "$here/init" "$outb_src" "$rngseed_src" "$portline_src" "$0"; } |
+key=$( { echo "$bb_version $db_version"; cat "$here/init" "$outb_src" "$personalise_src" "$portline_src" "$0"; } |
   sha256sum | cut -c1-16)
 dir=$cache_root/rootfs/$key
 image=$dir/rootfs.ext4
@@ -77,9 +78,10 @@ else
   # The boot timer signal (see ../initramfs/outb.c): coinopd counts a lease as booted on it.
   gcc -static -nostdlib -s -O2 -fno-stack-protector -fno-pie -no-pie -Wall -Wextra -Werror \
     -o "$root/bin/outb" "$outb_src"
-  # The agent's RNG reseed (RNDADDENTROPY + RNDRESEEDCRNG): freestanding, like outb.
-  gcc -static -nostdlib -s -O2 -fno-stack-protector -fno-pie -no-pie -Wall -Wextra -Werror \
-    -o "$root/bin/rngseed" "$rngseed_src"
+  # The agent's reseed (RNDADDENTROPY + RNDRESEEDCRNG), clock, host name and eth0 in one
+  # process: freestanding like outb (-ffreestanding: no strlen or memset calls emitted).
+  gcc -static -nostdlib -ffreestanding -s -O2 -fno-stack-protector -fno-pie -no-pie -Wall -Wextra -Werror \
+    -o "$root/bin/coinop-personalise" "$personalise_src"
   # The agent's 124 and line read on the personalisation port, also freestanding.
   gcc -static -nostdlib -s -O2 -fno-stack-protector -fno-pie -no-pie -Wall -Wextra -Werror \
     -o "$root/bin/portline" "$portline_src"

@@ -438,7 +438,7 @@ impl Supervisor {
         self.isolation
             .register_jailed(req.lease_id, req.paths.control.clone(), jail, slot);
         let vmm_spawned_us = monotonic_us().saturating_sub(req.arrival_us);
-        tracing::debug!(
+        tracing::info!(
             lease = req.lease_id,
             pooled = was_pooled,
             boot_start_us = start_us.saturating_sub(req.arrival_us),
@@ -922,6 +922,14 @@ async fn wait_ready(
             tracing::warn!(lease = lease_id, line, "unparsable VMM event");
             continue;
         };
+        // Each event's time from the create's arrival: the per-phase figures of a boot
+        // (the lab's restore step prints them).
+        tracing::info!(
+            lease = lease_id,
+            since_arrival_us = offset + ev.t_us(),
+            event = %line.trim(),
+            "VMM event"
+        );
         match ev {
             Event::VcpusStarted { t_us, .. } => vcpus_started = Some(offset + t_us),
             Event::GuestReady { t_us } => return Ok((vcpus_started, offset + t_us)),
@@ -934,7 +942,11 @@ async fn wait_ready(
                     vmm_protocol::client::request(&req.paths.control, &request)
                         .await
                         .map_err(BootError::Personalise)?;
-                    tracing::debug!(lease = lease_id, "personalisation sent");
+                    tracing::info!(
+                        lease = lease_id,
+                        sent_us = monotonic_us().saturating_sub(req.arrival_us),
+                        "personalisation sent"
+                    );
                 } else {
                     tracing::warn!(
                         lease = lease_id,

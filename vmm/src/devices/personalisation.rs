@@ -310,6 +310,28 @@ mod tests {
     }
 
     #[test]
+    fn the_data_register_alone_reads_the_line_and_0_when_empty() {
+        // images/rootfs/portline.c polls only the data register: 0 must mean "no byte yet"
+        // (the line never holds one), before the line, across FIFO refills, and after it.
+        let (mut p, file) = port();
+        p.guest_awaits();
+        assert_eq!(p.read(DATA), 0, "nothing given yet");
+        let line = "k".repeat(3 * FIFO_BYTES + 5);
+        p.personalise(&line).expect("valid");
+        let mut got = Vec::new();
+        for _ in 0..10_000 {
+            match p.read(DATA) {
+                0 => panic!("a 0 within the line, after {} bytes", got.len()),
+                b'\n' => break,
+                b => got.push(b),
+            }
+        }
+        assert_eq!(got, line.as_bytes());
+        assert_eq!(p.read(DATA), 0, "the line is over");
+        assert!(events(&file).contains("\"personalised\""));
+    }
+
+    #[test]
     fn bad_lines_and_a_second_line_are_refused_and_deliver_nothing() {
         let (mut p, _file) = port();
         p.guest_awaits();
