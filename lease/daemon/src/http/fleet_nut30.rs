@@ -167,24 +167,8 @@ pub(super) async fn mint(
     if let Some(signatures) = answered_before(&fleet_mint, &req, &operation).await? {
         return Ok(Json(MintOnchainResponse { signatures }));
     }
-    let asked = req
-        .outputs
-        .iter()
-        .try_fold(0u64, |sum, o| sum.checked_add(o.amount))
-        .ok_or(CreditError::AmountOutOfRange {
-            what: "outputs",
-            amount: u64::MAX,
-            min: 0,
-            max: u64::MAX,
-        })?;
-    if asked > q.available_sat() {
-        // Checked again under the quote's lock; this spares signing for nothing.
-        return Err(CreditError::QuoteNotPaid {
-            asked,
-            available: q.available_sat(),
-        }
-        .into());
-    }
+    // Checked again under the quote's lock; this spares signing for nothing.
+    let asked = super::nut30::asked_within(&req.outputs, q.available_sat())?;
     let (s2, outputs) = (s.clone(), req.outputs.clone());
     let (signatures, records) = blocking(move || {
         let signatures = s2.mint.mint(asked, &outputs)?;

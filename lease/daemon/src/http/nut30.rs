@@ -15,8 +15,8 @@ use axum::extract::{Path, State};
 use axum::Json;
 use payment::credit::mint_quote_signature::verify_mint_signature;
 use payment::credit::nut_types::{
-    MintNut30Request, MintOnchainResponse, MintQuoteNut30Request, MintQuoteNut30Response,
-    OnchainPayment, QuotePaymentProof, RestoreRequest,
+    BlindedMessage, MintNut30Request, MintOnchainResponse, MintQuoteNut30Request,
+    MintQuoteNut30Response, OnchainPayment, QuotePaymentProof, RestoreRequest,
 };
 use payment::credit::receipt::receipt;
 use payment::credit::{curve::parse_point, signed_records, CreditError};
@@ -187,23 +187,7 @@ pub async fn mint(
         degraded::admit(&s)?;
         let signed = s.ledger.issue_nut30(&req.quote, |q| {
             let q = q.ok_or_else(|| unknown_quote(&req.quote))?;
-            let asked = req
-                .outputs
-                .iter()
-                .try_fold(0u64, |sum, o| sum.checked_add(o.amount))
-                .ok_or(CreditError::AmountOutOfRange {
-                    what: "outputs",
-                    amount: u64::MAX,
-                    min: 0,
-                    max: u64::MAX,
-                })?;
-            if asked > q.available_sat() {
-                return Err(CreditError::QuoteNotPaid {
-                    asked,
-                    available: q.available_sat(),
-                }
-                .into());
-            }
+            let asked = asked_within(&req.outputs, q.available_sat())?;
             let signatures = s.mint.mint(asked, &req.outputs)?;
             let records = signed_records(&req.outputs, &signatures)?;
             Ok::<_, CashuError>((signatures, records, asked))
@@ -213,4 +197,22 @@ pub async fn mint(
         }))
     })
     .await
+}
+
+/// What `outputs` ask for in total, refused (NUT-00 "quote not paid") above `available`,
+/// the quote's paid and not yet issued amount. Shared by the single-host and fleet mints.
+pub(super) fn asked_within(outputs: &[BlindedMessage], available: u64) -> Result<u64, CreditError> {
+    let asked = outputs
+        .iter()
+        .try_fold(0u64, |sum, o| sum.checked_add(o.amount))
+        .ok_or(CreditError::AmountOutOfRange {
+            what: "outputs",
+            amount: u64::MAX,
+            min: 0,
+            max: u64::MAX,
+        })?;
+    if asked > available {
+        return Err(CreditError::QuoteNotPaid { asked, available });
+    }
+    Ok(asked)
 }
