@@ -101,62 +101,16 @@ async fn three_hosts(pg: &TestCluster, dirs: &[StateDir; 3], extra: &[&str]) -> 
 /// everywhere, as it is for hosts following the same Bitcoin network. Returns the on-chain
 /// payment with its tx and proof.
 async fn pay_on_every_host(hosts: &[&Daemon], quote: &Value) -> Value {
-    use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
-    use payment::onchain::regtest_fixtures::{
-        header_bytes, mine_block, payment_tx, tx_hex, txout_proof_hex,
-    };
-    let view = hosts[0].call("GET", "/v1/host", None, None).await.json();
-    for h in &hosts[1..] {
-        let other = h.call("GET", "/v1/host", None, None).await.json();
-        assert_eq!(other["chain"]["hash"], view["chain"]["hash"], "one chain");
-    }
-    let script = quote["address"]
-        .as_str()
-        .expect("address")
-        .parse::<bitcoin::Address<_>>()
-        .expect("an address")
-        .assume_checked()
-        .script_pubkey();
-    let tip: bitcoin::BlockHash = view["chain"]["hash"]
-        .as_str()
-        .expect("tip")
-        .parse()
-        .expect("hash");
-    let height = view["chain"]["height"].as_u64().expect("height") as u32;
-    let mut time = view["chain"]["time"].as_u64().unwrap_or(0) as u32 + 1;
-    let min_conf = view["min_conf"].as_u64().expect("min_conf").max(1) as u32;
-    let sat = quote["amount_sat"].as_u64().expect("amount_sat");
-    let tx = payment_tx(
-        &[(script, bitcoin::Amount::from_sat(sat))],
-        OsRng.next_u32(),
-    );
-    let mut tag = [0u8; 8];
-    OsRng.fill_bytes(&mut tag);
-    let block = mine_block(tip, height + 1, time, &tag, vec![tx.clone()]);
-    let proof = txout_proof_hex(&block, &[tx.compute_txid()]);
-    let mut headers = vec![hex::encode(header_bytes(&block.header))];
-    let mut prev = block.block_hash();
-    for i in 1..min_conf {
-        time += 1;
-        let b = mine_block(prev, height + 1 + i, time, &tag, vec![]);
-        headers.push(hex::encode(header_bytes(&b.header)));
-        prev = b.block_hash();
-    }
-    for h in hosts {
-        let r = h
-            .call(
-                "POST",
-                "/v1/chain/headers",
-                None,
-                Some(json!({ "headers": headers })),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
+    let (tx_hex, proof_hex) = common::pay_address_on(
+        hosts,
+        quote["address"].as_str().expect("address"),
+        quote["amount_sat"].as_u64().expect("amount_sat"),
+    )
+    .await;
     json!({"onchain": {
         "quote_id": quote["quote_id"],
-        "tx_hex": tx_hex(&tx),
-        "proof_hex": proof,
+        "tx_hex": tx_hex,
+        "proof_hex": proof_hex,
     }})
 }
 

@@ -463,11 +463,21 @@ pub async fn wait_for(mut f: impl AsyncFnMut() -> bool, what: &str) {
 /// block on the daemon's tip, confirmed as the daemon requires, and the headers pushed to
 /// it. Returns the transaction and its SPV proof, hex.
 pub async fn pay_address(d: &Daemon, address: &str, sat: u64) -> (String, String) {
+    pay_address_on(&[d], address, sat).await
+}
+
+/// [`pay_address`] on several hosts that follow one chain (as a fleet's hosts follow one
+/// Bitcoin network): they must share a tip, and every host gets the headers.
+pub async fn pay_address_on(hosts: &[&Daemon], address: &str, sat: u64) -> (String, String) {
     use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
     use payment::onchain::regtest_fixtures::{
         header_bytes, mine_block, payment_tx, tx_hex, txout_proof_hex,
     };
-    let host = d.call("GET", "/v1/host", None, None).await.json();
+    let host = hosts[0].call("GET", "/v1/host", None, None).await.json();
+    for h in &hosts[1..] {
+        let other = h.call("GET", "/v1/host", None, None).await.json();
+        assert_eq!(other["chain"]["hash"], host["chain"]["hash"], "one chain");
+    }
     let script = address
         .parse::<bitcoin::Address<_>>()
         .expect("address")
@@ -485,7 +495,8 @@ pub async fn pay_address(d: &Daemon, address: &str, sat: u64) -> (String, String
         &[(script, bitcoin::Amount::from_sat(sat))],
         OsRng.next_u32(),
     );
-    let tag = [5u8; 8];
+    let mut tag = [0u8; 8];
+    OsRng.fill_bytes(&mut tag);
     let block = mine_block(tip, height + 1, time, &tag, vec![tx.clone()]);
     let proof = txout_proof_hex(&block, &[tx.compute_txid()]);
     let mut headers = vec![hex::encode(header_bytes(&block.header))];
@@ -496,15 +507,17 @@ pub async fn pay_address(d: &Daemon, address: &str, sat: u64) -> (String, String
         headers.push(hex::encode(header_bytes(&b.header)));
         prev = b.block_hash();
     }
-    let r = d
-        .call(
-            "POST",
-            "/v1/chain/headers",
-            None,
-            Some(json!({ "headers": headers })),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    for d in hosts {
+        let r = d
+            .call(
+                "POST",
+                "/v1/chain/headers",
+                None,
+                Some(json!({ "headers": headers })),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
     (tx_hex(&tx), proof)
 }
 
