@@ -317,11 +317,7 @@ async fn a_store_outage_refuses_money_and_heals_by_itself() {
         r.text()
     );
     pg.start_again().expect("starting PostgreSQL again");
-    common::wait_for(
-        async || h1.call("GET", "/v1/host", None, None).await.json()["store"]["ready"] == true,
-        "the store check after PostgreSQL came back",
-    )
-    .await;
+    h1.wait_store_ready().await;
     let (r, _) = swap(&h1, &wallet, &fresh_notes).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }

@@ -281,11 +281,7 @@ async fn a_rotation_on_one_host_is_used_by_every_host() {
     // A restarted host starts from the fleet's list, not from keyset 0.
     h2.shutdown().await;
     let h2 = host(&pg, &dirs[1], 2, &seed).await;
-    common::wait_for(
-        async || h2.call("GET", "/v1/host", None, None).await.json()["store"]["ready"] == true,
-        "host 2's store check",
-    )
-    .await;
+    h2.wait_store_ready().await;
     common::wait_for(
         async || Wallet::new(&h2).await.keyset_id == new_id,
         "host 2 reading the fleet's keysets after a restart",
@@ -482,11 +478,7 @@ async fn a_crash_between_the_reservation_and_the_local_commit_signs_nothing_twic
         r.text()
     );
     let h1 = host(&pg, &dirs[0], 1, &seed).await;
-    common::wait_for(
-        async || h1.call("GET", "/v1/host", None, None).await.json()["store"]["ready"] == true,
-        "host 1's store check",
-    )
-    .await;
+    h1.wait_store_ready().await;
     // Reconciled at start-up: released, so the same swap succeeds, on host 2.
     let r = h2.call("POST", "/v1/swap", None, Some(body)).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -503,11 +495,7 @@ async fn a_crash_between_the_reservation_and_the_local_commit_signs_nothing_twic
     let body = swap_body(&kept, &blanks);
     swap_into_crash(h1, &body).await;
     let h1 = host(&pg, &dirs[0], 1, &seed).await;
-    common::wait_for(
-        async || h1.call("GET", "/v1/host", None, None).await.json()["store"]["ready"] == true,
-        "host 1's store check",
-    )
-    .await;
+    h1.wait_store_ready().await;
     let restore = json!({"outputs": messages(&blanks)});
     common::wait_for(
         async || {
@@ -773,11 +761,7 @@ async fn a_crash_between_a_refunds_reservation_and_the_ledger_loses_nothing() {
 
     // Restarted: reconciled (released), and the same stop refunds the lease.
     let h1 = host(&pg, &dirs[0], 1, &seed).await;
-    common::wait_for(
-        async || h1.call("GET", "/v1/host", None, None).await.json()["store"]["ready"] == true,
-        "host 1's store check",
-    )
-    .await;
+    h1.wait_store_ready().await;
     let r = h1
         .call("POST", &path, Some(&lease.token), Some(stop.clone()))
         .await;

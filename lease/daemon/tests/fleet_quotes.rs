@@ -80,11 +80,7 @@ async fn host_env(
     ];
     args.extend_from_slice(extra);
     let d = Daemon::spawn(dir.path(), &args, env).await;
-    common::wait_for(
-        async || d.call("GET", "/v1/host", None, None).await.json()["store"]["ready"] == true,
-        "the host's start-up check against the store",
-    )
-    .await;
+    d.wait_store_ready().await;
     d
 }
 

@@ -119,6 +119,18 @@ async fn wait_for_socket(socket: &Path) {
 }
 
 impl Daemon {
+    /// Waits until `GET /v1/host` says the fleet store is ready (schema checked, this
+    /// host's pending fences reconciled): before that, money requests are 503.
+    pub async fn wait_store_ready(&self) {
+        wait_for(
+            async || {
+                self.call("GET", "/v1/host", None, None).await.json()["store"]["ready"] == true
+            },
+            "the host's start-up check against the fleet store",
+        )
+        .await;
+    }
+
     /// Asserts through NUT-07 `/v1/checkstate` that every one of `proofs` is unspent here.
     pub async fn assert_unspent(&self, proofs: &[Proof]) {
         let ys: Vec<String> = proofs
