@@ -65,19 +65,6 @@ fn start_of(lease: &CreatedLease) -> &str {
     lease.reply["boot"]["start"].as_str().unwrap_or("(none)")
 }
 
-async fn console(d: &Daemon, lease: &CreatedLease) -> String {
-    let r = d
-        .call(
-            "GET",
-            &format!("/v1/leases/{}/console", lease.id),
-            Some(&lease.token),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.text()
-}
-
 /// The `count N` numbers on a console, in order.
 fn counts(text: &str) -> Vec<u64> {
     text.lines()
@@ -90,14 +77,14 @@ fn counts(text: &str) -> Vec<u64> {
 async fn counting_past(d: &Daemon, lease: &CreatedLease, past: u64) -> Vec<u64> {
     wait_for(
         async || {
-            counts(&console(d, lease).await)
+            counts(&d.console(lease).await)
                 .last()
                 .is_some_and(|&n| n > past)
         },
         "the guest to count on",
     )
     .await;
-    counts(&console(d, lease).await)
+    counts(&d.console(lease).await)
 }
 
 /// A copy of the test guest the test may replace, and a daemon offering it as `tg`
@@ -145,7 +132,7 @@ async fn leases_after_the_first_start_by_restore_and_run_on_independently() {
     // Restored guests continue the snapshotted one: no boot banner, the count goes on
     // without restarting or skipping.
     let b_counts = counting_past(&d, &b, 5).await;
-    let b_text = console(&d, &b).await;
+    let b_text = &d.console(&b).await;
     assert!(!b_text.contains("coinop-testguest ready"), "{b_text}");
     assert!(
         b_counts.windows(2).all(|w| w[1] == w[0] + 1),
@@ -154,7 +141,7 @@ async fn leases_after_the_first_start_by_restore_and_run_on_independently() {
 
     // Independent: stopping one leaves the other counting.
     d.stop_lease(&b.id, &b.token).await;
-    let before = *counts(&console(&d, &c).await).last().unwrap_or(&0);
+    let before = *counts(&d.console(&c).await).last().unwrap_or(&0);
     let c_counts = counting_past(&d, &c, before + 10).await;
     assert!(
         c_counts.windows(2).all(|w| w[1] == w[0] + 1),

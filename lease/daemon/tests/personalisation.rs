@@ -42,19 +42,6 @@ async fn create(d: &Daemon, ssh_key: Option<&str>) -> CreatedLease {
     d.create_lease(body).await
 }
 
-async fn console(d: &Daemon, lease: &CreatedLease) -> String {
-    let r = d
-        .call(
-            "GET",
-            &format!("/v1/leases/{}/console", lease.id),
-            Some(&lease.token),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.text()
-}
-
 /// The lines the guest printed as `personalised: LINE`.
 fn personalised(text: &str) -> Vec<String> {
     text.lines()
@@ -72,7 +59,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 /// The one line `lease`'s guest got (guest_ready follows it, so it is on the console by
 /// the time the create answered), checked against the protocol and the lease.
 async fn line_of(d: &Daemon, lease: &CreatedLease) -> String {
-    let text = console(d, lease).await;
+    let text = d.console(lease).await;
     let lines = personalised(&text);
     assert_eq!(lines.len(), 1, "one line per guest:\n{text}");
     let line = lines[0].clone();
@@ -149,7 +136,7 @@ async fn cold_and_restored_leases_each_get_their_own_line() {
     let mut lines = vec![cold_line];
     for lease in [&a, &b] {
         assert_eq!(start_of(lease), "restore", "{}", lease.reply);
-        let text = console(&d, lease).await;
+        let text = &d.console(lease).await;
         // Restored while waiting: the boot banner and the 'before 124' report belong to
         // the build, before the snapshot; this guest only reads its line.
         assert!(!text.contains("com2 empty before 124"), "{text}");

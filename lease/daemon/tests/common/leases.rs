@@ -27,6 +27,20 @@ pub fn credit_payment(proofs: &impl serde::Serialize) -> Value {
 }
 
 impl Daemon {
+    /// The lease's console so far, through the tenant's route.
+    pub async fn console(&self, lease: &CreatedLease) -> String {
+        let r = self
+            .call(
+                "GET",
+                &format!("/v1/leases/{}/console", lease.id),
+                Some(&lease.token),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+    }
+
     /// POST /v1/leases with `body`; asserts a 201 and takes the id and token from it.
     pub async fn create_lease(&self, body: Value) -> CreatedLease {
         let r = self.call("POST", "/v1/leases", None, Some(body)).await;
