@@ -5,7 +5,7 @@
 #   images/initramfs/build.sh [OUTFILE]
 #
 # Cached under $COINOP_CACHE/initramfs/<key> (default /var/cache/coinop), keyed by the hash
-# of (busybox-static version, init, outb.c, this script). With OUTFILE the image is also
+# of (busybox-static version, init, outb.c, raw_syscall.h, this script). With OUTFILE the image is also
 # copied there. The only line on stdout is the path of the image.
 set -euo pipefail
 
@@ -27,7 +27,7 @@ if [ -n "${missing[*]:-}" ]; then
 fi
 
 version=$(dpkg-query -W -f='${Version}' busybox-static)
-key=$( { echo "busybox-static $version"; cat "$here/init" "$here/outb.c" "$here/virtio-check" "$0"; } | sha256sum | cut -c1-16)
+key=$( { echo "busybox-static $version"; cat "$here/init" "$here/outb.c" "$here/raw_syscall.h" "$here/virtio-check" "$0"; } | sha256sum | cut -c1-16)
 dir=$cache_root/initramfs/$key
 image=$dir/initramfs.cpio.gz
 

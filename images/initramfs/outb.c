@@ -11,16 +11,7 @@
 #define SYS_ioperm 173
 #define SYS_exit 60
 
-static long syscall3(long nr, long a, long b, long c)
-{
-	long ret;
-
-	__asm__ volatile("syscall"
-			 : "=a"(ret)
-			 : "a"(nr), "D"(a), "S"(b), "d"(c)
-			 : "rcx", "r11", "memory");
-	return ret;
-}
+#include "raw_syscall.h"
 
 static void fail(const char *msg)
 {

@@ -9,7 +9,7 @@
 #   images/rootfs/build.sh [OUTFILE]
 #
 # Cached under $COINOP_CACHE/rootfs/<key>, keyed by (busybox-static and dropbear-bin
-# versions, init, outb.c, personalise.c, portline.c, this script). Prints the image path; also writes dbclient (the matching
+# versions, init, outb.c, raw_syscall.h, personalise.c, portline.c, this script). Prints the image path; also writes dbclient (the matching
 # SSH client, and dropbearkey, with their libraries) under <key>/client/ for the lab.
 set -euo pipefail
 
@@ -30,7 +30,7 @@ db_version=$(apt-cache policy dropbear-bin | awk '/Candidate:/ { print $2 }')
 outb_src=$here/../initramfs/outb.c
 personalise_src=$here/personalise.c
 portline_src=$here/portline.c
-key=$( { echo "$bb_version $db_version"; cat "$here/init" "$outb_src" "$personalise_src" "$portline_src" "$0"; } |
+key=$( { echo "$bb_version $db_version"; cat "$here/init" "$outb_src" "$here/../initramfs/raw_syscall.h" "$personalise_src" "$portline_src" "$0"; } |
   sha256sum | cut -c1-16)
 dir=$cache_root/rootfs/$key
 image=$dir/rootfs.ext4

@@ -52,16 +52,7 @@
 #define SEED_BYTES 32
 #define IFACE "eth0"
 
-static long syscall3(long nr, long a, long b, long c)
-{
-	long ret;
-
-	__asm__ volatile("syscall"
-			 : "=a"(ret)
-			 : "a"(nr), "D"(a), "S"(b), "d"(c)
-			 : "rcx", "r11", "memory");
-	return ret;
-}
+#include "../initramfs/raw_syscall.h"
 
 static long length(const char *s)
 {

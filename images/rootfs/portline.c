@@ -34,16 +34,7 @@
 
 static char line[LINE_MAX];
 
-static long syscall3(long nr, long a, long b, long c)
-{
-	long ret;
-
-	__asm__ volatile("syscall"
-			 : "=a"(ret)
-			 : "a"(nr), "D"(a), "S"(b), "d"(c)
-			 : "rcx", "r11", "memory");
-	return ret;
-}
+#include "../initramfs/raw_syscall.h"
 
 static void fail(const char *msg)
 {
