@@ -109,6 +109,7 @@ pub async fn adopt(s: &Shared) -> Result<(usize, usize), LedgerError> {
         let st = st.unwrap_or_else(|| {
             Err(ControlError::Timeout {
                 path: l.control_path.clone(),
+                waited: vmm_protocol::client::CONTROL_TIMEOUT,
             })
         });
         if adopt_one(s, l, st).await? {
