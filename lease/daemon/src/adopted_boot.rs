@@ -6,14 +6,28 @@
 //! is watched in its log until it is ready (or the boot timeout, counted from the
 //! adoption, passes: it is then marked `running` without `guest_ready_us`, as a guest that
 //! answers its control socket), or until its VMM ends (stopped `boot_failed`).
+//!
+//! A guest of an `agent` image gets `guest_ready` only after its personalisation line
+//! (images/rootfs/PERSONALISE.md), which coinopd sends when the guest asks
+//! (`awaiting_personalisation`). A coinopd that died after the ask and before the send
+//! leaves a guest that waits for ever, so the watch sends the line itself when the log shows
+//! the ask and not `personalised`: built like a create's ([`Personalisation::for_lease`],
+//! entropy and clock made at the send), from what the lease keeps durably: its network
+//! from its record (`NAME.net.json`, claimed back at the adoption) and the tenant's key from
+//! the ledger's command line (`coinop.ssh_key=`, which never reaches an agent VMM's command
+//! line). The VMM takes one line per process: a refusal means the dead coinopd's line got
+//! there first, and the guest reads that one.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use coinop_proto::StopReason;
+use vmm_protocol::client::ControlError;
 
 use crate::app::Shared;
 use crate::boot_record::SpawnRecord;
 use crate::ledger::{LeaseRow, LedgerError};
+use crate::personalisation::Personalisation;
 use crate::supervisor::GuestPaths;
 use crate::vmm_log_events::{boot_progress, BootProgress};
 use crate::vmm_process::VmmProcess;
@@ -35,13 +49,26 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
     if progress.guest_ready_us.is_some() {
         return mark_running(s, &l.id, pid, &record, progress);
     }
+    // Owed while the guest may still need its line from us.
+    let mut owed = personalisation(s, l);
+    let control = PathBuf::from(&l.control_path);
     let (s, id) = (s.clone(), l.id.clone());
     let timeout = Duration::from_millis(s.config.boot_timeout_ms);
     tokio::spawn(async move {
         let deadline = Instant::now() + timeout;
+        let mut p = progress;
         let (progress, gone) = loop {
+            if let Some(line) = &owed {
+                // Read by the guest (whoever sent it), or handed to its VMM now.
+                let has_it = p.personalised_us.is_some()
+                    || (p.awaiting_personalisation_us.is_some()
+                        && deliver(&id, &control, line).await);
+                if has_it {
+                    owed = None;
+                }
+            }
             tokio::time::sleep(POLL).await;
-            let p = boot_progress(&log);
+            p = boot_progress(&log);
             let gone = p.exited || vmm.is_some_and(|v| !v.is_running());
             if p.guest_ready_us.is_some() || gone || Instant::now() >= deadline {
                 break (p, gone);
@@ -61,6 +88,57 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
         }
     });
     Ok(())
+}
+
+/// The line lease `l`'s guest needs if its image is an `agent` one; `None` for any other
+/// image, or when what the line needs is lost (the guest then never gets ready).
+fn personalisation(s: &Shared, l: &LeaseRow) -> Option<Personalisation> {
+    let Some(image) = s.config.images.get(&l.image) else {
+        tracing::warn!(lease = %l.id, image = %l.image,
+            "the adopted guest's image is no longer offered: no personalisation for it");
+        return None;
+    };
+    if !image.agent {
+        return None;
+    }
+    // Claimed back from its record by the adoption, before this.
+    let network = s.supervisor.isolation().network_info(&l.id);
+    if network.is_none() && s.config.lease_gets_network(image) {
+        // A line without the address would make a guest nobody can reach: better none
+        // (the guest never gets ready) than a half-made one.
+        tracing::error!(lease = %l.id,
+            "the adopted guest's network record is missing: it gets no personalisation");
+        return None;
+    }
+    let (_, ssh_key) = crate::leases::create::split_ssh_key_word(&l.cmdline);
+    Some(Personalisation::for_lease(
+        &l.id,
+        network.as_ref(),
+        ssh_key.as_deref(),
+    ))
+}
+
+/// Sends the adopted guest at `control` its line, made now; whether it has a line now
+/// (sent, or refused because the VMM already took one: the dead coinopd's). Any other
+/// failure is tried again at the next poll.
+async fn deliver(id: &str, control: &Path, p: &Personalisation) -> bool {
+    match vmm_protocol::client::personalise(control, &p.line()).await {
+        Ok(()) => {
+            tracing::info!(lease = id, "personalisation sent to an adopted guest");
+            true
+        }
+        Err(ControlError::Refused { error, .. }) => {
+            tracing::info!(lease = id, vmm_said = %error,
+                "the adopted guest's VMM already had its line (sent before the restart); \
+                 waiting for guest_ready");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(lease = id, error = %e,
+                "sending an adopted guest its personalisation; trying again");
+            false
+        }
+    }
 }
 
 fn mark_running(

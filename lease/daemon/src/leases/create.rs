@@ -595,7 +595,7 @@ pub fn ssh_key_word(key: &str) -> Option<String> {
 
 /// `cmdline` without its `coinop.ssh_key=TYPE:BLOB` word, and that key as an OpenSSH key
 /// line (`TYPE BLOB`), if it had one.
-fn split_ssh_key_word(cmdline: &str) -> (String, Option<String>) {
+pub(crate) fn split_ssh_key_word(cmdline: &str) -> (String, Option<String>) {
     let mut key = None;
     let rest: Vec<&str> = cmdline
         .split(' ')

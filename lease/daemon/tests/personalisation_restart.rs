@@ -1,0 +1,290 @@
+//! A coinopd that dies while an `agent` guest boots: the restarted coinopd re-adopts the
+//! running VMM and makes sure the guest gets its personalisation line
+//! (images/rootfs/PERSONALISE.md), so the paid lease runs instead of timing out and being
+//! refunded. Real parts: a real `coinopd` process aborted at an injected fault
+//! (`COINOPD_FAULT`), restarted on the same state directory, the real coinop-vmm and the
+//! test guest's `mode=personalise` on /dev/kvm (it writes 124, reads one line from the
+//! personalisation port, prints it as `personalised: LINE` and writes 123).
+//!
+//! - died after the guest asked and before the line was sent: the restarted coinopd sends
+//!   it (the lease's own host name, network and tenant key, fresh entropy and clock);
+//! - died after the line was sent: the guest keeps that line, it gets no second one;
+//! - the line reached the VMM but not yet the guest (its vCPUs held by a pause): the
+//!   restarted coinopd's send is refused by the VMM (one line per process), which counts
+//!   as delivered, and the guest reads the first line once it runs.
+//!
+//! Each time the create's retry (same payment, same recovery key) gets the running lease
+//! back, not a refund, and the books balance.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
+use coinop_cli::client::Reply;
+use coinop_proto::LeaseState;
+use coinopd::fault::{point, ENV};
+use coinopd::ledger::{LeaseRow, Ledger};
+use coinopd::vmm_process::VmmProcess;
+use common::leases::credit_payment;
+use common::{kvm_or_skip, vmm_and_guest, wait_for, Daemon, StateDir};
+use serde_json::{json, Value};
+use vmm_protocol::Request;
+
+const SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTestOnly0123456789abcdefgh tenant@test";
+
+fn row(dir: &Path, id: &str) -> LeaseRow {
+    let l = Ledger::open(&dir.join("ledger.db")).expect("open ledger");
+    l.get(id).expect("read lease").expect("lease row")
+}
+
+fn books_balance(dir: &Path, id: &str) {
+    let l = Ledger::open(&dir.join("ledger.db")).expect("open ledger");
+    let b = l.books(id).expect("books");
+    assert!(b.balanced(), "books of {id} do not balance: {b:?}");
+}
+
+/// The `--image` of an agent image on the test guest (cold boots only: no snapshot, so
+/// every lease here is the first boot of its guest).
+fn agent_image() -> String {
+    let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
+    format!("tga={},agent,cmdline=mode=personalise", guest.display())
+}
+
+/// The lines the guest printed as `personalised: LINE`.
+fn personalised(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("personalised: "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The value of `key` in a personalisation line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// A lease that died with its create: its id, its VMM (running), the create's body (for
+/// the retry) and where its guest's console and control socket are.
+struct Orphan {
+    id: String,
+    vmm: VmmProcess,
+    body: Value,
+    console: PathBuf,
+    control: PathBuf,
+}
+
+/// Starts coinopd with the fault `at`, creates an agent lease (with the tenant's key and a
+/// recovery key) into the crash, and checks what it left: a `booting` lease whose VMM runs
+/// and whose guest asked for its line.
+async fn create_into_crash_at(dir: &Path, at: &str) -> Orphan {
+    let image = agent_image();
+    let d = Daemon::spawn(dir, &["--image", &image], &[(ENV, at)]).await;
+    let proofs = d.mint_credit(20).await;
+    let mut recovery_key = [0u8; 32];
+    OsRng.fill_bytes(&mut recovery_key);
+    let body = json!({"vcpus": 1, "mem_mib": 64, "image": "tga", "ssh_key": SSH_KEY,
+                      "recovery_key": hex::encode(recovery_key),
+                      "payment": credit_payment(&proofs)});
+    d.create_into_crash(&body).await;
+    let leases = common::guest_reaper::leases(dir);
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    let id = leases[0].0.clone();
+    let booting = row(dir, &id);
+    assert_eq!(booting.state, LeaseState::Booting, "{booting:?}");
+    let vmm = booting.vmm().expect("the VMM recorded at its spawn");
+    assert!(vmm.is_running(), "the guest outlives coinopd");
+    let log = std::fs::read_to_string(dir.join("run").join(format!("{id}.vmm.log")))
+        .expect("the VMM's log");
+    assert!(
+        log.contains(r#""event":"awaiting_personalisation""#),
+        "the guest asked for its line before coinopd died:\n{log}"
+    );
+    Orphan {
+        id,
+        vmm,
+        body,
+        console: PathBuf::from(&booting.console_path),
+        control: PathBuf::from(&booting.control_path),
+    }
+}
+
+/// The retry of the create after the restart: the same lease back (200, `recovered`), not
+/// a failed boot or a refund; returns its new token.
+fn recovered(r: &Reply, id: &str) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["lease_id"], id, "{v}");
+    assert_eq!(v["recovered"], true, "{v}");
+    assert!(v["refund"].is_null(), "no refund: {v}");
+    let state = v["state"].as_str().unwrap_or_default();
+    assert!(
+        state == "booting" || state == "running",
+        "the lease lives: {v}"
+    );
+    v["token"].as_str().expect("token").to_string()
+}
+
+/// Waits for the lease to run (through the API, with `token`) and returns the one line
+/// its guest got, checked against the lease: its host name, the tenant's key, the
+/// protocol's entropy and a clock near the host's.
+async fn runs_with_one_line(d: &Daemon, dir: &Path, id: &str, token: &str) -> String {
+    let path = format!("/v1/leases/{id}");
+    wait_for(
+        async || d.call("GET", &path, Some(token), None).await.json()["state"] == "running",
+        "the adopted lease running",
+    )
+    .await;
+    let adopted = row(dir, id);
+    assert_eq!(adopted.state, LeaseState::Running, "{adopted:?}");
+    assert_eq!(adopted.refunded_msat, None, "{adopted:?}");
+    let figures: coinop_proto::BootFigures =
+        serde_json::from_str(adopted.boot_json.as_deref().expect("boot figures"))
+            .expect("boot figures JSON");
+    assert!(
+        figures.guest_ready_us.is_some(),
+        "the guest reported guest_ready (it does only after its line): {figures:?}"
+    );
+    let console = d
+        .call("GET", &format!("{path}/console"), Some(token), None)
+        .await;
+    assert_eq!(console.status, 200, "{}", console.text());
+    let text = console.text();
+    let lines = personalised(&text);
+    assert_eq!(lines.len(), 1, "one line per guest:\n{text}");
+    let line = lines[0].clone();
+    assert!(line.starts_with("coinop-personalise/1 "), "{line}");
+    assert_eq!(field(&line, "hostname"), Some(id), "{line}");
+    let entropy = field(&line, "entropy").expect("entropy");
+    assert_eq!(entropy.len(), 64, "{line}");
+    assert!(entropy.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+    let time: f64 = field(&line, "time")
+        .and_then(|t| t.parse().ok())
+        .expect("time");
+    assert!(
+        (unix_now() - time).abs() < 120.0,
+        "the host's clock: {line}"
+    );
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(field(&line, "ssh_key").expect("the tenant's key"))
+        .expect("standard base64");
+    let mut want = SSH_KEY.split(' ');
+    let want = format!(
+        "{} {}",
+        want.next().expect("type"),
+        want.next().expect("blob")
+    );
+    assert_eq!(String::from_utf8_lossy(&key), want, "{line}");
+    line
+}
+
+/// Stops the lease through the API (its VMM ends) and checks its books.
+async fn stop(d: Daemon, dir: &Path, id: &str, token: &str, vmm: &VmmProcess) {
+    d.stop_lease(id, token).await;
+    wait_for(async || !vmm.is_running(), "the VMM's end").await;
+    books_balance(dir, id);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_awaiting_its_line_gets_it_from_the_restarted_coinopd() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let o = create_into_crash_at(dir.path(), point::CREATE_AWAITING_PERSONALISATION).await;
+    let before = std::fs::read_to_string(&o.console).unwrap_or_default();
+    assert!(
+        personalised(&before).is_empty(),
+        "no line before the restart:\n{before}"
+    );
+
+    let d = Daemon::spawn(dir.path(), &["--image", &agent_image()], &[]).await;
+    let token = recovered(
+        &d.call("POST", "/v1/leases", None, Some(o.body.clone()))
+            .await,
+        &o.id,
+    );
+    runs_with_one_line(&d, dir.path(), &o.id, &token).await;
+    assert_eq!(row(dir.path(), &o.id).vmm(), Some(o.vmm), "the same VMM");
+    let log = d.log();
+    assert!(
+        log.contains("personalisation sent to an adopted guest"),
+        "{log}"
+    );
+    stop(d, dir.path(), &o.id, &token, &o.vmm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_sent_before_coinopd_died_is_the_guests_only_line() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let o = create_into_crash_at(dir.path(), point::CREATE_PERSONALISATION_SENT).await;
+
+    let d = Daemon::spawn(dir.path(), &["--image", &agent_image()], &[]).await;
+    let token = recovered(
+        &d.call("POST", "/v1/leases", None, Some(o.body.clone()))
+            .await,
+        &o.id,
+    );
+    runs_with_one_line(&d, dir.path(), &o.id, &token).await;
+    stop(d, dir.path(), &o.id, &token, &o.vmm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_the_vmm_refuses_counts_as_delivered() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let o = create_into_crash_at(dir.path(), point::CREATE_AWAITING_PERSONALISATION).await;
+    // The dead coinopd's line reached the VMM, not yet the guest: its vCPUs are held so
+    // that it cannot read the line before the restarted coinopd looks.
+    let paused = vmm_protocol::client::set_state(&o.control, Request::Pause).await;
+    assert!(paused.is_ok(), "{paused:?}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    let first = format!(
+        "coinop-personalise/1 entropy={} time={}.{:09} hostname={} ssh_key={}",
+        "5a".repeat(32),
+        now.as_secs(),
+        now.subsec_nanos(),
+        o.id,
+        base64::engine::general_purpose::STANDARD
+            .encode(SSH_KEY.rsplit_once(' ').expect("a key with a comment").0),
+    );
+    let sent = vmm_protocol::client::personalise(&o.control, &first).await;
+    assert!(sent.is_ok(), "{sent:?}");
+
+    let d = Daemon::spawn(dir.path(), &["--image", &agent_image()], &[]).await;
+    wait_for(
+        async || d.log().contains("already had its line"),
+        "the restarted coinopd's send refused by the VMM",
+    )
+    .await;
+    assert_eq!(row(dir.path(), &o.id).state, LeaseState::Booting);
+    let resumed = vmm_protocol::client::set_state(&o.control, Request::Resume).await;
+    assert!(resumed.is_ok(), "{resumed:?}");
+    let token = recovered(
+        &d.call("POST", "/v1/leases", None, Some(o.body.clone()))
+            .await,
+        &o.id,
+    );
+    let line = runs_with_one_line(&d, dir.path(), &o.id, &token).await;
+    assert_eq!(line, first, "the guest got the line the VMM took first");
+    stop(d, dir.path(), &o.id, &token, &o.vmm).await;
+}
