@@ -47,11 +47,33 @@ fn books_balance(dir: &Path, id: &str) {
     assert!(b.balanced(), "books of {id} do not balance: {b:?}");
 }
 
-/// The `--image` of an agent image on the test guest (cold boots only: no snapshot, so
-/// every lease here is the first boot of its guest).
-fn agent_image() -> String {
+/// The `--image` of an agent image on the test guest; with a golden snapshot when
+/// `snapshot` (else every lease boots cold).
+fn agent_image(snapshot: bool) -> String {
     let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
-    format!("tga={},agent,cmdline=mode=personalise", guest.display())
+    let snapshot = if snapshot { ",snapshot" } else { "" };
+    format!(
+        "tga={}{snapshot},agent,cmdline=mode=personalise",
+        guest.display()
+    )
+}
+
+/// Whether image `tga` has a complete golden snapshot.
+fn has_snapshot(state: &Path) -> bool {
+    std::fs::read_dir(state.join("snapshots").join("tga"))
+        .map(|entries| entries.flatten().any(|e| e.path().join("state").is_file()))
+        .unwrap_or(false)
+}
+
+/// The command line of process `pid`.
+fn argv(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The lines the guest printed as `personalised: LINE`.
@@ -85,12 +107,16 @@ struct Orphan {
     control: PathBuf,
 }
 
-/// Starts coinopd with the fault `at`, creates an agent lease (with the tenant's key and a
-/// recovery key) into the crash, and checks what it left: a `booting` lease whose VMM runs
-/// and whose guest asked for its line.
+/// Starts coinopd with the fault `at` and creates an agent lease into the crash.
 async fn create_into_crash_at(dir: &Path, at: &str) -> Orphan {
-    let image = agent_image();
-    let d = Daemon::spawn(dir, &["--image", &image], &[(ENV, at)]).await;
+    let d = Daemon::spawn(dir, &["--image", &agent_image(false)], &[(ENV, at)]).await;
+    create_into_crash(d, dir).await
+}
+
+/// Creates an agent lease (with the tenant's key and a recovery key) on `d`, whose fault
+/// aborts it, and checks what it left: a `booting` lease whose VMM runs and whose guest
+/// asked for its line.
+async fn create_into_crash(d: Daemon, dir: &Path) -> Orphan {
     let proofs = d.mint_credit(20).await;
     let mut recovery_key = [0u8; 32];
     OsRng.fill_bytes(&mut recovery_key);
@@ -98,19 +124,26 @@ async fn create_into_crash_at(dir: &Path, at: &str) -> Orphan {
                       "recovery_key": hex::encode(recovery_key),
                       "payment": credit_payment(&proofs)});
     d.create_into_crash(&body).await;
-    let leases = common::guest_reaper::leases(dir);
-    assert_eq!(leases.len(), 1, "{leases:?}");
-    let id = leases[0].0.clone();
-    let booting = row(dir, &id);
-    assert_eq!(booting.state, LeaseState::Booting, "{booting:?}");
+    let ledger = Ledger::open(&dir.join("ledger.db")).expect("open ledger");
+    let rows = ledger.list().expect("list leases");
+    let mut booting = rows.iter().filter(|r| r.state == LeaseState::Booting);
+    let (Some(booting), None) = (booting.next(), booting.next()) else {
+        panic!("one lease booting: {rows:?}");
+    };
+    let id = booting.id.clone();
     let vmm = booting.vmm().expect("the VMM recorded at its spawn");
     assert!(vmm.is_running(), "the guest outlives coinopd");
-    let log = std::fs::read_to_string(dir.join("run").join(format!("{id}.vmm.log")))
-        .expect("the VMM's log");
-    assert!(
-        log.contains(r#""event":"awaiting_personalisation""#),
-        "the guest asked for its line before coinopd died:\n{log}"
-    );
+    // The VMM copies the event to its log just after it handed it to coinopd, which may
+    // have died of it in between.
+    let log = dir.join("run").join(format!("{id}.vmm.log"));
+    wait_for(
+        async || {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|l| l.contains(r#""event":"awaiting_personalisation""#))
+        },
+        "the guest's ask for its line in its VMM's log",
+    )
+    .await;
     Orphan {
         id,
         vmm,
@@ -210,7 +243,7 @@ async fn a_guest_awaiting_its_line_gets_it_from_the_restarted_coinopd() {
         "no line before the restart:\n{before}"
     );
 
-    let d = Daemon::spawn(dir.path(), &["--image", &agent_image()], &[]).await;
+    let d = Daemon::spawn(dir.path(), &["--image", &agent_image(false)], &[]).await;
     let token = recovered(
         &d.call("POST", "/v1/leases", None, Some(o.body.clone()))
             .await,
@@ -234,7 +267,7 @@ async fn a_line_sent_before_coinopd_died_is_the_guests_only_line() {
     let dir = StateDir::new();
     let o = create_into_crash_at(dir.path(), point::CREATE_PERSONALISATION_SENT).await;
 
-    let d = Daemon::spawn(dir.path(), &["--image", &agent_image()], &[]).await;
+    let d = Daemon::spawn(dir.path(), &["--image", &agent_image(false)], &[]).await;
     let token = recovered(
         &d.call("POST", "/v1/leases", None, Some(o.body.clone()))
             .await,
@@ -270,7 +303,7 @@ async fn a_resend_the_vmm_refuses_counts_as_delivered() {
     let sent = vmm_protocol::client::personalise(&o.control, &first).await;
     assert!(sent.is_ok(), "{sent:?}");
 
-    let d = Daemon::spawn(dir.path(), &["--image", &agent_image()], &[]).await;
+    let d = Daemon::spawn(dir.path(), &["--image", &agent_image(false)], &[]).await;
     wait_for(
         async || d.log().contains("already had its line"),
         "the restarted coinopd's send refused by the VMM",
@@ -286,5 +319,41 @@ async fn a_resend_the_vmm_refuses_counts_as_delivered() {
     );
     let line = runs_with_one_line(&d, dir.path(), &o.id, &token).await;
     assert_eq!(line, first, "the guest got the line the VMM took first");
+    stop(d, dir.path(), &o.id, &token, &o.vmm).await;
+}
+
+/// The same for a lease restored from the image's golden snapshot (the lab's fast path):
+/// the restored VMM asks again for a line after its vCPUs start, and the restarted coinopd
+/// answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_guest_awaiting_its_line_gets_it_from_the_restarted_coinopd() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let image = agent_image(true);
+    // The first lease (cold, its line sent) passes the fault point once; the second, the
+    // restored one, dies there.
+    let at = format!("{}:2", point::CREATE_AWAITING_PERSONALISATION);
+    let d = Daemon::spawn(dir.path(), &["--image", &image], &[(ENV, at.as_str())]).await;
+    let proofs = d.mint_credit(20).await;
+    let cold = d
+        .create_lease(json!({"vcpus": 1, "mem_mib": 64, "image": "tga",
+                             "payment": credit_payment(&proofs)}))
+        .await;
+    assert_eq!(cold.reply["boot"]["start"], "cold", "{}", cold.reply);
+    wait_for(async || has_snapshot(dir.path()), "the golden snapshot").await;
+    let o = create_into_crash(d, dir.path()).await;
+    let args = argv(o.vmm.pid);
+    assert!(args.iter().any(|a| a == "--restore"), "{args:?}");
+
+    let d = Daemon::spawn(dir.path(), &["--image", &image], &[]).await;
+    let token = recovered(
+        &d.call("POST", "/v1/leases", None, Some(o.body.clone()))
+            .await,
+        &o.id,
+    );
+    runs_with_one_line(&d, dir.path(), &o.id, &token).await;
+    d.stop_lease(&cold.id, &cold.token).await;
     stop(d, dir.path(), &o.id, &token, &o.vmm).await;
 }
