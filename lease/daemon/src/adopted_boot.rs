@@ -5,7 +5,8 @@
 //! replied. A guest that is ready is marked `running` with them at once; one still booting
 //! is watched in its log until it is ready (or the boot timeout, counted from the
 //! adoption, passes: it is then marked `running` without `guest_ready_us`, as a guest that
-//! answers its control socket), or until its VMM ends (stopped `boot_failed`).
+//! answers its control socket; an agent guest, below, is stopped `boot_failed` instead),
+//! or until its VMM ends (stopped `boot_failed`).
 //!
 //! A guest of an `agent` image gets `guest_ready` only after its personalisation line
 //! (images/rootfs/PERSONALISE.md), which coinopd sends when the guest asks
@@ -16,7 +17,10 @@
 //! from its record (`NAME.net.json`, claimed back at the adoption) and the tenant's key from
 //! the ledger's command line (`coinop.ssh_key=`, which never reaches an agent VMM's command
 //! line). The VMM takes one line per process: a refusal means the dead coinopd's line got
-//! there first, and the guest reads that one.
+//! there first, and the guest reads that one. An agent guest still not ready when the
+//! boot timeout passes has not applied its lease's data: as a create's boot that times
+//! out, its lease stops `boot_failed` (the balance kept for the tenant) and its VMM is
+//! stopped.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -49,6 +53,8 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
     if progress.guest_ready_us.is_some() {
         return mark_running(s, &l.id, pid, &record, progress);
     }
+    // An agent guest is ready only once it has its line: until then it is half-made.
+    let agent = s.config.images.get(&l.image).is_some_and(|i| i.agent);
     // Owed while the guest may still need its line from us.
     let mut owed = personalisation(s, l);
     let control = PathBuf::from(&l.control_path);
@@ -76,6 +82,11 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
         };
         let done = if gone && progress.guest_ready_us.is_none() {
             boot_failed(&s, &id, vmm)
+        } else if agent && progress.guest_ready_us.is_none() {
+            tracing::warn!(lease = %id, timeout_ms = timeout.as_millis() as u64,
+                personalised = progress.personalised_us.is_some(),
+                "an adopted agent guest did not report guest_ready in time; its boot failed");
+            boot_timed_out(&s, &id, &record, progress)
         } else {
             if progress.guest_ready_us.is_none() {
                 tracing::warn!(lease = %id, timeout_ms = timeout.as_millis() as u64,
@@ -152,6 +163,29 @@ fn mark_running(
     let json = serde_json::to_string(&figures).expect("a struct of integers always serializes");
     s.ledger.mark_running(id, pid, &json)?;
     tracing::info!(lease = id, ?figures, "adopted guest booted; lease running");
+    Ok(())
+}
+
+/// An agent guest was not ready by the deadline: as a create's boot that times out, the
+/// lease stops `boot_failed` with the figures it got (its balance kept for the tenant's
+/// stop with outputs) and its VMM is stopped, rather than a guest without its lease's data
+/// handed out and billed.
+fn boot_timed_out(
+    s: &Shared,
+    id: &str,
+    record: &SpawnRecord,
+    progress: BootProgress,
+) -> Result<(), LedgerError> {
+    let figures = record.finish(progress);
+    let json = serde_json::to_string(&figures).expect("a struct of integers always serializes");
+    // Not if a stop of the tenant's came first: that one stops the guest.
+    if s.ledger
+        .mark_stopped(id, StopReason::BootFailed, Some(&json))?
+    {
+        if let Some(l) = s.ledger.get(id)? {
+            crate::guest_stop::stop_guest(s, &l);
+        }
+    }
     Ok(())
 }
 

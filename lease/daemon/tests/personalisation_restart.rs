@@ -11,7 +11,10 @@
 //! - died after the line was sent: the guest keeps that line, it gets no second one;
 //! - the line reached the VMM but not yet the guest (its vCPUs held by a pause): the
 //!   restarted coinopd's send is refused by the VMM (one line per process), which counts
-//!   as delivered, and the guest reads the first line once it runs.
+//!   as delivered, and the guest reads the first line once it runs;
+//! - the guest never reports `guest_ready` after the restart (its vCPUs held for good): at
+//!   the boot timeout its lease stops `boot_failed`, not billed, its VMM stopped, rather
+//!   than a guest without its lease's data handed out as running.
 //!
 //! Each time the create's retry (same payment, same recovery key) gets the running lease
 //! back, not a refund, and the books balance.
@@ -356,4 +359,46 @@ async fn a_restored_guest_awaiting_its_line_gets_it_from_the_restarted_coinopd()
     runs_with_one_line(&d, dir.path(), &o.id, &token).await;
     d.stop_lease(&cold.id, &cold.token).await;
     stop(d, dir.path(), &o.id, &token, &o.vmm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_agent_guest_never_ready_fails_its_boot_unbilled() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let o = create_into_crash_at(dir.path(), point::CREATE_AWAITING_PERSONALISATION).await;
+    let paused = vmm_protocol::client::set_state(&o.control, Request::Pause).await;
+    assert!(paused.is_ok(), "{paused:?}");
+
+    let d = Daemon::spawn(
+        dir.path(),
+        &["--image", &agent_image(false), "--boot-timeout-ms", "1500"],
+        &[],
+    )
+    .await;
+    let r = d
+        .call("POST", "/v1/leases", None, Some(o.body.clone()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["token"].as_str().expect("token").to_string();
+    let path = format!("/v1/leases/{}", o.id);
+    wait_for(
+        async || d.call("GET", &path, Some(&token), None).await.json()["state"] == "stopped",
+        "the adopted boot failed at its timeout",
+    )
+    .await;
+    let failed = row(dir.path(), &o.id);
+    assert_eq!(
+        failed.stop_reason,
+        Some(coinop_proto::StopReason::BootFailed),
+        "{failed:?}"
+    );
+    assert_eq!(failed.debited_msat, 0, "not billed: {failed:?}");
+    assert_eq!(failed.balance_msat, 20_000, "the balance kept: {failed:?}");
+    wait_for(async || !o.vmm.is_running(), "the VMM stopped").await;
+    let log = d.log();
+    assert!(log.contains("its boot failed"), "{log}");
+    books_balance(dir.path(), &o.id);
+    d.shutdown().await;
 }
