@@ -17,7 +17,9 @@
 //!   than a guest without its lease's data handed out as running.
 //!
 //! Each time the create's retry (same payment, same recovery key) gets the running lease
-//! back, not a refund, and the books balance.
+//! back, not a refund, and the books balance. With a NIC (root: coinopd in a network
+//! namespace of the test's, `--guest-network always`), the line sent after the restart
+//! carries the lease's own address, gateway and MAC, from its network record.
 
 mod common;
 
@@ -401,4 +403,215 @@ async fn an_adopted_agent_guest_never_ready_fails_its_boot_unbilled() {
     assert!(log.contains("its boot failed"), "{log}");
     books_balance(dir.path(), &o.id);
     d.shutdown().await;
+}
+
+/// A real coinopd process in a network namespace: a new one (`netns: None`), or the one
+/// `netns` is a handle on (a restart into the namespace of the coinopd that died). Killed
+/// on drop; its guests are the state directory's to kill.
+struct NetnsCoinopd {
+    child: std::process::Child,
+    client: coinop_cli::client::Client,
+    log: PathBuf,
+}
+
+impl Drop for NetnsCoinopd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NetnsCoinopd {
+    fn spawn(
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        netns: Option<&std::fs::File>,
+    ) -> Self {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let socket = dir.join("coinop.sock");
+        let _ = std::fs::remove_file(&socket);
+        let log = dir.join("coinopd.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("daemon log");
+        let args = common::daemon_args(dir, &socket, extra);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coinopd"));
+        cmd.args(&args[1..])
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(out);
+        let netns = netns.map(AsRawFd::as_raw_fd);
+        // SAFETY: unshare and setns are async-signal-safe and touch only the forked child;
+        // `netns` is an fd the parent keeps open across the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                let done = match netns {
+                    None => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET),
+                    Some(fd) => nix::sched::setns(
+                        std::os::fd::BorrowedFd::borrow_raw(fd),
+                        nix::sched::CloneFlags::CLONE_NEWNET,
+                    ),
+                };
+                done.map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd.spawn().expect("start coinopd");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "coinopd did not bind: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        NetnsCoinopd {
+            child,
+            client: coinop_cli::client::Client::new(&socket),
+            log,
+        }
+    }
+
+    /// A handle on its network namespace (keeps it alive).
+    fn netns(&self) -> std::fs::File {
+        std::fs::File::open(format!("/proc/{}/ns/net", self.child.id())).expect("its netns")
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        self.client
+            .call(
+                method,
+                path,
+                token,
+                body.map(|b| serde_json::to_vec(&b).expect("json")),
+            )
+            .await
+            .expect("coinopd answers")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_with_a_nic_gets_its_own_network_in_the_line_after_the_restart() {
+    if !nix::unistd::geteuid().is_root() {
+        common::skipped("guest networking needs root");
+        return;
+    }
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let image = agent_image(false);
+    let extra = ["--guest-network", "always", "--image", image.as_str()];
+    let fault = [(ENV, point::CREATE_AWAITING_PERSONALISATION)];
+    let d = NetnsCoinopd::spawn(dir.path(), &extra, &fault, None);
+    let netns = d.netns();
+    let quote = d
+        .call(
+            "POST",
+            "/v1/quotes",
+            None,
+            Some(json!({"vcpus": 1, "mem_mib": 64, "seconds": 600})),
+        )
+        .await;
+    assert_eq!(quote.status, 200, "{}", quote.text());
+    let payment = coinop_cli::regtest_pay::pay_quote(
+        &d.client,
+        quote.json()["quote_id"].as_str().expect("quote_id"),
+    )
+    .await
+    .expect("regtest payment");
+    let mut recovery_key = [0u8; 32];
+    OsRng.fill_bytes(&mut recovery_key);
+    let body = json!({"vcpus": 1, "mem_mib": 64, "image": "tga", "ssh_key": SSH_KEY,
+                      "recovery_key": hex::encode(recovery_key), "payment": payment});
+    let lost = d
+        .client
+        .call(
+            "POST",
+            "/v1/leases",
+            None,
+            Some(serde_json::to_vec(&body).expect("json")),
+        )
+        .await;
+    assert!(
+        lost.is_err(),
+        "coinopd answered despite the fault: {lost:?}"
+    );
+    let mut d = d;
+    let status = d.child.wait().expect("wait for coinopd");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGABRT),
+        "{status:?}\n{}",
+        d.log()
+    );
+    drop(d);
+    let ledger = Ledger::open(&dir.path().join("ledger.db")).expect("open ledger");
+    let rows = ledger.list().expect("list leases");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let id = rows[0].id.clone();
+    assert_eq!(rows[0].state, LeaseState::Booting, "{rows:?}");
+    let vmm = rows[0].vmm().expect("the VMM recorded");
+    assert!(vmm.is_running());
+
+    let d = NetnsCoinopd::spawn(dir.path(), &extra, &[], Some(&netns));
+    let r = d.call("POST", "/v1/leases", None, Some(body.clone())).await;
+    let token = recovered(&r, &id);
+    let path = format!("/v1/leases/{id}");
+    wait_for(
+        async || d.call("GET", &path, Some(&token), None).await.json()["state"] == "running",
+        "the adopted lease running",
+    )
+    .await;
+    let shown = d.call("GET", &path, Some(&token), None).await.json();
+    let net = &shown["network"];
+    let (ip, gw, mac) = (
+        net["guest_ip"].as_str().expect("guest_ip"),
+        net["host_ip"].as_str().expect("host_ip"),
+        net["mac"].as_str().expect("mac"),
+    );
+    let console = d
+        .call("GET", &format!("{path}/console"), Some(&token), None)
+        .await;
+    assert_eq!(console.status, 200, "{}", console.text());
+    let text = console.text();
+    let lines = personalised(&text);
+    assert_eq!(lines.len(), 1, "one line:\n{text}");
+    let line = &lines[0];
+    for word in [
+        format!("hostname={id}"),
+        format!("ip={ip}/30"),
+        format!("gw={gw}"),
+        format!("mac={}", mac.to_ascii_lowercase()),
+    ] {
+        assert!(line.split(' ').any(|w| w == word), "{word} in {line}");
+    }
+    assert!(field(line, "ssh_key").is_some(), "{line}");
+    let stopped = d
+        .call(
+            "POST",
+            &format!("{path}/stop"),
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(stopped.status, 200, "{}", stopped.text());
+    wait_for(async || !vmm.is_running(), "the VMM's end").await;
+    books_balance(dir.path(), &id);
 }
