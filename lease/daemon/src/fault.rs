@@ -25,7 +25,8 @@ pub mod point {
     /// figures so far); its guest may still be booting, no reply sent.
     pub const CREATE_VMM_RECORDED: &str = "create_vmm_recorded";
     /// A create's agent guest asked for its personalisation line
-    /// (`awaiting_personalisation`); the line is not sent, no reply sent.
+    /// (`awaiting_personalisation`); the line is not sent, no reply sent. Also a
+    /// [`delay`](super::delay) point: a test can `kill -9` coinopd there.
     pub const CREATE_AWAITING_PERSONALISATION: &str = "create_awaiting_personalisation";
     /// A create's agent guest was sent its personalisation line and the VMM accepted it;
     /// `guest_ready` not yet seen, no reply sent.

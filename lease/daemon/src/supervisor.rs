@@ -939,6 +939,7 @@ async fn wait_ready(
                 }
                 if let Some(p) = &req.personalise {
                     crate::fault::hit(crate::fault::point::CREATE_AWAITING_PERSONALISATION);
+                    crate::fault::delay(crate::fault::point::CREATE_AWAITING_PERSONALISATION).await;
                     let request = vmm_protocol::Request::Personalise { line: p.line() };
                     vmm_protocol::client::request(&req.paths.control, &request)
                         .await

@@ -2,7 +2,7 @@
 //! running VMM and makes sure the guest gets its personalisation line
 //! (images/rootfs/PERSONALISE.md), so the paid lease runs instead of timing out and being
 //! refunded. Real parts: a real `coinopd` process aborted at an injected fault
-//! (`COINOPD_FAULT`), restarted on the same state directory, the real coinop-vmm and the
+//! (`COINOPD_FAULT`) or held at one (`COINOPD_FAULT_DELAY`) and SIGKILLed there, restarted on the same state directory, the real coinop-vmm and the
 //! test guest's `mode=personalise` on /dev/kvm (it writes 124, reads one line from the
 //! personalisation port, prints it as `personalised: LINE` and writes 123).
 //!
@@ -30,7 +30,7 @@ use base64::Engine as _;
 use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
 use coinop_cli::client::Reply;
 use coinop_proto::LeaseState;
-use coinopd::fault::{point, ENV};
+use coinopd::fault::{point, DELAY_ENV, ENV};
 use coinopd::ledger::{LeaseRow, Ledger};
 use coinopd::vmm_process::VmmProcess;
 use common::leases::credit_payment;
@@ -118,17 +118,27 @@ async fn create_into_crash_at(dir: &Path, at: &str) -> Orphan {
     create_into_crash(d, dir).await
 }
 
-/// Creates an agent lease (with the tenant's key and a recovery key) on `d`, whose fault
-/// aborts it, and checks what it left: a `booting` lease whose VMM runs and whose guest
-/// asked for its line.
-async fn create_into_crash(d: Daemon, dir: &Path) -> Orphan {
+/// The body of an agent lease's create, paid by `d`'s credit, with the tenant's key and a
+/// recovery key (for the retry).
+async fn agent_create_body(d: &Daemon) -> Value {
     let proofs = d.mint_credit(20).await;
     let mut recovery_key = [0u8; 32];
     OsRng.fill_bytes(&mut recovery_key);
-    let body = json!({"vcpus": 1, "mem_mib": 64, "image": "tga", "ssh_key": SSH_KEY,
-                      "recovery_key": hex::encode(recovery_key),
-                      "payment": credit_payment(&proofs)});
+    json!({"vcpus": 1, "mem_mib": 64, "image": "tga", "ssh_key": SSH_KEY,
+           "recovery_key": hex::encode(recovery_key),
+           "payment": credit_payment(&proofs)})
+}
+
+/// Creates an agent lease on `d`, whose fault aborts it, and checks what it left.
+async fn create_into_crash(d: Daemon, dir: &Path) -> Orphan {
+    let body = agent_create_body(&d).await;
     d.create_into_crash(&body).await;
+    orphan_left(dir, body).await
+}
+
+/// What a coinopd that died in a create left: a `booting` lease whose VMM runs and whose
+/// guest asked for its line.
+async fn orphan_left(dir: &Path, body: Value) -> Orphan {
     let ledger = Ledger::open(&dir.join("ledger.db")).expect("open ledger");
     let rows = ledger.list().expect("list leases");
     let mut booting = rows.iter().filter(|r| r.state == LeaseState::Booting);
@@ -241,7 +251,31 @@ async fn a_guest_awaiting_its_line_gets_it_from_the_restarted_coinopd() {
         return;
     }
     let dir = StateDir::new();
-    let o = create_into_crash_at(dir.path(), point::CREATE_AWAITING_PERSONALISATION).await;
+    // coinopd holds the create where the guest asked for its line, and is killed there.
+    let wait = format!("{}:8000", point::CREATE_AWAITING_PERSONALISATION);
+    let d = Daemon::spawn(
+        dir.path(),
+        &["--image", &agent_image(false)],
+        &[(DELAY_ENV, wait.as_str())],
+    )
+    .await;
+    let body = agent_create_body(&d).await;
+    let client = coinop_cli::client::Client::new(&d.socket);
+    let sent = serde_json::to_vec(&body).expect("json");
+    let create =
+        tokio::spawn(async move { client.call("POST", "/v1/leases", None, Some(sent)).await });
+    wait_for(
+        async || d.log().contains("awaiting_personalisation"),
+        "the guest's ask for its line",
+    )
+    .await;
+    d.kill9();
+    let lost = create.await.expect("the create's task");
+    assert!(
+        lost.is_err(),
+        "coinopd answered before its SIGKILL: {lost:?}"
+    );
+    let o = orphan_left(dir.path(), body).await;
     let before = std::fs::read_to_string(&o.console).unwrap_or_default();
     assert!(
         personalised(&before).is_empty(),
