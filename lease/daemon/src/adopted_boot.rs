@@ -25,7 +25,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use coinop_proto::StopReason;
+use coinop_proto::{LeaseState, StopReason};
 use vmm_protocol::client::ControlError;
 
 use crate::app::Shared;
@@ -99,6 +99,22 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
         }
     });
     Ok(())
+}
+
+/// Lease `l` (as read from the ledger) once it is no longer `booting`: its boot finished,
+/// by a create of this coinopd's or by an adoption's watch; or as it is when a boot timeout
+/// has passed. What a create's retry answers with, so that the retry of a create whose
+/// reply a crash lost gets the running lease (or the failed boot), not one still booting.
+pub async fn settled(s: &Shared, l: LeaseRow) -> Result<LeaseRow, LedgerError> {
+    let deadline = Instant::now() + Duration::from_millis(s.config.boot_timeout_ms) + POLL;
+    let mut now = l;
+    while now.state == LeaseState::Booting && Instant::now() < deadline {
+        tokio::time::sleep(POLL).await;
+        if let Some(row) = s.ledger.get(&now.id)? {
+            now = row;
+        }
+    }
+    Ok(now)
 }
 
 /// The line lease `l`'s guest needs if its image is an `agent` one; `None` for any other

@@ -168,19 +168,16 @@ async fn orphan_left(dir: &Path, body: Value) -> Orphan {
     }
 }
 
-/// The retry of the create after the restart: the same lease back (200, `recovered`), not
-/// a failed boot or a refund; returns its new token.
+/// The retry of the create after the restart: the same lease back (200, `recovered`),
+/// running, not a failed boot or a refund; returns its new token.
 fn recovered(r: &Reply, id: &str) -> String {
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["lease_id"], id, "{v}");
     assert_eq!(v["recovered"], true, "{v}");
     assert!(v["refund"].is_null(), "no refund: {v}");
-    let state = v["state"].as_str().unwrap_or_default();
-    assert!(
-        state == "booting" || state == "running",
-        "the lease lives: {v}"
-    );
+    // The retry waits for the adopted boot to finish.
+    assert_eq!(v["state"], "running", "{v}");
     v["token"].as_str().expect("token").to_string()
 }
 
@@ -417,6 +414,9 @@ async fn an_adopted_agent_guest_never_ready_fails_its_boot_unbilled() {
         .call("POST", "/v1/leases", None, Some(o.body.clone()))
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
+    // The retry waited for the adopted boot, which failed: the lease as it ended.
+    assert_eq!(r.json()["state"], "stopped", "{}", r.text());
+    assert_eq!(r.json()["stop_reason"], "boot_failed", "{}", r.text());
     let token = r.json()["token"].as_str().expect("token").to_string();
     let path = format!("/v1/leases/{}", o.id);
     wait_for(
