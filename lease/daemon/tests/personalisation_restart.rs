@@ -1,8 +1,9 @@
 //! A coinopd that dies while an `agent` guest boots: the restarted coinopd re-adopts the
 //! running VMM and makes sure the guest gets its personalisation line
-//! (images/rootfs/PERSONALISE.md), so the paid lease runs instead of timing out and being
-//! refunded. Real parts: a real `coinopd` process aborted at an injected fault
-//! (`COINOPD_FAULT`) or held at one (`COINOPD_FAULT_DELAY`) and SIGKILLed there, restarted on the same state directory, the real coinop-vmm and the
+//! (images/rootfs/PERSONALISE.md), so the paid lease runs with its own data instead of a
+//! guest that waits for a line for ever. Real parts: a real `coinopd` process aborted at
+//! an injected fault (`COINOPD_FAULT`), or held at one (`COINOPD_FAULT_DELAY`) and
+//! SIGKILLed there, restarted on the same state directory; the real coinop-vmm and the
 //! test guest's `mode=personalise` on /dev/kvm (it writes 124, reads one line from the
 //! personalisation port, prints it as `personalised: LINE` and writes 123).
 //!
