@@ -64,10 +64,18 @@ fn agent_image(snapshot: bool) -> String {
     )
 }
 
-/// Whether image `tga` has a complete golden snapshot.
+/// Whether image `tga` has a complete golden snapshot in place (not a build's staging
+/// directory, `.build-KEY`, which holds a `state` before it is complete).
 fn has_snapshot(state: &Path) -> bool {
     std::fs::read_dir(state.join("snapshots").join("tga"))
-        .map(|entries| entries.flatten().any(|e| e.path().join("state").is_file()))
+        .map(|entries| {
+            entries.flatten().any(|e| {
+                let p = e.path();
+                !e.file_name().to_string_lossy().starts_with('.')
+                    && p.join("state").is_file()
+                    && p.join("memory").is_file()
+            })
+        })
         .unwrap_or(false)
 }
 
@@ -382,7 +390,11 @@ async fn a_restored_guest_awaiting_its_line_gets_it_from_the_restarted_coinopd()
     wait_for(async || has_snapshot(dir.path()), "the golden snapshot").await;
     let o = create_into_crash(d, dir.path()).await;
     let args = argv(o.vmm.pid);
-    assert!(args.iter().any(|a| a == "--restore"), "{args:?}");
+    assert!(
+        args.iter().any(|a| a == "--restore"),
+        "{args:?}\n{}",
+        std::fs::read_to_string(dir.path().join("coinopd.log")).unwrap_or_default()
+    );
 
     let d = Daemon::spawn(dir.path(), &["--image", &image], &[]).await;
     let token = recovered(
