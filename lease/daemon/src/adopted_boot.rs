@@ -38,6 +38,10 @@ use crate::vmm_process::VmmProcess;
 
 /// How often a booting guest's log is read again: a boot takes tens of ms.
 const POLL: Duration = Duration::from_millis(20);
+/// How much longer than a boot timeout a create's retry waits for a boot under way: a
+/// watch that reached its deadline may still be in its last control request (at most 2 s)
+/// and ledger write.
+const SETTLE_MARGIN: Duration = Duration::from_secs(3);
 
 /// Finishes the boot of `l` (adopted `booting`, its VMM alive; `vmm` when its process is
 /// known): now if its log says the guest is ready (or nothing is known to finish its
@@ -106,7 +110,7 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
 /// has passed. What a create's retry answers with, so that the retry of a create whose
 /// reply a crash lost gets the running lease (or the failed boot), not one still booting.
 pub async fn settled(s: &Shared, l: LeaseRow) -> Result<LeaseRow, LedgerError> {
-    let deadline = Instant::now() + Duration::from_millis(s.config.boot_timeout_ms) + POLL;
+    let deadline = Instant::now() + Duration::from_millis(s.config.boot_timeout_ms) + SETTLE_MARGIN;
     let mut now = l;
     while now.state == LeaseState::Booting && Instant::now() < deadline {
         tokio::time::sleep(POLL).await;
