@@ -247,6 +247,8 @@ async fn runs_with_one_line(d: &Daemon, dir: &Path, id: &str, token: &str) -> St
 async fn stop(d: Daemon, dir: &Path, id: &str, token: &str, vmm: &VmmProcess) {
     d.stop_lease(id, token).await;
     wait_for(async || !vmm.is_running(), "the VMM's end").await;
+    // coinopd removed what the guest had (jail, cgroup) before it records the VMM gone.
+    wait_for(async || row(dir, id).vmm_gone, "the VMM recorded gone").await;
     books_balance(dir, id);
     d.shutdown().await;
 }
@@ -446,6 +448,11 @@ async fn an_adopted_agent_guest_never_ready_fails_its_boot_unbilled() {
     assert_eq!(failed.debited_msat, 0, "not billed: {failed:?}");
     assert_eq!(failed.balance_msat, 20_000, "the balance kept: {failed:?}");
     wait_for(async || !o.vmm.is_running(), "the VMM stopped").await;
+    wait_for(
+        async || row(dir.path(), &o.id).vmm_gone,
+        "the VMM recorded gone",
+    )
+    .await;
     let log = d.log();
     assert!(log.contains("its boot failed"), "{log}");
     books_balance(dir.path(), &o.id);
@@ -660,5 +667,10 @@ async fn a_guest_with_a_nic_gets_its_own_network_in_the_line_after_the_restart()
         .await;
     assert_eq!(stopped.status, 200, "{}", stopped.text());
     wait_for(async || !vmm.is_running(), "the VMM's end").await;
+    wait_for(
+        async || row(dir.path(), &id).vmm_gone,
+        "the VMM recorded gone",
+    )
+    .await;
     books_balance(dir.path(), &id);
 }
