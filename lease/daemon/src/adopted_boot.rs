@@ -67,12 +67,13 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
     tokio::spawn(async move {
         let deadline = Instant::now() + timeout;
         let mut p = progress;
+        let mut warned = false;
         let (progress, gone) = loop {
             if let Some(line) = &owed {
                 // Read by the guest (whoever sent it), or handed to its VMM now.
                 let has_it = p.personalised_us.is_some()
                     || (p.awaiting_personalisation_us.is_some()
-                        && deliver(&id, &control, line).await);
+                        && deliver(&id, &control, line, &mut warned).await);
                 if has_it {
                     owed = None;
                 }
@@ -151,8 +152,8 @@ fn personalisation(s: &Shared, l: &LeaseRow) -> Option<Personalisation> {
 
 /// Sends the adopted guest at `control` its line, made now; whether it has a line now
 /// (sent, or refused because the VMM already took one: the dead coinopd's). Any other
-/// failure is tried again at the next poll.
-async fn deliver(id: &str, control: &Path, p: &Personalisation) -> bool {
+/// failure is tried again at the next poll (logged the first time: `warned`).
+async fn deliver(id: &str, control: &Path, p: &Personalisation, warned: &mut bool) -> bool {
     match vmm_protocol::client::personalise(control, &p.line()).await {
         Ok(()) => {
             tracing::info!(lease = id, "personalisation sent to an adopted guest");
@@ -165,8 +166,12 @@ async fn deliver(id: &str, control: &Path, p: &Personalisation) -> bool {
             true
         }
         Err(e) => {
-            tracing::warn!(lease = id, error = %e,
-                "sending an adopted guest its personalisation; trying again");
+            // Tried again at every poll until the deadline: said once, not 50 times a second.
+            if !*warned {
+                tracing::warn!(lease = id, error = %e,
+                    "sending an adopted guest its personalisation; trying again");
+                *warned = true;
+            }
             false
         }
     }
