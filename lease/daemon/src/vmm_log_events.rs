@@ -69,7 +69,7 @@ pub fn boot_progress(log: &Path) -> BootProgress {
             Event::VcpusStarted { t_us, .. } => p.vcpus_started_us = Some(t_us),
             Event::GuestReady { t_us } => p.guest_ready_us = Some(t_us),
             Event::AwaitingPersonalisation { t_us } => p.awaiting_personalisation_us = Some(t_us),
-            Event::Personalised { t_us } => p.personalised_us = Some(t_us),
+            Event::Personalised { t_us, .. } => p.personalised_us = Some(t_us),
             Event::Exit { .. } => p.exited = true,
             Event::Restored { .. } | Event::Warning { .. } => {}
         }
@@ -124,7 +124,11 @@ mod tests {
             ..booting
         };
         assert_eq!(boot_progress(&log), awaiting, "awaiting its line");
-        text += &Event::Personalised { t_us: 25 }.to_line();
+        text += &Event::Personalised {
+            t_us: 25,
+            data_reads: 1,
+        }
+        .to_line();
         text += &Event::GuestReady { t_us: 30 }.to_line();
         std::fs::write(&log, &text).expect("write");
         let ready = BootProgress {
