@@ -28,6 +28,7 @@ use crate::kernel::{self, Entry};
 use crate::machine::Machine;
 use crate::seccomp::{self, ThreadKind};
 use crate::snapshot::{self, take::Taker};
+use crate::step_times::StepTimes;
 use crate::vstate::cpu_time::VcpuClocks;
 use crate::vstate::persist::{self, VcpuState};
 use crate::vstate::run_state::{self, RunState};
@@ -249,23 +250,33 @@ fn restore(
     events: Arc<EventSink>,
     clock: Clock,
 ) -> Result<Running, StartError> {
+    let mut steps = StepTimes::start(clock, "restore");
     let loaded = snapshot::load(dir)?;
+    steps.mark("state");
     loaded.check_device_count(cfg.disks.len() + cfg.nets.len())?;
     let mem = loaded.map_memory()?;
+    steps.mark("memory");
     let (console_out, listener, virtio_devices) = open_restore_io(cfg)?;
+    steps.mark("files");
 
     let kvm = vm::open_kvm()?;
     loaded.check_host(&kvm)?;
+    steps.mark("host_check");
     let vm_fd = vm::create(&kvm, &mem)?;
+    steps.mark("vm");
     vm::setup_irqchip(&vm_fd)?;
+    steps.mark("irqchip");
     events.emit(|t_us| Event::VmCreated { t_us });
     let state = loaded.state;
     persist::restore_vm(&vm_fd, &state.vm).map_err(StartError::RestoreState)?;
+    steps.mark("vm_state");
     let vcpus = load_vcpus(&vm_fd, &state.vcpus)?
         .into_iter()
         .map(|fd| (fd, VcpuInit::Restored))
         .collect();
+    steps.mark("vcpus");
     let mmio = Arc::new(attach::register(virtio_devices, &vm_fd, &mem)?);
+    steps.mark("virtio");
     // The devices' saved state goes in last, once every LAPIC is restored: a UART brought
     // back with a transmit or receive interrupt pending raises it again at once, and with
     // no vCPU (or a LAPIC still in its reset state) to take it, the IOAPIC would drop that
@@ -276,6 +287,8 @@ fn restore(
             dir: dir.display().to_string(),
             detail: e.to_string(),
         })?;
+    steps.mark("devices");
+    steps.report();
     let parts = Parts {
         kvm: Arc::new(kvm),
         vm: Arc::new(vm_fd),
