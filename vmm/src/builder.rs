@@ -5,8 +5,9 @@
 //! `--restore DIR` takes the same path with the snapshot in place of the kernel: the state
 //! file is checked and the memory file mapped copy-on-write first, then the host is
 //! compared with the snapshot's, the VM gets its interrupt controllers, PIT and clock back,
-//! the devices their registers, and each vCPU thread loads its saved state where a cold boot
-//! would configure boot registers.
+//! the vCPUs their saved state, then the devices theirs (a UART may re-raise a pending
+//! interrupt, which needs the restored LAPICs); the vCPU threads then start where a cold
+//! boot's would configure boot registers.
 
 use crate::arch::x86_64::boot_params::{self, BootInputs};
 use crate::arch::x86_64::mptable;
@@ -27,6 +28,7 @@ use crate::kernel::{self, Entry};
 use crate::machine::Machine;
 use crate::seccomp::{self, ThreadKind};
 use crate::snapshot::{self, take::Taker};
+use crate::step_times::StepTimes;
 use crate::vstate::cpu_time::VcpuClocks;
 use crate::vstate::persist::{self, VcpuState};
 use crate::vstate::run_state::{self, RunState};
@@ -140,9 +142,14 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
         mem: mem.clone(),
         entry,
     });
-    let inits = (0..cfg.vcpus)
-        .map(|_| VcpuInit::Boot(Arc::clone(&setup)))
-        .collect();
+    let vcpus = (0..cfg.vcpus)
+        .map(|index| {
+            let fd = vm_fd
+                .create_vcpu(u64::from(index))
+                .map_err(|source| StartError::CreateVcpu { index, source })?;
+            Ok((fd, VcpuInit::Boot(Arc::clone(&setup))))
+        })
+        .collect::<Result<Vec<_>, StartError>>()?;
     let parts = Parts {
         kvm: Arc::new(kvm),
         vm: Arc::new(vm_fd),
@@ -155,7 +162,7 @@ pub fn start(cfg: &Config, clock: Clock) -> Result<Running, StartError> {
         listener,
         clock,
     };
-    launch(parts, inits)
+    launch(parts, vcpus)
 }
 
 /// A VM with memory, irqchip and devices, ready for its vCPUs.
@@ -177,22 +184,14 @@ struct Parts {
 enum VcpuInit {
     /// Cold boot: CPUID, MSRs, LAPIC, and boot registers on the BSP.
     Boot(Arc<VcpuSetup>),
-    /// Restore: everything the snapshot saved.
-    Restore(Box<VcpuState>),
+    /// Restore: everything the snapshot saved is already loaded ([`load_vcpus`]).
+    Restored,
 }
 
-/// Creates the vCPUs, starts their threads, the control socket and the stdin reader, and
+/// Starts the vCPU threads, the control socket and the stdin reader, and
 /// seals the main thread.
-fn launch(parts: Parts, inits: Vec<VcpuInit>) -> Result<Running, StartError> {
-    let vcpu_count = inits.len();
-    let vcpu_fds = (0..vcpu_count as u8)
-        .map(|index| {
-            parts
-                .vm
-                .create_vcpu(u64::from(index))
-                .map_err(|source| StartError::CreateVcpu { index, source })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+fn launch(parts: Parts, vcpus: Vec<(VcpuFd, VcpuInit)>) -> Result<Running, StartError> {
+    let vcpu_count = vcpus.len();
     run_state::install_kick_handler().map_err(StartError::KickHandler)?;
 
     let (exits_tx, exits) = mpsc::channel();
@@ -207,7 +206,7 @@ fn launch(parts: Parts, inits: Vec<VcpuInit>) -> Result<Running, StartError> {
         vcpu_count,
         saves: Arc::clone(&saves),
     });
-    spawn_vcpus(vcpu_fds, inits, &ctx, &exits_tx)?;
+    spawn_vcpus(vcpus, &ctx, &exits_tx)?;
 
     if let Some(listener) = parts.listener {
         let machine = Machine {
@@ -251,49 +250,45 @@ fn restore(
     events: Arc<EventSink>,
     clock: Clock,
 ) -> Result<Running, StartError> {
+    let mut steps = StepTimes::start(clock, "restore");
     let loaded = snapshot::load(dir)?;
+    steps.mark("state");
     loaded.check_device_count(cfg.disks.len() + cfg.nets.len())?;
     let mem = loaded.map_memory()?;
-    let console_out = open_console(&cfg.serial, cfg.serial_max_bytes)?;
-    let listener = cfg.control.as_ref().map(control::listen).transpose()?;
-    let virtio_devices = attach::open(&cfg.disks, &cfg.nets)?;
+    steps.mark("memory");
+    let (console_out, listener, virtio_devices) = open_restore_io(cfg)?;
+    steps.mark("files");
 
     let kvm = vm::open_kvm()?;
     loaded.check_host(&kvm)?;
+    steps.mark("host_check");
     let vm_fd = vm::create(&kvm, &mem)?;
+    steps.mark("vm");
     vm::setup_irqchip(&vm_fd)?;
+    steps.mark("irqchip");
     events.emit(|t_us| Event::VmCreated { t_us });
     let state = loaded.state;
     persist::restore_vm(&vm_fd, &state.vm).map_err(StartError::RestoreState)?;
-
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(StartError::Com1Eventfd)?;
-    vm_fd
-        .register_irqfd(&irq, COM1_IRQ)
-        .map_err(StartError::Com1Irqfd)?;
-    let console = Console::restore(IrqLine(irq), console_out, &state.devices.console)?;
-    let personalisation = PersonalisationPort::restore(
-        com2_irq(&vm_fd)?,
-        Arc::clone(&events),
-        &state.devices.personalisation,
-        state.devices.guest_was_ready,
-    )?;
-    let pio = Arc::new(PioBus::new(
-        console,
-        personalisation,
-        ResetController::default(),
-        BootTimer::restored(Arc::clone(&events), state.devices.guest_was_ready),
-    ));
+    steps.mark("vm_state");
+    let vcpus = load_vcpus(&vm_fd, &state.vcpus)?
+        .into_iter()
+        .map(|fd| (fd, VcpuInit::Restored))
+        .collect();
+    steps.mark("vcpus");
     let mmio = Arc::new(attach::register(virtio_devices, &vm_fd, &mem)?);
+    steps.mark("virtio");
+    // The devices' saved state goes in last, once every LAPIC is restored: a UART brought
+    // back with a transmit or receive interrupt pending raises it again at once, and with
+    // no vCPU (or a LAPIC still in its reset state) to take it, the IOAPIC would drop that
+    // edge and leave the guest's driver waiting for an interrupt that never comes.
+    let pio = restore_pio_devices(&vm_fd, &events, &state, console_out)?;
     mmio.restore_all(&state.virtio)
         .map_err(|e| snapshot::Error::Devices {
             dir: dir.display().to_string(),
             detail: e.to_string(),
         })?;
-    let inits = state
-        .vcpus
-        .into_iter()
-        .map(|v| VcpuInit::Restore(Box::new(v)))
-        .collect();
+    steps.mark("devices");
+    steps.report();
     let parts = Parts {
         kvm: Arc::new(kvm),
         vm: Arc::new(vm_fd),
@@ -306,7 +301,67 @@ fn restore(
         listener,
         clock,
     };
-    launch(parts, inits)
+    launch(parts, vcpus)
+}
+
+/// Creates the snapshot's vCPUs and loads each one's saved state, on this thread: a
+/// handful of ioctls each, cheaper than handing them to a thread on a loaded host.
+fn load_vcpus(vm_fd: &VmFd, states: &[VcpuState]) -> Result<Vec<VcpuFd>, StartError> {
+    states
+        .iter()
+        .enumerate()
+        .map(|(index, state)| {
+            // At most 32 vCPUs (checked when the snapshot is loaded), so the index fits.
+            let index = index as u8;
+            let fd = vm_fd
+                .create_vcpu(u64::from(index))
+                .map_err(|source| StartError::CreateVcpu { index, source })?;
+            persist::restore_vcpu(&fd, index, state).map_err(StartError::RestoreState)?;
+            Ok(fd)
+        })
+        .collect()
+}
+
+/// The port-I/O devices of a snapshot with their saved state, their interrupt lines on
+/// `vm_fd`.
+fn restore_pio_devices(
+    vm_fd: &VmFd,
+    events: &Arc<EventSink>,
+    state: &snapshot::MachineState,
+    console_out: ConsoleOut,
+) -> Result<Arc<PioBus>, StartError> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(StartError::Com1Eventfd)?;
+    vm_fd
+        .register_irqfd(&irq, COM1_IRQ)
+        .map_err(StartError::Com1Irqfd)?;
+    let console = Console::restore(IrqLine(irq), console_out, &state.devices.console)?;
+    let personalisation = PersonalisationPort::restore(
+        com2_irq(vm_fd)?,
+        Arc::clone(events),
+        &state.devices.personalisation,
+        state.devices.guest_was_ready,
+    )?;
+    Ok(Arc::new(PioBus::new(
+        console,
+        personalisation,
+        ResetController::default(),
+        BootTimer::restored(Arc::clone(events), state.devices.guest_was_ready),
+    )))
+}
+
+/// What a restore opens on the host besides KVM: the console sink, the control socket and
+/// the virtio backends.
+type RestoreIo = (
+    ConsoleOut,
+    Option<std::os::unix::net::UnixListener>,
+    Vec<attach::Opened>,
+);
+
+fn open_restore_io(cfg: &Config) -> Result<RestoreIo, StartError> {
+    let console_out = open_console(&cfg.serial, cfg.serial_max_bytes)?;
+    let listener = cfg.control.as_ref().map(control::listen).transpose()?;
+    let virtio_devices = attach::open(&cfg.disks, &cfg.nets)?;
+    Ok((console_out, listener, virtio_devices))
 }
 
 /// The personalisation port's interrupt line: an eventfd KVM turns into GSI 3.
@@ -380,14 +435,13 @@ fn open_console(out: &SerialOut, max_bytes: Option<u64>) -> Result<ConsoleOut, S
 }
 
 fn spawn_vcpus(
-    fds: Vec<VcpuFd>,
-    inits: Vec<VcpuInit>,
+    vcpus: Vec<(VcpuFd, VcpuInit)>,
     ctx: &Arc<VcpuContext>,
     exits: &Sender<VmExit>,
 ) -> Result<(), StartError> {
     // The BSP must not run before every AP's LAPIC is set up, or its first IPIs can be lost.
-    let barrier = Arc::new(Barrier::new(fds.len()));
-    for (index, (fd, init)) in fds.into_iter().zip(inits).enumerate() {
+    let barrier = Arc::new(Barrier::new(vcpus.len()));
+    for (index, (fd, init)) in vcpus.into_iter().enumerate() {
         let (ctx, exits, barrier) = (Arc::clone(ctx), exits.clone(), Arc::clone(&barrier));
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
@@ -410,9 +464,7 @@ fn vcpu_thread(
     ctx.run_state.register_current_thread();
     let loaded = match init {
         VcpuInit::Boot(setup) => vcpu::configure(&fd, index, setup).map_err(|e| e.to_string()),
-        VcpuInit::Restore(state) => {
-            persist::restore_vcpu(&fd, index, state).map_err(|e| e.to_string())
-        }
+        VcpuInit::Restored => Ok(()),
     };
     if let Err(e) = loaded {
         let _ = exits.send(VmExit::Vmm(e));
@@ -427,7 +479,7 @@ fn vcpu_thread(
         seccomp::wait_until_sealed();
     }
     barrier.wait();
-    if index == 0 && matches!(init, VcpuInit::Restore(_)) {
+    if index == 0 && matches!(init, VcpuInit::Restored) {
         // Past the barrier every vCPU holds its saved state.
         ctx.events.emit(|t_us| Event::Restored { t_us });
     }

@@ -161,6 +161,7 @@ pub mod kernel;
 pub mod machine;
 pub mod seccomp;
 pub mod snapshot;
+pub mod step_times;
 pub mod vstate;
 
 use events::Clock;

@@ -4,18 +4,23 @@
 //! bytes, so nothing is copied field by field.
 //!
 //! Saving runs on each vCPU's own thread while it is parked outside KVM_RUN (see
-//! [`crate::vstate::run_state`]); restoring runs on the new vCPU thread before its first
-//! KVM_RUN, in the order KVM needs: CPUID first (it decides which MSRs and XSAVE features
-//! exist), the MP state and registers, the LAPIC before the MSRs (the TSC-deadline MSR is
-//! only accepted once the LAPIC is in deadline mode), and the pending events last.
+//! [`crate::vstate::run_state`]), after the I/O it last exited for is completed
+//! ([`complete_pending_io`]); the MP state and the pending events are read first (both
+//! reads can change what the others report). Restoring runs on the new vCPU thread before
+//! its first KVM_RUN, in the order KVM needs: CPUID first (it decides which MSRs and XSAVE
+//! features exist), the MP state and registers (KVM_SET_REGS drops a pending exception, so
+//! events come after it), the LAPIC after the segment registers (they carry the APIC base and
+//! so its mode) and before the MSRs (the TSC-deadline MSR is only taken by a LAPIC in
+//! deadline mode), the TSC-deadline MSR after every other MSR (KVM arms the timer against
+//! the guest TSC as it is at that write), and the pending events last.
 
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
     kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
     CpuId, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_MAX_CPUID_ENTRIES,
+    KVM_MAX_CPUID_ENTRIES, KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SIPI_VECTOR,
 };
-use kvm_ioctls::{VcpuFd, VmFd};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 
 /// Errors saving or restoring KVM state.
@@ -48,6 +53,15 @@ pub enum Error {
         what: &'static str,
         /// How many.
         count: usize,
+    },
+    /// Completing the I/O a vCPU exited for took an exit that is not more of that I/O, or
+    /// never finished.
+    #[error("vCPU {index}: completing its pending I/O before the save: {detail}")]
+    Completion {
+        /// vCPU index.
+        index: u8,
+        /// What happened.
+        detail: String,
     },
     /// The host's TSC runs at another frequency and KVM cannot scale the guest's.
     #[error("vCPU {index}: the snapshot's TSC ran at {saved} kHz, this host's at {host} kHz, and KVM cannot set it (no TSC_CONTROL)")]
@@ -101,12 +115,20 @@ fn vcpu_err(index: u8, call: &'static str) -> impl Fn(kvm_ioctls::Error) -> Erro
 /// KVM_GET_MSR_INDEX_LIST.
 pub fn save_vcpu(vcpu: &VcpuFd, index: u8, msr_indices: &[u32]) -> Result<VcpuState, Error> {
     let err = |call| vcpu_err(index, call);
+    // KVM_GET_MP_STATE accepts pending INIT/SIPI into the vCPU's state: read it first so the
+    // rest is read as it will be restored.
+    let mp_state = vcpu.get_mp_state().map_err(err("KVM_GET_MP_STATE"))?;
+    // Without KVM_CAP_EXCEPTION_PAYLOAD (coinop does not enable it) KVM_GET_VCPU_EVENTS
+    // writes a pending exception's payload into CR2 (#PF) or DR6 (#DB) as it reports the
+    // exception: read the events before the registers that hold it, or the snapshot pairs a
+    // #PF with the CR2 of the fault before.
+    let events = vcpu.get_vcpu_events().map_err(err("KVM_GET_VCPU_EVENTS"))?;
     let cpuid = vcpu
         .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
         .map_err(err("KVM_GET_CPUID2"))?;
     Ok(VcpuState {
         cpuid: cpuid.as_slice().to_vec(),
-        mp_state: vcpu.get_mp_state().map_err(err("KVM_GET_MP_STATE"))?,
+        mp_state,
         regs: vcpu.get_regs().map_err(err("KVM_GET_REGS"))?,
         sregs: vcpu.get_sregs().map_err(err("KVM_GET_SREGS"))?,
         xsave: vcpu.get_xsave().map_err(err("KVM_GET_XSAVE"))?,
@@ -114,7 +136,7 @@ pub fn save_vcpu(vcpu: &VcpuFd, index: u8, msr_indices: &[u32]) -> Result<VcpuSt
         debug_regs: vcpu.get_debug_regs().map_err(err("KVM_GET_DEBUGREGS"))?,
         lapic: vcpu.get_lapic().map_err(err("KVM_GET_LAPIC"))?,
         msrs: read_msrs(vcpu, index, msr_indices)?,
-        events: vcpu.get_vcpu_events().map_err(err("KVM_GET_VCPU_EVENTS"))?,
+        events,
         tsc_khz: vcpu.get_tsc_khz().map_err(err("KVM_GET_TSC_KHZ"))?,
     })
 }
@@ -147,25 +169,63 @@ fn read_msrs(vcpu: &VcpuFd, index: u8, indices: &[u32]) -> Result<Vec<kvm_msr_en
     Ok(read)
 }
 
+/// Most exits one instruction's completion may take: a 16-byte MMIO access is two 8-byte
+/// fragments; anything near this bound is a loop, not an instruction.
+const MAX_COMPLETION_EXITS: usize = 64;
+
 /// Lets KVM finish the instruction a vCPU exited for (an `in` whose value the VMM just
-/// supplied, an MMIO read) without running any further guest code: KVM_RUN with
-/// `immediate_exit` set completes it and returns EINTR. Until then the registers KVM
-/// reports do not hold the result.
-pub fn complete_pending_io(vcpu: &mut VcpuFd, index: u8) -> Result<(), Error> {
+/// supplied, an MMIO read, the next fragment of a wide MMIO access) without running any
+/// further guest code: KVM_RUN with `immediate_exit` set completes it and returns EINTR.
+/// Until then the registers KVM reports do not hold the result, and KVM keeps the rest of
+/// the instruction in state no snapshot can read (the KVM API's "completing pending
+/// operations"). An instruction that needs more I/O to finish (a 16-byte MMIO access comes
+/// as two exits) exits again instead: `serve` handles each such exit as the run loop would,
+/// and KVM_RUN is entered again until it returns EINTR.
+pub fn complete_pending_io(
+    vcpu: &mut VcpuFd,
+    index: u8,
+    mut serve: impl FnMut(VcpuExit<'_>) -> Result<(), String>,
+) -> Result<(), Error> {
+    let completion = |detail: String| Error::Completion { index, detail };
+    let mut result = Err(completion(format!(
+        "still exiting after {MAX_COMPLETION_EXITS} exits"
+    )));
     vcpu.set_kvm_immediate_exit(1);
-    let ran = vcpu.run().map(|_| ());
-    vcpu.set_kvm_immediate_exit(0);
-    match ran {
-        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
-        Err(source) => Err(Error::Ioctl {
-            what: format!("vCPU {index}"),
-            call: "KVM_RUN (immediate exit)",
-            source,
-        }),
-        // With immediate_exit set KVM returns before entering the guest; an exit here
-        // would mean the kernel ignored it, and the state is still consistent.
-        Ok(()) => Ok(()),
+    for _ in 0..MAX_COMPLETION_EXITS {
+        match vcpu.run() {
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                result = Ok(());
+                break;
+            }
+            Err(source) => {
+                result = Err(Error::Ioctl {
+                    what: format!("vCPU {index}"),
+                    call: "KVM_RUN (immediate exit)",
+                    source,
+                });
+                break;
+            }
+            Ok(
+                exit @ (VcpuExit::IoIn(..)
+                | VcpuExit::IoOut(..)
+                | VcpuExit::MmioRead(..)
+                | VcpuExit::MmioWrite(..)),
+            ) => {
+                if let Err(detail) = serve(exit) {
+                    result = Err(completion(detail));
+                    break;
+                }
+            }
+            // With immediate_exit set KVM never enters the guest, so no other exit can
+            // come: one that does means the state cannot be trusted.
+            Ok(other) => {
+                result = Err(completion(format!("unexpected exit {other:?}")));
+                break;
+            }
+        }
     }
+    vcpu.set_kvm_immediate_exit(0);
+    result
 }
 
 /// Loads `state` into a freshly created vCPU.
@@ -198,21 +258,90 @@ pub fn restore_vcpu(vcpu: &VcpuFd, index: u8, state: &VcpuState) -> Result<(), E
     vcpu.set_debug_regs(&state.debug_regs)
         .map_err(err("KVM_SET_DEBUGREGS"))?;
     vcpu.set_lapic(&state.lapic).map_err(err("KVM_SET_LAPIC"))?;
-    let msrs = Msrs::from_entries(&state.msrs).map_err(|_| Error::TooMany {
-        index,
-        what: "MSR list",
-        count: state.msrs.len(),
-    })?;
-    let written = vcpu.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))?;
-    if let Some(refused) = state.msrs.get(written) {
-        return Err(Error::MsrRefused {
-            index,
-            msr: refused.index,
-        });
-    }
-    vcpu.set_vcpu_events(&state.events)
+    let (msrs, deadline) = msrs_to_load(&state.msrs);
+    write_msrs(vcpu, index, &msrs)?;
+    write_msrs(vcpu, index, &deadline)?;
+    vcpu.set_vcpu_events(&events_to_load(&state.events))
         .map_err(err("KVM_SET_VCPU_EVENTS"))?;
     Ok(())
+}
+
+fn write_msrs(vcpu: &VcpuFd, index: u8, entries: &[kvm_msr_entry]) -> Result<(), Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let msrs = Msrs::from_entries(entries).map_err(|_| Error::TooMany {
+        index,
+        what: "MSR list",
+        count: entries.len(),
+    })?;
+    let written = vcpu
+        .set_msrs(&msrs)
+        .map_err(vcpu_err(index, "KVM_SET_MSRS"))?;
+    match entries.get(written) {
+        Some(refused) => Err(Error::MsrRefused {
+            index,
+            msr: refused.index,
+        }),
+        None => Ok(()),
+    }
+}
+
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+const MSR_KVM_ASYNC_PF_EN: u32 = 0x4b56_4d02;
+
+/// The saved MSRs as the restore writes them: every MSR but the TSC deadline, then (a second
+/// write) the TSC deadline alone.
+///
+/// - The deadline goes last so KVM arms the LAPIC timer against the restored TSC, whatever
+///   order KVM_GET_MSR_INDEX_LIST listed them in. A deadline of 0 is written as the saved
+///   TSC: KVM zeroes the MSR as it takes a fired deadline timer's interrupt, and a save
+///   that lands in between keeps neither the interrupt nor the deadline, so the restored
+///   guest (a Linux in NOHZ idle, a nanosleep()ing agent) would wait for a timer interrupt
+///   that never comes. An early, spurious timer interrupt costs Linux one reprogramming.
+///   A LAPIC not in deadline mode ignores the write.
+/// - Asynchronous page faults are switched off (MSR_KVM_ASYNC_PF_EN = 0). A restored
+///   guest's RAM is the snapshot file mapped copy-on-write, so its first touch of a page
+///   not in the host's page cache blocks on a disk read, which is exactly when KVM injects
+///   an async "page not present" #PF into a guest running user code (and, at this very MSR
+///   write, a "wake all" interrupt). It is the one KVM path only restored guests take, and
+///   only when the page cache is cold (a host under memory pressure, as the nested lab's
+///   was when 1 of 11 restored leases triple-faulted); Firecracker and Cloud Hypervisor
+///   users report guest crashes and hangs in it after restores. With it off such a fault
+///   just stalls the vCPU until the page is read; the guest, which still believes the
+///   feature on, never receives one. (Cold-booted guests are no longer offered it at all,
+///   see `arch::x86_64::cpuid`.)
+fn msrs_to_load(saved: &[kvm_msr_entry]) -> (Vec<kvm_msr_entry>, Vec<kvm_msr_entry>) {
+    let tsc = saved
+        .iter()
+        .find(|m| m.index == MSR_IA32_TSC)
+        .map(|m| m.data);
+    let (mut deadline, mut rest): (Vec<_>, Vec<_>) = saved
+        .iter()
+        .copied()
+        .partition(|m| m.index == MSR_IA32_TSC_DEADLINE);
+    for entry in &mut deadline {
+        if entry.data == 0 {
+            entry.data = tsc.unwrap_or(0);
+        }
+    }
+    for entry in &mut rest {
+        if entry.index == MSR_KVM_ASYNC_PF_EN {
+            entry.data = 0;
+        }
+    }
+    (rest, deadline)
+}
+
+/// The saved events as KVM_SET_VCPU_EVENTS is to take them. KVM_GET_VCPU_EVENTS reports the
+/// pending NMI count and the SIPI vector but does not set the flags that make
+/// KVM_SET_VCPU_EVENTS load them, so without these an NMI pending at the save would be
+/// dropped at the restore (QEMU sets them the same way for migration).
+fn events_to_load(saved: &kvm_vcpu_events) -> kvm_vcpu_events {
+    let mut events = *saved;
+    events.flags |= KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR;
+    events
 }
 
 /// TSS type "available" (64-bit), and the bit that makes it "busy".
@@ -318,22 +447,24 @@ mod tests {
     const MSR_TSC: u32 = 0x10;
     const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
 
-    #[test]
-    fn a_saved_vcpu_and_vm_load_into_a_fresh_vm() {
+    fn kvm_or_skip() -> Option<kvm_ioctls::Kvm> {
         if !std::path::Path::new("/dev/kvm").exists() {
             use std::io::Write;
             let _ = writeln!(std::io::stderr(), "SKIPPED: /dev/kvm not available");
-            return;
+            return None;
         }
-        let kvm = vm::open_kvm().expect("/dev/kvm opens");
-        let msr_list = crate::snapshot::host::msr_indices(&kvm).expect("MSR list");
-        let make_vm = || {
-            let mem = memory::create(16).expect("16 MiB");
-            let vm_fd = vm::create(&kvm, &mem).expect("VM");
-            vm::setup_irqchip(&vm_fd).expect("irqchip");
-            (vm_fd, mem)
-        };
-        let (source_vm, mem) = make_vm();
+        Some(vm::open_kvm().expect("/dev/kvm opens"))
+    }
+
+    fn make_vm(kvm: &kvm_ioctls::Kvm) -> (VmFd, vm_memory::GuestMemoryMmap) {
+        let mem = memory::create(16).expect("16 MiB");
+        let vm_fd = vm::create(kvm, &mem).expect("VM");
+        vm::setup_irqchip(&vm_fd).expect("irqchip");
+        (vm_fd, mem)
+    }
+
+    /// A BSP at 0x10_0000 in 64-bit mode, as a cold boot of a Linux vmlinux sets it up.
+    fn boot_vcpu(kvm: &kvm_ioctls::Kvm, vm_fd: &VmFd, mem: vm_memory::GuestMemoryMmap) -> VcpuFd {
         let setup = VcpuSetup {
             supported_cpuid: kvm
                 .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -346,13 +477,41 @@ mod tests {
                 zero_page: 0x7000,
             },
         };
-        let mut source = source_vm.create_vcpu(0).expect("vCPU");
-        configure(&source, 0, &setup).expect("boot state");
-        complete_pending_io(&mut source, 0).expect("immediate exit");
-        let saved = save_vcpu(&source, 0, &msr_list).expect("saved");
+        let vcpu = vm_fd.create_vcpu(0).expect("vCPU");
+        configure(&vcpu, 0, &setup).expect("boot state");
+        vcpu
+    }
+
+    fn no_exit_expected(exit: VcpuExit<'_>) -> Result<(), String> {
+        Err(format!("no exit expected, got {exit:?}"))
+    }
+
+    fn msr(state: &VcpuState, index: u32) -> Option<u64> {
+        state.msrs.iter().find(|m| m.index == index).map(|m| m.data)
+    }
+
+    #[test]
+    fn a_saved_vcpu_and_vm_load_into_a_fresh_vm() {
+        let Some(kvm) = kvm_or_skip() else { return };
+        let msr_list = crate::snapshot::host::msr_indices(&kvm).expect("MSR list");
+        let (source_vm, mem) = make_vm(&kvm);
+        let mut source = boot_vcpu(&kvm, &source_vm, mem);
+        // An NMI the guest has not taken yet: it must survive the restore.
+        source.nmi().expect("KVM_NMI");
+        complete_pending_io(&mut source, 0, no_exit_expected).expect("immediate exit");
+        let mut saved = save_vcpu(&source, 0, &msr_list).expect("saved");
         let indices: Vec<u32> = saved.msrs.iter().map(|m| m.index).collect();
         assert!(indices.contains(&MSR_TSC), "{indices:x?}");
         assert!(indices.contains(&MSR_KVM_SYSTEM_TIME_NEW), "{indices:x?}");
+        assert_eq!(saved.events.nmi.pending, 1, "the NMI is saved as pending");
+        // As a guest that enabled asynchronous page faults (delivered as interrupts, data at
+        // 0x5000) would have it saved.
+        let async_pf = MSR_KVM_ASYNC_PF_EN_VALUE;
+        for entry in saved.msrs.iter_mut() {
+            if entry.index == MSR_KVM_ASYNC_PF_EN {
+                entry.data = async_pf;
+            }
+        }
         let saved_vm = save_vm(&source_vm).expect("VM state");
 
         // Through the snapshot encoding, as a restore sees it.
@@ -360,7 +519,7 @@ mod tests {
         let (loaded, loaded_vm): (VcpuState, VmState) =
             postcard::from_bytes(&bytes).expect("decodes");
 
-        let (target_vm, _mem) = make_vm();
+        let (target_vm, _mem) = make_vm(&kvm);
         restore_vm(&target_vm, &loaded_vm).expect("VM state loads");
         let target = target_vm.create_vcpu(0).expect("vCPU");
         restore_vcpu(&target, 0, &loaded).expect("vCPU state loads");
@@ -372,15 +531,73 @@ mod tests {
         assert_eq!(back.cpuid.len(), saved.cpuid.len());
         assert_eq!(back.lapic.regs[..], saved.lapic.regs[..]);
         assert_eq!(back.mp_state.mp_state, saved.mp_state.mp_state);
-        let tsc = |s: &VcpuState| s.msrs.iter().find(|m| m.index == MSR_TSC).map(|m| m.data);
+        assert_eq!(back.events.nmi.pending, 1, "the pending NMI was restored");
         // The guest's TSC continues from the saved value (it has run on a little since).
-        let (was, now) = (tsc(&saved).expect("tsc"), tsc(&back).expect("tsc"));
+        let (was, now) = (
+            msr(&saved, MSR_TSC).expect("tsc"),
+            msr(&back, MSR_TSC).expect("tsc"),
+        );
         assert!(now >= was, "TSC went back: {was} → {now}");
+        if msr(&saved, MSR_KVM_ASYNC_PF_EN).is_some() {
+            assert_eq!(
+                msr(&back, MSR_KVM_ASYNC_PF_EN),
+                Some(0),
+                "async page faults are off after a restore"
+            );
+        }
         let back_vm = save_vm(&target_vm).expect("VM state");
         assert_eq!(back_vm.ioapic.chip_id, saved_vm.ioapic.chip_id);
         // SAFETY: chip_id says this is the IOAPIC member of the union.
         let (a, b) = unsafe { (back_vm.ioapic.chip.ioapic, saved_vm.ioapic.chip.ioapic) };
         assert_eq!(a.base_address, b.base_address);
+    }
+
+    /// MSR_KVM_ASYNC_PF_EN as Linux writes it: enabled, delivered as an interrupt.
+    const MSR_KVM_ASYNC_PF_EN_VALUE: u64 = 0x5000 | 1 | 8;
+
+    fn entry(index: u32, data: u64) -> kvm_msr_entry {
+        kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_tsc_deadline_is_written_last_and_never_as_zero() {
+        let saved = [
+            entry(MSR_IA32_TSC_DEADLINE, 0),
+            entry(MSR_KVM_ASYNC_PF_EN, MSR_KVM_ASYNC_PF_EN_VALUE),
+            entry(MSR_TSC, 123_456),
+            entry(MSR_KVM_SYSTEM_TIME_NEW, 0x7001),
+        ];
+        let (rest, deadline) = msrs_to_load(&saved);
+        let pairs = |v: &[kvm_msr_entry]| v.iter().map(|m| (m.index, m.data)).collect::<Vec<_>>();
+        assert_eq!(
+            pairs(&rest),
+            [
+                (MSR_KVM_ASYNC_PF_EN, 0),
+                (MSR_TSC, 123_456),
+                (MSR_KVM_SYSTEM_TIME_NEW, 0x7001)
+            ]
+        );
+        assert_eq!(pairs(&deadline), [(MSR_IA32_TSC_DEADLINE, 123_456)]);
+        // An armed deadline is kept as saved.
+        let (_, deadline) = msrs_to_load(&[entry(MSR_TSC, 5), entry(MSR_IA32_TSC_DEADLINE, 9)]);
+        assert_eq!(pairs(&deadline), [(MSR_IA32_TSC_DEADLINE, 9)]);
+    }
+
+    #[test]
+    fn nmi_and_sipi_flags_are_set_for_the_restore() {
+        let saved = kvm_vcpu_events {
+            flags: 4,
+            ..Default::default()
+        };
+        let events = events_to_load(&saved);
+        assert_eq!(
+            events.flags,
+            4 | KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR
+        );
     }
 
     /// A vCPU state with CPUID leaf 0 naming `vendor` and TR of `tr_type`.

@@ -168,14 +168,20 @@ impl SaveBoard {
         Some(slots.iter_mut().filter_map(Option::take).collect())
     }
 
-    /// vCPU side: saves this parked vCPU and posts the result.
-    fn save(&self, vcpu: &mut VcpuFd, index: u8) {
+    /// vCPU side: saves this parked vCPU and posts the result. Exits taken while its last
+    /// instruction completes go to the devices like any other.
+    fn save(&self, vcpu: &mut VcpuFd, index: u8, pio: &PioBus, mmio: &MmioBus) {
         let indices = self
             .msr_indices
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let result = persist::complete_pending_io(vcpu, index)
+        let serve = |exit: VcpuExit<'_>| match handle_exit(exit, index, pio, mmio) {
+            Action::Continue => Ok(()),
+            Action::Exit(exit) => Err(format!("the guest ended the VM: {exit:?}")),
+            Action::InternalError => Err("KVM internal error".into()),
+        };
+        let result = persist::complete_pending_io(vcpu, index, serve)
             .and_then(|()| persist::save_vcpu(vcpu, index, &indices))
             .map_err(|e| e.to_string());
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -223,7 +229,7 @@ pub fn run(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Option<VmExit> {
         match ctx.run_state.checkpoint(&mut save_round) {
             Checkpoint::Stop => return None,
             Checkpoint::Save => {
-                ctx.saves.save(vcpu, index);
+                ctx.saves.save(vcpu, index, &ctx.pio, &ctx.mmio);
                 continue;
             }
             Checkpoint::Run => {}

@@ -1,12 +1,22 @@
 //! Per-vCPU CPUID: KVM's supported set, adjusted so each vCPU sees its own APIC id, the
 //! machine's topology (one socket, N single-thread cores), that it runs under a hypervisor,
-//! and coinop's timing leaf 0x4000_0010.
+//! KVM's paravirtual features without asynchronous page faults, and coinop's timing leaf
+//! 0x4000_0010.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 /// Leaf with the TSC and LAPIC bus frequencies (the VMware/KVM "timing information" leaf).
 pub const TIMING_LEAF: u32 = 0x4000_0010;
 const HYPERVISOR_BASE_LEAF: u32 = 0x4000_0000;
+/// KVM's paravirtual feature bits (EAX).
+const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
+/// KVM_FEATURE_ASYNC_PF, _ASYNC_PF_VMEXIT and _ASYNC_PF_INT: the guest may ask KVM for
+/// asynchronous page faults. Not offered: a guest restored from a snapshot has its RAM
+/// mapped from the snapshot file, and async page faults are the KVM path that makes its
+/// slow first touches visible to the guest (see `vstate::persist`, which also turns them
+/// off in guests snapshotted with them on). Without host swap a cold-booted guest never
+/// gets one anyway.
+const KVM_FEATURES_ASYNC_PF: u32 = (1 << 4) | (1 << 10) | (1 << 14);
 /// KVM's LAPIC timer counts at 1 GHz (one tick per ns).
 pub const LAPIC_BUS_KHZ: u32 = 1_000_000;
 
@@ -107,6 +117,7 @@ pub fn adjust_entry(entry: &mut kvm_cpuid_entry2, ctx: &Context) {
         }
         0xb | 0x1f => adjust_topology_entry(entry, ctx),
         HYPERVISOR_BASE_LEAF => entry.eax = entry.eax.max(TIMING_LEAF),
+        KVM_FEATURES_LEAF => entry.eax &= !KVM_FEATURES_ASYNC_PF,
         TIMING_LEAF => {
             entry.eax = ctx.tsc_khz;
             entry.ebx = LAPIC_BUS_KHZ;
@@ -202,6 +213,16 @@ mod tests {
         assert_eq!((smt.ebx, smt.ecx >> 8, smt.edx), (1, 1, 5));
         assert_eq!((core.eax, core.ebx, core.ecx >> 8, core.edx), (3, 6, 2, 5));
         assert_eq!((invalid.ebx, invalid.ecx >> 8), (0, 0));
+    }
+
+    #[test]
+    fn async_page_faults_are_not_offered() {
+        let mut e = leaf(KVM_FEATURES_LEAF, 0);
+        // kvmclock (bits 0, 3), async PF (4), PV EOI (6), async PF VM exit (10), async PF
+        // as an interrupt (14).
+        e.eax = (1 << 0) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 10) | (1 << 14);
+        adjust_entry(&mut e, &ctx(0, 1));
+        assert_eq!(e.eax, (1 << 0) | (1 << 3) | (1 << 6));
     }
 
     #[test]
