@@ -269,7 +269,7 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
         .run_inside("nft", &["list", "table", "ip", "coinop"])
         .expect("rules");
     assert!(
-        rules.contains("tcp dport 22000 dnat to 10.213.0.2:22"),
+        rules.contains(&format!("22000 comment \"lease {id}\" : 10.213.0.2")),
         "{rules}"
     );
 
@@ -305,7 +305,7 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
     wait_until("the rules to go", || {
         daemon
             .run_inside("nft", &["list", "table", "ip", "coinop"])
-            .is_some_and(|r| !r.contains("dnat"))
+            .is_some_and(|r| r.contains("ssh_forward") && !r.contains(&format!("lease {id}")))
     });
     let after = show(&client, &id, &token).await;
     assert_eq!(after["network"], Value::Null, "{after}");
