@@ -399,6 +399,7 @@ async fn boot_guest(
             tracing::info!(
                 lease = g.id,
                 guest_ready_us = b.guest_ready_us,
+                running_us = since(arrival),
                 "lease running"
             );
             Ok(Ok((boot, network)))
