@@ -364,6 +364,8 @@ async fn boot_guest(
     };
     let (booted, start, network, routed) =
         start_guest(s, arrival, &boot, g, &cmdline, &paths, slot, nic).await;
+    // When coinopd had the guest's `guest_ready` in hand (its figure is the VMM's own clock).
+    let boot_returned_us = since(arrival);
     boot.start = Some(start);
     // A failed boot released the network (a route still pending found nothing to do).
     let booted = match (booted, routed) {
@@ -385,7 +387,8 @@ async fn boot_guest(
             let json = serde_json::to_string(&boot).unwrap_or_default();
             let s2 = s.clone();
             let (id2, json2) = (g.id.to_string(), json.clone());
-            let marked = blocking(move || Ok(s2.ledger.mark_running(&id2, b.pid, &json2)?)).await;
+            let marked =
+                blocking_here(move || Ok(s2.ledger.mark_running(&id2, b.pid, &json2)?)).await;
             if let Err(e) = marked {
                 // The lease is paid and its guest runs: the reply must carry the token. The
                 // ledger catches up once the disk lets it; metering reads the guest's
@@ -399,6 +402,7 @@ async fn boot_guest(
             tracing::info!(
                 lease = g.id,
                 guest_ready_us = b.guest_ready_us,
+                boot_returned_us,
                 running_us = since(arrival),
                 "lease running"
             );
