@@ -620,9 +620,10 @@ async fn attach_network(
     }
     let isolation = std::sync::Arc::clone(s.supervisor.isolation());
     let lease = id.to_string();
-    let reserved = tokio::task::spawn_blocking(move || isolation.reserve_network(&lease))
+    // A tap ioctl and a small record file: on this thread, no hop to the blocking pool.
+    let reserved = blocking_here(move || Ok(isolation.reserve_network(&lease)))
         .await
-        .map_err(|e| format!("worker: {e}"))?
+        .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let Some((tap, info, pending)) = reserved else {
         return Ok(none);
