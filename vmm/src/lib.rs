@@ -55,8 +55,10 @@
 //! {"event":"awaiting_personalisation","t_us":1700}     the guest wrote 124 to port 0x3f0
 //!                                                      (restored while waiting: right
 //!                                                      after vcpus_started)
-//! {"event":"personalised","t_us":2300}                 the guest read the whole
-//!                                                      `personalise` line from COM2
+//! {"event":"personalised","t_us":2300,"data_reads":1}  the guest read the whole
+//!                                                      `personalise` line from COM2, in
+//!                                                      this many data-register reads
+//!                                                      (VM exits; a `rep insb` is one)
 //! {"event":"guest_ready","t_us":2480}                  the guest wrote 123 to port 0x3f0
 //!                                                      (restored: see devices::boot_timer)
 //! {"event":"exit","t_us":9120,"reason":"guest_reset","code":0}
@@ -127,7 +129,7 @@
 //! | device | where | what |
 //! |---|---|---|
 //! | COM1, the console (16550A) | port 0x3f8, IRQ 4 | output to `--serial`; input from stdin and `console_input` |
-//! | COM2, the personalisation port (16550A) | port 0x2f8, IRQ 3 | input: the `personalise` line + `\n`, once the guest wrote 124; output discarded |
+//! | COM2, the personalisation port (16550A) | port 0x2f8, IRQ 3 | input: the `personalise` line + `\n`, once the guest wrote 124 (a `rep insb` on 0x2f8 reads it in bulk, then 0s); output discarded |
 //! | i8042 | ports 0x60, 0x64 | 0xFE to port 0x64 (reset) ends the VMM with code 0 |
 //! | boot timer | port 0x3f0 | 123: `guest_ready`; 124: `awaiting_personalisation` |
 //! | virtio-mmio disks and NICs | 0xd0000000 + 4 KiB × n, IRQs 5, 6, 7, 9, ... | `--disk`, `--net` |

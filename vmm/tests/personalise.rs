@@ -1,7 +1,7 @@
 //! The personalisation channel against the real `coinop-vmm` on /dev/kvm with the test
-//! guest's `mode=personalise[:<ms>]` (write 124, read one line from COM2, print
-//! `personalised: <line>`, write 123, idle): a cold-booted guest gets exactly its line before
-//! `guest_ready`; a line sent before the 124 waits for it; bad lines and a second line are
+//! guest's `mode=personalise[:<ms>]` (write 124, read one line from COM2 with `rep insb`,
+//! print `personalised: <line>`, write 123, idle): a cold-booted guest gets exactly its line
+//! before `guest_ready`, in one VM exit per KiB; a line sent before the 124 waits for it; bad lines and a second line are
 //! refused and deliver nothing; five restores of one snapshot taken while the guest waited
 //! each get only their own line, with the boot events of a cold boot (and so does a
 //! 2-vCPU guest); a guest snapshotted after it had its line refuses another.
@@ -34,6 +34,18 @@ fn personalised_lines(console: &str) -> Vec<&str> {
         .lines()
         .filter_map(|l| l.strip_prefix("personalised: "))
         .collect()
+}
+
+/// How many data-register reads (VM exits) the guest needed for its line, from the
+/// `personalised` event. The test guest reads with `rep insb` in 1 KiB chunks after
+/// polling LSR until data is ready, so a line of `n` bytes (newline included) takes
+/// ceil(n / 1024) of them, where byte-wise reads would take `n`.
+fn assert_read_in_bulk(out: &Outcome, line: &str) {
+    let ctx = out.context();
+    let reads = out.event("personalised")["data_reads"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("personalised without data_reads\n{ctx}"));
+    assert_eq!(reads as usize, (line.len() + 1).div_ceil(1024), "{ctx}");
 }
 
 /// Ends a guest that idles after its personalisation and checks it ended on request.
@@ -104,6 +116,7 @@ fn cold_boot_gets_its_exact_line(image: Image, vcpus: u32) {
     assert!(out.stdout.contains(EMPTY_BEFORE), "{ctx}");
     assert!(out.stdout.contains(EMPTY_AFTER), "{ctx}");
     assert_events_in_order(&out, &COLD_BOOT);
+    assert_read_in_bulk(&out, &line);
     assert_eq!(out.event("vcpus_started")["vcpus"], vcpus, "{ctx}");
 }
 
@@ -200,6 +213,8 @@ fn bad_lines_and_a_second_line_are_refused_and_deliver_nothing() {
     assert_eq!(personalised_lines(&out.stdout), [longest.as_str()], "{ctx}");
     assert!(out.stdout.contains(EMPTY_AFTER), "{ctx}");
     assert_events_in_order(&out, &COLD_BOOT);
+    // 4097 bytes: five `rep insb` exits, not 4097 `inb` ones.
+    assert_read_in_bulk(&out, &longest);
 }
 
 /// Boots `mode=personalise` on `vcpus`, waits until it awaits its line, and snapshots it
@@ -264,6 +279,7 @@ fn five_restores_of_one_awaiting_snapshot_each_get_only_their_own_line() {
             "restore {i} booted again\n{ctx}"
         );
         assert_events_in_order(out, &RESTORED);
+        assert_read_in_bulk(out, &lease_line(i));
     }
 }
 

@@ -5,21 +5,43 @@
 //! replied. A guest that is ready is marked `running` with them at once; one still booting
 //! is watched in its log until it is ready (or the boot timeout, counted from the
 //! adoption, passes: it is then marked `running` without `guest_ready_us`, as a guest that
-//! answers its control socket), or until its VMM ends (stopped `boot_failed`).
+//! answers its control socket; an agent guest, below, is stopped `boot_failed` instead),
+//! or until its VMM ends (stopped `boot_failed`).
+//!
+//! A guest of an `agent` image gets `guest_ready` only after its personalisation line
+//! (images/rootfs/PERSONALISE.md), which coinopd sends when the guest asks
+//! (`awaiting_personalisation`). A coinopd that died after the ask and before the send
+//! leaves a guest that waits for ever, so the watch sends the line itself when the log shows
+//! the ask and not `personalised`: built like a create's ([`Personalisation::for_lease`],
+//! entropy and clock made at the send), from what the lease keeps durably: its network
+//! from its record (`NAME.net.json`, claimed back at the adoption) and the tenant's key from
+//! the ledger's command line (`coinop.ssh_key=`, which never reaches an agent VMM's command
+//! line). The VMM takes one line per process: a refusal means the dead coinopd's line got
+//! there first, and the guest reads that one. An agent guest still not ready when the
+//! boot timeout passes has not applied its lease's data: as a create's boot that times
+//! out, its lease stops `boot_failed` (the balance kept for the tenant) and its VMM is
+//! stopped.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use coinop_proto::StopReason;
+use coinop_proto::{LeaseState, StopReason};
+use vmm_protocol::client::ControlError;
 
 use crate::app::Shared;
 use crate::boot_record::SpawnRecord;
 use crate::ledger::{LeaseRow, LedgerError};
+use crate::personalisation::Personalisation;
 use crate::supervisor::GuestPaths;
 use crate::vmm_log_events::{boot_progress, BootProgress};
 use crate::vmm_process::VmmProcess;
 
 /// How often a booting guest's log is read again: a boot takes tens of ms.
 const POLL: Duration = Duration::from_millis(20);
+/// How much longer than a boot timeout a create's retry waits for a boot under way: a
+/// watch that reached its deadline may still be in its last control request (at most 2 s)
+/// and ledger write.
+const SETTLE_MARGIN: Duration = Duration::from_secs(3);
 
 /// Finishes the boot of `l` (adopted `booting`, its VMM alive; `vmm` when its process is
 /// known): now if its log says the guest is ready (or nothing is known to finish its
@@ -35,13 +57,29 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
     if progress.guest_ready_us.is_some() {
         return mark_running(s, &l.id, pid, &record, progress);
     }
+    // An agent guest is ready only once it has its line: until then it is half-made.
+    let agent = s.config.images.get(&l.image).is_some_and(|i| i.agent);
+    // Owed while the guest may still need its line from us.
+    let mut owed = personalisation(s, l);
+    let control = PathBuf::from(&l.control_path);
     let (s, id) = (s.clone(), l.id.clone());
     let timeout = Duration::from_millis(s.config.boot_timeout_ms);
     tokio::spawn(async move {
         let deadline = Instant::now() + timeout;
+        let mut p = progress;
+        let mut warned = false;
         let (progress, gone) = loop {
+            if let Some(line) = &owed {
+                // Read by the guest (whoever sent it), or handed to its VMM now.
+                let has_it = p.personalised_us.is_some()
+                    || (p.awaiting_personalisation_us.is_some()
+                        && deliver(&id, &control, line, &mut warned).await);
+                if has_it {
+                    owed = None;
+                }
+            }
             tokio::time::sleep(POLL).await;
-            let p = boot_progress(&log);
+            p = boot_progress(&log);
             let gone = p.exited || vmm.is_some_and(|v| !v.is_running());
             if p.guest_ready_us.is_some() || gone || Instant::now() >= deadline {
                 break (p, gone);
@@ -49,6 +87,11 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
         };
         let done = if gone && progress.guest_ready_us.is_none() {
             boot_failed(&s, &id, vmm)
+        } else if agent && progress.guest_ready_us.is_none() {
+            tracing::warn!(lease = %id, timeout_ms = timeout.as_millis() as u64,
+                personalised = progress.personalised_us.is_some(),
+                "an adopted agent guest did not report guest_ready in time; its boot failed");
+            boot_timed_out(&s, &id, &record, progress)
         } else {
             if progress.guest_ready_us.is_none() {
                 tracing::warn!(lease = %id, timeout_ms = timeout.as_millis() as u64,
@@ -63,6 +106,77 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
     Ok(())
 }
 
+/// Lease `l` (as read from the ledger) once it is no longer `booting`: its boot finished,
+/// by a create of this coinopd's or by an adoption's watch; or as it is when a boot timeout
+/// has passed. What a create's retry answers with, so that the retry of a create whose
+/// reply a crash lost gets the running lease (or the failed boot), not one still booting.
+pub async fn settled(s: &Shared, l: LeaseRow) -> Result<LeaseRow, LedgerError> {
+    let deadline = Instant::now() + Duration::from_millis(s.config.boot_timeout_ms) + SETTLE_MARGIN;
+    let mut now = l;
+    while now.state == LeaseState::Booting && Instant::now() < deadline {
+        tokio::time::sleep(POLL).await;
+        if let Some(row) = s.ledger.get(&now.id)? {
+            now = row;
+        }
+    }
+    Ok(now)
+}
+
+/// The line lease `l`'s guest needs if its image is an `agent` one; `None` for any other
+/// image, or when what the line needs is lost (the guest then never gets ready).
+fn personalisation(s: &Shared, l: &LeaseRow) -> Option<Personalisation> {
+    let Some(image) = s.config.images.get(&l.image) else {
+        tracing::warn!(lease = %l.id, image = %l.image,
+            "the adopted guest's image is no longer offered: no personalisation for it");
+        return None;
+    };
+    if !image.agent {
+        return None;
+    }
+    // Claimed back from its record by the adoption, before this.
+    let network = s.supervisor.isolation().network_info(&l.id);
+    if network.is_none() && s.config.lease_gets_network(image) {
+        // A line without the address would make a guest nobody can reach: better none
+        // (the guest never gets ready) than a half-made one.
+        tracing::error!(lease = %l.id,
+            "the adopted guest's network record is missing: it gets no personalisation");
+        return None;
+    }
+    let (_, ssh_key) = crate::leases::create::split_ssh_key_word(&l.cmdline);
+    Some(Personalisation::for_lease(
+        &l.id,
+        network.as_ref(),
+        ssh_key.as_deref(),
+    ))
+}
+
+/// Sends the adopted guest at `control` its line, made now; whether it has a line now
+/// (sent, or refused because the VMM already took one: the dead coinopd's). Any other
+/// failure is tried again at the next poll (logged the first time: `warned`).
+async fn deliver(id: &str, control: &Path, p: &Personalisation, warned: &mut bool) -> bool {
+    match vmm_protocol::client::personalise(control, &p.line()).await {
+        Ok(()) => {
+            tracing::info!(lease = id, "personalisation sent to an adopted guest");
+            true
+        }
+        Err(ControlError::Refused { error, .. }) => {
+            tracing::info!(lease = id, vmm_said = %error,
+                "the adopted guest's VMM already had its line (sent before the restart); \
+                 waiting for guest_ready");
+            true
+        }
+        Err(e) => {
+            // Tried again at every poll until the deadline: said once, not 50 times a second.
+            if !*warned {
+                tracing::warn!(lease = id, error = %e,
+                    "sending an adopted guest its personalisation; trying again");
+                *warned = true;
+            }
+            false
+        }
+    }
+}
+
 fn mark_running(
     s: &Shared,
     id: &str,
@@ -74,6 +188,29 @@ fn mark_running(
     let json = serde_json::to_string(&figures).expect("a struct of integers always serializes");
     s.ledger.mark_running(id, pid, &json)?;
     tracing::info!(lease = id, ?figures, "adopted guest booted; lease running");
+    Ok(())
+}
+
+/// An agent guest was not ready by the deadline: as a create's boot that times out, the
+/// lease stops `boot_failed` with the figures it got (its balance kept for the tenant's
+/// stop with outputs) and its VMM is stopped, rather than a guest without its lease's data
+/// handed out and billed.
+fn boot_timed_out(
+    s: &Shared,
+    id: &str,
+    record: &SpawnRecord,
+    progress: BootProgress,
+) -> Result<(), LedgerError> {
+    let figures = record.finish(progress);
+    let json = serde_json::to_string(&figures).expect("a struct of integers always serializes");
+    // Not if a stop of the tenant's came first: that one stops the guest.
+    if s.ledger
+        .mark_stopped(id, StopReason::BootFailed, Some(&json))?
+    {
+        if let Some(l) = s.ledger.get(id)? {
+            crate::guest_stop::stop_guest(s, &l);
+        }
+    }
     Ok(())
 }
 

@@ -61,7 +61,7 @@ mod tests {
         let f = r.finish(BootProgress {
             vcpus_started_us: Some(5_000),
             guest_ready_us: Some(30_000),
-            exited: false,
+            ..BootProgress::default()
         });
         assert_eq!(
             (

@@ -24,6 +24,13 @@ pub mod point {
     /// A create's VMM is spawned and recorded in the ledger (pid, start time, the boot
     /// figures so far); its guest may still be booting, no reply sent.
     pub const CREATE_VMM_RECORDED: &str = "create_vmm_recorded";
+    /// A create's agent guest asked for its personalisation line
+    /// (`awaiting_personalisation`); the line is not sent, no reply sent. Also a
+    /// [`delay`](super::delay) point: a test can `kill -9` coinopd there.
+    pub const CREATE_AWAITING_PERSONALISATION: &str = "create_awaiting_personalisation";
+    /// A create's agent guest was sent its personalisation line and the VMM accepted it;
+    /// `guest_ready` not yet seen, no reply sent.
+    pub const CREATE_PERSONALISATION_SENT: &str = "create_personalisation_sent";
     /// A create's guest reported `guest_ready`; not yet marked running, no reply sent.
     pub const CREATE_GUEST_READY: &str = "create_guest_ready";
     /// A create's boot failed and its refund onto the request's outputs committed; the

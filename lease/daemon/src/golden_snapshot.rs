@@ -59,6 +59,10 @@ use crate::vmm_process::VmmProcess;
 
 /// Bumped when what the key covers changes.
 const KEY_DOMAIN: &[u8] = b"coinopd golden snapshot v1";
+/// How long the VMM may take to write the snapshot and reply: it writes all of guest
+/// memory first (seconds for a large guest on a loaded host; 2 s was seen to run out in the
+/// nested lab under load, which lost the snapshot).
+const SNAPSHOT_REPLY_WAIT: Duration = Duration::from_secs(120);
 /// How long the snapshotting VMM may take to exit after its reply.
 const EXIT_WAIT: Duration = Duration::from_secs(10);
 
@@ -281,7 +285,7 @@ impl GoldenSnapshots {
             dir: dir.display().to_string(),
             exit: true,
         };
-        let replied = client::request(&paths.control, &request).await;
+        let replied = client::request_within(&paths.control, &request, SNAPSHOT_REPLY_WAIT).await;
         let vmm = booted.pid.and_then(VmmProcess::of);
         if replied.is_err() {
             if let Some(vmm) = vmm {

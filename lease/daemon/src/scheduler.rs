@@ -17,7 +17,7 @@
 //! | stopped | gone | record it gone, remove what it left |
 //! | running | paused (a top-up's `resume` lost) | resume it; the paused time is not billed |
 //! | paused_unfunded | running | pause it |
-//! | booting | exists | `running` once its log shows `guest_ready` (metered from there), with the boot figures a create would have replied ([`crate::adopted_boot`]) |
+//! | booting | exists | `running` once its log shows `guest_ready` (metered from there), with the boot figures a create would have replied; an `agent` guest that awaits its personalisation line is sent it, and one not ready by the boot timeout is stopped `boot_failed` ([`crate::adopted_boot`]) |
 //! | booting | gone | stopped `boot_failed`, the balance kept for the tenant |
 //! | running / paused | gone | stopped `guest_crashed` if the `exit` event in its log says a crash, else `guest_exit` |
 //! | any live | runs but does not answer | kept (room held, not billed), retried every tick |
@@ -109,6 +109,7 @@ pub async fn adopt(s: &Shared) -> Result<(usize, usize), LedgerError> {
         let st = st.unwrap_or_else(|| {
             Err(ControlError::Timeout {
                 path: l.control_path.clone(),
+                waited: vmm_protocol::client::CONTROL_TIMEOUT,
             })
         });
         if adopt_one(s, l, st).await? {

@@ -938,10 +938,13 @@ async fn wait_ready(
                     return Ok((vcpus_started, offset + t_us));
                 }
                 if let Some(p) = &req.personalise {
+                    crate::fault::hit(crate::fault::point::CREATE_AWAITING_PERSONALISATION);
+                    crate::fault::delay(crate::fault::point::CREATE_AWAITING_PERSONALISATION).await;
                     let request = vmm_protocol::Request::Personalise { line: p.line() };
                     vmm_protocol::client::request(&req.paths.control, &request)
                         .await
                         .map_err(BootError::Personalise)?;
+                    crate::fault::hit(crate::fault::point::CREATE_PERSONALISATION_SENT);
                     tracing::info!(
                         lease = lease_id,
                         sent_us = monotonic_us().saturating_sub(req.arrival_us),

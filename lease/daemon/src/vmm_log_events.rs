@@ -3,7 +3,8 @@
 //! waited for, so neither its boot-timing events nor its `exit` event nor its exit status
 //! reaches coinopd. The VMM also copies those events to its stderr, which is the lease's log
 //! file (`STATE/run/<lease>.vmm.log`, written by the VMM only, never by the guest): the
-//! boot-timing events there finish the figures of a lease adopted while it booted, and the
+//! boot-timing events there finish the figures of a lease adopted while it booted (and say
+//! whether an agent guest still awaits its personalisation line), and the
 //! last `exit` event says how it ended, so a re-adopted guest that crashed is reported
 //! `guest_crashed` like a fresh one.
 
@@ -50,6 +51,10 @@ pub fn exit(log: &Path) -> Option<(String, i32)> {
 pub struct BootProgress {
     pub vcpus_started_us: Option<u64>,
     pub guest_ready_us: Option<u64>,
+    /// An agent guest asked for its personalisation line (`awaiting_personalisation`).
+    pub awaiting_personalisation_us: Option<u64>,
+    /// An agent guest read its whole line (`personalised`): it has it, whoever sent it.
+    pub personalised_us: Option<u64>,
     /// The VMM has ended (its `exit` event is there).
     pub exited: bool,
 }
@@ -63,11 +68,10 @@ pub fn boot_progress(log: &Path) -> BootProgress {
             Event::VmCreated { .. } => p = BootProgress::default(),
             Event::VcpusStarted { t_us, .. } => p.vcpus_started_us = Some(t_us),
             Event::GuestReady { t_us } => p.guest_ready_us = Some(t_us),
+            Event::AwaitingPersonalisation { t_us } => p.awaiting_personalisation_us = Some(t_us),
+            Event::Personalised { t_us, .. } => p.personalised_us = Some(t_us),
             Event::Exit { .. } => p.exited = true,
-            Event::Restored { .. }
-            | Event::Warning { .. }
-            | Event::AwaitingPersonalisation { .. }
-            | Event::Personalised { .. } => {}
+            Event::Restored { .. } | Event::Warning { .. } => {}
         }
     }
     p
@@ -112,11 +116,25 @@ mod tests {
             ..BootProgress::default()
         };
         assert_eq!(boot_progress(&log), booting, "not ready yet");
+        // An agent guest asks for its line, then reads it.
+        text += &Event::AwaitingPersonalisation { t_us: 22 }.to_line();
+        std::fs::write(&log, &text).expect("write");
+        let awaiting = BootProgress {
+            awaiting_personalisation_us: Some(22),
+            ..booting
+        };
+        assert_eq!(boot_progress(&log), awaiting, "awaiting its line");
+        text += &Event::Personalised {
+            t_us: 25,
+            data_reads: 1,
+        }
+        .to_line();
         text += &Event::GuestReady { t_us: 30 }.to_line();
         std::fs::write(&log, &text).expect("write");
         let ready = BootProgress {
+            personalised_us: Some(25),
             guest_ready_us: Some(30),
-            ..booting
+            ..awaiting
         };
         assert_eq!(boot_progress(&log), ready);
         // A later VMM of the same lease (a retried boot) starts its figures afresh.

@@ -12,7 +12,7 @@ use tokio::net::UnixStream;
 use crate::{Reply, Request, Status, Usage, VmState};
 
 /// A control request never waits longer than this: a wedged VMM must not stall its caller.
-const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Replies are short JSON objects; anything longer is a broken peer.
 const MAX_REPLY: u64 = 64 * 1024;
 
@@ -29,8 +29,8 @@ pub enum ControlError {
         path: String,
         source: std::io::Error,
     },
-    #[error("control socket {path}: no reply within {CONTROL_TIMEOUT:?}")]
-    Timeout { path: String },
+    #[error("control socket {path}: no reply within {waited:?}")]
+    Timeout { path: String, waited: Duration },
     #[error("control socket {path}: bad reply {reply:?}")]
     BadReply { path: String, reply: String },
     #[error("control socket {path}: VMM refused {cmd}: {error}")]
@@ -50,10 +50,24 @@ impl ControlError {
 
 /// Sends `req` and returns the VMM's answer; a refusal is [`ControlError::Refused`].
 pub async fn request(path: &Path, req: &Request) -> Result<Reply, ControlError> {
+    request_within(path, req, CONTROL_TIMEOUT).await
+}
+
+/// [`request`] for a command whose work the VMM does before it replies and which grows
+/// with the guest (a `snapshot` writes all of guest memory): `wait` instead of the usual
+/// short bound.
+pub async fn request_within(
+    path: &Path,
+    req: &Request,
+    wait: Duration,
+) -> Result<Reply, ControlError> {
     let shown = path.display().to_string();
-    match tokio::time::timeout(CONTROL_TIMEOUT, exchange(path, req)).await {
+    match tokio::time::timeout(wait, exchange(path, req)).await {
         Ok(r) => r,
-        Err(_) => Err(ControlError::Timeout { path: shown }),
+        Err(_) => Err(ControlError::Timeout {
+            path: shown,
+            waited: wait,
+        }),
     }
 }
 

@@ -51,6 +51,12 @@ pub enum Event {
     Personalised {
         /// µs since the time base.
         t_us: u64,
+        /// How many guest reads of the port's data register returned bytes of the line in
+        /// this VMM process: each is one VM exit, a `rep insb` of any count included, so a
+        /// guest reading byte by byte shows about the line's length and one reading with
+        /// `rep insb` a handful. 0 from a VMM that predates the field.
+        #[serde(default)]
+        data_reads: u64,
     },
     /// The guest wrote 123 to port 0x3f0 (the boot timer); sent once.
     GuestReady {
@@ -81,7 +87,7 @@ impl Event {
             | Event::Restored { t_us }
             | Event::VcpusStarted { t_us, .. }
             | Event::AwaitingPersonalisation { t_us }
-            | Event::Personalised { t_us }
+            | Event::Personalised { t_us, .. }
             | Event::GuestReady { t_us }
             | Event::Exit { t_us, .. } => *t_us,
         }
@@ -176,8 +182,11 @@ mod tests {
                 Event::AwaitingPersonalisation { t_us: 9100 },
             ),
             (
-                r#"{"event":"personalised","t_us":9400}"#,
-                Event::Personalised { t_us: 9400 },
+                r#"{"event":"personalised","t_us":9400,"data_reads":3}"#,
+                Event::Personalised {
+                    t_us: 9400,
+                    data_reads: 3,
+                },
             ),
             (
                 r#"{"event":"guest_ready","t_us":9688}"#,
@@ -229,6 +238,18 @@ mod tests {
                 code: 0,
                 detail: None,
                 reason: ExitReason::GuestReset
+            }
+        );
+    }
+
+    #[test]
+    fn a_personalised_event_without_data_reads_still_reads() {
+        // What coinop-vmm wrote before it counted the reads.
+        assert_eq!(
+            Event::from_line(r#"{"event":"personalised","t_us":9400}"#).expect("event"),
+            Event::Personalised {
+                t_us: 9400,
+                data_reads: 0
             }
         );
     }

@@ -94,8 +94,16 @@ impl PioBus {
     }
 
     /// Guest `in`: fills `data`; ports nobody claims read as all ones (no device).
+    ///
+    /// `data` holds one byte for an `inb`, and more for a wider `in` or a `rep ins` that
+    /// KVM's emulator batched into one exit (kvm-ioctls does not say which). Only COM2's
+    /// data register takes such a read, as that many reads of it in a row (the
+    /// personalisation line in bulk); every other multi-byte read stays all ones.
     pub fn read(&self, port: u16, data: &mut [u8]) {
         match port {
+            COM2_PORT if !data.is_empty() => {
+                self.personalisation().read_data(data);
+            }
             p if (COM1_PORT..COM1_PORT + COM1_PORT_COUNT).contains(&p) && data.len() == 1 => {
                 data[0] = self.console().read((p - COM1_PORT) as u8);
             }
@@ -137,5 +145,50 @@ impl PioBus {
             }
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Clock, EventSink};
+    use serial::IrqLine;
+    use std::sync::Arc;
+    use vmm_sys_util::eventfd::EventFd;
+
+    fn bus() -> PioBus {
+        let events = Arc::new(EventSink::from_file(
+            tempfile::tempfile().expect("temp file"),
+            Clock::starting_now(),
+        ));
+        let irq = || IrqLine(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+        PioBus::new(
+            Console::new(irq(), Box::new(std::io::sink())),
+            PersonalisationPort::new(irq(), Arc::clone(&events)),
+            ResetController::default(),
+            BootTimer::new(events),
+        )
+    }
+
+    #[test]
+    fn a_batched_read_of_com2_data_gets_the_line_and_other_wide_reads_stay_all_ones() {
+        let bus = bus();
+        assert_eq!(
+            bus.write(BOOT_TIMER_PORT, &[AWAITING_PERSONALISATION_MAGIC]),
+            None
+        );
+        bus.personalisation().personalise("bulk").expect("valid");
+        bus.console().input(b"typed").expect("room");
+        let mut wide = [0_u8; 4];
+        for port in [COM1_PORT, COM2_PORT + 5, I8042_DATA_PORT, 0x80] {
+            bus.read(port, &mut wide);
+            assert_eq!(wide, [0xff; 4], "port {port:#x}");
+        }
+        let mut batch = [0xaa_u8; 8];
+        bus.read(COM2_PORT, &mut batch);
+        assert_eq!(&batch, b"bulk\n\0\0\0");
+        let mut one = [0_u8];
+        bus.read(COM1_PORT, &mut one);
+        assert_eq!(one, [b't'], "COM1 kept its input through the wide read");
     }
 }

@@ -10,7 +10,17 @@
 //!   ([`PersonalisationPort::personalise`]), accepted once; `LINE` + `\n` waits in
 //!   `pending` until the guest has written 124, then moves into the 64-byte receive FIFO
 //!   as the guest drains it;
-//! - once the guest has read the last byte out of the FIFO the VMM emits `personalised`.
+//! - once the guest has read the last byte out of the FIFO the VMM emits `personalised`,
+//!   with how many data-register reads (VM exits) it took.
+//!
+//! Two departures from vm-superio's UART, both for reading the line fast and whole:
+//! - a read of the data register may be many bytes at once (a `rep insb`, which KVM's
+//!   emulator hands over as one exit of up to 1 KiB): [`PersonalisationPort::read_data`]
+//!   fills it with the next line bytes, then 0s;
+//! - IIR says "received data" for as long as data waits and that interrupt is enabled
+//!   (a 16550's level semantics), and a data read that leaves data behind raises the IRQ
+//!   again once per IIR read, so Linux's interrupt-driven 8250 driver, which reads 256
+//!   bytes per pass, gets the whole line (`read_iir`).
 //!
 //! The guest's output on the port is not a console: it goes to [`std::io::Sink`], so it is
 //! neither stored nor able to grow anything. The whole state (UART registers and FIFO, the
@@ -29,7 +39,7 @@ use super::serial::IrqLine;
 use crate::events::EventSink;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use vm_superio::{serial::NoEvents, Serial};
+use vm_superio::{serial::NoEvents, Serial, Trigger};
 use vmm_protocol::{Event, Request};
 
 /// Where the line is.
@@ -86,6 +96,12 @@ pub struct PersonalisationPort {
     /// arrives early cannot be read by an AP, and reported `personalised`, before
     /// `vcpus_started` and `awaiting_personalisation` are out.
     vcpus_running: bool,
+    /// The port has raised its IRQ since the guest last read IIR (see
+    /// [`PersonalisationPort::read_data`]). Not in a snapshot: a restored port at worst
+    /// raises one interrupt more.
+    raised_since_iir: bool,
+    /// Data-register reads (VM exits) that returned line bytes, for `personalised`.
+    data_reads: u64,
     events: Arc<EventSink>,
 }
 
@@ -99,6 +115,8 @@ impl PersonalisationPort {
             line: LineProgress::None,
             announce_on_start: false,
             vcpus_running: true,
+            raised_since_iir: false,
+            data_reads: 0,
             events,
         }
     }
@@ -124,6 +142,8 @@ impl PersonalisationPort {
                 && state.line == LineProgress::None
                 && !guest_was_ready,
             vcpus_running: false,
+            raised_since_iir: false,
+            data_reads: 0,
             events,
         })
     }
@@ -137,19 +157,118 @@ impl PersonalisationPort {
         }
     }
 
-    /// Guest read of register `offset`: more of the line moves into the FIFO as it drains,
-    /// and the read that empties it reports `personalised`.
+    /// Guest read of register `offset` (one byte). The data register goes through
+    /// [`PersonalisationPort::read_data`]; IIR reports a received-data interrupt for as
+    /// long as data waits (`read_iir`).
     pub fn read(&mut self, offset: u8) -> u8 {
-        let value = self.uart.read(offset);
-        self.refill();
-        if self.line == LineProgress::Delivering
-            && self.pending.is_empty()
-            && self.uart.fifo_capacity() == FIFO_BYTES
-        {
-            self.line = LineProgress::Read;
-            self.events.emit(|t_us| Event::Personalised { t_us });
+        match offset {
+            DATA if !self.dlab() => {
+                let mut byte = [0];
+                self.read_data(&mut byte);
+                byte[0]
+            }
+            IIR => {
+                self.refill();
+                self.read_iir()
+            }
+            _ => {
+                // Line bytes the UART could not take before (in loopback) go in first, so
+                // a guest polling LSR sees them.
+                self.refill();
+                self.uart.read(offset)
+            }
         }
-        value
+    }
+
+    /// A guest read of the data register of `buf.len()` bytes: one `inb`, or a whole
+    /// `rep insb` (KVM's emulator hands the VMM up to 1 KiB of one in a single exit). Fills
+    /// `buf` with the next bytes of the line in order, then 0 for each byte once nothing is
+    /// waiting (the line holds no 0 byte). Bytes behind the FIFO's are taken straight from
+    /// the pending line, so a bulk read costs one exit however long the line; the FIFO is
+    /// refilled once at the end. The read that takes the line's last byte reports
+    /// `personalised`.
+    pub fn read_data(&mut self, buf: &mut [u8]) {
+        if self.dlab() {
+            // Offset 0 is the divisor latch while DLAB is set; no data is read.
+            for byte in buf.iter_mut() {
+                *byte = self.uart.read(DATA);
+            }
+            return;
+        }
+        let mut filled = 0;
+        while filled < buf.len() && self.uart.read(LSR) & LSR_DATA_READY != 0 {
+            buf[filled] = self.uart.read(DATA);
+            filled += 1;
+        }
+        if self.delivering_to_guest() {
+            let direct = (buf.len() - filled).min(self.pending.len());
+            for (slot, byte) in buf[filled..].iter_mut().zip(self.pending.drain(..direct)) {
+                *slot = byte;
+            }
+            filled += direct;
+        }
+        if filled < buf.len() {
+            // What an empty UART reads, with its side effects (a stale RDA is cleared).
+            self.uart.read(DATA);
+            buf[filled..].fill(0);
+        }
+        self.refill();
+        if filled > 0 && self.line == LineProgress::Delivering {
+            self.data_reads += 1;
+            if self.pending.is_empty() && self.uart.fifo_capacity() == FIFO_BYTES {
+                self.line = LineProgress::Read;
+                let data_reads = self.data_reads;
+                self.events
+                    .emit(|t_us| Event::Personalised { t_us, data_reads });
+            }
+        }
+        self.reraise_if_data_waits();
+    }
+
+    /// IIR with a 16550's level semantics for received data: it names the received-data
+    /// interrupt for as long as the FIFO holds data and that interrupt is enabled.
+    /// vm-superio clears it on every data read, even with more bytes in the FIFO; Linux's
+    /// 8250 driver reads at most 256 bytes per pass and then asks IIR whether to go on, so
+    /// with vm-superio's IIR it stopped with the rest of the line in the port, and its IRQ
+    /// (an edge through an irqfd) never came again.
+    fn read_iir(&mut self) -> u8 {
+        let iir = self.uart.read(IIR);
+        // Reading IIR acknowledges: a further edge is needed if data outlasts this pass.
+        self.raised_since_iir = false;
+        if self.rx_interrupt_asserted() && iir & IIR_NO_INTERRUPT != 0 {
+            (iir & !IIR_NO_INTERRUPT) | IIR_RECEIVED_DATA
+        } else {
+            iir
+        }
+    }
+
+    /// After a data read that leaves data in the port: one new edge on the IRQ line per
+    /// IIR acknowledge, so a handler that reads a budget of bytes and returns without
+    /// asking IIR again is interrupted once more (a level-triggered line would still be
+    /// asserted; an edge through the irqfd is lost once delivered).
+    fn reraise_if_data_waits(&mut self) {
+        if self.raised_since_iir || !self.rx_interrupt_asserted() {
+            return;
+        }
+        self.raised_since_iir = true;
+        // An eventfd full to its limit already holds a pending interrupt.
+        let _ = self.uart.interrupt_evt().trigger();
+    }
+
+    /// What a 16550's interrupt output would say about received data: enabled and waiting.
+    fn rx_interrupt_asserted(&mut self) -> bool {
+        self.uart.read(IER) & IER_RECEIVED_DATA != 0 && self.uart.read(LSR) & LSR_DATA_READY != 0
+    }
+
+    /// Whether the divisor latch is mapped over the data register.
+    fn dlab(&mut self) -> bool {
+        self.uart.read(LCR) & LCR_DLAB != 0
+    }
+
+    /// Whether line bytes may reach the guest now: it has written 124, its vCPUs run and
+    /// the UART is not in loopback (a driver probing it).
+    fn delivering_to_guest(&mut self) -> bool {
+        self.seen_124 && self.vcpus_running && self.uart.read(MCR) & MCR_LOOP == 0
     }
 
     /// Guest write of register `offset`; transmitted bytes are discarded.
@@ -157,6 +276,8 @@ impl PersonalisationPort {
         // Writing to a sink cannot fail; a trigger failure (eventfd full) would only lose
         // an interrupt the guest's next poll finds anyway.
         let _ = self.uart.write(offset, value);
+        // Leaving loopback lets the line in.
+        self.refill();
     }
 
     /// The guest wrote 124 to the boot timer: it listens and may be given its line.
@@ -237,14 +358,31 @@ impl PersonalisationPort {
 /// The 16550A's receive FIFO, as vm-superio models it.
 const FIFO_BYTES: usize = 64;
 
+// 16550A register offsets and bits (vm-superio keeps its own private).
+/// Receive buffer (read) / divisor latch low byte while DLAB is set.
+const DATA: u8 = 0;
+/// Interrupt enable register.
+const IER: u8 = 1;
+/// Interrupt identification register.
+const IIR: u8 = 2;
+/// Line control register.
+const LCR: u8 = 3;
+/// Modem control register.
+const MCR: u8 = 4;
+/// Line status register.
+const LSR: u8 = 5;
+const IER_RECEIVED_DATA: u8 = 0x01;
+const IIR_NO_INTERRUPT: u8 = 0x01;
+const IIR_RECEIVED_DATA: u8 = 0x04;
+const LCR_DLAB: u8 = 0x80;
+const MCR_LOOP: u8 = 0x10;
+const LSR_DATA_READY: u8 = 0x01;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::events::Clock;
     use vmm_sys_util::eventfd::EventFd;
-
-    const LSR: u8 = 5;
-    const DATA: u8 = 0;
 
     fn port() -> (PersonalisationPort, std::fs::File) {
         let file = tempfile::tempfile().expect("temp file");
@@ -428,5 +566,236 @@ mod tests {
         back.vcpus_started();
         assert_eq!(events(&file).matches("awaiting_personalisation").count(), 1);
         assert_eq!(read_line(&mut back), b"mine\n");
+    }
+
+    /// A port whose IRQ eventfd the test holds, with the received-data interrupt enabled
+    /// as Linux's 8250 driver sets it once ttyS1 is open, and the guest awaiting its line.
+    fn irq_driven_port() -> (PersonalisationPort, EventFd, std::fs::File) {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let file = tempfile::tempfile().expect("temp file");
+        let events = Arc::new(EventSink::from_file(
+            file.try_clone().expect("dup"),
+            Clock::starting_now(),
+        ));
+        let mut p = PersonalisationPort::new(IrqLine(irq.try_clone().expect("dup")), events);
+        p.write(IER, IER_RECEIVED_DATA);
+        p.guest_awaits();
+        let _ = irq.read();
+        (p, irq, file)
+    }
+
+    /// The `data_reads` of the one `personalised` event.
+    fn personalised_data_reads(file: &std::fs::File) -> u64 {
+        let text = events(file);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("\"personalised\""))
+            .collect();
+        assert_eq!(lines.len(), 1, "personalised exactly once: {text}");
+        match Event::from_line(lines[0]).expect("an event") {
+            Event::Personalised { data_reads, .. } => data_reads,
+            other => panic!("not personalised: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_bulk_read_takes_the_whole_line_then_zeros() {
+        // A `rep insb` of 1 KiB, as KVM's emulator hands it over in one exit.
+        let (mut p, file) = port();
+        p.guest_awaits();
+        let line = "coinop-personalise/1 ".to_string() + &"b".repeat(400);
+        p.personalise(&line).expect("valid");
+        let mut buf = [0xaa_u8; 1024];
+        p.read_data(&mut buf);
+        let want = format!("{line}\n");
+        assert_eq!(&buf[..want.len()], want.as_bytes());
+        assert!(
+            buf[want.len()..].iter().all(|&b| b == 0),
+            "0 behind the line"
+        );
+        assert_eq!(p.line_progress(), LineProgress::Read);
+        assert_eq!(personalised_data_reads(&file), 1);
+        assert_eq!(p.read(LSR) & LSR_DATA_READY, 0, "the port is empty");
+        let mut again = [0xaa_u8; 16];
+        p.read_data(&mut again);
+        assert_eq!(again, [0; 16], "nothing after the line");
+        assert_eq!(personalised_data_reads(&file), 1, "still exactly once");
+    }
+
+    #[test]
+    fn bulk_reads_of_any_count_keep_the_order_across_fifo_and_pending() {
+        let line: String = (0..Request::PERSONALISE_LINE_MAX)
+            .map(|i| char::from(b'!' + (i % 94) as u8))
+            .collect();
+        let want = format!("{line}\n").into_bytes();
+        for chunk in [1, 2, 7, 63, 64, 65, 100, 1000, 1024] {
+            let (mut p, file) = port();
+            p.personalise(&line).expect("valid");
+            p.guest_awaits();
+            let mut got = Vec::new();
+            let mut reads = 0;
+            while !got.ends_with(b"\n") {
+                let mut buf = vec![0xaa_u8; chunk];
+                p.read_data(&mut buf);
+                reads += 1;
+                // The guest's side of the contract: 0 is "no byte", dropped.
+                got.extend(buf.iter().copied().filter(|&b| b != 0));
+                assert!(reads <= want.len(), "chunk {chunk}: the line never ended");
+            }
+            assert_eq!(got, want, "chunk {chunk}");
+            assert_eq!(reads, want.len().div_ceil(chunk), "chunk {chunk}");
+            assert_eq!(
+                personalised_data_reads(&file),
+                reads as u64,
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn bulk_and_byte_reads_mix_and_a_snapshot_mid_line_keeps_the_rest() {
+        let (mut p, _file) = port();
+        p.guest_awaits();
+        let line: String = (0..300)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        p.personalise(&line).expect("valid");
+        let mut first = [0_u8; 100];
+        p.read_data(&mut first);
+        let second = p.read(DATA);
+        let state = p.state();
+        assert_eq!(state.line, LineProgress::Delivering);
+        let (irq, sink) = (
+            IrqLine(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")),
+            Arc::new(EventSink::from_file(
+                tempfile::tempfile().expect("temp file"),
+                Clock::starting_now(),
+            )),
+        );
+        let mut back = PersonalisationPort::restore(irq, sink, &state, false).expect("valid");
+        back.vcpus_started();
+        let mut rest = [0_u8; 512];
+        back.read_data(&mut rest);
+        let mut got = first.to_vec();
+        got.push(second);
+        got.extend(rest.iter().copied().filter(|&b| b != 0));
+        assert_eq!(got, format!("{line}\n").into_bytes());
+        assert_eq!(back.line_progress(), LineProgress::Read);
+    }
+
+    #[test]
+    fn bulk_reads_deliver_nothing_before_124_or_in_loopback() {
+        let (mut p, _file) = port();
+        p.personalise("early").expect("valid");
+        let mut buf = [0xaa_u8; 8];
+        p.read_data(&mut buf);
+        assert_eq!(buf, [0; 8], "nothing before 124");
+        p.write(MCR, MCR_LOOP);
+        p.guest_awaits();
+        // A probing driver's own byte comes back; the line stays behind.
+        p.write(DATA, 0x55);
+        p.read_data(&mut buf);
+        assert_eq!(buf, [0x55, 0, 0, 0, 0, 0, 0, 0]);
+        p.write(MCR, 0);
+        p.read_data(&mut buf);
+        assert_eq!(&buf[..6], b"early\n");
+        assert_eq!(p.line_progress(), LineProgress::Read);
+    }
+
+    #[test]
+    fn a_bulk_read_with_dlab_set_reads_the_divisor_not_the_line() {
+        let (mut p, _file) = port();
+        p.guest_awaits();
+        p.personalise("data").expect("valid");
+        p.write(LCR, LCR_DLAB | 0x03);
+        p.write(DATA, 0x01);
+        let mut buf = [0_u8; 4];
+        p.read_data(&mut buf);
+        assert_eq!(buf, [0x01; 4]);
+        p.write(LCR, 0x03);
+        assert_eq!(read_line(&mut p), b"data\n");
+    }
+
+    #[test]
+    fn iir_names_received_data_while_any_waits() {
+        let (mut p, _irq, _file) = irq_driven_port();
+        p.personalise("ab").expect("valid");
+        assert_eq!(p.read(IIR) & 0x0f, IIR_RECEIVED_DATA);
+        assert_eq!(p.read(DATA), b'a');
+        // vm-superio alone would say "no interrupt" here, with 'b' still in the FIFO.
+        assert_eq!(p.read(IIR) & 0x0f, IIR_RECEIVED_DATA);
+        assert_eq!(
+            p.read(IIR) & 0x0f,
+            IIR_RECEIVED_DATA,
+            "still, until it is read"
+        );
+        p.write(IER, 0);
+        assert_eq!(p.read(IIR) & 0x0f, IIR_NO_INTERRUPT, "not when disabled");
+        p.write(IER, IER_RECEIVED_DATA);
+        assert_eq!(p.read(DATA), b'b');
+        assert_eq!(p.read(DATA), b'\n');
+        assert_eq!(p.read(IIR) & 0x0f, IIR_NO_INTERRUPT, "nothing waits");
+    }
+
+    /// Linux's 8250 receive path as the lab's guest ran it on ttyS1: each interrupt
+    /// (edge-triggered, IRQ 3 through the irqfd) runs `serial8250_interrupt`, which calls
+    /// the port's handler pass after pass until IIR says "no interrupt"
+    /// (`full_handler`); each pass reads at most 256 bytes while LSR.DR
+    /// (`serial8250_rx_chars`). With `full_handler` false the handler makes one pass
+    /// only: then only a further interrupt brings the rest. An edge that arrives while
+    /// the vector is pending coalesces with it (so the eventfd is drained when an
+    /// interrupt is taken); one during the handler is delivered after it.
+    fn linux_8250_receives(line_len: usize, full_handler: bool) -> (Vec<u8>, Vec<u8>, usize) {
+        let (mut p, irq, file) = irq_driven_port();
+        let line: String = (0..line_len)
+            .map(|i| char::from(b'0' + (i % 10) as u8))
+            .collect();
+        p.personalise(&line).expect("valid");
+        let mut got = Vec::new();
+        let mut interrupts = 0;
+        while irq.read().is_ok() {
+            interrupts += 1;
+            assert!(interrupts < 1000, "interrupt storm");
+            loop {
+                let iir = p.read(IIR);
+                if iir & IIR_NO_INTERRUPT != 0 {
+                    break;
+                }
+                let mut budget = 256;
+                while p.read(LSR) & LSR_DATA_READY != 0 && budget > 0 {
+                    got.push(p.read(DATA));
+                    budget -= 1;
+                }
+                if !full_handler {
+                    break;
+                }
+            }
+        }
+        assert_eq!(p.read(LSR) & LSR_DATA_READY, 0, "data left in the port");
+        assert!(events(&file).contains("\"personalised\""));
+        (got, format!("{line}\n").into_bytes(), interrupts)
+    }
+
+    #[test]
+    fn linux_8250_interrupt_driven_reads_get_lines_longer_than_its_256_byte_budget() {
+        // 300: the lab's stall (the tail outlasts the FIFO refills of the first pass);
+        // 1000 and the longest line: several budgets.
+        for len in [10, 255, 256, 300, 1000, Request::PERSONALISE_LINE_MAX] {
+            let (got, want, interrupts) = linux_8250_receives(len, true);
+            assert_eq!(got, want, "line of {len}");
+            assert!(interrupts >= 1, "line of {len}");
+        }
+    }
+
+    #[test]
+    fn a_one_pass_handler_is_interrupted_again_while_data_remains() {
+        for len in [300, 1000, Request::PERSONALISE_LINE_MAX] {
+            let (got, want, interrupts) = linux_8250_receives(len, false);
+            assert_eq!(got, want, "line of {len}");
+            assert!(
+                interrupts > (len + 1) / 256,
+                "line of {len}: {interrupts} interrupts for passes of 256"
+            );
+        }
     }
 }

@@ -739,7 +739,7 @@ pub fn ssh_key_word(key: &str) -> Option<String> {
 
 /// `cmdline` without its `coinop.ssh_key=TYPE:BLOB` word, and that key as an OpenSSH key
 /// line (`TYPE BLOB`), if it had one.
-fn split_ssh_key_word(cmdline: &str) -> (String, Option<String>) {
+pub(crate) fn split_ssh_key_word(cmdline: &str) -> (String, Option<String>) {
     let mut key = None;
     let rest: Vec<&str> = cmdline
         .split(' ')
@@ -755,7 +755,8 @@ fn split_ssh_key_word(cmdline: &str) -> (String, Option<String>) {
 }
 
 /// The reply to a retry that recovered its lease (see [`crate::ledger::recovery`]): 200 with
-/// the lease as it is and the new token, after booting it if it never booted.
+/// the lease as it is and the new token, after booting it if it never booted (or once a
+/// boot under way, e.g. one a restart adopted, finished: [`crate::adopted_boot::settled`]).
 async fn recovered(
     s: &Shared,
     arrival: u64,
@@ -801,6 +802,7 @@ async fn recovered(
         }
     }
     let now = s.ledger.get(&l.id)?.unwrap_or(l);
+    let now = crate::adopted_boot::settled(s, now).await?;
     let refund = resigned_refund(s, &now, outputs.as_deref())?;
     Ok(CreateOutcome::Recovered(Box::new(RecoveredResponse {
         lease: super::view(s, &now),

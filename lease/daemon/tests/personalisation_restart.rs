@@ -1,0 +1,676 @@
+//! A coinopd that dies while an `agent` guest boots: the restarted coinopd re-adopts the
+//! running VMM and makes sure the guest gets its personalisation line
+//! (images/rootfs/PERSONALISE.md), so the paid lease runs with its own data instead of a
+//! guest that waits for a line for ever. Real parts: a real `coinopd` process aborted at
+//! an injected fault (`COINOPD_FAULT`), or held at one (`COINOPD_FAULT_DELAY`) and
+//! SIGKILLed there, restarted on the same state directory; the real coinop-vmm and the
+//! test guest's `mode=personalise` on /dev/kvm (it writes 124, reads one line from the
+//! personalisation port, prints it as `personalised: LINE` and writes 123).
+//!
+//! - died after the guest asked and before the line was sent: the restarted coinopd sends
+//!   it (the lease's own host name, network and tenant key, fresh entropy and clock);
+//! - died after the line was sent: the guest keeps that line, it gets no second one;
+//! - the line reached the VMM but not yet the guest (its vCPUs held by a pause): the
+//!   restarted coinopd's send is refused by the VMM (one line per process), which counts
+//!   as delivered, and the guest reads the first line once it runs;
+//! - the guest never reports `guest_ready` after the restart (its vCPUs held for good): at
+//!   the boot timeout its lease stops `boot_failed`, not billed, its VMM stopped, rather
+//!   than a guest without its lease's data handed out as running.
+//!
+//! Each time the create's retry (same payment, same recovery key) gets the running lease
+//! back, not a refund, and the books balance. With a NIC (root: coinopd in a network
+//! namespace of the test's, `--guest-network always`), the line sent after the restart
+//! carries the lease's own address, gateway and MAC, from its network record.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
+use coinop_cli::client::Reply;
+use coinop_proto::LeaseState;
+use coinopd::fault::{point, DELAY_ENV, ENV};
+use coinopd::ledger::{LeaseRow, Ledger};
+use coinopd::vmm_process::VmmProcess;
+use common::leases::credit_payment;
+use common::{kvm_or_skip, vmm_and_guest, wait_for, Daemon, StateDir};
+use serde_json::{json, Value};
+use vmm_protocol::Request;
+
+const SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTestOnly0123456789abcdefgh tenant@test";
+
+fn row(dir: &Path, id: &str) -> LeaseRow {
+    let l = Ledger::open(&dir.join("ledger.db")).expect("open ledger");
+    l.get(id).expect("read lease").expect("lease row")
+}
+
+fn books_balance(dir: &Path, id: &str) {
+    let l = Ledger::open(&dir.join("ledger.db")).expect("open ledger");
+    let b = l.books(id).expect("books");
+    assert!(b.balanced(), "books of {id} do not balance: {b:?}");
+}
+
+/// The `--image` of an agent image on the test guest; with a golden snapshot when
+/// `snapshot` (else every lease boots cold).
+fn agent_image(snapshot: bool) -> String {
+    let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
+    let snapshot = if snapshot { ",snapshot" } else { "" };
+    format!(
+        "tga={}{snapshot},agent,cmdline=mode=personalise",
+        guest.display()
+    )
+}
+
+/// Whether image `tga` has a complete golden snapshot in place (not a build's staging
+/// directory, `.build-KEY`, which holds a `state` before it is complete).
+fn has_snapshot(state: &Path) -> bool {
+    std::fs::read_dir(state.join("snapshots").join("tga"))
+        .map(|entries| {
+            entries.flatten().any(|e| {
+                let p = e.path();
+                !e.file_name().to_string_lossy().starts_with('.')
+                    && p.join("state").is_file()
+                    && p.join("memory").is_file()
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// The command line of process `pid`.
+fn argv(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The lines the guest printed as `personalised: LINE`.
+fn personalised(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("personalised: "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The value of `key` in a personalisation line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// A lease that died with its create: its id, its VMM (running), the create's body (for
+/// the retry) and where its guest's console and control socket are.
+struct Orphan {
+    id: String,
+    vmm: VmmProcess,
+    body: Value,
+    console: PathBuf,
+    control: PathBuf,
+}
+
+/// Starts coinopd with the fault `at` and creates an agent lease into the crash.
+async fn create_into_crash_at(dir: &Path, at: &str) -> Orphan {
+    let d = Daemon::spawn(dir, &["--image", &agent_image(false)], &[(ENV, at)]).await;
+    create_into_crash(d, dir).await
+}
+
+/// The body of an agent lease's create, paid by `d`'s credit, with the tenant's key and a
+/// recovery key (for the retry).
+async fn agent_create_body(d: &Daemon) -> Value {
+    let proofs = d.mint_credit(20).await;
+    let mut recovery_key = [0u8; 32];
+    OsRng.fill_bytes(&mut recovery_key);
+    json!({"vcpus": 1, "mem_mib": 64, "image": "tga", "ssh_key": SSH_KEY,
+           "recovery_key": hex::encode(recovery_key),
+           "payment": credit_payment(&proofs)})
+}
+
+/// Creates an agent lease on `d`, whose fault aborts it, and checks what it left.
+async fn create_into_crash(d: Daemon, dir: &Path) -> Orphan {
+    let body = agent_create_body(&d).await;
+    d.create_into_crash(&body).await;
+    orphan_left(dir, body).await
+}
+
+/// What a coinopd that died in a create left: a `booting` lease whose VMM runs and whose
+/// guest asked for its line.
+async fn orphan_left(dir: &Path, body: Value) -> Orphan {
+    let ledger = Ledger::open(&dir.join("ledger.db")).expect("open ledger");
+    let rows = ledger.list().expect("list leases");
+    let mut booting = rows.iter().filter(|r| r.state == LeaseState::Booting);
+    let (Some(booting), None) = (booting.next(), booting.next()) else {
+        panic!("one lease booting: {rows:?}");
+    };
+    let id = booting.id.clone();
+    let vmm = booting.vmm().expect("the VMM recorded at its spawn");
+    assert!(vmm.is_running(), "the guest outlives coinopd");
+    // The VMM copies the event to its log just after it handed it to coinopd, which may
+    // have died of it in between.
+    let log = dir.join("run").join(format!("{id}.vmm.log"));
+    wait_for(
+        async || {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|l| l.contains(r#""event":"awaiting_personalisation""#))
+        },
+        "the guest's ask for its line in its VMM's log",
+    )
+    .await;
+    Orphan {
+        id,
+        vmm,
+        body,
+        console: PathBuf::from(&booting.console_path),
+        control: PathBuf::from(&booting.control_path),
+    }
+}
+
+/// The retry of the create after the restart: the same lease back (200, `recovered`),
+/// running, not a failed boot or a refund; returns its new token.
+fn recovered(r: &Reply, id: &str) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["lease_id"], id, "{v}");
+    assert_eq!(v["recovered"], true, "{v}");
+    assert!(v["refund"].is_null(), "no refund: {v}");
+    // The retry waits for the adopted boot to finish.
+    assert_eq!(v["state"], "running", "{v}");
+    v["token"].as_str().expect("token").to_string()
+}
+
+/// Waits for the lease to run (through the API, with `token`) and returns the one line
+/// its guest got, checked against the lease: its host name, the tenant's key, the
+/// protocol's entropy and a clock near the host's.
+async fn runs_with_one_line(d: &Daemon, dir: &Path, id: &str, token: &str) -> String {
+    let path = format!("/v1/leases/{id}");
+    wait_for(
+        async || d.call("GET", &path, Some(token), None).await.json()["state"] == "running",
+        "the adopted lease running",
+    )
+    .await;
+    let adopted = row(dir, id);
+    assert_eq!(adopted.state, LeaseState::Running, "{adopted:?}");
+    assert_eq!(adopted.refunded_msat, None, "{adopted:?}");
+    let figures: coinop_proto::BootFigures =
+        serde_json::from_str(adopted.boot_json.as_deref().expect("boot figures"))
+            .expect("boot figures JSON");
+    assert!(
+        figures.guest_ready_us.is_some(),
+        "the guest reported guest_ready (it does only after its line): {figures:?}"
+    );
+    let console = d
+        .call("GET", &format!("{path}/console"), Some(token), None)
+        .await;
+    assert_eq!(console.status, 200, "{}", console.text());
+    let text = console.text();
+    let lines = personalised(&text);
+    assert_eq!(lines.len(), 1, "one line per guest:\n{text}");
+    let line = lines[0].clone();
+    assert!(line.starts_with("coinop-personalise/1 "), "{line}");
+    assert_eq!(field(&line, "hostname"), Some(id), "{line}");
+    let entropy = field(&line, "entropy").expect("entropy");
+    assert_eq!(entropy.len(), 64, "{line}");
+    assert!(entropy.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+    let time: f64 = field(&line, "time")
+        .and_then(|t| t.parse().ok())
+        .expect("time");
+    assert!(
+        (unix_now() - time).abs() < 120.0,
+        "the host's clock: {line}"
+    );
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(field(&line, "ssh_key").expect("the tenant's key"))
+        .expect("standard base64");
+    let mut want = SSH_KEY.split(' ');
+    let want = format!(
+        "{} {}",
+        want.next().expect("type"),
+        want.next().expect("blob")
+    );
+    assert_eq!(String::from_utf8_lossy(&key), want, "{line}");
+    line
+}
+
+/// Stops the lease through the API (its VMM ends) and checks its books.
+async fn stop(d: Daemon, dir: &Path, id: &str, token: &str, vmm: &VmmProcess) {
+    d.stop_lease(id, token).await;
+    wait_for(async || !vmm.is_running(), "the VMM's end").await;
+    // coinopd removed what the guest had (jail, cgroup) before it records the VMM gone.
+    wait_for(async || row(dir, id).vmm_gone, "the VMM recorded gone").await;
+    books_balance(dir, id);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_awaiting_its_line_gets_it_from_the_restarted_coinopd() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    // coinopd holds the create where the guest asked for its line, and is killed there.
+    let wait = format!("{}:8000", point::CREATE_AWAITING_PERSONALISATION);
+    let d = Daemon::spawn(
+        dir.path(),
+        &["--image", &agent_image(false)],
+        &[(DELAY_ENV, wait.as_str())],
+    )
+    .await;
+    let body = agent_create_body(&d).await;
+    let client = coinop_cli::client::Client::new(&d.socket);
+    let sent = serde_json::to_vec(&body).expect("json");
+    let create =
+        tokio::spawn(async move { client.call("POST", "/v1/leases", None, Some(sent)).await });
+    wait_for(
+        async || d.log().contains("awaiting_personalisation"),
+        "the guest's ask for its line",
+    )
+    .await;
+    d.kill9();
+    let lost = create.await.expect("the create's task");
+    assert!(
+        lost.is_err(),
+        "coinopd answered before its SIGKILL: {lost:?}"
+    );
+    let o = orphan_left(dir.path(), body).await;
+    let before = std::fs::read_to_string(&o.console).unwrap_or_default();
+    assert!(
+        personalised(&before).is_empty(),
+        "no line before the restart:\n{before}"
+    );
+
+    let d = Daemon::spawn(dir.path(), &["--image", &agent_image(false)], &[]).await;
+    let token = recovered(
+        &d.call("POST", "/v1/leases", None, Some(o.body.clone()))
+            .await,
+        &o.id,
+    );
+    runs_with_one_line(&d, dir.path(), &o.id, &token).await;
+    assert_eq!(row(dir.path(), &o.id).vmm(), Some(o.vmm), "the same VMM");
+    let log = d.log();
+    assert!(
+        log.contains("personalisation sent to an adopted guest"),
+        "{log}"
+    );
+    stop(d, dir.path(), &o.id, &token, &o.vmm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_sent_before_coinopd_died_is_the_guests_only_line() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let o = create_into_crash_at(dir.path(), point::CREATE_PERSONALISATION_SENT).await;
+
+    let d = Daemon::spawn(dir.path(), &["--image", &agent_image(false)], &[]).await;
+    let token = recovered(
+        &d.call("POST", "/v1/leases", None, Some(o.body.clone()))
+            .await,
+        &o.id,
+    );
+    runs_with_one_line(&d, dir.path(), &o.id, &token).await;
+    stop(d, dir.path(), &o.id, &token, &o.vmm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_the_vmm_refuses_counts_as_delivered() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let o = create_into_crash_at(dir.path(), point::CREATE_AWAITING_PERSONALISATION).await;
+    // The dead coinopd's line reached the VMM, not yet the guest: its vCPUs are held so
+    // that it cannot read the line before the restarted coinopd looks.
+    let paused = vmm_protocol::client::set_state(&o.control, Request::Pause).await;
+    assert!(paused.is_ok(), "{paused:?}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    let first = format!(
+        "coinop-personalise/1 entropy={} time={}.{:09} hostname={} ssh_key={}",
+        "5a".repeat(32),
+        now.as_secs(),
+        now.subsec_nanos(),
+        o.id,
+        base64::engine::general_purpose::STANDARD
+            .encode(SSH_KEY.rsplit_once(' ').expect("a key with a comment").0),
+    );
+    let sent = vmm_protocol::client::personalise(&o.control, &first).await;
+    assert!(sent.is_ok(), "{sent:?}");
+
+    let d = Daemon::spawn(dir.path(), &["--image", &agent_image(false)], &[]).await;
+    wait_for(
+        async || d.log().contains("already had its line"),
+        "the restarted coinopd's send refused by the VMM",
+    )
+    .await;
+    assert_eq!(row(dir.path(), &o.id).state, LeaseState::Booting);
+    let resumed = vmm_protocol::client::set_state(&o.control, Request::Resume).await;
+    assert!(resumed.is_ok(), "{resumed:?}");
+    let token = recovered(
+        &d.call("POST", "/v1/leases", None, Some(o.body.clone()))
+            .await,
+        &o.id,
+    );
+    let line = runs_with_one_line(&d, dir.path(), &o.id, &token).await;
+    assert_eq!(line, first, "the guest got the line the VMM took first");
+    stop(d, dir.path(), &o.id, &token, &o.vmm).await;
+}
+
+/// The same for a lease restored from the image's golden snapshot (the lab's fast path):
+/// the restored VMM asks again for a line after its vCPUs start, and the restarted coinopd
+/// answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_guest_awaiting_its_line_gets_it_from_the_restarted_coinopd() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let image = agent_image(true);
+    // The first lease (cold, its line sent) passes the fault point once; the second, the
+    // restored one, dies there.
+    let at = format!("{}:2", point::CREATE_AWAITING_PERSONALISATION);
+    let d = Daemon::spawn(dir.path(), &["--image", &image], &[(ENV, at.as_str())]).await;
+    let proofs = d.mint_credit(20).await;
+    let cold = d
+        .create_lease(json!({"vcpus": 1, "mem_mib": 64, "image": "tga",
+                             "payment": credit_payment(&proofs)}))
+        .await;
+    assert_eq!(cold.reply["boot"]["start"], "cold", "{}", cold.reply);
+    wait_for(async || has_snapshot(dir.path()), "the golden snapshot").await;
+    let o = create_into_crash(d, dir.path()).await;
+    let args = argv(o.vmm.pid);
+    assert!(
+        args.iter().any(|a| a == "--restore"),
+        "{args:?}\n{}",
+        std::fs::read_to_string(dir.path().join("coinopd.log")).unwrap_or_default()
+    );
+
+    let d = Daemon::spawn(dir.path(), &["--image", &image], &[]).await;
+    let token = recovered(
+        &d.call("POST", "/v1/leases", None, Some(o.body.clone()))
+            .await,
+        &o.id,
+    );
+    runs_with_one_line(&d, dir.path(), &o.id, &token).await;
+    d.stop_lease(&cold.id, &cold.token).await;
+    stop(d, dir.path(), &o.id, &token, &o.vmm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_agent_guest_never_ready_fails_its_boot_unbilled() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let o = create_into_crash_at(dir.path(), point::CREATE_AWAITING_PERSONALISATION).await;
+    let paused = vmm_protocol::client::set_state(&o.control, Request::Pause).await;
+    assert!(paused.is_ok(), "{paused:?}");
+
+    let d = Daemon::spawn(
+        dir.path(),
+        &["--image", &agent_image(false), "--boot-timeout-ms", "1500"],
+        &[],
+    )
+    .await;
+    let r = d
+        .call("POST", "/v1/leases", None, Some(o.body.clone()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The retry waited for the adopted boot, which failed: the lease as it ended.
+    assert_eq!(r.json()["state"], "stopped", "{}", r.text());
+    assert_eq!(r.json()["stop_reason"], "boot_failed", "{}", r.text());
+    let token = r.json()["token"].as_str().expect("token").to_string();
+    let path = format!("/v1/leases/{}", o.id);
+    wait_for(
+        async || d.call("GET", &path, Some(&token), None).await.json()["state"] == "stopped",
+        "the adopted boot failed at its timeout",
+    )
+    .await;
+    let failed = row(dir.path(), &o.id);
+    assert_eq!(
+        failed.stop_reason,
+        Some(coinop_proto::StopReason::BootFailed),
+        "{failed:?}"
+    );
+    assert_eq!(failed.debited_msat, 0, "not billed: {failed:?}");
+    assert_eq!(failed.balance_msat, 20_000, "the balance kept: {failed:?}");
+    wait_for(async || !o.vmm.is_running(), "the VMM stopped").await;
+    wait_for(
+        async || row(dir.path(), &o.id).vmm_gone,
+        "the VMM recorded gone",
+    )
+    .await;
+    let log = d.log();
+    assert!(log.contains("its boot failed"), "{log}");
+    books_balance(dir.path(), &o.id);
+    d.shutdown().await;
+}
+
+/// A real coinopd process in a network namespace: a new one (`netns: None`), or the one
+/// `netns` is a handle on (a restart into the namespace of the coinopd that died). Killed
+/// on drop; its guests are the state directory's to kill.
+struct NetnsCoinopd {
+    child: std::process::Child,
+    client: coinop_cli::client::Client,
+    log: PathBuf,
+}
+
+impl Drop for NetnsCoinopd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NetnsCoinopd {
+    fn spawn(
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        netns: Option<&std::fs::File>,
+    ) -> Self {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let socket = dir.join("coinop.sock");
+        let _ = std::fs::remove_file(&socket);
+        let log = dir.join("coinopd.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("daemon log");
+        let args = common::daemon_args(dir, &socket, extra);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coinopd"));
+        cmd.args(&args[1..])
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(out);
+        let netns = netns.map(AsRawFd::as_raw_fd);
+        // SAFETY: unshare and setns are async-signal-safe and touch only the forked child;
+        // `netns` is an fd the parent keeps open across the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                let done = match netns {
+                    None => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET),
+                    Some(fd) => nix::sched::setns(
+                        std::os::fd::BorrowedFd::borrow_raw(fd),
+                        nix::sched::CloneFlags::CLONE_NEWNET,
+                    ),
+                };
+                done.map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd.spawn().expect("start coinopd");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "coinopd did not bind: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        NetnsCoinopd {
+            child,
+            client: coinop_cli::client::Client::new(&socket),
+            log,
+        }
+    }
+
+    /// A handle on its network namespace (keeps it alive).
+    fn netns(&self) -> std::fs::File {
+        std::fs::File::open(format!("/proc/{}/ns/net", self.child.id())).expect("its netns")
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        self.client
+            .call(
+                method,
+                path,
+                token,
+                body.map(|b| serde_json::to_vec(&b).expect("json")),
+            )
+            .await
+            .expect("coinopd answers")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_with_a_nic_gets_its_own_network_in_the_line_after_the_restart() {
+    if !nix::unistd::geteuid().is_root() {
+        common::skipped("guest networking needs root");
+        return;
+    }
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let image = agent_image(false);
+    let extra = ["--guest-network", "always", "--image", image.as_str()];
+    let fault = [(ENV, point::CREATE_AWAITING_PERSONALISATION)];
+    let d = NetnsCoinopd::spawn(dir.path(), &extra, &fault, None);
+    let netns = d.netns();
+    let quote = d
+        .call(
+            "POST",
+            "/v1/quotes",
+            None,
+            Some(json!({"vcpus": 1, "mem_mib": 64, "seconds": 600})),
+        )
+        .await;
+    assert_eq!(quote.status, 200, "{}", quote.text());
+    let payment = coinop_cli::regtest_pay::pay_quote(
+        &d.client,
+        quote.json()["quote_id"].as_str().expect("quote_id"),
+    )
+    .await
+    .expect("regtest payment");
+    let mut recovery_key = [0u8; 32];
+    OsRng.fill_bytes(&mut recovery_key);
+    let body = json!({"vcpus": 1, "mem_mib": 64, "image": "tga", "ssh_key": SSH_KEY,
+                      "recovery_key": hex::encode(recovery_key), "payment": payment});
+    let lost = d
+        .client
+        .call(
+            "POST",
+            "/v1/leases",
+            None,
+            Some(serde_json::to_vec(&body).expect("json")),
+        )
+        .await;
+    assert!(
+        lost.is_err(),
+        "coinopd answered despite the fault: {lost:?}"
+    );
+    let mut d = d;
+    let status = d.child.wait().expect("wait for coinopd");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGABRT),
+        "{status:?}\n{}",
+        d.log()
+    );
+    drop(d);
+    let ledger = Ledger::open(&dir.path().join("ledger.db")).expect("open ledger");
+    let rows = ledger.list().expect("list leases");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let id = rows[0].id.clone();
+    assert_eq!(rows[0].state, LeaseState::Booting, "{rows:?}");
+    let vmm = rows[0].vmm().expect("the VMM recorded");
+    assert!(vmm.is_running());
+
+    let d = NetnsCoinopd::spawn(dir.path(), &extra, &[], Some(&netns));
+    let r = d.call("POST", "/v1/leases", None, Some(body.clone())).await;
+    let token = recovered(&r, &id);
+    let path = format!("/v1/leases/{id}");
+    wait_for(
+        async || d.call("GET", &path, Some(&token), None).await.json()["state"] == "running",
+        "the adopted lease running",
+    )
+    .await;
+    let shown = d.call("GET", &path, Some(&token), None).await.json();
+    let net = &shown["network"];
+    let (ip, gw, mac) = (
+        net["guest_ip"].as_str().expect("guest_ip"),
+        net["host_ip"].as_str().expect("host_ip"),
+        net["mac"].as_str().expect("mac"),
+    );
+    let console = d
+        .call("GET", &format!("{path}/console"), Some(&token), None)
+        .await;
+    assert_eq!(console.status, 200, "{}", console.text());
+    let text = console.text();
+    let lines = personalised(&text);
+    assert_eq!(lines.len(), 1, "one line:\n{text}");
+    let line = &lines[0];
+    for word in [
+        format!("hostname={id}"),
+        format!("ip={ip}/30"),
+        format!("gw={gw}"),
+        format!("mac={}", mac.to_ascii_lowercase()),
+    ] {
+        assert!(line.split(' ').any(|w| w == word), "{word} in {line}");
+    }
+    assert!(field(line, "ssh_key").is_some(), "{line}");
+    let stopped = d
+        .call(
+            "POST",
+            &format!("{path}/stop"),
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(stopped.status, 200, "{}", stopped.text());
+    wait_for(async || !vmm.is_running(), "the VMM's end").await;
+    wait_for(
+        async || row(dir.path(), &id).vmm_gone,
+        "the VMM recorded gone",
+    )
+    .await;
+    books_balance(dir.path(), &id);
+}
