@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use crate::config::Config;
 use coinop_host::cgroup::{self, CgroupSlot, Cgroups};
-use coinop_host::guest_network::{GuestNetwork, NetError, NetInfo, NetworkSettings};
+use coinop_host::guest_network::{GuestNetwork, NetError, NetInfo, NetworkSettings, PendingRoute};
 use coinop_host::jail::{self, Jail, JailConfig, UidPool};
 use coinop_host::slot_pool::{SlotPool, TakenSlot};
 
@@ -188,6 +188,27 @@ impl Isolation {
             .as_ref()
             .map(|n| n.attach(lease_id))
             .transpose()
+    }
+
+    /// The part of `lease_id`'s network its VMM needs to start (the tap's fd and what the
+    /// tenant is told), and what is left to do ([`Isolation::route_network`]), which may
+    /// run while the VMM starts.
+    pub fn reserve_network(
+        &self,
+        lease_id: &str,
+    ) -> Result<Option<(std::os::fd::OwnedFd, NetInfo, PendingRoute)>, NetError> {
+        self.network
+            .as_ref()
+            .map(|n| n.reserve(lease_id))
+            .transpose()
+    }
+
+    /// The host's side of a reserved network and its rules (blocking: runs `nft`, `ip`).
+    pub fn route_network(&self, pending: PendingRoute) -> Result<(), NetError> {
+        match &self.network {
+            Some(n) => n.route(pending),
+            None => Ok(()),
+        }
     }
 
     /// `lease_id`'s network while it is up.

@@ -269,7 +269,7 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
         .run_inside("nft", &["list", "table", "ip", "coinop"])
         .expect("rules");
     assert!(
-        rules.contains("tcp dport 22000 dnat to 10.213.0.2:22"),
+        rules.contains(&format!("22000 comment \"lease {id}\" : 10.213.0.2")),
         "{rules}"
     );
 
@@ -305,11 +305,86 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
     wait_until("the rules to go", || {
         daemon
             .run_inside("nft", &["list", "table", "ip", "coinop"])
-            .is_some_and(|r| !r.contains("dnat"))
+            .is_some_and(|r| r.contains("ssh_forward") && !r.contains(&format!("lease {id}")))
     });
     let after = show(&client, &id, &token).await;
     assert_eq!(after["network"], Value::Null, "{after}");
     assert!(!state.join("run").join(format!("{id}.net.json")).exists());
+}
+
+/// The network is routed beside the VMM's start; when that fails (here: the lease's port
+/// is already forwarded elsewhere, so nft refuses its element) the boot fails as any boot
+/// does (503, the lease stopped `boot_failed` with its balance kept for the tenant) and
+/// nothing of its network is left: tap, elements, record. Its slot serves the next lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_whose_network_cannot_be_routed_fails_its_boot_and_leaves_nothing() {
+    let Some((vmm, guest)) = root_kvm_or_skip() else {
+        return;
+    };
+    let dir = common::StateDir::new();
+    let state: PathBuf = dir.path().to_path_buf();
+    let (daemon, client) = NetnsDaemon::spawn(&state, &vmm, &guest, &["--guest-network", "always"]);
+    let conflict = ["ip", "coinop", "ssh_forward", "{ 22000 : 192.0.2.9 }"];
+    let mut add = vec!["add", "element"];
+    add.extend(conflict);
+    daemon
+        .run_inside("nft", &add)
+        .expect("the first slot's port forwarded elsewhere");
+
+    let body = json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "ssh_key": SSH_KEY,
+                      "payment": pay(&client).await});
+    let failed = call(&client, "POST", "/v1/leases", None, body).await;
+    assert_eq!(
+        failed["http_status"],
+        503,
+        "{failed}\n{}",
+        daemon.log(&state)
+    );
+    assert_eq!(failed["error"]["code"], "boot_failed", "{failed}");
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("guest network")),
+        "{failed}"
+    );
+    assert_eq!(failed["stop_reason"], "boot_failed", "{failed}");
+    assert!(
+        failed["refund"]["refund_msat"]
+            .as_u64()
+            .is_some_and(|m| m > 0),
+        "the balance is kept for the tenant: {failed}"
+    );
+    let id = failed["lease_id"].as_str().expect("id").to_string();
+    let token = failed["token"].as_str().expect("token").to_string();
+    let shown = show(&client, &id, &token).await;
+    assert_eq!(shown["state"], "stopped", "{shown}");
+    assert_eq!(shown["stop_reason"], "boot_failed", "{shown}");
+    wait_until("the tap to go", || {
+        daemon
+            .run_inside("ip", &["link", "show", "dev", "cop0"])
+            .is_none()
+    });
+    let rules = daemon
+        .run_inside("nft", &["list", "table", "ip", "coinop"])
+        .expect("rules");
+    assert!(!rules.contains(&format!("lease {id}")), "{rules}");
+    assert!(!state.join("run").join(format!("{id}.net.json")).exists());
+
+    let mut delete = vec!["delete", "element"];
+    delete.extend(conflict);
+    daemon.run_inside("nft", &delete).expect("conflict removed");
+    let body = json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "ssh_key": SSH_KEY,
+                      "payment": pay(&client).await});
+    let created = daemon.create_lease(&client, &state, body).await;
+    assert_eq!(created["network"]["ssh"]["port"], 22000, "{created}");
+    let rules = daemon
+        .run_inside("nft", &["list", "table", "ip", "coinop"])
+        .expect("rules");
+    let next = created["lease_id"].as_str().expect("id");
+    assert!(
+        rules.contains(&format!("22000 comment \"lease {next}\" : 10.213.0.2")),
+        "{rules}"
+    );
 }
 
 /// The per-mount options of `point` as process `pid` sees it (its own mount namespace).

@@ -137,7 +137,10 @@ fn a_lease_network_is_set_up_forwarded_and_torn_down() {
         let forward = run("cat", &["/proc/sys/net/ipv4/ip_forward"], None).expect("sysctl");
         assert_eq!(forward.trim(), "1", "forwarding on in this namespace");
         let rules = ruleset();
-        assert!(rules.contains("dnat to 10.213.0.2:22"), "{rules}");
+        assert!(
+            rules.contains("22000 comment \"lease lease-a\" : 10.213.0.2"),
+            "{rules}"
+        );
         assert!(rules.contains("masquerade"), "{rules}");
         let record = records.join("lease-a.net.json");
         let saved: NetInfo =
@@ -175,7 +178,7 @@ fn a_lease_network_is_set_up_forwarded_and_torn_down() {
             "lease-a's rules are gone:\n{rules}"
         );
         assert!(
-            rules.contains("dnat to 10.213.0.6:22"),
+            rules.contains("22001 comment \"lease lease-b\" : 10.213.0.6"),
             "lease-b's stay:\n{rules}"
         );
         assert!(!record.exists(), "the record is gone");
@@ -212,7 +215,10 @@ fn a_crashed_daemons_left_overs_are_swept_and_live_guests_kept() {
         let rules = ruleset();
         assert!(!rules.contains(&dead.guest_ip.to_string()), "{rules}");
         assert!(
-            rules.contains(&format!("dnat to {}:22", live.guest_ip)),
+            rules.contains(&format!(
+                "{} comment \"lease live\" : {}",
+                live.ssh.port, live.guest_ip
+            )),
             "{rules}"
         );
         assert!(link_json("cop9").is_none(), "the stray tap is removed");
@@ -224,5 +230,77 @@ fn a_crashed_daemons_left_overs_are_swept_and_live_guests_kept() {
         let (_, next) = after.attach("next").expect("attach");
         assert_eq!(next.slot, dead.slot);
         drop(live_tap);
+    });
+}
+
+/// The VMM starts on a reserved network (its tap, down, and no rules); routing it adds the
+/// rest, and a route that comes after the lease was detached (its boot failed) leaves
+/// nothing behind.
+#[test]
+fn a_reserved_network_is_routed_later_or_not_at_all() {
+    if cannot_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records = dir.path().to_path_buf();
+    in_throwaway_netns(move || {
+        let net = GuestNetwork::start(settings(&records)).expect("network starts");
+        let (_first_tap, first) = net.attach("first").expect("attach");
+        let (tap, info, pending) = net.reserve("lease-a").expect("reserve");
+        assert_eq!(net.info("lease-a"), Some(info.clone()), "the tenant's view");
+        assert!(
+            records.join("lease-a.net.json").exists(),
+            "recorded at once"
+        );
+        let link = link_json(&info.tap).expect("the tap exists");
+        assert!(
+            !link["flags"].to_string().contains("\"UP\""),
+            "down until routed: {link}"
+        );
+        assert_eq!(link["addr_info"], serde_json::json!([]), "{link}");
+        let rules = ruleset();
+        assert!(!rules.contains(&info.guest_ip.to_string()), "{rules}");
+
+        net.route(pending).expect("route");
+        let link = link_json(&info.tap).expect("the tap exists");
+        assert!(link["flags"].to_string().contains("\"UP\""), "{link}");
+        assert!(
+            link["addr_info"].to_string().contains("\"10.213.0.5\""),
+            "{link}"
+        );
+        let rules = ruleset();
+        assert!(
+            rules.contains(&format!(
+                "22001 comment \"lease lease-a\" : {}",
+                info.guest_ip
+            )),
+            "{rules}"
+        );
+        assert!(
+            rules.contains(&format!(
+                "22000 comment \"lease first\" : {}",
+                first.guest_ip
+            )),
+            "adding one lease leaves the others' elements: {rules}"
+        );
+
+        // A boot that failed before its route ran: detached first, routed after.
+        drop(tap);
+        net.detach("lease-a");
+        let (tap_b, again, late) = net.reserve("lease-b").expect("the slot is free again");
+        assert_eq!(again.slot, info.slot);
+        net.detach("lease-b");
+        drop(tap_b);
+        let (_tap_c, _, current) = net.reserve("lease-b").expect("reserved anew");
+        net.route(late).expect("a stale route is no error");
+        let rules = ruleset();
+        assert!(!rules.contains("lease lease-b"), "{rules}");
+        assert!(!rules.contains("lease lease-a"), "{rules}");
+        net.route(current).expect("the current one routes");
+        assert!(ruleset().contains("lease lease-b"));
+        net.detach("lease-b");
+        let rules = ruleset();
+        assert!(!rules.contains("lease lease-b"), "{rules}");
+        assert!(rules.contains("lease first"), "{rules}");
     });
 }

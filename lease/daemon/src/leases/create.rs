@@ -24,6 +24,7 @@ use crate::ledger::{Credit, LeaseRow, LedgerError, NewLease};
 use crate::personalisation::Personalisation;
 use crate::supervisor::{BootError, BootRequest, GuestPaths, Nic, ReadyPoint, SnapshotUse};
 use crate::token::{new_lease_id, new_token, token_hash};
+use coinop_host::guest_network::PendingRoute;
 
 /// Longest tenant cmdline.
 const MAX_CMDLINE: usize = 2048;
@@ -335,7 +336,7 @@ async fn boot_guest(
     slot: Option<coinop_host::slot_pool::TakenSlot>,
 ) -> Result<Result<(BootFigures, Option<NetInfo>), (BootFigures, String)>, LeaseError> {
     let paths = GuestPaths::for_lease(&s.config.run_dir(), g.id);
-    let (nic, network, cmdline) = match attach_network(s, g.id, g.image, g.cmdline).await {
+    let attached = match attach_network(s, g.id, g.image, g.cmdline).await {
         Ok(attached) => attached,
         Err(why) => {
             tracing::warn!(lease = g.id, error = %why, "no network for the guest");
@@ -348,9 +349,35 @@ async fn boot_guest(
             return Ok(Err((boot, why)));
         }
     };
-    let (booted, start, network) =
-        start_guest(s, arrival, &boot, g, &cmdline, &paths, slot, nic, network).await;
+    let Attached {
+        nic,
+        network,
+        cmdline,
+        pending,
+    } = attached;
+    // The host's side of the network and its rules while the VMM starts.
+    let routing = pending.map(|p| route_in_background(s, g.id, arrival, p));
+    let nic = GuestNic {
+        nic,
+        network,
+        routing,
+    };
+    let (booted, start, network, routed) =
+        start_guest(s, arrival, &boot, g, &cmdline, &paths, slot, nic).await;
+    // When coinopd had the guest's `guest_ready` in hand (its figure is the VMM's own clock).
+    let boot_returned_us = since(arrival);
     boot.start = Some(start);
+    // A failed boot released the network (a route still pending found nothing to do).
+    let booted = match (booted, routed) {
+        (Ok(b), Err(why)) => {
+            tracing::warn!(lease = g.id, error = %why, "no network for the guest; stopping it");
+            stop_unrouted(s, g.id, b.pid).await;
+            s.metrics.boot(false, None);
+            s.capacity().release(g.id);
+            return Ok(Err((boot, format!("guest network: {why}"))));
+        }
+        (booted, _) => booted,
+    };
     match booted {
         Ok(b) => {
             crate::fault::hit(crate::fault::point::CREATE_GUEST_READY);
@@ -360,7 +387,8 @@ async fn boot_guest(
             let json = serde_json::to_string(&boot).unwrap_or_default();
             let s2 = s.clone();
             let (id2, json2) = (g.id.to_string(), json.clone());
-            let marked = blocking(move || Ok(s2.ledger.mark_running(&id2, b.pid, &json2)?)).await;
+            let marked =
+                blocking_here(move || Ok(s2.ledger.mark_running(&id2, b.pid, &json2)?)).await;
             if let Err(e) = marked {
                 // The lease is paid and its guest runs: the reply must carry the token. The
                 // ledger catches up once the disk lets it; metering reads the guest's
@@ -374,6 +402,8 @@ async fn boot_guest(
             tracing::info!(
                 lease = g.id,
                 guest_ready_us = b.guest_ready_us,
+                boot_returned_us,
+                running_us = since(arrival),
                 "lease running"
             );
             Ok(Ok((boot, network)))
@@ -396,7 +426,8 @@ async fn boot_guest(
 /// and boots the same lease cold, with the reason logged (and a new NIC: the failed boot
 /// released the first); a restore that times out is not retried (the lease fails, refunded,
 /// as any boot that times out: its VMM may still be winding down). Also returns the
-/// lease's network as it ends up.
+/// lease's network as it ends up, and whether its routing, run beside the boot, succeeded
+/// (moot for a failed boot, which released it).
 #[allow(clippy::too_many_arguments)] // one lease's boot: each is a different part of it
 async fn start_guest(
     s: &Shared,
@@ -406,13 +437,18 @@ async fn start_guest(
     cmdline: &str,
     paths: &GuestPaths,
     slot: Option<coinop_host::slot_pool::TakenSlot>,
-    nic: Option<Nic>,
-    network: Option<NetInfo>,
+    nic: GuestNic,
 ) -> (
     Result<crate::supervisor::Booted, BootError>,
     BootStart,
     Option<NetInfo>,
+    Result<(), String>,
 ) {
+    let GuestNic {
+        nic,
+        network,
+        routing,
+    } = nic;
     // An agent's kernel command line is the image's: the key (kept in the ledger's command
     // line, so a later reboot of the lease still has it) goes into the personalisation.
     let (cmdline, ssh_key) = if g.image.agent {
@@ -454,7 +490,7 @@ async fn start_guest(
             .supervisor
             .boot(request(slot, nic, SnapshotUse::None, p))
             .await;
-        return (booted, BootStart::Cold, network);
+        return (booted, BootStart::Cold, network, joined(routing).await);
     };
     let had_nic = nic.is_some();
     let p = personalise(network.as_ref());
@@ -462,26 +498,28 @@ async fn start_guest(
         .supervisor
         .boot(request(slot, nic, SnapshotUse::RestoreFrom(dir.clone()), p))
         .await;
+    // The failed boot released the network it had: its route, done or not, is moot then.
+    let routed = joined(routing).await;
     match restored {
-        Ok(b) => (Ok(b), BootStart::Restore, network),
+        Ok(b) => (Ok(b), BootStart::Restore, network, routed),
         Err(e) => {
             s.golden.discard(&dir);
             if matches!(e, BootError::Timeout(_)) {
                 tracing::warn!(lease = g.id, error = %e, snapshot = %dir.display(),
                     "restore timed out; the snapshot is discarded");
-                return (Err(e), BootStart::Restore, network);
+                return (Err(e), BootStart::Restore, network, Ok(()));
             }
             // The VMM's own words (its stderr) before the cold boot's VMM truncates the log.
             let vmm_said = last_line(&paths.log);
             tracing::warn!(lease = g.id, error = %e, vmm_said, snapshot = %dir.display(),
                 "restore failed; the snapshot is discarded and the lease boots cold");
             let (nic, network) = if had_nic {
-                match attach_network(s, g.id, g.image, &cmdline).await {
-                    Ok((nic, network, _)) => (nic, network),
+                match attach_network_now(s, g.id, g.image, &cmdline, arrival).await {
+                    Ok(attached) => (attached.nic, attached.network),
                     Err(why) => {
                         // The caller releases the lease's room for the failed boot.
                         tracing::warn!(lease = g.id, error = %why, "no network for the cold boot");
-                        return (Err(e), BootStart::Restore, None);
+                        return (Err(e), BootStart::Restore, None, Ok(()));
                     }
                 }
             } else {
@@ -492,9 +530,30 @@ async fn start_guest(
                 .supervisor
                 .boot(request(None, nic, SnapshotUse::None, p))
                 .await;
-            (booted, BootStart::Cold, network)
+            // Its network was routed before the boot.
+            (booted, BootStart::Cold, network, Ok(()))
         }
     }
+}
+
+/// Stops the guest of a lease whose boot succeeded but whose network could not be routed:
+/// the lease is stopped as a failed boot first (so the VMM's end is not taken for the
+/// guest's own exit), then its VMM, and with it its jail, cgroup and network, goes.
+async fn stop_unrouted(s: &Shared, id: &str, pid: Option<i32>) {
+    let (s2, id2) = (s.clone(), id.to_string());
+    let marked =
+        blocking(move || Ok(s2.ledger.mark_stopped(&id2, StopReason::BootFailed, None)?)).await;
+    if let Err(e) = marked {
+        tracing::warn!(lease = id, error = %e, "recording the failed boot before the stop");
+    }
+    let paths = GuestPaths::for_lease(&s.config.run_dir(), id);
+    let target = crate::guest_stop::StopTarget {
+        lease_id: id.to_string(),
+        control: paths.control,
+        vmm: pid.and_then(crate::vmm_process::VmmProcess::of),
+    };
+    let isolation = std::sync::Arc::clone(s.supervisor.isolation());
+    crate::guest_stop::carry_out(isolation, std::sync::Arc::clone(&s.ledger), target).await;
 }
 
 /// The last non-empty line of a (small) VMM log, for a log line about it.
@@ -531,47 +590,132 @@ fn golden_for(s: &Shared, g: &GuestSpec<'_>, nic: bool) -> Option<std::path::Pat
     }
 }
 
-/// The lease's NIC when its image gets one: the tap's fd, the tenant's view, and `cmdline`
-/// with the guest's address words (they depend on the slot, so the ledger keeps the
-/// command line without them), except for an `agent` image, whose guest gets its address
-/// through its personalisation.
+/// A lease's NIC when its image gets one: the tap's fd, the tenant's view, `cmdline` with
+/// the guest's address words (they depend on the slot, so the ledger keeps the command line
+/// without them) except for an `agent` image, whose guest gets its address through its
+/// personalisation, and the network's routing still to do ([`route_in_background`]).
+struct Attached {
+    nic: Option<Nic>,
+    network: Option<NetInfo>,
+    cmdline: String,
+    pending: Option<PendingRoute>,
+}
+
+/// Reserves the lease's NIC when its image gets one: all its VMM needs to start (see
+/// [`coinop_host::guest_network::GuestNetwork::reserve`]); no `ip` or `nft` runs yet.
 async fn attach_network(
     s: &Shared,
     id: &str,
     image: &crate::image_catalogue::ImageSpec,
     cmdline: &str,
-) -> Result<(Option<Nic>, Option<NetInfo>, String), String> {
+) -> Result<Attached, String> {
+    let none = Attached {
+        nic: None,
+        network: None,
+        cmdline: cmdline.to_string(),
+        pending: None,
+    };
     if !s.config.lease_gets_network(image) {
-        return Ok((None, None, cmdline.to_string()));
+        return Ok(none);
     }
     let isolation = std::sync::Arc::clone(s.supervisor.isolation());
     let lease = id.to_string();
-    let attached = tokio::task::spawn_blocking(move || isolation.attach_network(&lease))
+    // A tap ioctl and a small record file: on this thread, no hop to the blocking pool.
+    let reserved = blocking_here(move || Ok(isolation.reserve_network(&lease)))
         .await
-        .map_err(|e| format!("worker: {e}"))?
+        .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    Ok(match attached {
-        // An agent gets its address through its personalisation line instead.
-        Some((tap, info)) if image.agent => {
-            let nic = Nic {
-                tap,
-                mac: info.mac.clone(),
-            };
-            (Some(nic), Some(info), cmdline.to_string())
-        }
-        Some((tap, info)) => {
-            let cmdline = format!(
-                "{cmdline} {}",
-                coinop_host::guest_network::cmdline_words(&info)
-            );
-            let nic = Nic {
-                tap,
-                mac: info.mac.clone(),
-            };
-            (Some(nic), Some(info), cmdline)
-        }
-        None => (None, None, cmdline.to_string()),
+    let Some((tap, info, pending)) = reserved else {
+        return Ok(none);
+    };
+    // An agent gets its address through its personalisation line instead.
+    let cmdline = if image.agent {
+        cmdline.to_string()
+    } else {
+        format!(
+            "{cmdline} {}",
+            coinop_host::guest_network::cmdline_words(&info)
+        )
+    };
+    let nic = Nic {
+        tap,
+        mac: info.mac.clone(),
+    };
+    Ok(Attached {
+        nic: Some(nic),
+        network: Some(info),
+        cmdline,
+        pending: Some(pending),
     })
+}
+
+/// A lease's NIC as its boot gets it: the VMM's part, the tenant's view, and its routing
+/// under way ([`route_in_background`]).
+struct GuestNic {
+    nic: Option<Nic>,
+    network: Option<NetInfo>,
+    routing: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+/// Waits for a network's routing (nothing to wait for without one).
+async fn joined(
+    routing: Option<tokio::task::JoinHandle<Result<(), String>>>,
+) -> Result<(), String> {
+    match routing {
+        Some(task) => task
+            .await
+            .map_err(|e| format!("worker: {e}"))
+            .and_then(|r| r),
+        None => Ok(()),
+    }
+}
+
+/// Routes a reserved network off the request's path (the VMM starts meanwhile); the
+/// create joins it before its reply, so a reply still means the forwarded port works.
+fn route_in_background(
+    s: &Shared,
+    id: &str,
+    arrival: u64,
+    pending: PendingRoute,
+) -> tokio::task::JoinHandle<Result<(), String>> {
+    let isolation = std::sync::Arc::clone(s.supervisor.isolation());
+    let lease = id.to_string();
+    tokio::task::spawn_blocking(move || {
+        isolation
+            .route_network(pending)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            lease,
+            network_routed_us = since(arrival),
+            "guest network routed"
+        );
+        Ok(())
+    })
+}
+
+/// Reserves and routes the lease's NIC at once (a cold boot after a failed restore).
+async fn attach_network_now(
+    s: &Shared,
+    id: &str,
+    image: &crate::image_catalogue::ImageSpec,
+    cmdline: &str,
+    arrival: u64,
+) -> Result<Attached, String> {
+    let mut attached = attach_network(s, id, image, cmdline).await?;
+    if let Some(pending) = attached.pending.take() {
+        let routed = route_in_background(s, id, arrival, pending)
+            .await
+            .map_err(|e| format!("worker: {e}"))
+            .and_then(|r| r);
+        if let Err(why) = routed {
+            let isolation = std::sync::Arc::clone(s.supervisor.isolation());
+            let lease = id.to_string();
+            let _ = tokio::task::spawn_blocking(move || isolation.release_disk_and_network(&lease))
+                .await;
+            return Err(why);
+        }
+    }
+    Ok(attached)
 }
 
 /// `coinop.ssh_key=TYPE:BLOB` for an OpenSSH public key line, or `None` when `key` is not

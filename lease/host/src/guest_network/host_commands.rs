@@ -1,8 +1,10 @@
 //! The host's own network tools, run as child processes: `ip` (iproute2) for addresses,
 //! links and neighbours, `nft` for the NAT and filter rules (applied as one atomic script).
-//! Both are what an operator would use to inspect the result, and `nft -f` replaces the
-//! whole coinop table in one kernel transaction, which a netlink crate would have to
-//! reimplement (nftables' netlink batches have no maintained Rust crate).
+//! Both are what an operator would use to inspect the result, and `nft -f` applies a whole
+//! script (the coinop table at start-up, one lease's set elements after) in one kernel
+//! transaction, which a netlink crate would have to reimplement (nftables' netlink batches
+//! have no maintained Rust crate). A lease's `ip` part runs beside its VMM's start, off
+//! the create's path, so iproute2's process start costs it nothing there.
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -4,8 +4,11 @@
 //! and a forwarded host port (DNAT) to the guest's SSH port 22. The tenant is told
 //! `{guest_ip, host_ip, prefix_len, mac, ssh: {host, port}}`.
 //!
-//! Teardown: the tap is non-persistent, so it disappears with the VMM holding it; the rules
-//! are re-rendered without the lease. Each lease's record (`NAME.net.json` in the run dir)
+//! Setup comes in two parts: [`GuestNetwork::reserve`] takes the slot and makes the tap,
+//! all the VMM needs to start; [`GuestNetwork::route`] adds the host's side (address, link
+//! up, neighbour) and the lease's elements in the rule table, and may run while the VMM
+//! starts. Teardown: the tap is non-persistent, so it disappears with the VMM holding it;
+//! the lease's elements are deleted from the rule table ([`nft_ruleset`]). Each lease's record (`NAME.net.json` in the run dir)
 //! lets a restarted coinopd re-adopt a running guest's slot; [`GuestNetwork::sweep`], run
 //! after re-adoption, removes whatever a crashed coinopd left: rules and taps of leases
 //! that are not live, and their records.
@@ -85,15 +88,40 @@ pub fn cmdline_words(info: &NetInfo) -> String {
     )
 }
 
+/// One lease's network as coinopd holds it.
+struct Entry {
+    info: NetInfo,
+    /// Which attach made it: a [`PendingRoute`] of an earlier attach of the same lease
+    /// (detached since) must not route this one's.
+    serial: u64,
+}
+
 struct State {
     pool: AddressPool,
-    leases: BTreeMap<String, NetInfo>,
+    leases: BTreeMap<String, Entry>,
+    next_serial: u64,
+    /// Whether this coinopd rendered the table (its sets exist): until then a lease's
+    /// elements cannot be added alone.
+    table_rendered: bool,
 }
 
 /// The host side of every lease's network.
 pub struct GuestNetwork {
     settings: NetworkSettings,
     state: Mutex<State>,
+    /// Held while `ip`/`nft` change the host: a lease's routing, its teardown and the sweep
+    /// never interleave, and no command runs under `state`, so taking a slot never waits
+    /// for one.
+    commands: Mutex<()>,
+}
+
+/// What an attach left to do once the tap exists: the host side of the lease's route and
+/// its forwarding, masquerade and anti-spoofing elements ([`GuestNetwork::route`]).
+#[derive(Debug)]
+#[must_use = "the lease is not reachable until it is routed"]
+pub struct PendingRoute {
+    lease_id: String,
+    serial: u64,
 }
 
 impl std::fmt::Debug for GuestNetwork {
@@ -115,7 +143,10 @@ impl GuestNetwork {
             state: Mutex::new(State {
                 pool: AddressPool::new(settings.pool, settings.ssh_ports),
                 leases: BTreeMap::new(),
+                next_serial: 0,
+                table_rendered: false,
             }),
+            commands: Mutex::new(()),
             settings,
         };
         host_commands::nft_apply(&format!("add table {}\n", nft_ruleset::TABLE))?;
@@ -124,6 +155,12 @@ impl GuestNetwork {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn commands(&self) -> MutexGuard<'_, ()> {
+        self.commands
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -139,9 +176,25 @@ impl GuestNetwork {
         self.state().pool.capacity()
     }
 
-    /// Sets up `lease_id`'s network and returns the tap's fd (for `--net fd=N`) and what
-    /// the tenant is told. On failure nothing of it is left.
+    /// Sets up `lease_id`'s network whole ([`GuestNetwork::reserve`] then
+    /// [`GuestNetwork::route`]) and returns the tap's fd (for `--net fd=N`) and what the
+    /// tenant is told. On failure nothing of it is left.
     pub fn attach(&self, lease_id: &str) -> Result<(OwnedFd, NetInfo), NetError> {
+        let (fd, info, pending) = self.reserve(lease_id)?;
+        if let Err(e) = self.route(pending) {
+            self.detach(lease_id);
+            return Err(e);
+        }
+        Ok((fd, info))
+    }
+
+    /// The part of `lease_id`'s network its VMM needs to start: a slot (addresses, MAC,
+    /// forwarded port) and its tap, created down. No command runs: the host's side of the
+    /// route and the rules follow in [`GuestNetwork::route`], which may run while the VMM
+    /// starts (a tap that is down drops whatever the guest sends, so nothing passes before
+    /// its rules are in). On failure nothing of it is left; later, [`GuestNetwork::detach`]
+    /// removes it whether or not it was routed.
+    pub fn reserve(&self, lease_id: &str) -> Result<(OwnedFd, NetInfo, PendingRoute), NetError> {
         let mut state = self.state();
         let slot = state
             .pool
@@ -159,59 +212,89 @@ impl GuestNetwork {
             tap: address_pool::tap_name(slot),
             slot,
         };
-        state.leases.insert(lease_id.to_string(), info.clone());
-        match self.bring_up(&state, &info) {
-            Ok(fd) => {
-                if let Ok(json) = serde_json::to_vec(&info) {
-                    let _ = std::fs::write(self.record(lease_id), json);
-                }
-                Ok((fd, info))
-            }
-            Err(e) => {
-                state.leases.remove(lease_id);
+        let fd = match tap_device::create(&info.tap) {
+            Ok(fd) => fd,
+            Err(source) => {
                 state.pool.free(slot);
-                let _ = host_commands::nft_apply(&render(&state));
-                let _ = host_commands::ip(&["link", "del", &info.tap]);
-                Err(e)
+                return Err(NetError::Tap {
+                    tap: info.tap.clone(),
+                    source,
+                });
             }
-        }
-    }
-
-    fn bring_up(&self, state: &State, info: &NetInfo) -> Result<OwnedFd, NetError> {
-        let fd = tap_device::create(&info.tap).map_err(|source| NetError::Tap {
-            tap: info.tap.clone(),
-            source,
-        })?;
-        // One `ip -batch` for the three steps: each process start costs milliseconds on
-        // the create path. The guest's MAC is known, so its neighbour entry is permanent:
-        // no ARP, and a guest cannot claim another address's frames by answering ARP.
-        let batch = format!(
-            "addr add {host}/{len} dev {tap}\nlink set {tap} up\n\
-             neigh replace {guest} lladdr {mac} dev {tap} nud permanent\n",
-            host = info.host_ip,
-            len = info.prefix_len,
-            tap = info.tap,
-            guest = info.guest_ip,
-            mac = info.mac,
-        );
-        host_commands::run("ip", &["-batch", "-"], Some(&batch))?;
-        host_commands::nft_apply(&render(state))?;
-        Ok(fd)
-    }
-
-    /// Tears down `lease_id`'s network (idempotent): rules re-rendered without it, its tap
-    /// deleted if its VMM has not taken it along, its slot and record freed.
-    pub fn detach(&self, lease_id: &str) {
-        let mut state = self.state();
-        let Some(info) = state.leases.remove(lease_id) else {
-            return;
         };
-        state.pool.free(info.slot);
-        if let Err(e) = host_commands::nft_apply(&render(&state)) {
-            tracing::warn!(lease = lease_id, error = %e, "removing the lease's network rules");
+        let serial = state.next_serial;
+        state.next_serial += 1;
+        let entry = Entry {
+            info: info.clone(),
+            serial,
+        };
+        state.leases.insert(lease_id.to_string(), entry);
+        drop(state);
+        // Before the VMM exists, so a restarted coinopd re-adopting it finds its slot.
+        if let Ok(json) = serde_json::to_vec(&info) {
+            let _ = std::fs::write(self.record(lease_id), json);
+        }
+        let pending = PendingRoute {
+            lease_id: lease_id.to_string(),
+            serial,
+        };
+        Ok((fd, info, pending))
+    }
+
+    /// The rest of a reserved network: the lease's elements in the rule table (one `nft -f`
+    /// transaction), then the tap's address, its link up and the guest's neighbour entry
+    /// (one `ip -batch`). Nothing to do, and `Ok`, if the lease was detached meanwhile (its
+    /// boot failed). On failure the caller fails the boot, whose release detaches it.
+    pub fn route(&self, pending: PendingRoute) -> Result<(), NetError> {
+        let _commands = self.commands();
+        let (info, rendered) = {
+            let state = self.state();
+            match state.leases.get(&pending.lease_id) {
+                Some(e) if e.serial == pending.serial => (e.info.clone(), state.table_rendered),
+                _ => return Ok(()),
+            }
+        };
+        if rendered {
+            host_commands::nft_apply(&nft_ruleset::add(&lease_rules(&pending.lease_id, &info)))?;
+        } else {
+            self.render_table()?;
+        }
+        host_commands::run("ip", &["-batch", "-"], Some(&host_side(&info)))?;
+        Ok(())
+    }
+
+    /// Replaces the whole table by the live leases' (the `commands` lock held).
+    fn render_table(&self) -> Result<(), NetError> {
+        let script = render(&self.state());
+        host_commands::nft_apply(&script)?;
+        self.state().table_rendered = true;
+        Ok(())
+    }
+
+    /// Tears down `lease_id`'s network (idempotent): its elements removed from the rules,
+    /// its tap deleted if its VMM has not taken it along, its slot and record freed.
+    pub fn detach(&self, lease_id: &str) {
+        let _commands = self.commands();
+        // Out of the map first, so a route still pending finds nothing to do; the slot
+        // stays taken until its tap and rules are gone.
+        let (entry, rendered) = {
+            let mut state = self.state();
+            let rendered = state.table_rendered;
+            match state.leases.remove(lease_id) {
+                Some(entry) => (entry, rendered),
+                None => return,
+            }
+        };
+        let info = entry.info;
+        if rendered {
+            let script = nft_ruleset::delete(&lease_rules(lease_id, &info));
+            if let Err(e) = host_commands::nft_apply(&script) {
+                tracing::warn!(lease = lease_id, error = %e, "removing the lease's network rules");
+            }
         }
         let _ = host_commands::ip(&["link", "del", &info.tap]);
         let _ = std::fs::remove_file(self.record(lease_id));
+        self.state().pool.free(info.slot);
     }
 
     /// Claims back the slot of a guest that outlived an earlier coinopd, from its record.
@@ -224,7 +307,11 @@ impl GuestNetwork {
         };
         let mut state = self.state();
         if state.pool.claim(info.slot) {
-            state.leases.insert(lease_id.to_string(), info);
+            let serial = state.next_serial;
+            state.next_serial += 1;
+            state
+                .leases
+                .insert(lease_id.to_string(), Entry { info, serial });
         } else {
             tracing::warn!(
                 lease = lease_id,
@@ -234,11 +321,21 @@ impl GuestNetwork {
         }
     }
 
-    /// Removes what no live lease owns: rules (by re-rendering), `cop*` taps, records.
+    /// Removes what no live lease owns: rules (by rendering the table anew), `cop*` taps,
+    /// records. The live leases' host side is applied again: an earlier coinopd may have
+    /// died between a lease's tap and its route.
     pub fn sweep(&self) -> Result<(), NetError> {
+        let _commands = self.commands();
+        self.render_table()?;
         let state = self.state();
-        host_commands::nft_apply(&render(&state))?;
-        let live: Vec<&str> = state.leases.values().map(|i| i.tap.as_str()).collect();
+        let live: Vec<&str> = state.leases.values().map(|e| e.info.tap.as_str()).collect();
+        let again: String = state.leases.values().map(|e| host_side(&e.info)).collect();
+        if !again.is_empty() {
+            // -force: one tap's failure does not keep the others' lines from running.
+            if let Err(e) = host_commands::run("ip", &["-force", "-batch", "-"], Some(&again)) {
+                tracing::warn!(error = %e, "restoring the live guests' routes");
+            }
+        }
         for tap in host_commands::links_named(TAP_PREFIX)? {
             if !live.contains(&tap.as_str()) {
                 tracing::info!(tap, "removing a left-over guest tap");
@@ -251,7 +348,32 @@ impl GuestNetwork {
 
     /// What `lease_id`'s tenant is told, while its network is up.
     pub fn info(&self, lease_id: &str) -> Option<NetInfo> {
-        self.state().leases.get(lease_id).cloned()
+        self.state().leases.get(lease_id).map(|e| e.info.clone())
+    }
+}
+
+/// The `ip -batch` lines of a lease's host side: the tap's address, the tap up, and a
+/// permanent neighbour entry for the guest's MAC (known, so no ARP, and a guest cannot
+/// claim another address's frames by answering ARP). Each is idempotent (`replace`), so a
+/// sweep can apply them again. One batch: each process start costs milliseconds.
+fn host_side(info: &NetInfo) -> String {
+    format!(
+        "addr replace {host}/{len} dev {tap}\nlink set {tap} up\n\
+         neigh replace {guest} lladdr {mac} dev {tap} nud permanent\n",
+        host = info.host_ip,
+        len = info.prefix_len,
+        tap = info.tap,
+        guest = info.guest_ip,
+        mac = info.mac,
+    )
+}
+
+fn lease_rules(lease_id: &str, info: &NetInfo) -> LeaseRules {
+    LeaseRules {
+        lease_id: lease_id.to_string(),
+        tap: info.tap.clone(),
+        guest_ip: info.guest_ip,
+        ssh_port: info.ssh.port,
     }
 }
 
@@ -259,17 +381,12 @@ fn render(state: &State) -> String {
     let rules: Vec<LeaseRules> = state
         .leases
         .iter()
-        .map(|(id, info)| LeaseRules {
-            lease_id: id.clone(),
-            tap: info.tap.clone(),
-            guest_ip: info.guest_ip,
-            ssh_port: info.ssh.port,
-        })
+        .map(|(id, e)| lease_rules(id, &e.info))
         .collect();
     nft_ruleset::render(&rules)
 }
 
-fn sweep_records(dir: &Path, live: &BTreeMap<String, NetInfo>) {
+fn sweep_records(dir: &Path, live: &BTreeMap<String, Entry>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

@@ -1,13 +1,17 @@
-//! The `ip coinop` nftables table, rendered whole from the live leases and swapped in
-//! atomically (`nft -f`: create-if-missing, delete, recreate, in one transaction). Setup,
-//! teardown and the start-up sweep of a crashed coinopd's left-overs are all the same
-//! operation, so no stale rule can survive a render.
+//! The `ip coinop` nftables table. Its chains hold a fixed set of rules that look every
+//! lease up in three named sets, so a lease's setup and teardown change only its own set
+//! elements (one small `nft -f` transaction each), never the rules every other guest's
+//! traffic goes through. The whole table is rendered only at start-up's sweep (and before
+//! the first lease of a coinopd that never swept): create-if-missing, delete, recreate with
+//! the live leases' elements, in one transaction, so no stale element survives a crash.
 //!
-//! Per lease (tap T, guest G, forwarded port P):
-//! - DNAT: TCP to P on any of the host's own addresses goes to G:22 (`prerouting` for
-//!   traffic from outside, `output` for connections made on the host itself);
-//! - masquerade: G's traffic leaving by any other interface than T takes the host's address;
-//! - anti-spoofing: frames from T with another source than G are dropped;
+//! Per lease (tap T, guest G, forwarded port P), tagged `comment "lease ID"`:
+//! - `ssh_forward` maps P to G: TCP to P on any of the host's own addresses goes to G:22
+//!   (`prerouting` for traffic from outside, `output` for connections made on the host);
+//! - `guests` holds G: its traffic leaving by any interface but a guest tap takes the
+//!   host's address (masquerade; guest to guest is dropped anyway);
+//! - `guest_sources` holds T . G: anti-spoofing, frames from a guest tap with any other
+//!   pair of tap and source are dropped (so a tap without a lease passes nothing);
 //! - guests reach neither each other nor the host itself, except replies to connections
 //!   made to them.
 
@@ -28,45 +32,73 @@ pub struct LeaseRules {
     pub ssh_port: u16,
 }
 
-/// The whole script for `leases`.
-pub fn render(leases: &[LeaseRules]) -> String {
-    let mut dnat = String::new();
-    let mut masquerade = String::new();
-    let mut spoof = String::new();
-    for l in leases {
+impl LeaseRules {
+    /// The lease's three elements, one `VERB element` line each.
+    fn elements(&self, verb: &str, out: &mut String) {
         // Lease ids are [A-Za-z0-9_-] (jail directory names), safe inside a quoted comment.
-        let tag = format!("comment \"lease {}\"", l.lease_id);
+        let tag = format!("comment \"lease {}\"", self.lease_id);
         let _ = writeln!(
-            dnat,
-            "    fib daddr type local tcp dport {} dnat to {}:22 {tag}",
-            l.ssh_port, l.guest_ip
+            out,
+            "{verb} element {TABLE} ssh_forward {{ {} {tag} : {} }}",
+            self.ssh_port, self.guest_ip
         );
         let _ = writeln!(
-            masquerade,
-            "    ip saddr {} oifname != \"{}\" masquerade {tag}",
-            l.guest_ip, l.tap
+            out,
+            "{verb} element {TABLE} guests {{ {} {tag} }}",
+            self.guest_ip
         );
         let _ = writeln!(
-            spoof,
-            "    iifname \"{}\" ip saddr != {} drop {tag}",
-            l.tap, l.guest_ip
+            out,
+            "{verb} element {TABLE} guest_sources {{ \"{}\" . {} {tag} }}",
+            self.tap, self.guest_ip
         );
     }
+}
+
+/// The whole table for `leases`: the chains and sets, and every lease's elements.
+pub fn render(leases: &[LeaseRules]) -> String {
     let taps = format!("\"{TAP_PREFIX}*\"");
-    format!(
+    let mut script = format!(
         "table {TABLE} {{}}\n\
          delete table {TABLE}\n\
          table {TABLE} {{\n\
-         \x20 chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{dnat}  }}\n\
-         \x20 chain output {{\n    type nat hook output priority -100; policy accept;\n{dnat}  }}\n\
-         \x20 chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{masquerade}  }}\n\
-         \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n{spoof}\
+         \x20 map ssh_forward {{ type inet_service : ipv4_addr; }}\n\
+         \x20 set guests {{ type ipv4_addr; }}\n\
+         \x20 set guest_sources {{ type ifname . ipv4_addr; }}\n\
+         \x20 chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n\
+         \x20   fib daddr type local dnat to tcp dport map @ssh_forward : 22\n  }}\n\
+         \x20 chain output {{\n    type nat hook output priority -100; policy accept;\n\
+         \x20   fib daddr type local dnat to tcp dport map @ssh_forward : 22\n  }}\n\
+         \x20 chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n\
+         \x20   ip saddr @guests oifname != {taps} masquerade\n  }}\n\
+         \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n\
+         \x20   iifname {taps} iifname . ip saddr != @guest_sources drop\n\
          \x20   iifname {taps} oifname {taps} drop\n  }}\n\
          \x20 chain input {{\n    type filter hook input priority filter; policy accept;\n\
          \x20   iifname {taps} ct state established,related accept\n\
          \x20   iifname {taps} drop\n  }}\n\
          }}\n"
-    )
+    );
+    for l in leases {
+        l.elements("add", &mut script);
+    }
+    script
+}
+
+/// The transaction that adds one lease's elements to a rendered table (adding an element
+/// that is there already is no error).
+pub fn add(lease: &LeaseRules) -> String {
+    let mut script = String::new();
+    lease.elements("add", &mut script);
+    script
+}
+
+/// The transaction that removes one lease's elements, whether or not they are there: each
+/// is added first (a no-op when present), so that deleting it cannot fail the transaction.
+pub fn delete(lease: &LeaseRules) -> String {
+    let mut script = add(lease);
+    lease.elements("delete", &mut script);
+    script
 }
 
 /// The script that removes the table (networking switched off).
@@ -78,24 +110,54 @@ pub fn remove() -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn each_lease_gets_its_dnat_masquerade_and_spoof_rules() {
-        let script = render(&[LeaseRules {
+    fn lease() -> LeaseRules {
+        LeaseRules {
             lease_id: "l-1".into(),
             tap: "cop3".into(),
             guest_ip: Ipv4Addr::new(10, 213, 0, 14),
             ssh_port: 22003,
-        }]);
+        }
+    }
+
+    #[test]
+    fn each_lease_gets_its_forward_masquerade_and_source_elements() {
+        let script = render(&[lease()]);
         assert!(script.starts_with("table ip coinop {}\ndelete table ip coinop\n"));
         assert_eq!(
             script
-                .matches("tcp dport 22003 dnat to 10.213.0.14:22 comment \"lease l-1\"")
+                .matches("dnat to tcp dport map @ssh_forward : 22")
                 .count(),
             2,
             "prerouting and output:\n{script}"
         );
-        assert!(script.contains("ip saddr 10.213.0.14 oifname != \"cop3\" masquerade"));
-        assert!(script.contains("iifname \"cop3\" ip saddr != 10.213.0.14 drop"));
-        assert!(!render(&[]).contains("dnat"), "no lease, no forwarding");
+        assert!(script.contains(
+            "add element ip coinop ssh_forward { 22003 comment \"lease l-1\" : 10.213.0.14 }"
+        ));
+        assert!(script.contains("add element ip coinop guests { 10.213.0.14 comment"));
+        assert!(
+            script.contains("add element ip coinop guest_sources { \"cop3\" . 10.213.0.14 comment")
+        );
+        assert!(
+            !render(&[]).contains("add element"),
+            "no lease, no forwarding"
+        );
+    }
+
+    #[test]
+    fn a_lease_is_added_and_deleted_by_its_elements_alone() {
+        let add = add(&lease());
+        assert_eq!(add.lines().count(), 3, "{add}");
+        assert!(add.lines().all(|l| l.starts_with("add element ip coinop ")));
+        let delete = delete(&lease());
+        let verbs: Vec<&str> = delete
+            .lines()
+            .map(|l| l.split(' ').next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            verbs,
+            ["add", "add", "add", "delete", "delete", "delete"],
+            "{delete}"
+        );
+        assert!(!delete.contains("table ip coinop {"), "no re-render");
     }
 }
