@@ -97,7 +97,7 @@ static unsigned long uptime_ms(void)
 }
 
 /* " NAME=S.mmm" per step, S.mmm its end in seconds since boot. */
-static char stamps[256];
+static char stamps[512];
 
 static void stamp(const char *name)
 {
@@ -210,7 +210,7 @@ static void guest_ready(void)
 __attribute__((used)) static void start(long *sp)
 {
 	static char line[LINE_MAX + 1];
-	static char report[512];
+	static char report[1024];
 	long argc = sp[0], len, i;
 	char **envp = (char **)(sp + 1 + argc + 1);
 	struct lease_line l;
@@ -235,14 +235,17 @@ __attribute__((used)) static void start(long *sp)
 	stamp("parse");
 	/* 3. Entropy first: nothing may draw from the RNG before the reseed. */
 	personalise_reseed(l.entropy);
+	stamp("reseed");
 	personalise_clock(l.time);
 	personalise_hostname(l.hostname);
+	stamp("clock_name");
 	/* gw= only with an address (as the command-line mode). */
 	if (l.mac || l.ip)
 		personalise_network(l.mac, l.ip, l.ip ? l.gw : 0);
+	stamp("eth0");
 	if (l.ssh_key)
 		personalise_tenant_key(l.ssh_key);
-	stamp("apply");
+	stamp("key");
 	/* 4. The SSH host key. */
 	if (l.host_key) {
 		why = host_key_write(l.host_key, HOST_KEY_FILE);
