@@ -9,8 +9,8 @@
  *      (personalise.c)
  *   4. the SSH host key file from the line's host_key (host_key.c); a line without one (an
  *      older coinopd) gets a fresh key from dropbearkey, made after the reseed
- *   5. dropbear started (it keeps running, its log on the console) and waited for until it
- *      listens on port 22
+ *   5. dropbear started (it keeps running; stderr on the console, its log to syslog) and
+ *      waited for until it listens on port 22
  *   6. 123 to the boot timer (guest_ready)
  *   7. what it did, and the uptime at each step's end (the lab's per-phase figures)
  *
@@ -181,11 +181,17 @@ static int listening_on_22(void)
 	return 0;
 }
 
-/* Starts dropbear (in the foreground of its own process, -F: no fork to daemonize) and
- * waits until it listens, or fails if it ends or takes too long. */
+/*
+ * Starts dropbear (in the foreground of its own process, -F: no fork to daemonize) and
+ * waits until it listens, or fails if it ends or takes too long. Its stderr is the console
+ * but its log goes to syslog (no -E), which the rootfs does not run: dropbear logs every
+ * connection before its banner, and each console byte is a VM exit on the way to SSH (in
+ * the lab the create reply -> banner gap was ~3x the old one with the log there). Before,
+ * dropbear daemonized with -E and daemon() closed its stderr, so nothing was lost.
+ */
 static void start_sshd(char **envp)
 {
-	static char *const argv[] = { DROPBEAR, "-F", "-E", "-r", HOST_KEY_FILE, "-p", "22", 0 };
+	static char *const argv[] = { DROPBEAR, "-F", "-r", HOST_KEY_FILE, "-p", "22", 0 };
 	static const long pause[2] = { 0, 1000000 }; /* 1 ms */
 	unsigned long until = uptime_ms() + SSHD_WAIT_MS;
 	long pid = spawn(argv, envp, 0);
