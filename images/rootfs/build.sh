@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Builds coinop's root filesystem image: busybox-static plus dropbear (SSH server), an
-# init that is also the guest agent of PERSONALISE.md (it takes the lease's address, SSH
-# key, host name, clock and entropy from the personalisation port, or from the kernel
-# command line; see ./init), ../initramfs/outb.c for the boot timer signal, ./portline.c for
-# reading the personalisation port and ./personalise.c for the
-# reseed, clock, host name and eth0 of a lease. ext4, 64 MiB, made with mke2fs -d (no loop mount, no root needed for that).
+# init that runs the guest agent of PERSONALISE.md (coinop-agent, ./agent.c and the parts
+# ./agent.h lists: the lease's entropy, clock, host name, address, SSH key and SSH host key
+# from the personalisation port, then dropbear and guest_ready) or takes the lease's data
+# from the kernel command line (see ./init), and ../initramfs/outb.c for the boot timer
+# signal of that mode. ext4, 64 MiB, made with mke2fs -d (no loop mount, no root needed for
+# that).
 #
 #   images/rootfs/build.sh [OUTFILE]
 #
 # Cached under $COINOP_CACHE/rootfs/<key>, keyed by (busybox-static and dropbear-bin
-# versions, init, outb.c, raw_syscall.h, personalise.c, portline.c, this script). Prints the image path; also writes dbclient (the matching
-# SSH client, and dropbearkey, with their libraries) under <key>/client/ for the lab.
+# versions, init, outb.c, raw_syscall.h, the agent's sources, this script). Prints the image
+# path; also writes dbclient (the matching SSH client, and dropbearkey, with their
+# libraries) under <key>/client/ for the lab.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,9 +30,10 @@ bb_version=$(dpkg-query -W -f='${Version}' busybox-static)
 db_version=$(apt-cache policy dropbear-bin | awk '/Candidate:/ { print $2 }')
 [ -n "$db_version" ] && [ "$db_version" != "(none)" ] || die "dropbear-bin not available from apt"
 outb_src=$here/../initramfs/outb.c
-personalise_src=$here/personalise.c
-portline_src=$here/portline.c
-key=$( { echo "$bb_version $db_version"; cat "$here/init" "$outb_src" "$here/../initramfs/raw_syscall.h" "$personalise_src" "$portline_src" "$0"; } |
+# The guest agent: every source it is built from (agent.h lists the parts).
+agent_srcs=("$here/agent.c" "$here/portline.c" "$here/line.c" "$here/personalise.c" "$here/host_key.c")
+agent_headers=("$here/agent.h" "$here/../initramfs/raw_syscall.h")
+key=$( { echo "$bb_version $db_version"; cat "$here/init" "$outb_src" "${agent_srcs[@]}" "${agent_headers[@]}" "$0"; } |
   sha256sum | cut -c1-16)
 dir=$cache_root/rootfs/$key
 image=$dir/rootfs.ext4
@@ -78,13 +81,10 @@ else
   # The boot timer signal (see ../initramfs/outb.c): coinopd counts a lease as booted on it.
   gcc -static -nostdlib -s -O2 -fno-stack-protector -fno-pie -no-pie -Wall -Wextra -Werror \
     -o "$root/bin/outb" "$outb_src"
-  # The agent's reseed (RNDADDENTROPY + RNDRESEEDCRNG), clock, host name and eth0 in one
-  # process: freestanding like outb (-ffreestanding: no strlen or memset calls emitted).
+  # The guest agent, one process: freestanding like outb (-ffreestanding: no strlen or
+  # memset calls emitted).
   gcc -static -nostdlib -ffreestanding -s -O2 -fno-stack-protector -fno-pie -no-pie -Wall -Wextra -Werror \
-    -o "$root/bin/coinop-personalise" "$personalise_src"
-  # The agent's 124 and line read on the personalisation port, also freestanding.
-  gcc -static -nostdlib -s -O2 -fno-stack-protector -fno-pie -no-pie -Wall -Wextra -Werror \
-    -o "$root/bin/portline" "$portline_src"
+    -o "$root/bin/coinop-agent" "${agent_srcs[@]}"
   echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
   # '*': no password can log in, yet the account is not blank (dropbear refuses users with
   # an empty password field whatever the auth method) nor locked ('!'): keys only.

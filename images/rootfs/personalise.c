@@ -1,28 +1,22 @@
 /*
- * personalise KEY=VALUE...: applies a lease's personalisation in one process, in the
- * order PERSONALISE.md asks (each step only when its key is given):
+ * The guest agent's steps 1-4 (agent.h, PERSONALISE.md), each called once by agent.c in
+ * the protocol's order, each ending the agent through agent_fail when it fails:
  *
- *   entropy=HEX   64 lowercase hex digits mixed into the kernel's RNG, credited as 256 bits
- *                 (RNDADDENTROPY), then a forced CRNG reseed (RNDRESEEDCRNG)
- *   time=S.N      the wall clock (settimeofday)
- *   hostname=NAME the host name (sethostname)
- *   mac=a:b:..    eth0's MAC (SIOCSIFHWADDR, before the link comes up)
- *   ip=A/P        eth0's address and netmask, then the link up
- *   gw=A          the default route via A (needs ip=)
- *   ssh_key=B64   the tenant's key line (standard base64), written with its newline to
- *                 /root/.ssh/authorized_keys, mode 0600
+ *   personalise_reseed      64 lowercase hex digits mixed into the kernel's RNG, credited as
+ *                           256 bits (RNDADDENTROPY), then a forced CRNG reseed (RNDRESEEDCRNG)
+ *   personalise_clock       the wall clock (settimeofday) from S.N
+ *   personalise_hostname    the host name (sethostname, and /etc/hostname)
+ *   personalise_network     eth0's MAC (SIOCSIFHWADDR, before the link comes up), address and
+ *                           netmask, the link up, the default route
+ *   personalise_tenant_key  the tenant's key line (standard base64), written with its newline
+ *                           to /root/.ssh/authorized_keys, mode 0600
  *
- * The guest agent (./init) checks the line first and runs this once. It replaces a
- * reseed helper plus date, hostname, ifconfig, route and base64: after a snapshot restore every
- * process the agent starts costs page faults on memory the guests share (nested, each one
- * a VM exit), and the lab measured ~20-110 ms per step as separate processes.
- *
- * Guests restored from one golden snapshot start with the same RNG state: only fresh host
- * bits, mixed in and reseeded before anything draws from /dev/urandom (SSH host keys above
- * all), make their random streams diverge; so the reseed comes first, whatever order the
- * arguments are in. The rootfs has no libc for a C program: freestanding like
- * ../initramfs/outb.c (glibc's headers give the kernel's structures only). Exits 1 with a
- * message on stderr naming the step that failed.
+ * System calls, not busybox's date, hostname, ifconfig, route and base64: after a snapshot
+ * restore every process the agent starts costs page faults on memory the guests share
+ * (nested, each one a VM exit), and the lab measured ~20-110 ms per step as separate
+ * processes. Guests restored from one golden snapshot start with the same RNG state: only
+ * fresh host bits, mixed in and reseeded before anything draws from /dev/urandom, make
+ * their random streams diverge; so agent.c calls the reseed first.
  */
 
 #include <linux/random.h>
@@ -32,19 +26,6 @@
 #include <netinet/in.h>
 #include <sys/ioctl.h>
 
-#define SYS_write 1
-#define SYS_open 2
-#define SYS_fchmod 91
-#define SYS_close 3
-#define SYS_ioctl 16
-#define SYS_socket 41
-#define SYS_exit 60
-#define SYS_settimeofday 164
-#define SYS_sethostname 170
-#define O_WRONLY 1
-#define O_CREAT 0100
-#define O_TRUNC 01000
-
 #define AUTHORIZED_KEYS "/root/.ssh/authorized_keys"
 /* A key line fits the protocol's 4096-byte line, so its decoded form fits this. */
 #define KEY_MAX 3072
@@ -52,42 +33,8 @@
 #define SEED_BYTES 32
 #define IFACE "eth0"
 
+#include "agent.h"
 #include "../initramfs/raw_syscall.h"
-
-static long length(const char *s)
-{
-	long len = 0;
-
-	while (s[len])
-		len++;
-	return len;
-}
-
-static void fail(const char *msg)
-{
-	syscall3(SYS_write, 2, (long)"personalise: ", 13);
-	syscall3(SYS_write, 2, (long)msg, length(msg));
-	syscall3(SYS_write, 2, (long)"\n", 1);
-	syscall3(SYS_exit, 1, 0, 0);
-}
-
-/* The value of "KEY=" if `arg` starts with it, else 0. */
-static const char *value_of(const char *arg, const char *key)
-{
-	while (*key)
-		if (*arg++ != *key++)
-			return 0;
-	return arg;
-}
-
-static int hex_digit(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
 
 /* Parses a decimal number of at most `max`, up to `end` (or NUL); 1 on success. */
 static int decimal(const char **s, char end, unsigned long max, unsigned long *out)
@@ -135,38 +82,38 @@ static struct {
 	unsigned char bytes[SEED_BYTES];
 } seed;
 
-static void reseed(const char *hex)
+void personalise_reseed(const char *hex)
 {
 	long fd, i;
 
 	for (i = 0; i < SEED_BYTES; i++) {
-		int hi = hex_digit(hex[2 * i]), lo;
+		int hi = agent_hex_digit(hex[2 * i]), lo;
 
 		if (hi < 0)
-			fail("entropy= must be 64 lowercase hex digits");
-		lo = hex_digit(hex[2 * i + 1]);
+			agent_fail("entropy= must be 64 lowercase hex digits");
+		lo = agent_hex_digit(hex[2 * i + 1]);
 		if (lo < 0)
-			fail("entropy= must be 64 lowercase hex digits");
+			agent_fail("entropy= must be 64 lowercase hex digits");
 		seed.bytes[i] = (unsigned char)(hi << 4 | lo);
 	}
 	if (hex[2 * SEED_BYTES])
-		fail("entropy= must be 64 lowercase hex digits");
+		agent_fail("entropy= must be 64 lowercase hex digits");
 	seed.info.entropy_count = SEED_BYTES * 8;
 	seed.info.buf_size = SEED_BYTES;
 	fd = syscall3(SYS_open, (long)"/dev/urandom", O_WRONLY, 0);
 	if (fd < 0)
-		fail("cannot open /dev/urandom");
+		agent_fail("cannot open /dev/urandom");
 	if (syscall3(SYS_ioctl, fd, RNDADDENTROPY, (long)&seed) != 0)
-		fail("RNDADDENTROPY failed (root needed)");
+		agent_fail("RNDADDENTROPY failed (root needed)");
 	if (syscall3(SYS_ioctl, fd, RNDRESEEDCRNG, 0) != 0)
-		fail("RNDRESEEDCRNG failed");
+		agent_fail("RNDRESEEDCRNG failed");
 	/* The seed is in the kernel now; no copy stays in this process's memory. */
 	for (i = 0; i < SEED_BYTES; i++)
 		((volatile unsigned char *)seed.bytes)[i] = 0;
 	syscall3(SYS_close, fd, 0, 0);
 }
 
-static void set_clock(const char *s)
+void personalise_clock(const char *s)
 {
 	/* struct timeval, as the kernel's x86-64 ABI has it. */
 	struct {
@@ -177,7 +124,7 @@ static void set_clock(const char *s)
 	int digits = 0;
 
 	if (!decimal(&s, '.', (unsigned long)-1 / 10, &sec))
-		fail("time= must be SECONDS.NANOSECONDS");
+		agent_fail("time= must be SECONDS.NANOSECONDS");
 	s++;
 	/* Up to 9 fraction digits, scaled to nanoseconds. */
 	while (*s >= '0' && *s <= '9' && digits < 9) {
@@ -185,13 +132,13 @@ static void set_clock(const char *s)
 		digits++;
 	}
 	if (*s || digits == 0)
-		fail("time= must be SECONDS.NANOSECONDS");
+		agent_fail("time= must be SECONDS.NANOSECONDS");
 	while (digits++ < 9)
 		nsec *= 10;
 	tv.sec = (long)sec;
 	tv.usec = (long)(nsec / 1000);
 	if (syscall3(SYS_settimeofday, (long)&tv, 0, 0) != 0)
-		fail("setting the clock failed");
+		agent_fail("setting the clock failed");
 }
 
 static void copy_iface(struct ifreq *ifr)
@@ -206,7 +153,7 @@ static void copy_iface(struct ifreq *ifr)
 static void ifioctl(long sock, unsigned long request, struct ifreq *ifr, const char *what)
 {
 	if (syscall3(SYS_ioctl, sock, (long)request, (long)ifr) != 0)
-		fail(what);
+		agent_fail(what);
 }
 
 static void set_inet(struct sockaddr *sa, unsigned int addr)
@@ -217,7 +164,7 @@ static void set_inet(struct sockaddr *sa, unsigned int addr)
 	in->sin_addr.s_addr = addr;
 }
 
-static void set_network(const char *mac, const char *ip, const char *gw)
+void personalise_network(const char *mac, const char *ip, const char *gw)
 {
 	static struct ifreq ifr;
 	unsigned int addr = 0, mask = 0, via = 0;
@@ -229,10 +176,10 @@ static void set_network(const char *mac, const char *ip, const char *gw)
 		const char *s = ip;
 
 		if (!ipv4(&s, '/', &addr))
-			fail("ip= must be ADDR/PREFIX");
+			agent_fail("ip= must be ADDR/PREFIX");
 		s++;
 		if (!decimal(&s, '\0', 32, &prefix))
-			fail("ip= must be ADDR/PREFIX, the prefix at most 32");
+			agent_fail("ip= must be ADDR/PREFIX, the prefix at most 32");
 		/* Network byte order: the first `prefix` bits of the address. */
 		for (i = 0; i < (int)prefix; i++)
 			((unsigned char *)&mask)[i / 8] |= (unsigned char)(0x80 >> (i % 8));
@@ -241,21 +188,21 @@ static void set_network(const char *mac, const char *ip, const char *gw)
 		const char *s = gw;
 
 		if (!ip)
-			fail("gw= needs ip=");
+			agent_fail("gw= needs ip=");
 		if (!ipv4(&s, '\0', &via))
-			fail("gw= must be an IPv4 address");
+			agent_fail("gw= must be an IPv4 address");
 	}
 	sock = syscall3(SYS_socket, AF_INET, SOCK_DGRAM, 0);
 	if (sock < 0)
-		fail("cannot open a socket for eth0's settings");
+		agent_fail("cannot open a socket for eth0's settings");
 	copy_iface(&ifr);
 	if (mac) {
 		for (i = 0; i < 6; i++) {
-			int hi = hex_digit(mac[3 * i]), lo = hex_digit(mac[3 * i + 1]);
+			int hi = agent_hex_digit(mac[3 * i]), lo = agent_hex_digit(mac[3 * i + 1]);
 			char sep = mac[3 * i + 2];
 
 			if (hi < 0 || lo < 0 || sep != (i < 5 ? ':' : '\0'))
-				fail("mac= must be aa:bb:cc:dd:ee:ff");
+				agent_fail("mac= must be aa:bb:cc:dd:ee:ff");
 			ifr.ifr_hwaddr.sa_data[i] = (char)(hi << 4 | lo);
 		}
 		ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
@@ -278,7 +225,7 @@ static void set_network(const char *mac, const char *ip, const char *gw)
 		set_inet(&route.rt_gateway, via);
 		route.rt_flags = RTF_UP | RTF_GATEWAY;
 		if (syscall3(SYS_ioctl, sock, SIOCADDRT, (long)&route) != 0)
-			fail("adding the default route failed");
+			agent_fail("adding the default route failed");
 	}
 	syscall3(SYS_close, sock, 0, 0);
 }
@@ -299,14 +246,14 @@ static int b64_digit(char c)
 	return -1;
 }
 
-static void install_key(const char *b64)
+void personalise_tenant_key(const char *b64)
 {
 	static unsigned char key[KEY_MAX + 1];
-	long len = 0, i, n = length(b64), fd, done;
+	long len = 0, i, n = agent_length(b64), fd, done;
 
 	/* Groups of four digits, '=' padding only at the very end. */
 	if (n == 0 || n % 4)
-		fail("ssh_key= is not valid base64");
+		agent_fail("ssh_key= is not valid base64");
 	for (i = 0; i < n; i += 4) {
 		int d[4], k, pad = 0;
 
@@ -317,11 +264,11 @@ static void install_key(const char *b64)
 				d[k] = 0;
 				pad++;
 			} else if ((d[k] = b64_digit(c)) < 0 || pad) {
-				fail("ssh_key= is not valid base64");
+				agent_fail("ssh_key= is not valid base64");
 			}
 		}
 		if (len + 3 - pad > KEY_MAX)
-			fail("ssh_key= is too long");
+			agent_fail("ssh_key= is too long");
 		key[len++] = (unsigned char)(d[0] << 2 | d[1] >> 4);
 		if (pad < 2)
 			key[len++] = (unsigned char)((d[1] & 15) << 4 | d[2] >> 2);
@@ -331,74 +278,32 @@ static void install_key(const char *b64)
 	key[len++] = '\n'; /* the key line's end */
 	fd = syscall3(SYS_open, (long)AUTHORIZED_KEYS, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	if (fd < 0)
-		fail("cannot write " AUTHORIZED_KEYS);
+		agent_fail("cannot write " AUTHORIZED_KEYS);
 	/* An existing file keeps its mode through O_CREAT: set it. */
 	if (syscall3(SYS_fchmod, fd, 0600, 0) != 0)
-		fail("cannot make " AUTHORIZED_KEYS " private");
+		agent_fail("cannot make " AUTHORIZED_KEYS " private");
 	for (done = 0; done < len;) {
 		long w = syscall3(SYS_write, fd, (long)key + done, len - done);
 
 		if (w <= 0)
-			fail("cannot write " AUTHORIZED_KEYS);
+			agent_fail("cannot write " AUTHORIZED_KEYS);
 		done += w;
 	}
 	syscall3(SYS_close, fd, 0, 0);
 }
 
-__attribute__((used)) static void start(long *sp)
+void personalise_hostname(const char *name)
 {
-	long argc = sp[0], i;
-	char **argv = (char **)(sp + 1);
-	const char *entropy = 0, *time = 0, *host = 0, *mac = 0, *ip = 0, *gw = 0, *key = 0, *v;
+	long len = agent_length(name), fd;
 
-	for (i = 1; i < argc; i++) {
-		const char *arg = argv[i];
-
-		if ((v = value_of(arg, "entropy=")))
-			entropy = v;
-		else if ((v = value_of(arg, "time=")))
-			time = v;
-		else if ((v = value_of(arg, "hostname=")))
-			host = v;
-		else if ((v = value_of(arg, "mac=")))
-			mac = v;
-		else if ((v = value_of(arg, "ip=")))
-			ip = v;
-		else if ((v = value_of(arg, "gw=")))
-			gw = v;
-		else if ((v = value_of(arg, "ssh_key=")))
-			key = v;
-		else
-			fail("usage: personalise [entropy=HEX] [time=S.N] [hostname=NAME] [mac=MAC] "
-			     "[ip=ADDR/PREFIX] [gw=ADDR] [ssh_key=BASE64]");
-	}
-	/* 1. Entropy before anything else can draw from the RNG. */
-	if (entropy)
-		reseed(entropy);
-	/* 2. The clock. */
-	if (time)
-		set_clock(time);
-	/* 3. Host name, then eth0. */
-	if (host) {
-		long len = length(host);
-
-		if (len == 0 || len > 63)
-			fail("hostname= must be 1 to 63 characters");
-		if (syscall3(SYS_sethostname, (long)host, len, 0) != 0)
-			fail("setting the host name failed");
-	}
-	if (mac || ip || gw)
-		set_network(mac, ip, gw);
-	/* 4. The tenant's key (host keys and dropbear follow in ./init). */
-	if (key)
-		install_key(key);
-	syscall3(SYS_exit, 0, 0, 0);
+	if (len == 0 || len > 63)
+		agent_fail("hostname= must be 1 to 63 characters");
+	if (syscall3(SYS_sethostname, (long)name, len, 0) != 0)
+		agent_fail("setting the host name failed");
+	/* Also where a login shell's tools look. */
+	fd = syscall3(SYS_open, (long)"/etc/hostname", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	if (fd < 0 || syscall3(SYS_write, fd, (long)name, len) != len ||
+	    syscall3(SYS_write, fd, (long)"\n", 1) != 1)
+		agent_fail("cannot write /etc/hostname");
+	syscall3(SYS_close, fd, 0, 0);
 }
-
-/* The kernel enters with argc at (%rsp); the ABI wants a 16-byte-aligned stack at a call. */
-__asm__(".globl _start\n"
-	"_start:\n"
-	"	mov %rsp, %rdi\n"
-	"	and $-16, %rsp\n"
-	"	call start\n"
-	"	hlt\n");

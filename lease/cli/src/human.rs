@@ -143,15 +143,26 @@ fn boot_line(b: Option<&BootFigures>) -> String {
     )
 }
 
-/// How to reach the guest, when it has a network.
+/// How to reach the guest, when it has a network, and its SSH host key when the host made
+/// it: as a known_hosts line, so the tenant can pin the key before the first connection.
 fn network_line(n: Option<&NetInfo>) -> String {
     let Some(n) = n else {
         return String::new();
     };
-    format!(
+    let mut out = format!(
         "\nnetwork    guest {}/{} via {}; ssh -p {} root@{}",
         n.guest_ip, n.prefix_len, n.host_ip, n.ssh.port, n.ssh.host
-    )
+    );
+    if let Some(key) = &n.ssh.host_key {
+        // known_hosts names a host on another port than 22 as [HOST]:PORT (sshd(8)).
+        let host = if n.ssh.port == 22 {
+            n.ssh.host.clone()
+        } else {
+            format!("[{}]:{}", n.ssh.host, n.ssh.port)
+        };
+        let _ = write!(out, "\nhost key   {host} {key}   (for ~/.ssh/known_hosts)");
+    }
+    out
 }
 
 /// Just enough of a create's answer to tell which one it is.
@@ -437,14 +448,31 @@ mod tests {
             ssh: SshEndpoint {
                 host: "h.example".into(),
                 port: 22000,
+                host_key: None,
             },
             tap: "cotap0".into(),
             slot: 0,
         };
-        let text = render(View::Created, &bytes(&created_reply("T", Some(net)))).expect("renders");
+        let text = render(
+            View::Created,
+            &bytes(&created_reply("T", Some(net.clone()))),
+        )
+        .expect("renders");
         assert!(
             text.contains(
                 "network    guest 10.213.0.2/30 via 10.213.0.1; ssh -p 22000 root@h.example"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("host key"), "{text}");
+        let mut pinned = net;
+        pinned.ssh.host_key = Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey".into());
+        let text =
+            render(View::Created, &bytes(&created_reply("T", Some(pinned)))).expect("renders");
+        assert!(
+            text.contains(
+                "\nhost key   [h.example]:22000 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey   \
+                 (for ~/.ssh/known_hosts)"
             ),
             "{text}"
         );

@@ -73,7 +73,7 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
                 // Read by the guest (whoever sent it), or handed to its VMM now.
                 let has_it = p.personalised_us.is_some()
                     || (p.awaiting_personalisation_us.is_some()
-                        && deliver(&id, &control, line, &mut warned).await);
+                        && deliver(&s, &id, &control, line, &mut warned).await);
                 if has_it {
                     owed = None;
                 }
@@ -152,10 +152,21 @@ fn personalisation(s: &Shared, l: &LeaseRow) -> Option<Personalisation> {
 
 /// Sends the adopted guest at `control` its line, made now; whether it has a line now
 /// (sent, or refused because the VMM already took one: the dead coinopd's). Any other
-/// failure is tried again at the next poll (logged the first time: `warned`).
-async fn deliver(id: &str, control: &Path, p: &Personalisation, warned: &mut bool) -> bool {
+/// failure is tried again at the next poll (logged the first time: `warned`). A line sent
+/// here carries a host key of its own: the lease's network record names it from then on
+/// (a refused one leaves the record naming the dead coinopd's key, which the guest has).
+async fn deliver(
+    s: &Shared,
+    id: &str,
+    control: &Path,
+    p: &Personalisation,
+    warned: &mut bool,
+) -> bool {
     match vmm_protocol::client::personalise(control, &p.line()).await {
         Ok(()) => {
+            s.supervisor
+                .isolation()
+                .set_host_key(id, &p.host_key_openssh());
             tracing::info!(lease = id, "personalisation sent to an adopted guest");
             true
         }

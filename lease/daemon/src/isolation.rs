@@ -216,6 +216,14 @@ impl Isolation {
         self.network.as_ref()?.info(lease_id)
     }
 
+    /// Records the SSH host key coinopd made for `lease_id`'s guest (its public key line)
+    /// in the lease's network, for the lease view.
+    pub fn set_host_key(&self, lease_id: &str, host_key: &str) {
+        if let Some(n) = &self.network {
+            n.set_host_key(lease_id, host_key);
+        }
+    }
+
     /// Creates `lease_id`'s empty copy-on-write overlay (the VMM sizes it on first open),
     /// owned by `owner` (the jail's uid) when given.
     pub fn create_overlay(&self, lease_id: &str, owner: Option<u32>) -> std::io::Result<PathBuf> {

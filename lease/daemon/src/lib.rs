@@ -18,7 +18,7 @@
 //! | [`scheduler`] | the tick that debits (`payment::metering`), pauses and stops |
 //! | [`supervisor`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, its events (`vmm_protocol`), stop |
 //! | [`golden_snapshot`] | images' golden snapshots: built once per image and shape, leases started by restore |
-//! | `personalisation` | the per-lease line (entropy, clock, host name, address, SSH key) sent to an `agent` image's guest after boot or restore |
+//! | `personalisation`, `guest_host_key` | the per-lease line (entropy, clock, host name, address, SSH key, the guest's fresh SSH host key pair) sent to an `agent` image's guest after boot or restore |
 //! | [`isolation`] | the daemon's use of `coinop_host` (jail, cgroups, guest network, slot pool) |
 //! | [`capacity`], [`image_catalogue`], [`metrics`], [`token`], [`clock`], [`fault`] | host capacity, images, `/metrics`, lease ids and tokens, clocks, fault injection for tests |
 //! | [`fleet`], [`fleet_mint`], `mint_seed` | `--store`: the spent set shared by the fleet's hosts in PostgreSQL (fences, reconciliation); the fleet as one mint (keysets from one seed file, the list and the signed outputs in the store) |
@@ -40,6 +40,7 @@ pub mod fault;
 pub mod fleet;
 pub mod fleet_mint;
 pub mod golden_snapshot;
+mod guest_host_key;
 pub mod guest_stop;
 mod http;
 mod image_catalogue;

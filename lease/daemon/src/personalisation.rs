@@ -7,18 +7,23 @@
 //! for the line. coinopd answers that event with the VMM control command `personalise`
 //! ([`crate::supervisor`]), for a cold boot and a restore alike, so a lease restored from a
 //! snapshot becomes as unique as a cold-booted one: fresh host entropy (the agent reseeds
-//! the kernel RNG before it makes SSH host keys), the host's clock, its own host name,
-//! address, MAC and tenant key. None of it goes on such a guest's kernel command line,
+//! the kernel RNG before anything draws from it), the host's clock, its own host name,
+//! address, MAC and tenant key, and a fresh SSH host key pair made here
+//! ([`GuestHostKey`]: its public half goes in the lease's reply, its private half only in
+//! the line). None of it goes on such a guest's kernel command line,
 //! which stays the image's own so that every lease of the image shares one snapshot.
 //!
-//! [`Personalisation`] is what coinopd knows at the spawn; [`Personalisation::line`] adds
-//! the entropy and the time when the guest asks, so neither is older than the request.
+//! [`Personalisation`] is what coinopd knows at the spawn (and the host key, made then so
+//! the reply can name it); [`Personalisation::line`] adds the entropy and the time when the
+//! guest asks, so neither is older than the request.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
 use coinop_proto::network::NetInfo;
+
+use crate::guest_host_key::GuestHostKey;
 
 /// The line's first word: the protocol and its version.
 pub const PROTOCOL: &str = "coinop-personalise/1";
@@ -45,8 +50,9 @@ pub fn agent_cmdline(cmdline: &str) -> String {
     out
 }
 
-/// One lease's data for its guest agent, without the parts made at send time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One lease's data for its guest agent, without the parts made at send time. Its `Debug`
+/// shows the host key's public half only.
+#[derive(Debug, Clone)]
 pub struct Personalisation {
     /// RFC 1123 host name (the lease id: `l` and hex digits).
     pub hostname: String,
@@ -56,10 +62,13 @@ pub struct Personalisation {
     pub mac: Option<String>,
     /// The tenant's OpenSSH public key line, as given (already checked by the create).
     pub ssh_key: Option<String>,
+    /// The guest's SSH host key pair, fresh for this boot.
+    pub host_key: GuestHostKey,
 }
 
 impl Personalisation {
-    /// A lease's personalisation: host name from its id, network from its NIC.
+    /// A lease's personalisation: host name from its id, network from its NIC, a fresh SSH
+    /// host key pair.
     pub fn for_lease(lease_id: &str, net: Option<&NetInfo>, ssh_key: Option<&str>) -> Self {
         Personalisation {
             hostname: lease_id.to_ascii_lowercase(),
@@ -67,7 +76,13 @@ impl Personalisation {
             gw: net.map(|n| n.host_ip.to_string()),
             mac: net.map(|n| n.mac.to_ascii_lowercase()),
             ssh_key: ssh_key.map(str::to_string),
+            host_key: GuestHostKey::generate(),
         }
+    }
+
+    /// The guest's SSH host key as an OpenSSH public key line, for the tenant.
+    pub fn host_key_openssh(&self) -> String {
+        self.host_key.openssh()
     }
 
     /// The line for the VMM (no newline): fresh entropy from the OS and the wall clock now.
@@ -92,6 +107,8 @@ impl Personalisation {
             gw: Some("255.255.255.255".into()),
             mac: Some("ff:ff:ff:ff:ff:ff".into()),
             ssh_key: Some(key.to_string()),
+            // Its value has one length whatever the key.
+            host_key: GuestHostKey::from_seed(&[0; 32]),
         };
         worst
             .line_with(&[0; ENTROPY_BYTES], u64::MAX, 999_999_999)
@@ -121,6 +138,8 @@ impl Personalisation {
                 line.push_str(&format!(" {key}={value}"));
             }
         }
+        line.push_str(" host_key=");
+        line.push_str(&self.host_key.line_value());
         line
     }
 }
@@ -139,6 +158,7 @@ mod tests {
             ssh: SshEndpoint {
                 host: "h".into(),
                 port: 22001,
+                host_key: None,
             },
             tap: "cop1".into(),
             slot: 1,
@@ -147,15 +167,18 @@ mod tests {
 
     #[test]
     fn the_line_carries_every_field_in_the_protocols_format() {
-        let p = Personalisation::for_lease("lABC0123", Some(&net()), Some("ssh-ed25519 AAAA x@y"));
+        let mut p =
+            Personalisation::for_lease("lABC0123", Some(&net()), Some("ssh-ed25519 AAAA x@y"));
+        p.host_key = GuestHostKey::from_seed(&[7; 32]);
         let line = p.line_with(&[0xab; 32], 1_733_360_000, 5);
         assert_eq!(
             line,
             format!(
                 "coinop-personalise/1 entropy={} time=1733360000.000000005 hostname=labc0123 \
-                 ip=10.213.0.6/30 gw=10.213.0.5 mac=02:c0:1b:00:00:01 ssh_key={}",
+                 ip=10.213.0.6/30 gw=10.213.0.5 mac=02:c0:1b:00:00:01 ssh_key={} host_key={}",
                 "ab".repeat(32),
-                base64::engine::general_purpose::STANDARD.encode("ssh-ed25519 AAAA x@y")
+                base64::engine::general_purpose::STANDARD.encode("ssh-ed25519 AAAA x@y"),
+                GuestHostKey::from_seed(&[7; 32]).line_value()
             )
         );
     }
@@ -164,7 +187,7 @@ mod tests {
     fn without_a_nic_or_key_only_the_required_fields_are_sent() {
         let line = Personalisation::for_lease("l1", None, None).line();
         let words: Vec<&str> = line.split(' ').collect();
-        assert_eq!(words.len(), 4, "{line}");
+        assert_eq!(words.len(), 5, "{line}");
         assert_eq!(words[0], PROTOCOL);
         let entropy = words[1].strip_prefix("entropy=").expect("entropy first");
         assert_eq!(entropy.len(), 64);
@@ -173,6 +196,36 @@ mod tests {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert!(words[2].starts_with("time=") && words[2].contains('.'));
         assert_eq!(words[3], "hostname=l1");
+        assert!(words[4].starts_with("host_key="), "{line}");
+    }
+
+    #[test]
+    fn the_line_carries_a_fresh_host_key_whose_public_half_the_tenant_is_told() {
+        let p = Personalisation::for_lease("l1", Some(&net()), None);
+        let line = p.line();
+        let value = line
+            .split(' ')
+            .find_map(|w| w.strip_prefix("host_key="))
+            .expect("a host_key in every line");
+        assert_eq!(value.len(), 128, "{value}");
+        assert!(value
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        let bytes = hex::decode(value).expect("hex");
+        // The first half is the seed, the second the public key that seed derives.
+        let seed: [u8; 32] = bytes[..32].try_into().expect("32 bytes");
+        let derived = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+        assert_eq!(&bytes[32..], derived.as_bytes());
+        // What the reply carries is that public key, as an OpenSSH line.
+        let told = p.host_key_openssh();
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(told.strip_prefix("ssh-ed25519 ").expect("an ed25519 line"))
+            .expect("base64");
+        assert_eq!(&blob[blob.len() - 32..], derived.as_bytes());
+        // Another lease (or another boot) gets another key; the same one the same.
+        assert_eq!(p.line().split(' ').next_back(), line.split(' ').next_back());
+        let other = Personalisation::for_lease("l1", Some(&net()), None);
+        assert_ne!(other.host_key_openssh(), told);
     }
 
     #[test]
@@ -195,11 +248,11 @@ mod tests {
     fn keys_too_long_for_the_port_are_found_before_a_boot() {
         assert!(Personalisation::key_fits(&format!(
             "ssh-rsa {}",
-            "A".repeat(2800)
+            "A".repeat(2700)
         )));
         assert!(!Personalisation::key_fits(&format!(
             "ssh-rsa {}",
-            "A".repeat(3000)
+            "A".repeat(2800)
         )));
     }
 

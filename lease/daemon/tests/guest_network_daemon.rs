@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use coinop_cli::client::Client;
 use serde_json::{json, Value};
 
@@ -597,6 +598,24 @@ async fn an_agent_images_leases_with_a_nic_restore_each_with_its_own() {
         ] {
             assert!(line.split(' ').any(|w| w == word), "{word} in {line}");
         }
+        // The guest's SSH host key: the line's host_key (seed, then public key) is the key
+        // the reply and the lease view name (an OpenSSH line of the public half).
+        let public = line
+            .split(' ')
+            .find_map(|w| w.strip_prefix("host_key="))
+            .and_then(|hex| hex::decode(hex).ok())
+            .filter(|bytes| bytes.len() == 64)
+            .unwrap_or_else(|| panic!("a 64-byte host_key in {line}"))[32..]
+            .to_vec();
+        let mut blob = b"\0\0\0\x0bssh-ed25519\0\0\0\x20".to_vec();
+        blob.extend_from_slice(&public);
+        let told = format!(
+            "ssh-ed25519 {}",
+            base64::engine::general_purpose::STANDARD.encode(&blob)
+        );
+        assert_eq!(net["ssh"]["host_key"], json!(told), "{lease}");
+        let view = show(&client, id, token).await;
+        assert_eq!(view["network"]["ssh"]["host_key"], json!(told), "{view}");
         let tap = net["tap"].as_str().expect("tap");
         let (_, args) = holder_of(tap, daemon.child.id()).expect("a VMM holds the lease's tap");
         assert!(args.contains(&format!("--net fd=5,mac={mac}")), "{args}");
@@ -615,6 +634,17 @@ async fn an_agent_images_leases_with_a_nic_restore_each_with_its_own() {
     macs.sort();
     macs.dedup();
     assert_eq!(macs.len(), 3, "every lease its own MAC: {macs:?}");
+    let mut host_keys: Vec<&str> = leases
+        .iter()
+        .filter_map(|l| l["network"]["ssh"]["host_key"].as_str())
+        .collect();
+    host_keys.sort_unstable();
+    host_keys.dedup();
+    assert_eq!(
+        host_keys.len(),
+        3,
+        "every lease its own host key: {host_keys:?}"
+    );
 
     // A corrupt snapshot: the lease boots cold instead, with a NIC of its own again (the
     // failed restore released the first) and its address in its line.

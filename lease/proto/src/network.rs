@@ -20,9 +20,15 @@ pub struct NetInfo {
     pub slot: u32,
 }
 
-/// `ssh -p PORT root@HOST`.
+/// `ssh -p PORT root@HOST`, and the host key the guest's SSH server presents there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SshEndpoint {
     pub host: String,
     pub port: u16,
+    /// The guest's SSH host key, an OpenSSH public key line (`ssh-ed25519 AAAA...`), when
+    /// coinopd made it: a guest of an `agent` image gets a fresh host key pair per boot in
+    /// its personalisation line, so the tenant can pin it (known_hosts) instead of trusting
+    /// the first connection. Absent when the guest makes its own (command-line images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
 }

@@ -93,7 +93,7 @@ pub async fn create(
         // VMM takes only up to a limit.
         if image.agent && !Personalisation::key_fits(key) {
             return Err(LeaseError::InvalidSpec(
-                "ssh_key is too long for this image's personalisation line (at most ~2.8 KiB)"
+                "ssh_key is too long for this image's personalisation line (at most ~2.7 KiB)"
                     .into(),
             ));
         }
@@ -446,7 +446,7 @@ async fn start_guest(
 ) {
     let GuestNic {
         nic,
-        network,
+        mut network,
         routing,
     } = nic;
     // An agent's kernel command line is the image's: the key (kept in the ledger's command
@@ -456,10 +456,19 @@ async fn start_guest(
     } else {
         (cmdline.to_string(), None)
     };
-    let personalise = |network: Option<&NetInfo>| {
-        g.image
+    // Its SSH host key is made here too: the public half goes in the lease's network (the
+    // reply, and through its record the lease view).
+    let personalise = |network: &mut Option<NetInfo>| {
+        let p = g
+            .image
             .agent
-            .then(|| Personalisation::for_lease(g.id, network, ssh_key.as_deref()))
+            .then(|| Personalisation::for_lease(g.id, network.as_ref(), ssh_key.as_deref()))?;
+        if let Some(n) = network {
+            let host_key = p.host_key_openssh();
+            s.supervisor.isolation().set_host_key(g.id, &host_key);
+            n.ssh.host_key = Some(host_key);
+        }
+        Some(p)
     };
     let restorable =
         g.image.snapshot && cmdline == g.image.cmdline && (nic.is_none() || g.image.agent);
@@ -485,7 +494,7 @@ async fn start_guest(
         ready_at: ReadyPoint::GuestReady,
     };
     let Some(dir) = restore else {
-        let p = personalise(network.as_ref());
+        let p = personalise(&mut network);
         let booted = s
             .supervisor
             .boot(request(slot, nic, SnapshotUse::None, p))
@@ -493,7 +502,7 @@ async fn start_guest(
         return (booted, BootStart::Cold, network, joined(routing).await);
     };
     let had_nic = nic.is_some();
-    let p = personalise(network.as_ref());
+    let p = personalise(&mut network);
     let restored = s
         .supervisor
         .boot(request(slot, nic, SnapshotUse::RestoreFrom(dir.clone()), p))
@@ -513,7 +522,7 @@ async fn start_guest(
             let vmm_said = last_line(&paths.log);
             tracing::warn!(lease = g.id, error = %e, vmm_said, snapshot = %dir.display(),
                 "restore failed; the snapshot is discarded and the lease boots cold");
-            let (nic, network) = if had_nic {
+            let (nic, mut network) = if had_nic {
                 match attach_network_now(s, g.id, g.image, &cmdline, arrival).await {
                     Ok(attached) => (attached.nic, attached.network),
                     Err(why) => {
@@ -525,7 +534,7 @@ async fn start_guest(
             } else {
                 (None, None)
             };
-            let p = personalise(network.as_ref());
+            let p = personalise(&mut network);
             let booted = s
                 .supervisor
                 .boot(request(None, nic, SnapshotUse::None, p))

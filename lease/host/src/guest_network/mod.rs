@@ -208,6 +208,8 @@ impl GuestNetwork {
             ssh: SshEndpoint {
                 host: self.settings.ssh_host.clone(),
                 port: state.pool.ssh_port(slot),
+                // Set by coinopd when it makes the guest's host key (set_host_key).
+                host_key: None,
             },
             tap: address_pool::tap_name(slot),
             slot,
@@ -349,6 +351,20 @@ impl GuestNetwork {
     /// What `lease_id`'s tenant is told, while its network is up.
     pub fn info(&self, lease_id: &str) -> Option<NetInfo> {
         self.state().leases.get(lease_id).map(|e| e.info.clone())
+    }
+
+    /// Records the SSH host key (an OpenSSH public key line) coinopd gave `lease_id`'s
+    /// guest, in what its tenant is told and in its record (so a restarted coinopd still
+    /// shows it). Nothing when the lease has no network.
+    pub fn set_host_key(&self, lease_id: &str, host_key: &str) {
+        let mut state = self.state();
+        let Some(entry) = state.leases.get_mut(lease_id) else {
+            return;
+        };
+        entry.info.ssh.host_key = Some(host_key.to_string());
+        if let Ok(json) = serde_json::to_vec(&entry.info) {
+            let _ = std::fs::write(self.record(lease_id), json);
+        }
     }
 }
 

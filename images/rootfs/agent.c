@@ -1,0 +1,295 @@
+/*
+ * coinop-agent: the guest agent of PERSONALISE.md in one process. ./init runs it once in
+ * agent mode (coinop.personalise=1), after what every lease shares. In order:
+ *
+ *   1. 124 to the boot timer, then the line from the personalisation port (portline.c);
+ *      the golden snapshot is taken while it waits there
+ *   2. the line checked (line.c): a malformed one fails before anything is applied
+ *   3. entropy into the RNG and a reseed, the clock, the host name, eth0, the tenant's key
+ *      (personalise.c)
+ *   4. the SSH host key file from the line's host_key (host_key.c); a line without one (an
+ *      older coinopd) gets a fresh key from dropbearkey, made after the reseed
+ *   5. dropbear started (it keeps running; stderr on the console, its log to syslog) and
+ *      waited for until it listens on port 22
+ *   6. 123 to the boot timer (guest_ready)
+ *   7. what it did, and the uptime at each step's end (the lab's per-phase figures)
+ *
+ * One process, not a shell running portline, coinop-personalise, dropbearkey and outb:
+ * after a restore each process start costs page faults on memory the guests share, tens of
+ * ms each in the nested lab. Freestanding (no libc: the rootfs's glibc is dropbear's, and
+ * loading it would cost more page faults), like ../initramfs/outb.c. Any failure is
+ * `coinop-agent: error: ...` on stderr (the console), exit 1 and no 123: coinopd then
+ * fails the boot at its timeout (the lease is refunded) rather than hand out a half-made
+ * guest.
+ */
+
+#include "agent.h"
+#include "../initramfs/raw_syscall.h"
+
+#define GUEST_READY 123
+#define HOST_KEY_FILE "/etc/dropbear/dropbear_ed25519_host_key"
+#define DROPBEAR "/usr/sbin/dropbear"
+#define DROPBEARKEY "/usr/bin/dropbearkey"
+#define CLOCK_BOOTTIME 7
+#define WNOHANG 1
+#define SYS_dup2 33
+#define SYS_unlink 87
+/* How long dropbear may take to listen: generous for a loaded nested host. */
+#define SSHD_WAIT_MS 10000
+/* /proc/net/tcp's line for a socket listening on port 22 (0x16) on any IPv4 address. */
+#define LISTENING_ON_22 ":0016 00000000:0000 0A "
+
+long agent_length(const char *s)
+{
+	long len = 0;
+
+	while (s[len])
+		len++;
+	return len;
+}
+
+int agent_hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+static void say(long fd, const char *s)
+{
+	long done = 0, len = agent_length(s), n;
+
+	while (done < len && (n = syscall3(SYS_write, fd, (long)s + done, len - done)) > 0)
+		done += n;
+}
+
+void agent_fail(const char *msg)
+{
+	say(2, "coinop-agent: error: ");
+	say(2, msg);
+	say(2, "\n");
+	syscall3(SYS_exit, 1, 0, 0);
+	__builtin_unreachable();
+}
+
+/* Appends `s` to the NUL-terminated text in `buf` of `cap` bytes (cut to fit). */
+static void append(char *buf, long cap, const char *s)
+{
+	long len = agent_length(buf);
+
+	while (*s && len < cap - 1)
+		buf[len++] = *s++;
+	buf[len] = '\0';
+}
+
+/* Milliseconds since boot (the clock /proc/uptime counts). */
+static unsigned long uptime_ms(void)
+{
+	struct {
+		long sec;
+		long nsec;
+	} ts = { 0, 0 };
+
+	syscall3(SYS_clock_gettime, CLOCK_BOOTTIME, (long)&ts, 0);
+	return (unsigned long)ts.sec * 1000 + (unsigned long)ts.nsec / 1000000;
+}
+
+/* " NAME=S.mmm" per step, S.mmm its end in seconds since boot. */
+static char stamps[512];
+
+static void stamp(const char *name)
+{
+	unsigned long ms = uptime_ms(), sec = ms / 1000;
+	char num[32];
+	int i = 31, k;
+
+	num[i] = '\0';
+	for (k = 0; k < 3; k++, ms /= 10)
+		num[--i] = (char)('0' + ms % 10);
+	num[--i] = '.';
+	do {
+		num[--i] = (char)('0' + sec % 10);
+		sec /= 10;
+	} while (sec);
+	append(stamps, sizeof(stamps), " ");
+	append(stamps, sizeof(stamps), name);
+	append(stamps, sizeof(stamps), "=");
+	append(stamps, sizeof(stamps), num + i);
+}
+
+/* Starts `argv` (stdout to /dev/null when `quiet`); its pid. */
+static long spawn(char *const argv[], char **envp, int quiet)
+{
+	long pid = syscall3(SYS_fork, 0, 0, 0);
+
+	if (pid == 0) {
+		if (quiet) {
+			long null = syscall3(SYS_open, (long)"/dev/null", O_WRONLY, 0);
+
+			if (null >= 0)
+				syscall3(SYS_dup2, null, 1, 0);
+		}
+		syscall3(SYS_execve, (long)argv[0], (long)argv, (long)envp);
+		say(2, "coinop-agent: error: cannot run ");
+		say(2, argv[0]);
+		say(2, "\n");
+		syscall3(SYS_exit, 127, 0, 0);
+	}
+	if (pid < 0)
+		agent_fail("fork failed");
+	return pid;
+}
+
+/* A fresh host key by dropbearkey, for a line without host_key. */
+static void make_host_key(char **envp)
+{
+	static char *const argv[] = { DROPBEARKEY, "-t", "ed25519", "-f", HOST_KEY_FILE, 0 };
+	int status = 0;
+	long pid;
+
+	/* dropbearkey will not overwrite a key (a rebooted guest's). */
+	syscall3(SYS_unlink, (long)HOST_KEY_FILE, 0, 0);
+	pid = spawn(argv, envp, 1);
+	if (syscall4(SYS_wait4, pid, (long)&status, 0, 0) != pid || status != 0)
+		agent_fail("dropbearkey failed to make an SSH host key");
+}
+
+/* Whether a socket listens on port 22 (IPv4, where coinopd forwards the tenant to). */
+static int listening_on_22(void)
+{
+	static char table[16384];
+	long fd = syscall3(SYS_open, (long)"/proc/net/tcp", O_RDONLY, 0), len = 0, n, i;
+	const char *want = LISTENING_ON_22;
+	long want_len = agent_length(want);
+
+	if (fd < 0)
+		agent_fail("cannot read /proc/net/tcp");
+	while (len < (long)sizeof(table) &&
+	       (n = syscall3(SYS_read, fd, (long)table + len, (long)sizeof(table) - len)) > 0)
+		len += n;
+	syscall3(SYS_close, fd, 0, 0);
+	for (i = 0; i + want_len <= len; i++) {
+		long k = 0;
+
+		while (k < want_len && table[i + k] == want[k])
+			k++;
+		if (k == want_len)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * Starts dropbear (in the foreground of its own process, -F: no fork to daemonize) and
+ * waits until it listens, or fails if it ends or takes too long. Its stderr is the console
+ * but its log goes to syslog (no -E), which the rootfs does not run: dropbear logs every
+ * connection before its banner, and each console byte is a VM exit on the way to SSH (in
+ * the lab the create reply -> banner gap was ~3x the old one with the log there). Before,
+ * dropbear daemonized with -E and daemon() closed its stderr, so nothing was lost.
+ */
+static void start_sshd(char **envp)
+{
+	static char *const argv[] = { DROPBEAR, "-F", "-r", HOST_KEY_FILE, "-p", "22", 0 };
+	static const long pause[2] = { 0, 1000000 }; /* 1 ms */
+	unsigned long until = uptime_ms() + SSHD_WAIT_MS;
+	long pid = spawn(argv, envp, 0);
+	int status = 0;
+
+	while (!listening_on_22()) {
+		if (syscall4(SYS_wait4, pid, (long)&status, WNOHANG, 0) == pid)
+			agent_fail("dropbear ended before it listened on port 22");
+		if (uptime_ms() > until)
+			agent_fail("dropbear does not listen on port 22 after 10 s");
+		syscall3(SYS_nanosleep, (long)pause, 0, 0);
+	}
+}
+
+static void guest_ready(void)
+{
+	if (syscall3(SYS_ioperm, BOOT_TIMER, 1, 1) != 0)
+		agent_fail("ioperm failed (root and CONFIG_X86_IOPL_IOPERM needed)");
+	__asm__ volatile("outb %b0, %w1" : : "a"((unsigned char)GUEST_READY), "Nd"(BOOT_TIMER));
+}
+
+__attribute__((used)) static void start(long *sp)
+{
+	static char line[LINE_MAX + 1];
+	static char report[1024];
+	long argc = sp[0], len, i;
+	char **envp = (char **)(sp + 1 + argc + 1);
+	struct lease_line l;
+	const char *why = 0;
+
+	/* 1. Ask, and read the line. */
+	len = port_line_read(line, &why);
+	if (len == 0) {
+		append(report, sizeof(report), "reading the personalisation port failed: ");
+		append(report, sizeof(report), why);
+		agent_fail(report);
+	}
+	line[len - 1] = '\0'; /* its newline */
+	stamp("line");
+	/* 2. Check it whole before anything is applied. */
+	why = line_parse(line, &l);
+	if (why) {
+		append(report, sizeof(report), "malformed personalisation line: ");
+		append(report, sizeof(report), why);
+		agent_fail(report);
+	}
+	stamp("parse");
+	/* 3. Entropy first: nothing may draw from the RNG before the reseed. */
+	personalise_reseed(l.entropy);
+	stamp("reseed");
+	personalise_clock(l.time);
+	personalise_hostname(l.hostname);
+	stamp("clock_name");
+	/* gw= only with an address (as the command-line mode). */
+	if (l.mac || l.ip)
+		personalise_network(l.mac, l.ip, l.ip ? l.gw : 0);
+	stamp("eth0");
+	if (l.ssh_key)
+		personalise_tenant_key(l.ssh_key);
+	stamp("key");
+	/* 4. The SSH host key. */
+	if (l.host_key) {
+		why = host_key_write(l.host_key, HOST_KEY_FILE);
+		/* In the file now: no copy stays in the line. */
+		for (i = 0; l.host_key[i]; i++)
+			((volatile char *)l.host_key)[i] = '0';
+		if (why)
+			agent_fail(why);
+	} else {
+		make_host_key(envp);
+	}
+	stamp("hostkey");
+	/* 5. dropbear, listening. */
+	start_sshd(envp);
+	stamp("sshd");
+	/* 6. guest_ready. What the agent says follows it: every byte written to the console's
+	 * UART is a VM exit, so none is on the lease's way to SSH. */
+	guest_ready();
+	stamp("ready");
+	append(report, sizeof(report), "coinop-agent: personalised host=");
+	append(report, sizeof(report), l.hostname);
+	append(report, sizeof(report), " ip=");
+	append(report, sizeof(report), l.ip ? l.ip : "none");
+	append(report, sizeof(report), " mac=");
+	append(report, sizeof(report), l.mac ? l.mac : "kept");
+	append(report, sizeof(report), l.ssh_key ? " ssh=key" : " ssh=nokey");
+	append(report, sizeof(report), l.host_key ? " host_key=given\n" : " host_key=made\n");
+	append(report, sizeof(report), "coinop-agent: uptime at each step's end:");
+	append(report, sizeof(report), stamps);
+	append(report, sizeof(report), "\n");
+	say(1, report);
+	syscall3(SYS_exit, 0, 0, 0);
+}
+
+/* The kernel enters with argc at (%rsp); the ABI wants a 16-byte-aligned stack at a call. */
+__asm__(".globl _start\n"
+	"_start:\n"
+	"	mov %rsp, %rdi\n"
+	"	and $-16, %rsp\n"
+	"	call start\n"
+	"	hlt\n");
