@@ -526,11 +526,7 @@ async fn personalised_lines(c: &Client, id: &str, token: &str) -> Vec<String> {
         .await
         .expect("coinopd answers");
     assert_eq!(r.status, 200, "{}", r.text());
-    r.text()
-        .lines()
-        .filter_map(|l| l.strip_prefix("personalised: "))
-        .map(str::to_string)
-        .collect()
+    common::personalisation_line::personalised(&r.text())
 }
 
 /// An `agent` image's leases with a NIC restore from a golden snapshot built with a NIC of

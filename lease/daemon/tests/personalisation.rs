@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use common::leases::{credit_payment, CreatedLease};
+use common::personalisation_line::{field, personalised};
 use common::{kvm_or_skip, vmm_and_guest, wait_for, Daemon};
 use serde_json::json;
 
@@ -40,20 +41,6 @@ async fn create(d: &Daemon, ssh_key: Option<&str>) -> CreatedLease {
         body["ssh_key"] = json!(key);
     }
     d.create_lease(body).await
-}
-
-/// The lines the guest printed as `personalised: LINE`.
-fn personalised(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("personalised: "))
-        .map(str::to_string)
-        .collect()
-}
-
-/// The value of `key` in a personalisation line.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split(' ')
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// The one line `lease`'s guest got (guest_ready follows it, so it is on the console by

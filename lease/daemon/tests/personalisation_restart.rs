@@ -35,6 +35,7 @@ use coinopd::fault::{point, DELAY_ENV, ENV};
 use coinopd::ledger::{LeaseRow, Ledger};
 use coinopd::vmm_process::VmmProcess;
 use common::leases::credit_payment;
+use common::personalisation_line::{field, personalised};
 use common::{kvm_or_skip, vmm_and_guest, wait_for, Daemon, StateDir};
 use serde_json::{json, Value};
 use vmm_protocol::Request;
@@ -88,20 +89,6 @@ fn argv(pid: i32) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The lines the guest printed as `personalised: LINE`.
-fn personalised(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("personalised: "))
-        .map(str::to_string)
-        .collect()
-}
-
-/// The value of `key` in a personalisation line.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split(' ')
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 fn unix_now() -> f64 {

@@ -7,6 +7,7 @@ pub mod cli_process;
 pub mod guest_reaper;
 pub mod lease_pid;
 pub mod leases;
+pub mod personalisation_line;
 
 pub use guest_reaper::StateDir;
 
