@@ -72,10 +72,4 @@ __attribute__((used)) static void start(long *sp)
 	syscall3(SYS_exit, 0, 0, 0);
 }
 
-/* The kernel enters with argc at (%rsp); the ABI wants a 16-byte-aligned stack at a call. */
-__asm__(".globl _start\n"
-	"_start:\n"
-	"	mov %rsp, %rdi\n"
-	"	and $-16, %rsp\n"
-	"	call start\n"
-	"	hlt\n");
+RAW_ENTRY_POINT

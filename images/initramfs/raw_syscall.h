@@ -30,4 +30,16 @@ static inline long syscall4(long nr, long a, long b, long c, long d)
 	return ret;
 }
 
+/*
+ * The program's entry, once per program (in the file that defines `start(long *stack)`):
+ * the kernel enters with argc at (%rsp); the ABI wants a 16-byte-aligned stack at a call.
+ */
+#define RAW_ENTRY_POINT                                                                    \
+	__asm__(".globl _start\n"                                                          \
+		"_start:\n"                                                                \
+		"	mov %rsp, %rdi\n"                                                  \
+		"	and $-16, %rsp\n"                                                  \
+		"	call start\n"                                                      \
+		"	hlt\n");
+
 #endif
