@@ -10,11 +10,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use common::leases::{credit_payment, CreatedLease};
-use common::personalisation_line::{field, personalised};
+use common::personalisation_line::{field, the_one_line};
 use common::{kvm_or_skip, vmm_and_guest, wait_for, Daemon};
 use serde_json::json;
 
@@ -47,25 +47,7 @@ async fn create(d: &Daemon, ssh_key: Option<&str>) -> CreatedLease {
 /// the time the create answered), checked against the protocol and the lease.
 async fn line_of(d: &Daemon, lease: &CreatedLease) -> String {
     let text = d.console(lease).await;
-    let lines = personalised(&text);
-    assert_eq!(lines.len(), 1, "one line per guest:\n{text}");
-    let line = lines[0].clone();
-    assert!(line.starts_with("coinop-personalise/1 "), "{line}");
-    assert_eq!(field(&line, "hostname"), Some(lease.id.as_str()), "{line}");
-    let entropy = field(&line, "entropy").expect("entropy");
-    assert_eq!(entropy.len(), 64, "{line}");
-    assert!(entropy.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
-    let time: f64 = field(&line, "time")
-        .and_then(|t| t.parse().ok())
-        .expect("time");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs_f64();
-    assert!(
-        (now - time).abs() < 120.0,
-        "the host's clock: {time} vs {now}"
-    );
+    let line = the_one_line(&text, &lease.id);
     assert!(
         !text.contains("com2 had data before 124"),
         "the line waits for the 124:\n{text}"

@@ -35,7 +35,7 @@ use coinopd::fault::{point, DELAY_ENV, ENV};
 use coinopd::ledger::{LeaseRow, Ledger};
 use coinopd::vmm_process::VmmProcess;
 use common::leases::credit_payment;
-use common::personalisation_line::{field, personalised};
+use common::personalisation_line::{field, personalised, the_one_line};
 use common::{kvm_or_skip, vmm_and_guest, wait_for, Daemon, StateDir};
 use serde_json::{json, Value};
 use vmm_protocol::Request;
@@ -89,13 +89,6 @@ fn argv(pid: i32) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs_f64()
 }
 
 /// A lease that died with its create: its id, its VMM (running), the create's body (for
@@ -202,21 +195,7 @@ async fn runs_with_one_line(d: &Daemon, dir: &Path, id: &str, token: &str) -> St
         .await;
     assert_eq!(console.status, 200, "{}", console.text());
     let text = console.text();
-    let lines = personalised(&text);
-    assert_eq!(lines.len(), 1, "one line per guest:\n{text}");
-    let line = lines[0].clone();
-    assert!(line.starts_with("coinop-personalise/1 "), "{line}");
-    assert_eq!(field(&line, "hostname"), Some(id), "{line}");
-    let entropy = field(&line, "entropy").expect("entropy");
-    assert_eq!(entropy.len(), 64, "{line}");
-    assert!(entropy.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
-    let time: f64 = field(&line, "time")
-        .and_then(|t| t.parse().ok())
-        .expect("time");
-    assert!(
-        (unix_now() - time).abs() < 120.0,
-        "the host's clock: {line}"
-    );
+    let line = the_one_line(&text, id);
     let key = base64::engine::general_purpose::STANDARD
         .decode(field(&line, "ssh_key").expect("the tenant's key"))
         .expect("standard base64");

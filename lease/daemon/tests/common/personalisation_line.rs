@@ -15,3 +15,29 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split(' ')
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
+
+/// The one line the guest of lease `id` printed in console text `text`, checked against
+/// the protocol: its header, `hostname` = the lease id, 256 bits of hex entropy and the
+/// host's clock (within two minutes).
+pub fn the_one_line(text: &str, id: &str) -> String {
+    let lines = personalised(text);
+    assert_eq!(lines.len(), 1, "one line per guest:\n{text}");
+    let line = lines[0].clone();
+    assert!(line.starts_with("coinop-personalise/1 "), "{line}");
+    assert_eq!(field(&line, "hostname"), Some(id), "{line}");
+    let entropy = field(&line, "entropy").expect("entropy");
+    assert_eq!(entropy.len(), 64, "{line}");
+    assert!(entropy.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+    let time: f64 = field(&line, "time")
+        .and_then(|t| t.parse().ok())
+        .expect("time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64();
+    assert!(
+        (now - time).abs() < 120.0,
+        "the host's clock: {time} vs {now}: {line}"
+    );
+    line
+}
