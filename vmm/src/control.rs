@@ -170,6 +170,7 @@ mod tests {
                 vcpus: 1,
                 mem_mib: 64,
                 uptime_us: 5,
+                line_crc32: None,
             }
         }
         fn pause(&self) -> Result<VmState, String> {

@@ -86,6 +86,7 @@
 //! ```text
 //! → {"cmd":"status"}
 //! ← {"ok":true,"state":"running","vcpus":2,"mem_mib":128,"uptime_us":53122}
+//!   (+ "line_crc32":N once a `personalise` line was accepted: its CRC-32, newline excluded)
 //! → {"cmd":"pause"}
 //! ← {"ok":true,"state":"paused"}
 //! → {"cmd":"resume"}

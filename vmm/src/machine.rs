@@ -51,6 +51,7 @@ impl ControlTarget for Machine {
             vcpus: self.vcpus as u32,
             mem_mib: self.mem_mib,
             uptime_us: self.clock.elapsed_us(),
+            line_crc32: self.pio.personalisation().line_crc32(),
         }
     }
 

@@ -213,6 +213,12 @@ pub struct Status {
     pub mem_mib: u64,
     /// µs since the time base (as events' `t_us`).
     pub uptime_us: u64,
+    /// The CRC-32 (IEEE) of the `personalise` line this VMM accepted (its bytes, newline
+    /// excluded); absent while it has none, or when its line came with the snapshot it was
+    /// restored from. Not a secret (the line's entropy is 256 bits), and not a security
+    /// check: it tells coinopd which of the lines it made (each with its own SSH host key)
+    /// the guest got, after a restart lost that.
+    pub line_crc32: Option<u32>,
 }
 
 /// The answer to `usage`: what metering bills.
@@ -287,13 +293,17 @@ pub enum ReplyError {
 impl Serialize for Reply {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let len = match self {
-            Reply::Status(_) | Reply::Usage(_) => 5,
+            Reply::Status(s) => 5 + usize::from(s.line_crc32.is_some()),
+            Reply::Usage(_) => 5,
             Reply::State(_) | Reply::Error(_) => 2,
             Reply::Done => 1,
         };
         let mut reply = serializer.serialize_struct("WireReply", len)?;
         match self {
             Reply::Status(s) => {
+                if let Some(crc) = s.line_crc32 {
+                    reply.serialize_field("line_crc32", &crc)?;
+                }
                 reply.serialize_field("mem_mib", &s.mem_mib)?;
                 reply.serialize_field("ok", &true)?;
                 reply.serialize_field("state", &s.state)?;
@@ -326,6 +336,8 @@ impl Serialize for Reply {
 struct WireReply {
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    line_crc32: Option<u32>,
     #[serde(default)]
     mem_mib: Option<u64>,
     ok: bool,
@@ -369,6 +381,7 @@ impl TryFrom<WireReply> for Reply {
                 vcpus: need(w.vcpus, "status", "vcpus")?,
                 mem_mib: need(w.mem_mib, "status", "mem_mib")?,
                 uptime_us: need(w.uptime_us, "status", "uptime_us")?,
+                line_crc32: w.line_crc32,
             }));
         }
         Ok(w.state.map_or(Reply::Done, Reply::State))
@@ -419,6 +432,17 @@ mod tests {
                     vcpus: 2,
                     mem_mib: 128,
                     uptime_us: 312530,
+                    line_crc32: None,
+                }),
+            ),
+            (
+                r#"{"line_crc32":3632233996,"mem_mib":256,"ok":true,"state":"running","uptime_us":90210,"vcpus":1}"#,
+                Reply::Status(Status {
+                    state: VmState::Running,
+                    vcpus: 1,
+                    mem_mib: 256,
+                    uptime_us: 90210,
+                    line_crc32: Some(3_632_233_996),
                 }),
             ),
             (

@@ -102,6 +102,9 @@ pub struct PersonalisationPort {
     raised_since_iir: bool,
     /// Data-register reads (VM exits) that returned line bytes, for `personalised`.
     data_reads: u64,
+    /// CRC-32 of the line accepted by this process (status `line_crc32`). Not in a
+    /// snapshot: a golden snapshot is taken before any line.
+    line_crc32: Option<u32>,
     events: Arc<EventSink>,
 }
 
@@ -117,6 +120,7 @@ impl PersonalisationPort {
             vcpus_running: true,
             raised_since_iir: false,
             data_reads: 0,
+            line_crc32: None,
             events,
         }
     }
@@ -144,6 +148,7 @@ impl PersonalisationPort {
             vcpus_running: false,
             raised_since_iir: false,
             data_reads: 0,
+            line_crc32: None,
             events,
         })
     }
@@ -324,8 +329,14 @@ impl PersonalisationPort {
         self.pending.extend(line.as_bytes());
         self.pending.push_back(b'\n');
         self.line = LineProgress::Delivering;
+        self.line_crc32 = Some(crc32fast::hash(line.as_bytes()));
         self.refill();
         Ok(())
+    }
+
+    /// The CRC-32 (IEEE) of the line this process accepted, newline excluded.
+    pub fn line_crc32(&self) -> Option<u32> {
+        self.line_crc32
     }
 
     /// Whether the guest has written 124.
@@ -524,6 +535,31 @@ mod tests {
         assert_eq!(p.read(LSR) & 1, 0, "loopback: the FIFO takes no input");
         p.write(4, 0x00);
         assert_eq!(read_line(&mut p), b"abc\n");
+    }
+
+    #[test]
+    fn the_accepted_lines_crc_is_told_and_a_refused_line_leaves_it() {
+        let (mut p, _file) = port();
+        assert_eq!(p.line_crc32(), None, "no line yet");
+        assert!(p.personalise("bad\tline").is_err());
+        assert_eq!(p.line_crc32(), None, "a refused line is not held");
+        p.personalise("coinop-personalise/1 hostname=a")
+            .expect("valid");
+        // CRC-32/IEEE of the bytes, computed independently of crc32fast's one-shot call.
+        let mut h = crc32fast::Hasher::new();
+        for b in "coinop-personalise/1 hostname=a".bytes() {
+            h.update(&[b]);
+        }
+        let told = p.line_crc32().expect("the accepted line's CRC");
+        assert_eq!(told, h.finalize());
+        assert_eq!(
+            p.personalise("coinop-personalise/1 hostname=b"),
+            Err(Error::AlreadyGiven)
+        );
+        assert_eq!(p.line_crc32(), Some(told), "a second line changes nothing");
+        // The check value of CRC-32/IEEE ("123456789" -> 0xCBF43926) pins the variant
+        // coinopd must compute too.
+        assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926);
     }
 
     #[test]
