@@ -233,6 +233,59 @@ fn a_crashed_daemons_left_overs_are_swept_and_live_guests_kept() {
     });
 }
 
+/// A coinopd that recorded a second line's host key and died before the guest got that
+/// line (or with the guest holding the first): its successor, told by the VMM which line
+/// the guest holds (its CRC-32), names that line's key again; a line nobody recorded
+/// changes nothing; detach removes the sent keys with the record.
+#[test]
+fn the_host_key_named_after_a_restart_is_the_one_the_guest_holds() {
+    if cannot_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records = dir.path().to_path_buf();
+    in_throwaway_netns(move || {
+        let before = GuestNetwork::start(settings(&records)).expect("network starts");
+        let (tap, _) = before.attach("l1").expect("lease");
+        before.set_host_key("l1", "ssh-ed25519 FIRST", 0x0000_0001);
+        before.set_host_key("l1", "ssh-ed25519 SECOND", 0xdead_beef);
+        std::mem::forget(before);
+
+        let after = GuestNetwork::start(settings(&records)).expect("network restarts");
+        after.readopt("l1");
+        let named = |n: &GuestNetwork| n.info("l1").and_then(|i| i.ssh.host_key);
+        assert_eq!(
+            named(&after).as_deref(),
+            Some("ssh-ed25519 SECOND"),
+            "as recorded last"
+        );
+        assert!(
+            !after.confirm_host_key("l1", 0x1234_5678),
+            "a line nobody recorded"
+        );
+        assert_eq!(named(&after).as_deref(), Some("ssh-ed25519 SECOND"));
+        assert!(
+            after.confirm_host_key("l1", 0x0000_0001),
+            "the guest holds the first line"
+        );
+        assert_eq!(named(&after).as_deref(), Some("ssh-ed25519 FIRST"));
+        // And the record says so too: a third coinopd reads the corrected key.
+        std::mem::forget(after);
+        let third = GuestNetwork::start(settings(&records)).expect("network restarts");
+        third.readopt("l1");
+        assert_eq!(named(&third).as_deref(), Some("ssh-ed25519 FIRST"));
+        third.detach("l1");
+        let left: Vec<_> = std::fs::read_dir(&records)
+            .expect("records")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("l1"))
+            .collect();
+        assert!(left.is_empty(), "nothing of l1 left: {left:?}");
+        drop(tap);
+    });
+}
+
 /// The VMM starts on a reserved network (its tap, down, and no rules); routing it adds the
 /// rest, and a route that comes after the lease was detached (its boot failed) leaves
 /// nothing behind.

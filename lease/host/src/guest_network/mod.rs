@@ -31,6 +31,9 @@ use address_pool::{AddressPool, Cidr, LEASE_PREFIX_LEN, TAP_PREFIX};
 use host_commands::CommandError;
 use nft_ruleset::LeaseRules;
 
+/// Suffix of a lease's file of sent SSH host keys, beside its `.net.json` record.
+const SENT_HOST_KEYS: &str = ".host-keys";
+
 /// `--guest-network`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetworkMode {
@@ -171,6 +174,13 @@ impl GuestNetwork {
             .join(format!("{lease_id}.net.json"))
     }
 
+    /// The SSH host keys coinopd sent `lease_id`'s guest, one `CRC32HEX KEY` line each.
+    fn sent_host_keys(&self, lease_id: &str) -> PathBuf {
+        self.settings
+            .record_dir
+            .join(format!("{lease_id}{SENT_HOST_KEYS}"))
+    }
+
     /// How many leases can have networking at once.
     pub fn capacity(&self) -> u32 {
         self.state().pool.capacity()
@@ -233,9 +243,7 @@ impl GuestNetwork {
         state.leases.insert(lease_id.to_string(), entry);
         drop(state);
         // Before the VMM exists, so a restarted coinopd re-adopting it finds its slot.
-        if let Ok(json) = serde_json::to_vec(&info) {
-            let _ = std::fs::write(self.record(lease_id), json);
-        }
+        write_record(&self.record(lease_id), &info);
         let pending = PendingRoute {
             lease_id: lease_id.to_string(),
             serial,
@@ -296,6 +304,7 @@ impl GuestNetwork {
         }
         let _ = host_commands::ip(&["link", "del", &info.tap]);
         let _ = std::fs::remove_file(self.record(lease_id));
+        let _ = std::fs::remove_file(self.sent_host_keys(lease_id));
         self.state().pool.free(info.slot);
     }
 
@@ -353,18 +362,76 @@ impl GuestNetwork {
         self.state().leases.get(lease_id).map(|e| e.info.clone())
     }
 
-    /// Records the SSH host key (an OpenSSH public key line) coinopd gave `lease_id`'s
-    /// guest, in what its tenant is told and in its record (so a restarted coinopd still
-    /// shows it). Nothing when the lease has no network.
-    pub fn set_host_key(&self, lease_id: &str, host_key: &str) {
+    /// Records the SSH host key (an OpenSSH public key line) coinopd is about to give
+    /// `lease_id`'s guest in the line whose CRC-32 is `line_crc32`: in what its tenant is
+    /// told, in its record (so a restarted coinopd still shows it), and among the lease's
+    /// sent host keys (see [`GuestNetwork::confirm_host_key`]). Called before the line is
+    /// sent, so whichever line the guest ends up with, its key is on file. Nothing when the
+    /// lease has no network.
+    pub fn set_host_key(&self, lease_id: &str, host_key: &str, line_crc32: u32) {
         let mut state = self.state();
         let Some(entry) = state.leases.get_mut(lease_id) else {
             return;
         };
         entry.info.ssh.host_key = Some(host_key.to_string());
-        if let Ok(json) = serde_json::to_vec(&entry.info) {
-            let _ = std::fs::write(self.record(lease_id), json);
+        // Appended whole in one write(2); a process crash (the failure this is for: a
+        // power loss takes the guest with it) cannot leave half a line behind.
+        let sent = format!("{line_crc32:08x} {host_key}\n");
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.sent_host_keys(lease_id))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, sent.as_bytes()));
+        if let Err(e) = appended {
+            tracing::warn!(lease = lease_id, error = %e,
+                "recording a sent SSH host key; a restart may show the guest's key wrongly");
         }
+        write_record(&self.record(lease_id), &entry.info);
+    }
+
+    /// After a restart: the guest's VMM says it holds the line whose CRC-32 is
+    /// `line_crc32`; the lease's host key becomes the one that line carried, if it is among
+    /// those recorded by [`GuestNetwork::set_host_key`]. A coinopd that died between
+    /// sending a line and recording it as sent cannot happen (the record comes first); one
+    /// that died after recording a second line's key but before (or without) sending it
+    /// leaves the record naming a key the guest does not have: this puts it right. Whether
+    /// the held line was found.
+    pub fn confirm_host_key(&self, lease_id: &str, line_crc32: u32) -> bool {
+        let sent = std::fs::read_to_string(self.sent_host_keys(lease_id)).unwrap_or_default();
+        let tag = format!("{line_crc32:08x}");
+        let Some(host_key) = sent
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .rfind(|(t, _)| *t == tag)
+            .map(|(_, key)| key)
+        else {
+            return false;
+        };
+        let mut state = self.state();
+        let Some(entry) = state.leases.get_mut(lease_id) else {
+            return false;
+        };
+        if entry.info.ssh.host_key.as_deref() != Some(host_key) {
+            entry.info.ssh.host_key = Some(host_key.to_string());
+            write_record(&self.record(lease_id), &entry.info);
+        }
+        true
+    }
+}
+
+/// Writes a lease's network record whole or not at all (a temporary file renamed over
+/// it): a crash mid-write must not leave a record a restarted coinopd cannot read, which
+/// would lose the lease's slot and address.
+fn write_record(path: &Path, info: &NetInfo) {
+    let Ok(json) = serde_json::to_vec(info) else {
+        return;
+    };
+    let tmp = path.with_extension("json.tmp");
+    if std::fs::write(&tmp, json)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .is_err()
+    {
+        let _ = std::fs::remove_file(&tmp);
     }
 }
 
@@ -408,8 +475,12 @@ fn sweep_records(dir: &Path, live: &BTreeMap<String, Entry>) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(id) = name.strip_suffix(".net.json") {
-            if !live.contains_key(id) {
+        let id = name
+            .strip_suffix(".net.json")
+            .or_else(|| name.strip_suffix(SENT_HOST_KEYS))
+            .or_else(|| name.strip_suffix(".net.json.tmp"));
+        if let Some(id) = id {
+            if !live.contains_key(id) || name.ends_with(".tmp") {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
