@@ -16,8 +16,11 @@
 //! entropy and clock made at the send), from what the lease keeps durably: its network
 //! from its record (`NAME.net.json`, claimed back at the adoption) and the tenant's key from
 //! the ledger's command line (`coinop.ssh_key=`, which never reaches an agent VMM's command
-//! line). The VMM takes one line per process: a refusal means the dead coinopd's line got
-//! there first, and the guest reads that one. An agent guest still not ready when the
+//! line). The VMM takes one line per process: when it already holds one (the dead
+//! coinopd's), the guest reads that one, and the lease's SSH host key becomes that line's:
+//! every line's key is recorded before the line is sent, and the VMM's `status` names the
+//! line it holds by its CRC-32 (`GuestNetwork::confirm_host_key`), so what the tenant is
+//! told is the key its guest has, however the restarts fell. An agent guest still not ready when the
 //! boot timeout passes has not applied its lease's data: as a create's boot that times
 //! out, its lease stops `boot_failed` (the balance kept for the tenant) and its VMM is
 //! stopped.
@@ -45,7 +48,8 @@ const SETTLE_MARGIN: Duration = Duration::from_secs(3);
 
 /// Finishes the boot of `l` (adopted `booting`, its VMM alive; `vmm` when its process is
 /// known): now if its log says the guest is ready (or nothing is known to finish its
-/// figures with), else on a task of its own.
+/// figures with; an agent guest's after asking its VMM which line it holds), else on a
+/// task of its own.
 pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), LedgerError> {
     let pid = vmm.map(|v| v.pid).or(l.pid);
     let log = GuestPaths::for_lease(&s.config.run_dir(), &l.id).log;
@@ -54,11 +58,31 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
         return s.ledger.mark_running(&l.id, pid, "{}");
     };
     let progress = boot_progress(&log);
-    if progress.guest_ready_us.is_some() {
-        return mark_running(s, &l.id, pid, &record, progress);
-    }
     // An agent guest is ready only once it has its line: until then it is half-made.
     let agent = s.config.images.get(&l.image).is_some_and(|i| i.agent);
+    if progress.guest_ready_us.is_some() {
+        if !agent {
+            return mark_running(s, &l.id, pid, &record, progress);
+        }
+        // Its line came from the dead coinopd: the lease names that line's host key before
+        // it is running (what a create's retry then answers with).
+        let (s, id, control) = (s.clone(), l.id.clone(), PathBuf::from(&l.control_path));
+        tokio::spawn(async move {
+            match vmm_protocol::client::status(&control).await {
+                Ok(status) => {
+                    if let Some(crc) = status.line_crc32 {
+                        confirm_host_key(&s, &id, crc);
+                    }
+                }
+                Err(e) => tracing::warn!(lease = %id, error = %e,
+                    "asking an adopted ready guest's VMM which line it holds"),
+            }
+            if let Err(e) = mark_running(&s, &id, pid, &record, progress) {
+                tracing::error!(lease = %id, error = %e, "finishing an adopted boot");
+            }
+        });
+        return Ok(());
+    }
     // Owed while the guest may still need its line from us.
     let mut owed = personalisation(s, l);
     let control = PathBuf::from(&l.control_path);
@@ -70,11 +94,10 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
         let mut warned = false;
         let (progress, gone) = loop {
             if let Some(line) = &owed {
-                // Read by the guest (whoever sent it), or handed to its VMM now.
-                let has_it = p.personalised_us.is_some()
-                    || (p.awaiting_personalisation_us.is_some()
-                        && deliver(&s, &id, &control, line, &mut warned).await);
-                if has_it {
+                // Read by the guest or held by its VMM (whoever sent it), or handed to its
+                // VMM now.
+                let asked = p.personalised_us.is_some() || p.awaiting_personalisation_us.is_some();
+                if asked && deliver(&s, &id, &control, line, &p, &mut warned).await {
                     owed = None;
                 }
             }
@@ -150,41 +173,83 @@ fn personalisation(s: &Shared, l: &LeaseRow) -> Option<Personalisation> {
     ))
 }
 
-/// Sends the adopted guest at `control` its line, made now; whether it has a line now
-/// (sent, or refused because the VMM already took one: the dead coinopd's). Any other
-/// failure is tried again at the next poll (logged the first time: `warned`). A line sent
-/// here carries a host key of its own: the lease's network record names it from then on
-/// (a refused one leaves the record naming the dead coinopd's key, which the guest has).
+/// Whether the adopted guest at `control` has its line now: the line its VMM already holds
+/// (the dead coinopd's; the lease's host key is put right to that line's), or one made and
+/// sent now (its host key recorded first). `false` when the VMM cannot be asked or given
+/// it: tried again at the next poll (logged the first time: `warned`).
 async fn deliver(
     s: &Shared,
     id: &str,
     control: &Path,
     p: &Personalisation,
+    progress: &BootProgress,
     warned: &mut bool,
 ) -> bool {
-    match vmm_protocol::client::personalise(control, &p.line()).await {
+    let mut warn = |what: &str, e: &ControlError| {
+        // Tried again at every poll until the deadline: said once, not 50 times a second.
+        if !*warned {
+            tracing::warn!(lease = id, error = %e, "{what}; trying again");
+            *warned = true;
+        }
+    };
+    let status = match vmm_protocol::client::status(control).await {
+        Ok(status) => status,
+        Err(e) => {
+            warn(
+                "asking an adopted guest's VMM about its personalisation",
+                &e,
+            );
+            return false;
+        }
+    };
+    if let Some(crc) = status.line_crc32 {
+        tracing::info!(
+            lease = id,
+            "the adopted guest's VMM already had its line (sent before the restart); \
+             waiting for guest_ready"
+        );
+        confirm_host_key(s, id, crc);
+        return true;
+    }
+    if progress.personalised_us.is_some() {
+        // Read, by a guest whose VMM cannot say which line (one restored with it).
+        return true;
+    }
+    let line = p.line();
+    s.supervisor
+        .isolation()
+        .set_host_key(id, &p.host_key_openssh(), &line);
+    match vmm_protocol::client::personalise(control, &line).await {
         Ok(()) => {
-            s.supervisor
-                .isolation()
-                .set_host_key(id, &p.host_key_openssh());
             tracing::info!(lease = id, "personalisation sent to an adopted guest");
             true
         }
         Err(ControlError::Refused { error, .. }) => {
-            tracing::info!(lease = id, vmm_said = %error,
-                "the adopted guest's VMM already had its line (sent before the restart); \
+            // Given a line between the status and now: by nobody but a coinopd, and this
+            // is the only one. Or a VMM from before `line_crc32`: it holds the dead
+            // coinopd's line, whose key the record no longer names.
+            tracing::warn!(lease = id, vmm_said = %error,
+                "the adopted guest's VMM refused its line: it holds another; \
                  waiting for guest_ready");
             true
         }
         Err(e) => {
-            // Tried again at every poll until the deadline: said once, not 50 times a second.
-            if !*warned {
-                tracing::warn!(lease = id, error = %e,
-                    "sending an adopted guest its personalisation; trying again");
-                *warned = true;
-            }
+            warn("sending an adopted guest its personalisation", &e);
             false
         }
+    }
+}
+
+/// The lease names the host key of the line (CRC-32 `crc`) its VMM holds.
+fn confirm_host_key(s: &Shared, id: &str, crc: u32) {
+    let isolation = s.supervisor.isolation();
+    if !isolation.confirm_host_key(id, crc) && isolation.network_info(id).is_some() {
+        tracing::warn!(
+            lease = id,
+            line_crc32 = crc,
+            "the adopted guest holds a line whose host key is not on record: \
+             the lease may name another key than its guest's"
+        );
     }
 }
 

@@ -216,12 +216,22 @@ impl Isolation {
         self.network.as_ref()?.info(lease_id)
     }
 
-    /// Records the SSH host key coinopd made for `lease_id`'s guest (its public key line)
-    /// in the lease's network, for the lease view.
-    pub fn set_host_key(&self, lease_id: &str, host_key: &str) {
+    /// Records the SSH host key (its public key line) in the personalisation `line` about
+    /// to be sent to `lease_id`'s guest, in the lease's network, for the lease view; before
+    /// the line is sent, so a restart finds it whichever line the guest got.
+    pub fn set_host_key(&self, lease_id: &str, host_key: &str, line: &str) {
         if let Some(n) = &self.network {
-            n.set_host_key(lease_id, host_key);
+            n.set_host_key(lease_id, host_key, crc32fast::hash(line.as_bytes()));
         }
+    }
+
+    /// After a restart: names the host key of the line `lease_id`'s VMM says it holds
+    /// (status `line_crc32`). Whether that line's key was on record (always, unless the
+    /// lease has no network or its records were lost).
+    pub fn confirm_host_key(&self, lease_id: &str, line_crc32: u32) -> bool {
+        self.network
+            .as_ref()
+            .is_some_and(|n| n.confirm_host_key(lease_id, line_crc32))
     }
 
     /// Creates `lease_id`'s empty copy-on-write overlay (the VMM sizes it on first open),

@@ -489,7 +489,7 @@ impl Supervisor {
         let offset = start_us.saturating_sub(req.arrival_us);
         let outcome = tokio::time::timeout(
             Duration::from_millis(req.timeout_ms),
-            wait_ready(&mut lines, &req, offset),
+            wait_ready(&mut lines, &req, offset, &self.isolation),
         )
         .await;
         let (vcpus_started_us, guest_ready_us) = match outcome {
@@ -907,6 +907,7 @@ async fn wait_ready(
     lines: &mut EventLines,
     req: &BootRequest<'_>,
     offset: u64,
+    isolation: &Isolation,
 ) -> Result<(Option<u64>, u64), BootError> {
     let lease_id = req.lease_id;
     let mut vcpus_started = None;
@@ -940,7 +941,11 @@ async fn wait_ready(
                 if let Some(p) = &req.personalise {
                     crate::fault::hit(crate::fault::point::CREATE_AWAITING_PERSONALISATION);
                     crate::fault::delay(crate::fault::point::CREATE_AWAITING_PERSONALISATION).await;
-                    let request = vmm_protocol::Request::Personalise { line: p.line() };
+                    let line = p.line();
+                    // The key on record before the line leaves: a coinopd that dies after
+                    // sending leaves its successor the key the guest got.
+                    isolation.set_host_key(lease_id, &p.host_key_openssh(), &line);
+                    let request = vmm_protocol::Request::Personalise { line };
                     vmm_protocol::client::request(&req.paths.control, &request)
                         .await
                         .map_err(BootError::Personalise)?;

@@ -11,8 +11,9 @@
 //!   it (the lease's own host name, network and tenant key, fresh entropy and clock);
 //! - died after the line was sent: the guest keeps that line, it gets no second one;
 //! - the line reached the VMM but not yet the guest (its vCPUs held by a pause): the
-//!   restarted coinopd's send is refused by the VMM (one line per process), which counts
-//!   as delivered, and the guest reads the first line once it runs;
+//!   restarted coinopd learns from the VMM's `status` that it holds a line (its CRC-32)
+//!   and sends none (the VMM would refuse a second), and the guest reads the first line
+//!   once it runs;
 //! - the guest never reports `guest_ready` after the restart (its vCPUs held for good): at
 //!   the boot timeout its lease stops `boot_failed`, not billed, its VMM stopped, rather
 //!   than a guest without its lease's data handed out as running.
@@ -20,7 +21,8 @@
 //! Each time the create's retry (same payment, same recovery key) gets the running lease
 //! back, not a refund, and the books balance. With a NIC (root: coinopd in a network
 //! namespace of the test's, `--guest-network always`), the line sent after the restart
-//! carries the lease's own address, gateway and MAC, from its network record.
+//! carries the lease's own address, gateway and MAC, from its network record, and the lease
+//! names the SSH host key of the line its guest holds (also when its record named another).
 
 mod common;
 
@@ -35,7 +37,7 @@ use coinopd::fault::{point, DELAY_ENV, ENV};
 use coinopd::ledger::{LeaseRow, Ledger};
 use coinopd::vmm_process::VmmProcess;
 use common::leases::credit_payment;
-use common::personalisation_line::{field, personalised, the_one_line};
+use common::personalisation_line::{field, names_the_lines_host_key, personalised, the_one_line};
 use common::{kvm_or_skip, vmm_and_guest, wait_for, Daemon, StateDir};
 use serde_json::{json, Value};
 use vmm_protocol::Request;
@@ -291,7 +293,7 @@ async fn a_line_sent_before_coinopd_died_is_the_guests_only_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resend_the_vmm_refuses_counts_as_delivered() {
+async fn a_line_the_vmm_holds_before_the_guest_reads_it_is_not_replaced() {
     if !kvm_or_skip() {
         return;
     }
@@ -319,7 +321,7 @@ async fn a_resend_the_vmm_refuses_counts_as_delivered() {
     let d = Daemon::spawn(dir.path(), &["--image", &agent_image(false)], &[]).await;
     wait_for(
         async || d.log().contains("already had its line"),
-        "the restarted coinopd's send refused by the VMM",
+        "the restarted coinopd told by the VMM that it holds a line",
     )
     .await;
     assert_eq!(row(dir.path(), &o.id).state, LeaseState::Booting);
@@ -528,6 +530,27 @@ impl NetnsCoinopd {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_with_a_nic_gets_its_own_network_in_the_line_after_the_restart() {
+    netns_restart_at(point::CREATE_AWAITING_PERSONALISATION, None).await;
+}
+
+/// coinopd died after the line left; the lease's record names another host key than the
+/// line's (as an older coinopd could leave it: it recorded a resent line's key only after
+/// the send): the restarted coinopd asks the VMM which line it holds and names that line's
+/// key again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_lease_names_the_host_key_of_the_line_its_guest_holds() {
+    netns_restart_at(
+        point::CREATE_PERSONALISATION_SENT,
+        Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINotTheGuestsKeyNotTheGuestsKeyNotTheGuestsK"),
+    )
+    .await;
+}
+
+/// An agent lease with a NIC whose coinopd (in a network namespace) aborts at fault point
+/// `at`; with `stale_key`, its network record is made to name that host key before the
+/// restart. The restarted coinopd runs the lease with one line carrying the lease's own
+/// network, and the lease names the host key that line gave the guest.
+async fn netns_restart_at(at: &str, stale_key: Option<&str>) {
     if !nix::unistd::geteuid().is_root() {
         common::skipped("guest networking needs root");
         return;
@@ -538,7 +561,7 @@ async fn a_guest_with_a_nic_gets_its_own_network_in_the_line_after_the_restart()
     let dir = StateDir::new();
     let image = agent_image(false);
     let extra = ["--guest-network", "always", "--image", image.as_str()];
-    let fault = [(ENV, point::CREATE_AWAITING_PERSONALISATION)];
+    let fault = [(ENV, at)];
     let d = NetnsCoinopd::spawn(dir.path(), &extra, &fault, None);
     let netns = d.netns();
     let quote = d
@@ -589,6 +612,18 @@ async fn a_guest_with_a_nic_gets_its_own_network_in_the_line_after_the_restart()
     assert_eq!(rows[0].state, LeaseState::Booting, "{rows:?}");
     let vmm = rows[0].vmm().expect("the VMM recorded");
     assert!(vmm.is_running());
+    if let Some(stale) = stale_key {
+        let record = dir.path().join("run").join(format!("{id}.net.json"));
+        let mut net: Value =
+            serde_json::from_slice(&std::fs::read(&record).expect("the network record"))
+                .expect("a JSON record");
+        assert!(
+            net["ssh"]["host_key"].is_string(),
+            "recorded before the send: {net}"
+        );
+        net["ssh"]["host_key"] = json!(stale);
+        std::fs::write(&record, serde_json::to_vec(&net).expect("json")).expect("rewrite");
+    }
 
     let d = NetnsCoinopd::spawn(dir.path(), &extra, &[], Some(&netns));
     let r = d.call("POST", "/v1/leases", None, Some(body.clone())).await;
@@ -623,6 +658,11 @@ async fn a_guest_with_a_nic_gets_its_own_network_in_the_line_after_the_restart()
         assert!(line.split(' ').any(|w| w == word), "{word} in {line}");
     }
     assert!(field(line, "ssh_key").is_some(), "{line}");
+    let named = net["ssh"]["host_key"].as_str().expect("a host key named");
+    assert!(
+        names_the_lines_host_key(named, line),
+        "the lease names {named}, the guest got {line}"
+    );
     let stopped = d
         .call(
             "POST",

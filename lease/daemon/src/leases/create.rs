@@ -456,17 +456,15 @@ async fn start_guest(
     } else {
         (cmdline.to_string(), None)
     };
-    // Its SSH host key is made here too: the public half goes in the lease's network (the
-    // reply, and through its record the lease view).
+    // Its SSH host key is made here too: the public half goes in the reply's network; the
+    // lease's network record names it once its line is sent (the supervisor).
     let personalise = |network: &mut Option<NetInfo>| {
         let p = g
             .image
             .agent
             .then(|| Personalisation::for_lease(g.id, network.as_ref(), ssh_key.as_deref()))?;
         if let Some(n) = network {
-            let host_key = p.host_key_openssh();
-            s.supervisor.isolation().set_host_key(g.id, &host_key);
-            n.ssh.host_key = Some(host_key);
+            n.ssh.host_key = Some(p.host_key_openssh());
         }
         Some(p)
     };

@@ -41,3 +41,21 @@ pub fn the_one_line(text: &str, id: &str) -> String {
     );
     line
 }
+
+/// Whether `openssh` (`ssh-ed25519 BASE64`, as a lease names its guest's host key) is the
+/// public half of the line's `host_key` (128 hex digits: seed, then public key). The wire
+/// blob is the string "ssh-ed25519" then the string of the 32-byte key (RFC 8709): the key
+/// is its last 32 bytes.
+pub fn names_the_lines_host_key(openssh: &str, line: &str) -> bool {
+    use base64::Engine as _;
+    let Some(public) = field(line, "host_key").and_then(|v| v.get(64..)) else {
+        return false;
+    };
+    let Some(blob) = openssh
+        .strip_prefix("ssh-ed25519 ")
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+    else {
+        return false;
+    };
+    blob.len() == 51 && hex::encode(&blob[19..]) == public
+}
