@@ -5,7 +5,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use coinop_host::guest_network::address_pool::Cidr;
@@ -39,6 +39,17 @@ fn in_throwaway_netns(f: impl FnOnce() + Send + 'static) {
     })
     .join()
     .expect("the test thread passes");
+}
+
+/// Runs `f` (unless the test cannot run here) inside a fresh network namespace, with a
+/// fresh directory for the network's records (removed after `f`).
+fn in_netns_with_records(f: impl FnOnce(PathBuf) + Send + 'static) {
+    if cannot_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records = dir.path().to_path_buf();
+    in_throwaway_netns(move || f(records));
 }
 
 fn settings(dir: &Path) -> NetworkSettings {
@@ -100,12 +111,7 @@ fn saw_syn_on_tap(tap: &OwnedFd, guest: Ipv4Addr, mac: &str, deadline: Instant) 
 
 #[test]
 fn a_lease_network_is_set_up_forwarded_and_torn_down() {
-    if cannot_run() {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let records = dir.path().to_path_buf();
-    in_throwaway_netns(move || {
+    in_netns_with_records(move |records| {
         let net = GuestNetwork::start(settings(&records)).expect("network starts");
         assert_eq!(net.capacity(), 2, "a /29 holds two /30s");
         let (tap, info) = net.attach("lease-a").expect("attach");
@@ -189,12 +195,7 @@ fn a_lease_network_is_set_up_forwarded_and_torn_down() {
 
 #[test]
 fn a_crashed_daemons_left_overs_are_swept_and_live_guests_kept() {
-    if cannot_run() {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let records = dir.path().to_path_buf();
-    in_throwaway_netns(move || {
+    in_netns_with_records(move |records| {
         let before = GuestNetwork::start(settings(&records)).expect("network starts");
         let (live_tap, live) = before.attach("live").expect("live lease");
         let (dead_tap, dead) = before.attach("dead").expect("dead lease");
@@ -239,12 +240,7 @@ fn a_crashed_daemons_left_overs_are_swept_and_live_guests_kept() {
 /// changes nothing; detach removes the sent keys with the record.
 #[test]
 fn the_host_key_named_after_a_restart_is_the_one_the_guest_holds() {
-    if cannot_run() {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let records = dir.path().to_path_buf();
-    in_throwaway_netns(move || {
+    in_netns_with_records(move |records| {
         let before = GuestNetwork::start(settings(&records)).expect("network starts");
         let (tap, _) = before.attach("l1").expect("lease");
         before.set_host_key("l1", "ssh-ed25519 FIRST", 0x0000_0001);
@@ -291,12 +287,7 @@ fn the_host_key_named_after_a_restart_is_the_one_the_guest_holds() {
 /// nothing behind.
 #[test]
 fn a_reserved_network_is_routed_later_or_not_at_all() {
-    if cannot_run() {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let records = dir.path().to_path_buf();
-    in_throwaway_netns(move || {
+    in_netns_with_records(move |records| {
         let net = GuestNetwork::start(settings(&records)).expect("network starts");
         let (_first_tap, first) = net.attach("first").expect("attach");
         let (tap, info, pending) = net.reserve("lease-a").expect("reserve");
