@@ -2,17 +2,27 @@
  * coinop-agent: the guest agent of PERSONALISE.md in one process. ./init runs it once in
  * agent mode (coinop.personalise=1), after what every lease shares. In order:
  *
- *   1. 124 to the boot timer, then the line from the personalisation port (portline.c);
- *      the golden snapshot is taken while it waits there
- *   2. the line checked (line.c): a malformed one fails before anything is applied
- *   3. entropy into the RNG and a reseed, the clock, the host name, eth0, the tenant's key
+ *   1. dropbear started (it keeps running; stderr on the console, its log to syslog) with
+ *      a placeholder host key that cannot sign for itself (host_key.c), and waited for
+ *      until it listens on port 22 and can re-exec itself; the placeholder file removed.
+ *      No lease can reach it yet: eth0 has no address.
+ *   2. 124 to the boot timer, then the line from the personalisation port (portline.c);
+ *      the golden snapshot is taken while it waits there, dropbear already listening
+ *   3. the line checked (line.c): a malformed one fails before anything is applied
+ *   4. entropy into the RNG and a reseed, the clock, the host name, the tenant's key
  *      (personalise.c)
- *   4. the SSH host key file from the line's host_key (host_key.c); a line without one (an
+ *   5. the SSH host key file from the line's host_key (host_key.c); a line without one (an
  *      older coinopd) gets a fresh key from dropbearkey, made after the reseed
- *   5. dropbear started (it keeps running; stderr on the console, its log to syslog) and
- *      waited for until it listens on port 22
- *   6. 123 to the boot timer (guest_ready)
- *   7. what it did, and the uptime at each step's end (the lab's per-phase figures)
+ *   6. dropbear checked still running; then eth0 (its address: from here on connections
+ *      can arrive, and every file they need is written)
+ *   7. 123 to the boot timer (guest_ready)
+ *   8. what it did, and the uptime at each step's end (the lab's per-phase figures)
+ *
+ * Why dropbear before the snapshot is safe (PERSONALISE.md has the whole argument): its
+ * listener re-executes itself for every connection it accepts (dropbear >= 2022.82,
+ * DROPBEAR_DO_REEXEC), and the new program loads the host key from its file and seeds its
+ * own PRNG from the kernel then, after this lease's key and reseed; the listener holds only
+ * the placeholder, which no session can use.
  *
  * One process, not a shell running portline, coinop-personalise, dropbearkey and outb:
  * after a restore each process start costs page faults on memory the guests share, tens of
@@ -33,7 +43,6 @@
 #define CLOCK_BOOTTIME 7
 #define WNOHANG 1
 #define SYS_dup2 33
-#define SYS_unlink 87
 /* How long dropbear may take to listen: generous for a loaded nested host. */
 #define SSHD_WAIT_MS 10000
 /* /proc/net/tcp's line for a socket listening on port 22 (0x16) on any IPv4 address. */
@@ -181,29 +190,101 @@ static int listening_on_22(void)
 	return 0;
 }
 
+/* Writes `n` in decimal after `s` (NUL-terminated, room enough); returns the end. */
+static char *put_decimal(char *s, unsigned long n)
+{
+	char digits[24];
+	int i = 0;
+
+	do {
+		digits[i++] = (char)('0' + n % 10);
+		n /= 10;
+	} while (n);
+	while (i)
+		*s++ = digits[--i];
+	*s = '\0';
+	return s;
+}
+
 /*
- * Starts dropbear (in the foreground of its own process, -F: no fork to daemonize) and
- * waits until it listens, or fails if it ends or takes too long. Its stderr is the console
- * but its log goes to syslog (no -E), which the rootfs does not run: dropbear logs every
- * connection before its banner, and each console byte is a VM exit on the way to SSH (in
- * the lab the create reply -> banner gap was ~3x the old one with the log there). Before,
- * dropbear daemonized with -E and daemon() closed its stderr, so nothing was lost.
+ * Whether process `pid` holds its own program open, as dropbear's listener does once it
+ * can re-exec itself for each connection (svr-main.c: it opens argv[0] after it listens;
+ * fexecve of that fd per connection). Without that fd dropbear would serve connections
+ * from a plain fork of the listener, with the listener's key: the placeholder.
  */
-static void start_sshd(char **envp)
+static int holds_own_program(long pid)
+{
+	static const char want[] = DROPBEAR;
+	char path[64], target[sizeof(want) + 1], *end;
+	long fd, n, k;
+
+	for (fd = 0; fd < 32; fd++) {
+		path[0] = '\0';
+		append(path, sizeof(path), "/proc/");
+		end = put_decimal(path + agent_length(path), (unsigned long)pid);
+		append(end, (long)sizeof(path) - (end - path), "/fd/");
+		put_decimal(path + agent_length(path), (unsigned long)fd);
+		n = syscall3(SYS_readlink, (long)path, (long)target, (long)sizeof(target));
+		if (n != (long)sizeof(want) - 1)
+			continue;
+		for (k = 0; k < n && target[k] == want[k]; k++)
+			;
+		if (k == n)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * Starts dropbear before the 124 (in the foreground of its own process, -F: no fork to
+ * daemonize) with the placeholder key (host_key.c) in its key file, waits until it
+ * listens and holds its own program open to re-exec itself per connection, then removes
+ * the placeholder file: the lease's key goes there after the line. Fails if dropbear ends
+ * or takes too long. Its pid.
+ *
+ * Not -R (make host keys as needed): with it the listener would hold no key at all, but
+ * each connection's dropbear would then offer every key type it has (DSS, RSA, ECDSA,
+ * Ed25519 in Debian's build) and make a missing one on demand: a client preferring RSA
+ * would get a key no reply named. Without -R dropbear offers only the types it loaded,
+ * and the listener must load one to start.
+ *
+ * Its stderr is the console but its log goes to syslog (no -E), which the rootfs does not
+ * run: dropbear logs every connection before its banner, and each console byte is a VM
+ * exit on the way to SSH (in the lab the create reply -> banner gap was ~3x the old one
+ * with the log there).
+ */
+static long start_sshd(char **envp)
 {
 	static char *const argv[] = { DROPBEAR, "-F", "-r", HOST_KEY_FILE, "-p", "22", 0 };
 	static const long pause[2] = { 0, 1000000 }; /* 1 ms */
 	unsigned long until = uptime_ms() + SSHD_WAIT_MS;
-	long pid = spawn(argv, envp, 0);
+	const char *why = host_key_write_placeholder(HOST_KEY_FILE);
+	long pid;
 	int status = 0;
 
-	while (!listening_on_22()) {
+	if (why)
+		agent_fail(why);
+	pid = spawn(argv, envp, 0);
+	while (!listening_on_22() || !holds_own_program(pid)) {
 		if (syscall4(SYS_wait4, pid, (long)&status, WNOHANG, 0) == pid)
 			agent_fail("dropbear ended before it listened on port 22");
 		if (uptime_ms() > until)
-			agent_fail("dropbear does not listen on port 22 after 10 s");
+			agent_fail("dropbear does not listen on port 22, able to re-exec itself, after 10 s");
 		syscall3(SYS_nanosleep, (long)pause, 0, 0);
 	}
+	/* Loaded by the listener (before it listened); no connection's dropbear may find it. */
+	if (syscall3(SYS_unlink, (long)HOST_KEY_FILE, 0, 0) != 0)
+		agent_fail("cannot remove the placeholder SSH host key");
+	return pid;
+}
+
+/* dropbear started by start_sshd still runs (it serves every connection from then on). */
+static void check_sshd(long pid)
+{
+	int status = 0;
+
+	if (syscall4(SYS_wait4, pid, (long)&status, WNOHANG, 0) != 0)
+		agent_fail("dropbear is no longer running");
 }
 
 static void guest_ready(void)
@@ -217,12 +298,17 @@ __attribute__((used)) static void start(long *sp)
 {
 	static char line[LINE_MAX + 1];
 	static char report[1024];
-	long argc = sp[0], len, i;
+	static char listening_at[32];
+	long argc = sp[0], len, i, sshd;
 	char **envp = (char **)(sp + 1 + argc + 1);
 	struct lease_line l;
 	const char *why = 0;
 
-	/* 1. Ask, and read the line. */
+	/* 1. dropbear, before the snapshot point. Its uptime goes in the report: for a restored
+	 * guest it is the golden boot's. */
+	sshd = start_sshd(envp);
+	put_decimal(listening_at, uptime_ms());
+	/* 2. Ask, and read the line. */
 	len = port_line_read(line, &why);
 	if (len == 0) {
 		append(report, sizeof(report), "reading the personalisation port failed: ");
@@ -231,7 +317,7 @@ __attribute__((used)) static void start(long *sp)
 	}
 	line[len - 1] = '\0'; /* its newline */
 	stamp("line");
-	/* 2. Check it whole before anything is applied. */
+	/* 3. Check it whole before anything is applied. */
 	why = line_parse(line, &l);
 	if (why) {
 		append(report, sizeof(report), "malformed personalisation line: ");
@@ -239,20 +325,16 @@ __attribute__((used)) static void start(long *sp)
 		agent_fail(report);
 	}
 	stamp("parse");
-	/* 3. Entropy first: nothing may draw from the RNG before the reseed. */
+	/* 4. Entropy first: nothing may draw from the RNG before the reseed. */
 	personalise_reseed(l.entropy);
 	stamp("reseed");
 	personalise_clock(l.time);
 	personalise_hostname(l.hostname);
 	stamp("clock_name");
-	/* gw= only with an address (as the command-line mode). */
-	if (l.mac || l.ip)
-		personalise_network(l.mac, l.ip, l.ip ? l.gw : 0);
-	stamp("eth0");
 	if (l.ssh_key)
 		personalise_tenant_key(l.ssh_key);
 	stamp("key");
-	/* 4. The SSH host key. */
+	/* 5. The SSH host key. */
 	if (l.host_key) {
 		why = host_key_write(l.host_key, HOST_KEY_FILE);
 		/* In the file now: no copy stays in the line. */
@@ -264,10 +346,15 @@ __attribute__((used)) static void start(long *sp)
 		make_host_key(envp);
 	}
 	stamp("hostkey");
-	/* 5. dropbear, listening. */
-	start_sshd(envp);
+	/* 6. dropbear still there; then eth0, last: until it has its address no connection can
+	 * reach dropbear, and by then every file a connection's dropbear reads is this
+	 * lease's. gw= only with an address (as the command-line mode). */
+	check_sshd(sshd);
 	stamp("sshd");
-	/* 6. guest_ready. What the agent says follows it: every byte written to the console's
+	if (l.mac || l.ip)
+		personalise_network(l.mac, l.ip, l.ip ? l.gw : 0);
+	stamp("eth0");
+	/* 7. guest_ready. What the agent says follows it: every byte written to the console's
 	 * UART is a VM exit, so none is on the lease's way to SSH. */
 	guest_ready();
 	stamp("ready");
@@ -278,7 +365,10 @@ __attribute__((used)) static void start(long *sp)
 	append(report, sizeof(report), " mac=");
 	append(report, sizeof(report), l.mac ? l.mac : "kept");
 	append(report, sizeof(report), l.ssh_key ? " ssh=key" : " ssh=nokey");
-	append(report, sizeof(report), l.host_key ? " host_key=given\n" : " host_key=made\n");
+	append(report, sizeof(report), l.host_key ? " host_key=given" : " host_key=made");
+	append(report, sizeof(report), " sshd_listening_since_uptime_ms=");
+	append(report, sizeof(report), listening_at);
+	append(report, sizeof(report), "\n");
 	append(report, sizeof(report), "coinop-agent: uptime at each step's end:");
 	append(report, sizeof(report), stamps);
 	append(report, sizeof(report), "\n");

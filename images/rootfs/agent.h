@@ -6,7 +6,8 @@
  *   portline.c     the 124 and the line's read from the personalisation port
  *   line.c         the line's words, checked
  *   personalise.c  entropy, clock, host name, eth0, the tenant's key
- *   host_key.c     the SSH host key from the line, as dropbear's key file
+ *   host_key.c     the SSH host key from the line, as dropbear's key file; the placeholder
+ *                  key dropbear's listener starts with
  */
 #ifndef COINOP_AGENT_H
 #define COINOP_AGENT_H
@@ -22,6 +23,8 @@
 #define SYS_execve 59
 #define SYS_exit 60
 #define SYS_wait4 61
+#define SYS_unlink 87
+#define SYS_readlink 89
 #define SYS_fchmod 91
 #define SYS_settimeofday 164
 #define SYS_sethostname 170
@@ -73,5 +76,13 @@ void personalise_tenant_key(const char *b64);
  * or why not. Needs nothing of the agent: a host-side test links it alone.
  */
 const char *host_key_write(const char *hex, const char *path);
+
+/*
+ * host_key.c: writes the placeholder key dropbear's listener is started with before any
+ * lease's key exists: an Ed25519 key file whose public half is no curve point, so no
+ * session served with it can pass a client's signature check (PERSONALISE.md). Returns 0
+ * or why not.
+ */
+const char *host_key_write_placeholder(const char *path);
 
 #endif

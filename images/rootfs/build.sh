@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds coinop's root filesystem image: busybox-static plus dropbear (SSH server), an
 # init that runs the guest agent of PERSONALISE.md (coinop-agent, ./agent.c and the parts
-# ./agent.h lists: the lease's entropy, clock, host name, address, SSH key and SSH host key
-# from the personalisation port, then dropbear and guest_ready) or takes the lease's data
-# from the kernel command line (see ./init), and ../initramfs/outb.c for the boot timer
-# signal of that mode. ext4, 64 MiB, made with mke2fs -d (no loop mount, no root needed for
-# that).
+# ./agent.h lists: dropbear started before the snapshot point, then the lease's entropy,
+# clock, host name, SSH key, SSH host key and address from the personalisation port, then
+# guest_ready) or takes the lease's data from the kernel command line (see ./init), and
+# ../initramfs/outb.c for the boot timer signal of that mode. ext4, 64 MiB, made with
+# mke2fs -d (no loop mount, no root needed for that).
 #
 #   images/rootfs/build.sh [OUTFILE]
 #
@@ -29,6 +29,12 @@ dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok in
 bb_version=$(dpkg-query -W -f='${Version}' busybox-static)
 db_version=$(apt-cache policy dropbear-bin | awk '/Candidate:/ { print $2 }')
 [ -n "$db_version" ] && [ "$db_version" != "(none)" ] || die "dropbear-bin not available from apt"
+# The agent starts dropbear before the golden snapshot. That is safe only because since
+# 2022.82 dropbear's listener re-executes itself for every connection, and the new program
+# reads the host key file (the lease's, by then) and seeds its own PRNG (PERSONALISE.md);
+# an older one would serve every lease with the key the listener started with.
+dpkg --compare-versions "${db_version%%-*}" ge 2022.82 ||
+  die "dropbear-bin $db_version predates 2022.82 (no re-exec per connection): see PERSONALISE.md"
 outb_src=$here/../initramfs/outb.c
 # The guest agent: every source it is built from (agent.h lists the parts).
 agent_srcs=("$here/agent.c" "$here/portline.c" "$here/line.c" "$here/personalise.c" "$here/host_key.c")

@@ -13,8 +13,12 @@
  * needs no Ed25519 arithmetic (and no process: this replaced `dropbearkey -t ed25519`,
  * ~220 ms of a restored lease's way to SSH in the nested lab).
  *
+ * It also writes the placeholder key dropbear's listener starts with, before any lease's
+ * key exists (host_key_write_placeholder: why it is safe, in PERSONALISE.md).
+ *
  * Self-contained (only system calls): a host-side test compiles it with a driver of its own
- * and checks the file with dropbear's `dropbearkey -y`.
+ * and checks the file with dropbear's `dropbearkey -y`, and the placeholder with dropbear
+ * itself.
  */
 
 #include "agent.h"
@@ -24,6 +28,18 @@
 #define KEY_TYPE_LEN 11
 #define KEY_BYTES 64
 #define FILE_BYTES (4 + KEY_TYPE_LEN + 4 + KEY_BYTES)
+/*
+ * The placeholder: an all-zero seed, and as its "public half" the encoding of y = 2, which
+ * is no point of Ed25519's curve ((y^2 - 1) / (d y^2 + 1) is not a square mod 2^255 - 19).
+ * Dropbear 2022.83 takes the public half from the file as it is (ed25519.c,
+ * buf_get_ed25519_priv_key) and signs with the seed: no signature it (or anyone) makes can
+ * verify against a key that is no point, so a session served with this key fails its key
+ * exchange at the client ("incorrect signature"), whatever the client trusts. Nothing in it
+ * is secret: every guest holds the same one.
+ */
+#define PLACEHOLDER_HEX                                                                    \
+	"0000000000000000000000000000000000000000000000000000000000000000"                 \
+	"0200000000000000000000000000000000000000000000000000000000000000"
 
 static int nibble(char c)
 {
@@ -83,4 +99,9 @@ const char *host_key_write(const char *hex, const char *path)
 	for (i = 0; i < KEY_BYTES; i++)
 		((volatile unsigned char *)key)[i] = 0;
 	return why;
+}
+
+const char *host_key_write_placeholder(const char *path)
+{
+	return host_key_write(PLACEHOLDER_HEX, path);
 }

@@ -15,7 +15,8 @@
 //! sends `{"cmd":"snapshot","dir":...,"exit":true}`. The ready point is the guest's
 //! `guest_ready` event, or for an `agent` image its `awaiting_personalisation`: the agent
 //! (images/rootfs/PERSONALISE.md) asks for its lease's data after init and before any
-//! per-lease state, so the snapshot holds nothing of any lease; every lease restored from
+//! per-lease state, so the snapshot holds nothing of any lease (its SSH server already
+//! listens there, with a placeholder host key no session can use); every lease restored from
 //! it gets its own entropy, address, keys and name through [`crate::personalisation`]. A
 //! shape with a NIC is built with a NIC of its own (a tap and address claimed for the
 //! build, released when its VMM exits), so the snapshot's devices match the leases'; the

@@ -75,6 +75,9 @@ impl std::fmt::Debug for GuestHostKey {
 }
 
 #[cfg(test)]
+mod dropbear_serving;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::path::{Path, PathBuf};
@@ -110,7 +113,7 @@ mod tests {
 
     /// Dropbear's `dropbearkey` (Debian's dropbear-bin, as in the rootfs): on PATH, else
     /// unpacked by scripts/lib/dropbearkey.sh; `None` with why when neither works.
-    fn dropbearkey() -> Result<PathBuf, String> {
+    pub(super) fn dropbearkey() -> Result<PathBuf, String> {
         if let Ok(out) = Command::new("sh")
             .args(["-c", "command -v dropbearkey"])
             .output()
@@ -135,17 +138,19 @@ mod tests {
     }
 
     /// The guest agent's own writer (images/rootfs/host_key.c) with a driver of this test:
-    /// `write HEX PATH`.
-    fn build_writer(dir: &Path) -> Result<PathBuf, String> {
+    /// `write HEX PATH`, or `write placeholder PATH` for the placeholder key.
+    pub(super) fn build_writer(dir: &Path) -> Result<PathBuf, String> {
         let rootfs = repo().join("images/rootfs");
         let driver = dir.join("driver.c");
         std::fs::write(
             &driver,
-            "#include <stdio.h>\n#include \"agent.h\"\n\
+            "#include <stdio.h>\n#include <string.h>\n#include \"agent.h\"\n\
              int main(int argc, char **argv)\n{\n\
              \tconst char *why;\n\
              \tif (argc != 3)\n\t\treturn 2;\n\
-             \twhy = host_key_write(argv[1], argv[2]);\n\
+             \twhy = strcmp(argv[1], \"placeholder\") == 0\n\
+             \t\t? host_key_write_placeholder(argv[2])\n\
+             \t\t: host_key_write(argv[1], argv[2]);\n\
              \tif (why) {\n\t\tfprintf(stderr, \"%s\\n\", why);\n\t\treturn 1;\n\t}\n\
              \treturn 0;\n}\n",
         )
