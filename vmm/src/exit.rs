@@ -93,13 +93,21 @@ impl VmExit {
         }
     }
 
-    /// For a guest crash: records what `read` says about the crashed vCPU (its state, or
-    /// why it could not be read, appended to the detail). Other exits are left alone and
+    /// For a guest crash: records what `read` says about the crashed vCPU (its state, and
+    /// its RIP in the detail; or why it could not be read, appended to the detail). Other exits are left alone and
     /// `read` is not called.
     pub fn with_vcpu_state(mut self, read: impl FnOnce() -> Result<VcpuDump, String>) -> Self {
         if let Some(crash) = self.crash_mut() {
             match read() {
-                Ok(dump) => crash.vcpu_state = Some(Box::new(dump)),
+                Ok(dump) => {
+                    // The RIP in the human line too, where readers of `detail` look first.
+                    crash.detail += &if dump.reset_state {
+                        " (its registers are lost: KVM reset the vCPU)".to_string()
+                    } else {
+                        format!(" at rip {}", dump.rip)
+                    };
+                    crash.vcpu_state = Some(Box::new(dump));
+                }
                 Err(why) => crash.detail += &format!(" (vCPU state unreadable: {why})"),
             }
         }
@@ -175,6 +183,17 @@ mod tests {
         assert_eq!(
             crash.crash().and_then(|c| c.vcpu_state.as_deref()),
             Some(&some_dump())
+        );
+        assert_eq!(crash.detail(), Some("vCPU 0 at rip 0x100000"));
+        let reset = VmExit::TripleFault(Crash::new("vCPU 0")).with_vcpu_state(|| {
+            Ok(VcpuDump {
+                reset_state: true,
+                ..some_dump()
+            })
+        });
+        assert_eq!(
+            reset.detail(),
+            Some("vCPU 0 (its registers are lost: KVM reset the vCPU)")
         );
         let unreadable =
             VmExit::FailEntry(Crash::new("vCPU 1")).with_vcpu_state(|| Err("EIO".into()));
