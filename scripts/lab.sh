@@ -15,6 +15,10 @@
 #                             LAB_VERBOSE=1 also logs one L2 boot's full kernel console
 #                             LAB_ONLY=virtio runs only the virtio step (disks, NIC)
 #                             LAB_ONLY=restore runs only the snapshot/restore step
+#                             LAB_ONLY=stress boots and restores images/rootfs many times,
+#                             two at a time, counting triple faults (images/lab/l1-stress;
+#                             LAB_STRESS_S=S its time budget, default 360; LAB_STRESS_LIVE=S
+#                             how long each restored guest runs, default 3; never by default)
 #                             LAB_ROOTFS=0 skips images/rootfs, the SSH login check and
 #                             the coinopd lease step (it leases that image)
 set -euo pipefail
@@ -118,7 +122,7 @@ while :; do
   rm -f "$work/l1.pid" "$work/stalled" "$work/wedged"
   ( timeout --kill-after=10 "$left" qemu-system-x86_64 -accel tcg -cpu max -M q35 -m 2G -smp 2 \
       -nographic -no-reboot -pidfile "$work/l1.pid" -kernel "$work/vmlinuz" -initrd "$work/initramfs.cpio" \
-      -append "console=ttyS0 quiet panic=-1 lab.runs=$runs lab.peers=$peers lab.verbose=${LAB_VERBOSE:-0} ${LAB_ONLY:+lab.only=$LAB_ONLY}" \
+      -append "console=ttyS0 quiet panic=-1 lab.runs=$runs lab.peers=$peers lab.verbose=${LAB_VERBOSE:-0} ${LAB_ONLY:+lab.only=$LAB_ONLY} ${LAB_STRESS_S:+lab.stress_s=$LAB_STRESS_S} ${LAB_STRESS_LIVE:+lab.stress_live=$LAB_STRESS_LIVE}" \
       </dev/null 2>&1; echo $? >"$work/l1.rc" ) |
     sed -u 's/\r$//' | tee "$log" | grep --line-buffered '^LAB ' &
   pipeline=$!

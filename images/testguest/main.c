@@ -167,7 +167,15 @@ void guest_main(u64 cmdline_paddr)
     } else if (streq(mode, "count")) {
         count();
     } else if (streq(mode, "fault")) {
-        triple_fault();
+        fault_with_idt(0, 0, 1);
+    } else if (streq(mode, "fault-mmio-idt")) {
+        /* 3 GiB: in the 32-bit MMIO gap, no RAM and no device behind it, so the CPU's
+         * read of the #UD gate exits to KVM in the middle of delivering the exception. */
+        fault_with_idt(0xc0000000, 0xfff, 1);
+    } else if (streq(mode, "exec-mmio")) {
+        /* Code fetched from the MMIO gap: nothing KVM can emulate. */
+        serial_puts("exec-mmio: jumping to 3221225472\n");
+        ((void (*)(void))0xc0000000UL)();
     } else {
         serial_puts("unknown mode\n");
     }

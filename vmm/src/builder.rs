@@ -82,6 +82,7 @@ impl Running {
                 code,
                 detail: exit.detail().map(str::to_owned),
                 reason: exit.reason(),
+                vcpu_state: exit.crash().and_then(|c| c.vcpu_state.clone()),
             };
             line = Some(event.to_line());
             event
@@ -93,6 +94,9 @@ impl Running {
         }
         if let Some(detail) = exit.detail() {
             eprintln!("coinop-vmm: {}: {detail}", exit.reason());
+        }
+        if let Some(dump) = exit.crash().and_then(|c| c.vcpu_state.as_deref()) {
+            eprintln!("coinop-vmm: {}: {dump}", exit.reason());
         }
         // SAFETY: _exit ends the process without running destructors, which is the point:
         // console output is written unbuffered and events were written above.

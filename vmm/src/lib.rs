@@ -66,10 +66,25 @@
 //! Exit reasons: `guest_reset` (i8042 0xFE on port 0x64), `guest_poweroff` (KVM system event),
 //! `stopped` (control `stop`), `triple_fault`, `emulation_failure`, `fail_entry`,
 //! `internal_error`. `code` is the process exit code.
-//! Failed exits also carry `detail`, a human explanation naming the vCPU, the KVM exit and,
-//! where known, the guest RIP. `internal_error` has code 3 when KVM reports an internal
-//! error, a guest crash event or an exit the VMM does not handle, and code 1 when the VMM
-//! itself failed.
+//! Failed exits also carry `detail`, a human explanation naming the vCPU and the KVM exit.
+//! A guest crash a vCPU reported (code 3: `triple_fault`, `emulation_failure`, `fail_entry`,
+//! `internal_error` from KVM) also carries `vcpu_state`, that vCPU's registers read right
+//! after the exit (registers as hex strings; see `vmm_protocol::VcpuDump`), and the same on
+//! one stderr line `coinop-vmm: REASON: vCPU N state: rip ... `:
+//! ```text
+//! {"event":"exit","t_us":16743,"code":3,"detail":"vCPU 0: the guest triple-faulted (KVM_EXIT_SHUTDOWN)",
+//!  "reason":"triple_fault","vcpu_state":{"cr0":"0x80000011","cr2":"0x0","cr3":"0x102000",
+//!  "cr4":"0x20","cs":{"base":"0x0","dpl":0,"selector":8},"efer":"0x500",
+//!  "gdt":{"base":"0x500","limit":31},"idt":{"base":"0x0","limit":0},
+//!  "nmi":{"injected":false,"masked":false,"pending":false},"reset_state":false,
+//!  "rflags":"0x10046","rip":"0x100dd8","rsp":"0x10d758","ss":{"base":"0x0","dpl":0,"selector":16},"vcpu":0}}
+//! ```
+//! (one line on the wire). `exception` (vector, error code, injected/pending) and
+//! `interrupt` appear when KVM holds one for the vCPU. `reset_state: true` means KVM had
+//! re-initialised the vCPU before the VMM could read it (AMD does after a shutdown the
+//! CPU detected itself): the registers are then the INIT state, not the guest's.
+//! `internal_error` has code 3 when KVM reports an internal error, a guest crash event or
+//! an exit the VMM does not handle, and code 1 when the VMM itself failed.
 //!
 //! `awaiting_personalisation` and `personalised` come only from guests that use the
 //! personalisation port (below); each at most once.

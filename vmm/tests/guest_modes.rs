@@ -4,6 +4,7 @@
 mod common;
 
 use common::{kvm_ready, Image, Vmm, READY_LINE};
+use std::io::Write;
 
 fn halt(image: Image, vcpus: u32) {
     if !kvm_ready() {
@@ -83,13 +84,16 @@ fn smp(image: Image, vcpus: u32) {
     assert_eq!(lines.len(), vcpus as usize + 1, "unexpected lines\n{ctx}");
 }
 
+/// `mode=fault` loads an empty IDT and executes `ud2`: a triple fault, reported with the
+/// crashed vCPU's registers (the RIP of that `ud2`, which the guest prints first, its
+/// paging and long mode, its empty IDT) in the exit event and on stderr.
 fn fault(image: Image, vcpus: u32) {
     if !kvm_ready() {
         return;
     }
     let out = Vmm::boot(image, "mode=fault").vcpus(vcpus).run();
     out.assert_lifecycle(vcpus, "triple_fault", 3);
-    assert_eq!(out.stdout, READY_LINE, "{}", out.context());
+    let ud2 = announced_fault(&out, 0, 0);
     assert!(
         out.messages
             .iter()
@@ -98,6 +102,138 @@ fn fault(image: Image, vcpus: u32) {
         "the crash reason is on stderr\n{}",
         out.context()
     );
+    let state = &out.event("exit")["vcpu_state"];
+    if state["reset_state"] == true {
+        // KVM on AMD re-initialises a vCPU after a shutdown the CPU detected: the state
+        // says so, and the guest's own registers are gone.
+        assert_eq!(state["rip"], "0xfff0", "{}", out.context());
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: this host's KVM reset the vCPU at the triple fault; its registers are lost"
+        );
+        return;
+    }
+    assert_guest_state(&out, ud2, (0, 0));
+}
+
+/// `mode=fault-mmio-idt`: the IDT lies in unbacked guest-physical memory (the MMIO gap), so
+/// delivering the `ud2`'s #UD reads its gate from no memory at all. KVM ends the guest
+/// (a triple fault, or an internal error for an event it could not deliver, depending on
+/// the host), and the dump shows the guest where it was, with the IDT it loaded.
+fn fault_mmio_idt(image: Image, vcpus: u32) {
+    if !kvm_ready() {
+        return;
+    }
+    let out = Vmm::boot(image, "mode=fault-mmio-idt").vcpus(vcpus).run();
+    assert_eq!(out.code, Some(3), "a guest crash\n{}", out.context());
+    let exit = out.event("exit");
+    assert!(
+        ["triple_fault", "internal_error"].contains(&exit["reason"].as_str().unwrap_or("")),
+        "{}",
+        out.context()
+    );
+    let ud2 = announced_fault(&out, 0xc000_0000, 0xfff);
+    if exit["vcpu_state"]["reset_state"] == true {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: this host's KVM reset the vCPU at the triple fault; its registers are lost"
+        );
+        return;
+    }
+    assert_guest_state(&out, ud2, (0xc000_0000, 0xfff));
+}
+
+/// `mode=exec-mmio` jumps to 3 GiB, where no RAM is: KVM cannot fetch, let alone emulate,
+/// the instruction there, and the emulation failure carries that RIP.
+fn exec_mmio(image: Image, vcpus: u32) {
+    if !kvm_ready() {
+        return;
+    }
+    let out = Vmm::boot(image, "mode=exec-mmio").vcpus(vcpus).run();
+    out.assert_lifecycle(vcpus, "emulation_failure", 3);
+    assert_eq!(
+        out.stdout,
+        format!("{READY_LINE}exec-mmio: jumping to 3221225472\n"),
+        "{}",
+        out.context()
+    );
+    let state = &out.event("exit")["vcpu_state"];
+    assert_eq!(state["rip"], "0xc0000000", "{}", out.context());
+    assert_eq!(state["vcpu"], 0, "{}", out.context());
+    assert_long_mode(&out);
+    assert!(
+        out.messages
+            .iter()
+            .any(|m| m.contains("emulation_failure: vCPU 0 state: rip 0xc0000000 ")),
+        "the state is on stderr too\n{}",
+        out.context()
+    );
+}
+
+/// The `fault: ud2 at <addr> idt <base> limit <limit>` line the guest prints before it
+/// faults; returns the `ud2`'s address.
+fn announced_fault(out: &common::Outcome, idt_base: u64, idt_limit: u64) -> u64 {
+    let line = out
+        .stdout
+        .strip_prefix(READY_LINE)
+        .and_then(|rest| rest.strip_prefix("fault: ud2 at "))
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .unwrap_or_else(|| panic!("no fault line\n{}", out.context()));
+    let (addr, idt) = line
+        .split_once(" idt ")
+        .unwrap_or_else(|| panic!("no idt in the fault line\n{}", out.context()));
+    assert_eq!(
+        idt,
+        format!("{idt_base} limit {idt_limit}"),
+        "{}",
+        out.context()
+    );
+    addr.parse()
+        .unwrap_or_else(|e| panic!("ud2 address {addr:?}: {e}\n{}", out.context()))
+}
+
+/// The exit event's vCPU state is the guest's at its `ud2`: that RIP, the IDT it loaded,
+/// ring 0 in long mode with paging; and stderr has the same state in words.
+fn assert_guest_state(out: &common::Outcome, ud2: u64, idt: (u64, u64)) {
+    let ctx = out.context();
+    let state = &out.event("exit")["vcpu_state"];
+    assert_eq!(state["vcpu"], 0, "the BSP faulted\n{ctx}");
+    assert_eq!(state["rip"], format!("{ud2:#x}"), "RIP at the ud2\n{ctx}");
+    assert_eq!(state["idt"]["base"], format!("{:#x}", idt.0), "{ctx}");
+    assert_eq!(state["idt"]["limit"], idt.1, "{ctx}");
+    assert_eq!(state["reset_state"], false, "{ctx}");
+    assert_long_mode(out);
+    let reason = out.event("exit")["reason"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
+    let words = format!("{reason}: vCPU 0 state: rip {ud2:#x} ");
+    assert!(
+        out.messages.iter().any(|m| m.contains(&words)),
+        "{words:?} on stderr\n{ctx}"
+    );
+}
+
+/// The dumped control registers are the test guest's: protected mode with paging, long
+/// mode active, CPL 0.
+fn assert_long_mode(out: &common::Outcome) {
+    let ctx = out.context();
+    let state = &out.event("exit")["vcpu_state"];
+    let reg = |name: &str| {
+        let text = state[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {name}\n{ctx}"));
+        u64::from_str_radix(text.trim_start_matches("0x"), 16)
+            .unwrap_or_else(|e| panic!("{name} {text:?}: {e}\n{ctx}"))
+    };
+    const CR0_PE: u64 = 1;
+    const CR0_PG: u64 = 1 << 31;
+    const EFER_LMA: u64 = 1 << 10;
+    assert_eq!(reg("cr0") & (CR0_PE | CR0_PG), CR0_PE | CR0_PG, "{ctx}");
+    assert_ne!(reg("efer") & EFER_LMA, 0, "{ctx}");
+    assert_ne!(reg("cr3"), 0, "the guest's page tables\n{ctx}");
+    assert_eq!(state["cs"]["dpl"], 0, "{ctx}");
+    assert_ne!(state["cs"]["selector"], 0, "{ctx}");
 }
 
 /// `crash:<ms>` spins, then triple-faults: a guest that crashes some time after its boot.
@@ -198,6 +334,10 @@ boots! {
     fault_pvh_2vcpus => fault(Pvh, 2);
     fault_elf64_1vcpu => fault(Elf64, 1);
     fault_elf64_2vcpus => fault(Elf64, 2);
+    fault_mmio_idt_pvh_1vcpu => fault_mmio_idt(Pvh, 1);
+    fault_mmio_idt_elf64_2vcpus => fault_mmio_idt(Elf64, 2);
+    exec_mmio_pvh_1vcpu => exec_mmio(Pvh, 1);
+    exec_mmio_elf64_1vcpu => exec_mmio(Elf64, 1);
     count_pvh_1vcpu => count(Pvh, 1);
     count_pvh_2vcpus => count(Pvh, 2);
     count_elf64_1vcpu => count(Elf64, 1);

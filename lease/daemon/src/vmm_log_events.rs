@@ -92,6 +92,7 @@ mod tests {
             code: 3,
             detail: Some("vCPU 0: KVM_EXIT_SHUTDOWN".into()),
             reason: ExitReason::TripleFault,
+            vcpu_state: None,
         };
         let mut text = "x".repeat(40_000) + "\ncoinop-vmm: starting\n";
         std::fs::write(&log, &text).expect("write");

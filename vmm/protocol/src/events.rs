@@ -1,5 +1,6 @@
 //! The event stream: one [`Event`] per line, written by the VMM as things happen.
 
+use crate::VcpuDump;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -75,6 +76,11 @@ pub enum Event {
         detail: Option<String>,
         /// Why the VM ended.
         reason: ExitReason,
+        /// For a guest crash a vCPU reported (triple fault, emulation failure, failed entry,
+        /// KVM internal error): that vCPU's registers, read right after the exit. Absent
+        /// otherwise, and from a VMM that predates the field.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vcpu_state: Option<Box<VcpuDump>>,
     },
 }
 
@@ -199,6 +205,7 @@ mod tests {
                     code: 0,
                     detail: None,
                     reason: ExitReason::Stopped,
+                    vcpu_state: None,
                 },
             ),
             (
@@ -208,6 +215,7 @@ mod tests {
                     code: 3,
                     detail: Some("vCPU 0: the guest triple-faulted (KVM_EXIT_SHUTDOWN)".into()),
                     reason: ExitReason::TripleFault,
+                    vcpu_state: None,
                 },
             ),
         ]
@@ -237,7 +245,8 @@ mod tests {
                 t_us: 9,
                 code: 0,
                 detail: None,
-                reason: ExitReason::GuestReset
+                reason: ExitReason::GuestReset,
+                vcpu_state: None,
             }
         );
     }

@@ -5,8 +5,8 @@
 //!
 //! - the **event stream** ([`Event`]): what happened to the guest and when (`vm_created`,
 //!   `vcpus_started`, `awaiting_personalisation`, `personalised`, `guest_ready`, `warning`,
-//!   and last `exit` with its [`ExitReason`] and process exit code), on stderr or an
-//!   inherited fd;
+//!   and last `exit` with its [`ExitReason`], process exit code and, for a guest crash,
+//!   the crashed vCPU's registers as a [`VcpuDump`]), on stderr or an inherited fd;
 //! - the **control socket**: a client sends a [`Request`] (`status`, `pause`, `resume`,
 //!   `usage`, `console_input`, `stop`, `snapshot`, `personalise`) and gets one [`Reply`]
 //!   back: a [`Status`], a [`Usage`], the [`VmState`] the guest is now asked to be in, a bare
@@ -33,9 +33,13 @@
 pub mod client;
 mod control;
 mod events;
+mod vcpu_dump;
 
 pub use control::{Reply, ReplyError, Request, RequestError, Status, Usage, VmState};
 pub use events::{Event, ExitReason};
+pub use vcpu_dump::{
+    DescriptorTable, ExceptionState, Hex, InterruptState, NmiState, Segment, VcpuDump,
+};
 
 /// One message as a line: compact JSON and a newline.
 fn to_line<T: serde::Serialize>(message: &T) -> String {

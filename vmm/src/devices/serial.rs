@@ -169,6 +169,199 @@ mod tests {
         assert_eq!(got, input);
     }
 
+    /// Linux's 8250 driver's transmit side (drivers/tty/serial/8250/8250_port.c and
+    /// 8250_core.c, 6.1) as far as it touches the UART: `start_tx` sets IER.THRI if it is
+    /// clear and otherwise waits for the THRE interrupt; the interrupt handler reads IIR,
+    /// then LSR, writes up to 16 bytes (`tx_loadsz` of a 16550A) while THRI is set and
+    /// clears THRI once the buffer is empty, and runs again until IIR says "no interrupt";
+    /// `printk`'s console write saves IER, masks it, writes polled and restores it.
+    struct Linux8250 {
+        ier: u8,
+        xmit: VecDeque<u8>,
+    }
+
+    const IER: u8 = 1;
+    const IIR: u8 = 2;
+    const LSR: u8 = 5;
+    const IER_RDI: u8 = 0x01;
+    const IER_THRI: u8 = 0x02;
+    const IIR_NO_INT: u8 = 0x01;
+    const LSR_THRE: u8 = 0x20;
+
+    impl Linux8250 {
+        /// After `serial8250_startup`: receive interrupts on, transmitter idle.
+        fn started(uart: &mut Console) -> Self {
+            uart.write(IER, IER_RDI);
+            Linux8250 {
+                ier: IER_RDI,
+                xmit: VecDeque::new(),
+            }
+        }
+
+        /// `uart_write` + `serial8250_start_tx`.
+        fn write(&mut self, uart: &mut Console, bytes: &[u8]) {
+            self.xmit.extend(bytes);
+            if self.ier & IER_THRI == 0 {
+                self.ier |= IER_THRI;
+                uart.write(IER, self.ier);
+            }
+        }
+
+        /// One pass of `serial8250_default_handle_irq`; false when IIR said no interrupt.
+        fn handle_irq(&mut self, uart: &mut Console) -> bool {
+            if uart.read(IIR) & IIR_NO_INT != 0 {
+                return false;
+            }
+            if uart.read(LSR) & LSR_THRE != 0 && self.ier & IER_THRI != 0 {
+                self.tx_chars(uart);
+            }
+            true
+        }
+
+        /// `serial8250_tx_chars`, then `__stop_tx` once the buffer is empty.
+        fn tx_chars(&mut self, uart: &mut Console) {
+            for _ in 0..16 {
+                match self.xmit.pop_front() {
+                    Some(byte) => uart.write(0, byte),
+                    None => break,
+                }
+            }
+            if self.xmit.is_empty() {
+                self.ier &= !IER_THRI;
+                uart.write(IER, self.ier);
+            }
+        }
+
+        /// `serial8250_interrupt` for IRQ 4: passes until IIR says no interrupt.
+        fn interrupt(&mut self, uart: &mut Console) {
+            while self.handle_irq(uart) {}
+        }
+
+        /// `serial8250_console_write`.
+        fn console_write(&mut self, uart: &mut Console, text: &[u8]) {
+            let saved = uart.read(IER);
+            uart.write(IER, 0);
+            for byte in text {
+                assert_ne!(uart.read(LSR) & LSR_THRE, 0, "polled THRE");
+                uart.write(0, *byte);
+            }
+            uart.write(IER, saved);
+        }
+    }
+
+    /// Whether the UART raised its IRQ since the last call (edges through the irqfd are
+    /// counted by the eventfd; reading it consumes them, as KVM's irqfd does).
+    fn irq_raised(uart: &Console) -> bool {
+        uart.uart.interrupt_evt().0.read().is_ok()
+    }
+
+    /// Delivers the IRQ to the model until the UART stops raising it.
+    fn deliver(linux: &mut Linux8250, uart: &mut Console) {
+        while irq_raised(uart) {
+            linux.interrupt(uart);
+        }
+    }
+
+    #[test]
+    fn linux_8250_transmit_path_never_waits_for_a_lost_thre_interrupt() {
+        let (mut c, out) = console();
+        let mut linux = Linux8250::started(&mut c);
+        deliver(&mut linux, &mut c);
+        let mut want = Vec::new();
+        for round in 0..50u32 {
+            let text = format!("line {round}: {}\n", "x".repeat((round as usize * 7) % 90));
+            linux.write(&mut c, text.as_bytes());
+            // printk lines land between start_tx and the handler (THRI set, the text
+            // waiting in the driver): polled, they go out first.
+            if round % 3 == 0 {
+                let message = format!("[kernel {round}]\n");
+                linux.console_write(&mut c, message.as_bytes());
+                want.extend_from_slice(message.as_bytes());
+            }
+            want.extend_from_slice(text.as_bytes());
+            deliver(&mut linux, &mut c);
+            assert!(
+                linux.xmit.is_empty(),
+                "round {round}: {} bytes stuck in the driver, IER {:#x}",
+                linux.xmit.len(),
+                linux.ier
+            );
+        }
+        assert_eq!(*out.0.lock().expect("test lock"), want);
+    }
+
+    #[test]
+    fn a_console_restored_from_a_snapshot_taken_inside_the_handler_still_transmits() {
+        // Park the guest at every point of its handler's last pass (after each register
+        // access) and restore it there: the rest of the pass and the next write must
+        // still get their interrupts.
+        for park_after in 0..8 {
+            let (mut c, out) = console();
+            let mut linux = Linux8250::started(&mut c);
+            deliver(&mut linux, &mut c);
+            linux.write(&mut c, b"0123456789abcdefXYZ");
+            assert!(irq_raised(&c), "start_tx raised THRE");
+            // The pass that sends the first 16 bytes, then the last pass (3 bytes, then
+            // __stop_tx), stepped register by register.
+            assert!(linux.handle_irq(&mut c));
+            let mut c = {
+                let mut steps = 0;
+                let mut snapshot = None;
+                // IIR, LSR, three THR writes, the IER write of __stop_tx, the next IIR.
+                let iir = c.read(IIR);
+                steps += 1;
+                assert_eq!(iir & IIR_NO_INT, 0);
+                if steps == park_after {
+                    snapshot = Some(c.state());
+                }
+                let lsr = c.read(LSR);
+                steps += 1;
+                assert_ne!(lsr & LSR_THRE, 0);
+                if steps == park_after {
+                    snapshot = Some(c.state());
+                }
+                for byte in linux.xmit.drain(..).collect::<Vec<_>>() {
+                    c.write(0, byte);
+                    steps += 1;
+                    if steps == park_after {
+                        snapshot = Some(c.state());
+                    }
+                }
+                linux.ier &= !IER_THRI;
+                c.write(IER, linux.ier);
+                steps += 1;
+                if steps == park_after {
+                    snapshot = Some(c.state());
+                }
+                match snapshot {
+                    // Parked before the pass (0) or after it (7): the state as it is now.
+                    None => c,
+                    Some(state) => {
+                        let irq = IrqLine(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+                        Console::restore(irq, Box::new(out.clone()), &state).expect("restores")
+                    }
+                }
+            };
+            // The restored guest finishes its handler, then writes more.
+            linux.interrupt(&mut c);
+            deliver(&mut linux, &mut c);
+            linux.write(&mut c, b" and after the restore\n");
+            deliver(&mut linux, &mut c);
+            assert!(
+                linux.xmit.is_empty(),
+                "parked after step {park_after}: {} bytes stuck, IER {:#x}",
+                linux.xmit.len(),
+                linux.ier
+            );
+            let text = out.0.lock().expect("test lock").clone();
+            assert!(
+                text.ends_with(b"XYZ and after the restore\n"),
+                "parked after step {park_after}: {:?}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+    }
+
     #[test]
     fn backlog_is_bounded() {
         let (mut c, _) = console();

@@ -2,6 +2,7 @@
 //! and its run loop, which turns every KVM exit into device I/O or a [`VmExit`].
 
 use super::cpu_time::VcpuClocks;
+use super::crash_dump;
 use super::persist::{self, VcpuState};
 use super::run_state::{self, Checkpoint, Requested, RunState};
 use crate::arch::x86_64::regs::{self, EntryMode};
@@ -9,7 +10,7 @@ use crate::arch::x86_64::{cpuid, lapic, msr};
 use crate::devices::mmio_bus::MmioBus;
 use crate::devices::PioBus;
 use crate::events::EventSink;
-use crate::exit::VmExit;
+use crate::exit::{Crash, VmExit};
 use kvm_bindings::{
     CpuId, KVM_INTERNAL_ERROR_EMULATION, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -244,23 +245,24 @@ pub fn run(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Option<VmExit> {
             Err(e) => Action::Exit(VmExit::Vmm(format!("vCPU {index}: KVM_RUN failed: {e}"))),
         };
         vcpu.set_kvm_immediate_exit(0);
-        match action {
-            Action::Continue => {}
-            Action::Exit(exit) => return Some(exit),
+        let exit = match action {
+            Action::Continue => continue,
+            Action::Exit(exit) => exit,
             Action::InternalError => {
                 let suberror = internal_suberror(vcpu);
-                let at = rip(vcpu);
-                return Some(if suberror == KVM_INTERNAL_ERROR_EMULATION {
-                    VmExit::EmulationFailure(format!(
-                        "vCPU {index}: KVM could not emulate the instruction at {at}"
-                    ))
+                if suberror == KVM_INTERNAL_ERROR_EMULATION {
+                    VmExit::EmulationFailure(Crash::new(format!(
+                        "vCPU {index}: KVM could not emulate an instruction"
+                    )))
                 } else {
-                    VmExit::GuestError(format!(
-                        "vCPU {index}: KVM internal error (suberror {suberror}) at {at}"
-                    ))
-                });
+                    VmExit::GuestError(Crash::new(format!(
+                        "vCPU {index}: KVM internal error (suberror {suberror})"
+                    )))
+                }
             }
-        }
+        };
+        // A guest crash: what the vCPU held goes into the exit event (crash_dump).
+        return Some(exit.with_vcpu_state(|| crash_dump::read(vcpu, index)));
     }
 }
 
@@ -280,27 +282,27 @@ fn handle_exit(exit: VcpuExit<'_>, index: u8, pio: &PioBus, mmio: &MmioBus) -> A
             Action::Continue
         }
         VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IoapicEoi(_) => Action::Continue,
-        VcpuExit::Shutdown => Action::Exit(VmExit::TripleFault(format!(
+        VcpuExit::Shutdown => Action::Exit(VmExit::TripleFault(Crash::new(format!(
             "vCPU {index}: the guest triple-faulted (KVM_EXIT_SHUTDOWN)"
-        ))),
-        VcpuExit::FailEntry(reason, cpu) => Action::Exit(VmExit::FailEntry(format!(
+        )))),
+        VcpuExit::FailEntry(reason, cpu) => Action::Exit(VmExit::FailEntry(Crash::new(format!(
             "vCPU {index}: VM entry failed on host CPU {cpu}, hardware reason {reason:#x}"
-        ))),
+        )))),
         VcpuExit::InternalError => Action::InternalError,
         VcpuExit::SystemEvent(kind, _) => match kind {
             KVM_SYSTEM_EVENT_SHUTDOWN => Action::Exit(VmExit::GuestPoweroff),
             KVM_SYSTEM_EVENT_RESET => Action::Exit(VmExit::GuestReset),
-            KVM_SYSTEM_EVENT_CRASH => Action::Exit(VmExit::GuestError(format!(
+            KVM_SYSTEM_EVENT_CRASH => Action::Exit(VmExit::GuestError(Crash::new(format!(
                 "vCPU {index}: the guest reported a crash (KVM system event)"
-            ))),
-            other => Action::Exit(VmExit::GuestError(format!(
+            )))),
+            other => Action::Exit(VmExit::GuestError(Crash::new(format!(
                 "vCPU {index}: unhandled KVM system event type {other}"
-            ))),
+            )))),
         },
-        other => Action::Exit(VmExit::GuestError(format!(
+        other => Action::Exit(VmExit::GuestError(Crash::new(format!(
             "vCPU {index}: unhandled KVM exit {}",
             exit_name(&other)
-        ))),
+        )))),
     }
 }
 
@@ -315,11 +317,6 @@ fn exit_name(exit: &VcpuExit<'_>) -> String {
                 .to_string()
         }
     }
-}
-
-fn rip(vcpu: &VcpuFd) -> String {
-    vcpu.get_regs()
-        .map_or_else(|_| "an unknown rip".into(), |r| format!("rip {:#x}", r.rip))
 }
 
 fn internal_suberror(vcpu: &mut VcpuFd) -> u32 {
