@@ -54,6 +54,37 @@ async fn wait_for_snapshot(d: &Daemon, image: &str, not: Option<&Path>) -> PathB
     }
 }
 
+/// `text` without its ANSI colour sequences (the daemon's log colours field names).
+fn plain_text(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters final-letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// The pool's slots parked and ready for a lease (marker `parked PID`), by lease id.
+fn parked_slots(state: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(state.join("pool")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.starts_with("parked ")))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 async fn create(d: &Daemon, image: &str) -> CreatedLease {
     let proofs = d.mint_credit(20).await;
     d.create_lease(json!({"vcpus": 1, "mem_mib": 64, "image": image,
@@ -119,6 +150,16 @@ async fn leases_after_the_first_start_by_restore_and_run_on_independently() {
         "read-only to everyone"
     );
 
+    // Jailed (root), the daemon builds lease slots ahead (its default pool): a restore
+    // starts in one as a cold boot does, the snapshot's files handed to the parked child.
+    let pooled = nix::unistd::geteuid().is_root();
+    if pooled {
+        wait_for(
+            async || !parked_slots(state).is_empty(),
+            "a lease slot built ahead",
+        )
+        .await;
+    }
     let b = create(&d, "tg").await;
     let c = create(&d, "tg").await;
     for lease in [&b, &c] {
@@ -127,6 +168,21 @@ async fn leases_after_the_first_start_by_restore_and_run_on_independently() {
         assert!(
             boot["guest_ready_us"].as_u64() >= boot["vmm_spawned_us"].as_u64(),
             "{boot}"
+        );
+    }
+    if pooled {
+        // b took the slot waited for (its id is the slot's), and its VMM was the slot's
+        // parked child, not a jail built after a failed launch.
+        let log = d.log();
+        let started = plain_text(&log)
+            .lines()
+            .find(|l| l.contains("VMM started") && l.contains(&b.id))
+            .map(String::from)
+            .unwrap_or_default();
+        assert!(
+            started.contains("pooled=true") && state.join("pool").join(&b.id).is_file(),
+            "the restored lease {} started in a slot built ahead:\n{log}",
+            b.id
         );
     }
     // Restored guests continue the snapshotted one: no boot banner, the count goes on

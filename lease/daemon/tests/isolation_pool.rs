@@ -1,12 +1,14 @@
 //! coinopd's pool of lease slots built ahead of time, on the real cgroup hierarchy with real
 //! jailed guests: a create takes a ready slot (its lease id, its parked process becomes the
-//! VMM) and gets its own size's limits, the pool refills, an empty pool falls back to
+//! VMM) and gets its own size's limits, the pool refills (not until a moment after the boot:
+//! the reply and the tenant's first connection go first), an empty pool falls back to
 //! building the slot on the request path, slots left by a crash are removed at the next
 //! start (but not those of re-adopted leases), and shutdown removes the unused ones.
 
 mod common;
 
 use coinop_host::cgroup::{detect, Cgroups, Limits};
+use coinop_host::slot_pool::SETTLE;
 use coinopd::isolation::CGROUP_PARENT;
 use common::lease_pid::lease_pid;
 use common::leases::testguest_body;
@@ -189,6 +191,54 @@ async fn a_create_takes_a_ready_slot_with_its_own_limits_and_the_pool_refills() 
         .expect("pool dir")
         .collect();
     assert!(left.is_empty(), "markers left: {left:?}");
+}
+
+/// The refill after a create waits [`SETTLE`] after the boot ended: the slot that replaces
+/// the one taken was begun (its marker made) no earlier than that after the create was sent,
+/// which the boot's end followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refill_waits_a_moment_after_the_boot() {
+    if ready().is_none() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let d = Daemon::start(dir.path(), &pool_args("4200400", "8", "1")).await;
+    let before = full_pool(dir.path(), 1, &[]).await;
+    let q = d.quote(1, 64, 60).await;
+    let payment =
+        coinop_cli::regtest_pay::pay_quote(&d.client, q["quote_id"].as_str().expect("id"))
+            .await
+            .expect("regtest payment");
+    let sent = std::time::SystemTime::now();
+    let lease = d.create_lease(testguest_body("mode=echo", payment)).await;
+    assert!(
+        before.contains_key(&lease.id),
+        "the lease took the ready slot"
+    );
+
+    let after = full_pool(dir.path(), 1, &[&lease.id]).await;
+    let (refill, _) = after.iter().next().expect("one slot");
+    let marker = dir.path().join("pool").join(refill);
+    let begun = match std::fs::metadata(&marker).and_then(|m| m.created()) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: no creation time for {}: {e}",
+                marker.display()
+            );
+            stop(&d, &lease.id, &lease.token).await;
+            d.shutdown().await;
+            return;
+        }
+    };
+    let waited = begun.duration_since(sent).unwrap_or_default();
+    assert!(
+        waited >= SETTLE,
+        "the refill began {waited:?} after the create was sent, before the boot's end + {SETTLE:?}"
+    );
+    stop(&d, &lease.id, &lease.token).await;
+    d.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,10 @@
 //! background thread fills the pool at start and refills it after each take; a create
 //! takes a slot, writes the limits that differ for its size and launches its image in it.
 //! An empty pool (a burst) only means the create builds its slot on the request path. The
-//! filler waits while any boot is in flight ([`SlotPool::hold_off`]): its clone of coinopd
-//! and cgroup joins would compete with the create it refills for.
+//! filler waits while any boot is in flight ([`SlotPool::hold_off`]), and [`SETTLE`] after
+//! the last one: its clone of coinopd and cgroup joins would compete with the create it
+//! refills for, whose reply and the tenant's first connection to the new guest follow the
+//! boot.
 //!
 //! Every slot has a marker file named by its lease id in the pool directory, written before
 //! anything else of the slot (empty, then `parked PID` once ready) and removed with the last
@@ -17,13 +19,20 @@
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cgroup::{CgroupSlot, Cgroups, Limits};
 use crate::jail::{JailConfig, ParkedJail};
 
 /// How long the filler waits after a failed build before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How long after the last boot ended the filler still waits: the create's reply goes out
+/// and the tenant's first connection (an SSH handshake: the guest's sshd forks) reaches the
+/// new guest meanwhile. On a host with few CPUs (the nested lab's L1 has 2) a refill run
+/// then (~50-90 ms there) delays both; later, it costs nothing, and creates in a burst keep
+/// it waiting anyway.
+pub const SETTLE: Duration = Duration::from_millis(500);
 
 /// Errors building a slot.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +117,8 @@ struct State {
     limits: Limits,
     /// Boots in flight: the filler waits until none is.
     boots: usize,
+    /// When the last boot ended, plus [`SETTLE`]: the filler waits until then.
+    settled_at: Option<Instant>,
     stopping: bool,
 }
 
@@ -159,6 +170,7 @@ impl SlotPool {
                     ready: VecDeque::new(),
                     limits: Limits::for_guest(1, 128),
                     boots: 0,
+                    settled_at: None,
                     stopping: false,
                 }),
                 changed: Condvar::new(),
@@ -247,26 +259,35 @@ impl Drop for HoldOff {
         let mut state = self.pool.state();
         state.boots = state.boots.saturating_sub(1);
         if state.boots == 0 {
+            state.settled_at = Some(Instant::now() + SETTLE);
             self.pool.changed.notify_all();
         }
     }
 }
 
-/// The filler: builds slots while the pool is short and no boot is in flight, keeping the
-/// last free uid for creates that find the pool empty.
+/// The filler: builds slots while the pool is short, no boot is in flight and the last one
+/// ended [`SETTLE`] ago, keeping the last free uid for creates that find the pool empty.
 fn fill(inner: &Inner) {
     loop {
         let limits = {
             let mut state = inner.state();
-            while !state.stopping
-                && (state.ready.len() >= inner.target
+            loop {
+                let settling = state
+                    .settled_at
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+                    .filter(|left| !left.is_zero());
+                let wait = state.ready.len() >= inner.target
                     || state.boots > 0
-                    || inner.jail.uids.free() <= 1)
-            {
+                    || inner.jail.uids.free() <= 1
+                    || settling.is_some();
+                if state.stopping || !wait {
+                    break;
+                }
                 // Uids come back when leases end, which nothing here is told about.
+                let pause = settling.map_or(RETRY_AFTER, |left| left.min(RETRY_AFTER));
                 state = inner
                     .changed
-                    .wait_timeout(state, RETRY_AFTER)
+                    .wait_timeout(state, pause)
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .0;
             }
