@@ -35,10 +35,11 @@
 //! stays shared and read-only): it is hard-linked into the staging directory (both are
 //! under the state directory, one filesystem) before the snapshot command (the VMM's exit
 //! removes the overlay's own name with the rest of its confinement), flushed by the
-//! snapshot, and stored as `overlay` beside `state` and `memory`, read-only like them. A lease restored from the snapshot starts on a copy of
-//! it (owned by the lease's jail uid, 0600), made by data extents only
-//! ([`crate::sparse_copy`]): it costs what the golden guest wrote, not the disk's size. A
-//! cold boot, including the fallback after a failed restore, starts on an empty overlay.
+//! snapshot, and stored as `overlay` beside `state` and `memory`, read-only like them. A
+//! lease restored from the snapshot starts on a copy of it (owned by the lease's jail uid,
+//! 0600), made by data extents only ([`crate::sparse_copy`]): it costs what the golden
+//! guest wrote, not the disk's size. A cold boot, including the fallback after a failed
+//! restore, starts on an empty overlay.
 //! A snapshot directory without an `overlay` (made before overlays were kept) is not
 //! complete, so it is built again rather than restored onto an empty disk.
 //!
@@ -351,8 +352,8 @@ impl GoldenSnapshots {
         Ok(())
     }
 
-    /// Gives the written snapshot (and the golden guest's overlay) to root, read-only, renames it into place and removes
-    /// the shape's snapshots under other keys.
+    /// Gives the written snapshot (and the golden guest's overlay) to root, read-only,
+    /// renames it into place and removes the shape's snapshots under other keys.
     fn put_in_place(
         &self,
         shape: &Shape,
