@@ -22,8 +22,26 @@
 //! build, released when its VMM exits), so the snapshot's devices match the leases'; the
 //! guest brings no interface up before it is personalised. The VMM writes into a staging directory it owns (bound writable into its jail); once
 //! it has exited, coinopd gives the files to root, read-only (0444, directory 0555), and
-//! renames the staging directory into place: jailed VMMs of later leases get the two files
-//! bound read-only and map the memory copy-on-write, and none can change them.
+//! renames the staging directory into place: jailed VMMs of later leases get `state` and
+//! `memory` bound read-only and map the memory copy-on-write, and none can change them (the
+//! `overlay`, below, is only coinopd's to copy).
+//!
+//! **The root disk.** A snapshot holds no disk contents (the VMM flushes the disk before it
+//! takes its state, and the restoring side attaches the disk the guest continues on), but
+//! the guest's memory does depend on them: booting to its ready point, a guest writes to
+//! its root disk (a read-write remount, directories, files; the filesystem's superblock
+//! and journal), and its page cache and filesystem state assume those writes. So for an
+//! image with a root filesystem the build keeps the golden VMM's overlay (the base image
+//! stays shared and read-only): it is hard-linked into the staging directory (both are
+//! under the state directory, one filesystem) before the snapshot command (the VMM's exit
+//! removes the overlay's own name with the rest of its confinement), flushed by the
+//! snapshot, and stored as `overlay` beside `state` and `memory`, read-only like them. A
+//! lease restored from the snapshot starts on a copy of it (owned by the lease's jail uid,
+//! 0600), made by data extents only ([`crate::sparse_copy`]): it costs what the golden
+//! guest wrote, not the disk's size. A cold boot, including the fallback after a failed
+//! restore, starts on an empty overlay.
+//! A snapshot directory without an `overlay` (made before overlays were kept) is not
+//! complete, so it is built again rather than restored onto an empty disk.
 //!
 //! **Validity.** The directory is `STATE/snapshots/IMAGE/<vcpus>c<mem>m-<key>`, where key
 //! is a SHA-256 over everything the snapshot depends on: the kernel, initrd and rootfs
@@ -57,6 +75,16 @@ use crate::supervisor::{
     jailed_snapshot_dir, BootRequest, GuestPaths, Nic, ReadyPoint, SnapshotUse,
 };
 use crate::vmm_process::VmmProcess;
+
+/// The golden guest's root-disk overlay in a snapshot directory, for an image with a root
+/// filesystem (see the module doc).
+const OVERLAY_FILE: &str = "overlay";
+
+/// Where the root-disk overlay of the snapshot in `dir` is (a restored lease's own overlay
+/// starts as a copy of it).
+pub fn overlay_in(dir: &Path) -> PathBuf {
+    dir.join(OVERLAY_FILE)
+}
 
 /// Bumped when what the key covers changes.
 const KEY_DOMAIN: &[u8] = b"coinopd golden snapshot v1";
@@ -179,7 +207,10 @@ impl GoldenSnapshots {
     pub fn lookup(&self, shape: &Shape) -> Result<(Option<PathBuf>, String), GoldenError> {
         let key = self.key(shape)?;
         let dir = self.dir_of(shape, &key);
-        let complete = dir.join("state").is_file() && dir.join("memory").is_file();
+        // An image with a root filesystem continues on the golden guest's disk writes.
+        let complete = dir.join("state").is_file()
+            && dir.join("memory").is_file()
+            && (shape.image.rootfs.is_none() || overlay_in(&dir).is_file());
         Ok((complete.then_some(dir), key))
     }
 
@@ -277,6 +308,18 @@ impl GoldenSnapshots {
                 ready_at,
             })
             .await?;
+        if shape.image.rootfs.is_some() {
+            // Kept under a second name: the VMM's exit removes the overlay's own with its
+            // confinement. The snapshot command flushes the disk before the state is taken.
+            let overlay = supervisor.isolation().overlay_path(&id);
+            let kept = overlay_in(staging);
+            if let Err(e) = std::fs::hard_link(&overlay, &kept) {
+                if let Some(vmm) = booted.pid.and_then(VmmProcess::of) {
+                    let _ = vmm.kill();
+                }
+                return Err(io_at(&kept)(e));
+            }
+        }
         let dir = if supervisor.isolation().jail.is_some() {
             jailed_snapshot_dir().to_path_buf()
         } else {
@@ -309,16 +352,19 @@ impl GoldenSnapshots {
         Ok(())
     }
 
-    /// Gives the written snapshot to root, read-only, renames it into place and removes
-    /// the shape's snapshots under other keys.
+    /// Gives the written snapshot (and the golden guest's overlay) to root, read-only,
+    /// renames it into place and removes the shape's snapshots under other keys.
     fn put_in_place(
         &self,
         shape: &Shape,
         key: &str,
         staging: &Path,
     ) -> Result<PathBuf, GoldenError> {
-        for file in ["state", "memory"] {
+        for file in ["state", "memory", OVERLAY_FILE] {
             let path = staging.join(file);
+            if file == OVERLAY_FILE && shape.image.rootfs.is_none() {
+                continue;
+            }
             std::os::unix::fs::chown(&path, Some(0), Some(0))
                 .or_else(|e| not_root_is_fine(e, &path))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))
@@ -440,5 +486,41 @@ mod tests {
         assert_ne!(k1, g.key(&a).expect("key"));
         std::fs::remove_file(&kernel).expect("rm");
         assert!(matches!(g.key(&a), Err(GoldenError::Io { .. })));
+    }
+
+    #[test]
+    fn a_snapshot_of_a_rootfs_image_without_its_overlay_is_not_complete() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kernel = dir.path().join("k");
+        let rootfs = dir.path().join("root.img");
+        let vmm = dir.path().join("vmm");
+        for file in [&kernel, &rootfs, &vmm] {
+            std::fs::write(file, b"bytes").expect("write");
+        }
+        let g = GoldenSnapshots::new(dir.path().join("snapshots"), vmm);
+        let mut with_disk = shape(kernel.clone(), "mode=idle");
+        with_disk.image.rootfs = Some(rootfs);
+        let without_disk = shape(kernel, "mode=idle");
+        for shape in [&with_disk, &without_disk] {
+            let (none, key) = g.lookup(shape).expect("lookup");
+            assert_eq!(none, None, "nothing built yet");
+            let snap = g.dir_of(shape, &key);
+            std::fs::create_dir_all(&snap).expect("mkdir");
+            std::fs::write(snap.join("state"), b"s").expect("write");
+            std::fs::write(snap.join("memory"), b"m").expect("write");
+        }
+        // As a snapshot from before overlays were kept: rebuilt, never restored onto an
+        // empty disk.
+        assert_eq!(g.lookup(&with_disk).expect("lookup").0, None);
+        let (found, key) = g.lookup(&without_disk).expect("lookup");
+        assert_eq!(
+            found,
+            Some(g.dir_of(&without_disk, &key)),
+            "no disk, no overlay"
+        );
+        let (_, key) = g.lookup(&with_disk).expect("lookup");
+        let snap = g.dir_of(&with_disk, &key);
+        std::fs::write(overlay_in(&snap), b"o").expect("write");
+        assert_eq!(g.lookup(&with_disk).expect("lookup").0, Some(snap));
     }
 }

@@ -12,7 +12,7 @@
 //! writable cgroup hierarchy it starts anyway and says loudly that guests run uncapped.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::config::Config;
@@ -234,14 +234,22 @@ impl Isolation {
             .is_some_and(|n| n.confirm_host_key(lease_id, line_crc32))
     }
 
-    /// Creates `lease_id`'s empty copy-on-write overlay (the VMM sizes it on first open),
-    /// owned by `owner` (the jail's uid) when given.
-    pub fn create_overlay(&self, lease_id: &str, owner: Option<u32>) -> std::io::Result<PathBuf> {
+    /// Creates `lease_id`'s copy-on-write overlay, 0600 and owned by `owner` (the jail's
+    /// uid) when given: empty for a cold boot (the VMM sizes it on first open), or for a
+    /// restore a copy of `seed`, the golden snapshot's overlay, because the restored guest's
+    /// memory (page cache, filesystem journal) assumes what the golden guest wrote to its
+    /// disk ([`crate::golden_snapshot`]).
+    pub fn create_overlay(
+        &self,
+        lease_id: &str,
+        owner: Option<u32>,
+        seed: Option<&Path>,
+    ) -> std::io::Result<PathBuf> {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::create_dir_all(&self.overlay_dir)?;
         let path = self.overlay_path(lease_id);
         let _ = std::fs::remove_file(&path);
-        std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
@@ -250,6 +258,17 @@ impl Isolation {
             let id = Some(nix::unistd::Uid::from_raw(uid));
             nix::unistd::chown(&path, id, Some(nix::unistd::Gid::from_raw(uid)))
                 .map_err(std::io::Error::from)?;
+        }
+        if let Some(seed) = seed {
+            let started = std::time::Instant::now();
+            let from = std::fs::File::open(seed)?;
+            let bytes = crate::sparse_copy::copy_sparse(&from, &file)?;
+            tracing::info!(
+                lease = lease_id,
+                bytes,
+                copy_us = started.elapsed().as_micros() as u64,
+                "root-disk overlay copied from the golden snapshot's"
+            );
         }
         Ok(path)
     }

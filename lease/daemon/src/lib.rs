@@ -17,7 +17,7 @@
 //! | [`quote_store`] | where quotes live: the host's SQLite book, or the fleet's PostgreSQL with `--store` (one address index for every host, quotes usable on any host) |
 //! | [`scheduler`] | the tick that debits (`payment::metering`), pauses and stops |
 //! | [`supervisor`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, its events (`vmm_protocol`), stop |
-//! | [`golden_snapshot`] | images' golden snapshots: built once per image and shape, leases started by restore |
+//! | [`golden_snapshot`], `sparse_copy` | images' golden snapshots: built once per image and shape (with the root-disk overlay the golden guest wrote), leases started by restore on a copy of that overlay |
 //! | `personalisation`, `guest_host_key` | the per-lease line (entropy, clock, host name, address, SSH key, the guest's fresh SSH host key pair) sent to an `agent` image's guest after boot or restore |
 //! | [`isolation`] | the daemon's use of `coinop_host` (jail, cgroups, guest network, slot pool) |
 //! | [`capacity`], [`image_catalogue`], [`metrics`], [`token`], [`clock`], [`fault`] | host capacity, images, `/metrics`, lease ids and tokens, clocks, fault injection for tests |
@@ -54,6 +54,7 @@ pub mod payment_reorgs;
 mod personalisation;
 pub mod quote_store;
 mod scheduler;
+mod sparse_copy;
 pub mod state_dir;
 mod stops_in_flight;
 mod supervisor;

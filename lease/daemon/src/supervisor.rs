@@ -168,6 +168,15 @@ pub enum SnapshotUse {
 }
 
 impl SnapshotUse {
+    /// What a new lease's root-disk overlay starts as a copy of: the golden snapshot's
+    /// overlay for a restore, nothing (empty) for a cold boot.
+    fn overlay_seed(&self) -> Option<PathBuf> {
+        match self {
+            SnapshotUse::RestoreFrom(dir) => Some(crate::golden_snapshot::overlay_in(dir)),
+            SnapshotUse::None | SnapshotUse::WriteInto(_) => None,
+        }
+    }
+
     /// The jail's extra binds for it.
     fn jail_extras(&self) -> JailExtras {
         match self {
@@ -561,7 +570,7 @@ impl Supervisor {
 
     /// Starts the VMM in a slot built ahead of time: its cgroup gets the limits that differ
     /// for this lease, and its parked child execs the VMM on the lease's image (with its
-    /// root disk: the base and a fresh overlay owned by the slot's uid, passed in as
+    /// root disk: the base and a new overlay owned by the slot's uid, passed in as
     /// detached mounts like the kernel) and NIC. On failure the slot is gone (child, root,
     /// cgroup).
     fn launch_pooled(
@@ -590,7 +599,11 @@ impl Supervisor {
                         base: base.clone(),
                         overlay: self
                             .isolation
-                            .create_overlay(req.lease_id, Some(parked.uid()))
+                            .create_overlay(
+                                req.lease_id,
+                                Some(parked.uid()),
+                                req.snapshot.overlay_seed().as_deref(),
+                            )
                             .map_err(BootError::Overlay)?,
                     }),
                     None => None,
@@ -654,7 +667,11 @@ impl Supervisor {
         let spawned = match disk {
             Some(_) => self
                 .isolation
-                .create_overlay(req.lease_id, Some(jail.uid()))
+                .create_overlay(
+                    req.lease_id,
+                    Some(jail.uid()),
+                    req.snapshot.overlay_seed().as_deref(),
+                )
                 .map(drop)
                 .map_err(BootError::Overlay),
             None => Ok(()),
@@ -758,7 +775,7 @@ impl Supervisor {
                 base: base.clone(),
                 overlay: self
                     .isolation
-                    .create_overlay(req.lease_id, None)
+                    .create_overlay(req.lease_id, None, req.snapshot.overlay_seed().as_deref())
                     .map_err(BootError::Overlay)?,
             }),
             None => None,

@@ -289,3 +289,143 @@ async fn a_replaced_kernel_or_a_corrupt_snapshot_gives_a_cold_boot_and_a_new_sna
     }
     d.shutdown().await;
 }
+
+/// Where coinopd keeps `lease`'s root-disk overlay.
+fn overlay_of(state: &Path, lease: &CreatedLease) -> PathBuf {
+    state.join("overlays").join(format!("{}.overlay", lease.id))
+}
+
+/// A golden snapshot of an image with a root disk keeps the golden VMM's flushed overlay,
+/// read-only; a lease restored from it starts on a copy of it (0600, its own), whatever the
+/// golden guest wrote there; a cold boot starts on an empty one. The test guest has no disk
+/// driver, so the golden guest's writes are put into the stored overlay by the test (in
+/// the overlay's own format), as a guest's would be before its ready point.
+async fn restored_leases_continue_on_the_golden_guests_disk(pool: &str) {
+    use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
+    const BASE_LEN: u64 = 1 << 20;
+    let base = state.join("root.img");
+    std::fs::write(&base, vec![7u8; BASE_LEN as usize]).expect("base image");
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let image = format!(
+        "tgd={},rootfs={},snapshot,cmdline=mode=idle",
+        guest.display(),
+        base.display()
+    );
+    let d = Daemon::spawn(
+        state,
+        &[
+            "--image",
+            &image,
+            "--guest-network",
+            "never",
+            "--jail-pool",
+            pool,
+        ],
+        &[],
+    )
+    .await;
+    // The overlay's layout (vmm/src/devices/virtio/cow_overlay.rs): data at its own
+    // offsets, one bitmap bit per 512-byte sector, a 16-byte footer.
+    let bitmap_at = BASE_LEN;
+    let overlay_len = BASE_LEN + BASE_LEN / 512 / 8 + 16;
+
+    let first = create(&d, "tgd").await;
+    assert_eq!(start_of(&first), "cold", "{}", first.reply);
+    let cold = std::fs::read(overlay_of(state, &first)).expect("the cold lease's overlay");
+    assert_eq!(cold.len() as u64, overlay_len);
+    assert!(
+        cold[..overlay_len as usize - 16].iter().all(|&b| b == 0),
+        "a cold boot starts on an empty overlay"
+    );
+
+    let snapshot = wait_for_snapshot(&d, "tgd", None).await;
+    let kept = snapshot.join("overlay");
+    let meta = std::fs::metadata(&kept).unwrap_or_else(|e| {
+        panic!(
+            "the golden VMM's overlay kept in {}: {e}\n{}",
+            snapshot.display(),
+            d.log()
+        )
+    });
+    assert_eq!(meta.permissions().mode() & 0o777, 0o444, "read-only");
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(meta.uid(), 0, "root's, not the golden jail's uid");
+    }
+    let golden = std::fs::read(&kept).expect("read");
+    assert_eq!(golden.len() as u64, overlay_len, "flushed, with its footer");
+    assert_eq!(&golden[overlay_len as usize - 16..][..8], b"COINOPOV");
+
+    // What the golden guest would have written before its ready point: sector 3.
+    std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&kept)
+        .expect("open");
+    file.write_all_at(&[0x5a; 512], 3 * 512).expect("data");
+    file.write_all_at(&[1 << 3], bitmap_at).expect("bitmap bit");
+    drop(file);
+    std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+    let golden = std::fs::read(&kept).expect("read");
+
+    let jailed = nix::unistd::geteuid().is_root();
+    if jailed && pool != "0" {
+        wait_for(
+            async || !parked_slots(state).is_empty(),
+            "a lease slot built ahead",
+        )
+        .await;
+    }
+    let restored = create(&d, "tgd").await;
+    assert_eq!(
+        start_of(&restored),
+        "restore",
+        "{}\n{}",
+        restored.reply,
+        d.log()
+    );
+    if jailed {
+        let log = plain_text(&d.log());
+        let pooled = log.lines().any(|l| {
+            l.contains("VMM started") && l.contains(&restored.id) && l.contains("pooled=true")
+        });
+        assert_eq!(pooled, pool != "0", "the path under test was taken:\n{log}");
+    }
+    let own = overlay_of(state, &restored);
+    let copy = std::fs::read(&own).expect("the restored lease's overlay");
+    assert!(
+        copy == golden,
+        "the restored lease's overlay is the golden one (sector 3 and its bit)"
+    );
+    let meta = std::fs::metadata(&own).expect("stat");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    if jailed {
+        assert_ne!(meta.uid(), 0, "owned by the lease's jail uid");
+    }
+    // Sparse: the copy holds the footer and a sector, not the megabyte of disk.
+    assert!(
+        meta.blocks() * 512 < BASE_LEN / 2,
+        "{} bytes allocated",
+        meta.blocks() * 512
+    );
+
+    for lease in [&first, &restored] {
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_lease_in_a_slot_built_ahead_continues_on_the_golden_disk() {
+    restored_leases_continue_on_the_golden_guests_disk("2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_lease_in_a_jail_built_on_request_continues_on_the_golden_disk() {
+    restored_leases_continue_on_the_golden_guests_disk("0").await;
+}
