@@ -26,8 +26,8 @@
  *
  * One process, not a shell running portline, coinop-personalise, dropbearkey and outb:
  * after a restore each process start costs page faults on memory the guests share, tens of
- * ms each in the nested lab. Freestanding (no libc: the rootfs's glibc is dropbear's, and
- * loading it would cost more page faults), like ../initramfs/outb.c. Any failure is
+ * ms each in the nested lab. Freestanding (no libc, not even a static one: a C library's
+ * start-up would cost more page faults), like ../initramfs/outb.c. Any failure is
  * `coinop-agent: error: ...` on stderr (the console), exit 1 and no 123: coinopd then
  * fails the boot at its timeout (the lease is refunded) rather than hand out a half-made
  * guest.

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# Builds coinop's root filesystem image: busybox-static plus dropbear (SSH server), an
-# init that runs the guest agent of PERSONALISE.md (coinop-agent, ./agent.c and the parts
-# ./agent.h lists: dropbear started before the snapshot point, then the lease's entropy,
-# clock, host name, SSH key, SSH host key and address from the personalisation port, then
-# guest_ready) or takes the lease's data from the kernel command line (see ./init), and
-# ../initramfs/outb.c for the boot timer signal of that mode. ext4, 64 MiB, made with
-# mke2fs -d (no loop mount, no root needed for that).
+# Builds coinop's root filesystem image: busybox-static plus dropbear (SSH server, built
+# statically from Debian's source by ./dropbear.sh), an init that runs the guest agent of
+# PERSONALISE.md (coinop-agent, ./agent.c and the parts ./agent.h lists: dropbear started
+# before the snapshot point, then the lease's entropy, clock, host name, SSH key, SSH host
+# key and address from the personalisation port, then guest_ready) or takes the lease's
+# data from the kernel command line (see ./init), and ../initramfs/outb.c for the boot
+# timer signal of that mode. ext4, 64 MiB, made with mke2fs -d (no loop mount, no root
+# needed for that).
 #
 #   images/rootfs/build.sh [OUTFILE]
 #
-# Cached under $COINOP_CACHE/rootfs/<key>, keyed by (busybox-static and dropbear-bin
-# versions, init, outb.c, raw_syscall.h, the agent's sources, this script). Prints the image
-# path; also writes dbclient (the matching SSH client, and dropbearkey, with their
-# libraries) under <key>/client/ for the lab.
+# Cached under $COINOP_CACHE/rootfs/<key>, keyed by (the busybox-static version, the
+# dropbear build (./dropbear.sh: Debian's source, static), init, outb.c, raw_syscall.h, the
+# agent's sources, this script). Prints the image path; also writes dbclient (the matching
+# SSH client) and dropbearkey under <key>/client/ for the lab.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -27,53 +28,23 @@ dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok in
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static >/dev/null
 }
 bb_version=$(dpkg-query -W -f='${Version}' busybox-static)
-db_version=$(apt-cache policy dropbear-bin | awk '/Candidate:/ { print $2 }')
-[ -n "$db_version" ] && [ "$db_version" != "(none)" ] || die "dropbear-bin not available from apt"
-# The agent starts dropbear before the golden snapshot. That is safe only because since
-# 2022.82 dropbear's listener re-executes itself for every connection, and the new program
-# reads the host key file (the lease's, by then) and seeds its own PRNG (PERSONALISE.md);
-# an older one would serve every lease with the key the listener started with.
-dpkg --compare-versions "${db_version%%-*}" ge 2022.82 ||
-  die "dropbear-bin $db_version predates 2022.82 (no re-exec per connection): see PERSONALISE.md"
+# Dropbear built from Debian's source, static (./dropbear.sh says why; cached).
+dropbear_dir=$("$here/dropbear.sh")
 outb_src=$here/../initramfs/outb.c
 # The guest agent: every source it is built from (agent.h lists the parts).
 agent_srcs=("$here/agent.c" "$here/portline.c" "$here/line.c" "$here/personalise.c" "$here/host_key.c")
 agent_headers=("$here/agent.h" "$here/../initramfs/raw_syscall.h")
-key=$( { echo "$bb_version $db_version"; cat "$here/init" "$outb_src" "${agent_srcs[@]}" "${agent_headers[@]}" "$0"; } |
+key=$( { echo "$bb_version ${dropbear_dir##*/}"; cat "$here/init" "$outb_src" "${agent_srcs[@]}" "${agent_headers[@]}" "$0"; } |
   sha256sum | cut -c1-16)
 dir=$cache_root/rootfs/$key
 image=$dir/rootfs.ext4
 
-# Copies program $2 (found under $3, default /) and the libraries it loads into root $1.
-# The host's loader resolves them, so a library the host lacks is an error, not a skip.
-copy_with_libs() {
-  local root=$1 prog=$2 from=${3:-} lib missing
-  mkdir -p "$root$(dirname "$prog")"
-  cp -L "$from$prog" "$root$prog"
-  missing=$(ldd "$from$prog" 2>/dev/null | awk '/not found/ { print $1 }' | tr '\n' ' ')
-  [ -z "$missing" ] || die "$prog needs libraries this host lacks: $missing"
-  for lib in $(ldd "$from$prog" 2>/dev/null | grep -o '/[^ ]*'); do
-    [ -e "$root$lib" ] && continue
-    mkdir -p "$root$(dirname "$lib")"
-    cp -L "$lib" "$root$lib"
-  done
-}
-
 if [ -f "$image" ]; then
   say "cache hit (key $key)"
 else
-  say "building (busybox-static $bb_version, dropbear-bin $db_version, key $key)"
+  say "building (busybox-static $bb_version, dropbear ${dropbear_dir##*/}, key $key)"
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
-  chmod 755 "$tmp"  # apt-get download fetches as the _apt user
-  (cd "$tmp" && apt-get download -q "dropbear-bin=$db_version" >&2)
-  dpkg-deb -x "$tmp"/dropbear-bin_*.deb "$tmp/db"
-  # dropbear-bin is unpacked, not installed (no SSH server on the build host), so its
-  # libraries (libtomcrypt1, libtommath1, ...) are installed on their own for ldd to find
-  # and copy.
-  deps=$(dpkg-deb -f "$tmp"/dropbear-bin_*.deb Depends | tr ',' '\n' | sed 's/(.*//; s/|.*//' | tr -d ' ')
-  # shellcheck disable=SC2086
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $deps >/dev/null
   root=$tmp/root
   mkdir -p "$root"/{bin,dev,etc,proc,sys,run,tmp,root,usr/bin,usr/sbin}
   cp /bin/busybox "$root/bin/busybox"
@@ -81,8 +52,8 @@ else
     [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
   done
   ln -s bin "$root/sbin"
-  copy_with_libs "$root" /usr/sbin/dropbear "$tmp/db"
-  copy_with_libs "$root" /usr/bin/dropbearkey "$tmp/db"
+  install -m 0755 "$dropbear_dir/usr/sbin/dropbear" "$root/usr/sbin/dropbear"
+  install -m 0755 "$dropbear_dir/usr/bin/dropbearkey" "$root/usr/bin/dropbearkey"
   install -m 0755 "$here/init" "$root/sbin/coinop-init"
   # The boot timer signal (see ../initramfs/outb.c): coinopd counts a lease as booted on it.
   gcc -static -nostdlib -s -O2 -fno-stack-protector -fno-pie -no-pie -Wall -Wextra -Werror \
@@ -99,10 +70,9 @@ else
   echo /bin/sh >"$root/etc/shells"
   echo "coinop rootfs $key" >"$root/etc/coinop-rootfs"
   chmod 1777 "$root/tmp"
-  mkdir -p "$dir/client"
-  rm -rf "$dir/client"/*
-  copy_with_libs "$dir/client" /usr/bin/dbclient "$tmp/db"
-  copy_with_libs "$dir/client" /usr/bin/dropbearkey "$tmp/db"
+  rm -rf "$dir/client"
+  mkdir -p "$dir/client/usr/bin"
+  install -m 0755 "$dropbear_dir/usr/bin/dbclient" "$dropbear_dir/usr/bin/dropbearkey" "$dir/client/usr/bin/"
   # mke2fs says "Creating regular file" on stdout, which must carry only the image path.
   # Inode tables and journal zeroed here, once, and marked so: with the default lazy init
   # every guest's kernel (ext4lazyinit) zeroes ~3 MiB of inode tables after its read-write

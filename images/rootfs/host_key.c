@@ -1,7 +1,7 @@
 /*
  * The guest's SSH host key, made by coinopd and sent in the line (`host_key`, agent.h),
  * written as dropbear's own Ed25519 private key file: what `dropbearkey -t ed25519` writes
- * and dropbear reads (dropbear 2022.83, Debian bookworm's dropbear-bin: signkey.c and
+ * and dropbear reads (dropbear 2022.83, Debian bookworm's source, ./dropbear.sh: signkey.c and
  * ed25519.c, buf_put_ed25519_priv_key), in the SSH wire encoding of RFC 4253 section 5:
  *
  *   uint32 11, "ssh-ed25519"     the key type, as an SSH string

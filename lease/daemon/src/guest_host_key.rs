@@ -111,18 +111,10 @@ mod tests {
         );
     }
 
-    /// Dropbear's `dropbearkey` (Debian's dropbear-bin, as in the rootfs): on PATH, else
-    /// unpacked by scripts/lib/dropbearkey.sh; `None` with why when neither works.
+    /// The rootfs's own `dropbearkey`, built (or found cached) by images/rootfs/dropbear.sh
+    /// beside its dropbear and dbclient; `Err` with why when it cannot be had.
     pub(super) fn dropbearkey() -> Result<PathBuf, String> {
-        if let Ok(out) = Command::new("sh")
-            .args(["-c", "command -v dropbearkey"])
-            .output()
-        {
-            if out.status.success() {
-                return Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-            }
-        }
-        let script = repo().join("scripts/lib/dropbearkey.sh");
+        let script = repo().join("images/rootfs/dropbear.sh");
         let out = Command::new("bash")
             .arg(&script)
             .output()
@@ -130,7 +122,8 @@ mod tests {
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
         }
-        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok(Path::new(&dir).join("usr/bin/dropbearkey"))
     }
 
     fn repo() -> PathBuf {

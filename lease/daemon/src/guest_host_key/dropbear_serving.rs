@@ -1,5 +1,5 @@
-//! Which host key the guest's dropbear serves, checked against Debian's dropbear-bin (the
-//! rootfs's SSH server) on loopback.
+//! Which host key the guest's dropbear serves, checked against the rootfs's own dropbear
+//! (Debian's source, built statically by images/rootfs/dropbear.sh) on loopback.
 //!
 //! The guest agent starts dropbear before the golden snapshot, with a placeholder key
 //! (images/rootfs/host_key.c), and writes the lease's key to the same file after a
@@ -7,7 +7,7 @@
 //! dropbear reads the key file when the connection arrives, not when the listener started
 //! (dropbear >= 2022.82 re-executes itself per connection), and (2) a listener that could
 //! not re-execute, and so serves the placeholder it loaded, fails every key exchange. Both
-//! are dropbear's behaviour, not ours: this test pins them to the package the rootfs uses.
+//! are dropbear's behaviour, not ours: this test pins them to the build the rootfs uses.
 
 use super::tests::{build_writer, dropbearkey};
 use super::GuestHostKey;
@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 /// How long dropbear and dbclient may take, generous for a loaded host.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// Dropbear's server and client from the package `dropbearkey` came from.
+/// Dropbear's server and client from the build `dropbearkey` came from.
 fn dropbear_programs(dropbearkey: &Path) -> Result<(PathBuf, PathBuf), String> {
-    // scripts/lib/dropbearkey.sh unpacks the whole package: usr/bin/dropbearkey beside
-    // usr/bin/dbclient and usr/sbin/dropbear.
+    // images/rootfs/dropbear.sh puts usr/bin/dropbearkey beside usr/bin/dbclient and
+    // usr/sbin/dropbear.
     let usr = dropbearkey
         .parent()
         .and_then(Path::parent)
@@ -54,8 +54,8 @@ struct Listener {
 }
 
 impl Listener {
-    /// `dropbear -F -E -s -r KEY -p 127.0.0.1:PORT`, as the agent starts it (plus -E: its
-    /// log to DIR/dropbear.log, and -s: no password prompts for the client). `reexec`: argv[0]
+    /// `dropbear -F -E -r KEY -p 127.0.0.1:PORT`, as the agent starts it (plus -E: its log
+    /// to DIR/dropbear.log; the build has no password logins to turn off). `reexec`: argv[0]
     /// is the program's path, which dropbear opens to re-execute itself per connection;
     /// otherwise a bare name it cannot open from its working directory, so it serves
     /// connections from plain forks of the listener (its fallback).
@@ -66,7 +66,7 @@ impl Listener {
             command.arg0("dropbear");
         }
         let child = command
-            .args(["-F", "-E", "-s", "-r"])
+            .args(["-F", "-E", "-r"])
             .arg(key)
             .arg("-P")
             .arg(dir.join("dropbear.pid"))
