@@ -62,10 +62,14 @@ RUSTFLAGS='-C target-feature=+crt-static -C panic=abort' cargo build --quiet --r
   -p vmm --bin coinop-vmm
 vmm=$CARGO_TARGET_DIR/$target/release/coinop-vmm
 if [ "${LAB_ROOTFS:-1}" = 1 ]; then
-  # Dynamically linked (glibc only: SQLite is bundled); build-l1.sh copies the libraries.
-  say "coinopd and coinop, release"
-  cargo build --quiet --release -p coinopd -p coinop-cli
-  export LAB_COINOPD=$CARGO_TARGET_DIR/release/coinopd LAB_COINOP=$CARGO_TARGET_DIR/release/coinop
+  # coinopd dynamically linked (glibc only: SQLite is bundled); build-l1.sh copies the
+  # libraries. The tenant's CLI statically, as the VMM: it starts on every lease's path
+  # (payment -> SSH banner), and under L1's TCG loading and relocating its shared
+  # libraries is tens of ms that a tenant's own machine does not spend.
+  say "coinopd, release; coinop (the CLI), release, statically linked"
+  cargo build --quiet --release -p coinopd
+  RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release --target "$target" -p coinop-cli
+  export LAB_COINOPD=$CARGO_TARGET_DIR/release/coinopd LAB_COINOP=$CARGO_TARGET_DIR/$target/release/coinop
 fi
 
 # One lab at a time per machine: two TCG L1s on 2 cores starve each other into timeouts.
