@@ -85,6 +85,9 @@ impl Isolation {
             ),
             c => tracing::info!(cgroups = %c.describe(), "guest cgroups"),
         }
+        for advice in coinop_host::kvm_tuning::advice() {
+            tracing::info!(setting = %advice.current, "host KVM: {}", advice.suggestion);
+        }
         if config.no_seccomp {
             tracing::warn!(
                 "--no-seccomp: guests' VMMs run WITHOUT seccomp filters (debugging only)"
