@@ -23,8 +23,10 @@ done
 # or lost msat.
 "$bench" --json "$out/soak.json" --svg "$out/soak.svg" soak --quick --tick-ms 20 --kernel "$kernel"
 "$bench" --json "$out/payment.json" --svg "$out/payment.svg" payment --quick
+# Cold boot vs restore of the test guest (issue #17's scenario): a few runs prove it works.
+"$bench" --json "$out/restore.json" --svg "$out/restore.svg" restore --runs 3 --warmup 1 --kernel "$kernel"
 # The harness must have written what it printed, for every scenario.
-for s in vmm lease burst density overrun payment soak; do
+for s in vmm lease burst density overrun payment soak restore; do
   python3 - "$out/$s.json" <<'PY'
 import json, sys
 reports = json.load(open(sys.argv[1]))
