@@ -85,7 +85,7 @@ impl Isolation {
             ),
             c => tracing::info!(cgroups = %c.describe(), "guest cgroups"),
         }
-        for advice in coinop_host::kvm_tuning::advice() {
+        if let Some(advice) = coinop_host::kvm_tuning::advice() {
             tracing::info!(setting = %advice.current, "host KVM: {}", advice.suggestion);
         }
         if config.no_seccomp {

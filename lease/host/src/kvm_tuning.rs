@@ -26,20 +26,16 @@ pub struct Advice {
     pub suggestion: &'static str,
 }
 
-/// What this host's KVM settings suggest (empty when nothing: KVM not loaded, files
+/// What this host's KVM settings suggest (`None` when nothing: KVM not loaded, files
 /// unreadable, or settings already right).
-pub fn advice() -> Vec<Advice> {
+pub fn advice() -> Option<Advice> {
     advice_from(Path::new(NX_HUGE_PAGES), Path::new(ITLB_MULTIHIT))
 }
 
-fn advice_from(nx_huge_pages: &Path, itlb_multihit: &Path) -> Vec<Advice> {
-    let read = |p: &Path| std::fs::read_to_string(p).ok();
-    match (read(nx_huge_pages), read(itlb_multihit)) {
-        (Some(param), Some(verdict)) => {
-            nx_huge_pages_advice(&param, &verdict).into_iter().collect()
-        }
-        _ => Vec::new(),
-    }
+fn advice_from(nx_huge_pages: &Path, itlb_multihit: &Path) -> Option<Advice> {
+    let param = std::fs::read_to_string(nx_huge_pages).ok()?;
+    let verdict = std::fs::read_to_string(itlb_multihit).ok()?;
+    nx_huge_pages_advice(&param, &verdict)
 }
 
 /// The decision for `kvm.nx_huge_pages` from the parameter's and the erratum's sysfs texts.
@@ -88,12 +84,13 @@ mod tests {
     fn files_are_read_and_missing_ones_give_nothing() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (param, verdict) = (dir.path().join("param"), dir.path().join("verdict"));
-        assert!(advice_from(&param, &verdict).is_empty(), "KVM not loaded");
+        assert_eq!(advice_from(&param, &verdict), None, "KVM not loaded");
         std::fs::write(&param, "N\n").expect("write");
-        assert!(advice_from(&param, &verdict).is_empty(), "no verdict");
+        assert_eq!(advice_from(&param, &verdict), None, "no verdict");
         std::fs::write(&verdict, "Not affected\n").expect("write");
-        assert_eq!(advice_from(&param, &verdict).len(), 1);
+        let a = advice_from(&param, &verdict).expect("advice");
+        assert_eq!(a.current, "kvm.nx_huge_pages=N");
         std::fs::write(&param, "never\n").expect("write");
-        assert!(advice_from(&param, &verdict).is_empty());
+        assert_eq!(advice_from(&param, &verdict), None);
     }
 }
