@@ -90,6 +90,8 @@ pub struct AppState {
     pub supervisor: Supervisor,
     /// Images' golden snapshots ([`crate::golden_snapshot`]).
     pub golden: GoldenSnapshots,
+    /// Leases restored ahead of their creates ([`crate::warm_restores`]).
+    pub warm: crate::warm_restores::WarmRestores,
     pub capacity: Mutex<Capacity>,
     pub metrics: Metrics,
     /// Room kept on the state directory's disk for metering and stops; without it
@@ -280,6 +282,7 @@ impl AppState {
             }
         });
         let golden = GoldenSnapshots::new(config.snapshot_dir(), config.vmm_bin.clone());
+        let warm = crate::warm_restores::WarmRestores::new(config.warm_restores, config.warm_dir());
         let state = AppState {
             operator: OperatorPolicy {
                 uid: config.operator_uid,
@@ -299,6 +302,7 @@ impl AppState {
             spent,
             supervisor,
             golden,
+            warm,
             capacity: Mutex::new(capacity),
             metrics,
             disk,

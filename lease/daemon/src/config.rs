@@ -187,6 +187,13 @@ pub struct Settings {
     /// jailed, waiting to exec the VMM (default 4; 0 builds each on the request path).
     #[arg(long)]
     pub jail_pool: Option<usize>,
+    /// Leases of a snapshot image kept restored ahead of their creates, per host: VMMs
+    /// restored from the golden snapshot of the shape last created, each with its own
+    /// jail, cgroup, overlay and network, the guest waiting for its personalisation; each
+    /// holds its room (default 1; 0 restores on the request path). Built once no boot is in
+    /// flight; given up when a create of another shape needs the room.
+    #[arg(long)]
+    pub warm_restores: Option<usize>,
     /// Guest networking (tap, routed /30, NAT, SSH port forward): auto (default: for
     /// images with a rootfs), always, or never. Needs root, ip and nft.
     #[arg(long)]
@@ -324,6 +331,7 @@ pub struct Config {
     pub jail_uid_base: u32,
     pub jail_uid_count: u32,
     pub jail_pool: usize,
+    pub warm_restores: usize,
     pub guest_network: NetworkMode,
     pub guest_net_pool: Cidr,
     pub guest_ssh_ports: (u16, u16),
@@ -425,6 +433,7 @@ impl Settings {
             jail_uid_base: self.jail_uid_base.or(file.jail_uid_base),
             jail_uid_count: self.jail_uid_count.or(file.jail_uid_count),
             jail_pool: self.jail_pool.or(file.jail_pool),
+            warm_restores: self.warm_restores.or(file.warm_restores),
             guest_network: self.guest_network.or(file.guest_network),
             guest_net_pool: self.guest_net_pool.or(file.guest_net_pool),
             guest_ssh_ports: self.guest_ssh_ports.or(file.guest_ssh_ports),
@@ -589,6 +598,7 @@ impl Settings {
             jail_uid_base: self.jail_uid_base.unwrap_or(900_000),
             jail_uid_count: self.jail_uid_count.unwrap_or(1000),
             jail_pool: self.jail_pool.unwrap_or(4),
+            warm_restores: self.warm_restores.unwrap_or(1),
             guest_network,
             guest_net_pool,
             guest_ssh_ports,
@@ -660,6 +670,12 @@ impl Config {
     /// Directory of per-lease jail roots.
     pub fn jail_dir(&self) -> PathBuf {
         self.state_dir.join("jail")
+    }
+
+    /// Directory of the warm restores' marker files (one per VMM restored ahead of a
+    /// lease: [`crate::warm_restores`]).
+    pub fn warm_dir(&self) -> PathBuf {
+        self.state_dir.join("warm")
     }
 
     /// Directory of the slot pool's marker files (one per slot built ahead of a lease).

@@ -202,6 +202,10 @@ pub async fn serve(
     tracing::info!(adopted, dead, "guests from earlier runs");
     // Only now is it known which leases are live: the rest of any network or overlay is a
     // crashed coinopd's left-over.
+    // Warm restores an earlier coinopd left are no lease's: gone before the sweep and the
+    // slot pool remove their networks, jails and cgroups.
+    let s2 = state.clone();
+    let _ = tokio::task::spawn_blocking(move || crate::warm_restores::remove_left_overs(&s2)).await;
     let isolation = std::sync::Arc::clone(state.supervisor.isolation());
     let _ = tokio::task::spawn_blocking(move || isolation.sweep_left_overs()).await;
     state.supervisor.isolation().start_pool();
@@ -236,6 +240,7 @@ pub async fn serve(
             );
         }
     }
+    crate::warm_restores::WarmRestores::shutdown(&state).await;
     let isolation = std::sync::Arc::clone(state.supervisor.isolation());
     let _ = tokio::task::spawn_blocking(move || isolation.shutdown_pool()).await;
     Ok(())

@@ -175,6 +175,15 @@ impl Isolation {
         self.pool.as_ref().map(SlotPool::hold_off)
     }
 
+    /// How long until no boot is in flight and the last one settled (zero: now; `None`
+    /// while one is in flight); zero without a pool.
+    pub fn quiet_in(&self) -> Option<std::time::Duration> {
+        match &self.pool {
+            Some(pool) => pool.quiet_in(),
+            None => Some(std::time::Duration::ZERO),
+        }
+    }
+
     /// Removes every slot not handed to a lease (at shutdown; guests keep running).
     pub fn shutdown_pool(&self) {
         if let Some(pool) = &self.pool {

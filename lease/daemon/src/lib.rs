@@ -17,7 +17,7 @@
 //! | [`quote_store`] | where quotes live: the host's SQLite book, or the fleet's PostgreSQL with `--store` (one address index for every host, quotes usable on any host) |
 //! | [`scheduler`] | the tick that debits (`payment::metering`), pauses and stops |
 //! | [`supervisor`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, its events (`vmm_protocol`), stop |
-//! | [`golden_snapshot`], `sparse_copy` | images' golden snapshots: built once per image and shape (with the root-disk overlay the golden guest wrote), leases started by restore on a copy of that overlay |
+//! | [`golden_snapshot`], `sparse_copy`, [`warm_restores`] | images' golden snapshots: built once per image and shape (with the root-disk overlay the golden guest wrote), leases started by restore on a copy of that overlay, or taken from VMMs restored ahead of their creates |
 //! | `personalisation`, `guest_host_key` | the per-lease line (entropy, clock, host name, address, SSH key, the guest's fresh SSH host key pair) sent to an `agent` image's guest after boot or restore |
 //! | [`isolation`] | the daemon's use of `coinop_host` (jail, cgroups, guest network, slot pool) |
 //! | [`capacity`], [`image_catalogue`], [`metrics`], [`token`], [`clock`], [`fault`] | host capacity, images, `/metrics`, lease ids and tokens, clocks, fault injection for tests |
@@ -61,3 +61,4 @@ mod supervisor;
 mod token;
 mod vmm_log_events;
 pub mod vmm_process;
+pub mod warm_restores;

@@ -262,6 +262,55 @@ async fn wait_jailed(child: JailedChild) -> Result<Ended, String> {
 
 type EventLines = tokio::io::Lines<BufReader<tokio::net::unix::pipe::Receiver>>;
 
+/// A VMM started and registered (its confinement is the isolation's), its events read up
+/// to where its boot is.
+struct Started {
+    child: GuestProcess,
+    vmm: Option<VmmProcess>,
+    pid: Option<i32>,
+    lines: EventLines,
+    /// `CLOCK_MONOTONIC` µs its event times count from (`--start-time-us`).
+    base_us: u64,
+    /// µs from the arrival of the request that started it to its spawn.
+    vmm_spawned_us: u64,
+}
+
+/// A VMM started ahead of its lease ([`Supervisor::start_ahead`]): restored, its guest
+/// waiting for a personalisation line. It must end in [`Supervisor::hand_over`] or
+/// [`Supervisor::discard_ahead`]; dropped otherwise, it runs on until coinopd's next start
+/// removes it ([`crate::warm_restores`]).
+pub struct Ahead {
+    lease_id: String,
+    control: PathBuf,
+    started: Started,
+}
+
+impl Ahead {
+    /// The lease id it was started under (its lease must carry it).
+    pub fn lease_id(&self) -> &str {
+        &self.lease_id
+    }
+
+    /// Its control socket.
+    pub fn control(&self) -> &Path {
+        &self.control
+    }
+
+    /// Its process (pid and start time), when it could be read.
+    pub fn vmm(&self) -> Option<VmmProcess> {
+        self.started.vmm
+    }
+}
+
+impl std::fmt::Debug for Ahead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ahead")
+            .field("lease_id", &self.lease_id)
+            .field("pid", &self.started.pid)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A started VMM with its confinement and the read end of its event pipe.
 struct Spawned {
     child: GuestProcess,
@@ -400,6 +449,84 @@ impl Supervisor {
         // No slot is built for the pool while this boot runs (it would compete for CPU,
         // coinopd's memory map and the cgroup lock); the refill follows right after.
         let _quiet = self.isolation.hold_off_pool();
+        let started = self.start(&mut req)?;
+        self.record(&req, &started).await;
+        crate::fault::hit(crate::fault::point::CREATE_VMM_RECORDED);
+        self.follow_to_ready(started, &req).await
+    }
+
+    /// Starts a VMM ahead of its lease (a warm restore, [`crate::warm_restores`]): as
+    /// [`Supervisor::boot`] up to `awaiting_personalisation`, where the guest waits, with no
+    /// ledger record (there is no lease yet) and its event stream held for
+    /// [`Supervisor::hand_over`]. `req.personalise` must be `None`.
+    pub async fn start_ahead(&self, mut req: BootRequest<'_>) -> Result<Ahead, BootError> {
+        let _quiet = self.isolation.hold_off_pool();
+        req.ready_at = ReadyPoint::AwaitingPersonalisation;
+        let mut started = self.start(&mut req)?;
+        let outcome = tokio::time::timeout(
+            Duration::from_millis(req.timeout_ms),
+            wait_ready(&mut started.lines, &req, started.base_us, &self.isolation),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(_)) => Ok(Ahead {
+                lease_id: req.lease_id.to_string(),
+                control: req.paths.control.clone(),
+                started,
+            }),
+            Ok(Err(e)) => {
+                self.end_failed(req.lease_id, started).await;
+                Err(e)
+            }
+            Err(_) => {
+                self.end_failed(req.lease_id, started).await;
+                Err(BootError::Timeout(req.timeout_ms))
+            }
+        }
+    }
+
+    /// Gives a VMM started ahead to the lease `req` names (its id must be the one the VMM
+    /// was started under, and its ledger row committed): records the VMM in the ledger,
+    /// sends the guest its personalisation and waits for `guest_ready`. On failure the VMM
+    /// is gone with its confinement, as for a failed [`Supervisor::boot`].
+    pub async fn hand_over(&self, ahead: Ahead, req: BootRequest<'_>) -> Result<Booted, BootError> {
+        let _quiet = self.isolation.hold_off_pool();
+        let Ahead { mut started, .. } = ahead;
+        // Spawned before the request arrived.
+        started.vmm_spawned_us = 0;
+        self.record(&req, &started).await;
+        crate::fault::hit(crate::fault::point::CREATE_VMM_RECORDED);
+        let sent = match &req.personalise {
+            Some(p) => send_personalisation(&req, p, &self.isolation).await,
+            None => Ok(()),
+        };
+        if let Err(e) = sent {
+            self.end_failed(req.lease_id, started).await;
+            return Err(e);
+        }
+        self.follow_to_ready(started, &req).await
+    }
+
+    /// Ends a VMM started ahead that no lease took (its snapshot changed, coinopd stops, or
+    /// its room is wanted): the VMM and its whole confinement go.
+    pub async fn discard_ahead(&self, ahead: Ahead) {
+        let Ahead {
+            lease_id, started, ..
+        } = ahead;
+        self.end_failed(&lease_id, started).await;
+    }
+
+    /// Kills a VMM whose boot failed, waits for it and removes its confinement.
+    async fn end_failed(&self, lease_id: &str, started: Started) {
+        let mut child = started.child;
+        child.kill();
+        let _ = child.wait().await;
+        self.isolation_release(lease_id).await;
+    }
+
+    /// Spawns the VMM for `req` (in the slot it brings, else in one built now) and
+    /// registers its confinement.
+    fn start(&self, req: &mut BootRequest<'_>) -> Result<Started, BootError> {
         let nic = req.nic.take();
         let limits = Limits::for_guest(req.vcpus, req.mem_mib);
         let mut slot = req.slot.take();
@@ -417,18 +544,18 @@ impl Supervisor {
                 // A failed launch has closed the fds it was given: the request-path build
                 // after it needs its own handle on the tap.
                 let spare = nic.as_ref().map(Nic::try_clone).transpose();
-                match self.launch_pooled(ready, &req, &limits, start_us, nic) {
+                match self.launch_pooled(ready, req, &limits, start_us, nic) {
                     Ok(spawned) => Ok(spawned),
                     Err(e) => {
                         tracing::warn!(lease = req.lease_id, error = %e,
                             "the slot built ahead failed; building one on the request path");
                         spare
                             .map_err(BootError::Files)
-                            .and_then(|nic| self.spawn_fresh(&req, &limits, start_us, nic))
+                            .and_then(|nic| self.spawn_fresh(req, &limits, start_us, nic))
                     }
                 }
             }
-            None => self.spawn_fresh(&req, &limits, start_us, nic),
+            None => self.spawn_fresh(req, &limits, start_us, nic),
         };
         let Spawned {
             child,
@@ -455,52 +582,76 @@ impl Supervisor {
             "VMM started"
         );
         let pid = child.pid();
-        // Its identity goes to the ledger while the guest boots (the commit's fsync runs
-        // beside the boot, not in front of it): a coinopd that dies from here on leaves a
-        // VMM its successor finds by pid and start time, never an unknown orphan.
         let vmm = pid.and_then(VmmProcess::of);
-        let spawn = crate::boot_record::SpawnRecord {
-            figures: coinop_proto::BootFigures {
+        match tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) {
+            Ok(rx) => Ok(Started {
+                child,
+                vmm,
+                pid,
+                lines: BufReader::new(rx).lines(),
+                base_us: start_us,
                 vmm_spawned_us,
-                ..req.figures.clone()
-            },
-            vmm_base_us: start_us.saturating_sub(req.arrival_us),
-        }
-        .to_json();
-        let recording = vmm.map(|v| {
-            let ledger = Arc::clone(&self.ledger);
-            let id = req.lease_id.to_string();
-            tokio::task::spawn_blocking(move || ledger.record_vmm(&id, v, Some(&spawn)))
-        });
-        let rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) {
-            Ok(rx) => rx,
+            }),
             Err(e) => {
                 let mut child = child;
                 child.kill();
                 self.reap_in_background(req.lease_id, child, vmm, None);
-                return Err(pipe_err(e));
-            }
-        };
-        // Recorded before anything reports this VMM's end, which must find it in the ledger.
-        // The guest boots meanwhile (its events wait in the pipe), so the commit's fsync
-        // delays the reply only if it outlasts the boot.
-        if let Some(recording) = recording {
-            match recording.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(lease = req.lease_id, error = %e,
-                    "cannot record the VMM's pid; a restart finds it through its cgroup only"),
-                Err(e) => tracing::error!(lease = req.lease_id, error = %e,
-                    "recording the VMM's pid"),
+                Err(pipe_err(e))
             }
         }
-        crate::fault::hit(crate::fault::point::CREATE_VMM_RECORDED);
-        let mut lines = BufReader::new(rx).lines();
-        let offset = start_us.saturating_sub(req.arrival_us);
+    }
+
+    /// Records the VMM's identity in the ledger (`req.lease_id`'s row; none for a golden
+    /// snapshot's build) while the guest boots: a coinopd that dies from here on leaves a
+    /// VMM its successor finds by pid and start time, never an unknown orphan. The guest
+    /// boots meanwhile (its events wait in the pipe), so the commit's fsync delays the
+    /// reply only if it outlasts the boot.
+    async fn record(&self, req: &BootRequest<'_>, started: &Started) {
+        let Some(vmm) = started.vmm else {
+            return;
+        };
+        let spawn = crate::boot_record::SpawnRecord {
+            figures: coinop_proto::BootFigures {
+                vmm_spawned_us: started.vmm_spawned_us,
+                ..req.figures.clone()
+            },
+            vmm_base_us: started.base_us.saturating_sub(req.arrival_us),
+        }
+        .to_json();
+        let ledger = Arc::clone(&self.ledger);
+        let id = req.lease_id.to_string();
+        let recorded =
+            tokio::task::spawn_blocking(move || ledger.record_vmm(&id, vmm, Some(&spawn))).await;
+        match recorded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(lease = req.lease_id, error = %e,
+                "cannot record the VMM's pid; a restart finds it through its cgroup only"),
+            Err(e) => tracing::error!(lease = req.lease_id, error = %e,
+                "recording the VMM's pid"),
+        }
+    }
+
+    /// Reads the VMM's events until `req.ready_at` (answering a personalisation request),
+    /// then leaves its stream and its end to a reaper; on failure or timeout the VMM is
+    /// killed and its confinement removed.
+    async fn follow_to_ready(
+        &self,
+        mut started: Started,
+        req: &BootRequest<'_>,
+    ) -> Result<Booted, BootError> {
         let outcome = tokio::time::timeout(
             Duration::from_millis(req.timeout_ms),
-            wait_ready(&mut lines, &req, offset, &self.isolation),
+            wait_ready(&mut started.lines, req, started.base_us, &self.isolation),
         )
         .await;
+        let Started {
+            child,
+            vmm,
+            pid,
+            lines,
+            vmm_spawned_us,
+            ..
+        } = started;
         let (vcpus_started_us, guest_ready_us) = match outcome {
             Ok(Ok(figures)) => figures,
             Ok(Err(e)) => {
@@ -918,15 +1069,17 @@ impl Supervisor {
 }
 
 /// Reads events until `guest_ready` or whatever `req.ready_at` names (µs from arrival of
-/// `vcpus_started` and of that event), answering `awaiting_personalisation` with the
-/// request's personalisation line.
+/// `vcpus_started` and of that event; `base_us` is when the VMM's event clock started),
+/// answering `awaiting_personalisation` with the request's personalisation line.
 async fn wait_ready(
     lines: &mut EventLines,
     req: &BootRequest<'_>,
-    offset: u64,
+    base_us: u64,
     isolation: &Isolation,
 ) -> Result<(Option<u64>, u64), BootError> {
     let lease_id = req.lease_id;
+    // A VMM started ahead of its lease reports times from before the arrival: those are 0.
+    let since_arrival = |t_us: u64| (base_us + t_us).saturating_sub(req.arrival_us);
     let mut vcpus_started = None;
     loop {
         let line = lines.next_line().await.map_err(pipe_err)?;
@@ -944,34 +1097,19 @@ async fn wait_ready(
         // (the lab's restore step prints them).
         tracing::info!(
             lease = lease_id,
-            since_arrival_us = offset + ev.t_us(),
+            since_arrival_us = since_arrival(ev.t_us()),
             event = %line.trim(),
             "VMM event"
         );
         match ev {
-            Event::VcpusStarted { t_us, .. } => vcpus_started = Some(offset + t_us),
-            Event::GuestReady { t_us } => return Ok((vcpus_started, offset + t_us)),
+            Event::VcpusStarted { t_us, .. } => vcpus_started = Some(since_arrival(t_us)),
+            Event::GuestReady { t_us } => return Ok((vcpus_started, since_arrival(t_us))),
             Event::AwaitingPersonalisation { t_us } => {
                 if req.ready_at == ReadyPoint::AwaitingPersonalisation {
-                    return Ok((vcpus_started, offset + t_us));
+                    return Ok((vcpus_started, since_arrival(t_us)));
                 }
                 if let Some(p) = &req.personalise {
-                    crate::fault::hit(crate::fault::point::CREATE_AWAITING_PERSONALISATION);
-                    crate::fault::delay(crate::fault::point::CREATE_AWAITING_PERSONALISATION).await;
-                    let line = p.line();
-                    // The key on record before the line leaves: a coinopd that dies after
-                    // sending leaves its successor the key the guest got.
-                    isolation.set_host_key(lease_id, &p.host_key_openssh(), &line);
-                    let request = vmm_protocol::Request::Personalise { line };
-                    vmm_protocol::client::request(&req.paths.control, &request)
-                        .await
-                        .map_err(BootError::Personalise)?;
-                    crate::fault::hit(crate::fault::point::CREATE_PERSONALISATION_SENT);
-                    tracing::info!(
-                        lease = lease_id,
-                        sent_us = monotonic_us().saturating_sub(req.arrival_us),
-                        "personalisation sent"
-                    );
+                    send_personalisation(req, p, isolation).await?;
                 } else {
                     tracing::warn!(
                         lease = lease_id,
@@ -992,4 +1130,30 @@ async fn wait_ready(
             | Event::Personalised { .. } => {}
         }
     }
+}
+
+/// Sends the guest of `req` its personalisation line `p`, its host key on record first.
+async fn send_personalisation(
+    req: &BootRequest<'_>,
+    p: &Personalisation,
+    isolation: &Isolation,
+) -> Result<(), BootError> {
+    let lease_id = req.lease_id;
+    crate::fault::hit(crate::fault::point::CREATE_AWAITING_PERSONALISATION);
+    crate::fault::delay(crate::fault::point::CREATE_AWAITING_PERSONALISATION).await;
+    let line = p.line();
+    // The key on record before the line leaves: a coinopd that dies after sending leaves
+    // its successor the key the guest got.
+    isolation.set_host_key(lease_id, &p.host_key_openssh(), &line);
+    let request = vmm_protocol::Request::Personalise { line };
+    vmm_protocol::client::request(&req.paths.control, &request)
+        .await
+        .map_err(BootError::Personalise)?;
+    crate::fault::hit(crate::fault::point::CREATE_PERSONALISATION_SENT);
+    tracing::info!(
+        lease = lease_id,
+        sent_us = monotonic_us().saturating_sub(req.arrival_us),
+        "personalisation sent"
+    );
+    Ok(())
 }

@@ -71,7 +71,8 @@ async fn cold_and_restored_leases_each_get_their_own_line() {
         "tga={},snapshot,agent,cmdline=mode=personalise",
         guest.display()
     );
-    let d = Daemon::spawn(state, &["--image", &image], &[]).await;
+    // Every restore on the request path here (warm restores: the test after this one).
+    let d = Daemon::spawn(state, &["--image", &image, "--warm-restores", "0"], &[]).await;
 
     let cold = create(&d, Some(SSH_KEY)).await;
     assert_eq!(start_of(&cold), "cold", "{}", cold.reply);
@@ -145,6 +146,79 @@ async fn cold_and_restored_leases_each_get_their_own_line() {
         assert!(!args.iter().any(|a| a.contains("AAAAC3Nza")), "{args:?}");
     }
     for lease in [&cold, &a, &b] {
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    d.shutdown().await;
+}
+
+/// After a lease restored on the request path, coinopd keeps one of its shape restored
+/// ahead (`--warm-restores`, default 1): the next create takes that VMM, which gets a line
+/// of its own (its lease's host name, the tenant's key, fresh entropy) and pays nothing of
+/// the time it waited before the create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_restore_gets_its_own_line_and_is_billed_from_its_create() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
+    let image = format!(
+        "tga={},snapshot,agent,cmdline=mode=personalise",
+        guest.display()
+    );
+    let d = Daemon::spawn(state, &["--image", &image], &[]).await;
+    let cold = create(&d, None).await;
+    assert_eq!(start_of(&cold), "cold", "{}", cold.reply);
+    wait_for(async || !snapshots(state).is_empty(), "the golden snapshot").await;
+    let restored = create(&d, None).await;
+    assert_eq!(start_of(&restored), "restore", "{}", restored.reply);
+    let restored_line = line_of(&d, &restored).await;
+
+    let (warm_id, warm_pid) = common::warm_restore::wait_for_one(state);
+    // The warm VMM waits: with metering from its spawn, this alone would cost the tenant
+    // 2 s of 64 MiB.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let asked = std::time::Instant::now();
+    let warm = create(&d, Some(SSH_KEY)).await;
+    assert_eq!(start_of(&warm), "warm", "{}", warm.reply);
+    assert_eq!(warm.id, warm_id, "{}", warm.reply);
+    assert_eq!(warm.reply["boot"]["vmm_spawned_us"], 0, "{}", warm.reply);
+    assert!(
+        warm.reply["boot"]["vcpus_started_us"].is_null(),
+        "{}",
+        warm.reply
+    );
+    assert_eq!(common::lease_pid::lease_pid(state, &warm.id), warm_pid);
+    let text = d.console(&warm).await;
+    // Restored and waiting before its lease existed: this guest only read its line.
+    assert!(!text.contains("com2 empty before 124"), "{text}");
+    let warm_line = line_of(&d, &warm).await;
+    assert!(field(&warm_line, "ssh_key").is_some(), "{warm_line}");
+    assert_ne!(
+        field(&warm_line, "entropy"),
+        field(&restored_line, "entropy")
+    );
+    assert!(
+        common::warm_restore::waiting(state)
+            .iter()
+            .all(|(id, _)| *id != warm_id),
+        "the lease owns the VMM: no warm marker of it left"
+    );
+
+    // Ticks every 50 ms: a few of them billed.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let path = format!("/v1/leases/{}", warm.id);
+    let view = d.call("GET", &path, Some(&warm.token), None).await.json();
+    let waited_us = asked.elapsed().as_micros() as u64;
+    let mem_mib_us = view["used"]["mem_mib_us"]
+        .as_u64()
+        .expect("used.mem_mib_us");
+    assert!(
+        mem_mib_us > 0 && mem_mib_us <= 64 * waited_us,
+        "memory time billed since the create only: {mem_mib_us} MiB·µs in {waited_us} µs: {view}"
+    );
+    for lease in [&cold, &restored, &warm] {
         d.stop_lease(&lease.id, &lease.token).await;
     }
     d.shutdown().await;

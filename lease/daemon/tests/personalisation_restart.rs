@@ -680,3 +680,55 @@ async fn netns_restart_at(at: &str, stale_key: Option<&str>) {
     .await;
     books_balance(dir.path(), &id);
 }
+
+/// A warm restore (a VMM restored ahead of any lease, waiting for its line) that a killed
+/// coinopd leaves is no lease's: the next coinopd ends it, and removes its marker, before
+/// it serves; the leases' guests run on, adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_restore_left_by_a_killed_coinopd_is_ended_at_the_next_start() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let image = agent_image(true);
+    let d = Daemon::spawn(dir.path(), &["--image", &image], &[]).await;
+    let mut leases = Vec::new();
+    for _ in 0..2 {
+        let proofs = d.mint_credit(20).await;
+        let lease = d
+            .create_lease(json!({"vcpus": 1, "mem_mib": 64, "image": "tga",
+                                 "payment": credit_payment(&proofs)}))
+            .await;
+        wait_for(async || has_snapshot(dir.path()), "the golden snapshot").await;
+        leases.push(lease);
+    }
+    assert_eq!(
+        leases[1].reply["boot"]["start"], "restore",
+        "{}",
+        leases[1].reply
+    );
+    let (warm_id, warm_pid) = common::warm_restore::wait_for_one(dir.path());
+    let warm = VmmProcess::of(warm_pid).expect("the warm VMM runs");
+    d.kill9();
+    assert!(warm.is_running(), "a VMM outlives its coinopd");
+
+    let d = Daemon::spawn(dir.path(), &["--image", &image], &[]).await;
+    // Ended before the socket was bound.
+    assert!(!warm.is_running(), "the warm restore ended at the start");
+    assert!(
+        !dir.path().join("warm").join(&warm_id).exists(),
+        "its marker removed"
+    );
+    let ledger = Ledger::open(&dir.path().join("ledger.db")).expect("open ledger");
+    assert!(
+        ledger.get(&warm_id).expect("read").is_none(),
+        "never a lease: {warm_id}"
+    );
+    for lease in &leases {
+        let path = format!("/v1/leases/{}", lease.id);
+        let view = d.call("GET", &path, Some(&lease.token), None).await.json();
+        assert_eq!(view["state"], "running", "adopted: {view}");
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    d.shutdown().await;
+}

@@ -218,6 +218,19 @@ impl SlotPool {
         }
     }
 
+    /// How long until the host is quiet by the filler's measure: no boot in flight and
+    /// [`SETTLE`] after the last one (zero: now); `None` while a boot is in flight. Other
+    /// work built ahead of leases waits for the same.
+    pub fn quiet_in(&self) -> Option<Duration> {
+        let state = self.inner.state();
+        if state.boots > 0 {
+            return None;
+        }
+        Some(state.settled_at.map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(Instant::now())
+        }))
+    }
+
     /// How many slots are ready.
     pub fn ready(&self) -> usize {
         self.inner.state().ready.len()

@@ -29,6 +29,10 @@ pub enum BootStart {
     Cold,
     /// Restored from the image's golden snapshot (`--image ...,snapshot`).
     Restore,
+    /// Restored from the image's golden snapshot ahead of the create (coinopd
+    /// `--warm-restores`) and personalised for it: the VMM existed before the request, so
+    /// `vmm_spawned_us` is 0 and `vcpus_started_us` absent.
+    Warm,
 }
 
 /// What a lease used so far.

@@ -20,10 +20,12 @@ use crate::app::{AppState, Shared};
 use crate::capacity::Totals;
 use crate::golden_snapshot::{GoldenSnapshots, Shape};
 use crate::ledger::recovery::{outputs_digest, CreateOutcome as Committed, Recovered};
+use crate::ledger::UsageBaseline;
 use crate::ledger::{Credit, LeaseRow, LedgerError, NewLease};
 use crate::personalisation::Personalisation;
 use crate::supervisor::{BootError, BootRequest, GuestPaths, Nic, ReadyPoint, SnapshotUse};
 use crate::token::{new_lease_id, new_token, token_hash};
+use crate::warm_restores::{Warm, WarmRestores};
 use coinop_host::guest_network::PendingRoute;
 
 /// Longest tenant cmdline.
@@ -131,25 +133,42 @@ pub async fn create(
         let disk = std::sync::Arc::clone(&s.disk);
         blocking_here(move || Ok(disk.admit()?)).await?;
     }
-    // A slot built ahead of time names the lease; dropped unused (a full host, a recovered
-    // lease) it goes back to the pool.
-    let slot = s.supervisor.isolation().take_slot();
-    let id = slot
-        .as_ref()
-        .map_or_else(new_lease_id, |slot| slot.lease_id().to_string());
+    // A VMM restored ahead of its create (its shape's, from the current snapshot) names
+    // the lease and holds its room already; else a slot built ahead of time names it, and
+    // dropped unused (a full host, a recovered lease) goes back to the pool.
+    let warm = warm_for(s, &image, vcpus, mem_mib, &cmdline).map(|w| WarmGuard::new(s, w));
+    let slot = match warm {
+        Some(_) => None,
+        None => s.supervisor.isolation().take_slot(),
+    };
+    let id = match (&warm, &slot) {
+        (Some(w), _) => w.lease_id().to_string(),
+        (None, Some(slot)) => slot.lease_id().to_string(),
+        (None, None) => new_lease_id(),
+    };
     let want = Totals {
         vcpus,
         mib: mem_mib,
     };
-    let reserved = s.capacity().reserve(&id, want);
-    if let Err(full) = reserved {
-        let full = LeaseError::HostFull {
-            vcpus_free: full.free.vcpus,
-            mib_free: full.free.mib,
-        };
-        return create_when_full(s, arrival, order, recovery, full).await;
+    if warm.is_none() {
+        let mut reserved = s.capacity().reserve(&id, want);
+        if reserved.is_err() && WarmRestores::evict(s, None).await > 0 {
+            // The room warm restores of another shape held is free now.
+            reserved = s.capacity().reserve(&id, want);
+        }
+        if let Err(full) = reserved {
+            let full = LeaseError::HostFull {
+                vcpus_free: full.free.vcpus,
+                mib_free: full.free.mib,
+            };
+            return create_when_full(s, arrival, order, recovery, full).await;
+        }
     }
-    let name = LeaseName { id: &id, slot };
+    let name = LeaseName {
+        id: &id,
+        slot,
+        warm,
+    };
     let result = create_reserved(s, arrival, name, order, image, cmdline, recovery).await;
     if result.is_err() {
         s.capacity().release(&id);
@@ -224,10 +243,90 @@ async fn create_when_full(
     }
 }
 
-/// A new lease's id, and the slot built ahead of time that gave it, if any.
+/// A new lease's id, and the slot built ahead of time or the warm restore that gave it,
+/// if any.
 struct LeaseName<'a> {
     id: &'a str,
     slot: Option<coinop_host::slot_pool::TakenSlot>,
+    warm: Option<WarmGuard>,
+}
+
+/// A warm restore taken by a create: given up (in the background) if the create ends
+/// before handing it over (its payment refused, a recovered lease instead).
+struct WarmGuard {
+    s: Shared,
+    warm: Option<Warm>,
+}
+
+impl WarmGuard {
+    fn new(s: &Shared, warm: Warm) -> Self {
+        WarmGuard {
+            s: s.clone(),
+            warm: Some(warm),
+        }
+    }
+
+    fn lease_id(&self) -> &str {
+        self.warm.as_ref().map_or("", |w| w.ahead.lease_id())
+    }
+
+    /// The warm restore, for its hand-over.
+    fn take(mut self) -> Option<Warm> {
+        self.warm.take()
+    }
+}
+
+impl Drop for WarmGuard {
+    fn drop(&mut self) {
+        if let Some(w) = self.warm.take() {
+            crate::warm_restores::discard_in_background(&self.s, w);
+        }
+    }
+}
+
+/// A warm restore for a create of `image` in this shape with this command line (the
+/// image's own, plus the tenant's key word), if one is ready: an `agent` image restorable
+/// as [`start_guest`] decides, restored from the shape's current golden snapshot, alive.
+fn warm_for(
+    s: &Shared,
+    image: &crate::image_catalogue::ImageSpec,
+    vcpus: u32,
+    mem_mib: u64,
+    cmdline: &str,
+) -> Option<Warm> {
+    if s.warm.ready() == 0 {
+        return None;
+    }
+    let nic = s.config.lease_gets_network(image);
+    let own = if image.agent {
+        split_ssh_key_word(cmdline).0
+    } else {
+        cmdline.to_string()
+    };
+    // Only an agent's guest waits for its lease (its personalisation) after a restore.
+    if !(image.snapshot && image.agent && own == image.cmdline) {
+        return None;
+    }
+    let shape = Shape {
+        image: image.clone(),
+        vcpus,
+        mem_mib,
+        nic,
+    };
+    let (dir, _) = s.golden.lookup(&shape).ok()?;
+    WarmRestores::take(s, &dir?)
+}
+
+/// The usage counters of a warm restore's VMM now: where its lease's metering starts.
+async fn warm_baseline(w: &Warm) -> Result<UsageBaseline, String> {
+    match vmm_protocol::client::request(w.ahead.control(), &vmm_protocol::Request::Usage).await {
+        Ok(vmm_protocol::Reply::Usage(u)) => Ok(UsageBaseline {
+            vcpu_total_us: u.vcpu_total_us,
+            uptime_us: u.uptime_us,
+        }),
+        Ok(other) => Err(format!("unexpected reply to usage: {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 async fn create_reserved(
@@ -239,7 +338,28 @@ async fn create_reserved(
     cmdline: String,
     recovery: Option<[u8; 32]>,
 ) -> Result<CreateOutcome, LeaseError> {
-    let LeaseName { id, slot } = name;
+    let LeaseName { id, slot, warm } = name;
+    // Metering starts from the warm VMM's counters as they are now, committed with the
+    // lease: a restart that adopts it bills nothing of the time before. A warm VMM that
+    // cannot say goes; the lease boots on its own (under the same id).
+    let (warm, baseline) = match warm {
+        Some(guard) => {
+            let reading = match guard.warm.as_ref() {
+                Some(w) => warm_baseline(w).await,
+                None => Err("taken".into()),
+            };
+            match reading {
+                Ok(b) => (Some(guard), b),
+                Err(e) => {
+                    tracing::warn!(lease = id, error = %e,
+                        "a warm restore's VMM does not answer; the lease boots on its own");
+                    drop(guard);
+                    (None, UsageBaseline::default())
+                }
+            }
+        }
+        None => (None, UsageBaseline::default()),
+    };
     let credit = req.credit;
     let boot = BootFigures {
         payment_verified_us: req.payment_verified_us,
@@ -257,6 +377,7 @@ async fn create_reserved(
         control_path: paths.control.display().to_string(),
         console_path: paths.console.display().to_string(),
         recovery_hash: recovery,
+        baseline,
     };
     let balance = credit.amount_msat;
     let late = credit.is_late();
@@ -292,6 +413,11 @@ async fn create_reserved(
     }
     let mut boot = boot;
     boot.ledger_committed_us = since(arrival);
+    // The lease owns the warm VMM now: a restart adopts it with the lease.
+    let warm = warm.and_then(WarmGuard::take).map(|w| {
+        s.warm.owned(id);
+        (w, baseline)
+    });
     crate::fault::hit(crate::fault::point::CREATE_COMMITTED);
     let guest = GuestSpec {
         id,
@@ -300,7 +426,7 @@ async fn create_reserved(
         vcpus: req.vcpus,
         mem_mib: req.mem_mib,
     };
-    match boot_guest(s, arrival, &guest, boot, slot).await? {
+    match boot_guest(s, arrival, &guest, boot, slot, warm).await? {
         Ok((boot, network)) => Ok(CreateOutcome::Created(CreateResponse {
             late,
             lease_id: id.to_string(),
@@ -327,14 +453,35 @@ struct GuestSpec<'a> {
 /// Boots the guest of a lease the ledger holds as `booting` (its room reserved), with its
 /// network when its image gets one, and marks it running. `Ok(Err(..))` is a failed boot,
 /// its room (and network) already released, with why. `slot` is the slot built ahead of
-/// time that named the lease, if its create took one.
+/// time that named the lease, if its create took one; `warm`, the warm restore that named
+/// it and where its metering starts, is handed over first, and if that fails the lease
+/// boots on its own.
 async fn boot_guest(
     s: &Shared,
     arrival: u64,
     g: &GuestSpec<'_>,
     mut boot: BootFigures,
     slot: Option<coinop_host::slot_pool::TakenSlot>,
+    warm: Option<(Warm, UsageBaseline)>,
 ) -> Result<Result<(BootFigures, Option<NetInfo>), (BootFigures, String)>, LeaseError> {
+    if let Some((w, baseline)) = warm {
+        let snapshot = w.snapshot.clone();
+        match hand_over(s, arrival, &boot, g, w).await {
+            Ok((b, network)) => {
+                boot.start = Some(BootStart::Warm);
+                let returned = since(arrival);
+                let running = mark_booted(s, arrival, g, boot, b, network, baseline, returned);
+                let running = running.await;
+                WarmRestores::want(s, &warm_shape(s, g));
+                return running;
+            }
+            Err(e) => {
+                // Its VMM, network and confinement are gone; the snapshot may be fine.
+                tracing::warn!(lease = g.id, error = %e, snapshot = %snapshot.display(),
+                    "the warm restore failed its hand-over; the lease boots on its own");
+            }
+        }
+    }
     let paths = GuestPaths::for_lease(&s.config.run_dir(), g.id);
     let attached = match attach_network(s, g.id, g.image, g.cmdline).await {
         Ok(attached) => attached,
@@ -378,35 +525,16 @@ async fn boot_guest(
         }
         (booted, _) => booted,
     };
+    let restored = start == BootStart::Restore;
     match booted {
         Ok(b) => {
-            crate::fault::hit(crate::fault::point::CREATE_GUEST_READY);
-            boot.vmm_spawned_us = b.vmm_spawned_us;
-            boot.vcpus_started_us = b.vcpus_started_us;
-            boot.guest_ready_us = Some(b.guest_ready_us);
-            let json = serde_json::to_string(&boot).unwrap_or_default();
-            let s2 = s.clone();
-            let (id2, json2) = (g.id.to_string(), json.clone());
-            let marked =
-                blocking_here(move || Ok(s2.ledger.mark_running(&id2, b.pid, &json2)?)).await;
-            if let Err(e) = marked {
-                // The lease is paid and its guest runs: the reply must carry the token. The
-                // ledger catches up once the disk lets it; metering reads the guest's
-                // cumulative counters, so its time until then is billed then.
-                tracing::error!(lease = g.id, error = %e,
-                                "cannot record the running guest yet; retrying");
-                let pid = b.pid;
-                record_later(s, g.id, move |l, id| l.mark_running(id, pid, &json));
+            let base = UsageBaseline::default();
+            let running = mark_booted(s, arrival, g, boot, b, network, base, boot_returned_us);
+            if restored && g.image.agent {
+                // Keep leases of this shape restored ahead of their creates.
+                WarmRestores::want(s, &warm_shape(s, g));
             }
-            s.metrics.boot(true, Some(b.guest_ready_us));
-            tracing::info!(
-                lease = g.id,
-                guest_ready_us = b.guest_ready_us,
-                boot_returned_us,
-                running_us = since(arrival),
-                "lease running"
-            );
-            Ok(Ok((boot, network)))
+            running.await
         }
         Err(e) => {
             tracing::warn!(lease = g.id, error = %e, "boot failed");
@@ -415,6 +543,110 @@ async fn boot_guest(
             Ok(Err((boot, e.to_string())))
         }
     }
+}
+
+/// Records a booted guest's lease `running` (its metering from `baseline`) with its boot
+/// figures, and answers with them and its network. `boot_returned_us`: when coinopd had
+/// its `guest_ready` in hand.
+#[allow(clippy::too_many_arguments)] // one booted lease: each is a different part of it
+async fn mark_booted(
+    s: &Shared,
+    arrival: u64,
+    g: &GuestSpec<'_>,
+    mut boot: BootFigures,
+    b: crate::supervisor::Booted,
+    network: Option<NetInfo>,
+    baseline: UsageBaseline,
+    boot_returned_us: u64,
+) -> Result<Result<(BootFigures, Option<NetInfo>), (BootFigures, String)>, LeaseError> {
+    crate::fault::hit(crate::fault::point::CREATE_GUEST_READY);
+    boot.vmm_spawned_us = b.vmm_spawned_us;
+    boot.vcpus_started_us = b.vcpus_started_us;
+    boot.guest_ready_us = Some(b.guest_ready_us);
+    let json = serde_json::to_string(&boot).unwrap_or_default();
+    let s2 = s.clone();
+    let (id2, json2) = (g.id.to_string(), json.clone());
+    let marked =
+        blocking_here(move || Ok(s2.ledger.mark_running_from(&id2, b.pid, &json2, baseline)?))
+            .await;
+    if let Err(e) = marked {
+        // The lease is paid and its guest runs: the reply must carry the token. The
+        // ledger catches up once the disk lets it; metering reads the guest's
+        // cumulative counters, so its time until then is billed then.
+        tracing::error!(lease = g.id, error = %e,
+                        "cannot record the running guest yet; retrying");
+        let pid = b.pid;
+        record_later(s, g.id, move |l, id| {
+            l.mark_running_from(id, pid, &json, baseline)
+        });
+    }
+    s.metrics.boot(true, Some(b.guest_ready_us));
+    tracing::info!(
+        lease = g.id,
+        guest_ready_us = b.guest_ready_us,
+        boot_returned_us,
+        running_us = since(arrival),
+        "lease running"
+    );
+    Ok(Ok((boot, network)))
+}
+
+/// The golden-snapshot shape of `g`'s lease (its network as the host gives its image).
+fn warm_shape(s: &Shared, g: &GuestSpec<'_>) -> Shape {
+    Shape {
+        image: g.image.clone(),
+        vcpus: g.vcpus,
+        mem_mib: g.mem_mib,
+        nic: s.config.lease_gets_network(g.image),
+    }
+}
+
+/// Hands a warm restore over to lease `g` (committed under the warm VMM's id): its
+/// personalisation (the tenant's key, the address the warm VMM was routed for, a fresh
+/// host key, entropy and clock) is sent and `guest_ready` awaited. The lease's network as
+/// the tenant is told it comes back with the figures.
+async fn hand_over(
+    s: &Shared,
+    arrival: u64,
+    figures: &BootFigures,
+    g: &GuestSpec<'_>,
+    w: Warm,
+) -> Result<(crate::supervisor::Booted, Option<NetInfo>), BootError> {
+    let Warm {
+        ahead, mut network, ..
+    } = w;
+    let (_, ssh_key) = split_ssh_key_word(g.cmdline);
+    let personalise = g.image.agent.then(|| {
+        let p = Personalisation::for_lease(g.id, network.as_ref(), ssh_key.as_deref());
+        if let Some(n) = &mut network {
+            n.ssh.host_key = Some(p.host_key_openssh());
+        }
+        p
+    });
+    let paths = GuestPaths::for_lease(&s.config.run_dir(), g.id);
+    let booted = s
+        .supervisor
+        .hand_over(
+            ahead,
+            BootRequest {
+                lease_id: g.id,
+                image: g.image,
+                cmdline: g.cmdline,
+                vcpus: g.vcpus,
+                mem_mib: g.mem_mib,
+                paths: &paths,
+                arrival_us: arrival,
+                figures: figures.clone(),
+                timeout_ms: s.config.boot_timeout_ms,
+                slot: None,
+                nic: None,
+                snapshot: SnapshotUse::None,
+                personalise,
+                ready_at: ReadyPoint::GuestReady,
+            },
+        )
+        .await?;
+    Ok((booted, network))
 }
 
 /// Starts the lease's VMM: by restoring the image's golden snapshot when there is one for
@@ -804,7 +1036,7 @@ async fn recovered(
             vcpus: l.vcpus,
             mem_mib: l.mem_mib,
         };
-        if let Err((boot, why)) = boot_guest(s, arrival, &guest, boot, None).await? {
+        if let Err((boot, why)) = boot_guest(s, arrival, &guest, boot, None, None).await? {
             return boot_failed(s, &l.id, token, r.token_seq, boot, why, outputs).await;
         }
     }

@@ -71,6 +71,19 @@ pub struct NewLease {
     /// SHA-256 of the tenant's recovery key, if the create carried one: what a retry of this
     /// create must prove it knows to get the lease back (see [`crate::ledger::recovery`]).
     pub recovery_hash: Option<[u8; 32]>,
+    /// The VMM's usage counters its metering starts from: zero for a VMM started for the
+    /// lease; a warm restore's VMM ran before its lease, and that time is not the tenant's
+    /// ([`crate::warm_restores`]).
+    pub baseline: UsageBaseline,
+}
+
+/// A VMM's cumulative usage counters at the moment a lease's metering starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageBaseline {
+    /// vCPU time, µs (the VMM's `vcpu_total_us`).
+    pub vcpu_total_us: u64,
+    /// µs since the VMM's time base (its `uptime_us`).
+    pub uptime_us: u64,
 }
 
 const LEASE_COLUMNS: &str = "id, token_hash, vcpus, mem_mib, image, cmdline, state, stop_reason,

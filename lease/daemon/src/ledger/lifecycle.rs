@@ -10,7 +10,7 @@ use rusqlite::params;
 use crate::clock::unix_s;
 use crate::vmm_process::VmmProcess;
 
-use super::{Ledger, LedgerError};
+use super::{Ledger, LedgerError, UsageBaseline};
 
 /// What [`Ledger::mark_guest_ended`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +114,37 @@ impl Ledger {
                 boot_json,
                 unix_s(),
                 LeaseState::Booting
+            ])?;
+            Ok(())
+        })
+    }
+
+    /// Marks a `booting` lease running on a VMM whose usage counters its metering starts
+    /// from (`baseline`: zero for a VMM started for it, the reading at the hand-over for a
+    /// warm restore's): [`Ledger::mark_running`] for the create that booted it, which knows
+    /// which VMM the lease got in the end.
+    pub fn mark_running_from(
+        &self,
+        id: &str,
+        pid: Option<i32>,
+        boot_json: &str,
+        baseline: UsageBaseline,
+    ) -> Result<(), LedgerError> {
+        self.with_tx(|tx| {
+            tx.prepare_cached(
+                "UPDATE leases SET state = ?2, pid = ?3, boot_json = ?4, updated_at = ?5,
+                    last_vcpu_total_us = ?7, last_uptime_us = ?8
+                 WHERE id = ?1 AND state = ?6",
+            )?
+            .execute(params![
+                id,
+                LeaseState::Running,
+                pid,
+                boot_json,
+                unix_s(),
+                LeaseState::Booting,
+                baseline.vcpu_total_us,
+                baseline.uptime_us
             ])?;
             Ok(())
         })

@@ -36,7 +36,7 @@ mod test_support;
 mod tick;
 
 pub use books::Books;
-pub use lease_rows::{LeaseRow, NewLease};
+pub use lease_rows::{LeaseRow, NewLease, UsageBaseline};
 pub use lifecycle::GuestEnded;
 pub use payments::{Refund, TopupOutcome};
 pub use quotes::QuoteRow;

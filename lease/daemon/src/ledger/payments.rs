@@ -104,8 +104,8 @@ pub(super) fn insert_lease(
     tx.prepare_cached(
         "INSERT INTO leases (id, token_hash, vcpus, mem_mib, image, cmdline, state,
             balance_msat, control_path, console_path, created_at, updated_at,
-            payment_digest, recovery_hash, token_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, 1)",
+            payment_digest, recovery_hash, token_seq, last_vcpu_total_us, last_uptime_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, 1, ?14, ?15)",
     )?
     .execute(params![
         lease.id,
@@ -121,6 +121,8 @@ pub(super) fn insert_lease(
         now,
         super::recovery::payment_digest(&credit.keys).as_slice(),
         lease.recovery_hash.as_ref().map(|h| h.as_slice()),
+        lease.baseline.vcpu_total_us,
+        lease.baseline.uptime_us,
     ])?;
     record_payment(tx, credit, &lease.id, credit.is_late(), false)
 }

@@ -241,6 +241,7 @@ mod tests {
             control_path: "/x.sock".into(),
             console_path: "/x.console".into(),
             recovery_hash: key.map(|k| recovery_hash(k).expect("valid key")),
+            baseline: Default::default(),
         }
     }
 

@@ -33,6 +33,7 @@ pub(super) fn new_lease(id: &str) -> NewLease {
         control_path: "/x.sock".into(),
         console_path: "/x.console".into(),
         recovery_hash: None,
+        baseline: Default::default(),
     }
 }
 

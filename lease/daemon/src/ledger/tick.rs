@@ -185,6 +185,39 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_is_billed_from_its_baseline_and_a_new_vmm_resets_it() {
+        let (_d, l) = ledger();
+        // A warm restore's VMM: 0.5 s of vCPU and 60 s of uptime before its lease.
+        let warm = crate::ledger::UsageBaseline {
+            vcpu_total_us: 500_000,
+            uptime_us: 60_000_000,
+        };
+        let lease = crate::ledger::NewLease {
+            baseline: warm,
+            ..new_lease("a")
+        };
+        l.create_lease(&lease, &credit(1, 100_000)).expect("create");
+        // Found by a restart before its create marked it running: kept as committed.
+        l.mark_running("a", None, "{}").expect("run");
+        let o = l
+            .apply_tick(&[s(1_500_000, 61_000_000)], P, 0)
+            .expect("tick");
+        // 1 s vCPU + 1 GiB × 1 s, not the 60 s before the lease.
+        assert_eq!(o[0].debited_msat, 2000);
+
+        let (_d2, l2) = ledger();
+        l2.create_lease(&lease, &credit(1, 100_000))
+            .expect("create");
+        // The warm VMM failed its hand-over; the lease got a VMM of its own, counting from 0.
+        l2.mark_running_from("a", None, "{}", crate::ledger::UsageBaseline::default())
+            .expect("run");
+        let o = l2
+            .apply_tick(&[s(1_000_000, 1_000_000)], P, 0)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 2000);
+    }
+
+    #[test]
     fn a_running_lease_found_paused_pays_no_memory_time_for_the_pause() {
         let (_d, l) = ledger();
         l.create_lease(&new_lease("a"), &credit(1, 10_000))

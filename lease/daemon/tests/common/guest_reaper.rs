@@ -5,7 +5,8 @@
 //!
 //! A VMM belongs to the directory when its command line names a path inside it (an
 //! unjailed VMM's control socket and console), it sits in the cgroup of one of the
-//! directory's leases (a jailed VMM), or the ledger records its pid for one of them. Other
+//! directory's leases or warm restores (a jailed VMM), or the ledger or a warm restore's
+//! marker records its pid. Other
 //! tests' VMMs (other binaries run in parallel) never match.
 
 use std::path::{Path, PathBuf};
@@ -48,8 +49,22 @@ impl Drop for StateDir {
 }
 
 /// The leases in the state directory's ledger with their VMM pid when recorded (none
-/// without a ledger).
+/// without a ledger), and the warm restores a daemon keeps ahead of leases (`warm/ID`
+/// markers: `PID START_TICKS` once restored), which no ledger holds.
 pub fn leases(state_dir: &Path) -> Vec<(String, Option<i32>)> {
+    let mut found = ledger_leases(state_dir);
+    if let Ok(markers) = std::fs::read_dir(state_dir.join("warm")) {
+        for marker in markers.flatten() {
+            let pid = std::fs::read_to_string(marker.path())
+                .ok()
+                .and_then(|text| text.split_whitespace().next()?.parse().ok());
+            found.push((marker.file_name().to_string_lossy().into_owned(), pid));
+        }
+    }
+    found
+}
+
+fn ledger_leases(state_dir: &Path) -> Vec<(String, Option<i32>)> {
     let path = state_dir.join("ledger.db");
     let Ok(db) =
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)

@@ -8,6 +8,7 @@ pub mod guest_reaper;
 pub mod lease_pid;
 pub mod leases;
 pub mod personalisation_line;
+pub mod warm_restore;
 
 pub use guest_reaper::StateDir;
 

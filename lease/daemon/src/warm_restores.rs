@@ -1,0 +1,451 @@
+//! Warm restores: leases of a snapshot image restored ahead of the creates that take them.
+//!
+//! A restore on the request path spends most of its time before the guest runs: the VMM's
+//! process start, its restore steps (KVM VM, irqchip, vCPUs, virtio), the overlay's copy,
+//! the network's routing. Here those run before any create: the pool keeps up to
+//! `--warm-restores` VMMs restored from the golden snapshot of the shape (image, vCPUs,
+//! memory, NIC) last created by restore, each in a slot of its own (lease id, jail, cgroup,
+//! uid, overlay copy, tap and routed address), its guest waiting for its personalisation
+//! line ([`crate::supervisor::Supervisor::start_ahead`]). A create of that shape takes one
+//! ([`WarmRestores::take`]): its lease gets the slot's id, its personalisation (entropy,
+//! clock, host key, the tenant's key, the address the slot was routed for) is sent as it
+//! would be after a restore, and its metering starts from the VMM's counters at the
+//! hand-over, so the tenant pays nothing of the time before. A warm VMM is made of nothing
+//! of any lease: what makes a lease unique arrives with its line.
+//!
+//! Each warm VMM holds the room of its shape ([`crate::capacity`]), is built only while no
+//! boot is in flight (as the slot pool's refills: [`coinop_host::slot_pool::SETTLE`]), and
+//! is given up when a create of another shape finds the host full ([`WarmRestores::evict`]),
+//! when its snapshot is replaced, or when coinopd stops.
+//!
+//! Crashes: every warm VMM has a marker file `STATE/warm/ID`, written before its spawn and
+//! removed once a lease owns the VMM (its ledger row committed: from there the adoption at
+//! start-up finds it, [`crate::scheduler`]) or once the VMM is gone. A coinopd that starts
+//! kills what each marker of a lease id the ledger does not hold names
+//! ([`remove_left_overs`]): the process recorded in it (pid and start time), and any
+//! `coinop-vmm` in the cgroup coinopd made for that id.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use coinop_host::guest_network::NetInfo;
+
+use crate::app::Shared;
+use crate::capacity::Totals;
+use crate::golden_snapshot::Shape;
+use crate::supervisor::{Ahead, BootRequest, GuestPaths, Nic, ReadyPoint, SnapshotUse};
+use crate::vmm_process::{ProcStat, VmmProcess};
+
+/// How long the filler waits before looking again when a boot is in flight or a build
+/// failed.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// A VMM restored ahead of its lease.
+#[derive(Debug)]
+pub struct Warm {
+    /// The VMM, its guest waiting for its line.
+    pub ahead: Ahead,
+    /// The golden snapshot it was restored from.
+    pub snapshot: PathBuf,
+    /// Its network (routed), when the shape has a NIC.
+    pub network: Option<NetInfo>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    ready: Vec<Warm>,
+    /// The shape the last create by restore asked for: the one kept warm.
+    wanted: Option<Shape>,
+    /// A filler task runs.
+    filling: bool,
+}
+
+/// The pool of warm restores.
+#[derive(Debug)]
+pub struct WarmRestores {
+    target: usize,
+    markers: PathBuf,
+    state: Mutex<State>,
+}
+
+impl WarmRestores {
+    /// Up to `target` warm VMMs, their markers in `markers`.
+    pub fn new(target: usize, markers: PathBuf) -> Self {
+        WarmRestores {
+            target,
+            markers,
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many are ready.
+    pub fn ready(&self) -> usize {
+        self.state().ready.len()
+    }
+
+    /// A create restored a lease of `shape`: keep that shape warm (building in the
+    /// background unless the pool is full of it or off).
+    pub fn want(s: &Shared, shape: &Shape) {
+        let warm = &s.warm;
+        if warm.target == 0 {
+            return;
+        }
+        let start = {
+            let mut state = warm.state();
+            state.wanted = Some(shape.clone());
+            !std::mem::replace(&mut state.filling, true)
+        };
+        if start {
+            let s = s.clone();
+            tokio::spawn(async move { fill(&s).await });
+        }
+    }
+
+    /// A warm VMM restored from `snapshot` (the current golden snapshot of the create's
+    /// shape), if one is ready and alive. Its room is the create's from here (held under
+    /// its lease id); its marker stays until [`WarmRestores::owned`].
+    pub fn take(s: &Shared, snapshot: &Path) -> Option<Warm> {
+        let mut dead = Vec::new();
+        let taken = {
+            let mut state = s.warm.state();
+            let mut taken = None;
+            while let Some(i) = state.ready.iter().position(|w| w.snapshot == snapshot) {
+                let w = state.ready.swap_remove(i);
+                if w.ahead.vmm().is_some_and(|v| v.is_running()) {
+                    taken = Some(w);
+                    break;
+                }
+                dead.push(w);
+            }
+            taken
+        };
+        for w in dead {
+            tracing::warn!(
+                lease = w.ahead.lease_id(),
+                "a warm restore's VMM died while waiting"
+            );
+            let s = s.clone();
+            tokio::spawn(async move { discard(&s, w, true).await });
+        }
+        taken
+    }
+
+    /// The lease `lease_id` (a warm VMM's id) is committed in the ledger: from here a
+    /// restart adopts its VMM, so the marker goes.
+    pub fn owned(&self, lease_id: &str) {
+        let _ = std::fs::remove_file(self.markers.join(lease_id));
+    }
+
+    /// Gives up every warm VMM not restored from `keep`, waiting until they are gone (their
+    /// room is free): a create of another shape needs the room.
+    pub async fn evict(s: &Shared, keep: Option<&Path>) -> usize {
+        let evicted: Vec<Warm> = {
+            let mut state = s.warm.state();
+            let (kept, gone) = std::mem::take(&mut state.ready)
+                .into_iter()
+                .partition(|w| Some(w.snapshot.as_path()) == keep);
+            state.ready = kept;
+            gone
+        };
+        let n = evicted.len();
+        for w in evicted {
+            discard(s, w, true).await;
+        }
+        n
+    }
+
+    /// Gives up every warm VMM (coinopd stops: they are no lease's).
+    pub async fn shutdown(s: &Shared) {
+        s.warm.state().wanted = None;
+        Self::evict(s, None).await;
+    }
+}
+
+/// Ends a warm VMM no lease took, with its marker, and its room if it still holds it
+/// (`release_room`; a VMM a create took handed its room to that create).
+async fn discard(s: &Shared, w: Warm, release_room: bool) {
+    let id = w.ahead.lease_id().to_string();
+    s.supervisor.discard_ahead(w.ahead).await;
+    if release_room {
+        s.capacity().release(&id);
+    }
+    let _ = std::fs::remove_file(s.warm.markers.join(&id));
+}
+
+/// Ends a warm VMM a create took but did not use, in the background; its room is the
+/// create's to release.
+pub fn discard_in_background(s: &Shared, w: Warm) {
+    let s = s.clone();
+    tokio::spawn(async move { discard(&s, w, false).await });
+}
+
+/// The filler: builds warm VMMs of the wanted shape while the pool is short of them and
+/// the host is quiet; ends when the pool is full, nothing is wanted, or a build cannot
+/// succeed now (no snapshot, no room).
+async fn fill(s: &Shared) {
+    loop {
+        let wanted = {
+            let mut state = s.warm.state();
+            let have = state.ready.len();
+            match state.wanted.clone() {
+                Some(shape) if have < s.warm.target => shape,
+                _ => {
+                    state.filling = false;
+                    return;
+                }
+            }
+        };
+        match s.supervisor.isolation().quiet_in() {
+            Some(d) if d.is_zero() => {}
+            Some(d) => {
+                tokio::time::sleep(d).await;
+                continue;
+            }
+            None => {
+                tokio::time::sleep(RETRY_AFTER).await;
+                continue;
+            }
+        }
+        let snapshot = match s.golden.lookup(&wanted) {
+            Ok((Some(dir), _)) => dir,
+            _ => {
+                s.warm.state().filling = false;
+                return;
+            }
+        };
+        // Warm VMMs of an older snapshot of any shape are not wanted any more.
+        WarmRestores::evict(s, Some(&snapshot)).await;
+        match build(s, &wanted, &snapshot).await {
+            Ok(w) => {
+                // Kept unless another shape is wanted by now.
+                let unwanted = {
+                    let mut state = s.warm.state();
+                    let still = state
+                        .wanted
+                        .as_ref()
+                        .is_some_and(|shape| same_shape(shape, &wanted));
+                    if still {
+                        tracing::info!(lease = w.ahead.lease_id(), image = %wanted.image.name,
+                            "restored a lease ahead of its create");
+                        state.ready.push(w);
+                        None
+                    } else {
+                        Some(w)
+                    }
+                };
+                if let Some(w) = unwanted {
+                    discard(s, w, true).await;
+                }
+            }
+            Err(Build::NoRoom) => {
+                s.warm.state().filling = false;
+                return;
+            }
+            Err(Build::Failed(e)) => {
+                tracing::warn!(error = %e, "cannot restore a lease ahead of its create");
+                // A snapshot that cannot be restored is rebuilt by the next create's
+                // fallback; until then no more attempts.
+                s.warm.state().filling = false;
+                return;
+            }
+        }
+    }
+}
+
+fn same_shape(a: &Shape, b: &Shape) -> bool {
+    a.image.name == b.image.name && a.vcpus == b.vcpus && a.mem_mib == b.mem_mib && a.nic == b.nic
+}
+
+/// Why a warm VMM was not built.
+enum Build {
+    /// The host has no room for one more of the shape.
+    NoRoom,
+    Failed(String),
+}
+
+/// Builds one warm VMM of `shape` from `snapshot`: a slot (from the slot pool when it has
+/// one), its room, its network routed, its marker, then the restore up to the guest's
+/// request for its line.
+async fn build(s: &Shared, shape: &Shape, snapshot: &Path) -> Result<Warm, Build> {
+    let isolation = std::sync::Arc::clone(s.supervisor.isolation());
+    let slot = isolation.take_slot();
+    let id = slot
+        .as_ref()
+        .map_or_else(crate::token::new_lease_id, |t| t.lease_id().to_string());
+    let want = Totals {
+        vcpus: shape.vcpus,
+        mib: shape.mem_mib,
+    };
+    if s.capacity().reserve(&id, want).is_err() {
+        // The slot goes back to the pool.
+        return Err(Build::NoRoom);
+    }
+    let marker = s.warm.markers.join(&id);
+    let marked =
+        std::fs::create_dir_all(&s.warm.markers).and_then(|()| std::fs::write(&marker, b""));
+    if let Err(e) = marked {
+        s.capacity().release(&id);
+        return Err(Build::Failed(format!("marker {}: {e}", marker.display())));
+    }
+    let fail = |why: String| {
+        s.capacity().release(&id);
+        let _ = std::fs::remove_file(&marker);
+        Build::Failed(why)
+    };
+    let (nic, network) = if shape.nic {
+        let (iso, lease) = (std::sync::Arc::clone(&isolation), id.clone());
+        let reserved = tokio::task::spawn_blocking(move || {
+            let Some((tap, info, pending)) = iso.reserve_network(&lease)? else {
+                return Ok(None);
+            };
+            if let Err(e) = iso.route_network(pending) {
+                iso.release_disk_and_network(&lease);
+                return Err(e);
+            }
+            Ok(Some((tap, info)))
+        })
+        .await;
+        match reserved {
+            Ok(Ok(Some((tap, info)))) => (
+                Some(Nic {
+                    tap,
+                    mac: info.mac.clone(),
+                }),
+                Some(info),
+            ),
+            Ok(Ok(None)) => return Err(fail("guest networking is off on this host".into())),
+            Ok(Err(e)) => return Err(fail(format!("network: {e}"))),
+            Err(e) => return Err(fail(format!("network worker: {e}"))),
+        }
+    } else {
+        (None, None)
+    };
+    let paths = GuestPaths::for_lease(&s.config.run_dir(), &id);
+    let started = s
+        .supervisor
+        .start_ahead(BootRequest {
+            lease_id: &id,
+            image: &shape.image,
+            cmdline: &shape.image.cmdline,
+            vcpus: shape.vcpus,
+            mem_mib: shape.mem_mib,
+            paths: &paths,
+            arrival_us: crate::clock::monotonic_us(),
+            // No lease, no payment yet.
+            figures: coinop_proto::BootFigures::default(),
+            timeout_ms: s.config.boot_timeout_ms,
+            slot,
+            nic,
+            snapshot: SnapshotUse::RestoreFrom(snapshot.to_path_buf()),
+            // Nothing of any lease before the take.
+            personalise: None,
+            ready_at: ReadyPoint::AwaitingPersonalisation,
+        })
+        .await;
+    match started {
+        Ok(ahead) => {
+            if let Some(v) = ahead.vmm() {
+                let _ = std::fs::write(
+                    &marker,
+                    format!("{} {}\n", v.pid, v.start_ticks.unwrap_or(0)),
+                );
+            }
+            Ok(Warm {
+                ahead,
+                snapshot: snapshot.to_path_buf(),
+                network,
+            })
+        }
+        // start_ahead released the network and confinement.
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+/// At start-up, before the slot pool and the network sweep: ends the warm VMMs an earlier
+/// coinopd left (markers whose id is no lease in the ledger) and removes their markers;
+/// the slot pool then removes their jails and cgroups, the sweep their networks.
+pub fn remove_left_overs(s: &Shared) {
+    let Ok(entries) = std::fs::read_dir(&s.warm.markers) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(id) = entry.file_name().to_str().map(String::from) else {
+            continue;
+        };
+        let is_lease = matches!(s.ledger.get(&id), Ok(Some(_)));
+        if !is_lease {
+            let recorded = std::fs::read_to_string(entry.path())
+                .ok()
+                .and_then(|text| recorded_vmm(&text));
+            let mut killed = 0;
+            if let Some(v) = recorded.filter(VmmProcess::is_running) {
+                killed += usize::from(kill_and_wait(v));
+            }
+            for pid in in_cgroup(s, &id) {
+                if let Some(v) = VmmProcess::of(pid) {
+                    killed += usize::from(kill_and_wait(v));
+                }
+            }
+            tracing::info!(lease = %id, killed, "removed a warm restore an earlier coinopd left");
+        }
+        let _ = std::fs::remove_file(entry.path());
+    }
+}
+
+/// `PID START_TICKS` as the marker holds it.
+fn recorded_vmm(text: &str) -> Option<VmmProcess> {
+    let mut words = text.split_whitespace();
+    let pid = words.next()?.parse().ok()?;
+    let start_ticks = words.next()?.parse().ok()?;
+    Some(VmmProcess {
+        pid,
+        start_ticks: Some(start_ticks),
+    })
+}
+
+/// The live `coinop-vmm` processes in the cgroup coinopd made for `id`.
+fn in_cgroup(s: &Shared, id: &str) -> Vec<i32> {
+    let Ok(Some(slot)) = s.supervisor.isolation().cgroups.reopen_slot(id) else {
+        return Vec::new();
+    };
+    crate::vmm_process::cgroup_pids(slot.dirs())
+        .into_iter()
+        .filter(|&p| ProcStat::read(p).is_some_and(|st| st.comm == "coinop-vmm" && st.is_live()))
+        .collect()
+}
+
+/// SIGKILLs `v` and waits (up to a second) until it is gone; whether it was killed.
+fn kill_and_wait(v: VmmProcess) -> bool {
+    if !matches!(v.kill(), Ok(true)) {
+        return false;
+    }
+    for _ in 0..100 {
+        if !v.is_running() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_names_its_vmm_by_pid_and_start_time() {
+        let v = recorded_vmm("4242 987654\n").expect("parsed");
+        assert_eq!((v.pid, v.start_ticks), (4242, Some(987654)));
+        // A marker written before the spawn names nothing (its cgroup is searched).
+        assert!(recorded_vmm("").is_none());
+        assert!(recorded_vmm("4242").is_none());
+        assert!(recorded_vmm("x y").is_none());
+    }
+}
