@@ -18,7 +18,9 @@
 #define SYS_close 3
 #define SYS_ioctl 16
 #define SYS_nanosleep 35
+#define SYS_poll 7
 #define SYS_socket 41
+#define SYS_connect 42
 #define SYS_fork 57
 #define SYS_execve 59
 #define SYS_exit 60

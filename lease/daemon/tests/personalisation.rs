@@ -55,6 +55,19 @@ async fn line_of(d: &Daemon, lease: &CreatedLease) -> String {
     line
 }
 
+/// A daemon on `state` offering the test guest's `mode=personalise` as `tga`, an agent
+/// image with golden snapshots, with `extra` arguments.
+async fn agent_daemon(state: &Path, extra: &[&str]) -> Daemon {
+    let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
+    let image = format!(
+        "tga={},snapshot,agent,cmdline=mode=personalise",
+        guest.display()
+    );
+    let mut args = vec!["--image", image.as_str()];
+    args.extend_from_slice(extra);
+    Daemon::spawn(state, &args, &[]).await
+}
+
 fn start_of(lease: &CreatedLease) -> &str {
     lease.reply["boot"]["start"].as_str().unwrap_or("(none)")
 }
@@ -66,13 +79,8 @@ async fn cold_and_restored_leases_each_get_their_own_line() {
     }
     let dir = common::StateDir::new();
     let state = dir.path();
-    let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
-    let image = format!(
-        "tga={},snapshot,agent,cmdline=mode=personalise",
-        guest.display()
-    );
     // Every restore on the request path here (warm restores: the test after this one).
-    let d = Daemon::spawn(state, &["--image", &image, "--warm-restores", "0"], &[]).await;
+    let d = agent_daemon(state, &["--warm-restores", "0"]).await;
 
     let cold = create(&d, Some(SSH_KEY)).await;
     assert_eq!(start_of(&cold), "cold", "{}", cold.reply);
@@ -162,12 +170,7 @@ async fn a_warm_restore_gets_its_own_line_and_is_billed_from_its_create() {
     }
     let dir = common::StateDir::new();
     let state = dir.path();
-    let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
-    let image = format!(
-        "tga={},snapshot,agent,cmdline=mode=personalise",
-        guest.display()
-    );
-    let d = Daemon::spawn(state, &["--image", &image], &[]).await;
+    let d = agent_daemon(state, &[]).await;
     let cold = create(&d, None).await;
     assert_eq!(start_of(&cold), "cold", "{}", cold.reply);
     wait_for(async || !snapshots(state).is_empty(), "the golden snapshot").await;

@@ -95,28 +95,16 @@ impl Ledger {
         })
     }
 
-    /// Records a successful boot: pid, figures, state `running`.
+    /// Records a successful boot: pid, figures, state `running`; its metering starts from
+    /// the baseline its row holds (committed with it: a restart that adopts a booting
+    /// lease finishes its boot with this).
     pub fn mark_running(
         &self,
         id: &str,
         pid: Option<i32>,
         boot_json: &str,
     ) -> Result<(), LedgerError> {
-        self.with_tx(|tx| {
-            tx.prepare_cached(
-                "UPDATE leases SET state = ?2, pid = ?3, boot_json = ?4, updated_at = ?5
-                 WHERE id = ?1 AND state = ?6",
-            )?
-            .execute(params![
-                id,
-                LeaseState::Running,
-                pid,
-                boot_json,
-                unix_s(),
-                LeaseState::Booting
-            ])?;
-            Ok(())
-        })
+        self.set_running(id, pid, boot_json, None)
     }
 
     /// Marks a `booting` lease running on a VMM whose usage counters its metering starts
@@ -130,10 +118,21 @@ impl Ledger {
         boot_json: &str,
         baseline: UsageBaseline,
     ) -> Result<(), LedgerError> {
+        self.set_running(id, pid, boot_json, Some(baseline))
+    }
+
+    fn set_running(
+        &self,
+        id: &str,
+        pid: Option<i32>,
+        boot_json: &str,
+        baseline: Option<UsageBaseline>,
+    ) -> Result<(), LedgerError> {
         self.with_tx(|tx| {
             tx.prepare_cached(
                 "UPDATE leases SET state = ?2, pid = ?3, boot_json = ?4, updated_at = ?5,
-                    last_vcpu_total_us = ?7, last_uptime_us = ?8
+                    last_vcpu_total_us = COALESCE(?7, last_vcpu_total_us),
+                    last_uptime_us = COALESCE(?8, last_uptime_us)
                  WHERE id = ?1 AND state = ?6",
             )?
             .execute(params![
@@ -143,8 +142,8 @@ impl Ledger {
                 boot_json,
                 unix_s(),
                 LeaseState::Booting,
-                baseline.vcpu_total_us,
-                baseline.uptime_us
+                baseline.map(|b| b.vcpu_total_us),
+                baseline.map(|b| b.uptime_us)
             ])?;
             Ok(())
         })
