@@ -227,6 +227,43 @@ async fn a_warm_restore_gets_its_own_line_and_is_billed_from_its_create() {
     d.shutdown().await;
 }
 
+/// A warm restore holds the room of its shape: a create of another shape that finds the
+/// host full only because of it gets that room, the warm VMM given up first (its process
+/// ended, its marker gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_restore_gives_its_room_to_a_create_of_another_shape() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    // 64 MiB leases: the cold one, the restored one and the warm one hold 192 of 256 MiB.
+    let d = agent_daemon(state, &["--capacity-mib", "256"]).await;
+    let cold = create(&d, None).await;
+    wait_for(async || !snapshots(state).is_empty(), "the golden snapshot").await;
+    let restored = create(&d, None).await;
+    assert_eq!(start_of(&restored), "restore", "{}", restored.reply);
+    let (warm_id, warm_pid) = common::warm_restore::wait_for_one(state);
+    let warm = coinopd::vmm_process::VmmProcess::of(warm_pid).expect("the warm VMM runs");
+
+    // 128 MiB: 64 are free without the warm VMM's room.
+    let proofs = d.mint_credit(40).await;
+    let big = d
+        .create_lease(json!({"vcpus": 1, "mem_mib": 128, "image": "tga",
+                             "payment": credit_payment(&proofs)}))
+        .await;
+    assert_eq!(start_of(&big), "cold", "{}", big.reply);
+    assert!(!warm.is_running(), "the warm VMM ended before the create");
+    assert!(
+        !state.join("warm").join(&warm_id).exists(),
+        "its marker removed"
+    );
+    for lease in [&cold, &restored, &big] {
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    d.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_guest_without_its_line_never_counts_as_booted() {
     if !kvm_or_skip() {

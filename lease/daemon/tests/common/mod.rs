@@ -87,9 +87,11 @@ pub fn daemon_args(dir: &Path, socket: &Path, extra: &[&str]) -> Vec<String> {
         socket.display().to_string(),
         "--capacity-vcpus".into(),
         "8".into(),
-        "--capacity-mib".into(),
-        "2048".into(),
     ];
+    // The tests' default room, unless the test picks its own.
+    if !extra.contains(&"--capacity-mib") {
+        args.extend(["--capacity-mib".into(), "2048".into()]);
+    }
     // The tests' default tick, unless the test picks its own.
     if !extra.contains(&"--tick-ms") {
         args.extend(["--tick-ms".into(), "50".into()]);
