@@ -159,6 +159,31 @@ async fn cold_and_restored_leases_each_get_their_own_line() {
     d.shutdown().await;
 }
 
+/// What [`restore_and_keep_one_warm`] leaves: two leases and the warm restore.
+struct Kept {
+    cold: CreatedLease,
+    restored: CreatedLease,
+    warm_id: String,
+    warm_pid: i32,
+}
+
+/// A cold lease (whose boot builds the golden snapshot), a lease restored on the request
+/// path once the snapshot is there, and the warm restore coinopd keeps after it.
+async fn restore_and_keep_one_warm(d: &Daemon, state: &Path) -> Kept {
+    let cold = create(d, None).await;
+    assert_eq!(start_of(&cold), "cold", "{}", cold.reply);
+    wait_for(async || !snapshots(state).is_empty(), "the golden snapshot").await;
+    let restored = create(d, None).await;
+    assert_eq!(start_of(&restored), "restore", "{}", restored.reply);
+    let (warm_id, warm_pid) = common::warm_restore::wait_for_one(state);
+    Kept {
+        cold,
+        restored,
+        warm_id,
+        warm_pid,
+    }
+}
+
 /// After a lease restored on the request path, coinopd keeps one of its shape restored
 /// ahead (`--warm-restores`, default 1): the next create takes that VMM, which gets a line
 /// of its own (its lease's host name, the tenant's key, fresh entropy) and pays nothing of
@@ -171,14 +196,14 @@ async fn a_warm_restore_gets_its_own_line_and_is_billed_from_its_create() {
     let dir = common::StateDir::new();
     let state = dir.path();
     let d = agent_daemon(state, &[]).await;
-    let cold = create(&d, None).await;
-    assert_eq!(start_of(&cold), "cold", "{}", cold.reply);
-    wait_for(async || !snapshots(state).is_empty(), "the golden snapshot").await;
-    let restored = create(&d, None).await;
-    assert_eq!(start_of(&restored), "restore", "{}", restored.reply);
+    let Kept {
+        cold,
+        restored,
+        warm_id,
+        warm_pid,
+    } = restore_and_keep_one_warm(&d, state).await;
     let restored_line = line_of(&d, &restored).await;
 
-    let (warm_id, warm_pid) = common::warm_restore::wait_for_one(state);
     // The warm VMM waits: with metering from its spawn, this alone would cost the tenant
     // 2 s of 64 MiB.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -239,11 +264,12 @@ async fn a_warm_restore_gives_its_room_to_a_create_of_another_shape() {
     let state = dir.path();
     // 64 MiB leases: the cold one, the restored one and the warm one hold 192 of 256 MiB.
     let d = agent_daemon(state, &["--capacity-mib", "256"]).await;
-    let cold = create(&d, None).await;
-    wait_for(async || !snapshots(state).is_empty(), "the golden snapshot").await;
-    let restored = create(&d, None).await;
-    assert_eq!(start_of(&restored), "restore", "{}", restored.reply);
-    let (warm_id, warm_pid) = common::warm_restore::wait_for_one(state);
+    let Kept {
+        cold,
+        restored,
+        warm_id,
+        warm_pid,
+    } = restore_and_keep_one_warm(&d, state).await;
     let warm = coinopd::vmm_process::VmmProcess::of(warm_pid).expect("the warm VMM runs");
 
     // 128 MiB: 64 are free without the warm VMM's room.
