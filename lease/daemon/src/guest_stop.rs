@@ -114,8 +114,9 @@ async fn exited_within(vmm: &VmmProcess, limit: Duration) -> bool {
     }
 }
 
-/// Whether `pid` is a live (not zombie) coinop-vmm process, whichever it is (the test
-/// harness's view; coinopd itself goes by pid and start time).
+/// Whether `pid` is a live (not zombie) coinop-vmm process, whichever it is: the test
+/// harness's view, and coinopd's for a process found in a lease's cgroup (which it then
+/// follows by pid and start time).
 pub fn vmm_running(pid: i32) -> bool {
     ProcStat::read(pid).is_some_and(|s| s.comm == VMM_COMM && s.is_live())
 }

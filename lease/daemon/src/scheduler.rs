@@ -37,13 +37,10 @@ use crate::capacity::Totals;
 use crate::guest_stop::stop_guest;
 use crate::ledger::{GuestEnded, LeaseRow, LedgerError, Sample, TickAction};
 use crate::supervisor::{GuestExit, GuestPaths, GUEST_CRASH_CODE};
-use crate::vmm_process::{ProcStat, VmmProcess};
+use crate::vmm_process::VmmProcess;
 use coinop_proto::{LeaseState, StopReason};
 use vmm_protocol::client::{self, ControlError};
 use vmm_protocol::{Request, Status, Usage, VmState};
-
-/// The VMM's process name, for a process found in a lease's cgroup.
-const VMM_COMM: &str = "coinop-vmm";
 
 /// Whether a live lease's VMM process runs, as far as the ledger and the host can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +73,7 @@ fn presence(s: &Shared, l: &LeaseRow) -> Presence {
             .isolation()
             .cgroup_pids(&l.id)
             .into_iter()
-            .filter(|&p| ProcStat::read(p).is_some_and(|st| st.comm == VMM_COMM && st.is_live()))
+            .filter(|&p| crate::guest_stop::vmm_running(p))
             .find_map(VmmProcess::of)
             .map_or(Presence::Unknown, Presence::Running),
     }

@@ -494,12 +494,18 @@ impl Supervisor {
         let Ahead { mut started, .. } = ahead;
         // Spawned before the request arrived.
         started.vmm_spawned_us = 0;
-        self.record(&req, &started).await;
-        crate::fault::hit(crate::fault::point::CREATE_VMM_RECORDED);
-        let sent = match &req.personalise {
-            Some(p) => send_personalisation(&req, p, &self.isolation).await,
-            None => Ok(()),
+        // The guest waits for its line: the record's commit (an fsync) runs beside the
+        // line and the guest's steps, as a boot's runs beside the boot, not in front of
+        // them. A coinopd that dies before the record finds the VMM through the lease's
+        // cgroup, as after a spawn.
+        let line = async {
+            match &req.personalise {
+                Some(p) => send_personalisation(&req, p, &self.isolation).await,
+                None => Ok(()),
+            }
         };
+        let ((), sent) = tokio::join!(self.record(&req, &started), line);
+        crate::fault::hit(crate::fault::point::CREATE_VMM_RECORDED);
         if let Err(e) = sent {
             self.end_failed(req.lease_id, started).await;
             return Err(e);

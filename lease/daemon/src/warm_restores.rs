@@ -35,7 +35,7 @@ use crate::app::Shared;
 use crate::capacity::Totals;
 use crate::golden_snapshot::Shape;
 use crate::supervisor::{Ahead, BootRequest, GuestPaths, Nic, ReadyPoint, SnapshotUse};
-use crate::vmm_process::{ProcStat, VmmProcess};
+use crate::vmm_process::VmmProcess;
 
 /// How long the filler waits before looking again when a boot is in flight or a build
 /// failed.
@@ -417,7 +417,7 @@ fn in_cgroup(s: &Shared, id: &str) -> Vec<i32> {
     };
     crate::vmm_process::cgroup_pids(slot.dirs())
         .into_iter()
-        .filter(|&p| ProcStat::read(p).is_some_and(|st| st.comm == "coinop-vmm" && st.is_live()))
+        .filter(|&p| crate::guest_stop::vmm_running(p))
         .collect()
 }
 
