@@ -308,9 +308,12 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
             .run_inside("nft", &["list", "table", "ip", "coinop"])
             .is_some_and(|r| r.contains("ssh_forward") && !r.contains(&format!("lease {id}")))
     });
+    // The record goes after the tap: coinopd removes it once its `ip link del` has
+    // exited, which is after the kernel dropped the link the loop above watched.
+    let record = state.join("run").join(format!("{id}.net.json"));
+    wait_until("the network record to go", || !record.exists());
     let after = show(&client, &id, &token).await;
     assert_eq!(after["network"], Value::Null, "{after}");
-    assert!(!state.join("run").join(format!("{id}.net.json")).exists());
 }
 
 /// The network is routed beside the VMM's start; when that fails (here: the lease's port
