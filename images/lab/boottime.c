@@ -12,8 +12,10 @@
  * to the IPv4 HOST:PORT again and again (an attempt refused, closed, or not connected within
  * a second is retried 10 ms later) until a line containing MARKER arrives, for at most
  * SECONDS.
- * Prints "uptime_us=N realtime_us=M" on stdout: CLOCK_BOOTTIME (the clock /proc/uptime
- * shows) and CLOCK_REALTIME (the clock of coinopd's log) when the line arrived. Exits 0, or 1
+ * Prints "uptime_us=N realtime_us=M start_us=S connected_us=C attempts=A" on stdout:
+ * CLOCK_BOOTTIME (the clock /proc/uptime shows) and CLOCK_REALTIME (the clock of coinopd's
+ * log) when the line arrived; CLOCK_BOOTTIME when this program started and when its last
+ * attempt connected, and how many attempts it made (where a slow banner went). Exits 0, or 1
  * if no such line came in time. The lab's SSH-ready probe: one program start in all, and the
  * banner read the moment it arrives (a shell loop of nc, grep and sleep started three
  * programs per attempt, tens of ms each under TCG).
@@ -58,7 +60,8 @@ static int left_ms(long long deadline, int cap)
  * One attempt: connects to `addr` and reads until a line containing `marker` has arrived
  * (1), or the connection was refused, not made within a second, or closed (0).
  */
-static int tcp_attempt(const struct sockaddr_in *addr, const char *marker, long long deadline)
+static int tcp_attempt(const struct sockaddr_in *addr, const char *marker, long long deadline,
+		       long long *connected)
 {
 	char buf[1024];
 	size_t used = 0;
@@ -78,6 +81,7 @@ static int tcp_attempt(const struct sockaddr_in *addr, const char *marker, long 
 	if (poll(&p, 1, left_ms(deadline, 1000)) != 1 ||
 	    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0)
 		goto out;
+	*connected = clock_us(CLOCK_BOOTTIME);
 	/* Connected: the server is up, and its first line may take a while (a guest's sshd
 	 * forks for each connection); a reconnect would only start that over. */
 	p.events = POLLIN;
@@ -106,7 +110,8 @@ static int tcp_marker(char **argv)
 {
 	struct sockaddr_in addr = { .sin_family = AF_INET };
 	struct timespec pause = { .tv_sec = 0, .tv_nsec = 10 * 1000 * 1000 };
-	long long deadline, uptime, realtime;
+	long long deadline, uptime, realtime, started = clock_us(CLOCK_BOOTTIME), connected = 0;
+	int attempts = 0;
 	char *end;
 	long port = strtol(argv[3], &end, 10), seconds;
 
@@ -120,10 +125,13 @@ static int tcp_marker(char **argv)
 	addr.sin_port = htons((unsigned short)port);
 	deadline = now_us() + seconds * 1000000LL;
 	while (now_us() < deadline) {
-		if (tcp_attempt(&addr, argv[4], deadline)) {
+		attempts++;
+		if (tcp_attempt(&addr, argv[4], deadline, &connected)) {
 			uptime = clock_us(CLOCK_BOOTTIME);
 			realtime = clock_us(CLOCK_REALTIME);
-			printf("uptime_us=%lld realtime_us=%lld\n", uptime, realtime);
+			printf("uptime_us=%lld realtime_us=%lld start_us=%lld connected_us=%lld "
+			       "attempts=%d\n",
+			       uptime, realtime, started, connected, attempts);
 			return 0;
 		}
 		nanosleep(&pause, NULL);
