@@ -206,6 +206,8 @@ pub async fn serve(
     // slot pool remove their networks, jails and cgroups.
     let s2 = state.clone();
     let _ = tokio::task::spawn_blocking(move || crate::warm_restores::remove_left_overs(&s2)).await;
+    // So are golden snapshot builds an earlier coinopd died in.
+    end_golden_builds(&state, "started").await;
     let isolation = std::sync::Arc::clone(state.supervisor.isolation());
     let _ = tokio::task::spawn_blocking(move || isolation.sweep_left_overs()).await;
     state.supervisor.isolation().start_pool();
@@ -241,9 +243,23 @@ pub async fn serve(
         }
     }
     crate::warm_restores::WarmRestores::shutdown(&state).await;
+    // A build's task goes with the runtime; its VMM, no lease's, must not outlive coinopd.
+    end_golden_builds(&state, "stopping").await;
     let isolation = std::sync::Arc::clone(state.supervisor.isolation());
     let _ = tokio::task::spawn_blocking(move || isolation.shutdown_pool()).await;
     Ok(())
+}
+
+/// Ends the golden snapshot builds' VMMs ([`crate::golden_snapshot::end_builds`]), saying
+/// so when there were any; `when` is for the log.
+async fn end_golden_builds(state: &Shared, when: &'static str) {
+    let dir = state.config.snapshot_dir();
+    let killed = tokio::task::spawn_blocking(move || crate::golden_snapshot::end_builds(&dir))
+        .await
+        .unwrap_or(0);
+    if killed > 0 {
+        tracing::info!(killed, "coinopd {when}: ended golden snapshot builds' VMMs");
+    }
 }
 
 /// Runs `task` (the metering scheduler), ending the daemon if it panics: a panicking

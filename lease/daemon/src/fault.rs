@@ -31,6 +31,10 @@ pub mod point {
     /// A create's agent guest was sent its personalisation line and the VMM accepted it;
     /// `guest_ready` not yet seen, no reply sent.
     pub const CREATE_PERSONALISATION_SENT: &str = "create_personalisation_sent";
+    /// A golden snapshot build's VMM is spawned and named in its marker beside the staging
+    /// directory ([`crate::golden_snapshot::build_vmm_marker`]); the snapshot not taken.
+    /// Also a [`delay`](super::delay) point: a test can stop coinopd mid-build there.
+    pub const GOLDEN_VMM_RECORDED: &str = "golden_vmm_recorded";
     /// A create's guest reported `guest_ready`; not yet marked running, no reply sent.
     pub const CREATE_GUEST_READY: &str = "create_guest_ready";
     /// A create's boot failed and its refund onto the request's outputs committed; the

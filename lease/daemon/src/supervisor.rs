@@ -607,8 +607,8 @@ impl Supervisor {
         }
     }
 
-    /// Records the VMM's identity in the ledger (`req.lease_id`'s row; none for a golden
-    /// snapshot's build) while the guest boots: a coinopd that dies from here on leaves a
+    /// Records the VMM's identity in the ledger (`req.lease_id`'s row; a golden snapshot's
+    /// build, which has none, in its marker file) while the guest boots: a coinopd that dies from here on leaves a
     /// VMM its successor finds by pid and start time, never an unknown orphan. The guest
     /// boots meanwhile (its events wait in the pipe), so the commit's fsync delays the
     /// reply only if it outlasts the boot.
@@ -616,6 +616,19 @@ impl Supervisor {
         let Some(vmm) = started.vmm else {
             return;
         };
+        if let SnapshotUse::WriteInto(staging) = &req.snapshot {
+            // A golden snapshot's build: no lease, no row. Its marker, beside the staging
+            // directory (coinopd's: only the directory is bound into the jail), is how
+            // coinopd ends the VMM at shutdown or, after a crash, at the next start.
+            let marker = crate::golden_snapshot::build_vmm_marker(staging);
+            if let Err(e) = std::fs::write(&marker, vmm.marker_text()) {
+                tracing::error!(lease = req.lease_id, marker = %marker.display(), error = %e,
+                    "cannot name the golden build's VMM; a crash now would leave it running");
+            }
+            crate::fault::hit(crate::fault::point::GOLDEN_VMM_RECORDED);
+            crate::fault::delay(crate::fault::point::GOLDEN_VMM_RECORDED).await;
+            return;
+        }
         let spawn = crate::boot_record::SpawnRecord {
             figures: coinop_proto::BootFigures {
                 vmm_spawned_us: started.vmm_spawned_us,

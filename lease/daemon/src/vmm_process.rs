@@ -127,6 +127,38 @@ impl VmmProcess {
     pub fn kill(&self) -> std::io::Result<bool> {
         self.signal(Signal::SIGKILL)
     }
+
+    /// SIGKILLs it and waits (up to a second) until it is gone; whether it was killed.
+    pub fn kill_and_wait(&self) -> bool {
+        if !matches!(self.kill(), Ok(true)) {
+            return false;
+        }
+        for _ in 0..100 {
+            if !self.is_running() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// `PID START_TICKS` and a newline: how a marker file names a VMM that no ledger row
+    /// records (a warm restore's, a golden snapshot build's).
+    pub fn marker_text(&self) -> String {
+        format!("{} {}\n", self.pid, self.start_ticks.unwrap_or(0))
+    }
+
+    /// The VMM a marker file's text names (see [`VmmProcess::marker_text`]); `None` for
+    /// anything else, such as the empty marker written before a spawn.
+    pub fn from_marker(text: &str) -> Option<VmmProcess> {
+        let mut words = text.split_whitespace();
+        let pid = words.next()?.parse().ok()?;
+        let start_ticks = words.next()?.parse().ok()?;
+        Some(VmmProcess {
+            pid,
+            start_ticks: Some(start_ticks),
+        })
+    }
 }
 
 /// A pidfd for `pid`; `None` when there is no such process.

@@ -352,10 +352,7 @@ async fn build(s: &Shared, shape: &Shape, snapshot: &Path) -> Result<Warm, Build
     match started {
         Ok(ahead) => {
             if let Some(v) = ahead.vmm() {
-                let _ = std::fs::write(
-                    &marker,
-                    format!("{} {}\n", v.pid, v.start_ticks.unwrap_or(0)),
-                );
+                let _ = std::fs::write(&marker, v.marker_text());
             }
             Ok(Warm {
                 ahead,
@@ -383,31 +380,20 @@ pub fn remove_left_overs(s: &Shared) {
         if !is_lease {
             let recorded = std::fs::read_to_string(entry.path())
                 .ok()
-                .and_then(|text| recorded_vmm(&text));
+                .and_then(|text| VmmProcess::from_marker(&text));
             let mut killed = 0;
             if let Some(v) = recorded.filter(VmmProcess::is_running) {
-                killed += usize::from(kill_and_wait(v));
+                killed += usize::from(v.kill_and_wait());
             }
             for pid in in_cgroup(s, &id) {
                 if let Some(v) = VmmProcess::of(pid) {
-                    killed += usize::from(kill_and_wait(v));
+                    killed += usize::from(v.kill_and_wait());
                 }
             }
             tracing::info!(lease = %id, killed, "removed a warm restore an earlier coinopd left");
         }
         let _ = std::fs::remove_file(entry.path());
     }
-}
-
-/// `PID START_TICKS` as the marker holds it.
-fn recorded_vmm(text: &str) -> Option<VmmProcess> {
-    let mut words = text.split_whitespace();
-    let pid = words.next()?.parse().ok()?;
-    let start_ticks = words.next()?.parse().ok()?;
-    Some(VmmProcess {
-        pid,
-        start_ticks: Some(start_ticks),
-    })
 }
 
 /// The live `coinop-vmm` processes in the cgroup coinopd made for `id`.
@@ -421,31 +407,18 @@ fn in_cgroup(s: &Shared, id: &str) -> Vec<i32> {
         .collect()
 }
 
-/// SIGKILLs `v` and waits (up to a second) until it is gone; whether it was killed.
-fn kill_and_wait(v: VmmProcess) -> bool {
-    if !matches!(v.kill(), Ok(true)) {
-        return false;
-    }
-    for _ in 0..100 {
-        if !v.is_running() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_marker_names_its_vmm_by_pid_and_start_time() {
-        let v = recorded_vmm("4242 987654\n").expect("parsed");
+        let v = VmmProcess::from_marker("4242 987654\n").expect("parsed");
         assert_eq!((v.pid, v.start_ticks), (4242, Some(987654)));
+        assert_eq!(VmmProcess::from_marker(&v.marker_text()), Some(v));
         // A marker written before the spawn names nothing (its cgroup is searched).
-        assert!(recorded_vmm("").is_none());
-        assert!(recorded_vmm("4242").is_none());
-        assert!(recorded_vmm("x y").is_none());
+        assert!(VmmProcess::from_marker("").is_none());
+        assert!(VmmProcess::from_marker("4242").is_none());
+        assert!(VmmProcess::from_marker("x y").is_none());
     }
 }

@@ -23,9 +23,14 @@
 //! namespace of the test's, `--guest-network always`), the line sent after the restart
 //! carries the lease's own address, gateway and MAC, from its network record, and the lease
 //! names the SSH host key of the line its guest holds (also when its record named another).
+//!
+//! VMMs that belong to no lease are ended instead: a warm restore, or a golden snapshot
+//! build's VMM, that a dead coinopd left is ended at the next start, and a coinopd that
+//! stops mid-build ends its build's VMM.
 
 mod common;
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -731,4 +736,104 @@ async fn a_warm_restore_left_by_a_killed_coinopd_is_ended_at_the_next_start() {
         d.stop_lease(&lease.id, &lease.token).await;
     }
     d.shutdown().await;
+}
+
+/// A golden snapshot build's VMM is no lease's, so nothing re-adopts it. A coinopd that
+/// dies while one runs leaves it to nobody, and the next coinopd ends it before it serves.
+/// The marker that named it and the build's staging directory go with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_golden_build_left_by_a_crashed_coinopd_is_ended_at_the_next_start() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let image = agent_image(true);
+    let d = Daemon::spawn(
+        dir.path(),
+        &["--image", &image],
+        &[(ENV, point::GOLDEN_VMM_RECORDED)],
+    )
+    .await;
+    // The image's first lease starts its snapshot's build. coinopd dies once the build's
+    // VMM is named, whether or not the create has had its answer by then.
+    let body = agent_create_body(&d).await;
+    let _ = d
+        .client
+        .call(
+            "POST",
+            "/v1/leases",
+            None,
+            Some(serde_json::to_vec(&body).expect("a Value serializes")),
+        )
+        .await;
+    let status = d.wait_crash().await;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+    let image_dir = dir.path().join("snapshots").join("tga");
+    let marker = std::fs::read_dir(&image_dir)
+        .expect("the image's snapshot directory")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".vmm"))
+        .expect("the build's marker");
+    let vmm = std::fs::read_to_string(&marker)
+        .ok()
+        .and_then(|text| VmmProcess::from_marker(&text))
+        .expect("the marker names the build's VMM");
+    let staging = marker.with_extension("");
+    assert!(staging.is_dir(), "{}", staging.display());
+    assert!(vmm.is_running(), "the build's VMM outlives its coinopd");
+
+    let d = Daemon::spawn(dir.path(), &["--image", &image], &[]).await;
+    // Ended before the socket was bound.
+    assert!(
+        !vmm.is_running(),
+        "the golden build's VMM ended at the start"
+    );
+    assert!(!marker.exists(), "its marker removed");
+    assert!(!staging.exists(), "its staging directory removed");
+    d.shutdown().await;
+}
+
+/// A coinopd that stops while a golden snapshot build runs ends the build's VMM: the build
+/// goes with coinopd, and its VMM must not outlive it unowned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coinopd_that_stops_mid_build_ends_the_golden_builds_vmm() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let image = agent_image(true);
+    let delay = format!("{}:60000", point::GOLDEN_VMM_RECORDED);
+    let d = Daemon::spawn(
+        dir.path(),
+        &["--image", &image],
+        &[(DELAY_ENV, delay.as_str())],
+    )
+    .await;
+    let body = agent_create_body(&d).await;
+    let lease = d.create_lease(body).await;
+    // The build's VMM is named, and the build held there.
+    let image_dir = dir.path().join("snapshots").join("tga");
+    let marker = || {
+        std::fs::read_dir(&image_dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(".vmm"))
+    };
+    wait_for(async || marker().is_some(), "the golden build's marker").await;
+    let marker = marker().expect("waited for");
+    let vmm = std::fs::read_to_string(&marker)
+        .ok()
+        .and_then(|text| VmmProcess::from_marker(&text))
+        .expect("the marker names the build's VMM");
+    assert!(vmm.is_running(), "the build's VMM runs");
+    d.stop_lease(&lease.id, &lease.token).await;
+    d.shutdown().await;
+    assert!(
+        !vmm.is_running(),
+        "the golden build's VMM ended with coinopd"
+    );
+    assert!(!marker.exists(), "its marker removed");
+    assert!(!has_snapshot(dir.path()), "no snapshot was put in place");
 }

@@ -5,8 +5,8 @@
 //!
 //! A VMM belongs to the directory when its command line names a path inside it (an
 //! unjailed VMM's control socket and console), it sits in the cgroup of one of the
-//! directory's leases or warm restores (a jailed VMM), or the ledger or a warm restore's
-//! marker records its pid. Other
+//! directory's leases or warm restores (a jailed VMM), or the ledger or the marker of a
+//! warm restore or of a golden snapshot build records its pid. Other
 //! tests' VMMs (other binaries run in parallel) never match.
 
 use std::path::{Path, PathBuf};
@@ -64,6 +64,32 @@ pub fn leases(state_dir: &Path) -> Vec<(String, Option<i32>)> {
     found
 }
 
+/// The VMMs of golden snapshot builds a daemon named in their markers
+/// (`snapshots/IMAGE/.build-KEY.vmm`: `PID START_TICKS`). By pid only: a build's cgroup is
+/// named after the image's key, which daemons of other tests building the same image share.
+fn golden_build_pids(state_dir: &Path) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(images) = std::fs::read_dir(state_dir.join("snapshots")) else {
+        return found;
+    };
+    for image in images.flatten() {
+        let Ok(entries) = std::fs::read_dir(image.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with(".build-") && name.ends_with(".vmm")) {
+                continue;
+            }
+            let pid: Option<i32> = std::fs::read_to_string(entry.path())
+                .ok()
+                .and_then(|text| text.split_whitespace().next()?.parse().ok());
+            found.extend(pid);
+        }
+    }
+    found
+}
+
 fn ledger_leases(state_dir: &Path) -> Vec<(String, Option<i32>)> {
     let path = state_dir.join("ledger.db");
     let Ok(db) =
@@ -83,7 +109,13 @@ fn ledger_leases(state_dir: &Path) -> Vec<(String, Option<i32>)> {
 
 /// Pids of the running coinop-vmm processes that belong to `state_dir`.
 pub fn running_vmms(state_dir: &Path) -> Vec<i32> {
-    let leases = leases(state_dir);
+    let mut leases = leases(state_dir);
+    // Matched by pid alone (an id no cgroup has).
+    leases.extend(
+        golden_build_pids(state_dir)
+            .into_iter()
+            .map(|p| (String::new(), Some(p))),
+    );
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
