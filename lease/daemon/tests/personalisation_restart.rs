@@ -768,17 +768,8 @@ async fn a_golden_build_left_by_a_crashed_coinopd_is_ended_at_the_next_start() {
         .await;
     let status = d.wait_crash().await;
     assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
-    let image_dir = dir.path().join("snapshots").join("tga");
-    let marker = std::fs::read_dir(&image_dir)
-        .expect("the image's snapshot directory")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(".vmm"))
-        .expect("the build's marker");
-    let vmm = std::fs::read_to_string(&marker)
-        .ok()
-        .and_then(|text| VmmProcess::from_marker(&text))
-        .expect("the marker names the build's VMM");
+    let marker = golden_build_marker(dir.path()).expect("the build's marker");
+    let vmm = vmm_named_by(&marker);
     let staging = marker.with_extension("");
     assert!(staging.is_dir(), "{}", staging.display());
     assert!(vmm.is_running(), "the build's VMM outlives its coinopd");
@@ -813,20 +804,13 @@ async fn a_coinopd_that_stops_mid_build_ends_the_golden_builds_vmm() {
     let body = agent_create_body(&d).await;
     let lease = d.create_lease(body).await;
     // The build's VMM is named, and the build held there.
-    let image_dir = dir.path().join("snapshots").join("tga");
-    let marker = || {
-        std::fs::read_dir(&image_dir)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.to_string_lossy().ends_with(".vmm"))
-    };
-    wait_for(async || marker().is_some(), "the golden build's marker").await;
-    let marker = marker().expect("waited for");
-    let vmm = std::fs::read_to_string(&marker)
-        .ok()
-        .and_then(|text| VmmProcess::from_marker(&text))
-        .expect("the marker names the build's VMM");
+    wait_for(
+        async || golden_build_marker(dir.path()).is_some(),
+        "the golden build's marker",
+    )
+    .await;
+    let marker = golden_build_marker(dir.path()).expect("waited for");
+    let vmm = vmm_named_by(&marker);
     assert!(vmm.is_running(), "the build's VMM runs");
     d.stop_lease(&lease.id, &lease.token).await;
     d.shutdown().await;
@@ -836,4 +820,21 @@ async fn a_coinopd_that_stops_mid_build_ends_the_golden_builds_vmm() {
     );
     assert!(!marker.exists(), "its marker removed");
     assert!(!has_snapshot(dir.path()), "no snapshot was put in place");
+}
+
+/// The marker of image `tga`'s golden snapshot build (`.build-KEY.vmm`), if there is one.
+fn golden_build_marker(state: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(state.join("snapshots").join("tga"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".vmm"))
+}
+
+/// The VMM a build's marker names.
+fn vmm_named_by(marker: &Path) -> VmmProcess {
+    std::fs::read_to_string(marker)
+        .ok()
+        .and_then(|text| VmmProcess::from_marker(&text))
+        .expect("the marker names the build's VMM")
 }
