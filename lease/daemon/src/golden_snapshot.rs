@@ -9,8 +9,9 @@
 //! gets its address on the command line, so its leases never share one. Building at start-up would delay the daemon by a boot per image and shape, and
 //! the shapes tenants buy are only known on use.
 //!
-//! **The build.** A VMM like a lease's (jailed under an id `golden-<key>` with its own uid
-//! and cgroup, through [`Supervisor::boot`]) but recorded nowhere in the ledger: nobody pays
+//! **The build.** A VMM like a lease's (jailed under an id `golden-<key>-<nonce>`, one per
+//! build, with its own uid and cgroup, through [`Supervisor::boot`]) but recorded nowhere in
+//! the ledger: nobody pays
 //! for it and the scheduler ignores its end. Nothing re-adopts it either, so its spawn is
 //! recorded in a marker beside the staging directory instead ([`build_vmm_marker`]), and
 //! coinopd ends a build's VMM when it stops and, at start, any that an earlier coinopd died
@@ -279,7 +280,14 @@ impl GoldenSnapshots {
         staging: &Path,
     ) -> Result<(), GoldenError> {
         let supervisor = &s.supervisor;
-        let id = format!("golden-{}", &key[..12]);
+        // Unique per build, not per key: coinopd processes on one host (tests run many)
+        // building the same image would otherwise share a cgroup, and one's teardown or
+        // start-up clean-up could end the other's build.
+        let id = format!(
+            "golden-{}-{}",
+            &key[..12],
+            &crate::token::new_lease_id()[1..9]
+        );
         let paths = GuestPaths::for_lease(&s.config.run_dir(), &id);
         let nic = if shape.nic {
             let isolation = std::sync::Arc::clone(supervisor.isolation());
