@@ -281,8 +281,8 @@ impl GoldenSnapshots {
     ) -> Result<(), GoldenError> {
         let supervisor = &s.supervisor;
         // Unique per build, not per key: coinopd processes on one host (tests run many)
-        // building the same image would otherwise share a cgroup, and one's teardown or
-        // start-up clean-up could end the other's build.
+        // building the same image would otherwise share one cgroup, whose limits (memory,
+        // tasks, CPU) are one guest's, with two VMMs in it.
         let id = format!(
             "golden-{}-{}",
             &key[..12],
