@@ -11,11 +11,11 @@
 //!
 //! **The build.** A VMM like a lease's (jailed under an id `golden-<key>-<nonce>`, one per
 //! build, with its own uid and cgroup, through [`Supervisor::boot`]) but recorded nowhere in
-//! the ledger: nobody pays
-//! for it and the scheduler ignores its end. Nothing re-adopts it either, so its spawn is
-//! recorded in a marker beside the staging directory instead ([`build_vmm_marker`]), and
-//! coinopd ends a build's VMM when it stops and, at start, any that an earlier coinopd died
-//! with ([`end_builds`]). coinopd waits for the guest's ready point and
+//! the ledger: nobody pays for it and the scheduler ignores its end. Nothing re-adopts it
+//! either, so its spawn is recorded in a marker beside the staging directory instead
+//! ([`build_vmm_marker`]), and coinopd ends a build's VMM when it stops and, at start, any
+//! that an earlier coinopd died with ([`end_builds`]). coinopd waits for the guest's ready
+//! point and
 //! sends `{"cmd":"snapshot","dir":...,"exit":true}`. The ready point is the guest's
 //! `guest_ready` event, or for an `agent` image its `awaiting_personalisation`: the agent
 //! (images/rootfs/PERSONALISE.md) asks for its lease's data after init and before any
@@ -256,14 +256,7 @@ impl GoldenSnapshots {
         std::fs::create_dir(&staging).map_err(io_at(&staging))?;
         let taken = self.take(s, shape, key, &staging).await;
         // The VMM has exited (or, on some failures, may not have: it goes now).
-        let marker = build_vmm_marker(&staging);
-        if let Some(v) = std::fs::read_to_string(&marker)
-            .ok()
-            .and_then(|text| VmmProcess::from_marker(&text))
-        {
-            v.kill_and_wait();
-        }
-        let _ = std::fs::remove_file(&marker);
+        end_build_vmm(&build_vmm_marker(&staging));
         let placed = taken.and_then(|()| self.put_in_place(shape, key, &staging));
         if placed.is_err() {
             let _ = std::fs::remove_dir_all(&staging);
@@ -432,7 +425,6 @@ fn file_identity(path: &Path) -> Result<Vec<u8>, GoldenError> {
     Ok(out)
 }
 
-/// Removes a directory tree that may be read-only (0555): made writable first.
 /// The marker naming a build's VMM (`PID START_TICKS`, written with the spawn's record by
 /// [`crate::supervisor`]): `.build-KEY.vmm` beside the staging directory `.build-KEY`, so
 /// coinopd's alone (only the staging directory is bound into the VMM's jail).
@@ -440,6 +432,31 @@ pub fn build_vmm_marker(staging: &Path) -> PathBuf {
     let mut name = staging.file_name().unwrap_or_default().to_os_string();
     name.push(".vmm");
     staging.with_file_name(name)
+}
+
+/// The markers of the golden snapshot builds under `snapshot_dir` (one directory per image),
+/// each with its build's staging directory.
+pub fn build_markers(snapshot_dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let mut found = Vec::new();
+    let Ok(images) = std::fs::read_dir(snapshot_dir) else {
+        return found;
+    };
+    for image in images.flatten() {
+        let Ok(entries) = std::fs::read_dir(image.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if let Some(staging) = name
+                .to_str()
+                .filter(|n| n.starts_with(".build-"))
+                .and_then(|n| n.strip_suffix(".vmm"))
+            {
+                found.push((entry.path(), image.path().join(staging)));
+            }
+        }
+    }
+    found
 }
 
 /// Ends the VMM of every golden snapshot build under `snapshot_dir` that its marker names
@@ -450,35 +467,25 @@ pub fn build_vmm_marker(staging: &Path) -> PathBuf {
 /// by an earlier coinopd go with the start's other left-overs.
 pub fn end_builds(snapshot_dir: &Path) -> usize {
     let mut killed = 0;
-    let Ok(images) = std::fs::read_dir(snapshot_dir) else {
-        return 0;
-    };
-    for image in images.flatten() {
-        let Ok(entries) = std::fs::read_dir(image.path()) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(staging) = name
-                .to_str()
-                .filter(|n| n.starts_with(".build-"))
-                .and_then(|n| n.strip_suffix(".vmm"))
-            else {
-                continue;
-            };
-            if let Some(v) = std::fs::read_to_string(entry.path())
-                .ok()
-                .and_then(|text| VmmProcess::from_marker(&text))
-            {
-                killed += usize::from(v.kill_and_wait());
-            }
-            let _ = std::fs::remove_dir_all(image.path().join(staging));
-            let _ = std::fs::remove_file(entry.path());
-        }
+    for (marker, staging) in build_markers(snapshot_dir) {
+        killed += usize::from(end_build_vmm(&marker));
+        let _ = std::fs::remove_dir_all(staging);
     }
     killed
 }
 
+/// Kills the VMM a build's marker names if it still runs (pid and start time), and removes
+/// the marker; whether it killed one.
+fn end_build_vmm(marker: &Path) -> bool {
+    let killed = std::fs::read_to_string(marker)
+        .ok()
+        .and_then(|text| VmmProcess::from_marker(&text))
+        .is_some_and(|v| v.kill_and_wait());
+    let _ = std::fs::remove_file(marker);
+    killed
+}
+
+/// Removes a directory tree that may be read-only (0555): made writable first.
 fn remove_if_there(dir: &Path) -> Result<(), GoldenError> {
     if !dir.exists() {
         return Ok(());

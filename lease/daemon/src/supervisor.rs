@@ -608,8 +608,9 @@ impl Supervisor {
     }
 
     /// Records the VMM's identity in the ledger (`req.lease_id`'s row; a golden snapshot's
-    /// build, which has none, in its marker file) while the guest boots: a coinopd that dies from here on leaves a
-    /// VMM its successor finds by pid and start time, never an unknown orphan. The guest
+    /// build, which has none, in its marker file) while the guest boots: a coinopd that dies
+    /// from here on leaves a VMM its successor finds by pid and start time, never an unknown
+    /// orphan. The guest
     /// boots meanwhile (its events wait in the pipe), so the commit's fsync delays the
     /// reply only if it outlasts the boot.
     async fn record(&self, req: &BootRequest<'_>, started: &Started) {

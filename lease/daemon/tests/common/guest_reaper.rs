@@ -65,29 +65,14 @@ pub fn leases(state_dir: &Path) -> Vec<(String, Option<i32>)> {
 }
 
 /// The VMMs of golden snapshot builds a daemon named in their markers
-/// (`snapshots/IMAGE/.build-KEY.vmm`: `PID START_TICKS`). By pid only: a build's cgroup is
-/// named after the image's key, which daemons of other tests building the same image share.
+/// (`snapshots/IMAGE/.build-KEY.vmm`). By pid only: a build's cgroup is no lease's.
 fn golden_build_pids(state_dir: &Path) -> Vec<i32> {
-    let mut found = Vec::new();
-    let Ok(images) = std::fs::read_dir(state_dir.join("snapshots")) else {
-        return found;
-    };
-    for image in images.flatten() {
-        let Ok(entries) = std::fs::read_dir(image.path()) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !(name.starts_with(".build-") && name.ends_with(".vmm")) {
-                continue;
-            }
-            let pid: Option<i32> = std::fs::read_to_string(entry.path())
-                .ok()
-                .and_then(|text| text.split_whitespace().next()?.parse().ok());
-            found.extend(pid);
-        }
-    }
-    found
+    coinopd::golden_snapshot::build_markers(&state_dir.join("snapshots"))
+        .into_iter()
+        .filter_map(|(marker, _)| std::fs::read_to_string(marker).ok())
+        .filter_map(|text| coinopd::vmm_process::VmmProcess::from_marker(&text))
+        .map(|v| v.pid)
+        .collect()
 }
 
 fn ledger_leases(state_dir: &Path) -> Vec<(String, Option<i32>)> {
