@@ -336,6 +336,20 @@ pub struct Supervisor {
     recheck: Mutex<HashSet<String>>,
 }
 
+/// How a VMM that missed its boot timeout is ended.
+#[derive(Debug, Clone, Copy)]
+enum TimedOut {
+    /// Killed, and reaped (its confinement removed, its end reported) in the background:
+    /// its lease fails, so no other boot takes its id meanwhile, and a boot's failure is
+    /// not held up by a VMM slow to die.
+    ReapLater,
+    /// Killed, waited for and its confinement removed before the caller goes on: a warm
+    /// hand-over, whose lease boots on its own under the same id next. A removal after
+    /// that boot registered its confinement would take that boot's tap, control socket,
+    /// jail and cgroup, and an end reported then would end its lease.
+    EndNow,
+}
+
 /// A set's lock, also after a panic elsewhere (a set of ids cannot be left half-changed).
 fn set(m: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -452,7 +466,8 @@ impl Supervisor {
         let started = self.start(&mut req)?;
         self.record(&req, &started).await;
         crate::fault::hit(crate::fault::point::CREATE_VMM_RECORDED);
-        self.follow_to_ready(started, &req).await
+        self.follow_to_ready(started, &req, TimedOut::ReapLater)
+            .await
     }
 
     /// Starts a VMM ahead of its lease (a warm restore, [`crate::warm_restores`]): as
@@ -510,7 +525,8 @@ impl Supervisor {
             self.end_failed(req.lease_id, started).await;
             return Err(e);
         }
-        self.follow_to_ready(started, &req).await
+        // The create boots its lease on its own, under this id, when this fails.
+        self.follow_to_ready(started, &req, TimedOut::EndNow).await
     }
 
     /// Ends a VMM started ahead that no lease took (its snapshot changed, coinopd stops, or
@@ -653,11 +669,13 @@ impl Supervisor {
 
     /// Reads the VMM's events until `req.ready_at` (answering a personalisation request),
     /// then leaves its stream and its end to a reaper; on failure or timeout the VMM is
-    /// killed and its confinement removed.
+    /// killed and its confinement removed (before returning, except after a timeout with
+    /// [`TimedOut::ReapLater`]).
     async fn follow_to_ready(
         &self,
         mut started: Started,
         req: &BootRequest<'_>,
+        timed_out: TimedOut,
     ) -> Result<Booted, BootError> {
         let outcome = tokio::time::timeout(
             Duration::from_millis(req.timeout_ms),
@@ -690,7 +708,13 @@ impl Supervisor {
             Err(_) => {
                 let mut child = child;
                 child.kill();
-                self.reap_in_background(req.lease_id, child, vmm, None);
+                match timed_out {
+                    TimedOut::ReapLater => self.reap_in_background(req.lease_id, child, vmm, None),
+                    TimedOut::EndNow => {
+                        let _ = child.wait().await;
+                        self.isolation_release(req.lease_id).await;
+                    }
+                }
                 return Err(BootError::Timeout(req.timeout_ms));
             }
         };
