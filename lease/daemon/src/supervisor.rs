@@ -5,7 +5,7 @@
 //! inherited pipe to time the boot, and reports guest exits (with the VMM's exit code: 3 is
 //! a guest crash) to the scheduler after removing the lease's jail and cgroup.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -334,6 +334,9 @@ pub struct Supervisor {
     /// Leases whose VMM's run state (running or paused) the next tick must read: found
     /// paused at re-adoption, or paused for lack of funds at an earlier tick.
     recheck: Mutex<HashSet<String>>,
+    /// Leases whose VMM runs with nothing listening at its control socket, since when
+    /// (the scheduler's first such reading).
+    unreachable: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// How a VMM that missed its boot timeout is ended.
@@ -422,6 +425,7 @@ impl Supervisor {
             exits,
             own_children: Mutex::default(),
             recheck: Mutex::default(),
+            unreachable: Mutex::default(),
         }
     }
 
@@ -446,9 +450,35 @@ impl Supervisor {
         set(&self.recheck).remove(lease_id)
     }
 
-    /// Forgets the rechecks of leases not in `live`.
-    pub fn keep_rechecks(&self, live: &HashSet<&str>) {
+    /// Forgets the rechecks, and the unreachable control sockets, of leases not in `live`.
+    pub fn keep_live(&self, live: &HashSet<&str>) {
         set(&self.recheck).retain(|id| live.contains(id.as_str()));
+        self.unreachable_map()
+            .retain(|id, _| live.contains(id.as_str()));
+    }
+
+    fn unreachable_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `lease_id`'s VMM runs and nothing listens at its control socket: for how long so
+    /// far, and whether this is the first such reading.
+    pub fn unreachable_for(&self, lease_id: &str) -> (Duration, bool) {
+        let mut map = self.unreachable_map();
+        match map.get(lease_id) {
+            Some(since) => (since.elapsed(), false),
+            None => {
+                map.insert(lease_id.to_string(), std::time::Instant::now());
+                (Duration::ZERO, true)
+            }
+        }
+    }
+
+    /// `lease_id`'s VMM answered (or was stopped): it is not unreachable.
+    pub fn reached(&self, lease_id: &str) {
+        self.unreachable_map().remove(lease_id);
     }
 
     /// The daemon's isolation settings and per-lease confinements.
