@@ -35,6 +35,10 @@ pub mod point {
     /// directory ([`crate::golden_snapshot::build_vmm_marker`]); the snapshot not taken.
     /// Also a [`delay`](super::delay) point: a test can stop coinopd mid-build there.
     pub const GOLDEN_VMM_RECORDED: &str = "golden_vmm_recorded";
+    /// A warm restore's VMM is being given up (no create took it, or the create that took
+    /// it found it not answering); the VMM not yet killed, its confinement not yet
+    /// removed. A [`delay`](super::delay) point only: a test can make that end late.
+    pub const WARM_DISCARD: &str = "warm_discard";
     /// A create's guest reported `guest_ready`; not yet marked running, no reply sent.
     pub const CREATE_GUEST_READY: &str = "create_guest_ready";
     /// A create's boot failed and its refund onto the request's outputs committed; the

@@ -21,10 +21,12 @@
 //! | booting | gone | stopped `boot_failed`, the balance kept for the tenant |
 //! | running / paused | gone | stopped `guest_crashed` if the `exit` event in its log says a crash, else `guest_exit` |
 //! | any live | runs but does not answer | kept (room held, not billed), retried every tick |
+//! | running / paused | runs, nothing listening at its control socket for [`CONTROL_LOST_AFTER`] | stopped `control_lost`, the VMM killed |
 //!
 //! A VMM that does not answer is never taken for gone while its process runs: it is kept,
 //! and a stop of its lease kills it by pid and start time. So no VMM outlives its lease
-//! across restarts.
+//! across restarts. One whose control socket is gone (not a slow answer: nothing listens
+//! there, and nothing makes it again) can never be metered again, so it is stopped.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -333,7 +335,7 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
         .filter(|l| l.state == LeaseState::Running || l.state == LeaseState::PausedUnfunded)
         .collect();
     let ids: std::collections::HashSet<&str> = leases.iter().map(|l| l.id.as_str()).collect();
-    s.supervisor.keep_rechecks(&ids);
+    s.supervisor.keep_live(&ids);
     if leases.is_empty() {
         return Ok(());
     }
@@ -362,6 +364,7 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
         answered.insert(r.id.clone());
         match r.usage {
             Ok(u) => {
+                s.supervisor.reached(&r.id);
                 s.supervisor.isolation().check_cpu(&r.id, u.vcpu_total_us);
                 usages.push((r.id, u, r.paused))
             }
@@ -469,6 +472,38 @@ fn send_state(lease_id: &str, path: PathBuf, req: Request, what: &'static str) {
     });
 }
 
+/// How long a live lease's VMM may run with nothing listening at its control socket
+/// before coinopd stops it: longer than a VMM takes from removing its socket on the way
+/// out to its process's end, which its reaper (or, re-adopted, the next tick) reports.
+const CONTROL_LOST_AFTER: Duration = Duration::from_secs(5);
+
+/// Lease `l`'s VMM runs but nothing listens at its control socket (removed from under
+/// it: nothing creates it again, so no later tick can read it). Such a guest runs
+/// unmetered and cannot be paused: once that has lasted [`CONTROL_LOST_AFTER`] the lease
+/// stops `control_lost` and its VMM is killed by pid and start time, its balance kept
+/// for the tenant.
+fn control_lost(s: &Shared, l: &LeaseRow, e: &ControlError) {
+    let (lasted, first) = s.supervisor.unreachable_for(&l.id);
+    if lasted < CONTROL_LOST_AFTER {
+        if first {
+            tracing::warn!(lease = %l.id, error = %e,
+                "its VMM runs but nothing listens at its control socket; stopping it if that lasts {CONTROL_LOST_AFTER:?}");
+        }
+        return;
+    }
+    tracing::error!(lease = %l.id, pid = ?l.pid, error = %e, ?lasted,
+        "its VMM runs on with nothing listening at its control socket, unmetered: stopping it (control_lost)");
+    s.supervisor.reached(&l.id);
+    match s.ledger.mark_stopped(&l.id, StopReason::ControlLost, None) {
+        Ok(true) => stop_guest(s, l),
+        // Stopped meanwhile: its stop (or the next tick's reconciliation) ends the VMM.
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(lease = %l.id, error = %e, "recording the stop; trying again next tick")
+        }
+    }
+}
+
 /// A usage read failed. The guest has exited when its process is gone (by pid and start
 /// time; a zombie counts as gone) or, for a VMM recorded without a start time, when its
 /// control socket is gone too. A VMM whose process runs is asked again next tick.
@@ -478,7 +513,9 @@ fn handle_read_error(s: &Shared, l: &LeaseRow, e: &ControlError) {
         Some(v) => e.is_gone() && !v.is_running(),
         None => e.is_gone(),
     };
-    if !gone {
+    if !gone && e.is_gone() {
+        control_lost(s, l, e);
+    } else if !gone {
         tracing::warn!(lease = %l.id, error = %e, "usage read failed; retrying next tick");
     } else if s.supervisor.is_own_child(&l.id) {
         // Our child: its reaper reports the end, with the exit code that says why.

@@ -5,7 +5,7 @@
 //! inherited pipe to time the boot, and reports guest exits (with the VMM's exit code: 3 is
 //! a guest crash) to the scheduler after removing the lease's jail and cgroup.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -334,6 +334,23 @@ pub struct Supervisor {
     /// Leases whose VMM's run state (running or paused) the next tick must read: found
     /// paused at re-adoption, or paused for lack of funds at an earlier tick.
     recheck: Mutex<HashSet<String>>,
+    /// Leases whose VMM runs with nothing listening at its control socket, since when
+    /// (the scheduler's first such reading).
+    unreachable: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// How a VMM that missed its boot timeout is ended.
+#[derive(Debug, Clone, Copy)]
+enum TimedOut {
+    /// Killed, and reaped (its confinement removed, its end reported) in the background:
+    /// its lease fails, so no other boot takes its id meanwhile, and a boot's failure is
+    /// not held up by a VMM slow to die.
+    ReapLater,
+    /// Killed, waited for and its confinement removed before the caller goes on: a warm
+    /// hand-over, whose lease boots on its own under the same id next. A removal after
+    /// that boot registered its confinement would take that boot's tap, control socket,
+    /// jail and cgroup, and an end reported then would end its lease.
+    EndNow,
 }
 
 /// A set's lock, also after a panic elsewhere (a set of ids cannot be left half-changed).
@@ -408,6 +425,7 @@ impl Supervisor {
             exits,
             own_children: Mutex::default(),
             recheck: Mutex::default(),
+            unreachable: Mutex::default(),
         }
     }
 
@@ -432,9 +450,35 @@ impl Supervisor {
         set(&self.recheck).remove(lease_id)
     }
 
-    /// Forgets the rechecks of leases not in `live`.
-    pub fn keep_rechecks(&self, live: &HashSet<&str>) {
+    /// Forgets the rechecks, and the unreachable control sockets, of leases not in `live`.
+    pub fn keep_live(&self, live: &HashSet<&str>) {
         set(&self.recheck).retain(|id| live.contains(id.as_str()));
+        self.unreachable_map()
+            .retain(|id, _| live.contains(id.as_str()));
+    }
+
+    fn unreachable_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `lease_id`'s VMM runs and nothing listens at its control socket: for how long so
+    /// far, and whether this is the first such reading.
+    pub fn unreachable_for(&self, lease_id: &str) -> (Duration, bool) {
+        let mut map = self.unreachable_map();
+        match map.get(lease_id) {
+            Some(since) => (since.elapsed(), false),
+            None => {
+                map.insert(lease_id.to_string(), std::time::Instant::now());
+                (Duration::ZERO, true)
+            }
+        }
+    }
+
+    /// `lease_id`'s VMM answered (or was stopped): it is not unreachable.
+    pub fn reached(&self, lease_id: &str) {
+        self.unreachable_map().remove(lease_id);
     }
 
     /// The daemon's isolation settings and per-lease confinements.
@@ -452,7 +496,8 @@ impl Supervisor {
         let started = self.start(&mut req)?;
         self.record(&req, &started).await;
         crate::fault::hit(crate::fault::point::CREATE_VMM_RECORDED);
-        self.follow_to_ready(started, &req).await
+        self.follow_to_ready(started, &req, TimedOut::ReapLater)
+            .await
     }
 
     /// Starts a VMM ahead of its lease (a warm restore, [`crate::warm_restores`]): as
@@ -510,7 +555,8 @@ impl Supervisor {
             self.end_failed(req.lease_id, started).await;
             return Err(e);
         }
-        self.follow_to_ready(started, &req).await
+        // The create boots its lease on its own, under this id, when this fails.
+        self.follow_to_ready(started, &req, TimedOut::EndNow).await
     }
 
     /// Ends a VMM started ahead that no lease took (its snapshot changed, coinopd stops, or
@@ -653,11 +699,13 @@ impl Supervisor {
 
     /// Reads the VMM's events until `req.ready_at` (answering a personalisation request),
     /// then leaves its stream and its end to a reaper; on failure or timeout the VMM is
-    /// killed and its confinement removed.
+    /// killed and its confinement removed (before returning, except after a timeout with
+    /// [`TimedOut::ReapLater`]).
     async fn follow_to_ready(
         &self,
         mut started: Started,
         req: &BootRequest<'_>,
+        timed_out: TimedOut,
     ) -> Result<Booted, BootError> {
         let outcome = tokio::time::timeout(
             Duration::from_millis(req.timeout_ms),
@@ -690,7 +738,13 @@ impl Supervisor {
             Err(_) => {
                 let mut child = child;
                 child.kill();
-                self.reap_in_background(req.lease_id, child, vmm, None);
+                match timed_out {
+                    TimedOut::ReapLater => self.reap_in_background(req.lease_id, child, vmm, None),
+                    TimedOut::EndNow => {
+                        let _ = child.wait().await;
+                        self.isolation_release(req.lease_id).await;
+                    }
+                }
                 return Err(BootError::Timeout(req.timeout_ms));
             }
         };

@@ -172,6 +172,7 @@ impl WarmRestores {
 /// (`release_room`; a VMM a create took handed its room to that create).
 async fn discard(s: &Shared, w: Warm, release_room: bool) {
     let id = w.ahead.lease_id().to_string();
+    crate::fault::delay(crate::fault::point::WARM_DISCARD).await;
     s.supervisor.discard_ahead(w.ahead).await;
     if release_room {
         s.capacity().release(&id);
@@ -179,8 +180,16 @@ async fn discard(s: &Shared, w: Warm, release_room: bool) {
     let _ = std::fs::remove_file(s.warm.markers.join(&id));
 }
 
+/// Ends a warm VMM a create took but cannot use, and returns once it is gone with its
+/// confinement: the create's lease boots on its own under the same id next, and a
+/// confinement removed after that boot registered its own would be that boot's (its
+/// tap, control socket, jail and cgroup). Its room is the create's.
+pub async fn end_taken(s: &Shared, w: Warm) {
+    discard(s, w, false).await;
+}
+
 /// Ends a warm VMM a create took but did not use, in the background; its room is the
-/// create's to release.
+/// create's to release. Only for a create that ends without booting under its id.
 pub fn discard_in_background(s: &Shared, w: Warm) {
     let s = s.clone();
     tokio::spawn(async move { discard(&s, w, false).await });

@@ -290,6 +290,81 @@ async fn a_warm_restore_gives_its_room_to_a_create_of_another_shape() {
     d.shutdown().await;
 }
 
+/// A create that takes a warm restore whose VMM does not answer (here: stopped with
+/// SIGSTOP, so it still runs) boots its lease on its own under the warm VMM's id, and only
+/// once that VMM is gone with its confinement: removed after the new boot registered its
+/// own, it would take the new VMM's control socket (with its tap, jail and cgroup), and
+/// the lease would run on unmetered, beyond any stop's reach. The warm VMM's end is made
+/// late (`warm_discard`, 1.5 s) so that an end left to the background comes after the
+/// new boot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_restore_that_does_not_answer_is_ended_before_its_lease_boots_on_its_own() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
+    let image = format!(
+        "tga={},snapshot,agent,cmdline=mode=personalise",
+        guest.display()
+    );
+    let d = Daemon::spawn(
+        state,
+        &["--image", image.as_str()],
+        &[("COINOPD_FAULT_DELAY", "warm_discard:1500")],
+    )
+    .await;
+    let Kept {
+        cold,
+        restored,
+        warm_id,
+        warm_pid,
+    } = restore_and_keep_one_warm(&d, state).await;
+    let warm = coinopd::vmm_process::VmmProcess::of(warm_pid).expect("the warm VMM runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(warm_pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .expect("SIGSTOP the warm VMM (this test's coinopd's child)");
+
+    let lease = create(&d, Some(SSH_KEY)).await;
+    assert_eq!(lease.id, warm_id, "{}", lease.reply);
+    assert_eq!(start_of(&lease), "restore", "{}", lease.reply);
+    assert!(
+        !warm.is_running(),
+        "the warm VMM ended before the create replied"
+    );
+    let pid = common::lease_pid::lease_pid(state, &lease.id);
+    assert_ne!(pid, warm_pid);
+    let line = line_of(&d, &lease).await;
+    assert!(field(&line, "ssh_key").is_some(), "{line}");
+
+    // Past the moment an end left to the background would have removed the confinement.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let control = state.join("run").join(format!("{}.sock", lease.id));
+    assert!(control.exists(), "the lease's control socket is there");
+    let path = format!("/v1/leases/{}", lease.id);
+    let used = async || {
+        let view = d.call("GET", &path, Some(&lease.token), None).await.json();
+        view["used"]["mem_mib_us"]
+            .as_u64()
+            .expect("used.mem_mib_us")
+    };
+    let before = used().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = used().await;
+    assert!(
+        after > before,
+        "the lease is metered: {before} then {after} MiB·µs\n{}",
+        std::fs::read_to_string(state.join("coinopd.log")).unwrap_or_default()
+    );
+    for lease in [&cold, &restored, &lease] {
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    d.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_guest_without_its_line_never_counts_as_booted() {
     if !kvm_or_skip() {

@@ -7,7 +7,8 @@
 //! is kept and later killed by its lease's stop, never forgotten while it runs; a VMM that
 //! died unreaped (a zombie) counts as gone; a guest that triple-faults ends its lease with
 //! `guest_crashed`, one that resets with `guest_exit`; a lease adopted while it booted gets
-//! its boot figures from its VMM's log.
+//! its boot figures from its VMM's log; a VMM whose control socket is removed from under it
+//! is stopped `control_lost`.
 //!
 //! The tests signal only processes whose pid and start time they read from their own
 //! daemon's ledger (`VmmProcess`, which checks both through a pidfd).
@@ -468,6 +469,44 @@ async fn a_triple_fault_is_guest_crashed_and_a_reset_guest_exit() {
         assert_eq!(v["stop_reason"], reason, "{mode}: {v}");
         books_balance(dir.path(), &id);
     }
+    d.shutdown().await;
+}
+
+/// A VMM whose control socket is removed from under it runs on with nothing listening
+/// there, and nothing makes the socket again: it can never be metered or paused again.
+/// It is kept a few seconds (a VMM on its way out removes its socket before it ends),
+/// then its lease stops `control_lost`, the VMM is killed and the balance is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vmm_whose_control_socket_is_gone_is_stopped_control_lost() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let d = Daemon::start(dir.path(), &[]).await;
+    let lease = spinning_lease(&d, 50).await;
+    let vmm = recorded_vmm(dir.path(), &lease.id);
+    let control = row(dir.path(), &lease.id).control_path;
+    std::fs::remove_file(&control).expect("remove this test's lease's control socket");
+    let removed = Instant::now();
+    let path = format!("/v1/leases/{}", lease.id);
+    wait_for(
+        async || d.call("GET", &path, Some(&lease.token), None).await.json()["state"] == "stopped",
+        "the lease's stop",
+    )
+    .await;
+    assert!(
+        removed.elapsed() >= Duration::from_secs(5),
+        "kept while a VMM could still be on its way out: stopped after {:?}",
+        removed.elapsed()
+    );
+    let v = d.call("GET", &path, Some(&lease.token), None).await.json();
+    assert_eq!(v["stop_reason"], "control_lost", "{v}");
+    assert!(v["balance_msat"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert!(
+        ends_within(&vmm, Duration::from_secs(10)).await,
+        "the VMM was killed"
+    );
+    books_balance(dir.path(), &lease.id);
     d.shutdown().await;
 }
 

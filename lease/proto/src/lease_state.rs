@@ -44,6 +44,10 @@ pub enum StopReason {
     /// An on-chain payment's block left the best chain and the payment did not confirm
     /// again in time: the lease is stopped and its balance is never refunded.
     PaymentReorged,
+    /// Its VMM ran on with nothing listening at its control socket (the socket removed
+    /// from under it), so it could be neither metered nor paused: coinopd stopped it. The
+    /// balance is kept for the tenant.
+    ControlLost,
 }
 
 /// A state or reason string that is none of the known ones.
@@ -98,6 +102,7 @@ names!(StopReason, "stop reason", {
     GuestCrashed => "guest_crashed",
     BootFailed => "boot_failed",
     PaymentReorged => "payment_reorged",
+    ControlLost => "control_lost",
 });
 
 impl LeaseState {
@@ -156,6 +161,8 @@ mod tests {
             StopReason::GuestExit,
             StopReason::GuestCrashed,
             StopReason::BootFailed,
+            StopReason::PaymentReorged,
+            StopReason::ControlLost,
         ] {
             assert_eq!(r.as_str().parse::<StopReason>(), Ok(r));
             assert_eq!(

@@ -252,7 +252,8 @@ struct LeaseName<'a> {
 }
 
 /// A warm restore taken by a create: given up (in the background) if the create ends
-/// before handing it over (its payment refused, a recovered lease instead).
+/// before handing it over without booting under its id (its payment refused, a
+/// recovered lease instead).
 struct WarmGuard {
     s: Shared,
     warm: Option<Warm>,
@@ -353,7 +354,10 @@ async fn create_reserved(
                 Err(e) => {
                     tracing::warn!(lease = id, error = %e,
                         "a warm restore's VMM does not answer; the lease boots on its own");
-                    drop(guard);
+                    // Gone before the boot under its id begins (see `end_taken`).
+                    if let Some(w) = guard.take() {
+                        crate::warm_restores::end_taken(s, w).await;
+                    }
                     (None, UsageBaseline::default())
                 }
             }
