@@ -19,6 +19,8 @@
 #                             two at a time, counting triple faults (images/lab/l1-stress;
 #                             LAB_STRESS_S=S its time budget, default 360; LAB_STRESS_LIVE=S
 #                             how long each restored guest runs, default 3; never by default)
+#                             LAB_L1_ARGS="..." more words for L1's kernel command line
+#                             (an experiment's, e.g. transparent_hugepage=never)
 #                             LAB_ROOTFS=0 skips images/rootfs, the SSH login check and
 #                             the coinopd lease step (it leases that image)
 set -euo pipefail
@@ -126,7 +128,7 @@ while :; do
   rm -f "$work/l1.pid" "$work/stalled" "$work/wedged"
   ( timeout --kill-after=10 "$left" qemu-system-x86_64 -accel tcg -cpu max -M q35 -m 2G -smp 2 \
       -nographic -no-reboot -pidfile "$work/l1.pid" -kernel "$work/vmlinuz" -initrd "$work/initramfs.cpio" \
-      -append "console=ttyS0 quiet panic=-1 lab.runs=$runs lab.peers=$peers lab.verbose=${LAB_VERBOSE:-0} ${LAB_ONLY:+lab.only=$LAB_ONLY} ${LAB_STRESS_S:+lab.stress_s=$LAB_STRESS_S} ${LAB_STRESS_LIVE:+lab.stress_live=$LAB_STRESS_LIVE}" \
+      -append "console=ttyS0 quiet panic=-1 lab.runs=$runs lab.peers=$peers lab.verbose=${LAB_VERBOSE:-0} ${LAB_ONLY:+lab.only=$LAB_ONLY} ${LAB_STRESS_S:+lab.stress_s=$LAB_STRESS_S} ${LAB_STRESS_LIVE:+lab.stress_live=$LAB_STRESS_LIVE} ${LAB_L1_ARGS:-}" \
       </dev/null 2>&1; echo $? >"$work/l1.rc" ) |
     sed -u 's/\r$//' | tee "$log" | grep --line-buffered '^LAB ' &
   pipeline=$!
