@@ -365,6 +365,61 @@ async fn a_warm_restore_that_does_not_answer_is_ended_before_its_lease_boots_on_
     d.shutdown().await;
 }
 
+/// A warm restore whose guest never becomes ready after its line (its VMM paused here: it
+/// answers and takes the line, but its guest runs nothing) fails its hand-over at the boot
+/// timeout. The lease then boots on its own under the same id, and only once the warm VMM
+/// is gone with its confinement: a reaper left to end it in the background would remove
+/// the new VMM's control socket (with its tap, jail and cgroup) and report the warm VMM's
+/// end as the lease's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_hand_over_that_times_out_is_ended_before_its_lease_boots_on_its_own() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let d = agent_daemon(state, &["--boot-timeout-ms", "3000"]).await;
+    let Kept {
+        cold,
+        restored,
+        warm_id,
+        warm_pid,
+    } = restore_and_keep_one_warm(&d, state).await;
+    let warm = coinopd::vmm_process::VmmProcess::of(warm_pid).expect("the warm VMM runs");
+    let warm_control = state.join("run").join(format!("{warm_id}.sock"));
+    let paused = vmm_protocol::client::set_state(&warm_control, vmm_protocol::Request::Pause).await;
+    assert!(paused.is_ok(), "pausing the warm VMM: {paused:?}");
+
+    let lease = create(&d, Some(SSH_KEY)).await;
+    assert_eq!(lease.id, warm_id, "{}", lease.reply);
+    assert_eq!(start_of(&lease), "restore", "{}", lease.reply);
+    assert!(
+        !warm.is_running(),
+        "the warm VMM ended before the create replied"
+    );
+    assert_ne!(common::lease_pid::lease_pid(state, &lease.id), warm_pid);
+    let line = line_of(&d, &lease).await;
+    assert!(field(&line, "ssh_key").is_some(), "{line}");
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(warm_control.exists(), "the lease's control socket is there");
+    let path = format!("/v1/leases/{}", lease.id);
+    let view = async || d.call("GET", &path, Some(&lease.token), None).await.json();
+    let before = view().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = view().await;
+    assert_eq!(after["state"], "running", "{after}");
+    assert!(
+        after["used"]["mem_mib_us"].as_u64() > before["used"]["mem_mib_us"].as_u64(),
+        "the lease is metered: {before} then {after}\n{}",
+        std::fs::read_to_string(state.join("coinopd.log")).unwrap_or_default()
+    );
+    for lease in [&cold, &restored, &lease] {
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    d.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_guest_without_its_line_never_counts_as_booted() {
     if !kvm_or_skip() {
