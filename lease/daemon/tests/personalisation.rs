@@ -58,6 +58,11 @@ async fn line_of(d: &Daemon, lease: &CreatedLease) -> String {
 /// A daemon on `state` offering the test guest's `mode=personalise` as `tga`, an agent
 /// image with golden snapshots, with `extra` arguments.
 async fn agent_daemon(state: &Path, extra: &[&str]) -> Daemon {
+    agent_daemon_env(state, extra, &[]).await
+}
+
+/// [`agent_daemon`] with `env` in coinopd's environment.
+async fn agent_daemon_env(state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
     let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
     let image = format!(
         "tga={},snapshot,agent,cmdline=mode=personalise",
@@ -65,7 +70,7 @@ async fn agent_daemon(state: &Path, extra: &[&str]) -> Daemon {
     );
     let mut args = vec!["--image", image.as_str()];
     args.extend_from_slice(extra);
-    Daemon::spawn(state, &args, &[]).await
+    Daemon::spawn(state, &args, env).await
 }
 
 fn start_of(lease: &CreatedLease) -> &str {
@@ -290,119 +295,36 @@ async fn a_warm_restore_gives_its_room_to_a_create_of_another_shape() {
     d.shutdown().await;
 }
 
-/// A create that takes a warm restore whose VMM does not answer (here: stopped with
-/// SIGSTOP, so it still runs) boots its lease on its own under the warm VMM's id, and only
-/// once that VMM is gone with its confinement: removed after the new boot registered its
-/// own, it would take the new VMM's control socket (with its tap, jail and cgroup), and
-/// the lease would run on unmetered, beyond any stop's reach. The warm VMM's end is made
-/// late (`warm_discard`, 1.5 s) so that an end left to the background comes after the
-/// new boot.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_warm_restore_that_does_not_answer_is_ended_before_its_lease_boots_on_its_own() {
-    if !kvm_or_skip() {
-        return;
-    }
-    let dir = common::StateDir::new();
-    let state = dir.path();
-    let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
-    let image = format!(
-        "tga={},snapshot,agent,cmdline=mode=personalise",
-        guest.display()
-    );
-    let d = Daemon::spawn(
-        state,
-        &["--image", image.as_str()],
-        &[("COINOPD_FAULT_DELAY", "warm_discard:1500")],
-    )
-    .await;
-    let Kept {
-        cold,
-        restored,
-        warm_id,
-        warm_pid,
-    } = restore_and_keep_one_warm(&d, state).await;
-    let warm = coinopd::vmm_process::VmmProcess::of(warm_pid).expect("the warm VMM runs");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(warm_pid),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .expect("SIGSTOP the warm VMM (this test's coinopd's child)");
-
-    let lease = create(&d, Some(SSH_KEY)).await;
-    assert_eq!(lease.id, warm_id, "{}", lease.reply);
+/// A create that finds `kept`'s warm restore unusable (its caller made it so) must boot
+/// its lease on its own under the warm VMM's id, and only once that VMM is gone with its
+/// confinement: ended after the new boot registered its own, that end would remove the new
+/// VMM's control socket (with its tap, jail and cgroup), and the lease would run on
+/// unmetered, beyond any stop's reach. Checked `settle` after the create, past the moment
+/// such an end would have come; then every lease is stopped.
+async fn create_past_an_unusable_warm_restore(
+    d: &Daemon,
+    state: &Path,
+    kept: Kept,
+    settle: Duration,
+) {
+    let warm = coinopd::vmm_process::VmmProcess::of(kept.warm_pid).expect("the warm VMM runs");
+    let lease = create(d, Some(SSH_KEY)).await;
+    assert_eq!(lease.id, kept.warm_id, "{}", lease.reply);
     assert_eq!(start_of(&lease), "restore", "{}", lease.reply);
     assert!(
         !warm.is_running(),
         "the warm VMM ended before the create replied"
     );
-    let pid = common::lease_pid::lease_pid(state, &lease.id);
-    assert_ne!(pid, warm_pid);
-    let line = line_of(&d, &lease).await;
+    assert_ne!(
+        common::lease_pid::lease_pid(state, &lease.id),
+        kept.warm_pid
+    );
+    let line = line_of(d, &lease).await;
     assert!(field(&line, "ssh_key").is_some(), "{line}");
 
-    // Past the moment an end left to the background would have removed the confinement.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(settle).await;
     let control = state.join("run").join(format!("{}.sock", lease.id));
     assert!(control.exists(), "the lease's control socket is there");
-    let path = format!("/v1/leases/{}", lease.id);
-    let used = async || {
-        let view = d.call("GET", &path, Some(&lease.token), None).await.json();
-        view["used"]["mem_mib_us"]
-            .as_u64()
-            .expect("used.mem_mib_us")
-    };
-    let before = used().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = used().await;
-    assert!(
-        after > before,
-        "the lease is metered: {before} then {after} MiB·µs\n{}",
-        std::fs::read_to_string(state.join("coinopd.log")).unwrap_or_default()
-    );
-    for lease in [&cold, &restored, &lease] {
-        d.stop_lease(&lease.id, &lease.token).await;
-    }
-    d.shutdown().await;
-}
-
-/// A warm restore whose guest never becomes ready after its line (its VMM paused here: it
-/// answers and takes the line, but its guest runs nothing) fails its hand-over at the boot
-/// timeout. The lease then boots on its own under the same id, and only once the warm VMM
-/// is gone with its confinement: a reaper left to end it in the background would remove
-/// the new VMM's control socket (with its tap, jail and cgroup) and report the warm VMM's
-/// end as the lease's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_warm_hand_over_that_times_out_is_ended_before_its_lease_boots_on_its_own() {
-    if !kvm_or_skip() {
-        return;
-    }
-    let dir = common::StateDir::new();
-    let state = dir.path();
-    let d = agent_daemon(state, &["--boot-timeout-ms", "3000"]).await;
-    let Kept {
-        cold,
-        restored,
-        warm_id,
-        warm_pid,
-    } = restore_and_keep_one_warm(&d, state).await;
-    let warm = coinopd::vmm_process::VmmProcess::of(warm_pid).expect("the warm VMM runs");
-    let warm_control = state.join("run").join(format!("{warm_id}.sock"));
-    let paused = vmm_protocol::client::set_state(&warm_control, vmm_protocol::Request::Pause).await;
-    assert!(paused.is_ok(), "pausing the warm VMM: {paused:?}");
-
-    let lease = create(&d, Some(SSH_KEY)).await;
-    assert_eq!(lease.id, warm_id, "{}", lease.reply);
-    assert_eq!(start_of(&lease), "restore", "{}", lease.reply);
-    assert!(
-        !warm.is_running(),
-        "the warm VMM ended before the create replied"
-    );
-    assert_ne!(common::lease_pid::lease_pid(state, &lease.id), warm_pid);
-    let line = line_of(&d, &lease).await;
-    assert!(field(&line, "ssh_key").is_some(), "{line}");
-
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(warm_control.exists(), "the lease's control socket is there");
     let path = format!("/v1/leases/{}", lease.id);
     let view = async || d.call("GET", &path, Some(&lease.token), None).await.json();
     let before = view().await;
@@ -414,9 +336,51 @@ async fn a_warm_hand_over_that_times_out_is_ended_before_its_lease_boots_on_its_
         "the lease is metered: {before} then {after}\n{}",
         std::fs::read_to_string(state.join("coinopd.log")).unwrap_or_default()
     );
-    for lease in [&cold, &restored, &lease] {
+    for lease in [&kept.cold, &kept.restored, &lease] {
         d.stop_lease(&lease.id, &lease.token).await;
     }
+}
+
+/// A create that takes a warm restore whose VMM does not answer (stopped with SIGSTOP
+/// here, so it still runs) boots its lease on its own. The warm VMM's end is made late
+/// (`warm_discard`, 1.5 s) so that an end left to the background would come after the new
+/// boot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_restore_that_does_not_answer_is_ended_before_its_lease_boots_on_its_own() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let delay = [("COINOPD_FAULT_DELAY", "warm_discard:1500")];
+    let d = agent_daemon_env(state, &[], &delay).await;
+    let kept = restore_and_keep_one_warm(&d, state).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(kept.warm_pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .expect("SIGSTOP the warm VMM (this test's coinopd's child)");
+    create_past_an_unusable_warm_restore(&d, state, kept, Duration::from_millis(2500)).await;
+    d.shutdown().await;
+}
+
+/// A warm restore whose guest never becomes ready after its line (its VMM paused here: it
+/// answers and takes the line, but its guest runs nothing) fails its hand-over at the boot
+/// timeout, and the lease boots on its own. A reaper left to end the warm VMM in the
+/// background would also report that end as the lease's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_hand_over_that_times_out_is_ended_before_its_lease_boots_on_its_own() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let d = agent_daemon(state, &["--boot-timeout-ms", "3000"]).await;
+    let kept = restore_and_keep_one_warm(&d, state).await;
+    let warm_control = state.join("run").join(format!("{}.sock", kept.warm_id));
+    let paused = vmm_protocol::client::set_state(&warm_control, vmm_protocol::Request::Pause).await;
+    assert!(paused.is_ok(), "pausing the warm VMM: {paused:?}");
+    create_past_an_unusable_warm_restore(&d, state, kept, Duration::from_millis(1500)).await;
     d.shutdown().await;
 }
 
