@@ -353,8 +353,9 @@ enum TimedOut {
     EndNow,
 }
 
-/// A set's lock, also after a panic elsewhere (a set of ids cannot be left half-changed).
-fn set(m: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+/// A lease-id set's or map's lock, also after a panic elsewhere (one insert or removal
+/// cannot leave it half-changed).
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -432,41 +433,34 @@ impl Supervisor {
     /// Whether `lease_id`'s VMM is this coinopd's child whose end is not handled yet (its
     /// reaper reports it).
     pub fn is_own_child(&self, lease_id: &str) -> bool {
-        set(&self.own_children).contains(lease_id)
+        locked(&self.own_children).contains(lease_id)
     }
 
     /// The scheduler handled the end of `lease_id`'s VMM.
     pub fn exit_handled(&self, lease_id: &str) {
-        set(&self.own_children).remove(lease_id);
+        locked(&self.own_children).remove(lease_id);
     }
 
     /// Makes the next tick read `lease_id`'s VMM's run state.
     pub fn recheck_state(&self, lease_id: &str) {
-        set(&self.recheck).insert(lease_id.to_string());
+        locked(&self.recheck).insert(lease_id.to_string());
     }
 
     /// Whether `lease_id`'s VMM's run state is to be read now (once).
     pub fn take_recheck(&self, lease_id: &str) -> bool {
-        set(&self.recheck).remove(lease_id)
+        locked(&self.recheck).remove(lease_id)
     }
 
     /// Forgets the rechecks, and the unreachable control sockets, of leases not in `live`.
     pub fn keep_live(&self, live: &HashSet<&str>) {
-        set(&self.recheck).retain(|id| live.contains(id.as_str()));
-        self.unreachable_map()
-            .retain(|id, _| live.contains(id.as_str()));
-    }
-
-    fn unreachable_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
-        self.unreachable
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        locked(&self.recheck).retain(|id| live.contains(id.as_str()));
+        locked(&self.unreachable).retain(|id, _| live.contains(id.as_str()));
     }
 
     /// `lease_id`'s VMM runs and nothing listens at its control socket: for how long so
     /// far, and whether this is the first such reading.
     pub fn unreachable_for(&self, lease_id: &str) -> (Duration, bool) {
-        let mut map = self.unreachable_map();
+        let mut map = locked(&self.unreachable);
         match map.get(lease_id) {
             Some(since) => (since.elapsed(), false),
             None => {
@@ -478,7 +472,7 @@ impl Supervisor {
 
     /// `lease_id`'s VMM answered (or was stopped): it is not unreachable.
     pub fn reached(&self, lease_id: &str) {
-        self.unreachable_map().remove(lease_id);
+        locked(&self.unreachable).remove(lease_id);
     }
 
     /// The daemon's isolation settings and per-lease confinements.
@@ -570,10 +564,15 @@ impl Supervisor {
 
     /// Kills a VMM whose boot failed, waits for it and removes its confinement.
     async fn end_failed(&self, lease_id: &str, started: Started) {
-        let mut child = started.child;
+        self.end_now(lease_id, started.child).await;
+    }
+
+    /// Kills `child`, waits for it and removes `lease_id`'s confinement; its exit code.
+    async fn end_now(&self, lease_id: &str, mut child: GuestProcess) -> Option<i32> {
         child.kill();
-        let _ = child.wait().await;
+        let (code, _) = child.wait().await;
         self.isolation_release(lease_id).await;
+        code
     }
 
     /// Spawns the VMM for `req` (in the slot it brings, else in one built now) and
@@ -723,10 +722,7 @@ impl Supervisor {
         let (vcpus_started_us, guest_ready_us) = match outcome {
             Ok(Ok(figures)) => figures,
             Ok(Err(e)) => {
-                let mut child = child;
-                child.kill();
-                let (code, _) = child.wait().await;
-                self.isolation_release(req.lease_id).await;
+                let code = self.end_now(req.lease_id, child).await;
                 return Err(match e {
                     BootError::Exited { reason, code: None } => BootError::Exited {
                         reason,
@@ -736,13 +732,14 @@ impl Supervisor {
                 });
             }
             Err(_) => {
-                let mut child = child;
-                child.kill();
                 match timed_out {
-                    TimedOut::ReapLater => self.reap_in_background(req.lease_id, child, vmm, None),
+                    TimedOut::ReapLater => {
+                        let mut child = child;
+                        child.kill();
+                        self.reap_in_background(req.lease_id, child, vmm, None);
+                    }
                     TimedOut::EndNow => {
-                        let _ = child.wait().await;
-                        self.isolation_release(req.lease_id).await;
+                        self.end_now(req.lease_id, child).await;
                     }
                 }
                 return Err(BootError::Timeout(req.timeout_ms));
@@ -1110,7 +1107,7 @@ impl Supervisor {
         let exits = self.exits.clone();
         let isolation = Arc::clone(&self.isolation);
         let lease_id = lease_id.to_string();
-        set(&self.own_children).insert(lease_id.clone());
+        locked(&self.own_children).insert(lease_id.clone());
         tokio::spawn(async move {
             let mut reason = None;
             let mut code = None;
