@@ -141,7 +141,11 @@ void guest_main(u64 cmdline_paddr)
     /* Personalisation comes before readiness: it writes 124, then 123 itself. */
     if (streq(mode, "personalise") ||
         (starts_with(mode, "personalise:") && parse_ms(mode + 12) >= 0)) {
-        personalise(mode[11] == ':' ? parse_ms(mode + 12) : 0);
+        personalise(mode[11] == ':' ? parse_ms(mode + 12) : 0, 1);
+        idle_forever();
+    }
+    if (streq(mode, "personalise-stuck")) {
+        personalise(0, 0);
         idle_forever();
     }
     outb(BOOT_TIMER_PORT, BOOT_TIMER_READY);

@@ -3,7 +3,8 @@
  * personalisation"), read one line from COM2, print it on the console as
  * `personalised: <line>` in one go (a snapshot taken while waiting must not split it) and
  * whether COM2 still holds data, then write 123 (ready). The delay lets a test hand the VMM
- * its line before the 124.
+ * its line before the 124. mode=personalise-stuck does the same but never writes 123: an
+ * agent that takes its line and then hangs, which the host must not wait on for long.
  *
  * The line is read as images/rootfs/PERSONALISE.md allows: poll LSR until data is ready,
  * then `rep insb` a whole chunk of the data register, one VM exit for up to 1 KiB; the
@@ -27,7 +28,7 @@
 static char line[LINE_MAX + 1];
 static u8 chunk[CHUNK] __attribute__((aligned(CHUNK)));
 
-void personalise(long delay_ms)
+void personalise(long delay_ms, int ready)
 {
     if (delay_ms > 0)
         tsc_delay_us(tsc_khz(), (u64)delay_ms * 1000);
@@ -59,5 +60,6 @@ void personalise(long delay_ms)
     serial_puts(line);
     serial_puts(more ? "\npersonalise: com2 had data after the line\n"
                      : "\npersonalise: com2 empty after the line\n");
-    outb(BOOT_TIMER_PORT, BOOT_TIMER_READY);
+    if (ready)
+        outb(BOOT_TIMER_PORT, BOOT_TIMER_READY);
 }

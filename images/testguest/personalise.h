@@ -2,5 +2,6 @@
 #ifndef PERSONALISE_H
 #define PERSONALISE_H
 #include "io.h"
-void personalise(long delay_ms);
+/* `ready`: whether to write 123 after the line (0: a guest stuck after its line). */
+void personalise(long delay_ms, int ready);
 #endif

@@ -156,6 +156,12 @@ pub struct Settings {
     /// How long a boot may take before it counts as failed, ms.
     #[arg(long)]
     pub boot_timeout_ms: Option<u64>,
+    /// How long an agent guest may take from its personalisation line to guest_ready, ms
+    /// (default 5000). A guest past it is ended: a warm restore's lease then boots on its
+    /// own, a restore on the request path falls back to a cold boot, a cold boot fails.
+    /// The boot timeout still bounds the whole boot.
+    #[arg(long)]
+    pub personalise_timeout_ms: Option<u64>,
     /// Largest request body, bytes (413 above).
     #[arg(long)]
     pub max_body_bytes: Option<usize>,
@@ -322,6 +328,7 @@ pub struct Config {
     pub tick_ms: u64,
     pub grace_s: u64,
     pub boot_timeout_ms: u64,
+    pub personalise_timeout_ms: u64,
     pub max_body_bytes: usize,
     pub operator_uid: Option<u32>,
     pub operator_gid: Option<u32>,
@@ -424,6 +431,7 @@ impl Settings {
             tick_ms: self.tick_ms.or(file.tick_ms),
             grace_s: self.grace_s.or(file.grace_s),
             boot_timeout_ms: self.boot_timeout_ms.or(file.boot_timeout_ms),
+            personalise_timeout_ms: self.personalise_timeout_ms.or(file.personalise_timeout_ms),
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
             operator_uid: self.operator_uid.or(file.operator_uid),
             operator_gid: self.operator_gid.or(file.operator_gid),
@@ -587,6 +595,7 @@ impl Settings {
             tick_ms: self.tick_ms.unwrap_or(100),
             grace_s: self.grace_s.unwrap_or(60),
             boot_timeout_ms: self.boot_timeout_ms.unwrap_or(10_000),
+            personalise_timeout_ms: self.personalise_timeout_ms.unwrap_or(5_000),
             max_body_bytes: self
                 .max_body_bytes
                 .unwrap_or(coinop_proto::requests::DEFAULT_MAX_BODY_BYTES),
@@ -630,6 +639,7 @@ impl Settings {
             ("capacity-mib", config.capacity_mib),
             ("max-body-bytes", config.max_body_bytes as u64),
             ("boot-timeout-ms", config.boot_timeout_ms),
+            ("personalise-timeout-ms", config.personalise_timeout_ms),
             ("jail-uid-count", u64::from(config.jail_uid_count)),
             ("max-connections", config.max_connections as u64),
             (

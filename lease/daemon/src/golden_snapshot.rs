@@ -313,6 +313,7 @@ impl GoldenSnapshots {
                 // No lease, no payment: nothing happened before the spawn.
                 figures: coinop_proto::BootFigures::default(),
                 timeout_ms: s.config.boot_timeout_ms,
+                personalise_timeout_ms: s.config.personalise_timeout_ms,
                 slot: None,
                 nic,
                 snapshot: SnapshotUse::WriteInto(staging.to_path_buf()),

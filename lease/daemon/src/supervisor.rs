@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -57,6 +57,8 @@ pub enum BootError {
     Exited { reason: String, code: Option<i64> },
     #[error("guest not ready within {0} ms")]
     Timeout(u64),
+    #[error("guest not ready within {0} ms of its personalisation")]
+    PersonaliseTimeout(u64),
     #[error("guest root disk overlay: {0}")]
     Overlay(std::io::Error),
     #[error("sending the guest its personalisation: {0}")]
@@ -127,6 +129,10 @@ pub struct BootRequest<'a> {
     /// with the VMM's identity so that a restart can finish them ([`crate::boot_record`]).
     pub figures: coinop_proto::BootFigures,
     pub timeout_ms: u64,
+    /// How long the guest may take from its personalisation line to `guest_ready`, ms
+    /// (within `timeout_ms`): applying a line takes an agent milliseconds, so a guest past
+    /// this is stuck, and the caller need not wait out the whole boot timeout to act.
+    pub personalise_timeout_ms: u64,
     /// The slot built ahead of time for this lease (its id is `lease_id`), if the create
     /// got one from the pool.
     pub slot: Option<TakenSlot>,
@@ -336,7 +342,7 @@ pub struct Supervisor {
     recheck: Mutex<HashSet<String>>,
     /// Leases whose VMM runs with nothing listening at its control socket, since when
     /// (the scheduler's first such reading).
-    unreachable: Mutex<HashMap<String, std::time::Instant>>,
+    unreachable: Mutex<HashMap<String, Instant>>,
 }
 
 /// How a VMM that missed its boot timeout is ended.
@@ -464,7 +470,7 @@ impl Supervisor {
         match map.get(lease_id) {
             Some(since) => (since.elapsed(), false),
             None => {
-                map.insert(lease_id.to_string(), std::time::Instant::now());
+                map.insert(lease_id.to_string(), Instant::now());
                 (Duration::ZERO, true)
             }
         }
@@ -490,7 +496,7 @@ impl Supervisor {
         let started = self.start(&mut req)?;
         self.record(&req, &started).await;
         crate::fault::hit(crate::fault::point::CREATE_VMM_RECORDED);
-        self.follow_to_ready(started, &req, TimedOut::ReapLater)
+        self.follow_to_ready(started, &req, TimedOut::ReapLater, None)
             .await
     }
 
@@ -504,7 +510,13 @@ impl Supervisor {
         let mut started = self.start(&mut req)?;
         let outcome = tokio::time::timeout(
             Duration::from_millis(req.timeout_ms),
-            wait_ready(&mut started.lines, &req, started.base_us, &self.isolation),
+            wait_ready(
+                &mut started.lines,
+                &req,
+                started.base_us,
+                &self.isolation,
+                None,
+            ),
         )
         .await;
         match outcome {
@@ -545,12 +557,16 @@ impl Supervisor {
         };
         let ((), sent) = tokio::join!(self.record(&req, &started), line);
         crate::fault::hit(crate::fault::point::CREATE_VMM_RECORDED);
-        if let Err(e) = sent {
-            self.end_failed(req.lease_id, started).await;
-            return Err(e);
-        }
+        let line_sent = match sent {
+            Ok(()) => req.personalise.as_ref().map(|_| Instant::now()),
+            Err(e) => {
+                self.end_failed(req.lease_id, started).await;
+                return Err(e);
+            }
+        };
         // The create boots its lease on its own, under this id, when this fails.
-        self.follow_to_ready(started, &req, TimedOut::EndNow).await
+        self.follow_to_ready(started, &req, TimedOut::EndNow, line_sent)
+            .await
     }
 
     /// Ends a VMM started ahead that no lease took (its snapshot changed, coinopd stops, or
@@ -698,17 +714,25 @@ impl Supervisor {
 
     /// Reads the VMM's events until `req.ready_at` (answering a personalisation request),
     /// then leaves its stream and its end to a reaper; on failure or timeout the VMM is
-    /// killed and its confinement removed (before returning, except after a timeout with
-    /// [`TimedOut::ReapLater`]).
+    /// killed and its confinement removed (before returning, except after the boot
+    /// timeout with [`TimedOut::ReapLater`]). `line_sent`: when the guest's line went, if
+    /// it went before (a hand-over).
     async fn follow_to_ready(
         &self,
         mut started: Started,
         req: &BootRequest<'_>,
         timed_out: TimedOut,
+        line_sent: Option<Instant>,
     ) -> Result<Booted, BootError> {
         let outcome = tokio::time::timeout(
             Duration::from_millis(req.timeout_ms),
-            wait_ready(&mut started.lines, req, started.base_us, &self.isolation),
+            wait_ready(
+                &mut started.lines,
+                req,
+                started.base_us,
+                &self.isolation,
+                line_sent,
+            ),
         )
         .await;
         let Started {
@@ -1141,19 +1165,31 @@ impl Supervisor {
 
 /// Reads events until `guest_ready` or whatever `req.ready_at` names (µs from arrival of
 /// `vcpus_started` and of that event; `base_us` is when the VMM's event clock started),
-/// answering `awaiting_personalisation` with the request's personalisation line.
+/// answering `awaiting_personalisation` with the request's personalisation line. From the
+/// line's send (`line_sent`, if the caller sent it) the guest has
+/// `req.personalise_timeout_ms` more.
 async fn wait_ready(
     lines: &mut EventLines,
     req: &BootRequest<'_>,
     base_us: u64,
     isolation: &Isolation,
+    mut line_sent: Option<Instant>,
 ) -> Result<(Option<u64>, u64), BootError> {
     let lease_id = req.lease_id;
     // A VMM started ahead of its lease reports times from before the arrival: those are 0.
     let since_arrival = |t_us: u64| (base_us + t_us).saturating_sub(req.arrival_us);
+    let bound = Duration::from_millis(req.personalise_timeout_ms);
     let mut vcpus_started = None;
     loop {
-        let line = lines.next_line().await.map_err(pipe_err)?;
+        let next = lines.next_line();
+        let line = match line_sent {
+            // `next_line` is cancel-safe; past the bound the VMM is ended anyway.
+            Some(sent) => tokio::time::timeout_at((sent + bound).into(), next)
+                .await
+                .map_err(|_| BootError::PersonaliseTimeout(req.personalise_timeout_ms))?,
+            None => next.await,
+        };
+        let line = line.map_err(pipe_err)?;
         let Some(line) = line else {
             return Err(BootError::Exited {
                 reason: "event stream closed".into(),
@@ -1181,6 +1217,7 @@ async fn wait_ready(
                 }
                 if let Some(p) = &req.personalise {
                     send_personalisation(req, p, isolation).await?;
+                    line_sent = Some(Instant::now());
                 } else {
                     tracing::warn!(
                         lease = lease_id,

@@ -350,6 +350,7 @@ async fn build(s: &Shared, shape: &Shape, snapshot: &Path) -> Result<Warm, Build
             // No lease, no payment yet.
             figures: coinop_proto::BootFigures::default(),
             timeout_ms: s.config.boot_timeout_ms,
+            personalise_timeout_ms: s.config.personalise_timeout_ms,
             slot,
             nic,
             snapshot: SnapshotUse::RestoreFrom(snapshot.to_path_buf()),

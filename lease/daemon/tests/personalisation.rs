@@ -300,15 +300,18 @@ async fn a_warm_restore_gives_its_room_to_a_create_of_another_shape() {
 /// confinement: ended after the new boot registered its own, that end would remove the new
 /// VMM's control socket (with its tap, jail and cgroup), and the lease would run on
 /// unmetered, beyond any stop's reach. Checked `settle` after the create, past the moment
-/// such an end would have come; then every lease is stopped.
+/// such an end would have come; then every lease is stopped. Returns how long the create
+/// took.
 async fn create_past_an_unusable_warm_restore(
     d: &Daemon,
     state: &Path,
     kept: Kept,
     settle: Duration,
-) {
+) -> Duration {
     let warm = coinopd::vmm_process::VmmProcess::of(kept.warm_pid).expect("the warm VMM runs");
+    let asked = std::time::Instant::now();
     let lease = create(d, Some(SSH_KEY)).await;
+    let took = asked.elapsed();
     assert_eq!(lease.id, kept.warm_id, "{}", lease.reply);
     assert_eq!(start_of(&lease), "restore", "{}", lease.reply);
     assert!(
@@ -339,6 +342,7 @@ async fn create_past_an_unusable_warm_restore(
     for lease in [&kept.cold, &kept.restored, &lease] {
         d.stop_lease(&lease.id, &lease.token).await;
     }
+    took
 }
 
 /// A create that takes a warm restore whose VMM does not answer (stopped with SIGSTOP
@@ -381,6 +385,131 @@ async fn a_warm_hand_over_that_times_out_is_ended_before_its_lease_boots_on_its_
     let paused = vmm_protocol::client::set_state(&warm_control, vmm_protocol::Request::Pause).await;
     assert!(paused.is_ok(), "pausing the warm VMM: {paused:?}");
     create_past_an_unusable_warm_restore(&d, state, kept, Duration::from_millis(1500)).await;
+    d.shutdown().await;
+}
+
+/// The same stuck hand-over under a long boot timeout: the warm guest only has to apply its
+/// line, so coinopd gives up on it at `--personalise-timeout-ms` (1 s here) and the tenant
+/// does not wait out the 30 s boot timeout before its lease boots on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_warm_hand_over_is_given_up_at_the_personalisation_bound() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let d = agent_daemon(
+        state,
+        &[
+            "--boot-timeout-ms",
+            "30000",
+            "--personalise-timeout-ms",
+            "1000",
+        ],
+    )
+    .await;
+    let kept = restore_and_keep_one_warm(&d, state).await;
+    let warm_control = state.join("run").join(format!("{}.sock", kept.warm_id));
+    let paused = vmm_protocol::client::set_state(&warm_control, vmm_protocol::Request::Pause).await;
+    assert!(paused.is_ok(), "pausing the warm VMM: {paused:?}");
+    let took =
+        create_past_an_unusable_warm_restore(&d, state, kept, Duration::from_millis(500)).await;
+    // 1 s of bound, then a restore of the test guest (milliseconds here): far from 30 s.
+    assert!(took < Duration::from_secs(10), "the create took {took:?}");
+    let log = d.log();
+    assert!(
+        log.contains("of its personalisation"),
+        "the hand-over failed at the bound:\n{log}"
+    );
+    d.shutdown().await;
+}
+
+/// An agent that takes its line and then hangs (the test guest's `personalise-stuck`) gets
+/// `--personalise-timeout-ms`, not the boot timeout, at each start: a cold boot fails at the
+/// bound (the payment kept for the tenant), and a restore past it falls back to a cold boot
+/// (the snapshot discarded) with its VMM ended first. Both are gone by the reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_stuck_after_its_line_fails_at_the_personalisation_bound() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
+    let image = format!(
+        "tga={},snapshot,agent,cmdline=mode=personalise-stuck",
+        guest.display()
+    );
+    let d = Daemon::spawn(
+        state,
+        &[
+            "--image",
+            &image,
+            "--warm-restores",
+            "0",
+            "--boot-timeout-ms",
+            "30000",
+            "--personalise-timeout-ms",
+            "1000",
+        ],
+        &[],
+    )
+    .await;
+    let try_create = async || {
+        let proofs = d.mint_credit(20).await;
+        let asked = std::time::Instant::now();
+        let r = d
+            .call(
+                "POST",
+                "/v1/leases",
+                None,
+                Some(json!({"vcpus": 1, "mem_mib": 64, "image": "tga",
+                            "payment": credit_payment(&proofs)})),
+            )
+            .await;
+        let took = asked.elapsed();
+        assert_eq!(r.status, 503, "{}", r.text());
+        let body = r.json();
+        assert_eq!(body["error"]["code"], "boot_failed", "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("not ready within 1000 ms of its personalisation"),
+            "{body}"
+        );
+        assert!(
+            body["refund"]["refund_msat"].as_u64() > Some(0),
+            "the payment is kept for the tenant: {body}"
+        );
+        (body, took)
+    };
+
+    // Cold (the snapshot's build starts beside it): one bound.
+    let (cold, took) = try_create().await;
+    assert_eq!(cold["boot"]["start"], "cold", "{cold}");
+    assert!(took < Duration::from_secs(10), "the create took {took:?}");
+    // The build waits for the 124 only, which this guest reaches.
+    wait_for(
+        async || {
+            !snapshots(state).is_empty() && common::guest_reaper::running_vmms(state).is_empty()
+        },
+        "the golden snapshot, its build done",
+    )
+    .await;
+
+    // Restored, stuck, ended; then cold, stuck: two bounds.
+    let (restored, took) = try_create().await;
+    assert_eq!(restored["boot"]["start"], "cold", "{restored}");
+    assert!(took < Duration::from_secs(15), "the create took {took:?}");
+    assert!(
+        common::guest_reaper::running_vmms(state).is_empty(),
+        "both failed VMMs are gone by the reply"
+    );
+    let log = d.log();
+    assert!(
+        log.contains("restore failed; the snapshot is discarded and the lease boots cold"),
+        "the restore fell back at its bound:\n{log}"
+    );
+    assert!(snapshots(state).is_empty(), "the snapshot is discarded");
     d.shutdown().await;
 }
 

@@ -642,6 +642,7 @@ async fn hand_over(
                 arrival_us: arrival,
                 figures: figures.clone(),
                 timeout_ms: s.config.boot_timeout_ms,
+                personalise_timeout_ms: s.config.personalise_timeout_ms,
                 slot: None,
                 nic: None,
                 snapshot: SnapshotUse::None,
@@ -660,8 +661,10 @@ async fn hand_over(
 /// guest gets its personalisation either way. A restore that fails before `guest_ready` (a
 /// corrupt or foreign snapshot, a device mismatch: the VMM exits 2) discards the snapshot
 /// and boots the same lease cold, with the reason logged (and a new NIC: the failed boot
-/// released the first); a restore that times out is not retried (the lease fails, refunded,
-/// as any boot that times out: its VMM may still be winding down). Also returns the
+/// released the first), as does a restored guest not ready within
+/// `--personalise-timeout-ms` of its line (its VMM ended before the cold boot); a restore
+/// that misses the boot timeout is not retried (the lease fails, refunded, as any boot
+/// that times out: its VMM may still be winding down). Also returns the
 /// lease's network as it ends up, and whether its routing, run beside the boot, succeeded
 /// (moot for a failed boot, which released it).
 #[allow(clippy::too_many_arguments)] // one lease's boot: each is a different part of it
@@ -721,6 +724,7 @@ async fn start_guest(
         arrival_us: arrival,
         figures: figures.clone(),
         timeout_ms: s.config.boot_timeout_ms,
+        personalise_timeout_ms: s.config.personalise_timeout_ms,
         slot,
         nic,
         snapshot,
