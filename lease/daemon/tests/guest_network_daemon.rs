@@ -319,7 +319,9 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
 /// The network is routed beside the VMM's start; when that fails (here: the lease's port
 /// is already forwarded elsewhere, so nft refuses its element) the boot fails as any boot
 /// does (503, the lease stopped `boot_failed` with its balance kept for the tenant) and
-/// nothing of its network is left: tap, elements, record. Its slot serves the next lease.
+/// nothing of its network is left: tap, elements, record. The same create retried (its
+/// recovery key) gets that stopped lease back, not a second boot under its id, even once
+/// the port is free. Its slot serves the next lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_whose_network_cannot_be_routed_fails_its_boot_and_leaves_nothing() {
     let Some((vmm, guest)) = root_kvm_or_skip() else {
@@ -336,8 +338,8 @@ async fn a_lease_whose_network_cannot_be_routed_fails_its_boot_and_leaves_nothin
         .expect("the first slot's port forwarded elsewhere");
 
     let body = json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "ssh_key": SSH_KEY,
-                      "payment": pay(&client).await});
-    let failed = call(&client, "POST", "/v1/leases", None, body).await;
+                      "payment": pay(&client).await, "recovery_key": "7e".repeat(32)});
+    let failed = call(&client, "POST", "/v1/leases", None, body.clone()).await;
     assert_eq!(
         failed["http_status"],
         503,
@@ -377,6 +379,17 @@ async fn a_lease_whose_network_cannot_be_routed_fails_its_boot_and_leaves_nothin
     let mut delete = vec!["delete", "element"];
     delete.extend(conflict);
     daemon.run_inside("nft", &delete).expect("conflict removed");
+    let retried = call(&client, "POST", "/v1/leases", None, body).await;
+    assert_eq!(retried["recovered"], true, "{retried}");
+    assert_eq!(retried["lease_id"], id.as_str(), "{retried}");
+    assert_eq!(retried["state"], "stopped", "{retried}");
+    assert_eq!(retried["stop_reason"], "boot_failed", "{retried}");
+    assert!(
+        daemon
+            .run_inside("ip", &["link", "show", "dev", "cop0"])
+            .is_none(),
+        "no second boot took a tap"
+    );
     let body = json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "ssh_key": SSH_KEY,
                       "payment": pay(&client).await});
     let created = daemon.create_lease(&client, &state, body).await;

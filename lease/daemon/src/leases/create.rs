@@ -522,7 +522,7 @@ async fn boot_guest(
     let booted = match (booted, routed) {
         (Ok(b), Err(why)) => {
             tracing::warn!(lease = g.id, error = %why, "no network for the guest; stopping it");
-            stop_unrouted(s, g.id, b.pid).await;
+            stop_unrouted(s, g.id, &boot, b.pid).await;
             s.metrics.boot(false, None);
             s.capacity().release(g.id);
             return Ok(Err((boot, format!("guest network: {why}"))));
@@ -785,11 +785,19 @@ async fn start_guest(
 
 /// Stops the guest of a lease whose boot succeeded but whose network could not be routed:
 /// the lease is stopped as a failed boot first (so the VMM's end is not taken for the
-/// guest's own exit), then its VMM, and with it its jail, cgroup and network, goes.
-async fn stop_unrouted(s: &Shared, id: &str, pid: Option<i32>) {
+/// guest's own exit), then its VMM, and with it its jail, cgroup and network, goes. The
+/// stop records the boot's figures (`boot`): a failed boot stopped without them looks like
+/// one that never ran, which a retried create would boot again under this id, even while
+/// this teardown still removes what is registered under it.
+async fn stop_unrouted(s: &Shared, id: &str, boot: &BootFigures, pid: Option<i32>) {
     let (s2, id2) = (s.clone(), id.to_string());
-    let marked =
-        blocking(move || Ok(s2.ledger.mark_stopped(&id2, StopReason::BootFailed, None)?)).await;
+    let json = serde_json::to_string(boot).unwrap_or_default();
+    let marked = blocking(move || {
+        Ok(s2
+            .ledger
+            .mark_stopped(&id2, StopReason::BootFailed, Some(&json))?)
+    })
+    .await;
     if let Err(e) = marked {
         tracing::warn!(lease = id, error = %e, "recording the failed boot before the stop");
     }
