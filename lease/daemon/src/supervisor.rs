@@ -322,7 +322,10 @@ struct Spawned {
     child: GuestProcess,
     jail: Option<Jail>,
     slot: Option<CgroupSlot>,
-    events: OwnedFd,
+    /// The read end of the VMM's event pipe, registered with the runtime before the spawn:
+    /// a registration failing after it would leave a VMM whose end had to be reaped in the
+    /// background, where it could release what a retry under the same id registered.
+    events: tokio::net::unix::pipe::Receiver,
 }
 
 pub struct Supervisor {
@@ -628,7 +631,7 @@ impl Supervisor {
             child,
             jail,
             slot,
-            events: read_end,
+            events,
         } = match spawned {
             Ok(spawned) => spawned,
             Err(e) => {
@@ -650,22 +653,14 @@ impl Supervisor {
         );
         let pid = child.pid();
         let vmm = pid.and_then(VmmProcess::of);
-        match tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) {
-            Ok(rx) => Ok(Started {
-                child,
-                vmm,
-                pid,
-                lines: BufReader::new(rx).lines(),
-                base_us: start_us,
-                vmm_spawned_us,
-            }),
-            Err(e) => {
-                let mut child = child;
-                child.kill();
-                self.reap_in_background(req.lease_id, child, vmm, None);
-                Err(pipe_err(e))
-            }
-        }
+        Ok(Started {
+            child,
+            vmm,
+            pid,
+            lines: BufReader::new(events).lines(),
+            base_us: start_us,
+            vmm_spawned_us,
+        })
     }
 
     /// Records the VMM's identity in the ledger (`req.lease_id`'s row; a golden snapshot's
@@ -790,13 +785,14 @@ impl Supervisor {
         let pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err);
         let _ = std::fs::remove_file(&req.paths.control);
         let spawned = pipe.and_then(|(read_end, write_end)| {
+            let events = event_receiver(read_end)?;
             let started = match &self.isolation.jail {
                 Some(config) => {
                     self.spawn_jailed(config, req, write_end, start_us, slot.as_ref(), nic)
                 }
                 None => self.spawn_plain(req, write_end, start_us, slot.as_ref(), nic),
             };
-            started.map(|(child, jail)| (child, jail, read_end))
+            started.map(|(child, jail)| (child, jail, events))
         });
         match spawned {
             Ok((child, jail, events)) => Ok(Spawned {
@@ -839,6 +835,7 @@ impl Supervisor {
             .map_err(BootError::from)
             .and_then(|()| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err))
             .and_then(|(read_end, write_end)| {
+                let events = event_receiver(read_end)?;
                 let _ = std::fs::remove_file(&req.paths.control);
                 let disk = match &req.image.rootfs {
                     Some(base) => Some(RootDisk {
@@ -868,7 +865,7 @@ impl Supervisor {
                     args,
                     fds,
                 )?;
-                Ok((child, jail, read_end))
+                Ok((child, jail, events))
             });
         match launched {
             Ok((child, jail, events)) => Ok(Spawned {
@@ -1161,6 +1158,11 @@ impl Supervisor {
             });
         });
     }
+}
+
+/// The read end of a VMM's event pipe as the runtime reads it (nonblocking, registered).
+fn event_receiver(read_end: OwnedFd) -> Result<tokio::net::unix::pipe::Receiver, BootError> {
+    tokio::net::unix::pipe::Receiver::from_owned_fd(read_end).map_err(pipe_err)
 }
 
 /// Reads events until `guest_ready` or whatever `req.ready_at` names (µs from arrival of
