@@ -34,9 +34,11 @@ impl MmioBus {
     }
 
     /// Stops every device and returns their state, in window order (see
-    /// [`MmioTransport::save`]).
-    pub fn save_all(&self) -> Vec<TransportState> {
-        self.transports().map(|mut t| t.save()).collect()
+    /// [`MmioTransport::save`]), or the first device's reason for having none. Every
+    /// device is stopped either way.
+    pub fn save_all(&self) -> Result<Vec<TransportState>, String> {
+        let saved: Vec<_> = self.transports().map(|mut t| t.save()).collect();
+        saved.into_iter().collect()
     }
 
     /// Lets every device serve again after [`MmioBus::save_all`].

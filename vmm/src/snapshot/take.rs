@@ -28,6 +28,10 @@ pub enum Error {
     /// A vCPU's state could not be read.
     #[error("saving {0}")]
     Vcpu(String),
+    /// A virtio device could not give its state (a disk that would not flush the writes
+    /// its guest saw complete).
+    #[error("saving {0}")]
+    DeviceState(String),
     /// The VM's state could not be read.
     #[error(transparent)]
     Vm(#[from] persist::Error),
@@ -63,8 +67,11 @@ impl Taker {
     /// (a NIC would otherwise keep receiving into it) and serve again afterwards.
     pub fn take(&self, run_state: &RunState, vcpus: usize, dir: &Path) -> Result<(), Error> {
         run_state.pause(vcpus, crate::machine::PAUSE_TIMEOUT)?;
-        let virtio = self.mmio.save_all();
-        let taken = self.save_parked(run_state, dir, virtio);
+        let taken = self
+            .mmio
+            .save_all()
+            .map_err(Error::DeviceState)
+            .and_then(|virtio| self.save_parked(run_state, dir, virtio));
         self.mmio.resume_all();
         taken
     }

@@ -269,16 +269,18 @@ impl VirtioDevice for Block {
         self.process_queue(mem, queues, 0)
     }
 
-    fn save_state(&mut self) -> DeviceState {
+    fn save_state(&mut self) -> Result<DeviceState, String> {
         // Completed writes reach the disk (a CoW overlay's data, then its bitmap) before a
         // snapshot can hand the guest's view of them to another VMM.
-        if let Err(e) = self.disk.flush() {
-            eprintln!("coinop-vmm: virtio-blk: flushing at the end of a session: {e}");
-        }
-        DeviceState {
+        self.disk.flush().map_err(|e| {
+            let why = format!("virtio-blk: flushing the disk: {e}");
+            eprintln!("coinop-vmm: {why}");
+            why
+        })?;
+        Ok(DeviceState {
             limiters: vec![self.limiter.state()],
             pending_frame: None,
-        }
+        })
     }
 
     fn restore_state(&mut self, state: &DeviceState) {

@@ -132,14 +132,18 @@ impl MmioTransport {
     }
 
     /// Takes the queues back from the device thread (which finishes its request and flushes)
-    /// and returns the transport's and device's state; the device stays stopped until
-    /// [`MmioTransport::resume_after_snapshot`].
-    pub fn save(&mut self) -> TransportState {
+    /// and returns the transport's and device's state, or why the device has none (its
+    /// disk did not flush: a snapshot then would lose writes the guest saw complete). Either
+    /// way the device stays stopped until [`MmioTransport::resume_after_snapshot`].
+    pub fn save(&mut self) -> Result<TransportState, String> {
         let (queues, device) = match self.worker.stop() {
             Some((queues, device)) => {
                 let saved = queues.iter().map(|q| q.state().into()).collect();
                 self.parked = Some(queues);
-                (saved, device)
+                (
+                    saved,
+                    device.map_err(|why| format!("{}: {why}", self.name))?,
+                )
             }
             None => (
                 self.queues.iter().map(|q| q.state().into()).collect(),
@@ -147,7 +151,7 @@ impl MmioTransport {
             ),
         };
         let (interrupt_status, needs_reset) = self.interrupt.state();
-        TransportState {
+        Ok(TransportState {
             device_type: self.device_type,
             status: self.status,
             acked: self.acked,
@@ -160,7 +164,7 @@ impl MmioTransport {
             active: self.parked.is_some(),
             queues,
             device,
-        }
+        })
     }
 
     /// Hands the queues [`MmioTransport::save`] took back to the device thread.
@@ -606,7 +610,7 @@ mod tests {
         assert!(wait_irq(&r.irq), "first request served");
         assert_eq!(drv.used_idx(&r.mem), 1);
 
-        let saved = r.t.save();
+        let saved = r.t.save().expect("the disk flushes");
         assert!(saved.active, "{saved:?}");
         assert!(!r.t.is_active(), "the device thread let go of the queues");
         assert_eq!(saved.queues[0].next_avail, 1);
@@ -832,5 +836,66 @@ mod tests {
         );
         wr(&mut r.t, VIRTIO_MMIO_STATUS, 0);
         assert!(!r.t.is_active(), "the parked thread joins on reset");
+    }
+
+    /// A device whose state cannot be had (its disk would not flush, say).
+    struct Unsaveable;
+
+    impl VirtioDevice for Unsaveable {
+        fn device_type(&self) -> u32 {
+            2
+        }
+        fn queue_max_sizes(&self) -> Vec<u16> {
+            vec![16]
+        }
+        fn features(&self) -> u64 {
+            1 << VIRTIO_F_VERSION_1
+        }
+        fn config_space(&self) -> Vec<u8> {
+            vec![0; 8]
+        }
+        fn process_queue(
+            &mut self,
+            _mem: &GuestMemoryMmap,
+            _queues: &mut [Queue],
+            _index: usize,
+        ) -> Result<bool, crate::devices::virtio::DeviceError> {
+            Ok(false)
+        }
+        fn save_state(&mut self) -> Result<crate::devices::virtio::persist::DeviceState, String> {
+            Err("flushing the disk: No space left on device".into())
+        }
+    }
+
+    /// A device that cannot give its state fails the transport's save (so no snapshot is
+    /// written without it), and its queues are still parked: it serves again after.
+    #[test]
+    fn a_device_without_its_state_fails_the_save_and_serves_again() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).expect("8 MiB");
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let notify = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let mut t = MmioTransport::new(
+            "test-unsaveable".into(),
+            mem,
+            Box::new(Unsaveable),
+            Arc::new(Interrupt::new(irq.try_clone().expect("clone"))),
+            vec![notify.try_clone().expect("clone")],
+        )
+        .expect("device thread starts");
+        let drv = DriverQueue::new(0, 16);
+        negotiate(&mut t, 0, 1 << (VIRTIO_F_VERSION_1 - 32));
+        setup_queue(&mut t, &drv, 16);
+        wr(&mut t, VIRTIO_MMIO_STATUS, ALL_OK);
+        assert!(t.is_active());
+        let saved = t.save();
+        assert!(
+            saved
+                .as_ref()
+                .is_err_and(|why| why.contains("test-unsaveable") && why.contains("No space")),
+            "{saved:?}"
+        );
+        assert!(!t.is_active(), "stopped for the snapshot all the same");
+        t.resume_after_snapshot();
+        assert!(t.is_active(), "serving again");
     }
 }

@@ -83,9 +83,11 @@ pub trait VirtioDevice: Send + 'static {
         index: usize,
     ) -> Result<bool, DeviceError>;
     /// What the device holds between requests, for a snapshot; called on its thread when a
-    /// session ends, after its last request. Durable devices flush here.
-    fn save_state(&mut self) -> persist::DeviceState {
-        persist::DeviceState::default()
+    /// session ends, after its last request. Durable devices flush here, and a flush that
+    /// fails is an error: a snapshot of a guest that saw its writes complete is only good
+    /// with those writes on the disk.
+    fn save_state(&mut self) -> Result<persist::DeviceState, String> {
+        Ok(persist::DeviceState::default())
     }
     /// Takes back what [`VirtioDevice::save_state`] gave, before serving restored queues.
     fn restore_state(&mut self, _state: &persist::DeviceState) {}

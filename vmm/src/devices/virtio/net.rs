@@ -215,13 +215,13 @@ impl VirtioDevice for Net {
         self.process_queue(mem, queues, RX)
     }
 
-    fn save_state(&mut self) -> DeviceState {
-        DeviceState {
+    fn save_state(&mut self) -> Result<DeviceState, String> {
+        Ok(DeviceState {
             limiters: vec![self.rx_limiter.state(), self.tx_limiter.state()],
             pending_frame: self
                 .rx_pending
                 .map(|len| self.rx_frame[..len.min(MAX_FRAME)].to_vec()),
-        }
+        })
     }
 
     fn restore_state(&mut self, state: &DeviceState) {

@@ -40,8 +40,8 @@ pub struct Activation {
 }
 
 /// What a session leaves when it ends: the queues (with their ring positions) and the
-/// device's own state.
-pub type Session = (Vec<Queue>, DeviceState);
+/// device's own state, or why it has none to give (a disk that would not flush).
+pub type Session = (Vec<Queue>, Result<DeviceState, String>);
 
 /// The transport's handle on its device thread.
 ///
