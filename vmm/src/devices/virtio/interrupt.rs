@@ -65,15 +65,41 @@ impl Interrupt {
         (self.status(), self.needs_reset())
     }
 
-    /// Takes a snapshot's InterruptStatus and reset request back. The line is not raised
-    /// again: the restored IOAPIC already holds whatever the guest had not taken.
+    /// Takes a snapshot's InterruptStatus and reset request back, and raises the line once
+    /// more if a bit is set. The restored IOAPIC need not hold that interrupt: KVM delivers
+    /// an irqfd's signal from a work item, which may run after the interrupt controllers
+    /// were read, and the guest would then wait for good on a request the device finished.
+    /// A second interrupt costs the guest one read of InterruptStatus.
     pub fn restore(&self, status: u32, needs_reset: bool) {
         self.status.store(status, Ordering::Release);
         self.needs_reset.store(needs_reset, Ordering::Release);
+        if status != 0 {
+            // Fails only with the counter at its maximum, when the line is pending anyway.
+            let _ = self.irqfd.write(1);
+        }
     }
 
     /// The irqfd, for registering with KVM.
     pub fn irqfd(&self) -> &EventFd {
         &self.irqfd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restored InterruptStatus with a bit set raises the line again; a clear one does
+    /// not.
+    #[test]
+    fn a_restored_pending_status_raises_the_line_again() {
+        let pending = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+        pending.restore(VIRTIO_MMIO_INT_VRING, false);
+        assert_eq!(pending.status(), VIRTIO_MMIO_INT_VRING);
+        assert_eq!(pending.irqfd().read().ok(), Some(1));
+
+        let quiet = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+        quiet.restore(0, false);
+        assert!(quiet.irqfd().read().is_err(), "nothing to raise");
     }
 }
