@@ -146,8 +146,11 @@ impl RateLimiter {
         }
     }
 
-    /// Starts from a snapshot's tokens (at most a full bucket; a bucket this limiter does
-    /// not have is ignored), refilling from now on.
+    /// Starts from a snapshot's tokens (at most a full bucket, at least a debt of
+    /// `u32::MAX` seconds of refill, an empty bucket for a value that is no number; a bucket
+    /// this limiter does not have is ignored), refilling from now on. The bounds keep every
+    /// wait this bucket computes a `Duration`: the state file's checksum finds corruption,
+    /// not a forged value.
     pub fn restore(&mut self, state: &super::persist::LimiterState) {
         let now = Instant::now();
         for (bucket, tokens) in [
@@ -155,7 +158,12 @@ impl RateLimiter {
             (&mut self.ops, state.ops_tokens),
         ] {
             if let (Some(bucket), Some(tokens)) = (bucket, tokens) {
-                bucket.tokens = tokens.min(bucket.rate);
+                let deepest = -f64::from(u32::MAX) * bucket.rate;
+                bucket.tokens = if tokens.is_finite() {
+                    tokens.clamp(deepest, bucket.rate)
+                } else {
+                    0.0
+                };
                 bucket.last = now;
             }
         }
@@ -214,6 +222,26 @@ mod tests {
             !fresh.consume(0),
             "the restored bucket is as empty as the saved one"
         );
+    }
+
+    /// A state file whose checksum was made to fit a forged token count (no number, or a
+    /// debt no request leaves) gives a limiter that still works: no wait it computes
+    /// panics, and what it keeps is finite and at most a full bucket.
+    #[test]
+    fn forged_restored_tokens_are_bounded() {
+        for forged in [f64::NAN, f64::NEG_INFINITY, f64::INFINITY, -1e30, 1e30] {
+            let mut l = RateLimiter::new(Some(1000), Some(5)).expect("timerfd");
+            l.restore(&crate::devices::virtio::persist::LimiterState {
+                bytes_tokens: Some(forged),
+                ops_tokens: Some(forged),
+            });
+            let _ = l.consume(4096);
+            let kept = l.state();
+            for tokens in [kept.bytes_tokens, kept.ops_tokens] {
+                let tokens = tokens.expect("both buckets");
+                assert!(tokens.is_finite() && tokens <= 1000.0, "{forged}: {tokens}");
+            }
+        }
     }
 
     #[test]
