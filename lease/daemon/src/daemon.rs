@@ -50,6 +50,11 @@ impl DaemonError {
 /// for it to end, and SIGKILLs it when it does not: a few seconds at worst).
 const STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Beyond the boot timeout, how long a stopping coinopd waits for a warm restore or a
+/// golden snapshot being built: the network set up before the VMM, the snapshot written
+/// after it.
+const BUILD_END_MARGIN: Duration = Duration::from_secs(5);
+
 /// fds kept out of the connections' budget: the ledger, logs, the slot pool, helpers.
 const FDS_FOR_COINOPD: u64 = 256;
 /// fds one lease holds at most (event pipe, control connection, pidfd, tap, console).
@@ -242,8 +247,12 @@ pub async fn serve(
             );
         }
     }
-    crate::warm_restores::WarmRestores::shutdown(&state).await;
-    // A build's task goes with the runtime; its VMM, no lease's, must not outlive coinopd.
+    // Builds run to their end (each bounded by the boot timeout), then what is left of
+    // them goes: a build's task goes with the runtime, and its VMM, no lease's, must not
+    // outlive coinopd.
+    let builds_limit = Duration::from_millis(state.config.boot_timeout_ms) + BUILD_END_MARGIN;
+    crate::warm_restores::WarmRestores::shutdown(&state, builds_limit).await;
+    state.golden.shutdown(builds_limit).await;
     end_golden_builds(&state, "stopping").await;
     let isolation = std::sync::Arc::clone(state.supervisor.isolation());
     let _ = tokio::task::spawn_blocking(move || isolation.shutdown_pool()).await;

@@ -39,6 +39,9 @@ pub mod point {
     /// it found it not answering); the VMM not yet killed, its confinement not yet
     /// removed. A [`delay`](super::delay) point only: a test can make that end late.
     pub const WARM_DISCARD: &str = "warm_discard";
+    /// A warm restore's VMM waits for its line, named in its marker, and is not yet in the
+    /// pool. A [`delay`](super::delay) point only: a test can stop coinopd there.
+    pub const WARM_BUILT: &str = "warm_built";
     /// A create's guest reported `guest_ready`; not yet marked running, no reply sent.
     pub const CREATE_GUEST_READY: &str = "create_guest_ready";
     /// A create's boot failed and its refund onto the request's outputs committed; the

@@ -152,8 +152,16 @@ impl Shape {
 pub struct GoldenSnapshots {
     root: PathBuf,
     vmm_bin: PathBuf,
+    /// The builds running, and whether more may start.
+    building: Mutex<Builds>,
+}
+
+#[derive(Debug, Default)]
+struct Builds {
     /// Keys being built (a second lease of the shape does not start another build).
-    building: Mutex<HashSet<String>>,
+    keys: HashSet<String>,
+    /// coinopd stops: no build starts.
+    stopping: bool,
 }
 
 impl GoldenSnapshots {
@@ -229,10 +237,13 @@ impl GoldenSnapshots {
     }
 
     /// Starts building `shape`'s snapshot for `key` in the background unless a build of it
-    /// runs already.
+    /// runs already, or coinopd stops.
     pub fn build_in_background(s: &Shared, shape: Shape, key: String) {
-        if !lock(&s.golden.building).insert(key.clone()) {
-            return;
+        {
+            let mut builds = lock(&s.golden.building);
+            if builds.stopping || !builds.keys.insert(key.clone()) {
+                return;
+            }
         }
         let s = s.clone();
         tokio::spawn(async move {
@@ -243,8 +254,24 @@ impl GoldenSnapshots {
                 Err(e) => tracing::warn!(image = %shape.image.name, error = %e,
                     "golden snapshot not built; leases of the image boot cold"),
             }
-            lock(&s.golden.building).remove(&key);
+            lock(&s.golden.building).keys.remove(&key);
         });
+    }
+
+    /// coinopd stops: no build starts from here, and the running ones are waited for up to
+    /// `limit` (each ends its VMM, done or failed). A build's task dropped with the runtime
+    /// before its VMM was named in its marker would leave that VMM running; the caller
+    /// ends those still named after this ([`end_builds`]).
+    pub async fn shutdown(&self, limit: Duration) {
+        lock(&self.building).stopping = true;
+        let deadline = tokio::time::Instant::now() + limit;
+        while !lock(&self.building).keys.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("golden snapshot builds still running {limit:?} into the shutdown");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Boots the image, snapshots it once ready, and puts the snapshot in place.

@@ -59,6 +59,8 @@ struct State {
     wanted: Option<Shape>,
     /// A filler task runs.
     filling: bool,
+    /// coinopd stops: nothing more is built.
+    stopping: bool,
 }
 
 /// The pool of warm restores.
@@ -99,6 +101,9 @@ impl WarmRestores {
         }
         let start = {
             let mut state = warm.state();
+            if state.stopping {
+                return;
+            }
             state.wanted = Some(shape.clone());
             !std::mem::replace(&mut state.filling, true)
         };
@@ -161,9 +166,27 @@ impl WarmRestores {
         n
     }
 
-    /// Gives up every warm VMM (coinopd stops: they are no lease's).
-    pub async fn shutdown(s: &Shared) {
-        s.warm.state().wanted = None;
+    /// Gives up every warm VMM (coinopd stops: they are no lease's), also one still being
+    /// built: the filler is waited for (it discards what it builds once nothing is wanted),
+    /// up to `limit`. A filler's task dropped with the runtime mid-build would leave its
+    /// VMM running, unbilled, until the next start ends it.
+    pub async fn shutdown(s: &Shared, limit: Duration) {
+        {
+            let mut state = s.warm.state();
+            state.stopping = true;
+            state.wanted = None;
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        while s.warm.state().filling {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::error!(
+                    "a warm restore was still being built {limit:?} into the shutdown; its \
+                     VMM is ended at the next start"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Self::evict(s, None).await;
     }
 }
@@ -364,6 +387,7 @@ async fn build(s: &Shared, shape: &Shape, snapshot: &Path) -> Result<Warm, Build
             if let Some(v) = ahead.vmm() {
                 let _ = std::fs::write(&marker, v.marker_text());
             }
+            crate::fault::delay(crate::fault::point::WARM_BUILT).await;
             Ok(Warm {
                 ahead,
                 snapshot: snapshot.to_path_buf(),

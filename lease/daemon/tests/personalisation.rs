@@ -513,6 +513,41 @@ async fn a_guest_stuck_after_its_line_fails_at_the_personalisation_bound() {
     d.shutdown().await;
 }
 
+/// coinopd stopping while a warm restore is being built (its VMM restored and named in its
+/// marker, not yet in the pool: held there by `warm_built`) waits for that build and ends
+/// its VMM before exiting: no guest outlives coinopd unbilled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_restore_being_built_at_shutdown_does_not_outlive_coinopd() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let delay = [("COINOPD_FAULT_DELAY", "warm_built:4000")];
+    let d = agent_daemon_env(state, &[], &delay).await;
+    let cold = create(&d, None).await;
+    assert_eq!(start_of(&cold), "cold", "{}", cold.reply);
+    wait_for(async || !snapshots(state).is_empty(), "the golden snapshot").await;
+    let restored = create(&d, None).await;
+    assert_eq!(start_of(&restored), "restore", "{}", restored.reply);
+    // Leases' VMMs outlive a coinopd by design (the next one adopts them): not these.
+    d.stop_lease(&cold.id, &cold.token).await;
+    d.stop_lease(&restored.id, &restored.token).await;
+    let (warm_id, warm_pid) = common::warm_restore::wait_for_one(state);
+    let warm = coinopd::vmm_process::VmmProcess::of(warm_pid).expect("the warm VMM runs");
+
+    let status = d.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "coinopd exits cleanly: {status:?}");
+    assert!(
+        !warm.is_running(),
+        "the warm VMM {warm_id} (pid {warm_pid}) ended with coinopd"
+    );
+    assert!(
+        common::guest_reaper::running_vmms(state).is_empty(),
+        "no VMM of this state directory runs"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_guest_without_its_line_never_counts_as_booted() {
     if !kvm_or_skip() {

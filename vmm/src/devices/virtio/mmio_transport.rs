@@ -630,7 +630,10 @@ mod tests {
         // The first request's interrupt was never acknowledged: the restored line is raised
         // again (the restored IOAPIC need not hold it).
         assert_ne!(rd(&restored.t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
-        assert!(wait_irq(&restored.irq), "the pending interrupt raised again");
+        assert!(
+            wait_irq(&restored.irq),
+            "the pending interrupt raised again"
+        );
         restored.irq.read().expect("one raise");
         assert_eq!(rd(&restored.t, VIRTIO_MMIO_STATUS), ALL_OK);
         wr(&mut restored.t, VIRTIO_MMIO_QUEUE_SEL, 0);
