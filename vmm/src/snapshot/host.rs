@@ -69,14 +69,36 @@ fn stable_words(e: &kvm_bindings::kvm_cpuid_entry2) -> [u32; 7] {
     [e.function, e.index, e.flags, eax, ebx, ecx, edx]
 }
 
-/// The MSRs KVM can save and restore (KVM_GET_MSR_INDEX_LIST).
+/// The memory-type range registers KVM emulates for a guest but leaves out of
+/// KVM_GET_MSR_INDEX_LIST: MTRRdefType (a cold boot sets it to write-back, enabled), the
+/// eight variable-range base/mask pairs and the eleven fixed-range registers. Without them
+/// a restored vCPU would read MTRRs off (every range uncached). MTRRcap is read-only, so
+/// not written back.
+const MTRR_MSRS: [u32; 28] = [
+    0x2ff, // MTRRdefType
+    0x200, 0x201, 0x202, 0x203, 0x204, 0x205, 0x206, 0x207, // variable ranges 0-3
+    0x208, 0x209, 0x20a, 0x20b, 0x20c, 0x20d, 0x20e, 0x20f, // variable ranges 4-7
+    0x250, 0x258, 0x259, // fixed: 64K_00000, 16K_80000, 16K_A0000
+    0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f, // fixed: 4K_C0000-4K_F8000
+];
+
+/// The MSRs a snapshot saves and restores: those KVM lists (KVM_GET_MSR_INDEX_LIST) and
+/// the MTRRs. A vCPU that cannot read one of them (its CPUID lacks the feature) leaves it
+/// out of its saved state.
 pub fn msr_indices(kvm: &Kvm) -> Result<Vec<u32>, Error> {
-    kvm.get_msr_index_list()
+    let mut indices = kvm
+        .get_msr_index_list()
         .map(|list| list.as_slice().to_vec())
         .map_err(|source| Error {
             call: "KVM_GET_MSR_INDEX_LIST",
             source,
-        })
+        })?;
+    for msr in MTRR_MSRS {
+        if !indices.contains(&msr) {
+            indices.push(msr);
+        }
+    }
+    Ok(indices)
 }
 
 #[cfg(test)]

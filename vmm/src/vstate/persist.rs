@@ -446,6 +446,7 @@ mod tests {
     /// IA32_TSC and kvmclock's MSR_KVM_SYSTEM_TIME_NEW.
     const MSR_TSC: u32 = 0x10;
     const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
+    const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 
     fn kvm_or_skip() -> Option<kvm_ioctls::Kvm> {
         if !std::path::Path::new("/dev/kvm").exists() {
@@ -503,6 +504,11 @@ mod tests {
         let indices: Vec<u32> = saved.msrs.iter().map(|m| m.index).collect();
         assert!(indices.contains(&MSR_TSC), "{indices:x?}");
         assert!(indices.contains(&MSR_KVM_SYSTEM_TIME_NEW), "{indices:x?}");
+        assert_eq!(
+            msr(&saved, MSR_MTRR_DEF_TYPE),
+            Some(0x806),
+            "MTRRs on, write-back by default, as the cold boot set them"
+        );
         assert_eq!(saved.events.nmi.pending, 1, "the NMI is saved as pending");
         // As a guest that enabled asynchronous page faults (delivered as interrupts, data at
         // 0x5000) would have it saved.
@@ -538,6 +544,7 @@ mod tests {
             msr(&back, MSR_TSC).expect("tsc"),
         );
         assert!(now >= was, "TSC went back: {was} → {now}");
+        assert_eq!(msr(&back, MSR_MTRR_DEF_TYPE), Some(0x806));
         if msr(&saved, MSR_KVM_ASYNC_PF_EN).is_some() {
             assert_eq!(
                 msr(&back, MSR_KVM_ASYNC_PF_EN),
