@@ -410,7 +410,16 @@ pub fn remove_left_overs(s: &Shared) {
         let Some(id) = entry.file_name().to_str().map(String::from) else {
             continue;
         };
-        let is_lease = matches!(s.ledger.get(&id), Ok(Some(_)));
+        let is_lease = match s.ledger.get(&id) {
+            Ok(found) => found.is_some(),
+            Err(e) => {
+                // Unknown is not "no lease": a lease committed just before a crash owns
+                // this VMM, and killing it would end a paid guest. Kept for the next start.
+                tracing::error!(lease = %id, error = %e,
+                    "cannot tell whether a warm restore's VMM is a lease's; leaving it");
+                continue;
+            }
+        };
         if !is_lease {
             let recorded = std::fs::read_to_string(entry.path())
                 .ok()
