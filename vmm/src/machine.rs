@@ -86,9 +86,9 @@ impl ControlTarget for Machine {
 
     fn snapshot(&self, dir: &str, exit: bool) -> Result<VmState, String> {
         let was_paused = self.run_state.requested() == Requested::Paused;
-        let taken = self
-            .snapshots
-            .take(&self.run_state, self.vcpus, std::path::Path::new(dir));
+        let taken =
+            self.snapshots
+                .take(&self.run_state, self.vcpus, std::path::Path::new(dir), exit);
         if exit && taken.is_ok() {
             // The caller stops the VM once the reply is out; the vCPUs stay parked.
             return Ok(VmState::Stopping);

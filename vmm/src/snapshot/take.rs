@@ -64,15 +64,27 @@ pub struct Taker {
 impl Taker {
     /// Pauses the guest (it stays paused: the caller resumes or stops it) and writes the
     /// snapshot into `dir`. The virtio device threads are stopped while memory is written
-    /// (a NIC would otherwise keep receiving into it) and serve again afterwards.
-    pub fn take(&self, run_state: &RunState, vcpus: usize, dir: &Path) -> Result<(), Error> {
+    /// (a NIC would otherwise keep receiving into it) and serve again afterwards, unless
+    /// the VMM exits after this snapshot (`then_exit`): a device serving in those last
+    /// moments would consume requests the snapshot records as not yet taken (a held-back
+    /// disk write, a frame to send, one read from the tap), and every restore would serve
+    /// them a second time.
+    pub fn take(
+        &self,
+        run_state: &RunState,
+        vcpus: usize,
+        dir: &Path,
+        then_exit: bool,
+    ) -> Result<(), Error> {
         run_state.pause(vcpus, crate::machine::PAUSE_TIMEOUT)?;
         let taken = self
             .mmio
             .save_all()
             .map_err(Error::DeviceState)
             .and_then(|virtio| self.save_parked(run_state, dir, virtio));
-        self.mmio.resume_all();
+        if !(then_exit && taken.is_ok()) {
+            self.mmio.resume_all();
+        }
         taken
     }
 
