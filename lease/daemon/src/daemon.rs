@@ -211,8 +211,20 @@ pub async fn serve(
     // slot pool remove their networks, jails and cgroups.
     let s2 = state.clone();
     let _ = tokio::task::spawn_blocking(move || crate::warm_restores::remove_left_overs(&s2)).await;
-    // So are golden snapshot builds an earlier coinopd died in.
+    // So are golden snapshot builds an earlier coinopd died in: those named in a marker,
+    // then whatever is left under a build's id.
     end_golden_builds(&state, "started").await;
+    let s2 = state.clone();
+    let unnamed =
+        tokio::task::spawn_blocking(move || crate::golden_snapshot::remove_left_over_builds(&s2))
+            .await
+            .unwrap_or(0);
+    if unnamed > 0 {
+        tracing::info!(
+            killed = unnamed,
+            "coinopd started: ended golden snapshot builds' VMMs no marker named"
+        );
+    }
     let isolation = std::sync::Arc::clone(state.supervisor.isolation());
     let _ = tokio::task::spawn_blocking(move || isolation.sweep_left_overs()).await;
     state.supervisor.isolation().start_pool();

@@ -147,6 +147,10 @@ impl Shape {
     }
 }
 
+/// How a golden build's id (its jail's, cgroup's and control socket's name) starts; no
+/// lease id does (those start with `l`).
+const BUILD_ID_PREFIX: &str = "golden-";
+
 /// The golden snapshots under `STATE/snapshots`, and the builds running.
 #[derive(Debug)]
 pub struct GoldenSnapshots {
@@ -304,7 +308,7 @@ impl GoldenSnapshots {
         // building the same image would otherwise share one cgroup, whose limits (memory,
         // tasks, CPU) are one guest's, with two VMMs in it.
         let id = format!(
-            "golden-{}-{}",
+            "{BUILD_ID_PREFIX}{}-{}",
             &key[..12],
             &crate::token::new_lease_id()[1..9]
         );
@@ -498,6 +502,37 @@ pub fn end_builds(snapshot_dir: &Path) -> usize {
     for (marker, staging) in build_markers(snapshot_dir) {
         killed += usize::from(end_build_vmm(&marker));
         let _ = std::fs::remove_dir_all(staging);
+    }
+    killed
+}
+
+/// At start, after [`end_builds`]: what golden builds an earlier coinopd died in left under
+/// their ids (`golden-...`, found by their jail roots): the VMM still in the build's cgroup
+/// (a coinopd that died between the spawn and the marker's write named none), then its
+/// jail root, cgroup, control socket, network and overlay. Returns how many VMMs it ended.
+pub fn remove_left_over_builds(s: &Shared) -> usize {
+    let Ok(entries) = std::fs::read_dir(s.config.jail_dir()) else {
+        return 0;
+    };
+    let isolation = s.supervisor.isolation();
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let Some(id) = entry
+            .file_name()
+            .to_str()
+            .filter(|n| n.starts_with(BUILD_ID_PREFIX))
+            .map(String::from)
+        else {
+            continue;
+        };
+        for pid in isolation.vmms_in_cgroup(&id) {
+            if let Some(v) = VmmProcess::of(pid) {
+                killed += usize::from(v.kill_and_wait());
+            }
+        }
+        isolation.readopt(&id, GuestPaths::for_lease(&s.config.run_dir(), &id).control);
+        isolation.release(&id);
+        tracing::info!(build = %id, "removed a golden snapshot build an earlier coinopd left");
     }
     killed
 }

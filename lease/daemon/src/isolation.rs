@@ -358,6 +358,17 @@ impl Isolation {
         self.leases().contains_key(lease_id)
     }
 
+    /// The live `coinop-vmm` processes in the cgroup coinopd made for `id`.
+    pub fn vmms_in_cgroup(&self, id: &str) -> Vec<i32> {
+        let Ok(Some(slot)) = self.cgroups.reopen_slot(id) else {
+            return Vec::new();
+        };
+        crate::vmm_process::cgroup_pids(slot.dirs())
+            .into_iter()
+            .filter(|&p| crate::guest_stop::vmm_running(p))
+            .collect()
+    }
+
     /// Finds the jail and cgroup an earlier coinopd left for a re-adopted guest whose
     /// control socket is at `control`.
     pub fn readopt(&self, lease_id: &str, control: PathBuf) {

@@ -428,26 +428,21 @@ pub fn remove_left_overs(s: &Shared) {
             if let Some(v) = recorded.filter(VmmProcess::is_running) {
                 killed += usize::from(v.kill_and_wait());
             }
-            for pid in in_cgroup(s, &id) {
+            for pid in s.supervisor.isolation().vmms_in_cgroup(&id) {
                 if let Some(v) = VmmProcess::of(pid) {
                     killed += usize::from(v.kill_and_wait());
                 }
             }
+            // Its jail root and cgroup too (the slot pool's markers name those of pooled
+            // slots only, and this one may have been built on its own), with whatever else
+            // is left under its id: control socket, network, overlay.
+            let isolation = s.supervisor.isolation();
+            isolation.readopt(&id, GuestPaths::for_lease(&s.config.run_dir(), &id).control);
+            isolation.release(&id);
             tracing::info!(lease = %id, killed, "removed a warm restore an earlier coinopd left");
         }
         let _ = std::fs::remove_file(entry.path());
     }
-}
-
-/// The live `coinop-vmm` processes in the cgroup coinopd made for `id`.
-fn in_cgroup(s: &Shared, id: &str) -> Vec<i32> {
-    let Ok(Some(slot)) = s.supervisor.isolation().cgroups.reopen_slot(id) else {
-        return Vec::new();
-    };
-    crate::vmm_process::cgroup_pids(slot.dirs())
-        .into_iter()
-        .filter(|&p| crate::guest_stop::vmm_running(p))
-        .collect()
 }
 
 #[cfg(test)]

@@ -251,8 +251,11 @@ pub fn restore_vcpu(vcpu: &VcpuFd, index: u8, state: &VcpuState) -> Result<(), E
     vcpu.set_regs(&state.regs).map_err(err("KVM_SET_REGS"))?;
     vcpu.set_sregs(&sregs_to_load(state))
         .map_err(err("KVM_SET_SREGS"))?;
-    // SAFETY: the kvm_xsave came from KVM_GET_XSAVE and is the full 4 KiB legacy area
-    // KVM_SET_XSAVE reads; no larger (XSAVE2) area was saved, so none is expected.
+    // SAFETY: KVM_SET_XSAVE reads as many bytes as the vCPU's XSAVE area has for this
+    // process (guest_fpu.uabi_size), not as many as the caller holds. That is the 4 KiB
+    // of kvm_xsave unless the process was granted dynamic guest XSTATE (AMX tiles) with
+    // arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM), which coinop-vmm never asks for: so KVM reads
+    // within this 4 KiB kvm_xsave, which is whole (KVM_GET_XSAVE filled it).
     unsafe { vcpu.set_xsave(&state.xsave) }.map_err(err("KVM_SET_XSAVE"))?;
     vcpu.set_xcrs(&state.xcrs).map_err(err("KVM_SET_XCRS"))?;
     vcpu.set_debug_regs(&state.debug_regs)
