@@ -687,16 +687,29 @@ async fn netns_restart_at(at: &str, stale_key: Option<&str>) {
 }
 
 /// A warm restore (a VMM restored ahead of any lease, waiting for its line) that a killed
-/// coinopd leaves is no lease's: the next coinopd ends it, and removes its marker, before
-/// it serves; the leases' guests run on, adopted.
+/// coinopd leaves is no lease's: the next coinopd ends it, and removes its marker and its
+/// jail root, before it serves; the leases' guests run on, adopted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_restore_left_by_a_killed_coinopd_is_ended_at_the_next_start() {
+    warm_restore_left_by_a_killed_coinopd(&[]).await;
+}
+
+/// The same with no slot pool: the warm VMM's jail and cgroup were built for it alone, so
+/// no pool marker names them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpooled_warm_restore_left_by_a_killed_coinopd_leaves_no_jail() {
+    warm_restore_left_by_a_killed_coinopd(&["--jail-pool", "0"]).await;
+}
+
+async fn warm_restore_left_by_a_killed_coinopd(extra: &[&str]) {
     if !kvm_or_skip() {
         return;
     }
     let dir = StateDir::new();
     let image = agent_image(true);
-    let d = Daemon::spawn(dir.path(), &["--image", &image], &[]).await;
+    let mut args = vec!["--image", image.as_str()];
+    args.extend_from_slice(extra);
+    let d = Daemon::spawn(dir.path(), &args, &[]).await;
     let mut leases = Vec::new();
     for _ in 0..2 {
         let proofs = d.mint_credit(20).await;
@@ -717,12 +730,19 @@ async fn a_warm_restore_left_by_a_killed_coinopd_is_ended_at_the_next_start() {
     d.kill9();
     assert!(warm.is_running(), "a VMM outlives its coinopd");
 
-    let d = Daemon::spawn(dir.path(), &["--image", &image], &[]).await;
+    let jailed = dir.path().join("jail").join(&warm_id).exists();
+    assert_eq!(jailed, nix::unistd::geteuid().is_root(), "jails need root");
+
+    let d = Daemon::spawn(dir.path(), &args, &[]).await;
     // Ended before the socket was bound.
     assert!(!warm.is_running(), "the warm restore ended at the start");
     assert!(
         !dir.path().join("warm").join(&warm_id).exists(),
         "its marker removed"
+    );
+    assert!(
+        !dir.path().join("jail").join(&warm_id).exists(),
+        "its jail root removed"
     );
     let ledger = Ledger::open(&dir.path().join("ledger.db")).expect("open ledger");
     assert!(
@@ -738,11 +758,37 @@ async fn a_warm_restore_left_by_a_killed_coinopd_is_ended_at_the_next_start() {
     d.shutdown().await;
 }
 
+/// The jail roots of golden snapshot builds (`STATE/jail/golden-*`).
+fn golden_jails(state: &Path) -> Vec<String> {
+    std::fs::read_dir(state.join("jail"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(String::from))
+                .filter(|n| n.starts_with("golden-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A golden snapshot build's VMM is no lease's, so nothing re-adopts it. A coinopd that
 /// dies while one runs leaves it to nobody, and the next coinopd ends it before it serves.
 /// The marker that named it and the build's staging directory go with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_golden_build_left_by_a_crashed_coinopd_is_ended_at_the_next_start() {
+    golden_build_left_by_a_crashed_coinopd(true).await;
+}
+
+/// The same for a coinopd that died after the build's spawn but before its marker named
+/// the VMM (the marker removed here to make that window): the VMM is found in the build's
+/// cgroup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_golden_build_no_marker_names_is_ended_at_the_next_start() {
+    golden_build_left_by_a_crashed_coinopd(false).await;
+}
+
+/// `named`: whether the build's marker survives to the restart.
+async fn golden_build_left_by_a_crashed_coinopd(named: bool) {
     if !kvm_or_skip() {
         return;
     }
@@ -773,6 +819,21 @@ async fn a_golden_build_left_by_a_crashed_coinopd_is_ended_at_the_next_start() {
     let staging = marker.with_extension("");
     assert!(staging.is_dir(), "{}", staging.display());
     assert!(vmm.is_running(), "the build's VMM outlives its coinopd");
+    let jailed = nix::unistd::geteuid().is_root();
+    assert_eq!(
+        golden_jails(dir.path()).len(),
+        usize::from(jailed),
+        "its jail root"
+    );
+    if !named {
+        if !jailed {
+            // Without a jail nothing names a build's VMM but its marker.
+            common::skipped("an unnamed golden build is found by its jail root, which needs root");
+            let _ = vmm.kill_and_wait();
+            return;
+        }
+        std::fs::remove_file(&marker).expect("the marker removed");
+    }
 
     let d = Daemon::spawn(dir.path(), &["--image", &image], &[]).await;
     // Ended before the socket was bound.
@@ -781,7 +842,10 @@ async fn a_golden_build_left_by_a_crashed_coinopd_is_ended_at_the_next_start() {
         "the golden build's VMM ended at the start"
     );
     assert!(!marker.exists(), "its marker removed");
-    assert!(!staging.exists(), "its staging directory removed");
+    if named {
+        assert!(!staging.exists(), "its staging directory removed");
+    }
+    assert!(golden_jails(dir.path()).is_empty(), "its jail root removed");
     d.shutdown().await;
 }
 
