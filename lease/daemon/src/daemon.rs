@@ -211,20 +211,8 @@ pub async fn serve(
     // slot pool remove their networks, jails and cgroups.
     let s2 = state.clone();
     let _ = tokio::task::spawn_blocking(move || crate::warm_restores::remove_left_overs(&s2)).await;
-    // So are golden snapshot builds an earlier coinopd died in: those named in a marker,
-    // then whatever is left under a build's id.
+    // So are golden snapshot builds an earlier coinopd died in.
     end_golden_builds(&state, "started").await;
-    let s2 = state.clone();
-    let unnamed =
-        tokio::task::spawn_blocking(move || crate::golden_snapshot::remove_left_over_builds(&s2))
-            .await
-            .unwrap_or(0);
-    if unnamed > 0 {
-        tracing::info!(
-            killed = unnamed,
-            "coinopd started: ended golden snapshot builds' VMMs no marker named"
-        );
-    }
     let isolation = std::sync::Arc::clone(state.supervisor.isolation());
     let _ = tokio::task::spawn_blocking(move || isolation.sweep_left_overs()).await;
     state.supervisor.isolation().start_pool();
@@ -271,13 +259,19 @@ pub async fn serve(
     Ok(())
 }
 
-/// Ends the golden snapshot builds' VMMs ([`crate::golden_snapshot::end_builds`]), saying
-/// so when there were any; `when` is for the log.
+/// Ends the golden snapshot builds' VMMs, those their markers name
+/// ([`crate::golden_snapshot::end_builds`]) and then any other left under a build's id,
+/// whose confinement goes too ([`crate::golden_snapshot::remove_left_over_builds`]),
+/// saying so when there were any; `when` is for the log. Only when no build runs: at
+/// start, and at a stop once the builds were waited for.
 async fn end_golden_builds(state: &Shared, when: &'static str) {
-    let dir = state.config.snapshot_dir();
-    let killed = tokio::task::spawn_blocking(move || crate::golden_snapshot::end_builds(&dir))
-        .await
-        .unwrap_or(0);
+    let s = state.clone();
+    let killed = tokio::task::spawn_blocking(move || {
+        crate::golden_snapshot::end_builds(&s.config.snapshot_dir())
+            + crate::golden_snapshot::remove_left_over_builds(&s)
+    })
+    .await
+    .unwrap_or(0);
     if killed > 0 {
         tracing::info!(killed, "coinopd {when}: ended golden snapshot builds' VMMs");
     }

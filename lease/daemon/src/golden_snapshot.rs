@@ -506,10 +506,11 @@ pub fn end_builds(snapshot_dir: &Path) -> usize {
     killed
 }
 
-/// At start, after [`end_builds`]: what golden builds an earlier coinopd died in left under
-/// their ids (`golden-...`, found by their jail roots): the VMM still in the build's cgroup
-/// (a coinopd that died between the spawn and the marker's write named none), then its
-/// jail root, cgroup, control socket, network and overlay. Returns how many VMMs it ended.
+/// After [`end_builds`], at start or at the end of a stop: what golden builds (an earlier
+/// coinopd died in, or this one gave up waiting for) left under their ids (`golden-...`,
+/// found by their jail roots): the VMM still in the build's cgroup (a coinopd that died
+/// between the spawn and the marker's write named none), then its jail root, cgroup,
+/// control socket, network and overlay. Returns how many VMMs it ended.
 pub fn remove_left_over_builds(s: &Shared) -> usize {
     let Ok(entries) = std::fs::read_dir(s.config.jail_dir()) else {
         return 0;
@@ -530,7 +531,12 @@ pub fn remove_left_over_builds(s: &Shared) -> usize {
                 killed += usize::from(v.kill_and_wait());
             }
         }
-        isolation.readopt(&id, GuestPaths::for_lease(&s.config.run_dir(), &id).control);
+        // A build this coinopd started (a stop that gave up waiting for it) has its
+        // confinement registered, its jail's uid still claimed; an earlier coinopd's is
+        // found on disk.
+        if !isolation.knows(&id) {
+            isolation.readopt(&id, GuestPaths::for_lease(&s.config.run_dir(), &id).control);
+        }
         isolation.release(&id);
         tracing::info!(build = %id, "removed a golden snapshot build an earlier coinopd left");
     }

@@ -883,6 +883,10 @@ async fn a_coinopd_that_stops_mid_build_ends_the_golden_builds_vmm() {
         "the golden build's VMM ended with coinopd"
     );
     assert!(!marker.exists(), "its marker removed");
+    assert!(
+        golden_jails(dir.path()).is_empty(),
+        "its jail root (and cgroup) removed"
+    );
     assert!(!has_snapshot(dir.path()), "no snapshot was put in place");
 }
 
