@@ -1,6 +1,6 @@
 //! Teardown for tests that start coinopd: a state directory that, when dropped (also when
 //! the test panics), kills every coinop-vmm the daemons on it started and removes their
-//! cgroups. Guests deliberately outlive a coinopd (re-adoption), so ending the daemon is
+//! cgroups and those of the slots they built ahead. Guests deliberately outlive a coinopd (re-adoption), so ending the daemon is
 //! not enough; the state directory is what a test's guests belong to.
 //!
 //! A VMM belongs to the directory when its command line names a path inside it (an
@@ -146,14 +146,27 @@ pub fn reap_guests(state_dir: &Path) -> Vec<i32> {
     pids
 }
 
-/// Removes the (now empty) cgroups a daemon left for the directory's leases.
+/// Removes the (now empty) cgroups a daemon left for the directory: its leases', its warm
+/// restores', its slot pool's (`pool/ID` markers: a killed daemon leaves its parked slots)
+/// and every jailed VMM's (`jail/ID` roots, golden snapshot builds' too).
 fn remove_cgroups(state_dir: &Path) {
-    let leases = leases(state_dir);
-    if leases.is_empty() {
+    let mut ids: Vec<String> = leases(state_dir).into_iter().map(|(id, _)| id).collect();
+    for dir in ["pool", "jail"] {
+        if let Ok(entries) = std::fs::read_dir(state_dir.join(dir)) {
+            ids.extend(
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(String::from)),
+            );
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() {
         return;
     }
     let cgroups = coinop_host::cgroup::detect(coinopd::isolation::CGROUP_PARENT);
-    for (id, _) in leases {
+    for id in ids {
         if let Ok(Some(slot)) = cgroups.reopen_slot(&id) {
             let dirs: Vec<PathBuf> = slot.dirs().to_vec();
             if slot.remove().is_err() {
