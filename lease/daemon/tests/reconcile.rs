@@ -620,6 +620,18 @@ async fn an_unanswering_vmm_does_not_delay_the_other_leases_metering() {
     )
     .await;
 
+    // A reading the VMM sent just before it stopped may still be on its way to the ledger:
+    // once a tick has found the VMM not answering, the ticks before it (one at a time)
+    // have committed theirs.
+    // (The other VMM answers: the warning is the stopped one's.)
+    wait_for(
+        async || {
+            d.log()
+                .contains("no usage reading within the tick's deadline")
+        },
+        "a tick that found the stopped VMM not answering",
+    )
+    .await;
     // Readings of the other lease over 4 s: one per tick, i.e. one per read deadline at
     // worst (250 ms), where waiting out the stopped VMM would give one per 2 s.
     let stuck_before = row(dir.path(), &stuck.id).last_uptime_us;
