@@ -77,25 +77,20 @@ impl Taker {
         then_exit: bool,
     ) -> Result<(), Error> {
         run_state.pause(vcpus, crate::machine::PAUSE_TIMEOUT)?;
-        let taken = self
-            .mmio
-            .save_all()
-            .map_err(Error::DeviceState)
-            .and_then(|virtio| self.save_parked(run_state, dir, virtio));
+        let taken = self.save_parked(run_state, dir);
+        // Devices not stopped yet (a vCPU failed first) just go on serving.
         if !(then_exit && taken.is_ok()) {
             self.mmio.resume_all();
         }
         taken
     }
 
-    /// With vCPUs parked and devices stopped: collects the vCPUs', VM's and devices' state
-    /// and writes the directory.
-    fn save_parked(
-        &self,
-        run_state: &RunState,
-        dir: &Path,
-        virtio: Vec<crate::devices::virtio::persist::TransportState>,
-    ) -> Result<(), Error> {
+    /// With vCPUs parked: collects the vCPUs' state, then stops the virtio devices and
+    /// collects theirs, then the port devices' and the VM's, and writes the directory. The
+    /// vCPUs go first because saving one completes the I/O exit it was in (the second half
+    /// of a split MMIO access, say), which may still change a device's registers: captured
+    /// before, the snapshot would hold the device as it was before that access.
+    fn save_parked(&self, run_state: &RunState, dir: &Path) -> Result<(), Error> {
         let fingerprint = host::fingerprint(&self.kvm)?;
         self.saves.prepare(host::msr_indices(&self.kvm)?);
         run_state.request_save();
@@ -106,6 +101,7 @@ impl Taker {
             .into_iter()
             .collect::<Result<Vec<_>, String>>()
             .map_err(Error::Vcpu)?;
+        let virtio = self.mmio.save_all().map_err(Error::DeviceState)?;
         let state = MachineState {
             mem_mib: self.mem_mib,
             vcpus: saved,
