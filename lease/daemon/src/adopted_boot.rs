@@ -88,8 +88,9 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
     let control = PathBuf::from(&l.control_path);
     let (s, id) = (s.clone(), l.id.clone());
     let timeout = Duration::from_millis(s.config.boot_timeout_ms);
+    let bound = Duration::from_millis(s.config.personalise_timeout_ms);
     tokio::spawn(async move {
-        let deadline = Instant::now() + timeout;
+        let mut deadline = Instant::now() + timeout;
         let mut p = progress;
         let mut warned = false;
         let (progress, gone) = loop {
@@ -99,6 +100,9 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
                 let asked = p.personalised_us.is_some() || p.awaiting_personalisation_us.is_some();
                 if asked && deliver(&s, &id, &control, line, &p, &mut warned).await {
                     owed = None;
+                    // From here the guest only has to apply its line, as after a create's
+                    // send (when the dead coinopd sent it, it has had that long already).
+                    deadline = deadline.min(Instant::now() + bound);
                 }
             }
             tokio::time::sleep(POLL).await;
@@ -112,6 +116,7 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
             boot_failed(&s, &id, vmm)
         } else if agent && progress.guest_ready_us.is_none() {
             tracing::warn!(lease = %id, timeout_ms = timeout.as_millis() as u64,
+                personalise_timeout_ms = bound.as_millis() as u64,
                 personalised = progress.personalised_us.is_some(),
                 "an adopted agent guest did not report guest_ready in time; its boot failed");
             boot_timed_out(&s, &id, &record, progress)

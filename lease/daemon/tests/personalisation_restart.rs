@@ -384,23 +384,48 @@ async fn a_restored_guest_awaiting_its_line_gets_it_from_the_restarted_coinopd()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adopted_agent_guest_never_ready_fails_its_boot_unbilled() {
+    adopted_agent_guest_never_ready(&["--boot-timeout-ms", "1500"]).await;
+}
+
+/// The same under a long boot timeout: once the restarted coinopd has handed the guest its
+/// line, the guest gets `--personalise-timeout-ms` (1 s) to be ready, as after a create's,
+/// and the create's retry has its answer long before the 30 s boot timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_agent_guest_stuck_after_its_line_fails_at_the_personalisation_bound() {
+    let took = adopted_agent_guest_never_ready(&[
+        "--boot-timeout-ms",
+        "30000",
+        "--personalise-timeout-ms",
+        "1000",
+    ])
+    .await;
+    assert!(
+        took < Some(std::time::Duration::from_secs(10)),
+        "the retry took {took:?}"
+    );
+}
+
+/// A guest whose coinopd died before its line, paused (it takes a line but runs nothing):
+/// the restarted coinopd (with `extra`) fails its boot unbilled, and the create's retry
+/// answers with the failed lease. Returns how long that retry took (`None`: skipped).
+async fn adopted_agent_guest_never_ready(extra: &[&str]) -> Option<std::time::Duration> {
     if !kvm_or_skip() {
-        return;
+        return None;
     }
     let dir = StateDir::new();
     let o = create_into_crash_at(dir.path(), point::CREATE_AWAITING_PERSONALISATION).await;
     let paused = vmm_protocol::client::set_state(&o.control, Request::Pause).await;
     assert!(paused.is_ok(), "{paused:?}");
 
-    let d = Daemon::spawn(
-        dir.path(),
-        &["--image", &agent_image(false), "--boot-timeout-ms", "1500"],
-        &[],
-    )
-    .await;
+    let image = agent_image(false);
+    let mut args = vec!["--image", image.as_str()];
+    args.extend_from_slice(extra);
+    let d = Daemon::spawn(dir.path(), &args, &[]).await;
+    let asked = std::time::Instant::now();
     let r = d
         .call("POST", "/v1/leases", None, Some(o.body.clone()))
         .await;
+    let took = asked.elapsed();
     assert_eq!(r.status, 200, "{}", r.text());
     // The retry waited for the adopted boot, which failed: the lease as it ended.
     assert_eq!(r.json()["state"], "stopped", "{}", r.text());
@@ -430,6 +455,7 @@ async fn an_adopted_agent_guest_never_ready_fails_its_boot_unbilled() {
     assert!(log.contains("its boot failed"), "{log}");
     books_balance(dir.path(), &o.id);
     d.shutdown().await;
+    Some(took)
 }
 
 /// A real coinopd process in a network namespace: a new one (`netns: None`), or the one
