@@ -526,18 +526,9 @@ pub fn remove_left_over_builds(s: &Shared) -> usize {
         else {
             continue;
         };
-        for pid in isolation.vmms_in_cgroup(&id) {
-            if let Some(v) = VmmProcess::of(pid) {
-                killed += usize::from(v.kill_and_wait());
-            }
-        }
-        // A build this coinopd started (a stop that gave up waiting for it) has its
-        // confinement registered, its jail's uid still claimed; an earlier coinopd's is
-        // found on disk.
-        if !isolation.knows(&id) {
-            isolation.readopt(&id, GuestPaths::for_lease(&s.config.run_dir(), &id).control);
-        }
-        isolation.release(&id);
+        // A build this coinopd gave up waiting for has its confinement registered.
+        killed +=
+            isolation.end_left_over(&id, GuestPaths::for_lease(&s.config.run_dir(), &id).control);
         tracing::info!(build = %id, "removed a golden snapshot build an earlier coinopd left");
     }
     killed

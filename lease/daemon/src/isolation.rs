@@ -358,15 +358,28 @@ impl Isolation {
         self.leases().contains_key(lease_id)
     }
 
-    /// The live `coinop-vmm` processes in the cgroup coinopd made for `id`.
-    pub fn vmms_in_cgroup(&self, id: &str) -> Vec<i32> {
-        let Ok(Some(slot)) = self.cgroups.reopen_slot(id) else {
-            return Vec::new();
-        };
-        crate::vmm_process::cgroup_pids(slot.dirs())
-            .into_iter()
-            .filter(|&p| crate::guest_stop::vmm_running(p))
-            .collect()
+    /// Ends what is left under `id`, which no lease owns (a warm restore or a golden build
+    /// that a coinopd gave up or died with): every `coinop-vmm` still in its cgroup is
+    /// killed and waited for, then its jail root, cgroup, control socket (`control`),
+    /// network and overlay go. Its confinement is this coinopd's when registered (its uid
+    /// still claimed), else found on disk. Blocking; returns how many VMMs it killed.
+    pub fn end_left_over(&self, id: &str, control: PathBuf) -> usize {
+        let mut killed = 0;
+        if let Ok(Some(slot)) = self.cgroups.reopen_slot(id) {
+            let vmms = crate::vmm_process::cgroup_pids(slot.dirs())
+                .into_iter()
+                .filter(|&p| crate::guest_stop::vmm_running(p));
+            for pid in vmms {
+                if let Some(v) = crate::vmm_process::VmmProcess::of(pid) {
+                    killed += usize::from(v.kill_and_wait());
+                }
+            }
+        }
+        if !self.knows(id) {
+            self.readopt(id, control);
+        }
+        self.release(id);
+        killed
     }
 
     /// Finds the jail and cgroup an earlier coinopd left for a re-adopted guest whose

@@ -428,17 +428,11 @@ pub fn remove_left_overs(s: &Shared) {
             if let Some(v) = recorded.filter(VmmProcess::is_running) {
                 killed += usize::from(v.kill_and_wait());
             }
-            for pid in s.supervisor.isolation().vmms_in_cgroup(&id) {
-                if let Some(v) = VmmProcess::of(pid) {
-                    killed += usize::from(v.kill_and_wait());
-                }
-            }
-            // Its jail root and cgroup too (the slot pool's markers name those of pooled
-            // slots only, and this one may have been built on its own), with whatever else
-            // is left under its id: control socket, network, overlay.
-            let isolation = s.supervisor.isolation();
-            isolation.readopt(&id, GuestPaths::for_lease(&s.config.run_dir(), &id).control);
-            isolation.release(&id);
+            // Then any other in its cgroup, and its jail root and cgroup (the slot pool's
+            // markers name those of pooled slots only, and this one may have been built
+            // on its own) with whatever else is left under its id.
+            let control = GuestPaths::for_lease(&s.config.run_dir(), &id).control;
+            killed += s.supervisor.isolation().end_left_over(&id, control);
             tracing::info!(lease = %id, killed, "removed a warm restore an earlier coinopd left");
         }
         let _ = std::fs::remove_file(entry.path());
