@@ -25,3 +25,16 @@ pub fn unix_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Waits until `done()` holds, looking every 20 ms, for at most `limit`; whether it held.
+/// For state that only changes under a lock (no channel to wait on), at shutdown.
+pub async fn poll_until(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    true
+}

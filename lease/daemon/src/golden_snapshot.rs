@@ -268,13 +268,8 @@ impl GoldenSnapshots {
     /// ends those still named after this ([`end_builds`]).
     pub async fn shutdown(&self, limit: Duration) {
         lock(&self.building).stopping = true;
-        let deadline = tokio::time::Instant::now() + limit;
-        while !lock(&self.building).keys.is_empty() {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!("golden snapshot builds still running {limit:?} into the shutdown");
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if !crate::clock::poll_until(limit, || lock(&self.building).keys.is_empty()).await {
+            tracing::warn!("golden snapshot builds still running {limit:?} into the shutdown");
         }
     }
 

@@ -176,16 +176,11 @@ impl WarmRestores {
             state.stopping = true;
             state.wanted = None;
         }
-        let deadline = tokio::time::Instant::now() + limit;
-        while s.warm.state().filling {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::error!(
-                    "a warm restore was still being built {limit:?} into the shutdown; its \
-                     VMM is ended at the next start"
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if !crate::clock::poll_until(limit, || !s.warm.state().filling).await {
+            tracing::error!(
+                "a warm restore was still being built {limit:?} into the shutdown; its VMM is \
+                 ended at the next start"
+            );
         }
         Self::evict(s, None).await;
     }
