@@ -257,15 +257,17 @@ fn restore(
     let mut steps = StepTimes::start(clock, "restore");
     let loaded = snapshot::load(dir)?;
     steps.mark("state");
+    // Every check before anything is made: a refused snapshot leaves no console file,
+    // control socket or tap behind.
+    let kvm = vm::open_kvm()?;
+    loaded.check_host(&kvm)?;
+    loaded.check_memory(crate::cli::host_memory_mib())?;
     loaded.check_device_count(cfg.disks.len() + cfg.nets.len())?;
+    steps.mark("host_check");
     let mem = loaded.map_memory()?;
     steps.mark("memory");
     let (console_out, listener, virtio_devices) = open_restore_io(cfg)?;
     steps.mark("files");
-
-    let kvm = vm::open_kvm()?;
-    loaded.check_host(&kvm)?;
-    steps.mark("host_check");
     let vm_fd = vm::create(&kvm, &mem)?;
     steps.mark("vm");
     vm::setup_irqchip(&vm_fd)?;

@@ -178,14 +178,32 @@ fn a_snapshot_without_exit_lets_the_guest_run_on() {
     out.assert_lifecycle(1, "guest_reset", 0);
 }
 
-/// Runs `coinop-vmm --restore dir` and expects exit 2 naming one of `topics`.
+/// Runs `coinop-vmm --restore dir` and expects exit 2 naming one of `topics`, and nothing
+/// made: neither the console file nor the control socket it was asked for.
 fn refused(dir: &Path, topics: &[&str]) {
-    let out = Vmm::new().arg("--restore").arg(dir).run();
+    let files = scratch();
+    let console = files.path().join("console");
+    let control = files.path().join("control.sock");
+    let out = Vmm::new()
+        .arg("--restore")
+        .arg(dir)
+        .arg(format!("--serial=file:{}", console.display()))
+        .arg("--control")
+        .arg(&control)
+        .run();
     out.assert_usage_error(topics);
+    let ctx = out.context();
     assert!(
         out.events.iter().all(|e| e["event"] != "vcpus_started"),
-        "{}",
-        out.context()
+        "{ctx}"
+    );
+    assert!(
+        !console.exists(),
+        "a refused restore made its console file\n{ctx}"
+    );
+    assert!(
+        !control.exists(),
+        "a refused restore made its control socket\n{ctx}"
     );
 }
 
@@ -257,6 +275,28 @@ fn unusable_snapshots_are_refused_with_exit_2() {
     let moved = vmm::snapshot::format::encode(body, header.host_fingerprint ^ 1, header.memory_len);
     std::fs::write(other_host.join("state"), moved).expect("write");
     refused(&other_host, &["different CPUID/KVM capabilities"]);
+
+    // A state that passes its checksum but asks for more memory than the host has, with a
+    // (sparse) memory file of that size: refused as `--mem-mib` would be, not mapped.
+    let host_mib = vmm::cli::host_memory_mib().expect("/proc/meminfo names MemTotal");
+    let huge = copy_snapshot(&good, root.path(), "huge");
+    let mut machine: vmm::snapshot::MachineState =
+        postcard::from_bytes(body).expect("our own state decodes");
+    machine.mem_mib = host_mib * 2;
+    let memory_len: u64 = vmm::vstate::memory::ram_regions(machine.mem_mib << 20)
+        .iter()
+        .map(|(_, len)| len)
+        .sum();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(huge.join("memory"))
+        .expect("open")
+        .set_len(memory_len)
+        .expect("sparse memory file");
+    let forged = postcard::to_stdvec(&machine).expect("encodes");
+    let bytes = vmm::snapshot::format::encode(&forged, header.host_fingerprint, memory_len);
+    std::fs::write(huge.join("state"), bytes).expect("write");
+    refused(&huge, &["more than this host's"]);
 
     let garbage = copy_snapshot(&good, root.path(), "garbage");
     std::fs::write(garbage.join("state"), b"#!/bin/sh\necho not a snapshot\n").expect("write");

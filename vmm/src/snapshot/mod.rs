@@ -82,6 +82,16 @@ pub enum Error {
         /// Its memory.
         mem_mib: u64,
     },
+    /// The state asks for more memory than this host has (as `--mem-mib` may not).
+    #[error("--restore {dir}: snapshot describes {mem_mib} MiB of guest memory, more than this host's {host_mib} MiB")]
+    TooMuchMemory {
+        /// The snapshot directory.
+        dir: String,
+        /// Its memory.
+        mem_mib: u64,
+        /// The host's MemTotal.
+        host_mib: u64,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -232,6 +242,20 @@ impl Loaded {
             });
         }
         Ok(())
+    }
+
+    /// Refuses a snapshot whose guest is bigger than `host_mib` (the host's RAM, when
+    /// known), as a cold boot refuses such a `--mem-mib`: its memory is mapped lazily, so
+    /// nothing else would stop it before the guest touched it.
+    pub fn check_memory(&self, host_mib: Option<u64>) -> Result<(), Error> {
+        match host_mib {
+            Some(host_mib) if self.state.mem_mib > host_mib => Err(Error::TooMuchMemory {
+                dir: self.dir.display().to_string(),
+                mem_mib: self.state.mem_mib,
+                host_mib,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Refuses `attached` virtio devices (from `--disk`/`--net`) that are not as many as the
