@@ -1,7 +1,7 @@
 //! Per-vCPU CPUID: KVM's supported set, adjusted so each vCPU sees its own APIC id, the
 //! machine's topology (one socket, N single-thread cores), that it runs under a hypervisor,
-//! KVM's paravirtual features without asynchronous page faults, and coinop's timing leaf
-//! 0x4000_0010.
+//! KVM's paravirtual features without asynchronous page faults, no hardware
+//! virtualisation of its own (VMX/SVM), and coinop's timing leaf 0x4000_0010.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
@@ -20,6 +20,14 @@ const KVM_FEATURES_ASYNC_PF: u32 = (1 << 4) | (1 << 10) | (1 << 14);
 /// KVM's LAPIC timer counts at 1 GHz (one tick per ns).
 pub const LAPIC_BUS_KHZ: u32 = 1_000_000;
 
+/// Leaf 1 ECX's VMX and leaf 0x8000_0001 ECX's SVM: hardware virtualisation, which KVM
+/// offers a guest only when these bits are in its CPUID. Not offered: a guest running VMs
+/// of its own has nested state (KVM_GET_NESTED_STATE) that a snapshot does not save, so a
+/// guest restored mid-VMXON would fault; and KVM's nested VMX/SVM emulation is a large
+/// surface of host kernel code a tenant's guest has no business reaching.
+const LEAF1_ECX_VMX: u32 = 1 << 5;
+const EXT_LEAF1: u32 = 0x8000_0001;
+const EXT_LEAF1_ECX_SVM: u32 = 1 << 2;
 const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
@@ -99,6 +107,7 @@ pub fn adjust_entry(entry: &mut kvm_cpuid_entry2, ctx: &Context) {
                 | (count << 16)
                 | (8 << 8);
             entry.ecx |= LEAF1_ECX_HYPERVISOR;
+            entry.ecx &= !LEAF1_ECX_VMX;
             if ctx.tsc_deadline {
                 entry.ecx |= LEAF1_ECX_TSC_DEADLINE;
             } else {
@@ -115,6 +124,7 @@ pub fn adjust_entry(entry: &mut kvm_cpuid_entry2, ctx: &Context) {
             let sharing = if cache_level >= 3 { count - 1 } else { 0 };
             entry.eax = (entry.eax & 0x3fff) | ((count - 1) << 26) | (sharing << 14);
         }
+        EXT_LEAF1 => entry.ecx &= !EXT_LEAF1_ECX_SVM,
         0xb | 0x1f => adjust_topology_entry(entry, ctx),
         HYPERVISOR_BASE_LEAF => entry.eax = entry.eax.max(TIMING_LEAF),
         KVM_FEATURES_LEAF => entry.eax &= !KVM_FEATURES_ASYNC_PF,
@@ -189,6 +199,25 @@ mod tests {
         assert_ne!(e.ecx & LEAF1_ECX_HYPERVISOR, 0);
         assert_ne!(e.ecx & LEAF1_ECX_TSC_DEADLINE, 0);
         assert_ne!(e.edx & LEAF1_EDX_HTT, 0);
+    }
+
+    #[test]
+    fn hardware_virtualisation_is_not_offered() {
+        let mut basic = leaf(1, 0);
+        basic.ecx = u32::MAX;
+        adjust_entry(&mut basic, &ctx(0, 1));
+        assert_eq!(basic.ecx & LEAF1_ECX_VMX, 0, "VMX offered");
+        assert_ne!(
+            basic.ecx & LEAF1_ECX_TSC_DEADLINE,
+            0,
+            "other leaf 1 bits kept"
+        );
+        let mut ext = leaf(EXT_LEAF1, 0);
+        ext.ecx = u32::MAX;
+        ext.edx = u32::MAX;
+        adjust_entry(&mut ext, &ctx(0, 1));
+        assert_eq!(ext.ecx, !EXT_LEAF1_ECX_SVM, "only SVM cleared");
+        assert_eq!(ext.edx, u32::MAX);
     }
 
     #[test]
