@@ -73,6 +73,24 @@ static void flood(long kib)
     serial_puts("flood done\n");
 }
 
+/* The first virtio-mmio device's window (coinop-vmm's layout: virtio_mmio.device=4K@0xd0000000
+ * on the command line) and its Status register. */
+#define VIRTIO_MMIO_FIRST 0xd0000000UL
+#define VIRTIO_MMIO_STATUS 0x70
+#define VIRTIO_STATUS_DRIVER_OK 4
+
+/* mode=virtio-fail:<n>: `n` times, resets the first virtio device and sets DRIVER_OK with
+ * nothing negotiated and no queue set up, which the device must refuse (a hostile driver
+ * failing its device in a loop); then prints `virtio-fail done`. */
+static void virtio_fail(long n)
+{
+    for (long i = 0; i < n; i++) {
+        mmio_write32(VIRTIO_MMIO_FIRST + VIRTIO_MMIO_STATUS, 0);
+        mmio_write32(VIRTIO_MMIO_FIRST + VIRTIO_MMIO_STATUS, VIRTIO_STATUS_DRIVER_OK);
+    }
+    serial_puts("virtio-fail done\n");
+}
+
 /* Reports where the TSC frequency came from: the VMM's CPUID leaf is part of its contract. */
 static void report_tsc(void)
 {
@@ -160,6 +178,8 @@ void guest_main(u64 cmdline_paddr)
     } else if (starts_with(mode, "flood:") && parse_ms(mode + 6) >= 0) {
         flood(parse_ms(mode + 6));
         idle_forever();
+    } else if (starts_with(mode, "virtio-fail:") && parse_ms(mode + 12) >= 0) {
+        virtio_fail(parse_ms(mode + 12));
     } else if (streq(mode, "tsc")) {
         report_tsc();
     } else if (streq(mode, "echo")) {

@@ -36,6 +36,37 @@ fn guest_boots_with_raw_and_cow_disks_attached() {
     );
 }
 
+/// A guest that fails its disk 2,000 times (reset, DRIVER_OK with nothing set up) gets
+/// each failure refused, and the VMM's stderr (a file in coinopd's run directory) says so
+/// a bounded number of times, not once per failure.
+#[test]
+fn a_guest_failing_its_device_in_a_loop_cannot_flood_stderr() {
+    if !kvm_ready() {
+        return;
+    }
+    let dir = scratch();
+    let raw = disk_file(&dir, "raw.img", 1 << 20);
+    let out = Vmm::boot(Image::Pvh, "mode=virtio-fail:2000")
+        .arg("--disk")
+        .arg(format!("path={}", raw.display()))
+        .run();
+    out.assert_lifecycle(1, "guest_reset", 0);
+    let ctx = out.context();
+    assert!(out.stdout.contains("virtio-fail done"), "{ctx}");
+    let failures = out.stderr.matches("device needs reset").count();
+    assert!(failures > 0, "the failures are said: {ctx}");
+    assert!(
+        failures <= vmm::devices::device_log::BUDGET as usize,
+        "{failures} failure lines for 2,000 failures"
+    );
+    assert!(out.stderr.contains("later ones are left out"), "{ctx}");
+    assert!(
+        out.stderr.len() < 16 << 10,
+        "{} bytes on stderr",
+        out.stderr.len()
+    );
+}
+
 #[test]
 fn missing_disk_image_is_named() {
     if !kvm_ready() {

@@ -2,6 +2,7 @@
 
 pub mod boot_timer;
 pub mod console_cap;
+pub mod device_log;
 pub mod i8042;
 pub mod mmio_bus;
 pub mod persist;

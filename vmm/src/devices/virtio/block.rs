@@ -238,9 +238,10 @@ impl VirtioDevice for Block {
     }
 
     fn extra_fds(&self) -> Vec<ExtraFd> {
+        // Edge-triggered, as net's timers are: a broken device reads no timer.
         vec![ExtraFd {
             fd: self.limiter.timer_fd(),
-            events: EventSet::IN,
+            events: EventSet::IN | EventSet::EDGE_TRIGGERED,
         }]
     }
 
@@ -274,7 +275,7 @@ impl VirtioDevice for Block {
         // snapshot can hand the guest's view of them to another VMM.
         self.disk.flush().map_err(|e| {
             let why = format!("virtio-blk: flushing the disk: {e}");
-            eprintln!("coinop-vmm: {why}");
+            crate::devices::device_log::say(format_args!("{why}"));
             why
         })?;
         Ok(DeviceState {

@@ -436,7 +436,7 @@ impl MmioTransport {
     }
 
     fn fail(&mut self, why: &str) {
-        eprintln!("coinop-vmm: {}: {why}; device needs reset", self.name);
+        crate::devices::device_log::say(format_args!("{}: {why}; device needs reset", self.name));
         let _ = self.interrupt.signal_needs_reset();
     }
 

@@ -145,10 +145,10 @@ impl DeviceThread {
             }
             let mut queues = activation.queues;
             if let Err(e) = self.serve(&mut queues) {
-                eprintln!(
-                    "coinop-vmm: virtio device {}: {e}; device needs reset",
+                crate::devices::device_log::say(format_args!(
+                    "virtio device {}: {e}; device needs reset",
                     self.device.device_type()
-                );
+                ));
                 let _ = self.setup.interrupt.signal_needs_reset();
                 self.wait_for_stop();
             }
