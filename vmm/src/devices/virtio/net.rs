@@ -90,6 +90,10 @@ impl Net {
             Err(_) => None,
         };
         if let Some(len) = frame_len {
+            // No offload is negotiated, so the guest's header can only say "nothing to do";
+            // one that says more (checksum offsets, GSO sizes) would be acted on by the
+            // host's tap driver all the same, its segmenting paid outside this VM's cgroup.
+            self.tx_frame[..VNET_HDR_LEN].fill(0);
             // A tap that is down or full drops the frame, as a cable would.
             let _ = self.tap.write_frame(&self.tx_frame[..len]);
         }
@@ -170,13 +174,16 @@ impl VirtioDevice for Net {
                 fd: self.tap.as_raw_fd(),
                 events: EventSet::IN | EventSet::EDGE_TRIGGERED,
             },
+            // Edge-triggered too: an expired timer wakes the thread once. Level-triggered,
+            // a device the guest broke (which waits for its reset and serves nothing, so
+            // reads no timer) would be woken by it without end, a host CPU spinning.
             ExtraFd {
                 fd: self.rx_limiter.timer_fd(),
-                events: EventSet::IN,
+                events: EventSet::IN | EventSet::EDGE_TRIGGERED,
             },
             ExtraFd {
                 fd: self.tx_limiter.timer_fd(),
-                events: EventSet::IN,
+                events: EventSet::IN | EventSet::EDGE_TRIGGERED,
             },
         ]
     }
@@ -390,6 +397,22 @@ mod tests {
             .map_err(|e| format!("host recv: {e}"))?;
         assert_eq!(&got[..n], b"hello from the guest");
         assert_eq!(from.to_string(), "10.77.0.2:4000");
+
+        // A header claiming TCP segmentation (GSO_TCPV4, 1,000-byte segments) that no
+        // negotiated feature allows: the host gets the plain frame all the same. Passed on
+        // as written, the tap driver would refuse it (a UDP frame is no TCP segment).
+        let mut forged = guest_udp_frame(b"a forged vnet header");
+        forged[1] = 1; // gso_type: VIRTIO_NET_HDR_GSO_TCPV4
+        forged[4..6].copy_from_slice(&1000u16.to_le_bytes()); // gso_size
+        mem.write_slice(&forged, GuestAddress(0x20_0000))
+            .expect("frame");
+        tx.add_chain(&mem, &[Buf::read(0x20_0000, forged.len() as u32)]);
+        net.process_queue(&mem, &mut queues, TX).expect("tx");
+        assert_eq!(tx.used_idx(&mem), 2, "the forged chain is returned");
+        let (n, _) = sock
+            .recv_from(&mut got)
+            .map_err(|e| format!("host recv of the forged frame: {e}"))?;
+        assert_eq!(&got[..n], b"a forged vnet header");
 
         // Host → guest.
         for i in 0..8u64 {
