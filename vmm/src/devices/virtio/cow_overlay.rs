@@ -48,6 +48,9 @@ pub struct CowOverlay {
     bitmap: Vec<u8>,
     /// Bitmap byte range changed since the last flush.
     dirty: Option<(usize, usize)>,
+    /// Data may have been written since the last flush (true at open: what an earlier
+    /// process wrote is made durable by the first flush).
+    unsynced: bool,
 }
 
 impl CowOverlay {
@@ -97,6 +100,7 @@ impl CowOverlay {
             size,
             bitmap,
             dirty: None,
+            unsynced: true,
         })
     }
 
@@ -139,6 +143,7 @@ impl CowOverlay {
         if buf.is_empty() {
             return Ok(());
         }
+        self.unsynced = true;
         let first = offset / SECTOR_SIZE;
         let last = (offset + buf.len() as u64 - 1) / SECTOR_SIZE;
         let aligned = offset % SECTOR_SIZE == 0 && buf.len() as u64 % SECTOR_SIZE == 0;
@@ -163,17 +168,27 @@ impl CowOverlay {
         Ok(())
     }
 
-    /// Data first, then the bitmap that points at it (see the module doc).
+    /// Data first, then the bitmap that points at it (see the module doc). Nothing written
+    /// since the last flush: nothing to do (a guest that resets its device in a loop, each
+    /// reset a flush, must not send the host's disk a cache flush each time).
     pub fn flush(&mut self) -> std::io::Result<()> {
-        let Some((a, b)) = self.dirty else {
-            return self.overlay.sync_data();
-        };
+        if !self.unsynced {
+            return Ok(());
+        }
         self.overlay.sync_data()?;
-        self.overlay
-            .write_all_at(&self.bitmap[a..b], self.size + a as u64)?;
-        self.overlay.sync_data()?;
-        self.dirty = None;
+        if let Some((a, b)) = self.dirty {
+            self.overlay
+                .write_all_at(&self.bitmap[a..b], self.size + a as u64)?;
+            self.overlay.sync_data()?;
+            self.dirty = None;
+        }
+        self.unsynced = false;
         Ok(())
+    }
+
+    /// Whether a write since the last flush waits for one.
+    pub fn unsynced(&self) -> bool {
+        self.unsynced
     }
 }
 
@@ -214,6 +229,28 @@ mod tests {
         expect[1024..2048].fill(0xaa);
         expect[3000..3010].fill(0xbb);
         assert_eq!(all, expect);
+    }
+
+    #[test]
+    fn a_flush_syncs_what_was_written_since_the_last_one_and_only_then() {
+        let b = base(&[0u8; 4096]);
+        let dir = tempfile::tempdir().expect("dir");
+        let file = File::open(b.path()).expect("base");
+        let mut cow = CowOverlay::open(file, 4096, &dir.path().join("o")).expect("overlay");
+        assert!(cow.unsynced(), "an opened overlay's first flush syncs");
+        cow.flush().expect("flush");
+        assert!(!cow.unsynced(), "flushed");
+        cow.write_at(&[1; 512], 0).expect("write");
+        assert!(cow.unsynced(), "a write waits for a flush");
+        cow.flush().expect("flush");
+        // The same sector again: no bitmap change, but data to sync all the same.
+        cow.write_at(&[2; 512], 0).expect("write");
+        assert!(
+            cow.unsynced(),
+            "a rewrite of a copied sector waits for a flush too"
+        );
+        cow.flush().expect("flush");
+        assert!(!cow.unsynced());
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum DiskImage {
         file: File,
         /// Visible size in bytes (whole sectors).
         size: u64,
+        /// Written since the last flush (true at open, as for an overlay).
+        unsynced: bool,
     },
     /// A read-only base with the guest's writes in an overlay.
     Cow(CowOverlay),
@@ -65,7 +67,11 @@ impl DiskImage {
             return Err(Error::Empty(shown));
         }
         match overlay {
-            None => Ok(DiskImage::Raw { file, size }),
+            None => Ok(DiskImage::Raw {
+                file,
+                size,
+                unsynced: true,
+            }),
             Some(overlay) => Ok(DiskImage::Cow(CowOverlay::open(file, size, overlay)?)),
         }
     }
@@ -89,15 +95,24 @@ impl DiskImage {
     /// Writes `buf` at `offset` (the caller checked the range and writability).
     pub fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
         match self {
-            DiskImage::Raw { file, .. } => file.write_all_at(buf, offset),
+            DiskImage::Raw { file, unsynced, .. } => {
+                *unsynced = true;
+                file.write_all_at(buf, offset)
+            }
             DiskImage::Cow(cow) => cow.write_at(buf, offset),
         }
     }
 
-    /// Makes every completed write durable (fdatasync).
+    /// Makes every completed write durable (fdatasync); nothing to do if nothing was
+    /// written since the last flush.
     pub fn flush(&mut self) -> std::io::Result<()> {
         match self {
-            DiskImage::Raw { file, .. } => file.sync_data(),
+            DiskImage::Raw { unsynced, .. } if !*unsynced => Ok(()),
+            DiskImage::Raw { file, unsynced, .. } => {
+                file.sync_data()?;
+                *unsynced = false;
+                Ok(())
+            }
             DiskImage::Cow(cow) => cow.flush(),
         }
     }
