@@ -503,30 +503,38 @@ pub fn end_builds(snapshot_dir: &Path) -> usize {
 
 /// After [`end_builds`], at start or at the end of a stop: what golden builds (an earlier
 /// coinopd died in, or this one gave up waiting for) left under their ids (`golden-...`,
-/// found by their jail roots): the VMM still in the build's cgroup (a coinopd that died
-/// between the spawn and the marker's write named none), then its jail root, cgroup,
-/// control socket, network and overlay. Returns how many VMMs it ended.
+/// found by their jail roots and, for builds without a jail, by their files in the run
+/// directory): the VMM still in the build's cgroup (a coinopd that died between the spawn
+/// and the marker's write named none), then its jail root, cgroup, control socket,
+/// network and overlay. Returns how many VMMs it ended.
 pub fn remove_left_over_builds(s: &Shared) -> usize {
-    let Ok(entries) = std::fs::read_dir(s.config.jail_dir()) else {
-        return 0;
-    };
     let isolation = s.supervisor.isolation();
     let mut killed = 0;
-    for entry in entries.flatten() {
-        let Some(id) = entry
-            .file_name()
-            .to_str()
-            .filter(|n| n.starts_with(BUILD_ID_PREFIX))
-            .map(String::from)
-        else {
-            continue;
-        };
+    for id in left_over_build_ids(&[s.config.jail_dir(), s.config.run_dir()]) {
+        let paths = GuestPaths::for_lease(&s.config.run_dir(), &id);
         // A build this coinopd gave up waiting for has its confinement registered.
-        killed +=
-            isolation.end_left_over(&id, GuestPaths::for_lease(&s.config.run_dir(), &id).control);
+        killed += isolation.end_left_over(&id, paths.control.clone());
+        // Its files here name it until they go (without a jail nothing else removes them).
+        for file in [&paths.control, &paths.console, &paths.log] {
+            let _ = std::fs::remove_file(file);
+        }
         tracing::info!(build = %id, "removed a golden snapshot build an earlier coinopd left");
     }
     killed
+}
+
+/// The build ids named in `dirs`: a jail root is named by its id, a run directory's files
+/// by their id and a suffix (`ID.sock`, `ID.console`, `ID.vmm.log`; ids hold no dot).
+fn left_over_build_ids(dirs: &[PathBuf]) -> std::collections::BTreeSet<String> {
+    dirs.iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter_map(|entry| {
+            let name = entry.file_name().to_str()?.to_string();
+            let id = name.split('.').next()?;
+            id.starts_with(BUILD_ID_PREFIX).then(|| id.to_string())
+        })
+        .collect()
 }
 
 /// Kills the VMM a build's marker names if it still runs (pid and start time), and removes

@@ -802,7 +802,7 @@ fn golden_jails(state: &Path) -> Vec<String> {
 /// The marker that named it and the build's staging directory go with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_golden_build_left_by_a_crashed_coinopd_is_ended_at_the_next_start() {
-    golden_build_left_by_a_crashed_coinopd(true).await;
+    golden_build_left_by_a_crashed_coinopd(true, false).await;
 }
 
 /// The same for a coinopd that died after the build's spawn but before its marker named
@@ -810,22 +810,31 @@ async fn a_golden_build_left_by_a_crashed_coinopd_is_ended_at_the_next_start() {
 /// cgroup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_golden_build_no_marker_names_is_ended_at_the_next_start() {
-    golden_build_left_by_a_crashed_coinopd(false).await;
+    golden_build_left_by_a_crashed_coinopd(false, false).await;
 }
 
-/// `named`: whether the build's marker survives to the restart.
-async fn golden_build_left_by_a_crashed_coinopd(named: bool) {
+/// The same for a coinopd run with `--no-jail`: no jail root names the build, its files in
+/// the run directory do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unjailed_golden_build_no_marker_names_is_ended_at_the_next_start() {
+    golden_build_left_by_a_crashed_coinopd(false, true).await;
+}
+
+/// `named`: whether the build's marker survives to the restart. `no_jail`: both coinopds
+/// run with `--no-jail` (as every coinopd not run as root does).
+async fn golden_build_left_by_a_crashed_coinopd(named: bool, no_jail: bool) {
     if !kvm_or_skip() {
         return;
     }
+    let root = nix::unistd::geteuid().is_root();
     let dir = StateDir::new();
     let image = agent_image(true);
-    let d = Daemon::spawn(
-        dir.path(),
-        &["--image", &image],
-        &[(ENV, point::GOLDEN_VMM_RECORDED)],
-    )
-    .await;
+    let mut args = vec!["--image", image.as_str()];
+    if no_jail && root {
+        // Not root: common::daemon_args passes it already.
+        args.push("--no-jail");
+    }
+    let d = Daemon::spawn(dir.path(), &args, &[(ENV, point::GOLDEN_VMM_RECORDED)]).await;
     // The image's first lease starts its snapshot's build. coinopd dies once the build's
     // VMM is named, whether or not the create has had its answer by then.
     let body = agent_create_body(&d).await;
@@ -845,23 +854,23 @@ async fn golden_build_left_by_a_crashed_coinopd(named: bool) {
     let staging = marker.with_extension("");
     assert!(staging.is_dir(), "{}", staging.display());
     assert!(vmm.is_running(), "the build's VMM outlives its coinopd");
-    let jailed = nix::unistd::geteuid().is_root();
+    let jailed = root && !no_jail;
     assert_eq!(
         golden_jails(dir.path()).len(),
         usize::from(jailed),
         "its jail root"
     );
     if !named {
-        if !jailed {
-            // Without a jail nothing names a build's VMM but its marker.
-            common::skipped("an unnamed golden build is found by its jail root, which needs root");
+        if !root {
+            // Without root there is no cgroup to find an unnamed build's VMM in.
+            common::skipped("an unnamed golden build is found in its cgroup, which needs root");
             let _ = vmm.kill_and_wait();
             return;
         }
         std::fs::remove_file(&marker).expect("the marker removed");
     }
 
-    let d = Daemon::spawn(dir.path(), &["--image", &image], &[]).await;
+    let d = Daemon::spawn(dir.path(), &args, &[]).await;
     // Ended before the socket was bound.
     assert!(
         !vmm.is_running(),
@@ -872,6 +881,16 @@ async fn golden_build_left_by_a_crashed_coinopd(named: bool) {
         assert!(!staging.exists(), "its staging directory removed");
     }
     assert!(golden_jails(dir.path()).is_empty(), "its jail root removed");
+    let build_files: Vec<_> = std::fs::read_dir(dir.path().join("run"))
+        .expect("the run directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("golden-"))
+        .collect();
+    assert!(
+        build_files.is_empty(),
+        "the build's files left: {build_files:?}"
+    );
     d.shutdown().await;
 }
 
