@@ -17,7 +17,8 @@ pub mod point {
     pub const FLEET_FENCED: &str = "fleet_fenced";
     /// A swap's or on-chain mint's inputs were fenced and its outputs reserved in the fleet
     /// store (`--store`), or a lease refund's change reserved there; the local spent set
-    /// (or the refund) has not committed them.
+    /// (or the refund) has not committed them. For swaps and mints also a
+    /// [`delay`](super::delay) point: a test can hold one request there.
     pub const FLEET_OUTPUTS_RESERVED: &str = "fleet_outputs_reserved";
     /// A create's ledger transaction committed; no guest spawned, no reply sent.
     pub const CREATE_COMMITTED: &str = "create_committed";

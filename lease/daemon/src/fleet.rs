@@ -14,7 +14,14 @@
 //! `store_unavailable`), so nothing is accepted on local state alone; guests and metering
 //! are local and carry on. A settle that fails is retried in the background until it
 //! succeeds; the keys stay fenced meanwhile.
+//!
+//! One operation is fenced at most once at a time in this process: the store grants the
+//! same host and operation its pending claim again (a retry after a lost reply), so two
+//! copies of one request in flight together would both hold the fence, and the one whose
+//! local step failed could release the keys in the store after the other had spent them
+//! here. A copy that finds its operation in flight is refused as the keys being pending.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -80,6 +87,60 @@ pub struct Fence {
     /// The store had these keys under this very operation already, delivered: this request
     /// repeats one whose reply was lost, and the local ledger answers it. Nothing to settle.
     pub repeat: bool,
+    /// The operation's place in [`Fleet::in_flight`], given up when the fence is settled.
+    _in_flight: InFlight,
+}
+
+/// An operation fenced by this process and not yet settled; removed from the set on drop.
+#[derive(Debug)]
+struct InFlight {
+    set: Arc<Mutex<HashSet<String>>>,
+    operation: String,
+}
+
+impl InFlight {
+    /// `operation` entered in `set`, or `None` if it is there already.
+    fn enter(set: &Arc<Mutex<HashSet<String>>>, operation: &str) -> Option<InFlight> {
+        let fresh = set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(operation.to_string());
+        fresh.then(|| InFlight {
+            set: Arc::clone(set),
+            operation: operation.to_string(),
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.operation);
+    }
+}
+
+/// Why a settle was put off (it is tried again).
+#[derive(Debug, Error)]
+enum SettleError {
+    #[error("cannot read the local spent set: {0}")]
+    Ledger(crate::ledger::LedgerError),
+    #[error("worker failed: {0}")]
+    Worker(String),
+    #[error(transparent)]
+    Store(PgStoreError),
+}
+
+/// Why the start-up check did not finish (it is tried again).
+#[derive(Debug, Error)]
+enum NotReady {
+    #[error(transparent)]
+    Store(#[from] PgStoreError),
+    /// A pending claim could not be settled: whether the local ledger committed its
+    /// operation is unknown, and either guess could lose or double a payment.
+    #[error("{0} pending fleet claims left undecided: the local ledger could not be read")]
+    LedgerUnreadable(usize),
 }
 
 /// The fleet store as this coinopd uses it.
@@ -87,8 +148,13 @@ pub struct Fleet {
     set: PgSpentSet,
     /// The schema check and start-up reconciliation are done: fences may be taken.
     ready: AtomicBool,
-    /// Settles that failed (store unavailable), to try again.
-    unsettled: Mutex<Vec<(Fence, bool)>>,
+    /// Settles that failed (store unavailable), to try again. Each is worked out anew
+    /// from the ledger when tried: the fence holds its operation in flight meanwhile, so
+    /// no copy of the request can change the answer, but a step that committed after a
+    /// failed first try (a panic after the commit) is counted as it ended.
+    unsettled: Mutex<Vec<Fence>>,
+    /// Operations fenced and not yet settled (see the module's top).
+    in_flight: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -113,6 +179,7 @@ impl Fleet {
             set,
             ready: AtomicBool::new(false),
             unsettled: Mutex::default(),
+            in_flight: Arc::default(),
         })))
     }
 
@@ -123,10 +190,12 @@ impl Fleet {
     pub async fn start(self: &Arc<Self>, ledger: Arc<Ledger>) -> Result<(), FleetStartError> {
         match self.start_once(&ledger).await {
             Ok(()) => {}
-            Err(e @ PgStoreError::SchemaTooNew { .. }) => return Err(FleetStartError(e)),
+            Err(NotReady::Store(e @ PgStoreError::SchemaTooNew { .. })) => {
+                return Err(FleetStartError(e))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "fleet store not ready; money requests get 503 until it is");
-                let fleet = Arc::clone(self);
+                let (fleet, ledger) = (Arc::clone(self), Arc::clone(&ledger));
                 tokio::spawn(async move {
                     loop {
                         tokio::time::sleep(RETRY).await;
@@ -142,26 +211,30 @@ impl Fleet {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(RETRY).await;
-                fleet.settle_unsettled().await;
+                fleet.settle_unsettled(&ledger).await;
             }
         });
         Ok(())
     }
 
-    async fn start_once(&self, ledger: &Ledger) -> Result<(), PgStoreError> {
+    async fn start_once(&self, ledger: &Ledger) -> Result<(), NotReady> {
         self.set.store().migrate().await?;
         let done = self
             .set
             .reconcile(|op| match ledger.first_claimed(&op.keys) {
-                Ok(found) => found.is_some(),
-                // Unknown: keep the keys fenced (released is the wrong guess if it was
-                // delivered); the error below stops this pass and it runs again.
+                Ok(found) => Some(found.is_some()),
+                // Unknown: the keys stay fenced (released is the wrong guess if it was
+                // delivered, spent if it was not); this pass fails below and runs again.
                 Err(e) => {
-                    tracing::error!(error = %e, "reading the local spent set to reconcile");
-                    true
+                    tracing::error!(operation = %op.operation_id, error = %e,
+                                    "reading the local spent set to reconcile");
+                    None
                 }
             })
             .await?;
+        if !done.undecided.is_empty() {
+            return Err(NotReady::LedgerUnreadable(done.undecided.len()));
+        }
         if !done.committed.is_empty() || !done.released.is_empty() {
             tracing::info!(committed = ?done.committed, released = ?done.released,
                            "fleet store: pending claims from before a crash settled");
@@ -210,6 +283,17 @@ impl Fleet {
                 "this host has not finished its start-up check against the store".into(),
             ));
         }
+        let Some(in_flight) = InFlight::enter(&self.in_flight, operation) else {
+            // Worded as another host's claim in flight is: the keys are pending.
+            let key = keys
+                .first()
+                .ok_or(FleetError::Store(PgStoreError::NoKeys))?;
+            return Err(FleetError::AlreadySpent {
+                kind: key.kind,
+                key_hex: hex::encode(&key.bytes),
+                state: SpendState::Pending,
+            });
+        };
         let claimed = self
             .set
             .claim(keys, SpendState::Pending, note, operation)
@@ -227,6 +311,7 @@ impl Fleet {
             keys: keys.to_vec(),
             operation: operation.to_string(),
             repeat,
+            _in_flight: in_flight,
         })
     }
 
@@ -234,41 +319,29 @@ impl Fleet {
     /// spent if the local spent set has them (the local step committed, or they were spent
     /// here before), else freed. Asking the ledger rather than the step's result makes a
     /// step that committed and then failed (a panic after the commit) count as delivered.
-    /// A store that cannot be reached now gets the settle later; an unreadable ledger
-    /// leaves the fence for the next start-up. The keys stay fenced meanwhile.
+    /// A settle that cannot be done now (the store unreachable, the ledger unreadable) is
+    /// tried again in the background; the keys stay fenced, and the operation in flight,
+    /// meanwhile.
     pub async fn settle(&self, fence: Fence, ledger: &Arc<Ledger>) {
         if fence.repeat {
             return;
         }
-        let (l, keys) = (Arc::clone(ledger), fence.keys.clone());
-        let local = tokio::task::spawn_blocking(move || l.first_claimed(&keys)).await;
-        let delivered = match local {
-            Ok(Ok(found)) => found.is_some(),
-            Ok(Err(e)) => {
-                tracing::error!(operation = %fence.operation, error = %e,
-                                "cannot read the local spent set; fence left for the next start");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(operation = %fence.operation, error = %e,
-                                "worker failed; fence left for the next start");
-                return;
-            }
-        };
-        self.settle_as(fence, delivered).await;
-    }
-
-    async fn settle_as(&self, fence: Fence, delivered: bool) {
-        if let Err(e) = self.settle_now(&fence, delivered).await {
+        if let Err(e) = self.try_settle(&fence, ledger).await {
             tracing::warn!(operation = %fence.operation, error = %e, "fleet settle deferred");
             self.unsettled
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push((fence, delivered));
+                .push(fence);
         }
     }
 
-    async fn settle_now(&self, fence: &Fence, delivered: bool) -> Result<(), PgStoreError> {
+    async fn try_settle(&self, fence: &Fence, ledger: &Arc<Ledger>) -> Result<(), SettleError> {
+        let (l, keys) = (Arc::clone(ledger), fence.keys.clone());
+        let delivered = tokio::task::spawn_blocking(move || l.first_claimed(&keys))
+            .await
+            .map_err(|e| SettleError::Worker(e.to_string()))?
+            .map_err(SettleError::Ledger)?
+            .is_some();
         let settled = if delivered {
             self.set.commit_pending(&fence.keys).await
         } else {
@@ -277,19 +350,19 @@ impl Fleet {
         match settled {
             // Settled already (a deferred settle whose first try did reach the store).
             Err(PgStoreError::NotPending { .. }) => Ok(()),
-            other => other,
+            other => other.map_err(SettleError::Store),
         }
     }
 
-    async fn settle_unsettled(&self) {
+    async fn settle_unsettled(&self, ledger: &Arc<Ledger>) {
         let todo = std::mem::take(
             &mut *self
                 .unsettled
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        for (fence, delivered) in todo {
-            self.settle_as(fence, delivered).await;
+        for fence in todo {
+            self.settle(fence, ledger).await;
         }
     }
 }

@@ -223,6 +223,56 @@ async fn a_crash_between_the_fence_and_the_ledger_loses_and_doubles_nothing() {
     }
 }
 
+/// The same swap sent twice at once to one host, the first held between its fence and its
+/// local step: the copy is refused as pending (11002), not granted the same fence, which
+/// would let a copy whose local step failed release in the store what the other spent
+/// here. Once the first is answered, the copy sent again gets the same signatures, and the
+/// proofs are spent on every host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_sent_twice_at_once_to_one_host_is_done_once() {
+    let Some(pg) = cluster("a_swap_sent_twice_at_once_to_one_host_is_done_once") else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new()];
+    let h1 = host(
+        &pg,
+        &dirs[0],
+        1,
+        &[("COINOPD_FAULT_DELAY", "fleet_outputs_reserved:1500")],
+    )
+    .await;
+    share_mint_keys(&dirs[0], &dirs[1]);
+    let h2 = host(&pg, &dirs[1], 2, &[]).await;
+    let wallet = Wallet::new(&h1).await;
+    let proofs = h1.mint_credit(300).await;
+    let blanks = wallet.outputs(&proofs.iter().map(|p| p.amount).collect::<Vec<_>>());
+    let body = json!({"inputs": proofs, "outputs": messages(&blanks)});
+
+    let first = h1.call("POST", "/v1/swap", None, Some(body.clone()));
+    let copy = async {
+        // Sent once the first holds its fence (the delay is 1.5 s).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        h1.call("POST", "/v1/swap", None, Some(body.clone())).await
+    };
+    let (first, copy) = tokio::join!(first, copy);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(copy.status, 400, "{}", copy.text());
+    assert_eq!(cashu_code(&copy), PENDING, "{}", copy.text());
+
+    let again = h1.call("POST", "/v1/swap", None, Some(body)).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(
+        again.json()["signatures"],
+        first.json()["signatures"],
+        "the repeat is answered with the first's signatures"
+    );
+    for h in [&h1, &h2] {
+        let (r, _) = swap(h, &wallet, &proofs).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert_eq!(cashu_code(&r), SPENT, "{}", r.text());
+    }
+}
+
 /// PostgreSQL stopped mid-run: money requests get 503 `store_unavailable` with Retry-After
 /// quickly, nothing is accepted, a running guest keeps running and is metered; started
 /// again: the same requests succeed, without restarting coinopd.

@@ -36,6 +36,9 @@ pub struct Reconciled {
     pub committed: Vec<String>,
     /// Operations the local ledger never committed: their keys are free again.
     pub released: Vec<String>,
+    /// Operations nobody could say about (`committed_locally` answered `None`): their keys
+    /// stay pending under this host for a later pass.
+    pub undecided: Vec<String>,
 }
 
 /// The spent set of the fleet. Cheap to clone (shares the store's pool).
@@ -427,24 +430,30 @@ impl PgSpentSet {
     }
 
     /// Settles every pending claim of this host that survived a crash: an operation the
-    /// local ledger committed (`committed_locally` says yes) has its keys marked `Spent`,
-    /// any other has them released. Run at start-up before taking requests, and again
-    /// until it succeeds if the store was unavailable then (the keys stay taken meanwhile:
-    /// nothing is lost, nothing can be spent twice).
+    /// local ledger committed (`committed_locally` says `Some(true)`) has its keys marked
+    /// `Spent`, one it never committed (`Some(false)`) has them released, and one it cannot
+    /// tell about (`None`: its ledger unreadable now) keeps them pending, in
+    /// [`Reconciled::undecided`]. Run at start-up before taking requests, and again until it
+    /// succeeds if the store was unavailable then (the keys stay taken meanwhile: nothing
+    /// is lost, nothing can be spent twice).
     pub async fn reconcile(
         &self,
-        mut committed_locally: impl FnMut(&PendingOperation) -> bool,
+        mut committed_locally: impl FnMut(&PendingOperation) -> Option<bool>,
     ) -> Result<Reconciled, PgStoreError> {
         let mut done = Reconciled::default();
         for op in self.pending_operations().await? {
-            if committed_locally(&op) {
-                self.commit_pending(&op.keys).await?;
-                tracing::info!(operation = %op.operation_id, "store: pending claim completed");
-                done.committed.push(op.operation_id);
-            } else {
-                self.release_pending(&op.keys).await?;
-                tracing::info!(operation = %op.operation_id, "store: pending claim released");
-                done.released.push(op.operation_id);
+            match committed_locally(&op) {
+                Some(true) => {
+                    self.commit_pending(&op.keys).await?;
+                    tracing::info!(operation = %op.operation_id, "store: pending claim completed");
+                    done.committed.push(op.operation_id);
+                }
+                Some(false) => {
+                    self.release_pending(&op.keys).await?;
+                    tracing::info!(operation = %op.operation_id, "store: pending claim released");
+                    done.released.push(op.operation_id);
+                }
+                None => done.undecided.push(op.operation_id),
             }
         }
         Ok(done)

@@ -387,9 +387,28 @@ async fn reconciliation_completes_committed_and_releases_lost_operations() {
     keys.sort_by(|a, b| (a.kind as u8, &a.bytes).cmp(&(b.kind as u8, &b.bytes)));
     assert_eq!(keys, committed.to_vec());
 
+    // A ledger that cannot be read says nothing: every claim stays pending, neither spent
+    // nor free, for a later pass.
+    let done = h1.reconcile(|_| None).await.unwrap();
+    let mut undecided = done.undecided.clone();
+    undecided.sort();
+    assert_eq!(undecided, ["lease-committed", "lease-lost"]);
+    assert!(
+        done.committed.is_empty() && done.released.is_empty(),
+        "{done:?}"
+    );
+    assert_eq!(
+        h1.states(&committed).await.unwrap(),
+        vec![Some(SpendState::Pending); 2]
+    );
+    assert_eq!(
+        h1.states(&lost).await.unwrap(),
+        vec![Some(SpendState::Pending)]
+    );
+
     // The local ledger has the lease "lease-committed" only.
     let done = h1
-        .reconcile(|op| op.operation_id == "lease-committed")
+        .reconcile(|op| Some(op.operation_id == "lease-committed"))
         .await
         .unwrap();
     assert_eq!(done.committed, ["lease-committed"]);
@@ -410,7 +429,7 @@ async fn reconciliation_completes_committed_and_releases_lost_operations() {
         .unwrap();
     // Nothing left to reconcile.
     assert_eq!(
-        h1.reconcile(|_| true).await.unwrap(),
+        h1.reconcile(|_| Some(true)).await.unwrap(),
         payment_postgres::Reconciled::default()
     );
 }

@@ -99,6 +99,7 @@ async fn reserve_run_settle<T: Send + 'static>(
             return Err(e);
         }
         crate::fault::hit(crate::fault::point::FLEET_OUTPUTS_RESERVED);
+        crate::fault::delay(crate::fault::point::FLEET_OUTPUTS_RESERVED).await;
     }
     let s2 = s.clone();
     let out = blocking(move || local(&s2)).await;
