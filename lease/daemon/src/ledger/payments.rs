@@ -149,6 +149,16 @@ impl Ledger {
                     why: "already refunded; it takes no more payments",
                 });
             }
+            // Its balance is frozen (an on-chain payment of it left the best chain), and a
+            // lease stopped `payment_reorged` keeps it frozen for good: money paid in now
+            // could never come back out.
+            if super::reorg::frozen_in(tx, id)? {
+                return Err(LedgerError::State {
+                    id: id.to_string(),
+                    state: lease.state,
+                    why: "its balance is frozen by a chain reorganisation; it takes no payments",
+                });
+            }
             let late = lease.state == LeaseState::Stopped || credit.is_late();
             let resumed = lease.state == LeaseState::PausedUnfunded;
             match record_payment(tx, credit, id, late, resumed) {

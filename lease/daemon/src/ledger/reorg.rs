@@ -209,6 +209,16 @@ mod tests {
         );
         assert_eq!(l.get("a").unwrap().unwrap().balance_msat, 5_000);
 
+        // No top-up into a frozen balance, and the payment it brought stays unspent.
+        let topup = credit(2, 1_000);
+        let refused = l.topup("a", &topup);
+        assert!(
+            matches!(refused, Err(LedgerError::State { .. })),
+            "{refused:?}"
+        );
+        l.create_lease(&new_lease("b"), &topup)
+            .expect("the refused top-up's payment pays for another lease");
+
         assert!(l.thaw_after_reorg("a", Some((7, 9))).expect("thaw"));
         let row = l.get("a").expect("get").expect("row");
         assert_eq!(row.state, LeaseState::Running);
@@ -222,6 +232,13 @@ mod tests {
         assert!(
             l.refund("a", Ok::<u64, ()>).is_err(),
             "a payment_reorged lease is never refunded"
+        );
+        assert!(
+            matches!(
+                l.topup("a", &credit(3, 1_000)),
+                Err(LedgerError::State { .. })
+            ),
+            "nor topped up"
         );
         l.settle_payment(u[0].payment_id, true).expect("give up");
         assert!(l.unsettled_payments().expect("list").is_empty());
