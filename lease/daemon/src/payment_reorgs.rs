@@ -122,12 +122,23 @@ pub async fn check(s: &Shared) -> Result<(), LedgerError> {
                 }
             }
             (false, Some(_)) => {
-                tracing::info!(lease = %lease_id, "payment back on the best chain; lease thawed");
+                // A paused guest runs again from its counters as they are now: the pause is
+                // not billed. Unread (its control socket slow or gone), the lease stays
+                // frozen until a later check reads them; thawed from the counters of before
+                // the pause, the next tick would bill the whole pause as memory time.
                 let baseline = if state == LeaseState::PausedReorg {
-                    usage_of(s, &lease_id).await
+                    match usage_of(s, &lease_id).await {
+                        Some(counters) => Some(counters),
+                        None => {
+                            tracing::warn!(lease = %lease_id,
+                                "payment back on the best chain, but the guest's counters cannot be read; thaw put off");
+                            continue;
+                        }
+                    }
                 } else {
                     None
                 };
+                tracing::info!(lease = %lease_id, "payment back on the best chain; lease thawed");
                 if s.ledger.thaw_after_reorg(&lease_id, baseline)? {
                     set_guest(s, &lease_id, Request::Resume).await;
                 }
