@@ -187,24 +187,8 @@ pub fn check_payment(
             });
         }
     }
-    // A reused derivation index ([`super::quote_book`]): the blocks up to the height at
-    // which the index changed hands pay the earlier quote, the blocks above it the later.
-    if let Some(above) = quote.paid_above_height {
-        if block.height <= above {
-            return Err(PaymentError::PaysEarlierQuote {
-                height: block.height,
-                above,
-            });
-        }
-    }
-    if let Some(retired_at) = quote.retired_at_height {
-        if block.height > retired_at {
-            return Err(PaymentError::QuoteRetired {
-                height: block.height,
-                retired_at,
-            });
-        }
-    }
+    // A reused derivation index ([`super::quote_book`]).
+    quote.pays_at_height(block.height)?;
     let mut outpoints = Vec::new();
     let mut paid_sat: u64 = 0;
     for (vout, out) in tx.output.iter().enumerate() {

@@ -30,6 +30,26 @@ pub struct Quote {
     pub retired_at_height: Option<u32>,
 }
 
+impl Quote {
+    /// Whether a payment in a block at `height` is this quote's, when its derivation index
+    /// changed hands: the blocks up to the height of the hand-over pay the earlier quote,
+    /// the blocks above it the later one. Checked on every path a payment takes (a proof,
+    /// or the outputs the host saw paying the script), so one output never pays two quotes.
+    pub fn pays_at_height(&self, height: u32) -> Result<(), super::error::PaymentError> {
+        if let Some(above) = self.paid_above_height {
+            if height <= above {
+                return Err(super::error::PaymentError::PaysEarlierQuote { height, above });
+            }
+        }
+        if let Some(retired_at) = self.retired_at_height {
+            if height > retired_at {
+                return Err(super::error::PaymentError::QuoteRetired { height, retired_at });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The smallest amount, in sat, an output paying `script` may carry without being dust:
 /// Bitcoin Core neither relays nor mines (by default) a transaction with a dust output, so a
 /// quote below it could not be paid by any ordinary wallet.

@@ -144,6 +144,12 @@ pub fn seen_payment(
         let Some(b) = chain.block(&s.block_hash).filter(|b| b.on_best_chain) else {
             continue;
         };
+        // The script's index changed hands: an output in a block on the other side of the
+        // hand-over pays the other quote, whichever quote the scan filed it under (a block
+        // scanned after the hand-over, or brought back by a reorg).
+        if quote.pays_at_height(b.height).is_err() {
+            continue;
+        }
         let need_here = if s.coinbase { coinbase_need } else { need };
         if b.confirmations >= need_here {
             if !counted.iter().any(|c| c.outpoint == s.outpoint) {
