@@ -295,6 +295,10 @@ struct Reading {
     usage: Result<Usage, ControlError>,
     /// The VMM answered `paused` although the ledger has the lease running.
     paused: bool,
+    /// The ledger had the lease paused for lack of funds when it was read: its guest was
+    /// paused up to this reading. A top-up that commits before the tick's does not make
+    /// that time billable.
+    unfunded: bool,
     /// Its run state was in doubt (see [`read`]).
     recheck: bool,
 }
@@ -319,6 +323,7 @@ async fn read(l: &LeaseRow, recheck: bool) -> Reading {
         id: l.id.clone(),
         usage,
         paused,
+        unfunded: l.state == LeaseState::PausedUnfunded,
         recheck,
     }
 }
@@ -345,7 +350,7 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
         let l = l.clone();
         reads.spawn(async move { read(&l, recheck).await });
     }
-    let mut usages: Vec<(String, Usage, bool)> = Vec::with_capacity(leases.len());
+    let mut usages: Vec<(String, Usage, bool, bool)> = Vec::with_capacity(leases.len());
     let mut answered = std::collections::HashSet::with_capacity(leases.len());
     let deadline = tokio::time::Instant::now() + read_deadline(s.config.tick_ms);
     loop {
@@ -366,7 +371,7 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
             Ok(u) => {
                 s.supervisor.reached(&r.id);
                 s.supervisor.isolation().check_cpu(&r.id, u.vcpu_total_us);
-                usages.push((r.id, u, r.paused))
+                usages.push((r.id, u, r.paused, r.unfunded))
             }
             Err(e) => {
                 if r.recheck {
@@ -381,19 +386,20 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
     }
     crate::fault::hit(crate::fault::point::TICK_READ);
     let s2 = s.clone();
-    let owned: Vec<(String, u64, u64, bool)> = usages
+    let owned: Vec<(String, u64, u64, bool, bool)> = usages
         .into_iter()
-        .map(|(id, u, paused)| (id, u.vcpu_total_us, u.uptime_us, paused))
+        .map(|(id, u, paused, unfunded)| (id, u.vcpu_total_us, u.uptime_us, paused, unfunded))
         .collect();
+    // Only a VMM found paused while the ledger had its lease running is resumed below.
     let paused: Vec<String> = owned.iter().filter(|o| o.3).map(|o| o.0.clone()).collect();
     let outcomes = tokio::task::spawn_blocking(move || {
         let samples: Vec<Sample<'_>> = owned
             .iter()
-            .map(|(id, v, u, paused)| Sample {
+            .map(|(id, v, u, paused, unfunded)| Sample {
                 lease_id: id,
                 vcpu_total_us: *v,
                 uptime_us: *u,
-                vm_paused: *paused,
+                vm_paused: *paused || *unfunded,
             })
             .collect();
         s2.ledger.apply_tick(&samples, s2.prices, s2.config.grace_s)

@@ -17,9 +17,11 @@ pub struct Sample<'a> {
     pub lease_id: &'a str,
     pub vcpu_total_us: u64,
     pub uptime_us: u64,
-    /// The VMM was found paused although the ledger has the lease running (coinopd died
-    /// between a top-up's commit and its `resume`): the time since the last reading is not
-    /// billed as memory time (the guest could not use it), only the baselines move.
+    /// The guest was paused up to this reading although the ledger may have the lease
+    /// running by the tick's commit: its VMM answered paused (coinopd died between a
+    /// top-up's commit and its `resume`), or the lease was read paused for lack of funds
+    /// and a top-up committed since. The time since the last reading is not billed as
+    /// memory time (the guest could not use it), only the baselines move.
     pub vm_paused: bool,
 }
 
