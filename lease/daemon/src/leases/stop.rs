@@ -68,12 +68,14 @@ pub async fn stop(s: &Shared, l: LeaseRow, req: StopRequest) -> Result<StopRespo
 
 /// A refund is credit (bearer money): like minting, it waits until every on-chain payment
 /// of the lease is `--mint-min-conf` deep, so no reorg can take back what it paid out. The
-/// tenant may stop without outputs meanwhile and collect the refund later.
-pub(super) fn refund_deep_enough(s: &AppState, id: &str) -> Result<(), LeaseError> {
+/// tenant may stop without outputs meanwhile and collect the refund later. Returns the
+/// blocks checked, for the refund's transaction to refuse a payment in any other (a
+/// top-up that committed after this check).
+pub(super) fn refund_deep_enough(s: &AppState, id: &str) -> Result<Vec<String>, LeaseError> {
     let need = s.config.mint_min_conf.max(s.config.min_conf);
     let blocks = s.ledger.unsettled_blocks_of(id)?;
     let chain = s.chain_read();
-    for hash in blocks {
+    for hash in &blocks {
         let have = hash
             .parse::<bitcoin::BlockHash>()
             .map_or(0, |h| chain.confirmations(&h));
@@ -85,7 +87,8 @@ pub(super) fn refund_deep_enough(s: &AppState, id: &str) -> Result<(), LeaseErro
             )));
         }
     }
-    Ok(())
+    drop(chain);
+    Ok(blocks)
 }
 
 /// Refunds a lease's balance onto `outputs` (once, in one ledger transaction that also
@@ -98,12 +101,14 @@ pub(super) fn refund_with(
     id: &str,
     outputs: &[BlindedMessage],
 ) -> Result<Refund<Vec<BlindSignature>>, LeaseError> {
-    refund_deep_enough(s, id)?;
+    let checked = refund_deep_enough(s, id)?;
     let r = match &s.fleet_mint {
-        Some(fleet_mint) => refund_on_fleet(s, fleet_mint, id, outputs)?,
+        Some(fleet_mint) => refund_on_fleet(s, fleet_mint, id, outputs, &checked)?,
         None => s
             .ledger
-            .refund_onto(id, outputs, |msat, outs| sign_change(s, msat, outs))
+            .refund_onto_checked(id, outputs, Some(&checked), |msat, outs| {
+                sign_change(s, msat, outs)
+            })
             .map_err(LeaseError::from_claim)??,
     };
     if r.repeated {
@@ -150,6 +155,7 @@ fn refund_on_fleet(
     fleet_mint: &Arc<FleetMint>,
     id: &str,
     outputs: &[BlindedMessage],
+    checked: &[String],
 ) -> Result<Refund<Vec<BlindSignature>>, LeaseError> {
     let store = tokio::runtime::Handle::current();
     let spent: Arc<dyn SpentSet> = s.spent.clone();
@@ -173,13 +179,15 @@ fn refund_on_fleet(
             store.block_on(fleet_mint.reserve(used, &signed, &operation))?;
             crate::fault::hit(crate::fault::point::FLEET_OUTPUTS_RESERVED);
         }
-        let refunded = s.ledger.refund_onto(id, outputs, |m, _| {
-            if m == msat {
-                Ok((signed.clone(), records.clone()))
-            } else {
-                Err(BalanceMoved)
-            }
-        });
+        let refunded = s
+            .ledger
+            .refund_onto_checked(id, outputs, Some(checked), |m, _| {
+                if m == msat {
+                    Ok((signed.clone(), records.clone()))
+                } else {
+                    Err(BalanceMoved)
+                }
+            });
         if !signed.is_empty() {
             store.block_on(fleet_mint.settle(&spent, used, &operation));
         }

@@ -210,6 +210,21 @@ impl Ledger {
         outputs: &[BlindedMessage],
         sign: impl FnOnce(u64, &[BlindedMessage]) -> Result<(T, Vec<SignedOutput>), E>,
     ) -> Result<Result<Refund<T>, E>, LedgerError> {
+        self.refund_onto_checked(id, outputs, None, sign)
+    }
+
+    /// [`Ledger::refund_onto`], refused (`State`, nothing written) when `checked` is given
+    /// and the lease has an unsettled on-chain payment in a block not among it: a top-up
+    /// that committed after the caller checked its payments' depth (`--mint-min-conf`)
+    /// must not be paid out unchecked. A refund repeated onto the same outputs is not
+    /// refused.
+    pub fn refund_onto_checked<T, E>(
+        &self,
+        id: &str,
+        outputs: &[BlindedMessage],
+        checked: Option<&[String]>,
+        sign: impl FnOnce(u64, &[BlindedMessage]) -> Result<(T, Vec<SignedOutput>), E>,
+    ) -> Result<Result<Refund<T>, E>, LedgerError> {
         // The outputs a refund of `msat` is signed onto: one per note, the first ones (fewer
         // than that and the signer refuses, or for a repeat: they cannot be the same).
         let used = |msat: u64| {
@@ -242,6 +257,16 @@ impl Ledger {
                     state: lease.state,
                     why: "an on-chain payment of it left the best chain: its balance is frozen",
                 });
+            }
+            if let Some(checked) = checked {
+                let blocks = super::reorg::unsettled_blocks_in(tx, id)?;
+                if blocks.iter().any(|b| !checked.contains(b)) {
+                    return Err(LedgerError::State {
+                        id: id.to_string(),
+                        state: lease.state,
+                        why: "an on-chain payment arrived while its refund was checked; stop again",
+                    });
+                }
             }
             let was_live = lease.state != LeaseState::Stopped;
             let residual_msat = lease.balance_msat % 1000;
@@ -349,6 +374,41 @@ mod tests {
             (msat, outs.iter().map(|o| o.b_.clone()).collect()),
             Vec::new(),
         ))
+    }
+
+    /// A stop checks its on-chain payments' depth, then refunds: a top-up paid in another
+    /// block that commits in between is not paid out with the refund.
+    #[test]
+    fn a_refund_refuses_a_payment_its_depth_check_did_not_see() {
+        let (_d, l) = ledger();
+        let mut paid = credit(1, 5_000);
+        paid.block_hash = Some("00aa".into());
+        l.create_lease(&new_lease("a"), &paid).expect("create");
+        let checked = l.unsettled_blocks_of("a").expect("blocks");
+        assert_eq!(checked, ["00aa"]);
+        let mut late = credit(2, 3_000);
+        late.block_hash = Some("00bb".into());
+        l.topup("a", &late).expect("top-up");
+
+        let refused = l.refund_onto_checked("a", &outs("x", 4), Some(&checked), sign);
+        assert!(
+            matches!(refused, Err(LedgerError::State { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(
+            l.get("a").unwrap().unwrap().refunded_msat,
+            None,
+            "nothing written"
+        );
+        let checked = l.unsettled_blocks_of("a").expect("blocks");
+        let refund = l
+            .refund_onto_checked("a", &outs("x", 4), Some(&checked), sign)
+            .expect("ledger")
+            .expect("signed");
+        assert_eq!(
+            refund.refund_msat, 8_000,
+            "both payments, once both were checked"
+        );
     }
 
     #[test]

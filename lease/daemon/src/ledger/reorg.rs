@@ -14,6 +14,19 @@ use super::{Ledger, LedgerError};
 use crate::clock::unix_s;
 
 /// Whether the lease's balance is frozen by a reorg.
+/// The blocks of `lease_id`'s on-chain payments not yet settled, read on `conn`.
+pub(super) fn unsettled_blocks_in(
+    conn: &Connection,
+    lease_id: &str,
+) -> Result<Vec<String>, LedgerError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT block_hash FROM payments
+         WHERE lease_id = ?1 AND block_hash IS NOT NULL AND settled = 0",
+    )?;
+    let rows = stmt.query_map([lease_id], |r| r.get(0))?;
+    Ok(rows.collect::<Result<Vec<String>, _>>()?)
+}
+
 pub(super) fn frozen_in(conn: &Connection, id: &str) -> Result<bool, LedgerError> {
     let at: Option<Option<i64>> = conn
         .prepare_cached("SELECT reorg_at FROM leases WHERE id = ?1")?
@@ -61,14 +74,7 @@ impl Ledger {
 
     /// The block hashes of the lease's on-chain payments still followed.
     pub fn unsettled_blocks_of(&self, lease_id: &str) -> Result<Vec<String>, LedgerError> {
-        self.with_conn(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT block_hash FROM payments
-                 WHERE lease_id = ?1 AND block_hash IS NOT NULL AND settled = 0",
-            )?;
-            let rows = stmt.query_map([lease_id], |r| r.get(0))?;
-            Ok(rows.collect::<Result<Vec<String>, _>>()?)
-        })
+        self.with_conn(|conn| unsettled_blocks_in(conn, lease_id))
     }
 
     /// The payment is deep enough (`settled` 1), or was given up after the window (2).
