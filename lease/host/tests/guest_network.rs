@@ -135,6 +135,18 @@ fn a_lease_network_is_set_up_forwarded_and_torn_down() {
             "{link}"
         );
         assert!(link["flags"].to_string().contains("\"UP\""), "{link}");
+        // IPv4 only: no link-local IPv6 address a guest could reach the host on, and no
+        // router advertisement from the guest taken.
+        if Path::new("/proc/sys/net/ipv6").exists() {
+            assert!(!addrs.contains("inet6"), "{link}");
+            let knob = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", info.tap);
+            assert_eq!(
+                std::fs::read_to_string(&knob)
+                    .expect("the tap's IPv6 knob")
+                    .trim(),
+                "1"
+            );
+        }
         let neigh = ip(&["neigh", "show", "dev", &info.tap]).expect("neigh");
         assert!(
             neigh.contains(&format!("10.213.0.2 lladdr {} PERMANENT", info.mac)),
