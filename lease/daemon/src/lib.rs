@@ -36,6 +36,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 mod disk_reserve;
+mod event_lines;
 pub mod fault;
 pub mod fleet;
 pub mod fleet_mint;

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::clock::monotonic_us;
@@ -266,7 +265,7 @@ async fn wait_jailed(child: JailedChild) -> Result<Ended, String> {
     child.wait_blocking().map_err(|e| e.to_string())
 }
 
-type EventLines = tokio::io::Lines<BufReader<tokio::net::unix::pipe::Receiver>>;
+type EventLines = crate::event_lines::EventLines<tokio::net::unix::pipe::Receiver>;
 
 /// A VMM started and registered (its confinement is the isolation's), its events read up
 /// to where its boot is.
@@ -657,7 +656,7 @@ impl Supervisor {
             child,
             vmm,
             pid,
-            lines: BufReader::new(events).lines(),
+            lines: EventLines::new(events),
             base_us: start_us,
             vmm_spawned_us,
         })
