@@ -38,13 +38,23 @@ pub struct JailedChild {
 }
 
 impl JailedChild {
+    /// Tracks `pid`, this process's child that has just exec'd. Without its pidfd (out of
+    /// descriptors) the child is killed and reaped before the error returns: nobody could
+    /// track it, and its jail and uid go back to the pool with the error. Safe by pid: an
+    /// unreaped child's pid cannot have been reused.
     pub(super) fn new(pid: Pid) -> Result<Self, Error> {
-        let pidfd = super::syscalls::pidfd_open(pid).map_err(|source| Error::Sys {
-            pid: pid.as_raw(),
-            what: "pidfd_open",
-            source,
-        })?;
-        Ok(JailedChild { pid, pidfd })
+        match super::syscalls::pidfd_open(pid) {
+            Ok(pidfd) => Ok(JailedChild { pid, pidfd }),
+            Err(source) => {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                Err(Error::Sys {
+                    pid: pid.as_raw(),
+                    what: "pidfd_open",
+                    source,
+                })
+            }
+        }
     }
 
     /// The pid in coinopd's namespace (inside its own namespace the process is PID 1).
