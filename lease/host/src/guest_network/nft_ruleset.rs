@@ -13,7 +13,10 @@
 //! - `guest_sources` holds T . G: anti-spoofing, frames from a guest tap with any other
 //!   pair of tap and source are dropped (so a tap without a lease passes nothing);
 //! - guests reach neither each other nor the host itself, except replies to connections
-//!   made to them.
+//!   made to them;
+//! - nor link-local addresses (169.254.0.0/16) through the host: they belong to the host's
+//!   own link, where a cloud's instance metadata service (169.254.169.254) would hand a
+//!   guest the host's credentials.
 
 use std::fmt::Write;
 use std::net::Ipv4Addr;
@@ -73,7 +76,8 @@ pub fn render(leases: &[LeaseRules]) -> String {
          \x20   ip saddr @guests oifname != {taps} masquerade\n  }}\n\
          \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n\
          \x20   iifname {taps} iifname . ip saddr != @guest_sources drop\n\
-         \x20   iifname {taps} oifname {taps} drop\n  }}\n\
+         \x20   iifname {taps} oifname {taps} drop\n\
+         \x20   iifname {taps} ip daddr 169.254.0.0/16 drop\n  }}\n\
          \x20 chain input {{\n    type filter hook input priority filter; policy accept;\n\
          \x20   iifname {taps} ct state established,related accept\n\
          \x20   iifname {taps} drop\n  }}\n\
@@ -140,6 +144,10 @@ mod tests {
         assert!(
             !render(&[]).contains("add element"),
             "no lease, no forwarding"
+        );
+        assert!(
+            script.contains("iifname \"cop*\" ip daddr 169.254.0.0/16 drop"),
+            "no instance metadata for guests:\n{script}"
         );
     }
 
