@@ -21,7 +21,6 @@
 //! local step failed could release the keys in the store after the other had spent them
 //! here. A copy that finds its operation in flight is refused as the keys being pending.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -32,6 +31,7 @@ use thiserror::Error;
 
 use crate::config::Config;
 use crate::ledger::Ledger;
+use crate::names_in_flight::{Entered, NamesInFlight};
 
 /// How often a failed schema check, reconciliation or settle is tried again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -88,37 +88,7 @@ pub struct Fence {
     /// repeats one whose reply was lost, and the local ledger answers it. Nothing to settle.
     pub repeat: bool,
     /// The operation's place in [`Fleet::in_flight`], given up when the fence is settled.
-    _in_flight: InFlight,
-}
-
-/// An operation fenced by this process and not yet settled; removed from the set on drop.
-#[derive(Debug)]
-struct InFlight {
-    set: Arc<Mutex<HashSet<String>>>,
-    operation: String,
-}
-
-impl InFlight {
-    /// `operation` entered in `set`, or `None` if it is there already.
-    fn enter(set: &Arc<Mutex<HashSet<String>>>, operation: &str) -> Option<InFlight> {
-        let fresh = set
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(operation.to_string());
-        fresh.then(|| InFlight {
-            set: Arc::clone(set),
-            operation: operation.to_string(),
-        })
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.set
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.operation);
-    }
+    _in_flight: Entered,
 }
 
 /// Why a settle was put off (it is tried again).
@@ -154,7 +124,7 @@ pub struct Fleet {
     /// failed first try (a panic after the commit) is counted as it ended.
     unsettled: Mutex<Vec<Fence>>,
     /// Operations fenced and not yet settled (see the module's top).
-    in_flight: Arc<Mutex<HashSet<String>>>,
+    in_flight: NamesInFlight,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -179,7 +149,7 @@ impl Fleet {
             set,
             ready: AtomicBool::new(false),
             unsettled: Mutex::default(),
-            in_flight: Arc::default(),
+            in_flight: NamesInFlight::default(),
         })))
     }
 
@@ -283,7 +253,7 @@ impl Fleet {
                 "this host has not finished its start-up check against the store".into(),
             ));
         }
-        let Some(in_flight) = InFlight::enter(&self.in_flight, operation) else {
+        let Some(in_flight) = self.in_flight.enter(operation) else {
             // Worded as another host's claim in flight is: the keys are pending.
             let key = keys
                 .first()

@@ -51,6 +51,7 @@ pub mod ledger;
 pub mod log_writer;
 mod metrics;
 mod mint_seed;
+mod names_in_flight;
 pub mod payment_reorgs;
 mod personalisation;
 pub mod quote_store;

@@ -5,35 +5,30 @@
 //! Each stop is for one lease, and a lease has at most one at a time: the tick's
 //! reconciliation and a tenant's stop may both ask for the same one.
 
-use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+use crate::names_in_flight::{Entered, NamesInFlight};
 
 /// Counts the stop tasks still running.
 #[derive(Debug)]
 pub struct StopsInFlight {
     count: watch::Sender<usize>,
     /// The leases whose stop runs.
-    leases: Arc<Mutex<HashSet<String>>>,
+    leases: NamesInFlight,
 }
 
 /// Decrements the count and forgets the lease when its task ends, also when the task
 /// panics or is cancelled.
 struct InFlight {
     count: watch::Sender<usize>,
-    leases: Arc<Mutex<HashSet<String>>>,
-    lease_id: String,
+    _lease: Entered,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.leases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.lease_id);
         self.count.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
@@ -42,7 +37,7 @@ impl Default for StopsInFlight {
     fn default() -> Self {
         StopsInFlight {
             count: watch::Sender::new(0),
-            leases: Arc::default(),
+            leases: NamesInFlight::default(),
         }
     }
 }
@@ -51,19 +46,13 @@ impl StopsInFlight {
     /// Runs `stop` for lease `lease_id` on the runtime, counted until it ends, unless a stop
     /// of that lease already runs; whether it was started.
     pub fn spawn(&self, lease_id: &str, stop: impl Future<Output = ()> + Send + 'static) -> bool {
-        let fresh = self
-            .leases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(lease_id.to_string());
-        if !fresh {
+        let Some(lease) = self.leases.enter(lease_id) else {
             return false;
-        }
+        };
         self.count.send_modify(|n| *n += 1);
         let guard = InFlight {
             count: self.count.clone(),
-            leases: Arc::clone(&self.leases),
-            lease_id: lease_id.to_string(),
+            _lease: lease,
         };
         tokio::spawn(async move {
             let _guard = guard;
@@ -74,10 +63,7 @@ impl StopsInFlight {
 
     /// Whether a stop of `lease_id` runs.
     pub fn running(&self, lease_id: &str) -> bool {
-        self.leases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(lease_id)
+        self.leases.contains(lease_id)
     }
 
     /// Stops not finished yet.
