@@ -127,14 +127,12 @@ pub async fn check(s: &Shared) -> Result<(), LedgerError> {
                 // frozen until a later check reads them; thawed from the counters of before
                 // the pause, the next tick would bill the whole pause as memory time.
                 let baseline = if state == LeaseState::PausedReorg {
-                    match usage_of(s, &lease_id).await {
-                        Some(counters) => Some(counters),
-                        None => {
-                            tracing::warn!(lease = %lease_id,
-                                "payment back on the best chain, but the guest's counters cannot be read; thaw put off");
-                            continue;
-                        }
-                    }
+                    let Some(counters) = usage_of(s, &lease_id).await else {
+                        tracing::warn!(lease = %lease_id,
+                            "payment back on the best chain, but the guest's counters cannot be read; thaw put off");
+                        continue;
+                    };
+                    Some(counters)
                 } else {
                     None
                 };

@@ -87,7 +87,6 @@ pub(super) fn refund_deep_enough(s: &AppState, id: &str) -> Result<Vec<String>, 
             )));
         }
     }
-    drop(chain);
     Ok(blocks)
 }
 
