@@ -355,14 +355,7 @@ impl PersonalisationPort {
         if !self.seen_124 || !self.vcpus_running || self.pending.is_empty() {
             return;
         }
-        let room = self.uart.fifo_capacity().min(self.pending.len());
-        if room == 0 {
-            return;
-        }
-        let chunk: Vec<u8> = self.pending.iter().take(room).copied().collect();
-        if let Ok(taken) = self.uart.enqueue_raw_bytes(&chunk) {
-            self.pending.drain(..taken);
-        }
+        super::serial::feed_fifo(&mut self.uart, &mut self.pending);
     }
 }
 

@@ -109,17 +109,24 @@ impl Console {
     /// loopback mode (Linux's 8250 driver probing the port) it accepts none, and the
     /// tenant's input waits rather than being lost.
     fn refill(&mut self) {
-        if self.backlog.is_empty() {
-            return;
-        }
-        let room = self.uart.fifo_capacity().min(self.backlog.len());
-        if room == 0 {
-            return;
-        }
-        let chunk: Vec<u8> = self.backlog.iter().take(room).copied().collect();
-        if let Ok(taken) = self.uart.enqueue_raw_bytes(&chunk) {
-            self.backlog.drain(..taken);
-        }
+        feed_fifo(&mut self.uart, &mut self.backlog);
+    }
+}
+
+/// Moves as much of `pending` into `uart`'s receive FIFO as it takes; only what it
+/// accepted leaves `pending` (in loopback mode it accepts none). COM1's backlog and the
+/// personalisation port's line both go in this way.
+pub(crate) fn feed_fifo<W: Write>(
+    uart: &mut Serial<IrqLine, NoEvents, W>,
+    pending: &mut VecDeque<u8>,
+) {
+    let room = uart.fifo_capacity().min(pending.len());
+    if room == 0 {
+        return;
+    }
+    let chunk: Vec<u8> = pending.iter().take(room).copied().collect();
+    if let Ok(taken) = uart.enqueue_raw_bytes(&chunk) {
+        pending.drain(..taken);
     }
 }
 
