@@ -224,12 +224,24 @@ fn created_lines(
     )
 }
 
+/// " (stopped in N s unless topped up)", from the host's deadline and this machine's clock.
+fn stops_in(at: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    format!(
+        " (stopped in {} s unless topped up)",
+        at.saturating_sub(now).max(0)
+    )
+}
+
 fn lease(l: &LeaseView) -> String {
     let mut out = format!(
-        "lease      {}\nstate      {}{}\nsize       {} vCPU, {} MiB, image {}\nbalance    {} (about {} s left at full use)\nused       {} µs vCPU, {} MiB·µs memory; debited {}\n{}",
+        "lease      {}\nstate      {}{}{}\nsize       {} vCPU, {} MiB, image {}\nbalance    {} (about {} s left at full use)\nused       {} µs vCPU, {} MiB·µs memory; debited {}\n{}",
         l.lease_id,
         l.state,
         l.stop_reason.map(|r| format!(" ({r})")).unwrap_or_default(),
+        l.stops_at.map(stops_in).unwrap_or_default(),
         l.vcpus,
         l.mem_mib,
         l.image,
@@ -401,6 +413,7 @@ mod tests {
                 cgroup_cpu_us: None,
             },
             estimated_remaining_s: 30,
+            stops_at: None,
             debited_msat: Msat::ZERO,
             refunded_msat: None,
             residual_msat: None,
@@ -416,6 +429,20 @@ mod tests {
         assert_eq!(sat(Msat::from_msat(12_345)), "12.345 sat");
         assert_eq!(sat(Msat::from_msat(7)), "0.007 sat");
         assert_eq!(sat_or_unknown(None), "?");
+    }
+
+    #[test]
+    fn a_paused_lease_says_when_it_stops() {
+        let mut l = lease_view();
+        let t = lease(&l);
+        assert!(!t.contains("unless topped up"), "{t}");
+        l.state = coinop_proto::LeaseState::PausedUnfunded;
+        l.stops_at = Some(i64::MAX);
+        let t = lease(&l);
+        assert!(t.contains("paused_unfunded (stopped in "), "{t}");
+        l.stops_at = Some(0);
+        let t = lease(&l);
+        assert!(t.contains("(stopped in 0 s unless topped up)"), "{t}");
     }
 
     #[test]

@@ -150,7 +150,9 @@ pub struct Settings {
     /// Scheduler tick, ms.
     #[arg(long)]
     pub tick_ms: Option<u64>,
-    /// Seconds a lease out of funds stays paused before it is stopped.
+    /// Seconds a lease out of funds stays paused before it is stopped (default 60); never
+    /// longer than the lease ran since it was last funded, so a tiny payment cannot hold a
+    /// large guest's room for the whole grace.
     #[arg(long)]
     pub grace_s: Option<u64>,
     /// How long a boot may take before it counts as failed, ms.

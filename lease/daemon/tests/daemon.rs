@@ -184,6 +184,43 @@ async fn the_same_payment_pays_once_even_concurrently() {
     d.shutdown().await;
 }
 
+/// A payment that buys a guest under a second cannot hold its room for the host's whole
+/// grace (10 minutes here): paused at zero, it is stopped as soon as it has been held as
+/// long as it ran, and its room is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_payment_holds_the_host_no_longer_than_it_ran() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let d = Daemon::start(dir.path(), &["--grace-s", "600"]).await;
+    let free =
+        async || d.call("GET", "/v1/host", None, None).await.json()["capacity"]["mib_free"].clone();
+    let idle = free().await;
+    // 1 sat: under a second of one spinning vCPU with 64 MiB.
+    let proofs = d.mint_credit(1).await;
+    let CreatedLease { id, token, .. } = d
+        .create_lease(testguest_body("mode=spin:600000", credit_payment(&proofs)))
+        .await;
+    assert_ne!(free().await, idle, "the lease holds room");
+    let path = format!("/v1/leases/{id}");
+    wait_for(
+        async || d.call("GET", &path, Some(&token), None).await.json()["state"] == "stopped",
+        "the stop of a lease that ran dry",
+    )
+    .await;
+    let v = d.call("GET", &path, Some(&token), None).await.json();
+    assert_eq!(v["stop_reason"], "balance_exhausted", "{v}");
+    assert!(
+        v["updated_at"].as_i64().expect("updated_at")
+            - v["created_at"].as_i64().expect("created_at")
+            < 60,
+        "stopped within a minute of its start, not after the 600 s grace: {v}"
+    );
+    wait_for(async || free().await == idle, "the lease's room free again").await;
+    d.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boot_meter_pause_topup_stop_with_change() {
     if !kvm_or_skip() {
@@ -235,7 +272,14 @@ async fn boot_meter_pause_topup_stop_with_change() {
         console.text()
     );
 
+    // Minted before the pause: the lease's grace is only as long as it ran (~3 s).
+    let more = d.mint_credit(5).await;
     let path = format!("/v1/leases/{id}");
+    assert_eq!(
+        d.call("GET", &path, Some(&token), None).await.json()["stops_at"],
+        Value::Null,
+        "a running lease has no stop deadline"
+    );
     wait_for(
         async || {
             d.call("GET", &path, Some(&token), None).await.json()["state"] == "paused_unfunded"
@@ -246,8 +290,19 @@ async fn boot_meter_pause_topup_stop_with_change() {
     let paused = d.call("GET", &path, Some(&token), None).await.json();
     assert_eq!(paused["balance_msat"], 0);
     assert!(paused["used"]["vcpu_us"].as_u64().expect("vcpu_us") > 0);
+    // Held unbilled no longer than it ran: the deadline is within twice the run (its
+    // memory time says how long that was) of its start, not the 60 s `--grace-s` after
+    // the pause. (Whole seconds on both ends, and the boot: 3 s of slack.)
+    let ran_s = paused["used"]["mem_mib_us"].as_u64().expect("mem_mib_us") / 64 / 1_000_000;
+    let stops_at = paused["stops_at"]
+        .as_i64()
+        .expect("a paused lease's stops_at");
+    let created_at = paused["created_at"].as_i64().expect("created_at");
+    assert!(
+        stops_at - created_at <= 2 * ran_s as i64 + 3,
+        "ran {ran_s} s: {paused}"
+    );
 
-    let more = d.mint_credit(5).await;
     let t = d
         .call(
             "POST",

@@ -237,6 +237,8 @@ async fn a_top_up_whose_reply_was_lost_is_answered_again_and_credited_once() {
     let CreatedLease { id, token, .. } = d
         .create_lease(testguest_body("mode=spin:600000", credit_payment(&proofs)))
         .await;
+    // Minted before the pause: the lease's grace is only as long as it ran.
+    let more = d.mint_credit(5).await;
     let lease = format!("/v1/leases/{id}");
     wait_for(
         async || {
@@ -245,7 +247,6 @@ async fn a_top_up_whose_reply_was_lost_is_answered_again_and_credited_once() {
         "pause at zero",
     )
     .await;
-    let more = d.mint_credit(5).await;
     let body = json!({"payment": credit_payment(&more)});
     let topup = format!("/v1/leases/{id}/topup");
     call_into_crash(d, &topup, Some(&token), &body).await;

@@ -247,13 +247,15 @@ async fn a_crash_between_a_topup_and_its_resume_is_made_up_without_billing_the_p
         &[(ENV, point::TOPUP_COMMITTED)],
     )
     .await;
-    let CreatedLease { id, token, .. } = spinning_lease(&d, 2).await;
+    // 4 sat: ~3.5 s of a spinning vCPU, and as long a grace once it paused (a grace never
+    // outlasts the run), so the top-up is minted before the pause and sent at once.
+    let CreatedLease { id, token, .. } = spinning_lease(&d, 4).await;
+    let more = d.mint_credit(20).await;
     wait_for(
         async || row(dir.path(), &id).state == LeaseState::PausedUnfunded,
         "the lease paused at zero",
     )
     .await;
-    let more = d.mint_credit(20).await;
     let r = d
         .client
         .call(

@@ -59,6 +59,11 @@ pub struct LeaseView {
     pub used: Used,
     /// Seconds the balance lasts at full use; 0 once stopped.
     pub estimated_remaining_s: u64,
+    /// While `paused_unfunded`: the unix second from which the lease is stopped unless a
+    /// top-up comes first. The grace is the host's `--grace-s`, but never longer than the
+    /// lease ran since it was last funded (its boot, or the top-up that resumed it).
+    #[serde(default)]
+    pub stops_at: Option<i64>,
     /// Taken by metering over the lease's life.
     pub debited_msat: Msat,
     /// Handed back as change (whole sats), once refunded.

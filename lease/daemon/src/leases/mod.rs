@@ -85,6 +85,12 @@ pub fn view(s: &AppState, l: &LeaseRow) -> LeaseView {
     } else {
         metering::remaining_s(s.prices, u64::from(l.vcpus), l.mem_mib, l.balance_msat)
     };
+    let stops_at = match (l.state, l.paused_at) {
+        (LeaseState::PausedUnfunded, Some(paused)) => Some(paused.saturating_add(
+            crate::ledger::tick::grace_of(s.config.grace_s, Some(paused), l.funded_at),
+        )),
+        _ => None,
+    };
     let isolation = s.supervisor.isolation();
     LeaseView {
         lease_id: l.id.clone(),
@@ -100,6 +106,7 @@ pub fn view(s: &AppState, l: &LeaseRow) -> LeaseView {
             cgroup_cpu_us: isolation.cgroup_cpu_us(&l.id),
         },
         estimated_remaining_s: remaining,
+        stops_at,
         debited_msat: Msat::from_msat(l.debited_msat),
         refunded_msat: l.refunded_msat.map(Msat::from_msat),
         residual_msat: l.residual_msat.map(Msat::from_msat),

@@ -46,6 +46,9 @@ pub struct LeaseRow {
     /// The boot figures known when the VMM was spawned and its time base
     /// ([`crate::boot_record::SpawnRecord`] as JSON), if the spawn was recorded.
     pub spawn_json: Option<String>,
+    /// When the lease last began running on its balance: its boot, or the top-up that
+    /// resumed it from `paused_unfunded` (unix s; `None` in rows older than the column).
+    pub funded_at: Option<i64>,
 }
 
 impl LeaseRow {
@@ -90,7 +93,7 @@ const LEASE_COLUMNS: &str = "id, token_hash, vcpus, mem_mib, image, cmdline, sta
     balance_msat, carry_units, used_vcpu_us, used_mem_mib_us, last_vcpu_total_us,
     last_uptime_us, pid, control_path, console_path, paused_at, refunded_msat, created_at,
     updated_at, boot_json, debited_msat, residual_msat, vmm_start_ticks, vmm_gone, reorg_at,
-    spawn_json";
+    spawn_json, funded_at";
 
 fn lease_from_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
     Ok(LeaseRow {
@@ -122,6 +125,7 @@ fn lease_from_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
         vmm_gone: r.get(25)?,
         reorg_at: r.get(26)?,
         spawn_json: r.get(27)?,
+        funded_at: r.get(28)?,
     })
 }
 

@@ -131,7 +131,7 @@ impl Ledger {
         self.with_tx(|tx| {
             tx.prepare_cached(
                 "UPDATE leases SET state = ?2, pid = ?3, boot_json = ?4, updated_at = ?5,
-                    last_vcpu_total_us = COALESCE(?7, last_vcpu_total_us),
+                    funded_at = ?5, last_vcpu_total_us = COALESCE(?7, last_vcpu_total_us),
                     last_uptime_us = COALESCE(?8, last_uptime_us)
                  WHERE id = ?1 AND state = ?6",
             )?

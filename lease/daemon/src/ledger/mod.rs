@@ -33,7 +33,7 @@ pub mod reorg;
 mod schema;
 #[cfg(test)]
 mod test_support;
-mod tick;
+pub(crate) mod tick;
 
 pub use books::Books;
 pub use lease_rows::{LeaseRow, NewLease, UsageBaseline};

@@ -183,7 +183,7 @@ impl Ledger {
             let balance = lease.balance_msat.saturating_add(credit.amount_msat);
             tx.prepare_cached(
                 "UPDATE leases SET balance_msat = ?2, state = ?3, paused_at = CASE WHEN ?4 THEN NULL ELSE paused_at END,
-                    updated_at = ?5 WHERE id = ?1",
+                    funded_at = CASE WHEN ?4 THEN ?5 ELSE funded_at END, updated_at = ?5 WHERE id = ?1",
             )?
             .execute(params![id, balance, new_state, resumed, unix_s()])?;
             Ok(TopupOutcome {
@@ -351,7 +351,7 @@ mod tests {
     use payment::credit::nut_types::BlindedMessage;
     use payment::spent_set::SignedOutput;
 
-    use crate::ledger::test_support::{credit, ledger, new_lease, s, P};
+    use crate::ledger::test_support::{credit, funded_ago, ledger, new_lease, s, P};
     use crate::ledger::LedgerError;
 
     /// Blank outputs as the ledger sees them (it never parses them): `n` of them, `tag`ged.
@@ -560,6 +560,8 @@ mod tests {
         l.create_lease(&new_lease("a"), &credit(1, 1000))
             .expect("create");
         l.mark_running("a", None, "{}").expect("run");
+        // It ran 50 s before its pause: a grace of 100 s is cut to that.
+        funded_ago(&l, "a", 50);
         l.apply_tick(&[s(1_000_000, 0)], P, 100).expect("tick");
         l.apply_tick(&[s(1_000_000, 50_000_000)], P, 100)
             .expect("paused tick");
@@ -659,6 +661,8 @@ mod tests {
         l.create_lease(&new_lease("a"), &credit(1, 1000))
             .expect("create");
         l.mark_running("a", None, "{}").expect("run");
+        // It ran 50 s before its pause: a grace of 100 s is cut to that.
+        funded_ago(&l, "a", 50);
         l.apply_tick(&[s(1_000_000, 0)], P, 100).expect("tick");
         l.apply_tick(&[s(1_000_000, 50_000_000)], P, 100)
             .expect("paused tick");

@@ -90,6 +90,10 @@ pub(super) fn add_missing_columns(conn: &Connection) -> Result<(), LedgerError> 
         // What a booting lease's boot figures were when its VMM was spawned (see
         // `crate::boot_record`): a restart completes them from the VMM's log.
         ("spawn_json", "TEXT"),
+        // When the lease last began running on its balance (its boot, or a top-up that
+        // resumed it from `paused_unfunded`): its grace is at most the run since (`tick.rs`).
+        // Older rows have none and keep the whole `--grace-s`.
+        ("funded_at", "INTEGER"),
     ] {
         if !have.iter().any(|h| h == name) {
             conn.execute_batch(&format!("ALTER TABLE leases ADD COLUMN {name} {decl}"))?;

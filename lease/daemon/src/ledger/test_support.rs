@@ -51,3 +51,16 @@ pub(super) const P: Prices = Prices {
     vcpu_msat_per_s: 1000,
     gib_msat_per_s: 1000,
 };
+
+/// Moves lease `id`'s `funded_at` back `secs` seconds, as if it had run that long on its
+/// payment: its grace, once paused, is at most that run (`tick::grace_of`).
+pub(super) fn funded_ago(l: &Ledger, id: &str, secs: i64) {
+    l.with_conn(|c| {
+        c.execute(
+            "UPDATE leases SET funded_at = funded_at - ?2 WHERE id = ?1",
+            rusqlite::params![id, secs],
+        )?;
+        Ok(())
+    })
+    .expect("moving funded_at back");
+}

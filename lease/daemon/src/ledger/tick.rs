@@ -68,6 +68,21 @@ impl Ledger {
     }
 }
 
+/// Seconds a lease paused for lack of funds at `paused_at` is held before it is stopped:
+/// `--grace-s`, but never more than it ran since it was last funded (`funded_at`: its boot,
+/// or the top-up that resumed it). The guest's memory stays held, unbilled, through the
+/// grace, so a grace longer than the paid run would let a tiny payment hold a large lease's
+/// room far beyond what it bought (1 sat buys an 8 GiB guest 60 ms, and would hold its
+/// 8 GiB for a minute): held this way, the unbilled hold is never longer than the time the
+/// tenant paid the lease's memory for. Rows older than `funded_at` keep the whole grace.
+pub(crate) fn grace_of(grace_s: u64, paused_at: Option<i64>, funded_at: Option<i64>) -> i64 {
+    let grace = i64::try_from(grace_s).unwrap_or(i64::MAX);
+    match (paused_at, funded_at) {
+        (Some(paused), Some(funded)) => grace.min(paused.saturating_sub(funded).max(0)),
+        _ => grace,
+    }
+}
+
 fn tick_one(
     tx: &Transaction<'_>,
     lease: &LeaseRow,
@@ -120,7 +135,8 @@ fn tick_one(
         // Out of funds: nothing to bill; only move the baselines so a top-up does not
         // charge for the paused time.
         LeaseState::PausedUnfunded
-            if now.saturating_sub(paused_at.unwrap_or(now)) >= grace_s as i64 =>
+            if now.saturating_sub(paused_at.unwrap_or(now))
+                >= grace_of(grace_s, paused_at, lease.funded_at) =>
         {
             out.action = TickAction::Stop;
         }
@@ -184,6 +200,86 @@ mod tests {
         let row = l.get("a").expect("get").expect("row");
         assert_eq!(row.state, LeaseState::Stopped);
         assert_eq!(row.stop_reason, Some(StopReason::BalanceExhausted));
+    }
+
+    #[test]
+    fn the_grace_is_never_longer_than_the_run_since_the_lease_was_funded() {
+        assert_eq!(
+            grace_of(60, Some(1_000), Some(1_000 - 7_200)),
+            60,
+            "ran 2 h"
+        );
+        assert_eq!(grace_of(60, Some(1_000), Some(1_000 - 3)), 3, "ran 3 s");
+        assert_eq!(grace_of(60, Some(1_000), Some(1_000)), 0, "ran under 1 s");
+        assert_eq!(
+            grace_of(60, Some(1_000), Some(1_005)),
+            0,
+            "a clock stepped back"
+        );
+        assert_eq!(
+            grace_of(60, Some(1_000), None),
+            60,
+            "a row older than funded_at"
+        );
+
+        // A lease that ran 2 s on its payment is stopped 2 s into its pause, not 60.
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 1000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        let funded = l.get("a").expect("get").expect("row").funded_at;
+        let now = unix_s();
+        assert!(
+            funded.is_some_and(|f| (now - 1..=now).contains(&f)),
+            "{funded:?}"
+        );
+        let backdate = |funded: i64, paused: Option<i64>| {
+            l.with_conn(|c| {
+                c.execute(
+                    "UPDATE leases SET funded_at = ?1, paused_at = ?2 WHERE id = 'a'",
+                    params![funded, paused],
+                )?;
+                Ok(())
+            })
+            .expect("backdate");
+        };
+        let o = l
+            .apply_tick(&[s(1_000_000, 1_000_000)], P, 60)
+            .expect("tick");
+        assert_eq!(o[0].action, TickAction::Pause);
+        // It ran 18 s and has been paused 2 s (3 if the clock turned since `now`).
+        backdate(now - 20, Some(now - 2));
+        let o = l
+            .apply_tick(&[s(1_000_000, 2_000_000)], P, 60)
+            .expect("tick");
+        assert_eq!(o[0].action, TickAction::None, "paused 2 s of an 18 s grace");
+        // It ran 10 s and has been paused 10 s: under the 60 s grace, but as long as it ran.
+        backdate(now - 20, Some(now - 10));
+        let o = l
+            .apply_tick(&[s(1_000_000, 3_000_000)], P, 60)
+            .expect("tick");
+        assert_eq!(o[0].action, TickAction::Stop, "paused 10 s of a 10 s grace");
+
+        // A top-up that resumes a lease funds it anew: its next grace counts from then.
+        let (_d2, l2) = ledger();
+        l2.create_lease(&new_lease("a"), &credit(1, 1000))
+            .expect("create");
+        l2.mark_running("a", None, "{}").expect("run");
+        l2.apply_tick(&[s(1_000_000, 1_000_000)], P, 60)
+            .expect("tick");
+        l2.with_conn(|c| {
+            c.execute("UPDATE leases SET funded_at = 0 WHERE id = 'a'", [])?;
+            Ok(())
+        })
+        .expect("backdate");
+        l2.topup("a", &credit(2, 1000)).expect("top-up");
+        let row = l2.get("a").expect("get").expect("row");
+        assert_eq!(row.state, LeaseState::Running);
+        assert!(
+            row.funded_at.is_some_and(|f| f >= now),
+            "{:?}",
+            row.funded_at
+        );
     }
 
     #[test]
