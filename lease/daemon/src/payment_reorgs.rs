@@ -121,6 +121,14 @@ pub async fn check(s: &Shared) -> Result<(), LedgerError> {
                     }
                 }
             }
+            (true, Some(_)) if state == LeaseState::Running => {
+                // Frozen while it booted: its boot has since marked it running. Paused now,
+                // before this tick meters anything from its frozen balance.
+                tracing::warn!(lease = %lease_id, "a lease frozen while it booted is running; pausing it");
+                if s.ledger.freeze_for_reorg(&lease_id)? {
+                    set_guest(s, &lease_id, Request::Pause).await;
+                }
+            }
             (false, Some(_)) => {
                 // A paused guest runs again from its counters as they are now: the pause is
                 // not billed. Unread (its control socket slow or gone), the lease stays

@@ -96,11 +96,13 @@ impl Ledger {
     }
 
     /// Freezes the lease: `paused_reorg` if its guest runs or is paused unfunded (returns
-    /// whether the guest must be paused), frozen as it is otherwise.
+    /// whether the guest must be paused), frozen as it is otherwise. A lease frozen while
+    /// it was booting stays `booting`, and its boot then marks it `running`: freezing it
+    /// again pauses it, keeping the time it was first frozen (the window counts from then).
     pub fn freeze_for_reorg(&self, id: &str) -> Result<bool, LedgerError> {
         self.with_tx(|tx| {
             let lease = require_in(tx, id)?;
-            if lease.reorg_at.is_some() {
+            if lease.reorg_at.is_some() && lease.state != LeaseState::Running {
                 return Ok(false);
             }
             let pause = matches!(
@@ -114,7 +116,8 @@ impl Ledger {
             };
             let now = unix_s();
             tx.prepare_cached(
-                "UPDATE leases SET reorg_at = ?2, state = ?3, updated_at = ?2 WHERE id = ?1",
+                "UPDATE leases SET reorg_at = COALESCE(reorg_at, ?2), state = ?3, updated_at = ?2
+                 WHERE id = ?1",
             )?
             .execute(params![id, now, state])?;
             Ok(lease.state == LeaseState::Running)
@@ -248,5 +251,44 @@ mod tests {
         );
         l.settle_payment(u[0].payment_id, true).expect("give up");
         assert!(l.unsettled_payments().expect("list").is_empty());
+    }
+
+    /// A reorg while the guest boots: the lease is frozen `booting`, its boot marks it
+    /// `running`, and the next freeze pauses it with the first freeze's time kept.
+    #[test]
+    fn a_lease_frozen_while_booting_is_paused_once_it_runs() {
+        let (_d, l) = ledger();
+        let mut c = credit(1, 5_000);
+        c.block_hash = Some("00aa".into());
+        l.create_lease(&new_lease("a"), &c).expect("create");
+        assert!(!l.freeze_for_reorg("a").expect("freeze"), "no guest yet");
+        let at = l.get("a").expect("get").expect("row").reorg_at;
+        assert!(at.is_some());
+        assert!(
+            !l.freeze_for_reorg("a").expect("freeze"),
+            "still booting: nothing to pause"
+        );
+        l.with_conn(|c| {
+            c.execute(
+                "UPDATE leases SET reorg_at = reorg_at - 5 WHERE id = 'a'",
+                [],
+            )?;
+            Ok(())
+        })
+        .expect("backdate");
+        l.mark_running("a", None, "{}").expect("booted");
+        assert_eq!(
+            l.get("a").expect("get").expect("row").state,
+            LeaseState::Running
+        );
+        assert!(l.freeze_for_reorg("a").expect("freeze"), "pause the guest");
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!(row.state, LeaseState::PausedReorg);
+        assert_eq!(
+            row.reorg_at,
+            at.map(|t| t - 5),
+            "the window counts from the first"
+        );
+        assert!(!l.freeze_for_reorg("a").expect("freeze"), "paused already");
     }
 }
