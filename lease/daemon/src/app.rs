@@ -66,10 +66,17 @@ pub enum StartError {
 }
 
 impl StartError {
-    /// Whether another coinopd holds the state dir (`coinopd` exits 2 for it: a
-    /// configuration mistake, not a failure to retry).
-    pub fn is_state_dir_held(&self) -> bool {
-        matches!(self, StartError::State(StateDirError::Held { .. }))
+    /// Whether another coinopd holds the state dir, or manages guest networking in this
+    /// network namespace (`coinopd` exits 2 for it: a configuration mistake, not a failure
+    /// to retry).
+    pub fn is_held_by_another_coinopd(&self) -> bool {
+        use crate::isolation::IsolationError;
+        use coinop_host::guest_network::netns_claim::ClaimError;
+        matches!(
+            self,
+            StartError::State(StateDirError::Held { .. })
+                | StartError::Isolation(IsolationError::NetworkClaim(ClaimError::Held { .. }))
+        )
     }
 }
 

@@ -35,10 +35,11 @@ pub enum DaemonError {
 
 impl DaemonError {
     /// `coinopd`'s exit status for this error: 2 when another coinopd holds the state dir
-    /// (as for a bad flag: starting again will not help), 1 otherwise.
+    /// or this namespace's guest networking (as for a bad flag: starting again will not
+    /// help), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            DaemonError::Start(e) if e.is_state_dir_held() => 2,
+            DaemonError::Start(e) if e.is_held_by_another_coinopd() => 2,
             // Another mint seed or fee than the fleet's, or an unusable seed file.
             DaemonError::FleetMint(_) | DaemonError::Start(StartError::MintSeed(_)) => 2,
             _ => 1,

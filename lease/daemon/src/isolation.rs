@@ -17,6 +17,7 @@ use std::sync::Mutex;
 
 use crate::config::Config;
 use coinop_host::cgroup::{self, CgroupSlot, Cgroups};
+use coinop_host::guest_network::netns_claim::{ClaimError, NetnsClaim};
 use coinop_host::guest_network::{GuestNetwork, NetError, NetInfo, NetworkSettings, PendingRoute};
 use coinop_host::jail::{self, Jail, JailConfig, UidPool};
 use coinop_host::slot_pool::{SlotPool, TakenSlot};
@@ -43,6 +44,10 @@ pub enum IsolationError {
     /// Guest networking is wanted (--guest-network) but cannot be set up.
     #[error("{0} (or start coinopd with --guest-network never)")]
     Network(#[from] NetError),
+    /// Another coinopd manages guest networking in this network namespace, or the claim
+    /// on it could not be taken.
+    #[error(transparent)]
+    NetworkClaim(#[from] ClaimError),
 }
 
 /// A live lease's confinement.
@@ -69,6 +74,8 @@ pub struct Isolation {
     pool: Option<SlotPool>,
     /// `None` when no lease gets a NIC (see [`Config::guest_network_wanted`]).
     pub network: Option<GuestNetwork>,
+    /// Held while `network` is: no other coinopd manages this namespace's guest networks.
+    _network_claim: Option<NetnsClaim>,
     overlay_dir: PathBuf,
     leases: Mutex<HashMap<String, Confinement>>,
 }
@@ -128,7 +135,9 @@ impl Isolation {
                 crate::token::new_lease_id,
             )
         });
-        let network = if config.guest_network_wanted() {
+        let (network, network_claim) = if config.guest_network_wanted() {
+            // First: a second coinopd's start would sweep the first one's taps and rules.
+            let claim = NetnsClaim::take()?;
             let net = GuestNetwork::start(NetworkSettings {
                 pool: config.guest_net_pool,
                 ssh_ports: config.guest_ssh_ports,
@@ -141,9 +150,9 @@ impl Isolation {
                 slots = net.capacity(),
                 "guest networking on (routed /30 per lease, NAT, SSH port forward)"
             );
-            Some(net)
+            (Some(net), Some(claim))
         } else {
-            None
+            (None, None)
         };
         Ok(Isolation {
             jail,
@@ -151,6 +160,7 @@ impl Isolation {
             no_seccomp: config.no_seccomp,
             pool,
             network,
+            _network_claim: network_claim,
             overlay_dir: config.overlay_dir(),
             leases: Mutex::default(),
         })

@@ -16,13 +16,10 @@
 //!   with its lease's token.
 
 use std::fs::{File, OpenOptions, Permissions};
-use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use coinop_host::pid_lock::{PidLock, PidLockError};
 use thiserror::Error;
 
 /// The lock file's name in the state dir.
@@ -31,12 +28,6 @@ pub const LOCK_FILE: &str = "coinopd.lock";
 pub const DIR_MODE: u32 = 0o700;
 /// Mode of the ledger, keys, consoles and logs: only root may read them.
 pub const FILE_MODE: u32 = 0o600;
-/// How long a coinopd waits for a lock whose holder has died. The holder's children share
-/// its open files from their clone until they close them (a jailed child starting a VMM
-/// does so after joining its namespaces and cgroup: a few ms, more on a loaded host), so
-/// for a moment after a crash the lock can outlive coinopd.
-const ORPHANED_LOCK_WAIT: Duration = Duration::from_secs(5);
-
 #[derive(Debug, Error)]
 pub enum StateDirError {
     /// Another coinopd holds the state dir.
@@ -65,88 +56,34 @@ fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// The held lock on a state dir; dropping it releases the lock (the file stays: removing it
-/// would let a third coinopd lock a new file while a second one waits on the old one).
+/// The held lock on a state dir ([`PidLock`]); dropping it releases the lock (the file
+/// stays: removing it would only make every taker check it locked the file the path names).
 #[derive(Debug)]
 pub struct StateLock {
-    _file: Flock<File>,
+    _lock: PidLock,
 }
 
 impl StateLock {
-    /// Creates the state dir if needed (0700), takes its lock without waiting, and writes
-    /// this process's pid in the lock file. Fails with [`StateDirError::Held`] naming the
-    /// holder's pid when another coinopd has it.
+    /// Creates the state dir if needed (0700), takes its lock without waiting on a live
+    /// holder, and writes this process's pid in the lock file. Fails with
+    /// [`StateDirError::Held`] naming the holder's pid when another coinopd has it.
     pub fn take(state_dir: &Path) -> Result<StateLock, StateDirError> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(DIR_MODE)
             .create(state_dir)
             .map_err(io(state_dir, "create"))?;
-        let path = state_dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(FILE_MODE)
-            .open(&path)
-            .map_err(io(&path, "open the lock file"))?;
-        let mut file = file;
-        let deadline = Instant::now() + ORPHANED_LOCK_WAIT;
-        let mut file = loop {
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(locked) => break locked,
-                Err((mut held, Errno::EWOULDBLOCK)) => {
-                    let pid = holder_pid(&mut held);
-                    // A holder that is gone left the lock to a child still closing its
-                    // copy of the fd: wait for it, briefly. A live one is another coinopd.
-                    if pid.is_some_and(is_alive) || Instant::now() >= deadline {
-                        return Err(StateDirError::Held {
-                            state_dir: state_dir.to_path_buf(),
-                            pid,
-                        });
-                    }
-                    file = held;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err((_, errno)) => {
-                    return Err(StateDirError::Io {
-                        path,
-                        what: "lock",
-                        source: errno.into(),
-                    })
-                }
+        match PidLock::take(&state_dir.join(LOCK_FILE), FILE_MODE) {
+            Ok(lock) => Ok(StateLock { _lock: lock }),
+            Err(PidLockError::Held { pid, .. }) => Err(StateDirError::Held {
+                state_dir: state_dir.to_path_buf(),
+                pid,
+            }),
+            Err(PidLockError::Io { path, what, source }) => {
+                Err(StateDirError::Io { path, what, source })
             }
-        };
-        // Ours now: the pid of an earlier holder (dead, or this process's own earlier
-        // daemon) is replaced.
-        let pid = format!("{}\n", std::process::id());
-        file.set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| file.write_all(pid.as_bytes()))
-            .map_err(io(&path, "write the pid"))?;
-        Ok(StateLock { _file: file })
+        }
     }
-}
-
-/// Whether process `pid` exists (a zombie counts: it is on its way out, but its children
-/// may not be).
-fn is_alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-        Ok(()) | Err(Errno::EPERM) => true,
-        Err(_) => false,
-    }
-}
-
-/// The pid a holder wrote in the lock file.
-fn holder_pid(file: &mut File) -> Option<u32> {
-    let mut text = String::new();
-    file.rewind().ok()?;
-    file.take(32).read_to_string(&mut text).ok()?;
-    text.trim().parse().ok()
 }
 
 /// Makes the state dir private: the dir and `run_dir` 0700, the ledger and its WAL and
@@ -236,25 +173,6 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, DIR_MODE);
-    }
-
-    #[test]
-    fn a_lock_left_to_a_dead_holders_child_is_waited_for() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = dir.path().join("state");
-        let first = StateLock::take(&state).expect("first lock");
-        // As after a crash: the pid in the file is gone (above any pid_max), while another
-        // copy of the fd (here, this one) still holds the lock for a moment.
-        std::fs::write(state.join(LOCK_FILE), "4194305\n").expect("write a dead pid");
-        let release = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(200));
-            drop(first);
-        });
-        let started = Instant::now();
-        let second = StateLock::take(&state).expect("taken once the copy closes");
-        assert!(started.elapsed() >= Duration::from_millis(150));
-        release.join().expect("release");
-        drop(second);
     }
 
     #[test]

@@ -719,3 +719,76 @@ async fn an_agent_images_leases_with_a_nic_restore_each_with_its_own() {
         assert_eq!(stopped["state"], "stopped", "{stopped}");
     }
 }
+
+/// A second coinopd with guest networking in a namespace where one runs (another state dir
+/// on the same host) refuses to start, exit 2, naming the first: its start would sweep the
+/// first one's taps and render the rule table from its own leases alone. The first one's
+/// lease keeps its tap and rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_coinopd_does_not_take_over_a_namespaces_guest_networks() {
+    let Some((vmm, guest)) = root_kvm_or_skip() else {
+        return;
+    };
+    let dir = common::StateDir::new();
+    let state: PathBuf = dir.path().to_path_buf();
+    let (daemon, client) = NetnsDaemon::spawn(&state, &vmm, &guest, &["--guest-network", "always"]);
+    let payment = pay(&client).await;
+    let body = json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "ssh_key": SSH_KEY,
+                      "payment": payment});
+    let created = daemon.create_lease(&client, &state, body).await;
+    let id = created["lease_id"].as_str().expect("id").to_string();
+    let tap = created["network"]["tap"].as_str().expect("tap").to_string();
+
+    let second = common::StateDir::new();
+    let second_log = second.path().join("second.log");
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/proc/{}/ns/net", daemon.child.id()))
+        .arg(env!("CARGO_BIN_EXE_coinopd"))
+        .args(
+            common::daemon_args(
+                second.path(),
+                &second.path().join("coinop.sock"),
+                &["--guest-network", "always"],
+            )
+            .iter()
+            .skip(1),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&second_log).expect("log"))
+        .spawn()
+        .expect("run a second coinopd");
+    // It must end by itself; one that runs on (sweeping the first one's networks) is
+    // killed, and fails the test below.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&second_log).unwrap_or_default();
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "guest networking in this network namespace is managed by coinopd pid {}",
+            daemon.child.id()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        daemon
+            .run_inside("ip", &["link", "show", "dev", &tap])
+            .is_some(),
+        "the first one's tap is still there"
+    );
+    let rules = daemon
+        .run_inside("nft", &["list", "table", "ip", "coinop"])
+        .expect("rules");
+    assert!(rules.contains(&format!("lease {id}")), "{rules}");
+}

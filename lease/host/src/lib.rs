@@ -9,6 +9,7 @@
 //! | [`cgroup`] | one cgroup per lease: CPU quota, memory, tasks; the kernel's count of CPU time | [`cgroup::Cgroups`], [`cgroup::CgroupSlot`], [`cgroup::Limits`] |
 //! | [`guest_network`] | per-lease tap, routed /30, nftables rules (DNAT for SSH, masquerade, anti-spoofing) | [`guest_network::GuestNetwork`], [`guest_network::NetInfo`] |
 //! | [`slot_pool`] | lease slots (cgroup + jail + parked child) built ahead of the request | [`slot_pool::SlotPool`], [`slot_pool::ReadySlot`] |
+//! | [`pid_lock`] | "one coinopd at a time" for a state dir or a network namespace's guest networks: a `flock` on a file naming its holder | [`pid_lock::PidLock`], [`guest_network::netns_claim::NetnsClaim`] |
 //! | [`kvm_tuning`] | the host's KVM settings that slow every guest's start, read for advice | [`kvm_tuning::Advice`] |
 //!
 //! The daemon (`coinopd`) decides *when*; this crate only knows *how*.
@@ -17,4 +18,5 @@ pub mod cgroup;
 pub mod guest_network;
 pub mod jail;
 pub mod kvm_tuning;
+pub mod pid_lock;
 pub mod slot_pool;

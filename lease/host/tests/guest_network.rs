@@ -360,3 +360,40 @@ fn a_reserved_network_is_routed_later_or_not_at_all() {
         assert!(rules.contains("lease first"), "{rules}");
     });
 }
+
+/// One claim on guest networking per network namespace: a second taker is refused naming
+/// the holder, a taker in another namespace is not, and a dropped claim is free again (its
+/// file gone). A directory others may write to is refused.
+#[test]
+fn guest_networking_is_claimed_once_per_network_namespace() {
+    use coinop_host::guest_network::netns_claim::{ClaimError, NetnsClaim};
+    in_netns_with_records(move |dir| {
+        let claims = dir.join("claims");
+        let first = NetnsClaim::take_in(&claims).expect("first claim");
+        match NetnsClaim::take_in(&claims) {
+            Err(ClaimError::Held { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("a second claim in the same namespace: {other:?}"),
+        }
+        let elsewhere = claims.clone();
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            drop(NetnsClaim::take_in(&elsewhere).expect("another namespace's claim"));
+        })
+        .join()
+        .expect("the other namespace's thread");
+        drop(first);
+        let files = || std::fs::read_dir(&claims).expect("claims").count();
+        assert_eq!(files(), 0, "the claim's file goes with it");
+        drop(NetnsClaim::take_in(&claims).expect("free again"));
+
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&claims, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(
+            matches!(
+                NetnsClaim::take_in(&claims),
+                Err(ClaimError::UnsafeDir { .. })
+            ),
+            "a directory anyone may write to"
+        );
+    });
+}

@@ -13,12 +13,16 @@
 //! after re-adoption, removes whatever a crashed coinopd left: rules and taps of leases
 //! that are not live, and their records.
 //!
+//! The taps' names and the table's are fixed, so one coinopd per network namespace may
+//! manage them: the daemon holds a [`netns_claim::NetnsClaim`] while a `GuestNetwork` runs.
+//!
 //! When it is on (`--guest-network`): `always`, or `auto` (the default) for images with a
 //! root filesystem, the only guests that use a NIC; `never` turns it off. It needs root,
 //! `ip` (iproute2) and `nft` (nftables).
 
 pub mod address_pool;
 pub mod host_commands;
+pub mod netns_claim;
 pub mod nft_ruleset;
 pub mod tap_device;
 
