@@ -67,6 +67,11 @@
 //! input Ys `Pending`, sign, commit (or release on failure); a receipt claim
 //! ([`PgSpentSet::claim_with_receipt`]) marks keys `Spent` in one step.
 //!
+//! A host that spent keys on its own before it joined the fleet (its SQLite spent set only)
+//! publishes them at its first start with the store ([`PgSpentSet::publish_spent`]):
+//! `Spent` under this host and an operation naming the publication, the keys the store has
+//! already left as they are and reported, so that no other host of the fleet accepts them.
+//!
 //! # Keysets: metadata here, keys on the hosts
 //! The keys of every keyset are derived (BIP32, hardened, `m/0'/0'/{index}'/{log2 amount}'`)
 //! from a mint seed each host holds as a secret file, as cdk and nutshell derive theirs: the
@@ -153,5 +158,5 @@ pub use quotes::{
     FleetIndexPolicy, FleetQuote, PgQuoteBook, PgQuoteError, QuotePurpose, SeenPayment,
 };
 pub use signed_outputs::{OutputState, PendingOutputs, PgSignedOutputs, StoredOutput};
-pub use spent_set::{PendingOperation, PgSpentSet, Reconciled};
+pub use spent_set::{HeldKey, PendingOperation, PgSpentSet, Published, Reconciled};
 pub use store::{PgStore, PgStoreOptions, StoreMetrics};

@@ -41,6 +41,27 @@ pub struct Reconciled {
     pub undecided: Vec<String>,
 }
 
+/// What [`PgSpentSet::publish_spent`] did with the keys it was given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Keys this call recorded as `Spent`.
+    pub inserted: usize,
+    /// Keys already `Spent` under this host and the same operation: published before.
+    pub already: usize,
+    /// Keys held otherwise (another operation, of this host or another; or pending): left
+    /// exactly as they were.
+    pub held_elsewhere: Vec<HeldKey>,
+}
+
+/// A key and who holds it in the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldKey {
+    pub key: SpendKey,
+    pub state: SpendState,
+    pub host_id: String,
+    pub operation_id: String,
+}
+
 /// The spent set of the fleet. Cheap to clone (shares the store's pool).
 #[derive(Clone, Debug)]
 pub struct PgSpentSet {
@@ -107,6 +128,10 @@ pub(crate) fn key_arrays(keys: &[SpendKey]) -> Result<(Vec<i16>, Vec<&[u8]>), Pg
 pub(crate) fn sql_state_is(e: &tokio_postgres::Error, code: &str) -> bool {
     e.code() == Some(&SqlState::from_code(code))
 }
+
+/// A key (kind code, bytes) the store already had when it was published, and its holder
+/// read afterwards (`None`: let go meanwhile).
+type HeldRow<'a> = ((i16, &'a [u8]), Option<Holder>);
 
 /// Who holds a key now.
 pub(crate) struct Holder {
@@ -231,6 +256,103 @@ impl PgSpentSet {
         }
         Err(PgStoreError::Unavailable(format!(
             "claim kept conflicting with claims released at once, {CLAIM_ATTEMPTS} times"
+        )))
+    }
+
+    /// Records keys this host spent on its own (before it joined the fleet) as `Spent`
+    /// under this host and `operation_id`, one statement for all of them. Unlike
+    /// [`PgSpentSet::claim`] this is not all or none: a key the store holds already is
+    /// left as it is and reported ([`Published::already`] when it is this very
+    /// publication's, else [`Published::held_elsewhere`]), and the others are recorded all
+    /// the same, since each of them was spent, whatever became of its neighbours. So the
+    /// same keys published again change nothing.
+    pub async fn publish_spent(
+        &self,
+        keys: &[SpendKey],
+        note: &str,
+        operation_id: &str,
+    ) -> Result<Published, PgStoreError> {
+        let (mut kinds, mut bytes) = key_arrays(keys)?;
+        let host = self.store.host_id().to_owned();
+        let mut done = Published::default();
+        for _ in 0..CLAIM_ATTEMPTS {
+            let (k, b, h) = (&kinds, &bytes, &host);
+            let (inserted, holders) = self
+                .store
+                .with_client(1, |client| async move {
+                    let stmt = client
+                        .prepare_cached(
+                            "INSERT INTO coinop_spent_keys
+                                 (kind, key, state, note, receipt, host_id, operation_id, spent_at)
+                             SELECT k.kind, k.key, $3, $4, NULL, $5, $6, now()
+                             FROM unnest($1::smallint[], $2::bytea[]) AS k(kind, key)
+                             ON CONFLICT (kind, key) DO NOTHING
+                             RETURNING kind, key",
+                        )
+                        .await
+                        .map_err(classify)?;
+                    let spent = state_code(SpendState::Spent);
+                    let rows = client
+                        .query(&stmt, &[k, b, &spent, &note, h, &operation_id])
+                        .await
+                        .map_err(classify)?;
+                    let inserted: HashSet<(i16, Vec<u8>)> =
+                        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                    if inserted.len() == k.len() {
+                        return Ok((inserted, Vec::new()));
+                    }
+                    // The rest were held by someone: who, read in a fresh snapshot (a key
+                    // whose holder committed after this statement's snapshot is seen now).
+                    let (rest_k, rest_b): (Vec<i16>, Vec<&[u8]>) = k
+                        .iter()
+                        .zip(b)
+                        .filter(|(kind, key)| !inserted.contains(&(**kind, key.to_vec())))
+                        .map(|(kind, key)| (*kind, *key))
+                        .unzip();
+                    let holders = Self::holders(&client, &rest_k, &rest_b).await?;
+                    let held: Vec<HeldRow<'_>> =
+                        rest_k.into_iter().zip(rest_b).zip(holders).collect();
+                    Ok((inserted, held))
+                })
+                .await?;
+            if !holders.is_empty() {
+                // The read of the holders.
+                self.store.add_round_trips(1);
+            }
+            done.inserted += inserted.len();
+            let mut again = (Vec::new(), Vec::new());
+            for ((kind, key), holder) in holders {
+                match holder {
+                    Some(h)
+                        if h.state == SpendState::Spent
+                            && h.host_id == host
+                            && h.operation_id == operation_id =>
+                    {
+                        done.already += 1;
+                    }
+                    Some(h) => done.held_elsewhere.push(HeldKey {
+                        key: SpendKey {
+                            kind: kind_from_code(kind)?,
+                            bytes: key.to_vec(),
+                        },
+                        state: h.state,
+                        host_id: h.host_id,
+                        operation_id: h.operation_id,
+                    }),
+                    // Its holder let go between the insert and the read: try it again.
+                    None => {
+                        again.0.push(kind);
+                        again.1.push(key);
+                    }
+                }
+            }
+            if again.0.is_empty() {
+                return Ok(done);
+            }
+            (kinds, bytes) = again;
+        }
+        Err(PgStoreError::Unavailable(format!(
+            "publishing kept meeting claims released at once, {CLAIM_ATTEMPTS} times"
         )))
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use payment::spent_set::{KeyKind, SpendKey, SpendState};
 use payment_postgres::test_cluster::TestCluster;
-use payment_postgres::{PgSpentSet, PgStore, PgStoreError, PgStoreOptions};
+use payment_postgres::{HeldKey, PgSpentSet, PgStore, PgStoreError, PgStoreOptions};
 
 fn key(kind: KeyKind, n: u32) -> SpendKey {
     let mut bytes = vec![0u8; if kind == KeyKind::Outpoint { 36 } else { 33 }];
@@ -268,6 +268,176 @@ async fn a_pending_claim_is_idempotent_for_its_own_host_and_operation_only() {
             state: SpendState::Spent,
             ..
         })
+    ));
+}
+
+/// Keys a host spent before it joined the fleet, published: the ones the store did not
+/// have are recorded `Spent` under the publication's operation, in one round trip however
+/// many; the same publication again changes nothing; a key held by another operation (of
+/// another host, or of this one, spent or pending) is reported and left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_local_spends_records_the_missing_ones_once_and_overwrites_nothing() {
+    let Some(pg) =
+        cluster("publishing_local_spends_records_the_missing_ones_once_and_overwrites_nothing")
+    else {
+        return;
+    };
+    let (h1, h2) = (set(&pg, "h1").await, set(&pg, "h2").await);
+    let (a, b, c, d, e) = (
+        key(KeyKind::CreditY, 1),
+        key(KeyKind::CreditY, 2),
+        key(KeyKind::CreditY, 3),
+        key(KeyKind::Outpoint, 4),
+        key(KeyKind::CreditY, 5),
+    );
+    h2.claim(std::slice::from_ref(&b), SpendState::Spent, "swap", "op-b")
+        .await
+        .unwrap();
+    h1.claim(
+        std::slice::from_ref(&c),
+        SpendState::Pending,
+        "lease",
+        "op-c",
+    )
+    .await
+    .unwrap();
+    h2.claim(
+        std::slice::from_ref(&e),
+        SpendState::Pending,
+        "swap",
+        "op-e",
+    )
+    .await
+    .unwrap();
+    let all = [a.clone(), b.clone(), c.clone(), d.clone(), e.clone()];
+    let held = |key: &SpendKey, state, host: &str, op: &str| HeldKey {
+        key: key.clone(),
+        state,
+        host_id: host.into(),
+        operation_id: op.into(),
+    };
+    let elsewhere = vec![
+        held(&b, SpendState::Spent, "h2", "op-b"),
+        held(&c, SpendState::Pending, "h1", "op-c"),
+        held(&e, SpendState::Pending, "h2", "op-e"),
+    ];
+
+    let before = h1.store().metrics().round_trips;
+    let first = h1
+        .publish_spent(&all, "spent before joining", "pre-fleet:h1")
+        .await
+        .unwrap();
+    assert_eq!(first.inserted, 2, "{first:?}");
+    assert_eq!(first.already, 0, "{first:?}");
+    assert_eq!(first.held_elsewhere, elsewhere);
+    assert_eq!(
+        h1.store().metrics().round_trips - before,
+        2,
+        "the insert, then the read of who holds the rest"
+    );
+    assert_eq!(
+        h2.states(&all).await.unwrap(),
+        vec![
+            Some(SpendState::Spent),
+            Some(SpendState::Spent),
+            Some(SpendState::Pending),
+            Some(SpendState::Spent),
+            Some(SpendState::Pending),
+        ]
+    );
+    // The published keys are this publication's, and spent for every host.
+    assert!(h1
+        .held_for_operation(&[a.clone(), d.clone()], "pre-fleet:h1")
+        .await
+        .unwrap());
+    assert!(matches!(
+        h2.claim(
+            std::slice::from_ref(&a),
+            SpendState::Pending,
+            "swap",
+            "op-x"
+        )
+        .await,
+        Err(PgStoreError::AlreadyClaimed {
+            state: SpendState::Spent,
+            ..
+        })
+    ));
+    // The others were left as they were: still their holders', pending ones still pending.
+    assert!(h2
+        .held_for_operation(std::slice::from_ref(&b), "op-b")
+        .await
+        .unwrap());
+    assert!(h2
+        .held_for_operation(std::slice::from_ref(&e), "op-e")
+        .await
+        .unwrap());
+    h1.commit_pending(std::slice::from_ref(&c)).await.unwrap();
+    h2.release_pending(std::slice::from_ref(&e)).await.unwrap();
+
+    // Again: nothing new; what is this publication's is known as such.
+    let again = h1
+        .publish_spent(
+            &[a.clone(), d.clone()],
+            "spent before joining",
+            "pre-fleet:h1",
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.inserted, again.already), (0, 2), "{again:?}");
+    assert!(again.held_elsewhere.is_empty(), "{again:?}");
+    // A key released meanwhile is free, and recorded by the next publication.
+    let third = h1
+        .publish_spent(&all, "spent before joining", "pre-fleet:h1")
+        .await
+        .unwrap();
+    assert_eq!((third.inserted, third.already), (1, 2), "{third:?}");
+    assert_eq!(
+        third.held_elsewhere,
+        vec![
+            held(&b, SpendState::Spent, "h2", "op-b"),
+            held(&c, SpendState::Spent, "h1", "op-c"),
+        ]
+    );
+    assert!(h1.held_for_operation(&[e], "pre-fleet:h1").await.unwrap());
+    // Another host's publication of the same key: reported as the first host's.
+    let other = h2
+        .publish_spent(
+            std::slice::from_ref(&a),
+            "spent before joining",
+            "pre-fleet:h2",
+        )
+        .await
+        .unwrap();
+    assert_eq!(other.inserted, 0);
+    assert_eq!(
+        other.held_elsewhere,
+        vec![held(&a, SpendState::Spent, "h1", "pre-fleet:h1")]
+    );
+
+    // Many keys, all new: one round trip.
+    let many: Vec<SpendKey> = (100..1100).map(|n| key(KeyKind::CreditY, n)).collect();
+    let before = h1.store().metrics().round_trips;
+    let done = h1
+        .publish_spent(&many, "bulk", "pre-fleet:h1")
+        .await
+        .unwrap();
+    assert_eq!(done.inserted, many.len());
+    assert_eq!(h1.store().metrics().round_trips - before, 1);
+    assert_eq!(
+        h2.states(&many).await.unwrap(),
+        vec![Some(SpendState::Spent); many.len()]
+    );
+
+    // As every request of the set: at least one key, none twice.
+    assert!(matches!(
+        h1.publish_spent(&[], "none", "pre-fleet:h1").await,
+        Err(PgStoreError::NoKeys)
+    ));
+    assert!(matches!(
+        h1.publish_spent(&[a.clone(), a], "dup", "pre-fleet:h1")
+            .await,
+        Err(PgStoreError::DuplicateKey { .. })
     ));
 }
 
