@@ -52,6 +52,16 @@ fn state_code(state: SpendState) -> i64 {
     }
 }
 
+fn kind_from_code(code: i64) -> Result<KeyKind, SpentSetError> {
+    match code {
+        1 => Ok(KeyKind::Outpoint),
+        2 => Ok(KeyKind::CreditY),
+        other => Err(SpentSetError::Storage(format!(
+            "spent_keys.kind holds unknown code {other}"
+        ))),
+    }
+}
+
 fn state_from_code(code: i64) -> Result<SpendState, SpentSetError> {
     match code {
         1 => Ok(SpendState::Pending),
@@ -84,6 +94,24 @@ pub fn open_durable(path: &Path) -> Result<Connection, rusqlite::Error> {
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
+}
+
+/// Gives `spent_keys` the column `name` if it has none (a table made by an older build).
+fn add_column(conn: &Connection, name: &str, decl: &str) -> Result<(), SpentSetError> {
+    let has = |conn: &Connection| -> Result<bool, SpentSetError> {
+        conn.prepare("SELECT 1 FROM pragma_table_info('spent_keys') WHERE name = ?1")
+            .and_then(|mut q| q.exists([name]))
+            .map_err(storage)
+    };
+    if has(conn)? {
+        return Ok(());
+    }
+    match conn.execute_batch(&format!("ALTER TABLE spent_keys ADD COLUMN {name} {decl}")) {
+        Ok(()) => Ok(()),
+        // Another connection to the file added it first: what was wanted.
+        Err(_) if has(conn)? => Ok(()),
+        Err(e) => Err(storage(e)),
+    }
 }
 
 fn reject_duplicates(keys: &[SpendKey]) -> Result<(), SpentSetError> {
@@ -121,8 +149,9 @@ impl SqliteSpentSet {
     }
 
     /// Creates the spent-set tables if they are missing, and gives a table from before
-    /// receipts its `receipt` column. For callers that keep the spent set in their own
-    /// database file (the daemon's ledger).
+    /// receipts its `receipt` column, and one from before fleets its `published` column.
+    /// For callers that keep the spent set in their own database file (the daemon's
+    /// ledger).
     pub fn create_schema(conn: &Connection) -> Result<(), SpentSetError> {
         signed_outputs::create_schema(conn)?;
         conn.execute_batch(
@@ -137,20 +166,60 @@ impl SqliteSpentSet {
             ) WITHOUT ROWID;",
         )
         .map_err(storage)?;
-        let has_receipt = |conn: &Connection| -> Result<bool, SpentSetError> {
-            conn.prepare("SELECT 1 FROM pragma_table_info('spent_keys') WHERE name = 'receipt'")
-                .and_then(|mut q| q.exists([]))
-                .map_err(storage)
-        };
-        if has_receipt(conn)? {
-            return Ok(());
+        add_column(conn, "receipt", "BLOB")?;
+        // Whether the key was copied into a shared spent set (a fleet's, which this host
+        // joined after spending it on its own): 1 once that store confirmed it has it.
+        // Every claim inserts 0; the fleet's start-up publishes the 0s and marks them.
+        add_column(conn, "published", "INTEGER NOT NULL DEFAULT 0")
+    }
+
+    /// Up to `limit` keys not yet marked published ([`Self::mark_published_in`]) with
+    /// their states, in key order, after `after` (exclusive; `None`: from the first), read
+    /// through any connection or transaction. Walking the table in key order from the last
+    /// key of the previous page costs each page its own rows, not a scan from the start.
+    pub fn unpublished_in(
+        conn: &Connection,
+        after: Option<&SpendKey>,
+        limit: usize,
+    ) -> Result<Vec<(SpendKey, SpendState)>, SpentSetError> {
+        // Below every key: kinds are 1 and 2, and no blob sorts before the empty one.
+        let (kind, key) = after.map_or((0, &[][..]), |k| (kind_code(k.kind), &k.bytes[..]));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut query = conn
+            .prepare_cached(
+                "SELECT kind, key, state FROM spent_keys
+                 WHERE published = 0 AND (kind, key) > (?1, ?2)
+                 ORDER BY kind, key LIMIT ?3",
+            )
+            .map_err(storage)?;
+        let rows = query
+            .query_map(params![kind, key, limit], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?))
+            })
+            .map_err(storage)?;
+        rows.map(|row| {
+            let (kind, bytes, state) = row.map_err(storage)?;
+            let key = SpendKey {
+                kind: kind_from_code(kind)?,
+                bytes,
+            };
+            Ok((key, state_from_code(state)?))
+        })
+        .collect()
+    }
+
+    /// Marks keys published (a shared spent set has them), inside the caller's transaction;
+    /// a key not in this set is passed over.
+    pub fn mark_published_in(tx: &Transaction<'_>, keys: &[SpendKey]) -> Result<(), SpentSetError> {
+        let mut update = tx
+            .prepare_cached("UPDATE spent_keys SET published = 1 WHERE kind = ?1 AND key = ?2")
+            .map_err(storage)?;
+        for key in keys {
+            update
+                .execute(params![kind_code(key.kind), key.bytes])
+                .map_err(storage)?;
         }
-        match conn.execute_batch("ALTER TABLE spent_keys ADD COLUMN receipt BLOB") {
-            Ok(()) => Ok(()),
-            // Another connection to the file added it first: what was wanted.
-            Err(_) if has_receipt(conn)? => Ok(()),
-            Err(e) => Err(storage(e)),
-        }
+        Ok(())
     }
 
     /// Claims `keys` inside the caller's transaction. Writes nothing unless every key is
@@ -588,7 +657,7 @@ mod tests {
     }
 
     #[test]
-    fn a_spent_set_from_before_receipts_gains_the_column_and_keeps_its_keys() {
+    fn a_spent_set_from_before_receipts_gains_the_columns_and_keeps_its_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spent.sqlite");
         let a = key(KeyKind::Outpoint, 4);
@@ -614,6 +683,11 @@ mod tests {
         assert!(!set
             .spent_with(std::slice::from_ref(&a), &[0u8; 32])
             .unwrap());
+        // Nor had it been published: it is, as every key, unpublished at first.
+        assert_eq!(
+            all_unpublished(&set, 10),
+            vec![(a.clone(), SpendState::Spent)]
+        );
         let b = key(KeyKind::Outpoint, 5);
         set.claim_with_receipt(std::slice::from_ref(&b), "new", &[7u8; 32], &[])
             .unwrap();
@@ -621,6 +695,77 @@ mod tests {
         // Opening again finds the column there.
         drop(set);
         SqliteSpentSet::open(&path).unwrap();
+    }
+
+    /// Every key, listed a page at a time by `unpublished_in`.
+    fn all_unpublished(set: &SqliteSpentSet, page: usize) -> Vec<(SpendKey, SpendState)> {
+        let conn = set.conn.lock().unwrap();
+        let mut all: Vec<(SpendKey, SpendState)> = Vec::new();
+        loop {
+            let after = all.last().map(|(k, _)| k);
+            let got = SqliteSpentSet::unpublished_in(&conn, after, page).unwrap();
+            assert!(got.len() <= page);
+            let last = got.len() < page;
+            all.extend(got);
+            if last {
+                return all;
+            }
+        }
+    }
+
+    #[test]
+    fn unpublished_keys_are_listed_in_key_order_until_marked_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spent.sqlite");
+        let set = SqliteSpentSet::open(&path).unwrap();
+        let (a, b, c, d, e) = (
+            key(KeyKind::CreditY, 3),
+            key(KeyKind::CreditY, 1),
+            key(KeyKind::Outpoint, 9),
+            key(KeyKind::CreditY, 2),
+            key(KeyKind::Outpoint, 4),
+        );
+        set.claim(&[a.clone(), b.clone()], SpendState::Spent, "swap")
+            .unwrap();
+        set.claim(std::slice::from_ref(&c), SpendState::Pending, "lease")
+            .unwrap();
+        set.claim_with_receipt(&[d.clone(), e.clone()], "swap", &[1; 32], &[])
+            .unwrap();
+        let everything = vec![
+            (e.clone(), SpendState::Spent),
+            (c.clone(), SpendState::Pending),
+            (b.clone(), SpendState::Spent),
+            (d.clone(), SpendState::Spent),
+            (a.clone(), SpendState::Spent),
+        ];
+        // Outpoints (kind 1) first, then by bytes; whatever the page size.
+        for page in [1, 2, 5, 100] {
+            assert_eq!(all_unpublished(&set, page), everything, "page {page}");
+        }
+        set.in_transaction(|tx| {
+            SqliteSpentSet::mark_published_in(tx, &[b.clone(), e.clone(), key(KeyKind::CreditY, 7)])
+        })
+        .unwrap();
+        let rest = vec![
+            (c.clone(), SpendState::Pending),
+            (d.clone(), SpendState::Spent),
+            (a.clone(), SpendState::Spent),
+        ];
+        assert_eq!(all_unpublished(&set, 1), rest);
+        // A marked key is spent as before.
+        assert_eq!(
+            set.states(&[b.clone(), e.clone()]).unwrap(),
+            vec![Some(SpendState::Spent); 2]
+        );
+        // A later claim is unpublished; the marks survive a restart.
+        drop(set);
+        let set = SqliteSpentSet::open(&path).unwrap();
+        let f = key(KeyKind::CreditY, 0);
+        set.claim(std::slice::from_ref(&f), SpendState::Spent, "later")
+            .unwrap();
+        let mut expected = rest;
+        expected.insert(1, (f, SpendState::Spent));
+        assert_eq!(all_unpublished(&set, 2), expected);
     }
 
     #[test]
