@@ -20,6 +20,7 @@
 //! | `quotes.rs` | the `lease_quotes` table: [`QuoteRow`] |
 //! | `books.rs` | where a lease's money went: [`Books`] |
 //! | [`recovery`] | a lost create reply: the lease handed back to the retry that proves it owns it |
+//! | `published.rs` | the spent set's keys not yet published to the fleet store (spent before this host joined one) |
 //! | `test_support.rs` | what the unit tests share |
 
 mod books;
@@ -27,6 +28,7 @@ mod lease_rows;
 mod lifecycle;
 pub mod mint_quotes;
 mod payments;
+mod published;
 mod quotes;
 pub mod recovery;
 pub mod reorg;
