@@ -9,11 +9,20 @@
 //! keys were claimed there (the local claim commits in the same SQLite transaction as what
 //! they bought, so "claimed locally" means "delivered").
 //!
-//! Fail closed: while the store is unreachable, or until the start-up schema check and
-//! reconciliation are done, fences fail with [`FleetError::Unavailable`] (503
-//! `store_unavailable`), so nothing is accepted on local state alone; guests and metering
-//! are local and carry on. A settle that fails is retried in the background until it
-//! succeeds; the keys stay fenced meanwhile.
+//! Joining a fleet publishes this host's own spends: a host that ran on its own (no
+//! `--store`) spent keys its SQLite set alone knows, and the other hosts of the fleet, which
+//! share its mint keys, would accept them again. So at every start, after the
+//! reconciliation, the keys of the local spent set not yet marked published are recorded
+//! `Spent` in the store under `pre-fleet:<host id>` (the ones it has already are left as
+//! they are), then marked in the ledger, so that the next start sends only what was spent
+//! since. A key another host holds already was spent twice before the join: that is
+//! logged as an error, and the start goes on (nothing can undo it now).
+//!
+//! Fail closed: while the store is unreachable, or until the start-up schema check,
+//! reconciliation and publication are done, fences fail with [`FleetError::Unavailable`]
+//! (503 `store_unavailable`), so nothing is accepted on local state alone; guests and
+//! metering are local and carry on. A settle that fails is retried in the background until
+//! it succeeds; the keys stay fenced meanwhile.
 //!
 //! One operation is fenced at most once at a time in this process: the store grants the
 //! same host and operation its pending claim again (a retry after a lost reply), so two
@@ -33,8 +42,14 @@ use crate::config::Config;
 use crate::ledger::Ledger;
 use crate::names_in_flight::{Entered, NamesInFlight};
 
-/// How often a failed schema check, reconciliation or settle is tried again.
+/// How often a failed schema check, reconciliation, publication or settle is tried again.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// Keys per round trip when publishing this host's own spends at start-up.
+const PUBLISH_BATCH: usize = 1000;
+
+/// The note on the store's rows of the keys this host spent before it joined.
+const PRE_FLEET_NOTE: &str = "spent on this host before it joined the fleet";
 
 #[derive(Debug, Error)]
 pub enum FleetError {
@@ -111,6 +126,13 @@ enum NotReady {
     /// operation is unknown, and either guess could lose or double a payment.
     #[error("{0} pending fleet claims left undecided: the local ledger could not be read")]
     LedgerUnreadable(usize),
+    /// The local spent set could not be read, or the keys published not marked: until
+    /// they are in the store, another host could accept what this host spent on its own.
+    #[error("publishing this host's own spends: the local spent set: {0}")]
+    LocalSpends(crate::ledger::LedgerError),
+    /// A worker reading or marking the local spent set failed.
+    #[error("publishing this host's own spends: worker failed: {0}")]
+    Worker(String),
 }
 
 /// The fleet store as this coinopd uses it.
@@ -153,10 +175,11 @@ impl Fleet {
         })))
     }
 
-    /// Checks (and migrates) the schema and settles this host's pending fences left by a
-    /// crash, before the daemon takes requests. A newer schema is an error (the daemon does
-    /// not start); an unreachable store is not: the daemon serves (guests, metering) with
-    /// money requests refused while this keeps trying in the background.
+    /// Checks (and migrates) the schema, settles this host's pending fences left by a
+    /// crash and publishes its own spends (see the module's top), before the daemon takes
+    /// requests. A newer schema is an error (the daemon does not start); an unreachable
+    /// store is not: the daemon serves (guests, metering) with money requests refused
+    /// while this keeps trying in the background.
     pub async fn start(self: &Arc<Self>, ledger: Arc<Ledger>) -> Result<(), FleetStartError> {
         match self.start_once(&ledger).await {
             Ok(()) => {}
@@ -187,7 +210,7 @@ impl Fleet {
         Ok(())
     }
 
-    async fn start_once(&self, ledger: &Ledger) -> Result<(), NotReady> {
+    async fn start_once(&self, ledger: &Arc<Ledger>) -> Result<(), NotReady> {
         self.set.store().migrate().await?;
         let done = self
             .set
@@ -209,12 +232,102 @@ impl Fleet {
             tracing::info!(committed = ?done.committed, released = ?done.released,
                            "fleet store: pending claims from before a crash settled");
         }
+        // After the reconciliation: none of this host's claims is pending in the store any
+        // more, so a key it holds there under another operation is one it spent through the
+        // fleet, the same spend as the local one.
+        self.publish_own_spends(ledger).await?;
         self.ready.store(true, Ordering::Release);
         tracing::info!(store = %self.description(), host_id = self.host_id(), "fleet store ready");
         Ok(())
     }
 
-    /// Whether the start-up schema check and reconciliation are done.
+    /// Publishes the keys of the local spent set not yet marked published (spent before
+    /// this host joined the fleet, or while it ran without its store; and those spent
+    /// through the fleet since the last start, which the store has already), a page of
+    /// [`PUBLISH_BATCH`] keys per round trip, and marks them in the ledger. Run again from
+    /// the start after a failure: a page published and not marked is published again,
+    /// which changes nothing.
+    ///
+    /// Local `Pending` keys are published `Spent` too. coinopd makes no such claim (each of
+    /// its local claims is `Spent`, in the transaction that records what it bought), so
+    /// one can only come from an older build or another user of the file; but while it is
+    /// there this host refuses the key, and if it were committed later, a store without it
+    /// would have let another host spend it meanwhile. Published, the worst case is a key
+    /// a local release would have freed staying spent fleet-wide, which the warning and the
+    /// note let an operator find.
+    async fn publish_own_spends(&self, ledger: &Arc<Ledger>) -> Result<(), NotReady> {
+        let operation = format!("pre-fleet:{}", self.host_id());
+        let (mut after, mut sent, mut recorded, mut twice) = (None::<SpendKey>, 0, 0, 0);
+        loop {
+            let (l, from) = (Arc::clone(ledger), after.take());
+            let page = tokio::task::spawn_blocking(move || {
+                l.unpublished_spends(from.as_ref(), PUBLISH_BATCH)
+            })
+            .await
+            .map_err(|e| NotReady::Worker(e.to_string()))?
+            .map_err(NotReady::LocalSpends)?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            let last_page = page.len() < PUBLISH_BATCH;
+            let pending = page
+                .iter()
+                .filter(|(_, state)| *state == SpendState::Pending)
+                .count();
+            if pending > 0 {
+                tracing::warn!(
+                    pending,
+                    note = PRE_FLEET_NOTE,
+                    "local spent set keys pending (no coinopd claim leaves one so): \
+                     published to the fleet store as spent"
+                );
+            }
+            let keys: Vec<SpendKey> = page.into_iter().map(|(key, _)| key).collect();
+            let published = self
+                .set
+                .publish_spent(&keys, PRE_FLEET_NOTE, &operation)
+                .await?;
+            for held in &published.held_elsewhere {
+                if held.host_id == self.host_id() {
+                    continue;
+                }
+                twice += 1;
+                tracing::error!(
+                    kind = ?held.key.kind,
+                    key = %hex::encode(&held.key.bytes),
+                    other_host = %held.host_id,
+                    other_operation = %held.operation_id,
+                    state = ?held.state,
+                    "a key this host spent before it joined the fleet was spent twice: \
+                     another host of the fleet holds it too"
+                );
+            }
+            sent += keys.len();
+            recorded += published.inserted;
+            // Keys another host holds are marked too: logged once, nothing more to do.
+            let l = Arc::clone(ledger);
+            tokio::task::spawn_blocking(move || l.mark_published(&keys))
+                .await
+                .map_err(|e| NotReady::Worker(e.to_string()))?
+                .map_err(NotReady::LocalSpends)?;
+            if last_page {
+                break;
+            }
+        }
+        if sent > 0 {
+            tracing::info!(
+                sent,
+                recorded,
+                spent_twice = twice,
+                operation,
+                "fleet store: this host's own spends published"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the start-up schema check, reconciliation and publication are done.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }

@@ -28,27 +28,33 @@ fn cluster(test: &str) -> Option<TestCluster> {
 async fn host(pg: &TestCluster, dir: &StateDir, n: u32, env: &[(&str, &str)]) -> Daemon {
     let conninfo = pg.conninfo("fleet");
     let host_id = format!("host-{n}");
+    let mut args = vec!["--store", &conninfo, "--host-id", &host_id];
     let base = (UID_BASE + n * UIDS_PER_HOST).to_string();
     let count = UIDS_PER_HOST.to_string();
-    Daemon::spawn(
-        dir.path(),
-        &[
-            "--store",
-            &conninfo,
-            "--host-id",
-            &host_id,
-            "--jail-uid-base",
-            &base,
-            "--jail-uid-count",
-            &count,
-            "--jail-pool",
-            "1",
-            "--guest-network",
-            "never",
-        ],
-        env,
-    )
-    .await
+    args.extend(host_args(&base, &count));
+    Daemon::spawn(dir.path(), &args, env).await
+}
+
+/// Host `n` on `dir` on its own, before it joins the fleet: no `--store`, the same uid
+/// range as [`host`] gives it.
+async fn standalone(dir: &StateDir, n: u32) -> Daemon {
+    let base = (UID_BASE + n * UIDS_PER_HOST).to_string();
+    let count = UIDS_PER_HOST.to_string();
+    Daemon::spawn(dir.path(), &host_args(&base, &count), &[]).await
+}
+
+/// What every host of these tests is started with, whether in the fleet or not.
+fn host_args<'a>(uid_base: &'a str, uid_count: &'a str) -> [&'a str; 8] {
+    [
+        "--jail-uid-base",
+        uid_base,
+        "--jail-uid-count",
+        uid_count,
+        "--jail-pool",
+        "1",
+        "--guest-network",
+        "never",
+    ]
 }
 
 /// The mint keys of `from`'s state dir, copied into `to` before its daemon first starts:
@@ -439,4 +445,85 @@ async fn a_create_whose_client_leaves_after_the_fence_is_finished_and_recovered(
     let token = r.json()["token"].as_str().expect("token").to_string();
     let id = r.json()["lease_id"].as_str().expect("lease_id").to_string();
     h1.stop_lease(&id, &token).await;
+}
+
+/// Proofs spent on a host while it ran on its own (no `--store`), before it joined the
+/// fleet: once it has joined, no host of the fleet accepts them again (they were published
+/// to the store at its start-up), and a request mixing one of them with unspent proofs is
+/// refused without burning the unspent ones. Proofs spent on two hosts while both ran on
+/// their own (a double spend nothing can undo now) are reported at the join, which goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spends_from_before_a_host_joined_the_fleet_are_refused_on_every_host() {
+    let Some(pg) = cluster("spends_from_before_a_host_joined_the_fleet_are_refused_on_every_host")
+    else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new(), StateDir::new()];
+    let h1 = standalone(&dirs[0], 1).await;
+    // One mint across the three (host 3 too, though it runs alone at first).
+    share_mint_keys(&dirs[0], &dirs[1]);
+    share_mint_keys(&dirs[0], &dirs[2]);
+    let h3 = standalone(&dirs[2], 3).await;
+    let wallet = Wallet::new(&h1).await;
+    let spent = h1.mint_credit(300).await;
+    let twice = h1.mint_credit(200).await;
+    let (r, blanks) = swap(&h1, &wallet, &spent).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sigs: Vec<BlindSignature> =
+        serde_json::from_value(r.json()["signatures"].clone()).expect("sigs");
+    let fresh = wallet.unblind(&blanks, &sigs);
+    // Spent on host 1 and on host 3, each alone: a double spend before either joined.
+    for h in [&h1, &h3] {
+        let (r, _) = swap(h, &wallet, &twice).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    h1.shutdown().await;
+    h3.shutdown().await;
+
+    let h1 = host(&pg, &dirs[0], 1, &[]).await;
+    let h2 = host(&pg, &dirs[1], 2, &[]).await;
+    for h in [&h1, &h2] {
+        h.wait_store_ready().await;
+    }
+    // Host 2 never saw these proofs, and must refuse them still.
+    let (r, _) = swap(&h2, &wallet, &spent).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(cashu_code(&r), SPENT, "{}", r.text());
+    // One pre-fleet spend among fresh notes, on the host that spent it: refused, and the
+    // fresh notes stay good (the refusal did not spend them in the store).
+    let mixed = [spent[0].clone(), fresh[0].clone()];
+    let (r, _) = swap(&h1, &wallet, &mixed).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(cashu_code(&r), SPENT, "{}", r.text());
+    let (r, _) = swap(&h2, &wallet, &fresh).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Host 3 joins: the proofs it spent are host 1's already in the store. Reported, and
+    // the join goes on: host 3 serves money requests.
+    let h3 = host(&pg, &dirs[2], 3, &[]).await;
+    h3.wait_store_ready().await;
+    let log = h3.log();
+    let twice_y = payment::credit::hash_to_curve::secret_to_curve(&twice[0].secret)
+        .expect("a minted secret")
+        .to_string();
+    let reported = |log: &str, y: &str| {
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("spent twice") && l.contains(y))
+    };
+    assert!(
+        reported(&log, &twice_y),
+        "the double spend before the join is logged with its key: {log}"
+    );
+    let more = h3.mint_credit(100).await;
+    let (r, _) = swap(&h3, &wallet, &more).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Host 1 again: publishing once more changes nothing, and reports nothing.
+    h1.shutdown().await;
+    let h1 = host(&pg, &dirs[0], 1, &[]).await;
+    h1.wait_store_ready().await;
+    let (r, _) = swap(&h2, &wallet, &twice).await;
+    assert_eq!(cashu_code(&r), SPENT, "{}", r.text());
+    let log = h1.log();
+    assert!(!log.contains("spent twice"), "{log}");
 }
