@@ -518,12 +518,14 @@ async fn spends_from_before_a_host_joined_the_fleet_are_refused_on_every_host() 
     let (r, _) = swap(&h3, &wallet, &more).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
-    // Host 1 again: publishing once more changes nothing, and reports nothing.
+    // Host 1 again: what it published is marked in its ledger, so nothing is sent again
+    // (its log, kept across its runs, tells of one publication), and nothing is reported.
     h1.shutdown().await;
     let h1 = host(&pg, &dirs[0], 1, &[]).await;
     h1.wait_store_ready().await;
     let (r, _) = swap(&h2, &wallet, &twice).await;
     assert_eq!(cashu_code(&r), SPENT, "{}", r.text());
     let log = h1.log();
+    assert_eq!(log.matches("own spends published").count(), 1, "{log}");
     assert!(!log.contains("spent twice"), "{log}");
 }
