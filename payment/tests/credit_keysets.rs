@@ -110,6 +110,60 @@ fn rotation_keeps_old_notes_redeemable_but_only_the_new_keyset_signs() {
     assert_eq!(again.redeem(&new_proofs, "lease").unwrap(), 8000);
 }
 
+/// A swap whose reply was lost is sent again after the operator rotated the keysets: its
+/// outputs name the keyset that is inactive now, and it still gets its signatures again
+/// (its inputs are spent: refusing it would lose the notes). Outputs on the old keyset that
+/// it never signed, or signed for another request, are refused as before.
+#[test]
+fn a_swap_repeated_after_a_rotation_is_answered_again() {
+    let t = test_mint();
+    let old_id = t.mint.active_keyset_id();
+    let proofs = mint_proofs(&t.mint, &[4, 4]);
+    let pending = outputs(&old_id, &[8]);
+    let request = SwapRequest {
+        inputs: proofs.clone(),
+        outputs: messages(&pending),
+    };
+    let first = t.mint.swap(&request).unwrap().signatures;
+
+    t.mint.rotate().unwrap();
+    let again = t
+        .mint
+        .swap(&request)
+        .expect("the same swap, again")
+        .signatures;
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].id.as_str(), again[0].c_.as_str()),
+        (old_id.as_str(), first[0].c_.as_str())
+    );
+    assert_eq!(unblind_all(&t.mint, &pending, &again).len(), 1);
+
+    // Never signed, on the old keyset: refused, and the fresh inputs stay unspent.
+    let fresh = {
+        let new_proofs = mint_proofs(&t.mint, &[8]);
+        let err = t
+            .mint
+            .swap(&SwapRequest {
+                inputs: new_proofs.clone(),
+                outputs: messages(&outputs(&old_id, &[8])),
+            })
+            .unwrap_err();
+        assert!(matches!(err, CreditError::InactiveKeyset { .. }), "{err}");
+        new_proofs
+    };
+    // Signed before, but for the first swap: these inputs cannot have them.
+    let err = t
+        .mint
+        .swap(&SwapRequest {
+            inputs: fresh.clone(),
+            outputs: messages(&pending),
+        })
+        .unwrap_err();
+    assert_eq!(err.cashu_code(), Some(11003), "already signed: {err}");
+    assert_eq!(t.mint.redeem(&fresh, "still unspent").unwrap(), 8000);
+}
+
 #[test]
 fn retired_keysets_accept_nothing_and_the_active_one_cannot_be_retired() {
     let t = test_mint();

@@ -99,3 +99,44 @@ async fn the_operator_rotates_a_single_hosts_keysets() {
         listed
     );
 }
+
+/// A stop whose refund reply was lost is sent again after the operator rotated the
+/// keysets: its change outputs name the keyset that is inactive now, and it gets the same
+/// signatures again (its balance was refunded onto them: refusing would lose the change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_repeated_after_a_rotation_gets_the_same_signatures() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let wallet = Wallet::new(&d).await;
+    let proofs = d.mint_credit(20).await;
+    let lease = d
+        .create_lease(common::leases::testguest_body(
+            "mode=idle",
+            common::leases::credit_payment(&proofs),
+        ))
+        .await;
+    let blanks = wallet.outputs(&[1; 8]);
+    let body = json!({"outputs": blanks.iter().map(|b| &b.msg).collect::<Vec<_>>()});
+    let path = format!("/v1/leases/{}/stop", lease.id);
+    let first = d
+        .call("POST", &path, Some(&lease.token), Some(body.clone()))
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+
+    let r = d.call("POST", "/v1/keysets/rotate", None, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let again = d.call("POST", &path, Some(&lease.token), Some(body)).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(
+        again.json()["signatures"],
+        first.json()["signatures"],
+        "the same notes"
+    );
+    let sigs: Vec<BlindSignature> =
+        serde_json::from_value(again.json()["signatures"].clone()).expect("signatures");
+    assert!(!sigs.is_empty() && sigs.iter().all(|s| s.id == wallet.keyset_id));
+    d.shutdown().await;
+}

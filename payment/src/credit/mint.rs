@@ -653,8 +653,10 @@ impl Mint {
             });
         }
         let ring = self.ring();
-        let mut checked = self.check_outputs(&ring, outputs, false)?;
-        checked.truncate(notes.len());
+        // Only the outputs that get a note: the blanks beyond them are not signed, so
+        // nothing about them matters (and a repeat after a rotation finds only these
+        // signed before).
+        let mut checked = self.check_outputs(&ring, &outputs[..notes.len()], false)?;
         for (output, amount) in checked.iter_mut().zip(notes) {
             output.amount = amount;
         }
@@ -757,8 +759,17 @@ impl Mint {
         }
         let mut seen: HashMap<[u8; 33], usize> = HashMap::with_capacity(outputs.len());
         let mut checked = Vec::with_capacity(outputs.len());
+        // Outputs naming a keyset rotated out since (inactive, not retired): see below.
+        let mut rotated_out = Vec::new();
         for (index, output) in outputs.iter().enumerate() {
-            let keyset = ring.for_output(&output.id)?;
+            let keyset = match ring.for_output(&output.id) {
+                Ok(keyset) => keyset,
+                Err(CreditError::InactiveKeyset { .. }) => {
+                    rotated_out.push(index);
+                    ring.for_input(&output.id)?
+                }
+                Err(e) => return Err(e),
+            };
             if check_amounts {
                 keyset.key_pair("outputs.amount", output.amount)?;
             }
@@ -774,6 +785,31 @@ impl Mint {
                 amount: output.amount,
                 b_,
             });
+        }
+        // New outputs are signed with the active keyset only. An output on an older one is
+        // taken only if that keyset signed it before, for the same amount: a request whose
+        // reply was lost, sent again after a rotation, must get its signatures again (the
+        // swap, mint or refund committed, and its inputs are spent). Whether it really is
+        // that request is the claim's to say, as for every repeat: an output signed for
+        // another request fails it as already signed.
+        if !rotated_out.is_empty() {
+            let b_s: Vec<Vec<u8>> = rotated_out
+                .iter()
+                .map(|&i| checked[i].b_.serialize().to_vec())
+                .collect();
+            let found = self.spent.signed_outputs(&b_s)?;
+            for (&i, record) in rotated_out.iter().zip(found) {
+                let output = &outputs[i];
+                // (Change outputs' amounts are the mint's to set: not compared.)
+                let signed_before = record.is_some_and(|r| {
+                    r.keyset_id == output.id && (!check_amounts || r.amount == output.amount)
+                });
+                if !signed_before {
+                    return Err(CreditError::InactiveKeyset {
+                        id: echo_id(&output.id),
+                    });
+                }
+            }
         }
         Ok(checked)
     }
