@@ -352,6 +352,12 @@ impl Fleet {
         self.set.store().metrics()
     }
 
+    /// Each key's state in the store (in order; `None` for one no host claimed): what
+    /// every host of the fleet sees, for NUT-07 check state.
+    pub async fn states(&self, keys: &[SpendKey]) -> Result<Vec<Option<SpendState>>, FleetError> {
+        Ok(self.set.states(keys).await?)
+    }
+
     /// Fences `keys` for `operation` (what they pay for: a lease id, a swap's receipt):
     /// from here no host can spend them, until [`Fleet::settle`]. The same operation
     /// fenced again (a retry) is granted; one already delivered is a [`Fence::repeat`].

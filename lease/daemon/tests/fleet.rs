@@ -155,9 +155,16 @@ async fn the_same_proofs_sent_to_three_hosts_at_once_are_accepted_once() {
     }
     assert_eq!(wins.iter().sum::<u32>(), ROUNDS as u32);
     eprintln!("accepted by host: {wins:?}");
-    // The last notes are good on any host, once.
+    // The last notes are good on any host, once; NUT-07 on every host says so.
+    for h in hosts {
+        h.assert_unspent(&proofs).await;
+    }
     let (r, _) = swap(&h3, &wallet, &proofs).await;
     assert_eq!(r.status, 200, "{}", r.text());
+    for h in hosts {
+        let states = h.proof_states(&proofs).await;
+        assert!(states.iter().all(|s| s == "SPENT"), "{states:?}");
+    }
     let (r, _) = swap(&h2, &wallet, &proofs).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(cashu_code(&r), SPENT, "{}", r.text());

@@ -533,19 +533,36 @@ impl Mint {
         &self,
         request: &CheckStateRequest,
     ) -> Result<CheckStateResponse, CreditError> {
+        let keys = self.check_state_keys(request)?;
+        let states = self.spent.states(&keys)?;
+        Ok(Self::check_state_answer(&keys, states))
+    }
+
+    /// The spent-set keys a NUT-07 check asks about, in request order, checked.
+    pub fn check_state_keys(
+        &self,
+        request: &CheckStateRequest,
+    ) -> Result<Vec<SpendKey>, CreditError> {
         if request.ys.len() > self.limits.max_inputs {
             return Err(CreditError::TooManyInputs {
                 count: request.ys.len(),
                 max: self.limits.max_inputs,
             });
         }
-        let keys = request
+        request
             .ys
             .iter()
             .map(|y| parse_point("Ys", y).map(|p| credit_key(&p)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let states = self.spent.states(&keys)?;
-        Ok(CheckStateResponse {
+            .collect()
+    }
+
+    /// The NUT-07 answer for `keys` given each one's state (in the same order), wherever
+    /// it was read.
+    pub fn check_state_answer(
+        keys: &[SpendKey],
+        states: Vec<Option<SpendState>>,
+    ) -> CheckStateResponse {
+        CheckStateResponse {
             states: keys
                 .iter()
                 .zip(states)
@@ -559,7 +576,7 @@ impl Mint {
                     witness: None,
                 })
                 .collect(),
-        })
+        }
     }
 
     /// NUT-09 restore: of `request.outputs`, those signed before, each with its signature

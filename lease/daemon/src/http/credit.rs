@@ -11,7 +11,8 @@ use payment::credit::nut_types::{
     MintQuoteState, RestoreRequest, RestoreResponse, SwapRequest, SwapResponse,
 };
 use payment::credit::receipt::{receipt, MINT_ONCHAIN};
-use payment::credit::{signed_records, CreditError};
+use payment::credit::{signed_records, CreditError, Mint};
+use payment::spent_set::{SpendState, SpentSet};
 use serde_json::Value;
 
 use super::host::issue_quote;
@@ -117,11 +118,39 @@ pub(super) fn swap_input_keys(
         .map_err(CashuError::from)
 }
 
+/// NUT-07 check state. On a fleet, a proof spent (or pending) on any host is shown so:
+/// the store's state, or this host's own where it says more (a key spent here and not yet
+/// published, which only a start-up's publication can leave).
 pub async fn checkstate(
     State(s): State<Shared>,
     CashuBody(req): CashuBody<CheckStateRequest>,
 ) -> Result<Json<CheckStateResponse>, CashuError> {
-    blocking(move || Ok(Json(s.mint.check_state(&req)?))).await
+    let Some(fleet) = s.fleet.clone() else {
+        return blocking(move || Ok(Json(s.mint.check_state(&req)?))).await;
+    };
+    let keys = s.mint.check_state_keys(&req)?;
+    let in_store = fleet.states(&keys).await?;
+    let (s2, keys2) = (s.clone(), keys.clone());
+    let here =
+        blocking(move || Ok(SpentSet::states(&*s2.spent, &keys2).map_err(CreditError::from)?))
+            .await?;
+    let states = in_store
+        .into_iter()
+        .zip(here)
+        .map(|(fleet, local)| stronger(fleet, local))
+        .collect();
+    Ok(Json(Mint::check_state_answer(&keys, states)))
+}
+
+/// Of two readings of a key's state, the one that says more: spent, then pending.
+fn stronger(a: Option<SpendState>, b: Option<SpendState>) -> Option<SpendState> {
+    match (a, b) {
+        (Some(SpendState::Spent), _) | (_, Some(SpendState::Spent)) => Some(SpendState::Spent),
+        (Some(SpendState::Pending), _) | (_, Some(SpendState::Pending)) => {
+            Some(SpendState::Pending)
+        }
+        (None, None) => None,
+    }
 }
 
 /// NUT-09 restore: the signatures of the outputs asked about that were signed before.

@@ -137,6 +137,12 @@ impl Daemon {
 
     /// Asserts through NUT-07 `/v1/checkstate` that every one of `proofs` is unspent here.
     pub async fn assert_unspent(&self, proofs: &[Proof]) {
+        let states = self.proof_states(proofs).await;
+        assert!(states.iter().all(|s| s == "UNSPENT"), "{states:?}");
+    }
+
+    /// The NUT-07 `/v1/checkstate` state of each of `proofs`, in order.
+    pub async fn proof_states(&self, proofs: &[Proof]) -> Vec<String> {
         let ys: Vec<String> = proofs
             .iter()
             .map(|p| {
@@ -151,7 +157,9 @@ impl Daemon {
             .json();
         let all = states["states"].as_array().expect("states");
         assert_eq!(all.len(), proofs.len(), "{states}");
-        assert!(all.iter().all(|s| s["state"] == "UNSPENT"), "{states}");
+        all.iter()
+            .map(|s| s["state"].as_str().unwrap_or("(none)").to_string())
+            .collect()
     }
 
     /// A real `coinopd` process on `dir`; `env` adds variables such as `COINOPD_FAULT`.
