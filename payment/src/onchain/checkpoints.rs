@@ -15,9 +15,12 @@
 //! decision depends on: fork choice compares only branches that contain the checkpoint, and
 //! the bound on weak side branches is measured from the best tip.
 //!
-//! None of them is at a 2016-block period start, so the first retarget after each can only
-//! be held to the network's pow limit (see [`super::retarget::Expected`]); every later one is
-//! checked exactly. Testnet4 has none: no two independent sources name the same block
+//! None of them is at a 2016-block period start, so the first retarget after each cannot be
+//! computed exactly (its period's first block, whose time it needs, is below the checkpoint):
+//! it is held to consensus's factor-of-4 bound around the previous target instead (see
+//! [`super::retarget::Expected::Within`]); every later one is checked exactly. Shipping that
+//! first block's time would make it exact, but no two independent sources for it were at
+//! hand, and a wrong one would stall every new host at that retarget. Testnet4 has none: no two independent sources name the same block
 //! (Bitcoin Core lists 90,000 and 120,000, the kyoto light client every 10,000 up to 70,000,
 //! Electrum the last block of each 2016-block period), and at 20,000 headers/s its whole
 //! chain of about 130,000 headers syncs in seconds. Regtest starts at genesis.

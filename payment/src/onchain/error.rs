@@ -24,6 +24,16 @@ pub enum HeaderError {
         got: u32,
         expected: u32,
     },
+    #[error(
+        "bits {got:#010x} at height {height} change the target by more than the retarget's \
+         factor of 4: allowed {hardest:#010x} (hardest) to {easiest:#010x} (easiest)"
+    )]
+    RetargetBeyondClamp {
+        height: u32,
+        got: u32,
+        hardest: u32,
+        easiest: u32,
+    },
     #[error("time {time} is not after the median time past {median}")]
     TimeNotAfterMedian { time: u32, median: u32 },
     #[error("time {time} is more than two hours ahead of the host clock (latest {latest})")]
@@ -109,7 +119,9 @@ impl ChainError {
                 HeaderError::BadProofOfWork { .. }
                 | HeaderError::InvalidBits { .. }
                 | HeaderError::TargetAboveLimit { .. } => "bad_pow",
-                HeaderError::WrongBits { .. } => "wrong_retarget",
+                HeaderError::WrongBits { .. } | HeaderError::RetargetBeyondClamp { .. } => {
+                    "wrong_retarget"
+                }
                 HeaderError::TimeNotAfterMedian { .. }
                 | HeaderError::TimeTooFarAhead { .. }
                 | HeaderError::TimeWarp { .. } => "bad_header_time",

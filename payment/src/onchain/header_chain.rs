@@ -577,7 +577,23 @@ impl HeaderChain {
                     expected: bits.to_consensus(),
                 })
             }
-            _ => {}
+            Expected::Within { hardest, easiest } => {
+                // Compared as targets, not as compact encodings: two encodings of one
+                // target are the same difficulty. Bits that encode no target are refused
+                // below as invalid.
+                let out_of_range = target_from_bits(header.bits).is_some_and(|t| {
+                    t < Target::from_compact(hardest) || t > Target::from_compact(easiest)
+                });
+                if out_of_range {
+                    return Err(HeaderError::RetargetBeyondClamp {
+                        height,
+                        got: header.bits.to_consensus(),
+                        hardest: hardest.to_consensus(),
+                        easiest: easiest.to_consensus(),
+                    });
+                }
+            }
+            Expected::Exact(_) | Expected::UpToPowLimit => {}
         }
         check_pow_of(self.rules.params.max_attainable_target, header, hash)?;
         let min_version = self.rules.network.min_block_version(height);
@@ -908,6 +924,99 @@ mod tests {
         let next = grow(&last, 2, 60, expected);
         chain.append(&next, now, HeaderSource::Untrusted).unwrap();
         assert_eq!(chain.tip().height, 2017);
+    }
+
+    #[test]
+    fn the_first_retarget_after_a_mid_period_checkpoint_moves_the_target_at_most_fourfold() {
+        // A checkpoint at 2000, not at a period start (like mainnet's 840,000): the retarget
+        // at 2016 cannot be computed exactly, its period's first block (0) being below the
+        // checkpoint. Bits 0x2001ffff are 1/64 of regtest's limit, so the limit is 64 times
+        // easier than the parent: a branch forking there must not get it.
+        let base = CompactTarget::from_consensus(0x2001_ffff);
+        let cp_header = mined_header(
+            BlockHash::all_zeros(),
+            TxMerkleNode::from_byte_array([0xcc; 32]),
+            1_700_000_000,
+            base,
+        );
+        let cp = Checkpoint::operator(
+            ChainNetwork::Regtest,
+            2000,
+            cp_header.block_hash(),
+            cp_header,
+        )
+        .unwrap();
+        let mut chain =
+            HeaderChain::in_memory_with_rule(ChainNetwork::Regtest, RetargetRule::Standard, cp)
+                .unwrap();
+        let to_2015 = grow(&cp_header, 15, 600, base);
+        let last = to_2015[14];
+        let now = u64::from(last.time + 10_000) * 1_000_000;
+        chain
+            .append(&to_2015, now, HeaderSource::Untrusted)
+            .unwrap();
+        assert_eq!(chain.tip().height, 2015);
+
+        // 0x01ffff·256^29 times 4 is 0x07fffc·256^29; a quarter of it is 0x7fffc0·256^28.
+        let (hardest, easiest) = (0x1f7f_ffc0, 0x2007_fffc);
+        // The pow limit, a hair easier than four times, and harder than a quarter: refused.
+        for bits in [regtest_bits().to_consensus(), 0x2007_ffff, 0x1f7f_ff00] {
+            let fork = grow(&last, 1, 600, CompactTarget::from_consensus(bits));
+            let err = chain
+                .append(&fork, now, HeaderSource::Untrusted)
+                .unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                ChainError::Rejected {
+                    index: 0,
+                    hash: fork[0].block_hash(),
+                    reason: HeaderError::RetargetBeyondClamp {
+                        height: 2016,
+                        got: bits,
+                        hardest,
+                        easiest,
+                    },
+                }
+                .to_string()
+            );
+            assert!(
+                matches!(
+                    err,
+                    ChainError::Rejected {
+                        reason: HeaderError::RetargetBeyondClamp { .. },
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert_eq!(err.code(), "wrong_retarget");
+            assert_eq!(chain.len(), 16);
+        }
+        // Exactly four times easier (the slowest honest period) is accepted, and from then on
+        // the new bits are exact again: the next block must keep them.
+        let honest = grow(&last, 1, 600, CompactTarget::from_consensus(easiest));
+        chain.append(&honest, now, HeaderSource::Untrusted).unwrap();
+        assert_eq!(chain.tip().height, 2016);
+        let stale = grow(&honest[0], 1, 600, base);
+        let err = chain
+            .append(&stale, now, HeaderSource::Untrusted)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ChainError::Rejected {
+                    reason: HeaderError::WrongBits { height: 2017, .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // A retarget between the two ends (a real period's) is accepted as well.
+        let between = grow(&last, 1, 601, CompactTarget::from_consensus(0x2001_0000));
+        let out = chain
+            .append(&between, now, HeaderSource::Untrusted)
+            .unwrap();
+        assert_eq!(out.added, 1);
     }
 
     fn regtest_chain() -> HeaderChain {

@@ -1,9 +1,9 @@
 //! Which `bits` the next header must carry. Mainnet and signet retarget every 2016 blocks with
 //! the `bitcoin` crate's [`CompactTarget::from_next_work_required`]; the testnet
-//! minimum-difficulty exception, BIP94 and the missing-history fallback are written here.
+//! minimum-difficulty exception, BIP94 and the missing-history bound are written here.
 
 use bitcoin::params::Params;
-use bitcoin::CompactTarget;
+use bitcoin::{CompactTarget, Target};
 
 use super::header_chain::Entry;
 use super::network::RetargetRule;
@@ -16,11 +16,45 @@ pub const MAX_TIMEWARP_S: u32 = 600;
 pub enum Expected {
     /// Exactly these bits.
     Exact(CompactTarget),
-    /// The blocks that decide the value lie below the operator's checkpoint, so only the
-    /// network's pow limit can be enforced. This happens at most once per 2016 blocks after a
-    /// checkpoint that is not at a period boundary (or, on testnets, after a checkpoint that is
-    /// itself a minimum-difficulty block); pick checkpoints at period starts to avoid it.
+    /// A retarget whose period's first block lies below the checkpoint: the period's
+    /// timespan is unknown, but consensus clamps it to between a quarter and four times the
+    /// planned one, so the new target lies between what those two timespans give (`hardest`
+    /// and `easiest`, each at most the pow limit). Without this bound a branch forking at
+    /// that retarget could drop straight to the pow limit and out-work the real chain
+    /// cheaply. This happens once, at the first retarget after a checkpoint that is not at a
+    /// period start (all shipped ones); every later retarget is computed exactly.
+    Within {
+        hardest: CompactTarget,
+        easiest: CompactTarget,
+    },
+    /// Testnets only: the blocks that decide the value lie below the checkpoint and nothing
+    /// above it tells the period's difficulty (every block since the checkpoint, and the
+    /// checkpoint itself, is a minimum-difficulty exception), so only the network's pow limit
+    /// can be enforced. Anyone may mine such blocks on a testnet anyway (20-minute rule).
     UpToPowLimit,
+}
+
+impl Expected {
+    /// The bits a retarget from `base` may give for any timespan consensus allows: the
+    /// timespan is clamped to [planned / 4, planned × 4], so the new target lies between a
+    /// quarter of `base`'s and four times it, and at most the pow limit. Both ends are
+    /// encoded as Core encodes a result (truncating), and truncation never reorders two
+    /// targets, so every honest result decodes to a target between the two ends decoded.
+    fn any_timespan(base: CompactTarget, params: &Params) -> Self {
+        let base = Target::from_compact(base);
+        let limit = params.max_attainable_target;
+        // Four times a target above a quarter of the limit is past the limit (and could
+        // overflow 256 bits): the limit caps it.
+        let easiest = if base > limit.min_transition_threshold() {
+            limit
+        } else {
+            base.max_transition_threshold(params)
+        };
+        Expected::Within {
+            hardest: base.min_transition_threshold().to_compact_lossy(),
+            easiest: easiest.to_compact_lossy(),
+        }
+    }
 }
 
 fn interval(params: &Params) -> u32 {
@@ -95,7 +129,19 @@ pub fn required_bits(
         return last_non_exception_bits(entries, prev, params, limit);
     }
     let Some(first) = ancestor(entries, prev, height - every) else {
-        return Expected::UpToPowLimit;
+        // The period's first block is below the checkpoint: its time is unknown, so only the
+        // factor-of-4 bound around the retarget's base can be checked.
+        return match rule {
+            // BIP94 retargets from the period's first block's bits, which every block of the
+            // period that is not a 20-minute exception carries too.
+            RetargetRule::Testnet4Bip94 => {
+                match last_non_exception_bits(entries, prev, params, limit) {
+                    Expected::Exact(base) => Expected::any_timespan(base, params),
+                    other => other,
+                }
+            }
+            _ => Expected::any_timespan(last_bits, params),
+        };
     };
     // Core computes this as a signed difference; a negative span clamps to the minimum.
     let timespan = u64::try_from(i64::from(last.time) - i64::from(first.time)).unwrap_or(0);
@@ -134,7 +180,6 @@ pub fn check_timewarp(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bitcoin::Target;
 
     const LIMIT: u32 = 0x1d00ffff;
     const HARD: u32 = 0x1c0ffff0;
@@ -277,16 +322,71 @@ mod tests {
         assert_ne!(bip94, testnet3);
     }
 
-    #[test]
-    fn history_below_the_checkpoint_falls_back_to_the_limit() {
-        // A chain that starts (checkpoint) at height 1000: the boundary at 2016 cannot be
-        // recomputed because height 0 is missing.
-        let mut c = chain(&period(HARD, 600)[..1016]);
+    /// Mainnet's shipped checkpoint: block 840,000, bits 0x17034219, 672 blocks before the
+    /// retarget at 840,672 whose period starts at 838,656, below it.
+    const MAINNET_840000_BITS: u32 = 0x1703_4219;
+
+    /// A straight chain from height `base` with these bits, 600 s apart.
+    fn chain_from(base: u32, len: usize, bits: u32) -> Vec<Entry> {
+        let mut c = chain(&period(bits, 600)[..len]);
         for e in &mut c {
-            e.height += 1000;
+            e.height += base;
         }
+        c
+    }
+
+    #[test]
+    fn a_retarget_whose_period_starts_below_the_checkpoint_is_held_to_the_factor_of_four() {
+        let c = chain_from(840_000, 672, MAINNET_840000_BITS);
+        assert_eq!(c[671].height, 840_671);
+        // Worked out by hand, not with the crate: 4 × 0x034219·256^20 = 0x0d0864·256^20;
+        // a quarter of it is 0x0d0864·256^18 = 0x00d086(4)·256^21, truncated as Core does.
         assert_eq!(
-            required_bits(RetargetRule::Standard, &Params::MAINNET, &c, 1015, 0),
+            required_bits(RetargetRule::Standard, &Params::MAINNET, &c, 671, 0),
+            Expected::Within {
+                hardest: CompactTarget::from_consensus(0x1700_d086),
+                easiest: CompactTarget::from_consensus(0x170d_0864),
+            }
+        );
+        // Testnet3 retargets from the last block's bits as well (checkpoint 2,500,000; the
+        // retarget at 2,501,856).
+        let c = chain_from(2_500_000, 1856, HARD);
+        let Expected::Within { easiest, .. } = required_bits(
+            RetargetRule::TestnetMinDifficulty,
+            &Params::TESTNET3,
+            &c,
+            1855,
+            0,
+        ) else {
+            panic!("the period's first block (2,499,840) is below the chain")
+        };
+        assert_eq!(easiest.to_consensus(), 0x1c3f_ffc0);
+        // The bound never goes past the pow limit.
+        let c = chain_from(1000, 1016, 0x1c3f_ffff);
+        let Expected::Within { easiest, .. } =
+            required_bits(RetargetRule::Standard, &Params::MAINNET, &c, 1015, 0)
+        else {
+            panic!("height 0 is below the chain")
+        };
+        assert_eq!(easiest.to_consensus(), LIMIT);
+    }
+
+    #[test]
+    fn bip94_bounds_a_retarget_from_the_periods_regular_bits() {
+        // Above a testnet4 checkpoint at 1000, the period's last block is a 20-minute
+        // exception: the bound comes from the regular bits before it, not from the limit.
+        let mut c = chain_from(1000, 1016, HARD);
+        c[1015].bits = LIMIT;
+        let Expected::Within { easiest, .. } =
+            required_bits(RetargetRule::Testnet4Bip94, &Params::TESTNET4, &c, 1015, 0)
+        else {
+            panic!("a regular block is above the checkpoint")
+        };
+        assert_eq!(easiest.to_consensus(), 0x1c3f_ffc0);
+        // With nothing but exceptions above the checkpoint, only the limit is known.
+        let c = chain_from(1000, 1016, LIMIT);
+        assert_eq!(
+            required_bits(RetargetRule::Testnet4Bip94, &Params::TESTNET4, &c, 1015, 0),
             Expected::UpToPowLimit
         );
     }
