@@ -88,13 +88,29 @@ pub enum ChainError {
 
 impl ChainError {
     /// Whether the headers themselves were at fault (invalid, or a branch too weak to
-    /// store), as opposed to the host's own storage: a peer that sent them misbehaved.
+    /// store), as opposed to the host's own storage: a peer that sent them misbehaved. A
+    /// header refused only for being too far ahead of the host's clock is not (see
+    /// [`ChainError::is_premature`]).
     pub fn is_peer_fault(&self) -> bool {
+        match self {
+            ChainError::Rejected { .. } => !self.is_premature(),
+            ChainError::LowWorkBranch { .. } | ChainError::TooManyInOneAppend { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// A header refused only because its time is more than two hours ahead of the host's
+    /// clock: it may be valid later, and an honest peer sends one whenever its clock (or the
+    /// miner's) runs ahead of a host whose clock lags. Like Bitcoin Core, the header is
+    /// dropped without punishing the peer; it is asked for again when a block built on it is
+    /// announced.
+    pub fn is_premature(&self) -> bool {
         matches!(
             self,
-            ChainError::Rejected { .. }
-                | ChainError::LowWorkBranch { .. }
-                | ChainError::TooManyInOneAppend { .. }
+            ChainError::Rejected {
+                reason: HeaderError::TimeTooFarAhead { .. },
+                ..
+            }
         )
     }
 
@@ -300,5 +316,37 @@ impl QuoteError {
             QuoteError::StorageRefused(r) => Some(r),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::hashes::Hash;
+
+    fn rejected(reason: HeaderError) -> ChainError {
+        ChainError::Rejected {
+            index: 3,
+            hash: BlockHash::all_zeros(),
+            reason,
+        }
+    }
+
+    #[test]
+    fn a_header_too_far_ahead_is_premature_not_the_peers_fault() {
+        let ahead = rejected(HeaderError::TimeTooFarAhead {
+            time: 1_700_007_201,
+            latest: 1_700_007_200,
+        });
+        assert!(ahead.is_premature());
+        assert!(!ahead.is_peer_fault());
+        // Every other reason a header is refused stays the peer's fault.
+        let median = rejected(HeaderError::TimeNotAfterMedian { time: 5, median: 5 });
+        assert!(median.is_peer_fault());
+        assert!(!median.is_premature());
+        let pow = rejected(HeaderError::BadProofOfWork {
+            hash: BlockHash::all_zeros(),
+        });
+        assert!(pow.is_peer_fault());
     }
 }
