@@ -4,6 +4,9 @@
 //!
 //! A peer whose headers the chain refuses as invalid (or as a branch too weak to store) has
 //! misbehaved: the session ends with [`SessionError::Misbehaved`] and the peer set bans it.
+//! A header refused only for being too far ahead of the host's clock is not misbehaviour (an
+//! honest peer's clock may run ahead of ours): it is dropped, the valid headers before it are
+//! kept, and the session goes on.
 //! A `headers` message whose first header builds on nothing known is what an announcement
 //! looks like while the host is behind: it is answered with `getheaders`, and only a peer
 //! that keeps sending such headers is treated as misbehaving.
@@ -351,7 +354,8 @@ impl Session<'_> {
             self.get_headers_after(last).await?;
         }
         let chain = Arc::clone(&self.ctx.chain);
-        match blocking(move || chain.accept_headers(&headers)).await? {
+        let (result, headers) = blocking(move || (chain.accept_headers(&headers), headers)).await?;
+        match result {
             Ok(out) => {
                 self.unconnecting = 0;
                 self.ctx.status.headers_added(out.added);
@@ -374,6 +378,39 @@ impl Session<'_> {
                 }
                 self.ctx.status.caught_up(&self.ctx.label, false);
                 self.get_headers().await
+            }
+            // Nothing more is asked for here: a request now would only bring the same
+            // header back.
+            Err(e) if e.is_premature() => self.keep_before_premature(e, headers).await,
+            Err(e) if e.is_peer_fault() => Err(SessionError::Misbehaved(e.to_string())),
+            Err(e) => Err(SessionError::Chain(e)),
+        }
+    }
+
+    /// A batch refused only because one header is too far ahead of the host's clock: not
+    /// the peer's fault (see [`ChainError::is_premature`]), so the session goes on. The
+    /// headers before that one were valid but not kept (a batch is all or nothing): they
+    /// are stored now; that header and the rest are dropped, to be asked for again when a
+    /// block built on them is announced.
+    async fn keep_before_premature(
+        &mut self,
+        refused: ChainError,
+        mut headers: Vec<Header>,
+    ) -> Result<(), SessionError> {
+        tracing::info!(peer = %self.ctx.label, "header dropped, ahead of the host's clock: {refused}");
+        let keep = match refused {
+            ChainError::Rejected { index, .. } => index,
+            _ => 0,
+        };
+        headers.truncate(keep);
+        if headers.is_empty() {
+            return Ok(());
+        }
+        let chain = Arc::clone(&self.ctx.chain);
+        match blocking(move || chain.accept_headers(&headers)).await? {
+            Ok(out) => {
+                self.ctx.status.headers_added(out.added);
+                Ok(())
             }
             Err(e) if e.is_peer_fault() => Err(SessionError::Misbehaved(e.to_string())),
             Err(e) => Err(SessionError::Chain(e)),

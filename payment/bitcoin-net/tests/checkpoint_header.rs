@@ -1,130 +1,27 @@
 //! A chain started from a checkpoint known by hash only asks its peer for that header first.
 //! The peer here is scripted on loopback (no real node serves a wrong header on purpose):
-//! it answers the handshake, then `getheaders` as the test says. bcoin, the real node of
-//! the other P2P tests, runs regtest from genesis and has no shipped checkpoint to ask for.
+//! it answers the handshake, then `getheaders` as the test says (see `common`). bcoin, the
+//! real node of the other P2P tests, runs regtest from genesis and has no shipped checkpoint
+//! to ask for.
 
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use bitcoin::block::Header;
-use bitcoin::hashes::Hash;
 use bitcoin::p2p::message::NetworkMessage;
-use bitcoin::p2p::message_blockdata::GetHeadersMessage;
-use bitcoin::p2p::message_network::VersionMessage;
-use bitcoin::p2p::{Address, Magic, ServiceFlags};
-use bitcoin::{BlockHash, TxMerkleNode};
 use coinop_bitcoin_net::codec::{read_message, write_message};
-use coinop_bitcoin_net::session::{self, SessionContext, SessionError, SessionTimers};
-use coinop_bitcoin_net::{ChainAccess, SyncStatus};
-use payment::onchain::regtest_fixtures::{mined_header, regtest_bits};
-use payment::onchain::{
-    AppendOutcome, ChainError, ChainNetwork, Checkpoint, HeaderChain, HeaderSource, Tip,
-};
+use coinop_bitcoin_net::session::{self, SessionError};
+use coinop_bitcoin_net::ChainAccess;
+use common::{accept_handshake, context, headers, next_getheaders, Chain, MAGIC};
+use payment::onchain::{ChainNetwork, Checkpoint, HeaderChain};
 use tokio::net::{TcpListener, TcpStream};
-
-const MAGIC: Magic = Magic::REGTEST;
-
-struct Chain(Mutex<HeaderChain>);
-
-impl Chain {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HeaderChain> {
-        self.0.lock().unwrap()
-    }
-}
-
-impl ChainAccess for Chain {
-    fn locator(&self) -> Vec<BlockHash> {
-        self.lock().locator()
-    }
-    fn checkpoint_header_wanted(&self) -> Option<BlockHash> {
-        self.lock().checkpoint_header_wanted()
-    }
-    fn tip(&self) -> Tip {
-        self.lock().tip()
-    }
-    fn knows(&self, hash: &BlockHash) -> bool {
-        self.lock().contains(hash)
-    }
-    fn accept_headers(&self, headers: &[Header]) -> Result<AppendOutcome, ChainError> {
-        let last = headers.last().map_or(0, |h| h.time);
-        let now_us = u64::from(last + 60) * 1_000_000;
-        self.lock().append(headers, now_us, HeaderSource::Untrusted)
-    }
-}
-
-/// 30 regtest headers on genesis; `headers[i]` is at height `i + 1`.
-fn headers() -> Vec<Header> {
-    let mut out: Vec<Header> = Vec::new();
-    let mut prev = ChainNetwork::Regtest.genesis_header();
-    for i in 0..30u8 {
-        let h = mined_header(
-            prev.block_hash(),
-            TxMerkleNode::from_byte_array([i; 32]),
-            prev.time + 600,
-            regtest_bits(),
-        );
-        out.push(h);
-        prev = h;
-    }
-    out
-}
 
 /// A chain whose checkpoint is block 10, known by hash only.
 fn chain_from_block_10(headers: &[Header]) -> Arc<Chain> {
     let cp = Checkpoint::by_hash(10, headers[9].block_hash());
-    Arc::new(Chain(Mutex::new(
-        HeaderChain::in_memory(ChainNetwork::Regtest, cp).unwrap(),
-    )))
-}
-
-/// The peer's side of the handshake.
-async fn accept_handshake(stream: &mut TcpStream) {
-    let NetworkMessage::Version(_) = read_message(stream, MAGIC).await.unwrap() else {
-        panic!("the client must open with version");
-    };
-    let addr = stream.local_addr().unwrap();
-    let mut v = VersionMessage::new(
-        ServiceFlags::NETWORK,
-        0,
-        Address::new(&addr, ServiceFlags::NONE),
-        Address::new(&addr, ServiceFlags::NONE),
-        7,
-        "/scripted-peer/".into(),
-        30,
-    );
-    v.version = 70016;
-    write_message(stream, MAGIC, NetworkMessage::Version(v))
-        .await
-        .unwrap();
-    write_message(stream, MAGIC, NetworkMessage::Verack)
-        .await
-        .unwrap();
-}
-
-/// Reads until the client's next `getheaders`; also reports whether `sendheaders` came first.
-async fn next_getheaders(stream: &mut TcpStream, sendheaders: &mut bool) -> GetHeadersMessage {
-    loop {
-        match read_message(stream, MAGIC).await.unwrap() {
-            NetworkMessage::GetHeaders(g) => return g,
-            NetworkMessage::SendHeaders => *sendheaders = true,
-            _ => {}
-        }
-    }
-}
-
-fn context(chain: Arc<Chain>) -> SessionContext {
-    SessionContext {
-        label: "scripted".into(),
-        magic: MAGIC,
-        user_agent: "/coinop-test/".into(),
-        timers: SessionTimers {
-            handshake: Duration::from_secs(5),
-            ping_interval: Duration::from_secs(60),
-            headers_timeout: Duration::from_secs(10),
-        },
-        chain,
-        status: Arc::new(SyncStatus::default()),
-    }
+    Chain::new(HeaderChain::in_memory(ChainNetwork::Regtest, cp).unwrap())
 }
 
 #[tokio::test]

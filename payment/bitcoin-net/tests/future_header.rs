@@ -1,0 +1,76 @@
+//! A header more than two hours ahead of the host's clock is refused, but the peer that sent
+//! it is not punished: an honest peer's clock may run ahead of a host whose clock lags (Bitcoin
+//! Core does not punish it either). The peer is scripted on loopback (see `common`): bcoin
+//! mines with its own clock, so it cannot be made to run ahead of the host's.
+
+mod common;
+
+use std::time::Duration;
+
+use bitcoin::p2p::message::NetworkMessage;
+use coinop_bitcoin_net::codec::{read_message, write_message};
+use coinop_bitcoin_net::session::{self, SessionError};
+use coinop_bitcoin_net::ChainAccess;
+use common::{accept_handshake, context, headers, next_getheaders, Chain, MAGIC};
+use payment::onchain::{ChainNetwork, Checkpoint, HeaderChain};
+use tokio::net::{TcpListener, TcpStream};
+
+#[tokio::test]
+async fn a_header_ahead_of_the_host_clock_is_dropped_without_a_ban() {
+    let headers = headers();
+    // The host's clock stands at block 10's time (`headers[i]` is block i + 1): block 23 is
+    // 2 h 10 min ahead of it, the first one past the two-hour limit (block 22 is exactly 2 h
+    // ahead).
+    let now_s = u64::from(headers[9].time);
+    let chain = Chain::with_clock(
+        HeaderChain::in_memory(
+            ChainNetwork::Regtest,
+            Checkpoint::genesis(ChainNetwork::Regtest),
+        )
+        .unwrap(),
+        now_s * 1_000_000,
+    );
+    assert!(u64::from(headers[22].time) > now_s + 7200);
+    assert_eq!(u64::from(headers[21].time), now_s + 7200);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = headers.clone();
+    let peer = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        accept_handshake(&mut s).await;
+        let mut sendheaders = false;
+        next_getheaders(&mut s, &mut sendheaders).await;
+        write_message(
+            &mut s,
+            MAGIC,
+            NetworkMessage::Headers(served[..25].to_vec()),
+        )
+        .await
+        .unwrap();
+        // Still connected afterwards: a ping is answered. A session that ended instead
+        // leaves the read to fail. Returning closes the connection, which ends the session.
+        write_message(&mut s, MAGIC, NetworkMessage::Ping(42))
+            .await
+            .unwrap();
+        loop {
+            match read_message(&mut s, MAGIC).await {
+                Ok(NetworkMessage::Pong(42)) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    });
+    let ctx = context(std::sync::Arc::clone(&chain));
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(20), session::run(stream, &ctx))
+        .await
+        .expect("the session ends");
+    let answered_ping = peer.await.unwrap();
+    assert!(!end.is_misbehaviour(), "{end}");
+    assert!(matches!(end, SessionError::Closed), "{end}");
+    assert!(answered_ping, "the session went on after the early header");
+    // The 22 headers before the early one are kept; it and the ones after it are not.
+    assert_eq!(chain.tip().height, 22);
+    assert_eq!(chain.tip().hash, headers[21].block_hash());
+    assert!(!chain.knows(&headers[22].block_hash()));
+}
