@@ -2,9 +2,11 @@
 //!
 //! Each header is checked before it is kept: it links to a known header, its hash meets its
 //! own target, that target is within the network's limit and is what the retarget rule
-//! requires, and its time is above the median of the 11 before it and at most two hours
-//! ahead of the caller's clock. The best chain is the branch with the most cumulative work
-//! (first seen wins a tie); a branch that overtakes it causes a reorg.
+//! requires (or, at the first retarget after a checkpoint, within its factor of 4), and its
+//! time is above the median of the 11 before it (right after a checkpoint, above the least
+//! that median can be) and at most two hours ahead of the caller's clock. The best chain is
+//! the branch with the most cumulative work (first seen wins a tie); a branch that overtakes
+//! it causes a reorg.
 //!
 //! A chain may start from a checkpoint known only by height and hash (a shipped one, see
 //! [`super::checkpoints`]): until a source sends the header that hashes to it, the chain is
@@ -531,23 +533,39 @@ impl HeaderChain {
         Some(BlockHash::from_byte_array(self.entries[idx as usize].hash))
     }
 
-    /// Median of the timestamps of `prev` and up to 10 of its ancestors.
-    fn median_time_past(&self, prev: u32) -> u32 {
+    /// The median of the timestamps of `prev` and its 10 ancestors, which a new header's
+    /// time must exceed; near genesis, of as many as exist (as consensus computes it).
+    ///
+    /// Right after a checkpoint some of those 11 blocks lie below it and their times are
+    /// unknown. The median of only the known ones could be above the real one and refuse a
+    /// block consensus accepts, for good. Instead this is the least the real median can be:
+    /// with `missing` times unknown (possibly all lower than every known one), the real
+    /// median is at least the known time at index `MTP_SPAN / 2 - missing` (ascending).
+    /// `None` when more than half are unknown: then nothing bounds it.
+    fn median_time_past(&self, prev: u32) -> Option<u32> {
         let mut times = [0u32; MTP_SPAN];
         let mut n = 0;
         let mut cur = prev;
+        let mut first_height = None;
         while n < MTP_SPAN {
             let e = &self.entries[cur as usize];
             times[n] = e.time;
             n += 1;
             if e.prev == Entry::NO_PREV {
+                first_height = Some(e.height);
                 break;
             }
             cur = e.prev;
         }
         let times = &mut times[..n];
         times.sort_unstable();
-        times[n / 2]
+        let missing = match first_height {
+            // All 11 known; or the chain starts at genesis, where there are no more blocks
+            // and consensus takes the median of these.
+            None | Some(0) => return Some(times[n / 2]),
+            Some(_) => MTP_SPAN - n,
+        };
+        (MTP_SPAN / 2).checked_sub(missing).map(|i| times[i])
     }
 
     /// Checks one header against every rule, given its parent's index.
@@ -604,12 +622,13 @@ impl HeaderChain {
                 min: min_version,
             });
         }
-        let mtp = self.median_time_past(prev);
-        if header.time <= mtp {
-            return Err(HeaderError::TimeNotAfterMedian {
-                time: header.time,
-                median: mtp,
-            });
+        if let Some(mtp) = self.median_time_past(prev) {
+            if header.time <= mtp {
+                return Err(HeaderError::TimeNotAfterMedian {
+                    time: header.time,
+                    median: mtp,
+                });
+            }
         }
         let latest = now_us / 1_000_000 + MAX_FUTURE_DRIFT_S;
         if u64::from(header.time) > latest {
@@ -1017,6 +1036,73 @@ mod tests {
             .append(&between, now, HeaderSource::Untrusted)
             .unwrap();
         assert_eq!(out.added, 1);
+    }
+
+    #[test]
+    fn median_time_past_right_after_a_checkpoint_is_no_stricter_than_consensus() {
+        let genesis = ChainNetwork::Regtest.genesis_header();
+        // main[i] is at height i + 1, with time genesis + 600·(i + 1).
+        let main = grow(&genesis, 24, 600, regtest_bits());
+        let now = u64::from(main[23].time + 10_000) * 1_000_000;
+        // On block 24, consensus takes the median of blocks 14..=24: block 19's time.
+        let mtp = main[18].time;
+        let after = mined_header(
+            main[23].block_hash(),
+            TxMerkleNode::from_byte_array([0xee; 32]),
+            mtp + 1,
+            regtest_bits(),
+        );
+        let at = mined_header(
+            main[23].block_hash(),
+            TxMerkleNode::from_byte_array([0xef; 32]),
+            mtp,
+            regtest_bits(),
+        );
+        // From genesis, with every time known, `after` is valid: an honest block.
+        let mut full = regtest_chain();
+        full.append(&main, now, HeaderSource::Untrusted).unwrap();
+        full.append(&[after], now, HeaderSource::Untrusted).unwrap();
+
+        let from = |height: u32| {
+            let header = main[height as usize - 1];
+            let cp =
+                Checkpoint::operator(ChainNetwork::Regtest, height, header.block_hash(), header)
+                    .unwrap();
+            let mut chain = HeaderChain::in_memory(ChainNetwork::Regtest, cp).unwrap();
+            chain
+                .append(&main[height as usize..], now, HeaderSource::Untrusted)
+                .unwrap();
+            chain
+        };
+        // From a checkpoint at 21 only blocks 21..=24 are known: their median (block 23)
+        // would refuse `after` forever; with 7 of the 11 times unknown nothing bounds the
+        // median, so the rule is not applied.
+        let mut chain = from(21);
+        chain
+            .append(&[after], now, HeaderSource::Untrusted)
+            .unwrap();
+        assert_eq!(chain.tip().height, 25);
+        // From a checkpoint at 18, blocks 18..=24 are known and 4 are not: even if those 4
+        // were the lowest, the median is at least the second-lowest known time (block 19),
+        // so a header at that time is refused, as consensus refuses it, and `after` is not.
+        let mut chain = from(18);
+        let err = chain
+            .append(&[at], now, HeaderSource::Untrusted)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ChainError::Rejected {
+                    reason: HeaderError::TimeNotAfterMedian { time, median },
+                    ..
+                } if time == mtp && median == mtp
+            ),
+            "{err}"
+        );
+        chain
+            .append(&[after], now, HeaderSource::Untrusted)
+            .unwrap();
+        assert_eq!(chain.tip().height, 25);
     }
 
     fn regtest_chain() -> HeaderChain {
