@@ -718,31 +718,39 @@ impl HeaderChain {
         })
     }
 
-    /// The anti-DoS bound on side branches (see [`SIDE_BRANCH_MARGIN_BLOCKS`]): the most-work
-    /// header added since entry `start` must come within the margin of the best tip's work.
+    /// The anti-DoS bound on side branches (see [`SIDE_BRANCH_MARGIN_BLOCKS`]): every branch
+    /// tip added since entry `start` (a new header no other new header builds on) must come
+    /// within the margin of the best tip's work. Each tip, not only the strongest: one strong
+    /// header must not carry many weak fork headers in with it. The headers below a tip are
+    /// not held to it: a deep reorg's branch starts far below the best tip's work and is
+    /// judged by where it ends.
     fn check_branch_work(&self, start: usize) -> Result<(), ChainError> {
-        let Some((best_new, e)) = self
-            .entries
-            .iter()
-            .enumerate()
-            .skip(start)
-            .max_by_key(|(_, e)| e.chainwork)
-        else {
-            return Ok(());
-        };
+        let new = &self.entries[start..];
+        let mut has_new_child = vec![false; new.len()];
+        for e in new {
+            // Every new entry has a parent (only the checkpoint has none); a parent before
+            // `start` was there already.
+            if let Some(i) = (e.prev as usize).checked_sub(start) {
+                has_new_child[i] = true;
+            }
+        }
         let tip = &self.entries[*self.best.last().expect("best chain is never empty") as usize];
         let tip_block_work = block_work(CompactTarget::from_consensus(tip.bits)).unwrap_or(0);
         let floor = tip
             .chainwork
             .saturating_sub(tip_block_work.saturating_mul(SIDE_BRANCH_MARGIN_BLOCKS));
-        if e.chainwork < floor {
-            return Err(ChainError::LowWorkBranch {
-                hash: BlockHash::from_byte_array(self.entries[best_new].hash),
+        let weak_tip = new
+            .iter()
+            .zip(&has_new_child)
+            .find(|(e, &has_child)| !has_child && e.chainwork < floor);
+        match weak_tip {
+            Some((e, _)) => Err(ChainError::LowWorkBranch {
+                hash: BlockHash::from_byte_array(e.hash),
                 work: e.chainwork,
                 floor,
-            });
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// A block locator for `getheaders`: the best chain's hashes from the tip down, one
@@ -1180,6 +1188,36 @@ mod tests {
         weak = grow(&main[99], 10, 61, regtest_bits());
         let out = chain.append(&weak, now, HeaderSource::Untrusted).unwrap();
         assert_eq!((out.added, out.reorg), (10, false));
+    }
+
+    #[test]
+    fn every_weak_branch_in_a_batch_is_refused_not_only_the_strongest_judged() {
+        let genesis = ChainNetwork::Regtest.genesis_header();
+        let mut chain = regtest_chain();
+        let main = grow(&genesis, 200, 60, regtest_bits());
+        let now = u64::from(main[199].time + 100_000) * 1_000_000;
+        chain.append(&main, now, HeaderSource::Operator).unwrap();
+        // One batch: two headers extending the best tip, then ten forking at height 20
+        // (170 blocks short, beyond the margin). The strong pair must not carry the weak
+        // fork in.
+        let mut batch = grow(&main[199], 2, 60, regtest_bits());
+        let weak = grow(&main[19], 10, 61, regtest_bits());
+        batch.extend_from_slice(&weak);
+        let err = chain
+            .append(&batch, now, HeaderSource::Untrusted)
+            .unwrap_err();
+        assert!(
+            matches!(err, ChainError::LowWorkBranch { hash, .. } if hash == weak[9].block_hash()),
+            "{err}"
+        );
+        assert_eq!(chain.len(), 201);
+        assert_eq!(chain.tip().height, 200);
+
+        // A deep reorg in one batch: a branch forking at height 30 (its first headers 170
+        // blocks short) that ends above the best tip is judged by its tip, and taken.
+        let reorg = grow(&main[29], 180, 59, regtest_bits());
+        let out = chain.append(&reorg, now, HeaderSource::Untrusted).unwrap();
+        assert_eq!((out.added, out.reorg, out.tip.height), (180, true, 210));
     }
 
     #[test]
