@@ -13,7 +13,9 @@ use crate::token::{token_hash, token_matches};
 
 /// The lease `id` if `headers` carry its token; otherwise the same 401 whether or not the
 /// lease exists (a dummy hash is compared for unknown ids so timing says nothing either).
-pub fn lease_for(state: &AppState, headers: &HeaderMap, id: &str) -> Result<LeaseRow, ApiError> {
+/// The ledger is read on the blocking pool: its lock may wait for a writer's fsync, and a
+/// tenant's requests must not hold the runtime's workers (the accept loop's too) meanwhile.
+pub async fn lease_for(s: &Shared, headers: &HeaderMap, id: &str) -> Result<LeaseRow, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -21,7 +23,10 @@ pub fn lease_for(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Leas
         .map(str::trim)
         .unwrap_or("");
     let lease = if id.len() <= 64 {
-        state.ledger.get(id)?
+        let (s, id) = (s.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || s.ledger.get(&id))
+            .await
+            .map_err(|e| ApiError::internal(format!("worker: {e}")))??
     } else {
         None
     };

@@ -164,23 +164,27 @@ pub async fn quote(
     )
     .map_err(|e| LeaseError::InvalidSpec(e.to_string()))?;
     let s2 = s.clone();
-    let q = tokio::task::spawn_blocking(move || issue_quote(&s2, amount_msat))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
-    let expires_at = (q.expires_at_us / 1_000_000) as i64;
-    s.ledger.insert_quote(&QuoteRow {
-        id: q.quote_id.clone(),
-        purpose: "lease".into(),
-        address: q.address.clone(),
-        derivation_index: q.derivation_index,
-        amount_msat: q.amount_msat,
-        vcpus: req.vcpus,
-        mem_mib: req.mem_mib,
-        seconds: req.seconds,
-        image: req.image,
-        expires_at,
-        created_at: unix_s(),
-    })?;
+    // Both durable commits on the blocking pool, not on the runtime's workers.
+    let (q, expires_at) = tokio::task::spawn_blocking(move || {
+        let q = issue_quote(&s2, amount_msat)?;
+        let expires_at = (q.expires_at_us / 1_000_000) as i64;
+        s2.ledger.insert_quote(&QuoteRow {
+            id: q.quote_id.clone(),
+            purpose: "lease".into(),
+            address: q.address.clone(),
+            derivation_index: q.derivation_index,
+            amount_msat: q.amount_msat,
+            vcpus: req.vcpus,
+            mem_mib: req.mem_mib,
+            seconds: req.seconds,
+            image: req.image,
+            expires_at,
+            created_at: unix_s(),
+        })?;
+        Ok::<_, ApiError>((q, expires_at))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok((
         StatusCode::OK,
         Json(QuoteResponse {

@@ -56,7 +56,7 @@ pub async fn show(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<LeaseView>, ApiError> {
-    let l = lease_for(&s, &headers, &id)?;
+    let l = lease_for(&s, &headers, &id).await?;
     Ok(Json(leases::view(&s, &l)))
 }
 
@@ -65,12 +65,11 @@ pub async fn list(
     ConnectInfo(peer): ConnectInfo<PeerCred>,
 ) -> Result<Json<LeaseList>, ApiError> {
     require_operator(&s, &peer)?;
-    let leases = s
-        .ledger
-        .list()?
-        .iter()
-        .map(|l| leases::view(&s, l))
-        .collect();
+    let s2 = s.clone();
+    let rows = tokio::task::spawn_blocking(move || s2.ledger.list())
+        .await
+        .map_err(|e| ApiError::internal(format!("worker: {e}")))??;
+    let leases = rows.iter().map(|l| leases::view(&s, l)).collect();
     Ok(Json(LeaseList { leases }))
 }
 
@@ -80,7 +79,7 @@ pub async fn topup(
     headers: HeaderMap,
     JsonBody(req): JsonBody<TopupRequest>,
 ) -> Result<Json<TopupResponse>, ApiError> {
-    let l = lease_for(&s, &headers, &id)?;
+    let l = lease_for(&s, &headers, &id).await?;
     let flow = async move { leases::topup(&s, l, req).await };
     Ok(Json(leases::to_completion(flow).await?))
 }
@@ -91,7 +90,7 @@ pub async fn stop(
     headers: HeaderMap,
     JsonBody(req): JsonBody<StopRequest>,
 ) -> Result<Json<StopResponse>, ApiError> {
-    let l = lease_for(&s, &headers, &id)?;
+    let l = lease_for(&s, &headers, &id).await?;
     let flow = async move { leases::stop(&s, l, req).await };
     Ok(Json(leases::to_completion(flow).await?))
 }
@@ -101,7 +100,7 @@ pub async fn console(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let l = lease_for(&s, &headers, &id)?;
+    let l = lease_for(&s, &headers, &id).await?;
     let text = read_tail(std::path::Path::new(&l.console_path), MAX_CONSOLE)
         .await
         .map_err(LeaseError::Console)?;
