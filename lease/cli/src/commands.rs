@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::args::{ChainCmd, Cli, Cmd, KeysetsCmd, LeaseCmd, PaymentArgs, RegtestCmd};
 use crate::client::{Client, Reply};
-use crate::exit::Exit;
+use crate::exit::{note, print_line, print_raw, Exit};
 use crate::{create_retry, header_upload, human, input, regtest_pay, wallet_cli};
 
 /// How a successful reply is shown.
@@ -237,32 +237,59 @@ pub(crate) async fn send(c: &Client, call: &Call) -> Result<Reply, Exit> {
     .map_err(Exit::from_client)
 }
 
-/// Shows a reply; a non-2xx answer becomes exit 1 with the daemon's error code.
-pub(crate) fn show(r: &Reply, view: View, json_mode: bool) -> Result<(), Exit> {
+/// Writes a reply to stdout as `view` and the mode say: the daemon's body with `--json`,
+/// text otherwise (for an error, its details; the one-line message goes to stderr with the
+/// exit). An error means the answer did not reach stdout, so a caller holding the only other
+/// way back to it (a recovery key) must keep that.
+pub(crate) fn print_reply(r: &Reply, view: View, json_mode: bool) -> std::io::Result<()> {
     let ok = (200..300).contains(&r.status);
     if json_mode || matches!(view, View::Text) && ok {
-        crate::exit::print_raw(&r.body);
+        print_raw(&r.body)
     } else if ok {
         match human::render(view, &r.body) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => print_line(&text),
             // A daemon newer than this coinop may answer in a shape it does not know: the
             // answer is still worth seeing (it may hold a token), so it is shown as sent.
             Err(e) => {
-                eprintln!(
-                    "coinop: note: cannot read the answer as a {view:?} reply ({e}); \
-                     shown as received"
-                );
-                crate::exit::print_raw(&r.body);
+                note(&format!(
+                    "note: cannot read the answer as a {view:?} reply ({e}); shown as received"
+                ));
+                print_raw(&r.body)
             }
         }
     } else if let Some(extra) = human::error_details(&r.body) {
-        println!("{extra}");
+        print_line(&extra)
+    } else {
+        Ok(())
     }
-    if ok {
+}
+
+/// What a shown reply means for the exit: success for 2xx, else exit 1 with the daemon's
+/// error code.
+pub(crate) fn outcome(r: &Reply) -> Result<(), Exit> {
+    if (200..300).contains(&r.status) {
         Ok(())
     } else {
         Err(Exit::daemon(r))
     }
+}
+
+/// Shows a reply; a non-2xx answer becomes exit 1 with the daemon's error code, a 2xx one
+/// that cannot be written out exit 4.
+pub(crate) fn show(r: &Reply, view: View, json_mode: bool) -> Result<(), Exit> {
+    if let Err(e) = print_reply(r, view, json_mode) {
+        // A refusal is still told on stderr with its exit 1; only its details were lost.
+        outcome(r)?;
+        return Err(Exit::output(
+            &e,
+            &format!(
+                "the daemon did what was asked (HTTP {}); `coinop lease show` tells a lease's \
+                 state",
+                r.status
+            ),
+        ));
+    }
+    outcome(r)
 }
 
 /// Runs the parsed command line; the error carries the exit code and its one-line message.
@@ -278,8 +305,13 @@ pub async fn run(cli: Cli) -> Result<(), Exit> {
                 .map_err(Exit::from_pay)?;
             // Not an API answer: the payment object, always JSON so it can be piped.
             let text = encode(&PaymentBody::Onchain(p))?;
-            crate::exit::print_raw(&text);
-            Ok(())
+            print_raw(&text).map_err(|e| {
+                Exit::output(
+                    &e,
+                    "this demo payment is lost with it (regtest, no real money): run the \
+                     command again for another",
+                )
+            })
         }
         Cmd::Chain {
             cmd:

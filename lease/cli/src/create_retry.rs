@@ -15,9 +15,9 @@ use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
 use coinop_proto::requests::{CreateRequest, PaymentBody};
 
-use crate::client::Client;
-use crate::commands::{create_call, send, show, View};
-use crate::exit::{Exit, UNREACHABLE};
+use crate::client::{Client, Reply};
+use crate::commands::{create_call, outcome, print_reply, send, View};
+use crate::exit::{note, Exit, UNREACHABLE};
 use coinop_proto::recovery_key::{recovery_hash, KEY_HEX_LEN};
 
 /// Pause between resends of a create whose reply was lost.
@@ -104,10 +104,10 @@ pub async fn run(
     };
     let (key, retry) = load_or_create(&path)?;
     if retry {
-        eprintln!(
-            "coinop: resending an earlier create with its recovery key ({})",
+        note(&format!(
+            "resending an earlier create with its recovery key ({})",
             path.display()
-        );
+        ));
     }
     req.recovery_key = Some(key);
     let call = create_call(&req)?;
@@ -130,13 +130,39 @@ pub async fn run(
             Err(e) => return Err(e),
         }
     };
-    let shown = show(&reply, View::Created, json_mode);
-    // Below 500 the answer is definitive: the lease and token were shown, or the payment
-    // made no lease with this key. 5xx (host full, boot failed) may be worth a rerun.
-    if reply.status < 500 {
-        let _ = std::fs::remove_file(&path);
+    finish(&reply, &path, print_reply(&reply, View::Created, json_mode))
+}
+
+/// Settles a create whose answer `written` tells whether it reached stdout: the recovery key
+/// in `path` is dropped only once a definitive answer was shown. A lease whose token did
+/// not reach the tenant (a full disk, a closed pipe) is theirs only through the key: it is
+/// kept, and the exit says to run the same command again, which gets the lease back.
+fn finish(reply: &Reply, path: &Path, written: std::io::Result<()>) -> Result<(), Exit> {
+    match written {
+        Ok(()) => {
+            // Below 500 the answer is definitive: the lease and token were shown, or the
+            // payment made no lease with this key. 5xx (host full, boot failed) may be worth
+            // a rerun.
+            if reply.status < 500 {
+                if let Err(e) = std::fs::remove_file(path) {
+                    // Harmless (a rerun gets the same lease with a new token), but said.
+                    note(&format!("note: cannot remove {}: {e}", path.display()));
+                }
+            }
+            outcome(reply)
+        }
+        // A refusal is told on stderr with its own exit; the key is kept all the same (a
+        // rerun is answered the same way and drops it then).
+        Err(_) if !(200..300).contains(&reply.status) => outcome(reply),
+        Err(e) => Err(Exit::output(
+            &e,
+            &format!(
+                "the lease was made but its token is not shown; its recovery key is kept in \
+                 {}: run the same command again to get the lease and a token back",
+                path.display()
+            ),
+        )),
     }
-    shown
 }
 
 #[cfg(test)]
@@ -156,6 +182,50 @@ mod tests {
         assert_eq!(load_or_create(&path).expect("again"), (key, true));
         std::fs::write(&path, "not a key\n").expect("spoil");
         assert_eq!(load_or_create(&path).expect_err("bad key").code, 2);
+    }
+
+    fn reply(status: u16) -> Reply {
+        Reply {
+            status,
+            body: br#"{"lease_id":"l1","token":"t1"}"#.as_slice().into(),
+        }
+    }
+
+    /// Shows `r` on /dev/full, a real device that refuses every write (ENOSPC), as a
+    /// full disk or a closed pipe on stdout would, and settles the create with the result.
+    fn finish_on_dev_full(r: &Reply, key: &Path) -> Result<(), Exit> {
+        let mut full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        finish(r, key, crate::exit::write_raw(&mut full, &r.body))
+    }
+
+    #[test]
+    fn the_key_is_kept_when_the_lease_could_not_be_shown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("x.key");
+        load_or_create(&key).expect("key");
+        for status in [200, 201] {
+            let err = finish_on_dev_full(&reply(status), &key).expect_err("not shown");
+            assert_eq!(err.code, crate::exit::OUTPUT, "{}", err.message);
+            assert!(key.exists(), "the only way back to the lease is kept");
+            assert!(
+                err.message.contains(&key.display().to_string())
+                    && err.message.contains("run the same command again"),
+                "{}",
+                err.message
+            );
+        }
+        // A refusal not shown is still exit 1; the key stays for the rerun to drop.
+        let err = finish_on_dev_full(&reply(409), &key).expect_err("refused");
+        assert_eq!(err.code, crate::exit::DAEMON_ERROR);
+        assert!(key.exists());
+        // Shown (written and flushed): a definitive answer drops the key.
+        let mut out = Vec::new();
+        let written = crate::exit::write_raw(&mut out, &reply(201).body);
+        finish(&reply(201), &key, written).expect("shown");
+        assert!(!key.exists(), "dropped once the lease was shown");
     }
 
     fn credit(secret: &str) -> PaymentBody {

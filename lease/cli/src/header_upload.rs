@@ -15,7 +15,7 @@ use coinop_proto::requests::{json_string_len, HeadersRequest};
 
 use crate::client::Client;
 use crate::commands::{encode, show, View};
-use crate::exit::Exit;
+use crate::exit::{note, Exit};
 use crate::input;
 
 /// HTTP 413: the body was larger than the daemon takes.
@@ -68,15 +68,17 @@ pub async fn add_headers(
         if r.status == PAYLOAD_TOO_LARGE && n > 1 {
             // The daemon takes less than assumed: halve the batch and send it again.
             budget = (budget / 2).max(1);
-            eprintln!("coinop: the daemon refused {n} headers in one body (413); sending fewer");
+            note(&format!(
+                "the daemon refused {n} headers in one body (413); sending fewer"
+            ));
             continue;
         }
         if !(200..300).contains(&r.status) {
             if sent > 0 {
-                eprintln!(
-                    "coinop: {sent} of {total} headers were accepted before this error; \
+                note(&format!(
+                    "{sent} of {total} headers were accepted before this error; \
                      running the command again resends only what is missing"
-                );
+                ));
             }
             return show(&r, View::Headers, json_mode);
         }
@@ -87,10 +89,10 @@ pub async fn add_headers(
         added += h.added;
         reorg |= h.reorg;
         batches += 1;
-        eprintln!(
-            "coinop: headers {sent}/{total} sent ({} new in this batch), tip {} {}",
+        note(&format!(
+            "headers {sent}/{total} sent ({} new in this batch), tip {} {}",
             h.added, h.tip.height, h.tip.hash
-        );
+        ));
         last = Some(h);
     }
     let Some(last) = last else {
@@ -102,7 +104,7 @@ pub async fn add_headers(
         tip: last.tip,
     };
     if batches > 1 {
-        eprintln!("coinop: {total} headers in {batches} requests");
+        note(&format!("{total} headers in {batches} requests"));
     }
     let body = encode(&summary)?;
     show(

@@ -1,13 +1,13 @@
 //! `coinop`, the operator and provisioning CLI: a thin client of coinopd's API over its Unix
 //! socket. Human-readable output by default, the daemon's JSON untouched with `--json`.
 //! Exit codes (also in `coinop --help`): 0 ok, 1 HTTP error from the daemon (its error code
-//! printed), 2 usage, 3 cannot reach the daemon.
+//! printed), 2 usage, 3 cannot reach the daemon, 4 the answer could not be written out.
 
 use coinop_cli::exit::{Exit, USAGE};
 
 fn finish(e: Exit) -> ! {
     if !e.message.is_empty() {
-        eprintln!("coinop: {}", e.message);
+        coinop_cli::exit::note(&e.message);
     }
     std::process::exit(i32::from(e.code));
 }

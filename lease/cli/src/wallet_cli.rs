@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::args::WalletCmd;
 use crate::client::Client;
 use crate::commands::encode;
-use crate::exit::{print_raw, Exit, DAEMON_ERROR};
+use crate::exit::{note, print_raw, Exit, DAEMON_ERROR};
 use crate::wallet::{Sent, Wallet, WalletError};
 use crate::wallet_commands::{
     check, credit_payment, mint_regtest, receive_token, restore, send_token, stop_with_change,
@@ -106,6 +106,28 @@ fn cmd_exit(e: WalletCmdError) -> Exit {
     }
 }
 
+/// What was written on stdout: the JSON with `--json`, else the text.
+fn json_or_text(json_mode: bool, json: &impl Serialize, text: String) -> Result<Vec<u8>, Exit> {
+    if json_mode {
+        encode(json)
+    } else {
+        Ok(text.into_bytes())
+    }
+}
+
+/// Writes a command's answer; when stdout refuses it, exit 4 saying where what the command
+/// did is kept (`again`): the wallet changed already, so the tenant must not think it
+/// failed and undo it, nor run it again blindly.
+fn answer(body: &[u8], again: &str) -> Result<(), Exit> {
+    print_raw(body).map_err(|e| Exit::output(&e, again))
+}
+
+/// Said when a command that changed the wallet cannot show what it did.
+const IN_WALLET: &str = "it was done: `coinop wallet balance` shows the wallet";
+/// Said when notes went out as a token that was not shown.
+const IN_OUTBOX: &str = "the notes left the wallet as a token kept in its outbox: \
+                         `coinop wallet outbox` shows it, `coinop wallet receive` takes it back";
+
 pub async fn run(
     c: &Client,
     cmd: &WalletCmd,
@@ -117,58 +139,64 @@ pub async fn run(
     match cmd {
         WalletCmd::Balance => {
             let sat = w.balance_sat();
-            if json_mode {
-                print_raw(&encode(&Balance { balance_sat: sat })?);
-            } else {
-                println!("{sat} sat in {}", path.display());
-            }
+            let body = json_or_text(
+                json_mode,
+                &Balance { balance_sat: sat },
+                format!("{sat} sat in {}", path.display()),
+            )?;
+            answer(&body, "nothing changed: run it again")?;
         }
         WalletCmd::Mint { amount } => {
             let got = mint_regtest(c, &mut w, *amount).await.map_err(cmd_exit)?;
-            if json_mode {
-                print_raw(&encode(&Minted {
+            let body = json_or_text(
+                json_mode,
+                &Minted {
                     minted_sat: got,
                     balance_sat: w.balance_sat(),
-                })?);
-            } else {
-                println!("minted {got} sat; wallet holds {} sat", w.balance_sat());
-            }
+                },
+                format!("minted {got} sat; wallet holds {} sat", w.balance_sat()),
+            )?;
+            answer(&body, IN_WALLET)?;
         }
         WalletCmd::Pay { amount } => {
             // Always JSON: it is meant for `lease create --payment -`.
             let p = credit_payment(c, &mut w, *amount, mint_url)
                 .await
                 .map_err(cmd_exit)?;
-            print_raw(&encode(&p)?);
+            answer(&encode(&p)?, IN_OUTBOX)?;
         }
         WalletCmd::Send { amount, v3 } => {
             // Always the token alone on stdout, so it can be piped or copied.
             let token = send_token(c, &mut w, *amount, mint_url, *v3)
                 .await
                 .map_err(cmd_exit)?;
-            println!("{token}");
+            answer(token.as_bytes(), IN_OUTBOX)?;
         }
         WalletCmd::Receive { token } => {
             let text = input::read_token(token)?;
             let Received { amount_sat, again } =
                 receive_token(c, &mut w, &text).await.map_err(cmd_exit)?;
-            if json_mode {
-                print_raw(&encode(&ReceivedJson {
+            let human = if again {
+                format!(
+                    "this token was received before ({amount_sat} sat); wallet holds {} sat",
+                    w.balance_sat()
+                )
+            } else {
+                format!(
+                    "received {amount_sat} sat (DLEQ-checked); wallet holds {} sat",
+                    w.balance_sat()
+                )
+            };
+            let body = json_or_text(
+                json_mode,
+                &ReceivedJson {
                     received_sat: amount_sat,
                     already_received: again,
                     balance_sat: w.balance_sat(),
-                })?);
-            } else if again {
-                println!(
-                    "this token was received before ({amount_sat} sat); wallet holds {} sat",
-                    w.balance_sat()
-                );
-            } else {
-                println!(
-                    "received {amount_sat} sat (DLEQ-checked); wallet holds {} sat",
-                    w.balance_sat()
-                );
-            }
+                },
+                human,
+            )?;
+            answer(&body, IN_WALLET)?;
         }
         WalletCmd::Init { seed } => {
             let phrase = if *seed {
@@ -180,60 +208,67 @@ pub async fn run(
             let seed_file = w
                 .is_deterministic()
                 .then(|| crate::wallet_seed::seed_path(path).display().to_string());
-            if json_mode {
-                print_raw(&encode(&Initialised {
+            let mut human = format!("wallet {}", path.display());
+            if let (Some(p), Some(f)) = (&phrase, &seed_file) {
+                human.push_str(&format!(
+                    "\nseed phrase (write it down; `coinop wallet restore` needs it):\n{p}\n\
+                     kept in {f} (mode 0600)"
+                ));
+            }
+            let again = match &seed_file {
+                Some(f) => format!("the wallet is made; its seed phrase is in {f}"),
+                None => "the wallet is made".to_string(),
+            };
+            let body = json_or_text(
+                json_mode,
+                &Initialised {
                     wallet: path.display().to_string(),
                     seed_file,
                     seed_phrase: phrase,
-                })?);
-            } else {
-                println!("wallet {}", path.display());
-                if let (Some(p), Some(f)) = (phrase, seed_file) {
-                    println!("seed phrase (write it down; `coinop wallet restore` needs it):");
-                    println!("{p}");
-                    println!("kept in {f} (mode 0600)");
-                }
-            }
+                },
+                human,
+            )?;
+            answer(&body, &again)?;
         }
         WalletCmd::Restore { seed_phrase } => {
             let text = input::read_text(seed_phrase)?;
             let seed =
                 Seed::from_phrase(&text).map_err(|e| Exit::usage(format!("{seed_phrase}: {e}")))?;
             let r = restore(c, &mut w, seed).await.map_err(cmd_exit)?;
-            if json_mode {
-                print_raw(&encode(&r)?);
-            } else {
-                println!(
-                    "restored {} sat ({} notes signed for this seed, spent ones dropped); \
-                     wallet holds {} sat",
-                    r.restored_sat, r.found, r.balance_sat
-                );
-            }
+            let human = format!(
+                "restored {} sat ({} notes signed for this seed, spent ones dropped); \
+                 wallet holds {} sat",
+                r.restored_sat, r.found, r.balance_sat
+            );
+            answer(&json_or_text(json_mode, &r, human)?, IN_WALLET)?;
         }
         WalletCmd::Outbox => {
             let sent: &[Sent] = w.outbox();
-            if json_mode {
-                print_raw(&encode(&sent)?);
-            } else {
-                for s in sent {
-                    println!("{} sat  {}", s.amount_sat, s.token);
-                }
+            let human = sent
+                .iter()
+                .map(|s| format!("{} sat  {}\n", s.amount_sat, s.token))
+                .collect::<String>();
+            let body = json_or_text(json_mode, &sent, human)?;
+            // No tokens, no lines (as before): the final newline is print_raw's alone.
+            if !body.is_empty() {
+                answer(&body, "nothing changed: run it again")?;
             }
         }
         WalletCmd::Check => {
             let (spent, claimed) = check(c, &mut w).await.map_err(cmd_exit)?;
-            if json_mode {
-                print_raw(&encode(&Checked {
+            let body = json_or_text(
+                json_mode,
+                &Checked {
                     spent_notes_dropped: spent,
                     claimed_tokens_dropped: claimed,
                     balance_sat: w.balance_sat(),
-                })?);
-            } else {
-                println!(
+                },
+                format!(
                     "{spent} spent notes and {claimed} claimed tokens dropped; wallet holds {} sat",
                     w.balance_sat()
-                );
-            }
+                ),
+            )?;
+            answer(&body, IN_WALLET)?;
         }
     }
     Ok(())
@@ -257,25 +292,31 @@ pub async fn stop(
         .await
         .map_err(cmd_exit)?;
     if resent {
-        eprintln!(
-            "coinop: sent an earlier stop of {id} again with the change outputs kept in {}",
+        note(&format!(
+            "sent an earlier stop of {id} again with the change outputs kept in {}",
             path.display()
-        );
+        ));
     }
-    if json_mode {
-        print_raw(&body);
+    let body = if json_mode {
+        body.to_vec()
     } else {
         // The state and refund lines as `lease stop` shows them; the change line differs,
         // since the signatures are already unblinded into the wallet.
         let shown = human::stopped(&reply);
-        for line in shown.lines().filter(|l| !l.starts_with("change")) {
-            println!("{line}");
-        }
-        println!(
+        let mut text: String = shown
+            .lines()
+            .filter(|l| !l.starts_with("change"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        text.push_str(&format!(
             "change     {received_sat} sat into {} (DLEQ-checked); wallet holds {} sat",
             path.display(),
             w.balance_sat()
-        );
-    }
-    Ok(())
+        ));
+        text.into_bytes()
+    };
+    answer(
+        &body,
+        "the lease is stopped and its change is in the wallet (`coinop wallet balance`)",
+    )
 }

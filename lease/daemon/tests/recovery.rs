@@ -15,7 +15,7 @@ use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
 use coinop_cli::client::Reply;
 use coinopd::fault::{point, ENV};
 use coinopd::ledger::Ledger;
-use common::cli_process::{coinop, lease_create_args};
+use common::cli_process::{coinop, coinop_with_stdout, lease_create_args};
 use common::leases::CreatedLease;
 use common::{kvm_or_skip, wait_for, Daemon};
 use serde_json::{json, Value};
@@ -367,6 +367,87 @@ async fn coinop_lease_create_run_again_after_a_lost_reply_gets_the_lease() {
     )
     .await;
     d.stop_lease(&id, token).await;
+    d.shutdown().await;
+}
+
+/// `coinop lease create` whose answer cannot be written (stdout is /dev/full, as a full disk
+/// or a closed pipe) made the lease all the same: the token is only in that answer, so the
+/// recovery key must stay. The run exits 4 saying so, the key file is kept, and the same
+/// command with a working stdout gets the lease back (`recovered`), then drops the key. In
+/// both output modes: `--json` and the human text write to stdout differently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_answer_cannot_be_written_keeps_its_key_and_the_rerun_gets_the_lease() {
+    let Some((dir, _guests, d)) = guarded_coinopd(&[]).await else {
+        return;
+    };
+    let mut seen = Vec::new();
+    for json_mode in [true, false] {
+        let proofs = d.mint_credit(12).await;
+        let proofs_file = dir.path().join(format!("proofs-{json_mode}.json"));
+        std::fs::write(&proofs_file, serde_json::to_vec(&proofs).expect("json")).expect("write");
+        let key_file = dir.path().join(format!("create-{json_mode}.key"));
+        let create = lease_create_args(&[
+            "--cmdline",
+            "mode=echo",
+            "--credit",
+            proofs_file.to_str().expect("utf-8 path"),
+            "--recovery-key-file",
+            key_file.to_str().expect("utf-8 path"),
+        ]);
+        let args = if json_mode {
+            [&["--json"][..], &create].concat()
+        } else {
+            create
+        };
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let lost = tokio::task::block_in_place(|| coinop_with_stdout(&d.socket, &args, full));
+        let err = String::from_utf8_lossy(&lost.stderr);
+        assert_eq!(lost.status.code(), Some(4), "json {json_mode}: {err}");
+        assert!(
+            err.contains("run the same command again")
+                && err.contains(key_file.to_str().expect("utf-8")),
+            "{err}"
+        );
+        assert!(key_file.exists(), "json {json_mode}: the key was kept");
+        let rows = ledger(dir.path()).list().expect("list");
+        let id = rows
+            .iter()
+            .map(|r| r.id.clone())
+            .find(|id| !seen.contains(id))
+            .expect("the create made its lease");
+        assert_eq!(rows.len(), seen.len() + 1, "{rows:?}");
+        seen.push(id.clone());
+
+        let again = tokio::task::block_in_place(|| coinop(&d.socket, &args));
+        let out = String::from_utf8_lossy(&again.stdout).into_owned();
+        assert_eq!(
+            again.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        let token = if json_mode {
+            let v: Value = serde_json::from_str(&out).expect("the daemon's JSON");
+            assert_eq!(v["lease_id"], id.as_str(), "{v}");
+            assert_eq!(v["recovered"], true, "{v}");
+            v["token"].as_str().expect("token").to_string()
+        } else {
+            assert!(out.contains(&id) && out.contains("recovered"), "{out}");
+            out.lines()
+                .find_map(|l| l.strip_prefix("token"))
+                .and_then(|rest| rest.split_whitespace().next())
+                .expect("a token line")
+                .to_string()
+        };
+        assert_eq!(show(&d, &id, &token).await.status, 200, "the token works");
+        assert!(!key_file.exists(), "dropped once the lease was shown");
+        assert_eq!(ledger(dir.path()).list().expect("list").len(), seen.len());
+        books_balance(dir.path(), &id);
+        d.stop_lease(&id, &token).await;
+    }
     d.shutdown().await;
 }
 

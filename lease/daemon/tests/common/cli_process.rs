@@ -54,6 +54,15 @@ pub fn coinop(socket: &Path, args: &[&str]) -> Output {
     command(socket, args).output().expect("run coinop")
 }
 
+/// Runs `coinop` with its stdout sent to `stdout` (e.g. /dev/full) and waits for it; the
+/// `Output` holds stderr only.
+pub fn coinop_with_stdout(socket: &Path, args: &[&str], stdout: std::fs::File) -> Output {
+    command(socket, args)
+        .stdout(stdout)
+        .output()
+        .expect("run coinop")
+}
+
 /// Runs `coinop` on a blocking thread, so an in-process daemon on the async runtime keeps
 /// serving it; `env` adds variables such as `COINOP_WALLET`.
 pub async fn coinop_async(socket: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
