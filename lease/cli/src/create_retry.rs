@@ -17,6 +17,7 @@ use coinop_proto::requests::{CreateRequest, PaymentBody};
 
 use crate::client::{Client, Reply};
 use crate::commands::{create_call, outcome, print_reply, send, View};
+use crate::durable;
 use crate::exit::{note, Exit, UNREACHABLE};
 use coinop_proto::recovery_key::{recovery_hash, KEY_HEX_LEN};
 
@@ -57,7 +58,7 @@ pub fn load_or_create(path: &Path) -> Result<(String, bool), Exit> {
     if path.exists() {
         return Ok((read_key(path)?, true));
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = durable::parent_dir(path);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -83,9 +84,7 @@ pub fn load_or_create(path: &Path) -> Result<(String, bool), Exit> {
         .and_then(|()| file.sync_all())
         .map_err(|e| io_exit(path, "writing", e))?;
     // The file's name must survive a crash too, or the key is lost with it.
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_exit(dir, "syncing", e))?;
+    durable::sync_parent(path).map_err(|e| io_exit(&e.path, "syncing", e.source))?;
     Ok((key, false))
 }
 

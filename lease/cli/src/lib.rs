@@ -10,6 +10,7 @@
 //! | [`exit`] | exit codes, part of the interface |
 //! | [`input`] | reading payments and credit from files or arguments |
 //! | [`create_retry`] | creates that survive a lost reply (recovery keys kept on disk) |
+//! | `durable` | atomic, power-cut-safe writes of the wallet, its seed and recovery keys |
 //! | `header_upload` | `coinop chain add-headers`: a long header file in requests that fit the body limit |
 //! | [`client`] | HTTP/1.1 over the daemon's Unix socket (hyper) |
 //! | [`wallet`], [`wallet_commands`], [`wallet_cli`] | the tenant's credit: Cashu notes in a file, minting, paying, change, tokens sent and received |
@@ -20,6 +21,7 @@ pub mod args;
 pub mod client;
 mod commands;
 mod create_retry;
+mod durable;
 pub mod exit;
 mod header_upload;
 mod human;

@@ -19,7 +19,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +35,7 @@ use payment::credit::nut_types::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::durable;
 use crate::wallet_seed::{seed_path, Seed, SeedError};
 
 #[derive(Debug, Error)]
@@ -540,23 +540,13 @@ impl Wallet {
         self.save()
     }
 
-    /// Writes the wallet atomically (temp file + rename), readable by its owner only: the
-    /// notes in it are bearer money.
+    /// Writes the wallet atomically and durably (see [`durable::replace`]), readable by its
+    /// owner only: the notes in it are bearer money.
     fn save(&self) -> Result<(), WalletError> {
-        let tmp = self.path.with_extension("tmp");
         let json = serde_json::to_vec_pretty(&self.data)
             .expect("wallet data is plain strings and numbers, always serialisable");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io_err(&tmp, e))?;
-        f.write_all(&json)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| io_err(&tmp, e))?;
-        fs::rename(&tmp, &self.path).map_err(|e| io_err(&self.path, e))
+        durable::replace(&self.path, &self.path.with_extension("tmp"), &json)
+            .map_err(|e| io_err(&e.path, e.source))
     }
 }
 

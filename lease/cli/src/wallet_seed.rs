@@ -8,8 +8,6 @@
 //! The phrase is kept next to the wallet file, `<wallet>.seed`, mode 0600 (written through a
 //! temp file and a rename, so a crash leaves the old seed or the new one, never half).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use bip39::{Language, Mnemonic};
@@ -18,6 +16,8 @@ use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
 use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use bitcoin::NetworkKind;
 use thiserror::Error;
+
+use crate::durable;
 
 /// NUT-13's BIP32 purpose, `129372'` (the UTF-8 of 🥜 read as a number).
 const PURPOSE: u32 = 129_372;
@@ -148,22 +148,13 @@ impl Seed {
 
     /// Writes the phrase to `path`, mode 0600, durably.
     pub fn save(&self, path: &Path) -> Result<(), SeedError> {
-        let io = |p: &Path, source| SeedError::Io {
-            path: p.display().to_string(),
-            source,
-        };
-        let tmp = path.with_extension("seed.tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io(&tmp, e))?;
-        f.write_all(format!("{}\n", self.phrase()).as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+        let phrase = format!("{}\n", self.phrase());
+        durable::replace(path, &path.with_extension("seed.tmp"), phrase.as_bytes()).map_err(|e| {
+            SeedError::Io {
+                path: e.path.display().to_string(),
+                source: e.source,
+            }
+        })
     }
 }
 
