@@ -76,6 +76,11 @@ pub enum WalletError {
     HasSeed(String),
     #[error("the wallet holds no exact {0} sat after the swap (the mint signed other amounts)")]
     NotExact(u64),
+    #[error(
+        "swap {0} is still waiting for the mint's answer (its blanks are kept); \
+         run the command again later"
+    )]
+    SwapPending(String),
 }
 
 /// Outputs sent to the mint and not yet answered, with what is needed to unblind them.
@@ -377,6 +382,53 @@ impl Wallet {
         Ok(received)
     }
 
+    /// Unblinds signatures a NUT-09 restore found on blanks of `batch` (each pair: the
+    /// output as the mint echoes it, matched to a blank by `B_`, and its signature), checks
+    /// each against `keys`, and keeps the notes. Their blanks leave the batch; once none is
+    /// left, the batch (and its swap) is settled as [`Wallet::receive`] settles it. Returns
+    /// the sat received.
+    pub fn receive_restored(
+        &mut self,
+        batch: &str,
+        found: &[(BlindedMessage, BlindSignature)],
+        keys: &[KeySet],
+    ) -> Result<u64, WalletError> {
+        let at = self
+            .data
+            .pending
+            .iter()
+            .position(|(name, _)| name == batch)
+            .ok_or_else(|| WalletError::UnknownBatch(batch.to_string()))?;
+        let mut left = self.data.pending[at].1.clone();
+        let mut proofs = Vec::new();
+        for (i, (out, sig)) in found.iter().enumerate() {
+            // An output this batch does not hold (or no longer: kept already) adds nothing.
+            let Some(k) = left.iter().position(|b| b.message.b_ == out.b_) else {
+                continue;
+            };
+            let blank = left.remove(k);
+            // A seeded wallet's `wallet restore` may have found this note already.
+            if !self.data.proofs.iter().any(|p| p.secret == blank.secret) {
+                proofs.push(to_proof(i, sig, &blank, keys)?);
+            }
+        }
+        let received = proofs.iter().map(|p| p.amount).sum();
+        self.data.proofs.extend(proofs);
+        if left.is_empty() {
+            self.data.pending.remove(at);
+            if let Some(i) = self.data.swaps.iter().position(|s| s.batch == batch) {
+                let swap = self.data.swaps.remove(i);
+                if let Some(digest) = swap.token {
+                    self.data.received.insert(digest, received);
+                }
+            }
+        } else {
+            self.data.pending[at].1 = left;
+        }
+        self.save()?;
+        Ok(received)
+    }
+
     /// Records a swap of `inputs` into new blanks of `amounts` for `keyset_id` (the inputs
     /// leave the notes, the blanks and counters are kept, all in one write) and returns the
     /// request to send. `token` is the digest of a received token (see [`Wallet::receive`]).
@@ -389,12 +441,16 @@ impl Wallet {
         keyset_id: &str,
         amounts: &[u64],
     ) -> Result<SwapRequest, WalletError> {
+        // A swap of this name still recorded holds the only blanks that can take what its
+        // request made: replacing them would lose it.
+        if self.data.swaps.iter().any(|s| s.batch == batch) {
+            return Err(WalletError::SwapPending(batch.to_string()));
+        }
         let spent: std::collections::HashSet<&str> =
             inputs.iter().map(|p| p.secret.as_str()).collect();
         self.data
             .proofs
             .retain(|p| !spent.contains(p.secret.as_str()));
-        self.data.swaps.retain(|s| s.batch != batch);
         self.data.swaps.push(SwapRecord {
             batch: batch.to_string(),
             inputs: inputs.clone(),
@@ -429,8 +485,10 @@ impl Wallet {
         self.data.swaps.iter().any(|s| s.batch == batch && s.ours)
     }
 
-    /// The mint refused swap `batch` for good: forgets it, and keeps `unspent` (those of its
-    /// inputs the mint says are unspent, when they were this wallet's).
+    /// The mint refused swap `batch` for good, and signed none of its blanks: forgets it,
+    /// and keeps `unspent` (those of its inputs the mint says are unspent, when they were
+    /// this wallet's). The caller makes sure of "none signed": see
+    /// `wallet_commands::settle_swap`.
     pub fn abort_swap(&mut self, batch: &str, unspent: Vec<Proof>) -> Result<(), WalletError> {
         self.data.swaps.retain(|s| s.batch != batch);
         self.data.pending.retain(|(b, _)| b != batch);
@@ -764,6 +822,73 @@ mod tests {
         assert_eq!(got, 8);
         assert!(w.pending_swaps().is_empty());
         assert_eq!(w.exact(3).expect("2 + 1").len(), 2);
+    }
+
+    /// The blanks of a swap that committed, paired with the mint's NUT-09 answer for them.
+    fn restored_pairs(m: &Mint, req: &SwapRequest) -> Vec<(BlindedMessage, BlindSignature)> {
+        let r = m
+            .restore(&payment::credit::nut_types::RestoreRequest {
+                outputs: req.outputs.clone(),
+            })
+            .expect("restore");
+        r.outputs.into_iter().zip(r.signatures).collect()
+    }
+
+    #[test]
+    fn a_committed_swap_is_settled_from_the_mints_restore() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = mint(dir.path());
+        let path = dir.path().join("wallet.json");
+        let mut w = fund(&m, &path, &[8]);
+        let inputs = w.cover(3).expect("cover");
+        let req = w
+            .begin_swap(
+                "s",
+                inputs,
+                true,
+                None,
+                &m.active_keyset_id(),
+                &[1, 2, 1, 4],
+            )
+            .expect("begin");
+        m.swap(&req).expect("committed; the reply is lost");
+        let found = restored_pairs(&m, &req);
+        assert_eq!(found.len(), 4);
+        // Part of the answer: those notes are kept, the other blanks stay for later.
+        let keys = m.keys().keysets;
+        assert_eq!(
+            w.receive_restored("s", &found[..1], &keys).expect("part"),
+            1
+        );
+        assert_eq!(w.pending_swaps().len(), 1, "not settled yet");
+        assert_eq!(w.pending_outputs("s").expect("kept").len(), 3);
+        // The rest, with the first again: counted once, and the swap is settled.
+        assert_eq!(w.receive_restored("s", &found, &keys).expect("rest"), 7);
+        assert_eq!(w.balance_sat(), 8);
+        assert!(w.pending_swaps().is_empty());
+        assert!(w.pending_outputs("s").is_none());
+        // The notes are real: the mint takes them.
+        let notes = w.proofs().to_vec();
+        assert_eq!(m.redeem(&notes, "test").expect("redeem"), 8_000);
+    }
+
+    #[test]
+    fn a_recorded_swap_is_never_replaced_by_new_blanks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = mint(dir.path());
+        let path = dir.path().join("wallet.json");
+        let mut w = fund(&m, &path, &[8, 4]);
+        let id = m.active_keyset_id();
+        let first = w
+            .begin_swap("r", vec![w.proofs()[0].clone()], true, None, &id, &[8])
+            .expect("begin");
+        let other = vec![w.proofs()[0].clone()];
+        assert!(matches!(
+            w.begin_swap("r", other, true, None, &id, &[4]),
+            Err(WalletError::SwapPending(_))
+        ));
+        assert_eq!(w.pending_swaps()[0].1, first, "the first blanks are kept");
+        assert_eq!(w.balance_sat(), 4, "the refused swap took nothing");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use payment::credit::nut_types::{
 use payment::credit::token::{Token, TokenError};
 
 use crate::client::{Client, ClientError, Reply};
+use crate::exit::note;
 use crate::regtest_pay::{pay_quote_onchain, PayError};
 use crate::wallet::{check_proof_dleq, Wallet, WalletError};
 use crate::wallet_seed::Seed;
@@ -44,6 +45,8 @@ pub enum WalletCmdError {
         what: &'static str,
         status: u16,
         body: String,
+        /// The NUT-00 error code, when the answer has one.
+        code: Option<u32>,
     },
     #[error("{what}: the reply has no usable '{field}'")]
     Field {
@@ -71,7 +74,18 @@ pub enum WalletCmdError {
     Unit(String),
     #[error("the token is worth {amount} sat, less than the mint's fee of {fee} sat")]
     BelowFee { amount: u64, fee: u64 },
+    /// A swap whose reply was lost, sent again and refused, whose inputs the mint does not
+    /// call unspent: its first request may have committed, so its blanks are kept.
+    #[error(
+        "swap {batch} is not settled ({why}); its blank outputs are kept in the wallet and \
+         the next coinop wallet command asks the mint again"
+    )]
+    SwapUnsettled { batch: String, why: String },
 }
+
+/// NUT-00 code of coinopd's mint for inputs held by a request still in flight (on a fleet,
+/// a resend meeting its own first request on another host).
+const CASHU_PENDING: u32 = 11002;
 
 /// A request body as JSON.
 fn encode(what: &'static str, body: &impl Serialize) -> Result<Vec<u8>, WalletCmdError> {
@@ -89,14 +103,18 @@ async fn call_ok<T: DeserializeOwned>(
     let r: Reply = c.call(method, path, token, body).await?;
     if !(200..300).contains(&r.status) {
         // The Cashu routes answer NUT-00 `{"detail", "code"}`: said as the code and text.
-        let body = match r.parse::<CashuErrorResponse>() {
-            Ok(e) => format!("Cashu error {}: {}", e.code, e.detail),
-            Err(_) => r.text(),
+        let (body, code) = match r.parse::<CashuErrorResponse>() {
+            Ok(e) => (
+                format!("Cashu error {}: {}", e.code, e.detail),
+                Some(e.code),
+            ),
+            Err(_) => (r.text(), None),
         };
         return Err(WalletCmdError::Api {
             what,
             status: r.status,
             body,
+            code,
         });
     }
     match r.parse() {
@@ -246,55 +264,164 @@ async fn states(c: &Client, proofs: &[Proof]) -> Result<Vec<ProofState>, WalletC
     Ok(r.states.into_iter().map(|s| s.state).collect())
 }
 
+/// The keys of every keyset in `ids` (NUT-01 `/v1/keys/{id}`, which answers inactive
+/// keysets too): a signature is unblinded with the key of the keyset it names, which after
+/// a rotation is not the active one.
+async fn keys_for<'a>(
+    c: &Client,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<KeysResponse, WalletCmdError> {
+    let mut keys = KeysResponse {
+        keysets: Vec::new(),
+    };
+    for id in ids {
+        if !keys.keysets.iter().any(|k| k.id == id) {
+            keys.keysets.extend(keys_of(c, id).await?.keysets);
+        }
+    }
+    Ok(keys)
+}
+
+/// Those of `inputs` the mint says are unspent (NUT-07).
+async fn unspent_of(c: &Client, inputs: &[Proof]) -> Result<Vec<Proof>, WalletCmdError> {
+    let st = states(c, inputs).await?;
+    Ok(inputs
+        .iter()
+        .zip(st)
+        .filter(|(_, s)| *s == ProofState::Unspent)
+        .map(|(p, _)| p.clone())
+        .collect())
+}
+
 /// Sends a recorded swap and settles it: the signatures into the wallet, or, when the mint
 /// refuses it for good (4xx), the swap forgotten and, for the wallet's own notes, those
 /// still unspent kept. A lost reply or a 5xx leaves it recorded for the next run.
+///
+/// `resent` says an earlier run sent this very request and lost the reply. Its refusal
+/// then does not say the swap did not happen: the first request may have committed (the
+/// inputs spent, the outputs signed) and the resend be refused for another reason (the
+/// keyset rotated since, 12002; on a fleet, the first request still in flight, 11002).
+/// Dropping the blanks then would lose the notes, so see [`settle_refused_resend`].
 async fn settle_swap(
     c: &Client,
     wallet: &mut Wallet,
     batch: &str,
     req: &SwapRequest,
     keys: &KeysResponse,
+    resent: bool,
 ) -> Result<u64, WalletCmdError> {
     const SWAP: &str = "POST /v1/swap";
     match post::<SwapResponse>(c, SWAP, "/v1/swap", req).await {
         Ok(r) => Ok(wallet.receive(batch, &keys.keysets, &r.signatures)?),
-        Err(WalletCmdError::Api { status, what, body }) if (400..500).contains(&status) => {
+        Err(refusal @ WalletCmdError::Api { status, .. }) if (400..500).contains(&status) => {
+            if resent {
+                return settle_refused_resend(c, wallet, batch, req, refusal).await;
+            }
+            // This request is the only one that carried these blanks, and its answer is a
+            // refusal: nothing was signed on them, so they can go.
             let unspent = if wallet.swap_is_ours(batch) {
-                let st = states(c, &req.inputs).await?;
-                req.inputs
-                    .iter()
-                    .zip(st)
-                    .filter(|(_, s)| *s == ProofState::Unspent)
-                    .map(|(p, _)| p.clone())
-                    .collect()
+                unspent_of(c, &req.inputs).await?
             } else {
                 Vec::new()
             };
             wallet.abort_swap(batch, unspent)?;
-            Err(WalletCmdError::Api { what, status, body })
+            Err(refusal)
         }
         Err(e) => Err(e),
     }
 }
 
-/// Sends again the swaps an earlier run recorded and got no answer to.
-pub async fn resume_swaps(c: &Client, wallet: &mut Wallet) -> Result<(), WalletCmdError> {
-    let pending = wallet.pending_swaps();
-    if pending.is_empty() {
-        return Ok(());
+/// A resent swap the mint refused (`refusal`, a 4xx). Its blanks are dropped only once the
+/// mint says every input is unspent (NUT-07: then no request of this swap committed, as a
+/// swap spends its inputs and signs its outputs in one step). Before that, the mint is
+/// asked (NUT-09 restore) for signatures it made on the blanks, and any it has are
+/// unblinded into the wallet: all of them settle the swap. Otherwise (an input spent or
+/// pending, or the first request still in flight) the swap stays for the next run.
+async fn settle_refused_resend(
+    c: &Client,
+    wallet: &mut Wallet,
+    batch: &str,
+    req: &SwapRequest,
+    refusal: WalletCmdError,
+) -> Result<u64, WalletCmdError> {
+    let unsettled = |why: String| WalletCmdError::SwapUnsettled {
+        batch: batch.to_string(),
+        why,
+    };
+    if let WalletCmdError::Api {
+        code: Some(CASHU_PENDING),
+        ..
+    } = refusal
+    {
+        return Err(unsettled(format!(
+            "{refusal}: its first request is still in flight"
+        )));
     }
-    for (batch, req) in pending {
-        // The keys of every keyset the outputs name (normally just the active one).
-        let mut keys = KeysResponse {
-            keysets: Vec::new(),
+    let restored = restore_batch(c, wallet, batch, &req.outputs).await?;
+    if wallet.pending_outputs(batch).is_none() {
+        // Every blank was signed: the first request committed and this is its answer.
+        return Ok(restored);
+    }
+    let unspent = unspent_of(c, &req.inputs).await?;
+    if unspent.len() == req.inputs.len() {
+        let back = if wallet.swap_is_ours(batch) {
+            unspent
+        } else {
+            Vec::new()
         };
-        for o in &req.outputs {
-            if !keys.keysets.iter().any(|k| k.id == o.id) {
-                keys.keysets.extend(keys_of(c, &o.id).await?.keysets);
-            }
+        wallet.abort_swap(batch, back)?;
+        return Err(refusal);
+    }
+    Err(unsettled(format!(
+        "{refusal}; some of its inputs are spent or pending and the mint returned \
+         signatures worth {restored} sat for its outputs"
+    )))
+}
+
+/// Asks the mint (NUT-09) for the signatures it holds on `outputs`, the blanks of `batch`,
+/// and unblinds those into the wallet ([`Wallet::receive_restored`]). Returns the sat kept.
+async fn restore_batch(
+    c: &Client,
+    wallet: &mut Wallet,
+    batch: &str,
+    outputs: &[BlindedMessage],
+) -> Result<u64, WalletCmdError> {
+    const RESTORE: &str = "POST /v1/restore";
+    let r: RestoreResponse = post(
+        c,
+        RESTORE,
+        "/v1/restore",
+        &RestoreRequest {
+            outputs: outputs.to_vec(),
+        },
+    )
+    .await?;
+    if r.outputs.len() != r.signatures.len() {
+        return Err(WalletCmdError::Field {
+            what: RESTORE,
+            field: "signatures",
+        });
+    }
+    if r.signatures.is_empty() {
+        return Ok(0);
+    }
+    let keys = keys_for(c, r.signatures.iter().map(|s| s.id.as_str())).await?;
+    let found: Vec<_> = r.outputs.into_iter().zip(r.signatures).collect();
+    Ok(wallet.receive_restored(batch, &found, &keys.keysets)?)
+}
+
+/// Sends again the swaps an earlier run recorded and got no answer to. One that stays
+/// unsettled (its blanks kept for a later run) is said on stderr and does not stop the
+/// command: the wallet's other notes are still good.
+pub async fn resume_swaps(c: &Client, wallet: &mut Wallet) -> Result<(), WalletCmdError> {
+    for (batch, req) in wallet.pending_swaps() {
+        // The keys of every keyset the outputs name (normally just the active one).
+        let keys = keys_for(c, req.outputs.iter().map(|o| o.id.as_str())).await?;
+        match settle_swap(c, wallet, &batch, &req, &keys, true).await {
+            Ok(_) => {}
+            Err(e @ WalletCmdError::SwapUnsettled { .. }) => note(&e.to_string()),
+            Err(e) => return Err(e),
         }
-        settle_swap(c, wallet, &batch, &req, &keys).await?;
     }
     Ok(())
 }
@@ -329,7 +456,7 @@ async fn exact_notes(
     amounts.extend(split(change));
     let batch = format!("swap-{}", now_unix_nanos());
     let req = wallet.begin_swap(&batch, inputs, true, None, &active, &amounts)?;
-    settle_swap(c, wallet, &batch, &req, &keys).await?;
+    settle_swap(c, wallet, &batch, &req, &keys, false).await?;
     wallet
         .exact(amount_sat)
         .ok_or(WalletCmdError::Wallet(WalletError::NotExact(amount_sat)))
@@ -453,7 +580,7 @@ pub async fn receive_token(
         &active,
         &split(amount - fee),
     )?;
-    let got = settle_swap(c, wallet, &batch, &req, &active_keys).await?;
+    let got = settle_swap(c, wallet, &batch, &req, &active_keys, false).await?;
     Ok(Received {
         amount_sat: got,
         again: false,

@@ -318,3 +318,74 @@ async fn with_an_input_fee_send_and_receive_pay_it_and_nothing_else_is_lost() {
     assert_eq!(got["received_sat"], 100 - t.proofs.len() as u64);
     d.shutdown().await;
 }
+
+/// The swap an earlier `wallet send` recorded (its reply lost): the request it resends.
+fn recorded_swap(wallet: &Path) -> serde_json::Value {
+    let w: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(wallet).expect("wallet file")).expect("JSON");
+    let swap = &w["swaps"][0];
+    let batch = swap["batch"].as_str().expect("a swap is recorded");
+    let blanks = w["pending"]
+        .as_array()
+        .expect("pending")
+        .iter()
+        .find(|p| p[0] == batch)
+        .expect("its blanks are kept");
+    let outputs: Vec<&serde_json::Value> = blanks[1]
+        .as_array()
+        .expect("blanks")
+        .iter()
+        .map(|b| &b["message"])
+        .collect();
+    serde_json::json!({"inputs": swap["inputs"], "outputs": outputs})
+}
+
+/// A swap that committed but whose reply was lost (coinopd killed right after the commit)
+/// is resent by the next wallet command; when the mint refuses the resend although the
+/// inputs are spent (here: the keyset rotated in between, so the blanks name an inactive
+/// keyset, 12002), the wallet asks the mint to restore its blanks' signatures and keeps
+/// the notes, instead of forgetting the blanks and losing the swapped note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_swap_whose_resend_is_refused_is_restored_not_lost() {
+    use coinopd::fault::{point, ENV};
+    let dir = common::StateDir::new();
+    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::SWAP_COMMITTED)]).await;
+    let (s, w) = (d.socket.clone(), dir.path().join("w.json"));
+    json(&s, &w, &["wallet", "mint", "--amount", "100"]).await;
+    // 100 is 64 + 32 + 4: no set of notes makes 3, so the send swaps the 4 first.
+    let lost = with_wallet(&s, &w, &["wallet", "send", "--amount", "3"]).await;
+    assert_eq!(
+        lost.status.code(),
+        Some(3),
+        "no answer came: {}",
+        stderr(&lost)
+    );
+    assert!(!d.wait_crash().await.success());
+    let resend = recorded_swap(&w);
+
+    let d = Daemon::spawn(dir.path(), &[], &[]).await;
+    let s = d.socket.clone();
+    assert_eq!(balance(&s, &w).await, 96, "the swapped note is out");
+    let r = d.call("POST", "/v1/keysets/rotate", None, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // What the mint answers the resend (a refused request changes nothing). This test is
+    // about a refusal; should coinopd come to answer this replay, the test still checks
+    // the money but no longer the refusal, and says so.
+    let replay = d.call("POST", "/v1/swap", None, Some(resend)).await;
+    if replay.status == 200 {
+        common::skipped("coinopd answers a replay across a rotation: no refusal to test");
+    } else {
+        assert_eq!(replay.json()["code"], 12002, "{}", replay.text());
+    }
+
+    let checked = json(&s, &w, &["wallet", "check"]).await;
+    assert_eq!(checked["balance_sat"], 100, "the swap's notes were kept");
+    let file = std::fs::read_to_string(&w).expect("wallet");
+    assert!(!file.contains("\"swap-"), "the swap is settled: {file}");
+    // The restored notes are good: all 100 sat go out as a token another wallet takes.
+    let token = send(&s, &w, &["--amount", "100"]).await;
+    let other = dir.path().join("other.json");
+    let got = json(&s, &other, &["wallet", "receive", &token]).await;
+    assert_eq!(got["received_sat"], 100);
+    d.shutdown().await;
+}
