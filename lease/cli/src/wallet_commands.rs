@@ -720,7 +720,6 @@ pub async fn stop_with_change(
     id: &str,
     token: &str,
 ) -> Result<Stopped, WalletCmdError> {
-    let keys = mint_keys(c).await?;
     let batch = format!("change-{id}");
     let kept = wallet.pending_outputs(&batch);
     let resent = kept.is_some();
@@ -734,7 +733,8 @@ pub async fn stop_with_change(
             // The refund can only be smaller than the balance seen now, and a number needs
             // at most as many power-of-two notes as it has bits: this many blanks suffice.
             let blanks = (u64::BITS - balance_sat.leading_zeros()).max(1) as usize;
-            wallet.new_outputs(&batch, &active_keyset(&keys)?, &vec![1; blanks])?
+            let active = active_keyset(&mint_keys(c).await?)?;
+            wallet.new_outputs(&batch, &active, &vec![1; blanks])?
         }
     };
     let stop_path = format!("/v1/leases/{id}/stop");
@@ -751,6 +751,10 @@ pub async fn stop_with_change(
     )
     .await?;
     let sigs = reply.signatures.as_deref().unwrap_or_default();
+    // The keyset each signature names: kept outputs of a stop whose reply was lost name
+    // the keyset active then, which a rotation since has made inactive (and /v1/keys no
+    // longer lists).
+    let keys = keys_for(c, sigs.iter().map(|s| s.id.as_str())).await?;
     let received_sat = wallet.receive(&batch, &keys.keysets, sigs)?;
     Ok(Stopped {
         reply,
@@ -758,4 +762,108 @@ pub async fn stop_with_change(
         received_sat,
         resent,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::net::UnixListener;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use payment::credit::{Mint, MintLimits};
+    use payment::spent_set::SqliteSpentSet;
+
+    use super::*;
+
+    /// A daemon that answers each request line (`GET /v1/keys`) with its canned JSON body,
+    /// and 404 to any other; it serves until the test ends.
+    fn fake_daemon(socket: &Path, answers: HashMap<String, String>) {
+        let listener = UnixListener::bind(socket).expect("bind");
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let Ok(clone) = stream.try_clone() else {
+                    return;
+                };
+                let mut reader = BufReader::new(clone);
+                let mut first = String::new();
+                if reader.read_line(&mut first).unwrap_or(0) == 0 {
+                    continue;
+                }
+                let mut length = 0;
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let asked = first.rsplit_once(' ').map_or("", |(a, _)| a);
+                let (status, body) = match answers.get(asked) {
+                    Some(b) => ("200 OK", b.as_str()),
+                    None => ("404 Not Found", "{}"),
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+    }
+
+    fn json(v: &impl Serialize) -> String {
+        serde_json::to_string(v).expect("JSON")
+    }
+
+    /// The outputs of a stop whose reply was lost are kept in the wallet; the keyset they
+    /// name is rotated out before the rerun, and the daemon answers the rerun with the
+    /// signatures made then, on that keyset, which `/v1/keys` no longer lists. The change
+    /// is unblinded with that keyset's own keys and kept.
+    #[tokio::test(flavor = "current_thread")]
+    async fn change_signed_on_an_inactive_keyset_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spent = SqliteSpentSet::open(&dir.path().join("spent.db")).expect("spent set");
+        let m = Mint::open(dir.path(), Arc::new(spent), MintLimits::default()).expect("mint");
+        let old = m.active_keyset_id();
+        let mut w = Wallet::open(&dir.path().join("wallet.json")).expect("wallet");
+        let outputs = w
+            .new_outputs("change-l1", &old, &[1, 1, 1, 1])
+            .expect("blanks");
+        // The refund of the first run: 2 sat on the two first outputs, on the keyset then.
+        let sigs = m.mint(2, &outputs[..2]).expect("signed");
+        let new = m.rotate().expect("rotate");
+        assert_ne!(new, old);
+        let stopped = serde_json::json!({"state": "stopped", "refund_msat": 2000,
+            "refund_sat": 2, "residual_msat": 0, "change_outputs_needed": 2,
+            "signatures": sigs});
+        let answers = HashMap::from([
+            ("GET /v1/keys".to_string(), json(&m.keys())),
+            (
+                format!("GET /v1/keys/{old}"),
+                json(&m.keys_for(&old).expect("old keys")),
+            ),
+            (format!("GET /v1/keys/{new}"), json(&m.keys())),
+            ("POST /v1/leases/l1/stop".to_string(), stopped.to_string()),
+        ]);
+        let socket = dir.path().join("coinopd.sock");
+        fake_daemon(&socket, answers);
+
+        let c = Client::new(&socket);
+        let got = stop_with_change(&c, &mut w, "l1", "token")
+            .await
+            .expect("the change is kept");
+        assert!(got.resent, "the kept outputs were sent");
+        assert_eq!(got.received_sat, 2);
+        assert_eq!(w.balance_sat(), 2);
+        assert!(w.pending_outputs("change-l1").is_none(), "settled");
+        // The notes are real: the mint takes them (old keysets still redeem).
+        let notes = w.proofs().to_vec();
+        assert_eq!(m.redeem(&notes, "test").expect("redeem"), 2_000);
+    }
 }
