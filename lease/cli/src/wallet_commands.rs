@@ -766,20 +766,22 @@ pub async fn stop_with_change(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::io::{BufRead, BufReader, Read, Write};
     use std::os::unix::net::UnixListener;
     use std::path::Path;
     use std::sync::Arc;
 
-    use payment::credit::{Mint, MintLimits};
+    use payment::credit::{CreditError, Mint, MintLimits};
     use payment::spent_set::SqliteSpentSet;
 
     use super::*;
 
-    /// A daemon that answers each request line (`GET /v1/keys`) with its canned JSON body,
-    /// and 404 to any other; it serves until the test ends.
-    fn fake_daemon(socket: &Path, answers: HashMap<String, String>) {
+    /// How the test daemon answers one request: status and JSON body, from the request
+    /// line (`POST /v1/swap`) and the body.
+    type Answer = dyn Fn(&str, &[u8]) -> (u16, String) + Send + 'static;
+
+    /// A daemon on `socket` answering each request with `answer`, until the test ends.
+    fn test_daemon(socket: &Path, answer: Box<Answer>) {
         let listener = UnixListener::bind(socket).expect("bind");
         std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -803,15 +805,12 @@ mod tests {
                 let mut body = vec![0; length];
                 let _ = reader.read_exact(&mut body);
                 let asked = first.rsplit_once(' ').map_or("", |(a, _)| a);
-                let (status, body) = match answers.get(asked) {
-                    Some(b) => ("200 OK", b.as_str()),
-                    None => ("404 Not Found", "{}"),
-                };
+                let (status, reply) = answer(asked, &body);
                 let _ = write!(
                     stream,
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                    reply.len()
                 );
             }
         });
@@ -821,6 +820,159 @@ mod tests {
         serde_json::to_string(v).expect("JSON")
     }
 
+    fn open_mint(dir: &Path) -> Arc<Mint> {
+        let spent = SqliteSpentSet::open(&dir.join("spent.db")).expect("spent set");
+        Arc::new(Mint::open(dir, Arc::new(spent), MintLimits::default()).expect("mint"))
+    }
+
+    /// A mint's answer as coinopd gives it: the reply, or 400 with the NUT-00 error.
+    fn cashu<T: Serialize>(r: Result<T, CreditError>) -> (u16, String) {
+        match r {
+            Ok(v) => (200, json(&v)),
+            Err(e) => (
+                400,
+                json(&CashuErrorResponse {
+                    detail: e.to_string(),
+                    code: e.cashu_code().unwrap_or(0),
+                }),
+            ),
+        }
+    }
+
+    /// The Cashu routes of coinopd, served by a real mint; `swap` answers `POST /v1/swap`
+    /// in its place when given.
+    fn mint_routes(m: Arc<Mint>, swap: Option<(u16, String)>) -> Box<Answer> {
+        Box::new(move |asked: &str, body: &[u8]| {
+            // The tests' coinop sends well-formed requests: a bad one is a bug of the test.
+            fn parse<T: DeserializeOwned>(body: &[u8]) -> T {
+                serde_json::from_slice(body).expect("a request coinop sent is JSON")
+            }
+            match asked {
+                "GET /v1/keys" => (200, json(&m.keys())),
+                "POST /v1/swap" => match &swap {
+                    Some(a) => a.clone(),
+                    None => cashu(m.swap(&parse(body))),
+                },
+                "POST /v1/restore" => cashu(m.restore(&parse(body))),
+                "POST /v1/checkstate" => cashu(m.check_state(&parse(body))),
+                other => match other.strip_prefix("GET /v1/keys/") {
+                    Some(id) => cashu(m.keys_for(id)),
+                    None => (404, "{}".into()),
+                },
+            }
+        })
+    }
+
+    /// A wallet holding one 8-sat note, with a swap of it recorded (blanks kept) as a run
+    /// whose reply was lost leaves it; returns the request that run sent.
+    fn wallet_with_a_lost_swap(m: &Mint, path: &Path) -> (Wallet, SwapRequest) {
+        let mut w = Wallet::open(path).expect("wallet");
+        let outputs = w
+            .new_outputs("mint-1", &m.active_keyset_id(), &[8])
+            .expect("blanks");
+        let sigs = m.mint(8, &outputs).expect("minted");
+        w.receive("mint-1", &m.keys().keysets, &sigs).expect("kept");
+        let inputs = w.proofs().to_vec();
+        let req = w
+            .begin_swap(
+                "swap-1",
+                inputs,
+                true,
+                None,
+                &m.active_keyset_id(),
+                &[1, 2, 1, 4],
+            )
+            .expect("recorded");
+        (w, req)
+    }
+
+    async fn resume(w: &mut Wallet, socket: &Path) -> Result<(), WalletCmdError> {
+        resume_swaps(&Client::new(socket), w).await
+    }
+
+    /// The resend of a swap that committed is refused (the keyset rotated since: 12002):
+    /// the mint's restore gives the signatures, and the notes are kept.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_committed_swap_refused_on_resend_is_settled_by_restore() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open_mint(dir.path());
+        let (mut w, req) = wallet_with_a_lost_swap(&m, &dir.path().join("w.json"));
+        m.swap(&req).expect("committed; its reply is lost");
+        m.rotate().expect("rotate");
+        let socket = dir.path().join("d.sock");
+        test_daemon(&socket, mint_routes(m.clone(), None));
+        resume(&mut w, &socket).await.expect("settled");
+        assert_eq!(w.balance_sat(), 8);
+        assert!(w.pending_swaps().is_empty());
+    }
+
+    /// The resend is refused and its inputs are spent, but the mint signed none of its
+    /// blanks (another request spent them, or the mint cannot tell): the blanks are kept
+    /// for a later run, and the command goes on.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refused_resend_with_spent_inputs_keeps_its_blanks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open_mint(dir.path());
+        let (mut w, req) = wallet_with_a_lost_swap(&m, &dir.path().join("w.json"));
+        let elsewhere = Wallet::open(&dir.path().join("other.json"))
+            .expect("wallet")
+            .new_outputs("x", &m.active_keyset_id(), &[8])
+            .expect("blanks");
+        m.swap(&SwapRequest {
+            inputs: req.inputs.clone(),
+            outputs: elsewhere,
+        })
+        .expect("the inputs spent by another request");
+        let socket = dir.path().join("d.sock");
+        test_daemon(&socket, mint_routes(m.clone(), None));
+        resume(&mut w, &socket).await.expect("the command goes on");
+        assert_eq!(w.pending_swaps(), vec![("swap-1".to_string(), req)], "kept");
+        assert_eq!(w.balance_sat(), 0);
+    }
+
+    /// 11002: the first request is still in flight (a fleet). Kept for the next run,
+    /// whatever the inputs' state says now.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_resend_meeting_its_request_in_flight_keeps_its_blanks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open_mint(dir.path());
+        let (mut w, req) = wallet_with_a_lost_swap(&m, &dir.path().join("w.json"));
+        let pending = json(&CashuErrorResponse {
+            detail: "proofs are pending".into(),
+            code: CASHU_PENDING,
+        });
+        let socket = dir.path().join("d.sock");
+        test_daemon(&socket, mint_routes(m.clone(), Some((400, pending))));
+        resume(&mut w, &socket).await.expect("the command goes on");
+        assert_eq!(w.pending_swaps(), vec![("swap-1".to_string(), req)], "kept");
+    }
+
+    /// A refused resend whose inputs are all unspent never committed: the swap is given up
+    /// and the wallet's own note comes back.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refused_resend_with_unspent_inputs_gives_the_notes_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open_mint(dir.path());
+        let (mut w, _) = wallet_with_a_lost_swap(&m, &dir.path().join("w.json"));
+        // Never committed, and now refused (its blanks name a keyset rotated out).
+        m.rotate().expect("rotate");
+        let socket = dir.path().join("d.sock");
+        test_daemon(&socket, mint_routes(m.clone(), None));
+        let err = resume(&mut w, &socket).await.expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                WalletCmdError::Api {
+                    code: Some(12002),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(w.pending_swaps().is_empty(), "given up");
+        assert_eq!(w.balance_sat(), 8, "the note is back");
+    }
+
     /// The outputs of a stop whose reply was lost are kept in the wallet; the keyset they
     /// name is rotated out before the rerun, and the daemon answers the rerun with the
     /// signatures made then, on that keyset, which `/v1/keys` no longer lists. The change
@@ -828,8 +980,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn change_signed_on_an_inactive_keyset_is_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let spent = SqliteSpentSet::open(&dir.path().join("spent.db")).expect("spent set");
-        let m = Mint::open(dir.path(), Arc::new(spent), MintLimits::default()).expect("mint");
+        let m = open_mint(dir.path());
         let old = m.active_keyset_id();
         let mut w = Wallet::open(&dir.path().join("wallet.json")).expect("wallet");
         let outputs = w
@@ -841,18 +992,17 @@ mod tests {
         assert_ne!(new, old);
         let stopped = serde_json::json!({"state": "stopped", "refund_msat": 2000,
             "refund_sat": 2, "residual_msat": 0, "change_outputs_needed": 2,
-            "signatures": sigs});
-        let answers = HashMap::from([
-            ("GET /v1/keys".to_string(), json(&m.keys())),
-            (
-                format!("GET /v1/keys/{old}"),
-                json(&m.keys_for(&old).expect("old keys")),
-            ),
-            (format!("GET /v1/keys/{new}"), json(&m.keys())),
-            ("POST /v1/leases/l1/stop".to_string(), stopped.to_string()),
-        ]);
+            "signatures": sigs})
+        .to_string();
+        let routes = mint_routes(m.clone(), None);
         let socket = dir.path().join("coinopd.sock");
-        fake_daemon(&socket, answers);
+        test_daemon(
+            &socket,
+            Box::new(move |asked: &str, body: &[u8]| match asked {
+                "POST /v1/leases/l1/stop" => (200, stopped.clone()),
+                _ => routes(asked, body),
+            }),
+        );
 
         let c = Client::new(&socket);
         let got = stop_with_change(&c, &mut w, "l1", "token")
