@@ -111,6 +111,8 @@ pub struct AppState {
     pub stops: StopsInFlight,
     /// Quotes each peer uid may still ask for (each one advances the xpub index).
     pub quote_limiter: QuoteLimiter,
+    /// Unpaid quotes' addresses held per uid (`--max-open-quotes-per-uid`).
+    pub quote_holds: std::sync::Arc<crate::http::limits::QuoteHolds>,
     /// `--store`: the spent set shared with the other hosts of the fleet, if any.
     pub fleet: Option<Arc<Fleet>>,
     /// With `--store`: the mint keysets and signed outputs shared with the fleet.
@@ -265,6 +267,14 @@ impl AppState {
             mib: config.capacity_mib,
         });
         let quotes_per_min = config.quotes_per_min;
+        let quote_holds = crate::http::limits::QuoteHolds::new(
+            usize::try_from(config.max_open_quotes_per_uid).unwrap_or(usize::MAX),
+            std::time::Duration::from_secs(
+                config
+                    .quote_ttl_s
+                    .saturating_add(config.quote_reuse_after_s),
+            ),
+        );
         let fleet = Fleet::open(&config)?;
         let fleet_mint = fleet.as_ref().map(|f| {
             Arc::new(crate::fleet_mint::FleetMint::new(
@@ -316,6 +326,7 @@ impl AppState {
             chain_network: network,
             stops: StopsInFlight::default(),
             quote_limiter: QuoteLimiter::new(quotes_per_min),
+            quote_holds,
             fleet,
             fleet_mint,
             _lock: lock,

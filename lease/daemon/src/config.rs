@@ -120,6 +120,11 @@ pub struct Settings {
     /// lookahead; Bitcoin Core's keypool is 1000) sees every payment.
     #[arg(long)]
     pub max_open_quotes: Option<u64>,
+    /// Unpaid quotes one non-operator uid may hold at once (each holds its address for its
+    /// life and --quote-reuse-after-s after); default a tenth of --max-open-quotes, so no
+    /// single uid can hold every address. 0: no per-uid cap.
+    #[arg(long)]
+    pub max_open_quotes_per_uid: Option<u64>,
     /// Price of one vCPU-second of CPU time actually used, in msat.
     #[arg(long)]
     pub price_vcpu_msat_per_s: Option<u64>,
@@ -321,6 +326,7 @@ pub struct Config {
     pub quote_ttl_s: u64,
     pub quote_reuse_after_s: u64,
     pub max_open_quotes: u64,
+    pub max_open_quotes_per_uid: u64,
     pub price_vcpu_msat_per_s: u64,
     pub price_gib_msat_per_s: u64,
     pub capacity_vcpus: u32,
@@ -419,6 +425,9 @@ impl Settings {
             quote_ttl_s: self.quote_ttl_s.or(file.quote_ttl_s),
             quote_reuse_after_s: self.quote_reuse_after_s.or(file.quote_reuse_after_s),
             max_open_quotes: self.max_open_quotes.or(file.max_open_quotes),
+            max_open_quotes_per_uid: self
+                .max_open_quotes_per_uid
+                .or(file.max_open_quotes_per_uid),
             price_vcpu_msat_per_s: self.price_vcpu_msat_per_s.or(file.price_vcpu_msat_per_s),
             price_gib_msat_per_s: self.price_gib_msat_per_s.or(file.price_gib_msat_per_s),
             capacity_vcpus: self.capacity_vcpus.or(file.capacity_vcpus),
@@ -588,6 +597,9 @@ impl Settings {
             quote_ttl_s: self.quote_ttl_s.unwrap_or(3600),
             quote_reuse_after_s: self.quote_reuse_after_s.unwrap_or(86_400),
             max_open_quotes: self.max_open_quotes.unwrap_or(1000),
+            max_open_quotes_per_uid: self
+                .max_open_quotes_per_uid
+                .unwrap_or(self.max_open_quotes.unwrap_or(1000).div_ceil(10)),
             price_vcpu_msat_per_s: self.price_vcpu_msat_per_s.unwrap_or(1000),
             price_gib_msat_per_s: self.price_gib_msat_per_s.unwrap_or(2000),
             capacity_vcpus: self.capacity_vcpus.unwrap_or_else(host_cpus),

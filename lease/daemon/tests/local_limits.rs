@@ -758,6 +758,71 @@ async fn quotes_beyond_the_rate_are_429_for_that_uid_only() {
     assert_eq!(status, 200, "{text}");
 }
 
+/// Each unpaid quote holds an address for a day; one uid holds at most
+/// `--max-open-quotes-per-uid` of them, so it cannot take every address of the host's cap
+/// and keep every other tenant from paying. A quote the route refused holds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uid_holds_no_more_than_its_share_of_quote_addresses() {
+    if !root_or_skip() {
+        return;
+    }
+    let state = common::StateDir::new();
+    let home = open_home();
+    let d = Coinopd::start(
+        home.path(),
+        state.path(),
+        &["--jail-pool", "0", "--max-open-quotes-per-uid", "3"],
+    )
+    .await;
+    let body: &[u8] = br#"{"vcpus": 1, "mem_mib": 64, "seconds": 60}"#;
+    let quote_as = |uid: u32, body: &'static [u8]| {
+        let socket = d.socket.clone();
+        async move { request_on(connect_as(uid, &socket), "POST", "/v1/quotes", Some(body)).await }
+    };
+    for _ in 0..5 {
+        let (status, _, text) = quote_as(NOBODY, br#"{"vcpus": 0}"#).await;
+        assert_eq!(status, 400, "a malformed quote: {text}");
+    }
+    for i in 0..3 {
+        let (status, _, text) = quote_as(NOBODY, body).await;
+        assert_eq!(status, 200, "quote {i}, after five refused ones: {text}");
+    }
+    let (status, retry_after, text) = quote_as(NOBODY, body).await;
+    assert_eq!(status, 429, "{text}");
+    assert!(text.contains("too_many_open_quotes"), "{text}");
+    let wait: u64 = retry_after
+        .expect("Retry-After")
+        .parse()
+        .expect("whole seconds");
+    assert!(
+        wait > 3600,
+        "the first quote's address is held for its hour and the reuse delay: {wait}"
+    );
+    // The mint-quote route hands out addresses too: the same share.
+    let (status, _, text) = request_on(
+        connect_as(NOBODY, &d.socket),
+        "POST",
+        "/v1/mint/quote/onchain",
+        Some(br#"{"amount": 1000, "unit": "sat"}"#),
+    )
+    .await;
+    assert_eq!(status, 429, "{text}");
+    // Another uid has its own share; the operator has none.
+    let (status, _, text) = quote_as(NOBODY - 1, body).await;
+    assert_eq!(status, 200, "{text}");
+    for _ in 0..5 {
+        let r = d
+            .call(
+                "POST",
+                "/v1/quotes",
+                None,
+                Some(json!({"vcpus": 1, "mem_mib": 64, "seconds": 60})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_hundred_quotes_in_a_minute_keep_the_address_gap_bounded() {
     if !root_or_skip() {
@@ -780,6 +845,9 @@ async fn eight_hundred_quotes_in_a_minute_keep_the_address_gap_bounded() {
             "0",
             "--max-open-quotes",
             "20",
+            // One uid against the host-wide cap: its own share (below) is not under test.
+            "--max-open-quotes-per-uid",
+            "0",
         ],
     )
     .await;

@@ -115,6 +115,22 @@ impl ApiError {
         }
     }
 
+    /// A quote beyond `--max-open-quotes-per-uid` for the peer's uid.
+    pub fn too_many_open_quotes(retry_after: std::time::Duration) -> Self {
+        let retry_after_s = retry_after.as_millis().div_ceil(1000).max(1) as u64;
+        ApiError {
+            retry_after_s: Some(retry_after_s),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_open_quotes",
+                format!(
+                    "this uid holds as many unpaid quotes' addresses as one uid may; pay \
+                     one, or retry in {retry_after_s} s"
+                ),
+            )
+        }
+    }
+
     /// The state directory's disk is full: nothing was changed, try again later.
     pub fn insufficient_storage(message: impl Into<String>) -> Self {
         ApiError {

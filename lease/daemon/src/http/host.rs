@@ -17,6 +17,7 @@ use super::json_body::JsonBody;
 use crate::app::{AppState, Shared};
 use crate::clock::unix_s;
 use crate::http::error::{quotes_error, ApiError, CashuError};
+use crate::http::limits::QuoteHold;
 use crate::http::peer::PeerCred;
 use crate::leases::{spec, LeaseError};
 use crate::ledger::QuoteRow;
@@ -112,15 +113,24 @@ pub async fn host(State(s): State<Shared>) -> Json<HostView> {
 }
 
 /// Middleware for the routes that hand out an address of the operator's xpub: at most
-/// `--quotes-per-min` per non-operator uid, checked before the body is read.
+/// `--quotes-per-min` per non-operator uid, and `--max-open-quotes-per-uid` held at once,
+/// checked before the body is read.
 pub async fn quote_rate(
     State(s): State<Shared>,
     ConnectInfo(peer): ConnectInfo<PeerCred>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    take_quote(&s, &peer)?;
-    Ok(next.run(req).await)
+    let hold = take_quote(&s, &peer)?;
+    Ok(issued(hold, next.run(req).await))
+}
+
+/// Keeps a quote's hold if the route issued the quote (a 2xx); else it is given back.
+fn issued(hold: Option<QuoteHold>, response: Response) -> Response {
+    if let Some(hold) = hold.filter(|_| response.status().is_success()) {
+        hold.keep();
+    }
+    response
 }
 
 /// [`quote_rate`] for the Cashu mint-quote route: the same limit, answered in NUT-00's
@@ -131,18 +141,25 @@ pub async fn mint_quote_rate(
     req: Request,
     next: Next,
 ) -> Result<Response, CashuError> {
-    take_quote(&s, &peer)?;
-    Ok(next.run(req).await)
+    let hold = take_quote(&s, &peer)?;
+    Ok(issued(hold, next.run(req).await))
 }
 
-/// One quote from `peer`'s budget (operators are not limited).
-fn take_quote(s: &AppState, peer: &PeerCred) -> Result<(), ApiError> {
-    if !s.operator.allows(peer) {
-        s.quote_limiter
-            .take(peer.uid, std::time::Instant::now())
-            .map_err(ApiError::too_many_quotes)?;
+/// One quote from `peer`'s budget, and its hold (operators are not limited).
+fn take_quote(s: &AppState, peer: &PeerCred) -> Result<Option<QuoteHold>, ApiError> {
+    if s.operator.allows(peer) {
+        return Ok(None);
     }
-    Ok(())
+    let now = std::time::Instant::now();
+    // The hold first: a quote refused for it does not use up the uid's rate.
+    let hold = s
+        .quote_holds
+        .take(peer.uid, now)
+        .map_err(ApiError::too_many_open_quotes)?;
+    s.quote_limiter
+        .take(peer.uid, now)
+        .map_err(ApiError::too_many_quotes)?;
+    Ok(Some(hold))
 }
 
 pub async fn quote(

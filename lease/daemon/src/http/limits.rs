@@ -8,6 +8,11 @@
 //! - [`QuoteLimiter`]: address quotes per peer uid (each takes the next address of the
 //!   operator's xpub, so an unbounded stream of them pushes the wallet past any gap limit).
 //!
+//! - [`QuoteHolds`]: addresses held by one uid's quotes at once. An unpaid quote keeps
+//!   its address out of use for its life and `--quote-reuse-after-s` after, and at most
+//!   `--max-open-quotes` are held host-wide: without a share per uid, one uid within its
+//!   rate fills them all in well under an hour and keeps every other tenant from paying.
+//!
 //! The operator (root, or the configured uid/gid) is never limited by the per-uid cap or
 //! the quote rate: it is the host's owner and could stop coinopd anyway.
 
@@ -209,9 +214,128 @@ impl QuoteLimiter {
     }
 }
 
+/// Addresses held by each uid's quotes: a quote counts from when it is issued until its
+/// address may be used again (its life and the reuse delay), paid or not (a paid quote's
+/// address is never reused, so counting it that long is on the safe side, and a tenant
+/// who pays its quotes needs few at once). Kept in memory: a restart forgets them, as it
+/// forgets the rate.
+#[derive(Debug)]
+pub struct QuoteHolds {
+    /// Quotes one uid may hold at once; 0: no cap.
+    per_uid: usize,
+    /// How long an issued quote holds its address.
+    hold: Duration,
+    /// Per uid, when each of its holds ends (oldest first).
+    held: Mutex<HashMap<Option<u32>, std::collections::VecDeque<Instant>>>,
+}
+
+/// One quote's hold, taken before the quote is made: kept if the quote was issued
+/// ([`QuoteHold::keep`]), given back when dropped otherwise.
+#[derive(Debug)]
+pub struct QuoteHold {
+    holds: Arc<QuoteHolds>,
+    uid: Option<u32>,
+    until: Instant,
+    kept: bool,
+}
+
+impl QuoteHold {
+    /// The quote was issued: its address stays held until the hold ends.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for QuoteHold {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let mut held = self.holds.lock();
+        if let Some(q) = held.get_mut(&self.uid) {
+            if let Some(i) = q.iter().rposition(|t| *t == self.until) {
+                q.remove(i);
+            }
+        }
+    }
+}
+
+impl QuoteHolds {
+    /// At most `per_uid` quotes per uid (0: no cap), each held `hold`.
+    pub fn new(per_uid: usize, hold: Duration) -> Arc<Self> {
+        Arc::new(QuoteHolds {
+            per_uid,
+            hold,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Option<u32>, std::collections::VecDeque<Instant>>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A hold for one more quote of `uid` at `now`, or how long until its oldest ends.
+    pub fn take(self: &Arc<Self>, uid: Option<u32>, now: Instant) -> Result<QuoteHold, Duration> {
+        let until = now + self.hold;
+        if self.per_uid > 0 {
+            let mut held = self.lock();
+            if held.len() >= PRUNE_AT {
+                held.retain(|_, q| q.back().is_some_and(|t| *t > now));
+            }
+            let q = held.entry(uid).or_default();
+            while q.front().is_some_and(|t| *t <= now) {
+                q.pop_front();
+            }
+            if q.len() >= self.per_uid {
+                let oldest = q.front().copied().unwrap_or(now);
+                return Err(oldest.saturating_duration_since(now));
+            }
+            q.push_back(until);
+        }
+        Ok(QuoteHold {
+            holds: Arc::clone(self),
+            uid,
+            until,
+            kept: false,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uid_holds_at_most_its_share_of_quote_addresses() {
+        let holds = QuoteHolds::new(2, Duration::from_secs(100));
+        let t0 = Instant::now();
+        holds.take(Some(1000), t0).expect("first").keep();
+        holds
+            .take(Some(1000), t0 + Duration::from_secs(10))
+            .expect("second")
+            .keep();
+        let wait = holds
+            .take(Some(1000), t0 + Duration::from_secs(20))
+            .expect_err("a third at once");
+        assert_eq!(wait, Duration::from_secs(80), "until the first hold ends");
+        // Another uid has its own share.
+        holds.take(Some(1001), t0).expect("another uid").keep();
+        // A quote that was not issued gives its hold back.
+        let other = QuoteHolds::new(1, Duration::from_secs(100));
+        drop(other.take(Some(7), t0).expect("taken"));
+        other.take(Some(7), t0).expect("given back").keep();
+        assert!(other.take(Some(7), t0).is_err());
+        // Once the first hold ended, there is room again.
+        holds
+            .take(Some(1000), t0 + Duration::from_secs(100))
+            .expect("the first hold ended")
+            .keep();
+        // No cap: always granted.
+        let free = QuoteHolds::new(0, Duration::from_secs(100));
+        for _ in 0..10 {
+            free.take(None, t0).expect("no cap").keep();
+        }
+    }
 
     #[test]
     fn per_uid_and_total_caps_leave_room_for_the_operator() {
