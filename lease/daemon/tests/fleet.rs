@@ -324,8 +324,20 @@ async fn a_store_outage_refuses_money_and_heals_by_itself() {
         "{:?}",
         started.elapsed()
     );
-    // Nothing was accepted on local state alone: the notes are unspent here.
-    h1.assert_unspent(&proofs).await;
+    // NUT-07 cannot say what the fleet holds either: 503, not this host's view alone.
+    let ys: Vec<String> = proofs
+        .iter()
+        .map(|p| {
+            payment::credit::hash_to_curve::secret_to_curve(&p.secret)
+                .expect("a minted secret")
+                .to_string()
+        })
+        .collect();
+    let r = h1
+        .call("POST", "/v1/checkstate", None, Some(json!({"Ys": ys})))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.json()["detail"].is_string(), "NUT-00 body: {}", r.text());
     // The host answers everything else; a running guest runs on and is metered.
     assert_eq!(h1.call("GET", "/v1/host", None, None).await.status, 200);
     if let Some(lease) = &lease {
@@ -341,6 +353,8 @@ async fn a_store_outage_refuses_money_and_heals_by_itself() {
     }
 
     pg.start_again().expect("starting PostgreSQL again");
+    // Nothing was accepted on local state alone: the notes are unspent, fleet-wide.
+    h1.assert_unspent(&proofs).await;
     let r = h1.call("POST", "/v1/swap", None, Some(body)).await;
     let sigs: Vec<BlindSignature> =
         serde_json::from_value(r.json()["signatures"].clone()).unwrap_or_default();
