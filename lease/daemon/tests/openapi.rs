@@ -80,5 +80,34 @@ async fn every_documented_route_is_served_with_documented_errors() {
         }
     }
     assert!(checked >= 19, "only {checked} operations documented");
+
+    // A path segment that is no UTF-8 once percent-decoded: a 400 in the route's own error
+    // shape (coinop's, or NUT-00's on the Cashu routes), not a plain-text answer.
+    for (method, path, cashu) in [
+        ("GET", "/v1/leases/%FF", false),
+        ("POST", "/v1/leases/%FF/stop", false),
+        ("GET", "/v1/quotes/%FF", false),
+        ("GET", "/v1/keys/%FF", true),
+        ("GET", "/v1/mint/quote/onchain/%FF", true),
+    ] {
+        let body = (method == "POST").then(|| serde_json::json!({}));
+        let r = d.call(method, path, Some("wrong"), body).await;
+        assert_eq!(r.status, 400, "{method} {path}: {}", r.text());
+        let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        if cashu {
+            assert!(
+                body["code"].is_u64() && body["detail"].is_string(),
+                "{method} {path}: {}",
+                r.text()
+            );
+        } else {
+            assert_eq!(
+                body["error"]["code"],
+                "bad_request",
+                "{method} {path}: {}",
+                r.text()
+            );
+        }
+    }
     d.shutdown().await;
 }

@@ -2,7 +2,8 @@
 //! on-chain payment), with the JSON exactly as the payment crate's NUT types give it and
 //! errors in NUT-00's shape ([`CashuError`]).
 
-use axum::extract::{Path, State};
+use crate::http::path_param::CashuIdPath;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use payment::credit::nut_types::{
@@ -38,7 +39,7 @@ pub async fn keys(State(s): State<Shared>) -> Json<KeysResponse> {
 
 pub async fn keys_for(
     State(s): State<Shared>,
-    Path(id): Path<String>,
+    CashuIdPath(id): CashuIdPath,
 ) -> Result<Json<KeysResponse>, CashuError> {
     if let Some(fleet_mint) = &s.fleet_mint {
         // A keyset made on another host since this one last read the fleet's list.

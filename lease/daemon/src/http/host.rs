@@ -18,6 +18,7 @@ use crate::app::{AppState, Shared};
 use crate::clock::unix_s;
 use crate::http::error::{quotes_error, ApiError, CashuError};
 use crate::http::limits::QuoteHold;
+use crate::http::path_param::IdPath;
 use crate::http::peer::PeerCred;
 use crate::leases::{spec, LeaseError};
 use crate::ledger::QuoteRow;
@@ -220,7 +221,7 @@ pub async fn quote(
 /// `GET /v1/quotes/{id}` (addition): a quote as issued, so scripts can pay it later.
 pub async fn get_quote(
     State(s): State<Shared>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<QuoteResponse>, ApiError> {
     let s2 = s.clone();
     // Blocking: the quote book (SQLite, or the fleet store waited for on this thread).

@@ -1,7 +1,8 @@
 //! Lease endpoints: create, show, top up, stop, console, and the operator's list. Handlers
 //! only: authenticate, call [`crate::leases`], choose the status code.
 
-use axum::extract::{ConnectInfo, Extension, Path, State};
+use crate::http::path_param::IdPath;
+use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -53,7 +54,7 @@ fn unavailable(body: impl IntoResponse, retry_after_s: u32) -> Response {
 
 pub async fn show(
     State(s): State<Shared>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     headers: HeaderMap,
 ) -> Result<Json<LeaseView>, ApiError> {
     let l = lease_for(&s, &headers, &id).await?;
@@ -75,7 +76,7 @@ pub async fn list(
 
 pub async fn topup(
     State(s): State<Shared>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     headers: HeaderMap,
     JsonBody(req): JsonBody<TopupRequest>,
 ) -> Result<Json<TopupResponse>, ApiError> {
@@ -86,7 +87,7 @@ pub async fn topup(
 
 pub async fn stop(
     State(s): State<Shared>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     headers: HeaderMap,
     JsonBody(req): JsonBody<StopRequest>,
 ) -> Result<Json<StopResponse>, ApiError> {
@@ -97,7 +98,7 @@ pub async fn stop(
 
 pub async fn console(
     State(s): State<Shared>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let l = lease_for(&s, &headers, &id).await?;

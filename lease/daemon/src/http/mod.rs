@@ -16,6 +16,7 @@ pub mod leases;
 pub mod limits;
 pub mod mint_keysets;
 pub mod nut30;
+pub mod path_param;
 pub mod peer;
 pub mod server;
 

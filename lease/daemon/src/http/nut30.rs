@@ -11,7 +11,8 @@
 //! a fleet quote to [`super::fleet_nut30`]; this module's ledger path serves a single host
 //! (and a fleet host's NUT-30 quotes from before it joined).
 
-use axum::extract::{Path, State};
+use crate::http::path_param::CashuIdPath;
+use axum::extract::State;
 use axum::Json;
 use payment::credit::mint_quote_signature::verify_mint_signature;
 use payment::credit::nut_types::{
@@ -88,7 +89,7 @@ pub async fn create_quote(
 /// `GET /v1/mint/quote/onchain/{quote}`.
 pub async fn quote_state(
     State(s): State<Shared>,
-    Path(quote): Path<String>,
+    CashuIdPath(quote): CashuIdPath,
 ) -> Result<Json<MintQuoteNut30Response>, CashuError> {
     if let Some(nut30) = s.quotes.fleet_nut30().map_err(quotes_error)? {
         if let Some(q) = fleet_nut30::fleet_quote(&nut30, &quote).await? {
@@ -109,7 +110,7 @@ pub async fn quote_state(
 /// quote's address (once; the same proof again changes nothing) and answers the quote.
 pub async fn prove_payment(
     State(s): State<Shared>,
-    Path(quote): Path<String>,
+    CashuIdPath(quote): CashuIdPath,
     CashuBody(req): CashuBody<QuotePaymentProof>,
 ) -> Result<Json<MintQuoteNut30Response>, CashuError> {
     if let Some(nut30) = s.quotes.fleet_nut30().map_err(quotes_error)? {
