@@ -238,22 +238,20 @@ async fn wallet_mints_pays_for_a_lease_and_collects_its_change() {
     d.shutdown().await;
 }
 
-/// `coinop lease stop --change` whose reply is lost (coinopd killed right after the stop's
-/// refund committed) leaves its blank outputs in the wallet; the same command after the
-/// restart sends those same outputs, gets the same refund as change, and keeps it exactly
-/// once; a third run (fresh outputs) gets 409 and changes nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stop_with_change_whose_reply_was_lost_gets_its_change_on_the_rerun() {
+/// A lease paid from the wallet at `w` (100 sat minted, 64 paid), and a `lease stop
+/// --change` whose reply is lost: coinopd is killed right after the refund committed, so
+/// the wallet keeps the stop's blank outputs. Returns the lease's id and token and the
+/// refund the ledger recorded (worth a note).
+async fn a_lost_stop_with_change(
+    dir: &std::path::Path,
+    w: &std::path::Path,
+) -> (String, String, u64) {
     use coinopd::fault::{point, ENV};
-    if !kvm_or_skip() {
-        return;
-    }
-    let dir = common::StateDir::new();
-    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::STOP_COMMITTED)]).await;
-    let (s, w) = (d.socket.clone(), dir.path().join("wallet.json"));
-    json_of(&coinop_wallet(&s, &w, &["wallet", "mint", "--amount", "100"]).await);
-    let pay = coinop_wallet(&s, &w, &["wallet", "pay", "--amount", "64"]).await;
-    let payment = dir.path().join("pay.json");
+    let d = Daemon::spawn(dir, &[], &[(ENV, point::STOP_COMMITTED)]).await;
+    let s = d.socket.clone();
+    json_of(&coinop_wallet(&s, w, &["wallet", "mint", "--amount", "100"]).await);
+    let pay = coinop_wallet(&s, w, &["wallet", "pay", "--amount", "64"]).await;
+    let payment = dir.join("pay.json");
     std::fs::write(&payment, json_of(&pay).to_string()).expect("write");
     let p = payment.to_str().expect("utf-8");
     let create = [
@@ -266,23 +264,17 @@ async fn a_stop_with_change_whose_reply_was_lost_gets_its_change_on_the_rerun() 
         "--payment",
         p,
     ];
-    let lease = json_of(&coinop_wallet(&s, &w, &create).await);
+    let lease = json_of(&coinop_wallet(&s, w, &create).await);
     let (id, token) = (
         lease["lease_id"].as_str().expect("id").to_string(),
         lease["token"].as_str().expect("token").to_string(),
     );
-    let balance = async |s: &std::path::Path| {
-        json_of(&coinop_wallet(s, &w, &["wallet", "balance"]).await)["balance_sat"]
-            .as_u64()
-            .expect("balance_sat")
-    };
-
     let stop = ["lease", "stop", &id, "--token", &token, "--change"];
-    let lost = coinop_wallet(&s, &w, &stop).await;
+    let lost = coinop_wallet(&s, w, &stop).await;
     assert_ne!(lost.status.code(), Some(0), "no answer came: {lost:?}");
     let status = d.wait_crash().await;
     assert!(!status.success(), "{status:?}");
-    let refund_msat = coinopd::ledger::Ledger::open(&dir.path().join("ledger.db"))
+    let refund_msat = coinopd::ledger::Ledger::open(&dir.join("ledger.db"))
         .expect("ledger")
         .get(&id)
         .expect("get")
@@ -290,6 +282,27 @@ async fn a_stop_with_change_whose_reply_was_lost_gets_its_change_on_the_rerun() 
         .refunded_msat
         .expect("the refund committed before the crash");
     assert!(refund_msat >= 1000, "a refund worth a note: {refund_msat}");
+    (id, token, refund_msat)
+}
+
+/// `coinop lease stop --change` whose reply is lost (coinopd killed right after the stop's
+/// refund committed) leaves its blank outputs in the wallet; the same command after the
+/// restart sends those same outputs, gets the same refund as change, and keeps it exactly
+/// once; a third run (fresh outputs) gets 409 and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_with_change_whose_reply_was_lost_gets_its_change_on_the_rerun() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let w = dir.path().join("wallet.json");
+    let (id, token, refund_msat) = a_lost_stop_with_change(dir.path(), &w).await;
+    let stop = ["lease", "stop", &id, "--token", &token, "--change"];
+    let balance = async |s: &std::path::Path| {
+        json_of(&coinop_wallet(s, &w, &["wallet", "balance"]).await)["balance_sat"]
+            .as_u64()
+            .expect("balance_sat")
+    };
     assert!(
         std::fs::read_to_string(&w)
             .expect("wallet")
@@ -334,45 +347,13 @@ async fn a_stop_with_change_whose_reply_was_lost_gets_its_change_on_the_rerun() 
 /// (coinopd answers the replay with the same signatures: the outputs were signed before.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_signed_on_a_keyset_rotated_out_since_is_kept() {
-    use coinopd::fault::{point, ENV};
     if !kvm_or_skip() {
         return;
     }
     let dir = common::StateDir::new();
-    let d = Daemon::spawn(dir.path(), &[], &[(ENV, point::STOP_COMMITTED)]).await;
-    let (s, w) = (d.socket.clone(), dir.path().join("wallet.json"));
-    json_of(&coinop_wallet(&s, &w, &["wallet", "mint", "--amount", "100"]).await);
-    let pay = coinop_wallet(&s, &w, &["wallet", "pay", "--amount", "64"]).await;
-    let payment = dir.path().join("pay.json");
-    std::fs::write(&payment, json_of(&pay).to_string()).expect("write");
-    let p = payment.to_str().expect("utf-8");
-    let create = [
-        "lease",
-        "create",
-        "--vcpus",
-        "1",
-        "--mem-mib",
-        "64",
-        "--payment",
-        p,
-    ];
-    let lease = json_of(&coinop_wallet(&s, &w, &create).await);
-    let (id, token) = (
-        lease["lease_id"].as_str().expect("id").to_string(),
-        lease["token"].as_str().expect("token").to_string(),
-    );
+    let w = dir.path().join("wallet.json");
+    let (id, token, refund_msat) = a_lost_stop_with_change(dir.path(), &w).await;
     let stop = ["lease", "stop", &id, "--token", &token, "--change"];
-    let lost = coinop_wallet(&s, &w, &stop).await;
-    assert_ne!(lost.status.code(), Some(0), "no answer came: {lost:?}");
-    assert!(!d.wait_crash().await.success());
-    let refund_msat = coinopd::ledger::Ledger::open(&dir.path().join("ledger.db"))
-        .expect("ledger")
-        .get(&id)
-        .expect("get")
-        .expect("row")
-        .refunded_msat
-        .expect("the refund committed before the crash");
-    assert!(refund_msat >= 1000, "a refund worth a note: {refund_msat}");
 
     let d = Daemon::spawn(dir.path(), &[], &[]).await;
     let s = d.socket.clone();

@@ -325,17 +325,7 @@ async fn a_store_outage_refuses_money_and_heals_by_itself() {
         started.elapsed()
     );
     // NUT-07 cannot say what the fleet holds either: 503, not this host's view alone.
-    let ys: Vec<String> = proofs
-        .iter()
-        .map(|p| {
-            payment::credit::hash_to_curve::secret_to_curve(&p.secret)
-                .expect("a minted secret")
-                .to_string()
-        })
-        .collect();
-    let r = h1
-        .call("POST", "/v1/checkstate", None, Some(json!({"Ys": ys})))
-        .await;
+    let r = h1.checkstate(&proofs).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.json()["detail"].is_string(), "NUT-00 body: {}", r.text());
     // The host answers everything else; a running guest runs on and is metered.

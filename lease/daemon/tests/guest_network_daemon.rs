@@ -123,6 +123,14 @@ impl NetnsDaemon {
         created
     }
 
+    /// A lease of `image` (1 vCPU, 64 MiB, the tenant's key), paid on chain: its 201.
+    async fn paid_lease(&self, client: &Client, dir: &Path, image: &str) -> Value {
+        let payment = pay(client).await;
+        let body = json!({"vcpus": 1, "mem_mib": 64, "image": image, "ssh_key": SSH_KEY,
+                          "payment": payment});
+        self.create_lease(client, dir, body).await
+    }
+
     fn log(&self, dir: &Path) -> String {
         std::fs::read_to_string(dir.join("coinopd.log")).unwrap_or_default()
     }
@@ -248,10 +256,7 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
     let state: PathBuf = dir.path().to_path_buf();
     let (daemon, client) = NetnsDaemon::spawn(&state, &vmm, &guest, &["--guest-network", "always"]);
 
-    let payment = pay(&client).await;
-    let body = json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "ssh_key": SSH_KEY,
-                      "payment": payment});
-    let created = daemon.create_lease(&client, &state, body).await;
+    let created = daemon.paid_lease(&client, &state, "testguest").await;
     let net = &created["network"];
     assert_eq!(net["guest_ip"], "10.213.0.2", "{created}");
     assert_eq!(net["host_ip"], "10.213.0.1");
@@ -567,12 +572,7 @@ async fn an_agent_images_leases_with_a_nic_restore_each_with_its_own() {
         &guest,
         &["--guest-network", "always", "--image", &image],
     );
-    let create = async || {
-        let payment = pay(&client).await;
-        let body = json!({"vcpus": 1, "mem_mib": 64, "image": "tga", "ssh_key": SSH_KEY,
-                          "payment": payment});
-        daemon.create_lease(&client, &state, body).await
-    };
+    let create = async || daemon.paid_lease(&client, &state, "tga").await;
     let first = create().await;
     assert_eq!(first["boot"]["start"], "cold", "{first}");
     let snapshots = state.join("snapshots").join("tga");
@@ -732,10 +732,7 @@ async fn a_second_coinopd_does_not_take_over_a_namespaces_guest_networks() {
     let dir = common::StateDir::new();
     let state: PathBuf = dir.path().to_path_buf();
     let (daemon, client) = NetnsDaemon::spawn(&state, &vmm, &guest, &["--guest-network", "always"]);
-    let payment = pay(&client).await;
-    let body = json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "ssh_key": SSH_KEY,
-                      "payment": payment});
-    let created = daemon.create_lease(&client, &state, body).await;
+    let created = daemon.paid_lease(&client, &state, "testguest").await;
     let id = created["lease_id"].as_str().expect("id").to_string();
     let tap = created["network"]["tap"].as_str().expect("tap").to_string();
 

@@ -141,8 +141,8 @@ impl Daemon {
         assert!(states.iter().all(|s| s == "UNSPENT"), "{states:?}");
     }
 
-    /// The NUT-07 `/v1/checkstate` state of each of `proofs`, in order.
-    pub async fn proof_states(&self, proofs: &[Proof]) -> Vec<String> {
+    /// `POST /v1/checkstate` (NUT-07) for `proofs`.
+    pub async fn checkstate(&self, proofs: &[Proof]) -> Reply {
         let ys: Vec<String> = proofs
             .iter()
             .map(|p| {
@@ -151,10 +151,13 @@ impl Daemon {
                     .to_string()
             })
             .collect();
-        let states = self
-            .call("POST", "/v1/checkstate", None, Some(json!({"Ys": ys})))
+        self.call("POST", "/v1/checkstate", None, Some(json!({"Ys": ys})))
             .await
-            .json();
+    }
+
+    /// The NUT-07 `/v1/checkstate` state of each of `proofs`, in order.
+    pub async fn proof_states(&self, proofs: &[Proof]) -> Vec<String> {
+        let states = self.checkstate(proofs).await.json();
         let all = states["states"].as_array().expect("states");
         assert_eq!(all.len(), proofs.len(), "{states}");
         all.iter()
