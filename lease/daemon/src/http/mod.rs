@@ -22,13 +22,13 @@ pub mod server;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware::{self, from_fn_with_state, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
 use crate::app::Shared;
 use crate::clock::monotonic_us;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, CashuError, CASHU_CODE_UNLISTED};
 
 /// `CLOCK_MONOTONIC` µs at which the request reached the router.
 #[derive(Debug, Clone, Copy)]
@@ -39,8 +39,42 @@ async fn stamp_arrival(mut req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-async fn not_found() -> ApiError {
-    ApiError::not_found("no such route")
+/// An unknown route: coinop's error body, or NUT-00's under the Cashu mint's prefixes, so
+/// a Cashu wallet probing what this mint does not offer (melting, NUT-05) reads an answer
+/// in the shape it knows.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if is_cashu_path(uri.path()) {
+        CashuError {
+            status: axum::http::StatusCode::NOT_FOUND,
+            detail: "no such route on this mint (it offers NUT-01..04 onchain, 07, 09, 30; \
+                     no melting)"
+                .into(),
+            code: CASHU_CODE_UNLISTED,
+            retry_after_s: None,
+        }
+        .into_response()
+    } else {
+        ApiError::not_found("no such route").into_response()
+    }
+}
+
+/// Whether `path` lies under one of the Cashu mint's route prefixes (NUT-00 error bodies).
+fn is_cashu_path(path: &str) -> bool {
+    [
+        "/v1/melt",
+        "/v1/mint",
+        "/v1/keys",
+        "/v1/keysets",
+        "/v1/swap",
+        "/v1/checkstate",
+        "/v1/restore",
+        "/v1/info",
+    ]
+    .iter()
+    .any(|prefix| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
 }
 
 async fn method_not_allowed() -> ApiError {
