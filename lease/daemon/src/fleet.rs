@@ -303,8 +303,19 @@ impl Fleet {
                      another host of the fleet holds it too"
                 );
             }
+            for taken in &published.taken_over {
+                twice += 1;
+                tracing::error!(
+                    kind = ?taken.key.kind,
+                    key = %hex::encode(&taken.key.bytes),
+                    other_host = %taken.host_id,
+                    other_operation = %taken.operation_id,
+                    "a key this host spent before it joined the fleet was being spent on \
+                     another host: recorded spent here (that request finds its claim settled)"
+                );
+            }
             sent += keys.len();
-            recorded += published.inserted;
+            recorded += published.inserted + published.taken_over.len();
             // Keys another host holds are marked too: logged once, nothing more to do.
             let l = Arc::clone(ledger);
             tokio::task::spawn_blocking(move || l.mark_published(&keys))

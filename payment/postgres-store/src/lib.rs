@@ -68,9 +68,12 @@
 //! ([`PgSpentSet::claim_with_receipt`]) marks keys `Spent` in one step.
 //!
 //! A host that spent keys on its own before it joined the fleet (its SQLite spent set only)
-//! publishes them at its first start with the store ([`PgSpentSet::publish_spent`]):
-//! `Spent` under this host and an operation naming the publication, the keys the store has
-//! already left as they are and reported, so that no other host of the fleet accepts them.
+//! publishes them at each start with the store, those not published yet
+//! ([`PgSpentSet::publish_spent`]): `Spent` under this host and an operation naming the
+//! publication, so that no other host of the fleet accepts them. Keys the store holds
+//! spent already are left as they are and reported; a key another host holds pending (a
+//! request in flight there) is taken over as spent, since that request's failure would
+//! otherwise release it.
 //!
 //! # Keysets: metadata here, keys on the hosts
 //! The keys of every keyset are derived (BIP32, hardened, `m/0'/0'/{index}'/{log2 amount}'`)

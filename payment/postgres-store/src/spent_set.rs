@@ -48,9 +48,16 @@ pub struct Published {
     pub inserted: usize,
     /// Keys already `Spent` under this host and the same operation: published before.
     pub already: usize,
-    /// Keys held otherwise (another operation, of this host or another; or pending): left
+    /// Keys held otherwise (spent by another operation, or pending on this host): left
     /// exactly as they were.
     pub held_elsewhere: Vec<HeldKey>,
+    /// Keys another host held `Pending` (a request of its in flight), now recorded `Spent`
+    /// here, each with that host's claim as it was. Left pending, its request could fail
+    /// and release the key, and the store would then hold nothing of a spent key (a request
+    /// with a bad proof fences its keys before the proof is checked, so anyone who knows a
+    /// spent note's secret could make that happen during a join). Its host finds the
+    /// claim settled when it settles.
+    pub taken_over: Vec<HeldKey>,
 }
 
 /// A key and who holds it in the store.
@@ -330,6 +337,27 @@ impl PgSpentSet {
                     {
                         done.already += 1;
                     }
+                    Some(h) if h.state == SpendState::Pending && h.host_id != host => {
+                        let taken = self
+                            .take_over_pending(kind, key, &h, note, operation_id)
+                            .await?;
+                        let held = HeldKey {
+                            key: SpendKey {
+                                kind: kind_from_code(kind)?,
+                                bytes: key.to_vec(),
+                            },
+                            state: h.state,
+                            host_id: h.host_id,
+                            operation_id: h.operation_id,
+                        };
+                        if taken {
+                            done.taken_over.push(held);
+                        } else {
+                            // Settled or released meanwhile: looked at again.
+                            again.0.push(kind);
+                            again.1.push(key);
+                        }
+                    }
                     Some(h) => done.held_elsewhere.push(HeldKey {
                         key: SpendKey {
                             kind: kind_from_code(kind)?,
@@ -354,6 +382,53 @@ impl PgSpentSet {
         Err(PgStoreError::Unavailable(format!(
             "publishing kept meeting claims released at once, {CLAIM_ATTEMPTS} times"
         )))
+    }
+
+    /// Records `Spent` under this host and `operation_id` a key that `holder` (another
+    /// host) holds `Pending`, if it still does; whether it did.
+    async fn take_over_pending(
+        &self,
+        kind: i16,
+        key: &[u8],
+        holder: &Holder,
+        note: &str,
+        operation_id: &str,
+    ) -> Result<bool, PgStoreError> {
+        let host = self.store.host_id().to_owned();
+        let (their_host, their_op) = (holder.host_id.clone(), holder.operation_id.clone());
+        let key = key.to_vec();
+        self.store
+            .with_client(1, |client| async move {
+                let stmt = client
+                    .prepare_cached(
+                        "UPDATE coinop_spent_keys
+                         SET state = $3, note = $4, receipt = NULL, host_id = $5,
+                             operation_id = $6, spent_at = now()
+                         WHERE kind = $1 AND key = $2 AND state = $7 AND host_id = $8
+                           AND operation_id = $9",
+                    )
+                    .await
+                    .map_err(classify)?;
+                let n = client
+                    .execute(
+                        &stmt,
+                        &[
+                            &kind,
+                            &key,
+                            &state_code(SpendState::Spent),
+                            &note,
+                            &host,
+                            &operation_id,
+                            &state_code(SpendState::Pending),
+                            &their_host,
+                            &their_op,
+                        ],
+                    )
+                    .await
+                    .map_err(classify)?;
+                Ok(n == 1)
+            })
+            .await
     }
 
     /// Who holds each key (in the order given), read in a fresh snapshot.

@@ -319,7 +319,6 @@ async fn publishing_local_spends_records_the_missing_ones_once_and_overwrites_no
     let elsewhere = vec![
         held(&b, SpendState::Spent, "h2", "op-b"),
         held(&c, SpendState::Pending, "h1", "op-c"),
-        held(&e, SpendState::Pending, "h2", "op-e"),
     ];
 
     let before = h1.store().metrics().round_trips;
@@ -330,10 +329,16 @@ async fn publishing_local_spends_records_the_missing_ones_once_and_overwrites_no
     assert_eq!(first.inserted, 2, "{first:?}");
     assert_eq!(first.already, 0, "{first:?}");
     assert_eq!(first.held_elsewhere, elsewhere);
+    // Another host's pending claim is taken over: left pending, a failed request of that
+    // host would release a spent key.
+    assert_eq!(
+        first.taken_over,
+        vec![held(&e, SpendState::Pending, "h2", "op-e")]
+    );
     assert_eq!(
         h1.store().metrics().round_trips - before,
-        2,
-        "the insert, then the read of who holds the rest"
+        3,
+        "the insert, the read of who holds the rest, the take-over"
     );
     assert_eq!(
         h2.states(&all).await.unwrap(),
@@ -342,7 +347,7 @@ async fn publishing_local_spends_records_the_missing_ones_once_and_overwrites_no
             Some(SpendState::Spent),
             Some(SpendState::Pending),
             Some(SpendState::Spent),
-            Some(SpendState::Pending),
+            Some(SpendState::Spent),
         ]
     );
     // The published keys are this publication's, and spent for every host.
@@ -363,17 +368,22 @@ async fn publishing_local_spends_records_the_missing_ones_once_and_overwrites_no
             ..
         })
     ));
-    // The others were left as they were: still their holders', pending ones still pending.
+    // The others were left as they were: still their holders', this host's pending one
+    // still pending.
     assert!(h2
         .held_for_operation(std::slice::from_ref(&b), "op-b")
         .await
         .unwrap());
-    assert!(h2
-        .held_for_operation(std::slice::from_ref(&e), "op-e")
-        .await
-        .unwrap());
     h1.commit_pending(std::slice::from_ref(&c)).await.unwrap();
-    h2.release_pending(std::slice::from_ref(&e)).await.unwrap();
+    // The taken-over key's host, its request failed, lets go: the key stays spent.
+    assert!(matches!(
+        h2.release_pending(std::slice::from_ref(&e)).await,
+        Err(PgStoreError::NotPending { .. })
+    ));
+    assert_eq!(
+        h2.states(std::slice::from_ref(&e)).await.unwrap(),
+        vec![Some(SpendState::Spent)]
+    );
 
     // Again: nothing new; what is this publication's is known as such.
     let again = h1
@@ -386,12 +396,13 @@ async fn publishing_local_spends_records_the_missing_ones_once_and_overwrites_no
         .unwrap();
     assert_eq!((again.inserted, again.already), (0, 2), "{again:?}");
     assert!(again.held_elsewhere.is_empty(), "{again:?}");
-    // A key released meanwhile is free, and recorded by the next publication.
+    // Published again: the taken-over key counts as this publication's now.
     let third = h1
         .publish_spent(&all, "spent before joining", "pre-fleet:h1")
         .await
         .unwrap();
-    assert_eq!((third.inserted, third.already), (1, 2), "{third:?}");
+    assert_eq!((third.inserted, third.already), (0, 3), "{third:?}");
+    assert!(third.taken_over.is_empty(), "{third:?}");
     assert_eq!(
         third.held_elsewhere,
         vec![
