@@ -126,10 +126,10 @@ pub async fn quote_rate(
     Ok(issued(hold, next.run(req).await))
 }
 
-/// Keeps a quote's hold if the route issued the quote (a 2xx); else it is given back.
+/// Gives a quote's hold back if the route refused the quote (not a 2xx); else it stays.
 fn issued(hold: Option<QuoteHold>, response: Response) -> Response {
-    if let Some(hold) = hold.filter(|_| response.status().is_success()) {
-        hold.keep();
+    if let Some(hold) = hold.filter(|_| !response.status().is_success()) {
+        hold.give_back();
     }
     response
 }
@@ -157,9 +157,10 @@ fn take_quote(s: &AppState, peer: &PeerCred) -> Result<Option<QuoteHold>, ApiErr
         .quote_holds
         .take(peer.uid, now)
         .map_err(ApiError::too_many_open_quotes)?;
-    s.quote_limiter
-        .take(peer.uid, now)
-        .map_err(ApiError::too_many_quotes)?;
+    if let Err(wait) = s.quote_limiter.take(peer.uid, now) {
+        hold.give_back();
+        return Err(ApiError::too_many_quotes(wait));
+    }
     Ok(Some(hold))
 }
 

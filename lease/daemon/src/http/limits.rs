@@ -229,28 +229,21 @@ pub struct QuoteHolds {
     held: Mutex<HashMap<Option<u32>, std::collections::VecDeque<Instant>>>,
 }
 
-/// One quote's hold, taken before the quote is made: kept if the quote was issued
-/// ([`QuoteHold::keep`]), given back when dropped otherwise.
+/// One quote's hold, taken before the quote is made: kept unless given back
+/// ([`QuoteHold::give_back`]) once the route is known to have refused the quote. Kept by
+/// default: a client that hangs up drops the handler, whose blocking step may still
+/// issue the quote, and a hold given back on drop would let one uid hold every address
+/// by hanging up at once.
 #[derive(Debug)]
 pub struct QuoteHold {
     holds: Arc<QuoteHolds>,
     uid: Option<u32>,
     until: Instant,
-    kept: bool,
 }
 
 impl QuoteHold {
-    /// The quote was issued: its address stays held until the hold ends.
-    pub fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for QuoteHold {
-    fn drop(&mut self) {
-        if self.kept {
-            return;
-        }
+    /// The route refused the quote: no address is held for it.
+    pub fn give_back(self) {
         let mut held = self.holds.lock();
         if let Some(q) = held.get_mut(&self.uid) {
             if let Some(i) = q.iter().rposition(|t| *t == self.until) {
@@ -296,7 +289,6 @@ impl QuoteHolds {
             holds: Arc::clone(self),
             uid,
             until,
-            kept: false,
         })
     }
 }
@@ -309,31 +301,34 @@ mod tests {
     fn a_uid_holds_at_most_its_share_of_quote_addresses() {
         let holds = QuoteHolds::new(2, Duration::from_secs(100));
         let t0 = Instant::now();
-        holds.take(Some(1000), t0).expect("first").keep();
-        holds
-            .take(Some(1000), t0 + Duration::from_secs(10))
-            .expect("second")
-            .keep();
+        drop(holds.take(Some(1000), t0).expect("first"));
+        drop(
+            holds
+                .take(Some(1000), t0 + Duration::from_secs(10))
+                .expect("second"),
+        );
         let wait = holds
             .take(Some(1000), t0 + Duration::from_secs(20))
             .expect_err("a third at once");
         assert_eq!(wait, Duration::from_secs(80), "until the first hold ends");
         // Another uid has its own share.
-        holds.take(Some(1001), t0).expect("another uid").keep();
-        // A quote that was not issued gives its hold back.
+        drop(holds.take(Some(1001), t0).expect("another uid"));
+        // A quote that was refused gives its hold back; one merely dropped (its client hung
+        // up, the quote maybe issued) keeps it.
         let other = QuoteHolds::new(1, Duration::from_secs(100));
-        drop(other.take(Some(7), t0).expect("taken"));
-        other.take(Some(7), t0).expect("given back").keep();
-        assert!(other.take(Some(7), t0).is_err());
+        other.take(Some(7), t0).expect("taken").give_back();
+        drop(other.take(Some(7), t0).expect("given back"));
+        assert!(other.take(Some(7), t0).is_err(), "a dropped hold is kept");
         // Once the first hold ended, there is room again.
-        holds
-            .take(Some(1000), t0 + Duration::from_secs(100))
-            .expect("the first hold ended")
-            .keep();
+        drop(
+            holds
+                .take(Some(1000), t0 + Duration::from_secs(100))
+                .expect("the first hold ended"),
+        );
         // No cap: always granted.
         let free = QuoteHolds::new(0, Duration::from_secs(100));
         for _ in 0..10 {
-            free.take(None, t0).expect("no cap").keep();
+            drop(free.take(None, t0).expect("no cap"));
         }
     }
 
