@@ -121,9 +121,11 @@ pub async fn check(s: &Shared) -> Result<(), LedgerError> {
                     }
                 }
             }
-            (true, Some(_)) if state == LeaseState::Running => {
-                // Frozen while it booted: its boot has since marked it running. Paused now,
-                // before this tick meters anything from its frozen balance.
+            (true, Some(_))
+                if matches!(state, LeaseState::Running | LeaseState::PausedUnfunded) =>
+            {
+                // Frozen while it booted: its boot has since marked it running (and a tick
+                // may have run it dry). Paused now, before this tick meters it again.
                 tracing::warn!(lease = %lease_id, "a lease frozen while it booted is running; pausing it");
                 if s.ledger.freeze_for_reorg(&lease_id)? {
                     set_guest(s, &lease_id, Request::Pause).await;

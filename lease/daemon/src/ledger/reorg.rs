@@ -97,12 +97,17 @@ impl Ledger {
 
     /// Freezes the lease: `paused_reorg` if its guest runs or is paused unfunded (returns
     /// whether the guest must be paused), frozen as it is otherwise. A lease frozen while
-    /// it was booting stays `booting`, and its boot then marks it `running`: freezing it
-    /// again pauses it, keeping the time it was first frozen (the window counts from then).
+    /// it was booting stays `booting`, and its boot then marks it `running` (and metering
+    /// may pause it unfunded): freezing it again makes it `paused_reorg`, keeping the time
+    /// it was first frozen (the window counts from then).
     pub fn freeze_for_reorg(&self, id: &str) -> Result<bool, LedgerError> {
         self.with_tx(|tx| {
             let lease = require_in(tx, id)?;
-            if lease.reorg_at.is_some() && lease.state != LeaseState::Running {
+            let live = matches!(
+                lease.state,
+                LeaseState::Running | LeaseState::PausedUnfunded
+            );
+            if lease.reorg_at.is_some() && !live {
                 return Ok(false);
             }
             let pause = matches!(
@@ -290,5 +295,27 @@ mod tests {
             "the window counts from the first"
         );
         assert!(!l.freeze_for_reorg("a").expect("freeze"), "paused already");
+
+        // Booted while frozen and run dry before the check came: paused_reorg too (no guest
+        // to pause: it is paused already).
+        let (_d2, l2) = ledger();
+        let mut c = credit(2, 1_000);
+        c.block_hash = Some("00bb".into());
+        l2.create_lease(&new_lease("a"), &c).expect("create");
+        assert!(!l2.freeze_for_reorg("a").expect("freeze"));
+        l2.mark_running("a", None, "{}").expect("booted");
+        let o = l2
+            .apply_tick(
+                &[crate::ledger::test_support::s(1_000_000, 1_000_000)],
+                crate::ledger::test_support::P,
+                60,
+            )
+            .expect("tick");
+        assert_eq!(o[0].action, crate::ledger::TickAction::Pause);
+        assert!(!l2.freeze_for_reorg("a").expect("freeze"), "paused already");
+        assert_eq!(
+            l2.get("a").expect("get").expect("row").state,
+            LeaseState::PausedReorg
+        );
     }
 }
