@@ -380,8 +380,14 @@ impl Session<'_> {
                 self.get_headers().await
             }
             // Nothing more is asked for here: a request now would only bring the same
-            // header back.
-            Err(e) if e.is_premature() => self.keep_before_premature(e, headers).await,
+            // header back. The batch connected (only its time was refused), so it ends a
+            // run of unconnected ones: with the host's clock far behind, every block
+            // announced on top of a dropped header connects to nothing, and counting those
+            // across premature batches would ban an honest peer.
+            Err(e) if e.is_premature() => {
+                self.unconnecting = 0;
+                self.keep_before_premature(e, headers).await
+            }
             Err(e) if e.is_peer_fault() => Err(SessionError::Misbehaved(e.to_string())),
             Err(e) => Err(SessionError::Chain(e)),
         }
