@@ -292,15 +292,21 @@ async fn boot_meter_pause_topup_stop_with_change() {
     assert!(paused["used"]["vcpu_us"].as_u64().expect("vcpu_us") > 0);
     // Held unbilled no longer than it ran: the deadline is within twice the run (its
     // memory time says how long that was) of its start, not the 60 s `--grace-s` after
-    // the pause. (Whole seconds on both ends, and the boot: 3 s of slack.)
+    // the pause. Its start is the create plus the boot (the reply's guest_ready, and the
+    // ledger's mark after it); whole seconds on each end: 3 s of slack.
     let ran_s = paused["used"]["mem_mib_us"].as_u64().expect("mem_mib_us") / 64 / 1_000_000;
+    let boot_s = v["boot"]["guest_ready_us"]
+        .as_u64()
+        .expect("guest_ready_us")
+        / 1_000_000
+        + 1;
     let stops_at = paused["stops_at"]
         .as_i64()
         .expect("a paused lease's stops_at");
     let created_at = paused["created_at"].as_i64().expect("created_at");
     assert!(
-        stops_at - created_at <= 2 * ran_s as i64 + 3,
-        "ran {ran_s} s: {paused}"
+        stops_at - created_at <= (2 * ran_s + boot_s) as i64 + 3,
+        "ran {ran_s} s, booted in {boot_s} s: {paused}"
     );
 
     let t = d
