@@ -39,8 +39,10 @@ pub struct SpendKey {
     pub bytes: Vec<u8>,
 }
 
-/// The state of a claimed key. Unclaimed keys have no state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The state of a claimed key. Unclaimed keys have no state. Ordered by how far the claim
+/// went (pending, then spent; as an `Option`, unclaimed first): of two readings of a key,
+/// the greater says more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SpendState {
     Pending,
     Spent,
@@ -152,5 +154,19 @@ impl SpendKey {
     #[cfg(feature = "sqlite")]
     pub(crate) fn key_hex(&self) -> String {
         hex::encode(&self.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpendState;
+
+    /// The fleet's NUT-07 answer takes the greater of two readings: that must be the one
+    /// that says more.
+    #[test]
+    fn a_reading_that_says_more_is_greater() {
+        assert!(Some(SpendState::Spent) > Some(SpendState::Pending));
+        assert!(Some(SpendState::Pending) > None);
+        assert_eq!(None.max(Some(SpendState::Spent)), Some(SpendState::Spent));
     }
 }

@@ -13,7 +13,7 @@ use payment::credit::nut_types::{
 };
 use payment::credit::receipt::{receipt, MINT_ONCHAIN};
 use payment::credit::{signed_records, CreditError, Mint};
-use payment::spent_set::{SpendState, SpentSet};
+use payment::spent_set::SpentSet;
 use serde_json::Value;
 
 use super::host::issue_quote;
@@ -138,20 +138,9 @@ pub async fn checkstate(
     let states = in_store
         .into_iter()
         .zip(here)
-        .map(|(fleet, local)| stronger(fleet, local))
+        .map(|(fleet, local)| fleet.max(local))
         .collect();
     Ok(Json(Mint::check_state_answer(&keys, states)))
-}
-
-/// Of two readings of a key's state, the one that says more: spent, then pending.
-fn stronger(a: Option<SpendState>, b: Option<SpendState>) -> Option<SpendState> {
-    match (a, b) {
-        (Some(SpendState::Spent), _) | (_, Some(SpendState::Spent)) => Some(SpendState::Spent),
-        (Some(SpendState::Pending), _) | (_, Some(SpendState::Pending)) => {
-            Some(SpendState::Pending)
-        }
-        (None, None) => None,
-    }
 }
 
 /// NUT-09 restore: the signatures of the outputs asked about that were signed before.
