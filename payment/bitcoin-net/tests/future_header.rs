@@ -74,3 +74,74 @@ async fn a_header_ahead_of_the_host_clock_is_dropped_without_a_ban() {
     assert_eq!(chain.tip().hash, headers[21].block_hash());
     assert!(!chain.knows(&headers[22].block_hash()));
 }
+
+/// With the host's clock far behind, every block the peer announces builds on a header the
+/// host dropped, so each announcement connects to nothing, and the headers the host then
+/// asks for begin with the early one again. A premature batch connected: it ends the run of
+/// unconnected messages, so an honest peer announcing block after block is not banned.
+#[tokio::test]
+async fn announcements_on_top_of_an_early_header_do_not_get_the_peer_banned() {
+    let headers = headers();
+    let now_s = u64::from(headers[9].time);
+    let chain = Chain::with_clock(
+        HeaderChain::in_memory(
+            ChainNetwork::Regtest,
+            Checkpoint::genesis(ChainNetwork::Regtest),
+        )
+        .unwrap(),
+        now_s * 1_000_000,
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = headers.clone();
+    let peer = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        accept_handshake(&mut s).await;
+        let mut sendheaders = false;
+        next_getheaders(&mut s, &mut sendheaders).await;
+        write_message(
+            &mut s,
+            MAGIC,
+            NetworkMessage::Headers(served[..25].to_vec()),
+        )
+        .await
+        .unwrap();
+        // More announcements than a peer may send unconnected in a row (10), each followed
+        // by the host's getheaders and the answer from its tip: the early header first.
+        for _ in 0..12 {
+            write_message(&mut s, MAGIC, NetworkMessage::Headers(vec![served[26]]))
+                .await
+                .unwrap();
+            next_getheaders(&mut s, &mut sendheaders).await;
+            write_message(
+                &mut s,
+                MAGIC,
+                NetworkMessage::Headers(served[22..25].to_vec()),
+            )
+            .await
+            .unwrap();
+        }
+        write_message(&mut s, MAGIC, NetworkMessage::Ping(7))
+            .await
+            .unwrap();
+        loop {
+            match read_message(&mut s, MAGIC).await {
+                Ok(NetworkMessage::Pong(7)) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    });
+    let ctx = context(std::sync::Arc::clone(&chain));
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(20), session::run(stream, &ctx))
+        .await
+        .expect("the session ends");
+    let answered_ping = peer.await.unwrap();
+    assert!(!end.is_misbehaviour(), "{end}");
+    assert!(
+        answered_ping,
+        "the session went on through every announcement"
+    );
+    assert_eq!(chain.tip().height, 22);
+}
