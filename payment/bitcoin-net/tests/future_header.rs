@@ -15,23 +15,52 @@ use common::{accept_handshake, context, headers, next_getheaders, Chain, MAGIC};
 use payment::onchain::{ChainNetwork, Checkpoint, HeaderChain};
 use tokio::net::{TcpListener, TcpStream};
 
-#[tokio::test]
-async fn a_header_ahead_of_the_host_clock_is_dropped_without_a_ban() {
-    let headers = headers();
-    // The host's clock stands at block 10's time (`headers[i]` is block i + 1): block 23 is
-    // 2 h 10 min ahead of it, the first one past the two-hour limit (block 22 is exactly 2 h
-    // ahead).
+/// A host chain at genesis whose clock stands at block 10's time (`headers[i]` is block
+/// i + 1): block 23 is 2 h 10 min ahead of it, the first one past the two-hour limit (block
+/// 22 is exactly 2 h ahead).
+fn host_at_block_10(headers: &[bitcoin::block::Header]) -> std::sync::Arc<Chain> {
     let now_s = u64::from(headers[9].time);
-    let chain = Chain::with_clock(
+    assert!(u64::from(headers[22].time) > now_s + 7200);
+    assert_eq!(u64::from(headers[21].time), now_s + 7200);
+    Chain::with_clock(
         HeaderChain::in_memory(
             ChainNetwork::Regtest,
             Checkpoint::genesis(ChainNetwork::Regtest),
         )
         .unwrap(),
         now_s * 1_000_000,
-    );
-    assert!(u64::from(headers[22].time) > now_s + 7200);
-    assert_eq!(u64::from(headers[21].time), now_s + 7200);
+    )
+}
+
+/// The peer's last word: a ping, and whether the session answers it (still connected). A
+/// session that ended leaves the read to fail; returning closes the connection, which ends
+/// the session.
+async fn answers_ping(s: &mut TcpStream, nonce: u64) -> bool {
+    write_message(s, MAGIC, NetworkMessage::Ping(nonce))
+        .await
+        .unwrap();
+    loop {
+        match read_message(s, MAGIC).await {
+            Ok(NetworkMessage::Pong(n)) if n == nonce => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Runs the host's session against the peer at `addr` until it ends.
+async fn session_with(chain: &std::sync::Arc<Chain>, addr: std::net::SocketAddr) -> SessionError {
+    let ctx = context(std::sync::Arc::clone(chain));
+    let stream = TcpStream::connect(addr).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), session::run(stream, &ctx))
+        .await
+        .expect("the session ends")
+}
+
+#[tokio::test]
+async fn a_header_ahead_of_the_host_clock_is_dropped_without_a_ban() {
+    let headers = headers();
+    let chain = host_at_block_10(&headers);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let served = headers.clone();
@@ -47,24 +76,10 @@ async fn a_header_ahead_of_the_host_clock_is_dropped_without_a_ban() {
         )
         .await
         .unwrap();
-        // Still connected afterwards: a ping is answered. A session that ended instead
-        // leaves the read to fail. Returning closes the connection, which ends the session.
-        write_message(&mut s, MAGIC, NetworkMessage::Ping(42))
-            .await
-            .unwrap();
-        loop {
-            match read_message(&mut s, MAGIC).await {
-                Ok(NetworkMessage::Pong(42)) => return true,
-                Ok(_) => {}
-                Err(_) => return false,
-            }
-        }
+        // Still connected afterwards: a ping is answered.
+        answers_ping(&mut s, 42).await
     });
-    let ctx = context(std::sync::Arc::clone(&chain));
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let end = tokio::time::timeout(Duration::from_secs(20), session::run(stream, &ctx))
-        .await
-        .expect("the session ends");
+    let end = session_with(&chain, addr).await;
     let answered_ping = peer.await.unwrap();
     assert!(!end.is_misbehaviour(), "{end}");
     assert!(matches!(end, SessionError::Closed), "{end}");
@@ -82,15 +97,7 @@ async fn a_header_ahead_of_the_host_clock_is_dropped_without_a_ban() {
 #[tokio::test]
 async fn announcements_on_top_of_an_early_header_do_not_get_the_peer_banned() {
     let headers = headers();
-    let now_s = u64::from(headers[9].time);
-    let chain = Chain::with_clock(
-        HeaderChain::in_memory(
-            ChainNetwork::Regtest,
-            Checkpoint::genesis(ChainNetwork::Regtest),
-        )
-        .unwrap(),
-        now_s * 1_000_000,
-    );
+    let chain = host_at_block_10(&headers);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let served = headers.clone();
@@ -121,22 +128,9 @@ async fn announcements_on_top_of_an_early_header_do_not_get_the_peer_banned() {
             .await
             .unwrap();
         }
-        write_message(&mut s, MAGIC, NetworkMessage::Ping(7))
-            .await
-            .unwrap();
-        loop {
-            match read_message(&mut s, MAGIC).await {
-                Ok(NetworkMessage::Pong(7)) => return true,
-                Ok(_) => {}
-                Err(_) => return false,
-            }
-        }
+        answers_ping(&mut s, 7).await
     });
-    let ctx = context(std::sync::Arc::clone(&chain));
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let end = tokio::time::timeout(Duration::from_secs(20), session::run(stream, &ctx))
-        .await
-        .expect("the session ends");
+    let end = session_with(&chain, addr).await;
     let answered_ping = peer.await.unwrap();
     assert!(!end.is_misbehaviour(), "{end}");
     assert!(
