@@ -190,7 +190,9 @@ pub struct Settings {
     #[arg(long)]
     #[serde(default)]
     pub no_seccomp: bool,
-    /// First uid (and gid) of the pool jailed VMMs run as, one per running lease.
+    /// First uid (and gid) of the pool jailed VMMs run as, one per running lease. Each uid
+    /// in use is claimed host-wide in /run/coinop, so coinopds sharing a host (and a range)
+    /// skip each other's.
     #[arg(long)]
     pub jail_uid_base: Option<u32>,
     /// How many uids the pool holds (the most leases that can run at once).

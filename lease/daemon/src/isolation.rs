@@ -111,7 +111,13 @@ impl Isolation {
             if !euid.is_root() {
                 return Err(IsolationError::NotRoot(euid.as_raw()));
             }
-            let uids = UidPool::new(config.jail_uid_base, config.jail_uid_count)?;
+            // Claimed host-wide: another coinopd here (another state dir) on an overlapping
+            // range, as two on the default are, never hands out a uid this one uses.
+            let uids = UidPool::with_claims(
+                config.jail_uid_base,
+                config.jail_uid_count,
+                Path::new(coinop_host::claim_dir::CLAIM_DIR),
+            )?;
             let jail = JailConfig::new(config.jail_dir(), config.vmm_bin.clone(), uids).map_err(
                 |source| IsolationError::Jail {
                     bin: config.vmm_bin.clone(),
@@ -397,6 +403,13 @@ impl Isolation {
     pub fn readopt(&self, lease_id: &str, control: PathBuf) {
         let jail = match self.jail.as_ref().map(|j| j.reopen(lease_id)) {
             Some(Ok(jail)) => jail,
+            Some(Err(e @ jail::Error::Uid(jail::UidPoolError::HeldElsewhere { .. }))) => {
+                // Taken by another coinopd while this one was down: its guest and this one
+                // now share a uid until one of them ends.
+                tracing::error!(lease = lease_id, error = %e,
+                    "a re-adopted guest's jail uid is in use by another coinopd's guest");
+                None
+            }
             Some(Err(e)) => {
                 tracing::warn!(lease = lease_id, error = %e, "cannot reopen the jail");
                 None

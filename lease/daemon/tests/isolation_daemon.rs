@@ -114,3 +114,71 @@ async fn a_lease_runs_jailed_in_its_cgroup_and_stop_cleans_up() {
     );
     d.shutdown().await;
 }
+
+/// Two coinopds on one host whose jail uid ranges overlap (as two on the default range do)
+/// never run two guests as one uid: each claims its uids in /run/coinop and skips the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_coinopds_on_one_uid_range_never_share_a_uid() {
+    if !kvm_or_skip() {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        let _ = writeln!(std::io::stderr(), "SKIPPED: jailing guests needs root");
+        return;
+    }
+    // Its own range (clear of the other tests'), the same for both daemons.
+    let base = (UID_BASE + 100).to_string();
+    let count = UID_COUNT.to_string();
+    // One slot built ahead each: with both daemons' leases and refills, 6 of the 8 uids.
+    let args = [
+        "--jail-uid-base",
+        &base,
+        "--jail-uid-count",
+        &count,
+        "--jail-pool",
+        "1",
+    ];
+    let (dir_a, dir_b) = (common::StateDir::new(), common::StateDir::new());
+    let a = Daemon::start(dir_a.path(), &args).await;
+    let b = Daemon::start(dir_b.path(), &args).await;
+    let uid_of = |dir: &Path, id: &str| -> u32 {
+        let pid = lease_pid(dir, id);
+        status_field(pid, "Uid:")
+            .split_whitespace()
+            .next()
+            .and_then(|u| u.parse().ok())
+            .expect("numeric uid")
+    };
+    let (mut seen, mut leases) = (Vec::new(), Vec::new());
+    for (d, dir) in [(&a, &dir_a), (&b, &dir_b), (&a, &dir_a), (&b, &dir_b)] {
+        let payment = d.onchain_payment(60).await;
+        let lease = d.create_lease(testguest_body("mode=echo", payment)).await;
+        let uid = uid_of(dir.path(), &lease.id);
+        assert!(
+            (UID_BASE + 100..UID_BASE + 100 + UID_COUNT).contains(&uid),
+            "uid {uid} outside the range"
+        );
+        seen.push(uid);
+        leases.push((d, lease));
+    }
+    let mut unique = seen.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        seen.len(),
+        "guests of two coinopds share a uid: {seen:?}"
+    );
+    // Each claimed on the host while its guest runs.
+    for uid in &seen {
+        assert!(
+            Path::new(&format!("/run/coinop/jail-uid-{uid}.lock")).exists(),
+            "no claim for uid {uid}"
+        );
+    }
+    for (d, lease) in leases {
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

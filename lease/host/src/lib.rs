@@ -10,11 +10,13 @@
 //! | [`guest_network`] | per-lease tap, routed /30, nftables rules (DNAT for SSH, masquerade, anti-spoofing) | [`guest_network::GuestNetwork`], [`guest_network::NetInfo`] |
 //! | [`slot_pool`] | lease slots (cgroup + jail + parked child) built ahead of the request | [`slot_pool::SlotPool`], [`slot_pool::ReadySlot`] |
 //! | [`pid_lock`] | "one coinopd at a time" for a state dir or a network namespace's guest networks: a `flock` on a file naming its holder | [`pid_lock::PidLock`], [`guest_network::netns_claim::NetnsClaim`] |
+//! | [`claim_dir`] | `/run/coinop`, where those claims (and each jail uid's) live, writable by root alone | [`claim_dir::CLAIM_DIR`] |
 //! | [`kvm_tuning`] | the host's KVM settings that slow every guest's start, read for advice | [`kvm_tuning::Advice`] |
 //!
 //! The daemon (`coinopd`) decides *when*; this crate only knows *how*.
 
 pub mod cgroup;
+pub mod claim_dir;
 pub mod guest_network;
 pub mod jail;
 pub mod kvm_tuning;

@@ -58,15 +58,27 @@ impl PidLock {
     /// on a live holder, and writes this process's pid in it. The file stays when the lock
     /// is dropped.
     pub fn take(path: &Path, mode: u32) -> Result<PidLock, PidLockError> {
-        Self::take_with(path, mode, false)
+        Self::take_with(path, mode, true, false)
     }
 
     /// As [`PidLock::take`], and the file is removed when the lock is dropped.
     pub fn take_removable(path: &Path, mode: u32) -> Result<PidLock, PidLockError> {
-        Self::take_with(path, mode, true)
+        Self::take_with(path, mode, true, true)
     }
 
-    fn take_with(path: &Path, mode: u32, remove_on_drop: bool) -> Result<PidLock, PidLockError> {
+    /// As [`PidLock::take_removable`], but a lock held by anyone, even a dead holder's
+    /// child, is [`PidLockError::Held`] at once: for a taker with other choices (the next
+    /// jail uid) that must not wait.
+    pub fn try_take_removable(path: &Path, mode: u32) -> Result<PidLock, PidLockError> {
+        Self::take_with(path, mode, false, true)
+    }
+
+    fn take_with(
+        path: &Path,
+        mode: u32,
+        wait_for_orphans: bool,
+        remove_on_drop: bool,
+    ) -> Result<PidLock, PidLockError> {
         let io = |what: &'static str| {
             move |source: std::io::Error| PidLockError::Io {
                 path: path.to_path_buf(),
@@ -89,7 +101,10 @@ impl PidLock {
                     Ok(locked) => break locked,
                     Err((mut held, Errno::EWOULDBLOCK)) => {
                         let pid = holder_pid(&mut held);
-                        if pid.is_some_and(is_alive) || Instant::now() >= deadline {
+                        if !wait_for_orphans
+                            || pid.is_some_and(is_alive)
+                            || Instant::now() >= deadline
+                        {
                             return Err(PidLockError::Held {
                                 path: path.to_path_buf(),
                                 pid,

@@ -11,13 +11,13 @@
 //! only: a local user who could create the file could hold the claim and keep coinopd from
 //! starting. The file is removed when the claim is dropped.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::claim_dir::ClaimDirError;
 use crate::pid_lock::{PidLock, PidLockError};
 
-/// Where coinopd keeps its claims on host-wide things.
-pub const CLAIM_DIR: &str = "/run/coinop";
+pub use crate::claim_dir::CLAIM_DIR;
 
 /// Why the claim was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -61,24 +61,14 @@ impl NetnsClaim {
     /// Takes the claim in `dir` (created 0755 if missing; owned by this process's user and
     /// written by nobody else).
     pub fn take_in(dir: &Path) -> Result<NetnsClaim, ClaimError> {
-        let io = |path: &Path, what: &'static str| {
-            let path = path.to_path_buf();
-            move |source| ClaimError::Io { path, what, source }
-        };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(io(dir, "create"))?;
-        let meta = std::fs::symlink_metadata(dir).map_err(io(dir, "stat"))?;
-        let writable_by_others = meta.mode() & 0o022 != 0;
-        if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || writable_by_others {
-            return Err(ClaimError::UnsafeDir {
-                dir: dir.to_path_buf(),
-                mode: meta.mode() & 0o7777,
-                uid: meta.uid(),
-            });
-        }
+        crate::claim_dir::prepare(dir).map_err(|e| match e {
+            ClaimDirError::Unsafe { dir, mode, uid } => ClaimError::UnsafeDir { dir, mode, uid },
+            ClaimDirError::Io { dir, what, source } => ClaimError::Io {
+                path: dir,
+                what,
+                source,
+            },
+        })?;
         let netns = std::fs::metadata("/proc/thread-self/ns/net")
             .map_err(ClaimError::Namespace)?
             .ino();

@@ -1,8 +1,21 @@
 //! Unprivileged uids (uid = gid) handed out one per running lease, so no two guests' VMMs
 //! share an identity the kernel would let them use against each other.
+//!
+//! A pool made [`UidPool::with_claims`] (coinopd's) also claims each uid it hands out on the
+//! whole host: a removable [`PidLock`] on `DIR/jail-uid-UID.lock`, held as long as the
+//! [`JailUid`]. Two coinopds on one host (another state dir, another network namespace)
+//! whose uid ranges overlap, as they do when both keep the default, then never give two
+//! guests the same uid: each skips the uids the other holds. A coinopd that crashes drops
+//! its claims while its guests may still run; the restarted one claims their uids back as
+//! it re-adopts them ([`UidPool::claim`]), and a uid another coinopd took meanwhile is an
+//! error there, not a silent share.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use crate::claim_dir::ClaimDirError;
+use crate::pid_lock::{PidLock, PidLockError};
 
 /// Errors of the pool.
 #[derive(Debug, thiserror::Error)]
@@ -10,9 +23,16 @@ pub enum Error {
     /// A uid outside the pool, or one already in use.
     #[error("jail uid {0} is not free in the pool")]
     NotFree(u32),
-    /// Every uid is in use.
-    #[error("all {0} jail uids are in use")]
-    Exhausted(u32),
+    /// Every uid is in use, by this pool or (claimed on the host) by another coinopd.
+    #[error(
+        "all {count} jail uids are in use ({elsewhere} of them by another coinopd on this host)"
+    )]
+    Exhausted {
+        /// The pool's size.
+        count: u32,
+        /// How many of the uids this pool had free were held by another process's claim.
+        elsewhere: u32,
+    },
     /// A range that would include root or wrap around.
     #[error("jail uid range {first}+{count}: must be non-empty, above 0 and below 2^32-1")]
     BadRange {
@@ -20,6 +40,28 @@ pub enum Error {
         first: u32,
         /// How many.
         count: u32,
+    },
+    /// The uid is claimed on this host by another process (another coinopd's guest).
+    #[error("jail uid {uid} is held by another coinopd on this host (pid {}, claim {})",
+            .pid.map_or_else(|| "unknown".to_string(), |p| p.to_string()), .path.display())]
+    HeldElsewhere {
+        /// The uid.
+        uid: u32,
+        /// The claim file.
+        path: PathBuf,
+        /// Its holder's pid, as the holder wrote it.
+        pid: Option<u32>,
+    },
+    /// The claim directory is unusable.
+    #[error("jail uid claims: {0}")]
+    ClaimDir(#[from] ClaimDirError),
+    /// A claim file could not be read or written.
+    #[error("jail uid {uid}'s claim: {source}")]
+    Claim {
+        /// The uid.
+        uid: u32,
+        /// What failed.
+        source: PidLockError,
     },
 }
 
@@ -29,13 +71,16 @@ pub struct UidPool {
     first: u32,
     count: u32,
     in_use: Arc<Mutex<BTreeSet<u32>>>,
+    /// Where each uid's host-wide claim is kept; `None`: this process alone.
+    claims: Option<Arc<PathBuf>>,
 }
 
-/// A uid taken from the pool; returned when dropped.
+/// A uid taken from the pool; returned (and its claim released) when dropped.
 #[derive(Debug)]
 pub struct JailUid {
     uid: u32,
     in_use: Arc<Mutex<BTreeSet<u32>>>,
+    claim: Option<PidLock>,
 }
 
 impl JailUid {
@@ -47,6 +92,9 @@ impl JailUid {
 
 impl Drop for JailUid {
     fn drop(&mut self) {
+        // The host-wide claim first: a taker in this process that finds the uid free in the
+        // set then finds its claim free too.
+        drop(self.claim.take());
         self.in_use
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -55,7 +103,8 @@ impl Drop for JailUid {
 }
 
 impl UidPool {
-    /// A pool of `count` uids starting at `first`.
+    /// A pool of `count` uids starting at `first`, known to this process alone (tests and
+    /// examples that pick a range no one else uses).
     pub fn new(first: u32, count: u32) -> Result<Self, Error> {
         let valid =
             first > 0 && count > 0 && first.checked_add(count).is_some_and(|end| end < u32::MAX);
@@ -66,40 +115,92 @@ impl UidPool {
             first,
             count,
             in_use: Arc::default(),
+            claims: None,
         })
     }
 
-    /// Takes the lowest free uid.
+    /// A pool whose uids are also claimed on the host, in `dir` (created if missing, and
+    /// written by its owner alone: [`crate::claim_dir::prepare`]), so that a uid is never
+    /// used by two coinopds at once.
+    pub fn with_claims(first: u32, count: u32, dir: &Path) -> Result<Self, Error> {
+        let mut pool = Self::new(first, count)?;
+        crate::claim_dir::prepare(dir)?;
+        pool.claims = Some(Arc::new(dir.to_path_buf()));
+        Ok(pool)
+    }
+
+    fn claim_path(dir: &Path, uid: u32) -> PathBuf {
+        dir.join(format!("jail-uid-{uid}.lock"))
+    }
+
+    /// Takes the lowest uid free here and, for a pool with claims, not held by another
+    /// process.
     pub fn take(&self) -> Result<JailUid, Error> {
         let mut in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
-        let uid = (self.first..self.first + self.count)
-            .find(|uid| !in_use.contains(uid))
-            .ok_or(Error::Exhausted(self.count))?;
-        in_use.insert(uid);
-        Ok(JailUid {
-            uid,
-            in_use: Arc::clone(&self.in_use),
+        let mut elsewhere = 0;
+        for uid in self.first..self.first + self.count {
+            if in_use.contains(&uid) {
+                continue;
+            }
+            let claim = match &self.claims {
+                None => None,
+                Some(dir) => {
+                    match PidLock::try_take_removable(&Self::claim_path(dir, uid), 0o644) {
+                        Ok(lock) => Some(lock),
+                        Err(PidLockError::Held { .. }) => {
+                            elsewhere += 1;
+                            continue;
+                        }
+                        Err(source) => return Err(Error::Claim { uid, source }),
+                    }
+                }
+            };
+            in_use.insert(uid);
+            return Ok(JailUid {
+                uid,
+                in_use: Arc::clone(&self.in_use),
+                claim,
+            });
+        }
+        Err(Error::Exhausted {
+            count: self.count,
+            elsewhere,
         })
     }
 }
 
 impl UidPool {
-    /// How many uids are free.
+    /// How many uids are free here (some may be held by another coinopd: [`UidPool::take`]
+    /// skips those).
     pub fn free(&self) -> u32 {
         let in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
         self.count.saturating_sub(in_use.len() as u32)
     }
 
-    /// Takes `uid` itself: a re-adopted guest keeps the uid it was started with.
+    /// Takes `uid` itself: a re-adopted guest keeps the uid it was started with. Its claim
+    /// is taken again (the coinopd that held it before is gone); one held by another
+    /// process is [`Error::HeldElsewhere`].
     pub fn claim(&self, uid: u32) -> Result<JailUid, Error> {
         let mut in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
         let inside = uid >= self.first && uid - self.first < self.count;
-        if !inside || !in_use.insert(uid) {
+        if !inside || in_use.contains(&uid) {
             return Err(Error::NotFree(uid));
         }
+        let claim = match &self.claims {
+            None => None,
+            Some(dir) => match PidLock::take_removable(&Self::claim_path(dir, uid), 0o644) {
+                Ok(lock) => Some(lock),
+                Err(PidLockError::Held { path, pid }) => {
+                    return Err(Error::HeldElsewhere { uid, path, pid })
+                }
+                Err(source) => return Err(Error::Claim { uid, source }),
+            },
+        };
+        in_use.insert(uid);
         Ok(JailUid {
             uid,
             in_use: Arc::clone(&self.in_use),
+            claim,
         })
     }
 }
@@ -114,7 +215,13 @@ mod tests {
         let a = pool.take().expect("first");
         let b = pool.take().expect("second");
         assert_ne!(a.get(), b.get());
-        assert!(matches!(pool.take(), Err(Error::Exhausted(2))));
+        assert!(matches!(
+            pool.take(),
+            Err(Error::Exhausted {
+                count: 2,
+                elsewhere: 0
+            })
+        ));
         assert_eq!(pool.free(), 0);
         let freed = a.get();
         drop(a);
@@ -139,5 +246,45 @@ mod tests {
         assert!(UidPool::new(0, 10).is_err());
         assert!(UidPool::new(5, 0).is_err());
         assert!(UidPool::new(u32::MAX - 1, 5).is_err());
+    }
+
+    #[test]
+    fn two_pools_claiming_on_one_host_never_share_a_uid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Two coinopds' pools over one range (both on the default): what one holds, the
+        // other skips.
+        let a = UidPool::with_claims(1000, 3, dir.path()).expect("pool a");
+        let b = UidPool::with_claims(1000, 3, dir.path()).expect("pool b");
+        let a1 = a.take().expect("a's first");
+        let b1 = b.take().expect("b's first");
+        let a2 = a.take().expect("a's second");
+        assert_eq!((a1.get(), b1.get(), a2.get()), (1000, 1001, 1002));
+        match b.take() {
+            Err(
+                e @ Error::Exhausted {
+                    count: 3,
+                    elsewhere: 2,
+                },
+            ) => {
+                assert!(
+                    e.to_string().contains("2 of them by another coinopd"),
+                    "{e}"
+                )
+            }
+            other => panic!("b with every other uid held by a: {other:?}"),
+        }
+        // A re-adoption of a uid the other pool holds is refused, naming the holder.
+        match b.claim(1000) {
+            Err(Error::HeldElsewhere { uid: 1000, pid, .. }) => {
+                assert_eq!(pid, Some(std::process::id()))
+            }
+            other => panic!("claim of a's uid: {other:?}"),
+        }
+        // Returned uids are free for the other pool, and their claim files are gone.
+        drop(a1);
+        assert!(!dir.path().join("jail-uid-1000.lock").exists());
+        assert_eq!(b.take().expect("freed by a").get(), 1000);
+        drop((b1, a2));
+        assert_eq!(b.claim(1002).expect("free again").get(), 1002);
     }
 }
