@@ -154,6 +154,15 @@ pub enum WalletCmd {
     /// Ask the mint (NUT-07) which held notes are spent and which sent tokens were
     /// claimed, and forget those.
     Check,
+    /// Give up a swap that stays unsettled because its inputs were spent by another
+    /// request (a received token whose sender spent it twice). The mint is asked once more
+    /// first: signatures it holds on the swap's outputs settle it, and an input still
+    /// pending keeps it. Its inputs still unspent come back when they were this wallet's.
+    /// Only for a swap you know nobody will answer for.
+    DropSwap {
+        /// The swap's name, as the "swap NAME is not settled" note gives it.
+        batch: String,
+    },
 }
 
 /// How a create or top-up pays: exactly one of --payment, --credit, --tx/--proof/--quote-id,

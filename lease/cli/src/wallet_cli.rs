@@ -11,8 +11,8 @@ use crate::commands::encode;
 use crate::exit::{note, print_raw, Exit, DAEMON_ERROR};
 use crate::wallet::{Sent, Wallet, WalletError};
 use crate::wallet_commands::{
-    check, credit_payment, mint_regtest, receive_token, restore, send_token, stop_with_change,
-    Received, Stopped, WalletCmdError,
+    check, credit_payment, drop_swap, mint_regtest, receive_token, restore, send_token,
+    stop_with_change, Received, Stopped, WalletCmdError,
 };
 use crate::wallet_seed::Seed;
 use crate::{human, input};
@@ -269,6 +269,27 @@ pub async fn run(
                 ),
             )?;
             answer(&body, IN_WALLET)?;
+        }
+        WalletCmd::DropSwap { batch } => {
+            let d = drop_swap(c, &mut w, batch).await.map_err(cmd_exit)?;
+            let human = if !d.dropped {
+                format!(
+                    "swap {} was settled after all: {} sat into the wallet; wallet holds {} sat",
+                    d.batch,
+                    d.settled_sat,
+                    w.balance_sat()
+                )
+            } else {
+                format!(
+                    "swap {} dropped: {} sat of its inputs spent elsewhere given up, {} sat \
+                     back in the wallet; wallet holds {} sat",
+                    d.batch,
+                    d.given_up_sat,
+                    d.returned_sat,
+                    w.balance_sat()
+                )
+            };
+            answer(&json_or_text(json_mode, &d, human)?, IN_WALLET)?;
         }
     }
     Ok(())

@@ -78,9 +78,16 @@ pub enum WalletCmdError {
     /// call unspent: its first request may have committed, so its blanks are kept.
     #[error(
         "swap {batch} is not settled ({why}); its blank outputs are kept in the wallet and \
-         the next coinop wallet command asks the mint again"
+         the next coinop wallet command asks the mint again (if its inputs were spent by \
+         another request, e.g. a token's sender spent it twice, `coinop wallet drop-swap \
+         {batch}` gives it up)"
     )]
     SwapUnsettled { batch: String, why: String },
+    #[error("the wallet has no unsettled swap named '{0}' (the notes printed by a wallet command name them)")]
+    NoSuchSwap(String),
+    /// `wallet drop-swap` of a swap the mint may still settle.
+    #[error("swap {batch} is not dropped: {why}")]
+    NotDropped { batch: String, why: String },
 }
 
 /// NUT-00 code of coinopd's mint for inputs held by a request still in flight (on a fleet,
@@ -668,6 +675,88 @@ pub async fn restore(
     })
 }
 
+/// What `wallet drop-swap` did with a swap.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct DroppedSwap {
+    /// The swap's name.
+    pub batch: String,
+    /// Whether it was given up (false: it was settled after all).
+    pub dropped: bool,
+    /// Sat the mint had signed on its outputs after all (the swap is settled, not dropped).
+    pub settled_sat: u64,
+    /// Sat of its inputs the mint calls unspent, back in the wallet (its own notes only).
+    pub returned_sat: u64,
+    /// Sat of its inputs spent by some other request: given up.
+    pub given_up_sat: u64,
+}
+
+/// `wallet drop-swap BATCH`: gives up a swap that stays unsettled because its inputs were
+/// spent by another request (a received token whose sender spent it twice while this
+/// wallet's first swap of it lost its reply). It is asked once more first: signatures the
+/// mint holds on its outputs (NUT-09) settle it; an input still pending (NUT-07) means a
+/// request spending it is in flight, and nothing is dropped. Otherwise its blanks are
+/// forgotten and those of its inputs still unspent, when they were this wallet's, come back.
+///
+/// Only the tenant can know that nobody else will answer for the outputs (on a fleet, a
+/// host other than the one asked may have committed the first request): hence a command,
+/// not something a wallet run does by itself.
+pub async fn drop_swap(
+    c: &Client,
+    wallet: &mut Wallet,
+    batch: &str,
+) -> Result<DroppedSwap, WalletCmdError> {
+    let Some((_, req)) = wallet.pending_swaps().into_iter().find(|(b, _)| b == batch) else {
+        return Err(WalletCmdError::NoSuchSwap(batch.to_string()));
+    };
+    let not_dropped = |why: String| WalletCmdError::NotDropped {
+        batch: batch.to_string(),
+        why,
+    };
+    let settled_sat = restore_batch(c, wallet, batch, &req.outputs).await?;
+    if wallet.pending_outputs(batch).is_none() {
+        return Ok(DroppedSwap {
+            batch: batch.to_string(),
+            dropped: false,
+            settled_sat,
+            returned_sat: 0,
+            given_up_sat: 0,
+        });
+    }
+    if settled_sat > 0 {
+        // One request signs all of a swap's outputs or none: some signed means a request
+        // of this swap committed, and the rest may yet be found.
+        return Err(not_dropped(format!(
+            "the mint signed {settled_sat} sat of its outputs (kept in the wallet), not all"
+        )));
+    }
+    let st = states(c, &req.inputs).await?;
+    if st.contains(&ProofState::Pending) {
+        return Err(not_dropped(
+            "an input is pending at the mint: a request spending it is in flight; \
+             ask again once it is done"
+                .to_string(),
+        ));
+    }
+    let ours = wallet.swap_is_ours(batch);
+    let (mut back, mut returned_sat, mut given_up_sat) = (Vec::new(), 0, 0);
+    for (p, s) in req.inputs.iter().zip(st) {
+        if s == ProofState::Unspent && ours {
+            returned_sat += p.amount;
+            back.push(p.clone());
+        } else if s != ProofState::Unspent {
+            given_up_sat += p.amount;
+        }
+    }
+    wallet.abort_swap(batch, back)?;
+    Ok(DroppedSwap {
+        batch: batch.to_string(),
+        dropped: true,
+        settled_sat: 0,
+        returned_sat,
+        given_up_sat,
+    })
+}
+
 /// `wallet check`: drops held notes the mint says are spent and outbox tokens whose notes
 /// are all spent (claimed). Returns (notes dropped, outbox entries dropped).
 pub async fn check(c: &Client, wallet: &mut Wallet) -> Result<(usize, usize), WalletCmdError> {
@@ -1015,5 +1104,106 @@ mod tests {
         // The notes are real: the mint takes them (old keysets still redeem).
         let notes = w.proofs().to_vec();
         assert_eq!(m.redeem(&notes, "test").expect("redeem"), 2_000);
+    }
+
+    /// A wallet with a lost swap whose inputs another request spent (as a token's sender
+    /// spending it twice leaves one), its mint served on a socket; returns what resume
+    /// keeps.
+    fn a_swap_spent_elsewhere(dir: &Path) -> (Arc<Mint>, Wallet, SwapRequest, std::path::PathBuf) {
+        let m = open_mint(dir);
+        let (w, req) = wallet_with_a_lost_swap(&m, &dir.join("w.json"));
+        let elsewhere = Wallet::open(&dir.join("other.json"))
+            .expect("wallet")
+            .new_outputs("x", &m.active_keyset_id(), &[8])
+            .expect("blanks");
+        m.swap(&SwapRequest {
+            inputs: req.inputs.clone(),
+            outputs: elsewhere,
+        })
+        .expect("the inputs spent by another request");
+        let socket = dir.join("d.sock");
+        test_daemon(&socket, mint_routes(m.clone(), None));
+        (m, w, req, socket)
+    }
+
+    /// `wallet drop-swap`: a swap whose inputs another request spent, which every run
+    /// keeps, is given up on request, its inputs' worth said; the wallet goes on without it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_swap_whose_inputs_were_spent_elsewhere_is_dropped_on_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_m, mut w, req, socket) = a_swap_spent_elsewhere(dir.path());
+        resume(&mut w, &socket).await.expect("the command goes on");
+        assert_eq!(
+            w.pending_swaps(),
+            vec![("swap-1".to_string(), req)],
+            "kept by a run"
+        );
+        let c = Client::new(&socket);
+        let d = drop_swap(&c, &mut w, "swap-1").await.expect("dropped");
+        assert_eq!(
+            d,
+            DroppedSwap {
+                batch: "swap-1".into(),
+                dropped: true,
+                settled_sat: 0,
+                returned_sat: 0,
+                given_up_sat: 8,
+            }
+        );
+        assert!(w.pending_swaps().is_empty());
+        assert!(w.pending_outputs("swap-1").is_none(), "its blanks are gone");
+        assert!(matches!(
+            drop_swap(&c, &mut w, "swap-1").await,
+            Err(WalletCmdError::NoSuchSwap(b)) if b == "swap-1"
+        ));
+        // Saved: the wallet opened again has no such swap either.
+        drop(w);
+        let again = Wallet::open(&dir.path().join("w.json")).expect("reopened");
+        assert!(again.pending_swaps().is_empty());
+    }
+
+    /// A swap that committed after all (its reply lost) is settled by drop-swap, never
+    /// dropped: the mint's signatures on its blanks come into the wallet.
+    #[tokio::test(flavor = "current_thread")]
+    async fn drop_swap_settles_a_swap_that_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open_mint(dir.path());
+        let (mut w, req) = wallet_with_a_lost_swap(&m, &dir.path().join("w.json"));
+        m.swap(&req).expect("committed; its reply is lost");
+        let socket = dir.path().join("d.sock");
+        test_daemon(&socket, mint_routes(m.clone(), None));
+        let d = drop_swap(&Client::new(&socket), &mut w, "swap-1")
+            .await
+            .expect("settled");
+        assert!(!d.dropped);
+        assert_eq!(d.settled_sat, 8);
+        assert_eq!(w.balance_sat(), 8);
+        assert!(w.pending_swaps().is_empty());
+    }
+
+    /// An input the mint holds as pending (a request spending it in flight, which may be
+    /// this swap's own first one) keeps the swap: nothing is dropped.
+    #[tokio::test(flavor = "current_thread")]
+    async fn drop_swap_keeps_a_swap_with_an_input_in_flight() {
+        use payment::spent_set::{SpendState, SpentSet};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spent =
+            Arc::new(SqliteSpentSet::open(&dir.path().join("spent.db")).expect("spent set"));
+        let m =
+            Arc::new(Mint::open(dir.path(), spent.clone(), MintLimits::default()).expect("mint"));
+        let (mut w, req) = wallet_with_a_lost_swap(&m, &dir.path().join("w.json"));
+        let keys = m.validate_inputs(&req.inputs).expect("valid").keys;
+        spent
+            .claim(&keys, SpendState::Pending, "a request in flight")
+            .expect("claimed pending");
+        let socket = dir.path().join("d.sock");
+        test_daemon(&socket, mint_routes(m.clone(), None));
+        match drop_swap(&Client::new(&socket), &mut w, "swap-1").await {
+            Err(e @ WalletCmdError::NotDropped { .. }) => {
+                assert!(e.to_string().contains("pending"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(w.pending_swaps(), vec![("swap-1".to_string(), req)], "kept");
     }
 }
