@@ -107,7 +107,10 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
             }
             tokio::time::sleep(POLL).await;
             p = boot_progress(&log);
-            let gone = p.exited || vmm.is_some_and(|v| !v.is_running());
+            // The process itself when it is known: the log is the VMM's own writing, and a
+            // VMM that a hostile guest took over could write an `exit` there and run on,
+            // untracked and unbilled, once its lease was marked ended.
+            let gone = vmm.map_or(p.exited, |v| !v.is_running());
             if p.guest_ready_us.is_some() || gone || Instant::now() >= deadline {
                 break (p, gone);
             }

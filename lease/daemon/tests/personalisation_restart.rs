@@ -30,6 +30,7 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -277,6 +278,61 @@ async fn a_guest_awaiting_its_line_gets_it_from_the_restarted_coinopd() {
         "{log}"
     );
     stop(d, dir.path(), &o.id, &token, &o.vmm).await;
+}
+
+/// A VMM's log is its own writing: an `exit` line in it (as a VMM a hostile guest took over
+/// could write) while the process runs does not end the adopted boot. Before, the lease
+/// was marked ended and its jail, cgroup and room released with the VMM left running,
+/// untracked; now the boot fails at its timeout like any guest never ready, and its VMM is
+/// stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_exit_in_the_vmm_log_does_not_end_an_adopted_boot() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let o = create_into_crash_at(dir.path(), point::CREATE_AWAITING_PERSONALISATION).await;
+    // Never ready (it takes its line but runs nothing), and its log says it exited.
+    let paused = vmm_protocol::client::set_state(&o.control, Request::Pause).await;
+    assert!(paused.is_ok(), "{paused:?}");
+    let log = dir.path().join("run").join(format!("{}.vmm.log", o.id));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .expect("the VMM's log");
+    writeln!(
+        f,
+        r#"{{"event":"exit","t_us":1,"code":0,"reason":"stopped"}}"#
+    )
+    .expect("forged");
+    drop(f);
+
+    let image = agent_image(false);
+    let d = Daemon::spawn(
+        dir.path(),
+        &["--image", image.as_str(), "--boot-timeout-ms", "1500"],
+        &[],
+    )
+    .await;
+    let r = d
+        .call("POST", "/v1/leases", None, Some(o.body.clone()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["stop_reason"], "boot_failed", "{}", r.text());
+    let log = d.log();
+    assert!(
+        !log.contains("ended before it was ready"),
+        "the forged line ended the boot:\n{log}"
+    );
+    assert!(log.contains("did not report guest_ready in time"), "{log}");
+    wait_for(async || !o.vmm.is_running(), "the VMM stopped").await;
+    wait_for(
+        async || row(dir.path(), &o.id).vmm_gone,
+        "the VMM recorded gone",
+    )
+    .await;
+    books_balance(dir.path(), &o.id);
+    d.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
