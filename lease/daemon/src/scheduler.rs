@@ -456,14 +456,14 @@ const READ_DEADLINE_MIN: Duration = Duration::from_millis(250);
 
 /// The leases whose usage was not read by the tick's deadline: kept as they are (room
 /// held, not billed this tick) and read again next tick, their run state too if it was
-/// in doubt.
+/// in doubt; one whose VMM stays silent for [`CONTROL_SILENT_AFTER`] is stopped.
 fn late_reads(s: &Shared, leases: &[LeaseRow], answered: &std::collections::HashSet<String>) {
     for l in leases.iter().filter(|l| !answered.contains(&l.id)) {
         if l.state == LeaseState::Running {
             // Its recheck (if any) was taken for this tick's read, which never came.
             s.supervisor.recheck_state(&l.id);
         }
-        tracing::warn!(lease = %l.id, "no usage reading within the tick's deadline; reading it again next tick");
+        control_silent(s, l, "no usage reading within the tick's deadline");
     }
 }
 
@@ -483,6 +483,13 @@ fn send_state(lease_id: &str, path: PathBuf, req: Request, what: &'static str) {
 /// out to its process's end, which its reaper (or, re-adopted, the next tick) reports.
 const CONTROL_LOST_AFTER: Duration = Duration::from_secs(5);
 
+/// How long a live lease's VMM may run without answering a usage read (it accepts and
+/// never replies, or replies with an error) before coinopd stops it: such a guest runs
+/// unbilled, and a VMM that a hostile guest took over could do it on purpose. Far longer
+/// than any honest reply takes, even on a loaded host (a tick waits [`READ_DEADLINE_MIN`]
+/// for one).
+const CONTROL_SILENT_AFTER: Duration = Duration::from_secs(20);
+
 /// Lease `l`'s VMM runs but nothing listens at its control socket (removed from under
 /// it: nothing creates it again, so no later tick can read it). Such a guest runs
 /// unmetered and cannot be paused: once that has lasted [`CONTROL_LOST_AFTER`] the lease
@@ -499,6 +506,26 @@ fn control_lost(s: &Shared, l: &LeaseRow, e: &ControlError) {
     }
     tracing::error!(lease = %l.id, pid = ?l.pid, error = %e, ?lasted,
         "its VMM runs on with nothing listening at its control socket, unmetered: stopping it (control_lost)");
+    stop_control_lost(s, l);
+}
+
+/// Lease `l`'s VMM runs and did not answer this tick's usage read (`why`): read again next
+/// tick, and stopped `control_lost` as in [`control_lost`] once that has lasted
+/// [`CONTROL_SILENT_AFTER`] (counted from the first failed read in a row, of any kind).
+fn control_silent(s: &Shared, l: &LeaseRow, why: &str) {
+    let (lasted, _) = s.supervisor.unreachable_for(&l.id);
+    if lasted < CONTROL_SILENT_AFTER {
+        tracing::warn!(lease = %l.id, why, ?lasted,
+            "usage read failed; reading it again next tick, stopping the lease if its VMM stays silent {CONTROL_SILENT_AFTER:?}");
+        return;
+    }
+    tracing::error!(lease = %l.id, pid = ?l.pid, why, ?lasted,
+        "its VMM runs on without answering its usage reads, unmetered: stopping it (control_lost)");
+    stop_control_lost(s, l);
+}
+
+/// Stops `l` `control_lost` (its balance kept for the tenant) and kills its VMM.
+fn stop_control_lost(s: &Shared, l: &LeaseRow) {
     s.supervisor.reached(&l.id);
     match s.ledger.mark_stopped(&l.id, StopReason::ControlLost, None) {
         Ok(true) => stop_guest(s, l),
@@ -522,7 +549,7 @@ fn handle_read_error(s: &Shared, l: &LeaseRow, e: &ControlError) {
     if !gone && e.is_gone() {
         control_lost(s, l, e);
     } else if !gone {
-        tracing::warn!(lease = %l.id, error = %e, "usage read failed; retrying next tick");
+        control_silent(s, l, &e.to_string());
     } else if s.supervisor.is_own_child(&l.id) {
         // Our child: its reaper reports the end, with the exit code that says why.
         tracing::debug!(lease = %l.id, "guest ended; waiting for its reaper's report");

@@ -512,6 +512,47 @@ async fn a_vmm_whose_control_socket_is_gone_is_stopped_control_lost() {
     d.shutdown().await;
 }
 
+/// A VMM that stops answering its usage reads (here: stopped by SIGSTOP; a VMM that a
+/// hostile guest took over could accept and never reply) runs on unbilled. It is kept
+/// while that could be a loaded host (20 s), then its lease stops `control_lost`, the VMM
+/// is killed and the balance is kept. Before, it was read again every tick, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vmm_that_stops_answering_is_stopped_control_lost() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let d = Daemon::start(dir.path(), &[]).await;
+    let lease = spinning_lease(&d, 50).await;
+    let vmm = recorded_vmm(dir.path(), &lease.id);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmm.pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .expect("stop this test's lease's VMM");
+    let silenced = Instant::now();
+    let path = format!("/v1/leases/{}", lease.id);
+    wait_for(
+        async || d.call("GET", &path, Some(&lease.token), None).await.json()["state"] == "stopped",
+        "the lease's stop",
+    )
+    .await;
+    assert!(
+        silenced.elapsed() >= Duration::from_secs(20),
+        "kept while a loaded host could be slow to answer: stopped after {:?}",
+        silenced.elapsed()
+    );
+    let v = d.call("GET", &path, Some(&lease.token), None).await.json();
+    assert_eq!(v["stop_reason"], "control_lost", "{v}");
+    assert!(v["balance_msat"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert!(
+        ends_within(&vmm, Duration::from_secs(10)).await,
+        "the VMM was killed"
+    );
+    books_balance(dir.path(), &lease.id);
+    d.shutdown().await;
+}
+
 /// A re-adopted guest that crashes is `guest_crashed` like a fresh one, both when it
 /// crashes while no coinopd runs (found ended at re-adoption) and when it crashes after the
 /// restart (found ended by a tick): its VMM is then nobody's child that coinopd can wait
