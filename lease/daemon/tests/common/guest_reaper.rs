@@ -6,13 +6,15 @@
 //! A VMM belongs to the directory when its command line names a path inside it (an
 //! unjailed VMM's control socket and console), it sits in the cgroup of one of the
 //! directory's leases or warm restores (a jailed VMM), or the ledger or the marker of a
-//! warm restore or of a golden snapshot build records its pid. Other
-//! tests' VMMs (other binaries run in parallel) never match.
+//! warm restore or of a golden snapshot build records its pid and start time (the pid
+//! alone would name another test's VMM once the pid is reused: pid_max can be 32768).
+//! Other tests' VMMs (other binaries run in parallel) never match.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use coinopd::guest_stop::vmm_running;
+use coinopd::vmm_process::VmmProcess;
 
 /// How long killed VMMs get to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -48,17 +50,17 @@ impl Drop for StateDir {
     }
 }
 
-/// The leases in the state directory's ledger with their VMM pid when recorded (none
+/// The leases in the state directory's ledger with their VMM when recorded (none
 /// without a ledger), and the warm restores a daemon keeps ahead of leases (`warm/ID`
 /// markers: `PID START_TICKS` once restored), which no ledger holds.
-pub fn leases(state_dir: &Path) -> Vec<(String, Option<i32>)> {
+pub fn leases(state_dir: &Path) -> Vec<(String, Option<VmmProcess>)> {
     let mut found = ledger_leases(state_dir);
     if let Ok(markers) = std::fs::read_dir(state_dir.join("warm")) {
         for marker in markers.flatten() {
-            let pid = std::fs::read_to_string(marker.path())
+            let vmm = std::fs::read_to_string(marker.path())
                 .ok()
-                .and_then(|text| text.split_whitespace().next()?.parse().ok());
-            found.push((marker.file_name().to_string_lossy().into_owned(), pid));
+                .and_then(|text| VmmProcess::from_marker(&text));
+            found.push((marker.file_name().to_string_lossy().into_owned(), vmm));
         }
     }
     found
@@ -66,27 +68,30 @@ pub fn leases(state_dir: &Path) -> Vec<(String, Option<i32>)> {
 
 /// The VMMs of golden snapshot builds a daemon named in their markers
 /// (`snapshots/IMAGE/.build-KEY.vmm`). By pid only: a build's cgroup is no lease's.
-fn golden_build_pids(state_dir: &Path) -> Vec<i32> {
+fn golden_build_vmms(state_dir: &Path) -> Vec<VmmProcess> {
     coinopd::golden_snapshot::build_markers(&state_dir.join("snapshots"))
         .into_iter()
         .filter_map(|(marker, _)| std::fs::read_to_string(marker).ok())
-        .filter_map(|text| coinopd::vmm_process::VmmProcess::from_marker(&text))
-        .map(|v| v.pid)
+        .filter_map(|text| VmmProcess::from_marker(&text))
         .collect()
 }
 
-fn ledger_leases(state_dir: &Path) -> Vec<(String, Option<i32>)> {
+fn ledger_leases(state_dir: &Path) -> Vec<(String, Option<VmmProcess>)> {
     let path = state_dir.join("ledger.db");
     let Ok(db) =
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
     else {
         return Vec::new();
     };
-    let Ok(mut q) = db.prepare("SELECT id, pid FROM leases") else {
+    let Ok(mut q) = db.prepare("SELECT id, pid, vmm_start_ticks FROM leases") else {
         return Vec::new();
     };
     q.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, Option<i32>>(1)?))
+        let vmm = r.get::<_, Option<i32>>(1)?.map(|pid| VmmProcess {
+            pid,
+            start_ticks: r.get::<_, Option<i64>>(2).ok().flatten().map(|t| t as u64),
+        });
+        Ok((r.get::<_, String>(0)?, vmm))
     })
     .map(|rows| rows.filter_map(Result::ok).collect())
     .unwrap_or_default()
@@ -95,11 +100,11 @@ fn ledger_leases(state_dir: &Path) -> Vec<(String, Option<i32>)> {
 /// Pids of the running coinop-vmm processes that belong to `state_dir`.
 pub fn running_vmms(state_dir: &Path) -> Vec<i32> {
     let mut leases = leases(state_dir);
-    // Matched by pid alone (an id no cgroup has).
+    // Matched by their process alone (an id no cgroup has).
     leases.extend(
-        golden_build_pids(state_dir)
+        golden_build_vmms(state_dir)
             .into_iter()
-            .map(|p| (String::new(), Some(p))),
+            .map(|v| (String::new(), Some(v))),
     );
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -111,8 +116,13 @@ pub fn running_vmms(state_dir: &Path) -> Vec<i32> {
         .collect()
 }
 
-fn belongs_to(pid: i32, state_dir: &Path, leases: &[(String, Option<i32>)]) -> bool {
-    if leases.iter().any(|(_, p)| *p == Some(pid)) {
+fn belongs_to(pid: i32, state_dir: &Path, leases: &[(String, Option<VmmProcess>)]) -> bool {
+    // This very process: its pid and start time (a recorded VMM that ended may have left
+    // its pid to another test's).
+    if leases
+        .iter()
+        .any(|(_, v)| v.as_ref().is_some_and(|v| v.pid == pid && v.is_running()))
+    {
         return true;
     }
     let dir = state_dir.as_os_str().as_encoded_bytes();
