@@ -17,9 +17,9 @@ use vmm_protocol::Event;
 /// most by its one-line failure message; while a guest boots, the log holds a few lines.
 const TAIL_BYTES: u64 = 16 << 10;
 
-/// The events among the last [`TAIL_BYTES`] of the log, oldest first (none when there is
-/// no log).
-fn tail_events(log: &Path) -> Vec<Event> {
+/// The last [`TAIL_BYTES`] of the log as text (empty when there is no log). Never more:
+/// the VMM writes the log, and one that a hostile guest took over could make it any size.
+pub fn tail_text(log: &Path) -> String {
     let read = || -> std::io::Result<Vec<u8>> {
         let mut f = std::fs::File::open(log)?;
         let len = f.metadata()?.len();
@@ -28,10 +28,15 @@ fn tail_events(log: &Path) -> Vec<Event> {
         f.take(TAIL_BYTES).read_to_end(&mut tail)?;
         Ok(tail)
     };
-    let Ok(tail) = read() else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&tail)
+    read()
+        .map(|tail| String::from_utf8_lossy(&tail).into_owned())
+        .unwrap_or_default()
+}
+
+/// The events among the last [`TAIL_BYTES`] of the log, oldest first (none when there is
+/// no log).
+fn tail_events(log: &Path) -> Vec<Event> {
+    tail_text(log)
         .lines()
         .filter_map(|line| Event::from_line(line).ok())
         .collect()
@@ -81,6 +86,28 @@ pub fn boot_progress(log: &Path) -> BootProgress {
 mod tests {
     use super::*;
     use vmm_protocol::ExitReason;
+
+    #[test]
+    fn only_the_tail_of_a_huge_log_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("l.vmm.log");
+        // 64 MiB of one unending line (a VMM a hostile guest took over), then a last line.
+        let f = std::fs::File::create(&log).expect("create");
+        f.set_len(64 << 20).expect("sparse 64 MiB");
+        drop(f);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .expect("open");
+        std::io::Write::write_all(&mut f, b"\nthe last words\n").expect("write");
+        let tail = tail_text(&log);
+        assert_eq!(tail.len() as u64, TAIL_BYTES, "read from the end only");
+        assert!(
+            tail.ends_with("the last words\n"),
+            "{:?}",
+            &tail[tail.len() - 20..]
+        );
+    }
 
     #[test]
     fn the_last_exit_event_of_the_log_is_found() {

@@ -811,10 +811,9 @@ async fn stop_unrouted(s: &Shared, id: &str, boot: &BootFigures, pid: Option<i32
     crate::guest_stop::carry_out(isolation, std::sync::Arc::clone(&s.ledger), target).await;
 }
 
-/// The last non-empty line of a (small) VMM log, for a log line about it.
+/// The last non-empty line of a VMM log (read from its end only), for a log line about it.
 fn last_line(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    crate::vmm_log_events::tail_text(path)
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
