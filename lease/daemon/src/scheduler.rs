@@ -29,7 +29,7 @@
 //! there, and nothing makes it again) can never be metered again, so it is stopped.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -39,6 +39,7 @@ use crate::capacity::Totals;
 use crate::guest_stop::stop_guest;
 use crate::ledger::{GuestEnded, LeaseRow, LedgerError, Sample, TickAction};
 use crate::supervisor::{GuestExit, GuestPaths, GUEST_CRASH_CODE};
+use crate::usage_floor::{self, Floored};
 use crate::vmm_process::VmmProcess;
 use coinop_proto::{LeaseState, StopReason};
 use vmm_protocol::client::{self, ControlError};
@@ -350,7 +351,7 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
         let l = l.clone();
         reads.spawn(async move { read(&l, recheck).await });
     }
-    let mut usages: Vec<(String, Usage, bool, bool)> = Vec::with_capacity(leases.len());
+    let mut usages: Vec<(String, Floored, bool, bool)> = Vec::with_capacity(leases.len());
     let mut answered = std::collections::HashSet::with_capacity(leases.len());
     let deadline = tokio::time::Instant::now() + read_deadline(s.config.tick_ms);
     loop {
@@ -371,7 +372,8 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
             Ok(u) => {
                 s.supervisor.reached(&r.id);
                 s.supervisor.isolation().check_cpu(&r.id, u.vcpu_total_us);
-                usages.push((r.id, u, r.paused, r.unfunded))
+                let floored = held_to_floors(s, &r.id, &u, r.paused, r.unfunded);
+                usages.push((r.id, floored, r.paused, r.unfunded))
             }
             Err(e) => {
                 if r.recheck {
@@ -386,20 +388,16 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
     }
     crate::fault::hit(crate::fault::point::TICK_READ);
     let s2 = s.clone();
-    let owned: Vec<(String, u64, u64, bool, bool)> = usages
-        .into_iter()
-        .map(|(id, u, paused, unfunded)| (id, u.vcpu_total_us, u.uptime_us, paused, unfunded))
-        .collect();
     // Only a VMM found paused while the ledger had its lease running is resumed below.
-    let paused: Vec<String> = owned.iter().filter(|o| o.3).map(|o| o.0.clone()).collect();
+    let paused: Vec<String> = usages.iter().filter(|o| o.2).map(|o| o.0.clone()).collect();
     let outcomes = tokio::task::spawn_blocking(move || {
-        let samples: Vec<Sample<'_>> = owned
+        let samples: Vec<Sample<'_>> = usages
             .iter()
-            .map(|(id, v, u, paused, unfunded)| Sample {
+            .map(|(id, f, _, unfunded)| Sample {
                 lease_id: id,
-                vcpu_total_us: *v,
-                uptime_us: *u,
-                vm_paused: *paused || *unfunded,
+                vcpu_total_us: f.vcpu_total_us,
+                uptime_us: f.uptime_us,
+                vm_paused: f.paused || *unfunded,
             })
             .collect();
         s2.ledger.apply_tick(&samples, s2.prices, s2.config.grace_s)
@@ -453,6 +451,39 @@ fn read_deadline(tick_ms: u64) -> Duration {
 /// The floor of [`read_deadline`]: a control reply on a loaded host takes a few ms, so
 /// only a VMM that is not answering misses it.
 const READ_DEADLINE_MIN: Duration = Duration::from_millis(250);
+
+/// Lease `id`'s reading `u` as the ledger bills it: for a running lease, held to the floors
+/// of [`crate::usage_floor`] (a VMM cannot bill itself less than the kernel and coinopd's
+/// clock saw); for one paused for lack of funds, as read (the ledger only moves its
+/// baselines), its floors started afresh once it runs again.
+fn held_to_floors(s: &Shared, id: &str, u: &Usage, vmm_paused: bool, unfunded: bool) -> Floored {
+    let floors = s.supervisor.usage_floors();
+    if unfunded {
+        floors.forget(id);
+        return Floored {
+            vcpu_total_us: u.vcpu_total_us,
+            uptime_us: u.uptime_us,
+            paused: vmm_paused,
+            raised: false,
+        };
+    }
+    let reading = usage_floor::Reading {
+        vcpu_total_us: u.vcpu_total_us,
+        uptime_us: u.uptime_us,
+        vmm_paused,
+        cgroup_cpu_us: s.supervisor.isolation().cgroup_cpu_us(id),
+        at: Instant::now(),
+    };
+    let f = floors.floor(id, reading, read_deadline(s.config.tick_ms));
+    if f.raised && floors.first_raise(id) {
+        tracing::warn!(lease = %id, vmm_vcpu_total_us = u.vcpu_total_us,
+            vmm_uptime_us = u.uptime_us, vmm_paused, billed_vcpu_total_us = f.vcpu_total_us,
+            billed_uptime_us = f.uptime_us, billed_paused = f.paused,
+            "the VMM reported less than the kernel and coinopd's clock saw: billed the floor \
+             (said once a lease)");
+    }
+    f
+}
 
 /// The leases whose usage was not read by the tick's deadline: kept as they are (room
 /// held, not billed this tick) and read again next tick, their run state too if it was

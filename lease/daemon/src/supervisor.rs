@@ -345,6 +345,8 @@ pub struct Supervisor {
     /// Leases whose VMM runs with nothing listening at its control socket, since when
     /// (the scheduler's first such reading).
     unreachable: Mutex<HashMap<String, Instant>>,
+    /// What each running lease's readings are held to (the kernel's count, coinopd's clock).
+    usage_floors: crate::usage_floor::UsageFloors,
 }
 
 /// How a VMM that missed its boot timeout is ended.
@@ -435,6 +437,7 @@ impl Supervisor {
             own_children: Mutex::default(),
             recheck: Mutex::default(),
             unreachable: Mutex::default(),
+            usage_floors: Default::default(),
         }
     }
 
@@ -459,10 +462,17 @@ impl Supervisor {
         locked(&self.recheck).remove(lease_id)
     }
 
-    /// Forgets the rechecks, and the unreachable control sockets, of leases not in `live`.
+    /// Forgets the rechecks, the unreachable control sockets and the usage floors of leases
+    /// not in `live`.
     pub fn keep_live(&self, live: &HashSet<&str>) {
         locked(&self.recheck).retain(|id| live.contains(id.as_str()));
         locked(&self.unreachable).retain(|id, _| live.contains(id.as_str()));
+        self.usage_floors.keep_live(live);
+    }
+
+    /// The floors under the running leases' readings ([`crate::usage_floor`]).
+    pub fn usage_floors(&self) -> &crate::usage_floor::UsageFloors {
+        &self.usage_floors
     }
 
     /// `lease_id`'s VMM runs and nothing listens at its control socket: for how long so

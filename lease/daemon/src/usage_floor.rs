@@ -1,0 +1,299 @@
+//! The kernel's floor under what a VMM says its guest used.
+//!
+//! Metering bills the vCPU time and uptime a lease's VMM reports, and leaves memory time
+//! unbilled while the VMM says it is paused. A VMM that a hostile guest took over could
+//! report flat counters, or "paused", and run on unbilled. So each reading of a running
+//! lease is held to what coinopd can see without the VMM:
+//!
+//! - **vCPU time** at least half of what the kernel counted for the lease's cgroup (all
+//!   of its VMM's threads) since the lease's anchor, less 1% of the time since then. An
+//!   honest VMM is never raised by it: its vCPU threads do most of its CPU work, and an
+//!   idle one's own threads use far less than 1% (timers, these readings). A lying one
+//!   pays at least about half of its CPU.
+//! - **uptime** at least coinopd's own clock since the anchor, less twice the tick's read
+//!   deadline (a VMM reads its clock somewhere between coinopd's ask and its answer).
+//! - **"paused"** is believed once in a row: coinopd resumes a VMM found paused while its
+//!   lease runs, so an honest one says it once (found paused at re-adoption); a VMM still
+//!   saying so at the next reading is billed its memory time.
+//!
+//! The anchor is the first reading of a running lease (and one after each accepted pause,
+//! so paused time is never billed later): in memory only, so after a coinopd restart the
+//! first reading is taken as it comes. The floors only raise the sample handed to the
+//! ledger; the ledger's cumulative baselines keep every µs billed once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One reading of a running lease, with what coinopd saw itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading {
+    /// The VMM's cumulative vCPU time, µs.
+    pub vcpu_total_us: u64,
+    /// The VMM's uptime, µs.
+    pub uptime_us: u64,
+    /// The VMM says it is paused (while the ledger has the lease running).
+    pub vmm_paused: bool,
+    /// The kernel's count of the lease's cgroup CPU time, µs (`None` without a cgroup).
+    pub cgroup_cpu_us: Option<u64>,
+    /// When coinopd took the reading.
+    pub at: Instant,
+}
+
+/// What the ledger bills for a reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Floored {
+    /// Cumulative vCPU time to bill up to, µs.
+    pub vcpu_total_us: u64,
+    /// Uptime to bill memory time up to, µs.
+    pub uptime_us: u64,
+    /// Whether this reading's interval is taken as paused (no memory time).
+    pub paused: bool,
+    /// Whether a floor raised the VMM's figures (or a pause claim was not believed).
+    pub raised: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    at: Instant,
+    cgroup_cpu_us: Option<u64>,
+    vcpu_total_us: u64,
+    uptime_us: u64,
+    /// The VMM said "paused" at the reading before this one.
+    said_paused: bool,
+}
+
+/// The anchors of the running leases.
+#[derive(Debug, Default)]
+pub struct UsageFloors {
+    anchors: Mutex<HashMap<String, Anchor>>,
+    /// Leases whose raised readings were logged (once a lease).
+    logged: Mutex<HashSet<String>>,
+}
+
+/// The share of the elapsed time a VMM's own threads may use beyond the floor (1%).
+const OVERHEAD_PER_MILLE: u128 = 10;
+
+impl UsageFloors {
+    /// Holds `r`, a reading of running lease `id`, to the floors (see the module's top);
+    /// `read_deadline` is how long a tick waits for a reading.
+    pub fn floor(&self, id: &str, r: Reading, read_deadline: Duration) -> Floored {
+        let mut anchors = self.anchors.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(a) = anchors.get(id).copied() else {
+            anchors.insert(id.to_string(), anchor_at(&r, r.vcpu_total_us, r.uptime_us));
+            return Floored {
+                vcpu_total_us: r.vcpu_total_us,
+                uptime_us: r.uptime_us,
+                paused: r.vmm_paused,
+                raised: false,
+            };
+        };
+        let out = floored(&a, &r, read_deadline);
+        let next = if out.paused {
+            // Paused time is not billed: the floors start again from here.
+            anchor_at(&r, out.vcpu_total_us, out.uptime_us)
+        } else {
+            a
+        };
+        anchors.insert(
+            id.to_string(),
+            Anchor {
+                said_paused: r.vmm_paused,
+                ..next
+            },
+        );
+        out
+    }
+
+    /// Forgets lease `id`'s anchor: it is not running (paused for lack of funds, stopped),
+    /// so its next running reading starts a new one.
+    pub fn forget(&self, id: &str) {
+        self.anchors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Forgets the anchors of leases not in `live`.
+    pub fn keep_live(&self, live: &HashSet<&str>) {
+        self.anchors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| live.contains(id.as_str()));
+        self.logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id| live.contains(id.as_str()));
+    }
+
+    /// Whether a raised reading of lease `id` is the first one to log (a hostile VMM would
+    /// otherwise log one every tick).
+    pub fn first_raise(&self, id: &str) -> bool {
+        self.logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string())
+    }
+}
+
+fn anchor_at(r: &Reading, vcpu_total_us: u64, uptime_us: u64) -> Anchor {
+    Anchor {
+        at: r.at,
+        cgroup_cpu_us: r.cgroup_cpu_us,
+        vcpu_total_us,
+        uptime_us,
+        said_paused: r.vmm_paused,
+    }
+}
+
+fn floored(a: &Anchor, r: &Reading, read_deadline: Duration) -> Floored {
+    let elapsed = r.at.saturating_duration_since(a.at);
+    let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    let vcpu_floor = match (a.cgroup_cpu_us, r.cgroup_cpu_us) {
+        (Some(then), Some(now)) => {
+            let overhead =
+                u64::try_from(elapsed.as_micros() * OVERHEAD_PER_MILLE / 1000).unwrap_or(u64::MAX);
+            let half = now.saturating_sub(then) / 2;
+            a.vcpu_total_us
+                .saturating_add(half.saturating_sub(overhead))
+        }
+        _ => 0,
+    };
+    // Believed only if it did not say so at the reading before (see the module's top).
+    let paused = r.vmm_paused && !a.said_paused;
+    let slack_us = u64::try_from(read_deadline.as_micros() * 2).unwrap_or(u64::MAX);
+    let uptime_floor = if paused {
+        0
+    } else {
+        a.uptime_us
+            .saturating_add(elapsed_us.saturating_sub(slack_us))
+    };
+    let vcpu_total_us = r.vcpu_total_us.max(vcpu_floor);
+    let uptime_us = r.uptime_us.max(uptime_floor);
+    Floored {
+        vcpu_total_us,
+        uptime_us,
+        paused,
+        raised: vcpu_total_us != r.vcpu_total_us
+            || uptime_us != r.uptime_us
+            || paused != r.vmm_paused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_millis(250);
+
+    fn reading(t0: Instant, ms: u64, vcpu_ms: u64, up_ms: u64, cg_ms: u64) -> Reading {
+        Reading {
+            vcpu_total_us: vcpu_ms * 1000,
+            uptime_us: up_ms * 1000,
+            vmm_paused: false,
+            cgroup_cpu_us: Some(cg_ms * 1000),
+            at: t0 + Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn an_honest_vmm_is_billed_as_it_reports() {
+        let f = UsageFloors::default();
+        let t0 = Instant::now();
+        // Spinning: vCPU time close to the cgroup's, which adds the VMM's own threads.
+        for (i, (ms, vcpu, up, cg)) in [
+            (0, 40, 1000, 55),
+            (1000, 1000, 2000, 1050),
+            (2000, 1960, 3000, 2100),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let r = reading(t0, ms, vcpu, up, cg);
+            let out = f.floor("a", r, DEADLINE);
+            assert_eq!(
+                (out.vcpu_total_us, out.uptime_us, out.raised),
+                (r.vcpu_total_us, r.uptime_us, false),
+                "reading {i}"
+            );
+        }
+        // A VMM's uptime read up to a read deadline before coinopd's clock.
+        let r = reading(t0, 4000, 3900, 5000 - 240, 4150);
+        assert!(!f.floor("a", r, DEADLINE).raised);
+        // Idle from the start: no vCPU time, the VMM's own threads 0.5% of the time.
+        f.floor("b", reading(t0, 0, 30, 500, 40), DEADLINE);
+        for s in 1..=60 {
+            let r = reading(t0, s * 1000, 30, 500 + s * 1000, 40 + s * 5);
+            assert!(!f.floor("b", r, DEADLINE).raised, "second {s}");
+        }
+    }
+
+    #[test]
+    fn flat_counters_are_raised_to_the_kernels_count_and_coinopds_clock() {
+        let f = UsageFloors::default();
+        let t0 = Instant::now();
+        f.floor("a", reading(t0, 0, 100, 1000, 120), DEADLINE);
+        // Ten seconds of a spinning guest whose VMM says nothing moved.
+        let out = f.floor("a", reading(t0, 10_000, 100, 1000, 10_120), DEADLINE);
+        assert!(out.raised);
+        // Half the cgroup's 10 s, less 1% of the 10 s.
+        assert_eq!(out.vcpu_total_us, (100 + 5_000 - 100) * 1000);
+        // coinopd's 10 s, less twice the read deadline.
+        assert_eq!(out.uptime_us, (1000 + 10_000 - 500) * 1000);
+        // Cumulative from the anchor: the next reading bills only what came since.
+        let next = f.floor("a", reading(t0, 20_000, 100, 1000, 20_120), DEADLINE);
+        assert_eq!(next.vcpu_total_us, (100 + 10_000 - 200) * 1000);
+        assert_eq!(next.uptime_us, (1000 + 20_000 - 500) * 1000);
+    }
+
+    #[test]
+    fn without_a_cgroup_only_the_uptime_is_floored() {
+        let f = UsageFloors::default();
+        let t0 = Instant::now();
+        let mut r = reading(t0, 0, 100, 1000, 0);
+        r.cgroup_cpu_us = None;
+        f.floor("a", r, DEADLINE);
+        let mut r = reading(t0, 5000, 100, 1000, 0);
+        r.cgroup_cpu_us = None;
+        let out = f.floor("a", r, DEADLINE);
+        assert_eq!(out.vcpu_total_us, 100_000);
+        assert_eq!(out.uptime_us, (1000 + 5000 - 500) * 1000);
+    }
+
+    #[test]
+    fn paused_is_believed_once_in_a_row_and_paused_time_is_not_billed_later() {
+        let f = UsageFloors::default();
+        let t0 = Instant::now();
+        f.floor("a", reading(t0, 0, 100, 1000, 100), DEADLINE);
+        let mut r = reading(t0, 5000, 100, 1000, 101);
+        r.vmm_paused = true;
+        let first = f.floor("a", r, DEADLINE);
+        assert!(first.paused, "believed once: {first:?}");
+        assert_eq!(first.uptime_us, 1_000_000, "no memory time for it");
+        // Still "paused" after coinopd resumed it: its memory time is billed.
+        let mut r = reading(t0, 6000, 100, 1000, 102);
+        r.vmm_paused = true;
+        let again = f.floor("a", r, DEADLINE);
+        assert!(!again.paused && again.raised, "{again:?}");
+        // From the pause's reading on (1 s), not the 5 s before it.
+        assert_eq!(again.uptime_us, (1000 + 1000 - 500) * 1000);
+        // Running again: a later pause is believed once more.
+        f.floor("a", reading(t0, 7000, 100, 3000, 103), DEADLINE);
+        let mut r = reading(t0, 8000, 100, 4000, 104);
+        r.vmm_paused = true;
+        assert!(f.floor("a", r, DEADLINE).paused);
+    }
+
+    #[test]
+    fn a_forgotten_lease_starts_a_new_anchor() {
+        let f = UsageFloors::default();
+        let t0 = Instant::now();
+        f.floor("a", reading(t0, 0, 100, 1000, 100), DEADLINE);
+        f.forget("a");
+        // Paused for lack of funds meanwhile: its 30 s are not billed by a floor.
+        let out = f.floor("a", reading(t0, 30_000, 100, 1000, 100), DEADLINE);
+        assert!(!out.raised);
+        f.keep_live(&HashSet::new());
+        assert!(f.anchors.lock().expect("lock").is_empty());
+    }
+}
