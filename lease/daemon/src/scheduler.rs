@@ -28,7 +28,7 @@
 //! across restarts. One whose control socket is gone (not a slow answer: nothing listens
 //! there, and nothing makes it again) can never be metered again, so it is stopped.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -40,6 +40,7 @@ use crate::guest_stop::stop_guest;
 use crate::ledger::{GuestEnded, LeaseRow, LedgerError, Sample, TickAction};
 use crate::supervisor::{GuestExit, GuestPaths, GUEST_CRASH_CODE};
 use crate::usage_floor::{self, Floored};
+use crate::vmm_file_bounds;
 use crate::vmm_process::VmmProcess;
 use coinop_proto::{LeaseState, StopReason};
 use vmm_protocol::client::{self, ControlError};
@@ -342,6 +343,11 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
         .collect();
     let ids: std::collections::HashSet<&str> = leases.iter().map(|l| l.id.as_str()).collect();
     s.supervisor.keep_live(&ids);
+    // A VMM that wrote beyond its files' bounds is stopped, not read.
+    let leases: Vec<LeaseRow> = leases
+        .into_iter()
+        .filter(|l| !stopped_for_files(s, l))
+        .collect();
     if leases.is_empty() {
         return Ok(());
     }
@@ -451,6 +457,40 @@ fn read_deadline(tick_ms: u64) -> Duration {
 /// The floor of [`read_deadline`]: a control reply on a loaded host takes a few ms, so
 /// only a VMM that is not answering misses it.
 const READ_DEADLINE_MIN: Duration = Duration::from_millis(250);
+
+/// Checks the files lease `l`'s VMM writes ([`crate::vmm_file_bounds`]); one beyond its
+/// bound stops the lease `control_lost` (VMM killed, balance kept) and is cut back.
+/// Returns whether it did.
+fn stopped_for_files(s: &Shared, l: &LeaseRow) -> bool {
+    let paths = GuestPaths::for_lease(&s.config.run_dir(), &l.id);
+    let rootfs_bytes = s
+        .config
+        .images
+        .get(&l.image)
+        .and_then(|spec| spec.rootfs.as_deref())
+        .and_then(|base| std::fs::metadata(base).ok())
+        .map(|m| m.len());
+    let overlay = s.supervisor.isolation().overlay_path(&l.id);
+    let bounds = vmm_file_bounds::bounds(
+        Path::new(&l.console_path),
+        &paths.log,
+        s.config.console_max_bytes,
+        rootfs_bytes.map(|b| (overlay.as_path(), b)),
+    );
+    let Some(o) = vmm_file_bounds::first_overrun(&bounds) else {
+        return false;
+    };
+    tracing::error!(lease = %l.id, pid = ?l.pid, file = %o.bound.path.display(),
+        bytes = o.bytes, max_bytes = o.bound.max_bytes,
+        "its VMM wrote its {} beyond what an honest one writes: stopping it (control_lost)",
+        o.bound.what);
+    stop_control_lost(s, l);
+    if let Err(e) = vmm_file_bounds::cut_back(&o) {
+        tracing::error!(lease = %l.id, file = %o.bound.path.display(), error = %e,
+            "cutting the file back to its bound failed");
+    }
+    true
+}
 
 /// Lease `id`'s reading `u` as the ledger bills it: for a running lease, held to the floors
 /// of [`crate::usage_floor`] (a VMM cannot bill itself less than the kernel and coinopd's

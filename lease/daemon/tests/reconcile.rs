@@ -553,6 +553,48 @@ async fn a_vmm_that_stops_answering_is_stopped_control_lost() {
     d.shutdown().await;
 }
 
+/// A VMM that writes its console file beyond `--console-max-bytes` (the cap is the VMM's to
+/// keep; here the test writes as a VMM a hostile guest took over would) is stopped
+/// `control_lost` at the next tick, killed, and its file cut back to the bound: it cannot
+/// fill the disk every lease's files share. Before, nothing looked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vmm_writing_beyond_its_console_cap_is_stopped_and_cut_back() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let d = Daemon::start(dir.path(), &["--console-max-bytes", "4096"]).await;
+    let lease = spinning_lease(&d, 50).await;
+    let vmm = recorded_vmm(dir.path(), &lease.id);
+    let console = row(dir.path(), &lease.id).console_path;
+    let bound = 4096 + (64 << 10);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&console)
+        .expect("this test's lease's console");
+    f.set_len(64 << 20).expect("64 MiB of console");
+    drop(f);
+    let path = format!("/v1/leases/{}", lease.id);
+    wait_for(
+        async || d.call("GET", &path, Some(&lease.token), None).await.json()["state"] == "stopped",
+        "the lease's stop",
+    )
+    .await;
+    let v = d.call("GET", &path, Some(&lease.token), None).await.json();
+    assert_eq!(v["stop_reason"], "control_lost", "{v}");
+    assert!(v["balance_msat"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert!(
+        ends_within(&vmm, Duration::from_secs(10)).await,
+        "the VMM was killed"
+    );
+    let left = std::fs::metadata(&console)
+        .expect("the console is kept")
+        .len();
+    assert!(left <= bound, "cut back to {bound}: {left}");
+    books_balance(dir.path(), &lease.id);
+    d.shutdown().await;
+}
+
 /// A re-adopted guest that crashes is `guest_crashed` like a fresh one, both when it
 /// crashes while no coinopd runs (found ended at re-adoption) and when it crashes after the
 /// restart (found ended by a tick): its VMM is then nobody's child that coinopd can wait
