@@ -1001,19 +1001,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_refused_resend_with_spent_inputs_keeps_its_blanks() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let m = open_mint(dir.path());
-        let (mut w, req) = wallet_with_a_lost_swap(&m, &dir.path().join("w.json"));
-        let elsewhere = Wallet::open(&dir.path().join("other.json"))
-            .expect("wallet")
-            .new_outputs("x", &m.active_keyset_id(), &[8])
-            .expect("blanks");
-        m.swap(&SwapRequest {
-            inputs: req.inputs.clone(),
-            outputs: elsewhere,
-        })
-        .expect("the inputs spent by another request");
-        let socket = dir.path().join("d.sock");
-        test_daemon(&socket, mint_routes(m.clone(), None));
+        let (_m, mut w, req, socket) = a_swap_spent_elsewhere(dir.path());
         resume(&mut w, &socket).await.expect("the command goes on");
         assert_eq!(w.pending_swaps(), vec![("swap-1".to_string(), req)], "kept");
         assert_eq!(w.balance_sat(), 0);

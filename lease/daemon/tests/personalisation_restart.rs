@@ -287,52 +287,7 @@ async fn a_guest_awaiting_its_line_gets_it_from_the_restarted_coinopd() {
 /// stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_exit_in_the_vmm_log_does_not_end_an_adopted_boot() {
-    if !kvm_or_skip() {
-        return;
-    }
-    let dir = StateDir::new();
-    let o = create_into_crash_at(dir.path(), point::CREATE_AWAITING_PERSONALISATION).await;
-    // Never ready (it takes its line but runs nothing), and its log says it exited.
-    let paused = vmm_protocol::client::set_state(&o.control, Request::Pause).await;
-    assert!(paused.is_ok(), "{paused:?}");
-    let log = dir.path().join("run").join(format!("{}.vmm.log", o.id));
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&log)
-        .expect("the VMM's log");
-    writeln!(
-        f,
-        r#"{{"event":"exit","t_us":1,"code":0,"reason":"stopped"}}"#
-    )
-    .expect("forged");
-    drop(f);
-
-    let image = agent_image(false);
-    let d = Daemon::spawn(
-        dir.path(),
-        &["--image", image.as_str(), "--boot-timeout-ms", "1500"],
-        &[],
-    )
-    .await;
-    let r = d
-        .call("POST", "/v1/leases", None, Some(o.body.clone()))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["stop_reason"], "boot_failed", "{}", r.text());
-    let log = d.log();
-    assert!(
-        !log.contains("ended before it was ready"),
-        "the forged line ended the boot:\n{log}"
-    );
-    assert!(log.contains("did not report guest_ready in time"), "{log}");
-    wait_for(async || !o.vmm.is_running(), "the VMM stopped").await;
-    wait_for(
-        async || row(dir.path(), &o.id).vmm_gone,
-        "the VMM recorded gone",
-    )
-    .await;
-    books_balance(dir.path(), &o.id);
-    d.shutdown().await;
+    adopted_agent_guest_never_ready_with(&["--boot-timeout-ms", "1500"], true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,6 +420,15 @@ async fn an_adopted_agent_guest_stuck_after_its_line_fails_at_the_personalisatio
 /// the restarted coinopd (with `extra`) fails its boot unbilled, and the create's retry
 /// answers with the failed lease. Returns how long that retry took (`None`: skipped).
 async fn adopted_agent_guest_never_ready(extra: &[&str]) -> Option<std::time::Duration> {
+    adopted_agent_guest_never_ready_with(extra, false).await
+}
+
+/// [`adopted_agent_guest_never_ready`], with an `exit` line forged into the VMM's log
+/// before the restart when `forged_exit`.
+async fn adopted_agent_guest_never_ready_with(
+    extra: &[&str],
+    forged_exit: bool,
+) -> Option<std::time::Duration> {
     if !kvm_or_skip() {
         return None;
     }
@@ -472,6 +436,18 @@ async fn adopted_agent_guest_never_ready(extra: &[&str]) -> Option<std::time::Du
     let o = create_into_crash_at(dir.path(), point::CREATE_AWAITING_PERSONALISATION).await;
     let paused = vmm_protocol::client::set_state(&o.control, Request::Pause).await;
     assert!(paused.is_ok(), "{paused:?}");
+    if forged_exit {
+        let log = dir.path().join("run").join(format!("{}.vmm.log", o.id));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .expect("the VMM's log");
+        writeln!(
+            f,
+            r#"{{"event":"exit","t_us":1,"code":0,"reason":"stopped"}}"#
+        )
+        .expect("forged");
+    }
 
     let image = agent_image(false);
     let mut args = vec!["--image", image.as_str()];
@@ -509,6 +485,10 @@ async fn adopted_agent_guest_never_ready(extra: &[&str]) -> Option<std::time::Du
     .await;
     let log = d.log();
     assert!(log.contains("its boot failed"), "{log}");
+    assert!(
+        !log.contains("ended before it was ready"),
+        "its VMM runs: {log}"
+    );
     books_balance(dir.path(), &o.id);
     d.shutdown().await;
     Some(took)
