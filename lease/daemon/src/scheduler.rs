@@ -378,7 +378,8 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
             Ok(u) => {
                 s.supervisor.reached(&r.id);
                 s.supervisor.isolation().check_cpu(&r.id, u.vcpu_total_us);
-                let floored = held_to_floors(s, &r.id, &u, r.paused, r.unfunded);
+                let vmm = leases.iter().find(|l| l.id == r.id).and_then(LeaseRow::vmm);
+                let floored = held_to_floors(s, &r.id, vmm, &u, r.paused, r.unfunded);
                 usages.push((r.id, floored, r.paused, r.unfunded))
             }
             Err(e) => {
@@ -496,7 +497,14 @@ fn stopped_for_files(s: &Shared, l: &LeaseRow) -> bool {
 /// of [`crate::usage_floor`] (a VMM cannot bill itself less than the kernel and coinopd's
 /// clock saw); for one paused for lack of funds, as read (the ledger only moves its
 /// baselines), its floors started afresh once it runs again.
-fn held_to_floors(s: &Shared, id: &str, u: &Usage, vmm_paused: bool, unfunded: bool) -> Floored {
+fn held_to_floors(
+    s: &Shared,
+    id: &str,
+    vmm: Option<VmmProcess>,
+    u: &Usage,
+    vmm_paused: bool,
+    unfunded: bool,
+) -> Floored {
     let floors = s.supervisor.usage_floors();
     if unfunded {
         floors.forget(id);
@@ -511,7 +519,7 @@ fn held_to_floors(s: &Shared, id: &str, u: &Usage, vmm_paused: bool, unfunded: b
         vcpu_total_us: u.vcpu_total_us,
         uptime_us: u.uptime_us,
         vmm_paused,
-        cgroup_cpu_us: s.supervisor.isolation().cgroup_cpu_us(id),
+        guest_time_us: vmm.and_then(|v| v.guest_time_us()),
         at: Instant::now(),
     };
     let f = floors.floor(id, reading, read_deadline(s.config.tick_ms));

@@ -25,6 +25,9 @@ pub struct ProcStat {
     pub state: char,
     /// Field 22: when the process started, in clock ticks since boot.
     pub start_ticks: u64,
+    /// Field 43: time its threads spent running a guest's vCPUs (the kernel's count), in
+    /// clock ticks; `None` from a kernel that does not report it.
+    pub guest_ticks: Option<u64>,
 }
 
 impl ProcStat {
@@ -47,10 +50,13 @@ impl ProcStat {
         let state = rest.next()?.chars().next()?;
         // `state` is field 3; starttime is field 22, i.e. 19 fields further on.
         let start_ticks = rest.nth(18)?.parse().ok()?;
+        // guest_time is field 43, 21 fields after starttime.
+        let guest_ticks = rest.nth(20).and_then(|f| f.parse().ok());
         Some(ProcStat {
             comm,
             state,
             start_ticks,
+            guest_ticks,
         })
     }
 
@@ -77,6 +83,19 @@ impl VmmProcess {
             pid,
             start_ticks: Some(stat.start_ticks),
         })
+    }
+
+    /// The kernel's count of the time this very process (same pid and start time) spent
+    /// running its guest's vCPUs, µs; `None` when it is gone or the kernel does not say.
+    pub fn guest_time_us(&self) -> Option<u64> {
+        let stat = ProcStat::read(self.pid).filter(|s| self.matches(s))?;
+        let ticks = stat.guest_ticks?;
+        let per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .and_then(|t| u64::try_from(t).ok())
+            .filter(|t| *t > 0)?;
+        Some(ticks.saturating_mul(1_000_000) / per_s)
     }
 
     /// Whether this very process still runs: same pid and start time, not a zombie.
@@ -218,6 +237,20 @@ mod tests {
         assert_eq!((s.comm.as_str(), s.start_ticks), ("a) b (c", 987654));
         assert!(ProcStat::parse("4242 (x) S 1 2").is_none());
         assert!(ProcStat::parse("garbage").is_none());
+    }
+
+    #[test]
+    fn the_guest_time_is_field_43() {
+        assert_eq!(ProcStat::parse(STAT).expect("parses").guest_ticks, Some(0));
+        let busy = STAT.replace(" 17 1 0 0 0 0 0", " 17 1 0 0 0 1234 0");
+        assert_eq!(
+            ProcStat::parse(&busy).expect("parses").guest_ticks,
+            Some(1234)
+        );
+        // An old kernel's shorter line: no guest time, still a process.
+        let old: String = STAT.split(' ').take(30).collect::<Vec<_>>().join(" ");
+        let s = ProcStat::parse(&old).expect("parses");
+        assert_eq!((s.start_ticks, s.guest_ticks), (987654, None));
     }
 
     #[test]
