@@ -50,6 +50,11 @@ pub enum IsolationError {
     NetworkClaim(#[from] ClaimError),
 }
 
+/// The CPU time per period a paused lease's VMM gets ([`Isolation::hold_paused`]): 1 ms in
+/// the 100 ms period, the least cgroup v2 takes. An honest paused VMM only answers its
+/// control socket, which takes far less.
+pub const PAUSED_CPU_QUOTA_US: u64 = 1000;
+
 /// A live lease's confinement.
 #[derive(Debug, Default)]
 struct Confinement {
@@ -469,6 +474,33 @@ impl Isolation {
             return Vec::new();
         };
         crate::vmm_process::cgroup_pids(slot.dirs())
+    }
+
+    /// Holds `lease_id`'s VMM (`vcpus`, `mem_mib`) to [`PAUSED_CPU_QUOTA_US`] of CPU per
+    /// period while coinopd has its guest paused (`hold`), or gives it back its lease's
+    /// quota. A pause is the VMM's to carry out, and one that a hostile guest took over could
+    /// run on through the grace; held, it gets a sliver of one CPU, enough to answer its
+    /// control socket. Idempotent (the scheduler asks every tick, so a race between a pause
+    /// and a top-up is mended at the next one). Without a cgroup, nothing to do.
+    pub fn hold_paused(&self, lease_id: &str, vcpus: u32, mem_mib: u64, hold: bool) {
+        let leases = self.leases();
+        let Some(slot) = leases.get(lease_id).and_then(|c| c.slot.as_ref()) else {
+            return;
+        };
+        let full = cgroup::Limits::for_guest(vcpus, mem_mib);
+        let held = cgroup::Limits {
+            cpu_quota_us: PAUSED_CPU_QUOTA_US,
+            ..full
+        };
+        let (from, to) = if hold { (full, held) } else { (held, full) };
+        // Idempotent: a quota already in force is not written again (every tick asks).
+        if slot.cpu_quota_us().ok().flatten() == Some(to.cpu_quota_us) {
+            return;
+        }
+        if let Err(e) = slot.update_limits(&from, &to) {
+            tracing::warn!(lease = lease_id, hold, error = %e,
+                "setting the CPU quota of a paused lease's cgroup failed");
+        }
     }
 
     /// The kernel's count of CPU time `lease_id`'s cgroup used, µs (`None` without one).

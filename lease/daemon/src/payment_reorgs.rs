@@ -177,7 +177,28 @@ async fn set_guest(s: &Shared, id: &str, req: Request) {
     let Some(path) = control_path(s, id) else {
         return;
     };
+    let hold = matches!(req, Request::Pause);
+    let shape = s
+        .ledger
+        .get(id)
+        .ok()
+        .flatten()
+        .map(|l| (l.vcpus, l.mem_mib));
+    let held = |hold| {
+        if let Some((vcpus, mem_mib)) = shape {
+            s.supervisor
+                .isolation()
+                .hold_paused(id, vcpus, mem_mib, hold);
+        }
+    };
+    // Its quota back before it resumes; held once it is asked to pause.
+    if !hold {
+        held(false);
+    }
     if let Err(e) = client::set_state(&path, req).await {
         tracing::warn!(lease = %id, error = %e, "pausing/resuming the guest for a reorg failed");
+    }
+    if hold {
+        held(true);
     }
 }

@@ -133,6 +133,13 @@ async fn adopt_one(
     let isolation = s.supervisor.isolation();
     // Its jail and cgroup, if an earlier coinopd left them (also to find its processes).
     isolation.readopt(&l.id, path.clone());
+    // Its CPU quota as its state says (a crash may have come between a top-up's commit and
+    // the quota's return).
+    let paused = matches!(
+        l.state,
+        LeaseState::PausedUnfunded | LeaseState::PausedReorg
+    );
+    isolation.hold_paused(&l.id, l.vcpus, l.mem_mib, paused);
     let found = presence(s, l);
     let vmm = match (&st, found) {
         (_, Presence::Running(v)) => Some(v),
@@ -343,6 +350,14 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
         .collect();
     let ids: std::collections::HashSet<&str> = leases.iter().map(|l| l.id.as_str()).collect();
     s.supervisor.keep_live(&ids);
+    // Each lease's CPU quota as its state says: held while paused for lack of funds
+    // (mends a pause and a top-up that crossed).
+    for l in &leases {
+        let paused = l.state == LeaseState::PausedUnfunded;
+        s.supervisor
+            .isolation()
+            .hold_paused(&l.id, l.vcpus, l.mem_mib, paused);
+    }
     // A VMM that wrote beyond its files' bounds is stopped, not read.
     let leases: Vec<LeaseRow> = leases
         .into_iter()
@@ -427,6 +442,9 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
                     "running in the ledger but its VMM was paused; resuming it (the pause is not billed)");
                 // Asked again next tick if it does not take: the VMM still answers paused.
                 s.supervisor.recheck_state(&l.id);
+                s.supervisor
+                    .isolation()
+                    .hold_paused(&l.id, l.vcpus, l.mem_mib, false);
                 send_state(&l.id, path, Request::Resume, "resume");
             }
             TickAction::None => {}
@@ -436,6 +454,10 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
                 // `resume` may have been lost.
                 s.supervisor.recheck_state(&l.id);
                 send_state(&l.id, path, Request::Pause, "pause");
+                // Held to a sliver of CPU whatever the VMM does with the pause.
+                s.supervisor
+                    .isolation()
+                    .hold_paused(&l.id, l.vcpus, l.mem_mib, true);
             }
             TickAction::Stop => {
                 tracing::info!(lease = %l.id, "grace period over; stopping guest");

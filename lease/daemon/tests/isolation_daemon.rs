@@ -182,3 +182,92 @@ async fn two_coinopds_on_one_uid_range_never_share_a_uid() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A lease paused for lack of funds has its VMM held to a sliver of CPU in its cgroup
+/// (`cpu.max` 1 ms a period): the pause is the VMM's to carry out, and one that a hostile
+/// guest took over could run on through the grace. A top-up gives the quota back before
+/// the guest resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_out_of_funds_is_held_to_a_sliver_of_cpu_until_topped_up() {
+    if !kvm_or_skip() {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        let _ = writeln!(std::io::stderr(), "SKIPPED: jailing guests needs root");
+        return;
+    }
+    let cgroups = coinop_host::cgroup::detect(coinopd::isolation::CGROUP_PARENT);
+    if let coinop_host::cgroup::Cgroups::Unavailable { reason } = &cgroups {
+        let _ = writeln!(std::io::stderr(), "SKIPPED: no cgroups: {reason}");
+        return;
+    }
+    let dir = common::StateDir::new();
+    let base = (UID_BASE + 200).to_string();
+    let count = UID_COUNT.to_string();
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            "--jail-uid-base",
+            &base,
+            "--jail-uid-count",
+            &count,
+            "--grace-s",
+            "60",
+        ],
+    )
+    .await;
+    // 3 sat: about 2.7 s of one spinning vCPU with 64 MiB.
+    let proofs = d.mint_credit(3).await;
+    let more = d.mint_credit(5).await;
+    let CreatedLease { id, token, .. } = d
+        .create_lease(testguest_body(
+            "mode=spin:600000",
+            common::leases::credit_payment(&proofs),
+        ))
+        .await;
+    let slot = cgroups
+        .reopen_slot(&id)
+        .expect("a lease id")
+        .expect("its cgroup");
+    let quota = || slot.cpu_quota_us().expect("cpu quota");
+    // One vCPU: a whole CPU each period while it runs.
+    assert_eq!(quota(), Some(100_000));
+    let path = format!("/v1/leases/{id}");
+    wait_for(
+        async || {
+            d.call("GET", &path, Some(&token), None).await.json()["state"] == "paused_unfunded"
+        },
+        "pause at zero",
+    )
+    .await;
+    wait_for(
+        async || quota() == Some(coinopd::isolation::PAUSED_CPU_QUOTA_US),
+        "the paused lease's cgroup held to 1 ms a period",
+    )
+    .await;
+    let t = d
+        .call(
+            "POST",
+            &format!("/v1/leases/{id}/topup"),
+            Some(&token),
+            Some(serde_json::json!({"payment": {"credit": {"proofs": more}}})),
+        )
+        .await;
+    assert_eq!(t.status, 200, "{}", t.text());
+    assert_eq!(t.json()["state"], "running");
+    assert_eq!(quota(), Some(100_000), "its quota back with the top-up");
+    // And it runs again: its vCPU time moves.
+    let used = || async {
+        d.call("GET", &path, Some(&token), None).await.json()["used"]["vcpu_us"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = used().await;
+    wait_for(
+        async || used().await > before + 100_000,
+        "the guest running on its quota",
+    )
+    .await;
+    d.stop_lease(&id, &token).await;
+    d.shutdown().await;
+}

@@ -66,6 +66,9 @@ pub async fn topup(
         out.resumed
     };
     if resume {
+        s.supervisor
+            .isolation()
+            .hold_paused(&l.id, l.vcpus, l.mem_mib, false);
         if let Err(e) =
             vmm_protocol::client::set_state(std::path::Path::new(&l.control_path), Request::Resume)
                 .await

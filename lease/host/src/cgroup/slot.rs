@@ -63,7 +63,7 @@ fn mkdir(path: &Path) -> Result<(), Error> {
     }
 }
 
-fn read_u64(path: &Path, parse: impl Fn(&str) -> Option<u64>) -> Result<u64, Error> {
+fn read_parsed<T>(path: &Path, parse: impl Fn(&str) -> Option<T>) -> Result<T, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Read {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -222,8 +222,10 @@ impl CgroupSlot {
     /// source for metering next to the VMM's own `usage` report).
     pub fn cpu_usage_us(&self) -> Result<u64, Error> {
         match &self.usage {
-            Usage::V1(path) => read_u64(path, |t| t.trim().parse::<u64>().ok()).map(|ns| ns / 1000),
-            Usage::V2(path) => read_u64(path, |t| {
+            Usage::V1(path) => {
+                read_parsed(path, |t| t.trim().parse::<u64>().ok()).map(|ns| ns / 1000)
+            }
+            Usage::V2(path) => read_parsed(path, |t| {
                 t.lines()
                     .find_map(|l| l.strip_prefix("usage_usec "))
                     .and_then(|v| v.trim().parse().ok())
@@ -231,9 +233,27 @@ impl CgroupSlot {
         }
     }
 
+    /// The CPU quota per period in force, µs (`None`: unlimited).
+    pub fn cpu_quota_us(&self) -> Result<Option<u64>, Error> {
+        match &self.limit_dirs {
+            // -1: unlimited.
+            LimitDirs::V1 { cpu, .. } => read_parsed(&cpu.join("cpu.cfs_quota_us"), |t| {
+                let v: i64 = t.trim().parse().ok()?;
+                Some(u64::try_from(v).ok())
+            }),
+            // "QUOTA PERIOD", or "max PERIOD".
+            LimitDirs::V2(dir) => read_parsed(&dir.join("cpu.max"), |t| {
+                match t.split_whitespace().next()? {
+                    "max" => Some(None),
+                    q => q.parse().ok().map(Some),
+                }
+            }),
+        }
+    }
+
     /// The memory limit in force, bytes.
     pub fn memory_limit_bytes(&self) -> Result<u64, Error> {
-        read_u64(&self.memory_limit, |t| t.trim().parse().ok())
+        read_parsed(&self.memory_limit, |t| t.trim().parse().ok())
     }
 
     /// Removes the slot once its processes are gone (waits briefly for exiting tasks).
