@@ -147,6 +147,21 @@ pub(crate) struct Holder {
     pub(crate) operation_id: String,
 }
 
+impl Holder {
+    /// The key `(kind, key)` as this holder holds it.
+    fn held_key(self, kind: i16, key: &[u8]) -> Result<HeldKey, PgStoreError> {
+        Ok(HeldKey {
+            key: SpendKey {
+                kind: kind_from_code(kind)?,
+                bytes: key.to_vec(),
+            },
+            state: self.state,
+            host_id: self.host_id,
+            operation_id: self.operation_id,
+        })
+    }
+}
+
 impl PgSpentSet {
     pub fn new(store: PgStore) -> Self {
         PgSpentSet { store }
@@ -341,15 +356,7 @@ impl PgSpentSet {
                         let taken = self
                             .take_over_pending(kind, key, &h, note, operation_id)
                             .await?;
-                        let held = HeldKey {
-                            key: SpendKey {
-                                kind: kind_from_code(kind)?,
-                                bytes: key.to_vec(),
-                            },
-                            state: h.state,
-                            host_id: h.host_id,
-                            operation_id: h.operation_id,
-                        };
+                        let held = h.held_key(kind, key)?;
                         if taken {
                             done.taken_over.push(held);
                         } else {
@@ -358,15 +365,7 @@ impl PgSpentSet {
                             again.1.push(key);
                         }
                     }
-                    Some(h) => done.held_elsewhere.push(HeldKey {
-                        key: SpendKey {
-                            kind: kind_from_code(kind)?,
-                            bytes: key.to_vec(),
-                        },
-                        state: h.state,
-                        host_id: h.host_id,
-                        operation_id: h.operation_id,
-                    }),
+                    Some(h) => done.held_elsewhere.push(h.held_key(kind, key)?),
                     // Its holder let go between the insert and the read: try it again.
                     None => {
                         again.0.push(kind);
