@@ -310,6 +310,8 @@ struct Reading {
     unfunded: bool,
     /// Its run state was in doubt (see [`read`]).
     recheck: bool,
+    /// Its VMM as the ledger records it (the kernel's guest time is read from it).
+    vmm: Option<VmmProcess>,
 }
 
 /// Reads a metered lease's usage; for a running lease whose vCPU time did not move since
@@ -334,6 +336,7 @@ async fn read(l: &LeaseRow, recheck: bool) -> Reading {
         paused,
         unfunded: l.state == LeaseState::PausedUnfunded,
         recheck,
+        vmm: l.vmm(),
     }
 }
 
@@ -351,17 +354,17 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
     let ids: std::collections::HashSet<&str> = leases.iter().map(|l| l.id.as_str()).collect();
     s.supervisor.keep_live(&ids);
     // Each lease's CPU quota as its state says: held while paused for lack of funds
-    // (mends a pause and a top-up that crossed).
-    for l in &leases {
-        let paused = l.state == LeaseState::PausedUnfunded;
-        s.supervisor
-            .isolation()
-            .hold_paused(&l.id, l.vcpus, l.mem_mib, paused);
-    }
-    // A VMM that wrote beyond its files' bounds is stopped, not read.
+    // (mends a pause and a top-up that crossed). A VMM that wrote beyond its files'
+    // bounds is stopped, not read.
     let leases: Vec<LeaseRow> = leases
         .into_iter()
-        .filter(|l| !stopped_for_files(s, l))
+        .filter(|l| {
+            let paused = l.state == LeaseState::PausedUnfunded;
+            s.supervisor
+                .isolation()
+                .hold_paused(&l.id, l.vcpus, l.mem_mib, paused);
+            !stopped_for_files(s, l)
+        })
         .collect();
     if leases.is_empty() {
         return Ok(());
@@ -393,8 +396,7 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
             Ok(u) => {
                 s.supervisor.reached(&r.id);
                 s.supervisor.isolation().check_cpu(&r.id, u.vcpu_total_us);
-                let vmm = leases.iter().find(|l| l.id == r.id).and_then(LeaseRow::vmm);
-                let floored = held_to_floors(s, &r.id, vmm, &u, r.paused, r.unfunded);
+                let floored = held_to_floors(s, &r.id, r.vmm, &u, r.paused, r.unfunded);
                 usages.push((r.id, floored, r.paused, r.unfunded))
             }
             Err(e) => {
