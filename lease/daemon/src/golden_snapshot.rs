@@ -57,12 +57,24 @@
 //! A changed input gives a new key; the build of the new snapshot removes the image's
 //! snapshots of the same shape under other keys.
 //!
-//! **Failure.** A restore that fails (exit 2 for a corrupt or foreign snapshot, a device
-//! mismatch, no `guest_ready` in time) falls back to a cold boot of the same lease (the
-//! lease is paid either way) with the reason logged; the snapshot is discarded
-//! ([`GoldenSnapshots::discard`]) and the next lease of the image builds it again.
+//! **Failure.** A restore that fails falls back to a cold boot of the same lease (the
+//! lease is paid either way) with the reason logged. Whether the snapshot goes too depends
+//! on what the failure says about it ([`GoldenSnapshots::restore_failed`]):
+//! - the VMM refused it (exit 2: corrupt, truncated, foreign version or host, a device
+//!   mismatch) or the restored guest crashed (exit 3) before any tenant's data reached
+//!   it: the snapshot is bad, and is discarded at once;
+//! - anything else (no `guest_ready` in time, a VMM that ended otherwise, a host error
+//!   while setting up its files) may be the host's moment as much as the snapshot: a
+//!   loaded host, a full disk. The snapshot is kept until [`RESTORE_STRIKES`] restores
+//!   of it in a row fail so; a successful restore clears the count. One tenant's slow
+//!   restore then costs the next leases nothing, and a snapshot that really cannot be
+//!   used still goes after a few leases rather than costing every later one a restore
+//!   before its cold boot.
+//!
+//! A discarded snapshot's directory is removed ([`GoldenSnapshots::discard`]) and the next
+//! lease of the image builds it again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -158,6 +170,22 @@ pub struct GoldenSnapshots {
     vmm_bin: PathBuf,
     /// The builds running, and whether more may start.
     building: Mutex<Builds>,
+    /// Restores failed in a row, per snapshot directory, for failures that do not show the
+    /// snapshot itself to be bad.
+    strikes: Mutex<HashMap<PathBuf, u32>>,
+}
+
+/// Failed restores in a row, none of them the snapshot's own fault as far as the VMM can
+/// tell, after which a snapshot is discarded anyway.
+pub const RESTORE_STRIKES: u32 = 3;
+
+/// What a failed restore says about its snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreFault {
+    /// The VMM refused the snapshot, or the guest crashed in it.
+    Snapshot,
+    /// A timeout or a host error: the snapshot may be sound.
+    Unknown,
 }
 
 #[derive(Debug, Default)]
@@ -175,6 +203,7 @@ impl GoldenSnapshots {
             root,
             vmm_bin,
             building: Mutex::default(),
+            strikes: Mutex::default(),
         }
     }
 
@@ -228,6 +257,32 @@ impl GoldenSnapshots {
             && dir.join("memory").is_file()
             && (shape.image.rootfs.is_none() || overlay_in(&dir).is_file());
         Ok((complete.then_some(dir), key))
+    }
+
+    /// Records a failed restore of the snapshot in `dir` and discards the snapshot when
+    /// `fault` says it is bad or when it is the [`RESTORE_STRIKES`]th failure in a row.
+    /// Returns whether it was discarded.
+    pub fn restore_failed(&self, dir: &Path, fault: RestoreFault) -> bool {
+        let discard = {
+            let mut strikes = lock(&self.strikes);
+            let count = strikes.entry(dir.to_path_buf()).or_default();
+            *count += 1;
+            let discard = fault == RestoreFault::Snapshot || *count >= RESTORE_STRIKES;
+            if discard {
+                strikes.remove(dir);
+            }
+            discard
+        };
+        if discard {
+            self.discard(dir);
+        }
+        discard
+    }
+
+    /// A restore of the snapshot in `dir` reached `guest_ready`: its failures so far were
+    /// the host's moments.
+    pub fn restore_succeeded(&self, dir: &Path) {
+        lock(&self.strikes).remove(dir);
     }
 
     /// Removes a snapshot a restore failed on; the next lease of its shape builds it again.
@@ -658,5 +713,33 @@ mod tests {
         let snap = g.dir_of(&with_disk, &key);
         std::fs::write(overlay_in(&snap), b"o").expect("write");
         assert_eq!(g.lookup(&with_disk).expect("lookup").0, Some(snap));
+    }
+
+    #[test]
+    fn a_snapshot_goes_at_its_first_refusal_or_its_third_unexplained_failure_in_a_row() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let golden = GoldenSnapshots::new(root.path().into(), "/bin/true".into());
+        let dir = root.path().join("tg").join("1c64m-key");
+        std::fs::create_dir_all(&dir).expect("snapshot dir");
+
+        // Two timeouts, a success, two more: the count started again, so it stays.
+        assert!(!golden.restore_failed(&dir, RestoreFault::Unknown));
+        assert!(!golden.restore_failed(&dir, RestoreFault::Unknown));
+        golden.restore_succeeded(&dir);
+        assert!(!golden.restore_failed(&dir, RestoreFault::Unknown));
+        assert!(!golden.restore_failed(&dir, RestoreFault::Unknown));
+        assert!(dir.is_dir(), "kept through two failures in a row");
+        // The third in a row discards it.
+        assert!(golden.restore_failed(&dir, RestoreFault::Unknown));
+        assert!(!dir.exists(), "discarded at the third");
+
+        // Rebuilt: a refusal discards it at once, whatever came before.
+        std::fs::create_dir_all(&dir).expect("snapshot dir");
+        assert!(golden.restore_failed(&dir, RestoreFault::Snapshot));
+        assert!(!dir.exists(), "discarded at the refusal");
+        // And the rebuilt one starts with no strikes.
+        std::fs::create_dir_all(&dir).expect("snapshot dir");
+        assert!(!golden.restore_failed(&dir, RestoreFault::Unknown));
+        assert!(dir.is_dir());
     }
 }

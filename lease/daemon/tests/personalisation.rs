@@ -427,7 +427,8 @@ async fn a_stuck_warm_hand_over_is_given_up_at_the_personalisation_bound() {
 /// An agent that takes its line and then hangs (the test guest's `personalise-stuck`) gets
 /// `--personalise-timeout-ms`, not the boot timeout, at each start: a cold boot fails at the
 /// bound (the payment kept for the tenant), and a restore past it falls back to a cold boot
-/// (the snapshot discarded) with its VMM ended first. Both are gone by the reply.
+/// (the snapshot discarded at the third such failure in a row, kept before) with its VMM
+/// ended first. Both are gone by the reply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_stuck_after_its_line_fails_at_the_personalisation_bound() {
     if !kvm_or_skip() {
@@ -496,20 +497,35 @@ async fn a_guest_stuck_after_its_line_fails_at_the_personalisation_bound() {
     )
     .await;
 
-    // Restored, stuck, ended; then cold, stuck: two bounds.
-    let (restored, took) = try_create().await;
-    assert_eq!(restored["boot"]["start"], "cold", "{restored}");
-    assert!(took < Duration::from_secs(15), "the create took {took:?}");
-    assert!(
-        common::guest_reaper::running_vmms(state).is_empty(),
-        "both failed VMMs are gone by the reply"
-    );
-    let log = d.log();
-    assert!(
-        log.contains("restore failed; the snapshot is discarded and the lease boots cold"),
-        "the restore fell back at its bound:\n{log}"
-    );
-    assert!(snapshots(state).is_empty(), "the snapshot is discarded");
+    // Restored, stuck, ended; then cold, stuck: two bounds. A timeout may be the host's
+    // moment, so the snapshot stays until the third such failure in a row.
+    let golden = snapshots(state);
+    for strike in 1..=3 {
+        let (restored, took) = try_create().await;
+        assert_eq!(restored["boot"]["start"], "cold", "{restored}");
+        assert!(took < Duration::from_secs(15), "the create took {took:?}");
+        assert!(
+            common::guest_reaper::running_vmms(state).is_empty(),
+            "both failed VMMs are gone by the reply"
+        );
+        let log = d.log();
+        let kept = log
+            .matches("restore failed; the snapshot is kept and the lease boots cold")
+            .count();
+        if strike < 3 {
+            assert_eq!(
+                kept, strike,
+                "restore {strike} fell back, keeping it:\n{log}"
+            );
+            assert_eq!(snapshots(state), golden, "kept after {strike} failure(s)");
+        } else {
+            assert!(
+                log.contains("restore failed; the snapshot is discarded and the lease boots cold"),
+                "the third fell back and discarded it:\n{log}"
+            );
+            assert!(snapshots(state).is_empty(), "the snapshot is discarded");
+        }
+    }
     d.shutdown().await;
 }
 

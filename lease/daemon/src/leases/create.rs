@@ -18,7 +18,7 @@ use super::payment_intake::verify_payment;
 use super::{blocking, blocking_here, since, spec, LeaseError};
 use crate::app::{AppState, Shared};
 use crate::capacity::Totals;
-use crate::golden_snapshot::{GoldenSnapshots, Shape};
+use crate::golden_snapshot::{GoldenSnapshots, RestoreFault, Shape};
 use crate::ledger::recovery::{outputs_digest, CreateOutcome as Committed, Recovered};
 use crate::ledger::UsageBaseline;
 use crate::ledger::{Credit, LeaseRow, LedgerError, NewLease};
@@ -659,10 +659,12 @@ async fn hand_over(
 /// unless the image is an `agent` one, whose guests get their address after the restore),
 /// else by a cold boot, and then the first such lease starts the snapshot's build. An agent
 /// guest gets its personalisation either way. A restore that fails before `guest_ready` (a
-/// corrupt or foreign snapshot, a device mismatch: the VMM exits 2) discards the snapshot
-/// and boots the same lease cold, with the reason logged (and a new NIC: the failed boot
-/// released the first), as does a restored guest not ready within
-/// `--personalise-timeout-ms` of its line (its VMM ended before the cold boot); a restore
+/// corrupt or foreign snapshot, a device mismatch: the VMM exits 2) boots the same lease
+/// cold, with the reason logged (and a new NIC: the failed boot released the first), as
+/// does a restored guest not ready within `--personalise-timeout-ms` of its line (its VMM
+/// ended before the cold boot); whether the snapshot is discarded too is
+/// [`GoldenSnapshots::restore_failed`]'s call (at once for exit 2 or 3, else on the
+/// third failure in a row). A restore
 /// that misses the boot timeout is not retried (the lease fails, refunded, as any boot
 /// that times out: its VMM may still be winding down). Also returns the
 /// lease's network as it ends up, and whether its routing, run beside the boot, succeeded
@@ -748,18 +750,22 @@ async fn start_guest(
     // The failed boot released the network it had: its route, done or not, is moot then.
     let routed = joined(routing).await;
     match restored {
-        Ok(b) => (Ok(b), BootStart::Restore, network, routed),
+        Ok(b) => {
+            s.golden.restore_succeeded(&dir);
+            (Ok(b), BootStart::Restore, network, routed)
+        }
         Err(e) => {
-            s.golden.discard(&dir);
+            let discarded = s.golden.restore_failed(&dir, restore_fault(&e));
+            let snapshot_is = if discarded { "discarded" } else { "kept" };
             if matches!(e, BootError::Timeout(_)) {
                 tracing::warn!(lease = g.id, error = %e, snapshot = %dir.display(),
-                    "restore timed out; the snapshot is discarded");
+                    "restore timed out; the snapshot is {snapshot_is}");
                 return (Err(e), BootStart::Restore, network, Ok(()));
             }
             // The VMM's own words (its stderr) before the cold boot's VMM truncates the log.
             let vmm_said = last_line(&paths.log);
             tracing::warn!(lease = g.id, error = %e, vmm_said, snapshot = %dir.display(),
-                "restore failed; the snapshot is discarded and the lease boots cold");
+                "restore failed; the snapshot is {snapshot_is} and the lease boots cold");
             let (nic, mut network) = if had_nic {
                 match attach_network_now(s, g.id, g.image, &cmdline, arrival).await {
                     Ok(attached) => (attached.nic, attached.network),
@@ -780,6 +786,20 @@ async fn start_guest(
             // Its network was routed before the boot.
             (booted, BootStart::Cold, network, Ok(()))
         }
+    }
+}
+
+/// What a failed restore says about its snapshot: the VMM's refusal of its inputs (exit 2:
+/// the snapshot's checksum, version, host or devices) or a guest crash before the tenant's
+/// line could matter (exit 3) blame the snapshot; a timeout or a host error does not.
+fn restore_fault(e: &BootError) -> RestoreFault {
+    match e {
+        BootError::Exited {
+            code: Some(code), ..
+        } if *code == 2 || *code == i64::from(crate::supervisor::GUEST_CRASH_CODE) => {
+            RestoreFault::Snapshot
+        }
+        _ => RestoreFault::Unknown,
     }
 }
 
