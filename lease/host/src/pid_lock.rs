@@ -54,7 +54,8 @@ pub struct PidLock {
 }
 
 impl PidLock {
-    /// Takes the lock on `path` (created with `mode` if it does not exist) without waiting
+    /// Takes the lock on `path` (created with `mode` if it does not exist, set to `mode` if
+    /// it does: whoever can open the file can hold its lock) without waiting
     /// on a live holder, and writes this process's pid in it. The file stays when the lock
     /// is dropped.
     pub fn take(path: &Path, mode: u32) -> Result<PidLock, PidLockError> {
@@ -122,6 +123,14 @@ impl PidLock {
             let named = std::fs::metadata(path).ok();
             if named.is_none_or(|n| (n.dev(), n.ino()) != (ours.dev(), ours.ino())) {
                 continue;
+            }
+            // A file made by an older coinopd may have a wider mode: every open of it is a
+            // way to hold its lock (flock needs no write access), so it is held to `mode`.
+            if ours.mode() & 0o7777 != mode {
+                use std::os::unix::fs::PermissionsExt;
+                locked
+                    .set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(io("set the lock file's mode"))?;
             }
             // Ours now: the pid of an earlier holder (dead, or this process's own earlier
             // holder) is replaced.

@@ -102,6 +102,11 @@ impl Drop for JailUid {
     }
 }
 
+/// A claim file's mode: root's alone. Opening the file is enough to take its lock (flock
+/// needs no write access), so a user who could open it could hold a uid from every coinopd,
+/// or take a crashed coinopd's uid while its guest still runs as it.
+const CLAIM_MODE: u32 = 0o600;
+
 impl UidPool {
     /// A pool of `count` uids starting at `first`, known to this process alone (tests and
     /// examples that pick a range no one else uses).
@@ -145,7 +150,7 @@ impl UidPool {
             let claim = match &self.claims {
                 None => None,
                 Some(dir) => {
-                    match PidLock::try_take_removable(&Self::claim_path(dir, uid), 0o644) {
+                    match PidLock::try_take_removable(&Self::claim_path(dir, uid), CLAIM_MODE) {
                         Ok(lock) => Some(lock),
                         Err(PidLockError::Held { .. }) => {
                             elsewhere += 1;
@@ -188,7 +193,7 @@ impl UidPool {
         }
         let claim = match &self.claims {
             None => None,
-            Some(dir) => match PidLock::take_removable(&Self::claim_path(dir, uid), 0o644) {
+            Some(dir) => match PidLock::take_removable(&Self::claim_path(dir, uid), CLAIM_MODE) {
                 Ok(lock) => Some(lock),
                 Err(PidLockError::Held { path, pid }) => {
                     return Err(Error::HeldElsewhere { uid, path, pid })
@@ -246,6 +251,29 @@ mod tests {
         assert!(UidPool::new(0, 10).is_err());
         assert!(UidPool::new(5, 0).is_err());
         assert!(UidPool::new(u32::MAX - 1, 5).is_err());
+    }
+
+    #[test]
+    fn claim_files_are_roots_alone_even_when_an_older_coinopd_made_them() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = UidPool::with_claims(1000, 2, dir.path()).expect("pool");
+        let mode = |uid: u32| {
+            std::fs::metadata(UidPool::claim_path(dir.path(), uid))
+                .expect("claim file")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        let first = pool.take().expect("first");
+        assert_eq!(mode(first.get()), 0o600);
+        // One an older coinopd left readable by all (it held uid 1001 when it crashed).
+        let older = UidPool::claim_path(dir.path(), 1001);
+        std::fs::write(&older, b"1\n").expect("older claim");
+        std::fs::set_permissions(&older, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let second = pool.claim(1001).expect("claimed back");
+        assert_eq!(mode(second.get()), 0o600);
+        drop((first, second));
     }
 
     #[test]
