@@ -866,6 +866,8 @@ impl Supervisor {
                     SnapshotUse::RestoreFrom(dir) => Some(dir.as_path()),
                     _ => None,
                 };
+                let mut parked = parked;
+                parked.set_max_file_bytes(self.max_file_bytes(req)?);
                 let (child, jail) = parked.launch_restoring(
                     &req.image.kernel,
                     initrd,
@@ -909,13 +911,15 @@ impl Supervisor {
             base: base.clone(),
             overlay: self.isolation.overlay_path(req.lease_id),
         });
-        let jail = config.prepare_with_extras(
+        let max_file_bytes = self.max_file_bytes(req)?;
+        let mut jail = config.prepare_with_extras(
             req.lease_id,
             &req.image.kernel,
             req.image.initrd.as_deref(),
             disk.as_ref(),
             &req.snapshot.jail_extras(),
         )?;
+        jail.set_max_file_bytes(max_file_bytes);
         let spawned = match disk {
             Some(_) => self
                 .isolation
@@ -951,6 +955,22 @@ impl Supervisor {
         let (args, fds) = self.jailed_launch(req, events, start_us, nic)?;
         let procs = slot.map(CgroupSlot::procs_files).transpose()?;
         Ok(jail.spawn(args, fds, procs.unwrap_or_default())?)
+    }
+
+    /// The largest file `req`'s VMM may write, its RLIMIT_FSIZE
+    /// ([`crate::vmm_file_bounds::max_file_bytes`]).
+    fn max_file_bytes(&self, req: &BootRequest<'_>) -> Result<u64, BootError> {
+        let rootfs_bytes = match &req.image.rootfs {
+            Some(base) => Some(std::fs::metadata(base).map_err(BootError::Files)?.len()),
+            None => None,
+        };
+        let snapshot_mem_bytes = matches!(req.snapshot, SnapshotUse::WriteInto(_))
+            .then(|| req.mem_mib.saturating_mul(1 << 20));
+        Ok(crate::vmm_file_bounds::max_file_bytes(
+            self.console_max_bytes,
+            rootfs_bytes,
+            snapshot_mem_bytes,
+        ))
     }
 
     /// A jailed VMM's arguments (paths as seen inside) and fds: null stdin, the console,

@@ -63,6 +63,30 @@ pub fn bounds(
     b
 }
 
+/// The largest file an honest VMM of a lease writes, its RLIMIT_FSIZE: the largest of its
+/// files' bounds ([`bounds`]) and, for the VMM that takes a golden snapshot, the snapshot's
+/// memory file (`snapshot_mem_bytes`, the guest's memory; the state file beside it is a
+/// few KiB per vCPU). The kernel holds every file the VMM writes to it as the write
+/// happens; the per-tick checks then hold each file to its own bound.
+pub fn max_file_bytes(
+    console_max_bytes: u64,
+    rootfs_bytes: Option<u64>,
+    snapshot_mem_bytes: Option<u64>,
+) -> u64 {
+    let files = bounds(
+        Path::new("console"),
+        Path::new("log"),
+        console_max_bytes,
+        rootfs_bytes.map(|b| (Path::new("overlay"), b)),
+    );
+    files
+        .iter()
+        .map(|b| b.max_bytes)
+        .chain(snapshot_mem_bytes)
+        .max()
+        .unwrap_or(VMM_LOG_MAX)
+}
+
 /// The largest overlay coin-vmm's copy-on-write layout makes over a base of `base` bytes:
 /// the data at the base's offsets, one bitmap bit per 512-byte sector, a 16-byte footer
 /// (`vmm/src/devices/virtio/cow_overlay.rs`).
@@ -128,6 +152,18 @@ mod tests {
     #[test]
     fn the_overlay_bound_matches_the_vmms_layout() {
         assert_eq!(overlay_max_bytes(0), 16);
+        // The file size limit is the largest bound: here the console, the overlay, the
+        // snapshot's memory in turn.
+        assert_eq!(max_file_bytes(4 << 20, None, None), (4 << 20) + (64 << 10));
+        assert_eq!(
+            max_file_bytes(4 << 20, Some(1 << 30), None),
+            overlay_max_bytes(1 << 30)
+        );
+        assert_eq!(
+            max_file_bytes(4 << 20, Some(1 << 20), Some(256 << 20)),
+            256 << 20
+        );
+        assert_eq!(max_file_bytes(0, None, None), VMM_LOG_MAX);
         assert_eq!(overlay_max_bytes(512), 512 + 1 + 16);
         assert_eq!(overlay_max_bytes(4096), 4096 + 1 + 16);
         assert_eq!(overlay_max_bytes(4097 * 512), 4097 * 512 + 513 + 16);

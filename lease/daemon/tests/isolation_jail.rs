@@ -6,7 +6,7 @@ mod isolation_support;
 mod proc_status;
 
 use coinop_host::jail::Ended;
-use isolation_support::{boot, build_guest, control, ready_jail};
+use isolation_support::{boot, boot_parked, build_guest, control, ready_jail};
 use proc_status::status_field;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -134,4 +134,62 @@ fn lease_ids_cannot_leave_the_jail_base() {
             "{bad:?}"
         );
     }
+}
+
+/// The file size limit holds every file the VMM writes, as it writes it: a guest flooding
+/// its console gets no more of it onto the host's disk than the limit (the VMM's write past
+/// it fails, and its UART drops the bytes, as one with nothing attached). On both launch
+/// paths: a jail built for the lease, and a parked child.
+#[test]
+fn a_vmm_writes_no_file_past_its_file_size_limit() {
+    let Some((dir, config)) = ready_jail() else {
+        return;
+    };
+    const LIMIT: u64 = 16 << 10;
+    let guest = build_guest(&dir.path().join("guest"));
+    let check = |vm: &isolation_support::Booted, how: &str| {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", vm.pid())).expect("limits");
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max file size"))
+            .expect("a file size line");
+        assert_eq!(
+            line.split_whitespace().collect::<Vec<_>>(),
+            ["Max", "file", "size", "16384", "16384", "bytes"],
+            "{how}"
+        );
+        // The flood is 256 KiB: wait until the console has reached the limit (or passed
+        // it), then give the guest time to go on past it.
+        let size = || std::fs::metadata(&vm.console).map_or(0, |m| m.len());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while size() < LIMIT - 64 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let bytes = size();
+        assert!(
+            (LIMIT - 64..=LIMIT).contains(&bytes),
+            "{how}: console of {bytes} bytes against a limit of {LIMIT}"
+        );
+    };
+
+    let fresh = dir.path().join("fresh");
+    std::fs::create_dir(&fresh).expect("dir");
+    let mut jail = config
+        .prepare("fsize-fresh", &guest, None)
+        .expect("prepare jail");
+    jail.set_max_file_bytes(LIMIT);
+    let vm = boot(&jail, &fresh, "mode=flood:256", 1, 64, vec![]);
+    check(&vm, "spawned");
+    drop(vm);
+    jail.remove().expect("remove jail");
+
+    let parked_dir = dir.path().join("parked");
+    std::fs::create_dir(&parked_dir).expect("dir");
+    let mut parked = config.park("fsize-parked", Vec::new()).expect("park");
+    parked.set_max_file_bytes(LIMIT);
+    let (vm, jail) = boot_parked(parked, &guest, &parked_dir, "mode=flood:256", 1, 64);
+    check(&vm, "parked");
+    drop(vm);
+    jail.remove().expect("remove jail");
 }

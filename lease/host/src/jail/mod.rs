@@ -2,8 +2,9 @@
 //! IPC, UTS (and optionally network) namespaces; a per-lease root holding only the VMM
 //! binary and the libraries it loads, the kernel, the initrd, the image's root filesystem
 //! and a private /dev/kvm, all read-only, plus the lease's copy-on-write overlay, the one
-//! writable file; rlimits; every inherited fd closed but the ones passed; an unprivileged uid/gid
-//! from a pool, one per running lease.
+//! writable file; rlimits (no core, no locked memory, a few fds, and the largest file the
+//! caller allows: [`Jail::set_max_file_bytes`]); every inherited fd closed but the ones
+//! passed; an unprivileged uid/gid from a pool, one per running lease.
 //!
 //! The control socket, console and event pipe are passed as fds rather than created in the
 //! jail, so the jail root can be read-only: coinopd binds the control socket on the host and
@@ -45,6 +46,10 @@ pub const OVERLAY_PATH: &str = "/overlay";
 /// Where a golden snapshot's directory appears inside the jail: read-only for a lease
 /// restored from it (its `state` and `memory` files), writable for the VMM that takes it.
 pub const SNAPSHOT_PATH: &str = "/snapshot";
+
+/// RLIMIT_FSIZE's "no limit" (RLIM_INFINITY): a jail's VMM writes files of any size until
+/// [`Jail::set_max_file_bytes`] says otherwise.
+pub const NO_FILE_SIZE_LIMIT: u64 = nix::libc::RLIM_INFINITY;
 
 /// What a jail holds besides the VMM, kernel, initrd and root disk (see
 /// [`JailConfig::prepare_with_extras`]).
@@ -169,6 +174,7 @@ impl JailConfig {
                     binds: Vec::new(),
                     writable: Vec::new(),
                     new_net_ns: self.new_net_ns,
+                    max_file_bytes: NO_FILE_SIZE_LIMIT,
                 },
                 child,
             }),
@@ -257,6 +263,7 @@ impl JailConfig {
             binds,
             writable,
             new_net_ns: self.new_net_ns,
+            max_file_bytes: NO_FILE_SIZE_LIMIT,
         })
     }
 }
@@ -294,6 +301,7 @@ impl JailConfig {
             binds: Vec::new(),
             writable: Vec::new(),
             new_net_ns: self.new_net_ns,
+            max_file_bytes: NO_FILE_SIZE_LIMIT,
         }))
     }
 }
@@ -314,6 +322,11 @@ impl ParkedJail {
     /// The uid (and gid) the VMM will run as.
     pub fn uid(&self) -> u32 {
         self.jail.uid.get()
+    }
+
+    /// As [`Jail::set_max_file_bytes`], for the VMM this child execs.
+    pub fn set_max_file_bytes(&mut self, bytes: u64) {
+        self.jail.max_file_bytes = bytes;
     }
 
     /// The parked child's pid, which the VMM keeps once launched.
@@ -352,7 +365,17 @@ impl ParkedJail {
     ) -> Result<(JailedChild, Jail), Error> {
         let ParkedJail { jail, child } = self;
         let launched = child
-            .launch(kernel, initrd, disk, snapshot, &args, fds)
+            .launch(
+                parked::LaunchImages {
+                    kernel,
+                    initrd,
+                    disk,
+                    snapshot,
+                },
+                jail.max_file_bytes,
+                &args,
+                fds,
+            )
             .map_err(Error::from)
             .and_then(|pid| Ok(JailedChild::new(pid)?));
         match launched {
@@ -380,6 +403,8 @@ pub struct Jail {
     /// Bound writable (the lease's overlay).
     writable: Vec<(PathBuf, PathBuf)>,
     new_net_ns: bool,
+    /// The VMM's RLIMIT_FSIZE ([`Jail::set_max_file_bytes`]).
+    max_file_bytes: u64,
 }
 
 impl Jail {
@@ -391,6 +416,14 @@ impl Jail {
     /// The uid (and gid) the VMM runs as.
     pub fn uid(&self) -> u32 {
         self.uid.get()
+    }
+
+    /// Limits every file the VMM writes to `bytes` (RLIMIT_FSIZE, soft and hard, set before
+    /// exec): a write or truncate beyond it fails and the kernel sends the VMM SIGXFSZ,
+    /// which ends it. The caller's per-file checks bound each file more tightly after the
+    /// fact; this bounds them all at once, as they are written. Unlimited until set.
+    pub fn set_max_file_bytes(&mut self, bytes: u64) {
+        self.max_file_bytes = bytes;
     }
 
     /// Starts the VMM in the jail with `args` (paths as seen inside: [`KERNEL_PATH`],
@@ -413,6 +446,7 @@ impl Jail {
             cgroup_procs,
             uid: self.uid.get(),
             new_net_ns: self.new_net_ns,
+            max_file_bytes: self.max_file_bytes,
         };
         let pid = spawn::spawn(&plan)?;
         Ok(JailedChild::new(pid)?)

@@ -11,8 +11,10 @@
 //! detached mounts made with `open_tree(2)` of the image files: the kernel (and initrd, and
 //! root filesystem), which become read-only, and the lease's copy-on-write overlay, which
 //! stays writable; the child attaches those at /kernel, /initrd, /rootfs and /overlay with
-//! `move_mount(2)`, places the fds, drops to the lease's uid and execs. The message's second
-//! byte says which of the six come, in that order (bit i for [`MOUNT_POINTS`]\[i\]). As with [`super::spawn`], a failing step sends (step,
+//! `move_mount(2)`, places the fds, sets the VMM's file size limit, drops to the lease's uid
+//! and execs. The message's second byte says which of the six come, in that order (bit i
+//! for [`MOUNT_POINTS`]\[i\]), its next eight the file size limit ([`HEADER`]). As with
+//! [`super::spawn`], a failing step sends (step,
 //! errno) back and a successful exec closes the socket with nothing sent; the child makes
 //! only system calls on buffers allocated before the clone.
 //!
@@ -20,8 +22,8 @@
 
 use super::spawn::{
     at, bind_pairs, child_failure, close_from_but, confine_and_exec, cstring, enter_root,
-    join_cgroup, parent, place_fds, remount_read_only, remount_writable, start_child, Error,
-    Failure, ReportTo, Step, HIGH_FD,
+    join_cgroup, parent, place_fds, remount_read_only, remount_writable, start_child, Confinement,
+    Error, Failure, ReportTo, Step, HIGH_FD,
 };
 use super::syscalls::{self, ClonedChild, FdControl};
 use super::RootDisk;
@@ -53,6 +55,9 @@ const MOUNT_POINTS: [(&CStr, bool); 6] = [
     (c"/snapshot/state", false),
     (c"/snapshot/memory", false),
 ];
+/// A launch message's fixed start: the VMM fd count, the mount mask, RLIMIT_FSIZE (u64,
+/// little-endian); the arguments follow.
+const HEADER: usize = 10;
 /// The kernel's bit in the mount mask: every launch passes one.
 const KERNEL_MOUNT: u8 = 1;
 
@@ -70,6 +75,15 @@ pub(super) struct ParkPlan {
     pub uid: u32,
     /// Also unshare the network namespace.
     pub new_net_ns: bool,
+}
+
+/// The files a launch mounts in the jail (see [`Parked::launch`]).
+pub(super) struct LaunchImages<'a> {
+    pub kernel: &'a Path,
+    pub initrd: Option<&'a Path>,
+    pub disk: Option<&'a RootDisk>,
+    /// A golden snapshot's directory, for a restore.
+    pub snapshot: Option<&'a Path>,
 }
 
 /// A parked child: coinopd's direct child, blocked on its launch socket.
@@ -184,14 +198,18 @@ impl Parked {
     /// directory `snapshot`) read-only under /snapshot. Returns once the VMM has exec'd.
     pub(super) fn launch(
         mut self,
-        kernel: &Path,
-        initrd: Option<&Path>,
-        disk: Option<&RootDisk>,
-        snapshot: Option<&Path>,
+        images: LaunchImages<'_>,
+        max_file_bytes: u64,
         args: &[OsString],
         fds: Vec<OwnedFd>,
     ) -> Result<Pid, Error> {
         use std::os::unix::ffi::OsStrExt;
+        let LaunchImages {
+            kernel,
+            initrd,
+            disk,
+            snapshot,
+        } = images;
         let state = snapshot.map(|d| d.join("state"));
         let memory = snapshot.map(|d| d.join("memory"));
         let files = [
@@ -213,6 +231,7 @@ impl Parked {
             .map(detached_mount)
             .collect::<Result<Vec<_>, _>>()?;
         let mut message = vec![fds.len() as u8, mask];
+        message.extend_from_slice(&max_file_bytes.to_le_bytes());
         for arg in args {
             let bytes = arg.as_bytes();
             if bytes.contains(&0) {
@@ -284,12 +303,18 @@ fn run_parked(child: &ClonedChild, s: &mut ChildState) -> Result<Infallible, Fai
     at(Step::Receive, sent)?;
     let (vmm_fds, len) = receive(child, s)?;
     place_received(child, &mut s.received[..vmm_fds])?;
-    let args = split_args(&s.message[2..len])?;
+    let mut limit = [0u8; 8];
+    limit.copy_from_slice(&s.message[2..HEADER]);
+    let who = Confinement {
+        uid: s.uid,
+        max_file_bytes: u64::from_le_bytes(limit),
+    };
+    let args = split_args(&s.message[HEADER..len])?;
     confine_and_exec(
         child,
         vmm_fds,
         PARKED_SOCK_FD,
-        s.uid,
+        who,
         &s.program,
         args,
         &mut s.argv,
@@ -314,7 +339,7 @@ fn receive(child: &ClonedChild, s: &mut ChildState) -> Result<(usize, usize), Fa
         // The slot was dropped: end quietly.
         child.exit(0);
     }
-    if got.truncated || got.bytes < 2 {
+    if got.truncated || got.bytes < HEADER {
         return Err((Step::Receive, nix::Error::EMSGSIZE));
     }
     let count = got.fds;

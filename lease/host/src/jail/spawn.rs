@@ -177,6 +177,8 @@ pub struct Plan {
     pub uid: u32,
     /// Also unshare the network namespace.
     pub new_net_ns: bool,
+    /// RLIMIT_FSIZE ([`super::NO_FILE_SIZE_LIMIT`] for none).
+    pub max_file_bytes: u64,
 }
 
 /// Everything the child touches, in final form.
@@ -191,8 +193,17 @@ struct Prepared {
     args: Vec<CString>,
     /// Room for the child to build argv in (program, args, null).
     argv: Vec<*const c_char>,
-    uid: u32,
+    who: Confinement,
     report: RawFd,
+}
+
+/// Who the exec'd program runs as and what it may grow.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Confinement {
+    /// uid = gid.
+    pub uid: u32,
+    /// RLIMIT_FSIZE.
+    pub max_file_bytes: u64,
 }
 
 /// A close-on-exec copy of `fd` at [`HIGH_FD`] or above.
@@ -225,7 +236,10 @@ fn prepare(plan: &Plan, report: RawFd) -> Result<Prepared, Error> {
         program: cstring(&plan.program)?,
         argv: vec![std::ptr::null(); args.len() + 2],
         args,
-        uid: plan.uid,
+        who: Confinement {
+            uid: plan.uid,
+            max_file_bytes: plan.max_file_bytes,
+        },
         report,
     })
 }
@@ -338,7 +352,7 @@ fn run_child(child: &ClonedChild, p: &mut Prepared) -> Result<Infallible, Failur
         child,
         p.fds.len(),
         p.report,
-        p.uid,
+        p.who,
         &p.program,
         p.args.iter().map(CString::as_c_str),
         &mut p.argv,
@@ -467,14 +481,14 @@ pub(super) fn enter_root(
     at(Step::Hostname, nix::unistd::sethostname("coinop-guest"))
 }
 
-/// rlimits, the lease's uid and gid, no-new-privileges, every fd closed but `0..kept` and
-/// `report` (close-on-exec), then execve of `program` with `args`; `argv` is room for the
-/// pointer array (`args` + 2).
+/// rlimits (`who`'s file size among them), `who`'s uid and gid, no-new-privileges, every
+/// fd closed but `0..kept` and `report` (close-on-exec), then execve of `program` with
+/// `args`; `argv` is room for the pointer array (`args` + 2).
 pub(super) fn confine_and_exec<'a>(
     child: &ClonedChild,
     kept: usize,
     report: RawFd,
-    uid: u32,
+    who: Confinement,
     program: &'a CStr,
     args: impl IntoIterator<Item = &'a CStr>,
     argv: &mut [*const c_char],
@@ -485,7 +499,15 @@ pub(super) fn confine_and_exec<'a>(
     )?;
     at(Step::Rlimit, setrlimit(Resource::RLIMIT_CORE, 0, 0))?;
     at(Step::Rlimit, setrlimit(Resource::RLIMIT_MEMLOCK, 0, 0))?;
-    at(Step::DropPrivileges, child.set_ids(uid))?;
+    at(
+        Step::Rlimit,
+        setrlimit(
+            Resource::RLIMIT_FSIZE,
+            who.max_file_bytes,
+            who.max_file_bytes,
+        ),
+    )?;
+    at(Step::DropPrivileges, child.set_ids(who.uid))?;
     at(Step::NoNewPrivs, nix::sys::prctl::set_no_new_privs())?;
     // Everything but the passed fds and the report channel (close-on-exec) goes.
     close_from_but(child, kept as RawFd, report)?;
