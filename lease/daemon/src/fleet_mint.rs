@@ -21,8 +21,12 @@
 //! Every mint, swap and lease refund's change reserves its outputs' `B_`s, with the
 //! signatures, in the store (pending, under this host and the operation) after fencing its
 //! inputs and before its local commit, and settles them after: delivered if the local spent
-//! set recorded the signatures (they commit in the same SQLite transaction as the claim
-//! that paid for them, or as the refund), else released. (NUT-30 mints record theirs
+//! set recorded exactly the reserved signatures (they commit in the same SQLite transaction
+//! as the claim that paid for them, or as the refund), else released. A local record of
+//! another signature of the same `B_` does not count: it is one this host made before it
+//! joined the fleet, which is why the local swap refused the `B_` (11003), and delivering
+//! the reservation would hand its other amount to NUT-09 restore on every host unpaid.
+//! (NUT-30 mints record theirs
 //! delivered with the quote's balance in one store transaction instead:
 //! `crate::http::fleet_nut30`.) A crash in between leaves them pending; [`FleetMint::start`] settles
 //! them by the same rule before money requests are served. So a `B_` signed on one host is
@@ -39,7 +43,7 @@ use payment::credit::nut_types::{BlindSignature, BlindSignatureDleq, BlindedMess
 use payment::credit::{signed_records, CreditError, Mint};
 use payment::spent_set::{SignedOutput, SpentSet};
 use payment_postgres::{
-    check_seed, FleetKeyset, NewKeyset, PgKeysets, PgSignedOutputs, PgStore, PgStoreError,
+    check_seed, FleetKeyset, NewKeyset, PgKeysets, PgSignedOutputs, PgStore, PgStoreError, Settled,
 };
 use thiserror::Error;
 
@@ -243,9 +247,12 @@ impl FleetMint {
         let pending = self.outputs.pending_operations().await?;
         for op in pending {
             let (spent, b_s) = (Arc::clone(&spent), op.b_s.clone());
-            let delivered = blocking(move || recorded_locally(&*spent, &b_s)).await?;
-            self.outputs.settle(&op.operation_id, delivered).await?;
-            tracing::info!(operation = %op.operation_id, delivered,
+            let recorded = blocking(move || local_records(&*spent, &b_s)).await?;
+            let settled = self
+                .outputs
+                .settle_as_recorded(&op.operation_id, &recorded)
+                .await?;
+            tracing::info!(operation = %op.operation_id, ?settled,
                            "fleet store: pending signatures from before a crash settled");
         }
         self.ready.store(true, Ordering::Release);
@@ -416,8 +423,9 @@ impl FleetMint {
         Ok(())
     }
 
-    /// Ends `operation`'s reservation: delivered if the local spent set recorded the
-    /// signatures of `outputs`, else released. A store that cannot be reached now leaves
+    /// Ends `operation`'s reservation: delivered if the local spent set recorded the very
+    /// signatures reserved for `outputs`, else released (see the module doc). A store that
+    /// cannot be reached now leaves
     /// it pending until the next start-up (the `B_`s stay taken meanwhile; nothing is
     /// signed twice).
     pub async fn settle(
@@ -430,15 +438,27 @@ impl FleetMint {
             return; // The mint refused the request before anything was reserved.
         };
         let spent = Arc::clone(spent);
-        let delivered = match blocking(move || recorded_locally(&*spent, &b_s)).await {
-            Ok(d) => d,
+        let recorded = match blocking(move || local_records(&*spent, &b_s)).await {
+            Ok(r) => r,
             Err(e) => {
                 tracing::error!(operation, error = %e, "reservation left for the next start");
                 return;
             }
         };
-        if let Err(e) = self.outputs.settle(operation, delivered).await {
-            tracing::warn!(operation, error = %e, "reservation left for the next start");
+        match self.outputs.settle_as_recorded(operation, &recorded).await {
+            Ok(Settled::Released { rows }) if rows > 0 && !recorded.is_empty() => {
+                // The local set has other signatures of these `B_`s: made before the join.
+                tracing::warn!(
+                    operation,
+                    rows,
+                    "reservation released: the local spent set holds other signatures of \
+                     its outputs"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(operation, error = %e, "reservation left for the next start");
+            }
         }
     }
 
@@ -478,11 +498,15 @@ impl FleetMint {
     }
 }
 
-/// Whether the local spent set recorded a signature for every `B_`: the local commit that
-/// records them is the one that spent what paid for them.
-fn recorded_locally(spent: &dyn SpentSet, b_s: &[Vec<u8>]) -> Result<bool, FleetMintError> {
+/// The local spent set's signatures of `b_s` (those it has), for the store to compare with
+/// what it reserved: the local commit that records them is the one that spent what paid
+/// for them, but only if they are the reserved signatures themselves.
+fn local_records(
+    spent: &dyn SpentSet,
+    b_s: &[Vec<u8>],
+) -> Result<Vec<SignedOutput>, FleetMintError> {
     let found = spent
         .signed_outputs(b_s)
         .map_err(|e| FleetMintError::Local(e.to_string()))?;
-    Ok(!found.is_empty() && found.iter().all(Option::is_some))
+    Ok(found.into_iter().flatten().collect())
 }

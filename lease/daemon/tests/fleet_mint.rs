@@ -33,13 +33,28 @@ fn cluster(test: &str) -> Option<TestCluster> {
 
 /// Host `n`'s arguments: the fleet store, its id and uid range, the seed file.
 fn host_args(pg: &TestCluster, n: u32, seed: &Path) -> Vec<String> {
-    vec![
+    let mut args = vec!["--mint-seed-file".into(), seed.display().to_string()];
+    args.extend(joined_args(pg, n));
+    args
+}
+
+/// Host `n`'s arguments in the fleet without a seed file: its mint seed is the one in its
+/// state dir, from the time it ran on its own.
+fn joined_args(pg: &TestCluster, n: u32) -> Vec<String> {
+    let mut args = vec![
         "--store".into(),
         pg.conninfo("fleet"),
         "--host-id".into(),
         format!("host-{n}"),
-        "--mint-seed-file".into(),
-        seed.display().to_string(),
+    ];
+    args.extend(standalone_args(n));
+    args
+}
+
+/// Host `n`'s uid range and the rest of what every host here runs with, in the fleet or
+/// on its own.
+fn standalone_args(n: u32) -> Vec<String> {
+    vec![
         "--jail-uid-base".into(),
         (UID_BASE + n * UIDS_PER_HOST).to_string(),
         "--jail-uid-count".into(),
@@ -793,4 +808,88 @@ async fn a_crash_between_a_refunds_reservation_and_the_ledger_loses_nothing() {
         "the stopped lease's guest to exit",
     )
     .await;
+}
+
+/// A `B_` this host signed (for 1 sat) while it ran on its own, so only its local spent
+/// set knows it, then sent in a swap of fresh inputs at 64 sat once it has joined: the
+/// local swap refuses it (11003), and the reservation the store held for the 64-sat
+/// signature must be released, not delivered because the local set has *a* signature for
+/// that `B_`: else NUT-09 restore on any host hands out 64 sat the swap never paid for,
+/// while its inputs stay unspent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_signed_before_the_join_is_not_delivered_again_at_another_amount() {
+    let Some(pg) =
+        cluster("an_output_signed_before_the_join_is_not_delivered_again_at_another_amount")
+    else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new()];
+    let alone = standalone_args(1);
+    let alone: Vec<&str> = alone.iter().map(String::as_str).collect();
+    let h1 = Daemon::spawn(dirs[0].path(), &alone, &[]).await;
+    let wallet = Wallet::new(&h1).await;
+    let one = h1.mint_credit(1).await;
+    let blank = wallet.outputs(&[1]);
+    let r = h1
+        .call("POST", "/v1/swap", None, Some(swap_body(&one, &blank)))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let signed_alone = signatures(&r);
+    h1.shutdown().await;
+
+    // Both hosts of the fleet sign with host 1's mint keys, from its state dir.
+    let name = payment::credit::keyset_store::STORE_FILE;
+    std::fs::copy(dirs[0].path().join(name), dirs[1].path().join(name))
+        .expect("copying the mint keys");
+    let spawn = |dir: &StateDir, n: u32| {
+        let args = joined_args(&pg, n);
+        let path = dir.path().to_path_buf();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Daemon::spawn(&path, &args, &[]).await
+        }
+    };
+    let h1 = spawn(&dirs[0], 1).await;
+    let h2 = spawn(&dirs[1], 2).await;
+    for h in [&h1, &h2] {
+        h.wait_store_ready().await;
+    }
+
+    let fresh = h1.mint_credit(64).await;
+    let again = BlindedMessage {
+        amount: 64,
+        ..blank[0].msg.clone()
+    };
+    let r = h1
+        .call(
+            "POST",
+            "/v1/swap",
+            None,
+            Some(json!({"inputs": fresh, "outputs": [again]})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, cashu_code(&r)),
+        (400, OUTPUT_SIGNED),
+        "{}",
+        r.text()
+    );
+    for h in [&h1, &h2] {
+        h.assert_unspent(&fresh).await;
+    }
+    // The reservation was settled before the swap answered.
+    let restore = json!({"outputs": [again]});
+    let r = h2
+        .call("POST", "/v1/restore", None, Some(restore.clone()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        signatures(&r).is_empty(),
+        "host 2 knows no signature of that output: {}",
+        r.text()
+    );
+    // Host 1 restores what it signed on its own, the 1-sat note, and nothing else.
+    let r = h1.call("POST", "/v1/restore", None, Some(restore)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(signatures(&r), signed_alone);
 }

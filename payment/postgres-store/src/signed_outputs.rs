@@ -26,6 +26,15 @@ pub enum OutputState {
     Delivered,
 }
 
+/// How [`PgSignedOutputs::settle_as_recorded`] ended an operation's reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Every pending signature of the operation was the one recorded: `rows` delivered.
+    Delivered { rows: u64 },
+    /// Some pending signature was not recorded as it is reserved: `rows` released.
+    Released { rows: u64 },
+}
+
 /// One host's operation with reserved, unsettled signatures, found at start-up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingOutputs {
@@ -310,6 +319,89 @@ impl PgSignedOutputs {
                     .map_err(classify)
             })
             .await
+    }
+
+    /// Ends this host's pending reservation for `operation_id` by what the local spent set
+    /// `recorded` (its signatures of the operation's `B_`s, as read there): delivered if
+    /// every pending signature of the operation is one of `recorded` (same `B_`, keyset,
+    /// amount and `C_`), else released, all of them. A local record of a `B_` is not
+    /// enough: a host's spent set also holds what it signed before it joined the fleet,
+    /// which the store never saw, so an operation that reserved such a `B_` at another
+    /// amount and then failed locally (11003) finds *a* record there, not its own, and
+    /// delivering its reservation would hand that signature to NUT-09 restore on every
+    /// host without anything paid for it. The verdict and the settle are one statement.
+    /// Nothing pending (settled already) is `Delivered { rows: 0 }`.
+    pub async fn settle_as_recorded(
+        &self,
+        operation_id: &str,
+        recorded: &[SignedOutput],
+    ) -> Result<Settled, PgStoreError> {
+        let OutputColumns {
+            b_s,
+            keysets,
+            amounts,
+            c_s,
+            ..
+        } = OutputColumns::of(recorded)?;
+        let host = self.store.host_id().to_owned();
+        let (host, b_s, keysets, amounts, c_s) = (&host, &b_s, &keysets, &amounts, &c_s);
+        let (delivered, rows) = self
+            .store
+            .with_client(1, |client| async move {
+                // Only one of the UPDATE and the DELETE matches rows (the verdict is one
+                // boolean), so no row is changed twice by the statement.
+                let stmt = client
+                    .prepare_cached(
+                        "WITH mine AS (
+                             SELECT b_, keyset_id, amount, c_ FROM coinop_signed_outputs
+                             WHERE host_id = $1 AND operation_id = $2 AND state = 1
+                         ),
+                         recorded AS (
+                             SELECT * FROM unnest($3::bytea[], $4::text[], $5::bigint[],
+                                                  $6::bytea[]) AS r(b_, keyset_id, amount, c_)
+                         ),
+                         verdict AS (
+                             SELECT NOT EXISTS (
+                                 SELECT 1 FROM mine m WHERE NOT EXISTS (
+                                     SELECT 1 FROM recorded r
+                                     WHERE r.b_ = m.b_ AND r.keyset_id = m.keyset_id
+                                       AND r.amount = m.amount AND r.c_ = m.c_
+                                 )
+                             ) AS delivered
+                         ),
+                         delivered AS (
+                             UPDATE coinop_signed_outputs o
+                             SET state = 2, delivered_at = now()
+                             FROM verdict v
+                             WHERE v.delivered AND o.host_id = $1 AND o.operation_id = $2
+                               AND o.state = 1
+                             RETURNING 1
+                         ),
+                         released AS (
+                             DELETE FROM coinop_signed_outputs o USING verdict v
+                             WHERE NOT v.delivered AND o.host_id = $1 AND o.operation_id = $2
+                               AND o.state = 1
+                             RETURNING 1
+                         )
+                         SELECT (SELECT delivered FROM verdict),
+                                (SELECT count(*) FROM delivered) + (SELECT count(*) FROM released)",
+                    )
+                    .await
+                    .map_err(classify)?;
+                let row = client
+                    .query_one(&stmt, &[host, &operation_id, b_s, keysets, amounts, c_s])
+                    .await
+                    .map_err(classify)?;
+                Ok((row.get::<_, bool>(0), row.get::<_, i64>(1)))
+            })
+            .await?;
+        let rows = u64::try_from(rows)
+            .map_err(|_| PgStoreError::Corrupt(format!("{rows} rows settled")))?;
+        Ok(if delivered {
+            Settled::Delivered { rows }
+        } else {
+            Settled::Released { rows }
+        })
     }
 
     /// This host's pending reservations, by operation, oldest first.

@@ -9,7 +9,7 @@ use payment::spent_set::SignedOutput;
 use payment_postgres::test_cluster::TestCluster;
 use payment_postgres::{
     check_seed, NewKeyset, OutputState, PgKeysets, PgSignedOutputs, PgStore, PgStoreError,
-    PgStoreOptions,
+    PgStoreOptions, Settled,
 };
 
 /// A cluster with database `coinop`, or `None` (SKIPPED printed) without PostgreSQL.
@@ -280,6 +280,81 @@ async fn reconciliation_settles_each_pending_operation_by_the_local_ledger() {
     );
     // Host 2's reservation is its own business.
     assert_eq!(h2.pending_operations().await.unwrap().len(), 1);
+}
+
+/// A reservation is delivered only when the local record of each `B_` is the very
+/// signature reserved: another signature of the same `B_` (one the host made before it
+/// joined the fleet, at another amount) releases the whole reservation, and only this
+/// host's pending rows of the operation are touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_is_delivered_only_as_the_signatures_it_holds() {
+    let Some(pg) = cluster("a_reservation_is_delivered_only_as_the_signatures_it_holds") else {
+        return;
+    };
+    let h1 = PgSignedOutputs::new(store(&pg, "h1").await);
+    let h2 = PgSignedOutputs::new(store(&pg, "h2").await);
+    let (a, b) = (signed(1), signed(2));
+    // What the host signed for `a`'s `B_` on its own: another amount, another `C_`.
+    let before_join = SignedOutput {
+        amount: a.amount * 64,
+        c_: vec![7; 33],
+        dleq: None,
+        ..a.clone()
+    };
+
+    h1.reserve(&[a.clone(), b.clone()], "swap").await.unwrap();
+    assert_eq!(
+        h2.settle_as_recorded("swap", &[a.clone(), b.clone()])
+            .await
+            .unwrap(),
+        Settled::Delivered { rows: 0 },
+        "another host's operation is none of its business"
+    );
+    assert_eq!(
+        h1.settle_as_recorded("swap", &[before_join.clone(), b.clone()])
+            .await
+            .unwrap(),
+        Settled::Released { rows: 2 }
+    );
+    assert_eq!(
+        h1.lookup(&[a.b_.clone(), b.b_.clone()]).await.unwrap(),
+        [None, None]
+    );
+
+    // A record missing for one of them releases all.
+    h1.reserve(&[a.clone(), b.clone()], "swap-2").await.unwrap();
+    assert_eq!(
+        h1.settle_as_recorded("swap-2", std::slice::from_ref(&b))
+            .await
+            .unwrap(),
+        Settled::Released { rows: 2 }
+    );
+
+    // The signatures themselves (the DLEQ aside: signing again may make another proof).
+    h1.reserve(&[a.clone(), b.clone()], "swap-3").await.unwrap();
+    let a_again = SignedOutput {
+        dleq: None,
+        ..a.clone()
+    };
+    assert_eq!(
+        h1.settle_as_recorded("swap-3", &[b.clone(), a_again])
+            .await
+            .unwrap(),
+        Settled::Delivered { rows: 2 }
+    );
+    assert_eq!(
+        h2.delivered(&[a.b_.clone(), b.b_.clone()]).await.unwrap(),
+        [Some(a.clone()), Some(b.clone())]
+    );
+    assert_eq!(
+        h1.settle_as_recorded("swap-3", &[]).await.unwrap(),
+        Settled::Delivered { rows: 0 },
+        "settled already: delivered stays delivered"
+    );
+    assert_eq!(
+        h2.delivered(std::slice::from_ref(&a.b_)).await.unwrap(),
+        [Some(a)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
