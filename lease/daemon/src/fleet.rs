@@ -22,7 +22,10 @@
 //! reconciliation and publication are done, fences fail with [`FleetError::Unavailable`]
 //! (503 `store_unavailable`), so nothing is accepted on local state alone; guests and
 //! metering are local and carry on. A settle that fails is retried in the background until
-//! it succeeds; the keys stay fenced meanwhile.
+//! it succeeds; the keys stay fenced meanwhile. A settle names its operation: retried after
+//! its reply was lost (it did end the fence), it must not end the fence another operation
+//! took on the same keys since, and a commit that finds its fence gone records the keys
+//! spent all the same, or reports who holds them.
 //!
 //! One operation is fenced at most once at a time in this process: the store grants the
 //! same host and operation its pending claim again (a retry after a lost reply), so two
@@ -35,7 +38,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use payment::spent_set::{KeyKind, SpendKey, SpendState};
-use payment_postgres::{PgSpentSet, PgStore, PgStoreError, PgStoreOptions, StoreMetrics};
+use payment_postgres::{HeldKey, PgSpentSet, PgStore, PgStoreError, PgStoreOptions, StoreMetrics};
 use thiserror::Error;
 
 use crate::config::Config;
@@ -115,6 +118,10 @@ enum SettleError {
     Worker(String),
     #[error(transparent)]
     Store(PgStoreError),
+    /// The local ledger spent keys another host holds pending in the store: recorded here
+    /// once that claim is released (or reported as spent twice once it is committed).
+    #[error("spent here, held pending by another host: {0}")]
+    PendingElsewhere(PgStoreError),
 }
 
 /// Why the start-up check did not finish (it is tried again).
@@ -442,16 +449,52 @@ impl Fleet {
             .map_err(|e| SettleError::Worker(e.to_string()))?
             .map_err(SettleError::Ledger)?
             .is_some();
-        let settled = if delivered {
-            self.set.commit_pending(&fence.keys).await
-        } else {
-            self.set.release_pending(&fence.keys).await
-        };
-        match settled {
-            // Settled already (a deferred settle whose first try did reach the store).
-            Err(PgStoreError::NotPending { .. }) => Ok(()),
-            other => other.map_err(SettleError::Store),
+        // Both name the operation: a settle deferred after a lost reply must not end the
+        // claim of another operation that fenced the same keys since (the tenant's retry).
+        if !delivered {
+            // Nothing released: released already (a deferred settle whose first try did
+            // reach the store), and perhaps fenced by another operation since.
+            self.set
+                .release_pending(&fence.keys, &fence.operation)
+                .await
+                .map_err(SettleError::Store)?;
+            return Ok(());
         }
+        match self.set.commit_pending(&fence.keys, &fence.operation).await {
+            Ok(()) => Ok(()),
+            Err(PgStoreError::HeldElsewhere(held)) => self.held_elsewhere(fence, held),
+            Err(e) => Err(SettleError::Store(e)),
+        }
+    }
+
+    /// A commit found keys the local ledger spent held by other operations in the store
+    /// (its own claim gone: released by a settle whose reply was lost). Another operation
+    /// of this host settles its claim by the same ledger, so those are left to it. Another
+    /// host's spent claim is a key spent twice, which nothing can undo now: reported. Its
+    /// pending claim would let it spend the key again: reported, and the commit is tried
+    /// again until that claim is released (and the key recorded here) or committed.
+    fn held_elsewhere(&self, fence: &Fence, held: Vec<HeldKey>) -> Result<(), SettleError> {
+        let mut pending_elsewhere = false;
+        for h in &held {
+            let key = hex::encode(&h.key.bytes);
+            if h.host_id == self.host_id() {
+                tracing::info!(operation = %fence.operation, kind = ?h.key.kind, key,
+                               other_operation = %h.operation_id, state = ?h.state,
+                               "fleet commit: key held by another operation of this host");
+            } else {
+                pending_elsewhere |= h.state == SpendState::Pending;
+                tracing::error!(operation = %fence.operation, kind = ?h.key.kind, key,
+                                other_host = %h.host_id, other_operation = %h.operation_id,
+                                state = ?h.state,
+                                "a key spent on this host is held by another host of the fleet");
+            }
+        }
+        if pending_elsewhere {
+            return Err(SettleError::PendingElsewhere(PgStoreError::HeldElsewhere(
+                held,
+            )));
+        }
+        Ok(())
     }
 
     async fn settle_unsettled(&self, ledger: &Arc<Ledger>) {

@@ -76,7 +76,7 @@ async fn bench(pg: &TestCluster, run: u8, swappers: u64, with_outputs: bool) -> 
                             .await
                             .expect("reserving fresh outputs");
                     }
-                    set.commit_pending(&keys)
+                    set.commit_pending(&keys, &op)
                         .await
                         .expect("committing the fence");
                     if with_outputs {

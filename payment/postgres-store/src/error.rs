@@ -22,6 +22,11 @@ pub enum PgStoreError {
     /// A settle named a key that is not pending under this host.
     #[error("{kind:?} {key_hex} is not pending under this host")]
     NotPending { kind: KeyKind, key_hex: String },
+    /// A commit ([`crate::PgSpentSet::commit_pending`]) found these keys held by another
+    /// operation (of this host or another), and left them so; its other keys were
+    /// recorded spent for it.
+    #[error("keys held by another operation: {}", held_list(.0))]
+    HeldElsewhere(Vec<crate::HeldKey>),
     /// A claim or settle of no keys at all: a caller bug, refused rather than a no-op.
     #[error("a spent-set request must name at least one key")]
     NoKeys,
@@ -74,6 +79,23 @@ pub enum PgStoreError {
     /// A row holds a value this build cannot read.
     #[error("PostgreSQL store holds {0}")]
     Corrupt(String),
+}
+
+/// Each held key and its holder, for [`PgStoreError::HeldElsewhere`]'s message.
+fn held_list(held: &[crate::HeldKey]) -> String {
+    held.iter()
+        .map(|h| {
+            format!(
+                "{:?} {} ({:?} by {} for {})",
+                h.key.kind,
+                hex::encode(&h.key.bytes),
+                h.state,
+                h.host_id,
+                h.operation_id
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl PgStoreError {

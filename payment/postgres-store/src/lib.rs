@@ -58,7 +58,11 @@
 //! has the lease), not found → release (the payment is spendable again: the retried request
 //! claims it afresh). The payment is thus either a lease or spendable, never lost and never
 //! doubled. Only the host that made a pending claim settles it (its id is in every row and
-//! in every settle), since only it knows its ledger; a host that never comes back leaves
+//! in every settle), since only it knows its ledger, and a settle ends the claim of the
+//! operation it names, no other: a release retried after a lost reply cannot free the same
+//! keys fenced since by another operation (a commit that finds its claim gone records the
+//! keys spent all the same, the ledger having spent them, unless someone else holds them,
+//! which it reports: [`PgStoreError::HeldElsewhere`]); a host that never comes back leaves
 //! its pending claims for an operator. Repeating a `Pending` claim with the same host and
 //! operation succeeds, so a call whose outcome is unknown (the store went away after the
 //! statement was sent) can be retried with the same lease id.

@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "nut30_quotes",
         sql: include_str!("../migrations/0004_nut30_quotes.sql"),
     },
+    Migration {
+        version: 5,
+        name: "settle_by_operation",
+        sql: include_str!("../migrations/0005_settle_by_operation.sql"),
+    },
 ];
 
 /// The schema version this build writes.

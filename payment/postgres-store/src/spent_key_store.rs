@@ -37,6 +37,7 @@ impl From<PgStoreError> for SpentKeyStoreError {
             | PgStoreError::Config(_)
             | PgStoreError::Database(_)
             | PgStoreError::OutputAlreadySigned { .. }
+            | PgStoreError::HeldElsewhere(_)
             | PgStoreError::KeysetMismatch { .. }
             | PgStoreError::KeysetsChanged(_)
             | PgStoreError::Corrupt(_)) => SpentKeyStoreError::Storage(other.to_string()),
@@ -71,12 +72,16 @@ impl SpentKeyStore for PgSpentSet {
         Ok(PgSpentSet::spent_with(self, keys, receipt).await?)
     }
 
+    // The trait's settles name no operation: this host's pending claim, whatever its
+    // operation (see `PgSpentSet::settle_any_operation`).
     async fn commit_pending(&self, keys: &[SpendKey]) -> Result<(), SpentKeyStoreError> {
-        Ok(PgSpentSet::commit_pending(self, keys).await?)
+        Ok(self
+            .settle_any_operation(keys, Some(SpendState::Spent))
+            .await?)
     }
 
     async fn release_pending(&self, keys: &[SpendKey]) -> Result<(), SpentKeyStoreError> {
-        Ok(PgSpentSet::release_pending(self, keys).await?)
+        Ok(self.settle_any_operation(keys, None).await?)
     }
 
     async fn states(

@@ -522,17 +522,114 @@ impl PgSpentSet {
             .await
     }
 
-    /// Moves this host's pending keys to `Spent`, all or none.
-    pub async fn commit_pending(&self, keys: &[SpendKey]) -> Result<(), PgStoreError> {
-        self.settle(keys, Some(SpendState::Spent)).await
+    /// Ends `operation_id`'s pending claim as delivered: the keys it holds pending under
+    /// this host become `Spent`, and a key nobody holds is recorded `Spent` for it (the
+    /// host's ledger spent the keys, so the store must hold them, even if the claim was
+    /// lost). Keys it holds `Spent` already (a settle repeated) are fine. A key held by
+    /// anyone else is left as it is and reported in [`PgStoreError::HeldElsewhere`], after
+    /// every other key was recorded: the caller decides what it means (another operation
+    /// of this host settles its own claim; another host's is a key spent twice, or about
+    /// to be).
+    pub async fn commit_pending(
+        &self,
+        keys: &[SpendKey],
+        operation_id: &str,
+    ) -> Result<(), PgStoreError> {
+        let (kinds, bytes) = key_arrays(keys)?;
+        let host = self.store.host_id().to_owned();
+        let spent = state_code(SpendState::Spent);
+        let (kinds, bytes, host) = (&kinds, &bytes, &host);
+        for _ in 0..CLAIM_ATTEMPTS {
+            let held = self
+                .store
+                .with_client(1, |client| async move {
+                    let stmt = client
+                        .prepare_cached("SELECT coinop_settle_operation($1, $2, $3, $4, $5)")
+                        .await
+                        .map_err(classify)?;
+                    let row = client
+                        .query_one(&stmt, &[kinds, bytes, host, &operation_id, &spent])
+                        .await
+                        .map_err(classify)?;
+                    let ours: i32 = row.get(0);
+                    if usize::try_from(ours).is_ok_and(|n| n == kinds.len()) {
+                        return Ok(None);
+                    }
+                    Self::holders(&client, kinds, bytes).await.map(Some)
+                })
+                .await?;
+            let Some(holders) = held else {
+                return Ok(());
+            };
+            self.store.add_round_trips(1);
+            let (mut elsewhere, mut let_go) = (Vec::new(), false);
+            for ((kind, key), holder) in kinds.iter().zip(bytes.iter()).zip(holders) {
+                match holder {
+                    Some(h)
+                        if h.state == SpendState::Spent
+                            && h.host_id == *host
+                            && h.operation_id == operation_id => {}
+                    Some(h) => elsewhere.push(h.held_key(*kind, key)?),
+                    // Its holder let go between the commit and the read: the commit,
+                    // which changes nothing already done, records it on the next pass.
+                    None => let_go = true,
+                }
+            }
+            if !let_go {
+                return if elsewhere.is_empty() {
+                    // A holder committed it for this operation in between: all ours.
+                    Ok(())
+                } else {
+                    Err(PgStoreError::HeldElsewhere(elsewhere))
+                };
+            }
+        }
+        Err(PgStoreError::Unavailable(format!(
+            "committing kept meeting claims released at once, {CLAIM_ATTEMPTS} times"
+        )))
     }
 
-    /// Forgets this host's pending keys, all or none.
-    pub async fn release_pending(&self, keys: &[SpendKey]) -> Result<(), PgStoreError> {
-        self.settle(keys, None).await
+    /// Ends `operation_id`'s pending claim as not delivered: forgets the keys it holds
+    /// pending under this host, and nothing else. A key it no longer holds (released
+    /// already, and perhaps fenced again by another operation since: a release retried
+    /// after its reply was lost) is left as it is, so a late release cannot free another
+    /// operation's claim. Returns how many keys were released.
+    pub async fn release_pending(
+        &self,
+        keys: &[SpendKey],
+        operation_id: &str,
+    ) -> Result<u64, PgStoreError> {
+        let (kinds, bytes) = key_arrays(keys)?;
+        let host = self.store.host_id().to_owned();
+        let (kinds, bytes, host) = (&kinds, &bytes, &host);
+        let released: i32 = self
+            .store
+            .with_client(1, |client| async move {
+                let stmt = client
+                    .prepare_cached("SELECT coinop_settle_operation($1, $2, $3, $4, $5)")
+                    .await
+                    .map_err(classify)?;
+                let row = client
+                    .query_one(&stmt, &[kinds, bytes, host, &operation_id, &0i16])
+                    .await
+                    .map_err(classify)?;
+                Ok(row.get(0))
+            })
+            .await?;
+        u64::try_from(released)
+            .map_err(|_| PgStoreError::Corrupt(format!("{released} keys released")))
     }
 
-    async fn settle(&self, keys: &[SpendKey], to: Option<SpendState>) -> Result<(), PgStoreError> {
+    /// Ends this host's pending claim on every key, whatever operation made it, all or
+    /// none: `Spent`, or forgotten. Only for [`payment::spent_set::SpentKeyStore`], whose
+    /// settles name no operation (code written for one host's spent set); coinopd settles
+    /// with [`PgSpentSet::commit_pending`] and [`PgSpentSet::release_pending`], since a
+    /// settle by host alone can end another operation's claim of the same keys.
+    pub(crate) async fn settle_any_operation(
+        &self,
+        keys: &[SpendKey],
+        to: Option<SpendState>,
+    ) -> Result<(), PgStoreError> {
         let (kinds, bytes) = key_arrays(keys)?;
         let host = self.store.host_id().to_owned();
         let to = to.map_or(0, state_code);
@@ -640,12 +737,12 @@ impl PgSpentSet {
         for op in self.pending_operations().await? {
             match committed_locally(&op) {
                 Some(true) => {
-                    self.commit_pending(&op.keys).await?;
+                    self.commit_pending(&op.keys, &op.operation_id).await?;
                     tracing::info!(operation = %op.operation_id, "store: pending claim completed");
                     done.committed.push(op.operation_id);
                 }
                 Some(false) => {
-                    self.release_pending(&op.keys).await?;
+                    self.release_pending(&op.keys, &op.operation_id).await?;
                     tracing::info!(operation = %op.operation_id, "store: pending claim released");
                     done.released.push(op.operation_id);
                 }

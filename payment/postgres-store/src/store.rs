@@ -238,6 +238,7 @@ impl PgStore {
                 e,
                 PgStoreError::AlreadyClaimed { .. }
                     | PgStoreError::NotPending { .. }
+                    | PgStoreError::HeldElsewhere(_)
                     | PgStoreError::OutputAlreadySigned { .. }
                     | PgStoreError::KeysetsChanged(_)
             );

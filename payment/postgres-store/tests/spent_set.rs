@@ -115,17 +115,25 @@ async fn claims_are_all_or_none_and_settle_like_the_sqlite_set() {
             ..
         })
     ));
-    set.commit_pending(std::slice::from_ref(&a)).await.unwrap();
-    assert!(matches!(
-        set.release_pending(std::slice::from_ref(&a)).await,
-        Err(PgStoreError::NotPending { .. })
-    ));
+    set.commit_pending(std::slice::from_ref(&a), "op-5")
+        .await
+        .unwrap();
+    // Committed again (a settle repeated): fine. Released once spent: nothing to release.
+    set.commit_pending(std::slice::from_ref(&a), "op-5")
+        .await
+        .unwrap();
+    assert_eq!(
+        set.release_pending(std::slice::from_ref(&a), "op-5")
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(
         set.states(std::slice::from_ref(&a)).await.unwrap(),
         vec![Some(SpendState::Spent)]
     );
 
-    // Release: all or none, then the key is free.
+    // Release: what the operation holds pending, and nothing else; then the key is free.
     set.claim(
         std::slice::from_ref(&c),
         SpendState::Pending,
@@ -135,17 +143,23 @@ async fn claims_are_all_or_none_and_settle_like_the_sqlite_set() {
     .await
     .unwrap();
     let d = key(KeyKind::CreditY, 4);
-    match set.release_pending(&[c.clone(), d.clone()]).await {
-        Err(PgStoreError::NotPending { key_hex, .. }) => {
-            assert_eq!(key_hex, hex::encode(&d.bytes))
-        }
-        other => panic!("expected NotPending, got {other:?}"),
-    }
+    assert_eq!(
+        set.release_pending(&[c.clone(), d.clone()], "op-6")
+            .await
+            .unwrap(),
+        0,
+        "another operation's claim"
+    );
     assert_eq!(
         set.states(std::slice::from_ref(&c)).await.unwrap(),
         vec![Some(SpendState::Pending)]
     );
-    set.release_pending(std::slice::from_ref(&c)).await.unwrap();
+    assert_eq!(
+        set.release_pending(&[c.clone(), d.clone()], "op-7")
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(
         set.states(std::slice::from_ref(&c)).await.unwrap(),
         vec![None]
@@ -240,20 +254,23 @@ async fn a_pending_claim_is_idempotent_for_its_own_host_and_operation_only() {
             .await,
         Err(PgStoreError::AlreadyClaimed { .. })
     ));
-    // Only the claiming host settles its claim.
-    assert!(matches!(
-        h2.commit_pending(&keys).await,
-        Err(PgStoreError::NotPending { .. })
-    ));
-    assert!(matches!(
-        h2.release_pending(&keys).await,
-        Err(PgStoreError::NotPending { .. })
-    ));
+    // Only the claiming host settles its claim: another host's commit of the same
+    // operation id is told who holds the keys, its release does nothing.
+    match h2.commit_pending(&keys, "lease-a").await {
+        Err(PgStoreError::HeldElsewhere(held)) => {
+            assert_eq!(held.len(), 2, "{held:?}");
+            assert!(held
+                .iter()
+                .all(|h| h.host_id == "h1" && h.state == SpendState::Pending));
+        }
+        other => panic!("expected HeldElsewhere, got {other:?}"),
+    }
+    assert_eq!(h2.release_pending(&keys, "lease-a").await.unwrap(), 0);
     assert!(h1.held_for_operation(&keys, "lease-a").await.unwrap());
     assert!(!h1.held_for_operation(&keys, "lease-b").await.unwrap());
     assert!(!h2.held_for_operation(&keys, "lease-a").await.unwrap());
     assert!(!h1.held_for_operation(&more, "lease-a").await.unwrap());
-    h1.commit_pending(&keys).await.unwrap();
+    h1.commit_pending(&keys, "lease-a").await.unwrap();
     // Delivered, the operation still holds its keys: a repeat is recognised.
     assert!(h1.held_for_operation(&keys, "lease-a").await.unwrap());
     assert_eq!(
@@ -374,12 +391,16 @@ async fn publishing_local_spends_records_the_missing_ones_once_and_overwrites_no
         .held_for_operation(std::slice::from_ref(&b), "op-b")
         .await
         .unwrap());
-    h1.commit_pending(std::slice::from_ref(&c)).await.unwrap();
+    h1.commit_pending(std::slice::from_ref(&c), "op-c")
+        .await
+        .unwrap();
     // The taken-over key's host, its request failed, lets go: the key stays spent.
-    assert!(matches!(
-        h2.release_pending(std::slice::from_ref(&e)).await,
-        Err(PgStoreError::NotPending { .. })
-    ));
+    assert_eq!(
+        h2.release_pending(std::slice::from_ref(&e), "op-e")
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(
         h2.states(std::slice::from_ref(&e)).await.unwrap(),
         vec![Some(SpendState::Spent)]
@@ -485,7 +506,7 @@ async fn exactly_one_claim_wins_across_three_hosts() {
                     match host.claim(&keys, SpendState::Pending, "race", &op).await {
                         Ok(()) => {
                             wins.fetch_add(1, Ordering::SeqCst);
-                            host.commit_pending(&keys)
+                            host.commit_pending(&keys, &op)
                                 .await
                                 .expect("committing the win");
                             Some(h)
@@ -744,4 +765,87 @@ async fn an_unreachable_store_fails_closed_and_recovers_by_itself() {
             .await,
         Err(PgStoreError::AlreadyClaimed { .. })
     ));
+}
+
+/// A release retried after its reply was lost, once the keys are fenced again by another
+/// operation of the same host (the tenant's retry): it leaves that claim alone, else the
+/// other operation's commit finds nothing pending and the key, spent on the host, is free
+/// in the store for every other host. A commit whose claim is gone records the keys spent
+/// anyway, unless someone else holds them: then it says who.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_release_leaves_another_operations_claim_alone() {
+    let Some(pg) = cluster("a_late_release_leaves_another_operations_claim_alone") else {
+        return;
+    };
+    let (h1, h2) = (set(&pg, "h1").await, set(&pg, "h2").await);
+    let k = [key(KeyKind::CreditY, 1)];
+    h1.claim(&k, SpendState::Pending, "swap", "X")
+        .await
+        .unwrap();
+    assert_eq!(h1.release_pending(&k, "X").await.unwrap(), 1);
+    h1.claim(&k, SpendState::Pending, "swap", "Y")
+        .await
+        .unwrap();
+    // X's release again (its first reply was lost).
+    assert_eq!(h1.release_pending(&k, "X").await.unwrap(), 0);
+    assert!(h1.held_for_operation(&k, "Y").await.unwrap());
+    assert!(matches!(
+        h2.claim(&k, SpendState::Pending, "swap", "Z").await,
+        Err(PgStoreError::AlreadyClaimed { .. })
+    ));
+    // X's commit (had the ledger spent the key) is not Y's either: reported, Y's intact.
+    match h1.commit_pending(&k, "X").await {
+        Err(PgStoreError::HeldElsewhere(held)) => assert_eq!(
+            held,
+            [HeldKey {
+                key: k[0].clone(),
+                state: SpendState::Pending,
+                host_id: "h1".into(),
+                operation_id: "Y".into(),
+            }]
+        ),
+        other => panic!("expected HeldElsewhere, got {other:?}"),
+    }
+    h1.commit_pending(&k, "Y").await.unwrap();
+    assert_eq!(h2.states(&k).await.unwrap(), [Some(SpendState::Spent)]);
+    assert!(h1.held_for_operation(&k, "Y").await.unwrap());
+
+    // A commit whose pending claim is gone (released by a settle whose reply was lost,
+    // the key spent on the host since): the store records the key spent for it.
+    let gone = [key(KeyKind::Outpoint, 2), key(KeyKind::CreditY, 2)];
+    h1.claim(&gone, SpendState::Pending, "lease", "W")
+        .await
+        .unwrap();
+    assert_eq!(h1.release_pending(&gone, "W").await.unwrap(), 2);
+    h1.commit_pending(&gone, "W").await.unwrap();
+    assert_eq!(
+        h2.states(&gone).await.unwrap(),
+        [Some(SpendState::Spent), Some(SpendState::Spent)]
+    );
+    assert!(h1.held_for_operation(&gone, "W").await.unwrap());
+}
+
+/// A database a coinop of schema version 4 made (its pending claims settled by host only)
+/// gains the settle by operation at the next start, with its rows as they were; the
+/// migration may run over a function it made before (a repeated upgrade) too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_4_database_is_upgraded_to_settles_by_operation() {
+    let Some(pg) = cluster("a_version_4_database_is_upgraded_to_settles_by_operation") else {
+        return;
+    };
+    let h1 = set(&pg, "h1").await;
+    let k = [key(KeyKind::CreditY, 1)];
+    h1.claim(&k, SpendState::Pending, "swap", "Y")
+        .await
+        .unwrap();
+    // As a version 4 database: no record of migration 5.
+    pg.psql(
+        "coinop",
+        "DELETE FROM coinop_schema_migrations WHERE version >= 5",
+    )
+    .unwrap();
+    assert_eq!(h1.store().migrate().await.unwrap(), [5]);
+    assert_eq!(h1.release_pending(&k, "X").await.unwrap(), 0);
+    h1.commit_pending(&k, "Y").await.unwrap();
+    assert!(h1.held_for_operation(&k, "Y").await.unwrap());
 }
