@@ -87,6 +87,16 @@ impl<'a> OutputColumns<'a> {
     }
 }
 
+/// [`OutputColumns`] borrowed, as `reserve` passes them on.
+type Columns<'a> = (
+    &'a [&'a [u8]],
+    &'a [&'a str],
+    &'a [i64],
+    &'a [&'a [u8]],
+    &'a [Option<&'a [u8]>],
+    &'a [Option<&'a [u8]>],
+);
+
 /// The signed blinded messages of the fleet. Cheap to clone (shares the store's pool).
 #[derive(Clone, Debug)]
 pub struct PgSignedOutputs {
@@ -116,7 +126,9 @@ impl PgSignedOutputs {
     /// all or none. A `B_` held by anyone else (another operation, or another host) fails
     /// the whole call with [`PgStoreError::OutputAlreadySigned`]; the same reservation
     /// repeated by this host for this operation succeeds (a retry after an unknown
-    /// outcome, or the same request again after it was delivered).
+    /// outcome, or the same request again after it was delivered). Repeated with other
+    /// signatures of the same `B_`s, its pending rows take the new ones (the operation
+    /// signed again, and its local commit records those); a delivered one is refused.
     pub async fn reserve(
         &self,
         signed: &[SignedOutput],
@@ -155,7 +167,16 @@ impl PgSignedOutputs {
                     match client
                         .query_one(
                             &stmt,
-                            &[b_s, keysets, amounts, c_s, es, ss, host, &operation_id],
+                            &[
+                                &b_s,
+                                &keysets,
+                                &amounts,
+                                &c_s,
+                                &es,
+                                &ss,
+                                host,
+                                &operation_id,
+                            ],
                         )
                         .await
                     {
@@ -176,7 +197,19 @@ impl PgSignedOutputs {
                     .is_some_and(|h| h.host_id == *host && h.operation_id == operation_id)
             };
             if holders.iter().all(ours) {
-                return Ok(());
+                let columns = (
+                    b_s.as_slice(),
+                    keysets.as_slice(),
+                    amounts.as_slice(),
+                    c_s.as_slice(),
+                    es.as_slice(),
+                    ss.as_slice(),
+                );
+                match self.replace_stale(&holders, columns, operation_id).await? {
+                    true => return Ok(()),
+                    // A row changed state in between: looked at again.
+                    false => continue,
+                }
             }
             let taken = b_s
                 .iter()
@@ -193,6 +226,84 @@ impl PgSignedOutputs {
             "reserving outputs kept conflicting with reservations released at once, \
              {RESERVE_ATTEMPTS} times"
         )))
+    }
+
+    /// This operation holds every `B_` already (`holders`, in the order of the columns):
+    /// a retry, or the same operation signing again. Pending rows whose signature is not
+    /// the one given now (the same `B_`s signed for other amounts: a fleet refund signed
+    /// again after its balance moved, its first reservation left pending by a settle that
+    /// did not reach the store) take the new signatures, else a settle would deliver the
+    /// stale ones. A delivered row is never changed: another signature of it is refused
+    /// as already signed. Whether the reservation now holds the signatures given (`false`:
+    /// a row changed state in between, to look at again).
+    async fn replace_stale(
+        &self,
+        holders: &[Option<StoredOutput>],
+        columns: Columns<'_>,
+        operation_id: &str,
+    ) -> Result<bool, PgStoreError> {
+        let (b_s, keysets, amounts, c_s, es, ss) = columns;
+        let mut stale = false;
+        for (i, held) in holders.iter().enumerate() {
+            let Some(held) = held else { continue };
+            // The DLEQ proof is left out: signing again may prove the same `C_` otherwise.
+            let same = held.signed.keyset_id == keysets[i]
+                && amount_param(held.signed.amount)? == amounts[i]
+                && held.signed.c_ == c_s[i];
+            if same {
+                continue;
+            }
+            if held.state == OutputState::Delivered {
+                return Err(PgStoreError::OutputAlreadySigned {
+                    b_hex: hex::encode(b_s[i]),
+                });
+            }
+            stale = true;
+        }
+        if !stale {
+            return Ok(true);
+        }
+        let pending = holders
+            .iter()
+            .flatten()
+            .filter(|h| h.state == OutputState::Pending)
+            .count();
+        let host = self.store.host_id().to_owned();
+        let host = &host;
+        let replaced = self
+            .store
+            .with_client(1, |client| async move {
+                let stmt = client
+                    .prepare_cached(
+                        "UPDATE coinop_signed_outputs o
+                         SET keyset_id = n.keyset, amount = n.amount, c_ = n.c,
+                             dleq_e = n.e, dleq_s = n.s, signed_at = now()
+                         FROM unnest($1::bytea[], $2::text[], $3::bigint[], $4::bytea[],
+                                     $5::bytea[], $6::bytea[]) AS n(b, keyset, amount, c, e, s)
+                         WHERE o.b_ = n.b AND o.host_id = $7 AND o.operation_id = $8
+                           AND o.state = 1",
+                    )
+                    .await
+                    .map_err(classify)?;
+                client
+                    .execute(
+                        &stmt,
+                        &[
+                            &b_s,
+                            &keysets,
+                            &amounts,
+                            &c_s,
+                            &es,
+                            &ss,
+                            host,
+                            &operation_id,
+                        ],
+                    )
+                    .await
+                    .map_err(classify)
+            })
+            .await?;
+        Ok(usize::try_from(replaced).is_ok_and(|n| n == pending))
     }
 
     /// The stored row of each `B_`, in order; `None` for one never reserved.

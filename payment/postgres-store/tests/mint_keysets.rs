@@ -357,6 +357,58 @@ async fn a_reservation_is_delivered_only_as_the_signatures_it_holds() {
     );
 }
 
+/// The same operation reserving the same `B_`s again with other signatures (a fleet
+/// refund signed again for a balance that moved, its first reservation left pending by a
+/// settle that did not reach the store): the pending rows hold the new signatures, not the
+/// stale ones, which a settle would otherwise deliver. A delivered signature is never
+/// replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_made_again_with_other_signatures_holds_the_new_ones() {
+    let Some(pg) = cluster("a_reservation_made_again_with_other_signatures_holds_the_new_ones")
+    else {
+        return;
+    };
+    let h1 = PgSignedOutputs::new(store(&pg, "h1").await);
+    let (a, b) = (signed(1), signed(2));
+    let resigned = |s: &SignedOutput| SignedOutput {
+        amount: s.amount * 2,
+        c_: vec![s.c_[0].wrapping_add(50); 33],
+        ..s.clone()
+    };
+    let (a2, b2) = (resigned(&a), resigned(&b));
+
+    h1.reserve(&[a.clone(), b.clone()], "refund").await.unwrap();
+    h1.reserve(&[a2.clone(), b2.clone()], "refund")
+        .await
+        .unwrap();
+    let rows = h1.lookup(&[a.b_.clone(), b.b_.clone()]).await.unwrap();
+    let held: Vec<SignedOutput> = rows.into_iter().flatten().map(|r| r.signed).collect();
+    assert_eq!(held, [a2.clone(), b2.clone()]);
+    assert_eq!(
+        h1.settle_as_recorded("refund", &[a2.clone(), b2.clone()])
+            .await
+            .unwrap(),
+        Settled::Delivered { rows: 2 }
+    );
+    assert_eq!(
+        h1.delivered(&[a.b_.clone(), b.b_.clone()]).await.unwrap(),
+        [Some(a2.clone()), Some(b2.clone())]
+    );
+
+    // Delivered: the same signatures again are granted, others refused.
+    h1.reserve(&[a2.clone(), b2.clone()], "refund")
+        .await
+        .unwrap();
+    assert!(matches!(
+        h1.reserve(&[a.clone(), b2.clone()], "refund").await,
+        Err(PgStoreError::OutputAlreadySigned { .. })
+    ));
+    assert_eq!(
+        h1.delivered(std::slice::from_ref(&a.b_)).await.unwrap(),
+        [Some(a2)]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_store_is_unavailable_not_an_answer() {
     let Some(pg) = cluster("a_stopped_store_is_unavailable_not_an_answer") else {
