@@ -353,7 +353,6 @@ impl GoldenSnapshots {
         key: &str,
         staging: &Path,
     ) -> Result<(), GoldenError> {
-        let supervisor = &s.supervisor;
         // Unique per build, not per key: coinopd processes on one host (tests run many)
         // building the same image would otherwise share one cgroup, whose limits (memory,
         // tasks, CPU) are one guest's, with two VMMs in it.
@@ -363,9 +362,28 @@ impl GoldenSnapshots {
             &crate::token::new_lease_id()[1..9]
         );
         let paths = GuestPaths::for_lease(&s.config.run_dir(), &id);
+        let taken = self.run_vmm(s, shape, &id, &paths, staging).await;
+        // Done or failed, the build's VMM is gone (or killed) by here, and its files are no
+        // lease's: nothing else would remove them before the next start.
+        for file in [&paths.console, &paths.log, &paths.control] {
+            let _ = std::fs::remove_file(file);
+        }
+        taken
+    }
+
+    /// [`Self::take`]'s VMM, under the build's `id`.
+    async fn run_vmm(
+        &self,
+        s: &Shared,
+        shape: &Shape,
+        id: &str,
+        paths: &GuestPaths,
+        staging: &Path,
+    ) -> Result<(), GoldenError> {
+        let supervisor = &s.supervisor;
         let nic = if shape.nic {
             let isolation = std::sync::Arc::clone(supervisor.isolation());
-            let owner = id.clone();
+            let owner = id.to_string();
             let attached = tokio::task::spawn_blocking(move || isolation.attach_network(&owner))
                 .await
                 .map_err(|e| GoldenError::Network(format!("worker: {e}")))?
@@ -384,12 +402,12 @@ impl GoldenSnapshots {
         };
         let booted = supervisor
             .boot(BootRequest {
-                lease_id: &id,
+                lease_id: id,
                 image: &shape.image,
                 cmdline: &shape.image.cmdline,
                 vcpus: shape.vcpus,
                 mem_mib: shape.mem_mib,
-                paths: &paths,
+                paths,
                 arrival_us: crate::clock::monotonic_us(),
                 // No lease, no payment: nothing happened before the spawn.
                 figures: coinop_proto::BootFigures::default(),
@@ -406,7 +424,7 @@ impl GoldenSnapshots {
         if shape.image.rootfs.is_some() {
             // Kept under a second name: the VMM's exit removes the overlay's own with its
             // confinement. The snapshot command flushes the disk before the state is taken.
-            let overlay = supervisor.isolation().overlay_path(&id);
+            let overlay = supervisor.isolation().overlay_path(id);
             let kept = overlay_in(staging);
             if let Err(e) = std::fs::hard_link(&overlay, &kept) {
                 if let Some(vmm) = booted.pid.and_then(VmmProcess::of) {
@@ -440,9 +458,6 @@ impl GoldenSnapshots {
                 return Err(GoldenError::NoExit);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        for file in [&paths.console, &paths.log, &paths.control] {
-            let _ = std::fs::remove_file(file);
         }
         Ok(())
     }

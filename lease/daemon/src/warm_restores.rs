@@ -24,6 +24,11 @@
 //! kills what each marker of a lease id the ledger does not hold names
 //! ([`remove_left_overs`]): the process recorded in it (pid and start time), and any
 //! `coinop-vmm` in the cgroup coinopd made for that id.
+//!
+//! Files: a warm VMM writes its console and VMM log (and, without a jail, has its control
+//! socket) in the run directory under its id, as a lease's VMM does. One that no lease
+//! took is no lease's, so nothing that cleans up after leases ever sees them: they go when
+//! the VMM is given up, and at start-up with any other such files of no lease.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -192,10 +197,30 @@ async fn discard(s: &Shared, w: Warm, release_room: bool) {
     let id = w.ahead.lease_id().to_string();
     crate::fault::delay(crate::fault::point::WARM_DISCARD).await;
     s.supervisor.discard_ahead(w.ahead).await;
+    remove_run_files(&s.config.run_dir(), &id);
     if release_room {
         s.capacity().release(&id);
     }
     let _ = std::fs::remove_file(s.warm.markers.join(&id));
+}
+
+/// Removes what a VMM that never became a lease's had in the run directory once it is
+/// gone: its console and VMM log, and its control socket (a jailed one's went with its
+/// confinement; without a jail it is only a file here). No lease row names them, so
+/// nothing else ever would, and every warm VMM given up (an eviction, a changed shape or
+/// snapshot, each stop of coinopd) would leave its files behind. The id is not used again:
+/// a create that took the VMM and boots its lease under the same id does so only after
+/// this ([`end_taken`]) and writes its own.
+fn remove_run_files(run_dir: &Path, id: &str) {
+    let paths = GuestPaths::for_lease(run_dir, id);
+    for file in [&paths.console, &paths.log, &paths.control] {
+        match std::fs::remove_file(file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(lease = id, file = %file.display(), error = %e,
+                "cannot remove a warm restore's file"),
+        }
+    }
 }
 
 /// Ends a warm VMM a create took but cannot use, and returns once it is gone with its
@@ -323,6 +348,8 @@ async fn build(s: &Shared, shape: &Shape, snapshot: &Path) -> Result<Warm, Build
     }
     let fail = |why: String| {
         s.capacity().release(&id);
+        // A failed start has ended its VMM (if it got one) but leaves its files.
+        remove_run_files(&s.config.run_dir(), &id);
         let _ = std::fs::remove_file(&marker);
         Build::Failed(why)
     };
@@ -395,12 +422,12 @@ async fn build(s: &Shared, shape: &Shape, snapshot: &Path) -> Result<Warm, Build
 }
 
 /// At start-up, before the slot pool and the network sweep: ends the warm VMMs an earlier
-/// coinopd left (markers whose id is no lease in the ledger) and removes their markers;
-/// the slot pool then removes their jails and cgroups, the sweep their networks.
+/// coinopd left (markers whose id is no lease in the ledger) and removes their markers and
+/// their files in the run directory, as those of any other id that is no lease
+/// ([`remove_files_of_no_lease`]); the slot pool then removes their jails and cgroups, the
+/// sweep their networks.
 pub fn remove_left_overs(s: &Shared) {
-    let Ok(entries) = std::fs::read_dir(&s.warm.markers) else {
-        return;
-    };
+    let entries = std::fs::read_dir(&s.warm.markers).into_iter().flatten();
     for entry in entries.flatten() {
         let Some(id) = entry.file_name().to_str().map(String::from) else {
             continue;
@@ -428,15 +455,73 @@ pub fn remove_left_overs(s: &Shared) {
             // on its own) with whatever else is left under its id.
             let control = GuestPaths::for_lease(&s.config.run_dir(), &id).control;
             killed += s.supervisor.isolation().end_left_over(&id, control);
+            remove_run_files(&s.config.run_dir(), &id);
             tracing::info!(lease = %id, killed, "removed a warm restore an earlier coinopd left");
         }
         let _ = std::fs::remove_file(entry.path());
     }
+    remove_files_of_no_lease(s);
+}
+
+/// The rest of the start-up's clean-up of the run directory: the console, VMM log and
+/// control socket of every lease id the ledger does not hold. At start-up no create is in
+/// flight and the warm restores are gone, so such files are what a VMM that never became a
+/// lease's left: a warm restore discarded by a coinopd from before these files went with
+/// it, or one whose marker a crash lost. Golden builds' files (`golden-...`) are not lease
+/// ids; [`crate::golden_snapshot::remove_left_over_builds`] finds those builds by them.
+fn remove_files_of_no_lease(s: &Shared) {
+    let run_dir = s.config.run_dir();
+    let Ok(entries) = std::fs::read_dir(&run_dir) else {
+        return;
+    };
+    let ids: std::collections::BTreeSet<String> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_str()?.to_string();
+            let id = [".console", ".vmm.log", ".sock"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))?;
+            is_lease_id(id).then(|| id.to_string())
+        })
+        .collect();
+    for id in ids {
+        match s.ledger.get(&id) {
+            Ok(None) => {
+                remove_run_files(&run_dir, &id);
+                tracing::info!(lease = %id, "removed the files of a VMM that was no lease's");
+            }
+            Ok(Some(_)) => {}
+            // Unknown is not "no lease": kept for the next start.
+            Err(e) => tracing::warn!(lease = %id, error = %e,
+                "cannot tell whether files in the run directory are a lease's; leaving them"),
+        }
+    }
+}
+
+/// Whether `id` is shaped as [`crate::token::new_lease_id`] makes them: `l` and 16 hex
+/// characters.
+fn is_lease_id(id: &str) -> bool {
+    id.strip_prefix('l')
+        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_ids_made_as_lease_ids_are_taken_for_them() {
+        assert!(is_lease_id(&crate::token::new_lease_id()));
+        assert!(is_lease_id("l0123456789abcdef"));
+        for not in [
+            "golden-0123456789ab-01234567",
+            "l0123",
+            "x0123456789abcdef",
+            "",
+        ] {
+            assert!(!is_lease_id(not), "{not}");
+        }
+    }
 
     #[test]
     fn a_marker_names_its_vmm_by_pid_and_start_time() {

@@ -295,6 +295,105 @@ async fn a_warm_restore_gives_its_room_to_a_create_of_another_shape() {
     d.shutdown().await;
 }
 
+/// The files `id` has in the run directory (`ID.console`, `ID.vmm.log`, `ID.sock`).
+fn run_files(state: &Path, id: &str) -> Vec<PathBuf> {
+    let prefix = format!("{id}.");
+    std::fs::read_dir(state.join("run"))
+        .expect("run directory")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// A warm restore no lease took is no lease's, so nothing that cleans up after leases
+/// removes its console and VMM log: they go with its VMM, both when it is given up for a
+/// create of another shape and when coinopd stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_restore_given_up_leaves_no_files_in_the_run_directory() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    // As in the test above: the 128 MiB create needs the warm VMM's room.
+    let d = agent_daemon(state, &["--capacity-mib", "256"]).await;
+    let Kept {
+        cold,
+        restored,
+        warm_id,
+        ..
+    } = restore_and_keep_one_warm(&d, state).await;
+    assert!(
+        state
+            .join("run")
+            .join(format!("{warm_id}.console"))
+            .is_file(),
+        "a warm VMM has its console: {:?}",
+        run_files(state, &warm_id)
+    );
+
+    // Evicted.
+    let proofs = d.mint_credit(40).await;
+    let big = d
+        .create_lease(json!({"vcpus": 1, "mem_mib": 128, "image": "tga",
+                             "payment": credit_payment(&proofs)}))
+        .await;
+    assert_eq!(start_of(&big), "cold", "{}", big.reply);
+    assert!(!state.join("warm").join(&warm_id).exists(), "evicted");
+    assert_eq!(run_files(state, &warm_id), Vec::<PathBuf>::new(), "evicted");
+    for lease in [&cold, &restored, &big] {
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+
+    // Another restore of the 64 MiB shape keeps another one warm, until coinopd stops.
+    let again = create(&d, None).await;
+    assert_eq!(start_of(&again), "restore", "{}", again.reply);
+    d.stop_lease(&again.id, &again.token).await;
+    let (warm_id, _) = common::warm_restore::wait_for_one(state);
+    assert!(!run_files(state, &warm_id).is_empty());
+    let status = d.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "coinopd exits cleanly: {status:?}");
+    assert_eq!(
+        run_files(state, &warm_id),
+        Vec::<PathBuf>::new(),
+        "at the stop"
+    );
+}
+
+/// What a warm restore discarded by an earlier coinopd left in the run directory (before
+/// its files went with it, or with its marker lost) goes at the next start; a lease's
+/// files stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_of_no_lease_in_the_run_directory_go_at_start() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let d = agent_daemon(state, &["--warm-restores", "0"]).await;
+    let lease = create(&d, None).await;
+    d.stop_lease(&lease.id, &lease.token).await;
+    let status = d.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "coinopd exits cleanly: {status:?}");
+    let kept = run_files(state, &lease.id);
+    assert!(!kept.is_empty(), "the lease has its files");
+    let orphan = "l00112233445566aa";
+    for suffix in ["console", "vmm.log", "sock"] {
+        std::fs::write(state.join("run").join(format!("{orphan}.{suffix}")), b"x")
+            .expect("plant a left-over file");
+    }
+
+    let d = agent_daemon(state, &["--warm-restores", "0"]).await;
+    assert_eq!(run_files(state, orphan), Vec::<PathBuf>::new());
+    let mut after = run_files(state, &lease.id);
+    after.sort();
+    let mut kept = kept;
+    kept.sort();
+    assert_eq!(after, kept, "the lease's files stay");
+    d.shutdown().await;
+}
+
 /// A create that finds `kept`'s warm restore unusable (its caller made it so) must boot
 /// its lease on its own under the warm VMM's id, and only once that VMM is gone with its
 /// confinement: ended after the new boot registered its own, that end would remove the new
