@@ -298,7 +298,12 @@ impl AppState {
                 Quotes::fleet(local_quotes, book, Arc::clone(fleet))
             }
         });
-        let golden = GoldenSnapshots::new(config.snapshot_dir(), config.vmm_bin.clone());
+        let golden = GoldenSnapshots::new(
+            config.snapshot_dir(),
+            config.vmm_bin.clone(),
+            config.max_golden_snapshots,
+            std::time::Duration::from_millis(config.boot_timeout_ms),
+        );
         let warm = crate::warm_restores::WarmRestores::new(config.warm_restores, config.warm_dir());
         let state = AppState {
             operator: OperatorPolicy {

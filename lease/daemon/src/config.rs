@@ -209,6 +209,12 @@ pub struct Settings {
     /// flight; given up when a create of another shape needs the room.
     #[arg(long)]
     pub warm_restores: Option<usize>,
+    /// Golden snapshot directories kept on disk, all images and shapes together (default
+    /// 16; 0 keeps none, so leases of snapshot images boot cold): a build that would make
+    /// one more removes the least recently used (restored from or built) that no restore
+    /// may be opening right now.
+    #[arg(long)]
+    pub max_golden_snapshots: Option<usize>,
     /// Guest networking (tap, routed /30, NAT, SSH port forward): auto (default: for
     /// images with a rootfs), always, or never. Needs root, ip and nft.
     #[arg(long)]
@@ -311,6 +317,12 @@ pub struct Settings {
 /// disk per lease at most.
 const DEFAULT_CONSOLE_MAX_BYTES: u64 = 1 << 20;
 
+/// Golden snapshots kept by default: room for the few images and sizes a host's tenants
+/// actually use, each snapshot costing what its golden guest touched (memory and disk
+/// writes, megabytes for a small guest), while a run of one-off shapes cannot fill the
+/// state disk.
+const DEFAULT_MAX_GOLDEN_SNAPSHOTS: usize = 16;
+
 /// Resolved settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -349,6 +361,7 @@ pub struct Config {
     pub jail_uid_count: u32,
     pub jail_pool: usize,
     pub warm_restores: usize,
+    pub max_golden_snapshots: usize,
     pub guest_network: NetworkMode,
     pub guest_net_pool: Cidr,
     pub guest_ssh_ports: (u16, u16),
@@ -455,6 +468,7 @@ impl Settings {
             jail_uid_count: self.jail_uid_count.or(file.jail_uid_count),
             jail_pool: self.jail_pool.or(file.jail_pool),
             warm_restores: self.warm_restores.or(file.warm_restores),
+            max_golden_snapshots: self.max_golden_snapshots.or(file.max_golden_snapshots),
             guest_network: self.guest_network.or(file.guest_network),
             guest_net_pool: self.guest_net_pool.or(file.guest_net_pool),
             guest_ssh_ports: self.guest_ssh_ports.or(file.guest_ssh_ports),
@@ -624,6 +638,9 @@ impl Settings {
             jail_uid_count: self.jail_uid_count.unwrap_or(1000),
             jail_pool: self.jail_pool.unwrap_or(4),
             warm_restores: self.warm_restores.unwrap_or(1),
+            max_golden_snapshots: self
+                .max_golden_snapshots
+                .unwrap_or(DEFAULT_MAX_GOLDEN_SNAPSHOTS),
             guest_network,
             guest_net_pool,
             guest_ssh_ports,

@@ -214,6 +214,10 @@ pub async fn serve(
     let _ = tokio::task::spawn_blocking(move || crate::warm_restores::remove_left_overs(&s2)).await;
     // So are golden snapshot builds an earlier coinopd died in.
     end_golden_builds(&state, "started").await;
+    // Then, no build running and no restore yet, the snapshots no lease will restore from
+    // go, and those beyond the bound.
+    let s2 = state.clone();
+    let _ = tokio::task::spawn_blocking(move || s2.golden.sweep(&s2.config.images)).await;
     let isolation = std::sync::Arc::clone(state.supervisor.isolation());
     let _ = tokio::task::spawn_blocking(move || isolation.sweep_left_overs()).await;
     state.supervisor.isolation().start_pool();

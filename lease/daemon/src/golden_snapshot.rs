@@ -55,7 +55,21 @@
 //! filesystem of gigabytes on every lease create is too slow, and any replacement (a new
 //! inode), write or touch (mtime and ctime, which nobody can set back) changes the tuple.
 //! A changed input gives a new key; the build of the new snapshot removes the image's
-//! snapshots of the same shape under other keys.
+//! snapshots of the same shape under other keys, and coinopd's start removes every
+//! snapshot whose key is not its shape's now, and those of images gone from the catalogue
+//! ([`GoldenSnapshots::sweep`]): no lease would restore from them again.
+//!
+//! **Bound.** Tenants choose the shape (any vCPU count and memory size within the limits),
+//! and each new one is a snapshot on the state disk: at most `--max-golden-snapshots` are
+//! kept, all images together, as a cache. A build that makes one too many removes the
+//! least recently used, restored from or built (a directory's mtime, set at each use, so
+//! the order outlives coinopd), except any that a restore may still be opening
+//! ([`GoldenSnapshots::restoring_from`]); when all of those are, the new snapshot goes
+//! instead. At most [`MAX_BUILDS_AT_ONCE`] builds run, so their staging directories are
+//! bounded too. A shape is built on its first lease, not its second: waiting for a second
+//! would cost every shape in real use one more cold boot, while a tenant set on churning
+//! shapes pays for a second lease of each just as for the first, so it would not bound
+//! anything the count does not.
 //!
 //! **Failure.** A restore that fails falls back to a cold boot of the same lease (the
 //! lease is paid either way) with the reason logged. Whether the snapshot goes too depends
@@ -78,7 +92,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bitcoin::hashes::{sha256, Hash, HashEngine};
 use thiserror::Error;
@@ -86,7 +100,7 @@ use vmm_protocol::client;
 use vmm_protocol::Request;
 
 use crate::app::Shared;
-use crate::image_catalogue::ImageSpec;
+use crate::image_catalogue::{ImageCatalogue, ImageSpec};
 use crate::supervisor::{
     jailed_snapshot_dir, BootRequest, GuestPaths, Nic, ReadyPoint, SnapshotUse,
 };
@@ -110,6 +124,16 @@ const KEY_DOMAIN: &[u8] = b"coinopd golden snapshot v1";
 const SNAPSHOT_REPLY_WAIT: Duration = Duration::from_secs(120);
 /// How long the snapshotting VMM may take to exit after its reply.
 const EXIT_WAIT: Duration = Duration::from_secs(10);
+/// Golden snapshot builds running at once, at most: each is a VMM of its own and a staging
+/// directory beside the kept snapshots, so a burst of leases of new shapes cannot start
+/// any number of them. A first lease of a shape that finds them all busy boots cold as
+/// always; a later one of the shape builds.
+const MAX_BUILDS_AT_ONCE: usize = 2;
+/// What a restore does between its snapshot's lookup and its boot's deadline: the copy of
+/// the snapshot's overlay for the lease, the jail's binds (or the VMM's own opening of the
+/// files), a warm restore's network routing. Generous: a snapshot held a little longer
+/// only waits for a later eviction.
+const RESTORE_START_MARGIN: Duration = Duration::from_secs(30);
 
 /// Why a golden snapshot could not be built.
 #[derive(Debug, Error)]
@@ -132,6 +156,10 @@ pub enum GoldenError {
     /// The build's NIC could not be set up.
     #[error("a NIC for the build: {0}")]
     Network(String),
+    /// The snapshot was written, but `--max-golden-snapshots` are kept and restores may be
+    /// opening every other one: it was removed again.
+    #[error("{max} golden snapshots are kept and every other one may be in use")]
+    NoRoom { max: usize },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> GoldenError + '_ {
@@ -159,6 +187,18 @@ impl Shape {
     }
 }
 
+/// What a snapshot directory's name (`<vcpus>c<mem>m[n]-<key>`, see [`Shape::prefix`])
+/// says: (vcpus, mem_mib, nic, key).
+fn parse_dir_name(name: &str) -> Option<(u32, u64, bool, &str)> {
+    let (shape, key) = name.split_once('-')?;
+    let (shape, nic) = match shape.strip_suffix("mn") {
+        Some(rest) => (rest, true),
+        None => (shape.strip_suffix('m')?, false),
+    };
+    let (vcpus, mem_mib) = shape.split_once('c')?;
+    Some((vcpus.parse().ok()?, mem_mib.parse().ok()?, nic, key))
+}
+
 /// How a golden build's id (its jail's, cgroup's and control socket's name) starts; no
 /// lease id does (those start with `l`).
 const BUILD_ID_PREFIX: &str = "golden-";
@@ -173,6 +213,13 @@ pub struct GoldenSnapshots {
     /// Restores failed in a row, per snapshot directory, for failures that do not show the
     /// snapshot itself to be bad.
     strikes: Mutex<HashMap<PathBuf, u32>>,
+    /// Snapshot directories kept at most (`--max-golden-snapshots`).
+    max: usize,
+    /// How long after its lookup a restore may still be opening a snapshot's files.
+    hold_for: Duration,
+    /// When each snapshot was last looked up for a restore: one looked up less than
+    /// `hold_for` ago is not evicted. The lock also makes evictions one at a time.
+    held: Mutex<HashMap<PathBuf, Instant>>,
 }
 
 /// Failed restores in a row, none of them the snapshot's own fault as far as the VMM can
@@ -197,13 +244,17 @@ struct Builds {
 }
 
 impl GoldenSnapshots {
-    /// Snapshots under `root`, valid for the VMM binary `vmm_bin`.
-    pub fn new(root: PathBuf, vmm_bin: PathBuf) -> Self {
+    /// Snapshots under `root`, valid for the VMM binary `vmm_bin`, at most `max` of them;
+    /// restores from them have `boot_timeout` to reach their ready point.
+    pub fn new(root: PathBuf, vmm_bin: PathBuf, max: usize, boot_timeout: Duration) -> Self {
         GoldenSnapshots {
             root,
             vmm_bin,
             building: Mutex::default(),
             strikes: Mutex::default(),
+            max,
+            hold_for: boot_timeout + RESTORE_START_MARGIN,
+            held: Mutex::default(),
         }
     }
 
@@ -248,7 +299,8 @@ impl GoldenSnapshots {
     }
 
     /// `shape`'s snapshot directory if a complete one is there for the current key, and the
-    /// key (for a build when there is none).
+    /// key (for a build when there is none). A snapshot found counts as used from here
+    /// ([`Self::restoring_from`]).
     pub fn lookup(&self, shape: &Shape) -> Result<(Option<PathBuf>, String), GoldenError> {
         let key = self.key(shape)?;
         let dir = self.dir_of(shape, &key);
@@ -256,7 +308,28 @@ impl GoldenSnapshots {
         let complete = dir.join("state").is_file()
             && dir.join("memory").is_file()
             && (shape.image.rootfs.is_none() || overlay_in(&dir).is_file());
+        if complete {
+            // Every restore, and every take of a warm one, starts with this lookup.
+            self.restoring_from(&dir);
+        }
         Ok((complete.then_some(dir), key))
+    }
+
+    /// The snapshot in `dir` is about to be restored from: it is the most recently used
+    /// (its directory's mtime, so the order outlives coinopd), and it is not evicted for
+    /// the next boot timeout and [`RESTORE_START_MARGIN`].
+    ///
+    /// Why a time and not a count of restores running: what must not be removed under a
+    /// restore is only its first steps. The lease's overlay is copied from the snapshot's
+    /// before the VMM starts, a jail binds `state` and `memory` into its root (a bind holds
+    /// the file, removed or not) and a VMM without a jail opens them itself; once the VMM
+    /// has read `state` and mapped `memory` (private, copy-on-write), removing the
+    /// directory takes nothing from it. A restore that has not got that far within its
+    /// boot timeout has failed, its VMM killed. So a snapshot not looked up for that long
+    /// plus the margin is used by no restore, and nothing needs to report a restore's end.
+    pub fn restoring_from(&self, dir: &Path) {
+        lock(&self.held).insert(dir.to_path_buf(), Instant::now());
+        touch(dir);
     }
 
     /// Records a failed restore of the snapshot in `dir` and discards the snapshot when
@@ -287,6 +360,7 @@ impl GoldenSnapshots {
 
     /// Removes a snapshot a restore failed on; the next lease of its shape builds it again.
     pub fn discard(&self, dir: &Path) {
+        lock(&self.held).remove(dir);
         match std::fs::remove_dir_all(dir) {
             Ok(()) => tracing::warn!(dir = %dir.display(), "golden snapshot discarded"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -296,11 +370,17 @@ impl GoldenSnapshots {
     }
 
     /// Starts building `shape`'s snapshot for `key` in the background unless a build of it
-    /// runs already, or coinopd stops.
+    /// runs already, [`MAX_BUILDS_AT_ONCE`] run, none may be kept, or coinopd stops.
     pub fn build_in_background(s: &Shared, shape: Shape, key: String) {
+        if s.golden.max == 0 {
+            return;
+        }
         {
             let mut builds = lock(&s.golden.building);
-            if builds.stopping || !builds.keys.insert(key.clone()) {
+            if builds.stopping
+                || builds.keys.len() >= MAX_BUILDS_AT_ONCE
+                || !builds.keys.insert(key.clone())
+            {
                 return;
             }
         }
@@ -487,8 +567,146 @@ impl GoldenSnapshots {
         let dir = self.dir_of(shape, key);
         remove_if_there(&dir)?;
         std::fs::rename(staging, &dir).map_err(io_at(&dir))?;
+        // Built is used: the newest snapshot is the last to go.
+        touch(&dir);
         self.remove_other_keys(shape, &dir);
+        if !self.make_room(Some(&dir)) {
+            return Err(GoldenError::NoRoom { max: self.max });
+        }
         Ok(dir)
+    }
+
+    /// Removes the least recently used snapshot directories (by mtime, see
+    /// [`Self::restoring_from`]) until at most `max` are left, passing over those a restore
+    /// may be opening and `keep` (a snapshot just built). When only `keep` could go, it
+    /// goes: the snapshots in use were all restored from more recently than it was ever
+    /// asked for, and the bound holds. Returns whether `keep` is still there.
+    fn make_room(&self, keep: Option<&Path>) -> bool {
+        let mut held = lock(&self.held);
+        let now = Instant::now();
+        held.retain(|_, at| now.duration_since(*at) < self.hold_for);
+        let mut dirs = self.snapshot_dirs();
+        let Some(mut over) = dirs.len().checked_sub(self.max).filter(|&n| n > 0) else {
+            return true;
+        };
+        dirs.sort_by_key(|(_, used)| *used);
+        for (dir, _) in &dirs {
+            if over == 0 {
+                break;
+            }
+            if Some(dir.as_path()) == keep || held.contains_key(dir) {
+                continue;
+            }
+            if self.evict(dir) {
+                over -= 1;
+            }
+        }
+        match keep {
+            Some(keep) if over > 0 => {
+                tracing::warn!(dir = %keep.display(), max = self.max,
+                    "no golden snapshot can go for a new one: every other one may be in use");
+                !self.evict(keep)
+            }
+            _ => true,
+        }
+    }
+
+    /// Removes the snapshot in `dir` to keep the count bounded; whether it is gone.
+    fn evict(&self, dir: &Path) -> bool {
+        lock(&self.strikes).remove(dir);
+        match remove_if_there(dir) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), max = self.max,
+                    "removed the least recently used golden snapshot");
+                true
+            }
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e,
+                    "cannot remove a golden snapshot");
+                false
+            }
+        }
+    }
+
+    /// Every snapshot directory under the root (complete or not; not a build's staging
+    /// directory), with when it was last used: its mtime.
+    fn snapshot_dirs(&self) -> Vec<(PathBuf, SystemTime)> {
+        let images = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten();
+        images
+            .filter(|image| image.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|image| std::fs::read_dir(image.path()).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| {
+                let meta = e.metadata().ok().filter(std::fs::Metadata::is_dir)?;
+                Some((e.path(), meta.modified().ok()?))
+            })
+            .collect()
+    }
+
+    /// At start-up, once no build runs ([`end_builds`]) and before any restore: removes
+    /// what no lease will restore from again, which nothing else would ever remove. That is
+    /// the snapshots of images no longer in `images` or no longer declared `snapshot`, those
+    /// whose key is not their shape's key now (made for a kernel, initrd, rootfs, command
+    /// line or coinop-vmm binary that changed since, which the next build of the shape
+    /// would remove only if that shape were ever asked for again), anything else in there
+    /// (a staging directory without its marker, a name this coinopd did not make), and then
+    /// the least recently used beyond `--max-golden-snapshots` (lowered since, or from
+    /// before the bound).
+    pub fn sweep(&self, images: &ImageCatalogue) {
+        for image in std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = image.path();
+            let name = image.file_name().to_string_lossy().into_owned();
+            let spec = images.get(&name).filter(|spec| spec.snapshot);
+            let entries = std::fs::read_dir(&path).into_iter().flatten().flatten();
+            for entry in entries {
+                let entry_name = entry.file_name().to_string_lossy().into_owned();
+                let why = match spec {
+                    None => Some("its image is not in the catalogue as a snapshot image"),
+                    Some(spec) => self.stale(spec, &entry_name),
+                };
+                if let Some(why) = why {
+                    tracing::info!(dir = %entry.path().display(), why,
+                        "removing a golden snapshot no lease will restore from");
+                    remove_entry(&entry.path());
+                }
+            }
+            if spec.is_none() {
+                remove_entry(&path);
+            }
+        }
+        self.make_room(None);
+    }
+
+    /// Why the entry `name` of `image`'s snapshot directory is of no use, if it is not.
+    fn stale(&self, image: &ImageSpec, name: &str) -> Option<&'static str> {
+        let Some((vcpus, mem_mib, nic, key)) = parse_dir_name(name) else {
+            return Some("not a snapshot directory");
+        };
+        let shape = Shape {
+            image: image.clone(),
+            vcpus,
+            mem_mib,
+            nic,
+        };
+        match self.key(&shape) {
+            Ok(now) if now == key => None,
+            Ok(_) => Some("made for files, a command line or a VMM binary that changed"),
+            Err(e) => {
+                // An image file missing at start may come back (a late mount): kept, and
+                // counted against the bound meanwhile.
+                tracing::warn!(image = %image.name, error = %e,
+                    "cannot tell whether a golden snapshot is current; keeping it");
+                None
+            }
+        }
     }
 
     /// Removes `shape`'s snapshots other than `keep` (made for a kernel, rootfs, command line
@@ -618,6 +836,40 @@ fn end_build_vmm(marker: &Path) -> bool {
     killed
 }
 
+/// Sets `dir`'s mtime to now: the snapshot in it was just used. Best effort: a snapshot
+/// removed meanwhile needs none, and one whose time cannot be set is only evicted as if
+/// used when it was last touched.
+fn touch(dir: &Path) {
+    let touched = std::fs::File::open(dir).and_then(|f| f.set_modified(SystemTime::now()));
+    match touched {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(dir = %dir.display(), error = %e,
+            "cannot mark a golden snapshot as used"),
+    }
+}
+
+/// Removes whatever is at `path` in the snapshot directory: a file, or a directory tree
+/// whose directories may be read-only (0555, as a snapshot's), each made writable first.
+fn remove_entry(path: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    let removed = if meta.is_dir() {
+        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_entry(&entry.path());
+            }
+        }
+        remove_if_there(path).map_err(|e| e.to_string())
+    } else {
+        std::fs::remove_file(path).map_err(|e| e.to_string())
+    };
+    if let Err(e) = removed {
+        tracing::error!(path = %path.display(), error = %e, "cannot remove from the snapshots");
+    }
+}
+
 /// Removes a directory tree that may be read-only (0555): made writable first.
 fn remove_if_there(dir: &Path) -> Result<(), GoldenError> {
     if !dir.exists() {
@@ -667,7 +919,7 @@ mod tests {
         let vmm = dir.path().join("vmm");
         std::fs::write(&kernel, b"kernel").expect("write");
         std::fs::write(&vmm, b"vmm").expect("write");
-        let g = GoldenSnapshots::new(dir.path().join("snapshots"), vmm);
+        let g = GoldenSnapshots::new(dir.path().join("snapshots"), vmm, 16, Duration::ZERO);
         let a = shape(kernel.clone(), "mode=echo");
         let k1 = g.key(&a).expect("key");
         assert_eq!(k1, g.key(&a).expect("key"), "stable while nothing changes");
@@ -703,7 +955,7 @@ mod tests {
         for file in [&kernel, &rootfs, &vmm] {
             std::fs::write(file, b"bytes").expect("write");
         }
-        let g = GoldenSnapshots::new(dir.path().join("snapshots"), vmm);
+        let g = GoldenSnapshots::new(dir.path().join("snapshots"), vmm, 16, Duration::ZERO);
         let mut with_disk = shape(kernel.clone(), "mode=idle");
         with_disk.image.rootfs = Some(rootfs);
         let without_disk = shape(kernel, "mode=idle");
@@ -733,7 +985,8 @@ mod tests {
     #[test]
     fn a_snapshot_goes_at_its_first_refusal_or_its_third_unexplained_failure_in_a_row() {
         let root = tempfile::tempdir().expect("tempdir");
-        let golden = GoldenSnapshots::new(root.path().into(), "/bin/true".into());
+        let golden =
+            GoldenSnapshots::new(root.path().into(), "/bin/true".into(), 16, Duration::ZERO);
         let dir = root.path().join("tg").join("1c64m-key");
         std::fs::create_dir_all(&dir).expect("snapshot dir");
 
@@ -756,5 +1009,132 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("snapshot dir");
         assert!(!golden.restore_failed(&dir, RestoreFault::Unknown));
         assert!(dir.is_dir());
+    }
+
+    /// A snapshot directory `name` of image `image` under `root`, last used `age_s` ago.
+    fn snapshot_at(root: &Path, image: &str, name: &str, age_s: u64) -> PathBuf {
+        let dir = root.join(image).join(name);
+        std::fs::create_dir_all(&dir).expect("snapshot dir");
+        std::fs::write(dir.join("state"), b"s").expect("write");
+        let used = SystemTime::now() - Duration::from_secs(age_s);
+        std::fs::File::open(&dir)
+            .and_then(|f| f.set_modified(used))
+            .expect("set its mtime");
+        dir
+    }
+
+    #[test]
+    fn a_directory_name_gives_its_shape_and_key() {
+        assert_eq!(parse_dir_name("1c64m-ab12"), Some((1, 64, false, "ab12")));
+        assert_eq!(
+            parse_dir_name("32c4096mn-ab12"),
+            Some((32, 4096, true, "ab12"))
+        );
+        for not in [".build-ab12", "1c64-ab12", "c64m-ab12", "1c64m", "xc64m-ab"] {
+            assert_eq!(parse_dir_name(not), None, "{not}");
+        }
+    }
+
+    #[test]
+    fn a_build_beyond_the_bound_removes_the_least_recently_used_not_in_use() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let golden =
+            GoldenSnapshots::new(root.path().into(), "/bin/true".into(), 2, Duration::ZERO);
+        let old = snapshot_at(root.path(), "a", "1c64m-k", 300);
+        let older_in_use = snapshot_at(root.path(), "b", "1c72m-k", 400);
+        let oldest = snapshot_at(root.path(), "a", "1c80m-k", 500);
+        // A restore may be opening it: its lookup was just now (it stays least recent).
+        lock(&golden.held).insert(older_in_use.clone(), Instant::now());
+        let new = snapshot_at(root.path(), "b", "2c64m-k", 0);
+
+        assert!(golden.make_room(Some(&new)));
+        assert!(!oldest.exists(), "the least recently used goes");
+        assert!(older_in_use.exists(), "in use: passed over");
+        assert!(!old.exists(), "the next one goes in its place");
+        assert!(new.exists());
+
+        // Every other one in use: the new one goes, and the bound holds.
+        lock(&golden.held).insert(new.clone(), Instant::now());
+        let newer = snapshot_at(root.path(), "a", "4c64m-k", 0);
+        assert!(!golden.make_room(Some(&newer)));
+        assert!(!newer.exists());
+        assert!(older_in_use.exists() && new.exists());
+        assert_eq!(golden.snapshot_dirs().len(), 2);
+    }
+
+    #[test]
+    fn a_lookup_makes_a_snapshot_the_most_recently_used_and_holds_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kernel = dir.path().join("k");
+        let vmm = dir.path().join("vmm");
+        std::fs::write(&kernel, b"kernel").expect("write");
+        std::fs::write(&vmm, b"vmm").expect("write");
+        let root = dir.path().join("snapshots");
+        let golden = GoldenSnapshots::new(root.clone(), vmm, 1, Duration::ZERO);
+        let looked_up = shape(kernel, "mode=echo");
+        let key = golden.key(&looked_up).expect("key");
+        let name = format!("{}{key}", looked_up.prefix());
+        let snap = snapshot_at(&root, "tg", &name, 600);
+        std::fs::write(snap.join("memory"), b"m").expect("write");
+        assert_eq!(
+            golden.lookup(&looked_up).expect("lookup").0,
+            Some(snap.clone())
+        );
+        let used = std::fs::metadata(&snap)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        assert!(
+            used > SystemTime::now() - Duration::from_secs(60),
+            "touched"
+        );
+
+        let other = snapshot_at(&root, "tg", "2c64m-k", 0);
+        assert!(!golden.make_room(Some(&other)), "held: the new one goes");
+        assert!(snap.exists());
+    }
+
+    #[test]
+    fn the_start_sweep_keeps_only_current_snapshots_of_catalogued_images_within_the_bound() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kernel = dir.path().join("k");
+        let vmm = dir.path().join("vmm");
+        std::fs::write(&kernel, b"kernel").expect("write");
+        std::fs::write(&vmm, b"vmm").expect("write");
+        let root = dir.path().join("snapshots");
+        let golden = GoldenSnapshots::new(root.clone(), vmm, 2, Duration::ZERO);
+        let tg = shape(kernel.clone(), "mode=echo");
+        let mut images = ImageCatalogue::default();
+        images.insert(tg.image.clone());
+        let mut plain = tg.image.clone();
+        plain.name = "plain".into();
+        plain.snapshot = false;
+        images.insert(plain);
+        let current = |vcpus, age| {
+            let s = Shape {
+                vcpus,
+                ..tg.clone()
+            };
+            let key = golden.key(&s).expect("key");
+            snapshot_at(&root, "tg", &format!("{}{key}", s.prefix()), age)
+        };
+        let kept = [current(1, 10), current(2, 20)];
+        let beyond_the_bound = current(3, 30);
+        let other_binary = snapshot_at(&root, "tg", "1c64m-0123456789abcdef", 0);
+        let staging = snapshot_at(&root, "tg", ".build-0123456789abcdef", 0);
+        let unknown_image = snapshot_at(&root, "gone", "1c64m-0123456789abcdef", 0);
+        let not_a_snapshot_image = snapshot_at(&root, "plain", "1c64m-0123456789abcdef", 0);
+        // Read-only as a built one: the sweep still removes it.
+        std::fs::set_permissions(&unknown_image, std::fs::Permissions::from_mode(0o555))
+            .expect("chmod");
+
+        golden.sweep(&images);
+        for dir in &kept {
+            assert!(dir.exists(), "{}", dir.display());
+        }
+        for dir in [&beyond_the_bound, &other_binary, &staging, &unknown_image] {
+            assert!(!dir.exists(), "{}", dir.display());
+        }
+        assert!(!not_a_snapshot_image.exists());
+        assert!(!root.join("gone").exists() && !root.join("plain").exists());
     }
 }

@@ -382,6 +382,9 @@ async fn build(s: &Shared, shape: &Shape, snapshot: &Path) -> Result<Warm, Build
         (None, None)
     };
     let paths = GuestPaths::for_lease(&s.config.run_dir(), &id);
+    // Looked up before the network's routing, which may have taken a while: held from
+    // here for the restore's whole boot timeout.
+    s.golden.restoring_from(snapshot);
     let started = s
         .supervisor
         .start_ahead(BootRequest {

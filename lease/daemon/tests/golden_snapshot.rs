@@ -290,6 +290,130 @@ async fn a_replaced_kernel_or_a_corrupt_snapshot_gives_a_cold_boot_and_a_new_sna
     d.shutdown().await;
 }
 
+/// The snapshot directories of every image, as `IMAGE/NAME`, sorted.
+fn all_snapshots(state: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let images = std::fs::read_dir(state.join("snapshots"))
+        .into_iter()
+        .flatten();
+    for image in images.flatten() {
+        let entries = std::fs::read_dir(image.path()).into_iter().flatten();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                found.push(format!("{}/{name}", image.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Whether a complete snapshot of `image` in the shape `prefix` (`1c64m-`) is there.
+fn has_snapshot(state: &Path, image: &str, prefix: &str) -> bool {
+    let dir = state.join("snapshots").join(image);
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            e.file_name().to_string_lossy().starts_with(prefix) && e.path().join("state").is_file()
+        })
+}
+
+/// A lease of `image` with `mem_mib`, stopped at once; how it started.
+async fn create_and_stop(d: &Daemon, image: &str, mem_mib: u64) -> String {
+    let proofs = d.mint_credit(20).await;
+    let lease = d
+        .create_lease(json!({"vcpus": 1, "mem_mib": mem_mib, "image": image,
+                             "payment": credit_payment(&proofs)}))
+        .await;
+    d.stop_lease(&lease.id, &lease.token).await;
+    start_of(&lease).to_string()
+}
+
+/// Snapshots are a bounded cache (`--max-golden-snapshots`): leases of three shapes leave
+/// two, a build beyond the bound removing the least recently used. Here that is not the
+/// oldest build: the first shape was restored from since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_beyond_the_bound_removes_the_least_recently_used_snapshot() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
+    let tg = format!("tg={},snapshot,cmdline=mode=count", guest.display());
+    let d = Daemon::spawn(state, &["--image", &tg, "--max-golden-snapshots", "2"], &[]).await;
+    for mem in [64, 72] {
+        assert_eq!(create_and_stop(&d, "tg", mem).await, "cold");
+        let prefix = format!("1c{mem}m-");
+        wait_for(
+            async || has_snapshot(state, "tg", &prefix),
+            "the shape's snapshot",
+        )
+        .await;
+    }
+    assert_eq!(create_and_stop(&d, "tg", 64).await, "restore");
+
+    assert_eq!(create_and_stop(&d, "tg", 80).await, "cold");
+    // Logged once the build is done, the bound kept.
+    wait_for(
+        async || {
+            plain_text(&d.log())
+                .matches("golden snapshot written")
+                .count()
+                == 3
+        },
+        "the third shape's snapshot",
+    )
+    .await;
+    let left = all_snapshots(state);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left[0].starts_with("tg/1c64m-"),
+        "restored from last: {left:?}"
+    );
+    assert!(left[1].starts_with("tg/1c80m-"), "built last: {left:?}");
+    assert_eq!(create_and_stop(&d, "tg", 64).await, "restore");
+    d.shutdown().await;
+}
+
+/// At start coinopd removes the snapshots no lease will restore from again: those of an
+/// image gone from its catalogue, and those under a key that is not current (made for
+/// another kernel, command line or coinop-vmm binary); a current one stays and is restored
+/// from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_removes_the_snapshots_of_images_gone_and_of_outdated_keys() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let (d, kernel) = daemon_with_snapshot_images(state).await;
+    for image in ["tg", "tgi"] {
+        assert_eq!(create_and_stop(&d, image, 64).await, "cold");
+        wait_for_snapshot(&d, image, None).await;
+    }
+    let current = snapshots(state, "tg");
+    d.shutdown().await;
+    let outdated = state
+        .join("snapshots")
+        .join("tg")
+        .join("1c64m-00000000000000000000000000000000");
+    std::fs::create_dir(&outdated).expect("an outdated snapshot");
+    std::fs::write(outdated.join("state"), b"old").expect("its state");
+
+    // The same tg, and no tgi.
+    let tg = format!("tg={},snapshot,cmdline=mode=count", kernel.display());
+    let d = Daemon::spawn(state, &["--image", &tg], &[]).await;
+    assert!(!state.join("snapshots").join("tgi").exists(), "{}", d.log());
+    assert!(!outdated.exists(), "{}", d.log());
+    assert_eq!(snapshots(state, "tg"), current, "the current one stays");
+    assert_eq!(create_and_stop(&d, "tg", 64).await, "restore");
+    d.shutdown().await;
+}
+
 /// Where coinopd keeps `lease`'s root-disk overlay.
 fn overlay_of(state: &Path, lease: &CreatedLease) -> PathBuf {
     state.join("overlays").join(format!("{}.overlay", lease.id))
