@@ -53,16 +53,20 @@ const SETTLE_MARGIN: Duration = Duration::from_secs(3);
 pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), LedgerError> {
     let pid = vmm.map(|v| v.pid).or(l.pid);
     let log = GuestPaths::for_lease(&s.config.run_dir(), &l.id).log;
-    let Some(record) = SpawnRecord::from_json(l.spawn_json.as_deref()) else {
-        // Spawned by a coinopd that kept no figures: they stay unknown.
-        return s.ledger.mark_running(&l.id, pid, "{}");
-    };
-    let progress = boot_progress(&log);
     // An agent guest is ready only once it has its line: until then it is half-made.
     let agent = s.config.images.get(&l.image).is_some_and(|i| i.agent);
+    // No record: a VMM whose spawn no ledger write followed. A warm restore's, taken by a
+    // create that died after its commit and before the hand-over (the VMM was restored
+    // ahead of the lease, so nothing was recorded at its spawn), or one of a coinopd that
+    // kept no figures. The figures stay unknown, but an agent guest still needs its line.
+    let record = SpawnRecord::from_json(l.spawn_json.as_deref());
+    if record.is_none() && !agent {
+        return s.ledger.mark_running(&l.id, pid, "{}");
+    }
+    let progress = boot_progress(&log);
     if progress.guest_ready_us.is_some() {
         if !agent {
-            return mark_running(s, &l.id, pid, &record, progress);
+            return mark_running(s, &l.id, pid, record.as_ref(), progress);
         }
         // Its line came from the dead coinopd: the lease names that line's host key before
         // it is running (what a create's retry then answers with).
@@ -77,7 +81,7 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
                 Err(e) => tracing::warn!(lease = %id, error = %e,
                     "asking an adopted ready guest's VMM which line it holds"),
             }
-            if let Err(e) = mark_running(&s, &id, pid, &record, progress) {
+            if let Err(e) = mark_running(&s, &id, pid, record.as_ref(), progress) {
                 tracing::error!(lease = %id, error = %e, "finishing an adopted boot");
             }
         });
@@ -122,13 +126,13 @@ pub fn finish(s: &Shared, l: &LeaseRow, vmm: Option<VmmProcess>) -> Result<(), L
                 personalise_timeout_ms = bound.as_millis() as u64,
                 personalised = progress.personalised_us.is_some(),
                 "an adopted agent guest did not report guest_ready in time; its boot failed");
-            boot_timed_out(&s, &id, &record, progress)
+            boot_timed_out(&s, &id, record.as_ref(), progress)
         } else {
             if progress.guest_ready_us.is_none() {
                 tracing::warn!(lease = %id, timeout_ms = timeout.as_millis() as u64,
                     "an adopted guest did not report guest_ready in time; running without it");
             }
-            mark_running(&s, &id, pid, &record, progress)
+            mark_running(&s, &id, pid, record.as_ref(), progress)
         };
         if let Err(e) = done {
             tracing::error!(lease = %id, error = %e, "finishing an adopted boot");
@@ -265,14 +269,23 @@ fn mark_running(
     s: &Shared,
     id: &str,
     pid: Option<i32>,
-    record: &SpawnRecord,
+    record: Option<&SpawnRecord>,
     progress: BootProgress,
 ) -> Result<(), LedgerError> {
-    let figures = record.finish(progress);
-    let json = serde_json::to_string(&figures).expect("a struct of integers always serializes");
+    let json = figures_json(record, progress);
     s.ledger.mark_running(id, pid, &json)?;
-    tracing::info!(lease = id, ?figures, "adopted guest booted; lease running");
+    tracing::info!(lease = id, figures = %json, "adopted guest booted; lease running");
     Ok(())
+}
+
+/// The boot figures `record` and the VMM's `progress` make, as the ledger keeps them: `{}`
+/// (unknown) without a record, whose VMM's clock had no known start.
+fn figures_json(record: Option<&SpawnRecord>, progress: BootProgress) -> String {
+    match record {
+        Some(r) => serde_json::to_string(&r.finish(progress))
+            .expect("a struct of integers always serializes"),
+        None => "{}".to_string(),
+    }
 }
 
 /// An agent guest was not ready by the deadline: as a create's boot that times out, the
@@ -282,11 +295,10 @@ fn mark_running(
 fn boot_timed_out(
     s: &Shared,
     id: &str,
-    record: &SpawnRecord,
+    record: Option<&SpawnRecord>,
     progress: BootProgress,
 ) -> Result<(), LedgerError> {
-    let figures = record.finish(progress);
-    let json = serde_json::to_string(&figures).expect("a struct of integers always serializes");
+    let json = figures_json(record, progress);
     // Not if a stop of the tenant's came first: that one stops the guest.
     if s.ledger
         .mark_stopped(id, StopReason::BootFailed, Some(&json))?

@@ -182,6 +182,19 @@ fn recovered(r: &Reply, id: &str) -> String {
 /// its guest got, checked against the lease: its host name, the tenant's key, the
 /// protocol's entropy and a clock near the host's.
 async fn runs_with_one_line(d: &Daemon, dir: &Path, id: &str, token: &str) -> String {
+    runs_with_one_line_figures(d, dir, id, token, true).await
+}
+
+/// As [`runs_with_one_line`]; `figures_known`: whether the lease's boot figures can name
+/// its guest_ready (not when its VMM was restored ahead of the lease and nothing recorded
+/// its spawn: a warm restore's).
+async fn runs_with_one_line_figures(
+    d: &Daemon,
+    dir: &Path,
+    id: &str,
+    token: &str,
+    figures_known: bool,
+) -> String {
     let path = format!("/v1/leases/{id}");
     wait_for(
         async || d.call("GET", &path, Some(token), None).await.json()["state"] == "running",
@@ -191,13 +204,15 @@ async fn runs_with_one_line(d: &Daemon, dir: &Path, id: &str, token: &str) -> St
     let adopted = row(dir, id);
     assert_eq!(adopted.state, LeaseState::Running, "{adopted:?}");
     assert_eq!(adopted.refunded_msat, None, "{adopted:?}");
-    let figures: coinop_proto::BootFigures =
-        serde_json::from_str(adopted.boot_json.as_deref().expect("boot figures"))
-            .expect("boot figures JSON");
-    assert!(
-        figures.guest_ready_us.is_some(),
-        "the guest reported guest_ready (it does only after its line): {figures:?}"
-    );
+    if figures_known {
+        let figures: coinop_proto::BootFigures =
+            serde_json::from_str(adopted.boot_json.as_deref().expect("boot figures"))
+                .expect("boot figures JSON");
+        assert!(
+            figures.guest_ready_us.is_some(),
+            "the guest reported guest_ready (it does only after its line): {figures:?}"
+        );
+    }
     let console = d
         .call("GET", &format!("{path}/console"), Some(token), None)
         .await;
@@ -391,6 +406,59 @@ async fn a_restored_guest_awaiting_its_line_gets_it_from_the_restarted_coinopd()
     runs_with_one_line(&d, dir.path(), &o.id, &token).await;
     d.stop_lease(&cold.id, &cold.token).await;
     stop(d, dir.path(), &o.id, &token, &o.vmm).await;
+}
+
+/// A warm restore (restored ahead of any lease, waiting for its line) taken by a create
+/// whose coinopd died just after the ledger committed the lease, before the hand-over sent
+/// the line: the lease's row names no spawn (the VMM was restored before the lease
+/// existed). The restarted coinopd sends that guest its line, as any adopted agent guest's,
+/// and the create's retry gets it running with it. Before, the lease was marked running
+/// at once, with a guest that never got its line (no tenant key, no address) and was
+/// billed all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_restore_taken_by_a_create_that_died_gets_its_line_from_the_restarted_coinopd() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let image = agent_image(true);
+    // Two leases pass the fault point (a cold one, whose build makes the snapshot, and a
+    // restored one, after which a warm restore is made); the third, which takes the warm
+    // restore, dies there.
+    let at = format!("{}:3", point::CREATE_COMMITTED);
+    let d = Daemon::spawn(dir.path(), &["--image", &image], &[(ENV, at.as_str())]).await;
+    let mut leases = Vec::new();
+    for _ in 0..2 {
+        let proofs = d.mint_credit(20).await;
+        leases.push(
+            d.create_lease(json!({"vcpus": 1, "mem_mib": 64, "image": "tga",
+                                  "payment": credit_payment(&proofs)}))
+                .await,
+        );
+        wait_for(async || has_snapshot(dir.path()), "the golden snapshot").await;
+    }
+    let (warm_id, warm_pid) = common::warm_restore::wait_for_one(dir.path());
+    let warm = VmmProcess::of(warm_pid).expect("the warm VMM runs");
+    let body = agent_create_body(&d).await;
+    d.create_into_crash(&body).await;
+    assert!(warm.is_running(), "the warm VMM outlives coinopd");
+    let taken = row(dir.path(), &warm_id);
+    assert_eq!(taken.state, LeaseState::Booting, "{taken:?}");
+    assert_eq!(
+        taken.spawn_json, None,
+        "nothing recorded its spawn: {taken:?}"
+    );
+
+    let d = Daemon::spawn(dir.path(), &["--image", &image], &[]).await;
+    let token = recovered(
+        &d.call("POST", "/v1/leases", None, Some(body)).await,
+        &warm_id,
+    );
+    runs_with_one_line_figures(&d, dir.path(), &warm_id, &token, false).await;
+    for lease in &leases {
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    stop(d, dir.path(), &warm_id, &token, &warm).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
