@@ -1162,16 +1162,16 @@ impl Supervisor {
             let mut reason = None;
             let mut code = None;
             if let Some(mut lines) = lines {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Ok(Event::Exit {
-                        reason: why,
-                        code: c,
-                        ..
-                    }) = Event::from_line(&line)
-                    {
-                        reason = Some(why.as_str().to_string());
-                        code = Some(c);
+                match lines.follow_to_exit().await {
+                    Ok(exit) => {
+                        if let Some((why, c)) = exit {
+                            reason = Some(why);
+                            code = Some(c);
+                        }
                     }
+                    // Dropped here: the process's own end is what the lease waits for.
+                    Err(why) => tracing::error!(lease = %lease_id, why,
+                        "no longer reading the VMM's events: it wrote what an honest one does not"),
                 }
             }
             let (exit_code, status) = child.wait().await;
