@@ -15,9 +15,13 @@
 //!   showed, and would bill an honest tenant for it.)
 //! - **uptime** at least coinopd's own clock since the anchor, less twice the tick's read
 //!   deadline (a VMM reads its clock somewhere between coinopd's ask and its answer).
-//! - **"paused"** is believed once in a row: coinopd resumes a VMM found paused while its
-//!   lease runs, so an honest one says it once (found paused at re-adoption); a VMM still
-//!   saying so at the next reading is billed its memory time.
+//! - **"paused"** is believed once while the lease runs: coinopd resumes a VMM found paused
+//!   while its lease runs, so an honest one says it once (found paused at re-adoption);
+//!   one that says it again before its lease stops running (pauses for lack of funds,
+//!   stops) is billed its memory time. Not "once in a row": a VMM alternating "paused" and
+//!   "running" would have every other reading believed, and each believed pause starts the
+//!   floors again, so its uptime floor would never get past its slack and its memory time
+//!   would cost nothing.
 //!
 //! The anchor is the first reading of a running lease (and one after each accepted pause,
 //! so paused time is never billed later): in memory only, so after a coinopd restart the
@@ -63,8 +67,9 @@ struct Anchor {
     guest_time_us: Option<u64>,
     vcpu_total_us: u64,
     uptime_us: u64,
-    /// The VMM said "paused" at the reading before this one.
-    said_paused: bool,
+    /// A "paused" was believed since the lease last started running (its anchors since
+    /// then carry it).
+    pause_believed: bool,
 }
 
 /// The anchors of the running leases.
@@ -96,18 +101,13 @@ impl UsageFloors {
         };
         let out = floored(&a, &r, read_deadline);
         let next = if out.paused {
-            // Paused time is not billed: the floors start again from here.
+            // Paused time is not billed: the floors start again from here, and no later
+            // "paused" is believed until the lease stops running.
             anchor_at(&r, out.vcpu_total_us, out.uptime_us)
         } else {
             a
         };
-        anchors.insert(
-            id.to_string(),
-            Anchor {
-                said_paused: r.vmm_paused,
-                ..next
-            },
-        );
+        anchors.insert(id.to_string(), next);
         out
     }
 
@@ -148,7 +148,7 @@ fn anchor_at(r: &Reading, vcpu_total_us: u64, uptime_us: u64) -> Anchor {
         guest_time_us: r.guest_time_us,
         vcpu_total_us,
         uptime_us,
-        said_paused: r.vmm_paused,
+        pause_believed: r.vmm_paused,
     }
 }
 
@@ -165,8 +165,8 @@ fn floored(a: &Anchor, r: &Reading, read_deadline: Duration) -> Floored {
         }
         _ => 0,
     };
-    // Believed only if it did not say so at the reading before (see the module's top).
-    let paused = r.vmm_paused && !a.said_paused;
+    // Believed only if no pause was since the lease started running (the module's top).
+    let paused = r.vmm_paused && !a.pause_believed;
     let slack_us = u64::try_from(read_deadline.as_micros() * 2).unwrap_or(u64::MAX);
     let uptime_floor = if paused {
         0
@@ -270,7 +270,7 @@ mod tests {
     }
 
     #[test]
-    fn paused_is_believed_once_in_a_row_and_paused_time_is_not_billed_later() {
+    fn paused_is_believed_once_while_running_and_paused_time_is_not_billed_later() {
         let f = UsageFloors::default();
         let t0 = Instant::now();
         f.floor("a", reading(t0, 0, 100, 1000, 100), DEADLINE);
@@ -286,11 +286,41 @@ mod tests {
         assert!(!again.paused && again.raised, "{again:?}");
         // From the pause's reading on (1 s), not the 5 s before it.
         assert_eq!(again.uptime_us, (1000 + 1000 - 500) * 1000);
-        // Running again: a later pause is believed once more.
+        // Running again: a later pause of the same running lease is not believed either
+        // (honest VMMs are found paused once, at re-adoption); its memory time is billed.
         f.floor("a", reading(t0, 7000, 100, 3000, 103), DEADLINE);
         let mut r = reading(t0, 8000, 100, 4000, 104);
         r.vmm_paused = true;
+        let later = f.floor("a", r, DEADLINE);
+        assert!(!later.paused && later.raised, "{later:?}");
+        // Once the lease stopped running (paused for lack of funds) and runs again, its
+        // first "paused" is believed.
+        f.forget("a");
+        f.floor("a", reading(t0, 9000, 100, 5000, 105), DEADLINE);
+        let mut r = reading(t0, 10_000, 100, 6000, 106);
+        r.vmm_paused = true;
         assert!(f.floor("a", r, DEADLINE).paused);
+    }
+
+    #[test]
+    fn a_vmm_alternating_paused_and_running_pays_its_memory_time() {
+        // Every 100 ms for 10 s: "paused", then "running" with its uptime as it was, and so
+        // on. Believed every other time, each pause would start the floors again before the
+        // uptime floor got past its 500 ms of slack: no memory time at all.
+        let f = UsageFloors::default();
+        let t0 = Instant::now();
+        f.floor("a", reading(t0, 0, 100, 1000, 100), DEADLINE);
+        let mut billed = 0;
+        for tick in 1..=100u64 {
+            let mut r = reading(t0, tick * 100, 100, 1000, 100);
+            r.vmm_paused = tick % 2 == 1;
+            billed = f.floor("a", r, DEADLINE).uptime_us;
+        }
+        // The first pause (at 100 ms) believed; from there on, all but the slack is billed.
+        assert!(
+            billed >= (1000 + 10_000 - 100 - 500) * 1000,
+            "uptime billed up to {billed} µs"
+        );
     }
 
     #[test]
