@@ -87,7 +87,10 @@ pub async fn check(s: &Shared) -> Result<(), LedgerError> {
                 tracing::info!(lease = %p.lease_id, payment = p.payment_id, block = %hash, "payment confirmed again in another block");
                 s.ledger.move_payment(p.payment_id, &hash)?;
             }
-            if conf >= settle {
+            // A frozen lease's payment settles with its thaw, below: settled first, a thaw
+            // put off (its guest's counters unread) would never be tried again, as a
+            // settled payment is not checked again, and the lease would stay frozen.
+            if conf >= settle && p.reorg_at.is_none() {
                 s.ledger.settle_payment(p.payment_id, false)?;
             }
         }
@@ -134,14 +137,16 @@ pub async fn check(s: &Shared) -> Result<(), LedgerError> {
             (false, Some(_)) => {
                 // A paused guest runs again from its counters as they are now: the pause is
                 // not billed. Unread (its control socket slow or gone), the lease stays
-                // frozen until a later check reads them; thawed from the counters of before
-                // the pause, the next tick would bill the whole pause as memory time.
+                // frozen, its payments unsettled, until a later check reads them; thawed
+                // from the counters of before the pause, the next tick would bill the whole
+                // pause as memory time. A VMM that stays silent is stopped as a running
+                // one's would be (`control_lost`, its balance kept).
                 let baseline = if state == LeaseState::PausedReorg {
                     let Some(counters) = usage_of(s, &lease_id).await else {
-                        tracing::warn!(lease = %lease_id,
-                            "payment back on the best chain, but the guest's counters cannot be read; thaw put off");
+                        thaw_put_off(s, &lease_id)?;
                         continue;
                     };
+                    s.supervisor.reached(&lease_id);
                     Some(counters)
                 } else {
                     None
@@ -149,6 +154,11 @@ pub async fn check(s: &Shared) -> Result<(), LedgerError> {
                 tracing::info!(lease = %lease_id, "payment back on the best chain; lease thawed");
                 if s.ledger.thaw_after_reorg(&lease_id, baseline)? {
                     set_guest(s, &lease_id, Request::Resume).await;
+                }
+                for (p, st) in &payments {
+                    if matches!(st, Standing::On(_, conf) if *conf >= settle) {
+                        s.ledger.settle_payment(p.payment_id, false)?;
+                    }
                 }
             }
             _ => {}
@@ -165,12 +175,37 @@ fn control_path(s: &Shared, id: &str) -> Option<PathBuf> {
         .map(|l| PathBuf::from(l.control_path))
 }
 
+/// The guest's counters, if its VMM answers within a tick's read deadline (this check
+/// runs inside the tick: a VMM slow to answer must not hold every lease's metering up).
 async fn usage_of(s: &Shared, id: &str) -> Option<(u64, u64)> {
     let path = control_path(s, id)?;
-    client::usage(&path)
+    let deadline = crate::scheduler::read_deadline(s.config.tick_ms);
+    tokio::time::timeout(deadline, client::usage(&path))
         .await
+        .ok()?
         .ok()
         .map(|u| (u.vcpu_total_us, u.uptime_us))
+}
+
+/// A frozen lease whose payment is back could not be thawed, its guest's counters unread:
+/// tried again at the next check, and stopped `control_lost` once its VMM has been silent
+/// for [`crate::scheduler::CONTROL_SILENT_AFTER`] (otherwise it would stay frozen, its room
+/// held, for as long as its VMM chose).
+fn thaw_put_off(s: &Shared, id: &str) -> Result<(), LedgerError> {
+    let (lasted, first) = s.supervisor.unreachable_for(id);
+    if lasted < crate::scheduler::CONTROL_SILENT_AFTER {
+        if first {
+            tracing::warn!(lease = %id,
+                "payment back on the best chain, but the guest's counters cannot be read; thaw put off");
+        }
+        return Ok(());
+    }
+    tracing::error!(lease = %id, ?lasted,
+        "a frozen lease's VMM does not answer since its payment came back: stopping it (control_lost)");
+    if let Some(row) = s.ledger.get(id)? {
+        crate::scheduler::stop_control_lost(s, &row);
+    }
+    Ok(())
 }
 
 async fn set_guest(s: &Shared, id: &str, req: Request) {

@@ -345,14 +345,21 @@ async fn read(l: &LeaseRow, recheck: bool) -> Reading {
 pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
     reconcile_stopped(s)?;
     crate::payment_reorgs::check(s).await?;
-    let leases: Vec<LeaseRow> = s
+    let (leases, frozen): (Vec<LeaseRow>, Vec<LeaseRow>) = s
         .ledger
         .live()?
         .into_iter()
-        .filter(|l| l.state == LeaseState::Running || l.state == LeaseState::PausedUnfunded)
-        .collect();
+        .filter(|l| {
+            matches!(
+                l.state,
+                LeaseState::Running | LeaseState::PausedUnfunded | LeaseState::PausedReorg
+            )
+        })
+        .partition(|l| l.state != LeaseState::PausedReorg);
     let ids: std::collections::HashSet<&str> = leases.iter().map(|l| l.id.as_str()).collect();
-    s.supervisor.keep_live(&ids);
+    // A frozen lease's silence is counted too (a thaw put off: crate::payment_reorgs).
+    let frozen: std::collections::HashSet<&str> = frozen.iter().map(|l| l.id.as_str()).collect();
+    s.supervisor.keep_live(&ids, &frozen);
     // Each lease's CPU quota as its state says: held while paused for lack of funds
     // (mends a pause and a top-up that crossed). A VMM that wrote beyond its files'
     // bounds is stopped, not read.
@@ -475,7 +482,7 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
 /// must not hold up the metering of every other lease for the control client's whole
 /// timeout; it is read again next tick, and as usage is cumulative its reading then bills
 /// what this one would have.
-fn read_deadline(tick_ms: u64) -> Duration {
+pub(crate) fn read_deadline(tick_ms: u64) -> Duration {
     Duration::from_millis(tick_ms).max(READ_DEADLINE_MIN)
 }
 
@@ -591,7 +598,7 @@ const CONTROL_LOST_AFTER: Duration = Duration::from_secs(5);
 /// unbilled, and a VMM that a hostile guest took over could do it on purpose. Far longer
 /// than any honest reply takes, even on a loaded host (a tick waits [`READ_DEADLINE_MIN`]
 /// for one).
-const CONTROL_SILENT_AFTER: Duration = Duration::from_secs(20);
+pub(crate) const CONTROL_SILENT_AFTER: Duration = Duration::from_secs(20);
 
 /// Lease `l`'s VMM runs but nothing listens at its control socket (removed from under
 /// it: nothing creates it again, so no later tick can read it). Such a guest runs
@@ -628,7 +635,7 @@ fn control_silent(s: &Shared, l: &LeaseRow, why: &str) {
 }
 
 /// Stops `l` `control_lost` (its balance kept for the tenant) and kills its VMM.
-fn stop_control_lost(s: &Shared, l: &LeaseRow) {
+pub(crate) fn stop_control_lost(s: &Shared, l: &LeaseRow) {
     s.supervisor.reached(&l.id);
     match s.ledger.mark_stopped(&l.id, StopReason::ControlLost, None) {
         Ok(true) => stop_guest(s, l),

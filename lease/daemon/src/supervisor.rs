@@ -463,10 +463,12 @@ impl Supervisor {
     }
 
     /// Forgets the rechecks, the unreachable control sockets and the usage floors of leases
-    /// not in `live`.
-    pub fn keep_live(&self, live: &HashSet<&str>) {
+    /// not in `live` (the metered ones); an unreachable one `frozen` (paused for a reorg,
+    /// not metered) is kept too.
+    pub fn keep_live(&self, live: &HashSet<&str>, frozen: &HashSet<&str>) {
         locked(&self.recheck).retain(|id| live.contains(id.as_str()));
-        locked(&self.unreachable).retain(|id, _| live.contains(id.as_str()));
+        locked(&self.unreachable)
+            .retain(|id, _| live.contains(id.as_str()) || frozen.contains(id.as_str()));
         self.usage_floors.keep_live(live);
     }
 

@@ -530,11 +530,29 @@ async fn reorg_away(node: &Bcoin, d: &Daemon, block: &str, funds: &str) {
     wait_for_tip(d, branch[1].as_str().unwrap(), Duration::from_secs(60)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reorged_payment_freezes_its_lease_which_thaws_when_it_confirms_again_or_stops() {
-    let Some(bcoin) = bcoin_dir() else { return };
+/// A lease paid on chain whose paying block was then reorged away: frozen.
+struct Frozen {
+    _dir: StateDir,
+    node: Bcoin,
+    d: Daemon,
+    lease: common::leases::CreatedLease,
+    /// The paying transaction, to confirm again.
+    raw: String,
+    /// Where mined coins go.
+    funds: String,
+    /// The block the payment was first confirmed in, reorged away.
+    paying: String,
+    /// The state directory (its ledger).
+    state: std::path::PathBuf,
+}
+
+/// A running lease of the test guest paid on chain (`--settle-conf 6`, `--reorg-window-s`
+/// `window_s`), then frozen by a reorg of its paying block; `None` when bcoin or KVM is
+/// missing (skipped).
+async fn frozen_lease(window_s: &str) -> Option<Frozen> {
+    let bcoin = bcoin_dir()?;
     if !common::kvm_or_skip() {
-        return;
+        return None;
     }
     let dir = StateDir::new();
     let node = Bcoin::start_with_wallet(&bcoin);
@@ -549,7 +567,7 @@ async fn a_reorged_payment_freezes_its_lease_which_thaws_when_it_confirms_again_
             "--settle-conf",
             "6",
             "--reorg-window-s",
-            "3",
+            window_s,
         ],
     )
     .await;
@@ -577,10 +595,37 @@ async fn a_reorged_payment_freezes_its_lease_which_thaws_when_it_confirms_again_
         ))
         .await;
     wait_for_lease(&d, &lease.id, &lease.token, "running").await;
-
-    // The paying block is reorged away: the lease is frozen, its balance untouched.
     reorg_away(&node, &d, &paying, &funds).await;
-    let frozen = wait_for_lease(&d, &lease.id, &lease.token, "paused_reorg").await;
+    wait_for_lease(&d, &lease.id, &lease.token, "paused_reorg").await;
+    let state = dir.path().to_path_buf();
+    Some(Frozen {
+        _dir: dir,
+        node,
+        d,
+        lease,
+        raw,
+        funds,
+        paying,
+        state,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reorged_payment_freezes_its_lease_which_thaws_when_it_confirms_again_or_stops() {
+    let Some(Frozen {
+        _dir,
+        node,
+        d,
+        lease,
+        raw,
+        funds,
+        ..
+    }) = frozen_lease("3").await
+    else {
+        return;
+    };
+    // Frozen, its balance untouched.
+    let frozen = lease_state(&d, &lease.id, &lease.token).await;
     let balance = frozen["balance_msat"].clone();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let still = lease_state(&d, &lease.id, &lease.token).await;
@@ -625,4 +670,51 @@ async fn a_reorged_payment_freezes_its_lease_which_thaws_when_it_confirms_again_
         r.text()
     );
     d.shutdown().await;
+}
+
+/// A frozen lease whose payment confirms again, settle-deep at once, while its VMM does not
+/// answer (stopped): the thaw is put off, and the payment is not settled without it, so
+/// once the VMM answers again the lease is thawed and runs. Before, the payment settled in
+/// the same pass as the put-off thaw, no later check looked at it again, and the lease
+/// stayed frozen (its room held, unbilled) for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thaw_put_off_by_a_silent_vmm_happens_once_it_answers() {
+    let Some(f) = frozen_lease("600").await else {
+        return;
+    };
+    let ledger = coinopd::ledger::Ledger::open(&f.state.join("ledger.db")).expect("ledger");
+    let vmm = ledger
+        .get(&f.lease.id)
+        .expect("read")
+        .and_then(|l| l.vmm())
+        .expect("the lease's VMM");
+    let pid = nix::unistd::Pid::from_raw(vmm.pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("stop this test's VMM");
+    // Confirmed again, and 6 deep at once.
+    f.node
+        .rpc("sendrawtransaction", serde_json::json!([f.raw]))
+        .await;
+    let blocks = f
+        .node
+        .rpc("generatetoaddress", serde_json::json!([6, f.funds]))
+        .await;
+    wait_for_tip(&f.d, blocks[5].as_str().unwrap(), Duration::from_secs(60)).await;
+    // Until coinopd has seen the transaction in its new block (the payment moved there, or
+    // settled), then a few ticks' thaws put off.
+    let start = Instant::now();
+    while ledger.unsettled_blocks_of(&f.lease.id).expect("read") == [f.paying.clone()] {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the payment never seen again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v = lease_state(&f.d, &f.lease.id, &f.lease.token).await;
+    assert_eq!(v["state"], "paused_reorg", "not thawed unread: {v}");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)
+        .expect("continue this test's VMM");
+    wait_for_lease(&f.d, &f.lease.id, &f.lease.token, "running").await;
+    f.d.stop_lease(&f.lease.id, &f.lease.token).await;
+    f.d.shutdown().await;
 }
