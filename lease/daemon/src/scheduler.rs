@@ -192,7 +192,12 @@ async fn adopt_one(
                 // On a task of its own: adoption runs before the API socket is bound, and a
                 // VMM that answers its status but never its pause would hold the start up by
                 // the control timeout, lease after lease. Its CPU is held already (above).
-                send_state(&l.id, path.clone(), Request::Pause, "pausing a re-adopted guest");
+                send_state(
+                    &l.id,
+                    path.clone(),
+                    Request::Pause,
+                    "pausing a re-adopted guest",
+                );
             }
             if l.state == LeaseState::Running && v.state == VmState::Paused {
                 tracing::warn!(lease = %l.id,

@@ -1210,7 +1210,7 @@ async fn wait_ready(
 ) -> Result<(Option<u64>, u64), BootError> {
     let lease_id = req.lease_id;
     // A VMM started ahead of its lease reports times from before the arrival: those are 0.
-    let since_arrival = |t_us: u64| (base_us + t_us).saturating_sub(req.arrival_us);
+    let since_arrival = |t_us: u64| base_us.saturating_add(t_us).saturating_sub(req.arrival_us);
     let bound = Duration::from_millis(req.personalise_timeout_ms);
     let mut vcpus_started = None;
     loop {
