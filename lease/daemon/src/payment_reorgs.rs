@@ -106,9 +106,7 @@ pub async fn check(s: &Shared) -> Result<(), LedgerError> {
         match (any_off, reorg_at) {
             (true, None) => {
                 tracing::warn!(lease = %lease_id, "a payment's block left the best chain; lease frozen");
-                if s.ledger.freeze_for_reorg(&lease_id)? {
-                    set_guest(s, &lease_id, Request::Pause).await;
-                }
+                freeze(s, &lease_id).await?;
             }
             (true, Some(at)) if now.saturating_sub(at) >= s.config.reorg_window_s as i64 => {
                 tracing::warn!(lease = %lease_id, "payment did not confirm again in time; stopping (payment_reorged)");
@@ -130,9 +128,7 @@ pub async fn check(s: &Shared) -> Result<(), LedgerError> {
                 // Frozen while it booted: its boot has since marked it running (and a tick
                 // may have run it dry). Paused now, before this tick meters it again.
                 tracing::warn!(lease = %lease_id, "a lease frozen while it booted is running; pausing it");
-                if s.ledger.freeze_for_reorg(&lease_id)? {
-                    set_guest(s, &lease_id, Request::Pause).await;
-                }
+                freeze(s, &lease_id).await?;
             }
             (false, Some(_)) => {
                 // A paused guest runs again from its counters as they are now: the pause is
@@ -173,6 +169,17 @@ fn control_path(s: &Shared, id: &str) -> Option<PathBuf> {
         .ok()
         .flatten()
         .map(|l| PathBuf::from(l.control_path))
+}
+
+/// Freezes lease `id` and pauses its guest if it ran. Its control socket's silence is
+/// counted afresh from here: a late read from before the freeze says nothing about the VMM
+/// its thaw will read, minutes later maybe (see [`thaw_put_off`]).
+async fn freeze(s: &Shared, id: &str) -> Result<(), LedgerError> {
+    s.supervisor.reached(id);
+    if s.ledger.freeze_for_reorg(id)? {
+        set_guest(s, id, Request::Pause).await;
+    }
+    Ok(())
 }
 
 /// The guest's counters, if its VMM answers within a tick's read deadline (this check

@@ -131,8 +131,8 @@ impl Ledger {
 
     /// Thaws the lease (its payments are on the best chain again). A `paused_reorg` lease
     /// runs again from the guest's current counters (`baseline`: vCPU µs, uptime µs), so
-    /// the pause is not billed, or waits unfunded if it has no balance. Returns whether the
-    /// guest must be resumed.
+    /// the pause is not billed, or waits unfunded if it has no balance; a lease stopped
+    /// `payment_reorged` is not thawed. Returns whether the guest must be resumed.
     pub fn thaw_after_reorg(
         &self,
         id: &str,
@@ -140,7 +140,10 @@ impl Ledger {
     ) -> Result<bool, LedgerError> {
         self.with_tx(|tx| {
             let lease = require_in(tx, id)?;
-            if lease.reorg_at.is_none() {
+            // A lease stopped for a reorg keeps its balance frozen for good, whatever its
+            // other payments do later: thawed, its whole balance, the reorged payment's
+            // credit with it, would be refundable.
+            if lease.reorg_at.is_none() || lease.stop_reason == Some(StopReason::PaymentReorged) {
                 return Ok(false);
             }
             let now = unix_s();
@@ -253,6 +256,13 @@ mod tests {
                 Err(LedgerError::State { .. })
             ),
             "nor topped up"
+        );
+        // Another payment of the lease back on the chain later thaws nothing.
+        assert!(!l.thaw_after_reorg("a", None).expect("thaw"));
+        assert!(l.get("a").unwrap().unwrap().reorg_at.is_some());
+        assert!(
+            l.refund("a", Ok::<u64, ()>).is_err(),
+            "still never refunded"
         );
         l.settle_payment(u[0].payment_id, true).expect("give up");
         assert!(l.unsettled_payments().expect("list").is_empty());
