@@ -304,6 +304,10 @@ impl GoldenSnapshots {
     pub fn lookup(&self, shape: &Shape) -> Result<(Option<PathBuf>, String), GoldenError> {
         let key = self.key(shape)?;
         let dir = self.dir_of(shape, &key);
+        // Held before its files are checked: an eviction between the check and the hold
+        // would take them from under the restore (an eviction holds `held` throughout, so
+        // one under way finishes first, and the check then finds nothing).
+        lock(&self.held).insert(dir.clone(), Instant::now());
         // An image with a root filesystem continues on the golden guest's disk writes.
         let complete = dir.join("state").is_file()
             && dir.join("memory").is_file()
@@ -311,6 +315,8 @@ impl GoldenSnapshots {
         if complete {
             // Every restore, and every take of a warm one, starts with this lookup.
             self.restoring_from(&dir);
+        } else {
+            lock(&self.held).remove(&dir);
         }
         Ok((complete.then_some(dir), key))
     }
@@ -602,6 +608,9 @@ impl GoldenSnapshots {
             }
         }
         match keep {
+            // Looked up since its build put it in place: a restore may be opening it, and
+            // the bound waits for the next build's eviction.
+            Some(keep) if over > 0 && held.contains_key(keep) => true,
             Some(keep) if over > 0 => {
                 tracing::warn!(dir = %keep.display(), max = self.max,
                     "no golden snapshot can go for a new one: every other one may be in use");
@@ -1060,6 +1069,13 @@ mod tests {
         assert!(!newer.exists());
         assert!(older_in_use.exists() && new.exists());
         assert_eq!(golden.snapshot_dirs().len(), 2);
+
+        // One looked up already (between its build's rename and this): a restore may be
+        // opening it, so it stays, over the bound until a later build's eviction.
+        let newest = snapshot_at(root.path(), "a", "8c64m-k", 0);
+        lock(&golden.held).insert(newest.clone(), Instant::now());
+        assert!(golden.make_room(Some(&newest)));
+        assert!(newest.exists());
     }
 
     #[test]
