@@ -18,6 +18,21 @@ pub struct SpawnRecord {
     /// The VMM's time base (the `--start-time-us` it was given), µs from the request's
     /// arrival: what its events' `t_us` add to.
     pub vmm_base_us: u64,
+    /// What its files were bounded by at the spawn (`None` from a coinopd that did not
+    /// record it): a coinopd started since with a lower console cap, or after the image's
+    /// root filesystem was replaced by a smaller one, holds this VMM to what it was given,
+    /// not to what a new VMM would be (`crate::vmm_file_bounds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<SpawnFiles>,
+}
+
+/// The sizes a VMM's file bounds come from, as they were at its spawn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnFiles {
+    /// Its `--console-max-bytes`.
+    pub console_max_bytes: u64,
+    /// Its root disk's base image size, for an image with one.
+    pub rootfs_bytes: Option<u64>,
 }
 
 impl SpawnRecord {
@@ -57,9 +72,16 @@ mod tests {
                 ..BootFigures::default()
             },
             vmm_base_us: 1_000,
+            files: Some(SpawnFiles {
+                console_max_bytes: 4096,
+                rootfs_bytes: None,
+            }),
         };
         assert_eq!(SpawnRecord::from_json(Some(&r.to_json())), Some(r.clone()));
         assert_eq!(SpawnRecord::from_json(Some("{}")), None);
+        // One recorded before the files were: read, with them unknown.
+        let older = SpawnRecord::from_json(Some(r#"{"figures":{},"vmm_base_us":7}"#));
+        assert_eq!(older.map(|o| (o.vmm_base_us, o.files)), Some((7, None)));
         let f = r.finish(BootProgress {
             vcpus_started_us: Some(5_000),
             guest_ready_us: Some(30_000),

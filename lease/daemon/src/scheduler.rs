@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::app::Shared;
+use crate::boot_record::SpawnRecord;
 use crate::capacity::Totals;
 use crate::guest_stop::stop_guest;
 use crate::ledger::{GuestEnded, LeaseRow, LedgerError, Sample, TickAction};
@@ -503,18 +504,26 @@ const READ_DEADLINE_MIN: Duration = Duration::from_millis(250);
 /// Returns whether it did.
 fn stopped_for_files(s: &Shared, l: &LeaseRow) -> bool {
     let paths = GuestPaths::for_lease(&s.config.run_dir(), &l.id);
-    let rootfs_bytes = s
-        .config
-        .images
-        .get(&l.image)
-        .and_then(|spec| spec.rootfs.as_deref())
-        .and_then(|base| std::fs::metadata(base).ok())
-        .map(|m| m.len());
+    // What the VMM was given at its spawn, when recorded: coinopd may have been started
+    // since with a lower cap, or the image's root filesystem replaced by a smaller file.
+    let spawned = SpawnRecord::from_json(l.spawn_json.as_deref()).and_then(|r| r.files);
+    let (console_max_bytes, rootfs_bytes) = match spawned {
+        Some(f) => (f.console_max_bytes, f.rootfs_bytes),
+        None => (
+            s.config.console_max_bytes,
+            s.config
+                .images
+                .get(&l.image)
+                .and_then(|spec| spec.rootfs.as_deref())
+                .and_then(|base| std::fs::metadata(base).ok())
+                .map(|m| m.len()),
+        ),
+    };
     let overlay = s.supervisor.isolation().overlay_path(&l.id);
     let bounds = vmm_file_bounds::bounds(
         Path::new(&l.console_path),
         &paths.log,
-        s.config.console_max_bytes,
+        console_max_bytes,
         rootfs_bytes.map(|b| (overlay.as_path(), b)),
     );
     let Some(o) = vmm_file_bounds::first_overrun(&bounds) else {

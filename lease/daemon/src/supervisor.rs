@@ -703,6 +703,15 @@ impl Supervisor {
                 ..req.figures.clone()
             },
             vmm_base_us: started.base_us.saturating_sub(req.arrival_us),
+            files: Some(crate::boot_record::SpawnFiles {
+                console_max_bytes: self.console_max_bytes,
+                rootfs_bytes: req
+                    .image
+                    .rootfs
+                    .as_deref()
+                    .and_then(|base| std::fs::metadata(base).ok())
+                    .map(|m| m.len()),
+            }),
         }
         .to_json();
         let ledger = Arc::clone(&self.ledger);

@@ -585,6 +585,47 @@ async fn a_vmm_writing_beyond_its_console_cap_is_stopped_and_cut_back() {
     }
 }
 
+/// A VMM's files are held to the bounds it was started with: a coinopd restarted with a
+/// lower `--console-max-bytes` re-adopts a VMM whose console is within its own, larger cap,
+/// and keeps it running. Before, the new cap stopped the honest lease `control_lost` and
+/// cut its console back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readopted_vmm_is_held_to_the_console_cap_it_was_started_with() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let d = Daemon::spawn(dir.path(), &["--console-max-bytes", "1048576"], &[]).await;
+    let lease = spinning_lease(&d, 50).await;
+    d.kill9();
+    // What an honest VMM under its 1 MiB cap may have written: 512 KiB.
+    let console = row(dir.path(), &lease.id).console_path;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&console)
+        .expect("this test's lease's console")
+        .set_len(512 << 10)
+        .expect("512 KiB of console");
+    let d = Daemon::spawn(dir.path(), &["--console-max-bytes", "4096"], &[]).await;
+    let path = format!("/v1/leases/{}", lease.id);
+    let ticked = row(dir.path(), &lease.id).last_uptime_us;
+    wait_for(
+        async || row(dir.path(), &lease.id).last_uptime_us > ticked,
+        "a tick metering the re-adopted lease",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v = d.call("GET", &path, Some(&lease.token), None).await.json();
+    assert_eq!(v["state"], "running", "{v}");
+    assert_eq!(
+        std::fs::metadata(&console).expect("console").len(),
+        512 << 10,
+        "not cut back"
+    );
+    d.stop_lease(&lease.id, &lease.token).await;
+    d.shutdown().await;
+}
+
 /// A re-adopted guest that crashes is `guest_crashed` like a fresh one, both when it
 /// crashes while no coinopd runs (found ended at re-adoption) and when it crashes after the
 /// restart (found ended by a tick): its VMM is then nobody's child that coinopd can wait
