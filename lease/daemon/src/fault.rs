@@ -6,6 +6,11 @@
 //! `COINOPD_FAULT_DELAY=POINT:MS` instead makes a request wait `MS` ms at the points that
 //! [`delay`] marks (every pass), so that a test can drop its connection there: what a
 //! client that goes away mid-request leaves behind.
+//!
+//! `COINOPD_FAULT_LOST=POINT` (or `POINT:N`) makes the fleet store's answer to a call that
+//! succeeded count as lost at the points that [`lost`] marks: coinopd carries on as if the
+//! connection had dropped before the answer came (`Unavailable`), although the store did
+//! the work. What a real connection loss or operation timeout leaves behind, on demand.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -20,6 +25,9 @@ pub mod point {
     /// (or the refund) has not committed them. For swaps and mints also a
     /// [`delay`](super::delay) point: a test can hold one request there.
     pub const FLEET_OUTPUTS_RESERVED: &str = "fleet_outputs_reserved";
+    /// A fence's claim was granted by the fleet store. A [`lost`](super::lost) point only:
+    /// the fence carries on as if the store's answer had been lost.
+    pub const FLEET_CLAIMED: &str = "fleet_claimed";
     /// A create's ledger transaction committed; no guest spawned, no reply sent.
     pub const CREATE_COMMITTED: &str = "create_committed";
     /// A create's VMM is spawned and recorded in the ledger (pid, start time, the boot
@@ -77,37 +85,64 @@ struct Armed {
     passes: AtomicU64,
 }
 
+/// The environment variable naming a point whose store answer is lost.
+pub const LOST_ENV: &str = "COINOPD_FAULT_LOST";
+
+impl Armed {
+    /// `POINT` or `POINT:N` as `env` gives it, if set.
+    fn from_env(env: &str) -> Option<Armed> {
+        let spec = std::env::var(env).ok()?;
+        let (point, nth) = match spec.split_once(':') {
+            Some((p, n)) => (p.to_string(), n.parse().unwrap_or(1)),
+            None => (spec, 1),
+        };
+        Some(Armed {
+            point,
+            nth,
+            passes: AtomicU64::new(0),
+        })
+    }
+
+    /// The pass counted at `name`, if it is the chosen one.
+    fn chosen(&self, name: &str) -> Option<u64> {
+        if self.point != name {
+            return None;
+        }
+        let pass = self.passes.fetch_add(1, Ordering::Relaxed) + 1;
+        (pass == self.nth).then_some(pass)
+    }
+}
+
 fn armed() -> Option<&'static Armed> {
     static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
-    ARMED
-        .get_or_init(|| {
-            let spec = std::env::var(ENV).ok()?;
-            let (point, nth) = match spec.split_once(':') {
-                Some((p, n)) => (p.to_string(), n.parse().unwrap_or(1)),
-                None => (spec, 1),
-            };
-            Some(Armed {
-                point,
-                nth,
-                passes: AtomicU64::new(0),
-            })
-        })
-        .as_ref()
+    ARMED.get_or_init(|| Armed::from_env(ENV)).as_ref()
 }
 
 /// Aborts the process if `COINOPD_FAULT` names `name` and this is the chosen pass.
 pub fn hit(name: &str) {
-    let Some(a) = armed() else {
+    let Some(pass) = armed().and_then(|a| a.chosen(name)) else {
         return;
     };
-    if a.point != name {
-        return;
-    }
-    let pass = a.passes.fetch_add(1, Ordering::Relaxed) + 1;
-    if pass == a.nth {
-        crate::log_writer::say(&format!("coinopd: {ENV}={name}:{pass}: aborting here"));
-        std::process::abort();
-    }
+    crate::log_writer::say(&format!("coinopd: {ENV}={name}:{pass}: aborting here"));
+    std::process::abort();
+}
+
+/// Whether the store's answer at `name` is to be taken as lost (`COINOPD_FAULT_LOST` names
+/// it and this is the chosen pass); the caller then reports `Unavailable` as a dropped
+/// connection would.
+pub fn lost(name: &str) -> bool {
+    static LOST: OnceLock<Option<Armed>> = OnceLock::new();
+    let Some(pass) = LOST
+        .get_or_init(|| Armed::from_env(LOST_ENV))
+        .as_ref()
+        .and_then(|a| a.chosen(name))
+    else {
+        return false;
+    };
+    crate::log_writer::say(&format!(
+        "coinopd: {LOST_ENV}={name}:{pass}: the store's answer is taken as lost"
+    ));
+    true
 }
 
 /// The environment variable naming a point to wait at, and for how long.

@@ -27,15 +27,30 @@
 //! took on the same keys since, and a commit that finds its fence gone records the keys
 //! spent all the same, or reports who holds them.
 //!
+//! A claim whose answer is lost (`Unavailable`: the connection dropped, or no answer in
+//! time) may have been granted, or may still be, by a statement the server is running:
+//! the fence fails (503), and its claim is released at once and then again, from the
+//! background, until the server can no longer be running that claim (its statement
+//! timeout and a margin). Left to the next start-up, those keys would stay pending in the
+//! store under an operation that does nothing, and the tenant's retry, on this host or any
+//! other, would be refused until this host restarts. No local step ran, so a release is
+//! the only settle. The same request again on this host (the same operation and keys)
+//! takes that fence over: it claims again, and its own settle, by the ledger, is done
+//! again until the lost claim can no longer land.
+//!
 //! One operation is fenced at most once at a time in this process: the store grants the
 //! same host and operation its pending claim again (a retry after a lost reply), so two
 //! copies of one request in flight together would both hold the fence, and the one whose
 //! local step failed could release the keys in the store after the other had spent them
 //! here. A copy that finds its operation in flight is refused as the keys being pending.
+//! "Its operation" is the operation id with the keys: a create names its lease, whose id
+//! can come back to another create (a slot built ahead of time, given back when the first
+//! create failed), with another payment; the store never grants a claim of other keys as
+//! a repeat, and each settle touches its own keys only, so the two cannot meet.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use payment::spent_set::{KeyKind, SpendKey, SpendState};
 use payment_postgres::{HeldKey, PgSpentSet, PgStore, PgStoreError, PgStoreOptions, StoreMetrics};
@@ -47,6 +62,12 @@ use crate::names_in_flight::{Entered, NamesInFlight};
 
 /// How often a failed schema check, reconciliation, publication or settle is tried again.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// Beyond the store's statement timeout, how long a claim whose answer was lost is still
+/// released again: the statement may have reached the server after the loss was seen
+/// (queued in a socket, in the server's backlog), and its start is what the timeout
+/// counts from.
+const LATE_CLAIM_MARGIN: Duration = Duration::from_secs(2);
 
 /// Keys per round trip when publishing this host's own spends at start-up.
 const PUBLISH_BATCH: usize = 1000;
@@ -105,6 +126,13 @@ pub struct Fence {
     /// The store had these keys under this very operation already, delivered: this request
     /// repeats one whose reply was lost, and the local ledger answers it. Nothing to settle.
     pub repeat: bool,
+    /// The claim's answer was lost and no local step ran (see the module's top): the
+    /// settle releases whatever the claim took.
+    unanswered: bool,
+    /// A claim of this operation whose answer was lost may land until then: the settle is
+    /// done again until this instant, after which no statement of it can still be running
+    /// on the server.
+    settle_until: Option<Instant>,
     /// The operation's place in [`Fleet::in_flight`], given up when the fence is settled.
     _in_flight: Entered,
 }
@@ -390,36 +418,112 @@ impl Fleet {
                 "this host has not finished its start-up check against the store".into(),
             ));
         }
-        let Some(in_flight) = self.in_flight.enter(operation) else {
-            // Worded as another host's claim in flight is: the keys are pending.
-            let key = keys
-                .first()
-                .ok_or(FleetError::Store(PgStoreError::NoKeys))?;
-            return Err(FleetError::AlreadySpent {
-                kind: key.kind,
-                key_hex: hex::encode(&key.bytes),
-                state: SpendState::Pending,
-            });
+        let name = format!(
+            "{operation} {}",
+            hex::encode(payment::credit::receipt::keys_digest(keys))
+        );
+        let (in_flight, settle_until) = match self.in_flight.enter(&name) {
+            Some(entered) => (entered, None),
+            // The same request, whose claim's answer was lost: taken over.
+            None => match self.take_unanswered(&name) {
+                Some(lost) => (lost._in_flight, lost.settle_until),
+                None => {
+                    // Worded as another host's claim in flight is: the keys are pending.
+                    let key = keys
+                        .first()
+                        .ok_or(FleetError::Store(PgStoreError::NoKeys))?;
+                    return Err(FleetError::AlreadySpent {
+                        kind: key.kind,
+                        key_hex: hex::encode(&key.bytes),
+                        state: SpendState::Pending,
+                    });
+                }
+            },
         };
-        let claimed = self
-            .set
-            .claim(keys, SpendState::Pending, note, operation)
-            .await;
-        let repeat = match claimed {
-            Ok(()) => false,
-            Err(PgStoreError::AlreadyClaimed { .. })
-                if self.set.held_for_operation(keys, operation).await? =>
-            {
-                true
-            }
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Fence {
+        let mut fence = Fence {
             keys: keys.to_vec(),
             operation: operation.to_string(),
-            repeat,
+            repeat: false,
+            unanswered: false,
+            settle_until,
             _in_flight: in_flight,
-        })
+        };
+        let claimed = match self
+            .set
+            .claim(keys, SpendState::Pending, note, operation)
+            .await
+        {
+            Ok(()) if crate::fault::lost(crate::fault::point::FLEET_CLAIMED) => Err(
+                PgStoreError::Unavailable("the claim's answer was lost (injected)".into()),
+            ),
+            other => other,
+        };
+        let claim_lost = matches!(claimed, Err(PgStoreError::Unavailable(_)));
+        let refused = match claimed {
+            Ok(()) => return Ok(fence),
+            Err(e @ PgStoreError::AlreadyClaimed { .. }) => {
+                match self.set.held_for_operation(keys, operation).await {
+                    // Spent under this operation already: a lost claim taken over cannot
+                    // land any more (the keys are taken), so nothing is left to settle.
+                    Ok(true) => {
+                        fence.repeat = true;
+                        return Ok(fence);
+                    }
+                    Ok(false) => e,
+                    Err(read) => read,
+                }
+            }
+            Err(e) => e,
+        };
+        if claim_lost {
+            // It may have been granted all the same, or be still (see the module's top).
+            let late = Instant::now() + self.set.store().statement_timeout() + LATE_CLAIM_MARGIN;
+            fence.settle_until = Some(fence.settle_until.map_or(late, |t| t.max(late)));
+        }
+        if fence.settle_until.is_some() {
+            // Released now, so that the request can be retried at once, and again until
+            // no lost claim of it can land (a lost claim taken over is given back so).
+            fence.unanswered = true;
+            self.release_unanswered(fence).await;
+        }
+        Err(refused.into())
+    }
+
+    /// The fence of the same request (`name`: operation and keys) left waiting after its
+    /// claim's answer was lost, taken out of the background list, if it is there.
+    fn take_unanswered(&self, name: &str) -> Option<Fence> {
+        let mut unsettled = self
+            .unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let i = unsettled
+            .iter()
+            .position(|f| f.unanswered && f._in_flight.name() == name)?;
+        Some(unsettled.swap_remove(i))
+    }
+
+    /// Releases what a claim whose answer was lost may have taken, then leaves it to the
+    /// background to release again until the claim cannot land any more. Needs no ledger:
+    /// no local step ran for it.
+    async fn release_unanswered(&self, fence: Fence) {
+        match self
+            .set
+            .release_pending(&fence.keys, &fence.operation)
+            .await
+        {
+            Ok(released) => tracing::info!(operation = %fence.operation, released,
+                                           "fleet claim with a lost answer released"),
+            Err(e) => tracing::warn!(operation = %fence.operation, error = %e,
+                                     "fleet claim with a lost answer: release deferred"),
+        }
+        self.defer(fence);
+    }
+
+    fn defer(&self, fence: Fence) {
+        self.unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(fence);
     }
 
     /// Ends a fence once the local step is over, whatever its outcome: the keys are marked
@@ -433,22 +537,30 @@ impl Fleet {
         if fence.repeat {
             return;
         }
-        if let Err(e) = self.try_settle(&fence, ledger).await {
-            tracing::warn!(operation = %fence.operation, error = %e, "fleet settle deferred");
-            self.unsettled
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(fence);
+        match self.try_settle(&fence, ledger).await {
+            // Released, but the lost claim could still land: released again later.
+            Ok(()) if fence.settle_until.is_some_and(|t| Instant::now() < t) => self.defer(fence),
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(operation = %fence.operation, error = %e, "fleet settle deferred");
+                self.defer(fence);
+            }
         }
     }
 
     async fn try_settle(&self, fence: &Fence, ledger: &Arc<Ledger>) -> Result<(), SettleError> {
-        let (l, keys) = (Arc::clone(ledger), fence.keys.clone());
-        let delivered = tokio::task::spawn_blocking(move || l.first_claimed(&keys))
-            .await
-            .map_err(|e| SettleError::Worker(e.to_string()))?
-            .map_err(SettleError::Ledger)?
-            .is_some();
+        let delivered = if fence.unanswered {
+            // Its local step never ran: whatever the ledger says of these keys was
+            // spent by another operation, which settles them itself.
+            false
+        } else {
+            let (l, keys) = (Arc::clone(ledger), fence.keys.clone());
+            tokio::task::spawn_blocking(move || l.first_claimed(&keys))
+                .await
+                .map_err(|e| SettleError::Worker(e.to_string()))?
+                .map_err(SettleError::Ledger)?
+                .is_some()
+        };
         // Both name the operation: a settle deferred after a lost reply must not end the
         // claim of another operation that fenced the same keys since (the tenant's retry).
         if !delivered {

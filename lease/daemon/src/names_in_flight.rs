@@ -37,6 +37,13 @@ impl NamesInFlight {
     }
 }
 
+impl Entered {
+    /// The name this holds.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 impl Drop for Entered {
     fn drop(&mut self) {
         self.names

@@ -458,6 +458,50 @@ async fn a_create_whose_client_leaves_after_the_fence_is_finished_and_recovered(
     h1.stop_lease(&id, &token).await;
 }
 
+/// A create's fence claimed in the store, its answer lost (injected: the store granted the
+/// claim, coinopd is told the connection dropped): the create is 503, and the keys are not
+/// left pending under an operation that does nothing until host 1 restarts. The same
+/// payment retried at once is accepted on host 1 (under the same lease id: the create's
+/// slot built ahead of time came back to the pool, and the retry takes the lost fence
+/// over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_claim_answer_is_lost_can_be_retried_at_once() {
+    let Some(pg) = cluster("a_create_whose_claim_answer_is_lost_can_be_retried_at_once") else {
+        return;
+    };
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let dirs = [StateDir::new(), StateDir::new()];
+    let h1 = host(
+        &pg,
+        &dirs[0],
+        1,
+        &[("COINOPD_FAULT_LOST", "fleet_claimed:1")],
+    )
+    .await;
+    share_mint_keys(&dirs[0], &dirs[1]);
+    let h2 = host(&pg, &dirs[1], 2, &[]).await;
+    // Minted on host 2: a mint fences too, and host 1's first claim is the create's.
+    let proofs = h2.mint_credit(300).await;
+    let body = testguest_body("mode=echo", credit_payment(&proofs));
+
+    let r = h1
+        .call("POST", "/v1/leases", None, Some(body.clone()))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("store_unavailable"), "{}", r.text());
+    // Nothing of the lost claim is left pending in the store, on any host's view.
+    let states = h2.proof_states(&proofs).await;
+    assert!(
+        states.iter().all(|s| s == "UNSPENT"),
+        "the lost claim released: {states:?}"
+    );
+    // The tenant's retry, without a restart: a lease, paid with the same notes.
+    let lease = h1.create_lease(body).await;
+    h1.stop_lease(&lease.id, &lease.token).await;
+}
+
 /// Proofs spent on a host while it ran on its own (no `--store`), before it joined the
 /// fleet: once it has joined, no host of the fleet accepts them again (they were published
 /// to the store at its start-up), and a request mixing one of them with unspent proofs is

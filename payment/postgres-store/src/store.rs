@@ -81,6 +81,7 @@ pub struct PgStore {
     host_id: Arc<str>,
     description: Arc<str>,
     operation_timeout: Duration,
+    statement_timeout: Duration,
     counters: Arc<StoreCounters>,
 }
 
@@ -169,6 +170,7 @@ impl PgStore {
             host_id: options.host_id.as_str().into(),
             description: description.into(),
             operation_timeout: options.operation_timeout,
+            statement_timeout: options.statement_timeout,
             counters: Arc::default(),
         })
     }
@@ -197,6 +199,13 @@ impl PgStore {
     /// Where the store is, for operators: hosts and database, never the password.
     pub fn description(&self) -> &str {
         &self.description
+    }
+
+    /// How long the server lets one statement run (`statement_timeout`, set on every
+    /// connection): a statement whose answer was lost, sent before the loss, has ended on
+    /// the server this long after it at the latest, committed or not.
+    pub fn statement_timeout(&self) -> Duration {
+        self.statement_timeout
     }
 
     /// The counters so far.
