@@ -5,7 +5,9 @@
 //!
 //! `COINOPD_FAULT_DELAY=POINT:MS` instead makes a request wait `MS` ms at the points that
 //! [`delay`] marks (every pass), so that a test can drop its connection there: what a
-//! client that goes away mid-request leaves behind.
+//! client that goes away mid-request leaves behind. Several points, each with its wait,
+//! are separated by commas (`POINT:MS,POINT:MS`), for a race between two requests that
+//! must each be held at its own step.
 //!
 //! `COINOPD_FAULT_LOST=POINT` (or `POINT:N`) makes the fleet store's answer to a call that
 //! succeeded count as lost at the points that [`lost`] marks: coinopd carries on as if the
@@ -23,8 +25,13 @@ pub mod point {
     /// A swap's or on-chain mint's inputs were fenced and its outputs reserved in the fleet
     /// store (`--store`), or a lease refund's change reserved there; the local spent set
     /// (or the refund) has not committed them. For swaps and mints also a
-    /// [`delay`](super::delay) point: a test can hold one request there.
+    /// [`delay`](super::delay) point: a test can hold one request there. Also a
+    /// [`lost`](super::lost) point (every reservation, refunds' included): the store
+    /// reserved the outputs, and the request carries on as if its answer had been lost.
     pub const FLEET_OUTPUTS_RESERVED: &str = "fleet_outputs_reserved";
+    /// A swap's or on-chain mint's first settle (of its outputs' reservation, or of its
+    /// inputs' fence) is done, the other not yet. A [`delay`](super::delay) point only.
+    pub const FLEET_SETTLING: &str = "fleet_settling";
     /// A fence's claim was granted by the fleet store. A [`lost`](super::lost) point only:
     /// the fence carries on as if the store's answer had been lost.
     pub const FLEET_CLAIMED: &str = "fleet_claimed";
@@ -151,18 +158,23 @@ pub const DELAY_ENV: &str = "COINOPD_FAULT_DELAY";
 /// Waits at `name` if `COINOPD_FAULT_DELAY` names it (see the module doc); else returns at
 /// once.
 pub async fn delay(name: &str) {
-    static DELAY: OnceLock<Option<(String, std::time::Duration)>> = OnceLock::new();
+    static DELAY: OnceLock<Vec<(String, std::time::Duration)>> = OnceLock::new();
     let armed = DELAY.get_or_init(|| {
-        let spec = std::env::var(DELAY_ENV).ok()?;
-        let (point, ms) = spec.split_once(':')?;
-        Some((
-            point.to_string(),
-            std::time::Duration::from_millis(ms.parse().ok()?),
-        ))
+        let Ok(spec) = std::env::var(DELAY_ENV) else {
+            return Vec::new();
+        };
+        // A malformed entry is left out, as a malformed spec always was.
+        spec.split(',')
+            .filter_map(|one| {
+                let (point, ms) = one.split_once(':')?;
+                Some((
+                    point.to_string(),
+                    std::time::Duration::from_millis(ms.parse().ok()?),
+                ))
+            })
+            .collect()
     });
-    if let Some((point, wait)) = armed {
-        if point == name {
-            tokio::time::sleep(*wait).await;
-        }
+    if let Some((_, wait)) = armed.iter().find(|(point, _)| point == name) {
+        tokio::time::sleep(*wait).await;
     }
 }

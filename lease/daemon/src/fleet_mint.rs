@@ -420,6 +420,11 @@ impl FleetMint {
         self.require_ready()?;
         let records = signed_records(outputs, signatures)?;
         self.outputs.reserve(&records, operation).await?;
+        if crate::fault::lost(crate::fault::point::FLEET_OUTPUTS_RESERVED) {
+            return Err(FleetMintError::Unavailable(
+                "the reservation's answer was lost (injected)".into(),
+            ));
+        }
         Ok(())
     }
 

@@ -21,6 +21,7 @@ const UIDS_PER_HOST: u32 = 16;
 
 /// NUT-00 codes (error_codes.md).
 const SPENT: u64 = 11001;
+const PENDING: u64 = 11002;
 const OUTPUT_SIGNED: u64 = 11003;
 const KEYSET_INACTIVE: u64 = 12002;
 
@@ -67,9 +68,34 @@ fn standalone_args(n: u32) -> Vec<String> {
 }
 
 async fn host(pg: &TestCluster, dir: &StateDir, n: u32, seed: &Path) -> Daemon {
+    host_with(pg, dir, n, seed, &[]).await
+}
+
+/// [`host`] with `env` (faults to inject).
+async fn host_with(
+    pg: &TestCluster,
+    dir: &StateDir,
+    n: u32,
+    seed: &Path,
+    env: &[(&str, &str)],
+) -> Daemon {
     let args = host_args(pg, n, seed);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Daemon::spawn(dir.path(), &args, &[]).await
+    Daemon::spawn(dir.path(), &args, env).await
+}
+
+/// Sends `body` to `h`'s swap route until it is no longer refused as pending (11002: the
+/// same request in flight there), for at most 30 s; the first other answer.
+async fn swap_once_not_pending(h: &Daemon, body: &Value) -> coinop_cli::client::Reply {
+    let start = std::time::Instant::now();
+    loop {
+        let r = h.call("POST", "/v1/swap", None, Some(body.clone())).await;
+        if (r.status, cashu_code(&r)) != (400, PENDING) || start.elapsed() > Duration::from_secs(30)
+        {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn messages(blanks: &[common::Blank]) -> Vec<&BlindedMessage> {
@@ -604,6 +630,63 @@ async fn the_same_output_sent_to_three_hosts_at_once_is_signed_once() {
     // The refused requests spent nothing: their inputs are unspent on every host.
     assert_eq!(unspent.len(), 2 * ROUNDS as usize);
     hosts[1].assert_unspent(&unspent).await;
+}
+
+/// A swap whose reservation's answer is lost (injected: the store reserved its outputs,
+/// host 1 is told the connection dropped) is 503, and its settles release what it took.
+/// The same swap sent again to host 1 meanwhile, while the first is between its two
+/// settles (held there 1 s), must not have its own reservation deleted by the first's
+/// settle: once it is answered, its signatures are delivered in the store (restored on
+/// host 2, which signed nothing of it). Each copy is held 3 s after its reservation, so
+/// that the first's last settle falls in the copy's own window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_a_swap_whose_reservation_answer_was_lost_keeps_its_signatures() {
+    let Some(pg) =
+        cluster("a_copy_of_a_swap_whose_reservation_answer_was_lost_keeps_its_signatures")
+    else {
+        return;
+    };
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let seed = seed_file(secrets.path(), 0x66, 0o600);
+    let dirs = [StateDir::new(), StateDir::new()];
+    let h1 = host_with(
+        &pg,
+        &dirs[0],
+        1,
+        &seed,
+        &[
+            ("COINOPD_FAULT_LOST", "fleet_outputs_reserved:1"),
+            (
+                "COINOPD_FAULT_DELAY",
+                "fleet_settling:1000,fleet_outputs_reserved:3000",
+            ),
+        ],
+    )
+    .await;
+    let h2 = host(&pg, &dirs[1], 2, &seed).await;
+    let wallet = Wallet::new(&h2).await;
+    // Minted on host 2: host 1's first reservation is the swap's.
+    let proofs = h2.mint_credit(100).await;
+    let blanks = wallet.outputs(&amounts(&proofs));
+    let body = swap_body(&proofs, &blanks);
+
+    let first = h1.call("POST", "/v1/swap", None, Some(body.clone()));
+    let copy = async {
+        // Once the first's answer was lost and it is settling (held 1 s there).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        swap_once_not_pending(&h1, &body).await
+    };
+    let (first, copy) = tokio::join!(first, copy);
+    assert_eq!(first.status, 503, "{}", first.text());
+    assert_eq!(copy.status, 200, "{}", copy.text());
+    let restore = json!({"outputs": messages(&blanks)});
+    let r = h2.call("POST", "/v1/restore", None, Some(restore)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        signatures(&r),
+        signatures(&copy),
+        "the copy's signatures delivered in the store"
+    );
 }
 
 /// A lease refund's change is the fleet's: a lease paid with credit on host 1 and stopped

@@ -6,7 +6,8 @@
 //!    receipt ([`crate::fleet_mint`]): a `B_` taken anywhere is 11003;
 //! 3. the local step, as on a single host (one SQLite transaction claims the inputs and
 //!    records the signatures);
-//! 4. settle both by what the local spent set holds: delivered, or released.
+//! 4. settle both by what the local spent set holds: delivered, or released; the outputs
+//!    first, while the fence keeps the request's copies out.
 //!
 //! A failure or crash at any point leaves nothing spent without its signatures recorded
 //! locally, and nothing signed twice: see the two modules' docs. Inputs held under the same
@@ -94,8 +95,7 @@ async fn reserve_run_settle<T: Send + 'static>(
         if let Err(e) = reserved {
             // Nothing was committed locally: both are released (a reservation whose
             // outcome is unknown included).
-            fleet.settle(fence, &s.ledger).await;
-            fleet_mint.settle(&spent, outputs, operation).await;
+            settle_both(s, fleet, fleet_mint, fence, &spent, outputs, operation).await;
             return Err(e);
         }
         crate::fault::hit(crate::fault::point::FLEET_OUTPUTS_RESERVED);
@@ -103,9 +103,29 @@ async fn reserve_run_settle<T: Send + 'static>(
     }
     let s2 = s.clone();
     let out = blocking(move || local(&s2)).await;
-    fleet.settle(fence, &s.ledger).await;
-    fleet_mint.settle(&spent, outputs, operation).await;
+    settle_both(s, fleet, fleet_mint, fence, &spent, outputs, operation).await;
     out
+}
+
+/// Step 4 (see the module doc): the outputs' reservation first, then the inputs' fence.
+/// The fence holds the operation in flight on this host until it is settled, so no copy
+/// of the request (one sent again after its answer was lost) gets past its fence before
+/// this reservation is settled; the other way round, a copy could reserve the same
+/// outputs again (its own rows, as the store sees them: the same host and operation) and
+/// this settle, a release, would delete them, leaving the copy's signatures, committed
+/// here, pending in the store for ever after.
+async fn settle_both(
+    s: &Shared,
+    fleet: &Fleet,
+    fleet_mint: &FleetMint,
+    fence: Fence,
+    spent: &Arc<dyn SpentSet>,
+    outputs: &[BlindedMessage],
+    operation: &str,
+) {
+    fleet_mint.settle(spent, outputs, operation).await;
+    crate::fault::delay(crate::fault::point::FLEET_SETTLING).await;
+    fleet.settle(fence, &s.ledger).await;
 }
 
 /// Runs `work` as a task of its own: a client that goes away (its connection, and with it
