@@ -29,12 +29,19 @@
 //! (NUT-30 mints record theirs
 //! delivered with the quote's balance in one store transaction instead:
 //! `crate::http::fleet_nut30`.) A crash in between leaves them pending; [`FleetMint::start`] settles
-//! them by the same rule before money requests are served. So a `B_` signed on one host is
+//! them by the same rule before money requests are served. A settle that fails (the store
+//! unreachable for a moment) is tried again in the background every second, by the same
+//! rule, read anew: left to the next start, a swap committed here would have its
+//! signatures pending in the store, so the same swap retried on another host (its inputs
+//! spent) could not be answered, and NUT-09 restore elsewhere would miss them. Until it
+//! is done the operation reserves nothing again: a new reservation of it first settles
+//! the earlier one (or is 503), else that settle, released, could delete the new
+//! reservation's rows. So a `B_` signed on one host is
 //! refused on every other (11003), NUT-09 restore on any host returns what any host
 //! delivered, and the same request retried on another host gets the same signatures.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use payment::credit::keyset::UNIT_SAT;
@@ -48,6 +55,7 @@ use payment_postgres::{
 use thiserror::Error;
 
 use crate::app::AppState;
+use crate::names_in_flight::{Entered, NamesInFlight};
 
 /// How often each host reads the fleet's keyset list (see the module doc).
 pub const KEYSET_POLL: Duration = Duration::from_secs(2);
@@ -112,6 +120,17 @@ impl FleetMintError {
 #[error("fleet mint: {0}")]
 pub struct FleetMintStartError(#[source] pub FleetMintError);
 
+/// A reservation whose settle could not be done (the store unreachable, the local spent
+/// set unreadable), tried again in the background.
+struct Unsettled {
+    operation: String,
+    /// The operation's outputs' `B_`s: their local records are what the settle compares.
+    b_s: Vec<Vec<u8>>,
+    spent: Arc<dyn SpentSet>,
+    /// The operation's place in [`FleetMint::settling`] until the settle is done.
+    _settling: Entered,
+}
+
 /// The fleet's keysets and signed outputs as this coinopd uses them.
 pub struct FleetMint {
     keysets: PgKeysets,
@@ -128,6 +147,11 @@ pub struct FleetMint {
     /// The rows last checked and adopted: the same rows again (every poll, mostly) are
     /// not derived and checked again.
     adopted: std::sync::Mutex<Vec<FleetKeyset>>,
+    /// Settles that failed, to try again.
+    unsettled: Mutex<Vec<Unsettled>>,
+    /// Operations whose reservation is being settled, or waits in `unsettled`: no
+    /// reservation of them is made meanwhile.
+    settling: NamesInFlight,
 }
 
 impl std::fmt::Debug for FleetMint {
@@ -183,6 +207,8 @@ impl FleetMint {
             sync: tokio::sync::Mutex::new(()),
             last_unknown_refresh: std::sync::Mutex::new(None),
             adopted: std::sync::Mutex::new(Vec::new()),
+            unsettled: Mutex::default(),
+            settling: NamesInFlight::default(),
         }
     }
 
@@ -231,6 +257,13 @@ impl FleetMint {
         }
         let (me, weak) = (Arc::clone(self), Arc::downgrade(state));
         tokio::spawn(async move { me.poll(weak).await });
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RETRY).await;
+                me.settle_unsettled().await;
+            }
+        });
         Ok(())
     }
 
@@ -419,6 +452,7 @@ impl FleetMint {
     ) -> Result<(), FleetMintError> {
         self.require_ready()?;
         let records = signed_records(outputs, signatures)?;
+        self.settle_earlier(operation).await?;
         self.outputs.reserve(&records, operation).await?;
         if crate::fault::lost(crate::fault::point::FLEET_OUTPUTS_RESERVED) {
             return Err(FleetMintError::Unavailable(
@@ -429,10 +463,9 @@ impl FleetMint {
     }
 
     /// Ends `operation`'s reservation: delivered if the local spent set recorded the very
-    /// signatures reserved for `outputs`, else released (see the module doc). A store that
-    /// cannot be reached now leaves
-    /// it pending until the next start-up (the `B_`s stay taken meanwhile; nothing is
-    /// signed twice).
+    /// signatures reserved for `outputs`, else released (see the module doc). One that
+    /// cannot be done now (the store unreachable) is tried again in the background; the
+    /// `B_`s stay taken meanwhile, nothing is signed twice.
     pub async fn settle(
         &self,
         spent: &Arc<dyn SpentSet>,
@@ -442,16 +475,44 @@ impl FleetMint {
         let Ok(b_s) = output_keys(outputs) else {
             return; // The mint refused the request before anything was reserved.
         };
-        let spent = Arc::clone(spent);
-        let recorded = match blocking(move || local_records(&*spent, &b_s)).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(operation, error = %e, "reservation left for the next start");
-                return;
-            }
+        // An earlier settle of the operation left for the background is this one: the
+        // same rule, read now.
+        let job = match self.take_unsettled(operation) {
+            Some(earlier) => Some(earlier),
+            None => self.settling.enter(operation).map(|settling| Unsettled {
+                operation: operation.to_string(),
+                b_s: Vec::new(),
+                spent: Arc::clone(spent),
+                _settling: settling,
+            }),
         };
-        match self.outputs.settle_as_recorded(operation, &recorded).await {
-            Ok(Settled::Released { rows }) if rows > 0 && !recorded.is_empty() => {
+        let Some(mut job) = job else {
+            // The background is settling the operation now, by the same rule: no new
+            // reservation of it was made meanwhile, so there is nothing more to do.
+            return;
+        };
+        for b_ in b_s {
+            if !job.b_s.contains(&b_) {
+                job.b_s.push(b_);
+            }
+        }
+        if let Err(e) = self.try_settle(&job).await {
+            tracing::warn!(operation, error = %e, "reservation's settle deferred");
+            self.defer(job);
+        }
+    }
+
+    /// One try at settling `job`'s reservation by the local spent set.
+    async fn try_settle(&self, job: &Unsettled) -> Result<(), FleetMintError> {
+        let (spent, b_s) = (Arc::clone(&job.spent), job.b_s.clone());
+        let recorded = blocking(move || local_records(&*spent, &b_s)).await?;
+        let operation = job.operation.as_str();
+        match self
+            .outputs
+            .settle_as_recorded(operation, &recorded)
+            .await?
+        {
+            Settled::Released { rows } if rows > 0 && !recorded.is_empty() => {
                 // The local set has other signatures of these `B_`s: made before the join.
                 tracing::warn!(
                     operation,
@@ -460,9 +521,66 @@ impl FleetMint {
                      its outputs"
                 );
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(operation, error = %e, "reservation left for the next start");
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Before a reservation of `operation`: an earlier one of it whose settle waits in the
+    /// background is settled first (see the module doc), or the reservation is refused
+    /// for now.
+    async fn settle_earlier(&self, operation: &str) -> Result<(), FleetMintError> {
+        if !self.settling.contains(operation) {
+            return Ok(());
+        }
+        let Some(earlier) = self.take_unsettled(operation) else {
+            return Err(FleetMintError::Unavailable(
+                "an earlier reservation of the same request is being settled".into(),
+            ));
+        };
+        if let Err(e) = self.try_settle(&earlier).await {
+            self.defer(earlier);
+            return Err(FleetMintError::Unavailable(format!(
+                "an earlier reservation of the same request is not settled yet: {e}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn take_unsettled(&self, operation: &str) -> Option<Unsettled> {
+        let mut unsettled = self
+            .unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let i = unsettled.iter().position(|u| u.operation == operation)?;
+        Some(unsettled.swap_remove(i))
+    }
+
+    fn defer(&self, job: Unsettled) {
+        self.unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(job);
+    }
+
+    /// The background's pass over the settles that failed.
+    async fn settle_unsettled(&self) {
+        let todo = std::mem::take(
+            &mut *self
+                .unsettled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for job in todo {
+            match self.try_settle(&job).await {
+                Ok(()) => {
+                    tracing::info!(operation = %job.operation, "deferred reservation settled")
+                }
+                Err(e) => {
+                    tracing::debug!(operation = %job.operation, error = %e,
+                                    "deferred reservation still not settled");
+                    self.defer(job);
+                }
             }
         }
     }

@@ -689,6 +689,68 @@ async fn a_copy_of_a_swap_whose_reservation_answer_was_lost_keeps_its_signatures
     );
 }
 
+/// A swap on host 1 whose local commit comes while PostgreSQL is down (stopped while the
+/// swap is held between its reservation and its local commit, 3 s): the swap is answered,
+/// its settles fail. PostgreSQL started again, and host 1 not restarted, its signatures
+/// are delivered in the store: the same swap sent to host 2 (a wallet whose reply was
+/// lost) gets them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_committed_during_a_store_outage_is_delivered_once_the_store_is_back() {
+    let Some(pg) =
+        cluster("a_swap_committed_during_a_store_outage_is_delivered_once_the_store_is_back")
+    else {
+        return;
+    };
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let seed = seed_file(secrets.path(), 0x77, 0o600);
+    let dirs = [StateDir::new(), StateDir::new()];
+    let h1 = host_with(
+        &pg,
+        &dirs[0],
+        1,
+        &seed,
+        &[("COINOPD_FAULT_DELAY", "fleet_outputs_reserved:3000")],
+    )
+    .await;
+    let h2 = host(&pg, &dirs[1], 2, &seed).await;
+    let wallet = Wallet::new(&h2).await;
+    let proofs = h2.mint_credit(100).await;
+    let blanks = wallet.outputs(&amounts(&proofs));
+    let body = swap_body(&proofs, &blanks);
+
+    let first = h1.call("POST", "/v1/swap", None, Some(body.clone()));
+    let outage = async {
+        // Once host 1 has reserved the outputs (and is held before its local commit).
+        common::wait_for(
+            async || {
+                pg.psql(
+                    "fleet",
+                    "SELECT count(*) FROM coinop_signed_outputs \
+                     WHERE host_id = 'host-1' AND state = 1",
+                )
+                .is_ok_and(|n| n != "0")
+            },
+            "host 1 reserving the swap's outputs",
+        )
+        .await;
+        pg.stop().expect("stopping PostgreSQL");
+    };
+    let (first, ()) = tokio::join!(first, outage);
+    assert_eq!(first.status, 200, "{}", first.text());
+    pg.start_again().expect("starting PostgreSQL again");
+
+    let start = std::time::Instant::now();
+    let again = loop {
+        let r = h2.call("POST", "/v1/swap", None, Some(body.clone())).await;
+        if r.status == 200 || start.elapsed() > Duration::from_secs(30) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(signatures(&again), signatures(&first));
+}
+
 /// A lease refund's change is the fleet's: a lease paid with credit on host 1 and stopped
 /// there with outputs (the change signed by host 1) is restored by NUT-09 on host 2, its
 /// outputs are 11003 for a swap on host 2, and the change notes swap on host 2.
