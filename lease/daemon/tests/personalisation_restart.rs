@@ -461,6 +461,85 @@ async fn a_warm_restore_taken_by_a_create_that_died_gets_its_line_from_the_resta
     stop(d, dir.path(), &warm_id, &token, &warm).await;
 }
 
+/// A warm restore that fails its hand-over (paused here: its VMM takes the line, its guest
+/// runs nothing) leaves its lease to boot on a VMM of its own under the same id; a coinopd
+/// that dies once that VMM's spawn is recorded leaves the lease `booting` for the next one
+/// to adopt. The lease was committed with the warm VMM's counters at the hand-over as its
+/// metering baseline; kept through the adoption, the new VMM's counters sat below them and
+/// its boot and first seconds went unbilled. Its metering starts from the new VMM's zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_adopted_after_its_warm_hand_over_failed_is_billed_from_its_own_vmm() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let image = agent_image(true);
+    // The point's passes: the cold lease's boot and the golden snapshot's build (either
+    // order), the restored lease's boot, the warm restore's hand-over; the fifth is the
+    // lease's own boot after that hand-over failed.
+    let at = format!("{}:5", point::CREATE_VMM_RECORDED);
+    let fast = ["--image", &image, "--personalise-timeout-ms", "1000"];
+    let d = Daemon::spawn(dir.path(), &fast, &[(ENV, at.as_str())]).await;
+    let mut leases = Vec::new();
+    for _ in 0..2 {
+        let proofs = d.mint_credit(20).await;
+        leases.push(
+            d.create_lease(json!({"vcpus": 1, "mem_mib": 64, "image": "tga",
+                                  "payment": credit_payment(&proofs)}))
+                .await,
+        );
+        wait_for(async || has_snapshot(dir.path()), "the golden snapshot").await;
+    }
+    let (warm_id, warm_pid) = common::warm_restore::wait_for_one(dir.path());
+    // Its counters at the hand-over well above those of a VMM just started.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let warm_control = dir.path().join("run").join(format!("{warm_id}.sock"));
+    let paused = vmm_protocol::client::set_state(&warm_control, Request::Pause).await;
+    assert!(paused.is_ok(), "pausing the warm VMM: {paused:?}");
+    let body = agent_create_body(&d).await;
+    d.create_into_crash(&body).await;
+    let left = row(dir.path(), &warm_id);
+    assert_eq!(left.state, LeaseState::Booting, "{left:?}");
+    let own = left
+        .vmm()
+        .expect("the lease's own VMM, recorded at its spawn");
+    assert_ne!(own.pid, warm_pid, "the hand-over failed: {left:?}");
+    assert_eq!(
+        (left.last_vcpu_total_us, left.last_uptime_us),
+        (0, 0),
+        "metered from its own VMM's start, not the warm VMM's counters: {left:?}"
+    );
+
+    let d = Daemon::spawn(dir.path(), &["--image", &image], &[]).await;
+    let token = recovered(
+        &d.call("POST", "/v1/leases", None, Some(body)).await,
+        &warm_id,
+    );
+    runs_with_one_line(&d, dir.path(), &warm_id, &token).await;
+    // A few ticks (50 ms) billed; then the VMM's uptime, read after the lease's view, is at
+    // most a tick and the reading's slack past what was billed (64 MiB all the while).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let path = format!("/v1/leases/{warm_id}");
+    let view = d.call("GET", &path, Some(&token), None).await.json();
+    let billed_us = view["used"]["mem_mib_us"]
+        .as_u64()
+        .expect("used.mem_mib_us")
+        / 64;
+    let control = PathBuf::from(&left.control_path);
+    let uptime_us = match vmm_protocol::client::request(&control, &Request::Usage).await {
+        Ok(vmm_protocol::Reply::Usage(u)) => u.uptime_us,
+        other => panic!("the lease's VMM's usage: {other:?}"),
+    };
+    assert!(
+        billed_us + 1_000_000 >= uptime_us,
+        "{billed_us} µs of memory time billed of the VMM's {uptime_us} µs: {view}"
+    );
+    for lease in &leases {
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    stop(d, dir.path(), &warm_id, &token, &own).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adopted_agent_guest_never_ready_fails_its_boot_unbilled() {
     adopted_agent_guest_never_ready(&["--boot-timeout-ms", "1500"]).await;

@@ -483,6 +483,7 @@ async fn boot_guest(
                 // Its VMM, network and confinement are gone; the snapshot may be fine.
                 tracing::warn!(lease = g.id, error = %e, snapshot = %snapshot.display(),
                     "the warm restore failed its hand-over; the lease boots on its own");
+                reset_baseline(s, g.id).await;
             }
         }
     }
@@ -546,6 +547,24 @@ async fn boot_guest(
             s.capacity().release(g.id);
             Ok(Err((boot, e.to_string())))
         }
+    }
+}
+
+/// The warm VMM of lease `id` failed its hand-over and is gone: its row's baseline (that
+/// VMM's counters, committed with the lease) goes back to zero before the VMM the lease
+/// boots on next is spawned. The create marks the lease running from zero itself, but a
+/// coinopd that dies after that spawn is recorded leaves the lease to a restart that keeps
+/// the row's baseline: the new VMM's counters would sit below the old one's, and its boot
+/// and first interval would go unbilled. If the ledger refuses the write (a full disk) the
+/// boot goes on: refusing a paid lease its guest costs the tenant more than what only a
+/// crash in this very window could leave unbilled.
+async fn reset_baseline(s: &Shared, id: &str) {
+    let (s2, id2) = (s.clone(), id.to_string());
+    let reset = blocking_here(move || Ok(s2.ledger.reset_baseline(&id2)?)).await;
+    if let Err(e) = reset {
+        tracing::error!(lease = id, error = %e,
+            "cannot reset the lease's metering baseline before its own boot; a crash \
+             before it runs would under-bill its start");
     }
 }
 

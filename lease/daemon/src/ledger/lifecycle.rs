@@ -121,6 +121,25 @@ impl Ledger {
         self.set_running(id, pid, boot_json, Some(baseline))
     }
 
+    /// A `booting` lease's metering starts from zero again: the VMM whose counters its
+    /// baseline holds (a warm restore's, read at the hand-over) is gone, and the VMM it boots
+    /// on next starts its counters from zero. Written before that VMM is spawned, so a
+    /// restart that adopts the lease mid-boot ([`Ledger::mark_running`] keeps the row's
+    /// baseline) meters the new VMM from its start. Returns whether the row changed (not for
+    /// a lease no longer booting).
+    pub fn reset_baseline(&self, id: &str) -> Result<bool, LedgerError> {
+        self.with_tx(|tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE leases SET last_vcpu_total_us = 0, last_uptime_us = 0,
+                        updated_at = ?2
+                     WHERE id = ?1 AND state = ?3",
+                )?
+                .execute(params![id, unix_s(), LeaseState::Booting])?;
+            Ok(n == 1)
+        })
+    }
+
     fn set_running(
         &self,
         id: &str,

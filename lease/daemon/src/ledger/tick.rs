@@ -316,6 +316,35 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_whose_warm_hand_over_failed_is_adopted_from_a_zero_baseline() {
+        let (_d, l) = ledger();
+        let warm = crate::ledger::UsageBaseline {
+            vcpu_total_us: 500_000,
+            uptime_us: 60_000_000,
+        };
+        let lease = crate::ledger::NewLease {
+            baseline: warm,
+            ..new_lease("a")
+        };
+        l.create_lease(&lease, &credit(1, 100_000)).expect("create");
+        // The hand-over failed: the lease boots on a VMM of its own, whose counters start
+        // at zero. A restart that adopts it then keeps the row's baseline.
+        assert!(l.reset_baseline("a").expect("reset"));
+        l.mark_running("a", None, "{}").expect("run");
+        let o = l
+            .apply_tick(&[s(1_000_000, 1_000_000)], P, 0)
+            .expect("tick");
+        // 1 s vCPU + 1 GiB × 1 s of the new VMM: billed, not hidden under the warm VMM's.
+        assert_eq!(o[0].debited_msat, 2000);
+        // Only a booting lease's baseline is the boot's to reset.
+        assert!(!l.reset_baseline("a").expect("reset"));
+        assert_eq!(
+            l.get("a").expect("get").expect("row").last_uptime_us,
+            1_000_000
+        );
+    }
+
+    #[test]
     fn a_running_lease_found_paused_pays_no_memory_time_for_the_pause() {
         let (_d, l) = ledger();
         l.create_lease(&new_lease("a"), &credit(1, 10_000))
