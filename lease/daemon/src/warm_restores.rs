@@ -15,8 +15,12 @@
 //!
 //! Each warm VMM holds the room of its shape ([`crate::capacity`]), is built only while no
 //! boot is in flight (as the slot pool's refills: [`coinop_host::slot_pool::SETTLE`]), and
-//! is given up when a create of another shape finds the host full ([`WarmRestores::evict`]),
-//! when its snapshot is replaced, or when coinopd stops.
+//! is given up when a create finds the host full ([`WarmRestores::make_room`]), when its
+//! snapshot is replaced, or when coinopd stops. A warm VMM still being built holds its room
+//! from the reservation on, so a create that finds the host full gives up that build too:
+//! it waits for the build to end (its last step, the wait for a place in the pool, cut
+//! short) and to release the room, and no other build reserves room until the create has
+//! reserved its own.
 //!
 //! Crashes: every warm VMM has a marker file `STATE/warm/ID`, written before its spawn and
 //! removed once a lease owns the VMM (its ledger row committed: from there the adoption at
@@ -46,6 +50,10 @@ use crate::vmm_process::VmmProcess;
 /// failed.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
+/// Beyond the boot timeout, how long a create that gives up a warm build waits for it to
+/// end: the network is routed before the restore, which the boot timeout bounds.
+const BUILD_END_MARGIN: Duration = Duration::from_secs(5);
+
 /// A VMM restored ahead of its lease.
 #[derive(Debug)]
 pub struct Warm {
@@ -64,6 +72,14 @@ struct State {
     wanted: Option<Shape>,
     /// A filler task runs.
     filling: bool,
+    /// A build holds room: reserved, and neither in `ready` nor released yet.
+    building: bool,
+    /// A create that found the host full wants the build's room: the build ends in a
+    /// discard, not in `ready`.
+    give_up_build: bool,
+    /// Creates taking the warm restores' room back ([`WarmRestores::make_room`]): until
+    /// each has reserved its own, no build reserves any.
+    reclaiming: usize,
     /// coinopd stops: nothing more is built.
     stopping: bool,
 }
@@ -74,6 +90,8 @@ pub struct WarmRestores {
     target: usize,
     markers: PathBuf,
     state: Mutex<State>,
+    /// Wakes a build waiting for its place in the pool when it is given up.
+    give_up: tokio::sync::Notify,
 }
 
 impl WarmRestores {
@@ -83,6 +101,7 @@ impl WarmRestores {
             target,
             markers,
             state: Mutex::default(),
+            give_up: tokio::sync::Notify::new(),
         }
     }
 
@@ -153,8 +172,71 @@ impl WarmRestores {
         let _ = std::fs::remove_file(self.markers.join(lease_id));
     }
 
+    /// For a create that found the host full: gives up every warm VMM, the ready ones and
+    /// one being built, and returns once their room is free, with how many there were. No
+    /// build reserves room while the returned hold lives: the room freed is the create's
+    /// to reserve, not the next build's.
+    pub async fn make_room(s: &Shared) -> RoomHold {
+        let (ready, building) = {
+            let mut state = s.warm.state();
+            state.reclaiming += 1;
+            state.give_up_build |= state.building;
+            (std::mem::take(&mut state.ready), state.building)
+        };
+        // From here the count goes back down however this ends.
+        let mut hold = RoomHold {
+            s: s.clone(),
+            freed: ready.len(),
+        };
+        s.warm.give_up.notify_waiters();
+        for w in ready {
+            discard(s, w, true).await;
+        }
+        if building {
+            // The build ends within its boot timeout (its VMM's restore), then the filler
+            // discards it and releases its room.
+            let limit = Duration::from_millis(s.config.boot_timeout_ms) + BUILD_END_MARGIN;
+            if crate::clock::poll_until(limit, || !s.warm.state().building).await {
+                hold.freed += 1;
+            } else {
+                tracing::warn!(
+                    "a warm restore being built did not end within {limit:?}; its room stays \
+                     held until it does"
+                );
+            }
+        }
+        hold
+    }
+
+    /// Waits until a create wants the room of the build under way ([`Self::make_room`]).
+    async fn build_given_up(&self) {
+        loop {
+            // Registered before the look, so a give-up between the two still wakes it.
+            let notified = self.give_up.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.state().give_up_build {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Reserves `want` for a build under `id` unless a create is taking room back or
+    /// coinopd stops; from then on the build holds room ([`State::building`]).
+    fn reserve_for_build(s: &Shared, id: &str, want: Totals) -> bool {
+        let mut state = s.warm.state();
+        // Under the pool's lock: a create's make_room, which counts itself under it, sees
+        // either no reservation or a build that holds one.
+        if state.reclaiming > 0 || state.stopping {
+            return false;
+        }
+        state.building = s.capacity().reserve(id, want).is_ok();
+        state.building
+    }
+
     /// Gives up every warm VMM not restored from `keep`, waiting until they are gone (their
-    /// room is free): a create of another shape needs the room.
+    /// room is free).
     pub async fn evict(s: &Shared, keep: Option<&Path>) -> usize {
         let evicted: Vec<Warm> = {
             let mut state = s.warm.state();
@@ -188,6 +270,26 @@ impl WarmRestores {
             );
         }
         Self::evict(s, None).await;
+    }
+}
+
+/// What [`WarmRestores::make_room`] freed; while it lives, no warm build reserves room.
+pub struct RoomHold {
+    s: Shared,
+    freed: usize,
+}
+
+impl RoomHold {
+    /// How many warm VMMs gave up their room.
+    pub fn freed(&self) -> usize {
+        self.freed
+    }
+}
+
+impl Drop for RoomHold {
+    fn drop(&mut self) {
+        let mut state = self.s.warm.state();
+        state.reclaiming = state.reclaiming.saturating_sub(1);
     }
 }
 
@@ -274,37 +376,46 @@ async fn fill(s: &Shared) {
         };
         // Warm VMMs of an older snapshot of any shape are not wanted any more.
         WarmRestores::evict(s, Some(&snapshot)).await;
-        match build(s, &wanted, &snapshot).await {
-            Ok(w) => {
-                // Kept unless another shape is wanted by now.
-                let unwanted = {
-                    let mut state = s.warm.state();
-                    let still = state
-                        .wanted
-                        .as_ref()
-                        .is_some_and(|shape| same_shape(shape, &wanted));
-                    if still {
-                        tracing::info!(lease = w.ahead.lease_id(), image = %wanted.image.name,
-                            "restored a lease ahead of its create");
-                        state.ready.push(w);
-                        None
-                    } else {
-                        Some(w)
-                    }
-                };
-                if let Some(w) = unwanted {
-                    discard(s, w, true).await;
-                }
+        let built = build(s, &wanted, &snapshot).await;
+        if let Err(Build::Failed(e)) = &built {
+            tracing::warn!(error = %e, "cannot restore a lease ahead of its create");
+        }
+        let Ok(w) = built else {
+            // The build released its room. No room: a later create's want tries again.
+            // Failed: a snapshot that cannot be restored is rebuilt by the next create's
+            // fallback; until then no more attempts.
+            let mut state = s.warm.state();
+            state.building = false;
+            state.give_up_build = false;
+            state.filling = false;
+            return;
+        };
+        // Kept unless a create wants its room or another shape is wanted by now.
+        let unwanted = {
+            let mut state = s.warm.state();
+            let still = state
+                .wanted
+                .as_ref()
+                .is_some_and(|shape| same_shape(shape, &wanted));
+            if still && !state.give_up_build {
+                tracing::info!(lease = w.ahead.lease_id(), image = %wanted.image.name,
+                    "restored a lease ahead of its create");
+                state.ready.push(w);
+                state.building = false;
+                None
+            } else {
+                Some(w)
             }
-            Err(Build::NoRoom) => {
-                s.warm.state().filling = false;
-                return;
-            }
-            Err(Build::Failed(e)) => {
-                tracing::warn!(error = %e, "cannot restore a lease ahead of its create");
-                // A snapshot that cannot be restored is rebuilt by the next create's
-                // fallback; until then no more attempts.
-                s.warm.state().filling = false;
+        };
+        if let Some(w) = unwanted {
+            discard(s, w, true).await;
+            let mut state = s.warm.state();
+            // Its room is free: a create waiting for it in make_room reserves it now.
+            state.building = false;
+            if std::mem::take(&mut state.give_up_build) {
+                tracing::info!("gave up a warm restore being built: a create needs its room");
+                // The host is full: the next create by restore wants again.
+                state.filling = false;
                 return;
             }
         }
@@ -335,7 +446,7 @@ async fn build(s: &Shared, shape: &Shape, snapshot: &Path) -> Result<Warm, Build
         vcpus: shape.vcpus,
         mib: shape.mem_mib,
     };
-    if s.capacity().reserve(&id, want).is_err() {
+    if !WarmRestores::reserve_for_build(s, &id, want) {
         // The slot goes back to the pool.
         return Err(Build::NoRoom);
     }
@@ -412,7 +523,11 @@ async fn build(s: &Shared, shape: &Shape, snapshot: &Path) -> Result<Warm, Build
             if let Some(v) = ahead.vmm() {
                 let _ = std::fs::write(&marker, v.marker_text());
             }
-            crate::fault::delay(crate::fault::point::WARM_BUILT).await;
+            // A create that wants this build's room does not wait out the delay.
+            tokio::select! {
+                () = crate::fault::delay(crate::fault::point::WARM_BUILT) => {}
+                () = s.warm.build_given_up() => {}
+            }
             Ok(Warm {
                 ahead,
                 snapshot: snapshot.to_path_buf(),

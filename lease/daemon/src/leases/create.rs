@@ -152,9 +152,14 @@ pub async fn create(
     };
     if warm.is_none() {
         let mut reserved = s.capacity().reserve(&id, want);
-        if reserved.is_err() && WarmRestores::evict(s, None).await > 0 {
-            // The room warm restores of another shape held is free now.
-            reserved = s.capacity().reserve(&id, want);
+        if reserved.is_err() {
+            // Warm restores hold room no lease pays for, also while one is being built:
+            // given up for a paying create, and no build takes the room back before this
+            // reserve (the hold).
+            let hold = WarmRestores::make_room(s).await;
+            if hold.freed() > 0 {
+                reserved = s.capacity().reserve(&id, want);
+            }
         }
         if let Err(full) = reserved {
             let full = LeaseError::HostFull {

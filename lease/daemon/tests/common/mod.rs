@@ -85,10 +85,11 @@ pub fn daemon_args(dir: &Path, socket: &Path, extra: &[&str]) -> Vec<String> {
         dir.display().to_string(),
         "--socket".into(),
         socket.display().to_string(),
-        "--capacity-vcpus".into(),
-        "8".into(),
     ];
     // The tests' default room, unless the test picks its own.
+    if !extra.contains(&"--capacity-vcpus") {
+        args.extend(["--capacity-vcpus".into(), "8".into()]);
+    }
     if !extra.contains(&"--capacity-mib") {
         args.extend(["--capacity-mib".into(), "2048".into()]);
     }
