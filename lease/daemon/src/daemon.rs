@@ -226,6 +226,9 @@ pub async fn serve(
     warn_if_socket_unreachable(&state.config);
     tracing::info!(socket = %state.config.socket.display(), network = %state.chain_network.name(), "coinopd listening");
     let scheduler = tokio::spawn(abort_on_panic(crate::scheduler::run(state.clone(), exits)));
+    // Warm restores no create can take any more are given up, and the pool refilled,
+    // without waiting for a create.
+    let warm_watch = tokio::spawn(crate::warm_restores::WarmRestores::watch(state.clone()));
     // Headers from Bitcoin peers while the API serves.
     let chain_sync = crate::chain_sync::start(&state);
     let app = crate::http::router(state.clone());
@@ -235,6 +238,10 @@ pub async fn serve(
     // No new stops from the tick loop, then finish the accepted ones before the runtime
     // goes: a dropped stop task would leave its guest running with nobody metering it.
     scheduler.abort();
+    // It starts no filler once the stop below has begun, and owns nothing: ended here, with
+    // its hold on the state.
+    warm_watch.abort();
+    let _ = warm_watch.await;
     if let Some(sync) = chain_sync {
         sync.abort();
         let _ = sync.await;

@@ -308,17 +308,21 @@ impl GoldenSnapshots {
         // would take them from under the restore (an eviction holds `held` throughout, so
         // one under way finishes first, and the check then finds nothing).
         lock(&self.held).insert(dir.clone(), Instant::now());
-        // An image with a root filesystem continues on the golden guest's disk writes.
-        let complete = dir.join("state").is_file()
-            && dir.join("memory").is_file()
-            && (shape.image.rootfs.is_none() || overlay_in(&dir).is_file());
-        if complete {
-            // Every restore, and every take of a warm one, starts with this lookup.
-            self.restoring_from(&dir);
-        } else {
+        if !complete(shape, &dir) {
             lock(&self.held).remove(&dir);
+            return Ok((None, key));
         }
-        Ok((complete.then_some(dir), key))
+        // Every restore, and every take of a warm one, starts with this lookup.
+        self.restoring_from(&dir);
+        Ok((Some(dir), key))
+    }
+
+    /// `shape`'s complete snapshot directory for the current key, as [`Self::lookup`] finds
+    /// it, without counting as a use: whether what was restored from a snapshot could still
+    /// be taken for `shape` ([`crate::warm_restores`]) says nothing of the next restore.
+    pub fn current(&self, shape: &Shape) -> Result<Option<PathBuf>, GoldenError> {
+        let dir = self.dir_of(shape, &self.key(shape)?);
+        Ok(complete(shape, &dir).then_some(dir))
     }
 
     /// The snapshot in `dir` is about to be restored from: it is the most recently used
@@ -843,6 +847,14 @@ fn end_build_vmm(marker: &Path) -> bool {
         .is_some_and(|v| v.kill_and_wait());
     let _ = std::fs::remove_file(marker);
     killed
+}
+
+/// Whether `dir` holds a whole snapshot of `shape`: an image with a root filesystem
+/// continues on the golden guest's disk writes, so its overlay is part of it.
+fn complete(shape: &Shape, dir: &Path) -> bool {
+    dir.join("state").is_file()
+        && dir.join("memory").is_file()
+        && (shape.image.rootfs.is_none() || overlay_in(dir).is_file())
 }
 
 /// Sets `dir`'s mtime to now: the snapshot in it was just used. Best effort: a snapshot

@@ -22,6 +22,13 @@
 //! short) and to release the room, and no other build reserves room until the create has
 //! reserved its own.
 //!
+//! A warm VMM no create can take any more (its VMM died, or its snapshot is no longer its
+//! shape's current one: a new kernel or root filesystem, a snapshot discarded) is given up
+//! by the filler, which the pool's watch ([`WarmRestores::watch`]) starts for it within a
+//! second, with no create needed; the watch also starts the filler when the pool is short
+//! of the wanted shape and a snapshot and room for it are there (a VMM given up, a snapshot
+//! of a new key built, a lease's room freed).
+//!
 //! Crashes: every warm VMM has a marker file `STATE/warm/ID`, written before its spawn and
 //! removed once a lease owns the VMM (its ledger row committed: from there the adoption at
 //! start-up finds it, [`crate::scheduler`]) or once the VMM is gone. A coinopd that starts
@@ -50,6 +57,10 @@ use crate::vmm_process::VmmProcess;
 /// failed.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
+/// How often the watch looks for warm VMMs no create can take and for a pool short of
+/// its wanted shape.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
 /// Beyond the boot timeout, how long a create that gives up a warm build waits for it to
 /// end: the network is routed before the restore, which the boot timeout bounds.
 const BUILD_END_MARGIN: Duration = Duration::from_secs(5);
@@ -61,6 +72,8 @@ pub struct Warm {
     pub ahead: Ahead,
     /// The golden snapshot it was restored from.
     pub snapshot: PathBuf,
+    /// The shape it was restored for.
+    pub shape: Shape,
     /// Its network (routed), when the shape has a NIC.
     pub network: Option<NetInfo>,
 }
@@ -82,6 +95,9 @@ struct State {
     reclaiming: usize,
     /// coinopd stops: nothing more is built.
     stopping: bool,
+    /// The snapshot a build last failed to restore from: the watch does not try it again
+    /// (a create's own restore of the shape does, and its `want` clears this).
+    failed: Option<PathBuf>,
 }
 
 /// The pool of warm restores.
@@ -129,7 +145,48 @@ impl WarmRestores {
                 return;
             }
             state.wanted = Some(shape.clone());
+            state.failed = None;
             !std::mem::replace(&mut state.filling, true)
+        };
+        if start {
+            let s = s.clone();
+            tokio::spawn(async move { fill(&s).await });
+        }
+    }
+
+    /// Watches the pool until coinopd stops, every [`WATCH_EVERY`]: starts the filler when
+    /// a warm VMM can no longer be taken (it gives those up, freeing their room) or when
+    /// the pool is short of the wanted shape and a build could succeed. Without it a dead
+    /// or stale warm VMM held its room, unbilled, until some create happened to reap it,
+    /// and after a new kernel or root filesystem nothing refilled the pool until a create
+    /// restored the shape again. Owns nothing: it may be aborted at any point.
+    pub async fn watch(s: Shared) {
+        if s.warm.target == 0 {
+            return;
+        }
+        let mut every = tokio::time::interval(WATCH_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if s.warm.state().stopping {
+                return;
+            }
+            let ready: Vec<Takeable> = s.warm.state().ready.iter().map(Takeable::of).collect();
+            if any_untakeable(&s, &ready) || short_and_buildable(&s) {
+                Self::start_filler(&s);
+            }
+        }
+    }
+
+    /// Starts the filler unless it runs, nothing is wanted, or coinopd stops.
+    fn start_filler(s: &Shared) {
+        let start = {
+            let mut state = s.warm.state();
+            if state.stopping || state.wanted.is_none() {
+                false
+            } else {
+                !std::mem::replace(&mut state.filling, true)
+            }
         };
         if start {
             let s = s.clone();
@@ -273,6 +330,98 @@ impl WarmRestores {
     }
 }
 
+/// What decides whether a ready warm VMM can still be taken, read under the pool's lock
+/// and looked at outside it (the snapshot's key stats the image's files).
+struct Takeable {
+    lease_id: String,
+    vmm: Option<VmmProcess>,
+    shape: Shape,
+    snapshot: PathBuf,
+}
+
+impl Takeable {
+    fn of(w: &Warm) -> Takeable {
+        Takeable {
+            lease_id: w.ahead.lease_id().to_string(),
+            vmm: w.ahead.vmm(),
+            shape: w.shape.clone(),
+            snapshot: w.snapshot.clone(),
+        }
+    }
+
+    /// Why a create could not take it, if it could not: [`WarmRestores::take`] wants a
+    /// running VMM restored from its shape's current snapshot.
+    fn unusable(&self, s: &Shared) -> Option<&'static str> {
+        if !self.vmm.is_some_and(|v| v.is_running()) {
+            return Some("its VMM is gone");
+        }
+        match s.golden.current(&self.shape) {
+            Ok(Some(dir)) if dir == self.snapshot => None,
+            Ok(_) => Some("its snapshot is no longer its shape's current one"),
+            // A take's lookup fails the same way: no create could take it either.
+            Err(_) => Some("its image's files cannot be read"),
+        }
+    }
+}
+
+/// Whether any of `ready` can no longer be taken.
+fn any_untakeable(s: &Shared, ready: &[Takeable]) -> bool {
+    ready.iter().any(|t| t.unusable(s).is_some())
+}
+
+/// Whether the pool is short of the wanted shape and a build of it could succeed now: a
+/// current snapshot that no build failed on, room for one more, no create taking room.
+fn short_and_buildable(s: &Shared) -> bool {
+    let (wanted, failed) = {
+        let state = s.warm.state();
+        let short = state.ready.len() < s.warm.target;
+        match &state.wanted {
+            Some(w) if short && !state.filling && state.reclaiming == 0 => {
+                (w.clone(), state.failed.clone())
+            }
+            _ => return false,
+        }
+    };
+    let free = s.capacity().free();
+    if wanted.vcpus > free.vcpus || wanted.mem_mib > free.mib {
+        return false;
+    }
+    match s.golden.current(&wanted) {
+        Ok(Some(dir)) => failed.as_ref() != Some(&dir),
+        _ => false,
+    }
+}
+
+/// Gives up the ready warm VMMs no create could take any more (see [`Takeable`]); their
+/// room is free when this returns.
+async fn reap(s: &Shared) {
+    let ready: Vec<Takeable> = s.warm.state().ready.iter().map(Takeable::of).collect();
+    let unusable: std::collections::HashMap<String, &'static str> = ready
+        .iter()
+        .filter_map(|t| Some((t.lease_id.clone(), t.unusable(s)?)))
+        .collect();
+    if unusable.is_empty() {
+        return;
+    }
+    // A create may have taken one since it was looked at: only what is still ready goes.
+    let gone: Vec<Warm> = {
+        let mut state = s.warm.state();
+        let (gone, kept) = std::mem::take(&mut state.ready)
+            .into_iter()
+            .partition(|w| unusable.contains_key(w.ahead.lease_id()));
+        state.ready = kept;
+        gone
+    };
+    for w in gone {
+        let why = unusable
+            .get(w.ahead.lease_id())
+            .copied()
+            .unwrap_or_default();
+        tracing::info!(lease = w.ahead.lease_id(), why, "giving up a warm restore");
+        discard(s, w, true).await;
+    }
+}
+
 /// What [`WarmRestores::make_room`] freed; while it lives, no warm build reserves room.
 pub struct RoomHold {
     s: Shared,
@@ -345,6 +494,8 @@ pub fn discard_in_background(s: &Shared, w: Warm) {
 /// succeed now (no snapshot, no room).
 async fn fill(s: &Shared) {
     loop {
+        // What no create can take holds room for nothing, and counts for nothing here.
+        reap(s).await;
         let wanted = {
             let mut state = s.warm.state();
             let have = state.ready.len();
@@ -379,9 +530,10 @@ async fn fill(s: &Shared) {
         let built = build(s, &wanted, &snapshot).await;
         if let Err(Build::Failed(e)) = &built {
             tracing::warn!(error = %e, "cannot restore a lease ahead of its create");
+            s.warm.state().failed = Some(snapshot.clone());
         }
         let Ok(w) = built else {
-            // The build released its room. No room: a later create's want tries again.
+            // The build released its room. No room: the watch tries again once there is.
             // Failed: a snapshot that cannot be restored is rebuilt by the next create's
             // fallback; until then no more attempts.
             let mut state = s.warm.state();
@@ -414,7 +566,7 @@ async fn fill(s: &Shared) {
             state.building = false;
             if std::mem::take(&mut state.give_up_build) {
                 tracing::info!("gave up a warm restore being built: a create needs its room");
-                // The host is full: the next create by restore wants again.
+                // The host is full: the watch starts again once there is room.
                 state.filling = false;
                 return;
             }
@@ -531,6 +683,7 @@ async fn build(s: &Shared, shape: &Shape, snapshot: &Path) -> Result<Warm, Build
             Ok(Warm {
                 ahead,
                 snapshot: snapshot.to_path_buf(),
+                shape: shape.clone(),
                 network,
             })
         }

@@ -373,6 +373,129 @@ async fn a_warm_restore_being_built_gives_its_room_to_a_create() {
     d.shutdown().await;
 }
 
+/// Polls `done` every 50 ms for up to 10 s (a watch that looks every second has had
+/// several looks by then); panics with `what` and coinopd's log if it never holds.
+async fn within_seconds(d: &Daemon, what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 10 s: {what}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A warm restore whose VMM dies while it waits (`kill -9` of that VMM, this test's
+/// coinopd's own) is given up and replaced within seconds, with no create: before, it
+/// counted as ready, holding its room, until a create of its shape came to take it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_warm_restore_is_replaced_without_a_create() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let d = agent_daemon(state, &[]).await;
+    let Kept {
+        cold,
+        restored,
+        warm_id,
+        warm_pid,
+    } = restore_and_keep_one_warm(&d, state).await;
+    let warm = coinopd::vmm_process::VmmProcess::of(warm_pid).expect("the warm VMM runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(warm_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the warm VMM (named in this test's marker)");
+    within_seconds(
+        &d,
+        "another warm restore in place of the dead one",
+        async || {
+            let waiting = common::warm_restore::waiting(state);
+            !waiting.iter().any(|(id, _)| *id == warm_id) && waiting.len() == 1
+        },
+    )
+    .await;
+    assert!(!warm.is_running());
+    for lease in [&cold, &restored] {
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    d.shutdown().await;
+}
+
+/// A new kernel (here the image's file touched: a golden snapshot's key is made of its
+/// files' identities) makes every warm restore of the old snapshot useless: none is taken
+/// again, and they are given up within seconds, their room freed, with no create. The
+/// pool is refilled once a snapshot of the new key exists, made by the next create's cold
+/// boot, also with no create by restore after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_restore_of_a_replaced_kernel_is_given_up_without_a_create() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let files = tempfile::tempdir().expect("a directory for the image's kernel");
+    let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
+    let kernel = files.path().join("kernel");
+    std::fs::copy(&guest, &kernel).expect("copy the test guest");
+    let image = format!(
+        "tga={},snapshot,agent,cmdline=mode=personalise",
+        kernel.display()
+    );
+    let d = Daemon::spawn(state, &["--image", &image], &[]).await;
+    let Kept {
+        cold,
+        restored,
+        warm_id,
+        warm_pid,
+    } = restore_and_keep_one_warm(&d, state).await;
+    let warm = coinopd::vmm_process::VmmProcess::of(warm_pid).expect("the warm VMM runs");
+    for lease in [&cold, &restored] {
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    let total = d.call("GET", "/v1/host", None, None).await.json()["capacity"]["vcpus_total"]
+        .as_u64()
+        .expect("capacity.vcpus_total");
+    assert_eq!(
+        vcpus_free(&d).await,
+        total - 1,
+        "the warm restore holds one"
+    );
+
+    let old_snapshots = snapshots(state);
+    let replaced = std::time::SystemTime::now() + Duration::from_secs(1);
+    std::fs::File::options()
+        .write(true)
+        .open(&kernel)
+        .and_then(|f| f.set_modified(replaced))
+        .expect("touch the kernel");
+    within_seconds(&d, "the stale warm restore given up", async || {
+        !warm.is_running() && !state.join("warm").join(&warm_id).exists()
+    })
+    .await;
+    assert_eq!(vcpus_free(&d).await, total, "its room is free");
+
+    // No snapshot of the new key: the next lease boots cold and builds one, and the pool
+    // is refilled from it.
+    let fresh = create(&d, None).await;
+    assert_eq!(start_of(&fresh), "cold", "{}", fresh.reply);
+    within_seconds(&d, "the new key's snapshot", async || {
+        let now = snapshots(state);
+        !now.is_empty() && now != old_snapshots
+    })
+    .await;
+    within_seconds(&d, "a warm restore of the new snapshot", async || {
+        common::warm_restore::waiting(state).len() == 1
+    })
+    .await;
+    d.stop_lease(&fresh.id, &fresh.token).await;
+    d.shutdown().await;
+}
+
 /// The files `id` has in the run directory (`ID.console`, `ID.vmm.log`, `ID.sock`).
 fn run_files(state: &Path, id: &str) -> Vec<PathBuf> {
     let prefix = format!("{id}.");
