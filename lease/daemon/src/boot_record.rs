@@ -79,9 +79,15 @@ mod tests {
         };
         assert_eq!(SpawnRecord::from_json(Some(&r.to_json())), Some(r.clone()));
         assert_eq!(SpawnRecord::from_json(Some("{}")), None);
-        // One recorded before the files were: read, with them unknown.
-        let older = SpawnRecord::from_json(Some(r#"{"figures":{},"vmm_base_us":7}"#));
-        assert_eq!(older.map(|o| (o.vmm_base_us, o.files)), Some((7, None)));
+        // One recorded before the files were (no such field): read, with them unknown.
+        let older = SpawnRecord {
+            files: None,
+            ..r.clone()
+        }
+        .to_json();
+        assert!(!older.contains("files"), "{older}");
+        let read = SpawnRecord::from_json(Some(&older));
+        assert_eq!(read.map(|o| (o.vmm_base_us, o.files)), Some((1_000, None)));
         let f = r.finish(BootProgress {
             vcpus_started_us: Some(5_000),
             guest_ready_us: Some(30_000),
