@@ -137,6 +137,9 @@ pub struct Fence {
     _in_flight: Entered,
 }
 
+/// Fences whose claim's answer was lost kept for release in the background, at most.
+const MAX_UNANSWERED: usize = 256;
+
 /// Why a settle was put off (it is tried again).
 #[derive(Debug, Error)]
 enum SettleError {
@@ -422,6 +425,16 @@ impl Fleet {
             "{operation} {}",
             hex::encode(payment::credit::receipt::keys_digest(keys))
         );
+        // A settle left for the background names its operation only, so it would end the
+        // claim of a later request of the same operation (a lease id a slot gives again)
+        // on any key the two share: such a request waits until that settle is done.
+        if let Some(key) = self.shared_with_deferred(operation, &name, keys) {
+            return Err(FleetError::AlreadySpent {
+                kind: key.kind,
+                key_hex: hex::encode(&key.bytes),
+                state: SpendState::Pending,
+            });
+        }
         let (in_flight, settle_until) = match self.in_flight.enter(&name) {
             Some(entered) => (entered, None),
             // The same request, whose claim's answer was lost: taken over.
@@ -489,6 +502,25 @@ impl Fleet {
         Err(refused.into())
     }
 
+    /// A key of `keys` that a fence left for the background under the same `operation`,
+    /// but not the same request (`name`), still holds: its settle would end this
+    /// request's claim on it.
+    fn shared_with_deferred(
+        &self,
+        operation: &str,
+        name: &str,
+        keys: &[SpendKey],
+    ) -> Option<SpendKey> {
+        let unsettled = self
+            .unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        unsettled
+            .iter()
+            .filter(|f| f.operation == operation && f._in_flight.name() != name)
+            .find_map(|f| keys.iter().find(|k| f.keys.contains(k)).cloned())
+    }
+
     /// The fence of the same request (`name`: operation and keys) left waiting after its
     /// claim's answer was lost, taken out of the background list, if it is there.
     fn take_unanswered(&self, name: &str) -> Option<Fence> {
@@ -515,6 +547,23 @@ impl Fleet {
                                            "fleet claim with a lost answer released"),
             Err(e) => tracing::warn!(operation = %fence.operation, error = %e,
                                      "fleet claim with a lost answer: release deferred"),
+        }
+        // While the store is out every claim's answer is taken for lost (most were never
+        // sent), and each would be tried again, one after another, before the settles of
+        // leases that did commit: past a bound they are left to the next start's
+        // reconciliation, as every such claim was before.
+        let waiting = self
+            .unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|f| f.unanswered)
+            .count();
+        if waiting >= MAX_UNANSWERED {
+            tracing::error!(operation = %fence.operation, waiting,
+                "too many fleet claims with a lost answer to release in the background; this one \
+                 is left to the next start's reconciliation");
+            return;
         }
         self.defer(fence);
     }

@@ -502,6 +502,74 @@ async fn a_create_whose_claim_answer_is_lost_can_be_retried_at_once() {
     h1.stop_lease(&lease.id, &lease.token).await;
 }
 
+/// The lost claim's release goes on in the background for a while, naming its operation
+/// (the lease id) only. A create that the slot pool gives the same lease id, paid with
+/// some of the same notes (a wallet that picked its proofs again), is refused until that
+/// release is done: granted at once, its claim on the shared notes would have been ended
+/// by the release while its lease went ahead, and another host could have taken them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_sharing_notes_with_a_lost_claim_of_its_lease_id_waits_for_its_release() {
+    let Some(pg) =
+        cluster("a_create_sharing_notes_with_a_lost_claim_of_its_lease_id_waits_for_its_release")
+    else {
+        return;
+    };
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let dirs = [StateDir::new(), StateDir::new()];
+    let h1 = host(
+        &pg,
+        &dirs[0],
+        1,
+        &[("COINOPD_FAULT_LOST", "fleet_claimed:1")],
+    )
+    .await;
+    share_mint_keys(&dirs[0], &dirs[1]);
+    let h2 = host(&pg, &dirs[1], 2, &[]).await;
+    let proofs = h2.mint_credit(300).await;
+    assert!(proofs.len() > 1, "300 sat in several notes");
+    let r = h1
+        .call(
+            "POST",
+            "/v1/leases",
+            None,
+            Some(testguest_body("mode=echo", credit_payment(&proofs))),
+        )
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let some = &proofs[1..];
+    let body = testguest_body("mode=echo", credit_payment(&some));
+    let r = h1
+        .call("POST", "/v1/leases", None, Some(body.clone()))
+        .await;
+    assert_eq!(
+        r.status,
+        409,
+        "refused while the release goes on: {}",
+        r.text()
+    );
+    // Once the release is over (the lost claim can no longer land), the same create runs.
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let r = h1
+            .call("POST", "/v1/leases", None, Some(body.clone()))
+            .await;
+        if r.status == 201 {
+            let v = r.json();
+            let (id, token) = (v["lease_id"].as_str(), v["token"].as_str());
+            h1.stop_lease(id.expect("id"), token.expect("token")).await;
+            break;
+        }
+        assert_eq!(r.status, 409, "{}", r.text());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "still refused after a minute"
+        );
+    }
+}
+
 /// Proofs spent on a host while it ran on its own (no `--store`), before it joined the
 /// fleet: once it has joined, no host of the fleet accepts them again (they were published
 /// to the store at its start-up), and a request mixing one of them with unspent proofs is
