@@ -229,6 +229,20 @@ impl WarmRestores {
         let _ = std::fs::remove_file(self.markers.join(lease_id));
     }
 
+    /// The room warm restores hold now: the ready ones' and a build's (counted as the wanted
+    /// shape, the one it is built for).
+    pub fn room(&self) -> Totals {
+        let state = self.state();
+        let building = state.wanted.as_ref().filter(|_| state.building);
+        state.ready.iter().map(|w| &w.shape).chain(building).fold(
+            Totals { vcpus: 0, mib: 0 },
+            |t, shape| Totals {
+                vcpus: t.vcpus.saturating_add(shape.vcpus),
+                mib: t.mib.saturating_add(shape.mem_mib),
+            },
+        )
+    }
+
     /// For a create that found the host full: gives up every warm VMM, the ready ones and
     /// one being built, and returns once their room is free, with how many there were. No
     /// build reserves room while the returned hold lives: the room freed is the create's

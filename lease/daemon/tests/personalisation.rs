@@ -373,6 +373,44 @@ async fn a_warm_restore_being_built_gives_its_room_to_a_create() {
     d.shutdown().await;
 }
 
+/// A create that would not fit even in the warm restores' room leaves them alone: given
+/// up, each would cost a restore to build again, for a create refused all the same (a
+/// payment that is never claimed could be sent again and again for that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_too_big_for_the_warm_restores_room_leaves_them_alone() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let d = agent_daemon_env(state, &["--capacity-vcpus", "3"], &[]).await;
+    let cold = create(&d, None).await;
+    assert_eq!(start_of(&cold), "cold", "{}", cold.reply);
+    wait_for(async || !snapshots(state).is_empty(), "the golden snapshot").await;
+    let restored = create(&d, None).await;
+    assert_eq!(start_of(&restored), "restore", "{}", restored.reply);
+    let (_, warm_pid) = common::warm_restore::wait_for_one(state);
+    let warm = coinopd::vmm_process::VmmProcess::of(warm_pid).expect("the warm VMM runs");
+    assert_eq!(vcpus_free(&d).await, 0, "two leases and the warm restore");
+
+    let proofs = d.mint_credit(40).await;
+    let r = d
+        .call(
+            "POST",
+            "/v1/leases",
+            None,
+            Some(json!({"vcpus": 2, "mem_mib": 64, "image": "tga",
+                        "payment": credit_payment(&proofs)})),
+        )
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(warm.is_running(), "the warm VMM was not given up for it");
+    for lease in [&cold, &restored] {
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    d.shutdown().await;
+}
+
 /// Polls `done` every 50 ms for up to 10 s (a watch that looks every second has had
 /// several looks by then); panics with `what` and coinopd's log if it never holds.
 async fn within_seconds(d: &Daemon, what: &str, mut done: impl AsyncFnMut() -> bool) {

@@ -152,10 +152,16 @@ pub async fn create(
     };
     if warm.is_none() {
         let mut reserved = s.capacity().reserve(&id, want);
-        if reserved.is_err() {
-            // Warm restores hold room no lease pays for, also while one is being built:
-            // given up for a paying create, and no build takes the room back before this
-            // reserve (the hold).
+        // Warm restores hold room no lease pays for, also while one is being built: given
+        // up for a paying create that their room lets in (not for one that would not fit
+        // all the same: each would cost a restore to build them again), and no build takes
+        // the room back before this reserve (the hold).
+        let fits_without_warm = |free: Totals| {
+            let warm = s.warm.room();
+            free.vcpus.saturating_add(warm.vcpus) >= want.vcpus
+                && free.mib.saturating_add(warm.mib) >= want.mib
+        };
+        if matches!(&reserved, Err(full) if fits_without_warm(full.free)) {
             let hold = WarmRestores::make_room(s).await;
             if hold.freed() > 0 {
                 reserved = s.capacity().reserve(&id, want);
