@@ -17,7 +17,7 @@ use payment::credit::Mint;
 use super::payment_intake::verify_payment;
 use super::{blocking, blocking_here, since, spec, LeaseError};
 use crate::app::{AppState, Shared};
-use crate::capacity::Totals;
+use crate::capacity::{Full, Totals};
 use crate::golden_snapshot::{GoldenSnapshots, RestoreFault, Shape};
 use crate::ledger::recovery::{outputs_digest, CreateOutcome as Committed, Recovered};
 use crate::ledger::UsageBaseline;
@@ -151,23 +151,7 @@ pub async fn create(
         mib: mem_mib,
     };
     if warm.is_none() {
-        let mut reserved = s.capacity().reserve(&id, want);
-        // Warm restores hold room no lease pays for, also while one is being built: given
-        // up for a paying create that their room lets in (not for one that would not fit
-        // all the same: each would cost a restore to build them again), and no build takes
-        // the room back before this reserve (the hold).
-        let fits_without_warm = |free: Totals| {
-            let warm = s.warm.room();
-            free.vcpus.saturating_add(warm.vcpus) >= want.vcpus
-                && free.mib.saturating_add(warm.mib) >= want.mib
-        };
-        if matches!(&reserved, Err(full) if fits_without_warm(full.free)) {
-            let hold = WarmRestores::make_room(s).await;
-            if hold.freed() > 0 {
-                reserved = s.capacity().reserve(&id, want);
-            }
-        }
-        if let Err(full) = reserved {
+        if let Err(full) = reserve_room(s, &id, want).await {
             let full = LeaseError::HostFull {
                 vcpus_free: full.free.vcpus,
                 mib_free: full.free.mib,
@@ -185,6 +169,30 @@ pub async fn create(
         s.capacity().release(&id);
     }
     result
+}
+
+/// Reserves `want` for lease `id`. Warm restores hold room no lease pays for, also while
+/// one is being built: on a full host they are given up for a paid lease that their room
+/// lets in (not for one that would not fit all the same: each would cost a restore to
+/// build again), and no build takes the room back before this reserve (the hold).
+async fn reserve_room(s: &Shared, id: &str, want: Totals) -> Result<(), Full> {
+    // Bound first: the capacity guard must not live across the awaits below.
+    let reserved = s.capacity().reserve(id, want);
+    let Err(full) = reserved else {
+        return Ok(());
+    };
+    let warm = s.warm.room();
+    let fits = full.free.vcpus.saturating_add(warm.vcpus) >= want.vcpus
+        && full.free.mib.saturating_add(warm.mib) >= want.mib;
+    if !fits {
+        return Err(full);
+    }
+    let hold = WarmRestores::make_room(s).await;
+    if hold.freed() == 0 {
+        return Err(full);
+    }
+    let reserved = s.capacity().reserve(id, want);
+    reserved
 }
 
 /// What a create asks for and pays with, its payment checked.
@@ -1085,9 +1093,7 @@ async fn recovered(
             vcpus: l.vcpus,
             mib: l.mem_mib,
         };
-        // Bound first: the capacity guard must not live across the awaits below.
-        let reserved = s.capacity().reserve(&l.id, want);
-        if let Err(full) = reserved {
+        if let Err(full) = reserve_room(s, &l.id, want).await {
             let why = format!(
                 "host full: {} vCPUs and {} MiB free",
                 full.free.vcpus, full.free.mib
