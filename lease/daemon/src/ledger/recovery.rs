@@ -81,13 +81,14 @@ pub enum CreateOutcome {
 /// guest and stopped it (`boot_failed` without boot figures), with its whole balance still
 /// on it and not one µs metered. A boot that ran and failed in-process records its figures
 /// before its refund, so a retry racing that refund never boots a lease being refunded.
+/// (Its metering baseline says nothing here: a lease made from a warm restore is committed
+/// with that VMM's counters, not zero, and its create may die before the hand-over.)
 fn never_booted(l: &LeaseRow) -> bool {
     l.state == LeaseState::Stopped
         && l.stop_reason == Some(StopReason::BootFailed)
         && l.boot_json.is_none()
         && l.refunded_msat.is_none()
         && l.debited_msat == 0
-        && l.last_uptime_us == 0
         && l.used_vcpu_us == 0
 }
 
@@ -118,7 +119,9 @@ fn recover_in(
     tx.prepare_cached(
         "UPDATE leases SET token_hash = ?2, token_seq = token_seq + 1, updated_at = ?3,
             state = CASE WHEN ?4 THEN ?5 ELSE state END,
-            stop_reason = CASE WHEN ?4 THEN NULL ELSE stop_reason END
+            stop_reason = CASE WHEN ?4 THEN NULL ELSE stop_reason END,
+            last_vcpu_total_us = CASE WHEN ?4 THEN 0 ELSE last_vcpu_total_us END,
+            last_uptime_us = CASE WHEN ?4 THEN 0 ELSE last_uptime_us END
          WHERE id = ?1",
     )?
     .execute(params![
@@ -391,6 +394,33 @@ mod tests {
         assert_eq!(r3.lease.state, LeaseState::Stopped);
         assert_eq!(r3.lease.refunded_msat, Some(1000));
         assert!(l.books("a").expect("books").balanced());
+    }
+
+    /// A lease made from a warm restore is committed with that VMM's counters as its
+    /// baseline; if its create died before the hand-over and the warm VMM with it, its
+    /// recovery boots it as any lease that never booted, its metering from zero (the VMM it
+    /// boots on now starts its counters there).
+    #[test]
+    fn a_lease_from_a_warm_restore_that_never_booted_is_booted_by_its_recovery() {
+        let (_d, l) = ledger();
+        let c = credit(&[6]);
+        let warm = NewLease {
+            baseline: crate::ledger::UsageBaseline {
+                vcpu_total_us: 500_000,
+                uptime_us: 60_000_000,
+            },
+            ..new_lease("a", "t1", Some(KEY))
+        };
+        l.create_or_recover(&warm, &c).expect("create");
+        l.mark_stopped("a", StopReason::BootFailed, None)
+            .expect("stop");
+        let r = recovered(
+            l.create_or_recover(&new_lease("b", "t2", Some(KEY)), &c)
+                .expect("retry"),
+        );
+        assert!(r.reboot, "{:?}", r.lease);
+        assert_eq!(r.lease.state, LeaseState::Booting);
+        assert_eq!((r.lease.last_vcpu_total_us, r.lease.last_uptime_us), (0, 0));
     }
 
     #[test]
