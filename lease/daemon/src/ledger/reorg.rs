@@ -140,10 +140,19 @@ impl Ledger {
     ) -> Result<bool, LedgerError> {
         self.with_tx(|tx| {
             let lease = require_in(tx, id)?;
-            // A lease stopped for a reorg keeps its balance frozen for good, whatever its
-            // other payments do later: thawed, its whole balance, the reorged payment's
-            // credit with it, would be refundable.
-            if lease.reorg_at.is_none() || lease.stop_reason == Some(StopReason::PaymentReorged) {
+            // A lease whose payment was given up (not back on the chain within the window)
+            // keeps its balance frozen for good, whatever its other payments do later and
+            // whatever ended it (stopped for the reorg, or by its tenant before): thawed, its
+            // whole balance, the reorged payment's credit with it, would be refundable.
+            let given_up: bool = tx
+                .prepare_cached(
+                    "SELECT EXISTS(SELECT 1 FROM payments WHERE lease_id = ?1 AND settled = 2)",
+                )?
+                .query_row([id], |r| r.get(0))?;
+            if lease.reorg_at.is_none()
+                || given_up
+                || lease.stop_reason == Some(StopReason::PaymentReorged)
+            {
                 return Ok(false);
             }
             let now = unix_s();
@@ -259,6 +268,25 @@ mod tests {
         );
         // Another payment of the lease back on the chain later thaws nothing.
         assert!(!l.thaw_after_reorg("a", None).expect("thaw"));
+        // Nor for a lease its tenant stopped while frozen, once its reorged payment was
+        // given up (the window's stop leaves a stopped lease's reason as it was).
+        let mut c = credit(4, 2_000);
+        c.block_hash = Some("00bb".into());
+        l.create_lease(&new_lease("t"), &c).expect("create");
+        l.mark_running("t", None, "{}").expect("run");
+        l.freeze_for_reorg("t").expect("freeze");
+        l.mark_stopped("t", StopReason::Tenant, None).expect("stop");
+        assert!(!l.stop_for_reorg("t").expect("window"), "stopped already");
+        let p = l
+            .unsettled_payments()
+            .expect("list")
+            .into_iter()
+            .find(|p| p.lease_id == "t")
+            .expect("its payment");
+        l.settle_payment(p.payment_id, true).expect("give up");
+        assert!(!l.thaw_after_reorg("t", None).expect("thaw"));
+        assert!(l.get("t").unwrap().unwrap().reorg_at.is_some());
+        assert!(l.refund("t", Ok::<u64, ()>).is_err(), "never refunded");
         assert!(l.get("a").unwrap().unwrap().reorg_at.is_some());
         assert!(
             l.refund("a", Ok::<u64, ()>).is_err(),
