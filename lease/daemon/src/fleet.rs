@@ -183,6 +183,9 @@ pub struct Fleet {
     /// no copy of the request can change the answer, but a step that committed after a
     /// failed first try (a panic after the commit) is counted as it ended.
     unsettled: Mutex<Vec<Fence>>,
+    /// The fences a background pass took out of `unsettled` and has not settled yet:
+    /// (operation, in-flight name, keys).
+    settling: Mutex<Vec<(String, String, Vec<SpendKey>)>>,
     /// Operations fenced and not yet settled (see the module's top).
     in_flight: NamesInFlight,
 }
@@ -209,6 +212,7 @@ impl Fleet {
             set,
             ready: AtomicBool::new(false),
             unsettled: Mutex::default(),
+            settling: Mutex::default(),
             in_flight: NamesInFlight::default(),
         })))
     }
@@ -511,14 +515,24 @@ impl Fleet {
         name: &str,
         keys: &[SpendKey],
     ) -> Option<SpendKey> {
-        let unsettled = self
+        let shared = |op: &str, other: &str, held: &[SpendKey]| {
+            (op == operation && other != name)
+                .then(|| keys.iter().find(|k| held.contains(k)).cloned())
+                .flatten()
+        };
+        let in_list = self
             .unsettled
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        unsettled
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .filter(|f| f.operation == operation && f._in_flight.name() != name)
-            .find_map(|f| keys.iter().find(|k| f.keys.contains(k)).cloned())
+            .find_map(|f| shared(&f.operation, f._in_flight.name(), &f.keys));
+        in_list.or_else(|| {
+            self.settling
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .find_map(|(op, other, held)| shared(op, other, held))
+        })
     }
 
     /// The fence of the same request (`name`: operation and keys) left waiting after its
@@ -665,8 +679,27 @@ impl Fleet {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
+        // Out of the list for the pass, but still what a new request of the same operation
+        // must not share keys with (shared_with_deferred): each fence's release only ends
+        // in the store as its turn in the pass comes.
+        *self.settling.lock().unwrap_or_else(PoisonError::into_inner) = todo
+            .iter()
+            .map(|f| {
+                (
+                    f.operation.clone(),
+                    f._in_flight.name().to_string(),
+                    f.keys.clone(),
+                )
+            })
+            .collect();
         for fence in todo {
+            let name = fence._in_flight.name().to_string();
             self.settle(fence, ledger).await;
+            // Settled, or back in the list: no longer this pass's.
+            self.settling
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|(_, n, _)| *n != name);
         }
     }
 }
