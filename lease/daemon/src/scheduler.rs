@@ -471,6 +471,7 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
                 // Running again after a top-up, its VMM's state is read once: the top-up's
                 // `resume` may have been lost.
                 s.supervisor.recheck_state(&l.id);
+                s.supervisor.usage_floors().pause_sent(&l.id);
                 send_state(&l.id, path, Request::Pause, "pause");
                 // Held to a sliver of CPU whatever the VMM does with the pause.
                 s.supervisor

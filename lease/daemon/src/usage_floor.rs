@@ -18,7 +18,8 @@
 //! - **"paused"** is believed once while the lease runs: coinopd resumes a VMM found paused
 //!   while its lease runs, so an honest one says it once (found paused at re-adoption);
 //!   one that says it again before its lease stops running (pauses for lack of funds,
-//!   stops) is billed its memory time. Not "once in a row": a VMM alternating "paused" and
+//!   stops) is billed its memory time, unless coinopd itself asked it to pause since (a
+//!   top-up can cross the pause). Not "once in a row": a VMM alternating "paused" and
 //!   "running" would have every other reading believed, and each believed pause starts the
 //!   floors again, so its uptime floor would never get past its slack and its memory time
 //!   would cost nothing.
@@ -109,6 +110,21 @@ impl UsageFloors {
         };
         anchors.insert(id.to_string(), next);
         out
+    }
+
+    /// coinopd itself asked lease `id`'s VMM to pause (its balance ran out): a "paused" it
+    /// reads next is believed again, even after one was. A top-up can set the lease running
+    /// before a tick sees it paused (which forgets its anchor), with the pause or the
+    /// top-up's resume still on its way to the VMM; that reading is coinopd's own doing.
+    pub fn pause_sent(&self, id: &str) {
+        if let Some(a) = self
+            .anchors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(id)
+        {
+            a.pause_believed = false;
+        }
     }
 
     /// Forgets lease `id`'s anchor: it is not running (paused for lack of funds, stopped),
@@ -300,6 +316,30 @@ mod tests {
         let mut r = reading(t0, 10_000, 100, 6000, 106);
         r.vmm_paused = true;
         assert!(f.floor("a", r, DEADLINE).paused);
+    }
+
+    #[test]
+    fn a_pause_coinopd_sent_is_believed_again() {
+        let f = UsageFloors::default();
+        let t0 = Instant::now();
+        f.floor("a", reading(t0, 0, 100, 1000, 100), DEADLINE);
+        let mut r = reading(t0, 1000, 100, 1000, 100);
+        r.vmm_paused = true;
+        assert!(
+            f.floor("a", r, DEADLINE).paused,
+            "found paused once: believed"
+        );
+        f.floor("a", reading(t0, 2000, 100, 2000, 101), DEADLINE);
+        // Its balance ran out: coinopd paused it, and a top-up set it running again before
+        // a tick read it paused; the pause is coinopd's own.
+        f.pause_sent("a");
+        let mut r = reading(t0, 3000, 100, 2000, 101);
+        r.vmm_paused = true;
+        assert!(f.floor("a", r, DEADLINE).paused, "believed again");
+        // And only that once.
+        let mut r = reading(t0, 4000, 100, 2000, 101);
+        r.vmm_paused = true;
+        assert!(!f.floor("a", r, DEADLINE).paused);
     }
 
     #[test]
