@@ -28,6 +28,16 @@ pub struct Cli {
     /// Print the daemon's JSON answer exactly as received (for scripts).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Seconds to wait for each of the daemon's answers before giving up (exit 3).
+    #[arg(
+        long,
+        env = "COINOP_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = crate::client::DEFAULT_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..),
+        global = true
+    )]
+    pub timeout: u64,
     #[command(subcommand)]
     pub cmd: Cmd,
 }

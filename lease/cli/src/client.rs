@@ -2,6 +2,7 @@
 //! hand-written HTTP). One connection per request: the CLI makes a handful of calls.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -22,6 +23,14 @@ pub enum ClientError {
     Http(#[from] hyper::Error),
     #[error("building request: {0}")]
     Request(#[from] hyper::http::Error),
+    /// Connected, but the whole answer did not come in time: a daemon that is stuck, or
+    /// something else listening on the socket that never answers.
+    #[error(
+        "no answer from {} within {} s (is coinopd stuck? --timeout waits longer)",
+        path.display(),
+        after.as_secs_f64()
+    )]
+    Timeout { path: PathBuf, after: Duration },
 }
 
 /// A reply: status and body bytes.
@@ -51,7 +60,14 @@ impl Reply {
 
 pub struct Client {
     socket: PathBuf,
+    timeout: Duration,
 }
+
+/// How long a call waits for its whole answer unless told otherwise: far longer than any
+/// answer of a working coinopd takes (a create waits for its guest's boot, 10 s by
+/// default), yet finite, so a stuck daemon or a socket that accepts and never answers
+/// ends the run with an error instead of hanging a script forever.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How long a connect refused for a full listen queue is retried: a Unix socket answers a
 /// full backlog with EAGAIN at once (TCP would wait), which says "busy", not "not running",
@@ -62,7 +78,14 @@ impl Client {
     pub fn new(socket: &Path) -> Self {
         Client {
             socket: socket.to_path_buf(),
+            timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// The same client, waiting at most `timeout` for each call's whole answer.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Connects to the daemon, retrying for a while when its listen queue is full.
@@ -89,8 +112,24 @@ impl Client {
         }
     }
 
-    /// Sends one request; `body` is sent as JSON when present.
+    /// Sends one request; `body` is sent as JSON when present. The connect, the request
+    /// and the whole answer must be done within the client's timeout.
     pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, ClientError> {
+        tokio::time::timeout(self.timeout, self.call_once(method, path, token, body))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                path: self.socket.clone(),
+                after: self.timeout,
+            })?
+    }
+
+    async fn call_once(
         &self,
         method: &str,
         path: &str,
@@ -125,6 +164,38 @@ impl Client {
 mod tests {
     use super::*;
     use std::io::{BufRead, BufReader, Write};
+
+    /// A socket that takes the request and never answers (a stuck daemon) ends the call
+    /// with a timeout error instead of waiting forever.
+    #[tokio::test]
+    async fn a_daemon_that_never_answers_times_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("silent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        // Accepts and holds every connection, reading nothing and writing nothing.
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                conns.push(s);
+            }
+        });
+        let client = Client::new(&path).with_timeout(Duration::from_millis(300));
+        // The outer limit only keeps this test from hanging where the call would.
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.call("GET", "/v1/host", None, None),
+        )
+        .await
+        .expect("the call ends by itself");
+        match r {
+            Err(ClientError::Timeout { path: p, after }) => {
+                assert_eq!(p, path);
+                assert_eq!(after, Duration::from_millis(300));
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        held.abort();
+    }
 
     /// A daemon whose listen queue is full is busy, not gone: the call waits for room (as a
     /// TCP client would) instead of failing with EAGAIN.

@@ -294,7 +294,7 @@ pub(crate) fn show(r: &Reply, view: View, json_mode: bool) -> Result<(), Exit> {
 
 /// Runs the parsed command line; the error carries the exit code and its one-line message.
 pub async fn run(cli: Cli) -> Result<(), Exit> {
-    let c = Client::new(&cli.socket);
+    let c = Client::new(&cli.socket).with_timeout(std::time::Duration::from_secs(cli.timeout));
     let json_mode = cli.json;
     match cli.cmd {
         Cmd::Regtest {

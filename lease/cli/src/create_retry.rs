@@ -15,10 +15,10 @@ use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::rand::{rngs::OsRng, RngCore};
 use coinop_proto::requests::{CreateRequest, PaymentBody};
 
-use crate::client::{Client, Reply};
-use crate::commands::{create_call, outcome, print_reply, send, View};
+use crate::client::{Client, ClientError, Reply};
+use crate::commands::{create_call, outcome, print_reply, View};
 use crate::durable;
-use crate::exit::{note, Exit, UNREACHABLE};
+use crate::exit::{note, Exit};
 use coinop_proto::recovery_key::{recovery_hash, KEY_HEX_LEN};
 
 /// Pause between resends of a create whose reply was lost.
@@ -111,22 +111,35 @@ pub async fn run(
     req.recovery_key = Some(key);
     let call = create_call(&req)?;
     let mut attempt = 0;
+    let lost = |e: ClientError| {
+        Exit::unreachable(format!(
+            "{e}; the payment may already be spent on a lease: run the same command again \
+             to get it back (its recovery key is kept in {})",
+            path.display()
+        ))
+    };
     let reply = loop {
-        match send(c, &call).await {
+        match c
+            .call(
+                call.method,
+                &call.path,
+                call.token.as_deref(),
+                call.body.clone(),
+            )
+            .await
+        {
             Ok(r) => break r,
-            Err(e) if e.code == UNREACHABLE && attempt < retries => {
+            // A daemon that did not answer in time is still working on it, or stuck:
+            // sending it the same create again would only wait as long once more.
+            Err(e @ ClientError::Timeout { .. }) => return Err(lost(e)),
+            Err(e @ (ClientError::Connect { .. } | ClientError::Http(_))) => {
+                if attempt >= retries {
+                    return Err(lost(e));
+                }
                 attempt += 1;
                 tokio::time::sleep(RESEND_PAUSE).await;
             }
-            Err(e) if e.code == UNREACHABLE => {
-                return Err(Exit::unreachable(format!(
-                    "{}; the payment may already be spent on a lease: run the same command \
-                     again to get it back (its recovery key is kept in {})",
-                    e.message,
-                    path.display()
-                )))
-            }
-            Err(e) => return Err(e),
+            Err(e) => return Err(Exit::from_client(e)),
         }
     };
     finish(&reply, &path, print_reply(&reply, View::Created, json_mode))

@@ -5,7 +5,7 @@
 //! | 0 | success |
 //! | 1 | the daemon answered with an HTTP error; `coinop: HTTP <status> <code>: <message>` |
 //! | 2 | usage: a bad flag or argument, or an input file that cannot be read or parsed |
-//! | 3 | the daemon cannot be reached (no socket, refused, connection lost) |
+//! | 3 | the daemon cannot be reached (no socket, refused, connection lost, no answer within `--timeout`) |
 //! | 4 | the answer could not be written to stdout (a closed pipe, a full disk) |
 
 use std::io::Write;
@@ -30,7 +30,8 @@ Exit codes:
   1  the daemon answered with an HTTP error (stderr: `coinop: HTTP <status> <code>: <message>`;
      with --json the daemon's error body is also printed on stdout)
   2  usage: bad flag or argument, unreadable or malformed input file
-  3  cannot reach the daemon (no socket, connection refused or lost)
+  3  cannot reach the daemon (no socket, connection refused or lost, no answer within
+     --timeout)
   4  the answer could not be written to stdout (closed pipe, full disk); stderr says
      how to get it again";
 

@@ -66,6 +66,31 @@ fn usage_errors_and_an_unreachable_daemon_have_their_own_exit_codes() {
     );
 }
 
+/// A socket that accepts and never answers (a stuck daemon) ends the run with exit 3 once
+/// --timeout has passed, instead of hanging the script that called coinop.
+#[test]
+fn a_daemon_that_never_answers_is_given_up_after_the_timeout() {
+    let dir = common::StateDir::new();
+    let socket = dir.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    // Holds every connection open without reading or writing; the thread ends with the
+    // test process.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let started = std::time::Instant::now();
+    let o = coinop(&socket, &["--timeout", "1", "host"]);
+    assert_fails(&o, 3, "no answer from");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_is_the_daemons_answer_and_human_output_is_text() {
     let dir = common::StateDir::new();
