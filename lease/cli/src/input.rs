@@ -16,14 +16,31 @@ const MAX_INPUT: u64 = 64 << 20;
 
 /// The text of FILE, or of stdin for `-`.
 pub fn read_text(name: &str) -> Result<String, Exit> {
-    let mut s = String::new();
+    let mut bytes = Vec::new();
+    // One byte past the limit tells a file that is too large from one that fills it
+    // exactly. Cut at the limit, a larger file would be read as a shorter one: refused with
+    // a parse error that points at the cut, or, cut between two lines of headers, taken
+    // as a shorter list.
     let r = if name == "-" {
-        std::io::stdin().take(MAX_INPUT).read_to_string(&mut s)
+        std::io::stdin().take(MAX_INPUT + 1).read_to_end(&mut bytes)
     } else {
-        std::fs::File::open(name).and_then(|f| f.take(MAX_INPUT).read_to_string(&mut s))
+        std::fs::File::open(name).and_then(|f| f.take(MAX_INPUT + 1).read_to_end(&mut bytes))
     };
     r.map_err(|e| Exit::usage(format!("reading {name}: {e}")))?;
-    Ok(s)
+    text_of(name, bytes)
+}
+
+/// The bytes read from `name` as text, refused when they are more than [`MAX_INPUT`].
+fn text_of(name: &str, bytes: Vec<u8>) -> Result<String, Exit> {
+    if bytes.len() as u64 > MAX_INPUT {
+        return Err(Exit::usage(format!(
+            "{name} is larger than {} MiB, the most coinop reads as a payment, token, \
+             seed phrase or header file",
+            MAX_INPUT >> 20
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| Exit::usage(format!("reading {name}: not UTF-8 text ({e})")))
 }
 
 /// FILE's JSON as `T`; `what` names it in the error (e.g. "a payment object").
@@ -138,4 +155,32 @@ pub fn read_headers(name: &str) -> Result<Vec<String>, Exit> {
         return Err(Exit::usage(format!("{name}: no headers")));
     }
     Ok(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of `len` zero bytes, sparse: it takes no room on disk.
+    fn sparse(dir: &std::path::Path, len: u64) -> String {
+        let path = dir.join(format!("{len}.bin"));
+        let f = std::fs::File::create(&path).expect("create");
+        f.set_len(len).expect("set_len");
+        path.to_str().expect("a UTF-8 temp path").to_string()
+    }
+
+    #[test]
+    fn a_file_over_the_limit_is_refused_as_too_large_not_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at_limit = read_text(&sparse(dir.path(), MAX_INPUT)).expect("the limit itself");
+        assert_eq!(at_limit.len() as u64, MAX_INPUT);
+        let over = sparse(dir.path(), MAX_INPUT + 1);
+        let err = read_text(&over).expect_err("over the limit");
+        assert_eq!(err.code, crate::exit::USAGE);
+        assert!(
+            err.message.contains(&over) && err.message.contains("larger than 64 MiB"),
+            "{}",
+            err.message
+        );
+    }
 }
