@@ -144,9 +144,9 @@ pub fn call_for(cmd: Cmd) -> Result<Call, Exit> {
 /// `--ssh-key`: the key itself, or `@FILE` (e.g. `@~/.ssh/id_ed25519.pub`).
 fn read_ssh_key(arg: &str) -> Result<String, Exit> {
     match arg.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path)
+        Some(path) => input::read_path(std::path::Path::new(path))
             .map(|t| t.trim().to_string())
-            .map_err(|e| Exit::usage(format!("--ssh-key @{path}: {e}"))),
+            .map_err(|e| Exit::usage(format!("--ssh-key: {}", e.message))),
         None => Ok(arg.to_string()),
     }
 }

@@ -46,7 +46,8 @@ fn io_exit(path: &Path, what: &str, e: std::io::Error) -> Exit {
 }
 
 fn read_key(path: &Path) -> Result<String, Exit> {
-    let text = std::fs::read_to_string(path).map_err(|e| io_exit(path, "reading", e))?;
+    // Through input, which gives up on a FIFO nobody writes to instead of hanging.
+    let text = crate::input::read_path(path)?;
     let key = text.trim().to_string();
     recovery_hash(&key).map_err(|e| Exit::usage(format!("{}: {e}", path.display())))?;
     Ok(key)

@@ -2,12 +2,20 @@
 //! tokens, hex, and block headers. Every failure is a usage error naming the file and what was wrong.
 
 use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
 
 use coinop_proto::requests::CreditPayment;
 use payment::credit::nut_types::Proof;
 use payment::credit::token::Token;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::exit::Exit;
 
@@ -21,13 +29,80 @@ pub fn read_text(name: &str) -> Result<String, Exit> {
     // exactly. Cut at the limit, a larger file would be read as a shorter one: refused with
     // a parse error that points at the cut, or, cut between two lines of headers, taken
     // as a shorter list.
-    let r = if name == "-" {
-        std::io::stdin().take(MAX_INPUT + 1).read_to_end(&mut bytes)
-    } else {
-        std::fs::File::open(name).and_then(|f| f.take(MAX_INPUT + 1).read_to_end(&mut bytes))
-    };
-    r.map_err(|e| Exit::usage(format!("reading {name}: {e}")))?;
+    if name != "-" {
+        return read_path(Path::new(name));
+    }
+    std::io::stdin()
+        .take(MAX_INPUT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Exit::usage(format!("reading {name}: {e}")))?;
     text_of(name, bytes)
+}
+
+/// How long a FIFO or device given as a file may keep coinop waiting for its next bytes.
+/// A FIFO nobody writes to would block its reader forever; this is far longer than a
+/// writer such as `<(coinop wallet pay ...)` takes, yet ends the run.
+const PIPE_IDLE: Duration = Duration::from_secs(60);
+
+/// The text of the file at `path`; a FIFO (a named pipe, `<(...)`) or device is read as
+/// its writer sends, for as long as bytes keep coming within [`PIPE_IDLE`].
+pub fn read_path(path: &Path) -> Result<String, Exit> {
+    read_path_waiting(path, PIPE_IDLE)
+}
+
+fn read_path_waiting(path: &Path, idle: Duration) -> Result<String, Exit> {
+    let name = path.display();
+    let reading = |e: std::io::Error| Exit::usage(format!("reading {name}: {e}"));
+    // Non-blocking, so that opening a FIFO does not wait for a writer; a regular file or
+    // directory reads as ever (O_NONBLOCK means nothing to them).
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(reading)?;
+    let kind = file.metadata().map_err(reading)?.file_type();
+    let mut bytes = Vec::new();
+    if kind.is_file() || kind.is_dir() {
+        (&mut file)
+            .take(MAX_INPUT + 1)
+            .read_to_end(&mut bytes)
+            .map_err(reading)?;
+        return text_of(&name.to_string(), bytes);
+    }
+    let timeout = PollTimeout::try_from(idle)
+        .map_err(|_| Exit::usage(format!("reading {name}: wait of {idle:?} too long")))?;
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        // Polled before every read: a FIFO that never had a writer reads as end-of-file
+        // at once, but is not readable to poll until a writer has written or left.
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) => {
+                return Err(Exit::usage(format!(
+                    "reading {name}: nothing came in {} s (a FIFO with no writer?)",
+                    idle.as_secs_f64()
+                )))
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(reading(e.into())),
+        }
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                bytes.extend_from_slice(&chunk[..n]);
+                if bytes.len() as u64 > MAX_INPUT {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(reading(e)),
+        }
+    }
+    text_of(&name.to_string(), bytes)
 }
 
 /// The bytes read from `name` as text, refused when they are more than [`MAX_INPUT`].
@@ -182,5 +257,61 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    fn fifo(dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("fifo");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        path
+    }
+
+    /// A FIFO nobody writes to is given up with an error naming it, instead of blocking
+    /// coinop forever (as opening it for reading would).
+    #[test]
+    fn a_fifo_without_a_writer_is_given_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = fifo(dir.path());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        // On a thread: before the fix the read never returns, and the test must fail, not
+        // hang with it.
+        std::thread::spawn(move || {
+            let _ = tx.send(read_path_waiting(&p, Duration::from_millis(200)));
+        });
+        let err = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the read ends by itself")
+            .expect_err("nothing to read");
+        assert_eq!(err.code, crate::exit::USAGE);
+        assert!(
+            err.message.contains(&path.display().to_string())
+                && err.message.contains("nothing came"),
+            "{}",
+            err.message
+        );
+    }
+
+    /// A FIFO with a writer (what `<(coinop wallet pay ...)` gives) is read to its end,
+    /// though the writer comes late and writes in pieces.
+    #[test]
+    fn a_fifo_is_read_as_its_writer_sends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = fifo(dir.path());
+        let p = path.clone();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut w = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .expect("open for writing");
+            use std::io::Write;
+            w.write_all(b"cashuB").expect("write");
+            w.flush().expect("flush");
+            std::thread::sleep(Duration::from_millis(100));
+            w.write_all(b"xyz\n").expect("write");
+        });
+        let text = read_path_waiting(&path, Duration::from_secs(20)).expect("read");
+        assert_eq!(text, "cashuBxyz\n");
+        writer.join().expect("writer");
     }
 }
