@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::durable;
-use crate::wallet_seed::{seed_path, Seed, SeedError};
+use crate::wallet_seed::{seed_path, Seed, SeedError, SEED_EXTENSION};
 
 #[derive(Debug, Error)]
 pub enum WalletError {
@@ -47,6 +47,11 @@ pub enum WalletError {
     },
     #[error("wallet file {0} is in use by another coinop; try again when it has finished")]
     Busy(String),
+    #[error(
+        "wallet file {0}: a wallet cannot be named *.seed, *.lock or *.tmp, the names of the \
+         seed, lock and temp files kept beside it; name it e.g. wallet.json"
+    )]
+    ReservedName(String),
     #[error("wallet file {path} is not a coinop wallet: {source}")]
     Corrupt {
         path: String,
@@ -82,6 +87,13 @@ pub enum WalletError {
     )]
     SwapPending(String),
 }
+
+/// `<wallet>.lock`, the file flocked while a coinop has the wallet open.
+const LOCK_EXTENSION: &str = "lock";
+/// `<wallet>.tmp`, where a save is written before it is renamed onto the wallet.
+const TMP_EXTENSION: &str = "tmp";
+/// The extensions of the files kept beside a wallet, which its own name must not have.
+const BESIDE_EXTENSIONS: [&str; 3] = [SEED_EXTENSION, LOCK_EXTENSION, TMP_EXTENSION];
 
 /// Outputs sent to the mint and not yet answered, with what is needed to unblind them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -156,7 +168,18 @@ impl Wallet {
     /// Opens the wallet at `path`, or starts an empty one there (written on first save).
     /// Fails with [`WalletError::Busy`] while another process has it open.
     pub fn open(path: &Path) -> Result<Wallet, WalletError> {
-        let lock_path = path.with_extension("lock");
+        // The files beside the wallet are named by swapping its extension: a wallet named
+        // `w.seed` would be its own seed file, and `wallet init --seed` would write the
+        // phrase there only for the next save to replace it with the notes (the phrase
+        // lost, the wallet unreadable as its own seed); `w.lock` would be its lock, `w.tmp`
+        // truncated by every save before it is written.
+        if path
+            .extension()
+            .is_some_and(|e| BESIDE_EXTENSIONS.iter().any(|b| e == *b))
+        {
+            return Err(WalletError::ReservedName(path.display().to_string()));
+        }
+        let lock_path = path.with_extension(LOCK_EXTENSION);
         let file = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -603,7 +626,7 @@ impl Wallet {
     fn save(&self) -> Result<(), WalletError> {
         let json = serde_json::to_vec_pretty(&self.data)
             .expect("wallet data is plain strings and numbers, always serialisable");
-        durable::replace(&self.path, &self.path.with_extension("tmp"), &json)
+        durable::replace(&self.path, &self.path.with_extension(TMP_EXTENSION), &json)
             .map_err(|e| io_err(&e.path, e.source))
     }
 }
@@ -1015,6 +1038,23 @@ mod tests {
         assert!(matches!(Wallet::open(&path), Err(WalletError::Busy(_))));
         drop(first);
         Wallet::open(&path).expect("free again");
+    }
+
+    /// A wallet named like one of the files kept beside it is refused before anything is
+    /// written: as `w.seed`, `wallet init --seed` lost the phrase it had just written.
+    #[test]
+    fn a_wallet_named_like_its_own_seed_lock_or_temp_file_is_refused() {
+        for name in ["w.seed", "w.lock", "w.tmp"] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join(name);
+            let err = Wallet::open(&path).err().expect("refused");
+            let text = err.to_string();
+            assert!(text.contains(name) && text.contains("*.seed"), "{text}");
+            let left: Vec<_> = fs::read_dir(dir.path()).expect("dir").collect();
+            assert!(left.is_empty(), "{name}: nothing written: {left:?}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        Wallet::open(&dir.path().join("wallet")).expect("no extension is fine");
     }
 
     #[test]

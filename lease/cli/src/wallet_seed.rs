@@ -56,9 +56,12 @@ pub struct Derived {
     pub r: SecretKey,
 }
 
+/// The extension of a wallet's seed file.
+pub const SEED_EXTENSION: &str = "seed";
+
 /// `<wallet>.seed`, beside the wallet file.
 pub fn seed_path(wallet: &Path) -> PathBuf {
-    wallet.with_extension("seed")
+    wallet.with_extension(SEED_EXTENSION)
 }
 
 /// NUT-13's keyset-id-to-integer rule: the id's bytes (a version-01 id shortened to its
