@@ -52,7 +52,10 @@ pub enum WalletError {
          seed, lock and temp files kept beside it; name it e.g. wallet.json"
     )]
     ReservedName(String),
-    #[error("wallet file {path} is not a coinop wallet: {source}")]
+    #[error(
+        "wallet file {path} is not a wallet this coinop can read (damaged, or written by a \
+         newer coinop); it is left as it is: {source}"
+    )]
     Corrupt {
         path: String,
         source: serde_json::Error,
@@ -97,6 +100,7 @@ const BESIDE_EXTENSIONS: [&str; 3] = [SEED_EXTENSION, LOCK_EXTENSION, TMP_EXTENS
 
 /// Outputs sent to the mint and not yet answered, with what is needed to unblind them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PendingOutput {
     secret: String,
     r: String,
@@ -105,6 +109,7 @@ struct PendingOutput {
 
 /// A swap sent (or about to be) whose signatures are not in yet: the notes it spends.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SwapRecord {
     batch: String,
     inputs: Vec<Proof>,
@@ -118,13 +123,18 @@ struct SwapRecord {
 /// A token that left the wallet: kept until its notes are spent, so a token lost on the
 /// way (a closed terminal, a broken pipe) can be received back.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Sent {
     pub token: String,
     pub amount_sat: u64,
     pub sent_unix: u64,
 }
 
+/// The wallet file. Every struct of it refuses fields it does not know: a newer coinop may
+/// keep money in a field this one lacks (as `swaps` and `outbox` were once new), and
+/// reading past it here would drop it at the next save.
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WalletData {
     proofs: Vec<Proof>,
     /// Batch name → outputs, in the order they were sent.
@@ -1055,6 +1065,33 @@ mod tests {
         }
         let dir = tempfile::tempdir().expect("tempdir");
         Wallet::open(&dir.path().join("wallet")).expect("no extension is fine");
+    }
+
+    /// A wallet with a field this coinop does not know (a newer coinop's) is refused and
+    /// left untouched: read past, the field would be gone after the next save.
+    #[test]
+    fn a_wallet_with_fields_this_coinop_does_not_know_is_refused_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wallet.json");
+        let sent = r#"{"token": "cashuBx", "amount_sat": 2, "sent_unix": 1}"#;
+        let newer_sent = r#"{"token": "cashuBx", "amount_sat": 2, "sent_unix": 1, "memo": "m"}"#;
+        for text in [
+            r#"{"proofs": [], "pending": [], "escrow": [{"amount": 4}]}"#.to_string(),
+            format!(r#"{{"proofs": [], "pending": [], "outbox": [{newer_sent}]}}"#),
+        ] {
+            fs::write(&path, &text).expect("write");
+            let err = Wallet::open(&path).err().expect("refused");
+            assert!(matches!(err, WalletError::Corrupt { .. }), "{err}");
+            assert!(err.to_string().contains("unknown field"), "{err}");
+            assert_eq!(fs::read_to_string(&path).expect("read"), text);
+        }
+        // The fields it knows, as an older wallet leaves out the later ones, still open.
+        fs::write(
+            &path,
+            format!(r#"{{"proofs": [], "pending": [], "outbox": [{sent}]}}"#),
+        )
+        .expect("write");
+        assert_eq!(Wallet::open(&path).expect("open").outbox().len(), 1);
     }
 
     #[test]
