@@ -52,6 +52,8 @@ pub enum WalletError {
          seed, lock and temp files kept beside it; name it e.g. wallet.json"
     )]
     ReservedName(String),
+    #[error("wallet file {0} is not a regular file (a FIFO, a device, a directory?)")]
+    NotAFile(String),
     #[error(
         "wallet file {path} is not a wallet this coinop can read (damaged, or written by a \
          newer coinop); it is left as it is: {source}"
@@ -97,6 +99,30 @@ const LOCK_EXTENSION: &str = "lock";
 const TMP_EXTENSION: &str = "tmp";
 /// The extensions of the files kept beside a wallet, which its own name must not have.
 const BESIDE_EXTENSIONS: [&str; 3] = [SEED_EXTENSION, LOCK_EXTENSION, TMP_EXTENSION];
+
+/// Why a wallet file's bytes could not be read.
+enum Read {
+    Io(std::io::Error),
+    NotAFile,
+}
+
+/// The bytes of the regular file at `path`. Opened without blocking and looked at before
+/// it is read: a FIFO there (nothing writing to it) would block the read, and with it the
+/// wallet's lock, for ever.
+fn read_regular(path: &Path) -> Result<Vec<u8>, Read> {
+    use std::io::Read as _;
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(Read::Io)?;
+    if !file.metadata().map_err(Read::Io)?.is_file() {
+        return Err(Read::NotAFile);
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(Read::Io)?;
+    Ok(bytes)
+}
 
 /// Outputs sent to the mint and not yet answered, with what is needed to unblind them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -204,13 +230,14 @@ impl Wallet {
             }
             Err((_, e)) => return Err(io_err(&lock_path, e.into())),
         };
-        let data = match fs::read(path) {
+        let data = match read_regular(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| WalletError::Corrupt {
                 path: path.display().to_string(),
                 source: e,
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => WalletData::default(),
-            Err(e) => return Err(io_err(path, e)),
+            Err(Read::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => WalletData::default(),
+            Err(Read::Io(e)) => return Err(io_err(path, e)),
+            Err(Read::NotAFile) => return Err(WalletError::NotAFile(path.display().to_string())),
         };
         let seed = Seed::load(&seed_path(path))?;
         Ok(Wallet {
@@ -1065,6 +1092,27 @@ mod tests {
         }
         let dir = tempfile::tempdir().expect("tempdir");
         Wallet::open(&dir.path().join("wallet")).expect("no extension is fine");
+    }
+
+    /// A FIFO named as the wallet is refused at once: read, it would block for ever (nothing
+    /// writes to it) with the wallet's lock held.
+    #[test]
+    fn a_fifo_as_the_wallet_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wallet.json");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let opener = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(Wallet::open(&opener).map(|_| ()));
+        });
+        let opened = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("an answer, not a wait");
+        assert!(
+            matches!(opened, Err(WalletError::NotAFile(_))),
+            "{opened:?}"
+        );
     }
 
     /// A wallet with a field this coinop does not know (a newer coinop's) is refused and
