@@ -239,12 +239,14 @@ pub enum LeaseCmd {
     },
     /// State, balance, usage and boot figures of a lease.
     Show {
+        #[arg(value_parser = lease_id)]
         id: String,
         #[command(flatten)]
         token: TokenArg,
     },
     /// Add a payment to a lease; wakes a lease paused for lack of funds.
     Topup {
+        #[arg(value_parser = lease_id)]
         id: String,
         #[command(flatten)]
         token: TokenArg,
@@ -254,6 +256,7 @@ pub enum LeaseCmd {
     /// Stop a lease; with --outputs FILE (a JSON array of blinded messages) the unused
     /// balance comes back as blind signatures.
     Stop {
+        #[arg(value_parser = lease_id)]
         id: String,
         #[command(flatten)]
         token: TokenArg,
@@ -268,6 +271,7 @@ pub enum LeaseCmd {
     },
     /// The guest's serial console so far (text, also with --json).
     Console {
+        #[arg(value_parser = lease_id)]
         id: String,
         #[command(flatten)]
         token: TokenArg,
@@ -342,4 +346,18 @@ pub fn parse() -> Result<Cli, crate::exit::Exit> {
             }
         }
     })
+}
+
+/// A lease id as coinopd makes them (letters, digits, `-` and `_`): it goes into the
+/// request's path as it is, where a `/`, `?` or `..` would name another route.
+fn lease_id(s: &str) -> Result<String, String> {
+    let plain = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if plain {
+        Ok(s.to_string())
+    } else {
+        Err("not a lease id (letters, digits, - and _, at most 64)".into())
+    }
 }

@@ -119,6 +119,12 @@ async fn json_is_the_daemons_answer_and_human_output_is_text() {
 
     let unauth = coinop_async(&d.socket, &["lease", "show", "lnope", "--token", "00"], &[]).await;
     assert_fails(&unauth, 1, "HTTP 401 unauthorized");
+    // An id that would name another route in the request's path is refused before it is
+    // sent (before, `../../v1/host` was sent and answered by that route).
+    for bad in ["../../v1/host", "l1?x=1", "l 1", ""] {
+        let refused = coinop_async(&d.socket, &["lease", "show", bad, "--token", "00"], &[]).await;
+        assert_fails(&refused, 2, "not a lease id");
+    }
 
     // A header file that parses locally but that the daemon refuses (no such parent).
     let headers = dir.path().join("headers.txt");
