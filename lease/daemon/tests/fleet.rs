@@ -458,19 +458,20 @@ async fn a_create_whose_client_leaves_after_the_fence_is_finished_and_recovered(
     h1.stop_lease(&id, &token).await;
 }
 
-/// A create's fence claimed in the store, its answer lost (injected: the store granted the
-/// claim, coinopd is told the connection dropped): the create is 503, and the keys are not
-/// left pending under an operation that does nothing until host 1 restarts. The same
-/// payment retried at once is accepted on host 1 (under the same lease id: the create's
-/// slot built ahead of time came back to the pool, and the retry takes the lost fence
-/// over).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_create_whose_claim_answer_is_lost_can_be_retried_at_once() {
-    let Some(pg) = cluster("a_create_whose_claim_answer_is_lost_can_be_retried_at_once") else {
-        return;
-    };
+/// Two hosts of one fleet sharing the mint's keys, host 1 losing the answer of its first
+/// fleet claim (`COINOPD_FAULT_LOST`), for `test`; `None` when PostgreSQL or KVM is
+/// missing (skipped). The daemons are declared first: they end before the cluster.
+struct LostClaimFleet {
+    h1: Daemon,
+    h2: Daemon,
+    _dirs: [StateDir; 2],
+    _pg: TestCluster,
+}
+
+async fn lost_claim_fleet(test: &str) -> Option<LostClaimFleet> {
+    let pg = cluster(test)?;
     if !common::kvm_or_skip() {
-        return;
+        return None;
     }
     let dirs = [StateDir::new(), StateDir::new()];
     let h1 = host(
@@ -482,6 +483,29 @@ async fn a_create_whose_claim_answer_is_lost_can_be_retried_at_once() {
     .await;
     share_mint_keys(&dirs[0], &dirs[1]);
     let h2 = host(&pg, &dirs[1], 2, &[]).await;
+    Some(LostClaimFleet {
+        h1,
+        h2,
+        _dirs: dirs,
+        _pg: pg,
+    })
+}
+
+/// A create's fence claimed in the store, its answer lost (injected: the store granted the
+/// claim, coinopd is told the connection dropped): the create is 503, and the keys are not
+/// left pending under an operation that does nothing until host 1 restarts. The same
+/// payment retried at once is accepted on host 1 (under the same lease id: the create's
+/// slot built ahead of time came back to the pool, and the retry takes the lost fence
+/// over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_claim_answer_is_lost_can_be_retried_at_once() {
+    // Kept whole: its state directories and cluster live as long as the test.
+    let Some(fleet) =
+        lost_claim_fleet("a_create_whose_claim_answer_is_lost_can_be_retried_at_once").await
+    else {
+        return;
+    };
+    let (h1, h2) = (&fleet.h1, &fleet.h2);
     // Minted on host 2: a mint fences too, and host 1's first claim is the create's.
     let proofs = h2.mint_credit(300).await;
     let body = testguest_body("mode=echo", credit_payment(&proofs));
@@ -509,24 +533,14 @@ async fn a_create_whose_claim_answer_is_lost_can_be_retried_at_once() {
 /// by the release while its lease went ahead, and another host could have taken them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_sharing_notes_with_a_lost_claim_of_its_lease_id_waits_for_its_release() {
-    let Some(pg) =
-        cluster("a_create_sharing_notes_with_a_lost_claim_of_its_lease_id_waits_for_its_release")
+    let Some(fleet) = lost_claim_fleet(
+        "a_create_sharing_notes_with_a_lost_claim_of_its_lease_id_waits_for_its_release",
+    )
+    .await
     else {
         return;
     };
-    if !common::kvm_or_skip() {
-        return;
-    }
-    let dirs = [StateDir::new(), StateDir::new()];
-    let h1 = host(
-        &pg,
-        &dirs[0],
-        1,
-        &[("COINOPD_FAULT_LOST", "fleet_claimed:1")],
-    )
-    .await;
-    share_mint_keys(&dirs[0], &dirs[1]);
-    let h2 = host(&pg, &dirs[1], 2, &[]).await;
+    let (h1, h2) = (&fleet.h1, &fleet.h2);
     let proofs = h2.mint_credit(300).await;
     assert!(proofs.len() > 1, "300 sat in several notes");
     let r = h1
