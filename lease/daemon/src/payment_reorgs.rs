@@ -195,22 +195,17 @@ async fn usage_of(s: &Shared, id: &str) -> Option<(u64, u64)> {
 }
 
 /// A frozen lease whose payment is back could not be thawed, its guest's counters unread:
-/// tried again at the next check, and stopped `control_lost` once its VMM has been silent
-/// for [`crate::scheduler::CONTROL_SILENT_AFTER`] (otherwise it would stay frozen, its room
-/// held, for as long as its VMM chose).
+/// tried again at the next check, and, as for a running lease's unanswered reading
+/// ([`crate::scheduler::control_silent`]), stopped `control_lost` once its VMM has been
+/// silent too long (otherwise it would stay frozen, its room held, for as long as its VMM
+/// chose).
 fn thaw_put_off(s: &Shared, id: &str) -> Result<(), LedgerError> {
-    let (lasted, first) = s.supervisor.unreachable_for(id);
-    if lasted < crate::scheduler::CONTROL_SILENT_AFTER {
-        if first {
-            tracing::warn!(lease = %id,
-                "payment back on the best chain, but the guest's counters cannot be read; thaw put off");
-        }
-        return Ok(());
-    }
-    tracing::error!(lease = %id, ?lasted,
-        "a frozen lease's VMM does not answer since its payment came back: stopping it (control_lost)");
     if let Some(row) = s.ledger.get(id)? {
-        crate::scheduler::stop_control_lost(s, &row);
+        crate::scheduler::control_silent(
+            s,
+            &row,
+            "payment back on the best chain, but the guest's counters cannot be read; thaw put off",
+        );
     }
     Ok(())
 }

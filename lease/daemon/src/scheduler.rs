@@ -616,7 +616,7 @@ const CONTROL_LOST_AFTER: Duration = Duration::from_secs(5);
 /// unbilled, and a VMM that a hostile guest took over could do it on purpose. Far longer
 /// than any honest reply takes, even on a loaded host (a tick waits [`READ_DEADLINE_MIN`]
 /// for one).
-pub(crate) const CONTROL_SILENT_AFTER: Duration = Duration::from_secs(20);
+const CONTROL_SILENT_AFTER: Duration = Duration::from_secs(20);
 
 /// Lease `l`'s VMM runs but nothing listens at its control socket (removed from under
 /// it: nothing creates it again, so no later tick can read it). Such a guest runs
@@ -640,7 +640,7 @@ fn control_lost(s: &Shared, l: &LeaseRow, e: &ControlError) {
 /// Lease `l`'s VMM runs and did not answer this tick's usage read (`why`): read again next
 /// tick, and stopped `control_lost` as in [`control_lost`] once that has lasted
 /// [`CONTROL_SILENT_AFTER`] (counted from the first failed read in a row, of any kind).
-fn control_silent(s: &Shared, l: &LeaseRow, why: &str) {
+pub(crate) fn control_silent(s: &Shared, l: &LeaseRow, why: &str) {
     let (lasted, _) = s.supervisor.unreachable_for(&l.id);
     if lasted < CONTROL_SILENT_AFTER {
         tracing::warn!(lease = %l.id, why, ?lasted,
@@ -653,7 +653,7 @@ fn control_silent(s: &Shared, l: &LeaseRow, why: &str) {
 }
 
 /// Stops `l` `control_lost` (its balance kept for the tenant) and kills its VMM.
-pub(crate) fn stop_control_lost(s: &Shared, l: &LeaseRow) {
+fn stop_control_lost(s: &Shared, l: &LeaseRow) {
     s.supervisor.reached(&l.id);
     match s.ledger.mark_stopped(&l.id, StopReason::ControlLost, None) {
         Ok(true) => stop_guest(s, l),
