@@ -384,12 +384,12 @@ async fn a_create_too_big_for_the_warm_restores_room_leaves_them_alone() {
     let dir = common::StateDir::new();
     let state = dir.path();
     let d = agent_daemon_env(state, &["--capacity-vcpus", "3"], &[]).await;
-    let cold = create(&d, None).await;
-    assert_eq!(start_of(&cold), "cold", "{}", cold.reply);
-    wait_for(async || !snapshots(state).is_empty(), "the golden snapshot").await;
-    let restored = create(&d, None).await;
-    assert_eq!(start_of(&restored), "restore", "{}", restored.reply);
-    let (_, warm_pid) = common::warm_restore::wait_for_one(state);
+    let Kept {
+        cold,
+        restored,
+        warm_pid,
+        ..
+    } = restore_and_keep_one_warm(&d, state).await;
     let warm = coinopd::vmm_process::VmmProcess::of(warm_pid).expect("the warm VMM runs");
     assert_eq!(vcpus_free(&d).await, 0, "two leases and the warm restore");
 
