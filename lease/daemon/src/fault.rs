@@ -35,6 +35,11 @@ pub mod point {
     /// A fence's claim was granted by the fleet store. A [`lost`](super::lost) point only:
     /// the fence carries on as if the store's answer had been lost.
     pub const FLEET_CLAIMED: &str = "fleet_claimed";
+    /// A background pass took a fence whose settle was left for later (a lost claim's
+    /// release, a settle the store refused) and has not settled it yet. A
+    /// [`delay`](super::delay) point only: a test can hold the pass there, before each
+    /// fence.
+    pub const FLEET_BACKGROUND_SETTLE: &str = "fleet_background_settle";
     /// A create's ledger transaction committed; no guest spawned, no reply sent.
     pub const CREATE_COMMITTED: &str = "create_committed";
     /// A create's VMM is spawned and recorded in the ledger (pid, start time, the boot

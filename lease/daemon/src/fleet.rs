@@ -69,6 +69,9 @@ const RETRY: Duration = Duration::from_secs(1);
 /// counts from.
 const LATE_CLAIM_MARGIN: Duration = Duration::from_secs(2);
 
+/// How often a request whose own lost claim a background pass is releasing looks again.
+const SETTLING_POLL: Duration = Duration::from_millis(20);
+
 /// Keys per round trip when publishing this host's own spends at start-up.
 const PUBLISH_BATCH: usize = 1000;
 
@@ -439,23 +442,16 @@ impl Fleet {
                 state: SpendState::Pending,
             });
         }
-        let (in_flight, settle_until) = match self.in_flight.enter(&name) {
-            Some(entered) => (entered, None),
-            // The same request, whose claim's answer was lost: taken over.
-            None => match self.take_unanswered(&name) {
-                Some(lost) => (lost._in_flight, lost.settle_until),
-                None => {
-                    // Worded as another host's claim in flight is: the keys are pending.
-                    let key = keys
-                        .first()
-                        .ok_or(FleetError::Store(PgStoreError::NoKeys))?;
-                    return Err(FleetError::AlreadySpent {
-                        kind: key.kind,
-                        key_hex: hex::encode(&key.bytes),
-                        state: SpendState::Pending,
-                    });
-                }
-            },
+        let Some((in_flight, settle_until)) = self.enter_or_take_over(&name).await else {
+            // Worded as another host's claim in flight is: the keys are pending.
+            let key = keys
+                .first()
+                .ok_or(FleetError::Store(PgStoreError::NoKeys))?;
+            return Err(FleetError::AlreadySpent {
+                kind: key.kind,
+                key_hex: hex::encode(&key.bytes),
+                state: SpendState::Pending,
+            });
         };
         let mut fence = Fence {
             keys: keys.to_vec(),
@@ -533,6 +529,39 @@ impl Fleet {
                 .iter()
                 .find_map(|(op, other, held)| shared(op, other, held))
         })
+    }
+
+    /// The operation `name` (operation and keys) entered in flight, or, for the same
+    /// request whose claim's answer was lost, its fence taken over with the time until
+    /// which that lost claim may land. `None` while a copy of the request is in flight.
+    ///
+    /// A background pass releasing the lost claim holds its fence out of the list for
+    /// that release's round trip: the tenant's retry, sent then, waits for it (bounded by
+    /// the statement timeout) instead of being refused as pending, which a wallet would
+    /// show as "the first request is still in flight" with nothing in flight.
+    async fn enter_or_take_over(&self, name: &str) -> Option<(Entered, Option<Instant>)> {
+        let give_up = Instant::now() + self.set.store().statement_timeout() + LATE_CLAIM_MARGIN;
+        loop {
+            if let Some(entered) = self.in_flight.enter(name) {
+                return Some((entered, None));
+            }
+            if let Some(lost) = self.take_unanswered(name) {
+                return Some((lost._in_flight, lost.settle_until));
+            }
+            if !self.being_settled(name) || Instant::now() >= give_up {
+                return None;
+            }
+            tokio::time::sleep(SETTLING_POLL).await;
+        }
+    }
+
+    /// A background pass has the fence of `name` and has not settled it yet.
+    fn being_settled(&self, name: &str) -> bool {
+        self.settling
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|(_, n, _)| n == name)
     }
 
     /// The fence of the same request (`name`: operation and keys) left waiting after its
@@ -694,6 +723,7 @@ impl Fleet {
             .collect();
         for fence in todo {
             let name = fence._in_flight.name().to_string();
+            crate::fault::delay(crate::fault::point::FLEET_BACKGROUND_SETTLE).await;
             self.settle(fence, ledger).await;
             // Settled, or back in the list: no longer this pass's.
             self.settling

@@ -478,7 +478,12 @@ async fn lost_claim_fleet(test: &str) -> Option<LostClaimFleet> {
         &pg,
         &dirs[0],
         1,
-        &[("COINOPD_FAULT_LOST", "fleet_claimed:1")],
+        &[
+            ("COINOPD_FAULT_LOST", "fleet_claimed:1"),
+            // Each background pass holds the lost claim's fence a while before releasing it
+            // again: a retry sent then finds the fence out of the list, in the pass.
+            ("COINOPD_FAULT_DELAY", "fleet_background_settle:2000"),
+        ],
     )
     .await;
     share_mint_keys(&dirs[0], &dirs[1]);
@@ -524,6 +529,33 @@ async fn a_create_whose_claim_answer_is_lost_can_be_retried_at_once() {
     // The tenant's retry, without a restart: a lease, paid with the same notes.
     let lease = h1.create_lease(body).await;
     h1.stop_lease(&lease.id, &lease.token).await;
+}
+
+/// The same create sent again while a background pass is releasing its lost claim once
+/// more (held there: `fleet_background_settle`): the retry waits for that release and
+/// takes the fence over, rather than being refused as pending with nothing in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_retried_while_its_lost_claim_is_released_again_waits_and_runs() {
+    let Some(fleet) =
+        lost_claim_fleet("a_create_retried_while_its_lost_claim_is_released_again_waits_and_runs")
+            .await
+    else {
+        return;
+    };
+    let (h1, h2) = (&fleet.h1, &fleet.h2);
+    let proofs = h2.mint_credit(300).await;
+    let body = testguest_body("mode=echo", credit_payment(&proofs));
+    let r = h1
+        .call("POST", "/v1/leases", None, Some(body.clone()))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    // Passes start every second and hold each fence 2 s: by now one has this fence.
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let r = h1.call("POST", "/v1/leases", None, Some(body)).await;
+    assert_eq!(r.status, 201, "the retry runs: {}", r.text());
+    let v = r.json();
+    let (id, token) = (v["lease_id"].as_str(), v["token"].as_str());
+    h1.stop_lease(id.expect("id"), token.expect("token")).await;
 }
 
 /// The lost claim's release goes on in the background for a while, naming its operation
