@@ -233,8 +233,8 @@ pub enum LeaseCmd {
         /// [default: ~/.coinop/creates/<hash of the payment>.key].
         #[arg(long, value_name = "FILE")]
         recovery_key_file: Option<PathBuf>,
-        /// How many times to resend when the reply is lost (1 s apart).
-        #[arg(long, default_value_t = 3)]
+        /// How many times to resend when the reply is lost (1 s apart; at most 1000).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=1000))]
         retries: u32,
     },
     /// State, balance, usage and boot figures of a lease.

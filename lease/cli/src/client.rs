@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
@@ -31,7 +31,18 @@ pub enum ClientError {
         after.as_secs_f64()
     )]
     Timeout { path: PathBuf, after: Duration },
+    /// The answer's body is larger than any the API gives: something else is listening on
+    /// the socket, or the daemon is broken. Read no further rather than fill memory.
+    #[error("the answer from {} is larger than {} MiB; refused", path.display(), MAX_REPLY_BYTES >> 20)]
+    ReplyTooLarge { path: PathBuf },
+    /// The answer's body could not be read, for a cause other than the connection.
+    #[error("reading the answer: {0}")]
+    Body(String),
 }
+
+/// The largest answer body read. The API's largest (a NUT-09 restore of a whole wallet,
+/// a long lease list) are a few MiB.
+pub const MAX_REPLY_BYTES: usize = 64 << 20;
 
 /// A reply: status and body bytes.
 #[derive(Debug)]
@@ -155,7 +166,20 @@ impl Client {
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
+        let body = Limited::new(resp.into_body(), MAX_REPLY_BYTES)
+            .collect()
+            .await
+            .map_err(|e| match e.downcast::<hyper::Error>() {
+                // A connection that broke mid-answer: as it was before the limit.
+                Ok(broken) => ClientError::Http(*broken),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    ClientError::ReplyTooLarge {
+                        path: self.socket.clone(),
+                    }
+                }
+                Err(other) => ClientError::Body(other.to_string()),
+            })?
+            .to_bytes();
         Ok(Reply { status, body })
     }
 }
@@ -244,5 +268,36 @@ mod tests {
             .expect("task")
             .expect("answered once there was room");
         assert_eq!(reply.status, 200);
+    }
+
+    /// Something on the socket that answers with an endless body (no length, chunked):
+    /// the call ends with a clear error once the limit is passed, not with memory full.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_endless_answer_is_refused_past_the_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("endless.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        std::thread::spawn(move || {
+            let Some(Ok(mut stream)) = listener.incoming().next() else {
+                return;
+            };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                line.clear();
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+            let chunk = vec![b'x'; 1 << 20];
+            let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+            framed.extend_from_slice(&chunk);
+            framed.extend_from_slice(b"\r\n");
+            // Until the client hangs up.
+            while stream.write_all(&framed).is_ok() {}
+        });
+        let client = Client::new(&path).with_timeout(Duration::from_secs(60));
+        match client.call("GET", "/v1/host", None, None).await {
+            Err(ClientError::ReplyTooLarge { path: p }) => assert_eq!(p, path),
+            other => panic!("expected ReplyTooLarge, got {other:?}"),
+        }
     }
 }

@@ -133,6 +133,11 @@ pub async fn run(
             // A daemon that did not answer in time is still working on it, or stuck:
             // sending it the same create again would only wait as long once more.
             Err(e @ ClientError::Timeout { .. }) => return Err(lost(e)),
+            // Not coinopd's answer, or a broken one: whatever the create did, its
+            // recovery key is kept for the same command run again.
+            Err(e @ (ClientError::ReplyTooLarge { .. } | ClientError::Body(_))) => {
+                return Err(lost(e))
+            }
             Err(e @ (ClientError::Connect { .. } | ClientError::Http(_))) => {
                 if attempt >= retries {
                     return Err(lost(e));

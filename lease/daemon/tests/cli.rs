@@ -56,6 +56,12 @@ fn usage_errors_and_an_unreachable_daemon_have_their_own_exit_codes() {
         2,
         "/no/such",
     );
+    // Resending without end would keep a lost create's script waiting for ever.
+    assert_fails(
+        &coinop(&missing, &lease_create_args(&["--retries", "1001"])),
+        2,
+        "--retries",
+    );
     assert_fails(&coinop(&missing, &["host"]), 3, "cannot connect");
     let help = coinop(&missing, &["--help"]);
     assert_eq!(help.status.code(), Some(0));
