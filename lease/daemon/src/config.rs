@@ -247,7 +247,8 @@ pub struct Settings {
     pub header_timeout_ms: Option<u64>,
     /// A connection on which no byte moves for this many ms while no request of it is
     /// being worked on (a request body that stalls, a reply the client does not read) is
-    /// closed (default 30000).
+    /// closed, as is one whose request body is not all in this many ms after its head
+    /// (default 30000).
     #[arg(long)]
     pub idle_timeout_ms: Option<u64>,
     /// Address quotes (`POST /v1/quotes`, `POST /v1/mint/quote/onchain`) one non-operator

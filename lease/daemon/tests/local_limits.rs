@@ -682,9 +682,38 @@ async fn connections_that_send_nothing_or_stall_their_body_are_closed() {
         wait_closed(silent, "a silent connection"),
         wait_closed(stalled, "a stalled body")
     );
+    // A body trickled a byte every 300 ms is never idle for the 1 s idle timeout, and is
+    // closed all the same, 1 s after its head, rather than after its 100 bytes (30 s).
+    let mut trickled = connect_as(NOBODY, &d.socket);
+    trickled
+        .write_all(
+            b"POST /v1/quotes HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+              content-length: 100\r\n\r\n",
+        )
+        .expect("send a head");
+    let started = Instant::now();
+    let trickle = {
+        let mut t = trickled.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            for _ in 0..100 {
+                std::thread::sleep(Duration::from_millis(300));
+                if t.write_all(b" ").is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let trickled_for = wait_closed(trickled, "a trickled body").await;
+    let _ = trickle.join();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the trickled body is cut off at the deadline: {:?}",
+        started.elapsed()
+    );
     let _ = writeln!(
         std::io::stderr(),
-        "FIGURES: silent connection closed after {silent_for:?}, stalled body after {stalled_for:?}"
+        "FIGURES: silent connection closed after {silent_for:?}, stalled body after \
+         {stalled_for:?}, trickled body after {trickled_for:?}"
     );
     // The uid's room is back.
     let (status, _, body) =

@@ -2,7 +2,10 @@
 //! connection is admitted against [`ConnLimits`] by its peer's uid (SO_PEERCRED) before any
 //! byte of it is read, a request's head must arrive within the header timeout (which also
 //! bounds an idle keep-alive connection), and a connection on which nothing moves while no
-//! request of it is being worked on is closed after the idle timeout. HTTP is hyper's
+//! request of it is being worked on is closed after the idle timeout, as is one whose
+//! request body is not all in within the idle timeout of its head (a body trickled a byte
+//! at a time moves often enough never to be idle, and would hold the connection, and its
+//! uid's room, for days). HTTP is hyper's
 //! (through hyper-util's connection builder); this module only accepts, counts and times.
 //!
 //! A connection beyond the caps is answered 503 `too_many_connections` with
@@ -190,6 +193,9 @@ impl Conn {
         let mut shutting_down = false;
         loop {
             let idle_at = activity.idle_deadline(self.idle_timeout);
+            let wake_at = activity
+                .body_deadline(self.idle_timeout)
+                .map_or(idle_at, |body_at| body_at.min(idle_at));
             tokio::select! {
                 _ = conn.as_mut() => break,
                 changed = self.closing.changed(), if !shutting_down => {
@@ -199,7 +205,14 @@ impl Conn {
                     let _ = changed;
                     conn.as_mut().graceful_shutdown();
                 }
-                () = tokio::time::sleep_until(idle_at.into()) => {
+                () = tokio::time::sleep_until(wake_at.into()) => {
+                    if activity.body_overdue(self.idle_timeout) {
+                        tracing::debug!(uid = ?self.peer.uid,
+                                        "closing a connection whose request body is late");
+                        // Its handler, if it started, is still reading the body: nothing
+                        // was done for it yet.
+                        break;
+                    }
                     if activity.is_idle(self.idle_timeout) {
                         tracing::debug!(uid = ?self.peer.uid, "closing an idle connection");
                         // Dropping the connection closes it; no handler is running (a
@@ -220,6 +233,9 @@ struct Activity {
     /// ms since `epoch` of the last byte read or written.
     last_io_ms: AtomicU64,
     working: AtomicUsize,
+    /// ms since `epoch` of the head of the request whose body is still coming in, or
+    /// [`Activity::NO_BODY`]. One slot: HTTP/1 takes a connection's requests one by one.
+    body_since_ms: AtomicU64,
 }
 
 impl Activity {
@@ -228,12 +244,41 @@ impl Activity {
             epoch: Instant::now(),
             last_io_ms: AtomicU64::new(0),
             working: AtomicUsize::new(0),
+            body_since_ms: AtomicU64::new(Self::NO_BODY),
         }
     }
 
+    const NO_BODY: u64 = u64::MAX;
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// A request's head is in and its body is coming.
+    fn body_started(&self) {
+        self.body_since_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// The body is all in, or the handler is done without it.
+    fn body_ended(&self) {
+        self.body_since_ms.store(Self::NO_BODY, Ordering::Relaxed);
+    }
+
+    /// When the body still coming in must be all in.
+    fn body_deadline(&self, timeout: Duration) -> Option<Instant> {
+        match self.body_since_ms.load(Ordering::Relaxed) {
+            Self::NO_BODY => None,
+            since => Some(self.epoch + Duration::from_millis(since) + timeout),
+        }
+    }
+
+    fn body_overdue(&self, timeout: Duration) -> bool {
+        self.body_deadline(timeout)
+            .is_some_and(|at| Instant::now() >= at)
+    }
+
     fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_io_ms.store(ms, Ordering::Relaxed);
+        self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     fn last_io(&self) -> Instant {
@@ -337,6 +382,8 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
         });
         if req.body().is_end_stream() {
             work.body_done();
+        } else {
+            self.activity.body_started();
         }
         let mut req = req.map(|body| {
             Body::new(TrackedBody {
@@ -379,6 +426,7 @@ impl Work {
             )
             .is_ok()
         {
+            self.activity.body_ended();
             self.activity.working.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -391,8 +439,14 @@ struct HandlerDone(Arc<Work>);
 impl Drop for HandlerDone {
     fn drop(&mut self) {
         let work = &self.0;
-        if work.state.swap(Work::DONE, Ordering::AcqRel) == Work::WORKING {
-            work.activity.working.fetch_sub(1, Ordering::AcqRel);
+        match work.state.swap(Work::DONE, Ordering::AcqRel) {
+            Work::WORKING => {
+                work.activity.working.fetch_sub(1, Ordering::AcqRel);
+            }
+            // Answered without reading its body: hyper discards the rest, which the idle
+            // timeout bounds as it bounds a reply not read.
+            Work::WAITING_FOR_BODY => work.activity.body_ended(),
+            _ => {}
         }
     }
 }
