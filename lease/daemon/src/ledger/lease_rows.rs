@@ -180,3 +180,12 @@ impl Ledger {
         })
     }
 }
+
+/// A usage counter as the `leases` table holds it (SQLite integers are i64). What a VMM
+/// reports is not trusted (a guest may have taken its VMM over): a value beyond i64 would
+/// fail the whole transaction it is written in, and a tick's transaction carries every
+/// lease's debit, so one lease's absurd counter would stop the billing of all. Saturated
+/// instead: the lease that reported it is billed all its balance, and no other is touched.
+pub(crate) fn stored_counter(us: u64) -> i64 {
+    i64::try_from(us).unwrap_or(i64::MAX)
+}

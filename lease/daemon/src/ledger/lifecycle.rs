@@ -10,6 +10,7 @@ use rusqlite::params;
 use crate::clock::unix_s;
 use crate::vmm_process::VmmProcess;
 
+use super::lease_rows::stored_counter;
 use super::{Ledger, LedgerError, UsageBaseline};
 
 /// What [`Ledger::mark_guest_ended`] did.
@@ -161,8 +162,8 @@ impl Ledger {
                 boot_json,
                 unix_s(),
                 LeaseState::Booting,
-                baseline.map(|b| b.vcpu_total_us),
-                baseline.map(|b| b.uptime_us)
+                baseline.map(|b| stored_counter(b.vcpu_total_us)),
+                baseline.map(|b| stored_counter(b.uptime_us))
             ])?;
             Ok(())
         })

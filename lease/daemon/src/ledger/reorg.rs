@@ -9,7 +9,7 @@
 use coinop_proto::{LeaseState, StopReason};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::lease_rows::require_in;
+use super::lease_rows::{require_in, stored_counter};
 use super::{Ledger, LedgerError};
 use crate::clock::unix_s;
 
@@ -176,7 +176,14 @@ impl Ledger {
                     last_uptime_us = ?4, paused_at = CASE WHEN ?5 THEN paused_at ELSE ?6 END,
                     updated_at = ?6 WHERE id = ?1",
             )?
-            .execute(params![id, state, vcpu, uptime, funded, now])?;
+            .execute(params![
+                id,
+                state,
+                stored_counter(vcpu),
+                stored_counter(uptime),
+                funded,
+                now
+            ])?;
             Ok(funded)
         })
     }

@@ -8,7 +8,7 @@ use rusqlite::{params, Transaction};
 
 use crate::clock::unix_s;
 
-use super::lease_rows::get_in;
+use super::lease_rows::{get_in, stored_counter};
 use super::{LeaseRow, Ledger, LedgerError};
 
 /// One tick's reading of one guest's cumulative counters.
@@ -153,10 +153,10 @@ fn tick_one(
         lease.id,
         out.balance_msat,
         carry,
-        used_vcpu,
-        used_mem,
-        s.vcpu_total_us,
-        s.uptime_us,
+        stored_counter(used_vcpu),
+        stored_counter(used_mem),
+        stored_counter(s.vcpu_total_us),
+        stored_counter(s.uptime_us),
         if stop { LeaseState::Stopped } else { state },
         paused_at,
         stop,
@@ -171,6 +171,39 @@ fn tick_one(
 mod tests {
     use super::*;
     use crate::ledger::test_support::{credit, ledger, new_lease, s, P};
+
+    /// A VMM under a hostile guest's control reports counters SQLite cannot hold: that
+    /// lease is billed dry and paused, and the tick's other leases are debited as usual
+    /// (before, the whole tick failed, every tick, and nothing on the host was billed).
+    #[test]
+    fn a_counter_beyond_what_sqlite_holds_bills_its_own_lease_only() {
+        let (_d, l) = ledger();
+        for (key, id) in [(1, "a"), (2, "b")] {
+            l.create_lease(&new_lease(id), &credit(key, 3000))
+                .expect("create");
+            l.mark_running(id, None, "{}").expect("run");
+        }
+        let hostile = |vcpu_total_us, uptime_us| Sample {
+            lease_id: "b",
+            vcpu_total_us,
+            uptime_us,
+            vm_paused: false,
+        };
+        let o = l
+            .apply_tick(&[s(1_000_000, 1_000_000), hostile(u64::MAX, 1 << 60)], P, 0)
+            .expect("one lease's counters do not fail the tick");
+        assert_eq!(o[0].debited_msat, 2000, "{o:?}");
+        assert_eq!((o[1].balance_msat, &o[1].action), (0, &TickAction::Pause));
+        // And the next tick, with the hostile counters again, goes through as well.
+        let o = l
+            .apply_tick(
+                &[s(1_500_000, 1_500_000), hostile(u64::MAX, u64::MAX)],
+                P,
+                0,
+            )
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 1000, "{o:?}");
+    }
 
     #[test]
     fn ticks_debit_pause_and_stop_after_grace() {
