@@ -385,6 +385,8 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
     if leases.is_empty() {
         return Ok(());
     }
+    // Whatever a tick cut short left pending is not this tick's.
+    s.supervisor.usage_floors().discard_tick();
     let mut reads = JoinSet::new();
     for l in &leases {
         let recheck = l.state == LeaseState::Running && s.supervisor.take_recheck(&l.id);
@@ -392,6 +394,8 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
         reads.spawn(async move { read(&l, recheck).await });
     }
     let mut usages: Vec<(String, Floored, bool, bool)> = Vec::with_capacity(leases.len());
+    // The leases whose run state this tick's read asked (their recheck taken).
+    let mut rechecked = Vec::new();
     let mut answered = std::collections::HashSet::with_capacity(leases.len());
     let deadline = tokio::time::Instant::now() + read_deadline(s.config.tick_ms);
     loop {
@@ -408,6 +412,9 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
             continue;
         };
         answered.insert(r.id.clone());
+        if r.recheck {
+            rechecked.push(r.id.clone());
+        }
         match r.usage {
             Ok(u) => {
                 s.supervisor.reached(&r.id);
@@ -430,7 +437,7 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
     let s2 = s.clone();
     // Only a VMM found paused while the ledger had its lease running is resumed below.
     let paused: Vec<String> = usages.iter().filter(|o| o.2).map(|o| o.0.clone()).collect();
-    let outcomes = tokio::task::spawn_blocking(move || {
+    let committed = tokio::task::spawn_blocking(move || {
         let samples: Vec<Sample<'_>> = usages
             .iter()
             .map(|(id, f, _, unfunded)| Sample {
@@ -443,7 +450,25 @@ pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
         s2.ledger.apply_tick(&samples, s2.prices, s2.config.grace_s)
     })
     .await
-    .map_err(|_| LedgerError::Poisoned)??;
+    .map_err(|_| LedgerError::Poisoned)
+    .and_then(|r| r);
+    let floors = s.supervisor.usage_floors();
+    let outcomes = match committed {
+        Ok(outcomes) => {
+            floors.commit_tick();
+            outcomes
+        }
+        Err(e) => {
+            // Nothing of this tick was billed or acted on: what its readings taught the
+            // floors, and the run-state checks they used up, wait for a tick that commits
+            // (a VMM found paused is resumed by that tick, its pause still believed).
+            floors.discard_tick();
+            for id in rechecked.iter().chain(&paused) {
+                s.supervisor.recheck_state(id);
+            }
+            return Err(e);
+        }
+    };
     crate::fault::hit(crate::fault::point::TICK_COMMITTED);
     if outcomes.iter().any(|o| o.action == TickAction::Stop) {
         crate::fault::hit(crate::fault::point::TICK_STOP_COMMITTED);

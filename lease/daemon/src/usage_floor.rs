@@ -26,7 +26,9 @@
 //!
 //! The anchor is the first reading of a running lease (and one after each accepted pause,
 //! so paused time is never billed later): in memory only, so after a coinopd restart the
-//! first reading is taken as it comes. The floors only raise the sample handed to the
+//! first reading is taken as it comes. What a tick's readings change in the anchors holds
+//! only once the tick's debit commits ([`UsageFloors::commit_tick`]): a tick whose commit
+//! failed billed nothing, and a pause it believed must still be believable next tick. The floors only raise the sample handed to the
 //! ledger; the ledger's cumulative baselines keep every µs billed once.
 
 use std::collections::{HashMap, HashSet};
@@ -77,6 +79,8 @@ struct Anchor {
 #[derive(Debug, Default)]
 pub struct UsageFloors {
     anchors: Mutex<HashMap<String, Anchor>>,
+    /// The anchors this tick's readings set, until its debit commits.
+    pending: Mutex<HashMap<String, Anchor>>,
     /// Leases whose raised readings were logged (once a lease).
     logged: Mutex<HashSet<String>>,
 }
@@ -89,10 +93,12 @@ const GUEST_TIME_SLACK_PER_MILLE: u128 = 10;
 impl UsageFloors {
     /// Holds `r`, a reading of running lease `id`, to the floors (see the module's top);
     /// `read_deadline` is how long a tick waits for a reading.
+    /// The anchor it leaves is the tick's until [`UsageFloors::commit_tick`].
     pub fn floor(&self, id: &str, r: Reading, read_deadline: Duration) -> Floored {
-        let mut anchors = self.anchors.lock().unwrap_or_else(|p| p.into_inner());
+        let anchors = self.anchors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let Some(a) = anchors.get(id).copied() else {
-            anchors.insert(id.to_string(), anchor_at(&r, r.vcpu_total_us, r.uptime_us));
+            pending.insert(id.to_string(), anchor_at(&r, r.vcpu_total_us, r.uptime_us));
             return Floored {
                 vcpu_total_us: r.vcpu_total_us,
                 uptime_us: r.uptime_us,
@@ -108,8 +114,24 @@ impl UsageFloors {
         } else {
             a
         };
-        anchors.insert(id.to_string(), next);
+        pending.insert(id.to_string(), next);
         out
+    }
+
+    /// The tick's debit committed: the anchors its readings set hold.
+    pub fn commit_tick(&self) {
+        let mut anchors = self.anchors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        anchors.extend(pending.drain());
+    }
+
+    /// The tick's debit did not commit: its readings billed nothing, so the anchors stay
+    /// as the last committed tick left them.
+    pub fn discard_tick(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// coinopd itself asked lease `id`'s VMM to pause (its balance ran out): a "paused" it
@@ -117,11 +139,11 @@ impl UsageFloors {
     /// before a tick sees it paused (which forgets its anchor), with the pause or the
     /// top-up's resume still on its way to the VMM; that reading is coinopd's own doing.
     pub fn pause_sent(&self, id: &str) {
-        if let Some(a) = self
-            .anchors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(id)
+        let mut anchors = self.anchors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for a in [anchors.get_mut(id), pending.get_mut(id)]
+            .into_iter()
+            .flatten()
         {
             a.pause_believed = false;
         }
@@ -131,6 +153,10 @@ impl UsageFloors {
     /// so its next running reading starts a new one.
     pub fn forget(&self, id: &str) {
         self.anchors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
@@ -206,6 +232,36 @@ fn floored(a: &Anchor, r: &Reading, read_deadline: Duration) -> Floored {
 mod tests {
     use super::*;
 
+    /// One tick's reading of `id`, its debit committed.
+    fn committed(f: &UsageFloors, id: &str, r: Reading, deadline: Duration) -> Floored {
+        let out = f.floor(id, r, deadline);
+        f.commit_tick();
+        out
+    }
+
+    /// A tick whose debit did not commit (a full disk) leaves the anchors as they were: a
+    /// "paused" it believed is believed again next tick, which bills the same interval.
+    #[test]
+    fn a_tick_that_did_not_commit_changes_no_anchor() {
+        let f = UsageFloors::default();
+        let t0 = Instant::now();
+        committed(&f, "a", reading(t0, 0, 100, 1000, 100), DEADLINE);
+        let mut r = reading(t0, 5000, 100, 1000, 100);
+        r.vmm_paused = true;
+        assert!(f.floor("a", r, DEADLINE).paused, "believed once");
+        f.discard_tick();
+        let mut r = reading(t0, 6000, 100, 1000, 100);
+        r.vmm_paused = true;
+        assert!(
+            committed(&f, "a", r, DEADLINE).paused,
+            "the pause the failed tick believed is believed again"
+        );
+        // Committed now: the next one is not.
+        let mut r = reading(t0, 7000, 100, 1000, 100);
+        r.vmm_paused = true;
+        assert!(!committed(&f, "a", r, DEADLINE).paused);
+    }
+
     const DEADLINE: Duration = Duration::from_millis(250);
 
     /// A reading at `ms` after `t0`: the VMM's vCPU time and uptime, the kernel's guest time.
@@ -235,7 +291,7 @@ mod tests {
         .enumerate()
         {
             let r = reading(t0, ms, vcpu, up, guest);
-            let out = f.floor("a", r, DEADLINE);
+            let out = committed(&f, "a", r, DEADLINE);
             assert_eq!(
                 (out.vcpu_total_us, out.uptime_us, out.raised),
                 (r.vcpu_total_us, r.uptime_us, false),
@@ -244,12 +300,12 @@ mod tests {
         }
         // A VMM's uptime read up to a read deadline before coinopd's clock.
         let r = reading(t0, 4000, 3860, 5000 - 240, 3850);
-        assert!(!f.floor("a", r, DEADLINE).raised);
+        assert!(!committed(&f, "a", r, DEADLINE).raised);
         // Idle from the start: hardly any guest time.
-        f.floor("b", reading(t0, 0, 30, 500, 20), DEADLINE);
+        committed(&f, "b", reading(t0, 0, 30, 500, 20), DEADLINE);
         for s in 1..=60 {
             let r = reading(t0, s * 1000, 30 + s, 500 + s * 1000, 20 + s);
-            assert!(!f.floor("b", r, DEADLINE).raised, "second {s}");
+            assert!(!committed(&f, "b", r, DEADLINE).raised, "second {s}");
         }
     }
 
@@ -257,16 +313,16 @@ mod tests {
     fn flat_counters_are_raised_to_the_kernels_count_and_coinopds_clock() {
         let f = UsageFloors::default();
         let t0 = Instant::now();
-        f.floor("a", reading(t0, 0, 100, 1000, 90), DEADLINE);
+        committed(&f, "a", reading(t0, 0, 100, 1000, 90), DEADLINE);
         // Ten seconds of a spinning guest whose VMM says nothing moved.
-        let out = f.floor("a", reading(t0, 10_000, 100, 1000, 10_000), DEADLINE);
+        let out = committed(&f, "a", reading(t0, 10_000, 100, 1000, 10_000), DEADLINE);
         assert!(out.raised);
         // The kernel's 9.91 s of guest time, less 20 ms and 1% of the 10 s.
         assert_eq!(out.vcpu_total_us, (100 + 9_910 - 20 - 100) * 1000);
         // coinopd's 10 s, less twice the read deadline.
         assert_eq!(out.uptime_us, (1000 + 10_000 - 500) * 1000);
         // Cumulative from the anchor: the next reading bills only what came since.
-        let next = f.floor("a", reading(t0, 20_000, 100, 1000, 19_910), DEADLINE);
+        let next = committed(&f, "a", reading(t0, 20_000, 100, 1000, 19_910), DEADLINE);
         assert_eq!(next.vcpu_total_us, (100 + 19_820 - 20 - 200) * 1000);
         assert_eq!(next.uptime_us, (1000 + 20_000 - 500) * 1000);
     }
@@ -277,10 +333,10 @@ mod tests {
         let t0 = Instant::now();
         let mut r = reading(t0, 0, 100, 1000, 0);
         r.guest_time_us = None;
-        f.floor("a", r, DEADLINE);
+        committed(&f, "a", r, DEADLINE);
         let mut r = reading(t0, 5000, 100, 1000, 0);
         r.guest_time_us = None;
-        let out = f.floor("a", r, DEADLINE);
+        let out = committed(&f, "a", r, DEADLINE);
         assert_eq!(out.vcpu_total_us, 100_000);
         assert_eq!(out.uptime_us, (1000 + 5000 - 500) * 1000);
     }
@@ -289,57 +345,57 @@ mod tests {
     fn paused_is_believed_once_while_running_and_paused_time_is_not_billed_later() {
         let f = UsageFloors::default();
         let t0 = Instant::now();
-        f.floor("a", reading(t0, 0, 100, 1000, 100), DEADLINE);
+        committed(&f, "a", reading(t0, 0, 100, 1000, 100), DEADLINE);
         let mut r = reading(t0, 5000, 100, 1000, 101);
         r.vmm_paused = true;
-        let first = f.floor("a", r, DEADLINE);
+        let first = committed(&f, "a", r, DEADLINE);
         assert!(first.paused, "believed once: {first:?}");
         assert_eq!(first.uptime_us, 1_000_000, "no memory time for it");
         // Still "paused" after coinopd resumed it: its memory time is billed.
         let mut r = reading(t0, 6000, 100, 1000, 102);
         r.vmm_paused = true;
-        let again = f.floor("a", r, DEADLINE);
+        let again = committed(&f, "a", r, DEADLINE);
         assert!(!again.paused && again.raised, "{again:?}");
         // From the pause's reading on (1 s), not the 5 s before it.
         assert_eq!(again.uptime_us, (1000 + 1000 - 500) * 1000);
         // Running again: a later pause of the same running lease is not believed either
         // (honest VMMs are found paused once, at re-adoption); its memory time is billed.
-        f.floor("a", reading(t0, 7000, 100, 3000, 103), DEADLINE);
+        committed(&f, "a", reading(t0, 7000, 100, 3000, 103), DEADLINE);
         let mut r = reading(t0, 8000, 100, 4000, 104);
         r.vmm_paused = true;
-        let later = f.floor("a", r, DEADLINE);
+        let later = committed(&f, "a", r, DEADLINE);
         assert!(!later.paused && later.raised, "{later:?}");
         // Once the lease stopped running (paused for lack of funds) and runs again, its
         // first "paused" is believed.
         f.forget("a");
-        f.floor("a", reading(t0, 9000, 100, 5000, 105), DEADLINE);
+        committed(&f, "a", reading(t0, 9000, 100, 5000, 105), DEADLINE);
         let mut r = reading(t0, 10_000, 100, 6000, 106);
         r.vmm_paused = true;
-        assert!(f.floor("a", r, DEADLINE).paused);
+        assert!(committed(&f, "a", r, DEADLINE).paused);
     }
 
     #[test]
     fn a_pause_coinopd_sent_is_believed_again() {
         let f = UsageFloors::default();
         let t0 = Instant::now();
-        f.floor("a", reading(t0, 0, 100, 1000, 100), DEADLINE);
+        committed(&f, "a", reading(t0, 0, 100, 1000, 100), DEADLINE);
         let mut r = reading(t0, 1000, 100, 1000, 100);
         r.vmm_paused = true;
         assert!(
-            f.floor("a", r, DEADLINE).paused,
+            committed(&f, "a", r, DEADLINE).paused,
             "found paused once: believed"
         );
-        f.floor("a", reading(t0, 2000, 100, 2000, 101), DEADLINE);
+        committed(&f, "a", reading(t0, 2000, 100, 2000, 101), DEADLINE);
         // Its balance ran out: coinopd paused it, and a top-up set it running again before
         // a tick read it paused; the pause is coinopd's own.
         f.pause_sent("a");
         let mut r = reading(t0, 3000, 100, 2000, 101);
         r.vmm_paused = true;
-        assert!(f.floor("a", r, DEADLINE).paused, "believed again");
+        assert!(committed(&f, "a", r, DEADLINE).paused, "believed again");
         // And only that once.
         let mut r = reading(t0, 4000, 100, 2000, 101);
         r.vmm_paused = true;
-        assert!(!f.floor("a", r, DEADLINE).paused);
+        assert!(!committed(&f, "a", r, DEADLINE).paused);
     }
 
     #[test]
@@ -349,12 +405,12 @@ mod tests {
         // uptime floor got past its 500 ms of slack: no memory time at all.
         let f = UsageFloors::default();
         let t0 = Instant::now();
-        f.floor("a", reading(t0, 0, 100, 1000, 100), DEADLINE);
+        committed(&f, "a", reading(t0, 0, 100, 1000, 100), DEADLINE);
         let mut billed = 0;
         for tick in 1..=100u64 {
             let mut r = reading(t0, tick * 100, 100, 1000, 100);
             r.vmm_paused = tick % 2 == 1;
-            billed = f.floor("a", r, DEADLINE).uptime_us;
+            billed = committed(&f, "a", r, DEADLINE).uptime_us;
         }
         // The first pause (at 100 ms) believed; from there on, all but the slack is billed.
         assert!(
@@ -367,10 +423,10 @@ mod tests {
     fn a_forgotten_lease_starts_a_new_anchor() {
         let f = UsageFloors::default();
         let t0 = Instant::now();
-        f.floor("a", reading(t0, 0, 100, 1000, 100), DEADLINE);
+        committed(&f, "a", reading(t0, 0, 100, 1000, 100), DEADLINE);
         f.forget("a");
         // Paused for lack of funds meanwhile: its 30 s are not billed by a floor.
-        let out = f.floor("a", reading(t0, 30_000, 100, 1000, 100), DEADLINE);
+        let out = committed(&f, "a", reading(t0, 30_000, 100, 1000, 100), DEADLINE);
         assert!(!out.raised);
         f.keep_live(&HashSet::new());
         assert!(f.anchors.lock().expect("lock").is_empty());
