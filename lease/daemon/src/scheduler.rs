@@ -677,9 +677,11 @@ pub(crate) fn control_silent(s: &Shared, l: &LeaseRow, why: &str) {
     stop_control_lost(s, l);
 }
 
-/// Stops `l` `control_lost` (its balance kept for the tenant) and kills its VMM.
+/// Stops `l` `control_lost` (its balance kept for the tenant) and kills its VMM, after
+/// billing what it ran since its last reading as far as the floors can tell.
 fn stop_control_lost(s: &Shared, l: &LeaseRow) {
     s.supervisor.reached(&l.id);
+    bill_silent_window(s, l);
     match s.ledger.mark_stopped(&l.id, StopReason::ControlLost, None) {
         Ok(true) => stop_guest(s, l),
         // Stopped meanwhile: its stop (or the next tick's reconciliation) ends the VMM.
@@ -687,6 +689,60 @@ fn stop_control_lost(s: &Shared, l: &LeaseRow) {
         Err(e) => {
             tracing::error!(lease = %l.id, error = %e, "recording the stop; trying again next tick")
         }
+    }
+}
+
+/// Bills running lease `l` for the window its VMM gave no reading, before it is stopped
+/// for it: the kernel's guest time and coinopd's clock since the last committed reading
+/// ([`crate::usage_floor::UsageFloors::floor_silent`]). Without it, a VMM that never
+/// answers would run each lease's last 20 s (and, answering never, its whole run) for
+/// nothing, its balance kept for the tenant's refund. A lease with no reading since
+/// coinopd started has no anchor: its memory time is billed from the ledger's last
+/// update of it (whole seconds, so one less), its vCPU time not at all (the kernel's
+/// guest time of a warm restore's VMM holds time before its lease).
+fn bill_silent_window(s: &Shared, l: &LeaseRow) {
+    if l.state != LeaseState::Running {
+        return;
+    }
+    let deadline = read_deadline(s.config.tick_ms);
+    let guest_time_us = l.vmm().and_then(|v| v.guest_time_us());
+    let (vcpu_total_us, uptime_us) = match s.supervisor.usage_floors().floor_silent(
+        &l.id,
+        guest_time_us,
+        Instant::now(),
+        deadline,
+    ) {
+        Some(f) => (f.vcpu_total_us, f.uptime_us),
+        None => {
+            let since_s = crate::clock::unix_s()
+                .saturating_sub(l.updated_at)
+                .saturating_sub(1);
+            let since = Duration::from_secs(u64::try_from(since_s).unwrap_or(0));
+            let unread = since.saturating_sub(deadline * 2);
+            let unread_us = u64::try_from(unread.as_micros()).unwrap_or(u64::MAX);
+            (
+                l.last_vcpu_total_us,
+                l.last_uptime_us.saturating_add(unread_us),
+            )
+        }
+    };
+    let sample = Sample {
+        lease_id: &l.id,
+        vcpu_total_us,
+        uptime_us,
+        vm_paused: false,
+    };
+    match s.ledger.apply_tick(&[sample], s.prices, s.config.grace_s) {
+        Ok(outcomes) => {
+            for o in outcomes {
+                s.metrics.debited(o.debited_msat);
+                tracing::info!(lease = %l.id, debited_msat = o.debited_msat,
+                    "billed the time its VMM ran without answering, as the kernel and the clock saw it");
+            }
+        }
+        // Stopped all the same: a VMM that cannot be metered must not run on.
+        Err(e) => tracing::error!(lease = %l.id, error = %e,
+            "billing the time its VMM ran without answering"),
     }
 }
 

@@ -118,6 +118,30 @@ impl UsageFloors {
         out
     }
 
+    /// What lease `id` is billed up to although its VMM gave no reading (it stopped
+    /// answering, and the lease is being stopped for it): the floors alone, from its last
+    /// committed anchor to `now`, with the kernel's guest time `guest_time_us`. `None`
+    /// without an anchor (no reading since coinopd started): nothing to hold it to.
+    pub fn floor_silent(
+        &self,
+        id: &str,
+        guest_time_us: Option<u64>,
+        now: Instant,
+        read_deadline: Duration,
+    ) -> Option<Floored> {
+        let anchors = self.anchors.lock().unwrap_or_else(|p| p.into_inner());
+        let a = anchors.get(id)?;
+        // Counters at the anchor's: whatever the floors add is the silent window's.
+        let r = Reading {
+            vcpu_total_us: a.vcpu_total_us,
+            uptime_us: a.uptime_us,
+            vmm_paused: false,
+            guest_time_us,
+            at: now,
+        };
+        Some(floored(a, &r, read_deadline))
+    }
+
     /// The tick's debit committed: the anchors its readings set hold.
     pub fn commit_tick(&self) {
         let mut anchors = self.anchors.lock().unwrap_or_else(|p| p.into_inner());
@@ -237,6 +261,33 @@ mod tests {
         let out = f.floor(id, r, deadline);
         f.commit_tick();
         out
+    }
+
+    /// A VMM gone silent is billed what the floors alone say from its last anchor: the
+    /// kernel's guest time and coinopd's clock, less their slack.
+    #[test]
+    fn a_silent_vmm_is_held_to_the_floors_from_its_anchor() {
+        let f = UsageFloors::default();
+        let t0 = Instant::now();
+        assert!(
+            f.floor_silent("a", Some(0), t0, DEADLINE).is_none(),
+            "no anchor"
+        );
+        committed(&f, "a", reading(t0, 0, 100, 1000, 100), DEADLINE);
+        let silent = f
+            .floor_silent(
+                "a",
+                Some(10_100_000),
+                t0 + Duration::from_secs(10),
+                DEADLINE,
+            )
+            .expect("anchored");
+        // 10 s of guest time less 20 ms + 1%; 10 s of clock less twice the deadline.
+        assert_eq!(silent.vcpu_total_us, (100 + 10_000 - 20 - 100) * 1000);
+        assert_eq!(
+            silent.uptime_us,
+            1_000_000 + 10_000_000 - 2 * DEADLINE.as_micros() as u64
+        );
     }
 
     /// A tick whose debit did not commit (a full disk) leaves the anchors as they were: a

@@ -489,6 +489,7 @@ async fn stopped_control_lost<T>(
     let dir = StateDir::new();
     let d = Daemon::start(dir.path(), extra).await;
     let lease = spinning_lease(&d, 50).await;
+    let created = Instant::now();
     let vmm = recorded_vmm(dir.path(), &lease.id);
     let did = misbehave(dir.path(), &lease, &vmm);
     let since = Instant::now();
@@ -503,9 +504,18 @@ async fn stopped_control_lost<T>(
         "kept {kept_for:?} (an honest VMM could still be slow): stopped after {:?}",
         since.elapsed()
     );
+    let lived = created.elapsed();
     let v = d.call("GET", &path, Some(&lease.token), None).await.json();
     assert_eq!(v["stop_reason"], "control_lost", "{v}");
     assert!(v["balance_msat"].as_u64().unwrap_or(0) > 0, "{v}");
+    // The time it ran unread is billed too, as coinopd's clock saw it (less the floors'
+    // slack and a tick): not only what was read before it misbehaved.
+    let mem_mib = v["mem_mib"].as_u64().expect("mem_mib");
+    let billed_s = v["used"]["mem_mib_us"].as_u64().expect("used") as f64 / mem_mib as f64 / 1e6;
+    assert!(
+        billed_s >= lived.as_secs_f64() - 3.0,
+        "memory time billed for {billed_s:.1} s of the {lived:?} it lived: {v}"
+    );
     assert!(
         ends_within(&vmm, Duration::from_secs(10)).await,
         "the VMM was killed"
