@@ -466,6 +466,24 @@ async fn mint_swap_and_quotes_answer_507_on_a_full_disk_and_pay_once_when_space_
     let swap_body = serde_json::json!({"inputs": inputs, "outputs": swap_outputs});
     let quote_body = serde_json::json!({"vcpus": 1, "mem_mib": 64, "seconds": 60});
     let mint_quote_body = serde_json::json!({"amount": 10, "unit": "sat"});
+    // A NUT-30 quote paid while there is room, its payment proved only once degraded.
+    // The secp256k1 generator: a valid compressed key.
+    let pubkey = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+    let nut30 = post(
+        &d,
+        "/v1/mint/quote/onchain",
+        &serde_json::json!({"unit": "sat", "pubkey": pubkey}),
+    )
+    .await;
+    assert_eq!(nut30.status, 200, "{}", nut30.text());
+    let nut30 = nut30.json();
+    let address = nut30["request"].as_str().expect("address");
+    let (tx_hex, proof_hex) = common::pay_address(&d, address, 5).await;
+    let nut30_payment = format!(
+        "/v1/mint/quote/onchain/{}/payment",
+        nut30["quote"].as_str().expect("quote")
+    );
+    let nut30_proof = serde_json::json!({"tx_hex": tx_hex, "proof_hex": proof_hex});
 
     let routes = [
         ("/v1/swap", &swap_body),
@@ -503,10 +521,24 @@ async fn mint_swap_and_quotes_answer_507_on_a_full_disk_and_pay_once_when_space_
         vec!["UNSPENT"; inputs.len()],
         "a refused swap spent nothing"
     );
-    // Degraded on the full disk: refused up front, whatever the route.
+    // Degraded on the full disk: refused up front, whatever the route; a NUT-30 quote's
+    // payment too (its claim would write), with the 507 its operation documents.
     for (path, body) in routes {
         assert_full_on(path, &post(&d, path, body).await);
     }
+    let proved = post(&d, &nut30_payment, &nut30_proof).await;
+    assert_full_on(&nut30_payment, &proved);
+    let spec: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.yaml"))
+            .expect("openapi.yaml"),
+    )
+    .expect("YAML");
+    let listed = &spec["paths"]["/v1/mint/quote/onchain/{quote}/payment"]["post"]["responses"];
+    assert!(
+        listed.get("507").is_some(),
+        "the spec lists the payment proof's 507: {}",
+        proved.text()
+    );
 
     fs.free();
     // The refused swap again: it goes through now, and again gives the same signatures.

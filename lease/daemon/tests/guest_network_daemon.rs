@@ -475,7 +475,11 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(po
     let body =
         json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "payment": pay(&client).await});
     let plain = daemon.create_lease(&client, &state, body).await;
-    assert!(plain.get("network").is_none(), "no rootfs, no NIC: {plain}");
+    assert_eq!(
+        plain.get("network"),
+        Some(&Value::Null),
+        "no rootfs, no NIC: {plain}"
+    );
     let plain_id = plain["lease_id"].as_str().expect("id");
     if pooled {
         wait_until("a parked slot for the next lease", || {

@@ -41,8 +41,9 @@ pub struct CreateResponse {
     pub state: LeaseState,
     pub balance_msat: Msat,
     pub boot: BootFigures,
-    /// How to reach the guest; absent without a NIC.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// How to reach the guest; null without a NIC, as `GET /v1/leases/{id}` shows it (a
+    /// client reads the same field the same way in both). Absent from older hosts' replies.
+    #[serde(default)]
     pub network: Option<NetInfo>,
     /// The on-chain payment was mined after its quote expired: credited at the quote's
     /// price all the same. Present (true) only then.

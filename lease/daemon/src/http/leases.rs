@@ -2,7 +2,7 @@
 //! only: authenticate, call [`crate::leases`], choose the status code.
 
 use crate::http::path_param::IdPath;
-use axum::extract::{ConnectInfo, Extension, State};
+use axum::extract::{ConnectInfo, Extension, FromRequest, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -74,24 +74,27 @@ pub async fn list(
     Ok(Json(LeaseList { leases }))
 }
 
+/// The token is checked before the body is read: a caller without the lease's token gets
+/// its 401 whatever it sent, and never has the daemon read and parse up to the body limit.
 pub async fn topup(
     State(s): State<Shared>,
     IdPath(id): IdPath,
-    headers: HeaderMap,
-    JsonBody(req): JsonBody<TopupRequest>,
+    request: Request,
 ) -> Result<Json<TopupResponse>, ApiError> {
-    let l = lease_for(&s, &headers, &id).await?;
+    let l = lease_for(&s, request.headers(), &id).await?;
+    let JsonBody(req) = JsonBody::<TopupRequest>::from_request(request, &s).await?;
     let flow = async move { leases::topup(&s, l, req).await };
     Ok(Json(leases::to_completion(flow).await?))
 }
 
+/// Authenticates before reading the body, as [`topup`] does.
 pub async fn stop(
     State(s): State<Shared>,
     IdPath(id): IdPath,
-    headers: HeaderMap,
-    JsonBody(req): JsonBody<StopRequest>,
+    request: Request,
 ) -> Result<Json<StopResponse>, ApiError> {
-    let l = lease_for(&s, &headers, &id).await?;
+    let l = lease_for(&s, request.headers(), &id).await?;
+    let JsonBody(req) = JsonBody::<StopRequest>::from_request(request, &s).await?;
     let flow = async move { leases::stop(&s, l, req).await };
     Ok(Json(leases::to_completion(flow).await?))
 }

@@ -77,12 +77,24 @@ fn is_cashu_path(path: &str) -> bool {
     })
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not take that method",
-    )
+/// A route asked with a method it does not take: NUT-00's body under the Cashu mint's
+/// prefixes (a wallet that GETs `/v1/swap` reads `{detail, code}` like every other answer
+/// of the mint), coinop's elsewhere.
+async fn method_not_allowed(uri: axum::http::Uri) -> Response {
+    const MESSAGE: &str = "this route does not take that method";
+    let status = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+    // The operator's rotation lies under `/v1/keysets` but answers in coinop's shape.
+    if is_cashu_path(uri.path()) && uri.path() != "/v1/keysets/rotate" {
+        CashuError {
+            status,
+            detail: MESSAGE.into(),
+            code: CASHU_CODE_UNLISTED,
+            retry_after_s: None,
+        }
+        .into_response()
+    } else {
+        ApiError::new(status, "method_not_allowed", MESSAGE).into_response()
+    }
 }
 
 /// Every route of lease/openapi.yaml (and the Cashu mint routes).
