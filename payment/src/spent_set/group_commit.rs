@@ -224,7 +224,35 @@ fn run_batch(conn: &mut Connection, ops: &[&Op]) -> (Vec<Reply>, bool) {
     };
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
-        results.push(apply_in_savepoint(&mut tx, op));
+        let result = apply_in_savepoint(&mut tx, op);
+        if tx.is_autocommit() {
+            // SQLite rolled the whole transaction back (it may, on SQLITE_FULL, IOERR,
+            // BUSY or NOMEM): nothing the batch did so far stands, and a request run now
+            // would be its own durable transaction, answered as failed with the rest.
+            // Every request fails, typed as the refusal that ended it when it is one.
+            let what = format!(
+                "group commit of {} requests: the transaction was rolled back",
+                ops.len()
+            );
+            let refused = match result {
+                Err(SpentSetError::StorageRefused(r)) => Some(StorageRefused {
+                    reason: format!("{what}: {}", r.reason),
+                    ..r
+                }),
+                _ => None,
+            };
+            let results = ops
+                .iter()
+                .map(|_| {
+                    Err(match &refused {
+                        Some(r) => SpentSetError::StorageRefused(r.clone()),
+                        None => SpentSetError::Storage(what.clone()),
+                    })
+                })
+                .collect();
+            return (results, false);
+        }
+        results.push(result);
     }
     match tx.commit() {
         Ok(()) => (results, true),
@@ -281,6 +309,46 @@ mod tests {
             note: "batch".into(),
             receipt: None,
             signed: Vec::new(),
+        }
+    }
+
+    /// A batch the disk refuses part-way (here: the file at its page limit) answers every
+    /// request as what happened to it: none answered failed is spent, none answered spent
+    /// is missing (SQLite may roll back the whole transaction on SQLITE_FULL, after which
+    /// later requests would have run in autocommit mode, each durable on its own).
+    #[test]
+    fn a_batch_the_disk_refuses_answers_each_request_truly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spent.sqlite");
+        let mut conn = open_durable(&path).unwrap();
+        SqliteSpentSet::create_schema(&conn).unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        conn.pragma_update(None, "max_page_count", pages + 3)
+            .unwrap();
+        let big = |n: u32| Op::Claim {
+            keys: vec![key(n)],
+            state: SpendState::Spent,
+            note: "x".repeat(3000),
+            receipt: None,
+            signed: Vec::new(),
+        };
+        let ops: Vec<Op> = (0..40).map(big).collect();
+        let refs: Vec<&Op> = ops.iter().collect();
+        let (results, committed) = run_batch(&mut conn, &refs);
+        assert!(
+            results.iter().any(|r| r.is_err()),
+            "the page limit was reached"
+        );
+        let states =
+            SqliteSpentSet::states_in(&conn, &(0..40).map(key).collect::<Vec<_>>()).unwrap();
+        for (i, (r, st)) in results.iter().zip(&states).enumerate() {
+            assert_eq!(
+                r.is_ok() && committed,
+                st.is_some(),
+                "request {i}: answered {r:?} (committed {committed}), stored {st:?}"
+            );
         }
     }
 
