@@ -217,7 +217,9 @@ impl FleetMint {
         self.ready.load(Ordering::Acquire)
     }
 
-    fn require_ready(&self) -> Result<(), FleetMintError> {
+    /// Refuses (503) while this host has not adopted the fleet's keysets: until then its
+    /// mint holds keyset 0 alone, which is not what the fleet lists once it has rotated.
+    pub(crate) fn require_ready(&self) -> Result<(), FleetMintError> {
         if self.is_ready() {
             Ok(())
         } else {

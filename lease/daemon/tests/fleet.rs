@@ -374,8 +374,13 @@ async fn a_store_outage_refuses_money_and_heals_by_itself() {
     let h1 = host(&pg, &dir, 1, &[]).await;
     let view = h1.call("GET", "/v1/host", None, None).await.json();
     assert_eq!(view["store"]["ready"], false, "{view}");
-    let more = h1.call("GET", "/v1/keys", None, None).await;
-    assert_eq!(more.status, 200);
+    // Its keysets are the fleet's once read from the store: until then, none are given
+    // (keyset 0 alone would be wrong once the fleet has rotated).
+    for route in ["/v1/keys", "/v1/keysets"] {
+        let r = h1.call("GET", route, None, None).await;
+        assert_eq!(r.status, 503, "{route}: {}", r.text());
+        assert!(r.json()["detail"].is_string(), "NUT-00 body: {}", r.text());
+    }
     let (r, _) = swap(&h1, &wallet, &fresh_notes).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(
@@ -385,6 +390,7 @@ async fn a_store_outage_refuses_money_and_heals_by_itself() {
     );
     pg.start_again().expect("starting PostgreSQL again");
     h1.wait_store_ready().await;
+    assert_eq!(h1.call("GET", "/v1/keysets", None, None).await.status, 200);
     let (r, _) = swap(&h1, &wallet, &fresh_notes).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }

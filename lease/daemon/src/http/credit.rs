@@ -33,8 +33,13 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("worker: {e}")))?
 }
 
-pub async fn keys(State(s): State<Shared>) -> Json<KeysResponse> {
-    Json(s.mint.keys())
+/// On a fleet, 503 until this host has the fleet's keysets (as [`keysets`]): a wallet
+/// that cached keyset 0 as active after a rotation would have its outputs refused.
+pub async fn keys(State(s): State<Shared>) -> Result<Json<KeysResponse>, CashuError> {
+    if let Some(fleet_mint) = &s.fleet_mint {
+        fleet_mint.require_ready()?;
+    }
+    Ok(Json(s.mint.keys()))
 }
 
 pub async fn keys_for(
@@ -48,8 +53,13 @@ pub async fn keys_for(
     Ok(Json(s.mint.keys_for(&id)?))
 }
 
-pub async fn keysets(State(s): State<Shared>) -> Json<KeysetsResponse> {
-    Json(s.mint.keysets())
+/// On a fleet, 503 until this host has the fleet's keysets: the list is the same on every
+/// host, or not given.
+pub async fn keysets(State(s): State<Shared>) -> Result<Json<KeysetsResponse>, CashuError> {
+    if let Some(fleet_mint) = &s.fleet_mint {
+        fleet_mint.require_ready()?;
+    }
+    Ok(Json(s.mint.keysets()))
 }
 
 pub async fn info(State(s): State<Shared>) -> Json<MintInfo> {
