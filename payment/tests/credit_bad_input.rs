@@ -348,6 +348,32 @@ fn secrets_with_spending_conditions_or_bad_length_are_rejected() {
         });
     }
     assert_untouched(&t, &proofs);
+    // Notes properly signed for NUT-10 secrets that JSON whitespace precedes: every wallet
+    // parses them as locked, so a mint taking them for plain secrets would let whoever
+    // holds one spend it without the lock's signature.
+    let id = t.mint.active_keyset_id();
+    let p2pk = r#"["P2PK",{"nonce":"00","data":"02aa","tags":[]}]"#;
+    let htlc = r#"[ "HTLC" , {"nonce":"01","data":"00"} ]"#;
+    let locked: Vec<String> = vec![
+        format!(" {p2pk}"),
+        format!("\n{p2pk}"),
+        format!("\t\r\n {htlc}"),
+        // Refused without a full parse: a lenient parser (Python's) reads NaN.
+        r#"["P2PK",{"nonce":"00","data":NaN}]"#.to_string(),
+    ];
+    for secret in locked {
+        let pending = vec![output_with_secret(&id, 1, secret.clone())];
+        let sigs = t
+            .mint
+            .mint(1, &messages(&pending))
+            .expect("outputs are blind");
+        let proofs = unblind_all(&t.mint, &pending, &sigs);
+        let outs = messages(&outputs(&id, &[1]));
+        expect(swap(&t, &proofs, &outs), Some(10001), |e| {
+            matches!(e, CreditError::SecretRejected { index: 0, .. })
+        });
+        assert_untouched(&t, &proofs);
+    }
 }
 
 #[test]

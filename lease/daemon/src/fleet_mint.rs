@@ -602,6 +602,26 @@ impl FleetMint {
             .map(|found| found.into_iter().map(blind_signature).collect()))
     }
 
+    /// Whether every one of `outputs` (at least one) is held in the store for `operation`,
+    /// delivered or still pending: read after [`FleetMint::answer_again`] found them not
+    /// all delivered, `true` means the request is the operation itself, its settle not done
+    /// yet (deferred, or under way on another host), so the same request again will be
+    /// answered once it is; `false`, that these outputs were never the operation's.
+    pub async fn held_for_operation(
+        &self,
+        outputs: &[BlindedMessage],
+        operation: &str,
+    ) -> Result<bool, FleetMintError> {
+        let b_s = output_keys(outputs)?;
+        if b_s.is_empty() {
+            return Ok(false);
+        }
+        let rows = self.outputs.lookup(&b_s).await?;
+        Ok(rows
+            .iter()
+            .all(|r| r.as_ref().is_some_and(|r| r.operation_id == operation)))
+    }
+
     /// NUT-09 restore's records: for each `B_`, what the fleet delivered, else what this
     /// host's own spent set recorded (signatures it made that the fleet store does not
     /// keep: from before it joined the fleet).

@@ -174,7 +174,7 @@ async fn a_nut30_mint_sent_again_gets_the_same_signatures() {
     assert_eq!(r.status, 200, "{}", r.text());
     let wallet = common::Wallet::new(&d).await;
     let signed_request = |outputs: Vec<BlindedMessage>| {
-        let digest = mint_message_digest(&quote, &outputs);
+        let digest = mint_message_digest(&quote, &outputs).expect("hex outputs");
         let sig =
             Secp256k1::new().sign_schnorr_no_aux_rand(&Message::from_digest(digest), &quote_key());
         json!({"quote": quote, "outputs": outputs, "signature": hex::encode(sig.as_ref())})

@@ -1038,3 +1038,169 @@ async fn an_output_signed_before_the_join_is_not_delivered_again_at_another_amou
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(signatures(&r), signed_alone);
 }
+
+/// NUT-00 code 20002: the quote's payment minted already (final for a wallet).
+const QUOTE_ISSUED: u64 = 20002;
+
+/// A regtest tpub from a fixed seed, for hosts whose quotes are the fleet's (one xpub).
+fn fleet_tpub() -> String {
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let master = bitcoin::bip32::Xpriv::new_master(bitcoin::NetworkKind::Test, &[17u8; 32])
+        .expect("a 32-byte seed");
+    bitcoin::bip32::Xpub::from_priv(&secp, &master).to_string()
+}
+
+/// Host `n` with the fleet's xpub (its quotes paid and minted on any host) and `env`.
+async fn quoting_host(
+    pg: &TestCluster,
+    dir: &StateDir,
+    n: u32,
+    seed: &Path,
+    env: &[(&str, &str)],
+) -> Daemon {
+    let mut args = host_args(pg, n, seed);
+    args.extend(["--xpub".into(), fleet_tpub()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d = Daemon::spawn(dir.path(), &args, env).await;
+    d.wait_store_ready().await;
+    d
+}
+
+/// The store refuses every settle of a signed-outputs reservation (a trigger on its
+/// table), as it refuses them while it is failing: the settle is left for the background.
+const REFUSE_OUTPUT_SETTLES: &str = "
+    CREATE FUNCTION coinop_test_refuse() RETURNS trigger LANGUAGE plpgsql AS
+      $$ BEGIN RAISE EXCEPTION 'output settles refused by the test'; END $$;
+    CREATE TRIGGER coinop_test_refuse BEFORE UPDATE OR DELETE ON coinop_signed_outputs
+      FOR EACH ROW EXECUTE FUNCTION coinop_test_refuse();";
+
+/// An on-chain mint on host 1, held 3 s after reserving its outputs. A copy of it sent
+/// meanwhile, to host 1 (the operation in flight there) or to host 2 (host 1's claim
+/// pending in the store), is 11002, which wallets retry, never 20002 (already issued),
+/// which they take as final. The first is answered while the store refuses its outputs'
+/// settle (left for the background) but not its fence's: the payment is spent under
+/// this very request and its signatures are not delivered yet, so the copy on host 2 is
+/// still 11002, and once the settle is done it gets the first's signatures. The same
+/// payment with other outputs is 20002 throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_a_mint_in_flight_or_not_settled_is_pending_not_issued() {
+    let Some(pg) = cluster("a_copy_of_a_mint_in_flight_or_not_settled_is_pending_not_issued")
+    else {
+        return;
+    };
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let seed = seed_file(secrets.path(), 0x88, 0o600);
+    let dirs = [StateDir::new(), StateDir::new()];
+    let h1 = quoting_host(
+        &pg,
+        &dirs[0],
+        1,
+        &seed,
+        &[("COINOPD_FAULT_DELAY", "fleet_outputs_reserved:3000")],
+    )
+    .await;
+    let h2 = quoting_host(&pg, &dirs[1], 2, &seed, &[]).await;
+
+    let r = h1
+        .call(
+            "POST",
+            "/v1/mint/quote/onchain",
+            None,
+            Some(json!({"amount": 64, "unit": "sat"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let quote_id = r.json()["quote"].as_str().expect("quote").to_string();
+    let r = h1
+        .call("GET", &format!("/v1/quotes/{quote_id}"), None, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let quote = r.json();
+    let (tx_hex, proof_hex) = common::pay_address_on(
+        &[&h1, &h2],
+        quote["address"].as_str().expect("address"),
+        quote["amount_sat"].as_u64().expect("amount_sat"),
+    )
+    .await;
+    let payment = json!({"quote_id": quote_id, "tx_hex": tx_hex, "proof_hex": proof_hex});
+    let wallet = Wallet::new(&h2).await;
+    let blanks = wallet.outputs(&[64]);
+    let body = json!({"payment": payment, "outputs": messages(&blanks)});
+    let other = json!({"payment": payment, "outputs": messages(&wallet.outputs(&[64]))});
+
+    let first = h1.call("POST", "/v1/mint/onchain", None, Some(body.clone()));
+    let meanwhile = async {
+        common::wait_for(
+            async || {
+                pg.psql(
+                    "fleet",
+                    "SELECT count(*) FROM coinop_signed_outputs \
+                     WHERE host_id = 'host-1' AND state = 1",
+                )
+                .is_ok_and(|n| n != "0")
+            },
+            "host 1 reserving the mint's outputs",
+        )
+        .await;
+        for (h, what) in [(&h1, "on host 1"), (&h2, "on host 2")] {
+            let r = h
+                .call("POST", "/v1/mint/onchain", None, Some(body.clone()))
+                .await;
+            assert_eq!(
+                (r.status, cashu_code(&r)),
+                (400, PENDING),
+                "a copy {what} while the first is in flight: {}",
+                r.text()
+            );
+        }
+        pg.psql("fleet", REFUSE_OUTPUT_SETTLES)
+            .expect("refusing output settles");
+    };
+    let (first, ()) = tokio::join!(first, meanwhile);
+    assert_eq!(first.status, 200, "{}", first.text());
+
+    let r = h2
+        .call("POST", "/v1/mint/onchain", None, Some(body.clone()))
+        .await;
+    assert_eq!(
+        (r.status, cashu_code(&r)),
+        (400, PENDING),
+        "the payment spent by this request, its outputs not delivered yet: {}",
+        r.text()
+    );
+    let r = h2
+        .call("POST", "/v1/mint/onchain", None, Some(other.clone()))
+        .await;
+    assert_eq!(
+        (r.status, cashu_code(&r)),
+        (400, QUOTE_ISSUED),
+        "{}",
+        r.text()
+    );
+
+    pg.psql(
+        "fleet",
+        "DROP TRIGGER coinop_test_refuse ON coinop_signed_outputs",
+    )
+    .expect("settles allowed again");
+    let start = std::time::Instant::now();
+    let again = loop {
+        let r = h2
+            .call("POST", "/v1/mint/onchain", None, Some(body.clone()))
+            .await;
+        if (r.status, cashu_code(&r)) != (400, PENDING) || start.elapsed() > Duration::from_secs(30)
+        {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(signatures(&again), signatures(&first));
+    let r = h1.call("POST", "/v1/mint/onchain", None, Some(other)).await;
+    assert_eq!(
+        (r.status, cashu_code(&r)),
+        (400, QUOTE_ISSUED),
+        "{}",
+        r.text()
+    );
+}

@@ -532,7 +532,7 @@ fn nut30_mint_body(
 ) -> Value {
     use bitcoin::secp256k1::{Message, Secp256k1};
     use payment::credit::mint_quote_signature::mint_message_digest;
-    let digest = mint_message_digest(quote, &outputs);
+    let digest = mint_message_digest(quote, &outputs).expect("hex outputs");
     let sig = Secp256k1::new().sign_schnorr_no_aux_rand(&Message::from_digest(digest), key);
     json!({"quote": quote, "outputs": outputs, "signature": hex::encode(sig.as_ref())})
 }

@@ -752,10 +752,7 @@ impl Mint {
         }
         // NUT-10 well-known secrets `[kind, {...}]` lock notes to conditions this mint does
         // not enforce; accepting them as plain secrets would let anyone spend locked notes.
-        if secret.starts_with('[')
-            && serde_json::from_str::<(String, serde_json::Map<String, serde_json::Value>)>(secret)
-                .is_ok()
-        {
+        if may_be_nut10(secret) {
             return Err(CreditError::SecretRejected {
                 index,
                 reason: "NUT-10 spending conditions are not supported",
@@ -904,4 +901,16 @@ fn sign_one(output: &CheckedOutput) -> Result<BlindSignature, CreditError> {
             s: hex::encode(dleq.s.secret_bytes()),
         }),
     })
+}
+
+/// Whether a wallet could read `secret` as a NUT-10 well-known secret: a JSON array
+/// (`[kind, {...}]`), allowing the whitespace JSON allows before it (space, tab, line feed,
+/// carriage return: RFC 8259), which every wallet's JSON parser skips. Deliberately wider
+/// than a full parse: wallets' parsers differ in leniency (Python's reads `NaN`, for one),
+/// so a secret that one of them might take for a lock is refused without asking which;
+/// wallets make plain secrets as random hex (NUT-00, NUT-13), never arrays, so none is lost.
+fn may_be_nut10(secret: &str) -> bool {
+    secret
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('[')
 }

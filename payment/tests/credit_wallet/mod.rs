@@ -46,7 +46,11 @@ pub fn random_secret() -> String {
 }
 
 pub fn output(keyset_id: &str, amount: u64) -> Pending {
-    let secret = random_secret();
+    output_with_secret(keyset_id, amount, random_secret())
+}
+
+/// An output for `secret` as given: how a wallet makes a note locked by a NUT-10 secret.
+pub fn output_with_secret(keyset_id: &str, amount: u64, secret: String) -> Pending {
     let r = SecretKey::new(&mut thread_rng());
     let b_ = blind_message(secret.as_bytes(), &r).unwrap();
     Pending {

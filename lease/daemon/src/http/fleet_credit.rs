@@ -12,7 +12,8 @@
 //! A failure or crash at any point leaves nothing spent without its signatures recorded
 //! locally, and nothing signed twice: see the two modules' docs. Inputs held under the same
 //! receipt by another host (the same request, its reply lost) are answered with the
-//! signatures that host delivered.
+//! signatures that host delivered, or, while they are not delivered yet, refused as
+//! pending (11002, which wallets retry).
 
 use std::sync::Arc;
 
@@ -28,7 +29,7 @@ use payment::spent_set::{SpendState, SpentSet};
 use super::credit::{blocking, mint_locally, swap_input_keys, swap_locally};
 use crate::app::Shared;
 use crate::fleet::{Fence, Fleet, FleetError};
-use crate::fleet_mint::FleetMint;
+use crate::fleet_mint::{FleetMint, FleetMintError};
 use crate::http::error::{ApiError, CashuError};
 use crate::ledger::{Credit, LedgerError};
 
@@ -37,26 +38,45 @@ fn local_spent(s: &Shared) -> Arc<dyn SpentSet> {
     s.spent.clone()
 }
 
-/// The fence refused: if the inputs were spent by this very request on another host (same
-/// receipt) and its signatures delivered, those signatures; else the refusal.
+/// The fence refused: if the inputs were spent by this very request (same receipt, on
+/// another host: its reply lost) and its signatures delivered, those signatures. If they
+/// were spent by it but its outputs' settle is not done yet (left for the background after
+/// the store failed it, or still under way), the refusal says the inputs are pending: the
+/// same request again is answered once that settle is done, so it must not be told, in
+/// words a wallet takes as final, that its inputs went to something else. Else the
+/// refusal itself.
 async fn answered_before(
     fleet_mint: &FleetMint,
     outputs: &[BlindedMessage],
     operation: &str,
     refused: FleetError,
 ) -> Result<Vec<BlindSignature>, FleetError> {
-    if matches!(
-        refused,
-        FleetError::AlreadySpent {
-            state: SpendState::Spent,
-            ..
-        }
-    ) {
-        if let Ok(Some(signatures)) = fleet_mint.answer_again(outputs, operation).await {
-            return Ok(signatures);
-        }
-    }
-    Err(refused)
+    let FleetError::AlreadySpent {
+        kind,
+        key_hex,
+        state: SpendState::Spent,
+    } = refused
+    else {
+        return Err(refused);
+    };
+    let ours = match fleet_mint.answer_again(outputs, operation).await {
+        Ok(Some(signatures)) => return Ok(signatures),
+        Ok(None) => fleet_mint.held_for_operation(outputs, operation).await,
+        Err(e) => Err(e),
+    };
+    let state = match ours {
+        Ok(true) => SpendState::Pending,
+        // Which it is cannot be told now: the store's own 503, which asks for a retry.
+        Err(FleetMintError::Unavailable(m)) => return Err(FleetError::Unavailable(m)),
+        // Outputs the mint cannot read (a bad `B_`) were never any operation's: the
+        // inputs' refusal is the answer.
+        Ok(false) | Err(_) => SpendState::Spent,
+    };
+    Err(FleetError::AlreadySpent {
+        kind,
+        key_hex,
+        state,
+    })
 }
 
 /// One fenced request: its inputs' fence, the outputs it signs, its operation id (the
@@ -223,10 +243,17 @@ async fn mint_detached(
         Err(refused) => {
             return match answered_before(&fleet_mint, &req.outputs, &operation, refused).await {
                 Ok(signatures) => Ok(Json(MintOnchainResponse { signatures })),
-                // The payment's outpoints are held: it minted (or is minting) already.
-                Err(e @ FleetError::AlreadySpent { .. }) => {
-                    Err(LedgerError::AlreadySpent(e.to_string()).into())
-                }
+                // The payment's outpoints are spent by another request: it minted already
+                // (20002, final).
+                Err(
+                    e @ FleetError::AlreadySpent {
+                        state: SpendState::Spent,
+                        ..
+                    },
+                ) => Err(LedgerError::AlreadySpent(e.to_string()).into()),
+                // Pending (a copy of this request still in flight, this request's settle
+                // not done yet, or another request's fence not settled yet) is 11002, which
+                // wallets retry: it may yet be this request's to answer, or be released.
                 Err(other) => Err(other.into()),
             };
         }
