@@ -8,7 +8,10 @@
 //! guests the same uid: each skips the uids the other holds. A coinopd that crashes drops
 //! its claims while its guests may still run; the restarted one claims their uids back as
 //! it re-adopts them ([`UidPool::claim`]), and a uid another coinopd took meanwhile is an
-//! error there, not a silent share.
+//! error there, not a silent share. So that no other coinopd takes such a uid meanwhile,
+//! [`UidPool::take`] also skips a uid some process on the host runs as (any of its real,
+//! effective, saved or filesystem uids, from `/proc/PID/status`): a guest whose coinopd
+//! is gone holds no claim, but its VMM still runs as its uid.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -52,6 +55,10 @@ pub enum Error {
         /// Its holder's pid, as the holder wrote it.
         pid: Option<u32>,
     },
+    /// The host's processes could not be listed (`/proc`), so a uid a running guest
+    /// holds could not be told apart from a free one.
+    #[error("listing the host's processes' uids in /proc: {0}")]
+    Processes(std::io::Error),
     /// The claim directory is unusable.
     #[error("jail uid claims: {0}")]
     ClaimDir(#[from] ClaimDirError),
@@ -140,9 +147,16 @@ impl UidPool {
 
     /// Takes the lowest uid free here and, for a pool with claims, not held by another
     /// process.
+    /// For a pool with claims, also not the uid of any process running on the host.
     pub fn take(&self) -> Result<JailUid, Error> {
         let mut in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
         let mut elsewhere = 0;
+        // Read once a take: a uid a process starts running as after this is one another
+        // coinopd took with its claim, which the claim below finds held.
+        let running = match &self.claims {
+            Some(_) => uids_of_processes().map_err(Error::Processes)?,
+            None => BTreeSet::new(),
+        };
         for uid in self.first..self.first + self.count {
             if in_use.contains(&uid) {
                 continue;
@@ -151,6 +165,12 @@ impl UidPool {
                 None => None,
                 Some(dir) => {
                     match PidLock::try_take_removable(&Self::claim_path(dir, uid), CLAIM_MODE) {
+                        // Claimed by nobody, but a guest whose coinopd is gone runs as it
+                        // (that coinopd's restart re-adopts it under this uid).
+                        Ok(_) if running.contains(&uid) => {
+                            elsewhere += 1;
+                            continue;
+                        }
                         Ok(lock) => Some(lock),
                         Err(PidLockError::Held { .. }) => {
                             elsewhere += 1;
@@ -210,6 +230,33 @@ impl UidPool {
     }
 }
 
+/// Every uid some process on the host runs as: the real, effective, saved and filesystem
+/// uids of each `/proc/PID/status` (a process that ends while this reads is skipped).
+fn uids_of_processes() -> std::io::Result<BTreeSet<u32>> {
+    let mut uids = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
+            uids.extend(
+                line["Uid:".len()..]
+                    .split_whitespace()
+                    .filter_map(|u| u.parse::<u32>().ok()),
+            );
+        }
+    }
+    Ok(uids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +291,33 @@ mod tests {
         assert_eq!(first.get(), 1000);
         assert_eq!(pool.take().expect("next free").get(), 1002);
         drop((kept, first));
+    }
+
+    /// A guest whose coinopd crashed runs on as its uid with no claim held: another
+    /// coinopd's pool skips that uid rather than give a second guest the same one.
+    #[test]
+    fn a_uid_a_process_runs_as_is_not_taken() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED: running a process as another uid needs root");
+            return;
+        }
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Far from the ranges other tests and the daemon's defaults use.
+        let first = 3_999_000;
+        let pool = UidPool::with_claims(first, 3, dir.path()).expect("pool");
+        let mut orphan = std::process::Command::new("sleep")
+            .arg("30")
+            .uid(first)
+            .gid(first)
+            .spawn()
+            .expect("a process as the pool's first uid");
+        let taken = pool.take();
+        let _ = orphan.kill();
+        let _ = orphan.wait();
+        assert_eq!(taken.expect("a uid").get(), first + 1);
+        // Once it is gone, the uid is free again.
+        assert_eq!(pool.take().expect("a uid").get(), first);
     }
 
     #[test]
