@@ -280,16 +280,34 @@ pub(crate) fn show(r: &Reply, view: View, json_mode: bool) -> Result<(), Exit> {
     if let Err(e) = print_reply(r, view, json_mode) {
         // A refusal is still told on stderr with its exit 1; only its details were lost.
         outcome(r)?;
-        return Err(Exit::output(
-            &e,
-            &format!(
-                "the daemon did what was asked (HTTP {}); `coinop lease show` tells a lease's \
-                 state",
-                r.status
-            ),
-        ));
+        return Err(Exit::output(&e, &lost_answer_note(view, r.status)));
     }
     outcome(r)
+}
+
+/// What a tenant whose stdout refused the answer of a `view` command should know: whether
+/// anything changed, and how to see it again.
+fn lost_answer_note(view: View, status: u16) -> String {
+    match view {
+        View::Host | View::Lease | View::Leases | View::Text => {
+            format!("nothing changed (HTTP {status}): run the same command again")
+        }
+        View::Quote => format!(
+            "the quote was made (HTTP {status}) and its id is lost with the answer: ask for \
+             another"
+        ),
+        View::Created | View::Topup | View::Stopped => format!(
+            "the daemon did what was asked (HTTP {status}); `coinop lease show` tells a lease's \
+             state"
+        ),
+        View::Headers => format!(
+            "the daemon took the headers (HTTP {status}); `coinop host` shows the chain's tip"
+        ),
+        View::Keysets => format!(
+            "the daemon did what was asked (HTTP {status}); `GET /v1/keysets` lists the \
+             keysets"
+        ),
+    }
 }
 
 /// Runs the parsed command line; the error carries the exit code and its one-line message.

@@ -111,6 +111,22 @@ async fn json_is_the_daemons_answer_and_human_output_is_text() {
         "--json prints the body byte for byte"
     );
 
+    // A read whose answer cannot be written (stdout on a full disk) is exit 4, and says
+    // that nothing changed: not a lease command's advice.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let lost = tokio::task::block_in_place(|| {
+        common::cli_process::coinop_with_stdout(&d.socket, &["host"], full)
+    });
+    assert_eq!(lost.status.code(), Some(4), "{}", stderr(&lost));
+    assert!(
+        stderr(&lost).contains("nothing changed") && !stderr(&lost).contains("lease show"),
+        "{}",
+        stderr(&lost)
+    );
+
     let human = coinop_async(&d.socket, &["host"], &[]).await;
     assert_eq!(human.status.code(), Some(0));
     let h = stdout(&human);
