@@ -336,6 +336,30 @@ impl PgQuoteBook {
         purpose: QuotePurpose,
         floor_index: u64,
     ) -> Result<Quote, PgQuoteError> {
+        self.create_at(
+            amount_msat,
+            now_us,
+            ttl_us,
+            Some(tip_height),
+            purpose,
+            floor_index,
+        )
+        .await
+    }
+
+    /// [`PgQuoteBook::create_at_tip`], reusing an index only with a tip to retire its old
+    /// quote at; with `None` (a host whose tip may be stale) always a new index.
+    pub async fn create_at(
+        &self,
+        amount_msat: u64,
+        now_us: u64,
+        ttl_us: u64,
+        tip_height: Option<u32>,
+        purpose: QuotePurpose,
+        floor_index: u64,
+    ) -> Result<Quote, PgQuoteError> {
+        let reuse = tip_height.is_some();
+        let tip_height = tip_height.unwrap_or(0);
         let mut id = [0u8; 16];
         bitcoin::secp256k1::rand::RngCore::fill_bytes(
             &mut bitcoin::secp256k1::rand::thread_rng(),
@@ -372,8 +396,8 @@ impl PgQuoteBook {
                 let row = tx
                     .query_one(
                         "SELECT o_index, o_reused, o_open, o_first_expiry
-                         FROM coinop_quote_index($1, $2, $3, $4, $5, true)",
-                        &[&xpub, &floor, &free_before, &max_open, &tip],
+                         FROM coinop_quote_index($1, $2, $3, $4, $5, $6)",
+                        &[&xpub, &floor, &free_before, &max_open, &tip, &reuse],
                     )
                     .await
                     .map_err(classify)?;

@@ -256,6 +256,18 @@ impl QuoteBook {
         self.issue(amount_msat, now_us, ttl_us, Some(tip_height))
     }
 
+    /// [`QuoteBook::create_at_tip`] with a tip to retire a reused index's old quote at, or
+    /// [`QuoteBook::create`] (a new index) with `None`: for a host whose tip may be stale.
+    pub fn create_at(
+        &self,
+        amount_msat: u64,
+        now_us: u64,
+        ttl_us: u64,
+        tip_height: Option<u32>,
+    ) -> Result<Quote, QuoteError> {
+        self.issue(amount_msat, now_us, ttl_us, tip_height)
+    }
+
     fn issue(
         &self,
         amount_msat: u64,
@@ -608,6 +620,34 @@ mod tests {
             let book = book.with_dust_floor(false);
             assert_eq!(book.create(2_000, 0, 1).unwrap().amount_sat, 2);
         }
+    }
+
+    /// Without a tip to retire at (a host whose tip may be stale) an expired unpaid
+    /// quote keeps its index: a late payment to it in a block above this host's tip stays
+    /// its own, never the next quote's. With the tip, the index is reused.
+    #[test]
+    fn no_index_is_reused_without_a_tip_to_retire_the_old_quote_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = regtest_book(
+            &dir.path().join("q.sqlite"),
+            IndexPolicy {
+                reuse_after_us: 10,
+                max_open: 3,
+            },
+        );
+        let old = book.create_at(1_000_000, 100, 50, None).unwrap();
+        let fresh = book.create_at(1_000_000, 1_000, 50, None).unwrap();
+        assert_eq!((old.derivation_index, fresh.derivation_index), (0, 1));
+        let kept = book.get(&old.quote_id).unwrap().unwrap();
+        assert_eq!(
+            (kept.retired_at_height, kept.paid_above_height),
+            (None, None)
+        );
+        let reused = book.create_at(1_000_000, 1_000, 50, Some(9)).unwrap();
+        assert_eq!(
+            (reused.derivation_index, reused.paid_above_height),
+            (0, Some(9))
+        );
     }
 
     #[test]
