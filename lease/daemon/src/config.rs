@@ -49,6 +49,13 @@ pub enum ConfigError {
     },
     #[error("--mint-seed-file needs --store: a single host keeps its mint seed in its state dir")]
     MintSeedWithoutStore,
+    /// A settled payment's depth is no longer checked, and a refund (bearer credit) needs
+    /// `--mint-min-conf` (and `--min-conf`): settling earlier would let a refund pay out
+    /// credit for a payment that shallow.
+    #[error(
+        "--settle-conf {settle} is below the {need} confirmations a refund needs          (--mint-min-conf, --min-conf): a payment settled earlier would be refunded as credit          unchecked; raise --settle-conf to at least {need}"
+    )]
+    SettleBelowRefundDepth { settle: u32, need: u32 },
 }
 
 /// Flags and config-file keys. Every field is optional so the two sources can be merged.
@@ -277,7 +284,10 @@ pub struct Settings {
     #[arg(long)]
     pub mint_min_conf: Option<u32>,
     /// Confirmations after which an accepted on-chain lease payment is settled: until then
-    /// a reorg that takes its block off the best chain freezes the lease (default 6).
+    /// a reorg that takes its block off the best chain freezes the lease (default 6, or
+    /// --mint-min-conf / --min-conf if higher). Never below those: a refund is credit and
+    /// needs its payments --mint-min-conf deep, and a settled payment is not checked again,
+    /// so a lower value is refused at start-up.
     #[arg(long)]
     pub settle_conf: Option<u32>,
     /// How long a lease frozen by a reorg waits for its payment to confirm again before it
@@ -597,7 +607,8 @@ impl Settings {
         if store.is_none() && self.mint_seed_file.is_some() {
             return Err(ConfigError::MintSeedWithoutStore);
         }
-        let config = Config {
+        let explicit_settle_conf = self.settle_conf;
+        let mut config = Config {
             socket,
             socket_mode,
             state_dir,
@@ -689,6 +700,20 @@ impl Settings {
             if value == 0 {
                 return Err(ConfigError::Zero { flag });
             }
+        }
+        // A refund is credit: it waits until the lease's unsettled on-chain payments are
+        // this deep, and a settled one is not looked at again, so settling must come no
+        // earlier. Unset, --settle-conf rises to it; set below it, it is a contradiction.
+        let refund_conf = config.mint_min_conf.max(config.min_conf);
+        match explicit_settle_conf {
+            None => config.settle_conf = config.settle_conf.max(refund_conf),
+            Some(settle) if settle < refund_conf => {
+                return Err(ConfigError::SettleBelowRefundDepth {
+                    settle,
+                    need: refund_conf,
+                })
+            }
+            Some(_) => {}
         }
         Ok(config)
     }
@@ -833,6 +858,37 @@ mod tests {
         assert_eq!(c.quotes_per_min, 30);
         assert_eq!(c.console_max_bytes, 1 << 20);
         assert_eq!(c.input_fee_ppk, 0, "no fee unless the operator sets one");
+    }
+
+    /// A refund (credit) needs its payments --mint-min-conf deep and a settled payment is
+    /// not checked again: settling earlier is refused at start-up, and the default rises.
+    #[test]
+    fn payments_settle_no_earlier_than_a_refund_may_pay_them_out() {
+        let args = |extra: &[&str]| {
+            let mut a = vec!["coinopd", "--state-dir", "/tmp/x", "--network", "signet"];
+            a.extend_from_slice(extra);
+            Settings::parse_from(a).resolve()
+        };
+        assert!(matches!(
+            args(&["--settle-conf", "2", "--mint-min-conf", "6"]),
+            Err(ConfigError::SettleBelowRefundDepth { settle: 2, need: 6 })
+        ));
+        assert!(matches!(
+            args(&[
+                "--settle-conf",
+                "2",
+                "--mint-min-conf",
+                "1",
+                "--min-conf",
+                "3"
+            ]),
+            Err(ConfigError::SettleBelowRefundDepth { settle: 2, need: 3 })
+        ));
+        let c = args(&["--mint-min-conf", "10"]).expect("the default settle-conf rises");
+        assert_eq!((c.settle_conf, c.mint_min_conf), (10, 10));
+        let c = args(&["--settle-conf", "6", "--mint-min-conf", "6"]).expect("equal is fine");
+        assert_eq!(c.settle_conf, 6);
+        assert_eq!(args(&[]).expect("defaults").settle_conf, 6);
     }
 
     #[test]

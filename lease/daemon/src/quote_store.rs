@@ -188,22 +188,24 @@ impl Quotes {
     }
 
     /// Issues a quote at the chain's tip (see `payment::onchain::quote_book` for reuse and
-    /// the open-quote bound; with a fleet store both are counted across the fleet).
+    /// the open-quote bound; with a fleet store both are counted across the fleet). With no
+    /// tip (`None`: the host's may be stale) no index is reused, since its old quote would be
+    /// retired at that height and a late payment mined above it go to the new quote.
     pub fn create_at_tip(
         &self,
         amount_msat: u64,
         now_us: u64,
         ttl_us: u64,
-        tip_height: u32,
+        tip_height: Option<u32>,
         purpose: QuotePurpose,
     ) -> Result<Quote, QuotesError> {
         match self.fleet_ready()? {
             None => Ok(self
                 .local
-                .create_at_tip(amount_msat, now_us, ttl_us, tip_height)?),
+                .create_at(amount_msat, now_us, ttl_us, tip_height)?),
             Some(f) => {
                 let floor = self.local.next_index()?;
-                Ok(wait(f.book.create_at_tip(
+                Ok(wait(f.book.create_at(
                     amount_msat,
                     now_us,
                     ttl_us,

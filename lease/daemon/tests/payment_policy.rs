@@ -369,3 +369,25 @@ async fn a_vpub_on_regtest_derives_the_same_addresses_as_its_tpub() {
     }
     d.shutdown().await;
 }
+
+/// The same key as a vpub and as its tpub derives the same addresses: an operator who
+/// restarts with the other spelling must not be handed index 0 again (an address a quote
+/// of the first run holds, which its tenant may pay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_respelled_across_a_restart_never_hands_an_address_out_twice() {
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let master =
+        bitcoin::bip32::Xpriv::new_master(bitcoin::NetworkKind::Test, &[6u8; 32]).expect("xpriv");
+    let tpub = bitcoin::bip32::Xpub::from_priv(&secp, &master);
+    let mut data = tpub.encode();
+    data[..4].copy_from_slice(&[0x04, 0x5f, 0x1c, 0xf6]);
+    let vpub = bitcoin::base58::encode_check(&data);
+    let dir = common::StateDir::new();
+    let d = Daemon::start(dir.path(), &["--xpub", &vpub]).await;
+    let first = d.quote(1, 64, 600).await;
+    d.shutdown().await;
+    let d = Daemon::start(dir.path(), &["--xpub", &tpub.to_string()]).await;
+    let second = d.quote(1, 64, 600).await;
+    assert_ne!(first["address"], second["address"], "{first} {second}");
+    d.shutdown().await;
+}

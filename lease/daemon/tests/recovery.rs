@@ -621,3 +621,97 @@ async fn a_lease_that_never_booted_waits_for_room_and_boots_on_a_later_retry() {
     d.stop_lease(&id, &token).await;
     d.shutdown().await;
 }
+
+/// How many outputs paying quote `quote` the daemon's payment watch has seen in blocks.
+fn outputs_seen(dir: &Path, quote: &str) -> i64 {
+    let db = rusqlite::Connection::open(dir.join("ledger.db")).expect("ledger db");
+    db.query_row(
+        "SELECT count(*) FROM watch_seen_outputs WHERE quote_id = ?1",
+        [quote],
+        |r| r.get(0),
+    )
+    .expect("count seen outputs")
+}
+
+/// A payment named by quote id alone counts the quote's outputs deep enough when it is
+/// checked. A tenant who paid the quote twice has its create count the first output; the
+/// reply is lost; by the retry the second output is deep too, so the retry brings more
+/// keys than committed. It is still the same request (same quote, same recovery key): it
+/// gets its lease back. The second output is not stranded: a top-up of the lease by the
+/// same quote id credits it, once; nobody else can spend either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_by_quote_id_is_recovered_after_another_payment_to_the_quote_got_deep() {
+    use common::bcoin::{bcoin_dir, wait_for_quote, wait_for_tip, Bcoin};
+    use std::time::Duration;
+    let Some(bcoin) = bcoin_dir() else { return };
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let _guests = Guests(dir.path().to_path_buf());
+    let node = Bcoin::start_with_wallet(&bcoin);
+    let funds = node.fund_wallet().await;
+    let peer = node.p2p_addr();
+    let args = ["--network", "regtest", "--bitcoin-peer", peer.as_str()];
+    let d = Daemon::spawn(dir.path(), &args, &[(ENV, point::CREATE_COMMITTED)]).await;
+    wait_for_tip(&d, &node.best_hash().await, Duration::from_secs(60)).await;
+
+    let q = d.quote(1, 64, 3600).await;
+    let qid = q["quote_id"].as_str().expect("quote_id").to_string();
+    let address = q["address"].as_str().expect("address").to_string();
+    let sat = q["amount_sat"].as_u64().expect("amount_sat");
+    node.wallet_pays(&address, sat).await;
+    node.generate_to(1, &funds).await;
+    wait_for_quote(&d, &qid, "seen").await;
+    // The tenant pays the quote a second time: not mined yet when the create counts.
+    node.wallet_pays(&address, sat).await;
+    let payment = json!({"onchain": {"quote_id": qid}});
+    let key = new_key();
+    let body = create_body(&payment, "mode=echo", Some(&key));
+    d.create_into_crash(&body).await;
+    let id = only_lease(dir.path());
+    assert_eq!(books_balance(dir.path(), &id).paid_msat, sat * 1000);
+
+    let d = Daemon::spawn(dir.path(), &args, &[]).await;
+    let mined = node.generate_to(1, &funds).await;
+    wait_for_tip(&d, &mined[0], Duration::from_secs(60)).await;
+    wait_for(
+        async || outputs_seen(dir.path(), &qid) == 2,
+        "the second payment to the quote to be seen",
+    )
+    .await;
+
+    // Knowing the quote id is not owning the lease.
+    already_spent(&create(&d, &create_body(&payment, "mode=echo", Some(&new_key()))).await);
+    already_spent(&create(&d, &create_body(&payment, "mode=echo", None)).await);
+    let (token, seq) = recovered(&create(&d, &body).await, &id);
+    assert_eq!(seq, 2);
+    assert_eq!(
+        ledger(dir.path()).list().expect("list").len(),
+        1,
+        "no new lease"
+    );
+    assert_eq!(books_balance(dir.path(), &id).paid_msat, sat * 1000);
+    wait_for(
+        async || show(&d, &id, &token).await.json()["state"] == "running",
+        "the recovered lease to boot",
+    )
+    .await;
+
+    // The second output goes to the lease the quote paid for, once.
+    let topup = format!("/v1/leases/{id}/topup");
+    let tb = json!({ "payment": payment });
+    let r = d.call("POST", &topup, Some(&token), Some(tb.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(books_balance(dir.path(), &id).paid_msat, 2 * sat * 1000);
+    let again = d.call("POST", &topup, Some(&token), Some(tb)).await;
+    assert_eq!(again.status, 200, "a retry is answered: {}", again.text());
+    assert_eq!(books_balance(dir.path(), &id).paid_msat, 2 * sat * 1000);
+    // And the create retried once more still gets the same lease.
+    let (token, seq) = recovered(&create(&d, &body).await, &id);
+    assert_eq!(seq, 3);
+
+    d.stop_lease(&id, &token).await;
+    books_balance(dir.path(), &id);
+    d.shutdown().await;
+}

@@ -128,6 +128,9 @@ pub struct PgQuoteBook {
     dust_floor: bool,
     /// This host's issues, one at a time (they serialise on the xpub's row anyway).
     issuing: tokio::sync::Mutex<()>,
+    /// Set once what the store kept under other spellings of this key was moved to its key
+    /// id ([`PgQuoteBook::adopt_spellings`]); every read and issue waits for it.
+    adopted: tokio::sync::OnceCell<()>,
 }
 
 /// Longest wait of one issue for this host's earlier ones: then the store is as good as
@@ -220,7 +223,96 @@ impl PgQuoteBook {
             policy,
             dust_floor: true,
             issuing: tokio::sync::Mutex::new(()),
+            adopted: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Moves what the store kept under another spelling of this key (the xpub string as a
+    /// host typed it, what rows were keyed by before [`AddressDeriver::key_id`]) to the key's
+    /// id, once per book (again after a failure): the counter becomes the highest of the
+    /// spellings' counters and of every index their quotes hold, plus one, so it never goes
+    /// back; the quotes move with it, except one whose index a live quote of the key id
+    /// holds too (handed out twice before this), which keeps its old key so that the
+    /// one-holder-per-index rule still holds for the rest. The key id's counter row is
+    /// locked first, so hosts adopting at once take turns, and issues wait on it.
+    async fn adopt_spellings(&self) -> Result<(), PgStoreError> {
+        self.adopted
+            .get_or_try_init(|| async {
+                let key = self.deriver.key_id();
+                let spellings: Vec<String> = self
+                    .store
+                    .with_client(1, |client| async move {
+                        client
+                            .query(
+                                "SELECT xpub FROM coinop_quote_derivation
+                                 WHERE xpub NOT LIKE 'key:%'",
+                                &[],
+                            )
+                            .await
+                            .map_err(classify)
+                    })
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .filter(|x: &String| payment::onchain::key_id_of(x).as_deref() == Some(key))
+                    .collect();
+                if spellings.is_empty() {
+                    return Ok(());
+                }
+                let spellings = &spellings;
+                self.store
+                    .with_client(2 + 4 * spellings.len() as u64, |mut client| async move {
+                        let tx = client.transaction().await.map_err(classify)?;
+                        tx.execute(
+                            "INSERT INTO coinop_quote_derivation (xpub, next_index)
+                             VALUES ($1, 0) ON CONFLICT (xpub) DO NOTHING",
+                            &[&key],
+                        )
+                        .await
+                        .map_err(classify)?;
+                        tx.execute(
+                            "SELECT 1 FROM coinop_quote_derivation WHERE xpub = $1 FOR UPDATE",
+                            &[&key],
+                        )
+                        .await
+                        .map_err(classify)?;
+                        for old in spellings {
+                            tx.execute(
+                                "UPDATE coinop_quote_derivation SET next_index = greatest(
+                                    next_index,
+                                    (SELECT max(next_index) FROM coinop_quote_derivation
+                                     WHERE xpub = $2),
+                                    (SELECT max(derivation_index) + 1 FROM coinop_quotes
+                                     WHERE xpub = $2))
+                                 WHERE xpub = $1",
+                                &[&key, old],
+                            )
+                            .await
+                            .map_err(classify)?;
+                            tx.execute(
+                                "UPDATE coinop_quotes c SET xpub = $1
+                                 WHERE c.xpub = $2 AND (c.retired_at_height IS NOT NULL
+                                    OR NOT EXISTS (SELECT 1 FROM coinop_quotes d
+                                        WHERE d.xpub = $1
+                                          AND d.derivation_index = c.derivation_index
+                                          AND d.retired_at_height IS NULL))",
+                                &[&key, old],
+                            )
+                            .await
+                            .map_err(classify)?;
+                            tx.execute(
+                                "DELETE FROM coinop_quote_derivation WHERE xpub = $1",
+                                &[old],
+                            )
+                            .await
+                            .map_err(classify)?;
+                        }
+                        tx.commit().await.map_err(classify)
+                    })
+                    .await
+            })
+            .await
+            .map(|_| ())
     }
 
     /// The same book raising amounts to the dust limit (`true`, the default) or not.
@@ -244,6 +336,30 @@ impl PgQuoteBook {
         purpose: QuotePurpose,
         floor_index: u64,
     ) -> Result<Quote, PgQuoteError> {
+        self.create_at(
+            amount_msat,
+            now_us,
+            ttl_us,
+            Some(tip_height),
+            purpose,
+            floor_index,
+        )
+        .await
+    }
+
+    /// [`PgQuoteBook::create_at_tip`], reusing an index only with a tip to retire its old
+    /// quote at; with `None` (a host whose tip may be stale) always a new index.
+    pub async fn create_at(
+        &self,
+        amount_msat: u64,
+        now_us: u64,
+        ttl_us: u64,
+        tip_height: Option<u32>,
+        purpose: QuotePurpose,
+        floor_index: u64,
+    ) -> Result<Quote, PgQuoteError> {
+        let reuse = tip_height.is_some();
+        let tip_height = tip_height.unwrap_or(0);
         let mut id = [0u8; 16];
         bitcoin::secp256k1::rand::RngCore::fill_bytes(
             &mut bitcoin::secp256k1::rand::thread_rng(),
@@ -252,7 +368,8 @@ impl PgQuoteBook {
         let quote_id = hex::encode(id);
         let expires_at_us = now_us.saturating_add(ttl_us);
         let free_before = now_us.saturating_sub(self.policy.reuse_after_us);
-        let xpub = self.deriver.xpub_text();
+        self.adopt_spellings().await?;
+        let xpub = self.deriver.key_id();
         let host = self.store.host_id().to_owned();
         let max_open = to_i64(self.policy.max_open.min(i64::MAX as u64), "max_open")?;
         let floor = to_i64(floor_index, "floor_index")?;
@@ -279,8 +396,8 @@ impl PgQuoteBook {
                 let row = tx
                     .query_one(
                         "SELECT o_index, o_reused, o_open, o_first_expiry
-                         FROM coinop_quote_index($1, $2, $3, $4, $5, true)",
-                        &[&xpub, &floor, &free_before, &max_open, &tip],
+                         FROM coinop_quote_index($1, $2, $3, $4, $5, $6)",
+                        &[&xpub, &floor, &free_before, &max_open, &tip, &reuse],
                     )
                     .await
                     .map_err(classify)?;
@@ -417,7 +534,8 @@ impl PgQuoteBook {
         since_us: u64,
     ) -> Result<HashMap<ScriptBuf, String>, PgStoreError> {
         let since = to_i64(since_us, "since_us")?;
-        let xpub = self.deriver.xpub_text();
+        self.adopt_spellings().await?;
+        let xpub = self.deriver.key_id();
         let rows = self
             .store
             .with_client(1, |client| async move {
@@ -520,7 +638,8 @@ impl PgQuoteBook {
 
     /// Quotes of the fleet holding an index of this xpub without a payment.
     pub async fn open_unpaid(&self) -> Result<u64, PgStoreError> {
-        let xpub = self.deriver.xpub_text();
+        self.adopt_spellings().await?;
+        let xpub = self.deriver.key_id();
         let n: i64 = self
             .store
             .with_client(1, |client| async move {
@@ -540,7 +659,8 @@ impl PgQuoteBook {
 
     /// The index the next newly derived address of this xpub will use, fleet-wide.
     pub async fn next_index(&self) -> Result<u64, PgStoreError> {
-        let xpub = self.deriver.xpub_text();
+        self.adopt_spellings().await?;
+        let xpub = self.deriver.key_id();
         let n: Option<i64> = self
             .store
             .with_client(1, |client| async move {

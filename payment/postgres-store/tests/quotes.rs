@@ -212,6 +212,68 @@ async fn a_joining_hosts_indexes_are_skipped_and_seen_payments_are_shared() {
     assert_eq!(h2.open_unpaid().await.unwrap(), 1);
 }
 
+/// The tpub's key spelled as a SLIP-132 vpub: the same addresses.
+fn vpub() -> String {
+    let mut data = bitcoin::base58::decode_check(&tpub()).expect("base58");
+    data[..4].copy_from_slice(&[0x04, 0x5f, 0x1c, 0xf6]);
+    bitcoin::base58::encode_check(&data)
+}
+
+async fn book_of(pg: &TestCluster, host: &str, xpub: &str) -> PgQuoteBook {
+    let mut o = PgStoreOptions::new(pg.conninfo("coinop"), host);
+    o.connect_timeout = Duration::from_secs(1);
+    let store = PgStore::connect(&o).await.expect("connecting");
+    let deriver = AddressDeriver::new(xpub, AddressKind::P2wpkh, ChainNetwork::Regtest)
+        .expect("a regtest key");
+    PgQuoteBook::new(store, deriver, OPEN)
+}
+
+/// Hosts configured with the same key spelled differently (vpub, tpub) derive the same
+/// addresses: they share one counter, and rows a store kept under the typed string (before
+/// key ids) are carried over to it, never lower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_of_a_key_draws_from_one_fleet_counter() {
+    let Some(pg) = cluster("every_spelling_of_a_key_draws_from_one_fleet_counter") else {
+        return;
+    };
+    let issue = async |b: &PgQuoteBook| {
+        b.create_at_tip(5_000_000, 0, 60_000_000, 1, QuotePurpose::Lease, 0)
+            .await
+            .unwrap()
+    };
+    let a = issue(&book_of(&pg, "h1", &tpub()).await).await;
+    let b = issue(&book_of(&pg, "h2", &vpub()).await).await;
+    assert_eq!((a.derivation_index, b.derivation_index), (0, 1));
+    assert_ne!(a.address, b.address);
+
+    // As a store from before key ids kept them: under the string each host typed.
+    let (client, conn) = tokio_postgres::connect(&pg.conninfo("coinop"), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "DELETE FROM coinop_quote_derivation;
+             INSERT INTO coinop_quote_derivation VALUES ('{t}', 2), ('{v}', 1);
+             UPDATE coinop_quotes SET xpub = '{t}';",
+            t = tpub(),
+            v = vpub()
+        ))
+        .await
+        .expect("old layout");
+    let h3 = book_of(&pg, "h3", &vpub()).await;
+    assert_eq!(h3.next_index().await.unwrap(), 2);
+    let c = issue(&h3).await;
+    assert_eq!(c.derivation_index, 2);
+    let d = issue(&book_of(&pg, "h4", &tpub()).await).await;
+    assert_eq!(d.derivation_index, 3);
+    assert_eq!(
+        h3.open_unpaid().await.unwrap(),
+        4,
+        "the old quotes moved too"
+    );
+}
+
 /// PostgreSQL down: issuing fails as an outage (never as a refusal), and works again once
 /// it is back, with the same books.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,4 +36,4 @@ pub use proof::{
 pub use quote::{dust_limit_sat, Quote};
 #[cfg(feature = "sqlite")]
 pub use quote_book::{IndexPolicy, QuoteBook};
-pub use receive_address::{AddressDeriver, AddressKind};
+pub use receive_address::{key_id_of, AddressDeriver, AddressKind};

@@ -133,6 +133,48 @@ fn migrate_unique_index_table(conn: &mut Connection) -> Result<(), rusqlite::Err
     tx.commit()
 }
 
+/// Moves what the book kept under another spelling of `deriver`'s key (the xpub string as
+/// typed, which is what it was keyed by before [`AddressDeriver::key_id`]) to the key's id:
+/// the counter becomes the highest of the spellings' counters and of every index a quote of
+/// them holds, plus one, so it never goes back and no index is derived twice; the quotes
+/// move with it. A quote whose index another spelling's live quote holds too (handed out
+/// twice before this) keeps its old key, so the one-holder-per-index rule still holds for
+/// the rest; its index is behind the counter either way.
+fn adopt_spellings(conn: &mut Connection, deriver: &AddressDeriver) -> Result<(), rusqlite::Error> {
+    let key = deriver.key_id();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let spellings: Vec<String> = tx
+        .prepare(
+            "SELECT xpub FROM quote_derivation WHERE xpub NOT LIKE 'key:%'
+             UNION SELECT DISTINCT xpub FROM quotes WHERE xpub NOT LIKE 'key:%'",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for old in spellings {
+        if super::receive_address::key_id_of(&old).as_deref() != Some(key) {
+            continue;
+        }
+        let next: i64 = tx.query_row(
+            "SELECT MAX(
+                COALESCE((SELECT MAX(next_index) FROM quote_derivation WHERE xpub IN (?1, ?2)), 0),
+                COALESCE((SELECT MAX(derivation_index) + 1 FROM quotes WHERE xpub IN (?1, ?2)), 0))",
+            params![key, old],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "UPDATE OR IGNORE quotes SET xpub = ?1 WHERE xpub = ?2",
+            params![key, old],
+        )?;
+        tx.execute(
+            "INSERT INTO quote_derivation (xpub, next_index) VALUES (?1, ?2)
+             ON CONFLICT (xpub) DO UPDATE SET next_index = MAX(next_index, excluded.next_index)",
+            params![key, next],
+        )?;
+        tx.execute("DELETE FROM quote_derivation WHERE xpub = ?1", params![old])?;
+    }
+    tx.commit()
+}
+
 impl QuoteBook {
     /// Opens (creating if needed) the quote book in the SQLite file at `path`; it may be the
     /// same file as the spent set. Indexes follow [`IndexPolicy::default`].
@@ -151,6 +193,7 @@ impl QuoteBook {
                 ON quotes (xpub, expires_at_us) WHERE retired_at_height IS NULL AND paid = 0;",
         )
         .map_err(storage)?;
+        adopt_spellings(&mut conn, &deriver).map_err(storage)?;
         Ok(QuoteBook {
             conn: Mutex::new(conn),
             deriver,
@@ -184,7 +227,7 @@ impl QuoteBook {
         let next: Option<i64> = conn
             .query_row(
                 "SELECT next_index FROM quote_derivation WHERE xpub = ?1",
-                params![self.deriver.xpub_text()],
+                params![self.deriver.key_id()],
                 |r| r.get(0),
             )
             .optional()
@@ -213,6 +256,18 @@ impl QuoteBook {
         self.issue(amount_msat, now_us, ttl_us, Some(tip_height))
     }
 
+    /// [`QuoteBook::create_at_tip`] with a tip to retire a reused index's old quote at, or
+    /// [`QuoteBook::create`] (a new index) with `None`: for a host whose tip may be stale.
+    pub fn create_at(
+        &self,
+        amount_msat: u64,
+        now_us: u64,
+        ttl_us: u64,
+        tip_height: Option<u32>,
+    ) -> Result<Quote, QuoteError> {
+        self.issue(amount_msat, now_us, ttl_us, tip_height)
+    }
+
     fn issue(
         &self,
         amount_msat: u64,
@@ -227,7 +282,7 @@ impl QuoteBook {
         );
         let quote_id = hex::encode(id);
         let expires_at_us = now_us.saturating_add(ttl_us);
-        let xpub = self.deriver.xpub_text().to_owned();
+        let xpub = self.deriver.key_id().to_owned();
 
         let mut conn = self.lock()?;
         let tx = conn
@@ -414,7 +469,7 @@ impl QuoteBook {
             .query_row(
                 "SELECT COUNT(*) FROM quotes
                  WHERE xpub = ?1 AND retired_at_height IS NULL AND paid = 0",
-                params![self.deriver.xpub_text()],
+                params![self.deriver.key_id()],
                 |r| r.get(0),
             )
             .map_err(storage)?;
@@ -567,6 +622,34 @@ mod tests {
         }
     }
 
+    /// Without a tip to retire at (a host whose tip may be stale) an expired unpaid
+    /// quote keeps its index: a late payment to it in a block above this host's tip stays
+    /// its own, never the next quote's. With the tip, the index is reused.
+    #[test]
+    fn no_index_is_reused_without_a_tip_to_retire_the_old_quote_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = regtest_book(
+            &dir.path().join("q.sqlite"),
+            IndexPolicy {
+                reuse_after_us: 10,
+                max_open: 3,
+            },
+        );
+        let old = book.create_at(1_000_000, 100, 50, None).unwrap();
+        let fresh = book.create_at(1_000_000, 1_000, 50, None).unwrap();
+        assert_eq!((old.derivation_index, fresh.derivation_index), (0, 1));
+        let kept = book.get(&old.quote_id).unwrap().unwrap();
+        assert_eq!(
+            (kept.retired_at_height, kept.paid_above_height),
+            (None, None)
+        );
+        let reused = book.create_at(1_000_000, 1_000, 50, Some(9)).unwrap();
+        assert_eq!(
+            (reused.derivation_index, reused.paid_above_height),
+            (0, Some(9))
+        );
+    }
+
     #[test]
     fn expired_unpaid_indexes_are_reused_and_the_gap_stays_bounded() {
         let dir = tempfile::tempdir().unwrap();
@@ -613,6 +696,77 @@ mod tests {
             let _ = book.create_at_tip(1_000, now, 50, 10 + t as u32);
             assert!(book.next_index().unwrap() - 1 <= policy.max_open);
         }
+    }
+
+    /// The tpub's key spelled as a SLIP-132 vpub (the same 78 bytes, another version).
+    fn vpub() -> String {
+        let mut data = bitcoin::base58::decode_check(&tpub()).unwrap();
+        data[..4].copy_from_slice(&[0x04, 0x5f, 0x1c, 0xf6]);
+        bitcoin::base58::encode_check(&data)
+    }
+
+    /// One key spelled two ways derives the same addresses: it has one counter, so an
+    /// address is never handed out again from index 0. A book that kept its counter under
+    /// the string as typed (before key ids) carries it over, never lower, whatever the
+    /// spelling it is opened with next; two spellings that already handed out the same
+    /// index (before this) do not keep the book from opening.
+    #[test]
+    fn every_spelling_of_a_key_draws_from_one_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quotes.sqlite");
+        let open = |xpub: &str| {
+            QuoteBook::open(
+                &path,
+                AddressDeriver::new(xpub, AddressKind::P2wpkh, ChainNetwork::Regtest).unwrap(),
+            )
+            .unwrap()
+        };
+        let a = open(&vpub()).create(1_500, 10, 1_000).unwrap();
+        let b = open(&tpub()).create(1_500, 10, 1_000).unwrap();
+        assert_eq!((a.derivation_index, b.derivation_index), (0, 1));
+        assert_ne!(a.address, b.address);
+
+        // As a book from before key ids kept it: under the typed strings, each of which
+        // handed out index 0 (the collision this prevents), the tpub's counter ahead.
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute(
+                "UPDATE quotes SET xpub = ?1 WHERE derivation_index = 1",
+                params![tpub()],
+            )
+            .unwrap();
+            c.execute(
+                "UPDATE quotes SET xpub = ?1 WHERE derivation_index = 0",
+                params![vpub()],
+            )
+            .unwrap();
+            let addr = a.address.clone();
+            c.execute(
+                "INSERT INTO quotes (quote_id, xpub, derivation_index, address, script_pubkey,
+                    amount_msat, created_at_us, expires_at_us)
+                 VALUES ('twice', ?1, 0, ?2, ?3, 1500, 10, 1010)",
+                params![tpub(), addr, a.script_pubkey.as_bytes()],
+            )
+            .unwrap();
+            c.execute_batch("DELETE FROM quote_derivation").unwrap();
+            c.execute(
+                "INSERT INTO quote_derivation VALUES (?1, 2), (?2, 1)",
+                params![tpub(), vpub()],
+            )
+            .unwrap();
+        }
+        let book = open(&vpub());
+        assert_eq!(
+            book.next_index().unwrap(),
+            2,
+            "the highest counter, not the vpub's"
+        );
+        let c = book.create(1_500, 10, 1_000).unwrap();
+        assert_eq!(c.derivation_index, 2);
+        assert!(![&a.address, &b.address].contains(&&c.address));
+        assert_eq!(book.get("twice").unwrap().unwrap().derivation_index, 0);
+        let d = open(&tpub()).create(1_500, 10, 1_000).unwrap();
+        assert_eq!(d.derivation_index, 3);
     }
 
     #[test]

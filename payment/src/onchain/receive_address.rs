@@ -96,10 +96,41 @@ fn parse_extended_key(text: &str) -> Result<(Xpub, Option<AddressKind>), QuoteEr
     Ok((key, known.implies))
 }
 
+/// What the quote books key an extended public key's index counter and index holders by:
+/// the key itself (its public key and chain code, all that derivation uses), never its
+/// spelling. The same key as `vpub` or `tpub`, `zpub` or `xpub`, or with other depth or
+/// parent metadata derives the very same addresses, so it must draw from one counter, or
+/// an address already handed out would be handed out again from index 0.
+/// `key:` + hex SHA-256 of the 33-byte public key and the 32-byte chain code (a digest, so
+/// that the stores' keys do not spell the xpub out).
+fn key_id_of_key(key: &Xpub) -> String {
+    use bitcoin::hashes::{sha256, Hash, HashEngine};
+    let mut engine = sha256::Hash::engine();
+    engine.input(&key.public_key.serialize());
+    engine.input(key.chain_code.as_bytes());
+    format!(
+        "key:{}",
+        hex::encode(sha256::Hash::from_engine(engine).to_byte_array())
+    )
+}
+
+/// [`AddressDeriver::key_id`] of an extended public key written in any accepted form
+/// (`xpub`, `tpub` or a SLIP-132 one; any network), or `None` if `text` is not one: what a
+/// store migrates a counter kept under the typed string to.
+pub fn key_id_of(text: &str) -> Option<String> {
+    if text.len() > MAX_XPUB_LEN {
+        return None;
+    }
+    parse_extended_key(text)
+        .ok()
+        .map(|(k, _)| key_id_of_key(&k))
+}
+
 /// Derives receive addresses from one xpub.
 pub struct AddressDeriver {
     xpub: Xpub,
     xpub_text: String,
+    key_id: String,
     kind: AddressKind,
     network: ChainNetwork,
     secp: Secp256k1<VerifyOnly>,
@@ -155,6 +186,7 @@ impl AddressDeriver {
             });
         }
         Ok(AddressDeriver {
+            key_id: key_id_of_key(&parsed),
             xpub: parsed,
             xpub_text: xpub.to_owned(),
             kind,
@@ -163,9 +195,16 @@ impl AddressDeriver {
         })
     }
 
-    /// The xpub as the operator wrote it (the quote book keys its counter by it).
+    /// The xpub as the operator wrote it (the quote books once keyed their counter by it,
+    /// and migrate what they kept under it to [`AddressDeriver::key_id`]).
     pub fn xpub_text(&self) -> &str {
         &self.xpub_text
+    }
+
+    /// What the quote books key this key's index counter and index holders by: the same
+    /// for every spelling of the key (see [`key_id_of`]).
+    pub fn key_id(&self) -> &str {
+        &self.key_id
     }
 
     pub fn kind(&self) -> AddressKind {

@@ -414,6 +414,24 @@ impl SqliteSpentSet {
         keys.iter().map(|k| state_of(conn, k)).collect()
     }
 
+    /// The note each key was claimed with (what it was spent on, e.g. a lease id), or `None`
+    /// for a key never claimed, read through any connection or transaction.
+    pub fn notes_in(
+        conn: &Connection,
+        keys: &[SpendKey],
+    ) -> Result<Vec<Option<String>>, SpentSetError> {
+        keys.iter()
+            .map(|k| {
+                conn.prepare_cached("SELECT note FROM spent_keys WHERE kind = ?1 AND key = ?2")
+                    .and_then(|mut st| {
+                        st.query_row(params![kind_code(k.kind), k.bytes], |r| r.get(0))
+                            .optional()
+                    })
+                    .map_err(storage)
+            })
+            .collect()
+    }
+
     /// Runs `f` in one IMMEDIATE transaction and commits only if it succeeded.
     fn in_transaction<T>(
         &self,

@@ -259,7 +259,7 @@ async fn mint_fenced(
         // Minted credit is bearer money that no reorg can take back: only a payment
         // proved in the request mints it, and only at --mint-min-conf.
         let need = s2.config.mint_min_conf.max(s2.config.min_conf);
-        let verified = verify_onchain(&s2.chain, &s2.quotes, None, need, &req.payment);
+        let verified = verify_onchain(&s2.chain, &s2.quotes, None, need, &req.payment, None);
         notice_storage(&s2, &verified);
         let credit = verified?;
         // A degraded disk refuses the mint (after a spent payment's 409) before anything

@@ -289,6 +289,7 @@ impl From<LeaseError> for ApiError {
             QuoteKeyLocked(_) => ApiError::conflict("quote_key_locked", e.to_string()),
             Quote(q) => quote_error(q),
             AlreadySpent(m) => ApiError::conflict("already_spent", m),
+            QuoteCounted { .. } => ApiError::conflict("already_spent", e.to_string()),
             AlreadyRefunded(_) => ApiError::conflict("already_refunded", e.to_string()),
             RefundedTakesNoPayment(_) | StateConflict(_) => {
                 ApiError::conflict("state_conflict", e.to_string())

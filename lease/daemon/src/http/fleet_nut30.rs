@@ -105,7 +105,7 @@ pub(super) async fn prove_payment(
             tx_hex: req.tx_hex,
             proof_hex: req.proof_hex,
         };
-        let verified = verify_onchain(&s2.chain, &s2.quotes, None, need, &payment);
+        let verified = verify_onchain(&s2.chain, &s2.quotes, None, need, &payment, None);
         notice_storage(&s2, &verified);
         let paid = verified?;
         // NUT-30: a payment the mint first learns of after the expiry does not count.

@@ -40,7 +40,7 @@ pub fn issue_quote_for(
 ) -> Result<Quote, ApiError> {
     crate::http::degraded::admit(s)?;
     let now_us = (unix_s() as u64).saturating_mul(1_000_000);
-    let tip = s.chain_read().tip().height;
+    let tip = reuse_tip(&s.chain_sync.snapshot(), s.chain_read().tip().height);
     s.quotes
         .create_at_tip(
             amount_msat,
@@ -53,6 +53,21 @@ pub fn issue_quote_for(
             s.disk.notice(e.storage_refused());
             quotes_error(e)
         })
+}
+
+/// The height to retire a reused index's old quote at, or `None` to derive a new index.
+/// A reused index's old quote keeps only payments in blocks up to the retiring height;
+/// those above go to the new quote. So that height must not be below a block that already
+/// pays the old quote: while peers are configured but none says the chain is caught up
+/// (`syncing`, `no_peers`), this host's tip may be blocks behind the real one, a late
+/// payment to the old quote may sit in one of them, and no index is reused. With no peers
+/// configured (`off`) the operator feeds the headers, and the tip is the one there is.
+pub(crate) fn reuse_tip(sync: &coinop_bitcoin_net::SyncSnapshot, tip: u32) -> Option<u32> {
+    use coinop_bitcoin_net::SyncState;
+    match sync.state {
+        SyncState::Synced | SyncState::Off => Some(tip),
+        SyncState::Syncing | SyncState::NoPeers => None,
+    }
 }
 
 pub async fn host(State(s): State<Shared>) -> Json<HostView> {
@@ -289,4 +304,32 @@ fn quote_status(
         "seen"
     };
     Ok((status, deepest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reuse_tip;
+    use coinop_bitcoin_net::{SyncSnapshot, SyncState};
+
+    fn sync(state: SyncState) -> SyncSnapshot {
+        SyncSnapshot {
+            state,
+            peers_connected: 1,
+            peers_banned: 0,
+            headers_accepted: 0,
+            last_header_unix_s: None,
+            bans_total: 0,
+        }
+    }
+
+    /// A host still catching up with its peers (or cut off from them) may have a tip blocks
+    /// behind: an old quote retired there would lose a late payment mined above it to the
+    /// quote that took its index over, so no index is reused until the chain is synced.
+    #[test]
+    fn indexes_are_reused_only_at_a_tip_the_host_can_trust() {
+        assert_eq!(reuse_tip(&sync(SyncState::Synced), 120), Some(120));
+        assert_eq!(reuse_tip(&sync(SyncState::Off), 120), Some(120));
+        assert_eq!(reuse_tip(&sync(SyncState::Syncing), 120), None);
+        assert_eq!(reuse_tip(&sync(SyncState::NoPeers), 120), None);
+    }
 }

@@ -131,7 +131,7 @@ pub async fn prove_payment(
                 tx_hex: req.tx_hex,
                 proof_hex: req.proof_hex,
             };
-            let verified = verify_onchain(&s.chain, &s.quotes, None, need, &payment);
+            let verified = verify_onchain(&s.chain, &s.quotes, None, need, &payment, None);
             notice_storage(&s, &verified);
             verified?
         };

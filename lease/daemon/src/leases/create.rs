@@ -112,7 +112,7 @@ pub async fn create(
     // The payment before any room or slot: checking it is cheap and claims nothing, so a
     // flood of creates with invalid or spent payments holds no room a paying create needs,
     // and a spent payment is answered 409 whether or not the host is full.
-    let credit = verify_payment(s, payment).await?;
+    let credit = verify_payment(s, payment, None).await?;
     let order = Order {
         vcpus,
         mem_mib,

@@ -49,6 +49,12 @@ pub enum LeaseError {
     /// The payment's outpoints or proofs were spent before.
     #[error("{0}")]
     AlreadySpent(String),
+    /// A top-up by quote id of a lease that already holds the quote's payment, and no
+    /// output to the quote is left unclaimed and deep enough: nothing new to credit. The
+    /// top-up answers a retry of an earlier top-up from this quote as a repeat; anything
+    /// else gets this, a 409 `already_spent` like any reuse of a spent payment.
+    #[error("every output paying quote {quote_id} deep enough now was counted for lease {lease_id} already")]
+    QuoteCounted { quote_id: String, lease_id: String },
     /// A stop of a lease whose balance was already handed back.
     #[error("lease {0} was already stopped and refunded")]
     AlreadyRefunded(String),

@@ -14,8 +14,10 @@ use payment::onchain::{
 
 use super::{blocking, LeaseError};
 use crate::app::{AppState, Shared};
-use crate::ledger::{Credit, ONCHAIN_LATE};
+use crate::ledger::{Credit, Ledger, ONCHAIN_LATE};
 use crate::quote_store::Quotes;
+use bitcoin::hashes::Hash;
+use payment::spent_set::SpendKey;
 
 /// Credit payments with at most this many proofs are verified inline (each proof is one
 /// hash-to-curve and one point multiplication, tens of µs); bigger ones go to the pool.
@@ -24,7 +26,15 @@ const INLINE_PROOFS: usize = 8;
 /// Verifies a payment body into a credit. On-chain proofs take the chain lock (which a
 /// header append may hold) and large credit payments take real CPU, so those run on the
 /// blocking pool; a small credit payment is checked right here.
-pub async fn verify_payment(s: &Shared, p: PaymentBody) -> Result<Credit, LeaseError> {
+///
+/// `holder` is the lease a top-up is for: a payment named by quote id alone then counts
+/// only the quote's outputs nobody claimed yet once the lease holds some of them (see
+/// [`verify_onchain`]).
+pub async fn verify_payment(
+    s: &Shared,
+    p: PaymentBody,
+    holder: Option<&str>,
+) -> Result<Credit, LeaseError> {
     let kind = match &p {
         PaymentBody::Onchain(_) => "onchain",
         PaymentBody::Credit(_) => "credit",
@@ -33,6 +43,7 @@ pub async fn verify_payment(s: &Shared, p: PaymentBody) -> Result<Credit, LeaseE
         PaymentBody::Credit(c) if c.proofs.len() <= INLINE_PROOFS => verify_credit(&s.mint, &c),
         p => {
             let s2 = s.clone();
+            let holder = holder.map(str::to_string);
             blocking(move || match &p {
                 PaymentBody::Onchain(o) => {
                     // A NUT-30 quote of this host (its ledger) or of another (the fleet's).
@@ -41,12 +52,17 @@ pub async fn verify_payment(s: &Shared, p: PaymentBody) -> Result<Credit, LeaseE
                     {
                         return Err(LeaseError::QuoteKeyLocked(o.quote_id.clone()));
                     }
+                    let holder = holder.as_deref().map(|lease_id| Holder {
+                        ledger: &s2.ledger,
+                        lease_id,
+                    });
                     verify_onchain(
                         &s2.chain,
                         &s2.quotes,
                         Some(&s2.watch),
                         s2.config.min_conf,
                         o,
+                        holder,
                     )
                 }
                 PaymentBody::Credit(c) => verify_credit(&s2.mint, c),
@@ -80,27 +96,62 @@ pub fn notice_storage<T>(s: &AppState, out: &Result<T, LeaseError>) {
 /// is fleet-wide. The quote book (perhaps the fleet store, over the network) is read before
 /// the chain's lock is taken and written after it is let go, so that a slow store never
 /// holds up the header sync.
+///
+/// A payment by quote id alone counts whichever of the quote's outputs are deep enough
+/// now, so the same request sent again later may see more of them than the first time. For
+/// a top-up, `holder` names the lease: once it holds some of the quote's outputs, only the
+/// ones nobody claimed yet are counted (without the quote's price as a floor: the quote was
+/// paid in full already), and [`LeaseError::QuoteCounted`] says there are none. So a
+/// top-up retried after a lost reply credits nothing twice, and an output paid to the
+/// quote after the lease took it is not stranded: it goes to that lease.
 pub fn verify_onchain(
     chain: &RwLock<HeaderChain>,
     quotes: &Quotes,
     seen: Option<&PaymentWatch>,
     min_conf: u32,
     p: &OnchainPayment,
+    holder: Option<Holder<'_>>,
 ) -> Result<Credit, LeaseError> {
     let quote = quotes
         .get(&p.quote_id)?
         .ok_or_else(|| LeaseError::UnknownQuote(p.quote_id.clone()))?;
     let by_quote_id = p.tx_hex.is_empty() && p.proof_hex.is_empty();
-    let seen = match (by_quote_id, seen) {
-        (false, _) => None,
-        (true, Some(watch)) => Some(quotes.seen_for(&quote.quote_id, watch)?),
+    let (seen, held) = match (by_quote_id, seen) {
+        (false, _) => (None, None),
+        (true, Some(watch)) => {
+            let all = quotes.seen_for(&quote.quote_id, watch)?;
+            match holder {
+                Some(h) => match unclaimed_if_held(&h, &all)? {
+                    Some(rest) => (Some(rest), Some(h.lease_id)),
+                    None => (Some(all), None),
+                },
+                None => (Some(all), None),
+            }
+        }
         (true, None) => return Err(PaymentError::ProofRequired.into()),
     };
     let v = {
         let chain = chain.read().unwrap_or_else(PoisonError::into_inner);
-        match &seen {
-            None => check_payment(&chain, &quote, &p.tx_hex, &p.proof_hex, min_conf)?,
-            Some(seen) => seen_payment(&chain, &quote, seen, min_conf)?,
+        match (&seen, held) {
+            (None, _) => check_payment(&chain, &quote, &p.tx_hex, &p.proof_hex, min_conf)?,
+            (Some(seen), None) => seen_payment(&chain, &quote, seen, min_conf, true)?,
+            (Some(seen), Some(lease_id)) => {
+                match seen_payment(&chain, &quote, seen, min_conf, false) {
+                    Ok(v) => v,
+                    // Nothing new deep enough: what the lease holds is all there is for now.
+                    Err(
+                        PaymentError::NotSeen { .. }
+                        | PaymentError::NotEnoughConfirmations { .. }
+                        | PaymentError::CoinbaseImmature { .. },
+                    ) => {
+                        return Err(LeaseError::QuoteCounted {
+                            quote_id: quote.quote_id.clone(),
+                            lease_id: lease_id.to_string(),
+                        })
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
     };
     // A payment to this address exists: its index must never go to another quote, whether
@@ -119,17 +170,50 @@ pub fn verify_onchain(
         amount_msat: v.amount_msat,
         keys,
         block_hash: Some(v.block_hash.to_string()),
+        quote_id: Some(quote.quote_id.clone()),
     })
+}
+
+/// The lease a top-up paid by quote id is for, and the ledger that knows what it holds.
+pub struct Holder<'a> {
+    pub ledger: &'a Ledger,
+    pub lease_id: &'a str,
+}
+
+/// If `h`'s lease already holds one of the `seen` outputs (claimed it with an earlier
+/// payment), the outputs nobody has claimed; `None` if it holds none of them (the payment
+/// is then counted whole, and meets the ordinary 409 if another claimed part of it).
+fn unclaimed_if_held(
+    h: &Holder<'_>,
+    seen: &[SeenOutput],
+) -> Result<Option<Vec<SeenOutput>>, LeaseError> {
+    let keys: Vec<SpendKey> = seen
+        .iter()
+        .map(|s| SpendKey::outpoint(s.outpoint.txid.to_byte_array(), s.outpoint.vout))
+        .collect();
+    let notes = h.ledger.notes(&keys)?;
+    if !notes.iter().any(|n| n.as_deref() == Some(h.lease_id)) {
+        return Ok(None);
+    }
+    Ok(Some(
+        seen.iter()
+            .zip(&notes)
+            .filter(|(_, n)| n.is_none())
+            .map(|(s, _)| s.clone())
+            .collect(),
+    ))
 }
 
 /// The outputs to `quote`'s script the host saw in best-chain blocks with at least
 /// `min_conf` confirmations (coinbase outputs once mature), as one payment, from `seen`
-/// (the outputs seen paying the quote, on any chain).
+/// (the outputs seen paying the quote, on any chain). With `full_price` they must add up to
+/// the quote's price; without, any amount will do (outputs paid after the quote was).
 pub fn seen_payment(
     chain: &HeaderChain,
     quote: &Quote,
     seen: &[SeenOutput],
     min_conf: u32,
+    full_price: bool,
 ) -> Result<VerifiedPayment, PaymentError> {
     let need = min_conf.max(1);
     // A coinbase output can be spent only once it has 100 confirmations (consensus): before
@@ -182,7 +266,7 @@ pub fn seen_payment(
         .iter()
         .fold(0u64, |sum, s| sum.saturating_add(s.amount_sat));
     let paid_msat = paid_sat.saturating_mul(1000);
-    if paid_msat < quote.amount_msat {
+    if full_price && paid_msat < quote.amount_msat {
         return Err(PaymentError::Insufficient {
             paid_msat,
             required_msat: quote.amount_msat,
@@ -219,5 +303,6 @@ pub fn verify_credit(mint: &Mint, p: &CreditPayment) -> Result<Credit, LeaseErro
         amount_msat,
         keys: v.keys,
         block_hash: None,
+        quote_id: None,
     })
 }

@@ -11,7 +11,7 @@ use super::create::{count_refused_claim, metric_kind};
 use super::payment_intake::verify_payment;
 use super::{blocking, LeaseError};
 use crate::app::Shared;
-use crate::ledger::LeaseRow;
+use crate::ledger::{LeaseRow, TopupOutcome};
 
 /// `POST /v1/leases/{id}/topup` for the lease `l` (already authenticated).
 pub async fn topup(
@@ -22,7 +22,33 @@ pub async fn topup(
     if l.refunded_msat.is_some() {
         return Err(LeaseError::RefundedTakesNoPayment(l.id));
     }
-    let credit = verify_payment(s, req.payment).await?;
+    let credit = match verify_payment(s, req.payment, Some(&l.id)).await {
+        // Paid by quote id, and every output to the quote deep enough now is this lease's
+        // already: a retry of a top-up from this quote (whose reply was lost) is answered
+        // as that top-up; else the quote only paid for the lease's create, a reuse (409).
+        Err(LeaseError::QuoteCounted { quote_id, lease_id }) => {
+            let id = l.id.clone();
+            let qid = quote_id.clone();
+            let s2 = s.clone();
+            let earlier = blocking(move || Ok(s2.ledger.quote_topup(&id, &qid)?)).await?;
+            let Some((resumed, late)) = earlier else {
+                s.metrics.payment_already_spent("onchain");
+                return Err(LeaseError::QuoteCounted { quote_id, lease_id });
+            };
+            let balance_msat = s
+                .ledger
+                .get(&l.id)?
+                .ok_or(LeaseError::NoLease)?
+                .balance_msat;
+            let out = TopupOutcome {
+                balance_msat,
+                resumed,
+                repeated: true,
+            };
+            return answer(s, &l, "onchain", out, late).await;
+        }
+        other => other?,
+    };
     let kind = metric_kind(&credit);
     // With a fleet store the payment is fenced there first (see crate::fleet); the
     // operation names the lease and the payment, so a retried top-up is known again.
@@ -53,6 +79,17 @@ pub async fn topup(
     }
     let out = out?;
     crate::fault::hit(crate::fault::point::TOPUP_COMMITTED);
+    answer(s, &l, kind, out, late).await
+}
+
+/// The reply to a top-up of lease `l` that committed (`out`), or to its retry.
+async fn answer(
+    s: &Shared,
+    l: &LeaseRow,
+    kind: &'static str,
+    out: TopupOutcome,
+    late: bool,
+) -> Result<TopupResponse, LeaseError> {
     // A repeat tells the guest again what its lost request did (the resume may have been lost
     // with the reply; resuming a running guest changes nothing), while the lease still runs.
     let resume = if out.repeated {

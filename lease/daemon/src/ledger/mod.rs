@@ -162,6 +162,11 @@ pub struct Credit {
     pub keys: Vec<SpendKey>,
     /// On-chain: the paying block, watched until the payment settles.
     pub block_hash: Option<String>,
+    /// On-chain: the quote it paid. Kept on its payment row: a payment named by quote id
+    /// alone counts whichever of the quote's outputs are deep enough when it is checked, so
+    /// a retry of a create or top-up whose reply was lost may bring a different set of keys
+    /// than the one that committed, and is known again by its quote (see `recovery.rs`).
+    pub quote_id: Option<String>,
 }
 
 /// The kind of an on-chain payment mined after its quote expired.

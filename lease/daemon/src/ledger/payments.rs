@@ -58,8 +58,8 @@ fn record_payment(
     SqliteSpentSet::claim_in(tx, &credit.keys, SpendState::Spent, lease_id)?;
     tx.prepare_cached(
         "INSERT INTO payments (kind, reference, amount_msat, lease_id, late, created_at,
-            payment_digest, resumed, block_hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            payment_digest, resumed, block_hash, quote_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         credit.kind,
@@ -70,7 +70,8 @@ fn record_payment(
         unix_s(),
         payment_digest(&credit.keys).as_slice(),
         resumed,
-        credit.block_hash
+        credit.block_hash,
+        credit.quote_id
     ])?;
     Ok(())
 }

@@ -5,7 +5,11 @@
 //! before sending, and sends with the create; the ledger stores only its SHA-256 next to the
 //! lease, together with a digest of the exact set of spent-set keys (outpoints or credit
 //! `Y`s) that the create's payment claimed. A retry proves ownership by carrying both the
-//! same payment (same digest) and the key (same hash). Neither alone is enough: an on-chain
+//! same payment (same digest) and the key (same hash). An on-chain payment named by quote id
+//! alone counts whichever of the quote's outputs are deep enough when it is checked, so its
+//! retry may bring more outputs than the create claimed: it is the same payment when it
+//! pays the quote the lease was created from and includes an output the lease holds
+//! ([`created_from_same_quote`]). Neither payment nor key alone is enough: an on-chain
 //! payment is public once mined, and spent Cashu proofs may still be known to whoever held
 //! them before the tenant (a token passed on without a swap), so making either a bearer
 //! credential for the lease would let a stranger take it over. A create without a key is
@@ -92,6 +96,48 @@ fn never_booted(l: &LeaseRow) -> bool {
         && l.used_vcpu_us == 0
 }
 
+/// Whether a stored recovery hash is the presented one (in constant time).
+fn same_hash(stored: &[u8], presented: &[u8; 32]) -> bool {
+    stored.len() == 32 && bool::from(stored.ct_eq(presented.as_slice()))
+}
+
+/// For an on-chain payment: the lease created from the same quote whose stored recovery
+/// hash equals `presented`, if it holds one of `credit`'s keys.
+///
+/// A payment named by quote id alone counts whichever of the quote's outputs are deep
+/// enough when it is checked: a tenant who paid the quote twice may have had its create
+/// count the first output only, and its retry, once the second is deep too, brings both.
+/// Its digest then differs, yet it is the same request: same quote, same recovery key, and
+/// part of it is what the lease was paid with. Nothing is claimed by recovering, so the
+/// outputs the lease does not hold stay unclaimed; a top-up of the lease by the same quote
+/// id credits them to it (`leases::payment_intake::verify_onchain`).
+fn created_from_same_quote(
+    tx: &Transaction<'_>,
+    credit: &Credit,
+    presented: &[u8; 32],
+) -> Result<Option<String>, LedgerError> {
+    let Some(quote_id) = &credit.quote_id else {
+        return Ok(None);
+    };
+    // The leases whose create (the payment carrying the lease's own digest) paid this quote:
+    // usually one; more only if separate transactions to it were each proved for a create.
+    let created: Vec<(String, Option<Vec<u8>>)> = tx
+        .prepare_cached(
+            "SELECT l.id, l.recovery_hash FROM payments p JOIN leases l ON l.id = p.lease_id
+             WHERE p.quote_id = ?1 AND p.payment_digest = l.payment_digest",
+        )?
+        .query_map([quote_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    if created.is_empty() {
+        return Ok(None);
+    }
+    let holders = SqliteSpentSet::notes_in(tx, &credit.keys)?;
+    Ok(created.into_iter().find_map(|(id, stored)| {
+        let holds = holders.iter().any(|h| h.as_deref() == Some(id.as_str()));
+        (holds && stored.is_some_and(|s| same_hash(&s, presented))).then_some(id)
+    }))
+}
+
 /// Inside the caller's write transaction: if `credit` paid for a lease whose stored
 /// recovery hash equals `presented`, rotates its token to `new_token_hash` and returns it.
 /// `None` for anything else (no key presented, unknown payment, no key stored, wrong key).
@@ -109,12 +155,13 @@ fn recover_in(
         .prepare_cached("SELECT id, recovery_hash FROM leases WHERE payment_digest = ?1")?
         .query_row([digest.as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let Some((id, Some(stored))) = found else {
-        return Ok(None);
+    let id = match found {
+        Some((id, Some(stored))) if same_hash(&stored, presented) => id,
+        _ => match created_from_same_quote(tx, credit, presented)? {
+            Some(id) => id,
+            None => return Ok(None),
+        },
     };
-    if stored.len() != 32 || !bool::from(stored.as_slice().ct_eq(presented.as_slice())) {
-        return Ok(None);
-    }
     let reboot = never_booted(&require_in(tx, &id)?);
     tx.prepare_cached(
         "UPDATE leases SET token_hash = ?2, token_seq = token_seq + 1, updated_at = ?3,
@@ -192,6 +239,35 @@ impl Ledger {
         }))
     }
 
+    /// The note each key was claimed with (a lease id for a lease's payment), or `None`
+    /// for a key never claimed.
+    pub fn notes(&self, keys: &[SpendKey]) -> Result<Vec<Option<String>>, LedgerError> {
+        self.with_conn(|c| Ok(SqliteSpentSet::notes_in(c, keys)?))
+    }
+
+    /// The latest top-up of lease `id` (not its create's payment) from on-chain quote
+    /// `quote_id`, if any: whether it resumed the lease, and whether it was late
+    /// (`onchain_late`). A retry of that top-up that finds nothing new to count is answered
+    /// with it.
+    pub fn quote_topup(
+        &self,
+        id: &str,
+        quote_id: &str,
+    ) -> Result<Option<(bool, bool)>, LedgerError> {
+        self.with_conn(|c| {
+            Ok(c.prepare_cached(
+                "SELECT p.resumed, p.kind = ?3 FROM payments p JOIN leases l ON l.id = p.lease_id
+                 WHERE p.lease_id = ?1 AND p.quote_id = ?2
+                   AND l.payment_digest IS NOT p.payment_digest
+                 ORDER BY p.id DESC LIMIT 1",
+            )?
+            .query_row(params![id, quote_id, super::ONCHAIN_LATE], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
+        })
+    }
+
     /// The digest of the outputs a lease's refund was signed onto (recorded with the refund,
     /// see [`Ledger::refund_onto`]), if it was.
     pub fn refund_outputs(&self, id: &str) -> Result<Option<Vec<u8>>, LedgerError> {
@@ -251,6 +327,7 @@ mod tests {
     fn credit(keys: &[u8]) -> Credit {
         Credit {
             block_hash: None,
+            quote_id: None,
             kind: "credit",
             reference: format!("{} proofs", keys.len()),
             amount_msat: 1000 * keys.len() as u64,
@@ -421,6 +498,59 @@ mod tests {
         assert!(r.reboot, "{:?}", r.lease);
         assert_eq!(r.lease.state, LeaseState::Booting);
         assert_eq!((r.lease.last_vcpu_total_us, r.lease.last_uptime_us), (0, 0));
+    }
+
+    /// On-chain credit paying `quote` with outpoints `keys`.
+    fn paid_quote(quote: &str, keys: &[u8]) -> Credit {
+        Credit {
+            kind: "onchain",
+            reference: format!("{} outputs", keys.len()),
+            amount_msat: 1000 * keys.len() as u64,
+            keys: keys
+                .iter()
+                .map(|&b| SpendKey::outpoint([b; 32], 0))
+                .collect(),
+            block_hash: None,
+            quote_id: Some(quote.into()),
+        }
+    }
+
+    /// A create paid by quote id alone counted one output of the quote; its retry, once a
+    /// second output to the quote is deep, brings both: the same lease for the same key.
+    #[test]
+    fn a_retry_that_counts_more_outputs_of_the_same_quote_gets_the_lease() {
+        let (_d, l) = ledger();
+        l.create_or_recover(&new_lease("a", "t1", Some(KEY)), &paid_quote("q", &[1]))
+            .expect("create");
+        let more = paid_quote("q", &[1, 2]);
+        spent_message(l.create_or_recover(&new_lease("b", "x", Some(OTHER_KEY)), &more));
+        spent_message(l.create_or_recover(&new_lease("b", "x", None), &more));
+        // The same outputs credited to another quote's name are not this quote's payment.
+        spent_message(l.create_or_recover(
+            &new_lease("b", "x", Some(KEY)),
+            &paid_quote("other", &[1, 2]),
+        ));
+        let r = recovered(
+            l.create_or_recover(&new_lease("c", "t2", Some(KEY)), &more)
+                .expect("retry"),
+        );
+        assert_eq!((r.lease.id.as_str(), r.token_seq), ("a", 2));
+        assert_eq!(
+            l.books("a").expect("books").paid_msat,
+            1000,
+            "nothing claimed"
+        );
+        assert_eq!(
+            l.notes(&more.keys).expect("notes"),
+            [Some("a".to_string()), None],
+            "the second output is left for a top-up"
+        );
+        // An output of the quote the lease does not hold, on its own, is a payment of its own.
+        assert_eq!(
+            l.create_or_recover(&new_lease("d", "t3", Some(KEY)), &paid_quote("q", &[2]))
+                .expect("create"),
+            CreateOutcome::Created
+        );
     }
 
     #[test]

@@ -125,6 +125,9 @@ pub(super) fn add_missing_columns(conn: &Connection) -> Result<(), LedgerError> 
         ("settled", "INTEGER NOT NULL DEFAULT 0"),
         ("payment_digest", "BLOB"),
         ("resumed", "INTEGER NOT NULL DEFAULT 0"),
+        // The quote an on-chain payment paid (`Credit::quote_id`); NULL for credit and for
+        // payments taken before it was kept (their retries are known by digest only).
+        ("quote_id", "TEXT"),
     ] {
         if !have.iter().any(|h| h == name) {
             conn.execute_batch(&format!("ALTER TABLE payments ADD COLUMN {name} {decl}"))?;
@@ -132,6 +135,11 @@ pub(super) fn add_missing_columns(conn: &Connection) -> Result<(), LedgerError> 
     }
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS payments_payment_digest ON payments(payment_digest)",
+    )?;
+    // A retry of a payment named by quote id looks its earlier payments up by quote.
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS payments_quote_id ON payments(quote_id)
+         WHERE quote_id IS NOT NULL",
     )?;
     // What every metering tick asks for (`Ledger::unsettled_payments`): the few on-chain
     // payments not yet settled, among every payment ever taken.

@@ -44,6 +44,7 @@ pub(super) fn credit(key: u8, msat: u64) -> Credit {
         amount_msat: msat,
         keys: vec![SpendKey::outpoint([key; 32], 0)],
         block_hash: None,
+        quote_id: None,
     }
 }
 
