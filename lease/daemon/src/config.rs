@@ -53,7 +53,9 @@ pub enum ConfigError {
     /// `--mint-min-conf` (and `--min-conf`): settling earlier would let a refund pay out
     /// credit for a payment that shallow.
     #[error(
-        "--settle-conf {settle} is below the {need} confirmations a refund needs          (--mint-min-conf, --min-conf): a payment settled earlier would be refunded as credit          unchecked; raise --settle-conf to at least {need}"
+        "--settle-conf {settle} is below the {need} confirmations a refund needs (--mint-min-conf, \
+         --min-conf): a payment settled earlier would be refunded as credit unchecked; raise \
+         --settle-conf to at least {need}"
     )]
     SettleBelowRefundDepth { settle: u32, need: u32 },
 }
