@@ -40,7 +40,12 @@ pub fn issue_quote_for(
 ) -> Result<Quote, ApiError> {
     crate::http::degraded::admit(s)?;
     let now_us = (unix_s() as u64).saturating_mul(1_000_000);
-    let tip = reuse_tip(&s.chain_sync.snapshot(), s.chain_read().tip().height);
+    let peers_wanted = !s.config.bitcoin_peers.is_empty() || s.config.bitcoin_dns_seeds;
+    let tip = reuse_tip(
+        &s.chain_sync.snapshot(),
+        s.chain_read().tip().height,
+        peers_wanted,
+    );
     s.quotes
         .create_at_tip(
             amount_msat,
@@ -61,12 +66,19 @@ pub fn issue_quote_for(
 /// pays the old quote: while peers are configured but none says the chain is caught up
 /// (`syncing`, `no_peers`), this host's tip may be blocks behind the real one, a late
 /// payment to the old quote may sit in one of them, and no index is reused. With no peers
-/// configured (`off`) the operator feeds the headers, and the tip is the one there is.
-pub(crate) fn reuse_tip(sync: &coinop_bitcoin_net::SyncSnapshot, tip: u32) -> Option<u32> {
+/// configured (`off`, `peers_wanted` false) the operator feeds the headers, and the tip is
+/// the one there is; `off` while peers are wanted (DNS seeds not resolved yet, or never)
+/// is a host that has not synced.
+pub(crate) fn reuse_tip(
+    sync: &coinop_bitcoin_net::SyncSnapshot,
+    tip: u32,
+    peers_wanted: bool,
+) -> Option<u32> {
     use coinop_bitcoin_net::SyncState;
     match sync.state {
-        SyncState::Synced | SyncState::Off => Some(tip),
-        SyncState::Syncing | SyncState::NoPeers => None,
+        SyncState::Synced => Some(tip),
+        SyncState::Off if !peers_wanted => Some(tip),
+        SyncState::Off | SyncState::Syncing | SyncState::NoPeers => None,
     }
 }
 
@@ -327,9 +339,12 @@ mod tests {
     /// quote that took its index over, so no index is reused until the chain is synced.
     #[test]
     fn indexes_are_reused_only_at_a_tip_the_host_can_trust() {
-        assert_eq!(reuse_tip(&sync(SyncState::Synced), 120), Some(120));
-        assert_eq!(reuse_tip(&sync(SyncState::Off), 120), Some(120));
-        assert_eq!(reuse_tip(&sync(SyncState::Syncing), 120), None);
-        assert_eq!(reuse_tip(&sync(SyncState::NoPeers), 120), None);
+        assert_eq!(reuse_tip(&sync(SyncState::Synced), 120, true), Some(120));
+        assert_eq!(reuse_tip(&sync(SyncState::Off), 120, false), Some(120));
+        assert_eq!(reuse_tip(&sync(SyncState::Syncing), 120, true), None);
+        assert_eq!(reuse_tip(&sync(SyncState::NoPeers), 120, true), None);
+        // DNS seeds asked for and not resolved (yet, or ever): no peer was configured, so
+        // the sync says `off`, but the tip is no operator's.
+        assert_eq!(reuse_tip(&sync(SyncState::Off), 120, true), None);
     }
 }
