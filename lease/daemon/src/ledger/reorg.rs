@@ -163,16 +163,8 @@ impl Ledger {
                 .execute(params![id, now])?;
                 return Ok(false);
             }
-            // Never back: the µs up to the baseline are billed already (ledger::tick).
-            let (vcpu, uptime) = baseline.map_or(
-                (lease.last_vcpu_total_us, lease.last_uptime_us),
-                |(vcpu, uptime)| {
-                    (
-                        vcpu.max(lease.last_vcpu_total_us),
-                        uptime.max(lease.last_uptime_us),
-                    )
-                },
-            );
+            let (vcpu, uptime) =
+                baseline.unwrap_or((lease.last_vcpu_total_us, lease.last_uptime_us));
             let funded = lease.balance_msat > 0;
             let state = if funded {
                 LeaseState::Running

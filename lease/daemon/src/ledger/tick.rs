@@ -143,14 +143,6 @@ fn tick_one(
         _ => {}
     }
     let stop = out.action == TickAction::Stop;
-    // The baselines never move back: a reading below them (a floor raised the last one
-    // above what the VMM said, and this one, unfunded, was taken as read) would otherwise
-    // bill the same µs again once the counters pass them. A replaced VMM, whose counters
-    // do start again from zero, has its baseline set where it is replaced.
-    let (last_vcpu, last_uptime) = (
-        s.vcpu_total_us.max(lease.last_vcpu_total_us),
-        s.uptime_us.max(lease.last_uptime_us),
-    );
     tx.prepare_cached(
         "UPDATE leases SET balance_msat = ?2, carry_units = ?3, used_vcpu_us = ?4,
             used_mem_mib_us = ?5, last_vcpu_total_us = ?6, last_uptime_us = ?7, state = ?8,
@@ -163,8 +155,8 @@ fn tick_one(
         carry,
         stored_counter(used_vcpu),
         stored_counter(used_mem),
-        stored_counter(last_vcpu),
-        stored_counter(last_uptime),
+        stored_counter(s.vcpu_total_us),
+        stored_counter(s.uptime_us),
         if stop { LeaseState::Stopped } else { state },
         paused_at,
         stop,
@@ -211,30 +203,6 @@ mod tests {
             )
             .expect("tick");
         assert_eq!(o[0].debited_msat, 1000, "{o:?}");
-    }
-
-    /// A reading below the baseline (the last was raised by a floor, this one was taken
-    /// as read) bills nothing and leaves the baseline where it is: the µs between are not
-    /// billed a second time when the counters pass it again.
-    #[test]
-    fn a_reading_below_the_baseline_does_not_move_it_back() {
-        let (_d, l) = ledger();
-        l.create_lease(&new_lease("a"), &credit(1, 100_000))
-            .expect("create");
-        l.mark_running("a", None, "{}").expect("run");
-        l.apply_tick(&[s(2_000_000, 1_000_000)], P, 0)
-            .expect("tick");
-        let o = l
-            .apply_tick(&[s(1_000_000, 1_000_000)], P, 0)
-            .expect("tick");
-        assert_eq!(o[0].debited_msat, 0);
-        let o = l
-            .apply_tick(&[s(3_000_000, 1_000_000)], P, 0)
-            .expect("tick");
-        assert_eq!(
-            o[0].debited_msat, 1000,
-            "1 s of vCPU past 2 s, not 2 s past 1 s"
-        );
     }
 
     #[test]
