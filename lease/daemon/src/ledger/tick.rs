@@ -205,6 +205,28 @@ mod tests {
         assert_eq!(o[0].debited_msat, 1000, "{o:?}");
     }
 
+    /// A VMM that reports a spike once (its guest took it over) pays for it with its
+    /// balance, and its lease is billed again once it runs after a top-up: the baselines
+    /// follow the readings down, so a spike does not put them out of reach of the lease's
+    /// counters for good. (Keeping baselines from moving back, tried once, let one spike
+    /// buy a whole lease's run.)
+    #[test]
+    fn a_spiked_reading_does_not_leave_the_lease_unbilled_after_a_top_up() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 1000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        let o = l.apply_tick(&[s(u64::MAX, u64::MAX)], P, 60).expect("tick");
+        assert_eq!(o[0].action, TickAction::Pause);
+        l.topup("a", &credit(2, 100_000)).expect("top-up");
+        l.apply_tick(&[s(10_000_000, 10_000_000)], P, 60)
+            .expect("tick");
+        let o = l
+            .apply_tick(&[s(11_000_000, 11_000_000)], P, 60)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 2000, "1 s of vCPU and of 1 GiB: {o:?}");
+    }
+
     #[test]
     fn ticks_debit_pause_and_stop_after_grace() {
         let (_d, l) = ledger();
