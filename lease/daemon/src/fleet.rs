@@ -176,6 +176,16 @@ enum NotReady {
     Worker(String),
 }
 
+/// Where a request's own fence left for the background is.
+enum Unanswered {
+    /// In the list: taken out of it for the request.
+    Taken(Fence),
+    /// A background pass has it and has not settled it yet.
+    BeingSettled,
+    /// In neither: the operation is in flight as a request.
+    NotHere,
+}
+
 /// The fleet store as this coinopd uses it.
 pub struct Fleet {
     set: PgSpentSet,
@@ -545,36 +555,35 @@ impl Fleet {
             if let Some(entered) = self.in_flight.enter(name) {
                 return Some((entered, None));
             }
-            if let Some(lost) = self.take_unanswered(name) {
-                return Some((lost._in_flight, lost.settle_until));
-            }
-            if !self.being_settled(name) || Instant::now() >= give_up {
-                return None;
+            match self.take_unanswered(name) {
+                Unanswered::Taken(lost) => return Some((lost._in_flight, lost.settle_until)),
+                Unanswered::BeingSettled if Instant::now() < give_up => {}
+                Unanswered::BeingSettled | Unanswered::NotHere => return None,
             }
             tokio::time::sleep(SETTLING_POLL).await;
         }
     }
 
-    /// A background pass has the fence of `name` and has not settled it yet.
-    fn being_settled(&self, name: &str) -> bool {
-        self.settling
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .any(|(_, n, _)| n == name)
-    }
-
     /// The fence of the same request (`name`: operation and keys) left waiting after its
-    /// claim's answer was lost, taken out of the background list, if it is there.
-    fn take_unanswered(&self, name: &str) -> Option<Fence> {
+    /// claim's answer was lost, taken out of the background list if it is there. Both
+    /// lists are read under the list's lock, as a pass moves fences between them.
+    fn take_unanswered(&self, name: &str) -> Unanswered {
         let mut unsettled = self
             .unsettled
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let i = unsettled
+        if let Some(i) = unsettled
             .iter()
-            .position(|f| f.unanswered && f._in_flight.name() == name)?;
-        Some(unsettled.swap_remove(i))
+            .position(|f| f.unanswered && f._in_flight.name() == name)
+        {
+            return Unanswered::Taken(unsettled.swap_remove(i));
+        }
+        let settling = self.settling.lock().unwrap_or_else(PoisonError::into_inner);
+        if settling.iter().any(|(_, n, _)| n == name) {
+            Unanswered::BeingSettled
+        } else {
+            Unanswered::NotHere
+        }
     }
 
     /// Releases what a claim whose answer was lost may have taken, then leaves it to the
@@ -702,25 +711,29 @@ impl Fleet {
     }
 
     async fn settle_unsettled(&self, ledger: &Arc<Ledger>) {
-        let todo = std::mem::take(
-            &mut *self
+        // Out of the list for the pass, but still what a new request of the same operation
+        // must not share keys with (shared_with_deferred), and what the same request
+        // waits for (enter_or_take_over): each fence's release only ends in the store as
+        // its turn in the pass comes. Both lists change under the list's lock, so that a
+        // request looking at them in between finds each fence in one of them.
+        let todo = {
+            let mut unsettled = self
                 .unsettled
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        // Out of the list for the pass, but still what a new request of the same operation
-        // must not share keys with (shared_with_deferred): each fence's release only ends
-        // in the store as its turn in the pass comes.
-        *self.settling.lock().unwrap_or_else(PoisonError::into_inner) = todo
-            .iter()
-            .map(|f| {
-                (
-                    f.operation.clone(),
-                    f._in_flight.name().to_string(),
-                    f.keys.clone(),
-                )
-            })
-            .collect();
+                .unwrap_or_else(PoisonError::into_inner);
+            let todo = std::mem::take(&mut *unsettled);
+            *self.settling.lock().unwrap_or_else(PoisonError::into_inner) = todo
+                .iter()
+                .map(|f| {
+                    (
+                        f.operation.clone(),
+                        f._in_flight.name().to_string(),
+                        f.keys.clone(),
+                    )
+                })
+                .collect();
+            todo
+        };
         for fence in todo {
             let name = fence._in_flight.name().to_string();
             crate::fault::delay(crate::fault::point::FLEET_BACKGROUND_SETTLE).await;

@@ -266,6 +266,11 @@ pub async fn run(s: Shared, mut exits: mpsc::UnboundedReceiver<GuestExit>) {
 fn guest_exited(s: &Shared, exit: &GuestExit) {
     let lease_id = exit.lease_id.as_str();
     s.supervisor.exit_handled(lease_id);
+    // A VMM that went silent and then ended: its last unread stretch is billed as the
+    // floors see it, as it would have been at its control_lost stop.
+    if let Ok(Some(l)) = s.ledger.get(lease_id) {
+        bill_if_silent(s, &l);
+    }
     let why = stop_reason(exit.code);
     let ended = s.ledger.mark_guest_ended(lease_id, why, exit.vmm);
     if matches!(ended, Ok(GuestEnded::NotRecorded)) {
@@ -692,14 +697,24 @@ fn stop_control_lost(s: &Shared, l: &LeaseRow) {
     }
 }
 
+/// [`bill_silent_window`] if `l`'s VMM is silent now (its last reads failed): before any
+/// end of the lease that does not go through a tick (its tenant's stop, its VMM's exit),
+/// so that ending it before the `control_lost` stop does not leave that stretch unbilled.
+pub(crate) fn bill_if_silent(s: &Shared, l: &LeaseRow) {
+    if s.supervisor.silent_for(&l.id).is_some() {
+        bill_silent_window(s, l);
+    }
+}
+
 /// Bills running lease `l` for the window its VMM gave no reading, before it is stopped
 /// for it: the kernel's guest time and coinopd's clock since the last committed reading
 /// ([`crate::usage_floor::UsageFloors::floor_silent`]). Without it, a VMM that never
 /// answers would run each lease's last 20 s (and, answering never, its whole run) for
 /// nothing, its balance kept for the tenant's refund. A lease with no reading since
 /// coinopd started has no anchor: its memory time is billed from the ledger's last
-/// update of it (whole seconds, so one less), its vCPU time not at all (the kernel's
-/// guest time of a warm restore's VMM holds time before its lease).
+/// update of it (whole seconds, so one less) or from when its VMM went silent, whichever
+/// is earlier, its vCPU time not at all (the kernel's guest time of a warm restore's VMM
+/// holds time before its lease).
 fn bill_silent_window(s: &Shared, l: &LeaseRow) {
     if l.state != LeaseState::Running {
         return;
@@ -717,7 +732,10 @@ fn bill_silent_window(s: &Shared, l: &LeaseRow) {
             let since_s = crate::clock::unix_s()
                 .saturating_sub(l.updated_at)
                 .saturating_sub(1);
-            let since = Duration::from_secs(u64::try_from(since_s).unwrap_or(0));
+            // The ledger's last update can be moved by the tenant (a top-up, a create
+            // resent for recovery): never less than how long the VMM has been silent.
+            let since = Duration::from_secs(u64::try_from(since_s).unwrap_or(0))
+                .max(s.supervisor.silent_for(&l.id).unwrap_or_default());
             let unread = since.saturating_sub(deadline * 2);
             let unread_us = u64::try_from(unread.as_micros()).unwrap_or(u64::MAX);
             (

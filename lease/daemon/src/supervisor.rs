@@ -490,6 +490,14 @@ impl Supervisor {
         }
     }
 
+    /// How long `lease_id`'s VMM has been silent (its reads failing), if it is; unlike
+    /// [`Supervisor::unreachable_for`], asking starts no count.
+    pub fn silent_for(&self, lease_id: &str) -> Option<Duration> {
+        locked(&self.unreachable)
+            .get(lease_id)
+            .map(|since| since.elapsed())
+    }
+
     /// `lease_id`'s VMM answered (or was stopped): it is not unreachable.
     pub fn reached(&self, lease_id: &str) {
         locked(&self.unreachable).remove(lease_id);

@@ -554,6 +554,44 @@ async fn a_vmm_that_stops_answering_is_stopped_control_lost() {
     .await;
 }
 
+/// A VMM gone silent whose tenant stops the lease before the `control_lost` stop (20 s):
+/// the stretch its VMM was silent is billed before the balance is handed back, as the
+/// `control_lost` stop bills it. Before, stopping at 19 s left it free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_stopped_while_its_vmm_is_silent_is_billed_that_stretch() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let d = Daemon::start(dir.path(), &[]).await;
+    let lease = spinning_lease(&d, 50).await;
+    let created = Instant::now();
+    let vmm = recorded_vmm(dir.path(), &lease.id);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmm.pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .expect("stop this test's lease's VMM");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    d.stop_lease(&lease.id, &lease.token).await;
+    let lived = created.elapsed();
+    let path = format!("/v1/leases/{}", lease.id);
+    let v = d.call("GET", &path, Some(&lease.token), None).await.json();
+    assert_eq!(v["stop_reason"], "tenant", "{v}");
+    let mem_mib = v["mem_mib"].as_u64().expect("mem_mib");
+    let billed_s = v["used"]["mem_mib_us"].as_u64().expect("used") as f64 / mem_mib as f64 / 1e6;
+    assert!(
+        billed_s >= lived.as_secs_f64() - 3.0,
+        "memory time billed for {billed_s:.1} s of the {lived:?} it lived: {v}"
+    );
+    assert!(
+        ends_within(&vmm, Duration::from_secs(10)).await,
+        "the VMM was killed"
+    );
+    books_balance(dir.path(), &lease.id);
+    d.shutdown().await;
+}
+
 /// A VMM that writes its console file beyond `--console-max-bytes` (the cap is the VMM's to
 /// keep; here the test writes as a VMM a hostile guest took over would) is stopped
 /// `control_lost` at the next tick, killed, and its file cut back to the bound: it cannot
