@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "settle_by_operation",
         sql: include_str!("../migrations/0005_settle_by_operation.sql"),
     },
+    Migration {
+        version: 6,
+        name: "quote_key_ids",
+        sql: include_str!("../migrations/0006_quote_key_ids.sql"),
+    },
 ];
 
 /// The schema version this build writes.

@@ -272,6 +272,24 @@ async fn every_spelling_of_a_key_draws_from_one_fleet_counter() {
         4,
         "the old quotes moved too"
     );
+    // A host of an older coinopd still running keys its counter by the xpub as typed: it
+    // would start that counter again low and hand out indexes live quotes hold. The store
+    // refuses it (schema 6), so its quote fails instead of sharing an address.
+    let old = client
+        .query(
+            "SELECT o_index FROM coinop_quote_index($1, 0, 0, 100, 1, false)",
+            &[&tpub()],
+        )
+        .await
+        .expect_err("an xpub as typed is refused");
+    assert!(
+        old.to_string().contains("older than the store's schema")
+            || old
+                .as_db_error()
+                .is_some_and(|e| e.message().contains("older than the store's schema")),
+        "{old:?}"
+    );
+    assert_eq!(h3.next_index().await.unwrap(), 4, "nothing was handed out");
 }
 
 /// PostgreSQL down: issuing fails as an outage (never as a refusal), and works again once

@@ -844,7 +844,7 @@ async fn a_version_4_database_is_upgraded_to_settles_by_operation() {
         "DELETE FROM coinop_schema_migrations WHERE version >= 5",
     )
     .unwrap();
-    assert_eq!(h1.store().migrate().await.unwrap(), [5]);
+    assert_eq!(h1.store().migrate().await.unwrap(), [5, 6]);
     assert_eq!(h1.release_pending(&k, "X").await.unwrap(), 0);
     h1.commit_pending(&k, "Y").await.unwrap();
     assert!(h1.held_for_operation(&k, "Y").await.unwrap());
