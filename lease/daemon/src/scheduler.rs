@@ -712,9 +712,8 @@ pub(crate) fn bill_if_silent(s: &Shared, l: &LeaseRow) {
 /// answers would run each lease's last 20 s (and, answering never, its whole run) for
 /// nothing, its balance kept for the tenant's refund. A lease with no reading since
 /// coinopd started has no anchor: its memory time is billed from the ledger's last
-/// update of it (whole seconds, so one less) or from when its VMM went silent, whichever
-/// is earlier, its vCPU time not at all (the kernel's guest time of a warm restore's VMM
-/// holds time before its lease).
+/// update of it (whole seconds, so one less), its vCPU time not at all (the kernel's guest
+/// time of a warm restore's VMM holds time before its lease).
 fn bill_silent_window(s: &Shared, l: &LeaseRow) {
     if l.state != LeaseState::Running {
         return;
@@ -732,10 +731,11 @@ fn bill_silent_window(s: &Shared, l: &LeaseRow) {
             let since_s = crate::clock::unix_s()
                 .saturating_sub(l.updated_at)
                 .saturating_sub(1);
-            // The ledger's last update can be moved by the tenant (a top-up, a create
-            // resent for recovery): never less than how long the VMM has been silent.
-            let since = Duration::from_secs(u64::try_from(since_s).unwrap_or(0))
-                .max(s.supervisor.silent_for(&l.id).unwrap_or_default());
+            // From the ledger's last update: a billing of this stretch moves it, so a
+            // second one bills only what came after; a top-up that resumed the lease
+            // moves it too, so its unfunded pause before is not billed. (The tenant
+            // can move it by resending its create for recovery: noted, not closed.)
+            let since = Duration::from_secs(u64::try_from(since_s).unwrap_or(0));
             let unread = since.saturating_sub(deadline * 2);
             let unread_us = u64::try_from(unread.as_micros()).unwrap_or(u64::MAX);
             (

@@ -53,8 +53,14 @@ pub enum LeaseError {
     /// output to the quote is left unclaimed and deep enough: nothing new to credit. The
     /// top-up answers a retry of an earlier top-up from this quote as a repeat; anything
     /// else gets this, a 409 `already_spent` like any reuse of a spent payment.
+    /// `shallow`: an output nobody claimed is there but not deep enough yet (the error
+    /// that says so), answered once no earlier top-up from the quote is to be repeated.
     #[error("every output paying quote {quote_id} deep enough now was counted for lease {lease_id} already")]
-    QuoteCounted { quote_id: String, lease_id: String },
+    QuoteCounted {
+        quote_id: String,
+        lease_id: String,
+        shallow: Option<Box<payment::onchain::PaymentError>>,
+    },
     /// A stop of a lease whose balance was already handed back.
     #[error("lease {0} was already stopped and refunded")]
     AlreadyRefunded(String),

@@ -138,13 +138,24 @@ pub fn verify_onchain(
             (Some(seen), Some(lease_id)) => {
                 match seen_payment(&chain, &quote, seen, min_conf, false) {
                     Ok(v) => v,
-                    // Nothing new: what the lease holds is all there is. (A new output not
-                    // deep enough yet is that error, 402: the tenant waits and sends the
-                    // top-up again, rather than being told an earlier one was repeated.)
+                    // Nothing new deep enough: what the lease holds is all there is for now.
+                    // A retry of an earlier top-up is answered as it; otherwise a new
+                    // output not deep enough yet is that error, 402 (see topup).
                     Err(PaymentError::NotSeen { .. }) => {
                         return Err(LeaseError::QuoteCounted {
                             quote_id: quote.quote_id.clone(),
                             lease_id: lease_id.to_string(),
+                            shallow: None,
+                        })
+                    }
+                    Err(
+                        e @ (PaymentError::NotEnoughConfirmations { .. }
+                        | PaymentError::CoinbaseImmature { .. }),
+                    ) => {
+                        return Err(LeaseError::QuoteCounted {
+                            quote_id: quote.quote_id.clone(),
+                            lease_id: lease_id.to_string(),
+                            shallow: Some(Box::new(e)),
                         })
                     }
                     Err(e) => return Err(e.into()),

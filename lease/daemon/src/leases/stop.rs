@@ -25,11 +25,12 @@ pub async fn stop(s: &Shared, l: LeaseRow, req: StopRequest) -> Result<StopRespo
         return Err(LeaseError::AlreadyRefunded(l.id));
     }
     let was_live = l.state.is_live();
-    // A VMM gone silent is billed its unread stretch before the balance is refunded.
-    crate::scheduler::bill_if_silent(s, &l);
     let s2 = s.clone();
     let id = l.id.clone();
+    let row = l.clone();
     let body = blocking(move || {
+        // A VMM gone silent is billed its unread stretch before the balance is refunded.
+        crate::scheduler::bill_if_silent(&s2, &row);
         let body = match req.outputs {
             Some(outs) => {
                 let r = refund_with(&s2, &id, &outs)?;

@@ -26,14 +26,26 @@ pub async fn topup(
         // Paid by quote id, and every output to the quote deep enough now is this lease's
         // already: a retry of a top-up from this quote (whose reply was lost) is answered
         // as that top-up; else the quote only paid for the lease's create, a reuse (409).
-        Err(LeaseError::QuoteCounted { quote_id, lease_id }) => {
+        Err(LeaseError::QuoteCounted {
+            quote_id,
+            lease_id,
+            shallow,
+        }) => {
             let id = l.id.clone();
             let qid = quote_id.clone();
             let s2 = s.clone();
             let earlier = blocking(move || Ok(s2.ledger.quote_topup(&id, &qid)?)).await?;
             let Some((resumed, late)) = earlier else {
+                // No top-up to repeat: an output still too shallow says to wait (402).
+                if let Some(wait) = shallow {
+                    return Err((*wait).into());
+                }
                 s.metrics.payment_already_spent("onchain");
-                return Err(LeaseError::QuoteCounted { quote_id, lease_id });
+                return Err(LeaseError::QuoteCounted {
+                    quote_id,
+                    lease_id,
+                    shallow: None,
+                });
             };
             let balance_msat = s
                 .ledger
