@@ -239,7 +239,7 @@ impl QuoteBook {
     /// derived index (for callers without a header chain; the cap of
     /// [`IndexPolicy::max_open`] still holds).
     pub fn create(&self, amount_msat: u64, now_us: u64, ttl_us: u64) -> Result<Quote, QuoteError> {
-        self.issue(amount_msat, now_us, ttl_us, None)
+        self.create_at(amount_msat, now_us, ttl_us, None)
     }
 
     /// Issues a quote for `amount_msat` (raised to the address type's dust limit), valid
@@ -253,22 +253,12 @@ impl QuoteBook {
         ttl_us: u64,
         tip_height: u32,
     ) -> Result<Quote, QuoteError> {
-        self.issue(amount_msat, now_us, ttl_us, Some(tip_height))
+        self.create_at(amount_msat, now_us, ttl_us, Some(tip_height))
     }
 
     /// [`QuoteBook::create_at_tip`] with a tip to retire a reused index's old quote at, or
     /// [`QuoteBook::create`] (a new index) with `None`: for a host whose tip may be stale.
     pub fn create_at(
-        &self,
-        amount_msat: u64,
-        now_us: u64,
-        ttl_us: u64,
-        tip_height: Option<u32>,
-    ) -> Result<Quote, QuoteError> {
-        self.issue(amount_msat, now_us, ttl_us, tip_height)
-    }
-
-    fn issue(
         &self,
         amount_msat: u64,
         now_us: u64,

@@ -207,16 +207,7 @@ fn run_batch(conn: &mut Connection, ops: &[&Op]) -> (Vec<Reply>, bool) {
             reason: what.clone(),
             ..r
         });
-        let results = ops
-            .iter()
-            .map(|_| {
-                Err(match &refused {
-                    Some(r) => SpentSetError::StorageRefused(r.clone()),
-                    None => SpentSetError::Storage(what.clone()),
-                })
-            })
-            .collect();
-        (results, false)
+        (every_request_failed(ops.len(), refused, &what), false)
     };
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
@@ -241,16 +232,7 @@ fn run_batch(conn: &mut Connection, ops: &[&Op]) -> (Vec<Reply>, bool) {
                 }),
                 _ => None,
             };
-            let results = ops
-                .iter()
-                .map(|_| {
-                    Err(match &refused {
-                        Some(r) => SpentSetError::StorageRefused(r.clone()),
-                        None => SpentSetError::Storage(what.clone()),
-                    })
-                })
-                .collect();
-            return (results, false);
+            return (every_request_failed(ops.len(), refused, &what), false);
         }
         results.push(result);
     }
@@ -258,6 +240,19 @@ fn run_batch(conn: &mut Connection, ops: &[&Op]) -> (Vec<Reply>, bool) {
         Ok(()) => (results, true),
         Err(e) => fail_all(e),
     }
+}
+
+/// `n` requests all answered failed: with the disk's or the lock's refusal, typed, when
+/// that is what ended the batch (each may simply be retried), else as `what`.
+fn every_request_failed(n: usize, refused: Option<StorageRefused>, what: &str) -> Vec<Reply> {
+    (0..n)
+        .map(|_| {
+            Err(match &refused {
+                Some(r) => SpentSetError::StorageRefused(r.clone()),
+                None => SpentSetError::Storage(what.to_string()),
+            })
+        })
+        .collect()
 }
 
 /// Applies one request inside a savepoint that is released only if the request succeeded;
