@@ -474,6 +474,23 @@ struct LostClaimFleet {
     _pg: TestCluster,
 }
 
+impl LostClaimFleet {
+    /// Notes minted on host 2 (a mint fences too, so host 1's first claim is the
+    /// create's) and a create paid with them sent to host 1, whose claim's answer is lost:
+    /// 503 `store_unavailable`. The notes and the create's body.
+    async fn lost_create(&self) -> (Vec<Proof>, serde_json::Value) {
+        let proofs = self.h2.mint_credit(300).await;
+        let body = testguest_body("mode=echo", credit_payment(&proofs));
+        let r = self
+            .h1
+            .call("POST", "/v1/leases", None, Some(body.clone()))
+            .await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(r.text().contains("store_unavailable"), "{}", r.text());
+        (proofs, body)
+    }
+}
+
 async fn lost_claim_fleet(test: &str) -> Option<LostClaimFleet> {
     let pg = cluster(test)?;
     if !common::kvm_or_skip() {
@@ -517,15 +534,7 @@ async fn a_create_whose_claim_answer_is_lost_can_be_retried_at_once() {
         return;
     };
     let (h1, h2) = (&fleet.h1, &fleet.h2);
-    // Minted on host 2: a mint fences too, and host 1's first claim is the create's.
-    let proofs = h2.mint_credit(300).await;
-    let body = testguest_body("mode=echo", credit_payment(&proofs));
-
-    let r = h1
-        .call("POST", "/v1/leases", None, Some(body.clone()))
-        .await;
-    assert_eq!(r.status, 503, "{}", r.text());
-    assert!(r.text().contains("store_unavailable"), "{}", r.text());
+    let (proofs, body) = fleet.lost_create().await;
     // Nothing of the lost claim is left pending in the store, on any host's view.
     let states = h2.proof_states(&proofs).await;
     assert!(
@@ -548,13 +557,8 @@ async fn a_create_retried_while_its_lost_claim_is_released_again_waits_and_runs(
     else {
         return;
     };
-    let (h1, h2) = (&fleet.h1, &fleet.h2);
-    let proofs = h2.mint_credit(300).await;
-    let body = testguest_body("mode=echo", credit_payment(&proofs));
-    let r = h1
-        .call("POST", "/v1/leases", None, Some(body.clone()))
-        .await;
-    assert_eq!(r.status, 503, "{}", r.text());
+    let h1 = &fleet.h1;
+    let (_, body) = fleet.lost_create().await;
     // Passes start every second and hold each fence 2 s: by now one has this fence.
     tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
     let r = h1.call("POST", "/v1/leases", None, Some(body)).await;

@@ -510,8 +510,7 @@ async fn stopped_control_lost<T>(
     assert!(v["balance_msat"].as_u64().unwrap_or(0) > 0, "{v}");
     // The time it ran unread is billed too, as coinopd's clock saw it (less the floors'
     // slack and a tick): not only what was read before it misbehaved.
-    let mem_mib = v["mem_mib"].as_u64().expect("mem_mib");
-    let billed_s = v["used"]["mem_mib_us"].as_u64().expect("used") as f64 / mem_mib as f64 / 1e6;
+    let billed_s = memory_billed_s(&v);
     assert!(
         billed_s >= lived.as_secs_f64() - 3.0,
         "memory time billed for {billed_s:.1} s of the {lived:?} it lived: {v}"
@@ -523,6 +522,12 @@ async fn stopped_control_lost<T>(
     books_balance(dir.path(), &lease.id);
     d.shutdown().await;
     Some((dir, did))
+}
+
+/// The seconds of its whole memory a lease view's memory time stands for.
+fn memory_billed_s(v: &serde_json::Value) -> f64 {
+    let mem_mib = v["mem_mib"].as_u64().expect("mem_mib");
+    v["used"]["mem_mib_us"].as_u64().expect("used") as f64 / mem_mib as f64 / 1e6
 }
 
 /// A VMM whose control socket is removed from under it runs on with nothing listening
@@ -589,8 +594,7 @@ async fn a_lease_stopped_while_its_vmm_is_silent_is_billed_that_stretch() {
     let path = format!("/v1/leases/{}", lease.id);
     let v = d.call("GET", &path, Some(&lease.token), None).await.json();
     assert_eq!(v["stop_reason"], "tenant", "{v}");
-    let mem_mib = v["mem_mib"].as_u64().expect("mem_mib");
-    let billed_s = v["used"]["mem_mib_us"].as_u64().expect("used") as f64 / mem_mib as f64 / 1e6;
+    let billed_s = memory_billed_s(&v);
     assert!(
         billed_s >= lived.as_secs_f64() - 3.0 && billed_s <= lived.as_secs_f64() + 1.0,
         "memory time billed for {billed_s:.1} s of the {lived:?} it lived: {v}"
