@@ -204,6 +204,27 @@ pub async fn serve(
     if let Some(fleet_mint) = &state.fleet_mint {
         fleet_mint.start(&state).await?;
     }
+    // Payments an earlier version settled shallower than --settle-conf (which may then
+    // have been below the refund's depth) are followed again until they are deep enough.
+    let shallow = {
+        let chain = state.chain_read();
+        let settle = state.config.settle_conf.max(1);
+        // Only a block the chain has on its best branch, short of the depth: one it does
+        // not know (its headers not synced yet, or the chain store started again) says
+        // nothing, and following its payment again would freeze a paid lease for it.
+        state.ledger.unsettle_shallow(|hash| {
+            hash.parse::<bitcoin::BlockHash>().is_ok_and(|h| {
+                chain
+                    .block(&h)
+                    .is_some_and(|b| b.on_best_chain && b.confirmations < settle)
+            })
+        })
+    };
+    match shallow {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(payments = n, "settled payments followed again"),
+        Err(e) => tracing::error!(error = %e, "checking settled payments' depth"),
+    }
     let (adopted, dead) = crate::scheduler::adopt(&state).await?;
     tracing::info!(adopted, dead, "guests from earlier runs");
     // Only now is it known which leases are live: the rest of any network or overlay is a

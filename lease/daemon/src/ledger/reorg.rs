@@ -72,6 +72,36 @@ impl Ledger {
         })
     }
 
+    /// Follows again the settled on-chain payments of leases not yet refunded whose block
+    /// `too_shallow` says is not deep enough now (`settled` back to 0), and returns how
+    /// many. A coinopd of an earlier version may have settled them at a `--settle-conf`
+    /// below the depth a refund needs (refused at start-up since): a settled payment is
+    /// not looked at again, and a refund would have paid credit for it unchecked.
+    pub fn unsettle_shallow(
+        &self,
+        too_shallow: impl Fn(&str) -> bool,
+    ) -> Result<usize, LedgerError> {
+        self.with_tx(|tx| {
+            let settled: Vec<(i64, String)> = tx
+                .prepare_cached(
+                    "SELECT p.id, p.block_hash FROM payments p JOIN leases l ON l.id = p.lease_id
+                     WHERE p.block_hash IS NOT NULL AND p.settled = 1
+                       AND l.refunded_msat IS NULL",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut n = 0;
+            for (id, hash) in settled.iter().filter(|(_, h)| too_shallow(h)) {
+                tracing::warn!(payment = id, block = %hash,
+                    "a payment settled shallower than --settle-conf is followed again");
+                tx.prepare_cached("UPDATE payments SET settled = 0 WHERE id = ?1")?
+                    .execute([id])?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
     /// The block hashes of the lease's on-chain payments still followed.
     pub fn unsettled_blocks_of(&self, lease_id: &str) -> Result<Vec<String>, LedgerError> {
         self.with_conn(|conn| unsettled_blocks_in(conn, lease_id))
@@ -214,6 +244,35 @@ impl Ledger {
 mod tests {
     use super::*;
     use crate::ledger::test_support::{credit, ledger, new_lease};
+
+    /// A payment settled shallower than the depth the predicate asks for is followed
+    /// again; one deep enough, or whose lease was refunded, stays settled.
+    #[test]
+    fn payments_settled_too_shallow_are_followed_again() {
+        let (_d, l) = ledger();
+        for (key, id, block) in [(1, "a", "shallow"), (2, "b", "deep"), (3, "c", "shallow")] {
+            let mut c = credit(key, 5_000);
+            c.block_hash = Some(block.into());
+            l.create_lease(&new_lease(id), &c).expect("create");
+        }
+        for p in l.unsettled_payments().expect("list") {
+            l.settle_payment(p.payment_id, false).expect("settle");
+        }
+        // Lease c was refunded: nothing is paid out for its payment any more.
+        l.with_tx(|tx| {
+            tx.execute("UPDATE leases SET refunded_msat = 0 WHERE id = 'c'", [])?;
+            Ok(())
+        })
+        .expect("refunded");
+        assert_eq!(l.unsettle_shallow(|h| h == "shallow").expect("check"), 1);
+        let followed: Vec<String> = l
+            .unsettled_payments()
+            .expect("list")
+            .into_iter()
+            .map(|p| p.lease_id)
+            .collect();
+        assert_eq!(followed, ["a"]);
+    }
 
     #[test]
     fn a_frozen_lease_pauses_refunds_nothing_and_thaws_or_stops() {
