@@ -300,6 +300,19 @@ impl PgQuoteBook {
                             )
                             .await
                             .map_err(classify)?;
+                            // An index both spellings handed out: the quote left under the
+                            // old one is never retired by the key's quotes, so the key's
+                            // holder of that index is kept from reuse, as a paid one is.
+                            tx.execute(
+                                "UPDATE coinop_quotes d SET paid = true
+                                 WHERE d.xpub = $1 AND d.retired_at_height IS NULL
+                                   AND d.derivation_index IN (
+                                     SELECT c.derivation_index FROM coinop_quotes c
+                                     WHERE c.xpub = $2 AND c.retired_at_height IS NULL)",
+                                &[&key, old],
+                            )
+                            .await
+                            .map_err(classify)?;
                             tx.execute(
                                 "DELETE FROM coinop_quote_derivation WHERE xpub = $1",
                                 &[old],

@@ -139,7 +139,8 @@ fn migrate_unique_index_table(conn: &mut Connection) -> Result<(), rusqlite::Err
 /// them holds, plus one, so it never goes back and no index is derived twice; the quotes
 /// move with it. A quote whose index another spelling's live quote holds too (handed out
 /// twice before this) keeps its old key, so the one-holder-per-index rule still holds for
-/// the rest; its index is behind the counter either way.
+/// the rest; its index is behind the counter either way, and the key's holder of it is
+/// marked paid so that it is never reused.
 fn adopt_spellings(conn: &mut Connection, deriver: &AddressDeriver) -> Result<(), rusqlite::Error> {
     let key = deriver.key_id();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -163,6 +164,16 @@ fn adopt_spellings(conn: &mut Connection, deriver: &AddressDeriver) -> Result<()
         )?;
         tx.execute(
             "UPDATE OR IGNORE quotes SET xpub = ?1 WHERE xpub = ?2",
+            params![key, old],
+        )?;
+        // An index two spellings both handed out: the quote that stays under the old one
+        // is never retired by the key's quotes, so the key's holder of that index is kept
+        // from reuse (as a paid one is), or a third quote would share the address.
+        tx.execute(
+            "UPDATE quotes SET paid = 1
+             WHERE xpub = ?1 AND retired_at_height IS NULL AND derivation_index IN (
+                SELECT derivation_index FROM quotes
+                WHERE xpub = ?2 AND retired_at_height IS NULL)",
             params![key, old],
         )?;
         tx.execute(
@@ -757,6 +768,12 @@ mod tests {
         assert_eq!(book.get("twice").unwrap().unwrap().derivation_index, 0);
         let d = open(&tpub()).create(1_500, 10, 1_000).unwrap();
         assert_eq!(d.derivation_index, 3);
+        // Two days after every quote expired (past the day's grace): index 0, which 'twice'
+        // still holds under the old spelling, goes to no new quote (it would be a third on
+        // that address); the lowest free one does.
+        let later = 2 * 24 * 3600 * 1_000_000;
+        let e = book.create_at_tip(1_500, later, 1_000, 10).unwrap();
+        assert_eq!(e.derivation_index, 1, "{e:?}");
     }
 
     #[test]
