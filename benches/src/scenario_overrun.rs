@@ -217,6 +217,10 @@ async fn poll_until_paused(
                 uptime_us: u.uptime_us,
                 vcpu_us: u.vcpu_total_us,
             }),
+            // Paused, then stopped at the end of its grace (which is never longer than
+            // the lease ran, so a short lease's is short) before a third reading: its VMM
+            // is gone, and the readings so far are all there are.
+            Err(_) if paused_seen && !readings.is_empty() => return Ok(readings),
             Err(e) => return Err(err(format!("usage of lease {id}: {e}"))),
         }
         if paused_seen {
@@ -226,7 +230,11 @@ async fn poll_until_paused(
             }
         } else if last_state_check.elapsed() >= Duration::from_millis(20) {
             last_state_check = Instant::now();
-            paused_seen = show_lease(d, id, token).await?.state == LeaseState::PausedUnfunded;
+            // Stopped counts too: pause and grace may both fall between two looks.
+            paused_seen = matches!(
+                show_lease(d, id, token).await?.state,
+                LeaseState::PausedUnfunded | LeaseState::Stopped
+            );
         }
         if start.elapsed() > PAUSE_LIMIT {
             return Err(err(format!("lease {id} not paused within {PAUSE_LIMIT:?}")));
