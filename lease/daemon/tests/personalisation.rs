@@ -295,6 +295,20 @@ async fn a_warm_restore_gives_its_room_to_a_create_of_another_shape() {
     d.shutdown().await;
 }
 
+/// A create of the whole two-vCPU host's size, freshly paid: what a full host must fit in
+/// by giving up warm restores or builds, or refuse.
+async fn create_two_vcpus(d: &Daemon) -> coinop_cli::client::Reply {
+    let proofs = d.mint_credit(40).await;
+    d.call(
+        "POST",
+        "/v1/leases",
+        None,
+        Some(json!({"vcpus": 2, "mem_mib": 64, "image": "tga",
+                    "payment": credit_payment(&proofs)})),
+    )
+    .await
+}
+
 /// `GET /v1/host`'s free vCPUs.
 async fn vcpus_free(d: &Daemon) -> u64 {
     let host = d.call("GET", "/v1/host", None, None).await.json();
@@ -329,16 +343,7 @@ async fn a_warm_restore_being_built_gives_its_room_to_a_create() {
     d.stop_lease(&restored.id, &restored.token).await;
     assert_eq!(vcpus_free(&d).await, 1, "the build holds the other vCPU");
 
-    let proofs = d.mint_credit(40).await;
-    let r = d
-        .call(
-            "POST",
-            "/v1/leases",
-            None,
-            Some(json!({"vcpus": 2, "mem_mib": 64, "image": "tga",
-                        "payment": credit_payment(&proofs)})),
-        )
-        .await;
+    let r = create_two_vcpus(&d).await;
     assert_eq!(r.status, 201, "{}", r.text());
     let big = r.json();
     assert!(!warm.is_running(), "the warm VMM ended before the create");
@@ -393,16 +398,7 @@ async fn a_create_too_big_for_the_warm_restores_room_leaves_them_alone() {
     let warm = coinopd::vmm_process::VmmProcess::of(warm_pid).expect("the warm VMM runs");
     assert_eq!(vcpus_free(&d).await, 0, "two leases and the warm restore");
 
-    let proofs = d.mint_credit(40).await;
-    let r = d
-        .call(
-            "POST",
-            "/v1/leases",
-            None,
-            Some(json!({"vcpus": 2, "mem_mib": 64, "image": "tga",
-                        "payment": credit_payment(&proofs)})),
-        )
-        .await;
+    let r = create_two_vcpus(&d).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(warm.is_running(), "the warm VMM was not given up for it");
     for lease in [&cold, &restored] {
