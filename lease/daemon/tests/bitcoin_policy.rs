@@ -8,7 +8,10 @@
 //!   bcoin's wallet paying exactly that makes the lease fundable (it refuses to make the
 //!   un-rounded output at all);
 //! - a quote that expired before bcoin's wallet paid it still funds a lease at the quote's
-//!   price, flagged `late`.
+//!   price, flagged `late`;
+//! - a second payment to the quote that funded a lease tops that lease up by quote id, but
+//!   only once it is `--min-conf` deep: before, the top-up says to wait (402), not that the
+//!   quote is used up (409).
 
 mod common;
 
@@ -241,6 +244,94 @@ async fn a_quote_bcoin_pays_after_it_expired_funds_a_lease_at_its_price_flagged_
         "credited at the quote's price: {}",
         lease.reply
     );
+    d.stop_lease(&lease.id, &lease.token).await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_payment_to_a_leases_quote_waits_402_until_deep_then_tops_it_up() {
+    let Some(bcoin) = bcoin_dir() else { return };
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let node = Bcoin::start_with_wallet(&bcoin);
+    let funds = node.fund_wallet().await;
+    let d = daemon_following(dir.path(), &node, &["--min-conf", "2"]).await;
+    let q = d.quote(1, 64, 600).await;
+    let qid = q["quote_id"].as_str().expect("id");
+    let address = q["address"].as_str().expect("address");
+    let sat = q["amount_sat"].as_u64().expect("sat");
+    let payment = json!({"onchain": {"quote_id": qid}});
+    // How many outputs paying the quote coinopd's payment watch has filed from blocks.
+    let seen = || {
+        rusqlite::Connection::open(dir.path().join("ledger.db"))
+            .expect("ledger db")
+            .query_row(
+                "SELECT count(*) FROM watch_seen_outputs WHERE quote_id = ?1",
+                [qid],
+                |r| r.get::<_, i64>(0),
+            )
+            .expect("count seen outputs")
+    };
+    node.wallet_pays(address, sat).await;
+    let mined = node.generate_to(2, &funds).await;
+    wait_for_tip(&d, &mined[1], SYNC).await;
+    common::wait_for(async || seen() == 1, "the payment to be seen").await;
+    let lease = d
+        .create_lease(testguest_body("mode=echo", payment.clone()))
+        .await;
+    assert_eq!(
+        lease.reply["balance_msat"],
+        json!(sat * 1000),
+        "{}",
+        lease.reply
+    );
+
+    let topup = format!("/v1/leases/{}/topup", lease.id);
+    let body = json!({ "payment": payment });
+    let paid = || {
+        let b = coinopd::ledger::Ledger::open(&dir.path().join("ledger.db"))
+            .expect("open ledger")
+            .books(&lease.id)
+            .expect("books");
+        assert!(b.balanced(), "books of {} do not balance: {b:?}", lease.id);
+        b.paid_msat
+    };
+    // Nothing new paid to the quote: it is used up.
+    let r = d
+        .call("POST", &topup, Some(&lease.token), Some(body.clone()))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "already_spent", "{}", r.text());
+
+    // The tenant pays the quote again; one confirmation of the two asked for.
+    node.wallet_pays(address, sat).await;
+    let mined = node.generate_to(1, &funds).await;
+    wait_for_tip(&d, &mined[0], SYNC).await;
+    common::wait_for(async || seen() == 2, "the second payment to be seen").await;
+    let r = d
+        .call("POST", &topup, Some(&lease.token), Some(body.clone()))
+        .await;
+    assert_eq!(r.status, 402, "wait, not used up: {}", r.text());
+    assert_eq!(r.json()["error"]["code"], "not_confirmed", "{}", r.text());
+    assert_eq!(paid(), sat * 1000, "nothing credited yet");
+
+    // The second confirmation: the top-up credits the second output, once.
+    mine(&node, &d, 1).await;
+    let r = d
+        .call("POST", &topup, Some(&lease.token), Some(body.clone()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(paid(), 2 * sat * 1000, "the second payment credited");
+    let again = d.call("POST", &topup, Some(&lease.token), Some(body)).await;
+    assert_eq!(
+        again.status,
+        200,
+        "a retry is answered as the top-up: {}",
+        again.text()
+    );
+    assert_eq!(paid(), 2 * sat * 1000, "and credits nothing twice");
     d.stop_lease(&lease.id, &lease.token).await;
     d.shutdown().await;
 }
