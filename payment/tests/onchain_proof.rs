@@ -553,3 +553,79 @@ fn hostile_input_gets_typed_errors() {
         Err(PaymentError::MalformedTx(_))
     ));
 }
+
+/// A payment whose block a reorg took away, mined again in a block of the new best chain:
+/// the tenant's proof of it there gives the outputs a scan of that block would have filed
+/// (at any depth, for any amount), and the watch then finds them in that block. A proof in
+/// the block the reorg took away is refused.
+#[test]
+fn a_payment_mined_again_after_a_reorg_is_proven_into_the_watch() {
+    use payment::onchain::{proven_outputs, PaymentWatch};
+    let mut host = Host::new();
+    let quote = host.quote(1_500_000);
+    let tx = payment_tx(
+        &[
+            (quote.script_pubkey.clone(), Amount::from_sat(1_000)),
+            (other_script(), Amount::from_sat(7_000)),
+            (quote.script_pubkey.clone(), Amount::from_sat(600)),
+        ],
+        7,
+    );
+    let fork_height = host.blocks.height();
+    let first = host.mine(vec![tx.clone()]);
+    let first_proof = txout_proof_hex(&first, &[tx.compute_txid()]);
+    let seen = proven_outputs(&host.chain, &quote, &tx_hex(&tx), &first_proof).unwrap();
+    assert_eq!(seen.len(), 2);
+
+    // A longer branch without it; then the same transaction in its next block.
+    let mut branch = host.blocks.fork_at(fork_height);
+    branch.mine_empty(2, b"branch");
+    let again = branch.mine(b"branch", vec![tx.clone()]).clone();
+    host.chain
+        .append(
+            &branch.headers_after(fork_height),
+            branch.now_us(),
+            HeaderSource::Untrusted,
+        )
+        .unwrap();
+    assert!(!host.chain.block(&first.block_hash()).unwrap().on_best_chain);
+    assert!(matches!(
+        proven_outputs(&host.chain, &quote, &tx_hex(&tx), &first_proof),
+        Err(PaymentError::NotOnBestChain { .. })
+    ));
+    // Not to this quote: refused, nothing to file.
+    let other = host.quote(1_500_000);
+    let proof = txout_proof_hex(&again, &[tx.compute_txid()]);
+    assert!(matches!(
+        proven_outputs(&host.chain, &other, &tx_hex(&tx), &proof),
+        Err(PaymentError::WrongAddress { .. })
+    ));
+
+    let seen = proven_outputs(&host.chain, &quote, &tx_hex(&tx), &proof).unwrap();
+    let mut amounts: Vec<(u32, u64)> = seen
+        .iter()
+        .map(|s| (s.outpoint.vout, s.amount_sat))
+        .collect();
+    amounts.sort();
+    assert_eq!(amounts, [(0, 1_000), (2, 600)]);
+    assert!(seen.iter().all(|s| s.block_hash == again.block_hash()
+        && s.height == fork_height + 3
+        && s.block_time == again.header.time
+        && !s.coinbase
+        && s.quote_id == quote.quote_id));
+
+    let watch = PaymentWatch::open(&host.dir.path().join("coinop.sqlite")).unwrap();
+    watch.record_proven(&seen).unwrap();
+    // Twice is once.
+    watch.record_proven(&seen).unwrap();
+    assert_eq!(
+        watch.blocks_with(&seen[0].outpoint).unwrap(),
+        [again.block_hash()]
+    );
+    assert_eq!(watch.seen_for(&quote.quote_id).unwrap().len(), 2);
+    // The block is not marked scanned: a host with peers still scans the rest of it.
+    assert!(watch
+        .scanned(fork_height + 3, fork_height + 3)
+        .unwrap()
+        .is_empty());
+}

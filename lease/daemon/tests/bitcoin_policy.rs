@@ -335,3 +335,163 @@ async fn a_second_payment_to_a_leases_quote_waits_402_until_deep_then_tops_it_up
     d.stop_lease(&lease.id, &lease.token).await;
     d.shutdown().await;
 }
+
+/// POSTs bcoin's whole best chain of headers to `d` as its operator would (a host without
+/// `--bitcoin-peer` learns the chain no other way) and waits for `d` to follow.
+async fn operator_adds_headers(node: &Bcoin, d: &Daemon) {
+    let tip_height = node
+        .rpc("getblockcount", json!([]))
+        .await
+        .as_u64()
+        .expect("height");
+    let mut headers = Vec::new();
+    for height in 1..=tip_height {
+        let hash = node.rpc("getblockhash", json!([height])).await;
+        let raw = node.rpc("getblockheader", json!([hash, false])).await;
+        headers.push(raw.as_str().expect("raw header").to_string());
+    }
+    let r = d
+        .call(
+            "POST",
+            "/v1/chain/headers",
+            None,
+            Some(json!({ "headers": headers })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for_tip(d, &node.best_hash().await, SYNC).await;
+}
+
+/// The lease's view, waited for until its state is `state`.
+async fn lease_in(d: &Daemon, lease: &common::leases::CreatedLease, state: &str) -> Value {
+    let path = format!("/v1/leases/{}", lease.id);
+    let mut v = Value::Null;
+    for _ in 0..600 {
+        v = d.call("GET", &path, Some(&lease.token), None).await.json();
+        if v["state"] == state {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("lease never {state}: {v}");
+}
+
+/// A host without `--bitcoin-peer` (headers from its operator, no blocks) whose lease's
+/// payment a reorg took away freezes it; bcoin mines the same transaction again, and the
+/// host cannot see that (it fetches no blocks), so the lease stays frozen until its tenant
+/// sends the payment again as a top-up with its proof in the new block: the lease thaws,
+/// and nothing is credited. Before, such a top-up was refused (a frozen balance takes no
+/// payment) and the lease was stopped `payment_reorged` at the end of the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peerless_hosts_lease_frozen_by_a_reorg_thaws_on_its_tenants_new_proof() {
+    let Some(bcoin) = bcoin_dir() else { return };
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let node = Bcoin::start_with_wallet(&bcoin);
+    let funds = node.fund_wallet().await;
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            "--network",
+            "regtest",
+            "--settle-conf",
+            "6",
+            "--reorg-window-s",
+            "600",
+        ],
+    )
+    .await;
+    operator_adds_headers(&node, &d).await;
+    let q = d.quote(1, 64, 3600).await;
+    let qid = q["quote_id"].as_str().expect("id");
+    let (txid, raw) = node
+        .wallet_pays(
+            q["address"].as_str().expect("address"),
+            q["amount_sat"].as_u64().expect("sat"),
+        )
+        .await;
+    let paying = node.generate_to(1, &funds).await.remove(0);
+    operator_adds_headers(&node, &d).await;
+    let proof_in = |block: String| {
+        let node = &node;
+        let txid = txid.clone();
+        async move { node.rpc("gettxoutproof", json!([[txid], block])).await }
+    };
+    let payment = |proof: Value| json!({"onchain": {"quote_id": qid, "tx_hex": raw.clone(), "proof_hex": proof}});
+    let first = payment(proof_in(paying.clone()).await);
+    let lease = d
+        .create_lease(testguest_body("mode=echo", first.clone()))
+        .await;
+    lease_in(&d, &lease, "running").await;
+    let paid = || {
+        let b = coinopd::ledger::Ledger::open(&dir.path().join("ledger.db"))
+            .expect("open ledger")
+            .books(&lease.id)
+            .expect("books");
+        assert!(b.balanced(), "books of {} do not balance: {b:?}", lease.id);
+        b.paid_msat
+    };
+    let paid_before = paid();
+
+    // bcoin drops the paying block for a longer branch without it.
+    node.rpc("invalidateblock", json!([paying])).await;
+    node.generate_to(2, &funds).await;
+    operator_adds_headers(&node, &d).await;
+    lease_in(&d, &lease, "paused_reorg").await;
+    let topup = format!("/v1/leases/{}/topup", lease.id);
+    let r = d
+        .call(
+            "POST",
+            &topup,
+            Some(&lease.token),
+            Some(json!({"payment": first})),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        402,
+        "the old block is off the best chain: {}",
+        r.text()
+    );
+    assert_eq!(r.json()["error"]["code"], "not_confirmed", "{}", r.text());
+
+    // The same transaction, mined again; the host has the header, not the block.
+    node.rpc("sendrawtransaction", json!([raw])).await;
+    let again = node.generate_to(1, &funds).await.remove(0);
+    operator_adds_headers(&node, &d).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let v = lease_in(&d, &lease, "paused_reorg").await;
+    assert_eq!(
+        v["state"], "paused_reorg",
+        "the host cannot see it alone: {v}"
+    );
+
+    let proven = payment(proof_in(again).await);
+    let r = d
+        .call(
+            "POST",
+            &topup,
+            Some(&lease.token),
+            Some(json!({"payment": proven.clone()})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    lease_in(&d, &lease, "running").await;
+    assert_eq!(paid(), paid_before, "nothing credited for the proof");
+    // Sent again once thawed, it is what it always was: a payment the lease holds.
+    let r = d
+        .call(
+            "POST",
+            &topup,
+            Some(&lease.token),
+            Some(json!({"payment": proven})),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "already_spent", "{}", r.text());
+    assert_eq!(paid(), paid_before);
+    d.stop_lease(&lease.id, &lease.token).await;
+    d.shutdown().await;
+}

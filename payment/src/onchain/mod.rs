@@ -26,7 +26,7 @@ pub use header_chain::{AppendOutcome, BlockInfo, Checkpoint, HeaderChain, Header
 pub use network::ChainNetwork;
 #[cfg(feature = "sqlite")]
 pub use payment_watch::{
-    check_block, scan_block, BlockError, PaymentWatch, SeenOutput, WatchError,
+    check_block, proven_outputs, scan_block, BlockError, PaymentWatch, SeenOutput, WatchError,
 };
 pub use price::{msat_to_sat_ceil, price, Prices, Spec};
 pub use proof::{

@@ -17,6 +17,10 @@ use bitcoin::{Block, BlockHash, OutPoint, ScriptBuf, Txid};
 use rusqlite::{params, Connection, OptionalExtension};
 use thiserror::Error;
 
+use super::error::PaymentError;
+use super::header_chain::HeaderChain;
+use super::proof::{check_inclusion, parse_proof, parse_tx};
+use super::quote::Quote;
 use crate::spent_set::open_durable;
 
 #[derive(Debug, Error)]
@@ -94,6 +98,53 @@ pub fn scan_block(
         }
     }
     out
+}
+
+/// The outputs of a tenant's transaction that pay `quote`, shown by its merkle proof
+/// (`gettxoutproof`) to be in a block of the host's best chain, at any depth: what a scan of
+/// that block would have filed. A host without `--bitcoin-peer` fetches no blocks, so this
+/// is how it learns that a payment whose block a reorg took away was mined again
+/// ([`PaymentWatch::record_proven`]). How deep the block is does not matter here: whoever
+/// counts an output asks the header chain then, as for a scanned one.
+pub fn proven_outputs(
+    chain: &HeaderChain,
+    quote: &Quote,
+    tx_hex: &str,
+    proof_hex: &str,
+) -> Result<Vec<SeenOutput>, PaymentError> {
+    let tx = parse_tx(tx_hex)?;
+    let proof = parse_proof(proof_hex)?;
+    let (txid, block_hash) = check_inclusion(&tx, &proof)?;
+    let block = chain
+        .block(&block_hash)
+        .ok_or(PaymentError::BlockNotInChain { hash: block_hash })?;
+    if !block.on_best_chain {
+        return Err(PaymentError::NotOnBestChain { hash: block_hash });
+    }
+    // Past a hand-over of the quote's index, the output pays the index's next quote.
+    quote.pays_at_height(block.height)?;
+    let seen: Vec<SeenOutput> = tx
+        .output
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.script_pubkey == quote.script_pubkey)
+        .map(|(vout, o)| SeenOutput {
+            quote_id: quote.quote_id.clone(),
+            outpoint: OutPoint::new(txid, vout as u32),
+            amount_sat: o.value.to_sat(),
+            block_hash,
+            height: block.height,
+            block_time: proof.header.time,
+            coinbase: tx.is_coinbase(),
+        })
+        .collect();
+    if seen.is_empty() {
+        return Err(PaymentError::WrongAddress {
+            txid,
+            address: quote.address.clone(),
+        });
+    }
+    Ok(seen)
 }
 
 /// The durable record of blocks scanned and outputs seen.
@@ -202,30 +253,23 @@ impl PaymentWatch {
     ) -> Result<(), WatchError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(storage)?;
-        for s in seen {
-            tx.execute(
-                "INSERT OR IGNORE INTO watch_seen_outputs
-                    (txid, vout, block_hash, quote_id, amount_sat, height, block_time, coinbase)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    s.outpoint.txid.as_byte_array().as_slice(),
-                    s.outpoint.vout,
-                    s.block_hash.as_byte_array().as_slice(),
-                    s.quote_id,
-                    i64::try_from(s.amount_sat).unwrap_or(i64::MAX),
-                    s.height,
-                    s.block_time,
-                    s.coinbase,
-                ],
-            )
-            .map_err(storage)?;
-        }
+        insert_seen(&tx, seen)?;
         tx.execute(
             "INSERT INTO watch_scanned_blocks (height, hash) VALUES (?1, ?2)
              ON CONFLICT (height) DO UPDATE SET hash = excluded.hash",
             params![height, hash.as_byte_array().as_slice()],
         )
         .map_err(storage)?;
+        tx.commit().map_err(storage)
+    }
+
+    /// Records outputs a tenant proved in a block ([`proven_outputs`]), in one transaction
+    /// (committed before this returns). The block is not marked scanned: only these outputs
+    /// of it are known, and a host with peers still scans it for the rest.
+    pub fn record_proven(&self, seen: &[SeenOutput]) -> Result<(), WatchError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(storage)?;
+        insert_seen(&tx, seen)?;
         tx.commit().map_err(storage)
     }
 
@@ -306,6 +350,29 @@ impl PaymentWatch {
         .map(|o| o.is_some())
         .map_err(storage)
     }
+}
+
+/// Files `seen` (an output already filed for its block is left as it is).
+fn insert_seen(tx: &rusqlite::Transaction<'_>, seen: &[SeenOutput]) -> Result<(), WatchError> {
+    for s in seen {
+        tx.execute(
+            "INSERT OR IGNORE INTO watch_seen_outputs
+                (txid, vout, block_hash, quote_id, amount_sat, height, block_time, coinbase)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                s.outpoint.txid.as_byte_array().as_slice(),
+                s.outpoint.vout,
+                s.block_hash.as_byte_array().as_slice(),
+                s.quote_id,
+                i64::try_from(s.amount_sat).unwrap_or(i64::MAX),
+                s.height,
+                s.block_time,
+                s.coinbase,
+            ],
+        )
+        .map_err(storage)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | create: pay, commit, boot; or recover a lost reply | [`create`] | [`CreateOutcome`] |
 //! | top up | [`topup`] | `TopupResponse` |
+//! | prove a frozen lease's payment mined again after a reorg | [`reproof`] | `TopupResponse` |
 //! | stop, with or without a refund as blind-signed change | [`stop`] | `StopResponse` |
 //! | what a lease looks like | [`view`] | `LeaseView` |
 //! | checking a payment before anything is claimed | [`payment_intake`] | `Credit` |
@@ -15,6 +16,7 @@
 pub mod create;
 mod error;
 pub mod payment_intake;
+mod reproof;
 pub mod spec;
 pub mod stop;
 pub mod topup;

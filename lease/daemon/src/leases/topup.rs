@@ -1,9 +1,10 @@
 //! Topping up a lease: a new payment adds to its balance in one ledger transaction, and a
 //! lease paused for lack of funds runs again. The same payment for the same lease again (a
-//! retry after a lost reply) is answered with the lease, crediting nothing twice.
+//! retry after a lost reply) is answered with the lease, crediting nothing twice. A lease
+//! frozen by a reorg takes no payment; its own payment proven again goes to [`super::reproof`].
 
 use coinop_proto::replies::TopupResponse;
-use coinop_proto::requests::TopupRequest;
+use coinop_proto::requests::{PaymentBody, TopupRequest};
 use coinop_proto::LeaseState;
 use vmm_protocol::Request;
 
@@ -21,6 +22,13 @@ pub async fn topup(
 ) -> Result<TopupResponse, LeaseError> {
     if l.refunded_msat.is_some() {
         return Err(LeaseError::RefundedTakesNoPayment(l.id));
+    }
+    // A lease frozen by a reorg takes no payment, but its own payment proven again in a
+    // best-chain block is how a host without peers learns it was mined again.
+    if let PaymentBody::Onchain(o) = &req.payment {
+        if let Some(reply) = super::reproof::reproof(s, &l, o).await? {
+            return Ok(reply);
+        }
     }
     let credit = match verify_payment(s, req.payment, Some(&l.id)).await {
         // Paid by quote id, and every output to the quote deep enough now is this lease's
