@@ -160,9 +160,18 @@ fn finish(reply: &Reply, path: &Path, written: std::io::Result<()>) -> Result<()
         Ok(()) => {
             // Below 500 the answer is definitive: the lease and token were shown, or the
             // payment made no lease with this key. 5xx (host full, boot failed) may be worth
-            // a rerun.
+            // a rerun. Except 409 `already_spent`: on a fleet it is also the answer to a
+            // copy of a create still being made (its payment `Pending`), whose lease this
+            // key is then the only way back to once it commits.
             if reply.status < 500 {
-                if let Err(e) = std::fs::remove_file(path) {
+                if maybe_in_flight(reply) {
+                    note(&format!(
+                        "note: the recovery key is kept in {}: if a create with this payment \
+                         is still being made (a reply lost), run the same command again to \
+                         get its lease",
+                        path.display()
+                    ));
+                } else if let Err(e) = std::fs::remove_file(path) {
                     // Harmless (a rerun gets the same lease with a new token), but said.
                     note(&format!("note: cannot remove {}: {e}", path.display()));
                 }
@@ -181,6 +190,16 @@ fn finish(reply: &Reply, path: &Path, written: std::io::Result<()>) -> Result<()
             ),
         )),
     }
+}
+
+/// Whether `reply` may be the answer to a copy of a create still in flight: 409
+/// `already_spent` (the daemon names the payment's state in the message, which is text, not
+/// a contract, so any such 409 counts).
+fn maybe_in_flight(reply: &Reply) -> bool {
+    reply.status == 409
+        && reply
+            .parse::<coinop_proto::replies::ErrorBody>()
+            .is_ok_and(|b| b.error.code == "already_spent")
 }
 
 #[cfg(test)]
@@ -239,6 +258,31 @@ mod tests {
         let err = finish_on_dev_full(&reply(409), &key).expect_err("refused");
         assert_eq!(err.code, crate::exit::DAEMON_ERROR);
         assert!(key.exists());
+        // A 409 `already_spent` may answer a copy of a create still in flight (a fleet's
+        // `Pending`): the key is kept for the rerun that gets that lease.
+        let pending = Reply {
+            status: 409,
+            body:
+                br#"{"error":{"code":"already_spent","message":"Outpoint 00 is already Pending"}}"#
+                    .as_slice()
+                    .into(),
+        };
+        let mut out = Vec::new();
+        let written = crate::exit::write_raw(&mut out, &pending.body);
+        let err = finish(&pending, &key, written).expect_err("refused");
+        assert_eq!(err.code, crate::exit::DAEMON_ERROR);
+        assert!(key.exists(), "kept after a 409 already_spent");
+        // Another refusal (here a bad spec) is definitive: dropped.
+        let bad = Reply {
+            status: 400,
+            body: br#"{"error":{"code":"invalid_spec","message":"no"}}"#
+                .as_slice()
+                .into(),
+        };
+        let written = crate::exit::write_raw(&mut out, &bad.body);
+        finish(&bad, &key, written).expect_err("refused");
+        assert!(!key.exists(), "dropped after a definitive refusal");
+        load_or_create(&key).expect("key again");
         // Shown (written and flushed): a definitive answer drops the key.
         let mut out = Vec::new();
         let written = crate::exit::write_raw(&mut out, &reply(201).body);
