@@ -164,16 +164,20 @@ fn finish(reply: &Reply, path: &Path, written: std::io::Result<()>) -> Result<()
             // copy of a create still being made (its payment `Pending`), whose lease this
             // key is then the only way back to once it commits.
             if reply.status < 500 {
-                if maybe_in_flight(reply) {
+                if !maybe_in_flight(reply) {
+                    if let Err(e) = std::fs::remove_file(path) {
+                        // Harmless (a rerun gets the same lease with a new token), but said.
+                        note(&format!("note: cannot remove {}: {e}", path.display()));
+                    }
+                } else if reply.text().contains("Pending") {
+                    // Said only when the daemon's message names the state (its text is not
+                    // a contract; the key is kept on any such 409 all the same).
                     note(&format!(
                         "note: the recovery key is kept in {}: if a create with this payment \
                          is still being made (a reply lost), run the same command again to \
                          get its lease",
                         path.display()
                     ));
-                } else if let Err(e) = std::fs::remove_file(path) {
-                    // Harmless (a rerun gets the same lease with a new token), but said.
-                    note(&format!("note: cannot remove {}: {e}", path.display()));
                 }
             }
             outcome(reply)

@@ -66,6 +66,17 @@ pub enum WalletError {
     UnknownBatch(String),
     #[error("the mint returned {got} signatures for {sent} outputs")]
     TooManySignatures { got: usize, sent: usize },
+    /// A swap or mint must have every output signed: its inputs (or payment) are spent.
+    #[error("the mint returned {got} signatures for {sent} outputs of a swap or mint, which pays for all of them")]
+    TooFewSignatures { got: usize, sent: usize },
+    /// The mint signed another amount or keyset than the output asked for.
+    #[error("signature {index}: {what} {got}, the output asked for {asked}")]
+    NotAsked {
+        index: usize,
+        what: &'static str,
+        got: String,
+        asked: String,
+    },
     #[error("signature {index}: the mint has no key for amount {amount} in keyset {keyset}")]
     NoKey {
         index: usize,
@@ -92,6 +103,10 @@ pub enum WalletError {
     )]
     SwapPending(String),
 }
+
+/// The batch name prefix of a lease's change blanks (`change-<lease id>`), whose amounts the
+/// host picks.
+pub const CHANGE_BATCH_PREFIX: &str = "change-";
 
 /// `<wallet>.lock`, the file flocked while a coinop has the wallet open.
 const LOCK_EXTENSION: &str = "lock";
@@ -239,6 +254,11 @@ impl Wallet {
             Err(Read::Io(e)) => return Err(io_err(path, e)),
             Err(Read::NotAFile) => return Err(WalletError::NotAFile(path.display().to_string())),
         };
+        let mut data: WalletData = data;
+        // A note held twice (written by a coinop that kept the same change twice) would be
+        // picked twice for a payment, which the mint refuses whole: one copy is the note.
+        let mut seen = std::collections::HashSet::new();
+        data.proofs.retain(|p| seen.insert(p.secret.clone()));
         let seed = Seed::load(&seed_path(path))?;
         Ok(Wallet {
             path: path.to_path_buf(),
@@ -358,12 +378,28 @@ impl Wallet {
             .into_iter()
             .filter(|p| !known.contains(&p.secret))
             .collect();
-        let added = new.iter().map(|p| p.amount).sum();
-        self.data.proofs.extend(new);
+        let added = self.hold(new);
         let c = self.data.counters.entry(keyset_id.to_string()).or_insert(0);
         *c = (*c).max(next_counter);
         self.save()?;
         Ok(added)
+    }
+
+    /// Keeps `proofs` but those whose secret the wallet holds already (a seeded wallet's
+    /// `wallet restore` may have found a note before the reply that brings it, and an
+    /// answer may repeat one): a note counted twice is money that is not there. Returns the
+    /// sat added.
+    fn hold(&mut self, proofs: Vec<Proof>) -> u64 {
+        let mut held: std::collections::HashSet<String> =
+            self.data.proofs.iter().map(|p| p.secret.clone()).collect();
+        let mut added = 0u64;
+        for p in proofs {
+            if held.insert(p.secret.clone()) {
+                added = added.saturating_add(p.amount);
+                self.data.proofs.push(p);
+            }
+        }
+        added
     }
 
     pub fn balance_sat(&self) -> u64 {
@@ -422,14 +458,42 @@ impl Wallet {
                 sent: outputs.len(),
             });
         }
+        // A lease's change (`change-…` blanks, NUT-08-like) gets as many signatures as its
+        // refund needs, of the amounts the host picks. Anything else paid for exactly these
+        // outputs: each is signed, for the amount and keyset it names.
+        if !batch.starts_with(CHANGE_BATCH_PREFIX) {
+            if signatures.len() < outputs.len() {
+                return Err(WalletError::TooFewSignatures {
+                    got: signatures.len(),
+                    sent: outputs.len(),
+                });
+            }
+            for (index, (sig, out)) in signatures.iter().zip(outputs).enumerate() {
+                if sig.amount != out.message.amount {
+                    return Err(WalletError::NotAsked {
+                        index,
+                        what: "amount",
+                        got: sig.amount.to_string(),
+                        asked: out.message.amount.to_string(),
+                    });
+                }
+                if sig.id != out.message.id {
+                    return Err(WalletError::NotAsked {
+                        index,
+                        what: "keyset",
+                        got: sig.id.clone(),
+                        asked: out.message.id.clone(),
+                    });
+                }
+            }
+        }
         let proofs = signatures
             .iter()
             .zip(outputs)
             .enumerate()
             .map(|(i, (sig, out))| to_proof(i, sig, out, keys))
             .collect::<Result<Vec<_>, _>>()?;
-        let received = proofs.iter().map(|p| p.amount).sum();
-        self.data.proofs.extend(proofs);
+        let received = self.hold(proofs);
         self.data.pending.remove(at);
         // A swap's inputs are spent now; a received token is marked in the same write.
         if let Some(i) = self.data.swaps.iter().position(|s| s.batch == batch) {
@@ -467,13 +531,9 @@ impl Wallet {
                 continue;
             };
             let blank = left.remove(k);
-            // A seeded wallet's `wallet restore` may have found this note already.
-            if !self.data.proofs.iter().any(|p| p.secret == blank.secret) {
-                proofs.push(to_proof(i, sig, &blank, keys)?);
-            }
+            proofs.push(to_proof(i, sig, &blank, keys)?);
         }
-        let received = proofs.iter().map(|p| p.amount).sum();
-        self.data.proofs.extend(proofs);
+        let received = self.hold(proofs);
         if left.is_empty() {
             self.data.pending.remove(at);
             if let Some(i) = self.data.swaps.iter().position(|s| s.batch == batch) {
@@ -1030,6 +1090,77 @@ mod tests {
             .expect("reopen")
             .pending_outputs("b")
             .is_none());
+    }
+
+    #[test]
+    fn a_swap_or_mint_signed_for_another_amount_or_partly_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = mint(dir.path());
+        let mut w = Wallet::open(&dir.path().join("wallet.json")).expect("open");
+        let outputs = w
+            .new_outputs("b", &m.active_keyset_id(), &[4, 4])
+            .expect("outputs");
+        // The mint signs the first blank as worth 2 (a valid signature, DLEQ and all, on
+        // the blank's own B_): the note would be worth less than asked.
+        let mut cheaper = outputs.clone();
+        cheaper[0].amount = 2;
+        let sigs = m.mint(6, &cheaper).expect("mint");
+        assert!(
+            matches!(
+                w.receive("b", &m.keys().keysets, &sigs),
+                Err(WalletError::NotAsked {
+                    index: 0,
+                    what: "amount",
+                    ..
+                })
+            ),
+            "a note of another amount than asked"
+        );
+        // Only one of the two signed: the swap or mint paid for both.
+        let sigs = m.mint(8, &outputs).expect("mint");
+        assert!(matches!(
+            w.receive("b", &m.keys().keysets, &sigs[..1]),
+            Err(WalletError::TooFewSignatures { got: 1, sent: 2 })
+        ));
+        assert_eq!(w.balance_sat(), 0);
+        assert_eq!(w.receive("b", &m.keys().keysets, &sigs).expect("all"), 8);
+    }
+
+    #[test]
+    fn change_a_restore_found_first_is_not_counted_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = mint(dir.path());
+        let path = dir.path().join("wallet.json");
+        let mut w = Wallet::open(&path).expect("open");
+        w.set_seed(Seed::generate()).expect("seed");
+        let keyset = m.active_keyset_id();
+        // A stop --change whose reply was lost: its blanks wait; the host signed them.
+        let outputs = w
+            .new_outputs("change-l1", &keyset, &[1, 1])
+            .expect("outputs");
+        let sigs = m.mint(2, &outputs).expect("mint");
+        // `wallet restore` finds them first ...
+        let keys = m.keys().keysets;
+        let found: Vec<Proof> = w
+            .restore_blanks(&keyset, 0, 2)
+            .expect("blanks")
+            .iter()
+            .zip(&sigs)
+            .map(|(b, sig)| Wallet::restored_proof(b, sig, &keys).expect("restored"))
+            .collect();
+        assert_eq!(w.add_restored(&keyset, 2, found).expect("restore"), 2);
+        // ... then the stop run again brings the same signatures.
+        assert_eq!(w.receive("change-l1", &keys, &sigs).expect("receive"), 0);
+        assert_eq!(w.balance_sat(), 2, "each note once");
+        drop(w);
+
+        // A wallet file that holds a note twice (an earlier coinop's) holds it once.
+        let mut data: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        let first = data["proofs"][0].clone();
+        data["proofs"].as_array_mut().expect("proofs").push(first);
+        std::fs::write(&path, serde_json::to_vec(&data).expect("json")).expect("write");
+        assert_eq!(Wallet::open(&path).expect("reopen").balance_sat(), 2);
     }
 
     #[test]

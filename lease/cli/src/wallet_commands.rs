@@ -48,6 +48,12 @@ pub enum WalletCmdError {
         /// The NUT-00 error code, when the answer has one.
         code: Option<u32>,
     },
+    /// The host's change does not add up to the refund it reports.
+    #[error(
+        "the host reports a refund of {refund_sat} sat but signed change worth {signed_sat} \
+         sat (the notes it signed are kept in the wallet)"
+    )]
+    ChangeShort { signed_sat: u64, refund_sat: u64 },
     #[error("{what}: the reply has no usable '{field}'")]
     Field {
         what: &'static str,
@@ -809,7 +815,7 @@ pub async fn stop_with_change(
     id: &str,
     token: &str,
 ) -> Result<Stopped, WalletCmdError> {
-    let batch = format!("change-{id}");
+    let batch = format!("{}{id}", crate::wallet::CHANGE_BATCH_PREFIX);
     let kept = wallet.pending_outputs(&batch);
     let resent = kept.is_some();
     let outputs = match kept {
@@ -845,6 +851,17 @@ pub async fn stop_with_change(
     // longer lists).
     let keys = keys_for(c, sigs.iter().map(|s| s.id.as_str())).await?;
     let received_sat = wallet.receive(&batch, &keys.keysets, sigs)?;
+    // What was signed (not what was added: notes a `wallet restore` found first are held
+    // already) must be the refund the host says it made; the notes are kept either way.
+    let signed_sat = sigs
+        .iter()
+        .fold(0u64, |sum, s| sum.saturating_add(s.amount));
+    if reply.signatures.is_some() && signed_sat != reply.refund_sat {
+        return Err(WalletCmdError::ChangeShort {
+            signed_sat,
+            refund_sat: reply.refund_sat,
+        });
+    }
     Ok(Stopped {
         reply,
         body,
@@ -1092,6 +1109,47 @@ mod tests {
         // The notes are real: the mint takes them (old keysets still redeem).
         let notes = w.proofs().to_vec();
         assert_eq!(m.redeem(&notes, "test").expect("redeem"), 2_000);
+    }
+
+    /// A host whose change is worth less than the refund it reports: the notes it did sign
+    /// are kept, and the stop says the change is short (not a success).
+    #[tokio::test(flavor = "current_thread")]
+    async fn change_short_of_the_reported_refund_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open_mint(dir.path());
+        let mut w = Wallet::open(&dir.path().join("wallet.json")).expect("wallet");
+        let outputs = w
+            .new_outputs("change-l1", &m.active_keyset_id(), &[1, 1, 1, 1])
+            .expect("blanks");
+        let sigs = m.mint(2, &outputs[..2]).expect("signed");
+        let stopped = serde_json::json!({"state": "stopped", "refund_msat": 5000,
+            "refund_sat": 5, "residual_msat": 0, "change_outputs_needed": 2,
+            "signatures": sigs})
+        .to_string();
+        let routes = mint_routes(m.clone(), None);
+        let socket = dir.path().join("coinopd.sock");
+        test_daemon(
+            &socket,
+            Box::new(move |asked: &str, body: &[u8]| match asked {
+                "POST /v1/leases/l1/stop" => (200, stopped.clone()),
+                _ => routes(asked, body),
+            }),
+        );
+        let c = Client::new(&socket);
+        let Err(err) = stop_with_change(&c, &mut w, "l1", "token").await else {
+            panic!("short change taken as a success");
+        };
+        assert!(
+            matches!(
+                err,
+                WalletCmdError::ChangeShort {
+                    signed_sat: 2,
+                    refund_sat: 5
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(w.balance_sat(), 2, "what was signed is kept");
     }
 
     /// A wallet with a lost swap whose inputs another request spent (as a token's sender
