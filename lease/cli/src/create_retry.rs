@@ -7,7 +7,7 @@
 //! command" needs no extra flag; it is removed once coinopd gave a definitive answer.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -60,11 +60,7 @@ pub fn load_or_create(path: &Path) -> Result<(String, bool), Exit> {
         return Ok((read_key(path)?, true));
     }
     let dir = durable::parent_dir(path);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| io_exit(dir, "creating", e))?;
+    durable::create_dirs(dir).map_err(|e| io_exit(&e.path, "creating", e.source))?;
     let mut bytes = [0u8; KEY_HEX_LEN / 2];
     OsRng.fill_bytes(&mut bytes);
     let key = hex::encode(bytes);

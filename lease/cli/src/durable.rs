@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -43,14 +43,41 @@ pub fn sync_parent(path: &Path) -> Result<(), DurableError> {
         .map_err(at(dir))
 }
 
+/// Creates directory `dir` and any missing parents (mode 0700: what goes in them is money
+/// or keys), each made durable in its own parent: a file synced into a directory whose own
+/// entry a power cut loses is lost with it.
+pub fn create_dirs(dir: &Path) -> Result<(), DurableError> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => sync_parent(dir),
+        // Another coinop made it meanwhile: its creator syncs it.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(at(dir)(e)),
+    }
+}
+
 /// Replaces `path` by `bytes`, atomically and durably: written to `tmp` (mode 0600, its
 /// content is money) and synced, renamed onto `path`, and the directory synced. A crash at
 /// any point leaves the old content or the new, and once this returns the new one stays.
+///
+/// The temporary file is made anew (a stale one from a crash removed first) and never
+/// opened through a symlink: one planted at `tmp` in a directory others can write to would
+/// otherwise get the notes written into its target, and the rename would install the link.
 pub fn replace(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), DurableError> {
+    match fs::remove_file(tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(at(tmp)(e)),
+    }
     let mut f = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .mode(0o600)
         .open(tmp)
         .map_err(at(tmp))?;
@@ -75,6 +102,37 @@ mod tests {
         assert_eq!(parent_dir(Path::new("wallet.json")), Path::new("."));
         assert_eq!(parent_dir(Path::new("a/wallet.json")), Path::new("a"));
         assert_eq!(parent_dir(Path::new("/wallet.json")), Path::new("/"));
+    }
+
+    #[test]
+    fn a_symlink_at_the_temp_name_is_not_written_through() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.json");
+        let tmp = dir.path().join("w.tmp");
+        let target = dir.path().join("elsewhere");
+        fs::write(&target, b"theirs").expect("target");
+        std::os::unix::fs::symlink(&target, &tmp).expect("planted link");
+        replace(&path, &tmp, b"notes").expect("replace");
+        assert_eq!(
+            fs::read(&target).expect("target"),
+            b"theirs",
+            "not written through"
+        );
+        assert_eq!(fs::read(&path).expect("wallet"), b"notes");
+        assert!(!fs::symlink_metadata(&path).expect("wallet").is_symlink());
+    }
+
+    #[test]
+    fn missing_directories_are_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deep = dir.path().join("a").join("b");
+        create_dirs(&deep).expect("made");
+        create_dirs(&deep).expect("again: nothing to do");
+        for d in [dir.path().join("a"), deep] {
+            let mode = fs::metadata(&d).expect("dir").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", d.display());
+        }
     }
 
     #[test]

@@ -60,7 +60,16 @@ impl Exit {
     /// A non-2xx answer: `HTTP <status> <code>: <message>` from the daemon's error body.
     pub fn daemon(r: &Reply) -> Exit {
         let (code, msg) = match r.parse::<ErrorBody>() {
-            Ok(b) => (b.error.code, b.error.message),
+            Ok(b) => (
+                printable(&b.error.code),
+                printable(
+                    &b.error
+                        .message
+                        .chars()
+                        .take(MESSAGE_CHARS)
+                        .collect::<String>(),
+                ),
+            ),
             // Not coinop's error shape (e.g. a route this daemon does not have): its text.
             Err(_) => ("unknown_error".to_string(), one_line(&r.text())),
         };
@@ -97,13 +106,30 @@ impl Exit {
     }
 }
 
+/// Most characters of a daemon's error message shown.
+const MESSAGE_CHARS: usize = 2000;
+
+/// `text` safe for a terminal: control characters but newline and tab escaped (`\u{1b}`),
+/// so a daemon's string cannot carry escape sequences to the tenant's terminal.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn one_line(text: &str) -> String {
     let t = text.trim();
     let first = t.lines().next().unwrap_or("");
     if first.is_empty() {
         "(empty body)".to_string()
     } else {
-        first.chars().take(300).collect()
+        printable(&first.chars().take(300).collect::<String>())
     }
 }
 
@@ -134,12 +160,30 @@ pub fn print_line(text: &str) -> std::io::Result<()> {
 /// (`eprintln!` would panic instead).
 pub fn note(text: &str) {
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "coinop: {text}");
+    let _ = writeln!(err, "coinop: {}", printable(text));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_daemons_escape_sequences_do_not_reach_the_terminal() {
+        let r = Reply {
+            status: 409,
+            body: "{\"error\":{\"code\":\"x\",\"message\":\"\\u001b]0;owned\\u0007hi\"}}"
+                .as_bytes()
+                .into(),
+        };
+        let e = Exit::daemon(&r);
+        assert!(!e.message.contains('\u{1b}'), "{:?}", e.message);
+        assert!(
+            e.message.contains("\\u{1b}]0;owned\\u{7}hi"),
+            "{:?}",
+            e.message
+        );
+        assert_eq!(printable("a\nb\tc"), "a\nb\tc");
+    }
 
     /// A stdout that takes nothing, like /dev/full or a pipe whose reader has gone.
     struct Full;

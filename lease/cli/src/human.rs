@@ -41,8 +41,12 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Error> {
 }
 
 /// One successful answer as text, or why its body is not the type `view` expects.
+///
+/// Every string in it comes from the daemon: control characters (a terminal's escape
+/// sequences, which could rewrite what the tenant sees or set its window title) are shown
+/// escaped, not sent to the terminal.
 pub fn render(view: View, body: &[u8]) -> Result<String, serde_json::Error> {
-    Ok(match view {
+    Ok(crate::exit::printable(&match view {
         View::Host => host(&parse(body)?),
         View::Quote => quote(&parse(body)?),
         View::Created => created(body)?,
@@ -53,7 +57,7 @@ pub fn render(view: View, body: &[u8]) -> Result<String, serde_json::Error> {
         View::Headers => headers(&parse(body)?),
         View::Keysets => keysets(&parse(body)?),
         View::Text => String::from_utf8_lossy(body).into_owned(),
-    })
+    }))
 }
 
 fn host(h: &HostView) -> String {

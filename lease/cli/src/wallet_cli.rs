@@ -79,14 +79,26 @@ pub fn default_wallet_path() -> PathBuf {
 
 fn open(path: &Path) -> Result<Wallet, Exit> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Exit::usage(format!("creating {}: {e}", dir.display())))?;
+        crate::durable::create_dirs(dir)
+            .map_err(|e| Exit::usage(format!("creating {}: {}", e.path.display(), e.source)))?;
     }
     Wallet::open(path).map_err(wallet_exit)
 }
 
 fn wallet_exit(e: WalletError) -> Exit {
-    Exit::usage(e.to_string())
+    match e {
+        // The daemon's mint answered with signatures the wallet cannot take: its answer is
+        // at fault (exit 1), not the command line.
+        WalletError::TooManySignatures { .. }
+        | WalletError::TooFewSignatures { .. }
+        | WalletError::NotAsked { .. }
+        | WalletError::NoKey { .. }
+        | WalletError::BadSignature { .. } => Exit {
+            code: DAEMON_ERROR,
+            message: e.to_string(),
+        },
+        other => Exit::usage(other.to_string()),
+    }
 }
 
 fn cmd_exit(e: WalletCmdError) -> Exit {

@@ -137,7 +137,7 @@ impl Seed {
 
     /// The seed kept at `path`, if there is one.
     pub fn load(path: &Path) -> Result<Option<Seed>, SeedError> {
-        match std::fs::read_to_string(path) {
+        match read_regular_text(path) {
             Ok(text) => Seed::from_phrase(&text)
                 .map(Some)
                 .map_err(|_| SeedError::Corrupt(path.display().to_string())),
@@ -161,12 +161,43 @@ impl Seed {
     }
 }
 
+/// The text of the regular file at `path`. Opened without blocking and refused unless it is
+/// a regular file: a FIFO at the seed's name would otherwise hang the command (with the
+/// wallet's lock held) until someone writes to it.
+fn read_regular_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     //! Values of cashubtc/nuts `tests/13-tests.md` (commit
     //! 06e2522094b549e2bcbb05b28946a2bfb1600b12).
 
     use super::*;
+
+    #[test]
+    fn a_fifo_at_the_seeds_name_is_refused_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.seed");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("fifo");
+        let started = std::time::Instant::now();
+        assert!(matches!(Seed::load(&path), Err(SeedError::Io { .. })));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
 
     #[test]
     fn keyset_id_integers_match_the_vectors() {
