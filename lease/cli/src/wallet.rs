@@ -85,6 +85,10 @@ pub enum WalletError {
     },
     #[error("signature {index}: {what}")]
     BadSignature { index: usize, what: String },
+    /// A received token's note fails its DLEQ check (the token is at fault, not the mint's
+    /// answer).
+    #[error("note {index} of the token: {what}")]
+    BadTokenNote { index: usize, what: String },
     #[error("the wallet holds {have} sat, {want} sat asked")]
     NotEnough { have: u64, want: u64 },
     #[error(transparent)]
@@ -811,15 +815,16 @@ pub fn check_proof_dleq(index: usize, p: &Proof, keys: &[KeySet]) -> Result<(), 
     let Some(dleq) = &p.dleq else {
         return Ok(());
     };
-    let bad = |what: String| WalletError::BadSignature { index, what };
+    let bad = |what: String| WalletError::BadTokenNote { index, what };
     let key_hex = keys
         .iter()
         .find(|k| k.id == p.id)
         .and_then(|k| k.keys.get(&p.amount))
-        .ok_or_else(|| WalletError::NoKey {
-            index,
-            amount: p.amount,
-            keyset: p.id.clone(),
+        .ok_or_else(|| {
+            bad(format!(
+                "the mint has no key for amount {} in keyset {}",
+                p.amount, p.id
+            ))
         })?;
     let mint_key: PublicKey = key_hex
         .parse()
