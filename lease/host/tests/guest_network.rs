@@ -3,13 +3,14 @@
 //! creates live there, and vanish with it). Never touches the host's own namespace or any
 //! outside address. Needs root (skipped otherwise, with a SKIPPED line).
 
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use coinop_host::guest_network::address_pool::Cidr;
 use coinop_host::guest_network::host_commands::{ip, run};
+use coinop_host::guest_network::tap_device;
 use coinop_host::guest_network::{GuestNetwork, NetInfo, NetworkSettings};
 
 fn skipped(why: &str) -> bool {
@@ -74,6 +75,13 @@ fn link_json(name: &str) -> Option<serde_json::Value> {
 /// Reads frames from `tap` (10-byte vnet header, then Ethernet) until one is a TCP SYN to
 /// `guest`:22 sent to `mac`, or `deadline` passes.
 fn saw_syn_on_tap(tap: &OwnedFd, guest: Ipv4Addr, mac: &str, deadline: Instant) -> bool {
+    saw_syn_to_port(tap, SocketAddrV4::new(guest, 22), mac, deadline)
+}
+
+/// Reads frames from `tap` until one is a TCP SYN to `to` sent to `mac`, or `deadline`
+/// passes.
+fn saw_syn_to_port(tap: &OwnedFd, to: SocketAddrV4, mac: &str, deadline: Instant) -> bool {
+    let guest = *to.ip();
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mac: Vec<u8> = mac
         .split(':')
@@ -95,7 +103,7 @@ fn saw_syn_on_tap(tap: &OwnedFd, guest: Ipv4Addr, mac: &str, deadline: Instant) 
         let tcp = &ip4[ihl..];
         let is_syn = ip4[9] == 6
             && ip4[16..20] == guest.octets()
-            && tcp[2..4] == 22u16.to_be_bytes()
+            && tcp[2..4] == to.port().to_be_bytes()
             && tcp[13] & 0x02 != 0;
         if is_syn {
             assert_eq!(
@@ -107,6 +115,109 @@ fn saw_syn_on_tap(tap: &OwnedFd, guest: Ipv4Addr, mac: &str, deadline: Instant) 
         }
     }
     false
+}
+
+/// The MAC address of link `name`.
+fn link_mac(name: &str) -> [u8; 6] {
+    let text = ip(&["-j", "link", "show", "dev", name]).expect("ip link show");
+    let links: Vec<serde_json::Value> = serde_json::from_str(&text).expect("ip -j");
+    let address = links
+        .first()
+        .and_then(|l| l["address"].as_str())
+        .unwrap_or_else(|| panic!("{name} has a MAC: {text}"));
+    let mut mac = [0u8; 6];
+    for (byte, hex) in mac.iter_mut().zip(address.split(':')) {
+        *byte = u8::from_str_radix(hex, 16).expect("hex");
+    }
+    mac
+}
+
+/// The Internet checksum of `data` (RFC 1071).
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for pair in data.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], pair.get(1).copied().unwrap_or(0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// What [`send_into`] sends: a UDP datagram.
+#[derive(Clone, Copy)]
+enum Segment {
+    Udp,
+}
+
+/// Writes one IPv4 packet from `src` to `dst` into `tap` (whose host-side link is
+/// `link`) as if whoever is at the other end of the tap sent it: the guest, or anything
+/// forging packets there. Checksums are right, so conntrack tracks it.
+fn send_into(tap: &OwnedFd, link: &str, segment: Segment, src: SocketAddrV4, dst: SocketAddrV4) {
+    let (proto, mut l4) = match segment {
+        Segment::Udp => {
+            let mut udp = Vec::new();
+            udp.extend_from_slice(&src.port().to_be_bytes());
+            udp.extend_from_slice(&dst.port().to_be_bytes());
+            udp.extend_from_slice(&12u16.to_be_bytes());
+            udp.extend_from_slice(&[0, 0]); // no checksum (allowed for IPv4)
+            udp.extend_from_slice(b"ping");
+            (17u8, udp)
+        }
+    };
+    if proto == 6 {
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&src.ip().octets());
+        pseudo.extend_from_slice(&dst.ip().octets());
+        pseudo.extend_from_slice(&[0, proto]);
+        pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        pseudo.extend_from_slice(&l4);
+        let sum = checksum(&pseudo);
+        l4[16..18].copy_from_slice(&sum.to_be_bytes());
+    }
+    let mut ip4 = vec![0x45, 0];
+    ip4.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip4.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
+    ip4.extend_from_slice(&src.ip().octets());
+    ip4.extend_from_slice(&dst.ip().octets());
+    let sum = checksum(&ip4);
+    ip4[10..12].copy_from_slice(&sum.to_be_bytes());
+    // The tap's vnet header (none of its offloads used), then Ethernet to the host side.
+    let mut frame = vec![0u8; 10];
+    frame.extend_from_slice(&link_mac(link));
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99, 0x08, 0x00]);
+    frame.extend_from_slice(&ip4);
+    frame.extend_from_slice(&l4);
+    let written = nix::unistd::write(tap, &frame).expect("write into the tap");
+    assert_eq!(written, frame.len());
+}
+
+/// The namespace's "outside": a tap of the test's own (not a guest's: no `cop` prefix)
+/// holding 192.0.2.1/24, where traffic to 192.0.2.0/24 leaves, conntracked and masqueraded
+/// on the way, into the returned fd, which nobody reads (nothing leaves the namespace).
+/// A tap and not a dummy link: this kernel may lack the dummy driver, never tun.
+const OUTSIDE_HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const OUTSIDE_PEER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
+const OUTSIDE_LINK: &str = "out0";
+
+fn add_outside_link() -> OwnedFd {
+    let fd = tap_device::create(OUTSIDE_LINK).expect("outside tap");
+    let batch = format!(
+        "addr add {OUTSIDE_HOST}/24 dev {OUTSIDE_LINK}\nlink set {OUTSIDE_LINK} up\n\
+         neigh replace {OUTSIDE_PEER} lladdr 02:00:00:00:00:63 dev {OUTSIDE_LINK} nud permanent\n"
+    );
+    run("ip", &["-batch", "-"], Some(&batch)).expect("the outside link");
+    fd
+}
+
+/// Reverse-path filtering off, as it is by default in a new namespace: what drops a forged
+/// packet in these tests is then coinop's rules, not the kernel's.
+fn rp_filter_off(link: &str) {
+    for conf in ["all", link] {
+        let knob = format!("/proc/sys/net/ipv4/conf/{conf}/rp_filter");
+        std::fs::write(&knob, "0").expect("rp_filter off");
+    }
 }
 
 #[test]
@@ -394,6 +505,41 @@ fn guest_networking_is_claimed_once_per_network_namespace() {
                 Err(ClaimError::UnsafeDir { .. })
             ),
             "a directory anyone may write to"
+        );
+    });
+}
+
+/// Anti-spoofing covers everything a tap sends, traffic to the host itself included: a
+/// guest forging the source of a peer the host talks to cannot slip a "reply" into the
+/// host's conversation with it (conntrack would call it established, whatever the link it
+/// came in by).
+#[test]
+fn a_forged_reply_from_a_tap_does_not_reach_the_host() {
+    in_netns_with_records(move |records| {
+        let net = GuestNetwork::start(settings(&records)).expect("network starts");
+        let (tap, info) = net.attach("lease-a").expect("attach");
+        let _outside = add_outside_link();
+        rp_filter_off(&info.tap);
+        // A conversation of the host's own with a peer outside: tracked, its replies
+        // established.
+        let socket = UdpSocket::bind((OUTSIDE_HOST, 0)).expect("bind");
+        socket.connect((OUTSIDE_PEER, 5000)).expect("connect");
+        socket.send(b"hello").expect("send");
+        let host_end = match socket.local_addr().expect("local addr") {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!("bound to an IPv4 address"),
+        };
+        let peer = SocketAddrV4::new(OUTSIDE_PEER, 5000);
+        send_into(&tap, &info.tap, Segment::Udp, peer, host_end);
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        let got = socket.recv(&mut buf);
+        assert!(
+            got.is_err(),
+            "a reply forged on {} reached the host's socket: {got:?}",
+            info.tap
         );
     });
 }

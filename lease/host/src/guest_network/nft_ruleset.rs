@@ -10,8 +10,12 @@
 //!   (`prerouting` for traffic from outside, `output` for connections made on the host);
 //! - `guests` holds G: its traffic leaving by any interface but a guest tap takes the
 //!   host's address (masquerade; guest to guest is dropped anyway);
-//! - `guest_sources` holds T . G: anti-spoofing, frames from a guest tap with any other
-//!   pair of tap and source are dropped (so a tap without a lease passes nothing);
+//! - `guest_sources` holds T . G: anti-spoofing, packets from a guest tap with any other
+//!   pair of tap and source are dropped (so a tap without a lease passes nothing). The
+//!   check is in `antispoof`, a filter chain on the prerouting hook at raw priority, which
+//!   every packet from a tap goes through before conntrack looks at it, whether it is
+//!   forwarded or for the host itself: a forged source cannot pass as a reply to one of the
+//!   host's own connections (conntrack tracks flows, not the link they came in by);
 //! - guests reach neither each other nor the host itself, except replies to connections
 //!   made to them;
 //! - nor link-local addresses (169.254.0.0/16) through the host: they belong to the host's
@@ -68,6 +72,8 @@ pub fn render(leases: &[LeaseRules]) -> String {
          \x20 map ssh_forward {{ type inet_service : ipv4_addr; }}\n\
          \x20 set guests {{ type ipv4_addr; }}\n\
          \x20 set guest_sources {{ type ifname . ipv4_addr; }}\n\
+         \x20 chain antispoof {{\n    type filter hook prerouting priority raw; policy accept;\n\
+         \x20   iifname {taps} iifname . ip saddr != @guest_sources drop\n  }}\n\
          \x20 chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n\
          \x20   fib daddr type local dnat to tcp dport map @ssh_forward : 22\n  }}\n\
          \x20 chain output {{\n    type nat hook output priority -100; policy accept;\n\
@@ -75,7 +81,6 @@ pub fn render(leases: &[LeaseRules]) -> String {
          \x20 chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n\
          \x20   ip saddr @guests oifname != {taps} masquerade\n  }}\n\
          \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n\
-         \x20   iifname {taps} iifname . ip saddr != @guest_sources drop\n\
          \x20   iifname {taps} oifname {taps} drop\n\
          \x20   iifname {taps} ip daddr 169.254.0.0/16 drop\n  }}\n\
          \x20 chain input {{\n    type filter hook input priority filter; policy accept;\n\
@@ -149,6 +154,22 @@ mod tests {
             script.contains("iifname \"cop*\" ip daddr 169.254.0.0/16 drop"),
             "no instance metadata for guests:\n{script}"
         );
+        let antispoof = chain(&script, "antispoof");
+        assert!(
+            antispoof.contains("type filter hook prerouting priority raw;")
+                && antispoof.contains("iifname . ip saddr != @guest_sources drop"),
+            "every packet from a tap is checked, before conntrack:\n{script}"
+        );
+    }
+
+    /// The text of chain `name` in a rendered script.
+    fn chain<'s>(script: &'s str, name: &str) -> &'s str {
+        let start = script
+            .find(&format!("chain {name} {{"))
+            .unwrap_or_else(|| panic!("no chain {name}:\n{script}"));
+        let body = &script[start..];
+        // Rules are indented by four spaces, a chain's closing brace by two.
+        &body[..body.find("\n  }").map_or(body.len(), |end| end + 4)]
     }
 
     #[test]
