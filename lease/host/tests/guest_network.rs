@@ -145,10 +145,11 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// What [`send_into`] sends: a UDP datagram.
+/// What [`send_into`] sends: a UDP datagram or a TCP SYN.
 #[derive(Clone, Copy)]
 enum Segment {
     Udp,
+    Syn,
 }
 
 /// Writes one IPv4 packet from `src` to `dst` into `tap` (whose host-side link is
@@ -164,6 +165,17 @@ fn send_into(tap: &OwnedFd, link: &str, segment: Segment, src: SocketAddrV4, dst
             udp.extend_from_slice(&[0, 0]); // no checksum (allowed for IPv4)
             udp.extend_from_slice(b"ping");
             (17u8, udp)
+        }
+        Segment::Syn => {
+            let mut tcp = Vec::new();
+            tcp.extend_from_slice(&src.port().to_be_bytes());
+            tcp.extend_from_slice(&dst.port().to_be_bytes());
+            tcp.extend_from_slice(&1u32.to_be_bytes()); // sequence
+            tcp.extend_from_slice(&0u32.to_be_bytes()); // acknowledgement
+            tcp.extend_from_slice(&[5 << 4, 0x02]); // 20-byte header, SYN
+            tcp.extend_from_slice(&65535u16.to_be_bytes()); // window
+            tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+            (6u8, tcp)
         }
     };
     if proto == 6 {
@@ -541,5 +553,82 @@ fn a_forged_reply_from_a_tap_does_not_reach_the_host() {
             "a reply forged on {} reached the host's socket: {got:?}",
             info.tap
         );
+    });
+}
+
+/// Nothing reaches a guest but replies to its own connections and the SSH forward: not a
+/// connection the host (any local user) makes to the guest's address, to any port, nor
+/// one routed through the host from its LAN; the forwarded port still reaches port 22,
+/// from the host and from the LAN.
+#[test]
+fn a_guest_is_reached_only_through_its_ssh_forward() {
+    in_netns_with_records(move |records| {
+        let net = GuestNetwork::start(settings(&records)).expect("network starts");
+        let (tap, info) = net.attach("lease-a").expect("attach");
+        let guest = info.guest_ip;
+        // A LAN the host routes for: a tap of the test's own, its far end played by the
+        // test (a LAN host 198.51.100.2 routing to the guests' pool via the host).
+        let lan = tap_device::create("lan0").expect("LAN tap");
+        run(
+            "ip",
+            &["-batch", "-"],
+            Some("addr add 198.51.100.1/24 dev lan0\nlink set lan0 up\n"),
+        )
+        .expect("the LAN link");
+        rp_filter_off("lan0");
+        let lan_host = Ipv4Addr::new(198, 51, 100, 2);
+        let soon = || Instant::now() + Duration::from_millis(700);
+
+        // From the host itself, straight to the guest's address: 80, and 22 too.
+        for port in [80, 22] {
+            let target = SocketAddr::from((guest, port));
+            let client = std::thread::spawn(move || {
+                let _ = TcpStream::connect_timeout(&target, Duration::from_millis(500));
+            });
+            assert!(
+                !saw_syn_to_port(&tap, SocketAddrV4::new(guest, port), &info.mac, soon()),
+                "a local connection to {guest}:{port} reached the guest"
+            );
+            let _ = client.join();
+        }
+        // From the LAN, straight to the guest's address.
+        for port in [80, 22] {
+            let from = SocketAddrV4::new(lan_host, 40_000 + port);
+            send_into(
+                &lan,
+                "lan0",
+                Segment::Syn,
+                from,
+                SocketAddrV4::new(guest, port),
+            );
+            assert!(
+                !saw_syn_to_port(&tap, SocketAddrV4::new(guest, port), &info.mac, soon()),
+                "a LAN host's connection to {guest}:{port} reached the guest"
+            );
+        }
+        // The forwarded port, from the LAN and from the host.
+        let lan_side = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), info.ssh.port);
+        send_into(
+            &lan,
+            "lan0",
+            Segment::Syn,
+            SocketAddrV4::new(lan_host, 40_100),
+            lan_side,
+        );
+        let deadline = Instant::now() + Duration::from_secs(3);
+        assert!(
+            saw_syn_on_tap(&tap, guest, &info.mac, deadline),
+            "the LAN's connection to the forwarded port {lan_side} did not reach {guest}:22"
+        );
+        let target = SocketAddr::from((info.host_ip, info.ssh.port));
+        let client = std::thread::spawn(move || {
+            let _ = TcpStream::connect_timeout(&target, Duration::from_secs(3));
+        });
+        let deadline = Instant::now() + Duration::from_secs(3);
+        assert!(
+            saw_syn_on_tap(&tap, guest, &info.mac, deadline),
+            "the host's connection to the forwarded port {target} did not reach {guest}:22"
+        );
+        let _ = client.join();
     });
 }

@@ -18,6 +18,16 @@
 //!   host's own connections (conntrack tracks flows, not the link they came in by);
 //! - guests reach neither each other nor the host itself, except replies to connections
 //!   made to them;
+//! - nothing reaches a guest but replies to its own connections (`ct state
+//!   established,related`, which takes in ICMP errors about them) and connections the
+//!   `ssh_forward` DNAT sent to its port 22 (`ct status dnat` and TCP port 22): not a
+//!   connection made on the host to the guest's address (any local user could), nor one
+//!   routed through the host from its LAN, to any port. Both ways in are filtered: `forward`
+//!   for routed traffic and `local_out`, a filter chain on the output hook that runs after
+//!   the nat `output` chain (priority filter, 0, after -100) and so sees the DNATed
+//!   destination and the rerouted tap. coinopd itself never connects to a guest's address
+//!   (it reaches a guest through its VMM), and an operator or the lab reaches one through
+//!   its forwarded port, like its tenant;
 //! - nor link-local addresses (169.254.0.0/16) through the host: they belong to the host's
 //!   own link, where a cloud's instance metadata service (169.254.169.254) would hand a
 //!   guest the host's credentials.
@@ -65,6 +75,12 @@ impl LeaseRules {
 /// The whole table for `leases`: the chains and sets, and every lease's elements.
 pub fn render(leases: &[LeaseRules]) -> String {
     let taps = format!("\"{TAP_PREFIX}*\"");
+    // What may reach a guest's tap, routed or made on the host (see the module's doc).
+    let to_guests = format!(
+        "    oifname {taps} ct state established,related accept\n\
+         \x20   oifname {taps} ct status dnat tcp dport 22 accept\n\
+         \x20   oifname {taps} drop\n"
+    );
     let mut script = format!(
         "table {TABLE} {{}}\n\
          delete table {TABLE}\n\
@@ -82,7 +98,10 @@ pub fn render(leases: &[LeaseRules]) -> String {
          \x20   ip saddr @guests oifname != {taps} masquerade\n  }}\n\
          \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n\
          \x20   iifname {taps} oifname {taps} drop\n\
-         \x20   iifname {taps} ip daddr 169.254.0.0/16 drop\n  }}\n\
+         \x20   iifname {taps} ip daddr 169.254.0.0/16 drop\n\
+         {to_guests}  }}\n\
+         \x20 chain local_out {{\n    type filter hook output priority filter; policy accept;\n\
+         {to_guests}  }}\n\
          \x20 chain input {{\n    type filter hook input priority filter; policy accept;\n\
          \x20   iifname {taps} ct state established,related accept\n\
          \x20   iifname {taps} drop\n  }}\n\
@@ -154,6 +173,23 @@ mod tests {
             script.contains("iifname \"cop*\" ip daddr 169.254.0.0/16 drop"),
             "no instance metadata for guests:\n{script}"
         );
+        for name in ["forward", "local_out"] {
+            let rules: Vec<&str> = chain(&script, name)
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("oifname"))
+                .collect();
+            assert_eq!(
+                rules,
+                [
+                    "oifname \"cop*\" ct state established,related accept",
+                    "oifname \"cop*\" ct status dnat tcp dport 22 accept",
+                    "oifname \"cop*\" drop",
+                ],
+                "only replies and the SSH forward reach a guest ({name}):\n{script}"
+            );
+        }
+        assert!(chain(&script, "local_out").contains("type filter hook output priority filter;"));
         let antispoof = chain(&script, "antispoof");
         assert!(
             antispoof.contains("type filter hook prerouting priority raw;")
