@@ -111,8 +111,8 @@ main() {
   : >"$root/lib/modules/lab/order"
   local name
   local extra_modules=tun
-  # coinopd's ip coinop table: nat chains, dnat, masquerade, fib, ct state.
-  [ -n "${LAB_COINOPD:-}" ] && extra_modules="$extra_modules nf_tables nft_chain_nat nft_nat nft_masq nft_fib_ipv4 nft_ct"
+  # coinopd's ip coinop table: nat chains, dnat, masquerade, fib, ct state, ct count.
+  [ -n "${LAB_COINOPD:-}" ] && extra_modules="$extra_modules nf_tables nft_chain_nat nft_nat nft_masq nft_fib_ipv4 nft_ct nft_connlimit"
   for m in $( { module_load_order "$moddir" kvm-amd; for m in $extra_modules; do module_load_order "$moddir" "$m"; done; } |
     awk '!seen[$0]++'); do
     name=$(basename "$m")

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use coinop_host::guest_network::address_pool::Cidr;
 use coinop_host::guest_network::host_commands::{ip, run};
 use coinop_host::guest_network::tap_device;
-use coinop_host::guest_network::{GuestNetwork, NetInfo, NetworkSettings};
+use coinop_host::guest_network::{GuestNetwork, NetInfo, NetworkSettings, DEFAULT_FLOWS_PER_GUEST};
 
 fn skipped(why: &str) -> bool {
     use std::io::Write;
@@ -23,9 +23,9 @@ fn cannot_run() -> bool {
     if !nix::unistd::geteuid().is_root() {
         return skipped("guest networking needs root");
     }
-    for tool in ["ip", "nft"] {
+    for tool in ["ip", "nft", "conntrack"] {
         if run(tool, &["-V"], None).is_err() && run(tool, &["--version"], None).is_err() {
-            return skipped("ip (iproute2) and nft (nftables) are needed");
+            return skipped("ip (iproute2), nft (nftables) and conntrack are needed");
         }
     }
     false
@@ -59,7 +59,32 @@ fn settings(dir: &Path) -> NetworkSettings {
         ssh_ports: (22000, 22009),
         ssh_host: "test-host".into(),
         record_dir: dir.to_path_buf(),
+        flows_per_guest: DEFAULT_FLOWS_PER_GUEST,
     }
+}
+
+/// The connections conntrack tracks in this namespace that `ip` is an end of, before or
+/// after NAT, one `conntrack -L` line each.
+fn tracked(ip: Ipv4Addr) -> Vec<String> {
+    let listing = run("conntrack", &["-L"], None).expect("conntrack -L");
+    let end = format!("={ip} ");
+    listing
+        .lines()
+        .filter(|l| l.contains(&end))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits (up to 3 s) until `ip` has at least `n` tracked connections; returns them, after
+/// a moment more for any that were still on their way (a tap's packets are processed
+/// after the write that sent them returns).
+fn tracked_at_least(ip: Ipv4Addr, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while tracked(ip).len() < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    tracked(ip)
 }
 
 fn ruleset() -> String {
@@ -630,5 +655,40 @@ fn a_guest_is_reached_only_through_its_ssh_forward() {
             "the host's connection to the forwarded port {target} did not reach {guest}:22"
         );
         let _ = client.join();
+    });
+}
+
+/// A guest has at most `flows_per_guest` new connections tracked at once: the next new one
+/// is dropped, so a guest forging flows cannot fill the host's conntrack table (which
+/// would drop every tenant's and the host's new connections). Each guest has a share of
+/// its own.
+#[test]
+fn a_guest_has_at_most_its_share_of_tracked_connections() {
+    in_netns_with_records(move |records| {
+        let settings = NetworkSettings {
+            flows_per_guest: 3,
+            ..settings(&records)
+        };
+        let net = GuestNetwork::start(settings).expect("network starts");
+        let (tap, info) = net.attach("lease-a").expect("attach");
+        let (tap_b, b) = net.attach("lease-b").expect("attach");
+        let _outside = add_outside_link();
+        let peer = SocketAddrV4::new(OUTSIDE_PEER, 53);
+        for port in 1000..1005 {
+            let from = SocketAddrV4::new(info.guest_ip, port);
+            send_into(&tap, &info.tap, Segment::Udp, from, peer);
+        }
+        let flows = tracked_at_least(info.guest_ip, 3);
+        assert_eq!(flows.len(), 3, "3 of 5 new flows tracked: {flows:#?}");
+        assert!(
+            flows
+                .iter()
+                .all(|f| f.contains(&format!("dst={OUTSIDE_HOST} "))),
+            "masqueraded on the way out: {flows:#?}"
+        );
+        let from = SocketAddrV4::new(b.guest_ip, 1000);
+        send_into(&tap_b, &b.tap, Segment::Udp, from, peer);
+        let flows = tracked_at_least(b.guest_ip, 1);
+        assert_eq!(flows.len(), 1, "the other guest's share: {flows:#?}");
     });
 }

@@ -69,7 +69,19 @@ pub struct NetworkSettings {
     pub ssh_host: String,
     /// Where per-lease records live (the run dir).
     pub record_dir: PathBuf,
+    /// How many connections one guest may have tracked at once: a new one past that is
+    /// dropped until one of them ends ([`nft_ruleset`]). Usually
+    /// [`DEFAULT_FLOWS_PER_GUEST`].
+    pub flows_per_guest: u32,
 }
+
+/// The usual [`NetworkSettings::flows_per_guest`]: far more than a guest serving or
+/// browsing keeps open, and a small share of the host's conntrack table
+/// (`net.netfilter.nf_conntrack_max`, 262144 by default on a 64-bit host with 4 GiB of
+/// memory or more), so one guest cannot fill it. 64 guests at their cap together would: an
+/// operator running more leases with networking than that raises `nf_conntrack_max` to
+/// leases x 4096 plus what the host itself needs.
+pub const DEFAULT_FLOWS_PER_GUEST: u32 = 4096;
 
 /// Errors of guest networking.
 #[derive(Debug, thiserror::Error)]
@@ -279,7 +291,7 @@ impl GuestNetwork {
 
     /// Replaces the whole table by the live leases' (the `commands` lock held).
     fn render_table(&self) -> Result<(), NetError> {
-        let script = render(&self.state());
+        let script = render(&self.state(), self.settings.flows_per_guest);
         host_commands::nft_apply(&script)?;
         self.state().table_rendered = true;
         Ok(())
@@ -464,13 +476,13 @@ fn lease_rules(lease_id: &str, info: &NetInfo) -> LeaseRules {
     }
 }
 
-fn render(state: &State) -> String {
+fn render(state: &State, flows_per_guest: u32) -> String {
     let rules: Vec<LeaseRules> = state
         .leases
         .iter()
         .map(|(id, e)| lease_rules(id, &e.info))
         .collect();
-    nft_ruleset::render(&rules)
+    nft_ruleset::render(&rules, flows_per_guest)
 }
 
 fn sweep_records(dir: &Path, live: &BTreeMap<String, Entry>) {

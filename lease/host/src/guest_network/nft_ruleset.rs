@@ -30,7 +30,18 @@
 //!   its forwarded port, like its tenant;
 //! - nor link-local addresses (169.254.0.0/16) through the host: they belong to the host's
 //!   own link, where a cloud's instance metadata service (169.254.169.254) would hand a
-//!   guest the host's credentials.
+//!   guest the host's credentials;
+//! - each guest has at most N connections tracked at once (N is
+//!   [`super::NetworkSettings::flows_per_guest`]): `forward` drops a guest's new connection
+//!   past N, counted by `ct count` in `guest_flows`, a dynamic set keyed by the (checked)
+//!   source address. Without it a guest forging connections (a UDP datagram or a TCP
+//!   handshake each; masqueraded TCP the guest completes stays tracked for days) could
+//!   fill the host's conntrack table, after which the kernel drops every tenant's and the
+//!   host's new connections. A guest's new connections to the host itself are dropped
+//!   before they are tracked (`input`). The set's elements are the kernel's, not a lease's:
+//!   none is added or deleted per lease, and a render starts every count afresh (a live
+//!   guest's open connections count again only once they are new ones). A stopped lease's
+//!   tracked connections are deleted at its teardown (see the parent module).
 
 use std::fmt::Write;
 use std::net::Ipv4Addr;
@@ -72,9 +83,12 @@ impl LeaseRules {
     }
 }
 
-/// The whole table for `leases`: the chains and sets, and every lease's elements.
-pub fn render(leases: &[LeaseRules]) -> String {
+/// The whole table for `leases`: the chains and sets, and every lease's elements. A guest
+/// may have `flows_per_guest` connections tracked at once.
+pub fn render(leases: &[LeaseRules], flows_per_guest: u32) -> String {
     let taps = format!("\"{TAP_PREFIX}*\"");
+    // `guest_flows` holds one element per guest address that passed `antispoof`, so at
+    // most the pool's capacity, which the forwarded-port range bounds to 65535.
     // What may reach a guest's tap, routed or made on the host (see the module's doc).
     let to_guests = format!(
         "    oifname {taps} ct state established,related accept\n\
@@ -88,6 +102,7 @@ pub fn render(leases: &[LeaseRules]) -> String {
          \x20 map ssh_forward {{ type inet_service : ipv4_addr; }}\n\
          \x20 set guests {{ type ipv4_addr; }}\n\
          \x20 set guest_sources {{ type ifname . ipv4_addr; }}\n\
+         \x20 set guest_flows {{ type ipv4_addr; size 65535; flags dynamic; }}\n\
          \x20 chain antispoof {{\n    type filter hook prerouting priority raw; policy accept;\n\
          \x20   iifname {taps} iifname . ip saddr != @guest_sources drop\n  }}\n\
          \x20 chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n\
@@ -99,6 +114,7 @@ pub fn render(leases: &[LeaseRules]) -> String {
          \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n\
          \x20   iifname {taps} oifname {taps} drop\n\
          \x20   iifname {taps} ip daddr 169.254.0.0/16 drop\n\
+         \x20   iifname {taps} ct state new add @guest_flows {{ ip saddr ct count over {flows_per_guest} }} drop\n\
          {to_guests}  }}\n\
          \x20 chain local_out {{\n    type filter hook output priority filter; policy accept;\n\
          {to_guests}  }}\n\
@@ -149,7 +165,7 @@ mod tests {
 
     #[test]
     fn each_lease_gets_its_forward_masquerade_and_source_elements() {
-        let script = render(&[lease()]);
+        let script = render(&[lease()], 4096);
         assert!(script.starts_with("table ip coinop {}\ndelete table ip coinop\n"));
         assert_eq!(
             script
@@ -166,7 +182,7 @@ mod tests {
             script.contains("add element ip coinop guest_sources { \"cop3\" . 10.213.0.14 comment")
         );
         assert!(
-            !render(&[]).contains("add element"),
+            !render(&[], 4096).contains("add element"),
             "no lease, no forwarding"
         );
         assert!(
@@ -190,6 +206,13 @@ mod tests {
             );
         }
         assert!(chain(&script, "local_out").contains("type filter hook output priority filter;"));
+        assert!(
+            chain(&script, "forward").contains(
+                "iifname \"cop*\" ct state new add @guest_flows { ip saddr ct count over 4096 } drop"
+            ),
+            "a guest's tracked connections are capped:\n{script}"
+        );
+        assert!(render(&[], 7).contains("ct count over 7 }"));
         let antispoof = chain(&script, "antispoof");
         assert!(
             antispoof.contains("type filter hook prerouting priority raw;")
