@@ -359,6 +359,14 @@ fn a_crashed_daemons_left_overs_are_swept_and_live_guests_kept() {
         let before = GuestNetwork::start(settings(&records)).expect("network starts");
         let (live_tap, live) = before.attach("live").expect("live lease");
         let (dead_tap, dead) = before.attach("dead").expect("dead lease");
+        // Each guest has a connection out, tracked.
+        let _outside = add_outside_link();
+        let peer = SocketAddrV4::new(OUTSIDE_PEER, 53);
+        for (tap, info) in [(&live_tap, &live), (&dead_tap, &dead)] {
+            let from = SocketAddrV4::new(info.guest_ip, 1000);
+            send_into(tap, &info.tap, Segment::Udp, from, peer);
+            assert_eq!(tracked_at_least(info.guest_ip, 1).len(), 1);
+        }
         // coinopd dies without tearing anything down; the dead lease's VMM ends (its tap
         // fd closes) and a persistent tap from some earlier accident is lying around.
         std::mem::forget(before);
@@ -386,6 +394,9 @@ fn a_crashed_daemons_left_overs_are_swept_and_live_guests_kept() {
         assert!(link_json(&live.tap).is_some(), "the live guest's tap stays");
         assert!(!records.join("dead.net.json").exists());
         assert!(records.join("live.net.json").exists());
+        let flows = tracked(dead.guest_ip);
+        assert!(flows.is_empty(), "the dead guest's: {flows:#?}");
+        assert_eq!(tracked(live.guest_ip).len(), 1, "the live guest's stays");
         assert_eq!(after.info("live"), Some(live.clone()));
         // The dead lease's slot is free again; the live one's is not.
         let (_, next) = after.attach("next").expect("attach");
@@ -690,5 +701,61 @@ fn a_guest_has_at_most_its_share_of_tracked_connections() {
         send_into(&tap_b, &b.tap, Segment::Udp, from, peer);
         let flows = tracked_at_least(b.guest_ip, 1);
         assert_eq!(flows.len(), 1, "the other guest's share: {flows:#?}");
+    });
+}
+
+/// A stopped lease's tracked connections go with it, before its slot is free: those its
+/// guest made (masqueraded) and those made to it through its forwarded port; other
+/// guests' stay. Left alone, a next lease on the address would inherit them, and they
+/// would hold their share of the host's table until they time out.
+#[test]
+fn a_detached_guests_tracked_connections_are_deleted() {
+    in_netns_with_records(move |records| {
+        let net = GuestNetwork::start(settings(&records)).expect("network starts");
+        let (tap, info) = net.attach("lease-a").expect("attach");
+        let (tap_b, b) = net.attach("lease-b").expect("attach");
+        let _outside = add_outside_link();
+        let peer = SocketAddrV4::new(OUTSIDE_PEER, 53);
+        send_into(
+            &tap,
+            &info.tap,
+            Segment::Udp,
+            SocketAddrV4::new(info.guest_ip, 1000),
+            peer,
+        );
+        send_into(
+            &tap_b,
+            &b.tap,
+            Segment::Udp,
+            SocketAddrV4::new(b.guest_ip, 1000),
+            peer,
+        );
+        let target = SocketAddr::from((info.host_ip, info.ssh.port));
+        let client = std::thread::spawn(move || {
+            let _ = TcpStream::connect_timeout(&target, Duration::from_secs(1));
+        });
+        let flows = tracked_at_least(info.guest_ip, 2);
+        let reply_from_22 = format!("src={} dst={} sport=22 ", info.guest_ip, info.host_ip);
+        assert!(
+            flows
+                .iter()
+                .any(|f| f.contains(&format!("src={} ", info.guest_ip)) && f.contains("udp")),
+            "the guest's own, masqueraded: {flows:#?}"
+        );
+        assert!(
+            flows
+                .iter()
+                .any(|f| f.contains("tcp") && f.contains(&reply_from_22)),
+            "the one DNATed to its port 22 (answered from there): {flows:#?}"
+        );
+        assert_eq!(tracked_at_least(b.guest_ip, 1).len(), 1);
+
+        net.detach("lease-a");
+        let flows = tracked(info.guest_ip);
+        assert!(flows.is_empty(), "left after detach: {flows:#?}");
+        assert_eq!(tracked(b.guest_ip).len(), 1, "the other guest's stay");
+        net.detach("lease-a");
+        let _ = client.join();
+        drop(tap);
     });
 }
