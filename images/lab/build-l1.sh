@@ -68,9 +68,10 @@ copy_with_libs() {
   done
 }
 
-# coinopd and coinop in /usr/bin; nft and iproute2's ip in /usr/sbin (busybox's ip in /bin
-# stays first on L1's PATH, coinopd's PATH puts /usr/sbin first); ldd (coinopd runs it on
-# the VMM at start-up) with the bash it is written in; the /etc files nft and ip read.
+# coinopd and coinop in /usr/bin; nft, iproute2's ip and conntrack in /usr/sbin (busybox's
+# ip in /bin stays first on L1's PATH, coinopd's PATH puts /usr/sbin first); ldd (coinopd
+# runs it on the VMM at start-up) with the bash it is written in; the /etc files nft and ip
+# read.
 add_coinopd() {
   local root=$1 p f
   [ -n "${LAB_COINOP:-}" ] || die "LAB_COINOPD without LAB_COINOP"
@@ -81,8 +82,8 @@ add_coinopd() {
     [ "$p" = "/usr/bin/$(basename "$p")" ] || mv "$root$p" "$root/usr/bin/$(basename "$p")"
   done
   mkdir -p "$root/usr/sbin"
-  for p in nft ip; do
-    f=$(command -v "$p") || die "$p missing on the build host (nftables, iproute2)"
+  for p in nft ip conntrack; do
+    f=$(command -v "$p") || die "$p missing on the build host (nftables, iproute2, conntrack)"
     f=$(readlink -f "$f")
     copy_with_libs "$root" "$f"
     [ "$f" = "/usr/sbin/$p" ] || mv "$root$f" "$root/usr/sbin/$p"
@@ -95,7 +96,7 @@ add_coinopd() {
   for f in /etc/protocols /etc/services /etc/iproute2; do
     [ -e "$f" ] && cp -a "$f" "$root/etc/"
   done
-  say "L1 coinopd: $(basename "$LAB_COINOPD"), $(basename "$LAB_COINOP"), nft, ip, ldd"
+  say "L1 coinopd: $(basename "$LAB_COINOPD"), $(basename "$LAB_COINOP"), nft, ip, conntrack, ldd"
 }
 
 main() {
@@ -111,8 +112,9 @@ main() {
   : >"$root/lib/modules/lab/order"
   local name
   local extra_modules=tun
-  # coinopd's ip coinop table: nat chains, dnat, masquerade, fib, ct state.
-  [ -n "${LAB_COINOPD:-}" ] && extra_modules="$extra_modules nf_tables nft_chain_nat nft_nat nft_masq nft_fib_ipv4 nft_ct"
+  # coinopd's ip coinop table: nat chains, dnat, masquerade, fib, ct state, ct count; and
+  # ctnetlink, which conntrack deletes a stopped lease's tracked connections through.
+  [ -n "${LAB_COINOPD:-}" ] && extra_modules="$extra_modules nf_tables nft_chain_nat nft_nat nft_masq nft_fib_ipv4 nft_ct nft_connlimit nf_conntrack_netlink"
   for m in $( { module_load_order "$moddir" kvm-amd; for m in $extra_modules; do module_load_order "$moddir" "$m"; done; } |
     awk '!seen[$0]++'); do
     name=$(basename "$m")

@@ -11,8 +11,9 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Debian packages the build and the test guest need (gcc/binutils/make build the guest).
 COINOP_APT_PACKAGES=(gcc binutils make libc6-dev curl ca-certificates python3
-  # coinopd's guest networking (taps, routes, NAT, port forwards) and its tests.
-  iproute2 nftables)
+  # coinopd's guest networking (taps, routes, NAT, port forwards) and its tests; conntrack
+  # deletes a stopped lease's tracked connections, and the tests read the table with it.
+  iproute2 nftables conntrack)
 # QEMU is the benchmark peer and runs the nested Linux lab.
 COINOP_TEST_PACKAGES=(qemu-system-x86)
 

@@ -154,6 +154,7 @@ impl Isolation {
                 ssh_ports: config.guest_ssh_ports,
                 ssh_host: config.guest_ssh_host.clone(),
                 record_dir: config.run_dir(),
+                flows_per_guest: coinop_host::guest_network::DEFAULT_FLOWS_PER_GUEST,
             })?;
             tracing::info!(
                 pool = %format!("{}/{}", config.guest_net_pool.base, config.guest_net_pool.len),

@@ -8,17 +8,26 @@
 //! all the VMM needs to start; [`GuestNetwork::route`] adds the host's side (address, link
 //! up, neighbour) and the lease's elements in the rule table, and may run while the VMM
 //! starts. Teardown: the tap is non-persistent, so it disappears with the VMM holding it;
-//! the lease's elements are deleted from the rule table ([`nft_ruleset`]). Each lease's record (`NAME.net.json` in the run dir)
+//! the lease's elements are deleted from the rule table ([`nft_ruleset`]); then every
+//! connection conntrack tracks for the guest's address is deleted
+//! ([`host_commands::forget_connections`]), before the slot is free for another lease.
+//! Left alone they would go on holding their share of the host's conntrack table (a
+//! completed masqueraded TCP connection for five days), and the next lease given the slot
+//! would inherit them: a UDP flow an outside server keeps alive would go on reaching the
+//! address, now another tenant's. Each lease's record (`NAME.net.json` in the run dir)
 //! lets a restarted coinopd re-adopt a running guest's slot; [`GuestNetwork::sweep`], run
 //! after re-adoption, removes whatever a crashed coinopd left: rules and taps of leases
-//! that are not live, and their records.
+//! that are not live, their records, and the tracked connections of the addresses those
+//! records name.
 //!
 //! The taps' names and the table's are fixed, so one coinopd per network namespace may
 //! manage them: the daemon holds a [`netns_claim::NetnsClaim`] while a `GuestNetwork` runs.
 //!
 //! When it is on (`--guest-network`): `always`, or `auto` (the default) for images with a
 //! root filesystem, the only guests that use a NIC; `never` turns it off. It needs root,
-//! `ip` (iproute2) and `nft` (nftables).
+//! `ip` (iproute2) and `nft` (nftables), and should have `conntrack` (conntrack-tools):
+//! without it coinopd says so at start and a stopped guest's connections stay tracked
+//! until they time out.
 
 pub mod address_pool;
 pub mod host_commands;
@@ -27,6 +36,7 @@ pub mod nft_ruleset;
 pub mod tap_device;
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -69,7 +79,19 @@ pub struct NetworkSettings {
     pub ssh_host: String,
     /// Where per-lease records live (the run dir).
     pub record_dir: PathBuf,
+    /// How many connections one guest may have tracked at once: a new one past that is
+    /// dropped until one of them ends ([`nft_ruleset`]). Usually
+    /// [`DEFAULT_FLOWS_PER_GUEST`].
+    pub flows_per_guest: u32,
 }
+
+/// The usual [`NetworkSettings::flows_per_guest`]: far more than a guest serving or
+/// browsing keeps open, and a small share of the host's conntrack table
+/// (`net.netfilter.nf_conntrack_max`, 262144 by default on a 64-bit host with 4 GiB of
+/// memory or more), so one guest cannot fill it. 64 guests at their cap together would: an
+/// operator running more leases with networking than that raises `nf_conntrack_max` to
+/// leases x 4096 plus what the host itself needs.
+pub const DEFAULT_FLOWS_PER_GUEST: u32 = 4096;
 
 /// Errors of guest networking.
 #[derive(Debug, thiserror::Error)]
@@ -115,10 +137,12 @@ struct State {
 /// The host side of every lease's network.
 pub struct GuestNetwork {
     settings: NetworkSettings,
+    /// Whether `conntrack` ran at start (without it, teardown leaves tracked connections).
+    conntrack: bool,
     state: Mutex<State>,
-    /// Held while `ip`/`nft` change the host: a lease's routing, its teardown and the sweep
-    /// never interleave, and no command runs under `state`, so taking a slot never waits
-    /// for one.
+    /// Held while `ip`/`nft`/`conntrack` change the host: a lease's routing, its teardown
+    /// and the sweep never interleave, and no command runs under `state`, so taking a slot
+    /// never waits for one.
     commands: Mutex<()>,
 }
 
@@ -146,7 +170,16 @@ impl GuestNetwork {
     /// [`GuestNetwork::sweep`]).
     pub fn start(settings: NetworkSettings) -> Result<GuestNetwork, NetError> {
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(NetError::Forwarding)?;
+        let conntrack = host_commands::conntrack_available();
+        if !conntrack {
+            tracing::warn!(
+                "conntrack (conntrack-tools) not found: a stopped guest's tracked connections \
+                 stay until they time out, counting against the host's conntrack table and \
+                 reaching the next lease given its address"
+            );
+        }
         let net = GuestNetwork {
+            conntrack,
             state: Mutex::new(State {
                 pool: AddressPool::new(settings.pool, settings.ssh_ports),
                 leases: BTreeMap::new(),
@@ -279,7 +312,7 @@ impl GuestNetwork {
 
     /// Replaces the whole table by the live leases' (the `commands` lock held).
     fn render_table(&self) -> Result<(), NetError> {
-        let script = render(&self.state());
+        let script = render(&self.state(), self.settings.flows_per_guest);
         host_commands::nft_apply(&script)?;
         self.state().table_rendered = true;
         Ok(())
@@ -307,9 +340,27 @@ impl GuestNetwork {
             }
         }
         let _ = host_commands::ip(&["link", "del", &info.tap]);
+        // After its elements and tap are gone, so the guest can start no new connection and
+        // its forwarded port leads to it no more; before the slot is free, so no later
+        // lease inherits what is left.
+        self.forget_connections(lease_id, info.guest_ip);
         let _ = std::fs::remove_file(self.record(lease_id));
         let _ = std::fs::remove_file(self.sent_host_keys(lease_id));
         self.state().pool.free(info.slot);
+    }
+
+    /// Deletes the tracked connections of `guest_ip`, `lease_id`'s guest (gone). A failure
+    /// is said and otherwise ignored: a lease's stop goes on.
+    fn forget_connections(&self, lease_id: &str, guest_ip: Ipv4Addr) {
+        if !self.conntrack {
+            return;
+        }
+        match host_commands::forget_connections(guest_ip) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(lease = lease_id, %guest_ip, n, "deleted tracked connections"),
+            Err(e) => tracing::warn!(lease = lease_id, %guest_ip, error = %e,
+                "deleting the guest's tracked connections; they stay until they time out"),
+        }
     }
 
     /// Claims back the slot of a guest that outlived an earlier coinopd, from its record.
@@ -357,7 +408,16 @@ impl GuestNetwork {
                 let _ = host_commands::ip(&["link", "del", &tap]);
             }
         }
-        sweep_records(&self.settings.record_dir, &state.leases);
+        let dead = sweep_records(&self.settings.record_dir, &state.leases);
+        let live_guests: Vec<Ipv4Addr> = state.leases.values().map(|e| e.info.guest_ip).collect();
+        drop(state);
+        // Their rules and taps are gone. A live lease with the same address (two records
+        // named one slot, the one re-adopted kept it) keeps its connections.
+        for (lease_id, guest_ip) in dead {
+            if !live_guests.contains(&guest_ip) {
+                self.forget_connections(&lease_id, guest_ip);
+            }
+        }
         Ok(())
     }
 
@@ -464,18 +524,21 @@ fn lease_rules(lease_id: &str, info: &NetInfo) -> LeaseRules {
     }
 }
 
-fn render(state: &State) -> String {
+fn render(state: &State, flows_per_guest: u32) -> String {
     let rules: Vec<LeaseRules> = state
         .leases
         .iter()
         .map(|(id, e)| lease_rules(id, &e.info))
         .collect();
-    nft_ruleset::render(&rules)
+    nft_ruleset::render(&rules, flows_per_guest)
 }
 
-fn sweep_records(dir: &Path, live: &BTreeMap<String, Entry>) {
+/// Removes the records (and sent host keys, and half-written records) of leases not in
+/// `live`; returns each removed record's lease and guest address.
+fn sweep_records(dir: &Path, live: &BTreeMap<String, Entry>) -> Vec<(String, Ipv4Addr)> {
+    let mut dead = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return dead;
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -485,8 +548,17 @@ fn sweep_records(dir: &Path, live: &BTreeMap<String, Entry>) {
             .or_else(|| name.strip_suffix(".net.json.tmp"));
         if let Some(id) = id {
             if !live.contains_key(id) || name.ends_with(".tmp") {
+                if name.ends_with(".net.json") {
+                    let info = std::fs::read(entry.path())
+                        .ok()
+                        .and_then(|bytes| serde_json::from_slice::<NetInfo>(&bytes).ok());
+                    if let Some(info) = info {
+                        dead.push((id.to_string(), info.guest_ip));
+                    }
+                }
                 let _ = std::fs::remove_file(entry.path());
             }
         }
     }
+    dead
 }

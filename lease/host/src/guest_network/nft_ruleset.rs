@@ -10,13 +10,38 @@
 //!   (`prerouting` for traffic from outside, `output` for connections made on the host);
 //! - `guests` holds G: its traffic leaving by any interface but a guest tap takes the
 //!   host's address (masquerade; guest to guest is dropped anyway);
-//! - `guest_sources` holds T . G: anti-spoofing, frames from a guest tap with any other
-//!   pair of tap and source are dropped (so a tap without a lease passes nothing);
+//! - `guest_sources` holds T . G: anti-spoofing, packets from a guest tap with any other
+//!   pair of tap and source are dropped (so a tap without a lease passes nothing). The
+//!   check is in `antispoof`, a filter chain on the prerouting hook at raw priority, which
+//!   every packet from a tap goes through before conntrack looks at it, whether it is
+//!   forwarded or for the host itself: a forged source cannot pass as a reply to one of the
+//!   host's own connections (conntrack tracks flows, not the link they came in by);
 //! - guests reach neither each other nor the host itself, except replies to connections
 //!   made to them;
+//! - nothing reaches a guest but replies to its own connections (`ct state
+//!   established,related`, which takes in ICMP errors about them) and connections the
+//!   `ssh_forward` DNAT sent to its port 22 (`ct status dnat` and TCP port 22): not a
+//!   connection made on the host to the guest's address (any local user could), nor one
+//!   routed through the host from its LAN, to any port. Both ways in are filtered: `forward`
+//!   for routed traffic and `local_out`, a filter chain on the output hook that runs after
+//!   the nat `output` chain (priority filter, 0, after -100) and so sees the DNATed
+//!   destination and the rerouted tap. coinopd itself never connects to a guest's address
+//!   (it reaches a guest through its VMM), and an operator or the lab reaches one through
+//!   its forwarded port, like its tenant;
 //! - nor link-local addresses (169.254.0.0/16) through the host: they belong to the host's
 //!   own link, where a cloud's instance metadata service (169.254.169.254) would hand a
-//!   guest the host's credentials.
+//!   guest the host's credentials;
+//! - each guest has at most N connections tracked at once (N is
+//!   [`super::NetworkSettings::flows_per_guest`]): `forward` drops a guest's new connection
+//!   past N, counted by `ct count` in `guest_flows`, a dynamic set keyed by the (checked)
+//!   source address. Without it a guest forging connections (a UDP datagram or a TCP
+//!   handshake each; masqueraded TCP the guest completes stays tracked for days) could
+//!   fill the host's conntrack table, after which the kernel drops every tenant's and the
+//!   host's new connections. A guest's new connections to the host itself are dropped
+//!   before they are tracked (`input`). The set's elements are the kernel's, not a lease's:
+//!   none is added or deleted per lease, and a render starts every count afresh (a live
+//!   guest's open connections count again only once they are new ones). A stopped lease's
+//!   tracked connections are deleted at its teardown (see the parent module).
 
 use std::fmt::Write;
 use std::net::Ipv4Addr;
@@ -58,9 +83,18 @@ impl LeaseRules {
     }
 }
 
-/// The whole table for `leases`: the chains and sets, and every lease's elements.
-pub fn render(leases: &[LeaseRules]) -> String {
+/// The whole table for `leases`: the chains and sets, and every lease's elements. A guest
+/// may have `flows_per_guest` connections tracked at once.
+pub fn render(leases: &[LeaseRules], flows_per_guest: u32) -> String {
     let taps = format!("\"{TAP_PREFIX}*\"");
+    // `guest_flows` holds one element per guest address that passed `antispoof`, so at
+    // most the pool's capacity, which the forwarded-port range bounds to 65535.
+    // What may reach a guest's tap, routed or made on the host (see the module's doc).
+    let to_guests = format!(
+        "    oifname {taps} ct state established,related accept\n\
+         \x20   oifname {taps} ct status dnat tcp dport 22 accept\n\
+         \x20   oifname {taps} drop\n"
+    );
     let mut script = format!(
         "table {TABLE} {{}}\n\
          delete table {TABLE}\n\
@@ -68,6 +102,9 @@ pub fn render(leases: &[LeaseRules]) -> String {
          \x20 map ssh_forward {{ type inet_service : ipv4_addr; }}\n\
          \x20 set guests {{ type ipv4_addr; }}\n\
          \x20 set guest_sources {{ type ifname . ipv4_addr; }}\n\
+         \x20 set guest_flows {{ type ipv4_addr; size 65535; flags dynamic; }}\n\
+         \x20 chain antispoof {{\n    type filter hook prerouting priority raw; policy accept;\n\
+         \x20   iifname {taps} iifname . ip saddr != @guest_sources drop\n  }}\n\
          \x20 chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n\
          \x20   fib daddr type local dnat to tcp dport map @ssh_forward : 22\n  }}\n\
          \x20 chain output {{\n    type nat hook output priority -100; policy accept;\n\
@@ -75,9 +112,12 @@ pub fn render(leases: &[LeaseRules]) -> String {
          \x20 chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n\
          \x20   ip saddr @guests oifname != {taps} masquerade\n  }}\n\
          \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n\
-         \x20   iifname {taps} iifname . ip saddr != @guest_sources drop\n\
          \x20   iifname {taps} oifname {taps} drop\n\
-         \x20   iifname {taps} ip daddr 169.254.0.0/16 drop\n  }}\n\
+         \x20   iifname {taps} ip daddr 169.254.0.0/16 drop\n\
+         \x20   iifname {taps} ct state new add @guest_flows {{ ip saddr ct count over {flows_per_guest} }} drop\n\
+         {to_guests}  }}\n\
+         \x20 chain local_out {{\n    type filter hook output priority filter; policy accept;\n\
+         {to_guests}  }}\n\
          \x20 chain input {{\n    type filter hook input priority filter; policy accept;\n\
          \x20   iifname {taps} ct state established,related accept\n\
          \x20   iifname {taps} drop\n  }}\n\
@@ -125,7 +165,7 @@ mod tests {
 
     #[test]
     fn each_lease_gets_its_forward_masquerade_and_source_elements() {
-        let script = render(&[lease()]);
+        let script = render(&[lease()], 4096);
         assert!(script.starts_with("table ip coinop {}\ndelete table ip coinop\n"));
         assert_eq!(
             script
@@ -142,13 +182,53 @@ mod tests {
             script.contains("add element ip coinop guest_sources { \"cop3\" . 10.213.0.14 comment")
         );
         assert!(
-            !render(&[]).contains("add element"),
+            !render(&[], 4096).contains("add element"),
             "no lease, no forwarding"
         );
         assert!(
             script.contains("iifname \"cop*\" ip daddr 169.254.0.0/16 drop"),
             "no instance metadata for guests:\n{script}"
         );
+        for name in ["forward", "local_out"] {
+            let rules: Vec<&str> = chain(&script, name)
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("oifname"))
+                .collect();
+            assert_eq!(
+                rules,
+                [
+                    "oifname \"cop*\" ct state established,related accept",
+                    "oifname \"cop*\" ct status dnat tcp dport 22 accept",
+                    "oifname \"cop*\" drop",
+                ],
+                "only replies and the SSH forward reach a guest ({name}):\n{script}"
+            );
+        }
+        assert!(chain(&script, "local_out").contains("type filter hook output priority filter;"));
+        assert!(
+            chain(&script, "forward").contains(
+                "iifname \"cop*\" ct state new add @guest_flows { ip saddr ct count over 4096 } drop"
+            ),
+            "a guest's tracked connections are capped:\n{script}"
+        );
+        assert!(render(&[], 7).contains("ct count over 7 }"));
+        let antispoof = chain(&script, "antispoof");
+        assert!(
+            antispoof.contains("type filter hook prerouting priority raw;")
+                && antispoof.contains("iifname . ip saddr != @guest_sources drop"),
+            "every packet from a tap is checked, before conntrack:\n{script}"
+        );
+    }
+
+    /// The text of chain `name` in a rendered script.
+    fn chain<'s>(script: &'s str, name: &str) -> &'s str {
+        let start = script
+            .find(&format!("chain {name} {{"))
+            .unwrap_or_else(|| panic!("no chain {name}:\n{script}"));
+        let body = &script[start..];
+        // Rules are indented by four spaces, a chain's closing brace by two.
+        &body[..body.find("\n  }").map_or(body.len(), |end| end + 4)]
     }
 
     #[test]
