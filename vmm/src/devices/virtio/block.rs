@@ -19,8 +19,17 @@ use vmm_sys_util::epoll::EventSet;
 
 /// Entries in the request queue.
 pub const QUEUE_SIZE: u16 = 256;
-/// Data segments per request offered to the driver.
+/// Data segments (descriptors) per request, offered as seg_max. With the header and the
+/// status descriptor a chain has at most `SEG_MAX + 2` descriptors.
 const SEG_MAX: u32 = 128;
+/// Bytes per descriptor, offered as size_max (Linux merges pages into segments up to it).
+const SIZE_MAX: u32 = 64 << 10;
+/// Most descriptors in a chain once SEG_MAX is negotiated: header, data, status.
+const MAX_DESCRIPTORS: usize = SEG_MAX as usize + 2;
+/// Most data bytes in one request, negotiated limits or not: what SEG_MAX segments of
+/// SIZE_MAX bytes hold (8 MiB; Linux's default request is at most 1.25 MiB). It bounds the
+/// disk and memory copying one chain can cost, however its descriptors overlap.
+pub const MAX_REQUEST_BYTES: usize = SEG_MAX as usize * SIZE_MAX as usize;
 /// Largest piece of a request copied at once.
 const CHUNK_BYTES: usize = 1 << 20;
 /// Length of the request header (type, reserved, sector).
@@ -35,6 +44,8 @@ pub struct Block {
     id: [u8; ID_LEN],
     limiter: RateLimiter,
     chunk: Vec<u8>,
+    /// Features the driver acknowledged: which of SEG_MAX and SIZE_MAX it promised to keep.
+    acked: u64,
 }
 
 /// A parsed request, before the rate limiter admits it.
@@ -50,7 +61,8 @@ enum Request {
     Flush,
     GetId,
     Unsupported,
-    /// Malformed (short header, range outside the disk, write to a read-only disk).
+    /// Malformed (short header, range outside the disk, write to a read-only disk, more
+    /// descriptors or bytes than the limits).
     Bad,
 }
 
@@ -66,7 +78,35 @@ impl Block {
             id: id_bytes,
             limiter,
             chunk: Vec::new(),
+            acked: 0,
         }
+    }
+
+    /// Whether `chain` keeps to the limits the driver negotiated: SEG_MAX data descriptors
+    /// (so `MAX_DESCRIPTORS` in all) and SIZE_MAX bytes each. A driver that did not
+    /// negotiate them is held to the spec's own: no chain longer than the queue (a longer
+    /// one goes through an indirect table, a feature not offered) and no descriptor larger
+    /// than a whole request. At most one descriptor past the limit is read, so refusing a
+    /// chain costs little whatever its length.
+    fn within_limits(&self, chain: &DescriptorChain<&GuestMemoryMmap>) -> bool {
+        let max_descriptors = if self.acked & feature(VIRTIO_BLK_F_SEG_MAX) != 0 {
+            MAX_DESCRIPTORS
+        } else {
+            usize::from(QUEUE_SIZE)
+        };
+        let max_len = if self.acked & feature(VIRTIO_BLK_F_SIZE_MAX) != 0 {
+            SIZE_MAX as usize
+        } else {
+            MAX_REQUEST_BYTES
+        };
+        let mut count = 0;
+        for desc in chain.clone() {
+            count += 1;
+            if count > max_descriptors || desc.len() as usize > max_len {
+                return false;
+            }
+        }
+        true
     }
 
     fn sectors(&self) -> u64 {
@@ -77,7 +117,10 @@ impl Block {
         let range = || {
             let offset = sector.checked_mul(SECTOR_SIZE)?;
             let end = offset.checked_add(data_len as u64)?;
-            (data_len as u64 % SECTOR_SIZE == 0 && end <= self.disk.size()).then_some(offset)
+            (data_len as u64 % SECTOR_SIZE == 0
+                && data_len <= MAX_REQUEST_BYTES
+                && end <= self.disk.size())
+            .then_some(offset)
         };
         match kind {
             VIRTIO_BLK_T_IN => range().map_or(Request::Bad, |offset| Request::In {
@@ -101,6 +144,9 @@ impl Block {
         mem: &GuestMemoryMmap,
         chain: DescriptorChain<&GuestMemoryMmap>,
     ) -> Option<u32> {
+        // Before Reader and Writer walk the chain: an over-long one is refused after reading
+        // one descriptor too many, and is then walked only to find its status byte.
+        let within_limits = self.within_limits(&chain);
         let (Ok(mut reader), Ok(mut writer)) =
             (chain.clone().reader::<()>(mem), chain.writer::<()>(mem))
         else {
@@ -116,8 +162,7 @@ impl Block {
         };
         let mut header = [0u8; HEADER_LEN];
         let request = match reader.read_exact(&mut header) {
-            Err(_) => Request::Bad,
-            Ok(()) => {
+            Ok(()) if within_limits => {
                 let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
                 let mut sector = [0u8; 8];
                 sector.copy_from_slice(&header[8..16]);
@@ -129,6 +174,7 @@ impl Block {
                 };
                 self.parse(kind, sector, data_len)
             }
+            _ => Request::Bad,
         };
         let cost = match request {
             Request::In { len, .. } | Request::Out { len, .. } => len as u64,
@@ -225,6 +271,7 @@ impl VirtioDevice for Block {
             | feature(VIRTIO_RING_F_EVENT_IDX)
             | feature(VIRTIO_BLK_F_FLUSH)
             | feature(VIRTIO_BLK_F_SEG_MAX)
+            | feature(VIRTIO_BLK_F_SIZE_MAX)
             | ro
     }
 
@@ -232,9 +279,13 @@ impl VirtioDevice for Block {
         // struct virtio_blk_config: capacity, size_max, seg_max.
         let mut config = Vec::with_capacity(16);
         config.extend_from_slice(&self.sectors().to_le_bytes());
-        config.extend_from_slice(&0u32.to_le_bytes());
+        config.extend_from_slice(&SIZE_MAX.to_le_bytes());
         config.extend_from_slice(&SEG_MAX.to_le_bytes());
         config
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked = features;
     }
 
     fn extra_fds(&self) -> Vec<ExtraFd> {
@@ -328,21 +379,32 @@ mod tests {
         sector: u64,
         data: Option<(u32, bool)>,
     ) -> (u8, u32) {
-        let mut drv = DriverQueue::new(0, QUEUE_SIZE);
-        let mut q = [drv.queue(mem)];
-        let mut header = [0u8; 16];
-        header[..4].copy_from_slice(&kind.to_le_bytes());
-        header[8..].copy_from_slice(&sector.to_le_bytes());
-        mem.write_slice(&header, GuestAddress(HDR)).expect("header");
-        mem.write_obj(0xffu8, GuestAddress(STATUS)).expect("status");
-        let mut bufs = vec![Buf::read(HDR, 16)];
-        if let Some((len, writable)) = data {
-            bufs.push(Buf {
+        let data: Vec<Buf> = data
+            .map(|(len, writable)| Buf {
                 addr: DATA,
                 len,
                 writable,
-            });
-        }
+            })
+            .into_iter()
+            .collect();
+        submit(dev, mem, kind, sector, &data)
+    }
+
+    /// Submits one request with the data descriptors `data` between its header and its
+    /// status byte, and returns (status, used len).
+    fn submit(
+        dev: &mut Block,
+        mem: &GuestMemoryMmap,
+        kind: u32,
+        sector: u64,
+        data: &[Buf],
+    ) -> (u8, u32) {
+        let mut drv = DriverQueue::new(0, QUEUE_SIZE);
+        let mut q = [drv.queue(mem)];
+        write_header(mem, HDR, kind, sector);
+        mem.write_obj(0xffu8, GuestAddress(STATUS)).expect("status");
+        let mut bufs = vec![Buf::read(HDR, 16)];
+        bufs.extend_from_slice(data);
         bufs.push(Buf::write(STATUS, 1));
         drv.add_chain(mem, &bufs);
         dev.process_queue(mem, &mut q, 0).expect("queue is sane");
@@ -350,6 +412,94 @@ mod tests {
         let (_, used_len) = drv.used_elem(mem, 0);
         let status: u8 = mem.read_obj(GuestAddress(STATUS)).expect("status");
         (status, used_len)
+    }
+
+    fn write_header(mem: &GuestMemoryMmap, at: u64, kind: u32, sector: u64) {
+        let mut header = [0u8; 16];
+        header[..4].copy_from_slice(&kind.to_le_bytes());
+        header[8..].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&header, GuestAddress(at)).expect("header");
+    }
+
+    /// A device whose driver negotiated everything it offers, as Linux does.
+    fn negotiated(mut dev: Block) -> Block {
+        let features = dev.features();
+        dev.set_acked_features(features);
+        dev
+    }
+
+    #[test]
+    fn size_max_and_seg_max_are_offered() {
+        let img = image(&[0u8; 4096]);
+        let dev = device(img.path(), false, unlimited());
+        let offered = dev.features();
+        assert_ne!(offered & feature(VIRTIO_BLK_F_SEG_MAX), 0);
+        assert_ne!(offered & feature(VIRTIO_BLK_F_SIZE_MAX), 0);
+        let config = dev.config_space();
+        assert_eq!(config[8..12], SIZE_MAX.to_le_bytes(), "size_max");
+        assert_eq!(config[12..16], SEG_MAX.to_le_bytes(), "seg_max");
+    }
+
+    /// One data descriptor more than seg_max: IOERR, status written, nothing read into
+    /// the guest; exactly seg_max is served.
+    #[test]
+    fn more_than_seg_max_segments_is_ioerr() {
+        let img = image(&[0x42u8; SEG_MAX as usize * 512 + 512]);
+        let mem = mem();
+        let mut dev = negotiated(device(img.path(), false, unlimited()));
+        let segments =
+            |n: u64| -> Vec<Buf> { (0..n).map(|i| Buf::write(DATA + i * 512, 512)).collect() };
+        let n = u64::from(SEG_MAX);
+        let (status, len) = submit(&mut dev, &mem, VIRTIO_BLK_T_IN, 0, &segments(n));
+        assert_eq!((status, len), (VIRTIO_BLK_S_OK as u8, SEG_MAX * 512 + 1));
+        mem.write_slice(&vec![0u8; (n as usize + 1) * 512], GuestAddress(DATA))
+            .expect("clear");
+        let (status, len) = submit(&mut dev, &mem, VIRTIO_BLK_T_IN, 0, &segments(n + 1));
+        assert_eq!((status, len), (VIRTIO_BLK_S_IOERR as u8, 1));
+        let mut got = vec![0xffu8; 512];
+        mem.read_slice(&mut got, GuestAddress(DATA)).expect("data");
+        assert_eq!(got, vec![0u8; 512], "an over-long request reads nothing");
+    }
+
+    /// A data descriptor one sector over size_max: IOERR; exactly size_max is served.
+    #[test]
+    fn a_segment_over_size_max_is_ioerr() {
+        let img = image(&vec![0u8; SIZE_MAX as usize + 512]);
+        let mem = mem();
+        let mut dev = negotiated(device(img.path(), false, unlimited()));
+        for (len, expect) in [
+            (SIZE_MAX, VIRTIO_BLK_S_OK),
+            (SIZE_MAX + 512, VIRTIO_BLK_S_IOERR),
+        ] {
+            for kind in [VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT] {
+                let data = Buf {
+                    addr: DATA,
+                    len,
+                    writable: kind == VIRTIO_BLK_T_IN,
+                };
+                let (status, _) = submit(&mut dev, &mem, kind, 0, &[data]);
+                assert_eq!(status, expect as u8, "kind {kind} len {len}");
+            }
+        }
+    }
+
+    /// A driver that negotiated neither limit still cannot make one request move more
+    /// than MAX_REQUEST_BYTES, however its descriptors overlap: 129 descriptors of 64 KiB,
+    /// all on the same guest buffer, over a disk big enough for them.
+    #[test]
+    fn a_request_over_the_byte_cap_is_ioerr_even_without_the_features() {
+        let img = image(&[]);
+        img.as_file()
+            .set_len(2 * MAX_REQUEST_BYTES as u64)
+            .expect("sparse disk");
+        let mem = mem();
+        let mut dev = device(img.path(), false, unlimited());
+        dev.set_acked_features(feature(VIRTIO_F_VERSION_1));
+        let data = |n: u32| vec![Buf::write(DATA, SIZE_MAX); n as usize];
+        let (status, _) = submit(&mut dev, &mem, VIRTIO_BLK_T_IN, 0, &data(SEG_MAX + 1));
+        assert_eq!(status, VIRTIO_BLK_S_IOERR as u8);
+        let (status, _) = submit(&mut dev, &mem, VIRTIO_BLK_T_IN, 0, &data(SEG_MAX));
+        assert_eq!(status, VIRTIO_BLK_S_OK as u8, "exactly the cap is served");
     }
 
     #[test]
