@@ -5,9 +5,9 @@
 
 use super::disk_image::{DiskImage, SECTOR_SIZE};
 use super::persist::DeviceState;
-use super::queue_handling::drain_queue;
+use super::queue_handling::{drain_queue, Completion};
 use super::rate_limiter::RateLimiter;
-use super::{feature, DeviceError, ExtraFd, VirtioDevice};
+use super::{feature, DeviceError, ExtraFd, Served, VirtioDevice};
 use std::io::{Read, Write};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -143,22 +143,34 @@ impl Block {
         &mut self,
         mem: &GuestMemoryMmap,
         chain: DescriptorChain<&GuestMemoryMmap>,
-    ) -> Option<u32> {
+    ) -> Option<Completion> {
         // Before Reader and Writer walk the chain: an over-long one is refused after reading
-        // one descriptor too many, and is then walked only to find its status byte.
+        // one descriptor too many, and is then walked only to find its status byte. That
+        // walk (up to 64K descriptors through an indirect table) counts against the pass
+        // as much as the largest request, so a ring of such chains is no cheaper to refuse
+        // than one of honest requests is to serve.
         let within_limits = self.within_limits(&chain);
+        let refused_cost = if within_limits {
+            0
+        } else {
+            MAX_REQUEST_BYTES as u64
+        };
+        let no_status = Completion {
+            written: 0,
+            cost: refused_cost,
+        };
         let (Ok(mut reader), Ok(mut writer)) =
             (chain.clone().reader::<()>(mem), chain.writer::<()>(mem))
         else {
             // A descriptor outside guest memory: there is nowhere safe to put a status.
-            return Some(0);
+            return Some(no_status);
         };
         let writable = writer.available_bytes();
         if writable == 0 {
-            return Some(0);
+            return Some(no_status);
         }
         let Ok(mut status_writer) = writer.split_at(writable - 1) else {
-            return Some(0);
+            return Some(no_status);
         };
         let mut header = [0u8; HEADER_LEN];
         let request = match reader.read_exact(&mut header) {
@@ -195,10 +207,14 @@ impl Block {
             Request::Unsupported => (VIRTIO_BLK_S_UNSUPP as u8, 0),
             Request::Bad => (VIRTIO_BLK_S_IOERR as u8, 0),
         };
+        let cost = cost + refused_cost;
         if status_writer.write_all(&[status]).is_err() {
-            return Some(0);
+            return Some(Completion { written: 0, cost });
         }
-        Some(written as u32 + 1)
+        Some(Completion {
+            written: written as u32 + 1,
+            cost,
+        })
     }
 
     fn read_to_guest(
@@ -301,12 +317,13 @@ impl VirtioDevice for Block {
         mem: &GuestMemoryMmap,
         queues: &mut [Queue],
         index: usize,
-    ) -> Result<bool, DeviceError> {
+    ) -> Result<Served, DeviceError> {
         let Some(queue) = queues.get_mut(index) else {
-            return Ok(false);
+            return Ok(Served::default());
         };
         if self.limiter.is_blocked() {
-            return Ok(false);
+            // The limiter's timer runs the queue again.
+            return Ok(Served::default());
         }
         drain_queue(queue, mem, index, |chain| self.serve(mem, chain))
     }
@@ -316,7 +333,7 @@ impl VirtioDevice for Block {
         mem: &GuestMemoryMmap,
         queues: &mut [Queue],
         _index: usize,
-    ) -> Result<bool, DeviceError> {
+    ) -> Result<Served, DeviceError> {
         self.limiter.on_timer();
         self.process_queue(mem, queues, 0)
     }
@@ -345,8 +362,15 @@ impl VirtioDevice for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::interrupt::Interrupt;
+    use crate::devices::virtio::queue_handling::{
+        Activation, Worker, WorkerSetup, PASS_BYTES, PASS_CHAINS,
+    };
     use crate::devices::virtio::test_driver::{Buf, DriverQueue};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
     use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
 
     const HDR: u64 = 0x10_0000;
     const DATA: u64 = 0x20_0000;
@@ -685,5 +709,213 @@ mod tests {
         // the device thread (NEEDS_RESET), not a panic.
         drv.set_avail_idx(&mem, 1000);
         assert!(dev.process_queue(&mem, &mut q, 0).is_err());
+    }
+
+    /// Every entry of the ring names one chain, a read of the largest size (seg_max
+    /// descriptors of size_max bytes, all over one guest buffer): 2 GiB of copying for one
+    /// notification before passes were bounded. A pass now stops once it moved PASS_BYTES
+    /// and says the queue is unfinished; the next pass goes on from there.
+    #[test]
+    fn one_head_named_by_every_ring_entry_costs_a_bounded_pass() {
+        let img = image(&[]);
+        img.as_file()
+            .set_len(MAX_REQUEST_BYTES as u64)
+            .expect("sparse disk");
+        let mem = mem();
+        let mut dev = negotiated(device(img.path(), false, unlimited()));
+        let mut drv = DriverQueue::new(0, QUEUE_SIZE);
+        let mut q = [drv.queue(&mem)];
+        write_header(&mem, HDR, VIRTIO_BLK_T_IN, 0);
+        let mut bufs = vec![Buf::read(HDR, 16)];
+        bufs.extend(std::iter::repeat_n(
+            Buf::write(DATA, SIZE_MAX),
+            SEG_MAX as usize,
+        ));
+        bufs.push(Buf::write(STATUS, 1));
+        let head = drv.add_chain(&mem, &bufs);
+        for _ in 1..QUEUE_SIZE {
+            drv.add_avail(&mem, head);
+        }
+        let per_pass = (PASS_BYTES / MAX_REQUEST_BYTES as u64) as u16;
+        for pass in 1..=2 {
+            let served = dev.process_queue(&mem, &mut q, 0).expect("sane");
+            assert_eq!(served.unfinished, Some(0), "pass {pass}: more to do");
+            assert!(served.notify, "pass {pass}: its requests are answered");
+            assert_eq!(drv.used_idx(&mem), pass * per_pass, "pass {pass}");
+        }
+        let status: u8 = mem.read_obj(GuestAddress(STATUS)).expect("status");
+        assert_eq!(status, VIRTIO_BLK_S_OK as u8, "the requests are legal");
+    }
+
+    /// A ring whose own disk keeps refilling it: each request reads one sector into a
+    /// buffer over the available ring and over the request header, and sector k holds an
+    /// available index one past the chain being served and a header naming sector k + 1.
+    /// With 65536 sectors the sectors wrap with the 16-bit ring index and the ring never
+    /// looks empty, with no vCPU doing anything; with fewer, the last one lets it run dry.
+    fn self_rewriting_ring(
+        mem: &GuestMemoryMmap,
+        sectors: u32,
+    ) -> (tempfile::NamedTempFile, DriverQueue, Queue) {
+        let mut drv = DriverQueue::new(0, 16);
+        let q = drv.queue(mem);
+        let (desc, avail, _) = drv.addresses();
+        let window = 512u64;
+        assert!(
+            desc + 16 * 16 <= avail,
+            "the window leaves the descriptors alone"
+        );
+        let header_at = 0x100;
+        let mut disk = vec![0u8; sectors as usize * 512];
+        for (k, sector) in (0..sectors).zip(disk.chunks_mut(512)) {
+            let endless = sectors == 1 << 16;
+            let idx = if k + 1 == sectors && !endless {
+                k + 1
+            } else {
+                k + 2
+            };
+            // Offset 2: avail.idx; the flags and ring entries (all head 0) stay zero.
+            sector[2..4].copy_from_slice(&(idx as u16).to_le_bytes());
+            sector[header_at..header_at + 4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+            let next = u64::from((k + 1) % sectors);
+            sector[header_at + 8..header_at + 16].copy_from_slice(&next.to_le_bytes());
+        }
+        let img = image(&disk);
+        write_header(mem, avail + header_at as u64, VIRTIO_BLK_T_IN, 0);
+        drv.add_chain(
+            mem,
+            &[
+                Buf::read(avail + header_at as u64, 16),
+                Buf::write(avail, window as u32),
+                Buf::write(STATUS, 1),
+            ],
+        );
+        (img, drv, q)
+    }
+
+    /// The self-refilling ring (1,000 chains here) is served PASS_CHAINS at a time, each
+    /// pass saying there is more, until the disk lets it run dry.
+    #[test]
+    fn a_ring_its_own_disk_refills_is_served_in_bounded_passes() {
+        let mem = mem();
+        let chains = 1000;
+        let (img, drv, queue) = self_rewriting_ring(&mem, chains);
+        let mut q = [queue];
+        let mut dev = negotiated(device(img.path(), false, unlimited()));
+        let mut passes = 0;
+        loop {
+            let before = drv.used_idx(&mem);
+            let served = dev.process_queue(&mem, &mut q, 0).expect("sane");
+            let done = drv.used_idx(&mem).wrapping_sub(before);
+            assert!(u32::from(done) <= PASS_CHAINS, "{done} chains in one pass");
+            passes += 1;
+            match served.unfinished {
+                Some(index) => assert_eq!(index, 0),
+                None => break,
+            }
+        }
+        assert_eq!(u32::from(drv.used_idx(&mem)), chains, "every chain served");
+        assert!(passes > chains / PASS_CHAINS, "{passes} passes");
+        let status: u8 = mem.read_obj(GuestAddress(STATUS)).expect("status");
+        assert_eq!(status, VIRTIO_BLK_S_OK as u8);
+    }
+
+    /// A device thread serving `dev` on `queue`, and the queue's notification eventfd.
+    fn serving(dev: Block, mem: &GuestMemoryMmap, queue: Queue) -> (Worker, EventFd) {
+        let notify = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let acked_features = dev.features();
+        let setup = WorkerSetup {
+            mem: mem.clone(),
+            queue_events: vec![notify.try_clone().expect("clone")],
+            interrupt: Arc::new(Interrupt::new(irq)),
+        };
+        let mut worker = Worker::spawn("test-blk".into(), Box::new(dev), setup).expect("thread");
+        let activation = Activation {
+            queues: vec![queue],
+            acked_features,
+            restore: None,
+        };
+        assert!(worker.activate(activation), "the thread takes the queue");
+        (worker, notify)
+    }
+
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting: {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// An honest driver fills the whole descriptor table (128 reads of two descriptors)
+    /// and notifies once: the device thread serves all of them over several passes with no
+    /// second notification, and turns notifications back on at the end.
+    #[test]
+    fn a_full_ring_drains_across_passes_on_one_notification() {
+        let chains = u64::from(QUEUE_SIZE) / 2;
+        let bytes: Vec<u8> = (0..chains * 512).map(|i| (i / 512) as u8).collect();
+        let img = image(&bytes);
+        let mem = mem();
+        let mut drv = DriverQueue::new(0, QUEUE_SIZE);
+        let queue = drv.queue(&mem);
+        let (_, _, used) = drv.addresses();
+        let (worker, notify) = serving(device(img.path(), false, unlimited()), &mem, queue);
+        for i in 0..chains {
+            write_header(&mem, HDR + i * 16, VIRTIO_BLK_T_IN, i);
+            // Data and status in one buffer, as virtio 1.x allows.
+            drv.add_chain(
+                &mem,
+                &[
+                    Buf::read(HDR + i * 16, 16),
+                    Buf::write(DATA + i * 1024, 513),
+                ],
+            );
+        }
+        assert!(
+            chains > u64::from(PASS_CHAINS),
+            "more than one pass of work"
+        );
+        notify.write(1).expect("notify");
+        wait_until("every chain used and notifications on", || {
+            let flags: u16 = mem.read_obj(GuestAddress(used)).expect("used flags");
+            u64::from(drv.used_idx(&mem)) == chains && flags == 0
+        });
+        for i in 0..chains {
+            let mut got = [0u8; 513];
+            mem.read_slice(&mut got, GuestAddress(DATA + i * 1024))
+                .expect("data");
+            assert_eq!(got[..512], [i as u8; 512], "request {i}'s sector");
+            assert_eq!(got[512], VIRTIO_BLK_S_OK as u8, "request {i}'s status");
+        }
+        drop(worker);
+    }
+
+    /// The ring that never looks empty (its disk refills it forever): a stop request (a
+    /// reset, a snapshot) still ends the session, between two passes.
+    #[test]
+    fn stop_ends_a_session_on_a_ring_that_never_empties() {
+        let mem = mem();
+        let (img, drv, queue) = self_rewriting_ring(&mem, 1 << 16);
+        let dev = device(img.path(), false, unlimited());
+        let (mut worker, _notify) = serving(dev, &mem, queue);
+        wait_until("the device thread serving the ring", || {
+            u32::from(drv.used_idx(&mem)) > 4 * PASS_CHAINS
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let session = worker.stop();
+            let _ = tx.send(session.map(|(queues, _)| queues.len()));
+        });
+        let stopped = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("Worker::stop returns");
+        assert_eq!(stopped, Some(1), "the session gives its queue back");
+        let after = drv.used_idx(&mem);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            drv.used_idx(&mem),
+            after,
+            "nothing serves the ring any more"
+        );
     }
 }
