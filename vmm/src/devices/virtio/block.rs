@@ -46,9 +46,24 @@ pub struct Block {
     chunk: Vec<u8>,
     /// Features the driver acknowledged: which of SEG_MAX and SIZE_MAX it promised to keep.
     acked: u64,
+    /// The request the bytes limiter stopped partway. Its chain stays on the ring, first in
+    /// line, and goes on from here when the limiter's timer runs the queue again.
+    partial: Option<Partial>,
 }
 
-/// A parsed request, before the rate limiter admits it.
+/// How far a request the bytes limiter stopped got.
+#[derive(Clone, Copy, Debug)]
+struct Partial {
+    /// Its chain.
+    head: u16,
+    /// What it asked, so a chain the guest rewrote meanwhile starts over.
+    request: Request,
+    /// Data bytes moved.
+    done: usize,
+}
+
+/// A parsed request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Request {
     In {
         offset: u64,
@@ -79,6 +94,7 @@ impl Block {
             limiter,
             chunk: Vec::new(),
             acked: 0,
+            partial: None,
         }
     }
 
@@ -138,12 +154,22 @@ impl Block {
         }
     }
 
-    /// Serves one chain; None if the rate limiter holds it back (not consumed).
+    /// Serves one chain; None if the rate limiter holds it back (not consumed): before it
+    /// starts, or partway through its data, to go on from there when the limiter allows.
     fn serve(
         &mut self,
         mem: &GuestMemoryMmap,
         chain: DescriptorChain<&GuestMemoryMmap>,
     ) -> Option<Completion> {
+        let head = chain.head_index();
+        // A chain the limiter stopped partway was charged its operation already.
+        let partial = self.partial.take().filter(|p| p.head == head);
+        // Every chain costs an operation, charged before anything can end it early: the
+        // ops limit bounds how many chains the guest makes the device look at, malformed
+        // ones too.
+        if partial.is_none() && !self.limiter.consume(0) {
+            return None;
+        }
         // Before Reader and Writer walk the chain: an over-long one is refused after reading
         // one descriptor too many, and is then walked only to find its status byte. That
         // walk (up to 64K descriptors through an indirect table) counts against the pass
@@ -188,26 +214,43 @@ impl Block {
             }
             _ => Request::Bad,
         };
-        let cost = match request {
-            Request::In { len, .. } | Request::Out { len, .. } => len as u64,
-            _ => 0,
-        };
-        if !self.limiter.consume(cost) {
-            return None;
-        }
-        let (status, written) = match request {
-            Request::In { offset, len } => self.read_to_guest(offset, len, &mut writer),
-            Request::Out { offset, len } => (self.write_from_guest(offset, len, &mut reader), 0),
-            Request::Flush => (ok_or_ioerr(self.disk.flush().is_ok()), 0),
+        // Go on where the limiter stopped only if the guest still asks the same; otherwise
+        // (it rewrote the chain meanwhile) the request is served from its first byte.
+        let start = partial
+            .filter(|p| p.request == request)
+            .map_or(0, |p| p.done);
+        let copied = match request {
+            Request::In { offset, len } => self.read_to_guest(offset, len, start, &mut writer),
+            Request::Out { offset, len } => self.write_from_guest(offset, len, start, &mut reader),
+            Request::Flush => Copied::Finished(ok_or_ioerr(self.disk.flush().is_ok()), 0),
             Request::GetId => {
                 let n = ID_LEN.min(writer.available_bytes());
                 let ok = writer.write_all(&self.id[..n]).is_ok();
-                (ok_or_ioerr(ok), n)
+                Copied::Finished(ok_or_ioerr(ok), n)
             }
-            Request::Unsupported => (VIRTIO_BLK_S_UNSUPP as u8, 0),
-            Request::Bad => (VIRTIO_BLK_S_IOERR as u8, 0),
+            Request::Unsupported => Copied::Finished(VIRTIO_BLK_S_UNSUPP as u8, 0),
+            Request::Bad => Copied::Finished(VIRTIO_BLK_S_IOERR as u8, 0),
         };
-        let cost = cost + refused_cost;
+        let (status, moved) = match copied {
+            Copied::Finished(status, moved) => (status, moved),
+            Copied::Held(done) => {
+                self.partial = Some(Partial {
+                    head,
+                    request,
+                    done,
+                });
+                return None;
+            }
+        };
+        let cost = match request {
+            Request::In { .. } | Request::Out { .. } => moved.saturating_sub(start) as u64,
+            _ => 0,
+        } + refused_cost;
+        // What the device wrote into the chain: an IN request's data, GET_ID's answer.
+        let written = match request {
+            Request::Out { .. } => 0,
+            _ => moved,
+        };
         if status_writer.write_all(&[status]).is_err() {
             return Some(Completion { written: 0, cost });
         }
@@ -217,47 +260,86 @@ impl Block {
         })
     }
 
+    /// How many bytes are charged to the limiter, and copied, at once: at most what its
+    /// bytes bucket holds, so a request larger than the bucket moves at the configured rate
+    /// instead of passing whole once the bucket is full; whole sectors, at least one.
+    fn piece_len(&self) -> usize {
+        let burst = self
+            .limiter
+            .bytes_burst()
+            .map_or(CHUNK_BYTES, |b| CHUNK_BYTES.min(b as usize));
+        (burst - burst % SECTOR_SIZE as usize).max(SECTOR_SIZE as usize)
+    }
+
+    /// Reads `len` bytes at `offset` into the guest's buffers, the first `start` of which
+    /// an earlier pass already filled.
     fn read_to_guest(
         &mut self,
         offset: u64,
         len: usize,
+        start: usize,
         writer: &mut virtio_queue::Writer<'_>,
-    ) -> (u8, usize) {
-        let mut done = 0;
-        self.chunk.resize(CHUNK_BYTES.min(len), 0);
+    ) -> Copied {
+        let Ok(mut writer) = writer.split_at(start) else {
+            return Copied::Finished(VIRTIO_BLK_S_IOERR as u8, 0);
+        };
+        let piece = self.piece_len();
+        self.chunk.resize(piece.min(len), 0);
+        let mut done = start;
         while done < len {
-            let n = (len - done).min(CHUNK_BYTES);
+            let n = (len - done).min(piece);
+            if !self.limiter.consume_bytes(n as u64) {
+                return Copied::Held(done);
+            }
             let buf = &mut self.chunk[..n];
             if self.disk.read_at(buf, offset + done as u64).is_err()
                 || writer.write_all(buf).is_err()
             {
-                return (VIRTIO_BLK_S_IOERR as u8, done);
+                return Copied::Finished(VIRTIO_BLK_S_IOERR as u8, done);
             }
             done += n;
         }
-        (VIRTIO_BLK_S_OK as u8, done)
+        Copied::Finished(VIRTIO_BLK_S_OK as u8, done)
     }
 
+    /// Writes the guest's `len` bytes at `offset`, the first `start` of which an earlier
+    /// pass already wrote.
     fn write_from_guest(
         &mut self,
         offset: u64,
         len: usize,
+        start: usize,
         reader: &mut virtio_queue::Reader<'_>,
-    ) -> u8 {
-        let mut done = 0;
-        self.chunk.resize(CHUNK_BYTES.min(len), 0);
+    ) -> Copied {
+        let Ok(mut reader) = reader.split_at(start) else {
+            return Copied::Finished(VIRTIO_BLK_S_IOERR as u8, 0);
+        };
+        let piece = self.piece_len();
+        self.chunk.resize(piece.min(len), 0);
+        let mut done = start;
         while done < len {
-            let n = (len - done).min(CHUNK_BYTES);
+            let n = (len - done).min(piece);
+            if !self.limiter.consume_bytes(n as u64) {
+                return Copied::Held(done);
+            }
             let buf = &mut self.chunk[..n];
             if reader.read_exact(buf).is_err()
                 || self.disk.write_at(buf, offset + done as u64).is_err()
             {
-                return VIRTIO_BLK_S_IOERR as u8;
+                return Copied::Finished(VIRTIO_BLK_S_IOERR as u8, done);
             }
             done += n;
         }
-        VIRTIO_BLK_S_OK as u8
+        Copied::Finished(VIRTIO_BLK_S_OK as u8, done)
     }
+}
+
+/// How far serving a request's data got.
+enum Copied {
+    /// To its end, or to an I/O error: the status, and the bytes moved in all.
+    Finished(u8, usize),
+    /// The bytes limiter stopped it after this many bytes in all.
+    Held(usize),
 }
 
 fn ok_or_ioerr(ok: bool) -> u8 {
@@ -302,6 +384,12 @@ impl VirtioDevice for Block {
 
     fn set_acked_features(&mut self, features: u64) {
         self.acked = features;
+        // A new session (DRIVER_OK, a resume after a snapshot or a restore) serves a request
+        // the last one left partway from its first byte: after a reset the ring is another,
+        // and redoing the part already done is harmless, as nothing else touches those
+        // sectors before the request completes and the driver leaves its buffers alone
+        // while it is in flight. Not keeping it also keeps it out of the snapshot.
+        self.partial = None;
     }
 
     fn extra_fds(&self) -> Vec<ExtraFd> {
@@ -917,5 +1005,83 @@ mod tests {
             after,
             "nothing serves the ring any more"
         );
+    }
+
+    /// Waits (up to 5 s) for `fd` to be readable.
+    fn readable_within_5s(fd: std::os::fd::RawFd) -> bool {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, 5_000) == 1 }
+    }
+
+    /// A 256 KiB read against a 128 KiB/s bytes limit used to pass whole once the bucket
+    /// was full. Now one bucketful moves, the chain waits on the ring, and the rest moves
+    /// when the bucket has filled again, a second later.
+    #[test]
+    fn a_request_larger_than_the_bytes_bucket_moves_at_its_rate() {
+        let rate = 128usize << 10;
+        let len = 2 * rate;
+        let bytes: Vec<u8> = (0..len).map(|i| (i / 4096) as u8 | 1).collect();
+        let img = image(&bytes);
+        let mem = mem();
+        let limiter = RateLimiter::new(Some(rate as u64), None).expect("timerfd");
+        let mut dev = negotiated(device(img.path(), false, limiter));
+        let mut drv = DriverQueue::new(0, QUEUE_SIZE);
+        let mut q = [drv.queue(&mem)];
+        write_header(&mem, HDR, VIRTIO_BLK_T_IN, 0);
+        let segment = u64::from(SIZE_MAX);
+        let mut bufs = vec![Buf::read(HDR, 16)];
+        bufs.extend((0..len as u64 / segment).map(|i| Buf::write(DATA + i * segment, SIZE_MAX)));
+        bufs.push(Buf::write(STATUS, 1));
+        drv.add_chain(&mem, &bufs);
+        let started = Instant::now();
+        dev.process_queue(&mem, &mut q, 0).expect("sane");
+        assert_eq!(drv.used_idx(&mem), 0, "the request waits for the bucket");
+        assert!(dev.limiter.is_blocked());
+        let mut got = vec![0u8; len];
+        mem.read_slice(&mut got, GuestAddress(DATA)).expect("data");
+        assert_eq!(got[..rate], bytes[..rate], "a bucketful moved");
+        assert!(got[rate..].iter().all(|b| *b == 0), "and no more");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while drv.used_idx(&mem) == 0 && Instant::now() < deadline {
+            assert!(
+                readable_within_5s(dev.limiter.timer_fd()),
+                "the timer fires"
+            );
+            dev.process_extra(&mem, &mut q, 0).expect("sane");
+        }
+        assert_eq!(drv.used_idx(&mem), 1, "the request completes");
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "at 128 KiB/s: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(drv.used_elem(&mem, 0).1, len as u32 + 1);
+        let status: u8 = mem.read_obj(GuestAddress(STATUS)).expect("status");
+        assert_eq!(status, VIRTIO_BLK_S_OK as u8);
+        mem.read_slice(&mut got, GuestAddress(DATA)).expect("data");
+        assert_eq!(got, bytes, "every byte in its place");
+    }
+
+    /// Chains with nowhere to put a status (no writable byte) are dropped unanswered, but
+    /// each costs an operation first: a 3 ops/s bucket lets 3 of 5 through.
+    #[test]
+    fn malformed_requests_are_charged_an_operation() {
+        let img = image(&[0u8; 4096]);
+        let mem = mem();
+        let limiter = RateLimiter::new(None, Some(3)).expect("timerfd");
+        let mut dev = negotiated(device(img.path(), false, limiter));
+        let mut drv = DriverQueue::new(0, QUEUE_SIZE);
+        let mut q = [drv.queue(&mem)];
+        for _ in 0..5 {
+            drv.add_chain(&mem, &[Buf::read(HDR, 16)]);
+        }
+        dev.process_queue(&mem, &mut q, 0).expect("sane");
+        assert_eq!(drv.used_idx(&mem), 3);
+        assert!(dev.limiter.is_blocked());
     }
 }

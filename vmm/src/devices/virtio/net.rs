@@ -79,21 +79,21 @@ impl Net {
         mem: &GuestMemoryMmap,
         chain: DescriptorChain<&GuestMemoryMmap>,
     ) -> Option<Completion> {
-        let frame_len = match chain.reader::<()>(mem) {
-            Ok(mut reader) => {
-                let len = reader.available_bytes();
-                if !(VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
-                    None
-                } else if !self.tx_limiter.consume((len - VNET_HDR_LEN) as u64) {
-                    return None;
-                } else {
-                    reader
-                        .read_exact(&mut self.tx_frame[..len])
-                        .ok()
-                        .map(|_| len)
-                }
-            }
-            Err(_) => None,
+        let reader = chain.reader::<()>(mem).ok();
+        let len = reader.as_ref().map_or(0, |r| r.available_bytes());
+        let well_formed = (VNET_HDR_LEN..=MAX_FRAME).contains(&len);
+        // Every chain costs an operation, a malformed one too, charged before it is
+        // dropped: the ops limit bounds how many chains the guest makes the device look at.
+        let payload = if well_formed { len - VNET_HDR_LEN } else { 0 };
+        if !self.tx_limiter.consume(payload as u64) {
+            return None;
+        }
+        let frame_len = match reader {
+            Some(mut reader) if well_formed => reader
+                .read_exact(&mut self.tx_frame[..len])
+                .ok()
+                .map(|_| len),
+            _ => None,
         };
         let cost = frame_len.unwrap_or(0) as u64;
         if let Some(len) = frame_len {
@@ -469,6 +469,53 @@ mod tests {
         }
         let result = std::thread::spawn(tx_and_rx).join().expect("test thread");
         result.expect("tap round trip");
+    }
+
+    /// TX chains too short to hold a vnet header are dropped, but each costs an operation
+    /// first: a 3 ops/s TX bucket lets 3 of 5 through. Needs only a tap, in a private netns.
+    fn malformed_tx_chains() -> Result<(), String> {
+        // SAFETY: unshare only changes this thread's namespace membership.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            skip(&format!(
+                "unshare(CLONE_NEWNET): {}",
+                std::io::Error::last_os_error()
+            ));
+            return Ok(());
+        }
+        let tap = match Tap::open("cvnet1", VNET_HDR_LEN as i32) {
+            Ok(t) => t,
+            Err(e) => {
+                skip(&e.to_string());
+                return Ok(());
+            }
+        };
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).expect("8 MiB");
+        let rx = DriverQueue::new(0, 16);
+        let mut tx = DriverQueue::new(0x1_0000, 16);
+        let mut queues = [rx.queue(&mem), tx.queue(&mem)];
+        let unlimited = RateLimiter::new(None, None).expect("timerfd");
+        let three_ops = RateLimiter::new(None, Some(3)).expect("timerfd");
+        let mut net = Net::new(tap, GUEST_MAC, unlimited, three_ops);
+        for _ in 0..5 {
+            tx.add_chain(&mem, &[Buf::read(0x20_0000, 4)]);
+        }
+        net.process_queue(&mem, &mut queues, TX)
+            .map_err(|e| format!("tx: {e}"))?;
+        assert_eq!(tx.used_idx(&mem), 3, "3 ops/s admit 3 chains");
+        assert!(net.tx_limiter.is_blocked());
+        Ok(())
+    }
+
+    #[test]
+    fn malformed_tx_chains_are_charged_an_operation() {
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            skip("/dev/net/tun missing");
+            return;
+        }
+        let result = std::thread::spawn(malformed_tx_chains)
+            .join()
+            .expect("test thread");
+        result.expect("malformed TX chains");
     }
 
     #[test]
