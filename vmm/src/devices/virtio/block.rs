@@ -102,8 +102,9 @@ impl Block {
     /// (so `MAX_DESCRIPTORS` in all) and SIZE_MAX bytes each. A driver that did not
     /// negotiate them is held to the spec's own: no chain longer than the queue (a longer
     /// one goes through an indirect table, a feature not offered) and no descriptor larger
-    /// than a whole request. At most one descriptor past the limit is read, so refusing a
-    /// chain costs little whatever its length.
+    /// than a whole request. At most one descriptor past the limit is read, so the check
+    /// costs little whatever the chain's length (finding a refused chain's status byte is
+    /// another matter: see `serve`).
     fn within_limits(&self, chain: &DescriptorChain<&GuestMemoryMmap>) -> bool {
         let max_descriptors = if self.acked & feature(VIRTIO_BLK_F_SEG_MAX) != 0 {
             MAX_DESCRIPTORS
