@@ -867,8 +867,8 @@ mod tests {
             _mem: &GuestMemoryMmap,
             _queues: &mut [Queue],
             _index: usize,
-        ) -> Result<bool, crate::devices::virtio::DeviceError> {
-            Ok(false)
+        ) -> Result<crate::devices::virtio::Served, crate::devices::virtio::DeviceError> {
+            Ok(Default::default())
         }
         fn save_state(&mut self) -> Result<crate::devices::virtio::persist::DeviceState, String> {
             Err("flushing the disk: No space left on device".into())

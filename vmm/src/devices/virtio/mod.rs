@@ -50,6 +50,18 @@ pub enum DeviceError {
     Host(String),
 }
 
+/// What serving a queue (or an extra fd) did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Whether the guest must be interrupted for the chains used.
+    pub notify: bool,
+    /// A queue whose pass ended on its budget ([`queue_handling::PASS_CHAINS`],
+    /// [`queue_handling::PASS_BYTES`]), chains perhaps left on it: the device thread serves
+    /// it again once it has looked at its fds (a stop request among them), without waiting
+    /// for a notification the guest need not send.
+    pub unfinished: Option<usize>,
+}
+
 /// An fd a device wants its thread to poll besides the queue notifications.
 pub struct ExtraFd {
     /// The descriptor.
@@ -68,20 +80,20 @@ pub trait VirtioDevice: Send + 'static {
     fn features(&self) -> u64;
     /// The device configuration space (read-only for the guest).
     fn config_space(&self) -> Vec<u8>;
-    /// Called with the negotiated features just before the device thread starts.
+    /// Called with the negotiated features as the device thread starts serving (after
+    /// DRIVER_OK, a resume after a snapshot, a restore).
     fn set_acked_features(&mut self, _features: u64) {}
     /// Descriptors to poll besides the queue notifications, in `process_extra` index order.
     fn extra_fds(&self) -> Vec<ExtraFd> {
         Vec::new()
     }
-    /// Services queue `index` after a notification; returns whether the guest must be
-    /// interrupted.
+    /// Services queue `index` after a notification, in one bounded pass.
     fn process_queue(
         &mut self,
         mem: &GuestMemoryMmap,
         queues: &mut [Queue],
         index: usize,
-    ) -> Result<bool, DeviceError>;
+    ) -> Result<Served, DeviceError>;
     /// What the device holds between requests, for a snapshot; called on its thread when a
     /// session ends, after its last request. Durable devices flush here, and a flush that
     /// fails is an error: a snapshot of a guest that saw its writes complete is only good
@@ -91,14 +103,14 @@ pub trait VirtioDevice: Send + 'static {
     }
     /// Takes back what [`VirtioDevice::save_state`] gave, before serving restored queues.
     fn restore_state(&mut self, _state: &persist::DeviceState) {}
-    /// Services extra fd number `index`; returns whether the guest must be interrupted.
+    /// Services extra fd number `index`, in one bounded pass.
     fn process_extra(
         &mut self,
         _mem: &GuestMemoryMmap,
         _queues: &mut [Queue],
         _index: usize,
-    ) -> Result<bool, DeviceError> {
-        Ok(false)
+    ) -> Result<Served, DeviceError> {
+        Ok(Served::default())
     }
 }
 

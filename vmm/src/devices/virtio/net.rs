@@ -4,11 +4,12 @@
 
 use super::persist::DeviceState;
 use super::queue_handling::{
-    add_used, drain_queue, enable_notification, needs_notification, pop_chain,
+    add_used, drain_queue, enable_notification, needs_notification, pop_chain, Completion,
+    PASS_CHAINS,
 };
 use super::rate_limiter::RateLimiter;
 use super::tap::Tap;
-use super::{feature, DeviceError, ExtraFd, VirtioDevice};
+use super::{feature, DeviceError, ExtraFd, Served, VirtioDevice};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -59,36 +60,42 @@ impl Net {
         }
     }
 
-    fn transmit(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> Result<bool, DeviceError> {
+    fn transmit(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+    ) -> Result<Served, DeviceError> {
         if self.tx_limiter.is_blocked() {
-            return Ok(false);
+            return Ok(Served::default());
         }
         drain_queue(queue, mem, TX, |chain| self.transmit_chain(mem, chain))
     }
 
-    /// Sends the frame of one TX chain to the tap; a malformed one is dropped. Returns the
-    /// bytes written into the chain (none), or None if the rate limiter holds it back.
+    /// Sends the frame of one TX chain to the tap; a malformed one is dropped. Returns what
+    /// was written into the chain (nothing) and the frame's size, or None if the rate
+    /// limiter holds it back.
     fn transmit_chain(
         &mut self,
         mem: &GuestMemoryMmap,
         chain: DescriptorChain<&GuestMemoryMmap>,
-    ) -> Option<u32> {
-        let frame_len = match chain.reader::<()>(mem) {
-            Ok(mut reader) => {
-                let len = reader.available_bytes();
-                if !(VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
-                    None
-                } else if !self.tx_limiter.consume((len - VNET_HDR_LEN) as u64) {
-                    return None;
-                } else {
-                    reader
-                        .read_exact(&mut self.tx_frame[..len])
-                        .ok()
-                        .map(|_| len)
-                }
-            }
-            Err(_) => None,
+    ) -> Option<Completion> {
+        let reader = chain.reader::<()>(mem).ok();
+        let len = reader.as_ref().map_or(0, |r| r.available_bytes());
+        let well_formed = (VNET_HDR_LEN..=MAX_FRAME).contains(&len);
+        // Every chain costs an operation, a malformed one too, charged before it is
+        // dropped: the ops limit bounds how many chains the guest makes the device look at.
+        let payload = if well_formed { len - VNET_HDR_LEN } else { 0 };
+        if !self.tx_limiter.consume(payload as u64) {
+            return None;
+        }
+        let frame_len = match reader {
+            Some(mut reader) if well_formed => reader
+                .read_exact(&mut self.tx_frame[..len])
+                .ok()
+                .map(|_| len),
+            _ => None,
         };
+        let cost = frame_len.unwrap_or(0) as u64;
         if let Some(len) = frame_len {
             // No offload is negotiated, so the guest's header can only say "nothing to do";
             // one that says more (checksum offsets, GSO sizes) would be acted on by the
@@ -97,12 +104,22 @@ impl Net {
             // A tap that is down or full drops the frame, as a cable would.
             let _ = self.tap.write_frame(&self.tx_frame[..len]);
         }
-        Some(0)
+        Some(Completion { written: 0, cost })
     }
 
-    fn receive(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> Result<bool, DeviceError> {
-        let mut used_any = false;
+    /// Moves frames from the tap into RX buffers, at most [`PASS_CHAINS`] of them (some
+    /// 4 MiB) in one pass: a ring the guest keeps full, or that looks full because frames
+    /// land on it, must not keep the thread from a stop request.
+    fn receive(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> Result<Served, DeviceError> {
+        let mut used = 0;
         while !self.rx_limiter.is_blocked() {
+            if used == PASS_CHAINS {
+                // The tap's edge is spent: the device thread comes back for the rest.
+                return Ok(Served {
+                    notify: needs_notification(queue, mem, RX)?,
+                    unfinished: Some(RX),
+                });
+            }
             let len = match self.rx_pending {
                 Some(len) => len,
                 None => match self.tap.read_frame(&mut self.rx_frame) {
@@ -141,9 +158,12 @@ impl Net {
             };
             self.rx_pending = None;
             add_used(queue, mem, RX, head, written as u32)?;
-            used_any = true;
+            used += 1;
         }
-        Ok(used_any && needs_notification(queue, mem, RX)?)
+        Ok(Served {
+            notify: used > 0 && needs_notification(queue, mem, RX)?,
+            unfinished: None,
+        })
     }
 }
 
@@ -193,14 +213,14 @@ impl VirtioDevice for Net {
         mem: &GuestMemoryMmap,
         queues: &mut [Queue],
         index: usize,
-    ) -> Result<bool, DeviceError> {
+    ) -> Result<Served, DeviceError> {
         let Some(queue) = queues.get_mut(index) else {
-            return Ok(false);
+            return Ok(Served::default());
         };
         match index {
             RX => self.receive(mem, queue),
             TX => self.transmit(mem, queue),
-            _ => Ok(false),
+            _ => Ok(Served::default()),
         }
     }
 
@@ -209,7 +229,7 @@ impl VirtioDevice for Net {
         mem: &GuestMemoryMmap,
         queues: &mut [Queue],
         index: usize,
-    ) -> Result<bool, DeviceError> {
+    ) -> Result<Served, DeviceError> {
         match index {
             EXTRA_RX_TIMER => self.rx_limiter.on_timer(),
             EXTRA_TX_TIMER => {
@@ -217,7 +237,7 @@ impl VirtioDevice for Net {
                 return self.process_queue(mem, queues, TX);
             }
             EXTRA_TAP => {}
-            _ => return Ok(false),
+            _ => return Ok(Served::default()),
         }
         self.process_queue(mem, queues, RX)
     }
@@ -449,6 +469,53 @@ mod tests {
         }
         let result = std::thread::spawn(tx_and_rx).join().expect("test thread");
         result.expect("tap round trip");
+    }
+
+    /// TX chains too short to hold a vnet header are dropped, but each costs an operation
+    /// first: a 3 ops/s TX bucket lets 3 of 5 through. Needs only a tap, in a private netns.
+    fn malformed_tx_chains() -> Result<(), String> {
+        // SAFETY: unshare only changes this thread's namespace membership.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            skip(&format!(
+                "unshare(CLONE_NEWNET): {}",
+                std::io::Error::last_os_error()
+            ));
+            return Ok(());
+        }
+        let tap = match Tap::open("cvnet1", VNET_HDR_LEN as i32) {
+            Ok(t) => t,
+            Err(e) => {
+                skip(&e.to_string());
+                return Ok(());
+            }
+        };
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).expect("8 MiB");
+        let rx = DriverQueue::new(0, 16);
+        let mut tx = DriverQueue::new(0x1_0000, 16);
+        let mut queues = [rx.queue(&mem), tx.queue(&mem)];
+        let unlimited = RateLimiter::new(None, None).expect("timerfd");
+        let three_ops = RateLimiter::new(None, Some(3)).expect("timerfd");
+        let mut net = Net::new(tap, GUEST_MAC, unlimited, three_ops);
+        for _ in 0..5 {
+            tx.add_chain(&mem, &[Buf::read(0x20_0000, 4)]);
+        }
+        net.process_queue(&mem, &mut queues, TX)
+            .map_err(|e| format!("tx: {e}"))?;
+        assert_eq!(tx.used_idx(&mem), 3, "3 ops/s admit 3 chains");
+        assert!(net.tx_limiter.is_blocked());
+        Ok(())
+    }
+
+    #[test]
+    fn malformed_tx_chains_are_charged_an_operation() {
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            skip("/dev/net/tun missing");
+            return;
+        }
+        let result = std::thread::spawn(malformed_tx_chains)
+            .join()
+            .expect("test thread");
+        result.expect("malformed TX chains");
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! that no guest buffer has taken yet). A disk's own contents are not here: the device
 //! flushes them (for a CoW overlay, data then bitmap) before its state is taken, and the
 //! restoring caller attaches the disk, and overlay, it wants the guest to continue on.
+//!
+//! Nor is which queues a bounded pass left unfinished: the saved ring positions say it (the
+//! next available entry behind the guest's index), and every session, a restored one too,
+//! starts with a pass over every queue.
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::QueueState;

@@ -1,10 +1,17 @@
 //! The device thread: waits on the queues' ioeventfds (and the device's own fds) with epoll
 //! and hands each readiness to the device; plus the queue helpers devices share, down to a
-//! whole drain of a queue whose chains are served one at a time ([`drain_queue`]).
+//! drain of a queue whose chains are served one at a time ([`drain_queue`]).
+//!
+//! A pass over a queue is bounded ([`PASS_CHAINS`], [`PASS_BYTES`]): the guest decides how
+//! many chains a ring holds and, with a buffer over its own ring or descriptors used many
+//! times, can make it look never empty. A pass that ends on its budget leaves the queue
+//! marked unfinished and the thread goes back to epoll, without blocking, before serving it
+//! again: a stop request (reset, snapshot) is seen between passes, and the rest of the ring
+//! is served without a new notification.
 
 use super::interrupt::Interrupt;
 use super::persist::DeviceState;
-use super::{DeviceError, VirtioDevice};
+use super::{DeviceError, Served, VirtioDevice};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -18,6 +25,12 @@ const DEVICE_STACK_BYTES: usize = 256 * 1024;
 const STOP_TOKEN: u64 = u64::MAX;
 /// Extra fds are numbered from here; queues from 0.
 const EXTRA_TOKEN_BASE: u64 = 1 << 32;
+/// Chains one pass over a queue serves at most: a quarter of a 256-entry ring, so a full
+/// ring of small requests is answered in a few passes, each with its interrupt.
+pub const PASS_CHAINS: u32 = 64;
+/// Bytes one pass moves at most (the pass ends after the chain that reaches it): two of
+/// the largest block requests, some milliseconds of copying.
+pub const PASS_BYTES: u64 = 16 << 20;
 
 /// What a device thread is started with; it lives as long as the VMM.
 pub struct WorkerSetup {
@@ -181,22 +194,32 @@ impl DeviceThread {
     fn serve(&mut self, queues: &mut [Queue]) -> Result<(), DeviceError> {
         let mem = &self.setup.mem;
         let interrupt = &self.setup.interrupt;
+        // Queues whose last pass ended on its budget, to serve again on the next turn, and
+        // those of them being served this turn (each at most once, after the turn's events).
+        let mut unfinished = vec![false; queues.len()];
+        let mut due = vec![false; queues.len()];
         // Notifications that came before DRIVER_OK are already counted in the eventfds;
-        // serve every queue once anyway so nothing waits for a second kick.
+        // serve every queue once anyway so nothing waits for a second kick. This also picks
+        // up what a session stopped while unfinished left on the ring.
         for i in 0..queues.len() {
-            let notify = self.device.process_queue(mem, queues, i)?;
-            interrupt_if(notify, interrupt)?;
+            let served = self.device.process_queue(mem, queues, i)?;
+            note(served, &mut unfinished, interrupt)?;
         }
         let mut events = [EpollEvent::default(); 8];
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
+            // With work left, only look at the fds: a stop request or a notification is
+            // taken before the next pass, and the guest's other queues get their turn.
+            let timeout = if unfinished.contains(&true) { 0 } else { -1 };
+            due.copy_from_slice(&unfinished);
+            unfinished.fill(false);
+            let n = match self.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
                 Err(e) => return Err(DeviceError::Host(format!("epoll_wait: {e}"))),
             };
             for event in &events[..n] {
                 let token = event.data();
-                let notify = if token == STOP_TOKEN {
+                let served = if token == STOP_TOKEN {
                     return Ok(());
                 } else if token >= EXTRA_TOKEN_BASE {
                     let index = (token - EXTRA_TOKEN_BASE) as usize;
@@ -205,16 +228,28 @@ impl DeviceThread {
                     let index = token as usize;
                     // A failed read means the counter was already drained: nothing is lost.
                     let _ = self.setup.queue_events[index].read();
+                    // This pass serves the queue; it is not due again this turn.
+                    if let Some(due) = due.get_mut(index) {
+                        *due = false;
+                    }
                     self.device.process_queue(mem, queues, index)?
                 };
-                interrupt_if(notify, interrupt)?;
+                note(served, &mut unfinished, interrupt)?;
+            }
+            for (index, _) in due.iter().enumerate().filter(|(_, due)| **due) {
+                let served = self.device.process_queue(mem, queues, index)?;
+                note(served, &mut unfinished, interrupt)?;
             }
         }
     }
 }
 
-fn interrupt_if(notify: bool, interrupt: &Interrupt) -> Result<(), DeviceError> {
-    if notify {
+/// Interrupts the guest if `served` asks for it, and remembers a queue it left unfinished.
+fn note(served: Served, unfinished: &mut [bool], interrupt: &Interrupt) -> Result<(), DeviceError> {
+    if let Some(flag) = served.unfinished.and_then(|i| unfinished.get_mut(i)) {
+        *flag = true;
+    }
+    if served.notify {
         interrupt
             .signal_used_queue()
             .map_err(|e| DeviceError::Host(format!("irqfd write: {e}")))?;
@@ -222,36 +257,68 @@ fn interrupt_if(notify: bool, interrupt: &Interrupt) -> Result<(), DeviceError> 
     Ok(())
 }
 
-/// Serves every chain the guest made available on queue `index`, in order: `serve` handles
-/// one chain and returns the number of bytes it wrote into it, which marks the chain used,
-/// or None when a rate limiter holds the chain back. A held-back chain is put back, to be
-/// served first when the limiter's timer runs the queue again, and the drain stops there.
-/// Notifications are off while draining and re-checked after they are back on, so a chain
-/// added meanwhile is not left waiting for a kick. Returns whether the guest wants an
-/// interrupt for what was used.
+/// A chain a device is done with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Completion {
+    /// Bytes written into the chain: its used length.
+    pub written: u32,
+    /// Bytes the device moved for it (or the work a refused chain stands for), counted
+    /// against the pass's [`PASS_BYTES`].
+    pub cost: u64,
+}
+
+/// Serves the chains the guest made available on queue `index`, in order, in one pass of at
+/// most [`PASS_CHAINS`] chains and [`PASS_BYTES`] bytes: `serve` handles one chain and says
+/// what it wrote into it and cost, which marks the chain used, or returns None when a rate
+/// limiter holds the chain back. A held-back chain is put back, to be served first when the
+/// limiter's timer runs the queue again, and the pass stops there. Notifications are off
+/// while draining and re-checked after they are back on, so a chain added meanwhile is not
+/// left waiting for a kick; a pass that ends on its budget leaves them off and says the
+/// queue is unfinished, for the device thread to serve it again.
 pub fn drain_queue<'m>(
     queue: &mut Queue,
     mem: &'m GuestMemoryMmap,
     index: usize,
-    mut serve: impl FnMut(DescriptorChain<&'m GuestMemoryMmap>) -> Option<u32>,
-) -> Result<bool, DeviceError> {
+    mut serve: impl FnMut(DescriptorChain<&'m GuestMemoryMmap>) -> Option<Completion>,
+) -> Result<Served, DeviceError> {
     let mut used_any = false;
+    let mut chains = 0;
+    let mut bytes = 0u64;
     loop {
         disable_notification(queue, mem, index)?;
         while let Some(chain) = pop_chain(queue, mem, index)? {
             let head = chain.head_index();
-            let Some(len) = serve(chain) else {
+            let Some(done) = serve(chain) else {
                 queue.go_to_previous_position();
-                return Ok(used_any && needs_notification(queue, mem, index)?);
+                return served(queue, mem, index, used_any, None);
             };
-            add_used(queue, mem, index, head, len)?;
+            add_used(queue, mem, index, head, done.written)?;
             used_any = true;
+            chains += 1;
+            bytes = bytes.saturating_add(done.cost);
+            if chains >= PASS_CHAINS || bytes >= PASS_BYTES {
+                return served(queue, mem, index, used_any, Some(index));
+            }
         }
         if !enable_notification(queue, mem, index)? {
             break;
         }
     }
-    Ok(used_any && needs_notification(queue, mem, index)?)
+    served(queue, mem, index, used_any, None)
+}
+
+/// What a pass that used chains (or not) tells the device thread.
+fn served(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    index: usize,
+    used_any: bool,
+    unfinished: Option<usize>,
+) -> Result<Served, DeviceError> {
+    Ok(Served {
+        notify: used_any && needs_notification(queue, mem, index)?,
+        unfinished,
+    })
 }
 
 /// The next available chain of queue `index`, or None when the ring is empty. A ring the

@@ -1,7 +1,8 @@
 //! Token-bucket rate limiting for a device: one bucket for bytes per second and one for
 //! operations per second. A request proceeds only if both buckets allow it; otherwise the
 //! device leaves it on the ring and a timerfd wakes the device thread when enough tokens
-//! have come back.
+//! have come back. A large request is charged piece by piece as it moves (its operation
+//! first, then its bytes a bucketful at most at a time), so it keeps to the rate too.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -39,8 +40,11 @@ impl TokenBucket {
         self.last = now;
     }
 
-    /// Tokens needed before `amount` may pass. A request larger than the whole bucket
-    /// passes once the bucket is full, and leaves it in debt, so it is slowed, not starved.
+    /// Tokens needed before `amount` may pass. An amount larger than the whole bucket
+    /// passes once the bucket is full, and leaves it in debt, so it is slowed, not starved;
+    /// callers keep that debt small by charging in pieces no larger than the bucket
+    /// ([`RateLimiter::bytes_burst`]) where they can, and otherwise (a network frame, which
+    /// cannot be split) in pieces of at most 64 KiB.
     fn threshold(&self, amount: u64) -> f64 {
         (amount as f64).min(self.rate)
     }
@@ -82,12 +86,31 @@ impl RateLimiter {
     /// Takes one operation of `bytes` if both buckets allow it. Otherwise takes nothing,
     /// arms the timer for when they will, and returns false.
     pub fn consume(&mut self, bytes: u64) -> bool {
+        self.take(1, bytes)
+    }
+
+    /// Takes `bytes` more for an operation already admitted (the next piece of a large
+    /// request), as [`RateLimiter::consume`] does.
+    pub fn consume_bytes(&mut self, bytes: u64) -> bool {
+        self.take(0, bytes)
+    }
+
+    /// The most bytes the bytes bucket holds (None: no bytes limit): a request charged in
+    /// pieces no larger moves at the configured rate however large it is.
+    pub fn bytes_burst(&self) -> Option<u64> {
+        self.bytes.as_ref().map(|b| b.rate as u64)
+    }
+
+    fn take(&mut self, ops: u64, bytes: u64) -> bool {
         if self.armed {
             return false;
         }
+        if !self.is_limited() {
+            return true;
+        }
         let now = Instant::now();
         let mut wait = Duration::ZERO;
-        for (bucket, amount) in [(&mut self.bytes, bytes), (&mut self.ops, 1)] {
+        for (bucket, amount) in [(&mut self.bytes, bytes), (&mut self.ops, ops)] {
             if let Some(bucket) = bucket {
                 bucket.refill(now);
                 wait = wait.max(bucket.wait_for(amount));
@@ -104,7 +127,7 @@ impl RateLimiter {
             b.take(bytes);
         }
         if let Some(b) = &mut self.ops {
-            b.take(1);
+            b.take(ops);
         }
         true
     }
@@ -207,6 +230,25 @@ mod tests {
             "a full bucket admits one oversized request"
         );
         assert!(!l.consume(1), "the debt blocks the next");
+    }
+
+    /// Pieces of one operation take bytes only, and wait for the bucket like whole ones.
+    #[test]
+    fn pieces_of_an_operation_take_bytes_only() {
+        let mut l = RateLimiter::new(Some(1000), Some(1)).expect("timerfd");
+        assert_eq!(l.bytes_burst(), Some(1000));
+        assert!(l.consume(0), "the operation");
+        assert!(l.consume_bytes(600));
+        assert!(!l.consume_bytes(600), "600 more than the bucket holds");
+        let saved = l.state();
+        assert_eq!(saved.ops_tokens.map(f64::round), Some(0.0));
+        assert!(saved.bytes_tokens.expect("bytes bucket") < 401.0);
+        assert_eq!(
+            RateLimiter::new(None, Some(1))
+                .expect("timer")
+                .bytes_burst(),
+            None
+        );
     }
 
     #[test]

@@ -121,6 +121,12 @@ impl DriverQueue {
         head
     }
 
+    /// Makes the chain at `head` available once more, as if it were a new one (a hostile
+    /// driver: one head named by many ring entries).
+    pub fn add_avail(&mut self, mem: &GuestMemoryMmap, head: u16) {
+        self.publish(mem, head);
+    }
+
     /// Adds a one-descriptor chain whose `next` points at itself.
     pub fn add_looping_chain(&mut self, mem: &GuestMemoryMmap, addr: u64, len: u32) -> u16 {
         let head = self.next_desc;
