@@ -604,6 +604,13 @@ impl Wallet {
             .collect()
     }
 
+    /// Forgets the blanks of `batch` that no signature will ever come for (a lease's change
+    /// outputs its host refused, after a NUT-09 restore kept any it had signed).
+    pub fn forget_outputs(&mut self, batch: &str) -> Result<(), WalletError> {
+        self.data.pending.retain(|(b, _)| b != batch);
+        self.save()
+    }
+
     /// Whether the swap `batch` spent this wallet's own notes (see [`SwapRecord::ours`]).
     pub fn swap_is_ours(&self, batch: &str) -> bool {
         self.data.swaps.iter().any(|s| s.batch == batch && s.ours)

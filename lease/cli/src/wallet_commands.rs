@@ -48,6 +48,16 @@ pub enum WalletCmdError {
         /// The NUT-00 error code, when the answer has one.
         code: Option<u32>,
     },
+    /// Kept change outputs were refused, and the mint had signed some of them: the stop
+    /// was made with them before; that change is now in the wallet.
+    #[error(
+        "the stop was made earlier: its change, {sat} sat, was found with the mint (NUT-09) \
+         and is in the wallet; the stop sent again was refused ({refusal})"
+    )]
+    ChangeRecovered {
+        sat: u64,
+        refusal: Box<WalletCmdError>,
+    },
     /// The host's change does not add up to the refund it reports.
     #[error(
         "the host reports a refund of {refund_sat} sat but signed change worth {signed_sat} \
@@ -816,35 +826,70 @@ pub async fn stop_with_change(
     token: &str,
 ) -> Result<Stopped, WalletCmdError> {
     let batch = format!("{}{id}", crate::wallet::CHANGE_BATCH_PREFIX);
-    let kept = wallet.pending_outputs(&batch);
-    let resent = kept.is_some();
-    let outputs = match kept {
-        Some(outputs) => outputs,
-        None => {
-            let path = format!("/v1/leases/{id}");
-            let (lease, _): (LeaseView, _) =
-                call_ok(c, "GET /v1/leases/{id}", ("GET", &path), Some(token), None).await?;
-            let balance_sat = lease.balance_msat.sat_floor();
-            // The refund can only be smaller than the balance seen now, and a number needs
-            // at most as many power-of-two notes as it has bits: this many blanks suffice.
-            let blanks = (u64::BITS - balance_sat.leading_zeros()).max(1) as usize;
-            let active = active_keyset(&mint_keys(c).await?)?;
-            wallet.new_outputs(&batch, &active, &vec![1; blanks])?
+    let mut resent = false;
+    let (reply, body): (StopResponse, _) = loop {
+        let kept = wallet.pending_outputs(&batch);
+        let resending = kept.is_some();
+        resent |= resending;
+        let outputs = match kept {
+            Some(outputs) => outputs,
+            None => {
+                let path = format!("/v1/leases/{id}");
+                let (lease, _): (LeaseView, _) =
+                    call_ok(c, "GET /v1/leases/{id}", ("GET", &path), Some(token), None).await?;
+                let balance_sat = lease.balance_msat.sat_floor();
+                // The refund can only be smaller than the balance seen now, and a number
+                // needs at most as many power-of-two notes as it has bits: this many blanks
+                // suffice.
+                let blanks = (u64::BITS - balance_sat.leading_zeros()).max(1) as usize;
+                let active = active_keyset(&mint_keys(c).await?)?;
+                wallet.new_outputs(&batch, &active, &vec![1; blanks])?
+            }
+        };
+        let stop_path = format!("/v1/leases/{id}/stop");
+        let ask = StopRequest {
+            outputs: Some(outputs.clone()),
+        };
+        const STOP: &str = "POST /v1/leases/{id}/stop";
+        match call_ok(
+            c,
+            STOP,
+            ("POST", &stop_path),
+            Some(token),
+            Some(encode(STOP, &ask)?),
+        )
+        .await
+        {
+            Ok(answer) => break answer,
+            // Kept blanks the host refuses as outputs (their keyset rotated out, a top-up
+            // since that needs more of them): the stop they were made for did not happen
+            // with them, or its repeat would have been answered with its signatures. The
+            // mint says (NUT-09) whether any was signed; if none was, they are dropped and
+            // the stop is made once more with new ones, rather than refused on every run
+            // while the lease goes on running and paying.
+            Err(
+                refusal @ WalletCmdError::Api {
+                    status: 400 | 404 | 422,
+                    ..
+                },
+            ) if resending => {
+                let found = restore_batch(c, wallet, &batch, &outputs).await?;
+                if found > 0 {
+                    wallet.forget_outputs(&batch)?;
+                    return Err(WalletCmdError::ChangeRecovered {
+                        sat: found,
+                        refusal: Box::new(refusal),
+                    });
+                }
+                wallet.forget_outputs(&batch)?;
+                crate::exit::note(&format!(
+                    "the change outputs kept from an earlier stop of {id} were refused and \
+                     never signed ({refusal}): sending the stop with new ones"
+                ));
+            }
+            Err(e) => return Err(e),
         }
     };
-    let stop_path = format!("/v1/leases/{id}/stop");
-    let ask = StopRequest {
-        outputs: Some(outputs),
-    };
-    const STOP: &str = "POST /v1/leases/{id}/stop";
-    let (reply, body): (StopResponse, _) = call_ok(
-        c,
-        STOP,
-        ("POST", &stop_path),
-        Some(token),
-        Some(encode(STOP, &ask)?),
-    )
-    .await?;
     let sigs = reply.signatures.as_deref().unwrap_or_default();
     // The keyset each signature names: kept outputs of a stop whose reply was lost name
     // the keyset active then, which a rotation since has made inactive (and /v1/keys no
@@ -1109,6 +1154,73 @@ mod tests {
         // The notes are real: the mint takes them (old keysets still redeem).
         let notes = w.proofs().to_vec();
         assert_eq!(m.redeem(&notes, "test").expect("redeem"), 2_000);
+    }
+
+    /// `GET /v1/leases/l1`'s answer for a running lease holding `balance_msat`.
+    fn lease_json(balance_msat: u64) -> String {
+        serde_json::json!({"lease_id": "l1", "state": "running", "stop_reason": null,
+            "vcpus": 1, "mem_mib": 64, "image": "test", "balance_msat": balance_msat,
+            "used": {"vcpu_us": 0, "mem_mib_us": 0, "cgroup_cpu_us": null},
+            "estimated_remaining_s": 10, "debited_msat": 0, "refunded_msat": null,
+            "residual_msat": null, "created_at": 0, "updated_at": 0, "boot": null,
+            "network": null})
+        .to_string()
+    }
+
+    /// The outputs of a stop whose reply was lost are kept; before the rerun the host
+    /// refuses them (here: their keyset rotated out and the stop never happened). The mint
+    /// signed none of them (NUT-09), so they are dropped and the stop goes with new ones,
+    /// instead of being refused on every run while the lease goes on running.
+    #[tokio::test(flavor = "current_thread")]
+    async fn kept_change_outputs_the_host_refuses_are_replaced_once_none_was_signed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open_mint(dir.path());
+        let old = m.active_keyset_id();
+        let mut w = Wallet::open(&dir.path().join("wallet.json")).expect("wallet");
+        w.new_outputs("change-l1", &old, &[1, 1, 1, 1])
+            .expect("blanks");
+        let new = m.rotate().expect("rotate");
+        let routes = mint_routes(m.clone(), None);
+        let signer = m.clone();
+        let socket = dir.path().join("coinopd.sock");
+        test_daemon(
+            &socket,
+            Box::new(move |asked: &str, body: &[u8]| match asked {
+                "GET /v1/leases/l1" => (200, lease_json(3_000)),
+                "POST /v1/leases/l1/stop" => {
+                    let ask: StopRequest = serde_json::from_slice(body).expect("stop");
+                    let outs = ask.outputs.expect("outputs");
+                    if outs[0].id == old {
+                        (
+                            422,
+                            r#"{"error":{"code":"inactive_keyset","message":"no"}}"#.into(),
+                        )
+                    } else {
+                        // 3 sat of change: 1 and 2 on the first two blanks.
+                        let mut two = outs[..2].to_vec();
+                        two[1].amount = 2;
+                        let sigs = signer.mint(3, &two).expect("signed");
+                        (
+                            200,
+                            serde_json::json!({"state": "stopped", "refund_msat": 3000,
+                                "refund_sat": 3, "residual_msat": 0,
+                                "change_outputs_needed": 2, "signatures": sigs})
+                            .to_string(),
+                        )
+                    }
+                }
+                _ => routes(asked, body),
+            }),
+        );
+        let c = Client::new(&socket);
+        let got = stop_with_change(&c, &mut w, "l1", "token")
+            .await
+            .expect("stopped with new outputs");
+        assert!(got.resent);
+        assert_eq!(got.received_sat, 3);
+        assert_eq!(w.balance_sat(), 3);
+        assert!(w.proofs().iter().all(|p| p.id == new));
+        assert!(w.pending_outputs("change-l1").is_none(), "settled");
     }
 
     /// A host whose change is worth less than the refund it reports: the notes it did sign
