@@ -85,6 +85,24 @@ pub fn load_or_create(path: &Path) -> Result<(String, bool), Exit> {
     Ok((key, false))
 }
 
+/// Where the payment of the create whose key is kept at `key` is kept: beside it.
+pub fn payment_path(key: &Path) -> PathBuf {
+    key.with_extension("payment.json")
+}
+
+/// Writes `payment` (the request's JSON payment object, which `--payment FILE` reads back)
+/// to `path`, mode 0600 (until the create commits it is bearer money), synced with its
+/// directory, unless a run before this one kept it there already.
+fn keep_payment(path: &Path, payment: &PaymentBody) -> Result<(), Exit> {
+    if path.exists() {
+        return Ok(());
+    }
+    let json = serde_json::to_vec(payment)
+        .map_err(|e| Exit::usage(format!("cannot encode the payment: {e}")))?;
+    let tmp = path.with_extension("tmp");
+    durable::replace(path, &tmp, &json).map_err(|e| io_exit(&e.path, "writing", e.source))
+}
+
 /// Sends the create with its recovery key, resending up to `retries` times while coinopd
 /// cannot be reached, and shows the answer.
 pub async fn run(
@@ -105,14 +123,21 @@ pub async fn run(
             path.display()
         ));
     }
+    // The payment beside the key: a payment piped in (`coinop wallet pay | coinop lease
+    // create --payment -`) is not there for "the same command again", which would pay anew.
+    let kept_payment = payment_path(&path);
+    keep_payment(&kept_payment, &req.payment)?;
     req.recovery_key = Some(key);
     let call = create_call(&req)?;
     let mut attempt = 0;
     let lost = |e: ClientError| {
         Exit::unreachable(format!(
             "{e}; the payment may already be spent on a lease: run the same command again \
-             to get it back (its recovery key is kept in {})",
-            path.display()
+             to get it back (its recovery key is kept in {}; the payment in {}: give \
+             `--payment {}` instead if it came from a pipe)",
+            path.display(),
+            kept_payment.display(),
+            kept_payment.display()
         ))
     };
     let reply = loop {
@@ -165,6 +190,8 @@ fn finish(reply: &Reply, path: &Path, written: std::io::Result<()>) -> Result<()
                         // Harmless (a rerun gets the same lease with a new token), but said.
                         note(&format!("note: cannot remove {}: {e}", path.display()));
                     }
+                    // Spent on the lease shown, or refused for good: no longer needed.
+                    let _ = std::fs::remove_file(payment_path(path));
                 } else if reply.text().contains("Pending") {
                     // Said only when the daemon's message names the state (its text is not
                     // a contract; the key is kept on any such 409 all the same).
@@ -301,6 +328,31 @@ mod tests {
                 dleq: None,
             }],
         })
+    }
+
+    #[test]
+    fn the_payment_is_kept_beside_the_key_until_a_definitive_answer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("creates").join("x.key");
+        load_or_create(&key).expect("key");
+        let kept = payment_path(&key);
+        assert_eq!(kept, dir.path().join("creates").join("x.payment.json"));
+        keep_payment(&kept, &credit("s1")).expect("kept");
+        // What `--payment FILE` reads back is the same payment.
+        let back: PaymentBody =
+            serde_json::from_slice(&std::fs::read(&kept).expect("read")).expect("a payment");
+        assert_eq!(back, credit("s1"));
+        let mode = std::fs::metadata(&kept).expect("file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A rerun keeps the first run's file as it is.
+        keep_payment(&kept, &credit("s2")).expect("kept before");
+        let back: PaymentBody =
+            serde_json::from_slice(&std::fs::read(&kept).expect("read")).expect("a payment");
+        assert_eq!(back, credit("s1"));
+        let mut out = Vec::new();
+        let written = crate::exit::write_raw(&mut out, &reply(201).body);
+        finish(&reply(201), &key, written).expect("shown");
+        assert!(!key.exists() && !kept.exists(), "both dropped once shown");
     }
 
     #[test]
