@@ -8,6 +8,10 @@ use clap::Parser;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::device_limits::{
+    DeviceRates, DEFAULT_DISK_BYTES_PER_S_PER_VCPU, DEFAULT_DISK_IOPS_PER_VCPU,
+    DEFAULT_NET_BYTES_PER_S_PER_VCPU,
+};
 use crate::image_catalogue::{ImageCatalogue, ImageError, ImageSpec};
 use coinop_host::guest_network::address_pool::{self, Cidr, PoolError};
 use coinop_host::guest_network::NetworkMode;
@@ -320,6 +324,20 @@ pub struct Settings {
     /// without end cannot fill the host's disk.
     #[arg(long)]
     pub console_max_bytes: Option<u64>,
+    /// Disk bytes per second a lease's VMM lets its guest read and write, per vCPU of the
+    /// lease (default 67108864, 64 MiB/s; a lease gets its vCPUs' worth, in bursts of one
+    /// second's worth). One guest cannot saturate the host's disk for the others. 0: no
+    /// limit (warned about at start-up).
+    #[arg(long)]
+    pub disk_bytes_per_s_per_vcpu: Option<u64>,
+    /// Disk requests per second (reads, writes and flushes alike; a flush is an
+    /// fdatasync on the host) per vCPU of the lease (default 1000). 0: no limit.
+    #[arg(long)]
+    pub disk_iops_per_vcpu: Option<u64>,
+    /// Network bytes per second a lease's guest may send, and as many receive, per vCPU
+    /// of the lease (default 12500000, 100 Mbit/s). 0: no limit.
+    #[arg(long)]
+    pub net_bytes_per_s_per_vcpu: Option<u64>,
     /// NUT-02 fee per credit note spent (swaps, lease payments), in parts per thousand of
     /// a sat; a payment's fee is the sum over its notes rounded up to a whole sat.
     #[arg(long)]
@@ -392,6 +410,8 @@ pub struct Config {
     pub settle_conf: u32,
     pub reorg_window_s: u64,
     pub console_max_bytes: u64,
+    /// Disk and network rates per vCPU every lease's VMM is given.
+    pub device_rates: DeviceRates,
     pub input_fee_ppk: u64,
     /// `--store`: the fleet store, if any.
     pub store: Option<StoreConfig>,
@@ -509,6 +529,13 @@ impl Settings {
             host_id: self.host_id.or(file.host_id),
             mint_seed_file: self.mint_seed_file.or(file.mint_seed_file),
             console_max_bytes: self.console_max_bytes.or(file.console_max_bytes),
+            disk_bytes_per_s_per_vcpu: self
+                .disk_bytes_per_s_per_vcpu
+                .or(file.disk_bytes_per_s_per_vcpu),
+            disk_iops_per_vcpu: self.disk_iops_per_vcpu.or(file.disk_iops_per_vcpu),
+            net_bytes_per_s_per_vcpu: self
+                .net_bytes_per_s_per_vcpu
+                .or(file.net_bytes_per_s_per_vcpu),
             input_fee_ppk: self.input_fee_ppk.or(file.input_fee_ppk),
         }
     }
@@ -678,6 +705,17 @@ impl Settings {
             host_id,
             mint_seed_file: self.mint_seed_file,
             console_max_bytes: self.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
+            device_rates: DeviceRates {
+                disk_bytes_per_s: self
+                    .disk_bytes_per_s_per_vcpu
+                    .unwrap_or(DEFAULT_DISK_BYTES_PER_S_PER_VCPU),
+                disk_iops: self
+                    .disk_iops_per_vcpu
+                    .unwrap_or(DEFAULT_DISK_IOPS_PER_VCPU),
+                net_bytes_per_s: self
+                    .net_bytes_per_s_per_vcpu
+                    .unwrap_or(DEFAULT_NET_BYTES_PER_S_PER_VCPU),
+            },
             input_fee_ppk: self.input_fee_ppk.unwrap_or(0),
         };
         for (flag, value) in [
@@ -938,6 +976,37 @@ mod tests {
         assert_eq!(c.tick_ms, 20);
         assert_eq!(c.grace_s, 7);
         assert_eq!(c.network, bitcoin::Network::Signet);
+    }
+
+    #[test]
+    fn device_rates_default_finite_and_come_from_flags_or_file() {
+        let c = Settings::parse_from(["coinopd"])
+            .resolve()
+            .expect("defaults");
+        assert_eq!(c.device_rates, DeviceRates::default());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "disk-iops-per-vcpu = 0\nnet-bytes-per-s-per-vcpu = 5\ndisk-bytes-per-s-per-vcpu = 9\n",
+        )
+        .expect("write");
+        let s = Settings::parse_from([
+            "coinopd",
+            "--config",
+            path.to_str().expect("utf-8 temp path"),
+            "--disk-bytes-per-s-per-vcpu",
+            "1000",
+        ]);
+        let c = s.with_file().expect("file").resolve().expect("resolve");
+        assert_eq!(
+            c.device_rates,
+            DeviceRates {
+                disk_bytes_per_s: 1000,
+                disk_iops: 0,
+                net_bytes_per_s: 5,
+            }
+        );
     }
 
     #[test]

@@ -100,6 +100,22 @@ impl Isolation {
         if let Some(advice) = coinop_host::kvm_tuning::advice() {
             tracing::info!(setting = %advice.current, "host KVM: {}", advice.suggestion);
         }
+        let rates = config.device_rates;
+        let unlimited = rates.unlimited_flags();
+        if unlimited.is_empty() {
+            tracing::info!(
+                disk_bytes_per_s = rates.disk_bytes_per_s,
+                disk_iops = rates.disk_iops,
+                net_bytes_per_s = rates.net_bytes_per_s,
+                "guests' disk and network rates, per vCPU"
+            );
+        } else {
+            tracing::warn!(
+                flags = %unlimited.join(", "),
+                "set to 0: these disk or network rates are NOT limited, so one guest can \
+                 take the host's disk or uplink from the others"
+            );
+        }
         if config.no_seccomp {
             tracing::warn!(
                 "--no-seccomp: guests' VMMs run WITHOUT seccomp filters (debugging only)"
