@@ -15,6 +15,7 @@ use crate::device_limits::{
 use crate::image_catalogue::{ImageCatalogue, ImageError, ImageSpec};
 use coinop_host::guest_network::address_pool::{self, Cidr, PoolError};
 use coinop_host::guest_network::NetworkMode;
+use coinop_host::jail::SUBORDINATE_ID_FILES;
 use payment::onchain::{AddressKind, ChainNetwork};
 
 #[derive(Debug, Error)]
@@ -211,6 +212,14 @@ pub struct Settings {
     /// How many uids the pool holds (the most leases that can run at once).
     #[arg(long)]
     pub jail_uid_count: Option<u32>,
+    /// A file of subordinate uid or gid ranges (`NAME:START:COUNT` or `UID:START:COUNT`
+    /// lines, as useradd writes) the jail uid range must not overlap: a user given jail
+    /// uids there could run processes as them (newuidmap) and signal other tenants' VMMs,
+    /// so coinopd refuses to start on an overlap. Repeatable; default /etc/subuid and
+    /// /etc/subgid (a missing file holds no range).
+    #[arg(long = "subid-file")]
+    #[serde(default)]
+    pub subid_files: Vec<PathBuf>,
     /// Lease slots kept ready ahead of creates: cgroup, jail root and a child already
     /// jailed, waiting to exec the VMM (default 4; 0 builds each on the request path).
     #[arg(long)]
@@ -390,6 +399,8 @@ pub struct Config {
     pub no_seccomp: bool,
     pub jail_uid_base: u32,
     pub jail_uid_count: u32,
+    /// Subordinate id files the jail uid range is checked against at start-up.
+    pub subid_files: Vec<PathBuf>,
     pub jail_pool: usize,
     pub warm_restores: usize,
     pub max_golden_snapshots: usize,
@@ -499,6 +510,11 @@ impl Settings {
             no_seccomp: self.no_seccomp || file.no_seccomp,
             jail_uid_base: self.jail_uid_base.or(file.jail_uid_base),
             jail_uid_count: self.jail_uid_count.or(file.jail_uid_count),
+            subid_files: if self.subid_files.is_empty() {
+                file.subid_files
+            } else {
+                self.subid_files
+            },
             jail_pool: self.jail_pool.or(file.jail_pool),
             warm_restores: self.warm_restores.or(file.warm_restores),
             max_golden_snapshots: self.max_golden_snapshots.or(file.max_golden_snapshots),
@@ -677,6 +693,11 @@ impl Settings {
             no_seccomp: self.no_seccomp,
             jail_uid_base: self.jail_uid_base.unwrap_or(900_000),
             jail_uid_count: self.jail_uid_count.unwrap_or(1000),
+            subid_files: if self.subid_files.is_empty() {
+                SUBORDINATE_ID_FILES.iter().map(PathBuf::from).collect()
+            } else {
+                self.subid_files
+            },
             jail_pool: self.jail_pool.unwrap_or(4),
             warm_restores: self.warm_restores.unwrap_or(1),
             max_golden_snapshots: self
@@ -897,6 +918,10 @@ mod tests {
         assert_eq!((c.header_timeout_ms, c.idle_timeout_ms), (10_000, 30_000));
         assert_eq!(c.quotes_per_min, 30);
         assert_eq!(c.console_max_bytes, 1 << 20);
+        assert_eq!(
+            c.subid_files,
+            [PathBuf::from("/etc/subuid"), PathBuf::from("/etc/subgid")]
+        );
         assert_eq!(c.input_fee_ppk, 0, "no fee unless the operator sets one");
     }
 

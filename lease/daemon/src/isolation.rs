@@ -38,6 +38,10 @@ pub enum IsolationError {
     /// --jail-uid-base/--jail-uid-count out of range.
     #[error("--jail-uid-base/--jail-uid-count: {0}")]
     UidRange(#[from] jail::UidPoolError),
+    /// The jail uid range overlaps a user's subordinate uid or gid range, or such a file
+    /// could not be read.
+    #[error(transparent)]
+    SubordinateIds(#[from] jail::SubordinateIdError),
     /// The jail settings could not be built (e.g. ldd of the VMM failed).
     #[error("jail for {bin}: {source}")]
     Jail { bin: PathBuf, source: jail::Error },
@@ -132,6 +136,13 @@ impl Isolation {
             if !euid.is_root() {
                 return Err(IsolationError::NotRoot(euid.as_raw()));
             }
+            // Before any uid is used: a local user holding jail uids as subordinate ids could
+            // act as the tenants' VMMs.
+            jail::check_clear_of(
+                config.jail_uid_base,
+                config.jail_uid_count,
+                &config.subid_files,
+            )?;
             // Claimed host-wide: another coinopd here (another state dir) on an overlapping
             // range, as two on the default are, never hands out a uid this one uses.
             let uids = UidPool::with_claims(
