@@ -204,9 +204,11 @@ pub struct Settings {
     #[arg(long)]
     #[serde(default)]
     pub no_seccomp: bool,
-    /// First uid (and gid) of the pool jailed VMMs run as, one per running lease. Each uid
-    /// in use is claimed host-wide in /run/coinop, so coinopds sharing a host (and a range)
-    /// skip each other's.
+    /// First uid (and gid) of the pool jailed VMMs run as, one per running lease (default
+    /// 1900000000: clear of useradd's subordinate ids and container ranges; a range
+    /// overlapping /etc/subuid or /etc/subgid is refused, see --subid-file). Each uid in use
+    /// is claimed host-wide in /run/coinop, so coinopds sharing a host (and a range) skip
+    /// each other's.
     #[arg(long)]
     pub jail_uid_base: Option<u32>,
     /// How many uids the pool holds (the most leases that can run at once).
@@ -352,6 +354,14 @@ pub struct Settings {
     #[arg(long)]
     pub input_fee_ppk: Option<u64>,
 }
+
+/// The first jail uid by default: 1.9e9, in the span the common allocators leave alone
+/// (above useradd's subordinate ids, 100000 up to 600100000 + 65536 with its defaults, and
+/// systemd-nspawn's container ranges, 524288 to 1879048191; below 2^31, where software
+/// that keeps uids signed goes wrong, and systemd's foreign range at 2147352576). The old
+/// default, 900000, fell inside the 13th useradd user's subordinate uids. Guests a coinopd
+/// started under another range are re-adopted with their uids all the same.
+const DEFAULT_JAIL_UID_BASE: u32 = 1_900_000_000;
 
 /// A guest's console output kept by default: a boot log many times over, and 1 MiB of
 /// disk per lease at most.
@@ -691,7 +701,7 @@ impl Settings {
             vmm_bin,
             no_jail: self.no_jail,
             no_seccomp: self.no_seccomp,
-            jail_uid_base: self.jail_uid_base.unwrap_or(900_000),
+            jail_uid_base: self.jail_uid_base.unwrap_or(DEFAULT_JAIL_UID_BASE),
             jail_uid_count: self.jail_uid_count.unwrap_or(1000),
             subid_files: if self.subid_files.is_empty() {
                 SUBORDINATE_ID_FILES.iter().map(PathBuf::from).collect()
@@ -918,6 +928,7 @@ mod tests {
         assert_eq!((c.header_timeout_ms, c.idle_timeout_ms), (10_000, 30_000));
         assert_eq!(c.quotes_per_min, 30);
         assert_eq!(c.console_max_bytes, 1 << 20);
+        assert_eq!((c.jail_uid_base, c.jail_uid_count), (1_900_000_000, 1000));
         assert_eq!(
             c.subid_files,
             [PathBuf::from("/etc/subuid"), PathBuf::from("/etc/subgid")]
