@@ -258,6 +258,7 @@ impl AppState {
         let supervisor = Supervisor::new(
             config.vmm_bin.clone(),
             config.console_max_bytes,
+            config.device_rates,
             isolation,
             Arc::clone(&ledger),
             tx,

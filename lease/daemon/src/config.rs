@@ -8,9 +8,14 @@ use clap::Parser;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::device_limits::{
+    DeviceRates, DEFAULT_DISK_BYTES_PER_S_PER_VCPU, DEFAULT_DISK_IOPS_PER_VCPU,
+    DEFAULT_NET_BYTES_PER_S_PER_VCPU,
+};
 use crate::image_catalogue::{ImageCatalogue, ImageError, ImageSpec};
 use coinop_host::guest_network::address_pool::{self, Cidr, PoolError};
 use coinop_host::guest_network::NetworkMode;
+use coinop_host::jail::SUBORDINATE_ID_FILES;
 use payment::onchain::{AddressKind, ChainNetwork};
 
 #[derive(Debug, Error)]
@@ -199,14 +204,24 @@ pub struct Settings {
     #[arg(long)]
     #[serde(default)]
     pub no_seccomp: bool,
-    /// First uid (and gid) of the pool jailed VMMs run as, one per running lease. Each uid
-    /// in use is claimed host-wide in /run/coinop, so coinopds sharing a host (and a range)
-    /// skip each other's.
+    /// First uid (and gid) of the pool jailed VMMs run as, one per running lease (default
+    /// 1900000000: clear of useradd's subordinate ids and container ranges; a range
+    /// overlapping /etc/subuid or /etc/subgid is refused, see --subid-file). Each uid in use
+    /// is claimed host-wide in /run/coinop, so coinopds sharing a host (and a range) skip
+    /// each other's.
     #[arg(long)]
     pub jail_uid_base: Option<u32>,
     /// How many uids the pool holds (the most leases that can run at once).
     #[arg(long)]
     pub jail_uid_count: Option<u32>,
+    /// A file of subordinate uid or gid ranges (`NAME:START:COUNT` or `UID:START:COUNT`
+    /// lines, as useradd writes) the jail uid range must not overlap: a user given jail
+    /// uids there could run processes as them (newuidmap) and signal other tenants' VMMs,
+    /// so coinopd refuses to start on an overlap. Repeatable; default /etc/subuid and
+    /// /etc/subgid (a missing file holds no range).
+    #[arg(long = "subid-file")]
+    #[serde(default)]
+    pub subid_files: Vec<PathBuf>,
     /// Lease slots kept ready ahead of creates: cgroup, jail root and a child already
     /// jailed, waiting to exec the VMM (default 4; 0 builds each on the request path).
     #[arg(long)]
@@ -320,11 +335,33 @@ pub struct Settings {
     /// without end cannot fill the host's disk.
     #[arg(long)]
     pub console_max_bytes: Option<u64>,
+    /// Disk bytes per second a lease's VMM lets its guest read and write, per vCPU of the
+    /// lease (default 67108864, 64 MiB/s; a lease gets its vCPUs' worth, in bursts of one
+    /// second's worth). One guest cannot saturate the host's disk for the others. 0: no
+    /// limit (warned about at start-up).
+    #[arg(long)]
+    pub disk_bytes_per_s_per_vcpu: Option<u64>,
+    /// Disk requests per second (reads, writes and flushes alike; a flush is an
+    /// fdatasync on the host) per vCPU of the lease (default 1000). 0: no limit.
+    #[arg(long)]
+    pub disk_iops_per_vcpu: Option<u64>,
+    /// Network bytes per second a lease's guest may send, and as many receive, per vCPU
+    /// of the lease (default 12500000, 100 Mbit/s). 0: no limit.
+    #[arg(long)]
+    pub net_bytes_per_s_per_vcpu: Option<u64>,
     /// NUT-02 fee per credit note spent (swaps, lease payments), in parts per thousand of
     /// a sat; a payment's fee is the sum over its notes rounded up to a whole sat.
     #[arg(long)]
     pub input_fee_ppk: Option<u64>,
 }
+
+/// The first jail uid by default: 1.9e9, in the span the common allocators leave alone
+/// (above useradd's subordinate ids, 100000 up to 600100000 + 65536 with its defaults, and
+/// systemd-nspawn's container ranges, 524288 to 1879048191; below 2^31, where software
+/// that keeps uids signed goes wrong, and systemd's foreign range at 2147352576). The old
+/// default, 900000, fell inside the 13th useradd user's subordinate uids. Guests a coinopd
+/// started under another range are re-adopted with their uids all the same.
+const DEFAULT_JAIL_UID_BASE: u32 = 1_900_000_000;
 
 /// A guest's console output kept by default: a boot log many times over, and 1 MiB of
 /// disk per lease at most.
@@ -372,6 +409,8 @@ pub struct Config {
     pub no_seccomp: bool,
     pub jail_uid_base: u32,
     pub jail_uid_count: u32,
+    /// Subordinate id files the jail uid range is checked against at start-up.
+    pub subid_files: Vec<PathBuf>,
     pub jail_pool: usize,
     pub warm_restores: usize,
     pub max_golden_snapshots: usize,
@@ -392,6 +431,8 @@ pub struct Config {
     pub settle_conf: u32,
     pub reorg_window_s: u64,
     pub console_max_bytes: u64,
+    /// Disk and network rates per vCPU every lease's VMM is given.
+    pub device_rates: DeviceRates,
     pub input_fee_ppk: u64,
     /// `--store`: the fleet store, if any.
     pub store: Option<StoreConfig>,
@@ -479,6 +520,11 @@ impl Settings {
             no_seccomp: self.no_seccomp || file.no_seccomp,
             jail_uid_base: self.jail_uid_base.or(file.jail_uid_base),
             jail_uid_count: self.jail_uid_count.or(file.jail_uid_count),
+            subid_files: if self.subid_files.is_empty() {
+                file.subid_files
+            } else {
+                self.subid_files
+            },
             jail_pool: self.jail_pool.or(file.jail_pool),
             warm_restores: self.warm_restores.or(file.warm_restores),
             max_golden_snapshots: self.max_golden_snapshots.or(file.max_golden_snapshots),
@@ -509,6 +555,13 @@ impl Settings {
             host_id: self.host_id.or(file.host_id),
             mint_seed_file: self.mint_seed_file.or(file.mint_seed_file),
             console_max_bytes: self.console_max_bytes.or(file.console_max_bytes),
+            disk_bytes_per_s_per_vcpu: self
+                .disk_bytes_per_s_per_vcpu
+                .or(file.disk_bytes_per_s_per_vcpu),
+            disk_iops_per_vcpu: self.disk_iops_per_vcpu.or(file.disk_iops_per_vcpu),
+            net_bytes_per_s_per_vcpu: self
+                .net_bytes_per_s_per_vcpu
+                .or(file.net_bytes_per_s_per_vcpu),
             input_fee_ppk: self.input_fee_ppk.or(file.input_fee_ppk),
         }
     }
@@ -648,8 +701,13 @@ impl Settings {
             vmm_bin,
             no_jail: self.no_jail,
             no_seccomp: self.no_seccomp,
-            jail_uid_base: self.jail_uid_base.unwrap_or(900_000),
+            jail_uid_base: self.jail_uid_base.unwrap_or(DEFAULT_JAIL_UID_BASE),
             jail_uid_count: self.jail_uid_count.unwrap_or(1000),
+            subid_files: if self.subid_files.is_empty() {
+                SUBORDINATE_ID_FILES.iter().map(PathBuf::from).collect()
+            } else {
+                self.subid_files
+            },
             jail_pool: self.jail_pool.unwrap_or(4),
             warm_restores: self.warm_restores.unwrap_or(1),
             max_golden_snapshots: self
@@ -678,6 +736,17 @@ impl Settings {
             host_id,
             mint_seed_file: self.mint_seed_file,
             console_max_bytes: self.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
+            device_rates: DeviceRates {
+                disk_bytes_per_s: self
+                    .disk_bytes_per_s_per_vcpu
+                    .unwrap_or(DEFAULT_DISK_BYTES_PER_S_PER_VCPU),
+                disk_iops: self
+                    .disk_iops_per_vcpu
+                    .unwrap_or(DEFAULT_DISK_IOPS_PER_VCPU),
+                net_bytes_per_s: self
+                    .net_bytes_per_s_per_vcpu
+                    .unwrap_or(DEFAULT_NET_BYTES_PER_S_PER_VCPU),
+            },
             input_fee_ppk: self.input_fee_ppk.unwrap_or(0),
         };
         for (flag, value) in [
@@ -859,6 +928,11 @@ mod tests {
         assert_eq!((c.header_timeout_ms, c.idle_timeout_ms), (10_000, 30_000));
         assert_eq!(c.quotes_per_min, 30);
         assert_eq!(c.console_max_bytes, 1 << 20);
+        assert_eq!((c.jail_uid_base, c.jail_uid_count), (1_900_000_000, 1000));
+        assert_eq!(
+            c.subid_files,
+            [PathBuf::from("/etc/subuid"), PathBuf::from("/etc/subgid")]
+        );
         assert_eq!(c.input_fee_ppk, 0, "no fee unless the operator sets one");
     }
 
@@ -938,6 +1012,37 @@ mod tests {
         assert_eq!(c.tick_ms, 20);
         assert_eq!(c.grace_s, 7);
         assert_eq!(c.network, bitcoin::Network::Signet);
+    }
+
+    #[test]
+    fn device_rates_default_finite_and_come_from_flags_or_file() {
+        let c = Settings::parse_from(["coinopd"])
+            .resolve()
+            .expect("defaults");
+        assert_eq!(c.device_rates, DeviceRates::default());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "disk-iops-per-vcpu = 0\nnet-bytes-per-s-per-vcpu = 5\ndisk-bytes-per-s-per-vcpu = 9\n",
+        )
+        .expect("write");
+        let s = Settings::parse_from([
+            "coinopd",
+            "--config",
+            path.to_str().expect("utf-8 temp path"),
+            "--disk-bytes-per-s-per-vcpu",
+            "1000",
+        ]);
+        let c = s.with_file().expect("file").resolve().expect("resolve");
+        assert_eq!(
+            c.device_rates,
+            DeviceRates {
+                disk_bytes_per_s: 1000,
+                disk_iops: 0,
+                net_bytes_per_s: 5,
+            }
+        );
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub enum IsolationError {
     /// --jail-uid-base/--jail-uid-count out of range.
     #[error("--jail-uid-base/--jail-uid-count: {0}")]
     UidRange(#[from] jail::UidPoolError),
+    /// The jail uid range overlaps a user's subordinate uid or gid range, or such a file
+    /// could not be read.
+    #[error(transparent)]
+    SubordinateIds(#[from] jail::SubordinateIdError),
     /// The jail settings could not be built (e.g. ldd of the VMM failed).
     #[error("jail for {bin}: {source}")]
     Jail { bin: PathBuf, source: jail::Error },
@@ -100,6 +104,22 @@ impl Isolation {
         if let Some(advice) = coinop_host::kvm_tuning::advice() {
             tracing::info!(setting = %advice.current, "host KVM: {}", advice.suggestion);
         }
+        let rates = config.device_rates;
+        let unlimited = rates.unlimited_flags();
+        if unlimited.is_empty() {
+            tracing::info!(
+                disk_bytes_per_s = rates.disk_bytes_per_s,
+                disk_iops = rates.disk_iops,
+                net_bytes_per_s = rates.net_bytes_per_s,
+                "guests' disk and network rates, per vCPU"
+            );
+        } else {
+            tracing::warn!(
+                flags = %unlimited.join(", "),
+                "set to 0: these disk or network rates are NOT limited, so one guest can \
+                 take the host's disk or uplink from the others"
+            );
+        }
         if config.no_seccomp {
             tracing::warn!(
                 "--no-seccomp: guests' VMMs run WITHOUT seccomp filters (debugging only)"
@@ -116,6 +136,13 @@ impl Isolation {
             if !euid.is_root() {
                 return Err(IsolationError::NotRoot(euid.as_raw()));
             }
+            // Before any uid is used: a local user holding jail uids as subordinate ids could
+            // act as the tenants' VMMs.
+            jail::check_clear_of(
+                config.jail_uid_base,
+                config.jail_uid_count,
+                &config.subid_files,
+            )?;
             // Claimed host-wide: another coinopd here (another state dir) on an overlapping
             // range, as two on the default are, never hands out a uid this one uses.
             let uids = UidPool::with_claims(

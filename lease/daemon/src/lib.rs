@@ -16,7 +16,7 @@
 //! | [`payment_reorgs`] | on-chain lease payments followed to a settled depth: a lease whose paying block leaves the best chain is frozen, then thawed or stopped |
 //! | [`quote_store`] | where quotes live: the host's SQLite book, or the fleet's PostgreSQL with `--store` (one address index for every host, quotes usable on any host) |
 //! | [`scheduler`], `usage_floor` | the tick that debits (`payment::metering`), pauses and stops; the kernel's count and coinopd's clock as a floor under what a VMM reports; `vmm_file_bounds`: the files a VMM writes held to their sizes |
-//! | [`supervisor`], [`stops_in_flight`] | one `coinop-vmm` per lease: spawn, its events (`vmm_protocol`), stop |
+//! | [`supervisor`], [`stops_in_flight`], `device_limits` | one `coinop-vmm` per lease: spawn (with its disk and network rates), its events (`vmm_protocol`), stop |
 //! | [`golden_snapshot`], `sparse_copy`, [`warm_restores`] | images' golden snapshots: built once per image and shape (with the root-disk overlay the golden guest wrote), leases started by restore on a copy of that overlay, or taken from VMMs restored ahead of their creates |
 //! | `personalisation`, `guest_host_key` | the per-lease line (entropy, clock, host name, address, SSH key, the guest's fresh SSH host key pair) sent to an `agent` image's guest after boot or restore |
 //! | [`isolation`] | the daemon's use of `coinop_host` (jail, cgroups, guest network, slot pool) |
@@ -35,6 +35,7 @@ pub mod chain_sync;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+mod device_limits;
 mod disk_reserve;
 mod event_lines;
 pub mod fault;

@@ -17,6 +17,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 use crate::clock::monotonic_us;
+use crate::device_limits::{DeviceRates, LeaseRates};
 use crate::image_catalogue::ImageSpec;
 use crate::isolation::Isolation;
 use crate::ledger::Ledger;
@@ -331,6 +332,8 @@ pub struct Supervisor {
     vmm_bin: PathBuf,
     /// Console bytes each VMM keeps (`--serial-max-bytes`).
     console_max_bytes: u64,
+    /// Disk and network rates per vCPU, given to every VMM with its devices.
+    device_rates: DeviceRates,
     isolation: Arc<Isolation>,
     /// Where each VMM's pid and start time are recorded as soon as it is spawned.
     ledger: Arc<Ledger>,
@@ -373,16 +376,26 @@ fn pipe_err(e: impl std::fmt::Display) -> BootError {
     BootError::Pipe(e.to_string())
 }
 
-/// The VMM's device arguments: the root disk (paths as the VMM sees them) and the NIC.
-fn device_args(disk: Option<&RootDisk>, mac: Option<&str>) -> Vec<OsString> {
+/// The VMM's device arguments: the root disk (paths as the VMM sees them) and the NIC,
+/// each with the lease's rates, so no guest takes the host's disk or uplink from the others.
+/// A restore gets them too: the snapshot keeps the buckets' tokens, not their rates.
+fn device_args(disk: Option<&RootDisk>, mac: Option<&str>, rates: &LeaseRates) -> Vec<OsString> {
     let mut args = Vec::new();
     if let Some(d) = disk {
         args.push("--disk".into());
-        args.push(format!("path={},cow={}", d.base.display(), d.overlay.display()).into());
+        args.push(
+            format!(
+                "path={},cow={}{}",
+                d.base.display(),
+                d.overlay.display(),
+                rates.disk_options()
+            )
+            .into(),
+        );
     }
     if let Some(mac) = mac {
         args.push("--net".into());
-        args.push(format!("fd={TAP_FD},mac={mac}").into());
+        args.push(format!("fd={TAP_FD},mac={mac}{}", rates.net_options()).into());
     }
     args
 }
@@ -424,6 +437,7 @@ impl Supervisor {
     pub fn new(
         vmm_bin: PathBuf,
         console_max_bytes: u64,
+        device_rates: DeviceRates,
         isolation: Arc<Isolation>,
         ledger: Arc<Ledger>,
         exits: mpsc::UnboundedSender<GuestExit>,
@@ -431,6 +445,7 @@ impl Supervisor {
         Supervisor {
             vmm_bin,
             console_max_bytes,
+            device_rates,
             isolation,
             ledger,
             exits,
@@ -1028,7 +1043,8 @@ impl Supervisor {
             base: ROOTFS_PATH.into(),
             overlay: OVERLAY_PATH.into(),
         });
-        args.extend(device_args(disk.as_ref(), mac.as_deref()));
+        let rates = self.device_rates.for_lease(req.vcpus);
+        args.extend(device_args(disk.as_ref(), mac.as_deref(), &rates));
         args.extend(
             [
                 "--serial",
@@ -1099,6 +1115,7 @@ impl Supervisor {
         .args(device_args(
             disk.as_ref(),
             nic.as_ref().map(|n| n.mac.as_str()),
+            &self.device_rates.for_lease(req.vcpus),
         ))
         .arg("--serial")
         .arg(format!("file:{}", req.paths.console.display()))
@@ -1314,4 +1331,46 @@ async fn send_personalisation(
         "personalisation sent"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: Vec<OsString>) -> Vec<String> {
+        args.into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn device_args_carry_the_leases_rates() {
+        let disk = RootDisk {
+            base: ROOTFS_PATH.into(),
+            overlay: OVERLAY_PATH.into(),
+        };
+        let rates = DeviceRates::default().for_lease(2);
+        let args = strings(device_args(Some(&disk), Some("02:c0:1e:00:00:00"), &rates));
+        assert_eq!(
+            args,
+            [
+                "--disk".to_string(),
+                format!(
+                    "path={ROOTFS_PATH},cow={OVERLAY_PATH},bw={},iops=2000",
+                    2u64 * (64 << 20)
+                ),
+                "--net".to_string(),
+                "fd=5,mac=02:c0:1e:00:00:00,bw=25000000".to_string(),
+            ]
+        );
+        let unlimited = DeviceRates {
+            disk_bytes_per_s: 0,
+            disk_iops: 0,
+            net_bytes_per_s: 0,
+        }
+        .for_lease(2);
+        let args = strings(device_args(Some(&disk), Some("m"), &unlimited));
+        assert_eq!(args[1], format!("path={ROOTFS_PATH},cow={OVERLAY_PATH}"));
+        assert_eq!(args[3], "fd=5,mac=m");
+    }
 }

@@ -450,6 +450,10 @@ async fn restored_leases_continue_on_the_golden_guests_disk(pool: &str) {
             "never",
             "--jail-pool",
             pool,
+            "--disk-bytes-per-s-per-vcpu",
+            "3000000",
+            "--disk-iops-per-vcpu",
+            "77",
         ],
         &[],
     )
@@ -520,6 +524,19 @@ async fn restored_leases_continue_on_the_golden_guests_disk(pool: &str) {
         });
         assert_eq!(pooled, pool != "0", "the path under test was taken:\n{log}");
     }
+    // The restored VMM gets the disk rates too (the snapshot keeps tokens, not rates).
+    let pid = common::lease_pid::lease_pid(state, &restored.id);
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the VMM's argv");
+    let argv: Vec<String> = argv
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let disk = argv
+        .iter()
+        .position(|a| a == "--disk")
+        .and_then(|i| argv.get(i + 1))
+        .unwrap_or_else(|| panic!("a --disk in {argv:?}"));
+    assert!(disk.ends_with(",bw=3000000,iops=77"), "{argv:?}");
     let own = overlay_of(state, &restored);
     let copy = std::fs::read(&own).expect("the restored lease's overlay");
     assert!(

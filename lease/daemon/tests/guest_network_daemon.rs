@@ -497,6 +497,19 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(po
         .to_string();
     let (pid, args) = holder_of(&tap, daemon.child.id()).expect("some process holds the tap");
     assert!(args.contains("--disk path=/rootfs,cow=/overlay"), "{args}");
+    // The 1-vCPU lease's disk and network rates, coinopd's defaults (device_limits.rs).
+    let value_of = |flag: &str| {
+        let words: Vec<&str> = args.split(' ').collect();
+        let at = words.iter().position(|w| *w == flag);
+        at.and_then(|i| words.get(i + 1)).map(|v| v.to_string())
+    };
+    let disk = value_of("--disk").expect("a --disk");
+    assert!(
+        disk.ends_with(&format!(",bw={},iops=1000", 64u64 << 20)),
+        "{args}"
+    );
+    let net = value_of("--net").expect("a --net");
+    assert!(net.ends_with(",bw=12500000"), "{args}");
     assert_eq!(
         state.join("pool").join(&id).exists(),
         pooled,

@@ -271,3 +271,68 @@ async fn a_lease_out_of_funds_is_held_to_a_sliver_of_cpu_until_topped_up() {
     d.stop_lease(&id, &token).await;
     d.shutdown().await;
 }
+
+/// A jail uid range overlapping a local user's subordinate uids (here a test file in place
+/// of /etc/subuid) is refused at start-up, naming the file, the line and both ranges,
+/// before the API is bound; the same range clear of the file starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jail_uid_range_overlapping_a_users_subuids_is_refused_at_start() {
+    if !nix::unistd::geteuid().is_root() {
+        let _ = writeln!(std::io::stderr(), "SKIPPED: jailing guests needs root");
+        return;
+    }
+    let files = tempfile::tempdir().expect("tempdir");
+    let subuid = files.path().join("subuid");
+    // useradd's layout, one user's 65536 ids ending inside the test's range.
+    let start = UID_BASE - 65_536 + 3;
+    std::fs::write(&subuid, format!("root:100000:65536\nalice:{start}:65536\n"))
+        .expect("write the test's subuid");
+    let subuid_arg = subuid.display().to_string();
+    let (base, count) = (UID_BASE.to_string(), UID_COUNT.to_string());
+    let uid_flags = ["--jail-uid-base", &base, "--jail-uid-count", &count];
+    let dir = common::StateDir::new();
+    let socket = dir.path().join("coinop.sock");
+    let mut extra = uid_flags.to_vec();
+    extra.extend(["--subid-file", &subuid_arg]);
+    let log = files.path().join("coinopd.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coinopd"))
+        .args(&common::daemon_args(dir.path(), &socket, &extra)[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("run coinopd");
+    // Bounded: a coinopd that accepts the range runs on, and is ended here, not waited for.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait coinopd") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("coinopd started on the range: {stderr}"));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let last = UID_BASE + UID_COUNT - 1;
+    for said in [
+        format!("{} line 2", subuid.display()),
+        format!("alice: {start}-{}", start + 65_535),
+        format!("jail uid range {UID_BASE}-{last}"),
+    ] {
+        assert!(stderr.contains(&said), "{said:?} not in: {stderr}");
+    }
+    assert!(!socket.exists(), "refused before binding the API");
+
+    std::fs::write(&subuid, "root:100000:65536\nalice:165536:65536\n").expect("rewrite");
+    let d = Daemon::spawn(dir.path(), &extra, &[]).await;
+    assert_eq!(d.call("GET", "/v1/host", None, None).await.status, 200);
+    d.shutdown().await;
+}

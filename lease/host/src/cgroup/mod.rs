@@ -5,6 +5,9 @@
 //! (`cpu.max`, `memory.max`, `pids.max`, `cpu.stat`) when its root offers the cpu, memory and
 //! pids controllers, else v1 (`cpu.cfs_quota_us`/`cpu.cfs_period_us`,
 //! `memory.limit_in_bytes`, `pids.max`, `cpuacct.usage`), which is what hybrid hosts mount.
+//! Guest RAM never spills past its limit into the host's swap: v2 sets `memory.swap.max` 0,
+//! v1 `memory.memsw.limit_in_bytes` equal to the limit (where swap is accounted) and
+//! `memory.swappiness` 0.
 //! Lease cgroups live under `<parent>` inside coinopd's own cgroup in each hierarchy (the
 //! delegation model: a daemon only manages its own subtree). Where nothing is writable (some
 //! containers), [`Cgroups::Unavailable`] carries the reason, the daemon says so loudly at
@@ -48,6 +51,20 @@ pub enum Error {
         path: PathBuf,
         /// Why.
         reason: String,
+    },
+    /// cgroup v1 without swap accounting (no `memory.memsw.limit_in_bytes`) on a host with
+    /// swap, and `memory.swappiness` could not be set to 0: nothing would keep the guest's
+    /// RAM past its limit out of the swap all leases share.
+    #[error(
+        "{dir}: the host has swap, swap is not accounted (no memory.memsw.limit_in_bytes; \
+         boot with swapaccount=1) and memory.swappiness could not be set to 0 ({source}): a \
+         guest past its memory limit could fill the host's swap"
+    )]
+    SwapUnguarded {
+        /// The lease's memory cgroup.
+        dir: PathBuf,
+        /// The failed swappiness write.
+        source: Box<Error>,
     },
     /// A lease id that is not a plain directory name.
     #[error("lease id '{0}' cannot name a cgroup (letters, digits, '-' and '_' only)")]

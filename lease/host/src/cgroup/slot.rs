@@ -74,6 +74,70 @@ fn read_parsed<T>(path: &Path, parse: impl Fn(&str) -> Option<T>) -> Result<T, E
     })
 }
 
+/// v1's swap-accounting limit (memory + swap), present when the kernel accounts swap
+/// (`swapaccount=1`, the default since 5.8 where CONFIG_MEMCG_SWAP is built).
+const V1_MEMSW_LIMIT: &str = "memory.memsw.limit_in_bytes";
+
+/// Sets a v1 memory cgroup's limit to `bytes`, and its memory + swap limit to the same
+/// value where swap is accounted, so guest RAM past the limit is refused (the guest's OOM),
+/// never pushed out to the host's swap, which every lease shares. The kernel keeps
+/// memsw >= limit at every write, so the order depends on the direction: raising writes
+/// memsw first, lowering the limit first. The direction is taken from the limit in force,
+/// not from what the caller last wrote, so a slot an older coinopd made (memsw unlimited)
+/// or any other state is brought to the pair without an EINVAL.
+fn write_v1_memory(dir: &Path, bytes: u64) -> Result<(), Error> {
+    let limit = dir.join("memory.limit_in_bytes");
+    let memsw = dir.join(V1_MEMSW_LIMIT);
+    if !memsw.exists() {
+        return write(&limit, bytes);
+    }
+    let current = read_parsed(&limit, |t| t.trim().parse::<u64>().ok())?;
+    if bytes > current {
+        write(&memsw, bytes)?;
+        write(&limit, bytes)
+    } else {
+        write(&limit, bytes)?;
+        write(&memsw, bytes)
+    }
+}
+
+/// Whether the host has swap in use (`/proc/swaps` lists a device or file). Read when a
+/// slot is created: swap turned on later is the operator's act, and the next slot sees it.
+fn host_has_swap() -> bool {
+    std::fs::read_to_string("/proc/swaps")
+        // The first line is the header; an unreadable file is taken as swap present, so the
+        // check errs towards refusing an unguarded slot.
+        .map_or(true, |t| t.lines().skip(1).any(|l| !l.trim().is_empty()))
+}
+
+/// Keeps a fresh v1 memory cgroup's RAM out of the host's swap.
+///
+/// `memory.swappiness` 0 stops reclaim at the cgroup's own limit from swapping its anonymous
+/// memory (the guest's RAM), so a guest at its limit meets its OOM instead. It is written
+/// everywhere: where memsw is set it also keeps global reclaim off guest RAM. Where swap is
+/// not accounted (no memsw file) it is the only guard: if it cannot be written and the host
+/// has swap, the slot is refused ([`Error::SwapUnguarded`]) rather than run a guest that
+/// could spill without bound into swap every lease shares. Without swap there is nothing to
+/// spill into. With memsw the hard bound already holds, so a failure is only logged.
+fn keep_v1_out_of_swap(dir: &Path, host_has_swap: bool) -> Result<(), Error> {
+    let swappiness = dir.join("memory.swappiness");
+    let Err(e) = write(&swappiness, 0) else {
+        return Ok(());
+    };
+    if dir.join(V1_MEMSW_LIMIT).exists() {
+        tracing::warn!(error = %e, "memory + swap limit set; swappiness left as it was");
+        Ok(())
+    } else if host_has_swap {
+        Err(Error::SwapUnguarded {
+            dir: dir.to_path_buf(),
+            source: Box::new(e),
+        })
+    } else {
+        tracing::debug!(error = %e, "host has no swap; swappiness left as it was");
+        Ok(())
+    }
+}
+
 impl CgroupSlot {
     /// Where `lease_id`'s cgroup lives under `cgroups` (nothing is touched).
     fn layout(cgroups: &Cgroups, lease_id: &str) -> Result<Self, Error> {
@@ -149,7 +213,10 @@ impl CgroupSlot {
                     write(&cpu.join("cpu.cfs_quota_us"), to.cpu_quota_us)?;
                 }
                 if changed(|l| l.memory_bytes) {
-                    write(&memory.join("memory.limit_in_bytes"), to.memory_bytes)?;
+                    write_v1_memory(memory, to.memory_bytes)?;
+                }
+                if from.is_none() {
+                    keep_v1_out_of_swap(memory, host_has_swap())?;
                 }
                 if changed(|l| l.pids_max) {
                     write(&pids.join("pids.max"), to.pids_max)?;
@@ -361,6 +428,72 @@ mod tests {
         assert_eq!(slot.dirs().len(), 3);
         std::fs::write(both.join("l1/cpuacct.usage"), "5000000\n").expect("write");
         assert_eq!(slot.cpu_usage_us().expect("usage"), 5000);
+    }
+
+    /// A v1 layout in a temp dir whose memory parent has `memory.memsw.limit_in_bytes`
+    /// files as a kernel with swap accounting shows them (cgroupfs creates them per cgroup;
+    /// here the test makes the lease's directory and files first).
+    fn fake_v1_with_memsw(lease_id: &str) -> (tempfile::TempDir, Cgroups, PathBuf) {
+        let root = tempfile::tempdir().expect("tempdir");
+        let [cpu, memory, pids] = ["cpu,cpuacct", "memory", "pids"].map(|c| {
+            let d = root.path().join(c).join("coinop");
+            std::fs::create_dir_all(&d).expect("mkdir");
+            d
+        });
+        let lease_memory = memory.join(lease_id);
+        std::fs::create_dir(&lease_memory).expect("mkdir");
+        for f in ["memory.limit_in_bytes", V1_MEMSW_LIMIT] {
+            std::fs::write(lease_memory.join(f), "9223372036854771712\n").expect("write");
+        }
+        let cgroups = Cgroups::V1 {
+            cpu: cpu.clone(),
+            cpuacct: cpu,
+            memory,
+            pids,
+        };
+        (root, cgroups, lease_memory)
+    }
+
+    fn read_u64(path: &Path) -> u64 {
+        std::fs::read_to_string(path)
+            .expect("read")
+            .trim()
+            .parse()
+            .expect("a number")
+    }
+
+    #[test]
+    fn v1_memory_and_swap_limits_match_and_swappiness_is_zero() {
+        let (_root, cgroups, memory) = fake_v1_with_memsw("l1");
+        let limits = Limits::for_guest(1, 64);
+        let slot = cgroups
+            .create_slot("l1", &limits)
+            .expect("created")
+            .expect("available");
+        assert_eq!(
+            slot.memory_limit_bytes().expect("read"),
+            limits.memory_bytes
+        );
+        assert_eq!(read_u64(&memory.join(V1_MEMSW_LIMIT)), limits.memory_bytes);
+        assert_eq!(read_u64(&memory.join("memory.swappiness")), 0);
+        let bigger = Limits::for_guest(1, 256);
+        slot.update_limits(&limits, &bigger).expect("update");
+        assert_eq!(read_u64(&memory.join(V1_MEMSW_LIMIT)), bigger.memory_bytes);
+    }
+
+    #[test]
+    fn v1_without_swap_accounting_refuses_an_unguarded_slot_only_with_swap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A directory where the file should be: the write fails as on a cgroupfs that
+        // refuses it.
+        std::fs::create_dir(dir.path().join("memory.swappiness")).expect("mkdir");
+        assert!(matches!(
+            keep_v1_out_of_swap(dir.path(), true),
+            Err(Error::SwapUnguarded { .. })
+        ));
+        keep_v1_out_of_swap(dir.path(), false).expect("no swap to fill");
+        std::fs::write(dir.path().join(V1_MEMSW_LIMIT), "1").expect("write");
+        keep_v1_out_of_swap(dir.path(), true).expect("memsw bounds the swap");
     }
 
     #[test]

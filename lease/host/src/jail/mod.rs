@@ -20,12 +20,14 @@ mod libraries;
 mod parked;
 mod root_dir;
 mod spawn;
+mod subordinate_ids;
 mod syscalls;
 mod uid_pool;
 
 pub use child::{Ended, JailedChild};
 pub use libraries::{needed_by, parse_ldd};
 pub use spawn::Step;
+pub use subordinate_ids::{check_clear_of, SubordinateIdError, SUBORDINATE_ID_FILES};
 pub use uid_pool::{Error as UidPoolError, JailUid, UidPool};
 
 use std::ffi::OsString;

@@ -78,6 +78,9 @@ pub struct UidPool {
     first: u32,
     count: u32,
     in_use: Arc<Mutex<BTreeSet<u32>>>,
+    /// Uids outside `first..first+count` claimed back for re-adopted guests (started by a
+    /// coinopd with another range): held like the pool's, never handed out by it.
+    outside: Arc<Mutex<BTreeSet<u32>>>,
     /// Where each uid's host-wide claim is kept; `None`: this process alone.
     claims: Option<Arc<PathBuf>>,
 }
@@ -127,6 +130,7 @@ impl UidPool {
             first,
             count,
             in_use: Arc::default(),
+            outside: Arc::default(),
             claims: None,
         })
     }
@@ -202,13 +206,16 @@ impl UidPool {
         self.count.saturating_sub(in_use.len() as u32)
     }
 
-    /// Takes `uid` itself: a re-adopted guest keeps the uid it was started with. Its claim
-    /// is taken again (the coinopd that held it before is gone); one held by another
-    /// process is [`Error::HeldElsewhere`].
+    /// Takes `uid` itself: a re-adopted guest keeps the uid it was started with, also one
+    /// outside the pool's range (a guest of a coinopd started with another range, such as
+    /// the default before it moved), which the pool then holds but never hands out. Its
+    /// claim is taken again (the coinopd that held it before is gone); one held by another
+    /// process is [`Error::HeldElsewhere`]. Root and (uid_t)-1 are never a jail's.
     pub fn claim(&self, uid: u32) -> Result<JailUid, Error> {
-        let mut in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
         let inside = uid >= self.first && uid - self.first < self.count;
-        if !inside || in_use.contains(&uid) {
+        let set = if inside { &self.in_use } else { &self.outside };
+        let mut in_use = set.lock().unwrap_or_else(|p| p.into_inner());
+        if uid == 0 || uid == u32::MAX || in_use.contains(&uid) {
             return Err(Error::NotFree(uid));
         }
         let claim = match &self.claims {
@@ -224,7 +231,7 @@ impl UidPool {
         in_use.insert(uid);
         Ok(JailUid {
             uid,
-            in_use: Arc::clone(&self.in_use),
+            in_use: Arc::clone(set),
             claim,
         })
     }
@@ -285,12 +292,31 @@ mod tests {
         let pool = UidPool::new(1000, 3).expect("valid");
         let kept = pool.claim(1001).expect("free");
         assert!(matches!(pool.claim(1001), Err(Error::NotFree(1001))));
-        assert!(matches!(pool.claim(999), Err(Error::NotFree(999))));
-        assert!(matches!(pool.claim(1003), Err(Error::NotFree(1003))));
         let first = pool.take().expect("first");
         assert_eq!(first.get(), 1000);
         assert_eq!(pool.take().expect("next free").get(), 1002);
         drop((kept, first));
+    }
+
+    /// A guest started under another range (the old default) is re-adopted with its uid;
+    /// the pool's own uids and count are untouched by it.
+    #[test]
+    fn uids_outside_the_range_are_claimed_back_but_never_handed_out() {
+        let pool = UidPool::new(1000, 2).expect("valid");
+        let old = pool.claim(900_000).expect("outside, claimed back");
+        assert!(matches!(pool.claim(900_000), Err(Error::NotFree(900_000))));
+        assert_eq!(pool.free(), 2);
+        for never in [0, u32::MAX] {
+            assert!(matches!(pool.claim(never), Err(Error::NotFree(_))));
+        }
+        let (a, b) = (pool.take().expect("a"), pool.take().expect("b"));
+        assert_eq!((a.get(), b.get()), (1000, 1001));
+        assert!(pool.take().is_err());
+        drop(old);
+        assert_eq!(
+            pool.claim(900_000).expect("again once returned").get(),
+            900_000
+        );
     }
 
     /// A guest whose coinopd crashed runs on as its uid with no claim held: another
