@@ -109,6 +109,18 @@ pub async fn check(s: &Shared) -> Result<(), LedgerError> {
                 freeze(s, &lease_id).await?;
             }
             (true, Some(at)) if now.saturating_sub(at) >= s.config.reorg_window_s as i64 => {
+                // Asked again now: a tenant's proof of the payment mined again
+                // (leases::reproof) may have been filed since the standings were read, and
+                // was answered "thaws at the next check"; the next check thaws it.
+                let back = {
+                    let chain = s.chain_read();
+                    payments
+                        .iter()
+                        .all(|(p, _)| standing(&chain, &s.watch, p) != Standing::Off)
+                };
+                if back {
+                    continue;
+                }
                 tracing::warn!(lease = %lease_id, "payment did not confirm again in time; stopping (payment_reorged)");
                 let live = s.ledger.stop_for_reorg(&lease_id)?;
                 for (p, st) in &payments {

@@ -16,8 +16,8 @@ use super::{blocking, LeaseError};
 use crate::app::Shared;
 use crate::ledger::LeaseRow;
 
-/// If `l` is frozen by a reorg and `o` proves, in a block of the best chain, every outpoint
-/// of one of its frozen payments, files those outputs there and answers with the lease
+/// If `l` is frozen by a reorg and `o` proves, in a block of the best chain, outpoints of
+/// its frozen payments, files those outputs there and answers with the lease
 /// (still frozen until the next reorg check). `None`: not such a proof (the lease is not
 /// frozen, the payment is by quote id alone, or the transaction pays for none of the
 /// lease's frozen payments): an ordinary top-up, which a frozen lease refuses.
@@ -46,23 +46,15 @@ pub async fn reproof(
             return Ok(None);
         };
         let seen = proven_outputs(&s2.chain_read(), &quote, &o.tx_hex, &o.proof_hex)?;
-        // The outpoints of the frozen payments the proof shows whole.
-        let mut wanted: Vec<bitcoin::OutPoint> = Vec::new();
-        for p in &frozen {
-            let outpoints: Option<Vec<bitcoin::OutPoint>> = p
-                .reference
-                .split(',')
-                .map(|text| text.trim().parse().ok())
-                .collect();
-            if let Some(outpoints) = outpoints {
-                if outpoints
-                    .iter()
-                    .all(|op| seen.iter().any(|s| s.outpoint == *op))
-                {
-                    wanted.extend(outpoints);
-                }
-            }
-        }
+        // The outpoints of the lease's frozen payments, any the proof shows among them: a
+        // payment by quote id may have outputs in several transactions, each proven on its
+        // own, and the reorg check thaws the lease only once every one of them is in a
+        // best-chain block again.
+        let wanted: Vec<bitcoin::OutPoint> = frozen
+            .iter()
+            .flat_map(|p| p.reference.split(','))
+            .filter_map(|text| text.trim().parse().ok())
+            .collect();
         let ours: Vec<SeenOutput> = seen
             .into_iter()
             .filter(|s| wanted.contains(&s.outpoint))
