@@ -473,22 +473,7 @@ impl Wallet {
                 });
             }
             for (index, (sig, out)) in signatures.iter().zip(outputs).enumerate() {
-                if sig.amount != out.message.amount {
-                    return Err(WalletError::NotAsked {
-                        index,
-                        what: "amount",
-                        got: sig.amount.to_string(),
-                        asked: out.message.amount.to_string(),
-                    });
-                }
-                if sig.id != out.message.id {
-                    return Err(WalletError::NotAsked {
-                        index,
-                        what: "keyset",
-                        got: sig.id.clone(),
-                        asked: out.message.id.clone(),
-                    });
-                }
+                as_asked(index, sig, out)?;
             }
         }
         let proofs = signatures
@@ -534,6 +519,11 @@ impl Wallet {
             let Some(k) = left.iter().position(|b| b.message.b_ == out.b_) else {
                 continue;
             };
+            // As in `receive`: a restore's answer must not sign a swap's or mint's blank
+            // for less than it asked.
+            if !batch.starts_with(CHANGE_BATCH_PREFIX) {
+                as_asked(i, sig, &left[k])?;
+            }
             let blank = left.remove(k);
             proofs.push(to_proof(i, sig, &blank, keys)?);
         }
@@ -602,6 +592,20 @@ impl Wallet {
                 ))
             })
             .collect()
+    }
+
+    /// Moves the blanks of `batch` to `parked` (added to any there), where `pending_outputs`
+    /// of `batch` no longer finds them but a NUT-09 restore of `parked` still can.
+    pub fn park_outputs(&mut self, batch: &str, parked: &str) -> Result<(), WalletError> {
+        let Some(at) = self.data.pending.iter().position(|(b, _)| b == batch) else {
+            return Ok(());
+        };
+        let (_, blanks) = self.data.pending.remove(at);
+        match self.data.pending.iter_mut().find(|(b, _)| b == parked) {
+            Some((_, held)) => held.extend(blanks),
+            None => self.data.pending.push((parked.to_string(), blanks)),
+        }
+        self.save()
     }
 
     /// Forgets the blanks of `batch` that no signature will ever come for (a lease's change
@@ -763,6 +767,27 @@ fn blank_from(secret: String, r: SecretKey, keyset_id: &str, amount: u64) -> Pen
             b_: b_.to_string(),
         },
     }
+}
+
+/// Signature `index` is for the amount and keyset its output `out` asked for.
+fn as_asked(index: usize, sig: &BlindSignature, out: &PendingOutput) -> Result<(), WalletError> {
+    if sig.amount != out.message.amount {
+        return Err(WalletError::NotAsked {
+            index,
+            what: "amount",
+            got: sig.amount.to_string(),
+            asked: out.message.amount.to_string(),
+        });
+    }
+    if sig.id != out.message.id {
+        return Err(WalletError::NotAsked {
+            index,
+            what: "keyset",
+            got: sig.id.clone(),
+            asked: out.message.id.clone(),
+        });
+    }
+    Ok(())
 }
 
 fn to_proof(
@@ -1136,6 +1161,25 @@ mod tests {
         ));
         assert_eq!(w.balance_sat(), 0);
         assert_eq!(w.receive("b", &m.keys().keysets, &sigs).expect("all"), 8);
+    }
+
+    #[test]
+    fn a_restores_signature_for_another_amount_is_refused_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = mint(dir.path());
+        let mut w = Wallet::open(&dir.path().join("wallet.json")).expect("open");
+        let outputs = w
+            .new_outputs("swap-1", &m.active_keyset_id(), &[4])
+            .expect("outputs");
+        let mut cheaper = outputs.clone();
+        cheaper[0].amount = 2;
+        let sigs = m.mint(2, &cheaper).expect("mint");
+        let found = vec![(cheaper[0].clone(), sigs[0].clone())];
+        assert!(matches!(
+            w.receive_restored("swap-1", &found, &m.keys().keysets),
+            Err(WalletError::NotAsked { what: "amount", .. })
+        ));
+        assert_eq!(w.balance_sat(), 0);
     }
 
     #[test]

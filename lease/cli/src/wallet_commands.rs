@@ -826,6 +826,9 @@ pub async fn stop_with_change(
     token: &str,
 ) -> Result<Stopped, WalletCmdError> {
     let batch = format!("{}{id}", crate::wallet::CHANGE_BATCH_PREFIX);
+    // Where kept blanks the host refused wait, in case the request that carried them first
+    // commits after all (see below).
+    let parked = format!("{batch}-refused");
     let mut resent = false;
     let (reply, body): (StopResponse, _) = loop {
         let kept = wallet.pending_outputs(&batch);
@@ -860,13 +863,19 @@ pub async fn stop_with_change(
         )
         .await
         {
-            Ok(answer) => break answer,
+            Ok(answer) => {
+                // A lease is refunded once: blanks parked by an earlier run will never be
+                // signed now.
+                wallet.forget_outputs(&parked)?;
+                break answer;
+            }
             // Kept blanks the host refuses as outputs (their keyset rotated out, a top-up
             // since that needs more of them): the stop they were made for did not happen
-            // with them, or its repeat would have been answered with its signatures. The
-            // mint says (NUT-09) whether any was signed; if none was, they are dropped and
-            // the stop is made once more with new ones, rather than refused on every run
-            // while the lease goes on running and paying.
+            // with them yet, or its repeat would have been answered with its signatures.
+            // The mint says (NUT-09) whether any was signed; if none was, they are parked
+            // (a first request still in flight may yet commit onto them: see the 409 below)
+            // and the stop is made once more with new ones, rather than refused on every
+            // run while the lease goes on running and paying.
             Err(
                 refusal @ WalletCmdError::Api {
                     status: 400 | 404 | 422,
@@ -881,11 +890,30 @@ pub async fn stop_with_change(
                         refusal: Box::new(refusal),
                     });
                 }
-                wallet.forget_outputs(&batch)?;
+                wallet.park_outputs(&batch, &parked)?;
                 crate::exit::note(&format!(
                     "the change outputs kept from an earlier stop of {id} were refused and \
-                     never signed ({refusal}): sending the stop with new ones"
+                     not signed ({refusal}): sending the stop with new ones"
                 ));
+            }
+            // Refunded onto other outputs: those an earlier run parked, if the request that
+            // carried them committed after all (it was still in flight when they were
+            // refused). The mint has their signatures.
+            Err(refusal @ WalletCmdError::Api { status: 409, .. }) => {
+                let Some(kept) = wallet.pending_outputs(&parked) else {
+                    return Err(refusal);
+                };
+                let found = restore_batch(c, wallet, &parked, &kept).await?;
+                if found == 0 {
+                    return Err(refusal);
+                }
+                wallet.forget_outputs(&parked)?;
+                // This run's blanks were refused: nothing can be signed on them now.
+                wallet.forget_outputs(&batch)?;
+                return Err(WalletCmdError::ChangeRecovered {
+                    sat: found,
+                    refusal: Box::new(refusal),
+                });
             }
             Err(e) => return Err(e),
         }
@@ -1221,6 +1249,73 @@ mod tests {
         assert_eq!(w.balance_sat(), 3);
         assert!(w.proofs().iter().all(|p| p.id == new));
         assert!(w.pending_outputs("change-l1").is_none(), "settled");
+    }
+
+    /// Kept outputs refused while the request that first carried them is still in flight
+    /// (a fleet host, its refund reserved but not committed, and the keyset rotated
+    /// meanwhile): they are parked, not forgotten, and when the stop with new outputs is
+    /// answered 409 (refunded onto the first ones after all), the parked blanks' change is
+    /// found with the mint and kept.
+    #[tokio::test(flavor = "current_thread")]
+    async fn refused_kept_outputs_a_late_commit_signs_are_not_lost() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open_mint(dir.path());
+        let old = m.active_keyset_id();
+        let mut w = Wallet::open(&dir.path().join("wallet.json")).expect("wallet");
+        let kept = w
+            .new_outputs("change-l1", &old, &[1, 1, 1, 1])
+            .expect("blanks");
+        // What the first request's late commit signs: 3 sat on the first two blanks.
+        let mut two = kept[..2].to_vec();
+        two[1].amount = 2;
+        let sigs = m.mint(3, &two).expect("signed");
+        // The mint's NUT-09 answer once that commit is in (its record of what it signed).
+        let restored = serde_json::json!({"outputs": two, "signatures": sigs}).to_string();
+        m.rotate().expect("rotate");
+        let committed = Arc::new(AtomicBool::new(false));
+        let seen = committed.clone();
+        let routes = mint_routes(m.clone(), None);
+        let socket = dir.path().join("coinopd.sock");
+        test_daemon(
+            &socket,
+            Box::new(move |asked: &str, body: &[u8]| match asked {
+                "GET /v1/leases/l1" => (200, lease_json(3_000)),
+                // Until the first request commits, the mint has signed none of them.
+                "POST /v1/restore" if !seen.load(Ordering::SeqCst) => {
+                    (200, r#"{"outputs":[],"signatures":[]}"#.into())
+                }
+                "POST /v1/restore" => (200, restored.clone()),
+                "POST /v1/leases/l1/stop" => {
+                    let ask: StopRequest = serde_json::from_slice(body).expect("stop");
+                    if ask.outputs.expect("outputs")[0].id == old {
+                        (
+                            422,
+                            r#"{"error":{"code":"inactive_keyset","message":"no"}}"#.into(),
+                        )
+                    } else {
+                        seen.store(true, Ordering::SeqCst);
+                        (
+                            409,
+                            r#"{"error":{"code":"already_refunded","message":"done"}}"#.into(),
+                        )
+                    }
+                }
+                _ => routes(asked, body),
+            }),
+        );
+        let c = Client::new(&socket);
+        let Err(err) = stop_with_change(&c, &mut w, "l1", "token").await else {
+            panic!("the stop was made earlier: not this run's success");
+        };
+        assert!(
+            matches!(err, WalletCmdError::ChangeRecovered { sat: 3, .. }),
+            "{err}"
+        );
+        assert!(committed.load(Ordering::SeqCst));
+        assert_eq!(w.balance_sat(), 3, "the late commit's change is kept");
+        assert!(w.pending_outputs("change-l1").is_none());
+        assert!(w.pending_outputs("change-l1-refused").is_none());
     }
 
     /// A host whose change is worth less than the refund it reports: the notes it did sign
