@@ -290,14 +290,7 @@ async fn a_second_payment_to_a_leases_quote_waits_402_until_deep_then_tops_it_up
 
     let topup = format!("/v1/leases/{}/topup", lease.id);
     let body = json!({ "payment": payment });
-    let paid = || {
-        let b = coinopd::ledger::Ledger::open(&dir.path().join("ledger.db"))
-            .expect("open ledger")
-            .books(&lease.id)
-            .expect("books");
-        assert!(b.balanced(), "books of {} do not balance: {b:?}", lease.id);
-        b.paid_msat
-    };
+    let paid = || paid_msat(dir.path(), &lease.id);
     // Nothing new paid to the quote: it is used up.
     let r = d
         .call("POST", &topup, Some(&lease.token), Some(body.clone()))
@@ -339,27 +332,18 @@ async fn a_second_payment_to_a_leases_quote_waits_402_until_deep_then_tops_it_up
 /// POSTs bcoin's whole best chain of headers to `d` as its operator would (a host without
 /// `--bitcoin-peer` learns the chain no other way) and waits for `d` to follow.
 async fn operator_adds_headers(node: &Bcoin, d: &Daemon) {
-    let tip_height = node
-        .rpc("getblockcount", json!([]))
-        .await
-        .as_u64()
-        .expect("height");
-    let mut headers = Vec::new();
-    for height in 1..=tip_height {
-        let hash = node.rpc("getblockhash", json!([height])).await;
-        let raw = node.rpc("getblockheader", json!([hash, false])).await;
-        headers.push(raw.as_str().expect("raw header").to_string());
-    }
-    let r = d
-        .call(
-            "POST",
-            "/v1/chain/headers",
-            None,
-            Some(json!({ "headers": headers })),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    common::operator_posts_headers(d, &node.best_chain_headers().await).await;
     wait_for_tip(d, &node.best_hash().await, SYNC).await;
+}
+
+/// What lease `id`'s books say was paid in, once they balance.
+fn paid_msat(dir: &std::path::Path, id: &str) -> u64 {
+    let b = coinopd::ledger::Ledger::open(&dir.join("ledger.db"))
+        .expect("open ledger")
+        .books(id)
+        .expect("books");
+    assert!(b.balanced(), "books of {id} do not balance: {b:?}");
+    b.paid_msat
 }
 
 /// The lease's view, waited for until its state is `state`.
@@ -425,14 +409,7 @@ async fn a_peerless_hosts_lease_frozen_by_a_reorg_thaws_on_its_tenants_new_proof
         .create_lease(testguest_body("mode=echo", first.clone()))
         .await;
     lease_in(&d, &lease, "running").await;
-    let paid = || {
-        let b = coinopd::ledger::Ledger::open(&dir.path().join("ledger.db"))
-            .expect("open ledger")
-            .books(&lease.id)
-            .expect("books");
-        assert!(b.balanced(), "books of {} do not balance: {b:?}", lease.id);
-        b.paid_msat
-    };
+    let paid = || paid_msat(dir.path(), &lease.id);
     let paid_before = paid();
 
     // bcoin drops the paying block for a longer branch without it.

@@ -405,26 +405,7 @@ async fn a_quote_paid_from_any_wallet_is_used_by_id_on_another_host() {
     wait_for_tip(&h1, &paying, Duration::from_secs(60)).await;
     wait_for_quote(&h1, &qid, "seen").await;
     // Host 2 gets the same headers from its operator, and no block.
-    let tip_height = node
-        .rpc("getblockcount", json!([]))
-        .await
-        .as_u64()
-        .expect("height");
-    let mut headers = Vec::new();
-    for height in 1..=tip_height {
-        let hash = node.rpc("getblockhash", json!([height])).await;
-        let raw = node.rpc("getblockheader", json!([hash, false])).await;
-        headers.push(raw.as_str().expect("raw header").to_string());
-    }
-    let r = h2
-        .call(
-            "POST",
-            "/v1/chain/headers",
-            None,
-            Some(json!({"headers": headers})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    common::operator_posts_headers(&h2, &node.best_chain_headers().await).await;
     wait_for_tip(&h2, &paying, Duration::from_secs(10)).await;
     let v = common::bcoin::quote_view(&h2, &qid).await;
     assert_eq!(

@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use super::error::PaymentError;
 use super::header_chain::HeaderChain;
-use super::proof::{check_inclusion, parse_proof, parse_tx};
+use super::proof::{on_best_chain, OnBestChain};
 use super::quote::Quote;
 use crate::spent_set::open_durable;
 
@@ -112,15 +112,13 @@ pub fn proven_outputs(
     tx_hex: &str,
     proof_hex: &str,
 ) -> Result<Vec<SeenOutput>, PaymentError> {
-    let tx = parse_tx(tx_hex)?;
-    let proof = parse_proof(proof_hex)?;
-    let (txid, block_hash) = check_inclusion(&tx, &proof)?;
-    let block = chain
-        .block(&block_hash)
-        .ok_or(PaymentError::BlockNotInChain { hash: block_hash })?;
-    if !block.on_best_chain {
-        return Err(PaymentError::NotOnBestChain { hash: block_hash });
-    }
+    let OnBestChain {
+        tx,
+        txid,
+        block_hash,
+        block,
+        block_time,
+    } = on_best_chain(chain, tx_hex, proof_hex)?;
     // Past a hand-over of the quote's index, the output pays the index's next quote.
     quote.pays_at_height(block.height)?;
     let seen: Vec<SeenOutput> = tx
@@ -134,7 +132,7 @@ pub fn proven_outputs(
             amount_sat: o.value.to_sat(),
             block_hash,
             height: block.height,
-            block_time: proof.header.time,
+            block_time,
             coinbase: tx.is_coinbase(),
         })
         .collect();

@@ -12,7 +12,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::{BlockHash, MerkleBlock, OutPoint, Transaction, Txid};
 
 use super::error::PaymentError;
-use super::header_chain::{check_pow, HeaderChain};
+use super::header_chain::{check_pow, BlockInfo, HeaderChain};
 use super::quote::Quote;
 use crate::spent_set::{KeyKind, SpendKey, SpendState, SpentSet, SpentSetError};
 
@@ -146,6 +146,42 @@ pub fn check_inclusion(
     Ok((txid, hash))
 }
 
+/// A transaction proven to be in a block of the host's best chain.
+#[derive(Clone, Debug)]
+pub struct OnBestChain {
+    pub tx: Transaction,
+    pub txid: Txid,
+    pub block_hash: BlockHash,
+    pub block: BlockInfo,
+    /// The block header's time.
+    pub block_time: u32,
+}
+
+/// Parses `tx_hex` and `proof_hex` (bounded, see the module) and checks that the proof
+/// shows the transaction in a block on the best chain of `chain`, at any depth.
+pub fn on_best_chain(
+    chain: &HeaderChain,
+    tx_hex: &str,
+    proof_hex: &str,
+) -> Result<OnBestChain, PaymentError> {
+    let tx = parse_tx(tx_hex)?;
+    let proof = parse_proof(proof_hex)?;
+    let (txid, block_hash) = check_inclusion(&tx, &proof)?;
+    let block = chain
+        .block(&block_hash)
+        .ok_or(PaymentError::BlockNotInChain { hash: block_hash })?;
+    if !block.on_best_chain {
+        return Err(PaymentError::NotOnBestChain { hash: block_hash });
+    }
+    Ok(OnBestChain {
+        tx,
+        txid,
+        block_hash,
+        block,
+        block_time: proof.header.time,
+    })
+}
+
 /// Every check but the spend: inclusion, confirmations on the best chain (a coinbase needs
 /// [`ChainNetwork::coinbase_maturity`](super::ChainNetwork::coinbase_maturity)), the quote's
 /// height window (a reused index), address, amount, expiry (a late payment is credited but
@@ -157,15 +193,13 @@ pub fn check_payment(
     proof_hex: &str,
     min_conf: u32,
 ) -> Result<VerifiedPayment, PaymentError> {
-    let tx = parse_tx(tx_hex)?;
-    let proof = parse_proof(proof_hex)?;
-    let (txid, block_hash) = check_inclusion(&tx, &proof)?;
-    let block = chain
-        .block(&block_hash)
-        .ok_or(PaymentError::BlockNotInChain { hash: block_hash })?;
-    if !block.on_best_chain {
-        return Err(PaymentError::NotOnBestChain { hash: block_hash });
-    }
+    let OnBestChain {
+        tx,
+        txid,
+        block_hash,
+        block,
+        block_time,
+    } = on_best_chain(chain, tx_hex, proof_hex)?;
     let need = min_conf.max(1);
     if block.confirmations < need {
         return Err(PaymentError::NotEnoughConfirmations {
@@ -211,7 +245,7 @@ pub fn check_payment(
             required_msat: quote.amount_msat,
         });
     }
-    let block_time_us = u64::from(proof.header.time) * 1_000_000;
+    let block_time_us = u64::from(block_time) * 1_000_000;
     Ok(VerifiedPayment {
         txid,
         outpoints,

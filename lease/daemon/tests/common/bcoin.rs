@@ -285,6 +285,22 @@ impl Bcoin {
         bitcoin::consensus::deserialize(&bytes).expect("bcoin serves a valid block")
     }
 
+    /// Every header of bcoin's best chain above genesis, raw hex, in order.
+    pub async fn best_chain_headers(&self) -> Vec<String> {
+        let tip_height = self
+            .rpc("getblockcount", json!([]))
+            .await
+            .as_u64()
+            .expect("height");
+        let mut headers = Vec::new();
+        for height in 1..=tip_height {
+            let hash = self.rpc("getblockhash", json!([height])).await;
+            let raw = self.rpc("getblockheader", json!([hash, false])).await;
+            headers.push(raw.as_str().expect("raw header").to_string());
+        }
+        headers
+    }
+
     pub async fn best_hash(&self) -> String {
         self.rpc("getbestblockhash", json!([]))
             .await

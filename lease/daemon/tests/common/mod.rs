@@ -536,17 +536,22 @@ pub async fn pay_address_on(hosts: &[&Daemon], address: &str, sat: u64) -> (Stri
         prev = b.block_hash();
     }
     for d in hosts {
-        let r = d
-            .call(
-                "POST",
-                "/v1/chain/headers",
-                None,
-                Some(json!({ "headers": headers })),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text());
+        operator_posts_headers(d, &headers).await;
     }
     (tx_hex(&tx), proof)
+}
+
+/// `POST /v1/chain/headers` of `headers` (hex) as the operator, which must be taken.
+pub async fn operator_posts_headers(d: &Daemon, headers: &[String]) {
+    let r = d
+        .call(
+            "POST",
+            "/v1/chain/headers",
+            None,
+            Some(json!({ "headers": headers })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 /// A fleet mint seed file (`--mint-seed-file`) of `byte` repeated, with `mode`, in `dir`.
