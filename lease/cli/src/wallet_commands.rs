@@ -884,7 +884,9 @@ pub async fn stop_with_change(
             ) if resending => {
                 let found = restore_batch(c, wallet, &batch, &outputs).await?;
                 if found > 0 {
+                    // The lease was refunded onto these: nothing else of it will be signed.
                     wallet.forget_outputs(&batch)?;
+                    wallet.forget_outputs(&parked)?;
                     return Err(WalletCmdError::ChangeRecovered {
                         sat: found,
                         refusal: Box::new(refusal),

@@ -113,6 +113,10 @@ pub struct AppState {
     pub quote_limiter: QuoteLimiter,
     /// Unpaid quotes' addresses held per uid (`--max-open-quotes-per-uid`).
     pub quote_holds: std::sync::Arc<crate::http::limits::QuoteHolds>,
+    /// Held by a tenant's re-proof of a frozen payment from its filing to its answer, and
+    /// by the reorg check from its last look at a frozen lease's payments to its stop: a
+    /// proof answered "thaws at the next check" is never followed by that lease's stop.
+    pub reorg_gate: tokio::sync::Mutex<()>,
     /// `--store`: the spent set shared with the other hosts of the fleet, if any.
     pub fleet: Option<Arc<Fleet>>,
     /// With `--store`: the mint keysets and signed outputs shared with the fleet.
@@ -333,6 +337,7 @@ impl AppState {
             stops: StopsInFlight::default(),
             quote_limiter: QuoteLimiter::new(quotes_per_min),
             quote_holds,
+            reorg_gate: tokio::sync::Mutex::new(()),
             fleet,
             fleet_mint,
             _lock: lock,

@@ -109,9 +109,12 @@ pub async fn check(s: &Shared) -> Result<(), LedgerError> {
                 freeze(s, &lease_id).await?;
             }
             (true, Some(at)) if now.saturating_sub(at) >= s.config.reorg_window_s as i64 => {
-                // Asked again now: a tenant's proof of the payment mined again
-                // (leases::reproof) may have been filed since the standings were read, and
-                // was answered "thaws at the next check"; the next check thaws it.
+                // Asked again now, under the gate a tenant's proof of the payment mined
+                // again (leases::reproof) holds from its filing to its answer: a proof
+                // filed since the standings were read was answered "thaws at the next
+                // check", and the next check thaws it; one filed after this stop is
+                // answered as the stopped lease it finds.
+                let _gate = s.reorg_gate.lock().await;
                 let back = {
                     let chain = s.chain_read();
                     payments

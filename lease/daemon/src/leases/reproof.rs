@@ -29,6 +29,9 @@ pub async fn reproof(
     if o.tx_hex.is_empty() || o.proof_hex.is_empty() {
         return Ok(None);
     }
+    // Held until the answer is made: the reorg check does not stop this lease between the
+    // filing and the answer (see AppState::reorg_gate).
+    let _gate = s.reorg_gate.lock().await;
     let s2 = s.clone();
     let id = l.id.clone();
     let o = o.clone();
