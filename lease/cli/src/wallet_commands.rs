@@ -1142,6 +1142,30 @@ mod tests {
         assert_eq!(w.balance_sat(), 8, "the note is back");
     }
 
+    /// A test daemon (socket in `dir`) serving `m`'s routes, whose stop of lease `l1`
+    /// answers a refund of `refund_sat` with `sigs` as its change; returns the socket.
+    fn daemon_stopping_l1(
+        dir: &Path,
+        m: &Arc<Mint>,
+        refund_sat: u64,
+        sigs: &[payment::credit::nut_types::BlindSignature],
+    ) -> std::path::PathBuf {
+        let stopped = serde_json::json!({"state": "stopped",
+            "refund_msat": refund_sat * 1000, "refund_sat": refund_sat, "residual_msat": 0,
+            "change_outputs_needed": 2, "signatures": sigs})
+        .to_string();
+        let routes = mint_routes(m.clone(), None);
+        let socket = dir.join("coinopd.sock");
+        test_daemon(
+            &socket,
+            Box::new(move |asked: &str, body: &[u8]| match asked {
+                "POST /v1/leases/l1/stop" => (200, stopped.clone()),
+                _ => routes(asked, body),
+            }),
+        );
+        socket
+    }
+
     /// The outputs of a stop whose reply was lost are kept in the wallet; the keyset they
     /// name is rotated out before the rerun, and the daemon answers the rerun with the
     /// signatures made then, on that keyset, which `/v1/keys` no longer lists. The change
@@ -1159,19 +1183,7 @@ mod tests {
         let sigs = m.mint(2, &outputs[..2]).expect("signed");
         let new = m.rotate().expect("rotate");
         assert_ne!(new, old);
-        let stopped = serde_json::json!({"state": "stopped", "refund_msat": 2000,
-            "refund_sat": 2, "residual_msat": 0, "change_outputs_needed": 2,
-            "signatures": sigs})
-        .to_string();
-        let routes = mint_routes(m.clone(), None);
-        let socket = dir.path().join("coinopd.sock");
-        test_daemon(
-            &socket,
-            Box::new(move |asked: &str, body: &[u8]| match asked {
-                "POST /v1/leases/l1/stop" => (200, stopped.clone()),
-                _ => routes(asked, body),
-            }),
-        );
+        let socket = daemon_stopping_l1(dir.path(), &m, 2, &sigs);
 
         let c = Client::new(&socket);
         let got = stop_with_change(&c, &mut w, "l1", "token")
@@ -1331,19 +1343,7 @@ mod tests {
             .new_outputs("change-l1", &m.active_keyset_id(), &[1, 1, 1, 1])
             .expect("blanks");
         let sigs = m.mint(2, &outputs[..2]).expect("signed");
-        let stopped = serde_json::json!({"state": "stopped", "refund_msat": 5000,
-            "refund_sat": 5, "residual_msat": 0, "change_outputs_needed": 2,
-            "signatures": sigs})
-        .to_string();
-        let routes = mint_routes(m.clone(), None);
-        let socket = dir.path().join("coinopd.sock");
-        test_daemon(
-            &socket,
-            Box::new(move |asked: &str, body: &[u8]| match asked {
-                "POST /v1/leases/l1/stop" => (200, stopped.clone()),
-                _ => routes(asked, body),
-            }),
-        );
+        let socket = daemon_stopping_l1(dir.path(), &m, 5, &sigs);
         let c = Client::new(&socket);
         let Err(err) = stop_with_change(&c, &mut w, "l1", "token").await else {
             panic!("short change taken as a success");
