@@ -24,7 +24,7 @@ pub struct Args {
     /// `snapshot`) instead of booting a kernel; the guest's vCPUs and memory are the
     /// snapshot's. Its virtio devices get the backends of `--disk`/`--net`, which must
     /// match the snapshot's devices in number, kind and order.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "mem_mib"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "cmdline_fd", "vcpus", "mem_mib"])]
     pub restore: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long)]
@@ -32,6 +32,11 @@ pub struct Args {
     /// Kernel command line.
     #[arg(long, default_value = "")]
     pub cmdline: String,
+    /// Kernel command line read from this inherited fd (to its end; the fd is closed),
+    /// instead of `--cmdline`: a process's arguments are readable by every local user in
+    /// /proc/PID/cmdline, its open files are not.
+    #[arg(long = "cmdline-fd", value_name = "N", conflicts_with = "cmdline", value_parser = parse_fd_number)]
+    pub cmdline_fd: Option<RawFd>,
     /// Number of vCPUs (1..=32).
     #[arg(long, default_value_t = 1)]
     pub vcpus: u32,
@@ -124,6 +129,20 @@ pub enum Error {
     /// More --disk and --net than free IRQ lines.
     #[error("{0} --disk/--net devices: at most {max} fit", max = crate::devices::virtio::DEVICE_GSIS.len())]
     TooManyDevices(usize),
+    /// `--cmdline-fd N` could not be read.
+    #[error("--cmdline-fd {fd}: cannot read it: {source}")]
+    CmdlineRead {
+        /// The fd.
+        fd: RawFd,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--cmdline-fd N` held something no kernel command line can be.
+    #[error("--cmdline-fd {fd}: the command line is not text (invalid UTF-8 or a NUL byte)")]
+    CmdlineNotText {
+        /// The fd.
+        fd: RawFd,
+    },
     /// An fd:N that is not open.
     #[error("{flag} fd:{fd}: not an open file descriptor")]
     BadFd {
@@ -133,7 +152,7 @@ pub enum Error {
         fd: RawFd,
     },
     /// One inherited fd named for two channels.
-    #[error("fd {0} is named more than once among --events fd:N, --control fd:N and --net fd=N")]
+    #[error("fd {0} is named more than once among --events fd:N, --control fd:N, --cmdline-fd N and --net fd=N")]
     FdTwice(RawFd),
 }
 
@@ -144,6 +163,37 @@ fn parse_fd(value: &str) -> Option<Result<RawFd, String>> {
             .filter(|fd| *fd >= 0)
             .ok_or_else(|| format!("'{value}': fd:N needs a non-negative number"))
     })
+}
+
+fn parse_fd_number(value: &str) -> Result<RawFd, String> {
+    value
+        .parse::<RawFd>()
+        .ok()
+        .filter(|fd| *fd >= 0)
+        .ok_or_else(|| format!("'{value}': expected a non-negative fd number"))
+}
+
+/// The command line from `--cmdline-fd`: read to its end (bounded: one byte more than fits
+/// shows it is too long without reading a huge file whole), then the fd is closed.
+fn read_cmdline_fd(fd: RawFd) -> Result<String, Error> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    check_fd("--cmdline-fd", fd)?;
+    // SAFETY: `fd` is open (checked above) and named for this use alone
+    // (`check_fds_distinct`), so taking it over and closing it after reading is ours to do.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let max = crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
+    let mut bytes = Vec::new();
+    file.take(max as u64)
+        .read_to_end(&mut bytes)
+        .map_err(|source| Error::CmdlineRead { fd, source })?;
+    if bytes.len() >= max {
+        return Err(Error::CmdlineTooLong(bytes.len()));
+    }
+    if bytes.contains(&0) {
+        return Err(Error::CmdlineNotText { fd });
+    }
+    String::from_utf8(bytes).map_err(|_| Error::CmdlineNotText { fd })
 }
 
 fn parse_serial(value: &str) -> Result<SerialOut, String> {
@@ -268,10 +318,6 @@ fn validate(args: Args, host_mib: Option<u64>) -> Result<Config, Error> {
     if devices > crate::devices::virtio::DEVICE_GSIS.len() {
         return Err(Error::TooManyDevices(devices));
     }
-    let announced = crate::devices::virtio::attach::cmdline_words(devices).len();
-    if args.cmdline.len() + announced >= crate::arch::x86_64::layout::CMDLINE_MAX_SIZE {
-        return Err(Error::CmdlineTooLong(args.cmdline.len()));
-    }
     if let EventsOut::Fd(fd) = args.events {
         check_fd("--events", fd)?;
     }
@@ -279,12 +325,20 @@ fn validate(args: Args, host_mib: Option<u64>) -> Result<Config, Error> {
         check_fd("--control", fd)?;
     }
     check_fds_distinct(&args)?;
+    let cmdline = match args.cmdline_fd {
+        Some(fd) => read_cmdline_fd(fd)?,
+        None => args.cmdline.clone(),
+    };
+    let announced = crate::devices::virtio::attach::cmdline_words(devices).len();
+    if cmdline.len() + announced >= crate::arch::x86_64::layout::CMDLINE_MAX_SIZE {
+        return Err(Error::CmdlineTooLong(cmdline.len()));
+    }
     let seccomp = seccomp_policy(&args);
     Ok(Config {
         kernel: args.kernel.unwrap_or_default(),
         restore: args.restore,
         initrd: args.initrd,
-        cmdline: args.cmdline,
+        cmdline,
         vcpus: args.vcpus as u8,
         mem_mib: args.mem_mib,
         serial: args.serial,
@@ -328,7 +382,12 @@ fn check_fds_distinct(args: &Args) -> Result<(), Error> {
         TapSource::Fd(fd) => Some(fd),
         TapSource::Name(_) => None,
     });
-    let mut fds: Vec<RawFd> = events.into_iter().chain(control).chain(taps).collect();
+    let mut fds: Vec<RawFd> = events
+        .into_iter()
+        .chain(control)
+        .chain(args.cmdline_fd)
+        .chain(taps)
+        .collect();
     fds.sort_unstable();
     match fds.windows(2).find(|pair| pair[0] == pair[1]) {
         Some(pair) => Err(Error::FdTwice(pair[0])),
@@ -459,6 +518,75 @@ mod tests {
             "fd=9,mac=02:00:00:00:00:02",
         ];
         assert!(matches!(run(&taps), Err(Error::FdTwice(9))));
+    }
+
+    /// The read end of a pipe holding `bytes` (write end closed), as a raw fd the parse
+    /// takes over.
+    fn fd_holding(bytes: &[u8]) -> RawFd {
+        use std::io::Write;
+        use std::os::fd::IntoRawFd;
+        let (reader, mut writer) = std::io::pipe().expect("a pipe");
+        writer.write_all(bytes).expect("fits in the pipe's buffer");
+        drop(writer);
+        reader.into_raw_fd()
+    }
+
+    #[test]
+    fn the_command_line_can_come_from_an_fd_which_is_then_closed() {
+        use std::os::fd::IntoRawFd;
+        // A file of its own (not a pipe): "closed" is then checked by what the number
+        // names, which another test's thread may have reused meanwhile.
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        let path = dir.path().join("cmdline");
+        std::fs::write(&path, "mode=count console=ttyS0").expect("writing the command line");
+        let fd = std::fs::File::open(&path)
+            .expect("opening it")
+            .into_raw_fd();
+        let n = fd.to_string();
+        let c = run(&["--kernel", "k", "--cmdline-fd", &n]).expect("valid");
+        assert_eq!(c.cmdline, "mode=count console=ttyS0");
+        let named = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
+        assert_ne!(named, Some(path), "fd {fd} left open after reading");
+    }
+
+    #[test]
+    fn a_command_line_fd_that_cannot_serve_is_refused() {
+        let max = crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
+        let long = fd_holding(&vec![b'a'; max]).to_string();
+        assert!(matches!(
+            run(&["--kernel", "k", "--cmdline-fd", &long]),
+            Err(Error::CmdlineTooLong(n)) if n >= max
+        ));
+        for bytes in [&b"mode=count\0x"[..], &[0xff, 0xfe][..]] {
+            let fd = fd_holding(bytes);
+            let n = fd.to_string();
+            assert!(
+                matches!(run(&["--kernel", "k", "--cmdline-fd", &n]), Err(Error::CmdlineNotText { fd: f }) if f == fd),
+                "{bytes:?} accepted"
+            );
+        }
+        assert!(matches!(
+            run(&["--kernel", "k", "--cmdline-fd", "987654"]),
+            Err(Error::BadFd {
+                flag: "--cmdline-fd",
+                fd: 987654
+            })
+        ));
+        let fd = fd_holding(b"x").to_string();
+        for args in [
+            vec!["--kernel", "k", "--cmdline", "y", "--cmdline-fd", &fd],
+            vec!["--restore", "/snap", "--cmdline-fd", &fd],
+            vec!["--kernel", "k", "--cmdline-fd", "-1"],
+        ] {
+            assert!(
+                matches!(run(&args), Err(Error::Syntax(_))),
+                "{args:?} accepted"
+            );
+        }
+        assert!(matches!(
+            run(&["--kernel", "k", "--events", "fd:2", "--cmdline-fd", "2"]),
+            Err(Error::FdTwice(2))
+        ));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!
 //! # Command line
 //! ```text
-//! coinop-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib M]
+//! coinop-vmm --kernel PATH [--initrd PATH] [--cmdline STR | --cmdline-fd N] [--vcpus N] [--mem-mib M]
 //!            [--serial stdout|file:PATH|none] [--control PATH|fd:N] [--events stderr|fd:N]
 //!            [--start-time-us T] [--no-seccomp]
 //!            [--disk path=FILE[,ro][,cow=OVERLAY][,bw=BYTES_PER_S][,iops=N]]...
@@ -22,6 +22,9 @@
 //! `DIR/memory`. A snapshot from another coinop-vmm version, from a host whose CPUID/KVM
 //! capabilities differ, or that is corrupt or truncated ends the VMM with code 2 and one
 //! line naming the problem.
+//! `--cmdline-fd N` reads the command line from an inherited fd (a memfd or pipe, to its end)
+//! instead of an argument, which every local user can read in `/proc/PID/cmdline`: coinopd
+//! passes a tenant's command line this way.
 //! `--net tap=NAME` opens (or, with CAP_NET_ADMIN, creates) the tap itself; `--net fd=N`
 //! takes a tap the parent opened and attached (TUNSETIFF with IFF_TAP | IFF_NO_PI |
 //! IFF_VNET_HDR) and left open as fd N, which is how coinopd hands a host tap to a VMM

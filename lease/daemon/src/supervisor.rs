@@ -37,6 +37,21 @@ const EVENTS_FD: i32 = 3;
 /// The fd number the VMM finds its tap on (`--net fd=5`; 4 is a jailed VMM's control
 /// socket).
 const TAP_FD: i32 = 5;
+/// The fd number a plain (`--no-jail`) VMM finds its kernel command line on
+/// (`--cmdline-fd 6`); a jailed VMM finds it after its other fds.
+const CMDLINE_FD: i32 = 6;
+
+/// A memfd holding `cmdline`, read by the VMM through `--cmdline-fd`. The command line
+/// is the tenant's, and a process's arguments are readable by every local user in
+/// /proc/PID/cmdline; an open file is readable only by its owner (and root).
+fn cmdline_memfd(cmdline: &str) -> Result<OwnedFd, std::io::Error> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create("coinop-cmdline", MFdFlags::MFD_CLOEXEC)?;
+    let mut file = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut file, cmdline.as_bytes())?;
+    std::io::Seek::rewind(&mut file)?;
+    Ok(file.into())
+}
 
 #[derive(Debug, Error)]
 pub enum BootError {
@@ -400,13 +415,28 @@ fn device_args(disk: Option<&RootDisk>, mac: Option<&str>, rates: &LeaseRates) -
     args
 }
 
+/// `fd` moved to a close-on-exec descriptor numbered 64 or above: above every fd a plain
+/// VMM's child places (its events, tap and command line), so placing one cannot overwrite
+/// another's source.
+fn high_copy(fd: OwnedFd) -> Result<OwnedFd, BootError> {
+    // SAFETY: F_DUPFD_CLOEXEC on a live fd returns a new fd we then own.
+    let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+    if high < 0 {
+        return Err(BootError::Files(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `high` is a fresh descriptor nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) })
+}
+
 /// The VMM arguments both spawn paths share (paths as the VMM sees them): a cold boot's
-/// kernel and machine, or `--restore` from `restore` (the snapshot fixes the machine).
+/// kernel and machine, its command line on fd `cmdline_fd`, or `--restore` from `restore`
+/// (the snapshot fixes the machine).
 fn common_args(
     req: &BootRequest<'_>,
     kernel: &Path,
     initrd: Option<&Path>,
     restore: Option<&Path>,
+    cmdline_fd: i32,
 ) -> Vec<OsString> {
     if let Some(dir) = restore {
         return vec![
@@ -421,8 +451,8 @@ fn common_args(
         args.extend(["--initrd".into(), initrd.into()]);
     }
     args.extend([
-        "--cmdline".into(),
-        req.cmdline.into(),
+        "--cmdline-fd".into(),
+        cmdline_fd.to_string().into(),
         "--vcpus".into(),
         req.vcpus.to_string().into(),
         "--mem-mib".into(),
@@ -1038,7 +1068,13 @@ impl Supervisor {
             SnapshotUse::RestoreFrom(_) => Some(Path::new(SNAPSHOT_PATH)),
             _ => None,
         };
-        let mut args = common_args(req, Path::new(KERNEL_PATH), initrd, restore);
+        // After the fds above, whichever of them this VMM has (a restore takes no command
+        // line).
+        let cmdline_fd = i32::try_from(fds.len()).expect("a handful of fds fit in an i32");
+        if restore.is_none() {
+            fds.push(cmdline_memfd(req.cmdline).map_err(BootError::Files)?);
+        }
+        let mut args = common_args(req, Path::new(KERNEL_PATH), initrd, restore, cmdline_fd);
         let disk = req.image.rootfs.as_ref().map(|_| RootDisk {
             base: ROOTFS_PATH.into(),
             overlay: OVERLAY_PATH.into(),
@@ -1088,16 +1124,14 @@ impl Supervisor {
             None => None,
         };
         // Above every fd the child places, so placing the event pipe cannot overwrite it.
+        // (The event pipe is placed first: later placements may overwrite its source.)
         let tap = nic
             .as_ref()
             .map(|n| {
-                // SAFETY: F_DUPFD_CLOEXEC on a live fd returns a new fd we then own.
-                let fd = unsafe { libc::fcntl(n.tap.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
-                if fd < 0 {
-                    return Err(BootError::Files(std::io::Error::last_os_error()));
-                }
-                // SAFETY: `fd` is a fresh descriptor nothing else owns.
-                Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+                n.tap
+                    .try_clone()
+                    .map_err(BootError::Files)
+                    .and_then(high_copy)
             })
             .transpose()?;
         let tap_fd = tap.as_ref().map(AsRawFd::as_raw_fd);
@@ -1106,11 +1140,20 @@ impl Supervisor {
             SnapshotUse::RestoreFrom(dir) => Some(dir.as_path()),
             _ => None,
         };
+        // Above every fd the child places too, like the tap's copy.
+        let cmdline = match restore {
+            Some(_) => None,
+            None => Some(high_copy(
+                cmdline_memfd(req.cmdline).map_err(BootError::Files)?,
+            )?),
+        };
+        let cmdline_src = cmdline.as_ref().map(AsRawFd::as_raw_fd);
         cmd.args(common_args(
             req,
             &req.image.kernel,
             req.image.initrd.as_deref(),
             restore,
+            CMDLINE_FD,
         ))
         .args(device_args(
             disk.as_ref(),
@@ -1135,7 +1178,8 @@ impl Supervisor {
         let write_fd = write_end.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only calls
         // async-signal-safe functions (setsid, dup2, fcntl) on fds we own (the event pipe's
-        // write end and the tap's high copy, both alive until after the spawn).
+        // write end and the high copies of the tap and the command line, all alive until
+        // after the spawn).
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setsid() < 0 {
@@ -1155,6 +1199,11 @@ impl Supervisor {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
+                if let Some(cmdline) = cmdline_src {
+                    if libc::dup2(cmdline, CMDLINE_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -1164,6 +1213,7 @@ impl Supervisor {
         })?;
         drop(write_end);
         drop(tap);
+        drop(cmdline);
         if let (Some(slot), Some(pid)) = (slot, child.id()) {
             if let Err(e) = slot.add_pid(pid) {
                 let _ = child.start_kill();

@@ -449,3 +449,51 @@ async fn restart_readopts_running_guest_and_keeps_balance() {
     assert!(s.json()["refund_msat"].as_u64().expect("refund") > 0);
     d.shutdown().await;
 }
+
+/// A tenant's kernel command line reaches its guest through an open file, not the VMM's
+/// arguments, which every local user can read in /proc/PID/cmdline; jailed or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_command_line_is_not_in_its_vmms_arguments() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let jailing: &[&[&str]] = if nix::unistd::geteuid().is_root() {
+        &[&[], &["--no-jail"]]
+    } else {
+        &[&[]]
+    };
+    for extra in jailing {
+        let dir = common::StateDir::new();
+        let d = Daemon::start(dir.path(), extra).await;
+        let word = format!("coinop.test_word={}", std::process::id());
+        let proofs = d.mint_credit(20).await;
+        let CreatedLease { id, token, .. } = d
+            .create_lease(testguest_body(
+                &format!("mode=count {word}"),
+                credit_payment(&proofs),
+            ))
+            .await;
+        // The guest got it: it counts, as mode=count says.
+        let console = format!("/v1/leases/{id}/console");
+        wait_for(
+            async || {
+                d.call("GET", &console, Some(&token), None)
+                    .await
+                    .text()
+                    .contains("count 1")
+            },
+            "the guest's count, as its command line asks",
+        )
+        .await;
+        let pid = common::lease_pid::lease_pid(dir.path(), &id);
+        let argv = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the VMM's arguments");
+        let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
+        assert!(argv.contains("--cmdline-fd"), "{extra:?}: {argv}");
+        assert!(
+            !argv.contains("mode=count") && !argv.contains(&word),
+            "{extra:?}: the tenant's command line is in the VMM's arguments: {argv}"
+        );
+        d.stop_lease(&id, &token).await;
+        d.shutdown().await;
+    }
+}

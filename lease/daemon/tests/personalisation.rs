@@ -135,7 +135,7 @@ async fn cold_and_restored_leases_each_get_their_own_line() {
     assert_ne!(lines[1], lines[2]);
 
     // None of it on a kernel command line: the cold VMM got the image's own, with the
-    // agent's words; the restored ones none at all.
+    // agent's words, through an fd (not its arguments); the restored ones none at all.
     let argv = |lease: &CreatedLease| {
         let pid = common::lease_pid::lease_pid(state, &lease.id);
         std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -147,12 +147,12 @@ async fn cold_and_restored_leases_each_get_their_own_line() {
             .unwrap_or_default()
     };
     let cold_argv = argv(&cold);
-    let at = cold_argv.iter().position(|a| a == "--cmdline");
-    assert_eq!(
-        at.and_then(|i| cold_argv.get(i + 1)).map(String::as_str),
-        Some("mode=personalise 8250.nr_uarts=2 coinop.personalise=1"),
+    assert!(
+        cold_argv.iter().any(|a| a == "--cmdline-fd")
+            && !cold_argv.iter().any(|a| a.contains("mode=personalise")),
         "{cold_argv:?}"
     );
+    // (It did get it: its guest read a line above, which only mode=personalise does.)
     for lease in [&a, &b] {
         let args = argv(lease);
         assert!(args.iter().any(|a| a == "--restore"), "{args:?}");
