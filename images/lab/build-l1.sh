@@ -112,9 +112,10 @@ main() {
   : >"$root/lib/modules/lab/order"
   local name
   local extra_modules=tun
-  # coinopd's ip coinop table: nat chains, dnat, masquerade, fib, ct state, ct count; and
-  # ctnetlink, which conntrack deletes a stopped lease's tracked connections through.
-  [ -n "${LAB_COINOPD:-}" ] && extra_modules="$extra_modules nf_tables nft_chain_nat nft_nat nft_masq nft_fib_ipv4 nft_ct nft_connlimit nf_conntrack_netlink"
+  # coinopd's ip coinop table: nat chains, dnat, masquerade, fib, ct state, ct count;
+  # ctnetlink, which conntrack deletes a stopped lease's tracked connections through; and
+  # the ip6 coinop table's reject (IPv6 connections to the forwarded ports are reset).
+  [ -n "${LAB_COINOPD:-}" ] && extra_modules="$extra_modules nf_tables nft_chain_nat nft_nat nft_masq nft_fib_ipv4 nft_ct nft_connlimit nf_conntrack_netlink nft_reject_ipv6"
   for m in $( { module_load_order "$moddir" kvm-amd; for m in $extra_modules; do module_load_order "$moddir" "$m"; done; } |
     awk '!seen[$0]++'); do
     name=$(basename "$m")

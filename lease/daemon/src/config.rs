@@ -246,7 +246,9 @@ pub struct Settings {
     /// Address pool guests' /30s are cut from (default 10.213.0.0/16).
     #[arg(long)]
     pub guest_net_pool: Option<String>,
-    /// Host TCP ports forwarded to guests' SSH port, FIRST-LAST (default 22000-22999).
+    /// Host TCP ports forwarded to guests' SSH port, FIRST-LAST (default 22000-22999);
+    /// over IPv4 only, and TCP over IPv6 to these ports is refused (reset), so keep the
+    /// range for coinopd alone.
     #[arg(long)]
     pub guest_ssh_ports: Option<String>,
     /// Host name or address tenants are told to SSH to (default: this host's name).

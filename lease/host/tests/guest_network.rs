@@ -759,3 +759,42 @@ fn a_detached_guests_tracked_connections_are_deleted() {
         drop(tap);
     });
 }
+
+/// A local user listening on a forwarded port's IPv6 side (which a tenant's SSH client,
+/// told a host name with an IPv6 address too, would try first) is never reached there: the
+/// connection is reset, and the client goes on to the IPv4 address. Ports outside the
+/// range are left alone.
+#[test]
+fn a_listener_on_a_forwarded_ports_ipv6_side_is_never_reached() {
+    if !Path::new("/proc/sys/net/ipv6").exists() {
+        skipped("no IPv6 on this host");
+        return;
+    }
+    in_netns_with_records(move |records| {
+        use std::net::{Ipv6Addr, SocketAddrV6, TcpListener};
+        let any = |port| SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
+        let local = |port| SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, port, 0, 0));
+        // Outside the range, a listener answers: the namespace's IPv6 works.
+        let outside = TcpListener::bind(any(23000)).expect("a listener outside the range");
+        TcpStream::connect_timeout(&local(23000), Duration::from_secs(5))
+            .expect("a connection outside the range");
+        drop(outside);
+
+        let squatter = TcpListener::bind(any(22003)).expect("a listener on a forwarded port");
+        squatter.set_nonblocking(true).expect("nonblocking");
+        let _net = GuestNetwork::start(settings(&records)).expect("network starts");
+        let refused = TcpStream::connect_timeout(&local(22003), Duration::from_secs(5))
+            .expect_err("an IPv6 connection to a forwarded port went through");
+        assert_eq!(
+            refused.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{refused}"
+        );
+        assert!(squatter.accept().is_err(), "the listener got a connection");
+        let guard = run("nft", &["list", "table", "ip6", "coinop"], None).expect("nft list");
+        assert!(
+            guard.contains("tcp dport 22000-22009 reject with tcp reset"),
+            "{guard}"
+        );
+    });
+}

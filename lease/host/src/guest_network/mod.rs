@@ -190,6 +190,18 @@ impl GuestNetwork {
             settings,
         };
         host_commands::nft_apply(&format!("add table {}\n", nft_ruleset::TABLE))?;
+        let (first, last) = net.settings.ssh_ports;
+        if let Err(e) =
+            host_commands::nft_apply(&nft_ruleset::render_ipv6_guard(net.settings.ssh_ports))
+        {
+            // A host without IPv6 has nothing to guard; one with it should know.
+            tracing::warn!(
+                error = %e,
+                "cannot refuse IPv6 connections to the forwarded SSH ports {first}-{last}: if \
+                 tenants' SSH host name has an IPv6 address, a local user listening on one of \
+                 these ports there would answer its tenant's connection"
+            );
+        }
         Ok(net)
     }
 

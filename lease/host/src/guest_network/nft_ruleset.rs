@@ -42,6 +42,13 @@
 //!   none is added or deleted per lease, and a render starts every count afresh (a live
 //!   guest's open connections count again only once they are new ones). A stopped lease's
 //!   tracked connections are deleted at its teardown (see the parent module).
+//!
+//! The forward is IPv4 only, but tenants are told a host name, which may have an IPv6
+//! address too, and an SSH client tries that first. Any local user may bind `[::]:P` for
+//! an unprivileged P and would then answer a tenant's IPv6 connection to its guest. So a
+//! second table, `ip6 coinop` ([`render_ipv6_guard`]), refuses every IPv6 connection to the
+//! forwarded range with a TCP reset, whoever listens there: the client goes on to the IPv4
+//! address, where the DNAT takes it to the guest.
 
 use std::fmt::Write;
 use std::net::Ipv4Addr;
@@ -50,6 +57,23 @@ use super::address_pool::TAP_PREFIX;
 
 /// The table's family and name.
 pub const TABLE: &str = "ip coinop";
+
+/// The IPv6 guard table's family and name.
+pub const TABLE6: &str = "ip6 coinop";
+
+/// The `ip6 coinop` table: TCP over IPv6 to a forwarded port on this host is refused with
+/// a reset (see the module's doc), in one transaction that replaces any earlier version.
+pub fn render_ipv6_guard(ports: (u16, u16)) -> String {
+    let (first, last) = ports;
+    format!(
+        "table {TABLE6} {{}}\n\
+         delete table {TABLE6}\n\
+         table {TABLE6} {{\n\
+         \x20 chain input {{\n    type filter hook input priority filter; policy accept;\n\
+         \x20   tcp dport {first}-{last} reject with tcp reset\n  }}\n\
+         }}\n"
+    )
+}
 
 /// One lease's part of the rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,14 +169,31 @@ pub fn delete(lease: &LeaseRules) -> String {
     script
 }
 
-/// The script that removes the table (networking switched off).
+/// The script that removes both tables (networking switched off).
 pub fn remove() -> String {
-    format!("table {TABLE} {{}}\ndelete table {TABLE}\n")
+    format!(
+        "table {TABLE} {{}}\ndelete table {TABLE}\ntable {TABLE6} {{}}\ndelete table {TABLE6}\n"
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ipv6_guard_resets_the_whole_forwarded_range_and_replaces_itself() {
+        let script = render_ipv6_guard((22000, 22999));
+        assert!(
+            script.starts_with("table ip6 coinop {}\ndelete table ip6 coinop\n"),
+            "{script}"
+        );
+        assert!(
+            script.contains("type filter hook input priority filter; policy accept;")
+                && script.contains("tcp dport 22000-22999 reject with tcp reset"),
+            "{script}"
+        );
+        assert!(remove().contains("delete table ip6 coinop"));
+    }
 
     fn lease() -> LeaseRules {
         LeaseRules {
