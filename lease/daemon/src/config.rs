@@ -254,6 +254,11 @@ pub struct Settings {
     /// Host name or address tenants are told to SSH to (default: this host's name).
     #[arg(long)]
     pub guest_ssh_host: Option<String>,
+    /// Connections one guest may have tracked by conntrack at once (default 4096); a new
+    /// one past it is dropped until one ends. Keep guests x this under the host's
+    /// net.netfilter.nf_conntrack_max, so no guest can fill the host's table.
+    #[arg(long)]
+    pub guest_max_flows: Option<u32>,
     /// Connections open at once from peers that are not the operator, all uids together
     /// (default 1024). Beyond it a connection is answered 503 `too_many_connections` and
     /// closed. Lowered at start-up if coinopd's open-file limit cannot hold it.
@@ -420,6 +425,7 @@ pub struct Config {
     pub guest_net_pool: Cidr,
     pub guest_ssh_ports: (u16, u16),
     pub guest_ssh_host: String,
+    pub guest_max_flows: u32,
     pub max_connections: usize,
     pub max_connections_per_uid: usize,
     pub operator_connections: usize,
@@ -534,6 +540,7 @@ impl Settings {
             guest_net_pool: self.guest_net_pool.or(file.guest_net_pool),
             guest_ssh_ports: self.guest_ssh_ports.or(file.guest_ssh_ports),
             guest_ssh_host: self.guest_ssh_host.or(file.guest_ssh_host),
+            guest_max_flows: self.guest_max_flows.or(file.guest_max_flows),
             max_connections: self.max_connections.or(file.max_connections),
             max_connections_per_uid: self
                 .max_connections_per_uid
@@ -719,6 +726,9 @@ impl Settings {
             guest_net_pool,
             guest_ssh_ports,
             guest_ssh_host,
+            guest_max_flows: self
+                .guest_max_flows
+                .unwrap_or(coinop_host::guest_network::DEFAULT_FLOWS_PER_GUEST),
             max_connections: self.max_connections.unwrap_or(1024),
             max_connections_per_uid: self.max_connections_per_uid.unwrap_or(64),
             operator_connections: self.operator_connections.unwrap_or(64),
@@ -769,6 +779,7 @@ impl Settings {
             ("idle-timeout-ms", config.idle_timeout_ms),
             ("quote-ttl-s", config.quote_ttl_s),
             ("max-open-quotes", config.max_open_quotes),
+            ("guest-max-flows", u64::from(config.guest_max_flows)),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { flag });
@@ -1131,6 +1142,17 @@ mod tests {
         assert!(matches!(s.resolve(), Err(ConfigError::AddressType(_))));
         let s = Settings::parse_from(["coinopd", "--max-open-quotes", "0"]);
         assert!(matches!(s.resolve(), Err(ConfigError::Zero { .. })));
+        let s = Settings::parse_from(["coinopd", "--guest-max-flows", "0"]);
+        assert!(matches!(
+            s.resolve(),
+            Err(ConfigError::Zero {
+                flag: "guest-max-flows"
+            })
+        ));
+        let c = Settings::parse_from(["coinopd", "--guest-max-flows", "64"])
+            .resolve()
+            .expect("resolves");
+        assert_eq!(c.guest_max_flows, 64);
     }
 
     #[test]

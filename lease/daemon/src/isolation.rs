@@ -181,11 +181,12 @@ impl Isolation {
                 ssh_ports: config.guest_ssh_ports,
                 ssh_host: config.guest_ssh_host.clone(),
                 record_dir: config.run_dir(),
-                flows_per_guest: coinop_host::guest_network::DEFAULT_FLOWS_PER_GUEST,
+                flows_per_guest: config.guest_max_flows,
             })?;
             tracing::info!(
                 pool = %format!("{}/{}", config.guest_net_pool.base, config.guest_net_pool.len),
                 ssh_ports = %format!("{}-{}", config.guest_ssh_ports.0, config.guest_ssh_ports.1),
+                flows_per_guest = config.guest_max_flows,
                 slots = net.capacity(),
                 "guest networking on (routed /30 per lease, NAT, SSH port forward)"
             );

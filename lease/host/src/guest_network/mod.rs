@@ -85,7 +85,7 @@ pub struct NetworkSettings {
     pub flows_per_guest: u32,
 }
 
-/// The usual [`NetworkSettings::flows_per_guest`]: far more than a guest serving or
+/// The usual [`NetworkSettings::flows_per_guest`] (coinopd's `--guest-max-flows`): far more than a guest serving or
 /// browsing keeps open, and a small share of the host's conntrack table
 /// (`net.netfilter.nf_conntrack_max`, 262144 by default on a 64-bit host with 4 GiB of
 /// memory or more), so one guest cannot fill it. 64 guests at their cap together would: an
