@@ -74,6 +74,11 @@ pub enum BootError {
     Timeout(u64),
     #[error("guest not ready within {0} ms of its personalisation")]
     PersonaliseTimeout(u64),
+    #[error(
+        "the guest of an agent image said it was ready without asking for its \
+         personalisation: it has none of the lease's network, key or entropy"
+    )]
+    ReadyUnpersonalised,
     #[error("guest root disk overlay: {0}")]
     Overlay(std::io::Error),
     #[error("sending the guest its personalisation: {0}")]
@@ -1327,6 +1332,12 @@ async fn wait_ready(
         );
         match ev {
             Event::VcpusStarted { t_us, .. } => vcpus_started = Some(since_arrival(t_us)),
+            // An agent image's guest owes the line before it is ready: ready without it,
+            // it has neither the lease's address nor its keys (its tenant was told a host
+            // key it does not hold), so the boot failed and is refunded, not billed.
+            Event::GuestReady { .. } if req.personalise.is_some() && line_sent.is_none() => {
+                return Err(BootError::ReadyUnpersonalised)
+            }
             Event::GuestReady { t_us } => return Ok((vcpus_started, since_arrival(t_us))),
             Event::AwaitingPersonalisation { t_us } => {
                 if req.ready_at == ReadyPoint::AwaitingPersonalisation {

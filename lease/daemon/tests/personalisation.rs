@@ -935,3 +935,53 @@ async fn an_agent_guest_without_its_line_never_counts_as_booted() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     d.shutdown().await;
 }
+
+/// A tenant's own command line on an agent image: the guest still gets the agent's words
+/// (it is personalised like any other), and a guest that says it is ready without asking
+/// for its line (here the test guest told `mode=idle`) failed its boot, refunded, never a
+/// running lease without its network, key or entropy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_image_with_the_tenants_command_line_is_personalised_or_refunded() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let d = agent_daemon(dir.path(), &["--warm-restores", "0"]).await;
+    let body = |cmdline: &str, payment: serde_json::Value| {
+        json!({"vcpus": 1, "mem_mib": 64, "image": "tga", "cmdline": cmdline,
+               "ssh_key": SSH_KEY, "payment": payment})
+    };
+
+    let proofs = d.mint_credit(20).await;
+    let own = d
+        .create_lease(body("mode=personalise", credit_payment(&proofs)))
+        .await;
+    let line = line_of(&d, &own).await;
+    assert!(field(&line, "ssh_key").is_some(), "{line}");
+    assert!(field(&line, "entropy").is_some(), "{line}");
+    d.stop_lease(&own.id, &own.token).await;
+
+    let proofs = d.mint_credit(20).await;
+    let r = d
+        .call(
+            "POST",
+            "/v1/leases",
+            None,
+            Some(body("mode=idle", credit_payment(&proofs))),
+        )
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let reply = r.json();
+    assert_eq!(reply["error"]["code"], "boot_failed", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("without asking for its personalisation")),
+        "{reply}"
+    );
+    assert!(
+        reply["refund"]["refund_msat"].as_u64() > Some(0),
+        "the payment is kept for the tenant: {reply}"
+    );
+    d.shutdown().await;
+}

@@ -84,6 +84,12 @@ pub async fn create(
             "cmdline must be at most {MAX_CMDLINE} bytes without NUL"
         )));
     }
+    // An agent image's guest learns its network, key and entropy from its personalisation
+    // line, which its init asks for only when these words are on its command line: a
+    // tenant's own command line gets them as the image's does.
+    if image.agent {
+        cmdline = crate::personalisation::agent_cmdline(&cmdline);
+    }
     if let Some(key) = &req.ssh_key {
         let word = ssh_key_word(key).ok_or_else(|| {
             LeaseError::InvalidSpec(
