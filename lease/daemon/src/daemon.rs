@@ -245,6 +245,17 @@ pub async fn serve(
     let settings = server_settings(&state);
     let (listener, socket) = bind_socket(&state.config)?;
     warn_if_socket_unreachable(&state.config);
+    for image in state.config.images.iter() {
+        if image.snapshot && !image.agent {
+            tracing::warn!(
+                image = %image.name,
+                "image has snapshot without agent: every lease restored from its snapshot \
+                 starts with the same memory, kernel RNG state and any keys the guest made \
+                 before it was ready, and nothing reseeds them; declare it agent if its \
+                 guest runs the guest agent (images/rootfs/PERSONALISE.md)"
+            );
+        }
+    }
     tracing::info!(socket = %state.config.socket.display(), network = %state.chain_network.name(), "coinopd listening");
     let scheduler = tokio::spawn(abort_on_panic(crate::scheduler::run(state.clone(), exits)));
     // Warm restores no create can take any more are given up, and the pool refilled,

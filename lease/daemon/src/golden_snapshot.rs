@@ -89,7 +89,7 @@
 //! lease of the image builds it again.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -156,6 +156,11 @@ pub enum GoldenError {
     /// The build's NIC could not be set up.
     #[error("a NIC for the build: {0}")]
     Network(String),
+    /// A file the build wrote is not a regular file (a symlink, say): the VMM that wrote
+    /// it ran as an unprivileged jail uid, and root must not chown or publish what it
+    /// points at.
+    #[error("{0}: not a regular file")]
+    NotAFile(PathBuf),
     /// The snapshot was written, but `--max-golden-snapshots` are kept and restores may be
     /// opening every other one: it was removed again.
     #[error("{max} golden snapshots are kept and every other one may be in use")]
@@ -560,18 +565,38 @@ impl GoldenSnapshots {
         key: &str,
         staging: &Path,
     ) -> Result<PathBuf, GoldenError> {
+        // The staging directory was the jail uid's: root's first, so nothing in it changes
+        // while its files are looked at.
+        std::os::unix::fs::chown(staging, Some(0), Some(0))
+            .or_else(|e| not_root_is_fine(e, staging))?;
+        std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o755))
+            .map_err(io_at(staging))?;
         for file in ["state", "memory", OVERLAY_FILE] {
             let path = staging.join(file);
             if file == OVERLAY_FILE && shape.image.rootfs.is_none() {
                 continue;
             }
-            std::os::unix::fs::chown(&path, Some(0), Some(0))
+            // Through the file itself, never a link the jailed VMM may have left in its
+            // place (root would otherwise chown and publish what it points at).
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&path);
+            let f = match opened {
+                Ok(f) => f,
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    return Err(GoldenError::NotAFile(path))
+                }
+                Err(e) => return Err(io_at(&path)(e)),
+            };
+            if !f.metadata().map_err(io_at(&path))?.is_file() {
+                return Err(GoldenError::NotAFile(path));
+            }
+            std::os::unix::fs::fchown(&f, Some(0), Some(0))
                 .or_else(|e| not_root_is_fine(e, &path))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))
+            f.set_permissions(std::fs::Permissions::from_mode(0o444))
                 .map_err(io_at(&path))?;
         }
-        std::os::unix::fs::chown(staging, Some(0), Some(0))
-            .or_else(|e| not_root_is_fine(e, staging))?;
         std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o555))
             .map_err(io_at(staging))?;
         let dir = self.dir_of(shape, key);
@@ -965,6 +990,55 @@ mod tests {
         assert_ne!(k1, g.key(&a).expect("key"));
         std::fs::remove_file(&kernel).expect("rm");
         assert!(matches!(g.key(&a), Err(GoldenError::Io { .. })));
+    }
+
+    #[test]
+    fn a_link_in_place_of_a_snapshot_file_is_refused_and_its_target_left_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kernel = dir.path().join("k");
+        let vmm = dir.path().join("vmm");
+        std::fs::write(&kernel, b"kernel").expect("write");
+        std::fs::write(&vmm, b"vmm").expect("write");
+        let g = GoldenSnapshots::new(dir.path().join("snapshots"), vmm, 16, Duration::ZERO);
+        let a = shape(kernel, "mode=idle");
+        let key = g.key(&a).expect("key");
+        // A host file only its owner may read, which a jailed VMM pointed `state` at.
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"host secret").expect("write");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let parent = g
+            .dir_of(&a, &key)
+            .parent()
+            .expect("a shape directory")
+            .to_path_buf();
+        std::fs::create_dir_all(&parent).expect("mkdir");
+        let staging = parent.join("staging");
+        std::fs::create_dir(&staging).expect("mkdir");
+        std::os::unix::fs::symlink(&secret, staging.join("state")).expect("symlink");
+        std::fs::write(staging.join("memory"), b"m").expect("write");
+        let err = g
+            .put_in_place(&a, &key, &staging)
+            .expect_err("a link was published");
+        assert!(
+            matches!(err, GoldenError::NotAFile(ref p) if p.ends_with("state")),
+            "{err}"
+        );
+        let mode = std::fs::metadata(&secret)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the link's target was chmodded");
+        assert!(!g.dir_of(&a, &key).exists(), "nothing put in place");
+
+        // The same with real files goes in place, read-only.
+        std::fs::remove_file(staging.join("state")).expect("rm");
+        std::fs::write(staging.join("state"), b"s").expect("write");
+        let placed = g.put_in_place(&a, &key, &staging).expect("in place");
+        let mode = std::fs::metadata(placed.join("state"))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o444);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //!
 //! `snapshot` opts the image into golden snapshots ([`crate::golden_snapshot`]): its leases
 //! with the image's own command line and no NIC start by restoring a snapshot of the
-//! booted image instead of booting it.
+//! booted image instead of booting it. Without `agent` nothing makes such leases unique
+//! (same memory, same kernel RNG state, same keys made before ready): fine for a test
+//! guest, not for a server image, and coinopd says so at start.
 //!
 //! `agent` says the image's guest runs the guest agent of images/rootfs/PERSONALISE.md
 //! ([`crate::personalisation`]): its leases get their per-lease data (address, MAC, SSH key,
