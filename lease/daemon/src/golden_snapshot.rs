@@ -208,6 +208,12 @@ fn parse_dir_name(name: &str) -> Option<(u32, u64, bool, &str)> {
 /// lease id does (those start with `l`).
 const BUILD_ID_PREFIX: &str = "golden-";
 
+/// The name a build's room is held under in the host's capacity: one per key, as at most
+/// one build of a key runs; never a lease's id (those have no `golden-` prefix).
+fn build_room_id(key: &str) -> String {
+    format!("{BUILD_ID_PREFIX}room-{key}")
+}
+
 /// The golden snapshots under `STATE/snapshots`, and the builds running.
 #[derive(Debug)]
 pub struct GoldenSnapshots {
@@ -385,7 +391,10 @@ impl GoldenSnapshots {
     }
 
     /// Starts building `shape`'s snapshot for `key` in the background unless a build of it
-    /// runs already, [`MAX_BUILDS_AT_ONCE`] run, none may be kept, or coinopd stops.
+    /// runs already, [`MAX_BUILDS_AT_ONCE`] run, none may be kept, coinopd stops, or the
+    /// host has no room for its guest. The build's guest counts against the host's
+    /// capacity while it runs, like a lease's: a shape no tenant booted before (up to the
+    /// largest a create may ask) must not put an unaccounted VMM on a host sold out.
     pub fn build_in_background(s: &Shared, shape: Shape, key: String) {
         if s.golden.max == 0 {
             return;
@@ -399,6 +408,18 @@ impl GoldenSnapshots {
                 return;
             }
         }
+        let room = build_room_id(&key);
+        let want = crate::capacity::Totals {
+            vcpus: shape.vcpus,
+            mib: shape.mem_mib,
+        };
+        if let Err(full) = s.capacity().reserve(&room, want) {
+            tracing::info!(image = %shape.image.name, vcpus = shape.vcpus, mem_mib = shape.mem_mib,
+                free_vcpus = full.free.vcpus, free_mib = full.free.mib,
+                "no room for a golden snapshot build now; leases of the image boot cold");
+            lock(&s.golden.building).keys.remove(&key);
+            return;
+        }
         let s = s.clone();
         tokio::spawn(async move {
             let built = s.golden.build(&s, &shape, &key).await;
@@ -408,6 +429,7 @@ impl GoldenSnapshots {
                 Err(e) => tracing::warn!(image = %shape.image.name, error = %e,
                     "golden snapshot not built; leases of the image boot cold"),
             }
+            s.capacity().release(&room);
             lock(&s.golden.building).keys.remove(&key);
         });
     }

@@ -570,3 +570,45 @@ async fn a_restored_lease_in_a_slot_built_ahead_continues_on_the_golden_disk() {
 async fn a_restored_lease_in_a_jail_built_on_request_continues_on_the_golden_disk() {
     restored_leases_continue_on_the_golden_guests_disk("0").await;
 }
+
+/// A golden snapshot build boots a guest of the lease's shape, which counts against the
+/// host's capacity like a lease: on a host with room for the lease alone, no build runs
+/// beside it (the log says why), and the lease is the only room held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_snapshot_build_runs_on_a_host_without_room_for_it() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
+    let tgi = format!("tgi={},snapshot,cmdline=mode=idle", guest.display());
+    let d = Daemon::spawn(
+        state,
+        &[
+            "--image",
+            &tgi,
+            "--capacity-mib",
+            "64",
+            "--warm-restores",
+            "0",
+        ],
+        &[],
+    )
+    .await;
+    let lease = create(&d, "tgi").await;
+    assert_eq!(start_of(&lease), "cold", "{}", lease.reply);
+    wait_for(
+        async || plain_text(&d.log()).contains("no room for a golden snapshot build now"),
+        "the build to be skipped for want of room",
+    )
+    .await;
+    assert!(
+        snapshots(state, "tgi").is_empty(),
+        "a build ran without room"
+    );
+    let host = d.call("GET", "/v1/host", None, None).await.json();
+    assert_eq!(host["capacity"]["mib_free"], 0, "{host}");
+    d.stop_lease(&lease.id, &lease.token).await;
+    d.shutdown().await;
+}
