@@ -1,5 +1,7 @@
-/* Finds `key=value` among space-separated words of the NUL-terminated command line. */
+/* Finds `key=value` among space-separated words of the NUL-terminated command line, and
+ * prints the whole line (mode=cmdline: what the guest was given, for tests of the host). */
 #include "cmdline.h"
+#include "serial.h"
 
 /* A VMM's command line is bounded (Linux: 2 KiB); never run off into guest memory. */
 #define CMDLINE_MAX 4096
@@ -32,4 +34,13 @@ void cmdline_value(u64 cmdline_paddr, const char *key, char *out, u64 out_len)
             return;
         }
     }
+}
+
+void cmdline_print(u64 cmdline_paddr)
+{
+    const char *s = (const char *)cmdline_paddr;
+    serial_puts("cmdline: ");
+    for (u64 i = 0; cmdline_paddr && i < CMDLINE_MAX && s[i]; i++)
+        serial_putc((u8)s[i]);
+    serial_puts("\n");
 }

@@ -186,6 +186,9 @@ void guest_main(u64 cmdline_paddr)
         echo();
     } else if (streq(mode, "idle")) {
         idle_forever();
+    } else if (streq(mode, "cmdline")) {
+        cmdline_print(cmdline_paddr);
+        idle_forever();
     } else if (streq(mode, "smp")) {
         smp_run(0);
     } else if (streq(mode, "count")) {

@@ -256,7 +256,9 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
     let state: PathBuf = dir.path().to_path_buf();
     let (daemon, client) = NetnsDaemon::spawn(&state, &vmm, &guest, &["--guest-network", "always"]);
 
-    let created = daemon.paid_lease(&client, &state, "testguest").await;
+    let body = json!({"vcpus": 1, "mem_mib": 64, "image": "testguest", "ssh_key": SSH_KEY,
+                      "cmdline": "mode=cmdline", "payment": pay(&client).await});
+    let created = daemon.create_lease(&client, &state, body).await;
     let net = &created["network"];
     assert_eq!(net["guest_ip"], "10.213.0.2", "{created}");
     assert_eq!(net["host_ip"], "10.213.0.1");
@@ -285,17 +287,28 @@ async fn a_lease_with_networking_is_reachable_jailed_and_cleaned_up() {
         "the jailed VMM holds it: {args}"
     );
     assert!(args.contains("--net fd=5,mac=02:c0:1e:00:00:00"), "{args}");
+    // The guest's address and key go on its kernel command line, which reaches the VMM on
+    // an fd: none of it in the arguments every local user can read.
+    assert!(args.contains("--cmdline-fd"), "{args}");
     assert!(
-        args.contains("coinop.ip=10.213.0.2/30 coinop.gw=10.213.0.1"),
+        !args.contains("coinop.ip=")
+            && !args.contains("coinop.ssh_key=")
+            && !args.contains("tenant@test"),
         "{args}"
     );
+    // The guest got them (mode=cmdline prints what it was given); the key without its
+    // comment.
+    let given = console_line(&client, &id, &token, "cmdline: ").await;
+    for word in [
+        "mode=cmdline",
+        "coinop.ip=10.213.0.2/30 coinop.gw=10.213.0.1",
+        "coinop.ssh_key=ssh-ed25519:AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTestOnly",
+    ] {
+        assert!(given.contains(word), "{word} not in: {given}");
+    }
     assert!(
-        args.contains("coinop.ssh_key=ssh-ed25519:AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTestOnly"),
-        "{args}"
-    );
-    assert!(
-        !args.contains("tenant@test"),
-        "the key's comment stays out: {args}"
+        !given.contains("tenant@test"),
+        "the key's comment stays out: {given}"
     );
 
     let shown = show(&client, &id, &token).await;
@@ -550,6 +563,37 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(po
     });
     let plain_token = plain["token"].as_str().expect("token");
     let _ = stop(&client, plain_id, plain_token).await;
+}
+
+/// The first whole line of lease `id`'s console that starts with `prefix` (waited for).
+async fn console_line(c: &Client, id: &str, token: &str, prefix: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c
+            .call(
+                "GET",
+                &format!("/v1/leases/{id}/console"),
+                Some(token),
+                None,
+            )
+            .await
+            .expect("coinopd answers");
+        assert_eq!(r.status, 200, "{}", r.text());
+        // A whole line: the guest may still be printing it.
+        let text = r.text();
+        let line = text
+            .split_inclusive('\n')
+            .find(|l| l.starts_with(prefix) && l.ends_with('\n'));
+        if let Some(line) = line {
+            return line.trim_end().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {prefix:?} line: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 /// The lines the test guest printed as `personalised: LINE` on lease `id`'s console.
