@@ -119,8 +119,12 @@ impl ImageSpec {
     }
 }
 
+/// An image name is a directory name under the state dir's `snapshots/`: no `.` or `..`,
+/// which would name that directory or the state dir itself.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
+        && name != "."
+        && name != ".."
         && name.len() <= 64
         && name
             .bytes()
@@ -195,5 +199,12 @@ mod tests {
             ImageSpec::parse("a b=/k"),
             Err(ImageError::Name(_))
         ));
+        for dots in ["..=/k", ".=/k"] {
+            assert!(
+                matches!(ImageSpec::parse(dots), Err(ImageError::Name(_))),
+                "{dots}"
+            );
+        }
+        assert!(ImageSpec::parse("v1.2=/k").is_ok());
     }
 }
