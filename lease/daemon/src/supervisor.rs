@@ -1327,7 +1327,7 @@ async fn wait_ready(
         );
         match ev {
             Event::VcpusStarted { t_us, .. } => vcpus_started = Some(since_arrival(t_us)),
-            Event::GuestReady { t_us } => return Ok((vcpus_started, since_arrival(t_us))),
+            Event::GuestReady { t_us, .. } => return Ok((vcpus_started, since_arrival(t_us))),
             Event::AwaitingPersonalisation { t_us } => {
                 if req.ready_at == ReadyPoint::AwaitingPersonalisation {
                     return Ok((vcpus_started, since_arrival(t_us)));
