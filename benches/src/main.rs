@@ -485,6 +485,13 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for r in &mut reports {
+        if r.rows.iter().any(|row| stats::is_rate(&row.metric)) {
+            r.notes.push(
+                "for the rates (/s) higher is better, so their p95 (nearest rank, as for every \
+                 metric) is the fast tail: at most 5% of runs were faster"
+                    .into(),
+            );
+        }
         r.notes.push(note.clone());
     }
     report::print_table(&reports);
