@@ -586,9 +586,22 @@ fn vmm_scenario(a: &VmmArgs) -> Result<scenario_vmm::VmmScenario, BenchError> {
             notes.push(n.to_string());
         }
     }
+    let guest = a.guest.image("mode=halt");
+    // The test guest's mode=idle stays up after its ready line, so every peer is killed
+    // by the harness after its RSS read instead of ending itself (Firecracker resets with
+    // the guest); a command line the user gave goes to every engine unchanged.
+    let peer_guest = match &a.guest.cmdline {
+        Some(_) => guest.clone(),
+        None => GuestImage {
+            cmdline: "mode=idle".into(),
+            ends_itself: false,
+            ..guest.clone()
+        },
+    };
     Ok(scenario_vmm::VmmScenario {
         engines,
-        guest: a.guest.image("mode=halt"),
+        guest,
+        peer_guest,
         shapes,
         warmup,
         runs,
