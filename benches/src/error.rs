@@ -58,6 +58,9 @@ pub enum BenchError {
         killed: bool,
         run: String,
     },
+    /// The restore scenario's snapshot source did not end after its snapshot.
+    #[error("snapshot source (pid {pid}) acknowledged the snapshot but had not exited after {waited_ms} ms; killed")]
+    SnapshotSourceStuck { pid: u32, waited_ms: u128 },
     #[error("writing {path}: {source}")]
     Write {
         path: String,
