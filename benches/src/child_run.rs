@@ -2,12 +2,15 @@
 //! serial console showed the guest's ready marker and the process's peak RSS at that
 //! moment, and when it exited, with a deadline so a stuck guest can't stall the harness. An
 //! optional driver (Firecracker's API calls) runs alongside; if it fails the child is
-//! killed, and a kill at the ready marker waits for the driver to finish first.
+//! killed, a kill at the ready marker waits for the driver to finish first, and once the
+//! child is reaped a driver still waiting for it is cancelled. A driver's failure is part of
+//! the returned run, so the caller can judge it with the child's exit status and output.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
@@ -38,8 +41,12 @@ pub struct ChildRun {
     pub reaped_at_us: u64,
     pub status: ExitStatus,
     /// True when the harness killed it: the deadline passed, the ready marker came with
-    /// [`ReadyWatch::kill`], or the driver failed.
+    /// [`ReadyWatch::kill`], or the driver failed. (A SIGKILL sent to a child that had
+    /// already exited by itself does not change its `status`.)
     pub killed: bool,
+    /// The driver's failure, if it had one (cancelled included: the child was reaped while
+    /// the driver still waited for it).
+    pub drive_error: Option<String>,
 }
 
 impl ChildRun {
@@ -47,6 +54,12 @@ impl ChildRun {
     pub fn ready_us(&self) -> Option<u64> {
         self.ready_at_us
             .map(|at| at.saturating_sub(self.spawned_at_us))
+    }
+
+    /// Whether the child ended by itself with exit 0 (a harness kill gives SIGKILL, except
+    /// on a child that had already exited).
+    pub fn exited_cleanly(&self) -> bool {
+        self.status.code() == Some(0)
     }
 }
 
@@ -87,13 +100,20 @@ enum Msg {
     Eof,
 }
 
-/// Work done against the running child (e.g. configuring it over its API socket).
-pub type Driver = Box<dyn FnOnce() -> Result<(), String> + Send>;
+/// Work done against the running child (e.g. configuring it over its API socket). The flag
+/// is set once the child has been reaped: a driver still waiting for the child (e.g. for
+/// its socket to accept) must then give up rather than wait out its own timeout.
+pub type Driver = Box<dyn FnOnce(&AtomicBool) -> Result<(), String> + Send>;
 
+/// Spawns `cmd` and watches it until it is reaped. With `start_time_arg` (coinop-vmm's
+/// `--start-time-us`), the flag and [`ChildRun::spawned_at_us`] are appended to the command
+/// just before the spawn, so the child's own event times and the harness's figures count
+/// from the same instant.
 pub fn run_driven(
     mut cmd: Command,
     watch: &Watch,
     label: &str,
+    start_time_arg: Option<&str>,
     driver: Option<Driver>,
 ) -> Result<ChildRun, BenchError> {
     cmd.stdin(Stdio::null())
@@ -101,6 +121,9 @@ pub fn run_driven(
         .stderr(Stdio::piped());
     let program = cmd.get_program().to_owned();
     let spawned_at_us = monotonic_us();
+    if let Some(flag) = start_time_arg {
+        cmd.arg(flag).arg(spawned_at_us.to_string());
+    }
     let mut child = cmd.spawn().map_err(|e| BenchError::Spawn {
         what: format!("{label} ({})", program.to_string_lossy()),
         source: e,
@@ -122,20 +145,26 @@ pub fn run_driven(
             .map(|p| spawn_line_reader(p, Stream::Err, tx.clone())),
     ];
     let has_driver = driver.is_some();
+    let reaped = Arc::new(AtomicBool::new(false));
     let driving = driver.map(|d| {
+        let reaped = Arc::clone(&reaped);
         thread::spawn(move || {
-            let _ = tx.send(Msg::Driven(d()));
+            let _ = tx.send(Msg::Driven(d(&reaped)));
         })
     });
     let open = readers.iter().flatten().count();
     let c = collect(pid, &rx, watch, spawned_at_us, open, has_driver);
-    let (status, reaped_at_us) = reap(pid, label)?;
+    let reaped_result = reap(pid, label);
+    // Set even when waitpid failed: nothing more will come from this child either way.
+    reaped.store(true, Ordering::Release);
+    let (status, reaped_at_us) = reaped_result?;
     for r in readers.into_iter().flatten() {
         // A reader ends at EOF, which the child's exit guarantees.
         let _ = r.join();
     }
     if let Some(d) = driving {
-        // The driver's own timeout bounds it.
+        // Bounded by the cancel flag just set (the driver polls it while it waits for the
+        // child) or, in a request, by the connection the child's exit closed.
         let _ = d.join();
     }
     // Drain what was sent after the collector stopped listening.
@@ -155,12 +184,6 @@ pub fn run_driven(
             Msg::Driven(Ok(())) | Msg::Eof => {}
         }
     }
-    if let Some(detail) = drive_error {
-        return Err(BenchError::Run {
-            what: label.to_string(),
-            detail,
-        });
-    }
     Ok(ChildRun {
         pid,
         spawned_at_us,
@@ -171,6 +194,7 @@ pub fn run_driven(
         reaped_at_us,
         status,
         killed,
+        drive_error,
     })
 }
 
@@ -399,6 +423,7 @@ mod tests {
             &watch("coinop-testguest ready", false),
             "sh",
             None,
+            None,
         )
         .expect("runs");
         let ready = run.ready_us().expect("marker found across the log record");
@@ -418,7 +443,7 @@ mod tests {
         // child must live until the driver has its reply.
         let driven_at = Arc::new(AtomicU64::new(0));
         let d = driven_at.clone();
-        let driver: Driver = Box::new(move || {
+        let driver: Driver = Box::new(move |_| {
             thread::sleep(Duration::from_millis(300));
             d.store(monotonic_us(), Ordering::SeqCst);
             Ok(())
@@ -427,6 +452,7 @@ mod tests {
             sh("echo coinop-testguest ready; exec sleep 20"),
             &watch("coinop-testguest ready", true),
             "sh",
+            None,
             Some(driver),
         )
         .expect("runs");
@@ -452,6 +478,7 @@ mod tests {
             &watch("coinop-testguest ready", true),
             "sh",
             None,
+            None,
         )
         .expect("runs");
         assert!(run.killed);
@@ -463,22 +490,114 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_driver_fails_the_run_and_kills_the_child() {
-        let driver: Driver = Box::new(|| Err("connection closed before message completed".into()));
-        let err = run_driven(
+    fn a_failing_driver_kills_the_child_and_is_reported_with_the_run() {
+        let driver: Driver = Box::new(|_| Err("connection closed before message completed".into()));
+        let run = run_driven(
             sh("exec sleep 20"),
             &watch("never", true),
             "sh",
+            None,
             Some(driver),
         )
-        .expect_err("the driver's failure is the run's");
-        assert!(err.to_string().contains("connection closed"), "{err}");
+        .expect("the run comes back for the caller to judge");
+        assert!(run.killed, "killed when the driver failed");
+        assert_eq!(run.status.signal(), Some(libc::SIGKILL));
+        assert!(
+            run.drive_error
+                .as_deref()
+                .is_some_and(|e| e.contains("connection closed")),
+            "{:?}",
+            run.drive_error
+        );
+    }
+
+    #[test]
+    fn a_child_that_printed_and_exited_before_the_driver_failed_keeps_its_exit_status() {
+        // Firecracker after its guest's i8042 reset: the line is out and the process ends
+        // with 0 before the API's reply to InstanceStart is written.
+        let driver: Driver = Box::new(|_| {
+            thread::sleep(Duration::from_millis(300));
+            Err("connection closed before message completed".into())
+        });
+        let run = run_driven(
+            sh("echo coinop-testguest ready; exit 0"),
+            &watch("coinop-testguest ready", true),
+            "sh",
+            None,
+            Some(driver),
+        )
+        .expect("runs");
+        assert!(run.ready_at_us.is_some());
+        assert!(run.drive_error.is_some());
+        assert!(
+            run.exited_cleanly(),
+            "the kill after the driver's failure reached a zombie: {}",
+            run.status
+        );
+    }
+
+    #[test]
+    fn a_driver_waiting_for_a_child_that_exited_is_cancelled() {
+        // Firecracker gone before its API socket accepts: the driver must not wait out its
+        // 20 s connect timeout, and the child's status must survive for the message.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("missing.sock");
+        let vm = crate::firecracker_api::FcVm::new(
+            &crate::engines::GuestImage {
+                kernel: "/k".into(),
+                initrd: None,
+                cmdline: String::new(),
+                ready_line: "x".into(),
+                boot_timer: false,
+                ends_itself: false,
+            },
+            crate::engines::VmShape {
+                vcpus: 1,
+                mem_mib: 128,
+            },
+        );
+        let driver: Driver = Box::new(move |cancel| {
+            crate::firecracker_api::drive(&sock, &vm, Duration::from_secs(20), cancel)
+                .map_err(|e| e.to_string())
+        });
+        let started = std::time::Instant::now();
+        let run = run_driven(
+            sh("echo bad flag >&2; exit 3"),
+            &watch("never", true),
+            "sh",
+            None,
+            Some(driver),
+        )
+        .expect("runs");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(run.status.code(), Some(3));
+        assert_eq!(run.stderr, ["bad flag"]);
+        assert!(
+            run.drive_error
+                .as_deref()
+                .is_some_and(|e| e.contains("exited")),
+            "{:?}",
+            run.drive_error
+        );
+    }
+
+    #[test]
+    fn the_start_time_argument_is_the_spawn_instant() {
+        let w = watch("never", false);
+        // `sh -c SCRIPT A B` runs SCRIPT with $0 = A, $1 = B.
+        let run =
+            run_driven(sh("echo \"$1\""), &w, "sh", Some("--start-time-us"), None).expect("runs");
+        assert_eq!(run.stdout, [run.spawned_at_us.to_string()]);
     }
 
     #[test]
     fn a_missing_program_names_its_path() {
         let w = watch("ready", false);
-        let err = run_driven(Command::new("/nonexistent/vmm"), &w, "coinop", None)
+        let err = run_driven(Command::new("/nonexistent/vmm"), &w, "coinop", None, None)
             .expect_err("cannot spawn");
         let text = err.to_string();
         assert!(text.contains("coinop (/nonexistent/vmm)"), "{text}");
@@ -494,7 +613,7 @@ mod tests {
                 kill: false,
             }),
         };
-        let run = run_driven(sh("exec sleep 20"), &w, "sh", None).expect("runs");
+        let run = run_driven(sh("exec sleep 20"), &w, "sh", None, None).expect("runs");
         assert!(run.killed);
         assert_eq!(run.ready_at_us, None);
         assert_eq!(run.hwm_at_ready_kib, None);

@@ -234,10 +234,29 @@ impl Daemon {
         for pid in proc_stats::children_named(self.pid(), "coinop-vmm") {
             kill(pid);
         }
-        kill_term(self.child.id());
-        let _ = self.child.wait();
+        stop_bounded(&mut self.child, STOP_GRACE);
         stopped
     }
+}
+
+/// How long coinopd gets to end after SIGTERM before it is SIGKILLed (its own shutdown
+/// stops leases, which the harness has already done).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// SIGTERM to our own child, then waits at most `grace` before SIGKILL: a daemon that hangs
+/// in its shutdown must not hang the harness. Only this child is signalled.
+fn stop_bounded(child: &mut std::process::Child, grace: std::time::Duration) {
+    kill_term(child.id());
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    // Still our unreaped child (try_wait said so), so the pid is its own.
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Daemon {
@@ -247,8 +266,7 @@ impl Drop for Daemon {
             for pid in proc_stats::children_named(self.pid(), "coinop-vmm") {
                 kill(pid);
             }
-            kill_term(self.child.id());
-            let _ = self.child.wait();
+            stop_bounded(&mut self.child, STOP_GRACE);
         }
     }
 }
@@ -297,5 +315,29 @@ pub fn lease_body(vcpus: u32, mem_mib: u64, cmdline: &str, payment: PaymentBody)
         payment,
         outputs: None,
         recovery_key: None,
+    }
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use super::*;
+
+    #[test]
+    fn a_child_that_ignores_sigterm_is_killed_after_the_grace() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "trap '' TERM; echo up; exec sleep 30"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        // Wait until the trap is set (sh prints after it), or SIGTERM would end it at once.
+        let mut line = String::new();
+        let out = child.stdout.take().expect("piped");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).expect("read");
+        let started = std::time::Instant::now();
+        stop_bounded(&mut child, std::time::Duration::from_millis(200));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let status = child.try_wait().expect("try_wait").expect("reaped");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
     }
 }

@@ -84,6 +84,16 @@ impl Engine {
         matches!(self, Engine::Coinop { .. })
     }
 
+    /// The flag that gives the engine the harness's spawn instant (CLOCK_MONOTONIC µs), so
+    /// its own event times count from it; [`crate::child_run::run_driven`] appends it with
+    /// the value it takes just before the spawn.
+    pub fn start_time_arg(&self) -> Option<&'static str> {
+        match self {
+            Engine::Coinop { .. } => Some("--start-time-us"),
+            Engine::Qemu { .. } | Engine::Firecracker { .. } => None,
+        }
+    }
+
     /// Log records of the engine's own that can land in the guest's console. Firecracker's
     /// log goes to a file (`--log-path`), but anything it logs before reading that flag
     /// still reaches stdout.
@@ -100,12 +110,11 @@ impl Engine {
         &self,
         guest: &GuestImage,
         shape: VmShape,
-        start_us: u64,
         run_dir: &Path,
     ) -> Result<Prepared, std::io::Error> {
         let prepared = match self {
             Engine::Coinop { bin } => Prepared {
-                command: coinop_command(bin, guest, shape, start_us),
+                command: coinop_command(bin, guest, shape),
                 api: None,
                 log_file: None,
             },
@@ -145,7 +154,8 @@ impl Engine {
     }
 }
 
-fn coinop_command(bin: &Path, guest: &GuestImage, shape: VmShape, start_us: u64) -> Command {
+/// Without `--start-time-us`: [`Engine::start_time_arg`].
+fn coinop_command(bin: &Path, guest: &GuestImage, shape: VmShape) -> Command {
     let mut c = Command::new(bin);
     c.arg("--kernel").arg(&guest.kernel);
     if let Some(initrd) = &guest.initrd {
@@ -154,8 +164,7 @@ fn coinop_command(bin: &Path, guest: &GuestImage, shape: VmShape, start_us: u64)
     c.args(["--cmdline", &guest.cmdline])
         .args(["--vcpus", &shape.vcpus.to_string()])
         .args(["--mem-mib", &shape.mem_mib.to_string()])
-        .args(["--serial", "stdout", "--events", "stderr"])
-        .args(["--start-time-us", &start_us.to_string()]);
+        .args(["--serial", "stdout", "--events", "stderr"]);
     c
 }
 
@@ -217,7 +226,7 @@ mod tests {
         };
         let g = guest(Some("/k/initrd.cpio"));
         let coinop = Engine::Coinop { bin: "vmm".into() }
-            .prepare(&g, shape, 1, dir.path())
+            .prepare(&g, shape, dir.path())
             .expect("prepare");
         assert!(coinop.log_file.is_none(), "coinop logs to stderr");
         let a = args(&coinop.command);
@@ -226,7 +235,7 @@ mod tests {
             "{a:?}"
         );
         let qemu = Engine::Qemu { bin: "qemu".into() }
-            .prepare(&g, shape, 1, dir.path())
+            .prepare(&g, shape, dir.path())
             .expect("prepare");
         let a = args(&qemu.command);
         assert!(
@@ -251,7 +260,7 @@ mod tests {
             bin: "fc".into(),
             mode: FcMode::Api,
         }
-        .prepare(&guest(None), shape, 1, dir.path())
+        .prepare(&guest(None), shape, dir.path())
         .expect("prepare");
         let (sock, vm) = api.api.expect("API mode drives the socket");
         let log = api.log_file.expect("Firecracker logs to a file");
@@ -271,7 +280,7 @@ mod tests {
             bin: "fc".into(),
             mode: FcMode::ConfigFile,
         }
-        .prepare(&guest(None), shape, 1, dir.path())
+        .prepare(&guest(None), shape, dir.path())
         .expect("prepare");
         assert!(cfg.api.is_none());
         let fc = Engine::Firecracker {

@@ -4,6 +4,7 @@
 //! `--no-api --config-file` JSON document.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
@@ -47,6 +48,10 @@ pub enum FcError {
     },
     #[error("Firecracker API: could not start an async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(
+        "Firecracker exited before its API socket {path} accepted a connection (waited {waited_ms} ms)"
+    )]
+    ExitedBeforeConnect { path: String, waited_ms: u128 },
 }
 
 /// Body of `PUT /boot-source` (and the config file's `boot-source`).
@@ -120,17 +125,28 @@ pub fn config_file_json(vm: &FcVm) -> String {
 }
 
 /// Waits for the API socket to accept, then sends the three requests on one connection.
-/// Blocking: it runs on the harness's driver thread with its own small runtime.
-pub fn drive(socket: &Path, vm: &FcVm, timeout: Duration) -> Result<(), FcError> {
+/// Blocking: it runs on the harness's driver thread with its own small runtime. `exited`
+/// is set once Firecracker has been reaped: the wait for the socket then ends at once.
+pub fn drive(
+    socket: &Path,
+    vm: &FcVm,
+    timeout: Duration,
+    exited: &AtomicBool,
+) -> Result<(), FcError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(FcError::Runtime)?;
-    rt.block_on(drive_async(socket, vm, timeout))
+    rt.block_on(drive_async(socket, vm, timeout, exited))
 }
 
-async fn drive_async(socket: &Path, vm: &FcVm, timeout: Duration) -> Result<(), FcError> {
-    let stream = connect_when_ready(socket, timeout).await?;
+async fn drive_async(
+    socket: &Path,
+    vm: &FcVm,
+    timeout: Duration,
+    exited: &AtomicBool,
+) -> Result<(), FcError> {
+    let stream = connect_when_ready(socket, timeout, exited).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|source| FcError::Http {
@@ -174,12 +190,23 @@ async fn drive_async(socket: &Path, vm: &FcVm, timeout: Duration) -> Result<(), 
     Ok(())
 }
 
-/// Firecracker creates its socket a little after exec: retry briefly until it accepts.
-async fn connect_when_ready(socket: &Path, timeout: Duration) -> Result<UnixStream, FcError> {
+/// Firecracker creates its socket a little after exec: retry briefly until it accepts, or
+/// until Firecracker is gone (a stale socket file refuses, a missing one is never made).
+async fn connect_when_ready(
+    socket: &Path,
+    timeout: Duration,
+    exited: &AtomicBool,
+) -> Result<UnixStream, FcError> {
     let start = Instant::now();
     loop {
         match UnixStream::connect(socket).await {
             Ok(s) => return Ok(s),
+            Err(_) if exited.load(Ordering::Acquire) => {
+                return Err(FcError::ExitedBeforeConnect {
+                    path: socket.display().to_string(),
+                    waited_ms: start.elapsed().as_millis(),
+                })
+            }
             Err(source) if start.elapsed() >= timeout => {
                 return Err(FcError::Connect {
                     path: socket.display().to_string(),
@@ -275,7 +302,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("api.sock");
         let (seen, server) = fake_server(&sock, None);
-        drive(&sock, &vm(Some("/img/initrd")), Duration::from_secs(5)).expect("drive");
+        drive(
+            &sock,
+            &vm(Some("/img/initrd")),
+            Duration::from_secs(5),
+            &AtomicBool::new(false),
+        )
+        .expect("drive");
         server.join().expect("server thread");
         let seen = seen.lock().expect("no panics while held");
         let paths: Vec<_> = seen.iter().map(|(m, p, _)| format!("{m} {p}")).collect();
@@ -303,7 +336,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("api.sock");
         let (seen, server) = fake_server(&sock, Some("/machine-config"));
-        let err = drive(&sock, &vm(None), Duration::from_secs(5)).expect_err("400 is refused");
+        let err = drive(
+            &sock,
+            &vm(None),
+            Duration::from_secs(5),
+            &AtomicBool::new(false),
+        )
+        .expect_err("400 is refused");
         server.join().expect("server thread");
         let text = err.to_string();
         assert!(
@@ -327,9 +366,25 @@ mod tests {
             &dir.path().join("missing.sock"),
             &vm(None),
             Duration::from_millis(50),
+            &AtomicBool::new(false),
         )
         .expect_err("no server");
         assert!(matches!(err, FcError::Connect { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_exited_firecracker_ends_the_wait_for_its_socket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let started = Instant::now();
+        let err = drive(
+            &dir.path().join("missing.sock"),
+            &vm(None),
+            Duration::from_secs(20),
+            &AtomicBool::new(true),
+        )
+        .expect_err("no server");
+        assert!(matches!(err, FcError::ExitedBeforeConnect { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[test]

@@ -41,7 +41,8 @@ impl DensityScenario {
         let mut s = SampleSet::default();
         for round in 0..self.warmup + self.runs {
             let keep = round >= self.warmup;
-            let idle = proc_stats::rss_kib(d.pid()).unwrap_or(0);
+            // None if coinopd's status could not be read: no sample, rather than a fake 0.
+            let idle = proc_stats::rss_kib(d.pid());
             // One more payment than fits: the extra request must be refused.
             let mut payments = credit_wallet::credit_payments(&d, self.guests + 1, 64).await?;
             let mut started = 0usize;
@@ -106,7 +107,9 @@ impl DensityScenario {
                     s.push(COL, "RSS per VMM MiB", mib(k));
                 }
                 s.push(COL, "RSS all VMMs MiB", mib(rss.iter().sum()));
-                s.push(COL, "coinopd RSS idle MiB", mib(idle));
+                if let Some(idle) = idle {
+                    s.push(COL, "coinopd RSS idle MiB", mib(idle));
+                }
                 if let Some(full) = proc_stats::rss_kib(d.pid()) {
                     s.push(COL, "coinopd RSS at capacity MiB", mib(full));
                 }

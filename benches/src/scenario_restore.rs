@@ -5,14 +5,15 @@
 //! The snapshot is taken once at the start: the guest (`mode=count`, which keeps running)
 //! boots, announces itself, and is snapshotted with `exit`. Every run then spawns
 //! coinop-vmm with `--start-time-us` taken just before the spawn, reads its events until
-//! `guest_ready`, reads the process's peak RSS (VmHWM) right then, and kills it: a cold
+//! `guest_ready`, takes the process's peak RSS (VmHWM) from that event (the VMM's own
+//! `vmhwm_kib`; from /proc/PID/status right then for a VMM without it), and kills it: a cold
 //! boot's `guest_ready` is the guest's boot-timer write, a restore's follows the restored
 //! vCPUs' start (the snapshot records that the guest was ready; see coinop-vmm's
 //! `devices::boot_timer`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -129,7 +130,9 @@ pub fn run(a: &RestoreArgs, default_vmm: PathBuf) -> Result<Vec<ScenarioReport>,
             "cold boot guest_ready: the guest's boot-timer write; restore guest_ready: right \
              after the restored (ready) guest's vCPUs start"
                 .into(),
-            "each run is killed at guest_ready; peak RSS is VmHWM read at guest_ready".into(),
+            "each run is killed at guest_ready; peak RSS is VmHWM at guest_ready, the VMM's \
+             own figure in that event"
+                .into(),
         ],
     }])
 }
@@ -138,6 +141,19 @@ fn run_err(what: &str, detail: String) -> BenchError {
     BenchError::Run {
         what: what.into(),
         detail,
+    }
+}
+
+/// A spawned coinop-vmm that is killed and reaped when dropped, on every error path too:
+/// `std::process::Child` does neither, and a `mode=count` guest never ends by itself.
+struct VmmChild(Child);
+
+impl Drop for VmmChild {
+    fn drop(&mut self) {
+        // Our own child, not yet reaped while we hold it (a reaped one makes both no-ops
+        // that fail harmlessly).
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -152,10 +168,10 @@ fn take_snapshot(
     let sock = scratch.join("control.sock");
     let mut cmd = cold_command(a, vmm);
     cmd.arg("--control").arg(&sock);
-    let mut child = spawn(cmd, "snapshot source")?;
-    let events = read_events(&mut child);
+    let mut child = VmmChild(spawn(cmd, "snapshot source")?);
+    let events = read_events(&mut child.0);
     let deadline = Instant::now() + timeout;
-    wait_ready(&mut child, &events, deadline, "snapshot source")?;
+    wait_ready(&mut child.0, &events, deadline, "snapshot source")?;
     let request = Request::Snapshot {
         dir: snapshot.display().to_string(),
         exit: true,
@@ -163,18 +179,35 @@ fn take_snapshot(
     let reply = control_request(&sock, &request.to_line())
         .map_err(|e| run_err("snapshot", format!("control socket: {e}")))?;
     if !reply.contains("\"ok\":true") {
-        let _ = child.kill();
-        let _ = child.wait();
         return Err(run_err("snapshot", format!("refused: {}", reply.trim())));
     }
-    let status = child.wait().map_err(|source| BenchError::Wait {
-        what: "snapshot source".into(),
-        source,
-    })?;
+    let status = wait_bounded(&mut child.0, timeout)?;
     if status.code() != Some(0) {
         return Err(run_err("snapshot", format!("the VMM ended with {status}")));
     }
     Ok(())
+}
+
+/// Waits for a VMM that said it is stopping, at most `timeout`; one that has not exited by
+/// then is an error (the guard kills it).
+fn wait_bounded(child: &mut Child, timeout: Duration) -> Result<ExitStatus, BenchError> {
+    let started = Instant::now();
+    loop {
+        let waited = child.try_wait().map_err(|source| BenchError::Wait {
+            what: "snapshot source".into(),
+            source,
+        })?;
+        if let Some(status) = waited {
+            return Ok(status);
+        }
+        if started.elapsed() >= timeout {
+            return Err(BenchError::SnapshotSourceStuck {
+                pid: child.id(),
+                waited_ms: started.elapsed().as_millis(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn control_request(sock: &Path, line: &str) -> std::io::Result<String> {
@@ -282,12 +315,15 @@ fn start_once(
     };
     let start_us = monotonic_us();
     cmd.arg("--start-time-us").arg(start_us.to_string());
-    let mut child = spawn(cmd, side.name())?;
-    let events = read_events(&mut child);
-    let seen = wait_ready(&mut child, &events, Instant::now() + timeout, side.name())?;
-    let peak_rss_kib = vm_hwm_kib(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
+    let mut child = VmmChild(spawn(cmd, side.name())?);
+    let events = read_events(&mut child.0);
+    let seen = wait_ready(&mut child.0, &events, Instant::now() + timeout, side.name())?;
+    let own = seen.iter().find_map(|e| match e {
+        Event::GuestReady { vmhwm_kib, .. } => *vmhwm_kib,
+        _ => None,
+    });
+    let peak_rss_kib = own.or_else(|| vm_hwm_kib(child.0.id()));
+    drop(child);
     let at = |pick: fn(&Event) -> bool| seen.iter().find(|e| pick(e)).map(Event::t_us);
     Ok(Start {
         vm_created: at(|e| matches!(e, Event::VmCreated { .. })),
@@ -319,4 +355,63 @@ fn record(side: Side, s: &Start, samples: &mut SampleSet) {
     push("spawn→vcpus_started ms", s.vcpus_started.map(ms));
     push(READY_METRIC, Some(ms(s.guest_ready)));
     push("peak RSS MiB", s.peak_rss_kib.map(|k| k as f64 / 1024.0));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_snapshot_request_kills_and_reaps_its_vmm() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("pid");
+        // Ready, but no control socket ever: the request fails to connect.
+        let vmm = dir.path().join("coinop-vmm");
+        std::fs::write(
+            &vmm,
+            format!(
+                "#!/bin/sh\necho $$ > {}\n\
+                 echo '{{\"event\":\"guest_ready\",\"t_us\":1}}' >&2\nexec sleep 30\n",
+                pid_file.display()
+            ),
+        )
+        .expect("write script");
+        std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let args = RestoreArgs {
+            kernel: "/nonexistent/kernel".into(),
+            vmm_bin: None,
+            vcpus: 1,
+            mem_mib: 128,
+            runs: 1,
+            warmup: 0,
+            timeout_s: 10,
+        };
+        let snapshot = dir.path().join("snapshot");
+        let err = take_snapshot(&args, &vmm, dir.path(), &snapshot, Duration::from_secs(10))
+            .expect_err("no control socket");
+        assert!(err.to_string().contains("control socket"), "{err}");
+        let pid = std::fs::read_to_string(&pid_file).expect("the script ran");
+        assert!(
+            !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+            "VMM {} still there (or unreaped) after the error",
+            pid.trim()
+        );
+    }
+
+    #[test]
+    fn a_vmm_that_does_not_exit_after_its_snapshot_is_not_waited_for_forever() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let started = Instant::now();
+        let err = wait_bounded(&mut child, Duration::from_millis(100)).expect_err("still running");
+        assert!(
+            matches!(err, BenchError::SnapshotSourceStuck { .. }),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(VmmChild(child));
+    }
 }

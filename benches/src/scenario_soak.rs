@@ -168,6 +168,12 @@ impl SoakScenario {
         let state = tempfile::tempdir().map_err(|e| err(format!("state dir: {e}")))?;
         let socket = state.path().join("coinop.sock");
         let seed = OsRng.next_u64() | 1;
+        // Now, not only in the report: a failing soak prints no report, and its seed and
+        // state dir are what a rerun or a post-mortem needs.
+        eprintln!(
+            "coinop-bench soak: seed {seed:#x}, state dir {}",
+            state.path().display()
+        );
         let mut s = Soak {
             sc: self,
             client: Client::new(&socket),
@@ -222,6 +228,13 @@ impl SoakScenario {
             f.swaps,
             f.stops
         );
+        let failed = outcome.is_err() || ended.is_err() || !f.findings.is_empty();
+        if failed {
+            // The daemon's ledger and logs are the evidence: keep them.
+            s.state.disable_cleanup(true);
+            eprintln!("coinop-bench soak: failed; state dir kept at {state_dir} (seed {seed:#x})");
+        }
+        let f = &s.f;
         outcome?;
         ended?;
         if !f.findings.is_empty() {

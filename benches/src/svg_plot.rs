@@ -65,7 +65,17 @@ pub fn render(reports: &[ScenarioReport]) -> String {
                 r#"<text x="{lx}" y="{ty}" text-anchor="end">{label}</text><rect x="{x}" y="{y}" width="{w:.1}" height="{BAR_H}" fill="{color}"/><line x1="{x}" x2="{xp:.1}" y1="{my}" y2="{my}" stroke="black"/><text x="{tx:.1}" y="{ty}">{median:.3}</text>"#,
                 lx = LABEL_W - 6.0,
                 ty = y + 11.0,
-                label = xml_escape(&format!("{} | {}", row.engine, row.metric)),
+                label = xml_escape(&format!(
+                    "{} | {}{}",
+                    row.engine,
+                    row.metric,
+                    // A rate's p95 is its fast tail: said where the whisker is drawn.
+                    if crate::stats::is_rate(&row.metric) {
+                        " (p95: fast tail)"
+                    } else {
+                        ""
+                    }
+                )),
                 x = LABEL_W,
                 xp = LABEL_W + wp,
                 my = y + BAR_H / 2.0,
@@ -93,7 +103,7 @@ mod tests {
 
     #[test]
     fn one_bar_per_row_scaled_within_its_unit() {
-        let fast = Summary::of(&[1.0, 2.0]).expect("non-empty");
+        let fast = Summary::of(&[1.0, 1.0, 2.0]).expect("non-empty");
         let slow = Summary::of(&[4.0, 4.0]).expect("non-empty");
         let big = Summary::of(&[1000.0]).expect("non-empty");
         let report = ScenarioReport {
@@ -117,5 +127,25 @@ mod tests {
         assert!(svg.contains(r#"width="105.0""#), "{svg}");
         assert!(svg.contains("&lt;128&gt;"), "labels are escaped");
         assert!(svg.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn a_rates_whisker_is_labelled_as_its_fast_tail() {
+        let s = Summary::of(&[10.0, 12.0]).expect("non-empty");
+        let report = ScenarioReport {
+            scenario: "burst".into(),
+            config: String::new(),
+            runs: 2,
+            warmup: 0,
+            rows: vec![
+                MetricRow::new("K=8", "leases/s", s),
+                MetricRow::new("K=8", "burst wall ms", s),
+            ],
+            ratios: vec![],
+            notes: vec![],
+        };
+        let svg = render(&[report]);
+        assert!(svg.contains("K=8 | leases/s (p95: fast tail)"), "{svg}");
+        assert!(svg.contains("K=8 | burst wall ms<"), "{svg}");
     }
 }

@@ -62,8 +62,10 @@
 //!                                                      `personalise` line from COM2, in
 //!                                                      this many data-register reads
 //!                                                      (VM exits; a `rep insb` is one)
-//! {"event":"guest_ready","t_us":2480}                  the guest wrote 123 to port 0x3f0
-//!                                                      (restored: see devices::boot_timer)
+//! {"event":"guest_ready","t_us":2480,"vmhwm_kib":2028} the guest wrote 123 to port 0x3f0
+//!                                                      (restored: see devices::boot_timer);
+//!                                                      vmhwm_kib: the VMM's peak RSS
+//!                                                      (VmHWM) then, absent without /proc
 //! {"event":"exit","t_us":9120,"reason":"guest_reset","code":0}
 //! ```
 //! Exit reasons: `guest_reset` (i8042 0xFE on port 0x64), `guest_poweroff` (KVM system event),

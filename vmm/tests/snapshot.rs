@@ -71,6 +71,7 @@ fn assert_restored_lifecycle(out: &Outcome, vcpus: u32) {
         last = t;
     }
     assert_eq!(out.event("vcpus_started")["vcpus"], vcpus, "{ctx}");
+    common::assert_plausible_vmhwm(out.event("guest_ready"), &ctx);
     assert_eq!(out.event("exit")["reason"], "guest_reset", "{ctx}");
 }
 

@@ -1338,7 +1338,7 @@ async fn wait_ready(
             Event::GuestReady { .. } if req.personalise.is_some() && line_sent.is_none() => {
                 return Err(BootError::ReadyUnpersonalised)
             }
-            Event::GuestReady { t_us } => return Ok((vcpus_started, since_arrival(t_us))),
+            Event::GuestReady { t_us, .. } => return Ok((vcpus_started, since_arrival(t_us))),
             Event::AwaitingPersonalisation { t_us } => {
                 if req.ready_at == ReadyPoint::AwaitingPersonalisation {
                     return Ok((vcpus_started, since_arrival(t_us)));

@@ -72,7 +72,7 @@ pub fn boot_progress(log: &Path) -> BootProgress {
             // A new boot's first event: what came before was another VMM's.
             Event::VmCreated { .. } => p = BootProgress::default(),
             Event::VcpusStarted { t_us, .. } => p.vcpus_started_us = Some(t_us),
-            Event::GuestReady { t_us } => p.guest_ready_us = Some(t_us),
+            Event::GuestReady { t_us, .. } => p.guest_ready_us = Some(t_us),
             Event::AwaitingPersonalisation { t_us } => p.awaiting_personalisation_us = Some(t_us),
             Event::Personalised { t_us, .. } => p.personalised_us = Some(t_us),
             Event::Exit { .. } => p.exited = true,
@@ -157,7 +157,11 @@ mod tests {
             data_reads: 1,
         }
         .to_line();
-        text += &Event::GuestReady { t_us: 30 }.to_line();
+        text += &Event::GuestReady {
+            t_us: 30,
+            vmhwm_kib: None,
+        }
+        .to_line();
         std::fs::write(&log, &text).expect("write");
         let ready = BootProgress {
             personalised_us: Some(25),

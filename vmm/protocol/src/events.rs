@@ -63,6 +63,12 @@ pub enum Event {
     GuestReady {
         /// µs since the time base.
         t_us: u64,
+        /// The VMM process's peak resident memory so far (`VmHWM` of /proc/self/status), in
+        /// KiB, read by the VMM itself as it writes this event. The VMM's own figure, so
+        /// that a reader gets it however soon afterwards the VMM exits. Absent when /proc
+        /// was not readable when the VMM started, and from a VMM that predates the field.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vmhwm_kib: Option<u64>,
     },
     /// The VM ended: the last event, written just before the process exits with `code`.
     Exit {
@@ -94,7 +100,7 @@ impl Event {
             | Event::VcpusStarted { t_us, .. }
             | Event::AwaitingPersonalisation { t_us }
             | Event::Personalised { t_us, .. }
-            | Event::GuestReady { t_us }
+            | Event::GuestReady { t_us, .. }
             | Event::Exit { t_us, .. } => *t_us,
         }
     }
@@ -158,7 +164,8 @@ impl fmt::Display for ExitReason {
 mod tests {
     use super::*;
 
-    /// Each line is copied from what coinop-vmm wrote before this crate existed.
+    /// Each line is copied from what coinop-vmm wrote before this crate existed, except the
+    /// second `guest_ready`: the form with its peak RSS, which older readers must still take.
     fn pinned() -> Vec<(&'static str, Event)> {
         vec![
             (
@@ -196,7 +203,17 @@ mod tests {
             ),
             (
                 r#"{"event":"guest_ready","t_us":9688}"#,
-                Event::GuestReady { t_us: 9688 },
+                Event::GuestReady {
+                    t_us: 9688,
+                    vmhwm_kib: None,
+                },
+            ),
+            (
+                r#"{"event":"guest_ready","t_us":9690,"vmhwm_kib":2028}"#,
+                Event::GuestReady {
+                    t_us: 9690,
+                    vmhwm_kib: Some(2028),
+                },
             ),
             (
                 r#"{"event":"exit","t_us":362172,"code":0,"reason":"stopped"}"#,
@@ -231,7 +248,7 @@ mod tests {
         let times: Vec<u64> = pinned().iter().map(|(_, event)| event.t_us()).collect();
         assert_eq!(
             times,
-            [485, 1879, 2210, 8577, 9100, 9400, 9688, 362172, 18747]
+            [485, 1879, 2210, 8577, 9100, 9400, 9688, 9690, 362172, 18747]
         );
     }
 

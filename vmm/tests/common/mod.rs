@@ -388,6 +388,7 @@ impl Outcome {
             vcpus,
             "vcpus_started.vcpus\n{ctx}"
         );
+        assert_plausible_vmhwm(self.event("guest_ready"), &ctx);
         let exit = self.event("exit");
         assert_eq!(exit["reason"], reason, "exit reason\n{ctx}");
         assert_eq!(exit["code"], code, "exit event code\n{ctx}");
@@ -494,4 +495,17 @@ pub fn scratch() -> tempfile::TempDir {
 
 pub fn socket_in(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("control.sock")
+}
+
+/// `guest_ready` carries the VMM's own peak RSS: read under the vCPU's seccomp filter, so
+/// its presence also shows the filter allows the read. A VMM with a guest of a few MiB
+/// peaks at a few MiB; anything at or past 1 GiB would be the spawner's figure or garbage.
+pub fn assert_plausible_vmhwm(guest_ready: &Value, ctx: &str) {
+    let kib = guest_ready["vmhwm_kib"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("guest_ready without vmhwm_kib: {guest_ready}\n{ctx}"));
+    assert!(
+        kib > 0 && kib < 1 << 20,
+        "guest_ready vmhwm_kib {kib} not in 1 KiB..1 GiB\n{ctx}"
+    );
 }
