@@ -82,6 +82,14 @@ pub enum PgStoreError {
     /// The keyset list changed under a rotation (another host rotated first).
     #[error("the fleet's keysets changed meanwhile: {0}")]
     KeysetsChanged(String),
+    /// Another live session holds this host id's lock in the store: another coinopd runs
+    /// with the same host id (see the `host_lock` module).
+    #[error(
+        "another coinopd holds host id {host_id:?} in the fleet store (a live session of \
+         the database holds the id's lock): two hosts must never share a host id; give \
+         this host its own --host-id, or stop the other coinopd"
+    )]
+    HostIdHeld { host_id: String },
     /// A row holds a value this build cannot read.
     #[error("PostgreSQL store holds {0}")]
     Corrupt(String),

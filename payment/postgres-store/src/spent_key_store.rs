@@ -37,6 +37,7 @@ impl From<PgStoreError> for SpentKeyStoreError {
             | PgStoreError::Config(_)
             | PgStoreError::Database(_)
             | PgStoreError::InvalidInput(_)
+            | PgStoreError::HostIdHeld { .. }
             | PgStoreError::OutputAlreadySigned { .. }
             | PgStoreError::HeldElsewhere(_)
             | PgStoreError::KeysetMismatch { .. }
