@@ -328,9 +328,10 @@ impl Fleet {
         }
     }
 
-    /// Takes the host id's lock again once its session is lost: until then every store
-    /// call is refused (503 for money requests). Nothing is reconciled again: this
-    /// process's fences in flight are its own, not a crash's leftovers.
+    /// Takes the host id's lock again once its session is lost, without waiting for the
+    /// next store call (which would take it first, or be refused: 503 for money requests),
+    /// and says so. Nothing is reconciled again: this process's fences in flight are its
+    /// own, not a crash's leftovers.
     async fn keep_host_lock(&self) {
         if !self.ready.load(Ordering::Acquire) || self.set.store().holds_host_lock() {
             return; // Not started (start_once takes it), or held.
@@ -477,11 +478,11 @@ impl Fleet {
         Ok(())
     }
 
-    /// Whether the start-up schema check, reconciliation and publication are done, and
-    /// this process holds its host id's lock in the store (every store call is refused
-    /// while it does not).
+    /// Whether the start-up schema check, reconciliation and publication are done. (The
+    /// host id's lock is not asked here: a lost one is taken again by the next store call,
+    /// which is refused if it cannot be; see `payment_postgres::host_lock`.)
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.set.store().holds_host_lock()
+        self.ready.load(Ordering::Acquire)
     }
 
     /// The store's pool, shared with the fleet's mint ([`crate::fleet_mint`]) and quote book.

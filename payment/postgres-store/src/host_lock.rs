@@ -7,12 +7,11 @@
 //! (cloned images, a copied state path) would read its own ledger, find nothing, and
 //! release the first one's in-flight fences: one payment could then buy twice.
 //!
-//! Once [`HostLock::hold`] has been called, every pooled call of the store is refused as
-//! [`PgStoreError::Unavailable`] while the lock is not held (not yet taken, or its session
-//! lost): nothing is claimed, reserved or settled unless this process is the host id's
-//! one holder. A lost session is noticed when its connection ends; the caller takes the
-//! lock again with [`HostLock::hold`] (and reconciles nothing anew: its own fences in
-//! flight are not leftovers of a crash).
+//! Once [`HostLock::hold`] has been called, every pooled call of the store first takes the
+//! lock again if it is not held (its session lost, noticed when its connection ends), and
+//! is refused as [`PgStoreError::Unavailable`] if it cannot: nothing is claimed, reserved
+//! or settled unless this process is the host id's one holder. Taken again, nothing is
+//! reconciled anew: this process's fences in flight are its own, not a crash's leftovers.
 //!
 //! A session whose client died without closing it (the machine lost power, a network
 //! partition) keeps the lock until the server notices. The lock's session asks the server

@@ -185,9 +185,10 @@ impl PgStore {
     }
 
     /// Takes this host id's lock in the store (see the `host_lock` module), or confirms
-    /// it is still held: from the first call on, every call of this store is refused as
-    /// [`PgStoreError::Unavailable`] while the lock is not held. Another live session with
-    /// it is [`PgStoreError::HostIdHeld`].
+    /// it is still held: from the first call on, every call of this store first takes the
+    /// lock again if its session was lost, and is refused as
+    /// [`PgStoreError::Unavailable`] if it cannot. Another live session with it is
+    /// [`PgStoreError::HostIdHeld`].
     pub async fn hold_host_lock(&self) -> Result<(), PgStoreError> {
         self.host_lock.hold().await
     }
@@ -252,12 +253,13 @@ impl PgStore {
     {
         let run = async {
             if !self.host_lock.admits() {
-                return Err(PgStoreError::Unavailable(format!(
-                    "this process does not hold host id {:?}'s lock in the store (its \
-                     session was lost, or is not taken yet): nothing is done under the id \
-                     until it does",
-                    &*self.host_id
-                )));
+                // The lock's session was lost (a server restart, a dropped connection):
+                // taken again first, or this call is refused, so nothing is done under
+                // the id while another process may hold it.
+                self.host_lock.hold().await.map_err(|e| match e {
+                    e @ PgStoreError::HostIdHeld { .. } => PgStoreError::Unavailable(e.to_string()),
+                    other => other,
+                })?;
             }
             let client = self.pool.get().await.map_err(classify_pool)?;
             self.counters

@@ -853,8 +853,8 @@ async fn a_version_4_database_is_upgraded_to_settles_by_operation() {
 /// Two stores with one host id: the first takes the id's lock, the second is refused
 /// (`HostIdHeld`) and, having asked, does nothing under the id (every call `Unavailable`),
 /// so its reconciliation cannot release the first's fences. The first's lock session
-/// killed on the server: it does nothing more until it takes the lock again, which the
-/// second may take first; the first is then the one refused.
+/// killed on the server and the lock taken by the second meanwhile: the first does
+/// nothing more (each call would take the lock again first, and cannot).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_host_id_is_held_by_one_store_at_a_time() {
     let Some(pg) = cluster("one_host_id_is_held_by_one_store_at_a_time") else {
@@ -910,12 +910,14 @@ async fn one_host_id_is_held_by_one_store_at_a_time() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Free now: the second takes it before the first's next call, which would take it
+    // again first; so that call is refused, as is everything the first does from now on.
+    second.store().hold_host_lock().await.expect("free now");
     let refused = first.states(std::slice::from_ref(&k)).await;
     assert!(
-        matches!(refused, Err(PgStoreError::Unavailable(_))),
+        matches!(&refused, Err(PgStoreError::Unavailable(m)) if m.contains("another coinopd holds host id")),
         "{refused:?}"
     );
-    second.store().hold_host_lock().await.expect("free now");
     assert!(matches!(
         first.store().hold_host_lock().await,
         Err(PgStoreError::HostIdHeld { .. })
