@@ -25,7 +25,8 @@ pub enum DaemonError {
     },
     #[error("re-adopting guests: {0}")]
     Adopt(#[from] crate::ledger::LedgerError),
-    /// The fleet store's schema is newer than this coinopd.
+    /// The fleet store's schema is newer than this coinopd, or another coinopd holds this
+    /// host's id in it.
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetStartError),
     /// This host's mint seed or fee is not the fleet's.
@@ -34,12 +35,13 @@ pub enum DaemonError {
 }
 
 impl DaemonError {
-    /// `coinopd`'s exit status for this error: 2 when another coinopd holds the state dir
-    /// or this namespace's guest networking (as for a bad flag: starting again will not
-    /// help), 1 otherwise.
+    /// `coinopd`'s exit status for this error: 2 when another coinopd holds the state dir,
+    /// this namespace's guest networking or this host's id in the fleet store (as for a
+    /// bad flag: starting again will not help), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
             DaemonError::Start(e) if e.is_held_by_another_coinopd() => 2,
+            DaemonError::Fleet(crate::fleet::FleetStartError::HostIdHeld { .. }) => 2,
             // Another mint seed or fee than the fleet's, or an unusable seed file.
             DaemonError::FleetMint(_) | DaemonError::Start(StartError::MintSeed(_)) => 2,
             _ => 1,

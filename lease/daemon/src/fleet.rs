@@ -115,10 +115,29 @@ impl From<PgStoreError> for FleetError {
     }
 }
 
-/// The start-up schema check refused this database.
+/// How long a start waits for its host id's lock held by another session: the session
+/// of this host's own earlier coinopd, crashed on a machine that went away without
+/// closing its socket, ends by then (the server's keepalives on that session, and a
+/// margin); a live twin holds it longer.
+const HOST_LOCK_WAIT: Duration =
+    Duration::from_secs(payment_postgres::host_lock::SESSION_NOTICED_WITHIN.as_secs() + 5);
+
+/// Why the daemon does not start against this store.
 #[derive(Debug, Error)]
-#[error("fleet store: {0}")]
-pub struct FleetStartError(#[source] pub PgStoreError);
+pub enum FleetStartError {
+    /// The start-up schema check refused this database.
+    #[error("fleet store: {0}")]
+    Store(#[source] PgStoreError),
+    /// Another coinopd holds this host id's lock in the store, and kept it while this one
+    /// waited for the session of a crashed earlier run to end.
+    #[error(
+        "another coinopd holds host id {host_id:?} in the fleet store: its session kept \
+         the host id's lock for the {waited_s} s this coinopd waited (long enough for the \
+         session of a crashed earlier coinopd of this host to end); two hosts must never \
+         share a host id: give this host its own --host-id, or stop the other coinopd"
+    )]
+    HostIdHeld { host_id: String, waited_s: u64 },
+}
 
 /// Keys fenced in the store for one operation, until [`Fleet::settle`].
 #[derive(Debug)]
@@ -235,11 +254,23 @@ impl Fleet {
     /// requests. A newer schema is an error (the daemon does not start); an unreachable
     /// store is not: the daemon serves (guests, metering) with money requests refused
     /// while this keeps trying in the background.
+    ///
+    /// First of all this process takes its host id's lock in the store (see
+    /// `payment_postgres::host_lock`), so that no other coinopd with the same id can run
+    /// the reconciliation meanwhile: held by another session, the start waits up to
+    /// [`HOST_LOCK_WAIT`] for it (a crashed earlier run's session the server has not
+    /// dropped yet), then fails with [`FleetStartError::HostIdHeld`].
     pub async fn start(self: &Arc<Self>, ledger: Arc<Ledger>) -> Result<(), FleetStartError> {
-        match self.start_once(&ledger).await {
+        match self.start_waiting_for_host_lock(&ledger).await {
             Ok(()) => {}
             Err(NotReady::Store(e @ PgStoreError::SchemaTooNew { .. })) => {
-                return Err(FleetStartError(e))
+                return Err(FleetStartError::Store(e))
+            }
+            Err(NotReady::Store(PgStoreError::HostIdHeld { host_id })) => {
+                return Err(FleetStartError::HostIdHeld {
+                    host_id,
+                    waited_s: HOST_LOCK_WAIT.as_secs(),
+                })
             }
             Err(e) => {
                 tracing::warn!(error = %e, "fleet store not ready; money requests get 503 until it is");
@@ -249,6 +280,11 @@ impl Fleet {
                         tokio::time::sleep(RETRY).await;
                         match fleet.start_once(&ledger).await {
                             Ok(()) => break,
+                            // Found late (the store was down at start): refused for good,
+                            // as loudly as it can be without stopping the guests.
+                            Err(e @ NotReady::Store(PgStoreError::HostIdHeld { .. })) => {
+                                tracing::error!(error = %e, "fleet store: money requests refused")
+                            }
                             Err(e) => tracing::warn!(error = %e, "fleet store still not ready"),
                         }
                     }
@@ -259,13 +295,62 @@ impl Fleet {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(RETRY).await;
+                fleet.keep_host_lock().await;
                 fleet.settle_unsettled(&ledger).await;
             }
         });
         Ok(())
     }
 
+    /// [`Fleet::start_once`], again while another session holds the host id's lock, for
+    /// at most [`HOST_LOCK_WAIT`].
+    async fn start_waiting_for_host_lock(&self, ledger: &Arc<Ledger>) -> Result<(), NotReady> {
+        let deadline = Instant::now() + HOST_LOCK_WAIT;
+        let mut told = false;
+        loop {
+            match self.start_once(ledger).await {
+                Err(NotReady::Store(PgStoreError::HostIdHeld { host_id }))
+                    if Instant::now() < deadline =>
+                {
+                    if !told {
+                        tracing::warn!(
+                            host_id,
+                            "another session holds this host id's lock in the fleet store; \
+                             waiting up to {} s for a crashed earlier coinopd's session to end",
+                            HOST_LOCK_WAIT.as_secs()
+                        );
+                        told = true;
+                    }
+                    tokio::time::sleep(RETRY).await;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Takes the host id's lock again once its session is lost, without waiting for the
+    /// next store call (which would take it first, or be refused: 503 for money requests),
+    /// and says so. Nothing is reconciled again: this process's fences in flight are its
+    /// own, not a crash's leftovers.
+    async fn keep_host_lock(&self) {
+        if !self.ready.load(Ordering::Acquire) || self.set.store().holds_host_lock() {
+            return; // Not started (start_once takes it), or held.
+        }
+        match self.set.store().hold_host_lock().await {
+            Ok(()) => tracing::info!(
+                host_id = self.host_id(),
+                "this host's id lock in the fleet store taken again"
+            ),
+            Err(e @ PgStoreError::HostIdHeld { .. }) => {
+                tracing::error!(error = %e, "fleet store: money requests refused")
+            }
+            Err(e) => tracing::warn!(error = %e, "taking this host's id lock again"),
+        }
+    }
+
     async fn start_once(&self, ledger: &Arc<Ledger>) -> Result<(), NotReady> {
+        // Before anything under this host's id: no twin may reconcile while this runs.
+        self.set.store().hold_host_lock().await?;
         self.set.store().migrate().await?;
         let done = self
             .set
@@ -393,7 +478,9 @@ impl Fleet {
         Ok(())
     }
 
-    /// Whether the start-up schema check, reconciliation and publication are done.
+    /// Whether the start-up schema check, reconciliation and publication are done. (The
+    /// host id's lock is not asked here: a lost one is taken again by the next store call,
+    /// which is refused if it cannot be; see `payment_postgres::host_lock`.)
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }

@@ -708,3 +708,59 @@ async fn spends_from_before_a_host_joined_the_fleet_are_refused_on_every_host() 
     assert_eq!(log.matches("own spends published").count(), 1, "{log}");
     assert!(!log.contains("spent twice"), "{log}");
 }
+
+/// Two coinopds with one `--host-id` on one store: the second, after waiting for what
+/// could be a crashed earlier run's session to end, refuses to start (exit 2, its log
+/// names the host id and says another coinopd holds it), and the first is untouched.
+/// Once the first stops, the second starts with that id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_coinopd_with_the_same_host_id_refuses_to_start() {
+    let Some(pg) = cluster("a_second_coinopd_with_the_same_host_id_refuses_to_start") else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new()];
+    let h1 = host(&pg, &dirs[0], 1, &[]).await;
+    h1.wait_store_ready().await;
+    // The fleet's mint keys: what refuses the second below is its host id alone.
+    share_mint_keys(&dirs[0], &dirs[1]);
+    let conninfo = pg.conninfo("fleet");
+    let base = (UID_BASE + 2 * UIDS_PER_HOST).to_string();
+    let count = UIDS_PER_HOST.to_string();
+    // host 1's id, on its own state dir and uid range.
+    let mut args = vec!["--store", conninfo.as_str(), "--host-id", "host-1"];
+    args.extend(host_args(&base, &count));
+    let socket = dirs[1].path().join("coinop.sock");
+    let full = common::daemon_args(dirs[1].path(), &socket, &args);
+    let log_path = dirs[1].path().join("twin.log");
+    let log = std::fs::File::create(&log_path).expect("twin log");
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_coinopd"))
+            .args(&full[1..])
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .status()
+            .expect("run coinopd")
+    })
+    .await
+    .expect("waiting for coinopd");
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert_eq!(status.code(), Some(2), "{status:?}: {text}");
+    assert!(
+        text.contains("another coinopd holds host id \"host-1\""),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(20),
+        "refused without waiting for a crashed session to end: {text}"
+    );
+    let view = h1.call("GET", "/v1/host", None, None).await.json();
+    assert_eq!(view["store"]["ready"], true, "{view}");
+
+    h1.shutdown().await;
+    let twin = Daemon::spawn(dirs[1].path(), &args, &[]).await;
+    twin.wait_store_ready().await;
+    twin.shutdown().await;
+}

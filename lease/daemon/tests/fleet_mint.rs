@@ -955,6 +955,83 @@ async fn a_crash_between_a_refunds_reservation_and_the_ledger_loses_nothing() {
     .await;
 }
 
+/// A refund whose change reservation's answer is lost (the store reserved it, host 1
+/// carries on as if the connection dropped): the stop fails (503) and its reservation is
+/// released at once, not left pending fleet-wide until host 1 restarts, so host 2 signs
+/// one of those outputs for something else; the stop onto other outputs then refunds the
+/// whole balance, which host 2 restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_whose_reservation_answer_was_lost_leaves_no_output_pending() {
+    let Some(pg) = cluster("a_refund_whose_reservation_answer_was_lost_leaves_no_output_pending")
+    else {
+        return;
+    };
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let seed = seed_file(secrets.path(), 0x53, 0o600);
+    let dirs = [StateDir::new(), StateDir::new()];
+    // Host 1's first reservation of signed outputs is the refund below (its credit is
+    // minted on host 2, and a create reserves none): its answer is lost.
+    let h1 = host_with(
+        &pg,
+        &dirs[0],
+        1,
+        &seed,
+        &[("COINOPD_FAULT_LOST", "fleet_outputs_reserved:1")],
+    )
+    .await;
+    let h2 = host(&pg, &dirs[1], 2, &seed).await;
+    h1.wait_store_ready().await;
+    h2.wait_store_ready().await;
+    let wallet = Wallet::new(&h2).await;
+    let paid = h2.mint_credit(500).await;
+    let lease = h1
+        .create_lease(testguest_body("mode=echo", credit_payment(&paid)))
+        .await;
+    let blanks = wallet.outputs(&[1; 10]);
+    let path = format!("/v1/leases/{}/stop", lease.id);
+    let r = h1
+        .call(
+            "POST",
+            &path,
+            Some(&lease.token),
+            Some(json!({"outputs": messages(&blanks)})),
+        )
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+
+    // Released: host 2 signs the first of those outputs for a swap of its own.
+    let other = h2.mint_credit(1).await;
+    let r = h2
+        .call(
+            "POST",
+            "/v1/swap",
+            None,
+            Some(swap_body(&other, &blanks[..1])),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The lease kept its balance: the stop onto the other outputs refunds it.
+    let rest = json!({"outputs": messages(&blanks[1..])});
+    let r = h1.call("POST", &path, Some(&lease.token), Some(rest)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let change = signatures(&r);
+    assert!(!change.is_empty(), "a refund: {}", r.text());
+    let r = h2
+        .call(
+            "POST",
+            "/v1/restore",
+            None,
+            Some(json!({"outputs": messages(&blanks[1..1 + change.len()])})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(signatures(&r), change);
+}
+
 /// A `B_` this host signed (for 1 sat) while it ran on its own, so only its local spent
 /// set knows it, then sent in a swap of fresh inputs at 64 sat once it has joined: the
 /// local swap refuses it (11003), and the reservation the store held for the 64-sat

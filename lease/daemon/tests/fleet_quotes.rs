@@ -738,3 +738,109 @@ async fn a_nut30_quote_made_on_host_1_is_paid_on_host_2_and_minted_on_host_3() {
         (600, 600)
     );
 }
+
+/// A quote id no book issues (a NUL, which PostgreSQL refuses in text, upper case, other
+/// characters) gets on a fleet host exactly what a single host answers for it (a 4xx in
+/// the route's error shape, 404 for an unknown quote), never a 500 with an error logged:
+/// on the NUT-30 routes (path and body), the legacy mint and a lease's create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_quote_ids_get_a_single_hosts_answer_on_a_fleet_host() {
+    let Some(pg) = cluster("impossible_quote_ids_get_a_single_hosts_answer_on_a_fleet_host") else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new()];
+    let fleet = host(&pg, &dirs[0], 1, &[]).await;
+    let xpub = fleet_tpub();
+    let (base, count) = (
+        (UID_BASE + 2 * UIDS_PER_HOST).to_string(),
+        UIDS_PER_HOST.to_string(),
+    );
+    let single = Daemon::spawn(
+        dirs[1].path(),
+        &[
+            "--xpub",
+            &xpub,
+            "--jail-uid-base",
+            &base,
+            "--jail-uid-count",
+            &count,
+            "--jail-pool",
+            "0",
+            "--guest-network",
+            "never",
+        ],
+        &[],
+    )
+    .await;
+    let payment = |id: &str| json!({"quote_id": id, "tx_hex": "00", "proof_hex": "00"});
+    for (id, in_path) in [
+        ("\u{0}", "%00"),
+        ("00112233\u{0}", "00112233%00"),
+        (
+            "00112233445566778899AABBCCDDEEFF",
+            "00112233445566778899AABBCCDDEEFF",
+        ),
+        ("no-such-quote", "no-such-quote"),
+    ] {
+        let requests: Vec<(&str, String, Option<Value>)> = vec![
+            ("GET", format!("/v1/mint/quote/onchain/{in_path}"), None),
+            (
+                "POST",
+                format!("/v1/mint/quote/onchain/{in_path}/payment"),
+                Some(json!({"tx_hex": "00", "proof_hex": "00"})),
+            ),
+            (
+                "POST",
+                "/v1/mint/onchain".into(),
+                Some(json!({"quote": id, "outputs": [], "signature": "00"})),
+            ),
+            (
+                "POST",
+                "/v1/mint/onchain".into(),
+                Some(json!({"payment": payment(id), "outputs": []})),
+            ),
+            (
+                "POST",
+                "/v1/leases".into(),
+                Some(testguest_body("", json!({"onchain": payment(id)}))),
+            ),
+        ];
+        for (method, path, body) in requests {
+            let on_fleet = fleet.call(method, &path, None, body.clone()).await;
+            let alone = single.call(method, &path, None, body.clone()).await;
+            let what = format!("{method} {path} {body:?}");
+            assert!(
+                (400..500).contains(&on_fleet.status),
+                "{what}: {} {}",
+                on_fleet.status,
+                on_fleet.text()
+            );
+            assert_eq!(
+                on_fleet.status,
+                alone.status,
+                "{what}: fleet {} / single host {}",
+                on_fleet.text(),
+                alone.text()
+            );
+            // The same error shape (NUT-00's `detail`/`code`, or coinop's `error`).
+            let keys = |r: &coinop_cli::client::Reply| -> Vec<String> {
+                let mut k: Vec<String> = r
+                    .json()
+                    .as_object()
+                    .map(|o| o.keys().cloned().collect())
+                    .unwrap_or_default();
+                k.sort();
+                k
+            };
+            assert_eq!(keys(&on_fleet), keys(&alone), "{what}: {}", on_fleet.text());
+            assert_eq!(on_fleet.json()["code"], alone.json()["code"], "{what}");
+        }
+    }
+    let log = fleet.log();
+    assert!(
+        !log.contains("fleet store error") && !log.contains("fleet mint error"),
+        "an impossible quote id reached the store: {log}"
+    );
+    fleet.shutdown().await;
+    single.shutdown().await;
+}

@@ -57,6 +57,12 @@ pub enum PgStoreError {
     /// The database refused a statement for a reason other than an outage.
     #[error("PostgreSQL store: {0}")]
     Database(#[source] tokio_postgres::Error),
+    /// The server refused a value sent to it (SQLSTATE class 22, data exception: a NUL or
+    /// bytes not valid in the database's encoding in a text parameter, a number out of
+    /// range). Values come from requests, so this is the request's fault; the statement,
+    /// and its transaction, took no effect.
+    #[error("PostgreSQL store refused a value: {0}")]
+    InvalidInput(#[source] tokio_postgres::Error),
     /// Nothing was reserved because this blinded message (`B_`) was signed before, or is
     /// reserved by another operation (NUT-00 11003).
     #[error("output {b_hex} was already signed")]
@@ -76,6 +82,14 @@ pub enum PgStoreError {
     /// The keyset list changed under a rotation (another host rotated first).
     #[error("the fleet's keysets changed meanwhile: {0}")]
     KeysetsChanged(String),
+    /// Another live session holds this host id's lock in the store: another coinopd runs
+    /// with the same host id (see the `host_lock` module).
+    #[error(
+        "another coinopd holds host id {host_id:?} in the fleet store (a live session of \
+         the database holds the id's lock): two hosts must never share a host id; give \
+         this host its own --host-id, or stop the other coinopd"
+    )]
+    HostIdHeld { host_id: String },
     /// A row holds a value this build cannot read.
     #[error("PostgreSQL store holds {0}")]
     Corrupt(String),
@@ -105,25 +119,48 @@ impl PgStoreError {
     }
 }
 
-/// Whether a server error code means "the server cannot serve now" rather than "this
-/// statement is wrong": connection exceptions (08), resource exhaustion such as too many
-/// connections (53), operator intervention incl. statement timeout and shutdown (57), and
-/// a server that is still starting up or in recovery (57P03 is in 57).
-fn is_outage_code(code: &SqlState) -> bool {
-    let c = code.code();
-    c.starts_with("08") || c.starts_with("53") || c.starts_with("57")
+/// What a server error code says about the statement that met it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CodeClass {
+    /// The server cannot serve now, or gave up on this attempt; the same request may
+    /// succeed later: connection exceptions (08), resource exhaustion such as too many
+    /// connections (53), operator intervention incl. statement timeout and shutdown (57; a
+    /// server still starting up or in recovery is 57P03), and a transaction rolled back
+    /// because it met another one (40001 serialization failure, 40P01 deadlock: the
+    /// server aborted it, so nothing of it took effect, and a retry normally passes).
+    Outage,
+    /// The request carried a value the server refuses (class 22, data exception).
+    InvalidInput,
+    /// Anything else: this statement is wrong for the data (a constraint, a bug).
+    Other,
 }
 
-/// Sorts a driver error into an outage or a database answer.
+fn code_class(code: &SqlState) -> CodeClass {
+    let c = code.code();
+    if c.starts_with("08")
+        || c.starts_with("53")
+        || c.starts_with("57")
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+    {
+        CodeClass::Outage
+    } else if c.starts_with("22") {
+        CodeClass::InvalidInput
+    } else {
+        CodeClass::Other
+    }
+}
+
+/// Sorts a driver error into an outage, a refused value or a database answer.
 pub(crate) fn classify(e: tokio_postgres::Error) -> PgStoreError {
     if e.is_closed() {
         return PgStoreError::Unavailable(e.to_string());
     }
     if let Some(code) = e.code() {
-        return if is_outage_code(code) {
-            PgStoreError::Unavailable(e.to_string())
-        } else {
-            PgStoreError::Database(e)
+        return match code_class(code) {
+            CodeClass::Outage => PgStoreError::Unavailable(e.to_string()),
+            CodeClass::InvalidInput => PgStoreError::InvalidInput(e),
+            CodeClass::Other => PgStoreError::Database(e),
         };
     }
     // No server answer: the socket failed (refused, reset) or the driver timed out.
@@ -149,5 +186,59 @@ pub(crate) fn classify_pool(e: deadpool_postgres::PoolError) -> PgStoreError {
             PgStoreError::Config("the connection pool has no runtime for its timeouts".into())
         }
         PoolError::PostCreateHook(e) => PgStoreError::Unavailable(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlocks_and_serialization_failures_are_outages_to_retry() {
+        // The server rolled the transaction back: nothing took effect, and the callers'
+        // handling of an outage (503 with Retry-After, a settle retried) is the right one.
+        assert_eq!(
+            code_class(&SqlState::T_R_DEADLOCK_DETECTED),
+            CodeClass::Outage
+        );
+        assert_eq!(
+            code_class(&SqlState::T_R_SERIALIZATION_FAILURE),
+            CodeClass::Outage
+        );
+        for outage in [
+            SqlState::CONNECTION_FAILURE,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::QUERY_CANCELED,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+        ] {
+            assert_eq!(code_class(&outage), CodeClass::Outage, "{outage:?}");
+        }
+    }
+
+    #[test]
+    fn data_exceptions_are_the_requests_fault() {
+        for refused in [
+            SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            SqlState::INVALID_TEXT_REPRESENTATION,
+            SqlState::UNTRANSLATABLE_CHARACTER,
+        ] {
+            assert_eq!(code_class(&refused), CodeClass::InvalidInput, "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn other_answers_stay_database_errors() {
+        // Constraint violations are answers some callers read (a unique violation is a
+        // repeat); the rest of class 40 is not a conflict to retry blindly.
+        for other in [
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::CHECK_VIOLATION,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::T_R_INTEGRITY_CONSTRAINT_VIOLATION,
+        ] {
+            assert_eq!(code_class(&other), CodeClass::Other, "{other:?}");
+        }
     }
 }

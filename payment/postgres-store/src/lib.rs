@@ -147,6 +147,7 @@
 //! Retiring a keyset fleet-wide has no route yet.
 
 mod error;
+pub mod host_lock;
 mod keysets;
 pub mod migrations;
 mod nut30;

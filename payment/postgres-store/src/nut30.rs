@@ -26,6 +26,7 @@
 //!   one's signatures.
 
 use deadpool_postgres::GenericClient;
+use payment::onchain::quote::possible_quote_id;
 use payment::spent_set::{SignedOutput, SpendKey, SpendState};
 
 use crate::error::{classify, PgStoreError};
@@ -144,8 +145,12 @@ impl PgNut30Quotes {
             .await
     }
 
-    /// The NUT-30 quote `quote_id`, made by any host.
+    /// The NUT-30 quote `quote_id`, made by any host. An id no book issues (a NUL, which
+    /// the server refuses as text, included) is no quote, unasked.
     pub async fn get(&self, quote_id: &str) -> Result<Option<Nut30Quote>, PgStoreError> {
+        if !possible_quote_id(quote_id) {
+            return Ok(None);
+        }
         self.store
             .with_client(1, |client| async move { read(&client, quote_id).await })
             .await
@@ -165,6 +170,10 @@ impl PgNut30Quotes {
         receipt: &[u8; 32],
         note: &str,
     ) -> Result<Option<Nut30Quote>, PgStoreError> {
+        // No such quote (see `get`).
+        if !possible_quote_id(quote_id) {
+            return Ok(None);
+        }
         let (kinds, bytes) = key_arrays(keys)?;
         let amount = to_i64(amount_sat, "amount_sat")?;
         let host = self.store.host_id().to_owned();
@@ -264,6 +273,10 @@ impl PgNut30Quotes {
         asked: u64,
         signed: &[SignedOutput],
     ) -> Result<Nut30Issue, PgStoreError> {
+        // No such quote (see `get`).
+        if !possible_quote_id(quote_id) {
+            return Ok(Nut30Issue::UnknownQuote);
+        }
         let amount = to_i64(asked, "amount")?;
         let columns = OutputColumns::of(signed)?;
         let host = self.store.host_id().to_owned();

@@ -32,7 +32,7 @@ use std::str::FromStr;
 
 use bitcoin::hashes::Hash;
 use bitcoin::{Address, BlockHash, OutPoint, ScriptBuf, Txid};
-use payment::onchain::quote::{bip21_uri, dust_limit_sat, MAX_QUOTE_ID_LEN};
+use payment::onchain::quote::{bip21_uri, dust_limit_sat, possible_quote_id};
 use payment::onchain::receive_address::HARDENED;
 use payment::onchain::{msat_to_sat_ceil, AddressDeriver, Quote, QuoteError};
 use thiserror::Error;
@@ -502,8 +502,10 @@ impl PgQuoteBook {
     }
 
     /// The quote with this id, issued by any host of the fleet.
+    /// An id no book issues (a NUL, which the server refuses as text, included) is no
+    /// quote, unasked.
     pub async fn get(&self, quote_id: &str) -> Result<Option<FleetQuote>, PgStoreError> {
-        if quote_id.len() > MAX_QUOTE_ID_LEN {
+        if !possible_quote_id(quote_id) {
             return Ok(None);
         }
         self.store
@@ -526,6 +528,10 @@ impl PgQuoteBook {
     /// Records that a payment to `quote_id`'s address exists: its index is never reused,
     /// by any host. Idempotent.
     pub async fn mark_paid(&self, quote_id: &str) -> Result<(), PgStoreError> {
+        // No such quote (see `get`): nothing to mark.
+        if !possible_quote_id(quote_id) {
+            return Ok(());
+        }
         self.store
             .with_client(1, |client| async move {
                 client
@@ -617,6 +623,10 @@ impl PgQuoteBook {
     /// The outputs any host of the fleet found paying `quote_id`, in any block (the caller
     /// keeps those on its best chain).
     pub async fn seen_for(&self, quote_id: &str) -> Result<Vec<SeenPayment>, PgStoreError> {
+        // No such quote (see `get`): nothing paid it.
+        if !possible_quote_id(quote_id) {
+            return Ok(Vec::new());
+        }
         let rows = self
             .store
             .with_client(1, |client| async move {

@@ -36,6 +36,8 @@ impl From<PgStoreError> for SpentKeyStoreError {
             | PgStoreError::Migration { .. }
             | PgStoreError::Config(_)
             | PgStoreError::Database(_)
+            | PgStoreError::InvalidInput(_)
+            | PgStoreError::HostIdHeld { .. }
             | PgStoreError::OutputAlreadySigned { .. }
             | PgStoreError::HeldElsewhere(_)
             | PgStoreError::KeysetMismatch { .. }

@@ -10,6 +10,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use crate::error::{classify_pool, PgStoreError};
+use crate::host_lock::HostLock;
 use crate::migrations;
 
 /// How to reach the store and how long to wait for it.
@@ -83,6 +84,7 @@ pub struct PgStore {
     operation_timeout: Duration,
     statement_timeout: Duration,
     counters: Arc<StoreCounters>,
+    host_lock: Arc<HostLock>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -148,6 +150,12 @@ impl PgStore {
             millis(options.statement_timeout)
         ));
         config.connect_timeout(options.connect_timeout);
+        let host_id: Arc<str> = options.host_id.as_str().into();
+        let host_lock = Arc::new(HostLock::new(
+            config.clone(),
+            Arc::clone(&host_id),
+            options.operation_timeout,
+        ));
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -167,12 +175,27 @@ impl PgStore {
             .map_err(|e| PgStoreError::Config(format!("connection pool: {e}")))?;
         Ok(PgStore {
             pool,
-            host_id: options.host_id.as_str().into(),
+            host_id,
             description: description.into(),
             operation_timeout: options.operation_timeout,
             statement_timeout: options.statement_timeout,
             counters: Arc::default(),
+            host_lock,
         })
+    }
+
+    /// Takes this host id's lock in the store (see the `host_lock` module), or confirms
+    /// it is still held: from the first call on, every call of this store first takes the
+    /// lock again if its session was lost, and is refused as
+    /// [`PgStoreError::Unavailable`] if it cannot. Another live session with it is
+    /// [`PgStoreError::HostIdHeld`].
+    pub async fn hold_host_lock(&self) -> Result<(), PgStoreError> {
+        self.host_lock.hold().await
+    }
+
+    /// Whether this process holds its host id's lock now (see [`PgStore::hold_host_lock`]).
+    pub fn holds_host_lock(&self) -> bool {
+        self.host_lock.is_held()
     }
 
     /// Applies pending migrations, or refuses a newer schema; see [`migrations::migrate`].
@@ -229,6 +252,15 @@ impl PgStore {
         Fut: std::future::Future<Output = Result<T, PgStoreError>>,
     {
         let run = async {
+            if !self.host_lock.admits() {
+                // The lock's session was lost (a server restart, a dropped connection):
+                // taken again first, or this call is refused, so nothing is done under
+                // the id while another process may hold it.
+                self.host_lock.hold().await.map_err(|e| match e {
+                    e @ PgStoreError::HostIdHeld { .. } => PgStoreError::Unavailable(e.to_string()),
+                    other => other,
+                })?;
+            }
             let client = self.pool.get().await.map_err(classify_pool)?;
             self.counters
                 .round_trips

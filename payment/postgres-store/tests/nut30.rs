@@ -184,3 +184,45 @@ async fn a_quote_is_credited_once_and_never_issues_more_than_was_paid() {
         .expect("quote");
     assert_eq!((read.amount_paid_sat, read.amount_issued_sat), (148, 140));
 }
+
+/// A quote id no book issues is no quote, answered without a round trip (a NUL would be
+/// refused by the server as text); a value the server refuses anyway (a NUL in a pubkey)
+/// is `InvalidInput`, the request's fault, not a database failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_quote_ids_are_unknown_unasked_and_refused_values_are_invalid_input() {
+    let Some(pg) = TestCluster::start("nut30_impossible_ids").expect("test PostgreSQL") else {
+        return;
+    };
+    pg.create_database("coinop").expect("createdb coinop");
+    let store = store(&pg, "h1").await;
+    let nut30 = PgNut30Quotes::new(store.clone());
+    let before = store.metrics();
+    for id in ["\0", "00ff\0", "00FF", "", &"0".repeat(65)] {
+        assert!(nut30.get(id).await.expect("no error").is_none(), "{id:?}");
+        assert_eq!(
+            nut30
+                .issue(id, "op", 1, &[output(1, 1)])
+                .await
+                .expect("no error"),
+            Nut30Issue::UnknownQuote,
+            "{id:?}"
+        );
+        let credited = nut30
+            .credit_payment(id, &[outpoint(1)], 1, &[0; 32], "n")
+            .await
+            .expect("no error");
+        assert!(credited.is_none(), "{id:?}");
+    }
+    assert_eq!(
+        store.metrics(),
+        before,
+        "an impossible id reached the server"
+    );
+
+    match nut30.open("00112233445566778899aabbccddeeff", "02\0").await {
+        Err(PgStoreError::InvalidInput(e)) => {
+            assert_eq!(e.code().map(|c| &c.code()[..2]), Some("22"), "{e}")
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+}

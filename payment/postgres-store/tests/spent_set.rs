@@ -849,3 +849,85 @@ async fn a_version_4_database_is_upgraded_to_settles_by_operation() {
     h1.commit_pending(&k, "Y").await.unwrap();
     assert!(h1.held_for_operation(&k, "Y").await.unwrap());
 }
+
+/// Two stores with one host id: the first takes the id's lock, the second is refused
+/// (`HostIdHeld`) and, having asked, does nothing under the id (every call `Unavailable`),
+/// so its reconciliation cannot release the first's fences. The first's lock session
+/// killed on the server and the lock taken by the second meanwhile: the first does
+/// nothing more (each call would take the lock again first, and cannot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_id_is_held_by_one_store_at_a_time() {
+    let Some(pg) = cluster("one_host_id_is_held_by_one_store_at_a_time") else {
+        return;
+    };
+    let (first, second) = (set(&pg, "twin").await, set(&pg, "twin").await);
+    let other = set(&pg, "another").await;
+    let k = key(KeyKind::CreditY, 1);
+    first
+        .store()
+        .hold_host_lock()
+        .await
+        .expect("the first takes the id");
+    first
+        .store()
+        .hold_host_lock()
+        .await
+        .expect("held already: confirmed");
+    other
+        .store()
+        .hold_host_lock()
+        .await
+        .expect("another id is another lock");
+    match second.store().hold_host_lock().await {
+        Err(PgStoreError::HostIdHeld { host_id }) => assert_eq!(host_id, "twin"),
+        other => panic!("expected HostIdHeld, got {other:?}"),
+    }
+    let refused = second.pending_operations().await;
+    assert!(
+        matches!(refused, Err(PgStoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    first
+        .claim(std::slice::from_ref(&k), SpendState::Pending, "n", "op")
+        .await
+        .expect("the holder works");
+
+    // The holder's lock session ends (killed on the server).
+    let killed = pg
+        .psql(
+            "coinop",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+             AND objid::bigint = (hashtextextended('coinopd host id twin', 0) & 4294967295)",
+        )
+        .expect("psql");
+    assert_eq!(killed, "1");
+    let start = Instant::now();
+    while first.store().holds_host_lock() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the loss went unnoticed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Free now: the second takes it before the first's next call, which would take it
+    // again first; so that call is refused, as is everything the first does from now on.
+    second.store().hold_host_lock().await.expect("free now");
+    let refused = first.states(std::slice::from_ref(&k)).await;
+    assert!(
+        matches!(&refused, Err(PgStoreError::Unavailable(m)) if m.contains("another coinopd holds host id")),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        first.store().hold_host_lock().await,
+        Err(PgStoreError::HostIdHeld { .. })
+    ));
+    assert_eq!(
+        second
+            .states(std::slice::from_ref(&k))
+            .await
+            .expect("works"),
+        vec![Some(SpendState::Pending)]
+    );
+    other.store().hold_host_lock().await.expect("untouched");
+}

@@ -7,6 +7,17 @@ use bitcoin::{Amount, Denomination, Script, ScriptBuf};
 /// Longest quote id accepted from a caller (ids are 32 hex characters).
 pub const MAX_QUOTE_ID_LEN: usize = 64;
 
+/// Whether `id` could name a quote: books issue ids of lowercase hex (16 random bytes,
+/// hex-encoded), so anything else (empty, too long, another character such as a NUL) is
+/// an unknown quote without asking a store. PostgreSQL refuses a NUL in a text parameter
+/// outright, so a fleet store must not even be sent one; answering "unknown" here keeps a
+/// fleet host's answer what a single host's SQLite book gives for the same id.
+pub fn possible_quote_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_QUOTE_ID_LEN
+        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// One quote as the host issued it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Quote {
@@ -73,4 +84,27 @@ pub fn dust_limit_sat(script: &Script) -> u64 {
 pub fn bip21_uri(address: &str, amount_sat: u64) -> String {
     let btc = Amount::from_sat(amount_sat).to_string_in(Denomination::Bitcoin);
     format!("bitcoin:{address}?amount={btc}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_lowercase_hex_of_a_bounded_length_can_be_a_quote_id() {
+        // What the books issue: 16 random bytes, hex-encoded.
+        assert!(possible_quote_id("00112233445566778899aabbccddeeff"));
+        assert!(possible_quote_id(&"f".repeat(MAX_QUOTE_ID_LEN)));
+        for bad in [
+            "",
+            "\0",
+            "00112233\0",
+            "00112233445566778899AABBCCDDEEFF",
+            "not-a-quote",
+            "é",
+            &"0".repeat(MAX_QUOTE_ID_LEN + 1),
+        ] {
+            assert!(!possible_quote_id(bad), "{bad:?}");
+        }
+    }
 }

@@ -33,7 +33,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 
 use super::error::QuoteError;
 use super::price::msat_to_sat_ceil;
-use super::quote::{bip21_uri, dust_limit_sat, Quote, MAX_QUOTE_ID_LEN};
+use super::quote::{bip21_uri, dust_limit_sat, possible_quote_id, Quote};
 use super::receive_address::{AddressDeriver, HARDENED};
 use crate::spent_set::open_durable;
 use crate::storage_refusal::StorageRefused;
@@ -479,7 +479,7 @@ impl QuoteBook {
 
     /// The quote with this id, if the host issued it.
     pub fn get(&self, quote_id: &str) -> Result<Option<Quote>, QuoteError> {
-        if quote_id.len() > MAX_QUOTE_ID_LEN {
+        if !possible_quote_id(quote_id) {
             return Ok(None);
         }
         let conn = self.lock()?;

@@ -242,6 +242,13 @@ pub fn fleet_error(e: FleetError) -> ApiError {
         FleetError::Store(PgStoreError::DuplicateKey { .. } | PgStoreError::NoKeys) => {
             ApiError::bad_request(e.to_string())
         }
+        // A value from the request the server refused (nothing took effect). Logged at
+        // warn, not error: anyone can send one, but a value of coinopd's own making
+        // refused here would be a bug worth seeing.
+        FleetError::Store(PgStoreError::InvalidInput(_)) => {
+            tracing::warn!(error = %e, "fleet store refused a value of a request");
+            ApiError::bad_request(e.to_string())
+        }
         FleetError::Store(_) => {
             tracing::error!(error = %e, "fleet store error");
             ApiError::internal(e.to_string())
@@ -513,6 +520,9 @@ pub fn fleet_mint_error(e: FleetMintError) -> ApiError {
             "keysets_changed",
             format!("the fleet's keysets changed meanwhile: {m}"),
         ),
+        FleetMintError::Store(e @ PgStoreError::InvalidInput(_)) => {
+            fleet_error(FleetError::Store(e))
+        }
         other => {
             tracing::error!(error = %other, "fleet mint error");
             ApiError::internal(other.to_string())

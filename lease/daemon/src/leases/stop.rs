@@ -178,7 +178,15 @@ fn refund_on_fleet(
         let records = signed_records(used, &signed)?;
         let operation = format!("refund {id} {}", hex::encode(outputs_digest(used)));
         if !signed.is_empty() {
-            store.block_on(fleet_mint.reserve(used, &signed, &operation))?;
+            if let Err(e) = store.block_on(fleet_mint.reserve(used, &signed, &operation)) {
+                // Nothing was committed locally, so the settle releases the reservation,
+                // one whose outcome is unknown included (its answer lost, or the insert
+                // still waiting on another host's row when the call timed out): left as
+                // it is, its `B_`s would stay pending fleet-wide (11003 on every host)
+                // until this host restarts. As the swap's and mint's `settle_both` do.
+                store.block_on(fleet_mint.settle(&spent, used, &operation));
+                return Err(e.into());
+            }
             crate::fault::hit(crate::fault::point::FLEET_OUTPUTS_RESERVED);
         }
         let refunded = s
