@@ -745,7 +745,7 @@ mod tests {
             c.execute(
                 "INSERT INTO quotes (quote_id, xpub, derivation_index, address, script_pubkey,
                     amount_msat, created_at_us, expires_at_us)
-                 VALUES ('twice', ?1, 0, ?2, ?3, 1500, 10, 1010)",
+                 VALUES ('7a1ce', ?1, 0, ?2, ?3, 1500, 10, 1010)",
                 params![tpub(), addr, a.script_pubkey.as_bytes()],
             )
             .unwrap();
@@ -765,10 +765,10 @@ mod tests {
         let c = book.create(1_500, 10, 1_000).unwrap();
         assert_eq!(c.derivation_index, 2);
         assert!(![&a.address, &b.address].contains(&&c.address));
-        assert_eq!(book.get("twice").unwrap().unwrap().derivation_index, 0);
+        assert_eq!(book.get("7a1ce").unwrap().unwrap().derivation_index, 0);
         let d = open(&tpub()).create(1_500, 10, 1_000).unwrap();
         assert_eq!(d.derivation_index, 3);
-        // Two days after every quote expired (past the day's grace): index 0, which 'twice'
+        // Two days after every quote expired (past the day's grace): index 0, which '7a1ce'
         // still holds under the old spelling, goes to no new quote (it would be a third on
         // that address); the lowest free one does.
         let later = 2 * 24 * 3600 * 1_000_000;
@@ -797,7 +797,7 @@ mod tests {
             let d = AddressDeriver::new(&xpub, AddressKind::P2wpkh, ChainNetwork::Regtest).unwrap();
             let a = d.address_at(0).unwrap();
             c.execute(
-                "INSERT INTO quotes VALUES ('old', ?1, 0, ?2, ?3, 5000000, 1, 2)",
+                "INSERT INTO quotes VALUES ('01d', ?1, 0, ?2, ?3, 5000000, 1, 2)",
                 params![xpub, a.to_string(), a.script_pubkey().as_bytes()],
             )
             .unwrap();
@@ -811,7 +811,7 @@ mod tests {
                 max_open: 10,
             },
         );
-        let old = book.get("old").unwrap().unwrap();
+        let old = book.get("01d").unwrap().unwrap();
         assert_eq!((old.amount_sat, old.retired_at_height), (5000, None));
         // Long expired, but maybe paid: its index is not reused.
         let q = book.create_at_tip(1_000_000, 1_000, 10, 3).unwrap();
