@@ -375,7 +375,10 @@ async fn a_lease_adopted_while_booting_gets_its_boot_figures_from_its_vmm() {
         "{boot:?}"
     );
     assert!(boot.vmm_spawned_us > boot.ledger_committed_us, "{boot:?}");
-    assert!(vcpus > boot.vmm_spawned_us, "{boot:?}");
+    // The VMM's own figures count from the spawn's start (after the ledger commit);
+    // vmm_spawned is when coinopd's spawn call returned, which on a loaded host can come
+    // after the test guest's vCPUs started (seen: spawned 19.3 ms, vCPUs 15.2 ms).
+    assert!(vcpus > boot.ledger_committed_us, "{boot:?}");
     assert!(ready > vcpus, "{boot:?}");
     assert!(
         ready < 60_000_000,
