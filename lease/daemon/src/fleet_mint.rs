@@ -272,12 +272,24 @@ impl FleetMint {
     async fn start_once(&self, state: &AppState) -> Result<(), FleetMintError> {
         self.store.migrate().await?;
         let initial = self.initial_list(&state.mint)?;
-        let rows = {
-            let _sync = self.sync.lock().await;
-            let rows = self.keysets.register_initial(&initial).await?;
-            self.adopt(&state.mint, &rows)?;
-            rows
-        };
+        let rows =
+            {
+                let _sync = self.sync.lock().await;
+                let mut rows = self.keysets.register_initial(&initial).await?;
+                // The fleet's list is checked against this host's seed first: only then may
+                // keysets derived from it join the list.
+                self.adopt(&state.mint, &rows)?;
+                let missing = missing_from_fleet(&initial, &rows);
+                if !missing.is_empty() {
+                    let indexes: Vec<u32> = missing.iter().map(|k| k.derivation_index).collect();
+                    rows = self.keysets.add_missing(&missing).await?;
+                    self.adopt(&state.mint, &rows)?;
+                    tracing::info!(?indexes,
+                    "fleet mint: keysets this host had that the fleet's list lacked were added, \
+                     none active (notes issued under them stay redeemable on every host)");
+                }
+                rows
+            };
         let spent = Arc::clone(&state.spent);
         let pending = self.outputs.pending_operations().await?;
         for op in pending {
@@ -654,4 +666,79 @@ fn local_records(
         .signed_outputs(b_s)
         .map_err(|e| FleetMintError::Local(e.to_string()))?;
     Ok(found.into_iter().flatten().collect())
+}
+
+/// The keysets of `local` (this host's list) whose derivation index no keyset of their
+/// unit in the fleet's `rows` holds, as they join the fleet's list: an active one inactive
+/// (the fleet has its own active keyset), a retired one retired.
+fn missing_from_fleet(local: &[NewKeyset], rows: &[FleetKeyset]) -> Vec<NewKeyset> {
+    local
+        .iter()
+        .filter(|k| {
+            !rows
+                .iter()
+                .any(|r| r.unit == k.unit && r.derivation_index == k.derivation_index)
+        })
+        .map(|k| NewKeyset {
+            state: match k.state {
+                KeysetState::Active => KeysetState::Inactive,
+                other => other,
+            },
+            ..k.clone()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(index: u32, state: KeysetState) -> NewKeyset {
+        NewKeyset {
+            id: format!("00{index:014x}"),
+            unit: UNIT_SAT.into(),
+            derivation_index: index,
+            state,
+            input_fee_ppk: 0,
+        }
+    }
+
+    fn fleet(index: u32, state: KeysetState) -> FleetKeyset {
+        FleetKeyset {
+            id: format!("00{index:014x}"),
+            unit: UNIT_SAT.into(),
+            derivation_index: index,
+            state,
+            input_fee_ppk: 0,
+            created_by: "other".into(),
+            created_at: std::time::SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_joining_hosts_keysets_the_fleet_lacks_join_it_never_active() {
+        // Alone, this host rotated twice and retired its first keyset; the fleet has only
+        // index 0 (active) and index 1 (inactive).
+        let ours = [
+            local(0, KeysetState::Retired),
+            local(1, KeysetState::Inactive),
+            local(2, KeysetState::Active),
+            local(3, KeysetState::Retired),
+        ];
+        let theirs = [
+            fleet(0, KeysetState::Active),
+            fleet(1, KeysetState::Inactive),
+        ];
+        let missing = missing_from_fleet(&ours, &theirs);
+        let got: Vec<(u32, KeysetState)> = missing
+            .iter()
+            .map(|k| (k.derivation_index, k.state))
+            .collect();
+        assert_eq!(
+            got,
+            [(2, KeysetState::Inactive), (3, KeysetState::Retired)],
+            "indexes the fleet holds stay the fleet's; the active one joins inactive"
+        );
+        assert!(missing_from_fleet(&ours[..2], &theirs).is_empty());
+    }
 }

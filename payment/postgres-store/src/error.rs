@@ -79,6 +79,10 @@ pub enum PgStoreError {
         fleet_id: String,
         derived_id: String,
     },
+    /// A caller asked to add an active keyset beside the fleet's list: only a rotation
+    /// makes one active (the fleet has exactly one per unit).
+    #[error("a keyset added to the fleet's list must not be active")]
+    ActiveKeysetAdded,
     /// The keyset list changed under a rotation (another host rotated first).
     #[error("the fleet's keysets changed meanwhile: {0}")]
     KeysetsChanged(String),

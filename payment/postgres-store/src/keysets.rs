@@ -189,6 +189,51 @@ impl PgKeysets {
             .await
     }
 
+    /// Adds `keysets` (keysets a joining host has that the fleet's list lacks, never an
+    /// active one) where no keyset of their unit holds their derivation index yet, and
+    /// returns the fleet's list. For a host whose seed [`check_seed`] already found to be
+    /// the fleet's: without this, the notes it issued under keysets it rotated to while it
+    /// ran alone would be unknown on every host, its own included.
+    pub async fn add_missing(
+        &self,
+        keysets: &[NewKeyset],
+    ) -> Result<Vec<FleetKeyset>, PgStoreError> {
+        if keysets.iter().any(|k| k.state == KeysetState::Active) {
+            return Err(PgStoreError::ActiveKeysetAdded);
+        }
+        let host = self.store.host_id().to_owned();
+        let host = &host;
+        self.store
+            .with_client(4, |mut client| async move {
+                let tx = client.transaction().await.map_err(classify)?;
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEYSETS_LOCK])
+                    .await
+                    .map_err(classify)?;
+                for k in keysets {
+                    tx.execute(
+                        "INSERT INTO coinop_mint_keysets
+                            (id, unit, derivation_index, state, input_fee_ppk, created_by)
+                         VALUES ($1, $2, $3, $4, $5, $6)
+                         ON CONFLICT DO NOTHING",
+                        &[
+                            &k.id,
+                            &k.unit,
+                            &index_param(k.derivation_index)?,
+                            &state_code(k.state),
+                            &fee_param(k.input_fee_ppk)?,
+                            host,
+                        ],
+                    )
+                    .await
+                    .map_err(classify)?;
+                }
+                let rows = tx.query(SELECT_ALL, &[]).await.map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                read_rows(&rows)
+            })
+            .await
+    }
+
     /// Rotation: in one transaction, the active keyset `from_id` becomes inactive and
     /// `next` (derived by the caller at the next derivation index) becomes the active one.
     /// Fails with [`PgStoreError::KeysetsChanged`] if `from_id` is no longer the active

@@ -41,6 +41,7 @@ impl From<PgStoreError> for SpentKeyStoreError {
             | PgStoreError::OutputAlreadySigned { .. }
             | PgStoreError::HeldElsewhere(_)
             | PgStoreError::KeysetMismatch { .. }
+            | PgStoreError::ActiveKeysetAdded
             | PgStoreError::KeysetsChanged(_)
             | PgStoreError::Corrupt(_)) => SpentKeyStoreError::Storage(other.to_string()),
         }

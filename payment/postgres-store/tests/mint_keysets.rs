@@ -161,6 +161,53 @@ async fn two_hosts_rotating_at_once_make_one_new_keyset() {
     );
 }
 
+/// A host that rotated while it ran alone joins a fleet whose list lacks its later
+/// keysets: they are added (never active, an index the fleet holds left as the fleet has
+/// it), so its notes stay redeemable; an active keyset is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_hosts_own_keysets_are_added_to_the_fleets_list() {
+    let Some(pg) = cluster("a_joining_hosts_own_keysets_are_added_to_the_fleets_list") else {
+        return;
+    };
+    let seed = [5u8; 32];
+    let h1 = PgKeysets::new(store(&pg, "h1").await);
+    let h2 = PgKeysets::new(store(&pg, "h2").await);
+    h1.register_initial(&[derived(&seed, 0, KeysetState::Active)])
+        .await
+        .unwrap();
+    let rows = h2
+        .add_missing(&[
+            derived(&seed, 0, KeysetState::Retired),
+            derived(&seed, 1, KeysetState::Inactive),
+            derived(&seed, 2, KeysetState::Retired),
+        ])
+        .await
+        .unwrap();
+    let got: Vec<(u32, KeysetState, &str)> = rows
+        .iter()
+        .map(|r| (r.derivation_index, r.state, r.created_by.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, KeysetState::Active, "h1"),
+            (1, KeysetState::Inactive, "h2"),
+            (2, KeysetState::Retired, "h2"),
+        ]
+    );
+    check_seed(&rows, derive_id(seed)).expect("one seed's keysets");
+    assert!(matches!(
+        h2.add_missing(&[derived(&seed, 3, KeysetState::Active)])
+            .await,
+        Err(PgStoreError::ActiveKeysetAdded)
+    ));
+    assert_eq!(
+        h1.load().await.unwrap().len(),
+        3,
+        "nothing of a refused call"
+    );
+}
+
 fn signed(n: u8) -> SignedOutput {
     SignedOutput {
         b_: vec![n; 33],
