@@ -56,6 +56,10 @@ pub struct SessionTimers {
     pub ping_interval: Duration,
     /// How long a `getheaders` may go unanswered.
     pub headers_timeout: Duration,
+    /// How long one message may take to write. Every write is bounded: a peer that stops
+    /// reading (its receive window closed) would otherwise block the session's loop in a
+    /// write for ever, and with it the ping and stall checks that would end the session.
+    pub write: Duration,
 }
 
 impl Default for SessionTimers {
@@ -64,6 +68,7 @@ impl Default for SessionTimers {
             handshake: Duration::from_secs(10),
             ping_interval: Duration::from_secs(120),
             headers_timeout: Duration::from_secs(120),
+            write: Duration::from_secs(30),
         }
     }
 }
@@ -82,6 +87,9 @@ pub enum SessionError {
     PingTimeout(Duration),
     #[error("getheaders unanswered for {0:?}")]
     Stalled(Duration),
+    /// The peer did not take a message within the write timeout: it stopped reading.
+    #[error("peer took no message within {0:?} (not reading)")]
+    WriteTimeout(Duration),
     #[error("peer does not have the checkpoint block {0}")]
     NoCheckpoint(BlockHash),
     /// The host's own chain failed (storage); not the peer's fault.
@@ -152,6 +160,11 @@ async fn run_inner(mut stream: TcpStream, ctx: &SessionContext) -> Result<Never,
         ctx.timers.handshake,
     )
     .await?;
+    // A session can end with our messages unread in the send buffer (a peer that stopped
+    // reading). Closing then resets the connection at once instead of leaving an orphaned
+    // socket that holds the unsent bytes while it probes the peer's closed window; nothing
+    // coinopd sends needs to arrive after the session has ended.
+    stream.set_zero_linger().map_err(CodecError::Io)?;
     tracing::info!(peer = %ctx.label, agent = %info.user_agent, height = info.start_height, "bitcoin peer connected");
     ctx.status.connected(&ctx.label, &info.user_agent);
 
@@ -212,7 +225,7 @@ async fn run_inner(mut stream: TcpStream, ctx: &SessionContext) -> Result<Never,
                     }
                     let nonce: u64 = bitcoin::secp256k1::rand::random();
                     s.ping = Some(nonce);
-                    write_message(&mut s.wr, magic, NetworkMessage::Ping(nonce)).await?;
+                    s.send(NetworkMessage::Ping(nonce)).await?;
                     next_ping = now + ctx.timers.ping_interval;
                 }
             }
@@ -234,9 +247,14 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// Writes one message within the write timeout. A write cut off half-way leaves the
+    /// stream unusable, which is fine: the timeout ends the session.
     async fn send(&mut self, msg: NetworkMessage) -> Result<(), SessionError> {
-        write_message(&mut self.wr, self.ctx.magic, msg).await?;
-        Ok(())
+        let limit = self.ctx.timers.write;
+        match tokio::time::timeout(limit, write_message(&mut self.wr, self.ctx.magic, msg)).await {
+            Ok(written) => Ok(written?),
+            Err(_) => Err(SessionError::WriteTimeout(limit)),
+        }
     }
 
     async fn get_headers(&mut self) -> Result<(), SessionError> {

@@ -134,6 +134,7 @@ pub fn context(chain: Arc<Chain>) -> SessionContext {
             handshake: Duration::from_secs(5),
             ping_interval: Duration::from_secs(60),
             headers_timeout: Duration::from_secs(10),
+            write: Duration::from_secs(10),
         },
         chain,
         status: Arc::new(SyncStatus::default()),
