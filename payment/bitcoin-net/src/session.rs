@@ -102,7 +102,11 @@ pub enum SessionError {
 impl SessionError {
     /// Whether the peer should be banned for it.
     pub fn is_misbehaviour(&self) -> bool {
-        matches!(self, SessionError::Misbehaved(_))
+        matches!(
+            self,
+            SessionError::Misbehaved(_)
+                | SessionError::Handshake(HandshakeError::UserAgentTooLong { .. })
+        )
     }
 }
 
