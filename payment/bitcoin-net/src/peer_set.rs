@@ -26,7 +26,8 @@ pub struct PeerSetConfig {
     pub dns_seeds: bool,
     /// How many DNS-seed addresses to use at most.
     pub seed_peers: usize,
-    /// How long a misbehaving peer is shunned.
+    /// How long a misbehaving peer is shunned (at most [`MAX_BAN`]; the back-off still
+    /// applies after it).
     pub ban_for: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -186,19 +187,38 @@ async fn peer_loop(
         status.disconnected(&label);
         let (why, ban) = ended;
         if ban {
-            let until = Instant::now() + config.ban_for;
+            let until = ban_deadline(Instant::now(), config.ban_for);
             status.banned(&label, until);
             tracing::warn!(peer = %label, reason = %why, ban_s = config.ban_for.as_secs(), "bitcoin peer banned");
             tokio::time::sleep_until(until.into()).await;
-            backoff = config.backoff_min;
-            continue;
+        } else {
+            tracing::info!(peer = %label, reason = %why, retry_ms = backoff.as_millis() as u64, "bitcoin peer disconnected");
         }
         if started.elapsed() >= config.stable_after {
             backoff = config.backoff_min;
         }
-        tracing::info!(peer = %label, reason = %why, retry_ms = backoff.as_millis() as u64, "bitcoin peer disconnected");
+        // After a ban too: with a short (or zero) ban a peer that misbehaves at once would
+        // otherwise be redialled in a tight loop.
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(config.backoff_max);
+        backoff = backoff.saturating_mul(2).min(config.backoff_max);
+    }
+}
+
+/// The longest ban kept: about 30 years, tokio's own "far future". Bans do not outlive the
+/// process, so any longer one is the same ban, and a deadline that far cannot overflow
+/// `Instant` (which `--bitcoin-ban-s` near `u64::MAX` did, killing the peer's task).
+pub const MAX_BAN: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
+/// When a ban of `ban_for` from `now` ends: at most [`MAX_BAN`] ahead, and never a panic.
+pub fn ban_deadline(now: Instant, ban_for: Duration) -> Instant {
+    let mut ban = ban_for.min(MAX_BAN);
+    // Halving ends at zero, and `now + 0` always exists; in practice the first try
+    // succeeds (a monotonic clock is nowhere near the end of `Instant`'s range).
+    loop {
+        if let Some(until) = now.checked_add(ban) {
+            return until;
+        }
+        ban /= 2;
     }
 }
 
@@ -217,4 +237,24 @@ async fn connect(target: &str, timeout: Duration) -> std::io::Result<TcpStream> 
     // the peer's delayed ACK (Bitcoin Core sets TCP_NODELAY on its sockets too).
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_ban_saturates_instead_of_overflowing() {
+        let now = Instant::now();
+        assert_eq!(ban_deadline(now, Duration::MAX), now + MAX_BAN);
+        assert_eq!(
+            ban_deadline(now, Duration::from_secs(u64::MAX)),
+            now + MAX_BAN
+        );
+        assert_eq!(
+            ban_deadline(now, Duration::from_secs(60)),
+            now + Duration::from_secs(60)
+        );
+        assert_eq!(ban_deadline(now, Duration::ZERO), now);
+    }
 }
