@@ -191,6 +191,8 @@ async fn run_inner(mut stream: TcpStream, ctx: &SessionContext) -> Result<Never,
         ctx,
         wr,
         awaiting_headers: None,
+        // A negative height is nonsense; it claims nothing.
+        peer_height: u32::try_from(info.start_height).unwrap_or(0),
         anchoring: None,
         unconnecting: 0,
         ping: None,
@@ -242,6 +244,9 @@ struct Session<'a> {
     wr: OwnedWriteHalf,
     /// When the last unanswered `getheaders` was sent.
     awaiting_headers: Option<Instant>,
+    /// The height the peer announced in its `version`: it has at least that many blocks,
+    /// so an answer that leaves the host's tip below it is not "nothing more".
+    peer_height: u32,
     /// The checkpoint whose header the last `getheaders` asked for, if it did.
     anchoring: Option<BlockHash>,
     unconnecting: u32,
@@ -352,7 +357,10 @@ impl Session<'_> {
     }
 
     async fn on_headers(&mut self, headers: Vec<Header>) -> Result<(), SessionError> {
-        self.awaiting_headers = None;
+        // Only an answer to our own `getheaders` can say the peer has nothing more (an
+        // announcement, or anything sent unasked, says nothing about what we lack), and
+        // only it stops the stall timer.
+        let asked_at = self.awaiting_headers.take();
         if headers.len() > MAX_HEADERS_PER_MESSAGE {
             return Err(SessionError::Misbehaved(format!(
                 "{} headers in one message",
@@ -363,7 +371,11 @@ impl Session<'_> {
             return self.on_checkpoint_header(checkpoint, headers).await;
         }
         if headers.is_empty() {
-            self.ctx.status.caught_up(&self.ctx.label, true);
+            if let Some(asked_at) = asked_at {
+                let chain = Arc::clone(&self.ctx.chain);
+                let tip = blocking(move || chain.tip().height).await?;
+                self.answered(asked_at, tip);
+            }
             return Ok(());
         }
         let full = headers.len() == MAX_HEADERS_PER_MESSAGE;
@@ -385,7 +397,9 @@ impl Session<'_> {
                     tracing::debug!(peer = %self.ctx.label, added = out.added, tip = out.tip.height, "headers from peer");
                 }
                 if !full {
-                    self.ctx.status.caught_up(&self.ctx.label, true);
+                    if let Some(asked_at) = asked_at {
+                        self.answered(asked_at, out.tip.height);
+                    }
                     self.request_blocks().await?;
                 }
                 Ok(())
@@ -412,6 +426,21 @@ impl Session<'_> {
             }
             Err(e) if e.is_peer_fault() => Err(SessionError::Misbehaved(e.to_string())),
             Err(e) => Err(SessionError::Chain(e)),
+        }
+    }
+
+    /// Our `getheaders` (sent at `asked_at`) was answered with less than a full batch, and
+    /// the host's tip is now at `tip`. That is "nothing more" only once the tip has reached
+    /// the height the peer announced at the handshake: short of it, the peer has blocks it
+    /// is not sending (a lagging or lying peer, which must not make the host "synced" on a
+    /// stale tip), so the request stays outstanding and the stall timer ends the session
+    /// unless a real answer comes.
+    fn answered(&mut self, asked_at: Instant, tip: u32) {
+        if tip >= self.peer_height {
+            self.ctx.status.caught_up(&self.ctx.label, true);
+        } else {
+            tracing::debug!(peer = %self.ctx.label, tip, peer_height = self.peer_height, "peer stopped short of its announced height");
+            self.awaiting_headers = Some(asked_at);
         }
     }
 
