@@ -4,6 +4,7 @@
 //! its task waits out the ban before connecting again. Stopping the set (aborting the
 //! handle [`spawn`] returns) stops every peer task with it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -116,8 +117,22 @@ pub fn spawn(
                 Arc::clone(&status),
             ));
         }
-        if config.dns_seeds {
-            for addr in seed_addresses(&config).await {
+        if config.dns_seeds && !dns_seeds(config.network).0.is_empty() {
+            let (seeds, port) = dns_seeds(config.network);
+            let addrs = resolve_until_some(
+                seeds,
+                port,
+                config.seed_peers,
+                config.backoff_min,
+                config.backoff_max,
+                |seed, port| async move {
+                    tokio::net::lookup_host((seed.as_str(), port))
+                        .await
+                        .map(Iterator::collect)
+                },
+            )
+            .await;
+            for addr in addrs {
                 let label = format!("seed:{addr}");
                 status.configured(&label);
                 tasks.spawn(peer_loop(
@@ -135,20 +150,63 @@ pub fn spawn(
     })
 }
 
-/// Up to `seed_peers` distinct addresses from the network's DNS seeds.
-async fn seed_addresses(config: &PeerSetConfig) -> Vec<String> {
-    let (seeds, port) = dns_seeds(config.network);
-    let mut out = Vec::new();
+/// At most this many addresses are taken from one DNS seed, so that no single seed operator
+/// (or whoever spoofs its unauthenticated DNS answers) picks every seeded peer.
+pub const MAX_PER_SEED: usize = 2;
+
+/// Resolves the seeds until some address comes back, waiting `backoff_min` doubling to
+/// `backoff_max` between rounds: at boot DNS may not be up yet, and giving up then left
+/// the host without seeded peers until it restarted. `resolve` is the DNS lookup (tests
+/// give their own: they talk only to loopback).
+async fn resolve_until_some<F, Fut>(
+    seeds: &[&str],
+    port: u16,
+    max: usize,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    resolve: F,
+) -> Vec<String>
+where
+    F: Fn(String, u16) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<Vec<SocketAddr>>>,
+{
+    let mut wait = backoff_min;
+    loop {
+        let addrs = seed_addresses(seeds, port, max, &resolve).await;
+        if !addrs.is_empty() || max == 0 {
+            return addrs;
+        }
+        tracing::warn!(
+            retry_ms = wait.as_millis() as u64,
+            "no DNS seed gave an address"
+        );
+        tokio::time::sleep(wait).await;
+        wait = wait.saturating_mul(2).min(backoff_max);
+    }
+}
+
+/// Up to `max` distinct addresses from the seeds, at most [`MAX_PER_SEED`] from each.
+async fn seed_addresses<F, Fut>(seeds: &[&str], port: u16, max: usize, resolve: &F) -> Vec<String>
+where
+    F: Fn(String, u16) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<Vec<SocketAddr>>>,
+{
+    let mut out: Vec<String> = Vec::new();
     for seed in seeds {
-        match tokio::net::lookup_host((*seed, port)).await {
+        if out.len() >= max {
+            break;
+        }
+        match resolve(seed.to_string(), port).await {
             Ok(addrs) => {
+                let mut taken = 0;
                 for a in addrs {
+                    if taken >= MAX_PER_SEED || out.len() >= max {
+                        break;
+                    }
                     let a = a.to_string();
                     if !out.contains(&a) {
                         out.push(a);
-                    }
-                    if out.len() >= config.seed_peers {
-                        return out;
+                        taken += 1;
                     }
                 }
             }
@@ -242,6 +300,60 @@ async fn connect(target: &str, timeout: Duration) -> std::io::Result<TcpStream> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn addrs(first: u8, n: u8) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|i| SocketAddr::from(([127, 0, first, i], 8333)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn no_seed_gives_more_than_two_addresses() {
+        let resolve = |seed: String, _port| async move {
+            match seed.as_str() {
+                "a" => Ok(addrs(1, 25)),
+                "b" => Err(std::io::Error::other("no answer")),
+                _ => Ok(addrs(3, 25)),
+            }
+        };
+        let got = seed_addresses(&["a", "b", "c", "d"], 8333, 4, &resolve).await;
+        assert_eq!(
+            got,
+            [
+                "127.0.1.0:8333",
+                "127.0.1.1:8333",
+                "127.0.3.0:8333",
+                "127.0.3.1:8333"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn seeds_are_asked_again_until_one_answers() {
+        let rounds = AtomicUsize::new(0);
+        let resolve = |_seed: String, _port| {
+            let round = rounds.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if round < 2 {
+                    Err(std::io::Error::other("DNS not up yet"))
+                } else {
+                    Ok(addrs(1, 1))
+                }
+            }
+        };
+        let got = resolve_until_some(
+            &["only"],
+            8333,
+            4,
+            Duration::from_millis(1),
+            Duration::from_millis(4),
+            resolve,
+        )
+        .await;
+        assert_eq!(got, ["127.0.1.0:8333"]);
+        assert_eq!(rounds.load(Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn a_huge_ban_saturates_instead_of_overflowing() {
