@@ -43,6 +43,10 @@ pub enum ConfigError {
     Pool(#[from] PoolError),
     #[error("--bitcoin-peer {0:?} is not HOST:PORT")]
     BitcoinPeer(String),
+    /// Bans end with the process anyway; a value this large was a mistake (it once
+    /// overflowed the ban's deadline), so it is refused rather than silently cut.
+    #[error("--bitcoin-ban-s {got} is above {max} (30 years)")]
+    BanTooLong { got: u64, max: u64 },
     #[error("--address-type {0:?} is not one of p2wpkh, p2tr, p2sh-p2wpkh")]
     AddressType(String),
     #[error("--chain-start {0:?} is not one of checkpoint, genesis")]
@@ -299,7 +303,7 @@ pub struct Settings {
     #[serde(default)]
     pub bitcoin_dns_seeds: bool,
     /// How long a Bitcoin peer that sent an invalid header is banned, seconds (default
-    /// 86400).
+    /// 86400; 1 to 946080000, i.e. 30 years).
     #[arg(long)]
     pub bitcoin_ban_s: Option<u64>,
     /// Confirmations an on-chain payment needs before it mints credit (`POST
@@ -780,10 +784,20 @@ impl Settings {
             ("quote-ttl-s", config.quote_ttl_s),
             ("max-open-quotes", config.max_open_quotes),
             ("guest-max-flows", u64::from(config.guest_max_flows)),
+            // A zero ban would redial a peer that just sent an invalid header after only
+            // the reconnect back-off: not a ban at all.
+            ("bitcoin-ban-s", config.bitcoin_ban_s),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { flag });
             }
+        }
+        let max_ban = coinop_bitcoin_net::peer_set::MAX_BAN.as_secs();
+        if config.bitcoin_ban_s > max_ban {
+            return Err(ConfigError::BanTooLong {
+                got: config.bitcoin_ban_s,
+                max: max_ban,
+            });
         }
         // A refund is credit: it waits until the lease's unsettled on-chain payments are
         // this deep, and a settled one is not looked at again, so settling must come no
@@ -1153,6 +1167,30 @@ mod tests {
             .resolve()
             .expect("resolves");
         assert_eq!(c.guest_max_flows, 64);
+    }
+
+    #[test]
+    fn a_bitcoin_ban_is_between_one_second_and_thirty_years() {
+        let ban = |v: &str| Settings::parse_from(["coinopd", "--bitcoin-ban-s", v]).resolve();
+        assert!(matches!(
+            ban("0"),
+            Err(ConfigError::Zero {
+                flag: "bitcoin-ban-s"
+            })
+        ));
+        let max = coinop_bitcoin_net::peer_set::MAX_BAN.as_secs();
+        assert!(matches!(
+            ban(&u64::MAX.to_string()),
+            Err(ConfigError::BanTooLong { got: u64::MAX, max: m }) if m == max
+        ));
+        assert!(matches!(
+            ban(&(max + 1).to_string()),
+            Err(ConfigError::BanTooLong { .. })
+        ));
+        assert_eq!(ban(&max.to_string()).expect("resolves").bitcoin_ban_s, max);
+        assert_eq!(ban("1").expect("resolves").bitcoin_ban_s, 1);
+        let c = Settings::default().resolve().expect("resolves");
+        assert_eq!(c.bitcoin_ban_s, 86_400);
     }
 
     #[test]

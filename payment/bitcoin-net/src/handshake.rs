@@ -17,6 +17,10 @@ use crate::codec::{read_message, write_message, CodecError};
 pub const OUR_VERSION: u32 = 70016;
 /// Peers older than this cannot announce blocks as headers (`sendheaders`, BIP130).
 pub const MIN_PEER_VERSION: u32 = 70012;
+/// The longest user agent a peer may announce, in bytes (Bitcoin Core's
+/// MAX_SUBVERSION_LENGTH: Core refuses a longer one, so no honest node sends it). Without a
+/// limit a peer could make every connection log up to a message's 4 MB.
+pub const MAX_USER_AGENT: usize = 256;
 
 #[derive(Debug, Error)]
 pub enum HandshakeError {
@@ -30,12 +34,16 @@ pub enum HandshakeError {
     Unexpected(&'static str),
     #[error("connected to ourselves (nonce echoed)")]
     SelfConnection,
+    #[error("peer's user agent is {len} bytes, above the {MAX_USER_AGENT}-byte limit")]
+    UserAgentTooLong { len: usize },
 }
 
 /// What the peer said about itself.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
     pub version: u32,
+    /// At most [`MAX_USER_AGENT`] bytes as received, with control characters escaped (see
+    /// [`printable`]): it goes into log lines and the host's status as it is.
     pub user_agent: String,
     pub start_height: i32,
     pub services: ServiceFlags,
@@ -95,10 +103,15 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 if v.version < MIN_PEER_VERSION {
                     return Err(HandshakeError::TooOld { got: v.version });
                 }
+                if v.user_agent.len() > MAX_USER_AGENT {
+                    return Err(HandshakeError::UserAgentTooLong {
+                        len: v.user_agent.len(),
+                    });
+                }
                 write_message(stream, magic, NetworkMessage::Verack).await?;
                 info = Some(PeerInfo {
                     version: v.version,
-                    user_agent: v.user_agent,
+                    user_agent: printable(&v.user_agent),
                     start_height: v.start_height,
                     services: v.services,
                 });
@@ -115,4 +128,96 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     Ok(info.expect("the loop ends only once the version arrived"))
+}
+
+/// `text` with every control character escaped (`\n`, `\r`, `\u{1b}`, ...), so that a
+/// peer's words cannot start a new log line (a forged "payment seen" line) or drive the
+/// terminal: the log formatter does not escape newlines.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs our side of the handshake against a peer that announces `agent`.
+    async fn handshake_with_agent(agent: String) -> Result<PeerInfo, HandshakeError> {
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let magic = Magic::REGTEST;
+        let addr = SocketAddr::from(([127, 0, 0, 1], 18444));
+        let peer = tokio::spawn(async move {
+            let _ = read_message(&mut theirs, magic).await;
+            let mut v = VersionMessage::new(
+                ServiceFlags::NETWORK,
+                0,
+                Address::new(&addr, ServiceFlags::NONE),
+                Address::new(&addr, ServiceFlags::NONE),
+                7,
+                agent,
+                30,
+            );
+            v.version = OUR_VERSION;
+            let _ = write_message(&mut theirs, magic, NetworkMessage::Version(v)).await;
+            let _ = write_message(&mut theirs, magic, NetworkMessage::Verack).await;
+            // Keep the stream open until our side is done with it.
+            let _ = read_message(&mut theirs, magic).await;
+        });
+        let out = handshake(
+            &mut ours,
+            magic,
+            addr,
+            addr,
+            0,
+            "/test/",
+            Duration::from_secs(5),
+        )
+        .await;
+        drop(ours);
+        let _ = peer.await;
+        out
+    }
+
+    #[tokio::test]
+    async fn a_user_agent_over_256_bytes_is_refused() {
+        let err = handshake_with_agent(format!("/long\n{}/", "x".repeat(293)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, HandshakeError::UserAgentTooLong { len: 300 }),
+            "{err}"
+        );
+        // No honest node sends one (Bitcoin Core refuses it): the peer is banned.
+        assert!(crate::session::SessionError::from(err).is_misbehaviour());
+        let ok = handshake_with_agent(format!("/{}/", "x".repeat(254)))
+            .await
+            .unwrap();
+        assert_eq!(ok.user_agent.len(), 256);
+    }
+
+    #[tokio::test]
+    async fn control_characters_in_a_user_agent_are_escaped() {
+        let info = handshake_with_agent(
+            "/Satoshi:27.0/\n2025-01-01T00:00:00Z INFO payment to a quote seen\r\u{1b}[2J".into(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            !info.user_agent.chars().any(char::is_control),
+            "{:?}",
+            info.user_agent
+        );
+        assert_eq!(
+            info.user_agent,
+            "/Satoshi:27.0/\\n2025-01-01T00:00:00Z INFO payment to a quote seen\\r\\u{1b}[2J"
+        );
+    }
 }

@@ -4,6 +4,7 @@
 //! its task waits out the ban before connecting again. Stopping the set (aborting the
 //! handle [`spawn`] returns) stops every peer task with it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,8 @@ pub struct PeerSetConfig {
     pub dns_seeds: bool,
     /// How many DNS-seed addresses to use at most.
     pub seed_peers: usize,
-    /// How long a misbehaving peer is shunned.
+    /// How long a misbehaving peer is shunned (at most [`MAX_BAN`]; the back-off still
+    /// applies after it).
     pub ban_for: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -115,8 +117,22 @@ pub fn spawn(
                 Arc::clone(&status),
             ));
         }
-        if config.dns_seeds {
-            for addr in seed_addresses(&config).await {
+        if config.dns_seeds && !dns_seeds(config.network).0.is_empty() {
+            let (seeds, port) = dns_seeds(config.network);
+            let addrs = resolve_until_some(
+                seeds,
+                port,
+                config.seed_peers,
+                config.backoff_min,
+                config.backoff_max,
+                |seed, port| async move {
+                    tokio::net::lookup_host((seed.as_str(), port))
+                        .await
+                        .map(Iterator::collect)
+                },
+            )
+            .await;
+            for addr in addrs {
                 let label = format!("seed:{addr}");
                 status.configured(&label);
                 tasks.spawn(peer_loop(
@@ -134,20 +150,63 @@ pub fn spawn(
     })
 }
 
-/// Up to `seed_peers` distinct addresses from the network's DNS seeds.
-async fn seed_addresses(config: &PeerSetConfig) -> Vec<String> {
-    let (seeds, port) = dns_seeds(config.network);
-    let mut out = Vec::new();
+/// At most this many addresses are taken from one DNS seed, so that no single seed operator
+/// (or whoever spoofs its unauthenticated DNS answers) picks every seeded peer.
+pub const MAX_PER_SEED: usize = 2;
+
+/// Resolves the seeds until some address comes back, waiting `backoff_min` doubling to
+/// `backoff_max` between rounds: at boot DNS may not be up yet, and giving up then left
+/// the host without seeded peers until it restarted. `resolve` is the DNS lookup (tests
+/// give their own: they talk only to loopback).
+async fn resolve_until_some<F, Fut>(
+    seeds: &[&str],
+    port: u16,
+    max: usize,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    resolve: F,
+) -> Vec<String>
+where
+    F: Fn(String, u16) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<Vec<SocketAddr>>>,
+{
+    let mut wait = backoff_min;
+    loop {
+        let addrs = seed_addresses(seeds, port, max, &resolve).await;
+        if !addrs.is_empty() || max == 0 {
+            return addrs;
+        }
+        tracing::warn!(
+            retry_ms = wait.as_millis() as u64,
+            "no DNS seed gave an address"
+        );
+        tokio::time::sleep(wait).await;
+        wait = wait.saturating_mul(2).min(backoff_max);
+    }
+}
+
+/// Up to `max` distinct addresses from the seeds, at most [`MAX_PER_SEED`] from each.
+async fn seed_addresses<F, Fut>(seeds: &[&str], port: u16, max: usize, resolve: &F) -> Vec<String>
+where
+    F: Fn(String, u16) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<Vec<SocketAddr>>>,
+{
+    let mut out: Vec<String> = Vec::new();
     for seed in seeds {
-        match tokio::net::lookup_host((*seed, port)).await {
+        if out.len() >= max {
+            break;
+        }
+        match resolve(seed.to_string(), port).await {
             Ok(addrs) => {
+                let mut taken = 0;
                 for a in addrs {
+                    if taken >= MAX_PER_SEED || out.len() >= max {
+                        break;
+                    }
                     let a = a.to_string();
                     if !out.contains(&a) {
                         out.push(a);
-                    }
-                    if out.len() >= config.seed_peers {
-                        return out;
+                        taken += 1;
                     }
                 }
             }
@@ -186,19 +245,38 @@ async fn peer_loop(
         status.disconnected(&label);
         let (why, ban) = ended;
         if ban {
-            let until = Instant::now() + config.ban_for;
+            let until = ban_deadline(Instant::now(), config.ban_for);
             status.banned(&label, until);
             tracing::warn!(peer = %label, reason = %why, ban_s = config.ban_for.as_secs(), "bitcoin peer banned");
             tokio::time::sleep_until(until.into()).await;
-            backoff = config.backoff_min;
-            continue;
+        } else {
+            tracing::info!(peer = %label, reason = %why, retry_ms = backoff.as_millis() as u64, "bitcoin peer disconnected");
         }
         if started.elapsed() >= config.stable_after {
             backoff = config.backoff_min;
         }
-        tracing::info!(peer = %label, reason = %why, retry_ms = backoff.as_millis() as u64, "bitcoin peer disconnected");
+        // After a ban too: with a short (or zero) ban a peer that misbehaves at once would
+        // otherwise be redialled in a tight loop.
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(config.backoff_max);
+        backoff = backoff.saturating_mul(2).min(config.backoff_max);
+    }
+}
+
+/// The longest ban kept: about 30 years, tokio's own "far future". Bans do not outlive the
+/// process, so any longer one is the same ban, and a deadline that far cannot overflow
+/// `Instant` (which `--bitcoin-ban-s` near `u64::MAX` did, killing the peer's task).
+pub const MAX_BAN: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
+/// When a ban of `ban_for` from `now` ends: at most [`MAX_BAN`] ahead, and never a panic.
+pub fn ban_deadline(now: Instant, ban_for: Duration) -> Instant {
+    let mut ban = ban_for.min(MAX_BAN);
+    // Halving ends at zero, and `now + 0` always exists; in practice the first try
+    // succeeds (a monotonic clock is nowhere near the end of `Instant`'s range).
+    loop {
+        if let Some(until) = now.checked_add(ban) {
+            return until;
+        }
+        ban /= 2;
     }
 }
 
@@ -217,4 +295,78 @@ async fn connect(target: &str, timeout: Duration) -> std::io::Result<TcpStream> 
     // the peer's delayed ACK (Bitcoin Core sets TCP_NODELAY on its sockets too).
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn addrs(first: u8, n: u8) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|i| SocketAddr::from(([127, 0, first, i], 8333)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn no_seed_gives_more_than_two_addresses() {
+        let resolve = |seed: String, _port| async move {
+            match seed.as_str() {
+                "a" => Ok(addrs(1, 25)),
+                "b" => Err(std::io::Error::other("no answer")),
+                _ => Ok(addrs(3, 25)),
+            }
+        };
+        let got = seed_addresses(&["a", "b", "c", "d"], 8333, 4, &resolve).await;
+        assert_eq!(
+            got,
+            [
+                "127.0.1.0:8333",
+                "127.0.1.1:8333",
+                "127.0.3.0:8333",
+                "127.0.3.1:8333"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn seeds_are_asked_again_until_one_answers() {
+        let rounds = AtomicUsize::new(0);
+        let resolve = |_seed: String, _port| {
+            let round = rounds.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if round < 2 {
+                    Err(std::io::Error::other("DNS not up yet"))
+                } else {
+                    Ok(addrs(1, 1))
+                }
+            }
+        };
+        let got = resolve_until_some(
+            &["only"],
+            8333,
+            4,
+            Duration::from_millis(1),
+            Duration::from_millis(4),
+            resolve,
+        )
+        .await;
+        assert_eq!(got, ["127.0.1.0:8333"]);
+        assert_eq!(rounds.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_huge_ban_saturates_instead_of_overflowing() {
+        let now = Instant::now();
+        assert_eq!(ban_deadline(now, Duration::MAX), now + MAX_BAN);
+        assert_eq!(
+            ban_deadline(now, Duration::from_secs(u64::MAX)),
+            now + MAX_BAN
+        );
+        assert_eq!(
+            ban_deadline(now, Duration::from_secs(60)),
+            now + Duration::from_secs(60)
+        );
+        assert_eq!(ban_deadline(now, Duration::ZERO), now);
+    }
 }

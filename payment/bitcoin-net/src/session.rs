@@ -56,6 +56,10 @@ pub struct SessionTimers {
     pub ping_interval: Duration,
     /// How long a `getheaders` may go unanswered.
     pub headers_timeout: Duration,
+    /// How long one message may take to write. Every write is bounded: a peer that stops
+    /// reading (its receive window closed) would otherwise block the session's loop in a
+    /// write for ever, and with it the ping and stall checks that would end the session.
+    pub write: Duration,
 }
 
 impl Default for SessionTimers {
@@ -64,6 +68,7 @@ impl Default for SessionTimers {
             handshake: Duration::from_secs(10),
             ping_interval: Duration::from_secs(120),
             headers_timeout: Duration::from_secs(120),
+            write: Duration::from_secs(30),
         }
     }
 }
@@ -82,6 +87,9 @@ pub enum SessionError {
     PingTimeout(Duration),
     #[error("getheaders unanswered for {0:?}")]
     Stalled(Duration),
+    /// The peer did not take a message within the write timeout: it stopped reading.
+    #[error("peer took no message within {0:?} (not reading)")]
+    WriteTimeout(Duration),
     #[error("peer does not have the checkpoint block {0}")]
     NoCheckpoint(BlockHash),
     /// The host's own chain failed (storage); not the peer's fault.
@@ -94,7 +102,11 @@ pub enum SessionError {
 impl SessionError {
     /// Whether the peer should be banned for it.
     pub fn is_misbehaviour(&self) -> bool {
-        matches!(self, SessionError::Misbehaved(_))
+        matches!(
+            self,
+            SessionError::Misbehaved(_)
+                | SessionError::Handshake(HandshakeError::UserAgentTooLong { .. })
+        )
     }
 }
 
@@ -152,6 +164,11 @@ async fn run_inner(mut stream: TcpStream, ctx: &SessionContext) -> Result<Never,
         ctx.timers.handshake,
     )
     .await?;
+    // A session can end with our messages unread in the send buffer (a peer that stopped
+    // reading). Closing then resets the connection at once instead of leaving an orphaned
+    // socket that holds the unsent bytes while it probes the peer's closed window; nothing
+    // coinopd sends needs to arrive after the session has ended.
+    stream.set_zero_linger().map_err(CodecError::Io)?;
     tracing::info!(peer = %ctx.label, agent = %info.user_agent, height = info.start_height, "bitcoin peer connected");
     ctx.status.connected(&ctx.label, &info.user_agent);
 
@@ -174,6 +191,8 @@ async fn run_inner(mut stream: TcpStream, ctx: &SessionContext) -> Result<Never,
         ctx,
         wr,
         awaiting_headers: None,
+        // A negative height is nonsense; it claims nothing.
+        peer_height: u32::try_from(info.start_height).unwrap_or(0),
         anchoring: None,
         unconnecting: 0,
         ping: None,
@@ -212,7 +231,7 @@ async fn run_inner(mut stream: TcpStream, ctx: &SessionContext) -> Result<Never,
                     }
                     let nonce: u64 = bitcoin::secp256k1::rand::random();
                     s.ping = Some(nonce);
-                    write_message(&mut s.wr, magic, NetworkMessage::Ping(nonce)).await?;
+                    s.send(NetworkMessage::Ping(nonce)).await?;
                     next_ping = now + ctx.timers.ping_interval;
                 }
             }
@@ -225,6 +244,9 @@ struct Session<'a> {
     wr: OwnedWriteHalf,
     /// When the last unanswered `getheaders` was sent.
     awaiting_headers: Option<Instant>,
+    /// The height the peer announced in its `version`: it has at least that many blocks,
+    /// so an answer that leaves the host's tip below it is not "nothing more".
+    peer_height: u32,
     /// The checkpoint whose header the last `getheaders` asked for, if it did.
     anchoring: Option<BlockHash>,
     unconnecting: u32,
@@ -234,9 +256,14 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// Writes one message within the write timeout. A write cut off half-way leaves the
+    /// stream unusable, which is fine: the timeout ends the session.
     async fn send(&mut self, msg: NetworkMessage) -> Result<(), SessionError> {
-        write_message(&mut self.wr, self.ctx.magic, msg).await?;
-        Ok(())
+        let limit = self.ctx.timers.write;
+        match tokio::time::timeout(limit, write_message(&mut self.wr, self.ctx.magic, msg)).await {
+            Ok(written) => Ok(written?),
+            Err(_) => Err(SessionError::WriteTimeout(limit)),
+        }
     }
 
     async fn get_headers(&mut self) -> Result<(), SessionError> {
@@ -330,7 +357,10 @@ impl Session<'_> {
     }
 
     async fn on_headers(&mut self, headers: Vec<Header>) -> Result<(), SessionError> {
-        self.awaiting_headers = None;
+        // Only an answer to our own `getheaders` can say the peer has nothing more (an
+        // announcement, or anything sent unasked, says nothing about what we lack), and
+        // only it stops the stall timer.
+        let asked_at = self.awaiting_headers.take();
         if headers.len() > MAX_HEADERS_PER_MESSAGE {
             return Err(SessionError::Misbehaved(format!(
                 "{} headers in one message",
@@ -341,7 +371,11 @@ impl Session<'_> {
             return self.on_checkpoint_header(checkpoint, headers).await;
         }
         if headers.is_empty() {
-            self.ctx.status.caught_up(&self.ctx.label, true);
+            if let Some(asked_at) = asked_at {
+                let chain = Arc::clone(&self.ctx.chain);
+                let tip = blocking(move || chain.tip().height).await?;
+                self.answered(asked_at, tip);
+            }
             return Ok(());
         }
         let full = headers.len() == MAX_HEADERS_PER_MESSAGE;
@@ -363,7 +397,9 @@ impl Session<'_> {
                     tracing::debug!(peer = %self.ctx.label, added = out.added, tip = out.tip.height, "headers from peer");
                 }
                 if !full {
-                    self.ctx.status.caught_up(&self.ctx.label, true);
+                    if let Some(asked_at) = asked_at {
+                        self.answered(asked_at, out.tip.height);
+                    }
                     self.request_blocks().await?;
                 }
                 Ok(())
@@ -390,6 +426,21 @@ impl Session<'_> {
             }
             Err(e) if e.is_peer_fault() => Err(SessionError::Misbehaved(e.to_string())),
             Err(e) => Err(SessionError::Chain(e)),
+        }
+    }
+
+    /// Our `getheaders` (sent at `asked_at`) was answered with less than a full batch, and
+    /// the host's tip is now at `tip`. That is "nothing more" only once the tip has reached
+    /// the height the peer announced at the handshake: short of it, the peer has blocks it
+    /// is not sending (a lagging or lying peer, which must not make the host "synced" on a
+    /// stale tip), so the request stays outstanding and the stall timer ends the session
+    /// unless a real answer comes.
+    fn answered(&mut self, asked_at: Instant, tip: u32) {
+        if tip >= self.peer_height {
+            self.ctx.status.caught_up(&self.ctx.label, true);
+        } else {
+            tracing::debug!(peer = %self.ctx.label, tip, peer_height = self.peer_height, "peer stopped short of its announced height");
+            self.awaiting_headers = Some(asked_at);
         }
     }
 

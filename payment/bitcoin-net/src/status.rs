@@ -15,7 +15,8 @@ pub enum SyncState {
     NoPeers,
     /// Connected, and some peer still has headers the chain lacks.
     Syncing,
-    /// A connected peer answered `getheaders` with less than a full batch: nothing more.
+    /// A connected peer answered our `getheaders` with less than a full batch (nothing
+    /// more), and the chain's tip had reached the height the peer announced.
     Synced,
 }
 

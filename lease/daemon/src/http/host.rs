@@ -41,9 +41,18 @@ pub fn issue_quote_for(
     crate::http::degraded::admit(s)?;
     let now_us = (unix_s() as u64).saturating_mul(1_000_000);
     let peers_wanted = !s.config.bitcoin_peers.is_empty() || s.config.bitcoin_dns_seeds;
+    let (tip, tip_time) = {
+        let chain = s.chain_read();
+        let tip = chain.tip();
+        (tip.height, chain.block(&tip.hash).map(|b| b.time))
+    };
     let tip = reuse_tip(
         &s.chain_sync.snapshot(),
-        s.chain_read().tip().height,
+        ChainTip {
+            height: tip,
+            time: tip_time,
+        },
+        unix_s(),
         peers_wanted,
     );
     s.quotes
@@ -69,17 +78,36 @@ pub fn issue_quote_for(
 /// configured (`off`, `peers_wanted` false) the operator feeds the headers, and the tip is
 /// the one there is; `off` while peers are wanted (DNS seeds not resolved yet, or never)
 /// is a host that has not synced.
+///
+/// `synced` comes from peers, and a peer can be lagging or lying, so with peers the tip must
+/// also be recent: a best block more than [`MAX_REUSE_TIP_AGE_S`] old (by its header time,
+/// at `now_s`) is a tip the host cannot vouch for. Not reusing costs only a fresh index.
 pub(crate) fn reuse_tip(
     sync: &coinop_bitcoin_net::SyncSnapshot,
-    tip: u32,
+    tip: ChainTip,
+    now_s: i64,
     peers_wanted: bool,
 ) -> Option<u32> {
     use coinop_bitcoin_net::SyncState;
+    let recent = tip
+        .time
+        .is_some_and(|t| i64::from(t) >= now_s.saturating_sub(MAX_REUSE_TIP_AGE_S));
     match sync.state {
-        SyncState::Synced => Some(tip),
-        SyncState::Off if !peers_wanted => Some(tip),
-        SyncState::Off | SyncState::Syncing | SyncState::NoPeers => None,
+        SyncState::Synced if recent => Some(tip.height),
+        SyncState::Off if !peers_wanted => Some(tip.height),
+        SyncState::Synced | SyncState::Off | SyncState::Syncing | SyncState::NoPeers => None,
     }
+}
+
+/// How old a peer-synced tip may be for an index to be reused at it: three hours, which
+/// the real chain goes without a block about once in 10^8 intervals on mainnet.
+pub(crate) const MAX_REUSE_TIP_AGE_S: i64 = 3 * 60 * 60;
+
+/// The best tip as [`reuse_tip`] sees it: its height and header time (unknown: not recent).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChainTip {
+    pub height: u32,
+    pub time: Option<u32>,
 }
 
 pub async fn host(State(s): State<Shared>) -> Json<HostView> {
@@ -320,7 +348,7 @@ fn quote_status(
 
 #[cfg(test)]
 mod tests {
-    use super::reuse_tip;
+    use super::{reuse_tip, ChainTip, MAX_REUSE_TIP_AGE_S};
     use coinop_bitcoin_net::{SyncSnapshot, SyncState};
 
     fn sync(state: SyncState) -> SyncSnapshot {
@@ -337,14 +365,53 @@ mod tests {
     /// A host still catching up with its peers (or cut off from them) may have a tip blocks
     /// behind: an old quote retired there would lose a late payment mined above it to the
     /// quote that took its index over, so no index is reused until the chain is synced.
+    const NOW: i64 = 1_750_000_000;
+
+    fn tip_aged(age_s: i64) -> ChainTip {
+        ChainTip {
+            height: 120,
+            time: Some(u32::try_from(NOW - age_s).unwrap()),
+        }
+    }
+
     #[test]
     fn indexes_are_reused_only_at_a_tip_the_host_can_trust() {
-        assert_eq!(reuse_tip(&sync(SyncState::Synced), 120, true), Some(120));
-        assert_eq!(reuse_tip(&sync(SyncState::Off), 120, false), Some(120));
-        assert_eq!(reuse_tip(&sync(SyncState::Syncing), 120, true), None);
-        assert_eq!(reuse_tip(&sync(SyncState::NoPeers), 120, true), None);
+        let tip = tip_aged(600);
+        assert_eq!(
+            reuse_tip(&sync(SyncState::Synced), tip, NOW, true),
+            Some(120)
+        );
+        assert_eq!(reuse_tip(&sync(SyncState::Off), tip, NOW, false), Some(120));
+        assert_eq!(reuse_tip(&sync(SyncState::Syncing), tip, NOW, true), None);
+        assert_eq!(reuse_tip(&sync(SyncState::NoPeers), tip, NOW, true), None);
         // DNS seeds asked for and not resolved (yet, or ever): no peer was configured, so
         // the sync says `off`, but the tip is no operator's.
-        assert_eq!(reuse_tip(&sync(SyncState::Off), 120, true), None);
+        assert_eq!(reuse_tip(&sync(SyncState::Off), tip, NOW, true), None);
+    }
+
+    /// A peer that is behind (or lies) can answer "nothing more" while the host's tip is
+    /// hours old: `synced` then is not a tip to retire an old quote at.
+    #[test]
+    fn a_synced_tip_a_day_old_is_not_reused_at() {
+        let synced = sync(SyncState::Synced);
+        assert_eq!(reuse_tip(&synced, tip_aged(86_400), NOW, true), None);
+        assert_eq!(
+            reuse_tip(&synced, tip_aged(MAX_REUSE_TIP_AGE_S + 1), NOW, true),
+            None
+        );
+        assert_eq!(
+            reuse_tip(&synced, tip_aged(MAX_REUSE_TIP_AGE_S), NOW, true),
+            Some(120)
+        );
+        let unknown = ChainTip {
+            height: 120,
+            time: None,
+        };
+        assert_eq!(reuse_tip(&synced, unknown, NOW, true), None);
+        // The operator's own feed (no peers) is the tip there is, however old.
+        assert_eq!(
+            reuse_tip(&sync(SyncState::Off), tip_aged(86_400), NOW, false),
+            Some(120)
+        );
     }
 }

@@ -90,8 +90,13 @@ pub fn headers() -> Vec<Header> {
     out
 }
 
-/// The peer's side of the handshake.
+/// The peer's side of the handshake, announcing height 30.
 pub async fn accept_handshake(stream: &mut TcpStream) {
+    accept_handshake_at(stream, 30).await;
+}
+
+/// The peer's side of the handshake, announcing `start_height`.
+pub async fn accept_handshake_at(stream: &mut TcpStream, start_height: i32) {
     let NetworkMessage::Version(_) = read_message(stream, MAGIC).await.unwrap() else {
         panic!("the client must open with version");
     };
@@ -103,7 +108,7 @@ pub async fn accept_handshake(stream: &mut TcpStream) {
         Address::new(&addr, ServiceFlags::NONE),
         7,
         "/scripted-peer/".into(),
-        30,
+        start_height,
     );
     v.version = 70016;
     write_message(stream, MAGIC, NetworkMessage::Version(v))
@@ -134,6 +139,7 @@ pub fn context(chain: Arc<Chain>) -> SessionContext {
             handshake: Duration::from_secs(5),
             ping_interval: Duration::from_secs(60),
             headers_timeout: Duration::from_secs(10),
+            write: Duration::from_secs(10),
         },
         chain,
         status: Arc::new(SyncStatus::default()),
