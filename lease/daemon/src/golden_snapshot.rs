@@ -980,14 +980,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_key_follows_the_kernel_file_the_cmdline_and_the_shape() {
+    /// A scratch directory with a kernel and a VMM file, and snapshots kept under it.
+    fn scratch_snapshots() -> (tempfile::TempDir, PathBuf, GoldenSnapshots) {
         let dir = tempfile::tempdir().expect("temp dir");
         let kernel = dir.path().join("k");
         let vmm = dir.path().join("vmm");
         std::fs::write(&kernel, b"kernel").expect("write");
         std::fs::write(&vmm, b"vmm").expect("write");
         let g = GoldenSnapshots::new(dir.path().join("snapshots"), vmm, 16, Duration::ZERO);
+        (dir, kernel, g)
+    }
+
+    #[test]
+    fn the_key_follows_the_kernel_file_the_cmdline_and_the_shape() {
+        let (dir, kernel, g) = scratch_snapshots();
         let a = shape(kernel.clone(), "mode=echo");
         let k1 = g.key(&a).expect("key");
         assert_eq!(k1, g.key(&a).expect("key"), "stable while nothing changes");
@@ -1016,12 +1022,7 @@ mod tests {
 
     #[test]
     fn a_link_in_place_of_a_snapshot_file_is_refused_and_its_target_left_alone() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let kernel = dir.path().join("k");
-        let vmm = dir.path().join("vmm");
-        std::fs::write(&kernel, b"kernel").expect("write");
-        std::fs::write(&vmm, b"vmm").expect("write");
-        let g = GoldenSnapshots::new(dir.path().join("snapshots"), vmm, 16, Duration::ZERO);
+        let (dir, kernel, g) = scratch_snapshots();
         let a = shape(kernel, "mode=idle");
         let key = g.key(&a).expect("key");
         // A host file only its owner may read, which a jailed VMM pointed `state` at.

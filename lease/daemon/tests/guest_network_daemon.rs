@@ -565,39 +565,8 @@ async fn a_rootfs_image_boots_from_its_overlay_in_the_jail_and_gets_a_network(po
     let _ = stop(&client, plain_id, plain_token).await;
 }
 
-/// The first whole line of lease `id`'s console that starts with `prefix` (waited for).
-async fn console_line(c: &Client, id: &str, token: &str, prefix: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = c
-            .call(
-                "GET",
-                &format!("/v1/leases/{id}/console"),
-                Some(token),
-                None,
-            )
-            .await
-            .expect("coinopd answers");
-        assert_eq!(r.status, 200, "{}", r.text());
-        // A whole line: the guest may still be printing it.
-        let text = r.text();
-        let line = text
-            .split_inclusive('\n')
-            .find(|l| l.starts_with(prefix) && l.ends_with('\n'));
-        if let Some(line) = line {
-            return line.trim_end().to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {prefix:?} line: {}",
-            r.text()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// The lines the test guest printed as `personalised: LINE` on lease `id`'s console.
-async fn personalised_lines(c: &Client, id: &str, token: &str) -> Vec<String> {
+/// Lease `id`'s console so far, through the tenant's route.
+async fn console(c: &Client, id: &str, token: &str) -> String {
     let r = c
         .call(
             "GET",
@@ -608,7 +577,29 @@ async fn personalised_lines(c: &Client, id: &str, token: &str) -> Vec<String> {
         .await
         .expect("coinopd answers");
     assert_eq!(r.status, 200, "{}", r.text());
-    common::personalisation_line::personalised(&r.text())
+    r.text()
+}
+
+/// The first whole line of lease `id`'s console that starts with `prefix` (waited for).
+async fn console_line(c: &Client, id: &str, token: &str, prefix: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // A whole line: the guest may still be printing it.
+        let text = console(c, id, token).await;
+        let line = text
+            .split_inclusive('\n')
+            .find(|l| l.starts_with(prefix) && l.ends_with('\n'));
+        if let Some(line) = line {
+            return line.trim_end().to_string();
+        }
+        assert!(Instant::now() < deadline, "no {prefix:?} line: {text}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The lines the test guest printed as `personalised: LINE` on lease `id`'s console.
+async fn personalised_lines(c: &Client, id: &str, token: &str) -> Vec<String> {
+    common::personalisation_line::personalised(&console(c, id, token).await)
 }
 
 /// An `agent` image's leases with a NIC restore from a golden snapshot built with a NIC of

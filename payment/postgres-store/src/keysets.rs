@@ -123,6 +123,34 @@ pub fn check_seed<E: std::fmt::Display>(
     Ok(())
 }
 
+/// Inserts each of `keysets` (created by `host`) whose id and (unit, derivation index) no
+/// row holds yet, inside the caller's transaction (which holds the keysets lock).
+async fn insert_absent(
+    tx: &tokio_postgres::Transaction<'_>,
+    keysets: &[NewKeyset],
+    host: &str,
+) -> Result<(), PgStoreError> {
+    for k in keysets {
+        tx.execute(
+            "INSERT INTO coinop_mint_keysets
+                (id, unit, derivation_index, state, input_fee_ppk, created_by)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT DO NOTHING",
+            &[
+                &k.id,
+                &k.unit,
+                &index_param(k.derivation_index)?,
+                &state_code(k.state),
+                &fee_param(k.input_fee_ppk)?,
+                &host,
+            ],
+        )
+        .await
+        .map_err(classify)?;
+    }
+    Ok(())
+}
+
 /// The fleet's keyset list. Cheap to clone (shares the store's pool).
 #[derive(Clone, Debug)]
 pub struct PgKeysets {
@@ -165,23 +193,7 @@ impl PgKeysets {
                     tx.commit().await.map_err(classify)?;
                     return read_rows(&existing);
                 }
-                for k in initial {
-                    tx.execute(
-                        "INSERT INTO coinop_mint_keysets
-                            (id, unit, derivation_index, state, input_fee_ppk, created_by)
-                         VALUES ($1, $2, $3, $4, $5, $6)",
-                        &[
-                            &k.id,
-                            &k.unit,
-                            &index_param(k.derivation_index)?,
-                            &state_code(k.state),
-                            &fee_param(k.input_fee_ppk)?,
-                            host,
-                        ],
-                    )
-                    .await
-                    .map_err(classify)?;
-                }
+                insert_absent(&tx, initial, host).await?;
                 let rows = tx.query(SELECT_ALL, &[]).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 read_rows(&rows)
@@ -209,24 +221,7 @@ impl PgKeysets {
                 tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEYSETS_LOCK])
                     .await
                     .map_err(classify)?;
-                for k in keysets {
-                    tx.execute(
-                        "INSERT INTO coinop_mint_keysets
-                            (id, unit, derivation_index, state, input_fee_ppk, created_by)
-                         VALUES ($1, $2, $3, $4, $5, $6)
-                         ON CONFLICT DO NOTHING",
-                        &[
-                            &k.id,
-                            &k.unit,
-                            &index_param(k.derivation_index)?,
-                            &state_code(k.state),
-                            &fee_param(k.input_fee_ppk)?,
-                            host,
-                        ],
-                    )
-                    .await
-                    .map_err(classify)?;
-                }
+                insert_absent(&tx, keysets, host).await?;
                 let rows = tx.query(SELECT_ALL, &[]).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 read_rows(&rows)
