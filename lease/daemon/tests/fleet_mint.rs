@@ -1099,21 +1099,139 @@ async fn an_output_signed_before_the_join_is_not_delivered_again_at_another_amou
     for h in [&h1, &h2] {
         h.assert_unspent(&fresh).await;
     }
-    // The reservation was settled before the swap answered.
+    // The reservation was settled before the swap answered (or never made: host 1
+    // published its own signature when it joined). Every host restores what host 1
+    // signed on its own, the 1-sat note, and nothing else.
     let restore = json!({"outputs": [again]});
-    let r = h2
-        .call("POST", "/v1/restore", None, Some(restore.clone()))
+    for h in [&h2, &h1] {
+        let r = h
+            .call("POST", "/v1/restore", None, Some(restore.clone()))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(signatures(&r), signed_alone);
+    }
+}
+
+/// Host 1's history from before it joined, and the two hosts of the fleet it then joined.
+struct Joined {
+    h1: Daemon,
+    h2: Daemon,
+    /// The output of a swap host 1 made alone, and its signature.
+    blank: Vec<common::Blank>,
+    signed_alone: Vec<BlindSignature>,
+}
+
+/// Host 1 alone swaps a note onto one output and gets a NUT-30 quote paid, then joins a
+/// fleet (`pg`) with host 2, which signs with host 1's mint keys.
+async fn joined_with_history(pg: &TestCluster, dirs: &[StateDir; 2]) -> Joined {
+    let alone = standalone_args(1);
+    let alone: Vec<&str> = alone.iter().map(String::as_str).collect();
+    let h1 = Daemon::spawn(dirs[0].path(), &alone, &[]).await;
+    let wallet = Wallet::new(&h1).await;
+    let one = h1.mint_credit(1).await;
+    let blank = wallet.outputs(&[1]);
+    let r = h1
+        .call("POST", "/v1/swap", None, Some(swap_body(&one, &blank)))
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(
-        signatures(&r).is_empty(),
-        "host 2 knows no signature of that output: {}",
+    let signed_alone = signatures(&r);
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let key = bitcoin::secp256k1::Keypair::new(&secp, &mut bitcoin::secp256k1::rand::thread_rng());
+    let r = h1
+        .call(
+            "POST",
+            "/v1/mint/quote/onchain",
+            None,
+            Some(json!({"unit": "sat", "pubkey": key.public_key().to_string()})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let quote = r.json()["quote"].as_str().expect("quote").to_string();
+    let address = r.json()["request"].as_str().expect("address").to_string();
+    let (tx_hex, proof_hex) = common::pay_address(&h1, &address, 600).await;
+    let r = h1
+        .call(
+            "POST",
+            &format!("/v1/mint/quote/onchain/{quote}/payment"),
+            None,
+            Some(json!({"tx_hex": tx_hex, "proof_hex": proof_hex})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["amount_paid"], 600, "{}", r.text());
+    h1.shutdown().await;
+
+    let name = payment::credit::keyset_store::STORE_FILE;
+    std::fs::copy(dirs[0].path().join(name), dirs[1].path().join(name))
+        .expect("copying the mint keys");
+    let h1 = joined_host(pg, &dirs[0], 1).await;
+    let h2 = joined_host(pg, &dirs[1], 2).await;
+    Joined {
+        h1,
+        h2,
+        blank,
+        signed_alone,
+    }
+}
+
+/// Host `n` in the fleet with the mint keys of its state dir, ready.
+async fn joined_host(pg: &TestCluster, dir: &StateDir, n: u32) -> Daemon {
+    let args = joined_args(pg, n);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d = Daemon::spawn(dir.path(), &args, &[]).await;
+    d.wait_store_ready().await;
+    d
+}
+
+/// Review F1 (a): what host 1 signed on its own is the fleet's once it joined: NUT-09
+/// restore on host 2 returns it, and a swap on host 2 with that `B_` as an output is
+/// refused (11003) and spends nothing. Host 1's next start records nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_made_before_the_join_are_restored_and_refused_on_every_host() {
+    let Some(pg) =
+        cluster("signatures_made_before_the_join_are_restored_and_refused_on_every_host")
+    else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new()];
+    let Joined {
+        h1,
+        h2,
+        blank,
+        signed_alone,
+        ..
+    } = joined_with_history(&pg, &dirs).await;
+    let restore = json!({"outputs": messages(&blank)});
+    let r = h2.call("POST", "/v1/restore", None, Some(restore)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(signatures(&r), signed_alone, "host 2 restores host 1's own");
+    let fresh = h2.mint_credit(1).await;
+    let r = h2
+        .call("POST", "/v1/swap", None, Some(swap_body(&fresh, &blank)))
+        .await;
+    assert_eq!(
+        (r.status, cashu_code(&r)),
+        (400, OUTPUT_SIGNED),
+        "{}",
         r.text()
     );
-    // Host 1 restores what it signed on its own, the 1-sat note, and nothing else.
-    let r = h1.call("POST", "/v1/restore", None, Some(restore)).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(signatures(&r), signed_alone);
+    h2.assert_unspent(&fresh).await;
+    let published = pg
+        .psql(
+            "fleet",
+            "SELECT count(*) FROM coinop_signed_outputs \
+             WHERE operation_id = 'pre-fleet:host-1' AND state = 2",
+        )
+        .expect("psql");
+    assert_eq!(published, "2", "the mint's output and the swap's");
+
+    // Host 1 again: what it published is marked in its ledger, so nothing is recorded
+    // again (its log, kept across its runs, tells of one publication).
+    h1.shutdown().await;
+    let h1 = joined_host(&pg, &dirs[0], 1).await;
+    let log = h1.log();
+    assert_eq!(log.matches("own signatures published").count(), 1, "{log}");
+    assert!(!log.contains("signed again by the fleet"), "{log}");
 }
 
 /// NUT-00 code 20002: the quote's payment minted already (final for a wallet).
