@@ -106,6 +106,11 @@ pub enum FleetMintError {
     /// The local spent set could not be read.
     #[error("local spent set: {0}")]
     Local(String),
+    /// The same request is between its reservation and its settle on this host now: a
+    /// copy must wait for its answer, else its failure could release what the other one
+    /// commits (retry; the same request again is then answered with its signatures).
+    #[error("the same request ({operation}) is in flight on this host")]
+    InFlight { operation: String },
     /// This host's `--input-fee-ppk` is not the fee of the fleet's keysets.
     #[error(
         "--input-fee-ppk {ours} but the fleet's active keyset {id} charges {fleet}: every \
@@ -175,6 +180,9 @@ pub struct FleetMint {
     /// Operations whose reservation is being settled, or waits in `unsettled`: no
     /// reservation of them is made meanwhile.
     settling: NamesInFlight,
+    /// Operations between their reservation and their settle that no fence of the spent
+    /// set holds in flight (a NUT-30 quote of this host's own: it spends nothing).
+    unfenced: NamesInFlight,
 }
 
 impl std::fmt::Debug for FleetMint {
@@ -232,6 +240,7 @@ impl FleetMint {
             adopted: std::sync::Mutex::new(Vec::new()),
             unsettled: Mutex::default(),
             settling: NamesInFlight::default(),
+            unfenced: NamesInFlight::default(),
         }
     }
 
@@ -590,6 +599,19 @@ impl FleetMint {
             ));
         }
         Ok(())
+    }
+
+    /// Holds `operation` in flight on this host from before its reservation until after its
+    /// settle, for an operation no fence holds (a NUT-30 quote of this host's own): two copies
+    /// of one request at once would share one reservation (the same host and operation),
+    /// and the settle of the one that failed, a release, could delete it before the other
+    /// one's local commit, leaving that commit's signatures out of the store.
+    pub(crate) fn hold_unfenced(&self, operation: &str) -> Result<Entered, FleetMintError> {
+        self.unfenced
+            .enter(operation)
+            .ok_or_else(|| FleetMintError::InFlight {
+                operation: operation.to_string(),
+            })
     }
 
     /// Ends `operation`'s reservation: delivered if the local spent set recorded the very

@@ -1112,13 +1112,30 @@ async fn an_output_signed_before_the_join_is_not_delivered_again_at_another_amou
     }
 }
 
+/// The body of a NUT-30 mint of `quote`: `outputs` signed with `key` (NUT-20).
+fn nut30_mint_body(
+    quote: &str,
+    outputs: Vec<BlindedMessage>,
+    key: &bitcoin::secp256k1::Keypair,
+) -> Value {
+    use bitcoin::secp256k1::{Message, Secp256k1};
+    use payment::credit::mint_quote_signature::mint_message_digest;
+    let digest = mint_message_digest(quote, &outputs).expect("hex outputs");
+    let sig = Secp256k1::new().sign_schnorr_no_aux_rand(&Message::from_digest(digest), key);
+    json!({"quote": quote, "outputs": outputs, "signature": hex::encode(sig.as_ref())})
+}
+
 /// Host 1's history from before it joined, and the two hosts of the fleet it then joined.
 struct Joined {
     h1: Daemon,
     h2: Daemon,
+    wallet: Wallet,
     /// The output of a swap host 1 made alone, and its signature.
     blank: Vec<common::Blank>,
     signed_alone: Vec<BlindSignature>,
+    /// A NUT-30 quote made and paid (600 sat) on host 1 alone, locked to `key`.
+    quote: String,
+    key: bitcoin::secp256k1::Keypair,
 }
 
 /// Host 1 alone swaps a note onto one output and gets a NUT-30 quote paid, then joins a
@@ -1169,8 +1186,11 @@ async fn joined_with_history(pg: &TestCluster, dirs: &[StateDir; 2]) -> Joined {
     Joined {
         h1,
         h2,
+        wallet,
         blank,
         signed_alone,
+        quote,
+        key,
     }
 }
 
@@ -1232,6 +1252,84 @@ async fn signatures_made_before_the_join_are_restored_and_refused_on_every_host(
     let log = h1.log();
     assert_eq!(log.matches("own signatures published").count(), 1, "{log}");
     assert!(!log.contains("signed again by the fleet"), "{log}");
+}
+
+/// Review F1 (b): a NUT-30 quote host 1 made (and was paid) before it joined, minted on
+/// host 1 after: its outputs are reserved and delivered in the fleet store, so NUT-09
+/// restore on host 2 returns them and a swap on host 2 with one of them is 11003. The same
+/// mint again gets the same signatures and issues nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_fleet_nut30_quote_minted_after_the_join_is_the_fleets() {
+    let Some(pg) = cluster("a_pre_fleet_nut30_quote_minted_after_the_join_is_the_fleets") else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new()];
+    let Joined {
+        h1,
+        h2,
+        wallet,
+        quote,
+        key,
+        ..
+    } = joined_with_history(&pg, &dirs).await;
+    let blanks = wallet.outputs(&[512, 64]);
+    let msgs: Vec<BlindedMessage> = blanks.iter().map(|b| b.msg.clone()).collect();
+    let body = nut30_mint_body(&quote, msgs.clone(), &key);
+    let r = h1
+        .call("POST", "/v1/mint/onchain", None, Some(body.clone()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let minted = signatures(&r);
+    assert_eq!(amounts(&wallet.unblind(&blanks, &minted)), [512, 64]);
+    let r = h2
+        .call("POST", "/v1/restore", None, Some(json!({"outputs": msgs})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        signatures(&r),
+        minted,
+        "host 2 restores the pre-fleet quote's mint"
+    );
+    let fresh = h2.mint_credit(64).await;
+    let r = h2
+        .call(
+            "POST",
+            "/v1/swap",
+            None,
+            Some(json!({"inputs": fresh, "outputs": [msgs[1]]})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, cashu_code(&r)),
+        (400, OUTPUT_SIGNED),
+        "{}",
+        r.text()
+    );
+    h2.assert_unspent(&fresh).await;
+    // The same mint again (a lost reply): the same signatures, nothing issued again.
+    let r = h1.call("POST", "/v1/mint/onchain", None, Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(signatures(&r), minted);
+    let r = h1
+        .call(
+            "GET",
+            &format!("/v1/mint/quote/onchain/{quote}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.json()["amount_issued"], 576, "{}", r.text());
+    // More than is left is refused, and leaves nothing pending in the store.
+    let more = nut30_mint_body(&quote, vec![wallet.outputs(&[32])[0].msg.clone()], &key);
+    let r = h1.call("POST", "/v1/mint/onchain", None, Some(more)).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let pending = pg
+        .psql(
+            "fleet",
+            "SELECT count(*) FROM coinop_signed_outputs WHERE state = 1",
+        )
+        .expect("psql");
+    assert_eq!(pending, "0");
 }
 
 /// NUT-00 code 20002: the quote's payment minted already (final for a wallet).
