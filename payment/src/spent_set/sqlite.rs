@@ -833,8 +833,13 @@ mod tests {
         let path = dir.path().join("spent.sqlite");
         let set = SqliteSpentSet::open(&path).unwrap();
         let (a, b, c) = (signed(3, 8), signed(1, 2), signed(2, 4));
-        set.claim_with_receipt(&[key(KeyKind::CreditY, 1)], "swap", &[1; 32], &[a.clone()])
-            .unwrap();
+        set.claim_with_receipt(
+            &[key(KeyKind::CreditY, 1)],
+            "swap",
+            &[1; 32],
+            std::slice::from_ref(&a),
+        )
+        .unwrap();
         set.in_transaction(|tx| SqliteSpentSet::record_signed_in(tx, &[b.clone(), c.clone()]))
             .unwrap();
         let all = |set: &SqliteSpentSet, page: usize| {
@@ -865,11 +870,14 @@ mod tests {
         drop(set);
         let set = SqliteSpentSet::open(&path).unwrap();
         let d = signed(0, 1);
-        set.in_transaction(|tx| SqliteSpentSet::record_signed_in(tx, &[d.clone()]))
+        set.in_transaction(|tx| SqliteSpentSet::record_signed_in(tx, std::slice::from_ref(&d)))
             .unwrap();
         assert_eq!(all(&set, 2), vec![d, c.clone(), a.clone()]);
         // A marked signature is still what restore finds.
-        assert_eq!(set.signed_outputs(&[b.b_.clone()]).unwrap(), vec![Some(b)]);
+        assert_eq!(
+            set.signed_outputs(std::slice::from_ref(&b.b_)).unwrap(),
+            vec![Some(b)]
+        );
     }
 
     #[test]
