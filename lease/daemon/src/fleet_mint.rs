@@ -26,9 +26,10 @@
 //! another signature of the same `B_` does not count: it is one this host made before it
 //! joined the fleet, which is why the local swap refused the `B_` (11003), and delivering
 //! the reservation would hand its other amount to NUT-09 restore on every host unpaid.
-//! (NUT-30 mints record theirs
+//! (NUT-30 mints of fleet quotes record theirs
 //! delivered with the quote's balance in one store transaction instead:
-//! `crate::http::fleet_nut30`.) A crash in between leaves them pending; [`FleetMint::start`] settles
+//! `crate::http::fleet_nut30`; a quote this host made before it joined is minted from its
+//! ledger, reserving and settling like a swap: `crate::http::nut30`.) A crash in between leaves them pending; [`FleetMint::start`] settles
 //! them by the same rule before money requests are served. A settle that fails (the store
 //! unreachable for a moment) is tried again in the background every second, by the same
 //! rule, read anew: left to the next start, a swap committed here would have its
