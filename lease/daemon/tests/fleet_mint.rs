@@ -1139,8 +1139,13 @@ struct Joined {
 }
 
 /// Host 1 alone swaps a note onto one output and gets a NUT-30 quote paid, then joins a
-/// fleet (`pg`) with host 2, which signs with host 1's mint keys.
-async fn joined_with_history(pg: &TestCluster, dirs: &[StateDir; 2]) -> Joined {
+/// fleet (`pg`) with host 2, which signs with host 1's mint keys; host 1 in the fleet runs
+/// with `env` (faults to inject).
+async fn joined_with_history(
+    pg: &TestCluster,
+    dirs: &[StateDir; 2],
+    env: &[(&str, &str)],
+) -> Joined {
     let alone = standalone_args(1);
     let alone: Vec<&str> = alone.iter().map(String::as_str).collect();
     let h1 = Daemon::spawn(dirs[0].path(), &alone, &[]).await;
@@ -1181,8 +1186,8 @@ async fn joined_with_history(pg: &TestCluster, dirs: &[StateDir; 2]) -> Joined {
     let name = payment::credit::keyset_store::STORE_FILE;
     std::fs::copy(dirs[0].path().join(name), dirs[1].path().join(name))
         .expect("copying the mint keys");
-    let h1 = joined_host(pg, &dirs[0], 1).await;
-    let h2 = joined_host(pg, &dirs[1], 2).await;
+    let h1 = joined_host(pg, &dirs[0], 1, env).await;
+    let h2 = joined_host(pg, &dirs[1], 2, &[]).await;
     Joined {
         h1,
         h2,
@@ -1194,11 +1199,11 @@ async fn joined_with_history(pg: &TestCluster, dirs: &[StateDir; 2]) -> Joined {
     }
 }
 
-/// Host `n` in the fleet with the mint keys of its state dir, ready.
-async fn joined_host(pg: &TestCluster, dir: &StateDir, n: u32) -> Daemon {
+/// Host `n` in the fleet with the mint keys of its state dir and `env`, ready.
+async fn joined_host(pg: &TestCluster, dir: &StateDir, n: u32, env: &[(&str, &str)]) -> Daemon {
     let args = joined_args(pg, n);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let d = Daemon::spawn(dir.path(), &args, &[]).await;
+    let d = Daemon::spawn(dir.path(), &args, env).await;
     d.wait_store_ready().await;
     d
 }
@@ -1220,7 +1225,7 @@ async fn signatures_made_before_the_join_are_restored_and_refused_on_every_host(
         blank,
         signed_alone,
         ..
-    } = joined_with_history(&pg, &dirs).await;
+    } = joined_with_history(&pg, &dirs, &[]).await;
     let restore = json!({"outputs": messages(&blank)});
     let r = h2.call("POST", "/v1/restore", None, Some(restore)).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -1248,7 +1253,7 @@ async fn signatures_made_before_the_join_are_restored_and_refused_on_every_host(
     // Host 1 again: what it published is marked in its ledger, so nothing is recorded
     // again (its log, kept across its runs, tells of one publication).
     h1.shutdown().await;
-    let h1 = joined_host(&pg, &dirs[0], 1).await;
+    let h1 = joined_host(&pg, &dirs[0], 1, &[]).await;
     let log = h1.log();
     assert_eq!(log.matches("own signatures published").count(), 1, "{log}");
     assert!(!log.contains("signed again by the fleet"), "{log}");
@@ -1271,7 +1276,7 @@ async fn a_pre_fleet_nut30_quote_minted_after_the_join_is_the_fleets() {
         quote,
         key,
         ..
-    } = joined_with_history(&pg, &dirs).await;
+    } = joined_with_history(&pg, &dirs, &[]).await;
     let blanks = wallet.outputs(&[512, 64]);
     let msgs: Vec<BlindedMessage> = blanks.iter().map(|b| b.msg.clone()).collect();
     let body = nut30_mint_body(&quote, msgs.clone(), &key);
@@ -1330,6 +1335,144 @@ async fn a_pre_fleet_nut30_quote_minted_after_the_join_is_the_fleets() {
         )
         .expect("psql");
     assert_eq!(pending, "0");
+}
+
+/// A pre-fleet NUT-30 quote's mint held 3 s after reserving its outputs on host 1: a copy
+/// sent to host 1 meanwhile is 11002 (pending, which wallets retry), not a second
+/// reservation whose failure could release the first's; the first is answered, and the
+/// copy sent again gets its signatures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_a_pre_fleet_nut30_mint_in_flight_is_pending() {
+    let Some(pg) = cluster("a_copy_of_a_pre_fleet_nut30_mint_in_flight_is_pending") else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new()];
+    let delay = [("COINOPD_FAULT_DELAY", "fleet_outputs_reserved:3000")];
+    let Joined {
+        h1,
+        h2,
+        wallet,
+        quote,
+        key,
+        ..
+    } = joined_with_history(&pg, &dirs, &delay).await;
+    let blanks = wallet.outputs(&[256]);
+    let body = nut30_mint_body(&quote, vec![blanks[0].msg.clone()], &key);
+    let first = h1.call("POST", "/v1/mint/onchain", None, Some(body.clone()));
+    let copy = async {
+        common::wait_for(
+            async || {
+                pg.psql(
+                    "fleet",
+                    "SELECT count(*) FROM coinop_signed_outputs \
+                     WHERE host_id = 'host-1' AND state = 1",
+                )
+                .is_ok_and(|n| n != "0")
+            },
+            "host 1 reserving the mint's outputs",
+        )
+        .await;
+        h1.call("POST", "/v1/mint/onchain", None, Some(body.clone()))
+            .await
+    };
+    let (first, copy) = tokio::join!(first, copy);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(
+        (copy.status, cashu_code(&copy)),
+        (400, PENDING),
+        "{}",
+        copy.text()
+    );
+    let r = h1.call("POST", "/v1/mint/onchain", None, Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(signatures(&r), signatures(&first));
+    let r = h2
+        .call(
+            "POST",
+            "/v1/restore",
+            None,
+            Some(json!({"outputs": messages(&blanks)})),
+        )
+        .await;
+    assert_eq!(signatures(&r), signatures(&first));
+}
+
+/// Host 1 killed between reserving a pre-fleet NUT-30 quote's outputs and its ledger
+/// commit: meanwhile host 2 signs none of them (11003) and restores nothing; host 1's
+/// restart releases the reservation (nothing was issued), and the same mint then issues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_a_pre_fleet_nut30_reservation_and_the_ledger_issues_once() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(pg) =
+        cluster("a_crash_between_a_pre_fleet_nut30_reservation_and_the_ledger_issues_once")
+    else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new()];
+    let crash = [("COINOPD_FAULT", "fleet_outputs_reserved")];
+    let Joined {
+        h1,
+        h2,
+        wallet,
+        quote,
+        key,
+        ..
+    } = joined_with_history(&pg, &dirs, &crash).await;
+    let blanks = wallet.outputs(&[64]);
+    let body = nut30_mint_body(&quote, vec![blanks[0].msg.clone()], &key);
+    let r = h1
+        .client
+        .call(
+            "POST",
+            "/v1/mint/onchain",
+            None,
+            Some(serde_json::to_vec(&body).expect("a Value serializes")),
+        )
+        .await;
+    assert!(r.is_err(), "coinopd answered despite the fault: {r:?}");
+    let status = h1.wait_crash().await;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+
+    let restore = json!({"outputs": messages(&blanks)});
+    let r = h2
+        .call("POST", "/v1/restore", None, Some(restore.clone()))
+        .await;
+    assert!(signatures(&r).is_empty(), "pending: {}", r.text());
+    let fresh = h2.mint_credit(64).await;
+    let r = h2
+        .call("POST", "/v1/swap", None, Some(swap_body(&fresh, &blanks)))
+        .await;
+    assert_eq!(
+        (r.status, cashu_code(&r)),
+        (400, OUTPUT_SIGNED),
+        "{}",
+        r.text()
+    );
+
+    let h1 = joined_host(&pg, &dirs[0], 1, &[]).await;
+    let r = h1
+        .call(
+            "GET",
+            &format!("/v1/mint/quote/onchain/{quote}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.json()["amount_issued"], 0, "{}", r.text());
+    let r = h1.call("POST", "/v1/mint/onchain", None, Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let minted = signatures(&r);
+    let r = h2.call("POST", "/v1/restore", None, Some(restore)).await;
+    assert_eq!(signatures(&r), minted);
+    let r = h1
+        .call(
+            "GET",
+            &format!("/v1/mint/quote/onchain/{quote}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.json()["amount_issued"], 64, "{}", r.text());
 }
 
 /// NUT-00 code 20002: the quote's payment minted already (final for a wallet).

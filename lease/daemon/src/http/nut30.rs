@@ -258,6 +258,8 @@ async fn mint_own_quote_on_fleet(
         fleet_mint.settle(&spent, &req.outputs, &operation).await;
         return Err(e.into());
     }
+    crate::fault::hit(crate::fault::point::FLEET_OUTPUTS_RESERVED);
+    crate::fault::delay(crate::fault::point::FLEET_OUTPUTS_RESERVED).await;
     let (s2, req2) = (s.clone(), req.clone());
     let out = blocking(move || {
         let (s, req) = (s2, req2);
