@@ -23,8 +23,9 @@ pub mod point {
     /// committed the lease.
     pub const FLEET_FENCED: &str = "fleet_fenced";
     /// A swap's or on-chain mint's inputs were fenced and its outputs reserved in the fleet
-    /// store (`--store`), or a lease refund's change reserved there; the local spent set
-    /// (or the refund) has not committed them. For swaps and mints also a
+    /// store (`--store`), or a lease refund's change (or the mint of a NUT-30 quote made
+    /// before the host joined) reserved there; the local spent set (or the refund, or the
+    /// quote's ledger row) has not committed them. For swaps and mints also a
     /// [`delay`](super::delay) point: a test can hold one request there. Also a
     /// [`lost`](super::lost) point (every reservation, refunds' included): the store
     /// reserved the outputs, and the request carries on as if its answer had been lost.

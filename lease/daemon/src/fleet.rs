@@ -17,6 +17,8 @@
 //! they are), then marked in the ledger, so that the next start sends only what was spent
 //! since. A key another host holds already was spent twice before the join: that is
 //! logged as an error, and the start goes on (nothing can undo it now).
+//! The blind signatures it made on its own are published the same way, by
+//! [`crate::fleet_mint`] once its pending reservations are settled.
 //!
 //! Fail closed: while the store is unreachable, or until the start-up schema check,
 //! reconciliation and publication are done, fences fail with [`FleetError::Unavailable`]

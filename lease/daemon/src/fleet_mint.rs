@@ -26,9 +26,10 @@
 //! another signature of the same `B_` does not count: it is one this host made before it
 //! joined the fleet, which is why the local swap refused the `B_` (11003), and delivering
 //! the reservation would hand its other amount to NUT-09 restore on every host unpaid.
-//! (NUT-30 mints record theirs
+//! (NUT-30 mints of fleet quotes record theirs
 //! delivered with the quote's balance in one store transaction instead:
-//! `crate::http::fleet_nut30`.) A crash in between leaves them pending; [`FleetMint::start`] settles
+//! `crate::http::fleet_nut30`; a quote this host made before it joined is minted from its
+//! ledger, reserving and settling like a swap: `crate::http::nut30`.) A crash in between leaves them pending; [`FleetMint::start`] settles
 //! them by the same rule before money requests are served. A settle that fails (the store
 //! unreachable for a moment) is tried again in the background every second, by the same
 //! rule, read anew: left to the next start, a swap committed here would have its
@@ -39,6 +40,26 @@
 //! reservation's rows. So a `B_` signed on one host is
 //! refused on every other (11003), NUT-09 restore on any host returns what any host
 //! delivered, and the same request retried on another host gets the same signatures.
+//!
+//! # Signatures made before the join
+//! A host that ran on its own (no `--store`) recorded its signatures in its SQLite spent
+//! set alone. So at every start, after settling its pending reservations and before it
+//! serves money requests, the signatures of the local set not yet marked published are
+//! recorded delivered in the store under `pre-fleet:<host id>` (a page of
+//! `PUBLISH_BATCH` per statement, `ON CONFLICT DO NOTHING`), then marked in the ledger,
+//! so that the next start sends only what was signed since (the signatures this host made
+//! through the fleet, which the store has already: bounded by what it did since its last
+//! start, and cheap to compare). From then on another host refuses those `B_`s (11003)
+//! and restores them. A `B_` the store holds with the same keyset, amount and `C_` is
+//! nothing to do (another DLEQ proof of the same `C_` is the same signature). One it holds
+//! delivered with another signature was signed twice, by this host before the join and
+//! by the fleet: the wallet may hold two notes of one secret, of which only the first
+//! spent counts. Nothing can undo that now; it is logged as an error with both amounts,
+//! the fleet's row is kept (so NUT-09 restore answers the same on every host, this one
+//! included) and the `B_` marked published (logged once). One another host holds pending
+//! (a request in flight) is taken over as this host's delivered signature, as the spent
+//! keys' publication takes over pending claims: left pending, that request could fail
+//! and release it, and the store would then hold nothing of a `B_` this host signed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -55,12 +76,15 @@ use payment_postgres::{
 use thiserror::Error;
 
 use crate::app::AppState;
+use crate::ledger::Ledger;
 use crate::names_in_flight::{Entered, NamesInFlight};
 
 /// How often each host reads the fleet's keyset list (see the module doc).
 pub const KEYSET_POLL: Duration = Duration::from_secs(2);
 /// How often a start-up check that met an unavailable store is tried again.
 const RETRY: Duration = Duration::from_secs(1);
+/// Signatures published per round trip at start-up.
+const PUBLISH_BATCH: usize = 1000;
 /// Least time between two reads of the list for unknown keyset ids: requests naming made-up
 /// ids cannot turn into one database read each.
 const UNKNOWN_ID_REFRESH: Duration = Duration::from_millis(250);
@@ -83,6 +107,11 @@ pub enum FleetMintError {
     /// The local spent set could not be read.
     #[error("local spent set: {0}")]
     Local(String),
+    /// The same request is between its reservation and its settle on this host now: a
+    /// copy must wait for its answer, else its failure could release what the other one
+    /// commits (retry; the same request again is then answered with its signatures).
+    #[error("the same request ({operation}) is in flight on this host")]
+    InFlight { operation: String },
     /// This host's `--input-fee-ppk` is not the fee of the fleet's keysets.
     #[error(
         "--input-fee-ppk {ours} but the fleet's active keyset {id} charges {fleet}: every \
@@ -152,6 +181,9 @@ pub struct FleetMint {
     /// Operations whose reservation is being settled, or waits in `unsettled`: no
     /// reservation of them is made meanwhile.
     settling: NamesInFlight,
+    /// Operations between their reservation and their settle that no fence of the spent
+    /// set holds in flight (a NUT-30 quote of this host's own: it spends nothing).
+    unfenced: NamesInFlight,
 }
 
 impl std::fmt::Debug for FleetMint {
@@ -209,6 +241,7 @@ impl FleetMint {
             adopted: std::sync::Mutex::new(Vec::new()),
             unsettled: Mutex::default(),
             settling: NamesInFlight::default(),
+            unfenced: NamesInFlight::default(),
         }
     }
 
@@ -302,9 +335,102 @@ impl FleetMint {
             tracing::info!(operation = %op.operation_id, ?settled,
                            "fleet store: pending signatures from before a crash settled");
         }
+        // After the settle: this host holds nothing pending in the store now (and reserves
+        // nothing until it is ready), so a `B_` it holds there is one it delivered.
+        self.publish_own_signatures(&state.ledger).await?;
         self.ready.store(true, Ordering::Release);
         let active = rows.iter().find(|r| r.state == KeysetState::Active);
         tracing::info!(keysets = rows.len(), active = ?active.map(|r| &r.id), "fleet mint ready");
+        Ok(())
+    }
+
+    /// Publishes the signatures of the local spent set not yet marked published (made
+    /// before this host joined the fleet, or while it ran without its `--store`; and those
+    /// made through the fleet since the last start, which the store has already) as
+    /// delivered under `pre-fleet:<host id>`, a page of [`PUBLISH_BATCH`] per round trip,
+    /// and marks them in the ledger (see the module doc). Run again from the start after a
+    /// failure: a page published and not marked is published again, which changes nothing.
+    async fn publish_own_signatures(&self, ledger: &Arc<Ledger>) -> Result<(), FleetMintError> {
+        let operation = format!("pre-fleet:{}", self.store.host_id());
+        let (mut after, mut sent, mut recorded, mut twice, mut left) =
+            (None::<Vec<u8>>, 0, 0, 0, 0);
+        loop {
+            let (l, from) = (Arc::clone(ledger), after.take());
+            let page = blocking(move || {
+                l.unpublished_outputs(from.as_deref(), PUBLISH_BATCH)
+                    .map_err(|e| FleetMintError::Local(e.to_string()))
+            })
+            .await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some(last.b_.clone());
+            let last_page = page.len() < PUBLISH_BATCH;
+            let published = self.outputs.publish_delivered(&page, &operation).await?;
+            for (ours, theirs) in &published.signed_twice {
+                twice += 1;
+                tracing::error!(
+                    b_ = %hex::encode(&ours.b_),
+                    ours = %format!("{} sat, keyset {}", ours.amount, ours.keyset_id),
+                    theirs = %format!("{} sat, keyset {}", theirs.signed.amount,
+                                      theirs.signed.keyset_id),
+                    other_host = %theirs.host_id,
+                    other_operation = %theirs.operation_id,
+                    "a blinded message this host signed before it joined the fleet was \
+                     signed again by the fleet: its wallet may hold two notes of one secret, \
+                     of which one only can be spent; the fleet's signature is kept (NUT-09 \
+                     restore on every host answers it)"
+                );
+            }
+            for taken in &published.taken_over {
+                tracing::warn!(
+                    b_ = %hex::encode(&taken.signed.b_),
+                    other_host = %taken.host_id,
+                    other_operation = %taken.operation_id,
+                    "a blinded message this host signed before it joined the fleet was being \
+                     signed on another host: recorded as this host's (that request finds \
+                     its reservation gone, and the same request again is refused 11003)"
+                );
+            }
+            // A `B_` this host holds pending is not marked: its settle decides it, and the
+            // next start publishes it again. None should be (see the call).
+            let held_here: std::collections::HashSet<&[u8]> =
+                published.left.iter().map(Vec::as_slice).collect();
+            left += held_here.len();
+            let done: Vec<Vec<u8>> = page
+                .iter()
+                .map(|s| s.b_.clone())
+                .filter(|b| !held_here.contains(b.as_slice()))
+                .collect();
+            sent += page.len();
+            recorded += published.inserted + published.taken_over.len();
+            // Signed twice is marked too: logged once, nothing more to do.
+            let l = Arc::clone(ledger);
+            blocking(move || {
+                l.mark_outputs_published(&done)
+                    .map_err(|e| FleetMintError::Local(e.to_string()))
+            })
+            .await?;
+            if last_page {
+                break;
+            }
+        }
+        if recorded > 0 || twice > 0 || left > 0 {
+            tracing::info!(
+                sent,
+                recorded,
+                signed_twice = twice,
+                left_pending = left,
+                operation,
+                "fleet store: this host's own signatures published"
+            );
+        } else if sent > 0 {
+            // Signatures made through the fleet since the last start: the store had them.
+            tracing::debug!(
+                sent,
+                "fleet store: this host's signatures checked, none new"
+            );
+        }
         Ok(())
     }
 
@@ -476,6 +602,19 @@ impl FleetMint {
         Ok(())
     }
 
+    /// Holds `operation` in flight on this host from before its reservation until after its
+    /// settle, for an operation no fence holds (a NUT-30 quote of this host's own): two copies
+    /// of one request at once would share one reservation (the same host and operation),
+    /// and the settle of the one that failed, a release, could delete it before the other
+    /// one's local commit, leaving that commit's signatures out of the store.
+    pub(crate) fn hold_unfenced(&self, operation: &str) -> Result<Entered, FleetMintError> {
+        self.unfenced
+            .enter(operation)
+            .ok_or_else(|| FleetMintError::InFlight {
+                operation: operation.to_string(),
+            })
+    }
+
     /// Ends `operation`'s reservation: delivered if the local spent set recorded the very
     /// signatures reserved for `outputs`, else released (see the module doc). One that
     /// cannot be done now (the store unreachable) is tried again in the background; the
@@ -635,8 +774,9 @@ impl FleetMint {
     }
 
     /// NUT-09 restore's records: for each `B_`, what the fleet delivered, else what this
-    /// host's own spent set recorded (signatures it made that the fleet store does not
-    /// keep: from before it joined the fleet).
+    /// host's own spent set recorded (a signature whose settle is still to be done, the
+    /// store unreachable when it was tried; the ones from before the join are published at
+    /// start-up, see the module doc).
     pub async fn restore_records(
         &self,
         spent: &Arc<dyn SpentSet>,

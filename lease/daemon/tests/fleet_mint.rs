@@ -1099,21 +1099,380 @@ async fn an_output_signed_before_the_join_is_not_delivered_again_at_another_amou
     for h in [&h1, &h2] {
         h.assert_unspent(&fresh).await;
     }
-    // The reservation was settled before the swap answered.
+    // The reservation was settled before the swap answered (or never made: host 1
+    // published its own signature when it joined). Every host restores what host 1
+    // signed on its own, the 1-sat note, and nothing else.
     let restore = json!({"outputs": [again]});
+    for h in [&h2, &h1] {
+        let r = h
+            .call("POST", "/v1/restore", None, Some(restore.clone()))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(signatures(&r), signed_alone);
+    }
+}
+
+/// The body of a NUT-30 mint of `quote`: `outputs` signed with `key` (NUT-20).
+fn nut30_mint_body(
+    quote: &str,
+    outputs: Vec<BlindedMessage>,
+    key: &bitcoin::secp256k1::Keypair,
+) -> Value {
+    use bitcoin::secp256k1::{Message, Secp256k1};
+    use payment::credit::mint_quote_signature::mint_message_digest;
+    let digest = mint_message_digest(quote, &outputs).expect("hex outputs");
+    let sig = Secp256k1::new().sign_schnorr_no_aux_rand(&Message::from_digest(digest), key);
+    json!({"quote": quote, "outputs": outputs, "signature": hex::encode(sig.as_ref())})
+}
+
+/// Host 1's history from before it joined, and the two hosts of the fleet it then joined.
+struct Joined {
+    h1: Daemon,
+    h2: Daemon,
+    wallet: Wallet,
+    /// The output of a swap host 1 made alone, and its signature.
+    blank: Vec<common::Blank>,
+    signed_alone: Vec<BlindSignature>,
+    /// A NUT-30 quote made and paid (600 sat) on host 1 alone, locked to `key`.
+    quote: String,
+    key: bitcoin::secp256k1::Keypair,
+}
+
+/// Host 1 alone swaps a note onto one output and gets a NUT-30 quote paid, then joins a
+/// fleet (`pg`) with host 2, which signs with host 1's mint keys; host 1 in the fleet runs
+/// with `env` (faults to inject).
+async fn joined_with_history(
+    pg: &TestCluster,
+    dirs: &[StateDir; 2],
+    env: &[(&str, &str)],
+) -> Joined {
+    let alone = standalone_args(1);
+    let alone: Vec<&str> = alone.iter().map(String::as_str).collect();
+    let h1 = Daemon::spawn(dirs[0].path(), &alone, &[]).await;
+    let wallet = Wallet::new(&h1).await;
+    let one = h1.mint_credit(1).await;
+    let blank = wallet.outputs(&[1]);
+    let r = h1
+        .call("POST", "/v1/swap", None, Some(swap_body(&one, &blank)))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let signed_alone = signatures(&r);
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let key = bitcoin::secp256k1::Keypair::new(&secp, &mut bitcoin::secp256k1::rand::thread_rng());
+    let r = h1
+        .call(
+            "POST",
+            "/v1/mint/quote/onchain",
+            None,
+            Some(json!({"unit": "sat", "pubkey": key.public_key().to_string()})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let quote = r.json()["quote"].as_str().expect("quote").to_string();
+    let address = r.json()["request"].as_str().expect("address").to_string();
+    let (tx_hex, proof_hex) = common::pay_address(&h1, &address, 600).await;
+    let r = h1
+        .call(
+            "POST",
+            &format!("/v1/mint/quote/onchain/{quote}/payment"),
+            None,
+            Some(json!({"tx_hex": tx_hex, "proof_hex": proof_hex})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["amount_paid"], 600, "{}", r.text());
+    h1.shutdown().await;
+
+    let name = payment::credit::keyset_store::STORE_FILE;
+    std::fs::copy(dirs[0].path().join(name), dirs[1].path().join(name))
+        .expect("copying the mint keys");
+    let h1 = joined_host(pg, &dirs[0], 1, env).await;
+    let h2 = joined_host(pg, &dirs[1], 2, &[]).await;
+    Joined {
+        h1,
+        h2,
+        wallet,
+        blank,
+        signed_alone,
+        quote,
+        key,
+    }
+}
+
+/// Host `n` in the fleet with the mint keys of its state dir and `env`, ready.
+async fn joined_host(pg: &TestCluster, dir: &StateDir, n: u32, env: &[(&str, &str)]) -> Daemon {
+    let args = joined_args(pg, n);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d = Daemon::spawn(dir.path(), &args, env).await;
+    d.wait_store_ready().await;
+    d
+}
+
+/// Review F1 (a): what host 1 signed on its own is the fleet's once it joined: NUT-09
+/// restore on host 2 returns it, and a swap on host 2 with that `B_` as an output is
+/// refused (11003) and spends nothing. Host 1's next start records nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_made_before_the_join_are_restored_and_refused_on_every_host() {
+    let Some(pg) =
+        cluster("signatures_made_before_the_join_are_restored_and_refused_on_every_host")
+    else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new()];
+    let Joined {
+        h1,
+        h2,
+        blank,
+        signed_alone,
+        ..
+    } = joined_with_history(&pg, &dirs, &[]).await;
+    let restore = json!({"outputs": messages(&blank)});
+    let r = h2.call("POST", "/v1/restore", None, Some(restore)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(signatures(&r), signed_alone, "host 2 restores host 1's own");
+    let fresh = h2.mint_credit(1).await;
+    let r = h2
+        .call("POST", "/v1/swap", None, Some(swap_body(&fresh, &blank)))
+        .await;
+    assert_eq!(
+        (r.status, cashu_code(&r)),
+        (400, OUTPUT_SIGNED),
+        "{}",
+        r.text()
+    );
+    h2.assert_unspent(&fresh).await;
+    let published = pg
+        .psql(
+            "fleet",
+            "SELECT count(*) FROM coinop_signed_outputs \
+             WHERE operation_id = 'pre-fleet:host-1' AND state = 2",
+        )
+        .expect("psql");
+    assert_eq!(published, "2", "the mint's output and the swap's");
+
+    // Host 1 again: what it published is marked in its ledger, so nothing is recorded
+    // again (its log, kept across its runs, tells of one publication).
+    h1.shutdown().await;
+    let h1 = joined_host(&pg, &dirs[0], 1, &[]).await;
+    let log = h1.log();
+    assert_eq!(log.matches("own signatures published").count(), 1, "{log}");
+    assert!(!log.contains("signed again by the fleet"), "{log}");
+}
+
+/// Review F1 (b): a NUT-30 quote host 1 made (and was paid) before it joined, minted on
+/// host 1 after: its outputs are reserved and delivered in the fleet store, so NUT-09
+/// restore on host 2 returns them and a swap on host 2 with one of them is 11003. The same
+/// mint again gets the same signatures and issues nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_fleet_nut30_quote_minted_after_the_join_is_the_fleets() {
+    let Some(pg) = cluster("a_pre_fleet_nut30_quote_minted_after_the_join_is_the_fleets") else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new()];
+    let Joined {
+        h1,
+        h2,
+        wallet,
+        quote,
+        key,
+        ..
+    } = joined_with_history(&pg, &dirs, &[]).await;
+    let blanks = wallet.outputs(&[512, 64]);
+    let msgs: Vec<BlindedMessage> = blanks.iter().map(|b| b.msg.clone()).collect();
+    let body = nut30_mint_body(&quote, msgs.clone(), &key);
+    let r = h1
+        .call("POST", "/v1/mint/onchain", None, Some(body.clone()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let minted = signatures(&r);
+    assert_eq!(amounts(&wallet.unblind(&blanks, &minted)), [512, 64]);
+    let r = h2
+        .call("POST", "/v1/restore", None, Some(json!({"outputs": msgs})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        signatures(&r),
+        minted,
+        "host 2 restores the pre-fleet quote's mint"
+    );
+    let fresh = h2.mint_credit(64).await;
+    let r = h2
+        .call(
+            "POST",
+            "/v1/swap",
+            None,
+            Some(json!({"inputs": fresh, "outputs": [msgs[1]]})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, cashu_code(&r)),
+        (400, OUTPUT_SIGNED),
+        "{}",
+        r.text()
+    );
+    h2.assert_unspent(&fresh).await;
+    // The same mint again (a lost reply): the same signatures, nothing issued again.
+    let r = h1.call("POST", "/v1/mint/onchain", None, Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(signatures(&r), minted);
+    let r = h1
+        .call(
+            "GET",
+            &format!("/v1/mint/quote/onchain/{quote}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.json()["amount_issued"], 576, "{}", r.text());
+    // More than is left is refused, and leaves nothing pending in the store.
+    let more = nut30_mint_body(&quote, vec![wallet.outputs(&[32])[0].msg.clone()], &key);
+    let r = h1.call("POST", "/v1/mint/onchain", None, Some(more)).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let pending = pg
+        .psql(
+            "fleet",
+            "SELECT count(*) FROM coinop_signed_outputs WHERE state = 1",
+        )
+        .expect("psql");
+    assert_eq!(pending, "0");
+}
+
+/// A pre-fleet NUT-30 quote's mint held 3 s after reserving its outputs on host 1: a copy
+/// sent to host 1 meanwhile is 11002 (pending, which wallets retry), not a second
+/// reservation whose failure could release the first's; the first is answered, and the
+/// copy sent again gets its signatures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_a_pre_fleet_nut30_mint_in_flight_is_pending() {
+    let Some(pg) = cluster("a_copy_of_a_pre_fleet_nut30_mint_in_flight_is_pending") else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new()];
+    let delay = [("COINOPD_FAULT_DELAY", "fleet_outputs_reserved:3000")];
+    let Joined {
+        h1,
+        h2,
+        wallet,
+        quote,
+        key,
+        ..
+    } = joined_with_history(&pg, &dirs, &delay).await;
+    let blanks = wallet.outputs(&[256]);
+    let body = nut30_mint_body(&quote, vec![blanks[0].msg.clone()], &key);
+    let first = h1.call("POST", "/v1/mint/onchain", None, Some(body.clone()));
+    let copy = async {
+        common::wait_for(
+            async || {
+                pg.psql(
+                    "fleet",
+                    "SELECT count(*) FROM coinop_signed_outputs \
+                     WHERE host_id = 'host-1' AND state = 1",
+                )
+                .is_ok_and(|n| n != "0")
+            },
+            "host 1 reserving the mint's outputs",
+        )
+        .await;
+        h1.call("POST", "/v1/mint/onchain", None, Some(body.clone()))
+            .await
+    };
+    let (first, copy) = tokio::join!(first, copy);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(
+        (copy.status, cashu_code(&copy)),
+        (400, PENDING),
+        "{}",
+        copy.text()
+    );
+    let r = h1.call("POST", "/v1/mint/onchain", None, Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(signatures(&r), signatures(&first));
+    let r = h2
+        .call(
+            "POST",
+            "/v1/restore",
+            None,
+            Some(json!({"outputs": messages(&blanks)})),
+        )
+        .await;
+    assert_eq!(signatures(&r), signatures(&first));
+}
+
+/// Host 1 killed between reserving a pre-fleet NUT-30 quote's outputs and its ledger
+/// commit: meanwhile host 2 signs none of them (11003) and restores nothing; host 1's
+/// restart releases the reservation (nothing was issued), and the same mint then issues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_a_pre_fleet_nut30_reservation_and_the_ledger_issues_once() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(pg) =
+        cluster("a_crash_between_a_pre_fleet_nut30_reservation_and_the_ledger_issues_once")
+    else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new()];
+    let crash = [("COINOPD_FAULT", "fleet_outputs_reserved")];
+    let Joined {
+        h1,
+        h2,
+        wallet,
+        quote,
+        key,
+        ..
+    } = joined_with_history(&pg, &dirs, &crash).await;
+    let blanks = wallet.outputs(&[64]);
+    let body = nut30_mint_body(&quote, vec![blanks[0].msg.clone()], &key);
+    let r = h1
+        .client
+        .call(
+            "POST",
+            "/v1/mint/onchain",
+            None,
+            Some(serde_json::to_vec(&body).expect("a Value serializes")),
+        )
+        .await;
+    assert!(r.is_err(), "coinopd answered despite the fault: {r:?}");
+    let status = h1.wait_crash().await;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+
+    let restore = json!({"outputs": messages(&blanks)});
     let r = h2
         .call("POST", "/v1/restore", None, Some(restore.clone()))
         .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(
-        signatures(&r).is_empty(),
-        "host 2 knows no signature of that output: {}",
+    assert!(signatures(&r).is_empty(), "pending: {}", r.text());
+    let fresh = h2.mint_credit(64).await;
+    let r = h2
+        .call("POST", "/v1/swap", None, Some(swap_body(&fresh, &blanks)))
+        .await;
+    assert_eq!(
+        (r.status, cashu_code(&r)),
+        (400, OUTPUT_SIGNED),
+        "{}",
         r.text()
     );
-    // Host 1 restores what it signed on its own, the 1-sat note, and nothing else.
-    let r = h1.call("POST", "/v1/restore", None, Some(restore)).await;
+
+    let h1 = joined_host(&pg, &dirs[0], 1, &[]).await;
+    let r = h1
+        .call(
+            "GET",
+            &format!("/v1/mint/quote/onchain/{quote}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.json()["amount_issued"], 0, "{}", r.text());
+    let r = h1.call("POST", "/v1/mint/onchain", None, Some(body)).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(signatures(&r), signed_alone);
+    let minted = signatures(&r);
+    let r = h2.call("POST", "/v1/restore", None, Some(restore)).await;
+    assert_eq!(signatures(&r), minted);
+    let r = h1
+        .call(
+            "GET",
+            &format!("/v1/mint/quote/onchain/{quote}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.json()["amount_issued"], 64, "{}", r.text());
 }
 
 /// NUT-00 code 20002: the quote's payment minted already (final for a wallet).

@@ -165,6 +165,8 @@ pub use nut30::{Nut30Issue, Nut30Quote, PgNut30Quotes};
 pub use quotes::{
     FleetIndexPolicy, FleetQuote, PgQuoteBook, PgQuoteError, QuotePurpose, SeenPayment,
 };
-pub use signed_outputs::{OutputState, PendingOutputs, PgSignedOutputs, Settled, StoredOutput};
+pub use signed_outputs::{
+    OutputState, PendingOutputs, PgSignedOutputs, PublishedOutputs, Settled, StoredOutput,
+};
 pub use spent_set::{HeldKey, PendingOperation, PgSpentSet, Published, Reconciled};
 pub use store::{PgStore, PgStoreOptions, StoreMetrics};

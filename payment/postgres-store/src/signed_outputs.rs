@@ -35,6 +35,28 @@ pub enum Settled {
     Released { rows: u64 },
 }
 
+/// What [`PgSignedOutputs::publish_delivered`] did with the signatures it was given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishedOutputs {
+    /// Signatures this call recorded as delivered.
+    pub inserted: usize,
+    /// `B_`s the store held delivered with the same keyset, amount and `C_` (published
+    /// before, or signed through the fleet by this host and recorded here too).
+    pub same: usize,
+    /// `B_`s the store held delivered with another signature (keyset, amount or `C_`):
+    /// another host signed them too. Each with our signature and the stored row, which is
+    /// left as it is.
+    pub signed_twice: Vec<(SignedOutput, StoredOutput)>,
+    /// `B_`s another host held pending (a request of its in flight), now delivered under
+    /// this publication, each with that host's row as it was. Left pending, its request
+    /// could fail and release them, and the store would then hold nothing of a `B_` this
+    /// host signed. That host's settle finds nothing of them pending any more.
+    pub taken_over: Vec<StoredOutput>,
+    /// `B_`s this host itself holds pending (none is, once its start-up settled its
+    /// reservations): left as they are, to publish again at a later start.
+    pub left: Vec<Vec<u8>>,
+}
+
 /// One host's operation with reserved, unsettled signatures, found at start-up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingOutputs {
@@ -304,6 +326,173 @@ impl PgSignedOutputs {
             })
             .await?;
         Ok(usize::try_from(replaced).is_ok_and(|n| n == pending))
+    }
+
+    /// Records signatures this host made on its own (before it joined the fleet, or while
+    /// it ran without its `--store`) as delivered under this host and `operation_id`, one
+    /// statement for all of them. Unlike [`PgSignedOutputs::reserve`] this is not all or
+    /// none: each was handed out, whatever became of its neighbours, so a `B_` the store
+    /// holds already is reported (see [`PublishedOutputs`]) and the others are recorded
+    /// all the same. The same signatures published again change nothing.
+    pub async fn publish_delivered(
+        &self,
+        signed: &[SignedOutput],
+        operation_id: &str,
+    ) -> Result<PublishedOutputs, PgStoreError> {
+        let mut done = PublishedOutputs::default();
+        let mut todo: Vec<SignedOutput> = signed.to_vec();
+        // A `B_` twice in one call would make the insert touch a row twice: once is enough.
+        let mut seen = HashSet::with_capacity(todo.len());
+        todo.retain(|s| seen.insert(s.b_.clone()));
+        let host = self.store.host_id().to_owned();
+        for _ in 0..RESERVE_ATTEMPTS {
+            let cols = OutputColumns::of(&todo)?;
+            let (cols, h) = (&cols, &host);
+            let (inserted, holders) = self
+                .store
+                .with_client(1, |client| async move {
+                    let stmt = client
+                        .prepare_cached(
+                            "INSERT INTO coinop_signed_outputs
+                                 (b_, keyset_id, amount, c_, dleq_e, dleq_s, state, host_id,
+                                  operation_id, delivered_at)
+                             SELECT o.b, o.keyset, o.amount, o.c, o.e, o.s, 2, $7, $8, now()
+                             FROM unnest($1::bytea[], $2::text[], $3::bigint[], $4::bytea[],
+                                         $5::bytea[], $6::bytea[]) AS o(b, keyset, amount, c, e, s)
+                             ON CONFLICT (b_) DO NOTHING
+                             RETURNING b_",
+                        )
+                        .await
+                        .map_err(classify)?;
+                    let rows = client
+                        .query(
+                            &stmt,
+                            &[
+                                &cols.b_s,
+                                &cols.keysets,
+                                &cols.amounts,
+                                &cols.c_s,
+                                &cols.es,
+                                &cols.ss,
+                                h,
+                                &operation_id,
+                            ],
+                        )
+                        .await
+                        .map_err(classify)?;
+                    let inserted: HashSet<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+                    if inserted.len() == cols.b_s.len() {
+                        return Ok((inserted.len(), Vec::new()));
+                    }
+                    // The rest were held by someone: who, read in a fresh snapshot.
+                    let rest: Vec<&[u8]> = cols
+                        .b_s
+                        .iter()
+                        .filter(|b| !inserted.contains(**b))
+                        .copied()
+                        .collect();
+                    let holders = Self::rows(&client, &rest).await?;
+                    let held: Vec<(Vec<u8>, Option<StoredOutput>)> =
+                        rest.into_iter().map(<[u8]>::to_vec).zip(holders).collect();
+                    Ok((inserted.len(), held))
+                })
+                .await?;
+            if !holders.is_empty() {
+                // The read of the holders.
+                self.store.add_round_trips(1);
+            }
+            done.inserted += inserted;
+            let mut again = Vec::new();
+            for (b_, holder) in holders {
+                let Some(ours) = todo.iter().find(|s| s.b_ == b_) else {
+                    continue; // Every `B_` read back is one of `todo`'s.
+                };
+                match holder {
+                    Some(h) if h.state == OutputState::Delivered => {
+                        // The DLEQ proof is left out: another proof of the same `C_` is
+                        // the same signature.
+                        let same = h.signed.keyset_id == ours.keyset_id
+                            && h.signed.amount == ours.amount
+                            && h.signed.c_ == ours.c_;
+                        if same {
+                            done.same += 1;
+                        } else {
+                            done.signed_twice.push((ours.clone(), h));
+                        }
+                    }
+                    Some(h) if h.host_id == host => done.left.push(b_),
+                    Some(h) => {
+                        if self.take_over_pending(ours, &h, operation_id).await? {
+                            done.taken_over.push(h);
+                        } else {
+                            again.push(ours.clone()); // Settled meanwhile: looked at again.
+                        }
+                    }
+                    // Its holder let go between the insert and the read: try it again.
+                    None => again.push(ours.clone()),
+                }
+            }
+            if again.is_empty() {
+                return Ok(done);
+            }
+            todo = again;
+        }
+        Err(PgStoreError::Unavailable(format!(
+            "publishing signatures kept meeting reservations released at once, \
+             {RESERVE_ATTEMPTS} times"
+        )))
+    }
+
+    /// Records `ours` delivered under this host and `operation_id` in place of `holder`'s
+    /// pending reservation of the same `B_` (another host's), if it still holds it;
+    /// whether it did.
+    async fn take_over_pending(
+        &self,
+        ours: &SignedOutput,
+        holder: &StoredOutput,
+        operation_id: &str,
+    ) -> Result<bool, PgStoreError> {
+        let host = self.store.host_id().to_owned();
+        let amount = amount_param(ours.amount)?;
+        let (e, s) = match &ours.dleq {
+            Some((e, s)) => (Some(e.as_slice()), Some(s.as_slice())),
+            None => (None, None),
+        };
+        let (host, amount) = (&host, &amount);
+        let n = self
+            .store
+            .with_client(1, |client| async move {
+                let stmt = client
+                    .prepare_cached(
+                        "UPDATE coinop_signed_outputs
+                         SET keyset_id = $2, amount = $3, c_ = $4, dleq_e = $5, dleq_s = $6,
+                             state = 2, host_id = $7, operation_id = $8, signed_at = now(),
+                             delivered_at = now()
+                         WHERE b_ = $1 AND state = 1 AND host_id = $9 AND operation_id = $10",
+                    )
+                    .await
+                    .map_err(classify)?;
+                client
+                    .execute(
+                        &stmt,
+                        &[
+                            &ours.b_,
+                            &ours.keyset_id,
+                            amount,
+                            &ours.c_,
+                            &e,
+                            &s,
+                            host,
+                            &operation_id,
+                            &holder.host_id,
+                            &holder.operation_id,
+                        ],
+                    )
+                    .await
+                    .map_err(classify)
+            })
+            .await?;
+        Ok(n == 1)
     }
 
     /// The stored row of each `B_`, in order; `None` for one never reserved.

@@ -474,3 +474,88 @@ async fn a_stopped_store_is_unavailable_not_an_answer() {
     outputs.reserve(&[signed(1)], "op").await.unwrap();
     assert!(keysets.load().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_made_before_joining_are_published_delivered_and_conflicts_reported() {
+    let Some(pg) =
+        cluster("signatures_made_before_joining_are_published_delivered_and_conflicts_reported")
+    else {
+        return;
+    };
+    let joiner = PgSignedOutputs::new(store(&pg, "joiner").await);
+    let other = PgSignedOutputs::new(store(&pg, "other").await);
+    // The fleet already delivered 2 (same signature as the joiner's) and 3 (another
+    // amount), and another host has 4 pending.
+    other.reserve(&[signed(2)], "fleet-op").await.unwrap();
+    let mut three_elsewhere = signed(3);
+    three_elsewhere.amount = 64;
+    other
+        .reserve(&[three_elsewhere.clone()], "fleet-op-3")
+        .await
+        .unwrap();
+    other.settle("fleet-op", true).await.unwrap();
+    other.settle("fleet-op-3", true).await.unwrap();
+    other.reserve(&[signed(4)], "in-flight").await.unwrap();
+
+    let ours = [signed(1), signed(2), signed(3), signed(4), signed(1)];
+    let published = joiner
+        .publish_delivered(&ours, "pre-fleet:joiner")
+        .await
+        .unwrap();
+    assert_eq!(published.inserted, 1, "{published:?}");
+    assert_eq!(published.same, 1, "{published:?}");
+    assert_eq!(published.signed_twice.len(), 1, "{published:?}");
+    let (mine, theirs) = &published.signed_twice[0];
+    assert_eq!(mine, &signed(3));
+    assert_eq!(theirs.signed, three_elsewhere);
+    assert_eq!(theirs.host_id, "other");
+    assert_eq!(published.taken_over.len(), 1, "{published:?}");
+    assert_eq!(published.taken_over[0].operation_id, "in-flight");
+    assert!(published.left.is_empty());
+
+    // Every host now restores 1 and 4 as the joiner signed them; 3 stays the fleet's.
+    let asked: Vec<Vec<u8>> = (1..=4).map(|n| signed(n).b_).collect();
+    assert_eq!(
+        other.delivered(&asked).await.unwrap(),
+        [
+            Some(signed(1)),
+            Some(signed(2)),
+            Some(three_elsewhere),
+            Some(signed(4))
+        ]
+    );
+    // The other host's request finds nothing of its own pending: its settle changes nothing
+    // and its reservation again is refused (11003).
+    assert_eq!(other.settle("in-flight", false).await.unwrap(), 0);
+    assert!(matches!(
+        other.reserve(&[signed(4)], "in-flight").await,
+        Err(PgStoreError::OutputAlreadySigned { .. })
+    ));
+    assert!(matches!(
+        other.reserve(&[signed(1)], "new-op").await,
+        Err(PgStoreError::OutputAlreadySigned { .. })
+    ));
+
+    // Published again (a restart before the marks): nothing changes.
+    let again = joiner
+        .publish_delivered(&[signed(1), signed(4)], "pre-fleet:joiner")
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.inserted, again.same, again.taken_over.len()),
+        (0, 2, 0)
+    );
+    // A B_ the joiner itself holds pending is left for a later start.
+    joiner.reserve(&[signed(5)], "mine").await.unwrap();
+    let left = joiner
+        .publish_delivered(&[signed(5)], "pre-fleet:joiner")
+        .await
+        .unwrap();
+    assert_eq!(left.left, vec![signed(5).b_]);
+    assert_eq!(
+        joiner.lookup(&[signed(5).b_]).await.unwrap()[0]
+            .as_ref()
+            .map(|r| r.state),
+        Some(OutputState::Pending)
+    );
+}

@@ -96,17 +96,22 @@ pub fn open_durable(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
-/// Gives `spent_keys` the column `name` if it has none (a table made by an older build).
-fn add_column(conn: &Connection, name: &str, decl: &str) -> Result<(), SpentSetError> {
+/// Gives `table` the column `name` if it has none (a table made by an older build).
+pub(super) fn add_column(
+    conn: &Connection,
+    table: &str,
+    name: &str,
+    decl: &str,
+) -> Result<(), SpentSetError> {
     let has = |conn: &Connection| -> Result<bool, SpentSetError> {
-        conn.prepare("SELECT 1 FROM pragma_table_info('spent_keys') WHERE name = ?1")
-            .and_then(|mut q| q.exists([name]))
+        conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")
+            .and_then(|mut q| q.exists([table, name]))
             .map_err(storage)
     };
     if has(conn)? {
         return Ok(());
     }
-    match conn.execute_batch(&format!("ALTER TABLE spent_keys ADD COLUMN {name} {decl}")) {
+    match conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {decl}")) {
         Ok(()) => Ok(()),
         // Another connection to the file added it first: what was wanted.
         Err(_) if has(conn)? => Ok(()),
@@ -166,11 +171,16 @@ impl SqliteSpentSet {
             ) WITHOUT ROWID;",
         )
         .map_err(storage)?;
-        add_column(conn, "receipt", "BLOB")?;
+        add_column(conn, "spent_keys", "receipt", "BLOB")?;
         // Whether the key was copied into a shared spent set (a fleet's, which this host
         // joined after spending it on its own): 1 once that store confirmed it has it.
         // Every claim inserts 0; the fleet's start-up publishes the 0s and marks them.
-        add_column(conn, "published", "INTEGER NOT NULL DEFAULT 0")
+        add_column(
+            conn,
+            "spent_keys",
+            "published",
+            "INTEGER NOT NULL DEFAULT 0",
+        )
     }
 
     /// Up to `limit` keys not yet marked published ([`Self::mark_published_in`]) with
@@ -255,6 +265,27 @@ impl SqliteSpentSet {
         signed: &[SignedOutput],
     ) -> Result<(), SpentSetError> {
         signed_outputs::record_on(tx, signed, now_us())
+    }
+
+    /// Up to `limit` recorded signatures not yet marked published
+    /// ([`Self::mark_outputs_published_in`]), in `B_` order after `after` (exclusive;
+    /// `None`: from the first), read through any connection or transaction.
+    pub fn unpublished_outputs_in(
+        conn: &Connection,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<SignedOutput>, SpentSetError> {
+        signed_outputs::unpublished_on(conn, after, limit)
+    }
+
+    /// Marks signatures published (a fleet store has them, or has another signature of
+    /// their `B_` to keep) by `B_`, inside the caller's transaction; a `B_` not recorded
+    /// here is passed over.
+    pub fn mark_outputs_published_in(
+        tx: &Transaction<'_>,
+        b_s: &[Vec<u8>],
+    ) -> Result<(), SpentSetError> {
+        signed_outputs::mark_published_on(tx, b_s)
     }
 
     /// The recorded signature of each `B_`, read through any connection or transaction.
@@ -784,6 +815,95 @@ mod tests {
         let mut expected = rest;
         expected.insert(1, (f, SpendState::Spent));
         assert_eq!(all_unpublished(&set, 2), expected);
+    }
+
+    fn signed(b: u8, amount: u64) -> SignedOutput {
+        SignedOutput {
+            b_: vec![b; 33],
+            keyset_id: "00test".into(),
+            amount,
+            c_: vec![b ^ 0xff; 33],
+            dleq: Some(([b; 32], [amount as u8; 32])),
+        }
+    }
+
+    #[test]
+    fn unpublished_outputs_are_listed_in_b_order_until_marked_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spent.sqlite");
+        let set = SqliteSpentSet::open(&path).unwrap();
+        let (a, b, c) = (signed(3, 8), signed(1, 2), signed(2, 4));
+        set.claim_with_receipt(
+            &[key(KeyKind::CreditY, 1)],
+            "swap",
+            &[1; 32],
+            std::slice::from_ref(&a),
+        )
+        .unwrap();
+        set.in_transaction(|tx| SqliteSpentSet::record_signed_in(tx, &[b.clone(), c.clone()]))
+            .unwrap();
+        let all = |set: &SqliteSpentSet, page: usize| {
+            let conn = set.conn.lock().unwrap();
+            let mut all: Vec<SignedOutput> = Vec::new();
+            loop {
+                let after = all.last().map(|o| o.b_.as_slice());
+                let got = SqliteSpentSet::unpublished_outputs_in(&conn, after, page).unwrap();
+                let last = got.len() < page;
+                all.extend(got);
+                if last {
+                    return all;
+                }
+            }
+        };
+        for page in [1, 2, 3, 100] {
+            assert_eq!(
+                all(&set, page),
+                vec![b.clone(), c.clone(), a.clone()],
+                "page {page}"
+            );
+        }
+        set.in_transaction(|tx| {
+            SqliteSpentSet::mark_outputs_published_in(tx, &[b.b_.clone(), vec![9; 33]])
+        })
+        .unwrap();
+        // The marks survive a restart; a later record is unpublished.
+        drop(set);
+        let set = SqliteSpentSet::open(&path).unwrap();
+        let d = signed(0, 1);
+        set.in_transaction(|tx| SqliteSpentSet::record_signed_in(tx, std::slice::from_ref(&d)))
+            .unwrap();
+        assert_eq!(all(&set, 2), vec![d, c.clone(), a.clone()]);
+        // A marked signature is still what restore finds.
+        assert_eq!(
+            set.signed_outputs(std::slice::from_ref(&b.b_)).unwrap(),
+            vec![Some(b)]
+        );
+    }
+
+    #[test]
+    fn a_signed_outputs_table_from_before_fleets_gains_its_published_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        let conn = open_durable(&path).unwrap();
+        // The table as builds before this column made it, with one signature.
+        conn.execute_batch(
+            "CREATE TABLE signed_outputs (
+                b_ BLOB NOT NULL PRIMARY KEY, keyset_id TEXT NOT NULL,
+                amount INTEGER NOT NULL, c_ BLOB NOT NULL, dleq_e BLOB, dleq_s BLOB,
+                signed_at_us INTEGER NOT NULL
+            ) WITHOUT ROWID;",
+        )
+        .unwrap();
+        let old = signed(5, 16);
+        signed_outputs::record_on(&conn, std::slice::from_ref(&old), 1).unwrap();
+        drop(conn);
+        let set = SqliteSpentSet::open(&path).unwrap();
+        let conn = set.conn.lock().unwrap();
+        assert_eq!(
+            SqliteSpentSet::unpublished_outputs_in(&conn, None, 10).unwrap(),
+            vec![old],
+            "an old signature is unpublished"
+        );
     }
 
     #[test]

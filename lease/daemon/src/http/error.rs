@@ -516,6 +516,10 @@ pub fn fleet_mint_error(e: FleetMintError) -> ApiError {
             credit_error(CreditError::OutputsAlreadySigned { b_hex })
         }
         FleetMintError::Mint(c) => credit_error(c),
+        e @ FleetMintError::InFlight { .. } => ApiError::conflict(
+            "request_in_flight",
+            format!("{e}: retry once it is answered"),
+        ),
         FleetMintError::Store(PgStoreError::KeysetsChanged(m)) => ApiError::conflict(
             "keysets_changed",
             format!("the fleet's keysets changed meanwhile: {m}"),
@@ -537,6 +541,11 @@ impl From<FleetMintError> for CashuError {
                 CreditError::OutputsAlreadySigned { b_hex }.into()
             }
             FleetMintError::Mint(c) => c.into(),
+            // As a copy of a fenced request in flight is: pending (11002), which wallets
+            // retry; the first one's answer is then the copy's.
+            e @ FleetMintError::InFlight { .. } => {
+                CashuError::from_api(fleet_mint_error(e), CASHU_PROOFS_PENDING)
+            }
             other => CashuError::from_api(fleet_mint_error(other), CASHU_CODE_UNLISTED),
         }
     }
@@ -657,6 +666,15 @@ mod tests {
         assert_eq!(dup.status.as_u16(), 400);
         let other = fleet_error(FleetError::Store(PgStoreError::Corrupt("x".into())));
         assert_eq!((other.status.as_u16(), other.code), (500, "internal"));
+    }
+
+    #[test]
+    fn a_copy_of_an_unfenced_mint_in_flight_is_pending_for_a_wallet() {
+        let e = CashuError::from(FleetMintError::InFlight {
+            operation: "ab".into(),
+        });
+        assert_eq!((e.status.as_u16(), e.code), (400, CASHU_PROOFS_PENDING));
+        assert!(e.detail.contains("in flight"), "{}", e.detail);
     }
 
     #[test]

@@ -151,7 +151,7 @@ async fn settle_both(
 /// Runs `work` as a task of its own: a client that goes away (its connection, and with it
 /// this handler, dropped) does not stop a request between its fence and its settle, which
 /// would leave the inputs and outputs held until this host's next start.
-async fn detached<T: Send + 'static>(
+pub(super) async fn detached<T: Send + 'static>(
     work: impl std::future::Future<Output = Result<T, CashuError>> + Send + 'static,
 ) -> Result<T, CashuError> {
     tokio::spawn(work)

@@ -24,7 +24,8 @@
 //!   other finds the issue made and answers with those signatures.
 //!
 //! NUT-30 quotes a host made before it joined the fleet stay in its own ledger and are
-//! served by it alone ([`super::nut30`]).
+//! served by it alone ([`super::nut30`]); their mints still reserve and settle their
+//! outputs in the fleet's signed outputs, so no other host signs those `B_`s again.
 
 use std::sync::Arc;
 

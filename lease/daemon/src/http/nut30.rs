@@ -9,7 +9,8 @@
 //!
 //! On a fleet (`--store`) a quote's lock and balance are the fleet's, and each route hands
 //! a fleet quote to [`super::fleet_nut30`]; this module's ledger path serves a single host
-//! (and a fleet host's NUT-30 quotes from before it joined).
+//! (and a fleet host's NUT-30 quotes from before it joined, whose mints reserve their
+//! outputs in the fleet store as every fleet host's signatures do).
 
 use crate::http::path_param::CashuIdPath;
 use axum::extract::State;
@@ -23,16 +24,19 @@ use payment::credit::receipt::receipt;
 use payment::credit::{curve::parse_point, signed_records, CreditError};
 
 use super::credit::blocking;
-use super::fleet_nut30;
 use super::host::issue_quote_for;
 use super::json_body::CashuBody;
+use super::{fleet_credit, fleet_nut30};
 use crate::app::Shared;
+use crate::fleet_mint::FleetMint;
 use crate::http::degraded;
 use crate::http::error::{quotes_error, ApiError, CashuError};
 use crate::leases::payment_intake::{notice_storage, verify_onchain};
 use crate::ledger::mint_quotes::Nut30Quote;
 use crate::ledger::ONCHAIN_LATE;
+use payment::spent_set::SpentSet;
 use payment_postgres::QuotePurpose;
+use std::sync::Arc;
 
 fn unknown_quote(quote: &str) -> CashuError {
     ApiError::not_found(format!("no on-chain mint quote {quote:?} with a pubkey")).into()
@@ -152,7 +156,9 @@ pub async fn prove_payment(
 
 /// `POST /v1/mint/onchain` with `{quote, outputs, signature}`: signs outputs worth at most
 /// what the quote was paid and has not issued, if the quote's key signed the request; the
-/// signatures are recorded and `amount_issued` raised in one ledger transaction.
+/// signatures are recorded and `amount_issued` raised in one ledger transaction. On a
+/// fleet, a quote this host made before it joined is minted here too, its outputs reserved
+/// in the fleet store around that transaction ([`mint_own_quote_on_fleet`]).
 pub async fn mint(
     s: Shared,
     req: MintNut30Request,
@@ -165,7 +171,9 @@ pub async fn mint(
             return fleet_nut30::mint(s, nut30, fleet_mint, q, req).await;
         }
     }
-    blocking(move || {
+    let (s2, req2) = (s.clone(), req.clone());
+    let answered = blocking(move || {
+        let (s, req) = (s2, req2);
         let row = s
             .ledger
             .nut30_quote(&req.quote)?
@@ -179,13 +187,22 @@ pub async fn mint(
                 outputs: req.outputs.clone(),
             })?;
             if before.signatures.len() == req.outputs.len() {
-                return Ok(Json(MintOnchainResponse {
-                    signatures: before.signatures,
-                }));
+                return Ok(Ok(before.signatures));
             }
         }
         // New signatures are new writes: refused while the disk is nearly full.
         degraded::admit(&s)?;
+        Ok::<_, CashuError>(Err(row))
+    })
+    .await?;
+    let row = match answered {
+        Ok(signatures) => return Ok(Json(MintOnchainResponse { signatures })),
+        Err(row) => row,
+    };
+    if let Some(fleet_mint) = s.fleet_mint.clone() {
+        return fleet_credit::detached(mint_own_quote_on_fleet(s, fleet_mint, req, row)).await;
+    }
+    blocking(move || {
         let signed = s.ledger.issue_nut30(&req.quote, |q| {
             let q = q.ok_or_else(|| unknown_quote(&req.quote))?;
             let asked = asked_within(&req.outputs, q.available_sat())?;
@@ -198,6 +215,67 @@ pub async fn mint(
         }))
     })
     .await
+}
+
+/// The mint of a NUT-30 quote this host made before it joined the fleet (its lock and
+/// balance are in this host's ledger alone), on the fleet: like every signature a fleet
+/// host makes, its outputs are reserved in the fleet store before the local commit and
+/// settled after (see [`crate::fleet_mint`]), so no other host signs these `B_`s and NUT-09
+/// restore on any host finds them. The steps: sign (no state), reserve under the
+/// operation (the receipt of the quote and the outputs, as a fleet quote's mint), the
+/// ledger transaction that checks the balance again, records the signatures and raises
+/// `amount_issued`, then settle: delivered if the ledger recorded these very signatures,
+/// else released. A crash between leaves the reservation pending; the next start settles
+/// it by the same rule, so a committed mint is delivered and the same request again is
+/// answered from the ledger (above), an uncommitted one released and signed afresh.
+async fn mint_own_quote_on_fleet(
+    s: Shared,
+    fleet_mint: Arc<FleetMint>,
+    req: MintNut30Request,
+    row: Nut30Quote,
+) -> Result<Json<MintOnchainResponse>, CashuError> {
+    fleet_mint
+        .admit(&s.mint, req.outputs.iter().map(|o| o.id.as_str()))
+        .await?;
+    let operation = hex::encode(receipt(
+        &format!("nut30 mint {}", req.quote),
+        &[],
+        &req.outputs,
+    ));
+    // No fence of the spent set holds this operation (it spends nothing): this does.
+    let _in_flight = fleet_mint.hold_unfenced(&operation)?;
+    // Checked again in the ledger transaction; this spares signing for nothing.
+    let asked = asked_within(&req.outputs, row.available_sat())?;
+    let (s2, outputs) = (s.clone(), req.outputs.clone());
+    let signatures = blocking(move || Ok(s2.mint.mint(asked, &outputs)?)).await?;
+    let spent: Arc<dyn SpentSet> = s.spent.clone();
+    if let Err(e) = fleet_mint
+        .reserve(&req.outputs, &signatures, &operation)
+        .await
+    {
+        // Nothing was committed locally: released (a reservation whose outcome is unknown
+        // included).
+        fleet_mint.settle(&spent, &req.outputs, &operation).await;
+        return Err(e.into());
+    }
+    crate::fault::hit(crate::fault::point::FLEET_OUTPUTS_RESERVED);
+    crate::fault::delay(crate::fault::point::FLEET_OUTPUTS_RESERVED).await;
+    let (s2, req2) = (s.clone(), req.clone());
+    let out = blocking(move || {
+        let (s, req) = (s2, req2);
+        let records = signed_records(&req.outputs, &signatures)?;
+        let signed = s.ledger.issue_nut30(&req.quote, |q| {
+            let q = q.ok_or_else(|| unknown_quote(&req.quote))?;
+            let asked = asked_within(&req.outputs, q.available_sat())?;
+            Ok::<_, CashuError>((signatures, records, asked))
+        })?;
+        Ok(Json(MintOnchainResponse {
+            signatures: signed?,
+        }))
+    })
+    .await;
+    fleet_mint.settle(&spent, &req.outputs, &operation).await;
+    out
 }
 
 /// What `outputs` ask for in total, refused (NUT-00 "quote not paid") above `available`,

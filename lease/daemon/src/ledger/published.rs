@@ -1,9 +1,10 @@
 //! The local spent set's keys the fleet store has not been told of: what this host spent
 //! on its own, before it joined a fleet (or while it ran without its `--store`), published
 //! at the fleet's start-up ([`crate::fleet`]) and marked here once the store has them, so
-//! that the next start sends only what was spent since.
+//! that the next start sends only what was spent since. The same for the blind signatures
+//! it recorded ([`crate::fleet_mint`] publishes them).
 
-use payment::spent_set::{SpendKey, SpendState, SqliteSpentSet};
+use payment::spent_set::{SignedOutput, SpendKey, SpendState, SqliteSpentSet};
 
 use super::{Ledger, LedgerError};
 
@@ -21,6 +22,21 @@ impl Ledger {
     /// Marks keys as held by the fleet store, in one transaction.
     pub fn mark_published(&self, keys: &[SpendKey]) -> Result<(), LedgerError> {
         self.with_tx(|tx| Ok(SqliteSpentSet::mark_published_in(tx, keys)?))
+    }
+
+    /// Up to `limit` recorded signatures not yet marked published, in `B_` order after
+    /// `after` (`None`: from the first).
+    pub fn unpublished_outputs(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<SignedOutput>, LedgerError> {
+        self.with_conn(|c| Ok(SqliteSpentSet::unpublished_outputs_in(c, after, limit)?))
+    }
+
+    /// Marks signatures (by `B_`) as held by the fleet store, in one transaction.
+    pub fn mark_outputs_published(&self, b_s: &[Vec<u8>]) -> Result<(), LedgerError> {
+        self.with_tx(|tx| Ok(SqliteSpentSet::mark_outputs_published_in(tx, b_s)?))
     }
 }
 
