@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -420,10 +420,10 @@ fn device_args(disk: Option<&RootDisk>, mac: Option<&str>, rates: &LeaseRates) -
     args
 }
 
-/// `fd` moved to a close-on-exec descriptor numbered 64 or above: above every fd a plain
-/// VMM's child places (its events, tap and command line), so placing one cannot overwrite
-/// another's source.
-fn high_copy(fd: OwnedFd) -> Result<OwnedFd, BootError> {
+/// A close-on-exec copy of `fd` numbered 64 or above: above every fd a plain VMM's child
+/// places (its events, tap and command line), so placing one cannot overwrite another's
+/// source.
+fn high_copy(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd, BootError> {
     // SAFETY: F_DUPFD_CLOEXEC on a live fd returns a new fd we then own.
     let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
     if high < 0 {
@@ -1130,15 +1130,7 @@ impl Supervisor {
         };
         // Above every fd the child places, so placing the event pipe cannot overwrite it.
         // (The event pipe is placed first: later placements may overwrite its source.)
-        let tap = nic
-            .as_ref()
-            .map(|n| {
-                n.tap
-                    .try_clone()
-                    .map_err(BootError::Files)
-                    .and_then(high_copy)
-            })
-            .transpose()?;
+        let tap = nic.as_ref().map(|n| high_copy(n.tap.as_fd())).transpose()?;
         let tap_fd = tap.as_ref().map(AsRawFd::as_raw_fd);
         let mut cmd = tokio::process::Command::new(&self.vmm_bin);
         let restore = match &req.snapshot {
@@ -1149,7 +1141,9 @@ impl Supervisor {
         let cmdline = match restore {
             Some(_) => None,
             None => Some(high_copy(
-                cmdline_memfd(req.cmdline).map_err(BootError::Files)?,
+                cmdline_memfd(req.cmdline)
+                    .map_err(BootError::Files)?
+                    .as_fd(),
             )?),
         };
         let cmdline_src = cmdline.as_ref().map(AsRawFd::as_raw_fd);
