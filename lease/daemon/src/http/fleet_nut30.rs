@@ -159,11 +159,7 @@ pub(super) async fn mint(
     fleet_mint
         .admit(&s.mint, req.outputs.iter().map(|o| o.id.as_str()))
         .await?;
-    let operation = hex::encode(receipt(
-        &format!("nut30 mint {}", req.quote),
-        &[],
-        &req.outputs,
-    ));
+    let operation = super::nut30::mint_operation(&req);
     // A retry after a lost reply, on this host or another: the same signatures.
     if let Some(signatures) = answered_before(&fleet_mint, &req, &operation).await? {
         return Ok(Json(MintOnchainResponse { signatures }));

@@ -237,11 +237,7 @@ async fn mint_own_quote_on_fleet(
     fleet_mint
         .admit(&s.mint, req.outputs.iter().map(|o| o.id.as_str()))
         .await?;
-    let operation = hex::encode(receipt(
-        &format!("nut30 mint {}", req.quote),
-        &[],
-        &req.outputs,
-    ));
+    let operation = mint_operation(&req);
     // No fence of the spent set holds this operation (it spends nothing): this does.
     let _in_flight = fleet_mint.hold_unfenced(&operation)?;
     // Checked again in the ledger transaction; this spares signing for nothing.
@@ -276,6 +272,17 @@ async fn mint_own_quote_on_fleet(
     .await;
     fleet_mint.settle(&spent, &req.outputs, &operation).await;
     out
+}
+
+/// The fleet store's operation id of a NUT-30 mint: the receipt of its quote and outputs,
+/// one spelling for a fleet quote's mint and a pre-fleet quote's, so that a reservation
+/// names the request, not the path that served it.
+pub(super) fn mint_operation(req: &MintNut30Request) -> String {
+    hex::encode(receipt(
+        &format!("nut30 mint {}", req.quote),
+        &[],
+        &req.outputs,
+    ))
 }
 
 /// What `outputs` ask for in total, refused (NUT-00 "quote not paid") above `available`,
