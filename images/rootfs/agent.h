@@ -50,9 +50,11 @@ int agent_hex_digit(char c);
 /*
  * portline.c: writes 124 to the boot timer, then reads the line from the personalisation
  * port into `line` (at most LINE_MAX bytes, with its newline). Returns its length with
- * the newline, or 0 with `*why` set.
+ * the newline, or 0 with `*why` set. Should the port ring (its modem status register's
+ * ring indicator: coinopd's `ring`, PERSONALISE.md "Time to spare") before any byte of the
+ * line has come, `rung` is called once, and the read goes on after it returns.
  */
-long port_line_read(char *line, const char **why);
+long port_line_read(char *line, const char **why, void (*rung)(void));
 
 /* line.c: the values of the line's keys; 0 for an optional key the line lacks. */
 struct lease_line {

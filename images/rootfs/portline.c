@@ -21,6 +21,8 @@
 #include "../initramfs/raw_syscall.h"
 
 #define COM2 0x2f8
+#define COM2_MSR (COM2 + 6)
+#define MSR_RING 0x40
 #define AWAITING_PERSONALISATION 124
 
 /* KVM's emulator batches at most 1 KiB of a `rep insb` per exit, never across a page:
@@ -34,6 +36,14 @@ static unsigned char chunk[CHUNK] __attribute__((aligned(CHUNK)));
 static void insb(unsigned short port, void *buf, unsigned long count)
 {
 	__asm__ volatile("rep insb" : "+D"(buf), "+c"(count) : "d"(port) : "memory");
+}
+
+static unsigned char inb(unsigned short port)
+{
+	unsigned char value;
+
+	__asm__ volatile("inb %w1, %b0" : "=a"(value) : "Nd"(port));
+	return value;
 }
 
 static void outb(unsigned short port, unsigned char value)
@@ -58,10 +68,11 @@ static long pause_ns(long empty_polls)
 	return ns;
 }
 
-long port_line_read(char *line, const char **why)
+long port_line_read(char *line, const char **why, void (*rung)(void))
 {
 	long pause[2] = { 0, 0 };
 	long len = 0, empty = 0;
+	int ring_answered = 0;
 
 	if (syscall3(SYS_ioperm, COM2, 8, 1) != 0 || syscall3(SYS_ioperm, BOOT_TIMER, 1, 1) != 0) {
 		*why = "ioperm failed (root and CONFIG_X86_IOPL_IOPERM needed)";
@@ -88,6 +99,14 @@ long port_line_read(char *line, const char **why)
 			ended = c == '\n';
 		}
 		if (got == 0) {
+			/* Only while nothing of the line has come: one exit more per empty poll, and
+			 * none once the ring was answered. */
+			if (!ring_answered && len == 0 && (inb(COM2_MSR) & MSR_RING)) {
+				ring_answered = 1;
+				rung();
+				empty = 0;
+				continue;
+			}
 			pause[1] = pause_ns(++empty);
 			syscall3(SYS_nanosleep, (long)pause, 0, 0);
 		} else {

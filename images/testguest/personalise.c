@@ -8,7 +8,11 @@
  *
  * The line is read as images/rootfs/PERSONALISE.md allows: poll LSR until data is ready,
  * then `rep insb` a whole chunk of the data register, one VM exit for up to 1 KiB; the
- * VMM fills it with line bytes, then 0s (the line holds no 0), which are dropped. */
+ * VMM fills it with line bytes, then 0s (the line holds no 0), which are dropped.
+ *
+ * While it waits it also watches MSR's ring indicator (coinopd rings a guest restored ahead
+ * of its lease: the VMM's `ring`) and says after the line whether it saw one, so tests can
+ * tell which guests were rung. */
 #include "personalise.h"
 #include "serial.h"
 #include "tsc.h"
@@ -16,6 +20,8 @@
 #define COM2 0x2f8
 #define COM2_LSR (COM2 + 5)
 #define LSR_DATA_READY 0x01
+#define COM2_MSR (COM2 + 6)
+#define MSR_RING 0x40
 #define BOOT_TIMER_PORT 0x3f0
 #define BOOT_TIMER_AWAITING 124
 #define BOOT_TIMER_READY 123
@@ -39,9 +45,12 @@ void personalise(long delay_ms, int ready)
     int ended = 0;
     /* The line is the only input: anything behind its newline is a VMM bug. */
     int more = 0;
+    int rung = 0;
     while (!ended) {
-        while (!(inb(COM2_LSR) & LSR_DATA_READY))
+        while (!(inb(COM2_LSR) & LSR_DATA_READY)) {
+            rung |= inb(COM2_MSR) & MSR_RING;
             cpu_relax();
+        }
         insb(COM2, chunk, CHUNK);
         for (int i = 0; i < CHUNK; i++) {
             u8 c = chunk[i];
@@ -60,6 +69,7 @@ void personalise(long delay_ms, int ready)
     serial_puts(line);
     serial_puts(more ? "\npersonalise: com2 had data after the line\n"
                      : "\npersonalise: com2 empty after the line\n");
+    serial_puts(rung ? "personalise: rung before the line\n" : "personalise: not rung\n");
     if (ready)
         outb(BOOT_TIMER_PORT, BOOT_TIMER_READY);
 }

@@ -48,6 +48,8 @@ pub trait ControlTarget: Send + Sync {
     fn snapshot(&self, dir: &str, exit: bool) -> Result<VmState, String>;
     /// Hands the guest its personalisation line (validated, accepted once).
     fn personalise(&self, line: &str) -> Result<(), String>;
+    /// Rings the personalisation port (refused once the guest has its line).
+    fn ring(&self) -> Result<(), String>;
     /// Ends the VM (called after the `stop` reply is sent).
     fn stop(&self);
 }
@@ -135,6 +137,7 @@ pub fn serve_client(stream: UnixStream, target: &dyn ControlTarget) {
             Ok(Request::Personalise { line }) => target
                 .personalise(line)
                 .map_or_else(Reply::Error, |()| Reply::Done),
+            Ok(Request::Ring) => target.ring().map_or_else(Reply::Error, |()| Reply::Done),
             Err(error) => Reply::Error(error.to_string()),
         };
         let stops = match (&request, &reply) {
@@ -217,6 +220,10 @@ mod tests {
             if line == "bad" {
                 return Err("personalise: refused".into());
             }
+            Ok(())
+        }
+        fn ring(&self) -> Result<(), String> {
+            self.0.lock().expect("test lock").push("ring".into());
             Ok(())
         }
         fn stop(&self) {

@@ -119,6 +119,8 @@
 //! ← {"ok":true,"state":"running"}                      (`exit`: true → "stopping", then exit)
 //! → {"cmd":"personalise","line":"coinop-personalise/1 entropy=..."}   see below
 //! ← {"ok":true}
+//! → {"cmd":"ring"}                                     RI in COM2's MSR until a line comes
+//! ← {"ok":true}
 //! → {"cmd":"stop"}
 //! ← {"ok":true,"state":"stopping"}
 //! → {"cmd":"bogus"}
@@ -129,7 +131,9 @@
 //! it once the guest has written 124 (at once if it already has, also in a guest restored
 //! from a snapshot taken after the 124). It is accepted once per guest: a second line, a
 //! longer one or one with any other byte gets `{"ok":false,"error":...}` and nothing is
-//! delivered. See [`devices::personalisation`].
+//! delivered. `ring`, before the line, tells a waiting guest it has time to spare (coinopd
+//! rings guests restored ahead of their lease); refused once the line was accepted. See
+//! [`devices::personalisation`].
 //!
 //! `vcpu_us` is the CPU time each vCPU thread really consumed (the kernel's per-thread
 //! accounting), so metering bills what the guest burned, not wall time. A paused guest's

@@ -107,6 +107,10 @@ impl ControlTarget for Machine {
             .map_err(|e| e.to_string())
     }
 
+    fn ring(&self) -> Result<(), String> {
+        self.pio.personalisation().ring().map_err(|e| e.to_string())
+    }
+
     fn stop(&self) {
         if self.run_state.requested() != Requested::Stopping {
             self.run_state.stop();

@@ -592,11 +592,21 @@ impl Supervisor {
         )
         .await;
         match outcome {
-            Ok(Ok(_)) => Ok(Ahead {
-                lease_id: req.lease_id.to_string(),
-                control: req.paths.control.clone(),
-                started,
-            }),
+            Ok(Ok(_)) => {
+                // The guest has time to spare until a create takes it: rung, an agent guest
+                // spends it on its first SSH connection's costs (images/rootfs/
+                // PERSONALISE.md, "Time to spare"), which would otherwise fall between its
+                // guest_ready and the tenant's first connection. Best effort: a guest that
+                // is not rung only keeps those costs for later.
+                if let Err(e) = vmm_protocol::client::ring(&req.paths.control).await {
+                    tracing::warn!(lease = req.lease_id, error = %e, "could not ring a warm restore's guest");
+                }
+                Ok(Ahead {
+                    lease_id: req.lease_id.to_string(),
+                    control: req.paths.control.clone(),
+                    started,
+                })
+            }
             Ok(Err(e)) => {
                 self.end_failed(req.lease_id, started).await;
                 Err(e)

@@ -123,6 +123,8 @@ async fn cold_and_restored_leases_each_get_their_own_line() {
         // Restored while waiting: the boot banner and the 'before 124' report belong to
         // the build, before the snapshot; this guest only reads its line.
         assert!(!text.contains("com2 empty before 124"), "{text}");
+        // Restored for its create: its line comes at once, no time to spare, no ring.
+        assert!(text.contains("personalise: not rung"), "{text}");
         lines.push(line_of(&d, lease).await);
     }
     assert_eq!(field(&lines[1], "ssh_key"), None, "{}", lines[1]);
@@ -226,6 +228,8 @@ async fn a_warm_restore_gets_its_own_line_and_is_billed_from_its_create() {
     let text = d.console(&warm).await;
     // Restored and waiting before its lease existed: this guest only read its line.
     assert!(!text.contains("com2 empty before 124"), "{text}");
+    // And coinopd rang it while it waited (its time to spare: the agent's warm-up).
+    assert!(text.contains("personalise: rung before the line"), "{text}");
     let warm_line = line_of(&d, &warm).await;
     assert!(field(&warm_line, "ssh_key").is_some(), "{warm_line}");
     assert_ne!(

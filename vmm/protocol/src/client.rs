@@ -151,6 +151,15 @@ pub async fn personalise(path: &Path, line: &str) -> Result<(), ControlError> {
     }
 }
 
+/// `ring`: the guest, still waiting for its line, is told it has time to spare (see
+/// [`Request::Ring`]). A guest that already has its line is [`ControlError::Refused`].
+pub async fn ring(path: &Path) -> Result<(), ControlError> {
+    match request(path, &Request::Ring).await? {
+        Reply::Done => Ok(()),
+        other => Err(unexpected(path, &other)),
+    }
+}
+
 fn unexpected(path: &Path, reply: &Reply) -> ControlError {
     ControlError::BadReply {
         path: path.display().to_string(),

@@ -44,12 +44,18 @@ pub enum Request {
         /// The line, without its newline.
         line: String,
     },
+    /// Rings the personalisation port: its modem status register shows the ring indicator
+    /// (MSR bit 6) from now until a `personalise` line is accepted. A guest waiting for its
+    /// line learns that it has time to spare (coinopd rings guests restored ahead of their
+    /// lease) and may spend it on its first connection's costs; a guest that never reads
+    /// MSR is unaffected. [`Reply::Done`]; a guest that already has its line is refused.
+    Ring,
 }
 
 impl Request {
     /// Every `cmd` the VMM knows; any other is refused as an unknown command. The unit tests
     /// keep this in step with the enum and with [`Request::from_line`].
-    pub const COMMANDS: [&'static str; 8] = [
+    pub const COMMANDS: [&'static str; 9] = [
         "status",
         "pause",
         "resume",
@@ -58,6 +64,7 @@ impl Request {
         "stop",
         "snapshot",
         "personalise",
+        "ring",
     ];
 
     /// The longest `personalise` line the VMM accepts, in bytes (newline not counted).
@@ -74,6 +81,7 @@ impl Request {
             Request::Stop => "stop",
             Request::Snapshot { .. } => "snapshot",
             Request::Personalise { .. } => "personalise",
+            Request::Ring => "ring",
         }
     }
 
@@ -102,6 +110,7 @@ impl Request {
             "resume" => Ok(Request::Resume),
             "usage" => Ok(Request::Usage),
             "stop" => Ok(Request::Stop),
+            "ring" => Ok(Request::Ring),
             "console_input" => match value.get("data") {
                 Some(Value::String(data)) => Ok(Request::ConsoleInput { data: data.clone() }),
                 other => Err(RequestError::BadArguments {
@@ -419,6 +428,7 @@ mod tests {
                     line: "coinop-personalise/1 hostname=a".into(),
                 },
             ),
+            (r#"{"cmd":"ring"}"#, Request::Ring),
         ]
     }
 

@@ -11,7 +11,10 @@
 //!   `pending` until the guest has written 124, then moves into the 64-byte receive FIFO
 //!   as the guest drains it;
 //! - once the guest has read the last byte out of the FIFO the VMM emits `personalised`,
-//!   with how many data-register reads (VM exits) it took.
+//!   with how many data-register reads (VM exits) it took;
+//! - the control command `ring` ([`PersonalisationPort::ring`]) sets the ring indicator in
+//!   the modem status register until a line is accepted: coinopd rings a guest restored
+//!   ahead of its lease, which may then spend its wait on its first connection's costs.
 //!
 //! Two departures from vm-superio's UART, both for reading the line fast and whole:
 //! - a read of the data register may be many bytes at once (a `rep insb`, which KVM's
@@ -73,6 +76,9 @@ pub enum Error {
     /// The guest already has a line.
     #[error("personalise: this guest already has its line (accepted once per guest, also across a snapshot); nothing delivered")]
     AlreadyGiven,
+    /// `ring` for a guest that already has its line: it waits for nothing.
+    #[error("ring: this guest already has its line; nothing to wait for")]
+    RingAfterLine,
 }
 
 /// A saved personalisation-port state vm-superio refuses.
@@ -105,6 +111,9 @@ pub struct PersonalisationPort {
     /// CRC-32 of the line accepted by this process (status `line_crc32`). Not in a
     /// snapshot: a golden snapshot is taken before any line.
     line_crc32: Option<u32>,
+    /// `ring` was asked and no line accepted since: MSR shows RI. Not in a snapshot: a
+    /// golden snapshot is never rung, and a restored guest is rung by its own VMM.
+    ringing: bool,
     events: Arc<EventSink>,
 }
 
@@ -121,6 +130,7 @@ impl PersonalisationPort {
             raised_since_iir: false,
             data_reads: 0,
             line_crc32: None,
+            ringing: false,
             events,
         }
     }
@@ -149,6 +159,7 @@ impl PersonalisationPort {
             raised_since_iir: false,
             data_reads: 0,
             line_crc32: None,
+            ringing: false,
             events,
         })
     }
@@ -175,6 +186,12 @@ impl PersonalisationPort {
             IIR => {
                 self.refill();
                 self.read_iir()
+            }
+            MSR => {
+                self.refill();
+                // In loopback MSR mirrors MCR's outputs (a driver's probe): no ring there.
+                let ring = self.ringing && self.uart.read(MCR) & MCR_LOOP == 0;
+                self.uart.read(MSR) | if ring { MSR_RING } else { 0 }
             }
             _ => {
                 // Line bytes the UART could not take before (in loopback) go in first, so
@@ -329,8 +346,20 @@ impl PersonalisationPort {
         self.pending.extend(line.as_bytes());
         self.pending.push_back(b'\n');
         self.line = LineProgress::Delivering;
+        // The call is answered: a guest that looks again sees its line, not the ring.
+        self.ringing = false;
         self.line_crc32 = Some(crc32fast::hash(line.as_bytes()));
         self.refill();
+        Ok(())
+    }
+
+    /// Sets the ring indicator until a line is accepted: the guest may use its wait (see
+    /// the module docs). Refused once the guest has its line.
+    pub fn ring(&mut self) -> Result<(), Error> {
+        if self.line != LineProgress::None {
+            return Err(Error::RingAfterLine);
+        }
+        self.ringing = true;
         Ok(())
     }
 
@@ -375,12 +404,16 @@ const LCR: u8 = 3;
 const MCR: u8 = 4;
 /// Line status register.
 const LSR: u8 = 5;
+/// Modem status register.
+const MSR: u8 = 6;
 const IER_RECEIVED_DATA: u8 = 0x01;
 const IIR_NO_INTERRUPT: u8 = 0x01;
 const IIR_RECEIVED_DATA: u8 = 0x04;
 const LCR_DLAB: u8 = 0x80;
 const MCR_LOOP: u8 = 0x10;
 const LSR_DATA_READY: u8 = 0x01;
+/// MSR's ring indicator.
+const MSR_RING: u8 = 0x40;
 
 #[cfg(test)]
 mod tests {
@@ -528,6 +561,59 @@ mod tests {
         assert_eq!(p.read(LSR) & 1, 0, "loopback: the FIFO takes no input");
         p.write(4, 0x00);
         assert_eq!(read_line(&mut p), b"abc\n");
+    }
+
+    #[test]
+    fn a_ring_shows_in_msr_until_the_line_is_accepted_and_not_in_loopback() {
+        let (mut p, _file) = port();
+        p.guest_awaits();
+        let quiet = p.read(MSR);
+        assert_eq!(quiet & MSR_RING, 0, "no ring before one is asked");
+        p.ring().expect("a guest without its line is rung");
+        assert_eq!(
+            p.read(MSR),
+            quiet | MSR_RING,
+            "RI set, every other bit as before"
+        );
+        assert_eq!(p.read(DATA), 0, "a ring is no line byte");
+        // A driver's loopback probe sees MSR mirror its own MCR outputs, no ring in them.
+        p.write(MCR, MCR_LOOP);
+        assert_eq!(p.read(MSR) & MSR_RING, 0);
+        p.write(MCR, 0);
+        assert_ne!(p.read(MSR) & MSR_RING, 0, "rung again once out of loopback");
+        p.personalise("abc").expect("valid");
+        assert_eq!(p.read(MSR) & MSR_RING, 0, "answered by the line");
+        assert_eq!(p.ring(), Err(Error::RingAfterLine));
+        assert_eq!(p.read(MSR) & MSR_RING, 0);
+        assert_eq!(
+            read_line(&mut p),
+            b"abc\n",
+            "the line unchanged by the ring"
+        );
+    }
+
+    #[test]
+    fn a_restored_port_is_not_rung_and_can_be() {
+        let (mut p, _file) = port();
+        p.guest_awaits();
+        p.ring().expect("rung");
+        let state = p.state();
+        let (_, file) = port();
+        let events = Arc::new(EventSink::from_file(
+            file,
+            crate::events::Clock::starting_now(),
+        ));
+        let irq = IrqLine(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+        let mut restored =
+            PersonalisationPort::restore(irq, events, &state, false).expect("restore");
+        restored.vcpus_started();
+        assert_eq!(
+            restored.read(MSR) & MSR_RING,
+            0,
+            "a snapshot carries no ring"
+        );
+        restored.ring().expect("rung by its own VMM");
+        assert_ne!(restored.read(MSR) & MSR_RING, 0);
     }
 
     #[test]
