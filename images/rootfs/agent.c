@@ -303,10 +303,11 @@ static void check_sshd(long pid)
  * file, the kernel's TCP paths. In a restored guest those touch memory its VM has not
  * mapped since the restore (each page a nested-paging fault on the host), and the pages
  * the tenant's connection then needs are mostly the same ones. Best effort: it never fails
- * the agent, and gives up after 2 s. dropbear logs it as a connection from 127.0.0.1 that
- * ended before authentication.
+ * the agent, and gives up after 2 s, or as soon as `give_up` (when given; asked every 5 ms)
+ * says so. dropbear logs it as a connection from 127.0.0.1 that ended before
+ * authentication.
  */
-static void warm_sshd(void)
+static void warm_sshd(int (*give_up)(void))
 {
 	/* struct sockaddr_in for 127.0.0.1:22, in network byte order. */
 	struct {
@@ -319,15 +320,21 @@ static void warm_sshd(void)
 		short events, revents;
 	} in;
 	static char banner[256];
-	long fd = syscall3(SYS_socket, WARM_AF_INET, WARM_SOCK_STREAM_CLOEXEC, 0);
+	long fd = syscall3(SYS_socket, WARM_AF_INET, WARM_SOCK_STREAM_CLOEXEC, 0), slice, ready = 0;
 
 	if (fd < 0)
 		return;
 	if (syscall3(SYS_connect, fd, (long)&to, sizeof(to)) == 0) {
 		in.fd = (int)fd;
 		in.events = WARM_POLLIN;
-		in.revents = 0;
-		if (syscall3(SYS_poll, (long)&in, 1, 2000) > 0)
+		slice = give_up ? 5 : 2000;
+		for (long waited = 0; waited < 2000 && ready == 0; waited += slice) {
+			if (give_up && give_up())
+				break;
+			in.revents = 0;
+			ready = syscall3(SYS_poll, (long)&in, 1, slice);
+		}
+		if (ready > 0)
 			syscall3(SYS_read, fd, (long)banner, sizeof(banner));
 	}
 	syscall3(SYS_close, fd, 0, 0);
@@ -345,7 +352,9 @@ static unsigned long warm_before_line_ms;
  * dropbear: its re-executed program needs a host key to get as far as its banner, so the
  * placeholder (which cannot sign: host_key.c) is put back for it and removed again before
  * the line is read, the state the golden guest was snapshotted in. Nothing of any lease
- * exists yet, and the kernel RNG is reseeded with the line's entropy after this.
+ * exists yet, and the kernel RNG is reseeded with the line's entropy after this. A line
+ * that comes meanwhile (a create took this guest as soon as it was restored) ends the
+ * wait for the banner: a lease is never kept waiting on a warm-up.
  */
 static void warm_before_line(void)
 {
@@ -353,7 +362,7 @@ static void warm_before_line(void)
 
 	if (host_key_write_placeholder(HOST_KEY_FILE))
 		return; /* Best effort, as warm_sshd: the tenant's connection pays instead. */
-	warm_sshd();
+	warm_sshd(port_line_waiting);
 	if (syscall3(SYS_unlink, (long)HOST_KEY_FILE, 0, 0) != 0)
 		agent_fail("cannot remove the placeholder SSH host key after the warm-up");
 	warmed_before_line = 1;
@@ -434,7 +443,7 @@ __attribute__((used)) static void start(long *sp)
 	/* 8. The tenant's first connection's costs, paid while nobody waits (unless paid
 	 * before the line already). */
 	if (!warmed_before_line)
-		warm_sshd();
+		warm_sshd(0);
 	stamp("sshd_warm");
 	append(report, sizeof(report), "coinop-agent: personalised host=");
 	append(report, sizeof(report), l.hostname);

@@ -55,6 +55,9 @@ int agent_hex_digit(char c);
  * line has come, `rung` is called once, and the read goes on after it returns.
  */
 long port_line_read(char *line, const char **why, void (*rung)(void));
+/* portline.c: whether bytes of the line wait in the port (its LSR's data-ready bit). Only
+ * after port_line_read has enabled the port's I/O (that is: from `rung`). */
+int port_line_waiting(void);
 
 /* line.c: the values of the line's keys; 0 for an optional key the line lacks. */
 struct lease_line {

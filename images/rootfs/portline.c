@@ -21,6 +21,8 @@
 #include "../initramfs/raw_syscall.h"
 
 #define COM2 0x2f8
+#define COM2_LSR (COM2 + 5)
+#define LSR_DATA_READY 0x01
 #define COM2_MSR (COM2 + 6)
 #define MSR_RING 0x40
 #define AWAITING_PERSONALISATION 124
@@ -66,6 +68,11 @@ static long pause_ns(long empty_polls)
 	for (long n = empty_polls - 500; n > 0 && ns < 3200000; n -= 50)
 		ns *= 2;
 	return ns;
+}
+
+int port_line_waiting(void)
+{
+	return inb(COM2_LSR) & LSR_DATA_READY;
 }
 
 long port_line_read(char *line, const char **why, void (*rung)(void))
