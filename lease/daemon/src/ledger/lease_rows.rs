@@ -49,6 +49,15 @@ pub struct LeaseRow {
     /// When the lease last began running on its balance: its boot, or the top-up that
     /// resumed it from `paused_unfunded` (unix s; `None` in rows older than the column).
     pub funded_at: Option<i64>,
+    /// When the usage marks (`last_vcpu_total_us`, `last_uptime_us`) were last set: by a
+    /// metering tick, or where a VMM's counters become the lease's baseline (its create, a
+    /// failed hand-over's reset, a recovery's reboot, a reorg's thaw). Unix ms; `None` only
+    /// in a row older than the column ([`LeaseRow::metered_since_ms`]). Nothing a tenant
+    /// sends (a top-up, a create's retry, a stop) writes it: a silent VMM's lease with no
+    /// reading since coinopd started is billed its memory time from here
+    /// ([`crate::scheduler`]), and a reading's growth is held to the wall time since
+    /// (`tick.rs`).
+    pub metered_at_ms: Option<i64>,
 }
 
 impl LeaseRow {
@@ -58,6 +67,14 @@ impl LeaseRow {
             pid,
             start_ticks: self.vmm_start_ticks,
         })
+    }
+
+    /// When the usage marks were last set (unix ms): [`LeaseRow::metered_at_ms`], or for a
+    /// row without it its `updated_at`, the nearest the ledger knew before the column (the
+    /// migration that adds the column fills it from there, so no row is expected here).
+    pub fn metered_since_ms(&self) -> i64 {
+        self.metered_at_ms
+            .unwrap_or_else(|| self.updated_at.saturating_mul(1000))
     }
 }
 
@@ -93,7 +110,7 @@ const LEASE_COLUMNS: &str = "id, token_hash, vcpus, mem_mib, image, cmdline, sta
     balance_msat, carry_units, used_vcpu_us, used_mem_mib_us, last_vcpu_total_us,
     last_uptime_us, pid, control_path, console_path, paused_at, refunded_msat, created_at,
     updated_at, boot_json, debited_msat, residual_msat, vmm_start_ticks, vmm_gone, reorg_at,
-    spawn_json, funded_at";
+    spawn_json, funded_at, metered_at_ms";
 
 fn lease_from_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
     Ok(LeaseRow {
@@ -126,6 +143,7 @@ fn lease_from_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
         reorg_at: r.get(26)?,
         spawn_json: r.get(27)?,
         funded_at: r.get(28)?,
+        metered_at_ms: r.get(29)?,
     })
 }
 

@@ -7,7 +7,7 @@
 use coinop_proto::{LeaseState, StopReason};
 use rusqlite::params;
 
-use crate::clock::unix_s;
+use crate::clock::{unix_ms, unix_s};
 use crate::vmm_process::VmmProcess;
 
 use super::lease_rows::stored_counter;
@@ -133,14 +133,17 @@ impl Ledger {
             let n = tx
                 .prepare_cached(
                     "UPDATE leases SET last_vcpu_total_us = 0, last_uptime_us = 0,
-                        updated_at = ?2
+                        updated_at = ?2, metered_at_ms = ?4
                      WHERE id = ?1 AND state = ?3",
                 )?
-                .execute(params![id, unix_s(), LeaseState::Booting])?;
+                .execute(params![id, unix_s(), LeaseState::Booting, unix_ms()])?;
             Ok(n == 1)
         })
     }
 
+    /// A booting lease runs, its marks `baseline` if given. Their `metered_at_ms` stays as
+    /// the insert or reset set it: the VMM they are the counters of was spawned, or read,
+    /// after that, so its counters grew no more than the wall time since.
     fn set_running(
         &self,
         id: &str,

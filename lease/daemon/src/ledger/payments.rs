@@ -15,7 +15,7 @@ use payment::credit::Mint;
 use payment::spent_set::{SignedOutput, SpendKey, SpendState, SpentSetError, SqliteSpentSet};
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use crate::clock::unix_s;
+use crate::clock::{unix_ms, unix_s};
 
 use super::lease_rows::require_in;
 use super::recovery::{outputs_digest, payment_digest};
@@ -101,12 +101,16 @@ pub(super) fn insert_lease(
     lease: &NewLease,
     credit: &Credit,
 ) -> Result<(), LedgerError> {
-    let now = unix_s();
+    let now_ms = unix_ms();
+    let now = now_ms.div_euclid(1000);
+    // The usage marks are the VMM's counters from here on (its VMM is spawned after this
+    // commits; a warm restore's counters were read before it).
     tx.prepare_cached(
         "INSERT INTO leases (id, token_hash, vcpus, mem_mib, image, cmdline, state,
             balance_msat, control_path, console_path, created_at, updated_at,
-            payment_digest, recovery_hash, token_seq, last_vcpu_total_us, last_uptime_us)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, 1, ?14, ?15)",
+            payment_digest, recovery_hash, token_seq, last_vcpu_total_us, last_uptime_us,
+            metered_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, 1, ?14, ?15, ?16)",
     )?
     .execute(params![
         lease.id,
@@ -124,6 +128,7 @@ pub(super) fn insert_lease(
         lease.recovery_hash.as_ref().map(|h| h.as_slice()),
         lease.baseline.vcpu_total_us,
         lease.baseline.uptime_us,
+        now_ms,
     ])?;
     record_payment(tx, credit, &lease.id, credit.is_late(), false)
 }

@@ -39,7 +39,7 @@ use subtle::ConstantTimeEq;
 use super::lease_rows::require_in;
 use super::payments::insert_lease;
 use super::{Credit, LeaseRow, Ledger, LedgerError, NewLease};
-use crate::clock::unix_s;
+use crate::clock::{unix_ms, unix_s};
 use coinop_proto::{LeaseState, StopReason};
 
 /// A digest of the exact set of spent-set keys a payment claims, independent of their
@@ -163,12 +163,16 @@ fn recover_in(
         },
     };
     let reboot = never_booted(&require_in(tx, &id)?);
+    // A reboot's VMM, spawned after this commits, counts from zero: its marks are set here.
+    // Anything else keeps them, and the time they were set (a tenant may send this retry
+    // as often as it likes: it must not move what metering bills from).
     tx.prepare_cached(
         "UPDATE leases SET token_hash = ?2, token_seq = token_seq + 1, updated_at = ?3,
             state = CASE WHEN ?4 THEN ?5 ELSE state END,
             stop_reason = CASE WHEN ?4 THEN NULL ELSE stop_reason END,
             last_vcpu_total_us = CASE WHEN ?4 THEN 0 ELSE last_vcpu_total_us END,
-            last_uptime_us = CASE WHEN ?4 THEN 0 ELSE last_uptime_us END
+            last_uptime_us = CASE WHEN ?4 THEN 0 ELSE last_uptime_us END,
+            metered_at_ms = CASE WHEN ?4 THEN ?6 ELSE metered_at_ms END
          WHERE id = ?1",
     )?
     .execute(params![
@@ -176,7 +180,8 @@ fn recover_in(
         new_token_hash.as_slice(),
         unix_s(),
         reboot,
-        LeaseState::Booting
+        LeaseState::Booting,
+        unix_ms()
     ])?;
     let token_seq: u64 = tx
         .prepare_cached("SELECT token_seq FROM leases WHERE id = ?1")?

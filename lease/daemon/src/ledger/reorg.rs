@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::lease_rows::{require_in, stored_counter};
 use super::{Ledger, LedgerError};
-use crate::clock::unix_s;
+use crate::clock::{unix_ms, unix_s};
 
 /// Whether the lease's balance is frozen by a reorg.
 /// The blocks of `lease_id`'s on-chain payments not yet settled, read on `conn`.
@@ -204,7 +204,7 @@ impl Ledger {
             tx.prepare_cached(
                 "UPDATE leases SET reorg_at = NULL, state = ?2, last_vcpu_total_us = ?3,
                     last_uptime_us = ?4, paused_at = CASE WHEN ?5 THEN paused_at ELSE ?6 END,
-                    updated_at = ?6 WHERE id = ?1",
+                    updated_at = ?6, metered_at_ms = ?7 WHERE id = ?1",
             )?
             .execute(params![
                 id,
@@ -212,7 +212,8 @@ impl Ledger {
                 stored_counter(vcpu),
                 stored_counter(uptime),
                 funded,
-                now
+                now,
+                unix_ms()
             ])?;
             Ok(funded)
         })

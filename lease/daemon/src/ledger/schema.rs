@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS leases (
     debited_msat INTEGER NOT NULL DEFAULT 0,
     residual_msat INTEGER,
     vmm_start_ticks INTEGER,
-    vmm_gone INTEGER NOT NULL DEFAULT 0
+    vmm_gone INTEGER NOT NULL DEFAULT 0,
+    metered_at_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS leases_state ON leases(state);
 CREATE TABLE IF NOT EXISTS payments (
@@ -94,10 +95,20 @@ pub(super) fn add_missing_columns(conn: &Connection) -> Result<(), LedgerError> 
         // resumed it from `paused_unfunded`): its grace is at most the run since (`tick.rs`).
         // Older rows have none and keep the whole `--grace-s`.
         ("funded_at", "INTEGER"),
+        // When the lease's usage marks were last set (unix ms): written by metering, never
+        // by a tenant's request (see `LeaseRow::metered_at_ms`). Filled below for older rows.
+        ("metered_at_ms", "INTEGER"),
     ] {
         if !have.iter().any(|h| h == name) {
             conn.execute_batch(&format!("ALTER TABLE leases ADD COLUMN {name} {decl}"))?;
         }
+    }
+    if !have.iter().any(|h| h == "metered_at_ms") {
+        // Older rows: the nearest the ledger knew, their last update (a tick's, for a
+        // metered lease). Once, here: from now on only metering moves it.
+        conn.execute_batch(
+            "UPDATE leases SET metered_at_ms = updated_at * 1000 WHERE metered_at_ms IS NULL",
+        )?;
     }
     // After the columns: an older ledger only now has payment_digest. Older leases have
     // none (NULL) and cannot be recovered. Not UNIQUE: the spent set already makes a digest
@@ -182,5 +193,38 @@ mod tests {
         assert_eq!((r.refund_msat, r.residual_msat), (1000, 500));
         let row = l.get("a").expect("get").expect("row");
         assert_eq!((row.vmm_start_ticks, row.vmm_gone), (None, false));
+    }
+
+    /// A row from before `metered_at_ms` gets its last update as the time its usage marks
+    /// were set, once: a later open leaves what metering wrote since.
+    #[test]
+    fn an_older_row_is_metered_from_its_last_update() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.db");
+        {
+            let l = Ledger::open(&path).expect("open");
+            l.create_lease(&new_lease("a"), &credit(1, 1500))
+                .expect("create");
+            l.with_conn(|c| {
+                c.execute_batch(
+                    "ALTER TABLE leases DROP COLUMN metered_at_ms;
+                     UPDATE leases SET updated_at = 1000",
+                )?;
+                Ok(())
+            })
+            .expect("as an older ledger had it");
+        }
+        let l = Ledger::open(&path).expect("reopen with migration");
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!(row.metered_at_ms, Some(1_000_000));
+        l.with_conn(|c| {
+            c.execute_batch("UPDATE leases SET metered_at_ms = 2000000, updated_at = 3000")?;
+            Ok(())
+        })
+        .expect("metered since");
+        drop(l);
+        let l = Ledger::open(&path).expect("reopen");
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!(row.metered_at_ms, Some(2_000_000), "filled once only");
     }
 }

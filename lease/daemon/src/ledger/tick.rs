@@ -6,7 +6,7 @@ use coinop_proto::{LeaseState, StopReason};
 use payment::metering::{self, Prices, UsageDelta};
 use rusqlite::{params, Transaction};
 
-use crate::clock::unix_s;
+use crate::clock::unix_ms;
 
 use super::lease_rows::{get_in, stored_counter};
 use super::{LeaseRow, Ledger, LedgerError};
@@ -54,14 +54,14 @@ impl Ledger {
         prices: Prices,
         grace_s: u64,
     ) -> Result<Vec<TickOutcome>, LedgerError> {
-        let now = unix_s();
+        let now_ms = unix_ms();
         self.with_tx(|tx| {
             let mut outcomes = Vec::with_capacity(samples.len());
             for s in samples {
                 let Some(lease) = get_in(tx, s.lease_id)? else {
                     continue;
                 };
-                outcomes.push(tick_one(tx, &lease, s, prices, grace_s, now)?);
+                outcomes.push(tick_one(tx, &lease, s, prices, grace_s, now_ms)?);
             }
             Ok(outcomes)
         })
@@ -89,8 +89,9 @@ fn tick_one(
     s: &Sample<'_>,
     prices: Prices,
     grace_s: u64,
-    now: i64,
+    now_ms: i64,
 ) -> Result<TickOutcome, LedgerError> {
+    let now = now_ms.div_euclid(1000);
     // Counters restart from zero only if the guest was replaced; never bill a negative delta.
     let dvcpu = s.vcpu_total_us.saturating_sub(lease.last_vcpu_total_us);
     let dwall = if s.vm_paused {
@@ -147,7 +148,8 @@ fn tick_one(
         "UPDATE leases SET balance_msat = ?2, carry_units = ?3, used_vcpu_us = ?4,
             used_mem_mib_us = ?5, last_vcpu_total_us = ?6, last_uptime_us = ?7, state = ?8,
             paused_at = ?9, stop_reason = CASE WHEN ?10 THEN ?11 ELSE stop_reason END,
-            updated_at = ?12, debited_msat = debited_msat + ?13 WHERE id = ?1",
+            updated_at = ?12, debited_msat = debited_msat + ?13, metered_at_ms = ?14
+         WHERE id = ?1",
     )?
     .execute(params![
         lease.id,
@@ -162,7 +164,8 @@ fn tick_one(
         stop,
         StopReason::BalanceExhausted,
         now,
-        out.debited_msat
+        out.debited_msat,
+        now_ms
     ])?;
     Ok(out)
 }
@@ -170,6 +173,7 @@ fn tick_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::unix_s;
     use crate::ledger::test_support::{credit, ledger, new_lease, s, P};
 
     /// A VMM under a hostile guest's control reports counters SQLite cannot hold: that
