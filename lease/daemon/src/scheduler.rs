@@ -711,9 +711,7 @@ pub(crate) fn bill_if_silent(s: &Shared, l: &LeaseRow) {
 /// ([`crate::usage_floor::UsageFloors::floor_silent`]). Without it, a VMM that never
 /// answers would run each lease's last 20 s (and, answering never, its whole run) for
 /// nothing, its balance kept for the tenant's refund. A lease with no reading since
-/// coinopd started has no anchor: its memory time is billed from the ledger's last
-/// update of it (whole seconds, so one less), its vCPU time not at all (the kernel's guest
-/// time of a warm restore's VMM holds time before its lease).
+/// coinopd started has no anchor: see [`unanchored_silent_reading`].
 fn bill_silent_window(s: &Shared, l: &LeaseRow) {
     if l.state != LeaseState::Running {
         return;
@@ -727,22 +725,7 @@ fn bill_silent_window(s: &Shared, l: &LeaseRow) {
         deadline,
     ) {
         Some(f) => (f.vcpu_total_us, f.uptime_us),
-        None => {
-            let since_s = crate::clock::unix_s()
-                .saturating_sub(l.updated_at)
-                .saturating_sub(1);
-            // From the ledger's last update: a billing of this stretch moves it, so a
-            // second one bills only what came after; a top-up that resumed the lease
-            // moves it too, so its unfunded pause before is not billed. (The tenant
-            // can move it by resending its create for recovery: noted, not closed.)
-            let since = Duration::from_secs(u64::try_from(since_s).unwrap_or(0));
-            let unread = since.saturating_sub(deadline * 2);
-            let unread_us = u64::try_from(unread.as_micros()).unwrap_or(u64::MAX);
-            (
-                l.last_vcpu_total_us,
-                l.last_uptime_us.saturating_add(unread_us),
-            )
-        }
+        None => unanchored_silent_reading(l, crate::clock::unix_ms(), deadline),
     };
     let sample = Sample {
         lease_id: &l.id,
@@ -762,6 +745,35 @@ fn bill_silent_window(s: &Shared, l: &LeaseRow) {
         Err(e) => tracing::error!(lease = %l.id, error = %e,
             "billing the time its VMM ran without answering"),
     }
+}
+
+/// What running lease `l` is billed up to for the window its VMM gave no reading in, when
+/// there is no anchor to hold it to (no reading since coinopd started), at `now_ms` (unix
+/// ms): its vCPU time as last billed (the kernel's guest time of a warm restore's VMM
+/// holds time before its lease), its memory time from when the ledger last set its usage
+/// marks ([`LeaseRow::metered_since_ms`]: a billing of this stretch sets them, so a
+/// second one bills only what came after), less twice the read deadline as for a reading
+/// ([`crate::usage_floor`]).
+///
+/// Not from the row's `updated_at`: a tenant moves that for nothing (a retry of its create
+/// is answered with the lease and writes it, as do top-ups and stops), and would bill its
+/// silent guest's memory time from whenever it last did. From a top-up that resumed the
+/// lease after its marks were set, though (`funded_at`): the lease was paused unfunded
+/// until then, its memory time not billable, and no tenant can resume a lease that runs.
+fn unanchored_silent_reading(l: &LeaseRow, now_ms: i64, read_deadline: Duration) -> (u64, u64) {
+    let mut since_ms = l.metered_since_ms();
+    if let Some(funded) = l.funded_at {
+        // Whole seconds: the resume came within the second after `funded_at`. Counted from
+        // that second's end, no paused time is billed (at most a second of run is not).
+        since_ms = since_ms.max(funded.saturating_add(1).saturating_mul(1000));
+    }
+    let unread_ms = u64::try_from(now_ms.saturating_sub(since_ms)).unwrap_or(0);
+    let unread = Duration::from_millis(unread_ms).saturating_sub(read_deadline * 2);
+    let unread_us = u64::try_from(unread.as_micros()).unwrap_or(u64::MAX);
+    (
+        l.last_vcpu_total_us,
+        l.last_uptime_us.saturating_add(unread_us),
+    )
 }
 
 /// A usage read failed. The guest has exited when its process is gone (by pid and start
@@ -792,5 +804,140 @@ fn handle_read_error(s: &Shared, l: &LeaseRow, e: &ControlError) {
                 vmm: l.vmm(),
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::unix_ms;
+    use crate::ledger::recovery::CreateOutcome;
+    use crate::ledger::{Credit, Ledger, NewLease, TickAction};
+    use payment::metering::Prices;
+    use payment::spent_set::SpendKey;
+
+    const DEADLINE: Duration = Duration::from_millis(250);
+    const P: Prices = Prices {
+        vcpu_msat_per_s: 1000,
+        gib_msat_per_s: 1000,
+    };
+
+    fn lease(id: &str) -> NewLease {
+        NewLease {
+            id: id.into(),
+            token_hash: crate::token::token_hash("t"),
+            vcpus: 1,
+            mem_mib: 1024,
+            image: "testguest".into(),
+            cmdline: String::new(),
+            control_path: "/x.sock".into(),
+            console_path: "/x.console".into(),
+            recovery_hash: Some([7; 32]),
+            baseline: Default::default(),
+        }
+    }
+
+    fn credit(key: u8, msat: u64) -> Credit {
+        Credit {
+            kind: "onchain",
+            reference: format!("k{key}"),
+            amount_msat: msat,
+            keys: vec![SpendKey::outpoint([key; 32], 0)],
+            block_hash: None,
+            quote_id: None,
+        }
+    }
+
+    fn reading(vcpu_total_us: u64, uptime_us: u64) -> Sample<'static> {
+        Sample {
+            lease_id: "a",
+            vcpu_total_us,
+            uptime_us,
+            vm_paused: false,
+        }
+    }
+
+    /// Moves every time lease "a" keeps back `secs` seconds, as if it were that long ago.
+    fn ago(l: &Ledger, secs: i64) {
+        l.with_conn(|c| {
+            c.execute(
+                "UPDATE leases SET metered_at_ms = metered_at_ms - ?1 * 1000,
+                    updated_at = updated_at - ?1, funded_at = funded_at - ?1,
+                    created_at = created_at - ?1 WHERE id = 'a'",
+                [secs],
+            )?;
+            Ok(())
+        })
+        .expect("backdate");
+    }
+
+    /// The silent-window reading of lease "a" in `l` now.
+    fn silent(l: &Ledger) -> (u64, u64) {
+        let row = l.get("a").expect("get").expect("row");
+        unanchored_silent_reading(&row, unix_ms(), DEADLINE)
+    }
+
+    /// A running lease whose VMM has been silent since its last tick, 60 s ago, with no
+    /// anchor (coinopd restarted since): its tenant resending its create (answered with the
+    /// lease and a new token) does not shorten the memory time its silent window is billed.
+    #[test]
+    fn a_retried_create_does_not_move_where_a_silent_window_is_billed_from() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let l = Ledger::open(&dir.path().join("ledger.db")).expect("open");
+        l.create_or_recover(&lease("a"), &credit(1, 1_000_000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        // Booted two minutes before its last tick.
+        ago(&l, 120);
+        l.apply_tick(&[reading(100_000, 1_000_000)], P, 60)
+            .expect("tick");
+        ago(&l, 60);
+        let before = l.get("a").expect("get").expect("row");
+        let (vcpu, uptime) = silent(&l);
+        assert_eq!(vcpu, 100_000, "vCPU time as last billed");
+        // 60 s less twice the deadline (give or take a second: the test's own time, and
+        // whole seconds where the ledger keeps them).
+        let window = 60_000_000 - 2 * DEADLINE.as_micros() as u64;
+        assert!(
+            (window - 1_000_000..window + 1_000_000).contains(&(uptime - 1_000_000)),
+            "{uptime}"
+        );
+        // The tenant retries its create: the same lease, recovered with a new token.
+        let retried = l
+            .create_or_recover(&lease("b"), &credit(1, 1_000_000))
+            .expect("retry");
+        assert!(
+            matches!(retried, CreateOutcome::Recovered(_)),
+            "{retried:?}"
+        );
+        let after = l.get("a").expect("get").expect("row");
+        assert!(
+            after.updated_at > before.updated_at,
+            "the retry wrote the row"
+        );
+        let (_, again) = silent(&l);
+        assert!(
+            again >= uptime,
+            "billed up to {again} µs of uptime after the retry, {uptime} before"
+        );
+    }
+
+    /// A top-up that resumed a lease paused unfunded: its silent window's memory time
+    /// counts from the resume, not from the last tick of its pause.
+    #[test]
+    fn a_silent_window_after_a_resuming_top_up_counts_from_the_resume() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let l = Ledger::open(&dir.path().join("ledger.db")).expect("open");
+        l.create_or_recover(&lease("a"), &credit(1, 1000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        let o = l
+            .apply_tick(&[reading(1_000_000, 1_000_000)], P, 600)
+            .expect("tick");
+        assert_eq!(o[0].action, TickAction::Pause);
+        // Paused 60 s (its VMM silent all along), then topped up.
+        ago(&l, 60);
+        assert!(l.topup("a", &credit(2, 100_000)).expect("top-up").resumed);
+        assert_eq!(silent(&l), (1_000_000, 1_000_000), "none of the pause");
     }
 }
