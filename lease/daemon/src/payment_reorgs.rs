@@ -146,13 +146,13 @@ pub async fn check(s: &Shared) -> Result<(), LedgerError> {
                 freeze(s, &lease_id).await?;
             }
             (false, Some(_)) => {
-                // A paused guest runs again from its counters as they are now: the pause is
-                // not billed. Unread (its control socket slow or gone), the lease stays
-                // frozen, its payments unsettled, until a later check reads them; thawed
-                // from the counters of before the pause, the next tick would bill the whole
-                // pause as memory time. A VMM that stays silent is stopped as a running
-                // one's would be (`control_lost`, its balance kept).
-                let baseline = if state == LeaseState::PausedReorg {
+                // A paused guest runs again from its counters as they are now: the pause's
+                // memory time is not billed. Unread (its control socket slow or gone), the
+                // lease stays frozen, its payments unsettled, until a later check reads
+                // them; thawed from the counters of before the pause, the next tick would
+                // bill the whole pause as memory time. A VMM that stays silent is stopped
+                // as a running one's would be (`control_lost`, its balance kept).
+                let reading = if state == LeaseState::PausedReorg {
                     let Some(counters) = usage_of(s, &lease_id).await else {
                         thaw_put_off(s, &lease_id)?;
                         continue;
@@ -163,7 +163,7 @@ pub async fn check(s: &Shared) -> Result<(), LedgerError> {
                     None
                 };
                 tracing::info!(lease = %lease_id, "payment back on the best chain; lease thawed");
-                if s.ledger.thaw_after_reorg(&lease_id, baseline)? {
+                if s.ledger.thaw_after_reorg(&lease_id, reading)? {
                     set_guest(s, &lease_id, Request::Resume).await;
                 }
                 for (p, st) in &payments {

@@ -574,8 +574,9 @@ fn stopped_for_files(s: &Shared, l: &LeaseRow) -> bool {
 
 /// Lease `id`'s reading `u` as the ledger bills it: for a running lease, held to the floors
 /// of [`crate::usage_floor`] (a VMM cannot bill itself less than the kernel and coinopd's
-/// clock saw); for one paused for lack of funds, as read (the ledger only moves its
-/// baselines), its floors started afresh once it runs again.
+/// clock saw); for one paused for lack of funds, as read (the ledger bills nothing of it,
+/// and moves its marks no further back nor on than `ledger::tick` allows), its floors
+/// started afresh once it runs again.
 fn held_to_floors(
     s: &Shared,
     id: &str,

@@ -29,7 +29,10 @@
 //! first reading is taken as it comes. What a tick's readings change in the anchors holds
 //! only once the tick's debit commits ([`UsageFloors::commit_tick`]): a tick whose commit
 //! failed billed nothing, and a pause it believed must still be believable next tick. The floors only raise the sample handed to the
-//! ledger; the ledger's cumulative baselines keep every µs billed once.
+//! ledger; the ledger's usage marks keep every µs billed once: they never move back, so a
+//! later reading below a raised one (taken as read: the lease unfunded, or a tick crossing a
+//! silent window's billing) bills nothing, not the same stretch again once the counters
+//! pass it (`ledger::tick`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;

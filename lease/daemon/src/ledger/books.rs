@@ -62,7 +62,7 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
-    use crate::ledger::test_support::{credit, ledger, new_lease, s, P};
+    use crate::ledger::test_support::{credit, ledger, metered_at, new_lease, s, P};
     use coinop_proto::LeaseState;
 
     #[test]
@@ -71,18 +71,20 @@ mod tests {
         l.create_lease(&new_lease("a"), &credit(1, 5_000))
             .expect("create");
         l.mark_running("a", None, "{}").expect("run");
-        // Odd readings so debits leave sub-sat balances and carried fractions.
-        l.apply_tick(&[s(1_234_567, 333_333)], P, 60).expect("tick");
-        l.apply_tick(&[s(5_000_001, 777_777)], P, 60)
+        let t0 = metered_at(&l, "a");
+        // Odd readings so debits leave sub-sat balances and carried fractions, 10 s apart.
+        l.apply_tick_at(&[s(1_234_567, 333_333)], P, 60, t0 + 10_000)
+            .expect("tick");
+        l.apply_tick_at(&[s(5_000_001, 777_777)], P, 60, t0 + 20_000)
             .expect("tick to zero");
         assert_eq!(
             l.get("a").expect("get").expect("row").state,
             LeaseState::PausedUnfunded
         );
         l.topup("a", &credit(2, 7_777)).expect("topup");
-        l.apply_tick(&[s(5_000_001, 777_777)], P, 60)
+        l.apply_tick_at(&[s(5_000_001, 777_777)], P, 60, t0 + 30_000)
             .expect("baseline tick");
-        l.apply_tick(&[s(5_100_003, 1_000_000)], P, 60)
+        l.apply_tick_at(&[s(5_100_003, 1_000_000)], P, 60, t0 + 40_000)
             .expect("tick");
         let mid = l.books("a").expect("books");
         assert!(mid.balanced(), "{mid:?}");

@@ -357,7 +357,7 @@ mod tests {
     use payment::credit::nut_types::BlindedMessage;
     use payment::spent_set::SignedOutput;
 
-    use crate::ledger::test_support::{credit, funded_ago, ledger, new_lease, s, P};
+    use crate::ledger::test_support::{credit, funded_ago, ledger, metered_at, new_lease, s, P};
     use crate::ledger::LedgerError;
 
     /// Blank outputs as the ledger sees them (it never parses them): `n` of them, `tag`ged.
@@ -669,14 +669,17 @@ mod tests {
         l.mark_running("a", None, "{}").expect("run");
         // It ran 50 s before its pause: a grace of 100 s is cut to that.
         funded_ago(&l, "a", 50);
-        l.apply_tick(&[s(1_000_000, 0)], P, 100).expect("tick");
-        l.apply_tick(&[s(1_000_000, 50_000_000)], P, 100)
+        let t0 = metered_at(&l, "a");
+        l.apply_tick_at(&[s(1_000_000, 1_000_000)], P, 100, t0 + 1000)
+            .expect("tick");
+        // Paused 49 s.
+        l.apply_tick_at(&[s(1_000_000, 50_000_000)], P, 100, t0 + 50_000)
             .expect("paused tick");
         let t = l.topup("a", &credit(2, 10_000)).expect("topup");
         assert!(t.resumed);
         assert_eq!(t.balance_msat, 10_000);
         let o = l
-            .apply_tick(&[s(1_000_000, 50_000_000)], P, 100)
+            .apply_tick_at(&[s(1_000_000, 50_000_000)], P, 100, t0 + 50_100)
             .expect("tick");
         assert_eq!(o[0].debited_msat, 0, "paused wall time is not billed");
         let again = l.topup("a", &credit(2, 10_000)).expect("the same top-up");

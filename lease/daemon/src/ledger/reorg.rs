@@ -10,6 +10,7 @@ use coinop_proto::{LeaseState, StopReason};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::lease_rows::{require_in, stored_counter};
+use super::tick::excused_uptime;
 use super::{Ledger, LedgerError};
 use crate::clock::{unix_ms, unix_s};
 
@@ -160,13 +161,14 @@ impl Ledger {
     }
 
     /// Thaws the lease (its payments are on the best chain again). A `paused_reorg` lease
-    /// runs again from the guest's current counters (`baseline`: vCPU µs, uptime µs), so
-    /// the pause is not billed, or waits unfunded if it has no balance; a lease stopped
-    /// `payment_reorged` is not thawed. Returns whether the guest must be resumed.
+    /// runs again from the guest's current counters (`reading`: vCPU µs, uptime µs), so
+    /// the pause's memory time is not billed, or waits unfunded if it has no balance; a
+    /// lease stopped `payment_reorged` is not thawed. Returns whether the guest must be
+    /// resumed.
     pub fn thaw_after_reorg(
         &self,
         id: &str,
-        baseline: Option<(u64, u64)>,
+        reading: Option<(u64, u64)>,
     ) -> Result<bool, LedgerError> {
         self.with_tx(|tx| {
             let lease = require_in(tx, id)?;
@@ -193,8 +195,16 @@ impl Ledger {
                 .execute(params![id, now])?;
                 return Ok(false);
             }
-            let (vcpu, uptime) =
-                baseline.unwrap_or((lease.last_vcpu_total_us, lease.last_uptime_us));
+            // The pause's memory time is excused as far as the wall time since the marks
+            // were set (a VMM cannot excuse more by saying so); its vCPU time is not (a
+            // paused guest's does not grow; one that ran on pays for it when it runs).
+            // Neither mark moves back (`tick.rs`).
+            let now_ms = unix_ms();
+            let (uptime, metered_at_ms) = match reading {
+                Some((_, uptime)) => (excused_uptime(&lease, uptime, now_ms), now_ms),
+                None => (lease.last_uptime_us, lease.metered_since_ms()),
+            };
+            let vcpu = lease.last_vcpu_total_us;
             let funded = lease.balance_msat > 0;
             let state = if funded {
                 LeaseState::Running
@@ -213,7 +223,7 @@ impl Ledger {
                 stored_counter(uptime),
                 funded,
                 now,
-                unix_ms()
+                metered_at_ms
             ])?;
             Ok(funded)
         })
@@ -244,7 +254,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::test_support::{credit, ledger, new_lease};
+    use crate::ledger::test_support::{credit, ledger, metered_ago, new_lease, s, P};
 
     /// A payment settled shallower than the depth the predicate asks for is followed
     /// again; one deep enough, or whose lease was refunded, stays settled.
@@ -312,10 +322,13 @@ mod tests {
         l.create_lease(&new_lease("b"), &topup)
             .expect("the refused top-up's payment pays for another lease");
 
+        // Frozen 10 s: the guest's uptime at the thaw is excused, its vCPU time is not (a
+        // paused guest's does not grow; what it did use is billed once it runs).
+        metered_ago(&l, "a", 10);
         assert!(l.thaw_after_reorg("a", Some((7, 9))).expect("thaw"));
         let row = l.get("a").expect("get").expect("row");
         assert_eq!(row.state, LeaseState::Running);
-        assert_eq!((row.last_vcpu_total_us, row.last_uptime_us), (7, 9));
+        assert_eq!((row.last_vcpu_total_us, row.last_uptime_us), (0, 9));
 
         l.freeze_for_reorg("a").expect("freeze again");
         assert!(l.stop_for_reorg("a").expect("stop"));
@@ -361,6 +374,31 @@ mod tests {
         );
         l.settle_payment(u[0].payment_id, true).expect("give up");
         assert!(l.unsettled_payments().expect("list").is_empty());
+    }
+
+    /// A thaw excuses the frozen guest's memory time as far as the wall time since its
+    /// marks were set, and moves neither mark back: what its VMM says at the thaw can
+    /// neither excuse more nor undo what was billed.
+    #[test]
+    fn a_thaw_excuses_the_pause_and_no_more() {
+        let (_d, l) = ledger();
+        let mut c = credit(1, 100_000);
+        c.block_hash = Some("00aa".into());
+        l.create_lease(&new_lease("a"), &c).expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        l.apply_tick(&[s(1_000_000, 1_000_000)], P, 60)
+            .expect("tick");
+        assert!(l.freeze_for_reorg("a").expect("freeze"));
+        // Frozen 10 s; its VMM then says it ran no vCPU time at all and was up for ever.
+        metered_ago(&l, "a", 10);
+        assert!(l.thaw_after_reorg("a", Some((0, u64::MAX))).expect("thaw"));
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!(row.last_vcpu_total_us, 1_000_000, "billed: not back");
+        assert!(
+            (11_000_000..12_000_000).contains(&row.last_uptime_us),
+            "10 s excused (and the test's own few ms): {}",
+            row.last_uptime_us
+        );
     }
 
     /// A reorg while the guest boots: the lease is frozen `booting`, its boot marks it
@@ -410,11 +448,7 @@ mod tests {
         assert!(!l2.freeze_for_reorg("a").expect("freeze"));
         l2.mark_running("a", None, "{}").expect("booted");
         let o = l2
-            .apply_tick(
-                &[crate::ledger::test_support::s(1_000_000, 1_000_000)],
-                crate::ledger::test_support::P,
-                60,
-            )
+            .apply_tick(&[s(1_000_000, 1_000_000)], P, 60)
             .expect("tick");
         assert_eq!(o[0].action, crate::ledger::TickAction::Pause);
         assert!(!l2.freeze_for_reorg("a").expect("freeze"), "paused already");

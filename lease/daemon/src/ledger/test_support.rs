@@ -65,3 +65,22 @@ pub(super) fn funded_ago(l: &Ledger, id: &str, secs: i64) {
     })
     .expect("moving funded_at back");
 }
+
+/// When lease `id`'s usage marks were set (unix ms): where a test's ticks count from
+/// (`Ledger::apply_tick_at`), a reading's growth being held to the wall time since.
+pub(super) fn metered_at(l: &Ledger, id: &str) -> i64 {
+    l.get(id).expect("get").expect("row").metered_since_ms()
+}
+
+/// Moves the time lease `id`'s usage marks were set back `secs` seconds, as if its last
+/// reading had been that long ago.
+pub(super) fn metered_ago(l: &Ledger, id: &str, secs: i64) {
+    l.with_conn(|c| {
+        c.execute(
+            "UPDATE leases SET metered_at_ms = metered_at_ms - ?2 * 1000 WHERE id = ?1",
+            rusqlite::params![id, secs],
+        )?;
+        Ok(())
+    })
+    .expect("moving metered_at_ms back");
+}

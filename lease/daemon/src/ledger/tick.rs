@@ -1,6 +1,22 @@
 //! Metering: one tick's readings of the guests' cumulative counters, debited from the running
 //! leases in one transaction; a lease that runs dry is paused, and stopped once its grace
 //! period is over.
+//!
+//! A lease's usage marks (`last_vcpu_total_us`, `last_uptime_us`) are how far its VMM's
+//! counters have been billed, or excused while it was paused; a reading bills what lies past
+//! them. They never move back: a reading below them (the last one was raised by the usage
+//! floors, [`crate::usage_floor`], and this one was taken as read: the lease unfunded, or a
+//! tick crossing a silent window's billing) bills nothing, and what lies between is not
+//! billed a second time once the counters pass them again. Nor does a reading move them
+//! further than the time since they were set allows (`metered_at_ms`): a billed one at most
+//! `vcpus` × that wall time (+ [`BILLED_SLACK_US`]) for vCPU time and that wall time (+ the
+//! slack) for uptime; one that is not billed (a pause) excuses at most that wall time of
+//! uptime and no vCPU time at all (a paused guest's does not grow; one that ran on pays for
+//! it once it runs again). So a spike a VMM reports (its guest took it over) is billed as a
+//! guest that used all its vCPUs, and what lies beyond waits for its counters to get there:
+//! it neither buys the lease a free run (the marks out of its counters' reach for good) nor
+//! excuses time it did not pause. A replaced VMM, whose counters do start again from zero,
+//! has its marks set where it is replaced (its boot, a failed hand-over, a recovery).
 
 use coinop_proto::{LeaseState, StopReason};
 use payment::metering::{self, Prices, UsageDelta};
@@ -21,7 +37,8 @@ pub struct Sample<'a> {
     /// running by the tick's commit: its VMM answered paused (coinopd died between a
     /// top-up's commit and its `resume`), or the lease was read paused for lack of funds
     /// and a top-up committed since. The time since the last reading is not billed as
-    /// memory time (the guest could not use it), only the baselines move.
+    /// memory time (the guest could not use it): the uptime mark moves, as far as the wall
+    /// time since it was set.
     pub vm_paused: bool,
 }
 
@@ -54,7 +71,17 @@ impl Ledger {
         prices: Prices,
         grace_s: u64,
     ) -> Result<Vec<TickOutcome>, LedgerError> {
-        let now_ms = unix_ms();
+        self.apply_tick_at(samples, prices, grace_s, unix_ms())
+    }
+
+    /// [`Ledger::apply_tick`] at `now_ms` (unix ms).
+    pub(crate) fn apply_tick_at(
+        &self,
+        samples: &[Sample<'_>],
+        prices: Prices,
+        grace_s: u64,
+        now_ms: i64,
+    ) -> Result<Vec<TickOutcome>, LedgerError> {
         self.with_tx(|tx| {
             let mut outcomes = Vec::with_capacity(samples.len());
             for s in samples {
@@ -83,6 +110,80 @@ pub(crate) fn grace_of(grace_s: u64, paused_at: Option<i64>, funded_at: Option<i
     }
 }
 
+/// How far past the wall time since a lease's marks were set a billed reading may take
+/// them: room for what lies between a VMM reading its counters and its tick's `now` (the
+/// read deadline, the blocking pool, the ledger's lock), so an honest reading is billed
+/// whole, and for a wall clock stepped back. Only a billed reading gets it: a reading that
+/// excuses time (a pause) would otherwise excuse a second more at each tick, and a
+/// billed one that reaches further is paid for. What a reading holds beyond it is billed
+/// by later ticks, if the counters are still there.
+const BILLED_SLACK_US: u64 = 1_000_000;
+
+/// Where one reading moves a lease's usage marks, and what of that is billed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Moved {
+    vcpu_total_us: u64,
+    uptime_us: u64,
+    /// vCPU µs billed.
+    dvcpu: u64,
+    /// Uptime µs billed as memory time.
+    dwall: u64,
+}
+
+/// The wall time since lease `l`'s marks were set, at `now_ms`, in µs (none if the clock
+/// stepped back before it).
+fn wall_us_since(l: &LeaseRow, now_ms: i64) -> u64 {
+    u64::try_from(now_ms.saturating_sub(l.metered_since_ms()))
+        .unwrap_or(0)
+        .saturating_mul(1000)
+}
+
+/// A mark at `mark` moved toward `reading`: never back, and no further than `reach` on.
+fn held(mark: u64, reading: u64, reach: u64) -> u64 {
+    reading.min(mark.saturating_add(reach)).max(mark)
+}
+
+/// Where reading `s` of lease `l` at `now_ms` takes its marks (see the module's top): a
+/// running lease's vCPU time is billed, and its uptime unless its guest was paused; the
+/// uptime of a lease paused (or paused since the reading) is excused, its vCPU time
+/// neither billed nor excused.
+fn moved(l: &LeaseRow, s: &Sample<'_>, now_ms: i64) -> Moved {
+    let since_us = wall_us_since(l, now_ms);
+    let running = l.state == LeaseState::Running;
+    let vcpu_total_us = if running {
+        let reach = since_us
+            .saturating_add(BILLED_SLACK_US)
+            .saturating_mul(u64::from(l.vcpus));
+        held(l.last_vcpu_total_us, s.vcpu_total_us, reach)
+    } else {
+        l.last_vcpu_total_us
+    };
+    let wall_billed = running && !s.vm_paused;
+    let reach = if wall_billed {
+        since_us.saturating_add(BILLED_SLACK_US)
+    } else {
+        since_us
+    };
+    let uptime_us = held(l.last_uptime_us, s.uptime_us, reach);
+    Moved {
+        vcpu_total_us,
+        uptime_us,
+        dvcpu: vcpu_total_us.saturating_sub(l.last_vcpu_total_us),
+        dwall: if wall_billed {
+            uptime_us.saturating_sub(l.last_uptime_us)
+        } else {
+            0
+        },
+    }
+}
+
+/// Lease `l`'s uptime mark after a pause that a reading of `uptime_us` at `now_ms` ends
+/// (a reorg's thaw): the pause's memory time excused, as far as the wall time since the
+/// mark was set, never back.
+pub(super) fn excused_uptime(l: &LeaseRow, uptime_us: u64, now_ms: i64) -> u64 {
+    held(l.last_uptime_us, uptime_us, wall_us_since(l, now_ms))
+}
+
 fn tick_one(
     tx: &Transaction<'_>,
     lease: &LeaseRow,
@@ -92,13 +193,8 @@ fn tick_one(
     now_ms: i64,
 ) -> Result<TickOutcome, LedgerError> {
     let now = now_ms.div_euclid(1000);
-    // Counters restart from zero only if the guest was replaced; never bill a negative delta.
-    let dvcpu = s.vcpu_total_us.saturating_sub(lease.last_vcpu_total_us);
-    let dwall = if s.vm_paused {
-        0
-    } else {
-        s.uptime_us.saturating_sub(lease.last_uptime_us)
-    };
+    let m = moved(lease, s, now_ms);
+    let (dvcpu, dwall) = (m.dvcpu, m.dwall);
     let mut out = TickOutcome {
         lease_id: lease.id.clone(),
         debited_msat: 0,
@@ -133,8 +229,8 @@ fn tick_one(
                 out.action = TickAction::Pause;
             }
         }
-        // Out of funds: nothing to bill; only move the baselines so a top-up does not
-        // charge for the paused time.
+        // Out of funds: nothing to bill; only the uptime mark moves (`moved`), so a top-up
+        // does not charge for the paused time.
         LeaseState::PausedUnfunded
             if now.saturating_sub(paused_at.unwrap_or(now))
                 >= grace_of(grace_s, paused_at, lease.funded_at) =>
@@ -157,8 +253,8 @@ fn tick_one(
         carry,
         stored_counter(used_vcpu),
         stored_counter(used_mem),
-        stored_counter(s.vcpu_total_us),
-        stored_counter(s.uptime_us),
+        stored_counter(m.vcpu_total_us),
+        stored_counter(m.uptime_us),
         if stop { LeaseState::Stopped } else { state },
         paused_at,
         stop,
@@ -174,11 +270,12 @@ fn tick_one(
 mod tests {
     use super::*;
     use crate::clock::unix_s;
-    use crate::ledger::test_support::{credit, ledger, new_lease, s, P};
+    use crate::ledger::test_support::{credit, funded_ago, ledger, metered_at, new_lease, s, P};
 
     /// A VMM under a hostile guest's control reports counters SQLite cannot hold: that
-    /// lease is billed dry and paused, and the tick's other leases are debited as usual
-    /// (before, the whole tick failed, every tick, and nothing on the host was billed).
+    /// lease is billed as far as the clock allows (here its whole balance) and paused, and
+    /// the tick's other leases are debited as usual (before, the whole tick failed, every
+    /// tick, and nothing on the host was billed).
     #[test]
     fn a_counter_beyond_what_sqlite_holds_bills_its_own_lease_only() {
         let (_d, l) = ledger();
@@ -187,6 +284,7 @@ mod tests {
                 .expect("create");
             l.mark_running(id, None, "{}").expect("run");
         }
+        let t0 = metered_at(&l, "b");
         let hostile = |vcpu_total_us, uptime_us| Sample {
             lease_id: "b",
             vcpu_total_us,
@@ -194,41 +292,218 @@ mod tests {
             vm_paused: false,
         };
         let o = l
-            .apply_tick(&[s(1_000_000, 1_000_000), hostile(u64::MAX, 1 << 60)], P, 0)
+            .apply_tick_at(
+                &[s(1_000_000, 1_000_000), hostile(u64::MAX, 1 << 60)],
+                P,
+                0,
+                t0 + 1000,
+            )
             .expect("one lease's counters do not fail the tick");
         assert_eq!(o[0].debited_msat, 2000, "{o:?}");
         assert_eq!((o[1].balance_msat, &o[1].action), (0, &TickAction::Pause));
         // And the next tick, with the hostile counters again, goes through as well.
         let o = l
-            .apply_tick(
+            .apply_tick_at(
                 &[s(1_500_000, 1_500_000), hostile(u64::MAX, u64::MAX)],
                 P,
                 0,
+                t0 + 1500,
             )
             .expect("tick");
         assert_eq!(o[0].debited_msat, 1000, "{o:?}");
     }
 
-    /// A VMM that reports a spike once (its guest took it over) pays for it with its
-    /// balance, and its lease is billed again once it runs after a top-up: the baselines
-    /// follow the readings down, so a spike does not put them out of reach of the lease's
-    /// counters for good. (Keeping baselines from moving back, tried once, let one spike
-    /// buy a whole lease's run.)
+    /// A VMM that reports a spike (its guest took it over) is billed as a guest that used
+    /// its vCPU all the time since the last tick, and its lease is billed again once it
+    /// runs after a top-up: the marks follow no reading further than the clock allows, so
+    /// a spike does not put them out of its counters' reach for good. (Marks that followed
+    /// any reading and never moved back, tried once, let one spike buy a whole lease's run.)
     #[test]
     fn a_spiked_reading_does_not_leave_the_lease_unbilled_after_a_top_up() {
         let (_d, l) = ledger();
         l.create_lease(&new_lease("a"), &credit(1, 1000))
             .expect("create");
         l.mark_running("a", None, "{}").expect("run");
-        let o = l.apply_tick(&[s(u64::MAX, u64::MAX)], P, 60).expect("tick");
+        let t0 = metered_at(&l, "a");
+        let o = l
+            .apply_tick_at(&[s(u64::MAX, u64::MAX)], P, 60, t0 + 1000)
+            .expect("tick");
         assert_eq!(o[0].action, TickAction::Pause);
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!(
+            (row.last_vcpu_total_us, row.last_uptime_us),
+            (2_000_000, 2_000_000),
+            "1 s and the slack"
+        );
         l.topup("a", &credit(2, 100_000)).expect("top-up");
-        l.apply_tick(&[s(10_000_000, 10_000_000)], P, 60)
+        l.apply_tick_at(&[s(10_000_000, 10_000_000)], P, 60, t0 + 10_000)
             .expect("tick");
         let o = l
-            .apply_tick(&[s(11_000_000, 11_000_000)], P, 60)
+            .apply_tick_at(&[s(11_000_000, 11_000_000)], P, 60, t0 + 11_000)
             .expect("tick");
         assert_eq!(o[0].debited_msat, 2000, "1 s of vCPU and of 1 GiB: {o:?}");
+    }
+
+    /// A spike that stays within what the clock allows bills nothing twice either: the
+    /// counters below the marks afterwards (as they really were) bill nothing until they
+    /// pass them, and then only what lies beyond.
+    #[test]
+    fn a_spiked_reading_is_billed_as_far_as_the_clock_allows_and_once() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 100_000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        let t0 = metered_at(&l, "a");
+        let o = l
+            .apply_tick_at(&[s(u64::MAX, u64::MAX)], P, 60, t0 + 1000)
+            .expect("tick");
+        // 1 s and the slack, of its one vCPU and of 1 GiB: not its whole balance.
+        assert_eq!(o[0].debited_msat, 4000, "{o:?}");
+        let o = l
+            .apply_tick_at(&[s(1_000_000, 1_500_000)], P, 60, t0 + 1500)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 0, "below the marks: {o:?}");
+        let o = l
+            .apply_tick_at(&[s(3_000_000, 3_000_000)], P, 60, t0 + 3000)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 2000, "1 s past the marks: {o:?}");
+    }
+
+    /// A reading raised by the usage floors (the VMM said less than the kernel and the
+    /// clock saw), then one of the same VMM taken as read, below it: a tick that read the
+    /// VMM before a silent window's billing committed, or (next test) the lease read
+    /// unfunded. The marks stay where the floors took them, so once the counters pass them
+    /// only what lies beyond is billed: before, the marks went back to the lower reading
+    /// and the stretch between was billed a second time.
+    #[test]
+    fn a_reading_below_a_floor_raised_one_does_not_bill_the_stretch_again() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 100_000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        let t0 = metered_at(&l, "a");
+        // The VMM said 1 s of vCPU time and 2 s of uptime; the floors billed 5 s of each.
+        let o = l
+            .apply_tick_at(&[s(5_000_000, 5_000_000)], P, 60, t0 + 5000)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 10_000, "{o:?}");
+        let o = l
+            .apply_tick_at(&[s(1_000_000, 2_000_000)], P, 60, t0 + 5100)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 0, "{o:?}");
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!(
+            (row.last_vcpu_total_us, row.last_uptime_us),
+            (5_000_000, 5_000_000),
+            "the marks never move back"
+        );
+        let o = l
+            .apply_tick_at(&[s(6_000_000, 6_000_000)], P, 60, t0 + 6000)
+            .expect("tick");
+        assert_eq!(
+            o[0].debited_msat, 2000,
+            "1 s of vCPU and of 1 GiB past what was billed: {o:?}"
+        );
+    }
+
+    /// The same with the lower reading taken while the lease was paused for lack of funds
+    /// (the floors do not hold an unfunded lease's readings), and a top-up after it.
+    #[test]
+    fn an_unfunded_reading_below_a_floor_raised_one_does_not_bill_the_stretch_again() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 10_000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        funded_ago(&l, "a", 600);
+        let t0 = metered_at(&l, "a");
+        // Floor-raised to 5 s of vCPU time and of uptime: the whole balance.
+        let o = l
+            .apply_tick_at(&[s(5_000_000, 5_000_000)], P, 60, t0 + 5000)
+            .expect("tick");
+        assert_eq!(
+            (o[0].debited_msat, &o[0].action),
+            (10_000, &TickAction::Pause)
+        );
+        // Read unfunded, as the VMM says.
+        let unfunded = Sample {
+            vm_paused: true,
+            ..s(1_000_000, 2_000_000)
+        };
+        l.apply_tick_at(&[unfunded], P, 60, t0 + 6000)
+            .expect("unfunded tick");
+        l.topup("a", &credit(2, 100_000)).expect("top-up");
+        let o = l
+            .apply_tick_at(&[s(6_000_000, 6_000_000)], P, 60, t0 + 7000)
+            .expect("tick");
+        assert_eq!(
+            o[0].debited_msat, 2000,
+            "1 s of vCPU and of 1 GiB past what was billed: {o:?}"
+        );
+    }
+
+    /// A spike read while the lease is paused for lack of funds excuses no vCPU time, and
+    /// no more uptime than the pause has lasted: once topped up, the lease is billed from
+    /// where it ran dry, as its counters really are.
+    #[test]
+    fn a_spike_read_unfunded_excuses_no_more_than_the_pause() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 1000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        // Funded long ago: its grace once paused is the whole 60 s.
+        funded_ago(&l, "a", 600);
+        let t0 = metered_at(&l, "a");
+        let o = l
+            .apply_tick_at(&[s(1_000_000, 0)], P, 60, t0 + 1000)
+            .expect("tick");
+        assert_eq!(o[0].action, TickAction::Pause);
+        let spike = Sample {
+            vm_paused: true,
+            ..s(u64::MAX, u64::MAX)
+        };
+        l.apply_tick_at(&[spike], P, 60, t0 + 3000)
+            .expect("unfunded tick");
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!(
+            (row.last_vcpu_total_us, row.last_uptime_us),
+            (1_000_000, 2_000_000),
+            "no vCPU time excused, 2 s of uptime (the pause so far)"
+        );
+        l.topup("a", &credit(2, 100_000)).expect("top-up");
+        let o = l
+            .apply_tick_at(&[s(2_000_000, 3_000_000)], P, 60, t0 + 4000)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 2000, "1 s of vCPU and of 1 GiB: {o:?}");
+    }
+
+    /// A reading ahead of what the clock allows since the last tick (an honest one whose
+    /// tick was slow to commit, say) is billed as far as the clock allows, and the rest by
+    /// the ticks after while the counters are still there: nothing lost, nothing twice.
+    /// vCPU time may grow by the wall time for each of the lease's vCPUs.
+    #[test]
+    fn a_reading_ahead_of_the_clock_is_billed_as_it_comes_due() {
+        let (_d, l) = ledger();
+        let two = crate::ledger::NewLease {
+            vcpus: 2,
+            ..new_lease("a")
+        };
+        l.create_lease(&two, &credit(1, 1_000_000)).expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        let t0 = metered_at(&l, "a");
+        // 2 s on: 2 vCPUs × (2 s + the slack) of vCPU time, 3 s of uptime (2 s + the slack).
+        let o = l
+            .apply_tick_at(&[s(10_000_000, 4_000_000)], P, 60, t0 + 2000)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 6000 + 3000, "{o:?}");
+        let o = l
+            .apply_tick_at(&[s(10_000_000, 4_000_000)], P, 60, t0 + 3000)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 4000 + 1000, "the rest: {o:?}");
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!(
+            (row.used_vcpu_us, row.used_mem_mib_us),
+            (10_000_000, 1024 * 4_000_000)
+        );
     }
 
     #[test]
@@ -409,20 +684,21 @@ mod tests {
         l.create_lease(&new_lease("a"), &credit(1, 10_000))
             .expect("create");
         l.mark_running("a", None, "{}").expect("run");
-        l.apply_tick(&[s(1_000_000, 1_000_000)], P, 0)
+        let t0 = metered_at(&l, "a");
+        l.apply_tick_at(&[s(1_000_000, 1_000_000)], P, 0, t0 + 1000)
             .expect("tick");
         let paused = Sample {
             vm_paused: true,
             ..s(1_000_000, 5_000_000)
         };
-        let o = l.apply_tick(&[paused], P, 0).expect("tick");
+        let o = l.apply_tick_at(&[paused], P, 0, t0 + 5000).expect("tick");
         assert_eq!(o[0].debited_msat, 0, "4 s paused: no memory time billed");
         let row = l.get("a").expect("get").expect("row");
-        assert_eq!(row.last_uptime_us, 5_000_000, "the baseline moved");
+        assert_eq!(row.last_uptime_us, 5_000_000, "the uptime mark moved");
         assert_eq!(row.state, LeaseState::Running);
-        // Running again: billed from the moved baseline on.
+        // Running again: billed from the moved mark on.
         let o = l
-            .apply_tick(&[s(1_500_000, 5_500_000)], P, 0)
+            .apply_tick_at(&[s(1_500_000, 5_500_000)], P, 0, t0 + 5500)
             .expect("tick");
         assert_eq!(o[0].debited_msat, 1000);
     }
