@@ -94,6 +94,29 @@ pub enum PgStoreError {
          this host its own --host-id, or stop the other coinopd"
     )]
     HostIdHeld { host_id: String },
+    /// Sessions of this host id that an earlier, dead process left on the server (see the
+    /// `stale_sessions` module) run as roles this store's role may not signal: until they
+    /// are ended, a statement of theirs could still commit after this process reconciled,
+    /// so nothing is done under the id.
+    #[error(
+        "sessions of host id {host_id:?} left by an earlier coinopd are still open on the          fleet store ({}) and this store role may not end them: connect every run of a host          as one role, or grant this role pg_signal_backend (a superuser's session only a          superuser may end), or end them by hand (SELECT pg_terminate_backend(pid))",
+        stale_list(.sessions)
+    )]
+    StaleSessionsNotEnded {
+        host_id: String,
+        sessions: Vec<crate::StaleSession>,
+    },
+    /// Sessions of this host id that an earlier, dead process left were terminated and
+    /// had not gone after `waited_ms` (still rolling back, or a server that does not
+    /// answer the signal): nothing is done under the id until they have.
+    #[error(
+        "sessions of host id {host_id:?} left by an earlier coinopd (pids {pids:?}) were          terminated and were still there {waited_ms} ms later"
+    )]
+    StaleSessionsLinger {
+        host_id: String,
+        pids: Vec<i32>,
+        waited_ms: u64,
+    },
     /// A row holds a value this build cannot read.
     #[error("PostgreSQL store holds {0}")]
     Corrupt(String),
@@ -112,6 +135,15 @@ fn held_list(held: &[crate::HeldKey]) -> String {
                 h.operation_id
             )
         })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Each stale session's pid and role, for [`PgStoreError::StaleSessionsNotEnded`].
+fn stale_list(sessions: &[crate::StaleSession]) -> String {
+    sessions
+        .iter()
+        .map(|s| format!("pid {} as role {}", s.pid, s.role))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -13,6 +13,12 @@
 //! or settled unless this process is the host id's one holder. Taken again, nothing is
 //! reconciled anew: this process's fences in flight are its own, not a crash's leftovers.
 //!
+//! The first time a process takes the lock, and before the lock counts as held, it ends
+//! the sessions a dead earlier process of the same id left on the server (see the
+//! `stale_sessions` module): their statements could otherwise still commit claims after
+//! this process's start-up reconciliation. Taken again later (its session lost), nothing
+//! is swept: the other sessions with the id's name are then this process's own.
+//!
 //! A session whose client died without closing it (the machine lost power, a network
 //! partition) keeps the lock until the server notices. The lock's session asks the server
 //! for short TCP keepalives ([`SERVER_KEEPALIVE`]) so that it notices within
@@ -26,6 +32,7 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 
 use crate::error::{classify, PgStoreError};
+use crate::stale_sessions::{end_stale_sessions, OwnSessions, STALE_SESSIONS_WAIT};
 
 /// `tcp_keepalives_idle`, `_interval` (s) and `_count` set on the lock's session: the
 /// server's side of the socket, so that the server drops the session (and the lock) of a
@@ -49,6 +56,8 @@ pub(crate) struct HostLock {
     generation: AtomicU64,
     /// The session holding the lock (its connection runs in a task of its own).
     client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// The pool's own sessions, spared by the sweep; done once the sweep succeeded.
+    own: Arc<OwnSessions>,
 }
 
 impl HostLock {
@@ -56,6 +65,7 @@ impl HostLock {
         config: tokio_postgres::Config,
         host_id: Arc<str>,
         timeout: Duration,
+        own: Arc<OwnSessions>,
     ) -> Self {
         HostLock {
             config,
@@ -65,6 +75,7 @@ impl HostLock {
             held: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             client: tokio::sync::Mutex::new(None),
+            own,
         }
     }
 
@@ -80,7 +91,10 @@ impl HostLock {
 
     /// Takes the host id's lock, or confirms it is still held. Another live session
     /// holding it is [`PgStoreError::HostIdHeld`]; the server unreachable is
-    /// [`PgStoreError::Unavailable`].
+    /// [`PgStoreError::Unavailable`]. Taken for the first time, a dead earlier process's
+    /// sessions are ended first ([`end_stale_sessions`]); if they cannot be
+    /// ([`PgStoreError::StaleSessionsNotEnded`], [`PgStoreError::StaleSessionsLinger`]),
+    /// the lock is let go again and not held.
     pub(crate) async fn hold(self: &Arc<Self>) -> Result<(), PgStoreError> {
         self.required.store(true, Ordering::Release);
         let mut slot = self.client.lock().await;
@@ -105,9 +119,43 @@ impl HostLock {
                 )))
             }
         };
+        if self.own.recording() {
+            // Before the lock counts as held, so before any call under the id. On an error
+            // the lock is let go (the next call sweeps again): unlocked first, since a
+            // dropped session frees it only once the server has seen the socket close, and
+            // the next call would meanwhile find it held.
+            let swept =
+                end_stale_sessions(&client, &self.host_id, &self.own, STALE_SESSIONS_WAIT).await;
+            let ended = match swept {
+                Ok(ended) => ended,
+                Err(e) => {
+                    let unlocked = client
+                        .query_one(
+                            "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+                            &[&self.lock_key()],
+                        )
+                        .await;
+                    if let Err(u) = unlocked {
+                        tracing::warn!(error = %u, "letting the host id's lock go");
+                    }
+                    return Err(e);
+                }
+            };
+            self.own.done();
+            if ended > 0 {
+                tracing::warn!(host_id = %self.host_id, sessions = ended,
+                    "ended the fleet store sessions an earlier, crashed coinopd of this host \
+                     left (statements of theirs could have committed after reconciliation)");
+            }
+        }
         *slot = Some(client);
         self.held.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// The text whose 64-bit hash is the lock's key.
+    fn lock_key(&self) -> String {
+        format!("coinopd host id {}", self.host_id)
     }
 
     /// A new session that asks for the lock: the session if it got it, `None` if another
@@ -142,7 +190,7 @@ impl HostLock {
         let got: bool = client
             .query_one(
                 "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                &[&format!("coinopd host id {}", self.host_id)],
+                &[&self.lock_key()],
             )
             .await
             .map_err(classify)?

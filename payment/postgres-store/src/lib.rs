@@ -67,6 +67,14 @@
 //! operation succeeds, so a call whose outcome is unknown (the store went away after the
 //! statement was sent) can be retried with the same lease id.
 //!
+//! The reconciliation must see everything a crashed process will ever commit: PostgreSQL
+//! does not cancel a statement whose client went away, so a claim it had sent could still
+//! be running (behind a lock) and commit after the reconciliation, pending for good. So
+//! the host id's lock, taken before the reconciliation, first ends every other session
+//! named after this host id ([`application_name`]) and waits until they are gone (module
+//! `stale_sessions`); the role connecting must be allowed to end the earlier runs'
+//! sessions (the same role, or `pg_signal_backend`).
+//!
 //! Credit swaps use the same shape with the swap's request as the operation: claim the
 //! input Ys `Pending`, sign, commit (or release on failure); a receipt claim
 //! ([`PgSpentSet::claim_with_receipt`]) marks keys `Spent` in one step.
@@ -155,6 +163,7 @@ mod quotes;
 mod signed_outputs;
 mod spent_key_store;
 mod spent_set;
+mod stale_sessions;
 mod store;
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;
@@ -169,4 +178,5 @@ pub use signed_outputs::{
     OutputState, PendingOutputs, PgSignedOutputs, PublishedOutputs, Settled, StoredOutput,
 };
 pub use spent_set::{HeldKey, PendingOperation, PgSpentSet, Published, Reconciled};
-pub use store::{PgStore, PgStoreOptions, StoreMetrics};
+pub use stale_sessions::{StaleSession, STALE_SESSIONS_WAIT};
+pub use store::{application_name, PgStore, PgStoreOptions, StoreMetrics};

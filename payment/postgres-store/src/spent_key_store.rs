@@ -38,6 +38,8 @@ impl From<PgStoreError> for SpentKeyStoreError {
             | PgStoreError::Database(_)
             | PgStoreError::InvalidInput(_)
             | PgStoreError::HostIdHeld { .. }
+            | PgStoreError::StaleSessionsNotEnded { .. }
+            | PgStoreError::StaleSessionsLinger { .. }
             | PgStoreError::OutputAlreadySigned { .. }
             | PgStoreError::HeldElsewhere(_)
             | PgStoreError::KeysetMismatch { .. }

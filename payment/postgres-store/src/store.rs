@@ -6,12 +6,49 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use crate::error::{classify_pool, PgStoreError};
 use crate::host_lock::HostLock;
 use crate::migrations;
+use crate::stale_sessions::OwnSessions;
+
+/// The longest `application_name` PostgreSQL keeps (NAMEDATALEN - 1 bytes); a longer one
+/// is cut.
+const APPLICATION_NAME_MAX: usize = 63;
+
+/// The `application_name` of every connection of host `host_id`: `coinopd <host id>` when
+/// the server keeps that as it is (printable ASCII, at most 63 bytes). Otherwise the server
+/// would cut it or rewrite its other bytes, and two ids sharing a long prefix (or differing
+/// only outside ASCII) would share one name, so that one host's start would end the other's
+/// sessions (see the `stale_sessions` module); the name is then `coinopd `, as much of the
+/// id as fits (`?` for what is not printable ASCII) and ` #` with 64 bits of the id's
+/// SHA-256 in hex. (A host id spelled exactly like another id's long form would share its
+/// name: host ids are the operator's, who does not make such pairs.)
+pub fn application_name(host_id: &str) -> String {
+    let plain = format!("coinopd {host_id}");
+    let printable = |b: u8| (0x20..=0x7e).contains(&b);
+    if plain.len() <= APPLICATION_NAME_MAX && plain.bytes().all(printable) {
+        return plain;
+    }
+    use bitcoin::hashes::{sha256, Hash};
+    let digest = sha256::Hash::hash(host_id.as_bytes()).to_byte_array();
+    let suffix = format!(" #{}", hex::encode(&digest[..8]));
+    let room = APPLICATION_NAME_MAX - "coinopd ".len() - suffix.len();
+    let prefix: String = host_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii() && printable(c as u8) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(room)
+        .collect();
+    format!("coinopd {prefix}{suffix}")
+}
 
 /// How to reach the store and how long to wait for it.
 #[derive(Clone, Debug)]
@@ -139,9 +176,16 @@ impl PgStore {
                 config.password(password.as_str());
             }
         }
-        if config.get_application_name().is_none() {
-            config.application_name(format!("coinopd {}", options.host_id).as_str());
+        // Always this host id's own name, whatever the connection string says: it is how a
+        // restarted process finds the sessions of its crashed predecessor, and a name
+        // shared with other hosts would have it end theirs.
+        let name = application_name(&options.host_id);
+        if let Some(given) = config.get_application_name().filter(|given| *given != name) {
+            tracing::warn!(given, used = %name,
+                "the fleet store connection string's application_name is replaced: coinopd \
+                 names its sessions after its host id");
         }
+        config.application_name(name.as_str());
         let description = describe(&config);
         // Start-up options apply to every connection the pool makes, without a round trip.
         config.options(format!(
@@ -151,10 +195,12 @@ impl PgStore {
         ));
         config.connect_timeout(options.connect_timeout);
         let host_id: Arc<str> = options.host_id.as_str().into();
+        let own = Arc::new(OwnSessions::new());
         let host_lock = Arc::new(HostLock::new(
             config.clone(),
             Arc::clone(&host_id),
             options.operation_timeout,
+            Arc::clone(&own),
         ));
         let manager = Manager::from_config(
             config,
@@ -171,6 +217,21 @@ impl PgStore {
             .wait_timeout(Some(options.pool_wait_timeout))
             .create_timeout(Some(options.connect_timeout))
             .recycle_timeout(Some(options.connect_timeout))
+            // Each connection made before the host id's lock is first taken tells its
+            // backend's pid, so that the sweep of a dead process's sessions spares it.
+            .post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+                let own = Arc::clone(&own);
+                Box::pin(async move {
+                    if own.recording() {
+                        let row = client
+                            .query_one("SELECT pg_backend_pid()", &[])
+                            .await
+                            .map_err(HookError::Backend)?;
+                        own.record(row.get(0));
+                    }
+                    Ok(())
+                })
+            }))
             .build()
             .map_err(|e| PgStoreError::Config(format!("connection pool: {e}")))?;
         Ok(PgStore {
@@ -189,6 +250,15 @@ impl PgStore {
     /// lock again if its session was lost, and is refused as
     /// [`PgStoreError::Unavailable`] if it cannot. Another live session with it is
     /// [`PgStoreError::HostIdHeld`].
+    ///
+    /// The first time it is taken, every other session of this host id's
+    /// [`application_name`] on the database (a dead earlier process's: the lock proves no
+    /// live one exists) is terminated, and the lock counts as held once they are gone; see
+    /// the `stale_sessions` module. Sessions of another role this store's role may not
+    /// signal are [`PgStoreError::StaleSessionsNotEnded`]; sessions still there
+    /// [`crate::STALE_SESSIONS_WAIT`] after being terminated are
+    /// [`PgStoreError::StaleSessionsLinger`]. In both cases the lock is not held, and the
+    /// next call tries again.
     pub async fn hold_host_lock(&self) -> Result<(), PgStoreError> {
         self.host_lock.hold().await
     }
@@ -253,11 +323,16 @@ impl PgStore {
     {
         let run = async {
             if !self.host_lock.admits() {
-                // The lock's session was lost (a server restart, a dropped connection):
-                // taken again first, or this call is refused, so nothing is done under
-                // the id while another process may hold it.
+                // The lock's session was lost (a server restart, a dropped connection), or
+                // was never taken: taken now first, or this call is refused, so nothing is
+                // done under the id while another process may hold it, or while a dead
+                // one's statements may still run.
                 self.host_lock.hold().await.map_err(|e| match e {
-                    e @ PgStoreError::HostIdHeld { .. } => PgStoreError::Unavailable(e.to_string()),
+                    e @ (PgStoreError::HostIdHeld { .. }
+                    | PgStoreError::StaleSessionsNotEnded { .. }
+                    | PgStoreError::StaleSessionsLinger { .. }) => {
+                        PgStoreError::Unavailable(e.to_string())
+                    }
                     other => other,
                 })?;
             }
@@ -299,5 +374,43 @@ impl PgStore {
     /// follow-up read).
     pub(crate) fn add_round_trips(&self, n: u64) {
         self.counters.round_trips.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{application_name, APPLICATION_NAME_MAX};
+
+    #[test]
+    fn a_short_printable_host_id_is_named_as_it_is() {
+        assert_eq!(application_name("host-1"), "coinopd host-1");
+        assert_eq!(
+            application_name("web-01:/var/lib/coinop"),
+            "coinopd web-01:/var/lib/coinop"
+        );
+    }
+
+    #[test]
+    fn names_the_server_would_cut_or_rewrite_stay_apart_and_fit() {
+        // Two ids sharing their first 60 bytes: cut at 63 bytes they would be one name.
+        let long = "a".repeat(60);
+        let (a, b) = (format!("{long}-x"), format!("{long}-y"));
+        // Differing only outside ASCII: rewritten by the server they would be one name.
+        let (c, d) = ("hôst", "hëst");
+        let names: Vec<String> = [a.as_str(), b.as_str(), c, d]
+            .iter()
+            .map(|id| application_name(id))
+            .collect();
+        for (i, name) in names.iter().enumerate() {
+            assert!(name.len() <= APPLICATION_NAME_MAX, "{name}");
+            assert!(name.bytes().all(|b| (0x20..=0x7e).contains(&b)), "{name}");
+            assert!(name.starts_with("coinopd "), "{name}");
+            for other in &names[i + 1..] {
+                assert_ne!(name, other);
+            }
+        }
+        assert!(names[2].starts_with("coinopd h?st #"), "{}", names[2]);
+        // The same id, the same name: a restarted process finds its predecessor's.
+        assert_eq!(application_name(&a), names[0]);
     }
 }
