@@ -36,12 +36,16 @@ pub enum DaemonError {
 
 impl DaemonError {
     /// `coinopd`'s exit status for this error: 2 when another coinopd holds the state dir,
-    /// this namespace's guest networking or this host's id in the fleet store (as for a
-    /// bad flag: starting again will not help), 1 otherwise.
+    /// this namespace's guest networking or this host's id in the fleet store, or the
+    /// store's role may not end a crashed run's sessions (as for a bad flag: starting again
+    /// will not help), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
             DaemonError::Start(e) if e.is_held_by_another_coinopd() => 2,
-            DaemonError::Fleet(crate::fleet::FleetStartError::HostIdHeld { .. }) => 2,
+            DaemonError::Fleet(
+                crate::fleet::FleetStartError::HostIdHeld { .. }
+                | crate::fleet::FleetStartError::StaleSessions(_),
+            ) => 2,
             // Another mint seed or fee than the fleet's, or an unusable seed file.
             DaemonError::FleetMint(_) | DaemonError::Start(StartError::MintSeed(_)) => 2,
             _ => 1,

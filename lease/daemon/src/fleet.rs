@@ -139,6 +139,12 @@ pub enum FleetStartError {
          share a host id: give this host its own --host-id, or stop the other coinopd"
     )]
     HostIdHeld { host_id: String, waited_s: u64 },
+    /// Sessions a crashed earlier coinopd of this host left on the store run as a role the
+    /// store's role may not end: their statements could still commit after this start's
+    /// reconciliation (see `payment_postgres`'s `stale_sessions`). An operator must grant
+    /// the right or end them.
+    #[error("fleet store: {0}")]
+    StaleSessions(#[source] PgStoreError),
 }
 
 /// Keys fenced in the store for one operation, until [`Fleet::settle`].
@@ -261,7 +267,10 @@ impl Fleet {
     /// `payment_postgres::host_lock`), so that no other coinopd with the same id can run
     /// the reconciliation meanwhile: held by another session, the start waits up to
     /// [`HOST_LOCK_WAIT`] for it (a crashed earlier run's session the server has not
-    /// dropped yet), then fails with [`FleetStartError::HostIdHeld`].
+    /// dropped yet), then fails with [`FleetStartError::HostIdHeld`]. Taking it ends the
+    /// sessions a crashed earlier run left (statements of theirs still running could
+    /// commit claims after the reconciliation); sessions of a role the store's role may
+    /// not end fail the start with [`FleetStartError::StaleSessions`].
     pub async fn start(self: &Arc<Self>, ledger: Arc<Ledger>) -> Result<(), FleetStartError> {
         match self.start_waiting_for_host_lock(&ledger).await {
             Ok(()) => {}
@@ -274,6 +283,9 @@ impl Fleet {
                     waited_s: HOST_LOCK_WAIT.as_secs(),
                 })
             }
+            Err(NotReady::Store(e @ PgStoreError::StaleSessionsNotEnded { .. })) => {
+                return Err(FleetStartError::StaleSessions(e))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "fleet store not ready; money requests get 503 until it is");
                 let (fleet, ledger) = (Arc::clone(self), Arc::clone(&ledger));
@@ -282,9 +294,15 @@ impl Fleet {
                         tokio::time::sleep(RETRY).await;
                         match fleet.start_once(&ledger).await {
                             Ok(()) => break,
-                            // Found late (the store was down at start): refused for good,
-                            // as loudly as it can be without stopping the guests.
-                            Err(e @ NotReady::Store(PgStoreError::HostIdHeld { .. })) => {
+                            // Found late (the store was down at start): refused until an
+                            // operator acts, as loudly as it can be without stopping the
+                            // guests.
+                            Err(
+                                e @ NotReady::Store(
+                                    PgStoreError::HostIdHeld { .. }
+                                    | PgStoreError::StaleSessionsNotEnded { .. },
+                                ),
+                            ) => {
                                 tracing::error!(error = %e, "fleet store: money requests refused")
                             }
                             Err(e) => tracing::warn!(error = %e, "fleet store still not ready"),

@@ -236,6 +236,208 @@ async fn a_crash_between_the_fence_and_the_ledger_loses_and_doubles_nothing() {
     }
 }
 
+/// The advisory lock key behind which the test holds a crashed coinopd's statement.
+const LATE_CLAIM_GATE: i64 = 4_300_077;
+
+/// coinopd killed between a create's fence and its ledger, while another statement it had
+/// sent, a claim of other notes, is still running on its backend (held behind a lock the
+/// test holds, as one waits behind a row lock or a slow disk: PostgreSQL does not cancel a
+/// statement whose client died). The restarted coinopd ends that session before it
+/// reconciles: let go after the reconciliation, the claim lands nowhere (without the fix
+/// it commits, and the notes stay pending under host 1 until its next restart). The
+/// create's fence is reconciled as ever: released, the payment spendable on any host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_coinopds_statement_still_running_is_ended_before_reconciliation() {
+    let Some(pg) =
+        cluster("a_crashed_coinopds_statement_still_running_is_ended_before_reconciliation")
+    else {
+        return;
+    };
+    let dirs = [StateDir::new(), StateDir::new()];
+    let h1 = host(&pg, &dirs[0], 1, &[]).await;
+    share_mint_keys(&dirs[0], &dirs[1]);
+    let h2 = host(&pg, &dirs[1], 2, &[]).await;
+    let wallet = Wallet::new(&h2).await;
+    let lost = h1.mint_credit(300).await;
+    let late = h1.mint_credit(300).await;
+    h1.shutdown().await;
+    let h1 = host(&pg, &dirs[0], 1, &[("COINOPD_FAULT", "fleet_fenced")]).await;
+    h1.create_into_crash(&testguest_body("mode=echo", credit_payment(&lost)))
+        .await;
+
+    let conninfo = pg.conninfo("fleet");
+    let connect = |name: String| {
+        let conninfo = conninfo.clone();
+        async move {
+            let (client, connection) = tokio_postgres::connect(
+                &format!("{conninfo} application_name='{name}'"),
+                tokio_postgres::NoTls,
+            )
+            .await
+            .expect("a session of the test's");
+            tokio::spawn(connection);
+            client
+        }
+    };
+    let gate = connect("test gate".into()).await;
+    gate.execute("SELECT pg_advisory_lock($1)", &[&LATE_CLAIM_GATE])
+        .await
+        .expect("gate");
+    // The crashed coinopd's session: named as host 1's sessions are.
+    let name = payment_postgres::application_name("host-1");
+    let crashed = connect(name.clone()).await;
+    let ys: Vec<Vec<u8>> = late
+        .iter()
+        .map(|p| {
+            payment::credit::hash_to_curve::secret_to_curve(&p.secret)
+                .expect("a minted secret")
+                .serialize()
+                .to_vec()
+        })
+        .collect();
+    let kinds: Vec<i16> = vec![2; ys.len()];
+    let claim = tokio::spawn(async move {
+        crashed
+            .query_one(
+                "SELECT coinop_claim($1, $2, 1::int2, 'late', NULL, 'host-1', 'crashed') \
+                 FROM pg_advisory_lock($3)",
+                &[&kinds, &ys, &LATE_CLAIM_GATE],
+            )
+            .await
+    });
+    common::wait_for(
+        async || {
+            pg.psql(
+                "fleet",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name = '{name}' AND wait_event_type = 'Lock'"
+                ),
+            )
+            .expect("psql")
+                == "1"
+        },
+        "the crashed coinopd's claim waiting behind the gate",
+    )
+    .await;
+
+    let h1 = host(&pg, &dirs[0], 1, &[]).await;
+    h1.wait_store_ready().await;
+    // Reconciled: let the late claim go now.
+    gate.execute("SELECT pg_advisory_unlock($1)", &[&LATE_CLAIM_GATE])
+        .await
+        .expect("ungate");
+    match claim.await.expect("the crashed session's task") {
+        Err(e)
+            if e.is_closed()
+                || e.code() == Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN) => {}
+        other => panic!("the crashed coinopd's claim ran on after the restart: {other:?}"),
+    }
+    for h in [&h1, &h2] {
+        let states = h.proof_states(&late).await;
+        assert!(
+            states.iter().all(|s| s == "UNSPENT"),
+            "nothing of the late claim landed: {states:?}"
+        );
+    }
+    // The create's fence, reconciled at the start: released, spendable on any host.
+    let (r, _) = swap(&h2, &wallet, &lost).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (r, _) = swap(&h2, &wallet, &late).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        h1.log().contains("ended the fleet store sessions"),
+        "{}",
+        h1.log()
+    );
+}
+
+/// A crashed run's session of host 1 runs as another role than the one coinopd connects
+/// as, which may not end it: coinopd refuses to start (exit 2), its log naming the session,
+/// its role and the remedy, rather than reconcile while that session's statements could
+/// still commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_runs_session_the_role_may_not_end_refuses_the_start() {
+    let Some(pg) = cluster("a_crashed_runs_session_the_role_may_not_end_refuses_the_start") else {
+        return;
+    };
+    pg.psql(
+        "fleet",
+        "CREATE ROLE fleet_host LOGIN; CREATE ROLE stranger LOGIN; \
+         ALTER DATABASE fleet OWNER TO fleet_host",
+    )
+    .expect("roles");
+    let as_role = |role: &str| {
+        pg.conninfo("fleet").replace(
+            &format!("user={}", payment_postgres::test_cluster::USER),
+            &format!("user={role}"),
+        )
+    };
+    let (stranger, connection) = tokio_postgres::connect(
+        &format!(
+            "{} application_name='{}'",
+            as_role("stranger"),
+            payment_postgres::application_name("host-1")
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("the stranger's session");
+    tokio::spawn(connection);
+    let pid: i32 = stranger
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+
+    let dir = StateDir::new();
+    let conninfo = as_role("fleet_host");
+    let base = (UID_BASE + UIDS_PER_HOST).to_string();
+    let count = UIDS_PER_HOST.to_string();
+    let mut args = vec!["--store", conninfo.as_str(), "--host-id", "host-1"];
+    args.extend(host_args(&base, &count));
+    let socket = dir.path().join("coinop.sock");
+    let full = common::daemon_args(dir.path(), &socket, &args);
+    let log_path = dir.path().join("refused.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coinopd"))
+        .args(&full[1..])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("run coinopd");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait coinopd") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "coinopd still runs after a minute: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert_eq!(status.code(), Some(2), "{status:?}: {text}");
+    for said in [
+        format!("pid {pid} as role stranger"),
+        "may not end them".to_string(),
+        "pg_signal_backend".to_string(),
+    ] {
+        assert!(text.contains(&said), "{said:?} in: {text}");
+    }
+    stranger
+        .simple_query("SELECT 1")
+        .await
+        .expect("the other role's session untouched");
+}
+
 /// The same swap sent twice at once to one host, the first held between its fence and its
 /// local step: the copy is refused as pending (11002), not granted the same fence, which
 /// would let a copy whose local step failed release in the store what the other spent
