@@ -58,6 +58,12 @@ pub enum ConfigError {
     },
     #[error("--mint-seed-file needs --store: a single host keeps its mint seed in its state dir")]
     MintSeedWithoutStore,
+    #[error(
+        "--store-public-reads {got} is not between 1 and {max}: unauthenticated reads need a \
+         connection, and money requests must keep at least one of the store's {}",
+        payment_postgres::DEFAULT_POOL_SIZE
+    )]
+    StorePublicReads { got: usize, max: usize },
     /// A settled payment's depth is no longer checked, and a refund (bearer credit) needs
     /// `--mint-min-conf` (and `--min-conf`): settling earlier would let a refund pay out
     /// credit for a payment that shallow.
@@ -335,6 +341,13 @@ pub struct Settings {
     /// name and the state dir). Two hosts must never share one.
     #[arg(long)]
     pub host_id: Option<String>,
+    /// With --store: how many of the fleet store's 16 connections unauthenticated reads
+    /// (NUT-07 checkstate, NUT-09 restore, GET /v1/quotes/{id}, GET
+    /// /v1/mint/quote/onchain/{quote}) may hold at once, 1 to 15 (default 4). Beyond them
+    /// such a read waits up to 1 s, then is answered 503 `store_busy` (Retry-After), so a
+    /// flood of them leaves the other connections to money requests.
+    #[arg(long)]
+    pub store_public_reads: Option<usize>,
     /// With --store: the fleet's mint seed, 64 hex characters (32 bytes) on the first line,
     /// mode 0600. Every host of the fleet gets the same file; the keys of every keyset are
     /// derived from it and the fleet store keeps only the keyset list. Unset: the seed in
@@ -459,13 +472,20 @@ pub struct Config {
 pub struct StoreConfig {
     pub conninfo: String,
     pub password: Option<String>,
+    /// `--store-public-reads`: the store connections unauthenticated reads may hold at once.
+    pub public_reads: usize,
 }
+
+/// `--store-public-reads` unless given: a quarter of the pool, enough for honest wallets'
+/// checks and restores, leaving three quarters to money requests.
+pub const DEFAULT_STORE_PUBLIC_READS: usize = 4;
 
 impl std::fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreConfig")
             .field("conninfo", &self.conninfo)
             .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .field("public_reads", &self.public_reads)
             .finish()
     }
 }
@@ -474,10 +494,21 @@ impl std::fmt::Debug for StoreConfig {
 fn store_config(
     conninfo: Option<String>,
     password_file: Option<PathBuf>,
+    public_reads: Option<usize>,
 ) -> Result<Option<StoreConfig>, ConfigError> {
     let Some(conninfo) = conninfo else {
         return Ok(None);
     };
+    let public_reads = public_reads.unwrap_or(DEFAULT_STORE_PUBLIC_READS);
+    // At least one, or no such read is ever answered; fewer than the pool holds, or money
+    // requests could be left none.
+    let max = payment_postgres::DEFAULT_POOL_SIZE - 1;
+    if !(1..=max).contains(&public_reads) {
+        return Err(ConfigError::StorePublicReads {
+            got: public_reads,
+            max,
+        });
+    }
     let password = match password_file {
         Some(path) => {
             let text = std::fs::read_to_string(&path)
@@ -486,7 +517,11 @@ fn store_config(
         }
         None => std::env::var("PGPASSWORD").ok(),
     };
-    Ok(Some(StoreConfig { conninfo, password }))
+    Ok(Some(StoreConfig {
+        conninfo,
+        password,
+        public_reads,
+    }))
 }
 
 impl Settings {
@@ -566,6 +601,7 @@ impl Settings {
             store: self.store.or(file.store),
             store_password_file: self.store_password_file.or(file.store_password_file),
             host_id: self.host_id.or(file.host_id),
+            store_public_reads: self.store_public_reads.or(file.store_public_reads),
             mint_seed_file: self.mint_seed_file.or(file.mint_seed_file),
             console_max_bytes: self.console_max_bytes.or(file.console_max_bytes),
             disk_bytes_per_s_per_vcpu: self
@@ -671,7 +707,11 @@ impl Settings {
         let host_id = self
             .host_id
             .unwrap_or_else(|| format!("{}:{}", host_name(), state_dir.display()));
-        let store = store_config(self.store, self.store_password_file)?;
+        let store = store_config(
+            self.store,
+            self.store_password_file,
+            self.store_public_reads,
+        )?;
         if store.is_none() && self.mint_seed_file.is_some() {
             return Err(ConfigError::MintSeedWithoutStore);
         }
@@ -1021,6 +1061,41 @@ mod tests {
             c.mint_seed_file.as_deref(),
             Some(Path::new("/etc/coinop/mint-seed"))
         );
+    }
+
+    #[test]
+    fn store_public_reads_leave_money_requests_connections() {
+        let fleet = |reads: Option<&str>| {
+            let mut argv = vec![
+                "coinopd",
+                "--state-dir",
+                "/tmp/x",
+                "--store",
+                "host=/run/postgresql dbname=coinop",
+            ];
+            if let Some(n) = reads {
+                argv.extend(["--store-public-reads", n]);
+            }
+            Settings::parse_from(argv).resolve()
+        };
+        let public_reads = |c: Config| c.store.map(|s| s.public_reads);
+        assert_eq!(
+            public_reads(fleet(None).expect("default")),
+            Some(DEFAULT_STORE_PUBLIC_READS)
+        );
+        assert_eq!(
+            public_reads(fleet(Some("15")).expect("all but one")),
+            Some(15)
+        );
+        for refused in ["0", "16"] {
+            assert!(
+                matches!(
+                    fleet(Some(refused)),
+                    Err(ConfigError::StorePublicReads { max: 15, .. })
+                ),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

@@ -74,6 +74,11 @@ const LATE_CLAIM_MARGIN: Duration = Duration::from_secs(2);
 /// How often a request whose own lost claim a background pass is releasing looks again.
 const SETTLING_POLL: Duration = Duration::from_millis(20);
 
+/// How long an unauthenticated read waits for a place in the public read share before it
+/// is refused busy: a burst of honest wallets' reads queues through, while a flood is
+/// answered within this, holding nothing of the store meanwhile.
+pub const PUBLIC_READ_WAIT: Duration = Duration::from_secs(1);
+
 /// Keys per round trip when publishing this host's own spends at start-up.
 const PUBLISH_BATCH: usize = 1000;
 
@@ -97,6 +102,13 @@ pub enum FleetError {
     /// The store refused the request for another reason.
     #[error("fleet store: {0}")]
     Store(PgStoreError),
+    /// Every place of the public read share ([`Fleet::public_read`]) stayed taken for
+    /// [`PUBLIC_READ_WAIT`]: nothing was read, the same request may be retried shortly.
+    #[error(
+        "the {share} fleet store connections this host gives unauthenticated reads are all \
+         in use"
+    )]
+    ReadsBusy { share: usize },
 }
 
 impl From<PgStoreError> for FleetError {
@@ -228,6 +240,18 @@ pub struct Fleet {
     settling: Mutex<Vec<(String, String, Vec<SpendKey>)>>,
     /// Operations fenced and not yet settled (see the module's top).
     in_flight: NamesInFlight,
+    /// The public read share: places for unauthenticated reads, each holding at most one
+    /// of the store's pooled connections at a time (see [`Fleet::public_read`]).
+    public_reads: Arc<tokio::sync::Semaphore>,
+    /// How many places `public_reads` has (`--store-public-reads`).
+    public_share: usize,
+}
+
+/// A place in the public read share, given back when dropped.
+#[must_use = "the place is given back when dropped: hold it while the read runs"]
+#[derive(Debug)]
+pub struct PublicRead {
+    _place: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -254,6 +278,8 @@ impl Fleet {
             unsettled: Mutex::default(),
             settling: Mutex::default(),
             in_flight: NamesInFlight::default(),
+            public_reads: Arc::new(tokio::sync::Semaphore::new(store.public_reads)),
+            public_share: store.public_reads,
         })))
     }
 
@@ -523,6 +549,28 @@ impl Fleet {
     /// Round trips and errors so far.
     pub fn metrics(&self) -> StoreMetrics {
         self.set.store().metrics()
+    }
+
+    /// A place in the public read share, waited for up to [`PUBLIC_READ_WAIT`], else
+    /// [`FleetError::ReadsBusy`]. The store's pool is shared by unauthenticated reads
+    /// (NUT-07 check state, NUT-09 restore, quote lookups: anyone may send any number of
+    /// them, restores of up to 1000 outputs) and money requests; each read holds one place
+    /// while it uses the store, one pooled connection at a time, so reads never hold more
+    /// than `--store-public-reads` of the connections and a flood of them leaves the rest to
+    /// money requests (and to this host's own settles).
+    pub async fn public_read(&self) -> Result<PublicRead, FleetError> {
+        let waited = tokio::time::timeout(
+            PUBLIC_READ_WAIT,
+            Arc::clone(&self.public_reads).acquire_owned(),
+        )
+        .await;
+        match waited {
+            Ok(Ok(place)) => Ok(PublicRead { _place: place }),
+            // Closed cannot happen (nothing closes it); refused like a full share.
+            Ok(Err(_)) | Err(_) => Err(FleetError::ReadsBusy {
+                share: self.public_share,
+            }),
+        }
     }
 
     /// Each key's state in the store (in order; `None` for one no host claimed): what

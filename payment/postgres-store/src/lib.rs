@@ -179,4 +179,4 @@ pub use signed_outputs::{
 };
 pub use spent_set::{HeldKey, PendingOperation, PgSpentSet, Published, Reconciled};
 pub use stale_sessions::{StaleSession, STALE_SESSIONS_WAIT};
-pub use store::{application_name, PgStore, PgStoreOptions, StoreMetrics};
+pub use store::{application_name, PgStore, PgStoreOptions, StoreMetrics, DEFAULT_POOL_SIZE};

@@ -76,15 +76,19 @@ pub struct PgStoreOptions {
     pub operation_timeout: Duration,
 }
 
+/// The connections a store keeps open at most unless told otherwise
+/// ([`PgStoreOptions::new`]).
+pub const DEFAULT_POOL_SIZE: usize = 16;
+
 impl PgStoreOptions {
-    /// Options with the defaults coinopd uses: 16 connections, 2 s to connect, 5 s per
-    /// statement, 2 s for a free connection, 10 s per call.
+    /// Options with the defaults coinopd uses: [`DEFAULT_POOL_SIZE`] (16) connections, 2 s
+    /// to connect, 5 s per statement, 2 s for a free connection, 10 s per call.
     pub fn new(conninfo: impl Into<String>, host_id: impl Into<String>) -> Self {
         PgStoreOptions {
             conninfo: conninfo.into(),
             password: None,
             host_id: host_id.into(),
-            pool_size: 16,
+            pool_size: DEFAULT_POOL_SIZE,
             connect_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(5),
             pool_wait_timeout: Duration::from_secs(2),

@@ -225,9 +225,14 @@ pub fn quotes_error(e: crate::quote_store::QuotesError) -> ApiError {
 /// How long a tenant refused because the fleet store is unreachable should wait.
 const STORE_RETRY_S: u64 = 2;
 
+/// How long a read refused for a full public read share should wait: places free as soon
+/// as reads end, which is quick unless the share is flooded.
+const READS_BUSY_RETRY_S: u64 = 1;
+
 /// The fleet store's answers: 409 for a key another operation holds, 503
 /// `store_unavailable` (Retry-After) while the store cannot be reached, so nothing is
-/// accepted on this host's state alone.
+/// accepted on this host's state alone; 503 `store_busy` (Retry-After) for an
+/// unauthenticated read beyond this host's public read share.
 pub fn fleet_error(e: FleetError) -> ApiError {
     match &e {
         FleetError::AlreadySpent { .. } => ApiError::conflict("already_spent", e.to_string()),
@@ -237,6 +242,14 @@ pub fn fleet_error(e: FleetError) -> ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
                 format!("{e}; nothing was accepted, retry the same request"),
+            )
+        },
+        FleetError::ReadsBusy { .. } => ApiError {
+            retry_after_s: Some(READS_BUSY_RETRY_S),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_busy",
+                format!("{e}; nothing was read, retry shortly"),
             )
         },
         FleetError::Store(PgStoreError::DuplicateKey { .. } | PgStoreError::NoKeys) => {
@@ -666,6 +679,26 @@ mod tests {
         assert_eq!(dup.status.as_u16(), 400);
         let other = fleet_error(FleetError::Store(PgStoreError::Corrupt("x".into())));
         assert_eq!((other.status.as_u16(), other.code), (500, "internal"));
+    }
+
+    #[test]
+    fn a_read_beyond_the_public_share_is_busy_with_retry_after_in_each_shape() {
+        let busy = fleet_error(FleetError::ReadsBusy { share: 4 });
+        assert_eq!(
+            (busy.status.as_u16(), busy.code, busy.retry_after_s),
+            (503, "store_busy", Some(READS_BUSY_RETRY_S))
+        );
+        // A Cashu route keeps the status and Retry-After, code 0 (no NUT code names it).
+        let cashu = CashuError::from(FleetError::ReadsBusy { share: 4 });
+        assert_eq!(
+            (cashu.status.as_u16(), cashu.code, cashu.retry_after_s),
+            (503, CASHU_CODE_UNLISTED, Some(READS_BUSY_RETRY_S))
+        );
+        assert!(
+            cashu.detail.contains("unauthenticated reads"),
+            "{}",
+            cashu.detail
+        );
     }
 
     #[test]
