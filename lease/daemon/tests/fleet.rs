@@ -35,6 +35,18 @@ async fn host(pg: &TestCluster, dir: &StateDir, n: u32, env: &[(&str, &str)]) ->
     Daemon::spawn(dir.path(), &args, env).await
 }
 
+/// Host `n` of the fleet on `dir`, with `extra` flags.
+async fn host_with(pg: &TestCluster, dir: &StateDir, n: u32, extra: &[&str]) -> Daemon {
+    let conninfo = pg.conninfo("fleet");
+    let host_id = format!("host-{n}");
+    let mut args = vec!["--store", &conninfo, "--host-id", &host_id];
+    let base = (UID_BASE + n * UIDS_PER_HOST).to_string();
+    let count = UIDS_PER_HOST.to_string();
+    args.extend(host_args(&base, &count));
+    args.extend(extra);
+    Daemon::spawn(dir.path(), &args, &[]).await
+}
+
 /// Host `n` on `dir` on its own, before it joins the fleet: no `--store`, the same uid
 /// range as [`host`] gives it.
 async fn standalone(dir: &StateDir, n: u32) -> Daemon {
@@ -436,6 +448,141 @@ async fn a_crashed_runs_session_the_role_may_not_end_refuses_the_start() {
         .simple_query("SELECT 1")
         .await
         .expect("the other role's session untouched");
+}
+
+/// As many unauthenticated reads at once as the host has store connections, each held in
+/// the store (the NUT-30 quotes' table locked by the test, so a quote state lookup waits
+/// there on its connection; a swap does not touch that table): the reads beyond the
+/// public read share (`--store-public-reads 3`) are answered 503 busy within the share's
+/// short wait, not left hanging, and a swap, a money request, still gets its connections
+/// and completes meanwhile. Without the share the reads take every connection and the
+/// swap is 503 `store_unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unauthenticated_reads_leaves_money_requests_their_connections() {
+    const SHARE: usize = 3;
+    let Some(pg) =
+        cluster("a_flood_of_unauthenticated_reads_leaves_money_requests_their_connections")
+    else {
+        return;
+    };
+    let dir = StateDir::new();
+    let share = SHARE.to_string();
+    let h1 = host_with(&pg, &dir, 1, &["--store-public-reads", &share]).await;
+    h1.wait_store_ready().await;
+    let wallet = Wallet::new(&h1).await;
+    let proofs = h1.mint_credit(64).await;
+
+    let (locker, connection) =
+        tokio_postgres::connect(&pg.conninfo("fleet"), tokio_postgres::NoTls)
+            .await
+            .expect("the test's session");
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE coinop_nut30_quotes IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock the NUT-30 quotes");
+    let pool = payment_postgres::DEFAULT_POOL_SIZE;
+    let reads: Vec<_> = (0..pool)
+        .map(|_| {
+            let client = coinop_cli::client::Client::new(&h1.socket);
+            tokio::spawn(async move {
+                let sent = Instant::now();
+                let r = client
+                    .call("GET", "/v1/mint/quote/onchain/00ab", None, None)
+                    .await
+                    .expect("an answer");
+                (r, sent.elapsed())
+            })
+        })
+        .collect();
+    let name = payment_postgres::application_name("host-1");
+    let waiting = || {
+        let n = pg
+            .psql(
+                "fleet",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name = '{name}' AND wait_event_type = 'Lock'"
+                ),
+            )
+            .expect("psql");
+        n.parse::<usize>().expect("a count")
+    };
+    // Every read is either waiting in the store on its connection or answered.
+    common::wait_for(
+        async || waiting() + reads.iter().filter(|r| r.is_finished()).count() >= pool,
+        "every read in the store or answered",
+    )
+    .await;
+
+    // A swap, a money request, and the other routes' unauthenticated reads, all at once
+    // while the share's reads are held in the store: the swap gets its connections, the
+    // reads are busy.
+    let sent = Instant::now();
+    let blanks = wallet.outputs(&[1]);
+    let ((r, _), checked, restored, quote) = tokio::join!(
+        swap(&h1, &wallet, &proofs),
+        h1.checkstate(&proofs),
+        h1.call(
+            "POST",
+            "/v1/restore",
+            None,
+            Some(json!({"outputs": messages(&blanks)}))
+        ),
+        h1.call("GET", "/v1/quotes/00ab", None, None),
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(r.status, 200, "the swap got its connections: {}", r.text());
+    assert_eq!(waiting(), SHARE, "the reads in the store are the share's");
+    for cashu in [&checked, &restored] {
+        assert_eq!(cashu.status, 503, "{}", cashu.text());
+        assert_eq!(cashu.json()["code"], 0, "{}", cashu.text());
+    }
+    assert_eq!(quote.status, 503, "{}", quote.text());
+    assert_eq!(
+        quote.json()["error"]["code"],
+        "store_busy",
+        "{}",
+        quote.text()
+    );
+    let (mut answered, mut held) = (Vec::new(), Vec::new());
+    for read in reads {
+        if read.is_finished() {
+            answered.push(read.await.expect("read task"));
+        } else {
+            held.push(read);
+        }
+    }
+    assert_eq!(answered.len(), pool - SHARE, "answered beyond the share");
+    for (r, took) in &answered {
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.json()["code"], 0, "NUT-00's shape: {}", r.text());
+        assert!(
+            r.json()["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("unauthenticated reads")),
+            "{}",
+            r.text()
+        );
+        assert!(
+            *took < coinopd::fleet::PUBLIC_READ_WAIT + Duration::from_secs(2),
+            "answered after {took:?}"
+        );
+    }
+    // Let the share's reads go: answered as ever (no such quote: NUT-00's 400), and the
+    // share is free.
+    locker.batch_execute("COMMIT").await.expect("unlock");
+    for read in held {
+        let (r, _) = read.await.expect("read task");
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains("no on-chain mint quote"), "{}", r.text());
+    }
+    let states = h1.proof_states(&proofs).await;
+    assert!(states.iter().all(|s| s == "SPENT"), "{states:?}");
 }
 
 /// The same swap sent twice at once to one host, the first held between its fence and its

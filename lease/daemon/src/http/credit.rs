@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use super::host::issue_quote;
 use super::json_body::CashuBody;
+use super::read_share::within_read_share;
 use crate::app::{AppState, Shared};
 use crate::clock::unix_s;
 use crate::http::degraded;
@@ -131,7 +132,8 @@ pub(super) fn swap_input_keys(
 
 /// NUT-07 check state. On a fleet, a proof spent (or pending) on any host is shown so:
 /// the store's state, or this host's own where it says more (a key spent here and not yet
-/// published, which only a start-up's publication can leave).
+/// published, which only a start-up's publication can leave). The store is read within
+/// the public read share (503 `store_busy` beyond it: [`within_read_share`]).
 pub async fn checkstate(
     State(s): State<Shared>,
     CashuBody(req): CashuBody<CheckStateRequest>,
@@ -140,7 +142,11 @@ pub async fn checkstate(
         return blocking(move || Ok(Json(s.mint.check_state(&req)?))).await;
     };
     let keys = s.mint.check_state_keys(&req)?;
-    let in_store = fleet.states(&keys).await?;
+    let keys2 = keys.clone();
+    let in_store = within_read_share(&s, async move {
+        fleet.states(&keys2).await.map_err(CashuError::from)
+    })
+    .await?;
     let (s2, keys2) = (s.clone(), keys.clone());
     let here =
         blocking(move || Ok(SpentSet::states(&*s2.spent, &keys2).map_err(CreditError::from)?))
@@ -153,13 +159,15 @@ pub async fn checkstate(
     Ok(Json(Mint::check_state_answer(&keys, states)))
 }
 
-/// NUT-09 restore: the signatures of the outputs asked about that were signed before.
+/// NUT-09 restore: the signatures of the outputs asked about that were signed before. On a
+/// fleet, within the public read share ([`within_read_share`]).
 pub async fn restore(
     State(s): State<Shared>,
     CashuBody(req): CashuBody<RestoreRequest>,
 ) -> Result<Json<RestoreResponse>, CashuError> {
     if let Some(fleet_mint) = s.fleet_mint.clone() {
-        return super::fleet_credit::restore(s, fleet_mint, req).await;
+        let s2 = s.clone();
+        return within_read_share(&s2, super::fleet_credit::restore(s, fleet_mint, req)).await;
     }
     blocking(move || Ok(Json(s.mint.restore(&req)?))).await
 }

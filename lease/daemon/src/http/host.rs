@@ -14,6 +14,7 @@ use coinop_proto::Msat;
 use payment::onchain::{price, Quote, Spec};
 
 use super::json_body::JsonBody;
+use super::read_share::within_read_share;
 use crate::app::{AppState, Shared};
 use crate::clock::unix_s;
 use crate::http::error::{quotes_error, ApiError, CashuError};
@@ -280,18 +281,22 @@ pub async fn get_quote(
     IdPath(id): IdPath,
 ) -> Result<Json<QuoteResponse>, ApiError> {
     let s2 = s.clone();
-    // Blocking: the quote book (SQLite, or the fleet store waited for on this thread).
-    let (q, (status, confirmations)) = tokio::task::spawn_blocking(move || {
-        let q = s2
-            .quotes
-            .get(&id)
-            .map_err(quotes_error)?
-            .ok_or_else(|| ApiError::not_found(format!("no quote {id:?}")))?;
-        let status = quote_status(&s2, &q.quote_id, q.expires_at_us)?;
-        Ok::<_, ApiError>((q, status))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("worker: {e}")))??;
+    // Blocking: the quote book (SQLite, or the fleet store waited for on this thread). On
+    // a fleet anyone's lookup of any id reads the store: within the public read share.
+    let lookup = async move {
+        tokio::task::spawn_blocking(move || {
+            let q = s2
+                .quotes
+                .get(&id)
+                .map_err(quotes_error)?
+                .ok_or_else(|| ApiError::not_found(format!("no quote {id:?}")))?;
+            let status = quote_status(&s2, &q.quote_id, q.expires_at_us)?;
+            Ok::<_, ApiError>((q, status))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("worker: {e}")))?
+    };
+    let (q, (status, confirmations)) = within_read_share(&s, lookup).await?;
     Ok(Json(QuoteResponse {
         quote_id: q.quote_id,
         amount_msat: Msat::from_msat(q.amount_msat),

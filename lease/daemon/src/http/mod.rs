@@ -18,6 +18,7 @@ pub mod mint_keysets;
 pub mod nut30;
 pub mod path_param;
 pub mod peer;
+mod read_share;
 pub mod server;
 
 use axum::extract::{DefaultBodyLimit, Request};

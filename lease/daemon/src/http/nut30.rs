@@ -26,6 +26,7 @@ use payment::credit::{curve::parse_point, signed_records, CreditError};
 use super::credit::blocking;
 use super::host::issue_quote_for;
 use super::json_body::CashuBody;
+use super::read_share::within_read_share;
 use super::{fleet_credit, fleet_nut30};
 use crate::app::Shared;
 use crate::fleet_mint::FleetMint;
@@ -96,7 +97,14 @@ pub async fn quote_state(
     CashuIdPath(quote): CashuIdPath,
 ) -> Result<Json<MintQuoteNut30Response>, CashuError> {
     if let Some(nut30) = s.quotes.fleet_nut30().map_err(quotes_error)? {
-        if let Some(q) = fleet_nut30::fleet_quote(&nut30, &quote).await? {
+        // Anyone may ask, about any id: within the public read share.
+        let id = quote.clone();
+        let found = within_read_share(
+            &s,
+            async move { fleet_nut30::fleet_quote(&nut30, &id).await },
+        )
+        .await?;
+        if let Some(q) = found {
             return Ok(Json(fleet_nut30::view(&q)));
         }
     }
