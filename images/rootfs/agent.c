@@ -101,8 +101,7 @@ static void append(char *buf, long cap, const char *s)
 	buf[len] = '\0';
 }
 
-/* Milliseconds since boot (the clock /proc/uptime counts). */
-static unsigned long uptime_ms(void)
+unsigned long agent_uptime_us(void)
 {
 	struct {
 		long sec;
@@ -110,7 +109,13 @@ static unsigned long uptime_ms(void)
 	} ts = { 0, 0 };
 
 	syscall3(SYS_clock_gettime, CLOCK_BOOTTIME, (long)&ts, 0);
-	return (unsigned long)ts.sec * 1000 + (unsigned long)ts.nsec / 1000000;
+	return (unsigned long)ts.sec * 1000000 + (unsigned long)ts.nsec / 1000;
+}
+
+/* Milliseconds since boot. */
+static unsigned long uptime_ms(void)
+{
+	return agent_uptime_us() / 1000;
 }
 
 /* " NAME=S.mmm" per step, S.mmm its end in seconds since boot. */
@@ -340,9 +345,18 @@ static void warm_sshd(int (*give_up)(void))
 	syscall3(SYS_close, fd, 0, 0);
 }
 
-/* Whether warm_before_line ran, and how long it took (ms), for the report. */
-static int warmed_before_line;
-static unsigned long warm_before_line_ms;
+/* Whether warm_before_line ran, when (uptime ms) it started, how long it took (ms) and
+ * whether the line cut it short, for the report. */
+static int warmed_before_line, warm_cut_short;
+static unsigned long warm_before_line_at, warm_before_line_ms;
+
+/* warm_sshd's give_up before the line: bytes of the line wait (noted for the report). */
+static int line_came(void)
+{
+	if (port_line_waiting())
+		warm_cut_short = 1;
+	return warm_cut_short;
+}
 
 /*
  * The port rang: this guest was restored ahead of its lease and has time to spare until a
@@ -360,13 +374,16 @@ static void warm_before_line(void)
 {
 	unsigned long start = uptime_ms();
 
+	warm_before_line_at = start;
+
 	if (host_key_write_placeholder(HOST_KEY_FILE))
 		return; /* Best effort, as warm_sshd: the tenant's connection pays instead. */
-	warm_sshd(port_line_waiting);
+	warm_sshd(line_came);
 	if (syscall3(SYS_unlink, (long)HOST_KEY_FILE, 0, 0) != 0)
 		agent_fail("cannot remove the placeholder SSH host key after the warm-up");
 	warmed_before_line = 1;
 	warm_before_line_ms = uptime_ms() - start;
+	port_longest_pause_us = 0; /* from here on: the wait for the line after the warm-up */
 }
 
 static void guest_ready(void)
@@ -461,6 +478,23 @@ __attribute__((used)) static void start(long *sp)
 		put_decimal(warm_ms, warm_before_line_ms);
 		append(report, sizeof(report), " sshd_warmed_before_line_ms=");
 		append(report, sizeof(report), warm_ms);
+		put_decimal(warm_ms, warm_before_line_at);
+		append(report, sizeof(report), " from_uptime_ms=");
+		append(report, sizeof(report), warm_ms);
+		if (warm_cut_short)
+			append(report, sizeof(report), " cut_short_by_the_line");
+	}
+	{
+		/* The lab's diagnostic of late wake-ups while waiting for the line (after the
+		 * warm-up, when there was one): a pause of 0.2-3.2 ms that lasted far longer. */
+		static char pause_ms[24];
+
+		put_decimal(pause_ms, port_longest_pause_us / 1000);
+		append(report, sizeof(report), " longest_pause_ms=");
+		append(report, sizeof(report), pause_ms);
+		put_decimal(pause_ms, port_longest_pause_end_us / 1000);
+		append(report, sizeof(report), " ending_at_uptime_ms=");
+		append(report, sizeof(report), pause_ms);
 	}
 	append(report, sizeof(report), "\n");
 	append(report, sizeof(report), "coinop-agent: uptime at each step's end:");

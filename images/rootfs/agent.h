@@ -46,6 +46,8 @@ void agent_fail(const char *msg) __attribute__((noreturn));
 long agent_length(const char *s);
 /* A lowercase hex digit's value, or -1. */
 int agent_hex_digit(char c);
+/* Microseconds since boot (CLOCK_BOOTTIME, the clock /proc/uptime counts). */
+unsigned long agent_uptime_us(void);
 
 /*
  * portline.c: writes 124 to the boot timer, then reads the line from the personalisation
@@ -58,6 +60,9 @@ long port_line_read(char *line, const char **why, void (*rung)(void));
 /* portline.c: whether bytes of the line wait in the port (its LSR's data-ready bit). Only
  * after port_line_read has enabled the port's I/O (that is: from `rung`). */
 int port_line_waiting(void);
+/* portline.c: the longest pause between two polls of the port, and when it ended (µs of
+ * uptime): a lab diagnostic of late wake-ups. */
+extern unsigned long port_longest_pause_us, port_longest_pause_end_us;
 
 /* line.c: the values of the line's keys; 0 for an optional key the line lacks. */
 struct lease_line {

@@ -70,6 +70,8 @@ static long pause_ns(long empty_polls)
 	return ns;
 }
 
+unsigned long port_longest_pause_us, port_longest_pause_end_us;
+
 int port_line_waiting(void)
 {
 	return inb(COM2_LSR) & LSR_DATA_READY;
@@ -115,7 +117,16 @@ long port_line_read(char *line, const char **why, void (*rung)(void))
 				continue;
 			}
 			pause[1] = pause_ns(++empty);
-			syscall3(SYS_nanosleep, (long)pause, 0, 0);
+			{
+				unsigned long t0 = agent_uptime_us(), t1;
+
+				syscall3(SYS_nanosleep, (long)pause, 0, 0);
+				t1 = agent_uptime_us();
+				if (t1 - t0 > port_longest_pause_us) {
+					port_longest_pause_us = t1 - t0;
+					port_longest_pause_end_us = t1;
+				}
+			}
 		} else {
 			empty = 0;
 		}
