@@ -388,82 +388,51 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// `line` split at spaces, as a shell would pass it.
+    fn words(line: &str) -> Vec<&str> {
+        line.split(' ').collect()
+    }
+
     #[test]
     fn a_deferred_subcommand_parses_its_arguments_and_the_global_ones() {
-        let cli = Cli::try_parse_from([
-            "coinop",
-            "lease",
-            "create",
-            "--vcpus",
-            "2",
-            "--mem-mib",
-            "256",
-            "--image",
-            "srv",
-            "--credit",
-            "cashuBx",
-            "--socket",
-            "/tmp/s.sock",
-            "--json",
-        ])
+        let cli = Cli::try_parse_from(words(
+            "coinop lease create --vcpus 2 --mem-mib 256 --image srv --credit cashuBx \
+             --socket /tmp/s.sock --json",
+        ))
         .expect("a valid create");
         assert!(cli.json);
         assert_eq!(cli.socket, PathBuf::from("/tmp/s.sock"));
-        match cli.cmd {
-            Cmd::Lease {
-                cmd:
-                    LeaseCmd::Create {
-                        vcpus,
-                        mem_mib,
-                        image,
-                        pay,
-                        retries,
-                        ..
-                    },
-            } => {
-                assert_eq!(
-                    (vcpus, mem_mib, image.as_str(), retries),
-                    (2, 256, "srv", 3)
-                );
-                assert_eq!(pay.credit.as_deref(), Some("cashuBx"));
-            }
-            other => panic!("parsed as {other:?}"),
-        }
+        let Cmd::Lease {
+            cmd:
+                LeaseCmd::Create {
+                    vcpus,
+                    mem_mib,
+                    image,
+                    pay,
+                    retries,
+                    ..
+                },
+        } = cli.cmd
+        else {
+            panic!("parsed as {:?}", cli.cmd);
+        };
+        assert_eq!(
+            (vcpus, mem_mib, image.as_str(), retries),
+            (2, 256, "srv", 3)
+        );
+        assert_eq!(pay.credit.as_deref(), Some("cashuBx"));
     }
 
     #[test]
     fn a_deferred_subcommand_still_refuses_what_it_does_not_know() {
-        for args in [
-            &[
-                "coinop",
-                "lease",
-                "create",
-                "--vcpus",
-                "1",
-                "--mem-mib",
-                "64",
-                "--bogus",
-            ][..],
-            &["coinop", "lease", "create", "--mem-mib", "64"][..],
-            &["coinop", "wallet", "pay"][..],
-            &[
-                "coinop",
-                "lease",
-                "create",
-                "--vcpus",
-                "1",
-                "--mem-mib",
-                "64",
-                "--retries",
-                "1001",
-            ][..],
+        for line in [
+            "coinop lease create --vcpus 1 --mem-mib 64 --bogus",
+            "coinop lease create --mem-mib 64",
+            "coinop wallet pay",
+            "coinop lease create --vcpus 1 --mem-mib 64 --retries 1001",
         ] {
-            let e = Cli::try_parse_from(args).expect_err("refused");
-            assert_ne!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp,
-                "{args:?}: {e}"
-            );
+            let e = Cli::try_parse_from(words(line)).expect_err("refused");
+            assert_ne!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{line}: {e}");
         }
         let help = Cli::try_parse_from(["coinop", "lease", "create", "--help"]).expect_err("help");
         assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);

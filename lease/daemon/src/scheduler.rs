@@ -813,48 +813,16 @@ mod tests {
     use super::*;
     use crate::clock::unix_ms;
     use crate::ledger::recovery::CreateOutcome;
-    use crate::ledger::{Credit, Ledger, NewLease, TickAction};
-    use payment::metering::Prices;
-    use payment::spent_set::SpendKey;
+    use crate::ledger::test_support::{credit, ledger, new_lease, s, P};
+    use crate::ledger::{Ledger, NewLease, TickAction};
 
     const DEADLINE: Duration = Duration::from_millis(250);
-    const P: Prices = Prices {
-        vcpu_msat_per_s: 1000,
-        gib_msat_per_s: 1000,
-    };
 
+    /// The ledger's test lease, with a recovery key (a create's retry recovers it).
     fn lease(id: &str) -> NewLease {
         NewLease {
-            id: id.into(),
-            token_hash: crate::token::token_hash("t"),
-            vcpus: 1,
-            mem_mib: 1024,
-            image: "testguest".into(),
-            cmdline: String::new(),
-            control_path: "/x.sock".into(),
-            console_path: "/x.console".into(),
             recovery_hash: Some([7; 32]),
-            baseline: Default::default(),
-        }
-    }
-
-    fn credit(key: u8, msat: u64) -> Credit {
-        Credit {
-            kind: "onchain",
-            reference: format!("k{key}"),
-            amount_msat: msat,
-            keys: vec![SpendKey::outpoint([key; 32], 0)],
-            block_hash: None,
-            quote_id: None,
-        }
-    }
-
-    fn reading(vcpu_total_us: u64, uptime_us: u64) -> Sample<'static> {
-        Sample {
-            lease_id: "a",
-            vcpu_total_us,
-            uptime_us,
-            vm_paused: false,
+            ..new_lease(id)
         }
     }
 
@@ -883,15 +851,13 @@ mod tests {
     /// lease and a new token) does not shorten the memory time its silent window is billed.
     #[test]
     fn a_retried_create_does_not_move_where_a_silent_window_is_billed_from() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let l = Ledger::open(&dir.path().join("ledger.db")).expect("open");
+        let (_dir, l) = ledger();
         l.create_or_recover(&lease("a"), &credit(1, 1_000_000))
             .expect("create");
         l.mark_running("a", None, "{}").expect("run");
         // Booted two minutes before its last tick.
         ago(&l, 120);
-        l.apply_tick(&[reading(100_000, 1_000_000)], P, 60)
-            .expect("tick");
+        l.apply_tick(&[s(100_000, 1_000_000)], P, 60).expect("tick");
         ago(&l, 60);
         let before = l.get("a").expect("get").expect("row");
         let (vcpu, uptime) = silent(&l);
@@ -927,13 +893,12 @@ mod tests {
     /// counts from the resume, not from the last tick of its pause.
     #[test]
     fn a_silent_window_after_a_resuming_top_up_counts_from_the_resume() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let l = Ledger::open(&dir.path().join("ledger.db")).expect("open");
+        let (_dir, l) = ledger();
         l.create_or_recover(&lease("a"), &credit(1, 1000))
             .expect("create");
         l.mark_running("a", None, "{}").expect("run");
         let o = l
-            .apply_tick(&[reading(1_000_000, 1_000_000)], P, 600)
+            .apply_tick(&[s(1_000_000, 1_000_000)], P, 600)
             .expect("tick");
         assert_eq!(o[0].action, TickAction::Pause);
         // Paused 60 s (its VMM silent all along), then topped up.

@@ -34,7 +34,7 @@ pub mod recovery;
 pub mod reorg;
 mod schema;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 pub(crate) mod tick;
 
 pub use books::Books;

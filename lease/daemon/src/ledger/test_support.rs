@@ -7,7 +7,7 @@ use payment::spent_set::SpendKey;
 use super::{Credit, Ledger, NewLease, Sample};
 
 /// A usage reading of lease "a": cumulative vCPU µs and uptime µs.
-pub(super) fn s(vcpu_total_us: u64, uptime_us: u64) -> Sample<'static> {
+pub(crate) fn s(vcpu_total_us: u64, uptime_us: u64) -> Sample<'static> {
     Sample {
         lease_id: "a",
         vcpu_total_us,
@@ -16,13 +16,13 @@ pub(super) fn s(vcpu_total_us: u64, uptime_us: u64) -> Sample<'static> {
     }
 }
 
-pub(super) fn ledger() -> (tempfile::TempDir, Ledger) {
+pub(crate) fn ledger() -> (tempfile::TempDir, Ledger) {
     let dir = tempfile::tempdir().expect("tempdir");
     let l = Ledger::open(&dir.path().join("ledger.db")).expect("open ledger");
     (dir, l)
 }
 
-pub(super) fn new_lease(id: &str) -> NewLease {
+pub(crate) fn new_lease(id: &str) -> NewLease {
     NewLease {
         id: id.into(),
         token_hash: crate::token::token_hash("t"),
@@ -37,7 +37,7 @@ pub(super) fn new_lease(id: &str) -> NewLease {
     }
 }
 
-pub(super) fn credit(key: u8, msat: u64) -> Credit {
+pub(crate) fn credit(key: u8, msat: u64) -> Credit {
     Credit {
         kind: "onchain",
         reference: format!("k{key}"),
@@ -48,14 +48,14 @@ pub(super) fn credit(key: u8, msat: u64) -> Credit {
     }
 }
 
-pub(super) const P: Prices = Prices {
+pub(crate) const P: Prices = Prices {
     vcpu_msat_per_s: 1000,
     gib_msat_per_s: 1000,
 };
 
 /// Moves lease `id`'s `funded_at` back `secs` seconds, as if it had run that long on its
 /// payment: its grace, once paused, is at most that run (`tick::grace_of`).
-pub(super) fn funded_ago(l: &Ledger, id: &str, secs: i64) {
+pub(crate) fn funded_ago(l: &Ledger, id: &str, secs: i64) {
     l.with_conn(|c| {
         c.execute(
             "UPDATE leases SET funded_at = funded_at - ?2 WHERE id = ?1",
@@ -68,13 +68,13 @@ pub(super) fn funded_ago(l: &Ledger, id: &str, secs: i64) {
 
 /// When lease `id`'s usage marks were set (unix ms): where a test's ticks count from
 /// (`Ledger::apply_tick_at`), a reading's growth being held to the wall time since.
-pub(super) fn metered_at(l: &Ledger, id: &str) -> i64 {
+pub(crate) fn metered_at(l: &Ledger, id: &str) -> i64 {
     l.get(id).expect("get").expect("row").metered_since_ms()
 }
 
 /// Moves the time lease `id`'s usage marks were set back `secs` seconds, as if its last
 /// reading had been that long ago.
-pub(super) fn metered_ago(l: &Ledger, id: &str, secs: i64) {
+pub(crate) fn metered_ago(l: &Ledger, id: &str, secs: i64) {
     l.with_conn(|c| {
         c.execute(
             "UPDATE leases SET metered_at_ms = metered_at_ms - ?2 * 1000 WHERE id = ?1",
