@@ -1113,3 +1113,54 @@ async fn a_second_coinopd_with_the_same_host_id_refuses_to_start() {
     twin.wait_store_ready().await;
     twin.shutdown().await;
 }
+
+/// A swap whose proofs this mint never signed (a real note's secret, so its `Y` is the
+/// note's, with another note's `C`) is refused before the fleet store is asked: the test
+/// holds the spent keys' table locked, where the fence would wait until the statement
+/// timeout (5 s) and answer 503, but the forged swap is answered 10001 at once. The real
+/// note was never fenced: once the table is free its owner swaps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_swap_is_refused_before_it_reaches_the_store() {
+    let Some(pg) = cluster("a_forged_swap_is_refused_before_it_reaches_the_store") else {
+        return;
+    };
+    let dir = StateDir::new();
+    let h1 = host_with(&pg, &dir, 1, &[]).await;
+    h1.wait_store_ready().await;
+    let wallet = Wallet::new(&h1).await;
+    // 3 sat: two notes, 1 and 2.
+    let proofs = h1.mint_credit(3).await;
+    assert_eq!(proofs.len(), 2, "{proofs:?}");
+    let forged = Proof {
+        c: proofs[1].c.clone(),
+        ..proofs[0].clone()
+    };
+
+    let (locker, connection) =
+        tokio_postgres::connect(&pg.conninfo("fleet"), tokio_postgres::NoTls)
+            .await
+            .expect("the test's session");
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE coinop_spent_keys IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock the spent keys");
+    let sent = Instant::now();
+    let (r, _) = swap(&h1, &wallet, std::slice::from_ref(&forged)).await;
+    let took = sent.elapsed();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        cashu_code(&r),
+        10001,
+        "the mint's invalid proof: {}",
+        r.text()
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "refused at once, not after the store: {took:?}"
+    );
+    locker.batch_execute("ROLLBACK").await.expect("unlock");
+
+    let (r, _) = swap(&h1, &wallet, &proofs[..1]).await;
+    assert_eq!(r.status, 200, "the real note is its owner's: {}", r.text());
+}

@@ -1,5 +1,7 @@
 //! The Cashu mint routes on a fleet (`--store`): swap, on-chain mint and NUT-09 restore
 //! with the fleet store in front of this host's own spent set. The order of one request:
+//! 0. (swap) the inputs' signatures checked, so a forged proof costs no store round trip
+//!    and cannot fence the notes of a `Y` it copied, not even for the request's length;
 //! 1. fence the inputs (swap: the proofs' Ys; mint: the payment's outpoints) under the
 //!    request's receipt ([`crate::fleet`]);
 //! 2. sign (no state) and reserve the outputs' `B_`s with the signatures under the same
@@ -183,6 +185,15 @@ async fn swap_detached(
         .map(|p| p.id.as_str())
         .chain(req.outputs.iter().map(|o| o.id.as_str()));
     fleet_mint.admit(&s.mint, ids).await?;
+    // Anyone may send a swap naming anyone's `Y`s (NUT-07 shows them): only proofs this
+    // mint signed reach the store. The local step checks them again, inside its
+    // transaction; this is the cheap refusal in front of the fence.
+    let (state, inputs) = (s.clone(), req.inputs.clone());
+    blocking(move || {
+        state.mint.validate_inputs(&inputs)?;
+        Ok(())
+    })
+    .await?;
     let fence = match fleet.fence(&keys, "credit swap", &operation).await {
         Ok(fence) => fence,
         Err(refused) => {
