@@ -910,6 +910,26 @@ async fn one_host_id_is_held_by_one_store_at_a_time() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The client learns of the kill from the backend's FATAL message, which the backend
+    // sends before it has exited and let its advisory locks go: the server's own word
+    // says when the lock is free.
+    let start = Instant::now();
+    while pg
+        .psql(
+            "coinop",
+            "SELECT count(*) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+             AND objid::bigint = (hashtextextended('coinopd host id twin', 0) & 4294967295)",
+        )
+        .expect("psql")
+        != "0"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the killed session's lock never went"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Free now: the second takes it before the first's next call, which would take it
     // again first; so that call is refused, as is everything the first does from now on.
     second.store().hold_host_lock().await.expect("free now");
