@@ -45,6 +45,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$COINOP_ROOT/target}
 t0=$SECONDS
 
 coinop_setup
+# The lab's release builds, a ~1.5 GiB kernel build tree when the cache misses, its images.
+coinop_make_room 4
 # qemu-system-x86 replaces a newer qemu-utils with Debian's 7.2: accepted for the lab.
 coinop_install_packages qemu-system-x86 busybox-static cpio kmod xz-utils
 

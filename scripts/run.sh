@@ -9,6 +9,8 @@ set -euo pipefail
 source "$(dirname "$0")/lib/setup.sh"
 cd "$COINOP_ROOT"
 coinop_setup
+# Release builds, the test guest and the demo's state: ~1.5 GiB on a first run.
+coinop_make_room 3
 
 if problem=$(coinop_kvm_problem) && [ -n "$problem" ]; then
   die "can't boot a guest: $problem"

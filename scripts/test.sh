@@ -11,6 +11,9 @@ source "$(dirname "$0")/lib/postgres.sh"
 source "$(dirname "$0")/lib/cashu_wallets.sh"
 cd "$COINOP_ROOT"
 coinop_setup
+# A first run: ~5.5 GiB of debug and ~1 GiB of release artefacts, a ~1.5 GiB kernel
+# build tree for the lab, and the lab's images.
+coinop_make_room 10
 coinop_install_packages "${COINOP_TEST_PACKAGES[@]}"
 # The fleet-store tests start their own throwaway PostgreSQL clusters from these binaries.
 coinop_ensure_postgres

@@ -66,6 +66,46 @@ coinop_build_release() {
     cargo build --quiet --release --target "$COINOP_TARGET" -p vmm --bin coinop-vmm
 }
 
+# The filesystem's free GiB at $1, or at its nearest existing parent.
+coinop_free_gib() {
+  local dir=$1
+  while [ ! -e "$dir" ]; do dir=$(dirname "$dir"); done
+  df -P -k "$dir" | awk 'NR == 2 { print int($4 / 1048576) }'
+}
+
+# coinop_make_room GIB: at least GIB GiB free where cargo builds, or a loud warning. A
+# checkout's target/ only grows: every change leaves its old artefacts and incremental
+# sessions behind and cargo never collects them, so a machine that builds one checkout
+# change after change ends up out of disk in the middle of a link ("No space left on
+# device", seen in CI). Short of room, this removes what costs least to build again, in
+# order, until there is enough: the incremental caches, the debug profile's artefacts,
+# then the rest of target/. All of it is this checkout's build output (or
+# $CARGO_TARGET_DIR's), which cargo rebuilds as needed.
+coinop_make_room() {
+  local need=$1 target=${CARGO_TARGET_DIR:-$COINOP_ROOT/target} free step what
+  free=$(coinop_free_gib "$target")
+  # No reading (df failed): nothing is removed on a guess.
+  case $free in ''|*[!0-9]*) return 0;; esac
+  for step in incremental debug all; do
+    [ "$free" -ge "$need" ] && return 0
+    [ -d "$target" ] || break
+    case $step in
+      incremental) what="incremental caches";;
+      debug) what="debug artefacts";;
+      all) what="artefacts, all of them";;
+    esac
+    say "only $free GiB free for $target (the build needs ~$need GiB): removing its $what"
+    case $step in
+      incremental) rm -rf --one-file-system "$target"/debug/incremental "$target"/*/debug/incremental;;
+      debug) cargo clean --quiet --profile dev;;
+      all) cargo clean --quiet;;
+    esac
+    free=$(coinop_free_gib "$target")
+  done
+  [ "$free" -ge "$need" ] ||
+    say "WARNING: only $free GiB free for $target, and the build needs ~$need GiB: it may fail with 'No space left on device'"
+}
+
 coinop_setup() {
   coinop_install_packages "${COINOP_APT_PACKAGES[@]}"
   coinop_check_rust
