@@ -50,7 +50,7 @@
 //! create failed), with another payment; the store never grants a claim of other keys as
 //! a repeat, and each settle touches its own keys only, so the two cannot meet.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -245,6 +245,9 @@ pub struct Fleet {
     public_reads: Arc<tokio::sync::Semaphore>,
     /// How many places `public_reads` has (`--store-public-reads`).
     public_share: usize,
+    /// Reads refused [`FleetError::ReadsBusy`] since start, for `/metrics`: counted where
+    /// the refusal is made, so every route that takes a place is counted.
+    reads_busy: AtomicU64,
 }
 
 /// A place in the public read share, given back when dropped.
@@ -280,6 +283,7 @@ impl Fleet {
             in_flight: NamesInFlight::default(),
             public_reads: Arc::new(tokio::sync::Semaphore::new(store.public_reads)),
             public_share: store.public_reads,
+            reads_busy: AtomicU64::new(0),
         })))
     }
 
@@ -553,8 +557,9 @@ impl Fleet {
 
     /// A place in the public read share, waited for up to [`PUBLIC_READ_WAIT`], else
     /// [`FleetError::ReadsBusy`]. The store's pool is shared by unauthenticated reads
-    /// (NUT-07 check state, NUT-09 restore, quote lookups: anyone may send any number of
-    /// them, restores of up to 1000 outputs) and money requests; each read holds one place
+    /// (NUT-07 check state, NUT-09 restore of up to 1000 outputs, quote lookups, and the
+    /// first lookup of the quote a payment or a mint names: anyone may send any number of
+    /// them, naming any id) and money requests; each read holds one place
     /// while it uses the store, one pooled connection at a time, so reads never hold more
     /// than `--store-public-reads` of the connections and a flood of them leaves the rest to
     /// money requests (and to this host's own settles).
@@ -567,10 +572,18 @@ impl Fleet {
         match waited {
             Ok(Ok(place)) => Ok(PublicRead { _place: place }),
             // Closed cannot happen (nothing closes it); refused like a full share.
-            Ok(Err(_)) | Err(_) => Err(FleetError::ReadsBusy {
-                share: self.public_share,
-            }),
+            Ok(Err(_)) | Err(_) => {
+                self.reads_busy.fetch_add(1, Ordering::Relaxed);
+                Err(FleetError::ReadsBusy {
+                    share: self.public_share,
+                })
+            }
         }
+    }
+
+    /// How many reads [`Fleet::public_read`] refused since start (`/metrics`).
+    pub fn reads_busy(&self) -> u64 {
+        self.reads_busy.load(Ordering::Relaxed)
     }
 
     /// Each key's state in the store (in order; `None` for one no host claimed): what

@@ -1,6 +1,6 @@
 //! Prometheus metrics for `/metrics`: leases by state, boots, boot latency, msat debited,
 //! payments verified and rejected, the disk reserve, dropped log lines, the fleet store's
-//! round trips and errors.
+//! round trips and errors, and the reads its public read share refused.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -33,6 +33,9 @@ pub struct Metrics {
     storage: StorageMetrics,
     /// The fleet store's counters, brought up to date at each render (`--store` only).
     fleet_store: Family<Labels, Counter>,
+    /// Unauthenticated reads the public read share refused `store_busy` (`--store` only;
+    /// brought up to date at each render, like `fleet_store`).
+    fleet_store_reads_busy: Counter,
     fleet_store_sync: std::sync::Mutex<()>,
     chain: ChainMetrics,
 }
@@ -158,10 +161,18 @@ impl Metrics {
             "Fleet store (--store) statement round trips, errors, and of those outages",
             fleet_store.clone(),
         );
+        let fleet_store_reads_busy = Counter::default();
+        registry.register(
+            "fleet_store_reads_busy",
+            "Unauthenticated fleet store reads answered 503 store_busy: the host's public \
+             read share (--store-public-reads) was taken",
+            fleet_store_reads_busy.clone(),
+        );
         Metrics {
             chain,
             registry,
             fleet_store,
+            fleet_store_reads_busy,
             fleet_store_sync: std::sync::Mutex::new(()),
             leases,
             boots,
@@ -248,8 +259,9 @@ impl Metrics {
         );
     }
 
-    /// Brings the fleet store's counters up to the store's own figures.
-    pub fn fleet_store(&self, m: payment_postgres::StoreMetrics) {
+    /// Brings the fleet store's counters up to the store's own figures, and the public
+    /// read share's refusals up to `reads_busy` ([`crate::fleet::Fleet::reads_busy`]).
+    pub fn fleet_store(&self, m: payment_postgres::StoreMetrics, reads_busy: u64) {
         // One render at a time, so two cannot both add the same difference.
         let _one = self
             .fleet_store_sync
@@ -263,6 +275,8 @@ impl Metrics {
             let c = self.fleet_store.get_or_create(&labels(&[("what", what)]));
             c.inc_by(now.saturating_sub(c.get()));
         }
+        let busy = &self.fleet_store_reads_busy;
+        busy.inc_by(reads_busy.saturating_sub(busy.get()));
     }
 
     /// Renders the text format; `states` are the current lease counts by state.
@@ -283,5 +297,32 @@ impl Metrics {
         // Writing into a String cannot fail.
         encode(&mut out, &self.registry).expect("encoding metrics into a String");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+    use payment_postgres::StoreMetrics;
+
+    fn reads_busy(m: &Metrics) -> Option<u64> {
+        m.render(&[]).lines().find_map(|l| {
+            l.strip_prefix("coinop_fleet_store_reads_busy_total ")?
+                .parse()
+                .ok()
+        })
+    }
+
+    /// The share's refusals show as the fleet counted them, however often `/metrics` is
+    /// rendered in between (each render brings the counter up, never adds twice).
+    #[test]
+    fn reads_refused_busy_show_as_the_fleet_counted_them() {
+        let m = Metrics::new();
+        assert_eq!(reads_busy(&m), Some(0), "present before any refusal");
+        m.fleet_store(StoreMetrics::default(), 3);
+        m.fleet_store(StoreMetrics::default(), 3);
+        assert_eq!(reads_busy(&m), Some(3));
+        m.fleet_store(StoreMetrics::default(), 5);
+        assert_eq!(reads_busy(&m), Some(5));
     }
 }

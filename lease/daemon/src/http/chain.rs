@@ -73,7 +73,7 @@ pub async fn metrics(
     let tip_height = s.chain_read().tip().height;
     s.metrics.chain(tip_height, &s.chain_sync.snapshot());
     if let Some(fleet) = &s.fleet {
-        s.metrics.fleet_store(fleet.metrics());
+        s.metrics.fleet_store(fleet.metrics(), fleet.reads_busy());
     }
     let text = s.metrics.render(&counts.into_iter().collect::<Vec<_>>());
     Ok((
