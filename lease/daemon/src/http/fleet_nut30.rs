@@ -23,6 +23,10 @@
 //!   The same mint sent to two hosts at once serialises on the row lock: one commits, the
 //!   other finds the issue made and answers with those signatures.
 //!
+//! Each route's first lookup of the quote is a read anyone can make with any id, made
+//! within the public read share ([`fleet_quote_shared`]); the steps above follow only a
+//! quote found, outside it.
+//!
 //! NUT-30 quotes a host made before it joined the fleet stay in its own ledger and are
 //! served by it alone ([`super::nut30`]); their mints still reserve and settle their
 //! outputs in the fleet's signed outputs, so no other host signs those `B_`s again.
@@ -40,6 +44,7 @@ use payment::credit::{signed_records, CreditError};
 use payment_postgres::{Nut30Issue, Nut30Quote, PgNut30Quotes, PgStoreError};
 
 use super::credit::blocking;
+use super::read_share::within_read_share;
 use crate::app::Shared;
 use crate::fleet::FleetError;
 use crate::fleet_mint::{FleetMint, FleetMintError};
@@ -73,6 +78,19 @@ pub(super) async fn fleet_quote(
     quote: &str,
 ) -> Result<Option<Nut30Quote>, CashuError> {
     nut30.get(quote).await.map_err(store_error)
+}
+
+/// [`fleet_quote`] for a route anyone may call with any id (the quote's state, a payment's
+/// proof, a mint): read within the public read share (503 `store_busy` beyond it), so that
+/// such lookups never hold more of the store's connections than the share. The work that
+/// follows a quote found is the route's money work, outside the share.
+pub(super) async fn fleet_quote_shared(
+    s: &Shared,
+    nut30: &PgNut30Quotes,
+    quote: &str,
+) -> Result<Option<Nut30Quote>, CashuError> {
+    let (nut30, quote) = (nut30.clone(), quote.to_string());
+    within_read_share(s, async move { fleet_quote(&nut30, &quote).await }).await
 }
 
 /// Locks the fleet quote just made to `pubkey` and answers it.

@@ -26,7 +26,6 @@ use payment::credit::{curve::parse_point, signed_records, CreditError};
 use super::credit::blocking;
 use super::host::issue_quote_for;
 use super::json_body::CashuBody;
-use super::read_share::within_read_share;
 use super::{fleet_credit, fleet_nut30};
 use crate::app::Shared;
 use crate::fleet_mint::FleetMint;
@@ -98,13 +97,7 @@ pub async fn quote_state(
 ) -> Result<Json<MintQuoteNut30Response>, CashuError> {
     if let Some(nut30) = s.quotes.fleet_nut30().map_err(quotes_error)? {
         // Anyone may ask, about any id: within the public read share.
-        let id = quote.clone();
-        let found = within_read_share(
-            &s,
-            async move { fleet_nut30::fleet_quote(&nut30, &id).await },
-        )
-        .await?;
-        if let Some(q) = found {
+        if let Some(q) = fleet_nut30::fleet_quote_shared(&s, &nut30, &quote).await? {
             return Ok(Json(fleet_nut30::view(&q)));
         }
     }
@@ -126,7 +119,12 @@ pub async fn prove_payment(
     CashuBody(req): CashuBody<QuotePaymentProof>,
 ) -> Result<Json<MintQuoteNut30Response>, CashuError> {
     if let Some(nut30) = s.quotes.fleet_nut30().map_err(quotes_error)? {
-        if fleet_nut30::fleet_quote(&nut30, &quote).await?.is_some() {
+        // Anyone may send a proof for any id, checked only once its quote is found: the
+        // lookup within the public read share, the payment's work after it outside.
+        if fleet_nut30::fleet_quote_shared(&s, &nut30, &quote)
+            .await?
+            .is_some()
+        {
             return fleet_nut30::prove_payment(s, nut30, quote, req).await;
         }
     }
@@ -172,7 +170,9 @@ pub async fn mint(
     req: MintNut30Request,
 ) -> Result<Json<MintOnchainResponse>, CashuError> {
     if let Some(nut30) = s.quotes.fleet_nut30().map_err(quotes_error)? {
-        if let Some(q) = fleet_nut30::fleet_quote(&nut30, &req.quote).await? {
+        // Anyone may send a mint for any id, its signature checked only against the quote
+        // found: the lookup within the public read share, the mint after it outside.
+        if let Some(q) = fleet_nut30::fleet_quote_shared(&s, &nut30, &req.quote).await? {
             let Some(fleet_mint) = s.fleet_mint.clone() else {
                 return Err(ApiError::internal("a fleet store without its mint").into());
             };
