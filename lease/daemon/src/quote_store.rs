@@ -94,6 +94,14 @@ impl QuotesError {
     }
 }
 
+/// A quote [`Quotes::find`] found.
+#[derive(Debug, Clone)]
+pub struct FoundQuote {
+    pub quote: Quote,
+    /// A fleet NUT-30 quote: its payment is minted only with its key's signature.
+    pub key_locked: bool,
+}
+
 /// The fleet's side of [`Quotes`].
 struct FleetQuotes {
     book: PgQuoteBook,
@@ -229,15 +237,27 @@ impl Quotes {
         }
     }
 
-    /// Whether this is a fleet NUT-30 quote (locked to a key: never a lease's payment). A
-    /// host's NUT-30 quotes from before it joined the fleet are in its ledger only, which
-    /// callers ask too.
-    pub fn is_key_locked(&self, quote_id: &str) -> Result<bool, QuotesError> {
+    /// The quote with this id as [`Quotes::get`] finds it, and whether it is a fleet NUT-30
+    /// quote (locked to a key: never a lease's payment), from one read of the store: the
+    /// lookup a payment naming any id makes before anything of it is checked. A host's
+    /// NUT-30 quotes from before it joined the fleet are in its ledger only, which callers
+    /// ask too.
+    pub fn find(&self, quote_id: &str) -> Result<Option<FoundQuote>, QuotesError> {
         match self.fleet_ready()? {
-            None => Ok(false),
-            Some(f) => {
-                Ok(wait(f.book.get(quote_id))?.is_some_and(|q| q.purpose == QuotePurpose::Nut30))
-            }
+            None => Ok(self.local.get(quote_id)?.map(|quote| FoundQuote {
+                quote,
+                key_locked: false,
+            })),
+            Some(f) => match wait(f.book.get(quote_id))? {
+                Some(q) => Ok(Some(FoundQuote {
+                    key_locked: q.purpose == QuotePurpose::Nut30,
+                    quote: q.quote,
+                })),
+                None => Ok(self.local.get(quote_id)?.map(|quote| FoundQuote {
+                    quote,
+                    key_locked: false,
+                })),
+            },
         }
     }
 

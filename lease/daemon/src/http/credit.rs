@@ -22,8 +22,9 @@ use super::read_share::within_read_share;
 use crate::app::{AppState, Shared};
 use crate::clock::unix_s;
 use crate::http::degraded;
-use crate::http::error::{quotes_error, ApiError, CashuError};
-use crate::leases::payment_intake::{notice_storage, verify_onchain};
+use crate::http::error::{ApiError, CashuError};
+use crate::leases::payment_intake::{notice_storage, payment_quote, verify_onchain_for};
+use crate::leases::LeaseError;
 use crate::ledger::Credit;
 
 pub(super) async fn blocking<T: Send + 'static>(
@@ -249,25 +250,42 @@ pub async fn mint(
 }
 
 /// [`mint`]: the payment checked, its outpoints fenced in the fleet store (if any), then
-/// claimed locally with the signatures, then the fence settled.
+/// claimed locally with the signatures, then the fence settled. Anyone may send this,
+/// naming any quote id: on a fleet the quote's lookup reads the store, within the public
+/// read share (503 `store_busy` beyond it: [`within_read_share`]); what follows a quote
+/// found is money work, outside it.
 async fn mint_fenced(
     s: &Shared,
     req: MintOnchainRequest,
 ) -> Result<Json<MintOnchainResponse>, CashuError> {
+    let (s2, quote_id) = (s.clone(), req.payment.quote_id.clone());
+    let quote = within_read_share(s, async move {
+        blocking(move || {
+            let found = payment_quote(&s2, &quote_id);
+            notice_storage(&s2, &found);
+            match found {
+                // A NUT-30 quote's payment is minted only with its key's signature (NUT-20).
+                Err(LeaseError::QuoteKeyLocked(_)) => Err(CreditError::MintSignatureInvalid.into()),
+                found => Ok(found?),
+            }
+        })
+        .await
+    })
+    .await?;
     let s2 = s.clone();
     let (credit, req) = blocking(move || {
-        // A NUT-30 quote's payment is minted only with its key's signature (NUT-20).
-        let fleet_nut30 = s2
-            .quotes
-            .is_key_locked(&req.payment.quote_id)
-            .map_err(quotes_error)?;
-        if fleet_nut30 || s2.ledger.nut30_quote(&req.payment.quote_id)?.is_some() {
-            return Err(CreditError::MintSignatureInvalid.into());
-        }
         // Minted credit is bearer money that no reorg can take back: only a payment
         // proved in the request mints it, and only at --mint-min-conf.
         let need = s2.config.mint_min_conf.max(s2.config.min_conf);
-        let verified = verify_onchain(&s2.chain, &s2.quotes, None, need, &req.payment, None);
+        let verified = verify_onchain_for(
+            &s2.chain,
+            &s2.quotes,
+            None,
+            need,
+            &quote,
+            &req.payment,
+            None,
+        );
         notice_storage(&s2, &verified);
         let credit = verified?;
         // A degraded disk refuses the mint (after a spent payment's 409) before anything

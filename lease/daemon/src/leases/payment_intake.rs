@@ -41,38 +41,76 @@ pub async fn verify_payment(
     };
     let out = match p {
         PaymentBody::Credit(c) if c.proofs.len() <= INLINE_PROOFS => verify_credit(&s.mint, &c),
-        p => {
+        PaymentBody::Credit(c) => {
             let s2 = s.clone();
-            let holder = holder.map(str::to_string);
-            blocking(move || match &p {
-                PaymentBody::Onchain(o) => {
-                    // A NUT-30 quote of this host (its ledger) or of another (the fleet's).
-                    if s2.ledger.nut30_quote(&o.quote_id)?.is_some()
-                        || s2.quotes.is_key_locked(&o.quote_id)?
-                    {
-                        return Err(LeaseError::QuoteKeyLocked(o.quote_id.clone()));
-                    }
-                    let holder = holder.as_deref().map(|lease_id| Holder {
-                        ledger: &s2.ledger,
-                        lease_id,
-                    });
-                    verify_onchain(
-                        &s2.chain,
-                        &s2.quotes,
-                        Some(&s2.watch),
-                        s2.config.min_conf,
-                        o,
-                        holder,
-                    )
-                }
-                PaymentBody::Credit(c) => verify_credit(&s2.mint, c),
-            })
-            .await
+            blocking(move || verify_credit(&s2.mint, &c)).await
         }
+        PaymentBody::Onchain(o) => verify_onchain_body(s, o, holder).await,
     };
     notice_storage(s, &out);
     s.metrics.payment(kind, out.is_ok());
     out
+}
+
+/// [`verify_payment`] of an on-chain payment. A create needs no token and may name any
+/// quote id, so with a fleet store the quote's lookup ([`payment_quote`]) is a public read
+/// of the store: it is made within the public read share
+/// ([`crate::fleet::Fleet::public_read`]; beyond it [`crate::fleet::FleetError::ReadsBusy`],
+/// nothing read). What follows a quote found (the payment's checks, the outputs seen
+/// paying it, its paid mark) is the payment's own work, outside the share.
+async fn verify_onchain_body(
+    s: &Shared,
+    o: OnchainPayment,
+    holder: Option<&str>,
+) -> Result<Credit, LeaseError> {
+    let place = match &s.fleet {
+        Some(fleet) => Some(fleet.public_read().await?),
+        None => None,
+    };
+    let s2 = s.clone();
+    let holder = holder.map(str::to_string);
+    blocking(move || {
+        let quote = {
+            // Held by this closure, which runs to its end on the blocking pool even if the
+            // request is dropped: the place stays taken as long as the lookup uses a
+            // connection, and is given back once it is done.
+            let _place = place;
+            payment_quote(&s2, &o.quote_id)?
+        };
+        let holder = holder.as_deref().map(|lease_id| Holder {
+            ledger: &s2.ledger,
+            lease_id,
+        });
+        verify_onchain_for(
+            &s2.chain,
+            &s2.quotes,
+            Some(&s2.watch),
+            s2.config.min_conf,
+            &quote,
+            &o,
+            holder,
+        )
+    })
+    .await
+}
+
+/// The quote an on-chain payment names, read before anything of the payment is checked:
+/// [`LeaseError::UnknownQuote`] if there is none, [`LeaseError::QuoteKeyLocked`] for a
+/// NUT-30 quote of this host (its ledger) or of another (the fleet's). With a fleet store
+/// this is one read of it whatever id the request names, so callers make it within the
+/// public read share.
+pub fn payment_quote(s: &AppState, quote_id: &str) -> Result<Quote, LeaseError> {
+    if s.ledger.nut30_quote(quote_id)?.is_some() {
+        return Err(LeaseError::QuoteKeyLocked(quote_id.to_string()));
+    }
+    let found = s
+        .quotes
+        .find(quote_id)?
+        .ok_or_else(|| LeaseError::UnknownQuote(quote_id.to_string()))?;
+    if found.key_locked {
+        return Err(LeaseError::QuoteKeyLocked(quote_id.to_string()));
+    }
+    Ok(found.quote)
 }
 
 /// Tells the disk reserve about a verification that failed on a full disk: marking a quote
@@ -115,6 +153,20 @@ pub fn verify_onchain(
     let quote = quotes
         .get(&p.quote_id)?
         .ok_or_else(|| LeaseError::UnknownQuote(p.quote_id.clone()))?;
+    verify_onchain_for(chain, quotes, seen, min_conf, &quote, p, holder)
+}
+
+/// [`verify_onchain`] with `quote`, the quote `p` names, read already (by
+/// [`payment_quote`], within the public read share).
+pub fn verify_onchain_for(
+    chain: &RwLock<HeaderChain>,
+    quotes: &Quotes,
+    seen: Option<&PaymentWatch>,
+    min_conf: u32,
+    quote: &Quote,
+    p: &OnchainPayment,
+    holder: Option<Holder<'_>>,
+) -> Result<Credit, LeaseError> {
     let by_quote_id = p.tx_hex.is_empty() && p.proof_hex.is_empty();
     let (seen, held) = match (by_quote_id, seen) {
         (false, _) => (None, None),
@@ -133,10 +185,10 @@ pub fn verify_onchain(
     let v = {
         let chain = chain.read().unwrap_or_else(PoisonError::into_inner);
         match (&seen, held) {
-            (None, _) => check_payment(&chain, &quote, &p.tx_hex, &p.proof_hex, min_conf)?,
-            (Some(seen), None) => seen_payment(&chain, &quote, seen, min_conf, true)?,
+            (None, _) => check_payment(&chain, quote, &p.tx_hex, &p.proof_hex, min_conf)?,
+            (Some(seen), None) => seen_payment(&chain, quote, seen, min_conf, true)?,
             (Some(seen), Some(lease_id)) => {
-                match seen_payment(&chain, &quote, seen, min_conf, false) {
+                match seen_payment(&chain, quote, seen, min_conf, false) {
                     Ok(v) => v,
                     // Nothing new deep enough: what the lease holds is all there is for now.
                     // A retry of an earlier top-up is answered as it; otherwise a new
