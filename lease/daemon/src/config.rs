@@ -343,9 +343,10 @@ pub struct Settings {
     pub host_id: Option<String>,
     /// With --store: how many of the fleet store's 16 connections unauthenticated reads
     /// (NUT-07 checkstate, NUT-09 restore, GET /v1/quotes/{id}, GET
-    /// /v1/mint/quote/onchain/{quote}) may hold at once, 1 to 15 (default 4). Beyond them
-    /// such a read waits up to 1 s, then is answered 503 `store_busy` (Retry-After), so a
-    /// flood of them leaves the other connections to money requests.
+    /// /v1/mint/quote/onchain/{quote}, and the first lookup of the quote a payment proof,
+    /// a mint or a lease's on-chain payment names) may hold at once, 1 to 15 (default 4).
+    /// Beyond them such a read waits up to 1 s, then is answered 503 `store_busy`
+    /// (Retry-After), so a flood of them leaves the other connections to money requests.
     #[arg(long)]
     pub store_public_reads: Option<usize>,
     /// With --store: the fleet's mint seed, 64 hex characters (32 bytes) on the first line,

@@ -2,10 +2,16 @@
 //! restore, `GET /v1/quotes/{id}`, `GET /v1/mint/quote/onchain/{quote}`) run their reads
 //! within this host's public read share ([`crate::fleet::Fleet::public_read`]): anyone may
 //! send any number of them, and without a bound they could hold every pooled connection
-//! of the store and leave money requests (swaps, mints, creates, refunds) none. Beyond the
+//! of the store and leave money requests (swaps, mints, creates, refunds) none. So do the
+//! routes that take a payment or a mint naming a quote by id, for their first lookup of
+//! that quote, which anyone can make with any id before anything else is checked:
+//! `POST /v1/mint/quote/onchain/{quote}/payment` and `POST /v1/mint/onchain` (both bodies)
+//! here, and a create's or a top-up's on-chain payment in
+//! [`crate::leases::payment_intake`], which takes its place from the fleet directly. The
+//! work that follows a quote found is money work and runs outside the share. Beyond the
 //! share a read is answered 503 `store_busy` with Retry-After (in NUT-00's shape on the
-//! Cashu routes) after a short wait, rather than waiting for a connection. Without a
-//! fleet store the work just runs.
+//! Cashu routes) after a short wait, rather than waiting for a connection, and counted
+//! (`coinop_fleet_store_reads_busy_total`). Without a fleet store the work just runs.
 
 use std::future::Future;
 
