@@ -450,28 +450,30 @@ async fn a_crashed_runs_session_the_role_may_not_end_refuses_the_start() {
         .expect("the other role's session untouched");
 }
 
-/// As many unauthenticated reads at once as the host has store connections, each held in
-/// the store (the NUT-30 quotes' table locked by the test, so a quote state lookup waits
-/// there on its connection; a swap does not touch that table): the reads beyond the
-/// public read share (`--store-public-reads 3`) are answered 503 busy within the share's
-/// short wait, not left hanging, and a swap, a money request, still gets its connections
-/// and completes meanwhile. Without the share the reads take every connection and the
-/// swap is 503 `store_unavailable`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_of_unauthenticated_reads_leaves_money_requests_their_connections() {
-    const SHARE: usize = 3;
-    let Some(pg) =
-        cluster("a_flood_of_unauthenticated_reads_leaves_money_requests_their_connections")
-    else {
-        return;
-    };
-    let dir = StateDir::new();
-    let share = SHARE.to_string();
-    let h1 = host_with(&pg, &dir, 1, &["--store-public-reads", &share]).await;
-    h1.wait_store_ready().await;
-    let wallet = Wallet::new(&h1).await;
-    let proofs = h1.mint_credit(64).await;
+/// How many statements of host `n`'s sessions wait on a lock in the store.
+fn waiting_on_a_lock(pg: &TestCluster, n: u32) -> usize {
+    let name = payment_postgres::application_name(&format!("host-{n}"));
+    let count = pg
+        .psql(
+            "fleet",
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = '{name}' AND wait_event_type = 'Lock'"
+            ),
+        )
+        .expect("psql");
+    count.parse().expect("a count")
+}
 
+/// A read of [`fill_the_share`]: its answer and how long it took.
+type HeldRead = tokio::task::JoinHandle<(coinop_cli::client::Reply, Duration)>;
+
+/// Fills host 1's public read share and holds it: the NUT-30 quotes' table locked in a
+/// session of the test's own (its transaction open until it commits), then as many NUT-30
+/// quote state lookups at once as the host has store connections, each of those the share
+/// lets through waiting in the store on its connection. Returns once every read is waiting
+/// there or answered: the session, and the reads.
+async fn fill_the_share(pg: &TestCluster, h1: &Daemon) -> (tokio_postgres::Client, Vec<HeldRead>) {
     let (locker, connection) =
         tokio_postgres::connect(&pg.conninfo("fleet"), tokio_postgres::NoTls)
             .await
@@ -495,25 +497,60 @@ async fn a_flood_of_unauthenticated_reads_leaves_money_requests_their_connection
             })
         })
         .collect();
-    let name = payment_postgres::application_name("host-1");
-    let waiting = || {
-        let n = pg
-            .psql(
-                "fleet",
-                &format!(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE application_name = '{name}' AND wait_event_type = 'Lock'"
-                ),
-            )
-            .expect("psql");
-        n.parse::<usize>().expect("a count")
-    };
-    // Every read is either waiting in the store on its connection or answered.
     common::wait_for(
-        async || waiting() + reads.iter().filter(|r| r.is_finished()).count() >= pool,
+        async || {
+            waiting_on_a_lock(pg, 1) + reads.iter().filter(|r| r.is_finished()).count() >= pool
+        },
         "every read in the store or answered",
     )
     .await;
+    (locker, reads)
+}
+
+/// A Cashu route's 503 for a read beyond the public read share: NUT-00's shape, code 0.
+fn assert_cashu_store_busy(r: &coinop_cli::client::Reply) {
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["code"], 0, "NUT-00's shape: {}", r.text());
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("unauthenticated reads")),
+        "{}",
+        r.text()
+    );
+}
+
+/// A metric's value from `d`'s `/metrics` (`None` when absent).
+async fn metric(d: &Daemon, name: &str) -> Option<u64> {
+    let text = d.call("GET", "/metrics", None, None).await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// As many unauthenticated reads at once as the host has store connections, each held in
+/// the store (the NUT-30 quotes' table locked by the test, so a quote state lookup waits
+/// there on its connection; a swap does not touch that table): the reads beyond the
+/// public read share (`--store-public-reads 3`) are answered 503 busy within the share's
+/// short wait, not left hanging, and a swap, a money request, still gets its connections
+/// and completes meanwhile. Without the share the reads take every connection and the
+/// swap is 503 `store_unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unauthenticated_reads_leaves_money_requests_their_connections() {
+    const SHARE: usize = 3;
+    let Some(pg) =
+        cluster("a_flood_of_unauthenticated_reads_leaves_money_requests_their_connections")
+    else {
+        return;
+    };
+    let dir = StateDir::new();
+    let share = SHARE.to_string();
+    let h1 = host_with(&pg, &dir, 1, &["--store-public-reads", &share]).await;
+    h1.wait_store_ready().await;
+    let wallet = Wallet::new(&h1).await;
+    let proofs = h1.mint_credit(64).await;
+
+    let pool = payment_postgres::DEFAULT_POOL_SIZE;
+    let (locker, reads) = fill_the_share(&pg, &h1).await;
 
     // A swap, a money request, and the other routes' unauthenticated reads, all at once
     // while the share's reads are held in the store: the swap gets its connections, the
@@ -537,7 +574,11 @@ async fn a_flood_of_unauthenticated_reads_leaves_money_requests_their_connection
         sent.elapsed()
     );
     assert_eq!(r.status, 200, "the swap got its connections: {}", r.text());
-    assert_eq!(waiting(), SHARE, "the reads in the store are the share's");
+    assert_eq!(
+        waiting_on_a_lock(&pg, 1),
+        SHARE,
+        "the reads in the store are the share's"
+    );
     for cashu in [&checked, &restored] {
         assert_eq!(cashu.status, 503, "{}", cashu.text());
         assert_eq!(cashu.json()["code"], 0, "{}", cashu.text());
@@ -559,15 +600,7 @@ async fn a_flood_of_unauthenticated_reads_leaves_money_requests_their_connection
     }
     assert_eq!(answered.len(), pool - SHARE, "answered beyond the share");
     for (r, took) in &answered {
-        assert_eq!(r.status, 503, "{}", r.text());
-        assert_eq!(r.json()["code"], 0, "NUT-00's shape: {}", r.text());
-        assert!(
-            r.json()["detail"]
-                .as_str()
-                .is_some_and(|d| d.contains("unauthenticated reads")),
-            "{}",
-            r.text()
-        );
+        assert_cashu_store_busy(r);
         assert!(
             *took < coinopd::fleet::PUBLIC_READ_WAIT + Duration::from_secs(2),
             "answered after {took:?}"
@@ -583,6 +616,124 @@ async fn a_flood_of_unauthenticated_reads_leaves_money_requests_their_connection
     }
     let states = h1.proof_states(&proofs).await;
     assert!(states.iter().all(|s| s == "SPENT"), "{states:?}");
+}
+
+/// The routes that take a payment or a mint naming a quote look the quote up in the store
+/// before anything else of the request is checked, so anyone can have them read it with
+/// any id. With the public read share held full (as above), a payment proof and both
+/// bodies of `POST /v1/mint/onchain` naming a quote nobody made are answered 503 busy in
+/// NUT-00's shape, and a create paying with it `store_busy` in coinop's, all within the
+/// share's wait and none of them waiting in the store; `/metrics` counts every refusal.
+/// Once the share is free the same requests get their ordinary answers, refused no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_and_mints_naming_any_quote_look_it_up_within_the_share() {
+    const SHARE: usize = 3;
+    const BUSY: &str = "coinop_fleet_store_reads_busy_total";
+    let Some(pg) = cluster("payments_and_mints_naming_any_quote_look_it_up_within_the_share")
+    else {
+        return;
+    };
+    let dir = StateDir::new();
+    let share = SHARE.to_string();
+    let h1 = host_with(&pg, &dir, 1, &["--store-public-reads", &share]).await;
+    h1.wait_store_ready().await;
+    assert_eq!(metric(&h1, BUSY).await, Some(0), "nothing refused yet");
+
+    let (locker, reads) = fill_the_share(&pg, &h1).await;
+    let flooded = reads.iter().filter(|r| r.is_finished()).count();
+    assert_eq!(
+        flooded,
+        payment_postgres::DEFAULT_POOL_SIZE - SHARE,
+        "answered beyond the share"
+    );
+    // A quote id nobody made, as a flood would send (any id will do).
+    let unknown = "00cd";
+    let onchain = json!({"quote_id": unknown, "tx_hex": "00", "proof_hex": "00"});
+    let prove = format!("/v1/mint/quote/onchain/{unknown}/payment");
+    let requests = || async {
+        tokio::join!(
+            h1.call(
+                "POST",
+                &prove,
+                None,
+                Some(json!({"tx_hex": "00", "proof_hex": "00"})),
+            ),
+            h1.call(
+                "POST",
+                "/v1/mint/onchain",
+                None,
+                Some(json!({"quote": unknown, "outputs": [], "signature": "00"})),
+            ),
+            h1.call(
+                "POST",
+                "/v1/mint/onchain",
+                None,
+                Some(json!({"payment": onchain, "outputs": []})),
+            ),
+            h1.call(
+                "POST",
+                "/v1/leases",
+                None,
+                Some(testguest_body("", json!({"onchain": onchain}))),
+            ),
+        )
+    };
+    let sent = Instant::now();
+    // Bounded: a lookup made outside the share waits in the store (the NUT-30 lookups on
+    // the locked table) until the test lets it go, which is after this.
+    let Ok((proved, minted, minted_coinop, created)) =
+        tokio::time::timeout(Duration::from_secs(10), requests()).await
+    else {
+        panic!(
+            "a lookup waited in the store beyond the share: {} statements wait on the lock",
+            waiting_on_a_lock(&pg, 1)
+        );
+    };
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        sent.elapsed()
+    );
+    for cashu in [&proved, &minted, &minted_coinop] {
+        assert_cashu_store_busy(cashu);
+    }
+    assert_eq!(created.status, 503, "{}", created.text());
+    assert_eq!(
+        created.json()["error"]["code"],
+        "store_busy",
+        "{}",
+        created.text()
+    );
+    assert_eq!(
+        waiting_on_a_lock(&pg, 1),
+        SHARE,
+        "the only statements in the store are the share's reads"
+    );
+    let refused = u64::try_from(flooded + 4).expect("a small count");
+    assert_eq!(
+        metric(&h1, BUSY).await,
+        Some(refused),
+        "every refusal counted"
+    );
+
+    // The share free again: the ordinary answers for a quote nobody made.
+    locker.batch_execute("COMMIT").await.expect("unlock");
+    for read in reads {
+        read.await.expect("read task");
+    }
+    let (proved, minted, minted_coinop, created) = requests().await;
+    for cashu in [&proved, &minted, &minted_coinop] {
+        assert_eq!(cashu.status, 400, "{}", cashu.text());
+        assert!(
+            cashu.json()["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("quote") && d.contains(unknown)),
+            "no such quote: {}",
+            cashu.text()
+        );
+    }
+    assert_eq!(created.status, 404, "{}", created.text());
+    assert_eq!(metric(&h1, BUSY).await, Some(refused), "none refused since");
 }
 
 /// The same swap sent twice at once to one host, the first held between its fence and its
