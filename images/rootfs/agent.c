@@ -19,7 +19,8 @@
  *   8. one connection to dropbear on loopback, its banner read (warm_sshd), unless it was
  *      made before the line: a guest restored ahead of its lease is rung while it waits
  *      (PERSONALISE.md, "Time to spare"), and makes that connection then, with the
- *      placeholder key back in place for it (warm_before_line)
+ *      placeholder key back in place for it, and brings eth0 up and down once, with no
+ *      address, to pay its driver's open path too (warm_before_line)
  *   9. what it did, and the uptime at each step's end (the lab's per-phase figures)
  *
  * Why dropbear before the snapshot is safe (PERSONALISE.md has the whole argument): its
@@ -381,6 +382,9 @@ static void warm_before_line(void)
 	warm_sshd(line_came);
 	if (syscall3(SYS_unlink, (long)HOST_KEY_FILE, 0, 0) != 0)
 		agent_fail("cannot remove the placeholder SSH host key after the warm-up");
+	/* The NIC's open path too, unless the line is already here. */
+	if (!line_came())
+		personalise_network_warm();
 	warmed_before_line = 1;
 	warm_before_line_ms = uptime_ms() - start;
 	port_longest_pause_us = 0; /* from here on: the wait for the line after the warm-up */

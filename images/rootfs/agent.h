@@ -80,6 +80,7 @@ void personalise_reseed(const char *hex);
 void personalise_clock(const char *time);
 void personalise_hostname(const char *name);
 void personalise_network(const char *mac, const char *ip, const char *gw);
+void personalise_network_warm(void);
 void personalise_tenant_key(const char *b64);
 
 /*
