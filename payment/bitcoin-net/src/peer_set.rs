@@ -25,6 +25,11 @@ pub struct PeerSetConfig {
     pub peers: Vec<String>,
     /// Also connect to addresses from the network's DNS seeds (mainnet and testnets only).
     pub dns_seeds: bool,
+    /// The seeds asked when `dns_seeds` is on, and the port their addresses are dialled on:
+    /// the network's own ([`dns_seeds`]) unless changed. Tests name loopback addresses here,
+    /// which resolve as themselves, so the seeded path runs without DNS.
+    pub seeds: Vec<String>,
+    pub seed_port: u16,
     /// How many DNS-seed addresses to use at most.
     pub seed_peers: usize,
     /// How long a misbehaving peer is shunned (at most [`MAX_BAN`]; the back-off still
@@ -40,10 +45,13 @@ pub struct PeerSetConfig {
 
 impl PeerSetConfig {
     pub fn new(network: ChainNetwork, peers: Vec<String>) -> Self {
+        let (seeds, seed_port) = dns_seeds(network);
         PeerSetConfig {
             network,
             peers,
             dns_seeds: false,
+            seeds: seeds.iter().map(|s| s.to_string()).collect(),
+            seed_port,
             seed_peers: 4,
             ban_for: Duration::from_secs(24 * 60 * 60),
             backoff_min: Duration::from_millis(500),
@@ -56,7 +64,7 @@ impl PeerSetConfig {
 
     /// Whether there is anyone to connect to.
     pub fn is_enabled(&self) -> bool {
-        !self.peers.is_empty() || (self.dns_seeds && !dns_seeds(self.network).0.is_empty())
+        !self.peers.is_empty() || (self.dns_seeds && !self.seeds.is_empty())
     }
 }
 
@@ -117,11 +125,10 @@ pub fn spawn(
                 Arc::clone(&status),
             ));
         }
-        if config.dns_seeds && !dns_seeds(config.network).0.is_empty() {
-            let (seeds, port) = dns_seeds(config.network);
+        if config.dns_seeds && !config.seeds.is_empty() {
             let addrs = resolve_until_some(
-                seeds,
-                port,
+                &config.seeds,
+                config.seed_port,
                 config.seed_peers,
                 config.backoff_min,
                 config.backoff_max,
@@ -159,7 +166,7 @@ pub const MAX_PER_SEED: usize = 2;
 /// the host without seeded peers until it restarted. `resolve` is the DNS lookup (tests
 /// give their own: they talk only to loopback).
 async fn resolve_until_some<F, Fut>(
-    seeds: &[&str],
+    seeds: &[String],
     port: u16,
     max: usize,
     backoff_min: Duration,
@@ -186,7 +193,7 @@ where
 }
 
 /// Up to `max` distinct addresses from the seeds, at most [`MAX_PER_SEED`] from each.
-async fn seed_addresses<F, Fut>(seeds: &[&str], port: u16, max: usize, resolve: &F) -> Vec<String>
+async fn seed_addresses<F, Fut>(seeds: &[String], port: u16, max: usize, resolve: &F) -> Vec<String>
 where
     F: Fn(String, u16) -> Fut,
     Fut: std::future::Future<Output = std::io::Result<Vec<SocketAddr>>>,
@@ -196,7 +203,7 @@ where
         if out.len() >= max {
             break;
         }
-        match resolve(seed.to_string(), port).await {
+        match resolve(seed.clone(), port).await {
             Ok(addrs) => {
                 let mut taken = 0;
                 for a in addrs {
@@ -317,7 +324,7 @@ mod tests {
                 _ => Ok(addrs(3, 25)),
             }
         };
-        let got = seed_addresses(&["a", "b", "c", "d"], 8333, 4, &resolve).await;
+        let got = seed_addresses(&["a", "b", "c", "d"].map(String::from), 8333, 4, &resolve).await;
         assert_eq!(
             got,
             [
@@ -343,7 +350,7 @@ mod tests {
             }
         };
         let got = resolve_until_some(
-            &["only"],
+            &["only".to_string()],
             8333,
             4,
             Duration::from_millis(1),
