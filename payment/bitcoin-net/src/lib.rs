@@ -8,8 +8,10 @@
 //! - [`session`]: one connected peer: `sendheaders`, `getheaders` from a block locator,
 //!   `headers` and `inv` announcements, `ping`/`pong`, the verdict on a bad header, and
 //!   the full blocks (`getdata` witness block) the host wants to scan for payments;
-//! - [`peer_set`]: one task per configured peer (and DNS-seed peers when asked): connect,
+//! - [`peer_set`]: one task per configured peer (and DNS-seed slots when asked): connect,
 //!   reconnect with exponential back-off, ban a misbehaving peer for a while;
+//! - [`seed_pool`]: the DNS seeds' addresses the seeded slots share: a slot whose peer was
+//!   banned or keeps failing gives its address back and takes another (bounded per seed);
 //! - [`status`]: what the daemon shows (peers connected, syncing or synced, last header).
 //!
 //! The chain itself is reached through [`ChainAccess`]: every header a peer sends goes
@@ -19,6 +21,7 @@
 pub mod codec;
 pub mod handshake;
 pub mod peer_set;
+pub mod seed_pool;
 pub mod session;
 pub mod status;
 

@@ -1,11 +1,17 @@
-//! The set of peers: one task per configured `HOST:PORT` (and, when asked, per address the
-//! network's DNS seeds return), each connecting, running a [`session`](crate::session) and
-//! reconnecting after it ends, with exponential back-off. A peer that misbehaved is banned:
-//! its task waits out the ban before connecting again. Stopping the set (aborting the
-//! handle [`spawn`] returns) stops every peer task with it.
+//! The set of peers: one task per configured `HOST:PORT`, and, when asked, `seed_peers`
+//! slots that draw their addresses from the network's DNS seeds through a shared
+//! [`SeedPool`]. Each connects, runs a [`session`] and reconnects after it ends, with
+//! exponential back-off. A peer that misbehaved is banned. A configured peer's task waits
+//! out the ban (the operator named that peer); a seeded slot gives a banned address back
+//! to the pool, where the ban stays, and takes another, as it does after
+//! [`FAILURES_BEFORE_REPLACING`] failed sessions in a row (a closed, silent or stalling
+//! peer), so the host keeps as many seeded peers as it asked for. Stopping the set
+//! (aborting the handle [`spawn`] returns) stops every peer task with it.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bitcoin::p2p::Magic;
@@ -13,6 +19,7 @@ use payment::onchain::ChainNetwork;
 use tokio::net::TcpStream;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::seed_pool::{GiveUp, SeedPool, FAILURES_BEFORE_REPLACING, REST};
 use crate::session::{self, SessionContext, SessionTimers};
 use crate::status::SyncStatus;
 use crate::ChainAccess;
@@ -30,10 +37,12 @@ pub struct PeerSetConfig {
     /// which resolve as themselves, so the seeded path runs without DNS.
     pub seeds: Vec<String>,
     pub seed_port: u16,
-    /// How many DNS-seed addresses to use at most.
+    /// How many connections to keep to addresses from the DNS seeds (slots; at most
+    /// [`MAX_PER_SEED`](crate::seed_pool::MAX_PER_SEED) of them from any one seed).
     pub seed_peers: usize,
     /// How long a misbehaving peer is shunned (at most [`MAX_BAN`]; the back-off still
-    /// applies after it).
+    /// applies after it). A seeded slot does not wait: it takes another address, and the
+    /// banned one is not taken again before the ban ends.
     pub ban_for: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -119,32 +128,25 @@ pub fn spawn(
         for p in &config.peers {
             tasks.spawn(peer_loop(
                 p.clone(),
-                p.clone(),
                 Arc::clone(&config),
                 Arc::clone(&chain),
                 Arc::clone(&status),
             ));
         }
-        if config.dns_seeds && !config.seeds.is_empty() {
-            let addrs = resolve_until_some(
-                &config.seeds,
-                config.seed_port,
-                config.seed_peers,
-                config.backoff_min,
-                config.backoff_max,
-                |seed, port| async move {
-                    tokio::net::lookup_host((seed.as_str(), port))
-                        .await
-                        .map(Iterator::collect)
-                },
-            )
-            .await;
-            for addr in addrs {
-                let label = format!("seed:{addr}");
-                status.configured(&label);
-                tasks.spawn(peer_loop(
-                    label,
-                    addr,
+        if config.dns_seeds && !config.seeds.is_empty() && config.seed_peers > 0 {
+            let seeds = Arc::new(Seeds::new(
+                &config,
+                Box::new(|seed, port| {
+                    Box::pin(async move {
+                        tokio::net::lookup_host((seed.as_str(), port))
+                            .await
+                            .map(Iterator::collect)
+                    })
+                }),
+            ));
+            for _ in 0..config.seed_peers {
+                tasks.spawn(seed_slot(
+                    Arc::clone(&seeds),
                     Arc::clone(&config),
                     Arc::clone(&chain),
                     Arc::clone(&status),
@@ -157,108 +159,194 @@ pub fn spawn(
     })
 }
 
-/// At most this many addresses are taken from one DNS seed, so that no single seed operator
-/// (or whoever spoofs its unauthenticated DNS answers) picks every seeded peer.
-pub const MAX_PER_SEED: usize = 2;
+/// A DNS lookup of one seed at a port. Tests give their own: they talk only to loopback.
+type Resolve = dyn Fn(String, u16) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>
+    + Send
+    + Sync;
 
-/// Resolves the seeds until some address comes back, waiting `backoff_min` doubling to
-/// `backoff_max` between rounds: at boot DNS may not be up yet, and giving up then left
-/// the host without seeded peers until it restarted. `resolve` is the DNS lookup (tests
-/// give their own: they talk only to loopback).
-async fn resolve_until_some<F, Fut>(
-    seeds: &[String],
+/// The seeds and the pool of their addresses, shared by the seeded slots.
+struct Seeds {
+    seeds: Vec<String>,
     port: u16,
-    max: usize,
+    resolve: Box<Resolve>,
+    pool: Mutex<SeedPool>,
+    /// When the seeds were last asked and how long until they may be asked again; held
+    /// through a round, so that slots short of an address at the same moment (all of them
+    /// at start) share one round rather than each asking every seed.
+    asked: tokio::sync::Mutex<Asked>,
     backoff_min: Duration,
     backoff_max: Duration,
-    resolve: F,
-) -> Vec<String>
-where
-    F: Fn(String, u16) -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<Vec<SocketAddr>>>,
-{
-    let mut wait = backoff_min;
-    loop {
-        let addrs = seed_addresses(seeds, port, max, &resolve).await;
-        if !addrs.is_empty() || max == 0 {
-            return addrs;
-        }
-        tracing::warn!(
-            retry_ms = wait.as_millis() as u64,
-            "no DNS seed gave an address"
-        );
-        tokio::time::sleep(wait).await;
-        wait = wait.saturating_mul(2).min(backoff_max);
-    }
 }
 
-/// Up to `max` distinct addresses from the seeds, at most [`MAX_PER_SEED`] from each.
-async fn seed_addresses<F, Fut>(seeds: &[String], port: u16, max: usize, resolve: &F) -> Vec<String>
-where
-    F: Fn(String, u16) -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<Vec<SocketAddr>>>,
-{
-    let mut out: Vec<String> = Vec::new();
-    for seed in seeds {
-        if out.len() >= max {
-            break;
+struct Asked {
+    last: Option<Instant>,
+    wait: Duration,
+}
+
+impl Seeds {
+    fn new(config: &PeerSetConfig, resolve: Box<Resolve>) -> Self {
+        // A configured peer has a slot of its own: a seed naming it would only make a
+        // second connection to the same node.
+        let exclude = config.peers.iter().filter_map(|p| p.parse().ok()).collect();
+        Seeds {
+            seeds: config.seeds.clone(),
+            port: config.seed_port,
+            resolve,
+            pool: Mutex::new(SeedPool::new(exclude)),
+            asked: tokio::sync::Mutex::new(Asked {
+                last: None,
+                wait: config.backoff_min,
+            }),
+            backoff_min: config.backoff_min,
+            backoff_max: config.backoff_max,
         }
-        match resolve(seed.clone(), port).await {
-            Ok(addrs) => {
-                let mut taken = 0;
-                for a in addrs {
-                    if taken >= MAX_PER_SEED || out.len() >= max {
-                        break;
-                    }
-                    let a = a.to_string();
-                    if !out.contains(&a) {
-                        out.push(a);
-                        taken += 1;
-                    }
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, SeedPool> {
+        // The pool's methods cannot leave it half-changed (no panics inside), so a
+        // poisoned lock holds a consistent pool.
+        self.pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take(&self) -> Option<SocketAddr> {
+        self.pool().take(Instant::now())
+    }
+
+    fn give_back(&self, addr: SocketAddr, why: GiveUp) {
+        self.pool().give_back(addr, why, Instant::now());
+    }
+
+    /// Asks every seed and adds their answers to the pool, unless the last round was too
+    /// recent. While rounds bring nothing new the wait between them doubles from
+    /// `backoff_min`: up to `backoff_max` while the pool is empty (at boot DNS may not be
+    /// up yet, and giving up then left the host without seeded peers until it restarted),
+    /// up to [`REST`] once it holds addresses (they become takeable again on their own, as
+    /// bans end and rests pass), so that a dead pool does not make the seeds a target of
+    /// a lookup a minute for ever.
+    async fn refresh(&self) {
+        let mut asked = self.asked.lock().await;
+        if asked.last.is_some_and(|t| t.elapsed() < asked.wait) {
+            return;
+        }
+        let mut answered = 0;
+        let mut added = 0;
+        for (i, seed) in self.seeds.iter().enumerate() {
+            match (self.resolve)(seed.clone(), self.port).await {
+                Ok(addrs) => {
+                    answered += addrs.len();
+                    added += self.pool().add(i, addrs, Instant::now());
                 }
+                Err(e) => tracing::warn!(seed, error = %e, "DNS seed lookup failed"),
             }
-            Err(e) => tracing::warn!(seed, error = %e, "DNS seed lookup failed"),
+        }
+        let (empty, cap) = {
+            let pool = self.pool();
+            let cap = if pool.is_empty() {
+                self.backoff_max
+            } else {
+                self.backoff_max.max(REST)
+            };
+            (pool.is_empty(), cap)
+        };
+        asked.wait = if added > 0 {
+            self.backoff_min
+        } else {
+            asked.wait.saturating_mul(2).min(cap)
+        };
+        asked.last = Some(Instant::now());
+        if empty {
+            tracing::warn!(
+                retry_ms = asked.wait.as_millis() as u64,
+                "no DNS seed gave an address"
+            );
+        } else {
+            tracing::info!(answered, added, "DNS seeds asked for peer addresses");
         }
     }
-    out
 }
 
-/// Keeps one peer connected for as long as the set runs.
+/// How a connection to a peer ended.
+struct Ended {
+    why: String,
+    /// It misbehaved: banned.
+    ban: bool,
+    /// The session lasted [`PeerSetConfig::stable_after`]: the back-off starts over.
+    stable: bool,
+    /// It counts against the address: no connection, no handshake, gone quiet, or over
+    /// before it was stable; not when the host itself ended it.
+    failed: bool,
+}
+
+/// Connects to `target` and runs a session until it ends.
+async fn attempt(
+    target: &str,
+    ctx: &SessionContext,
+    config: &PeerSetConfig,
+    status: &SyncStatus,
+) -> Ended {
+    let started = Instant::now();
+    let ended = match connect(target, config.timers.handshake).await {
+        Ok(stream) => {
+            let end = session::run(stream, ctx).await;
+            let stable = started.elapsed() >= config.stable_after;
+            Ended {
+                why: end.to_string(),
+                ban: end.is_misbehaviour(),
+                stable,
+                failed: !end.is_host_fault() && (!stable || end.is_silence()),
+            }
+        }
+        Err(e) => Ended {
+            why: format!("connect: {e}"),
+            ban: false,
+            stable: started.elapsed() >= config.stable_after,
+            failed: true,
+        },
+    };
+    status.disconnected(&ctx.label);
+    ended
+}
+
+fn context(
+    label: &str,
+    config: &PeerSetConfig,
+    chain: &Arc<dyn ChainAccess>,
+    status: &Arc<SyncStatus>,
+) -> SessionContext {
+    SessionContext {
+        label: label.to_string(),
+        magic: Magic::from(config.network.bitcoin_network()),
+        user_agent: config.user_agent.clone(),
+        timers: config.timers.clone(),
+        chain: Arc::clone(chain),
+        status: Arc::clone(status),
+    }
+}
+
+/// Keeps one configured peer connected for as long as the set runs. The operator named
+/// it, so it is never swapped for another: a ban is waited out.
 async fn peer_loop(
-    label: String,
     target: String,
     config: Arc<PeerSetConfig>,
     chain: Arc<dyn ChainAccess>,
     status: Arc<SyncStatus>,
 ) {
-    let ctx = SessionContext {
-        label: label.clone(),
-        magic: Magic::from(config.network.bitcoin_network()),
-        user_agent: config.user_agent.clone(),
-        timers: config.timers.clone(),
-        chain,
-        status: Arc::clone(&status),
-    };
+    let ctx = context(&target, &config, &chain, &status);
     let mut backoff = config.backoff_min;
     loop {
         let started = Instant::now();
-        let ended = match connect(&target, config.timers.handshake).await {
-            Ok(stream) => {
-                let end = session::run(stream, &ctx).await;
-                (end.to_string(), end.is_misbehaviour())
-            }
-            Err(e) => (format!("connect: {e}"), false),
-        };
-        status.disconnected(&label);
-        let (why, ban) = ended;
-        if ban {
+        let end = attempt(&target, &ctx, &config, &status).await;
+        if end.ban {
             let until = ban_deadline(Instant::now(), config.ban_for);
-            status.banned(&label, until);
-            tracing::warn!(peer = %label, reason = %why, ban_s = config.ban_for.as_secs(), "bitcoin peer banned");
+            status.banned(&target, until);
+            tracing::warn!(peer = %target, reason = %end.why, ban_s = config.ban_for.as_secs(), "bitcoin peer banned");
             tokio::time::sleep_until(until.into()).await;
         } else {
-            tracing::info!(peer = %label, reason = %why, retry_ms = backoff.as_millis() as u64, "bitcoin peer disconnected");
+            tracing::info!(peer = %target, reason = %end.why, retry_ms = backoff.as_millis() as u64, "bitcoin peer disconnected");
         }
+        // Counted from before the ban's wait: after a long ban the back-off starts over.
         if started.elapsed() >= config.stable_after {
             backoff = config.backoff_min;
         }
@@ -266,6 +354,79 @@ async fn peer_loop(
         // otherwise be redialled in a tight loop.
         tokio::time::sleep(backoff).await;
         backoff = backoff.saturating_mul(2).min(config.backoff_max);
+    }
+}
+
+/// One seeded slot: keeps a peer from the seeds' pool connected for as long as the set
+/// runs. Its address is given back, and another taken, when the peer there is banned (the
+/// ban stays on that address, in the pool) or fails [`FAILURES_BEFORE_REPLACING`] times in
+/// a row. One back-off runs across addresses, reset only by a stable session, so a pool
+/// of dead addresses is dialled no faster than one dead peer.
+async fn seed_slot(
+    seeds: Arc<Seeds>,
+    config: Arc<PeerSetConfig>,
+    chain: Arc<dyn ChainAccess>,
+    status: Arc<SyncStatus>,
+) {
+    let mut backoff = config.backoff_min;
+    loop {
+        let addr = match seeds.take() {
+            Some(addr) => Some(addr),
+            None => {
+                seeds.refresh().await;
+                seeds.take()
+            }
+        };
+        if let Some(addr) = addr {
+            keep_seed_address(addr, &seeds, &config, &chain, &status, &mut backoff).await;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = backoff.saturating_mul(2).min(config.backoff_max);
+    }
+}
+
+/// Runs sessions with `addr` until the slot gives it up (back to the pool).
+async fn keep_seed_address(
+    addr: SocketAddr,
+    seeds: &Seeds,
+    config: &PeerSetConfig,
+    chain: &Arc<dyn ChainAccess>,
+    status: &Arc<SyncStatus>,
+    backoff: &mut Duration,
+) {
+    let label = format!("seed:{addr}");
+    status.configured(&label);
+    let ctx = context(&label, config, chain, status);
+    let target = addr.to_string();
+    let mut failures = 0u32;
+    loop {
+        let end = attempt(&target, &ctx, config, status).await;
+        if end.stable {
+            *backoff = config.backoff_min;
+        }
+        if end.ban {
+            let until = ban_deadline(Instant::now(), config.ban_for);
+            status.banned(&label, until);
+            tracing::warn!(peer = %label, reason = %end.why, ban_s = config.ban_for.as_secs(), "bitcoin peer banned; its slot takes another seed address");
+            seeds.give_back(addr, GiveUp::Banned { until });
+            status.released(&label, Instant::now());
+            return;
+        }
+        failures = match (end.failed, end.stable) {
+            (true, _) => failures + 1,
+            (false, true) => 0,
+            // Ended by the host, early: says nothing about the peer either way.
+            (false, false) => failures,
+        };
+        if failures >= FAILURES_BEFORE_REPLACING {
+            tracing::info!(peer = %label, reason = %end.why, failures, "bitcoin peer keeps failing; its slot takes another seed address");
+            seeds.give_back(addr, GiveUp::Failing);
+            status.released(&label, Instant::now());
+            return;
+        }
+        tracing::info!(peer = %label, reason = %end.why, retry_ms = backoff.as_millis() as u64, "bitcoin peer disconnected");
+        tokio::time::sleep(*backoff).await;
+        *backoff = backoff.saturating_mul(2).min(config.backoff_max);
     }
 }
 
@@ -309,6 +470,14 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    fn seeds_with(resolve: Box<Resolve>) -> Seeds {
+        let mut config = PeerSetConfig::new(ChainNetwork::Mainnet, vec!["127.0.9.9:8333".into()]);
+        config.seeds = ["a", "b", "c", "d"].map(String::from).to_vec();
+        config.backoff_min = Duration::from_millis(1);
+        config.backoff_max = Duration::from_millis(4);
+        Seeds::new(&config, resolve)
+    }
+
     fn addrs(first: u8, n: u8) -> Vec<SocketAddr> {
         (0..n)
             .map(|i| SocketAddr::from(([127, 0, first, i], 8333)))
@@ -316,50 +485,65 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn no_seed_gives_more_than_two_addresses() {
-        let resolve = |seed: String, _port| async move {
-            match seed.as_str() {
-                "a" => Ok(addrs(1, 25)),
-                "b" => Err(std::io::Error::other("no answer")),
-                _ => Ok(addrs(3, 25)),
-            }
-        };
-        let got = seed_addresses(&["a", "b", "c", "d"].map(String::from), 8333, 4, &resolve).await;
+    async fn every_seed_is_asked_and_none_fills_more_than_two_slots() {
+        let seeds = seeds_with(Box::new(|seed, _port| {
+            Box::pin(async move {
+                match seed.as_str() {
+                    "a" => Ok(addrs(1, 25)),
+                    "b" => Err(std::io::Error::other("no answer")),
+                    // The configured peer among them is not taken.
+                    "c" => {
+                        Ok([vec![SocketAddr::from(([127, 0, 9, 9], 8333))], addrs(3, 25)].concat())
+                    }
+                    _ => Ok(addrs(4, 25)),
+                }
+            })
+        }));
+        seeds.refresh().await;
+        let got: Vec<String> = std::iter::from_fn(|| seeds.take())
+            .map(|a| a.to_string())
+            .collect();
         assert_eq!(
             got,
             [
                 "127.0.1.0:8333",
                 "127.0.1.1:8333",
                 "127.0.3.0:8333",
-                "127.0.3.1:8333"
+                "127.0.3.1:8333",
+                "127.0.4.0:8333",
+                "127.0.4.1:8333",
             ]
         );
     }
 
     #[tokio::test]
-    async fn seeds_are_asked_again_until_one_answers() {
-        let rounds = AtomicUsize::new(0);
-        let resolve = |_seed: String, _port| {
-            let round = rounds.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if round < 2 {
+    async fn seeds_are_asked_again_with_back_off_until_one_answers() {
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&rounds);
+        let seeds = seeds_with(Box::new(move |seed, _port| {
+            // Four seeds a round: the round number is the lookup's number over four.
+            let round = counted.fetch_add(1, Ordering::SeqCst) / 4;
+            Box::pin(async move {
+                if round < 2 || seed != "d" {
                     Err(std::io::Error::other("DNS not up yet"))
                 } else {
                     Ok(addrs(1, 1))
                 }
+            })
+        }));
+        // A round just asked is not asked again at once, however many slots want one.
+        seeds.refresh().await;
+        seeds.refresh().await;
+        assert_eq!(rounds.load(Ordering::SeqCst), 4);
+        let got = loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            seeds.refresh().await;
+            if let Some(a) = seeds.take() {
+                break a;
             }
         };
-        let got = resolve_until_some(
-            &["only".to_string()],
-            8333,
-            4,
-            Duration::from_millis(1),
-            Duration::from_millis(4),
-            resolve,
-        )
-        .await;
-        assert_eq!(got, ["127.0.1.0:8333"]);
-        assert_eq!(rounds.load(Ordering::SeqCst), 3);
+        assert_eq!(got, addrs(1, 1)[0]);
+        assert_eq!(rounds.load(Ordering::SeqCst), 12);
     }
 
     #[test]

@@ -108,6 +108,25 @@ impl SessionError {
                 | SessionError::Handshake(HandshakeError::UserAgentTooLong { .. })
         )
     }
+
+    /// Whether the peer went quiet: it let a timeout run out (handshake, ping, headers,
+    /// write). A session ending so is a failure however long it lasted: a peer that
+    /// shakes hands and then never answers keeps a session up for the whole stall timeout.
+    pub fn is_silence(&self) -> bool {
+        matches!(
+            self,
+            SessionError::PingTimeout(_)
+                | SessionError::Stalled(_)
+                | SessionError::WriteTimeout(_)
+                | SessionError::Handshake(HandshakeError::Timeout(_))
+        )
+    }
+
+    /// Whether the host, not the peer, ended it (its chain's storage, a worker thread):
+    /// nothing to hold against the peer.
+    pub fn is_host_fault(&self) -> bool {
+        matches!(self, SessionError::Chain(_) | SessionError::Worker(_))
+    }
 }
 
 /// Where a session reports, and what it talks to.

@@ -37,6 +37,9 @@ struct PeerEntry {
     caught_up: bool,
     banned_until: Option<Instant>,
     user_agent: String,
+    /// A seed address its slot gave up, kept only while its ban lasts (so that
+    /// `peers_banned` still counts it).
+    released: bool,
 }
 
 #[derive(Debug, Default)]
@@ -86,7 +89,23 @@ impl SyncStatus {
     pub(crate) fn configured(&self, peer: &str) {
         self.with(|i| {
             i.configured = true;
-            i.peers.entry(peer.to_string()).or_default();
+            i.peers.entry(peer.to_string()).or_default().released = false;
+        });
+    }
+
+    /// A seed slot gave `peer` up for another address: it is forgotten, unless banned at
+    /// `now`, in which case it is kept until its ban is over. Every released entry whose
+    /// ban has ended goes too, so entries stay as few as the slots and the banned seed
+    /// addresses (bounded by the seed pool).
+    pub(crate) fn released(&self, peer: &str, now: Instant) {
+        self.with(|i| {
+            if let Some(e) = i.peers.get_mut(peer) {
+                e.released = true;
+                e.connected = false;
+                e.caught_up = false;
+            }
+            i.peers
+                .retain(|_, e| !e.released || e.banned_until.is_some_and(|t| t > now));
         });
     }
 
