@@ -1,8 +1,11 @@
-//! What the scripted-peer tests share: a header chain behind [`ChainAccess`], mined regtest
-//! headers, and the peer's side of the handshake. The peer is scripted on loopback because
-//! no real node misbehaves (or runs its clock ahead) on purpose.
+//! What the peer tests share: a header chain behind [`ChainAccess`], mined regtest headers,
+//! and the peer's side of the handshake. A misbehaving peer is scripted on loopback because
+//! no real node misbehaves (or runs its clock ahead) on purpose; a test that needs a peer
+//! that simply works starts bcoin, a real node ([`bcoin`]).
 
 #![allow(dead_code)] // Each test file uses its own part of this.
+
+pub mod bcoin;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
