@@ -123,6 +123,19 @@ pub fn check_seed<E: std::fmt::Display>(
     Ok(())
 }
 
+/// Opens a transaction on `client` that holds the keysets lock until it ends (commit, or
+/// rollback when dropped): every writer of the list starts here, so none of them sees the
+/// list another one is changing.
+async fn begin_locked(
+    client: &mut deadpool_postgres::Client,
+) -> Result<deadpool_postgres::Transaction<'_>, PgStoreError> {
+    let tx = client.transaction().await.map_err(classify)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEYSETS_LOCK])
+        .await
+        .map_err(classify)?;
+    Ok(tx)
+}
+
 /// Inserts each of `keysets` (created by `host`) whose id and (unit, derivation index) no
 /// row holds yet, inside the caller's transaction (which holds the keysets lock).
 async fn insert_absent(
@@ -184,10 +197,7 @@ impl PgKeysets {
         let host = &host;
         self.store
             .with_client(4, |mut client| async move {
-                let tx = client.transaction().await.map_err(classify)?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEYSETS_LOCK])
-                    .await
-                    .map_err(classify)?;
+                let tx = begin_locked(&mut client).await?;
                 let existing = tx.query(SELECT_ALL, &[]).await.map_err(classify)?;
                 if !existing.is_empty() {
                     tx.commit().await.map_err(classify)?;
@@ -217,10 +227,7 @@ impl PgKeysets {
         let host = &host;
         self.store
             .with_client(4, |mut client| async move {
-                let tx = client.transaction().await.map_err(classify)?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEYSETS_LOCK])
-                    .await
-                    .map_err(classify)?;
+                let tx = begin_locked(&mut client).await?;
                 insert_absent(&tx, keysets, host).await?;
                 let rows = tx.query(SELECT_ALL, &[]).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
@@ -242,10 +249,7 @@ impl PgKeysets {
         let host = &host;
         self.store
             .with_client(4, |mut client| async move {
-                let tx = client.transaction().await.map_err(classify)?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEYSETS_LOCK])
-                    .await
-                    .map_err(classify)?;
+                let tx = begin_locked(&mut client).await?;
                 let demoted = tx
                     .execute(
                         "UPDATE coinop_mint_keysets SET state = 2
