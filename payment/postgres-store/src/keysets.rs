@@ -136,6 +136,16 @@ async fn begin_locked(
     Ok(tx)
 }
 
+/// Reads the list as `tx` left it, then commits `tx`: what every writer returns, read
+/// under the lock so it is the list its own change made.
+async fn commit_listing(
+    tx: deadpool_postgres::Transaction<'_>,
+) -> Result<Vec<FleetKeyset>, PgStoreError> {
+    let rows = tx.query(SELECT_ALL, &[]).await.map_err(classify)?;
+    tx.commit().await.map_err(classify)?;
+    read_rows(&rows)
+}
+
 /// Inserts each of `keysets` (created by `host`) whose id and (unit, derivation index) no
 /// row holds yet, inside the caller's transaction (which holds the keysets lock).
 async fn insert_absent(
@@ -204,9 +214,7 @@ impl PgKeysets {
                     return read_rows(&existing);
                 }
                 insert_absent(&tx, initial, host).await?;
-                let rows = tx.query(SELECT_ALL, &[]).await.map_err(classify)?;
-                tx.commit().await.map_err(classify)?;
-                read_rows(&rows)
+                commit_listing(tx).await
             })
             .await
     }
@@ -229,9 +237,7 @@ impl PgKeysets {
             .with_client(4, |mut client| async move {
                 let tx = begin_locked(&mut client).await?;
                 insert_absent(&tx, keysets, host).await?;
-                let rows = tx.query(SELECT_ALL, &[]).await.map_err(classify)?;
-                tx.commit().await.map_err(classify)?;
-                read_rows(&rows)
+                commit_listing(tx).await
             })
             .await
     }
@@ -286,9 +292,7 @@ impl PgKeysets {
                     }
                     _ => classify(e),
                 })?;
-                let rows = tx.query(SELECT_ALL, &[]).await.map_err(classify)?;
-                tx.commit().await.map_err(classify)?;
-                read_rows(&rows)
+                commit_listing(tx).await
             })
             .await
     }
