@@ -11,9 +11,12 @@
 //!   secrets), so nothing is ever counted twice, also under concurrency and after a crash.
 //! - [`storage_refusal`]: a refusal of that storage by the disk or a lock (full, failing,
 //!   busy), which changed nothing and passes: the one storage error a caller retries.
+//! - [`text`]: another party's text with its control characters escaped, for terminals
+//!   and logs.
 
 pub mod credit;
 pub mod metering;
 pub mod onchain;
 pub mod spent_set;
 pub mod storage_refusal;
+pub mod text;

@@ -11,6 +11,8 @@
 use std::io::Write;
 
 use coinop_proto::ErrorBody;
+// A daemon's strings keep their lines but cannot carry escape sequences to the terminal.
+use payment::text::printable_lines;
 
 use crate::client::{ClientError, Reply};
 use crate::regtest_pay::PayError;
@@ -61,8 +63,8 @@ impl Exit {
     pub fn daemon(r: &Reply) -> Exit {
         let (code, msg) = match r.parse::<ErrorBody>() {
             Ok(b) => (
-                printable(&b.error.code),
-                printable(
+                printable_lines(&b.error.code),
+                printable_lines(
                     &b.error
                         .message
                         .chars()
@@ -109,27 +111,13 @@ impl Exit {
 /// Most characters of a daemon's error message shown.
 const MESSAGE_CHARS: usize = 2000;
 
-/// `text` safe for a terminal: control characters but newline and tab escaped (`\u{1b}`),
-/// so a daemon's string cannot carry escape sequences to the tenant's terminal.
-pub fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() && c != '\n' && c != '\t' {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn one_line(text: &str) -> String {
     let t = text.trim();
     let first = t.lines().next().unwrap_or("");
     if first.is_empty() {
         "(empty body)".to_string()
     } else {
-        printable(&first.chars().take(300).collect::<String>())
+        printable_lines(&first.chars().take(300).collect::<String>())
     }
 }
 
@@ -160,7 +148,7 @@ pub fn print_line(text: &str) -> std::io::Result<()> {
 /// (`eprintln!` would panic instead).
 pub fn note(text: &str) {
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "coinop: {}", printable(text));
+    let _ = writeln!(err, "coinop: {}", printable_lines(text));
 }
 
 #[cfg(test)]
@@ -182,7 +170,7 @@ mod tests {
             "{:?}",
             e.message
         );
-        assert_eq!(printable("a\nb\tc"), "a\nb\tc");
+        assert_eq!(printable_lines("a\nb\tc"), "a\nb\tc");
     }
 
     /// A stdout that takes nothing, like /dev/full or a pipe whose reader has gone.

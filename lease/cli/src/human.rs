@@ -46,7 +46,7 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Error> {
 /// sequences, which could rewrite what the tenant sees or set its window title) are shown
 /// escaped, not sent to the terminal.
 pub fn render(view: View, body: &[u8]) -> Result<String, serde_json::Error> {
-    Ok(crate::exit::printable(&match view {
+    Ok(payment::text::printable_lines(&match view {
         View::Host => host(&parse(body)?),
         View::Quote => quote(&parse(body)?),
         View::Created => created(body)?,

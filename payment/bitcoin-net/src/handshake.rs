@@ -8,6 +8,8 @@ use bitcoin::p2p::address::Address;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::{Magic, ServiceFlags};
+// A peer's words escaped whole, newlines too, so they cannot start a forged log line.
+use payment::text::printable;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -128,21 +130,6 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     Ok(info.expect("the loop ends only once the version arrived"))
-}
-
-/// `text` with every control character escaped (`\n`, `\r`, `\u{1b}`, ...), so that a
-/// peer's words cannot start a new log line (a forged "payment seen" line) or drive the
-/// terminal: the log formatter does not escape newlines.
-pub fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
