@@ -221,8 +221,8 @@ impl Block {
             .filter(|p| p.request == request)
             .map_or(0, |p| p.done);
         let copied = match request {
-            Request::In { offset, len } => self.read_to_guest(offset, len, start, &mut writer),
-            Request::Out { offset, len } => self.write_from_guest(offset, len, start, &mut reader),
+            Request::In { offset, len } => self.copy_data(offset, len, start, Guest::In(writer)),
+            Request::Out { offset, len } => self.copy_data(offset, len, start, Guest::Out(reader)),
             Request::Flush => Copied::Finished(ok_or_ioerr(self.disk.flush().is_ok()), 0),
             Request::GetId => {
                 let n = ID_LEN.min(writer.available_bytes());
@@ -272,25 +272,15 @@ impl Block {
         (burst - burst % SECTOR_SIZE as usize).max(SECTOR_SIZE as usize)
     }
 
-    /// Reads `len` bytes at `offset` into the guest's buffers, the first `start` of which
-    /// an earlier pass already filled.
-    fn read_to_guest(
-        &mut self,
-        offset: u64,
-        len: usize,
-        start: usize,
-        writer: &mut virtio_queue::Writer<'_>,
-    ) -> Copied {
+    /// Moves a request's `len` data bytes between the disk at `offset` and the guest's
+    /// buffers, in `guest`'s direction; the first `start` of them an earlier pass moved.
+    fn copy_data(&mut self, offset: u64, len: usize, start: usize, guest: Guest<'_>) -> Copied {
         // Only a resumed request skips what is done (split_at moves the buffers' list).
-        let mut rest;
-        let writer = match start {
-            0 => writer,
-            _ => match writer.split_at(start) {
-                Ok(tail) => {
-                    rest = tail;
-                    &mut rest
-                }
-                Err(_) => return Copied::Finished(VIRTIO_BLK_S_IOERR as u8, 0),
+        let mut guest = match start {
+            0 => guest,
+            _ => match guest.skip(start) {
+                Some(tail) => tail,
+                None => return Copied::Finished(VIRTIO_BLK_S_IOERR as u8, 0),
             },
         };
         let piece = self.piece_len();
@@ -302,53 +292,39 @@ impl Block {
                 return Copied::Held(done);
             }
             let buf = &mut self.chunk[..n];
-            if self.disk.read_at(buf, offset + done as u64).is_err()
-                || writer.write_all(buf).is_err()
-            {
+            if !guest.move_piece(&mut self.disk, buf, offset + done as u64) {
                 return Copied::Finished(VIRTIO_BLK_S_IOERR as u8, done);
             }
             done += n;
         }
         Copied::Finished(VIRTIO_BLK_S_OK as u8, done)
     }
+}
 
-    /// Writes the guest's `len` bytes at `offset`, the first `start` of which an earlier
-    /// pass already wrote.
-    fn write_from_guest(
-        &mut self,
-        offset: u64,
-        len: usize,
-        start: usize,
-        reader: &mut virtio_queue::Reader<'_>,
-    ) -> Copied {
-        let mut rest;
-        let reader = match start {
-            0 => reader,
-            _ => match reader.split_at(start) {
-                Ok(tail) => {
-                    rest = tail;
-                    &mut rest
-                }
-                Err(_) => return Copied::Finished(VIRTIO_BLK_S_IOERR as u8, 0),
-            },
-        };
-        let piece = self.piece_len();
-        self.chunk.resize(piece.min(len), 0);
-        let mut done = start;
-        while done < len {
-            let n = (len - done).min(piece);
-            if !self.limiter.consume_bytes(n as u64) {
-                return Copied::Held(done);
-            }
-            let buf = &mut self.chunk[..n];
-            if reader.read_exact(buf).is_err()
-                || self.disk.write_at(buf, offset + done as u64).is_err()
-            {
-                return Copied::Finished(VIRTIO_BLK_S_IOERR as u8, done);
-            }
-            done += n;
+/// The guest's side of a request's data, which also says which way it moves.
+enum Guest<'m> {
+    /// IN: from the disk into the chain's writable buffers.
+    In(virtio_queue::Writer<'m>),
+    /// OUT: from the chain's readable buffers to the disk.
+    Out(virtio_queue::Reader<'m>),
+}
+
+impl<'m> Guest<'m> {
+    /// The buffers past their first `n` bytes; None if the chain holds fewer.
+    fn skip(self, n: usize) -> Option<Self> {
+        match self {
+            Guest::In(mut writer) => writer.split_at(n).ok().map(Guest::In),
+            Guest::Out(mut reader) => reader.split_at(n).ok().map(Guest::Out),
         }
-        Copied::Finished(VIRTIO_BLK_S_OK as u8, done)
+    }
+
+    /// Moves the next `buf.len()` bytes, through `buf`, between the guest's buffers and
+    /// `disk` at `at`; false on an I/O error either side.
+    fn move_piece(&mut self, disk: &mut DiskImage, buf: &mut [u8], at: u64) -> bool {
+        match self {
+            Guest::In(writer) => disk.read_at(buf, at).is_ok() && writer.write_all(buf).is_ok(),
+            Guest::Out(reader) => reader.read_exact(buf).is_ok() && disk.write_at(buf, at).is_ok(),
+        }
     }
 }
 
