@@ -465,6 +465,17 @@ fn waiting_on_a_lock(pg: &TestCluster, n: u32) -> usize {
     count.parse().expect("a count")
 }
 
+/// A cluster for `test` and host 1 on it with `--store-public-reads share`, its store
+/// ready; `None` (the test skips) without PostgreSQL. Bound in this order, the host is
+/// dropped first and the cluster last.
+async fn host_with_read_share(test: &str, share: usize) -> Option<(TestCluster, StateDir, Daemon)> {
+    let pg = cluster(test)?;
+    let dir = StateDir::new();
+    let h1 = host_with(&pg, &dir, 1, &["--store-public-reads", &share.to_string()]).await;
+    h1.wait_store_ready().await;
+    Some((pg, dir, h1))
+}
+
 /// A read of [`fill_the_share`]: its answer and how long it took.
 type HeldRead = tokio::task::JoinHandle<(coinop_cli::client::Reply, Duration)>;
 
@@ -537,15 +548,14 @@ async fn metric(d: &Daemon, name: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_unauthenticated_reads_leaves_money_requests_their_connections() {
     const SHARE: usize = 3;
-    let Some(pg) =
-        cluster("a_flood_of_unauthenticated_reads_leaves_money_requests_their_connections")
+    let Some((pg, _dir, h1)) = host_with_read_share(
+        "a_flood_of_unauthenticated_reads_leaves_money_requests_their_connections",
+        SHARE,
+    )
+    .await
     else {
         return;
     };
-    let dir = StateDir::new();
-    let share = SHARE.to_string();
-    let h1 = host_with(&pg, &dir, 1, &["--store-public-reads", &share]).await;
-    h1.wait_store_ready().await;
     let wallet = Wallet::new(&h1).await;
     let proofs = h1.mint_credit(64).await;
 
@@ -629,14 +639,14 @@ async fn a_flood_of_unauthenticated_reads_leaves_money_requests_their_connection
 async fn payments_and_mints_naming_any_quote_look_it_up_within_the_share() {
     const SHARE: usize = 3;
     const BUSY: &str = "coinop_fleet_store_reads_busy_total";
-    let Some(pg) = cluster("payments_and_mints_naming_any_quote_look_it_up_within_the_share")
+    let Some((pg, _dir, h1)) = host_with_read_share(
+        "payments_and_mints_naming_any_quote_look_it_up_within_the_share",
+        SHARE,
+    )
+    .await
     else {
         return;
     };
-    let dir = StateDir::new();
-    let share = SHARE.to_string();
-    let h1 = host_with(&pg, &dir, 1, &["--store-public-reads", &share]).await;
-    h1.wait_store_ready().await;
     assert_eq!(metric(&h1, BUSY).await, Some(0), "nothing refused yet");
 
     let (locker, reads) = fill_the_share(&pg, &h1).await;
