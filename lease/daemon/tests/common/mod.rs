@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 pub mod bcoin;
+// One copy for both crates' tests: see that file.
+#[path = "../../../../payment/bitcoin-net/tests/common/bcoin_install.rs"]
+pub mod bcoin_install;
 pub mod cli_process;
 pub mod guest_reaper;
 pub mod lease_pid;

@@ -5,54 +5,14 @@
 //! port is used: these tests need a node that finishes the handshake, not its RPC.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn skipped(why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-}
-
-/// The bcoin install, installing it if needed; `None` (after a `SKIPPED:` line) when it
-/// cannot be had here (no node/npm, no registry).
-pub fn bcoin_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("COINOP_BCOIN_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/lib/bcoin.sh"))
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            let text = String::from_utf8_lossy(&o.stdout);
-            let dir = text.lines().last().unwrap_or_default().trim().to_string();
-            Some(PathBuf::from(dir))
-        }
-        Ok(o) => {
-            skipped(&format!(
-                "bcoin could not be installed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ));
-            None
-        }
-        Err(e) => {
-            skipped(&format!("bcoin installer did not run: {e}"));
-            None
-        }
-    }
-}
-
-/// A free loopback TCP port (bound and released: a race only with other binds right now).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
+use super::bcoin_install::repo_root;
+// Re-exported where the tests have always found them; a test file that uses neither
+// would warn (unused_imports, which the module's allow(dead_code) does not cover).
+#[allow(unused_imports)]
+pub use super::bcoin_install::{bcoin_dir, free_port};
 
 /// A running bcoin regtest node on 127.0.0.1, at genesis, stopped when dropped.
 pub struct Bcoin {

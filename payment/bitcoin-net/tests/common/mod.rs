@@ -6,6 +6,7 @@
 #![allow(dead_code)] // Each test file uses its own part of this.
 
 pub mod bcoin;
+pub mod bcoin_install;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
