@@ -726,7 +726,7 @@ fn bill_silent_window(s: &Shared, l: &LeaseRow) {
         deadline,
     ) {
         Some(f) => (f.vcpu_total_us, f.uptime_us),
-        None => unanchored_silent_reading(l, crate::clock::unix_ms(), deadline),
+        None => unanchored_silent_reading(l, crate::clock::Now::read(), deadline),
     };
     let sample = Sample {
         lease_id: &l.id,
@@ -749,9 +749,9 @@ fn bill_silent_window(s: &Shared, l: &LeaseRow) {
 }
 
 /// What running lease `l` is billed up to for the window its VMM gave no reading in, when
-/// there is no anchor to hold it to (no reading since coinopd started), at `now_ms` (unix
-/// ms): its vCPU time as last billed (the kernel's guest time of a warm restore's VMM
-/// holds time before its lease), its memory time from when the ledger last set its usage
+/// there is no anchor to hold it to (no reading since coinopd started), at `now`: its vCPU
+/// time as last billed (the kernel's guest time of a warm restore's VMM holds time before
+/// its lease), its memory time from when the ledger last set its usage
 /// marks ([`LeaseRow::metered_since_ms`]: a billing of this stretch sets them, so a
 /// second one bills only what came after), less twice the read deadline as for a reading
 /// ([`crate::usage_floor`]).
@@ -761,7 +761,12 @@ fn bill_silent_window(s: &Shared, l: &LeaseRow) {
 /// silent guest's memory time from whenever it last did. From a top-up that resumed the
 /// lease after its marks were set, though (`funded_at`): the lease was paused unfunded
 /// until then, its memory time not billable, and no tenant can resume a lease that runs.
-fn unanchored_silent_reading(l: &LeaseRow, now_ms: i64, read_deadline: Duration) -> (u64, u64) {
+fn unanchored_silent_reading(
+    l: &LeaseRow,
+    now: crate::clock::Now,
+    read_deadline: Duration,
+) -> (u64, u64) {
+    let now_ms = now.wall_ms;
     let mut since_ms = l.metered_since_ms();
     if let Some(funded) = l.funded_at {
         // Whole seconds: the resume came within the second after `funded_at`. Counted from
@@ -811,7 +816,7 @@ fn handle_read_error(s: &Shared, l: &LeaseRow, e: &ControlError) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::unix_ms;
+    use crate::clock::Now;
     use crate::ledger::recovery::CreateOutcome;
     use crate::ledger::test_support::{credit, ledger, new_lease, s, P};
     use crate::ledger::{Ledger, NewLease, TickAction};
@@ -843,7 +848,7 @@ mod tests {
     /// The silent-window reading of lease "a" in `l` now.
     fn silent(l: &Ledger) -> (u64, u64) {
         let row = l.get("a").expect("get").expect("row");
-        unanchored_silent_reading(&row, unix_ms(), DEADLINE)
+        unanchored_silent_reading(&row, Now::read(), DEADLINE)
     }
 
     /// A running lease whose VMM has been silent since its last tick, 60 s ago, with no

@@ -1,10 +1,13 @@
 //! What the ledger's unit tests share: a ledger in a temporary directory, a lease, a payment,
 //! a reading and prices.
 
+use std::time::Duration;
+
 use payment::metering::Prices;
 use payment::spent_set::SpendKey;
 
 use super::{Credit, Ledger, NewLease, Sample};
+use crate::clock::Now;
 
 /// A usage reading of lease "a": cumulative vCPU µs and uptime µs.
 pub(crate) fn s(vcpu_total_us: u64, uptime_us: u64) -> Sample<'static> {
@@ -66,10 +69,25 @@ pub(crate) fn funded_ago(l: &Ledger, id: &str, secs: i64) {
     .expect("moving funded_at back");
 }
 
-/// When lease `id`'s usage marks were set (unix ms): where a test's ticks count from
-/// (`Ledger::apply_tick_at`), a reading's growth being held to the wall time since.
-pub(crate) fn metered_at(l: &Ledger, id: &str) -> i64 {
-    l.get(id).expect("get").expect("row").metered_since_ms()
+/// When lease `id`'s usage marks were set: where a test's ticks count from
+/// (`Ledger::apply_tick_at`, `t0 + ms`), a reading's growth being held to the time since.
+pub(crate) fn metered_at(l: &Ledger, id: &str) -> Now {
+    Now {
+        wall_ms: l.get(id).expect("get").expect("row").metered_since_ms(),
+        mono: std::time::Instant::now(),
+    }
+}
+
+/// `ms` later on both clocks, as time passes when nobody steps the wall clock.
+impl std::ops::Add<u64> for Now {
+    type Output = Now;
+
+    fn add(self, ms: u64) -> Now {
+        Now {
+            wall_ms: self.wall_ms + i64::try_from(ms).expect("a test's ms fit i64"),
+            mono: self.mono + Duration::from_millis(ms),
+        }
+    }
 }
 
 /// Moves the time lease `id`'s usage marks were set back `secs` seconds, as if its last

@@ -22,7 +22,7 @@ use coinop_proto::{LeaseState, StopReason};
 use payment::metering::{self, Prices, UsageDelta};
 use rusqlite::{params, Transaction};
 
-use crate::clock::unix_ms;
+use crate::clock::Now;
 
 use super::lease_rows::{get_in, stored_counter};
 use super::{LeaseRow, Ledger, LedgerError};
@@ -71,16 +71,16 @@ impl Ledger {
         prices: Prices,
         grace_s: u64,
     ) -> Result<Vec<TickOutcome>, LedgerError> {
-        self.apply_tick_at(samples, prices, grace_s, unix_ms())
+        self.apply_tick_at(samples, prices, grace_s, Now::read())
     }
 
-    /// [`Ledger::apply_tick`] at `now_ms` (unix ms).
+    /// [`Ledger::apply_tick`] at `now`.
     pub(crate) fn apply_tick_at(
         &self,
         samples: &[Sample<'_>],
         prices: Prices,
         grace_s: u64,
-        now_ms: i64,
+        now: Now,
     ) -> Result<Vec<TickOutcome>, LedgerError> {
         self.with_tx(|tx| {
             let mut outcomes = Vec::with_capacity(samples.len());
@@ -88,7 +88,7 @@ impl Ledger {
                 let Some(lease) = get_in(tx, s.lease_id)? else {
                     continue;
                 };
-                outcomes.push(tick_one(tx, &lease, s, prices, grace_s, now_ms)?);
+                outcomes.push(tick_one(tx, &lease, s, prices, grace_s, now.wall_ms)?);
             }
             Ok(outcomes)
         })
