@@ -358,6 +358,11 @@ async fn read(l: &LeaseRow, recheck: bool) -> Reading {
 /// guest, debit, act.
 pub async fn tick(s: &Shared) -> Result<(), LedgerError> {
     reconcile_stopped(s)?;
+    // Housekeeping only (what the ledger noted of leases that ended): it must not hold up
+    // the metering.
+    if let Err(e) = s.ledger.forget_ended_stamps() {
+        tracing::warn!(error = %e, "forgetting the clock stamps of ended leases");
+    }
     crate::payment_reorgs::check(s).await?;
     let (leases, frozen): (Vec<LeaseRow>, Vec<LeaseRow>) = s
         .ledger
@@ -726,7 +731,10 @@ fn bill_silent_window(s: &Shared, l: &LeaseRow) {
         deadline,
     ) {
         Some(f) => (f.vcpu_total_us, f.uptime_us),
-        None => unanchored_silent_reading(l, crate::clock::Now::read(), deadline),
+        None => {
+            let unread = s.ledger.since_billable(l, crate::clock::Now::read());
+            unanchored_silent_reading(l, unread, deadline)
+        }
     };
     let sample = Sample {
         lease_id: &l.id,
@@ -749,32 +757,28 @@ fn bill_silent_window(s: &Shared, l: &LeaseRow) {
 }
 
 /// What running lease `l` is billed up to for the window its VMM gave no reading in, when
-/// there is no anchor to hold it to (no reading since coinopd started), at `now`: its vCPU
-/// time as last billed (the kernel's guest time of a warm restore's VMM holds time before
-/// its lease), its memory time from when the ledger last set its usage
-/// marks ([`LeaseRow::metered_since_ms`]: a billing of this stretch sets them, so a
-/// second one bills only what came after), less twice the read deadline as for a reading
-/// ([`crate::usage_floor`]).
+/// there is no anchor to hold it to (no reading since coinopd started), `unread` after its
+/// usage marks were set: its vCPU time as last billed (the kernel's guest time of a warm
+/// restore's VMM holds time before its lease), its memory time from when the ledger last
+/// set its usage marks ([`LeaseRow::metered_since_ms`]: a billing of this stretch sets
+/// them, so a second one bills only what came after), less twice the read deadline as for
+/// a reading ([`crate::usage_floor`]). `unread` is [`crate::ledger::Ledger::since_billable`]:
+/// the time that passed, on the monotonic clock where this process set the marks, so a
+/// wall clock stepped back does not leave the window unbilled nor one stepped forward
+/// bill the step.
 ///
 /// Not from the row's `updated_at`: a tenant moves that for nothing (a retry of its create
 /// is answered with the lease and writes it, as do top-ups and stops), and would bill its
 /// silent guest's memory time from whenever it last did. From a top-up that resumed the
-/// lease after its marks were set, though (`funded_at`): the lease was paused unfunded
-/// until then, its memory time not billable, and no tenant can resume a lease that runs.
+/// lease after its marks were set, though (`funded_at`, in `since_billable`): the lease was
+/// paused unfunded until then, its memory time not billable, and no tenant can resume a
+/// lease that runs.
 fn unanchored_silent_reading(
     l: &LeaseRow,
-    now: crate::clock::Now,
+    unread: Duration,
     read_deadline: Duration,
 ) -> (u64, u64) {
-    let now_ms = now.wall_ms;
-    let mut since_ms = l.metered_since_ms();
-    if let Some(funded) = l.funded_at {
-        // Whole seconds: the resume came within the second after `funded_at`. Counted from
-        // that second's end, no paused time is billed (at most a second of run is not).
-        since_ms = since_ms.max(funded.saturating_add(1).saturating_mul(1000));
-    }
-    let unread_ms = u64::try_from(now_ms.saturating_sub(since_ms)).unwrap_or(0);
-    let unread = Duration::from_millis(unread_ms).saturating_sub(read_deadline * 2);
+    let unread = unread.saturating_sub(read_deadline * 2);
     let unread_us = u64::try_from(unread.as_micros()).unwrap_or(u64::MAX);
     (
         l.last_vcpu_total_us,
@@ -818,7 +822,7 @@ mod tests {
     use super::*;
     use crate::clock::Now;
     use crate::ledger::recovery::CreateOutcome;
-    use crate::ledger::test_support::{credit, ledger, new_lease, s, P};
+    use crate::ledger::test_support::{credit, ledger, metered_at, new_lease, s, P};
     use crate::ledger::{Ledger, NewLease, TickAction};
 
     const DEADLINE: Duration = Duration::from_millis(250);
@@ -847,8 +851,13 @@ mod tests {
 
     /// The silent-window reading of lease "a" in `l` now.
     fn silent(l: &Ledger) -> (u64, u64) {
+        silent_at(l, Now::read())
+    }
+
+    /// The silent-window reading of lease "a" in `l` at `now`.
+    fn silent_at(l: &Ledger, now: Now) -> (u64, u64) {
         let row = l.get("a").expect("get").expect("row");
-        unanchored_silent_reading(&row, Now::read(), DEADLINE)
+        unanchored_silent_reading(&row, l.since_billable(&row, now), DEADLINE)
     }
 
     /// A running lease whose VMM has been silent since its last tick, 60 s ago, with no
@@ -910,5 +919,42 @@ mod tests {
         ago(&l, 60);
         assert!(l.topup("a", &credit(2, 100_000)).expect("top-up").resumed);
         assert_eq!(silent(&l), (1_000_000, 1_000_000), "none of the pause");
+    }
+
+    /// A running lease read 1 s after its marks were set, then silent 60 s with no anchor
+    /// (its VMM never answered again): what its silent window is billed at `now`, a minute
+    /// after its last reading as time passed, with the wall clock stepped by `step_ms`.
+    fn silent_a_minute_with_the_wall_clock_stepped(step_ms: i64) -> (u64, u64) {
+        let (_dir, l) = ledger();
+        l.create_or_recover(&lease("a"), &credit(1, 1_000_000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        let t0 = metered_at(&l, "a");
+        l.apply_tick_at(&[s(100_000, 1_000_000)], P, 60, t0 + 1000)
+            .expect("tick");
+        silent_at(&l, (t0 + 61_000).wall_stepped(step_ms))
+    }
+
+    /// 60 s less twice the read deadline past the marks: the silent window as time passed.
+    const A_MINUTE_UNREAD: (u64, u64) = (100_000, 1_000_000 + 60_000_000 - 500_000);
+
+    /// The wall clock stepped back an hour during the silent window: its minute of memory
+    /// time is billed all the same (measured on the wall clock it was none).
+    #[test]
+    fn a_silent_window_is_billed_its_length_across_a_wall_clock_step_back() {
+        assert_eq!(
+            silent_a_minute_with_the_wall_clock_stepped(-3_600_000),
+            A_MINUTE_UNREAD
+        );
+    }
+
+    /// The wall clock stepped forward an hour during the silent window: its minute of
+    /// memory time is billed, not the hour.
+    #[test]
+    fn a_silent_window_is_billed_no_more_than_its_length_across_a_wall_clock_step_forward() {
+        assert_eq!(
+            silent_a_minute_with_the_wall_clock_stepped(3_600_000),
+            A_MINUTE_UNREAD
+        );
     }
 }

@@ -48,6 +48,8 @@ pub struct LeaseRow {
     pub spawn_json: Option<String>,
     /// When the lease last began running on its balance: its boot, or the top-up that
     /// resumed it from `paused_unfunded` (unix s; `None` in rows older than the column).
+    /// The time since is measured on the monotonic clock where this coinopd wrote it
+    /// (`stamps.rs`).
     pub funded_at: Option<i64>,
     /// When the usage marks (`last_vcpu_total_us`, `last_uptime_us`) were last set: by a
     /// metering tick, or where a VMM's counters become the lease's baseline (its create, a
@@ -55,8 +57,9 @@ pub struct LeaseRow {
     /// in a row older than the column ([`LeaseRow::metered_since_ms`]). Nothing a tenant
     /// sends (a top-up, a create's retry, a stop) writes it: a silent VMM's lease with no
     /// reading since coinopd started is billed its memory time from here
-    /// ([`crate::scheduler`]), and a reading's growth is held to the wall time since
-    /// (`tick.rs`).
+    /// ([`crate::scheduler`]), and a reading's growth is held to the time since
+    /// (`tick.rs`): measured on the monotonic clock where this coinopd set the marks, on
+    /// the wall clock from here only for marks set before it started (`stamps.rs`).
     pub metered_at_ms: Option<i64>,
 }
 

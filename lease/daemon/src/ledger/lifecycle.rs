@@ -7,10 +7,11 @@
 use coinop_proto::{LeaseState, StopReason};
 use rusqlite::params;
 
-use crate::clock::{unix_ms, unix_s};
+use crate::clock::{unix_s, Now};
 use crate::vmm_process::VmmProcess;
 
 use super::lease_rows::stored_counter;
+use super::stamps::Column;
 use super::{Ledger, LedgerError, UsageBaseline};
 
 /// What [`Ledger::mark_guest_ended`] did.
@@ -130,20 +131,24 @@ impl Ledger {
     /// a lease no longer booting).
     pub fn reset_baseline(&self, id: &str) -> Result<bool, LedgerError> {
         self.with_tx(|tx| {
+            let at = Now::read();
             let n = tx
                 .prepare_cached(
                     "UPDATE leases SET last_vcpu_total_us = 0, last_uptime_us = 0,
                         updated_at = ?2, metered_at_ms = ?4
                      WHERE id = ?1 AND state = ?3",
                 )?
-                .execute(params![id, unix_s(), LeaseState::Booting, unix_ms()])?;
+                .execute(params![id, at.wall_s(), LeaseState::Booting, at.wall_ms])?;
+            if n == 1 {
+                self.stamps.wrote(id, Column::MeteredAtMs, at);
+            }
             Ok(n == 1)
         })
     }
 
     /// A booting lease runs, its marks `baseline` if given. Their `metered_at_ms` stays as
     /// the insert or reset set it: the VMM they are the counters of was spawned, or read,
-    /// after that, so its counters grew no more than the wall time since.
+    /// after that, so its counters grew no more than the time since.
     fn set_running(
         &self,
         id: &str,
@@ -152,22 +157,28 @@ impl Ledger {
         baseline: Option<UsageBaseline>,
     ) -> Result<(), LedgerError> {
         self.with_tx(|tx| {
-            tx.prepare_cached(
-                "UPDATE leases SET state = ?2, pid = ?3, boot_json = ?4, updated_at = ?5,
-                    funded_at = ?5, last_vcpu_total_us = COALESCE(?7, last_vcpu_total_us),
-                    last_uptime_us = COALESCE(?8, last_uptime_us)
-                 WHERE id = ?1 AND state = ?6",
-            )?
-            .execute(params![
-                id,
-                LeaseState::Running,
-                pid,
-                boot_json,
-                unix_s(),
-                LeaseState::Booting,
-                baseline.map(|b| stored_counter(b.vcpu_total_us)),
-                baseline.map(|b| stored_counter(b.uptime_us))
-            ])?;
+            let at = Now::read();
+            let n = tx
+                .prepare_cached(
+                    "UPDATE leases SET state = ?2, pid = ?3, boot_json = ?4, updated_at = ?5,
+                        funded_at = ?5, last_vcpu_total_us = COALESCE(?7, last_vcpu_total_us),
+                        last_uptime_us = COALESCE(?8, last_uptime_us)
+                     WHERE id = ?1 AND state = ?6",
+                )?
+                .execute(params![
+                    id,
+                    LeaseState::Running,
+                    pid,
+                    boot_json,
+                    at.wall_s(),
+                    LeaseState::Booting,
+                    baseline.map(|b| stored_counter(b.vcpu_total_us)),
+                    baseline.map(|b| stored_counter(b.uptime_us))
+                ])?;
+            if n == 1 {
+                // Funded from here: its silent window counts from now.
+                self.stamps.wrote(id, Column::FundedAt, at);
+            }
             Ok(())
         })
     }

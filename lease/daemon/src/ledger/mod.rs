@@ -17,6 +17,7 @@
 //! | `payments.rs` | a payment claimed in the spent set and recorded with the balance it credits: create, top-up ([`TopupOutcome`]), [`Ledger::claim_with`], the [`Refund`]; each recorded so that its retry after a lost reply gets the same answer |
 //! | `lifecycle.rs` | a guest's boot and stop: `running`, `stopped` with its reason |
 //! | `tick.rs` | metering: one tick's [`Sample`]s debited, leases that run dry paused, then stopped ([`TickOutcome`]) |
+//! | `stamps.rs` | when this process wrote a lease's time columns, on the monotonic clock: the time since, whatever the wall clock did |
 //! | `quotes.rs` | the `lease_quotes` table: [`QuoteRow`] |
 //! | `books.rs` | where a lease's money went: [`Books`] |
 //! | [`recovery`] | a lost create reply: the lease handed back to the retry that proves it owns it |
@@ -33,6 +34,7 @@ mod quotes;
 pub mod recovery;
 pub mod reorg;
 mod schema;
+mod stamps;
 #[cfg(test)]
 pub(crate) mod test_support;
 pub(crate) mod tick;
@@ -185,6 +187,10 @@ pub struct Ledger {
     /// Called when the disk refuses a step ([`LedgerError::Storage`]); the daemon frees its
     /// disk reserve there, so that the next metering and stop commits have room.
     on_storage_error: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// When this process wrote the leases' time columns, on the monotonic clock (billing
+    /// measures the time since on it: `stamps.rs`). Changed only under the connection's
+    /// lock, so in the order the writes commit.
+    stamps: stamps::Stamps,
 }
 
 impl Ledger {
@@ -201,6 +207,7 @@ impl Ledger {
         Ok(Ledger {
             conn: Mutex::new(conn),
             on_storage_error: OnceLock::new(),
+            stamps: stamps::Stamps::default(),
         })
     }
 
@@ -214,6 +221,7 @@ impl Ledger {
         f: impl FnOnce(&Transaction<'_>) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
         let mut conn = self.lock();
+        self.stamps.begin();
         // A failed step drops `tx` unfinished, which rolls it back.
         let result = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -223,6 +231,8 @@ impl Ledger {
                 tx.commit()?;
                 Ok(out)
             });
+        // Under the lock still: the next transaction measures from what this one wrote.
+        self.stamps.settle(result.is_ok());
         drop(conn);
         self.noticed(result)
     }

@@ -15,10 +15,11 @@ use payment::credit::Mint;
 use payment::spent_set::{SignedOutput, SpendKey, SpendState, SpentSetError, SqliteSpentSet};
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use crate::clock::{unix_ms, unix_s};
+use crate::clock::{unix_s, Now};
 
 use super::lease_rows::require_in;
 use super::recovery::{outputs_digest, payment_digest};
+use super::stamps::{Column, Stamps};
 use super::{Credit, Ledger, LedgerError, NewLease};
 
 /// A refund that committed.
@@ -98,11 +99,12 @@ fn earlier_topup(
 /// the recovery key's hash are kept so that a retry of this create can find and prove it.
 pub(super) fn insert_lease(
     tx: &Transaction<'_>,
+    stamps: &Stamps,
     lease: &NewLease,
     credit: &Credit,
 ) -> Result<(), LedgerError> {
-    let now_ms = unix_ms();
-    let now = now_ms.div_euclid(1000);
+    let at = Now::read();
+    let now = at.wall_s();
     // The usage marks are the VMM's counters from here on (its VMM is spawned after this
     // commits; a warm restore's counters were read before it).
     tx.prepare_cached(
@@ -128,8 +130,9 @@ pub(super) fn insert_lease(
         lease.recovery_hash.as_ref().map(|h| h.as_slice()),
         lease.baseline.vcpu_total_us,
         lease.baseline.uptime_us,
-        now_ms,
+        at.wall_ms,
     ])?;
+    stamps.wrote(&lease.id, Column::MeteredAtMs, at);
     record_payment(tx, credit, &lease.id, credit.is_late(), false)
 }
 
@@ -137,7 +140,7 @@ impl Ledger {
     /// Claims the payment and inserts the lease (state `booting`) with its balance, in one
     /// durable transaction. Nothing is written if any payment key is already spent.
     pub fn create_lease(&self, lease: &NewLease, credit: &Credit) -> Result<(), LedgerError> {
-        self.with_tx(|tx| insert_lease(tx, lease, credit))
+        self.with_tx(|tx| insert_lease(tx, &self.stamps, lease, credit))
     }
 
     /// Adds a payment to a lease's balance. A lease paused for lack of funds goes back to
@@ -187,11 +190,16 @@ impl Ledger {
                 lease.state
             };
             let balance = lease.balance_msat.saturating_add(credit.amount_msat);
+            let at = Now::read();
+            if resumed {
+                // Funded anew: its silent window counts from here (`stamps.rs`).
+                self.stamps.wrote(id, Column::FundedAt, at);
+            }
             tx.prepare_cached(
                 "UPDATE leases SET balance_msat = ?2, state = ?3, paused_at = CASE WHEN ?4 THEN NULL ELSE paused_at END,
                     funded_at = CASE WHEN ?4 THEN ?5 ELSE funded_at END, updated_at = ?5 WHERE id = ?1",
             )?
-            .execute(params![id, balance, new_state, resumed, unix_s()])?;
+            .execute(params![id, balance, new_state, resumed, at.wall_s()])?;
             Ok(TopupOutcome {
                 balance_msat: balance,
                 resumed,

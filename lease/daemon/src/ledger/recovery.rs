@@ -38,8 +38,9 @@ use subtle::ConstantTimeEq;
 
 use super::lease_rows::require_in;
 use super::payments::insert_lease;
+use super::stamps::{Column, Stamps};
 use super::{Credit, LeaseRow, Ledger, LedgerError, NewLease};
-use crate::clock::{unix_ms, unix_s};
+use crate::clock::Now;
 use coinop_proto::{LeaseState, StopReason};
 
 /// A digest of the exact set of spent-set keys a payment claims, independent of their
@@ -143,6 +144,7 @@ fn created_from_same_quote(
 /// `None` for anything else (no key presented, unknown payment, no key stored, wrong key).
 fn recover_in(
     tx: &Transaction<'_>,
+    stamps: &Stamps,
     credit: &Credit,
     presented: Option<&[u8; 32]>,
     new_token_hash: &[u8; 32],
@@ -163,6 +165,10 @@ fn recover_in(
         },
     };
     let reboot = never_booted(&require_in(tx, &id)?);
+    let at = Now::read();
+    if reboot {
+        stamps.wrote(&id, Column::MeteredAtMs, at);
+    }
     // A reboot's VMM, spawned after this commits, counts from zero: its marks are set here.
     // Anything else keeps them, and the time they were set (a tenant may send this retry
     // as often as it likes: it must not move what metering bills from).
@@ -178,10 +184,10 @@ fn recover_in(
     .execute(params![
         id,
         new_token_hash.as_slice(),
-        unix_s(),
+        at.wall_s(),
         reboot,
         LeaseState::Booting,
-        unix_ms()
+        at.wall_ms
     ])?;
     let token_seq: u64 = tx
         .prepare_cached("SELECT token_seq FROM leases WHERE id = ?1")?
@@ -205,10 +211,10 @@ impl Ledger {
     ) -> Result<CreateOutcome, LedgerError> {
         self.with_tx(|tx| {
             let presented = lease.recovery_hash.as_ref();
-            if let Some(r) = recover_in(tx, credit, presented, &lease.token_hash)? {
+            if let Some(r) = recover_in(tx, &self.stamps, credit, presented, &lease.token_hash)? {
                 return Ok(CreateOutcome::Recovered(Box::new(r)));
             }
-            insert_lease(tx, lease, credit)?;
+            insert_lease(tx, &self.stamps, lease, credit)?;
             Ok(CreateOutcome::Created)
         })
     }
@@ -221,7 +227,15 @@ impl Ledger {
         recovery_hash: &[u8; 32],
         new_token_hash: &[u8; 32],
     ) -> Result<Option<Recovered>, LedgerError> {
-        self.with_tx(|tx| recover_in(tx, credit, Some(recovery_hash), new_token_hash))
+        self.with_tx(|tx| {
+            recover_in(
+                tx,
+                &self.stamps,
+                credit,
+                Some(recovery_hash),
+                new_token_hash,
+            )
+        })
     }
 
     /// Whether a payment's keys were claimed before, read without claiming anything: the

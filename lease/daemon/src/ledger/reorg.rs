@@ -10,9 +10,10 @@ use coinop_proto::{LeaseState, StopReason};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::lease_rows::{require_in, stored_counter};
+use super::stamps::Column;
 use super::tick::excused_uptime;
 use super::{Ledger, LedgerError};
-use crate::clock::{unix_ms, unix_s};
+use crate::clock::{unix_s, Now};
 
 /// Whether the lease's balance is frozen by a reorg.
 /// The blocks of `lease_id`'s on-chain payments not yet settled, read on `conn`.
@@ -187,7 +188,8 @@ impl Ledger {
             {
                 return Ok(false);
             }
-            let now = unix_s();
+            let at = Now::read();
+            let now = at.wall_s();
             if lease.state != LeaseState::PausedReorg {
                 tx.prepare_cached(
                     "UPDATE leases SET reorg_at = NULL, updated_at = ?2 WHERE id = ?1",
@@ -195,13 +197,16 @@ impl Ledger {
                 .execute(params![id, now])?;
                 return Ok(false);
             }
-            // The pause's memory time is excused as far as the wall time since the marks
-            // were set (a VMM cannot excuse more by saying so); its vCPU time is not (a
-            // paused guest's does not grow; one that ran on pays for it when it runs).
-            // Neither mark moves back (`tick.rs`).
-            let now_ms = unix_ms();
+            // The pause's memory time is excused as far as the time since the marks were
+            // set (a VMM cannot excuse more by saying so; measured as `tick.rs` does); its
+            // vCPU time is not (a paused guest's does not grow; one that ran on pays for it
+            // when it runs). Neither mark moves back (`tick.rs`).
             let (uptime, metered_at_ms) = match reading {
-                Some((_, uptime)) => (excused_uptime(&lease, uptime, now_ms), now_ms),
+                Some((_, uptime)) => {
+                    let since = self.stamps.since_metered(&lease, at);
+                    self.stamps.wrote(id, Column::MeteredAtMs, at);
+                    (excused_uptime(&lease, uptime, since), at.wall_ms)
+                }
                 None => (lease.last_uptime_us, lease.metered_since_ms()),
             };
             let vcpu = lease.last_vcpu_total_us;
@@ -376,7 +381,7 @@ mod tests {
         assert!(l.unsettled_payments().expect("list").is_empty());
     }
 
-    /// A thaw excuses the frozen guest's memory time as far as the wall time since its
+    /// A thaw excuses the frozen guest's memory time as far as the time since its
     /// marks were set, and moves neither mark back: what its VMM says at the thaw can
     /// neither excuse more nor undo what was billed.
     #[test]

@@ -74,7 +74,12 @@ pub(crate) fn funded_ago(l: &Ledger, id: &str, secs: i64) {
 pub(crate) fn metered_at(l: &Ledger, id: &str) -> Now {
     Now {
         wall_ms: l.get(id).expect("get").expect("row").metered_since_ms(),
-        mono: std::time::Instant::now(),
+        // Where this ledger set them (a test that moved them by hand measures on the wall
+        // clock: any instant will do).
+        mono: l
+            .stamps
+            .metered_at(id)
+            .unwrap_or_else(std::time::Instant::now),
     }
 }
 
@@ -101,4 +106,15 @@ pub(crate) fn metered_ago(l: &Ledger, id: &str, secs: i64) {
         Ok(())
     })
     .expect("moving metered_at_ms back");
+}
+
+impl Now {
+    /// The same moment with the wall clock stepped by `ms` (back if negative): what an
+    /// operator's `date -s` or an NTP correction does, the monotonic clock untouched.
+    pub(crate) fn wall_stepped(self, ms: i64) -> Now {
+        Now {
+            wall_ms: self.wall_ms + ms,
+            ..self
+        }
+    }
 }

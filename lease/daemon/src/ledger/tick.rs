@@ -9,14 +9,22 @@
 //! tick crossing a silent window's billing) bills nothing, and what lies between is not
 //! billed a second time once the counters pass them again. Nor does a reading move them
 //! further than the time since they were set allows (`metered_at_ms`): a billed one at most
-//! `vcpus` × that wall time (+ [`BILLED_SLACK_US`]) for vCPU time and that wall time (+ the
-//! slack) for uptime; one that is not billed (a pause) excuses at most that wall time of
-//! uptime and no vCPU time at all (a paused guest's does not grow; one that ran on pays for
-//! it once it runs again). So a spike a VMM reports (its guest took it over) is billed as a
+//! `vcpus` × that time (+ [`BILLED_SLACK_US`]) for vCPU time and that time (+ the slack)
+//! for uptime; one that is not billed (a pause) excuses at most that time of uptime and no
+//! vCPU time at all (a paused guest's does not grow; one that ran on pays for it once it
+//! runs again). So a spike a VMM reports (its guest took it over) is billed as a
 //! guest that used all its vCPUs, and what lies beyond waits for its counters to get there:
 //! it neither buys the lease a free run (the marks out of its counters' reach for good) nor
 //! excuses time it did not pause. A replaced VMM, whose counters do start again from zero,
 //! has its marks set where it is replaced (its boot, a failed hand-over, a recovery).
+//!
+//! "The time since" is the time that passed, on the monotonic clock, wherever this process
+//! set the marks (`stamps.rs`): a wall clock stepped back would otherwise hold each tick to
+//! the slack until it is back where it was (the lease's billing deferred by the step, one
+//! that runs dry not paused), and one stepped forward let a spike bill the step. Only marks
+//! set before a restart are measured on the wall clock, from `metered_at_ms`.
+
+use std::time::Duration;
 
 use coinop_proto::{LeaseState, StopReason};
 use payment::metering::{self, Prices, UsageDelta};
@@ -25,6 +33,7 @@ use rusqlite::{params, Transaction};
 use crate::clock::Now;
 
 use super::lease_rows::{get_in, stored_counter};
+use super::stamps::{Column, Stamps};
 use super::{LeaseRow, Ledger, LedgerError};
 
 /// One tick's reading of one guest's cumulative counters.
@@ -37,8 +46,8 @@ pub struct Sample<'a> {
     /// running by the tick's commit: its VMM answered paused (coinopd died between a
     /// top-up's commit and its `resume`), or the lease was read paused for lack of funds
     /// and a top-up committed since. The time since the last reading is not billed as
-    /// memory time (the guest could not use it): the uptime mark moves, as far as the wall
-    /// time since it was set.
+    /// memory time (the guest could not use it): the uptime mark moves, as far as the time
+    /// since it was set.
     pub vm_paused: bool,
 }
 
@@ -82,13 +91,33 @@ impl Ledger {
         grace_s: u64,
         now: Now,
     ) -> Result<Vec<TickOutcome>, LedgerError> {
+        match self.stamps.observe(now) {
+            Some(step_ms) if step_ms < 0 => {
+                let back_ms = step_ms.unsigned_abs();
+                tracing::warn!(
+                    step_back_ms = back_ms,
+                    "the wall clock was stepped back {back_ms} ms; metering goes on at its \
+                     pace, measuring the time between readings on the monotonic clock (only \
+                     times written before coinopd started are measured on the wall clock)"
+                )
+            }
+            Some(step_ms) => {
+                tracing::info!(
+                    step_forward_ms = step_ms,
+                    "the wall clock moved {step_ms} ms ahead of the monotonic clock (stepped, \
+                     or the host was suspended); metering measures the time between readings \
+                     on the monotonic clock"
+                )
+            }
+            None => {}
+        }
         self.with_tx(|tx| {
             let mut outcomes = Vec::with_capacity(samples.len());
             for s in samples {
                 let Some(lease) = get_in(tx, s.lease_id)? else {
                     continue;
                 };
-                outcomes.push(tick_one(tx, &lease, s, prices, grace_s, now.wall_ms)?);
+                outcomes.push(tick_one(tx, &self.stamps, &lease, s, prices, grace_s, now)?);
             }
             Ok(outcomes)
         })
@@ -110,13 +139,13 @@ pub(crate) fn grace_of(grace_s: u64, paused_at: Option<i64>, funded_at: Option<i
     }
 }
 
-/// How far past the wall time since a lease's marks were set a billed reading may take
-/// them: room for what lies between a VMM reading its counters and its tick's `now` (the
-/// read deadline, the blocking pool, the ledger's lock), so an honest reading is billed
-/// whole, and for a wall clock stepped back. Only a billed reading gets it: a reading that
-/// excuses time (a pause) would otherwise excuse a second more at each tick, and a
-/// billed one that reaches further is paid for. What a reading holds beyond it is billed
-/// by later ticks, if the counters are still there.
+/// How far past the time since a lease's marks were set a billed reading may take them:
+/// room for what lies between a VMM reading its counters and its tick's `now` (the read
+/// deadline, the blocking pool, the ledger's lock), so an honest reading is billed whole,
+/// and for a wall clock stepped back across a restart (the only time it is measured on).
+/// Only a billed reading gets it: a reading that excuses time (a pause) would otherwise
+/// excuse a second more at each tick, and a billed one that reaches further is paid for.
+/// What a reading holds beyond it is billed by later ticks, if the counters are still there.
 const BILLED_SLACK_US: u64 = 1_000_000;
 
 /// Where one reading moves a lease's usage marks, and what of that is billed.
@@ -130,12 +159,9 @@ struct Moved {
     dwall: u64,
 }
 
-/// The wall time since lease `l`'s marks were set, at `now_ms`, in µs (none if the clock
-/// stepped back before it).
-fn wall_us_since(l: &LeaseRow, now_ms: i64) -> u64 {
-    u64::try_from(now_ms.saturating_sub(l.metered_since_ms()))
-        .unwrap_or(0)
-        .saturating_mul(1000)
+/// `d` in µs (saturated: no time that passes is that long).
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// A mark at `mark` moved toward `reading`: never back, and no further than `reach` on.
@@ -143,12 +169,12 @@ fn held(mark: u64, reading: u64, reach: u64) -> u64 {
     reading.min(mark.saturating_add(reach)).max(mark)
 }
 
-/// Where reading `s` of lease `l` at `now_ms` takes its marks (see the module's top): a
-/// running lease's vCPU time is billed, and its uptime unless its guest was paused; the
-/// uptime of a lease paused (or paused since the reading) is excused, its vCPU time
-/// neither billed nor excused.
-fn moved(l: &LeaseRow, s: &Sample<'_>, now_ms: i64) -> Moved {
-    let since_us = wall_us_since(l, now_ms);
+/// Where reading `s` of lease `l`, taken `since` its marks were set, takes them (see the
+/// module's top): a running lease's vCPU time is billed, and its uptime unless its guest
+/// was paused; the uptime of a lease paused (or paused since the reading) is excused, its
+/// vCPU time neither billed nor excused.
+fn moved(l: &LeaseRow, s: &Sample<'_>, since: Duration) -> Moved {
+    let since_us = us(since);
     let running = l.state == LeaseState::Running;
     let vcpu_total_us = if running {
         let reach = since_us
@@ -177,23 +203,24 @@ fn moved(l: &LeaseRow, s: &Sample<'_>, now_ms: i64) -> Moved {
     }
 }
 
-/// Lease `l`'s uptime mark after a pause that a reading of `uptime_us` at `now_ms` ends
-/// (a reorg's thaw): the pause's memory time excused, as far as the wall time since the
-/// mark was set, never back.
-pub(super) fn excused_uptime(l: &LeaseRow, uptime_us: u64, now_ms: i64) -> u64 {
-    held(l.last_uptime_us, uptime_us, wall_us_since(l, now_ms))
+/// Lease `l`'s uptime mark after a pause that a reading of `uptime_us`, taken `since` the
+/// mark was set, ends (a reorg's thaw): the pause's memory time excused, as far as the
+/// time since the mark was set, never back.
+pub(super) fn excused_uptime(l: &LeaseRow, uptime_us: u64, since: Duration) -> u64 {
+    held(l.last_uptime_us, uptime_us, us(since))
 }
 
 fn tick_one(
     tx: &Transaction<'_>,
+    stamps: &Stamps,
     lease: &LeaseRow,
     s: &Sample<'_>,
     prices: Prices,
     grace_s: u64,
-    now_ms: i64,
+    at: Now,
 ) -> Result<TickOutcome, LedgerError> {
-    let now = now_ms.div_euclid(1000);
-    let m = moved(lease, s, now_ms);
+    let now = at.wall_s();
+    let m = moved(lease, s, stamps.since_metered(lease, at));
     let (dvcpu, dwall) = (m.dvcpu, m.dwall);
     let mut out = TickOutcome {
         lease_id: lease.id.clone(),
@@ -261,8 +288,9 @@ fn tick_one(
         StopReason::BalanceExhausted,
         now,
         out.debited_msat,
-        now_ms
+        at.wall_ms
     ])?;
+    stamps.wrote(&lease.id, Column::MeteredAtMs, at);
     Ok(out)
 }
 
@@ -479,7 +507,7 @@ mod tests {
     /// A reading ahead of what the clock allows since the last tick (an honest one whose
     /// tick was slow to commit, say) is billed as far as the clock allows, and the rest by
     /// the ticks after while the counters are still there: nothing lost, nothing twice.
-    /// vCPU time may grow by the wall time for each of the lease's vCPUs.
+    /// vCPU time may grow by the time passed for each of the lease's vCPUs.
     #[test]
     fn a_reading_ahead_of_the_clock_is_billed_as_it_comes_due() {
         let (_d, l) = ledger();
@@ -701,5 +729,99 @@ mod tests {
             .apply_tick_at(&[s(1_500_000, 5_500_000)], P, 0, t0 + 5500)
             .expect("tick");
         assert_eq!(o[0].debited_msat, 1000);
+    }
+
+    /// An hour, in ms: how far the wall clock is stepped in the tests below.
+    const HOUR_MS: i64 = 3_600_000;
+
+    /// The wall clock stepped back an hour (an NTP correction, an operator's `date -s`)
+    /// while a lease runs: each tick still bills what its counters grew since the last, 5 s
+    /// of vCPU and of 1 GiB, all of it. (Measured on the wall clock, the time since the
+    /// marks were set was none for the next hour, and each tick billed 1 s, the slack, of
+    /// the 5 s it ran: the billing fell behind by the step.)
+    #[test]
+    fn a_wall_clock_stepped_back_bills_the_whole_usage_at_the_normal_pace() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 1_000_000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        let t0 = metered_at(&l, "a");
+        let o = l
+            .apply_tick_at(&[s(5_000_000, 5_000_000)], P, 60, t0 + 5000)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 10_000, "{o:?}");
+        for n in 2..=6u64 {
+            let at = (t0 + n * 5000).wall_stepped(-HOUR_MS);
+            let o = l
+                .apply_tick_at(&[s(n * 5_000_000, n * 5_000_000)], P, 60, at)
+                .expect("tick");
+            assert_eq!(o[0].debited_msat, 10_000, "tick {n}: {o:?}");
+        }
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!(
+            (row.used_vcpu_us, row.used_mem_mib_us),
+            (30_000_000, 1024 * 30_000_000),
+            "all 30 s billed"
+        );
+        assert_eq!(
+            row.metered_at_ms,
+            Some((t0 + 30_000).wall_stepped(-HOUR_MS).wall_ms),
+            "the marks' time as the wall clock says"
+        );
+    }
+
+    /// A lease that runs dry just after the wall clock stepped back is paused by the tick
+    /// that sees it, not an hour later when the wall clock is back where it was.
+    #[test]
+    fn a_lease_that_runs_dry_after_a_wall_clock_step_back_is_paused_in_time() {
+        let (_d, l) = ledger();
+        // 5 s of its 1 vCPU and 1 GiB.
+        l.create_lease(&new_lease("a"), &credit(1, 10_000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        let t0 = metered_at(&l, "a");
+        let o = l
+            .apply_tick_at(&[s(1_000_000, 1_000_000)], P, 60, t0 + 1000)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 2000, "{o:?}");
+        let at = (t0 + 6000).wall_stepped(-HOUR_MS);
+        let o = l
+            .apply_tick_at(&[s(6_000_000, 6_000_000)], P, 60, at)
+            .expect("tick");
+        assert_eq!(
+            (o[0].debited_msat, o[0].balance_msat, &o[0].action),
+            (8000, 0, &TickAction::Pause),
+            "{o:?}"
+        );
+    }
+
+    /// The wall clock stepped forward an hour: a spike the VMM reports is billed as far as
+    /// the time that passed allows (1 s and the slack), not the hour; and an honest reading
+    /// after it is billed what its counters grew, no more.
+    #[test]
+    fn a_wall_clock_stepped_forward_bills_no_more_than_the_counters_grew_in_the_time_passed() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 10_000_000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        let t0 = metered_at(&l, "a");
+        let at = (t0 + 1000).wall_stepped(HOUR_MS);
+        let o = l
+            .apply_tick_at(&[s(u64::MAX, u64::MAX)], P, 60, at)
+            .expect("tick");
+        assert_eq!(o[0].debited_msat, 4000, "1 s and the slack: {o:?}");
+        let at = (t0 + 5000).wall_stepped(HOUR_MS);
+        let o = l
+            .apply_tick_at(&[s(5_000_000, 5_000_000)], P, 60, at)
+            .expect("tick");
+        assert_eq!(
+            o[0].debited_msat, 6000,
+            "the counters' growth past the marks: {o:?}"
+        );
+        let row = l.get("a").expect("get").expect("row");
+        assert_eq!(
+            (row.used_vcpu_us, row.used_mem_mib_us),
+            (5_000_000, 1024 * 5_000_000)
+        );
     }
 }
