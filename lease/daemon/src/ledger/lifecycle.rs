@@ -176,7 +176,7 @@ impl Ledger {
                     baseline.map(|b| stored_counter(b.uptime_us))
                 ])?;
             if n == 1 {
-                // Funded from here: its silent window counts from now.
+                // Funded from here: its grace and its silent window count from now.
                 self.stamps.wrote(id, Column::FundedAt, at);
             }
             Ok(())

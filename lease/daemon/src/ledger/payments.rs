@@ -192,8 +192,10 @@ impl Ledger {
             let balance = lease.balance_msat.saturating_add(credit.amount_msat);
             let at = Now::read();
             if resumed {
-                // Funded anew: its silent window counts from here (`stamps.rs`).
+                // Funded anew, no longer paused: its grace and its silent window count
+                // from here (`stamps.rs`).
                 self.stamps.wrote(id, Column::FundedAt, at);
+                self.stamps.stage(id, Column::PausedAt, None, at.mono);
             }
             tx.prepare_cached(
                 "UPDATE leases SET balance_msat = ?2, state = ?3, paused_at = CASE WHEN ?4 THEN NULL ELSE paused_at END,

@@ -214,6 +214,8 @@ impl Ledger {
             let state = if funded {
                 LeaseState::Running
             } else {
+                // Paused unfunded from now (`paused_at`, below): its grace counts from here.
+                self.stamps.wrote(id, Column::PausedAt, at);
                 LeaseState::PausedUnfunded
             };
             tx.prepare_cached(

@@ -1,14 +1,16 @@
 //! When this coinopd wrote a lease's time columns, on the monotonic clock.
 //!
-//! The ledger keeps its times in wall-clock time (`metered_at_ms`, `funded_at`): that is
-//! what means something to a reader and survives a restart. But billing needs the time
-//! that passed since one of them was written: a reading's growth is held to the time since
-//! the marks were set (`tick.rs`), a silent VMM's lease is billed its memory time since
-//! then, or since the top-up that resumed it ([`crate::scheduler`]). Measured on the wall
+//! The ledger keeps its times in wall-clock time (`metered_at_ms`, `funded_at`,
+//! `paused_at`): that is what means something to a reader and survives a restart. But
+//! billing needs the time that passed since one of them was written: a reading's growth is
+//! held to the time since the marks were set (`tick.rs`), a silent VMM's lease is billed
+//! its memory time since then ([`crate::scheduler`]), a lease paused unfunded is stopped
+//! once its grace (at most its run since it was funded) has passed. Measured on the wall
 //! clock, an operator's `date -s` or an NTP correction changes those: stepped back, the time
 //! since was none for the step's length (each tick billed 1 s, the slack, of what its
-//! counters grew, a lease that ran dry was not paused, a silent window's memory time was
-//! not billed); stepped forward, a spike could bill the step's length.
+//! counters grew, a lease that ran dry was not paused, a paused one held its memory
+//! unbilled past its grace, a silent window's memory time was not billed); stepped forward,
+//! a spike could bill the step's length.
 //!
 //! So whenever the ledger writes one of these columns it notes here the monotonic instant
 //! it did, with the value written, once the write commits. While the row still holds that
@@ -39,6 +41,8 @@ pub(crate) enum Column {
     MeteredAtMs,
     /// `funded_at` (unix s): the lease's boot, or the top-up that resumed it.
     FundedAt,
+    /// `paused_at` (unix s): the lease was paused for lack of funds.
+    PausedAt,
 }
 
 impl Column {
@@ -46,7 +50,7 @@ impl Column {
     pub(crate) fn value_at(self, now: Now) -> i64 {
         match self {
             Column::MeteredAtMs => now.wall_ms,
-            Column::FundedAt => now.wall_s(),
+            Column::FundedAt | Column::PausedAt => now.wall_s(),
         }
     }
 }
@@ -62,6 +66,7 @@ struct Stamp {
 struct LeaseStamps {
     metered: Option<Stamp>,
     funded: Option<Stamp>,
+    paused: Option<Stamp>,
 }
 
 impl LeaseStamps {
@@ -69,6 +74,7 @@ impl LeaseStamps {
         match col {
             Column::MeteredAtMs => &mut self.metered,
             Column::FundedAt => &mut self.funded,
+            Column::PausedAt => &mut self.paused,
         }
     }
 
@@ -76,6 +82,7 @@ impl LeaseStamps {
         match col {
             Column::MeteredAtMs => self.metered,
             Column::FundedAt => self.funded,
+            Column::PausedAt => self.paused,
         }
     }
 }
@@ -153,6 +160,13 @@ impl Stamps {
         }
     }
 
+    /// Takes lease `id`'s `col`, which holds `written` (committed, read under the ledger's
+    /// lock), for written at `at`: a value this process did not write, placed on the
+    /// monotonic clock once from the wall clock.
+    fn adopt(&self, id: &str, col: Column, written: i64, at: Instant) {
+        *lock(&self.set).entry(id.to_string()).or_default().slot(col) = Some(Stamp { written, at });
+    }
+
     /// When this process wrote `written` into lease `id`'s `col`, if the row still holds
     /// what it wrote (`written` is the row's value now).
     fn written_at(&self, id: &str, col: Column, written: Option<i64>) -> Option<Instant> {
@@ -198,6 +212,49 @@ impl Stamps {
                 wall_since(since_ms, now)
             }
         }
+    }
+
+    /// Whether lease `l`, paused for lack of funds, has used up its grace at `now`: paused
+    /// at least `grace_s`, or as long as it ran since it was last funded if that is shorter
+    /// ([`super::tick::grace_of`], the same rule measured as time passed where this process
+    /// wrote both times). `l` is read in the transaction under way (a tick's): a pause
+    /// written before this process started is placed on the monotonic clock here.
+    pub(super) fn grace_over(&self, l: &LeaseRow, grace_s: u64, now: Now) -> bool {
+        let grace = Duration::from_secs(grace_s);
+        let Some(paused) = l.paused_at else {
+            // No time to count from: only a grace of none is over.
+            return grace.is_zero();
+        };
+        let paused_at = self.written_at(&l.id, Column::PausedAt, Some(paused));
+        let paused_for = match paused_at {
+            Some(at) => now.mono.saturating_duration_since(at),
+            None => {
+                // Whole seconds: with a whole-second grace, the same test as the seconds'.
+                let paused_for = wall_since(ms_of_s(paused), now);
+                // Written before this process started: measured on the wall clock this
+                // once, and on the monotonic clock from here on, so a step of the wall
+                // clock during the rest of the pause does not move its end (`paused_at` is
+                // not written again while the lease stays paused).
+                if let Some(at) = now.mono.checked_sub(paused_for) {
+                    self.adopt(&l.id, Column::PausedAt, paused, at);
+                }
+                paused_for
+            }
+        };
+        let ran = l.funded_at.map(|funded| {
+            let funded_at = self.written_at(&l.id, Column::FundedAt, Some(funded));
+            match (paused_at, funded_at) {
+                (Some(p), Some(f)) => p.saturating_duration_since(f),
+                // Not both written here: as the wall clock has them (the run and the pause
+                // written before a restart: a step of the wall clock between the two then
+                // counts, as it did before).
+                _ => {
+                    let ran_s = u64::try_from(paused.saturating_sub(funded)).unwrap_or(0);
+                    Duration::from_secs(ran_s)
+                }
+            }
+        });
+        paused_for >= ran.map_or(grace, |ran| ran.min(grace))
     }
 
     /// Looks at both clocks at `now`: how far the wall clock was stepped (ms, back if
@@ -337,6 +394,7 @@ mod tests {
             None,
             "the row holds another value: written by other means"
         );
+        assert_eq!(st.written_at("a", Column::PausedAt, Some(7)), None);
         // A step that panicked staged and never settled: not the next one's.
         st.stage("a", Column::FundedAt, Some(9), t);
         st.begin();

@@ -22,7 +22,8 @@
 //! set the marks (`stamps.rs`): a wall clock stepped back would otherwise hold each tick to
 //! the slack until it is back where it was (the lease's billing deferred by the step, one
 //! that runs dry not paused), and one stepped forward let a spike bill the step. Only marks
-//! set before a restart are measured on the wall clock, from `metered_at_ms`.
+//! set before a restart are measured on the wall clock, from `metered_at_ms`. The grace of
+//! a lease paused unfunded is measured the same way.
 
 use std::time::Duration;
 
@@ -131,6 +132,8 @@ impl Ledger {
 /// room far beyond what it bought (1 sat buys an 8 GiB guest 60 ms, and would hold its
 /// 8 GiB for a minute): held this way, the unbilled hold is never longer than the time the
 /// tenant paid the lease's memory for. Rows older than `funded_at` keep the whole grace.
+/// In whole wall-clock seconds, as the API shows when a paused lease stops; a tick measures
+/// the same rule as time passed ([`Stamps::grace_over`]).
 pub(crate) fn grace_of(grace_s: u64, paused_at: Option<i64>, funded_at: Option<i64>) -> i64 {
     let grace = i64::try_from(grace_s).unwrap_or(i64::MAX);
     match (paused_at, funded_at) {
@@ -253,15 +256,13 @@ fn tick_one(
             if d.exhausted {
                 state = LeaseState::PausedUnfunded;
                 paused_at = Some(now);
+                stamps.wrote(&lease.id, Column::PausedAt, at);
                 out.action = TickAction::Pause;
             }
         }
         // Out of funds: nothing to bill; only the uptime mark moves (`moved`), so a top-up
         // does not charge for the paused time.
-        LeaseState::PausedUnfunded
-            if now.saturating_sub(paused_at.unwrap_or(now))
-                >= grace_of(grace_s, paused_at, lease.funded_at) =>
-        {
+        LeaseState::PausedUnfunded if stamps.grace_over(lease, grace_s, at) => {
             out.action = TickAction::Stop;
         }
         _ => {}
@@ -793,6 +794,96 @@ mod tests {
             (8000, 0, &TickAction::Pause),
             "{o:?}"
         );
+    }
+
+    /// A lease paused unfunded is stopped when its grace is over as time passes, whatever
+    /// the wall clock did meanwhile: stepped back, it held the guest's memory unbilled for
+    /// the step's length on top of the grace.
+    #[test]
+    fn a_wall_clock_stepped_back_does_not_lengthen_the_grace() {
+        let (_d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 2000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        // Funded long ago: its grace once paused is the whole 60 s.
+        funded_ago(&l, "a", 600);
+        let t0 = metered_at(&l, "a");
+        let o = l
+            .apply_tick_at(&[s(1_000_000, 1_000_000)], P, 60, t0 + 1000)
+            .expect("tick");
+        assert_eq!(o[0].action, TickAction::Pause);
+        let paused = Sample {
+            vm_paused: true,
+            ..s(1_000_000, 30_000_000)
+        };
+        let at = (t0 + 30_000).wall_stepped(-HOUR_MS);
+        let o = l.apply_tick_at(&[paused], P, 60, at).expect("tick");
+        assert_eq!(o[0].action, TickAction::None, "29 s of a 60 s grace");
+        let paused = Sample {
+            vm_paused: true,
+            ..s(1_000_000, 61_000_000)
+        };
+        let at = (t0 + 61_000).wall_stepped(-HOUR_MS);
+        let o = l.apply_tick_at(&[paused], P, 60, at).expect("tick");
+        assert_eq!(o[0].action, TickAction::Stop, "60 s of a 60 s grace");
+    }
+
+    /// The grace is never longer than the run since the lease was funded, measured as
+    /// time passed: a wall clock stepped back during the run does not make the run
+    /// negative and the grace none (the tenant's guest stopped at once).
+    #[test]
+    fn a_wall_clock_stepped_back_does_not_cut_the_grace_short() {
+        let (_d, l) = ledger();
+        // 1 s of its 1 GiB.
+        l.create_lease(&new_lease("a"), &credit(1, 1000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        let t0 = metered_at(&l, "a");
+        // It idled 30 s, the wall clock stepped back an hour meanwhile.
+        let at = (t0 + 30_000).wall_stepped(-HOUR_MS);
+        let o = l
+            .apply_tick_at(&[s(0, 30_000_000)], P, 60, at)
+            .expect("tick");
+        assert_eq!(o[0].action, TickAction::Pause, "{o:?}");
+        let paused = Sample {
+            vm_paused: true,
+            ..s(0, 31_000_000)
+        };
+        let at = (t0 + 31_000).wall_stepped(-HOUR_MS);
+        let o = l.apply_tick_at(&[paused], P, 60, at).expect("tick");
+        assert_eq!(o[0].action, TickAction::None, "1 s of a 30 s grace");
+    }
+
+    /// coinopd restarted while a lease was paused unfunded (only the wall clock knows when
+    /// its pause began), then the wall clock stepped back: its grace ends as time passes,
+    /// measured from the first tick after the restart on.
+    #[test]
+    fn a_pause_from_before_a_restart_ends_in_time_after_a_wall_clock_step_back() {
+        let (d, l) = ledger();
+        l.create_lease(&new_lease("a"), &credit(1, 2000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        funded_ago(&l, "a", 600);
+        let t0 = metered_at(&l, "a");
+        let o = l
+            .apply_tick_at(&[s(1_000_000, 1_000_000)], P, 60, t0 + 1000)
+            .expect("tick");
+        assert_eq!(o[0].action, TickAction::Pause);
+        drop(l);
+        let l = Ledger::open(&d.path().join("ledger.db")).expect("reopen");
+        let paused = |uptime_us| Sample {
+            vm_paused: true,
+            ..s(1_000_000, uptime_us)
+        };
+        let o = l
+            .apply_tick_at(&[paused(2_000_000)], P, 60, t0 + 2000)
+            .expect("tick");
+        assert_eq!(o[0].action, TickAction::None, "paused 1 s");
+        let at = (t0 + 61_000).wall_stepped(-HOUR_MS);
+        let o = l
+            .apply_tick_at(&[paused(61_000_000)], P, 60, at)
+            .expect("tick");
+        assert_eq!(o[0].action, TickAction::Stop, "paused 60 s of a 60 s grace");
     }
 
     /// The wall clock stepped forward an hour: a spike the VMM reports is billed as far as
