@@ -83,6 +83,16 @@ pub(crate) fn metered_at(l: &Ledger, id: &str) -> Now {
     }
 }
 
+/// Lease "a" created with `msat` of credit and running, funded 600 s ago (its grace once
+/// paused is then the whole grace of the tests' 60 s), and when its usage marks were set.
+pub(crate) fn running_funded_long_ago(l: &Ledger, msat: u64) -> Now {
+    l.create_lease(&new_lease("a"), &credit(1, msat))
+        .expect("create");
+    l.mark_running("a", None, "{}").expect("run");
+    funded_ago(l, "a", 600);
+    metered_at(l, "a")
+}
+
 /// `ms` later on both clocks, as time passes when nobody steps the wall clock.
 impl std::ops::Add<u64> for Now {
     type Output = Now;

@@ -299,7 +299,9 @@ fn tick_one(
 mod tests {
     use super::*;
     use crate::clock::unix_s;
-    use crate::ledger::test_support::{credit, funded_ago, ledger, metered_at, new_lease, s, P};
+    use crate::ledger::test_support::{
+        credit, ledger, metered_at, new_lease, running_funded_long_ago, s, P,
+    };
 
     /// A VMM under a hostile guest's control reports counters SQLite cannot hold: that
     /// lease is billed as far as the clock allows (here its whole balance) and paused, and
@@ -440,11 +442,7 @@ mod tests {
     #[test]
     fn an_unfunded_reading_below_a_floor_raised_one_does_not_bill_the_stretch_again() {
         let (_d, l) = ledger();
-        l.create_lease(&new_lease("a"), &credit(1, 10_000))
-            .expect("create");
-        l.mark_running("a", None, "{}").expect("run");
-        funded_ago(&l, "a", 600);
-        let t0 = metered_at(&l, "a");
+        let t0 = running_funded_long_ago(&l, 10_000);
         // Floor-raised to 5 s of vCPU time and of uptime: the whole balance.
         let o = l
             .apply_tick_at(&[s(5_000_000, 5_000_000)], P, 60, t0 + 5000)
@@ -476,12 +474,7 @@ mod tests {
     #[test]
     fn a_spike_read_unfunded_excuses_no_more_than_the_pause() {
         let (_d, l) = ledger();
-        l.create_lease(&new_lease("a"), &credit(1, 1000))
-            .expect("create");
-        l.mark_running("a", None, "{}").expect("run");
-        // Funded long ago: its grace once paused is the whole 60 s.
-        funded_ago(&l, "a", 600);
-        let t0 = metered_at(&l, "a");
+        let t0 = running_funded_long_ago(&l, 1000);
         let o = l
             .apply_tick_at(&[s(1_000_000, 0)], P, 60, t0 + 1000)
             .expect("tick");
@@ -802,12 +795,7 @@ mod tests {
     #[test]
     fn a_wall_clock_stepped_back_does_not_lengthen_the_grace() {
         let (_d, l) = ledger();
-        l.create_lease(&new_lease("a"), &credit(1, 2000))
-            .expect("create");
-        l.mark_running("a", None, "{}").expect("run");
-        // Funded long ago: its grace once paused is the whole 60 s.
-        funded_ago(&l, "a", 600);
-        let t0 = metered_at(&l, "a");
+        let t0 = running_funded_long_ago(&l, 2000);
         let o = l
             .apply_tick_at(&[s(1_000_000, 1_000_000)], P, 60, t0 + 1000)
             .expect("tick");
@@ -860,11 +848,7 @@ mod tests {
     #[test]
     fn a_pause_from_before_a_restart_ends_in_time_after_a_wall_clock_step_back() {
         let (d, l) = ledger();
-        l.create_lease(&new_lease("a"), &credit(1, 2000))
-            .expect("create");
-        l.mark_running("a", None, "{}").expect("run");
-        funded_ago(&l, "a", 600);
-        let t0 = metered_at(&l, "a");
+        let t0 = running_funded_long_ago(&l, 2000);
         let o = l
             .apply_tick_at(&[s(1_000_000, 1_000_000)], P, 60, t0 + 1000)
             .expect("tick");
