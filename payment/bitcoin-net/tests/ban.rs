@@ -15,7 +15,7 @@ use coinop_bitcoin_net::peer_set::{self, PeerSetConfig};
 use coinop_bitcoin_net::session::MAX_HEADERS_PER_MESSAGE;
 use coinop_bitcoin_net::SyncStatus;
 use common::{accept_handshake, headers, Chain, MAGIC};
-use payment::onchain::{ChainNetwork, Checkpoint, HeaderChain};
+use payment::onchain::ChainNetwork;
 use tokio::net::TcpListener;
 
 /// A peer at a loopback address that misbehaves on every connection; counts connections.
@@ -41,23 +41,13 @@ async fn misbehaving_peer() -> (String, Arc<AtomicUsize>) {
     (addr, count)
 }
 
-fn chain() -> Arc<Chain> {
-    Chain::new(
-        HeaderChain::in_memory(
-            ChainNetwork::Regtest,
-            Checkpoint::genesis(ChainNetwork::Regtest),
-        )
-        .unwrap(),
-    )
-}
-
 #[tokio::test]
 async fn a_ban_too_long_for_instant_is_kept_and_does_not_kill_the_peer_task() {
     let (addr, count) = misbehaving_peer().await;
     let mut config = PeerSetConfig::new(ChainNetwork::Regtest, vec![addr.clone()]);
     config.ban_for = Duration::MAX;
     let status = Arc::new(SyncStatus::default());
-    let set = peer_set::spawn(config, chain(), Arc::clone(&status));
+    let set = peer_set::spawn(config, Chain::regtest_genesis(), Arc::clone(&status));
     let deadline = Instant::now() + Duration::from_secs(15);
     while status.snapshot().bans_total == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -84,7 +74,7 @@ async fn a_zero_ban_still_backs_off_between_redials() {
     config.ban_for = Duration::ZERO;
     config.backoff_min = Duration::from_millis(200);
     let status = Arc::new(SyncStatus::default());
-    let set = peer_set::spawn(config, chain(), Arc::clone(&status));
+    let set = peer_set::spawn(config, Chain::regtest_genesis(), Arc::clone(&status));
     // Dials at about 0, 0.2, 0.6, 1.4 s (back-off doubling) within two seconds; without
     // the back-off it is hundreds.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -20,18 +20,8 @@ use coinop_bitcoin_net::session::{SessionTimers, MAX_HEADERS_PER_MESSAGE};
 use coinop_bitcoin_net::SyncStatus;
 use common::bcoin::{bcoin_dir, free_port, Bcoin};
 use common::{accept_handshake, headers, Chain, MAGIC};
-use payment::onchain::{ChainNetwork, Checkpoint, HeaderChain};
+use payment::onchain::ChainNetwork;
 use tokio::net::TcpListener;
-
-fn chain() -> Arc<Chain> {
-    Chain::new(
-        HeaderChain::in_memory(
-            ChainNetwork::Regtest,
-            Checkpoint::genesis(ChainNetwork::Regtest),
-        )
-        .unwrap(),
-    )
-}
 
 /// One seeded slot over `seeds` (IP literals) on `port`, with timers small enough that a
 /// silent address is given up on within a second or two. bcoin at genesis does not answer
@@ -103,7 +93,7 @@ async fn a_seed_slot_whose_address_is_closed_or_silent_moves_on_to_a_working_one
     let status = Arc::new(SyncStatus::default());
     let set = peer_set::spawn(
         one_seed_slot(&["127.0.0.2", "127.0.0.3", "127.0.0.1"], port),
-        chain(),
+        Chain::regtest_genesis(),
         Arc::clone(&status),
     );
     // Only bcoin can finish a handshake: one peer connected is the slot on bcoin.
@@ -143,7 +133,7 @@ async fn a_seed_slot_whose_peer_is_banned_moves_on_and_does_not_dial_it_again() 
     let status = Arc::new(SyncStatus::default());
     let set = peer_set::spawn(
         one_seed_slot(&["127.0.0.3", "127.0.0.1"], port),
-        chain(),
+        Chain::regtest_genesis(),
         Arc::clone(&status),
     );
     let moved_on = wait_until(Duration::from_secs(20), || {

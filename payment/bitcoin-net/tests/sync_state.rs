@@ -16,7 +16,7 @@ use coinop_bitcoin_net::peer_set::{self, PeerSetConfig};
 use coinop_bitcoin_net::session::SessionTimers;
 use coinop_bitcoin_net::{ChainAccess, SyncState, SyncStatus};
 use common::{accept_handshake_at, headers, next_getheaders, Chain, MAGIC};
-use payment::onchain::{ChainNetwork, Checkpoint, HeaderChain};
+use payment::onchain::ChainNetwork;
 use tokio::net::TcpListener;
 
 /// What the peer saw: the sync state once its empty answer was handled, and whether the
@@ -25,13 +25,7 @@ async fn empty_answer_from_peer_at(
     start_height: i32,
     hangup_within: Duration,
 ) -> (SyncState, bool) {
-    let chain = Chain::new(
-        HeaderChain::in_memory(
-            ChainNetwork::Regtest,
-            Checkpoint::genesis(ChainNetwork::Regtest),
-        )
-        .unwrap(),
-    );
+    let chain = Chain::regtest_genesis();
     chain.accept_headers(&headers()[..10]).unwrap();
     assert_eq!(chain.tip().height, 10);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -12,19 +12,12 @@ use bitcoin::consensus::encode;
 use bitcoin::p2p::message::{NetworkMessage, RawNetworkMessage};
 use coinop_bitcoin_net::session::{self, SessionError, SessionTimers};
 use common::{accept_handshake, context, Chain, MAGIC};
-use payment::onchain::{ChainNetwork, Checkpoint, HeaderChain};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
 
 #[tokio::test]
 async fn a_peer_that_floods_pings_and_never_reads_ends_the_session() {
-    let chain = Chain::new(
-        HeaderChain::in_memory(
-            ChainNetwork::Regtest,
-            Checkpoint::genesis(ChainNetwork::Regtest),
-        )
-        .unwrap(),
-    );
+    let chain = Chain::regtest_genesis();
     // Small buffers on both ends, so that the pongs fill them after a few thousand pings
     // rather than after megabytes (the kernel may round these up; they only make the
     // test quicker).

@@ -22,7 +22,9 @@ use coinop_bitcoin_net::codec::{read_message, write_message};
 use coinop_bitcoin_net::session::{SessionContext, SessionTimers};
 use coinop_bitcoin_net::{ChainAccess, SyncStatus};
 use payment::onchain::regtest_fixtures::{mined_header, regtest_bits};
-use payment::onchain::{AppendOutcome, ChainError, ChainNetwork, HeaderChain, HeaderSource, Tip};
+use payment::onchain::{
+    AppendOutcome, ChainError, ChainNetwork, Checkpoint, HeaderChain, HeaderSource, Tip,
+};
 use tokio::net::TcpStream;
 
 pub const MAGIC: Magic = Magic::REGTEST;
@@ -40,6 +42,17 @@ impl Chain {
             chain: Mutex::new(chain),
             clock_us: None,
         })
+    }
+
+    /// An empty regtest chain: its genesis block alone, kept in memory.
+    pub fn regtest_genesis() -> Arc<Self> {
+        Chain::new(
+            HeaderChain::in_memory(
+                ChainNetwork::Regtest,
+                Checkpoint::genesis(ChainNetwork::Regtest),
+            )
+            .expect("an in-memory chain from regtest's genesis"),
+        )
     }
 
     /// A chain whose clock stands still at `now_us`.
