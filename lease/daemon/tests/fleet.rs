@@ -476,6 +476,24 @@ async fn host_with_read_share(test: &str, share: usize) -> Option<(TestCluster, 
     Some((pg, dir, h1))
 }
 
+/// `table` of the fleet database locked (ACCESS EXCLUSIVE) in a session of the test's own,
+/// its transaction open until the test commits it through the returned client: whatever
+/// touches the table waits in the store meanwhile.
+async fn lock_table(pg: &TestCluster, table: &str) -> tokio_postgres::Client {
+    let (locker, connection) =
+        tokio_postgres::connect(&pg.conninfo("fleet"), tokio_postgres::NoTls)
+            .await
+            .expect("the test's session");
+    tokio::spawn(connection);
+    locker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("locking {table}: {e}"));
+    locker
+}
+
 /// A read of [`fill_the_share`]: its answer and how long it took.
 type HeldRead = tokio::task::JoinHandle<(coinop_cli::client::Reply, Duration)>;
 
@@ -485,15 +503,7 @@ type HeldRead = tokio::task::JoinHandle<(coinop_cli::client::Reply, Duration)>;
 /// lets through waiting in the store on its connection. Returns once every read is waiting
 /// there or answered: the session, and the reads.
 async fn fill_the_share(pg: &TestCluster, h1: &Daemon) -> (tokio_postgres::Client, Vec<HeldRead>) {
-    let (locker, connection) =
-        tokio_postgres::connect(&pg.conninfo("fleet"), tokio_postgres::NoTls)
-            .await
-            .expect("the test's session");
-    tokio::spawn(connection);
-    locker
-        .batch_execute("BEGIN; LOCK TABLE coinop_nut30_quotes IN ACCESS EXCLUSIVE MODE")
-        .await
-        .expect("lock the NUT-30 quotes");
+    let locker = lock_table(pg, "coinop_nut30_quotes").await;
     let pool = payment_postgres::DEFAULT_POOL_SIZE;
     let reads: Vec<_> = (0..pool)
         .map(|_| {
@@ -1297,15 +1307,7 @@ async fn a_forged_swap_is_refused_before_it_reaches_the_store() {
         ..proofs[0].clone()
     };
 
-    let (locker, connection) =
-        tokio_postgres::connect(&pg.conninfo("fleet"), tokio_postgres::NoTls)
-            .await
-            .expect("the test's session");
-    tokio::spawn(connection);
-    locker
-        .batch_execute("BEGIN; LOCK TABLE coinop_spent_keys IN ACCESS EXCLUSIVE MODE")
-        .await
-        .expect("lock the spent keys");
+    let locker = lock_table(&pg, "coinop_spent_keys").await;
     let sent = Instant::now();
     let (r, _) = swap(&h1, &wallet, std::slice::from_ref(&forged)).await;
     let took = sent.elapsed();
