@@ -499,6 +499,9 @@ __attribute__((used)) static void start(long *sp)
 		put_decimal(pause_ms, port_longest_pause_end_us / 1000);
 		append(report, sizeof(report), " ending_at_uptime_ms=");
 		append(report, sizeof(report), pause_ms);
+		put_decimal(pause_ms, port_doorbell_wakes);
+		append(report, sizeof(report), " doorbell_wakes=");
+		append(report, sizeof(report), pause_ms);
 	}
 	append(report, sizeof(report), "\n");
 	append(report, sizeof(report), "coinop-agent: uptime at each step's end:");

@@ -57,12 +57,14 @@ unsigned long agent_uptime_us(void);
  * line has come, `rung` is called once, and the read goes on after it returns.
  */
 long port_line_read(char *line, const char **why, void (*rung)(void));
-/* portline.c: whether bytes of the line wait in the port (its LSR's data-ready bit). Only
- * after port_line_read has enabled the port's I/O (that is: from `rung`). */
+/* portline.c: whether bytes of the line wait in the port (its LSR's data-ready bit, or
+ * with the doorbell a ring indicator edge since the ring's). Only after port_line_read has
+ * enabled the port's I/O (that is: from `rung`). */
 int port_line_waiting(void);
 /* portline.c: the longest pause between two polls of the port, and when it ended (µs of
- * uptime): a lab diagnostic of late wake-ups. */
-extern unsigned long port_longest_pause_us, port_longest_pause_end_us;
+ * uptime): a lab diagnostic of late wake-ups (polling only); and how often the doorbell
+ * woke the agent (0: it polled). */
+extern unsigned long port_longest_pause_us, port_longest_pause_end_us, port_doorbell_wakes;
 
 /* line.c: the values of the line's keys; 0 for an optional key the line lacks. */
 struct lease_line {

@@ -132,8 +132,9 @@
 //! from a snapshot taken after the 124). It is accepted once per guest: a second line, a
 //! longer one or one with any other byte gets `{"ok":false,"error":...}` and nothing is
 //! delivered. `ring`, before the line, tells a waiting guest it has time to spare (coinopd
-//! rings guests restored ahead of their lease); refused once the line was accepted. See
-//! [`devices::personalisation`].
+//! rings guests restored ahead of their lease); refused once the line was accepted. A guest
+//! that turned the port's doorbell on is woken by an interrupt for each (a line it can
+//! read, a ring) instead of polling. See [`devices::personalisation`].
 //!
 //! `vcpu_us` is the CPU time each vCPU thread really consumed (the kernel's per-thread
 //! accounting), so metering bills what the guest burned, not wall time. A paused guest's

@@ -16,6 +16,16 @@
 //!   the modem status register until a line is accepted: coinopd rings a guest restored
 //!   ahead of its lease, which may then spend its wait on its first connection's costs.
 //!
+//! - the doorbell: a guest that writes [`DOORBELL_ON`] to the scratch register may sleep
+//!   until it has news instead of polling. Line bytes then stay out of the FIFO (no driver
+//!   on the port can take them; the data register still hands them over), and the port
+//!   raises a modem-status interrupt (MSR's TERI, as a ring indicator's trailing edge) when
+//!   a line can be read, when it is rung, and again whenever the guest enables that
+//!   interrupt (IER bit 3) while either is still unheeded, which is what Linux's 8250
+//!   driver does at every `TIOCMIWAIT`: so a wait that starts just after the news still
+//!   ends at once. A ring is heeded when the guest writes [`DOORBELL_RING_SEEN`]; a line,
+//!   when it is read.
+//!
 //! Two departures from vm-superio's UART, both for reading the line fast and whole:
 //! - a read of the data register may be many bytes at once (a `rep insb`, which KVM's
 //!   emulator hands over as one exit of up to 1 KiB): [`PersonalisationPort::read_data`]
@@ -114,8 +124,23 @@ pub struct PersonalisationPort {
     /// `ring` was asked and no line accepted since: MSR shows RI. Not in a snapshot: a
     /// golden snapshot is never rung, and a restored guest is rung by its own VMM.
     ringing: bool,
+    /// A ring the guest has not yet said it saw (doorbell mode: [`DOORBELL_RING_SEEN`]).
+    ring_unheeded: bool,
+    /// MSR's TERI: news since the guest last read MSR (doorbell mode only). Not in a
+    /// snapshot: a golden guest has had none, and a restored one rings again on enable.
+    news_delta: bool,
+    /// A doorbell has been rung for the line now pending (so a refill rings it once).
+    line_announced: bool,
     events: Arc<EventSink>,
 }
+
+/// Written to the scratch register by a guest that sleeps until the port has news (the
+/// doorbell; see the module docs). The mode lasts while the register holds this or
+/// [`DOORBELL_RING_SEEN`], so it is part of every snapshot through the UART's own state.
+pub const DOORBELL_ON: u8 = 0xdb;
+/// Written to the scratch register in doorbell mode once the guest has seen the ring: no
+/// further interrupt for it.
+pub const DOORBELL_RING_SEEN: u8 = 0xda;
 
 impl PersonalisationPort {
     /// A fresh port raising `irq`, reporting to `events`.
@@ -131,6 +156,9 @@ impl PersonalisationPort {
             data_reads: 0,
             line_crc32: None,
             ringing: false,
+            ring_unheeded: false,
+            news_delta: false,
+            line_announced: false,
             events,
         }
     }
@@ -160,6 +188,9 @@ impl PersonalisationPort {
             data_reads: 0,
             line_crc32: None,
             ringing: false,
+            ring_unheeded: false,
+            news_delta: false,
+            line_announced: false,
             events,
         })
     }
@@ -191,7 +222,11 @@ impl PersonalisationPort {
                 self.refill();
                 // In loopback MSR mirrors MCR's outputs (a driver's probe): no ring there.
                 let ring = self.ringing && self.uart.read(MCR) & MCR_LOOP == 0;
-                self.uart.read(MSR) | if ring { MSR_RING } else { 0 }
+                // Reading MSR clears its delta bits, as on a 16550.
+                let news = std::mem::take(&mut self.news_delta);
+                self.uart.read(MSR)
+                    | if ring { MSR_RING } else { 0 }
+                    | if news { MSR_TERI } else { 0 }
             }
             _ => {
                 // Line bytes the UART could not take before (in loopback) go in first, so
@@ -259,9 +294,36 @@ impl PersonalisationPort {
         self.raised_since_iir = false;
         if self.rx_interrupt_asserted() && iir & IIR_NO_INTERRUPT != 0 {
             (iir & !IIR_NO_INTERRUPT) | IIR_RECEIVED_DATA
+        } else if iir & IIR_NO_INTERRUPT != 0 && self.modem_interrupt_asserted() {
+            // Modem status: the lowest priority, ID 0 (the FIFO bits kept).
+            iir & !(IIR_NO_INTERRUPT | IIR_ID_MASK)
         } else {
             iir
         }
+    }
+
+    /// Whether the guest asked to be woken by the doorbell (see the module docs).
+    fn doorbell_mode(&mut self) -> bool {
+        matches!(self.uart.read(SCR), DOORBELL_ON | DOORBELL_RING_SEEN)
+    }
+
+    /// A modem-status interrupt is pending: news not yet read from MSR, and enabled.
+    fn modem_interrupt_asserted(&mut self) -> bool {
+        self.news_delta && self.uart.read(IER) & IER_MODEM_STATUS != 0
+    }
+
+    /// Doorbell mode: news for the guest (TERI), and an interrupt if it is enabled.
+    fn ring_doorbell(&mut self) {
+        self.news_delta = true;
+        if self.uart.read(IER) & IER_MODEM_STATUS != 0 {
+            // An eventfd full to its limit already holds a pending interrupt.
+            let _ = self.uart.interrupt_evt().trigger();
+        }
+    }
+
+    /// Doorbell mode: whether a line can be read now (it waits, the guest may take it).
+    fn line_waits(&mut self) -> bool {
+        !self.pending.is_empty() && self.delivering_to_guest()
     }
 
     /// After a data read that leaves data in the port: one new edge on the IRQ line per
@@ -298,8 +360,21 @@ impl PersonalisationPort {
         // Writing to a sink cannot fail; a trigger failure (eventfd full) would only lose
         // an interrupt the guest's next poll finds anyway.
         let _ = self.uart.write(offset, value);
+        if offset == SCR && value == DOORBELL_RING_SEEN {
+            self.ring_unheeded = false;
+        }
         // Leaving loopback lets the line in.
         self.refill();
+        // Enabling the modem-status interrupt (Linux: every TIOCMIWAIT) while news is
+        // unheeded rings again, so a wait that began just after it still ends.
+        if offset == IER
+            && value & IER_MODEM_STATUS != 0
+            && !self.dlab()
+            && self.doorbell_mode()
+            && (self.ring_unheeded || self.line_waits())
+        {
+            self.ring_doorbell();
+        }
     }
 
     /// The guest wrote 124 to the boot timer: it listens and may be given its line.
@@ -348,6 +423,8 @@ impl PersonalisationPort {
         self.line = LineProgress::Delivering;
         // The call is answered: a guest that looks again sees its line, not the ring.
         self.ringing = false;
+        self.ring_unheeded = false;
+        self.line_announced = false;
         self.line_crc32 = Some(crc32fast::hash(line.as_bytes()));
         self.refill();
         Ok(())
@@ -360,6 +437,10 @@ impl PersonalisationPort {
             return Err(Error::RingAfterLine);
         }
         self.ringing = true;
+        if self.doorbell_mode() && self.uart.read(MCR) & MCR_LOOP == 0 {
+            self.ring_unheeded = true;
+            self.ring_doorbell();
+        }
         Ok(())
     }
 
@@ -380,8 +461,17 @@ impl PersonalisationPort {
 
     /// Moves pending bytes into the FIFO, as many as it takes. Only what the UART accepted
     /// leaves `pending`: in loopback mode (a driver probing the UART) it accepts none.
+    /// In doorbell mode the bytes stay pending (the data register reads them from there)
+    /// and the first time they can be read the doorbell rings.
     fn refill(&mut self) {
         if !self.seen_124 || !self.vcpus_running || self.pending.is_empty() {
+            return;
+        }
+        if self.doorbell_mode() {
+            if !self.line_announced && self.line_waits() {
+                self.line_announced = true;
+                self.ring_doorbell();
+            }
             return;
         }
         super::serial::feed_fifo(&mut self.uart, &mut self.pending);
@@ -406,14 +496,21 @@ const MCR: u8 = 4;
 const LSR: u8 = 5;
 /// Modem status register.
 const MSR: u8 = 6;
+/// Scratch register.
+const SCR: u8 = 7;
 const IER_RECEIVED_DATA: u8 = 0x01;
+const IER_MODEM_STATUS: u8 = 0x08;
 const IIR_NO_INTERRUPT: u8 = 0x01;
+/// IIR's interrupt ID bits (with the "no interrupt" bit).
+const IIR_ID_MASK: u8 = 0x0e;
 const IIR_RECEIVED_DATA: u8 = 0x04;
 const LCR_DLAB: u8 = 0x80;
 const MCR_LOOP: u8 = 0x10;
 const LSR_DATA_READY: u8 = 0x01;
 /// MSR's ring indicator.
 const MSR_RING: u8 = 0x40;
+/// MSR's trailing edge of the ring indicator (a delta bit): the doorbell's news.
+const MSR_TERI: u8 = 0x04;
 
 #[cfg(test)]
 mod tests {
@@ -912,5 +1009,150 @@ mod tests {
                 "line of {len}: {interrupts} interrupts for passes of 256"
             );
         }
+    }
+
+    /// A port in doorbell mode whose IRQ eventfd the test holds: the guest has opened
+    /// ttyS1 (Linux's 8250 driver enables the received-data interrupt), written
+    /// DOORBELL_ON and 124, and waits in TIOCMIWAIT (the modem-status interrupt enabled).
+    fn doorbell_port() -> (PersonalisationPort, EventFd, std::fs::File) {
+        let (mut p, irq, file) = irq_driven_port();
+        p.write(SCR, DOORBELL_ON);
+        p.write(IER, IER_RECEIVED_DATA | IER_MODEM_STATUS);
+        assert!(irq.read().is_err(), "no news, no interrupt");
+        (p, irq, file)
+    }
+
+    /// What Linux's 8250 interrupt handler does for one interrupt: IIR, then LSR (taking
+    /// any received byte), then MSR. Returns (whether the port claimed it, the MSR read,
+    /// the bytes taken).
+    fn linux_8250_handler(p: &mut PersonalisationPort) -> (bool, u8, Vec<u8>) {
+        let iir = p.read(IIR);
+        if iir & IIR_NO_INTERRUPT != 0 {
+            return (false, 0, Vec::new());
+        }
+        let mut taken = Vec::new();
+        while p.read(LSR) & LSR_DATA_READY != 0 {
+            taken.push(p.read(DATA));
+        }
+        (true, p.read(MSR), taken)
+    }
+
+    #[test]
+    fn in_doorbell_mode_a_line_rings_once_and_only_a_data_read_takes_it() {
+        let (mut p, irq, file) = doorbell_port();
+        let line = "coinop-personalise/1 ".to_string() + &"y".repeat(500);
+        p.personalise(&line).expect("valid");
+        assert_eq!(irq.read().expect("the doorbell rang"), 1);
+        let (claimed, msr, taken) = linux_8250_handler(&mut p);
+        assert!(claimed, "IIR names the modem-status interrupt");
+        assert_ne!(msr & MSR_TERI, 0, "the news is TERI");
+        assert!(taken.is_empty(), "no line byte reaches a driver: {taken:?}");
+        assert_eq!(p.read(MSR) & MSR_TERI, 0, "reading MSR cleared the delta");
+        assert_eq!(
+            p.read(IIR) & IIR_NO_INTERRUPT,
+            IIR_NO_INTERRUPT,
+            "nothing more pending"
+        );
+        assert!(irq.read().is_err(), "one interrupt for one line");
+        let mut chunk = [0xffu8; 1024];
+        p.read_data(&mut chunk);
+        let want = format!("{line}\n").into_bytes();
+        assert_eq!(
+            &chunk[..want.len()],
+            &want[..],
+            "the line whole, in one bulk read"
+        );
+        assert!(chunk[want.len()..].iter().all(|&b| b == 0));
+        assert_eq!(personalised_data_reads(&file), 1);
+        p.write(IER, IER_RECEIVED_DATA | IER_MODEM_STATUS);
+        assert!(irq.read().is_err(), "a read line rings no more");
+    }
+
+    #[test]
+    fn in_doorbell_mode_a_wait_begun_after_the_news_ends_at_once() {
+        // The line comes while the modem-status interrupt is off (the guest between two
+        // waits): the doorbell has no interrupt to raise, and the next TIOCMIWAIT's enable
+        // raises it, for as long as the line is unread.
+        let (mut p, irq, _file) = doorbell_port();
+        p.write(IER, IER_RECEIVED_DATA);
+        p.personalise("hello").expect("valid");
+        assert!(irq.read().is_err(), "interrupt disabled");
+        for _ in 0..2 {
+            p.write(IER, IER_RECEIVED_DATA | IER_MODEM_STATUS);
+            assert_eq!(irq.read().expect("rung on enable"), 1);
+            let (claimed, msr, _) = linux_8250_handler(&mut p);
+            assert!(claimed);
+            assert_ne!(msr & MSR_TERI, 0);
+        }
+        let mut chunk = [0u8; 1024];
+        p.read_data(&mut chunk);
+        assert_eq!(&chunk[..6], b"hello\n");
+        p.write(IER, IER_RECEIVED_DATA | IER_MODEM_STATUS);
+        assert!(irq.read().is_err());
+    }
+
+    #[test]
+    fn in_doorbell_mode_a_ring_rings_until_the_guest_says_it_saw_it() {
+        let (mut p, irq, _file) = doorbell_port();
+        p.ring().expect("rung");
+        assert_eq!(irq.read().expect("the ring's interrupt"), 1);
+        let (claimed, msr, _) = linux_8250_handler(&mut p);
+        assert!(claimed);
+        assert_eq!(msr & (MSR_TERI | MSR_RING), MSR_TERI | MSR_RING);
+        // A wait begun before the guest looked ends at once.
+        p.write(IER, IER_RECEIVED_DATA | IER_MODEM_STATUS);
+        assert_eq!(irq.read().expect("rung again on enable"), 1);
+        linux_8250_handler(&mut p);
+        p.write(SCR, DOORBELL_RING_SEEN);
+        p.write(IER, IER_RECEIVED_DATA | IER_MODEM_STATUS);
+        assert!(irq.read().is_err(), "a seen ring rings no more");
+        assert_ne!(p.read(MSR) & MSR_RING, 0, "RI stays until the line");
+        // Still in doorbell mode: the line rings, and stays out of the FIFO.
+        p.personalise("abc").expect("valid");
+        assert_eq!(irq.read().expect("the line's interrupt"), 1);
+        let (_, msr, taken) = linux_8250_handler(&mut p);
+        assert!(taken.is_empty());
+        assert_eq!(msr & (MSR_TERI | MSR_RING), MSR_TERI, "the ring answered");
+    }
+
+    #[test]
+    fn without_the_doorbell_nothing_rings_and_the_fifo_takes_the_line() {
+        let (mut p, irq, _file) = irq_driven_port();
+        p.write(IER, IER_RECEIVED_DATA | IER_MODEM_STATUS);
+        p.ring().expect("rung");
+        assert_eq!(p.read(MSR) & MSR_TERI, 0, "no TERI for a polling guest");
+        p.personalise("abc").expect("valid");
+        let _ = irq.read();
+        assert_eq!(p.read(LSR) & LSR_DATA_READY, LSR_DATA_READY);
+        assert_eq!(read_line(&mut p), b"abc\n");
+    }
+
+    #[test]
+    fn a_doorbell_guest_snapshotted_while_waiting_is_rung_by_its_restored_port() {
+        let (p, _irq, _file) = doorbell_port();
+        let state = p.state();
+        let (_, file) = port();
+        let events = Arc::new(EventSink::from_file(
+            file,
+            crate::events::Clock::starting_now(),
+        ));
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let mut restored = PersonalisationPort::restore(
+            IrqLine(irq.try_clone().expect("dup")),
+            events,
+            &state,
+            false,
+        )
+        .expect("restore");
+        // A line given before the vCPUs start rings once they do.
+        restored.personalise("late").expect("valid");
+        assert!(irq.read().is_err(), "not before the vCPUs run");
+        restored.vcpus_started();
+        assert_eq!(irq.read().expect("rung at start"), 1);
+        let (claimed, msr, taken) = linux_8250_handler(&mut restored);
+        assert!(claimed && msr & MSR_TERI != 0 && taken.is_empty());
+        let mut chunk = [0u8; 16];
+        restored.read_data(&mut chunk);
+        assert_eq!(&chunk[..5], b"late\n");
     }
 }
