@@ -41,6 +41,9 @@
 #define DOORBELL_ON 0xdb
 #define DOORBELL_RING_SEEN 0xda
 /* x86-64 Linux's tty ioctls and open flags (no libc). */
+#define TCGETS 0x5401
+#define TCSETS 0x5402
+#define CLOCAL 04000
 #define TIOCMIWAIT 0x545c
 #define TIOCGICOUNT 0x545d
 #define TIOCM_RNG 0x080
@@ -115,6 +118,25 @@ int port_line_waiting(void)
 	return inb(COM2_LSR) & LSR_DATA_READY;
 }
 
+/*
+ * Has the driver keep the modem-status interrupt on from now: it does so for a port whose
+ * termios lacks CLOCAL (serial ports start with it). Otherwise only a TIOCMIWAIT turns it
+ * on, and a restored guest rung before its first wait (the golden guest is snapshotted
+ * right after its 124) would count no ring edge during its warm-up, and so miss a line
+ * that comes then (the lab: read 1.5 s late, after the whole warm-up). DCD stays asserted
+ * (the port never drops it), so nothing hangs up. struct termios: c_iflag, c_oflag,
+ * c_cflag, c_lflag, c_line, c_cc[19].
+ */
+static void keep_modem_interrupt_on(void)
+{
+	unsigned int termios[16] = { 0 };
+
+	if (syscall3(SYS_ioctl, tty, TCGETS, (long)termios) != 0)
+		return;
+	termios[2] &= ~(unsigned int)CLOCAL;
+	syscall3(SYS_ioctl, tty, TCSETS, (long)termios);
+}
+
 /* Sleeps until the port's next news; 0 if the doorbell cannot be waited on. */
 static int doorbell_wait(void)
 {
@@ -137,8 +159,10 @@ long port_line_read(char *line, const char **why, void (*rung)(void))
 	/* The doorbell: the driver's open enables the port's interrupt; the mode is asked
 	 * before the 124, so the golden guest waits asleep in its snapshot. */
 	tty = syscall3(SYS_open, (long)"/dev/ttyS1", O_RDWR | O_NOCTTY | O_NONBLOCK, 0);
-	if (tty >= 0)
+	if (tty >= 0) {
+		keep_modem_interrupt_on();
 		outb(COM2_SCR, DOORBELL_ON);
+	}
 	outb(BOOT_TIMER, AWAITING_PERSONALISATION);
 	for (int ended = 0; !ended;) {
 		long got = 0;
