@@ -164,11 +164,19 @@ type Resolve = dyn Fn(String, u16) -> Pin<Box<dyn Future<Output = std::io::Resul
     + Send
     + Sync;
 
+/// How long one seed's DNS lookup may take. The round holds every seeded slot that wants
+/// an address (see [`Seeds::refresh`]), so a resolver that never answers must not hold
+/// them for ever; the system resolver's own retries (resolv.conf's timeout and attempts)
+/// fit well within this.
+const DNS_LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The seeds and the pool of their addresses, shared by the seeded slots.
 struct Seeds {
     seeds: Vec<String>,
     port: u16,
     resolve: Box<Resolve>,
+    /// [`DNS_LOOKUP_TIMEOUT`]; tests shorten it.
+    lookup_timeout: Duration,
     pool: Mutex<SeedPool>,
     /// When the seeds were last asked and how long until they may be asked again; held
     /// through a round, so that slots short of an address at the same moment (all of them
@@ -192,6 +200,7 @@ impl Seeds {
             seeds: config.seeds.clone(),
             port: config.seed_port,
             resolve,
+            lookup_timeout: DNS_LOOKUP_TIMEOUT,
             pool: Mutex::new(SeedPool::new(exclude)),
             asked: tokio::sync::Mutex::new(Asked {
                 last: None,
@@ -233,12 +242,19 @@ impl Seeds {
         let mut answered = 0;
         let mut added = 0;
         for (i, seed) in self.seeds.iter().enumerate() {
-            match (self.resolve)(seed.clone(), self.port).await {
-                Ok(addrs) => {
+            match tokio::time::timeout(self.lookup_timeout, (self.resolve)(seed.clone(), self.port))
+                .await
+            {
+                Ok(Ok(addrs)) => {
                     answered += addrs.len();
                     added += self.pool().add(i, addrs, Instant::now());
                 }
-                Err(e) => tracing::warn!(seed, error = %e, "DNS seed lookup failed"),
+                Ok(Err(e)) => tracing::warn!(seed, error = %e, "DNS seed lookup failed"),
+                Err(_) => tracing::warn!(
+                    seed,
+                    timeout_ms = self.lookup_timeout.as_millis() as u64,
+                    "DNS seed lookup gave no answer in time; the next seed is asked"
+                ),
             }
         }
         let (empty, cap) = {
@@ -544,6 +560,30 @@ mod tests {
         };
         assert_eq!(got, addrs(1, 1)[0]);
         assert_eq!(rounds.load(Ordering::SeqCst), 12);
+    }
+
+    #[tokio::test]
+    async fn a_seed_whose_lookup_never_answers_does_not_hold_the_round() {
+        let mut seeds = seeds_with(Box::new(|seed, _port| {
+            Box::pin(async move {
+                if seed == "b" {
+                    // A resolver that never answers.
+                    std::future::pending::<()>().await;
+                }
+                Ok(addrs(seed.as_bytes()[0], 1))
+            })
+        }));
+        seeds.lookup_timeout = Duration::from_millis(50);
+        let round = tokio::time::timeout(Duration::from_secs(10), seeds.refresh()).await;
+        assert!(
+            round.is_ok(),
+            "the round ended although seed b never answered"
+        );
+        let mut got: Vec<SocketAddr> = std::iter::from_fn(|| seeds.take()).collect();
+        got.sort();
+        let mut want = [b'a', b'c', b'd'].map(|s| addrs(s, 1)[0]).to_vec();
+        want.sort();
+        assert_eq!(got, want, "the seeds after the silent one were asked too");
     }
 
     #[test]
