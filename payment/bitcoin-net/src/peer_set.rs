@@ -177,6 +177,8 @@ struct Seeds {
     resolve: Box<Resolve>,
     /// [`DNS_LOOKUP_TIMEOUT`]; tests shorten it.
     lookup_timeout: Duration,
+    /// The configured peers given as `HOST:PORT` with a host name, resolved each round.
+    named_peers: Vec<(String, u16)>,
     pool: Mutex<SeedPool>,
     /// When the seeds were last asked and how long until they may be asked again; held
     /// through a round, so that slots short of an address at the same moment (all of them
@@ -194,13 +196,24 @@ struct Asked {
 impl Seeds {
     fn new(config: &PeerSetConfig, resolve: Box<Resolve>) -> Self {
         // A configured peer has a slot of its own: a seed naming it would only make a
-        // second connection to the same node.
+        // second connection to the same node. One given by host name is resolved with
+        // each round (see `refresh`).
         let exclude = config.peers.iter().filter_map(|p| p.parse().ok()).collect();
+        let named_peers = config
+            .peers
+            .iter()
+            .filter(|p| p.parse::<SocketAddr>().is_err())
+            .filter_map(|p| {
+                let (host, port) = p.rsplit_once(':')?;
+                Some((host.to_string(), port.parse().ok()?))
+            })
+            .collect();
         Seeds {
             seeds: config.seeds.clone(),
             port: config.seed_port,
             resolve,
             lookup_timeout: DNS_LOOKUP_TIMEOUT,
+            named_peers,
             pool: Mutex::new(SeedPool::new(exclude)),
             asked: tokio::sync::Mutex::new(Asked {
                 last: None,
@@ -238,6 +251,15 @@ impl Seeds {
         let mut asked = self.asked.lock().await;
         if asked.last.is_some_and(|t| t.elapsed() < asked.wait) {
             return;
+        }
+        // A configured peer named by host name has a slot of its own too: what it resolves
+        // to now is not dialled again from the pool.
+        for (host, port) in &self.named_peers {
+            if let Ok(Ok(addrs)) =
+                tokio::time::timeout(self.lookup_timeout, (self.resolve)(host.clone(), *port)).await
+            {
+                self.pool().exclude(addrs);
+            }
         }
         let mut answered = 0;
         let mut added = 0;
@@ -560,6 +582,36 @@ mod tests {
         };
         assert_eq!(got, addrs(1, 1)[0]);
         assert_eq!(rounds.load(Ordering::SeqCst), 12);
+    }
+
+    #[tokio::test]
+    async fn a_configured_peer_named_by_host_name_is_not_taken_from_the_seeds() {
+        let mut config = PeerSetConfig::new(
+            ChainNetwork::Mainnet,
+            vec!["node.example:8333".into(), "127.0.9.9:8333".into()],
+        );
+        config.seeds = vec!["a".into()];
+        let seeds = Seeds::new(
+            &config,
+            Box::new(|name, port| {
+                Box::pin(async move {
+                    match (name.as_str(), port) {
+                        ("node.example", 8333) => {
+                            Ok(vec![SocketAddr::from(([127, 0, 1, 0], 8333))])
+                        }
+                        ("a", _) => Ok(addrs(1, 3)),
+                        other => Err(std::io::Error::other(format!("unexpected {other:?}"))),
+                    }
+                })
+            }),
+        );
+        seeds.refresh().await;
+        let got: Vec<SocketAddr> = std::iter::from_fn(|| seeds.take()).collect();
+        assert_eq!(
+            got,
+            addrs(1, 3)[1..].to_vec(),
+            "127.0.1.0 is the configured node"
+        );
     }
 
     #[tokio::test]

@@ -87,6 +87,20 @@ impl SeedPool {
         self.entries.is_empty()
     }
 
+    /// Never takes `addrs` from now on (a configured peer named by host name, resolved):
+    /// drops them from the pool, but for one a slot holds now, which stays until that
+    /// slot gives it back and is not taken again.
+    pub fn exclude(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        for addr in addrs {
+            if !self.exclude.contains(&addr) {
+                self.exclude.push(addr);
+            }
+        }
+        let exclude = &self.exclude;
+        self.entries
+            .retain(|e| e.in_use || !exclude.contains(&e.addr));
+    }
+
     /// Adds what seed number `seed` answered; returns how many addresses were new to the
     /// pool. An address it already has keeps its history (a ban or a rest is not washed
     /// away by the seed naming it again).
@@ -140,7 +154,9 @@ impl SeedPool {
             .entries
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.takeable(now) && in_use(e.seed) < MAX_PER_SEED)
+            .filter(|(_, e)| {
+                e.takeable(now) && in_use(e.seed) < MAX_PER_SEED && !self.exclude.contains(&e.addr)
+            })
             // `min_by_key` keeps the first of equals: the earliest.
             .min_by_key(|(_, e)| e.given_up)
             .map(|(i, _)| i)?;
@@ -252,6 +268,32 @@ mod tests {
         );
         assert_eq!(pool.add(0, addrs(3, 1), now), 0);
         assert_eq!(pool.entries.len(), MAX_KEPT_PER_SEED);
+    }
+
+    #[test]
+    fn addresses_excluded_later_leave_the_pool_and_are_not_taken_again() {
+        let now = Instant::now();
+        let mut pool = SeedPool::new(Vec::new());
+        pool.add(0, addrs(1, 2), now);
+        pool.add(1, addrs(2, 1), now);
+        let held = pool.take(now).expect("an address");
+        assert_eq!(held, addrs(1, 1)[0]);
+        // A configured peer's host name resolved to two of them: the one held and a free one.
+        pool.exclude([held, addrs(2, 1)[0]]);
+        assert_eq!(pool.take(now), Some(addrs(1, 2)[1]));
+        assert_eq!(pool.take(now), None, "the free excluded one is gone");
+        pool.give_back(held, GiveUp::Failing, now);
+        let later = now + REST + Duration::from_secs(1);
+        pool.give_back(addrs(1, 2)[1], GiveUp::Failing, now);
+        assert_eq!(
+            pool.take(later),
+            Some(addrs(1, 2)[1]),
+            "the held one, given back, is not taken again"
+        );
+        assert_eq!(pool.take(later), None);
+        // Added again by a seed, an excluded address stays out.
+        pool.add(1, addrs(2, 1), later);
+        assert_eq!(pool.take(later), None);
     }
 
     #[test]
