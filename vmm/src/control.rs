@@ -189,6 +189,7 @@ mod tests {
                 vcpu_total_us: 3,
                 mem_mib: 64,
                 uptime_us: 5,
+                state: Some(VmState::Running),
             }
         }
         fn console_input(&self, data: &str) -> Result<(), String> {
@@ -282,7 +283,7 @@ mod tests {
             replies,
             [
                 r#"{"mem_mib":64,"ok":true,"state":"running","uptime_us":5,"vcpus":1}"#,
-                r#"{"mem_mib":64,"ok":true,"uptime_us":5,"vcpu_total_us":3,"vcpu_us":[3]}"#,
+                r#"{"mem_mib":64,"ok":true,"state":"running","uptime_us":5,"vcpu_total_us":3,"vcpu_us":[3]}"#,
                 r#"{"ok":true,"state":"running"}"#,
                 r#"{"error":"console input buffer full","ok":false}"#,
                 r#"{"error":"bad arguments to 'console_input': missing field `data`","ok":false}"#,

@@ -112,7 +112,8 @@
 //! → {"cmd":"resume"}
 //! ← {"ok":true,"state":"running"}
 //! → {"cmd":"usage"}
-//! ← {"ok":true,"vcpu_us":[1520,980],"vcpu_total_us":2500,"mem_mib":128,"uptime_us":60210}
+//! ← {"ok":true,"vcpu_us":[1520,980],"vcpu_total_us":2500,"mem_mib":128,"uptime_us":60210,
+//!    "state":"running"}                               (the state as `status` says it)
 //! → {"cmd":"console_input","data":"hello\n"}          UTF-8 text for the guest's COM1
 //! ← {"ok":true}
 //! → {"cmd":"snapshot","dir":"/srv/snap","exit":false}  pause, write DIR/state + DIR/memory

@@ -74,6 +74,7 @@ impl ControlTarget for Machine {
             vcpu_us,
             mem_mib: self.mem_mib,
             uptime_us: self.clock.elapsed_us(),
+            state: Some(self.state()),
         }
     }
 

@@ -331,19 +331,25 @@ struct Reading {
 /// Reads a metered lease's usage; for a running lease whose vCPU time did not move since
 /// the last tick (idle, or paused) or whose run state is in doubt (`recheck`: found paused
 /// at re-adoption, or paused for lack of funds before a top-up), also whether its VMM is
-/// paused.
+/// paused. The usage reply says so; a VMM older than that field is asked with `status`.
+/// One request per lease and tick, not two for every idle guest: on a host of many idle
+/// leases the second one woke each VMM again every tick for nothing.
 async fn read(l: &LeaseRow, recheck: bool) -> Reading {
     let path = PathBuf::from(&l.control_path);
     let usage = client::usage(&path).await;
     let flat = usage
         .as_ref()
         .is_ok_and(|u| u.vcpu_total_us == l.last_vcpu_total_us);
-    let paused = l.state == LeaseState::Running
-        && usage.is_ok()
-        && (flat || recheck)
-        && client::status(&path)
-            .await
-            .is_ok_and(|st| st.state == VmState::Paused);
+    let asked = l.state == LeaseState::Running && (flat || recheck);
+    let paused = match &usage {
+        Ok(u) if asked => match u.state {
+            Some(state) => state == VmState::Paused,
+            None => client::status(&path)
+                .await
+                .is_ok_and(|st| st.state == VmState::Paused),
+        },
+        _ => false,
+    };
     Reading {
         id: l.id.clone(),
         usage,
@@ -858,6 +864,88 @@ mod tests {
     fn silent_at(l: &Ledger, now: Now) -> (u64, u64) {
         let row = l.get("a").expect("get").expect("row");
         unanchored_silent_reading(&row, l.since_billable(&row, now), DEADLINE)
+    }
+
+    /// A control socket at `path` that answers `usage` with `usage_line` and `status` with a
+    /// paused guest's status (the lines a coinop-vmm writes), one request per connection as
+    /// the VMM serves them, and counts the requests by command.
+    fn answering_vmm(
+        path: &std::path::Path,
+        usage_line: &'static str,
+    ) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::UnixListener::bind(path).expect("bind the control socket");
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let mut stream = BufReader::new(stream);
+                let mut line = String::new();
+                if stream.read_line(&mut line).await.is_err() {
+                    continue;
+                }
+                let request = vmm_protocol::Request::from_line(&line).expect("a request line");
+                let reply = match request {
+                    vmm_protocol::Request::Usage => usage_line,
+                    vmm_protocol::Request::Status => {
+                        r#"{"mem_mib":256,"ok":true,"state":"paused","uptime_us":900,"vcpus":1}"#
+                    }
+                    other => panic!("metering sent {other:?}"),
+                };
+                seen.lock()
+                    .expect("test lock")
+                    .push(request.cmd().to_string());
+                let _ = stream
+                    .get_mut()
+                    .write_all(format!("{reply}\n").as_bytes())
+                    .await;
+            }
+        });
+        asked
+    }
+
+    /// A running lease whose vCPU time stood still since the last tick, its VMM at `path`.
+    fn idle_running_lease(path: &std::path::Path) -> LeaseRow {
+        let (_dir, l) = ledger();
+        l.create_or_recover(&lease("a"), &credit(1, 1_000_000))
+            .expect("create");
+        l.mark_running("a", None, "{}").expect("run");
+        LeaseRow {
+            control_path: path.display().to_string(),
+            last_vcpu_total_us: 500,
+            ..l.get("a").expect("get").expect("row")
+        }
+    }
+
+    /// An idle guest's tick asks its VMM once: the usage reply says the guest is paused.
+    #[tokio::test]
+    async fn an_idle_lease_is_read_with_one_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("control.sock");
+        let asked = answering_vmm(
+            &path,
+            r#"{"mem_mib":256,"ok":true,"state":"paused","uptime_us":900,"vcpu_total_us":500,"vcpu_us":[500]}"#,
+        );
+        let r = read(&idle_running_lease(&path), false).await;
+        assert!(r.usage.is_ok(), "{:?}", r.usage);
+        assert!(r.paused, "the usage reply said paused");
+        assert_eq!(*asked.lock().expect("test lock"), ["usage"]);
+    }
+
+    /// A VMM started by an older coinop, whose usage reply has no run state, is asked with
+    /// `status` as before.
+    #[tokio::test]
+    async fn a_vmm_whose_usage_has_no_state_is_asked_its_status() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("control.sock");
+        let asked = answering_vmm(
+            &path,
+            r#"{"mem_mib":256,"ok":true,"uptime_us":900,"vcpu_total_us":500,"vcpu_us":[500]}"#,
+        );
+        let r = read(&idle_running_lease(&path), false).await;
+        assert!(r.usage.is_ok(), "{:?}", r.usage);
+        assert!(r.paused, "the status reply said paused");
+        assert_eq!(*asked.lock().expect("test lock"), ["usage", "status"]);
     }
 
     /// A running lease whose VMM has been silent since its last tick, 60 s ago, with no

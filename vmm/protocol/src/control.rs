@@ -242,13 +242,18 @@ pub struct Usage {
     pub mem_mib: u64,
     /// µs since the time base.
     pub uptime_us: u64,
+    /// What the vCPUs are asked to do, as `status` says: a metering client learns whether
+    /// a guest whose CPU time stood still is paused or idle without a second request.
+    /// Absent from the replies of VMMs older than this field (ask `status` then).
+    #[serde(default)]
+    pub state: Option<VmState>,
 }
 
 /// One reply line. On the wire every reply has `ok`: `true` with the answer's fields beside
 /// it, or `false` with `error`:
 /// ```text
 /// {"mem_mib":128,"ok":true,"state":"running","uptime_us":53122,"vcpus":2}   Status
-/// {"mem_mib":128,"ok":true,"uptime_us":60210,"vcpu_total_us":2500,"vcpu_us":[1520,980]}
+/// {"mem_mib":128,"ok":true,"state":"running","uptime_us":60210,"vcpu_total_us":2500,"vcpu_us":[1520,980]}
 /// {"ok":true,"state":"paused"}                                              State
 /// {"ok":true}                                                               Done
 /// {"error":"unknown command 'bogus'","ok":false}                            Error
@@ -303,7 +308,7 @@ impl Serialize for Reply {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let len = match self {
             Reply::Status(s) => 5 + usize::from(s.line_crc32.is_some()),
-            Reply::Usage(_) => 5,
+            Reply::Usage(u) => 5 + usize::from(u.state.is_some()),
             Reply::State(_) | Reply::Error(_) => 2,
             Reply::Done => 1,
         };
@@ -322,6 +327,9 @@ impl Serialize for Reply {
             Reply::Usage(u) => {
                 reply.serialize_field("mem_mib", &u.mem_mib)?;
                 reply.serialize_field("ok", &true)?;
+                if let Some(state) = u.state {
+                    reply.serialize_field("state", &state)?;
+                }
                 reply.serialize_field("uptime_us", &u.uptime_us)?;
                 reply.serialize_field("vcpu_total_us", &u.vcpu_total_us)?;
                 reply.serialize_field("vcpu_us", &u.vcpu_us)?;
@@ -382,6 +390,7 @@ impl TryFrom<WireReply> for Reply {
                 vcpu_total_us: need(w.vcpu_total_us, "usage", "vcpu_total_us")?,
                 mem_mib: need(w.mem_mib, "usage", "mem_mib")?,
                 uptime_us: need(w.uptime_us, "usage", "uptime_us")?,
+                state: w.state,
             }));
         }
         if w.vcpus.is_some() {
@@ -432,7 +441,9 @@ mod tests {
         ]
     }
 
-    /// Each line is copied from what coinop-vmm answered before this crate existed.
+    /// Each line is copied from what coinop-vmm answered before this crate existed, or, for
+    /// a field added since, what it answers now. Older lines stay: a coinopd re-adopts the
+    /// VMMs an older coinopd started, and reads their replies.
     fn pinned_replies() -> Vec<(&'static str, Reply)> {
         vec![
             (
@@ -462,6 +473,18 @@ mod tests {
                     vcpu_total_us: 137788,
                     mem_mib: 128,
                     uptime_us: 312781,
+                    state: None,
+                }),
+            ),
+            // Since usage says the run state too.
+            (
+                r#"{"mem_mib":256,"ok":true,"state":"paused","uptime_us":4100230,"vcpu_total_us":88012,"vcpu_us":[88012]}"#,
+                Reply::Usage(Usage {
+                    vcpu_us: vec![88012],
+                    vcpu_total_us: 88012,
+                    mem_mib: 256,
+                    uptime_us: 4_100_230,
+                    state: Some(VmState::Paused),
                 }),
             ),
             (
