@@ -87,6 +87,13 @@
 //!
 //! A discarded snapshot's directory is removed ([`GoldenSnapshots::discard`]) and the next
 //! lease of the image builds it again.
+//!
+//! A build that fails (its guest crashed or was not ready in time, its VMM died, the
+//! snapshot was not written) is started again by coinopd after a wait, 5 s after the first
+//! failure and doubled at each one in a row up to 10 min, with no lease needed for up to
+//! three failures in a row; a lease of the shape starts no build before the wait is over.
+//! A guest that crashed once on a loaded host costs the shape's next leases nothing, and an
+//! image that never builds costs a boot now and then, not one beside every lease.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -252,6 +259,36 @@ struct Builds {
     keys: HashSet<String>,
     /// coinopd stops: no build starts.
     stopping: bool,
+    /// Keys whose last build failed: how many in a row, and when the next may start.
+    failed: HashMap<String, FailedBuilds>,
+}
+
+/// A key's builds that failed in a row.
+#[derive(Debug, Clone, Copy)]
+struct FailedBuilds {
+    in_a_row: u32,
+    /// No build of the key starts before this, whoever asks.
+    next_at: Instant,
+}
+
+/// The wait after a key's first failed build before the next; doubled at each failure in
+/// a row, up to [`BUILD_RETRY_MAX`]. A failure may be the moment's (a guest that crashed
+/// or hung on a loaded host, a VMM killed for memory) or the image's own (a kernel that
+/// cannot boot): the first kind is soon mended by a second build, the second must not cost
+/// a whole boot beside every lease of the shape.
+const BUILD_RETRY_FIRST: Duration = Duration::from_secs(5);
+/// The longest wait between two builds of a key that keep failing.
+const BUILD_RETRY_MAX: Duration = Duration::from_secs(600);
+/// Failed builds in a row after which coinopd starts the next on its own (at the end of
+/// its wait); after more, only a lease of the shape starts one, still no sooner.
+const BUILD_AUTO_RETRIES: u32 = 3;
+
+/// The wait before the next build of a key whose builds failed `in_a_row` times.
+fn build_retry_wait(in_a_row: u32) -> Duration {
+    let doublings = in_a_row.saturating_sub(1).min(16);
+    BUILD_RETRY_FIRST
+        .saturating_mul(1 << doublings)
+        .min(BUILD_RETRY_MAX)
 }
 
 impl GoldenSnapshots {
@@ -391,17 +428,26 @@ impl GoldenSnapshots {
     }
 
     /// Starts building `shape`'s snapshot for `key` in the background unless a build of it
-    /// runs already, [`MAX_BUILDS_AT_ONCE`] run, none may be kept, coinopd stops, or the
-    /// host has no room for its guest. The build's guest counts against the host's
-    /// capacity while it runs, like a lease's: a shape no tenant booted before (up to the
-    /// largest a create may ask) must not put an unaccounted VMM on a host sold out.
+    /// runs already, [`MAX_BUILDS_AT_ONCE`] run, none may be kept, coinopd stops, the host
+    /// has no room for its guest, or the key's last build failed less than its wait ago
+    /// ([`build_retry_wait`]). The build's guest counts against the host's capacity while
+    /// it runs, like a lease's: a shape no tenant booted before (up to the largest a create
+    /// may ask) must not put an unaccounted VMM on a host sold out. A build that fails is
+    /// started again by coinopd itself once its wait is over, up to [`BUILD_AUTO_RETRIES`]
+    /// failures in a row: the shape is in demand, and its next lease should find the
+    /// snapshot rather than boot cold and start the build only then.
     pub fn build_in_background(s: &Shared, shape: Shape, key: String) {
         if s.golden.max == 0 {
             return;
         }
         {
             let mut builds = lock(&s.golden.building);
+            let waiting = builds
+                .failed
+                .get(&key)
+                .is_some_and(|f| Instant::now() < f.next_at);
             if builds.stopping
+                || waiting
                 || builds.keys.len() >= MAX_BUILDS_AT_ONCE
                 || !builds.keys.insert(key.clone())
             {
@@ -423,15 +469,52 @@ impl GoldenSnapshots {
         let s = s.clone();
         tokio::spawn(async move {
             let built = s.golden.build(&s, &shape, &key).await;
-            match built {
-                Ok(dir) => tracing::info!(image = %shape.image.name, dir = %dir.display(),
-                    "golden snapshot written"),
-                Err(e) => tracing::warn!(image = %shape.image.name, error = %e,
-                    "golden snapshot not built; leases of the image boot cold"),
-            }
+            let retry = match built {
+                Ok(dir) => {
+                    tracing::info!(image = %shape.image.name, dir = %dir.display(),
+                        "golden snapshot written");
+                    lock(&s.golden.building).failed.remove(&key);
+                    None
+                }
+                Err(e) => {
+                    let (in_a_row, wait) = s.golden.build_failed(&key);
+                    tracing::warn!(image = %shape.image.name, error = %e,
+                        failed_in_a_row = in_a_row, next_build_in_s = wait.as_secs(),
+                        "golden snapshot not built; leases of the image boot cold");
+                    (in_a_row <= BUILD_AUTO_RETRIES).then_some(wait)
+                }
+            };
             s.capacity().release(&room);
             lock(&s.golden.building).keys.remove(&key);
+            if let Some(wait) = retry {
+                tokio::time::sleep(wait).await;
+                // Unless the shape's inputs changed meanwhile (another key), or a lease's
+                // build got there first.
+                // (Asked without counting as a use of the snapshot.)
+                let wanted = matches!(s.golden.key(&shape), Ok(now) if now == key)
+                    && matches!(s.golden.current(&shape), Ok(None));
+                if wanted {
+                    GoldenSnapshots::build_in_background(&s, shape, key);
+                }
+            }
         });
+    }
+
+    /// Counts a failed build of `key`: its failures in a row now, and the wait before the
+    /// next build of it.
+    fn build_failed(&self, key: &str) -> (u32, Duration) {
+        let mut builds = lock(&self.building);
+        let failed = builds
+            .failed
+            .entry(key.to_string())
+            .or_insert(FailedBuilds {
+                in_a_row: 0,
+                next_at: Instant::now(),
+            });
+        failed.in_a_row = failed.in_a_row.saturating_add(1);
+        let wait = build_retry_wait(failed.in_a_row);
+        failed.next_at = Instant::now() + wait;
+        (failed.in_a_row, wait)
     }
 
     /// coinopd stops: no build starts from here, and the running ones are waited for up to
@@ -1139,6 +1222,26 @@ mod tests {
             .and_then(|f| f.set_modified(used))
             .expect("set its mtime");
         dir
+    }
+
+    #[test]
+    fn a_failed_builds_wait_doubles_up_to_its_bound() {
+        assert_eq!(build_retry_wait(1), Duration::from_secs(5));
+        assert_eq!(build_retry_wait(2), Duration::from_secs(10));
+        assert_eq!(build_retry_wait(3), Duration::from_secs(20));
+        assert_eq!(build_retry_wait(8), Duration::from_secs(600));
+        assert_eq!(build_retry_wait(u32::MAX), BUILD_RETRY_MAX);
+    }
+
+    #[test]
+    fn failed_builds_of_a_key_are_counted_in_a_row_and_set_its_next_start() {
+        let (_dir, _root, g) = scratch_snapshots();
+        let before = Instant::now();
+        assert_eq!(g.build_failed("k"), (1, Duration::from_secs(5)));
+        assert_eq!(g.build_failed("k"), (2, Duration::from_secs(10)));
+        assert_eq!(g.build_failed("other"), (1, Duration::from_secs(5)));
+        let next = lock(&g.building).failed["k"].next_at;
+        assert!(next >= before + Duration::from_secs(10), "{next:?}");
     }
 
     #[test]

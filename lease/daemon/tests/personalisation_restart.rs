@@ -1118,6 +1118,85 @@ async fn a_coinopd_that_stops_mid_build_ends_the_golden_builds_vmm() {
     assert!(!has_snapshot(dir.path()), "no snapshot was put in place");
 }
 
+/// A golden build whose VMM dies before the snapshot (killed here, as a host's OOM killer
+/// would; in the nested lab, now and then, a guest that crashes on its own) is built again
+/// by coinopd after a short wait: the image's next lease finds the snapshot, with no second
+/// lease needed to start the build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_golden_build_is_built_again_with_no_lease_asking() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = StateDir::new();
+    let image = agent_image(true);
+    // Every build is held 2 s once its VMM is named: time to kill the first one's.
+    let delay = format!("{}:2000", point::GOLDEN_VMM_RECORDED);
+    let d = Daemon::spawn(
+        dir.path(),
+        &["--image", &image],
+        &[(DELAY_ENV, delay.as_str())],
+    )
+    .await;
+    let body = agent_create_body(&d).await;
+    let lease = d.create_lease(body).await;
+    wait_for(
+        async || golden_build_marker(dir.path()).is_some(),
+        "the golden build's marker",
+    )
+    .await;
+    let first = vmm_named_by(&golden_build_marker(dir.path()).expect("waited for"));
+    assert!(first.kill_and_wait(), "the first build's VMM killed");
+    wait_for(
+        async || d.log().contains("golden snapshot not built"),
+        "the first build's failure",
+    )
+    .await;
+    let failed_at = std::time::Instant::now();
+    assert!(
+        !has_snapshot(dir.path()),
+        "no snapshot from the killed build"
+    );
+    let log = without_colours(&d.log());
+    assert!(
+        log.contains("failed_in_a_row=1") && log.contains("next_build_in_s=5"),
+        "{log}"
+    );
+    wait_for(
+        async || has_snapshot(dir.path()),
+        "the snapshot of the build coinopd started again",
+    )
+    .await;
+    assert!(
+        failed_at.elapsed() >= std::time::Duration::from_secs(4),
+        "built again after {:?}, before its wait",
+        failed_at.elapsed()
+    );
+    let log = d.log();
+    assert!(log.contains("golden snapshot written"), "{log}");
+    d.stop_lease(&lease.id, &lease.token).await;
+    d.shutdown().await;
+}
+
+/// coinopd's log without its terminal colour codes (`ESC [ ... m`), which the log writer
+/// puts around field names: what a reader sees.
+fn without_colours(log: &str) -> String {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Up to and including the sequence's final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
 /// The marker of image `tga`'s golden snapshot build (`.build-KEY.vmm`), if there is one.
 fn golden_build_marker(state: &Path) -> Option<PathBuf> {
     std::fs::read_dir(state.join("snapshots").join("tga"))
