@@ -282,6 +282,8 @@ const BUILD_RETRY_MAX: Duration = Duration::from_secs(600);
 /// Failed builds in a row after which coinopd starts the next on its own (at the end of
 /// its wait); after more, only a lease of the shape starts one, still no sooner.
 const BUILD_AUTO_RETRIES: u32 = 3;
+/// Keys whose failed builds are remembered, at most.
+const MAX_FAILED_KEYS: usize = 256;
 
 /// The wait before the next build of a key whose builds failed `in_a_row` times.
 fn build_retry_wait(in_a_row: u32) -> Duration {
@@ -489,8 +491,7 @@ impl GoldenSnapshots {
             if let Some(wait) = retry {
                 tokio::time::sleep(wait).await;
                 // Unless the shape's inputs changed meanwhile (another key), or a lease's
-                // build got there first.
-                // (Asked without counting as a use of the snapshot.)
+                // build got there first (asked without counting as a use of a snapshot).
                 let wanted = matches!(s.golden.key(&shape), Ok(now) if now == key)
                     && matches!(s.golden.current(&shape), Ok(None));
                 if wanted {
@@ -504,6 +505,18 @@ impl GoldenSnapshots {
     /// next build of it.
     fn build_failed(&self, key: &str) -> (u32, Duration) {
         let mut builds = lock(&self.building);
+        if builds.failed.len() >= MAX_FAILED_KEYS && !builds.failed.contains_key(key) {
+            // Tenants choose shapes: the record stays bounded, and what it forgets first
+            // is the key whose wait ends soonest.
+            let soonest = builds
+                .failed
+                .iter()
+                .min_by_key(|(_, f)| f.next_at)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = soonest {
+                builds.failed.remove(&k);
+            }
+        }
         let failed = builds
             .failed
             .entry(key.to_string())
@@ -1242,6 +1255,16 @@ mod tests {
         assert_eq!(g.build_failed("other"), (1, Duration::from_secs(5)));
         let next = lock(&g.building).failed["k"].next_at;
         assert!(next >= before + Duration::from_secs(10), "{next:?}");
+        // Bounded: a new key past the bound forgets the one whose wait ends soonest.
+        for i in 0..MAX_FAILED_KEYS {
+            g.build_failed(&format!("many-{i}"));
+        }
+        let kept = lock(&g.building).failed.len();
+        assert_eq!(kept, MAX_FAILED_KEYS);
+        assert!(
+            lock(&g.building).failed.contains_key("k"),
+            "the longest wait kept"
+        );
     }
 
     #[test]
