@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::leases::{credit_payment, CreatedLease};
-use common::{kvm_or_skip, vmm_and_guest, wait_for, Daemon};
+use common::{kvm_or_skip, plain_text, vmm_and_guest, wait_for, Daemon};
 use serde_json::json;
 
 /// The shape every lease here has, and so the snapshot directory's prefix.
@@ -52,25 +52,6 @@ async fn wait_for_snapshot(d: &Daemon, image: &str, not: Option<&Path>) -> PathB
         );
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-}
-
-/// `text` without its ANSI colour sequences (the daemon's log colours field names).
-fn plain_text(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // ESC [ parameters final-letter
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }
 
 /// The pool's slots parked and ready for a lease (marker `parked PID`), by lease id.

@@ -42,9 +42,9 @@ use coinop_proto::LeaseState;
 use coinopd::fault::{point, DELAY_ENV, ENV};
 use coinopd::ledger::{LeaseRow, Ledger};
 use coinopd::vmm_process::VmmProcess;
-use common::leases::credit_payment;
+use common::leases::{credit_payment, CreatedLease};
 use common::personalisation_line::{field, names_the_lines_host_key, personalised, the_one_line};
-use common::{kvm_or_skip, vmm_and_guest, wait_for, Daemon, StateDir};
+use common::{kvm_or_skip, plain_text, vmm_and_guest, wait_for, Daemon, StateDir};
 use serde_json::{json, Value};
 use vmm_protocol::Request;
 
@@ -1085,23 +1085,7 @@ async fn a_coinopd_that_stops_mid_build_ends_the_golden_builds_vmm() {
         return;
     }
     let dir = StateDir::new();
-    let image = agent_image(true);
-    let delay = format!("{}:60000", point::GOLDEN_VMM_RECORDED);
-    let d = Daemon::spawn(
-        dir.path(),
-        &["--image", &image],
-        &[(DELAY_ENV, delay.as_str())],
-    )
-    .await;
-    let body = agent_create_body(&d).await;
-    let lease = d.create_lease(body).await;
-    // The build's VMM is named, and the build held there.
-    wait_for(
-        async || golden_build_marker(dir.path()).is_some(),
-        "the golden build's marker",
-    )
-    .await;
-    let marker = golden_build_marker(dir.path()).expect("waited for");
+    let (d, lease, marker) = golden_build_held(&dir, 60_000).await;
     let vmm = vmm_named_by(&marker);
     assert!(vmm.is_running(), "the build's VMM runs");
     d.stop_lease(&lease.id, &lease.token).await;
@@ -1128,23 +1112,9 @@ async fn a_failed_golden_build_is_built_again_with_no_lease_asking() {
         return;
     }
     let dir = StateDir::new();
-    let image = agent_image(true);
     // Every build is held 2 s once its VMM is named: time to kill the first one's.
-    let delay = format!("{}:2000", point::GOLDEN_VMM_RECORDED);
-    let d = Daemon::spawn(
-        dir.path(),
-        &["--image", &image],
-        &[(DELAY_ENV, delay.as_str())],
-    )
-    .await;
-    let body = agent_create_body(&d).await;
-    let lease = d.create_lease(body).await;
-    wait_for(
-        async || golden_build_marker(dir.path()).is_some(),
-        "the golden build's marker",
-    )
-    .await;
-    let first = vmm_named_by(&golden_build_marker(dir.path()).expect("waited for"));
+    let (d, lease, marker) = golden_build_held(&dir, 2_000).await;
+    let first = vmm_named_by(&marker);
     assert!(first.kill_and_wait(), "the first build's VMM killed");
     wait_for(
         async || d.log().contains("golden snapshot not built"),
@@ -1156,7 +1126,7 @@ async fn a_failed_golden_build_is_built_again_with_no_lease_asking() {
         !has_snapshot(dir.path()),
         "no snapshot from the killed build"
     );
-    let log = without_colours(&d.log());
+    let log = plain_text(&d.log());
     assert!(
         log.contains("failed_in_a_row=1") && log.contains("next_build_in_s=5"),
         "{log}"
@@ -1177,24 +1147,26 @@ async fn a_failed_golden_build_is_built_again_with_no_lease_asking() {
     d.shutdown().await;
 }
 
-/// coinopd's log without its terminal colour codes (`ESC [ ... m`), which the log writer
-/// puts around field names: what a reader sees.
-fn without_colours(log: &str) -> String {
-    let mut plain = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Up to and including the sequence's final letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
+/// A coinopd in `dir` whose golden builds are each held `held_ms` once their VMM is named,
+/// the lease of its agent image that started the first build, and that build's marker.
+async fn golden_build_held(dir: &StateDir, held_ms: u64) -> (Daemon, CreatedLease, PathBuf) {
+    let image = agent_image(true);
+    let delay = format!("{}:{held_ms}", point::GOLDEN_VMM_RECORDED);
+    let d = Daemon::spawn(
+        dir.path(),
+        &["--image", &image],
+        &[(DELAY_ENV, delay.as_str())],
+    )
+    .await;
+    let body = agent_create_body(&d).await;
+    let lease = d.create_lease(body).await;
+    wait_for(
+        async || golden_build_marker(dir.path()).is_some(),
+        "the golden build's marker",
+    )
+    .await;
+    let marker = golden_build_marker(dir.path()).expect("waited for");
+    (d, lease, marker)
 }
 
 /// The marker of image `tga`'s golden snapshot build (`.build-KEY.vmm`), if there is one.

@@ -475,6 +475,26 @@ impl Drop for Daemon {
     }
 }
 
+/// `text` without its ANSI colour sequences (`ESC [ ... letter`): coinopd's log colours its
+/// field names, so a field reads `name=value` only once they are gone.
+pub fn plain_text(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Up to and including the sequence's final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
 /// Polls `f` until it holds. The limit is only there to end a broken test: a loaded 2-core
 /// machine can give a metered guest a small share of a CPU, so its balance drains several
 /// times slower than on an idle one.
