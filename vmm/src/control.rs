@@ -174,6 +174,7 @@ mod tests {
                 mem_mib: 64,
                 uptime_us: 5,
                 line_crc32: None,
+                ring_unheeded_us: None,
             }
         }
         fn pause(&self) -> Result<VmState, String> {

@@ -106,7 +106,8 @@
 //! ```text
 //! → {"cmd":"status"}
 //! ← {"ok":true,"state":"running","vcpus":2,"mem_mib":128,"uptime_us":53122}
-//!   (+ "line_crc32":N once a `personalise` line was accepted: its CRC-32, newline excluded)
+//!   (+ "line_crc32":N once a `personalise` line was accepted: its CRC-32, newline excluded;
+//!    + "ring_unheeded_us":N while a `ring` waits for a doorbell guest to heed it: how long)
 //! → {"cmd":"pause"}
 //! ← {"ok":true,"state":"paused"}
 //! → {"cmd":"resume"}

@@ -45,13 +45,15 @@ impl Machine {
 
 impl ControlTarget for Machine {
     fn status(&self) -> Status {
+        let port = self.pio.personalisation();
         Status {
             state: self.state(),
             // At most 32 vCPUs (checked on the command line), so the count fits.
             vcpus: self.vcpus as u32,
             mem_mib: self.mem_mib,
             uptime_us: self.clock.elapsed_us(),
-            line_crc32: self.pio.personalisation().line_crc32(),
+            line_crc32: port.line_crc32(),
+            ring_unheeded_us: port.ring_unheeded_us(),
         }
     }
 

@@ -228,6 +228,12 @@ pub struct Status {
     /// check: it tells coinopd which of the lines it made (each with its own SSH host key)
     /// the guest got, after a restart lost that.
     pub line_crc32: Option<u32>,
+    /// How long (µs) a `ring` has waited for a guest in doorbell mode to heed it (write
+    /// 0xda to the port's scratch register); absent once heeded, when the guest was not
+    /// rung, or when it does not use the doorbell. A guest that turned the doorbell on and
+    /// leaves a ring unheeded for long runs nothing that listens: coinopd gives such a warm
+    /// restore up before a create takes it.
+    pub ring_unheeded_us: Option<u64>,
 }
 
 /// The answer to `usage`: what metering bills.
@@ -307,7 +313,9 @@ pub enum ReplyError {
 impl Serialize for Reply {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let len = match self {
-            Reply::Status(s) => 5 + usize::from(s.line_crc32.is_some()),
+            Reply::Status(s) => {
+                5 + usize::from(s.line_crc32.is_some()) + usize::from(s.ring_unheeded_us.is_some())
+            }
             Reply::Usage(u) => 5 + usize::from(u.state.is_some()),
             Reply::State(_) | Reply::Error(_) => 2,
             Reply::Done => 1,
@@ -320,6 +328,9 @@ impl Serialize for Reply {
                 }
                 reply.serialize_field("mem_mib", &s.mem_mib)?;
                 reply.serialize_field("ok", &true)?;
+                if let Some(us) = s.ring_unheeded_us {
+                    reply.serialize_field("ring_unheeded_us", &us)?;
+                }
                 reply.serialize_field("state", &s.state)?;
                 reply.serialize_field("uptime_us", &s.uptime_us)?;
                 reply.serialize_field("vcpus", &s.vcpus)?;
@@ -358,6 +369,8 @@ struct WireReply {
     #[serde(default)]
     mem_mib: Option<u64>,
     ok: bool,
+    #[serde(default)]
+    ring_unheeded_us: Option<u64>,
     #[serde(default)]
     state: Option<VmState>,
     #[serde(default)]
@@ -400,6 +413,7 @@ impl TryFrom<WireReply> for Reply {
                 mem_mib: need(w.mem_mib, "status", "mem_mib")?,
                 uptime_us: need(w.uptime_us, "status", "uptime_us")?,
                 line_crc32: w.line_crc32,
+                ring_unheeded_us: w.ring_unheeded_us,
             }));
         }
         Ok(w.state.map_or(Reply::Done, Reply::State))
@@ -454,6 +468,7 @@ mod tests {
                     mem_mib: 128,
                     uptime_us: 312530,
                     line_crc32: None,
+                    ring_unheeded_us: None,
                 }),
             ),
             (
@@ -464,6 +479,18 @@ mod tests {
                     mem_mib: 256,
                     uptime_us: 90210,
                     line_crc32: Some(3_632_233_996),
+                    ring_unheeded_us: None,
+                }),
+            ),
+            (
+                r#"{"mem_mib":256,"ok":true,"ring_unheeded_us":2500000,"state":"running","uptime_us":3190210,"vcpus":1}"#,
+                Reply::Status(Status {
+                    state: VmState::Running,
+                    vcpus: 1,
+                    mem_mib: 256,
+                    uptime_us: 3_190_210,
+                    line_crc32: None,
+                    ring_unheeded_us: Some(2_500_000),
                 }),
             ),
             (

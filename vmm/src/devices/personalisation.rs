@@ -124,8 +124,9 @@ pub struct PersonalisationPort {
     /// `ring` was asked and no line accepted since: MSR shows RI. Not in a snapshot: a
     /// golden snapshot is never rung, and a restored guest is rung by its own VMM.
     ringing: bool,
-    /// A ring the guest has not yet said it saw (doorbell mode: [`DOORBELL_RING_SEEN`]).
-    ring_unheeded: bool,
+    /// A ring the guest has not yet said it saw (doorbell mode: [`DOORBELL_RING_SEEN`]):
+    /// when it was rung, on the events' time base (status `ring_unheeded_us`).
+    ring_unheeded_since_us: Option<u64>,
     /// MSR's TERI: news since the guest last read MSR (doorbell mode only). Not in a
     /// snapshot: a golden guest has had none, and a restored one rings again on enable.
     news_delta: bool,
@@ -156,7 +157,7 @@ impl PersonalisationPort {
             data_reads: 0,
             line_crc32: None,
             ringing: false,
-            ring_unheeded: false,
+            ring_unheeded_since_us: None,
             news_delta: false,
             line_announced: false,
             events,
@@ -188,7 +189,7 @@ impl PersonalisationPort {
             data_reads: 0,
             line_crc32: None,
             ringing: false,
-            ring_unheeded: false,
+            ring_unheeded_since_us: None,
             news_delta: false,
             line_announced: false,
             events,
@@ -361,7 +362,7 @@ impl PersonalisationPort {
         // an interrupt the guest's next poll finds anyway.
         let _ = self.uart.write(offset, value);
         if offset == SCR && value == DOORBELL_RING_SEEN {
-            self.ring_unheeded = false;
+            self.ring_unheeded_since_us = None;
         }
         // Leaving loopback lets the line in.
         self.refill();
@@ -371,7 +372,7 @@ impl PersonalisationPort {
             && value & IER_MODEM_STATUS != 0
             && !self.dlab()
             && self.doorbell_mode()
-            && (self.ring_unheeded || self.line_waits())
+            && (self.ring_unheeded_since_us.is_some() || self.line_waits())
         {
             self.ring_doorbell();
         }
@@ -423,7 +424,7 @@ impl PersonalisationPort {
         self.line = LineProgress::Delivering;
         // The call is answered: a guest that looks again sees its line, not the ring.
         self.ringing = false;
-        self.ring_unheeded = false;
+        self.ring_unheeded_since_us = None;
         self.line_announced = false;
         self.line_crc32 = Some(crc32fast::hash(line.as_bytes()));
         self.refill();
@@ -438,10 +439,21 @@ impl PersonalisationPort {
         }
         self.ringing = true;
         if self.doorbell_mode() && self.uart.read(MCR) & MCR_LOOP == 0 {
-            self.ring_unheeded = true;
+            // A second ring while one waits leaves the first's time: the guest has not
+            // answered since then.
+            if self.ring_unheeded_since_us.is_none() {
+                self.ring_unheeded_since_us = Some(self.events.clock().elapsed_us());
+            }
             self.ring_doorbell();
         }
         Ok(())
+    }
+
+    /// How long (µs) a ring has waited for the guest to heed it, while one does (doorbell
+    /// mode only: a guest that never turned the doorbell on is not asked to answer).
+    pub fn ring_unheeded_us(&self) -> Option<u64> {
+        self.ring_unheeded_since_us
+            .map(|since| self.events.clock().elapsed_us().saturating_sub(since))
     }
 
     /// The CRC-32 (IEEE) of the line this process accepted, newline excluded.
@@ -1103,7 +1115,9 @@ mod tests {
         p.write(IER, IER_RECEIVED_DATA | IER_MODEM_STATUS);
         assert_eq!(irq.read().expect("rung again on enable"), 1);
         linux_8250_handler(&mut p);
+        assert!(p.ring_unheeded_us().is_some(), "looked at, not yet heeded");
         p.write(SCR, DOORBELL_RING_SEEN);
+        assert_eq!(p.ring_unheeded_us(), None, "heeded");
         p.write(IER, IER_RECEIVED_DATA | IER_MODEM_STATUS);
         assert!(irq.read().is_err(), "a seen ring rings no more");
         assert_ne!(p.read(MSR) & MSR_RING, 0, "RI stays until the line");
@@ -1116,11 +1130,28 @@ mod tests {
     }
 
     #[test]
+    fn an_unheeded_ring_tells_how_long_it_has_waited_until_heeded_or_answered() {
+        let (mut p, _irq, _file) = doorbell_port();
+        assert_eq!(p.ring_unheeded_us(), None, "not rung");
+        p.ring().expect("rung");
+        let first = p.ring_unheeded_us().expect("waiting");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // A second ring keeps the first one's time: the guest has owed an answer since.
+        p.ring().expect("rung again");
+        let later = p.ring_unheeded_us().expect("still waiting");
+        assert!(later >= first + 20_000, "{first} then {later}");
+        // A line answers the call whether or not the ring was heeded.
+        p.personalise("abc").expect("valid");
+        assert_eq!(p.ring_unheeded_us(), None);
+    }
+
+    #[test]
     fn without_the_doorbell_nothing_rings_and_the_fifo_takes_the_line() {
         let (mut p, irq, _file) = irq_driven_port();
         p.write(IER, IER_RECEIVED_DATA | IER_MODEM_STATUS);
         p.ring().expect("rung");
         assert_eq!(p.read(MSR) & MSR_TERI, 0, "no TERI for a polling guest");
+        assert_eq!(p.ring_unheeded_us(), None, "a polling guest owes no answer");
         p.personalise("abc").expect("valid");
         let _ = irq.read();
         assert_eq!(p.read(LSR) & LSR_DATA_READY, LSR_DATA_READY);
