@@ -166,6 +166,10 @@ void guest_main(u64 cmdline_paddr)
         personalise(0, 0);
         idle_forever();
     }
+    if (streq(mode, "personalise-doorbell") || streq(mode, "personalise-doorbell-deaf")) {
+        personalise_doorbell(streq(mode, "personalise-doorbell"));
+        idle_forever();
+    }
     outb(BOOT_TIMER_PORT, BOOT_TIMER_READY);
 
     if (mode[0] == 0 || streq(mode, "halt")) {

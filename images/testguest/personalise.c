@@ -12,7 +12,13 @@
  *
  * While it waits it also watches MSR's ring indicator (coinopd rings a guest restored ahead
  * of its lease: the VMM's `ring`) and says after the line whether it saw one, so tests can
- * tell which guests were rung. */
+ * tell which guests were rung.
+ *
+ * mode=personalise-doorbell is the same guest in doorbell mode, as the rootfs agent is: it
+ * writes 0xdb to COM2's scratch register before its 124, so the line stays out of the FIFO
+ * and only data-register reads take it (polled here, 1 KiB at a time), and it heeds a ring
+ * (writes 0xda) as soon as MSR shows one. mode=personalise-doorbell-deaf never heeds its
+ * ring but takes its line: to the host, a guest whose listener hangs. */
 #include "personalise.h"
 #include "serial.h"
 #include "tsc.h"
@@ -22,6 +28,9 @@
 #define LSR_DATA_READY 0x01
 #define COM2_MSR (COM2 + 6)
 #define MSR_RING 0x40
+#define COM2_SCR (COM2 + 7)
+#define DOORBELL_ON 0xdb
+#define DOORBELL_RING_SEEN 0xda
 #define BOOT_TIMER_PORT 0x3f0
 #define BOOT_TIMER_AWAITING 124
 #define BOOT_TIMER_READY 123
@@ -72,4 +81,46 @@ void personalise(long delay_ms, int ready)
     serial_puts(rung ? "personalise: rung before the line\n" : "personalise: not rung\n");
     if (ready)
         outb(BOOT_TIMER_PORT, BOOT_TIMER_READY);
+}
+
+void personalise_doorbell(int heed)
+{
+    outb(COM2_SCR, DOORBELL_ON);
+    outb(BOOT_TIMER_PORT, BOOT_TIMER_AWAITING);
+    int len = 0;
+    int ended = 0;
+    int rung = 0;
+    int heeded = 0;
+    while (!ended) {
+        /* The data register reads 0 while nothing waits: no LSR in doorbell mode. */
+        insb(COM2, chunk, CHUNK);
+        int got = 0;
+        for (int i = 0; i < CHUNK && !ended; i++) {
+            u8 c = chunk[i];
+            if (c == '\n') {
+                ended = 1;
+            } else if (c != 0) {
+                got = 1;
+                if (len < LINE_MAX)
+                    line[len++] = (char)c;
+            }
+        }
+        if (!got && !ended) {
+            if (inb(COM2_MSR) & MSR_RING) {
+                rung = 1;
+                if (heed && !heeded) {
+                    outb(COM2_SCR, DOORBELL_RING_SEEN);
+                    heeded = 1;
+                }
+            }
+            cpu_relax();
+        }
+    }
+    line[len] = 0;
+    serial_puts("personalised: ");
+    serial_puts(line);
+    serial_puts(!rung    ? "\npersonalise: not rung\n"
+                : heeded ? "\npersonalise: rung before the line, heeded\n"
+                         : "\npersonalise: rung before the line, not heeded\n");
+    outb(BOOT_TIMER_PORT, BOOT_TIMER_READY);
 }

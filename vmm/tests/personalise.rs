@@ -353,3 +353,67 @@ fn a_guest_snapshotted_after_its_line_refuses_another() {
         "a ready guest is not announced as waiting\n{ctx}"
     );
 }
+
+/// `status`'s `ring_unheeded_us` with the test guest in doorbell mode: a guest that heeds
+/// its ring (`mode=personalise-doorbell`, writing 0xda as soon as MSR shows it) owes no
+/// answer within moments; one that never does (`-deaf`) is said to owe one, for longer at
+/// each look, until its line answers the call. Both take their line through the doorbell.
+#[test]
+fn status_tells_how_long_a_doorbell_guest_has_left_its_ring_unheeded() {
+    if !kvm_ready() {
+        return;
+    }
+    for (mode, heeds) in [
+        ("mode=personalise-doorbell", true),
+        ("mode=personalise-doorbell-deaf", false),
+    ] {
+        let mut vm = Vmm::boot(Image::Pvh, mode).with_control().spawn();
+        vm.wait_event("awaiting_personalisation");
+        let mut ctl = vm.connect();
+        assert_eq!(
+            ctl.cmd("status").get("ring_unheeded_us"),
+            None,
+            "{mode}: not rung"
+        );
+        assert_eq!(ctl.cmd("ring"), json!({"ok": true}), "{mode}");
+        let unheeded = |ctl: &mut common::Control| ctl.cmd("status")["ring_unheeded_us"].as_u64();
+        let first = unheeded(&mut ctl);
+        assert!(
+            first.is_some(),
+            "{mode}: a ring waits from the moment it is rung"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut last = first;
+        while last.is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            last = unheeded(&mut ctl);
+            if !heeds {
+                // Never answered: what it owes only grows.
+                break;
+            }
+        }
+        if heeds {
+            assert_eq!(last, None, "{mode}: heeded within 5 s");
+        } else {
+            assert!(last > first, "{mode}: {first:?} then {last:?}");
+        }
+        let line = lease_line(7);
+        assert_eq!(personalise(&mut ctl, &line), json!({"ok": true}), "{mode}");
+        assert_eq!(
+            unheeded(&mut ctl),
+            None,
+            "{mode}: the line answered the call"
+        );
+        vm.wait_event("guest_ready");
+        drop(ctl);
+        let out = stop(vm);
+        let ctx = out.context();
+        assert_eq!(personalised_lines(&out.stdout), [line.as_str()], "{ctx}");
+        let said = if heeds {
+            "personalise: rung before the line, heeded\n"
+        } else {
+            "personalise: rung before the line, not heeded\n"
+        };
+        assert!(out.stdout.contains(said), "{ctx}");
+    }
+}
