@@ -22,9 +22,11 @@
 //! short) and to release the room, and no other build reserves room until the create has
 //! reserved its own.
 //!
-//! A warm VMM no create can take any more (its VMM died, or its snapshot is no longer its
-//! shape's current one: a new kernel or root filesystem, a snapshot discarded) is given up
-//! by the filler, which the pool's watch ([`WarmRestores::watch`]) starts for it within a
+//! A warm VMM no create can take any more (its VMM died, its snapshot is no longer its
+//! shape's current one: a new kernel or root filesystem, a snapshot discarded, or its guest
+//! turned the doorbell on and left the ring it got at its restore unheeded for
+//! `--personalise-timeout-ms`: it hung, and would not take its line either,
+//! [`RingAnswer`]) is given up by the filler, which the pool's watch ([`WarmRestores::watch`]) starts for it within a
 //! second, with no create needed; the watch also starts the filler when the pool is short
 //! of the wanted shape and a snapshot and room for it are there (a VMM given up, a snapshot
 //! of a new key built, a lease's room freed).
@@ -65,6 +67,22 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// end: the network is routed before the restore, which the boot timeout bounds.
 const BUILD_END_MARGIN: Duration = Duration::from_secs(5);
 
+/// What the watch has learnt of a warm guest's answer to the ring it got once restored
+/// ([`crate::supervisor::Supervisor::start_ahead`]; images/rootfs/PERSONALISE.md, "The
+/// doorbell").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RingAnswer {
+    /// Not known yet: the watch asks again at its next look.
+    #[default]
+    Awaited,
+    /// Heeded, or nothing to heed (a guest that does not use the doorbell, or was not
+    /// rung): the watch does not ask again.
+    Heeded,
+    /// A doorbell guest that left its ring unheeded for [`unheeded_limit`]: nothing in it
+    /// listens for its line, which it would not take in time either.
+    Unheeded,
+}
+
 /// A VMM restored ahead of its lease.
 #[derive(Debug)]
 pub struct Warm {
@@ -76,6 +94,8 @@ pub struct Warm {
     pub shape: Shape,
     /// Its network (routed), when the shape has a NIC.
     pub network: Option<NetInfo>,
+    /// Whether its guest answered its ring.
+    pub ring: RingAnswer,
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +191,7 @@ impl WarmRestores {
             if s.warm.state().stopping {
                 return;
             }
+            check_rings(&s).await;
             let ready: Vec<Takeable> = s.warm.state().ready.iter().map(Takeable::of).collect();
             if any_untakeable(&s, &ready) || short_and_buildable(&s) {
                 Self::start_filler(&s);
@@ -202,9 +223,15 @@ impl WarmRestores {
         let taken = {
             let mut state = s.warm.state();
             let mut taken = None;
-            while let Some(i) = state.ready.iter().position(|w| w.snapshot == snapshot) {
+            // One whose guest answered its ring first: it is known to listen.
+            let of_snapshot = |w: &Warm, heeded: bool| {
+                w.snapshot == snapshot && (!heeded || w.ring == RingAnswer::Heeded)
+            };
+            while let Some(i) = (state.ready.iter().position(|w| of_snapshot(w, true)))
+                .or_else(|| state.ready.iter().position(|w| of_snapshot(w, false)))
+            {
                 let w = state.ready.swap_remove(i);
-                if w.ahead.vmm().is_some_and(|v| v.is_running()) {
+                if w.ring != RingAnswer::Unheeded && w.ahead.vmm().is_some_and(|v| v.is_running()) {
                     taken = Some(w);
                     break;
                 }
@@ -215,7 +242,7 @@ impl WarmRestores {
         for w in dead {
             tracing::warn!(
                 lease = w.ahead.lease_id(),
-                "a warm restore's VMM died while waiting"
+                "a warm restore's VMM died, or its guest stopped listening, while waiting"
             );
             let s = s.clone();
             tokio::spawn(async move { discard(&s, w, true).await });
@@ -351,6 +378,7 @@ struct Takeable {
     vmm: Option<VmmProcess>,
     shape: Shape,
     snapshot: PathBuf,
+    ring: RingAnswer,
 }
 
 impl Takeable {
@@ -360,20 +388,85 @@ impl Takeable {
             vmm: w.ahead.vmm(),
             shape: w.shape.clone(),
             snapshot: w.snapshot.clone(),
+            ring: w.ring,
         }
     }
 
     /// Why a create could not take it, if it could not: [`WarmRestores::take`] wants a
-    /// running VMM restored from its shape's current snapshot.
+    /// running VMM restored from its shape's current snapshot, whose guest did not leave
+    /// its ring unheeded.
     fn unusable(&self, s: &Shared) -> Option<&'static str> {
         if !self.vmm.is_some_and(|v| v.is_running()) {
             return Some("its VMM is gone");
+        }
+        if self.ring == RingAnswer::Unheeded {
+            return Some("its guest left its ring unheeded: nothing in it listens");
         }
         match s.golden.current(&self.shape) {
             Ok(Some(dir)) if dir == self.snapshot => None,
             Ok(_) => Some("its snapshot is no longer its shape's current one"),
             // A take's lookup fails the same way: no create could take it either.
             Err(_) => Some("its image's files cannot be read"),
+        }
+    }
+}
+
+/// How long a doorbell guest may leave its ring unheeded before its warm restore is
+/// given up: the time a guest is given to take its line (`--personalise-timeout-ms`). A
+/// guest that has not even answered the ring by then would not take its line in time
+/// either, and the create that took it would wait that long for nothing before booting
+/// its lease on its own (the nested lab saw restored guests hang at once, now and then).
+/// A listening guest answers within milliseconds of its restore, seconds on a loaded host.
+fn unheeded_limit(s: &Shared) -> Duration {
+    Duration::from_millis(s.config.personalise_timeout_ms)
+}
+
+/// Asks each ready warm VMM whose guest's answer to its ring is not known yet how long the
+/// ring has waited (`status`'s `ring_unheeded_us`), and records what that says: heeded
+/// (or nothing to heed), unheeded past [`unheeded_limit`], or still unknown. A VMM that
+/// does not answer is left as it is: the take's own exchange finds that, and a dead one is
+/// the watch's other check. Each VMM is asked about once a second until its guest
+/// answered, which a listening guest does within its first second or so.
+async fn check_rings(s: &Shared) {
+    let limit = unheeded_limit(s);
+    let awaited: Vec<(String, PathBuf)> = s
+        .warm
+        .state()
+        .ready
+        .iter()
+        .filter(|w| w.ring == RingAnswer::Awaited)
+        .map(|w| {
+            (
+                w.ahead.lease_id().to_string(),
+                w.ahead.control().to_path_buf(),
+            )
+        })
+        .collect();
+    for (id, control) in awaited {
+        let answer = match vmm_protocol::client::status(&control).await {
+            Ok(status) => match status.ring_unheeded_us {
+                None => RingAnswer::Heeded,
+                Some(us) if Duration::from_micros(us) >= limit => {
+                    tracing::warn!(
+                        lease = %id,
+                        unheeded_ms = us / 1000,
+                        "a warm restore's guest has not heeded its ring"
+                    );
+                    RingAnswer::Unheeded
+                }
+                Some(_) => continue,
+            },
+            Err(_) => continue,
+        };
+        // A create may have taken it meanwhile: only what is still ready is marked.
+        if let Some(w) = s
+            .warm
+            .state()
+            .ready
+            .iter_mut()
+            .find(|w| w.ahead.lease_id() == id)
+        {
+            w.ring = answer;
         }
     }
 }
@@ -696,6 +789,7 @@ async fn build(s: &Shared, shape: &Shape, snapshot: &Path) -> Result<Warm, Build
             }
             Ok(Warm {
                 ahead,
+                ring: RingAnswer::Awaited,
                 snapshot: snapshot.to_path_buf(),
                 shape: shape.clone(),
                 network,

@@ -63,11 +63,18 @@ async fn agent_daemon(state: &Path, extra: &[&str]) -> Daemon {
 
 /// [`agent_daemon`] with `env` in coinopd's environment.
 async fn agent_daemon_env(state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+    agent_daemon_mode(state, "personalise", extra, env).await
+}
+
+/// [`agent_daemon_env`] with the test guest's `mode` (one of its personalise modes).
+async fn agent_daemon_mode(
+    state: &Path,
+    mode: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Daemon {
     let (_, guest) = vmm_and_guest().expect("checked by kvm_or_skip");
-    let image = format!(
-        "tga={},snapshot,agent,cmdline=mode=personalise",
-        guest.display()
-    );
+    let image = format!("tga={},snapshot,agent,cmdline=mode={mode}", guest.display());
     let mut args = vec!["--image", image.as_str()];
     args.extend_from_slice(extra);
     Daemon::spawn(state, &args, env).await
@@ -459,6 +466,132 @@ async fn a_dead_warm_restore_is_replaced_without_a_create() {
     .await;
     assert!(!warm.is_running());
     for lease in [&cold, &restored] {
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    d.shutdown().await;
+}
+
+/// A warm restore whose guest turned the doorbell on and then leaves the ring it got at
+/// its restore unheeded (`mode=personalise-doorbell-deaf`: to the host, a guest whose
+/// listener hangs, as restored guests of the nested lab did now and then) is given up by
+/// the watch once it has waited `--personalise-timeout-ms` (1.5 s here), with no create:
+/// before, it waited to be taken, and the create that took it waited that bound for its
+/// guest before booting its lease on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_restore_whose_guest_leaves_its_ring_unheeded_is_given_up_without_a_create() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let d = agent_daemon_mode(
+        state,
+        "personalise-doorbell-deaf",
+        &["--personalise-timeout-ms", "1500"],
+        &[],
+    )
+    .await;
+    // Cold and on the request path, this guest takes its line as any other: it is never
+    // rung there.
+    let Kept {
+        cold,
+        restored,
+        warm_id,
+        warm_pid,
+    } = restore_and_keep_one_warm(&d, state).await;
+    let warm = coinopd::vmm_process::VmmProcess::of(warm_pid).expect("the warm VMM runs");
+    let control = state.join("run").join(format!("{warm_id}.sock"));
+    let status = vmm_protocol::client::status(&control).await;
+    assert!(
+        status.as_ref().is_ok_and(|s| s.ring_unheeded_us.is_some()),
+        "rung, not heeded: {status:?}"
+    );
+    let since = std::time::Instant::now();
+    within_seconds(&d, "the deaf warm restore given up", async || {
+        !common::warm_restore::waiting(state)
+            .iter()
+            .any(|(id, _)| *id == warm_id)
+            && !warm.is_running()
+    })
+    .await;
+    assert!(
+        since.elapsed() >= Duration::from_millis(500),
+        "not before its ring waited the bound: {:?}",
+        since.elapsed()
+    );
+    let log = common::plain_text(&d.log());
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&warm_id) && l.contains("has not heeded its ring")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains(&warm_id)
+            && l.contains("giving up a warm restore")
+            && l.contains("left its ring unheeded")),
+        "{log}"
+    );
+    for lease in [&cold, &restored] {
+        assert!(
+            d.console(lease).await.contains("personalise: not rung"),
+            "{}",
+            lease.id
+        );
+        d.stop_lease(&lease.id, &lease.token).await;
+    }
+    d.shutdown().await;
+}
+
+/// A warm doorbell guest that heeds its ring (`mode=personalise-doorbell`, as the rootfs
+/// agent) is kept past `--personalise-timeout-ms` and taken by the next create, which gets
+/// its own line through the doorbell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_restore_whose_guest_heeds_its_ring_is_kept_and_taken() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = common::StateDir::new();
+    let state = dir.path();
+    let d = agent_daemon_mode(
+        state,
+        "personalise-doorbell",
+        &["--personalise-timeout-ms", "1000"],
+        &[],
+    )
+    .await;
+    let Kept {
+        cold,
+        restored,
+        warm_id,
+        warm_pid,
+    } = restore_and_keep_one_warm(&d, state).await;
+    let control = state.join("run").join(format!("{warm_id}.sock"));
+    within_seconds(&d, "the warm guest heeds its ring", async || {
+        vmm_protocol::client::status(&control)
+            .await
+            .is_ok_and(|s| s.ring_unheeded_us.is_none())
+    })
+    .await;
+    // Past the bound and a few looks of the watch.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        common::warm_restore::waiting(state),
+        vec![(warm_id.clone(), warm_pid)],
+        "{}",
+        d.log()
+    );
+    let lease = create(&d, Some(SSH_KEY)).await;
+    assert_eq!(lease.id, warm_id, "{}", lease.reply);
+    let line = line_of(&d, &lease).await;
+    assert!(field(&line, "ssh_key").is_some(), "{line}");
+    assert!(
+        d.console(&lease)
+            .await
+            .contains("personalise: rung before the line, heeded"),
+        "{}",
+        d.console(&lease).await
+    );
+    for lease in [&cold, &restored, &lease] {
         d.stop_lease(&lease.id, &lease.token).await;
     }
     d.shutdown().await;
