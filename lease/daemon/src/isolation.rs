@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use coinop_host::cgroup::{self, CgroupSlot, Cgroups};
@@ -69,7 +70,18 @@ struct Confinement {
     slot: Option<CgroupSlot>,
     /// Whether the CPU-count disagreement was already logged for this lease.
     warned: bool,
+    /// When [`Isolation::check_cpu`] may next read the cgroup's count.
+    next_cpu_check: Option<Instant>,
+    /// The CPU quota coinopd last wrote to, or read from, the slot's cgroup, µs per period
+    /// (`None` until known): [`Isolation::hold_paused`], asked every tick, writes only on a
+    /// change and reads the cgroup only while this is unknown. coinopd alone sets it (the
+    /// cgroup is its own), so what it wrote is what is in force.
+    cpu_quota_us: Option<u64>,
 }
+
+/// How often [`Isolation::check_cpu`] compares a lease's two CPU counts: a diagnostic that
+/// logs once, so not worth a read of the cgroup at every tick of every lease.
+const CPU_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Daemon-wide isolation settings and the per-lease confinements.
 #[derive(Debug)]
@@ -386,6 +398,8 @@ impl Isolation {
                 jail,
                 slot,
                 warned: false,
+                next_cpu_check: None,
+                cpu_quota_us: None,
             },
         );
     }
@@ -512,8 +526,11 @@ impl Isolation {
     /// control socket. Idempotent (the scheduler asks every tick, so a race between a pause
     /// and a top-up is mended at the next one). Without a cgroup, nothing to do.
     pub fn hold_paused(&self, lease_id: &str, vcpus: u32, mem_mib: u64, hold: bool) {
-        let leases = self.leases();
-        let Some(slot) = leases.get(lease_id).and_then(|c| c.slot.as_ref()) else {
+        let mut leases = self.leases();
+        let Some(c) = leases.get_mut(lease_id) else {
+            return;
+        };
+        let Some(slot) = c.slot.as_ref() else {
             return;
         };
         let full = cgroup::Limits::for_guest(vcpus, mem_mib);
@@ -523,12 +540,21 @@ impl Isolation {
         };
         let (from, to) = if hold { (full, held) } else { (held, full) };
         // Idempotent: a quota already in force is not written again (every tick asks).
-        if slot.cpu_quota_us().ok().flatten() == Some(to.cpu_quota_us) {
+        let in_force = c
+            .cpu_quota_us
+            .or_else(|| slot.cpu_quota_us().ok().flatten());
+        if in_force == Some(to.cpu_quota_us) {
+            c.cpu_quota_us = in_force;
             return;
         }
-        if let Err(e) = slot.update_limits(&from, &to) {
-            tracing::warn!(lease = lease_id, hold, error = %e,
-                "setting the CPU quota of a paused lease's cgroup failed");
+        match slot.update_limits(&from, &to) {
+            Ok(()) => c.cpu_quota_us = Some(to.cpu_quota_us),
+            Err(e) => {
+                // Unknown again: the next tick reads what is in force and tries again.
+                c.cpu_quota_us = None;
+                tracing::warn!(lease = lease_id, hold, error = %e,
+                    "setting the CPU quota of a paused lease's cgroup failed");
+            }
         }
     }
 
@@ -541,12 +567,17 @@ impl Isolation {
 
     /// Compares the VMM's own vCPU time with the cgroup's count (which also holds the
     /// VMM's other threads) and logs once per lease when they differ by more than
-    /// 10% + 5 ms.
+    /// 10% + 5 ms. Looks at most every [`CPU_CHECK_EVERY`], and never again once it logged.
     pub fn check_cpu(&self, lease_id: &str, vmm_vcpu_us: u64) {
         let mut leases = self.leases();
         let Some(c) = leases.get_mut(lease_id) else {
             return;
         };
+        let now = Instant::now();
+        if c.warned || c.next_cpu_check.is_some_and(|at| now < at) {
+            return;
+        }
+        c.next_cpu_check = Some(now + CPU_CHECK_EVERY);
         let Some(cgroup_us) = c.slot.as_ref().and_then(|s| s.cpu_usage_us().ok()) else {
             return;
         };
