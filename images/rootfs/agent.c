@@ -406,13 +406,14 @@ static void warm_before_line(void)
  */
 static void report_later(unsigned long ready_ms)
 {
-	unsigned long now = uptime_ms();
-	long pause[2] = { 0, 0 };
+	unsigned long waited = uptime_ms() - ready_ms, left;
+	long pause[2];
 
-	if (now - ready_ms >= REPORT_AFTER_READY_MS)
+	if (waited >= REPORT_AFTER_READY_MS)
 		return;
-	pause[0] = (long)((REPORT_AFTER_READY_MS - (now - ready_ms)) / 1000);
-	pause[1] = (long)((REPORT_AFTER_READY_MS - (now - ready_ms)) % 1000) * 1000000;
+	left = REPORT_AFTER_READY_MS - waited;
+	pause[0] = (long)(left / 1000);
+	pause[1] = (long)(left % 1000) * 1000000;
 	syscall3(SYS_nanosleep, (long)pause, 0, 0);
 }
 

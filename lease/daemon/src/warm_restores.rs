@@ -22,14 +22,14 @@
 //! short) and to release the room, and no other build reserves room until the create has
 //! reserved its own.
 //!
-//! A warm VMM no create can take any more (its VMM died, its snapshot is no longer its
-//! shape's current one: a new kernel or root filesystem, a snapshot discarded, or its guest
-//! turned the doorbell on and left the ring it got at its restore unheeded for
-//! `--personalise-timeout-ms`: it hung, and would not take its line either,
-//! [`RingAnswer`]) is given up by the filler, which the pool's watch ([`WarmRestores::watch`]) starts for it within a
-//! second, with no create needed; the watch also starts the filler when the pool is short
-//! of the wanted shape and a snapshot and room for it are there (a VMM given up, a snapshot
-//! of a new key built, a lease's room freed).
+//! A warm VMM no create can take any more is given up by the filler, which the pool's
+//! watch ([`WarmRestores::watch`]) starts for it within a second, with no create needed:
+//! its VMM died, its snapshot is no longer its shape's current one (a new kernel or root
+//! filesystem, a snapshot discarded), or its guest turned the doorbell on and left the
+//! ring it got at its restore unheeded for `--personalise-timeout-ms` (it hung, and would
+//! not take its line either: [`RingAnswer`]). The watch also starts the filler when the
+//! pool is short of the wanted shape and a snapshot and room for it are there (a VMM given
+//! up, a snapshot of a new key built, a lease's room freed).
 //!
 //! Crashes: every warm VMM has a marker file `STATE/warm/ID`, written before its spawn and
 //! removed once a lease owns the VMM (its ledger row committed: from there the adoption at
@@ -227,7 +227,10 @@ impl WarmRestores {
             let of_snapshot = |w: &Warm, heeded: bool| {
                 w.snapshot == snapshot && (!heeded || w.ring == RingAnswer::Heeded)
             };
-            while let Some(i) = (state.ready.iter().position(|w| of_snapshot(w, true)))
+            while let Some(i) = state
+                .ready
+                .iter()
+                .position(|w| of_snapshot(w, true))
                 .or_else(|| state.ready.iter().position(|w| of_snapshot(w, false)))
             {
                 let w = state.ready.swap_remove(i);
@@ -240,10 +243,17 @@ impl WarmRestores {
             taken
         };
         for w in dead {
-            tracing::warn!(
-                lease = w.ahead.lease_id(),
-                "a warm restore's VMM died, or its guest stopped listening, while waiting"
-            );
+            if w.ring == RingAnswer::Unheeded {
+                tracing::warn!(
+                    lease = w.ahead.lease_id(),
+                    "a warm restore's guest left its ring unheeded while waiting"
+                );
+            } else {
+                tracing::warn!(
+                    lease = w.ahead.lease_id(),
+                    "a warm restore's VMM died while waiting"
+                );
+            }
             let s = s.clone();
             tokio::spawn(async move { discard(&s, w, true).await });
         }
