@@ -20,7 +20,8 @@
  *      made before the line: a guest restored ahead of its lease is rung while it waits
  *      (PERSONALISE.md, "Time to spare"), and makes that connection then, with the
  *      placeholder key back in place for it, and brings eth0 up and down once, with no
- *      address, to pay its driver's open path too (warm_before_line)
+ *      address, to pay its driver's open path too (warm_before_line); its RNG made its
+ *      own from RDRAND first, for the network secret that connection draws
  *   9. what it did, and the uptime at each step's end (the lab's per-phase figures),
  *      printed 2 s after guest_ready, off the tenant's first connection (report_later)
  *
@@ -370,9 +371,16 @@ static int line_came(void)
  * dropbear: its re-executed program needs a host key to get as far as its banner, so the
  * placeholder (which cannot sign: host_key.c) is put back for it and removed again before
  * the line is read, the state the golden guest was snapshotted in. Nothing of any lease
- * exists yet, and the kernel RNG is reseeded with the line's entropy after this. A line
- * that comes meanwhile (a create took this guest as soon as it was restored) ends the
- * wait for the banner: a lease is never kept waiting on a warm-up.
+ * exists yet, and the kernel RNG is reseeded with the line's entropy after this. But the
+ * connection is the guest's first over TCP, at which the kernel draws the network secret
+ * it keeps for good (TCP sequence numbers, timestamp offsets, ephemeral ports:
+ * tcp_ts_offset.c), from the RNG state the restore brought. Whether that made it every
+ * warm lease's depended on how far the golden guest's RNG had got at the snapshot
+ * (PERSONALISE.md, "Time to spare"); so the RNG is made this guest's first, from the CPU's
+ * RDRAND (personalise_reseed_from_cpu), and a CPU without RDRAND gets no warm-up before
+ * the line. A line that comes meanwhile (a create took this guest as
+ * soon as it was restored) ends the wait for the banner: a lease is never kept waiting
+ * on a warm-up.
  */
 static void warm_before_line(void)
 {
@@ -380,6 +388,8 @@ static void warm_before_line(void)
 
 	warm_before_line_at = start;
 
+	if (personalise_reseed_from_cpu())
+		return; /* warm_sshd after guest_ready instead, as on a guest never rung */
 	if (host_key_write_placeholder(HOST_KEY_FILE))
 		return; /* Best effort, as warm_sshd: the tenant's connection pays instead. */
 	warm_sshd(line_came);

@@ -12,7 +12,7 @@
 #
 # Cached under $COINOP_CACHE/rootfs/<key>, keyed by (the busybox-static version, the
 # dropbear build (./dropbear.sh: Debian's source, static), init, outb.c, raw_syscall.h, the
-# agent's sources, this script). Prints the image path; also writes dbclient (the matching
+# agent's sources, tcp_ts_offset.c, this script). Prints the image path; also writes dbclient (the matching
 # SSH client) and dropbearkey under <key>/client/ for the lab.
 set -euo pipefail
 
@@ -34,7 +34,8 @@ outb_src=$here/../initramfs/outb.c
 # The guest agent: every source it is built from (agent.h lists the parts).
 agent_srcs=("$here/agent.c" "$here/portline.c" "$here/line.c" "$here/personalise.c" "$here/host_key.c")
 agent_headers=("$here/agent.h" "$here/../initramfs/raw_syscall.h")
-key=$( { echo "$bb_version ${dropbear_dir##*/}"; cat "$here/init" "$outb_src" "${agent_srcs[@]}" "${agent_headers[@]}" "$0"; } |
+ts_offset_src=$here/tcp_ts_offset.c
+key=$( { echo "$bb_version ${dropbear_dir##*/}"; cat "$here/init" "$outb_src" "${agent_srcs[@]}" "${agent_headers[@]}" "$ts_offset_src" "$0"; } |
   sha256sum | cut -c1-16)
 dir=$cache_root/rootfs/$key
 image=$dir/rootfs.ext4
@@ -62,6 +63,11 @@ else
   # memset calls emitted).
   gcc -static -nostdlib -ffreestanding -s -O2 -fno-stack-protector -fno-pie -no-pie -Wall -Wextra -Werror \
     -o "$root/bin/coinop-agent" "${agent_srcs[@]}"
+  # What a guest can check of its own uniqueness: the TCP timestamp offset of one fixed
+  # loopback connection, keyed by the kernel's one-time network secret (./tcp_ts_offset.c;
+  # the lab compares two restored leases'). Static, with the C library: nothing of it runs
+  # on a lease's way to SSH.
+  gcc -static -s -O2 -Wall -Wextra -Werror -o "$root/usr/bin/coinop-tcp-ts-offset" "$ts_offset_src"
   echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
   # '*': no password can log in, yet the account is not blank (dropbear refuses users with
   # an empty password field whatever the auth method) nor locked ('!'): keys only.

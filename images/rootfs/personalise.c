@@ -4,6 +4,9 @@
  *
  *   personalise_reseed      64 lowercase hex digits mixed into the kernel's RNG, credited as
  *                           256 bits (RNDADDENTROPY), then a forced CRNG reseed (RNDRESEEDCRNG)
+ *   personalise_reseed_from_cpu  the same with 32 bytes of the CPU's RDRAND, for a guest
+ *                           restored ahead of its lease before its line (not a step of the
+ *                           protocol: agent.c's warm-up, PERSONALISE.md "Time to spare")
  *   personalise_clock       the wall clock (settimeofday) from S.N
  *   personalise_hostname    the host name (sethostname, and /etc/hostname)
  *   personalise_network     eth0's MAC (SIOCSIFHWADDR, before the link comes up), address and
@@ -82,22 +85,12 @@ static struct {
 	unsigned char bytes[SEED_BYTES];
 } seed;
 
-void personalise_reseed(const char *hex)
+/* Mixes `seed` into the kernel's RNG, credited as SEED_BYTES * 8 bits, and reseeds the
+ * CRNG from it; then wipes it. */
+static void mix_seed_and_reseed(void)
 {
 	long fd, i;
 
-	for (i = 0; i < SEED_BYTES; i++) {
-		int hi = agent_hex_digit(hex[2 * i]), lo;
-
-		if (hi < 0)
-			agent_fail("entropy= must be 64 lowercase hex digits");
-		lo = agent_hex_digit(hex[2 * i + 1]);
-		if (lo < 0)
-			agent_fail("entropy= must be 64 lowercase hex digits");
-		seed.bytes[i] = (unsigned char)(hi << 4 | lo);
-	}
-	if (hex[2 * SEED_BYTES])
-		agent_fail("entropy= must be 64 lowercase hex digits");
 	seed.info.entropy_count = SEED_BYTES * 8;
 	seed.info.buf_size = SEED_BYTES;
 	fd = syscall3(SYS_open, (long)"/dev/urandom", O_WRONLY, 0);
@@ -111,6 +104,78 @@ void personalise_reseed(const char *hex)
 	for (i = 0; i < SEED_BYTES; i++)
 		((volatile unsigned char *)seed.bytes)[i] = 0;
 	syscall3(SYS_close, fd, 0, 0);
+}
+
+void personalise_reseed(const char *hex)
+{
+	long i;
+
+	for (i = 0; i < SEED_BYTES; i++) {
+		int hi = agent_hex_digit(hex[2 * i]), lo;
+
+		if (hi < 0)
+			agent_fail("entropy= must be 64 lowercase hex digits");
+		lo = agent_hex_digit(hex[2 * i + 1]);
+		if (lo < 0)
+			agent_fail("entropy= must be 64 lowercase hex digits");
+		seed.bytes[i] = (unsigned char)(hi << 4 | lo);
+	}
+	if (hex[2 * SEED_BYTES])
+		agent_fail("entropy= must be 64 lowercase hex digits");
+	mix_seed_and_reseed();
+}
+
+/* Whether the CPU has RDRAND (CPUID leaf 1, ECX bit 30): without it the instruction faults. */
+static int cpu_has_rdrand(void)
+{
+	unsigned int a = 1, b, c = 0, d;
+
+	__asm__ volatile("cpuid" : "+a"(a), "=b"(b), "+c"(c), "=d"(d));
+	return (c >> 30) & 1;
+}
+
+/* One RDRAND value into *out: 1, or 0 when the CPU gave none in 10 tries (the retry count
+ * Intel's guidance gives for a transient underflow). */
+static int rdrand64(unsigned long *out)
+{
+	int i;
+
+	for (i = 0; i < 10; i++) {
+		unsigned char ok;
+
+		__asm__ volatile("rdrand %0; setc %1" : "=r"(*out), "=qm"(ok) : : "cc");
+		if (ok)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * Makes the kernel's RNG this guest's own before its line brings the host's entropy: a
+ * guest restored from a snapshot starts with the golden guest's RNG state, and what the
+ * kernel draws from it once and keeps (its network secret, at the first TCP connection:
+ * tcp_ts_offset.c says what it keys) would be every restored guest's. 32 bytes of RDRAND,
+ * which each vCPU executes anew after the restore, are mixed in and credited (as a kernel
+ * booted with random.trust_cpu=on credits them), and the CRNG reseeded: every draw after
+ * this one is this guest's. The line's host entropy is mixed in as ever later. Returns 0,
+ * or 1 when the CPU offers no RDRAND (nothing changed: the caller must then draw nothing).
+ */
+int personalise_reseed_from_cpu(void)
+{
+	unsigned long v = 0;
+	long i, k;
+
+	if (!cpu_has_rdrand())
+		return 1;
+	for (i = 0; i < SEED_BYTES; i += 8) {
+		if (!rdrand64(&v))
+			return 1;
+		for (k = 0; k < 8; k++)
+			seed.bytes[i + k] = (unsigned char)(v >> (8 * k));
+	}
+	v = 0;
+	mix_seed_and_reseed();
+	return 0;
 }
 
 void personalise_clock(const char *s)
