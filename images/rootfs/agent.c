@@ -364,23 +364,23 @@ static int line_came(void)
 }
 
 /*
- * The port rang: this guest was restored ahead of its lease and has time to spare until a
- * create takes it. It spends it on warm_sshd's connection now instead of after
+ * The port rang: this guest was restored ahead of its lease and has time to spare until
+ * a create takes it. It spends it on warm_sshd's connection now instead of after
  * guest_ready, where it would share the lease's vCPU with the tenant's first connection.
  * eth0 has no address yet, so this loopback connection is the only one that can reach
  * dropbear: its re-executed program needs a host key to get as far as its banner, so the
- * placeholder (which cannot sign: host_key.c) is put back for it and removed again before
- * the line is read, the state the golden guest was snapshotted in. Nothing of any lease
- * exists yet, and the kernel RNG is reseeded with the line's entropy after this. But the
- * connection is the guest's first over TCP, at which the kernel draws the network secret
- * it keeps for good (TCP sequence numbers, timestamp offsets, ephemeral ports:
- * tcp_ts_offset.c), from the RNG state the restore brought. Whether that made it every
- * warm lease's depended on how far the golden guest's RNG had got at the snapshot
- * (PERSONALISE.md, "Time to spare"); so the RNG is made this guest's first, from the CPU's
- * RDRAND (personalise_reseed_from_cpu), and a CPU without RDRAND gets no warm-up before
- * the line. A line that comes meanwhile (a create took this guest as
- * soon as it was restored) ends the wait for the banner: a lease is never kept waiting
- * on a warm-up.
+ * placeholder (which cannot sign: host_key.c) is put back for it and removed again
+ * before the line is read, the state the golden guest was snapshotted in. Nothing of any
+ * lease exists yet, and the kernel RNG is reseeded with the line's entropy after this.
+ * But the connection is the guest's first over TCP, at which the kernel draws the
+ * network secret it keeps for good (TCP sequence numbers, timestamp offsets, ephemeral
+ * ports: tcp_ts_offset.c), from the RNG state the restore brought. Whether that made it
+ * every warm lease's depended on how far the golden guest's RNG had got at the snapshot
+ * (PERSONALISE.md, "Time to spare"); so the RNG is made this guest's first, from the
+ * CPU's RDRAND (personalise_reseed_from_cpu), and a CPU without RDRAND gets no warm-up
+ * before the line. A line that comes meanwhile (a create took this guest as soon as it
+ * was restored) ends the wait for the banner: a lease is never kept waiting on a
+ * warm-up.
  */
 static void warm_before_line(void)
 {

@@ -154,11 +154,12 @@ static int rdrand64(unsigned long *out)
  * Makes the kernel's RNG this guest's own before its line brings the host's entropy: a
  * guest restored from a snapshot starts with the golden guest's RNG state, and what the
  * kernel draws from it once and keeps (its network secret, at the first TCP connection:
- * tcp_ts_offset.c says what it keys) would be every restored guest's. 32 bytes of RDRAND,
- * which each vCPU executes anew after the restore, are mixed in and credited (as a kernel
- * booted with random.trust_cpu=on credits them), and the CRNG reseeded: every draw after
- * this one is this guest's. The line's host entropy is mixed in as ever later. Returns 0,
- * or 1 when the CPU offers no RDRAND (nothing changed: the caller must then draw nothing).
+ * tcp_ts_offset.c says what it keys) could be every restored guest's (PERSONALISE.md,
+ * "Time to spare", says when). 32 bytes of RDRAND, which each vCPU executes anew after
+ * the restore, are mixed in and credited (as a kernel booted with random.trust_cpu=on
+ * credits them), and the CRNG reseeded: every draw after this one is this guest's. The
+ * line's host entropy is mixed in as ever later. Returns 0, or 1 when the CPU offers no
+ * RDRAND (nothing changed: the caller must then draw nothing).
  */
 int personalise_reseed_from_cpu(void)
 {
@@ -168,12 +169,15 @@ int personalise_reseed_from_cpu(void)
 	if (!cpu_has_rdrand())
 		return 1;
 	for (i = 0; i < SEED_BYTES; i += 8) {
-		if (!rdrand64(&v))
+		if (!rdrand64(&v)) {
+			/* What it gave so far is wiped, as the seed is once mixed in. */
+			for (k = 0; k < SEED_BYTES; k++)
+				((volatile unsigned char *)seed.bytes)[k] = 0;
 			return 1;
+		}
 		for (k = 0; k < 8; k++)
 			seed.bytes[i + k] = (unsigned char)(v >> (8 * k));
 	}
-	v = 0;
 	mix_seed_and_reseed();
 	return 0;
 }

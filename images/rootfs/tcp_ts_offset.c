@@ -10,8 +10,9 @@
  * whatever its RNG holds at its first connection. The offset of a fixed connection is a
  * keyed hash of that connection's addresses and ports alone: two guests that print the same
  * value share the secret (the chance that two different secrets give offsets within 2 ms
- * of each other is about 1 in a billion). The nested lab compares two leases restored from
- * one snapshot (images/lab/l1-restore, restore-net-secret; PERSONALISE.md, "Time to spare").
+ * of each other is about 1 in a billion). The nested lab compares three leases restored
+ * from one snapshot (images/lab/l1-restore, restore-net-secret; PERSONALISE.md, "Time to
+ * spare").
  *
  * The offset is the kernel's TCP_TIMESTAMP reading (its millisecond TCP clock, which is
  * CLOCK_MONOTONIC's, plus the connection's offset) less CLOCK_MONOTONIC in ms, read on
