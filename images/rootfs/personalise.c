@@ -159,27 +159,31 @@ static int rdrand64(unsigned long *out)
  * the restore, are mixed in and credited (as a kernel booted with random.trust_cpu=on
  * credits them), and the CRNG reseeded: every draw after this one is this guest's. The
  * line's host entropy is mixed in as ever later. Returns 0, or 1 when the CPU offers no
- * RDRAND (nothing changed: the caller must then draw nothing).
+ * RDRAND, or one that fails or repeats itself (nothing changed: the caller must then draw
+ * nothing).
  */
 int personalise_reseed_from_cpu(void)
 {
-	unsigned long v = 0;
+	unsigned long v[SEED_BYTES / 8];
 	long i, k;
+	int fine = cpu_has_rdrand();
 
-	if (!cpu_has_rdrand())
-		return 1;
-	for (i = 0; i < SEED_BYTES; i += 8) {
-		if (!rdrand64(&v)) {
-			/* What it gave so far is wiped, as the seed is once mixed in. */
-			for (k = 0; k < SEED_BYTES; k++)
-				((volatile unsigned char *)seed.bytes)[k] = 0;
-			return 1;
-		}
-		for (k = 0; k < 8; k++)
-			seed.bytes[i + k] = (unsigned char)(v >> (8 * k));
+	for (i = 0; fine && i < SEED_BYTES / 8; i++) {
+		fine = rdrand64(&v[i]);
+		/* A repeat is a broken RDRAND (some AMD parts' returned all ones after a
+		 * resume; Linux's own check at boot looks for the same): such bytes are no one's. */
+		for (k = 0; fine && k < i; k++)
+			fine = v[k] != v[i];
 	}
-	mix_seed_and_reseed();
-	return 0;
+	if (fine) {
+		for (i = 0; i < SEED_BYTES; i++)
+			seed.bytes[i] = (unsigned char)(v[i / 8] >> (8 * (i % 8)));
+		mix_seed_and_reseed();
+	}
+	/* Wiped either way, as the seed once mixed in. */
+	for (i = 0; i < SEED_BYTES / 8; i++)
+		((volatile unsigned long *)v)[i] = 0;
+	return !fine;
 }
 
 void personalise_clock(const char *s)
