@@ -377,8 +377,8 @@ static int line_came(void)
  * ports: tcp_ts_offset.c), from the RNG state the restore brought. Whether that made it
  * every warm lease's depended on how far the golden guest's RNG had got at the snapshot
  * (PERSONALISE.md, "Time to spare"); so the RNG is made this guest's first, from the
- * CPU's RDRAND (personalise_reseed_from_cpu), and a CPU without RDRAND gets no warm-up
- * before the line. A line that comes meanwhile (a create took this guest as soon as it
+ * CPU's RDRAND (personalise_reseed_from_cpu), and a CPU without a usable RDRAND gets no
+ * warm-up before the line. A line that comes meanwhile (a create took this guest as soon as it
  * was restored) ends the wait for the banner: a lease is never kept waiting on a
  * warm-up.
  */

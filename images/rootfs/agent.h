@@ -80,7 +80,8 @@ const char *line_parse(char *line, struct lease_line *out);
 /* personalise.c: each step, or agent_fail naming what failed. */
 void personalise_reseed(const char *hex);
 /* personalise.c: RDRAND's bytes into the RNG and a reseed, before a restored guest's line
- * (agent.c's warm-up); 0, or 1 when the CPU has no RDRAND (nothing done). */
+ * (agent.c's warm-up); 0, or 1 when the CPU has no RDRAND or one that failed or repeated a
+ * value (nothing done). */
 int personalise_reseed_from_cpu(void);
 void personalise_clock(const char *time);
 void personalise_hostname(const char *name);

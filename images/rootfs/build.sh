@@ -12,8 +12,8 @@
 #
 # Cached under $COINOP_CACHE/rootfs/<key>, keyed by (the busybox-static version, the
 # dropbear build (./dropbear.sh: Debian's source, static), init, outb.c, raw_syscall.h, the
-# agent's sources, tcp_ts_offset.c, this script). Prints the image path; also writes dbclient (the matching
-# SSH client) and dropbearkey under <key>/client/ for the lab.
+# agent's sources, tcp_ts_offset.c, this script). Prints the image path; also writes
+# dbclient (the matching SSH client) and dropbearkey under <key>/client/ for the lab.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
