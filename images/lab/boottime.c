@@ -273,6 +273,15 @@ static int copy_some(int fd, char *buf, size_t cap, size_t *used, long long dead
 	return 1;
 }
 
+/* Joins `thread` if it ends before `deadline` (CLOCK_MONOTONIC, us): 1, else 0. */
+static int join_by(pthread_t thread, long long deadline)
+{
+	long long at = clock_us(CLOCK_REALTIME) + (deadline - now_us());
+	struct timespec until = { .tv_sec = at / 1000000, .tv_nsec = at % 1000000 * 1000 };
+
+	return pthread_timedjoin_np(thread, NULL, &until) == 0;
+}
+
 static int create_and_probe(char **argv)
 {
 	static char reply[64 * 1024];
@@ -330,11 +339,15 @@ static int create_and_probe(char **argv)
 	while (!late && copy_some(fds[0], reply, sizeof(reply), &used, deadline, &late))
 		;
 	fflush(stdout);
+	/* A command that closed its stdout may still run: its end is awaited until the same
+	 * deadline. */
+	if (!late && !join_by(reaper, deadline))
+		late = 1;
 	if (late) {
 		fprintf(stderr, "boottime: %s still ran after %ld s; killed\n", argv[6], seconds);
 		kill(c.pid, SIGKILL);
+		pthread_join(reaper, NULL);
 	}
-	pthread_join(reaper, NULL);
 	times = fopen(argv[2], "w");
 	if (times) {
 		print_probe(times, &p);
