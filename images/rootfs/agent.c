@@ -379,8 +379,8 @@ static int line_came(void)
  * (PERSONALISE.md, "Time to spare"); so the RNG is made this guest's first, from the
  * CPU's RDRAND (personalise_reseed_from_cpu), and a CPU without a usable RDRAND gets no
  * warm-up before the line. A line that comes meanwhile (a create took this guest as soon as it
- * was restored) ends the wait for the banner: a lease is never kept waiting on a
- * warm-up.
+ * was restored) ends the wait for the banner once seen; the re-executed dropbear still
+ * shares the vCPU until it is done (PERSONALISE.md: such lines were read late in the lab).
  */
 static void warm_before_line(void)
 {
