@@ -123,6 +123,35 @@ out:
 	return found;
 }
 
+/* Starts `cmd` (PATH searched) with its stdout on a pipe whose read end goes to `*out`;
+ * returns its pid, or -1 with a message. */
+static pid_t spawn_piped(char **cmd, int *out)
+{
+	int fds[2];
+	pid_t pid;
+
+	if (pipe(fds) != 0) {
+		perror("boottime: pipe");
+		return -1;
+	}
+	pid = fork();
+	if (pid < 0) {
+		perror("boottime: fork");
+		return -1;
+	}
+	if (pid == 0) {
+		dup2(fds[1], STDOUT_FILENO);
+		close(fds[0]);
+		close(fds[1]);
+		execvp(cmd[0], cmd);
+		fprintf(stderr, "boottime: cannot run %s\n", cmd[0]);
+		_exit(127);
+	}
+	close(fds[1]);
+	*out = fds[0];
+	return pid;
+}
+
 /* What a probe saw, in the --tcp line's terms. */
 struct probe {
 	long long started, connected, uptime, realtime;
@@ -291,7 +320,7 @@ static int create_and_probe(char **argv)
 	struct child c = { 0 };
 	long long cli_start, cli_reply = 0, deadline;
 	long seconds = strtol(argv[3], NULL, 10), probe_seconds = strtol(argv[5], NULL, 10);
-	int fds[2], found = 0, late = 0, banner = 0, rc;
+	int out, found = 0, late = 0, banner = 0, rc;
 	size_t used = 0;
 	pthread_t reaper;
 	FILE *times;
@@ -300,32 +329,17 @@ static int create_and_probe(char **argv)
 		fprintf(stderr, "boottime --create: bad seconds %s or %s\n", argv[3], argv[5]);
 		return 2;
 	}
-	if (pipe(fds) != 0) {
-		perror("boottime: pipe");
-		return 2;
-	}
 	cli_start = clock_us(CLOCK_BOOTTIME);
 	deadline = now_us() + seconds * 1000000LL;
-	c.pid = fork();
-	if (c.pid < 0) {
-		perror("boottime: fork");
+	c.pid = spawn_piped(argv + 6, &out);
+	if (c.pid < 0)
 		return 2;
-	}
-	if (c.pid == 0) {
-		dup2(fds[1], STDOUT_FILENO);
-		close(fds[0]);
-		close(fds[1]);
-		execvp(argv[6], argv + 6);
-		fprintf(stderr, "boottime: cannot run %s\n", argv[6]);
-		_exit(127);
-	}
-	close(fds[1]);
 	if (pthread_create(&reaper, NULL, reap, &c) != 0) {
 		fprintf(stderr, "boottime: cannot start the thread that reaps %s\n", argv[6]);
 		kill(c.pid, SIGKILL);
 		return 2;
 	}
-	while (!found && copy_some(fds[0], reply, sizeof(reply), &used, deadline, &late))
+	while (!found && copy_some(out, reply, sizeof(reply), &used, deadline, &late))
 		found = reply_ssh(reply, host, sizeof(host), port, sizeof(port));
 	if (found) {
 		cli_reply = clock_us(CLOCK_BOOTTIME);
@@ -336,7 +350,7 @@ static int create_and_probe(char **argv)
 			found = 0;
 	}
 	/* The rest of the command's output, and its end (killed at its deadline). */
-	while (!late && copy_some(fds[0], reply, sizeof(reply), &used, deadline, &late))
+	while (!late && copy_some(out, reply, sizeof(reply), &used, deadline, &late))
 		;
 	fflush(stdout);
 	/* A command that closed its stdout may still run: its end is awaited until the same
@@ -376,7 +390,7 @@ static int create_and_probe(char **argv)
 
 int main(int argc, char **argv)
 {
-	int fds[2], status;
+	int fd, status;
 	long long start, found = -1;
 	char *line = NULL;
 	size_t cap = 0;
@@ -393,26 +407,11 @@ int main(int argc, char **argv)
 				"       boottime --create TIMES SECONDS MARKER PROBE_SECONDS COMMAND [ARGS...]\n");
 		return 2;
 	}
-	if (pipe(fds) != 0) {
-		perror("boottime: pipe");
-		return 2;
-	}
 	start = now_us();
-	pid = fork();
-	if (pid < 0) {
-		perror("boottime: fork");
+	pid = spawn_piped(argv + 2, &fd);
+	if (pid < 0)
 		return 2;
-	}
-	if (pid == 0) {
-		dup2(fds[1], STDOUT_FILENO);
-		close(fds[0]);
-		close(fds[1]);
-		execvp(argv[2], argv + 2);
-		fprintf(stderr, "boottime: cannot run %s\n", argv[2]);
-		_exit(127);
-	}
-	close(fds[1]);
-	out = fdopen(fds[0], "r");
+	out = fdopen(fd, "r");
 	if (!out) {
 		perror("boottime: fdopen");
 		return 2;
